@@ -1,0 +1,121 @@
+package config
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// LintOption adds knowledge the configuration alone does not have, such as
+// the connector types a binary was built with.
+type LintOption func(*lintOptions)
+
+type lintOptions struct {
+	connTypes []string
+	checks    []func(*Set) []Problem
+}
+
+// WithConnTypes makes a connector whose type is not in types an error.
+func WithConnTypes(types ...string) LintOption {
+	return func(o *lintOptions) { o.connTypes = append(o.connTypes, types...) }
+}
+
+// WithCheck adds a check of the whole set, run after the built-in ones.
+// Components use it to lint their own fields.
+func WithCheck(check func(*Set) []Problem) LintOption {
+	return func(o *lintOptions) { o.checks = append(o.checks, check) }
+}
+
+// MaxRetryTimes caps a function's retry_times; a config asking for more gets
+// the cap and a lint warning.
+const MaxRetryTimes = 10
+
+// Check checks the references between documents and the values of fields:
+// unknown functions and connectors, modes, missing connectors of Save and
+// Load functions. Disabled flows are checked too. Problems carry the position
+// of the offending field when the set was read from files.
+func (s *Set) Check(opts ...LintOption) []Problem {
+	var o lintOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	var probs []Problem
+	add := func(kind Kind, name, field string, sev Severity, format string, args ...any) {
+		probs = append(probs, Problem{Pos: s.Pos(kind, name, field), Severity: sev, Msg: fmt.Sprintf(format, args...)})
+	}
+
+	for _, name := range sortedKeys(s.Funcs) {
+		fn := s.Funcs[name]
+		switch {
+		case fn.FMode == "":
+			add(KindFunc, name, "", SevError, "function %q: missing fmode%s", name, suggestMode(""))
+		case !fn.FMode.Valid():
+			add(KindFunc, name, "fmode", SevError, "function %q: unknown fmode %q%s", name, fn.FMode, suggestMode(string(fn.FMode)))
+		case fn.FMode.NeedsConn() && fn.Option.CName == "":
+			add(KindFunc, name, "fmode", SevError, "function %q: fmode %s needs a connector (option.cname)", name, fn.FMode)
+		}
+		if c := fn.Option.CName; c != "" {
+			if _, ok := s.Conns[c]; !ok {
+				add(KindFunc, name, "option.cname", SevError, "function %q: unknown connector %q", name, c)
+			}
+		}
+		if fn.Option.RetryTimes < 0 {
+			add(KindFunc, name, "option.retry_times", SevError, "function %q: retry_times %d is negative", name, fn.Option.RetryTimes)
+		} else if fn.Option.RetryTimes > MaxRetryTimes {
+			add(KindFunc, name, "option.retry_times", SevWarning, "function %q: retry_times %d is above the cap; %d is used", name, fn.Option.RetryTimes, MaxRetryTimes)
+		}
+		if fn.Option.RetryDuration < 0 {
+			add(KindFunc, name, "option.retry_duration", SevError, "function %q: retry_duration %d is negative", name, fn.Option.RetryDuration)
+		}
+	}
+
+	for _, name := range sortedKeys(s.Flows) {
+		fl := s.Flows[name]
+		if fl.Status != FlowDisabled && fl.Status != FlowEnabled {
+			add(KindFlow, name, "status", SevWarning, "flow %q: status %d is neither 0 (disabled) nor 1 (enabled); treated as enabled", name, fl.Status)
+		}
+		if len(fl.Flows) == 0 {
+			add(KindFlow, name, "", SevWarning, "flow %q has no functions", name)
+		}
+		for i, st := range fl.Flows {
+			field := fmt.Sprintf("flows[%d].fname", i)
+			switch {
+			case st.FName == "":
+				add(KindFlow, name, fmt.Sprintf("flows[%d]", i), SevError, "flow %q: step %d has no fname", name, i+1)
+			case s.Funcs[st.FName] == nil:
+				add(KindFlow, name, field, SevError, "flow %q names unknown function %q", name, st.FName)
+			}
+		}
+	}
+
+	for _, name := range sortedKeys(s.Conns) {
+		c := s.Conns[name]
+		switch {
+		case c.Type == "":
+			add(KindConn, name, "", SevError, "connector %q: missing type", name)
+		case len(o.connTypes) > 0 && !slices.Contains(o.connTypes, c.Type):
+			add(KindConn, name, "type", SevError, "connector %q: unknown type %q (known: %s)", name, c.Type, strings.Join(o.connTypes, ", "))
+		}
+		for field, list := range map[string][]string{"load": c.Load, "save": c.Save} {
+			for i, fname := range list {
+				if s.Funcs[fname] == nil {
+					add(KindConn, name, fmt.Sprintf("%s[%d]", field, i), SevError, "connector %q: %s names unknown function %q", name, field, fname)
+				}
+			}
+		}
+	}
+
+	for _, check := range o.checks {
+		probs = append(probs, check(s)...)
+	}
+	return probs
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

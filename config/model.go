@@ -1,0 +1,208 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Kind is the value of a document's `kistype` field.
+type Kind string
+
+// The kinds of KisFlow documents.
+const (
+	KindFunc   Kind = "func"
+	KindFlow   Kind = "flow"
+	KindConn   Kind = "conn"
+	KindGlobal Kind = "global"
+)
+
+// Mode is a function's `fmode`: what the function does in a flow.
+type Mode string
+
+// The function modes of KisFlow.
+const (
+	Verify    Mode = "Verify"    // filter or validate rows
+	Save      Mode = "Save"      // store rows through a connector
+	Load      Mode = "Load"      // read through a connector
+	Calculate Mode = "Calculate" // derive new rows
+	Expand    Mode = "Expand"    // side effects, notifications, the end of a flow
+)
+
+// Modes lists every valid Mode.
+var Modes = []Mode{Verify, Save, Load, Calculate, Expand}
+
+// Valid reports whether m is one of Modes.
+func (m Mode) Valid() bool { return slices.Contains(Modes, m) }
+
+// NeedsConn reports whether functions of mode m must name a connector.
+func (m Mode) NeedsConn() bool { return m == Save || m == Load }
+
+// Flow status values.
+const (
+	FlowDisabled = 0
+	FlowEnabled  = 1
+)
+
+// Func is a `kistype: func` document: one step's configuration.
+type Func struct {
+	FName  string     `yaml:"fname"`
+	FMode  Mode       `yaml:"fmode"`
+	Source Source     `yaml:"source,omitempty"`
+	Option FuncOption `yaml:"option,omitempty"`
+}
+
+// Source describes where a function's rows come from (informational in KisFlow).
+type Source struct {
+	Name string   `yaml:"name,omitempty"`
+	Must []string `yaml:"must,omitempty"`
+}
+
+// FuncOption holds a function's optional settings.
+type FuncOption struct {
+	// CName names the connector of a Save or Load function.
+	CName string `yaml:"cname,omitempty"`
+	// RetryTimes is how often a failed call is retried (used by the runtime).
+	RetryTimes int `yaml:"retry_times,omitempty"`
+	// RetryDuration is the base delay between retries in milliseconds. The
+	// original KisFlow wrote it as `return_duration`, which is accepted too.
+	RetryDuration int `yaml:"retry_duration,omitempty"`
+	// DefaultParams are the function's parameters; a flow's params override them.
+	DefaultParams map[string]string `yaml:"default_params,omitempty"`
+}
+
+// UnmarshalYAML accepts `return_duration` as an alias of `retry_duration`.
+func (o *FuncOption) UnmarshalYAML(node *yaml.Node) error {
+	var raw struct {
+		CName          string            `yaml:"cname"`
+		RetryTimes     int               `yaml:"retry_times"`
+		RetryDuration  *int              `yaml:"retry_duration"`
+		ReturnDuration *int              `yaml:"return_duration"`
+		DefaultParams  map[string]string `yaml:"default_params"`
+	}
+	if err := node.Decode(&raw); err != nil {
+		return err
+	}
+	*o = FuncOption{CName: raw.CName, RetryTimes: raw.RetryTimes, DefaultParams: raw.DefaultParams}
+	switch {
+	case raw.RetryDuration != nil:
+		o.RetryDuration = *raw.RetryDuration
+	case raw.ReturnDuration != nil:
+		o.RetryDuration = *raw.ReturnDuration
+	}
+	return nil
+}
+
+// Flow is a `kistype: flow` document: an ordered list of functions.
+type Flow struct {
+	Status   int        `yaml:"status"`
+	FlowName string     `yaml:"flow_name"`
+	Flows    []FlowStep `yaml:"flows"`
+}
+
+// Enabled reports whether the flow's status lets it run.
+func (f *Flow) Enabled() bool { return f.Status != FlowDisabled }
+
+// FlowStep is one function of a flow with the flow's params for it.
+type FlowStep struct {
+	FName  string            `yaml:"fname"`
+	Params map[string]string `yaml:"params,omitempty"`
+}
+
+// Conn is a `kistype: conn` document: a named link to an external system.
+type Conn struct {
+	CName  string            `yaml:"cname"`
+	Addrs  string            `yaml:"addrs,omitempty"`
+	Type   string            `yaml:"type"`
+	Key    string            `yaml:"key,omitempty"`
+	Params map[string]string `yaml:"params,omitempty"`
+	Load   []string          `yaml:"load"`
+	Save   []string          `yaml:"save"`
+}
+
+// AddrList splits Addrs on commas, dropping blanks.
+func (c *Conn) AddrList() []string {
+	var out []string
+	for _, a := range strings.Split(c.Addrs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Global is the `kistype: global` document: process-wide settings.
+type Global struct {
+	PrometheusEnable bool   `yaml:"prometheus_enable,omitempty"`
+	PrometheusListen string `yaml:"prometheus_listen,omitempty"`
+	PrometheusServe  bool   `yaml:"prometheus_serve,omitempty"`
+}
+
+// MergedParams returns the function's default params overridden by the flow
+// step's params. The result is a new map.
+func MergedParams(fn *Func, step FlowStep) map[string]string {
+	out := make(map[string]string, len(fn.Option.DefaultParams)+len(step.Params))
+	maps.Copy(out, fn.Option.DefaultParams)
+	maps.Copy(out, step.Params)
+	return out
+}
+
+// NewFunc returns a function config with a name and a mode.
+func NewFunc(name string, mode Mode) *Func { return &Func{FName: name, FMode: mode} }
+
+// WithConn sets the connector a Save or Load function uses, and returns f.
+func (f *Func) WithConn(cname string) *Func { f.Option.CName = cname; return f }
+
+// WithParams sets the function's default params, and returns f.
+func (f *Func) WithParams(p map[string]string) *Func { f.Option.DefaultParams = p; return f }
+
+// WithRetry sets the retry count and base delay in milliseconds, and returns f.
+func (f *Func) WithRetry(times, ms int) *Func {
+	f.Option.RetryTimes, f.Option.RetryDuration = times, ms
+	return f
+}
+
+// NewFlow returns an enabled flow config running steps in order.
+func NewFlow(name string, steps ...FlowStep) *Flow {
+	return &Flow{Status: FlowEnabled, FlowName: name, Flows: steps}
+}
+
+// Step returns a flow step naming a function, with optional params.
+func Step(fname string, params map[string]string) FlowStep {
+	return FlowStep{FName: fname, Params: params}
+}
+
+// NewConn returns a connector config of a type.
+func NewConn(name, typ string) *Conn { return &Conn{CName: name, Type: typ} }
+
+func (k Kind) valid() bool {
+	switch k {
+	case KindFunc, KindFlow, KindConn, KindGlobal:
+		return true
+	}
+	return false
+}
+
+func (k Kind) noun() string {
+	switch k {
+	case KindFunc:
+		return "function"
+	case KindFlow:
+		return "flow"
+	case KindConn:
+		return "connector"
+	}
+	return string(k)
+}
+
+func suggestMode(s string) string {
+	for _, m := range Modes {
+		if strings.EqualFold(string(m), s) {
+			return fmt.Sprintf(" (did you mean %s?)", m)
+		}
+	}
+	return " (want Verify, Save, Load, Calculate or Expand)"
+}

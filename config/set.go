@@ -1,0 +1,513 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Pos is where a document or one of its fields was read.
+type Pos struct {
+	File string
+	Line int
+}
+
+// String formats p as file:line, or "" when p is unknown.
+func (p Pos) String() string {
+	switch {
+	case p.File == "" && p.Line == 0:
+		return ""
+	case p.Line == 0:
+		return p.File
+	}
+	return p.File + ":" + strconv.Itoa(p.Line)
+}
+
+// Severity tells whether a Problem fails the lint.
+type Severity int
+
+// Problem severities.
+const (
+	SevError Severity = iota
+	SevWarning
+)
+
+// Problem is one finding of Lint: an error or a warning at a position.
+type Problem struct {
+	Pos      Pos
+	Severity Severity
+	Msg      string
+}
+
+// String formats the problem as `file:line: message`, with `warning: ` before
+// the message of a warning.
+func (p Problem) String() string {
+	msg := p.Msg
+	if p.Severity == SevWarning {
+		msg = "warning: " + msg
+	}
+	if s := p.Pos.String(); s != "" {
+		return s + ": " + msg
+	}
+	return msg
+}
+
+// Error is returned by Import when the configuration has errors. It lists
+// every error problem; warnings are left out.
+type Error struct {
+	Problems []Problem
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid configuration:")
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// Set is a whole configuration: functions, flows and connectors by name, and
+// the global settings. The zero value is not usable; call NewSet.
+type Set struct {
+	Funcs  map[string]*Func
+	Flows  map[string]*Flow
+	Conns  map[string]*Conn
+	Global *Global
+
+	src map[srcKey]*source
+}
+
+type srcKey struct {
+	kind Kind
+	name string
+}
+
+// source records where a document was read and the line of each field path
+// ("fname", "option.cname", "flows[2].fname").
+type source struct {
+	pos   Pos
+	lines map[string]int
+}
+
+// NewSet returns an empty Set.
+func NewSet() *Set {
+	return &Set{
+		Funcs: map[string]*Func{},
+		Flows: map[string]*Flow{},
+		Conns: map[string]*Conn{},
+		src:   map[srcKey]*source{},
+	}
+}
+
+// AddFunc adds a function config; a duplicate name is an error.
+func (s *Set) AddFunc(f *Func) error {
+	if _, dup := s.Funcs[f.FName]; dup {
+		return fmt.Errorf("duplicate function %q", f.FName)
+	}
+	s.Funcs[f.FName] = f
+	return nil
+}
+
+// AddFlow adds a flow config; a duplicate name is an error.
+func (s *Set) AddFlow(f *Flow) error {
+	if _, dup := s.Flows[f.FlowName]; dup {
+		return fmt.Errorf("duplicate flow %q", f.FlowName)
+	}
+	s.Flows[f.FlowName] = f
+	return nil
+}
+
+// AddConn adds a connector config; a duplicate name is an error.
+func (s *Set) AddConn(c *Conn) error {
+	if _, dup := s.Conns[c.CName]; dup {
+		return fmt.Errorf("duplicate connector %q", c.CName)
+	}
+	s.Conns[c.CName] = c
+	return nil
+}
+
+// Equal reports whether s and o hold the same configuration; where each was
+// read from does not matter.
+func (s *Set) Equal(o *Set) bool {
+	return reflect.DeepEqual(s.Funcs, o.Funcs) && reflect.DeepEqual(s.Flows, o.Flows) &&
+		reflect.DeepEqual(s.Conns, o.Conns) && reflect.DeepEqual(s.Global, o.Global)
+}
+
+// Pos returns where the document of kind and name was read, with the line of
+// a field path when known ("" for the document itself).
+func (s *Set) Pos(kind Kind, name, field string) Pos {
+	src := s.src[srcKey{kind, name}]
+	if src == nil {
+		return Pos{}
+	}
+	p := src.pos
+	if field != "" {
+		if l, ok := src.lines[field]; ok {
+			p.Line = l
+		}
+	}
+	return p
+}
+
+// FlowNames returns the names of all flows, sorted.
+func (s *Set) FlowNames() []string {
+	names := make([]string, 0, len(s.Flows))
+	for n := range s.Flows {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Import reads every .yml and .yaml file below dir (nested folders too) and
+// returns the configuration. When anything is wrong the error is an *Error
+// listing every problem with its file and line; warnings do not fail it.
+func Import(dir string, opts ...LintOption) (*Set, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("import config: %w", err)
+	}
+	return importFS(os.DirFS(dir), ".", dir, opts)
+}
+
+// ImportFS is Import over a file system (for example an embed.FS); file
+// names in problems are paths within fsys.
+func ImportFS(fsys fs.FS, dir string, opts ...LintOption) (*Set, error) {
+	return importFS(fsys, dir, "", opts)
+}
+
+func importFS(fsys fs.FS, dir, display string, opts []LintOption) (*Set, error) {
+	s, probs, err := load(fsys, dir, display)
+	if err != nil {
+		return nil, err
+	}
+	probs = append(probs, s.Check(opts...)...)
+	sortProblems(probs)
+	var errs []Problem
+	for _, p := range probs {
+		if p.Severity == SevError {
+			errs = append(errs, p)
+		}
+	}
+	if len(errs) > 0 {
+		return s, &Error{Problems: errs}
+	}
+	return s, nil
+}
+
+// Lint reads the folder as Import does and returns every problem, errors and
+// warnings, in file and line order. Disabled flows are checked too. The error
+// is for a folder that cannot be read at all.
+func Lint(dir string, opts ...LintOption) ([]Problem, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("lint: %w", err)
+	}
+	s, probs, err := load(os.DirFS(dir), ".", dir)
+	if err != nil {
+		return nil, err
+	}
+	probs = append(probs, s.Check(opts...)...)
+	sortProblems(probs)
+	return probs, nil
+}
+
+func sortProblems(ps []Problem) {
+	slices.SortStableFunc(ps, func(a, b Problem) int {
+		if c := strings.Compare(a.Pos.File, b.Pos.File); c != 0 {
+			return c
+		}
+		return a.Pos.Line - b.Pos.Line
+	})
+}
+
+// load parses every YAML file below dir of fsys into a new Set, returning the
+// per-document problems (syntax, kistype, field types, duplicates, unknown
+// fields). Cross-references are checked by Check.
+func load(fsys fs.FS, dir, display string) (*Set, []Problem, error) {
+	s := NewSet()
+	var probs []Problem
+	var files []string
+	err := fs.WalkDir(fsys, dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return nil
+		}
+		if ext := path.Ext(p); ext == ".yml" || ext == ".yaml" {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("read config folder: %w", err)
+	}
+	for _, p := range files {
+		name := p
+		if display != "" {
+			name = filepath.Join(display, filepath.FromSlash(p))
+		}
+		data, err := fs.ReadFile(fsys, p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		probs = append(probs, s.parseFile(name, data)...)
+	}
+	return s, probs, nil
+}
+
+var lineRE = regexp.MustCompile(`line (\d+): (.*)`)
+
+// yamlProblems turns a yaml.v3 error into problems carrying its line numbers.
+func yamlProblems(file string, err error, what string) []Problem {
+	var te *yaml.TypeError
+	var msgs []string
+	if errors.As(err, &te) {
+		msgs = te.Errors
+	} else {
+		msgs = []string{strings.TrimPrefix(err.Error(), "yaml: ")}
+	}
+	var out []Problem
+	for _, m := range msgs {
+		p := Problem{Pos: Pos{File: file}, Msg: what + ": " + m}
+		if sm := lineRE.FindStringSubmatch(m); sm != nil {
+			p.Pos.Line, _ = strconv.Atoi(sm[1])
+			p.Msg = what + ": " + sm[2]
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func (s *Set) parseFile(file string, data []byte) []Problem {
+	var probs []Problem
+	dec := yaml.NewDecoder(strings.NewReader(string(data)))
+	for {
+		var doc yaml.Node
+		err := dec.Decode(&doc)
+		if errors.Is(err, io.EOF) {
+			return probs
+		}
+		if err != nil {
+			return append(probs, yamlProblems(file, err, "malformed YAML")...)
+		}
+		probs = append(probs, s.parseDoc(file, &doc)...)
+	}
+}
+
+func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
+	root := doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) > 0 {
+		root = root.Content[0]
+	}
+	at := func(line int) Pos { return Pos{File: file, Line: line} }
+	if root.Kind == yaml.ScalarNode && root.Tag == "!!null" {
+		return nil // an empty document
+	}
+	if root.Kind != yaml.MappingNode {
+		return []Problem{{Pos: at(root.Line), Msg: "document is not a mapping of fields"}}
+	}
+	var kindNode *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		if root.Content[i].Value == "kistype" {
+			kindNode = root.Content[i+1]
+		}
+	}
+	if kindNode == nil {
+		return []Problem{{Pos: at(root.Line), Msg: "missing kistype (want func, flow, conn or global)"}}
+	}
+	kind := Kind(kindNode.Value)
+	if !kind.valid() {
+		return []Problem{{Pos: at(kindNode.Line), Msg: fmt.Sprintf("unknown kistype %q (want func, flow, conn or global)", kindNode.Value)}}
+	}
+
+	src := &source{pos: at(root.Line), lines: map[string]int{}}
+	var probs []Problem
+	var target any
+	switch kind {
+	case KindFunc:
+		target = &Func{}
+	case KindFlow:
+		target = &Flow{}
+	case KindConn:
+		target = &Conn{}
+	case KindGlobal:
+		target = &Global{}
+	}
+	walkFields(reflect.TypeOf(target).Elem(), root, "", src.lines, func(line int, msg string) {
+		probs = append(probs, Problem{Pos: at(line), Severity: SevWarning, Msg: msg})
+	})
+	if err := root.Decode(target); err != nil {
+		return append(probs, yamlProblems(file, err, "bad "+kind.noun())...)
+	}
+
+	var name string
+	switch v := target.(type) {
+	case *Func:
+		normFunc(v)
+		name = v.FName
+		if name == "" {
+			return append(probs, Problem{Pos: src.pos, Msg: "function without fname"})
+		}
+		if old, dup := s.Funcs[name]; dup && old != nil {
+			return append(probs, s.dupProblem(kind, name, src))
+		}
+		s.Funcs[name] = v
+	case *Flow:
+		normFlow(v)
+		name = v.FlowName
+		if name == "" {
+			return append(probs, Problem{Pos: src.pos, Msg: "flow without flow_name"})
+		}
+		if _, dup := s.Flows[name]; dup {
+			return append(probs, s.dupProblem(kind, name, src))
+		}
+		s.Flows[name] = v
+	case *Conn:
+		normConn(v)
+		name = v.CName
+		if name == "" {
+			return append(probs, Problem{Pos: src.pos, Msg: "connector without cname"})
+		}
+		if _, dup := s.Conns[name]; dup {
+			return append(probs, s.dupProblem(kind, name, src))
+		}
+		s.Conns[name] = v
+	case *Global:
+		if s.Global != nil {
+			return append(probs, s.dupProblem(kind, "", src))
+		}
+		s.Global = v
+	}
+	s.src[srcKey{kind, name}] = src
+	return probs
+}
+
+func (s *Set) dupProblem(kind Kind, name string, src *source) Problem {
+	first := s.Pos(kind, name, "")
+	what := fmt.Sprintf("duplicate %s %q", kind.noun(), name)
+	if kind == KindGlobal {
+		what = "duplicate global config"
+	}
+	line := src.pos.Line
+	if l, ok := src.lines[nameField(kind)]; ok {
+		line = l
+	}
+	return Problem{Pos: Pos{File: src.pos.File, Line: line}, Msg: fmt.Sprintf("%s (also defined at %s)", what, first)}
+}
+
+func nameField(k Kind) string {
+	switch k {
+	case KindFunc:
+		return "fname"
+	case KindFlow:
+		return "flow_name"
+	case KindConn:
+		return "cname"
+	}
+	return "kistype"
+}
+
+// walkFields records the line of every field path in lines and warns about
+// keys that t does not have.
+func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]int, warn func(int, string)) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		if t.Kind() != reflect.Struct {
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				lines[prefix+"."+n.Content[i].Value] = n.Content[i].Line
+			}
+			return
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			key, val := n.Content[i], n.Content[i+1]
+			p := key.Value
+			if prefix != "" {
+				p = prefix + "." + key.Value
+			}
+			lines[p] = key.Line
+			if prefix == "" && key.Value == "kistype" {
+				continue
+			}
+			f, ok := fieldByTag(t, key.Value)
+			if !ok {
+				if t == reflect.TypeOf(FuncOption{}) && key.Value == "return_duration" {
+					lines[prefix+".retry_duration"] = key.Line
+					continue
+				}
+				warn(key.Line, fmt.Sprintf("unknown field %q", p))
+				continue
+			}
+			walkFields(f.Type, val, p, lines, warn)
+		}
+	case yaml.SequenceNode:
+		if t.Kind() != reflect.Slice {
+			return
+		}
+		for i, item := range n.Content {
+			p := fmt.Sprintf("%s[%d]", prefix, i)
+			lines[p] = item.Line
+			walkFields(t.Elem(), item, p, lines, warn)
+		}
+	}
+}
+
+func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if tag == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// The norm functions map empty lists and maps to nil, so that a document
+// written with `load: []` equals one written with `load: null`.
+func normFunc(f *Func) {
+	if len(f.Source.Must) == 0 {
+		f.Source.Must = nil
+	}
+	if len(f.Option.DefaultParams) == 0 {
+		f.Option.DefaultParams = nil
+	}
+}
+
+func normFlow(f *Flow) {
+	if len(f.Flows) == 0 {
+		f.Flows = nil
+	}
+	for i := range f.Flows {
+		if len(f.Flows[i].Params) == 0 {
+			f.Flows[i].Params = nil
+		}
+	}
+}
+
+func normConn(c *Conn) {
+	if len(c.Params) == 0 {
+		c.Params = nil
+	}
+	if len(c.Load) == 0 {
+		c.Load = nil
+	}
+	if len(c.Save) == 0 {
+		c.Save = nil
+	}
+}

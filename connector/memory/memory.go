@@ -1,0 +1,128 @@
+// Package memory is an in-memory connector for tests and examples: a
+// key-value map and append-only tables, shared by every flow that uses the
+// connector. Register it with Install and configure it as `type: memory`.
+package memory
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+)
+
+// Type is the connector type this package registers.
+const Type = "memory"
+
+// Install registers the memory driver in reg.
+func Install(reg *kisflow.Registry) error {
+	return reg.RegisterDriver(Type, New)
+}
+
+// ErrNotStarted is returned by a Store used before Start or after Close.
+var ErrNotStarted = errors.New("memory connector is not started")
+
+// Store is the memory driver. Its methods are safe for concurrent use.
+//
+// Params: `fail_start: "true"` makes Start fail (for tests of start-up errors).
+type Store struct {
+	cfg     *config.Conn
+	mu      sync.Mutex
+	started bool
+	starts  int
+	closes  int
+	kv      map[string]any
+	tables  map[string][]any
+}
+
+// New builds a Store from its connector config.
+func New(cfg *config.Conn) (kisflow.Driver, error) {
+	return &Store{cfg: cfg}, nil
+}
+
+// Start makes the store usable.
+func (s *Store) Start(context.Context) error {
+	if s.cfg.Params["fail_start"] == "true" {
+		return fmt.Errorf("memory connector %q: fail_start is set", s.cfg.CName)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.started = true
+	s.starts++
+	s.kv = map[string]any{}
+	s.tables = map[string][]any{}
+	return nil
+}
+
+// Close drops the data.
+func (s *Store) Close(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.started = false
+	s.closes++
+	return nil
+}
+
+// Starts and Closes count the calls of Start and Close.
+func (s *Store) Starts() int { s.mu.Lock(); defer s.mu.Unlock(); return s.starts }
+
+// Closes counts the calls of Close.
+func (s *Store) Closes() int { s.mu.Lock(); defer s.mu.Unlock(); return s.closes }
+
+// Put sets key to value.
+func (s *Store) Put(key string, value any) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started {
+		return ErrNotStarted
+	}
+	s.kv[key] = value
+	return nil
+}
+
+// Get returns the value of key.
+func (s *Store) Get(key string) (any, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started {
+		return nil, false, ErrNotStarted
+	}
+	v, ok := s.kv[key]
+	return v, ok, nil
+}
+
+// Append adds rows to a table (the connector's `key` when table is "").
+func (s *Store) Append(table string, rows ...any) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started {
+		return ErrNotStarted
+	}
+	if table == "" {
+		table = s.cfg.Key
+	}
+	s.tables[table] = append(s.tables[table], rows...)
+	return nil
+}
+
+// Rows returns a copy of a table's rows (the connector's `key` when table is "").
+func (s *Store) Rows(table string) []any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if table == "" {
+		table = s.cfg.Key
+	}
+	return slices.Clone(s.tables[table])
+}
+
+// Call is the default Save: it appends args (a row, or a []any of rows) to
+// the connector's `key` table and returns nil.
+func (s *Store) Call(_ context.Context, _ *kisflow.Connector, _ kisflow.Flow, args any) (any, error) {
+	if rows, ok := args.([]any); ok {
+		return nil, s.Append("", rows...)
+	}
+	return nil, s.Append("", args)
+}

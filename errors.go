@@ -1,0 +1,65 @@
+package kisflow
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors, matched with errors.Is.
+var (
+	// ErrUnknownFlow: the engine's configuration has no flow of that name.
+	ErrUnknownFlow = errors.New("unknown flow")
+	// ErrFlowDisabled: the flow's status is 0.
+	ErrFlowDisabled = errors.New("flow is disabled")
+	// ErrUnknownFunction: a flow names a function no Go code registered.
+	ErrUnknownFunction = errors.New("function not registered")
+	// ErrNoConnector: the running function has no connector (option.cname).
+	ErrNoConnector = errors.New("function has no connector")
+	// ErrDuplicate: a name is registered twice.
+	ErrDuplicate = errors.New("already registered")
+	// ErrClosed: the engine was closed.
+	ErrClosed = errors.New("engine is closed")
+)
+
+// FuncError is the failure of one function during a flow run: the error it
+// returned, or the panic it raised.
+type FuncError struct {
+	Flow  string // flow name
+	Func  string // function name
+	Layer int    // position of the function in the flow, from 0
+	Err   error
+}
+
+func (e *FuncError) Error() string {
+	return fmt.Sprintf("flow %q: function %q (step %d): %v", e.Flow, e.Func, e.Layer+1, e.Err)
+}
+
+// Unwrap returns the function's error.
+func (e *FuncError) Unwrap() error { return e.Err }
+
+// PanicError is a panic raised by a function, recovered into an error.
+type PanicError struct {
+	Value any    // what was passed to panic
+	Stack []byte // the goroutine's stack at the panic
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
+
+// RowError is a row a function could not receive: it could not be converted
+// to the function's parameter type. The row is left out of that call; the
+// other rows go on. A run returns its RowErrors in Result.Rejected.
+type RowError struct {
+	Flow  string // flow name
+	Func  string // function name
+	Layer int    // position of the function in the flow, from 0
+	Index int    // position of the row in the function's input, from 0
+	Row   any    // the row as it arrived
+	Err   error
+}
+
+func (e *RowError) Error() string {
+	return fmt.Sprintf("flow %q: function %q: row %d: %v", e.Flow, e.Func, e.Index, e.Err)
+}
+
+// Unwrap returns the conversion error.
+func (e *RowError) Unwrap() error { return e.Err }

@@ -1,0 +1,218 @@
+package kisflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"runtime/debug"
+	"time"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/engine"
+)
+
+// Flow is a running instance of a flow: functions call it to read their input,
+// commit rows and ask for actions; callers commit source rows and Run it.
+//
+// A Flow is used by one goroutine at a time. Fork returns an independent
+// instance that can run in parallel; all instances share connectors.
+type Flow interface {
+	// Name is the flow's flow_name.
+	Name() string
+	// ID identifies this instance; each Fork has its own.
+	ID() string
+	// Config is the flow's configuration. Do not modify it.
+	Config() *config.Flow
+
+	// CommitRow adds a row: to the next run's input when called outside a
+	// run, to the running function's output inside one.
+	CommitRow(row any) error
+	// CommitRowBatch adds every element of a slice as CommitRow does.
+	CommitRowBatch(rows any) error
+	// Input is the running function's input, as the rows arrived (the
+	// pending source rows outside a run).
+	Input() []any
+	// Next records actions for the running function (see Action).
+	Next(actions ...Action) error
+
+	// Function is the running function, nil outside a run.
+	Function() *Function
+	// Param is Function().Param(key) for the running function.
+	Param(key string) string
+	// Params is Function().Params() for the running function.
+	Params() map[string]string
+	// Connector is the running function's connector.
+	Connector() (*Connector, error)
+
+	// Cache returns a value cached on this flow instance.
+	Cache(key string) (any, bool)
+	// SetCache caches a value on this flow instance for ttl (<= 0: forever).
+	SetCache(key string, value any, ttl time.Duration)
+	// Meta returns a metadata value of this flow instance.
+	Meta(key string) any
+	// SetMeta sets a metadata value of this flow instance.
+	SetMeta(key string, value any)
+	// Logger is the engine's logger with the flow's name and ID.
+	Logger() *slog.Logger
+
+	// Run runs the committed source rows through the functions, layer by
+	// layer, and returns the last layer's rows. The source rows are consumed
+	// whatever the outcome. A failing function ends the run with a
+	// *FuncError; the rows it committed are dropped.
+	Run(ctx context.Context) (Result, error)
+	// Fork returns an independent instance of the same flow sharing the
+	// connectors, with empty buffers, cache and metadata.
+	Fork() Flow
+}
+
+// Result is what a run produced.
+type Result struct {
+	// Rows is the last layer's output. It is valid until the next Run of
+	// the same instance.
+	Rows []any
+	// Rejected are the rows that could not be converted to a function's
+	// parameter type, with the function and the row's position.
+	Rejected []*RowError
+}
+
+// flow implements Flow over an engine.Run.
+type flow struct {
+	store
+	eng      *Engine
+	c        *compiled
+	cfg      *config.Flow
+	id       string
+	funcs    []*Function
+	run      *engine.Run
+	rejected []*RowError
+	log      *slog.Logger
+	codec    Codec
+}
+
+func (fl *flow) Name() string         { return fl.cfg.FlowName }
+func (fl *flow) ID() string           { return fl.id }
+func (fl *flow) Config() *config.Flow { return fl.cfg }
+func (fl *flow) Logger() *slog.Logger { return fl.log }
+func (fl *flow) Input() []any         { return fl.run.Input() }
+
+func (fl *flow) CommitRow(row any) error {
+	fl.run.Commit(row)
+	return nil
+}
+
+func (fl *flow) CommitRowBatch(rows any) error {
+	switch rs := rows.(type) {
+	case []any:
+		fl.run.CommitBatch(rs)
+		return nil
+	case nil:
+		return nil
+	}
+	v := reflect.ValueOf(rows)
+	if v.Kind() != reflect.Slice && v.Kind() != reflect.Array {
+		return fmt.Errorf("CommitRowBatch: %T is not a slice", rows)
+	}
+	for i := range v.Len() {
+		fl.run.Commit(v.Index(i).Interface())
+	}
+	return nil
+}
+
+func (fl *flow) Next(actions ...Action) error {
+	if !fl.run.Running() {
+		return errors.New("Next called outside a running function")
+	}
+	var a Actions
+	for _, act := range actions {
+		if act != nil {
+			act(&a)
+		}
+	}
+	fl.run.Act(engine.Action(a))
+	return nil
+}
+
+func (fl *flow) Function() *Function {
+	if i := fl.run.Current(); i >= 0 {
+		return fl.funcs[i]
+	}
+	return nil
+}
+
+func (fl *flow) Param(key string) string {
+	if fn := fl.Function(); fn != nil {
+		return fn.Param(key)
+	}
+	return ""
+}
+
+func (fl *flow) Params() map[string]string {
+	if fn := fl.Function(); fn != nil {
+		return fn.Params()
+	}
+	return nil
+}
+
+func (fl *flow) Connector() (*Connector, error) {
+	fn := fl.Function()
+	if fn == nil {
+		return nil, fmt.Errorf("flow %q: Connector called outside a running function", fl.Name())
+	}
+	return fn.Connector()
+}
+
+func (fl *flow) Run(ctx context.Context) (Result, error) {
+	fl.rejected = fl.rejected[:0]
+	dbg := fl.log.Enabled(ctx, slog.LevelDebug)
+	var start time.Time
+	if dbg {
+		start = time.Now()
+		fl.log.DebugContext(ctx, "flow run starts", "rows", fl.run.Pending())
+	}
+	out, err := fl.run.Execute(ctx)
+	res := Result{Rows: out}
+	if len(fl.rejected) > 0 {
+		res.Rejected = append([]*RowError(nil), fl.rejected...)
+		clear(fl.rejected)
+	}
+	if err != nil {
+		var se *engine.StepError
+		if errors.As(err, &se) {
+			err = &FuncError{Flow: fl.Name(), Func: fl.funcs[se.Index].Name(), Layer: se.Index, Err: se.Err}
+		} else {
+			err = fmt.Errorf("flow %q: %w", fl.Name(), err)
+		}
+		if dbg {
+			fl.log.DebugContext(ctx, "flow run failed", "err", err)
+		}
+		return res, err
+	}
+	if dbg {
+		fl.log.DebugContext(ctx, "flow run done", "rows", len(out), "rejected", len(res.Rejected), "took", time.Since(start))
+	}
+	return res, nil
+}
+
+func (fl *flow) Fork() Flow { return fl.eng.instance(fl.c) }
+
+func (fl *flow) decode(row any, dst any) error { return decodeRow(fl.codec, row, dst) }
+
+func (fl *flow) reject(layer, index int, row any, err error) {
+	fl.rejected = append(fl.rejected, &RowError{Flow: fl.Name(), Func: fl.funcs[layer].Name(), Layer: layer, Index: index, Row: row, Err: err})
+}
+
+// step runs one function of one flow instance and turns panics into errors.
+type step struct {
+	b binding
+}
+
+func (s step) Call(ctx context.Context, in []any) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return s.b.call(ctx, in)
+}

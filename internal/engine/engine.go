@@ -1,0 +1,258 @@
+// Package engine runs one batch through a flow's functions, layer by layer.
+//
+// It knows nothing about YAML, registries or typed rows: a flow is a list of
+// steps, each a Step that reads its input rows and commits output rows through
+// the Run it is given. The public kisflow package builds the steps and wraps a
+// Run in its Flow type.
+//
+// The rules kept here are DESIGN.md's semantics 1 and 2: a layer's input is
+// the previous layer's output; a layer with no output ends the run unless the
+// function asked ForceEntryNext; rows committed by a function that failed are
+// discarded; JumpFunc re-runs a named function over its predecessor's output,
+// bounded by MaxJumps; Abort wins over every other action.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// DefaultMaxJumps bounds the JumpFunc actions of one run when Plan.MaxJumps is zero.
+const DefaultMaxJumps = 1000
+
+// ErrTooManyJumps is returned (wrapped) when a run jumps more often than its bound.
+var ErrTooManyJumps = errors.New("too many jumps")
+
+// Step is one function of a flow bound to one flow instance.
+type Step interface {
+	// Call runs the function on in. It commits output through the Run.
+	Call(ctx context.Context, in []any) error
+}
+
+// Action is what a function asked of the flow for the step it is running.
+type Action struct {
+	DataReuse      bool   // the next layer reads this layer's input
+	ForceEntryNext bool   // go on even when this layer committed nothing
+	JumpFunc       string // run this function next
+	Abort          bool   // end the run after this layer
+}
+
+// Merge adds b's requests to a; a later JumpFunc replaces an earlier one.
+func (a Action) Merge(b Action) Action {
+	a.DataReuse = a.DataReuse || b.DataReuse
+	a.ForceEntryNext = a.ForceEntryNext || b.ForceEntryNext
+	a.Abort = a.Abort || b.Abort
+	if b.JumpFunc != "" {
+		a.JumpFunc = b.JumpFunc
+	}
+	return a
+}
+
+// Plan is the shape of a flow shared by all its instances: the step names in
+// order and the jump bound. It is read-only once built and safe to share.
+type Plan struct {
+	names    []string
+	index    map[string]int
+	maxJumps int
+}
+
+// NewPlan returns the plan of a flow whose functions are names, in order.
+// maxJumps <= 0 selects DefaultMaxJumps.
+func NewPlan(names []string, maxJumps int) *Plan {
+	if maxJumps <= 0 {
+		maxJumps = DefaultMaxJumps
+	}
+	idx := make(map[string]int, len(names))
+	for i, n := range names {
+		if _, dup := idx[n]; !dup {
+			idx[n] = i
+		}
+	}
+	return &Plan{names: names, index: idx, maxJumps: maxJumps}
+}
+
+// Len is the number of steps.
+func (p *Plan) Len() int { return len(p.names) }
+
+// Name is the name of step i.
+func (p *Plan) Name(i int) string { return p.names[i] }
+
+// StepError is a step's failure, with the position of the step.
+type StepError struct {
+	Index int
+	Err   error
+}
+
+func (e *StepError) Error() string { return fmt.Sprintf("step %d: %v", e.Index, e.Err) }
+
+// Unwrap returns the step's error.
+func (e *StepError) Unwrap() error { return e.Err }
+
+// Run is the per-instance state of a flow: the source rows of the next run,
+// one output buffer per layer, and the action of the running step. A Run is
+// used by one goroutine at a time; buffers are reused from run to run so a
+// steady stream of batches does not allocate per row.
+type Run struct {
+	plan    *Plan
+	steps   []Step
+	src     []any
+	outs    [][]any
+	ran     []bool // outs[i] holds a result of this run
+	cur     int    // running step, -1 when idle
+	in      []any
+	action  Action
+	running bool
+}
+
+// NewRun binds steps (one per plan name) into a runnable instance.
+func NewRun(p *Plan, steps []Step) *Run {
+	if len(steps) != p.Len() {
+		panic(fmt.Sprintf("engine: %d steps for a plan of %d", len(steps), p.Len()))
+	}
+	return &Run{plan: p, steps: steps, outs: make([][]any, len(steps)), ran: make([]bool, len(steps)), cur: -1}
+}
+
+// Plan returns the run's plan.
+func (r *Run) Plan() *Plan { return r.plan }
+
+// Current is the index of the running step, or -1 outside a run.
+func (r *Run) Current() int { return r.cur }
+
+// Running reports whether a step is executing.
+func (r *Run) Running() bool { return r.running }
+
+// Commit adds a row: to the running layer's output while a step runs, to the
+// source rows of the next run otherwise.
+func (r *Run) Commit(row any) {
+	if r.running {
+		r.outs[r.cur] = append(r.outs[r.cur], row)
+		return
+	}
+	r.src = append(r.src, row)
+}
+
+// CommitBatch adds rows as Commit does.
+func (r *Run) CommitBatch(rows []any) {
+	if r.running {
+		r.outs[r.cur] = append(r.outs[r.cur], rows...)
+		return
+	}
+	r.src = append(r.src, rows...)
+}
+
+// Pending is the number of source rows waiting for the next Execute.
+func (r *Run) Pending() int { return len(r.src) }
+
+// Input is the running step's input (the source rows outside a run).
+func (r *Run) Input() []any {
+	if r.running {
+		return r.in
+	}
+	return r.src
+}
+
+// Act records an action for the running step.
+func (r *Run) Act(a Action) { r.action = r.action.Merge(a) }
+
+// Reset drops pending source rows.
+func (r *Run) Reset() {
+	clear(r.src)
+	r.src = r.src[:0]
+}
+
+// Execute runs the pending source rows through the steps and returns the last
+// layer's output, which stays valid until the next Execute. The source rows
+// are consumed whatever the outcome. On a step failure the rows that step
+// committed are dropped and a *StepError is returned.
+func (r *Run) Execute(ctx context.Context) (out []any, err error) {
+	if r.running {
+		return nil, errors.New("flow instance is already running (use Fork for concurrent runs)")
+	}
+	for i := range r.outs {
+		clear(r.outs[i])
+		r.outs[i] = r.outs[i][:0]
+		r.ran[i] = false
+	}
+	src := r.src
+	defer func() {
+		clear(src)
+		r.src = src[:0]
+		r.running = false
+		r.cur = -1
+		r.in = nil
+		r.action = Action{}
+	}()
+	if len(r.steps) == 0 {
+		return nil, nil
+	}
+
+	in := src
+	jumps := 0
+	i := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		r.cur, r.in, r.action, r.running = i, in, Action{}, true
+		r.outs[i] = r.outs[i][:0]
+		callErr := r.steps[i].Call(ctx, in)
+		r.running = false
+		if callErr != nil {
+			clear(r.outs[i])
+			r.outs[i] = r.outs[i][:0]
+			return nil, &StepError{Index: i, Err: callErr}
+		}
+		act := r.action
+		if act.DataReuse {
+			r.outs[i] = append(r.outs[i][:0], in...)
+		}
+		r.ran[i] = true
+		out = r.outs[i]
+
+		if act.Abort {
+			return out, nil
+		}
+		next := i + 1
+		if act.JumpFunc != "" {
+			j, ok := r.plan.index[act.JumpFunc]
+			if !ok {
+				return nil, &StepError{Index: i, Err: fmt.Errorf("jump to %q: no such function in this flow", act.JumpFunc)}
+			}
+			jumps++
+			if jumps > r.plan.maxJumps {
+				return nil, &StepError{Index: i, Err: fmt.Errorf("%w: more than %d jumps in one run (last to %q)", ErrTooManyJumps, r.plan.maxJumps, act.JumpFunc)}
+			}
+			next = j
+			// The target re-runs over its predecessor's output of this run;
+			// a forward jump past steps that did not run carries this
+			// layer's output instead.
+			switch {
+			case j == 0:
+				in = src
+			case r.ran[j-1]:
+				in = r.outs[j-1]
+			default:
+				in = out
+			}
+			if j <= i {
+				for k := j; k <= i; k++ {
+					r.ran[k] = false
+				}
+			}
+			if len(in) == 0 && !act.ForceEntryNext {
+				return in, nil
+			}
+			i = next
+			continue
+		}
+		if next >= len(r.steps) {
+			return out, nil
+		}
+		if len(out) == 0 && !act.ForceEntryNext {
+			return out, nil
+		}
+		in = out
+		i = next
+	}
+}
