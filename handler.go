@@ -141,7 +141,7 @@ type rowsHandler struct {
 }
 
 func (h rowsHandler) bind(fl *flow, _ int) binding { return rowsBinding{fn: h.fn, fl: fl} }
-func (h rowsHandler) signature() string          { return reflect.TypeOf(h.fn).String() }
+func (h rowsHandler) signature() string            { return reflect.TypeOf(h.fn).String() }
 
 type rowsBinding struct {
 	fn func(context.Context, Flow, []any) error
@@ -155,7 +155,7 @@ type noRowsHandler struct {
 }
 
 func (h noRowsHandler) bind(fl *flow, _ int) binding { return noRowsBinding{fn: h.fn, fl: fl} }
-func (h noRowsHandler) signature() string          { return reflect.TypeOf(h.fn).String() }
+func (h noRowsHandler) signature() string            { return reflect.TypeOf(h.fn).String() }
 
 type noRowsBinding struct {
 	fn func(context.Context, Flow) error

@@ -301,10 +301,42 @@ func (s *Set) parseFile(file string, data []byte) []Problem {
 			return probs
 		}
 		if err != nil {
-			return append(probs, yamlProblems(file, err, "malformed YAML")...)
+			ps := yamlProblems(file, err, "malformed YAML")
+			if l := syntaxErrorLine(data); l > 0 && len(ps) == 1 {
+				ps[0].Pos.Line = l
+			}
+			return append(probs, ps...)
 		}
 		probs = append(probs, s.parseDoc(file, &doc)...)
 	}
+}
+
+// syntaxErrorLine returns the first line at which data stops being valid
+// YAML: the length of its shortest prefix that fails to parse. yaml.v3
+// reports some syntax errors a line early, or at the start of the
+// construct that is broken; this finds the line where it breaks. It returns
+// 0 when no prefix fails or the file is too long to search.
+func syntaxErrorLine(data []byte) int {
+	lines := strings.SplitAfter(string(data), "\n")
+	if len(lines) > 5000 {
+		return 0
+	}
+	var prefix strings.Builder
+	for i, l := range lines {
+		prefix.WriteString(l)
+		dec := yaml.NewDecoder(strings.NewReader(prefix.String()))
+		for {
+			var n yaml.Node
+			err := dec.Decode(&n)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return i + 1
+			}
+		}
+	}
+	return 0
 }
 
 func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {

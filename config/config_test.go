@@ -1,0 +1,230 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+)
+
+func TestImportKisFlowFormat(t *testing.T) {
+	t.Parallel()
+	s, err := Import("testdata/kisflow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(s.Funcs); got != 3 {
+		t.Fatalf("functions: got %d, want 3 (nested folder and .yaml included)", got)
+	}
+	f2 := s.Funcs["funcName2"]
+	if f2 == nil || f2.FMode != Save || f2.Option.CName != "ConnName1" || f2.Option.RetryTimes != 3 {
+		t.Fatalf("funcName2: %+v", f2)
+	}
+	if f2.Option.RetryDuration != 500 {
+		t.Errorf("return_duration alias: RetryDuration = %d, want 500", f2.Option.RetryDuration)
+	}
+	if got := s.Funcs["funcName3"].Option.DefaultParams["default1"]; got != "3" {
+		t.Errorf("numeric param: got %q, want \"3\"", got)
+	}
+	if got := s.Funcs["funcName1"].Source.Name; got != "公众号抖音商城户订单数据" {
+		t.Errorf("source name: %q", got)
+	}
+	c := s.Conns["ConnName1"]
+	if c.Load != nil || len(c.Save) != 1 || c.Save[0] != "funcName2" || c.Type != "redis" {
+		t.Errorf("conn: %+v", c)
+	}
+	if got := c.AddrList(); len(got) != 3 || got[1] != "0.0.0.0:9999" {
+		t.Errorf("addrs: %v", got)
+	}
+	if s.Global == nil || !s.Global.PrometheusEnable || s.Global.PrometheusListen != "0.0.0.0:20004" {
+		t.Errorf("global: %+v", s.Global)
+	}
+	fl := s.Flows["flowName1"]
+	if !fl.Enabled() || len(fl.Flows) != 3 {
+		t.Fatalf("flow: %+v", fl)
+	}
+	p := MergedParams(s.Funcs["funcName1"], fl.Flows[0])
+	if p["myKey1"] != "flowValue1-1" || p["default1"] != "funcName1_param1" || p["myKey2"] != "flowValue1-2" {
+		t.Errorf("merged params: %v", p)
+	}
+	if pos := s.Pos(KindFunc, "funcName2", "option.cname"); pos.Line != 10 || !strings.HasSuffix(pos.File, filepath.Join("nested", "func-funcName2.yaml")) {
+		t.Errorf("position of option.cname: %v", pos)
+	}
+}
+
+func TestLintReportsEveryProblem(t *testing.T) {
+	t.Parallel()
+	probs, err := Lint("testdata/bad", WithConnTypes("memory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := "testdata/bad/"
+	want := []string{
+		d + `bad-kistype.yml:1: unknown kistype "function" (want func, flow, conn or global)`,
+		d + `conns.yml:6: duplicate connector "C1" (also defined at ` + d + `conns.yml:1)`,
+		d + `conns.yml:11: connector "C2": unknown type "carrier-pigeon" (known: memory)`,
+		d + `conns.yml:13: connector "C2": save names unknown function "Ghost"`,
+		d + `dup-a.yml:4: warning: unknown field "colour"`,
+		d + `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`,
+		d + `flows-dup.yml:9: duplicate flow "Twice" (also defined at ` + d + `flows-dup.yml:1)`,
+		d + `func-bad-mode.yml:3: function "BadMode": unknown fmode "calculate" (did you mean Calculate?)`,
+		d + `func-save-nocname.yml:3: function "SaveNoConn": fmode Save needs a connector (option.cname)`,
+		d + `func-unknown-cname.yml:5: function "LoadBadConn": unknown connector "NoSuchConn"`,
+		d + `malformed.yml:3: malformed YAML: did not find expected ',' or ']'`,
+		d + `no-kistype.yml:1: missing kistype (want func, flow, conn or global)`,
+		d + `sub/dup-b.yaml:2: duplicate function "Known" (also defined at ` + d + `dup-a.yml:1)`,
+	}
+	var got []string
+	for _, p := range probs {
+		got = append(got, filepath.ToSlash(p.String()))
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("lint output:\n%s\n\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestImportFailsWithEveryError(t *testing.T) {
+	t.Parallel()
+	_, err := Import("testdata/bad")
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("want *Error, got %v", err)
+	}
+	for _, p := range ce.Problems {
+		if p.Severity != SevError {
+			t.Errorf("warning in Import's error: %v", p)
+		}
+	}
+	if len(ce.Problems) != 11 { // the lint list less the connector type (unchecked) and the warning
+		t.Errorf("got %d problems:\n%v", len(ce.Problems), err)
+	}
+	if _, err := Import("testdata/does-not-exist"); err == nil {
+		t.Error("missing folder: no error")
+	}
+}
+
+func TestSyntaxErrorLines(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, doc string
+		line      int
+	}{
+		{"mapping in value", "kistype: func\nfname: A\nfmode: Verify: x\n", 3},
+		{"tab indentation", "kistype: func\nfname: A\n\tfmode: Verify\n", 3},
+		{"unclosed sequence", "kistype: func\nfname: A\nfmode: [Verify\nother: 1\n", 3},
+		{"second document", "kistype: func\nfname: A\nfmode: Verify\n---\nkistype: func\nfname: \"B\n", 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := ImportFS(fstest.MapFS{"a.yml": {Data: []byte(tt.doc)}}, ".")
+			var ce *Error
+			if !errors.As(err, &ce) || len(ce.Problems) != 1 {
+				t.Fatalf("want one problem, got %v", err)
+			}
+			if p := ce.Problems[0]; p.Pos.Line != tt.line || !strings.Contains(p.Msg, "malformed YAML") {
+				t.Fatalf("got %v, want line %d", p, tt.line)
+			}
+		})
+	}
+}
+
+func TestExportImportRoundTrip(t *testing.T) {
+	t.Parallel()
+	orig, err := Import("testdata/kisflow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("flow", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		if err := orig.ExportFlow("flowName1", dir); err != nil {
+			t.Fatal(err)
+		}
+		back, err := Import(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := NewSet()
+		want.Flows["flowName1"] = orig.Flows["flowName1"]
+		want.Funcs = orig.Funcs
+		want.Conns = orig.Conns
+		if !back.Equal(want) {
+			t.Fatalf("round trip differs:\n got %+v\nwant %+v", back, want)
+		}
+		data, err := os.ReadFile(filepath.Join(dir, "func-funcName2.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(data), "kistype: func\n") || !strings.Contains(string(data), "retry_duration: 500") {
+			t.Errorf("exported file:\n%s", data)
+		}
+	})
+	t.Run("all", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		if err := orig.Export(dir); err != nil {
+			t.Fatal(err)
+		}
+		back, err := Import(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !back.Equal(orig) {
+			t.Fatalf("round trip differs")
+		}
+	})
+	if err := orig.ExportFlow("nope", t.TempDir()); err == nil {
+		t.Error("export of an unknown flow: no error")
+	}
+}
+
+func TestBuildersMatchYAML(t *testing.T) {
+	t.Parallel()
+	built := NewSet()
+	for _, err := range []error{
+		built.AddFunc(NewFunc("funcName1", Verify).WithParams(map[string]string{"default1": "funcName1_param1", "myKey1": "funcName1_default"})),
+		built.AddFunc(NewFunc("funcName2", Save).WithConn("ConnName1").WithRetry(3, 500).WithParams(map[string]string{"default1": "funcName2_param1"})),
+		built.AddFunc(NewFunc("funcName3", Calculate).WithParams(map[string]string{"default1": "3"})),
+		built.AddConn(&Conn{CName: "ConnName1", Type: "redis", Addrs: "0.0.0.0:9988,0.0.0.0:9999,0.0.0.0:9990", Key: "redis-key",
+			Params: map[string]string{"args1": "value1", "args2": "value2"}, Save: []string{"funcName2"}}),
+		built.AddFlow(NewFlow("flowName1",
+			Step("funcName1", map[string]string{"myKey1": "flowValue1-1", "myKey2": "flowValue1-2"}),
+			Step("funcName2", map[string]string{"myKey1": "flowValue2-1", "myKey2": "flowValue2-2"}),
+			Step("funcName3", nil))),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := built.AddFunc(NewFunc("funcName1", Expand)); err == nil {
+		t.Error("duplicate AddFunc: no error")
+	}
+	built.Global = &Global{PrometheusEnable: true, PrometheusListen: "0.0.0.0:20004", PrometheusServe: true}
+	imported, err := Import("testdata/kisflow")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The YAML carries source descriptions the builders did not set.
+	for name, f := range imported.Funcs {
+		built.Funcs[name].Source = f.Source
+	}
+	if !built.Equal(imported) {
+		t.Fatal("built set differs from the imported one")
+	}
+	if probs := built.Check(); len(probs) != 0 {
+		t.Fatalf("built set has problems: %v", probs)
+	}
+}
+
+func TestRetryCapWarns(t *testing.T) {
+	t.Parallel()
+	s := NewSet()
+	_ = s.AddFunc(NewFunc("F", Verify).WithRetry(80, 10))
+	probs := s.Check()
+	if len(probs) != 1 || probs[0].Severity != SevWarning || !strings.Contains(probs[0].Msg, "above the cap") {
+		t.Fatalf("got %v", probs)
+	}
+}
