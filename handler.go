@@ -284,8 +284,8 @@ func (b *reflectBinding) call(ctx context.Context, in []any) error {
 	case reflectAny:
 		b.args[2] = reflect.ValueOf(in)
 	default:
-		if b.cap < len(in) {
-			b.cap = max(len(in), 2*b.cap)
+		if !b.buf.IsValid() || b.cap < len(in) {
+			b.cap = max(len(in), 2*b.cap, 16)
 			b.buf = reflect.MakeSlice(h.sliceType, b.cap, b.cap)
 		}
 		n := b.fill(in)
@@ -350,11 +350,13 @@ func (b *reflectBinding) convert(row any, rt reflect.Type) (reflect.Value, error
 	return p.Elem(), nil
 }
 
+// clearBuf drops the references the slice holds, so rows can be collected.
 func (b *reflectBinding) clearBuf(n int) {
-	zero := reflect.Zero(b.h.elem)
-	for i := range n {
-		b.buf.Index(i).Set(zero)
+	if b.h.kind == reflectPtr {
+		clear(unsafe.Slice((*unsafe.Pointer)(b.buf.UnsafePointer()), n))
+		return
 	}
+	b.buf.Slice(0, n).Clear()
 }
 
 // decodeRow decodes a JSON text or map row into dst (a pointer).

@@ -179,6 +179,37 @@ func TestValueRowsFromPointers(t *testing.T) {
 	}
 }
 
+func TestEmptyInputReachesEveryForm(t *testing.T) {
+	t.Parallel()
+	forms := map[string]any{
+		"pointer generic": kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*score) error { return f.CommitRow(len(rows)) }),
+		"value generic":   kisflow.FuncValues(func(ctx context.Context, f kisflow.Flow, rows []score) error { return f.CommitRow(len(rows)) }),
+		"pointer reflect": func(ctx context.Context, f kisflow.Flow, rows []*score) error { return f.CommitRow(len(rows)) },
+		"value reflect":   func(ctx context.Context, f kisflow.Flow, rows []score) error { return f.CommitRow(len(rows)) },
+		"any reflect":     func(ctx context.Context, f kisflow.Flow, rows []interface{}) error { return f.CommitRow(len(rows)) },
+		"no rows":         func(ctx context.Context, f kisflow.Flow) error { return f.CommitRow(len(f.Input())) },
+	}
+	for name, fn := range forms {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			reg := kisflow.NewRegistry()
+			reg.MustRegister("Skip", kisflow.FuncNoRows(func(ctx context.Context, f kisflow.Flow) error {
+				return f.Next(kisflow.ForceEntryNext)
+			}))
+			reg.MustRegister("Count", fn)
+			fl := mustFlow(t, newEngine(t, reg, chain("F", "Skip", "Count")), "F")
+			_ = fl.CommitRow(&score{})
+			res, err := fl.Run(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(res.Rows) != "[0]" {
+				t.Fatalf("got %v", res.Rows)
+			}
+		})
+	}
+}
+
 func TestRegisterSignatures(t *testing.T) {
 	t.Parallel()
 	good := []any{

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"sort"
+	"strings"
+	"testing"
+)
+
+func TestActionsExample(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if err := run(context.Background(), &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	last := lines[len(lines)-1]
+	batches := lines[:len(lines)-1]
+	sort.Strings(batches) // forks finish in any order
+	want := []string{
+		"batch 1: 2 orders, 315.00 EUR",  // (100+250) * 0.9
+		"batch 2: no valid orders",       // ForceEntryNext, then Abort
+		"batch 3: 2 orders, 1012.50 EUR", // (1200+50) * 0.9 * 0.9 after the jump
+		"batch 4: 1 orders, 9.00 EUR",
+	}
+	if strings.Join(batches, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(batches, "\n"), strings.Join(want, "\n"))
+	}
+	if last != "ledger: [1 2 5 6 7]" {
+		t.Fatalf("ledger line: %q", last)
+	}
+}
