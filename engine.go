@@ -95,6 +95,9 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 			continue
 		}
 		for _, st := range fl.Flows {
+			if fc := set.Funcs[st.FName]; fc != nil && fc.ConfigOnly() {
+				continue
+			}
 			if _, ok := reg.handler(st.FName); !ok {
 				missing = append(missing, fmt.Errorf("flow %q: function %q: %w (call Registry.Register)", name, st.FName, ErrUnknownFunction))
 			}
@@ -149,6 +152,13 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			return nil, fmt.Errorf("flow %q: step %d: no config for function %q", name, i+1, st.FName)
 		}
 		h, ok := e.reg.handler(st.FName)
+		if !ok && fc.ConfigOnly() {
+			eh, err := newExprHandler(fc)
+			if err != nil {
+				return nil, fmt.Errorf("flow %q: %w", name, err)
+			}
+			h, ok = eh, true
+		}
 		if !ok {
 			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, ErrUnknownFunction)
 		}
@@ -216,6 +226,10 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	defer slot.mu.Unlock()
 	if slot.conn != nil {
 		return slot.conn, nil
+	}
+	cfg, err := cfg.Expanded()
+	if err != nil {
+		return nil, err
 	}
 	factory, ok := e.reg.driver(cfg.Type)
 	if !ok {

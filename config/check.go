@@ -67,6 +67,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		if fn.Option.RetryDuration < 0 {
 			add(KindFunc, name, "option.retry_duration", SevError, "function %q: retry_duration %d is negative", name, fn.Option.RetryDuration)
 		}
+		s.checkExprs(name, fn, add)
 	}
 
 	for _, name := range sortedKeys(s.Flows) {
@@ -86,6 +87,9 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 				add(KindFlow, name, field, SevError, "flow %q names unknown function %q", name, st.FName)
 			}
 		}
+		if fl.Stream != nil {
+			s.checkStream(name, fl.Stream, add)
+		}
 	}
 
 	for _, name := range sortedKeys(s.Conns) {
@@ -96,6 +100,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		case len(o.connTypes) > 0 && !slices.Contains(o.connTypes, c.Type):
 			add(KindConn, name, "type", SevError, "connector %q: unknown type %q (known: %s)", name, c.Type, strings.Join(o.connTypes, ", "))
 		}
+		s.checkEnv(name, c, add)
 		for field, list := range map[string][]string{"load": c.Load, "save": c.Save} {
 			for i, fname := range list {
 				if s.Funcs[fname] == nil {

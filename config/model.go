@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -53,6 +54,55 @@ type Func struct {
 	FMode  Mode       `yaml:"fmode"`
 	Source Source     `yaml:"source,omitempty"`
 	Option FuncOption `yaml:"option,omitempty"`
+	// Filter is a boolean expression over a row's fields: a Verify function
+	// with a filter needs no Go code; it keeps the rows for which it is true.
+	Filter string `yaml:"filter,omitempty"`
+	// Calc derives fields, in order, each an expression over the row's
+	// fields and those derived before it: a Calculate function with calc
+	// needs no Go code.
+	Calc Assignments `yaml:"calc,omitempty"`
+	// Keep, with Calc, lists the fields the output rows keep (all if empty).
+	Keep []string `yaml:"keep,omitempty"`
+}
+
+// ConfigOnly reports whether the function is written in YAML (filter or calc).
+func (f *Func) ConfigOnly() bool { return f.Filter != "" || len(f.Calc) > 0 }
+
+// Assignment is one derived field of a calc: Field = Expr.
+type Assignment struct {
+	Field string
+	Expr  string
+}
+
+// Assignments is an ordered calc mapping.
+type Assignments []Assignment
+
+// UnmarshalYAML reads a mapping of field: expression, keeping its order.
+func (a *Assignments) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.MappingNode {
+		return fmt.Errorf("line %d: calc must be a mapping of field: expression", n.Line)
+	}
+	out := make(Assignments, 0, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if v.Kind != yaml.ScalarNode {
+			return fmt.Errorf("line %d: calc %q: the expression must be a string", v.Line, k.Value)
+		}
+		out = append(out, Assignment{Field: k.Value, Expr: v.Value})
+	}
+	*a = out
+	return nil
+}
+
+// MarshalYAML writes the assignments as an ordered mapping.
+func (a Assignments) MarshalYAML() (any, error) {
+	n := &yaml.Node{Kind: yaml.MappingNode}
+	for _, as := range a {
+		n.Content = append(n.Content,
+			&yaml.Node{Kind: yaml.ScalarNode, Value: as.Field},
+			&yaml.Node{Kind: yaml.ScalarNode, Value: as.Expr, Style: yaml.DoubleQuotedStyle})
+	}
+	return n, nil
 }
 
 // Source describes where a function's rows come from (informational in KisFlow).
@@ -101,6 +151,8 @@ type Flow struct {
 	Status   int        `yaml:"status"`
 	FlowName string     `yaml:"flow_name"`
 	Flows    []FlowStep `yaml:"flows"`
+	// Stream, when set, binds the flow to a source for `kisflow run`.
+	Stream *Stream `yaml:"stream,omitempty"`
 }
 
 // Enabled reports whether the flow's status lets it run.
@@ -121,6 +173,17 @@ type Conn struct {
 	Params map[string]string `yaml:"params,omitempty"`
 	Load   []string          `yaml:"load"`
 	Save   []string          `yaml:"save"`
+	// Dir is the folder of the file the document was read from ("" when
+	// built in Go). Drivers resolve relative paths in params against it.
+	Dir string `yaml:"-"`
+}
+
+// Path resolves p against the connector's Dir when p is relative.
+func (c *Conn) Path(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.Dir == "" {
+		return p
+	}
+	return filepath.Join(c.Dir, p)
 }
 
 // AddrList splits Addrs on commas, dropping blanks.

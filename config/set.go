@@ -87,7 +87,8 @@ type Set struct {
 	Conns  map[string]*Conn
 	Global *Global
 
-	src map[srcKey]*source
+	src    map[srcKey]*source
+	curDir string // the folder of the file being read, for Conn.Dir
 }
 
 type srcKey struct {
@@ -143,7 +144,17 @@ func (s *Set) AddConn(c *Conn) error {
 // read from does not matter.
 func (s *Set) Equal(o *Set) bool {
 	return reflect.DeepEqual(s.Funcs, o.Funcs) && reflect.DeepEqual(s.Flows, o.Flows) &&
-		reflect.DeepEqual(s.Conns, o.Conns) && reflect.DeepEqual(s.Global, o.Global)
+		reflect.DeepEqual(connsWithoutDir(s.Conns), connsWithoutDir(o.Conns)) && reflect.DeepEqual(s.Global, o.Global)
+}
+
+func connsWithoutDir(m map[string]*Conn) map[string]Conn {
+	out := make(map[string]Conn, len(m))
+	for k, c := range m {
+		cc := *c
+		cc.Dir = ""
+		out[k] = cc
+	}
+	return out
 }
 
 // Pos returns where the document of kind and name was read, with the line of
@@ -262,6 +273,10 @@ func load(fsys fs.FS, dir, display string) (*Set, []Problem, error) {
 		data, err := fs.ReadFile(fsys, p)
 		if err != nil {
 			return nil, nil, fmt.Errorf("read %s: %w", name, err)
+		}
+		s.curDir = ""
+		if display != "" {
+			s.curDir = filepath.Dir(name)
 		}
 		probs = append(probs, s.parseFile(name, data)...)
 	}
@@ -409,6 +424,7 @@ func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
 		s.Flows[name] = v
 	case *Conn:
 		normConn(v)
+		v.Dir = s.curDir
 		name = v.CName
 		if name == "" {
 			return append(probs, Problem{Pos: src.pos, Msg: "connector without cname"})

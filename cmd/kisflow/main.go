@@ -6,13 +6,13 @@ import (
 	"os"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/internal/bundle"
 	"github.com/kisflow-go/kisflow/internal/cli"
 )
 
 func main() {
 	reg := kisflow.NewRegistry()
-	if err := memory.Install(reg); err != nil {
+	if err := bundle.Install(reg); err != nil {
 		fmt.Fprintln(os.Stderr, "kisflow:", err)
 		os.Exit(cli.ExitUsage)
 	}

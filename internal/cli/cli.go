@@ -64,7 +64,7 @@ func newRoot(reg *kisflow.Registry, stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(lintCmd(reg), versionCmd())
+	root.AddCommand(runCmd(reg), lintCmd(reg), versionCmd())
 	return root
 }
 

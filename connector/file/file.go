@@ -1,0 +1,229 @@
+// Package file provides connectors that need no external service:
+//
+//   - type file: a source reading a JSON lines or CSV file (optionally gzip
+//     compressed), bounded or following a growing file, whose position (the
+//     byte offset) the runtime checkpoints; and a sink appending JSON lines.
+//   - type stdin: a source reading JSON lines or CSV from standard input.
+//   - type stdout: a sink writing JSON lines to standard output.
+//   - type discard: a sink that drops rows (benchmarks, dry runs).
+//
+// Params of type file: path (or the connector's key; relative to the YAML
+// file's folder), format (jsonl or csv; default from the extension), follow
+// ("true": wait for more lines at the end), poll (how often to look for
+// more, default 200ms), sync ("false": do not fsync sink writes).
+package file
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/jsonl"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Connector types this package registers.
+const (
+	TypeFile    = "file"
+	TypeStdin   = "stdin"
+	TypeStdout  = "stdout"
+	TypeDiscard = "discard"
+)
+
+// Install registers the file, stdin, stdout and discard drivers.
+func Install(reg *kisflow.Registry) error {
+	for typ, f := range map[string]kisflow.DriverFactory{
+		TypeFile:    NewFile,
+		TypeStdin:   NewStdin,
+		TypeStdout:  NewStdout,
+		TypeDiscard: NewDiscard,
+	} {
+		if err := reg.RegisterDriver(typ, f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// File is the driver of type file: a source and a JSON lines sink.
+type File struct {
+	cfg    *config.Conn
+	path   string
+	format string
+	follow bool
+	poll   time.Duration
+	sync   bool
+	sink   atomic.Pointer[jsonl.Writer]
+}
+
+// NewFile builds a file driver from its config.
+func NewFile(cfg *config.Conn) (kisflow.Driver, error) {
+	p := cfg.Params["path"]
+	if p == "" {
+		p = cfg.Key
+	}
+	if p == "" {
+		return nil, fmt.Errorf("file connector %q: params.path (or key) is required", cfg.CName)
+	}
+	f := &File{cfg: cfg, path: cfg.Path(p), follow: cfg.Params["follow"] == "true", poll: 200 * time.Millisecond, sync: cfg.Params["sync"] != "false"}
+	var err error
+	if f.format, err = formatOf(cfg.Params["format"], p); err != nil {
+		return nil, fmt.Errorf("file connector %q: %w", cfg.CName, err)
+	}
+	if s := cfg.Params["poll"]; s != "" {
+		if f.poll, err = time.ParseDuration(s); err != nil || f.poll <= 0 {
+			return nil, fmt.Errorf("file connector %q: bad poll %q", cfg.CName, s)
+		}
+	}
+	return f, nil
+}
+
+func formatOf(format, path string) (string, error) {
+	switch format {
+	case "jsonl", "csv":
+		return format, nil
+	case "":
+		p := strings.TrimSuffix(path, ".gz")
+		if strings.HasSuffix(p, ".csv") {
+			return "csv", nil
+		}
+		return "jsonl", nil
+	}
+	return "", fmt.Errorf("unknown format %q (want jsonl or csv)", format)
+}
+
+// Start checks nothing: the file may appear later (a sink creates it).
+func (f *File) Start(context.Context) error { return nil }
+
+// Close closes the sink file, if it was opened.
+func (f *File) Close(context.Context) error {
+	if w := f.sink.Load(); w != nil {
+		return w.Close()
+	}
+	return nil
+}
+
+// Path is the resolved file path.
+func (f *File) Path() string { return f.path }
+
+// Write appends rows as JSON lines, synced to disk unless sync is "false".
+func (f *File) Write(ctx context.Context, rows []any) error {
+	w := f.sink.Load()
+	if w == nil {
+		nw, err := jsonl.Open(f.path, f.sync)
+		if err != nil {
+			return err
+		}
+		if !f.sink.CompareAndSwap(nil, nw) {
+			nw.Close()
+		}
+		w = f.sink.Load()
+	}
+	return w.Write(ctx, rows)
+}
+
+// OpenSource opens the file at the resume position (a byte offset of the
+// uncompressed content).
+func (f *File) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	var offset int64
+	if opts.Resume != "" {
+		var err error
+		if offset, err = strconv.ParseInt(opts.Resume, 10, 64); err != nil || offset < 0 {
+			return nil, fmt.Errorf("file source %s: bad resume position %q", f.path, opts.Resume)
+		}
+	}
+	fh, err := os.Open(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("file source: %w", err)
+	}
+	info, err := fh.Stat()
+	if err != nil {
+		fh.Close()
+		return nil, fmt.Errorf("file source: %w", err)
+	}
+	s, err := newLineSource(fh, f.path, strings.HasSuffix(f.path, ".gz"), f.format, offset, true)
+	if err != nil {
+		fh.Close()
+		return nil, err
+	}
+	s.follow, s.poll, s.total = f.follow, f.poll, info.Size()
+	return s, nil
+}
+
+// Stdin is the driver of type stdin: a bounded source over standard input.
+type Stdin struct {
+	cfg    *config.Conn
+	format string
+	in     io.Reader
+}
+
+// NewStdin builds a stdin driver; params.format is jsonl (default) or csv.
+func NewStdin(cfg *config.Conn) (kisflow.Driver, error) {
+	format, err := formatOf(cfg.Params["format"], "")
+	if err != nil {
+		return nil, fmt.Errorf("stdin connector %q: %w", cfg.CName, err)
+	}
+	return &Stdin{cfg: cfg, format: format, in: os.Stdin}, nil
+}
+
+// Start does nothing.
+func (s *Stdin) Start(context.Context) error { return nil }
+
+// Close does nothing; standard input stays open.
+func (s *Stdin) Close(context.Context) error { return nil }
+
+// OpenSource reads standard input from where it stands; stdin has no
+// position to resume from.
+func (s *Stdin) OpenSource(ctx context.Context, _ stream.SourceOptions) (stream.Source, error) {
+	return newLineSource(io.NopCloser(s.in), "stdin", false, s.format, 0, false)
+}
+
+// Stdout is the driver of type stdout: a sink writing JSON lines.
+type Stdout struct {
+	w *jsonl.Writer
+}
+
+// NewStdout builds a stdout driver.
+func NewStdout(cfg *config.Conn) (kisflow.Driver, error) { return &Stdout{}, nil }
+
+// Start prepares standard output for writing.
+func (s *Stdout) Start(context.Context) error {
+	s.w = jsonl.FromFile(os.Stdout)
+	return nil
+}
+
+// Close flushes standard output.
+func (s *Stdout) Close(context.Context) error { return s.w.Flush() }
+
+// Write prints rows as JSON lines.
+func (s *Stdout) Write(ctx context.Context, rows []any) error { return s.w.Write(ctx, rows) }
+
+// Discard is the driver of type discard: a sink that counts and drops rows.
+type Discard struct {
+	n atomic.Int64
+}
+
+// NewDiscard builds a discard driver.
+func NewDiscard(cfg *config.Conn) (kisflow.Driver, error) { return &Discard{}, nil }
+
+// Start does nothing.
+func (d *Discard) Start(context.Context) error { return nil }
+
+// Close does nothing.
+func (d *Discard) Close(context.Context) error { return nil }
+
+// Write counts rows.
+func (d *Discard) Write(_ context.Context, rows []any) error {
+	d.n.Add(int64(len(rows)))
+	return nil
+}
+
+// Rows is how many rows were written.
+func (d *Discard) Rows() int64 { return d.n.Load() }

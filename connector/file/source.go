@@ -1,0 +1,203 @@
+package file
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// lineSource reads messages from a stream of lines (JSON lines) or CSV
+// records. Positions are byte offsets in the uncompressed content, after
+// the message's line. It is read by one goroutine; Progress may be called
+// from others.
+type lineSource struct {
+	name      string
+	raw       io.ReadCloser
+	counted   *countingReader
+	r         *bufio.Reader
+	header    []string
+	format    string
+	offset    int64 // uncompressed offset of the next line
+	positions bool
+	follow    bool
+	poll      time.Duration
+	total     int64
+	partial   []byte // a line without its newline, while following
+	eof       bool
+}
+
+type countingReader struct {
+	r io.Reader
+	n atomic.Int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offset int64, positions bool) (*lineSource, error) {
+	s := &lineSource{name: name, raw: raw, format: format, positions: positions}
+	s.counted = &countingReader{r: raw}
+	var in io.Reader = s.counted
+	if gz {
+		zr, err := gzip.NewReader(s.counted)
+		if err != nil {
+			return nil, fmt.Errorf("file source %s: %w", name, err)
+		}
+		in = zr
+	}
+	s.r = bufio.NewReaderSize(in, 256<<10)
+	if format == "csv" {
+		// The header is read first, whatever the resume position.
+		line, err := s.r.ReadBytes('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("file source %s: %w", name, err)
+		}
+		hr := csv.NewReader(bytes.NewReader(line))
+		if s.header, err = hr.Read(); err != nil {
+			return nil, fmt.Errorf("file source %s: CSV header: %w", name, err)
+		}
+		s.offset = int64(len(line))
+	}
+	if offset > s.offset {
+		if _, err := io.CopyN(io.Discard, s.r, offset-s.offset); err != nil {
+			return nil, fmt.Errorf("file source %s: seek to position %d: %w", name, offset, err)
+		}
+		s.offset = offset
+	}
+	return s, nil
+}
+
+// Read returns up to max messages. At the end of a bounded file it returns
+// io.EOF; when following it waits for more lines, polling.
+func (s *lineSource) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	if s.eof {
+		return nil, io.EOF
+	}
+	slab := make([]stream.Message, 0, min(max, 1024))
+	out := make([]*stream.Message, 0, min(max, 1024))
+	for len(out) < max {
+		line, err := s.r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A line longer than the buffer: gather it whole.
+			rest, err2 := s.r.ReadBytes('\n')
+			line = append(append([]byte(nil), line...), rest...)
+			err = err2
+		}
+		if len(s.partial) > 0 {
+			line = append(s.partial, line...)
+			s.partial = nil
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				return out, fmt.Errorf("file source %s: %w", s.name, err)
+			}
+			if s.follow {
+				s.partial = append([]byte(nil), line...)
+				if len(out) > 0 {
+					return out, nil
+				}
+				if err := sleep(ctx, s.poll); err != nil {
+					return out, err
+				}
+				continue
+			}
+			if len(bytes.TrimSpace(line)) > 0 {
+				if m := s.message(&slab, line); m != nil {
+					out = append(out, m)
+				}
+			}
+			s.eof = true
+			return out, io.EOF
+		}
+		if m := s.message(&slab, line); m != nil {
+			out = append(out, m)
+		}
+		if len(out) > 0 && s.r.Buffered() == 0 && ctx.Err() != nil {
+			return out, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+// message turns one line into a message, or nil for a blank line (whose
+// bytes still advance the position).
+func (s *lineSource) message(slab *[]stream.Message, line []byte) *stream.Message {
+	s.offset += int64(len(line))
+	text := bytes.TrimRight(line, "\r\n")
+	if len(bytes.TrimSpace(text)) == 0 {
+		return nil
+	}
+	var payload any
+	if s.format == "csv" {
+		payload = s.record(text)
+	} else {
+		payload = string(text)
+	}
+	*slab = append(*slab, stream.Message{Payload: payload})
+	m := &(*slab)[len(*slab)-1]
+	if s.positions {
+		m.Position = strconv.FormatInt(s.offset, 10)
+	}
+	return m
+}
+
+// record parses one CSV line into a map of header to value; numbers become
+// int64 or float64 so that expressions and typed functions read them as
+// numbers. A
+// line that does not parse is passed on as text, to be rejected downstream
+// with its reason.
+func (s *lineSource) record(line []byte) any {
+	rec, err := csv.NewReader(bytes.NewReader(line)).Read()
+	if err != nil {
+		return string(line)
+	}
+	m := make(map[string]any, len(s.header))
+	for i, h := range s.header {
+		if i >= len(rec) {
+			break
+		}
+		v := rec[i]
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+			m[h] = n
+		} else if f, err := strconv.ParseFloat(v, 64); err == nil {
+			m[h] = f
+		} else {
+			m[h] = v
+		}
+	}
+	return m
+}
+
+// Ack does nothing: the runtime stores the file's position.
+func (s *lineSource) Ack(context.Context, []*stream.Message) error { return nil }
+
+// Close closes the file.
+func (s *lineSource) Close(context.Context) error { return s.raw.Close() }
+
+// Progress reports the bytes read from the file (compressed, for .gz) and
+// its size when opened.
+func (s *lineSource) Progress() (done, total int64) { return s.counted.n.Load(), s.total }
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

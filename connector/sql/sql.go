@@ -1,0 +1,486 @@
+// Package sql provides SQL connectors. Type sqlite is the embedded default
+// (modernc.org/sqlite, pure Go, no cgo): a stream sink, a transactional sink
+// for exactly-once delivery (a batch's rows and the source position commit in
+// one transaction), and a Save/Load target for functions.
+//
+// Config: key is the table. Params: path (the database file, relative to the
+// YAML file's folder; or addrs), columns (comma-separated; default: the
+// table's columns, or the first row's fields when the table is created),
+// create ("true": create the table if missing), load_query (the query a Load
+// function runs, with :field placeholders filled from the row).
+//
+// Rows may be maps, structs (fields by json tag or name) or JSON text.
+package sql
+
+import (
+	"context"
+	stdsql "database/sql"
+	"errors"
+	"fmt"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+
+	gojson "github.com/goccy/go-json"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/checkpoint"
+	"github.com/kisflow-go/kisflow/config"
+)
+
+// TypeSQLite is the connector type of the embedded database.
+const TypeSQLite = "sqlite"
+
+// Install registers the SQL drivers.
+func Install(reg *kisflow.Registry) error {
+	return reg.RegisterDriver(TypeSQLite, NewSQLite)
+}
+
+// DB is a SQL connector. It is safe for concurrent use.
+type DB struct {
+	cfg       *config.Conn
+	dialect   checkpoint.Dialect
+	path      string
+	table     string
+	create    bool
+	loadQuery string
+	loadArgs  []string
+
+	db *stdsql.DB
+
+	mu      sync.Mutex
+	columns []string // fixed once known
+}
+
+// NewSQLite builds an SQLite connector from its config.
+func NewSQLite(cfg *config.Conn) (kisflow.Driver, error) {
+	p := cfg.Params["path"]
+	if p == "" {
+		if a := cfg.AddrList(); len(a) > 0 {
+			p = a[0]
+		}
+	}
+	if p == "" {
+		return nil, fmt.Errorf("sqlite connector %q: params.path is required", cfg.CName)
+	}
+	d := &DB{cfg: cfg, dialect: checkpoint.SQLite, path: cfg.Path(p), table: cfg.Key, create: cfg.Params["create"] == "true"}
+	if err := d.parseCommon(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+var placeholder = regexp.MustCompile(`:([A-Za-z_][A-Za-z0-9_]*)`)
+
+func (d *DB) parseCommon() error {
+	if cols := d.cfg.Params["columns"]; cols != "" {
+		for _, c := range strings.Split(cols, ",") {
+			if c = strings.TrimSpace(c); c != "" {
+				d.columns = append(d.columns, c)
+			}
+		}
+	}
+	if q := d.cfg.Params["load_query"]; q != "" {
+		for _, m := range placeholder.FindAllStringSubmatch(q, -1) {
+			d.loadArgs = append(d.loadArgs, m[1])
+		}
+		i := 0
+		d.loadQuery = placeholder.ReplaceAllStringFunc(q, func(string) string {
+			i++
+			return d.bind(i)
+		})
+	}
+	if d.table != "" && !validIdent(d.table) {
+		return fmt.Errorf("connector %q: table %q is not a plain identifier", d.cfg.CName, d.table)
+	}
+	for _, c := range d.columns {
+		if !validIdent(c) {
+			return fmt.Errorf("connector %q: column %q is not a plain identifier", d.cfg.CName, c)
+		}
+	}
+	return nil
+}
+
+var ident = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+func validIdent(s string) bool { return ident.MatchString(s) }
+
+// bind is the dialect's i-th placeholder (from 1).
+func (d *DB) bind(i int) string {
+	if d.dialect == checkpoint.Postgres {
+		return fmt.Sprintf("$%d", i)
+	}
+	return "?"
+}
+
+func (d *DB) quote(id string) string {
+	if d.dialect == checkpoint.MySQL {
+		return "`" + id + "`"
+	}
+	return `"` + id + `"`
+}
+
+// Start opens the database and creates the checkpoint table.
+func (d *DB) Start(ctx context.Context) error {
+	db, err := checkpoint.OpenSQLiteDB(d.path)
+	if err != nil {
+		return err
+	}
+	if err := checkpoint.Ensure(ctx, db, d.dialect); err != nil {
+		db.Close()
+		return err
+	}
+	d.db = db
+	return nil
+}
+
+// Close closes the database.
+func (d *DB) Close(context.Context) error {
+	if d.db == nil {
+		return nil
+	}
+	return d.db.Close()
+}
+
+// SQL returns the database handle, for queries of the caller's own.
+func (d *DB) SQL() *stdsql.DB { return d.db }
+
+// Table is the connector's table (its key).
+func (d *DB) Table() string { return d.table }
+
+// Write inserts rows into the table in one transaction.
+func (d *DB) Write(ctx context.Context, rows []any) error {
+	return d.inTx(ctx, func(tx *stdsql.Tx) error { return d.insert(ctx, tx, rows) })
+}
+
+// CommitBatch inserts rows and records the stream's position in one
+// transaction: the exactly-once commit.
+func (d *DB) CommitBatch(ctx context.Context, stream, position string, rows []any) error {
+	return d.inTx(ctx, func(tx *stdsql.Tx) error {
+		if err := d.insert(ctx, tx, rows); err != nil {
+			return err
+		}
+		return checkpoint.Save(ctx, tx, d.dialect, stream, position)
+	})
+}
+
+// Position returns the stream's committed position.
+func (d *DB) Position(ctx context.Context, stream string) (string, error) {
+	return checkpoint.Load(ctx, d.db, d.dialect, stream)
+}
+
+// SavePosition records a position outside a batch (the checkpoint store
+// role, for at-least-once delivery).
+func (d *DB) SavePosition(ctx context.Context, stream, position string) error {
+	return checkpoint.Save(ctx, d.db, d.dialect, stream, position)
+}
+
+func (d *DB) inTx(ctx context.Context, fn func(*stdsql.Tx) error) error {
+	if d.db == nil {
+		return fmt.Errorf("connector %q is not started", d.cfg.CName)
+	}
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("connector %q: begin: %w", d.cfg.CName, err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback() // the write's error is the one to report
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("connector %q: commit: %w", d.cfg.CName, err)
+	}
+	return nil
+}
+
+// maxArgs keeps one INSERT under every dialect's limit on bound values.
+const maxArgs = 30000
+
+func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	if d.table == "" {
+		return fmt.Errorf("connector %q: no table (set key)", d.cfg.CName)
+	}
+	maps := make([]map[string]any, len(rows))
+	for i, r := range rows {
+		m, err := Fields(r)
+		if err != nil {
+			return fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err)
+		}
+		maps[i] = m
+	}
+	cols, err := d.columnsFor(ctx, tx, maps[0])
+	if err != nil {
+		return err
+	}
+	per := max(1, min(500, maxArgs/len(cols)))
+	args := make([]any, 0, per*len(cols))
+	for start := 0; start < len(maps); start += per {
+		chunk := maps[start:min(start+per, len(maps))]
+		args = args[:0]
+		for _, m := range chunk {
+			for _, c := range cols {
+				args = append(args, sqlValue(m[c]))
+			}
+		}
+		if _, err := tx.ExecContext(ctx, d.insertSQL(cols, len(chunk)), args...); err != nil {
+			return fmt.Errorf("connector %q: insert into %s: %w", d.cfg.CName, d.table, err)
+		}
+	}
+	return nil
+}
+
+func (d *DB) insertSQL(cols []string, n int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO ")
+	b.WriteString(d.quote(d.table))
+	b.WriteString(" (")
+	for i, c := range cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(d.quote(c))
+	}
+	b.WriteString(") VALUES ")
+	k := 0
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := range cols {
+			if j > 0 {
+				b.WriteString(", ")
+			}
+			k++
+			b.WriteString(d.bind(k))
+		}
+		b.WriteByte(')')
+	}
+	return b.String()
+}
+
+// columnsFor fixes the insert columns on first use: the configured ones,
+// else the table's, else (creating the table) the first row's fields.
+func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any) ([]string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.columns != nil {
+		if d.create {
+			if err := d.createTable(ctx, tx, d.columns); err != nil {
+				return nil, err
+			}
+		}
+		return d.columns, nil
+	}
+	cols, err := d.tableColumns(ctx, tx)
+	if err != nil {
+		return nil, err
+	}
+	if len(cols) == 0 {
+		if !d.create {
+			return nil, fmt.Errorf("connector %q: table %s does not exist (create it, or set params.create: \"true\")", d.cfg.CName, d.table)
+		}
+		for k := range first {
+			if validIdent(k) {
+				cols = append(cols, k)
+			}
+		}
+		slices.Sort(cols)
+		if len(cols) == 0 {
+			return nil, fmt.Errorf("connector %q: the first row has no fields to make columns of", d.cfg.CName)
+		}
+		if err := d.createTable(ctx, tx, cols); err != nil {
+			return nil, err
+		}
+	}
+	d.columns = cols
+	return cols, nil
+}
+
+func (d *DB) createTable(ctx context.Context, tx *stdsql.Tx, cols []string) error {
+	quoted := make([]string, len(cols))
+	for i, c := range cols {
+		quoted[i] = d.quote(c)
+	}
+	q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", d.quote(d.table), strings.Join(quoted, ", "))
+	if _, err := tx.ExecContext(ctx, q); err != nil {
+		return fmt.Errorf("connector %q: create table %s: %w", d.cfg.CName, d.table, err)
+	}
+	return nil
+}
+
+func (d *DB) tableColumns(ctx context.Context, tx *stdsql.Tx) ([]string, error) {
+	rows, err := tx.QueryContext(ctx, "SELECT name FROM pragma_table_info(?)", d.table)
+	if err != nil {
+		return nil, fmt.Errorf("connector %q: read columns of %s: %w", d.cfg.CName, d.table, err)
+	}
+	defer rows.Close()
+	var cols []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			return nil, err
+		}
+		cols = append(cols, c)
+	}
+	return cols, rows.Err()
+}
+
+// Call is the Save and Load target for functions using this connector:
+// with fmode Save it inserts args (a row or a []any of rows); with fmode
+// Load it runs load_query with the row's fields and returns the result
+// rows as []map[string]any.
+func (d *DB) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	fn := f.Function()
+	switch fn.Mode() {
+	case config.Save:
+		rows, ok := args.([]any)
+		if !ok {
+			rows = []any{args}
+		}
+		return nil, d.Write(ctx, rows)
+	case config.Load:
+		return d.Load(ctx, args)
+	}
+	return nil, fmt.Errorf("connector %q: function %q has fmode %s; only Save and Load functions call it", d.cfg.CName, fn.Name(), fn.Mode())
+}
+
+// Load runs load_query with :field placeholders filled from row's fields.
+func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
+	if d.loadQuery == "" {
+		return nil, fmt.Errorf("connector %q: no params.load_query", d.cfg.CName)
+	}
+	m, err := Fields(row)
+	if err != nil {
+		return nil, err
+	}
+	args := make([]any, len(d.loadArgs))
+	for i, a := range d.loadArgs {
+		v, ok := m[a]
+		if !ok {
+			return nil, fmt.Errorf("connector %q: load_query needs field %q, which the row lacks", d.cfg.CName, a)
+		}
+		args[i] = sqlValue(v)
+	}
+	rs, err := d.db.QueryContext(ctx, d.loadQuery, args...)
+	if err != nil {
+		return nil, fmt.Errorf("connector %q: load: %w", d.cfg.CName, err)
+	}
+	defer rs.Close()
+	cols, err := rs.Columns()
+	if err != nil {
+		return nil, err
+	}
+	var out []map[string]any
+	for rs.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rs.Scan(ptrs...); err != nil {
+			return nil, err
+		}
+		r := make(map[string]any, len(cols))
+		for i, c := range cols {
+			if b, ok := vals[i].([]byte); ok {
+				r[c] = string(b)
+			} else {
+				r[c] = vals[i]
+			}
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// Fields returns a row's fields: a map as is, a struct (or pointer) by its
+// exported fields (json tag names first), JSON text decoded.
+func Fields(row any) (map[string]any, error) {
+	switch v := row.(type) {
+	case map[string]any:
+		return v, nil
+	case map[string]string:
+		m := make(map[string]any, len(v))
+		for k, s := range v {
+			m[k] = s
+		}
+		return m, nil
+	case string:
+		return decodeJSON([]byte(v))
+	case []byte:
+		return decodeJSON(v)
+	case nil:
+		return nil, errors.New("nil row")
+	}
+	rv := reflect.ValueOf(row)
+	for rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return nil, errors.New("nil row")
+		}
+		rv = rv.Elem()
+	}
+	if rv.Kind() != reflect.Struct {
+		return nil, fmt.Errorf("row of type %T has no fields", row)
+	}
+	info := structInfo(rv.Type())
+	m := make(map[string]any, len(info))
+	for _, f := range info {
+		m[f.name] = rv.FieldByIndex(f.index).Interface()
+	}
+	return m, nil
+}
+
+func decodeJSON(b []byte) (map[string]any, error) {
+	var m map[string]any
+	if err := gojson.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("row is not a JSON object: %w", err)
+	}
+	return m, nil
+}
+
+type fieldInfo struct {
+	name  string
+	index []int
+}
+
+var structs sync.Map // reflect.Type -> []fieldInfo; derived from types, safe to share
+
+func structInfo(t reflect.Type) []fieldInfo {
+	if v, ok := structs.Load(t); ok {
+		return v.([]fieldInfo)
+	}
+	var out []fieldInfo
+	for _, f := range reflect.VisibleFields(t) {
+		if !f.IsExported() || f.Anonymous {
+			continue
+		}
+		name := f.Name
+		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == "-" {
+			continue
+		} else if tag != "" {
+			name = tag
+		}
+		out = append(out, fieldInfo{name: name, index: f.Index})
+	}
+	structs.Store(t, out)
+	return out
+}
+
+// sqlValue makes a value storable: nested maps and slices become JSON text.
+func sqlValue(v any) any {
+	switch v.(type) {
+	case map[string]any, []any:
+		b, err := gojson.Marshal(v)
+		if err != nil {
+			return fmt.Sprint(v)
+		}
+		return string(b)
+	}
+	return v
+}

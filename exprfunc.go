@@ -1,0 +1,144 @@
+package kisflow
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math"
+
+	"github.com/expr-lang/expr/vm"
+
+	"github.com/kisflow-go/kisflow/config"
+)
+
+// exprHandler is the body of a function written in YAML: a Verify filter or
+// a Calculate calc. Its expressions are compiled once, when the flow is
+// compiled; rows are maps of field to value (JSON text is decoded into one).
+type exprHandler struct {
+	name   string
+	filter *vm.Program
+	calc   []*vm.Program
+	fields []string
+	keep   []string
+}
+
+func newExprHandler(fc *config.Func) (*exprHandler, error) {
+	h := &exprHandler{name: fc.FName, keep: fc.Keep}
+	var err error
+	if fc.Filter != "" {
+		if h.filter, err = config.CompileFilter(fc.Filter); err != nil {
+			return nil, fmt.Errorf("function %q: %w", fc.FName, err)
+		}
+	}
+	for _, a := range fc.Calc {
+		p, err := config.CompileCalc(a)
+		if err != nil {
+			return nil, fmt.Errorf("function %q: %w", fc.FName, err)
+		}
+		h.calc = append(h.calc, p)
+		h.fields = append(h.fields, a.Field)
+	}
+	return h, nil
+}
+
+func (h *exprHandler) signature() string { return "config expression" }
+
+func (h *exprHandler) bind(fl *flow, layer int) binding {
+	return &exprBinding{h: h, fl: fl, layer: layer}
+}
+
+type exprBinding struct {
+	h     *exprHandler
+	fl    *flow
+	layer int
+	vm    vm.VM
+}
+
+func (b *exprBinding) call(ctx context.Context, in []any) error {
+	h := b.h
+	for i, row := range in {
+		m, err := b.rowMap(row)
+		if err != nil {
+			b.fl.reject(b.layer, i, row, err)
+			continue
+		}
+		if h.filter != nil {
+			ok, err := b.vm.Run(h.filter, m)
+			if err != nil {
+				b.fl.reject(b.layer, i, row, fmt.Errorf("filter: %w", err))
+				continue
+			}
+			if ok != true {
+				continue
+			}
+		}
+		if len(h.calc) > 0 {
+			for j, p := range h.calc {
+				v, err := b.vm.Run(p, m)
+				if err != nil {
+					b.fl.reject(b.layer, i, row, fmt.Errorf("calc %s: %w", h.fields[j], err))
+					m = nil
+					break
+				}
+				m[h.fields[j]] = v
+			}
+			if m == nil {
+				continue
+			}
+			if len(h.keep) > 0 {
+				kept := make(map[string]any, len(h.keep))
+				for _, k := range h.keep {
+					if v, ok := m[k]; ok {
+						kept[k] = v
+					}
+				}
+				m = kept
+			}
+		}
+		b.fl.run.Commit(m)
+	}
+	return nil
+}
+
+// rowMap returns the row as a map the expressions can read and calc can
+// write: JSON text is decoded into a new map; a map row is copied when calc
+// would change it, so the previous layer's row stays as it was.
+func (b *exprBinding) rowMap(row any) (map[string]any, error) {
+	switch v := row.(type) {
+	case map[string]any:
+		if len(b.h.calc) > 0 {
+			return maps.Clone(v), nil
+		}
+		return v, nil
+	}
+	m := make(map[string]any, 8)
+	switch row.(type) {
+	case string, []byte, map[string]string:
+		if err := b.fl.decode(row, &m); err != nil {
+			return nil, err
+		}
+		integers(m)
+		return m, nil
+	}
+	// A struct or other Go value: through the codec, as JSON.
+	data, err := b.fl.codec.Marshal(row)
+	if err != nil {
+		return nil, fmt.Errorf("row of type %T cannot be read as fields: %w", row, err)
+	}
+	m = make(map[string]any, 8)
+	if err := b.fl.codec.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("row of type %T cannot be read as fields: %w", row, err)
+	}
+	integers(m)
+	return m, nil
+}
+
+// integers turns JSON numbers without a fraction (decoded as float64) into
+// int64, so ids stay integers in expressions and sinks.
+func integers(m map[string]any) {
+	for k, v := range m {
+		if f, ok := v.(float64); ok && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+			m[k] = int64(f)
+		}
+	}
+}

@@ -1,0 +1,123 @@
+// Package jsonl appends rows to a file as JSON lines, syncing each write so
+// that what Write returned nil for survives a crash.
+package jsonl
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Writer appends rows to a JSON lines file. It is safe for concurrent use.
+type Writer struct {
+	mu   sync.Mutex
+	path string
+	f    *os.File
+	w    *bufio.Writer
+	sync bool
+	// borrowed files (FromFile) are not closed by Close.
+	borrowed bool
+}
+
+// Open opens path for appending, creating it and its folder. With sync,
+// every Write is flushed to disk before it returns.
+func Open(path string, sync bool) (*Writer, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return &Writer{path: path, f: f, w: bufio.NewWriterSize(f, 64<<10), sync: sync}, nil
+}
+
+// FromFile writes to an open file, such as os.Stdout, without syncing;
+// Close flushes but leaves the file open.
+func FromFile(f *os.File) *Writer {
+	return &Writer{path: f.Name(), f: f, w: bufio.NewWriterSize(f, 64<<10), borrowed: true}
+}
+
+// Flush writes buffered lines out.
+func (w *Writer) Flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return nil
+	}
+	return w.w.Flush()
+}
+
+// Path is the file's path.
+func (w *Writer) Path() string { return w.path }
+
+// Write appends each row as one line: JSON text rows ([]byte, string or
+// json.RawMessage holding valid JSON) as they are, other rows encoded.
+func (w *Writer) Write(_ context.Context, rows []any) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return fmt.Errorf("write %s: closed", w.path)
+	}
+	for _, r := range rows {
+		if err := w.line(r); err != nil {
+			return fmt.Errorf("write %s: %w", w.path, err)
+		}
+	}
+	if err := w.w.Flush(); err != nil {
+		return fmt.Errorf("write %s: %w", w.path, err)
+	}
+	if w.sync {
+		if err := w.f.Sync(); err != nil {
+			return fmt.Errorf("sync %s: %w", w.path, err)
+		}
+	}
+	return nil
+}
+
+func (w *Writer) line(r any) error {
+	var data []byte
+	switch v := r.(type) {
+	case string:
+		if json.Valid([]byte(v)) {
+			data = []byte(v)
+		}
+	case []byte:
+		if json.Valid(v) {
+			data = v
+		}
+	case json.RawMessage:
+		data = v
+	}
+	if data == nil {
+		var err error
+		if data, err = json.Marshal(r); err != nil {
+			return err
+		}
+	}
+	if _, err := w.w.Write(data); err != nil {
+		return err
+	}
+	return w.w.WriteByte('\n')
+}
+
+// Close flushes and closes the file.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return nil
+	}
+	err := w.w.Flush()
+	if !w.borrowed {
+		if cerr := w.f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	w.f = nil
+	return err
+}

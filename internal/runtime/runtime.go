@@ -1,0 +1,514 @@
+// Package runtime runs a flow on a stream: it reads messages from a source,
+// cuts them into micro-batches, runs the batches on several flow instances,
+// writes the results to a sink, and acknowledges the source, in order, only
+// once every row of a batch was written or dead-lettered.
+//
+// A micro-batch is an epoch: a contiguous range of the stream. With a key
+// field, an epoch is split across the workers by the key's hash, so rows with
+// the same key always go to the same worker, in order. Epochs commit strictly
+// in the order they were read, which makes a committed position mean "every
+// message up to here is done" however many workers there are; for
+// exactly-once delivery the epoch's rows and its end position are written in
+// one transaction of the sink.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Delivery guarantees.
+const (
+	AtLeastOnce = "at-least-once"
+	AtMostOnce  = "at-most-once"
+	ExactlyOnce = "exactly-once"
+)
+
+// Rejected is a row a flow could not take, as the flow reports it.
+type Rejected struct {
+	Func  string
+	Layer int
+	Index int // position in the layer's input; for layer 0, in the batch
+	Err   error
+}
+
+// Flow runs one batch. Each worker has its own.
+type Flow interface {
+	Run(ctx context.Context, rows []any) (out []any, rejected []Rejected, err error)
+}
+
+// Policy is a function's retry policy.
+type Policy struct {
+	Retries int           // retries after the first attempt
+	Base    time.Duration // first backoff; doubles per retry
+}
+
+// MaxBackoff caps one backoff.
+const MaxBackoff = 30 * time.Second
+
+// Config configures a Runner.
+type Config struct {
+	Name         string
+	BatchSize    int
+	Linger       time.Duration
+	Workers      int
+	Key          string
+	Delivery     string
+	MaxInFlight  int // epochs
+	DrainTimeout time.Duration
+	// PolicyFor returns the retry policy of a function ("" for the flow as
+	// a whole, when the failing function is unknown).
+	PolicyFor func(fname string) Policy
+	// FuncOf names the function behind a flow run error.
+	FuncOf func(err error) string
+	Logger *slog.Logger
+	// Sleep waits d or until ctx is done (tests replace it).
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+func (c *Config) defaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 1000
+	}
+	if c.Linger <= 0 {
+		c.Linger = 20 * time.Millisecond
+	}
+	if c.Workers <= 0 {
+		c.Workers = 1
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 2*c.Workers + 1
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.Delivery == "" {
+		c.Delivery = AtLeastOnce
+	}
+	if c.PolicyFor == nil {
+		c.PolicyFor = func(string) Policy { return Policy{Retries: 3, Base: 100 * time.Millisecond} }
+	}
+	if c.FuncOf == nil {
+		c.FuncOf = func(error) string { return "" }
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Sleep == nil {
+		c.Sleep = sleep
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Parts are the components a Runner works with.
+type Parts struct {
+	Source stream.Source
+	// NewFlow returns worker i's flow instance.
+	NewFlow func(i int) Flow
+	// Sink receives the output rows (nil: output is dropped).
+	Sink stream.Sink
+	// TxSink, for exactly-once, commits rows and position together.
+	TxSink stream.TxSink
+	// DeadLetter receives *stream.DeadLetter rows. Required.
+	DeadLetter stream.Sink
+	// Checkpoints stores positions for at-least-once and at-most-once
+	// delivery of sources that set Message.Position (nil: not stored).
+	Checkpoints stream.Checkpoints
+}
+
+// Stats are a runner's counters. Read them with Runner.Stats at any time.
+type Stats struct {
+	Read         int64 // messages read from the source
+	Committed    int64 // messages acknowledged after processing or dead-lettering
+	Out          int64 // rows written to the sink
+	DeadLettered int64 // messages sent to the dead-letter sink
+	Retries      int64 // flow runs retried
+	Batches      int64 // epochs committed
+	InFlight     int64 // messages read and not yet committed
+	MaxInFlight  int64 // the most messages in flight at once
+}
+
+// Runner runs one flow on one source.
+type Runner struct {
+	cfg   Config
+	parts Parts
+	keys  *keyReader
+
+	read, committed, out, dead, retries, batches, inflight, maxInflight atomic.Int64
+}
+
+// New returns a runner; Run starts it.
+func New(cfg Config, parts Parts) (*Runner, error) {
+	cfg.defaults()
+	if parts.Source == nil || parts.NewFlow == nil || parts.DeadLetter == nil {
+		return nil, errors.New("runtime: source, flow and dead-letter sink are required")
+	}
+	switch cfg.Delivery {
+	case AtLeastOnce, AtMostOnce:
+	case ExactlyOnce:
+		if parts.TxSink == nil {
+			return nil, errors.New("runtime: exactly-once needs a transactional sink")
+		}
+	default:
+		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
+	}
+	return &Runner{cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key)}, nil
+}
+
+// Stats returns the counters so far; safe for concurrent use.
+func (r *Runner) Stats() Stats {
+	return Stats{
+		Read: r.read.Load(), Committed: r.committed.Load(), Out: r.out.Load(),
+		DeadLettered: r.dead.Load(), Retries: r.retries.Load(), Batches: r.batches.Load(),
+		InFlight: r.inflight.Load(), MaxInFlight: r.maxInflight.Load(),
+	}
+}
+
+// epoch is one micro-batch: a contiguous range of the stream.
+type epoch struct {
+	msgs    []*stream.Message
+	parts   []*part
+	pending atomic.Int32
+	done    chan struct{}
+	failed  atomic.Bool // a part could not finish (shutdown): do not ack
+	mu      sync.Mutex
+	dead    []any // *stream.DeadLetter
+}
+
+// part is the share of an epoch one worker runs.
+type part struct {
+	ep     *epoch
+	msgs   []*stream.Message
+	worker int   // the worker's queue, with a key
+	out    []any // output rows kept for a transactional commit
+}
+
+func (ep *epoch) finish() {
+	if ep.pending.Add(-1) == 0 {
+		close(ep.done)
+	}
+}
+
+// Run reads until the source is exhausted (io.EOF) or ctx is done, then
+// drains: in-flight batches finish (within the drain timeout), are
+// committed, and the source is closed. It returns the first fatal error.
+func (r *Runner) Run(ctx context.Context) error {
+	cfg := r.cfg
+	// work outlives ctx by the drain timeout, so in-flight batches finish.
+	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	stopDrain := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(cfg.DrainTimeout, cancelWork)
+		context.AfterFunc(work, func() { t.Stop() })
+	})
+	defer stopDrain()
+
+	slots := make(chan struct{}, cfg.MaxInFlight)
+	epochs := make(chan *epoch, cfg.MaxInFlight)
+	queues := make([]chan *part, cfg.Workers)
+	shared := make(chan *part, cfg.MaxInFlight*cfg.Workers)
+	for i := range queues {
+		if cfg.Key != "" {
+			queues[i] = make(chan *part, cfg.MaxInFlight)
+		} else {
+			queues[i] = shared
+		}
+	}
+
+	var workers sync.WaitGroup
+	for i := range cfg.Workers {
+		w := &worker{r: r, flow: r.parts.NewFlow(i)}
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			for p := range queues[i] {
+				w.process(work, p)
+				p.ep.finish()
+			}
+		}()
+	}
+
+	commitErr := make(chan error, 1)
+	go func() { commitErr <- r.commitLoop(work, epochs, slots) }()
+
+	readErr := r.readLoop(ctx, work, slots, epochs, queues)
+	if cfg.Key != "" {
+		for _, q := range queues {
+			close(q)
+		}
+	} else {
+		close(shared)
+	}
+	close(epochs)
+	workers.Wait()
+	cErr := <-commitErr
+
+	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	srcErr := r.parts.Source.Close(closeCtx)
+	if errors.Is(readErr, context.Canceled) && ctx.Err() != nil {
+		readErr = nil // a requested stop
+	}
+	return errors.Join(readErr, cErr, srcErr)
+}
+
+// readLoop cuts epochs until EOF or ctx is done.
+func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs chan<- *epoch, queues []chan *part) error {
+	cfg := r.cfg
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		msgs, eof, err := r.readEpoch(ctx)
+		if len(msgs) == 0 {
+			<-slots
+			if err != nil {
+				return err
+			}
+			if eof {
+				return nil
+			}
+			continue
+		}
+		ep := &epoch{msgs: msgs, done: make(chan struct{})}
+		n := int64(len(msgs))
+		r.read.Add(n)
+		if v := r.inflight.Add(n); v > r.maxInflight.Load() {
+			r.maxInflight.Store(v) // only this goroutine raises it
+		}
+		if cfg.Delivery == AtMostOnce {
+			// Acknowledge before processing: a crash loses the epoch
+			// instead of repeating it.
+			if err := r.ack(work, ep); err != nil {
+				<-slots
+				return err
+			}
+		}
+		r.split(ep)
+		ep.pending.Store(int32(len(ep.parts)))
+		epochs <- ep
+		for _, p := range ep.parts {
+			queues[p.worker] <- p
+		}
+		if err != nil {
+			return err
+		}
+		if eof {
+			return nil
+		}
+	}
+}
+
+// readEpoch reads up to BatchSize messages: it blocks for the first, then
+// keeps reading until the batch is full or Linger has passed.
+func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof bool, err error) {
+	cfg := r.cfg
+	src := r.parts.Source
+	batch, err := src.Read(ctx, cfg.BatchSize)
+	msgs = append(msgs, batch...)
+	if err != nil {
+		return msgs, errors.Is(err, io.EOF), filterEOF(err)
+	}
+	if len(msgs) >= cfg.BatchSize {
+		return msgs, false, nil
+	}
+	lctx, cancel := context.WithTimeout(ctx, cfg.Linger)
+	defer cancel()
+	for len(msgs) < cfg.BatchSize {
+		batch, err := src.Read(lctx, cfg.BatchSize-len(msgs))
+		msgs = append(msgs, batch...)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return msgs, true, nil
+			}
+			if lctx.Err() != nil && ctx.Err() == nil {
+				return msgs, false, nil // linger over
+			}
+			return msgs, false, err
+		}
+	}
+	return msgs, false, nil
+}
+
+func filterEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// split assigns an epoch's messages to parts: by key hash across the
+// workers, or whole to the shared queue.
+func (r *Runner) split(ep *epoch) {
+	cfg := r.cfg
+	if cfg.Key == "" || cfg.Workers == 1 {
+		ep.parts = []*part{{ep: ep, msgs: ep.msgs}}
+		return
+	}
+	byWorker := make([][]*stream.Message, cfg.Workers)
+	for _, m := range ep.msgs {
+		w := partitionOf(r.keys.of(m), cfg.Workers)
+		byWorker[w] = append(byWorker[w], m)
+	}
+	for w, ms := range byWorker {
+		if len(ms) > 0 {
+			ep.parts = append(ep.parts, &part{ep: ep, msgs: ms, worker: w})
+		}
+	}
+}
+
+// commitLoop commits epochs in read order.
+func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-chan struct{}) error {
+	var firstErr error
+	for ep := range epochs {
+		select {
+		case <-ep.done:
+		case <-work.Done():
+			<-ep.done // workers give up on a cancelled work context
+		}
+		if err := r.commit(work, ep); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		n := int64(len(ep.msgs))
+		r.inflight.Add(-n)
+		<-slots
+	}
+	return firstErr
+}
+
+func (r *Runner) commit(work context.Context, ep *epoch) error {
+	cfg := r.cfg
+	if ep.failed.Load() {
+		r.nack(work, ep, errors.New("not processed before shutdown"))
+		return nil
+	}
+	if len(ep.dead) > 0 {
+		if err := r.retryForever(work, "dead-letter write", func() error {
+			return r.parts.DeadLetter.Write(work, ep.dead)
+		}); err != nil {
+			r.nack(work, ep, err)
+			return nil
+		}
+		r.dead.Add(int64(len(ep.dead)))
+	}
+	pos := lastPosition(ep.msgs)
+	if cfg.Delivery == ExactlyOnce {
+		var rows []any
+		for _, p := range ep.parts {
+			rows = append(rows, p.out...)
+		}
+		if err := r.retryForever(work, "transactional commit", func() error {
+			return r.parts.TxSink.CommitBatch(work, cfg.Name, pos, rows)
+		}); err != nil {
+			r.nack(work, ep, err)
+			return nil
+		}
+		r.out.Add(int64(len(rows)))
+	}
+	if cfg.Delivery != AtMostOnce {
+		if err := r.ack(work, ep); err != nil {
+			return err
+		}
+	}
+	r.committed.Add(int64(len(ep.msgs)))
+	r.batches.Add(1)
+	return nil
+}
+
+// ack acknowledges an epoch's messages and, for at-least-once and
+// at-most-once delivery, stores the position.
+func (r *Runner) ack(ctx context.Context, ep *epoch) error {
+	if err := r.parts.Source.Ack(ctx, ep.msgs); err != nil {
+		return fmt.Errorf("acknowledge: %w", err)
+	}
+	if r.cfg.Delivery == ExactlyOnce || r.parts.Checkpoints == nil {
+		return nil
+	}
+	if pos := lastPosition(ep.msgs); pos != "" {
+		if err := r.parts.Checkpoints.SavePosition(ctx, r.cfg.Name, pos); err != nil {
+			return fmt.Errorf("save position: %w", err)
+		}
+	}
+	return nil
+}
+
+func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
+	r.cfg.Logger.Warn("batch not committed; it will be redelivered", "messages", len(ep.msgs), "cause", cause)
+	if n, ok := r.parts.Source.(stream.Nacker); ok {
+		_ = n.Nack(context.WithoutCancel(ctx), ep.msgs, cause)
+	}
+}
+
+// retryForever retries an infrastructure write (sink, dead letters,
+// transaction) with capped backoff until it succeeds or ctx is done: a row
+// is never dropped because a sink is down.
+func (r *Runner) retryForever(ctx context.Context, what string, fn func() error) error {
+	base := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		r.cfg.Logger.Error(what+" failed; retrying", "attempt", attempt, "err", err)
+		r.retries.Add(1)
+		if err := r.cfg.Sleep(ctx, Backoff(base, attempt)); err != nil {
+			return err
+		}
+	}
+}
+
+func lastPosition(msgs []*stream.Message) string {
+	for i := len(msgs) - 1; i >= 0; i-- {
+		if p := msgs[i].Position; p != "" {
+			return p
+		}
+	}
+	return ""
+}
+
+// Backoff is the wait before retry number attempt (from 1): base doubling
+// per attempt, capped at MaxBackoff, with jitter in [d/2, d).
+func Backoff(base time.Duration, attempt int) time.Duration {
+	if base <= 0 {
+		return 0
+	}
+	d := base
+	for i := 1; i < attempt && d < MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, MaxBackoff)
+	half := d / 2
+	return half + rand.N(d-half+1)
+}
+
+// partition maps a message to a worker by its key.
+func partitionOf(key string, n int) int {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
+}

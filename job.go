@@ -1,0 +1,288 @@
+package kisflow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/kisflow-go/kisflow/checkpoint"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/jsonl"
+	"github.com/kisflow-go/kisflow/internal/runtime"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// DefaultStateDir is where jobs keep checkpoints and dead letters unless
+// WithStateDir says otherwise.
+const DefaultStateDir = ".kisflow"
+
+// Default retry policy of stream functions that set no retry_times.
+const (
+	DefaultRetryTimes    = 3
+	DefaultRetryDuration = 100 * time.Millisecond
+)
+
+// JobOption configures a Job.
+type JobOption func(*jobOptions)
+
+type jobOptions struct {
+	stateDir    string
+	checkpoints stream.Checkpoints
+	deadLetter  stream.Sink
+	sleep       func(context.Context, time.Duration) error
+}
+
+// WithStateDir sets the folder for the default checkpoint store
+// (checkpoints.db) and dead-letter files (dead-letter/FLOW.jsonl).
+func WithStateDir(dir string) JobOption { return func(o *jobOptions) { o.stateDir = dir } }
+
+// WithCheckpoints replaces the default SQLite checkpoint store.
+func WithCheckpoints(c stream.Checkpoints) JobOption {
+	return func(o *jobOptions) { o.checkpoints = c }
+}
+
+// WithDeadLetterSink replaces the dead-letter sink of the flow's stream
+// block and the default file.
+func WithDeadLetterSink(s stream.Sink) JobOption { return func(o *jobOptions) { o.deadLetter = s } }
+
+// WithRetrySleep replaces the wait between retries (for tests with a fake
+// clock); it must return ctx's error when ctx is done first.
+func WithRetrySleep(sleep func(ctx context.Context, d time.Duration) error) JobOption {
+	return func(o *jobOptions) { o.sleep = sleep }
+}
+
+// Job runs a flow on the stream its `stream:` block names: it reads the
+// source in micro-batches, runs them on Workers forks of the flow, writes
+// the last layer's rows to the sink, dead-letters what fails after its
+// retries, and acknowledges the source once a batch is done.
+type Job struct {
+	name    string
+	runner  *runtime.Runner
+	source  stream.Source
+	closers []func() error
+	log     *slog.Logger
+}
+
+// JobStats are a job's counters; see Job.Stats.
+type JobStats struct {
+	Read         int64 // messages read from the source
+	Committed    int64 // messages acknowledged (processed or dead-lettered)
+	Out          int64 // rows written to the sink
+	DeadLettered int64 // messages sent to the dead-letter sink
+	Retries      int64 // retried runs and writes
+	Batches      int64 // micro-batches committed
+	InFlight     int64 // messages read and not yet committed
+	MaxInFlight  int64 // the most messages in flight at once
+}
+
+// Job prepares the flow's stream: it starts the connectors, opens the
+// source at its committed position and the sinks. Run starts it.
+func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*Job, error) {
+	o := jobOptions{stateDir: DefaultStateDir}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	fc := e.set.Flows[flowName]
+	if fc == nil {
+		return nil, fmt.Errorf("flow %q: %w", flowName, ErrUnknownFlow)
+	}
+	st := fc.Stream
+	if st == nil {
+		return nil, fmt.Errorf("flow %q has no stream block (stream.source names its source)", flowName)
+	}
+	base, err := e.Flow(ctx, flowName)
+	if err != nil {
+		return nil, err
+	}
+	j := &Job{name: flowName, log: e.log.With("flow", flowName)}
+	fail := func(err error) (*Job, error) {
+		j.close()
+		return nil, fmt.Errorf("flow %q: %w", flowName, err)
+	}
+
+	parts := runtime.Parts{}
+	delivery := st.Delivery
+	if delivery == "" {
+		delivery = config.AtLeastOnce
+	}
+	if st.Sink != "" {
+		c, err := e.Connector(ctx, st.Sink)
+		if err != nil {
+			return fail(err)
+		}
+		sink, ok := c.Driver().(stream.Sink)
+		if !ok {
+			return fail(fmt.Errorf("stream sink %q: connector type %s cannot be a sink", st.Sink, c.Type()))
+		}
+		parts.Sink = sink
+		if delivery == config.ExactlyOnce {
+			tx, ok := c.Driver().(stream.TxSink)
+			if !ok {
+				return fail(fmt.Errorf("exactly-once: sink %q (type %s) is not transactional", st.Sink, c.Type()))
+			}
+			parts.TxSink = tx
+		}
+	}
+	switch {
+	case o.deadLetter != nil:
+		parts.DeadLetter = o.deadLetter
+	case st.DeadLetter != "":
+		c, err := e.Connector(ctx, st.DeadLetter)
+		if err != nil {
+			return fail(err)
+		}
+		sink, ok := c.Driver().(stream.Sink)
+		if !ok {
+			return fail(fmt.Errorf("dead_letter %q: connector type %s cannot be a sink", st.DeadLetter, c.Type()))
+		}
+		parts.DeadLetter = sink
+	default:
+		w, err := jsonl.Open(filepath.Join(o.stateDir, "dead-letter", flowName+".jsonl"), true)
+		if err != nil {
+			return fail(fmt.Errorf("dead-letter file: %w", err))
+		}
+		j.closers = append(j.closers, w.Close)
+		parts.DeadLetter = w
+	}
+
+	var resume string
+	if delivery == config.ExactlyOnce {
+		if resume, err = parts.TxSink.Position(ctx, flowName); err != nil {
+			return fail(err)
+		}
+	} else {
+		ck := o.checkpoints
+		if ck == nil {
+			store, err := checkpoint.OpenSQLite(ctx, filepath.Join(o.stateDir, "checkpoints.db"))
+			if err != nil {
+				return fail(err)
+			}
+			j.closers = append(j.closers, store.Close)
+			ck = store
+		}
+		parts.Checkpoints = ck
+		if resume, err = ck.Position(ctx, flowName); err != nil {
+			return fail(err)
+		}
+	}
+
+	sc, err := e.Connector(ctx, st.Source)
+	if err != nil {
+		return fail(err)
+	}
+	sd, ok := sc.Driver().(stream.SourceDriver)
+	if !ok {
+		return fail(fmt.Errorf("stream source %q: connector type %s cannot be a source", st.Source, sc.Type()))
+	}
+	src, err := sd.OpenSource(ctx, stream.SourceOptions{Name: flowName, Resume: resume, Logger: j.log})
+	if err != nil {
+		return fail(fmt.Errorf("open source %q: %w", st.Source, err))
+	}
+	j.source = src
+	parts.Source = src
+
+	workers := max(st.Workers, 1)
+	flows := make([]*flow, workers)
+	flows[0] = base.(*flow)
+	for i := 1; i < workers; i++ {
+		flows[i] = base.Fork().(*flow)
+	}
+	parts.NewFlow = func(i int) runtime.Flow { return &jobFlow{fl: flows[i]} }
+
+	cfg := runtime.Config{
+		Name: flowName, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
+		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
+		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
+	}
+	if j.runner, err = runtime.New(cfg, parts); err != nil {
+		_ = src.Close(ctx)
+		return fail(err)
+	}
+	return j, nil
+}
+
+// policyFor returns the retry policy lookup of a stream: a function's own
+// retry_times (capped) and retry_duration when set, else the stream's.
+func (e *Engine) policyFor(st *config.Stream) func(string) runtime.Policy {
+	def := runtime.Policy{Retries: DefaultRetryTimes, Base: DefaultRetryDuration}
+	if st.RetryTimes != nil {
+		def.Retries = min(max(*st.RetryTimes, 0), config.MaxRetryTimes)
+	}
+	if st.RetryDuration > 0 {
+		def.Base = time.Duration(st.RetryDuration) * time.Millisecond
+	}
+	return func(fname string) runtime.Policy {
+		p := def
+		if fc := e.set.Funcs[fname]; fc != nil {
+			if fc.Option.RetryTimes > 0 {
+				p.Retries = min(fc.Option.RetryTimes, config.MaxRetryTimes)
+			}
+			if fc.Option.RetryDuration > 0 {
+				p.Base = time.Duration(fc.Option.RetryDuration) * time.Millisecond
+			}
+		}
+		return p
+	}
+}
+
+func funcOf(err error) string {
+	var fe *FuncError
+	if errors.As(err, &fe) {
+		return fe.Func
+	}
+	return ""
+}
+
+// Run processes the stream until a bounded source is exhausted, or until
+// ctx is cancelled (SIGINT, SIGTERM); then it drains: in-flight batches
+// finish within the stream's drain_timeout and are acknowledged, positions
+// are committed and the source is closed. The engine's connectors stay
+// open; close them with Engine.Close.
+func (j *Job) Run(ctx context.Context) error {
+	defer j.close()
+	j.log.InfoContext(ctx, "job starts")
+	err := j.runner.Run(ctx)
+	s := j.Stats()
+	j.log.InfoContext(ctx, "job ends", "read", s.Read, "committed", s.Committed, "out", s.Out, "dead_lettered", s.DeadLettered, "retries", s.Retries)
+	return err
+}
+
+// Stats returns the job's counters so far; safe for concurrent use.
+func (j *Job) Stats() JobStats { return JobStats(j.runner.Stats()) }
+
+// Progress reports how far a bounded source has read and its total, when
+// the source knows (a file: bytes).
+func (j *Job) Progress() (done, total int64, ok bool) {
+	if s, isSizer := j.source.(stream.Sizer); isSizer {
+		done, total = s.Progress()
+		return done, total, true
+	}
+	return 0, 0, false
+}
+
+func (j *Job) close() {
+	for i := len(j.closers) - 1; i >= 0; i-- {
+		if err := j.closers[i](); err != nil {
+			j.log.Error("close", "err", err)
+		}
+	}
+	j.closers = nil
+}
+
+// jobFlow adapts a flow instance to the runtime.
+type jobFlow struct {
+	fl *flow
+}
+
+func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
+	j.fl.run.CommitBatch(rows)
+	res, err := j.fl.Run(ctx)
+	var rej []runtime.Rejected
+	for _, re := range res.Rejected {
+		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Err: re.Err})
+	}
+	return res.Rows, rej, err
+}

@@ -1,0 +1,114 @@
+// Package stream defines what the streaming runtime needs from connectors:
+// sources that deliver messages and take acknowledgements, sinks that take
+// the rows a flow produced, transactional sinks for exactly-once delivery,
+// and checkpoint stores for positions the runtime owns.
+//
+// Each is an optional capability of a connector's driver, found by type
+// assertion: a driver that implements SourceDriver can feed a flow; one that
+// implements Sink can receive its output.
+package stream
+
+import (
+	"context"
+	"log/slog"
+	"time"
+)
+
+// Message is one unit a source delivers.
+type Message struct {
+	// Payload becomes the row handed to the flow: JSON text (string or
+	// []byte), a map, or any Go value.
+	Payload any
+	// Key, when the source knows one, orders rows per key; otherwise the
+	// runner reads the flow's key field from the payload.
+	Key string
+	// Position is where the stream stands after this message, for sources
+	// whose position the runtime stores (file offsets). Empty otherwise. A
+	// source may set it only on the last message of each Read: the runtime
+	// commits the position of the last message that has one.
+	Position string
+	// Headers carries metadata such as trace context.
+	Headers map[string]string
+	// Handle is the source's own reference (a delivery tag, an entry ID).
+	Handle any
+}
+
+// Source delivers messages. Read is called by one goroutine; Ack may be
+// called from another, always in the order messages were read.
+type Source interface {
+	// Read returns up to max messages, blocking until at least one is
+	// available or ctx is done. A bounded source returns io.EOF (possibly
+	// with a last set of messages) when it is exhausted.
+	Read(ctx context.Context, max int) ([]*Message, error)
+	// Ack acknowledges messages whose processing finished: the flow ran and
+	// every write succeeded, or the message went to the dead-letter sink.
+	Ack(ctx context.Context, msgs []*Message) error
+	// Close releases the source; unacknowledged messages are redelivered
+	// by sources that can.
+	Close(ctx context.Context) error
+}
+
+// Nacker is an optional Source capability: messages that could not be
+// processed and were not dead-lettered (at shutdown, or at-most-once).
+type Nacker interface {
+	Nack(ctx context.Context, msgs []*Message, cause error) error
+}
+
+// Sizer is an optional Source capability for progress: how far a bounded
+// source has read, and its total, in the same unit (bytes for a file).
+type Sizer interface {
+	Progress() (done, total int64)
+}
+
+// SourceOptions is what the runner tells a source it opens.
+type SourceOptions struct {
+	// Name identifies the stream (the flow name): a consumer group, a
+	// durable consumer, a checkpoint key.
+	Name string
+	// Resume is the last committed position, "" to start from the beginning.
+	Resume string
+	// Logger is the runner's logger.
+	Logger *slog.Logger
+}
+
+// SourceDriver is the connector capability of being read as a stream.
+type SourceDriver interface {
+	OpenSource(ctx context.Context, opts SourceOptions) (Source, error)
+}
+
+// Sink takes the rows a flow produced. Write must be safe for concurrent
+// use and must not keep rows after it returns.
+type Sink interface {
+	Write(ctx context.Context, rows []any) error
+}
+
+// TxSink is the capability behind exactly-once delivery: the rows of one or
+// more batches and the source position commit in one transaction, so a crash
+// at any point neither loses nor duplicates a row.
+type TxSink interface {
+	// CommitBatch writes rows and records position as stream's position,
+	// atomically.
+	CommitBatch(ctx context.Context, stream string, position string, rows []any) error
+	// Position returns stream's committed position ("" if none).
+	Position(ctx context.Context, stream string) (string, error)
+}
+
+// Checkpoints stores the positions of streams whose position the runtime
+// owns, for at-least-once delivery.
+type Checkpoints interface {
+	Position(ctx context.Context, stream string) (string, error)
+	SavePosition(ctx context.Context, stream string, position string) error
+}
+
+// DeadLetter is what the dead-letter sink receives for a message that could
+// not be processed after its retries.
+type DeadLetter struct {
+	Flow     string            `json:"flow"`
+	Func     string            `json:"func,omitempty"`
+	Error    string            `json:"error"`
+	Attempts int               `json:"attempts"`
+	Payload  any               `json:"payload"`
+	Position string            `json:"position,omitempty"`
+	Headers  map[string]string `json:"headers,omitempty"`
+	Time     time.Time         `json:"time"`
+}
