@@ -165,4 +165,3 @@ func dlqPayload(p any) any {
 	}
 	return p
 }
-
