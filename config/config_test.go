@@ -228,3 +228,61 @@ func TestRetryCapWarns(t *testing.T) {
 		t.Fatalf("got %v", probs)
 	}
 }
+
+func TestLintStreamsAndExpressions(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"f.yml": {Data: []byte(`kistype: func
+fname: Keep
+fmode: Verify
+filter: score >=
+---
+kistype: func
+fname: Derive
+fmode: Verify
+calc:
+  total: qty * (price
+`)},
+		"flow.yml": {Data: []byte(`kistype: flow
+status: 1
+flow_name: S
+flows:
+  - fname: Keep
+stream:
+  source: nowhere
+  delivery: twice
+  linger: soon
+`)},
+		"flow2.yml": {Data: []byte(`kistype: flow
+status: 1
+flow_name: T
+flows:
+  - fname: Keep
+stream:
+  source: c
+  delivery: exactly-once
+`)},
+		"c.yml": {Data: []byte("kistype: conn\ncname: c\ntype: file\nparams:\n  path: ${KISFLOW_SURELY_UNSET_VAR}\n")},
+	}
+	s, probs, err := load(fsys, ".", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probs = append(probs, s.Check()...)
+	sortProblems(probs)
+	var got []string
+	for _, p := range probs {
+		got = append(got, p.String())
+	}
+	want := []string{
+		`c.yml:5: warning: connector "c": params.path uses unset environment variable(s) KISFLOW_SURELY_UNSET_VAR`,
+		`f.yml:4: function "Keep": filter "score >=": unexpected token EOF (1:8)`,
+		`f.yml:9: function "Derive": calc needs fmode Calculate, not Verify`,
+		`f.yml:10: function "Derive": calc total: "qty * (price": unexpected token EOF (1:12)`,
+		`flow.yml:9: bad flow: bad duration "soon" (want e.g. 250ms, 2s, or milliseconds)`,
+		`flow2.yml:8: flow "T": exactly-once needs a transactional sink (stream.sink)`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
