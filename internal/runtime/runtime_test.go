@@ -89,7 +89,9 @@ func (s *memSource) Close(context.Context) error {
 // funcFlow runs a function over the rows.
 type funcFlow func(ctx context.Context, rows []any) ([]any, []Rejected, error)
 
-func (f funcFlow) Run(ctx context.Context, rows []any) ([]any, []Rejected, error) { return f(ctx, rows) }
+func (f funcFlow) Run(ctx context.Context, rows []any) ([]any, []Rejected, error) {
+	return f(ctx, rows)
+}
 
 func passAll(_ context.Context, rows []any) ([]any, []Rejected, error) {
 	return slices.Clone(rows), nil, nil
@@ -421,7 +423,9 @@ type txSink struct {
 	pos  string
 }
 
-func (s *txSink) Write(context.Context, []any) error { return errors.New("exactly-once must not call Write") }
+func (s *txSink) Write(context.Context, []any) error {
+	return errors.New("exactly-once must not call Write")
+}
 func (s *txSink) CommitBatch(_ context.Context, _ string, pos string, rows []any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
