@@ -236,3 +236,26 @@ func TestAllocsPerBatchDoNotGrowWithRows(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkExprStep is the expression step alone: JSON text rows -> a calc
+// with keep (the quick-start average written in YAML).
+func BenchmarkExprStep(b *testing.B) {
+	reg := kisflow.NewRegistry()
+	fl := mustFlow(b, newEngine(b, reg, map[string]string{
+		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Avg\nflows:\n  - fname: AvgScore\n",
+		"func.yml": "kistype: func\nfname: AvgScore\nfmode: Calculate\ncalc:\n  avg_score: (score_1 + score_2 + score_3) / 3\nkeep: [stu_id, avg_score]\n",
+	}), "Avg")
+	in := scoreJSON(benchBatch)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		for _, s := range in {
+			_ = fl.CommitRow(s)
+		}
+		if res, err := fl.Run(ctx); err != nil || len(res.Rows) != benchBatch {
+			b.Fatal(err)
+		}
+	}
+	reportRows(b, benchBatch)
+}

@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"unsafe"
 
 	"github.com/expr-lang/expr/vm"
+
+	"github.com/kisflow-go/kisflow/internal/flatjson"
 
 	"github.com/kisflow-go/kisflow/config"
 )
@@ -52,6 +55,7 @@ type exprBinding struct {
 	fl    *flow
 	layer int
 	vm    vm.VM
+	flat  flatjson.Decoder
 }
 
 func (b *exprBinding) call(ctx context.Context, in []any) error {
@@ -110,6 +114,16 @@ func (b *exprBinding) rowMap(row any) (map[string]any, error) {
 			return maps.Clone(v), nil
 		}
 		return v, nil
+	}
+	switch v := row.(type) {
+	case string:
+		if m, ok := b.flat.Decode(unsafe.Slice(unsafe.StringData(v), len(v))); ok {
+			return m, nil
+		}
+	case []byte:
+		if m, ok := b.flat.Decode(v); ok {
+			return m, nil
+		}
 	}
 	m := make(map[string]any, 8)
 	switch row.(type) {

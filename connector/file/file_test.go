@@ -29,11 +29,13 @@ func open(t *testing.T, params map[string]string, resume string) stream.Source {
 	return src
 }
 
+// readAll reads one message per Read, so that each carries its position
+// (a source sets it on the last message of a Read).
 func readAll(t *testing.T, src stream.Source) []*stream.Message {
 	t.Helper()
 	var all []*stream.Message
 	for {
-		msgs, err := src.Read(context.Background(), 2)
+		msgs, err := src.Read(context.Background(), 1)
 		all = append(all, msgs...)
 		if errors.Is(err, io.EOF) {
 			return all
@@ -67,6 +69,16 @@ func TestJSONLinesWithPositionsAndResume(t *testing.T) {
 	rest := readAll(t, open(t, map[string]string{"path": p}, msgs[0].Position))
 	if len(rest) != 2 || rest[0].Payload != `{"a":2}` {
 		t.Fatalf("resumed: %v", rest)
+	}
+}
+
+func TestPositionIsOnTheLastMessageOfARead(t *testing.T) {
+	t.Parallel()
+	p := write(t, "in.jsonl", "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n")
+	src := open(t, map[string]string{"path": p}, "")
+	msgs, err := src.Read(context.Background(), 2)
+	if err != nil || len(msgs) != 2 || msgs[0].Position != "" || msgs[1].Position != "16" {
+		t.Fatalf("%v %v", msgs, err)
 	}
 }
 
@@ -163,5 +175,22 @@ func TestConfigErrors(t *testing.T) {
 	d, _ = NewFile(&config.Conn{CName: "f", Params: map[string]string{"path": write(t, "a.jsonl", "{}\n")}})
 	if _, err := d.(*File).OpenSource(context.Background(), stream.SourceOptions{Resume: "-3"}); err == nil {
 		t.Error("bad resume position: no error")
+	}
+}
+
+func TestStdinSource(t *testing.T) {
+	t.Parallel()
+	d, err := NewStdin(&config.Conn{CName: "in", Params: map[string]string{"format": "csv"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.(*Stdin).in = strings.NewReader("a,b\n1,x\n2,y\n")
+	src, err := d.(*Stdin).OpenSource(context.Background(), stream.SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := readAll(t, src)
+	if len(msgs) != 2 || msgs[1].Payload.(map[string]any)["b"] != "y" || msgs[1].Position != "" {
+		t.Fatalf("stdin rows: %v", msgs)
 	}
 }

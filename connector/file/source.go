@@ -34,6 +34,8 @@ type lineSource struct {
 	total     int64
 	partial   []byte // a line without its newline, while following
 	eof       bool
+	text      []byte // the JSON lines of the current Read
+	spans     []span // where each message's line is in text
 }
 
 type countingReader struct {
@@ -82,12 +84,13 @@ func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offse
 
 // Read returns up to max messages. At the end of a bounded file it returns
 // io.EOF; when following it waits for more lines, polling.
-func (s *lineSource) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, err error) {
+	defer func() { s.finish(out) }()
 	if s.eof {
 		return nil, io.EOF
 	}
-	slab := make([]stream.Message, 0, min(max, 1024))
-	out := make([]*stream.Message, 0, min(max, 1024))
+	slab := make([]stream.Message, 0, min(max, 1<<16))
+	out = make([]*stream.Message, 0, min(max, 1<<16))
 	for len(out) < max {
 		line, err := s.r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -133,25 +136,41 @@ func (s *lineSource) Read(ctx context.Context, max int) ([]*stream.Message, erro
 }
 
 // message turns one line into a message, or nil for a blank line (whose
-// bytes still advance the position).
+// bytes still advance the position). A JSON line's text is gathered in
+// s.text and becomes its payload in finish.
 func (s *lineSource) message(slab *[]stream.Message, line []byte) *stream.Message {
 	s.offset += int64(len(line))
 	text := bytes.TrimRight(line, "\r\n")
 	if len(bytes.TrimSpace(text)) == 0 {
 		return nil
 	}
-	var payload any
 	if s.format == "csv" {
-		payload = s.record(text)
+		*slab = append(*slab, stream.Message{Payload: s.record(text)})
 	} else {
-		payload = string(text)
+		*slab = append(*slab, stream.Message{})
+		s.spans = append(s.spans, span{len(s.text), len(s.text) + len(text)})
+		s.text = append(s.text, text...)
 	}
-	*slab = append(*slab, stream.Message{Payload: payload})
-	m := &(*slab)[len(*slab)-1]
-	if s.positions {
-		m.Position = strconv.FormatInt(s.offset, 10)
+	return &(*slab)[len(*slab)-1]
+}
+
+type span struct{ from, to int }
+
+// finish makes the payloads of a Read's JSON lines substrings of one string
+// (one allocation per Read, not per line) and sets the position on the
+// last message: the runtime commits an epoch's last position, so
+// formatting one per line is waste.
+func (s *lineSource) finish(out []*stream.Message) {
+	if len(s.spans) > 0 {
+		all := string(s.text)
+		for i, m := range out {
+			m.Payload = all[s.spans[i].from:s.spans[i].to]
+		}
+		s.text, s.spans = s.text[:0], s.spans[:0]
 	}
-	return m
+	if s.positions && len(out) > 0 {
+		out[len(out)-1].Position = strconv.FormatInt(s.offset, 10)
+	}
 }
 
 // record parses one CSV line into a map of header to value; numbers become

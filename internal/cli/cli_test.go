@@ -2,17 +2,20 @@ package cli
 
 import (
 	"bytes"
+	"database/sql"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/internal/bundle"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	reg := kisflow.NewRegistry()
-	if err := memory.Install(reg); err != nil {
+	if err := bundle.Install(reg); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
@@ -62,4 +65,64 @@ func TestUsageErrors(t *testing.T) {
 	if code != ExitOK || !strings.HasPrefix(out, "kisflow ") {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
+}
+
+func TestRunOrdersExample(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, name := range []string{"flow.yml", "funcs.yml", "conns.yml", "orders.jsonl.gz"} {
+		data, err := os.ReadFile(filepath.Join("../../examples/orders", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := filepath.Join(dir, "state")
+	code, out, stderr := run(t, "run", dir, "--state", state, "--progress", "always", "--progress-interval", "5ms")
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if !strings.Contains(out, "flow PaidOrders: 100000 rows read, 100000 committed, 66682 written, 3 dead-lettered") {
+		t.Fatalf("summary:\n%s", out)
+	}
+	if !strings.Contains(out, filepath.Join(state, "dead-letter", "PaidOrders.jsonl")) {
+		t.Fatalf("summary does not say where the dead letters are:\n%s", out)
+	}
+	if !strings.Contains(stderr, "rows/s") || !strings.Contains(stderr, "ETA") {
+		t.Fatalf("no progress line on stderr:\n%s", stderr)
+	}
+	n, distinct := tableCount(t, filepath.Join(dir, "orders.db"), "paid_orders", "order_id")
+	if n != 66682 || distinct != n {
+		t.Fatalf("table holds %d rows (%d distinct)", n, distinct)
+	}
+	// Running again resumes after the committed position: nothing new.
+	code, out, _ = run(t, "run", dir, "--state", state)
+	if code != ExitOK || !strings.Contains(out, "0 rows read") {
+		t.Fatalf("second run: exit %d\n%s", code, out)
+	}
+}
+
+func TestRunUsageErrors(t *testing.T) {
+	t.Parallel()
+	if code, _, stderr := run(t, "run", "../../examples/quickstart/conf"); code != ExitUsage || !strings.Contains(stderr, "no enabled flow has a stream block") {
+		t.Errorf("folder without streams: exit %d, %s", code, stderr)
+	}
+	if code, _, _ := run(t, "run", "../../config/testdata/bad"); code != ExitUsage {
+		t.Errorf("invalid folder: exit %d", code)
+	}
+}
+
+func tableCount(t *testing.T, path, table, col string) (n, distinct int) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.QueryRow("SELECT count(*), count(DISTINCT "+col+") FROM "+table).Scan(&n, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	return n, distinct
 }

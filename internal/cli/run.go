@@ -22,6 +22,7 @@ type runOptions struct {
 	state    string
 	flows    []string
 	progress string
+	every    time.Duration
 	logLevel string
 }
 
@@ -46,6 +47,8 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 	cmd.Flags().StringSliceVar(&o.flows, "flow", nil, "run only these flows (repeatable)")
 	cmd.Flags().StringVar(&o.progress, "progress", "auto", "progress line: auto (on a terminal), always, never")
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	cmd.Flags().DurationVar(&o.every, "progress-interval", time.Second, "how often the progress line is redrawn")
+	_ = cmd.Flags().MarkHidden("progress-interval")
 	return cmd
 }
 
@@ -103,7 +106,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if showProgress {
 		done := make(chan struct{})
 		go func() { wg.Wait(); close(done) }()
-		progressLoop(done, stderr, names, jobs, start)
+		progressLoop(done, stderr, names, jobs, start, o.every)
 	} else {
 		wg.Wait()
 	}
@@ -139,9 +142,9 @@ func deadLetterWhere(set *config.Set, flow, state string) string {
 	return state + "/dead-letter/" + flow + ".jsonl"
 }
 
-// progressLoop redraws one status line a second until done.
-func progressLoop(done <-chan struct{}, w io.Writer, names []string, jobs []*kisflow.Job, start time.Time) {
-	t := time.NewTicker(time.Second)
+// progressLoop redraws one status line every interval until done.
+func progressLoop(done <-chan struct{}, w io.Writer, names []string, jobs []*kisflow.Job, start time.Time, every time.Duration) {
+	t := time.NewTicker(every)
 	defer t.Stop()
 	last := make([]int64, len(jobs))
 	lastAt := start

@@ -301,7 +301,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		if cfg.Delivery == AtMostOnce {
 			// Acknowledge before processing: a crash loses the epoch
 			// instead of repeating it.
-			if err := r.ack(work, ep); err != nil {
+			if err := r.ackEarly(work, ep); err != nil {
 				<-slots
 				return err
 			}
@@ -379,79 +379,174 @@ func (r *Runner) split(ep *epoch) {
 	}
 }
 
-// commitLoop commits epochs in read order.
+// CheckpointInterval is how often at most the position of an at-least-once
+// or at-most-once stream is saved while epochs keep coming; the last
+// position is always saved when the stream stops or goes idle. A position
+// that lags only means more redelivery after a crash.
+const CheckpointInterval = 200 * time.Millisecond
+
+// maxGroupRows bounds the rows of epochs committed together.
+const maxGroupRows = 50000
+
+// commitLoop commits epochs in read order. Epochs that are already done
+// when the oldest one finishes commit together: one transaction for
+// exactly-once, one acknowledgement call otherwise.
 func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-chan struct{}) error {
 	var firstErr error
-	for ep := range epochs {
-		select {
-		case <-ep.done:
-		case <-work.Done():
-			<-ep.done // workers give up on a cancelled work context
+	var next *epoch
+	open := true
+	var lastSave time.Time
+	savedPos, pendingPos := "", ""
+	broken := false // an epoch failed: no later epoch may commit
+	for {
+		ep := next
+		next = nil
+		if ep == nil {
+			if !open {
+				break
+			}
+			var ok bool
+			if ep, ok = <-epochs; !ok {
+				break
+			}
 		}
-		if err := r.commit(work, ep); err != nil && firstErr == nil {
+		<-ep.done // workers finish every part, also on a cancelled work context
+		group := []*epoch{ep}
+		rows := len(ep.msgs)
+	gather:
+		for open && rows < maxGroupRows {
+			select {
+			case nxt, ok := <-epochs:
+				if !ok {
+					open = false
+					break gather
+				}
+				select {
+				case <-nxt.done:
+					group = append(group, nxt)
+					rows += len(nxt.msgs)
+				default:
+					next = nxt
+					break gather
+				}
+			default:
+				break gather
+			}
+		}
+		pos, err := r.commit(work, group, &broken)
+		if err != nil && firstErr == nil {
 			firstErr = err
 		}
-		n := int64(len(ep.msgs))
-		r.inflight.Add(-n)
-		<-slots
+		if pos != "" {
+			pendingPos = pos
+		}
+		idle := next == nil && len(epochs) == 0
+		if pendingPos != savedPos && (idle || time.Since(lastSave) >= CheckpointInterval) {
+			if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
+				firstErr = err
+			}
+			savedPos, lastSave = pendingPos, time.Now()
+		}
+		for _, e := range group {
+			r.inflight.Add(-int64(len(e.msgs)))
+			<-slots
+		}
+	}
+	if pendingPos != savedPos {
+		if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
+			firstErr = err
+		}
 	}
 	return firstErr
 }
 
-func (r *Runner) commit(work context.Context, ep *epoch) error {
+// commit commits a group of consecutive done epochs and returns the
+// position to save (at-least-once) or "". Once an epoch fails (it could not
+// finish before shutdown), *broken is set and every later epoch is
+// returned to the source instead: a position must never pass a message
+// that was not processed.
+func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (string, error) {
 	cfg := r.cfg
-	if ep.failed.Load() {
-		r.nack(work, ep, errors.New("not processed before shutdown"))
-		return nil
+	var ok []*epoch
+	for _, ep := range group {
+		switch {
+		case *broken:
+			r.nack(work, ep, errors.New("an earlier batch was not processed"))
+		case ep.failed.Load():
+			*broken = true
+			r.nack(work, ep, errors.New("not processed before shutdown"))
+		default:
+			ok = append(ok, ep)
+		}
 	}
-	if len(ep.dead) > 0 {
-		if err := r.retryForever(work, "dead-letter write", func() error {
-			return r.parts.DeadLetter.Write(work, ep.dead)
-		}); err != nil {
+	if len(ok) == 0 {
+		return "", nil
+	}
+	var dead, rows []any
+	var msgs []*stream.Message
+	for _, ep := range ok {
+		dead = append(dead, ep.dead...)
+		msgs = append(msgs, ep.msgs...)
+		if cfg.Delivery == ExactlyOnce {
+			for _, p := range ep.parts {
+				rows = append(rows, p.out...)
+			}
+		}
+	}
+	fail := func(err error) (string, error) {
+		*broken = true
+		for _, ep := range ok {
 			r.nack(work, ep, err)
-			return nil
 		}
-		r.dead.Add(int64(len(ep.dead)))
+		return "", nil
 	}
-	pos := lastPosition(ep.msgs)
-	if cfg.Delivery == ExactlyOnce {
-		var rows []any
-		for _, p := range ep.parts {
-			rows = append(rows, p.out...)
+	if len(dead) > 0 {
+		if err := r.retryForever(work, "dead-letter write", func() error {
+			return r.parts.DeadLetter.Write(work, dead)
+		}); err != nil {
+			return fail(err)
 		}
+		r.dead.Add(int64(len(dead)))
+	}
+	pos := lastPosition(msgs)
+	if cfg.Delivery == ExactlyOnce {
 		if err := r.retryForever(work, "transactional commit", func() error {
 			return r.parts.TxSink.CommitBatch(work, cfg.Name, pos, rows)
 		}); err != nil {
-			r.nack(work, ep, err)
-			return nil
+			return fail(err)
 		}
 		r.out.Add(int64(len(rows)))
 	}
 	if cfg.Delivery != AtMostOnce {
-		if err := r.ack(work, ep); err != nil {
-			return err
+		if err := r.parts.Source.Ack(work, msgs); err != nil {
+			return "", fmt.Errorf("acknowledge: %w", err)
 		}
 	}
-	r.committed.Add(int64(len(ep.msgs)))
-	r.batches.Add(1)
+	r.committed.Add(int64(len(msgs)))
+	r.batches.Add(int64(len(ok)))
+	if cfg.Delivery == ExactlyOnce || cfg.Delivery == AtMostOnce {
+		return "", nil // saved in the transaction, or when read
+	}
+	return pos, nil
+}
+
+func (r *Runner) savePosition(ctx context.Context, pos string) error {
+	if r.parts.Checkpoints == nil || pos == "" {
+		return nil
+	}
+	if err := r.parts.Checkpoints.SavePosition(context.WithoutCancel(ctx), r.cfg.Name, pos); err != nil {
+		return fmt.Errorf("save position: %w", err)
+	}
 	return nil
 }
 
-// ack acknowledges an epoch's messages and, for at-least-once and
-// at-most-once delivery, stores the position.
-func (r *Runner) ack(ctx context.Context, ep *epoch) error {
+// ackEarly acknowledges an epoch when it is read, for at-most-once
+// delivery, and saves its position.
+func (r *Runner) ackEarly(ctx context.Context, ep *epoch) error {
 	if err := r.parts.Source.Ack(ctx, ep.msgs); err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	if r.cfg.Delivery == ExactlyOnce || r.parts.Checkpoints == nil {
-		return nil
-	}
-	if pos := lastPosition(ep.msgs); pos != "" {
-		if err := r.parts.Checkpoints.SavePosition(ctx, r.cfg.Name, pos); err != nil {
-			return fmt.Errorf("save position: %w", err)
-		}
-	}
-	return nil
+	return r.savePosition(ctx, lastPosition(ep.msgs))
 }
 
 func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {

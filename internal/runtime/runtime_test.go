@@ -497,3 +497,44 @@ func TestBackoffIsCappedWithJitter(t *testing.T) {
 		t.Fatal("zero base must not wait")
 	}
 }
+
+func TestPositionNeverPassesAnUnfinishedBatch(t *testing.T) {
+	t.Parallel()
+	src := newSource(300, 0)
+	src.unbounded = true
+	later := make(chan struct{})
+	flow := func(ctx context.Context, rows []any) ([]any, []Rejected, error) {
+		switch rows[0].(int) {
+		case 101: // stuck until the drain timeout cancels it
+			<-later
+			<-ctx.Done()
+			return nil, nil, ctx.Err()
+		case 201:
+			defer close(later) // finishes while 101 is stuck
+		}
+		return slices.Clone(rows), nil, nil
+	}
+	ck := &memCheckpoints{}
+	r, err := New(Config{Name: "s", BatchSize: 100, Workers: 2, DrainTimeout: 50 * time.Millisecond, Sleep: (&noSleep{}).sleep},
+		Parts{Source: src, NewFlow: func(int) Flow { return funcFlow(flow) }, Sink: &memSink{}, DeadLetter: &memSink{}, Checkpoints: ck})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	<-later
+	for r.Stats().Read < 300 {
+		goruntime.Gosched()
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if ck.pos["s"] != "100" || !slices.Equal(src.acked, seq(100)) {
+		t.Fatalf("position %q, %d acked; want position 100 and ids 1..100 acked", ck.pos["s"], len(src.acked))
+	}
+	if len(src.nacked) != 200 {
+		t.Fatalf("%d messages returned to the source, want 200 (101..300)", len(src.nacked))
+	}
+}

@@ -31,7 +31,8 @@ func (w *worker) process(ctx context.Context, p *part) {
 		return
 	}
 	if r.cfg.Delivery == ExactlyOnce {
-		p.out = out
+		// Kept until the commit: copy it out of the flow's buffers.
+		p.out = append([]any(nil), out...)
 		return
 	}
 	if r.parts.Sink == nil {
@@ -44,10 +45,10 @@ func (w *worker) process(ctx context.Context, p *part) {
 	r.out.Add(int64(len(out)))
 }
 
-// attempt runs msgs through the flow once. It returns the output (copied:
-// the flow reuses its buffers) and the failure, if any: a run error, or a
-// row rejected past the first layer (which cannot be traced to a message).
-// rejected lists first-layer rejections, by message index.
+// attempt runs msgs through the flow once. It returns the output, which
+// stays valid until the flow's next run, and the failure, if any: a run
+// error, or a row rejected past the first layer (which cannot be traced to
+// a message). rejected lists first-layer rejections, by message index.
 func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error) {
 	w.rows = w.rows[:0]
 	for _, m := range msgs {
@@ -63,7 +64,7 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 			return nil, nil, rj.Func, fmt.Errorf("row rejected by %s: %w", rj.Func, rj.Err)
 		}
 	}
-	return append([]any(nil), res...), rej, "", nil
+	return res, rej, "", nil
 }
 
 // group processes msgs: a failed run is retried up to retries times, then
@@ -78,6 +79,9 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 			return nil, false
 		}
 		if err == nil {
+			if len(rej) > 0 {
+				out = append([]any(nil), out...) // single runs reuse the buffers
+			}
 			for _, rj := range rej {
 				more, ok := w.single(ctx, p, msgs[rj.Index], 1, rj.Func, rj.Err)
 				if !ok {
@@ -103,6 +107,7 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 		if !ok {
 			return nil, false
 		}
+		a = append([]any(nil), a...) // the second half's runs reuse the buffers
 		b, ok := w.group(ctx, p, msgs[mid:], 0)
 		if !ok {
 			return nil, false
@@ -127,7 +132,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 			return nil, false
 		}
 		if err == nil && len(rej) == 0 {
-			return out, true
+			return append([]any(nil), out...), true
 		}
 		if err == nil {
 			f, err = rej[0].Func, rej[0].Err

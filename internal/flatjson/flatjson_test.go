@@ -1,0 +1,86 @@
+package flatjson
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+)
+
+func TestDecode(t *testing.T) {
+	t.Parallel()
+	var d Decoder
+	tests := []struct {
+		in   string
+		want map[string]any
+	}{
+		{`{"a":1,"b":-2.5,"c":"x","d":true,"e":false,"f":null}`, map[string]any{"a": int64(1), "b": -2.5, "c": "x", "d": true, "e": false, "f": nil}},
+		{` { "big" : 123456789012345678901234 , "exp":1e3, "neg":-0 } `, map[string]any{"big": 1.2345678901234568e23, "exp": 1000.0, "neg": int64(0)}},
+		{`{}`, map[string]any{}},
+		{"{\"s\":\"héllo wörld\"}\n", map[string]any{"s": "héllo wörld"}},
+	}
+	for _, tt := range tests {
+		got, ok := d.Decode([]byte(tt.in))
+		if !ok || !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s: got %v %v, want %v", tt.in, got, ok, tt.want)
+		}
+	}
+	// Refused: the caller's general decoder handles (or explains) these.
+	for _, in := range []string{
+		`{"a":{"b":1}}`, `{"a":[1]}`, `{"a":"x\"y"}`, `{"a":1,}`, `{"a" 1}`, `{"a":01}`, `{"a":+1}`, `{"a":1.}`,
+		`{"a":.5}`, `{"a":truex}`, `[1]`, `{"a":1}x`, `{"a":1`, `{"user_id": oops}`, ``, `{"a":"\u0001"}`,
+	} {
+		if m, ok := d.Decode([]byte(in)); ok {
+			t.Errorf("%q: accepted as %v", in, m)
+		}
+	}
+}
+
+func TestAgreesWithEncodingJSON(t *testing.T) {
+	t.Parallel()
+	var d Decoder
+	for _, in := range []string{
+		`{"stu_id":12345,"score_1":77,"score_2":81.5,"name":"ann","ok":true}`,
+		`{"x":-1.25e-3,"y":0,"z":9007199254740993}`,
+	} {
+		got, ok := d.Decode([]byte(in))
+		if !ok {
+			t.Fatalf("%s refused", in)
+		}
+		var want map[string]any
+		if err := json.Unmarshal([]byte(in), &want); err != nil {
+			t.Fatal(err)
+		}
+		for k, w := range want {
+			g := got[k]
+			if n, isInt := g.(int64); isInt {
+				g = float64(n)
+			}
+			if g != w && k != "z" {
+				t.Errorf("%s: %s = %v, encoding/json says %v", in, k, got[k], w)
+			}
+		}
+		if in[2] == 'x' && got["z"] != int64(9007199254740993) {
+			t.Errorf("large integer lost precision: %v", got["z"])
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(`{"a":1,"b":"x"}`)
+	f.Add(`{"a":-0.5e10}`)
+	f.Fuzz(func(t *testing.T, in string) {
+		var d Decoder
+		m, ok := d.Decode([]byte(in))
+		if !ok {
+			return
+		}
+		// Whatever it accepts is valid JSON with the same keys.
+		var want map[string]any
+		if err := json.Unmarshal([]byte(in), &want); err != nil {
+			t.Fatalf("accepted invalid JSON %q: %v", in, err)
+		}
+		if len(want) != len(m) {
+			t.Fatalf("%q: %d keys, encoding/json has %d", in, len(m), len(want))
+		}
+	})
+}
