@@ -53,6 +53,8 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 }
 
 func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptions, stdout, stderr io.Writer) error {
+	// The logger and the progress line write from different goroutines.
+	stderr = &lockedWriter{w: stderr}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
@@ -182,7 +184,22 @@ func human(v float64) string {
 	return fmt.Sprintf("%.0f", v)
 }
 
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
 func isTerminal(w io.Writer) bool {
+	if l, ok := w.(*lockedWriter); ok {
+		w = l.w
+	}
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
