@@ -27,6 +27,11 @@ type Message struct {
 	// source may set it only on the last message of each Read: the runtime
 	// commits the position of the last message that has one.
 	Position string
+	// ID identifies the message uniquely within its stream (an entry ID, a
+	// stream sequence, topic/partition/offset), for sources whose messages
+	// can be redelivered. Exactly-once sinks record the IDs they committed
+	// and the runtime skips redelivered ones.
+	ID string
 	// Headers carries metadata such as trace context.
 	Headers map[string]string
 	// Handle is the source's own reference (a delivery tag, an entry ID).

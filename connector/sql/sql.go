@@ -15,9 +15,7 @@ package sql
 import (
 	"context"
 	stdsql "database/sql"
-	"errors"
 	"fmt"
-	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -28,6 +26,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/fields"
 )
 
 // TypeSQLite is the connector type of the embedded database.
@@ -207,7 +206,7 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 	}
 	maps := make([]map[string]any, len(rows))
 	for i, r := range rows {
-		m, err := Fields(r)
+		m, err := fields.Of(r)
 		if err != nil {
 			return fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err)
 		}
@@ -355,7 +354,7 @@ func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
 	if d.loadQuery == "" {
 		return nil, fmt.Errorf("connector %q: no params.load_query", d.cfg.CName)
 	}
-	m, err := Fields(row)
+	m, err := fields.Of(row)
 	if err != nil {
 		return nil, err
 	}
@@ -397,79 +396,6 @@ func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
 		out = append(out, r)
 	}
 	return out, rs.Err()
-}
-
-// Fields returns a row's fields: a map as is, a struct (or pointer) by its
-// exported fields (json tag names first), JSON text decoded.
-func Fields(row any) (map[string]any, error) {
-	switch v := row.(type) {
-	case map[string]any:
-		return v, nil
-	case map[string]string:
-		m := make(map[string]any, len(v))
-		for k, s := range v {
-			m[k] = s
-		}
-		return m, nil
-	case string:
-		return decodeJSON([]byte(v))
-	case []byte:
-		return decodeJSON(v)
-	case nil:
-		return nil, errors.New("nil row")
-	}
-	rv := reflect.ValueOf(row)
-	for rv.Kind() == reflect.Pointer {
-		if rv.IsNil() {
-			return nil, errors.New("nil row")
-		}
-		rv = rv.Elem()
-	}
-	if rv.Kind() != reflect.Struct {
-		return nil, fmt.Errorf("row of type %T has no fields", row)
-	}
-	info := structInfo(rv.Type())
-	m := make(map[string]any, len(info))
-	for _, f := range info {
-		m[f.name] = rv.FieldByIndex(f.index).Interface()
-	}
-	return m, nil
-}
-
-func decodeJSON(b []byte) (map[string]any, error) {
-	var m map[string]any
-	if err := gojson.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("row is not a JSON object: %w", err)
-	}
-	return m, nil
-}
-
-type fieldInfo struct {
-	name  string
-	index []int
-}
-
-var structs sync.Map // reflect.Type -> []fieldInfo; derived from types, safe to share
-
-func structInfo(t reflect.Type) []fieldInfo {
-	if v, ok := structs.Load(t); ok {
-		return v.([]fieldInfo)
-	}
-	var out []fieldInfo
-	for _, f := range reflect.VisibleFields(t) {
-		if !f.IsExported() || f.Anonymous {
-			continue
-		}
-		name := f.Name
-		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == "-" {
-			continue
-		} else if tag != "" {
-			name = tag
-		}
-		out = append(out, fieldInfo{name: name, index: f.Index})
-	}
-	structs.Store(t, out)
-	return out
 }
 
 // sqlValue makes a value storable: nested maps and slices become JSON text.

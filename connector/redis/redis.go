@@ -1,0 +1,441 @@
+// Package redis provides the connector type redis (go-redis v9):
+//
+//   - Save and the stream sink write each row under a key built from the
+//     connector's key template over the row's fields ("user:{user_id}"), as
+//     a hash, a string (JSON), a list entry (JSON) or a stream entry, with
+//     an optional TTL.
+//   - Load reads the row's key (hash or string) and returns the row with
+//     the stored fields merged in.
+//   - The source reads a Redis Stream in a consumer group (XREADGROUP),
+//     acknowledges with XACK after the flow, re-reads its own pending
+//     entries after a restart, and claims the pending entries of a consumer
+//     that died (XAUTOCLAIM) once they are idle for claim_idle.
+//
+// Config: addrs (host:port), key (the key template; for the source, the
+// stream's key). Params: mode (hash, string, list, stream; default hash),
+// ttl, password, db, tls ("true"), timeout (every network call, default 5s),
+// group (default: the flow name), consumer (default: host-pid-random),
+// claim_idle (default 30s), block (default 1s), field (the stream entry
+// field holding the JSON row, default "data").
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Type is the connector type this package registers.
+const Type = "redis"
+
+// Install registers the redis driver.
+func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+
+// Redis is the driver. It is safe for concurrent use.
+type Redis struct {
+	cfg       *config.Conn
+	opts      *goredis.Options
+	client    *goredis.Client
+	key       *fields.Template
+	mode      string
+	ttl       time.Duration
+	group     string
+	consumer  string
+	claimIdle time.Duration
+	block     time.Duration
+	field     string
+}
+
+// New builds the driver from its config; it does not connect.
+func New(cfg *config.Conn) (kisflow.Driver, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("redis connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+	}
+	addrs := cfg.AddrList()
+	if len(addrs) == 0 {
+		addrs = []string{"127.0.0.1:6379"}
+	}
+	p := cfg.Params
+	timeout, err := durationParam(p, "timeout", 5*time.Second)
+	if err != nil {
+		return nil, bad("%v", err)
+	}
+	opts := &goredis.Options{
+		Addr: addrs[0], Password: p["password"], Username: p["username"],
+		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
+		ClientName: p["client_name"],
+	}
+	if s := p["db"]; s != "" {
+		if opts.DB, err = strconv.Atoi(s); err != nil {
+			return nil, bad("bad db %q", s)
+		}
+	}
+	if p["tls"] == "true" {
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(addrs[0], ":")[0]}
+	}
+	r := &Redis{cfg: cfg, opts: opts, mode: p["mode"], group: p["group"], consumer: p["consumer"], field: p["field"]}
+	if r.mode == "" {
+		r.mode = "hash"
+	}
+	switch r.mode {
+	case "hash", "string", "list", "stream":
+	default:
+		return nil, bad("unknown mode %q (want hash, string, list or stream)", r.mode)
+	}
+	if r.field == "" {
+		r.field = "data"
+	}
+	if cfg.Key == "" {
+		return nil, bad("key (a key template such as user:{id}) is required")
+	}
+	if r.key, err = fields.ParseTemplate(cfg.Key); err != nil {
+		return nil, bad("%v", err)
+	}
+	if r.ttl, err = durationParam(p, "ttl", 0); err != nil {
+		return nil, bad("%v", err)
+	}
+	if r.claimIdle, err = durationParam(p, "claim_idle", 30*time.Second); err != nil {
+		return nil, bad("%v", err)
+	}
+	if r.block, err = durationParam(p, "block", time.Second); err != nil {
+		return nil, bad("%v", err)
+	}
+	return r, nil
+}
+
+func durationParam(p map[string]string, name string, def time.Duration) (time.Duration, error) {
+	s := p[name]
+	if s == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("bad %s %q", name, s)
+	}
+	return d, nil
+}
+
+// Start connects and checks the server answers.
+func (r *Redis) Start(ctx context.Context) error {
+	r.client = goredis.NewClient(r.opts)
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		r.client.Close()
+		return fmt.Errorf("redis %s: %w", r.opts.Addr, err)
+	}
+	return nil
+}
+
+// Close disconnects.
+func (r *Redis) Close(context.Context) error {
+	if r.client == nil {
+		return nil
+	}
+	return r.client.Close()
+}
+
+// Client is the go-redis client, for commands of the caller's own.
+func (r *Redis) Client() *goredis.Client { return r.client }
+
+// Write saves rows by the connector's mode: the stream sink and Save.
+func (r *Redis) Write(ctx context.Context, rows []any) error {
+	pipe := r.client.Pipeline()
+	for i, row := range rows {
+		m, err := fields.Of(row)
+		if err != nil {
+			return fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+		}
+		key, err := r.key.Expand(m)
+		if err != nil {
+			return fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+		}
+		switch r.mode {
+		case "hash":
+			args := make([]any, 0, 2*len(m))
+			for k, v := range m {
+				args = append(args, k, scalar(v))
+			}
+			pipe.HSet(ctx, key, args...)
+		case "string":
+			data, err := gojson.Marshal(m)
+			if err != nil {
+				return err
+			}
+			pipe.Set(ctx, key, data, r.ttl)
+			continue // SET carries the TTL
+		case "list":
+			data, err := gojson.Marshal(m)
+			if err != nil {
+				return err
+			}
+			pipe.RPush(ctx, key, data)
+		case "stream":
+			data, err := gojson.Marshal(m)
+			if err != nil {
+				return err
+			}
+			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{r.field, data}})
+		}
+		if r.ttl > 0 {
+			pipe.Expire(ctx, key, r.ttl)
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("redis connector %q: write: %w", r.cfg.CName, err)
+	}
+	return nil
+}
+
+// scalar makes a hash field value: nested values become JSON text.
+func scalar(v any) any {
+	switch v.(type) {
+	case map[string]any, []any:
+		b, _ := gojson.Marshal(v)
+		return string(b)
+	case nil:
+		return ""
+	}
+	return v
+}
+
+// Load returns row with the fields stored under its key merged in (hash
+// mode: the hash's fields; string mode: the JSON object). A missing key
+// returns the row's fields unchanged.
+func (r *Redis) Load(ctx context.Context, row any) (map[string]any, error) {
+	m, err := fields.Of(row)
+	if err != nil {
+		return nil, err
+	}
+	key, err := r.key.Expand(m)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]any, len(m)+8)
+	for k, v := range m {
+		out[k] = v
+	}
+	switch r.mode {
+	case "string":
+		data, err := r.client.Get(ctx, key).Bytes()
+		if errors.Is(err, goredis.Nil) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: load %s: %w", r.cfg.CName, key, err)
+		}
+		var stored map[string]any
+		if err := gojson.Unmarshal(data, &stored); err != nil {
+			return nil, fmt.Errorf("redis connector %q: load %s: %w", r.cfg.CName, key, err)
+		}
+		for k, v := range stored {
+			out[k] = v
+		}
+	default:
+		stored, err := r.client.HGetAll(ctx, key).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: load %s: %w", r.cfg.CName, key, err)
+		}
+		for k, v := range stored {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+
+// Call is the Save and Load target: Save writes args (a row or []any),
+// Load returns the row with its stored fields merged in.
+func (r *Redis) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	switch fn := f.Function(); fn.Mode() {
+	case config.Save:
+		rows, ok := args.([]any)
+		if !ok {
+			rows = []any{args}
+		}
+		return nil, r.Write(ctx, rows)
+	case config.Load:
+		return r.Load(ctx, args)
+	default:
+		return nil, fmt.Errorf("redis connector %q: function %q has fmode %s; only Save and Load functions call it", r.cfg.CName, fn.Name(), fn.Mode())
+	}
+}
+
+// OpenSource joins the consumer group of the stream named by key (created
+// with the group if missing).
+func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	if !r.key.Static() {
+		return nil, fmt.Errorf("redis connector %q: a source needs a plain stream key, not the template %q", r.cfg.CName, r.cfg.Key)
+	}
+	group := r.group
+	if group == "" {
+		group = opts.Name
+	}
+	consumer := r.consumer
+	if consumer == "" {
+		consumer = defaultConsumer()
+	}
+	key := r.cfg.Key
+	err := r.client.XGroupCreateMkStream(ctx, key, group, "0").Err()
+	if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
+		return nil, fmt.Errorf("redis connector %q: create group %s on %s: %w", r.cfg.CName, group, key, err)
+	}
+	return &source{r: r, key: key, group: group, consumer: consumer, ownPending: true}, nil
+}
+
+func defaultConsumer() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+type source struct {
+	r          *Redis
+	key        string
+	group      string
+	consumer   string
+	ownPending bool // re-read this consumer's pending entries first
+	lastClaim  time.Time
+	claimFrom  string
+}
+
+func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if s.ownPending {
+			entries, err := s.readGroup(ctx, "0", limit, -1)
+			if err != nil {
+				return nil, err
+			}
+			if len(entries) < limit {
+				s.ownPending = false
+			}
+			if len(entries) > 0 {
+				return s.messages(entries), nil
+			}
+		}
+		if time.Since(s.lastClaim) >= s.r.claimIdle/2 {
+			msgs, err := s.claim(ctx, limit)
+			if err != nil {
+				return nil, err
+			}
+			if len(msgs) > 0 {
+				return msgs, nil
+			}
+		}
+		block := s.r.block
+		if dl, ok := ctx.Deadline(); ok {
+			block = min(block, time.Until(dl))
+		}
+		if block <= 0 {
+			return nil, context.DeadlineExceeded
+		}
+		entries, err := s.readGroup(ctx, ">", limit, max(block, time.Millisecond))
+		if err != nil {
+			if errors.Is(err, goredis.Nil) {
+				continue // nothing within block
+			}
+			return nil, err
+		}
+		if len(entries) > 0 {
+			return s.messages(entries), nil
+		}
+	}
+}
+
+func (s *source) readGroup(ctx context.Context, id string, max int, block time.Duration) ([]goredis.XMessage, error) {
+	res, err := s.r.client.XReadGroup(ctx, &goredis.XReadGroupArgs{
+		Group: s.group, Consumer: s.consumer, Streams: []string{s.key, id}, Count: int64(max), Block: block,
+	}).Result()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if errors.Is(err, goredis.Nil) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("redis source %s: %w", s.key, err)
+	}
+	if len(res) == 0 {
+		return nil, nil
+	}
+	return res[0].Messages, nil
+}
+
+// claim takes over entries other consumers read and did not acknowledge
+// for claim_idle: their consumer died.
+func (s *source) claim(ctx context.Context, max int) ([]*stream.Message, error) {
+	if s.claimFrom == "" {
+		s.claimFrom = "0-0"
+	}
+	entries, next, err := s.r.client.XAutoClaim(ctx, &goredis.XAutoClaimArgs{
+		Stream: s.key, Group: s.group, Consumer: s.consumer, MinIdle: s.r.claimIdle, Start: s.claimFrom, Count: int64(max),
+	}).Result()
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("redis source %s: claim: %w", s.key, err)
+	}
+	if next == "0-0" {
+		s.lastClaim = time.Now() // a full pass: rest until the next one
+	}
+	s.claimFrom = next
+	return s.messages(entries), nil
+}
+
+func (s *source) messages(entries []goredis.XMessage) []*stream.Message {
+	slab := make([]stream.Message, len(entries))
+	out := make([]*stream.Message, len(entries))
+	for i, e := range entries {
+		m := &slab[i]
+		if v, ok := e.Values[s.r.field].(string); ok && len(e.Values) == 1 {
+			m.Payload = v
+		} else {
+			row := make(map[string]any, len(e.Values))
+			for k, v := range e.Values {
+				row[k] = v
+			}
+			m.Payload = row
+		}
+		m.Handle = e.ID
+		m.ID = e.ID
+		out[i] = m
+	}
+	return out
+}
+
+// Ack acknowledges entries with XACK.
+func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	ids := make([]string, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.Handle.(string)
+	}
+	if err := s.r.client.XAck(ctx, s.key, s.group, ids...).Err(); err != nil {
+		return fmt.Errorf("redis source %s: ack: %w", s.key, err)
+	}
+	return nil
+}
+
+// Close leaves the entries this consumer did not acknowledge pending: the
+// same consumer re-reads them on restart; others claim them after
+// claim_idle.
+func (s *source) Close(context.Context) error { return nil }

@@ -1,0 +1,128 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+func start(t *testing.T, key string, params map[string]string) *Redis {
+	t.Helper()
+	addr := testenv.Redis.Addr(t)
+	d, err := New(&config.Conn{CName: "r", Type: Type, Addrs: addr, Key: key, Params: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.(*Redis)
+	if err := r.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// Remove what the test wrote: its keys share a unique prefix.
+		prefix := strings.SplitN(key, "{", 2)[0]
+		if keys, err := r.client.Keys(context.Background(), prefix+"*").Result(); err == nil && len(keys) > 0 {
+			r.client.Del(context.Background(), keys...)
+		}
+		_ = r.Close(context.Background())
+	})
+	return r
+}
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: interrupt},
+		New: func(t *testing.T) conformance.Fixture {
+			name := testenv.Name("kisflow-test-")
+			r := start(t, name, map[string]string{"mode": "stream", "claim_idle": "500ms", "block": "200ms", "client_name": name})
+			return conformance.Fixture{Sink: r, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				return r.OpenSource(ctx, stream.SourceOptions{Name: group})
+			}}
+		},
+	})
+}
+
+// interrupt kills the connections of the clients the conformance fixtures
+// opened (by their client name), leaving other tests' connections alone.
+func interrupt(t *testing.T) {
+	r := start(t, testenv.Name("kisflow-admin-"), nil)
+	list, err := r.client.ClientList(context.Background()).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := 0
+	for _, line := range strings.Split(list, "\n") {
+		if !strings.Contains(line, "name=kisflow-test-") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if id, ok := strings.CutPrefix(f, "id="); ok {
+				if r.client.Do(context.Background(), "CLIENT", "KILL", "ID", id).Err() == nil {
+					killed++
+				}
+			}
+		}
+	}
+	if killed == 0 {
+		t.Fatal("no connection to cut")
+	}
+}
+
+func TestSaveModesAndLoad(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	prefix := testenv.Name("kisflow-test-")
+	for _, mode := range []string{"hash", "string", "list"} {
+		r := start(t, prefix+mode+":{user_id}", map[string]string{"mode": mode, "ttl": "1h"})
+		rows := []any{map[string]any{"user_id": 7, "name": "ann", "score": 9.5}, map[string]any{"user_id": 8, "name": "bob"}}
+		if err := r.Write(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+		key := prefix + mode + ":7"
+		if ttl := r.client.TTL(ctx, key).Val(); ttl <= 0 || ttl > time.Hour {
+			t.Errorf("%s: ttl %v", mode, ttl)
+		}
+		switch mode {
+		case "hash", "string":
+			got, err := r.Load(ctx, map[string]any{"user_id": 7, "extra": true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(got["name"]) != "ann" || got["extra"] != true {
+				t.Errorf("%s load: %v", mode, got)
+			}
+			missing, err := r.Load(ctx, map[string]any{"user_id": 99})
+			if err != nil || len(missing) != 1 {
+				t.Errorf("%s load of a missing key: %v %v", mode, missing, err)
+			}
+		case "list":
+			if n := r.client.LLen(ctx, key).Val(); n != 1 {
+				t.Errorf("list length %d", n)
+			}
+		}
+	}
+	r := start(t, prefix+"x:{user_id}", nil)
+	if err := r.Write(ctx, []any{map[string]any{"name": "no id"}}); err == nil || !strings.Contains(err.Error(), `needs field "user_id"`) {
+		t.Errorf("missing key field: %v", err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, c := range []*config.Conn{
+		{CName: "r", Params: map[string]string{}},
+		{CName: "r", Key: "k", Params: map[string]string{"mode": "set"}},
+		{CName: "r", Key: "k{", Params: map[string]string{}},
+		{CName: "r", Key: "k", Params: map[string]string{"ttl": "soon"}},
+	} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}

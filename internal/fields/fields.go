@@ -1,0 +1,142 @@
+// Package fields reads a row's named fields: a map as it is, a struct (or
+// pointer to one) by its exported fields with json tag names first, JSON text
+// decoded. Connectors use it to build keys, columns and query arguments.
+package fields
+
+import (
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"sync"
+
+	gojson "github.com/goccy/go-json"
+)
+
+// Of returns a row's fields: a map as is, a struct (or pointer) by its
+// exported fields (json tag names first), JSON text decoded.
+func Of(row any) (map[string]any, error) {
+	switch v := row.(type) {
+	case map[string]any:
+		return v, nil
+	case map[string]string:
+		m := make(map[string]any, len(v))
+		for k, s := range v {
+			m[k] = s
+		}
+		return m, nil
+	case string:
+		return decodeJSON([]byte(v))
+	case []byte:
+		return decodeJSON(v)
+	case nil:
+		return nil, errors.New("nil row")
+	}
+	rv := reflect.ValueOf(row)
+	for rv.Kind() == reflect.Pointer {
+		if rv.IsNil() {
+			return nil, errors.New("nil row")
+		}
+		rv = rv.Elem()
+	}
+	if rv.Kind() != reflect.Struct {
+		return nil, fmt.Errorf("row of type %T has no fields", row)
+	}
+	info := structInfo(rv.Type())
+	m := make(map[string]any, len(info))
+	for _, f := range info {
+		m[f.name] = rv.FieldByIndex(f.index).Interface()
+	}
+	return m, nil
+}
+
+func decodeJSON(b []byte) (map[string]any, error) {
+	var m map[string]any
+	if err := gojson.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("row is not a JSON object: %w", err)
+	}
+	return m, nil
+}
+
+type fieldInfo struct {
+	name  string
+	index []int
+}
+
+var structs sync.Map // reflect.Type -> []fieldInfo; derived from types, safe to share
+
+func structInfo(t reflect.Type) []fieldInfo {
+	if v, ok := structs.Load(t); ok {
+		return v.([]fieldInfo)
+	}
+	var out []fieldInfo
+	for _, f := range reflect.VisibleFields(t) {
+		if !f.IsExported() || f.Anonymous {
+			continue
+		}
+		name := f.Name
+		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == "-" {
+			continue
+		} else if tag != "" {
+			name = tag
+		}
+		out = append(out, fieldInfo{name: name, index: f.Index})
+	}
+	structs.Store(t, out)
+	return out
+}
+
+// Template is a string with {field} placeholders, such as "user:{user_id}".
+type Template struct {
+	parts []string // literal, field, literal, field, ..., literal
+}
+
+// ParseTemplate parses s; a '{' without its '}' is an error.
+func ParseTemplate(s string) (*Template, error) {
+	t := &Template{}
+	for {
+		i := strings.IndexByte(s, '{')
+		if i < 0 {
+			t.parts = append(t.parts, s)
+			return t, nil
+		}
+		j := strings.IndexByte(s[i:], '}')
+		if j < 0 {
+			return nil, fmt.Errorf("template %q: '{' without '}'", s)
+		}
+		t.parts = append(t.parts, s[:i], s[i+1:i+j])
+		s = s[i+j+1:]
+	}
+}
+
+// Static reports whether the template has no placeholders.
+func (t *Template) Static() bool { return len(t.parts) == 1 }
+
+// Fields lists the placeholders.
+func (t *Template) Fields() []string {
+	var out []string
+	for i := 1; i < len(t.parts); i += 2 {
+		out = append(out, t.parts[i])
+	}
+	return out
+}
+
+// Expand fills the placeholders from m; a missing field is an error.
+func (t *Template) Expand(m map[string]any) (string, error) {
+	if t.Static() {
+		return t.parts[0], nil
+	}
+	var b strings.Builder
+	for i, p := range t.parts {
+		if i%2 == 0 {
+			b.WriteString(p)
+			continue
+		}
+		v, ok := m[p]
+		if !ok || v == nil {
+			return "", fmt.Errorf("key template needs field %q, which the row lacks", p)
+		}
+		fmt.Fprint(&b, v)
+	}
+	return b.String(), nil
+}
