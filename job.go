@@ -76,6 +76,7 @@ type JobStats struct {
 	Batches      int64 // micro-batches committed
 	InFlight     int64 // messages read and not yet committed
 	MaxInFlight  int64 // the most messages in flight at once
+	Skipped      int64 // redelivered messages an exactly-once sink had already committed
 }
 
 // Job prepares the flow's stream: it starts the connectors, opens the

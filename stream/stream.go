@@ -91,11 +91,15 @@ type Sink interface {
 // more batches and the source position commit in one transaction, so a crash
 // at any point neither loses nor duplicates a row.
 type TxSink interface {
-	// CommitBatch writes rows and records position as stream's position,
+	// CommitBatch writes rows, records position as stream's position (when
+	// not empty) and records the IDs of the messages the batch consumed,
 	// atomically.
-	CommitBatch(ctx context.Context, stream string, position string, rows []any) error
+	CommitBatch(ctx context.Context, stream string, position string, ids []string, rows []any) error
 	// Position returns stream's committed position ("" if none).
 	Position(ctx context.Context, stream string) (string, error)
+	// Seen returns which of ids were recorded by earlier commits of stream:
+	// redelivered messages that must not be processed again.
+	Seen(ctx context.Context, stream string, ids []string) (map[string]bool, error)
 }
 
 // Checkpoints stores the positions of streams whose position the runtime

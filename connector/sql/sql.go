@@ -1,27 +1,41 @@
-// Package sql provides SQL connectors. Type sqlite is the embedded default
-// (modernc.org/sqlite, pure Go, no cgo): a stream sink, a transactional sink
-// for exactly-once delivery (a batch's rows and the source position commit in
-// one transaction), and a Save/Load target for functions.
+// Package sql provides SQL connectors behind one implementation: sqlite (the
+// embedded default, modernc.org/sqlite, pure Go), mysql (MySQL and MariaDB,
+// go-sql-driver/mysql) and postgres (pgx v5). Each is a stream sink, a
+// transactional sink for exactly-once delivery (a batch's rows, the source
+// position and the IDs of the messages it consumed commit in one
+// transaction), a Save/Load target for functions, and a polling source on
+// an increasing column.
 //
-// Config: key is the table. Params: path (the database file, relative to the
-// YAML file's folder; or addrs), columns (comma-separated; default: the
-// table's columns, or the first row's fields when the table is created),
-// create ("true": create the table if missing), load_query (the query a Load
-// function runs, with :field placeholders filled from the row).
+// Config: key is the table. Params: path (sqlite: the database file,
+// relative to the YAML file's folder), dsn (mysql, postgres: the data source
+// name; or addrs with user, password and database), columns
+// (comma-separated; default: the table's columns, or the first row's fields
+// when the table is created), create ("true": create the table if missing,
+// with column types from the first row), load_query (the query a Load
+// function runs, with :field placeholders filled from the row), poll_column
+// (the source: an increasing column), poll_interval (default 500ms),
+// timeout (connect and ping, default 5s), max_conns (default 8).
 //
 // Rows may be maps, structs (fields by json tag or name) or JSON text.
 package sql
 
 import (
+	"cmp"
 	"context"
 	stdsql "database/sql"
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/go-sql-driver/mysql"
 	gojson "github.com/goccy/go-json"
+	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib" // the database/sql driver "pgx"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/checkpoint"
@@ -29,20 +43,34 @@ import (
 	"github.com/kisflow-go/kisflow/internal/fields"
 )
 
-// TypeSQLite is the connector type of the embedded database.
-const TypeSQLite = "sqlite"
+// Connector types this package registers.
+const (
+	TypeSQLite   = "sqlite"
+	TypeMySQL    = "mysql"
+	TypePostgres = "postgres"
+)
 
 // Install registers the SQL drivers.
 func Install(reg *kisflow.Registry) error {
-	return reg.RegisterDriver(TypeSQLite, NewSQLite)
+	for typ, f := range map[string]kisflow.DriverFactory{TypeSQLite: NewSQLite, TypeMySQL: NewMySQL, TypePostgres: NewPostgres} {
+		if err := reg.RegisterDriver(typ, f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DB is a SQL connector. It is safe for concurrent use.
 type DB struct {
 	cfg       *config.Conn
 	dialect   checkpoint.Dialect
-	path      string
+	path      string // sqlite
+	dsn       string // mysql, postgres
+	timeout   time.Duration
+	maxConns  int
 	table     string
+	pollCol   string
+	pollEvery time.Duration
 	create    bool
 	loadQuery string
 	loadArgs  []string
@@ -71,9 +99,93 @@ func NewSQLite(cfg *config.Conn) (kisflow.Driver, error) {
 	return d, nil
 }
 
+// NewMySQL builds a MySQL/MariaDB connector: params.dsn, or addrs with
+// user, password and database.
+func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
+	p := cfg.Params
+	dsn := p["dsn"]
+	if dsn == "" {
+		addr := "127.0.0.1:3306"
+		if a := cfg.AddrList(); len(a) > 0 {
+			addr = a[0]
+		}
+		dsn = fmt.Sprintf("%s:%s@tcp(%s)/%s", p["user"], p["password"], addr, p["database"])
+	}
+	mc, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("mysql connector %q: bad dsn: %w", cfg.CName, err)
+	}
+	mc.ParseTime = true
+	if mc.Timeout == 0 {
+		mc.Timeout = 5 * time.Second
+	}
+	if mc.ReadTimeout == 0 {
+		mc.ReadTimeout = 30 * time.Second
+	}
+	if mc.WriteTimeout == 0 {
+		mc.WriteTimeout = 30 * time.Second
+	}
+	if p["tls"] == "true" {
+		mc.TLSConfig = "true"
+	}
+	d := &DB{cfg: cfg, dialect: checkpoint.MySQL, dsn: mc.FormatDSN(), table: cfg.Key, create: p["create"] == "true"}
+	if err := d.parseCommon(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// NewPostgres builds a PostgreSQL connector: params.dsn (a URL or key=value
+// string), or addrs with user, password, database and sslmode.
+func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
+	p := cfg.Params
+	dsn := p["dsn"]
+	if dsn == "" {
+		addr := "127.0.0.1:5432"
+		if a := cfg.AddrList(); len(a) > 0 {
+			addr = a[0]
+		}
+		u := url.URL{Scheme: "postgres", Host: addr, Path: "/" + p["database"]}
+		if p["user"] != "" {
+			u.User = url.UserPassword(p["user"], p["password"])
+		}
+		q := url.Values{}
+		q.Set("sslmode", cmp.Or(p["sslmode"], "prefer"))
+		q.Set("connect_timeout", "5")
+		u.RawQuery = q.Encode()
+		dsn = u.String()
+	}
+	if _, err := pgx.ParseConfig(dsn); err != nil {
+		return nil, fmt.Errorf("postgres connector %q: bad dsn: %w", cfg.CName, err)
+	}
+	d := &DB{cfg: cfg, dialect: checkpoint.Postgres, dsn: dsn, table: cfg.Key, create: p["create"] == "true"}
+	if err := d.parseCommon(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
 var placeholder = regexp.MustCompile(`:([A-Za-z_][A-Za-z0-9_]*)`)
 
 func (d *DB) parseCommon() error {
+	p := d.cfg.Params
+	var err error
+	if d.timeout, err = durationParam(p, "timeout", 5*time.Second); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+	}
+	if d.pollEvery, err = durationParam(p, "poll_interval", 500*time.Millisecond); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+	}
+	d.maxConns = 8
+	if s := p["max_conns"]; s != "" {
+		if d.maxConns, err = strconv.Atoi(s); err != nil || d.maxConns <= 0 {
+			return fmt.Errorf("connector %q: bad max_conns %q", d.cfg.CName, s)
+		}
+	}
+	d.pollCol = p["poll_column"]
+	if d.pollCol != "" && !validIdent(d.pollCol) {
+		return fmt.Errorf("connector %q: poll_column %q is not a plain identifier", d.cfg.CName, d.pollCol)
+	}
 	if cols := d.cfg.Params["columns"]; cols != "" {
 		for _, c := range strings.Split(cols, ",") {
 			if c = strings.TrimSpace(c); c != "" {
@@ -121,13 +233,50 @@ func (d *DB) quote(id string) string {
 	return `"` + id + `"`
 }
 
-// Start opens the database and creates the checkpoint table.
+func durationParam(p map[string]string, name string, def time.Duration) (time.Duration, error) {
+	s := p[name]
+	if s == "" {
+		return def, nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v <= 0 {
+		return 0, fmt.Errorf("bad %s %q", name, s)
+	}
+	return v, nil
+}
+
+// Start opens the database, checks it answers within the timeout, and
+// creates the checkpoint and inbox tables.
 func (d *DB) Start(ctx context.Context) error {
-	db, err := checkpoint.OpenSQLiteDB(d.path)
+	var db *stdsql.DB
+	var err error
+	switch d.dialect {
+	case checkpoint.SQLite:
+		db, err = checkpoint.OpenSQLiteDB(d.path)
+	case checkpoint.MySQL:
+		db, err = stdsql.Open("mysql", d.dsn)
+	case checkpoint.Postgres:
+		db, err = stdsql.Open("pgx", d.dsn)
+	}
 	if err != nil {
 		return err
 	}
+	if d.dialect != checkpoint.SQLite {
+		db.SetMaxOpenConns(d.maxConns)
+		db.SetConnMaxIdleTime(5 * time.Minute)
+		pctx, cancel := context.WithTimeout(ctx, d.timeout)
+		err = db.PingContext(pctx)
+		cancel()
+		if err != nil {
+			db.Close()
+			return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+		}
+	}
 	if err := checkpoint.Ensure(ctx, db, d.dialect); err != nil {
+		db.Close()
+		return err
+	}
+	if err := checkpoint.EnsureInbox(ctx, db, d.dialect); err != nil {
 		db.Close()
 		return err
 	}
@@ -154,15 +303,27 @@ func (d *DB) Write(ctx context.Context, rows []any) error {
 	return d.inTx(ctx, func(tx *stdsql.Tx) error { return d.insert(ctx, tx, rows) })
 }
 
-// CommitBatch inserts rows and records the stream's position in one
-// transaction: the exactly-once commit.
-func (d *DB) CommitBatch(ctx context.Context, stream, position string, rows []any) error {
+// CommitBatch inserts rows, records the stream's position and the IDs of
+// the messages consumed, in one transaction: the exactly-once commit.
+func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
 	return d.inTx(ctx, func(tx *stdsql.Tx) error {
 		if err := d.insert(ctx, tx, rows); err != nil {
 			return err
 		}
+		if err := checkpoint.SaveInbox(ctx, tx, d.dialect, stream, ids); err != nil {
+			return err
+		}
+		if position == "" {
+			return nil
+		}
 		return checkpoint.Save(ctx, tx, d.dialect, stream, position)
 	})
+}
+
+// Seen returns which of the message IDs a batch of stream already
+// committed.
+func (d *DB) Seen(ctx context.Context, stream string, ids []string) (map[string]bool, error) {
+	return checkpoint.Seen(ctx, d.db, d.dialect, stream, ids)
 }
 
 // Position returns the stream's committed position.
@@ -270,7 +431,7 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 	defer d.mu.Unlock()
 	if d.columns != nil {
 		if d.create {
-			if err := d.createTable(ctx, tx, d.columns); err != nil {
+			if err := d.createTable(ctx, tx, d.columns, first); err != nil {
 				return nil, err
 			}
 		}
@@ -293,7 +454,7 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 		if len(cols) == 0 {
 			return nil, fmt.Errorf("connector %q: the first row has no fields to make columns of", d.cfg.CName)
 		}
-		if err := d.createTable(ctx, tx, cols); err != nil {
+		if err := d.createTable(ctx, tx, cols, first); err != nil {
 			return nil, err
 		}
 	}
@@ -301,20 +462,56 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 	return cols, nil
 }
 
-func (d *DB) createTable(ctx context.Context, tx *stdsql.Tx, cols []string) error {
-	quoted := make([]string, len(cols))
+func (d *DB) createTable(ctx context.Context, tx *stdsql.Tx, cols []string, first map[string]any) error {
+	defs := make([]string, len(cols))
 	for i, c := range cols {
-		quoted[i] = d.quote(c)
+		defs[i] = d.quote(c)
+		if t := d.columnType(first[c]); t != "" {
+			defs[i] += " " + t
+		}
 	}
-	q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", d.quote(d.table), strings.Join(quoted, ", "))
+	q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", d.quote(d.table), strings.Join(defs, ", "))
 	if _, err := tx.ExecContext(ctx, q); err != nil {
 		return fmt.Errorf("connector %q: create table %s: %w", d.cfg.CName, d.table, err)
 	}
 	return nil
 }
 
+// columnType is the column type for a first value; SQLite needs none.
+func (d *DB) columnType(v any) string {
+	if d.dialect == checkpoint.SQLite {
+		return ""
+	}
+	switch v.(type) {
+	case int, int8, int16, int32, int64, uint8, uint16, uint32:
+		return "BIGINT"
+	case float32, float64:
+		if d.dialect == checkpoint.MySQL {
+			return "DOUBLE"
+		}
+		return "DOUBLE PRECISION"
+	case bool:
+		return "BOOLEAN"
+	case time.Time:
+		if d.dialect == checkpoint.MySQL {
+			return "DATETIME(6)"
+		}
+		return "TIMESTAMPTZ"
+	}
+	return "TEXT"
+}
+
 func (d *DB) tableColumns(ctx context.Context, tx *stdsql.Tx) ([]string, error) {
-	rows, err := tx.QueryContext(ctx, "SELECT name FROM pragma_table_info(?)", d.table)
+	var q string
+	switch d.dialect {
+	case checkpoint.SQLite:
+		q = "SELECT name FROM pragma_table_info(?)"
+	case checkpoint.MySQL:
+		q = "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position"
+	case checkpoint.Postgres:
+		q = "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
+	}
+	rows, err := tx.QueryContext(ctx, q, d.table)
 	if err != nil {
 		return nil, fmt.Errorf("connector %q: read columns of %s: %w", d.cfg.CName, d.table, err)
 	}
@@ -371,31 +568,7 @@ func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
 		return nil, fmt.Errorf("connector %q: load: %w", d.cfg.CName, err)
 	}
 	defer rs.Close()
-	cols, err := rs.Columns()
-	if err != nil {
-		return nil, err
-	}
-	var out []map[string]any
-	for rs.Next() {
-		vals := make([]any, len(cols))
-		ptrs := make([]any, len(cols))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := rs.Scan(ptrs...); err != nil {
-			return nil, err
-		}
-		r := make(map[string]any, len(cols))
-		for i, c := range cols {
-			if b, ok := vals[i].([]byte); ok {
-				r[c] = string(b)
-			} else {
-				r[c] = vals[i]
-			}
-		}
-		out = append(out, r)
-	}
-	return out, rs.Err()
+	return scanMaps(rs)
 }
 
 // sqlValue makes a value storable: nested maps and slices become JSON text.

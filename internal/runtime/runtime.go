@@ -146,6 +146,7 @@ type Stats struct {
 	Batches      int64 // epochs committed
 	InFlight     int64 // messages read and not yet committed
 	MaxInFlight  int64 // the most messages in flight at once
+	Skipped      int64 // redelivered messages an exactly-once sink had already committed
 }
 
 // Runner runs one flow on one source.
@@ -154,7 +155,7 @@ type Runner struct {
 	parts Parts
 	keys  *keyReader
 
-	read, committed, out, dead, retries, batches, inflight, maxInflight atomic.Int64
+	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
 
 // New returns a runner; Run starts it.
@@ -180,13 +181,14 @@ func (r *Runner) Stats() Stats {
 	return Stats{
 		Read: r.read.Load(), Committed: r.committed.Load(), Out: r.out.Load(),
 		DeadLettered: r.dead.Load(), Retries: r.retries.Load(), Batches: r.batches.Load(),
-		InFlight: r.inflight.Load(), MaxInFlight: r.maxInflight.Load(),
+		InFlight: r.inflight.Load(), MaxInFlight: r.maxInflight.Load(), Skipped: r.skipped.Load(),
 	}
 }
 
 // epoch is one micro-batch: a contiguous range of the stream.
 type epoch struct {
-	msgs    []*stream.Message
+	msgs    []*stream.Message // everything read, acknowledged at commit
+	todo    []*stream.Message // what is processed: msgs less redeliveries already committed
 	parts   []*part
 	pending atomic.Int32
 	done    chan struct{}
@@ -306,8 +308,18 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 				return err
 			}
 		}
+		ep.todo = ep.msgs
+		if cfg.Delivery == ExactlyOnce {
+			if ep.todo, err = r.unseen(work, ep.msgs); err != nil {
+				<-slots
+				return err
+			}
+		}
 		r.split(ep)
 		ep.pending.Store(int32(len(ep.parts)))
+		if len(ep.parts) == 0 {
+			close(ep.done) // every message was a redelivery of committed work
+		}
 		epochs <- ep
 		for _, p := range ep.parts {
 			queues[p.worker] <- p
@@ -363,12 +375,15 @@ func filterEOF(err error) error {
 // workers, or whole to the shared queue.
 func (r *Runner) split(ep *epoch) {
 	cfg := r.cfg
+	if len(ep.todo) == 0 {
+		return
+	}
 	if cfg.Key == "" || cfg.Workers == 1 {
-		ep.parts = []*part{{ep: ep, msgs: ep.msgs}}
+		ep.parts = []*part{{ep: ep, msgs: ep.todo}}
 		return
 	}
 	byWorker := make([][]*stream.Message, cfg.Workers)
-	for _, m := range ep.msgs {
+	for _, m := range ep.todo {
 		w := partitionOf(r.keys.of(m), cfg.Workers)
 		byWorker[w] = append(byWorker[w], m)
 	}
@@ -387,6 +402,39 @@ const CheckpointInterval = 200 * time.Millisecond
 
 // maxGroupRows bounds the rows of epochs committed together.
 const maxGroupRows = 50000
+
+// unseen drops messages whose IDs the transactional sink already
+// committed: a broker redelivered them after a crash between the commit
+// and the acknowledgement.
+func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.Message, error) {
+	var ids []string
+	for _, m := range msgs {
+		if m.ID != "" {
+			ids = append(ids, m.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return msgs, nil
+	}
+	var seen map[string]bool
+	if err := r.retryForever(ctx, "look up committed messages", func() (err error) {
+		seen, err = r.parts.TxSink.Seen(ctx, r.cfg.Name, ids)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if len(seen) == 0 {
+		return msgs, nil
+	}
+	todo := make([]*stream.Message, 0, len(msgs)-len(seen))
+	for _, m := range msgs {
+		if m.ID == "" || !seen[m.ID] {
+			todo = append(todo, m)
+		}
+	}
+	r.skipped.Add(int64(len(msgs) - len(todo)))
+	return todo, nil
+}
 
 // commitLoop commits epochs in read order. Epochs that are already done
 // when the oldest one finishes commit together: one transaction for
@@ -484,12 +532,18 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	}
 	var dead, rows []any
 	var msgs []*stream.Message
+	var ids []string
 	for _, ep := range ok {
 		dead = append(dead, ep.dead...)
 		msgs = append(msgs, ep.msgs...)
 		if cfg.Delivery == ExactlyOnce {
 			for _, p := range ep.parts {
 				rows = append(rows, p.out...)
+			}
+			for _, m := range ep.todo {
+				if m.ID != "" {
+					ids = append(ids, m.ID)
+				}
 			}
 		}
 	}
@@ -511,7 +565,7 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	pos := lastPosition(msgs)
 	if cfg.Delivery == ExactlyOnce {
 		if err := r.retryForever(work, "transactional commit", func() error {
-			return r.parts.TxSink.CommitBatch(work, cfg.Name, pos, rows)
+			return r.parts.TxSink.CommitBatch(work, cfg.Name, pos, ids, rows)
 		}); err != nil {
 			return fail(err)
 		}

@@ -421,19 +421,37 @@ type txSink struct {
 	mu   sync.Mutex
 	rows []any
 	pos  string
+	ids  map[string]bool
 }
 
 func (s *txSink) Write(context.Context, []any) error {
 	return errors.New("exactly-once must not call Write")
 }
-func (s *txSink) CommitBatch(_ context.Context, _ string, pos string, rows []any) error {
+func (s *txSink) CommitBatch(_ context.Context, _ string, pos string, ids []string, rows []any) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.rows = append(s.rows, rows...)
 	s.pos = pos
+	if s.ids == nil {
+		s.ids = map[string]bool{}
+	}
+	for _, id := range ids {
+		s.ids[id] = true
+	}
 	return nil
 }
 func (s *txSink) Position(context.Context, string) (string, error) { return s.pos, nil }
+func (s *txSink) Seen(_ context.Context, _ string, ids []string) (map[string]bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seen := map[string]bool{}
+	for _, id := range ids {
+		if s.ids[id] {
+			seen[id] = true
+		}
+	}
+	return seen, nil
+}
 
 func TestExactlyOnceCommitsRowsWithPosition(t *testing.T) {
 	t.Parallel()

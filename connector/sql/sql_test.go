@@ -1,0 +1,266 @@
+package sql
+
+import (
+	"context"
+	stdsql "database/sql"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+type order struct {
+	ID    int     `json:"order_id"`
+	Total float64 `json:"total"`
+	Note  string  `json:"-"`
+}
+
+var dialects = []string{TypeSQLite, TypePostgres, TypeMySQL}
+
+// newDatabase makes a database of its own for one test and returns the
+// connector params that reach it.
+func newDatabase(t *testing.T, typ string) map[string]string {
+	t.Helper()
+	switch typ {
+	case TypeSQLite:
+		return map[string]string{"path": filepath.Join(t.TempDir(), "t.db")}
+	case TypePostgres:
+		base := testenv.Postgres.Addr(t)
+		name := testenv.Name("kisflow_")
+		admin, err := stdsql.Open("pgx", base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_, _ = admin.Exec("DROP DATABASE " + name + " WITH (FORCE)")
+			admin.Close()
+		})
+		i := strings.LastIndex(base, "/")
+		dsn := base[:i+1] + name
+		if q := strings.Index(base[i:], "?"); q >= 0 {
+			dsn += base[i+q:]
+		}
+		return map[string]string{"dsn": dsn}
+	case TypeMySQL:
+		base := testenv.MySQL.Addr(t)
+		name := testenv.Name("kisflow_")
+		admin, err := stdsql.Open("mysql", base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_, _ = admin.Exec("DROP DATABASE " + name)
+			admin.Close()
+		})
+		mc, err := mysql.ParseDSN(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mc.DBName = name
+		return map[string]string{"dsn": mc.FormatDSN()}
+	}
+	t.Fatalf("unknown type %s", typ)
+	return nil
+}
+
+func openDB(t *testing.T, typ, table string, params map[string]string) *DB {
+	t.Helper()
+	p := newDatabase(t, typ)
+	for k, v := range params {
+		p[k] = v
+	}
+	cfg := &config.Conn{CName: "db", Type: typ, Key: table, Params: p}
+	var d *DB
+	switch typ {
+	case TypeSQLite:
+		drv, err := NewSQLite(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = drv.(*DB)
+	case TypePostgres:
+		drv, err := NewPostgres(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = drv.(*DB)
+	case TypeMySQL:
+		drv, err := NewMySQL(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d = drv.(*DB)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Close(context.Background()) })
+	return d
+}
+
+func count(t *testing.T, d *DB, q string) int {
+	t.Helper()
+	var n int
+	if err := d.SQL().QueryRow(q).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// each runs a case on every dialect.
+func each(t *testing.T, fn func(t *testing.T, typ string)) {
+	for _, typ := range dialects {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			fn(t, typ)
+		})
+	}
+}
+
+func TestWriteCreatesTableFromRows(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		d := openDB(t, typ, "orders", map[string]string{"create": "true"})
+		ctx := context.Background()
+		rows := []any{&order{ID: 1, Total: 9.5}, map[string]any{"order_id": 2, "total": 3.0}, `{"order_id":3,"total":1.25}`}
+		if err := d.Write(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(t, d, "SELECT count(*) FROM orders WHERE total > 1"); n != 3 {
+			t.Fatalf("rows: %d", n)
+		}
+		many := make([]any, 1234)
+		for i := range many {
+			many[i] = &order{ID: 100 + i, Total: 1}
+		}
+		if err := d.Write(ctx, many); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(t, d, "SELECT count(DISTINCT order_id) FROM orders"); n != 1237 {
+			t.Fatalf("distinct ids: %d", n)
+		}
+	})
+}
+
+func TestWriteWithoutTableIsAClearError(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		d := openDB(t, typ, "orders", nil)
+		err := d.Write(context.Background(), []any{map[string]any{"a": 1}})
+		if err == nil || !strings.Contains(err.Error(), "table orders does not exist") {
+			t.Fatalf("got %v", err)
+		}
+	})
+}
+
+func TestCommitBatchIsAtomic(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		d := openDB(t, typ, "orders", map[string]string{"create": "true", "columns": "order_id, total"})
+		ctx := context.Background()
+		if err := d.CommitBatch(ctx, "s", "42", []string{"m1", "m2"}, []any{&order{ID: 1, Total: 2}}); err != nil {
+			t.Fatal(err)
+		}
+		if pos, _ := d.Position(ctx, "s"); pos != "42" {
+			t.Fatalf("position %q", pos)
+		}
+		seen, err := d.Seen(ctx, "s", []string{"m1", "m3", "m2"})
+		if err != nil || len(seen) != 2 || !seen["m1"] || !seen["m2"] {
+			t.Fatalf("seen %v %v", seen, err)
+		}
+		if other, _ := d.Seen(ctx, "other", []string{"m1"}); len(other) != 0 {
+			t.Fatal("IDs leak across streams")
+		}
+		// A row that cannot be written rolls back the position and the IDs.
+		if err := d.CommitBatch(ctx, "s", "43", []string{"m3"}, []any{&order{ID: 2}, 17}); err == nil {
+			t.Fatal("bad row: no error")
+		}
+		if pos, _ := d.Position(ctx, "s"); pos != "42" || count(t, d, "SELECT count(*) FROM orders") != 1 {
+			t.Fatalf("after a failed commit: position %q", pos)
+		}
+		if seen, _ := d.Seen(ctx, "s", []string{"m3"}); seen["m3"] {
+			t.Fatal("a failed commit recorded its message IDs")
+		}
+	})
+}
+
+func TestLoadQuery(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		q := "SELECT total FROM orders WHERE order_id = :order_id"
+		d := openDB(t, typ, "orders", map[string]string{"create": "true", "load_query": q})
+		ctx := context.Background()
+		if err := d.Write(ctx, []any{&order{ID: 7, Total: 70}}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.Load(ctx, map[string]any{"order_id": 7})
+		if err != nil || len(got) != 1 || fmt.Sprint(got[0]["total"]) != "70" {
+			t.Fatalf("load: %v %v", got, err)
+		}
+		if _, err := d.Load(ctx, map[string]any{"other": 1}); err == nil || !strings.Contains(err.Error(), `needs field "order_id"`) {
+			t.Fatalf("missing field: %v", err)
+		}
+	})
+}
+
+func TestConformance(t *testing.T) {
+	for _, typ := range dialects {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			conformance.Run(t, conformance.Harness{
+				Features: conformance.Features{OrderPerKey: true},
+				New: func(t *testing.T) conformance.Fixture {
+					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
+					return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
+						return d.OpenSource(ctx, stream.SourceOptions{Name: group})
+					}}
+				},
+			})
+		})
+	}
+}
+
+func TestPollSourceResumes(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "10ms"})
+		ctx := context.Background()
+		if err := d.Write(ctx, []any{map[string]any{"id": 1, "v": "a"}, map[string]any{"id": 2, "v": "b"}, map[string]any{"id": 10, "v": "c"}}); err != nil {
+			t.Fatal(err)
+		}
+		src, _ := d.OpenSource(ctx, stream.SourceOptions{Resume: "2"})
+		msgs, err := src.Read(ctx, 10)
+		if err != nil || len(msgs) != 1 || msgs[0].Payload.(map[string]any)["v"] != "c" || msgs[0].Position != "10" {
+			t.Fatalf("after position 2: %v %v", msgs, err)
+		}
+	})
+}
+
+func TestBadConfig(t *testing.T) {
+	t.Parallel()
+	if _, err := NewSQLite(&config.Conn{CName: "db", Key: "orders; DROP TABLE x", Params: map[string]string{"path": "x.db"}}); err == nil {
+		t.Fatal("table name with SQL in it: no error")
+	}
+	if _, err := NewSQLite(&config.Conn{CName: "db", Key: "t"}); err == nil {
+		t.Fatal("no path: no error")
+	}
+	if _, err := NewMySQL(&config.Conn{CName: "db", Key: "t", Params: map[string]string{"dsn": "::nonsense"}}); err == nil {
+		t.Fatal("bad mysql dsn: no error")
+	}
+	if _, err := NewPostgres(&config.Conn{CName: "db", Key: "t", Params: map[string]string{"dsn": "postgres://%zz"}}); err == nil {
+		t.Fatal("bad postgres dsn: no error")
+	}
+}
