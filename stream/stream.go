@@ -36,6 +36,10 @@ type Message struct {
 	Headers map[string]string
 	// Handle is the source's own reference (a delivery tag, an entry ID).
 	Handle any
+	// Failed, when a source sets it, sends the message straight to the
+	// dead-letter sink with this reason instead of the flow (a broker gave
+	// up redelivering it). It is acknowledged like any other.
+	Failed error
 }
 
 // Source delivers messages. Read is called by one goroutine; Ack may be
@@ -118,6 +122,7 @@ type DeadLetter struct {
 	Attempts int               `json:"attempts"`
 	Payload  any               `json:"payload"`
 	Position string            `json:"position,omitempty"`
+	ID       string            `json:"id,omitempty"`
 	Headers  map[string]string `json:"headers,omitempty"`
 	Time     time.Time         `json:"time"`
 }

@@ -20,6 +20,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -188,7 +189,8 @@ func (r *Runner) Stats() Stats {
 // epoch is one micro-batch: a contiguous range of the stream.
 type epoch struct {
 	msgs    []*stream.Message // everything read, acknowledged at commit
-	todo    []*stream.Message // what is processed: msgs less redeliveries already committed
+	todo    []*stream.Message // msgs less redeliveries already committed
+	work    []*stream.Message // todo less messages the source marked Failed: what runs
 	parts   []*part
 	pending atomic.Int32
 	done    chan struct{}
@@ -315,6 +317,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 				return err
 			}
 		}
+		r.deadOnArrival(ep)
 		r.split(ep)
 		ep.pending.Store(int32(len(ep.parts)))
 		if len(ep.parts) == 0 {
@@ -375,15 +378,15 @@ func filterEOF(err error) error {
 // workers, or whole to the shared queue.
 func (r *Runner) split(ep *epoch) {
 	cfg := r.cfg
-	if len(ep.todo) == 0 {
+	if len(ep.work) == 0 {
 		return
 	}
 	if cfg.Key == "" || cfg.Workers == 1 {
-		ep.parts = []*part{{ep: ep, msgs: ep.todo}}
+		ep.parts = []*part{{ep: ep, msgs: ep.work}}
 		return
 	}
 	byWorker := make([][]*stream.Message, cfg.Workers)
-	for _, m := range ep.todo {
+	for _, m := range ep.work {
 		w := partitionOf(r.keys.of(m), cfg.Workers)
 		byWorker[w] = append(byWorker[w], m)
 	}
@@ -434,6 +437,23 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 	}
 	r.skipped.Add(int64(len(msgs) - len(todo)))
 	return todo, nil
+}
+
+// deadOnArrival sends messages a source marked Failed to the dead letters
+// of their epoch; the rest is the epoch's work.
+func (r *Runner) deadOnArrival(ep *epoch) {
+	ep.work = ep.todo
+	if !slices.ContainsFunc(ep.todo, func(m *stream.Message) bool { return m.Failed != nil }) {
+		return
+	}
+	ep.work = nil
+	for _, m := range ep.todo {
+		if m.Failed == nil {
+			ep.work = append(ep.work, m)
+			continue
+		}
+		ep.dead = append(ep.dead, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+	}
 }
 
 // commitLoop commits epochs in read order. Epochs that are already done

@@ -556,3 +556,40 @@ func TestPositionNeverPassesAnUnfinishedBatch(t *testing.T) {
 		t.Fatalf("%d messages returned to the source, want 200 (101..300)", len(src.nacked))
 	}
 }
+
+// failingSource marks every tenth message Failed, as a broker that gave up
+// redelivering it would.
+type failingSource struct{ *memSource }
+
+func (s failingSource) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	msgs, err := s.memSource.Read(ctx, max)
+	for _, m := range msgs {
+		if m.Payload.(int)%10 == 0 {
+			m.Failed = errors.New("broker gave up")
+		}
+	}
+	return msgs, err
+}
+
+func TestFailedMessagesGoStraightToDeadLetters(t *testing.T) {
+	t.Parallel()
+	src := newSource(100, 0)
+	var ran atomic.Int64
+	flow := func(_ context.Context, rows []any) ([]any, []Rejected, error) {
+		for _, r := range rows {
+			if r.(int)%10 == 0 {
+				return nil, nil, errors.New("a failed message reached the flow")
+			}
+		}
+		ran.Add(int64(len(rows)))
+		return slices.Clone(rows), nil, nil
+	}
+	dlq := &memSink{}
+	run(t, Config{Name: "s", BatchSize: 25}, Parts{Source: failingSource{src}, NewFlow: func(int) Flow { return funcFlow(flow) }, Sink: &memSink{}, DeadLetter: dlq})
+	if got := dlq.ints(); len(got) != 10 || ran.Load() != 90 || !slices.Equal(src.acked, seq(100)) {
+		t.Fatalf("dead letters %v, %d rows ran, %d acked", got, ran.Load(), len(src.acked))
+	}
+	if dl := dlq.rows[0].(*stream.DeadLetter); dl.Error != "broker gave up" || dl.Attempts != 0 {
+		t.Fatalf("dead letter %+v", dl)
+	}
+}

@@ -140,10 +140,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 		fn, cause = f, err
 		pol = r.cfg.PolicyFor(fn)
 	}
-	dl := &stream.DeadLetter{
-		Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: tried,
-		Payload: dlqPayload(m.Payload), Position: m.Position, Headers: m.Headers, Time: time.Now().UTC(),
-	}
+	dl := deadLetter(r.cfg.Name, fn, m, cause, tried)
 	r.cfg.Logger.Error("message dead-lettered", "func", fn, "attempts", tried, "err", cause)
 	p.ep.mu.Lock()
 	p.ep.dead = append(p.ep.dead, dl)
@@ -153,6 +150,13 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
 	return w.r.cfg.Sleep(ctx, Backoff(w.r.cfg.PolicyFor(fn).Base, attempt))
+}
+
+func deadLetter(flow, fn string, m *stream.Message, cause error, attempts int) *stream.DeadLetter {
+	return &stream.DeadLetter{
+		Flow: flow, Func: fn, Error: cause.Error(), Attempts: attempts, ID: m.ID,
+		Payload: dlqPayload(m.Payload), Position: m.Position, Headers: m.Headers, Time: time.Now().UTC(),
+	}
 }
 
 // dlqPayload keeps JSON text readable in the dead-letter record.

@@ -1,0 +1,408 @@
+// Package nats provides the connector type nats: NATS JetStream (nats.go).
+//
+//   - The source reads a stream through a durable pull consumer (one per
+//     flow unless params.durable names it), so several processes share the
+//     work; messages are acknowledged after the flow, redelivered after
+//     ack_wait when not, and a message JetStream stops redelivering after
+//     max_deliver attempts is fetched from the stream and sent to the
+//     dead-letter path instead of vanishing.
+//   - The sink (and Save) publishes each row as JSON and waits for the
+//     stream's acknowledgement; every message carries a message ID (the
+//     msg_id template over the row, or a hash of the row), so a retried
+//     write within the stream's duplicate window is not stored twice.
+//
+// Config: addrs (server URLs, default nats://127.0.0.1:4222), key (the
+// subject; for the sink a template such as orders.{region}). Params:
+// stream (the JetStream stream), create ("true": create or update the
+// stream with the key as its subjects), durable, ack_wait (default 30s),
+// max_deliver (default 5), msg_id, user, password, token, creds (a
+// credentials file), tls ("true"), timeout (connect and requests,
+// default 5s).
+package nats
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Type is the connector type this package registers.
+const Type = "nats"
+
+// Install registers the nats driver.
+func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+
+// NATS is the driver. It is safe for concurrent use.
+type NATS struct {
+	cfg        *config.Conn
+	urls       string
+	opts       []natsgo.Option
+	subject    *fields.Template
+	streamName string
+	create     bool
+	durable    string
+	ackWait    time.Duration
+	maxDeliver int
+	msgID      *fields.Template
+	timeout    time.Duration
+
+	nc *natsgo.Conn
+	js jetstream.JetStream
+}
+
+// New builds the driver from its config; it does not connect.
+func New(cfg *config.Conn) (kisflow.Driver, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("nats connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+	}
+	p := cfg.Params
+	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"], maxDeliver: 5}
+	if n.urls == "" {
+		n.urls = natsgo.DefaultURL
+	}
+	if cfg.Key == "" {
+		return nil, bad("key (the subject) is required")
+	}
+	if n.streamName == "" {
+		return nil, bad("params.stream (the JetStream stream) is required")
+	}
+	var err error
+	if n.subject, err = fields.ParseTemplate(cfg.Key); err != nil {
+		return nil, bad("%v", err)
+	}
+	if s := p["msg_id"]; s != "" {
+		if n.msgID, err = fields.ParseTemplate(s); err != nil {
+			return nil, bad("%v", err)
+		}
+	}
+	dur := func(name string, def time.Duration) time.Duration {
+		s := p[name]
+		if s == "" || err != nil {
+			return def
+		}
+		d, perr := time.ParseDuration(s)
+		if perr != nil || d <= 0 {
+			err = bad("bad %s %q", name, s)
+		}
+		return d
+	}
+	n.ackWait = dur("ack_wait", 30*time.Second)
+	n.timeout = dur("timeout", 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	if s := p["max_deliver"]; s != "" {
+		if n.maxDeliver, err = strconv.Atoi(s); err != nil || n.maxDeliver < 1 {
+			return nil, bad("bad max_deliver %q", s)
+		}
+	}
+	n.opts = []natsgo.Option{natsgo.Name("kisflow-" + cfg.CName), natsgo.Timeout(n.timeout), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(250 * time.Millisecond)}
+	switch {
+	case p["creds"] != "":
+		n.opts = append(n.opts, natsgo.UserCredentials(cfg.Path(p["creds"])))
+	case p["token"] != "":
+		n.opts = append(n.opts, natsgo.Token(p["token"]))
+	case p["user"] != "":
+		n.opts = append(n.opts, natsgo.UserInfo(p["user"], p["password"]))
+	}
+	if p["tls"] == "true" {
+		n.opts = append(n.opts, natsgo.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	return n, nil
+}
+
+// Start connects and, with create, creates or updates the stream.
+func (n *NATS) Start(ctx context.Context) error {
+	nc, err := natsgo.Connect(n.urls, n.opts...)
+	if err != nil {
+		return fmt.Errorf("nats %s: %w", n.urls, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return fmt.Errorf("nats %s: %w", n.urls, err)
+	}
+	if n.create {
+		subj := n.cfg.Key
+		if !n.subject.Static() {
+			subj = templateWildcard(n.cfg.Key)
+		}
+		cctx, cancel := context.WithTimeout(ctx, n.timeout)
+		_, err = js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{Name: n.streamName, Subjects: []string{subj}, Duplicates: 2 * time.Minute})
+		cancel()
+		if err != nil {
+			nc.Close()
+			return fmt.Errorf("nats connector %q: create stream %s: %w", n.cfg.CName, n.streamName, err)
+		}
+	}
+	n.nc, n.js = nc, js
+	return nil
+}
+
+// templateWildcard turns a subject template into the subjects it covers:
+// orders.{region} -> orders.*.
+func templateWildcard(t string) string {
+	parts := strings.Split(t, ".")
+	for i, p := range parts {
+		if strings.Contains(p, "{") {
+			parts[i] = "*"
+		}
+	}
+	return strings.Join(parts, ".")
+}
+
+// Close drains and closes the connection.
+func (n *NATS) Close(context.Context) error {
+	if n.nc == nil {
+		return nil
+	}
+	n.nc.Close()
+	return nil
+}
+
+// Conn is the NATS connection; JetStream is its JetStream context.
+func (n *NATS) Conn() *natsgo.Conn { return n.nc }
+
+// JetStream returns the JetStream context.
+func (n *NATS) JetStream() jetstream.JetStream { return n.js }
+
+// Write publishes rows and waits until the stream stored each of them.
+func (n *NATS) Write(ctx context.Context, rows []any) error {
+	futures := make([]jetstream.PubAckFuture, 0, len(rows))
+	for i, row := range rows {
+		m, err := fields.Of(row)
+		if err != nil {
+			return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
+		}
+		subj, err := n.subject.Expand(m)
+		if err != nil {
+			return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
+		}
+		data, err := gojson.Marshal(m)
+		if err != nil {
+			return err
+		}
+		id := ""
+		if n.msgID != nil {
+			if id, err = n.msgID.Expand(m); err != nil {
+				return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
+			}
+		} else {
+			sum := sha256.Sum256(append([]byte(subj+"\x00"), data...))
+			id = hex.EncodeToString(sum[:16])
+		}
+		f, err := n.js.PublishMsgAsync(&natsgo.Msg{Subject: subj, Data: data}, jetstream.WithMsgID(id), jetstream.WithExpectStream(n.streamName))
+		if err != nil {
+			return fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err)
+		}
+		futures = append(futures, f)
+	}
+	wctx, cancel := context.WithTimeout(ctx, n.timeout+time.Duration(len(rows))*time.Millisecond)
+	defer cancel()
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err)
+		case <-wctx.Done():
+			return fmt.Errorf("nats connector %q: publish: no acknowledgement from the stream: %w", n.cfg.CName, wctx.Err())
+		}
+	}
+	return nil
+}
+
+// Call is the Save target: it publishes args (a row or []any).
+func (n *NATS) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	if fn := f.Function(); fn.Mode() != config.Save {
+		return nil, fmt.Errorf("nats connector %q: function %q has fmode %s; only Save functions call it", n.cfg.CName, fn.Name(), fn.Mode())
+	}
+	rows, ok := args.([]any)
+	if !ok {
+		rows = []any{args}
+	}
+	return nil, n.Write(ctx, rows)
+}
+
+// OpenSource creates or updates the durable pull consumer and starts
+// listening for its max-deliveries advisories.
+func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	durable := n.durable
+	if durable == "" {
+		durable = opts.Name
+	}
+	cfg := jetstream.ConsumerConfig{
+		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: n.ackWait,
+		MaxDeliver: n.maxDeliver, DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	if n.subject.Static() {
+		cfg.FilterSubject = n.cfg.Key
+	}
+	cctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	cons, err := n.js.CreateOrUpdateConsumer(cctx, n.streamName, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("nats connector %q: consumer %s on %s: %w", n.cfg.CName, durable, n.streamName, err)
+	}
+	st, err := n.js.Stream(cctx, n.streamName)
+	if err != nil {
+		return nil, fmt.Errorf("nats connector %q: stream %s: %w", n.cfg.CName, n.streamName, err)
+	}
+	s := &source{n: n, cons: cons, stream: st, exhausted: make(chan uint64, 1024)}
+	advisory := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", n.streamName, durable)
+	if s.sub, err = n.nc.Subscribe(advisory, s.onAdvisory); err != nil {
+		return nil, fmt.Errorf("nats connector %q: subscribe to %s: %w", n.cfg.CName, advisory, err)
+	}
+	return s, nil
+}
+
+type source struct {
+	n         *NATS
+	cons      jetstream.Consumer
+	stream    jetstream.Stream
+	sub       *natsgo.Subscription
+	exhausted chan uint64 // stream sequences JetStream gave up on
+	closeOnce sync.Once
+}
+
+func (s *source) onAdvisory(m *natsgo.Msg) {
+	var adv struct {
+		StreamSeq uint64 `json:"stream_seq"`
+	}
+	if json.Unmarshal(m.Data, &adv) == nil && adv.StreamSeq > 0 {
+		select {
+		case s.exhausted <- adv.StreamSeq:
+		default: // full: it stays in the stream, and the advisory is logged by the server
+		}
+	}
+}
+
+// Read fetches up to max messages, waiting at most until ctx's deadline
+// (or a second) for the first. Messages JetStream stopped redelivering come
+// back marked Failed, for the dead-letter path.
+func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		select {
+		case seq := <-s.exhausted:
+			raw, err := s.stream.GetMsg(ctx, seq)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				continue // already deleted from the stream
+			}
+			return []*stream.Message{{
+				Payload: raw.Data, ID: strconv.FormatUint(seq, 10), Headers: flatten(raw.Header),
+				Failed: fmt.Errorf("NATS stopped redelivering it after max_deliver (%d) attempts", s.n.maxDeliver),
+			}}, nil
+		default:
+		}
+		wait := time.Second
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl))
+		}
+		if wait < time.Millisecond {
+			return nil, context.DeadlineExceeded
+		}
+		batch, err := s.cons.Fetch(limit, jetstream.FetchMaxWait(wait))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
+		}
+		var out []*stream.Message
+		for m := range batch.Messages() {
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			out = append(out, &stream.Message{
+				Payload: m.Data(), Handle: m, ID: strconv.FormatUint(meta.Sequence.Stream, 10),
+				Headers: flatten(natsgo.Header(m.Headers())),
+			})
+		}
+		if err := batch.Error(); err != nil && !noMessages(err) && len(out) == 0 {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
+		}
+		if len(out) > 0 {
+			return out, nil
+		}
+	}
+}
+
+// noMessages reports the outcome of a fetch that waited its time.
+func noMessages(err error) bool {
+	return errors.Is(err, natsgo.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages)
+}
+
+func flatten(h natsgo.Header) map[string]string {
+	if len(h) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		if len(v) > 0 {
+			out[k] = v[0]
+		}
+	}
+	return out
+}
+
+// Ack acknowledges messages and waits for the server to confirm each, so
+// an acknowledgement lost on the way is an error, not a silent redelivery.
+func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
+	for _, m := range msgs {
+		jm, ok := m.Handle.(jetstream.Msg)
+		if !ok {
+			continue // a dead-lettered message fetched from the stream
+		}
+		actx, cancel := context.WithTimeout(ctx, s.n.timeout)
+		err := jm.DoubleAck(actx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("nats source %s: ack: %w", s.n.streamName, err)
+		}
+	}
+	return nil
+}
+
+// Nack asks for immediate redelivery of messages that were not processed.
+func (s *source) Nack(_ context.Context, msgs []*stream.Message, _ error) error {
+	for _, m := range msgs {
+		if jm, ok := m.Handle.(jetstream.Msg); ok {
+			_ = jm.Nak() // best effort: ack_wait redelivers it anyway
+		}
+	}
+	return nil
+}
+
+// Close stops the advisory subscription; unacknowledged messages are
+// redelivered after ack_wait.
+func (s *source) Close(context.Context) error {
+	var err error
+	s.closeOnce.Do(func() { err = s.sub.Unsubscribe() })
+	return err
+}

@@ -1,0 +1,137 @@
+package nats
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// start connects a driver to a stream of its own, deleted at cleanup.
+func start(t *testing.T, params map[string]string) *NATS {
+	t.Helper()
+	url := testenv.NATS.Addr(t)
+	name := testenv.Name("kf")
+	p := map[string]string{"stream": "KF_" + name, "create": "true", "ack_wait": "500ms"}
+	for k, v := range params {
+		p[k] = v
+	}
+	d, err := New(&config.Conn{CName: "js", Type: Type, Addrs: url, Key: "kisflow.test." + name, Params: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := d.(*NATS)
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	open.Store(n, true)
+	t.Cleanup(func() {
+		_ = n.js.DeleteStream(context.Background(), n.streamName)
+		open.Delete(n)
+		_ = n.Close(context.Background())
+	})
+	return n
+}
+
+// open holds the drivers of running tests, for interrupt.
+var open sync.Map
+
+// interrupt drops the connection of every open driver; nats.go reconnects.
+func interrupt(t *testing.T) {
+	n := 0
+	open.Range(func(k, _ any) bool {
+		if err := k.(*NATS).nc.ForceReconnect(); err == nil {
+			n++
+		}
+		return true
+	})
+	if n == 0 {
+		t.Fatal("no connection to cut")
+	}
+}
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: interrupt},
+		New: func(t *testing.T) conformance.Fixture {
+			n := start(t, nil)
+			return conformance.Fixture{Sink: n, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				return n.OpenSource(ctx, stream.SourceOptions{Name: group})
+			}}
+		},
+	})
+}
+
+func TestMaxDeliverGoesToTheDeadLetterPath(t *testing.T) {
+	t.Parallel()
+	n := start(t, map[string]string{"max_deliver": "2", "ack_wait": "200ms"})
+	ctx := context.Background()
+	if err := n.Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := n.OpenSource(ctx, stream.SourceOptions{Name: "dlq"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	deliveries := 0
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		msgs, _ := src.Read(rctx, 10)
+		cancel()
+		for _, m := range msgs {
+			if m.Failed != nil {
+				if deliveries != 2 || !strings.Contains(m.Failed.Error(), "max_deliver (2)") || !strings.Contains(string(m.Payload.([]byte)), `"id":1`) {
+					t.Fatalf("after %d deliveries: %v %s", deliveries, m.Failed, m.Payload)
+				}
+				return
+			}
+			deliveries++ // never acknowledged: redelivered after ack_wait
+		}
+	}
+	t.Fatalf("no dead-letter message after %d deliveries", deliveries)
+}
+
+func TestRetriedWritesAreNotStoredTwice(t *testing.T) {
+	t.Parallel()
+	n := start(t, map[string]string{"msg_id": "order-{id}"})
+	ctx := context.Background()
+	rows := []any{map[string]any{"id": 1}, map[string]any{"id": 2}}
+	for range 3 { // a sink write retried after a lost acknowledgement
+		if err := n.Write(ctx, rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := n.js.Stream(ctx, n.streamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Fatalf("stream holds %d messages, want 2", info.State.Msgs)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, c := range []*config.Conn{
+		{CName: "js", Params: map[string]string{"stream": "S"}},
+		{CName: "js", Key: "a.b", Params: map[string]string{}},
+		{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "ack_wait": "never"}},
+		{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "max_deliver": "0"}},
+	} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%+v: no error", c.Params)
+		}
+	}
+}
