@@ -15,6 +15,8 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // the embedded database/sql driver "sqlite"
+
+	kstream "github.com/kisflow-go/kisflow/stream"
 )
 
 // Table is the name of the checkpoint table.
@@ -66,7 +68,7 @@ func (d Dialect) createInbox() string {
 
 // EnsureInbox creates the inbox table if it does not exist.
 func EnsureInbox(ctx context.Context, db Execer, d Dialect) error {
-	if _, err := db.ExecContext(ctx, d.createInbox()); err != nil {
+	if err := DDL(ctx, db, d.createInbox()); err != nil {
 		return fmt.Errorf("create %s: %w", InboxTable, err)
 	}
 	return nil
@@ -92,6 +94,9 @@ func SaveInbox(ctx context.Context, db Execer, d Dialect, stream string, ids []s
 			args = append(args, stream, id)
 		}
 		if _, err := db.ExecContext(ctx, b.String(), args...); err != nil {
+			if uniqueViolation(err) {
+				return fmt.Errorf("record consumed messages of %q: %w: %v", stream, kstream.ErrAlreadyCommitted, err)
+			}
 			return fmt.Errorf("record consumed messages of %q: %w", stream, err)
 		}
 	}
@@ -157,10 +162,42 @@ type Execer interface {
 
 // Ensure creates the checkpoint table if it does not exist.
 func Ensure(ctx context.Context, db Execer, d Dialect) error {
-	if _, err := db.ExecContext(ctx, d.create()); err != nil {
+	if err := DDL(ctx, db, d.create()); err != nil {
 		return fmt.Errorf("create %s: %w", Table, err)
 	}
 	return nil
+}
+
+// DDL runs a CREATE ... IF NOT EXISTS statement. When several processes
+// start at once, PostgreSQL can fail one of them with a unique violation
+// on its catalog even with IF NOT EXISTS; the statement is then tried
+// again, and finds the table there.
+func DDL(ctx context.Context, db Execer, q string) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if _, err = db.ExecContext(ctx, q); err == nil || !concurrentCreate(err) {
+			return err
+		}
+		t := time.NewTimer(time.Duration(20*(attempt+1)) * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
+	return err
+}
+
+// uniqueViolation reports a primary key conflict in any of the dialects.
+func uniqueViolation(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "SQLSTATE 23505") || strings.Contains(s, "Error 1062") || strings.Contains(s, "UNIQUE constraint failed")
+}
+
+func concurrentCreate(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "pg_type_typname_nsp_index") || strings.Contains(s, "already exists") || strings.Contains(s, "SQLSTATE 23505")
 }
 
 // Save records position for stream through db (typically a transaction).

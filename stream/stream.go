@@ -10,9 +10,16 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 )
+
+// ErrAlreadyCommitted is returned (wrapped) by TxSink.CommitBatch when some
+// of the batch's message IDs were committed meanwhile by another consumer:
+// the batch must not be retried as it is, but returned to its source, whose
+// redelivery is then filtered by Seen.
+var ErrAlreadyCommitted = errors.New("messages already committed")
 
 // Message is one unit a source delivers.
 type Message struct {

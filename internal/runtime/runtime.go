@@ -156,6 +156,9 @@ type Runner struct {
 	parts Parts
 	keys  *keyReader
 
+	inflightMu  sync.Mutex
+	inflightIDs map[string]struct{} // exactly-once: IDs read and not yet committed or returned
+
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
 
@@ -174,7 +177,7 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 	default:
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}
-	return &Runner{cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key)}, nil
+	return &Runner{cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{}}, nil
 }
 
 // Stats returns the counters so far; safe for concurrent use.
@@ -426,6 +429,21 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 	}); err != nil {
 		return nil, err
 	}
+	// A redelivery of a message still in flight here (processing took
+	// longer than the broker's acknowledgement deadline) is not processed
+	// twice; it is acknowledged with its epoch.
+	r.inflightMu.Lock()
+	for _, id := range ids {
+		if _, busy := r.inflightIDs[id]; busy {
+			if seen == nil {
+				seen = map[string]bool{}
+			}
+			seen[id] = true
+		} else if !seen[id] {
+			r.inflightIDs[id] = struct{}{}
+		}
+	}
+	r.inflightMu.Unlock()
 	if len(seen) == 0 {
 		return msgs, nil
 	}
@@ -516,6 +534,7 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 			savedPos, lastSave = pendingPos, time.Now()
 		}
 		for _, e := range group {
+			r.release(e)
 			r.inflight.Add(-int64(len(e.msgs)))
 			<-slots
 		}
@@ -568,7 +587,12 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 	}
 	fail := func(err error) (string, error) {
-		*broken = true
+		// A source whose position the runtime stores must not move past
+		// these messages; a source that acknowledges message by message
+		// redelivers just them.
+		if lastPosition(msgs) != "" {
+			*broken = true
+		}
 		for _, ep := range ok {
 			r.nack(work, ep, err)
 		}
@@ -602,6 +626,21 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return "", nil // saved in the transaction, or when read
 	}
 	return pos, nil
+}
+
+// release forgets an epoch's in-flight IDs once it is committed or
+// returned to the source.
+func (r *Runner) release(ep *epoch) {
+	if r.cfg.Delivery != ExactlyOnce {
+		return
+	}
+	r.inflightMu.Lock()
+	for _, m := range ep.todo {
+		if m.ID != "" {
+			delete(r.inflightIDs, m.ID)
+		}
+	}
+	r.inflightMu.Unlock()
 }
 
 func (r *Runner) savePosition(ctx context.Context, pos string) error {
@@ -640,7 +679,7 @@ func (r *Runner) retryForever(ctx context.Context, what string, fn func() error)
 		if err == nil {
 			return nil
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, stream.ErrAlreadyCommitted) {
 			return err
 		}
 		r.cfg.Logger.Error(what+" failed; retrying", "attempt", attempt, "err", err)

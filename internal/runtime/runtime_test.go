@@ -593,3 +593,48 @@ func TestFailedMessagesGoStraightToDeadLetters(t *testing.T) {
 		t.Fatalf("dead letter %+v", dl)
 	}
 }
+
+// idSource delivers rows 1..n with message IDs and no positions, as a
+// broker does.
+type idSource struct{ *memSource }
+
+func (s idSource) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	msgs, err := s.memSource.Read(ctx, max)
+	for _, m := range msgs {
+		m.ID, m.Position = strconv.Itoa(m.Payload.(int)), ""
+	}
+	return msgs, err
+}
+
+// racingTxSink fails the first commit holding id 55, as if another
+// consumer had committed that message in between.
+type racingTxSink struct {
+	txSink
+	raced atomic.Bool
+}
+
+func (s *racingTxSink) CommitBatch(ctx context.Context, name, pos string, ids []string, rows []any) error {
+	if slices.Contains(ids, "55") && s.raced.CompareAndSwap(false, true) {
+		return fmt.Errorf("inbox: %w", stream.ErrAlreadyCommitted)
+	}
+	return s.txSink.CommitBatch(ctx, name, pos, ids, rows)
+}
+
+func TestAConcurrentCommitReturnsTheBatchInsteadOfStalling(t *testing.T) {
+	t.Parallel()
+	src := newSource(200, 0)
+	tx := &racingTxSink{}
+	run(t, Config{Name: "s", BatchSize: 10, Delivery: ExactlyOnce},
+		Parts{Source: idSource{src}, NewFlow: func(int) Flow { return funcFlow(passAll) }, Sink: tx, TxSink: tx, DeadLetter: &memSink{}})
+	if !tx.raced.Load() {
+		t.Fatal("the conflict never happened")
+	}
+	// The commit holding 55 went back to the source whole; every other
+	// batch, before and after it, committed.
+	if !slices.Contains(src.nacked, 55) || len(src.acked)+len(src.nacked) != 200 || len(tx.rows) != len(src.acked) {
+		t.Fatalf("returned %v; acked %d, committed %d rows", src.nacked, len(src.acked), len(tx.rows))
+	}
+	if !slices.Contains(src.acked, 200) {
+		t.Fatal("commits stopped after the conflict")
+	}
+}
