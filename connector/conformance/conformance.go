@@ -299,7 +299,14 @@ func sharedGroup(t *testing.T, h Harness) {
 	a, b := open(t, f, "g"), open(t, f, "g")
 	defer closeSource(t, a)
 	defer closeSource(t, b)
-	write(t, f, rows(1, 200, 8))
+	// Written in chunks while both read: consumers may join their group
+	// asynchronously (Kafka), and the work is shared from then on.
+	go func() {
+		for i := 0; i < 10; i++ {
+			write(t, f, rows(i*20+1, i*20+20, 200)) // a key per row: spread over every partition
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
 	var mu sync.Mutex
 	var all []Row
 	counts := [2]int{}

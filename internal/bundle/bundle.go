@@ -7,6 +7,7 @@ import (
 	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/connector/generator"
 	"github.com/kisflow-go/kisflow/connector/http"
+	"github.com/kisflow-go/kisflow/connector/kafka"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/connector/nats"
 	"github.com/kisflow-go/kisflow/connector/redis"
@@ -16,7 +17,7 @@ import (
 // Install registers every bundled connector type in reg.
 func Install(reg *kisflow.Registry) error {
 	for _, install := range []func(*kisflow.Registry) error{
-		memory.Install, file.Install, generator.Install, http.Install, sql.Install, redis.Install, nats.Install,
+		memory.Install, file.Install, generator.Install, http.Install, sql.Install, redis.Install, nats.Install, kafka.Install,
 	} {
 		if err := install(reg); err != nil {
 			return err

@@ -16,7 +16,10 @@ import (
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the database/sql driver "pgx"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/kafka"
 	"github.com/kisflow-go/kisflow/connector/nats"
 	"github.com/kisflow-go/kisflow/connector/redis"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -53,6 +56,29 @@ type broker struct {
 }
 
 var brokers = []broker{
+	{"KafkaGroup", func(t *testing.T) (string, func([]any)) {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "events"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		addrs := strings.Join(c.ListenAddrs(), ",")
+		yaml := fmt.Sprintf("kistype: conn\ncname: in\ntype: kafka\naddrs: %s\nkey: events\nparams:\n  group: shared\n  heartbeat: 100ms\n  session_timeout: 6s\n", addrs)
+		d, err := kafka.New(&config.Conn{CName: "pub", Addrs: addrs, Key: "events", Params: map[string]string{"key_field": "{id}"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := d.(*kafka.Kafka)
+		if err := k.Start(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = k.Close(context.Background()) })
+		return yaml, func(rows []any) {
+			if err := k.Write(context.Background(), rows); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}},
 	{"RedisStreamsGroup", func(t *testing.T) (string, func([]any)) {
 		addr := testenv.Redis.Addr(t)
 		key := testenv.Name("kisflow-scale-")

@@ -206,7 +206,7 @@ type epoch struct {
 type part struct {
 	ep     *epoch
 	msgs   []*stream.Message
-	worker int   // the worker's queue, with a key
+	worker int   // the worker whose queue it goes to; -1: any worker
 	out    []any // output rows kept for a transactional commit
 }
 
@@ -232,14 +232,12 @@ func (r *Runner) Run(ctx context.Context) error {
 
 	slots := make(chan struct{}, cfg.MaxInFlight)
 	epochs := make(chan *epoch, cfg.MaxInFlight)
-	queues := make([]chan *part, cfg.Workers)
-	shared := make(chan *part, cfg.MaxInFlight*cfg.Workers)
-	for i := range queues {
-		if cfg.Key != "" {
-			queues[i] = make(chan *part, cfg.MaxInFlight)
-		} else {
-			queues[i] = shared
-		}
+	// Keyed parts go to their worker's own queue, unkeyed epochs to the
+	// shared one that any idle worker takes from.
+	own := make([]chan *part, cfg.Workers)
+	shared := make(chan *part, cfg.MaxInFlight)
+	for i := range own {
+		own[i] = make(chan *part, cfg.MaxInFlight)
 	}
 
 	var workers sync.WaitGroup
@@ -248,7 +246,22 @@ func (r *Runner) Run(ctx context.Context) error {
 		workers.Add(1)
 		go func() {
 			defer workers.Done()
-			for p := range queues[i] {
+			mine, any := own[i], shared
+			for mine != nil || any != nil {
+				var p *part
+				var ok bool
+				select {
+				case p, ok = <-mine:
+					if !ok {
+						mine = nil
+						continue
+					}
+				case p, ok = <-any:
+					if !ok {
+						any = nil
+						continue
+					}
+				}
 				w.process(work, p)
 				p.ep.finish()
 			}
@@ -258,14 +271,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	commitErr := make(chan error, 1)
 	go func() { commitErr <- r.commitLoop(work, epochs, slots) }()
 
-	readErr := r.readLoop(ctx, work, slots, epochs, queues)
-	if cfg.Key != "" {
-		for _, q := range queues {
-			close(q)
-		}
-	} else {
-		close(shared)
+	readErr := r.readLoop(ctx, work, slots, epochs, own, shared)
+	for _, q := range own {
+		close(q)
 	}
+	close(shared)
 	close(epochs)
 	workers.Wait()
 	cErr := <-commitErr
@@ -280,7 +290,7 @@ func (r *Runner) Run(ctx context.Context) error {
 }
 
 // readLoop cuts epochs until EOF or ctx is done.
-func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs chan<- *epoch, queues []chan *part) error {
+func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs chan<- *epoch, own []chan *part, shared chan *part) error {
 	cfg := r.cfg
 	for {
 		select {
@@ -328,7 +338,11 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		}
 		epochs <- ep
 		for _, p := range ep.parts {
-			queues[p.worker] <- p
+			if p.worker < 0 {
+				shared <- p
+			} else {
+				own[p.worker] <- p
+			}
 		}
 		if err != nil {
 			return err
@@ -377,14 +391,20 @@ func filterEOF(err error) error {
 	return err
 }
 
-// split assigns an epoch's messages to parts: by key hash across the
-// workers, or whole to the shared queue.
+// split assigns an epoch's messages to parts: with a key (the flow's key
+// field, or keys the source sets such as Kafka partitions) across the
+// workers by the key's hash; otherwise whole, to any worker.
 func (r *Runner) split(ep *epoch) {
 	cfg := r.cfg
 	if len(ep.work) == 0 {
 		return
 	}
-	if cfg.Key == "" || cfg.Workers == 1 {
+	keyed := cfg.Key != "" || slices.ContainsFunc(ep.work, func(m *stream.Message) bool { return m.Key != "" })
+	if !keyed {
+		ep.parts = []*part{{ep: ep, msgs: ep.work, worker: -1}}
+		return
+	}
+	if cfg.Workers == 1 {
 		ep.parts = []*part{{ep: ep, msgs: ep.work}}
 		return
 	}

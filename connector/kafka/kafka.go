@@ -1,0 +1,375 @@
+// Package kafka provides the connector type kafka (franz-go).
+//
+//   - The source consumes a topic in a consumer group (one per flow unless
+//     params.group names it) and commits a record's offset only after the
+//     flow finished with it. Order holds per partition: the partition is the
+//     message key the runtime orders by. When partitions are revoked in a
+//     rebalance, the revocation waits (up to revoke_timeout) until the
+//     records already read from them are processed and committed, so the
+//     new owner neither loses them nor repeats a burst of them.
+//   - The sink (and Save) produces each row as JSON with the idempotent
+//     producer (acks from all in-sync replicas, retries without
+//     duplicates), keyed by the key_field template.
+//
+// Config: addrs (seed brokers), key (the topic; for the sink a template).
+// Params: group, start (earliest or latest, for a new group; default
+// earliest), key_field (the record key template for the sink, such as
+// {user_id}), revoke_timeout (default 10s), heartbeat (default 3s; how
+// soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
+// and requests, default 10s), tls ("true").
+package kafka
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Type is the connector type this package registers.
+const Type = "kafka"
+
+// Install registers the kafka driver.
+func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+
+// Kafka is the driver. It is safe for concurrent use.
+type Kafka struct {
+	cfg           *config.Conn
+	seeds         []string
+	topic         *fields.Template
+	keyField      *fields.Template
+	group         string
+	start         kgo.Offset
+	revokeTimeout time.Duration
+	timeout       time.Duration
+	heartbeat     time.Duration
+	session       time.Duration
+	tls           bool
+
+	producer *kgo.Client
+}
+
+// New builds the driver from its config; it does not connect.
+func New(cfg *config.Conn) (kisflow.Driver, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("kafka connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+	}
+	p := cfg.Params
+	k := &Kafka{cfg: cfg, seeds: cfg.AddrList(), group: p["group"], tls: p["tls"] == "true", start: kgo.NewOffset().AtStart()}
+	if len(k.seeds) == 0 {
+		return nil, bad("addrs (the seed brokers) is required")
+	}
+	if cfg.Key == "" {
+		return nil, bad("key (the topic) is required")
+	}
+	var err error
+	if k.topic, err = fields.ParseTemplate(cfg.Key); err != nil {
+		return nil, bad("%v", err)
+	}
+	if s := p["key_field"]; s != "" {
+		if k.keyField, err = fields.ParseTemplate(s); err != nil {
+			return nil, bad("%v", err)
+		}
+	}
+	switch p["start"] {
+	case "", "earliest":
+	case "latest":
+		k.start = kgo.NewOffset().AtEnd()
+	default:
+		return nil, bad("unknown start %q (want earliest or latest)", p["start"])
+	}
+	k.heartbeat, k.session = 3*time.Second, 45*time.Second
+	for name, dst := range map[string]*time.Duration{"revoke_timeout": &k.revokeTimeout, "timeout": &k.timeout, "heartbeat": &k.heartbeat, "session_timeout": &k.session} {
+		if *dst == 0 {
+			*dst = 10 * time.Second
+		}
+		if s := p[name]; s != "" {
+			d, perr := time.ParseDuration(s)
+			if perr != nil || d <= 0 {
+				return nil, bad("bad %s %q", name, s)
+			}
+			*dst = d
+		}
+	}
+	return k, nil
+}
+
+func (k *Kafka) common() []kgo.Opt {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(k.seeds...),
+		kgo.DialTimeout(k.timeout),
+		kgo.RequestTimeoutOverhead(k.timeout),
+		kgo.ClientID("kisflow-" + k.cfg.CName),
+	}
+	if k.tls {
+		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	return opts
+}
+
+// Start creates the producer and checks a broker answers.
+func (k *Kafka) Start(ctx context.Context) error {
+	cl, err := kgo.NewClient(append(k.common(), kgo.ProducerLinger(5*time.Millisecond))...)
+	if err != nil {
+		return fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	if err := cl.Ping(pctx); err != nil {
+		cl.Close()
+		return fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
+	}
+	k.producer = cl
+	return nil
+}
+
+// Close flushes and closes the producer.
+func (k *Kafka) Close(ctx context.Context) error {
+	if k.producer == nil {
+		return nil
+	}
+	err := k.producer.Flush(ctx)
+	k.producer.Close()
+	return err
+}
+
+// Write produces rows and waits until every one is acknowledged.
+func (k *Kafka) Write(ctx context.Context, rows []any) error {
+	recs := make([]*kgo.Record, 0, len(rows))
+	for i, row := range rows {
+		m, err := fields.Of(row)
+		if err != nil {
+			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+		}
+		topic, err := k.topic.Expand(m)
+		if err != nil {
+			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+		}
+		value, err := gojson.Marshal(m)
+		if err != nil {
+			return err
+		}
+		r := &kgo.Record{Topic: topic, Value: value}
+		if k.keyField != nil {
+			key, err := k.keyField.Expand(m)
+			if err != nil {
+				return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+			}
+			r.Key = []byte(key)
+		}
+		recs = append(recs, r)
+	}
+	if err := k.producer.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return fmt.Errorf("kafka connector %q: produce: %w", k.cfg.CName, err)
+	}
+	return nil
+}
+
+// Call is the Save target: it produces args (a row or []any).
+func (k *Kafka) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	if fn := f.Function(); fn.Mode() != config.Save {
+		return nil, fmt.Errorf("kafka connector %q: function %q has fmode %s; only Save functions call it", k.cfg.CName, fn.Name(), fn.Mode())
+	}
+	rows, ok := args.([]any)
+	if !ok {
+		rows = []any{args}
+	}
+	return nil, k.Write(ctx, rows)
+}
+
+// OpenSource joins the consumer group.
+func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	if !k.topic.Static() {
+		return nil, fmt.Errorf("kafka connector %q: a source needs a plain topic, not the template %q", k.cfg.CName, k.cfg.Key)
+	}
+	group := k.group
+	if group == "" {
+		group = opts.Name
+	}
+	s := &source{k: k, inflight: map[partition]int{}}
+	s.cond = sync.NewCond(&s.mu)
+	cl, err := kgo.NewClient(append(k.common(),
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(k.cfg.Key),
+		kgo.ConsumeResetOffset(k.start),
+		kgo.DisableAutoCommit(),
+		kgo.RequireStableFetchOffsets(),
+		kgo.OnPartitionsRevoked(s.onRevoked),
+		kgo.OnPartitionsLost(s.onLost),
+		kgo.HeartbeatInterval(k.heartbeat),
+		kgo.SessionTimeout(k.session),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
+	}
+	s.cl = cl
+	s.log = opts.Logger
+	return s, nil
+}
+
+type partition struct {
+	topic string
+	p     int32
+}
+
+type source struct {
+	k    *Kafka
+	cl   *kgo.Client
+	log  interface{ Warn(string, ...any) }
+	mu   sync.Mutex
+	cond *sync.Cond
+	// inflight counts the records read and not yet acknowledged per
+	// partition; a revocation waits for its partitions to reach zero.
+	inflight map[partition]int
+}
+
+// onRevoked finishes the revoked partitions' records before they go.
+func (s *source) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	deadline := time.Now().Add(s.k.revokeTimeout)
+	timer := time.AfterFunc(s.k.revokeTimeout, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer timer.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		busy := 0
+		for topic, ps := range revoked {
+			for _, p := range ps {
+				busy += s.inflight[partition{topic, p}]
+			}
+		}
+		if busy == 0 {
+			return
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			if s.log != nil {
+				s.log.Warn("kafka partitions revoked before their records finished; the new owner repeats them", "records", busy)
+			}
+			return
+		}
+		s.cond.Wait()
+	}
+}
+
+func (s *source) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
+	if s.log != nil {
+		s.log.Warn("kafka partitions lost (session expired); their unacknowledged records will be repeated", "partitions", fmt.Sprint(lost))
+	}
+}
+
+// Read polls up to max records; the partition is the message key, so the
+// runtime keeps each partition's records in order.
+func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	for {
+		fetches := s.cl.PollRecords(ctx, max)
+		if ctx.Err() != nil && fetches.NumRecords() == 0 {
+			return nil, ctx.Err()
+		}
+		if fetches.IsClientClosed() {
+			return nil, errors.New("kafka source: client closed")
+		}
+		var firstErr error
+		fetches.EachError(func(topic string, p int32, err error) {
+			if firstErr == nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				firstErr = fmt.Errorf("kafka source %s[%d]: %w", topic, p, err)
+			}
+		})
+		recs := fetches.Records()
+		if len(recs) == 0 {
+			if firstErr != nil {
+				return nil, firstErr
+			}
+			continue
+		}
+		out := make([]*stream.Message, len(recs))
+		slab := make([]stream.Message, len(recs))
+		s.mu.Lock()
+		for i, r := range recs {
+			s.inflight[partition{r.Topic, r.Partition}]++
+			m := &slab[i]
+			m.Payload = r.Value
+			m.Key = r.Topic + "/" + strconv.Itoa(int(r.Partition))
+			m.ID = m.Key + "/" + strconv.FormatInt(r.Offset, 10)
+			m.Handle = r
+			if len(r.Headers) > 0 {
+				m.Headers = make(map[string]string, len(r.Headers))
+				for _, h := range r.Headers {
+					m.Headers[h.Key] = string(h.Value)
+				}
+			}
+			out[i] = m
+		}
+		s.mu.Unlock()
+		return out, nil
+	}
+}
+
+// Ack commits the records' offsets (synchronously: a failed commit is an
+// error the runtime reports).
+func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
+	recs := make([]*kgo.Record, 0, len(msgs))
+	for _, m := range msgs {
+		if r, ok := m.Handle.(*kgo.Record); ok {
+			recs = append(recs, r)
+		}
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	err := s.cl.CommitRecords(ctx, recs...)
+	s.done(recs)
+	if err != nil {
+		return fmt.Errorf("kafka source: commit: %w", err)
+	}
+	return nil
+}
+
+// Nack forgets records that were not processed: they are repeated from the
+// last committed offset by whoever owns their partition next.
+func (s *source) Nack(_ context.Context, msgs []*stream.Message, _ error) error {
+	recs := make([]*kgo.Record, 0, len(msgs))
+	for _, m := range msgs {
+		if r, ok := m.Handle.(*kgo.Record); ok {
+			recs = append(recs, r)
+		}
+	}
+	s.done(recs)
+	return nil
+}
+
+func (s *source) done(recs []*kgo.Record) {
+	s.mu.Lock()
+	for _, r := range recs {
+		k := partition{r.Topic, r.Partition}
+		if s.inflight[k]--; s.inflight[k] <= 0 {
+			delete(s.inflight, k)
+		}
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
+// Close leaves the group; uncommitted records are repeated by the next
+// owner of their partitions.
+func (s *source) Close(context.Context) error {
+	s.mu.Lock()
+	clear(s.inflight)
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	s.cl.Close()
+	return nil
+}

@@ -1,0 +1,203 @@
+package kafka
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// cluster starts an in-process Kafka (franz-go's kfake, the real wire
+// protocol) with one topic of 4 partitions.
+func cluster(t *testing.T) (addrs, topic string) {
+	t.Helper()
+	topic = "events"
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return strings.Join(c.ListenAddrs(), ","), topic
+}
+
+func start(t *testing.T, addrs, topic string, params map[string]string) *Kafka {
+	t.Helper()
+	d, err := New(&config.Conn{CName: "k", Type: Type, Addrs: addrs, Key: topic, Params: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := d.(*Kafka)
+	if err := k.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Close(context.Background()) })
+	return k
+}
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true},
+		New: func(t *testing.T) conformance.Fixture {
+			addrs, topic := cluster(t)
+			k := start(t, addrs, topic, map[string]string{"key_field": "{key}", "heartbeat": "100ms"})
+			return conformance.Fixture{Sink: k, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				return k.OpenSource(ctx, stream.SourceOptions{Name: group})
+			}}
+		},
+	})
+}
+
+// TestRebalanceFinishesBeforeRevoking: while the first consumer still holds
+// records it has not acknowledged, a second joins the group. The
+// revocation waits until those records are done and committed, so no
+// record is lost and none is handed to the new owner again.
+func TestRebalanceFinishesBeforeRevoking(t *testing.T) {
+	t.Parallel()
+	addrs, topic := cluster(t)
+	k := start(t, addrs, topic, map[string]string{"key_field": "{id}", "heartbeat": "100ms"})
+	ctx := context.Background()
+	const n = 400
+	var rows []any
+	for i := 1; i <= n; i++ {
+		rows = append(rows, map[string]any{"id": i})
+	}
+	if err := k.Write(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	seen := map[int]int{}
+	record := func(msgs []*stream.Message) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, m := range msgs {
+			r, err := conformance.Decode(m)
+			if err != nil {
+				t.Error(err)
+			}
+			seen[r.ID]++
+		}
+	}
+	done := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) == n
+	}
+
+	a, err := k.OpenSource(ctx, stream.SourceOptions{Name: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close(ctx)
+	// A reads until it holds records of every partition, acknowledging none.
+	var held []*stream.Message
+	heldParts := map[string]bool{}
+	for len(heldParts) < 4 {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		msgs, err := a.Read(rctx, 20)
+		cancel()
+		if err != nil {
+			t.Fatalf("first reads: %v (holding %d partitions)", err, len(heldParts))
+		}
+		held = append(held, msgs...)
+		for _, m := range msgs {
+			heldParts[m.Key] = true // topic/partition
+		}
+	}
+	record(held)
+
+	// B joins while A holds those records unacknowledged: the partitions B
+	// is to take over cannot move until A finished and committed them.
+	b, err := k.OpenSource(ctx, stream.SourceOptions{Name: "g"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(ctx)
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	firstB := map[string]time.Time{} // B's first read per partition
+	var wg sync.WaitGroup
+	reader := func(src stream.Source, isB bool) {
+		defer wg.Done()
+		for wctx.Err() == nil && !done() {
+			rctx, cancel := context.WithTimeout(wctx, 300*time.Millisecond)
+			msgs, _ := src.Read(rctx, 50)
+			cancel()
+			if len(msgs) == 0 {
+				continue
+			}
+			if isB {
+				mu.Lock()
+				for _, m := range msgs {
+					if _, ok := firstB[m.Key]; !ok {
+						firstB[m.Key] = time.Now()
+					}
+				}
+				mu.Unlock()
+			}
+			record(msgs)
+			if err := src.Ack(ctx, msgs); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	wg.Add(1)
+	go reader(b, true)
+	time.Sleep(500 * time.Millisecond)
+	ackedAt := time.Now()
+	if err := a.Ack(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(1)
+	go reader(a, false)
+	wg.Wait()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != n {
+		t.Fatalf("%d of %d records read", len(seen), n)
+	}
+	for id, c := range seen {
+		if c != 1 {
+			t.Fatalf("record %d read %d times across the rebalance", id, c)
+		}
+	}
+	if len(firstB) == 0 {
+		t.Fatal("the new member never got a partition")
+	}
+	moved := 0
+	for part, at := range firstB {
+		if !heldParts[part] {
+			continue
+		}
+		moved++
+		if at.Before(ackedAt) {
+			t.Fatalf("the new member read %s, whose records the old one still held, %v before they were committed", part, ackedAt.Sub(at))
+		}
+	}
+	if moved == 0 {
+		t.Fatal("the new member took over no partition the old one held records of")
+	}
+	t.Logf("%d of %d partitions moved while the old member held %d of their records", moved, len(heldParts), len(held))
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, c := range []*config.Conn{
+		{CName: "k", Key: "t"},
+		{CName: "k", Addrs: "127.0.0.1:9092"},
+		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"start": "middle"}},
+		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"revoke_timeout": "-1s"}},
+	} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
