@@ -242,12 +242,16 @@ func sendReceive(t *testing.T, h Harness) {
 
 func atLeastOnce(t *testing.T, h Harness) {
 	f := h.New(t)
-	write(t, f, rows(1, 40, 4))
+	// The consumer exists before the write: MQTT keeps messages only for
+	// sessions that subscribed.
 	a := open(t, f, "g")
-	msgs, got := readUntil(t, a, h.Wait, false, func(rs []Row) bool { return covers(rs, 1, 40) })
+	// 16 messages: brokers bound what a consumer may hold unacknowledged
+	// (Mosquitto allows 20 in flight).
+	write(t, f, rows(1, 16, 4))
+	msgs, got := readUntil(t, a, h.Wait, false, func(rs []Row) bool { return covers(rs, 1, 16) })
 	// Acknowledge the first half, in read order, and drop the rest.
 	half := 0
-	for half < len(got) && got[half].ID <= 20 {
+	for half < len(got) && got[half].ID <= 8 {
 		half++
 	}
 	if err := a.Ack(context.Background(), msgs[:half]); err != nil {

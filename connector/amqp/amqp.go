@@ -1,0 +1,381 @@
+// Package amqp provides the connector type rabbitmq (amqp091-go).
+//
+//   - The source consumes a queue with manual acknowledgement and a
+//     prefetch limit; a message is acknowledged after the flow. When the
+//     connection drops, the source reconnects and consumes again; the broker
+//     requeues what was not acknowledged (at-least-once).
+//   - The sink (and Save) publishes each row as JSON to an exchange with
+//     publisher confirms: a write returns only once the broker took every
+//     message.
+//
+// Config: addrs (the AMQP URL, default amqp://guest:guest@127.0.0.1:5672/),
+// key (the queue for the source; the routing key template for the sink).
+// Params: exchange (default "": the queue named by the routing key),
+// prefetch (default 256), create ("true": declare the queue, durable),
+// timeout (dial and confirms, default 10s), tls ("true" with amqps URLs).
+package amqp
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Type is the connector type this package registers.
+const Type = "rabbitmq"
+
+// Install registers the rabbitmq driver.
+func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+
+// Broker is the driver. It is safe for concurrent use.
+type Broker struct {
+	cfg      *config.Conn
+	url      string
+	key      *fields.Template
+	exchange string
+	prefetch int
+	create   bool
+	timeout  time.Duration
+	tls      bool
+
+	mu  sync.Mutex
+	pub *publisher
+}
+
+// New builds the driver from its config; it does not connect.
+func New(cfg *config.Conn) (kisflow.Driver, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("rabbitmq connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+	}
+	p := cfg.Params
+	b := &Broker{cfg: cfg, url: cfg.Addrs, exchange: p["exchange"], prefetch: 256, create: p["create"] == "true", timeout: 10 * time.Second, tls: p["tls"] == "true"}
+	if b.url == "" {
+		b.url = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	if cfg.Key == "" {
+		return nil, bad("key (the queue, or the routing key) is required")
+	}
+	var err error
+	if b.key, err = fields.ParseTemplate(cfg.Key); err != nil {
+		return nil, bad("%v", err)
+	}
+	if s := p["prefetch"]; s != "" {
+		if b.prefetch, err = strconv.Atoi(s); err != nil || b.prefetch < 1 {
+			return nil, bad("bad prefetch %q", s)
+		}
+	}
+	if s := p["timeout"]; s != "" {
+		if b.timeout, err = time.ParseDuration(s); err != nil || b.timeout <= 0 {
+			return nil, bad("bad timeout %q", s)
+		}
+	}
+	return b, nil
+}
+
+func (b *Broker) dial() (*amqp.Connection, error) {
+	cfg := amqp.Config{Dial: amqp.DefaultDial(b.timeout), Properties: amqp.Table{"connection_name": "kisflow-" + b.cfg.CName}}
+	if b.tls {
+		cfg.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	conn, err := amqp.DialConfig(b.url, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, err)
+	}
+	return conn, nil
+}
+
+// Start checks the broker answers and, with create, declares the queue.
+func (b *Broker) Start(ctx context.Context) error {
+	conn, err := b.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if b.create && b.key.Static() {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, err)
+		}
+		defer ch.Close()
+		if _, err := ch.QueueDeclare(b.cfg.Key, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("rabbitmq connector %q: declare queue %s: %w", b.cfg.CName, b.cfg.Key, err)
+		}
+	}
+	return nil
+}
+
+// Close closes the publishing connection.
+func (b *Broker) Close(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pub != nil {
+		b.pub.conn.Close()
+		b.pub = nil
+	}
+	return nil
+}
+
+// publisher is a connection and confirming channel for the sink.
+type publisher struct {
+	conn *amqp.Connection
+	ch   *amqp.Channel
+}
+
+func (b *Broker) publisherLocked() (*publisher, error) {
+	if b.pub != nil && !b.pub.conn.IsClosed() && !b.pub.ch.IsClosed() {
+		return b.pub, nil
+	}
+	conn, err := b.dial()
+	if err != nil {
+		return nil, err
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Confirm(false)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("rabbitmq connector %q: confirming channel: %w", b.cfg.CName, err)
+	}
+	b.pub = &publisher{conn: conn, ch: ch}
+	return b.pub, nil
+}
+
+// Write publishes rows and waits for the broker's confirmation of each.
+// A lost connection is reopened on the next write.
+func (b *Broker) Write(ctx context.Context, rows []any) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pub, err := b.publisherLocked()
+	if err != nil {
+		return err
+	}
+	confirms := make([]*amqp.DeferredConfirmation, 0, len(rows))
+	for i, row := range rows {
+		m, err := fields.Of(row)
+		if err != nil {
+			return fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err)
+		}
+		key, err := b.key.Expand(m)
+		if err != nil {
+			return fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err)
+		}
+		body, err := gojson.Marshal(m)
+		if err != nil {
+			return err
+		}
+		c, err := pub.ch.PublishWithDeferredConfirmWithContext(ctx, b.exchange, key, false, false, amqp.Publishing{
+			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body,
+		})
+		if err != nil {
+			return fmt.Errorf("rabbitmq connector %q: publish: %w", b.cfg.CName, err)
+		}
+		confirms = append(confirms, c)
+	}
+	wctx, cancel := context.WithTimeout(ctx, b.timeout)
+	defer cancel()
+	for _, c := range confirms {
+		ok, err := c.WaitContext(wctx)
+		if err != nil {
+			return fmt.Errorf("rabbitmq connector %q: no confirmation: %w", b.cfg.CName, err)
+		}
+		if !ok {
+			return fmt.Errorf("rabbitmq connector %q: the broker refused a message (nack)", b.cfg.CName)
+		}
+	}
+	return nil
+}
+
+// Call is the Save target: it publishes args (a row or []any).
+func (b *Broker) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	if fn := f.Function(); fn.Mode() != config.Save {
+		return nil, fmt.Errorf("rabbitmq connector %q: function %q has fmode %s; only Save functions call it", b.cfg.CName, fn.Name(), fn.Mode())
+	}
+	rows, ok := args.([]any)
+	if !ok {
+		rows = []any{args}
+	}
+	return nil, b.Write(ctx, rows)
+}
+
+// OpenSource starts consuming the queue.
+func (b *Broker) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	if !b.key.Static() {
+		return nil, fmt.Errorf("rabbitmq connector %q: a source needs a plain queue name, not the template %q", b.cfg.CName, b.cfg.Key)
+	}
+	s := &source{b: b, queue: b.cfg.Key}
+	if err := s.connect(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+type source struct {
+	b     *Broker
+	queue string
+	// mu guards the connection fields: Read reconnects while the
+	// committer acknowledges.
+	mu         sync.Mutex
+	conn       *amqp.Connection
+	ch         *amqp.Channel
+	deliveries <-chan amqp.Delivery
+	generation int
+}
+
+// handle ties a delivery tag to the channel it came on.
+type handle struct {
+	tag        uint64
+	generation int
+}
+
+func (s *source) connect() error {
+	conn, err := s.b.dial()
+	if err != nil {
+		return err
+	}
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Qos(s.b.prefetch, 0, false)
+	}
+	var d <-chan amqp.Delivery
+	if err == nil {
+		d, err = ch.Consume(s.queue, "", false, false, false, false, nil)
+	}
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("rabbitmq source %s: %w", s.queue, err)
+	}
+	s.mu.Lock()
+	s.conn, s.ch, s.deliveries = conn, ch, d
+	s.generation++
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *source) current() (<-chan amqp.Delivery, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.deliveries, s.generation
+}
+
+// Read waits for the first delivery, then takes what is buffered, up to
+// max. A closed channel (a lost connection) is reopened.
+func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	var out []*stream.Message
+	deliveries, gen := s.current()
+	for len(out) == 0 {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				if err := s.reconnect(ctx); err != nil {
+					return nil, err
+				}
+				deliveries, gen = s.current()
+				continue
+			}
+			out = append(out, message(d, gen))
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	for len(out) < max {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return out, nil
+			}
+			out = append(out, message(d, gen))
+		default:
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+func (s *source) reconnect(ctx context.Context) error {
+	s.mu.Lock()
+	_ = s.conn.Close() // already closed, or broken
+	s.mu.Unlock()
+	wait := 100 * time.Millisecond
+	for {
+		err := s.connect()
+		if err == nil {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+func message(d amqp.Delivery, generation int) *stream.Message {
+	m := &stream.Message{Payload: d.Body, Handle: handle{d.DeliveryTag, generation}, ID: d.MessageId}
+	if len(d.Headers) > 0 {
+		m.Headers = make(map[string]string, len(d.Headers))
+		for k, v := range d.Headers {
+			m.Headers[k] = fmt.Sprint(v)
+		}
+	}
+	return m
+}
+
+// Ack acknowledges, in one call, every delivery up to the last of msgs on
+// the current channel. Deliveries from a channel that closed meanwhile were
+// requeued by the broker and come again.
+func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var last uint64
+	for _, m := range msgs {
+		if h, ok := m.Handle.(handle); ok && h.generation == s.generation && h.tag > last {
+			last = h.tag
+		}
+	}
+	if last == 0 {
+		return nil
+	}
+	if err := s.ch.Ack(last, true); err != nil && !errors.Is(err, amqp.ErrClosed) {
+		return fmt.Errorf("rabbitmq source %s: ack: %w", s.queue, err)
+	}
+	return nil
+}
+
+// Nack requeues deliveries that were not processed.
+func (s *source) Nack(_ context.Context, msgs []*stream.Message, _ error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range msgs {
+		if h, ok := m.Handle.(handle); ok && h.generation == s.generation {
+			_ = s.ch.Nack(h.tag, false, true) // best effort: closing the channel requeues too
+		}
+	}
+	return nil
+}
+
+// Close closes the consuming connection; unacknowledged deliveries go back
+// to the queue.
+func (s *source) Close(context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == nil || s.conn.IsClosed() {
+		return nil
+	}
+	return s.conn.Close()
+}

@@ -1,0 +1,88 @@
+package amqp
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// open holds the sources of running tests, for interrupt.
+var open sync.Map
+
+func start(t *testing.T) *Broker {
+	t.Helper()
+	url := testenv.RabbitMQ.Addr(t)
+	queue := testenv.Name("kisflow-test-")
+	d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: queue, Params: map[string]string{"create": "true", "prefetch": "100"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := d.(*Broker)
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = b.Close(context.Background())
+		if conn, err := amqp.Dial(url); err == nil {
+			if ch, err := conn.Channel(); err == nil {
+				_, _ = ch.QueueDelete(queue, false, false, false)
+			}
+			conn.Close()
+		}
+	})
+	return b
+}
+
+// interrupt drops the consuming connections of the open sources.
+func interrupt(t *testing.T) {
+	n := 0
+	open.Range(func(k, _ any) bool {
+		s := k.(*source)
+		s.mu.Lock()
+		if s.conn != nil && s.conn.Close() == nil {
+			n++
+		}
+		s.mu.Unlock()
+		return true
+	})
+	if n == 0 {
+		t.Fatal("no connection to cut")
+	}
+}
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: interrupt},
+		New: func(t *testing.T) conformance.Fixture {
+			b := start(t)
+			return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				src, err := b.OpenSource(ctx, stream.SourceOptions{Name: group})
+				if err == nil {
+					open.Store(src, true)
+					t.Cleanup(func() { open.Delete(src) })
+				}
+				return src, err
+			}}
+		},
+	})
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, c := range []*config.Conn{
+		{CName: "mq"},
+		{CName: "mq", Key: "q", Params: map[string]string{"prefetch": "0"}},
+		{CName: "mq", Key: "q", Params: map[string]string{"timeout": "x"}},
+	} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}

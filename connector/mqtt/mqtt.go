@@ -1,0 +1,292 @@
+// Package mqtt provides the connector type mqtt (Eclipse Paho), at QoS 1.
+//
+//   - The source subscribes to a topic filter with a persistent session
+//     (clean session off, a stable client ID per flow) and acknowledges a
+//     message (PUBACK) only after the flow; the broker redelivers what was
+//     not acknowledged when the client comes back.
+//   - The sink (and Save) publishes each row as JSON at QoS 1 and waits for
+//     the broker's acknowledgement.
+//
+// Config: addrs (the broker URL, default tcp://127.0.0.1:1883), key (the
+// topic filter for the source; the topic template for the sink). Params:
+// client_id (default kisflow-FLOW for the source), user, password, timeout
+// (connect and publish, default 10s), buffer (messages held before the
+// flow reads them, default 1024), tls ("true" with ssl:// URLs).
+package mqtt
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	gojson "github.com/goccy/go-json"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Type is the connector type this package registers.
+const Type = "mqtt"
+
+// Install registers the mqtt driver.
+func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+
+// Broker is the driver. It is safe for concurrent use.
+type Broker struct {
+	cfg      *config.Conn
+	url      string
+	topic    *fields.Template
+	clientID string
+	timeout  time.Duration
+	buffer   int
+
+	mu  sync.Mutex
+	pub paho.Client
+}
+
+// New builds the driver from its config; it does not connect.
+func New(cfg *config.Conn) (kisflow.Driver, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("mqtt connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+	}
+	p := cfg.Params
+	b := &Broker{cfg: cfg, url: cfg.Addrs, clientID: p["client_id"], timeout: 10 * time.Second, buffer: 1024}
+	if b.url == "" {
+		b.url = "tcp://127.0.0.1:1883"
+	}
+	if cfg.Key == "" {
+		return nil, bad("key (the topic) is required")
+	}
+	var err error
+	if b.topic, err = fields.ParseTemplate(cfg.Key); err != nil {
+		return nil, bad("%v", err)
+	}
+	if s := p["timeout"]; s != "" {
+		if b.timeout, err = time.ParseDuration(s); err != nil || b.timeout <= 0 {
+			return nil, bad("bad timeout %q", s)
+		}
+	}
+	if s := p["buffer"]; s != "" {
+		if b.buffer, err = strconv.Atoi(s); err != nil || b.buffer < 1 {
+			return nil, bad("bad buffer %q", s)
+		}
+	}
+	return b, nil
+}
+
+func (b *Broker) options(clientID string, persistent bool) *paho.ClientOptions {
+	o := paho.NewClientOptions().AddBroker(b.url).SetClientID(clientID).
+		SetConnectTimeout(b.timeout).SetWriteTimeout(b.timeout).
+		SetAutoReconnect(true).SetConnectRetry(true).SetMaxReconnectInterval(5 * time.Second).
+		SetCleanSession(!persistent).SetOrderMatters(false)
+	if u := b.cfg.Params["user"]; u != "" {
+		o.SetUsername(u).SetPassword(b.cfg.Params["password"])
+	}
+	if b.cfg.Params["tls"] == "true" {
+		o.SetTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12})
+	}
+	return o
+}
+
+func (b *Broker) connect(c paho.Client) error {
+	tok := c.Connect()
+	if !tok.WaitTimeout(b.timeout) {
+		c.Disconnect(0)
+		return fmt.Errorf("mqtt connector %q: connect to %s: timed out", b.cfg.CName, b.url)
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("mqtt connector %q: connect to %s: %w", b.cfg.CName, b.url, err)
+	}
+	return nil
+}
+
+// Start connects the publishing client.
+func (b *Broker) Start(context.Context) error {
+	c := paho.NewClient(b.options(fmt.Sprintf("kisflow-pub-%s-%d", b.cfg.CName, time.Now().UnixNano()), false))
+	if err := b.connect(c); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	b.pub = c
+	b.mu.Unlock()
+	return nil
+}
+
+// Close disconnects the publishing client.
+func (b *Broker) Close(context.Context) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pub != nil {
+		b.pub.Disconnect(250)
+		b.pub = nil
+	}
+	return nil
+}
+
+// Write publishes rows at QoS 1 and waits for every acknowledgement.
+func (b *Broker) Write(ctx context.Context, rows []any) error {
+	b.mu.Lock()
+	pub := b.pub
+	b.mu.Unlock()
+	if pub == nil {
+		return fmt.Errorf("mqtt connector %q is not started", b.cfg.CName)
+	}
+	toks := make([]paho.Token, 0, len(rows))
+	for i, row := range rows {
+		m, err := fields.Of(row)
+		if err != nil {
+			return fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err)
+		}
+		topic, err := b.topic.Expand(m)
+		if err != nil {
+			return fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err)
+		}
+		data, err := gojson.Marshal(m)
+		if err != nil {
+			return err
+		}
+		toks = append(toks, pub.Publish(topic, 1, false, data))
+	}
+	deadline := time.Now().Add(b.timeout)
+	for _, tok := range toks {
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Until(deadline)):
+			return fmt.Errorf("mqtt connector %q: publish: no acknowledgement within %v", b.cfg.CName, b.timeout)
+		}
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("mqtt connector %q: publish: %w", b.cfg.CName, err)
+		}
+	}
+	return nil
+}
+
+// Call is the Save target: it publishes args (a row or []any).
+func (b *Broker) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	if fn := f.Function(); fn.Mode() != config.Save {
+		return nil, fmt.Errorf("mqtt connector %q: function %q has fmode %s; only Save functions call it", b.cfg.CName, fn.Name(), fn.Mode())
+	}
+	rows, ok := args.([]any)
+	if !ok {
+		rows = []any{args}
+	}
+	return nil, b.Write(ctx, rows)
+}
+
+// OpenSource connects with a persistent session and subscribes at QoS 1.
+func (b *Broker) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	if !b.topic.Static() {
+		return nil, fmt.Errorf("mqtt connector %q: a source needs a topic filter, not the template %q", b.cfg.CName, b.cfg.Key)
+	}
+	id := b.clientID
+	if id == "" {
+		id = "kisflow-" + opts.Name
+	}
+	s := &source{b: b, msgs: make(chan paho.Message, b.buffer), closed: make(chan struct{})}
+	subscribed := make(chan error, 1)
+	// Handlers run one at a time, in arrival order: order per topic holds.
+	o := b.options(id, true).SetAutoAckDisabled(true).SetOrderMatters(true)
+	// Subscribing in OnConnect renews the subscription after a reconnect;
+	// the persistent session delivers what arrived meanwhile.
+	o.SetOnConnectHandler(func(c paho.Client) {
+		tok := c.Subscribe(b.cfg.Key, 1, s.deliver)
+		go func() {
+			tok.WaitTimeout(b.timeout)
+			select {
+			case subscribed <- tok.Error():
+			default: // a reconnect: nobody waits
+			}
+		}()
+	})
+	o.SetDefaultPublishHandler(s.deliver) // messages of the session before the subscription is renewed
+	s.c = paho.NewClient(o)
+	if err := b.connect(s.c); err != nil {
+		return nil, err
+	}
+	// Messages published before the broker acknowledged the subscription
+	// would not reach this session: wait for it.
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			s.c.Disconnect(0)
+			return nil, fmt.Errorf("mqtt connector %q: subscribe %s: %w", b.cfg.CName, b.cfg.Key, err)
+		}
+	case <-time.After(b.timeout):
+		s.c.Disconnect(0)
+		return nil, fmt.Errorf("mqtt connector %q: subscribe %s: timed out", b.cfg.CName, b.cfg.Key)
+	case <-ctx.Done():
+		s.c.Disconnect(0)
+		return nil, ctx.Err()
+	}
+	return s, nil
+}
+
+type source struct {
+	b         *Broker
+	c         paho.Client
+	msgs      chan paho.Message
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+func (s *source) deliver(_ paho.Client, m paho.Message) {
+	select {
+	case s.msgs <- m:
+	case <-s.closed:
+		// Not acknowledged: the broker redelivers it to the session.
+	}
+}
+
+// Read waits for the first message, then takes what is buffered, up to max.
+func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	var out []*stream.Message
+	select {
+	case m := <-s.msgs:
+		out = append(out, message(m))
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.closed:
+		return nil, errors.New("mqtt source: closed")
+	}
+	for len(out) < max {
+		select {
+		case m := <-s.msgs:
+			out = append(out, message(m))
+		default:
+			return out, nil
+		}
+	}
+	return out, nil
+}
+
+func message(m paho.Message) *stream.Message {
+	return &stream.Message{Payload: m.Payload(), Handle: m, Key: m.Topic()}
+}
+
+// Ack sends the PUBACKs.
+func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
+	for _, m := range msgs {
+		if pm, ok := m.Handle.(paho.Message); ok {
+			pm.Ack()
+		}
+	}
+	return nil
+}
+
+// Close disconnects; the session keeps what was not acknowledged.
+func (s *source) Close(context.Context) error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.c.Disconnect(250)
+	})
+	return nil
+}

@@ -1,0 +1,47 @@
+package mqtt
+
+import (
+	"context"
+	"testing"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, OrderPerKey: true},
+		New: func(t *testing.T) conformance.Fixture {
+			url := testenv.MQTT.Addr(t)
+			name := testenv.Name("kisflow-test-")
+			d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: "kisflow/test/" + name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := d.(*Broker)
+			if err := b.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = b.Close(context.Background()) })
+			return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				// The group's session is the client ID: unique to this test.
+				return b.OpenSource(ctx, stream.SourceOptions{Name: name + "-" + group})
+			}}
+		},
+	})
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	for _, c := range []*config.Conn{
+		{CName: "mq"},
+		{CName: "mq", Key: "a/b", Params: map[string]string{"timeout": "0s"}},
+		{CName: "mq", Key: "a/b", Params: map[string]string{"buffer": "none"}},
+	} {
+		if _, err := New(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
