@@ -15,7 +15,8 @@
 // subject; for the sink a template such as orders.{region}). Params:
 // stream (the JetStream stream), create ("true": create or update the
 // stream with the key as its subjects), durable, ack_wait (default 30s),
-// max_deliver (default 5), msg_id, user, password, token, creds (a
+// max_deliver (default 5), max_ack_pending (messages delivered and not yet
+// acknowledged, default 20000), msg_id, user, password, token, creds (a
 // credentials file), tls ("true"), timeout (connect and requests,
 // default 5s).
 package nats
@@ -60,6 +61,7 @@ type NATS struct {
 	durable    string
 	ackWait    time.Duration
 	maxDeliver int
+	maxPending int
 	msgID      *fields.Template
 	timeout    time.Duration
 
@@ -73,7 +75,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return fmt.Errorf("nats connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
 	p := cfg.Params
-	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"], maxDeliver: 5}
+	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"], maxDeliver: 5, maxPending: 20000}
 	if n.urls == "" {
 		n.urls = natsgo.DefaultURL
 	}
@@ -107,6 +109,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	n.timeout = dur("timeout", 5*time.Second)
 	if err != nil {
 		return nil, err
+	}
+	if s := p["max_ack_pending"]; s != "" {
+		if n.maxPending, err = strconv.Atoi(s); err != nil || n.maxPending < 1 {
+			return nil, bad("bad max_ack_pending %q", s)
+		}
 	}
 	if s := p["max_deliver"]; s != "" {
 		if n.maxDeliver, err = strconv.Atoi(s); err != nil || n.maxDeliver < 1 {
@@ -250,6 +257,9 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	cfg := jetstream.ConsumerConfig{
 		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: n.ackWait,
 		MaxDeliver: n.maxDeliver, DeliverPolicy: jetstream.DeliverAllPolicy,
+		// The runtime holds several batches unacknowledged while they run;
+		// JetStream's default of 1000 would stall deliveries.
+		MaxAckPending: n.maxPending,
 	}
 	if n.subject.Static() {
 		cfg.FilterSubject = n.cfg.Key
@@ -264,7 +274,13 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	if err != nil {
 		return nil, fmt.Errorf("nats connector %q: stream %s: %w", n.cfg.CName, n.streamName, err)
 	}
-	s := &source{n: n, cons: cons, stream: st, exhausted: make(chan uint64, 1024)}
+	// A continuous pull keeps requests outstanding, so messages are on
+	// their way while the previous batch runs.
+	it, err := cons.Messages(jetstream.PullMaxMessages(4000))
+	if err != nil {
+		return nil, fmt.Errorf("nats connector %q: consume %s: %w", n.cfg.CName, durable, err)
+	}
+	s := &source{n: n, it: it, stream: st, exhausted: make(chan uint64, 1024)}
 	advisory := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", n.streamName, durable)
 	if s.sub, err = n.nc.Subscribe(advisory, s.onAdvisory); err != nil {
 		return nil, fmt.Errorf("nats connector %q: subscribe to %s: %w", n.cfg.CName, advisory, err)
@@ -274,7 +290,7 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 
 type source struct {
 	n         *NATS
-	cons      jetstream.Consumer
+	it        jetstream.MessagesContext
 	stream    jetstream.Stream
 	sub       *natsgo.Subscription
 	exhausted chan uint64 // stream sequences JetStream gave up on
@@ -316,39 +332,36 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}}, nil
 		default:
 		}
-		wait := time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			wait = min(wait, time.Until(dl))
-		}
-		if wait < time.Millisecond {
-			return nil, context.DeadlineExceeded
-		}
-		batch, err := s.cons.Fetch(limit, jetstream.FetchMaxWait(wait))
+		// Wait up to a second for the first message (then look for
+		// exhausted ones again), and take what else is already here.
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		m, err := s.it.Next(jetstream.NextContext(wctx))
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
-		}
-		var out []*stream.Message
-		for m := range batch.Messages() {
-			meta, err := m.Metadata()
-			if err != nil {
+			if errors.Is(err, context.DeadlineExceeded) || noMessages(err) {
 				continue
 			}
-			out = append(out, &stream.Message{
-				Payload: m.Data(), Handle: m, ID: strconv.FormatUint(meta.Sequence.Stream, 10),
-				Headers: flatten(natsgo.Header(m.Headers())),
-			})
-		}
-		if err := batch.Error(); err != nil && !noMessages(err) && len(out) == 0 {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
 			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
 		}
-		if len(out) > 0 {
-			return out, nil
+		out := make([]*stream.Message, 0, min(limit, 1024))
+		slab := make([]stream.Message, 0, min(limit, 1024))
+		for {
+			if meta, err := m.Metadata(); err == nil {
+				slab = append(slab, stream.Message{
+					Payload: m.Data(), Handle: m, ID: strconv.FormatUint(meta.Sequence.Stream, 10),
+					Headers: flatten(natsgo.Header(m.Headers())),
+				})
+				out = append(out, &slab[len(slab)-1])
+			}
+			if len(out) >= limit || len(slab) == cap(slab) {
+				return out, nil
+			}
+			if m, err = s.it.Next(jetstream.NextMaxWait(time.Millisecond)); err != nil {
+				return out, nil
+			}
 		}
 	}
 }
@@ -371,18 +384,16 @@ func flatten(h natsgo.Header) map[string]string {
 	return out
 }
 
-// Ack acknowledges messages and waits for the server to confirm each, so
-// an acknowledgement lost on the way is an error, not a silent redelivery.
-func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
+// Ack acknowledges messages. The acknowledgements are not waited for: one
+// that is lost makes JetStream redeliver the message after ack_wait, which
+// at-least-once allows and an exactly-once sink recognises by its ID.
+func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
 	for _, m := range msgs {
 		jm, ok := m.Handle.(jetstream.Msg)
 		if !ok {
 			continue // a dead-lettered message fetched from the stream
 		}
-		actx, cancel := context.WithTimeout(ctx, s.n.timeout)
-		err := jm.DoubleAck(actx)
-		cancel()
-		if err != nil {
+		if err := jm.Ack(); err != nil && !errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
 			return fmt.Errorf("nats source %s: ack: %w", s.n.streamName, err)
 		}
 	}
@@ -403,6 +414,9 @@ func (s *source) Nack(_ context.Context, msgs []*stream.Message, _ error) error 
 // redelivered after ack_wait.
 func (s *source) Close(context.Context) error {
 	var err error
-	s.closeOnce.Do(func() { err = s.sub.Unsubscribe() })
+	s.closeOnce.Do(func() {
+		s.it.Stop()
+		err = s.sub.Unsubscribe()
+	})
 	return err
 }
