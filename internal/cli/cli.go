@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -38,9 +39,15 @@ func (e *exitError) Error() string {
 // Main runs the CLI with args (without the program name) and returns the
 // process exit code.
 func Main(reg *kisflow.Registry, args []string, stdout, stderr io.Writer) int {
+	return MainContext(context.Background(), reg, args, stdout, stderr)
+}
+
+// MainContext is Main with a context: cancelling it stops `run` as a
+// signal does (drain, then exit).
+func MainContext(ctx context.Context, reg *kisflow.Registry, args []string, stdout, stderr io.Writer) int {
 	root := newRoot(reg, stdout, stderr)
 	root.SetArgs(args)
-	err := root.Execute()
+	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return ExitOK
 	}

@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+)
+
+// mysqlDatabase makes a MariaDB/MySQL database for one test and returns its DSN.
+func mysqlDatabase(t *testing.T) string {
+	t.Helper()
+	base := testenv.MySQL.Addr(t)
+	name := testenv.Name("kisflow_")
+	admin, err := sql.Open("mysql", base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Exec("DROP DATABASE " + name)
+		admin.Close()
+	})
+	mc, err := mysql.ParseDSN(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc.DBName = name
+	return mc.FormatDSN()
+}
+
+// TestConnectorExamples runs each examples/connectors folder as a user
+// would (kisflow run), against the real service, until the consumer stored
+// every order; then stops it like Ctrl-C and checks each order arrived
+// exactly once.
+func TestConnectorExamples(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs every connector example against its service")
+	}
+	setup := map[string]func(t *testing.T, prefix string){
+		"redis":    func(t *testing.T, _ string) { t.Setenv("KISFLOW_REDIS_ADDR", testenv.Redis.Addr(t)) },
+		"nats":     func(t *testing.T, _ string) { t.Setenv("KISFLOW_NATS_URL", testenv.NATS.Addr(t)) },
+		"rabbitmq": func(t *testing.T, _ string) { t.Setenv("KISFLOW_AMQP_URL", testenv.RabbitMQ.Addr(t)) },
+		"mqtt":     func(t *testing.T, _ string) { t.Setenv("KISFLOW_MQTT_URL", testenv.MQTT.Addr(t)) },
+		"postgres": func(t *testing.T, _ string) { t.Setenv("KISFLOW_PG_URL", pgDatabase(t)) },
+		"mysql":    func(t *testing.T, _ string) { t.Setenv("KISFLOW_MYSQL_DSN", mysqlDatabase(t)) },
+		"kafka": func(t *testing.T, prefix string) {
+			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, prefix+"_orders"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			t.Setenv("KISFLOW_KAFKA_BROKERS", strings.Join(c.ListenAddrs(), ","))
+		},
+	}
+	dirs, err := filepath.Glob("../../examples/connectors/*")
+	if err != nil || len(dirs) != len(setup) {
+		t.Fatalf("examples: %v %v", dirs, err)
+	}
+	for _, dir := range dirs {
+		sys := filepath.Base(dir)
+		t.Run(sys, func(t *testing.T) {
+			prefix := testenv.Name("kf_")
+			tmp := t.TempDir()
+			db := filepath.Join(tmp, "consumed.db")
+			t.Setenv("KISFLOW_EXAMPLE_PREFIX", prefix)
+			t.Setenv("KISFLOW_EXAMPLE_DB", db)
+			setup[sys](t, prefix)
+
+			reg := kisflow.NewRegistry()
+			if err := bundle.Install(reg); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var out, errOut strings.Builder
+			done := make(chan int, 1)
+			go func() {
+				done <- MainContext(ctx, reg, []string{"run", dir, "--state", filepath.Join(tmp, "state")}, &out, &errOut)
+			}()
+			deadline := time.Now().Add(60 * time.Second)
+			for {
+				if n, _ := countIfExists(db); n >= 1000 {
+					break
+				}
+				select {
+				case code := <-done:
+					t.Fatalf("run ended early with %d\n%s\n%s", code, out.String(), errOut.String())
+				case <-time.After(50 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					n, _ := countIfExists(db)
+					t.Fatalf("%d of 1000 orders consumed after 60s\n%s", n, errOut.String())
+				}
+			}
+			cancel()
+			if code := <-done; code != ExitOK {
+				t.Fatalf("exit %d after stop\n%s\n%s", code, out.String(), errOut.String())
+			}
+			n, distinct := tableCount(t, db, "orders", "id")
+			if n != 1000 || distinct != 1000 {
+				t.Fatalf("consumed %d orders, %d distinct; want 1000 exactly once", n, distinct)
+			}
+			if !strings.Contains(out.String(), "flow ProduceOrders: 1000 rows read") {
+				t.Fatalf("summary:\n%s", out.String())
+			}
+		})
+	}
+}
+
+func countIfExists(path string) (int, error) {
+	if _, err := os.Stat(path); err != nil {
+		return 0, err
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var n int
+	err = db.QueryRow("SELECT count(*) FROM orders").Scan(&n)
+	return n, err
+}
