@@ -6,7 +6,8 @@
 //     requeues what was not acknowledged (at-least-once).
 //   - The sink (and Save) publishes each row as JSON to an exchange with
 //     publisher confirms: a write returns only once the broker took every
-//     message.
+//     message. Each message gets a random message ID, which the source
+//     passes on so exactly-once sinks recognise redeliveries.
 //
 // Config: addrs (the AMQP URL, default amqp://guest:guest@127.0.0.1:5672/),
 // key (the queue for the source; the routing key template for the sink).
@@ -17,7 +18,9 @@ package amqp
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -177,7 +180,7 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 			return err
 		}
 		c, err := pub.ch.PublishWithDeferredConfirmWithContext(ctx, b.exchange, key, false, false, amqp.Publishing{
-			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body,
+			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body, MessageId: newID(),
 		})
 		if err != nil {
 			return fmt.Errorf("rabbitmq connector %q: publish: %w", b.cfg.CName, err)
@@ -196,6 +199,14 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 		}
 	}
 	return nil
+}
+
+// newID is a message's ID: kept when the broker redelivers the message,
+// which lets an exactly-once sink recognise the redelivery.
+func newID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // Call is the Save target: it publishes args (a row or []any).

@@ -156,6 +156,7 @@ type Runner struct {
 	parts Parts
 	keys  *keyReader
 
+	warnedNoID  atomic.Bool
 	inflightMu  sync.Mutex
 	inflightIDs map[string]struct{} // exactly-once: IDs read and not yet committed or returned
 
@@ -437,6 +438,8 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 	for _, m := range msgs {
 		if m.ID != "" {
 			ids = append(ids, m.ID)
+		} else if m.Position == "" && r.warnedNoID.CompareAndSwap(false, true) {
+			r.cfg.Logger.Warn("exactly-once: the source's messages carry neither an ID nor a position, so a redelivery after a crash cannot be recognised; delivery is at-least-once")
 		}
 	}
 	if len(ids) == 0 {
