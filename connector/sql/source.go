@@ -72,8 +72,14 @@ func (s *pollSource) poll(ctx context.Context, max int) ([]*stream.Message, erro
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if d.create && !d.tableExists(ctx) {
-			return nil, nil // created by the first write: until then, empty
+		if d.create {
+			exists, xerr := d.tableExists(ctx)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if xerr == nil && !exists {
+				return nil, nil // created by the first write: until then, empty
+			}
 		}
 		return nil, fmt.Errorf("connector %q: poll %s: %w", d.cfg.CName, d.table, err)
 	}
@@ -100,14 +106,14 @@ func (s *pollSource) poll(ctx context.Context, max int) ([]*stream.Message, erro
 	return msgs, nil
 }
 
-func (d *DB) tableExists(ctx context.Context) bool {
+func (d *DB) tableExists(ctx context.Context) (bool, error) {
 	tx, err := d.db.BeginTx(ctx, &stdsql.TxOptions{ReadOnly: d.dialect != checkpoint.SQLite})
 	if err != nil {
-		return true
+		return false, err
 	}
 	defer func() { _ = tx.Rollback() }() // read only
 	cols, err := d.tableColumns(ctx, tx)
-	return err != nil || len(cols) > 0
+	return len(cols) > 0, err
 }
 
 // scanMaps reads every row as a map of column to value.
