@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Driver is the implementation behind a connector: the client of one
@@ -55,7 +56,9 @@ func (c *Connector) Config() *config.Conn { return c.cfg }
 func (c *Connector) Driver() Driver { return c.driver }
 
 // Call runs the connector callback registered for the running function of f
-// (Registry.RegisterConnFunc), or else the driver's Caller capability.
+// (Registry.RegisterConnFunc); else the driver's Caller capability; else,
+// for a Save function of a driver that is a stream.Sink, it writes args (a
+// row, or a []any of rows) through the sink.
 func (c *Connector) Call(ctx context.Context, f Flow, args any) (any, error) {
 	fn := f.Function()
 	if fn == nil {
@@ -66,6 +69,16 @@ func (c *Connector) Call(ctx context.Context, f Flow, args any) (any, error) {
 	}
 	if caller, ok := c.driver.(Caller); ok {
 		return caller.Call(ctx, c, f, args)
+	}
+	if sink, ok := c.driver.(stream.Sink); ok {
+		if fn.Mode() != config.Save {
+			return nil, fmt.Errorf("connector %q (type %s): function %q has fmode %s; this type serves Save functions only", c.Name(), c.Type(), fn.Name(), fn.Mode())
+		}
+		rows, isRows := args.([]any)
+		if !isRows {
+			rows = []any{args}
+		}
+		return nil, sink.Write(ctx, rows)
 	}
 	return nil, fmt.Errorf("connector %q: no callback for function %q (register one with Registry.RegisterConnFunc)", c.Name(), fn.Name())
 }

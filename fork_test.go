@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,5 +225,53 @@ func TestForkHasItsOwnCacheAndMeta(t *testing.T) {
 	}
 	if a, b, c := run(fl), run(fl), run(fork); a != 1 || b != 2 || c != 1 {
 		t.Fatalf("function cache per instance: got %v %v %v, want 1 2 1", a, b, c)
+	}
+}
+
+// sinkDriver is a connector driver that is only a stream sink.
+type sinkDriver struct {
+	mu   sync.Mutex
+	rows []any
+}
+
+func (d *sinkDriver) Start(context.Context) error { return nil }
+func (d *sinkDriver) Close(context.Context) error { return nil }
+func (d *sinkDriver) Write(_ context.Context, rows []any) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.rows = append(d.rows, rows...)
+	return nil
+}
+
+func TestSaveWritesThroughASinkDriver(t *testing.T) {
+	t.Parallel()
+	drv := &sinkDriver{}
+	reg := kisflow.NewRegistry()
+	_ = reg.RegisterDriver("sinkonly", func(*config.Conn) (kisflow.Driver, error) { return drv, nil })
+	call := func(ctx context.Context, f kisflow.Flow, rows []any) error {
+		c, err := f.Connector()
+		if err != nil {
+			return err
+		}
+		_, err = c.Call(ctx, f, rows)
+		return err
+	}
+	reg.MustRegister("Store", kisflow.FuncRows(call))
+	reg.MustRegister("Peek", kisflow.FuncRows(call))
+	eng := newEngine(t, reg, map[string]string{
+		"flows.yml": "kistype: flow\nstatus: 1\nflow_name: S\nflows:\n  - fname: Store\n---\nkistype: flow\nstatus: 1\nflow_name: L\nflows:\n  - fname: Peek\n",
+		"funcs.yml": "kistype: func\nfname: Store\nfmode: Save\noption:\n  cname: out\n---\nkistype: func\nfname: Peek\nfmode: Load\noption:\n  cname: out\n",
+		"conn.yml":  "kistype: conn\ncname: out\ntype: sinkonly\n",
+	})
+	ctx := context.Background()
+	fl := mustFlow(t, eng, "S")
+	_ = fl.CommitRowBatch([]any{"a", "b"})
+	if _, err := fl.Run(ctx); err != nil || fmt.Sprint(drv.rows) != "[a b]" {
+		t.Fatalf("save: %v, rows %v", err, drv.rows)
+	}
+	fl = mustFlow(t, eng, "L")
+	_ = fl.CommitRow("c")
+	if _, err := fl.Run(ctx); err == nil || !strings.Contains(err.Error(), "serves Save functions only") {
+		t.Fatalf("a Load function through a sink-only type: %v", err)
 	}
 }

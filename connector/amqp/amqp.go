@@ -27,7 +27,6 @@ import (
 	"sync"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/kisflow-go/kisflow"
@@ -167,17 +166,9 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 	}
 	confirms := make([]*amqp.DeferredConfirmation, 0, len(rows))
 	for i, row := range rows {
-		m, err := fields.Of(row)
+		_, key, body, err := fields.Encode(row, b.key)
 		if err != nil {
 			return fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err)
-		}
-		key, err := b.key.Expand(m)
-		if err != nil {
-			return fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err)
-		}
-		body, err := gojson.Marshal(m)
-		if err != nil {
-			return err
 		}
 		c, err := pub.ch.PublishWithDeferredConfirmWithContext(ctx, b.exchange, key, false, false, amqp.Publishing{
 			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body, MessageId: newID(),
@@ -207,18 +198,6 @@ func newID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
-}
-
-// Call is the Save target: it publishes args (a row or []any).
-func (b *Broker) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
-	if fn := f.Function(); fn.Mode() != config.Save {
-		return nil, fmt.Errorf("rabbitmq connector %q: function %q has fmode %s; only Save functions call it", b.cfg.CName, fn.Name(), fn.Mode())
-	}
-	rows, ok := args.([]any)
-	if !ok {
-		rows = []any{args}
-	}
-	return nil, b.Write(ctx, rows)
 }
 
 // OpenSource starts consuming the queue.

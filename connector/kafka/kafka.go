@@ -28,7 +28,6 @@ import (
 	"sync"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kisflow-go/kisflow"
@@ -148,17 +147,9 @@ func (k *Kafka) Close(ctx context.Context) error {
 func (k *Kafka) Write(ctx context.Context, rows []any) error {
 	recs := make([]*kgo.Record, 0, len(rows))
 	for i, row := range rows {
-		m, err := fields.Of(row)
+		m, topic, value, err := fields.Encode(row, k.topic)
 		if err != nil {
 			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
-		}
-		topic, err := k.topic.Expand(m)
-		if err != nil {
-			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
-		}
-		value, err := gojson.Marshal(m)
-		if err != nil {
-			return err
 		}
 		r := &kgo.Record{Topic: topic, Value: value}
 		if k.keyField != nil {
@@ -174,18 +165,6 @@ func (k *Kafka) Write(ctx context.Context, rows []any) error {
 		return fmt.Errorf("kafka connector %q: produce: %w", k.cfg.CName, err)
 	}
 	return nil
-}
-
-// Call is the Save target: it produces args (a row or []any).
-func (k *Kafka) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
-	if fn := f.Function(); fn.Mode() != config.Save {
-		return nil, fmt.Errorf("kafka connector %q: function %q has fmode %s; only Save functions call it", k.cfg.CName, fn.Name(), fn.Mode())
-	}
-	rows, ok := args.([]any)
-	if !ok {
-		rows = []any{args}
-	}
-	return nil, k.Write(ctx, rows)
 }
 
 // OpenSource joins the consumer group.

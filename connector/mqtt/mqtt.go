@@ -24,7 +24,6 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
-	gojson "github.com/goccy/go-json"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
@@ -140,17 +139,9 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 	}
 	toks := make([]paho.Token, 0, len(rows))
 	for i, row := range rows {
-		m, err := fields.Of(row)
+		_, topic, data, err := fields.Encode(row, b.topic)
 		if err != nil {
 			return fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err)
-		}
-		topic, err := b.topic.Expand(m)
-		if err != nil {
-			return fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err)
-		}
-		data, err := gojson.Marshal(m)
-		if err != nil {
-			return err
 		}
 		toks = append(toks, pub.Publish(topic, 1, false, data))
 	}
@@ -168,18 +159,6 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 		}
 	}
 	return nil
-}
-
-// Call is the Save target: it publishes args (a row or []any).
-func (b *Broker) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
-	if fn := f.Function(); fn.Mode() != config.Save {
-		return nil, fmt.Errorf("mqtt connector %q: function %q has fmode %s; only Save functions call it", b.cfg.CName, fn.Name(), fn.Mode())
-	}
-	rows, ok := args.([]any)
-	if !ok {
-		rows = []any{args}
-	}
-	return nil, b.Write(ctx, rows)
 }
 
 // OpenSource connects with a persistent session and subscribes at QoS 1.

@@ -34,7 +34,6 @@ import (
 	"sync"
 	"time"
 
-	gojson "github.com/goccy/go-json"
 	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -194,17 +193,9 @@ func (n *NATS) JetStream() jetstream.JetStream { return n.js }
 func (n *NATS) Write(ctx context.Context, rows []any) error {
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	for i, row := range rows {
-		m, err := fields.Of(row)
+		m, subj, data, err := fields.Encode(row, n.subject)
 		if err != nil {
 			return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
-		}
-		subj, err := n.subject.Expand(m)
-		if err != nil {
-			return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
-		}
-		data, err := gojson.Marshal(m)
-		if err != nil {
-			return err
 		}
 		id := ""
 		if n.msgID != nil {
@@ -233,18 +224,6 @@ func (n *NATS) Write(ctx context.Context, rows []any) error {
 		}
 	}
 	return nil
-}
-
-// Call is the Save target: it publishes args (a row or []any).
-func (n *NATS) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
-	if fn := f.Function(); fn.Mode() != config.Save {
-		return nil, fmt.Errorf("nats connector %q: function %q has fmode %s; only Save functions call it", n.cfg.CName, fn.Name(), fn.Mode())
-	}
-	rows, ok := args.([]any)
-	if !ok {
-		rows = []any{args}
-	}
-	return nil, n.Write(ctx, rows)
 }
 
 // OpenSource creates or updates the durable pull consumer and starts

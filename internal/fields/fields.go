@@ -140,3 +140,19 @@ func (t *Template) Expand(m map[string]any) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// Encode prepares a row for a message sink: its fields, its destination
+// (dest expanded over the fields: a topic, subject or routing key) and its
+// JSON encoding.
+func Encode(row any, dest *Template) (m map[string]any, to string, data []byte, err error) {
+	if m, err = Of(row); err != nil {
+		return nil, "", nil, err
+	}
+	if to, err = dest.Expand(m); err != nil {
+		return nil, "", nil, err
+	}
+	if data, err = gojson.Marshal(m); err != nil {
+		return nil, "", nil, err
+	}
+	return m, to, data, nil
+}
