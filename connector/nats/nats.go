@@ -16,7 +16,8 @@
 // stream (the JetStream stream), create ("true": create or update the
 // stream with the key as its subjects), durable, ack_wait (default 30s),
 // max_deliver (default 5), max_ack_pending (messages delivered and not yet
-// acknowledged, default 20000), msg_id, user, password, token, creds (a
+// acknowledged, default 20000), prefetch (messages pulled ahead, default
+// 2000; members of one durable share the stream in such amounts), msg_id, user, password, token, creds (a
 // credentials file), tls ("true"), timeout (connect and requests,
 // default 5s).
 package nats
@@ -61,6 +62,7 @@ type NATS struct {
 	ackWait    time.Duration
 	maxDeliver int
 	maxPending int
+	prefetch   int
 	msgID      *fields.Template
 	timeout    time.Duration
 
@@ -74,7 +76,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return fmt.Errorf("nats connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
 	p := cfg.Params
-	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"], maxDeliver: 5, maxPending: 20000}
+	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"], maxDeliver: 5, maxPending: 20000, prefetch: 2000}
 	if n.urls == "" {
 		n.urls = natsgo.DefaultURL
 	}
@@ -108,6 +110,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	n.timeout = dur("timeout", 5*time.Second)
 	if err != nil {
 		return nil, err
+	}
+	if s := p["prefetch"]; s != "" {
+		if n.prefetch, err = strconv.Atoi(s); err != nil || n.prefetch < 1 {
+			return nil, bad("bad prefetch %q", s)
+		}
 	}
 	if s := p["max_ack_pending"]; s != "" {
 		if n.maxPending, err = strconv.Atoi(s); err != nil || n.maxPending < 1 {
@@ -255,7 +262,7 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	}
 	// A continuous pull keeps requests outstanding, so messages are on
 	// their way while the previous batch runs.
-	it, err := cons.Messages(jetstream.PullMaxMessages(4000))
+	it, err := cons.Messages(jetstream.PullMaxMessages(n.prefetch))
 	if err != nil {
 		return nil, fmt.Errorf("nats connector %q: consume %s: %w", n.cfg.CName, durable, err)
 	}

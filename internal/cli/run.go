@@ -90,6 +90,11 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	jobs := make([]*kisflow.Job, len(names))
 	for i, n := range names {
 		if jobs[i], err = eng.Job(ctx, n, kisflow.WithStateDir(o.state)); err != nil {
+			if ctx.Err() != nil {
+				// SIGINT/SIGTERM during start-up: a clean stop, nothing ran.
+				fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
+				return nil
+			}
 			return &exitError{code: ExitProblem, err: err}
 		}
 	}

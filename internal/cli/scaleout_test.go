@@ -105,7 +105,7 @@ var brokers = []broker{
 		url := testenv.NATS.Addr(t)
 		name := testenv.Name("kf")
 		subject, streamName := "kisflow.scale."+name, "KF_"+name
-		yaml := fmt.Sprintf("kistype: conn\ncname: in\ntype: nats\naddrs: %s\nkey: %s\nparams:\n  stream: %s\n  durable: shared\n  ack_wait: 1s\n", url, subject, streamName)
+		yaml := fmt.Sprintf("kistype: conn\ncname: in\ntype: nats\naddrs: %s\nkey: %s\nparams:\n  stream: %s\n  durable: shared\n  ack_wait: 1s\n  prefetch: \"200\"\n", url, subject, streamName)
 		d, err := nats.New(&config.Conn{CName: "pub", Addrs: url, Key: subject, Params: map[string]string{"stream": streamName, "create": "true"}})
 		if err != nil {
 			t.Fatal(err)
