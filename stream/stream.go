@@ -113,6 +113,13 @@ type TxSink interface {
 	Seen(ctx context.Context, stream string, ids []string) (map[string]bool, error)
 }
 
+// SerialCommitter is an optional TxSink capability: a sink whose commit
+// covers everything its source read so far (a Kafka transaction commits
+// every polled offset), so the runtime keeps one batch in flight.
+type SerialCommitter interface {
+	CommitsAllRead() bool
+}
+
 // Checkpoints stores the positions of streams whose position the runtime
 // owns, for at-least-once delivery.
 type Checkpoints interface {

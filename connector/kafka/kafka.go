@@ -14,7 +14,9 @@
 // Config: addrs (seed brokers), key (the topic; for the sink a template).
 // Params: group, start (earliest or latest, for a new group; default
 // earliest), key_field (the record key template for the sink, such as
-// {user_id}), revoke_timeout (default 10s), heartbeat (default 3s; how
+// {user_id}), transactional_id with output_topic (exactly-once from the
+// key topic into output_topic: name this connector as both the stream's
+// source and sink), revoke_timeout (default 10s), heartbeat (default 3s; how
 // soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
 // and requests, default 10s), tls ("true").
 package kafka
@@ -24,6 +26,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -55,8 +58,13 @@ type Kafka struct {
 	heartbeat     time.Duration
 	session       time.Duration
 	tls           bool
+	txnID         string
+	output        *fields.Template
 
 	producer *kgo.Client
+
+	mu       sync.Mutex
+	sessions map[string]*kgo.GroupTransactSession // by stream name, in transactional mode
 }
 
 // New builds the driver from its config; it does not connect.
@@ -65,7 +73,8 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return fmt.Errorf("kafka connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
 	p := cfg.Params
-	k := &Kafka{cfg: cfg, seeds: cfg.AddrList(), group: p["group"], tls: p["tls"] == "true", start: kgo.NewOffset().AtStart()}
+	k := &Kafka{cfg: cfg, seeds: cfg.AddrList(), group: p["group"], tls: p["tls"] == "true", start: kgo.NewOffset().AtStart(),
+		txnID: p["transactional_id"], sessions: map[string]*kgo.GroupTransactSession{}}
 	if len(k.seeds) == 0 {
 		return nil, bad("addrs (the seed brokers) is required")
 	}
@@ -80,6 +89,14 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		if k.keyField, err = fields.ParseTemplate(s); err != nil {
 			return nil, bad("%v", err)
 		}
+	}
+	if s := p["output_topic"]; s != "" {
+		if k.output, err = fields.ParseTemplate(s); err != nil {
+			return nil, bad("%v", err)
+		}
+	}
+	if (k.txnID == "") != (k.output == nil) {
+		return nil, bad("transactional_id and output_topic go together (exactly-once from the key topic into output_topic)")
 	}
 	switch p["start"] {
 	case "", "earliest":
@@ -176,8 +193,11 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	if group == "" {
 		group = opts.Name
 	}
-	s := &source{k: k, inflight: map[partition]int{}}
+	s := &source{k: k, inflight: map[partition]int{}, log: opts.Logger}
 	s.cond = sync.NewCond(&s.mu)
+	if k.txnID != "" {
+		return k.openTransactional(s, group, opts.Name)
+	}
 	cl, err := kgo.NewClient(append(k.common(),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(k.cfg.Key),
@@ -193,9 +213,90 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
 	}
 	s.cl = cl
-	s.log = opts.Logger
 	return s, nil
 }
+
+// openTransactional consumes in a GroupTransactSession: the connector is
+// then also the stream's exactly-once sink, producing the flow's rows to
+// output_topic and committing the consumed offsets in one transaction. A
+// rebalance before the commit aborts it; the records are read again.
+func (k *Kafka) openTransactional(s *source, group, streamName string) (stream.Source, error) {
+	sess, err := kgo.NewGroupTransactSession(append(k.common(),
+		kgo.TransactionalID(k.txnID),
+		kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics(k.cfg.Key),
+		kgo.ConsumeResetOffset(k.start),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.HeartbeatInterval(k.heartbeat),
+		kgo.SessionTimeout(k.session),
+	)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
+	}
+	s.cl, s.sess = sess.Client(), sess
+	k.mu.Lock()
+	k.sessions[streamName] = sess
+	k.mu.Unlock()
+	return s, nil
+}
+
+// CommitsAllRead tells the runtime that a transaction commits every offset
+// the session read, so it must keep one batch in flight.
+func (k *Kafka) CommitsAllRead() bool { return true }
+
+// CommitBatch produces rows to output_topic and commits the offsets the
+// stream's session consumed, in one Kafka transaction.
+func (k *Kafka) CommitBatch(ctx context.Context, streamName, _ string, _ []string, rows []any) error {
+	k.mu.Lock()
+	sess := k.sessions[streamName]
+	k.mu.Unlock()
+	if sess == nil {
+		return fmt.Errorf("kafka connector %q: exactly-once needs the stream's source to be this connector, with transactional_id", k.cfg.CName)
+	}
+	if err := sess.Begin(); err != nil {
+		return fmt.Errorf("kafka connector %q: begin transaction: %w", k.cfg.CName, err)
+	}
+	recs := make([]*kgo.Record, 0, len(rows))
+	for i, row := range rows {
+		m, topic, value, err := fields.Encode(row, k.output)
+		if err != nil {
+			_, _ = sess.End(ctx, kgo.TryAbort) // the row's error is the one to report
+			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+		}
+		r := &kgo.Record{Topic: topic, Value: value}
+		if k.keyField != nil {
+			key, err := k.keyField.Expand(m)
+			if err != nil {
+				_, _ = sess.End(ctx, kgo.TryAbort)
+				return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+			}
+			r.Key = []byte(key)
+		}
+		recs = append(recs, r)
+	}
+	if err := sess.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		_, _ = sess.End(ctx, kgo.TryAbort)
+		return fmt.Errorf("kafka connector %q: produce in transaction: %w", k.cfg.CName, err)
+	}
+	committed, err := sess.End(ctx, kgo.TryCommit)
+	if err != nil {
+		return fmt.Errorf("kafka connector %q: end transaction: %w", k.cfg.CName, err)
+	}
+	if !committed {
+		// A rebalance aborted it: the records are consumed again, by this
+		// session or by the partitions' new owner.
+		return fmt.Errorf("kafka connector %q: transaction aborted by a rebalance: %w", k.cfg.CName, stream.ErrAlreadyCommitted)
+	}
+	return nil
+}
+
+// Position is empty: the consumed offsets live in Kafka.
+func (k *Kafka) Position(context.Context, string) (string, error) { return "", nil }
+
+// Seen is empty: Kafka transactions never commit a record's offset without
+// its output, so there is nothing to skip.
+func (k *Kafka) Seen(context.Context, string, []string) (map[string]bool, error) { return nil, nil }
 
 type partition struct {
 	topic string
@@ -205,7 +306,8 @@ type partition struct {
 type source struct {
 	k    *Kafka
 	cl   *kgo.Client
-	log  interface{ Warn(string, ...any) }
+	sess *kgo.GroupTransactSession // transactional mode
+	log  *slog.Logger
 	mu   sync.Mutex
 	cond *sync.Cond
 	// inflight counts the records read and not yet acknowledged per
@@ -254,7 +356,12 @@ func (s *source) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int3
 // runtime keeps each partition's records in order.
 func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 	for {
-		fetches := s.cl.PollRecords(ctx, max)
+		var fetches kgo.Fetches
+		if s.sess != nil {
+			fetches = s.sess.PollRecords(ctx, max)
+		} else {
+			fetches = s.cl.PollRecords(ctx, max)
+		}
 		if ctx.Err() != nil && fetches.NumRecords() == 0 {
 			return nil, ctx.Err()
 		}
@@ -309,6 +416,10 @@ func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
 	if len(recs) == 0 {
 		return nil
 	}
+	if s.sess != nil {
+		s.done(recs) // committed with the transaction
+		return nil
+	}
 	err := s.cl.CommitRecords(ctx, recs...)
 	s.done(recs)
 	if err != nil {
@@ -349,6 +460,17 @@ func (s *source) Close(context.Context) error {
 	clear(s.inflight)
 	s.cond.Broadcast()
 	s.mu.Unlock()
+	if s.sess != nil {
+		s.k.mu.Lock()
+		for name, sess := range s.k.sessions {
+			if sess == s.sess {
+				delete(s.k.sessions, name)
+			}
+		}
+		s.k.mu.Unlock()
+		s.sess.Close()
+		return nil
+	}
 	s.cl.Close()
 	return nil
 }

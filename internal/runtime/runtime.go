@@ -175,6 +175,9 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		if parts.TxSink == nil {
 			return nil, errors.New("runtime: exactly-once needs a transactional sink")
 		}
+		if sc, ok := parts.TxSink.(stream.SerialCommitter); ok && sc.CommitsAllRead() {
+			cfg.MaxInFlight = 1 // a commit covers everything read: read no further ahead
+		}
 	default:
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}

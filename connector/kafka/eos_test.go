@@ -1,0 +1,117 @@
+package kafka
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// ReadCommitted returns the ids in topic that committed transactions
+// produced, with repeats.
+func ReadCommitted(t testing.TB, addrs, topic string, want int) []int {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(addrs, ",")...), kgo.ConsumeTopics(topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var ids []int
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		fetches := cl.PollFetches(ctx)
+		cancel()
+		fetches.EachRecord(func(r *kgo.Record) {
+			row, err := conformance.Decode(&stream.Message{Payload: r.Value})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, row.ID)
+		})
+		if len(ids) >= want && fetches.NumRecords() == 0 {
+			break
+		}
+	}
+	return ids
+}
+
+func TestExactlyOnceKafkaToKafka(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "input", "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := strings.Join(c.ListenAddrs(), ",")
+	in := start(t, addrs, "input", map[string]string{"key_field": "{id}"})
+	const n = 300
+	var rows []any
+	for i := 1; i <= n; i++ {
+		rows = append(rows, map[string]any{"id": i})
+	}
+	if err := in.Write(context.Background(), rows); err != nil {
+		t.Fatal(err)
+	}
+
+	reg := kisflow.NewRegistry()
+	if err := Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	docs := fstest.MapFS{
+		"flow.yml": {Data: []byte("kistype: flow\nstatus: 1\nflow_name: ETL\nflows:\n  - fname: Mark\nstream:\n  source: k\n  sink: k\n  delivery: exactly-once\n  batch_size: 50\n  workers: 2\n")},
+		"func.yml": {Data: []byte("kistype: func\nfname: Mark\nfmode: Calculate\ncalc:\n  doubled: id * 2\nkeep: [id, doubled]\n")},
+		"conn.yml": {Data: []byte(fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  transactional_id: etl-1\n  output_topic: output\n  key_field: \"{id}\"\n  heartbeat: 100ms\n", addrs))},
+	}
+	set, err := config.ImportFS(docs, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	job, err := eng.Job(ctx, "ETL", kisflow.WithStateDir(filepath.Join(t.TempDir(), "state")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- job.Run(ctx) }()
+	deadline := time.Now().Add(30 * time.Second)
+	for job.Stats().Committed < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("committed %d of %d", job.Stats().Committed, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if s := job.Stats(); s.MaxInFlight > 50 {
+		t.Fatalf("%d messages in flight: a transaction commits all it read, so one batch at a time", s.MaxInFlight)
+	}
+	ids := ReadCommitted(t, addrs, "output", n)
+	seen := map[int]int{}
+	for _, id := range ids {
+		seen[id]++
+	}
+	if len(ids) != n || len(seen) != n {
+		t.Fatalf("output holds %d committed rows, %d distinct; want %d exactly once", len(ids), len(seen), n)
+	}
+}

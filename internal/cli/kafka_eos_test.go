@@ -1,0 +1,129 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/kafka"
+)
+
+// committedIDs reads every id that committed transactions wrote to topic.
+func committedIDs(t *testing.T, addrs, topic string) map[int]int {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(addrs, ",")...), kgo.ConsumeTopics(topic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	seen := map[int]int{}
+	for idle := 0; idle < 3; {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		fetches := cl.PollFetches(ctx)
+		cancel()
+		if fetches.NumRecords() == 0 {
+			idle++
+		}
+		fetches.EachRecord(func(r *kgo.Record) {
+			var row struct{ ID int }
+			if err := json.Unmarshal(r.Value, &row); err != nil {
+				t.Fatal(err)
+			}
+			seen[row.ID]++
+		})
+	}
+	return seen
+}
+
+// TestKafkaExactlyOnceSurvivesSIGKILL kills a Kafka-to-Kafka exactly-once
+// job at random points; the output topic, read committed, holds each id once.
+func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "input", "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := strings.Join(c.ListenAddrs(), ",")
+	d, err := kafka.New(&config.Conn{CName: "pub", Addrs: addrs, Key: "input", Params: map[string]string{"key_field": "{id}"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := d.(*kafka.Kafka)
+	if err := pub.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close(context.Background())
+	const n = 3000
+	var rows []any
+	for i := 1; i <= n; i++ {
+		rows = append(rows, map[string]any{"id": i})
+	}
+	if err := pub.Write(context.Background(), rows); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	files := map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: ETL\nflows:\n  - fname: Slow\n  - fname: Keep\nstream:\n  source: k\n  sink: k\n  delivery: exactly-once\n  batch_size: 20\n  linger: 5ms\n",
+		"funcs.yml": "kistype: func\nfname: Slow\nfmode: Calculate\n---\nkistype: func\nfname: Keep\nfmode: Calculate\ncalc:\n  seen: true\nkeep: [id]\n",
+		"conn.yml": fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  transactional_id: etl\n  output_topic: output\n  key_field: \"{id}\"\n  heartbeat: 100ms\n  session_timeout: 6s\n", addrs),
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 11))
+	const kills = 3
+	for k := 0; k <= kills; k++ {
+		cmd := child(t, dir)
+		if k < kills {
+			time.Sleep(time.Duration(300+r.IntN(700)) * time.Millisecond)
+			_ = cmd.Process.Signal(syscall.SIGKILL)
+			_ = cmd.Wait()
+			continue
+		}
+		// The last run goes on until everything is in the output.
+		deadline := time.Now().Add(90 * time.Second)
+		for {
+			seen := committedIDs(t, addrs, "output")
+			if len(seen) == n {
+				break
+			}
+			if time.Now().After(deadline) {
+				_ = cmd.Process.Kill()
+				t.Fatalf("after %d SIGKILLs the output holds %d of %d ids", kills, len(seen), n)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("last run: %v", err)
+		}
+	}
+	seen := committedIDs(t, addrs, "output")
+	for id, c := range seen {
+		if c != 1 {
+			t.Fatalf("id %d is %d times in the output after %d SIGKILLs", id, c, kills)
+		}
+	}
+	if len(seen) != n {
+		t.Fatalf("%d of %d ids in the output", len(seen), n)
+	}
+	t.Logf("%d SIGKILLs: each of %d ids exactly once in the output", kills, n)
+}
