@@ -16,7 +16,11 @@
 // ttl, password, db, tls ("true"), timeout (every network call, default 5s),
 // group (default: the flow name), consumer (default: host-pid-random),
 // claim_idle (default 30s), block (default 1s), field (the stream entry
-// field holding the JSON row, default "data").
+// field holding the JSON row, default "data"), dedup_key (list and stream
+// saves: a template naming the row's identity, such as {order_id} or the
+// source record's position field; a row whose identity was saved within
+// dedup_ttl, default 24h, is not saved again, so redelivered rows do not
+// repeat). Hash and string saves are idempotent by nature.
 package redis
 
 import (
@@ -59,7 +63,25 @@ type Redis struct {
 	claimIdle time.Duration
 	block     time.Duration
 	field     string
+	dedup     *fields.Template
+	dedupTTL  time.Duration
 }
+
+// saveOnce writes a list or stream entry only if its marker key is new,
+// atomically: a replayed save (at-least-once redelivery) is a no-op.
+var saveOnce = goredis.NewScript(`
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+  if ARGV[2] == 'list' then
+    redis.call('RPUSH', KEYS[2], ARGV[3])
+  else
+    redis.call('XADD', KEYS[2], '*', ARGV[4], ARGV[3])
+  end
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  end
+  return 1
+end
+return 0`)
 
 // New builds the driver from its config; it does not connect.
 func New(cfg *config.Conn) (kisflow.Driver, error) {
@@ -113,6 +135,14 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return nil, bad("%v", err)
 	}
 	if r.block, err = durationParam(p, "block", time.Second); err != nil {
+		return nil, bad("%v", err)
+	}
+	if t := p["dedup_key"]; t != "" {
+		if r.dedup, err = fields.ParseTemplate(t); err != nil {
+			return nil, bad("%v", err)
+		}
+	}
+	if r.dedupTTL, err = durationParam(p, "dedup_ttl", 24*time.Hour); err != nil {
 		return nil, bad("%v", err)
 	}
 	return r, nil
@@ -177,18 +207,25 @@ func (r *Redis) Write(ctx context.Context, rows []any) error {
 			}
 			pipe.Set(ctx, key, data, r.ttl)
 			continue // SET carries the TTL
-		case "list":
+		case "list", "stream":
 			data, err := gojson.Marshal(m)
 			if err != nil {
 				return err
 			}
-			pipe.RPush(ctx, key, data)
-		case "stream":
-			data, err := gojson.Marshal(m)
-			if err != nil {
-				return err
+			if r.dedup != nil {
+				id, err := r.dedup.Expand(m)
+				if err != nil {
+					return fmt.Errorf("redis connector %q: row %d: dedup_key: %w", r.cfg.CName, i, err)
+				}
+				marker := "kisflow:saved:" + r.cfg.CName + ":" + key + ":" + id
+				saveOnce.Eval(ctx, pipe, []string{marker, key}, r.dedupTTL.Milliseconds(), r.mode, data, r.field, r.ttl.Milliseconds())
+				continue // the script sets the TTL
 			}
-			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{r.field, data}})
+			if r.mode == "list" {
+				pipe.RPush(ctx, key, data)
+			} else {
+				pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{r.field, data}})
+			}
 		}
 		if r.ttl > 0 {
 			pipe.Expire(ctx, key, r.ttl)

@@ -126,3 +126,35 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestDedupMakesListAndStreamSavesIdempotent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	prefix := testenv.Name("kisflow-test-")
+	for _, mode := range []string{"list", "stream"} {
+		r := start(t, prefix+mode+":{user_id}", map[string]string{"mode": mode, "dedup_key": "{order_id}", "ttl": "1h"})
+		rows := []any{
+			map[string]any{"user_id": 1, "order_id": 10},
+			map[string]any{"user_id": 1, "order_id": 11},
+		}
+		for range 3 { // a batch redelivered twice
+			if err := r.Write(ctx, rows); err != nil {
+				t.Fatal(err)
+			}
+		}
+		key := prefix + mode + ":1"
+		var n int64
+		if mode == "list" {
+			n = r.client.LLen(ctx, key).Val()
+		} else {
+			n = r.client.XLen(ctx, key).Val()
+		}
+		if n != 2 {
+			t.Fatalf("%s: %d entries after three saves of two rows, want 2", mode, n)
+		}
+		if ttl := r.client.TTL(ctx, key).Val(); ttl <= 0 {
+			t.Fatalf("%s: ttl %v", mode, ttl)
+		}
+		r.client.Del(ctx, "kisflow:saved:r:"+key+":10", "kisflow:saved:r:"+key+":11")
+	}
+}
