@@ -2,6 +2,7 @@ package nats
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -134,4 +135,20 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("%+v: no error", c.Params)
 		}
 	}
+}
+
+// TestConformanceAcrossARestart runs the suite against a private
+// nats-server (JetStream on disk) that the interruption restarts.
+func TestConformanceAcrossARestart(t *testing.T) {
+	srv := testenv.PrivateNATS(t)
+	t.Setenv(testenv.NATS.Env, fmt.Sprintf("nats://127.0.0.1:%d", srv.Port()))
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: srv.Restart},
+		New: func(t *testing.T) conformance.Fixture {
+			n := start(t, nil)
+			return conformance.Fixture{Sink: n, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				return n.OpenSource(ctx, stream.SourceOptions{Name: group})
+			}}
+		},
+	})
 }

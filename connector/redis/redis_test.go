@@ -158,3 +158,20 @@ func TestDedupMakesListAndStreamSavesIdempotent(t *testing.T) {
 		r.client.Del(ctx, "kisflow:saved:r:"+key+":10", "kisflow:saved:r:"+key+":11")
 	}
 }
+
+// TestConformanceAcrossARestart runs the suite against a private Redis that
+// the interruption restarts (its data kept in an append-only file).
+func TestConformanceAcrossARestart(t *testing.T) {
+	srv := testenv.PrivateRedis(t)
+	t.Setenv(testenv.Redis.Env, fmt.Sprintf("127.0.0.1:%d", srv.Port()))
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: srv.Restart},
+		New: func(t *testing.T) conformance.Fixture {
+			name := testenv.Name("kisflow-test-")
+			r := start(t, name, map[string]string{"mode": "stream", "claim_idle": "500ms", "block": "200ms"})
+			return conformance.Fixture{Sink: r, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				return r.OpenSource(ctx, stream.SourceOptions{Name: group})
+			}}
+		},
+	})
+}

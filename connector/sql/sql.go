@@ -10,7 +10,10 @@
 // relative to the YAML file's folder), dsn (mysql, postgres: the data source
 // name; or addrs with user, password and database), columns
 // (comma-separated; default: the table's columns, or the first row's fields
-// when the table is created), create ("true": create the table if missing,
+// when the table is created; an entry column=field takes the column's value
+// from another row field), upsert_key (comma-separated conflict columns:
+// a row whose key exists updates the other columns; with create, the key
+// becomes the table's primary key), create ("true": create the table if missing,
 // with column types from the first row), load_query (the query a Load
 // function runs, with :field placeholders filled from the row), poll_column
 // (the source: an increasing column), poll_interval (default 500ms),
@@ -77,8 +80,10 @@ type DB struct {
 
 	db *stdsql.DB
 
-	mu      sync.Mutex
-	columns []string // fixed once known
+	mu        sync.Mutex
+	columns   []string          // fixed once known
+	fieldOf   map[string]string // column -> row field, from columns' col=field entries
+	upsertKey []string          // conflict columns: insert or update
 }
 
 // NewSQLite builds an SQLite connector from its config.
@@ -188,9 +193,27 @@ func (d *DB) parseCommon() error {
 	}
 	if cols := d.cfg.Params["columns"]; cols != "" {
 		for _, c := range strings.Split(cols, ",") {
-			if c = strings.TrimSpace(c); c != "" {
-				d.columns = append(d.columns, c)
+			col, field, mapped := strings.Cut(strings.TrimSpace(c), "=")
+			col, field = strings.TrimSpace(col), strings.TrimSpace(field)
+			if col == "" {
+				continue
 			}
+			if !mapped {
+				field = col
+			}
+			if d.fieldOf == nil {
+				d.fieldOf = map[string]string{}
+			}
+			d.fieldOf[col] = field
+			d.columns = append(d.columns, col)
+		}
+	}
+	for _, c := range strings.Split(d.cfg.Params["upsert_key"], ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			if !validIdent(c) {
+				return fmt.Errorf("connector %q: upsert_key column %q is not a plain identifier", d.cfg.CName, c)
+			}
+			d.upsertKey = append(d.upsertKey, c)
 		}
 	}
 	if q := d.cfg.Params["load_query"]; q != "" {
@@ -384,7 +407,7 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		args = args[:0]
 		for _, m := range chunk {
 			for _, c := range cols {
-				args = append(args, sqlValue(m[c]))
+				args = append(args, sqlValue(m[d.field(c)]))
 			}
 		}
 		if _, err := tx.ExecContext(ctx, d.insertSQL(cols, len(chunk)), args...); err != nil {
@@ -392,6 +415,14 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		}
 	}
 	return nil
+}
+
+// field is the row field a column takes its value from.
+func (d *DB) field(col string) string {
+	if f, ok := d.fieldOf[col]; ok {
+		return f
+	}
+	return col
 }
 
 func (d *DB) insertSQL(cols []string, n int) string {
@@ -421,7 +452,46 @@ func (d *DB) insertSQL(cols []string, n int) string {
 		}
 		b.WriteByte(')')
 	}
+	if len(d.upsertKey) > 0 {
+		d.upsertClause(&b, cols)
+	}
 	return b.String()
+}
+
+// upsertClause turns the insert into an upsert on the upsert_key columns:
+// the other columns take the new row's values.
+func (d *DB) upsertClause(b *strings.Builder, cols []string) {
+	var set []string
+	for _, c := range cols {
+		if slices.Contains(d.upsertKey, c) {
+			continue
+		}
+		q := d.quote(c)
+		switch d.dialect {
+		case checkpoint.MySQL:
+			set = append(set, q+" = VALUES("+q+")")
+		default:
+			set = append(set, q+" = excluded."+q)
+		}
+	}
+	if d.dialect == checkpoint.MySQL {
+		if len(set) == 0 {
+			q := d.quote(d.upsertKey[0])
+			set = append(set, q+" = "+q)
+		}
+		b.WriteString(" ON DUPLICATE KEY UPDATE " + strings.Join(set, ", "))
+		return
+	}
+	keys := make([]string, len(d.upsertKey))
+	for i, k := range d.upsertKey {
+		keys[i] = d.quote(k)
+	}
+	b.WriteString(" ON CONFLICT (" + strings.Join(keys, ", ") + ")")
+	if len(set) == 0 {
+		b.WriteString(" DO NOTHING")
+		return
+	}
+	b.WriteString(" DO UPDATE SET " + strings.Join(set, ", "))
 }
 
 // columnsFor fixes the insert columns on first use: the configured ones,
@@ -466,9 +536,20 @@ func (d *DB) createTable(ctx context.Context, tx *stdsql.Tx, cols []string, firs
 	defs := make([]string, len(cols))
 	for i, c := range cols {
 		defs[i] = d.quote(c)
-		if t := d.columnType(first[c]); t != "" {
+		t := d.columnType(first[d.field(c)])
+		if t == "TEXT" && d.dialect == checkpoint.MySQL && slices.Contains(d.upsertKey, c) {
+			t = "VARCHAR(255)" // MySQL keys cannot be TEXT
+		}
+		if t != "" {
 			defs[i] += " " + t
 		}
+	}
+	if len(d.upsertKey) > 0 {
+		keys := make([]string, len(d.upsertKey))
+		for i, k := range d.upsertKey {
+			keys[i] = d.quote(k)
+		}
+		defs = append(defs, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
 	}
 	q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", d.quote(d.table), strings.Join(defs, ", "))
 	if _, err := tx.ExecContext(ctx, q); err != nil {

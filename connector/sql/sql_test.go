@@ -264,3 +264,31 @@ func TestBadConfig(t *testing.T) {
 		t.Fatal("bad postgres dsn: no error")
 	}
 }
+
+func TestUpsertAndColumnMapping(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		d := openDB(t, typ, "balances", map[string]string{
+			"create": "true", "columns": "account, amount=total, note", "upsert_key": "account",
+		})
+		ctx := context.Background()
+		if err := d.Write(ctx, []any{
+			map[string]any{"account": "a", "total": 10.0, "note": "first"},
+			map[string]any{"account": "b", "total": 5.0, "note": "first"},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		// A replay and an update: no duplicate rows, the values replaced.
+		if err := d.Write(ctx, []any{map[string]any{"account": "a", "total": 12.5, "note": "second"}}); err != nil {
+			t.Fatal(err)
+		}
+		if n := count(t, d, "SELECT count(*) FROM balances"); n != 2 {
+			t.Fatalf("%d rows after an upsert, want 2", n)
+		}
+		var amount float64
+		var note string
+		if err := d.SQL().QueryRow("SELECT amount, note FROM balances WHERE account = 'a'").Scan(&amount, &note); err != nil || amount != 12.5 || note != "second" {
+			t.Fatalf("account a: %v %q %v", amount, note, err)
+		}
+	})
+}
