@@ -40,16 +40,6 @@ func PrivateNATS(t *testing.T) *Server {
 	})
 }
 
-// PrivateMosquitto is a mosquitto broker persisting sessions on disk.
-func PrivateMosquitto(t *testing.T) *Server {
-	return startServer(t, "Mosquitto", "mosquitto", func(port int, dir string) []string {
-		conf := filepath.Join(dir, "mosquitto.conf")
-		body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nautosave_interval 1\nmax_inflight_messages 0\n", port, dir)
-		_ = os.WriteFile(conf, []byte(body), 0o644)
-		return []string{"-c", conf}
-	})
-}
-
 func startServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
 	t.Helper()
 	path, err := exec.LookPath(bin)
