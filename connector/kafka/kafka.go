@@ -14,7 +14,8 @@
 // Config: addrs (seed brokers), key (the topic; for the sink a template).
 // Params: group, start (earliest or latest, for a new group; default
 // earliest), key_field (the record key template for the sink, such as
-// {user_id}), transactional_id with output_topic (exactly-once from the
+// {user_id}), rebalance_timeout (default 60s: how long a rebalance waits
+// for members, dead ones included), transactional_id with output_topic (exactly-once from the
 // key topic into output_topic: name this connector as both the stream's
 // source and sink), revoke_timeout (default 10s), heartbeat (default 3s; how
 // soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
@@ -57,6 +58,7 @@ type Kafka struct {
 	timeout       time.Duration
 	heartbeat     time.Duration
 	session       time.Duration
+	rebalance     time.Duration
 	tls           bool
 	txnID         string
 	output        *fields.Template
@@ -105,8 +107,8 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	default:
 		return nil, bad("unknown start %q (want earliest or latest)", p["start"])
 	}
-	k.heartbeat, k.session = 3*time.Second, 45*time.Second
-	for name, dst := range map[string]*time.Duration{"revoke_timeout": &k.revokeTimeout, "timeout": &k.timeout, "heartbeat": &k.heartbeat, "session_timeout": &k.session} {
+	k.heartbeat, k.session, k.rebalance = 3*time.Second, 45*time.Second, 60*time.Second
+	for name, dst := range map[string]*time.Duration{"revoke_timeout": &k.revokeTimeout, "timeout": &k.timeout, "heartbeat": &k.heartbeat, "session_timeout": &k.session, "rebalance_timeout": &k.rebalance} {
 		if *dst == 0 {
 			*dst = 10 * time.Second
 		}
@@ -208,6 +210,7 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 		kgo.OnPartitionsLost(s.onLost),
 		kgo.HeartbeatInterval(k.heartbeat),
 		kgo.SessionTimeout(k.session),
+		kgo.RebalanceTimeout(k.rebalance),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
@@ -230,6 +233,7 @@ func (k *Kafka) openTransactional(s *source, group, streamName string) (stream.S
 		kgo.RequireStableFetchOffsets(),
 		kgo.HeartbeatInterval(k.heartbeat),
 		kgo.SessionTimeout(k.session),
+		kgo.RebalanceTimeout(k.rebalance),
 	)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
@@ -313,6 +317,7 @@ type source struct {
 	// inflight counts the records read and not yet acknowledged per
 	// partition; a revocation waits for its partitions to reach zero.
 	inflight map[partition]int
+	warned   time.Time
 }
 
 // onRevoked finishes the revoked partitions' records before they go.
@@ -346,6 +351,17 @@ func (s *source) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[strin
 	}
 }
 
+// warn logs a polling error, at most every five seconds.
+func (s *source) warn(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.log == nil || time.Since(s.warned) < 5*time.Second {
+		return
+	}
+	s.warned = time.Now()
+	s.log.Warn("kafka source: polling failed; retrying", "err", err)
+}
+
 func (s *source) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
 	if s.log != nil {
 		s.log.Warn("kafka partitions lost (session expired); their unacknowledged records will be repeated", "partitions", fmt.Sprint(lost))
@@ -377,7 +393,9 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 		recs := fetches.Records()
 		if len(recs) == 0 {
 			if firstErr != nil {
-				return nil, firstErr
+				// Group and fetch errors are retried by the client (a join
+				// waiting on dead members, a broker moving): report, go on.
+				s.warn(firstErr)
 			}
 			continue
 		}

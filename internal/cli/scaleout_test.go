@@ -63,7 +63,7 @@ var brokers = []broker{
 		}
 		t.Cleanup(c.Close)
 		addrs := strings.Join(c.ListenAddrs(), ",")
-		yaml := fmt.Sprintf("kistype: conn\ncname: in\ntype: kafka\naddrs: %s\nkey: events\nparams:\n  group: shared\n  heartbeat: 100ms\n  session_timeout: 6s\n", addrs)
+		yaml := fmt.Sprintf("kistype: conn\ncname: in\ntype: kafka\naddrs: %s\nkey: events\nparams:\n  group: shared\n  heartbeat: 100ms\n  session_timeout: 6s\n  rebalance_timeout: 5s\n", addrs)
 		d, err := kafka.New(&config.Conn{CName: "pub", Addrs: addrs, Key: "events", Params: map[string]string{"key_field": "{id}"}})
 		if err != nil {
 			t.Fatal(err)
