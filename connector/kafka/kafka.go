@@ -15,7 +15,9 @@
 // Params: group, start (earliest or latest, for a new group; default
 // earliest), key_field (the record key template for the sink, such as
 // {user_id}), rebalance_timeout (default 60s: how long a rebalance waits
-// for members, dead ones included), transactional_id with output_topic (exactly-once from the
+// for members, dead ones included), transaction_timeout (default 40s: how
+// long an open transaction of a crashed process blocks its successor),
+// transactional_id with output_topic (exactly-once from the
 // key topic into output_topic: name this connector as both the stream's
 // source and sink), revoke_timeout (default 10s), heartbeat (default 3s; how
 // soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
@@ -59,6 +61,7 @@ type Kafka struct {
 	heartbeat     time.Duration
 	session       time.Duration
 	rebalance     time.Duration
+	txnTimeout    time.Duration
 	tls           bool
 	txnID         string
 	output        *fields.Template
@@ -107,8 +110,9 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	default:
 		return nil, bad("unknown start %q (want earliest or latest)", p["start"])
 	}
-	k.heartbeat, k.session, k.rebalance = 3*time.Second, 45*time.Second, 60*time.Second
-	for name, dst := range map[string]*time.Duration{"revoke_timeout": &k.revokeTimeout, "timeout": &k.timeout, "heartbeat": &k.heartbeat, "session_timeout": &k.session, "rebalance_timeout": &k.rebalance} {
+	k.heartbeat, k.session, k.rebalance, k.txnTimeout = 3*time.Second, 45*time.Second, 60*time.Second, 40*time.Second
+	for name, dst := range map[string]*time.Duration{"revoke_timeout": &k.revokeTimeout, "timeout": &k.timeout, "heartbeat": &k.heartbeat,
+		"session_timeout": &k.session, "rebalance_timeout": &k.rebalance, "transaction_timeout": &k.txnTimeout} {
 		if *dst == 0 {
 			*dst = 10 * time.Second
 		}
@@ -226,6 +230,7 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 func (k *Kafka) openTransactional(s *source, group, streamName string) (stream.Source, error) {
 	sess, err := kgo.NewGroupTransactSession(append(k.common(),
 		kgo.TransactionalID(k.txnID),
+		kgo.TransactionTimeout(k.txnTimeout),
 		kgo.ConsumerGroup(group),
 		kgo.ConsumeTopics(k.cfg.Key),
 		kgo.ConsumeResetOffset(k.start),

@@ -261,11 +261,12 @@ func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
 	return nil
 }
 
-// Close disconnects; the session keeps what was not acknowledged.
+// Close disconnects; the session keeps what was not acknowledged. Paho
+// queues acknowledgements, so Close gives them up to two seconds to leave.
 func (s *source) Close(context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
-		s.c.Disconnect(250)
+		s.c.Disconnect(2000)
 	})
 	return nil
 }
