@@ -2,13 +2,10 @@ package sql
 
 import (
 	"context"
-	stdsql "database/sql"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/go-sql-driver/mysql"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/conformance"
@@ -32,45 +29,9 @@ func newDatabase(t *testing.T, typ string) map[string]string {
 	case TypeSQLite:
 		return map[string]string{"path": filepath.Join(t.TempDir(), "t.db")}
 	case TypePostgres:
-		base := testenv.Postgres.Addr(t)
-		name := testenv.Name("kisflow_")
-		admin, err := stdsql.Open("pgx", base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_, _ = admin.Exec("DROP DATABASE " + name + " WITH (FORCE)")
-			admin.Close()
-		})
-		i := strings.LastIndex(base, "/")
-		dsn := base[:i+1] + name
-		if q := strings.Index(base[i:], "?"); q >= 0 {
-			dsn += base[i+q:]
-		}
-		return map[string]string{"dsn": dsn}
+		return map[string]string{"dsn": testenv.PostgresDatabase(t)}
 	case TypeMySQL:
-		base := testenv.MySQL.Addr(t)
-		name := testenv.Name("kisflow_")
-		admin, err := stdsql.Open("mysql", base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_, _ = admin.Exec("DROP DATABASE " + name)
-			admin.Close()
-		})
-		mc, err := mysql.ParseDSN(base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		mc.DBName = name
-		return map[string]string{"dsn": mc.FormatDSN()}
+		return map[string]string{"dsn": testenv.MySQLDatabase(t)}
 	}
 	t.Fatalf("unknown type %s", typ)
 	return nil

@@ -9,37 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/internal/bundle"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
-
-// mysqlDatabase makes a MariaDB/MySQL database for one test and returns its DSN.
-func mysqlDatabase(t *testing.T) string {
-	t.Helper()
-	base := testenv.MySQL.Addr(t)
-	name := testenv.Name("kisflow_")
-	admin, err := sql.Open("mysql", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = admin.Exec("DROP DATABASE " + name)
-		admin.Close()
-	})
-	mc, err := mysql.ParseDSN(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mc.DBName = name
-	return mc.FormatDSN()
-}
 
 // TestConnectorExamples runs each examples/connectors folder as a user
 // would (kisflow run), against the real service, until the consumer stored
@@ -54,8 +29,8 @@ func TestConnectorExamples(t *testing.T) {
 		"nats":     func(t *testing.T, _ string) { t.Setenv("KISFLOW_NATS_URL", testenv.NATS.Addr(t)) },
 		"rabbitmq": func(t *testing.T, _ string) { t.Setenv("KISFLOW_AMQP_URL", testenv.RabbitMQ.Addr(t)) },
 		"mqtt":     func(t *testing.T, _ string) { t.Setenv("KISFLOW_MQTT_URL", testenv.MQTT.Addr(t)) },
-		"postgres": func(t *testing.T, _ string) { t.Setenv("KISFLOW_PG_URL", pgDatabase(t)) },
-		"mysql":    func(t *testing.T, _ string) { t.Setenv("KISFLOW_MYSQL_DSN", mysqlDatabase(t)) },
+		"postgres": func(t *testing.T, _ string) { t.Setenv("KISFLOW_PG_URL", testenv.PostgresDatabase(t)) },
+		"mysql":    func(t *testing.T, _ string) { t.Setenv("KISFLOW_MYSQL_DSN", testenv.MySQLDatabase(t)) },
 		"kafka": func(t *testing.T, prefix string) {
 			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, prefix+"_orders"))
 			if err != nil {

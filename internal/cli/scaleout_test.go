@@ -25,30 +25,6 @@ import (
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
-// pgDatabase makes a PostgreSQL database for one test and returns its URL.
-func pgDatabase(t *testing.T) string {
-	t.Helper()
-	base := testenv.Postgres.Addr(t)
-	name := testenv.Name("kisflow_")
-	admin, err := sql.Open("pgx", base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_, _ = admin.Exec("DROP DATABASE " + name + " WITH (FORCE)")
-		admin.Close()
-	})
-	i := strings.LastIndex(base, "/")
-	dsn := base[:i+1] + name
-	if q := strings.Index(base[i:], "?"); q >= 0 {
-		dsn += base[i+q:]
-	}
-	return dsn
-}
-
 type broker struct {
 	name string
 	// conn is the YAML of the source connector "in" for a fresh stream.
@@ -141,7 +117,7 @@ func TestScaleOut(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			t.Parallel()
 			const n = 2000
-			dsn := pgDatabase(t)
+			dsn := testenv.PostgresDatabase(t)
 			connYAML, publish := b.conn(t)
 			dir := t.TempDir()
 			files := map[string]string{
