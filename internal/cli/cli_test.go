@@ -127,3 +127,36 @@ func tableCount(t *testing.T, path, table, col string) (n, distinct int) {
 	}
 	return n, distinct
 }
+
+func TestGraph(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := run(t, "graph", "../../examples/orders")
+	if code != ExitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"flowchart LR",
+		`subgraph g1["PaidOrders"]`,
+		`g1_src[("source: orders-file (file)")]`,
+		`g1_f1["OnlyPaid<br/>Verify"]`,
+		`g1_f2["OrderTotal<br/>Calculate"]`,
+		"g1_src --> g1_f1",
+		"g1_f2 -->|exactly-once| g1_sink",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("mermaid lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, _ = run(t, "graph", "--format", "dot", "../../examples/actions/conf")
+	if code != ExitOK || !strings.Contains(out, "digraph kisflow") ||
+		!strings.Contains(out, `g1_f3 -> g1_c_Ledger [style=dashed, label="save"];`) ||
+		!strings.Contains(out, `g1_c_Ledger [label="Ledger (memory)", shape=cylinder];`) {
+		t.Fatalf("dot: exit %d\n%s", code, out)
+	}
+	if code, _, _ := run(t, "graph", "--format", "png", "../../examples/orders"); code != ExitUsage {
+		t.Errorf("unknown format: exit %d", code)
+	}
+	if code, _, _ := run(t, "graph", "--flow", "Nope", "../../examples/orders"); code != ExitUsage {
+		t.Errorf("unknown flow: exit %d", code)
+	}
+}
