@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"database/sql"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -152,6 +153,14 @@ func TestGraph(t *testing.T) {
 		!strings.Contains(out, `g1_f3 -> g1_c_Ledger [style=dashed, label="save"];`) ||
 		!strings.Contains(out, `g1_c_Ledger [label="Ledger (memory)", shape=cylinder];`) {
 		t.Fatalf("dot: exit %d\n%s", code, out)
+	}
+	code, out, stderr = run(t, "graph", "--format", "svg", "../../examples/orders")
+	if _, err := exec.LookPath("dot"); err != nil {
+		if code != ExitUsage || !strings.Contains(stderr, "needs Graphviz") {
+			t.Errorf("svg without Graphviz: exit %d, %s", code, stderr)
+		}
+	} else if code != ExitOK || !strings.Contains(out, "<svg") {
+		t.Errorf("svg: exit %d, %.200s", code, out)
 	}
 	if code, _, _ := run(t, "graph", "--format", "png", "../../examples/orders"); code != ExitUsage {
 		t.Errorf("unknown format: exit %d", code)
