@@ -21,7 +21,9 @@
 // key topic into output_topic: name this connector as both the stream's
 // source and sink), revoke_timeout (default 10s), heartbeat (default 3s; how
 // soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
-// and requests, default 10s), tls ("true").
+// and requests, default 10s), tls ("true"), client_log (info or debug:
+// franz-go's own log on standard error, for diagnosing group and
+// transaction trouble).
 package kafka
 
 import (
@@ -30,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -136,6 +139,12 @@ func (k *Kafka) common() []kgo.Opt {
 	}
 	if k.tls {
 		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	switch k.cfg.Params["client_log"] {
+	case "debug":
+		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelDebug, nil)))
+	case "info":
+		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelInfo, nil)))
 	}
 	return opts
 }

