@@ -59,6 +59,22 @@ func scoresFile(b *testing.B, dir string, n int) {
 	}
 }
 
+// benchJob runs the flow "flow" of the config docs makes, b.N times, each
+// in a fresh folder (fresh positions and databases), expecting rows rows
+// out of each run, and reports rows/s.
+func benchJob(b *testing.B, reg *kisflow.Registry, flow string, rows int64, docs func() map[string]string) {
+	for i := range b.N {
+		b.StopTimer()
+		dir := b.TempDir()
+		writeFiles(b, dir, docs())
+		b.StartTimer()
+		if s := runJobOnce(b, reg, dir, flow); s.Out != rows {
+			b.Fatalf("iteration %d: %d rows out, want %d", i, s.Out, rows)
+		}
+	}
+	reportRows(b, int(rows))
+}
+
 // BenchmarkStreamGeneratorPassThrough5 is issue 3's first figure:
 // generator -> five-layer pass-through -> discard.
 func BenchmarkStreamGeneratorPassThrough5(b *testing.B) {
@@ -73,19 +89,12 @@ func BenchmarkStreamGeneratorPassThrough5(b *testing.B) {
 			return nil
 		}))
 	}
-	for i := range b.N {
-		b.StopTimer()
-		dir := b.TempDir()
+	benchJob(b, reg, "Gen", rows, func() map[string]string {
 		docs := chain("Gen", names...)
 		docs["flow.yml"] += "stream:\n  source: gen\n  sink: out\n  workers: 2\n  batch_size: 4096\n"
 		docs["conns.yml"] = fmt.Sprintf("kistype: conn\ncname: gen\ntype: generator\nparams:\n  count: \"%d\"\n  format: struct\n---\nkistype: conn\ncname: out\ntype: discard\n", rows)
-		writeFiles(b, dir, docs)
-		b.StartTimer()
-		if s := runJobOnce(b, reg, dir, "Gen"); s.Out != rows {
-			b.Fatalf("iteration %d: %d rows out", i, s.Out)
-		}
-	}
-	reportRows(b, rows)
+		return docs
+	})
 }
 
 // BenchmarkStreamJSONLinesExprAvg is issue 3's second figure: a JSON lines
@@ -96,21 +105,14 @@ func BenchmarkStreamJSONLinesExprAvg(b *testing.B) {
 	reg := benchRegistry(b)
 	data := b.TempDir()
 	scoresFile(b, data, rows)
-	for i := range b.N {
-		b.StopTimer()
-		dir := b.TempDir()
-		writeFiles(b, dir, map[string]string{
+	benchJob(b, reg, "Avg", rows, func() map[string]string {
+		return map[string]string{
 			"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Avg\nflows:\n  - fname: AvgScore\nstream:\n  source: in\n  sink: out\n  workers: 2\n  batch_size: 2000\n",
 			"func.yml": "kistype: func\nfname: AvgScore\nfmode: Calculate\ncalc:\n  avg_score: (score_1 + score_2 + score_3) / 3\nkeep: [stu_id, avg_score]\n",
 			"conns.yml": "kistype: conn\ncname: in\ntype: file\nparams:\n  path: " + filepath.Join(data, "scores.jsonl") + "\n---\n" +
 				"kistype: conn\ncname: out\ntype: discard\n",
-		})
-		b.StartTimer()
-		if s := runJobOnce(b, reg, dir, "Avg"); s.Out != rows {
-			b.Fatalf("iteration %d: %d rows out", i, s.Out)
 		}
-	}
-	reportRows(b, rows)
+	})
 }
 
 // BenchmarkStreamJSONLinesToSQLiteExactlyOnce is issue 3's third figure: a
@@ -122,19 +124,12 @@ func BenchmarkStreamJSONLinesToSQLiteExactlyOnce(b *testing.B) {
 	reg.MustRegister("AvgStuScore", kisflow.Func(avgStuScore))
 	data := b.TempDir()
 	scoresFile(b, data, rows)
-	for i := range b.N {
-		b.StopTimer()
-		dir := b.TempDir()
-		writeFiles(b, dir, map[string]string{
+	benchJob(b, reg, "Avg", rows, func() map[string]string {
+		return map[string]string{
 			"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Avg\nflows:\n  - fname: AvgStuScore\nstream:\n  source: in\n  sink: db\n  delivery: exactly-once\n  workers: 2\n  batch_size: 5000\n",
 			"func.yml": "kistype: func\nfname: AvgStuScore\nfmode: Calculate\n",
 			"conns.yml": "kistype: conn\ncname: in\ntype: file\nparams:\n  path: " + filepath.Join(data, "scores.jsonl") + "\n---\n" +
 				"kistype: conn\ncname: db\ntype: sqlite\nkey: averages\nparams:\n  path: out.db\n  create: \"true\"\n",
-		})
-		b.StartTimer()
-		if s := runJobOnce(b, reg, dir, "Avg"); s.Out != rows {
-			b.Fatalf("iteration %d: %d rows out", i, s.Out)
 		}
-	}
-	reportRows(b, rows)
+	})
 }
