@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -215,6 +216,7 @@ type source struct {
 	msgs      chan paho.Message
 	closed    chan struct{}
 	closeOnce sync.Once
+	lastAck   atomic.Int64 // unix nanoseconds of the last Ack
 }
 
 func (s *source) deliver(_ paho.Client, m paho.Message) {
@@ -258,15 +260,24 @@ func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
 			pm.Ack()
 		}
 	}
+	s.lastAck.Store(time.Now().UnixNano())
 	return nil
 }
 
+// ackGrace is how long Close lets PUBACKs queued by Ack leave: Paho sends
+// them asynchronously and signals no completion.
+const ackGrace = 500 * time.Millisecond
+
 // Close disconnects; the session keeps what was not acknowledged. Paho
-// queues acknowledgements, so Close gives them up to two seconds to leave.
+// queues acknowledgements without a completion signal, so Close first lets
+// ackGrace pass since the last Ack.
 func (s *source) Close(context.Context) error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
-		s.c.Disconnect(2000)
+		if since := time.Since(time.Unix(0, s.lastAck.Load())); since < ackGrace {
+			time.Sleep(ackGrace - since)
+		}
+		s.c.Disconnect(1000)
 	})
 	return nil
 }
