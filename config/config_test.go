@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 )
 
 func TestImportKisFlowFormat(t *testing.T) {
@@ -284,5 +285,35 @@ stream:
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestConnParams(t *testing.T) {
+	t.Parallel()
+	c := &Conn{CName: "c", Params: map[string]string{"wait": "250ms", "zero": "0s", "neg": "-1s", "junk": "soon", "n": "7", "small": "0", "word": "many"}}
+	if d, err := c.ParamDuration("wait", time.Second, time.Nanosecond); err != nil || d != 250*time.Millisecond {
+		t.Errorf("wait: %v %v", d, err)
+	}
+	if d, err := c.ParamDuration("absent", time.Second, time.Nanosecond); err != nil || d != time.Second {
+		t.Errorf("default: %v %v", d, err)
+	}
+	if d, err := c.ParamDuration("zero", time.Second, 0); err != nil || d != 0 {
+		t.Errorf("zero allowed: %v %v", d, err)
+	}
+	for _, name := range []string{"zero", "neg", "junk"} {
+		if _, err := c.ParamDuration(name, time.Second, time.Nanosecond); err == nil || !strings.Contains(err.Error(), "bad "+name) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if n, err := c.ParamInt("n", 1, 1); err != nil || n != 7 {
+		t.Errorf("n: %v %v", n, err)
+	}
+	if n, err := c.ParamInt("absent", 3, 1); err != nil || n != 3 {
+		t.Errorf("default: %v %v", n, err)
+	}
+	for _, name := range []string{"small", "word"} {
+		if _, err := c.ParamInt(name, 1, 1); err == nil || !strings.Contains(err.Error(), "bad "+name) {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

@@ -23,7 +23,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -62,7 +61,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return fmt.Errorf("rabbitmq connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
 	p := cfg.Params
-	b := &Broker{cfg: cfg, url: cfg.Addrs, exchange: p["exchange"], prefetch: 256, create: p["create"] == "true", timeout: 10 * time.Second, tls: p["tls"] == "true"}
+	b := &Broker{cfg: cfg, url: cfg.Addrs, exchange: p["exchange"], create: p["create"] == "true", tls: p["tls"] == "true"}
 	if b.url == "" {
 		b.url = "amqp://guest:guest@127.0.0.1:5672/"
 	}
@@ -73,15 +72,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if b.key, err = fields.ParseTemplate(cfg.Key); err != nil {
 		return nil, bad("%v", err)
 	}
-	if s := p["prefetch"]; s != "" {
-		if b.prefetch, err = strconv.Atoi(s); err != nil || b.prefetch < 1 {
-			return nil, bad("bad prefetch %q", s)
-		}
+	if b.prefetch, err = cfg.ParamInt("prefetch", 256, 1); err != nil {
+		return nil, bad("%v", err)
 	}
-	if s := p["timeout"]; s != "" {
-		if b.timeout, err = time.ParseDuration(s); err != nil || b.timeout <= 0 {
-			return nil, bad("bad timeout %q", s)
-		}
+	if b.timeout, err = cfg.ParamDuration("timeout", 10*time.Second, time.Millisecond); err != nil {
+		return nil, bad("%v", err)
 	}
 	return b, nil
 }

@@ -72,15 +72,13 @@ func NewFile(cfg *config.Conn) (kisflow.Driver, error) {
 	if p == "" {
 		return nil, fmt.Errorf("file connector %q: params.path (or key) is required", cfg.CName)
 	}
-	f := &File{cfg: cfg, path: cfg.Path(p), follow: cfg.Params["follow"] == "true", poll: 200 * time.Millisecond, sync: cfg.Params["sync"] != "false"}
+	f := &File{cfg: cfg, path: cfg.Path(p), follow: cfg.Params["follow"] == "true", sync: cfg.Params["sync"] != "false"}
 	var err error
 	if f.format, err = formatOf(cfg.Params["format"], p); err != nil {
 		return nil, fmt.Errorf("file connector %q: %w", cfg.CName, err)
 	}
-	if s := cfg.Params["poll"]; s != "" {
-		if f.poll, err = time.ParseDuration(s); err != nil || f.poll <= 0 {
-			return nil, fmt.Errorf("file connector %q: bad poll %q", cfg.CName, s)
-		}
+	if f.poll, err = cfg.ParamDuration("poll", 200*time.Millisecond, time.Millisecond); err != nil {
+		return nil, fmt.Errorf("file connector %q: %w", cfg.CName, err)
 	}
 	return f, nil
 }

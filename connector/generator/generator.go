@@ -42,23 +42,16 @@ type Generator struct {
 
 // New builds a generator from its config.
 func New(cfg *config.Conn) (kisflow.Driver, error) {
-	g := &Generator{keys: 16, format: "json"}
-	var err error
-	num := func(name string, dst *int64) {
-		if s := cfg.Params[name]; s != "" && err == nil {
-			if *dst, err = strconv.ParseInt(s, 10, 64); err != nil || *dst < 0 {
-				err = fmt.Errorf("generator %q: bad %s %q", cfg.CName, name, s)
-			}
-		}
-	}
-	num("count", &g.count)
-	num("keys", &g.keys)
+	g := &Generator{format: "json"}
+	count, err := cfg.ParamInt("count", 0, 0)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("generator %q: %w", cfg.CName, err)
 	}
-	if g.keys == 0 {
-		g.keys = 1
+	keys, err := cfg.ParamInt("keys", 16, 1)
+	if err != nil {
+		return nil, fmt.Errorf("generator %q: %w", cfg.CName, err)
 	}
+	g.count, g.keys = int64(count), int64(keys)
 	if s := cfg.Params["rate"]; s != "" {
 		if g.rate, err = strconv.ParseFloat(s, 64); err != nil || g.rate <= 0 {
 			return nil, fmt.Errorf("generator %q: bad rate %q", cfg.CName, s)

@@ -47,7 +47,7 @@ type Ingest struct {
 
 // New builds the driver from its config.
 func New(cfg *config.Conn) (kisflow.Driver, error) {
-	in := &Ingest{addr: "127.0.0.1:8080", path: "/ingest", maxBody: 10 << 20, timeout: 30 * time.Second}
+	in := &Ingest{addr: "127.0.0.1:8080", path: "/ingest", maxBody: 10 << 20}
 	if a := cfg.AddrList(); len(a) > 0 {
 		in.addr = a[0]
 	}
@@ -61,12 +61,9 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		}
 		in.maxBody = n
 	}
-	if s := cfg.Params["timeout"]; s != "" {
-		d, err := time.ParseDuration(s)
-		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("http connector %q: bad timeout %q", cfg.CName, s)
-		}
-		in.timeout = d
+	var err error
+	if in.timeout, err = cfg.ParamDuration("timeout", 30*time.Second, time.Millisecond); err != nil {
+		return nil, fmt.Errorf("http connector %q: %w", cfg.CName, err)
 	}
 	return in, nil
 }

@@ -113,18 +113,17 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	default:
 		return nil, bad("unknown start %q (want earliest or latest)", p["start"])
 	}
-	k.heartbeat, k.session, k.rebalance, k.txnTimeout = 3*time.Second, 45*time.Second, 60*time.Second, 40*time.Second
-	for name, dst := range map[string]*time.Duration{"revoke_timeout": &k.revokeTimeout, "timeout": &k.timeout, "heartbeat": &k.heartbeat,
-		"session_timeout": &k.session, "rebalance_timeout": &k.rebalance, "transaction_timeout": &k.txnTimeout} {
-		if *dst == 0 {
-			*dst = 10 * time.Second
-		}
-		if s := p[name]; s != "" {
-			d, perr := time.ParseDuration(s)
-			if perr != nil || d <= 0 {
-				return nil, bad("bad %s %q", name, s)
-			}
-			*dst = d
+	for _, d := range []struct {
+		name string
+		dst  *time.Duration
+		def  time.Duration
+	}{
+		{"revoke_timeout", &k.revokeTimeout, 10 * time.Second}, {"timeout", &k.timeout, 10 * time.Second},
+		{"heartbeat", &k.heartbeat, 3 * time.Second}, {"session_timeout", &k.session, 45 * time.Second},
+		{"rebalance_timeout", &k.rebalance, 60 * time.Second}, {"transaction_timeout", &k.txnTimeout, 40 * time.Second},
+	} {
+		if *d.dst, err = cfg.ParamDuration(d.name, d.def, time.Millisecond); err != nil {
+			return nil, bad("%v", err)
 		}
 	}
 	return k, nil

@@ -19,7 +19,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,7 +56,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return fmt.Errorf("mqtt connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
 	p := cfg.Params
-	b := &Broker{cfg: cfg, url: cfg.Addrs, clientID: p["client_id"], timeout: 10 * time.Second, buffer: 1024}
+	b := &Broker{cfg: cfg, url: cfg.Addrs, clientID: p["client_id"]}
 	if b.url == "" {
 		b.url = "tcp://127.0.0.1:1883"
 	}
@@ -68,15 +67,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if b.topic, err = fields.ParseTemplate(cfg.Key); err != nil {
 		return nil, bad("%v", err)
 	}
-	if s := p["timeout"]; s != "" {
-		if b.timeout, err = time.ParseDuration(s); err != nil || b.timeout <= 0 {
-			return nil, bad("bad timeout %q", s)
-		}
+	if b.timeout, err = cfg.ParamDuration("timeout", 10*time.Second, time.Millisecond); err != nil {
+		return nil, bad("%v", err)
 	}
-	if s := p["buffer"]; s != "" {
-		if b.buffer, err = strconv.Atoi(s); err != nil || b.buffer < 1 {
-			return nil, bad("bad buffer %q", s)
-		}
+	if b.buffer, err = cfg.ParamInt("buffer", 1024, 1); err != nil {
+		return nil, bad("%v", err)
 	}
 	return b, nil
 }

@@ -76,7 +76,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return fmt.Errorf("nats connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
 	p := cfg.Params
-	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"], maxDeliver: 5, maxPending: 20000, prefetch: 2000}
+	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"]}
 	if n.urls == "" {
 		n.urls = natsgo.DefaultURL
 	}
@@ -95,36 +95,20 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 			return nil, bad("%v", err)
 		}
 	}
-	dur := func(name string, def time.Duration) time.Duration {
-		s := p[name]
-		if s == "" || err != nil {
-			return def
-		}
-		d, perr := time.ParseDuration(s)
-		if perr != nil || d <= 0 {
-			err = bad("bad %s %q", name, s)
-		}
-		return d
+	if n.ackWait, err = cfg.ParamDuration("ack_wait", 30*time.Second, time.Millisecond); err != nil {
+		return nil, bad("%v", err)
 	}
-	n.ackWait = dur("ack_wait", 30*time.Second)
-	n.timeout = dur("timeout", 5*time.Second)
-	if err != nil {
-		return nil, err
+	if n.timeout, err = cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond); err != nil {
+		return nil, bad("%v", err)
 	}
-	if s := p["prefetch"]; s != "" {
-		if n.prefetch, err = strconv.Atoi(s); err != nil || n.prefetch < 1 {
-			return nil, bad("bad prefetch %q", s)
-		}
+	if n.prefetch, err = cfg.ParamInt("prefetch", 2000, 1); err != nil {
+		return nil, bad("%v", err)
 	}
-	if s := p["max_ack_pending"]; s != "" {
-		if n.maxPending, err = strconv.Atoi(s); err != nil || n.maxPending < 1 {
-			return nil, bad("bad max_ack_pending %q", s)
-		}
+	if n.maxPending, err = cfg.ParamInt("max_ack_pending", 20000, 1); err != nil {
+		return nil, bad("%v", err)
 	}
-	if s := p["max_deliver"]; s != "" {
-		if n.maxDeliver, err = strconv.Atoi(s); err != nil || n.maxDeliver < 1 {
-			return nil, bad("bad max_deliver %q", s)
-		}
+	if n.maxDeliver, err = cfg.ParamInt("max_deliver", 5, 1); err != nil {
+		return nil, bad("%v", err)
 	}
 	n.opts = []natsgo.Option{natsgo.Name("kisflow-" + cfg.CName), natsgo.Timeout(n.timeout), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(250 * time.Millisecond)}
 	switch {

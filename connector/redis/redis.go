@@ -31,7 +31,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -93,7 +92,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		addrs = []string{"127.0.0.1:6379"}
 	}
 	p := cfg.Params
-	timeout, err := durationParam(p, "timeout", 5*time.Second)
+	timeout, err := cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond)
 	if err != nil {
 		return nil, bad("%v", err)
 	}
@@ -102,10 +101,8 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
 		ClientName: p["client_name"],
 	}
-	if s := p["db"]; s != "" {
-		if opts.DB, err = strconv.Atoi(s); err != nil {
-			return nil, bad("bad db %q", s)
-		}
+	if opts.DB, err = cfg.ParamInt("db", 0, 0); err != nil {
+		return nil, bad("%v", err)
 	}
 	if p["tls"] == "true" {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(addrs[0], ":")[0]}
@@ -128,13 +125,13 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if r.key, err = fields.ParseTemplate(cfg.Key); err != nil {
 		return nil, bad("%v", err)
 	}
-	if r.ttl, err = durationParam(p, "ttl", 0); err != nil {
+	if r.ttl, err = cfg.ParamDuration("ttl", 0, 0); err != nil {
 		return nil, bad("%v", err)
 	}
-	if r.claimIdle, err = durationParam(p, "claim_idle", 30*time.Second); err != nil {
+	if r.claimIdle, err = cfg.ParamDuration("claim_idle", 30*time.Second, time.Millisecond); err != nil {
 		return nil, bad("%v", err)
 	}
-	if r.block, err = durationParam(p, "block", time.Second); err != nil {
+	if r.block, err = cfg.ParamDuration("block", time.Second, time.Millisecond); err != nil {
 		return nil, bad("%v", err)
 	}
 	if t := p["dedup_key"]; t != "" {
@@ -142,22 +139,10 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 			return nil, bad("%v", err)
 		}
 	}
-	if r.dedupTTL, err = durationParam(p, "dedup_ttl", 24*time.Hour); err != nil {
+	if r.dedupTTL, err = cfg.ParamDuration("dedup_ttl", 24*time.Hour, time.Second); err != nil {
 		return nil, bad("%v", err)
 	}
 	return r, nil
-}
-
-func durationParam(p map[string]string, name string, def time.Duration) (time.Duration, error) {
-	s := p[name]
-	if s == "" {
-		return def, nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("bad %s %q", name, s)
-	}
-	return d, nil
 }
 
 // Start connects and checks the server answers.

@@ -30,7 +30,6 @@ import (
 	"net/url"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -175,17 +174,14 @@ var placeholder = regexp.MustCompile(`:([A-Za-z_][A-Za-z0-9_]*)`)
 func (d *DB) parseCommon() error {
 	p := d.cfg.Params
 	var err error
-	if d.timeout, err = durationParam(p, "timeout", 5*time.Second); err != nil {
+	if d.timeout, err = d.cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
-	if d.pollEvery, err = durationParam(p, "poll_interval", 500*time.Millisecond); err != nil {
+	if d.pollEvery, err = d.cfg.ParamDuration("poll_interval", 500*time.Millisecond, time.Millisecond); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
-	d.maxConns = 8
-	if s := p["max_conns"]; s != "" {
-		if d.maxConns, err = strconv.Atoi(s); err != nil || d.maxConns <= 0 {
-			return fmt.Errorf("connector %q: bad max_conns %q", d.cfg.CName, s)
-		}
+	if d.maxConns, err = d.cfg.ParamInt("max_conns", 8, 1); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	d.pollCol = p["poll_column"]
 	if d.pollCol != "" && !validIdent(d.pollCol) {
@@ -254,18 +250,6 @@ func (d *DB) quote(id string) string {
 		return "`" + id + "`"
 	}
 	return `"` + id + `"`
-}
-
-func durationParam(p map[string]string, name string, def time.Duration) (time.Duration, error) {
-	s := p[name]
-	if s == "" {
-		return def, nil
-	}
-	v, err := time.ParseDuration(s)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("bad %s %q", name, s)
-	}
-	return v, nil
 }
 
 // Start opens the database, checks it answers within the timeout, and
