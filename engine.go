@@ -9,9 +9,17 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
+	"github.com/kisflow-go/kisflow/metrics"
+	"github.com/kisflow-go/kisflow/plugin"
 )
+
+// TracerName is the instrumentation name of the engine's spans.
+const TracerName = "github.com/kisflow-go/kisflow"
 
 // Option configures an Engine.
 type Option func(*Engine)
@@ -25,6 +33,25 @@ func WithCodec(c Codec) Option { return func(e *Engine) { e.codec = c } }
 // WithMaxJumps bounds the JumpFunc actions of one run (default 1000).
 func WithMaxJumps(n int) Option { return func(e *Engine) { e.maxJumps = n } }
 
+// WithClock sets the clock the built-in filters wait on (tests pass a fake).
+func WithClock(c filter.Clock) Option { return func(e *Engine) { e.clock = c } }
+
+// WithTracerProvider sends the engine's spans to tp. Without it the
+// tracing plugin's provider is used, and without that no spans are made.
+func WithTracerProvider(tp trace.TracerProvider) Option { return func(e *Engine) { e.tp = tp } }
+
+// WithFilters replaces the filters the engine puts around every function
+// call and flow run, outside those listed in YAML (default: recover,
+// tracing, metrics).
+func WithFilters(names ...string) Option {
+	return func(e *Engine) { e.defaults = names }
+}
+
+// DefaultFilters are the filters around every function call and flow run,
+// outside those listed in YAML. tracing and metrics leave themselves out
+// when the engine has no tracer or metrics.
+var DefaultFilters = []string{"recover", "tracing", "metrics"}
+
 // Engine runs the flows of a configuration with the functions and drivers of
 // a registry. It starts each connector once, on the first flow that needs it,
 // and closes them all in Close. It is safe for concurrent use.
@@ -34,11 +61,22 @@ type Engine struct {
 	log      *slog.Logger
 	codec    Codec
 	maxJumps int
+	clock    filter.Clock
+	tp       trace.TracerProvider
+	defaults []string
+
+	metrics *metrics.Metrics
+	health  *plugin.Health
+	plugins *plugin.Set
+	env     *filter.Env
+
+	startMu sync.Mutex
+	started bool // plugins started
 
 	mu       sync.Mutex
 	compiled map[string]*compiled
 	conns    map[string]*connSlot
-	started  []*Connector // in start order
+	conns1st []*Connector // started connectors, in start order
 	closed   bool
 	seq      atomic.Uint64
 }
@@ -56,6 +94,31 @@ type compiled struct {
 	funcs    []*config.Func
 	params   []map[string]string
 	conns    []*Connector
+	chains   []filter.Chain // per function
+	chain    filter.Chain   // around each run
+
+	retryRuns bool // the flow lists filters, which may run it again
+}
+
+// chain builds the engine's default filters and then refs, for a flow run
+// (fn nil) or a function call.
+func (e *Engine) chain(refs []config.FilterRef, fl *config.Flow, fn *config.Func, params map[string]string) (filter.Chain, error) {
+	all := make([]config.FilterRef, 0, len(e.defaults)+len(refs))
+	for _, d := range e.defaults {
+		all = append(all, config.FilterRef{Name: d})
+	}
+	all = append(all, refs...)
+	var ch filter.Chain
+	for _, ref := range all {
+		f, err := e.reg.buildFilter(ref, fl, fn, params, e.env)
+		if err != nil {
+			return nil, fmt.Errorf("filter %q: %w", ref.Name, err)
+		}
+		if f != nil {
+			ch = append(ch, f)
+		}
+	}
+	return ch, nil
 }
 
 // NewEngine checks set against reg and returns an engine. It fails when the
@@ -79,8 +142,11 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	if e.log == nil {
 		e.log = slog.Default()
 	}
+	if e.defaults == nil {
+		e.defaults = DefaultFilters
+	}
 	var errs []config.Problem
-	for _, p := range set.Check(config.WithConnTypes(reg.DriverTypes()...)) {
+	for _, p := range set.Check(reg.LintOptions()...) {
 		if p.Severity == config.SevError {
 			errs = append(errs, p)
 		}
@@ -106,8 +172,71 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	if len(missing) > 0 {
 		return nil, errors.Join(missing...)
 	}
+	ps, err := plugin.Build(globalWithImplicit(set.Global), reg.pluginSpecs())
+	if err != nil {
+		return nil, err
+	}
+	e.plugins = ps
+	e.metrics = metrics.New()
+	e.health = &plugin.Health{}
+	e.env = &filter.Env{Clock: e.clock, Logger: e.log, Metrics: e.metrics}
+	if e.tp != nil {
+		e.env.Tracer = e.tp.Tracer(TracerName)
+	}
 	return e, nil
 }
+
+// Start starts the plugins of the global config in dependency order. Flow
+// and Job call it; call it first to fail early, or before serving the
+// metrics. A logger or tracer provider from a plugin becomes the engine's
+// (a tracer provider given by WithTracerProvider is kept). Calls after the
+// first success do nothing; after a failure Start tries again.
+func (e *Engine) Start(ctx context.Context) error {
+	e.startMu.Lock()
+	defer e.startMu.Unlock()
+	if e.started {
+		return nil
+	}
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	err := e.plugins.Start(ctx, host{e}, func(r config.PluginRef, p plugin.Plugin) {
+		if lp, ok := p.(plugin.LoggerProvider); ok && lp.Logger() != nil {
+			e.log = lp.Logger()
+			e.env.Logger = e.log
+		}
+		if tp, ok := p.(plugin.TracerProvider); ok && e.tp == nil && tp.TracerProvider() != nil {
+			e.tp = tp.TracerProvider()
+			e.env.Tracer = e.tp.Tracer(TracerName)
+		}
+		e.log.Info("plugin started", "plugin", r.String())
+	})
+	if err != nil {
+		return err
+	}
+	e.started = true
+	return nil
+}
+
+// Metrics returns the engine's Prometheus collectors and their registry.
+func (e *Engine) Metrics() *metrics.Metrics { return e.metrics }
+
+// Health returns the engine's readiness checks (served on /readyz).
+func (e *Engine) Health() *plugin.Health { return e.health }
+
+// Plugin returns a plugin of the global config, started or not.
+func (e *Engine) Plugin(typ, name string) (plugin.Plugin, bool) { return e.plugins.Lookup(typ, name) }
+
+// host is what plugins see of the engine.
+type host struct{ e *Engine }
+
+func (h host) Logger() *slog.Logger                          { return h.e.log }
+func (h host) Metrics() *metrics.Metrics                     { return h.e.metrics }
+func (h host) Health() *plugin.Health                        { return h.e.health }
+func (h host) Plugin(typ, name string) (plugin.Plugin, bool) { return h.e.plugins.Lookup(typ, name) }
 
 // Config returns the engine's configuration. Do not modify it.
 func (e *Engine) Config() *config.Set { return e.set }
@@ -118,6 +247,9 @@ func (e *Engine) Logger() *slog.Logger { return e.log }
 // Flow returns a new instance of the named flow, starting the connectors
 // its functions use if they are not started yet.
 func (e *Engine) Flow(ctx context.Context, name string) (Flow, error) {
+	if err := e.Start(ctx); err != nil {
+		return nil, err
+	}
 	c, err := e.compile(ctx, name)
 	if err != nil {
 		return nil, err
@@ -145,6 +277,12 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 		return nil, fmt.Errorf("flow %q: %w (status: 0)", name, ErrFlowDisabled)
 	}
 	c := &compiled{cfg: cfg}
+	flowChain, err := e.chain(cfg.Filters, cfg, nil, nil)
+	if err != nil {
+		return nil, fmt.Errorf("flow %q: %w", name, err)
+	}
+	c.chain = flowChain
+	c.retryRuns = len(cfg.Filters) > 0
 	names := make([]string, len(cfg.Flows))
 	for i, st := range cfg.Flows {
 		fc := e.set.Funcs[st.FName]
@@ -170,10 +308,16 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			}
 		}
 		names[i] = st.FName
+		params := config.MergedParams(fc, st)
+		ch, err := e.chain(fc.Option.Filters, cfg, fc, params)
+		if err != nil {
+			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
+		}
 		c.handlers = append(c.handlers, h)
 		c.funcs = append(c.funcs, fc)
-		c.params = append(c.params, config.MergedParams(fc, st))
+		c.params = append(c.params, params)
 		c.conns = append(c.conns, conn)
+		c.chains = append(c.chains, ch)
 	}
 	c.plan = engine.NewPlan(names, e.maxJumps)
 
@@ -193,11 +337,21 @@ func (e *Engine) instance(c *compiled) *flow {
 		log: e.log.With("flow", c.cfg.FlowName, "flow_id", id)}
 	steps := make([]engine.Step, len(c.handlers))
 	fl.funcs = make([]*Function, len(c.handlers))
+	ss := make([]*step, len(c.handlers))
 	for i, h := range c.handlers {
-		fl.funcs[i] = &Function{cfg: c.funcs[i], index: i, params: c.params[i], conn: c.conns[i]}
-		steps[i] = step{b: h.bind(fl, i)}
+		fc := c.funcs[i]
+		fl.funcs[i] = &Function{cfg: fc, index: i, params: c.params[i], conn: c.conns[i]}
+		s := &step{b: h.bind(fl, i)}
+		s.call = filter.Call{Kind: filter.FuncCall, Flow: c.cfg.FlowName, FlowID: id, Func: fc.FName, Mode: fc.FMode, Conn: fc.Option.CName}
+		s.chain = c.chains[i].Then(s.centre)
+		steps[i], ss[i] = s, s
 	}
 	fl.run = engine.NewRun(c.plan, steps)
+	for _, s := range ss {
+		s.run = fl.run
+	}
+	fl.call = filter.Call{Kind: filter.FlowRun, Flow: c.cfg.FlowName, FlowID: id}
+	fl.chain = c.chain.Then(fl.execute)
 	return fl
 }
 
@@ -256,15 +410,15 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 		_ = guard(func() error { return drv.Close(ctx) })
 		return nil, ErrClosed
 	}
-	e.started = append(e.started, conn)
+	e.conns1st = append(e.conns1st, conn)
 	e.mu.Unlock()
 	slot.conn = conn
 	e.log.InfoContext(ctx, "connector started", "connector", cname, "type", cfg.Type)
 	return conn, nil
 }
 
-// Close closes every started connector once, in reverse start order, and
-// returns their errors joined. Flows of a closed engine must not run.
+// Close closes every started connector once, in reverse start order, then
+// the plugins in reverse start order, and returns their errors joined. Flows of a closed engine must not run.
 func (e *Engine) Close(ctx context.Context) error {
 	e.mu.Lock()
 	if e.closed {
@@ -272,8 +426,8 @@ func (e *Engine) Close(ctx context.Context) error {
 		return nil
 	}
 	e.closed = true
-	started := e.started
-	e.started = nil
+	started := e.conns1st
+	e.conns1st = nil
 	e.mu.Unlock()
 	var errs []error
 	for i := len(started) - 1; i >= 0; i-- {
@@ -282,6 +436,9 @@ func (e *Engine) Close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("close connector %q: %w", c.Name(), err))
 		}
 	}
+	e.startMu.Lock()
+	errs = append(errs, e.plugins.Close(ctx))
+	e.startMu.Unlock()
 	return errors.Join(errs...)
 }
 

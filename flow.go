@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
 )
 
@@ -89,6 +90,11 @@ type flow struct {
 	rejected []*RowError
 	log      *slog.Logger
 	codec    Codec
+
+	call  filter.Call    // of the flow chain, reused from run to run
+	chain filter.Handler // the flow's filters around execute
+	saved []any          // the source rows, kept for a retried run
+	out   []any          // the last execute's output
 }
 
 func (fl *flow) Name() string         { return fl.cfg.FlowName }
@@ -171,13 +177,23 @@ func (fl *flow) Run(ctx context.Context) (Result, error) {
 		start = time.Now()
 		fl.log.DebugContext(ctx, "flow run starts", "rows", fl.run.Pending())
 	}
-	out, err := fl.run.Execute(ctx)
+	fl.call.In, fl.call.Out, fl.call.Attempt = fl.run.Pending(), 0, 1
+	if fl.c.retryRuns {
+		fl.saved = append(fl.saved[:0], fl.run.Input()...)
+	}
+	err := fl.chain(ctx, &fl.call)
+	fl.run.Reset() // source rows are consumed whatever the filters did
+	clear(fl.saved)
+	fl.saved = fl.saved[:0]
+	out := fl.out
+	fl.out = nil
 	res := Result{Rows: out}
 	if len(fl.rejected) > 0 {
 		res.Rejected = append([]*RowError(nil), fl.rejected...)
 		clear(fl.rejected)
 	}
 	if err != nil {
+		res.Rows = nil
 		var se *engine.StepError
 		if errors.As(err, &se) {
 			err = &FuncError{Flow: fl.Name(), Func: fl.funcs[se.Index].Name(), Layer: se.Index, Err: se.Err}
@@ -195,6 +211,19 @@ func (fl *flow) Run(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
+// execute is the centre of the flow's chain: one pass of the engine over
+// the source rows (restored from saved when a filter runs it again).
+func (fl *flow) execute(ctx context.Context, c *filter.Call) error {
+	if c.Attempt > 1 {
+		fl.rejected = fl.rejected[:0]
+		fl.run.Reset()
+		fl.run.CommitBatch(fl.saved)
+	}
+	out, err := fl.run.Execute(ctx)
+	fl.out, c.Out = out, len(out)
+	return err
+}
+
 func (fl *flow) Fork() Flow { return fl.eng.instance(fl.c) }
 
 func (fl *flow) decode(row any, dst any) error { return decodeRow(fl.codec, row, dst) }
@@ -203,16 +232,34 @@ func (fl *flow) reject(layer, index int, row any, err error) {
 	fl.rejected = append(fl.rejected, &RowError{Flow: fl.Name(), Func: fl.funcs[layer].Name(), Layer: layer, Index: index, Row: row, Err: err})
 }
 
-// step runs one function of one flow instance and turns panics into errors.
+// step runs one function of one flow instance through its filter chain;
+// the centre of the chain turns panics into errors.
 type step struct {
-	b binding
+	b     binding
+	run   *engine.Run
+	call  filter.Call
+	chain filter.Handler
+	in    []any
 }
 
-func (s step) Call(ctx context.Context, in []any) (err error) {
+func (s *step) Call(ctx context.Context, in []any) error {
+	s.in = in
+	s.call.In, s.call.Out, s.call.Attempt = len(in), 0, 1
+	err := s.chain(ctx, &s.call)
+	s.in = nil
+	return err
+}
+
+// centre calls the function once; a retried call starts from a clean layer.
+func (s *step) centre(ctx context.Context, c *filter.Call) (err error) {
+	if c.Attempt > 1 {
+		s.run.ResetLayer()
+	}
 	defer func() {
 		if r := recover(); r != nil {
 			err = &PanicError{Value: r, Stack: debug.Stack()}
 		}
+		c.Out = s.run.Produced()
 	}()
-	return s.b.call(ctx, in)
+	return s.b.call(ctx, s.in)
 }

@@ -8,10 +8,15 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/runtime"
+	"github.com/kisflow-go/kisflow/metrics"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -59,6 +64,7 @@ func WithRetrySleep(sleep func(ctx context.Context, d time.Duration) error) JobO
 // the last layer's rows to the sink, dead-letters what fails after its
 // retries, and acknowledges the source once a batch is done.
 type Job struct {
+	eng     *Engine
 	name    string
 	runner  *runtime.Runner
 	source  stream.Source
@@ -98,7 +104,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if err != nil {
 		return nil, err
 	}
-	j := &Job{name: flowName, log: e.log.With("flow", flowName)}
+	j := &Job{eng: e, name: flowName, log: e.log.With("flow", flowName)}
 	fail := func(err error) (*Job, error) {
 		j.close()
 		return nil, fmt.Errorf("flow %q: %w", flowName, err)
@@ -198,6 +204,14 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
 	}
+	lat := e.metrics.BatchLatency.WithLabelValues(flowName)
+	cfg.BatchDone = func(d time.Duration) { lat.Observe(d.Seconds()) }
+	if e.env.Tracer != nil {
+		cfg.RunContext = batchTraceContext
+		if parts.Sink != nil {
+			parts.Sink = &tracedSink{Sink: parts.Sink, tracer: e.env.Tracer, name: "sink " + st.Sink, flow: flowName}
+		}
+	}
 	if j.runner, err = runtime.New(cfg, parts); err != nil {
 		_ = src.Close(ctx)
 		return fail(err)
@@ -244,10 +258,82 @@ func funcOf(err error) string {
 // open; close them with Engine.Close.
 func (j *Job) Run(ctx context.Context) error {
 	defer j.close()
+	untrack := j.eng.metrics.TrackStream(j.name, j.streamStats)
+	defer untrack()
+	check := "flow " + j.name
+	j.eng.health.Set(check, func(context.Context) error {
+		if ctx.Err() != nil {
+			return errors.New("draining")
+		}
+		return nil
+	})
+	defer j.eng.health.Remove(check)
 	j.log.InfoContext(ctx, "job starts")
 	err := j.runner.Run(ctx)
 	s := j.Stats()
 	j.log.InfoContext(ctx, "job ends", "read", s.Read, "committed", s.Committed, "out", s.Out, "dead_lettered", s.DeadLettered, "retries", s.Retries)
+	return err
+}
+
+// streamStats is what the metrics read at scrape time.
+func (j *Job) streamStats() metrics.StreamStats {
+	s := j.runner.Stats()
+	out := metrics.StreamStats{Committed: s.Committed, DeadLettered: s.DeadLettered, Retries: s.Retries, InFlight: s.InFlight, Lag: -1}
+	if l, ok := j.source.(stream.Lagger); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if n, err := l.Lag(ctx); err == nil {
+			out.Lag = n
+		}
+	}
+	return out
+}
+
+// batchTraceContext continues the trace of a batch's first message that
+// carries one, and links the traces of the others (up to 128).
+func batchTraceContext(ctx context.Context, msgs []*stream.Message) context.Context {
+	var parent trace.SpanContext
+	var links []trace.Link
+	for _, m := range msgs {
+		if len(m.Headers) == 0 {
+			continue
+		}
+		sc := trace.SpanContextFromContext(stream.ExtractTrace(context.Background(), m.Headers))
+		switch {
+		case !sc.IsValid():
+		case !parent.IsValid():
+			parent = sc
+		case sc.TraceID() != parent.TraceID() && len(links) < 128:
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	if !parent.IsValid() {
+		return ctx
+	}
+	ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	if len(links) > 0 {
+		ctx = filter.ContextWithLinks(ctx, links)
+	}
+	return ctx
+}
+
+// tracedSink writes in a span of its own, which sinks that carry headers
+// propagate downstream.
+type tracedSink struct {
+	stream.Sink
+	tracer     trace.Tracer
+	name, flow string
+}
+
+func (t *tracedSink) Write(ctx context.Context, rows []any) error {
+	ctx, span := t.tracer.Start(ctx, t.name, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(filter.AttrFlow.String(t.flow), filter.AttrRowsOut.Int(len(rows))))
+	defer span.End()
+	err := t.Sink.Write(ctx, rows)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
 	return err
 }
 

@@ -1,13 +1,18 @@
 package kisflow
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/plugin"
 )
 
 // Registry holds what Go code provides: function bodies by name, connector
-// drivers by type, and connector callbacks. It is a value: make one with
+// drivers by type, connector callbacks, filters by name and plugin types. It is a value: make one with
 // NewRegistry, fill it, and pass it to NewEngine. It is safe for concurrent
 // use; registering while engines run affects only engines created later.
 type Registry struct {
@@ -16,16 +21,136 @@ type Registry struct {
 	drivers   map[string]DriverFactory
 	connFuncs map[string]map[string]ConnFunc // cname -> fname -> callback
 	connInits map[string][]ConnInit
+	filters   map[string]filter.Factory
+	plugins   map[string]plugin.Spec
 }
 
-// NewRegistry returns an empty registry.
+// NewRegistry returns a registry with the built-in filters (filter.Builtins)
+// and plugin types (plugin.Builtins) and nothing else.
 func NewRegistry() *Registry {
 	return &Registry{
 		funcs:     map[string]Handler{},
 		drivers:   map[string]DriverFactory{},
 		connFuncs: map[string]map[string]ConnFunc{},
 		connInits: map[string][]ConnInit{},
+		filters:   filter.Builtins(),
+		plugins:   plugin.Builtins(),
 	}
+}
+
+// RegisterFilter registers a filter factory under name, for YAML to list
+// in a function's option.filters or a flow's filters. A name taken by a
+// built-in or an earlier filter is an error.
+func (r *Registry) RegisterFilter(name string, f filter.Factory) error {
+	if name == "" || f == nil {
+		return fmt.Errorf("register filter %q: empty name or nil factory", name)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.filters[name]; dup {
+		return fmt.Errorf("register filter %q: %w", name, ErrDuplicate)
+	}
+	r.filters[name] = f
+	return nil
+}
+
+// RegisterPlugin registers a plugin type, configured in the global file
+// under plugins.<type>.<name>.
+func (r *Registry) RegisterPlugin(spec plugin.Spec) error {
+	if spec.Type == "" || spec.New == nil {
+		return fmt.Errorf("register plugin %q: empty type or nil constructor", spec.Type)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, dup := r.plugins[spec.Type]; dup {
+		return fmt.Errorf("register plugin %q: %w", spec.Type, ErrDuplicate)
+	}
+	r.plugins[spec.Type] = spec
+	return nil
+}
+
+// Filters returns the registered filter names, sorted.
+func (r *Registry) Filters() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return sortedNames(r.filters)
+}
+
+// PluginTypes returns the registered plugin types, sorted.
+func (r *Registry) PluginTypes() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return sortedNames(r.plugins)
+}
+
+func (r *Registry) filter(name string) (filter.Factory, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	f, ok := r.filters[name]
+	return f, ok
+}
+
+func (r *Registry) pluginSpecs() map[string]plugin.Spec {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make(map[string]plugin.Spec, len(r.plugins))
+	for k, v := range r.plugins {
+		out[k] = v
+	}
+	return out
+}
+
+// LintOptions returns what lint needs to know of the registry: the
+// connector types, the filters (names and params) and the plugin types
+// (each plugin's config is decoded).
+func (r *Registry) LintOptions() []config.LintOption {
+	return []config.LintOption{
+		config.WithConnTypes(r.DriverTypes()...),
+		config.WithFilterCheck(func(ref config.FilterRef, fl *config.Flow, fn *config.Func) []config.Problem {
+			if _, err := r.buildFilter(ref, fl, fn, nil, &filter.Env{}); err != nil {
+				return []config.Problem{{Severity: config.SevError, Msg: err.Error()}}
+			}
+			if ref.Name == "retry" {
+				spec := filter.Spec{Name: ref.Name, Params: ref.Params, Flow: fl, Func: fn}
+				if _, _, capped, _ := filter.RetryPolicy(spec); capped {
+					return []config.Problem{{Severity: config.SevWarning, Msg: fmt.Sprintf("retry times above the cap; %d is used", config.MaxRetryTimes)}}
+				}
+			}
+			return nil
+		}),
+		config.WithCheck(func(s *config.Set) []config.Problem {
+			_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
+			var ce *config.Error
+			if errors.As(err, &ce) {
+				return ce.Problems
+			}
+			if err != nil {
+				return []config.Problem{{Msg: err.Error()}}
+			}
+			return nil
+		}),
+	}
+}
+
+// buildFilter builds one use of a filter; fn is nil for a flow's filter.
+func (r *Registry) buildFilter(ref config.FilterRef, fl *config.Flow, fn *config.Func, fnParams map[string]string, env *filter.Env) (filter.Filter, error) {
+	f, ok := r.filter(ref.Name)
+	if !ok {
+		return nil, fmt.Errorf("unknown filter (known: %v)", r.Filters())
+	}
+	spec := filter.Spec{Name: ref.Name, Params: ref.Params, Kind: filter.FlowRun, Flow: fl, Func: fn, FuncParams: fnParams, Env: env}
+	if fn != nil {
+		spec.Kind = filter.FuncCall
+		if fnParams == nil {
+			spec.FuncParams = fn.Option.DefaultParams
+		}
+	}
+	var flt filter.Filter
+	err := guard(func() (err error) {
+		flt, err = f(spec)
+		return err
+	})
+	return flt, err
 }
 
 // Register registers the body of the function called name. fn is a Handler
@@ -151,4 +276,24 @@ func sortedNames[V any](m map[string]V) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// globalWithImplicit returns g with the admin server that KisFlow's
+// prometheus_enable and prometheus_serve ask for added as the plugin
+// metrics.prometheus, unless a metrics plugin is configured.
+func globalWithImplicit(g *config.Global) *config.Global {
+	if g == nil || !g.PrometheusEnable || !g.PrometheusServe || len(g.Plugins[plugin.TypeMetrics]) > 0 {
+		return g
+	}
+	pc, err := config.NewPluginConfig(map[string]string{"listen": g.PrometheusListen})
+	if err != nil {
+		return g // a map of strings always encodes
+	}
+	out := *g
+	out.Plugins = make(map[string]map[string]*config.PluginConfig, len(g.Plugins)+1)
+	for k, v := range g.Plugins {
+		out.Plugins[k] = v
+	}
+	out.Plugins[plugin.TypeMetrics] = map[string]*config.PluginConfig{"prometheus": pc}
+	return &out
 }

@@ -11,8 +11,9 @@ import (
 type LintOption func(*lintOptions)
 
 type lintOptions struct {
-	connTypes []string
-	checks    []func(*Set) []Problem
+	connTypes   []string
+	checks      []func(*Set) []Problem
+	filterCheck func(FilterRef, *Flow, *Func) []Problem
 }
 
 // WithConnTypes makes a connector whose type is not in types an error.
@@ -110,6 +111,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		}
 	}
 
+	s.checkFilters(&o, add)
 	for _, check := range o.checks {
 		probs = append(probs, check(s)...)
 	}

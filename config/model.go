@@ -122,6 +122,9 @@ type FuncOption struct {
 	RetryDuration int `yaml:"retry_duration,omitempty"`
 	// DefaultParams are the function's parameters; a flow's params override them.
 	DefaultParams map[string]string `yaml:"default_params,omitempty"`
+	// Filters wrap each call of the function, the first outermost, inside
+	// the engine's default filters.
+	Filters []FilterRef `yaml:"filters,omitempty"`
 }
 
 // UnmarshalYAML accepts `return_duration` as an alias of `retry_duration`.
@@ -132,11 +135,12 @@ func (o *FuncOption) UnmarshalYAML(node *yaml.Node) error {
 		RetryDuration  *int              `yaml:"retry_duration"`
 		ReturnDuration *int              `yaml:"return_duration"`
 		DefaultParams  map[string]string `yaml:"default_params"`
+		Filters        []FilterRef       `yaml:"filters"`
 	}
 	if err := node.Decode(&raw); err != nil {
 		return err
 	}
-	*o = FuncOption{CName: raw.CName, RetryTimes: raw.RetryTimes, DefaultParams: raw.DefaultParams}
+	*o = FuncOption{CName: raw.CName, RetryTimes: raw.RetryTimes, DefaultParams: raw.DefaultParams, Filters: raw.Filters}
 	switch {
 	case raw.RetryDuration != nil:
 		o.RetryDuration = *raw.RetryDuration
@@ -153,6 +157,9 @@ type Flow struct {
 	Flows    []FlowStep `yaml:"flows"`
 	// Stream, when set, binds the flow to a source for `kisflow run`.
 	Stream *Stream `yaml:"stream,omitempty"`
+	// Filters wrap each run of the flow, the first outermost, inside the
+	// engine's default filters.
+	Filters []FilterRef `yaml:"filters,omitempty"`
 }
 
 // Enabled reports whether the flow's status lets it run.
@@ -202,6 +209,9 @@ type Global struct {
 	PrometheusEnable bool   `yaml:"prometheus_enable,omitempty"`
 	PrometheusListen string `yaml:"prometheus_listen,omitempty"`
 	PrometheusServe  bool   `yaml:"prometheus_serve,omitempty"`
+	// Plugins configures components by type and name:
+	// `plugins: {type: {name: {...}}}`. Each decodes its own part.
+	Plugins map[string]map[string]*PluginConfig `yaml:"plugins,omitempty"`
 }
 
 // MergedParams returns the function's default params overridden by the flow

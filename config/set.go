@@ -144,7 +144,7 @@ func (s *Set) AddConn(c *Conn) error {
 // read from does not matter.
 func (s *Set) Equal(o *Set) bool {
 	return reflect.DeepEqual(s.Funcs, o.Funcs) && reflect.DeepEqual(s.Flows, o.Flows) &&
-		reflect.DeepEqual(connsWithoutDir(s.Conns), connsWithoutDir(o.Conns)) && reflect.DeepEqual(s.Global, o.Global)
+		reflect.DeepEqual(connsWithoutDir(s.Conns), connsWithoutDir(o.Conns)) && s.Global.equal(o.Global)
 }
 
 func connsWithoutDir(m map[string]*Conn) map[string]Conn {
@@ -436,6 +436,9 @@ func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
 	case *Global:
 		if s.Global != nil {
 			return append(probs, s.dupProblem(kind, "", src))
+		}
+		for _, r := range v.PluginRefs() {
+			v.Plugins[r.Type][r.Name].Pos.File = file
 		}
 		s.Global = v
 	}

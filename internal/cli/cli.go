@@ -84,7 +84,7 @@ func lintCmd(reg *kisflow.Registry) *cobra.Command {
 			"1 when there are errors, 2 when DIR cannot be read.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			probs, err := config.Lint(args[0], config.WithConnTypes(reg.DriverTypes()...))
+			probs, err := config.Lint(args[0], reg.LintOptions()...)
 			if err != nil {
 				return &exitError{code: ExitUsage, err: err}
 			}

@@ -25,7 +25,7 @@ func graphCmd(reg *kisflow.Registry) *cobra.Command {
 			"are text; SVG needs Graphviz's dot on the PATH.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			set, err := config.Import(args[0], config.WithConnTypes(reg.DriverTypes()...))
+			set, err := config.Import(args[0], reg.LintOptions()...)
 			if err != nil {
 				return &exitError{code: ExitUsage, err: err}
 			}

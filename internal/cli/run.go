@@ -60,7 +60,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	set, err := config.Import(dir, config.WithConnTypes(reg.DriverTypes()...))
+	set, err := config.Import(dir, reg.LintOptions()...)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}

@@ -152,6 +152,29 @@ func (r *Run) Input() []any {
 	return r.src
 }
 
+// ResetLayer drops the rows and actions the running step committed so far,
+// so that a retried call starts clean.
+func (r *Run) ResetLayer() {
+	if !r.running {
+		return
+	}
+	clear(r.outs[r.cur])
+	r.outs[r.cur] = r.outs[r.cur][:0]
+	r.action = Action{}
+}
+
+// Produced is the number of rows the running step has produced so far (its
+// input when it asked DataReuse).
+func (r *Run) Produced() int {
+	if !r.running {
+		return 0
+	}
+	if r.action.DataReuse {
+		return len(r.in)
+	}
+	return len(r.outs[r.cur])
+}
+
 // Act records an action for the running step.
 func (r *Run) Act(a Action) { r.action = r.action.Merge(a) }
 

@@ -19,12 +19,12 @@ import (
 	"hash/fnv"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -55,7 +55,7 @@ type Policy struct {
 }
 
 // MaxBackoff caps one backoff.
-const MaxBackoff = 30 * time.Second
+const MaxBackoff = filter.MaxBackoff
 
 // Config configures a Runner.
 type Config struct {
@@ -75,6 +75,12 @@ type Config struct {
 	Logger *slog.Logger
 	// Sleep waits d or until ctx is done (tests replace it).
 	Sleep func(ctx context.Context, d time.Duration) error
+	// RunContext, when set, derives the context a part's flow runs and
+	// sink write get from its messages (trace context from headers).
+	RunContext func(ctx context.Context, msgs []*stream.Message) context.Context
+	// BatchDone, when set, is told how long each committed epoch took from
+	// being read to being committed.
+	BatchDone func(latency time.Duration)
 }
 
 func (c *Config) defaults() {
@@ -202,6 +208,7 @@ type epoch struct {
 	pending atomic.Int32
 	done    chan struct{}
 	failed  atomic.Bool // a part could not finish (shutdown): do not ack
+	readAt  time.Time
 	mu      sync.Mutex
 	dead    []any // *stream.DeadLetter
 }
@@ -313,7 +320,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 			}
 			continue
 		}
-		ep := &epoch{msgs: msgs, done: make(chan struct{})}
+		ep := &epoch{msgs: msgs, done: make(chan struct{}), readAt: time.Now()}
 		n := int64(len(msgs))
 		r.read.Add(n)
 		if v := r.inflight.Add(n); v > r.maxInflight.Load() {
@@ -648,6 +655,11 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	}
 	r.committed.Add(int64(len(msgs)))
 	r.batches.Add(int64(len(ok)))
+	if cfg.BatchDone != nil {
+		for _, ep := range ok {
+			cfg.BatchDone(time.Since(ep.readAt))
+		}
+	}
 	if cfg.Delivery == ExactlyOnce || cfg.Delivery == AtMostOnce {
 		return "", nil // saved in the transaction, or when read
 	}
@@ -726,19 +738,9 @@ func lastPosition(msgs []*stream.Message) string {
 }
 
 // Backoff is the wait before retry number attempt (from 1): base doubling
-// per attempt, capped at MaxBackoff, with jitter in [d/2, d).
-func Backoff(base time.Duration, attempt int) time.Duration {
-	if base <= 0 {
-		return 0
-	}
-	d := base
-	for i := 1; i < attempt && d < MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, MaxBackoff)
-	half := d / 2
-	return half + rand.N(d-half+1)
-}
+// per attempt, capped at MaxBackoff, with jitter in [d/2, d]. It is the
+// retry filter's backoff.
+func Backoff(base time.Duration, attempt int) time.Duration { return filter.Backoff(base, attempt) }
 
 // partition maps a message to a worker by its key.
 func partitionOf(key string, n int) int {

@@ -22,6 +22,9 @@ type worker struct {
 func (w *worker) process(ctx context.Context, p *part) {
 	r := w.r
 	top := r.cfg.PolicyFor("").Retries
+	if r.cfg.RunContext != nil {
+		ctx = r.cfg.RunContext(ctx, p.msgs)
+	}
 	out, ok := w.group(ctx, p, p.msgs, top)
 	if !ok {
 		p.ep.failed.Store(true)

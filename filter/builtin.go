@@ -1,0 +1,469 @@
+package filter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/time/rate"
+
+	"github.com/kisflow-go/kisflow/config"
+)
+
+// Errors of the built-in filters.
+var (
+	// ErrPanic wraps a panic the recover filter caught.
+	ErrPanic = errors.New("panic")
+	// ErrTimeout is returned by the timeout filter when a call outlived its
+	// duration; it wraps context.DeadlineExceeded too.
+	ErrTimeout = fmt.Errorf("call timed out: %w", context.DeadlineExceeded)
+	// ErrBreakerOpen is returned without calling when a circuit breaker is open.
+	ErrBreakerOpen = errors.New("circuit breaker open")
+)
+
+// Defaults of the built-in filters.
+const (
+	DefaultRetryTimes      = 3
+	DefaultRetryDuration   = 100 * time.Millisecond
+	MaxBackoff             = 30 * time.Second
+	DefaultBreakerFailures = 5
+	DefaultBreakerCooldown = 30 * time.Second
+)
+
+// Builtins returns the factories of the built-in filters by name:
+//
+//   - recover: turns a panic inside the chain into an error wrapping ErrPanic.
+//   - retry: calls again after a failure, up to `times` (default the
+//     function's retry_times, else 3; capped at config.MaxRetryTimes) with
+//     capped exponential backoff and jitter from `duration` (default the
+//     function's retry_duration in ms, else 100ms).
+//   - timeout: gives each call a deadline of `duration`; a call that
+//     returns after it fails with ErrTimeout.
+//   - ratelimit: at most `rate` rows per second (`per: calls` counts calls),
+//     with bursts of `burst`, shared by every instance of the function.
+//   - breaker: one circuit breaker per connector (per function when it has
+//     none): `failures` consecutive failures open it, calls then fail with
+//     ErrBreakerOpen for `cooldown`, then one trial call closes or reopens it.
+//   - logging: logs each call at `level` (default debug) and failures at warn.
+//   - metrics: counts calls, rows and errors, times calls (needs Env.Metrics).
+//   - tracing: one span per call (needs Env.Tracer).
+//
+// Durations are Go durations ("250ms") or plain milliseconds ("250").
+func Builtins() map[string]Factory {
+	return map[string]Factory{
+		"recover":   func(Spec) (Filter, error) { return Recover, nil },
+		"retry":     newRetry,
+		"timeout":   newTimeout,
+		"ratelimit": newRateLimit,
+		"breaker":   newBreaker,
+		"logging":   newLogging,
+		"metrics":   newMetrics,
+		"tracing":   newTracing,
+	}
+}
+
+// Recover turns a panic in the rest of the chain into an error wrapping ErrPanic.
+func Recover(ctx context.Context, c *Call, next Handler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v\n%s", ErrPanic, r, debug.Stack())
+		}
+	}()
+	return next(ctx, c)
+}
+
+// Backoff is the wait before retry number attempt (from 1): base doubling
+// per attempt, capped at MaxBackoff, with jitter in [d/2, d).
+func Backoff(base time.Duration, attempt int) time.Duration {
+	if base <= 0 {
+		return 0
+	}
+	d := base
+	for i := 1; i < attempt && d < MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// ParseDuration reads a Go duration ("1.5s") or plain milliseconds ("1500").
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return time.Duration(ms) * time.Millisecond, nil
+	}
+	return time.ParseDuration(s)
+}
+
+func durationParam(s Spec, key string, def time.Duration) (time.Duration, error) {
+	v := s.Param(key)
+	if v == "" {
+		return def, nil
+	}
+	d, err := ParseDuration(v)
+	if err != nil || d < 0 {
+		return 0, fmt.Errorf("filter %s: %s %q is not a duration (\"250ms\" or milliseconds)", s.Name, key, v)
+	}
+	return d, nil
+}
+
+func intParam(s Spec, key string, def int) (int, error) {
+	v := s.Param(key)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("filter %s: %s %q is not a non-negative integer", s.Name, key, v)
+	}
+	return n, nil
+}
+
+// RetryPolicy returns the retries and base delay the retry filter would use
+// for s, and whether a requested count was above the cap.
+func RetryPolicy(s Spec) (times int, base time.Duration, capped bool, err error) {
+	times, base = DefaultRetryTimes, DefaultRetryDuration
+	if s.Func != nil {
+		if s.Func.Option.RetryTimes > 0 {
+			times = s.Func.Option.RetryTimes
+		}
+		if s.Func.Option.RetryDuration > 0 {
+			base = time.Duration(s.Func.Option.RetryDuration) * time.Millisecond
+		}
+	}
+	if times, err = intParam(s, "times", times); err != nil {
+		return 0, 0, false, err
+	}
+	if base, err = durationParam(s, "duration", base); err != nil {
+		return 0, 0, false, err
+	}
+	if times > config.MaxRetryTimes {
+		return config.MaxRetryTimes, base, true, nil
+	}
+	return times, base, false, nil
+}
+
+func newRetry(s Spec) (Filter, error) {
+	times, base, capped, err := RetryPolicy(s)
+	if err != nil {
+		return nil, err
+	}
+	if capped {
+		s.Env.logger().Warn("retry times above the cap; capped", "filter", s.Name, "cap", config.MaxRetryTimes)
+	}
+	clock := s.Env.clock()
+	return func(ctx context.Context, c *Call, next Handler) error {
+		var err error
+		for attempt := 1; ; attempt++ {
+			c.Attempt = attempt
+			if err = next(ctx, c); err == nil || attempt > times || ctx.Err() != nil {
+				return err
+			}
+			if s.Env != nil && s.Env.Metrics != nil {
+				s.Env.Metrics.Retries.WithLabelValues(c.Flow, c.Func).Inc()
+			}
+			if serr := clock.Sleep(ctx, Backoff(base, attempt)); serr != nil {
+				return err
+			}
+		}
+	}, nil
+}
+
+func newTimeout(s Spec) (Filter, error) {
+	d, err := durationParam(s, "duration", 0)
+	if err != nil {
+		return nil, err
+	}
+	if d <= 0 {
+		return nil, fmt.Errorf("filter %s: needs a duration > 0 (params: {duration: 2s})", s.Name)
+	}
+	return func(ctx context.Context, c *Call, next Handler) error {
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		err := next(ctx, c)
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			if err == nil || errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("%s %q after %v: %w", c.Kind, c.name(), d, ErrTimeout)
+			}
+		}
+		return err
+	}, nil
+}
+
+func (c *Call) name() string {
+	if c.Kind == FlowRun {
+		return c.Flow
+	}
+	return c.Func
+}
+
+func newRateLimit(s Spec) (Filter, error) {
+	r, err := strconv.ParseFloat(strings.TrimSpace(s.Param("rate")), 64)
+	if err != nil || r <= 0 {
+		return nil, fmt.Errorf("filter %s: needs a rate > 0 (rows per second; params: {rate: 1000})", s.Name)
+	}
+	burst, err := intParam(s, "burst", max(1, int(r)))
+	if err != nil {
+		return nil, err
+	}
+	burst = max(burst, 1)
+	perCall := false
+	switch s.Param("per") {
+	case "", "rows":
+	case "calls":
+		perCall = true
+	default:
+		return nil, fmt.Errorf("filter %s: per %q (want rows or calls)", s.Name, s.Param("per"))
+	}
+	key := "ratelimit/" + s.Flow.FlowName
+	if s.Func != nil {
+		key += "/" + s.Func.FName
+	}
+	lim := s.Env.Shared(key, func() any { return rate.NewLimiter(rate.Limit(r), burst) }).(*rate.Limiter)
+	clock := s.Env.clock()
+	return func(ctx context.Context, c *Call, next Handler) error {
+		n := c.In
+		if perCall {
+			n = 1
+		}
+		for n > 0 {
+			k := min(n, burst)
+			now := clock.Now()
+			res := lim.ReserveN(now, k)
+			if err := clock.Sleep(ctx, res.DelayFrom(now)); err != nil {
+				res.CancelAt(clock.Now())
+				return err
+			}
+			n -= k
+		}
+		return next(ctx, c)
+	}, nil
+}
+
+// BreakerState is the state of a circuit breaker.
+type BreakerState int
+
+// The states of a circuit breaker.
+const (
+	BreakerClosed   BreakerState = iota // calls pass
+	BreakerOpen                         // calls fail with ErrBreakerOpen
+	BreakerHalfOpen                     // one trial call passes
+)
+
+func (s BreakerState) String() string {
+	return [...]string{"closed", "open", "half-open"}[s]
+}
+
+// Breaker is a circuit breaker: Failures consecutive failures open it; after
+// Cooldown one trial call is let through, whose success closes it and whose
+// failure opens it again. It is safe for concurrent use.
+type Breaker struct {
+	Failures int
+	Cooldown time.Duration
+	Clock    Clock
+
+	mu       sync.Mutex
+	state    BreakerState
+	fails    int
+	openedAt time.Time
+	probing  bool
+}
+
+// State returns the breaker's state now (an open breaker past its cooldown
+// reports half-open).
+func (b *Breaker) State() BreakerState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state == BreakerOpen && b.Clock.Now().Sub(b.openedAt) >= b.Cooldown {
+		return BreakerHalfOpen
+	}
+	return b.state
+}
+
+// Do runs fn unless the breaker is open, and records its outcome. Context
+// errors do not count as failures.
+func (b *Breaker) Do(ctx context.Context, fn func(context.Context) error) error {
+	if err := b.allow(); err != nil {
+		return err
+	}
+	err := fn(ctx)
+	b.done(err != nil && ctx.Err() == nil)
+	return err
+}
+
+func (b *Breaker) allow() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch b.state {
+	case BreakerOpen:
+		if b.Clock.Now().Sub(b.openedAt) < b.Cooldown {
+			return ErrBreakerOpen
+		}
+		b.state, b.probing = BreakerHalfOpen, true
+	case BreakerHalfOpen:
+		if b.probing {
+			return ErrBreakerOpen
+		}
+		b.probing = true
+	}
+	return nil
+}
+
+func (b *Breaker) done(failed bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.state == BreakerHalfOpen && failed:
+		b.state, b.openedAt, b.probing = BreakerOpen, b.Clock.Now(), false
+	case b.state == BreakerHalfOpen:
+		b.state, b.fails, b.probing = BreakerClosed, 0, false
+	case failed:
+		b.fails++
+		if b.fails >= b.Failures {
+			b.state, b.openedAt = BreakerOpen, b.Clock.Now()
+		}
+	default:
+		b.fails = 0
+	}
+}
+
+func newBreaker(s Spec) (Filter, error) {
+	failures, err := intParam(s, "failures", DefaultBreakerFailures)
+	if err != nil {
+		return nil, err
+	}
+	cooldown, err := durationParam(s, "cooldown", DefaultBreakerCooldown)
+	if err != nil {
+		return nil, err
+	}
+	key := "breaker/func/" + s.Flow.FlowName
+	switch {
+	case s.Func != nil && s.Func.Option.CName != "":
+		key = "breaker/conn/" + s.Func.Option.CName
+	case s.Func != nil:
+		key = "breaker/func/" + s.Func.FName
+	}
+	b := s.Env.Shared(key, func() any {
+		return &Breaker{Failures: max(failures, 1), Cooldown: cooldown, Clock: s.Env.clock()}
+	}).(*Breaker)
+	return func(ctx context.Context, c *Call, next Handler) error {
+		return b.Do(ctx, func(ctx context.Context) error { return next(ctx, c) })
+	}, nil
+}
+
+func newLogging(s Spec) (Filter, error) {
+	level := slog.LevelDebug
+	if v := s.Param("level"); v != "" {
+		if err := level.UnmarshalText([]byte(v)); err != nil {
+			return nil, fmt.Errorf("filter %s: level %q (want debug, info, warn or error)", s.Name, v)
+		}
+	}
+	log := s.Env.logger()
+	clock := s.Env.clock()
+	return func(ctx context.Context, c *Call, next Handler) error {
+		start := clock.Now()
+		err := next(ctx, c)
+		took := clock.Now().Sub(start)
+		if err != nil {
+			log.WarnContext(ctx, c.Kind.String()+" call failed", "flow", c.Flow, "func", c.Func, "rows_in", c.In, "attempt", c.Attempt, "took", took, "err", err)
+			return err
+		}
+		log.Log(ctx, level, c.Kind.String()+" call", "flow", c.Flow, "func", c.Func, "rows_in", c.In, "rows_out", c.Out, "took", took)
+		return nil
+	}, nil
+}
+
+func newMetrics(s Spec) (Filter, error) {
+	if s.Env == nil || s.Env.Metrics == nil {
+		return nil, nil
+	}
+	m := s.Env.Metrics
+	if s.Kind == FlowRun {
+		sched := m.FlowSchedules.WithLabelValues(s.Flow.FlowName)
+		dur := m.FlowDuration.WithLabelValues(s.Flow.FlowName)
+		data := m.FlowData.WithLabelValues(s.Flow.FlowName)
+		return func(ctx context.Context, c *Call, next Handler) error {
+			start := time.Now()
+			sched.Inc()
+			data.Add(float64(c.In))
+			m.DataTotal.Add(float64(c.In))
+			err := next(ctx, c)
+			dur.Observe(time.Since(start).Seconds())
+			return err
+		}, nil
+	}
+	fn, mode := s.Func.FName, string(s.Func.FMode)
+	sched := m.FuncSchedules.WithLabelValues(fn, mode)
+	dur := m.FuncDuration.WithLabelValues(fn, mode)
+	in := m.FuncRowsIn.WithLabelValues(s.Flow.FlowName, fn)
+	out := m.FuncRowsOut.WithLabelValues(s.Flow.FlowName, fn)
+	errs := m.FuncErrors.WithLabelValues(s.Flow.FlowName, fn)
+	return func(ctx context.Context, c *Call, next Handler) error {
+		start := time.Now()
+		sched.Inc()
+		in.Add(float64(c.In))
+		err := next(ctx, c)
+		dur.Observe(time.Since(start).Seconds())
+		if err != nil {
+			errs.Inc()
+		} else {
+			out.Add(float64(c.Out))
+		}
+		return err
+	}, nil
+}
+
+// Span attribute keys of the tracing filter.
+const (
+	AttrFlow    = attribute.Key("kisflow.flow")
+	AttrFlowID  = attribute.Key("kisflow.flow_id")
+	AttrFunc    = attribute.Key("kisflow.func")
+	AttrMode    = attribute.Key("kisflow.func_mode")
+	AttrRowsIn  = attribute.Key("kisflow.rows_in")
+	AttrRowsOut = attribute.Key("kisflow.rows_out")
+)
+
+func newTracing(s Spec) (Filter, error) {
+	if s.Env == nil || s.Env.Tracer == nil {
+		return nil, nil
+	}
+	tr := s.Env.Tracer
+	var name string
+	var attrs []attribute.KeyValue
+	if s.Kind == FlowRun {
+		name = "flow " + s.Flow.FlowName
+		attrs = []attribute.KeyValue{AttrFlow.String(s.Flow.FlowName)}
+	} else {
+		name = "func " + s.Func.FName
+		attrs = []attribute.KeyValue{AttrFlow.String(s.Flow.FlowName), AttrFunc.String(s.Func.FName), AttrMode.String(string(s.Func.FMode))}
+	}
+	return func(ctx context.Context, c *Call, next Handler) error {
+		opts := []trace.SpanStartOption{trace.WithAttributes(attrs...),
+			trace.WithAttributes(AttrFlowID.String(c.FlowID), AttrRowsIn.Int(c.In))}
+		if c.Kind == FlowRun {
+			if links := linksFrom(ctx); len(links) > 0 {
+				opts = append(opts, trace.WithLinks(links...))
+			}
+		}
+		ctx, span := tr.Start(ctx, name, opts...)
+		defer span.End()
+		err := next(ctx, c)
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+			return err
+		}
+		span.SetAttributes(AttrRowsOut.Int(c.Out))
+		return nil
+	}, nil
+}

@@ -1,0 +1,302 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/kisflow-go/kisflow/config"
+)
+
+// Built-in plugin types.
+const (
+	TypeLog     = "log"
+	TypeMetrics = "metrics"
+	TypeTracing = "tracing"
+)
+
+// DefaultAdminListen is the admin address when none is configured: metrics
+// and health endpoints are served on localhost only.
+const DefaultAdminListen = "127.0.0.1:20004"
+
+// Builtins returns the built-in plugin types: log, metrics (the Prometheus
+// and health admin server) and tracing (the OTLP exporter).
+func Builtins() map[string]Spec {
+	return map[string]Spec{
+		TypeLog:     {Type: TypeLog, New: newLog},
+		TypeMetrics: {Type: TypeMetrics, DependsOn: []string{TypeLog}, New: newAdmin},
+		TypeTracing: {Type: TypeTracing, DependsOn: []string{TypeLog}, New: newOTLP},
+	}
+}
+
+// LogConfig is the config of a log plugin.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error (default info)
+	Format string `yaml:"format"` // text or json (default text)
+	Output string `yaml:"output"` // stderr (default), stdout or a file path
+}
+
+// Validate checks the level and format.
+func (c *LogConfig) Validate() error {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.Level)); err != nil {
+		return fmt.Errorf("level %q (want debug, info, warn or error)", c.Level)
+	}
+	if c.Format != "text" && c.Format != "json" {
+		return fmt.Errorf("format %q (want text or json)", c.Format)
+	}
+	return nil
+}
+
+// Log is the log plugin: it provides the engine's slog logger.
+type Log struct {
+	cfg    LogConfig
+	logger *slog.Logger
+	file   *os.File
+}
+
+func newLog(_ string, pc *config.PluginConfig) (Plugin, error) {
+	cfg := LogConfig{Level: "info", Format: "text", Output: "stderr"}
+	if err := pc.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	return &Log{cfg: cfg}, nil
+}
+
+// Start opens the output.
+func (p *Log) Start(context.Context, Host) error {
+	var w io.Writer
+	switch p.cfg.Output {
+	case "", "stderr":
+		w = os.Stderr
+	case "stdout":
+		w = os.Stdout
+	default:
+		f, err := os.OpenFile(p.cfg.Output, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return err
+		}
+		p.file, w = f, f
+	}
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(p.cfg.Level)) // checked by Validate
+	opts := &slog.HandlerOptions{Level: level}
+	if p.cfg.Format == "json" {
+		p.logger = slog.New(slog.NewJSONHandler(w, opts))
+	} else {
+		p.logger = slog.New(slog.NewTextHandler(w, opts))
+	}
+	return nil
+}
+
+// Logger returns the configured logger.
+func (p *Log) Logger() *slog.Logger { return p.logger }
+
+// Close closes an output file.
+func (p *Log) Close(context.Context) error {
+	if p.file != nil {
+		return p.file.Close()
+	}
+	return nil
+}
+
+// AdminConfig is the config of the metrics plugin, the admin server.
+type AdminConfig struct {
+	// Listen is the address; a bare ":port" binds localhost. Use
+	// "0.0.0.0:port" to expose it. Default DefaultAdminListen.
+	Listen string `yaml:"listen"`
+	// Path serves the metrics (default /metrics).
+	Path string `yaml:"path"`
+}
+
+// Validate checks the address.
+func (c *AdminConfig) Validate() error {
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen %q: %v", c.Listen, err)
+	}
+	if !strings.HasPrefix(c.Path, "/") {
+		return fmt.Errorf("path %q must start with /", c.Path)
+	}
+	return nil
+}
+
+// Admin is the metrics plugin: an HTTP server with the engine's Prometheus
+// metrics, /healthz (the process is up) and /readyz (the engine's readiness
+// checks pass).
+type Admin struct {
+	cfg  AdminConfig
+	srv  *http.Server
+	addr net.Addr
+	done chan error
+}
+
+// NewAdmin returns an admin server plugin for cfg (with defaults filled).
+func NewAdmin(cfg AdminConfig) (*Admin, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultAdminListen
+	}
+	if strings.HasPrefix(cfg.Listen, ":") {
+		cfg.Listen = "127.0.0.1" + cfg.Listen
+	}
+	if cfg.Path == "" {
+		cfg.Path = "/metrics"
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Admin{cfg: cfg}, nil
+}
+
+func newAdmin(_ string, pc *config.PluginConfig) (Plugin, error) {
+	var cfg AdminConfig
+	if err := pc.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	a, err := NewAdmin(cfg)
+	if err != nil {
+		return nil, pc.Problem(err)
+	}
+	return a, nil
+}
+
+// Start listens and serves in the background.
+func (a *Admin) Start(ctx context.Context, h Host) error {
+	mux := http.NewServeMux()
+	mux.Handle(a.cfg.Path, promhttp.HandlerFor(h.Metrics().Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	health := h.Health()
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := health.Ready(ctx); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	a.addr = ln.Addr()
+	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.done = make(chan error, 1)
+	go func() { a.done <- a.srv.Serve(ln) }()
+	h.Logger().Info("admin server listening", "addr", a.addr.String(), "metrics", a.cfg.Path)
+	return nil
+}
+
+// Addr is the address the server listens on, once started.
+func (a *Admin) Addr() net.Addr { return a.addr }
+
+// Close shuts the server down within ctx.
+func (a *Admin) Close(ctx context.Context) error {
+	if a.srv == nil {
+		return nil
+	}
+	err := a.srv.Shutdown(ctx)
+	if serr := <-a.done; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+// OTLPConfig is the config of the tracing plugin, the OTLP/HTTP exporter.
+type OTLPConfig struct {
+	// Endpoint is host:port of the collector (default localhost:4318).
+	Endpoint string `yaml:"endpoint"`
+	// URLPath is the traces path (default /v1/traces).
+	URLPath string `yaml:"url_path"`
+	// Insecure sends over plain HTTP instead of HTTPS.
+	Insecure bool `yaml:"insecure"`
+	// Headers are sent with each export (credentials: use ${VAR}).
+	Headers map[string]string `yaml:"headers"`
+	// ServiceName is the service.name resource (default kisflow).
+	ServiceName string `yaml:"service_name"`
+	// SampleRatio is the share of new traces recorded, 0..1 (default 1);
+	// a trace continued from a source's headers follows its parent.
+	SampleRatio float64 `yaml:"sample_ratio"`
+	// Timeout bounds each export (default 10s).
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// Validate checks the ratio and endpoint.
+func (c *OTLPConfig) Validate() error {
+	if c.SampleRatio < 0 || c.SampleRatio > 1 {
+		return fmt.Errorf("sample_ratio %v is outside 0..1", c.SampleRatio)
+	}
+	if _, _, err := net.SplitHostPort(c.Endpoint); err != nil {
+		return fmt.Errorf("endpoint %q: want host:port", c.Endpoint)
+	}
+	return nil
+}
+
+// OTLP is the tracing plugin: it exports the engine's spans over OTLP/HTTP.
+type OTLP struct {
+	cfg OTLPConfig
+	tp  *sdktrace.TracerProvider
+}
+
+func newOTLP(_ string, pc *config.PluginConfig) (Plugin, error) {
+	cfg := OTLPConfig{Endpoint: "localhost:4318", URLPath: "/v1/traces", ServiceName: "kisflow", SampleRatio: 1, Timeout: 10 * time.Second}
+	if err := pc.Decode(&cfg); err != nil {
+		return nil, err
+	}
+	return &OTLP{cfg: cfg}, nil
+}
+
+// Start builds the exporter and the tracer provider. The exporter connects
+// lazily: a collector that is down loses spans, never blocks flows.
+func (p *OTLP) Start(ctx context.Context, h Host) error {
+	opts := []otlptracehttp.Option{
+		otlptracehttp.WithEndpoint(p.cfg.Endpoint),
+		otlptracehttp.WithURLPath(p.cfg.URLPath),
+		otlptracehttp.WithTimeout(p.cfg.Timeout),
+	}
+	if p.cfg.Insecure {
+		opts = append(opts, otlptracehttp.WithInsecure())
+	}
+	if len(p.cfg.Headers) > 0 {
+		opts = append(opts, otlptracehttp.WithHeaders(p.cfg.Headers))
+	}
+	exp, err := otlptracehttp.New(ctx, opts...)
+	if err != nil {
+		return err
+	}
+	res := resource.NewSchemaless(semconv.ServiceName(p.cfg.ServiceName))
+	p.tp = sdktrace.NewTracerProvider(
+		sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(p.cfg.SampleRatio))),
+	)
+	h.Logger().Info("tracing to OTLP", "endpoint", p.cfg.Endpoint, "service", p.cfg.ServiceName)
+	return nil
+}
+
+// TracerProvider returns the provider spans are exported through.
+func (p *OTLP) TracerProvider() trace.TracerProvider { return p.tp }
+
+// Close flushes the spans and stops the exporter.
+func (p *OTLP) Close(ctx context.Context) error {
+	if p.tp == nil {
+		return nil
+	}
+	return p.tp.Shutdown(ctx)
+}
