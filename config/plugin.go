@@ -100,7 +100,13 @@ func (p *PluginConfig) Decode(v any) error {
 		return &Error{Problems: probs}
 	}
 	if err := p.node.Decode(v); err != nil {
-		return p.Problem(errors.New(strings.TrimPrefix(err.Error(), "yaml: ")))
+		probs = yamlProblems(p.Pos.File, err, "bad config")
+		for i := range probs {
+			if probs[i].Pos.Line == 0 {
+				probs[i].Pos.Line = p.Pos.Line
+			}
+		}
+		return &Error{Problems: probs}
 	}
 	return p.Problem(validate(v))
 }

@@ -123,8 +123,8 @@ type AdminConfig struct {
 	Path string `yaml:"path"`
 }
 
-// Validate checks the address.
-func (c *AdminConfig) Validate() error {
+// check checks the address, once defaults are filled.
+func (c *AdminConfig) check() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen %q: %v", c.Listen, err)
 	}
@@ -155,7 +155,7 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	if cfg.Path == "" {
 		cfg.Path = "/metrics"
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.check(); err != nil {
 		return nil, err
 	}
 	return &Admin{cfg: cfg}, nil

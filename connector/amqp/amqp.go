@@ -159,6 +159,13 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 	if err != nil {
 		return err
 	}
+	var hdrs amqp.Table
+	stream.InjectTrace(ctx, func(key, value string) {
+		if hdrs == nil {
+			hdrs = amqp.Table{}
+		}
+		hdrs[key] = value
+	})
 	confirms := make([]*amqp.DeferredConfirmation, 0, len(rows))
 	for i, row := range rows {
 		_, key, body, err := fields.Encode(row, b.key)
@@ -166,7 +173,7 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 			return fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err)
 		}
 		c, err := pub.ch.PublishWithDeferredConfirmWithContext(ctx, b.exchange, key, false, false, amqp.Publishing{
-			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body, MessageId: newID(),
+			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body, MessageId: newID(), Headers: hdrs,
 		})
 		if err != nil {
 			return fmt.Errorf("rabbitmq connector %q: publish: %w", b.cfg.CName, err)

@@ -176,13 +176,15 @@ func (k *Kafka) Close(ctx context.Context) error {
 
 // Write produces rows and waits until every one is acknowledged.
 func (k *Kafka) Write(ctx context.Context, rows []any) error {
+	var hdrs []kgo.RecordHeader
+	stream.InjectTrace(ctx, func(key, value string) { hdrs = append(hdrs, kgo.RecordHeader{Key: key, Value: []byte(value)}) })
 	recs := make([]*kgo.Record, 0, len(rows))
 	for i, row := range rows {
 		m, topic, value, err := fields.Encode(row, k.topic)
 		if err != nil {
 			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
 		}
-		r := &kgo.Record{Topic: topic, Value: value}
+		r := &kgo.Record{Topic: topic, Value: value, Headers: hdrs}
 		if k.keyField != nil {
 			key, err := k.keyField.Expand(m)
 			if err != nil {

@@ -30,6 +30,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"sync"
@@ -182,6 +183,13 @@ func (n *NATS) JetStream() jetstream.JetStream { return n.js }
 
 // Write publishes rows and waits until the stream stored each of them.
 func (n *NATS) Write(ctx context.Context, rows []any) error {
+	var hdr natsgo.Header
+	stream.InjectTrace(ctx, func(key, value string) {
+		if hdr == nil {
+			hdr = natsgo.Header{}
+		}
+		hdr.Set(key, value)
+	})
 	futures := make([]jetstream.PubAckFuture, 0, len(rows))
 	for i, row := range rows {
 		m, subj, data, err := fields.Encode(row, n.subject)
@@ -197,7 +205,7 @@ func (n *NATS) Write(ctx context.Context, rows []any) error {
 			sum := sha256.Sum256(append([]byte(subj+"\x00"), data...))
 			id = hex.EncodeToString(sum[:16])
 		}
-		f, err := n.js.PublishMsgAsync(&natsgo.Msg{Subject: subj, Data: data}, jetstream.WithMsgID(id), jetstream.WithExpectStream(n.streamName))
+		f, err := n.js.PublishMsgAsync(&natsgo.Msg{Subject: subj, Data: data, Header: maps.Clone(hdr)}, jetstream.WithMsgID(id), jetstream.WithExpectStream(n.streamName))
 		if err != nil {
 			return fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err)
 		}

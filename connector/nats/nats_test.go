@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/conformance"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -151,4 +153,36 @@ func TestConformanceAcrossARestart(t *testing.T) {
 			}}
 		},
 	})
+}
+
+func TestWritesCarryTheTraceContext(t *testing.T) {
+	t.Parallel()
+	n := start(t, nil)
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled}))
+	if err := n.Write(ctx, []any{map[string]any{"id": 1}, map[string]any{"id": 2}}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := n.OpenSource(context.Background(), stream.SourceOptions{Name: "trace"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(context.Background())
+	rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var got []*stream.Message
+	for len(got) < 2 {
+		msgs, err := src.Read(rctx, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, msgs...)
+	}
+	for _, m := range got {
+		sc := trace.SpanContextFromContext(stream.ExtractTrace(context.Background(), m.Headers))
+		if sc.TraceID() != tid || sc.SpanID() != sid {
+			t.Errorf("message headers %v do not carry the writer's span", m.Headers)
+		}
+	}
 }

@@ -1,0 +1,126 @@
+package kisflow_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	kishttp "github.com/kisflow-go/kisflow/connector/http"
+)
+
+// A request's W3C trace context becomes the parent of the flow run, whose
+// functions are its children; the sink writes in a span of its own. The
+// job's stream metrics are scraped while it runs.
+func TestJobContinuesTheSourceTraceAndReportsStreamMetrics(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Ingest\nflows:\n  - fname: Scale\nstream:\n  source: api\n  sink: out\n  linger: 1ms\n",
+		"func.yml": "kistype: func\nfname: Scale\nfmode: Calculate\ncalc:\n  value: value * 10\n",
+		"conns.yml": "kistype: conn\ncname: api\ntype: http\naddrs: 127.0.0.1:0\nkey: /readings\n---\n" +
+			"kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n",
+	})
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(streamRegistry(t), set, kisflow.WithTracerProvider(tp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	job, err := eng.Job(ctx, "Ingest", kisflow.WithStateDir(filepath.Join(dir, "state")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- job.Run(ctx) }()
+
+	api, _ := eng.Connector(ctx, "api")
+	url := "http://" + api.Driver().(*kishttp.Ingest).Addr() + "/readings"
+	const traceID, parentID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`[{"sensor":"a","value":1},{"sensor":"b","value":2}]`))
+	req.Header.Set("traceparent", "00-"+traceID+"-"+parentID+"-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("%d %s", resp.StatusCode, body)
+	}
+
+	// The HTTP source answers once the batch is committed; the metrics
+	// show it before the job ends.
+	values := gather(t, eng)
+	if values[`kisflow_stream_messages_total{flow_name="Ingest"}`] != 2 ||
+		values[`kisflow_batch_latency_seconds_count{flow_name="Ingest"}`] < 1 ||
+		values[`kisflow_in_flight_messages{flow_name="Ingest"}`] != 0 {
+		t.Errorf("stream metrics: %v", values)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, still := gather(t, eng)[`kisflow_in_flight_messages{flow_name="Ingest"}`]; still {
+		t.Error("a finished job is still reported")
+	}
+
+	byName := map[string]tracetest.SpanStub{}
+	for _, s := range exp.GetSpans() {
+		byName[s.Name] = s
+	}
+	run, fn, sink := byName["flow Ingest"], byName["func Scale"], byName["sink out"]
+	if !run.SpanContext.IsValid() || !fn.SpanContext.IsValid() || !sink.SpanContext.IsValid() {
+		t.Fatalf("spans %v, want flow Ingest, func Scale, sink out", names(exp.GetSpans()))
+	}
+	for _, s := range []tracetest.SpanStub{run, sink} {
+		if s.SpanContext.TraceID().String() != traceID || s.Parent.SpanID().String() != parentID || !s.Parent.IsRemote() {
+			t.Errorf("%s: trace %s parent %s; want the request's trace and span", s.Name, s.SpanContext.TraceID(), s.Parent.SpanID())
+		}
+	}
+	if fn.Parent.SpanID() != run.SpanContext.SpanID() {
+		t.Errorf("func span's parent is not the flow run")
+	}
+}
+
+// gather returns the engine's metrics as "name{labels}" -> value.
+func gather(t *testing.T, eng *kisflow.Engine) map[string]float64 {
+	t.Helper()
+	mfs, err := eng.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, l.GetName()+`="`+l.GetValue()+`"`)
+			}
+			key := mf.GetName() + "{" + strings.Join(labels, ",") + "}"
+			switch {
+			case m.Counter != nil:
+				out[key] = m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				out[key] = m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				out[mf.GetName()+"_count{"+strings.Join(labels, ",")+"}"] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
