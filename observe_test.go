@@ -22,7 +22,7 @@ import (
 // noSleep is a clock whose sleeps return at once.
 type noSleep struct{}
 
-func (noSleep) Now() time.Time                               { return time.Now() }
+func (noSleep) Now() time.Time                                   { return time.Now() }
 func (noSleep) Sleep(ctx context.Context, _ time.Duration) error { return ctx.Err() }
 
 func TestRetryFilterReRunsAFunctionFromACleanLayer(t *testing.T) {
