@@ -230,6 +230,12 @@ func (e *Engine) Health() *plugin.Health { return e.health }
 // Plugin returns a plugin of the global config, started or not.
 func (e *Engine) Plugin(typ, name string) (plugin.Plugin, bool) { return e.plugins.Lookup(typ, name) }
 
+// PluginUser is a driver that uses plugins, such as a shared client: the
+// engine calls UsePlugins with the started plugins before the driver's Start.
+type PluginUser interface {
+	UsePlugins(lookup func(typ, name string) (plugin.Plugin, bool)) error
+}
+
 // host is what plugins see of the engine.
 type host struct{ e *Engine }
 
@@ -359,6 +365,9 @@ func (e *Engine) instance(c *compiled) *flow {
 // the driver is built from its config and started, then the ConnInit
 // callbacks run. A failed start is returned and tried again on the next call.
 func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error) {
+	if err := e.Start(ctx); err != nil {
+		return nil, err
+	}
 	cfg := e.set.Conns[cname]
 	if cfg == nil {
 		return nil, fmt.Errorf("unknown connector %q", cname)
@@ -392,6 +401,11 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	drv, err := callFactory(factory, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err)
+	}
+	if pu, ok := drv.(PluginUser); ok {
+		if err := guard(func() error { return pu.UsePlugins(e.plugins.Lookup) }); err != nil {
+			return nil, fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err)
+		}
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
 		return nil, fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err)

@@ -46,14 +46,20 @@ import (
 // Type is the connector type this package registers.
 const Type = "redis"
 
-// Install registers the redis driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+// Install registers the driver and the shared client plugin type in reg.
+func Install(reg *kisflow.Registry) error {
+	if err := reg.RegisterDriver(Type, New); err != nil {
+		return err
+	}
+	return reg.RegisterPlugin(PluginSpec)
+}
 
 // Redis is the driver. It is safe for concurrent use.
 type Redis struct {
 	cfg       *config.Conn
 	opts      *goredis.Options
 	client    *goredis.Client
+	shared    *ClientPlugin // set by UsePlugins: the client is the plugin's
 	key       *fields.Template
 	mode      string
 	ttl       time.Duration
@@ -147,6 +153,10 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 
 // Start connects and checks the server answers.
 func (r *Redis) Start(ctx context.Context) error {
+	if r.shared != nil {
+		r.client = r.shared.Client()
+		return nil
+	}
 	r.client = goredis.NewClient(r.opts)
 	if err := r.client.Ping(ctx).Err(); err != nil {
 		r.client.Close()
@@ -157,7 +167,7 @@ func (r *Redis) Start(ctx context.Context) error {
 
 // Close disconnects.
 func (r *Redis) Close(context.Context) error {
-	if r.client == nil {
+	if r.client == nil || r.shared != nil {
 		return nil
 	}
 	return r.client.Close()

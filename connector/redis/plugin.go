@@ -1,0 +1,95 @@
+package redis
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"strings"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/plugin"
+)
+
+// PluginType is the plugin type of a shared Redis client, configured in the
+// global file under plugins.redis.<name> and used by connectors whose
+// params say `client: <name>`.
+const PluginType = "redis"
+
+// ClientConfig is the config of a shared client.
+type ClientConfig struct {
+	Addr     string        `yaml:"addr"` // host:port (default 127.0.0.1:6379)
+	Username string        `yaml:"username"`
+	Password string        `yaml:"password"` // use ${VAR}
+	DB       int           `yaml:"db"`
+	Timeout  time.Duration `yaml:"timeout"` // dial, read and write (default 5s)
+	TLS      bool          `yaml:"tls"`
+}
+
+// Validate checks the values.
+func (c *ClientConfig) Validate() error {
+	if c.DB < 0 || c.Timeout <= 0 {
+		return fmt.Errorf("db must be >= 0 and timeout > 0")
+	}
+	return nil
+}
+
+// ClientPlugin is a Redis client shared by the connectors that name it.
+type ClientPlugin struct {
+	opts   *goredis.Options
+	client *goredis.Client
+}
+
+// PluginSpec is the plugin type of shared clients; Install registers it.
+var PluginSpec = plugin.Spec{Type: PluginType, New: func(_ string, pc *config.PluginConfig) (plugin.Plugin, error) {
+	c := ClientConfig{Addr: "127.0.0.1:6379", Timeout: 5 * time.Second}
+	if err := pc.Decode(&c); err != nil {
+		return nil, err
+	}
+	var vals [3]string
+	for i, v := range []string{c.Addr, c.Username, c.Password} {
+		var err error
+		if vals[i], err = config.ExpandEnv(v); err != nil {
+			return nil, pc.Problem(err)
+		}
+	}
+	opts := &goredis.Options{Addr: vals[0], Username: vals[1], Password: vals[2],
+		DB: c.DB, DialTimeout: c.Timeout, ReadTimeout: c.Timeout, WriteTimeout: c.Timeout}
+	if c.TLS {
+		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(opts.Addr, ":")[0]}
+	}
+	return &ClientPlugin{opts: opts}, nil
+}}
+
+// Start connects and checks the server answers.
+func (p *ClientPlugin) Start(ctx context.Context, _ plugin.Host) error {
+	p.client = goredis.NewClient(p.opts)
+	if err := p.client.Ping(ctx).Err(); err != nil {
+		p.client.Close()
+		return fmt.Errorf("redis %s: %w", p.opts.Addr, err)
+	}
+	return nil
+}
+
+// Client returns the shared client.
+func (p *ClientPlugin) Client() *goredis.Client { return p.client }
+
+// Close disconnects, after every connector using the client closed.
+func (p *ClientPlugin) Close(context.Context) error { return p.client.Close() }
+
+// UsePlugins takes the shared client named by the `client` param.
+func (r *Redis) UsePlugins(lookup func(typ, name string) (plugin.Plugin, bool)) error {
+	name := r.cfg.Params["client"]
+	if name == "" {
+		return nil
+	}
+	p, ok := lookup(PluginType, name)
+	cp, isClient := p.(*ClientPlugin)
+	if !ok || !isClient {
+		return fmt.Errorf("redis connector %q: client %q: no plugins.%s.%s in the global config", r.cfg.CName, name, PluginType, name)
+	}
+	r.shared = cp
+	return nil
+}
