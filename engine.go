@@ -146,10 +146,19 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 		e.defaults = DefaultFilters
 	}
 	var errs []config.Problem
-	for _, p := range set.Check(reg.LintOptions()...) {
+	for _, p := range set.Check(reg.lintOptions()...) {
 		if p.Severity == config.SevError {
 			errs = append(errs, p)
 		}
+	}
+	// Building the plugins checks their configs; they are built once, here.
+	ps, err := plugin.Build(globalWithImplicit(set.Global), reg.pluginSpecs())
+	var perr *config.Error
+	switch {
+	case errors.As(err, &perr):
+		errs = append(errs, perr.Problems...)
+	case err != nil:
+		return nil, err
 	}
 	if len(errs) > 0 {
 		return nil, &config.Error{Problems: errs}
@@ -171,10 +180,6 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	}
 	if len(missing) > 0 {
 		return nil, errors.Join(missing...)
-	}
-	ps, err := plugin.Build(globalWithImplicit(set.Global), reg.pluginSpecs())
-	if err != nil {
-		return nil, err
 	}
 	e.plugins = ps
 	e.metrics = metrics.New()

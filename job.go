@@ -24,10 +24,11 @@ import (
 // WithStateDir says otherwise.
 const DefaultStateDir = ".kisflow"
 
-// Default retry policy of stream functions that set no retry_times.
+// Default retry policy of stream functions that set no retry_times: the
+// retry filter's.
 const (
-	DefaultRetryTimes    = 3
-	DefaultRetryDuration = 100 * time.Millisecond
+	DefaultRetryTimes    = filter.DefaultRetryTimes
+	DefaultRetryDuration = filter.DefaultRetryDuration
 )
 
 // JobOption configures a Job.

@@ -104,6 +104,22 @@ func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 // connector types, the filters (names and params) and the plugin types
 // (each plugin's config is decoded).
 func (r *Registry) LintOptions() []config.LintOption {
+	return append(r.lintOptions(), config.WithCheck(func(s *config.Set) []config.Problem {
+		_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			return ce.Problems
+		}
+		if err != nil {
+			return []config.Problem{{Msg: err.Error()}}
+		}
+		return nil
+	}))
+}
+
+// lintOptions are LintOptions without the plugin check, for NewEngine,
+// which builds the plugins itself.
+func (r *Registry) lintOptions() []config.LintOption {
 	return []config.LintOption{
 		config.WithConnTypes(r.DriverTypes()...),
 		config.WithFilterCheck(func(ref config.FilterRef, fl *config.Flow, fn *config.Func) []config.Problem {
@@ -115,17 +131,6 @@ func (r *Registry) LintOptions() []config.LintOption {
 				if _, _, capped, _ := filter.RetryPolicy(spec); capped {
 					return []config.Problem{{Severity: config.SevWarning, Msg: fmt.Sprintf("retry times above the cap; %d is used", config.MaxRetryTimes)}}
 				}
-			}
-			return nil
-		}),
-		config.WithCheck(func(s *config.Set) []config.Problem {
-			_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
-			var ce *config.Error
-			if errors.As(err, &ce) {
-				return ce.Problems
-			}
-			if err != nil {
-				return []config.Problem{{Msg: err.Error()}}
 			}
 			return nil
 		}),

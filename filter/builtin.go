@@ -346,7 +346,7 @@ func newBreaker(s Spec) (Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	key := "breaker/func/" + s.Flow.FlowName
+	key := "breaker/flow/" + s.Flow.FlowName
 	switch {
 	case s.Func != nil && s.Func.Option.CName != "":
 		key = "breaker/conn/" + s.Func.Option.CName

@@ -269,3 +269,19 @@ func TestBadParamsAreErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestBackoffIsCappedWithJitter(t *testing.T) {
+	t.Parallel()
+	for attempt := 1; attempt <= 40; attempt++ {
+		want := min(100*time.Millisecond<<min(attempt-1, 30), filter.MaxBackoff)
+		for range 20 {
+			d := filter.Backoff(100*time.Millisecond, attempt)
+			if d < want/2 || d > want {
+				t.Fatalf("attempt %d: %v outside [%v, %v]", attempt, d, want/2, want)
+			}
+		}
+	}
+	if filter.Backoff(0, 3) != 0 {
+		t.Fatal("zero base must not wait")
+	}
+}

@@ -54,9 +54,6 @@ type Policy struct {
 	Base    time.Duration // first backoff; doubles per retry
 }
 
-// MaxBackoff caps one backoff.
-const MaxBackoff = filter.MaxBackoff
-
 // Config configures a Runner.
 type Config struct {
 	Name         string
@@ -112,18 +109,7 @@ func (c *Config) defaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Sleep == nil {
-		c.Sleep = sleep
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+		c.Sleep = filter.SystemClock{}.Sleep
 	}
 }
 
@@ -722,7 +708,7 @@ func (r *Runner) retryForever(ctx context.Context, what string, fn func() error)
 		}
 		r.cfg.Logger.Error(what+" failed; retrying", "attempt", attempt, "err", err)
 		r.retries.Add(1)
-		if err := r.cfg.Sleep(ctx, Backoff(base, attempt)); err != nil {
+		if err := r.cfg.Sleep(ctx, filter.Backoff(base, attempt)); err != nil {
 			return err
 		}
 	}
@@ -736,11 +722,6 @@ func lastPosition(msgs []*stream.Message) string {
 	}
 	return ""
 }
-
-// Backoff is the wait before retry number attempt (from 1): base doubling
-// per attempt, capped at MaxBackoff, with jitter in [d/2, d]. It is the
-// retry filter's backoff.
-func Backoff(base time.Duration, attempt int) time.Duration { return filter.Backoff(base, attempt) }
 
 // partition maps a message to a worker by its key.
 func partitionOf(key string, n int) int {

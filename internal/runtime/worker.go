@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -152,7 +153,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
-	return w.r.cfg.Sleep(ctx, Backoff(w.r.cfg.PolicyFor(fn).Base, attempt))
+	return w.r.cfg.Sleep(ctx, filter.Backoff(w.r.cfg.PolicyFor(fn).Base, attempt))
 }
 
 func deadLetter(flow, fn string, m *stream.Message, cause error, attempts int) *stream.DeadLetter {
