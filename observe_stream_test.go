@@ -2,11 +2,13 @@ package kisflow_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -14,6 +16,8 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	kishttp "github.com/kisflow-go/kisflow/connector/http"
+	kisredis "github.com/kisflow-go/kisflow/connector/redis"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 // A request's W3C trace context becomes the parent of the flow run, whose
@@ -123,4 +127,83 @@ func gather(t *testing.T, eng *kisflow.Engine) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// A Redis Streams job reports its consumer group's lag while it holds a
+// batch unacknowledged, and none once the batch is done.
+func TestJobReportsTheSourceLag(t *testing.T) {
+	t.Parallel()
+	addr := testenv.Redis.Addr(t)
+	key := testenv.Name("kflag")
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Lagging\nflows:\n  - fname: Hold\nstream:\n  source: in\n  sink: out\n  linger: 1ms\n",
+		"func.yml": "kistype: func\nfname: Hold\nfmode: Calculate\n",
+		"conns.yml": "kistype: conn\ncname: in\ntype: redis\naddrs: " + addr + "\nkey: " + key + "\nparams:\n  mode: stream\n---\n" +
+			"kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n",
+	})
+	reg := streamRegistry(t)
+	if err := kisredis.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	reg.MustRegister("Hold", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*reading) error {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+		for _, r := range rows {
+			_ = f.CommitRow(r)
+		}
+		return nil
+	}))
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	in, err := eng.Connector(ctx, "in")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rds := in.Driver().(*kisredis.Redis)
+	defer rds.Client().Del(context.Background(), key)
+	rows := make([]any, 5)
+	for i := range rows {
+		rows[i] = map[string]any{"sensor": fmt.Sprint("s", i), "value": i}
+	}
+	if err := rds.Write(ctx, rows); err != nil {
+		t.Fatal(err)
+	}
+	job, err := eng.Job(ctx, "Lagging", kisflow.WithStateDir(filepath.Join(dir, "state")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- job.Run(ctx) }()
+
+	const gauge = `kisflow_source_lag{flow_name="Lagging"}`
+	<-entered
+	if got := gather(t, eng)[gauge]; got != 5 {
+		t.Errorf("lag while the batch is held: %v, want 5", got)
+	}
+	close(release)
+	deadline := time.Now().Add(10 * time.Second)
+	for gather(t, eng)[gauge] != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("lag after the batch: %v, want 0", gather(t, eng)[gauge])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 }

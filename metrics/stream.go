@@ -34,7 +34,7 @@ func newStreams() *streams {
 		dead:      prometheus.NewDesc("kisflow_dead_letters_total", "Messages written to the dead-letter sink.", flow, nil),
 		retries:   prometheus.NewDesc("kisflow_batch_retries_total", "Batch runs retried by the streaming runtime.", flow, nil),
 		inflight:  prometheus.NewDesc("kisflow_in_flight_messages", "Messages read from the source and not yet acknowledged.", flow, nil),
-		lag:       prometheus.NewDesc("kisflow_source_lag", "Messages the source holds that the stream has not read yet.", flow, nil),
+		lag:       prometheus.NewDesc("kisflow_source_lag", "Messages of the source the stream has not acknowledged yet (not delivered, or delivered and not acknowledged).", flow, nil),
 	}
 }
 

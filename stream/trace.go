@@ -60,9 +60,11 @@ func InjectTrace(ctx context.Context, set func(key, value string)) {
 	}
 }
 
-// Lagger is a source that can tell how many messages it holds that its
-// consumer has not read yet (a consumer group's lag). The metrics call it
-// at scrape time, with a short deadline.
+// Lagger is a source that can tell how many of its messages the consumer
+// has not acknowledged yet: those not delivered plus those delivered and
+// not acknowledged (a consumer group's lag against its committed
+// position). The metrics call it at scrape time, with a short deadline; an
+// error leaves the gauge out of that scrape.
 type Lagger interface {
 	Lag(ctx context.Context) (int64, error)
 }

@@ -1,7 +1,8 @@
 // Package conformance is the test suite every streaming connector passes
 // against the real system: open and close, send and receive a batch,
 // at-least-once across a consumer restart, order per key where promised,
-// consumers of one group sharing the work, and surviving an interruption.
+// consumers of one group sharing the work, the lag the source reports
+// (when it implements stream.Lagger), and surviving an interruption.
 //
 // A connector's test calls Run with a Harness that makes a fresh stream
 // (topic, subject, queue, key) for each case:
@@ -85,6 +86,7 @@ func Run(t *testing.T, h Harness) {
 		t.Parallel()
 		sharedGroup(t, h)
 	})
+	t.Run("Lag", func(t *testing.T) { t.Parallel(); lag(t, h) })
 	t.Run("Interrupted", func(t *testing.T) {
 		if h.Interrupt == nil {
 			t.Skip("the harness cannot interrupt the connection")
@@ -279,6 +281,48 @@ func atLeastOnce(t *testing.T, h Harness) {
 			t.Errorf("acknowledged message %d came back", r.ID)
 		}
 	}
+}
+
+// lag checks a stream.Lagger source's count: written messages stay in it
+// until acknowledged, whether read or not.
+func lag(t *testing.T, h Harness) {
+	f := h.New(t)
+	src := open(t, f, "g")
+	defer closeSource(t, src)
+	l, ok := src.(stream.Lagger)
+	if !ok {
+		t.Skip("the source does not report lag")
+	}
+	write(t, f, rows(1, 30, 3))
+	msgs, _ := readUntil(t, src, h.Wait, false, func(rs []Row) bool { return covers(rs, 1, 30) })
+	lagBecomes(t, l, 30, h.Wait) // read, not acknowledged
+	if err := src.Ack(context.Background(), msgs[:10]); err != nil {
+		t.Fatal(err)
+	}
+	lagBecomes(t, l, int64(len(msgs)-10), h.Wait)
+	if err := src.Ack(context.Background(), msgs[10:]); err != nil {
+		t.Fatal(err)
+	}
+	lagBecomes(t, l, 0, h.Wait)
+}
+
+// lagBecomes waits for the source to report want (servers update their
+// counts asynchronously).
+func lagBecomes(t *testing.T, l stream.Lagger, want int64, wait time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(wait)
+	var got int64
+	var err error
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		got, err = l.Lag(ctx)
+		cancel()
+		if err == nil && got == want {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("lag: want %d, last got %d (err %v) after %v", want, got, err, wait)
 }
 
 func orderPerKey(t *testing.T, h Harness) {

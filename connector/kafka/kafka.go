@@ -37,6 +37,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kisflow-go/kisflow"
@@ -209,7 +210,7 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	if group == "" {
 		group = opts.Name
 	}
-	s := &source{k: k, inflight: map[partition]int{}, log: opts.Logger}
+	s := &source{k: k, group: group, inflight: map[partition]int{}, log: opts.Logger}
 	s.cond = sync.NewCond(&s.mu)
 	if k.txnID != "" {
 		return k.openTransactional(s, group, opts.Name)
@@ -323,16 +324,35 @@ type partition struct {
 }
 
 type source struct {
-	k    *Kafka
-	cl   *kgo.Client
-	sess *kgo.GroupTransactSession // transactional mode
-	log  *slog.Logger
-	mu   sync.Mutex
-	cond *sync.Cond
+	k     *Kafka
+	group string
+	cl    *kgo.Client
+	sess  *kgo.GroupTransactSession // transactional mode
+	log   *slog.Logger
+	mu    sync.Mutex
+	cond  *sync.Cond
 	// inflight counts the records read and not yet acknowledged per
 	// partition; a revocation waits for its partitions to reach zero.
 	inflight map[partition]int
 	warned   time.Time
+}
+
+// Lag is the consumer group's lag: records of the topic past the group's
+// committed offsets, summed over partitions (kadm's calculation). Records
+// read but not yet committed count as lag until their batch commits.
+func (s *source) Lag(ctx context.Context) (int64, error) {
+	lags, err := kadm.NewClient(s.cl).Lag(ctx, s.group)
+	if err != nil {
+		return 0, fmt.Errorf("kafka source %s: group lag: %w", s.group, err)
+	}
+	l, ok := lags[s.group]
+	if !ok {
+		return 0, fmt.Errorf("kafka source %s: group lag: group not described", s.group)
+	}
+	if err := l.Error(); err != nil {
+		return 0, fmt.Errorf("kafka source %s: group lag: %w", s.group, err)
+	}
+	return l.Lag.Total(), nil
 }
 
 // onRevoked finishes the revoked partitions' records before they go.

@@ -258,7 +258,7 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	if err != nil {
 		return nil, fmt.Errorf("nats connector %q: consume %s: %w", n.cfg.CName, durable, err)
 	}
-	s := &source{n: n, it: it, stream: st, exhausted: make(chan uint64, 1024)}
+	s := &source{n: n, it: it, stream: st, cons: cons, exhausted: make(chan uint64, 1024)}
 	advisory := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", n.streamName, durable)
 	if s.sub, err = n.nc.Subscribe(advisory, s.onAdvisory); err != nil {
 		return nil, fmt.Errorf("nats connector %q: subscribe to %s: %w", n.cfg.CName, advisory, err)
@@ -270,9 +270,21 @@ type source struct {
 	n         *NATS
 	it        jetstream.MessagesContext
 	stream    jetstream.Stream
+	cons      jetstream.Consumer
 	sub       *natsgo.Subscription
 	exhausted chan uint64 // stream sequences JetStream gave up on
 	closeOnce sync.Once
+}
+
+// Lag is the number of messages the durable consumer has not had
+// acknowledged: not delivered yet (num_pending) plus delivered and waiting
+// for an ack (num_ack_pending), asked of the server.
+func (s *source) Lag(ctx context.Context) (int64, error) {
+	info, err := s.cons.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("nats source %s: consumer info: %w", s.n.streamName, err)
+	}
+	return int64(info.NumPending) + int64(info.NumAckPending), nil
 }
 
 func (s *source) onAdvisory(m *natsgo.Msg) {

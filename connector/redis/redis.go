@@ -467,6 +467,27 @@ func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
 	return nil
 }
 
+// Lag is the number of stream entries the group has not acknowledged: those
+// not delivered yet (XINFO GROUPS "lag"; Redis 7) plus its pending entries.
+// Redis cannot tell the first after entries were deleted from the middle of
+// the stream: then Lag reports an error.
+func (s *source) Lag(ctx context.Context) (int64, error) {
+	groups, err := s.r.client.XInfoGroups(ctx, s.key).Result()
+	if err != nil {
+		return 0, fmt.Errorf("redis source %s: group lag: %w", s.key, err)
+	}
+	for _, g := range groups {
+		if g.Name != s.group {
+			continue
+		}
+		if g.Lag < 0 {
+			return 0, fmt.Errorf("redis source %s: group %s: lag unknown to the server", s.key, s.group)
+		}
+		return g.Lag + g.Pending, nil
+	}
+	return 0, fmt.Errorf("redis source %s: group %s not found", s.key, s.group)
+}
+
 // Close leaves the entries this consumer did not acknowledge pending: the
 // same consumer re-reads them on restart; others claim them after
 // claim_idle.
