@@ -217,3 +217,19 @@ func guard(fn func() error) (err error) {
 	}()
 	return fn()
 }
+
+// Lookup finds a started plugin by type and name; drivers that use shared
+// plugins are given one (kisflow.PluginUser).
+type Lookup func(typ, name string) (Plugin, bool)
+
+// Find returns the plugin typ.name as a T, or an error naming the missing
+// plugins.<typ>.<name> entry (also when it is there but of another kind).
+func Find[T Plugin](lookup Lookup, typ, name string) (T, error) {
+	p, ok := lookup(typ, name)
+	t, is := p.(T)
+	if !ok || !is {
+		var zero T
+		return zero, fmt.Errorf("no plugins.%s.%s in the global config", typ, name)
+	}
+	return t, nil
+}

@@ -19,7 +19,9 @@
 // acknowledged, default 20000), prefetch (messages pulled ahead, default
 // 2000; members of one durable share the stream in such amounts), msg_id, user, password, token, creds (a
 // credentials file), tls ("true"), timeout (connect and requests,
-// default 5s).
+// default 5s), client (the name of a shared connection configured as
+// plugins.nats.<name> in the global file; the connection params are then
+// the plugin's).
 package nats
 
 import (
@@ -48,8 +50,13 @@ import (
 // Type is the connector type this package registers.
 const Type = "nats"
 
-// Install registers the nats driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+// Install registers the nats driver and the shared connection plugin type.
+func Install(reg *kisflow.Registry) error {
+	if err := reg.RegisterDriver(Type, New); err != nil {
+		return err
+	}
+	return reg.RegisterPlugin(PluginSpec)
+}
 
 // NATS is the driver. It is safe for concurrent use.
 type NATS struct {
@@ -67,8 +74,9 @@ type NATS struct {
 	msgID      *fields.Template
 	timeout    time.Duration
 
-	nc *natsgo.Conn
-	js jetstream.JetStream
+	nc     *natsgo.Conn
+	js     jetstream.JetStream
+	shared *ClientPlugin // set by UsePlugins: the connection is the plugin's
 }
 
 // New builds the driver from its config; it does not connect.
@@ -112,14 +120,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		return nil, bad("%v", err)
 	}
 	n.opts = []natsgo.Option{natsgo.Name("kisflow-" + cfg.CName), natsgo.Timeout(n.timeout), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(250 * time.Millisecond)}
-	switch {
-	case p["creds"] != "":
-		n.opts = append(n.opts, natsgo.UserCredentials(cfg.Path(p["creds"])))
-	case p["token"] != "":
-		n.opts = append(n.opts, natsgo.Token(p["token"]))
-	case p["user"] != "":
-		n.opts = append(n.opts, natsgo.UserInfo(p["user"], p["password"]))
+	creds := p["creds"]
+	if creds != "" {
+		creds = cfg.Path(creds)
 	}
+	n.opts = append(n.opts, authOptions(creds, p["token"], p["user"], p["password"])...)
 	if p["tls"] == "true" {
 		n.opts = append(n.opts, natsgo.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
 	}
@@ -128,13 +133,23 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 
 // Start connects and, with create, creates or updates the stream.
 func (n *NATS) Start(ctx context.Context) error {
-	nc, err := natsgo.Connect(n.urls, n.opts...)
-	if err != nil {
-		return fmt.Errorf("nats %s: %w", n.urls, err)
+	var nc *natsgo.Conn
+	if n.shared != nil {
+		nc = n.shared.Conn()
+	} else {
+		var err error
+		if nc, err = natsgo.Connect(n.urls, n.opts...); err != nil {
+			return fmt.Errorf("nats %s: %w", n.urls, err)
+		}
+	}
+	closeOwn := func() {
+		if n.shared == nil {
+			nc.Close()
+		}
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
-		nc.Close()
+		closeOwn()
 		return fmt.Errorf("nats %s: %w", n.urls, err)
 	}
 	if n.create {
@@ -146,7 +161,7 @@ func (n *NATS) Start(ctx context.Context) error {
 		_, err = js.CreateOrUpdateStream(cctx, jetstream.StreamConfig{Name: n.streamName, Subjects: []string{subj}, Duplicates: 2 * time.Minute})
 		cancel()
 		if err != nil {
-			nc.Close()
+			closeOwn()
 			return fmt.Errorf("nats connector %q: create stream %s: %w", n.cfg.CName, n.streamName, err)
 		}
 	}
@@ -166,9 +181,10 @@ func templateWildcard(t string) string {
 	return strings.Join(parts, ".")
 }
 
-// Close drains and closes the connection.
+// Close closes the connection (a shared one stays open for the others; its
+// plugin closes it).
 func (n *NATS) Close(context.Context) error {
-	if n.nc == nil {
+	if n.nc == nil || n.shared != nil {
 		return nil
 	}
 	n.nc.Close()

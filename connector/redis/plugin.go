@@ -85,10 +85,9 @@ func (r *Redis) UsePlugins(lookup func(typ, name string) (plugin.Plugin, bool)) 
 	if name == "" {
 		return nil
 	}
-	p, ok := lookup(PluginType, name)
-	cp, isClient := p.(*ClientPlugin)
-	if !ok || !isClient {
-		return fmt.Errorf("redis connector %q: client %q: no plugins.%s.%s in the global config", r.cfg.CName, name, PluginType, name)
+	cp, err := plugin.Find[*ClientPlugin](lookup, PluginType, name)
+	if err != nil {
+		return fmt.Errorf("redis connector %q: client %q: %w", r.cfg.CName, name, err)
 	}
 	r.shared = cp
 	return nil
