@@ -2,6 +2,7 @@ package mqtt
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -44,4 +45,29 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("%+v: no error", c)
 		}
 	}
+}
+
+// TestConformanceAcrossARestart runs the suite against a private Mosquitto
+// (sessions persisted on disk) that the interruption restarts.
+func TestConformanceAcrossARestart(t *testing.T) {
+	srv := testenv.PrivateMosquitto(t)
+	url := fmt.Sprintf("tcp://127.0.0.1:%d", srv.Port())
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, OrderPerKey: true, Interrupt: srv.Restart},
+		New: func(t *testing.T) conformance.Fixture {
+			name := testenv.Name("kisflow-test-")
+			d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: "kisflow/test/" + name})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := d.(*Broker)
+			if err := b.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = b.Close(context.Background()) })
+			return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
+				return b.OpenSource(ctx, stream.SourceOptions{Name: name + "-" + group})
+			}}
+		},
+	})
 }

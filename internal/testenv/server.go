@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -40,6 +41,26 @@ func PrivateNATS(t *testing.T) *Server {
 	})
 }
 
+// PrivateMosquitto is a mosquitto broker persisting sessions, their
+// subscriptions and queued messages on disk (written at shutdown and every
+// second), so they survive a restart. Started as root, mosquitto drops to
+// its own user unless told to stay: it then could not write the test's data
+// folder, and would restart with no sessions.
+func PrivateMosquitto(t *testing.T) *Server {
+	return startServer(t, "Mosquitto", "mosquitto", func(port int, dir string) []string {
+		conf := filepath.Join(dir, "mosquitto.conf")
+		body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nautosave_interval 1\nlog_dest file %s\n",
+			port, dir, filepath.Join(dir, "mosquitto.log"))
+		if u, err := user.Current(); err == nil {
+			body += "user " + u.Username + "\n"
+		}
+		if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"-c", conf}
+	})
+}
+
 func startServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
 	t.Helper()
 	path, err := exec.LookPath(bin)
@@ -58,8 +79,29 @@ func startServer(t *testing.T, name, bin string, args func(int, string) []string
 	ln.Close()
 	s := &Server{name: name, bin: path, args: args, port: port, dir: t.TempDir()}
 	s.start(t)
-	t.Cleanup(func() { s.stop() })
+	t.Cleanup(func() {
+		s.stop()
+		if t.Failed() {
+			s.logTail(t)
+		}
+	})
 	return s
+}
+
+// logTail shows the end of the server's log files when a test failed: a
+// service that could not write its data tells it there.
+func (s *Server) logTail(t *testing.T) {
+	logs, _ := filepath.Glob(filepath.Join(s.dir, "*.log"))
+	for _, l := range logs {
+		data, err := os.ReadFile(l)
+		if err != nil {
+			continue
+		}
+		if len(data) > 4000 {
+			data = data[len(data)-4000:]
+		}
+		t.Logf("%s log %s (end):\n%s", s.name, filepath.Base(l), data)
+	}
 }
 
 // Port is the port the server listens on.
