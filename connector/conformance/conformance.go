@@ -203,6 +203,21 @@ func ids(rs []Row) []int {
 	return out
 }
 
+// missing lists the ids from..to that rs lacks.
+func missing(rs []Row, from, to int) []int {
+	seen := map[int]bool{}
+	for _, r := range rs {
+		seen[r.ID] = true
+	}
+	var out []int
+	for i := from; i <= to; i++ {
+		if !seen[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
 func covers(rs []Row, from, to int) bool {
 	seen := map[int]bool{}
 	for _, r := range rs {
@@ -402,13 +417,16 @@ func interrupted(t *testing.T, h Harness) {
 	src := open(t, f, "g")
 	write(t, f, rows(1, 50, 4))
 	_, first := readUntil(t, src, h.Wait, true, func(rs []Row) bool { return covers(rs, 1, 50) })
+	// Rows 51-75 are in the system, not yet read, when it is interrupted:
+	// they must survive it (a restarted service keeps what it stored).
+	write(t, f, rows(51, 75, 4))
 	h.Interrupt(t)
 	// The writer and the reader may see errors while the service is away;
 	// the sink is retried, the source reopened, as the runtime does.
 	deadline := time.Now().Add(h.Wait)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := f.Sink.Write(ctx, rows(51, 100, 4))
+		err := f.Sink.Write(ctx, rows(76, 100, 4))
 		cancel()
 		if err == nil {
 			break
@@ -421,7 +439,7 @@ func interrupted(t *testing.T, h Harness) {
 	var got []Row
 	for !covers(append(first, got...), 1, 100) {
 		if time.Now().After(deadline) {
-			t.Fatalf("after the interruption read %d of 50 new messages", len(got))
+			t.Fatalf("after the interruption read %d messages, missing %v", len(got), missing(append(first, got...), 1, 100))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		batch, err := src.Read(ctx, 50)

@@ -2,6 +2,8 @@ package kafka
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -199,5 +201,138 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := New(c); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+// broker is a kfake cluster the test can interrupt: it keeps its data in a
+// folder and listens on a fixed port, so Restart brings the same cluster
+// back (as a broker restart would), and Cut closes every client connection.
+type broker struct {
+	t     *testing.T
+	dir   string
+	port  int
+	topic string
+	mu    sync.Mutex
+	c     *kfake.Cluster
+	conns []net.Conn
+}
+
+func newBroker(t *testing.T) *broker {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &broker{t: t, dir: t.TempDir(), port: ln.Addr().(*net.TCPAddr).Port, topic: "events"}
+	ln.Close()
+	b.start()
+	t.Cleanup(func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.c.Close()
+	})
+	return b
+}
+
+func (b *broker) addr() string { return fmt.Sprintf("127.0.0.1:%d", b.port) }
+
+func (b *broker) start() {
+	b.t.Helper()
+	var c *kfake.Cluster
+	var err error
+	// The port may still be held for a moment after Close.
+	for range 50 {
+		c, err = kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(4, b.topic), kfake.DataDir(b.dir),
+			kfake.Ports(b.port), kfake.ListenFn(b.listen))
+		if err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.mu.Lock()
+	b.c = c
+	b.mu.Unlock()
+}
+
+func (b *broker) listen(network, address string) (net.Listener, error) {
+	ln, err := net.Listen(network, address)
+	if err != nil {
+		return nil, err
+	}
+	return &trackingListener{Listener: ln, b: b}, nil
+}
+
+type trackingListener struct {
+	net.Listener
+	b *broker
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.b.mu.Lock()
+		l.b.conns = append(l.b.conns, c)
+		l.b.mu.Unlock()
+	}
+	return c, err
+}
+
+// Restart closes the cluster and starts it again from its data folder.
+func (b *broker) Restart(t *testing.T) {
+	b.mu.Lock()
+	b.c.Close()
+	b.conns = nil
+	b.mu.Unlock()
+	time.Sleep(500 * time.Millisecond) // clients see the broker gone
+	b.start()
+}
+
+// Cut closes every connection clients opened; the broker stays up.
+func (b *broker) Cut(t *testing.T) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.conns) == 0 {
+		t.Fatal("no connection to cut")
+	}
+	for _, c := range b.conns {
+		c.Close()
+	}
+	b.conns = nil
+}
+
+// TestConformanceAcrossAnInterruption runs the suite with the broker
+// restarted mid-stream (from its data folder: without it, the rows stored
+// before the restart are lost and the case fails), then with every
+// connection cut. Each case gets a cluster of its own; the interruption
+// finds it by the test.
+func TestConformanceAcrossAnInterruption(t *testing.T) {
+	for _, how := range []string{"Restart", "Cut"} {
+		t.Run(how, func(t *testing.T) {
+			var brokers sync.Map // *testing.T -> *broker
+			conformance.Run(t, conformance.Harness{
+				Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: func(t *testing.T) {
+					b, ok := brokers.Load(t)
+					if !ok {
+						t.Fatal("no broker for this case")
+					}
+					if how == "Restart" {
+						b.(*broker).Restart(t)
+					} else {
+						b.(*broker).Cut(t)
+					}
+				}},
+				New: func(t *testing.T) conformance.Fixture {
+					b := newBroker(t)
+					brokers.Store(t, b)
+					k := start(t, b.addr(), b.topic, map[string]string{"key_field": "{key}", "heartbeat": "100ms"})
+					return conformance.Fixture{Sink: k, Open: func(ctx context.Context, group string) (stream.Source, error) {
+						return k.OpenSource(ctx, stream.SourceOptions{Name: group})
+					}}
+				},
+			})
+		})
 	}
 }
