@@ -2,11 +2,15 @@ package sql
 
 import (
 	"context"
+	stdsql "database/sql"
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/conformance"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -177,20 +181,88 @@ func TestLoadQuery(t *testing.T) {
 	})
 }
 
+// TestConformance runs the suite on every dialect; on the servers the
+// interruption cuts every connection the test's database has (the
+// embedded SQLite has none to cut).
 func TestConformance(t *testing.T) {
 	for _, typ := range dialects {
 		t.Run(typ, func(t *testing.T) {
 			t.Parallel()
+			var dbs sync.Map // *testing.T -> *DB
+			features := conformance.Features{OrderPerKey: true}
+			if typ != TypeSQLite {
+				features.Interrupt = func(t *testing.T) {
+					d, ok := dbs.Load(t)
+					if !ok {
+						t.Fatal("no database for this case")
+					}
+					cutConnections(t, d.(*DB))
+				}
+			}
 			conformance.Run(t, conformance.Harness{
-				Features: conformance.Features{OrderPerKey: true},
+				Features: features,
 				New: func(t *testing.T) conformance.Fixture {
 					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
+					dbs.Store(t, d)
 					return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
 						return d.OpenSource(ctx, stream.SourceOptions{Name: group})
 					}}
 				},
 			})
 		})
+	}
+}
+
+// cutConnections ends, from a connection of its own, every other
+// connection to d's database, as a server restart or a network cut would:
+// pg_terminate_backend on PostgreSQL, KILL CONNECTION on MySQL/MariaDB.
+func cutConnections(t *testing.T, d *DB) {
+	t.Helper()
+	driver := map[checkpoint.Dialect]string{checkpoint.Postgres: "pgx", checkpoint.MySQL: "mysql"}[d.dialect]
+	admin, err := stdsql.Open(driver, d.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var q string
+	if d.dialect == checkpoint.Postgres {
+		q = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+	} else {
+		q = "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND ID <> CONNECTION_ID()"
+	}
+	conn, err := admin.Conn(ctx) // one session: "other" means other than this
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rows, err := conn.QueryContext(ctx, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if len(ids) == 0 {
+		t.Fatal("no connection to cut")
+	}
+	t.Logf("cutting %d connection(s) of the database", len(ids))
+	for _, id := range ids {
+		if d.dialect == checkpoint.Postgres {
+			_, err = conn.ExecContext(ctx, "SELECT pg_terminate_backend($1)", id)
+		} else {
+			_, err = conn.ExecContext(ctx, fmt.Sprintf("KILL CONNECTION %d", id))
+		}
+		if err != nil && !strings.Contains(err.Error(), "Unknown thread") {
+			t.Fatalf("cut connection %d: %v", id, err)
+		}
 	}
 }
 
