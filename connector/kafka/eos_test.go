@@ -16,6 +16,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -85,22 +86,13 @@ func TestExactlyOnceKafkaToKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer eng.Close(context.Background())
-	ctx, cancel := context.WithCancel(context.Background())
-	job, err := eng.Job(ctx, "ETL", kisflow.WithStateDir(filepath.Join(t.TempDir(), "state")))
+	job, err := eng.Job(context.Background(), "ETL", kisflow.WithStateDir(filepath.Join(t.TempDir(), "state")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- job.Run(ctx) }()
-	deadline := time.Now().Add(30 * time.Second)
-	for job.Stats().Committed < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("committed %d of %d", job.Stats().Committed, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
+	err = testenv.RunUntil(t, job.Run, func() bool { return job.Stats().Committed >= n }, 30*time.Second,
+		func() string { return fmt.Sprintf("committed %d of %d", job.Stats().Committed, n) })
+	if err != nil {
 		t.Fatal(err)
 	}
 	if s := job.Stats(); s.MaxInFlight > 50 {

@@ -20,7 +20,13 @@
 // saves: a template naming the row's identity, such as {order_id} or the
 // source record's position field; a row whose identity was saved within
 // dedup_ttl, default 24h, is not saved again, so redelivered rows do not
-// repeat). Hash and string saves are idempotent by nature.
+// repeat), state_prefix (exactly-once state keys, default "kisflow:").
+// Hash and string saves are idempotent by nature.
+//
+// As an exactly-once sink (stream.delivery: exactly-once) a batch's rows,
+// the stream's position (PREFIXpos:FLOW) and the IDs of the messages it
+// consumed (PREFIXinbox:FLOW, kept dedup_ttl) commit in one MULTI/EXEC:
+// saves are idempotent by source position, whatever the mode.
 package redis
 
 import (
@@ -31,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +77,9 @@ type Redis struct {
 	field     string
 	dedup     *fields.Template
 	dedupTTL  time.Duration
+	// statePrefix starts the keys of exactly-once state (state_prefix,
+	// default "kisflow:").
+	statePrefix string
 }
 
 // saveOnce writes a list or stream entry only if its marker key is new,
@@ -148,6 +158,9 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if r.dedupTTL, err = cfg.ParamDuration("dedup_ttl", 24*time.Hour, time.Second); err != nil {
 		return nil, bad("%v", err)
 	}
+	if r.statePrefix = p["state_prefix"]; r.statePrefix == "" {
+		r.statePrefix = "kisflow:"
+	}
 	return r, nil
 }
 
@@ -179,6 +192,17 @@ func (r *Redis) Client() *goredis.Client { return r.client }
 // Write saves rows by the connector's mode: the stream sink and Save.
 func (r *Redis) Write(ctx context.Context, rows []any) error {
 	pipe := r.client.Pipeline()
+	if err := r.queue(ctx, pipe, rows); err != nil {
+		return err
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return fmt.Errorf("redis connector %q: write: %w", r.cfg.CName, err)
+	}
+	return nil
+}
+
+// queue adds the commands saving rows to pipe.
+func (r *Redis) queue(ctx context.Context, pipe goredis.Pipeliner, rows []any) error {
 	for i, row := range rows {
 		m, err := fields.Of(row)
 		if err != nil {
@@ -226,10 +250,76 @@ func (r *Redis) Write(ctx context.Context, rows []any) error {
 			pipe.Expire(ctx, key, r.ttl)
 		}
 	}
+	return nil
+}
+
+// positionKey and inboxKey hold a stream's exactly-once state: its last
+// committed position, and the IDs of the messages it consumed (a sorted
+// set scored by commit time, kept for dedup_ttl).
+func (r *Redis) positionKey(stream string) string { return r.statePrefix + "pos:" + stream }
+func (r *Redis) inboxKey(stream string) string    { return r.statePrefix + "inbox:" + stream }
+
+// CommitBatch saves rows, the stream's position and the IDs of the
+// messages the batch consumed in one MULTI/EXEC transaction: Redis runs it
+// whole, with no other client's command in between, so a crash leaves
+// either all of it or none, and a redelivered message is recognised by
+// its source position (its ID) and not saved again. This makes the
+// connector an exactly-once sink (stream.delivery: exactly-once).
+func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
+	pipe := r.client.TxPipeline()
+	if err := r.queue(ctx, pipe, rows); err != nil {
+		return err
+	}
+	if len(ids) > 0 {
+		now := time.Now()
+		members := make([]goredis.Z, len(ids))
+		for i, id := range ids {
+			members[i] = goredis.Z{Score: float64(now.UnixMilli()), Member: id}
+		}
+		inbox := r.inboxKey(stream)
+		pipe.ZAdd(ctx, inbox, members...)
+		pipe.ZRemRangeByScore(ctx, inbox, "-inf", "("+strconv.FormatInt(now.Add(-r.dedupTTL).UnixMilli(), 10))
+	}
+	if position != "" {
+		pipe.Set(ctx, r.positionKey(stream), position, 0)
+	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("redis connector %q: write: %w", r.cfg.CName, err)
+		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, err)
 	}
 	return nil
+}
+
+// Position returns the stream's committed position ("" before the first).
+func (r *Redis) Position(ctx context.Context, stream string) (string, error) {
+	pos, err := r.client.Get(ctx, r.positionKey(stream)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("redis connector %q: position of %s: %w", r.cfg.CName, stream, err)
+	}
+	return pos, nil
+}
+
+// Seen returns which of ids earlier commits of the stream recorded within
+// dedup_ttl.
+func (r *Redis) Seen(ctx context.Context, stream string, ids []string) (map[string]bool, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	// ZMSCORE answers nil for a member that is not there; go-redis reads it
+	// as 0, and every recorded score is a time after 1970.
+	scores, err := r.client.ZMScore(ctx, r.inboxKey(stream), ids...).Result()
+	if err != nil {
+		return nil, fmt.Errorf("redis connector %q: seen in %s: %w", r.cfg.CName, stream, err)
+	}
+	seen := make(map[string]bool)
+	for i, sc := range scores {
+		if sc > 0 {
+			seen[ids[i]] = true
+		}
+	}
+	return seen, nil
 }
 
 // scalar makes a hash field value: nested values become JSON text.
