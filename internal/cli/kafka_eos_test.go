@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -45,6 +46,28 @@ func committedIDs(t *testing.T, addrs, topic string) map[int]int {
 		})
 	}
 	return seen
+}
+
+// groupMembers is how many members the group has, as the broker tells.
+func groupMembers(t *testing.T, addrs, group string) int {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(addrs, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	groups, err := kadm.NewClient(cl).DescribeGroups(ctx, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, ok := groups[group]
+	if !ok || g.Err != nil {
+		t.Fatalf("describe group %s: %v", group, g.Err)
+	}
+	t.Logf("group %s at the stall: state %s, members %d", group, g.State, len(g.Members))
+	return len(g.Members)
 }
 
 // TestKafkaExactlyOnceSurvivesSIGKILL kills a Kafka-to-Kafka exactly-once
@@ -100,9 +123,12 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 		}
 		// The last run goes on until everything is in the output. A
 		// process that makes no progress for 25s is replaced, as a
-		// supervisor would: now and then a process started after a kill
-		// stalls (an open problem, see the README); exactly-once must hold
-		// across that restart too.
+		// supervisor would, but only for the known cause: kfake never
+		// expires a member whose JoinGroup answer it could not deliver (its
+		// process was killed while joining), so that dead member keeps its
+		// partitions until another rebalance. Real Kafka expires it after
+		// the session timeout. A stall with no dead member in the group
+		// fails the test. Exactly-once must hold across the restart too.
 		deadline := time.Now().Add(150 * time.Second)
 		last, lastAt, replaced := -1, time.Now(), 0
 		for {
@@ -113,6 +139,10 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 			if len(seen) != last {
 				last, lastAt = len(seen), time.Now()
 			} else if time.Since(lastAt) > 25*time.Second {
+				if members := groupMembers(t, addrs, "ETL"); members <= 1 {
+					_ = cmd.Process.Kill()
+					t.Fatalf("the run stalled with %d of %d ids and %d member(s) in the group: not the known kfake defect", len(seen), n, members)
+				}
 				_ = cmd.Process.Signal(syscall.SIGKILL)
 				_ = cmd.Wait()
 				cmd = child(t, dir)
@@ -126,7 +156,7 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 			time.Sleep(500 * time.Millisecond)
 		}
 		if replaced > 0 {
-			t.Logf("replaced %d stalled run(s) (no progress for 25s)", replaced)
+			t.Logf("replaced %d stalled run(s): a killed process's member held partitions in kfake's group", replaced)
 		}
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		if err := cmd.Wait(); err != nil {
