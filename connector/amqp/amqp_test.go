@@ -2,8 +2,10 @@ package amqp
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -16,9 +18,8 @@ import (
 // open holds the sources of running tests, for interrupt.
 var open sync.Map
 
-func start(t *testing.T) *Broker {
+func start(t *testing.T, url string) *Broker {
 	t.Helper()
-	url := testenv.RabbitMQ.Addr(t)
 	queue := testenv.Name("kisflow-test-")
 	d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: queue, Params: map[string]string{"create": "true", "prefetch": "100"}})
 	if err != nil {
@@ -57,20 +58,39 @@ func interrupt(t *testing.T) {
 	}
 }
 
+// fixture makes a queue of its own on the broker at url.
+func fixture(url string) func(t *testing.T) conformance.Fixture {
+	return func(t *testing.T) conformance.Fixture {
+		b := start(t, url)
+		return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
+			src, err := b.OpenSource(ctx, stream.SourceOptions{Name: group})
+			if err == nil {
+				open.Store(src, true)
+				t.Cleanup(func() { open.Delete(src) })
+			}
+			return src, err
+		}}
+	}
+}
+
 func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Harness{
 		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: interrupt},
-		New: func(t *testing.T) conformance.Fixture {
-			b := start(t)
-			return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
-				src, err := b.OpenSource(ctx, stream.SourceOptions{Name: group})
-				if err == nil {
-					open.Store(src, true)
-					t.Cleanup(func() { open.Delete(src) })
-				}
-				return src, err
-			}}
-		},
+		New:      fixture(testenv.RabbitMQ.Addr(t)),
+	})
+}
+
+// TestConformanceAcrossARestart runs the suite against a private RabbitMQ
+// node that the interruption restarts: durable queues and persistent
+// messages survive it, and the source and sink reconnect.
+func TestConformanceAcrossARestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a private RabbitMQ node takes half a minute to boot")
+	}
+	srv := testenv.PrivateRabbitMQ(t)
+	conformance.Run(t, conformance.Harness{
+		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: srv.Restart, Wait: 60 * time.Second},
+		New:      fixture(fmt.Sprintf("amqp://guest:guest@127.0.0.1:%d/", srv.Port())),
 	})
 }
 

@@ -20,6 +20,10 @@ type Server struct {
 	name string
 	bin  string
 	args func(port int, dir string) []string
+	// env, when set, adds variables to the server's environment.
+	env func(port int, dir string) []string
+	// boot bounds how long the server may take to listen (default 20s).
+	boot time.Duration
 	port int
 	dir  string
 	cmd  *exec.Cmd
@@ -61,7 +65,57 @@ func PrivateMosquitto(t *testing.T) *Server {
 	})
 }
 
+// PrivateRabbitMQ is a RabbitMQ node of its own (node name, ports, database
+// and logs in the test's folder), so durable queues and persistent
+// messages survive its restart. It takes 15-30 seconds to boot.
+func PrivateRabbitMQ(t *testing.T) *Server {
+	distPort := freePort(t)
+	s := newServer(t, "RabbitMQ", "/usr/lib/rabbitmq/bin/rabbitmq-server", func(int, string) []string { return nil })
+	s.boot = 90 * time.Second
+	s.env = func(port int, dir string) []string {
+		plugins := filepath.Join(dir, "enabled_plugins")
+		if err := os.WriteFile(plugins, []byte("[].\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return []string{
+			"HOME=" + dir, // its Erlang cookie
+			fmt.Sprintf("RABBITMQ_NODENAME=kisflow-test-%d@localhost", port),
+			"RABBITMQ_NODE_IP_ADDRESS=127.0.0.1",
+			"RABBITMQ_NODE_PORT=" + strconv.Itoa(port),
+			"RABBITMQ_DIST_PORT=" + strconv.Itoa(distPort),
+			"RABBITMQ_MNESIA_BASE=" + filepath.Join(dir, "mnesia"),
+			"RABBITMQ_LOG_BASE=" + dir,
+			"RABBITMQ_ENABLED_PLUGINS_FILE=" + plugins,
+			"RABBITMQ_CONFIG_FILE=" + filepath.Join(dir, "rabbitmq"),
+			"RABBITMQ_ADVANCED_CONFIG_FILE=" + filepath.Join(dir, "advanced.config"),
+			"RABBITMQ_PID_FILE=" + filepath.Join(dir, "pid"),
+		}
+	}
+	s.launch(t)
+	return s
+}
+
 func startServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
+	t.Helper()
+	s := newServer(t, name, bin, args)
+	s.launch(t)
+	return s
+}
+
+// freePort returns a port nothing listens on now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// newServer finds the binary (skipping, or failing under
+// KISFLOW_INTEGRATION=1, when it is not installed) and picks a port.
+func newServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
 	t.Helper()
 	path, err := exec.LookPath(bin)
 	if err != nil {
@@ -71,13 +125,12 @@ func startServer(t *testing.T, name, bin string, args func(int, string) []string
 		}
 		t.Skip(msg)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	s := &Server{name: name, bin: path, args: args, port: port, dir: t.TempDir()}
+	return &Server{name: name, bin: path, args: args, port: freePort(t), dir: t.TempDir(), boot: 20 * time.Second}
+}
+
+// launch starts the server and stops it when the test ends.
+func (s *Server) launch(t *testing.T) {
+	t.Helper()
 	s.start(t)
 	t.Cleanup(func() {
 		s.stop()
@@ -85,7 +138,6 @@ func startServer(t *testing.T, name, bin string, args func(int, string) []string
 			s.logTail(t)
 		}
 	})
-	return s
 }
 
 // logTail shows the end of the server's log files when a test failed: a
@@ -110,10 +162,16 @@ func (s *Server) Port() int { return s.port }
 func (s *Server) start(t *testing.T) {
 	t.Helper()
 	s.cmd = exec.Command(s.bin, s.args(s.port, s.dir)...)
+	if s.env != nil {
+		s.cmd.Env = append(os.Environ(), s.env(s.port, s.dir)...)
+	}
+	// A group of its own: a server started by a script (RabbitMQ) is
+	// stopped with its children.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", s.name, err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(s.boot)
 	for {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.port), 200*time.Millisecond)
 		if err == nil {
@@ -131,13 +189,14 @@ func (s *Server) stop() {
 	if s.cmd == nil || s.cmd.Process == nil {
 		return
 	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	pgid := s.cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() { _ = s.cmd.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
-		_ = s.cmd.Process.Kill()
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		<-done
 	}
 	s.cmd = nil
