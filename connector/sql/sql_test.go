@@ -43,7 +43,17 @@ func newDatabase(t *testing.T, typ string) map[string]string {
 
 func openDB(t *testing.T, typ, table string, params map[string]string) *DB {
 	t.Helper()
-	p := newDatabase(t, typ)
+	return openDBWith(t, typ, table, newDatabase(t, typ), params)
+}
+
+// openDBWith starts a connector on the database of base (its path or dsn)
+// with params added.
+func openDBWith(t *testing.T, typ, table string, base, params map[string]string) *DB {
+	t.Helper()
+	p := map[string]string{}
+	for k, v := range base {
+		p[k] = v
+	}
 	for k, v := range params {
 		p[k] = v
 	}
@@ -204,6 +214,40 @@ func TestConformance(t *testing.T) {
 				New: func(t *testing.T) conformance.Fixture {
 					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
 					dbs.Store(t, d)
+					return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
+						return d.OpenSource(ctx, stream.SourceOptions{Name: group})
+					}}
+				},
+			})
+		})
+	}
+}
+
+// TestConformanceAcrossARestart runs the suite against private PostgreSQL
+// and MariaDB servers that the interruption restarts (a graceful stop, as
+// a service manager does, and a start on the same data).
+func TestConformanceAcrossARestart(t *testing.T) {
+	for _, typ := range []string{TypePostgres, TypeMySQL} {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			var srv *testenv.Server
+			var dsn func(t *testing.T) string
+			if typ == TypePostgres {
+				srv = testenv.PrivatePostgres(t)
+				dsn = func(t *testing.T) string {
+					return testenv.PostgresDatabaseOn(t, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", srv.Port()))
+				}
+			} else {
+				srv = testenv.PrivateMariaDB(t)
+				dsn = func(t *testing.T) string {
+					return testenv.MySQLDatabaseOn(t, fmt.Sprintf("root@tcp(127.0.0.1:%d)/", srv.Port()))
+				}
+			}
+			conformance.Run(t, conformance.Harness{
+				Features: conformance.Features{OrderPerKey: true, Interrupt: srv.Restart},
+				New: func(t *testing.T) conformance.Fixture {
+					d := openDBWith(t, typ, "events", map[string]string{"dsn": dsn(t)},
+						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
 					return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
 						return d.OpenSource(ctx, stream.SourceOptions{Name: group})
 					}}

@@ -13,7 +13,13 @@ import (
 // its end, and returns its URL.
 func PostgresDatabase(t *testing.T) string {
 	t.Helper()
-	base := Postgres.Addr(t)
+	return PostgresDatabaseOn(t, Postgres.Addr(t))
+}
+
+// PostgresDatabaseOn creates a database for one test on the server of the
+// URL base, dropped at its end, and returns its URL.
+func PostgresDatabaseOn(t *testing.T, base string) string {
+	t.Helper()
 	name := createDatabase(t, "pgx", base, " WITH (FORCE)")
 	i := strings.LastIndex(base, "/")
 	url := base[:i+1] + name
@@ -27,7 +33,13 @@ func PostgresDatabase(t *testing.T) string {
 // its end, and returns its DSN.
 func MySQLDatabase(t *testing.T) string {
 	t.Helper()
-	base := MySQL.Addr(t)
+	return MySQLDatabaseOn(t, MySQL.Addr(t))
+}
+
+// MySQLDatabaseOn creates a database for one test on the server of the DSN
+// base, dropped at its end, and returns its DSN.
+func MySQLDatabaseOn(t *testing.T, base string) string {
+	t.Helper()
 	name := createDatabase(t, "mysql", base, "")
 	mc, err := mysql.ParseDSN(base)
 	if err != nil {

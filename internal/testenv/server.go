@@ -1,13 +1,16 @@
 package testenv
 
 import (
+	"database/sql"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +27,12 @@ type Server struct {
 	env func(port int, dir string) []string
 	// boot bounds how long the server may take to listen (default 20s).
 	boot time.Duration
+	// stopSignal stops the server gracefully (default SIGTERM).
+	stopSignal syscall.Signal
+	// ready, when set, says whether the listening server serves yet.
+	ready func(port int) error
+	// cred runs the server as another user (PostgreSQL refuses root).
+	cred *syscall.Credential
 	port int
 	dir  string
 	cmd  *exec.Cmd
@@ -63,6 +72,99 @@ func PrivateMosquitto(t *testing.T) *Server {
 		}
 		return []string{"-c", conf}
 	})
+}
+
+// PrivatePostgres is a PostgreSQL server of its own (initdb into the test's
+// folder, trust authentication, user postgres), so the test can restart it.
+// Its URL: postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable.
+func PrivatePostgres(t *testing.T) *Server {
+	bin := "postgres"
+	if found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres"); len(found) > 0 {
+		sort.Strings(found)
+		bin = found[len(found)-1]
+	}
+	s := newServer(t, "PostgreSQL", bin, func(port int, dir string) []string {
+		return []string{"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-k", dir,
+			"-c", "listen_addresses=127.0.0.1", "-c", "logging_collector=off"}
+	})
+	s.runAs(t, "postgres")
+	// SIGTERM is PostgreSQL's "smart" shutdown, which waits for every
+	// client to leave; service managers use "fast" (SIGINT).
+	s.stopSignal = syscall.SIGINT
+	// PostgreSQL listens before it accepts sessions ("starting up").
+	s.ready = func(port int) error {
+		db, err := sql.Open("pgx", fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=1", port))
+		if err != nil {
+			return err
+		}
+		defer db.Close()
+		return db.Ping()
+	}
+	s.prepare(t, exec.Command(filepath.Join(filepath.Dir(s.bin), "initdb"), "-D", filepath.Join(s.dir, "data"),
+		"-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"))
+	s.launch(t)
+	return s
+}
+
+// PrivateMariaDB is a MariaDB server of its own (a data folder installed in
+// the test's folder, root with no password), so the test can restart it.
+// Its DSN: root@tcp(127.0.0.1:PORT)/.
+func PrivateMariaDB(t *testing.T) *Server {
+	s := newServer(t, "MariaDB", "mariadbd", func(port int, dir string) []string {
+		return []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--port=" + strconv.Itoa(port),
+			"--bind-address=127.0.0.1", "--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mariadb.pid"),
+			"--log-error=" + filepath.Join(dir, "mariadb.log"), "--user=" + currentUser(), "--skip-name-resolve"}
+	})
+	install, err := exec.LookPath("mariadb-install-db")
+	if err != nil {
+		install = "mysql_install_db"
+	}
+	s.prepare(t, exec.Command(install, "--no-defaults", "--datadir="+filepath.Join(s.dir, "data"),
+		"--user="+currentUser(), "--auth-root-authentication-method=normal", "--skip-test-db"))
+	s.launch(t)
+	return s
+}
+
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "root"
+}
+
+// runAs makes the server run as the named user when the test runs as root,
+// in a data folder that user owns.
+func (s *Server) runAs(t *testing.T, name string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		t.Fatalf("%s must not run as root and there is no %s user: %v", s.name, name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	// t.TempDir's parent is closed to other users: a folder of its own.
+	dir, err := os.MkdirTemp("", "kisflow-"+name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s.dir = dir
+	s.cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+}
+
+// prepare runs a set-up command (initdb) as the server's user.
+func (s *Server) prepare(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+	}
 }
 
 // PrivateRabbitMQ is a RabbitMQ node of its own (node name, ports, database
@@ -167,7 +269,12 @@ func (s *Server) start(t *testing.T) {
 	}
 	// A group of its own: a server started by a script (RabbitMQ) is
 	// stopped with its children.
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred}
+	// What the server prints goes to server.log, shown if the test fails.
+	if out, err := os.OpenFile(filepath.Join(s.dir, "server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+		s.cmd.Stdout, s.cmd.Stderr = out, out
+		defer out.Close() // the child has its own copy
+	}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", s.name, err)
 	}
@@ -176,10 +283,15 @@ func (s *Server) start(t *testing.T) {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", s.port), 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return
+			if s.ready == nil {
+				return
+			}
+			if err = s.ready(s.port); err == nil {
+				return
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s did not come up on port %d", s.name, s.port)
+			t.Fatalf("%s did not come up on port %d: %v", s.name, s.port, err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -190,7 +302,11 @@ func (s *Server) stop() {
 		return
 	}
 	pgid := s.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	sig := s.stopSignal
+	if sig == 0 {
+		sig = syscall.SIGTERM
+	}
+	_ = syscall.Kill(-pgid, sig)
 	done := make(chan struct{})
 	go func() { _ = s.cmd.Wait(); close(done) }()
 	select {
