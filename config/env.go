@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -81,4 +82,25 @@ func ExpandEnv(s string) (string, error) {
 		return "", fmt.Errorf("environment variable(s) %s not set", strings.Join(slices.Compact(missing), ", "))
 	}
 	return v, nil
+}
+
+// RedactURLs returns a comma-separated list of URLs with each password
+// replaced by "xxxxx", for error messages and logs: credentials given in a
+// URL (nats://user:pass@host) must not reach them. A user with no password
+// is replaced too: NATS reads it as a token (nats://TOKEN@host).
+func RedactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		u, err := url.Parse(strings.TrimSpace(p))
+		if err != nil || u.User == nil {
+			continue
+		}
+		if _, has := u.User.Password(); has {
+			parts[i] = u.Redacted()
+		} else {
+			u.User = url.User("xxxxx")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }

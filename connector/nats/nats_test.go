@@ -252,3 +252,19 @@ func TestConnectorsShareAConnectionPlugin(t *testing.T) {
 		t.Fatal("the shared connection is still open after the engine closed")
 	}
 }
+
+// A connection error names the server without the password of its URL.
+func TestConnectErrorHidesThePassword(t *testing.T) {
+	t.Parallel()
+	d, err := New(&config.Conn{CName: "js", Type: Type, Addrs: "nats://alice:s3cret@127.0.0.1:1", Key: "a", Params: map[string]string{"stream": "S", "timeout": "200ms"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = d.(*NATS).Start(context.Background())
+	if err == nil {
+		t.Fatal("connected to a port nothing listens on")
+	}
+	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "alice:xxxxx@127.0.0.1:1") {
+		t.Fatalf("error %q: want the URL with its password hidden", err)
+	}
+}

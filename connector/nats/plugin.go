@@ -85,7 +85,7 @@ func authOptions(creds, token, user, password string) []natsgo.Option {
 func (p *ClientPlugin) Start(context.Context, plugin.Host) error {
 	nc, err := natsgo.Connect(p.url, p.opts...)
 	if err != nil {
-		return fmt.Errorf("nats %s: %w", p.url, err)
+		return fmt.Errorf("nats %s: %w", config.RedactURLs(p.url), err)
 	}
 	p.nc = nc
 	return nil
