@@ -191,66 +191,81 @@ func (r *Redis) Client() *goredis.Client { return r.client }
 
 // Write saves rows by the connector's mode: the stream sink and Save.
 func (r *Redis) Write(ctx context.Context, rows []any) error {
-	pipe := r.client.Pipeline()
-	if err := r.queue(ctx, pipe, rows); err != nil {
+	writes, err := r.plan(rows)
+	if err != nil {
 		return err
 	}
+	pipe := r.client.Pipeline()
+	r.queue(ctx, pipe, writes)
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("redis connector %q: write: %w", r.cfg.CName, err)
 	}
 	return nil
 }
 
-// queue adds the commands saving rows to pipe.
-func (r *Redis) queue(ctx context.Context, pipe goredis.Pipeliner, rows []any) error {
+// write is one row's save: its key and what goes there.
+type write struct {
+	key    string
+	fields []any  // hash mode: field, value, ...
+	data   []byte // the other modes: the row as JSON
+	marker string // dedup_key: the key marking the row saved
+}
+
+// plan encodes rows into writes; a row that cannot be saved fails the
+// whole batch before anything is sent.
+func (r *Redis) plan(rows []any) ([]write, error) {
+	writes := make([]write, len(rows))
 	for i, row := range rows {
 		m, err := fields.Of(row)
 		if err != nil {
-			return fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+			return nil, fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
 		}
-		key, err := r.key.Expand(m)
-		if err != nil {
-			return fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+		w := &writes[i]
+		if w.key, err = r.key.Expand(m); err != nil {
+			return nil, fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
 		}
-		switch r.mode {
-		case "hash":
-			args := make([]any, 0, 2*len(m))
+		if r.mode == "hash" {
+			w.fields = make([]any, 0, 2*len(m))
 			for k, v := range m {
-				args = append(args, k, scalar(v))
+				w.fields = append(w.fields, k, scalar(v))
 			}
-			pipe.HSet(ctx, key, args...)
-		case "string":
-			data, err := gojson.Marshal(m)
-			if err != nil {
-				return err
-			}
-			pipe.Set(ctx, key, data, r.ttl)
-			continue // SET carries the TTL
-		case "list", "stream":
-			data, err := gojson.Marshal(m)
-			if err != nil {
-				return err
-			}
-			if r.dedup != nil {
-				id, err := r.dedup.Expand(m)
-				if err != nil {
-					return fmt.Errorf("redis connector %q: row %d: dedup_key: %w", r.cfg.CName, i, err)
-				}
-				marker := "kisflow:saved:" + r.cfg.CName + ":" + key + ":" + id
-				saveOnce.Eval(ctx, pipe, []string{marker, key}, r.dedupTTL.Milliseconds(), r.mode, data, r.field, r.ttl.Milliseconds())
-				continue // the script sets the TTL
-			}
-			if r.mode == "list" {
-				pipe.RPush(ctx, key, data)
-			} else {
-				pipe.XAdd(ctx, &goredis.XAddArgs{Stream: key, Values: []any{r.field, data}})
-			}
+			continue
 		}
-		if r.ttl > 0 {
-			pipe.Expire(ctx, key, r.ttl)
+		if w.data, err = gojson.Marshal(m); err != nil {
+			return nil, fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+		}
+		if r.dedup != nil && (r.mode == "list" || r.mode == "stream") {
+			id, err := r.dedup.Expand(m)
+			if err != nil {
+				return nil, fmt.Errorf("redis connector %q: row %d: dedup_key: %w", r.cfg.CName, i, err)
+			}
+			w.marker = "kisflow:saved:" + r.cfg.CName + ":" + w.key + ":" + id
 		}
 	}
-	return nil
+	return writes, nil
+}
+
+// queue adds the commands of writes to pipe.
+func (r *Redis) queue(ctx context.Context, pipe goredis.Pipeliner, writes []write) {
+	for _, w := range writes {
+		switch {
+		case r.mode == "hash":
+			pipe.HSet(ctx, w.key, w.fields...)
+		case r.mode == "string":
+			pipe.Set(ctx, w.key, w.data, r.ttl)
+			continue // SET carries the TTL
+		case w.marker != "":
+			saveOnce.Eval(ctx, pipe, []string{w.marker, w.key}, r.dedupTTL.Milliseconds(), r.mode, w.data, r.field, r.ttl.Milliseconds())
+			continue // the script sets the TTL
+		case r.mode == "list":
+			pipe.RPush(ctx, w.key, w.data)
+		default:
+			pipe.XAdd(ctx, &goredis.XAddArgs{Stream: w.key, Values: []any{r.field, w.data}})
+		}
+		if r.ttl > 0 {
+			pipe.Expire(ctx, w.key, r.ttl)
+		}
+	}
 }
 
 // positionKey and inboxKey hold a stream's exactly-once state: its last
@@ -261,30 +276,80 @@ func (r *Redis) inboxKey(stream string) string    { return r.statePrefix + "inbo
 
 // CommitBatch saves rows, the stream's position and the IDs of the
 // messages the batch consumed in one MULTI/EXEC transaction: Redis runs it
-// whole, with no other client's command in between, so a crash leaves
-// either all of it or none, and a redelivered message is recognised by
-// its source position (its ID) and not saved again. This makes the
-// connector an exactly-once sink (stream.delivery: exactly-once).
+// whole, with no other client's command in between, so a redelivered
+// message is recognised by its source position (its ID) and not saved
+// again. This makes the connector an exactly-once sink (stream.delivery:
+// exactly-once).
+//
+// Redis does not roll a transaction back when one of its commands fails
+// (a key of another type: WRONGTYPE), which would record the IDs of rows
+// not saved. So the keys are WATCHed and their types checked first: a
+// mismatch fails the batch before anything is written, and a key changed
+// by another client in between makes Redis refuse the transaction, which
+// is tried again.
 func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
-	pipe := r.client.TxPipeline()
-	if err := r.queue(ctx, pipe, rows); err != nil {
+	writes, err := r.plan(rows)
+	if err != nil {
 		return err
 	}
-	if len(ids) > 0 {
-		now := time.Now()
-		members := make([]goredis.Z, len(ids))
-		for i, id := range ids {
-			members[i] = goredis.Z{Score: float64(now.UnixMilli()), Member: id}
+	keys := make([]string, 0, len(writes))
+	seen := make(map[string]bool, len(writes))
+	for _, w := range writes {
+		if !seen[w.key] {
+			seen[w.key] = true
+			keys = append(keys, w.key)
 		}
-		inbox := r.inboxKey(stream)
-		pipe.ZAdd(ctx, inbox, members...)
-		pipe.ZRemRangeByScore(ctx, inbox, "-inf", "("+strconv.FormatInt(now.Add(-r.dedupTTL).UnixMilli(), 10))
 	}
-	if position != "" {
-		pipe.Set(ctx, r.positionKey(stream), position, 0)
+	commit := func(tx *goredis.Tx) error {
+		if err := r.checkTypes(ctx, tx, keys); err != nil {
+			return err
+		}
+		_, err := tx.TxPipelined(ctx, func(pipe goredis.Pipeliner) error {
+			r.queue(ctx, pipe, writes)
+			if len(ids) > 0 {
+				now := time.Now()
+				members := make([]goredis.Z, len(ids))
+				for i, id := range ids {
+					members[i] = goredis.Z{Score: float64(now.UnixMilli()), Member: id}
+				}
+				inbox := r.inboxKey(stream)
+				pipe.ZAdd(ctx, inbox, members...)
+				pipe.ZRemRangeByScore(ctx, inbox, "-inf", "("+strconv.FormatInt(now.Add(-r.dedupTTL).UnixMilli(), 10))
+			}
+			if position != "" {
+				pipe.Set(ctx, r.positionKey(stream), position, 0)
+			}
+			return nil
+		})
+		return err
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	for attempt := 0; ; attempt++ {
+		err = r.client.Watch(ctx, commit, keys...)
+		if !errors.Is(err, goredis.TxFailedErr) || attempt == 9 {
+			break
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, err)
+	}
+	return nil
+}
+
+// checkTypes fails when a key holds another type than the mode writes.
+func (r *Redis) checkTypes(ctx context.Context, tx *goredis.Tx, keys []string) error {
+	cmds, err := tx.Pipelined(ctx, func(pipe goredis.Pipeliner) error {
+		for _, k := range keys {
+			pipe.Type(ctx, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, c := range cmds {
+		if got := c.(*goredis.StatusCmd).Val(); got != "none" && got != r.mode {
+			return fmt.Errorf("key %s holds a %s, not a %s: nothing of the batch was written", keys[i], got, r.mode)
+		}
 	}
 	return nil
 }

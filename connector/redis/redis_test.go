@@ -269,6 +269,20 @@ func TestCommitBatchRecordsPositionAndIDs(t *testing.T) {
 	if seen, _ := r.Seen(ctx, "f", []string{"c"}); seen["c"] {
 		t.Fatal("a failed batch recorded its IDs")
 	}
+	// A key of another type would fail one command of the transaction and
+	// Redis would run the others: the batch must fail before any runs.
+	other := prefix + "list:2"
+	r.client.Set(ctx, other, "a string", 0)
+	mixed := []any{map[string]any{"user_id": 1, "n": 5}, map[string]any{"user_id": 2, "n": 6}}
+	if err := r.CommitBatch(ctx, "f", "11", []string{"d"}, mixed); err == nil || !strings.Contains(err.Error(), "holds a string") {
+		t.Fatalf("a batch over a key of another type: %v", err)
+	}
+	if n := r.client.LLen(ctx, key).Val(); n != 2 {
+		t.Fatalf("a batch that failed its type check wrote: %d entries", n)
+	}
+	if seen, _ := r.Seen(ctx, "f", []string{"d"}); seen["d"] {
+		t.Fatal("a batch that failed its type check recorded its IDs")
+	}
 }
 
 type item struct {
