@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -126,11 +127,11 @@ params:
 
 func child(t *testing.T, dir string) *exec.Cmd {
 	t.Helper()
-	args, _ := json.Marshal([]string{"run", dir, "--state", filepath.Join(dir, "state"), "--log-level", "error"})
+	args, _ := json.Marshal([]string{"run", dir, "--state", filepath.Join(dir, "state"), "--log-level", "info"})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "KISFLOW_TEST_CHILD="+string(args))
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("child output:\n%s", out.String())
@@ -140,6 +141,43 @@ func child(t *testing.T, dir string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	return cmd
+}
+
+// syncBuffer is a child's output, read while the child writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// waitStarted waits until the child's job runs (its signal handler is in
+// place by then) or the child ends; false if neither within wait.
+func waitStarted(cmd *exec.Cmd, done chan error, wait time.Duration) bool {
+	out := cmd.Stdout.(*syncBuffer)
+	deadline := time.Now().Add(wait)
+	for !strings.Contains(out.String(), "job starts") {
+		if time.Now().After(deadline) {
+			return false
+		}
+		select {
+		case err := <-done:
+			done <- err // for the caller, who waits on it too
+			return true
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return true
 }
 
 // ids returns every id in the sink table, with repeats.
@@ -170,10 +208,19 @@ func killUntilDone(t *testing.T, dir string, sig syscall.Signal, maxKills int) i
 		done := make(chan error, 1)
 		go func() { done <- cmd.Wait() }()
 		var delay time.Duration
-		if kills < maxKills {
-			delay = time.Duration(40+r.IntN(250)) * time.Millisecond
-		} else {
+		switch {
+		case kills == maxKills:
 			delay = time.Minute // let the last run finish
+		case sig == syscall.SIGTERM:
+			// A SIGTERM before the process handles signals (while it
+			// starts) ends it at once, with nothing in flight: what is
+			// tested is the drain of a running job.
+			if !waitStarted(cmd, done, 30*time.Second) {
+				t.Fatal("the run did not start its job within 30s")
+			}
+			delay = time.Duration(r.IntN(250)) * time.Millisecond
+		default:
+			delay = time.Duration(40+r.IntN(250)) * time.Millisecond
 		}
 		select {
 		case err := <-done:
