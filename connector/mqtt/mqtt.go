@@ -104,14 +104,45 @@ func (b *Broker) connect(c paho.Client) error {
 
 // Start connects the publishing client.
 func (b *Broker) Start(context.Context) error {
-	c := paho.NewClient(b.options(fmt.Sprintf("kisflow-pub-%s-%d", b.cfg.CName, time.Now().UnixNano()), false))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.connectPublisher()
+}
+
+// connectPublisher makes a new publishing client; b.mu is held. It does
+// not reconnect by itself: Paho's reconnect re-sends stored publishes
+// while the old connection's writer may still be sending them (a data
+// race in Paho, eclipse-paho/paho.mqtt.golang#703). A write that loses
+// its connection fails instead (the runtime retries it) and the next
+// write connects afresh.
+func (b *Broker) connectPublisher() error {
+	o := b.options(fmt.Sprintf("kisflow-pub-%s-%d", b.cfg.CName, time.Now().UnixNano()), false).
+		SetAutoReconnect(false).SetConnectRetry(false)
+	c := paho.NewClient(o)
 	if err := b.connect(c); err != nil {
 		return err
 	}
-	b.mu.Lock()
+	if b.pub != nil {
+		b.pub.Disconnect(0)
+	}
 	b.pub = c
-	b.mu.Unlock()
 	return nil
+}
+
+// publisher returns a connected publishing client, connecting a new one
+// when the last lost its connection.
+func (b *Broker) publisher() (paho.Client, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pub == nil {
+		return nil, fmt.Errorf("mqtt connector %q is not started", b.cfg.CName)
+	}
+	if !b.pub.IsConnectionOpen() {
+		if err := b.connectPublisher(); err != nil {
+			return nil, err
+		}
+	}
+	return b.pub, nil
 }
 
 // Close disconnects the publishing client.
@@ -127,21 +158,42 @@ func (b *Broker) Close(context.Context) error {
 
 // Write publishes rows at QoS 1 and waits for every acknowledgement.
 func (b *Broker) Write(ctx context.Context, rows []any) error {
-	b.mu.Lock()
-	pub := b.pub
-	b.mu.Unlock()
-	if pub == nil {
-		return fmt.Errorf("mqtt connector %q is not started", b.cfg.CName)
+	pub, err := b.publisher()
+	if err != nil {
+		return err
 	}
-	toks := make([]paho.Token, 0, len(rows))
+	type message struct {
+		topic string
+		data  []byte
+	}
+	msgs := make([]message, len(rows))
 	for i, row := range rows {
 		_, topic, data, err := fields.Encode(row, b.topic)
 		if err != nil {
 			return fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err)
 		}
-		toks = append(toks, pub.Publish(topic, 1, false, data))
+		msgs[i] = message{topic, data}
 	}
 	deadline := time.Now().Add(b.timeout)
+	// Publish blocks (up to the write timeout) when the connection died
+	// under it: hand the messages over in a goroutine so that ctx and the
+	// deadline still end Write.
+	published := make(chan []paho.Token, 1)
+	go func() {
+		toks := make([]paho.Token, len(msgs))
+		for i, m := range msgs {
+			toks[i] = pub.Publish(m.topic, 1, false, m.data)
+		}
+		published <- toks
+	}()
+	var toks []paho.Token
+	select {
+	case toks = <-published:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(b.timeout):
+		return fmt.Errorf("mqtt connector %q: publish: not sent within %v", b.cfg.CName, b.timeout)
+	}
 	for _, tok := range toks {
 		select {
 		case <-tok.Done():

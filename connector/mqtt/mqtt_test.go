@@ -3,6 +3,8 @@ package mqtt
 import (
 	"context"
 	"fmt"
+	neturl "net/url"
+	"sync"
 	"testing"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -11,11 +13,26 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
+// TestConformance runs the suite on the local broker, reached through a
+// proxy whose connections the interruption cuts.
 func TestConformance(t *testing.T) {
+	var proxies sync.Map // *testing.T -> *testenv.Proxy
 	conformance.Run(t, conformance.Harness{
-		Features: conformance.Features{Redelivery: true, OrderPerKey: true},
+		Features: conformance.Features{Redelivery: true, OrderPerKey: true, Interrupt: func(t *testing.T) {
+			p, ok := proxies.Load(t)
+			if !ok {
+				t.Fatal("no proxy for this case")
+			}
+			p.(*testenv.Proxy).Cut(t)
+		}},
 		New: func(t *testing.T) conformance.Fixture {
-			url := testenv.MQTT.Addr(t)
+			broker, err := neturl.Parse(testenv.MQTT.Addr(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy := testenv.NewProxy(t, broker.Host)
+			proxies.Store(t, proxy)
+			url := "tcp://" + proxy.Addr()
 			name := testenv.Name("kisflow-test-")
 			d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: "kisflow/test/" + name})
 			if err != nil {
