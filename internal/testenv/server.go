@@ -220,6 +220,15 @@ func freePort(t *testing.T) int {
 func newServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
 	t.Helper()
 	path, err := exec.LookPath(bin)
+	if err != nil && !strings.Contains(bin, "/") {
+		// Server binaries live in sbin, which a user's PATH may lack.
+		for _, dir := range []string{"/usr/sbin", "/usr/local/sbin", "/sbin"} {
+			if p, lerr := exec.LookPath(filepath.Join(dir, bin)); lerr == nil {
+				path, err = p, nil
+				break
+			}
+		}
+	}
 	if err != nil {
 		msg := name + " (" + bin + ") is not installed, so the restart test cannot run"
 		if os.Getenv("KISFLOW_INTEGRATION") == "1" {
