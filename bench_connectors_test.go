@@ -200,3 +200,50 @@ func BenchmarkRedisStreamsVersusRawClient(b *testing.B) {
 		_ = r.Close(ctx)
 	}
 }
+
+// BenchmarkRedisSinkDelivery: a pre-filled Redis stream of 100,000 rows
+// through the five-layer pass-through into a Redis list, at-least-once
+// (pipelined writes) and exactly-once (WATCH, type check, MULTI/EXEC with
+// the position and message IDs).
+func BenchmarkRedisSinkDelivery(b *testing.B) {
+	addr := testenv.Redis.Addr(b)
+	for _, delivery := range []string{"at-least-once", "exactly-once"} {
+		b.Run(delivery, func(b *testing.B) {
+			for range b.N {
+				prefix := testenv.Name("kisflow-bench-")
+				d, err := kisredis.New(&config.Conn{CName: "pub", Addrs: addr, Key: prefix + "in", Params: map[string]string{"mode": "stream"}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				r := d.(*kisredis.Redis)
+				if err := r.Start(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				rows := make([]any, 0, 1000)
+				for i := 1; i <= brokerRows; i++ {
+					rows = append(rows, map[string]any{"id": i, "name": "row"})
+					if len(rows) == cap(rows) {
+						if err := r.Write(context.Background(), rows); err != nil {
+							b.Fatal(err)
+						}
+						rows = rows[:0]
+					}
+				}
+				docs := chain("Bench", "P1", "P2", "P3", "P4", "P5")
+				docs["flow.yml"] += "stream:\n  source: in\n  sink: out\n  batch_size: 1000\n  linger: 5ms\n  delivery: " + delivery + "\n"
+				docs["conns.yml"] = fmt.Sprintf("kistype: conn\ncname: in\ntype: redis\naddrs: %s\nkey: %sin\nparams:\n  mode: stream\n  group: kisflow\n---\n"+
+					"kistype: conn\ncname: out\ntype: redis\naddrs: %s\nkey: %sout\nparams:\n  mode: list\n  state_prefix: \"%sstate:\"\n", addr, prefix, addr, prefix, prefix)
+				took := runJobUntil(b, passThroughRegistry(b, kisredis.Install), docs, brokerRows)
+				b.ReportMetric(float64(brokerRows)/took.Seconds(), "rows/s")
+				ctx := context.Background()
+				if n := r.Client().LLen(ctx, prefix+"out").Val(); n < brokerRows {
+					b.Fatalf("the sink holds %d of %d rows", n, brokerRows)
+				}
+				if keys, err := r.Client().Keys(ctx, prefix+"*").Result(); err == nil && len(keys) > 0 {
+					r.Client().Del(ctx, keys...)
+				}
+				_ = r.Close(ctx)
+			}
+		})
+	}
+}
