@@ -6,12 +6,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/conformance"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -193,45 +191,20 @@ func TestConnectorsShareAConnectionPlugin(t *testing.T) {
 	t.Parallel()
 	url := testenv.NATS.Addr(t)
 	name := testenv.Name("kfplug")
-	reg := kisflow.NewRegistry()
-	if err := Install(reg); err != nil {
-		t.Fatal(err)
-	}
 	conn := func(cname, subject string) string {
 		return "kistype: conn\ncname: " + cname + "\ntype: nats\nkey: kisflow.test." + name + "." + subject +
 			"\nparams: {client: main, stream: KF_" + name + "_" + subject + ", create: \"true\"}\n"
 	}
-	set, err := config.ImportFS(fstest.MapFS{
-		"global.yml": {Data: []byte("kistype: global\nplugins:\n  nats:\n    main: {url: \"${KISFLOW_TEST_NATS_URL:-" + url + "}\"}\n")},
-		"conns.yml":  {Data: []byte(conn("a", "a") + "---\n" + conn("b", "b") + "---\nkistype: conn\ncname: bad\ntype: nats\nkey: x\nparams: {client: nosuch, stream: X}\n")},
-	}, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, a, b := testenv.SharedClients(t, Install, PluginType,
+		"kistype: global\nplugins:\n  nats:\n    main: {url: \"${KISFLOW_TEST_NATS_URL:-"+url+"}\"}\n",
+		conn("a", "a")+"---\n"+conn("b", "b")+"---\nkistype: conn\ncname: bad\ntype: nats\nkey: x\nparams: {client: nosuch, stream: X}\n")
 	ctx := context.Background()
-	a, err := eng.Connector(ctx, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := eng.Connector(ctx, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	na, nb := a.Driver().(*NATS), b.Driver().(*NATS)
+	na, nb := a.(*NATS), b.(*NATS)
 	p, _ := eng.Plugin(PluginType, "main")
 	shared := p.(*ClientPlugin).Conn()
 	if na.Conn() != shared || nb.Conn() != shared {
 		t.Fatal("the connectors do not use the plugin's connection")
 	}
-	defer func() {
-		for _, n := range []*NATS{na, nb} {
-			_ = n.JetStream().DeleteStream(context.Background(), n.streamName)
-		}
-	}()
 	if err := na.Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
 		t.Fatal(err)
 	}
@@ -242,8 +215,10 @@ func TestConnectorsShareAConnectionPlugin(t *testing.T) {
 	if info, err := st.Info(ctx); err != nil || info.State.Msgs != 1 {
 		t.Fatalf("write through the shared connection: %+v %v", info, err)
 	}
-	if _, err := eng.Connector(ctx, "bad"); err == nil || !strings.Contains(err.Error(), "plugins.nats.nosuch") {
-		t.Fatalf("unknown client: %v", err)
+	for _, n := range []*NATS{na, nb} { // while the connection is open
+		if err := n.JetStream().DeleteStream(ctx, n.streamName); err != nil {
+			t.Error(err)
+		}
 	}
 	if err := eng.Close(ctx); err != nil {
 		t.Fatal(err)

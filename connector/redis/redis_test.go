@@ -182,33 +182,13 @@ func TestConnectorsShareAClientPlugin(t *testing.T) {
 	t.Parallel()
 	addr := testenv.Redis.Addr(t)
 	prefix := testenv.Name("kfplug")
-	reg := kisflow.NewRegistry()
-	if err := Install(reg); err != nil {
-		t.Fatal(err)
-	}
-	set, err := config.ImportFS(fstest.MapFS{
-		"global.yml": {Data: []byte("kistype: global\nplugins:\n  redis:\n    main: {addr: \"" + addr + "\", db: 0}\n")},
-		"conns.yml": {Data: []byte("kistype: conn\ncname: a\ntype: redis\nkey: " + prefix + ":a:{id}\nparams: {client: main}\n---\n" +
-			"kistype: conn\ncname: b\ntype: redis\nkey: " + prefix + ":b:{id}\nparams: {client: main, mode: string}\n---\n" +
-			"kistype: conn\ncname: bad\ntype: redis\nkey: x\nparams: {client: nosuch}\n")},
-	}, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng, a, b := testenv.SharedClients(t, Install, PluginType,
+		"kistype: global\nplugins:\n  redis:\n    main: {addr: \""+addr+"\", db: 0}\n",
+		"kistype: conn\ncname: a\ntype: redis\nkey: "+prefix+":a:{id}\nparams: {client: main}\n---\n"+
+			"kistype: conn\ncname: b\ntype: redis\nkey: "+prefix+":b:{id}\nparams: {client: main, mode: string}\n---\n"+
+			"kistype: conn\ncname: bad\ntype: redis\nkey: x\nparams: {client: nosuch}\n")
 	ctx := context.Background()
-	a, err := eng.Connector(ctx, "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := eng.Connector(ctx, "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ra, rb := a.Driver().(*Redis), b.Driver().(*Redis)
+	ra, rb := a.(*Redis), b.(*Redis)
 	p, _ := eng.Plugin(PluginType, "main")
 	if ra.Client() != p.(*ClientPlugin).Client() || rb.Client() != ra.Client() {
 		t.Fatal("the connectors do not use the plugin's client")
@@ -218,9 +198,6 @@ func TestConnectorsShareAClientPlugin(t *testing.T) {
 	}
 	if n, err := ra.Client().Exists(ctx, prefix+":a:1").Result(); err != nil || n != 1 {
 		t.Fatalf("write through the shared client: %d %v", n, err)
-	}
-	if _, err := eng.Connector(ctx, "bad"); err == nil || !strings.Contains(err.Error(), "plugins.redis.nosuch") {
-		t.Fatalf("unknown client: %v", err)
 	}
 	_ = ra.Client().Del(ctx, prefix+":a:1")
 	if err := eng.Close(ctx); err != nil {

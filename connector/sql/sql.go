@@ -17,7 +17,10 @@
 // with column types from the first row), load_query (the query a Load
 // function runs, with :field placeholders filled from the row), poll_column
 // (the source: an increasing column), poll_interval (default 500ms),
-// timeout (connect and ping, default 5s), max_conns (default 8).
+// timeout (connect and ping, default 5s), max_conns (default 8), client
+// (mysql, postgres: the name of a shared pool configured as
+// plugins.postgres.<name> or plugins.mysql.<name> in the global file; the
+// connection params are then the plugin's).
 //
 // Rows may be maps, structs (fields by json tag or name) or JSON text.
 package sql
@@ -34,7 +37,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	gojson "github.com/goccy/go-json"
 	"github.com/jackc/pgx/v5"
 	_ "github.com/jackc/pgx/v5/stdlib" // the database/sql driver "pgx"
@@ -52,10 +54,15 @@ const (
 	TypePostgres = "postgres"
 )
 
-// Install registers the SQL drivers.
+// Install registers the SQL drivers and the shared pool plugin types.
 func Install(reg *kisflow.Registry) error {
 	for typ, f := range map[string]kisflow.DriverFactory{TypeSQLite: NewSQLite, TypeMySQL: NewMySQL, TypePostgres: NewPostgres} {
 		if err := reg.RegisterDriver(typ, f); err != nil {
+			return err
+		}
+	}
+	for _, spec := range PoolSpecs {
+		if err := reg.RegisterPlugin(spec); err != nil {
 			return err
 		}
 	}
@@ -77,7 +84,8 @@ type DB struct {
 	loadQuery string
 	loadArgs  []string
 
-	db *stdsql.DB
+	db     *stdsql.DB
+	shared *PoolPlugin // set by UsePlugins: the pool is the plugin's
 
 	mu        sync.Mutex
 	columns   []string          // fixed once known
@@ -115,24 +123,11 @@ func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
 		}
 		dsn = fmt.Sprintf("%s:%s@tcp(%s)/%s", p["user"], p["password"], addr, p["database"])
 	}
-	mc, err := mysql.ParseDSN(dsn)
+	dsn, err := mysqlDSN(dsn, p["tls"] == "true")
 	if err != nil {
 		return nil, fmt.Errorf("mysql connector %q: bad dsn: %w", cfg.CName, err)
 	}
-	mc.ParseTime = true
-	if mc.Timeout == 0 {
-		mc.Timeout = 5 * time.Second
-	}
-	if mc.ReadTimeout == 0 {
-		mc.ReadTimeout = 30 * time.Second
-	}
-	if mc.WriteTimeout == 0 {
-		mc.WriteTimeout = 30 * time.Second
-	}
-	if p["tls"] == "true" {
-		mc.TLSConfig = "true"
-	}
-	d := &DB{cfg: cfg, dialect: checkpoint.MySQL, dsn: mc.FormatDSN(), table: cfg.Key, create: p["create"] == "true"}
+	d := &DB{cfg: cfg, dialect: checkpoint.MySQL, dsn: dsn, table: cfg.Key, create: p["create"] == "true"}
 	if err := d.parseCommon(); err != nil {
 		return nil, err
 	}
@@ -257,18 +252,25 @@ func (d *DB) quote(id string) string {
 func (d *DB) Start(ctx context.Context) error {
 	var db *stdsql.DB
 	var err error
-	switch d.dialect {
-	case checkpoint.SQLite:
+	switch {
+	case d.shared != nil:
+		db = d.shared.DB()
+	case d.dialect == checkpoint.SQLite:
 		db, err = checkpoint.OpenSQLiteDB(d.path)
-	case checkpoint.MySQL:
+	case d.dialect == checkpoint.MySQL:
 		db, err = stdsql.Open("mysql", d.dsn)
-	case checkpoint.Postgres:
+	case d.dialect == checkpoint.Postgres:
 		db, err = stdsql.Open("pgx", d.dsn)
 	}
 	if err != nil {
 		return err
 	}
-	if d.dialect != checkpoint.SQLite {
+	closeOwn := func() {
+		if d.shared == nil {
+			db.Close()
+		}
+	}
+	if d.dialect != checkpoint.SQLite && d.shared == nil {
 		db.SetMaxOpenConns(d.maxConns)
 		db.SetConnMaxIdleTime(5 * time.Minute)
 		pctx, cancel := context.WithTimeout(ctx, d.timeout)
@@ -280,20 +282,21 @@ func (d *DB) Start(ctx context.Context) error {
 		}
 	}
 	if err := checkpoint.Ensure(ctx, db, d.dialect); err != nil {
-		db.Close()
+		closeOwn()
 		return err
 	}
 	if err := checkpoint.EnsureInbox(ctx, db, d.dialect); err != nil {
-		db.Close()
+		closeOwn()
 		return err
 	}
 	d.db = db
 	return nil
 }
 
-// Close closes the database.
+// Close closes the database (a shared pool stays open for the others; its
+// plugin closes it).
 func (d *DB) Close(context.Context) error {
-	if d.db == nil {
+	if d.db == nil || d.shared != nil {
 		return nil
 	}
 	return d.db.Close()

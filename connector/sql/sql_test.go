@@ -369,3 +369,42 @@ func TestUpsertAndColumnMapping(t *testing.T) {
 		}
 	})
 }
+
+// Connectors naming a pool plugin share one database/sql pool, which
+// closes with the engine after them.
+func TestConnectorsShareAPoolPlugin(t *testing.T) {
+	t.Parallel()
+	for _, typ := range []string{TypePostgres, TypeMySQL} {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			dsn := newDatabase(t, typ)["dsn"]
+			conn := func(cname, table string) string {
+				return "kistype: conn\ncname: " + cname + "\ntype: " + typ + "\nkey: " + table + "\nparams: {client: main, create: \"true\"}\n"
+			}
+			eng, a, b := testenv.SharedClients(t, Install, typ,
+				"kistype: global\nplugins:\n  "+typ+":\n    main: {dsn: \""+dsn+"\", max_conns: 4}\n",
+				conn("a", "ta")+"---\n"+conn("b", "tb")+"---\nkistype: conn\ncname: bad\ntype: "+typ+"\nkey: t\nparams: {client: nosuch}\n")
+			ctx := context.Background()
+			da, db := a.(*DB), b.(*DB)
+			p, _ := eng.Plugin(typ, "main")
+			pool := p.(*PoolPlugin).DB()
+			if da.SQL() != pool || db.SQL() != pool {
+				t.Fatal("the connectors do not use the plugin's pool")
+			}
+			for _, d := range []*DB{da, db} {
+				if err := d.Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := count(t, da, "SELECT COUNT(*) FROM ta") + count(t, db, "SELECT COUNT(*) FROM tb"); n != 2 {
+				t.Fatalf("%d rows written through the shared pool, want 2", n)
+			}
+			if err := eng.Close(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := pool.PingContext(ctx); err == nil {
+				t.Fatal("the shared pool is still open after the engine closed")
+			}
+		})
+	}
+}

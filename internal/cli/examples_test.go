@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	amqp "github.com/rabbitmq/amqp091-go"
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/kisflow-go/kisflow"
@@ -25,9 +29,44 @@ func TestConnectorExamples(t *testing.T) {
 		t.Skip("runs every connector example against its service")
 	}
 	setup := map[string]func(t *testing.T, prefix string){
-		"redis":    func(t *testing.T, _ string) { t.Setenv("KISFLOW_REDIS_ADDR", testenv.Redis.Addr(t)) },
-		"nats":     func(t *testing.T, _ string) { t.Setenv("KISFLOW_NATS_URL", testenv.NATS.Addr(t)) },
-		"rabbitmq": func(t *testing.T, _ string) { t.Setenv("KISFLOW_AMQP_URL", testenv.RabbitMQ.Addr(t)) },
+		// Each removes what its run leaves on the shared service.
+		"redis": func(t *testing.T, prefix string) {
+			addr := testenv.Redis.Addr(t)
+			t.Setenv("KISFLOW_REDIS_ADDR", addr)
+			t.Cleanup(func() {
+				cl := goredis.NewClient(&goredis.Options{Addr: addr})
+				defer cl.Close()
+				cl.Del(context.Background(), prefix+"_orders")
+			})
+		},
+		"nats": func(t *testing.T, prefix string) {
+			url := testenv.NATS.Addr(t)
+			t.Setenv("KISFLOW_NATS_URL", url)
+			t.Cleanup(func() {
+				nc, err := natsgo.Connect(url)
+				if err != nil {
+					return
+				}
+				defer nc.Close()
+				if js, err := jetstream.New(nc); err == nil {
+					_ = js.DeleteStream(context.Background(), prefix)
+				}
+			})
+		},
+		"rabbitmq": func(t *testing.T, prefix string) {
+			url := testenv.RabbitMQ.Addr(t)
+			t.Setenv("KISFLOW_AMQP_URL", url)
+			t.Cleanup(func() {
+				conn, err := amqp.Dial(url)
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				if ch, err := conn.Channel(); err == nil {
+					_, _ = ch.QueueDelete(prefix+"_orders", false, false, false)
+				}
+			})
+		},
 		"mqtt":     func(t *testing.T, _ string) { t.Setenv("KISFLOW_MQTT_URL", testenv.MQTT.Addr(t)) },
 		"postgres": func(t *testing.T, _ string) { t.Setenv("KISFLOW_PG_URL", testenv.PostgresDatabase(t)) },
 		"mysql":    func(t *testing.T, _ string) { t.Setenv("KISFLOW_MYSQL_DSN", testenv.MySQLDatabase(t)) },
