@@ -68,18 +68,21 @@ func (s *pollSource) poll(ctx context.Context, max int) ([]*stream.Message, erro
 	}
 	q += fmt.Sprintf(" ORDER BY %s LIMIT %d", d.quote(d.pollCol), max)
 	rows, err := d.db.QueryContext(ctx, q, args...)
+	if err != nil && ctx.Err() == nil && d.create {
+		// The table is created by the first write: until then, empty. A
+		// writer may create it between the failed query and this check:
+		// then the query runs again.
+		exists, xerr := d.tableExists(ctx)
+		if xerr == nil && !exists {
+			return nil, nil
+		}
+		if xerr == nil {
+			rows, err = d.db.QueryContext(ctx, q, args...)
+		}
+	}
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
-		}
-		if d.create {
-			exists, xerr := d.tableExists(ctx)
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			if xerr == nil && !exists {
-				return nil, nil // created by the first write: until then, empty
-			}
 		}
 		return nil, fmt.Errorf("connector %q: poll %s: %w", d.cfg.CName, d.table, err)
 	}
