@@ -73,17 +73,6 @@ func (s *Set) checkEnv(name string, c *Conn, add func(kind Kind, name, field str
 	}
 }
 
-// ExpandEnv replaces ${VAR} and ${VAR:-default} in s from the environment, for
-// plugin configs holding addresses and credentials. A variable that is unset
-// and has no default is an error.
-func ExpandEnv(s string) (string, error) {
-	v, missing := expandEnv(s, os.LookupEnv)
-	if len(missing) > 0 {
-		return "", fmt.Errorf("environment variable(s) %s not set", strings.Join(slices.Compact(missing), ", "))
-	}
-	return v, nil
-}
-
 // RedactURLs returns a comma-separated list of URLs with each password
 // replaced by "xxxxx", for error messages and logs: credentials given in a
 // URL (nats://user:pass@host) must not reach them. A user with no password

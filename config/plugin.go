@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -85,21 +86,25 @@ func NewPluginConfig(v any, dependsOn ...string) (*PluginConfig, error) {
 }
 
 // Decode decodes the plugin's config into v, a pointer to a struct holding
-// its defaults. A key v has no field for is an error, and so is a value of
-// the wrong type; errors carry the file and line. If v has a Validate()
-// error method, it is called after decoding.
+// its defaults. ${VAR} and ${VAR:-default} in its values expand from the
+// environment first (addresses and credentials); an unset variable with no
+// default is an error. A key v has no field for is an error, and so is a
+// value of the wrong type; errors carry the file and line. If v has a
+// Validate() error method, it is called after decoding.
 func (p *PluginConfig) Decode(v any) error {
 	if p.node.Kind == 0 {
 		return p.Problem(validate(v))
 	}
 	var probs []Problem
-	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, func(line int, msg string) {
+	add := func(line int, msg string) {
 		probs = append(probs, Problem{Pos: Pos{File: p.Pos.File, Line: line}, Msg: msg})
-	})
+	}
+	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, add)
+	node := expandNode(&p.node, add)
 	if len(probs) > 0 {
 		return &Error{Problems: probs}
 	}
-	if err := p.node.Decode(v); err != nil {
+	if err := node.Decode(v); err != nil {
 		probs = yamlProblems(p.Pos.File, err, "bad config")
 		for i := range probs {
 			if probs[i].Pos.Line == 0 {
@@ -109,6 +114,30 @@ func (p *PluginConfig) Decode(v any) error {
 		return &Error{Problems: probs}
 	}
 	return p.Problem(validate(v))
+}
+
+// expandNode returns a copy of n with ${VAR} references in its scalars
+// expanded; unset variables are reported at their line. The config keeps
+// the references, so exports never hold the values.
+func expandNode(n *yaml.Node, problem func(line int, msg string)) *yaml.Node {
+	c := *n
+	if n.Kind == yaml.ScalarNode && strings.Contains(n.Value, "${") {
+		v, missing := expandEnv(n.Value, os.LookupEnv)
+		if len(missing) > 0 {
+			problem(n.Line, fmt.Sprintf("environment variable(s) %s not set", strings.Join(slices.Compact(missing), ", ")))
+		}
+		c.Value = v
+		if n.Style&(yaml.DoubleQuotedStyle|yaml.SingleQuotedStyle|yaml.LiteralStyle|yaml.FoldedStyle) == 0 {
+			c.Tag = "" // resolved again: ${PORT} may be a number
+		}
+	}
+	if len(n.Content) > 0 {
+		c.Content = make([]*yaml.Node, len(n.Content))
+		for i, child := range n.Content {
+			c.Content[i] = expandNode(child, problem)
+		}
+	}
+	return &c
 }
 
 // Problem returns err (nil stays nil) as a *Error at the config's position,

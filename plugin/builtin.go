@@ -226,8 +226,8 @@ type OTLPConfig struct {
 	URLPath string `yaml:"url_path"`
 	// Insecure sends over plain HTTP instead of HTTPS.
 	Insecure bool `yaml:"insecure"`
-	// Headers are sent with each export; ${VAR} and ${VAR:-default} in
-	// their values (and in Endpoint) expand from the environment.
+	// Headers are sent with each export (credentials: ${VAR} expands, as
+	// in every plugin config).
 	Headers map[string]string `yaml:"headers"`
 	// ServiceName is the service.name resource (default kisflow).
 	ServiceName string `yaml:"service_name"`
@@ -242,9 +242,6 @@ type OTLPConfig struct {
 func (c *OTLPConfig) Validate() error {
 	if c.SampleRatio < 0 || c.SampleRatio > 1 {
 		return fmt.Errorf("sample_ratio %v is outside 0..1", c.SampleRatio)
-	}
-	if strings.Contains(c.Endpoint, "${") {
-		return nil // checked once expanded
 	}
 	if _, _, err := net.SplitHostPort(c.Endpoint); err != nil {
 		return fmt.Errorf("endpoint %q: want host:port", c.Endpoint)
@@ -263,21 +260,6 @@ func newOTLP(_ string, pc *config.PluginConfig) (Plugin, error) {
 	if err := pc.Decode(&cfg); err != nil {
 		return nil, err
 	}
-	// The endpoint and headers may name credentials: ${VAR} expands.
-	var err error
-	if cfg.Endpoint, err = config.ExpandEnv(cfg.Endpoint); err != nil {
-		return nil, pc.Problem(fmt.Errorf("endpoint: %w", err))
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, pc.Problem(err)
-	}
-	headers := make(map[string]string, len(cfg.Headers))
-	for k, v := range cfg.Headers {
-		if headers[k], err = config.ExpandEnv(v); err != nil {
-			return nil, pc.Problem(fmt.Errorf("headers.%s: %w", k, err))
-		}
-	}
-	cfg.Headers = headers
 	return &OTLP{cfg: cfg}, nil
 }
 

@@ -18,8 +18,8 @@ import (
 // every stream of a process instead of one per connector.
 const PluginType = "nats"
 
-// ClientConfig is the config of a shared connection. ${VAR} and
-// ${VAR:-default} expand in url, user, password, token and creds.
+// ClientConfig is the config of a shared connection (${VAR} expands, as in
+// every plugin config).
 type ClientConfig struct {
 	URL      string        `yaml:"url"` // comma-separated server URLs (default nats://127.0.0.1:4222)
 	User     string        `yaml:"user"`
@@ -50,14 +50,6 @@ var PluginSpec = plugin.Spec{Type: PluginType, New: func(name string, pc *config
 	c := ClientConfig{URL: natsgo.DefaultURL, Timeout: 5 * time.Second}
 	if err := pc.Decode(&c); err != nil {
 		return nil, err
-	}
-	fields := []*string{&c.URL, &c.User, &c.Password, &c.Token, &c.Creds}
-	for _, f := range fields {
-		v, err := config.ExpandEnv(*f)
-		if err != nil {
-			return nil, pc.Problem(err)
-		}
-		*f = v
 	}
 	opts := []natsgo.Option{natsgo.Name("kisflow-" + name), natsgo.Timeout(c.Timeout), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(250 * time.Millisecond)}
 	opts = append(opts, authOptions(c.Creds, c.Token, c.User, c.Password)...)

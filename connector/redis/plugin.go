@@ -48,14 +48,7 @@ var PluginSpec = plugin.Spec{Type: PluginType, New: func(_ string, pc *config.Pl
 	if err := pc.Decode(&c); err != nil {
 		return nil, err
 	}
-	var vals [3]string
-	for i, v := range []string{c.Addr, c.Username, c.Password} {
-		var err error
-		if vals[i], err = config.ExpandEnv(v); err != nil {
-			return nil, pc.Problem(err)
-		}
-	}
-	opts := &goredis.Options{Addr: vals[0], Username: vals[1], Password: vals[2],
+	opts := &goredis.Options{Addr: c.Addr, Username: c.Username, Password: c.Password,
 		DB: c.DB, DialTimeout: c.Timeout, ReadTimeout: c.Timeout, WriteTimeout: c.Timeout}
 	if c.TLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(opts.Addr, ":")[0]}

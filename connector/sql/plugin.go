@@ -17,8 +17,8 @@ import (
 // PoolConfig is the config of a shared connection pool, configured in the
 // global file under plugins.postgres.<name> or plugins.mysql.<name> and
 // used by connectors of that type whose params say `client: <name>`: one
-// pool for the tables of one database. ${VAR} and ${VAR:-default} expand
-// in dsn.
+// pool for the tables of one database (${VAR} expands, as in every plugin
+// config).
 type PoolConfig struct {
 	DSN      string        `yaml:"dsn"`
 	MaxConns int           `yaml:"max_conns"` // default 16
@@ -57,10 +57,8 @@ func newPool(dialect checkpoint.Dialect) func(string, *config.PluginConfig) (plu
 		if err := pc.Decode(&c); err != nil {
 			return nil, err
 		}
-		dsn, err := config.ExpandEnv(c.DSN)
-		if err != nil {
-			return nil, pc.Problem(fmt.Errorf("dsn: %w", err))
-		}
+		dsn := c.DSN
+		var err error
 		if dialect == checkpoint.MySQL {
 			dsn, err = mysqlDSN(dsn, false)
 		} else {
