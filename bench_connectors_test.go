@@ -19,6 +19,7 @@ import (
 	kisnats "github.com/kisflow-go/kisflow/connector/nats"
 	kisredis "github.com/kisflow-go/kisflow/connector/redis"
 	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // The broker benchmarks read the same pre-filled stream twice in one run:
@@ -86,6 +87,35 @@ func passThroughRegistry(b *testing.B, install func(*kisflow.Registry) error) *k
 	return reg
 }
 
+// fill writes brokerRows rows to sink, 1000 at a time.
+func fill(b *testing.B, sink stream.Sink) {
+	b.Helper()
+	rows := make([]any, 0, 1000)
+	for i := 1; i <= brokerRows; i++ {
+		rows = append(rows, map[string]any{"id": i, "name": "row"})
+		if len(rows) == cap(rows) {
+			if err := sink.Write(context.Background(), rows); err != nil {
+				b.Fatal(err)
+			}
+			rows = rows[:0]
+		}
+	}
+}
+
+// redisStream starts a Redis connector writing to the stream key.
+func redisStream(b *testing.B, addr, key string) *kisredis.Redis {
+	b.Helper()
+	d, err := kisredis.New(&config.Conn{CName: "pub", Addrs: addr, Key: key, Params: map[string]string{"mode": "stream"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := d.(*kisredis.Redis)
+	if err := r.Start(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return r
+}
+
 func reportVersus(b *testing.B, raw, job time.Duration, n int) {
 	rawRate := float64(n) / raw.Seconds()
 	jobRate := float64(n) / job.Seconds()
@@ -107,16 +137,7 @@ func BenchmarkJetStreamVersusRawClient(b *testing.B) {
 		if err := n.Start(context.Background()); err != nil {
 			b.Fatal(err)
 		}
-		rows := make([]any, 0, 1000)
-		for i := 1; i <= brokerRows; i++ {
-			rows = append(rows, map[string]any{"id": i, "name": "row"})
-			if len(rows) == cap(rows) {
-				if err := n.Write(context.Background(), rows); err != nil {
-					b.Fatal(err)
-				}
-				rows = rows[:0]
-			}
-		}
+		fill(b, n)
 		ctx := context.Background()
 
 		// The raw client: a durable pull consumer, fetch 1000, ack each.
@@ -149,24 +170,8 @@ func BenchmarkRedisStreamsVersusRawClient(b *testing.B) {
 	addr := testenv.Redis.Addr(b)
 	for range b.N {
 		key := testenv.Name("kisflow-bench-")
-		d, err := kisredis.New(&config.Conn{CName: "pub", Addrs: addr, Key: key, Params: map[string]string{"mode": "stream"}})
-		if err != nil {
-			b.Fatal(err)
-		}
-		r := d.(*kisredis.Redis)
-		if err := r.Start(context.Background()); err != nil {
-			b.Fatal(err)
-		}
-		rows := make([]any, 0, 1000)
-		for i := 1; i <= brokerRows; i++ {
-			rows = append(rows, map[string]any{"id": i, "name": "row"})
-			if len(rows) == cap(rows) {
-				if err := r.Write(context.Background(), rows); err != nil {
-					b.Fatal(err)
-				}
-				rows = rows[:0]
-			}
-		}
+		r := redisStream(b, addr, key)
+		fill(b, r)
 		ctx := context.Background()
 		cl := r.Client()
 
@@ -211,24 +216,8 @@ func BenchmarkRedisSinkDelivery(b *testing.B) {
 		b.Run(delivery, func(b *testing.B) {
 			for range b.N {
 				prefix := testenv.Name("kisflow-bench-")
-				d, err := kisredis.New(&config.Conn{CName: "pub", Addrs: addr, Key: prefix + "in", Params: map[string]string{"mode": "stream"}})
-				if err != nil {
-					b.Fatal(err)
-				}
-				r := d.(*kisredis.Redis)
-				if err := r.Start(context.Background()); err != nil {
-					b.Fatal(err)
-				}
-				rows := make([]any, 0, 1000)
-				for i := 1; i <= brokerRows; i++ {
-					rows = append(rows, map[string]any{"id": i, "name": "row"})
-					if len(rows) == cap(rows) {
-						if err := r.Write(context.Background(), rows); err != nil {
-							b.Fatal(err)
-						}
-						rows = rows[:0]
-					}
-				}
+				r := redisStream(b, addr, prefix+"in")
+				fill(b, r)
 				docs := chain("Bench", "P1", "P2", "P3", "P4", "P5")
 				docs["flow.yml"] += "stream:\n  source: in\n  sink: out\n  batch_size: 1000\n  linger: 5ms\n  delivery: " + delivery + "\n"
 				docs["conns.yml"] = fmt.Sprintf("kistype: conn\ncname: in\ntype: redis\naddrs: %s\nkey: %sin\nparams:\n  mode: stream\n  group: kisflow\n---\n"+
