@@ -32,6 +32,10 @@ type Fixture struct {
 	// Open opens a consumer of the stream. Consumers with the same group
 	// share its messages and acknowledgements.
 	Open func(ctx context.Context, group string) (stream.Source, error)
+	// Interrupt, when set, cuts this fixture's connections (or restarts
+	// its service) in the middle of a stream; it takes precedence over
+	// Features.Interrupt, for interruptions that belong to one fixture.
+	Interrupt func(t *testing.T)
 }
 
 // Features says what the system promises; cases for promises it does not
@@ -87,12 +91,7 @@ func Run(t *testing.T, h Harness) {
 		sharedGroup(t, h)
 	})
 	t.Run("Lag", func(t *testing.T) { t.Parallel(); lag(t, h) })
-	t.Run("Interrupted", func(t *testing.T) {
-		if h.Interrupt == nil {
-			t.Skip("the harness cannot interrupt the connection")
-		}
-		interrupted(t, h)
-	})
+	t.Run("Interrupted", func(t *testing.T) { interrupted(t, h) })
 }
 
 // Row is what the suite writes: an id and a key.
@@ -414,13 +413,20 @@ func sharedGroup(t *testing.T, h Harness) {
 
 func interrupted(t *testing.T, h Harness) {
 	f := h.New(t)
+	interrupt := f.Interrupt
+	if interrupt == nil {
+		interrupt = h.Interrupt
+	}
+	if interrupt == nil {
+		t.Skip("the harness cannot interrupt the connection")
+	}
 	src := open(t, f, "g")
 	write(t, f, rows(1, 50, 4))
 	_, first := readUntil(t, src, h.Wait, true, func(rs []Row) bool { return covers(rs, 1, 50) })
 	// Rows 51-75 are in the system, not yet read, when it is interrupted:
 	// they must survive it (a restarted service keeps what it stored).
 	write(t, f, rows(51, 75, 4))
-	h.Interrupt(t)
+	interrupt(t)
 	// The writer and the reader may see errors while the service is away;
 	// the sink is retried, the source reopened, as the runtime does.
 	deadline := time.Now().Add(h.Wait)

@@ -43,15 +43,20 @@ func start(t *testing.T, addrs, topic string, params map[string]string) *Kafka {
 	return k
 }
 
+// fixture starts a connector on the topic of the cluster at addrs.
+func fixture(t *testing.T, addrs, topic string) conformance.Fixture {
+	k := start(t, addrs, topic, map[string]string{"key_field": "{key}", "heartbeat": "100ms"})
+	return conformance.Fixture{Sink: k, Open: func(ctx context.Context, group string) (stream.Source, error) {
+		return k.OpenSource(ctx, stream.SourceOptions{Name: group})
+	}}
+}
+
 func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Harness{
 		Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true},
 		New: func(t *testing.T) conformance.Fixture {
 			addrs, topic := cluster(t)
-			k := start(t, addrs, topic, map[string]string{"key_field": "{key}", "heartbeat": "100ms"})
-			return conformance.Fixture{Sink: k, Open: func(ctx context.Context, group string) (stream.Source, error) {
-				return k.OpenSource(ctx, stream.SourceOptions{Name: group})
-			}}
+			return fixture(t, addrs, topic)
 		},
 	})
 }
@@ -306,31 +311,20 @@ func (b *broker) Cut(t *testing.T) {
 // TestConformanceAcrossAnInterruption runs the suite with the broker
 // restarted mid-stream (from its data folder: without it, the rows stored
 // before the restart are lost and the case fails), then with every
-// connection cut. Each case gets a cluster of its own; the interruption
-// finds it by the test.
+// connection cut. Each case gets a cluster of its own.
 func TestConformanceAcrossAnInterruption(t *testing.T) {
 	for _, how := range []string{"Restart", "Cut"} {
 		t.Run(how, func(t *testing.T) {
-			var brokers sync.Map // *testing.T -> *broker
 			conformance.Run(t, conformance.Harness{
-				Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true, Interrupt: func(t *testing.T) {
-					b, ok := brokers.Load(t)
-					if !ok {
-						t.Fatal("no broker for this case")
-					}
-					if how == "Restart" {
-						b.(*broker).Restart(t)
-					} else {
-						b.(*broker).Cut(t)
-					}
-				}},
+				Features: conformance.Features{Redelivery: true, SharedGroup: true, OrderPerKey: true},
 				New: func(t *testing.T) conformance.Fixture {
 					b := newBroker(t)
-					brokers.Store(t, b)
-					k := start(t, b.addr(), b.topic, map[string]string{"key_field": "{key}", "heartbeat": "100ms"})
-					return conformance.Fixture{Sink: k, Open: func(ctx context.Context, group string) (stream.Source, error) {
-						return k.OpenSource(ctx, stream.SourceOptions{Name: group})
-					}}
+					f := fixture(t, b.addr(), b.topic)
+					f.Interrupt = b.Cut
+					if how == "Restart" {
+						f.Interrupt = b.Restart
+					}
+					return f
 				},
 			})
 		})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	neturl "net/url"
-	"sync"
 	"testing"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -13,40 +12,38 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
+// fixture makes a topic of its own on the broker at url.
+func fixture(t *testing.T, url string) conformance.Fixture {
+	name := testenv.Name("kisflow-test-")
+	d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: "kisflow/test/" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := d.(*Broker)
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
+		// The group's session is the client ID: unique to this test.
+		return b.OpenSource(ctx, stream.SourceOptions{Name: name + "-" + group})
+	}}
+}
+
 // TestConformance runs the suite on the local broker, reached through a
 // proxy whose connections the interruption cuts.
 func TestConformance(t *testing.T) {
-	var proxies sync.Map // *testing.T -> *testenv.Proxy
 	conformance.Run(t, conformance.Harness{
-		Features: conformance.Features{Redelivery: true, OrderPerKey: true, Interrupt: func(t *testing.T) {
-			p, ok := proxies.Load(t)
-			if !ok {
-				t.Fatal("no proxy for this case")
-			}
-			p.(*testenv.Proxy).Cut(t)
-		}},
+		Features: conformance.Features{Redelivery: true, OrderPerKey: true},
 		New: func(t *testing.T) conformance.Fixture {
 			broker, err := neturl.Parse(testenv.MQTT.Addr(t))
 			if err != nil {
 				t.Fatal(err)
 			}
 			proxy := testenv.NewProxy(t, broker.Host)
-			proxies.Store(t, proxy)
-			url := "tcp://" + proxy.Addr()
-			name := testenv.Name("kisflow-test-")
-			d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: "kisflow/test/" + name})
-			if err != nil {
-				t.Fatal(err)
-			}
-			b := d.(*Broker)
-			if err := b.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = b.Close(context.Background()) })
-			return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
-				// The group's session is the client ID: unique to this test.
-				return b.OpenSource(ctx, stream.SourceOptions{Name: name + "-" + group})
-			}}
+			f := fixture(t, "tcp://"+proxy.Addr())
+			f.Interrupt = proxy.Cut
+			return f
 		},
 	})
 }
@@ -71,20 +68,6 @@ func TestConformanceAcrossARestart(t *testing.T) {
 	url := fmt.Sprintf("tcp://127.0.0.1:%d", srv.Port())
 	conformance.Run(t, conformance.Harness{
 		Features: conformance.Features{Redelivery: true, OrderPerKey: true, Interrupt: srv.Restart},
-		New: func(t *testing.T) conformance.Fixture {
-			name := testenv.Name("kisflow-test-")
-			d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: url, Key: "kisflow/test/" + name})
-			if err != nil {
-				t.Fatal(err)
-			}
-			b := d.(*Broker)
-			if err := b.Start(context.Background()); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = b.Close(context.Background()) })
-			return conformance.Fixture{Sink: b, Open: func(ctx context.Context, group string) (stream.Source, error) {
-				return b.OpenSource(ctx, stream.SourceOptions{Name: name + "-" + group})
-			}}
-		},
+		New:      func(t *testing.T) conformance.Fixture { return fixture(t, url) },
 	})
 }

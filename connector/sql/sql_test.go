@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -191,6 +190,13 @@ func TestLoadQuery(t *testing.T) {
 	})
 }
 
+// pollFixture writes to d's table and polls it.
+func pollFixture(d *DB) conformance.Fixture {
+	return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
+		return d.OpenSource(ctx, stream.SourceOptions{Name: group})
+	}}
+}
+
 // TestConformance runs the suite on every dialect; on the servers the
 // interruption cuts every connection the test's database has (the
 // embedded SQLite has none to cut).
@@ -198,25 +204,15 @@ func TestConformance(t *testing.T) {
 	for _, typ := range dialects {
 		t.Run(typ, func(t *testing.T) {
 			t.Parallel()
-			var dbs sync.Map // *testing.T -> *DB
-			features := conformance.Features{OrderPerKey: true}
-			if typ != TypeSQLite {
-				features.Interrupt = func(t *testing.T) {
-					d, ok := dbs.Load(t)
-					if !ok {
-						t.Fatal("no database for this case")
-					}
-					cutConnections(t, d.(*DB))
-				}
-			}
 			conformance.Run(t, conformance.Harness{
-				Features: features,
+				Features: conformance.Features{OrderPerKey: true},
 				New: func(t *testing.T) conformance.Fixture {
 					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
-					dbs.Store(t, d)
-					return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
-						return d.OpenSource(ctx, stream.SourceOptions{Name: group})
-					}}
+					f := pollFixture(d)
+					if typ != TypeSQLite {
+						f.Interrupt = func(t *testing.T) { cutConnections(t, d) }
+					}
+					return f
 				},
 			})
 		})
@@ -246,11 +242,8 @@ func TestConformanceAcrossARestart(t *testing.T) {
 			conformance.Run(t, conformance.Harness{
 				Features: conformance.Features{OrderPerKey: true, Interrupt: srv.Restart},
 				New: func(t *testing.T) conformance.Fixture {
-					d := openDBWith(t, typ, "events", map[string]string{"dsn": dsn(t)},
-						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
-					return conformance.Fixture{Sink: d, Open: func(ctx context.Context, group string) (stream.Source, error) {
-						return d.OpenSource(ctx, stream.SourceOptions{Name: group})
-					}}
+					return pollFixture(openDBWith(t, typ, "events", map[string]string{"dsn": dsn(t)},
+						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"}))
 				},
 			})
 		})
