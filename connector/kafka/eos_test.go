@@ -11,44 +11,11 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
-	"github.com/kisflow-go/kisflow/connector/conformance"
 	"github.com/kisflow-go/kisflow/internal/testenv"
-	"github.com/kisflow-go/kisflow/stream"
 )
-
-// ReadCommitted returns the ids in topic that committed transactions
-// produced, with repeats.
-func ReadCommitted(t testing.TB, addrs, topic string, want int) []int {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(addrs, ",")...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	var ids []int
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		fetches := cl.PollFetches(ctx)
-		cancel()
-		fetches.EachRecord(func(r *kgo.Record) {
-			row, err := conformance.Decode(&stream.Message{Payload: r.Value})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ids = append(ids, row.ID)
-		})
-		if len(ids) >= want && fetches.NumRecords() == 0 {
-			break
-		}
-	}
-	return ids
-}
 
 func TestExactlyOnceKafkaToKafka(t *testing.T) {
 	t.Parallel()
@@ -98,12 +65,12 @@ func TestExactlyOnceKafkaToKafka(t *testing.T) {
 	if s := job.Stats(); s.MaxInFlight > 50 {
 		t.Fatalf("%d messages in flight: a transaction commits all it read, so one batch at a time", s.MaxInFlight)
 	}
-	ids := ReadCommitted(t, addrs, "output", n)
-	seen := map[int]int{}
-	for _, id := range ids {
-		seen[id]++
+	seen := testenv.KafkaCommittedIDs(t, addrs, "output")
+	total := 0
+	for _, c := range seen {
+		total += c
 	}
-	if len(ids) != n || len(seen) != n {
-		t.Fatalf("output holds %d committed rows, %d distinct; want %d exactly once", len(ids), len(seen), n)
+	if total != n || len(seen) != n {
+		t.Fatalf("output holds %d committed rows, %d distinct; want %d exactly once", total, len(seen), n)
 	}
 }

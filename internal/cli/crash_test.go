@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -130,7 +129,7 @@ func child(t *testing.T, dir string) *exec.Cmd {
 	args, _ := json.Marshal([]string{"run", dir, "--state", filepath.Join(dir, "state"), "--log-level", "info"})
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "KISFLOW_TEST_CHILD="+string(args))
-	out := &syncBuffer{}
+	out := newSyncBuffer()
 	cmd.Stdout, cmd.Stderr = out, out
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -143,16 +142,17 @@ func child(t *testing.T, dir string) *exec.Cmd {
 	return cmd
 }
 
-// syncBuffer is a child's output, read while the child writes it.
+// syncBuffer is a child's output, read while the child writes it through
+// the command's lockedWriter.
 type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
+	lockedWriter
+	b strings.Builder
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
+func newSyncBuffer() *syncBuffer {
+	b := &syncBuffer{}
+	b.w = &b.b
+	return b
 }
 
 func (b *syncBuffer) String() string {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,35 +17,8 @@ import (
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/kafka"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
-
-// committedIDs reads every id that committed transactions wrote to topic.
-func committedIDs(t *testing.T, addrs, topic string) map[int]int {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(addrs, ",")...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	seen := map[int]int{}
-	for idle := 0; idle < 3; {
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		fetches := cl.PollFetches(ctx)
-		cancel()
-		if fetches.NumRecords() == 0 {
-			idle++
-		}
-		fetches.EachRecord(func(r *kgo.Record) {
-			var row struct{ ID int }
-			if err := json.Unmarshal(r.Value, &row); err != nil {
-				t.Fatal(err)
-			}
-			seen[row.ID]++
-		})
-	}
-	return seen
-}
 
 // groupMembers is how many members the group has, as the broker tells.
 func groupMembers(t *testing.T, addrs, group string) int {
@@ -132,7 +104,7 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 		deadline := time.Now().Add(150 * time.Second)
 		last, lastAt, replaced := -1, time.Now(), 0
 		for {
-			seen := committedIDs(t, addrs, "output")
+			seen := testenv.KafkaCommittedIDs(t, addrs, "output")
 			if len(seen) == n {
 				break
 			}
@@ -163,7 +135,7 @@ func TestKafkaExactlyOnceSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("last run: %v", err)
 		}
 	}
-	seen := committedIDs(t, addrs, "output")
+	seen := testenv.KafkaCommittedIDs(t, addrs, "output")
 	for id, c := range seen {
 		if c != 1 {
 			t.Fatalf("id %d is %d times in the output after %d SIGKILLs", id, c, kills)
