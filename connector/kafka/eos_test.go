@@ -4,16 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
@@ -39,30 +36,13 @@ func TestExactlyOnceKafkaToKafka(t *testing.T) {
 	if err := Install(reg); err != nil {
 		t.Fatal(err)
 	}
-	docs := fstest.MapFS{
-		"flow.yml": {Data: []byte("kistype: flow\nstatus: 1\nflow_name: ETL\nflows:\n  - fname: Mark\nstream:\n  source: k\n  sink: k\n  delivery: exactly-once\n  batch_size: 50\n  workers: 2\n")},
-		"func.yml": {Data: []byte("kistype: func\nfname: Mark\nfmode: Calculate\ncalc:\n  doubled: id * 2\nkeep: [id, doubled]\n")},
-		"conn.yml": {Data: []byte(fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  transactional_id: etl-1\n  output_topic: output\n  key_field: \"{id}\"\n  heartbeat: 100ms\n", addrs))},
-	}
-	set, err := config.ImportFS(docs, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer eng.Close(context.Background())
-	job, err := eng.Job(context.Background(), "ETL", kisflow.WithStateDir(filepath.Join(t.TempDir(), "state")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = testenv.RunUntil(t, job.Run, func() bool { return job.Stats().Committed >= n }, 30*time.Second,
-		func() string { return fmt.Sprintf("committed %d of %d", job.Stats().Committed, n) })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s := job.Stats(); s.MaxInFlight > 50 {
+	eng := testenv.Engine(t, reg, map[string]string{
+		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: ETL\nflows:\n  - fname: Mark\nstream:\n  source: k\n  sink: k\n  delivery: exactly-once\n  batch_size: 50\n  workers: 2\n",
+		"func.yml": "kistype: func\nfname: Mark\nfmode: Calculate\ncalc:\n  doubled: id * 2\nkeep: [id, doubled]\n",
+		"conn.yml": fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  transactional_id: etl-1\n  output_topic: output\n  key_field: \"{id}\"\n  heartbeat: 100ms\n", addrs),
+	}, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+	stats := testenv.RunJob(t, eng, "ETL", n, 30*time.Second)
+	if s := stats; s.MaxInFlight > 50 {
 		t.Fatalf("%d messages in flight: a transaction commits all it read, so one batch at a time", s.MaxInFlight)
 	}
 	seen := testenv.KafkaCommittedIDs(t, addrs, "output")

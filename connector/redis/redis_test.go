@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strings"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/kisflow-go/kisflow"
@@ -300,30 +299,14 @@ func TestExactlyOnceIntoRedisSkipsRedeliveredEntries(t *testing.T) {
 			}
 			return nil
 		}))
-		set, err := config.ImportFS(fstest.MapFS{
-			"flow.yml": {Data: []byte("kistype: flow\nstatus: 1\nflow_name: Copy\nflows: [{fname: Pass}]\nstream: {source: in, sink: out, delivery: exactly-once, linger: 1ms}\n")},
-			"func.yml": {Data: []byte("kistype: func\nfname: Pass\nfmode: Calculate\n")},
-			"conns.yml": {Data: []byte("kistype: conn\ncname: in\ntype: redis\naddrs: " + addr + "\nkey: " + prefix + "in\nparams: {mode: stream, group: copy}\n---\n" +
-				"kistype: conn\ncname: out\ntype: redis\naddrs: " + addr + "\nkey: " + prefix + "out\nparams: {mode: list, state_prefix: \"" + prefix + "state:\"}\n")},
-		}, ".")
-		if err != nil {
-			t.Fatal(err)
-		}
-		eng, err := kisflow.NewEngine(reg, set)
-		if err != nil {
-			t.Fatal(err)
-		}
+		eng := testenv.Engine(t, reg, map[string]string{
+			"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Copy\nflows: [{fname: Pass}]\nstream: {source: in, sink: out, delivery: exactly-once, linger: 1ms}\n",
+			"func.yml": "kistype: func\nfname: Pass\nfmode: Calculate\n",
+			"conns.yml": "kistype: conn\ncname: in\ntype: redis\naddrs: " + addr + "\nkey: " + prefix + "in\nparams: {mode: stream, group: copy}\n---\n" +
+				"kistype: conn\ncname: out\ntype: redis\naddrs: " + addr + "\nkey: " + prefix + "out\nparams: {mode: list, state_prefix: \"" + prefix + "state:\"}\n",
+		})
 		defer eng.Close(ctx)
-		job, err := eng.Job(ctx, "Copy", kisflow.WithStateDir(t.TempDir()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = testenv.RunUntil(t, job.Run, func() bool { return job.Stats().Committed >= n }, 20*time.Second,
-			func() string { return fmt.Sprintf("committed %d of %d", job.Stats().Committed, n) })
-		if err != nil {
-			t.Fatal(err)
-		}
-		return job.Stats()
+		return testenv.RunJob(t, eng, "Copy", n, 20*time.Second)
 	}
 	if s := run(); s.Skipped != 0 || s.Out != n {
 		t.Fatalf("first run: %+v", s)

@@ -2,13 +2,51 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 )
+
+// Engine builds an engine from YAML files given by name and content; it
+// closes when the test ends.
+func Engine(t testing.TB, reg *kisflow.Registry, files map[string]string, opts ...kisflow.Option) *kisflow.Engine {
+	t.Helper()
+	fsys := fstest.MapFS{}
+	for name, data := range files {
+		fsys[name] = &fstest.MapFile{Data: []byte(data)}
+	}
+	set, err := config.ImportFS(fsys, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(reg, set, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	return eng
+}
+
+// RunJob runs flow's stream job on eng until n messages are committed (the
+// test fails after wait), stops it and returns its figures.
+func RunJob(t testing.TB, eng *kisflow.Engine, flow string, n int64, wait time.Duration) kisflow.JobStats {
+	t.Helper()
+	job, err := eng.Job(context.Background(), flow, kisflow.WithStateDir(t.TempDir()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = RunUntil(t, job.Run, func() bool { return job.Stats().Committed >= n }, wait,
+		func() string { return fmt.Sprintf("committed %d of %d", job.Stats().Committed, n) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return job.Stats()
+}
 
 // SharedClients builds an engine from a global file configuring the
 // plugin typ.main and conns naming it from connectors a and b (and a
@@ -21,18 +59,7 @@ func SharedClients(t *testing.T, install func(*kisflow.Registry) error, typ, glo
 	if err := install(reg); err != nil {
 		t.Fatal(err)
 	}
-	set, err := config.ImportFS(fstest.MapFS{
-		"global.yml": {Data: []byte(global)},
-		"conns.yml":  {Data: []byte(conns)},
-	}, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	eng := Engine(t, reg, map[string]string{"global.yml": global, "conns.yml": conns})
 	ctx := context.Background()
 	var drivers [2]kisflow.Driver
 	for i, name := range []string{"a", "b"} {
