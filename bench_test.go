@@ -9,6 +9,7 @@ import (
 	gojson "github.com/goccy/go-json"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 const benchBatch = 1000
@@ -30,7 +31,7 @@ func fiveLayers(tb testing.TB, fn any) kisflow.Flow {
 	for _, n := range names {
 		reg.MustRegister(n, fn)
 	}
-	return mustFlow(tb, newEngine(tb, reg, chain("Pass", names...)), "Pass")
+	return mustFlow(tb, testenv.Engine(tb, reg, chain("Pass", names...)), "Pass")
 }
 
 func passThroughRows(ctx context.Context, f kisflow.Flow, rows []*benchRow) error {
@@ -137,7 +138,7 @@ func quickstartFlow(tb testing.TB, codec kisflow.Codec, sink *float64) kisflow.F
 		return nil
 	}))
 	docs := chain("CalStuAvgScore", "AvgStuScore", "PrintStuAvgScore")
-	return mustFlow(tb, newEngine(tb, reg, docs, kisflow.WithCodec(codec)), "CalStuAvgScore")
+	return mustFlow(tb, testenv.Engine(tb, reg, docs, kisflow.WithCodec(codec)), "CalStuAvgScore")
 }
 
 // BenchmarkQuickstartJSON is issue 2's figure (b): the quick-start flow fed
@@ -241,7 +242,7 @@ func TestAllocsPerBatchDoNotGrowWithRows(t *testing.T) {
 // with keep (the quick-start average written in YAML).
 func BenchmarkExprStep(b *testing.B) {
 	reg := kisflow.NewRegistry()
-	fl := mustFlow(b, newEngine(b, reg, map[string]string{
+	fl := mustFlow(b, testenv.Engine(b, reg, map[string]string{
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Avg\nflows:\n  - fname: AvgScore\n",
 		"func.yml": "kistype: func\nfname: AvgScore\nfmode: Calculate\ncalc:\n  avg_score: (score_1 + score_2 + score_3) / 3\nkeep: [stu_id, avg_score]\n",
 	}), "Avg")

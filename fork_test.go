@@ -12,6 +12,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 type total struct {
@@ -175,7 +176,7 @@ func TestConnectorCallbacks(t *testing.T) {
 		}
 		return nil
 	}))
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Save\n",
 		"func.yml": "kistype: func\nfname: Save\nfmode: Save\noption:\n  cname: Mem\n",
 		"conn.yml": "kistype: conn\ncname: Mem\ntype: memory\n",
@@ -208,7 +209,7 @@ func TestForkHasItsOwnCacheAndMeta(t *testing.T) {
 		fn.SetCache("calls", c+1, time.Hour)
 		return f.CommitRow(c + 1)
 	}))
-	fl := mustFlow(t, newEngine(t, reg, chain("F", "A")), "F")
+	fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "A")), "F")
 	fl.SetCache("forever", 2, 0)
 	fl.SetMeta("m", "parent")
 	fork := fl.Fork()
@@ -258,7 +259,7 @@ func TestSaveWritesThroughASinkDriver(t *testing.T) {
 	}
 	reg.MustRegister("Store", kisflow.FuncRows(call))
 	reg.MustRegister("Peek", kisflow.FuncRows(call))
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"flows.yml": "kistype: flow\nstatus: 1\nflow_name: S\nflows:\n  - fname: Store\n---\nkistype: flow\nstatus: 1\nflow_name: L\nflows:\n  - fname: Peek\n",
 		"funcs.yml": "kistype: func\nfname: Store\nfmode: Save\noption:\n  cname: out\n---\nkistype: func\nfname: Peek\nfmode: Load\noption:\n  cname: out\n",
 		"conn.yml":  "kistype: conn\ncname: out\ntype: sinkonly\n",

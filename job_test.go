@@ -18,6 +18,7 @@ import (
 	kishttp "github.com/kisflow-go/kisflow/connector/http"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	kissql "github.com/kisflow-go/kisflow/connector/sql"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -181,14 +182,9 @@ func TestJobHTTPIngestAnswersAfterTheRowsAreStored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer eng.Close(context.Background())
-	job, err := eng.Job(ctx, "Ingest", kisflow.WithStateDir(filepath.Join(dir, "state")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- job.Run(ctx) }()
+	ctx := context.Background()
+	defer eng.Close(ctx)
+	_, stop := testenv.StartJob(t, eng, "Ingest")
 
 	api, _ := eng.Connector(ctx, "api")
 	url := "http://" + api.Driver().(*kishttp.Ingest).Addr() + "/readings"
@@ -217,8 +213,7 @@ func TestJobHTTPIngestAnswersAfterTheRowsAreStored(t *testing.T) {
 	if resp.StatusCode != 400 {
 		t.Fatalf("malformed body: %d", resp.StatusCode)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	var total float64

@@ -12,30 +12,12 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 type score struct {
 	ID    int `json:"id"`
 	Score int `json:"score"`
-}
-
-// newEngine builds an engine from YAML documents (one per map entry).
-func newEngine(t testing.TB, reg *kisflow.Registry, docs map[string]string, opts ...kisflow.Option) *kisflow.Engine {
-	t.Helper()
-	fsys := fstest.MapFS{}
-	for name, doc := range docs {
-		fsys[name] = &fstest.MapFile{Data: []byte(doc)}
-	}
-	set, err := config.ImportFS(fsys, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = eng.Close(context.Background()) })
-	return eng
 }
 
 // chain returns the YAML of a flow running fnames in order, with a Calculate
@@ -119,7 +101,7 @@ func TestTypedInjectionFromMixedRows(t *testing.T) {
 			var s seen
 			reg := kisflow.NewRegistry()
 			reg.MustRegister("Take", mk(&s))
-			fl := mustFlow(t, newEngine(t, reg, chain("F", "Take")), "F")
+			fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "Take")), "F")
 			rows := []any{
 				orig,                                // *T: passed as is
 				score{ID: 2},                        // T
@@ -167,7 +149,7 @@ func TestValueRowsFromPointers(t *testing.T) {
 		got = append(got, rows...)
 		return nil
 	}))
-	fl := mustFlow(t, newEngine(t, reg, chain("F", "Take")), "F")
+	fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "Take")), "F")
 	_ = fl.CommitRow(&score{ID: 7})
 	_ = fl.CommitRow((*score)(nil))
 	res, err := fl.Run(context.Background())
@@ -197,7 +179,7 @@ func TestEmptyInputReachesEveryForm(t *testing.T) {
 				return f.Next(kisflow.ForceEntryNext)
 			}))
 			reg.MustRegister("Count", fn)
-			fl := mustFlow(t, newEngine(t, reg, chain("F", "Skip", "Count")), "F")
+			fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "Skip", "Count")), "F")
 			_ = fl.CommitRow(&score{})
 			res, err := fl.Run(context.Background())
 			if err != nil {
@@ -262,7 +244,7 @@ func TestParamsMerged(t *testing.T) {
 		got = append(got, map[string]string{"a": f.Param("a"), "b": f.Param("b"), "c": f.Param("c"), "n": fmt.Sprint(len(f.Params()))})
 		return f.CommitRowBatch(f.Input())
 	}))
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"func.yml": "kistype: func\nfname: P\nfmode: Calculate\noption:\n  default_params:\n    a: default-a\n    b: default-b\n",
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: P\n    params:\n      b: flow-b\n      c: flow-c\n  - fname: P\n",
 	})
@@ -454,7 +436,7 @@ func TestActions(t *testing.T) {
 					return f(ctx, fl, rows)
 				}))
 			}
-			fl := mustFlow(t, newEngine(t, reg, chain("F", "A", "B", "C"), kisflow.WithMaxJumps(5)), "F")
+			fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "A", "B", "C"), kisflow.WithMaxJumps(5)), "F")
 			_ = fl.CommitRowBatch(tt.src)
 			res, err := fl.Run(context.Background())
 			if tt.errIs != nil {
@@ -503,7 +485,7 @@ func TestFailedFunctionRowsAreDiscarded(t *testing.T) {
 		seenByB = append(seenByB, fmt.Sprint(rows))
 		return f.CommitRowBatch(rows)
 	}))
-	fl := mustFlow(t, newEngine(t, reg, chain("F", "A", "B")), "F")
+	fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "A", "B")), "F")
 	_ = fl.CommitRow("first")
 	_, err := fl.Run(context.Background())
 	var fe *kisflow.FuncError
@@ -530,7 +512,7 @@ func TestPanickingFunctionIsAnError(t *testing.T) {
 		m["x"] = rows[0].ID // nil map write
 		return nil
 	}))
-	fl := mustFlow(t, newEngine(t, reg, chain("F", "A", "B")), "F")
+	fl := mustFlow(t, testenv.Engine(t, reg, chain("F", "A", "B")), "F")
 	_ = fl.CommitRow(&score{ID: 1})
 	_, err := fl.Run(context.Background())
 	var fe *kisflow.FuncError
@@ -569,7 +551,7 @@ func TestEngineErrors(t *testing.T) {
 	docs = chain("F", "A")
 	docs["off.yml"] = "kistype: flow\nstatus: 0\nflow_name: Off\nflows:\n  - fname: Unregistered\n"
 	docs["func-Unregistered.yml"] = "kistype: func\nfname: Unregistered\nfmode: Expand\n"
-	eng := newEngine(t, reg, docs) // disabled flows may name unregistered functions
+	eng := testenv.Engine(t, reg, docs) // disabled flows may name unregistered functions
 	if _, err := eng.Flow(ctx, "Off"); !errors.Is(err, kisflow.ErrFlowDisabled) {
 		t.Errorf("disabled flow: %v", err)
 	}
@@ -583,7 +565,7 @@ func TestEngineErrors(t *testing.T) {
 		"conn.yml": "kistype: conn\ncname: Broken\ntype: memory\nparams:\n  fail_start: \"true\"\n",
 	}
 	reg.MustRegister("Store", passThrough[score])
-	eng = newEngine(t, reg, docs)
+	eng = testenv.Engine(t, reg, docs)
 	_, err = eng.Flow(ctx, "S")
 	if err == nil || !strings.Contains(err.Error(), `connector "Broken" (type memory) failed to start`) || !strings.Contains(err.Error(), `function "Store"`) {
 		t.Errorf("failing connector: %v", err)
@@ -611,7 +593,7 @@ func TestPanickingDriverIsAnError(t *testing.T) {
 	reg := kisflow.NewRegistry()
 	_ = reg.RegisterDriver("bomb", func(cfg *config.Conn) (kisflow.Driver, error) { panic("no driver today") })
 	reg.MustRegister("Store", passThrough[score])
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: S\nflows:\n  - fname: Store\n",
 		"func.yml": "kistype: func\nfname: Store\nfmode: Save\noption:\n  cname: B\n",
 		"conn.yml": "kistype: conn\ncname: B\ntype: bomb\n",

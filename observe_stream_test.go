@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -42,15 +41,9 @@ func TestJobContinuesTheSourceTraceAndReportsStreamMetrics(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer eng.Close(context.Background())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	job, err := eng.Job(ctx, "Ingest", kisflow.WithStateDir(filepath.Join(dir, "state")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- job.Run(ctx) }()
+	ctx := context.Background()
+	defer eng.Close(ctx)
+	_, stop := testenv.StartJob(t, eng, "Ingest")
 
 	api, _ := eng.Connector(ctx, "api")
 	url := "http://" + api.Driver().(*kishttp.Ingest).Addr() + "/readings"
@@ -75,8 +68,7 @@ func TestJobContinuesTheSourceTraceAndReportsStreamMetrics(t *testing.T) {
 		values[`kisflow_in_flight_messages{flow_name="Ingest"}`] != 0 {
 		t.Errorf("stream metrics: %v", values)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	if _, still := gather(t, eng)[`kisflow_in_flight_messages{flow_name="Ingest"}`]; still {
@@ -167,8 +159,7 @@ func TestJobReportsTheSourceLag(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer eng.Close(context.Background())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	ctx := context.Background()
 	in, err := eng.Connector(ctx, "in")
 	if err != nil {
 		t.Fatal(err)
@@ -182,12 +173,7 @@ func TestJobReportsTheSourceLag(t *testing.T) {
 	if err := rds.Write(ctx, rows); err != nil {
 		t.Fatal(err)
 	}
-	job, err := eng.Job(ctx, "Lagging", kisflow.WithStateDir(filepath.Join(dir, "state")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- job.Run(ctx) }()
+	_, stop := testenv.StartJob(t, eng, "Lagging")
 
 	const gauge = `kisflow_source_lag{flow_name="Lagging"}`
 	<-entered
@@ -202,8 +188,7 @@ func TestJobReportsTheSourceLag(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 }

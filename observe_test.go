@@ -16,6 +16,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/plugin"
 )
 
@@ -39,7 +40,7 @@ func TestRetryFilterReRunsAFunctionFromACleanLayer(t *testing.T) {
 		}
 		return nil
 	})
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: f\nflows: [{fname: flaky}]\n",
 		"func.yml": "kistype: func\nfname: flaky\nfmode: Calculate\noption:\n  retry_times: 4\n  filters: [retry]\n",
 	}, kisflow.WithClock(noSleep{}))
@@ -76,7 +77,7 @@ func TestUserFiltersWrapFlowsAndFunctionsInOrder(t *testing.T) {
 	}
 	reg.MustRegister("a", passThrough[score])
 	reg.MustRegister("b", passThrough[score])
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: f\nfilters: [{name: tag, params: {label: outer}}, {name: tag, params: {label: inner}}]\nflows: [{fname: a}, {fname: b}]\n",
 		"a.yml":    "kistype: func\nfname: a\nfmode: Calculate\noption: {filters: [{name: tag, params: {label: fa}}]}\n",
 		"b.yml":    "kistype: func\nfname: b\nfmode: Calculate\n",
@@ -122,7 +123,7 @@ func TestMetricsAndHealthServedOverHTTP(t *testing.T) {
 		return nil
 	})
 	reg.MustRegister("fail", func(ctx context.Context, f kisflow.Flow, rows []*score) error { return errors.New("no") })
-	eng := newEngine(t, reg, map[string]string{
+	eng := testenv.Engine(t, reg, map[string]string{
 		"flow.yml":   "kistype: flow\nstatus: 1\nflow_name: f\nflows: [{fname: double}]\n",
 		"bad.yml":    "kistype: flow\nstatus: 1\nflow_name: bad\nflows: [{fname: fail}]\n",
 		"double.yml": "kistype: func\nfname: double\nfmode: Calculate\n",
@@ -195,7 +196,7 @@ func TestTwoEnginesKeepTheirOwnMetrics(t *testing.T) {
 	reg := kisflow.NewRegistry()
 	reg.MustRegister("a", passThrough[score])
 	docs := chain("f", "a")
-	e1, e2 := newEngine(t, reg, docs), newEngine(t, reg, docs)
+	e1, e2 := testenv.Engine(t, reg, docs), testenv.Engine(t, reg, docs)
 	fl := mustFlow(t, e1, "f")
 	_ = fl.CommitRow(&score{ID: 1})
 	if _, err := fl.Run(context.Background()); err != nil {
@@ -225,7 +226,7 @@ func TestSpanTreeOfARun(t *testing.T) {
 	reg := kisflow.NewRegistry()
 	reg.MustRegister("a", passThrough[score])
 	reg.MustRegister("b", func(ctx context.Context, f kisflow.Flow, rows []*score) error { return errors.New("b failed") })
-	eng := newEngine(t, reg, chain("f", "a", "b"), kisflow.WithTracerProvider(tp))
+	eng := testenv.Engine(t, reg, chain("f", "a", "b"), kisflow.WithTracerProvider(tp))
 	fl := mustFlow(t, eng, "f")
 	_ = fl.CommitRowBatch([]*score{{ID: 1}, {ID: 2}})
 	if _, err := fl.Run(context.Background()); err == nil {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 // otlpCollector is an OTLP/HTTP trace receiver: it decodes what exporters
@@ -80,7 +81,7 @@ func TestTracingPluginExportsOverOTLP(t *testing.T) {
 	docs := chain("f", "a")
 	docs["global.yml"] = "kistype: global\nplugins:\n  tracing:\n    otlp:\n      endpoint: ${KISFLOW_TEST_OTLP_ENDPOINT}" +
 		"\n      insecure: true\n      service_name: orders-svc\n      headers: {authorization: \"Bearer ${KISFLOW_TEST_OTLP_TOKEN}\"}\n"
-	eng := newEngine(t, reg, docs)
+	eng := testenv.Engine(t, reg, docs)
 	ctx := context.Background()
 	if err := eng.Start(ctx); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -46,6 +47,31 @@ func RunJob(t testing.TB, eng *kisflow.Engine, flow string, n int64, wait time.D
 		t.Fatal(err)
 	}
 	return job.Stats()
+}
+
+// StartJob runs flow's stream job on eng in the background; stop ends it
+// and returns what its Run returned.
+func StartJob(t testing.TB, eng *kisflow.Engine, flow string) (job *kisflow.Job, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	job, err := eng.Job(ctx, flow, kisflow.WithStateDir(t.TempDir()))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- job.Run(ctx) }()
+	var once sync.Once
+	var result error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			result = <-done
+		})
+		return result
+	}
+	t.Cleanup(func() { _ = stop() })
+	return job, stop
 }
 
 // SharedClients builds an engine from a global file configuring the
