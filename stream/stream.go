@@ -140,3 +140,49 @@ type DeadLetter struct {
 	Headers  map[string]string `json:"headers,omitempty"`
 	Time     time.Time         `json:"time"`
 }
+
+// ErrPermanent marks a failure that trying again cannot fix: a row that
+// cannot be decoded or converted, an expression that fails on it, a row a
+// sink rejects by a constraint or a column type. The runtime sends the rows
+// behind such a failure to the dead-letter sink at once, without backoff,
+// splitting a batch down to the rejected rows. Errors without the mark are
+// taken as transient (a lost connection, a timeout) and retried.
+var ErrPermanent = errors.New("permanent failure")
+
+// ErrFatal marks an error that ends a job: a configuration error (a missing
+// table that may not be created, refused credentials, an unknown stream)
+// that no retry can mend. Every other source or sink error is retried with
+// capped backoff for as long as it takes.
+var ErrFatal = errors.New("fatal error")
+
+type markedError struct {
+	err  error
+	mark error
+}
+
+func (e *markedError) Error() string   { return e.err.Error() }
+func (e *markedError) Unwrap() []error { return []error{e.err, e.mark} }
+
+// Permanent marks err so that errors.Is(err, ErrPermanent) holds; its text
+// is unchanged. Permanent(nil) is nil.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &markedError{err: err, mark: ErrPermanent}
+}
+
+// Fatal marks err so that errors.Is(err, ErrFatal) holds; its text is
+// unchanged. Fatal(nil) is nil.
+func Fatal(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &markedError{err: err, mark: ErrFatal}
+}
+
+// IsPermanent reports whether err is marked as permanent.
+func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
+
+// IsFatal reports whether err is marked as fatal.
+func IsFatal(err error) bool { return errors.Is(err, ErrFatal) }
