@@ -45,6 +45,7 @@ import (
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Connector types this package registers.
@@ -80,6 +81,7 @@ type DB struct {
 	table     string
 	pollCol   string
 	pollEvery time.Duration
+	pollLag   time.Duration
 	create    bool
 	loadQuery string
 	loadArgs  []string
@@ -173,6 +175,9 @@ func (d *DB) parseCommon() error {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.pollEvery, err = d.cfg.ParamDuration("poll_interval", 500*time.Millisecond, time.Millisecond); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+	}
+	if d.pollLag, err = d.cfg.ParamDuration("poll_lag", 0, 0); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.maxConns, err = d.cfg.ParamInt("max_conns", 8, 1); err != nil {
@@ -353,14 +358,14 @@ func (d *DB) inTx(ctx context.Context, fn func(*stdsql.Tx) error) error {
 	}
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("connector %q: begin: %w", d.cfg.CName, err)
+		return classify(fmt.Errorf("connector %q: begin: %w", d.cfg.CName, err))
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback() // the write's error is the one to report
-		return err
+		return classify(err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("connector %q: commit: %w", d.cfg.CName, err)
+		return classify(fmt.Errorf("connector %q: commit: %w", d.cfg.CName, err))
 	}
 	return nil
 }
@@ -373,13 +378,13 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		return nil
 	}
 	if d.table == "" {
-		return fmt.Errorf("connector %q: no table (set key)", d.cfg.CName)
+		return stream.Fatal(fmt.Errorf("connector %q: no table (set key)", d.cfg.CName))
 	}
 	maps := make([]map[string]any, len(rows))
 	for i, r := range rows {
 		m, err := fields.Of(r)
 		if err != nil {
-			return fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err)
+			return stream.Permanent(fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err))
 		}
 		maps[i] = m
 	}
@@ -500,7 +505,7 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 	}
 	if len(cols) == 0 {
 		if !d.create {
-			return nil, fmt.Errorf("connector %q: table %s does not exist (create it, or set params.create: \"true\")", d.cfg.CName, d.table)
+			return nil, stream.Fatal(fmt.Errorf("connector %q: table %s does not exist (create it, or set params.create: \"true\")", d.cfg.CName, d.table))
 		}
 		for k := range first {
 			if validIdent(k) {
@@ -509,7 +514,7 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 		}
 		slices.Sort(cols)
 		if len(cols) == 0 {
-			return nil, fmt.Errorf("connector %q: the first row has no fields to make columns of", d.cfg.CName)
+			return nil, stream.Permanent(fmt.Errorf("connector %q: the first row has no fields to make columns of", d.cfg.CName))
 		}
 		if err := d.createTable(ctx, tx, cols, first); err != nil {
 			return nil, err
@@ -617,23 +622,23 @@ func (d *DB) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, arg
 // Load runs load_query with :field placeholders filled from row's fields.
 func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
 	if d.loadQuery == "" {
-		return nil, fmt.Errorf("connector %q: no params.load_query", d.cfg.CName)
+		return nil, stream.Fatal(fmt.Errorf("connector %q: no params.load_query", d.cfg.CName))
 	}
 	m, err := fields.Of(row)
 	if err != nil {
-		return nil, err
+		return nil, stream.Permanent(err)
 	}
 	args := make([]any, len(d.loadArgs))
 	for i, a := range d.loadArgs {
 		v, ok := m[a]
 		if !ok {
-			return nil, fmt.Errorf("connector %q: load_query needs field %q, which the row lacks", d.cfg.CName, a)
+			return nil, stream.Permanent(fmt.Errorf("connector %q: load_query needs field %q, which the row lacks", d.cfg.CName, a))
 		}
 		args[i] = sqlValue(v)
 	}
 	rs, err := d.db.QueryContext(ctx, d.loadQuery, args...)
 	if err != nil {
-		return nil, fmt.Errorf("connector %q: load: %w", d.cfg.CName, err)
+		return nil, classify(fmt.Errorf("connector %q: load: %w", d.cfg.CName, err))
 	}
 	defer rs.Close()
 	return scanMaps(rs)
