@@ -283,7 +283,7 @@ func (d *DB) Start(ctx context.Context) error {
 		cancel()
 		if err != nil {
 			db.Close()
-			return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+			return classify(fmt.Errorf("connector %q: %w", d.cfg.CName, err))
 		}
 	}
 	if err := checkpoint.Ensure(ctx, db, d.dialect); err != nil {
