@@ -226,6 +226,7 @@ func Load(ctx context.Context, db Execer, d Dialect, stream string) (string, err
 type Store struct {
 	db      *sql.DB
 	dialect Dialect
+	guard   *FileGuard // the SQLite file, checked at every save
 }
 
 // OpenSQLite opens (creating) an SQLite checkpoint file.
@@ -238,7 +239,12 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &Store{db: db, dialect: SQLite}, nil
+	guard, err := NewFileGuard(path)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{db: db, dialect: SQLite, guard: guard}, nil
 }
 
 // OpenSQLiteDB opens an SQLite file with the settings the runtime relies
@@ -267,9 +273,17 @@ func (s *Store) Position(ctx context.Context, stream string) (string, error) {
 	return Load(ctx, s.db, s.dialect, stream)
 }
 
-// SavePosition saves stream's position.
+// SavePosition saves stream's position. It fails with a stream.Fatal
+// error naming the file when the SQLite file was deleted or replaced since
+// it was opened: the position would be saved where nobody reads it.
 func (s *Store) SavePosition(ctx context.Context, stream, position string) error {
-	return Save(ctx, s.db, s.dialect, stream, position)
+	if err := s.guard.Check(); err != nil {
+		return err
+	}
+	if err := Save(ctx, s.db, s.dialect, stream, position); err != nil {
+		return err
+	}
+	return s.guard.Check()
 }
 
 // Close closes the database.

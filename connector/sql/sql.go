@@ -87,7 +87,8 @@ type DB struct {
 	loadArgs  []string
 
 	db     *stdsql.DB
-	shared *PoolPlugin // set by UsePlugins: the pool is the plugin's
+	guard  *checkpoint.FileGuard // sqlite: the file opened, checked at each commit
+	shared *PoolPlugin           // set by UsePlugins: the pool is the plugin's
 
 	mu        sync.Mutex
 	columns   []string          // fixed once known
@@ -294,6 +295,12 @@ func (d *DB) Start(ctx context.Context) error {
 		closeOwn()
 		return err
 	}
+	if d.dialect == checkpoint.SQLite {
+		if d.guard, err = checkpoint.NewFileGuard(d.path); err != nil {
+			closeOwn()
+			return err
+		}
+	}
 	d.db = db
 	return nil
 }
@@ -349,12 +356,32 @@ func (d *DB) Position(ctx context.Context, stream string) (string, error) {
 // SavePosition records a position outside a batch (the checkpoint store
 // role, for at-least-once delivery).
 func (d *DB) SavePosition(ctx context.Context, stream, position string) error {
-	return checkpoint.Save(ctx, d.db, d.dialect, stream, position)
+	if err := d.guard.Check(); err != nil {
+		return d.fileGone(err)
+	}
+	if err := checkpoint.Save(ctx, d.db, d.dialect, stream, position); err != nil {
+		return err
+	}
+	return d.fileGone(d.guard.Check())
+}
+
+// fileGone names the connector in the error of a guard check.
+func (d *DB) fileGone(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("sqlite connector %q: %w", d.cfg.CName, err)
 }
 
 func (d *DB) inTx(ctx context.Context, fn func(*stdsql.Tx) error) error {
 	if d.db == nil {
 		return fmt.Errorf("connector %q is not started", d.cfg.CName)
+	}
+	// An SQLite file deleted or replaced while open takes every commit
+	// into the old, unlinked file: checked before (nothing more is
+	// written there) and after (this commit went there).
+	if err := d.guard.Check(); err != nil {
+		return d.fileGone(err)
 	}
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
@@ -367,7 +394,7 @@ func (d *DB) inTx(ctx context.Context, fn func(*stdsql.Tx) error) error {
 	if err := tx.Commit(); err != nil {
 		return classify(fmt.Errorf("connector %q: commit: %w", d.cfg.CName, err))
 	}
-	return nil
+	return d.fileGone(d.guard.Check())
 }
 
 // maxArgs keeps one INSERT under every dialect's limit on bound values.

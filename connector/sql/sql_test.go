@@ -4,6 +4,7 @@ import (
 	"context"
 	stdsql "database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -397,6 +398,44 @@ func TestConnectorsShareAPoolPlugin(t *testing.T) {
 			}
 			if err := pool.PingContext(ctx); err == nil {
 				t.Fatal("the shared pool is still open after the engine closed")
+			}
+		})
+	}
+}
+
+// An SQLite sink whose file is deleted or replaced while open fails the
+// next commit with a Fatal error naming the file: its rows would go to
+// the unlinked file and be lost.
+func TestSQLiteSinkNoticesItsFileGone(t *testing.T) {
+	t.Parallel()
+	for _, replace := range []bool{false, true} {
+		t.Run(fmt.Sprint("replace=", replace), func(t *testing.T) {
+			t.Parallel()
+			base := newDatabase(t, TypeSQLite)
+			path := base["path"]
+			d := openDBWith(t, TypeSQLite, "orders", base, map[string]string{"create": "true"})
+			ctx := context.Background()
+			if err := d.Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{path, path + "-wal", path + "-shm"} {
+				if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+					t.Fatal(err)
+				}
+			}
+			if replace {
+				if err := os.WriteFile(path, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for name, op := range map[string]func() error{
+				"write":  func() error { return d.Write(ctx, []any{map[string]any{"id": 2}}) },
+				"commit": func() error { return d.CommitBatch(ctx, "s", "2", []string{"m2"}, []any{map[string]any{"id": 2}}) },
+				"save":   func() error { return d.SavePosition(ctx, "s", "2") },
+			} {
+				if err := op(); !stream.IsFatal(err) || !strings.Contains(err.Error(), path) {
+					t.Errorf("%s after the file was removed (replaced %v): %v, want a fatal error naming %s", name, replace, err, path)
+				}
 			}
 		})
 	}
