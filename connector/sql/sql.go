@@ -121,7 +121,10 @@ func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
 	dsn := p["dsn"]
 	if dsn == "" {
 		addr := "127.0.0.1:3306"
-		if a := cfg.AddrList(); len(a) > 0 {
+		switch a := cfg.AddrList(); {
+		case len(a) > 1:
+			return nil, fmt.Errorf("mysql connector %q: addrs names %d servers; the driver connects to one: give one address (a proxy or a virtual IP in front of a failover group)", cfg.CName, len(a))
+		case len(a) == 1:
 			addr = a[0]
 		}
 		dsn = fmt.Sprintf("%s:%s@tcp(%s)/%s", p["user"], p["password"], addr, p["database"])
@@ -143,17 +146,22 @@ func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
 	p := cfg.Params
 	dsn := p["dsn"]
 	if dsn == "" {
-		addr := "127.0.0.1:5432"
-		if a := cfg.AddrList(); len(a) > 0 {
-			addr = a[0]
+		// Several addrs make a multi-host DSN: pgx tries them in order,
+		// and takes the first that accepts writes.
+		addrs := cfg.AddrList()
+		if len(addrs) == 0 {
+			addrs = []string{"127.0.0.1:5432"}
 		}
-		u := url.URL{Scheme: "postgres", Host: addr, Path: "/" + p["database"]}
+		u := url.URL{Scheme: "postgres", Host: strings.Join(addrs, ","), Path: "/" + p["database"]}
 		if p["user"] != "" {
 			u.User = url.UserPassword(p["user"], p["password"])
 		}
 		q := url.Values{}
 		q.Set("sslmode", cmp.Or(p["sslmode"], "prefer"))
 		q.Set("connect_timeout", "5")
+		if len(addrs) > 1 {
+			q.Set("target_session_attrs", cmp.Or(p["target_session_attrs"], "read-write"))
+		}
 		u.RawQuery = q.Encode()
 		dsn = u.String()
 	}

@@ -440,3 +440,30 @@ func TestSQLiteSinkNoticesItsFileGone(t *testing.T) {
 		})
 	}
 }
+
+// Several PostgreSQL addrs make a multi-host DSN that reaches the server
+// listening behind any of them; several MySQL addrs are refused at
+// config time instead of silently using the first.
+func TestSeveralAddrs(t *testing.T) {
+	t.Parallel()
+	// The first address has nobody listening: the connector must go on
+	// to the second.
+	pg := &config.Conn{CName: "db", Type: TypePostgres, Key: "t", Addrs: "127.0.0.1:1,127.0.0.1:5432",
+		Params: map[string]string{"user": "postgres", "database": "test", "sslmode": "disable", "create": "true"}}
+	drv, err := NewPostgres(pg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := drv.(*DB)
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatalf("start with the first of two hosts down: %v", err)
+	}
+	defer d.Close(context.Background())
+	if err := d.SQL().PingContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	my := &config.Conn{CName: "db", Type: TypeMySQL, Key: "t", Addrs: "127.0.0.1:3306,127.0.0.1:3307", Params: map[string]string{"user": "root", "database": "test"}}
+	if _, err := NewMySQL(my); err == nil || !strings.Contains(err.Error(), "names 2 servers") {
+		t.Fatalf("mysql with two addrs: %v, want a config error", err)
+	}
+}
