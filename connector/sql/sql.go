@@ -82,6 +82,7 @@ type DB struct {
 	pollCol   string
 	pollEvery time.Duration
 	pollLag   time.Duration
+	inboxTTL  time.Duration
 	create    bool
 	loadQuery string
 	loadArgs  []string
@@ -89,6 +90,9 @@ type DB struct {
 	db     *stdsql.DB
 	guard  *checkpoint.FileGuard // sqlite: the file opened, checked at each commit
 	shared *PoolPlugin           // set by UsePlugins: the pool is the plugin's
+
+	pruneMu   sync.Mutex
+	nextPrune map[string]time.Time // per stream: when its inbox is pruned next
 
 	mu        sync.Mutex
 	columns   []string          // fixed once known
@@ -187,6 +191,9 @@ func (d *DB) parseCommon() error {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.pollLag, err = d.cfg.ParamDuration("poll_lag", 0, 0); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+	}
+	if d.inboxTTL, err = d.cfg.ParamDuration("inbox_ttl", 7*24*time.Hour, time.Second); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.maxConns, err = d.cfg.ParamInt("max_conns", 8, 1); err != nil {
@@ -336,6 +343,9 @@ func (d *DB) Write(ctx context.Context, rows []any) error {
 // CommitBatch inserts rows, records the stream's position and the IDs of
 // the messages consumed, in one transaction: the exactly-once commit.
 func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
+	if err := d.pruneInbox(ctx, stream); err != nil {
+		return err
+	}
 	return d.inTx(ctx, func(tx *stdsql.Tx) error {
 		if err := d.insert(ctx, tx, rows); err != nil {
 			return err
@@ -348,6 +358,38 @@ func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []str
 		}
 		return checkpoint.Save(ctx, tx, d.dialect, stream, position)
 	})
+}
+
+// pruneBatch bounds the IDs one prune deletes, so that it never holds up
+// a commit for long; a prune that deleted that many runs again at the next
+// commit, until the inbox has caught up.
+const pruneBatch = 10000
+
+// pruneInbox deletes the stream's inbox IDs older than inbox_ttl, at most
+// every inbox_ttl/10 (and at least hourly), before a commit: an error
+// leaves the batch unwritten, to be retried.
+func (d *DB) pruneInbox(ctx context.Context, stream string) error {
+	if d.db == nil {
+		return nil // inTx reports it
+	}
+	now := time.Now()
+	d.pruneMu.Lock()
+	defer d.pruneMu.Unlock()
+	if now.Before(d.nextPrune[stream]) {
+		return nil
+	}
+	n, err := checkpoint.PruneInbox(ctx, d.db, d.dialect, stream, now.Add(-d.inboxTTL), pruneBatch)
+	if err != nil {
+		return classify(fmt.Errorf("connector %q: %w", d.cfg.CName, err))
+	}
+	if d.nextPrune == nil {
+		d.nextPrune = map[string]time.Time{}
+	}
+	d.nextPrune[stream] = now.Add(min(d.inboxTTL/10, time.Hour))
+	if n == pruneBatch {
+		d.nextPrune[stream] = now
+	}
+	return nil
 }
 
 // Seen returns which of the message IDs a batch of stream already

@@ -27,7 +27,7 @@ var dialects = []string{TypeSQLite, TypePostgres, TypeMySQL}
 
 // newDatabase makes a database of its own for one test and returns the
 // connector params that reach it.
-func newDatabase(t *testing.T, typ string) map[string]string {
+func newDatabase(t testing.TB, typ string) map[string]string {
 	t.Helper()
 	switch typ {
 	case TypeSQLite:
@@ -48,7 +48,7 @@ func openDB(t *testing.T, typ, table string, params map[string]string) *DB {
 
 // openDBWith starts a connector on the database of base (its path or dsn)
 // with params added.
-func openDBWith(t *testing.T, typ, table string, base, params map[string]string) *DB {
+func openDBWith(t testing.TB, typ, table string, base, params map[string]string) *DB {
 	t.Helper()
 	p := map[string]string{}
 	for k, v := range base {
