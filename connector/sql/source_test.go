@@ -122,3 +122,28 @@ func TestPollSourceReadsTiesWhole(t *testing.T) {
 		}
 	})
 }
+
+// With poll_lag, a row is read only once the horizon that covers it is
+// that old.
+func TestPollSourceLag(t *testing.T) {
+	t.Parallel()
+	d := openDB(t, TypeSQLite, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "10ms", "poll_lag": "400ms"})
+	ctx := context.Background()
+	if err := d.Write(ctx, []any{map[string]any{"id": 1, "v": "a"}}); err != nil {
+		t.Fatal(err)
+	}
+	src, err := d.OpenSource(ctx, stream.SourceOptions{Name: "s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if got := readIDs(t, src, "v", 1, 10, 200*time.Millisecond); len(got) != 0 {
+		t.Fatalf("read %v before poll_lag passed", got)
+	}
+	if got := readIDs(t, src, "v", 1, 10, 10*time.Second); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("after poll_lag: %v", got)
+	}
+	if waited := time.Since(start); waited < 400*time.Millisecond {
+		t.Fatalf("read after %v, before poll_lag", waited)
+	}
+}

@@ -8,7 +8,9 @@
 //
 // Config: key is the table. Params: path (sqlite: the database file,
 // relative to the YAML file's folder), dsn (mysql, postgres: the data source
-// name; or addrs with user, password and database), columns
+// name; or addrs with user, password and database: several postgres addrs
+// make a multi-host DSN, with target_session_attrs, default read-write;
+// mysql takes one), columns
 // (comma-separated; default: the table's columns, or the first row's fields
 // when the table is created; an entry column=field takes the column's value
 // from another row field), upsert_key (comma-separated conflict columns:
@@ -16,13 +18,21 @@
 // becomes the table's primary key), create ("true": create the table if missing,
 // with column types from the first row), load_query (the query a Load
 // function runs, with :field placeholders filled from the row), poll_column
-// (the source: an increasing column), poll_interval (default 500ms),
+// (the source: an increasing column; see OpenSource for what is read
+// when), poll_interval (default 500ms), poll_lag (default 0: how old the
+// source's horizon must also be), inbox_ttl (default 168h: how long the
+// inbox of an exactly-once sink keeps a consumed message's ID),
 // timeout (connect and ping, default 5s), max_conns (default 8), client
 // (mysql, postgres: the name of a shared pool configured as
 // plugins.postgres.<name> or plugins.mysql.<name> in the global file; the
 // connection params are then the plugin's).
 //
 // Rows may be maps, structs (fields by json tag or name) or JSON text.
+//
+// Errors are marked for the runtime (see classify): a row the database
+// rejects is stream.Permanent, a configuration error stream.Fatal, and an
+// SQLite file deleted or replaced while open fails the next commit with a
+// stream.Fatal error naming it.
 package sql
 
 import (
