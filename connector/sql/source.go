@@ -28,7 +28,8 @@ import (
 // every transaction open at that moment has ended (PostgreSQL: the
 // virtual transaction locks of the database's client sessions; MySQL and
 // MariaDB: information_schema.innodb_trx, which needs the PROCESS
-// privilege; SQLite serialises its writers, so the largest value is final
+// privilege, for the sessions whose default database is the table's or
+// none; SQLite serialises its writers, so the largest value is final
 // at once). Values a transaction draws later are larger: a sequence only
 // grows, and a timestamp is taken after that moment. poll_lag adds a delay
 // for values the client computed before its transaction began (a
@@ -72,6 +73,7 @@ type mark struct {
 	max    any
 	empty  bool     // the table had no rows
 	open   []string // the open transactions, as openTransactions names them
+	since  any      // MySQL: the server's time when they were listed
 	at     time.Time
 	warned bool
 }
@@ -155,11 +157,15 @@ func (s *pollSource) advance(ctx context.Context) error {
 			return nil
 		}
 		if len(p.open) > 0 {
-			open, err := d.openTransactions(ctx)
+			open, err := d.openTransactions(ctx, p.since)
 			if err != nil {
 				return err
 			}
-			p.open = slices.DeleteFunc(p.open, func(t string) bool { return !slices.Contains(open, t) })
+			if p.since != nil {
+				p.open = open // those that began by then
+			} else {
+				p.open = slices.DeleteFunc(p.open, func(t string) bool { return !slices.Contains(open, t) })
+			}
 			if len(p.open) > 0 {
 				if wait := time.Since(p.at); !p.warned && wait > max(10*d.pollEvery, 5*time.Second) {
 					p.warned = true
@@ -200,7 +206,14 @@ func (s *pollSource) advance(ctx context.Context) error {
 		v = string(b)
 	}
 	m.max, m.empty = v, v == nil
-	if m.open, err = d.openTransactions(ctx); err != nil {
+	if d.dialect == checkpoint.MySQL {
+		// innodb_trx reuses the IDs of transactions that have not written
+		// yet: the transactions of the mark are those that began by now.
+		if err := d.db.QueryRowContext(ctx, "SELECT NOW()").Scan(&m.since); err != nil {
+			return fmt.Errorf("connector %q: poll %s: %w", d.cfg.CName, d.table, err)
+		}
+	}
+	if m.open, err = d.openTransactions(ctx, m.since); err != nil {
 		return err
 	}
 	if len(m.open) == 0 && d.pollLag == 0 {
@@ -214,9 +227,11 @@ func (s *pollSource) advance(ctx context.Context) error {
 }
 
 // openTransactions names the transactions open in the database other than
-// the caller's (none for SQLite, whose writers take turns).
-func (d *DB) openTransactions(ctx context.Context) ([]string, error) {
+// the caller's (none for SQLite, whose writers take turns); on MySQL, those
+// that began by since (a server time).
+func (d *DB) openTransactions(ctx context.Context, since any) ([]string, error) {
 	var q string
+	var args []any
 	switch d.dialect {
 	case checkpoint.Postgres:
 		// Every transaction, with or without a transaction ID yet, holds
@@ -225,19 +240,24 @@ func (d *DB) openTransactions(ctx context.Context) ([]string, error) {
 WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()
 AND a.datname = current_database() AND a.backend_type = 'client backend'`
 	case checkpoint.MySQL:
-		// The server's transactions (innodb_trx does not tell their
-		// database) that are running a statement or have written: an
-		// idle transaction that only read cannot hold a value it drew
-		// inside the database (NOW() is a statement's time). A plain
-		// SELECT outside a transaction (another source polling) cannot
-		// write.
-		q = `SELECT CONCAT(trx_id, '@', trx_started, ' (thread ', trx_mysql_thread_id, ')') FROM information_schema.innodb_trx
-WHERE trx_mysql_thread_id <> CONNECTION_ID() AND trx_autocommit_non_locking = 0
-AND (trx_query IS NOT NULL OR trx_rows_modified > 0 OR trx_tables_locked > 0 OR trx_lock_structs > 0)`
+		// The transactions of sessions using this database (or none)
+		// that are running a statement or have written: an idle
+		// transaction that only read cannot hold a value it drew inside
+		// the database (NOW() is a statement's time). A plain SELECT
+		// outside a transaction (another source polling) cannot write.
+		// innodb_trx does not tell which database a transaction writes:
+		// the session's default database stands for it.
+		q = `SELECT CONCAT(t.trx_id, '@', t.trx_started, ' (thread ', t.trx_mysql_thread_id, ')') FROM information_schema.innodb_trx t
+LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
+WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND t.trx_autocommit_non_locking = 0
+AND (p.DB IS NULL OR p.DB = DATABASE())
+AND (t.trx_query IS NOT NULL OR t.trx_rows_modified > 0 OR t.trx_tables_locked > 0 OR t.trx_lock_structs > 0)
+AND t.trx_started <= ?`
+		args = append(args, since)
 	default:
 		return nil, nil
 	}
-	rows, err := d.db.QueryContext(ctx, q)
+	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
