@@ -147,3 +147,45 @@ func TestPollSourceLag(t *testing.T) {
 		t.Fatalf("read after %v, before poll_lag", waited)
 	}
 }
+
+// A position on a timestamp column resumes after the last row read, in
+// every dialect's time type.
+func TestPollSourceResumesOnATimestamp(t *testing.T) {
+	t.Parallel()
+	ddl := map[string]string{
+		TypePostgres: "CREATE TABLE events (ts TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp(), v TEXT)",
+		TypeMySQL:    "CREATE TABLE events (ts DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), v TEXT)",
+	}
+	for typ, q := range ddl {
+		t.Run(typ, func(t *testing.T) {
+			t.Parallel()
+			d := openDB(t, typ, "events", map[string]string{"poll_column": "ts", "poll_interval": "10ms"})
+			ctx := context.Background()
+			for _, s := range []string{q, "INSERT INTO events (v) VALUES ('a')", "INSERT INTO events (v) VALUES ('b')"} {
+				if _, err := d.SQL().ExecContext(ctx, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			src, err := d.OpenSource(ctx, stream.SourceOptions{Name: "s"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			msgs, err := src.Read(rctx, 10)
+			if err != nil || len(msgs) != 2 || msgs[1].Position == "" {
+				t.Fatalf("first read: %d rows, %v", len(msgs), err)
+			}
+			if _, err := d.SQL().ExecContext(ctx, "INSERT INTO events (v) VALUES ('c')"); err != nil {
+				t.Fatal(err)
+			}
+			again, err := d.OpenSource(ctx, stream.SourceOptions{Name: "s", Resume: msgs[1].Position})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := readIDs(t, again, "v", 1, 10, 10*time.Second); len(got) != 1 || got[0] != "c" {
+				t.Fatalf("resumed after %s: read %v, want [c]", msgs[1].Position, got)
+			}
+		})
+	}
+}
