@@ -334,3 +334,13 @@ func (s *Server) Restart(t *testing.T) {
 	s.stop()
 	s.start(t)
 }
+
+// Down stops the server, keeps it stopped for d (an outage of that
+// length), and starts it again on the same port with the same data. It
+// returns once the server accepts connections again.
+func (s *Server) Down(t *testing.T, d time.Duration) {
+	t.Helper()
+	s.stop()
+	time.Sleep(d)
+	s.start(t)
+}
