@@ -146,7 +146,7 @@ func TestDiskFull(t *testing.T) {
 			if failed {
 				p = Start(t, dir, nil, args...)
 			}
-			if code := p.Wait(2 * time.Minute); code != 0 {
+			if code := p.Wait(time.Minute); code != 0 {
 				t.Fatalf("with room on the disk, kisflow run exited %d; output:\n%s", code, tail(p.Output(), 4000))
 			}
 			if bad := Check(ids(), n, tc.delivery == "exactly-once"); len(bad) > 0 {

@@ -97,6 +97,13 @@ func TestSIGKILLExactlyOnce(t *testing.T) {
 			rnd := rand.New(rand.NewPCG(seed, 0))
 			count := func() int { return total(r.ids()) }
 			state := filepath.Join(work, "state")
+			// No row is poison: a dead letter is a message lost to the crashes.
+			deadLetters := filepath.Join(state, "dead-letter", "Ids.jsonl")
+			t.Cleanup(func() {
+				if t.Failed() {
+					t.Logf("%d dead letters in %s", len(JSONLines(t, deadLetters)), deadLetters)
+				}
+			})
 			midStream := 0
 			for k := 1; k <= kills; k++ {
 				before := count()
@@ -124,6 +131,9 @@ func TestSIGKILLExactlyOnce(t *testing.T) {
 			}
 			if bad := Check(c, n, true); len(bad) > 0 {
 				t.Fatalf("after %d SIGKILLs: %v", midStream, bad)
+			}
+			if dl := JSONLines(t, deadLetters); len(dl) > 0 {
+				t.Fatalf("after %d SIGKILLs, %d messages were dead-lettered, though no row is poison; the first: %v", midStream, len(dl), dl[0])
 			}
 		})
 	}
