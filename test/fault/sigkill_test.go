@@ -56,12 +56,13 @@ func waitAllIDs(t *testing.T, p *Proc, timeout time.Duration, ids func() (map[in
 	}
 }
 
-// stopCleanly sends SIGTERM and expects a drained exit 0.
+// stopCleanly sends SIGTERM and expects a drained exit 0 (the test goes
+// on to check the sink either way).
 func stopCleanly(t *testing.T, p *Proc) {
 	t.Helper()
 	p.Signal(syscall.SIGTERM)
 	if code := p.Wait(time.Minute); code != 0 {
-		t.Fatalf("kisflow run exited %d after SIGTERM; output:\n%s", code, tail(p.Output(), 4000))
+		t.Errorf("kisflow run exited %d after SIGTERM; output:\n%s", code, tail(p.Output(), 4000))
 	}
 }
 
