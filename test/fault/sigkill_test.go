@@ -56,10 +56,13 @@ func waitAllIDs(t *testing.T, p *Proc, timeout time.Duration, ids func() (map[in
 	}
 }
 
-// stopCleanly sends SIGTERM and expects a drained exit 0 (the test goes
+// stopCleanly waits until the job started, sends SIGTERM and expects a drained exit 0 (the test goes
 // on to check the sink either way).
 func stopCleanly(t *testing.T, p *Proc) {
 	t.Helper()
+	// A SIGTERM before kisflow handles it would kill it: it handles it
+	// before the jobs start (run with --log-level info).
+	p.WaitFor("job starts", 30*time.Second)
 	p.Signal(syscall.SIGTERM)
 	if code := p.Wait(time.Minute); code != 0 {
 		t.Errorf("kisflow run exited %d after SIGTERM; output:\n%s", code, tail(p.Output(), 4000))
@@ -111,7 +114,7 @@ func TestSIGKILLExactlyOnce(t *testing.T) {
 				if before >= n {
 					break
 				}
-				p := Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never")
+				p := Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never", "--log-level", "info")
 				waitProgress(t, p, time.Minute, before, count, fmt.Sprintf("before kill %d", k))
 				time.Sleep(time.Duration(rnd.IntN(300)) * time.Millisecond) // a random point after the first commit
 				p.Kill()
@@ -123,7 +126,7 @@ func TestSIGKILLExactlyOnce(t *testing.T) {
 			if midStream == 0 {
 				t.Fatalf("no SIGKILL landed mid-stream: the job stored all %d ids before the first kill", n)
 			}
-			p := Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never")
+			p := Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never", "--log-level", "info")
 			waitAllIDs(t, p, 3*time.Minute, r.ids, n, "after the kills")
 			stopCleanly(t, p)
 			c, err := r.ids()
@@ -174,8 +177,8 @@ func TestGroupMemberKilled(t *testing.T) {
 			if err := r.publish(1, n); err != nil {
 				t.Fatal(err)
 			}
-			a := Start(t, dir, nil, "run", dir, "--state", filepath.Join(work, "a"), "--progress", "never")
-			b := Start(t, dir, nil, "run", dir, "--state", filepath.Join(work, "b"), "--progress", "never")
+			a := Start(t, dir, nil, "run", dir, "--state", filepath.Join(work, "a"), "--progress", "never", "--log-level", "info")
+			b := Start(t, dir, nil, "run", dir, "--state", filepath.Join(work, "b"), "--progress", "never", "--log-level", "info")
 			waitProgress(t, b, time.Minute, n/5, count, "before the kill")
 			a.Kill()
 			killed := time.Now()
