@@ -273,6 +273,9 @@ func (s *Server) Port() int { return s.port }
 func (s *Server) start(t *testing.T) {
 	t.Helper()
 	s.cmd = exec.Command(s.bin, s.args(s.port, s.dir)...)
+	// Crash dumps (RabbitMQ's MnesiaCore files) go to the server's folder,
+	// not the test's package.
+	s.cmd.Dir = s.dir
 	if s.env != nil {
 		s.cmd.Env = append(os.Environ(), s.env(s.port, s.dir)...)
 	}
