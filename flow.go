@@ -173,9 +173,8 @@ func (fl *flow) Connector() (*Connector, error) {
 
 func (fl *flow) Run(ctx context.Context) (Result, error) {
 	res, err := fl.runOnce(ctx)
-	var re *RejectedError
-	if errors.As(err, &re) {
-		fl.log.WarnContext(ctx, "rows rejected: they could not be converted to a function's type", "flow", fl.Name(), "rejected", len(re.Rows), "first", re.Rows[0].Error())
+	if re, ok := err.(*RejectedError); ok {
+		fl.log.WarnContext(ctx, "rows rejected: they could not be converted to a function's type", "rejected", len(re.Rows), "first", re.Rows[0].Error())
 	}
 	return res, err
 }
