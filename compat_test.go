@@ -593,3 +593,85 @@ func TestOriginalFlowFedByABroker(t *testing.T) {
 		t.Errorf("student 150: %v, want %v", got, want)
 	}
 }
+
+// CaaS as the original's connector usage program does it: a Save function
+// stores through its connector's callback, a Load function reads back
+// through another callback of the same connector.
+func TestCaaSSaveThenLoad(t *testing.T) {
+	t.Parallel()
+	reg := kisflow.NewRegistry()
+	var mu sync.Mutex
+	stored := map[int]order{}
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(reg.RegisterConnInit("ConnName1", func(ctx context.Context, c *kisflow.Connector) error {
+		c.SetMeta("client", "connected to "+c.Config().Addrs)
+		return nil
+	}))
+	must(reg.RegisterConnFunc("ConnName1", "funcName2", func(ctx context.Context, c *kisflow.Connector, fn *kisflow.Function, f kisflow.Flow, args any) (any, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range args.([]*order) {
+			stored[r.OrderID] = *r
+		}
+		return len(stored), nil
+	}))
+	must(reg.RegisterConnFunc("ConnName1", "loadOrders", func(ctx context.Context, c *kisflow.Connector, fn *kisflow.Function, f kisflow.Flow, args any) (any, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []any
+		for _, r := range args.([]*order) {
+			if o, ok := stored[r.OrderID]; ok {
+				out = append(out, &o)
+			}
+		}
+		return out, nil
+	}))
+	caas := func(ctx context.Context, f kisflow.Flow, rows []*order) error {
+		c, err := f.Connector()
+		if err != nil {
+			return err
+		}
+		if c.Meta("client") != "connected to 0.0.0.0:9988,0.0.0.0:9999,0.0.0.0:9990" {
+			return fmt.Errorf("CaaSInit did not run: %v", c.Meta("client"))
+		}
+		got, err := c.Call(ctx, f, rows)
+		if err != nil {
+			return err
+		}
+		if loaded, ok := got.([]any); ok {
+			return f.CommitRowBatch(loaded)
+		}
+		return f.CommitRowBatch(rows)
+	}
+	reg.MustRegister("funcName1", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*order) error { return f.CommitRowBatch(rows) }))
+	reg.MustRegister("funcName2", caas)
+	reg.MustRegister("funcName3", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*order) error { return f.CommitRowBatch(rows) }))
+	reg.MustRegister("loadOrders", caas)
+	set := originalSet(t)
+	must(set.AddFunc(config.NewFunc("loadOrders", config.Load).WithConn("ConnName1")))
+	must(set.AddFlow(config.NewFlow("LoadBack", config.Step("loadOrders", nil))))
+	eng, err := kisflow.NewEngine(reg, set)
+	must(err)
+	defer eng.Close(context.Background())
+	ctx := context.Background()
+	save, err := eng.Flow(ctx, "flowName1")
+	must(err)
+	_ = save.CommitRow(`{"order_id":1,"user_id":10}`)
+	_ = save.CommitRow(`{"order_id":2,"user_id":20}`)
+	if _, err := save.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	load, err := eng.Flow(ctx, "LoadBack")
+	must(err)
+	_ = load.CommitRow(`{"order_id":2}`)
+	_ = load.CommitRow(`{"order_id":3}`)
+	res, err := load.Run(ctx)
+	must(err)
+	if len(res.Rows) != 1 || res.Rows[0].(*order).UserID != 20 {
+		t.Fatalf("loaded %v, want order 2 of user 20", res.Rows)
+	}
+}
