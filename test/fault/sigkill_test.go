@@ -115,7 +115,7 @@ func TestSIGKILLExactlyOnce(t *testing.T) {
 					break
 				}
 				p := Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never", "--log-level", "info")
-				waitProgress(t, p, time.Minute, before, count, fmt.Sprintf("before kill %d", k))
+				waitProgress(t, p, time.Minute, before, count, fmt.Sprintf("with no new row in the sink (%d of %d ids) before kill %d", before, n, k))
 				time.Sleep(time.Duration(rnd.IntN(300)) * time.Millisecond) // a random point after the first commit
 				p.Kill()
 				if count() < n {
