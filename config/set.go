@@ -207,6 +207,7 @@ func importFS(fsys fs.FS, dir, display string, opts []LintOption) (*Set, error) 
 	}
 	probs = append(probs, s.Check(opts...)...)
 	sortProblems(probs)
+	s.redactProblems(probs)
 	var errs []Problem
 	for _, p := range probs {
 		if p.Severity == SevError {
@@ -232,7 +233,17 @@ func Lint(dir string, opts ...LintOption) ([]Problem, error) {
 	}
 	probs = append(probs, s.Check(opts...)...)
 	sortProblems(probs)
+	s.redactProblems(probs)
 	return probs, nil
+}
+
+// redactProblems keeps the configuration's secrets out of problems (a
+// plugin's Validate error or a yaml.v3 message may quote a value).
+func (s *Set) redactProblems(ps []Problem) {
+	r := s.Redactor()
+	for i := range ps {
+		ps[i].Msg = r.Redact(ps[i].Msg)
+	}
 }
 
 func sortProblems(ps []Problem) {
