@@ -109,6 +109,10 @@ func Redact(s string) string {
 	return scan(s, func(string) string { return Redacted })
 }
 
+// RedactError returns err with its message redacted by Redact; errors.Is
+// and errors.As see err as before. A nil err is nil.
+func RedactError(err error) error { return (*Redactor)(nil).Error(err) }
+
 // RedactURLs is Redact, under the name connectors used for their addresses.
 func RedactURLs(s string) string { return Redact(s) }
 

@@ -88,7 +88,8 @@ func (b *Broker) dial() (*amqp.Connection, error) {
 	}
 	conn, err := amqp.DialConfig(b.url, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, err)
+		// A URL that does not parse is quoted whole in the error.
+		return nil, b.cfg.Redactor().Error(fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, err))
 	}
 	return conn, nil
 }

@@ -94,10 +94,10 @@ func (b *Broker) connect(c paho.Client) error {
 	tok := c.Connect()
 	if !tok.WaitTimeout(b.timeout) {
 		c.Disconnect(0)
-		return fmt.Errorf("mqtt connector %q: connect to %s: timed out", b.cfg.CName, config.RedactURLs(b.url))
+		return fmt.Errorf("mqtt connector %q: connect to %s: timed out", b.cfg.CName, config.Redact(b.url))
 	}
 	if err := tok.Error(); err != nil {
-		return fmt.Errorf("mqtt connector %q: connect to %s: %w", b.cfg.CName, config.RedactURLs(b.url), err)
+		return fmt.Errorf("mqtt connector %q: connect to %s: %w", b.cfg.CName, config.Redact(b.url), err)
 	}
 	return nil
 }
