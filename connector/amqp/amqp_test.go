@@ -126,3 +126,13 @@ func TestDialErrorHidesThePassword(t *testing.T) {
 		}
 	}
 }
+
+// Several addrs are tried in order: a node that is down is passed over.
+func TestSeveralAddrsAreTriedInOrder(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQ.Addr(t)
+	b := start(t, "amqp://guest:guest@127.0.0.1:1/,"+url)
+	if err := b.Write(context.Background(), []any{map[string]any{"id": 1}}); err != nil {
+		t.Fatalf("write through the second node: %v", err)
+	}
+}

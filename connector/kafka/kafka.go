@@ -6,7 +6,10 @@
 //     message key the runtime orders by. When partitions are revoked in a
 //     rebalance, the revocation waits (up to revoke_timeout) until the
 //     records already read from them are processed and committed, so the
-//     new owner neither loses them nor repeats a burst of them.
+//     new owner neither loses them nor repeats them. Records still in
+//     flight after revoke_timeout, and those of partitions lost when the
+//     session expired, are read again by the new owner (at-least-once; an
+//     exactly-once SQL sink skips them by topic/partition/offset).
 //   - The sink (and Save) produces each row as JSON with the idempotent
 //     producer (acks from all in-sync replicas, retries without
 //     duplicates), keyed by the key_field template.
