@@ -63,6 +63,9 @@ func scan(s string, found func(secret string) string) string {
 		return found(pass)
 	})
 	return replaceGroup(pairRE, s, 3, func(v string) string {
+		if v == "YES" || v == "NO" {
+			return v // MySQL's "Access denied ... (using password: YES)"
+		}
 		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') {
 			return v[:1] + found(v[1:len(v)-1]) + v[len(v)-1:]
 		}

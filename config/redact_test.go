@@ -41,6 +41,7 @@ func TestRedact(t *testing.T) {
 		{"plain error", "dial tcp 127.0.0.1:3307: connect: connection refused", "dial tcp 127.0.0.1:3307: connect: connection refused"},
 		{"server message", `password authentication failed for user "postgres"`, `password authentication failed for user "postgres"`},
 		{"not a url", "not a url", "not a url"},
+		{"mysql access denied", "Access denied for user 'root'@'localhost' (using password: YES)", "Access denied for user 'root'@'localhost' (using password: YES)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
