@@ -208,7 +208,8 @@ func (s *pollSource) advance(ctx context.Context) error {
 	m.max, m.empty = v, v == nil
 	if d.dialect == checkpoint.MySQL {
 		// innodb_trx reuses the IDs of transactions that have not written
-		// yet: the transactions of the mark are those that began by now.
+		// yet: the transactions of the mark are those that began by now
+		// (to the second innodb_trx keeps, and one more).
 		if err := d.db.QueryRowContext(ctx, "SELECT NOW()").Scan(&m.since); err != nil {
 			return fmt.Errorf("connector %q: poll %s: %w", d.cfg.CName, d.table, err)
 		}
@@ -246,13 +247,14 @@ AND a.datname = current_database() AND a.backend_type = 'client backend'`
 		// the database (NOW() is a statement's time). A plain SELECT
 		// outside a transaction (another source polling) cannot write.
 		// innodb_trx does not tell which database a transaction writes:
-		// the session's default database stands for it.
+		// the session's default database stands for it. Thread 0 is the
+		// server's own (statistics, purge), which writes no table of ours.
 		q = `SELECT CONCAT(t.trx_id, '@', t.trx_started, ' (thread ', t.trx_mysql_thread_id, ')') FROM information_schema.innodb_trx t
 LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-WHERE t.trx_mysql_thread_id <> CONNECTION_ID() AND t.trx_autocommit_non_locking = 0
+WHERE t.trx_mysql_thread_id NOT IN (0, CONNECTION_ID()) AND t.trx_autocommit_non_locking = 0
 AND (p.DB IS NULL OR p.DB = DATABASE())
 AND (t.trx_query IS NOT NULL OR t.trx_rows_modified > 0 OR t.trx_tables_locked > 0 OR t.trx_lock_structs > 0)
-AND t.trx_started <= ?`
+AND t.trx_started <= ? + INTERVAL 1 SECOND`
 		args = append(args, since)
 	default:
 		return nil, nil
