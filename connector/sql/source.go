@@ -3,15 +3,12 @@ package sql
 import (
 	"context"
 	stdsql "database/sql"
-	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/go-sql-driver/mysql"
 
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/stream"
@@ -25,15 +22,17 @@ import (
 // visible out of order (a transaction that took id 1 commits after one
 // that took id 2; now() is a transaction's start). The source reads only
 // up to a horizon: the largest value of the column at some moment, once
-// every transaction open at that moment has ended (PostgreSQL: the
-// virtual transaction locks of the database's client sessions; MySQL and
-// MariaDB: information_schema.innodb_trx, which needs the PROCESS
-// privilege, for the sessions whose default database is the table's or
-// none; SQLite serialises its writers, so the largest value is final
-// at once). Values a transaction draws later are larger: a sequence only
-// grows, and a timestamp is taken after that moment. poll_lag adds a delay
-// for values the client computed before its transaction began (a
-// timestamp taken in the application): the horizon is also at least that
+// every transaction open at that moment has ended (PostgreSQL: the virtual
+// transaction locks of the database's client sessions; SQLite serialises
+// its writers, so the largest value is final at once). Values a
+// transaction draws later are larger: a sequence only grows, and a
+// timestamp is taken after that moment. The horizon must also be poll_lag
+// old. On MySQL and MariaDB (default 5s), whose open transactions cannot be
+// listed reliably, that is the whole horizon: a row is read once its value
+// has been the largest for poll_lag, so no row of a transaction that
+// commits within poll_lag of drawing its value is skipped. Elsewhere
+// (default 0) it covers values the client computed before its transaction
+// began (a timestamp taken in the application): the horizon is also that
 // old. Rows that share a value of the column are read as one group, so a
 // batch never ends inside a group and LIMIT loses none of them (a group
 // larger than the batch is read whole).
@@ -73,7 +72,6 @@ type mark struct {
 	max    any
 	empty  bool     // the table had no rows
 	open   []string // the open transactions, as openTransactions names them
-	since  any      // MySQL: the server's time when they were listed
 	at     time.Time
 	warned bool
 }
@@ -157,15 +155,11 @@ func (s *pollSource) advance(ctx context.Context) error {
 			return nil
 		}
 		if len(p.open) > 0 {
-			open, err := d.openTransactions(ctx, p.since)
+			open, err := d.openTransactions(ctx)
 			if err != nil {
 				return err
 			}
-			if p.since != nil {
-				p.open = open // those that began by then
-			} else {
-				p.open = slices.DeleteFunc(p.open, func(t string) bool { return !slices.Contains(open, t) })
-			}
+			p.open = slices.DeleteFunc(p.open, func(t string) bool { return !slices.Contains(open, t) })
 			if len(p.open) > 0 {
 				if wait := time.Since(p.at); !p.warned && wait > max(10*d.pollEvery, 5*time.Second) {
 					p.warned = true
@@ -206,15 +200,7 @@ func (s *pollSource) advance(ctx context.Context) error {
 		v = string(b)
 	}
 	m.max, m.empty = v, v == nil
-	if d.dialect == checkpoint.MySQL {
-		// innodb_trx reuses the IDs of transactions that have not written
-		// yet: the transactions of the mark are those that began by now
-		// (to the second innodb_trx keeps, and one more).
-		if err := d.db.QueryRowContext(ctx, "SELECT NOW()").Scan(&m.since); err != nil {
-			return fmt.Errorf("connector %q: poll %s: %w", d.cfg.CName, d.table, err)
-		}
-	}
-	if m.open, err = d.openTransactions(ctx, m.since); err != nil {
+	if m.open, err = d.openTransactions(ctx); err != nil {
 		return err
 	}
 	if len(m.open) == 0 && d.pollLag == 0 {
@@ -228,45 +214,23 @@ func (s *pollSource) advance(ctx context.Context) error {
 }
 
 // openTransactions names the transactions open in the database other than
-// the caller's (none for SQLite, whose writers take turns); on MySQL, those
-// that began by since (a server time).
-func (d *DB) openTransactions(ctx context.Context, since any) ([]string, error) {
-	var q string
-	var args []any
-	switch d.dialect {
-	case checkpoint.Postgres:
-		// Every transaction, with or without a transaction ID yet, holds
-		// the lock on its own virtual transaction ID until it ends.
-		q = `SELECT l.virtualxid || ' (pid ' || l.pid || ')' FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()
-AND a.datname = current_database() AND a.backend_type = 'client backend'`
-	case checkpoint.MySQL:
-		// The transactions of sessions using this database (or none)
-		// that are running a statement or have written: an idle
-		// transaction that only read cannot hold a value it drew inside
-		// the database (NOW() is a statement's time). A plain SELECT
-		// outside a transaction (another source polling) cannot write.
-		// innodb_trx does not tell which database a transaction writes:
-		// the session's default database stands for it. Thread 0 is the
-		// server's own (statistics, purge), which writes no table of ours.
-		q = `SELECT CONCAT(t.trx_id, '@', t.trx_started, ' (thread ', t.trx_mysql_thread_id, ')') FROM information_schema.innodb_trx t
-LEFT JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
-WHERE t.trx_mysql_thread_id NOT IN (0, CONNECTION_ID()) AND t.trx_autocommit_non_locking = 0
-AND (p.DB IS NULL OR p.DB = DATABASE())
-AND (t.trx_query IS NOT NULL OR t.trx_rows_modified > 0 OR t.trx_tables_locked > 0 OR t.trx_lock_structs > 0)
-AND t.trx_started <= ? + INTERVAL 1 SECOND`
-		args = append(args, since)
-	default:
+// the caller's: PostgreSQL's only. SQLite's writers take turns; MySQL's
+// horizon is poll_lag alone (information_schema.innodb_trx answers from a
+// cache that is refreshed only once nobody has read it for 100 ms, so
+// sources polling the server often enough see it stale for ever).
+func (d *DB) openTransactions(ctx context.Context) ([]string, error) {
+	if d.dialect != checkpoint.Postgres {
 		return nil, nil
 	}
-	rows, err := d.db.QueryContext(ctx, q, args...)
+	// Every transaction, with or without a transaction ID yet, holds the
+	// lock on its own virtual transaction ID until it ends.
+	const q = `SELECT l.virtualxid || ' (pid ' || l.pid || ')' FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'virtualxid' AND l.mode = 'ExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()
+AND a.datname = current_database() AND a.backend_type = 'client backend'`
+	rows, err := d.db.QueryContext(ctx, q)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
-		}
-		var me *mysql.MySQLError
-		if errors.As(err, &me) && (me.Number == 1227 || me.Number == 1044 || me.Number == 1142) {
-			return nil, stream.Fatal(fmt.Errorf("connector %q: the source reads information_schema.innodb_trx, to wait for open transactions before it reads past their rows; grant the PROCESS privilege: %w", d.cfg.CName, err))
 		}
 		return nil, fmt.Errorf("connector %q: list open transactions: %w", d.cfg.CName, err)
 	}

@@ -20,7 +20,7 @@
 // function runs, with :field placeholders filled from the row), poll_column
 // (the source: an increasing column; see OpenSource for what is read
 // when), poll_interval (default 500ms), poll_lag (default 0: how old the
-// source's horizon must also be), inbox_ttl (default 168h: how long the
+// source's horizon must also be; mysql: 5s), inbox_ttl (default 168h: how long the
 // inbox of an exactly-once sink keeps a consumed message's ID),
 // timeout (connect and ping, default 5s), max_conns (default 8), client
 // (mysql, postgres: the name of a shared pool configured as
@@ -200,7 +200,11 @@ func (d *DB) parseCommon() error {
 	if d.pollEvery, err = d.cfg.ParamDuration("poll_interval", 500*time.Millisecond, time.Millisecond); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
-	if d.pollLag, err = d.cfg.ParamDuration("poll_lag", 0, 0); err != nil {
+	lag := time.Duration(0)
+	if d.dialect == checkpoint.MySQL {
+		lag = 5 * time.Second // the whole horizon there (see OpenSource)
+	}
+	if d.pollLag, err = d.cfg.ParamDuration("poll_lag", lag, 0); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.inboxTTL, err = d.cfg.ParamDuration("inbox_ttl", 7*24*time.Hour, time.Second); err != nil {

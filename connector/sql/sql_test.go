@@ -208,7 +208,7 @@ func TestConformance(t *testing.T) {
 			conformance.Run(t, conformance.Harness{
 				Features: conformance.Features{OrderPerKey: true},
 				New: func(t *testing.T) conformance.Fixture {
-					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
+					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms", "poll_lag": "300ms"})
 					f := pollFixture(d)
 					if typ != TypeSQLite {
 						f.Interrupt = func(t *testing.T) { cutConnections(t, d) }
@@ -244,7 +244,7 @@ func TestConformanceAcrossARestart(t *testing.T) {
 				Features: conformance.Features{OrderPerKey: true, Interrupt: srv.Restart},
 				New: func(t *testing.T) conformance.Fixture {
 					return pollFixture(openDBWith(t, typ, "events", map[string]string{"dsn": dsn(t)},
-						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"}))
+						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms", "poll_lag": "300ms"}))
 				},
 			})
 		})
