@@ -15,8 +15,6 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // the embedded database/sql driver "sqlite"
-
-	kstream "github.com/kisflow-go/kisflow/stream"
 )
 
 // Table is the name of the checkpoint table.
@@ -54,99 +52,6 @@ func (d Dialect) selectPos() string {
 		return "SELECT position FROM " + Table + " WHERE stream = $1"
 	}
 	return "SELECT position FROM " + Table + " WHERE stream = ?"
-}
-
-// InboxTable records the IDs of consumed messages for exactly-once sinks.
-const InboxTable = "kisflow_inbox"
-
-func (d Dialect) createInbox() string {
-	if d == MySQL {
-		return "CREATE TABLE IF NOT EXISTS " + InboxTable + " (stream VARCHAR(255) NOT NULL, id VARCHAR(255) NOT NULL, PRIMARY KEY (stream, id))"
-	}
-	return "CREATE TABLE IF NOT EXISTS " + InboxTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (stream, id))"
-}
-
-// EnsureInbox creates the inbox table if it does not exist.
-func EnsureInbox(ctx context.Context, db Execer, d Dialect) error {
-	if err := DDL(ctx, db, d.createInbox()); err != nil {
-		return fmt.Errorf("create %s: %w", InboxTable, err)
-	}
-	return nil
-}
-
-// SaveInbox records message IDs of stream through db (a transaction).
-func SaveInbox(ctx context.Context, db Execer, d Dialect, stream string, ids []string) error {
-	const per = 500
-	for start := 0; start < len(ids); start += per {
-		chunk := ids[start:min(start+per, len(ids))]
-		var b strings.Builder
-		b.WriteString("INSERT INTO " + InboxTable + " (stream, id) VALUES ")
-		args := make([]any, 0, 2*len(chunk))
-		for i, id := range chunk {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			if d == Postgres {
-				fmt.Fprintf(&b, "($%d, $%d)", 2*i+1, 2*i+2)
-			} else {
-				b.WriteString("(?, ?)")
-			}
-			args = append(args, stream, id)
-		}
-		if _, err := db.ExecContext(ctx, b.String(), args...); err != nil {
-			if uniqueViolation(err) {
-				return fmt.Errorf("record consumed messages of %q: %w: %v", stream, kstream.ErrAlreadyCommitted, err)
-			}
-			return fmt.Errorf("record consumed messages of %q: %w", stream, err)
-		}
-	}
-	return nil
-}
-
-// Seen returns which ids of stream are recorded.
-func Seen(ctx context.Context, db Querier, d Dialect, stream string, ids []string) (map[string]bool, error) {
-	seen := map[string]bool{}
-	const per = 500
-	for start := 0; start < len(ids); start += per {
-		chunk := ids[start:min(start+per, len(ids))]
-		var b strings.Builder
-		args := make([]any, 0, len(chunk)+1)
-		args = append(args, stream)
-		if d == Postgres {
-			b.WriteString("SELECT id FROM " + InboxTable + " WHERE stream = $1 AND id IN (")
-		} else {
-			b.WriteString("SELECT id FROM " + InboxTable + " WHERE stream = ? AND id IN (")
-		}
-		for i, id := range chunk {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			if d == Postgres {
-				fmt.Fprintf(&b, "$%d", i+2)
-			} else {
-				b.WriteString("?")
-			}
-			args = append(args, id)
-		}
-		b.WriteString(")")
-		rows, err := db.QueryContext(ctx, b.String(), args...)
-		if err != nil {
-			return nil, fmt.Errorf("look up consumed messages of %q: %w", stream, err)
-		}
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			seen[id] = true
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-	}
-	return seen, nil
 }
 
 // Querier runs a query (a *sql.DB or *sql.Tx).
@@ -226,6 +131,7 @@ func Load(ctx context.Context, db Execer, d Dialect, stream string) (string, err
 type Store struct {
 	db      *sql.DB
 	dialect Dialect
+	guard   *FileGuard // the SQLite file, checked at every save
 }
 
 // OpenSQLite opens (creating) an SQLite checkpoint file.
@@ -238,7 +144,12 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	return &Store{db: db, dialect: SQLite}, nil
+	guard, err := NewFileGuard(path)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	return &Store{db: db, dialect: SQLite, guard: guard}, nil
 }
 
 // OpenSQLiteDB opens an SQLite file with the settings the runtime relies
@@ -267,9 +178,17 @@ func (s *Store) Position(ctx context.Context, stream string) (string, error) {
 	return Load(ctx, s.db, s.dialect, stream)
 }
 
-// SavePosition saves stream's position.
+// SavePosition saves stream's position. It fails with a stream.Fatal
+// error naming the file when the SQLite file was deleted or replaced since
+// it was opened: the position would be saved where nobody reads it.
 func (s *Store) SavePosition(ctx context.Context, stream, position string) error {
-	return Save(ctx, s.db, s.dialect, stream, position)
+	if err := s.guard.Check(); err != nil {
+		return err
+	}
+	if err := Save(ctx, s.db, s.dialect, stream, position); err != nil {
+		return err
+	}
+	return s.guard.Check()
 }
 
 // Close closes the database.

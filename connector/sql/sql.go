@@ -8,7 +8,9 @@
 //
 // Config: key is the table. Params: path (sqlite: the database file,
 // relative to the YAML file's folder), dsn (mysql, postgres: the data source
-// name; or addrs with user, password and database), columns
+// name; or addrs with user, password and database: several postgres addrs
+// make a multi-host DSN, with target_session_attrs, default read-write;
+// mysql takes one), columns
 // (comma-separated; default: the table's columns, or the first row's fields
 // when the table is created; an entry column=field takes the column's value
 // from another row field), upsert_key (comma-separated conflict columns:
@@ -16,13 +18,21 @@
 // becomes the table's primary key), create ("true": create the table if missing,
 // with column types from the first row), load_query (the query a Load
 // function runs, with :field placeholders filled from the row), poll_column
-// (the source: an increasing column), poll_interval (default 500ms),
+// (the source: an increasing column; see OpenSource for what is read
+// when), poll_interval (default 500ms), poll_lag (default 0: how old the
+// source's horizon must also be; mysql: 5s), inbox_ttl (default 168h: how long the
+// inbox of an exactly-once sink keeps a consumed message's ID),
 // timeout (connect and ping, default 5s), max_conns (default 8), client
 // (mysql, postgres: the name of a shared pool configured as
 // plugins.postgres.<name> or plugins.mysql.<name> in the global file; the
 // connection params are then the plugin's).
 //
 // Rows may be maps, structs (fields by json tag or name) or JSON text.
+//
+// Errors are marked for the runtime (see classify): a row the database
+// rejects is stream.Permanent, a configuration error stream.Fatal, and an
+// SQLite file deleted or replaced while open fails the next commit with a
+// stream.Fatal error naming it.
 package sql
 
 import (
@@ -45,6 +55,7 @@ import (
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Connector types this package registers.
@@ -80,12 +91,18 @@ type DB struct {
 	table     string
 	pollCol   string
 	pollEvery time.Duration
+	pollLag   time.Duration
+	inboxTTL  time.Duration
 	create    bool
 	loadQuery string
 	loadArgs  []string
 
 	db     *stdsql.DB
-	shared *PoolPlugin // set by UsePlugins: the pool is the plugin's
+	guard  *checkpoint.FileGuard // sqlite: the file opened, checked at each commit
+	shared *PoolPlugin           // set by UsePlugins: the pool is the plugin's
+
+	pruneMu   sync.Mutex
+	nextPrune map[string]time.Time // per stream: when its inbox is pruned next
 
 	mu        sync.Mutex
 	columns   []string          // fixed once known
@@ -118,7 +135,10 @@ func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
 	dsn := p["dsn"]
 	if dsn == "" {
 		addr := "127.0.0.1:3306"
-		if a := cfg.AddrList(); len(a) > 0 {
+		switch a := cfg.AddrList(); {
+		case len(a) > 1:
+			return nil, fmt.Errorf("mysql connector %q: addrs names %d servers; the driver connects to one: give one address (a proxy or a virtual IP in front of a failover group)", cfg.CName, len(a))
+		case len(a) == 1:
 			addr = a[0]
 		}
 		dsn = fmt.Sprintf("%s:%s@tcp(%s)/%s", p["user"], p["password"], addr, p["database"])
@@ -140,17 +160,22 @@ func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
 	p := cfg.Params
 	dsn := p["dsn"]
 	if dsn == "" {
-		addr := "127.0.0.1:5432"
-		if a := cfg.AddrList(); len(a) > 0 {
-			addr = a[0]
+		// Several addrs make a multi-host DSN: pgx tries them in order,
+		// and takes the first that accepts writes.
+		addrs := cfg.AddrList()
+		if len(addrs) == 0 {
+			addrs = []string{"127.0.0.1:5432"}
 		}
-		u := url.URL{Scheme: "postgres", Host: addr, Path: "/" + p["database"]}
+		u := url.URL{Scheme: "postgres", Host: strings.Join(addrs, ","), Path: "/" + p["database"]}
 		if p["user"] != "" {
 			u.User = url.UserPassword(p["user"], p["password"])
 		}
 		q := url.Values{}
 		q.Set("sslmode", cmp.Or(p["sslmode"], "prefer"))
 		q.Set("connect_timeout", "5")
+		if len(addrs) > 1 {
+			q.Set("target_session_attrs", cmp.Or(p["target_session_attrs"], "read-write"))
+		}
 		u.RawQuery = q.Encode()
 		dsn = u.String()
 	}
@@ -173,6 +198,16 @@ func (d *DB) parseCommon() error {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.pollEvery, err = d.cfg.ParamDuration("poll_interval", 500*time.Millisecond, time.Millisecond); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+	}
+	lag := time.Duration(0)
+	if d.dialect == checkpoint.MySQL {
+		lag = 5 * time.Second // the whole horizon there (see OpenSource)
+	}
+	if d.pollLag, err = d.cfg.ParamDuration("poll_lag", lag, 0); err != nil {
+		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+	}
+	if d.inboxTTL, err = d.cfg.ParamDuration("inbox_ttl", 7*24*time.Hour, time.Second); err != nil {
 		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
 	}
 	if d.maxConns, err = d.cfg.ParamInt("max_conns", 8, 1); err != nil {
@@ -278,7 +313,7 @@ func (d *DB) Start(ctx context.Context) error {
 		cancel()
 		if err != nil {
 			db.Close()
-			return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
+			return classify(fmt.Errorf("connector %q: %w", d.cfg.CName, err))
 		}
 	}
 	if err := checkpoint.Ensure(ctx, db, d.dialect); err != nil {
@@ -288,6 +323,12 @@ func (d *DB) Start(ctx context.Context) error {
 	if err := checkpoint.EnsureInbox(ctx, db, d.dialect); err != nil {
 		closeOwn()
 		return err
+	}
+	if d.dialect == checkpoint.SQLite {
+		if d.guard, err = checkpoint.NewFileGuard(d.path); err != nil {
+			closeOwn()
+			return err
+		}
 	}
 	d.db = db
 	return nil
@@ -316,6 +357,9 @@ func (d *DB) Write(ctx context.Context, rows []any) error {
 // CommitBatch inserts rows, records the stream's position and the IDs of
 // the messages consumed, in one transaction: the exactly-once commit.
 func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
+	if err := d.pruneInbox(ctx, stream); err != nil {
+		return err
+	}
 	return d.inTx(ctx, func(tx *stdsql.Tx) error {
 		if err := d.insert(ctx, tx, rows); err != nil {
 			return err
@@ -328,6 +372,38 @@ func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []str
 		}
 		return checkpoint.Save(ctx, tx, d.dialect, stream, position)
 	})
+}
+
+// pruneBatch bounds the IDs one prune deletes, so that it never holds up
+// a commit for long; a prune that deleted that many runs again at the next
+// commit, until the inbox has caught up.
+const pruneBatch = 10000
+
+// pruneInbox deletes the stream's inbox IDs older than inbox_ttl, at most
+// every inbox_ttl/10 (and at least hourly), before a commit: an error
+// leaves the batch unwritten, to be retried.
+func (d *DB) pruneInbox(ctx context.Context, stream string) error {
+	if d.db == nil {
+		return nil // inTx reports it
+	}
+	now := time.Now()
+	d.pruneMu.Lock()
+	defer d.pruneMu.Unlock()
+	if now.Before(d.nextPrune[stream]) {
+		return nil
+	}
+	n, err := checkpoint.PruneInbox(ctx, d.db, d.dialect, stream, now.Add(-d.inboxTTL), pruneBatch)
+	if err != nil {
+		return classify(fmt.Errorf("connector %q: %w", d.cfg.CName, err))
+	}
+	if d.nextPrune == nil {
+		d.nextPrune = map[string]time.Time{}
+	}
+	d.nextPrune[stream] = now.Add(min(d.inboxTTL/10, time.Hour))
+	if n == pruneBatch {
+		d.nextPrune[stream] = now
+	}
+	return nil
 }
 
 // Seen returns which of the message IDs a batch of stream already
@@ -344,25 +420,45 @@ func (d *DB) Position(ctx context.Context, stream string) (string, error) {
 // SavePosition records a position outside a batch (the checkpoint store
 // role, for at-least-once delivery).
 func (d *DB) SavePosition(ctx context.Context, stream, position string) error {
-	return checkpoint.Save(ctx, d.db, d.dialect, stream, position)
+	if err := d.guard.Check(); err != nil {
+		return d.fileGone(err)
+	}
+	if err := checkpoint.Save(ctx, d.db, d.dialect, stream, position); err != nil {
+		return err
+	}
+	return d.fileGone(d.guard.Check())
+}
+
+// fileGone names the connector in the error of a guard check.
+func (d *DB) fileGone(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("sqlite connector %q: %w", d.cfg.CName, err)
 }
 
 func (d *DB) inTx(ctx context.Context, fn func(*stdsql.Tx) error) error {
 	if d.db == nil {
 		return fmt.Errorf("connector %q is not started", d.cfg.CName)
 	}
+	// An SQLite file deleted or replaced while open takes every commit
+	// into the old, unlinked file: checked before (nothing more is
+	// written there) and after (this commit went there).
+	if err := d.guard.Check(); err != nil {
+		return d.fileGone(err)
+	}
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("connector %q: begin: %w", d.cfg.CName, err)
+		return classify(fmt.Errorf("connector %q: begin: %w", d.cfg.CName, err))
 	}
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback() // the write's error is the one to report
-		return err
+		return classify(err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("connector %q: commit: %w", d.cfg.CName, err)
+		return classify(fmt.Errorf("connector %q: commit: %w", d.cfg.CName, err))
 	}
-	return nil
+	return d.fileGone(d.guard.Check())
 }
 
 // maxArgs keeps one INSERT under every dialect's limit on bound values.
@@ -373,13 +469,13 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		return nil
 	}
 	if d.table == "" {
-		return fmt.Errorf("connector %q: no table (set key)", d.cfg.CName)
+		return stream.Fatal(fmt.Errorf("connector %q: no table (set key)", d.cfg.CName))
 	}
 	maps := make([]map[string]any, len(rows))
 	for i, r := range rows {
 		m, err := fields.Of(r)
 		if err != nil {
-			return fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err)
+			return stream.Permanent(fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err))
 		}
 		maps[i] = m
 	}
@@ -500,7 +596,7 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 	}
 	if len(cols) == 0 {
 		if !d.create {
-			return nil, fmt.Errorf("connector %q: table %s does not exist (create it, or set params.create: \"true\")", d.cfg.CName, d.table)
+			return nil, stream.Fatal(fmt.Errorf("connector %q: table %s does not exist (create it, or set params.create: \"true\")", d.cfg.CName, d.table))
 		}
 		for k := range first {
 			if validIdent(k) {
@@ -509,7 +605,7 @@ func (d *DB) columnsFor(ctx context.Context, tx *stdsql.Tx, first map[string]any
 		}
 		slices.Sort(cols)
 		if len(cols) == 0 {
-			return nil, fmt.Errorf("connector %q: the first row has no fields to make columns of", d.cfg.CName)
+			return nil, stream.Permanent(fmt.Errorf("connector %q: the first row has no fields to make columns of", d.cfg.CName))
 		}
 		if err := d.createTable(ctx, tx, cols, first); err != nil {
 			return nil, err
@@ -617,23 +713,23 @@ func (d *DB) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, arg
 // Load runs load_query with :field placeholders filled from row's fields.
 func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
 	if d.loadQuery == "" {
-		return nil, fmt.Errorf("connector %q: no params.load_query", d.cfg.CName)
+		return nil, stream.Fatal(fmt.Errorf("connector %q: no params.load_query", d.cfg.CName))
 	}
 	m, err := fields.Of(row)
 	if err != nil {
-		return nil, err
+		return nil, stream.Permanent(err)
 	}
 	args := make([]any, len(d.loadArgs))
 	for i, a := range d.loadArgs {
 		v, ok := m[a]
 		if !ok {
-			return nil, fmt.Errorf("connector %q: load_query needs field %q, which the row lacks", d.cfg.CName, a)
+			return nil, stream.Permanent(fmt.Errorf("connector %q: load_query needs field %q, which the row lacks", d.cfg.CName, a))
 		}
 		args[i] = sqlValue(v)
 	}
 	rs, err := d.db.QueryContext(ctx, d.loadQuery, args...)
 	if err != nil {
-		return nil, fmt.Errorf("connector %q: load: %w", d.cfg.CName, err)
+		return nil, classify(fmt.Errorf("connector %q: load: %w", d.cfg.CName, err))
 	}
 	defer rs.Close()
 	return scanMaps(rs)

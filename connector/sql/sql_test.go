@@ -4,6 +4,7 @@ import (
 	"context"
 	stdsql "database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -26,7 +27,7 @@ var dialects = []string{TypeSQLite, TypePostgres, TypeMySQL}
 
 // newDatabase makes a database of its own for one test and returns the
 // connector params that reach it.
-func newDatabase(t *testing.T, typ string) map[string]string {
+func newDatabase(t testing.TB, typ string) map[string]string {
 	t.Helper()
 	switch typ {
 	case TypeSQLite:
@@ -47,7 +48,7 @@ func openDB(t *testing.T, typ, table string, params map[string]string) *DB {
 
 // openDBWith starts a connector on the database of base (its path or dsn)
 // with params added.
-func openDBWith(t *testing.T, typ, table string, base, params map[string]string) *DB {
+func openDBWith(t testing.TB, typ, table string, base, params map[string]string) *DB {
 	t.Helper()
 	p := map[string]string{}
 	for k, v := range base {
@@ -207,7 +208,7 @@ func TestConformance(t *testing.T) {
 			conformance.Run(t, conformance.Harness{
 				Features: conformance.Features{OrderPerKey: true},
 				New: func(t *testing.T) conformance.Fixture {
-					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"})
+					d := openDB(t, typ, "events", map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms", "poll_lag": "300ms"})
 					f := pollFixture(d)
 					if typ != TypeSQLite {
 						f.Interrupt = func(t *testing.T) { cutConnections(t, d) }
@@ -243,7 +244,7 @@ func TestConformanceAcrossARestart(t *testing.T) {
 				Features: conformance.Features{OrderPerKey: true, Interrupt: srv.Restart},
 				New: func(t *testing.T) conformance.Fixture {
 					return pollFixture(openDBWith(t, typ, "events", map[string]string{"dsn": dsn(t)},
-						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms"}))
+						map[string]string{"create": "true", "poll_column": "id", "poll_interval": "20ms", "poll_lag": "300ms"}))
 				},
 			})
 		})
@@ -399,5 +400,70 @@ func TestConnectorsShareAPoolPlugin(t *testing.T) {
 				t.Fatal("the shared pool is still open after the engine closed")
 			}
 		})
+	}
+}
+
+// An SQLite sink whose file is deleted or replaced while open fails the
+// next commit with a Fatal error naming the file: its rows would go to
+// the unlinked file and be lost.
+func TestSQLiteSinkNoticesItsFileGone(t *testing.T) {
+	t.Parallel()
+	for _, replace := range []bool{false, true} {
+		t.Run(fmt.Sprint("replace=", replace), func(t *testing.T) {
+			t.Parallel()
+			base := newDatabase(t, TypeSQLite)
+			path := base["path"]
+			d := openDBWith(t, TypeSQLite, "orders", base, map[string]string{"create": "true"})
+			ctx := context.Background()
+			if err := d.Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []string{path, path + "-wal", path + "-shm"} {
+				if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+					t.Fatal(err)
+				}
+			}
+			if replace {
+				if err := os.WriteFile(path, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for name, op := range map[string]func() error{
+				"write":  func() error { return d.Write(ctx, []any{map[string]any{"id": 2}}) },
+				"commit": func() error { return d.CommitBatch(ctx, "s", "2", []string{"m2"}, []any{map[string]any{"id": 2}}) },
+				"save":   func() error { return d.SavePosition(ctx, "s", "2") },
+			} {
+				if err := op(); !stream.IsFatal(err) || !strings.Contains(err.Error(), path) {
+					t.Errorf("%s after the file was removed (replaced %v): %v, want a fatal error naming %s", name, replace, err, path)
+				}
+			}
+		})
+	}
+}
+
+// Several PostgreSQL addrs make a multi-host DSN that reaches the server
+// listening behind any of them; several MySQL addrs are refused at
+// config time instead of silently using the first.
+func TestSeveralAddrs(t *testing.T) {
+	t.Parallel()
+	// The first address has nobody listening: the connector must go on
+	// to the second.
+	pg := &config.Conn{CName: "db", Type: TypePostgres, Key: "t", Addrs: "127.0.0.1:1,127.0.0.1:5432",
+		Params: map[string]string{"user": "postgres", "database": "test", "sslmode": "disable", "create": "true"}}
+	drv, err := NewPostgres(pg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := drv.(*DB)
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatalf("start with the first of two hosts down: %v", err)
+	}
+	defer d.Close(context.Background())
+	if err := d.SQL().PingContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	my := &config.Conn{CName: "db", Type: TypeMySQL, Key: "t", Addrs: "127.0.0.1:3306,127.0.0.1:3307", Params: map[string]string{"user": "root", "database": "test"}}
+	if _, err := NewMySQL(my); err == nil || !strings.Contains(err.Error(), "names 2 servers") {
+		t.Fatalf("mysql with two addrs: %v, want a config error", err)
 	}
 }

@@ -11,14 +11,14 @@ import (
 
 // PostgresDatabase creates a PostgreSQL database for one test, dropped at
 // its end, and returns its URL.
-func PostgresDatabase(t *testing.T) string {
+func PostgresDatabase(t testing.TB) string {
 	t.Helper()
 	return PostgresDatabaseOn(t, Postgres.Addr(t))
 }
 
 // PostgresDatabaseOn creates a database for one test on the server of the
 // URL base, dropped at its end, and returns its URL.
-func PostgresDatabaseOn(t *testing.T, base string) string {
+func PostgresDatabaseOn(t testing.TB, base string) string {
 	t.Helper()
 	name := createDatabase(t, "pgx", base, " WITH (FORCE)")
 	i := strings.LastIndex(base, "/")
@@ -31,14 +31,14 @@ func PostgresDatabaseOn(t *testing.T, base string) string {
 
 // MySQLDatabase creates a MariaDB/MySQL database for one test, dropped at
 // its end, and returns its DSN.
-func MySQLDatabase(t *testing.T) string {
+func MySQLDatabase(t testing.TB) string {
 	t.Helper()
 	return MySQLDatabaseOn(t, MySQL.Addr(t))
 }
 
 // MySQLDatabaseOn creates a database for one test on the server of the DSN
 // base, dropped at its end, and returns its DSN.
-func MySQLDatabaseOn(t *testing.T, base string) string {
+func MySQLDatabaseOn(t testing.TB, base string) string {
 	t.Helper()
 	name := createDatabase(t, "mysql", base, "")
 	mc, err := mysql.ParseDSN(base)
@@ -49,7 +49,7 @@ func MySQLDatabaseOn(t *testing.T, base string) string {
 	return mc.FormatDSN()
 }
 
-func createDatabase(t *testing.T, driver, dsn, dropSuffix string) string {
+func createDatabase(t testing.TB, driver, dsn, dropSuffix string) string {
 	t.Helper()
 	name := Name("kisflow_")
 	admin, err := sql.Open(driver, dsn)

@@ -1,0 +1,61 @@
+package checkpoint
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	kstream "github.com/kisflow-go/kisflow/stream"
+)
+
+// A checkpoint file deleted or replaced while the store is open fails the
+// next save with a Fatal error naming the file, instead of saving
+// positions nobody will read.
+func TestStoreNoticesItsFileGone(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		do   func(t *testing.T, path string)
+	}{
+		{"deleted", func(t *testing.T, path string) {
+			for _, p := range []string{path, path + "-wal", path + "-shm"} {
+				if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+					t.Fatal(err)
+				}
+			}
+		}},
+		{"replaced", func(t *testing.T, path string) {
+			other := filepath.Join(t.TempDir(), "other.db")
+			s, err := OpenSQLite(context.Background(), other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			if err := os.Rename(other, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			path := filepath.Join(t.TempDir(), "checkpoints.db")
+			s, err := OpenSQLite(ctx, path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if err := s.SavePosition(ctx, "f", "10"); err != nil {
+				t.Fatal(err)
+			}
+			c.do(t, path)
+			err = s.SavePosition(ctx, "f", "20")
+			if !kstream.IsFatal(err) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("save after the file was %s: %v, want a fatal error naming %s", c.name, err, path)
+			}
+		})
+	}
+}
