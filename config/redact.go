@@ -24,7 +24,7 @@ const minSecret = 4
 var (
 	// urlUserRE finds the user information of a URL (scheme://user:pass@
 	// or scheme://token@) up to the last @ of its authority.
-	urlUserRE = regexp.MustCompile("(?i)\\b[a-z][a-z0-9+.\\-]*://([^\\s\"'`<>,/?#]*)@")
+	urlUserRE = regexp.MustCompile("(?i)\\b([a-z][a-z0-9+.\\-]*)://([^\\s\"'`<>,/?#]*)@")
 	// mysqlRE finds a go-sql-driver DSN's user:password@protocol(.
 	mysqlRE = regexp.MustCompile("([^\\s:@/\"'`(),]+):([^\\s\"'`]*)@(?:tcp|tcp4|tcp6|udp|unix)?\\(")
 	// pairRE finds key=value and key: value pairs whose key names a
@@ -47,14 +47,17 @@ func secretKey(k string) bool {
 // passwords and tokens, MySQL DSN passwords, values of secret-named keys)
 // and replaces it with what found returns.
 func scan(s string, found func(secret string) string) string {
-	s = replaceGroup(urlUserRE, s, 1, func(user string) string {
+	s = replaceURLUsers(s, func(scheme, user string) string {
 		if name, pass, ok := strings.Cut(user, ":"); ok {
 			if pass == "" {
 				return user
 			}
 			return name + ":" + found(pass)
 		}
-		return found(user) // a user with no password is a NATS token
+		if tokenSchemes[strings.ToLower(scheme)] {
+			return found(user) // nats://TOKEN@host
+		}
+		return user // postgres://postgres@host: a user name, no secret
 	})
 	s = replaceGroup(mysqlRE, s, 2, func(pass string) string {
 		if pass == "" || pass == Redacted {
@@ -71,6 +74,28 @@ func scan(s string, found func(secret string) string) string {
 		}
 		return found(v)
 	})
+}
+
+// tokenSchemes are the URL schemes whose user without a password is a
+// token (NATS: nats://TOKEN@host).
+var tokenSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}
+
+// replaceURLUsers replaces the user information of every URL in s with
+// repl(scheme, user).
+func replaceURLUsers(s string, repl func(scheme, user string) string) string {
+	ms := urlUserRE.FindAllStringSubmatchIndex(s, -1)
+	if ms == nil {
+		return s
+	}
+	var b strings.Builder
+	last := 0
+	for _, m := range ms {
+		b.WriteString(s[last:m[4]])
+		b.WriteString(repl(s[m[2]:m[3]], s[m[4]:m[5]]))
+		last = m[5]
+	}
+	b.WriteString(s[last:])
+	return b.String()
 }
 
 // replaceGroup replaces submatch g of every match of re in s with repl of it.

@@ -20,6 +20,7 @@ func TestRedact(t *testing.T) {
 		{"amqp", "amqp://guest:S3cr3t@127.0.0.1:5672/vhost", "amqp://guest:xxxxx@127.0.0.1:5672/vhost"},
 		{"nats list", "nats://alice:S3cr3t@10.0.0.1:4222,nats://bob:Pw0rd@10.0.0.2:4222", "nats://alice:xxxxx@10.0.0.1:4222,nats://bob:xxxxx@10.0.0.2:4222"},
 		{"nats token", "nats://T0ken@10.0.0.1", "nats://xxxxx@10.0.0.1"},
+		{"user without a password", "postgres://postgres@127.0.0.1:5432/test: plugins.postgres.nosuch", "postgres://postgres@127.0.0.1:5432/test: plugins.postgres.nosuch"},
 		{"mqtt tcp", "tcp://u:S3cr3t@127.0.0.1:1883", "tcp://u:xxxxx@127.0.0.1:1883"},
 		{"mqtt ssl", "ssl://u:S3cr3t@broker:8883", "ssl://u:xxxxx@broker:8883"},
 		{"postgres URL", "postgres://postgres:S3cr3t@127.0.0.1:5432/test?sslmode=disable", "postgres://postgres:xxxxx@127.0.0.1:5432/test?sslmode=disable"},
