@@ -104,10 +104,12 @@ type DB struct {
 	pruneMu   sync.Mutex
 	nextPrune map[string]time.Time // per stream: when its inbox is pruned next
 
-	mu        sync.Mutex
-	columns   []string          // fixed once known
-	fieldOf   map[string]string // column -> row field, from columns' col=field entries
-	upsertKey []string          // conflict columns: insert or update
+	mu sync.Mutex
+	// mysqlCreated: the table was created outside any transaction (MySQL).
+	mysqlCreated bool
+	columns      []string          // fixed once known
+	fieldOf      map[string]string // column -> row field, from columns' col=field entries
+	upsertKey    []string          // conflict columns: insert or update
 }
 
 // NewSQLite builds an SQLite connector from its config.
@@ -635,6 +637,19 @@ func (d *DB) createTable(ctx context.Context, tx *stdsql.Tx, cols []string, firs
 		defs = append(defs, "PRIMARY KEY ("+strings.Join(keys, ", ")+")")
 	}
 	q := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s)", d.quote(d.table), strings.Join(defs, ", "))
+	if d.dialect == checkpoint.MySQL {
+		// MySQL commits a transaction at any DDL statement, even one that
+		// creates nothing, and runs the rest of it in autocommit mode: the
+		// batch would no longer be atomic. Create the table apart, once.
+		if d.mysqlCreated {
+			return nil
+		}
+		if _, err := d.db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("connector %q: create table %s: %w", d.cfg.CName, d.table, err)
+		}
+		d.mysqlCreated = true
+		return nil
+	}
 	if _, err := tx.ExecContext(ctx, q); err != nil {
 		return fmt.Errorf("connector %q: create table %s: %w", d.cfg.CName, d.table, err)
 	}

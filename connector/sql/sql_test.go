@@ -169,6 +169,22 @@ func TestCommitBatchIsAtomic(t *testing.T) {
 		if seen, _ := d.Seen(ctx, "s", []string{"m3"}); seen["m3"] {
 			t.Fatal("a failed commit recorded its message IDs")
 		}
+		// A batch written in several statements whose last row the
+		// database refuses leaves nothing behind: MySQL would commit the
+		// first statements if the table's DDL ran inside the transaction.
+		big := make([]any, 0, 601)
+		for i := range 600 {
+			big = append(big, map[string]any{"order_id": 100 + i, "total": 1})
+		}
+		big = append(big, map[string]any{"order_id": 700, "total": "not a number"})
+		if err := d.CommitBatch(ctx, "s", "44", []string{"m4"}, big); err == nil && typ != TypeSQLite {
+			t.Fatal("a row the database refuses: no error")
+		}
+		if typ != TypeSQLite { // SQLite stores the text in a column without a type
+			if pos, _ := d.Position(ctx, "s"); pos != "42" || count(t, d, "SELECT count(*) FROM orders") != 1 {
+				t.Fatalf("after a refused multi-statement batch: position %q, %d rows", pos, count(t, d, "SELECT count(*) FROM orders"))
+			}
+		}
 	})
 }
 
