@@ -386,7 +386,7 @@ func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejecte
 	res, err := j.fl.Run(ctx)
 	var rej []runtime.Rejected
 	for _, re := range res.Rejected {
-		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Err: re.Err})
+		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Row: re.Row, Err: re.Err})
 	}
 	return res.Rows, rej, err
 }

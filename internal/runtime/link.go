@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // link is the state of the runner's connection to its source or its sink:
@@ -71,35 +73,36 @@ func (l *link) down() error {
 	return fmt.Errorf("%s %s unavailable for %s: %w", l.side, l.name, time.Since(l.since).Round(time.Second), l.last)
 }
 
-// streak is the run of messages, in stream order, dead-lettered by the
-// same function with the same error. Only the commit loop uses it.
+// streak counts the messages of consecutive epochs in which nothing
+// succeeded and every message was dead-lettered by the same function with
+// the same error: a flow that fails every row the same way (a typo in an
+// expression). An epoch with output, or with fewer dead letters than
+// messages, ends the streak. Only the commit loop uses it.
 type streak struct {
 	fn, err string
 	n       int
 }
 
-// observe extends the streak by a committed epoch's messages and returns
-// an error when it reached limit (limit < 0: never).
+// observe extends the streak by a committed epoch and returns an error
+// when it reached limit (limit < 0: never).
 func (s *streak) observe(ep *epoch, limit int) error {
-	if len(ep.deadOf) == 0 {
-		if len(ep.todo) > 0 {
-			s.n = 0
-		}
+	if len(ep.todo) == 0 {
+		return nil // only redeliveries of committed messages
+	}
+	if ep.out.Load() > 0 || len(ep.dead) < len(ep.todo) {
+		s.n = 0
 		return nil
 	}
-	for _, m := range ep.todo {
-		dl := ep.deadOf[m]
-		switch {
-		case dl == nil:
-			s.n = 0
-		case s.n > 0 && dl.Func == s.fn && dl.Error == s.err:
+	for _, d := range ep.dead {
+		dl := d.(*stream.DeadLetter)
+		if s.n > 0 && dl.Func == s.fn && dl.Error == s.err {
 			s.n++
-		default:
+		} else {
 			s.fn, s.err, s.n = dl.Func, dl.Error, 1
 		}
-		if limit > 0 && s.n >= limit {
-			return fmt.Errorf("%d messages in a row failed the same way, the last in function %q: %s (stream.max_consecutive_failures)", s.n, s.fn, s.err)
-		}
+	}
+	if limit > 0 && s.n >= limit {
+		return fmt.Errorf("%d messages in a row failed the same way, the last in function %q: %s (stream.max_consecutive_failures)", s.n, s.fn, s.err)
 	}
 	return nil
 }

@@ -35,11 +35,14 @@ const (
 	ExactlyOnce = "exactly-once"
 )
 
-// Rejected is a row a flow could not take, as the flow reports it.
+// Rejected is a row a flow could not take, as the flow reports it: it
+// could not be converted to a function's input, or an expression failed on
+// it. Rejections are deterministic; the other rows go on.
 type Rejected struct {
 	Func  string
 	Layer int
 	Index int // position in the layer's input; for layer 0, in the batch
+	Row   any // the row as it arrived at the function (layers past the first)
 	Err   error
 }
 
@@ -261,26 +264,20 @@ type epoch struct {
 	parts   []*part
 	pending atomic.Int32
 	done    chan struct{}
-	failed  atomic.Bool // a part could not finish (shutdown): do not ack
+	failed  atomic.Bool  // a part could not finish (shutdown): do not ack
+	out     atomic.Int64 // output rows of its parts, for the failure streak
 	readAt  time.Time
 	mu      sync.Mutex
 	dead    []any                                  // *stream.DeadLetter
 	deadOf  map[*stream.Message]*stream.DeadLetter // the dead letters of messages, for the failure streak
 }
 
-// addDead adds a dead letter to the epoch; m is the message it stands
-// for, nil for an output row the sink refused. Safe for concurrent use.
-func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter) {
+// addDead adds a dead letter to the epoch, written when it commits. Safe
+// for concurrent use.
+func (ep *epoch) addDead(dl *stream.DeadLetter) {
 	ep.mu.Lock()
-	defer ep.mu.Unlock()
 	ep.dead = append(ep.dead, dl)
-	if m == nil {
-		return
-	}
-	if ep.deadOf == nil {
-		ep.deadOf = map[*stream.Message]*stream.DeadLetter{}
-	}
-	ep.deadOf[m] = dl
+	ep.mu.Unlock()
 }
 
 // part is the share of an epoch one worker runs.
@@ -628,7 +625,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			ep.work = append(ep.work, m)
 			continue
 		}
-		ep.addDead(m, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+		ep.addDead(deadLetter(r.cfg.Name, "", m, m.Failed, 0))
 	}
 }
 

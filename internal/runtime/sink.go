@@ -112,17 +112,22 @@ func (w *worker) rejectRow(ctx context.Context, p *part, row any, cause error) b
 	return true
 }
 
-// sinkDeadLetter dead-letters an output row the sink refused. Its payload
-// is the row as JSON: the flow's buffers are reused by later runs.
+// sinkDeadLetter dead-letters an output row the sink refused.
 func (w *worker) sinkDeadLetter(p *part, row any, cause error, attempts int) {
+	w.rowDeadLetter(p, "sink "+w.r.sinkLink.name, row, cause, attempts)
+}
+
+// rowDeadLetter dead-letters a row that cannot be traced to its message:
+// rejected by a later function, or by the sink. Its payload is the row as
+// JSON: the flow's buffers are reused by later runs.
+func (w *worker) rowDeadLetter(p *part, fn string, row any, cause error, attempts int) {
 	var payload any = row
 	if b, err := json.Marshal(row); err == nil {
 		payload = json.RawMessage(b)
 	}
-	r := w.r
-	r.cfg.Logger.Debug("row rejected by the sink; dead-lettered", "sink", r.sinkLink.name, "err", cause)
-	p.ep.addDead(nil, &stream.DeadLetter{
-		Flow: r.cfg.Name, Func: "sink " + r.sinkLink.name, Error: cause.Error(), Attempts: attempts,
+	w.r.cfg.Logger.Debug("row dead-lettered", "func", fn, "err", cause)
+	p.ep.addDead(&stream.DeadLetter{
+		Flow: w.r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts,
 		Payload: payload, Time: time.Now().UTC(),
 	})
 }

@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
@@ -31,6 +30,7 @@ func (w *worker) process(ctx context.Context, p *part) {
 		p.ep.failed.Store(true)
 		return
 	}
+	p.ep.out.Add(int64(len(out)))
 	if len(out) == 0 {
 		return
 	}
@@ -48,12 +48,9 @@ func (w *worker) process(ctx context.Context, p *part) {
 }
 
 // attempt runs msgs through the flow once. It returns the output, which
-// stays valid until the flow's next run, and the failure, if any: a run
-// error, or a row rejected past the first layer (which cannot be traced to
-// a message). rejected lists first-layer rejections, by message index.
-// permanent tells a failure retrying cannot fix: a rejected row (it could
-// not be decoded, or an expression failed on it) or an error marked
-// stream.ErrPermanent.
+// stays valid until the flow's next run, the rejected rows, and the run's
+// failure, if any; permanent tells a failure retrying cannot fix (an error
+// marked stream.ErrPermanent).
 func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error, permanent bool) {
 	w.rows = w.rows[:0]
 	for _, m := range msgs {
@@ -64,19 +61,31 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 	if err != nil {
 		return nil, nil, w.r.cfg.FuncOf(err), err, stream.IsPermanent(err)
 	}
-	for _, rj := range rej {
-		if rj.Layer > 0 {
-			return nil, nil, rj.Func, fmt.Errorf("row rejected by %s: %w", rj.Func, rj.Err), true
-		}
-	}
 	return res, rej, "", nil, false
 }
 
-// group processes msgs. Rows the first layer rejects are dead-lettered at
-// once and the rest goes on. A run that fails deterministically (a row
-// rejected further on, an error marked permanent) is split in halves at
-// once, without backoff, until the failing messages stand alone and are
-// dead-lettered. Any other failure is taken as transient: the run is
+// rejected dead-letters the rows a successful run rejected, at once: a
+// rejection is deterministic. A first-layer rejection is its message; one
+// further on is the message when the run had one, else the row as it
+// arrived at the function that rejected it (which message it came from is
+// not known, and finding out would cost runs of the batch).
+func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
+	for _, rj := range rej {
+		switch {
+		case rj.Layer == 0:
+			w.deadLetter(p, msgs[rj.Index], rj.Func, rj.Err, 1)
+		case len(msgs) == 1:
+			w.deadLetter(p, msgs[0], rj.Func, rj.Err, 1)
+		default:
+			w.rowDeadLetter(p, rj.Func, rj.Row, rj.Err, 1)
+		}
+	}
+}
+
+// group processes msgs. Rejected rows are dead-lettered at once and the
+// rest goes on. A run that fails deterministically (an error marked
+// permanent) is split in halves at once, without backoff, until the
+// failing messages stand alone and are dead-lettered. Any other failure is taken as transient: the run is
 // retried up to retries times with backoff, then split, and messages that
 // still fail alone are retried by their function's policy before they are
 // dead-lettered. It returns the output of the messages that succeeded, and
@@ -89,9 +98,7 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 			return nil, false
 		}
 		if err == nil {
-			for _, rj := range rej {
-				w.deadLetter(p, msgs[rj.Index], rj.Func, rj.Err, 1)
-			}
+			w.rejected(p, msgs, rej)
 			return out, true
 		}
 		if len(msgs) == 1 {
@@ -139,11 +146,9 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 		if ctx.Err() != nil {
 			return nil, false
 		}
-		if err == nil && len(rej) == 0 {
-			return append([]any(nil), out...), true
-		}
 		if err == nil {
-			f, err, perm = rej[0].Func, rej[0].Err, true
+			w.rejected(p, []*stream.Message{m}, rej)
+			return append([]any(nil), out...), true
 		}
 		fn, cause = f, err
 		if perm {
@@ -159,7 +164,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 // commits.
 func (w *worker) deadLetter(p *part, m *stream.Message, fn string, cause error, attempts int) {
 	w.r.cfg.Logger.Debug("message dead-lettered", "func", fn, "attempts", attempts, "err", cause)
-	p.ep.addDead(m, deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
+	p.ep.addDead(deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
