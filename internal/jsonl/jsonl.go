@@ -121,3 +121,75 @@ func (w *Writer) Close() error {
 	w.f = nil
 	return err
 }
+
+// Size flushes buffered lines and returns the file's size: where the next
+// line starts.
+func (w *Writer) Size() (int64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return 0, fmt.Errorf("size of %s: closed", w.path)
+	}
+	if err := w.w.Flush(); err != nil {
+		return 0, fmt.Errorf("size of %s: %w", w.path, err)
+	}
+	info, err := w.f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", w.path, err)
+	}
+	return info.Size(), nil
+}
+
+// LineEnds returns 0 and the offsets at which the file's lines end, the
+// last n of them at most, in order.
+func (w *Writer) LineEnds(n int) ([]int64, error) {
+	if err := w.Flush(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(w.path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", w.path, err)
+	}
+	defer f.Close()
+	ends := []int64{0}
+	var off int64
+	r := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := r.ReadSlice('\n')
+		off += int64(len(line))
+		if err == bufio.ErrBufferFull {
+			continue // a line longer than the buffer: read on
+		}
+		if err != nil {
+			break // io.EOF, after an unterminated last line
+		}
+		ends = append(ends, off)
+		if len(ends) > 2*n+1 {
+			ends = append(ends[:1], ends[len(ends)-n:]...)
+		}
+	}
+	if len(ends) > n+1 {
+		ends = append(ends[:1], ends[len(ends)-n:]...)
+	}
+	return ends, nil
+}
+
+// Truncate cuts the file back to size bytes; later lines are appended
+// after them.
+func (w *Writer) Truncate(size int64) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return fmt.Errorf("truncate %s: closed", w.path)
+	}
+	if err := w.w.Flush(); err != nil {
+		return fmt.Errorf("truncate %s: %w", w.path, err)
+	}
+	if err := w.f.Truncate(size); err != nil {
+		return fmt.Errorf("truncate %s: %w", w.path, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", w.path, err)
+	}
+	return nil
+}

@@ -299,6 +299,9 @@ func (ep *epoch) finish() {
 // committed, and the source is closed. It returns the first fatal error.
 func (r *Runner) Run(ctx context.Context) error {
 	cfg := r.cfg
+	if err := r.recoverJournal(ctx); err != nil {
+		return err
+	}
 	// reading ends with ctx, or earlier when the run is aborted.
 	readCtx, stopRead := context.WithCancelCause(ctx)
 	defer stopRead(nil)
@@ -761,6 +764,14 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			return fail(err)
 		}
 		r.dead.Add(int64(len(dead)))
+	}
+	if j := r.journal(); j != nil {
+		// The transaction records where the dead letters end: see Journal.
+		var size int64
+		if err := r.retryForever(work, r.dlqLink, func() (err error) { size, err = j.Size(); return err }); err != nil {
+			return fail(err)
+		}
+		ids = append(ids, JournalKey(size))
 	}
 	pos := lastPosition(msgs)
 	if cfg.Delivery == ExactlyOnce {

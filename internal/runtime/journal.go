@@ -1,0 +1,83 @@
+package runtime
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+)
+
+// Journal is an optional capability of a dead-letter sink that appends to
+// a file (the default dead-letter file), used for exactly-once delivery.
+//
+// Dead letters of a commit group are written before the sink's
+// transaction, so that none is lost; a crash between the two would repeat
+// them when the group is processed again. With a Journal, each transaction
+// also records the journal's size after the group's dead letters, as a
+// message ID of its own (a key JournalKey makes). On start, the runner
+// finds the last size a committed transaction recorded and cuts the
+// journal back to it: the dead letters of a group that did not commit are
+// removed, and written once more when the group is.
+type Journal interface {
+	// Size is where the next dead letter starts.
+	Size() (int64, error)
+	// LineEnds returns 0 and the offsets at which the last n records end.
+	LineEnds(n int) ([]int64, error)
+	// Truncate removes everything after size.
+	Truncate(size int64) error
+}
+
+// JournalKey is the ID under which a transaction records the dead-letter
+// journal's size.
+func JournalKey(size int64) string { return "kisflow:dead-letters:" + strconv.FormatInt(size, 10) }
+
+// journal returns the dead-letter sink's Journal when the runner commits
+// through a transactional sink.
+func (r *Runner) journal() Journal {
+	if r.cfg.Delivery != ExactlyOnce {
+		return nil
+	}
+	j, _ := r.parts.DeadLetter.(Journal)
+	return j
+}
+
+// recoverJournal cuts the dead-letter journal back to the size the last
+// committed transaction recorded. Sinks that record no message IDs (their
+// Seen reports none) leave it as it is.
+func (r *Runner) recoverJournal(ctx context.Context) error {
+	j := r.journal()
+	if j == nil {
+		return nil
+	}
+	size, err := j.Size()
+	if err != nil || size == 0 {
+		return err
+	}
+	seen, err := r.parts.TxSink.Seen(ctx, r.cfg.Name, []string{JournalKey(size)})
+	if err != nil {
+		return fmt.Errorf("dead-letter journal: %w", err)
+	}
+	if seen[JournalKey(size)] {
+		return nil // the last dead letters were committed
+	}
+	// At most one group's dead letters are uncommitted.
+	ends, err := j.LineEnds(maxGroupRows + 1)
+	if err != nil {
+		return err
+	}
+	keys := make([]string, len(ends))
+	for i, e := range ends {
+		keys[i] = JournalKey(e)
+	}
+	if seen, err = r.parts.TxSink.Seen(ctx, r.cfg.Name, keys); err != nil {
+		return fmt.Errorf("dead-letter journal: %w", err)
+	}
+	for i := len(ends) - 1; i >= 0; i-- {
+		if !seen[keys[i]] {
+			continue
+		}
+		r.cfg.Logger.Warn(fmt.Sprintf("%d dead letters of a batch that did not commit before the last stop were removed; the batch is processed again",
+			len(ends)-1-i))
+		return j.Truncate(ends[i])
+	}
+	return nil // no size recorded: the sink records no IDs, or none committed yet
+}

@@ -1,0 +1,208 @@
+package fault
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// poisonDir is a config folder: n JSON lines ids -> a calc -> an SQLite
+// table out(id). Every poisonEvery-th line is poison, alternately not JSON
+// (a decode error) and with a text qty (the calc expression fails on it).
+// It returns the folder and the poison ids.
+func poisonDir(t testing.TB, n, poisonEvery, batch int, delivery string) (string, map[int64]bool) {
+	t.Helper()
+	poison := map[int64]bool{}
+	lines := IDLines(n, func(i int) string {
+		switch {
+		case i%poisonEvery != 0:
+			return fmt.Sprintf(`{"id":%d,"qty":%d}`, i, i%5)
+		case (i/poisonEvery)%2 == 0:
+			poison[int64(i)] = true
+			return fmt.Sprintf(`{"id":%d,"qty":`, i)
+		default:
+			poison[int64(i)] = true
+			return fmt.Sprintf(`{"id":%d,"qty":"lots"}`, i)
+		}
+	})
+	return Dir(t, map[string]string{
+		"ids.jsonl": lines,
+		"flow.yml": fmt.Sprintf(`kistype: flow
+status: 1
+flow_name: Ids
+flows:
+  - fname: Double
+stream:
+  source: ids
+  sink: db
+  delivery: %s
+  batch_size: %d
+`, delivery, batch),
+		"funcs.yml": `kistype: func
+fname: Double
+fmode: Calculate
+calc:
+  twice: qty * 2
+keep: [id, twice]
+`,
+		"conns.yml": `kistype: conn
+cname: ids
+type: file
+params:
+  path: ids.jsonl
+---
+kistype: conn
+cname: db
+type: sqlite
+key: out
+params:
+  path: out.db
+  create: "true"
+  columns: id,twice
+`,
+	}), poison
+}
+
+var idInPayload = regexp.MustCompile(`"id":\s*(\d+)`)
+
+// deadLetterIDs reads the dead-letter file of flow Ids and counts the ids
+// of their payloads; attempts collects the attempt counts seen.
+func deadLetterIDs(t *testing.T, dir string) (ids map[int64]int, attempts map[int]int) {
+	t.Helper()
+	ids, attempts = map[int64]int{}, map[int]int{}
+	for _, dl := range JSONLines(t, filepath.Join(dir, "state", "dead-letter", "Ids.jsonl")) {
+		payload, ok := dl["payload"].(string) // a line that is not JSON
+		if !ok {
+			b, _ := json.Marshal(dl["payload"])
+			payload = string(b)
+		}
+		m := idInPayload.FindStringSubmatch(payload)
+		if m == nil {
+			t.Fatalf("dead letter without an id: %v", dl)
+		}
+		id, _ := strconv.ParseInt(string(m[1]), 10, 64)
+		ids[id]++
+		a, _ := dl["attempts"].(float64)
+		attempts[int(a)]++
+	}
+	return ids, attempts
+}
+
+// checkPoison checks that every good id is in the sink (exactly once when
+// exact) and every poison id in the dead letters exactly once.
+func checkPoison(t *testing.T, dir string, n int, poison map[int64]bool, exact bool) {
+	t.Helper()
+	sink := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out")
+	for id := range poison {
+		if sink[id] > 0 {
+			t.Errorf("poison id %d reached the sink", id)
+		}
+		sink[id] = 1 // for Check: accounted for by its dead letter
+	}
+	if bad := Check(sink, n, exact); len(bad) > 0 {
+		t.Fatalf("sink: %v", bad)
+	}
+	dead, _ := deadLetterIDs(t, dir)
+	for id, c := range dead {
+		if !poison[id] || c != 1 {
+			t.Errorf("dead letter of id %d %d times (poison: %v), want poison ids once each", id, c, poison[id])
+		}
+	}
+	if len(dead) != len(poison) {
+		t.Fatalf("%d ids dead-lettered, want the %d poison ids", len(dead), len(poison))
+	}
+}
+
+// Issue 10, findings 8 and 14: decode and expression errors go to the
+// dead-letter file at once (one attempt, no backoff), every other row is
+// committed, and an exactly-once run from a file prints no false
+// at-least-once warning.
+func TestPoisonRowsAreDeadLetteredOnceWithoutRetries(t *testing.T) {
+	t.Parallel()
+	for _, delivery := range []string{"at-least-once", "exactly-once"} {
+		t.Run(delivery, func(t *testing.T) {
+			t.Parallel()
+			const n = 3000
+			dir, poison := poisonDir(t, n, 30, 200, delivery)
+			res := Run(t, dir, 2*time.Minute, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+			if res.Code != 0 {
+				t.Fatalf("exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+			}
+			checkPoison(t, dir, n, poison, true)
+			if _, attempts := deadLetterIDs(t, dir); len(attempts) != 1 || attempts[1] != len(poison) {
+				t.Fatalf("attempts per dead letter %v, want 1 for each (deterministic failures are not retried)", attempts)
+			}
+			if strings.Contains(res.Stderr, "delivery is at-least-once") {
+				t.Fatalf("false at-least-once warning:\n%s", res.Stderr)
+			}
+			if !strings.Contains(res.Stderr, "no position for flow Ids: reading from the beginning") {
+				t.Fatalf("the start does not say there was no position:\n%s", res.Stderr)
+			}
+		})
+	}
+}
+
+// Issue 10, finding 4: exactly-once, dead letters of a batch are written
+// once even when the process is killed between writing them and
+// committing the batch.
+func TestExactlyOnceDeadLettersOnceAcrossSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a process repeatedly")
+	}
+	t.Parallel()
+	const n = 20000
+	dir, poison := poisonDir(t, n, 10, 50, "exactly-once")
+	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 10))
+	kills := 0
+	for run := 0; ; run++ {
+		p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "info")
+		if run == 12 {
+			if code := p.Wait(2 * time.Minute); code != 0 {
+				t.Fatalf("last run: exit %d\n%s", code, p.Output())
+			}
+			break
+		}
+		p.WaitFor("job starts", time.Minute)
+		select {
+		case <-p.Done():
+		case <-time.After(time.Duration(r.IntN(250)) * time.Millisecond):
+			p.Kill()
+			kills++
+		}
+		if p.Exited() && strings.Contains(p.Stdout(), "rows read") {
+			break // finished before the kill
+		}
+	}
+	if kills < 4 {
+		t.Fatalf("only %d kills landed; the job is too short for the test", kills)
+	}
+	checkPoison(t, dir, n, poison, true)
+	t.Logf("%d SIGKILLs: every good id once in the sink, every poison id once in the dead letters", kills)
+}
+
+// Issue 10: a flow where every row fails the same way (a typo in an
+// expression) stops with that error after a bounded number of rows.
+func TestEveryRowFailingTheSameWayStopsTheJob(t *testing.T) {
+	t.Parallel()
+	const n = 5000
+	dir := fileToSQLite(t, n, "at-least-once")
+	typo := "kistype: func\nfname: Double\nfmode: Calculate\ncalc:\n  twice: qyt * 2\nkeep: [id, twice]\n"
+	if err := os.WriteFile(filepath.Join(dir, "funcs.yml"), []byte(typo), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	res := Run(t, dir, 2*time.Minute, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+	if res.Code != 1 || !strings.Contains(res.Stderr, "messages in a row failed the same way") {
+		t.Fatalf("exit %d, want 1 with the failure\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	dead, _ := deadLetterIDs(t, dir)
+	if len(dead) < 100 || len(dead) > 1000 {
+		t.Fatalf("%d dead letters; want the job stopped after about 100", len(dead))
+	}
+}
