@@ -13,11 +13,11 @@ import (
 	"time"
 )
 
-// poisonDir is a config folder: n JSON lines ids -> a calc -> an SQLite
-// table out(id). Every poisonEvery-th line is poison, alternately not JSON
-// (a decode error) and with a text qty (the calc expression fails on it).
-// It returns the folder and the poison ids.
-func poisonDir(t testing.TB, n, poisonEvery, batch int, delivery string) (string, map[int64]bool) {
+// poisonDir is fileToSQLite's folder (n JSON lines ids -> a calc -> an
+// SQLite table out(id)) with every poisonEvery-th line poison, alternately
+// not JSON (a decode error) and with a text qty (the calc expression fails
+// on it). It returns the folder and the poison ids.
+func poisonDir(t testing.TB, n, poisonEvery int, delivery string) (string, map[int64]bool) {
 	t.Helper()
 	poison := map[int64]bool{}
 	lines := IDLines(n, func(i int) string {
@@ -32,42 +32,11 @@ func poisonDir(t testing.TB, n, poisonEvery, batch int, delivery string) (string
 			return fmt.Sprintf(`{"id":%d,"qty":"lots"}`, i)
 		}
 	})
-	return Dir(t, map[string]string{
-		"ids.jsonl": lines,
-		"flow.yml": fmt.Sprintf(`kistype: flow
-status: 1
-flow_name: Ids
-flows:
-  - fname: Double
-stream:
-  source: ids
-  sink: db
-  delivery: %s
-  batch_size: %d
-`, delivery, batch),
-		"funcs.yml": `kistype: func
-fname: Double
-fmode: Calculate
-calc:
-  twice: qty * 2
-keep: [id, twice]
-`,
-		"conns.yml": `kistype: conn
-cname: ids
-type: file
-params:
-  path: ids.jsonl
----
-kistype: conn
-cname: db
-type: sqlite
-key: out
-params:
-  path: out.db
-  create: "true"
-  columns: id,twice
-`,
-	}), poison
+	dir := fileToSQLite(t, n, delivery)
+	if err := os.WriteFile(filepath.Join(dir, "ids.jsonl"), []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir, poison
 }
 
 var idInPayload = regexp.MustCompile(`"id":\s*(\d+)`)
@@ -130,7 +99,7 @@ func TestPoisonRowsAreDeadLetteredOnceWithoutRetries(t *testing.T) {
 		t.Run(delivery, func(t *testing.T) {
 			t.Parallel()
 			const n = 3000
-			dir, poison := poisonDir(t, n, 30, 200, delivery)
+			dir, poison := poisonDir(t, n, 30, delivery)
 			res := Run(t, dir, 2*time.Minute, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
 			if res.Code != 0 {
 				t.Fatalf("exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
@@ -158,7 +127,7 @@ func TestExactlyOnceDeadLettersOnceAcrossSIGKILL(t *testing.T) {
 	}
 	t.Parallel()
 	const n = 20000
-	dir, poison := poisonDir(t, n, 10, 50, "exactly-once")
+	dir, poison := poisonDir(t, n, 10, "exactly-once")
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 10))
 	kills := 0
 	for run := 0; ; run++ {
