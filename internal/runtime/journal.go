@@ -49,15 +49,20 @@ func (r *Runner) recoverJournal(ctx context.Context) error {
 		return nil
 	}
 	size, err := j.Size()
-	if err != nil || size == 0 {
+	if err != nil {
 		return err
 	}
+	r.journalStart = size
 	seen, err := r.parts.TxSink.Seen(ctx, r.cfg.Name, []string{JournalKey(size)})
 	if err != nil {
 		return fmt.Errorf("dead-letter journal: %w", err)
 	}
 	if seen[JournalKey(size)] {
+		r.journalAt = size
 		return nil // the last dead letters were committed
+	}
+	if size == 0 {
+		return nil
 	}
 	// At most one group's dead letters are uncommitted.
 	ends, err := j.LineEnds(maxGroupRows + 1)
@@ -77,7 +82,31 @@ func (r *Runner) recoverJournal(ctx context.Context) error {
 		}
 		r.cfg.Logger.Warn(fmt.Sprintf("%d dead letters of a batch that did not commit before the last stop were removed; the batch is processed again",
 			len(ends)-1-i))
+		r.journalStart, r.journalAt = ends[i], ends[i]
 		return j.Truncate(ends[i])
 	}
 	return nil // no size recorded: the sink records no IDs, or none committed yet
+}
+
+// journalIDs returns the IDs that record the dead-letter journal's size in
+// a commit, when it changed since the last commit recorded it (a size is
+// recorded once: sizes only grow), and that size. The first record of a run
+// also records the size at start, so that dead letters of a crashed first
+// group can be told from committed ones. Only the commit loop calls it.
+func (r *Runner) journalIDs(ctx context.Context) ([]string, int64, error) {
+	j := r.journal()
+	if j == nil {
+		return nil, -1, nil
+	}
+	var size int64
+	if err := r.retryForever(ctx, r.dlqLink, func() (err error) { size, err = j.Size(); return err }); err != nil {
+		return nil, -1, err
+	}
+	switch {
+	case size == r.journalAt:
+		return nil, size, nil
+	case r.journalAt < 0 && size != r.journalStart:
+		return []string{JournalKey(r.journalStart), JournalKey(size)}, size, nil
+	}
+	return []string{JournalKey(size)}, size, nil
 }

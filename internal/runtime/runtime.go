@@ -177,6 +177,7 @@ type Runner struct {
 	srcLink, sinkLink, dlqLink *link
 	undrained, exhausted       atomic.Bool
 	warnedDead                 atomic.Bool
+	journalStart, journalAt    int64 // the dead-letter journal's size at start, and as last committed (-1: unknown)
 	abortOnce                  sync.Once
 	abortErr                   error                   // set once, before stopRead is called
 	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
@@ -207,7 +208,7 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},
 		srcLink: newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
 		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
-		stopRead: func(error) {},
+		stopRead: func(error) {}, journalAt: -1,
 	}, nil
 }
 
@@ -503,6 +504,11 @@ func (r *Runner) readSource(ctx context.Context, max int) ([]*stream.Message, er
 		if ctx.Err() != nil {
 			return msgs, err
 		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A deadline of the source's own (a blocking read that timed
+			// out), not an outage: as a read that found nothing.
+			return msgs, nil
+		}
 		if stream.IsFatal(err) {
 			return msgs, fmt.Errorf("source %s: %w", r.srcLink.name, err)
 		}
@@ -765,22 +771,11 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 		r.dead.Add(int64(len(dead)))
 	}
-	if j := r.journal(); j != nil {
-		// The transaction records where the dead letters end: see Journal.
-		var size int64
-		if err := r.retryForever(work, r.dlqLink, func() (err error) { size, err = j.Size(); return err }); err != nil {
-			return fail(err)
-		}
-		ids = append(ids, JournalKey(size))
-	}
 	pos := lastPosition(msgs)
 	if cfg.Delivery == ExactlyOnce {
-		if err := r.retryForever(work, r.sinkLink, func() error {
-			return r.parts.TxSink.CommitBatch(work, cfg.Name, pos, ids, rows)
-		}); err != nil {
+		if err := r.commitTx(work, pos, ids, rows); err != nil {
 			return fail(err)
 		}
-		r.out.Add(int64(len(rows)))
 	}
 	if cfg.Delivery != AtMostOnce {
 		if err := r.retryForever(work, r.srcLink, func() error { return r.parts.Source.Ack(work, msgs) }); err != nil {

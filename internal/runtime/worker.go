@@ -77,7 +77,7 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 		case len(msgs) == 1:
 			w.deadLetter(p, msgs[0], rj.Func, rj.Err, 1)
 		default:
-			w.rowDeadLetter(p, rj.Func, rj.Row, rj.Err, 1)
+			p.ep.addDead(w.r.rowDeadLetter(rj.Func, rj.Row, rj.Err, 1))
 		}
 	}
 }
