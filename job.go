@@ -155,7 +155,8 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 		parts.DeadLetter = sink
 	default:
-		w, err := jsonl.Open(filepath.Join(o.stateDir, "dead-letter", flowName+".jsonl"), true)
+		// Synced by the runtime before what depends on it: see runtime.Syncer.
+		w, err := jsonl.Open(filepath.Join(o.stateDir, "dead-letter", flowName+".jsonl"), false)
 		if err != nil {
 			return fail(fmt.Errorf("dead-letter file: %w", err))
 		}

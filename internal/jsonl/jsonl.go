@@ -193,3 +193,19 @@ func (w *Writer) Truncate(size int64) error {
 	}
 	return nil
 }
+
+// Sync writes buffered lines out and flushes the file to disk.
+func (w *Writer) Sync() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return fmt.Errorf("sync %s: closed", w.path)
+	}
+	if err := w.w.Flush(); err != nil {
+		return fmt.Errorf("sync %s: %w", w.path, err)
+	}
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", w.path, err)
+	}
+	return nil
+}

@@ -26,6 +26,29 @@ type Journal interface {
 	Truncate(size int64) error
 }
 
+// Syncer is an optional capability of a dead-letter sink whose writes
+// reach the disk only when it is synced (a file): the runtime syncs it once
+// before what depends on the dead letters, not once per write: before a
+// transactional commit, an acknowledgement, or saving a position (at most
+// every CheckpointInterval for sources whose position it stores).
+type Syncer interface {
+	Sync() error
+}
+
+// syncDeadLetters syncs the dead-letter sink when dead letters were
+// written since the last sync. Only the commit loop calls it.
+func (r *Runner) syncDeadLetters(ctx context.Context) error {
+	s, ok := r.parts.DeadLetter.(Syncer)
+	if !ok || !r.deadDirty {
+		return nil
+	}
+	if err := r.retryForever(ctx, r.dlqLink, s.Sync); err != nil {
+		return err
+	}
+	r.deadDirty = false
+	return nil
+}
+
 // JournalKey is the ID under which a transaction records the dead-letter
 // journal's size.
 func JournalKey(size int64) string { return "kisflow:dead-letters:" + strconv.FormatInt(size, 10) }

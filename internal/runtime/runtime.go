@@ -178,6 +178,7 @@ type Runner struct {
 	undrained, exhausted       atomic.Bool
 	warnedDead                 atomic.Bool
 	journalStart, journalAt    int64 // the dead-letter journal's size at start, and as last committed (-1: unknown)
+	deadDirty                  bool  // dead letters written and not yet synced (commit loop only)
 	abortOnce                  sync.Once
 	abortErr                   error                   // set once, before stopRead is called
 	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
@@ -703,8 +704,11 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 			<-slots
 		}
 	}
+	if err := r.syncDeadLetters(work); err != nil && firstErr == nil {
+		firstErr = err
+	}
 	if pendingPos != savedPos {
-		if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
+		if err := r.storePosition(work, pendingPos); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -770,8 +774,17 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			return fail(err)
 		}
 		r.dead.Add(int64(len(dead)))
+		r.deadDirty = true
 	}
 	pos := lastPosition(msgs)
+	// Dead letters reach the disk before the transaction or the
+	// acknowledgement that depends on them; a stored position syncs them
+	// when it is saved.
+	if cfg.Delivery == ExactlyOnce || pos == "" {
+		if err := r.syncDeadLetters(work); err != nil {
+			return fail(err)
+		}
+	}
 	if cfg.Delivery == ExactlyOnce {
 		if err := r.commitTx(work, pos, ids, rows); err != nil {
 			return fail(err)
@@ -816,7 +829,16 @@ func (r *Runner) release(ep *epoch) {
 	r.inflightMu.Unlock()
 }
 
+// savePosition syncs the dead letters written so far, then stores the
+// position. Only the commit loop calls it.
 func (r *Runner) savePosition(ctx context.Context, pos string) error {
+	if err := r.syncDeadLetters(ctx); err != nil {
+		return fmt.Errorf("dead letters: %w", err)
+	}
+	return r.storePosition(ctx, pos)
+}
+
+func (r *Runner) storePosition(ctx context.Context, pos string) error {
 	if r.parts.Checkpoints == nil || pos == "" {
 		return nil
 	}
@@ -832,7 +854,7 @@ func (r *Runner) ackEarly(ctx context.Context, ep *epoch) error {
 	if err := r.retryForever(ctx, r.srcLink, func() error { return r.parts.Source.Ack(ctx, ep.msgs) }); err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	return r.savePosition(ctx, lastPosition(ep.msgs))
+	return r.storePosition(ctx, lastPosition(ep.msgs))
 }
 
 func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {

@@ -207,6 +207,10 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 			return err
 		}
 		r.dead.Add(int64(len(dead)))
+		r.deadDirty = true
+		if err := r.syncDeadLetters(ctx); err != nil {
+			return err
+		}
 	}
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {
