@@ -174,38 +174,32 @@ func (w *Writer) LineEnds(n int) ([]int64, error) {
 	return ends, nil
 }
 
-// Truncate cuts the file back to size bytes; later lines are appended
-// after them.
+// Truncate cuts the file back to size bytes and syncs it; later lines
+// are appended after them.
 func (w *Writer) Truncate(size int64) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.f == nil {
-		return fmt.Errorf("truncate %s: closed", w.path)
-	}
-	if err := w.w.Flush(); err != nil {
-		return fmt.Errorf("truncate %s: %w", w.path, err)
-	}
-	if err := w.f.Truncate(size); err != nil {
-		return fmt.Errorf("truncate %s: %w", w.path, err)
-	}
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", w.path, err)
-	}
-	return nil
+	return w.flushed("truncate", func() error {
+		if err := w.f.Truncate(size); err != nil {
+			return err
+		}
+		return w.f.Sync()
+	})
 }
 
 // Sync writes buffered lines out and flushes the file to disk.
-func (w *Writer) Sync() error {
+func (w *Writer) Sync() error { return w.flushed("sync", func() error { return w.f.Sync() }) }
+
+// flushed writes buffered lines out, then runs fn, under the lock.
+func (w *Writer) flushed(op string, fn func() error) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.f == nil {
-		return fmt.Errorf("sync %s: closed", w.path)
+		return fmt.Errorf("%s %s: closed", op, w.path)
 	}
 	if err := w.w.Flush(); err != nil {
-		return fmt.Errorf("sync %s: %w", w.path, err)
+		return fmt.Errorf("%s %s: %w", op, w.path, err)
 	}
-	if err := w.f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", w.path, err)
+	if err := fn(); err != nil {
+		return fmt.Errorf("%s %s: %w", op, w.path, err)
 	}
 	return nil
 }
