@@ -5,6 +5,8 @@ package jsonl
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -202,4 +204,23 @@ func (w *Writer) flushed(op string, fn func() error) error {
 		return fmt.Errorf("%s %s: %w", op, w.path, err)
 	}
 	return nil
+}
+
+// ID returns the file's identity: a random token kept beside it in
+// PATH.id, made on first use. Two files never share one, even at the same
+// path on two machines.
+func (w *Writer) ID() (string, error) {
+	idPath := w.path + ".id"
+	if b, err := os.ReadFile(idPath); err == nil && len(b) > 0 {
+		return string(b), nil
+	}
+	var buf [12]byte
+	if _, err := rand.Read(buf[:]); err != nil {
+		return "", fmt.Errorf("identity of %s: %w", w.path, err)
+	}
+	id := hex.EncodeToString(buf[:])
+	if err := os.WriteFile(idPath, []byte(id), 0o644); err != nil {
+		return "", fmt.Errorf("identity of %s: %w", w.path, err)
+	}
+	return id, nil
 }

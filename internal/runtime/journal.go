@@ -13,11 +13,15 @@ import (
 // transaction, so that none is lost; a crash between the two would repeat
 // them when the group is processed again. With a Journal, each transaction
 // also records the journal's size after the group's dead letters, as a
-// message ID of its own (a key JournalKey makes). On start, the runner
+// message ID of its own (with the journal's ID, so that processes sharing
+// a sink do not collide). On start, the runner
 // finds the last size a committed transaction recorded and cuts the
 // journal back to it: the dead letters of a group that did not commit are
 // removed, and written once more when the group is.
 type Journal interface {
+	// ID identifies the journal among those of every process committing
+	// to the same sink and stream.
+	ID() (string, error)
 	// Size is where the next dead letter starts.
 	Size() (int64, error)
 	// LineEnds returns 0 and the offsets at which the last n records end.
@@ -49,9 +53,11 @@ func (r *Runner) syncDeadLetters(ctx context.Context) error {
 	return nil
 }
 
-// JournalKey is the ID under which a transaction records the dead-letter
-// journal's size.
-func JournalKey(size int64) string { return "kisflow:dead-letters:" + strconv.FormatInt(size, 10) }
+// journalKey is the ID under which a transaction records the size of the
+// dead-letter journal.
+func (r *Runner) journalKey(size int64) string {
+	return "kisflow:dead-letters:" + r.journalID + ":" + strconv.FormatInt(size, 10)
+}
 
 // journal returns the dead-letter sink's Journal when the runner commits
 // through a transactional sink.
@@ -71,16 +77,20 @@ func (r *Runner) recoverJournal(ctx context.Context) error {
 	if j == nil {
 		return nil
 	}
+	var err error
+	if r.journalID, err = j.ID(); err != nil {
+		return err
+	}
 	size, err := j.Size()
 	if err != nil {
 		return err
 	}
 	r.journalStart = size
-	seen, err := r.parts.TxSink.Seen(ctx, r.cfg.Name, []string{JournalKey(size)})
+	seen, err := r.parts.TxSink.Seen(ctx, r.cfg.Name, []string{r.journalKey(size)})
 	if err != nil {
 		return fmt.Errorf("dead-letter journal: %w", err)
 	}
-	if seen[JournalKey(size)] {
+	if seen[r.journalKey(size)] {
 		r.journalAt = size
 		return nil // the last dead letters were committed
 	}
@@ -94,7 +104,7 @@ func (r *Runner) recoverJournal(ctx context.Context) error {
 	}
 	keys := make([]string, len(ends))
 	for i, e := range ends {
-		keys[i] = JournalKey(e)
+		keys[i] = r.journalKey(e)
 	}
 	if seen, err = r.parts.TxSink.Seen(ctx, r.cfg.Name, keys); err != nil {
 		return fmt.Errorf("dead-letter journal: %w", err)
@@ -129,7 +139,7 @@ func (r *Runner) journalIDs(ctx context.Context) ([]string, int64, error) {
 	case size == r.journalAt:
 		return nil, size, nil
 	case r.journalAt < 0 && size != r.journalStart:
-		return []string{JournalKey(r.journalStart), JournalKey(size)}, size, nil
+		return []string{r.journalKey(r.journalStart), r.journalKey(size)}, size, nil
 	}
-	return []string{JournalKey(size)}, size, nil
+	return []string{r.journalKey(size)}, size, nil
 }

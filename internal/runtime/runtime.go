@@ -179,6 +179,7 @@ type Runner struct {
 	warnedDead                 atomic.Bool
 	journalStart, journalAt    int64 // the dead-letter journal's size at start, and as last committed (-1: unknown)
 	deadDirty                  bool  // dead letters written and not yet synced (commit loop only)
+	journalID                  string
 	abortOnce                  sync.Once
 	abortErr                   error                   // set once, before stopRead is called
 	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
