@@ -115,7 +115,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	j := &Job{eng: e, name: flowName, log: e.log.With("flow", flowName)}
 	fail := func(err error) (*Job, error) {
 		j.close()
-		return nil, fmt.Errorf("flow %q: %w", flowName, err)
+		return nil, e.red.Error(fmt.Errorf("flow %q: %w", flowName, err))
 	}
 
 	parts := runtime.Parts{}
@@ -283,7 +283,7 @@ func (j *Job) Run(ctx context.Context) error {
 	err := j.runner.Run(ctx)
 	s := j.Stats()
 	j.log.InfoContext(ctx, "job ends", "read", s.Read, "committed", s.Committed, "out", s.Out, "dead_lettered", s.DeadLettered, "retries", s.Retries)
-	return err
+	return j.eng.red.Error(err)
 }
 
 // streamStats is what the metrics read at scrape time.
@@ -384,7 +384,10 @@ type jobFlow struct {
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
 	j.fl.run.CommitBatch(rows)
-	res, err := j.fl.Run(ctx)
+	res, err := j.fl.runOnce(ctx)
+	if _, ok := err.(*RejectedError); ok {
+		err = nil // the runtime dead-letters them
+	}
 	var rej []runtime.Rejected
 	for _, re := range res.Rejected {
 		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Row: re.Row, Err: re.Err})
