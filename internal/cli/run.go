@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -142,7 +143,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 			if code != ExitProblem {
 				code = ExitNotDrained
 			}
-		case ctx.Err() != nil && bounded(j) && !j.Exhausted():
+		case ctx.Err() != nil && bounded(set, names[i]) && !j.Exhausted():
 			fmt.Fprintf(stderr, "flow %s: stopped before the end of its source; a new run resumes from the last committed position\n", names[i])
 			if code == ExitOK {
 				code = ExitCutShort
@@ -164,11 +165,21 @@ const (
 	ExitNotDrained = 4 // in-flight batches did not finish within drain_timeout
 )
 
-// bounded reports whether a job's source has an end (a file, a counted
-// generator).
-func bounded(j *kisflow.Job) bool {
-	_, total, ok := j.Progress()
-	return ok && total > 0
+// bounded reports whether a flow's source has an end: a file that is not
+// followed, a generator with a count.
+func bounded(set *config.Set, flow string) bool {
+	c := set.Conns[set.Flows[flow].Stream.Source]
+	if c == nil {
+		return false
+	}
+	switch c.Type {
+	case "file":
+		return c.Params["follow"] != "true"
+	case "generator":
+		n, err := strconv.Atoi(c.Params["count"])
+		return err == nil && n > 0
+	}
+	return false
 }
 
 func deadLetterWhere(set *config.Set, flow, state string) string {

@@ -149,7 +149,8 @@ func (r *Runner) rowDeadLetter(fn string, row any, cause error, attempts int) *s
 // commitTx commits a group's rows, position and message IDs in one
 // transaction of the sink, retrying with backoff while the sink is
 // unavailable. When the sink refuses the batch while it is up (the error
-// is marked permanent, or the sink answers a read of the position), the
+// is marked permanent, or the same error comes twice while the sink
+// answers a read of the position), the
 // rows are committed in parts split down to the rows it refuses, which
 // are dead-lettered; the position and IDs then commit on their own. A
 // crash during that split may repeat the rows of the group committed
@@ -161,6 +162,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 		return err
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
+	last := ""
 	for attempt := 1; ; attempt++ {
 		err := tx.CommitBatch(ctx, r.cfg.Name, pos, all, rows)
 		if err == nil {
@@ -172,9 +174,13 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 		if errors.Is(err, stream.ErrAlreadyCommitted) || r.stopOn(ctx, err) {
 			return err
 		}
-		if len(rows) > 0 && (stream.IsPermanent(err) || r.sinkAnswers(ctx)) {
+		// The same unmarked failure twice while the sink answers reads is
+		// a refusal; a single one may be a commit whose answer was lost,
+		// which the retry then finds already committed.
+		if len(rows) > 0 && (stream.IsPermanent(err) || (err.Error() == last && r.sinkAnswers(ctx))) {
 			return r.commitIsolated(ctx, pos, ids, rows)
 		}
+		last = err.Error()
 		r.sinkLink.fail(err)
 		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
 			return err
