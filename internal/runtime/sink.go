@@ -28,20 +28,18 @@ type rowWriter struct {
 	dead func(row any, cause error, attempts int)
 }
 
-// deliver writes rows. A write that fails is split in halves down to the
-// rows that fail alone. A row the sink rejects with an error marked
-// stream.ErrPermanent is dead-lettered at once. A row that fails with an
-// unmarked error while other rows went through (the sink is up and refuses
-// it) is retried by the stream's policy, then dead-lettered. When nothing
-// goes through, the sink is taken as down: the rows are retried with
-// capped backoff for as long as it takes, split again only when the
-// failure changes. deliver returns false when the work context ended or
-// the sink failed fatally.
+// deliver writes rows. A write the sink refuses with an error marked
+// stream.ErrPermanent (a value a column does not take, a constraint) is
+// split in halves down to the refused rows, which are dead-lettered at
+// once; the rest is written. Any other failure (a lost connection, a full
+// disk) is the sink's state, not the rows' fault: the rows it struck are
+// retried with capped backoff for as long as it takes, never
+// dead-lettered. deliver returns false when the work context ended or the
+// sink failed fatally.
 func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
 	r := rw.r
-	downErr := ""
 	for round := 1; ; round++ {
-		st := isolation{downErr: downErr}
+		var st isolation
 		if !rw.isolate(ctx, rows, &st) {
 			return false
 		}
@@ -49,20 +47,11 @@ func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
 			r.sinkLink.ok()
 			return true
 		}
-		if st.alive {
-			r.sinkLink.ok()
-			for i, row := range st.stuck {
-				if !rw.rejectRow(ctx, row, st.errs[i]) {
-					return false
-				}
-			}
-			return true
-		}
-		r.sinkLink.fail(st.errs[0])
+		r.sinkLink.fail(st.err)
 		if r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, round)) != nil {
 			return false
 		}
-		rows, downErr = st.stuck, st.errs[0].Error()
+		rows = st.stuck
 	}
 }
 
@@ -70,12 +59,10 @@ func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
 // tried again; it doubles up to filter.MaxBackoff, with jitter.
 const linkBackoff = 50 * time.Millisecond
 
-// isolation collects what a round of isolate found.
+// isolation collects the rows a round of isolate could not write.
 type isolation struct {
-	downErr string  // the failure of a sink taken as down: not split again
-	alive   bool    // some write went through, or was refused row by row
-	stuck   []any   // rows that failed alone with an unmarked error
-	errs    []error // their errors
+	stuck []any // rows struck by an unmarked failure
+	err   error // the first such failure
 }
 
 // isolate writes rows, splitting a failed write in halves. It returns
@@ -85,50 +72,22 @@ func (rw rowWriter) isolate(ctx context.Context, rows []any, st *isolation) bool
 	err := rw.write(ctx, rows)
 	switch {
 	case err == nil:
-		st.alive = true
 		r.out.Add(int64(len(rows)))
 		return true
 	case r.stopOn(ctx, err):
 		return false
-	case len(rows) == 1 && stream.IsPermanent(err):
-		st.alive = true
-		rw.dead(rows[0], err, 1)
-		return true
-	case len(rows) == 1 || (err.Error() == st.downErr && !stream.IsPermanent(err)):
+	case !stream.IsPermanent(err):
 		st.stuck = append(st.stuck, rows...)
-		for range rows {
-			st.errs = append(st.errs, err)
+		if st.err == nil {
+			st.err = err
 		}
+		return true
+	case len(rows) == 1:
+		rw.dead(rows[0], err, 1)
 		return true
 	}
 	mid := len(rows) / 2
 	return rw.isolate(ctx, rows[:mid], st) && rw.isolate(ctx, rows[mid:], st)
-}
-
-// rejectRow retries one row that failed alone while the sink was up, by
-// the stream's policy, and dead-letters it when the retries run out or the
-// sink rejects it permanently.
-func (rw rowWriter) rejectRow(ctx context.Context, row any, cause error) bool {
-	r := rw.r
-	pol := r.cfg.PolicyFor("")
-	tried := 1
-	for ; tried <= pol.Retries && !stream.IsPermanent(cause); tried++ {
-		r.retries.Add(1)
-		if r.cfg.Sleep(ctx, filter.Backoff(pol.Base, tried)) != nil {
-			return false
-		}
-		err := rw.write(ctx, []any{row})
-		if err == nil {
-			r.out.Add(1)
-			return true
-		}
-		if r.stopOn(ctx, err) {
-			return false
-		}
-		cause = err
-	}
-	rw.dead(row, cause, tried)
-	return true
 }
 
 // rowDeadLetter is the dead letter of a row that cannot be traced to its
@@ -148,13 +107,11 @@ func (r *Runner) rowDeadLetter(fn string, row any, cause error, attempts int) *s
 
 // commitTx commits a group's rows, position and message IDs in one
 // transaction of the sink, retrying with backoff while the sink is
-// unavailable. When the sink refuses the batch while it is up (the error
-// is marked permanent, or the same error comes twice while the sink
-// answers a read of the position), the
-// rows are committed in parts split down to the rows it refuses, which
-// are dead-lettered; the position and IDs then commit on their own. A
-// crash during that split may repeat the rows of the group committed
-// before it.
+// unavailable. When the sink refuses the batch with an error marked
+// stream.ErrPermanent, the rows are committed in parts split down to the
+// rows it refuses, which are dead-lettered; the position and IDs then
+// commit on their own. A crash during that split may repeat the rows of
+// the group committed before it.
 func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any) error {
 	tx := r.parts.TxSink
 	jids, jsize, err := r.journalIDs(ctx)
@@ -162,7 +119,6 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 		return err
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
-	last := ""
 	for attempt := 1; ; attempt++ {
 		err := tx.CommitBatch(ctx, r.cfg.Name, pos, all, rows)
 		if err == nil {
@@ -174,24 +130,14 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 		if errors.Is(err, stream.ErrAlreadyCommitted) || r.stopOn(ctx, err) {
 			return err
 		}
-		// The same unmarked failure twice while the sink answers reads is
-		// a refusal; a single one may be a commit whose answer was lost,
-		// which the retry then finds already committed.
-		if len(rows) > 0 && (stream.IsPermanent(err) || (err.Error() == last && r.sinkAnswers(ctx))) {
+		if len(rows) > 0 && stream.IsPermanent(err) {
 			return r.commitIsolated(ctx, pos, ids, rows)
 		}
-		last = err.Error()
 		r.sinkLink.fail(err)
 		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
 			return err
 		}
 	}
-}
-
-// sinkAnswers reports whether the transactional sink answers a read.
-func (r *Runner) sinkAnswers(ctx context.Context) bool {
-	_, err := r.parts.TxSink.Position(ctx, r.cfg.Name)
-	return err == nil
 }
 
 // commitIsolated commits rows in parts, dead-letters those the sink
