@@ -84,7 +84,14 @@ type JobStats struct {
 	InFlight     int64 // messages read and not yet committed
 	MaxInFlight  int64 // the most messages in flight at once
 	Skipped      int64 // redelivered messages an exactly-once sink had already committed
+	SourceErrors int64 // failed source reads and acknowledgements, retried
+	SinkErrors   int64 // failed sink writes and commits, retried
 }
+
+// ErrDrainTimeout is returned (wrapped) by Job.Run when in-flight batches
+// did not finish within the stream's drain_timeout after a stop: they were
+// returned to the source, which delivers them again on the next run.
+var ErrDrainTimeout = runtime.ErrNotDrained
 
 // Job prepares the flow's stream: it starts the connectors, opens the
 // source at its committed position and the sinks. Run starts it.
@@ -148,7 +155,8 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 		parts.DeadLetter = sink
 	default:
-		w, err := jsonl.Open(filepath.Join(o.stateDir, "dead-letter", flowName+".jsonl"), true)
+		// Synced by the runtime before what depends on it: see runtime.Syncer.
+		w, err := jsonl.Open(filepath.Join(o.stateDir, "dead-letter", flowName+".jsonl"), false)
 		if err != nil {
 			return fail(fmt.Errorf("dead-letter file: %w", err))
 		}
@@ -204,6 +212,8 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Name: flowName, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
+		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
+		Resume: resume,
 	}
 	lat := e.metrics.BatchLatency.WithLabelValues(flowName)
 	cfg.BatchDone = func(d time.Duration) { lat.Observe(d.Seconds()) }
@@ -266,7 +276,7 @@ func (j *Job) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return errors.New("draining")
 		}
-		return nil
+		return j.runner.Down() // not ready while the source or sink is unavailable
 	})
 	defer j.eng.health.Remove(check)
 	j.log.InfoContext(ctx, "job starts")
@@ -279,7 +289,9 @@ func (j *Job) Run(ctx context.Context) error {
 // streamStats is what the metrics read at scrape time.
 func (j *Job) streamStats() metrics.StreamStats {
 	s := j.runner.Stats()
-	out := metrics.StreamStats{Committed: s.Committed, DeadLettered: s.DeadLettered, Retries: s.Retries, InFlight: s.InFlight, Lag: -1}
+	out := metrics.StreamStats{Committed: s.Committed, DeadLettered: s.DeadLettered, Retries: s.Retries, InFlight: s.InFlight, Lag: -1,
+		SourceErrors: s.SourceErrors, SinkErrors: s.SinkErrors}
+	out.SourceConnected, out.SinkConnected = j.runner.Connected()
 	if l, ok := j.source.(stream.Lagger); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
@@ -341,6 +353,11 @@ func (t *tracedSink) Write(ctx context.Context, rows []any) error {
 // Stats returns the job's counters so far; safe for concurrent use.
 func (j *Job) Stats() JobStats { return JobStats(j.runner.Stats()) }
 
+// Exhausted reports whether the source said it has nothing more: a bounded
+// source (a file) read to its end. A bounded job stopped before that was
+// cut short.
+func (j *Job) Exhausted() bool { return j.runner.Exhausted() }
+
 // Progress reports how far a bounded source has read and its total, when
 // the source knows (a file: bytes).
 func (j *Job) Progress() (done, total int64, ok bool) {
@@ -373,7 +390,7 @@ func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejecte
 	}
 	var rej []runtime.Rejected
 	for _, re := range res.Rejected {
-		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Err: re.Err})
+		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Row: re.Row, Err: re.Err})
 	}
 	return res.Rows, rej, err
 }

@@ -262,6 +262,7 @@ flows:
 stream:
   source: c
   delivery: exactly-once
+  max_consecutive_failures: -5
 `)},
 		"c.yml": {Data: []byte("kistype: conn\ncname: c\ntype: file\nparams:\n  path: ${KISFLOW_SURELY_UNSET_VAR}\n")},
 	}
@@ -282,6 +283,7 @@ stream:
 		`f.yml:10: function "Derive": calc total: "qty * (price": unexpected token EOF (1:12)`,
 		`flow.yml:9: bad flow: bad duration "soon" (want e.g. 250ms, 2s, or milliseconds)`,
 		`flow2.yml:8: flow "T": exactly-once needs a transactional sink (stream.sink)`,
+		`flow2.yml:9: flow "T": stream max_consecutive_failures -5: want a positive number, or -1 to never stop`,
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))

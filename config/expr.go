@@ -89,6 +89,9 @@ func (s *Set) checkStream(name string, st *Stream, add func(kind Kind, name, fie
 	if st.RetryTimes != nil && *st.RetryTimes > MaxRetryTimes {
 		add(KindFlow, name, "stream.retry_times", SevWarning, "flow %q: stream retry_times %d is above the cap; %d is used", name, *st.RetryTimes, MaxRetryTimes)
 	}
+	if st.MaxConsecutiveFailures < -1 {
+		add(KindFlow, name, "stream.max_consecutive_failures", SevError, "flow %q: stream max_consecutive_failures %d: want a positive number, or -1 to never stop", name, st.MaxConsecutiveFailures)
+	}
 	if st.Linger < 0 || st.DrainTimeout < 0 {
 		add(KindFlow, name, "stream", SevError, "flow %q: negative linger or drain_timeout", name)
 	}

@@ -47,6 +47,10 @@ type Stream struct {
 	RetryDuration int  `yaml:"retry_duration,omitempty"`
 	// DrainTimeout bounds the shutdown drain (default 30s).
 	DrainTimeout Duration `yaml:"drain_timeout,omitempty"`
+	// MaxConsecutiveFailures stops the job with the failure when this many
+	// messages in a row were dead-lettered by the same function with the
+	// same error (default 100; -1 never stops).
+	MaxConsecutiveFailures int `yaml:"max_consecutive_failures,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "250ms", "2s", or a number

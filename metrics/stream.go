@@ -15,6 +15,13 @@ type StreamStats struct {
 	// Lag is the number of messages the source holds that the stream has
 	// not read yet; -1 when the source cannot tell.
 	Lag int64
+	// SourceErrors and SinkErrors count failed calls to the source (reads,
+	// acknowledgements) and to the sink (writes, commits) that the runtime
+	// retried because the service was unavailable.
+	SourceErrors, SinkErrors int64
+	// SourceConnected and SinkConnected are false while the runtime retries
+	// an unavailable source or sink.
+	SourceConnected, SinkConnected bool
 }
 
 // streams is a collector reading the stats of the running streams at
@@ -24,6 +31,7 @@ type streams struct {
 	stats map[string]func() StreamStats
 
 	committed, dead, retries, inflight, lag *prometheus.Desc
+	srcErrs, sinkErrs, connected            *prometheus.Desc
 }
 
 func newStreams() *streams {
@@ -35,11 +43,14 @@ func newStreams() *streams {
 		retries:   prometheus.NewDesc("kisflow_batch_retries_total", "Batch runs retried by the streaming runtime.", flow, nil),
 		inflight:  prometheus.NewDesc("kisflow_in_flight_messages", "Messages read from the source and not yet acknowledged.", flow, nil),
 		lag:       prometheus.NewDesc("kisflow_source_lag", "Messages of the source the stream has not acknowledged yet (not delivered, or delivered and not acknowledged).", flow, nil),
+		srcErrs:   prometheus.NewDesc("kisflow_source_errors_total", "Failed source reads and acknowledgements, retried while the source was unavailable.", flow, nil),
+		sinkErrs:  prometheus.NewDesc("kisflow_sink_errors_total", "Failed sink writes and commits, retried while the sink was unavailable.", flow, nil),
+		connected: prometheus.NewDesc("kisflow_stream_connected", "1 while the stream's source or sink (side) is reachable, 0 while the runtime retries it.", []string{LabelFlow, "side"}, nil),
 	}
 }
 
 func (s *streams) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{s.committed, s.dead, s.retries, s.inflight, s.lag} {
+	for _, d := range []*prometheus.Desc{s.committed, s.dead, s.retries, s.inflight, s.lag, s.srcErrs, s.sinkErrs, s.connected} {
 		ch <- d
 	}
 }
@@ -57,6 +68,10 @@ func (s *streams) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(s.dead, prometheus.CounterValue, float64(st.DeadLettered), flow)
 		ch <- prometheus.MustNewConstMetric(s.retries, prometheus.CounterValue, float64(st.Retries), flow)
 		ch <- prometheus.MustNewConstMetric(s.inflight, prometheus.GaugeValue, float64(st.InFlight), flow)
+		ch <- prometheus.MustNewConstMetric(s.srcErrs, prometheus.CounterValue, float64(st.SourceErrors), flow)
+		ch <- prometheus.MustNewConstMetric(s.sinkErrs, prometheus.CounterValue, float64(st.SinkErrors), flow)
+		ch <- prometheus.MustNewConstMetric(s.connected, prometheus.GaugeValue, gauge(st.SourceConnected), flow, "source")
+		ch <- prometheus.MustNewConstMetric(s.connected, prometheus.GaugeValue, gauge(st.SinkConnected), flow, "sink")
 		if st.Lag >= 0 {
 			ch <- prometheus.MustNewConstMetric(s.lag, prometheus.GaugeValue, float64(st.Lag), flow)
 		}
@@ -75,4 +90,11 @@ func (m *Metrics) TrackStream(flow string, stats func() StreamStats) (untrack fu
 		delete(m.streams.stats, flow)
 		m.streams.mu.Unlock()
 	}
+}
+
+func gauge(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

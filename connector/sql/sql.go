@@ -496,7 +496,7 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 			}
 		}
 		if _, err := tx.ExecContext(ctx, d.insertSQL(cols, len(chunk)), args...); err != nil {
-			return fmt.Errorf("connector %q: insert into %s: %w", d.cfg.CName, d.table, err)
+			return refused(fmt.Errorf("connector %q: insert into %s: %w", d.cfg.CName, d.table, err))
 		}
 	}
 	return nil

@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,7 +37,9 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 			"source is exhausted (a file) or until SIGINT/SIGTERM (an unbounded source),\n" +
 			"then drain in-flight batches, acknowledge them, commit positions and close\n" +
 			"connectors. Prints progress on a terminal and a summary at the end.\n" +
-			"Exits 0 when every flow ended cleanly, 1 when one failed, 2 on bad input.",
+			"Exits 0 when every flow ended cleanly, 1 when one failed, 2 on bad input,\n" +
+			"3 when a signal stopped a bounded source before its end, 4 when in-flight\n" +
+			"batches did not finish within drain_timeout (they are read again next run).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -121,7 +125,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	elapsed := time.Since(start)
 
-	failed := false
+	code := ExitOK
 	for i, j := range jobs {
 		s := j.Stats()
 		rate := float64(s.Committed) / max(elapsed.Seconds(), 1e-9)
@@ -130,18 +134,52 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		if s.DeadLettered > 0 {
 			fmt.Fprintf(stdout, "flow %s: dead letters are in %s\n", names[i], deadLetterWhere(set, names[i], o.state))
 		}
-		if errs[i] != nil {
-			failed = true
+		switch {
+		case errs[i] != nil && !errors.Is(errs[i], kisflow.ErrDrainTimeout):
 			fmt.Fprintf(stderr, "flow %s failed: %v\n", names[i], errs[i])
+			code = ExitProblem
+		case errs[i] != nil:
+			fmt.Fprintf(stderr, "flow %s: %v\n", names[i], errs[i])
+			if code != ExitProblem {
+				code = ExitNotDrained
+			}
+		case ctx.Err() != nil && bounded(set, names[i]) && !j.Exhausted():
+			fmt.Fprintf(stderr, "flow %s: stopped before the end of its source; a new run resumes from the last committed position\n", names[i])
+			if code == ExitOK {
+				code = ExitCutShort
+			}
 		}
 	}
-	if ctx.Err() != nil {
+	if ctx.Err() != nil && code == ExitOK {
 		fmt.Fprintln(stdout, "stopped by signal; in-flight batches were drained and committed")
 	}
-	if failed {
-		return &exitError{code: ExitProblem}
+	if code != ExitOK {
+		return &exitError{code: code}
 	}
 	return nil
+}
+
+// Exit codes of run beyond ExitProblem and ExitUsage.
+const (
+	ExitCutShort   = 3 // a signal stopped a bounded source before its end
+	ExitNotDrained = 4 // in-flight batches did not finish within drain_timeout
+)
+
+// bounded reports whether a flow's source has an end: a file that is not
+// followed, a generator with a count.
+func bounded(set *config.Set, flow string) bool {
+	c := set.Conns[set.Flows[flow].Stream.Source]
+	if c == nil {
+		return false
+	}
+	switch c.Type {
+	case "file":
+		return c.Params["follow"] != "true"
+	case "generator":
+		n, err := strconv.Atoi(c.Params["count"])
+		return err == nil && n > 0
+	}
+	return false
 }
 
 func deadLetterWhere(set *config.Set, flow, state string) string {

@@ -5,6 +5,8 @@ package jsonl
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -120,4 +122,105 @@ func (w *Writer) Close() error {
 	}
 	w.f = nil
 	return err
+}
+
+// Size flushes buffered lines and returns the file's size: where the next
+// line starts.
+func (w *Writer) Size() (int64, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return 0, fmt.Errorf("size of %s: closed", w.path)
+	}
+	if err := w.w.Flush(); err != nil {
+		return 0, fmt.Errorf("size of %s: %w", w.path, err)
+	}
+	info, err := w.f.Stat()
+	if err != nil {
+		return 0, fmt.Errorf("size of %s: %w", w.path, err)
+	}
+	return info.Size(), nil
+}
+
+// LineEnds returns 0 and the offsets at which the file's lines end, the
+// last n of them at most, in order.
+func (w *Writer) LineEnds(n int) ([]int64, error) {
+	if err := w.Flush(); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(w.path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", w.path, err)
+	}
+	defer f.Close()
+	ends := []int64{0}
+	var off int64
+	r := bufio.NewReaderSize(f, 64<<10)
+	for {
+		line, err := r.ReadSlice('\n')
+		off += int64(len(line))
+		if err == bufio.ErrBufferFull {
+			continue // a line longer than the buffer: read on
+		}
+		if err != nil {
+			break // io.EOF, after an unterminated last line
+		}
+		ends = append(ends, off)
+		if len(ends) > 2*n+1 {
+			ends = append(ends[:1], ends[len(ends)-n:]...)
+		}
+	}
+	if len(ends) > n+1 {
+		ends = append(ends[:1], ends[len(ends)-n:]...)
+	}
+	return ends, nil
+}
+
+// Truncate cuts the file back to size bytes and syncs it; later lines
+// are appended after them.
+func (w *Writer) Truncate(size int64) error {
+	return w.flushed("truncate", func() error {
+		if err := w.f.Truncate(size); err != nil {
+			return err
+		}
+		return w.f.Sync()
+	})
+}
+
+// Sync writes buffered lines out and flushes the file to disk.
+func (w *Writer) Sync() error { return w.flushed("sync", func() error { return w.f.Sync() }) }
+
+// flushed writes buffered lines out, then runs fn, under the lock.
+func (w *Writer) flushed(op string, fn func() error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.f == nil {
+		return fmt.Errorf("%s %s: closed", op, w.path)
+	}
+	if err := w.w.Flush(); err != nil {
+		return fmt.Errorf("%s %s: %w", op, w.path, err)
+	}
+	if err := fn(); err != nil {
+		return fmt.Errorf("%s %s: %w", op, w.path, err)
+	}
+	return nil
+}
+
+// ID returns the file's identity: a random token kept beside it in
+// PATH.id, made on first use. Two files never share one, even at the same
+// path on two machines.
+func (w *Writer) ID() (string, error) {
+	idPath := w.path + ".id"
+	if b, err := os.ReadFile(idPath); err == nil && len(b) > 0 {
+		return string(b), nil
+	}
+	var buf [12]byte
+	if _, err := rand.Read(buf[:]); err != nil {
+		return "", fmt.Errorf("identity of %s: %w", w.path, err)
+	}
+	id := hex.EncodeToString(buf[:])
+	if err := os.WriteFile(idPath, []byte(id), 0o644); err != nil {
+		return "", fmt.Errorf("identity of %s: %w", w.path, err)
+	}
+	return id, nil
 }

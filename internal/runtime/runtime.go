@@ -35,11 +35,14 @@ const (
 	ExactlyOnce = "exactly-once"
 )
 
-// Rejected is a row a flow could not take, as the flow reports it.
+// Rejected is a row a flow could not take, as the flow reports it: it
+// could not be converted to a function's input, or an expression failed on
+// it. Rejections are deterministic; the other rows go on.
 type Rejected struct {
 	Func  string
 	Layer int
 	Index int // position in the layer's input; for layer 0, in the batch
+	Row   any // the row as it arrived at the function (layers past the first)
 	Err   error
 }
 
@@ -78,7 +81,21 @@ type Config struct {
 	// BatchDone, when set, is told how long each committed epoch took from
 	// being read to being committed.
 	BatchDone func(latency time.Duration)
+	// Resume is the position the source was opened at ("" for none), for
+	// the start-up message.
+	Resume string
+	// SourceName and SinkName name the source and sink in logs and errors.
+	SourceName, SinkName string
+	// MaxConsecutiveFailures ends the run with the failure when this many
+	// messages in a row were dead-lettered by the same function with the
+	// same error (a typo in an expression fails every row): 0 means
+	// DefaultMaxConsecutiveFailures, a negative value never.
+	MaxConsecutiveFailures int
 }
+
+// DefaultMaxConsecutiveFailures is how many messages in a row may fail the
+// same way before a run stops with that failure.
+const DefaultMaxConsecutiveFailures = 100
 
 func (c *Config) defaults() {
 	if c.BatchSize <= 0 {
@@ -111,6 +128,9 @@ func (c *Config) defaults() {
 	if c.Sleep == nil {
 		c.Sleep = filter.SystemClock{}.Sleep
 	}
+	if c.MaxConsecutiveFailures == 0 {
+		c.MaxConsecutiveFailures = DefaultMaxConsecutiveFailures
+	}
 }
 
 // Parts are the components a Runner works with.
@@ -140,6 +160,8 @@ type Stats struct {
 	InFlight     int64 // messages read and not yet committed
 	MaxInFlight  int64 // the most messages in flight at once
 	Skipped      int64 // redelivered messages an exactly-once sink had already committed
+	SourceErrors int64 // failed source reads and acknowledgements, retried
+	SinkErrors   int64 // failed sink writes and commits, retried
 }
 
 // Runner runs one flow on one source.
@@ -151,6 +173,17 @@ type Runner struct {
 	warnedNoID  atomic.Bool
 	inflightMu  sync.Mutex
 	inflightIDs map[string]struct{} // exactly-once: IDs read and not yet committed or returned
+
+	srcLink, sinkLink, dlqLink *link
+	undrained, exhausted       atomic.Bool
+	warnedDead                 atomic.Bool
+	journalStart, journalAt    int64 // the dead-letter journal's size at start, and as last committed (-1: unknown)
+	deadDirty                  bool  // dead letters written and not yet synced (commit loop only)
+	journalID                  string
+	abortOnce                  sync.Once
+	abortErr                   error                   // set once, before stopRead is called
+	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
+	streak                     streak                  // the commit loop's run of equal failures
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
@@ -173,7 +206,12 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 	default:
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}
-	return &Runner{cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{}}, nil
+	return &Runner{
+		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},
+		srcLink: newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
+		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
+		stopRead: func(error) {}, journalAt: -1,
+	}, nil
 }
 
 // Stats returns the counters so far; safe for concurrent use.
@@ -182,7 +220,43 @@ func (r *Runner) Stats() Stats {
 		Read: r.read.Load(), Committed: r.committed.Load(), Out: r.out.Load(),
 		DeadLettered: r.dead.Load(), Retries: r.retries.Load(), Batches: r.batches.Load(),
 		InFlight: r.inflight.Load(), MaxInFlight: r.maxInflight.Load(), Skipped: r.skipped.Load(),
+		SourceErrors: r.srcLink.errs.Load(), SinkErrors: r.sinkLink.errs.Load(),
 	}
+}
+
+// Down returns why the source or the sink is unavailable (the runner is
+// retrying it), or nil while both are up; safe for concurrent use.
+func (r *Runner) Down() error {
+	return errors.Join(r.srcLink.down(), r.sinkLink.down(), r.dlqLink.down())
+}
+
+// Connected reports whether the source and the sink are up (a runner
+// without a sink reports its sink up); safe for concurrent use.
+func (r *Runner) Connected() (source, sink bool) {
+	return !r.srcLink.isDown.Load(), !r.sinkLink.isDown.Load()
+}
+
+// abort ends the run with err: reading stops, in-flight epochs drain, and
+// Run returns err. Only the first call counts.
+func (r *Runner) abort(err error) {
+	r.abortOnce.Do(func() {
+		r.abortErr = err
+		r.stopRead(err)
+	})
+}
+
+// stopOn reports whether a failed source or sink call ends the work: the
+// work context ended, or err is marked fatal (a configuration error no
+// retry mends), which aborts the run.
+func (r *Runner) stopOn(ctx context.Context, err error) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	if stream.IsFatal(err) {
+		r.abort(err)
+		return true
+	}
+	return false
 }
 
 // epoch is one micro-batch: a contiguous range of the stream.
@@ -193,10 +267,20 @@ type epoch struct {
 	parts   []*part
 	pending atomic.Int32
 	done    chan struct{}
-	failed  atomic.Bool // a part could not finish (shutdown): do not ack
+	failed  atomic.Bool  // a part could not finish (shutdown): do not ack
+	out     atomic.Int64 // output rows of its parts, for the failure streak
 	readAt  time.Time
 	mu      sync.Mutex
-	dead    []any // *stream.DeadLetter
+	dead    []any                                  // *stream.DeadLetter
+	deadOf  map[*stream.Message]*stream.DeadLetter // the dead letters of messages, for the failure streak
+}
+
+// addDead adds a dead letter to the epoch, written when it commits. Safe
+// for concurrent use.
+func (ep *epoch) addDead(dl *stream.DeadLetter) {
+	ep.mu.Lock()
+	ep.dead = append(ep.dead, dl)
+	ep.mu.Unlock()
 }
 
 // part is the share of an epoch one worker runs.
@@ -218,10 +302,17 @@ func (ep *epoch) finish() {
 // committed, and the source is closed. It returns the first fatal error.
 func (r *Runner) Run(ctx context.Context) error {
 	cfg := r.cfg
-	// work outlives ctx by the drain timeout, so in-flight batches finish.
+	if err := r.recoverJournal(ctx); err != nil {
+		return err
+	}
+	// reading ends with ctx, or earlier when the run is aborted.
+	readCtx, stopRead := context.WithCancelCause(ctx)
+	defer stopRead(nil)
+	r.stopRead = stopRead
+	// work outlives reading by the drain timeout, so in-flight batches finish.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-	stopDrain := context.AfterFunc(ctx, func() {
+	stopDrain := context.AfterFunc(readCtx, func() {
 		t := time.AfterFunc(cfg.DrainTimeout, cancelWork)
 		context.AfterFunc(work, func() { t.Stop() })
 	})
@@ -268,7 +359,10 @@ func (r *Runner) Run(ctx context.Context) error {
 	commitErr := make(chan error, 1)
 	go func() { commitErr <- r.commitLoop(work, epochs, slots) }()
 
-	readErr := r.readLoop(ctx, work, slots, epochs, own, shared)
+	if cfg.Resume != "" {
+		cfg.Logger.Info(fmt.Sprintf("flow %s resumes after position %s", cfg.Name, cfg.Resume))
+	}
+	readErr := r.readLoop(readCtx, work, slots, epochs, own, shared)
 	for _, q := range own {
 		close(q)
 	}
@@ -280,11 +374,23 @@ func (r *Runner) Run(ctx context.Context) error {
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	srcErr := r.parts.Source.Close(closeCtx)
-	if errors.Is(readErr, context.Canceled) && ctx.Err() != nil {
-		readErr = nil // a requested stop
+	if errors.Is(readErr, context.Canceled) && readCtx.Err() != nil {
+		readErr = nil // a requested stop, or an abort whose error follows
 	}
-	return errors.Join(readErr, cErr, srcErr)
+	err := errors.Join(r.abortErr, readErr, cErr, srcErr)
+	if err == nil && r.undrained.Load() {
+		return ErrNotDrained
+	}
+	return err
 }
+
+// ErrNotDrained is returned by Run when in-flight batches did not finish
+// within the drain timeout: they were returned to the source.
+var ErrNotDrained = errors.New("in-flight batches did not finish within the drain timeout; they were returned to the source")
+
+// Exhausted reports whether the source said it was exhausted (io.EOF): a
+// bounded source read to its end. Safe for concurrent use.
+func (r *Runner) Exhausted() bool { return r.exhausted.Load() }
 
 // readLoop cuts epochs until EOF or ctx is done.
 func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs chan<- *epoch, own []chan *part, shared chan *part) error {
@@ -296,6 +402,9 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 			return ctx.Err()
 		}
 		msgs, eof, err := r.readEpoch(ctx)
+		if eof {
+			r.exhausted.Store(true)
+		}
 		if len(msgs) == 0 {
 			<-slots
 			if err != nil {
@@ -305,6 +414,9 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 				return nil
 			}
 			continue
+		}
+		if first := r.read.Load() == 0; first && cfg.Resume == "" && lastPosition(msgs) != "" {
+			cfg.Logger.Warn(fmt.Sprintf("no position for flow %s: reading from the beginning", cfg.Name))
 		}
 		ep := &epoch{msgs: msgs, done: make(chan struct{}), readAt: time.Now()}
 		n := int64(len(msgs))
@@ -354,8 +466,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 // keeps reading until the batch is full or Linger has passed.
 func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof bool, err error) {
 	cfg := r.cfg
-	src := r.parts.Source
-	batch, err := src.Read(ctx, cfg.BatchSize)
+	batch, err := r.readSource(ctx, cfg.BatchSize)
 	msgs = append(msgs, batch...)
 	if err != nil {
 		return msgs, errors.Is(err, io.EOF), filterEOF(err)
@@ -366,7 +477,7 @@ func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof boo
 	lctx, cancel := context.WithTimeout(ctx, cfg.Linger)
 	defer cancel()
 	for len(msgs) < cfg.BatchSize {
-		batch, err := src.Read(lctx, cfg.BatchSize-len(msgs))
+		batch, err := r.readSource(lctx, cfg.BatchSize-len(msgs))
 		msgs = append(msgs, batch...)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -379,6 +490,38 @@ func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof boo
 		}
 	}
 	return msgs, false, nil
+}
+
+// readSource reads from the source, retrying a failure with capped backoff and
+// jitter until ctx is done: a source that lost its connection is weather,
+// not the end of the run. Only an error marked stream.ErrFatal (a
+// configuration error) is returned.
+func (r *Runner) readSource(ctx context.Context, max int) ([]*stream.Message, error) {
+	for attempt := 1; ; attempt++ {
+		msgs, err := r.parts.Source.Read(ctx, max)
+		if err == nil || errors.Is(err, io.EOF) {
+			r.srcLink.ok()
+			return msgs, err
+		}
+		if ctx.Err() != nil {
+			return msgs, err
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A deadline of the source's own (a blocking read that timed
+			// out), not an outage: as a read that found nothing.
+			return msgs, nil
+		}
+		if stream.IsFatal(err) {
+			return msgs, fmt.Errorf("source %s: %w", r.srcLink.name, err)
+		}
+		r.srcLink.fail(err)
+		if len(msgs) > 0 {
+			return msgs, nil // process what came; the next read tries again
+		}
+		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
+			return nil, err
+		}
+	}
 }
 
 func filterEOF(err error) error {
@@ -434,15 +577,19 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 	for _, m := range msgs {
 		if m.ID != "" {
 			ids = append(ids, m.ID)
-		} else if m.Position == "" && r.warnedNoID.CompareAndSwap(false, true) {
-			r.cfg.Logger.Warn("exactly-once: the source's messages carry neither an ID nor a position, so a redelivery after a crash cannot be recognised; delivery is at-least-once")
 		}
 	}
 	if len(ids) == 0 {
+		// A source whose position the runtime commits may set it on the
+		// last message of a read only; a batch with neither cannot be
+		// recognised when it is delivered again.
+		if lastPosition(msgs) == "" && r.warnedNoID.CompareAndSwap(false, true) {
+			r.cfg.Logger.Warn("exactly-once: the source's messages carry neither an ID nor a position, so a redelivery after a crash cannot be recognised; delivery is at-least-once")
+		}
 		return msgs, nil
 	}
 	var seen map[string]bool
-	if err := r.retryForever(ctx, "look up committed messages", func() (err error) {
+	if err := r.retryForever(ctx, r.sinkLink, func() (err error) {
 		seen, err = r.parts.TxSink.Seen(ctx, r.cfg.Name, ids)
 		return err
 	}); err != nil {
@@ -489,7 +636,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			ep.work = append(ep.work, m)
 			continue
 		}
-		ep.dead = append(ep.dead, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+		ep.addDead(deadLetter(r.cfg.Name, "", m, m.Failed, 0))
 	}
 }
 
@@ -558,8 +705,11 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 			<-slots
 		}
 	}
+	if err := r.syncDeadLetters(work); err != nil && firstErr == nil {
+		firstErr = err
+	}
 	if pendingPos != savedPos {
-		if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
+		if err := r.storePosition(work, pendingPos); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -580,6 +730,7 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			r.nack(work, ep, errors.New("an earlier batch was not processed"))
 		case ep.failed.Load():
 			*broken = true
+			r.undrained.Store(true)
 			r.nack(work, ep, errors.New("not processed before shutdown"))
 		default:
 			ok = append(ok, ep)
@@ -618,25 +769,37 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return "", nil
 	}
 	if len(dead) > 0 {
-		if err := r.retryForever(work, "dead-letter write", func() error {
+		if err := r.retryForever(work, r.dlqLink, func() error {
 			return r.parts.DeadLetter.Write(work, dead)
 		}); err != nil {
 			return fail(err)
 		}
 		r.dead.Add(int64(len(dead)))
+		r.deadDirty = true
 	}
 	pos := lastPosition(msgs)
-	if cfg.Delivery == ExactlyOnce {
-		if err := r.retryForever(work, "transactional commit", func() error {
-			return r.parts.TxSink.CommitBatch(work, cfg.Name, pos, ids, rows)
-		}); err != nil {
+	// Dead letters reach the disk before the transaction or the
+	// acknowledgement that depends on them; a stored position syncs them
+	// when it is saved.
+	if cfg.Delivery == ExactlyOnce || pos == "" {
+		if err := r.syncDeadLetters(work); err != nil {
 			return fail(err)
 		}
-		r.out.Add(int64(len(rows)))
+	}
+	if cfg.Delivery == ExactlyOnce {
+		if err := r.commitTx(work, pos, ids, rows); err != nil {
+			return fail(err)
+		}
 	}
 	if cfg.Delivery != AtMostOnce {
-		if err := r.parts.Source.Ack(work, msgs); err != nil {
+		if err := r.retryForever(work, r.srcLink, func() error { return r.parts.Source.Ack(work, msgs) }); err != nil {
 			return "", fmt.Errorf("acknowledge: %w", err)
+		}
+	}
+	for _, ep := range ok {
+		if err := r.streak.observe(ep, cfg.MaxConsecutiveFailures); err != nil {
+			r.abort(err)
+			break
 		}
 	}
 	r.committed.Add(int64(len(msgs)))
@@ -667,7 +830,16 @@ func (r *Runner) release(ep *epoch) {
 	r.inflightMu.Unlock()
 }
 
+// savePosition syncs the dead letters written so far, then stores the
+// position. Only the commit loop calls it.
 func (r *Runner) savePosition(ctx context.Context, pos string) error {
+	if err := r.syncDeadLetters(ctx); err != nil {
+		return fmt.Errorf("dead letters: %w", err)
+	}
+	return r.storePosition(ctx, pos)
+}
+
+func (r *Runner) storePosition(ctx context.Context, pos string) error {
 	if r.parts.Checkpoints == nil || pos == "" {
 		return nil
 	}
@@ -680,10 +852,10 @@ func (r *Runner) savePosition(ctx context.Context, pos string) error {
 // ackEarly acknowledges an epoch when it is read, for at-most-once
 // delivery, and saves its position.
 func (r *Runner) ackEarly(ctx context.Context, ep *epoch) error {
-	if err := r.parts.Source.Ack(ctx, ep.msgs); err != nil {
+	if err := r.retryForever(ctx, r.srcLink, func() error { return r.parts.Source.Ack(ctx, ep.msgs) }); err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	return r.savePosition(ctx, lastPosition(ep.msgs))
+	return r.storePosition(ctx, lastPosition(ep.msgs))
 }
 
 func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
@@ -693,22 +865,23 @@ func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
 	}
 }
 
-// retryForever retries an infrastructure write (sink, dead letters,
-// transaction) with capped backoff until it succeeds or ctx is done: a row
-// is never dropped because a sink is down.
-func (r *Runner) retryForever(ctx context.Context, what string, fn func() error) error {
-	base := 50 * time.Millisecond
+// retryForever retries a call to the source or a sink (an
+// acknowledgement, a dead-letter write, a transaction) with capped backoff
+// and jitter until it succeeds or ctx is done: a row is never dropped
+// because a service is down. l logs the outage once. An error marked
+// stream.ErrFatal aborts the run instead.
+func (r *Runner) retryForever(ctx context.Context, l *link, fn func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
+			l.ok()
 			return nil
 		}
-		if ctx.Err() != nil || errors.Is(err, stream.ErrAlreadyCommitted) {
+		if errors.Is(err, stream.ErrAlreadyCommitted) || r.stopOn(ctx, err) {
 			return err
 		}
-		r.cfg.Logger.Error(what+" failed; retrying", "attempt", attempt, "err", err)
-		r.retries.Add(1)
-		if err := r.cfg.Sleep(ctx, filter.Backoff(base, attempt)); err != nil {
+		l.fail(err)
+		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
 			return err
 		}
 	}

@@ -265,8 +265,14 @@ func TestPoisonRowsAreDeadLetteredWhileTheRestProceed(t *testing.T) {
 		t.Fatalf("dead letters: %v", dlq.ints())
 	}
 	for id := range poison {
+		// A rejected row is deterministic: dead-lettered at its first
+		// attempt. A run error is retried by the function's policy.
+		attempts := 3
+		if id == 999 {
+			attempts = 1
+		}
 		dl := dead[id]
-		if dl == nil || dl.Flow != "s" || dl.Attempts != 3 || dl.Error == "" || dl.Position != strconv.Itoa(id) {
+		if dl == nil || dl.Flow != "s" || dl.Attempts != attempts || dl.Error == "" || dl.Position != strconv.Itoa(id) {
 			t.Errorf("dead letter of %d: %+v", id, dl)
 		}
 	}
@@ -530,8 +536,8 @@ func TestPositionNeverPassesAnUnfinishedBatch(t *testing.T) {
 		goruntime.Gosched()
 	}
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
+	if err := <-done; !errors.Is(err, ErrNotDrained) {
+		t.Fatalf("run: %v, want ErrNotDrained", err)
 	}
 	if ck.pos["s"] != "100" || !slices.Equal(src.acked, seq(100)) {
 		t.Fatalf("position %q, %d acked; want position 100 and ids 1..100 acked", ck.pos["s"], len(src.acked))

@@ -3,7 +3,6 @@ package runtime
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
@@ -31,6 +30,7 @@ func (w *worker) process(ctx context.Context, p *part) {
 		p.ep.failed.Store(true)
 		return
 	}
+	p.ep.out.Add(int64(len(out)))
 	if len(out) == 0 {
 		return
 	}
@@ -42,18 +42,16 @@ func (w *worker) process(ctx context.Context, p *part) {
 	if r.parts.Sink == nil {
 		return
 	}
-	if err := r.retryForever(ctx, "sink write", func() error { return r.parts.Sink.Write(ctx, out) }); err != nil {
+	if !w.deliver(ctx, p, out) {
 		p.ep.failed.Store(true)
-		return
 	}
-	r.out.Add(int64(len(out)))
 }
 
 // attempt runs msgs through the flow once. It returns the output, which
-// stays valid until the flow's next run, and the failure, if any: a run
-// error, or a row rejected past the first layer (which cannot be traced to
-// a message). rejected lists first-layer rejections, by message index.
-func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error) {
+// stays valid until the flow's next run, the rejected rows, and the run's
+// failure, if any; permanent tells a failure retrying cannot fix (an error
+// marked stream.ErrPermanent).
+func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error, permanent bool) {
 	w.rows = w.rows[:0]
 	for _, m := range msgs {
 		w.rows = append(w.rows, m.Payload)
@@ -61,44 +59,56 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 	res, rej, err := w.flow.Run(ctx, w.rows)
 	clear(w.rows)
 	if err != nil {
-		return nil, nil, w.r.cfg.FuncOf(err), err
+		return nil, nil, w.r.cfg.FuncOf(err), err, stream.IsPermanent(err)
 	}
-	for _, rj := range rej {
-		if rj.Layer > 0 {
-			return nil, nil, rj.Func, fmt.Errorf("row rejected by %s: %w", rj.Func, rj.Err)
-		}
-	}
-	return res, rej, "", nil
+	return res, rej, "", nil, false
 }
 
-// group processes msgs: a failed run is retried up to retries times, then
-// split in halves until the failing messages stand alone; those are retried
-// by their function's policy and dead-lettered. It returns the output of the
-// messages that succeeded, and false if the work context ended.
+// rejected dead-letters the rows a successful run rejected, at once: a
+// rejection is deterministic. A first-layer rejection is its message; one
+// further on is the message when the run had one, else the row as it
+// arrived at the function that rejected it (which message it came from is
+// not known, and finding out would cost runs of the batch).
+func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
+	for _, rj := range rej {
+		switch {
+		case rj.Layer == 0:
+			w.deadLetter(p, msgs[rj.Index], rj.Func, rj.Err, 1)
+		case len(msgs) == 1:
+			w.deadLetter(p, msgs[0], rj.Func, rj.Err, 1)
+		default:
+			p.ep.addDead(w.r.rowDeadLetter(rj.Func, rj.Row, rj.Err, 1))
+		}
+	}
+}
+
+// group processes msgs. Rejected rows are dead-lettered at once and the
+// rest goes on. A run that fails deterministically (an error marked
+// permanent) is split in halves at once, without backoff, until the
+// failing messages stand alone and are dead-lettered. Any other failure is taken as transient: the run is
+// retried up to retries times with backoff, then split, and messages that
+// still fail alone are retried by their function's policy before they are
+// dead-lettered. It returns the output of the messages that succeeded, and
+// false if the work context ended.
 func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, retries int) ([]any, bool) {
 	r := w.r
 	for try := 0; ; try++ {
-		out, rej, fn, err := w.attempt(ctx, msgs)
+		out, rej, fn, err, perm := w.attempt(ctx, msgs)
 		if ctx.Err() != nil {
 			return nil, false
 		}
 		if err == nil {
-			if len(rej) > 0 {
-				out = append([]any(nil), out...) // single runs reuse the buffers
-			}
-			for _, rj := range rej {
-				more, ok := w.single(ctx, p, msgs[rj.Index], 1, rj.Func, rj.Err)
-				if !ok {
-					return nil, false
-				}
-				out = append(out, more...)
-			}
+			w.rejected(p, msgs, rej)
 			return out, true
 		}
 		if len(msgs) == 1 {
+			if perm {
+				w.deadLetter(p, msgs[0], fn, err, 1)
+				return nil, true
+			}
 			return w.single(ctx, p, msgs[0], 1, fn, err)
 		}
-		if try < retries {
+		if !perm && try < retries {
 			r.retries.Add(1)
 			r.cfg.Logger.Warn("batch failed; retrying", "func", fn, "rows", len(msgs), "try", try+1, "err", err)
 			if w.backoff(ctx, fn, try+1) != nil {
@@ -120,8 +130,9 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 	}
 }
 
-// single retries one message by the failing function's policy, having
-// already made tried attempts, and dead-letters it when they run out.
+// single retries one message that failed transiently by the failing
+// function's policy, having already made tried attempts, and dead-letters
+// it when they run out or when it fails deterministically.
 func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried int, fn string, cause error) ([]any, bool) {
 	r := w.r
 	pol := r.cfg.PolicyFor(fn)
@@ -131,25 +142,29 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 			return nil, false
 		}
 		tried++
-		out, rej, f, err := w.attempt(ctx, []*stream.Message{m})
+		out, rej, f, err, perm := w.attempt(ctx, []*stream.Message{m})
 		if ctx.Err() != nil {
 			return nil, false
 		}
-		if err == nil && len(rej) == 0 {
+		if err == nil {
+			w.rejected(p, []*stream.Message{m}, rej)
 			return append([]any(nil), out...), true
 		}
-		if err == nil {
-			f, err = rej[0].Func, rej[0].Err
-		}
 		fn, cause = f, err
+		if perm {
+			break
+		}
 		pol = r.cfg.PolicyFor(fn)
 	}
-	dl := deadLetter(r.cfg.Name, fn, m, cause, tried)
-	r.cfg.Logger.Error("message dead-lettered", "func", fn, "attempts", tried, "err", cause)
-	p.ep.mu.Lock()
-	p.ep.dead = append(p.ep.dead, dl)
-	p.ep.mu.Unlock()
+	w.deadLetter(p, m, fn, cause, tried)
 	return nil, true
+}
+
+// deadLetter adds m to its epoch's dead letters, written when the epoch
+// commits.
+func (w *worker) deadLetter(p *part, m *stream.Message, fn string, cause error, attempts int) {
+	w.r.cfg.Logger.Debug("message dead-lettered", "func", fn, "attempts", attempts, "err", cause)
+	p.ep.addDead(deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {

@@ -1,0 +1,108 @@
+package runtime
+
+import (
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// link is the state of the runner's connection to its source or its sink:
+// up, or down since a failure. It logs once per change of state, not once
+// per attempt, and counts the failed attempts. Safe for concurrent use.
+type link struct {
+	side, name string // "source" or "sink", and the connector's name
+	log        *slog.Logger
+
+	isDown atomic.Bool
+	errs   atomic.Int64
+
+	mu    sync.Mutex
+	since time.Time
+	last  error
+}
+
+func newLink(side, name string, log *slog.Logger) *link {
+	if name == "" {
+		name = side
+	}
+	return &link{side: side, name: name, log: log}
+}
+
+// fail records a failed attempt; the first after a success is logged.
+func (l *link) fail(err error) {
+	l.errs.Add(1)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.last = err
+	if l.isDown.Load() {
+		return
+	}
+	l.since = time.Now()
+	l.isDown.Store(true)
+	l.log.Warn(fmt.Sprintf("%s %s unavailable: %v; retrying with backoff", l.side, l.name, err))
+}
+
+// ok records a success; the first after a failure is logged.
+func (l *link) ok() {
+	if !l.isDown.Load() {
+		return // the hot path: one atomic load
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.isDown.Load() {
+		return
+	}
+	l.isDown.Store(false)
+	l.log.Warn(fmt.Sprintf("%s %s back after %s", l.side, l.name, time.Since(l.since).Round(100*time.Millisecond)))
+}
+
+// down returns the error that took the link down, or nil while it is up.
+func (l *link) down() error {
+	if !l.isDown.Load() {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.isDown.Load() {
+		return nil
+	}
+	return fmt.Errorf("%s %s unavailable for %s: %w", l.side, l.name, time.Since(l.since).Round(time.Second), l.last)
+}
+
+// streak counts the messages of consecutive epochs in which nothing
+// succeeded and every message was dead-lettered by the same function with
+// the same error: a flow that fails every row the same way (a typo in an
+// expression). An epoch with output, or with fewer dead letters than
+// messages, ends the streak. Only the commit loop uses it.
+type streak struct {
+	fn, err string
+	n       int
+}
+
+// observe extends the streak by a committed epoch and returns an error
+// when it reached limit (limit < 0: never).
+func (s *streak) observe(ep *epoch, limit int) error {
+	if len(ep.todo) == 0 {
+		return nil // only redeliveries of committed messages
+	}
+	if ep.out.Load() > 0 || len(ep.dead) < len(ep.todo) {
+		s.n = 0
+		return nil
+	}
+	for _, d := range ep.dead {
+		dl := d.(*stream.DeadLetter)
+		if s.n > 0 && dl.Func == s.fn && dl.Error == s.err {
+			s.n++
+		} else {
+			s.fn, s.err, s.n = dl.Func, dl.Error, 1
+		}
+	}
+	if limit > 0 && s.n >= limit {
+		return fmt.Errorf("%d messages in a row failed the same way, the last in function %q: %s (stream.max_consecutive_failures)", s.n, s.fn, s.err)
+	}
+	return nil
+}
