@@ -197,6 +197,8 @@ type epoch struct {
 	readAt  time.Time
 	mu      sync.Mutex
 	dead    []any // *stream.DeadLetter
+
+	deadOf []*stream.Message // deadOf[i] is the message of dead[i]
 }
 
 // part is the share of an epoch one worker runs.
@@ -490,6 +492,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			continue
 		}
 		ep.dead = append(ep.dead, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+		ep.deadOf = append(ep.deadOf, m)
 	}
 }
 
@@ -624,6 +627,7 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			return fail(err)
 		}
 		r.dead.Add(int64(len(dead)))
+		r.notifyDead(work, ok)
 	}
 	pos := lastPosition(msgs)
 	if cfg.Delivery == ExactlyOnce {
@@ -650,6 +654,24 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return "", nil // saved in the transaction, or when read
 	}
 	return pos, nil
+}
+
+// notifyDead tells a source that wants to know which messages of a
+// committed group were dead-lettered, before they are acknowledged.
+func (r *Runner) notifyDead(ctx context.Context, group []*epoch) {
+	n, ok := r.parts.Source.(stream.DeadLetterNotifier)
+	if !ok {
+		return
+	}
+	var msgs []*stream.Message
+	var letters []*stream.DeadLetter
+	for _, ep := range group {
+		msgs = append(msgs, ep.deadOf...)
+		for _, d := range ep.dead {
+			letters = append(letters, d.(*stream.DeadLetter))
+		}
+	}
+	n.DeadLettered(ctx, msgs, letters)
 }
 
 // release forgets an epoch's in-flight IDs once it is committed or

@@ -148,6 +148,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 	r.cfg.Logger.Error("message dead-lettered", "func", fn, "attempts", tried, "err", cause)
 	p.ep.mu.Lock()
 	p.ep.dead = append(p.ep.dead, dl)
+	p.ep.deadOf = append(p.ep.deadOf, m)
 	p.ep.mu.Unlock()
 	return nil, true
 }
