@@ -233,37 +233,37 @@ func (s *source) handle(w http.ResponseWriter, r *http.Request) {
 		answerError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", s.in.maxBody))
 		return
 	}
-	req := &request{budget: s.budget, done: make(chan struct{})}
+	req := &request{charge: charge{b: s.budget}, done: make(chan struct{})}
+	req.holders.Store(1)
+	defer req.letGo() // the bytes stay counted while the handler holds them
 	if r.ContentLength > 0 {
 		if !s.budget.acquire(r.ContentLength) {
 			answerBusy(w, http.StatusTooManyRequests, "busy: the server holds max_in_flight_bytes of bodies already; retry")
 			return
 		}
-		req.reserved = r.ContentLength
+		req.charge.reserved = r.ContentLength
 	}
-	rows, err := s.readRows(w, r, req, f)
-	if err != nil {
-		req.releaseBudget()
+	if err := s.readRows(w, r, req, f); err != nil {
 		s.answerReadError(w, err)
 		return
 	}
-	if len(rows) == 0 {
-		req.releaseBudget()
+	if req.n == 0 {
 		writeJSON(w, http.StatusOK, result{})
 		return
 	}
-	req.start(rows, headers(r))
+	req.pending.Store(int64(req.n))
+	req.holders.Add(1) // the rows, until they are all done
 
 	ctx, cancel := context.WithTimeout(r.Context(), s.in.timeout)
 	defer cancel()
 	select {
 	case s.queue <- req:
 	case <-ctx.Done():
-		req.abandon()
+		req.letGo() // the rows were not queued
 		answerBusy(w, http.StatusServiceUnavailable, "busy: the rows were not queued in time; nothing was processed; retry")
 		return
 	case <-s.closing.Done():
-		req.abandon()
+		req.letGo() // the rows were not queued
 		answerBusy(w, http.StatusServiceUnavailable, "shutting down; nothing was processed; retry")
 		return
 	}
@@ -289,25 +289,28 @@ func (s *source) handle(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, code, res)
 }
 
-// readRows reads and parses the body within read_timeout, taking its bytes
-// from the budget.
-func (s *source) readRows(w http.ResponseWriter, r *http.Request, req *request, f format) ([][]byte, error) {
+// readRows reads and parses the body into req within read_timeout,
+// charging its bytes and rows to the budget.
+func (s *source) readRows(w http.ResponseWriter, r *http.Request, req *request, f format) error {
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.in.readTimeout))
 	// A shutdown cuts a body short rather than wait for it.
 	stop := context.AfterFunc(s.closing, func() { _ = rc.SetReadDeadline(time.Now()) })
 	defer stop()
-	body := &meteredBody{r: http.MaxBytesReader(w, r.Body, s.in.maxBody), b: s.budget, reserved: req.reserved}
-	var rows [][]byte
-	err := parse(body, f, r.ContentLength, func(row []byte) { rows = append(rows, row) })
-	req.reserved = body.reserved
+	body := &meteredBody{r: http.MaxBytesReader(w, r.Body, s.in.maxBody), c: &req.charge}
+	h := headers(r)
+	err := parse(body, f, r.ContentLength, func(row []byte) error {
+		req.add(row, h)
+		req.charge.rows++
+		return req.charge.cover()
+	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// The body is read: lift the deadline, or the server's wait for the
 	// next request would cancel this one when it passes.
 	_ = rc.SetReadDeadline(time.Time{})
-	return rows, nil
+	return nil
 }
 
 func (s *source) answerReadError(w http.ResponseWriter, err error) {

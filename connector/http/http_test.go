@@ -256,12 +256,14 @@ func TestConfigErrors(t *testing.T) {
 // is known up front or not, and fits again once the others are processed.
 func TestInFlightBudget(t *testing.T) {
 	t.Parallel()
-	in, src := openIngest(t, map[string]string{"max_body": "1000", "max_in_flight_bytes": "1000"})
+	// Ten rows of 9 bytes cost 90 + 10*rowOverhead = 2650 bytes: one such
+	// request fits, two do not.
+	in, src := openIngest(t, map[string]string{"max_body": "1000", "max_in_flight_bytes": "4000"})
 	url := "http://" + in.Addr() + "/ingest"
 	ctx := context.Background()
-	body := "[" + strings.Repeat(`{"id":1},`, 70) + `{"id":2}]` // 640 bytes
+	body := strings.Repeat(`{"id":1} `, 10)
 	held := post(url, "application/json", strings.NewReader(body))
-	msgs := readN(t, src, 71)
+	msgs := readN(t, src, 10)
 
 	tests := []struct {
 		name string
@@ -287,7 +289,7 @@ func TestInFlightBudget(t *testing.T) {
 		t.Fatalf("%d bytes still counted after every request was answered", used)
 	}
 	reply := post(url, "application/json", io.MultiReader(strings.NewReader(body)))
-	_ = src.Ack(ctx, readN(t, src, 71))
+	_ = src.Ack(ctx, readN(t, src, 10))
 	if r := <-reply; r.code != 200 {
 		t.Fatalf("after the budget freed: %d %s", r.code, r.body)
 	}

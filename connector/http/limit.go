@@ -30,32 +30,63 @@ func (b *budget) acquire(n int64) bool {
 
 func (b *budget) release(n int64) { b.used.Add(-n) }
 
-// errBusy is returned by a metered body when the budget has no room left.
+// errBusy is returned when the budget has no room left for a request.
 var errBusy = errors.New("in-flight byte budget exhausted")
 
-// meteredBody takes every byte it reads from the budget, beyond what was
-// reserved up front (the Content-Length).
-type meteredBody struct {
-	r        io.Reader
+// rowOverhead is what a row costs in memory beside its bytes: its message
+// (a chunk may stand half empty), boxed payload and place in the runtime's
+// batches.
+const rowOverhead = 256
+
+// charge is one request's share of the budget: the bytes of its body read
+// so far plus rowOverhead per row, taken ahead in steps. Used by one
+// goroutine at a time.
+type charge struct {
 	b        *budget
 	reserved int64 // bytes taken from the budget
-	read     int64
+	read     int64 // body bytes read
+	rows     int64
+}
+
+// cover takes from the budget what the request holds beyond its
+// reservation, or returns errBusy.
+func (c *charge) cover() error {
+	over := c.read + c.rows*rowOverhead - c.reserved
+	if over <= 0 {
+		return nil
+	}
+	// A little ahead, so a body does not touch the shared counter on
+	// every read.
+	ahead := max(over, 32<<10)
+	if !c.b.acquire(ahead) {
+		if !c.b.acquire(over) {
+			return errBusy
+		}
+		ahead = over
+	}
+	c.reserved += ahead
+	return nil
+}
+
+// release gives the reservation back.
+func (c *charge) release() {
+	if c.reserved > 0 {
+		c.b.release(c.reserved)
+		c.reserved = 0
+	}
+}
+
+// meteredBody charges every byte it reads.
+type meteredBody struct {
+	r io.Reader
+	c *charge
 }
 
 func (m *meteredBody) Read(p []byte) (int, error) {
 	n, err := m.r.Read(p)
-	m.read += int64(n)
-	if over := m.read - m.reserved; over > 0 {
-		// Take a little ahead, so a chunked body does not touch the
-		// shared counter on every read.
-		ahead := max(over, 32<<10)
-		if !m.b.acquire(ahead) {
-			if !m.b.acquire(over) {
-				return 0, errBusy
-			}
-			ahead = over
-		}
-		m.reserved += ahead
+	m.c.read += int64(n)
+	if cerr := m.c.cover(); cerr != nil {
+		return 0, cerr
 	}
 	return n, err
 }

@@ -79,9 +79,10 @@ func (a *arena) copy(b []byte) []byte {
 }
 
 // parse reads body as f and calls emit with each row (JSON text, owned by
-// the caller). sizeHint, when known, is the body's length. Errors are
-// *syntaxError for a malformed body, or the reader's error wrapped.
-func parse(body io.Reader, f format, sizeHint int64, emit func([]byte)) error {
+// the caller); an error from emit ends it. sizeHint, when known, is the
+// body's length. Errors are *syntaxError for a malformed body, emit's, or
+// the reader's wrapped.
+func parse(body io.Reader, f format, sizeHint int64, emit func([]byte) error) error {
 	a := &arena{next: 64 << 10}
 	if sizeHint > 0 {
 		a.next = int(sizeHint)
@@ -99,7 +100,7 @@ func parse(body io.Reader, f format, sizeHint int64, emit func([]byte)) error {
 // parseJSON reads whitespace-separated JSON values with a streaming
 // decoder: a top-level array stands for its elements, any other value is
 // one row. JSON lines are therefore JSON too.
-func parseJSON(body io.Reader, a *arena, emit func([]byte)) error {
+func parseJSON(body io.Reader, a *arena, emit func([]byte) error) error {
 	br := bufio.NewReaderSize(body, 32<<10)
 	dec := json.NewDecoder(br)
 	var raw json.RawMessage
@@ -108,8 +109,7 @@ func parseJSON(body io.Reader, a *arena, emit func([]byte)) error {
 		if err := dec.Decode(&raw); err != nil {
 			return jsonError(dec, err)
 		}
-		emit(a.copy(raw))
-		return nil
+		return emit(a.copy(raw))
 	}
 	for {
 		c, err := peekValue(dec, br)
@@ -181,7 +181,7 @@ func jsonError(dec *json.Decoder, err error) error {
 }
 
 // parseLines reads one JSON value per line; blank lines are skipped.
-func parseLines(body io.Reader, a *arena, emit func([]byte)) error {
+func parseLines(body io.Reader, a *arena, emit func([]byte) error) error {
 	br := bufio.NewReaderSize(body, 64<<10)
 	var long []byte // a line longer than the reader's buffer
 	for n := 1; ; n++ {
@@ -203,7 +203,9 @@ func parseLines(body io.Reader, a *arena, emit func([]byte)) error {
 				why := json.Unmarshal(t, &v)
 				return &syntaxError{msg: fmt.Sprintf("malformed JSON on line %d: %v", n, why), line: n, offset: -1}
 			}
-			emit(a.copy(t))
+			if err := emit(a.copy(t)); err != nil {
+				return err
+			}
 		}
 		if err != nil { // io.EOF
 			return nil
@@ -214,7 +216,7 @@ func parseLines(body io.Reader, a *arena, emit func([]byte)) error {
 // parseCSV reads a header line, then one row per record: a JSON object of
 // header to value, numbers as JSON numbers and the rest as strings (as the
 // file source reads CSV).
-func parseCSV(body io.Reader, a *arena, emit func([]byte)) error {
+func parseCSV(body io.Reader, a *arena, emit func([]byte) error) error {
 	r := csv.NewReader(bufio.NewReaderSize(body, 64<<10))
 	r.ReuseRecord = true
 	csvErr := func(err error) error {
@@ -258,7 +260,9 @@ func parseCSV(body io.Reader, a *arena, emit func([]byte)) error {
 				row = append(row, s...)
 			}
 		}
-		emit(a.copy(append(row, '}')))
+		if err := emit(a.copy(append(row, '}'))); err != nil {
+			return err
+		}
 	}
 }
 

@@ -20,30 +20,53 @@ type source struct {
 	closing context.Context // done once Close begins
 	stop    context.CancelFunc
 
-	mu  sync.Mutex // guards cur and at, which Read and Close use
+	mu  sync.Mutex // guards cur, at, ci and ri, which Read and Close use
 	cur *request   // the request Read is taking rows from
-	at  int        // its next row
+	ci  int        // the chunk of cur it takes from next
+	ri  int        // the row of that chunk
+	at  int        // rows of cur taken so far
 }
 
 // request is one HTTP request's rows and how they fared.
 type request struct {
-	msgs     []stream.Message
-	refs     []rowRef
-	pending  atomic.Int64 // rows not yet acknowledged or returned
-	budget   *budget
-	reserved int64 // bytes taken from the budget, given back when no row is pending
-	done     chan struct{}
-	once     sync.Once
+	chunks  [][]row      // the rows, in chunks that never move once filled
+	n       int          // rows
+	pending atomic.Int64 // rows not yet acknowledged or returned
+	charge  charge       // its share of the budget
+	holders atomic.Int32 // the handler and the queued rows: the last to let go gives the charge back
+	done    chan struct{}
+	once    sync.Once
 
 	mu   sync.Mutex // guards err and dead
 	err  error      // why rows could not be processed
 	dead []deadRow
 }
 
-// rowRef is the Handle of a message: its request and its place in it.
-type rowRef struct {
+// row is one message of a request; the message's Handle points back to it.
+type row struct {
+	msg   stream.Message
 	req   *request
 	index int
+}
+
+// maxChunk bounds the rows of a chunk.
+const maxChunk = 1024
+
+// add appends a row (JSON text) as a message.
+func (r *request) add(payload []byte, headers map[string]string) {
+	last := len(r.chunks) - 1
+	if last < 0 || len(r.chunks[last]) == cap(r.chunks[last]) {
+		size := 8
+		if last >= 0 {
+			size = min(2*cap(r.chunks[last]), maxChunk)
+		}
+		r.chunks = append(r.chunks, make([]row, 0, size))
+		last++
+	}
+	r.chunks[last] = append(r.chunks[last], row{req: r, index: r.n})
+	rw := &r.chunks[last][len(r.chunks[last])-1]
+	rw.msg = stream.Message{Payload: payload, Handle: rw, Headers: headers}
+	r.n++
 }
 
 // deadRow is a row of a request that went to the dead-letter sink.
@@ -60,23 +83,19 @@ type result struct {
 	Errors       []deadRow `json:"errors,omitempty"`
 }
 
-// start makes the request's messages, one per row.
-func (r *request) start(rows [][]byte, headers map[string]string) {
-	r.msgs = make([]stream.Message, len(rows))
-	r.refs = make([]rowRef, len(rows))
-	for i, row := range rows {
-		r.refs[i] = rowRef{req: r, index: i}
-		r.msgs[i] = stream.Message{Payload: row, Handle: &r.refs[i], Headers: headers}
-	}
-	r.pending.Store(int64(len(rows)))
-}
-
-// settle counts n rows as done; the last one answers the request and gives
-// its bytes back to the budget.
+// settle counts n rows as done; the last one answers the request.
 func (r *request) settle(n int) {
 	if r.pending.Add(-int64(n)) == 0 {
-		r.releaseBudget()
 		r.once.Do(func() { close(r.done) })
+		r.letGo()
+	}
+}
+
+// letGo gives the request's bytes back to the budget once neither its
+// handler nor its rows hold them.
+func (r *request) letGo() {
+	if r.holders.Add(-1) == 0 {
+		r.charge.release()
 	}
 }
 
@@ -88,16 +107,6 @@ func (r *request) fail(err error) {
 	r.mu.Unlock()
 }
 
-// abandon gives back a request that was never queued.
-func (r *request) abandon() { r.releaseBudget() }
-
-func (r *request) releaseBudget() {
-	if n := r.reserved; n > 0 {
-		r.reserved = 0
-		r.budget.release(n)
-	}
-}
-
 // outcome is the answer of a request whose rows are all done.
 func (r *request) outcome() (int, any) {
 	r.mu.Lock()
@@ -105,7 +114,7 @@ func (r *request) outcome() (int, any) {
 	if r.err != nil {
 		return http.StatusServiceUnavailable, map[string]string{"error": "rows not processed: " + r.err.Error() + "; retry"}
 	}
-	res := result{Accepted: len(r.msgs) - len(r.dead), DeadLettered: len(r.dead), Errors: r.dead}
+	res := result{Accepted: r.n - len(r.dead), DeadLettered: len(r.dead), Errors: r.dead}
 	if len(r.dead) > 0 {
 		return http.StatusUnprocessableEntity, res
 	}
@@ -122,39 +131,53 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 		select {
 		case req := <-s.queue:
 			s.mu.Lock()
-			s.cur, s.at = req, 0
+			s.cur, s.at, s.ci, s.ri = req, 0, 0, 0
 		case <-ctx.Done():
 			s.mu.Lock()
 			return nil, ctx.Err()
 		}
 	}
-	out := make([]*stream.Message, 0, min(max, len(s.cur.msgs)-s.at))
+	out := make([]*stream.Message, 0, min(max, s.cur.n-s.at))
+	taken := 0 // of out, counted in s.at
 	for len(out) < max {
 		if s.cur == nil {
 			select {
 			case s.cur = <-s.queue:
-				s.at = 0
+				s.at, s.ci, s.ri = 0, 0, 0
 			default:
 				return out, nil
 			}
 		}
-		for s.at < len(s.cur.msgs) && len(out) < max {
-			out = append(out, &s.cur.msgs[s.at])
-			s.at++
+		for s.ci < len(s.cur.chunks) && len(out) < max {
+			c := s.cur.chunks[s.ci]
+			for ; s.ri < len(c) && len(out) < max; s.ri++ {
+				out = append(out, &c[s.ri].msg)
+			}
+			if s.ri == len(c) {
+				s.ci, s.ri = s.ci+1, 0
+			}
 		}
-		if s.at == len(s.cur.msgs) {
+		s.at += len(out) - taken
+		taken = len(out)
+		if s.at == s.cur.n {
 			s.cur = nil
 		}
 	}
 	return out, nil
 }
 
+// rowOf returns the row behind a message of this source, or nil.
+func rowOf(m *stream.Message) *row {
+	rw, _ := m.Handle.(*row)
+	return rw
+}
+
 // Ack counts the rows as processed and answers the requests whose rows are
 // all done.
 func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
 	for _, m := range msgs {
-		if ref, ok := m.Handle.(*rowRef); ok {
-			ref.req.settle(1)
+		if rw := rowOf(m); rw != nil {
+			rw.req.settle(1)
 		}
 	}
 	return nil
@@ -164,9 +187,9 @@ func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
 // answered 503 once their other rows are done.
 func (s *source) Nack(_ context.Context, msgs []*stream.Message, cause error) error {
 	for _, m := range msgs {
-		if ref, ok := m.Handle.(*rowRef); ok {
-			ref.req.fail(cause)
-			ref.req.settle(1)
+		if rw := rowOf(m); rw != nil {
+			rw.req.fail(cause)
+			rw.req.settle(1)
 		}
 	}
 	return nil
@@ -176,13 +199,13 @@ func (s *source) Nack(_ context.Context, msgs []*stream.Message, cause error) er
 // dead-letter sink, for the answer.
 func (s *source) DeadLettered(_ context.Context, msgs []*stream.Message, letters []*stream.DeadLetter) {
 	for i, m := range msgs {
-		ref, ok := m.Handle.(*rowRef)
-		if !ok || i >= len(letters) {
+		rw := rowOf(m)
+		if rw == nil || i >= len(letters) {
 			continue
 		}
-		ref.req.mu.Lock()
-		ref.req.dead = append(ref.req.dead, deadRow{Row: ref.index, Func: letters[i].Func, Error: letters[i].Error})
-		ref.req.mu.Unlock()
+		rw.req.mu.Lock()
+		rw.req.dead = append(rw.req.dead, deadRow{Row: rw.index, Func: letters[i].Func, Error: letters[i].Error})
+		rw.req.mu.Unlock()
 	}
 }
 
@@ -196,7 +219,7 @@ func (s *source) Close(ctx context.Context) error {
 	s.mu.Lock()
 	if s.cur != nil {
 		s.cur.fail(errShutdown)
-		s.cur.settle(len(s.cur.msgs) - s.at)
+		s.cur.settle(s.cur.n - s.at)
 		s.cur = nil
 	}
 	s.mu.Unlock()
@@ -204,7 +227,7 @@ func (s *source) Close(ctx context.Context) error {
 		select {
 		case req := <-s.queue:
 			req.fail(errShutdown)
-			req.settle(len(req.msgs))
+			req.settle(req.n)
 			continue
 		default:
 		}
