@@ -185,6 +185,9 @@ func (in *Ingest) OpenSource(ctx context.Context, opts stream.SourceOptions) (st
 		return nil, fmt.Errorf("http source: %w", err)
 	}
 	in.bound.Store(ln.Addr().String())
+	if opts.Logger != nil {
+		opts.Logger.Info("http source listening", "addr", ln.Addr().String(), "path", in.path)
+	}
 	if in.maxConns > 0 {
 		ln = newLimitListener(ln, in.maxConns)
 	}

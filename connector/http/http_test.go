@@ -196,24 +196,30 @@ func TestRejectsBadRequests(t *testing.T) {
 	in, src := openIngest(t, map[string]string{"max_body": "64"})
 	url := "http://" + in.Addr() + "/ingest"
 	tests := []struct {
-		ctype string
-		body  string
-		code  int
-		want  string
+		ctype   string
+		body    string
+		code    int
+		want    string
+		chunked bool // sent without a Content-Length
 	}{
-		{"application/x-ndjson", "{\"id\":1}\n{oops}\n", 400, `"line":2`},
-		{"application/x-ndjson", "{\"id\":1}\n{oops}\n", 400, "malformed JSON on line 2"},
-		{"application/json", `[{"id":1},`, 400, `"offset":10`},
-		{"application/json", `[{"id":1} {"id":2}]`, 400, "malformed JSON near byte"},
-		{"application/json", `{"id":1} {oops`, 400, "malformed JSON near byte 11"},
-		{"text/csv", "a,b\n1,2\n3\n", 400, `"line":3`},
-		{"text/plain", `{"id":1}`, 415, "unsupported Content-Type"},
-		{"application/xml", `<id>1</id>`, 415, "text/csv"},
-		{"application/json", strings.Repeat(`{"id":1}`+"\n", 20), 413, "body over 64 bytes"},
-		{"application/json", "", 200, `"accepted":0`},
+		{"application/x-ndjson", "{\"id\":1}\n{oops}\n", 400, `"line":2`, false},
+		{"application/x-ndjson", "{\"id\":1}\n{oops}\n", 400, "malformed JSON on line 2", false},
+		{"application/json", `[{"id":1},`, 400, `"offset":10`, false},
+		{"application/json", `[{"id":1} {"id":2}]`, 400, "malformed JSON near byte", false},
+		{"application/json", `{"id":1} {oops`, 400, "malformed JSON near byte 11", false},
+		{"text/csv", "a,b\n1,2\n3\n", 400, `"line":3`, false},
+		{"text/plain", `{"id":1}`, 415, "unsupported Content-Type", false},
+		{"application/xml", `<id>1</id>`, 415, "text/csv", false},
+		{"application/json", strings.Repeat(`{"id":1}`+"\n", 20), 413, "body over 64 bytes", false},
+		{"application/json", strings.Repeat(`{"id":1}`+"\n", 20), 413, "body over 64 bytes", true},
+		{"application/json", "", 200, `"accepted":0`, false},
 	}
 	for _, tt := range tests {
-		r := <-post(url, tt.ctype, strings.NewReader(tt.body))
+		var body io.Reader = strings.NewReader(tt.body)
+		if tt.chunked {
+			body = io.MultiReader(body)
+		}
+		r := <-post(url, tt.ctype, body)
 		if r.code != tt.code || !strings.Contains(r.body, tt.want) {
 			t.Errorf("%s %.20q: got %d %q, want %d %q", tt.ctype, tt.body, r.code, r.body, tt.code, tt.want)
 		}
