@@ -83,15 +83,20 @@ const Type = "http"
 
 // Defaults of the params.
 const (
-	DefaultMaxBody            = 10 << 20
-	DefaultMaxInFlightBytes   = 64 << 20
-	DefaultReadTimeout        = 30 * time.Second
-	DefaultTimeout            = 30 * time.Second
-	DefaultIdleTimeout        = 60 * time.Second
-	maxHeaderBytes            = 64 << 10
-	retryAfter                = "1" // seconds, in 429 and 503 answers
-	maxReadHeaderTimeout      = 10 * time.Second
-	queuedRequests            = 1024
+	DefaultMaxBody          = 10 << 20
+	DefaultMaxInFlightBytes = 64 << 20
+	DefaultReadTimeout      = 30 * time.Second
+	DefaultTimeout          = 30 * time.Second
+	DefaultIdleTimeout      = 60 * time.Second
+)
+
+const (
+	maxHeaderBytes       = 64 << 10
+	maxReadHeaderTimeout = 10 * time.Second // or read_timeout, if shorter
+	retryAfter           = "1"              // seconds, in 429 and 503 answers
+	queuedRequests       = 1024             // requests parsed and waiting for Read
+	// The response must be written within the body's time, the wait for
+	// the rows and this.
 	writeTimeoutBeyondWaiting = 10 * time.Second
 )
 
