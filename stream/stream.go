@@ -70,6 +70,15 @@ type Nacker interface {
 	Nack(ctx context.Context, msgs []*Message, cause error) error
 }
 
+// DeadLetterNotifier is an optional Source capability: a source that answers
+// a producer per message (an HTTP request) learns which of its messages went
+// to the dead-letter sink, and why. The runtime calls DeadLettered once the
+// dead letters are written, before it acknowledges the same messages with
+// Ack; letters[i] is the record written for msgs[i]. It must not block.
+type DeadLetterNotifier interface {
+	DeadLettered(ctx context.Context, msgs []*Message, letters []*DeadLetter)
+}
+
 // Sizer is an optional Source capability for progress: how far a bounded
 // source has read, and its total, in the same unit (bytes for a file).
 type Sizer interface {

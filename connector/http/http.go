@@ -1,27 +1,75 @@
 // Package http provides the connector type http: an ingest source. Clients
-// POST rows to it; it answers 200 only once every row of the request was
-// processed (the flow ran and its writes succeeded, or the row was
-// dead-lettered), 400 for a malformed body, 413 for a body over the limit,
-// 503 when the rows could not be processed (retry later).
+// POST rows to it, and each request is answered only once every one of its
+// rows was processed (the flow ran and its writes succeeded, or the row was
+// dead-lettered).
 //
-// The body is JSON lines, a JSON array of rows, or one JSON object.
-// Config: addrs is the listen address (default 127.0.0.1:8080; the port may
-// be 0), key is the path (default /ingest). Params: max_body (bytes,
-// default 10 MiB), timeout (how long a request waits, default 30s).
+// # Body
+//
+// The Content-Type says how the body is split into rows:
+//   - application/json (and any application/*+json), or no Content-Type:
+//     JSON values separated by whitespace; a top-level array stands for its
+//     elements, any other value (an object) is one row. JSON lines therefore
+//     read as JSON too.
+//   - application/x-ndjson, application/ndjson, application/jsonl,
+//     application/x-jsonlines: one JSON value per line (an array on a line is
+//     one row); blank lines are skipped.
+//   - text/csv: a header line, then one row per record, a JSON object of
+//     header to value with numbers as numbers.
+//
+// Bodies are parsed as streams; a request's rows are queued only once the
+// whole body parsed, so a malformed body processes none of its rows.
+//
+// # Answers
+//
+//   - 200 {"accepted": n}: every row was processed.
+//   - 422 {"accepted": a, "dead_lettered": d, "errors": [{"row", "func",
+//     "error"}]}: the request was processed, but the rows listed (by their
+//     0-based position in the request) went to the dead-letter sink; the
+//     other a rows were processed. Resend only the listed rows, once fixed.
+//   - 400 {"error", "line" or "offset"}: the body is malformed; nothing of
+//     it was processed.
+//   - 408: the body did not arrive within read_timeout; the connection is
+//     closed.
+//   - 413: the body is over max_body.
+//   - 415: the Content-Type is none of the above.
+//   - 429 with Retry-After: the bodies being read or processed already fill
+//     max_in_flight_bytes; nothing of this request was processed.
+//   - 503 with Retry-After: the rows could not be processed (the source is
+//     shutting down, or the flow could not finish them); some may have been
+//     processed, so a resend may repeat them (at-least-once).
+//   - 504: the rows were queued but not done within timeout; they are still
+//     processed, so a resend may repeat them.
+//
+// With delivery at-most-once the answer comes when the rows are read, before
+// they are processed, and says nothing of dead letters.
+//
+// # Config
+//
+// addrs is the listen address (default 127.0.0.1:8080; the port may be 0),
+// key is the path (default /ingest). Params:
+//   - max_body: bytes per request (default 10 MiB; at most
+//     max_in_flight_bytes).
+//   - max_in_flight_bytes: bytes of request bodies, shared by all requests,
+//     being read or waiting to be processed (default 64 MiB).
+//   - read_timeout: how long a request's headers and body may take to
+//     arrive (default 30s); a client sending slower is cut off.
+//   - timeout: how long a request waits for its rows to be processed
+//     (default 30s).
+//   - idle_timeout: how long a keep-alive connection may idle (default 60s).
+//   - max_conns: connections served at once; the rest wait to be accepted
+//     (default 0, no limit).
 package http
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
-	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -33,39 +81,94 @@ import (
 // Type is the connector type this package registers.
 const Type = "http"
 
+// Defaults of the params.
+const (
+	DefaultMaxBody          = 10 << 20
+	DefaultMaxInFlightBytes = 64 << 20
+	DefaultReadTimeout      = 30 * time.Second
+	DefaultTimeout          = 30 * time.Second
+	DefaultIdleTimeout      = 60 * time.Second
+)
+
+const (
+	maxHeaderBytes       = 64 << 10
+	maxReadHeaderTimeout = 10 * time.Second // or read_timeout, if shorter
+	retryAfter           = "1"              // seconds, in 429 and 503 answers
+	queuedRequests       = 1024             // requests parsed and waiting for Read
+	// The response must be written within the body's time, the wait for
+	// the rows and this.
+	writeTimeoutBeyondWaiting = 10 * time.Second
+)
+
+// params lists the params New knows; any other is an error.
+var params = []string{"max_body", "max_in_flight_bytes", "read_timeout", "timeout", "idle_timeout", "max_conns"}
+
 // Install registers the http driver.
 func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
 
 // Ingest is the driver.
 type Ingest struct {
-	addr    string
-	path    string
-	maxBody int64
-	timeout time.Duration
-	bound   atomic.Value // string: the listening address once open
+	addr        string
+	path        string
+	maxBody     int64
+	maxInFlight int64
+	readTimeout time.Duration
+	timeout     time.Duration
+	idleTimeout time.Duration
+	maxConns    int
+	bound       atomic.Value // string: the listening address once open
 }
 
 // New builds the driver from its config.
 func New(cfg *config.Conn) (kisflow.Driver, error) {
-	in := &Ingest{addr: "127.0.0.1:8080", path: "/ingest", maxBody: 10 << 20}
+	bad := func(err error) error { return fmt.Errorf("http connector %q: %w", cfg.CName, err) }
+	for k := range cfg.Params {
+		if !slices.Contains(params, k) {
+			return nil, bad(fmt.Errorf("unknown param %q (known: %s)", k, strings.Join(params, ", ")))
+		}
+	}
+	in := &Ingest{addr: "127.0.0.1:8080", path: "/ingest"}
 	if a := cfg.AddrList(); len(a) > 0 {
 		in.addr = a[0]
 	}
 	if cfg.Key != "" {
 		in.path = cfg.Key
 	}
-	if s := cfg.Params["max_body"]; s != "" {
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("http connector %q: bad max_body %q", cfg.CName, s)
-		}
-		in.maxBody = n
-	}
 	var err error
-	if in.timeout, err = cfg.ParamDuration("timeout", 30*time.Second, time.Millisecond); err != nil {
-		return nil, fmt.Errorf("http connector %q: %w", cfg.CName, err)
+	if in.maxBody, err = paramBytes(cfg, "max_body", DefaultMaxBody); err != nil {
+		return nil, bad(err)
+	}
+	if in.maxInFlight, err = paramBytes(cfg, "max_in_flight_bytes", DefaultMaxInFlightBytes); err != nil {
+		return nil, bad(err)
+	}
+	if in.maxBody > in.maxInFlight {
+		return nil, bad(fmt.Errorf("max_body %d is over max_in_flight_bytes %d: such a body could never be accepted", in.maxBody, in.maxInFlight))
+	}
+	if in.readTimeout, err = cfg.ParamDuration("read_timeout", DefaultReadTimeout, time.Millisecond); err != nil {
+		return nil, bad(err)
+	}
+	if in.timeout, err = cfg.ParamDuration("timeout", DefaultTimeout, time.Millisecond); err != nil {
+		return nil, bad(err)
+	}
+	if in.idleTimeout, err = cfg.ParamDuration("idle_timeout", DefaultIdleTimeout, time.Millisecond); err != nil {
+		return nil, bad(err)
+	}
+	if in.maxConns, err = cfg.ParamInt("max_conns", 0, 0); err != nil {
+		return nil, bad(err)
 	}
 	return in, nil
+}
+
+func paramBytes(cfg *config.Conn, name string, def int64) (int64, error) {
+	s := cfg.Params[name]
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("bad %s %q (want a number of bytes above 0)", name, s)
+	}
+	return n, nil
 }
 
 // Start does nothing: the server listens when the source opens.
@@ -87,10 +190,29 @@ func (in *Ingest) OpenSource(ctx context.Context, opts stream.SourceOptions) (st
 		return nil, fmt.Errorf("http source: %w", err)
 	}
 	in.bound.Store(ln.Addr().String())
-	s := &source{in: in, msgs: make(chan *stream.Message, 1024), closed: make(chan struct{})}
+	if opts.Logger != nil {
+		opts.Logger.Info("http source listening", "addr", ln.Addr().String(), "path", in.path)
+	}
+	if in.maxConns > 0 {
+		ln = newLimitListener(ln, in.maxConns)
+	}
+	s := &source{
+		in:     in,
+		budget: &budget{max: in.maxInFlight},
+		queue:  make(chan *request, queuedRequests),
+	}
+	s.closing, s.stop = context.WithCancel(context.WithoutCancel(ctx))
 	mux := http.NewServeMux()
 	mux.HandleFunc(in.path, s.handle)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: min(in.readTimeout, maxReadHeaderTimeout),
+		// The body's deadline is set per request by the handler, and
+		// lifted once the body is read, while the request waits.
+		WriteTimeout:   in.readTimeout + in.timeout + writeTimeoutBeyondWaiting,
+		IdleTimeout:    in.idleTimeout,
+		MaxHeaderBytes: maxHeaderBytes,
+	}
 	go func() {
 		if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && opts.Logger != nil {
 			opts.Logger.Error("http source stopped", "err", err)
@@ -99,81 +221,131 @@ func (in *Ingest) OpenSource(ctx context.Context, opts stream.SourceOptions) (st
 	return s, nil
 }
 
-type source struct {
-	in        *Ingest
-	srv       *http.Server
-	msgs      chan *stream.Message
-	closed    chan struct{}
-	closeOnce sync.Once
-}
-
-// request is the Handle of every message of one HTTP request.
-type request struct {
-	pending atomic.Int64
-	done    chan struct{}
-	once    sync.Once
-	err     error
-}
-
-func (r *request) finish(err error) {
-	r.once.Do(func() {
-		r.err = err
-		close(r.done)
-	})
-}
-
 func (s *source) handle(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		http.Error(w, "use POST with JSON lines, a JSON array or a JSON object", http.StatusMethodNotAllowed)
+		answerError(w, http.StatusMethodNotAllowed, "use POST with JSON, JSON lines or CSV")
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.in.maxBody))
+	f, err := formatOf(r.Header.Get("Content-Type"))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			http.Error(w, fmt.Sprintf("body over %d bytes", s.in.maxBody), http.StatusRequestEntityTooLarge)
+		w.Header().Set("Accept-Post", supportedTypes)
+		answerError(w, http.StatusUnsupportedMediaType, err.Error()+"; use "+supportedTypes)
+		return
+	}
+	if s.closing.Err() != nil {
+		answerBusy(w, http.StatusServiceUnavailable, "shutting down; retry")
+		return
+	}
+	if r.ContentLength > s.in.maxBody {
+		answerError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", s.in.maxBody))
+		return
+	}
+	req := &request{charge: charge{b: s.budget}, done: make(chan struct{})}
+	req.holders.Store(1)
+	defer req.letGo() // the bytes stay counted while the handler holds them
+	if r.ContentLength > 0 {
+		if !s.budget.acquire(r.ContentLength) {
+			answerBusy(w, http.StatusTooManyRequests, "busy: the server holds max_in_flight_bytes of bodies already; retry")
 			return
 		}
-		http.Error(w, "read body: "+err.Error(), http.StatusBadRequest)
+		req.charge.reserved = r.ContentLength
+	}
+	if err := s.readRows(w, r, req, f); err != nil {
+		s.answerReadError(w, err)
 		return
 	}
-	rows, err := parseBody(body)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	if req.n == 0 {
+		writeJSON(w, http.StatusOK, result{})
 		return
 	}
-	if len(rows) == 0 {
-		writeJSON(w, http.StatusOK, map[string]any{"accepted": 0})
-		return
-	}
-	req := &request{done: make(chan struct{})}
-	req.pending.Store(int64(len(rows)))
+	req.pending.Store(int64(req.n))
+	req.holders.Add(1) // the rows, until they are all done
+
 	ctx, cancel := context.WithTimeout(r.Context(), s.in.timeout)
 	defer cancel()
-	for _, row := range rows {
-		m := &stream.Message{Payload: row, Handle: req, Headers: headers(r)}
-		select {
-		case s.msgs <- m:
-		case <-ctx.Done():
-			// Rows already queued are processed anyway; the client
-			// retries the whole request (at-least-once).
-			http.Error(w, "busy: not all rows were accepted; retry", http.StatusServiceUnavailable)
-			return
-		case <-s.closed:
-			http.Error(w, "shutting down; retry", http.StatusServiceUnavailable)
-			return
-		}
+	select {
+	case s.queue <- req:
+	case <-ctx.Done():
+		req.letGo() // the rows were not queued
+		answerBusy(w, http.StatusServiceUnavailable, "busy: the rows were not queued in time; nothing was processed; retry")
+		return
+	case <-s.closing.Done():
+		req.letGo() // the rows were not queued
+		answerBusy(w, http.StatusServiceUnavailable, "shutting down; nothing was processed; retry")
+		return
 	}
 	select {
 	case <-req.done:
-		if req.err != nil {
-			http.Error(w, "rows not processed: "+req.err.Error()+"; retry", http.StatusServiceUnavailable)
+	case <-ctx.Done():
+		if r.Context().Err() == nil {
+			answerError(w, http.StatusGatewayTimeout, "timed out waiting for the rows to be processed; they may still be; retry")
+		}
+		return
+	case <-s.closing.Done():
+		select {
+		case <-req.done:
+		default:
+			answerBusy(w, http.StatusServiceUnavailable, "shutting down before the rows were processed; retry")
 			return
 		}
-		writeJSON(w, http.StatusOK, map[string]any{"accepted": len(rows)})
-	case <-ctx.Done():
-		http.Error(w, "timed out waiting for the rows to be processed; retry", http.StatusGatewayTimeout)
+	}
+	code, res := req.outcome()
+	if code == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	writeJSON(w, code, res)
+}
+
+// readRows reads and parses the body into req within read_timeout,
+// charging its bytes and rows to the budget.
+func (s *source) readRows(w http.ResponseWriter, r *http.Request, req *request, f format) error {
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.in.readTimeout))
+	// A shutdown cuts a body short rather than wait for it.
+	stop := context.AfterFunc(s.closing, func() { _ = rc.SetReadDeadline(time.Now()) })
+	defer stop()
+	body := &meteredBody{r: http.MaxBytesReader(w, r.Body, s.in.maxBody), c: &req.charge}
+	h := headers(r)
+	err := parse(body, f, r.ContentLength, func(row []byte) error {
+		req.add(row, h)
+		req.charge.rows++
+		return req.charge.cover()
+	})
+	if err != nil {
+		return err
+	}
+	// The body is read: lift the deadline, or the server's wait for the
+	// next request would cancel this one when it passes.
+	_ = rc.SetReadDeadline(time.Time{})
+	return nil
+}
+
+func (s *source) answerReadError(w http.ResponseWriter, err error) {
+	var syn *syntaxError
+	var tooBig *http.MaxBytesError
+	var ne net.Error
+	switch {
+	case errors.As(err, &syn):
+		res := map[string]any{"error": syn.msg}
+		if syn.line > 0 {
+			res["line"] = syn.line
+		}
+		if syn.offset >= 0 {
+			res["offset"] = syn.offset
+		}
+		writeJSON(w, http.StatusBadRequest, res)
+	case errors.As(err, &tooBig):
+		answerError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over %d bytes", s.in.maxBody))
+	case errors.Is(err, errBusy):
+		answerBusy(w, http.StatusTooManyRequests, "busy: the server holds max_in_flight_bytes of bodies already; nothing was processed; retry")
+	case s.closing.Err() != nil:
+		answerBusy(w, http.StatusServiceUnavailable, "shutting down; nothing was processed; retry")
+	case errors.As(err, &ne) && ne.Timeout():
+		w.Header().Set("Connection", "close")
+		answerError(w, http.StatusRequestTimeout, fmt.Sprintf("body not received within read_timeout %v", s.in.readTimeout))
+	default:
+		answerError(w, http.StatusBadRequest, err.Error())
 	}
 }
 
@@ -191,106 +363,17 @@ func headers(r *http.Request) map[string]string {
 	return h
 }
 
-// parseBody splits a body into rows of JSON text: the elements of an array,
-// one object, or one value per line. Every row must be valid JSON.
-func parseBody(body []byte) ([]any, error) {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 {
-		return nil, nil
-	}
-	if trimmed[0] == '[' {
-		var arr []json.RawMessage
-		if err := json.Unmarshal(trimmed, &arr); err != nil {
-			return nil, fmt.Errorf("malformed JSON array: %v", err)
-		}
-		rows := make([]any, len(arr))
-		for i, a := range arr {
-			rows[i] = []byte(a)
-		}
-		return rows, nil
-	}
-	var rows []any
-	sc := bufio.NewScanner(bytes.NewReader(trimmed))
-	sc.Buffer(make([]byte, 64<<10), len(trimmed)+1)
-	for n := 1; sc.Scan(); n++ {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
-		if !json.Valid(line) {
-			if len(rows) == 0 && json.Valid(trimmed) {
-				return []any{trimmed}, nil // one JSON value over several lines
-			}
-			return nil, fmt.Errorf("malformed JSON on line %d", n)
-		}
-		rows = append(rows, append([]byte(nil), line...))
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read body: %v", err)
-	}
-	return rows, nil
+func answerError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func answerBusy(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Retry-After", retryAfter)
+	answerError(w, code, msg)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-// Read waits for the first row, then takes what is queued, up to max.
-func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
-	var out []*stream.Message
-	select {
-	case m := <-s.msgs:
-		out = append(out, m)
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	for len(out) < max {
-		select {
-		case m := <-s.msgs:
-			out = append(out, m)
-		default:
-			return out, nil
-		}
-	}
-	return out, nil
-}
-
-// Ack answers the requests whose rows are all done.
-func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
-	for _, m := range msgs {
-		if req, ok := m.Handle.(*request); ok && req.pending.Add(-1) == 0 {
-			req.finish(nil)
-		}
-	}
-	return nil
-}
-
-// Nack answers the requests of rows that could not be processed with 503.
-func (s *source) Nack(_ context.Context, msgs []*stream.Message, cause error) error {
-	for _, m := range msgs {
-		if req, ok := m.Handle.(*request); ok {
-			req.finish(cause)
-		}
-	}
-	return nil
-}
-
-// Close stops accepting requests and shuts the server down; requests still
-// waiting get 503.
-func (s *source) Close(ctx context.Context) error {
-	s.closeOnce.Do(func() { close(s.closed) })
-	for {
-		select {
-		case m := <-s.msgs:
-			if req, ok := m.Handle.(*request); ok {
-				req.finish(errors.New("shutting down"))
-			}
-			continue
-		default:
-		}
-		break
-	}
-	return s.srv.Shutdown(ctx)
 }

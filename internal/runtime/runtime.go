@@ -271,15 +271,18 @@ type epoch struct {
 	out     atomic.Int64 // output rows of its parts, for the failure streak
 	readAt  time.Time
 	mu      sync.Mutex
-	dead    []any                                  // *stream.DeadLetter
-	deadOf  map[*stream.Message]*stream.DeadLetter // the dead letters of messages, for the failure streak
+	dead    []any // *stream.DeadLetter
+	// deadOf[i] is the message of dead[i]; nil for a row dead-lettered
+	// past the first function of a batch, whose message is not known.
+	deadOf []*stream.Message
 }
 
-// addDead adds a dead letter to the epoch, written when it commits. Safe
-// for concurrent use.
-func (ep *epoch) addDead(dl *stream.DeadLetter) {
+// addDead adds the dead letter of m (nil when not known) to the epoch,
+// written when it commits. Safe for concurrent use.
+func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter) {
 	ep.mu.Lock()
 	ep.dead = append(ep.dead, dl)
+	ep.deadOf = append(ep.deadOf, m)
 	ep.mu.Unlock()
 }
 
@@ -636,7 +639,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			ep.work = append(ep.work, m)
 			continue
 		}
-		ep.addDead(deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+		ep.addDead(m, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
 	}
 }
 
@@ -791,6 +794,9 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			return fail(err)
 		}
 	}
+	if len(dead) > 0 {
+		r.notifyDead(work, ok)
+	}
 	if cfg.Delivery != AtMostOnce {
 		if err := r.retryForever(work, r.srcLink, func() error { return r.parts.Source.Ack(work, msgs) }); err != nil {
 			return "", fmt.Errorf("acknowledge: %w", err)
@@ -813,6 +819,28 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return "", nil // saved in the transaction, or when read
 	}
 	return pos, nil
+}
+
+// notifyDead tells a source that wants to know which messages of a
+// committed group were dead-lettered, before they are acknowledged.
+func (r *Runner) notifyDead(ctx context.Context, group []*epoch) {
+	n, ok := r.parts.Source.(stream.DeadLetterNotifier)
+	if !ok {
+		return
+	}
+	var msgs []*stream.Message
+	var letters []*stream.DeadLetter
+	for _, ep := range group {
+		for i, m := range ep.deadOf {
+			if m != nil {
+				msgs = append(msgs, m)
+				letters = append(letters, ep.dead[i].(*stream.DeadLetter))
+			}
+		}
+	}
+	if len(msgs) > 0 {
+		n.DeadLettered(ctx, msgs, letters)
+	}
 }
 
 // release forgets an epoch's in-flight IDs once it is committed or

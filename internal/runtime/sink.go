@@ -15,7 +15,7 @@ import (
 func (w *worker) deliver(ctx context.Context, p *part, rows []any) bool {
 	r := w.r
 	rw := rowWriter{r: r, write: r.parts.Sink.Write, dead: func(row any, cause error, attempts int) {
-		p.ep.addDead(r.rowDeadLetter("sink "+r.sinkLink.name, row, cause, attempts))
+		p.ep.addDead(nil, r.rowDeadLetter("sink "+r.sinkLink.name, row, cause, attempts))
 	}}
 	return rw.deliver(ctx, rows)
 }

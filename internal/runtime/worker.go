@@ -77,7 +77,7 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 		case len(msgs) == 1:
 			w.deadLetter(p, msgs[0], rj.Func, rj.Err, 1)
 		default:
-			p.ep.addDead(w.r.rowDeadLetter(rj.Func, rj.Row, rj.Err, 1))
+			p.ep.addDead(nil, w.r.rowDeadLetter(rj.Func, rj.Row, rj.Err, 1))
 		}
 	}
 }
@@ -164,7 +164,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 // commits.
 func (w *worker) deadLetter(p *part, m *stream.Message, fn string, cause error, attempts int) {
 	w.r.cfg.Logger.Debug("message dead-lettered", "func", fn, "attempts", attempts, "err", cause)
-	p.ep.addDead(deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
+	p.ep.addDead(m, deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
