@@ -35,7 +35,7 @@ func TestLint(t *testing.T) {
 		{"valid folder", "../../examples/quickstart/conf", ExitOK, ""},
 		{"every error", "../../config/testdata/bad", ExitProblem, `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`},
 		{"the original KisFlow sample files", "../../config/testdata/kisflow", ExitOK, ""},
-		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": unknown type "carrier-pigeon"`},
+		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": no driver for type "carrier-pigeon"`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {
