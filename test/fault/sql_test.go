@@ -134,9 +134,8 @@ params:
 func TestSQLiteSinkFileDeletedMidRun(t *testing.T) {
 	t.Parallel()
 	// The sink detects it and returns a stream.Fatal error naming the file
-	// (TestSQLiteSinkNoticesItsFileGone in connector/sql); the runtime on
-	// this branch still retries every sink error for ever.
-	t.Skip("needs the runtime to end a job on a stream.Fatal sink error (issue 10, runtime part): remove this skip when it lands")
+	// (TestSQLiteSinkNoticesItsFileGone in connector/sql); the runtime ends
+	// the job on it.
 	const n = 200000
 	var lines strings.Builder
 	for i := range n {
