@@ -3,9 +3,10 @@
 //   - The source reads a stream through a durable pull consumer (one per
 //     flow unless params.durable names it), so several processes share the
 //     work; messages are acknowledged after the flow, redelivered after
-//     ack_wait when not, and a message JetStream stops redelivering after
-//     max_deliver attempts is fetched from the stream and sent to the
-//     dead-letter path instead of vanishing.
+//     ack_wait when not, without limit by default. With max_deliver set,
+//     a message's max_deliver-th delivery goes to the dead-letter path
+//     instead of the flow (JetStream delivers it no more), so that it does
+//     not vanish.
 //   - The sink (and Save) publishes each row as JSON and waits for the
 //     stream's acknowledgement; every message carries a message ID (the
 //     msg_id template over the row, or a hash of the row), so a retried
@@ -15,7 +16,7 @@
 // subject; for the sink a template such as orders.{region}). Params:
 // stream (the JetStream stream), create ("true": create or update the
 // stream with the key as its subjects), durable, ack_wait (default 30s),
-// max_deliver (default 5), max_ack_pending (messages delivered and not yet
+// max_deliver (default -1: no limit), max_ack_pending (messages delivered and not yet
 // acknowledged, default 20000), prefetch (messages pulled ahead, default
 // 2000; members of one durable share the stream in such amounts), msg_id, user, password, token, creds (a
 // credentials file), tls ("true"), timeout (connect and requests,
@@ -116,7 +117,7 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if n.maxPending, err = cfg.ParamInt("max_ack_pending", 20000, 1); err != nil {
 		return nil, bad("%v", err)
 	}
-	if n.maxDeliver, err = cfg.ParamInt("max_deliver", 5, 1); err != nil {
+	if n.maxDeliver, err = maxDeliver(cfg); err != nil {
 		return nil, bad("%v", err)
 	}
 	n.opts = []natsgo.Option{natsgo.Name("kisflow-" + cfg.CName), natsgo.Timeout(n.timeout), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(250 * time.Millisecond)}
@@ -127,6 +128,20 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	n.opts = append(n.opts, authOptions(creds, p["token"], p["user"], p["password"])...)
 	if p["tls"] == "true" {
 		n.opts = append(n.opts, natsgo.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
+	}
+	return n, nil
+}
+
+// maxDeliver is params.max_deliver: -1 (the default) for no limit, as the
+// runtime retries and dead-letters rows itself and a delivery cut short by
+// a crash must not use up a healthy message's attempts; or at least 1.
+func maxDeliver(cfg *config.Conn) (int, error) {
+	if s := cfg.Params["max_deliver"]; s == "-1" || s == "" {
+		return -1, nil
+	}
+	n, err := cfg.ParamInt("max_deliver", -1, 1)
+	if err != nil {
+		return 0, fmt.Errorf("%w, or -1 for no limit", err)
 	}
 	return n, nil
 }
@@ -242,7 +257,9 @@ func (n *NATS) Write(ctx context.Context, rows []any) error {
 }
 
 // OpenSource creates or updates the durable pull consumer and starts
-// listening for its max-deliveries advisories.
+// listening for its max-deliveries advisories (for a last delivery that
+// was not acknowledged, such as one a crash cut short while the source
+// still listens).
 func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
 	durable := n.durable
 	if durable == "" {
@@ -334,7 +351,7 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 			return []*stream.Message{{
 				Payload: raw.Data, ID: strconv.FormatUint(seq, 10), Headers: flatten(raw.Header),
-				Failed: fmt.Errorf("NATS stopped redelivering it after max_deliver (%d) attempts", s.n.maxDeliver),
+				Failed: s.n.exhausted(),
 			}}, nil
 		default:
 		}
@@ -358,7 +375,7 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			if meta, err := m.Metadata(); err == nil {
 				slab = append(slab, stream.Message{
 					Payload: m.Data(), Handle: m, ID: strconv.FormatUint(meta.Sequence.Stream, 10),
-					Headers: flatten(natsgo.Header(m.Headers())),
+					Headers: flatten(natsgo.Header(m.Headers())), Failed: s.lastDelivery(meta),
 				})
 				out = append(out, &slab[len(slab)-1])
 			}
@@ -370,6 +387,25 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 		}
 	}
+}
+
+// lastDelivery is the dead-letter reason for a message delivered for the
+// max_deliver-th time, nil for any other. JetStream delivers it no more
+// after that, and tells so only in an advisory to whoever listens at the
+// time (not a process that was killed with the message in hand): the
+// source sends it to the dead-letter path itself, and the acknowledgement
+// that follows the dead-letter record ends it.
+func (s *source) lastDelivery(meta *jetstream.MsgMetadata) error {
+	if s.n.maxDeliver < 1 || meta.NumDelivered < uint64(s.n.maxDeliver) {
+		return nil
+	}
+	return s.n.exhausted()
+}
+
+// exhausted is why a message goes to the dead-letter path after
+// max_deliver deliveries.
+func (n *NATS) exhausted() error {
+	return fmt.Errorf("NATS stopped redelivering it after max_deliver (%d) attempts", n.maxDeliver)
 }
 
 // noMessages reports the outcome of a fetch that waited its time.

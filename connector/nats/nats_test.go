@@ -3,6 +3,7 @@ package nats
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +72,9 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+// With max_deliver 2, the first delivery goes to the flow and the second,
+// JetStream's last, comes back Failed for the dead-letter path; once that
+// is acknowledged, nothing more arrives.
 func TestMaxDeliverGoesToTheDeadLetterPath(t *testing.T) {
 	t.Parallel()
 	n := start(t, map[string]string{"max_deliver": "2", "ack_wait": "200ms"})
@@ -91,15 +95,128 @@ func TestMaxDeliverGoesToTheDeadLetterPath(t *testing.T) {
 		cancel()
 		for _, m := range msgs {
 			if m.Failed != nil {
-				if deliveries != 2 || !strings.Contains(m.Failed.Error(), "max_deliver (2)") || !strings.Contains(string(m.Payload.([]byte)), `"id":1`) {
+				if deliveries != 1 || !strings.Contains(m.Failed.Error(), "max_deliver (2)") || !strings.Contains(string(m.Payload.([]byte)), `"id":1`) {
 					t.Fatalf("after %d deliveries: %v %s", deliveries, m.Failed, m.Payload)
 				}
+				if err := src.Ack(ctx, msgs); err != nil {
+					t.Fatal(err)
+				}
+				assertNothingPending(t, src)
 				return
 			}
 			deliveries++ // never acknowledged: redelivered after ack_wait
 		}
 	}
 	t.Fatalf("no dead-letter message after %d deliveries", deliveries)
+}
+
+// assertNothingPending fails unless the consumer has no message left to
+// deliver or waiting for an acknowledgement.
+func assertNothingPending(t *testing.T, src stream.Source) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		lag, err := src.(*source).Lag(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if lag == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages still pending after the dead-letter message was acknowledged", lag)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A process killed with a message in hand does not get JetStream's
+// max-deliveries advisory (it fires while nobody listens): the source that
+// comes back marks the last allowed delivery Failed itself, so the message
+// reaches the dead-letter path instead of vanishing.
+func TestLastDeliveryAfterACrashIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	n := start(t, map[string]string{"max_deliver": "2", "ack_wait": "200ms"})
+	ctx := context.Background()
+	if err := n.Write(ctx, []any{map[string]any{"id": 7}}); err != nil {
+		t.Fatal(err)
+	}
+	readOne := func() *stream.Message {
+		t.Helper()
+		src, err := n.OpenSource(ctx, stream.SourceOptions{Name: "crash"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer src.Close(ctx) // the crash: no acknowledgement
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		msgs, err := src.Read(rctx, 10)
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("read: %d messages, %v", len(msgs), err)
+		}
+		return msgs[0]
+	}
+	if m := readOne(); m.Failed != nil {
+		t.Fatalf("first delivery marked Failed: %v", m.Failed)
+	}
+	src, err := n.OpenSource(ctx, stream.SourceOptions{Name: "crash"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	msgs, err := src.Read(rctx, 10)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("second read: %d messages, %v", len(msgs), err)
+	}
+	if msgs[0].Failed == nil || msgs[0].ID != "1" {
+		t.Fatalf("last allowed delivery: ID %s, Failed %v; want ID 1 marked Failed", msgs[0].ID, msgs[0].Failed)
+	}
+	if err := src.Ack(ctx, msgs); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingPending(t, src)
+}
+
+// Without max_deliver, JetStream redelivers without limit: crashes do not
+// use up a healthy message's attempts (the runtime has its own retries and
+// dead-letter path for rows that fail).
+func TestMaxDeliverDefaultsToNoLimit(t *testing.T) {
+	t.Parallel()
+	n := start(t, nil)
+	ctx := context.Background()
+	// A consumer made by an earlier version, with 5, is updated.
+	p := maps.Clone(n.cfg.Params)
+	p["max_deliver"] = "5"
+	d, err := New(&config.Conn{CName: "js", Type: Type, Addrs: n.cfg.Addrs, Key: n.cfg.Key, Params: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := d.(*NATS)
+	if err := old.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close(ctx)
+	oldSrc, err := old.OpenSource(ctx, stream.SourceOptions{Name: "unlimited"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := oldSrc.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src, err := n.OpenSource(ctx, stream.SourceOptions{Name: "unlimited"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(ctx)
+	info, err := src.(*source).cons.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.MaxDeliver != -1 {
+		t.Fatalf("consumer max_deliver %d, want -1 (no limit)", info.Config.MaxDeliver)
+	}
 }
 
 func TestRetriedWritesAreNotStoredTwice(t *testing.T) {
@@ -132,6 +249,7 @@ func TestConfigErrors(t *testing.T) {
 		{CName: "js", Key: "a.b", Params: map[string]string{}},
 		{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "ack_wait": "never"}},
 		{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "max_deliver": "0"}},
+		{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "max_deliver": "-2"}},
 	} {
 		if _, err := New(c); err == nil {
 			t.Errorf("%+v: no error", c.Params)
