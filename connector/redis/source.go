@@ -36,10 +36,13 @@ func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	}
 	s := &source{r: r, key: r.cfg.Key, group: group, consumer: consumer, pendingFrom: "0",
 		log:      log.With("connector", r.cfg.CName, "stream", r.cfg.Key, "group", group, "consumer", consumer),
-		inflight: make(map[string]struct{})}
+		inflight: make(map[string]time.Time)}
 	if err := s.createGroup(ctx); err != nil {
 		return nil, s.fail("create the group", err)
 	}
+	kctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopKeepAlive, s.keptAlive = stop, make(chan struct{})
+	go s.keepAlive(kctx)
 	return s, nil
 }
 
@@ -75,15 +78,19 @@ type source struct {
 	nextClaim time.Time
 
 	mu sync.Mutex
-	// inflight holds the IDs handed out and not yet acknowledged: a pending
-	// read or a claim never hands them out again.
-	inflight map[string]struct{}
+	// inflight holds the IDs handed out and not yet acknowledged, with when
+	// they were handed out or last kept alive: a pending read or a claim
+	// never hands them out again.
+	inflight map[string]time.Time
 	// acked, while a pending read or a claim is under way, collects the IDs
 	// acknowledged meanwhile: the reply may still list them.
 	acked map[string]struct{}
 	// rescan asks for the pending history to be read again from its start
 	// (entries were given back with Nack).
 	rescan bool
+
+	stopKeepAlive context.CancelFunc
+	keptAlive     chan struct{} // closed when keepAlive returned
 }
 
 // fail names the connector, stream and group in err, and marks it for the
@@ -291,6 +298,7 @@ func (s *source) watchAcks() {
 func (s *source) handOut(entries []goredis.XMessage, filter bool) []*stream.Message {
 	slab := make([]stream.Message, len(entries))
 	out := make([]*stream.Message, 0, len(entries))
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, e := range entries {
@@ -302,7 +310,7 @@ func (s *source) handOut(entries []goredis.XMessage, filter bool) []*stream.Mess
 				continue
 			}
 		}
-		s.inflight[e.ID] = struct{}{}
+		s.inflight[e.ID] = now
 		m := &slab[i]
 		switch v, ok := e.Values[s.r.field].(string); {
 		case e.Values == nil:
@@ -389,7 +397,53 @@ func (s *source) Lag(ctx context.Context) (int64, error) {
 	return 0, s.fail("group lag", errors.New("group not found"))
 }
 
-// Close leaves the entries this consumer did not acknowledge pending: the
-// same consumer re-reads them on restart; others claim them after
-// claim_idle.
-func (s *source) Close(context.Context) error { return nil }
+// keepAlive runs until Close. Every third of claim_idle it resets the idle
+// time of the entries in flight for longer than that (XCLAIM to this same
+// consumer, JUSTID, which does not count a delivery), so other consumers
+// do not claim entries this one is still working on: batches waiting for
+// a slow sink are not taken over and run twice. An entry another consumer
+// claimed meanwhile has been idle for less and is left to it.
+func (s *source) keepAlive(ctx context.Context) {
+	defer close(s.keptAlive)
+	every := max(s.r.claimIdle/3, time.Millisecond)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		var ids []string
+		s.mu.Lock()
+		for id, at := range s.inflight {
+			if now.Sub(at) >= every {
+				ids = append(ids, id)
+				s.inflight[id] = now
+			}
+		}
+		s.mu.Unlock()
+		for len(ids) > 0 {
+			chunk := ids[:min(len(ids), 1000)]
+			ids = ids[len(chunk):]
+			err := s.r.client.XClaimJustID(ctx, &goredis.XClaimArgs{
+				Stream: s.key, Group: s.group, Consumer: s.consumer, MinIdle: every, Messages: chunk,
+			}).Err()
+			if err != nil && ctx.Err() == nil {
+				// Reads report a lost server; here it only means other
+				// consumers may claim these entries after claim_idle.
+				s.log.Debug("redis source: keeping entries in flight failed", "entries", len(chunk), "error", err)
+			}
+		}
+	}
+}
+
+// Close stops keeping entries alive and leaves the entries this consumer
+// did not acknowledge pending: the same consumer re-reads them on restart;
+// others claim them after claim_idle.
+func (s *source) Close(context.Context) error {
+	s.stopKeepAlive()
+	<-s.keptAlive
+	return nil
+}

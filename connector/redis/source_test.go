@@ -39,6 +39,7 @@ func open(t *testing.T, r *Redis, group string, log *slog.Logger) *source {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = src.Close(context.Background()) })
 	return src.(*source)
 }
 
@@ -379,5 +380,78 @@ func TestAddrsChooseTheClient(t *testing.T) {
 		if got != c.want {
 			t.Errorf("addrs %s %v: %s, want %s (%v)", c.addrs, c.params, got, c.want, err)
 		}
+	}
+}
+
+// takeover measures how long the survivor of two consumers takes to finish
+// the n entries a killed consumer left pending: from the kill until it has
+// acknowledged them all. The survivor holds n entries of its own in flight
+// meanwhile (batches waiting for a slow sink), which it must neither claim
+// back from itself nor lose to a claim. It returns the time from the kill,
+// and from the first claimed batch to the last acknowledgement.
+func takeover(t *testing.T, n int, claimIdle time.Duration) (total, work time.Duration) {
+	key := testenv.Name("kisflow-test-")
+	params := func(consumer string) map[string]string {
+		return map[string]string{"mode": "stream", "consumer": consumer, "claim_idle": claimIdle.String(), "block": "100ms"}
+	}
+	rb := start(t, key, params("b"))
+	ra := start(t, key, params("a"))
+	survivor := open(t, rb, "g", nil)
+	fill(t, rb, key, 0, n)
+	held := drain(t, survivor, 500, 200*time.Millisecond)
+	if len(held) != n {
+		t.Fatalf("the survivor read %d entries, want %d", len(held), n)
+	}
+	fill(t, ra, key, n, n)
+	victim := open(t, ra, "g", nil)
+	if got := len(drain(t, victim, 500, 200*time.Millisecond)); got != n {
+		t.Fatalf("the consumer to kill read %d entries, want %d", got, n)
+	}
+	_ = victim.Close(context.Background()) // it dies: no acknowledgement, no keep-alive
+	killed := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*claimIdle)
+	defer cancel()
+	seen := once(t, held)
+	var first time.Time
+	for taken := 0; taken < n; {
+		msgs, err := survivor.Read(ctx, 500)
+		if err != nil {
+			t.Fatalf("survivor after %v, %d of %d entries taken over: %v", time.Since(killed), taken, n, err)
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		if err := survivor.Ack(ctx, msgs); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if seen[m.ID] {
+				t.Fatalf("entry %s delivered twice", m.ID)
+			}
+			seen[m.ID] = true
+		}
+		taken += len(msgs)
+	}
+	total, work = time.Since(killed), time.Since(first)
+	if err := survivor.Ack(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := rb.client.XPending(ctx, key, "g").Result(); err != nil || p.Count != 0 {
+		t.Fatalf("pending after the takeover: %+v %v", p, err)
+	}
+	return total, work
+}
+
+// The survivor of two consumers of a group takes over the entries the
+// other left pending within claim_idle and a margin, at full speed, and
+// claims none of the entries it is still working on.
+func TestTakeoverWithinClaimIdle(t *testing.T) {
+	t.Parallel()
+	const n, claimIdle = 5000, 3 * time.Second
+	total, work := takeover(t, n, claimIdle)
+	t.Logf("takeover of %d entries with claim_idle %v: %v after the kill; %v from the first claimed batch to the last acknowledgement (%.0f entries/s)",
+		n, claimIdle, total.Round(time.Millisecond), work.Round(time.Millisecond), float64(n)/work.Seconds())
+	if limit := claimIdle + 1500*time.Millisecond; total > limit {
+		t.Fatalf("takeover took %v, more than claim_idle + 1.5s = %v", total, limit)
 	}
 }
