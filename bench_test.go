@@ -260,3 +260,36 @@ func BenchmarkExprStep(b *testing.B) {
 	}
 	reportRows(b, benchBatch)
 }
+
+// otherRow has benchRow's JSON shape under another type, as KisFlow's
+// per-function In and Out types do.
+type otherRow struct {
+	ID    int
+	Name  string
+	Value float64
+}
+
+// BenchmarkConvertBetweenTypes: five layers, each taking []*benchRow and
+// committing an *otherRow, so that every layer after the first converts
+// rows of another struct type through the codec (KisFlow's In/Out style).
+// Compare with BenchmarkPassThrough5/generic, the typed fast path.
+func BenchmarkConvertBetweenTypes(b *testing.B) {
+	fl := fiveLayers(b, kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*benchRow) error {
+		for _, r := range rows {
+			_ = f.CommitRow(&otherRow{ID: r.ID, Name: r.Name, Value: r.Value})
+		}
+		return nil
+	}))
+	in := benchInput(benchBatch)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		_ = fl.CommitRowBatch(in)
+		res, err := fl.Run(ctx)
+		if err != nil || len(res.Rows) != benchBatch {
+			b.Fatal(err, len(res.Rows))
+		}
+	}
+	reportRows(b, benchBatch)
+}

@@ -53,7 +53,13 @@ func (c *Connector) Type() string { return c.cfg.Type }
 func (c *Connector) Config() *config.Conn { return c.cfg }
 
 // Driver is the started client; type-assert it to the driver's own type.
-func (c *Connector) Driver() Driver { return c.driver }
+// It is nil for a connector whose type this binary has no driver for.
+func (c *Connector) Driver() Driver {
+	if _, ok := c.driver.(label); ok {
+		return nil
+	}
+	return c.driver
+}
 
 // Call runs the connector callback registered for the running function of f
 // (Registry.RegisterConnFunc); else the driver's Caller capability; else,
@@ -79,6 +85,9 @@ func (c *Connector) Call(ctx context.Context, f Flow, args any) (any, error) {
 			rows = []any{args}
 		}
 		return nil, sink.Write(ctx, rows)
+	}
+	if _, ok := c.driver.(label); ok {
+		return nil, fmt.Errorf("connector %q: no callback for function %q (register one with Registry.RegisterConnFunc), and this binary has no driver for type %q", c.Name(), fn.Name(), c.Type())
 	}
 	return nil, fmt.Errorf("connector %q: no callback for function %q (register one with Registry.RegisterConnFunc)", c.Name(), fn.Name())
 }

@@ -122,9 +122,10 @@ func (e *Engine) chain(refs []config.FilterRef, fl *config.Flow, fn *config.Func
 }
 
 // NewEngine checks set against reg and returns an engine. It fails when the
-// configuration has errors (a *config.Error), when an enabled flow names a
-// function reg has no body for, or when a connector used by an enabled flow
-// has a type reg has no driver for. Connectors are not started yet.
+// configuration has errors (a *config.Error). As in KisFlow, a function
+// without a body fails only when a flow naming it is built (Engine.Flow,
+// Engine.Job), and a connector type without a driver is a label for its
+// callbacks. Connectors are not started yet.
 func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) {
 	if reg == nil {
 		return nil, errors.New("new engine: nil registry")
@@ -162,24 +163,6 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	}
 	if len(errs) > 0 {
 		return nil, &config.Error{Problems: errs}
-	}
-	var missing []error
-	for _, name := range set.FlowNames() {
-		fl := set.Flows[name]
-		if !fl.Enabled() {
-			continue
-		}
-		for _, st := range fl.Flows {
-			if fc := set.Funcs[st.FName]; fc != nil && fc.ConfigOnly() {
-				continue
-			}
-			if _, ok := reg.handler(st.FName); !ok {
-				missing = append(missing, fmt.Errorf("flow %q: function %q: %w (call Registry.Register)", name, st.FName, ErrUnknownFunction))
-			}
-		}
-	}
-	if len(missing) > 0 {
-		return nil, errors.Join(missing...)
 	}
 	e.plugins = ps
 	e.metrics = metrics.New()
@@ -309,7 +292,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			h, ok = eh, true
 		}
 		if !ok {
-			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, ErrUnknownFunction)
+			return nil, fmt.Errorf("flow %q: function %q: %w: this binary has no body for it (give it a filter or calc in YAML, or register it in Go with Registry.Register)", name, st.FName, ErrUnknownFunction)
 		}
 		var conn *Connector
 		if fc.Option.CName != "" {
@@ -399,13 +382,13 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	if err != nil {
 		return nil, err
 	}
-	factory, ok := e.reg.driver(cfg.Type)
-	if !ok {
-		return nil, fmt.Errorf("connector %q: no driver for type %q (known: %v)", cname, cfg.Type, e.reg.DriverTypes())
-	}
-	drv, err := callFactory(factory, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err)
+	var drv Driver = label{}
+	if factory, ok := e.reg.driver(cfg.Type); ok {
+		if drv, err = callFactory(factory, cfg); err != nil {
+			return nil, fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err)
+		}
+	} else {
+		e.log.WarnContext(ctx, "connector has no driver in this binary: it is a label for its callbacks", "connector", cname, "type", cfg.Type, "known", e.reg.DriverTypes())
 	}
 	if pu, ok := drv.(PluginUser); ok {
 		if err := guard(func() error { return pu.UsePlugins(e.plugins.Lookup) }); err != nil {
@@ -481,3 +464,11 @@ func guard(fn func() error) (err error) {
 	}()
 	return fn()
 }
+
+// label is the driver of a connector whose type this binary has no driver
+// for. As in KisFlow, such a connector is a name, a config and the
+// callbacks registered for it; Connector.Driver returns nil.
+type label struct{}
+
+func (label) Start(context.Context) error { return nil }
+func (label) Close(context.Context) error { return nil }

@@ -63,3 +63,28 @@ func (e *RowError) Error() string {
 
 // Unwrap returns the conversion error.
 func (e *RowError) Unwrap() error { return e.Err }
+
+// RejectedError is what Flow.Run returns when rows could not be converted to
+// a function's parameter type: the run went on without them, its Result
+// holds the rows the other rows produced, and the rejected rows are here
+// (and in Result.Rejected), so that none can vanish unnoticed.
+type RejectedError struct {
+	Flow string
+	Rows []*RowError
+}
+
+func (e *RejectedError) Error() string {
+	if len(e.Rows) == 1 {
+		return fmt.Sprintf("flow %q: 1 row rejected: %v", e.Flow, e.Rows[0])
+	}
+	return fmt.Sprintf("flow %q: %d rows rejected, the first: %v", e.Flow, len(e.Rows), e.Rows[0])
+}
+
+// Unwrap returns the RowErrors, for errors.As and errors.Is.
+func (e *RejectedError) Unwrap() []error {
+	out := make([]error, len(e.Rows))
+	for i, r := range e.Rows {
+		out[i] = r
+	}
+	return out
+}

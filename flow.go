@@ -35,7 +35,9 @@ type Flow interface {
 	// Input is the running function's input, as the rows arrived (the
 	// pending source rows outside a run).
 	Input() []any
-	// Next records actions for the running function (see Action).
+	// Next records actions for the running function (see Action). The
+	// actions of one call combine; a later call replaces an earlier one, as
+	// in KisFlow: f.Next(DataReuse) then f.Next() asks for nothing.
 	Next(actions ...Action) error
 
 	// Function is the running function, nil outside a run.
@@ -170,6 +172,16 @@ func (fl *flow) Connector() (*Connector, error) {
 }
 
 func (fl *flow) Run(ctx context.Context) (Result, error) {
+	res, err := fl.runOnce(ctx)
+	if re, ok := err.(*RejectedError); ok {
+		fl.log.WarnContext(ctx, "rows rejected: they could not be converted to a function's type", "rejected", len(re.Rows), "first", re.Rows[0].Error())
+	}
+	return res, err
+}
+
+// runOnce is Run without its log of rejected rows: the streaming runtime
+// dead-letters them itself.
+func (fl *flow) runOnce(ctx context.Context) (Result, error) {
 	fl.rejected = fl.rejected[:0]
 	dbg := fl.log.Enabled(ctx, slog.LevelDebug)
 	var start time.Time
@@ -208,6 +220,9 @@ func (fl *flow) Run(ctx context.Context) (Result, error) {
 	if dbg {
 		fl.log.DebugContext(ctx, "flow run done", "rows", len(out), "rejected", len(res.Rejected), "took", time.Since(start))
 	}
+	if len(res.Rejected) > 0 {
+		return res, &RejectedError{Flow: fl.Name(), Rows: res.Rejected}
+	}
 	return res, nil
 }
 
@@ -229,7 +244,11 @@ func (fl *flow) Fork() Flow { return fl.eng.instance(fl.c) }
 func (fl *flow) decode(row any, dst any) error { return decodeRow(fl.codec, row, dst) }
 
 func (fl *flow) reject(layer, index int, row any, err error) {
-	fl.rejected = append(fl.rejected, &RowError{Flow: fl.Name(), Func: fl.funcs[layer].Name(), Layer: layer, Index: index, Row: row, Err: err})
+	fn := fl.funcs[layer].Name()
+	fl.rejected = append(fl.rejected, &RowError{Flow: fl.Name(), Func: fn, Layer: layer, Index: index, Row: row, Err: err})
+	if m := fl.eng.metrics; m != nil {
+		m.RowsRejected.WithLabelValues(fl.Name(), fn).Inc()
+	}
 }
 
 // step runs one function of one flow instance through its filter chain;

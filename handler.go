@@ -378,7 +378,16 @@ func decodeRow(c Codec, row any, dst any) error {
 	case nil:
 		return fmt.Errorf("nil row cannot become %s", reflect.TypeOf(dst))
 	}
-	return fmt.Errorf("row of type %T does not fit %s (want the struct, a pointer to it, a JSON string or []byte, or a map)", row, reflect.TypeOf(dst))
+	// A row of another type (KisFlow's per-function In and Out structs)
+	// travels by its JSON shape, as in KisFlow.
+	data, err := c.Marshal(row)
+	if err != nil {
+		return fmt.Errorf("row of type %T cannot become %s: %w", row, reflect.TypeOf(dst), err)
+	}
+	if err := c.Unmarshal(data, dst); err != nil {
+		return fmt.Errorf("row of type %T cannot become %s: %w", row, reflect.TypeOf(dst), err)
+	}
+	return nil
 }
 
 func wrapDecode(err error, dst any) error {

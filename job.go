@@ -367,7 +367,10 @@ type jobFlow struct {
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
 	j.fl.run.CommitBatch(rows)
-	res, err := j.fl.Run(ctx)
+	res, err := j.fl.runOnce(ctx)
+	if _, ok := err.(*RejectedError); ok {
+		err = nil // the runtime dead-letters them
+	}
 	var rej []runtime.Rejected
 	for _, re := range res.Rejected {
 		rej = append(rej, runtime.Rejected{Func: re.Func, Layer: re.Layer, Index: re.Index, Err: re.Err})

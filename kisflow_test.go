@@ -116,8 +116,9 @@ func TestTypedInjectionFromMixedRows(t *testing.T) {
 				t.Fatal(err)
 			}
 			res, err := fl.Run(context.Background())
-			if err != nil {
-				t.Fatal(err)
+			var rejErr *kisflow.RejectedError
+			if !errors.As(err, &rejErr) || len(rejErr.Rows) != 2 {
+				t.Fatalf("Run: %v, want a RejectedError with 2 rows", err)
 			}
 			if got := fmt.Sprint(s.ids); got != "[1 2 3 4 5 8]" {
 				t.Errorf("ids seen: %s", got)
@@ -153,8 +154,9 @@ func TestValueRowsFromPointers(t *testing.T) {
 	_ = fl.CommitRow(&score{ID: 7})
 	_ = fl.CommitRow((*score)(nil))
 	res, err := fl.Run(context.Background())
-	if err != nil {
-		t.Fatal(err)
+	var rowErr *kisflow.RowError
+	if !errors.As(err, &rowErr) || rowErr.Index != 1 {
+		t.Fatalf("Run: %v, want the nil row's RowError", err)
 	}
 	if len(got) != 1 || got[0].ID != 7 || len(res.Rejected) != 1 {
 		t.Fatalf("got %v, rejected %v", got, res.Rejected)
@@ -544,7 +546,13 @@ func TestEngineErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kisflow.NewEngine(reg, set); !errors.Is(err, kisflow.ErrUnknownFunction) || !strings.Contains(err.Error(), `"Unregistered"`) {
+	// As in KisFlow, a function without a body fails when its flow is
+	// built, not when the engine is made.
+	unreg, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatalf("an engine whose flow names an unregistered function: %v", err)
+	}
+	if _, err := unreg.Flow(ctx, "F"); !errors.Is(err, kisflow.ErrUnknownFunction) || !strings.Contains(err.Error(), `"Unregistered"`) || !strings.Contains(err.Error(), "calc in YAML") {
 		t.Errorf("unregistered function: %v", err)
 	}
 
@@ -564,7 +572,14 @@ func TestEngineErrors(t *testing.T) {
 		"func.yml": "kistype: func\nfname: Store\nfmode: Save\noption:\n  cname: Broken\n",
 		"conn.yml": "kistype: conn\ncname: Broken\ntype: memory\nparams:\n  fail_start: \"true\"\n",
 	}
-	reg.MustRegister("Store", passThrough[score])
+	reg.MustRegister("Store", kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error {
+		c, err := f.Connector()
+		if err != nil {
+			return err
+		}
+		_, err = c.Call(ctx, f, rows)
+		return err
+	}))
 	eng = testenv.Engine(t, reg, docs)
 	_, err = eng.Flow(ctx, "S")
 	if err == nil || !strings.Contains(err.Error(), `connector "Broken" (type memory) failed to start`) || !strings.Contains(err.Error(), `function "Store"`) {
@@ -576,8 +591,24 @@ func TestEngineErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kisflow.NewEngine(reg, set); err == nil || !strings.Contains(err.Error(), `unknown type "redis"`) {
-		t.Errorf("unknown driver: %v", err)
+	// A type without a driver is a label, as in KisFlow: the engine is
+	// made, the connector starts with no client, and a Save through it
+	// fails naming the missing driver.
+	labelled, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatalf("a connector type without a driver: %v", err)
+	}
+	c, err := labelled.Connector(ctx, "Broken")
+	if err != nil || c.Driver() != nil {
+		t.Fatalf("label connector: %v, driver %v", err, c)
+	}
+	fl, err := labelled.Flow(ctx, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = fl.CommitRow(&score{ID: 1})
+	if _, err := fl.Run(ctx); err == nil || !strings.Contains(err.Error(), `no driver for type "redis"`) {
+		t.Errorf("Save through a connector without a driver: %v", err)
 	}
 
 	if err := eng.Close(ctx); err != nil {

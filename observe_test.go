@@ -128,7 +128,7 @@ func TestMetricsAndHealthServedOverHTTP(t *testing.T) {
 		"bad.yml":    "kistype: flow\nstatus: 1\nflow_name: bad\nflows: [{fname: fail}]\n",
 		"double.yml": "kistype: func\nfname: double\nfmode: Calculate\n",
 		"fail.yml":   "kistype: func\nfname: fail\nfmode: Verify\n",
-		"global.yml": "kistype: global\nprometheus_enable: true\nprometheus_serve: true\nprometheus_listen: 127.0.0.1:0\n",
+		"global.yml": "kistype: global\nprometheus_enable: true\nprometheus_listen: true\nprometheus_serve: 127.0.0.1:0\n",
 	})
 	ctx := context.Background()
 	if err := eng.Start(ctx); err != nil {
@@ -136,7 +136,7 @@ func TestMetricsAndHealthServedOverHTTP(t *testing.T) {
 	}
 	p, ok := eng.Plugin(plugin.TypeMetrics, "prometheus")
 	if !ok {
-		t.Fatal("prometheus_serve made no metrics plugin")
+		t.Fatal("prometheus_listen made no metrics plugin")
 	}
 	base := "http://" + p.(*plugin.Admin).Addr().String()
 

@@ -284,13 +284,14 @@ func sortedNames[V any](m map[string]V) []string {
 }
 
 // globalWithImplicit returns g with the admin server that KisFlow's
-// prometheus_enable and prometheus_serve ask for added as the plugin
-// metrics.prometheus, unless a metrics plugin is configured.
+// prometheus_enable and prometheus_listen ask for (on prometheus_serve)
+// added as the plugin metrics.prometheus, unless a metrics plugin is
+// configured.
 func globalWithImplicit(g *config.Global) *config.Global {
-	if g == nil || !g.PrometheusEnable || !g.PrometheusServe || len(g.Plugins[plugin.TypeMetrics]) > 0 {
+	if g == nil || !g.PrometheusEnable || !g.PrometheusListen || len(g.Plugins[plugin.TypeMetrics]) > 0 {
 		return g
 	}
-	pc, err := config.NewPluginConfig(map[string]string{"listen": g.PrometheusListen})
+	pc, err := config.NewPluginConfig(map[string]string{"listen": g.PrometheusServe})
 	if err != nil {
 		return g // a map of strings always encodes
 	}

@@ -99,7 +99,14 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		case c.Type == "":
 			add(KindConn, name, "", SevError, "connector %q: missing type", name)
 		case len(o.connTypes) > 0 && !slices.Contains(o.connTypes, c.Type):
-			add(KindConn, name, "type", SevError, "connector %q: unknown type %q (known: %s)", name, c.Type, strings.Join(o.connTypes, ", "))
+			// As in KisFlow, a connector's type is a label until something
+			// needs its client: an error for a stream's source or sink, a
+			// warning otherwise (starting it fails, naming the type).
+			if by := s.streamUsing(name); by != "" {
+				add(KindConn, name, "type", SevError, "connector %q: unknown type %q, and flow %q streams through it (known: %s)", name, c.Type, by, strings.Join(o.connTypes, ", "))
+			} else {
+				add(KindConn, name, "type", SevWarning, "connector %q: no driver for type %q in this binary (known: %s); it loads as a label and fails when a flow starts it", name, c.Type, strings.Join(o.connTypes, ", "))
+			}
 		}
 		s.checkEnv(name, c, add)
 		for field, list := range map[string][]string{"load": c.Load, "save": c.Save} {
@@ -109,6 +116,10 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 				}
 			}
 		}
+	}
+
+	if g := s.Global; g != nil && g.swappedMetrics {
+		add(KindGlobal, "", "prometheus_listen", SevWarning, "prometheus_listen holds an address: KisFlow reads prometheus_listen as a boolean (start a listener) and prometheus_serve as its address; read with that meaning (write prometheus_listen: true, prometheus_serve: %q)", g.PrometheusServe)
 	}
 
 	s.checkFilters(&o, add)
@@ -125,4 +136,16 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	slices.Sort(keys)
 	return keys
+}
+
+// streamUsing returns the name of an enabled flow whose stream block names
+// connector cname (source, sink or dead letter), or "".
+func (s *Set) streamUsing(cname string) string {
+	for _, name := range sortedKeys(s.Flows) {
+		st := s.Flows[name].Stream
+		if st != nil && s.Flows[name].Enabled() && (st.Source == cname || st.Sink == cname || st.DeadLetter == cname) {
+			return name
+		}
+	}
+	return ""
 }

@@ -39,7 +39,7 @@ func TestImportKisFlowFormat(t *testing.T) {
 	if got := c.AddrList(); len(got) != 3 || got[1] != "0.0.0.0:9999" {
 		t.Errorf("addrs: %v", got)
 	}
-	if s.Global == nil || !s.Global.PrometheusEnable || s.Global.PrometheusListen != "0.0.0.0:20004" {
+	if s.Global == nil || !s.Global.PrometheusEnable || !s.Global.PrometheusListen || s.Global.PrometheusServe != "0.0.0.0:20004" {
 		t.Errorf("global: %+v", s.Global)
 	}
 	fl := s.Flows["flowName1"]
@@ -65,7 +65,7 @@ func TestLintReportsEveryProblem(t *testing.T) {
 	want := []string{
 		d + `bad-kistype.yml:1: unknown kistype "function" (want func, flow, conn or global)`,
 		d + `conns.yml:6: duplicate connector "C1" (also defined at ` + d + `conns.yml:1)`,
-		d + `conns.yml:11: connector "C2": unknown type "carrier-pigeon" (known: memory)`,
+		d + `conns.yml:11: warning: connector "C2": no driver for type "carrier-pigeon" in this binary (known: memory); it loads as a label and fails when a flow starts it`,
 		d + `conns.yml:13: connector "C2": save names unknown function "Ghost"`,
 		d + `dup-a.yml:4: warning: unknown field "colour"`,
 		d + `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`,
@@ -159,7 +159,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(string(data), "kistype: func\n") || !strings.Contains(string(data), "retry_duration: 500") {
+		if !strings.HasPrefix(string(data), "kistype: func\n") || !strings.Contains(string(data), "return_duration: 500") {
 			t.Errorf("exported file:\n%s", data)
 		}
 	})
@@ -203,7 +203,7 @@ func TestBuildersMatchYAML(t *testing.T) {
 	if err := built.AddFunc(NewFunc("funcName1", Expand)); err == nil {
 		t.Error("duplicate AddFunc: no error")
 	}
-	built.Global = &Global{PrometheusEnable: true, PrometheusListen: "0.0.0.0:20004", PrometheusServe: true}
+	built.Global = &Global{PrometheusEnable: true, PrometheusListen: true, PrometheusServe: "0.0.0.0:20004"}
 	imported, err := Import("testdata/kisflow")
 	if err != nil {
 		t.Fatal(err)

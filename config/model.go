@@ -118,7 +118,8 @@ type FuncOption struct {
 	// RetryTimes is how often a failed call is retried (used by the runtime).
 	RetryTimes int `yaml:"retry_times,omitempty"`
 	// RetryDuration is the base delay between retries in milliseconds. The
-	// original KisFlow wrote it as `return_duration`, which is accepted too.
+	// original KisFlow spells it `return_duration`; both are read, and
+	// export writes `return_duration`, which the original reads.
 	RetryDuration int `yaml:"retry_duration,omitempty"`
 	// DefaultParams are the function's parameters; a flow's params override them.
 	DefaultParams map[string]string `yaml:"default_params,omitempty"`
@@ -148,6 +149,18 @@ func (o *FuncOption) UnmarshalYAML(node *yaml.Node) error {
 		o.RetryDuration = *raw.ReturnDuration
 	}
 	return nil
+}
+
+// MarshalYAML writes the retry interval as `return_duration`, the name the
+// original KisFlow reads, so that exported files keep their value there.
+func (o FuncOption) MarshalYAML() (any, error) {
+	return struct {
+		CName          string            `yaml:"cname,omitempty"`
+		RetryTimes     int               `yaml:"retry_times,omitempty"`
+		ReturnDuration int               `yaml:"return_duration,omitempty"`
+		DefaultParams  map[string]string `yaml:"default_params,omitempty"`
+		Filters        []FilterRef       `yaml:"filters,omitempty"`
+	}{o.CName, o.RetryTimes, o.RetryDuration, o.DefaultParams, o.Filters}, nil
 }
 
 // Flow is a `kistype: flow` document: an ordered list of functions.
@@ -206,12 +219,65 @@ func (c *Conn) AddrList() []string {
 
 // Global is the `kistype: global` document: process-wide settings.
 type Global struct {
-	PrometheusEnable bool   `yaml:"prometheus_enable,omitempty"`
-	PrometheusListen string `yaml:"prometheus_listen,omitempty"`
-	PrometheusServe  bool   `yaml:"prometheus_serve,omitempty"`
+	// PrometheusEnable turns KisFlow's metrics on.
+	PrometheusEnable bool `yaml:"prometheus_enable,omitempty"`
+	// PrometheusListen, as in KisFlow, asks for a metrics listener of the
+	// engine's own, on PrometheusServe.
+	PrometheusListen bool `yaml:"prometheus_listen,omitempty"`
+	// PrometheusServe is the address of that listener (KisFlow's files say
+	// 0.0.0.0:20004).
+	PrometheusServe string `yaml:"prometheus_serve,omitempty"`
 	// Plugins configures components by type and name:
 	// `plugins: {type: {name: {...}}}`. Each decodes its own part.
 	Plugins map[string]map[string]*PluginConfig `yaml:"plugins,omitempty"`
+
+	// swappedMetrics records a file in the form earlier versions of this
+	// project documented (prometheus_listen: ADDRESS, prometheus_serve:
+	// true): it is read with KisFlow's meaning and lint warns.
+	swappedMetrics bool
+}
+
+// UnmarshalYAML reads KisFlow's global document. prometheus_listen is a
+// boolean and prometheus_serve the address, as the original writes them; the
+// swapped form (an address in prometheus_listen, a boolean in
+// prometheus_serve) is read with the same meaning and reported by lint.
+func (g *Global) UnmarshalYAML(node *yaml.Node) error {
+	var raw struct {
+		PrometheusEnable bool                                `yaml:"prometheus_enable"`
+		PrometheusListen yaml.Node                           `yaml:"prometheus_listen"`
+		PrometheusServe  yaml.Node                           `yaml:"prometheus_serve"`
+		Plugins          map[string]map[string]*PluginConfig `yaml:"plugins"`
+	}
+	if err := node.Decode(&raw); err != nil {
+		return err
+	}
+	*g = Global{PrometheusEnable: raw.PrometheusEnable, Plugins: raw.Plugins}
+	listen, serve := &raw.PrometheusListen, &raw.PrometheusServe
+	if listen.Kind == yaml.ScalarNode && !isBool(listen) {
+		// The swapped form: the address in prometheus_listen.
+		g.swappedMetrics = true
+		listen, serve = serve, listen
+	}
+	if listen.Kind != 0 {
+		if err := listen.Decode(&g.PrometheusListen); err != nil {
+			return fmt.Errorf("prometheus_listen: %w", err)
+		}
+	}
+	if serve.Kind != 0 {
+		if err := serve.Decode(&g.PrometheusServe); err != nil {
+			return fmt.Errorf("prometheus_serve: %w", err)
+		}
+	}
+	return nil
+}
+
+// isBool reports whether n is a YAML boolean scalar.
+func isBool(n *yaml.Node) bool {
+	if n.Kind != yaml.ScalarNode {
+		return false
+	}
+	var b bool
+	return n.Decode(&b) == nil
 }
 
 // MergedParams returns the function's default params overridden by the flow

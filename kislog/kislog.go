@@ -22,7 +22,9 @@ type Logger interface {
 }
 
 // Handler is a slog.Handler that writes each record to a Logger as one line:
-// the message followed by key=value attributes. Warnings go to ErrorFX.
+// the message followed by key=value attributes. Records logged with a
+// context go to the FX methods, the others to the F methods; warnings go to
+// ErrorFX or ErrorF.
 type Handler struct {
 	l     Logger
 	debug bool
@@ -58,6 +60,20 @@ func (h *Handler) Handle(ctx context.Context, r slog.Record) error {
 		return true
 	})
 	line := b.String()
+	// slog's methods without a context (Info, Error) hand the handler
+	// context.Background(): those go to the logger's F methods, as KisFlow
+	// code calling InfoF would; calls with a context of their own go to FX.
+	if ctx == nil || ctx == context.Background() {
+		switch {
+		case r.Level >= slog.LevelWarn:
+			h.l.ErrorF("%s", line)
+		case r.Level >= slog.LevelInfo:
+			h.l.InfoF("%s", line)
+		default:
+			h.l.DebugF("%s", line)
+		}
+		return nil
+	}
 	switch {
 	case r.Level >= slog.LevelWarn:
 		h.l.ErrorFX(ctx, "%s", line)

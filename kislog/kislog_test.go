@@ -13,9 +13,9 @@ type recorder struct {
 	debug bool
 }
 
-func (r *recorder) InfoFX(_ context.Context, s string, v ...any)  { r.add("INFO", s, v) }
-func (r *recorder) ErrorFX(_ context.Context, s string, v ...any) { r.add("ERROR", s, v) }
-func (r *recorder) DebugFX(_ context.Context, s string, v ...any) { r.add("DEBUG", s, v) }
+func (r *recorder) InfoFX(_ context.Context, s string, v ...any)  { r.add("INFO(ctx)", s, v) }
+func (r *recorder) ErrorFX(_ context.Context, s string, v ...any) { r.add("ERROR(ctx)", s, v) }
+func (r *recorder) DebugFX(_ context.Context, s string, v ...any) { r.add("DEBUG(ctx)", s, v) }
 func (r *recorder) InfoF(s string, v ...any)                      { r.add("INFO", s, v) }
 func (r *recorder) ErrorF(s string, v ...any)                     { r.add("ERROR", s, v) }
 func (r *recorder) DebugF(s string, v ...any)                     { r.add("DEBUG", s, v) }
@@ -32,7 +32,11 @@ func TestHandler(t *testing.T) {
 	log.Debug("hidden")
 	log.Warn("slow", slog.Group("sink", "name", "db"))
 	slog.New(NewHandler(rec).WithDebug(true)).Debug("shown", "k", "v")
-	want := "INFO started flow=F g.rows=3|ERROR slow flow=F g.sink.name=db|DEBUG shown k=v"
+	type key struct{}
+	ctx := context.WithValue(context.Background(), key{}, "trace")
+	log.InfoContext(ctx, "with context")
+	log.ErrorContext(ctx, "failed")
+	want := "INFO started flow=F g.rows=3|ERROR slow flow=F g.sink.name=db|DEBUG shown k=v|INFO(ctx) with context flow=F|ERROR(ctx) failed flow=F"
 	if got := strings.Join(rec.lines, "|"); got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}

@@ -34,6 +34,7 @@ type Metrics struct {
 	FuncRowsIn    *prometheus.CounterVec   // kisflow_func_rows_in_total{flow_name,func_name}
 	FuncRowsOut   *prometheus.CounterVec   // kisflow_func_rows_out_total{flow_name,func_name}
 	FuncErrors    *prometheus.CounterVec   // kisflow_func_errors_total{flow_name,func_name}
+	RowsRejected  *prometheus.CounterVec   // kisflow_rows_rejected_total{flow_name,func_name}
 	Retries       *prometheus.CounterVec   // kisflow_retries_total{flow_name,func_name}
 	BatchLatency  *prometheus.HistogramVec // kisflow_batch_latency_seconds{flow_name}
 
@@ -68,6 +69,7 @@ func New() *Metrics {
 		FuncRowsIn:    f.counterVec("kisflow_func_rows_in_total", "Rows a function was called with.", flowFn),
 		FuncRowsOut:   f.counterVec("kisflow_func_rows_out_total", "Rows a function committed.", flowFn),
 		FuncErrors:    f.counterVec("kisflow_func_errors_total", "Function calls that returned an error.", flowFn),
+		RowsRejected:  f.counterVec("kisflow_rows_rejected_total", "Rows a function could not receive: not convertible to its parameter type.", flowFn),
 		Retries:       f.counterVec("kisflow_retries_total", "Function calls retried by the retry filter.", flowFn),
 		BatchLatency:  f.histogramVec("kisflow_batch_latency_seconds", "Time from reading a batch to committing it, in seconds.", flow, buckets),
 	}

@@ -38,17 +38,6 @@ type Action struct {
 	Abort          bool   // end the run after this layer
 }
 
-// Merge adds b's requests to a; a later JumpFunc replaces an earlier one.
-func (a Action) Merge(b Action) Action {
-	a.DataReuse = a.DataReuse || b.DataReuse
-	a.ForceEntryNext = a.ForceEntryNext || b.ForceEntryNext
-	a.Abort = a.Abort || b.Abort
-	if b.JumpFunc != "" {
-		a.JumpFunc = b.JumpFunc
-	}
-	return a
-}
-
 // Plan is the shape of a flow shared by all its instances: the step names in
 // order and the jump bound. It is read-only once built and safe to share.
 type Plan struct {
@@ -175,8 +164,9 @@ func (r *Run) Produced() int {
 	return len(r.outs[r.cur])
 }
 
-// Act records an action for the running step.
-func (r *Run) Act(a Action) { r.action = r.action.Merge(a) }
+// Act records the action for the running step, replacing an earlier one:
+// as in KisFlow, the last call of Next wins.
+func (r *Run) Act(a Action) { r.action = a }
 
 // Reset drops pending source rows.
 func (r *Run) Reset() {
