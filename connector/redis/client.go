@@ -88,8 +88,8 @@ func redactURLError(err error) error {
 	return err
 }
 
-// classify marks err for the runtime: refused credentials or permissions
-// and a key of the wrong type for a source (perRow false) are configuration
+// classify marks err for the runtime: refused credentials or permissions,
+// keys of one transaction in several cluster slots, and a key of the wrong type for a source (perRow false) are configuration
 // errors that end the job (stream.Fatal); a key of the wrong type for a
 // row's save is that row's failure (stream.Permanent). Everything else (a
 // lost connection, a timeout, a server loading its data) is transient and
@@ -98,7 +98,7 @@ func classify(err error, perRow bool) error {
 	switch {
 	case err == nil:
 		return nil
-	case goredis.IsAuthError(err) || goredis.IsPermissionError(err):
+	case goredis.IsAuthError(err) || goredis.IsPermissionError(err) || goredis.HasErrorPrefix(err, "CROSSSLOT"):
 		return stream.Fatal(err)
 	case goredis.HasErrorPrefix(err, "WRONGTYPE"):
 		if perRow {

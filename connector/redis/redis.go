@@ -8,14 +8,27 @@
 //     the stored fields merged in.
 //   - The source reads a Redis Stream in a consumer group (XREADGROUP),
 //     acknowledges with XACK after the flow, re-reads its own pending
-//     entries after a restart, and claims the pending entries of a consumer
-//     that died (XAUTOCLAIM) once they are idle for claim_idle.
+//     entries once after a restart, and claims the pending entries of a
+//     consumer that died (XAUTOCLAIM) once they are idle for claim_idle:
+//     passes every claim_idle/10 (at most 1s), each filling whole reads.
+//     Entries it holds in flight are kept from claims (XCLAIM to itself
+//     every claim_idle/3) and never handed out twice. A group Redis lost is
+//     created again, with a warning.
 //
-// Config: addrs (host:port), key (the key template; for the source, the
-// stream's key). Params: mode (hash, string, list, stream; default hash),
-// ttl, password, db, tls ("true"), timeout (every network call, default 5s),
-// group (default: the flow name), consumer (default: host-pid-random),
-// claim_idle (default 30s), block (default 1s), field (the stream entry
+// Errors: a lost connection is transient (retried by the runtime);
+// WRONGTYPE on the stream, NOAUTH, WRONGPASS, NOPERM and CROSSSLOT are
+// marked stream.Fatal; WRONGTYPE on a sink's key and a row the key
+// template cannot place are marked stream.Permanent (dead-lettered).
+//
+// Config: addrs (host:port or a redis:// or rediss:// URL, whose
+// credentials never show in errors; several addrs make a cluster client,
+// and so does the param cluster: "true"; with the param master_name they
+// are sentinels), key (the key template; for the source, the stream's
+// key). Params: mode (hash, string, list, stream; default hash), ttl,
+// username, password, db (0 only for a cluster), tls ("true"),
+// sentinel_username, sentinel_password, timeout (every network call,
+// default 5s), group (default: the flow name), consumer (default:
+// host-pid-random), claim_idle (default 30s), block (default 1s), field (the stream entry
 // field holding the JSON row, default "data"), dedup_key (list and stream
 // saves: a template naming the row's identity, such as {order_id} or the
 // source record's position field; a row whose identity was saved within
