@@ -98,7 +98,7 @@ func classify(err error, perRow bool) error {
 	switch {
 	case err == nil:
 		return nil
-	case goredis.IsAuthError(err) || goredis.IsPermissionError(err) || goredis.HasErrorPrefix(err, "CROSSSLOT"):
+	case goredis.IsAuthError(err) || goredis.IsPermissionError(err) || crossSlot(err):
 		return stream.Fatal(err)
 	case goredis.HasErrorPrefix(err, "WRONGTYPE"):
 		if perRow {
@@ -107,4 +107,11 @@ func classify(err error, perRow bool) error {
 		return stream.Fatal(err)
 	}
 	return err
+}
+
+// crossSlot reports whether err says that keys of one transaction or
+// script lie in several slots of a cluster (from Redis, or from go-redis's
+// own check before WATCH).
+func crossSlot(err error) bool {
+	return goredis.HasErrorPrefix(err, "CROSSSLOT") || strings.Contains(err.Error(), "keys to be in the same slot")
 }

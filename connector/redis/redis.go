@@ -358,6 +358,9 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 			break
 		}
 	}
+	if err != nil && crossSlot(err) {
+		err = fmt.Errorf("on a Redis cluster the keys of an exactly-once batch (its rows', %s and %s) must share one slot: %w", r.positionKey(stream), r.inboxKey(stream), err)
+	}
 	if err != nil {
 		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, classify(err, true))
 	}
