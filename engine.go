@@ -59,6 +59,7 @@ type Engine struct {
 	reg      *Registry
 	set      *config.Set
 	log      *slog.Logger
+	red      *config.Redactor // the secrets of set, kept out of logs and errors
 	codec    Codec
 	maxJumps int
 	clock    filter.Clock
@@ -143,6 +144,8 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	if e.log == nil {
 		e.log = slog.Default()
 	}
+	e.red = set.Redactor()
+	e.log = slog.New(e.red.Handler(e.log.Handler()))
 	if e.defaults == nil {
 		e.defaults = DefaultFilters
 	}
@@ -162,6 +165,9 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 		return nil, err
 	}
 	if len(errs) > 0 {
+		for i := range errs {
+			errs[i].Msg = e.red.Redact(errs[i].Msg)
+		}
 		return nil, &config.Error{Problems: errs}
 	}
 	e.plugins = ps
@@ -193,7 +199,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	err := e.plugins.Start(ctx, host{e}, func(r config.PluginRef, p plugin.Plugin) {
 		if lp, ok := p.(plugin.LoggerProvider); ok && lp.Logger() != nil {
-			e.log = lp.Logger()
+			e.log = slog.New(e.red.Handler(lp.Logger().Handler()))
 			e.env.Logger = e.log
 		}
 		if tp, ok := p.(plugin.TracerProvider); ok && e.tp == nil && tp.TracerProvider() != nil {
@@ -203,7 +209,7 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.log.Info("plugin started", "plugin", r.String())
 	})
 	if err != nil {
-		return err
+		return e.red.Error(err)
 	}
 	e.started = true
 	return nil
@@ -385,25 +391,25 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	var drv Driver = label{}
 	if factory, ok := e.reg.driver(cfg.Type); ok {
 		if drv, err = callFactory(factory, cfg); err != nil {
-			return nil, fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err)
+			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	} else {
 		e.log.WarnContext(ctx, "connector has no driver in this binary: it is a label for its callbacks", "connector", cname, "type", cfg.Type, "known", e.reg.DriverTypes())
 	}
 	if pu, ok := drv.(PluginUser); ok {
 		if err := guard(func() error { return pu.UsePlugins(e.plugins.Lookup) }); err != nil {
-			return nil, fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err)
+			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
-		return nil, fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err)
+		return nil, e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))
 	}
 	funcs, inits := e.reg.connCallbacks(cname)
 	conn := &Connector{cfg: cfg, driver: drv, funcs: funcs}
 	for _, init := range inits {
 		if err := guard(func() error { return init(ctx, conn) }); err != nil {
 			_ = guard(func() error { return drv.Close(ctx) }) // the init error is the one to report
-			return nil, fmt.Errorf("connector %q: init callback: %w", cname, err)
+			return nil, e.red.Error(fmt.Errorf("connector %q: init callback: %w", cname, err))
 		}
 	}
 	e.mu.Lock()

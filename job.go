@@ -108,7 +108,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	j := &Job{eng: e, name: flowName, log: e.log.With("flow", flowName)}
 	fail := func(err error) (*Job, error) {
 		j.close()
-		return nil, fmt.Errorf("flow %q: %w", flowName, err)
+		return nil, e.red.Error(fmt.Errorf("flow %q: %w", flowName, err))
 	}
 
 	parts := runtime.Parts{}
@@ -273,7 +273,7 @@ func (j *Job) Run(ctx context.Context) error {
 	err := j.runner.Run(ctx)
 	s := j.Stats()
 	j.log.InfoContext(ctx, "job ends", "read", s.Read, "committed", s.Committed, "out", s.Out, "dead_lettered", s.DeadLettered, "retries", s.Retries)
-	return err
+	return j.eng.red.Error(err)
 }
 
 // streamStats is what the metrics read at scrape time.

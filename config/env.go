@@ -3,7 +3,6 @@ package config
 import (
 	"fmt"
 	"maps"
-	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -71,25 +70,4 @@ func (s *Set) checkEnv(name string, c *Conn, add func(kind Kind, name, field str
 	for _, k := range sortedKeys(c.Params) {
 		check("params."+k, c.Params[k])
 	}
-}
-
-// RedactURLs returns a comma-separated list of URLs with each password
-// replaced by "xxxxx", for error messages and logs: credentials given in a
-// URL (nats://user:pass@host) must not reach them. A user with no password
-// is replaced too: NATS reads it as a token (nats://TOKEN@host).
-func RedactURLs(s string) string {
-	parts := strings.Split(s, ",")
-	for i, p := range parts {
-		u, err := url.Parse(strings.TrimSpace(p))
-		if err != nil || u.User == nil {
-			continue
-		}
-		if _, has := u.User.Password(); has {
-			parts[i] = u.Redacted()
-		} else {
-			u.User = url.User("xxxxx")
-			parts[i] = u.String()
-		}
-	}
-	return strings.Join(parts, ",")
 }

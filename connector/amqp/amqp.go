@@ -9,7 +9,9 @@
 //     message. Each message gets a random message ID, which the source
 //     passes on so exactly-once sinks recognise redeliveries.
 //
-// Config: addrs (the AMQP URL, default amqp://guest:guest@127.0.0.1:5672/),
+// Config: addrs (the AMQP URL, default amqp://guest:guest@127.0.0.1:5672/;
+// several, comma-separated, are tried in order at every connect and
+// reconnect: the nodes of a cluster),
 // key (the queue for the source; the routing key template for the sink).
 // Params: exchange (default "": the queue named by the routing key),
 // prefetch (default 256), create ("true": declare the queue, durable),
@@ -23,6 +25,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,11 +89,16 @@ func (b *Broker) dial() (*amqp.Connection, error) {
 	if b.tls {
 		cfg.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	conn, err := amqp.DialConfig(b.url, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, err)
+	var errs []error
+	for _, u := range strings.Split(b.url, ",") {
+		conn, err := amqp.DialConfig(strings.TrimSpace(u), cfg)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, err)
 	}
-	return conn, nil
+	// A URL that does not parse is quoted whole in the error.
+	return nil, b.cfg.Redactor().Error(fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, errors.Join(errs...)))
 }
 
 // Start checks the broker answers and, with create, declares the queue.

@@ -3,6 +3,7 @@ package amqp
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -104,5 +105,34 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := New(c); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+// A dial error never holds the password of the URL, even when the URL does
+// not parse (url.Parse quotes it whole) or the server refuses it.
+func TestDialErrorHidesThePassword(t *testing.T) {
+	t.Parallel()
+	for _, addrs := range []string{"amqp://guest:s3cret@127.0.0.1:badport/", "amqp://guest:s3cret@127.0.0.1:1/"} {
+		d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: addrs, Key: "q", Params: map[string]string{"timeout": "500ms"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = d.(*Broker).Start(context.Background())
+		if err == nil {
+			t.Fatalf("%s: started", addrs)
+		}
+		if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "guest:xxxxx@") && !strings.Contains(err.Error(), "connection refused") {
+			t.Fatalf("%s: error %q", addrs, err)
+		}
+	}
+}
+
+// Several addrs are tried in order: a node that is down is passed over.
+func TestSeveralAddrsAreTriedInOrder(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQ.Addr(t)
+	b := start(t, "amqp://guest:guest@127.0.0.1:1/,"+url)
+	if err := b.Write(context.Background(), []any{map[string]any{"id": 1}}); err != nil {
+		t.Fatalf("write through the second node: %v", err)
 	}
 }

@@ -6,7 +6,10 @@
 //     message key the runtime orders by. When partitions are revoked in a
 //     rebalance, the revocation waits (up to revoke_timeout) until the
 //     records already read from them are processed and committed, so the
-//     new owner neither loses them nor repeats a burst of them.
+//     new owner neither loses them nor repeats them. Records still in
+//     flight after revoke_timeout, and those of partitions lost when the
+//     session expired, are read again by the new owner (at-least-once; an
+//     exactly-once SQL sink skips them by topic/partition/offset).
 //   - The sink (and Save) produces each row as JSON with the idempotent
 //     producer (acks from all in-sync replicas, retries without
 //     duplicates), keyed by the key_field template.
@@ -21,7 +24,9 @@
 // key topic into output_topic: name this connector as both the stream's
 // source and sink), revoke_timeout (default 10s), heartbeat (default 3s; how
 // soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
-// and requests, default 10s), tls ("true"), client_log (info or debug:
+// and requests, default 10s), tls ("true"), sasl_mechanism (PLAIN,
+// SCRAM-SHA-256 or SCRAM-SHA-512) with sasl_user and sasl_password (from
+// ${VAR}; never printed), client_log (info or debug:
 // franz-go's own log on standard error, for diagnosing group and
 // transaction trouble).
 package kafka
@@ -39,6 +44,9 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
@@ -67,6 +75,7 @@ type Kafka struct {
 	rebalance     time.Duration
 	txnTimeout    time.Duration
 	tls           bool
+	sasl          sasl.Mechanism // nil: no SASL
 	txnID         string
 	output        *fields.Template
 
@@ -107,6 +116,21 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if (k.txnID == "") != (k.output == nil) {
 		return nil, bad("transactional_id and output_topic go together (exactly-once from the key topic into output_topic)")
 	}
+	user, pass := p["sasl_user"], p["sasl_password"]
+	switch m := p["sasl_mechanism"]; m {
+	case "":
+		if user != "" || pass != "" {
+			return nil, bad("sasl_user and sasl_password need sasl_mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+		}
+	case "PLAIN":
+		k.sasl = plain.Auth{User: user, Pass: pass}.AsMechanism()
+	case "SCRAM-SHA-256":
+		k.sasl = scram.Auth{User: user, Pass: pass}.AsSha256Mechanism()
+	case "SCRAM-SHA-512":
+		k.sasl = scram.Auth{User: user, Pass: pass}.AsSha512Mechanism()
+	default:
+		return nil, bad("unknown sasl_mechanism %q (want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", m)
+	}
 	switch p["start"] {
 	case "", "earliest":
 	case "latest":
@@ -140,11 +164,14 @@ func (k *Kafka) common() []kgo.Opt {
 	if k.tls {
 		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}))
 	}
+	if k.sasl != nil {
+		opts = append(opts, kgo.SASL(k.sasl))
+	}
 	switch k.cfg.Params["client_log"] {
 	case "debug":
-		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelDebug, nil)))
+		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(k.cfg.Redactor().Writer(os.Stderr), kgo.LogLevelDebug, nil)))
 	case "info":
-		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelInfo, nil)))
+		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(k.cfg.Redactor().Writer(os.Stderr), kgo.LogLevelInfo, nil)))
 	}
 	return opts
 }

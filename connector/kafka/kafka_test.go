@@ -202,10 +202,62 @@ func TestConfigErrors(t *testing.T) {
 		{CName: "k", Addrs: "127.0.0.1:9092"},
 		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"start": "middle"}},
 		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"revoke_timeout": "-1s"}},
+		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"sasl_user": "u", "sasl_password": "p"}},
+		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"sasl_mechanism": "GSSAPI"}},
 	} {
 		if _, err := New(c); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+// TestSASL: a broker that requires SCRAM accepts the right password and
+// refuses a wrong one with an error that does not print it.
+func TestSASL(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.EnableSASL(),
+		kfake.Superuser("SCRAM-SHA-256", "svc", "RightPw31"), kfake.Superuser("PLAIN", "plainsvc", "PlainPw31"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	addrs := strings.Join(c.ListenAddrs(), ",")
+	tests := []struct {
+		mech, user, pass string
+		ok               bool
+	}{
+		{"SCRAM-SHA-256", "svc", "RightPw31", true},
+		{"PLAIN", "plainsvc", "PlainPw31", true},
+		{"SCRAM-SHA-256", "svc", "WrongPw31", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.mech+"/"+tt.pass, func(t *testing.T) {
+			t.Parallel()
+			d, err := New(&config.Conn{CName: "k", Type: Type, Addrs: addrs, Key: "events", Params: map[string]string{
+				"sasl_mechanism": tt.mech, "sasl_user": tt.user, "sasl_password": tt.pass, "timeout": "2s"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err = d.Start(ctx)
+			t.Cleanup(func() { _ = d.Close(context.Background()) })
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("start: %v", err)
+				}
+				if err := d.(*Kafka).Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
+					t.Fatalf("write: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("a wrong password started")
+			}
+			if strings.Contains(err.Error(), tt.pass) {
+				t.Fatalf("the error prints the password: %v", err)
+			}
+		})
 	}
 }
 

@@ -7,7 +7,9 @@
 //   - The sink (and Save) publishes each row as JSON at QoS 1 and waits for
 //     the broker's acknowledgement.
 //
-// Config: addrs (the broker URL, default tcp://127.0.0.1:1883), key (the
+// Config: addrs (the broker URL, default tcp://127.0.0.1:1883; several,
+// comma-separated, are all given to Paho, which tries them in order on
+// every connect and reconnect), key (the
 // topic filter for the source; the topic template for the sink). Params:
 // client_id (default kisflow-FLOW for the source), user, password, timeout
 // (connect and publish, default 10s), buffer (messages held before the
@@ -19,6 +21,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,7 +80,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 }
 
 func (b *Broker) options(clientID string, persistent bool) *paho.ClientOptions {
-	o := paho.NewClientOptions().AddBroker(b.url).SetClientID(clientID).
+	o := paho.NewClientOptions()
+	for _, u := range strings.Split(b.url, ",") {
+		o.AddBroker(strings.TrimSpace(u))
+	}
+	o.SetClientID(clientID).
 		SetConnectTimeout(b.timeout).SetWriteTimeout(b.timeout).
 		SetAutoReconnect(true).SetConnectRetry(true).SetMaxReconnectInterval(5 * time.Second).
 		SetCleanSession(!persistent).SetOrderMatters(false)
@@ -94,10 +101,10 @@ func (b *Broker) connect(c paho.Client) error {
 	tok := c.Connect()
 	if !tok.WaitTimeout(b.timeout) {
 		c.Disconnect(0)
-		return fmt.Errorf("mqtt connector %q: connect to %s: timed out", b.cfg.CName, config.RedactURLs(b.url))
+		return fmt.Errorf("mqtt connector %q: connect to %s: timed out", b.cfg.CName, config.Redact(b.url))
 	}
 	if err := tok.Error(); err != nil {
-		return fmt.Errorf("mqtt connector %q: connect to %s: %w", b.cfg.CName, config.RedactURLs(b.url), err)
+		return fmt.Errorf("mqtt connector %q: connect to %s: %w", b.cfg.CName, config.Redact(b.url), err)
 	}
 	return nil
 }

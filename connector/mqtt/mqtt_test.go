@@ -71,3 +71,22 @@ func TestConformanceAcrossARestart(t *testing.T) {
 		New:      func(t *testing.T) conformance.Fixture { return fixture(t, url) },
 	})
 }
+
+// Several addrs are all given to Paho: a broker that is down is passed
+// over for the next.
+func TestSeveralAddrsAreTriedInOrder(t *testing.T) {
+	t.Parallel()
+	d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: "tcp://127.0.0.1:1," + testenv.MQTT.Addr(t), Key: "kisflow/test/" + testenv.Name("addrs-"),
+		Params: map[string]string{"timeout": "5s"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := d.(*Broker)
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() { _ = b.Close(context.Background()) })
+	if err := b.Write(context.Background(), []any{map[string]any{"id": 1}}); err != nil {
+		t.Fatalf("write through the second broker: %v", err)
+	}
+}

@@ -139,7 +139,7 @@ func (n *NATS) Start(ctx context.Context) error {
 	} else {
 		var err error
 		if nc, err = natsgo.Connect(n.urls, n.opts...); err != nil {
-			return fmt.Errorf("nats %s: %w", config.RedactURLs(n.urls), err)
+			return n.cfg.Redactor().Error(fmt.Errorf("nats %s: %w", config.Redact(n.urls), err))
 		}
 	}
 	closeOwn := func() {
@@ -150,7 +150,7 @@ func (n *NATS) Start(ctx context.Context) error {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		closeOwn()
-		return fmt.Errorf("nats %s: %w", config.RedactURLs(n.urls), err)
+		return n.cfg.Redactor().Error(fmt.Errorf("nats %s: %w", config.Redact(n.urls), err))
 	}
 	if n.create {
 		subj := n.cfg.Key

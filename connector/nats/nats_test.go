@@ -228,18 +228,29 @@ func TestConnectorsShareAConnectionPlugin(t *testing.T) {
 	}
 }
 
-// A connection error names the server without the password of its URL.
+// A connection error names the server without the password or token of
+// its URL, even when the URL does not parse.
 func TestConnectErrorHidesThePassword(t *testing.T) {
 	t.Parallel()
-	d, err := New(&config.Conn{CName: "js", Type: Type, Addrs: "nats://alice:s3cret@127.0.0.1:1", Key: "a", Params: map[string]string{"stream": "S", "timeout": "200ms"}})
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct{ name, addrs, shown string }{
+		{"password", "nats://alice:s3cret@127.0.0.1:1", "alice:xxxxx@127.0.0.1:1"},
+		{"token", "nats://s3cret@127.0.0.1:1", "nats://xxxxx@127.0.0.1:1"},
+		{"bad port", "nats://alice:s3cret@127.0.0.1:badport", "alice:xxxxx@127.0.0.1:badport"},
 	}
-	err = d.(*NATS).Start(context.Background())
-	if err == nil {
-		t.Fatal("connected to a port nothing listens on")
-	}
-	if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "alice:xxxxx@127.0.0.1:1") {
-		t.Fatalf("error %q: want the URL with its password hidden", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			d, err := New(&config.Conn{CName: "js", Type: Type, Addrs: tt.addrs, Key: "a", Params: map[string]string{"stream": "S", "timeout": "200ms"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = d.(*NATS).Start(context.Background())
+			if err == nil {
+				t.Fatal("connected to a port nothing listens on")
+			}
+			if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), tt.shown) {
+				t.Fatalf("error %q: want the URL with its password hidden", err)
+			}
+		})
 	}
 }

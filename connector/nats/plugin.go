@@ -77,7 +77,7 @@ func authOptions(creds, token, user, password string) []natsgo.Option {
 func (p *ClientPlugin) Start(context.Context, plugin.Host) error {
 	nc, err := natsgo.Connect(p.url, p.opts...)
 	if err != nil {
-		return fmt.Errorf("nats %s: %w", config.RedactURLs(p.url), err)
+		return config.RedactError(fmt.Errorf("nats %s: %w", config.Redact(p.url), err))
 	}
 	p.nc = nc
 	return nil

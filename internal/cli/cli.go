@@ -54,11 +54,11 @@ func MainContext(ctx context.Context, reg *kisflow.Registry, args []string, stdo
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
-			fmt.Fprintln(stderr, "kisflow:", ee.err)
+			fmt.Fprintln(stderr, "kisflow:", config.Redact(ee.err.Error()))
 		}
 		return ee.code
 	}
-	fmt.Fprintln(stderr, "kisflow:", err)
+	fmt.Fprintln(stderr, "kisflow:", config.Redact(err.Error()))
 	return ExitUsage
 }
 

@@ -53,17 +53,19 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 }
 
 func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptions, stdout, stderr io.Writer) error {
-	// The logger and the progress line write from different goroutines.
-	stderr = &lockedWriter{w: stderr}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	set, err := config.Import(dir, reg.LintOptions()...)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
+	// The logger and the progress line write from different goroutines;
+	// whatever reaches stderr has the configuration's secrets redacted.
+	red := set.Redactor()
+	stderr = &lockedWriter{w: stderr, red: red}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	names := o.flows
 	if len(names) == 0 {
 		for _, n := range set.FlowNames() {
@@ -77,7 +79,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(log))
 	if err != nil {
-		return &exitError{code: ExitUsage, err: err}
+		return &exitError{code: ExitUsage, err: red.Error(err)}
 	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -95,7 +97,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 				fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
 				return nil
 			}
-			return &exitError{code: ExitProblem, err: err}
+			return &exitError{code: ExitProblem, err: red.Error(err)}
 		}
 	}
 
@@ -191,14 +193,18 @@ func human(v float64) string {
 
 // lockedWriter serialises writes to w.
 type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu  sync.Mutex
+	w   io.Writer
+	red *config.Redactor // nil: Redact's patterns only
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.w.Write(p)
+	if _, err := io.WriteString(l.w, l.red.Redact(string(p))); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func isTerminal(w io.Writer) bool {

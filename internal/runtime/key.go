@@ -11,9 +11,10 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
-// keyReader reads a message's ordering key: Message.Key if the source set
-// one, else the key field of the payload (a JSON object, a map, or a struct
-// field by its json tag or name).
+// keyReader reads a message's ordering key: the stream's key field of the
+// payload (a JSON object, a map, or a struct field by its json tag or
+// name) when it is configured and present, else Message.Key, the key the
+// source sets (a Kafka partition, an MQTT topic).
 type keyReader struct {
 	field  string
 	path   *gojson.Path
@@ -29,34 +30,48 @@ func newKeyReader(field string) *keyReader {
 }
 
 func (k *keyReader) of(m *stream.Message) string {
-	if m.Key != "" {
+	key, found := k.ofPayload(m)
+	switch {
+	case k.field != "" && found:
+		return key
+	case m.Key != "":
 		return m.Key
 	}
+	return key
+}
+
+// ofPayload reads the key field of the payload; found tells whether the
+// payload has it. A payload with no fields is its own key.
+func (k *keyReader) ofPayload(m *stream.Message) (key string, found bool) {
 	switch p := m.Payload.(type) {
 	case string:
-		return k.fromJSON([]byte(p))
+		key = k.fromJSON([]byte(p))
+		return key, key != ""
 	case []byte:
-		return k.fromJSON(p)
+		key = k.fromJSON(p)
+		return key, key != ""
 	case map[string]any:
-		return fmt.Sprint(p[k.field])
+		v, ok := p[k.field]
+		return fmt.Sprint(v), ok
 	case map[string]string:
-		return p[k.field]
+		v, ok := p[k.field]
+		return v, ok
 	}
 	v := reflect.ValueOf(m.Payload)
 	for v.Kind() == reflect.Pointer {
 		if v.IsNil() {
-			return ""
+			return "", false
 		}
 		v = v.Elem()
 	}
 	if v.Kind() != reflect.Struct {
-		return fmt.Sprint(m.Payload)
+		return fmt.Sprint(m.Payload), false
 	}
 	idx := k.structField(v.Type())
 	if idx == nil {
-		return ""
+		return "", false
 	}
-	return fmt.Sprint(v.FieldByIndex(idx).Interface())
+	return fmt.Sprint(v.FieldByIndex(idx).Interface()), true
 }
 
 func (k *keyReader) fromJSON(data []byte) string {
