@@ -40,6 +40,15 @@ func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	if err := s.createGroup(ctx); err != nil {
 		return nil, s.fail("create the group", err)
 	}
+	s.reader = r.client
+	if r.shared == nil {
+		// Reads and claims move entries to this consumer: one whose reply
+		// was lost must surface (see lostReply), not be retried unseen.
+		// Acknowledgements are idempotent and keep go-redis's retries.
+		o := *r.opts
+		o.MaxRetries = -1
+		s.reader, s.ownReader = goredis.NewUniversalClient(&o), true
+	}
 	kctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopKeepAlive, s.keptAlive = stop, make(chan struct{})
 	go s.keepAlive(kctx)
@@ -59,11 +68,15 @@ func defaultConsumer() string {
 // consumer name), then entries of other consumers idle for claim_idle,
 // then new entries.
 type source struct {
-	r        *Redis
-	key      string
-	group    string
-	consumer string
-	log      *slog.Logger
+	r *Redis
+	// reader runs the commands that deliver entries (XREADGROUP,
+	// XAUTOCLAIM); ownReader when the source opened it.
+	reader    goredis.UniversalClient
+	ownReader bool
+	key       string
+	group     string
+	consumer  string
+	log       *slog.Logger
 
 	// Read's own state (Read is called by one goroutine).
 
@@ -181,7 +194,7 @@ func (s *source) readGroup(ctx context.Context, id string, count int, block time
 	rctx, stop := withoutDeadline(ctx)
 	defer stop()
 	for recreated := false; ; recreated = true {
-		res, err := s.r.client.XReadGroup(rctx, &goredis.XReadGroupArgs{
+		res, err := s.reader.XReadGroup(rctx, &goredis.XReadGroupArgs{
 			Group: s.group, Consumer: s.consumer, Streams: []string{s.key, id}, Count: int64(count), Block: block,
 		}).Result()
 		switch {
@@ -202,9 +215,19 @@ func (s *source) readGroup(ctx context.Context, id string, count int, block time
 				return nil, nil // a new group holds nothing pending
 			}
 		default:
+			s.lostReply()
 			return nil, s.fail("read", err)
 		}
 	}
+}
+
+// lostReply is called after a read or claim failed: if Redis ran it but
+// its reply was lost with the connection, entries it delivered or claimed are
+// pending for this consumer, yet were never handed out. The pending
+// history is read again from its start (leaving out what is in flight),
+// so they are not left waiting for claim_idle.
+func (s *source) lostReply() {
+	s.pendingFrom = "0"
 }
 
 // withoutDeadline returns a context cancelled with ctx, but not when ctx
@@ -254,11 +277,12 @@ func (s *source) claim(ctx context.Context, limit int) ([]*stream.Message, error
 	var out []*stream.Message
 	for len(out) < limit && ctx.Err() == nil {
 		s.watchAcks()
-		entries, next, err := s.r.client.XAutoClaim(rctx, &goredis.XAutoClaimArgs{
+		entries, next, err := s.reader.XAutoClaim(rctx, &goredis.XAutoClaimArgs{
 			Stream: s.key, Group: s.group, Consumer: s.consumer, MinIdle: s.r.claimIdle, Start: s.claimFrom, Count: int64(limit - len(out)),
 		}).Result()
 		if err != nil {
 			s.handOut(nil, true)
+			s.lostReply()
 			if len(out) > 0 {
 				return out, nil // the error comes back at the next call
 			}
@@ -445,5 +469,8 @@ func (s *source) keepAlive(ctx context.Context) {
 func (s *source) Close(context.Context) error {
 	s.stopKeepAlive()
 	<-s.keptAlive
+	if s.ownReader {
+		return s.reader.Close()
+	}
 	return nil
 }

@@ -455,3 +455,57 @@ func TestTakeoverWithinClaimIdle(t *testing.T) {
 		t.Fatalf("takeover took %v, more than claim_idle + 1.5s = %v", total, limit)
 	}
 }
+
+// A read whose reply is lost with its connection may have delivered
+// entries to this consumer that it never saw: the source reads its pending
+// history again after the failed read, instead of leaving them until
+// claim_idle.
+func TestEntriesOfALostReplyAreReadAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	addr := testenv.Redis.Addr(t)
+	proxy := testenv.NewProxy(t, addr)
+	key := testenv.Name("kisflow-test-")
+	admin := start(t, key, map[string]string{"mode": "stream"})
+	d, err := New(&config.Conn{CName: "r", Type: Type, Addrs: proxy.Addr(), Key: key,
+		Params: map[string]string{"mode": "stream", "consumer": "c1", "block": "5s", "claim_idle": "1h", "client_name": key}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := d.(*Redis)
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	src := open(t, r, "g", nil)
+	if got := drain(t, src, 10, 100*time.Millisecond); len(got) != 0 {
+		t.Fatalf("read %d entries of an empty stream", len(got))
+	}
+	// Entries delivered to c1 whose reply never arrived.
+	fill(t, admin, key, 0, 5)
+	if err := admin.client.XReadGroup(ctx, &goredis.XReadGroupArgs{Group: "g", Consumer: "c1", Streams: []string{key, ">"}, Count: 5}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	read := make(chan error, 1)
+	go func() {
+		_, err := src.Read(ctx, 10) // blocks: nothing new
+		read <- err
+	}()
+	waitFor(t, "the source's read blocked on the server", func() bool {
+		list, _ := admin.client.ClientList(ctx).Result()
+		for _, line := range strings.Split(list, "\n") {
+			if strings.Contains(line, "name="+key) && strings.Contains(line, "cmd=xreadgroup") && strings.Contains(line, "flags=b") {
+				return true
+			}
+		}
+		return false
+	})
+	proxy.Cut(t)
+	if err := <-read; err == nil || stream.IsFatal(err) {
+		t.Fatalf("a read whose connection was cut: %v, want a transient error", err)
+	}
+	got := drain(t, src, 10, 300*time.Millisecond)
+	if ids := once(t, got); len(ids) != 5 {
+		t.Fatalf("read %d of the 5 entries delivered before the cut", len(ids))
+	}
+}
