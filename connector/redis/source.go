@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"sync"
@@ -109,6 +110,11 @@ type source struct {
 // fail names the connector, stream and group in err, and marks it for the
 // runtime (see classify).
 func (s *source) fail(op string, err error) error {
+	if errors.Is(err, io.EOF) {
+		// The server closed the connection; io.EOF would tell the runtime
+		// the stream is exhausted, and end the job.
+		err = fmt.Errorf("connection closed by the server (%v)", err)
+	}
 	return fmt.Errorf("redis connector %q: stream %s, group %s: %s: %w", s.r.cfg.CName, s.key, s.group, op, classify(err, false))
 }
 
