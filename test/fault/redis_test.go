@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,11 +14,15 @@ import (
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
-// redisFlow is a config folder: a Redis stream (key, group g, claim_idle)
-// -> keep the id -> sink, linger 20ms against the source's 1s block. sink
-// is the YAML of the connector "out".
-func redisFlow(t testing.TB, addr, key, claimIdle, sink string) string {
+// redisFlow is a config folder: a Redis stream (key, group g, claim_idle,
+// and consumer when not empty) -> keep the id -> sink, linger 20ms against
+// the source's 1s block. sink is the YAML of the connector "out".
+func redisFlow(t testing.TB, addr, key, claimIdle, consumer, sink string) string {
 	t.Helper()
+	params := ""
+	if consumer != "" {
+		params = "  consumer: " + consumer + "\n"
+	}
 	return Dir(t, map[string]string{
 		"flow.yml": `kistype: flow
 status: 1
@@ -43,13 +46,21 @@ params:
   group: g
   block: 1s
   claim_idle: %s
----
-%s`, addr, key, claimIdle, sink),
+%s---
+%s`, addr, key, claimIdle, params, sink),
 	})
 }
 
-// sqliteOut is an SQLite sink out(id) in the config folder.
-const sqliteOut = "kistype: conn\ncname: out\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n"
+// listOut is the YAML of a sink "out" into the Redis list key (the test
+// counts its ids while the job runs, which an SQLite file would refuse
+// with SQLITE_BUSY), and a function counting them.
+func listOut(t testing.TB, key string) (string, func() map[int64]int) {
+	addr := testenv.Redis.Addr(t)
+	rdb := redisClient(t, addr)
+	t.Cleanup(func() { rdb.Del(context.Background(), key) })
+	yaml := fmt.Sprintf("kistype: conn\ncname: out\ntype: redis\naddrs: %s\nkey: %s\nparams:\n  mode: list\n", addr, key)
+	return yaml, func() map[int64]int { return listIDs(t, rdb, key) }
+}
 
 // publish appends {"id": i} for i in from..to to the stream.
 func publish(t testing.TB, rdb goredis.UniversalClient, key string, from, to int) {
@@ -86,7 +97,8 @@ func TestRedisSlowStreamKeepsRunning(t *testing.T) {
 	key := testenv.Name("kisflow-fault-")
 	rdb := redisClient(t, addr)
 	t.Cleanup(func() { rdb.Del(context.Background(), key) })
-	dir := redisFlow(t, addr, key, "30s", sqliteOut)
+	sink, ids := listOut(t, key+":out")
+	dir := redisFlow(t, addr, key, "30s", "", sink)
 	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
 	n := int(span / (100 * time.Millisecond))
 	tick := time.NewTicker(100 * time.Millisecond) // the stream's pace
@@ -98,9 +110,8 @@ func TestRedisSlowStreamKeepsRunning(t *testing.T) {
 		}
 		publish(t, rdb, key, i, i)
 	}
-	out := filepath.Join(dir, "out.db")
 	Eventually(t, 30*time.Second, "every entry in the sink", func() bool {
-		return len(SQLiteCounts(t, out, "SELECT id FROM out")) == n || p.Exited()
+		return len(ids()) == n || p.Exited()
 	})
 	if p.Exited() {
 		t.Fatalf("kisflow ended on a slow stream:\n%s", tail(p.Output(), 4000))
@@ -109,7 +120,7 @@ func TestRedisSlowStreamKeepsRunning(t *testing.T) {
 	if code := p.Wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)
 	}
-	if bad := Check(SQLiteCounts(t, out, "SELECT id FROM out"), n, true); len(bad) > 0 {
+	if bad := Check(ids(), n, true); len(bad) > 0 {
 		t.Fatalf("sink: %v", bad)
 	}
 }
@@ -123,13 +134,13 @@ func TestRedisRestartMidStream(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", srv.Port())
 	key := testenv.Name("kisflow-fault-")
 	rdb := redisClient(t, addr)
-	dir := redisFlow(t, addr, key, "30s", sqliteOut)
-	out := filepath.Join(dir, "out.db")
+	sink, ids := listOut(t, key+":out")
+	dir := redisFlow(t, addr, key, "30s", "", sink)
 	const n = 3000
 	publish(t, rdb, key, 1, n/3)
 	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
 	Eventually(t, 30*time.Second, "the first entries in the sink", func() bool {
-		return len(SQLiteCounts(t, out, "SELECT id FROM out")) >= n/6 || p.Exited()
+		return len(ids()) >= n/6 || p.Exited()
 	})
 	_ = rdb.Shutdown(context.Background()).Err() // its reply is the closed connection
 	time.Sleep(time.Second)                      // the outage
@@ -137,7 +148,7 @@ func TestRedisRestartMidStream(t *testing.T) {
 	back := time.Now()
 	publish(t, rdb, key, n/3+1, n)
 	Eventually(t, 60*time.Second, "every id in the sink after the restart", func() bool {
-		return len(SQLiteCounts(t, out, "SELECT id FROM out")) == n || p.Exited()
+		return len(ids()) == n || p.Exited()
 	})
 	if p.Exited() {
 		t.Fatalf("kisflow ended across a 1s Redis restart:\n%s", tail(p.Output(), 4000))
@@ -147,7 +158,7 @@ func TestRedisRestartMidStream(t *testing.T) {
 	if code := p.Wait(30 * time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)
 	}
-	if bad := Check(SQLiteCounts(t, out, "SELECT id FROM out"), n, false); len(bad) > 0 {
+	if bad := Check(ids(), n, false); len(bad) > 0 {
 		t.Fatalf("sink: %v", bad)
 	}
 }
@@ -168,30 +179,28 @@ func TestRedisGroupTakeover(t *testing.T) {
 	ctx := context.Background()
 	t.Cleanup(func() { rdb.Del(ctx, key, key+":out") })
 	sink := fmt.Sprintf("kistype: conn\ncname: out\ntype: redis\naddrs: %s\nkey: %s:out\nparams:\n  mode: list\n", addr, key)
-	dir := redisFlow(t, addr, key, claimIdle.String(), sink)
 	publish(t, rdb, key, 1, n)
-	run := func(name string) *Proc {
-		return Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, name), "--progress", "never")
+	run := func(consumer string) *Proc {
+		dir := redisFlow(t, addr, key, claimIdle.String(), consumer, sink)
+		return Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
 	}
-	victim, survivor := run("a"), run("b")
-	Eventually(t, 60*time.Second, "both processes reading", func() bool {
-		return rdb.LLen(ctx, key+":out").Val() >= int64(n/10) || victim.Exited() || survivor.Exited()
+	victim, survivor := run("victim"), run("survivor")
+	Eventually(t, 60*time.Second, "the victim holding entries", func() bool {
+		s, err := rdb.XPending(ctx, key, "g").Result()
+		return (err == nil && s.Consumers["victim"] > 0) || victim.Exited() || survivor.Exited()
 	})
 	victim.Kill()
 	killed := time.Now()
-	// What the victim held: its consumer is named host-PID-random.
-	var held []string
-	pending, err := rdb.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: "g", Start: "-", End: "+", Count: int64(n)}).Result()
+	pending, err := rdb.XPendingExt(ctx, &goredis.XPendingExtArgs{Stream: key, Group: "g", Start: "-", End: "+", Count: int64(n), Consumer: "victim"}).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var held []string
 	for _, e := range pending {
-		if strings.Contains(e.Consumer, fmt.Sprintf("-%d-", victim.Pid())) {
-			held = append(held, e.ID)
-		}
+		held = append(held, e.ID)
 	}
 	if len(held) == 0 {
-		t.Fatalf("the killed process held no entries (%d pending in the group): nothing to take over", len(pending))
+		t.Fatalf("the killed process held no entries: nothing to take over")
 	}
 	stillPending := func() int {
 		left := 0
