@@ -130,6 +130,24 @@ func (s *source) claimInterval() time.Duration {
 // found nothing within ctx's deadline waits for ctx and returns its error,
 // never one of its own.
 func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
+	for attempt := 0; ; attempt++ {
+		msgs, err := s.read(ctx, limit)
+		if err == nil || attempt == 3 || ctx.Err() != nil || stream.IsFatal(err) {
+			return msgs, err
+		}
+		// A lost connection (Redis restarting, a network blip): try again
+		// a few times, as go-redis does for other commands, before the
+		// runtime hears of it.
+		select {
+		case <-ctx.Done():
+			return nil, s.fail("read", ctx.Err())
+		case <-time.After(time.Duration(100<<attempt) * time.Millisecond):
+		}
+	}
+}
+
+// read is one attempt of Read.
+func (s *source) read(ctx context.Context, limit int) ([]*stream.Message, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, s.fail("read", err)
