@@ -20,7 +20,7 @@ const PluginType = "redis"
 
 // ClientConfig is the config of a shared client.
 type ClientConfig struct {
-	Addr     string        `yaml:"addr"` // host:port (default 127.0.0.1:6379)
+	Addr     string        `yaml:"addr"` // host:port or a redis:// URL (default 127.0.0.1:6379)
 	Username string        `yaml:"username"`
 	Password string        `yaml:"password"` // use ${VAR}
 	DB       int           `yaml:"db"`
@@ -50,6 +50,23 @@ var PluginSpec = plugin.Spec{Type: PluginType, New: func(_ string, pc *config.Pl
 	}
 	opts := &goredis.Options{Addr: c.Addr, Username: c.Username, Password: c.Password,
 		DB: c.DB, DialTimeout: c.Timeout, ReadTimeout: c.Timeout, WriteTimeout: c.Timeout}
+	if strings.Contains(c.Addr, "://") {
+		// Credentials leave the address, which errors and logs show.
+		u, err := goredis.ParseURL(c.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("addr %s: %w", config.RedactURLs(c.Addr), redactURLError(err))
+		}
+		opts.Addr, opts.TLSConfig = u.Addr, u.TLSConfig
+		if opts.Username == "" {
+			opts.Username = u.Username
+		}
+		if opts.Password == "" {
+			opts.Password = u.Password
+		}
+		if opts.DB == 0 {
+			opts.DB = u.DB
+		}
+	}
 	if c.TLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(opts.Addr, ":")[0]}
 	}
@@ -61,7 +78,7 @@ func (p *ClientPlugin) Start(ctx context.Context, _ plugin.Host) error {
 	p.client = goredis.NewClient(p.opts)
 	if err := p.client.Ping(ctx).Err(); err != nil {
 		p.client.Close()
-		return fmt.Errorf("redis %s: %w", p.opts.Addr, err)
+		return fmt.Errorf("redis %s: %w", p.opts.Addr, classify(err, false))
 	}
 	return nil
 }

@@ -8,14 +8,27 @@
 //     the stored fields merged in.
 //   - The source reads a Redis Stream in a consumer group (XREADGROUP),
 //     acknowledges with XACK after the flow, re-reads its own pending
-//     entries after a restart, and claims the pending entries of a consumer
-//     that died (XAUTOCLAIM) once they are idle for claim_idle.
+//     entries once after a restart, and claims the pending entries of a
+//     consumer that died (XAUTOCLAIM) once they are idle for claim_idle:
+//     passes every claim_idle/10 (at most 1s), each filling whole reads.
+//     Entries it holds in flight are kept from claims (XCLAIM to itself
+//     every claim_idle/3) and never handed out twice. A group Redis lost is
+//     created again, with a warning.
 //
-// Config: addrs (host:port), key (the key template; for the source, the
-// stream's key). Params: mode (hash, string, list, stream; default hash),
-// ttl, password, db, tls ("true"), timeout (every network call, default 5s),
-// group (default: the flow name), consumer (default: host-pid-random),
-// claim_idle (default 30s), block (default 1s), field (the stream entry
+// Errors: a lost connection is transient (retried by the runtime);
+// WRONGTYPE on the stream, NOAUTH, WRONGPASS, NOPERM and CROSSSLOT are
+// marked stream.Fatal; WRONGTYPE on a sink's key and a row the key
+// template cannot place are marked stream.Permanent (dead-lettered).
+//
+// Config: addrs (host:port or a redis:// or rediss:// URL, whose
+// credentials never show in errors; several addrs make a cluster client,
+// and so does the param cluster: "true"; with the param master_name they
+// are sentinels), key (the key template; for the source, the stream's
+// key). Params: mode (hash, string, list, stream; default hash), ttl,
+// username, password, db (0 only for a cluster), tls ("true"),
+// sentinel_username, sentinel_password, timeout (every network call,
+// default 5s), group (default: the flow name), consumer (default:
+// host-pid-random), claim_idle (default 30s), block (default 1s), field (the stream entry
 // field holding the JSON row, default "data"), dedup_key (list and stream
 // saves: a template naming the row's identity, such as {order_id} or the
 // source record's position field; a row whose identity was saved within
@@ -31,12 +44,8 @@ package redis
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/tls"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -64,8 +73,8 @@ func Install(reg *kisflow.Registry) error {
 // Redis is the driver. It is safe for concurrent use.
 type Redis struct {
 	cfg       *config.Conn
-	opts      *goredis.Options
-	client    *goredis.Client
+	opts      *goredis.UniversalOptions
+	client    goredis.UniversalClient
 	shared    *ClientPlugin // set by UsePlugins: the client is the plugin's
 	key       *fields.Template
 	mode      string
@@ -103,26 +112,11 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("redis connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
-	addrs := cfg.AddrList()
-	if len(addrs) == 0 {
-		addrs = []string{"127.0.0.1:6379"}
-	}
-	p := cfg.Params
-	timeout, err := cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond)
+	opts, err := clientOptions(cfg)
 	if err != nil {
 		return nil, bad("%v", err)
 	}
-	opts := &goredis.Options{
-		Addr: addrs[0], Password: p["password"], Username: p["username"],
-		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
-		ClientName: p["client_name"],
-	}
-	if opts.DB, err = cfg.ParamInt("db", 0, 0); err != nil {
-		return nil, bad("%v", err)
-	}
-	if p["tls"] == "true" {
-		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(addrs[0], ":")[0]}
-	}
+	p := cfg.Params
 	r := &Redis{cfg: cfg, opts: opts, mode: p["mode"], group: p["group"], consumer: p["consumer"], field: p["field"]}
 	if r.mode == "" {
 		r.mode = "hash"
@@ -170,12 +164,24 @@ func (r *Redis) Start(ctx context.Context) error {
 		r.client = r.shared.Client()
 		return nil
 	}
-	r.client = goredis.NewClient(r.opts)
+	r.client = goredis.NewUniversalClient(r.opts)
 	if err := r.client.Ping(ctx).Err(); err != nil {
 		r.client.Close()
-		return fmt.Errorf("redis %s: %w", r.opts.Addr, err)
+		return fmt.Errorf("redis connector %q: %s: %w", r.cfg.CName, r.where(), classify(err, false))
 	}
 	return nil
+}
+
+// where names the servers for messages: host:port only, never credentials.
+func (r *Redis) where() string {
+	kind := "server"
+	switch {
+	case r.opts.MasterName != "":
+		kind = "sentinels of master " + r.opts.MasterName
+	case len(r.opts.Addrs) > 1 || r.opts.IsClusterMode:
+		kind = "cluster"
+	}
+	return kind + " " + strings.Join(r.opts.Addrs, ",")
 }
 
 // Close disconnects.
@@ -186,8 +192,9 @@ func (r *Redis) Close(context.Context) error {
 	return r.client.Close()
 }
 
-// Client is the go-redis client, for commands of the caller's own.
-func (r *Redis) Client() *goredis.Client { return r.client }
+// Client is the go-redis client, for commands of the caller's own: a
+// cluster or sentinel-backed client when addrs and params ask for one.
+func (r *Redis) Client() goredis.UniversalClient { return r.client }
 
 // Write saves rows by the connector's mode: the stream sink and Save.
 func (r *Redis) Write(ctx context.Context, rows []any) error {
@@ -197,8 +204,24 @@ func (r *Redis) Write(ctx context.Context, rows []any) error {
 	}
 	pipe := r.client.Pipeline()
 	r.queue(ctx, pipe, writes)
-	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("redis connector %q: write: %w", r.cfg.CName, err)
+	cmds, err := pipe.Exec(ctx)
+	if err != nil {
+		if other := batchFailure(cmds); other != nil {
+			err = other
+		}
+		return fmt.Errorf("redis connector %q: write: %w", r.cfg.CName, classify(err, true))
+	}
+	return nil
+}
+
+// batchFailure returns the first error of cmds that is not a row's own (a
+// key of another type, which the runtime dead-letters): a lost connection,
+// refused credentials. Nil when every failure is a row's own.
+func batchFailure(cmds []goredis.Cmder) error {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !goredis.HasErrorPrefix(err, "WRONGTYPE") {
+			return err
+		}
 	}
 	return nil
 }
@@ -218,11 +241,11 @@ func (r *Redis) plan(rows []any) ([]write, error) {
 	for i, row := range rows {
 		m, err := fields.Of(row)
 		if err != nil {
-			return nil, fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+			return nil, r.rowError(i, err)
 		}
 		w := &writes[i]
 		if w.key, err = r.key.Expand(m); err != nil {
-			return nil, fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+			return nil, r.rowError(i, err)
 		}
 		if r.mode == "hash" {
 			w.fields = make([]any, 0, 2*len(m))
@@ -232,17 +255,23 @@ func (r *Redis) plan(rows []any) ([]write, error) {
 			continue
 		}
 		if w.data, err = gojson.Marshal(m); err != nil {
-			return nil, fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err)
+			return nil, r.rowError(i, err)
 		}
 		if r.dedup != nil && (r.mode == "list" || r.mode == "stream") {
 			id, err := r.dedup.Expand(m)
 			if err != nil {
-				return nil, fmt.Errorf("redis connector %q: row %d: dedup_key: %w", r.cfg.CName, i, err)
+				return nil, r.rowError(i, fmt.Errorf("dedup_key: %w", err))
 			}
 			w.marker = "kisflow:saved:" + r.cfg.CName + ":" + w.key + ":" + id
 		}
 	}
 	return writes, nil
+}
+
+// rowError is the failure of row i that no retry mends (a field the key
+// needs is missing, a value JSON cannot hold): the runtime dead-letters it.
+func (r *Redis) rowError(i int, err error) error {
+	return stream.Permanent(fmt.Errorf("redis connector %q: row %d: %w", r.cfg.CName, i, err))
 }
 
 // queue adds the commands of writes to pipe.
@@ -329,8 +358,11 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 			break
 		}
 	}
+	if err != nil && crossSlot(err) {
+		err = fmt.Errorf("on a Redis cluster the keys of an exactly-once batch (its rows', %s and %s) must share one slot: %w", r.positionKey(stream), r.inboxKey(stream), err)
+	}
 	if err != nil {
-		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, err)
+		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, classify(err, true))
 	}
 	return nil
 }
@@ -348,7 +380,7 @@ func (r *Redis) checkTypes(ctx context.Context, tx *goredis.Tx, keys []string) e
 	}
 	for i, c := range cmds {
 		if got := c.(*goredis.StatusCmd).Val(); got != "none" && got != r.mode {
-			return fmt.Errorf("key %s holds a %s, not a %s: nothing of the batch was written", keys[i], got, r.mode)
+			return stream.Permanent(fmt.Errorf("key %s holds a %s, not a %s: nothing of the batch was written", keys[i], got, r.mode))
 		}
 	}
 	return nil
@@ -459,191 +491,3 @@ func (r *Redis) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, 
 		return nil, fmt.Errorf("redis connector %q: function %q has fmode %s; only Save and Load functions call it", r.cfg.CName, fn.Name(), fn.Mode())
 	}
 }
-
-// OpenSource joins the consumer group of the stream named by key (created
-// with the group if missing).
-func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
-	if !r.key.Static() {
-		return nil, fmt.Errorf("redis connector %q: a source needs a plain stream key, not the template %q", r.cfg.CName, r.cfg.Key)
-	}
-	group := r.group
-	if group == "" {
-		group = opts.Name
-	}
-	consumer := r.consumer
-	if consumer == "" {
-		consumer = defaultConsumer()
-	}
-	key := r.cfg.Key
-	err := r.client.XGroupCreateMkStream(ctx, key, group, "0").Err()
-	if err != nil && !strings.Contains(err.Error(), "BUSYGROUP") {
-		return nil, fmt.Errorf("redis connector %q: create group %s on %s: %w", r.cfg.CName, group, key, err)
-	}
-	return &source{r: r, key: key, group: group, consumer: consumer, ownPending: true}, nil
-}
-
-func defaultConsumer() string {
-	host, _ := os.Hostname()
-	b := make([]byte, 3)
-	_, _ = rand.Read(b)
-	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
-}
-
-type source struct {
-	r          *Redis
-	key        string
-	group      string
-	consumer   string
-	ownPending bool // re-read this consumer's pending entries first
-	lastClaim  time.Time
-	claimFrom  string
-}
-
-func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
-	for {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if s.ownPending {
-			entries, err := s.readGroup(ctx, "0", limit, -1)
-			if err != nil {
-				return nil, err
-			}
-			if len(entries) < limit {
-				s.ownPending = false
-			}
-			if len(entries) > 0 {
-				return s.messages(entries), nil
-			}
-		}
-		if time.Since(s.lastClaim) >= s.r.claimIdle/2 {
-			msgs, err := s.claim(ctx, limit)
-			if err != nil {
-				return nil, err
-			}
-			if len(msgs) > 0 {
-				return msgs, nil
-			}
-		}
-		block := s.r.block
-		if dl, ok := ctx.Deadline(); ok {
-			block = min(block, time.Until(dl))
-		}
-		if block <= 0 {
-			return nil, context.DeadlineExceeded
-		}
-		entries, err := s.readGroup(ctx, ">", limit, max(block, time.Millisecond))
-		if err != nil {
-			if errors.Is(err, goredis.Nil) {
-				continue // nothing within block
-			}
-			return nil, err
-		}
-		if len(entries) > 0 {
-			return s.messages(entries), nil
-		}
-	}
-}
-
-func (s *source) readGroup(ctx context.Context, id string, max int, block time.Duration) ([]goredis.XMessage, error) {
-	res, err := s.r.client.XReadGroup(ctx, &goredis.XReadGroupArgs{
-		Group: s.group, Consumer: s.consumer, Streams: []string{s.key, id}, Count: int64(max), Block: block,
-	}).Result()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, goredis.Nil) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("redis source %s: %w", s.key, err)
-	}
-	if len(res) == 0 {
-		return nil, nil
-	}
-	return res[0].Messages, nil
-}
-
-// claim takes over entries other consumers read and did not acknowledge
-// for claim_idle: their consumer died.
-func (s *source) claim(ctx context.Context, max int) ([]*stream.Message, error) {
-	if s.claimFrom == "" {
-		s.claimFrom = "0-0"
-	}
-	entries, next, err := s.r.client.XAutoClaim(ctx, &goredis.XAutoClaimArgs{
-		Stream: s.key, Group: s.group, Consumer: s.consumer, MinIdle: s.r.claimIdle, Start: s.claimFrom, Count: int64(max),
-	}).Result()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, fmt.Errorf("redis source %s: claim: %w", s.key, err)
-	}
-	if next == "0-0" {
-		s.lastClaim = time.Now() // a full pass: rest until the next one
-	}
-	s.claimFrom = next
-	return s.messages(entries), nil
-}
-
-func (s *source) messages(entries []goredis.XMessage) []*stream.Message {
-	slab := make([]stream.Message, len(entries))
-	out := make([]*stream.Message, len(entries))
-	for i, e := range entries {
-		m := &slab[i]
-		if v, ok := e.Values[s.r.field].(string); ok && len(e.Values) == 1 {
-			m.Payload = v
-		} else {
-			row := make(map[string]any, len(e.Values))
-			for k, v := range e.Values {
-				row[k] = v
-			}
-			m.Payload = row
-		}
-		m.Handle = e.ID
-		m.ID = e.ID
-		out[i] = m
-	}
-	return out
-}
-
-// Ack acknowledges entries with XACK.
-func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
-	if len(msgs) == 0 {
-		return nil
-	}
-	ids := make([]string, len(msgs))
-	for i, m := range msgs {
-		ids[i] = m.Handle.(string)
-	}
-	if err := s.r.client.XAck(ctx, s.key, s.group, ids...).Err(); err != nil {
-		return fmt.Errorf("redis source %s: ack: %w", s.key, err)
-	}
-	return nil
-}
-
-// Lag is the number of stream entries the group has not acknowledged: those
-// not delivered yet (XINFO GROUPS "lag"; Redis 7) plus its pending entries.
-// Redis cannot tell the first after entries were deleted from the middle of
-// the stream: then Lag reports an error.
-func (s *source) Lag(ctx context.Context) (int64, error) {
-	groups, err := s.r.client.XInfoGroups(ctx, s.key).Result()
-	if err != nil {
-		return 0, fmt.Errorf("redis source %s: group lag: %w", s.key, err)
-	}
-	for _, g := range groups {
-		if g.Name != s.group {
-			continue
-		}
-		if g.Lag < 0 {
-			return 0, fmt.Errorf("redis source %s: group %s: lag unknown to the server", s.key, s.group)
-		}
-		return g.Lag + g.Pending, nil
-	}
-	return 0, fmt.Errorf("redis source %s: group %s not found", s.key, s.group)
-}
-
-// Close leaves the entries this consumer did not acknowledge pending: the
-// same consumer re-reads them on restart; others claim them after
-// claim_idle.
-func (s *source) Close(context.Context) error { return nil }
