@@ -177,8 +177,9 @@ type Runner struct {
 	srcLink, sinkLink, dlqLink *link
 	undrained, exhausted       atomic.Bool
 	warnedDead                 atomic.Bool
-	journalStart, journalAt    int64 // the dead-letter journal's size at start, and as last committed (-1: unknown)
-	deadDirty                  bool  // dead letters written and not yet synced (commit loop only)
+	journalStart, journalAt    int64  // the dead-letter journal's size at start, and as last committed (-1: unknown)
+	txPos                      string // the position of the last transaction this runner committed
+	deadDirty                  bool   // dead letters written and not yet synced (commit loop only)
 	journalID                  string
 	abortOnce                  sync.Once
 	abortErr                   error                   // set once, before stopRead is called

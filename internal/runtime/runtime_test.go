@@ -475,6 +475,38 @@ func TestExactlyOnceCommitsRowsWithPosition(t *testing.T) {
 	}
 }
 
+// lostAnswerSink commits every batch and then, for the first and every
+// other one, reports a lost connection, as a database does that goes away
+// after committing.
+type lostAnswerSink struct {
+	txSink
+	calls int
+}
+
+func (s *lostAnswerSink) CommitBatch(ctx context.Context, name, pos string, ids []string, rows []any) error {
+	if err := s.txSink.CommitBatch(ctx, name, pos, ids, rows); err != nil {
+		return err
+	}
+	s.calls++
+	if s.calls%2 == 1 {
+		return errors.New("commit: invalid connection")
+	}
+	return nil
+}
+
+func TestACommitWhoseAnswerWasLostIsNotMadeTwice(t *testing.T) {
+	t.Parallel()
+	src := newSource(1000, 7)
+	tx := &lostAnswerSink{}
+	run(t, Config{Name: "s", BatchSize: 64, Workers: 2, Delivery: ExactlyOnce},
+		Parts{Source: src, NewFlow: func(int) Flow { return funcFlow(passAll) }, Sink: tx, TxSink: tx, DeadLetter: &memSink{}})
+	got := (&memSink{rows: tx.rows}).ints()
+	slices.Sort(got)
+	if !slices.Equal(got, seq(1000)) || tx.pos != "1000" || tx.calls < 1 {
+		t.Fatalf("%d rows for 1000 ids (each once wanted), position %q, %d commits", len(got), tx.pos, tx.calls)
+	}
+}
+
 func TestShutdownDrainsAndCommitsWhatWasRead(t *testing.T) {
 	t.Parallel()
 	src := newSource(100000, 0)

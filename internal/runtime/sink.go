@@ -122,9 +122,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 	for attempt := 1; ; attempt++ {
 		err := tx.CommitBatch(ctx, r.cfg.Name, pos, all, rows)
 		if err == nil {
-			r.sinkLink.ok()
-			r.out.Add(int64(len(rows)))
-			r.journalAt = jsize
+			r.committedTx(pos, len(rows), jsize)
 			return nil
 		}
 		if errors.Is(err, stream.ErrAlreadyCommitted) || r.stopOn(ctx, err) {
@@ -137,7 +135,41 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
 			return err
 		}
+		// A commit whose answer was lost (the server went away after
+		// committing) must not be made twice: ask the sink what it holds.
+		if landed, lerr := r.commitLanded(ctx, pos, all); lerr == nil && landed {
+			r.cfg.Logger.Warn("the sink had committed a batch whose answer was lost; not committing it again", "position", pos)
+			r.committedTx(pos, len(rows), jsize)
+			return nil
+		}
 	}
+}
+
+// committedTx records a transaction that committed.
+func (r *Runner) committedTx(pos string, rows int, jsize int64) {
+	r.sinkLink.ok()
+	r.out.Add(int64(rows))
+	r.journalAt = jsize
+	if pos != "" {
+		r.txPos = pos
+	}
+}
+
+// commitLanded reports whether a commit that failed with an unknown outcome
+// is in the sink after all: its position is the sink's (and differs from the
+// last one this runner committed), or its first message ID is recorded (the
+// IDs of a batch commit all or none).
+func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bool, error) {
+	tx := r.parts.TxSink
+	if pos != "" && pos != r.txPos {
+		cur, err := tx.Position(ctx, r.cfg.Name)
+		return err == nil && cur == pos, err
+	}
+	if len(ids) > 0 {
+		seen, err := tx.Seen(ctx, r.cfg.Name, ids[:1])
+		return err == nil && seen[ids[0]], err
+	}
+	return false, nil
 }
 
 // commitIsolated commits rows in parts, dead-letters those the sink
