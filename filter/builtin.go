@@ -85,14 +85,19 @@ func Recover(ctx context.Context, c *Call, next Handler) (err error) {
 // Backoff is the wait before retry number attempt (from 1): base doubling
 // per attempt, capped at MaxBackoff, with jitter in [d/2, d).
 func Backoff(base time.Duration, attempt int) time.Duration {
+	return CappedBackoff(base, attempt, MaxBackoff)
+}
+
+// CappedBackoff is Backoff with its own cap.
+func CappedBackoff(base time.Duration, attempt int, limit time.Duration) time.Duration {
 	if base <= 0 {
 		return 0
 	}
 	d := base
-	for i := 1; i < attempt && d < MaxBackoff; i++ {
+	for i := 1; i < attempt && d < limit; i++ {
 		d *= 2
 	}
-	d = min(d, MaxBackoff)
+	d = min(d, limit)
 	return d/2 + rand.N(d/2+1)
 }
 

@@ -522,7 +522,7 @@ func (r *Runner) readSource(ctx context.Context, max int) ([]*stream.Message, er
 		if len(msgs) > 0 {
 			return msgs, nil // process what came; the next read tries again
 		}
-		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
+		if err := r.cfg.Sleep(ctx, linkWait(attempt)); err != nil {
 			return nil, err
 		}
 	}
@@ -910,7 +910,7 @@ func (r *Runner) retryForever(ctx context.Context, l *link, fn func() error) err
 			return err
 		}
 		l.fail(err)
-		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
+		if err := r.cfg.Sleep(ctx, linkWait(attempt)); err != nil {
 			return err
 		}
 	}

@@ -48,7 +48,7 @@ func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
 			return true
 		}
 		r.sinkLink.fail(st.err)
-		if r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, round)) != nil {
+		if r.cfg.Sleep(ctx, linkWait(round)) != nil {
 			return false
 		}
 		rows = st.stuck
@@ -56,8 +56,17 @@ func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
 }
 
 // linkBackoff is the first wait before a source or sink that failed is
-// tried again; it doubles up to filter.MaxBackoff, with jitter.
-const linkBackoff = 50 * time.Millisecond
+// tried again; it doubles up to linkBackoffCap, with jitter, so that a
+// service back after a long outage is found again within seconds.
+const (
+	linkBackoff    = 50 * time.Millisecond
+	linkBackoffCap = 5 * time.Second
+)
+
+// linkWait is the wait before attempt number attempt on a failed link.
+func linkWait(attempt int) time.Duration {
+	return filter.CappedBackoff(linkBackoff, attempt, linkBackoffCap)
+}
 
 // isolation collects the rows a round of isolate could not write.
 type isolation struct {
@@ -132,7 +141,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 			return r.commitIsolated(ctx, pos, ids, rows)
 		}
 		r.sinkLink.fail(err)
-		if err := r.cfg.Sleep(ctx, filter.Backoff(linkBackoff, attempt)); err != nil {
+		if err := r.cfg.Sleep(ctx, linkWait(attempt)); err != nil {
 			return err
 		}
 		// A commit whose answer was lost (the server went away after
