@@ -3,6 +3,7 @@ package kisflow
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -122,6 +123,7 @@ func (r *Registry) LintOptions() []config.LintOption {
 func (r *Registry) lintOptions() []config.LintOption {
 	return []config.LintOption{
 		config.WithConnTypes(r.DriverTypes()...),
+		config.WithCheck(r.checkConns),
 		config.WithFilterCheck(func(ref config.FilterRef, fl *config.Flow, fn *config.Func) []config.Problem {
 			if _, err := r.buildFilter(ref, fl, fn, nil, &filter.Env{}); err != nil {
 				return []config.Problem{{Severity: config.SevError, Msg: err.Error()}}
@@ -302,4 +304,28 @@ func globalWithImplicit(g *config.Global) *config.Global {
 	}
 	out.Plugins[plugin.TypeMetrics] = map[string]*config.PluginConfig{"prometheus": pc}
 	return &out
+}
+
+// checkConns builds the driver of every connector whose type reg knows,
+// without starting it, so that what a driver refuses in its config (a bad
+// mode, a bad duration, several addresses it cannot use) is a lint error
+// with the connector's position, not a failure at run time.
+func (r *Registry) checkConns(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range slices.Sorted(maps.Keys(s.Conns)) {
+		c := s.Conns[name]
+		factory, ok := r.driver(c.Type)
+		if !ok {
+			continue
+		}
+		cfg, err := c.Expanded()
+		if err != nil {
+			continue // an unset ${VAR}: reported by the config's own check
+		}
+		if _, err := callFactory(factory, cfg); err != nil {
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, ""), Severity: config.SevError,
+				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))})
+		}
+	}
+	return probs
 }

@@ -36,6 +36,8 @@ func TestLint(t *testing.T) {
 		{"every error", "../../config/testdata/bad", ExitProblem, `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`},
 		{"the original KisFlow sample files", "../../config/testdata/kisflow", ExitOK, ""},
 		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": no driver for type "carrier-pigeon"`},
+		{"several mysql addrs", "testdata/badconns", ExitProblem, `conns.yml:1: connector "two-mysql": mysql connector "two-mysql": addrs names 2 servers`},
+		{"a redis mode typo", "testdata/badconns", ExitProblem, `conns.yml:7: connector "typo-mode": redis connector "typo-mode": unknown mode "hsh"`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {
