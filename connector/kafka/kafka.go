@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -210,22 +211,34 @@ func (k *Kafka) Write(ctx context.Context, rows []any) error {
 	for i, row := range rows {
 		m, topic, value, err := fields.Encode(row, k.topic)
 		if err != nil {
-			return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+			return stream.Permanent(fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err))
 		}
 		r := &kgo.Record{Topic: topic, Value: value, Headers: hdrs}
 		if k.keyField != nil {
 			key, err := k.keyField.Expand(m)
 			if err != nil {
-				return fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err)
+				return stream.Permanent(fmt.Errorf("kafka connector %q: row %d: %w", k.cfg.CName, i, err))
 			}
 			r.Key = []byte(key)
 		}
 		recs = append(recs, r)
 	}
 	if err := k.producer.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		return fmt.Errorf("kafka connector %q: produce: %w", k.cfg.CName, err)
+		return refused(fmt.Errorf("kafka connector %q: produce: %w", k.cfg.CName, err))
 	}
 	return nil
+}
+
+// refused marks as permanent the produce errors a record causes by itself
+// (too large, invalid, a topic name the broker refuses), so the runtime
+// dead-letters that record instead of retrying the batch as an outage.
+func refused(err error) error {
+	for _, e := range []error{kerr.MessageTooLarge, kerr.RecordListTooLarge, kerr.InvalidRecord, kerr.CorruptMessage, kerr.InvalidTopicException} {
+		if errors.Is(err, e) {
+			return stream.Permanent(err)
+		}
+	}
+	return err
 }
 
 // OpenSource joins the consumer group.

@@ -382,3 +382,19 @@ func TestConformanceAcrossAnInterruption(t *testing.T) {
 		})
 	}
 }
+
+func TestARecordTooLargeIsRefusedPermanently(t *testing.T) {
+	t.Parallel()
+	addrs, topic := cluster(t)
+	k := start(t, addrs, topic, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	big := map[string]any{"id": 1, "blob": strings.Repeat("x", 2<<20)} // over the producer's 1 MB batch limit
+	err := k.Write(ctx, []any{big})
+	if err == nil || !stream.IsPermanent(err) {
+		t.Fatalf("a record over the size limit: %v (want an error marked permanent)", err)
+	}
+	if err := k.Write(ctx, []any{map[string]any{"id": 2}}); err != nil {
+		t.Fatalf("a small row after it: %v", err)
+	}
+}

@@ -225,12 +225,12 @@ func (n *NATS) Write(ctx context.Context, rows []any) error {
 	for i, row := range rows {
 		m, subj, data, err := fields.Encode(row, n.subject)
 		if err != nil {
-			return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
+			return stream.Permanent(fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err))
 		}
 		id := ""
 		if n.msgID != nil {
 			if id, err = n.msgID.Expand(m); err != nil {
-				return fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err)
+				return stream.Permanent(fmt.Errorf("nats connector %q: row %d: %w", n.cfg.CName, i, err))
 			}
 		} else {
 			sum := sha256.Sum256(append([]byte(subj+"\x00"), data...))
@@ -238,7 +238,7 @@ func (n *NATS) Write(ctx context.Context, rows []any) error {
 		}
 		f, err := n.js.PublishMsgAsync(&natsgo.Msg{Subject: subj, Data: data, Header: maps.Clone(hdr)}, jetstream.WithMsgID(id), jetstream.WithExpectStream(n.streamName))
 		if err != nil {
-			return fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err)
+			return refused(fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err))
 		}
 		futures = append(futures, f)
 	}
@@ -248,7 +248,7 @@ func (n *NATS) Write(ctx context.Context, rows []any) error {
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			return fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err)
+			return refused(fmt.Errorf("nats connector %q: publish: %w", n.cfg.CName, err))
 		case <-wctx.Done():
 			return fmt.Errorf("nats connector %q: publish: no acknowledgement from the stream: %w", n.cfg.CName, wctx.Err())
 		}
@@ -460,5 +460,16 @@ func (s *source) Close(context.Context) error {
 		s.it.Stop()
 		err = s.sub.Unsubscribe()
 	})
+	return err
+}
+
+// refused marks as permanent the publish errors a message causes by itself
+// (larger than the server's or the stream's limit), so the runtime
+// dead-letters that row instead of retrying the batch as an outage.
+func refused(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.Is(err, natsgo.ErrMaxPayload) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum {
+		return stream.Permanent(err)
+	}
 	return err
 }

@@ -372,3 +372,17 @@ func TestConnectErrorHidesThePassword(t *testing.T) {
 		})
 	}
 }
+
+func TestARowTooLargeIsRefusedPermanently(t *testing.T) {
+	t.Parallel()
+	n := start(t, nil)
+	ctx := context.Background()
+	big := map[string]any{"id": 1, "blob": strings.Repeat("x", 2<<20)} // over the server's 1 MB max_payload
+	err := n.Write(ctx, []any{map[string]any{"id": 0}, big})
+	if err == nil || !stream.IsPermanent(err) {
+		t.Fatalf("a message over max_payload: %v (want an error marked permanent)", err)
+	}
+	if err := n.Write(ctx, []any{map[string]any{"id": 2}}); err != nil || stream.IsPermanent(err) {
+		t.Fatalf("a small row after it: %v", err)
+	}
+}
