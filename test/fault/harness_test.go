@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,6 +26,15 @@ import (
 var bin string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	// The tests spend their time waiting for outages, takeovers and
+	// processes, not computing: run many at once unless -parallel is given,
+	// so that the whole suite fits in go test's default 10-minute timeout.
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "16")
+	}
 	os.Exit(buildAndRun(m))
 }
 
