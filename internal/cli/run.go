@@ -108,7 +108,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 
 	jobs := make([]*kisflow.Job, len(names))
 	for i, n := range names {
-		if jobs[i], err = startJob(ctx, eng, n, log, kisflow.WithStateDir(o.state)); err != nil {
+		if jobs[i], err = startJob(ctx, eng, n, stderr, kisflow.WithStateDir(o.state)); err != nil {
 			if ctx.Err() != nil {
 				// SIGINT/SIGTERM during start-up: nothing ran; a bounded
 				// source was stopped before its end.
@@ -182,12 +182,12 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 // with an error not marked stream.Fatal is taken as a service that is not
 // up yet, the same weather as an outage during the run: the start is tried
 // again with capped backoff and jitter until it succeeds or ctx ends. The
-// wait is logged once when it begins and once when it ends.
-func startJob(ctx context.Context, eng *kisflow.Engine, name string, log *slog.Logger, opts ...kisflow.JobOption) (*kisflow.Job, error) {
+// wait is reported on w once when it begins and once when it ends.
+func startJob(ctx context.Context, eng *kisflow.Engine, name string, w io.Writer, opts ...kisflow.JobOption) (*kisflow.Job, error) {
 	waiting, since := "", time.Time{}
 	up := func() {
 		if waiting != "" {
-			log.Warn(fmt.Sprintf("connector %s is up after %s", waiting, time.Since(since).Round(100*time.Millisecond)), "flow", name)
+			fmt.Fprintf(w, "flow %s: connector %s is up after %s\n", name, waiting, time.Since(since).Round(100*time.Millisecond))
 		}
 	}
 	for attempt := 1; ; attempt++ {
@@ -202,7 +202,7 @@ func startJob(ctx context.Context, eng *kisflow.Engine, name string, log *slog.L
 		if se.Connector != waiting {
 			up()
 			waiting, since, attempt = se.Connector, time.Now(), 1
-			log.Warn(fmt.Sprintf("waiting for connector %s: %v", se.Connector, err), "flow", name)
+			fmt.Fprintf(w, "flow %s: waiting for connector %s: %v\n", name, se.Connector, se.Err)
 		}
 		t := time.NewTimer(filter.CappedBackoff(startBackoff, attempt, startBackoffCap))
 		select {
