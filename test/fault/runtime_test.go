@@ -174,7 +174,7 @@ func TestEveryRowFailingTheSameWayStopsTheJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	res := Run(t, dir, 2*time.Minute, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
-	if res.Code != 1 || !strings.Contains(res.Stderr, "messages in a row failed the same way") {
+	if res.Code != 1 || !strings.Contains(res.Stderr, "messages in a row failed and none succeeded") {
 		t.Fatalf("exit %d, want 1 with the failure\n%s%s", res.Code, res.Stdout, res.Stderr)
 	}
 	dead, _ := deadLetterIDs(t, dir)
