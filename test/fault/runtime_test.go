@@ -135,6 +135,7 @@ func TestExactlyOnceDeadLettersOnceAcrossSIGKILL(t *testing.T) {
 	t.Parallel()
 	const n = 20000
 	dir, poison := poisonDir(t, n, 10, "exactly-once")
+	Throttle(t, dir, 4000) // about 5 s of work: the kills land mid-stream
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 10))
 	kills := 0
 	for run := 0; ; run++ {
