@@ -301,6 +301,64 @@ func TestInFlightBudget(t *testing.T) {
 	}
 }
 
+// TestBodyOverBudgetWithRowsIsServedAlone: a body within max_body whose
+// rows' overhead takes it over the whole budget is accepted when nothing
+// else is in flight (it used to get 429 for ever); while it is held, the
+// other requests get 429, and it gets 429 while another is held.
+func TestBodyOverBudgetWithRowsIsServedAlone(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		params map[string]string
+		line   string
+		rows   int
+	}{
+		// 2.4 MB + 300,000 x rowOverhead = 79 MB, over the default 64 MiB.
+		{"default params", nil, `{"a":1}` + "\n", 300_000},
+		// 20 KB + 800 x rowOverhead = 225 KB, over 200,000.
+		{"small budget", map[string]string{"max_body": "200000", "max_in_flight_bytes": "200000"}, `{"a":"0123456789abcdef"}` + "\n", 800},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			in, src := openIngest(t, tt.params)
+			url := "http://" + in.Addr() + "/ingest"
+			ctx := context.Background()
+			big := strings.Repeat(tt.line, tt.rows)
+			small := strings.Repeat(tt.line, 2)
+
+			// Another request held: the big one is refused, for now.
+			held := post(url, "application/x-ndjson", strings.NewReader(small))
+			msgs := readN(t, src, 2)
+			if r := <-post(url, "application/x-ndjson", strings.NewReader(big)); r.code != 429 || r.header.Get("Retry-After") == "" {
+				t.Fatalf("big body beside another: %d %q, want 429 with Retry-After", r.code, r.body)
+			}
+			_ = src.Ack(ctx, msgs)
+			if r := <-held; r.code != 200 {
+				t.Fatalf("held request: %d %s", r.code, r.body)
+			}
+
+			// Alone, known length or chunked: accepted, and the others
+			// refused while it is held.
+			for _, body := range []io.Reader{strings.NewReader(big), io.MultiReader(strings.NewReader(big))} {
+				reply := post(url, "application/x-ndjson", body)
+				msgs := readN(t, src, tt.rows)
+				if r := <-post(url, "application/x-ndjson", strings.NewReader(small)); r.code != 429 {
+					t.Fatalf("small body beside the big one: %d %q, want 429", r.code, r.body)
+				}
+				_ = src.Ack(ctx, msgs)
+				r := <-reply
+				if want := fmt.Sprintf(`{"accepted":%d}`, tt.rows); r.code != 200 || strings.TrimSpace(r.body) != want {
+					t.Fatalf("big body alone: %d %q, want 200 %s", r.code, r.body, want)
+				}
+				if used := src.(*source).budget.used.Load(); used != 0 {
+					t.Fatalf("%d bytes still counted after the big body was answered", used)
+				}
+			}
+		})
+	}
+}
+
 // TestSlowClientsAreCutOff: a client that sends its headers or body a byte
 // at a time is answered 408 or disconnected after read_timeout, not held.
 func TestSlowClientsAreCutOff(t *testing.T) {
