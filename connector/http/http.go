@@ -60,7 +60,10 @@
 //     over the whole budget is accepted alone: when no other request holds
 //     any of the budget, it may go over it by its rows' 256 bytes (at most
 //     128 per body byte, for rows of one byte and a separator), and the
-//     others get 429 until it is done.
+//     others get 429 until it is done. What the source holds is thus
+//     charged at most max_in_flight_bytes, or max_body and 256 bytes a row
+//     of one request, whichever is larger; lower max_body to bound the
+//     latter.
 //   - read_timeout: how long a request's body may take to arrive (default
 //     30s); a client sending slower is cut off. The headers get
 //     read_timeout or 10s, whichever is shorter.
