@@ -13,10 +13,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"runtime/debug"
 
+	goredis "github.com/redis/go-redis/v9"
+
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/bundle"
 	"github.com/kisflow-go/kisflow/internal/cli"
 )
@@ -39,6 +43,11 @@ func Main(reg *kisflow.Registry) int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(GCPercent)
 	}
+	// go-redis prints its connection failures through a logger of its
+	// own, shared by the process, straight to stderr. The runtime reports
+	// an outage once when it starts and once when it ends; go-redis's lines
+	// go to the default slog logger at debug level, redacted.
+	goredis.SetLogger(redisLog{})
 	if len(reg.DriverTypes()) == 0 {
 		if err := InstallConnectors(reg); err != nil {
 			fmt.Fprintln(os.Stderr, "kisflow:", err)
@@ -53,4 +62,11 @@ func Main(reg *kisflow.Registry) int {
 // flow), 2 bad usage or input. Cancelling ctx stops `run` as SIGTERM does.
 func Run(ctx context.Context, reg *kisflow.Registry, args []string, stdout, stderr io.Writer) int {
 	return cli.MainContext(ctx, reg, args, stdout, stderr)
+}
+
+// redisLog passes go-redis's log lines to slog at debug level.
+type redisLog struct{}
+
+func (redisLog) Printf(ctx context.Context, format string, v ...any) {
+	slog.Default().DebugContext(ctx, config.Redact(fmt.Sprintf(format, v...)), "from", "go-redis")
 }

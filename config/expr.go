@@ -5,6 +5,9 @@ import (
 	"strings"
 
 	"github.com/expr-lang/expr"
+	"github.com/expr-lang/expr/ast"
+	"github.com/expr-lang/expr/builtin"
+	"github.com/expr-lang/expr/parser"
 	"github.com/expr-lang/expr/vm"
 )
 
@@ -16,7 +19,7 @@ func exprOptions(extra ...expr.Option) []expr.Option {
 
 // CompileFilter compiles a Verify function's filter expression.
 func CompileFilter(src string) (*vm.Program, error) {
-	p, err := expr.Compile(src, exprOptions(expr.AsBool())...)
+	p, err := compile(src, expr.AsBool())
 	if err != nil {
 		return nil, fmt.Errorf("filter %q: %s", src, firstLine(err.Error()))
 	}
@@ -25,11 +28,83 @@ func CompileFilter(src string) (*vm.Program, error) {
 
 // CompileCalc compiles one calc expression.
 func CompileCalc(a Assignment) (*vm.Program, error) {
-	p, err := expr.Compile(a.Expr, exprOptions()...)
+	p, err := compile(a.Expr)
 	if err != nil {
 		return nil, fmt.Errorf("calc %s: %q: %s", a.Field, a.Expr, firstLine(err.Error()))
 	}
 	return p, nil
+}
+
+// compile compiles src, refusing calls of functions expr-lang does not
+// have: since any identifier may name a field, `rnd(x)` (for round) would
+// otherwise compile and fail on every row.
+func compile(src string, extra ...expr.Option) (*vm.Program, error) {
+	tree, err := parser.Parse(src)
+	if err != nil {
+		return nil, err
+	}
+	var unknown unknownCalls
+	ast.Walk(&tree.Node, &unknown)
+	if len(unknown) > 0 {
+		return nil, fmt.Errorf("unknown function %s%s", unknown[0], suggestName(unknown[0], builtin.Names))
+	}
+	return expr.Compile(src, exprOptions(extra...)...)
+}
+
+// unknownCalls collects the names of called functions that are not
+// expr-lang's builtins (an identifier called as a function).
+type unknownCalls []string
+
+func (u *unknownCalls) Visit(n *ast.Node) {
+	if c, ok := (*n).(*ast.CallNode); ok {
+		if id, ok := c.Callee.(*ast.IdentifierNode); ok {
+			if _, builtinName := builtin.Index[id.Value]; !builtinName {
+				*u = append(*u, id.Value)
+			}
+		}
+	}
+}
+
+// suggestName returns " (did you mean X?)" for the known name closest to
+// s, when one is close enough, else "".
+func suggestName(s string, known []string) string {
+	// Distance first; on a tie, the name sharing the longer prefix.
+	best, bestScore := "", (len(s)/2+2)*10
+	for _, k := range known {
+		a, b := strings.ToLower(s), strings.ToLower(k)
+		prefix := 0
+		for prefix < len(a) && prefix < len(b) && a[prefix] == b[prefix] {
+			prefix++
+		}
+		if score := editDistance(a, b)*10 - min(prefix, 9); score < bestScore {
+			best, bestScore = k, score
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %s?)", best)
+}
+
+// editDistance is the Levenshtein distance of a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 func firstLine(s string) string {

@@ -2,7 +2,9 @@
 //
 //   - type file: a source reading a JSON lines or CSV file (optionally gzip
 //     compressed), bounded or following a growing file, whose position (the
-//     byte offset) the runtime checkpoints; and a sink appending JSON lines.
+//     byte offset and the file's identity) the runtime checkpoints; a
+//     replaced, rotated or truncated file is read from its beginning; and
+//     a sink appending JSON lines.
 //   - type stdin: a source reading JSON lines or CSV from standard input.
 //   - type stdout: a sink writing JSON lines to standard output.
 //   - type discard: a sink that drops rows (benchmarks, dry runs).
@@ -15,8 +17,10 @@ package file
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -127,16 +131,45 @@ func (f *File) Write(ctx context.Context, rows []any) error {
 	return w.Write(ctx, rows)
 }
 
-// OpenSource opens the file at the resume position (a byte offset of the
-// uncompressed content).
+// OpenSource opens the file at the resume position: OFFSET@ID, the byte
+// offset of the uncompressed content after the last committed line and
+// the identity (DEV:INODE) of the file it was committed for, or a plain
+// OFFSET as earlier versions stored it. A file that is not the one the
+// position names (replaced, rotated) or is shorter than the offset
+// (truncated) is read from the beginning, with a warning.
 func (f *File) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
-	var offset int64
-	if opts.Resume != "" {
-		var err error
-		if offset, err = strconv.ParseInt(opts.Resume, 10, 64); err != nil || offset < 0 {
-			return nil, fmt.Errorf("file source %s: bad resume position %q", f.path, opts.Resume)
-		}
+	offset, want, err := parsePosition(opts.Resume)
+	if err != nil {
+		return nil, fmt.Errorf("file source %s: %w", f.path, err)
 	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s, err := f.open(offset, want, log)
+	if err != nil {
+		return nil, err
+	}
+	s.follow, s.poll, s.log = f.follow, f.poll, log
+	s.reopen = func() (*lineSource, error) { return f.open(0, "", log) }
+	return s, nil
+}
+
+// parsePosition splits a position into its offset and file identity.
+func parsePosition(pos string) (offset int64, id string, err error) {
+	if pos == "" {
+		return 0, "", nil
+	}
+	num, id, _ := strings.Cut(pos, "@")
+	if offset, err = strconv.ParseInt(num, 10, 64); err != nil || offset < 0 {
+		return 0, "", fmt.Errorf("bad resume position %q", pos)
+	}
+	return offset, id, nil
+}
+
+// open opens the file at offset, or at its start if it is not the file
+// whose identity is want ("": not known) or is shorter than offset.
+func (f *File) open(offset int64, want string, log *slog.Logger) (*lineSource, error) {
 	fh, err := os.Open(f.path)
 	if err != nil {
 		return nil, fmt.Errorf("file source: %w", err)
@@ -146,13 +179,32 @@ func (f *File) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 		fh.Close()
 		return nil, fmt.Errorf("file source: %w", err)
 	}
-	s, err := newLineSource(fh, f.path, strings.HasSuffix(f.path, ".gz"), f.format, offset, true)
+	id, gz := identity(info), strings.HasSuffix(f.path, ".gz")
+	switch {
+	case want != "" && id != "" && want != id:
+		log.Warn(fmt.Sprintf("file %s is not the file the position was committed for (replaced or rotated): reading it from the beginning", f.path))
+		offset = 0
+	case !gz && offset > info.Size():
+		warnShorter(log, f.path, offset)
+		offset = 0
+	}
+	s, err := newLineSource(fh, f.path, gz, f.format, offset, true)
 	if err != nil {
 		fh.Close()
+		if errors.Is(err, errPastEnd) {
+			// A compressed file's content is shorter than the offset.
+			warnShorter(log, f.path, offset)
+			return f.open(0, "", log)
+		}
 		return nil, err
 	}
-	s.follow, s.poll, s.total = f.follow, f.poll, info.Size()
+	s.id, s.info = id, info
+	s.total.Store(info.Size())
 	return s, nil
+}
+
+func warnShorter(log *slog.Logger, path string, offset int64) {
+	log.Warn(fmt.Sprintf("file %s is shorter than the committed position %d (truncated or replaced): reading it from the beginning", path, offset))
 }
 
 // Stdin is the driver of type stdin: a bounded source over standard input.

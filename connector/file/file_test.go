@@ -1,10 +1,13 @@
 package file
 
 import (
+	"bytes"
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,16 +20,46 @@ import (
 
 func open(t *testing.T, params map[string]string, resume string) stream.Source {
 	t.Helper()
+	src, _ := openLog(t, params, resume)
+	return src
+}
+
+// openLog opens a file source whose log is the returned buffer; it is
+// written by the goroutine that calls Read.
+func openLog(t *testing.T, params map[string]string, resume string) (stream.Source, *bytes.Buffer) {
+	t.Helper()
 	d, err := NewFile(&config.Conn{CName: "f", Type: TypeFile, Params: params})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src, err := d.(*File).OpenSource(context.Background(), stream.SourceOptions{Resume: resume})
+	var log bytes.Buffer
+	src, err := d.(*File).OpenSource(context.Background(), stream.SourceOptions{Resume: resume, Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = src.Close(context.Background()) })
-	return src
+	return src, &log
+}
+
+// ids writes JSON lines {"id":from} to {"id":to}.
+func ids(from, to int) string {
+	var b strings.Builder
+	for i := from; i <= to; i++ {
+		fmt.Fprintf(&b, "{\"id\":%d}\n", i)
+	}
+	return b.String()
+}
+
+// payloads are the messages' payloads, space separated.
+func payloads(msgs []*stream.Message) string {
+	var b strings.Builder
+	for i, m := range msgs {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprint(&b, m.Payload)
+	}
+	return b.String()
 }
 
 // readAll reads one message per Read, so that each carries its position
@@ -46,6 +79,13 @@ func readAll(t *testing.T, src stream.Source) []*stream.Message {
 	}
 }
 
+// offsetOf is the byte offset of a message's position, without the
+// file's identity.
+func offsetOf(m *stream.Message) string {
+	off, _, _ := strings.Cut(m.Position, "@")
+	return off
+}
+
 func write(t *testing.T, name, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
@@ -63,7 +103,7 @@ func TestJSONLinesWithPositionsAndResume(t *testing.T) {
 	if len(msgs) != 3 || msgs[0].Payload != `{"a":1}` || msgs[1].Payload != `{"a":2}` || msgs[2].Payload != `{"a":3}` {
 		t.Fatalf("payloads: %v", msgs)
 	}
-	if msgs[0].Position != "8" || msgs[1].Position != "18" || msgs[2].Position != "25" {
+	if offsetOf(msgs[0]) != "8" || offsetOf(msgs[1]) != "18" || offsetOf(msgs[2]) != "25" {
 		t.Fatalf("positions: %s %s %s", msgs[0].Position, msgs[1].Position, msgs[2].Position)
 	}
 	rest := readAll(t, open(t, map[string]string{"path": p}, msgs[0].Position))
@@ -77,7 +117,7 @@ func TestPositionIsOnTheLastMessageOfARead(t *testing.T) {
 	p := write(t, "in.jsonl", "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n")
 	src := open(t, map[string]string{"path": p}, "")
 	msgs, err := src.Read(context.Background(), 2)
-	if err != nil || len(msgs) != 2 || msgs[0].Position != "" || msgs[1].Position != "16" {
+	if err != nil || len(msgs) != 2 || msgs[0].Position != "" || offsetOf(msgs[1]) != "16" {
 		t.Fatalf("%v %v", msgs, err)
 	}
 }
@@ -134,6 +174,175 @@ func TestFollowWaitsForNewLines(t *testing.T) {
 	defer cancelShort()
 	if _, err := src.Read(short, 10); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a following source at the end waits for ctx: %v", err)
+	}
+}
+
+// TestResumeChecksTheFile resumes a position on a file that is not the
+// one it was committed for: replaced (another file moved over the path,
+// as `mv new.jsonl in.jsonl`), truncated and rewritten shorter, or a
+// compressed file shorter than the offset. Each is read from its
+// beginning, every row once, with a warning naming the file; a plain
+// offset (as earlier versions stored it) on the same file still resumes
+// there, and the positions read after it name the file.
+func TestResumeChecksTheFile(t *testing.T) {
+	t.Parallel()
+	gzipped := func(t *testing.T, p, content string) {
+		var b bytes.Buffer
+		zw := gzip.NewWriter(&b)
+		_, _ = io.WriteString(zw, content)
+		_ = zw.Close()
+		if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		file   string
+		change func(t *testing.T, p string) // after the first read
+		resume func(first []*stream.Message) string
+		want   string // the payloads read on resuming
+		warn   string // "" for none
+	}{
+		{name: "replaced", file: "in.jsonl",
+			change: func(t *testing.T, p string) {
+				n := filepath.Join(filepath.Dir(p), "new.jsonl")
+				if err := os.WriteFile(n, []byte(ids(5001, 7000)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Rename(n, p); err != nil {
+					t.Fatal(err)
+				}
+			},
+			resume: func(first []*stream.Message) string { return first[len(first)-1].Position },
+			want:   strings.TrimSpace(strings.ReplaceAll(ids(5001, 7000), "\n", " ")),
+			warn:   "is not the file the position was committed for (replaced or rotated): reading it from the beginning"},
+		{name: "truncated", file: "in.jsonl",
+			change: func(t *testing.T, p string) {
+				if err := os.WriteFile(p, []byte(ids(9001, 9010)), 0o644); err != nil { // the same inode
+					t.Fatal(err)
+				}
+			},
+			resume: func(first []*stream.Message) string { return first[len(first)-1].Position },
+			want:   strings.TrimSpace(strings.ReplaceAll(ids(9001, 9010), "\n", " ")),
+			warn:   "is shorter than the committed position"},
+		{name: "gzip shorter", file: "in.jsonl.gz",
+			change: func(t *testing.T, p string) { gzipped(t, p, ids(9001, 9002)) },
+			resume: func(first []*stream.Message) string { return offsetOf(first[len(first)-1]) },
+			want:   `{"id":9001} {"id":9002}`,
+			warn:   "is shorter than the committed position"},
+		{name: "plain offset", file: "in.jsonl",
+			change: func(*testing.T, string) {},
+			resume: func(first []*stream.Message) string { return offsetOf(first[997]) },
+			want:   `{"id":999} {"id":1000}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := filepath.Join(t.TempDir(), tc.file)
+			if strings.HasSuffix(p, ".gz") {
+				gzipped(t, p, ids(1, 1000))
+			} else if err := os.WriteFile(p, []byte(ids(1, 1000)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			first := readAll(t, open(t, map[string]string{"path": p}, ""))
+			if len(first) != 1000 {
+				t.Fatalf("first read: %d rows", len(first))
+			}
+			tc.change(t, p)
+			src, log := openLog(t, map[string]string{"path": p}, tc.resume(first))
+			got := readAll(t, src)
+			if payloads(got) != tc.want {
+				t.Errorf("resumed: %d rows, from %v to %v", len(got), got[0].Payload, got[len(got)-1].Payload)
+			}
+			if logged := log.String(); tc.warn == "" && logged != "" || tc.warn != "" && (!strings.Contains(logged, tc.warn) || !strings.Contains(logged, p)) {
+				t.Errorf("log %q, want %q naming the file", log.String(), tc.warn)
+			}
+			if last := got[len(got)-1].Position; !strings.Contains(last, "@") {
+				t.Errorf("position %q does not name the file", last)
+			}
+		})
+	}
+}
+
+// TestFollowSwitchesToTheNewFile follows a file that is rotated (renamed,
+// a new file created at the path) or truncated and rewritten: the source
+// reads the old file to its end (its last line even without a newline),
+// then the file at the path from its start, with one warning.
+func TestFollowSwitchesToTheNewFile(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		change func(t *testing.T, p string) // after rows 1 and 2 are read
+		want   string
+		warn   string
+	}{
+		{name: "rotated",
+			change: func(t *testing.T, p string) {
+				f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, _ = f.WriteString("{\"id\":3}\n{\"id\":4}") // the writer's last line, no newline
+				_ = f.Close()
+				if err := os.Rename(p, p+".1"); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, []byte(ids(10, 12)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: `{"id":3} {"id":4} {"id":10} {"id":11} {"id":12}`,
+			warn: "was rotated"},
+		{name: "truncated",
+			change: func(t *testing.T, p string) {
+				if err := os.WriteFile(p, []byte(ids(7, 7)), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: `{"id":7}`,
+			warn: "was truncated"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := write(t, "in.jsonl", ids(1, 2))
+			src, log := openLog(t, map[string]string{"path": p, "follow": "true", "poll": "5ms"}, "")
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var got []*stream.Message
+			for len(got) < 2 {
+				msgs, err := src.Read(ctx, 10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, msgs...)
+			}
+			tc.change(t, p)
+			got = nil
+			for want := strings.Count(tc.want, " ") + 1; len(got) < want; {
+				msgs, err := src.Read(ctx, 10)
+				if err != nil {
+					t.Fatalf("after %s: %v (read %s)", tc.name, err, payloads(got))
+				}
+				got = append(got, msgs...)
+			}
+			if payloads(got) != tc.want {
+				t.Fatalf("read %s, want %s", payloads(got), tc.want)
+			}
+			if n := strings.Count(log.String(), tc.warn); n != 1 || !strings.Contains(log.String(), p) {
+				t.Errorf("log %q: want %q once, naming the file", log.String(), tc.warn)
+			}
+			// The last position names the file now at the path:
+			// resuming there reads only what is appended after it.
+			f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = f.WriteString("{\"id\":99}\n")
+			_ = f.Close()
+			resumed, log2 := openLog(t, map[string]string{"path": p}, got[len(got)-1].Position)
+			if rest := readAll(t, resumed); payloads(rest) != `{"id":99}` || log2.Len() > 0 {
+				t.Errorf("resumed at %s: %s, log %q", got[len(got)-1].Position, payloads(rest), log2.String())
+			}
+		})
 	}
 }
 

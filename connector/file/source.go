@@ -9,7 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
+	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -18,20 +22,25 @@ import (
 
 // lineSource reads messages from a stream of lines (JSON lines) or CSV
 // records. Positions are byte offsets in the uncompressed content, after
-// the message's line. It is read by one goroutine; Progress may be called
-// from others.
+// the message's line, followed by @ and the file's identity when it has
+// one. It is read by one goroutine; Progress may be called from others.
 type lineSource struct {
 	name      string
 	raw       io.ReadCloser
-	counted   *countingReader
+	counted   atomic.Pointer[countingReader]
 	r         *bufio.Reader
+	id        string      // the file's identity ("" for stdin, or if unknown)
+	info      os.FileInfo // the file being read, nil for stdin
+	log       *slog.Logger
+	reopen    func() (*lineSource, error) // opens the path anew, from its start
+	moved     string                      // why the path no longer names the file being read, once seen
 	header    []string
 	format    string
 	offset    int64 // uncompressed offset of the next line
 	positions bool
 	follow    bool
 	poll      time.Duration
-	total     int64
+	total     atomic.Int64
 	partial   []byte // a line without its newline, while following
 	eof       bool
 	text      []byte // the JSON lines of the current Read
@@ -51,10 +60,11 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offset int64, positions bool) (*lineSource, error) {
 	s := &lineSource{name: name, raw: raw, format: format, positions: positions}
-	s.counted = &countingReader{r: raw}
-	var in io.Reader = s.counted
+	counted := &countingReader{r: raw}
+	s.counted.Store(counted)
+	var in io.Reader = counted
 	if gz {
-		zr, err := gzip.NewReader(s.counted)
+		zr, err := gzip.NewReader(counted)
 		if err != nil {
 			return nil, fmt.Errorf("file source %s: %w", name, err)
 		}
@@ -75,12 +85,18 @@ func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offse
 	}
 	if offset > s.offset {
 		if _, err := io.CopyN(io.Discard, s.r, offset-s.offset); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errPastEnd
+			}
 			return nil, fmt.Errorf("file source %s: seek to position %d: %w", name, offset, err)
 		}
 		s.offset = offset
 	}
 	return s, nil
 }
+
+// errPastEnd is a resume position beyond the end of the content.
+var errPastEnd = errors.New("the content ends before it")
 
 // Read returns up to max messages. At the end of a bounded file it returns
 // io.EOF; when following it waits for more lines, polling.
@@ -111,6 +127,23 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 				s.partial = append([]byte(nil), line...)
 				if len(out) > 0 {
 					return out, nil
+				}
+				if s.moved != "" {
+					// The old file is read to its end: a last line
+					// without a newline ends there.
+					if line := s.partial; len(bytes.TrimSpace(line)) > 0 {
+						s.partial = nil
+						if m := s.message(&slab, line); m != nil {
+							return append(out, m), nil
+						}
+					}
+					if err := s.switchFile(ctx); err != nil {
+						return out, err
+					}
+					continue
+				}
+				if s.moved = s.check(); s.moved != "" {
+					continue // read what was appended to the old file before it moved
 				}
 				if err := sleep(ctx, s.poll); err != nil {
 					return out, err
@@ -169,8 +202,55 @@ func (s *lineSource) finish(out []*stream.Message) {
 		s.text, s.spans = s.text[:0], s.spans[:0]
 	}
 	if s.positions && len(out) > 0 {
-		out[len(out)-1].Position = strconv.FormatInt(s.offset, 10)
+		pos := strconv.FormatInt(s.offset, 10)
+		if s.id != "" {
+			pos += "@" + s.id
+		}
+		out[len(out)-1].Position = pos
 	}
+}
+
+// check reports why the path no longer names the file being read, when a
+// followed file was rotated (another file is at the path) or truncated
+// (it is shorter than what was read); "" while neither. A CSV or gzip
+// file counts only once it has content: its header comes first.
+func (s *lineSource) check() string {
+	if s.info == nil {
+		return ""
+	}
+	info, err := os.Stat(s.name)
+	if err != nil {
+		return "" // renamed, not yet recreated: keep reading the old file
+	}
+	if (s.format == "csv" || strings.HasSuffix(s.name, ".gz")) && info.Size() == 0 {
+		return ""
+	}
+	if !os.SameFile(s.info, info) {
+		return "rotated"
+	}
+	if info.Size() < s.counted.Load().n.Load() {
+		return "truncated"
+	}
+	return ""
+}
+
+// switchFile closes the file whose end was reached after it moved and
+// reads the file now at the path from its start.
+func (s *lineSource) switchFile(ctx context.Context) error {
+	next, err := s.reopen()
+	if errors.Is(err, fs.ErrNotExist) {
+		return sleep(ctx, s.poll) // gone again: look once more later
+	}
+	if err != nil {
+		return err
+	}
+	_ = s.raw.Close()
+	s.log.Warn(fmt.Sprintf("file %s was %s: read the old file to its end, reading the file now at the path from the beginning", s.name, s.moved))
+	s.raw, s.r, s.header, s.offset, s.id, s.info = next.raw, next.r, next.header, next.offset, next.id, next.info
+	s.counted.Store(next.counted.Load())
+	s.total.Store(next.total.Load())
+	s.partial, s.moved = nil, ""
+	return nil
 }
 
 // record parses one CSV line into a map of header to value; numbers become
@@ -208,7 +288,9 @@ func (s *lineSource) Close(context.Context) error { return s.raw.Close() }
 
 // Progress reports the bytes read from the file (compressed, for .gz) and
 // its size when opened.
-func (s *lineSource) Progress() (done, total int64) { return s.counted.n.Load(), s.total }
+func (s *lineSource) Progress() (done, total int64) {
+	return s.counted.Load().n.Load(), s.total.Load()
+}
 
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)

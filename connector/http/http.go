@@ -29,11 +29,16 @@
 //   - 400 {"error", "line" or "offset"}: the body is malformed; nothing of
 //     it was processed.
 //   - 408: the body did not arrive within read_timeout; the connection is
-//     closed.
+//     closed. Headers that do not arrive within read_timeout or 10s,
+//     whichever is shorter, are answered by Go's server, not by the source:
+//     it closes the connection, with a plain-text 400 Bad Request if the
+//     headers stopped mid-line and without an answer if between lines.
 //   - 413: the body is over max_body.
 //   - 415: the Content-Type is none of the above.
 //   - 429 with Retry-After: the bodies being read or processed already fill
-//     max_in_flight_bytes; nothing of this request was processed.
+//     max_in_flight_bytes; nothing of this request was processed. A body
+//     within max_body is refused only while others are in flight, never for
+//     ever (see max_in_flight_bytes).
 //   - 503 with Retry-After: the rows could not be processed (the source is
 //     shutting down, or the flow could not finish them); some may have been
 //     processed, so a resend may repeat them (at-least-once).
@@ -50,9 +55,18 @@
 //   - max_body: bytes per request (default 10 MiB; at most
 //     max_in_flight_bytes).
 //   - max_in_flight_bytes: bytes of request bodies, shared by all requests,
-//     being read or waiting to be processed (default 64 MiB).
-//   - read_timeout: how long a request's headers and body may take to
-//     arrive (default 30s); a client sending slower is cut off.
+//     being read or waiting to be processed, and 256 bytes for each of
+//     their rows (default 64 MiB). A body within max_body whose rows take it
+//     over the whole budget is accepted alone: when no other request holds
+//     any of the budget, it may go over it by its rows' 256 bytes (at most
+//     128 per body byte, for rows of one byte and a separator), and the
+//     others get 429 until it is done. What the source holds is thus
+//     charged at most max_in_flight_bytes, or max_body and 256 bytes a row
+//     of one request, whichever is larger; lower max_body to bound the
+//     latter.
+//   - read_timeout: how long a request's body may take to arrive (default
+//     30s); a client sending slower is cut off. The headers get
+//     read_timeout or 10s, whichever is shorter.
 //   - timeout: how long a request waits for its rows to be processed
 //     (default 30s).
 //   - idle_timeout: how long a keep-alive connection may idle (default 60s).

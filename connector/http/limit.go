@@ -28,6 +28,14 @@ func (b *budget) acquire(n int64) bool {
 	}
 }
 
+// acquireAlone takes n bytes beyond the budget if the holder of held bytes
+// is the only one holding any, and reports whether it did. A request whose
+// body and rows need more than the whole budget is then served alone, and
+// the others are refused until it is done.
+func (b *budget) acquireAlone(held, n int64) bool {
+	return b.used.CompareAndSwap(held, held+n)
+}
+
 func (b *budget) release(n int64) { b.used.Add(-n) }
 
 // errBusy is returned when the budget has no room left for a request.
@@ -49,7 +57,10 @@ type charge struct {
 }
 
 // cover takes from the budget what the request holds beyond its
-// reservation, or returns errBusy.
+// reservation, or returns errBusy. A request that holds everything in
+// flight may grow beyond the budget: its body fits (max_body is at most the
+// budget), and only its rows' overhead overruns, so a body within max_body
+// is never refused for ever.
 func (c *charge) cover() error {
 	over := c.read + c.rows*rowOverhead - c.reserved
 	if over <= 0 {
@@ -59,10 +70,10 @@ func (c *charge) cover() error {
 	// every read.
 	ahead := max(over, 32<<10)
 	if !c.b.acquire(ahead) {
-		if !c.b.acquire(over) {
+		ahead = over
+		if !c.b.acquire(over) && !c.b.acquireAlone(c.reserved, over) {
 			return errBusy
 		}
-		ahead = over
 	}
 	c.reserved += ahead
 	return nil

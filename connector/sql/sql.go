@@ -161,6 +161,9 @@ func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
 func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
 	p := cfg.Params
 	dsn := p["dsn"]
+	if a := cfg.AddrList(); dsn == "" && len(a) == 1 && (strings.HasPrefix(a[0], "postgres://") || strings.HasPrefix(a[0], "postgresql://")) {
+		dsn = a[0] // a URL in addrs is the DSN
+	}
 	if dsn == "" {
 		// Several addrs make a multi-host DSN: pgx tries them in order,
 		// and takes the first that accepts writes.

@@ -483,3 +483,23 @@ func TestSeveralAddrs(t *testing.T) {
 		t.Fatalf("mysql with two addrs: %v, want a config error", err)
 	}
 }
+
+func TestAPostgresURLInAddrsIsTheDSN(t *testing.T) {
+	t.Parallel()
+	url := testenv.Postgres.Addr(t)
+	drv, err := NewPostgres(&config.Conn{CName: "db", Type: TypePostgres, Key: "t", Addrs: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := drv.(*DB)
+	if d.dsn != url {
+		t.Fatalf("dsn %q, want the URL in addrs %q", d.dsn, url)
+	}
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(context.Background())
+	if err := d.SQL().PingContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -220,10 +220,14 @@ func TestDeterministicFailuresAreDeadLetteredWithoutBackoff(t *testing.T) {
 
 func TestEveryRowFailingTheSameWayStopsTheRun(t *testing.T) {
 	t.Parallel()
+	// A typo among malformed lines: every row fails, in two ways.
 	typo := func(_ context.Context, rows []any) ([]any, []Rejected, error) {
 		rej := make([]Rejected, len(rows))
 		for i := range rows {
 			rej[i] = Rejected{Func: "Total", Index: i, Err: errors.New("unknown name prcie")}
+			if i%7 == 3 {
+				rej[i] = Rejected{Func: "Parse", Index: i, Err: errors.New("not JSON")}
+			}
 		}
 		return nil, rej, nil
 	}
@@ -248,7 +252,7 @@ func TestEveryRowFailingTheSameWayStopsTheRun(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || !strings.Contains(err.Error(), `100 messages in a row failed the same way, the last in function "Total": unknown name prcie`) {
+			if err == nil || !strings.Contains(err.Error(), `100 messages in a row failed and none succeeded, the last in function`) {
 				t.Fatalf("run: %v", err)
 			}
 			if s.DeadLettered < 100 || s.Read > 100+50*int64(2*1+1+1) {

@@ -74,10 +74,11 @@ func (l *link) down() error {
 }
 
 // streak counts the messages of consecutive epochs in which nothing
-// succeeded and every message was dead-lettered by the same function with
-// the same error: a flow that fails every row the same way (a typo in an
-// expression). An epoch with output, or with fewer dead letters than
-// messages, ends the streak. Only the commit loop uses it.
+// succeeded and every message was dead-lettered: a flow that fails every
+// row (a typo in an expression, input of the wrong format), whatever mix of
+// errors the rows meet (a typo among malformed lines fails them in two
+// ways). An epoch with output, or with fewer dead letters than messages,
+// ends the streak. Only the commit loop uses it.
 type streak struct {
 	fn, err string
 	n       int
@@ -95,14 +96,11 @@ func (s *streak) observe(ep *epoch, limit int) error {
 	}
 	for _, d := range ep.dead {
 		dl := d.(*stream.DeadLetter)
-		if s.n > 0 && dl.Func == s.fn && dl.Error == s.err {
-			s.n++
-		} else {
-			s.fn, s.err, s.n = dl.Func, dl.Error, 1
-		}
+		s.fn, s.err = dl.Func, dl.Error
+		s.n++
 	}
 	if limit > 0 && s.n >= limit {
-		return fmt.Errorf("%d messages in a row failed the same way, the last in function %q: %s (stream.max_consecutive_failures)", s.n, s.fn, s.err)
+		return fmt.Errorf("%d messages in a row failed and none succeeded, the last in function %q: %s (stream.max_consecutive_failures)", s.n, s.fn, s.err)
 	}
 	return nil
 }

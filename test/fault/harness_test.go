@@ -362,3 +362,19 @@ func tail(s string, n int) string {
 	}
 	return "..." + s[len(s)-n:]
 }
+
+// Throttle limits the last function of dir's funcs.yml to rate rows per
+// second (the ratelimit filter), so that a job lasts long enough for a
+// fault to land mid-stream however fast the machine is.
+func Throttle(t testing.TB, dir string, rate int) {
+	t.Helper()
+	p := filepath.Join(dir, "funcs.yml")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = fmt.Appendf(data, "option:\n  filters:\n    - {name: ratelimit, params: {rate: \"%d\", burst: \"100\"}}\n", rate)
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

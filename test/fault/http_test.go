@@ -18,7 +18,7 @@ import (
 	"time"
 )
 
-// httpIngest is a config folder: an http source (read_timeout 2s, max_body
+// httpIngest is a config folder: an http source (read_timeout 5s, max_body
 // 256 KiB, an in-flight budget of 4 MiB) -> a calc that fails on a text qty
 // -> an SQLite table out(id, twice).
 func httpIngest(t testing.TB) string {
@@ -48,7 +48,7 @@ type: http
 addrs: 127.0.0.1:0
 key: /ingest
 params:
-  read_timeout: 2s
+  read_timeout: 5s
   max_body: "262144"
   max_in_flight_bytes: "4194304"
 ---
@@ -174,7 +174,8 @@ func idRange(from, n int) []int {
 // no row of a refused request is, poison rows are dead-lettered once each,
 // and slow connections are closed after read_timeout.
 func TestHTTPAbuse(t *testing.T) {
-	t.Parallel()
+	// Not parallel: 200 clients on a machine busy with the other fault
+	// tests made honest clients slower than read_timeout.
 	clients, perClient := 200, 50
 	if testing.Short() {
 		clients = 40
@@ -193,7 +194,7 @@ func TestHTTPAbuse(t *testing.T) {
 
 	var wg sync.WaitGroup
 	// Slowloris: connections that send a byte a second are closed by
-	// the server after read_timeout (2s), while the others are served.
+	// the server after read_timeout (5s), while the others are served.
 	slow := make([]time.Duration, 10)
 	for i := range slow {
 		wg.Go(func() { slow[i] = slowloris(t, addr, i%2 == 0) })
@@ -260,8 +261,8 @@ func TestHTTPAbuse(t *testing.T) {
 	})
 	wg.Wait()
 	for i, d := range slow {
-		if d < 1500*time.Millisecond || d > 15*time.Second {
-			t.Errorf("slow connection %d closed after %v, want about read_timeout (2s)", i, d)
+		if d < 4*time.Second || d > 20*time.Second {
+			t.Errorf("slow connection %d closed after %v, want about read_timeout (5s)", i, d)
 		}
 	}
 

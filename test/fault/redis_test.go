@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -160,6 +161,11 @@ func TestRedisRestartMidStream(t *testing.T) {
 	}
 	if bad := Check(ids(), n, false); len(bad) > 0 {
 		t.Fatalf("sink: %v", bad)
+	}
+	// The outage is reported by the runtime, once; go-redis's own lines
+	// ("redis: ... pool.go: ... failed to dial") stay out of stderr.
+	if strings.Contains(p.Stderr(), "pool.go") {
+		t.Errorf("go-redis's own log reached stderr:\n%s", tail(p.Stderr(), 2000))
 	}
 }
 

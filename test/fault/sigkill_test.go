@@ -94,6 +94,7 @@ func TestSIGKILLExactlyOnce(t *testing.T) {
 			work := t.TempDir()
 			r := rigOf(t, sys.name)(t, work)
 			dir := idFlow(t, "exactly-once", r.source+sys.fast+"---\n"+r.sink)
+			Throttle(t, dir, 2000) // about 3 s of work: the kills land mid-stream
 			if err := r.publish(1, n); err != nil {
 				t.Fatal(err)
 			}
