@@ -402,7 +402,7 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 		}
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
-		return nil, e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))
+		return nil, &StartError{Connector: cname, Err: e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))}
 	}
 	funcs, inits := e.reg.connCallbacks(cname)
 	conn := &Connector{cfg: cfg, driver: drv, funcs: funcs}

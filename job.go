@@ -93,6 +93,20 @@ type JobStats struct {
 // returned to the source, which delivers them again on the next run.
 var ErrDrainTimeout = runtime.ErrNotDrained
 
+// StartError is a connector's failed start, returned (wrapped) by
+// Engine.Connector, Engine.Flow and Engine.Job. Unless Err is marked
+// stream.Fatal (refused credentials, a configuration error) the service is
+// likely only down, and a later call may succeed: kisflow run waits.
+type StartError struct {
+	Connector string // the connector's name
+	Err       error  // what the driver's Start returned, with the connector named
+}
+
+func (e *StartError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the driver's error.
+func (e *StartError) Unwrap() error { return e.Err }
+
 // Job prepares the flow's stream: it starts the connectors, opens the
 // source at its committed position and the sinks. Run starts it.
 func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*Job, error) {

@@ -99,7 +99,7 @@ func (p *PluginConfig) Decode(v any) error {
 	add := func(line int, msg string) {
 		probs = append(probs, Problem{Pos: Pos{File: p.Pos.File, Line: line}, Msg: msg})
 	}
-	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, add)
+	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, func(line int, _ Severity, msg string) { add(line, msg) })
 	node := expandNode(&p.node, add)
 	if len(probs) > 0 {
 		return &Error{Problems: probs}

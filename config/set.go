@@ -491,8 +491,8 @@ func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
 	case KindGlobal:
 		target = &Global{}
 	}
-	walkFields(reflect.TypeOf(target).Elem(), root, "", src.lines, func(line int, msg string) {
-		probs = append(probs, Problem{Pos: at(line), Severity: SevWarning, Msg: msg})
+	walkFields(reflect.TypeOf(target).Elem(), root, "", src.lines, func(line int, sev Severity, msg string) {
+		probs = append(probs, Problem{Pos: at(line), Severity: sev, Msg: msg})
 	})
 	if err := root.Decode(target); err != nil {
 		return append(probs, yamlProblems(file, err, "bad "+kind.noun())...)
@@ -569,9 +569,11 @@ func nameField(k Kind) string {
 	return "kistype"
 }
 
-// walkFields records the line of every field path in lines and warns about
-// keys that t does not have.
-func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]int, warn func(int, string)) {
+// walkFields records the line of every field path in lines and reports keys
+// that t does not have, naming a known key one or two typos away: a warning,
+// except inside a flow's stream block, where a misspelt key (delivry) would
+// silently change what the job guarantees, so it is an error.
+func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]int, warn func(int, Severity, string)) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -599,7 +601,11 @@ func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]in
 					lines[prefix+".retry_duration"] = key.Line
 					continue
 				}
-				warn(key.Line, fmt.Sprintf("unknown field %q", p))
+				sev := SevWarning
+				if t == reflect.TypeOf(Stream{}) {
+					sev = SevError
+				}
+				warn(key.Line, sev, fmt.Sprintf("unknown field %q%s", p, suggestField(t, key.Value)))
 				continue
 			}
 			walkFields(f.Type, val, p, lines, warn)
@@ -614,6 +620,24 @@ func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]in
 			walkFields(t.Elem(), item, p, lines, warn)
 		}
 	}
+}
+
+// suggestField names the field of t whose key is at most two edits from key.
+func suggestField(t reflect.Type, key string) string {
+	best, bestD := "", 3
+	for i := range t.NumField() {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag == "" || tag == "-" {
+			continue
+		}
+		if d := editDistance(key, tag); d < bestD {
+			best, bestD = tag, d
+		}
+	}
+	if best == "" {
+		return ""
+	}
+	return fmt.Sprintf(" (did you mean %q?)", best)
 }
 
 func fieldByTag(t reflect.Type, key string) (reflect.StructField, bool) {

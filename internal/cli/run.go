@@ -18,6 +18,8 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 type runOptions struct {
@@ -61,6 +63,17 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
 	}
+	// Warnings do not stop a run, but they are shown: a misspelt key is
+	// otherwise silently ignored. Errors come with Import's error below.
+	probs, err := config.Lint(dir, reg.LintOptions()...)
+	if err != nil {
+		return &exitError{code: ExitUsage, err: err}
+	}
+	for _, p := range probs {
+		if p.Severity == config.SevWarning {
+			fmt.Fprintln(stderr, p)
+		}
+	}
 	set, err := config.Import(dir, reg.LintOptions()...)
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
@@ -95,10 +108,16 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 
 	jobs := make([]*kisflow.Job, len(names))
 	for i, n := range names {
-		if jobs[i], err = eng.Job(ctx, n, kisflow.WithStateDir(o.state)); err != nil {
+		if jobs[i], err = startJob(ctx, eng, n, stderr, kisflow.WithStateDir(o.state)); err != nil {
 			if ctx.Err() != nil {
-				// SIGINT/SIGTERM during start-up: a clean stop, nothing ran.
+				// SIGINT/SIGTERM during start-up: nothing ran; a bounded
+				// source was stopped before its end.
 				fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
+				for _, n := range names {
+					if bounded(set, n) {
+						return &exitError{code: ExitCutShort}
+					}
+				}
 				return nil
 			}
 			return &exitError{code: ExitProblem, err: red.Error(err)}
@@ -158,6 +177,49 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	return nil
 }
+
+// startJob prepares the job of flow name. A connector that fails to start
+// with an error not marked stream.Fatal is taken as a service that is not
+// up yet, the same weather as an outage during the run: the start is tried
+// again with capped backoff and jitter until it succeeds or ctx ends. The
+// wait is reported on w once when it begins and once when it ends.
+func startJob(ctx context.Context, eng *kisflow.Engine, name string, w io.Writer, opts ...kisflow.JobOption) (*kisflow.Job, error) {
+	waiting, since := "", time.Time{}
+	up := func() {
+		if waiting != "" {
+			fmt.Fprintf(w, "flow %s: connector %s is up after %s\n", name, waiting, time.Since(since).Round(100*time.Millisecond))
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		j, err := eng.Job(ctx, name, opts...)
+		var se *kisflow.StartError
+		if err == nil || !errors.As(err, &se) || stream.IsFatal(err) || ctx.Err() != nil {
+			if err == nil {
+				up()
+			}
+			return j, err
+		}
+		if se.Connector != waiting {
+			up()
+			waiting, since, attempt = se.Connector, time.Now(), 1
+			fmt.Fprintf(w, "flow %s: waiting for connector %s: %v\n", name, se.Connector, se.Err)
+		}
+		t := time.NewTimer(filter.CappedBackoff(startBackoff, attempt, startBackoffCap))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("waiting for connector %s: %w", se.Connector, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// The wait between starts of a connector that is not up yet: doubling
+// from startBackoff up to startBackoffCap, as for an outage during a run.
+const (
+	startBackoff    = 50 * time.Millisecond
+	startBackoffCap = 5 * time.Second
+)
 
 // Exit codes of run beyond ExitProblem and ExitUsage.
 const (
