@@ -98,7 +98,12 @@ func (b *Broker) dial() (*amqp.Connection, error) {
 		errs = append(errs, err)
 	}
 	// A URL that does not parse is quoted whole in the error.
-	return nil, b.cfg.Redactor().Error(fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, errors.Join(errs...)))
+	err := b.cfg.Redactor().Error(fmt.Errorf("rabbitmq connector %q: %w", b.cfg.CName, errors.Join(errs...)))
+	if errors.Is(err, amqp.ErrCredentials) || errors.Is(err, amqp.ErrSASL) || errors.Is(err, amqp.ErrVhost) {
+		// Refused credentials or virtual host: no retry can mend them.
+		return nil, stream.Fatal(err)
+	}
+	return nil, err
 }
 
 // Start checks the broker answers and, with create, declares the queue.

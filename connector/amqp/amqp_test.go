@@ -136,3 +136,27 @@ func TestSeveralAddrsAreTriedInOrder(t *testing.T) {
 		t.Fatalf("write through the second node: %v", err)
 	}
 }
+
+// Refused credentials end a job (no retry can mend them); a node that is
+// down is an outage, retried.
+func TestRefusedCredentialsAreFatal(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQ.Addr(t)
+	bad := strings.Replace(url, "guest:guest@", "guest:wrong@", 1)
+	if bad == url {
+		t.Skipf("the RabbitMQ URL %s has no guest:guest to spoil", url)
+	}
+	for _, tc := range []struct {
+		addrs string
+		fatal bool
+	}{{bad, true}, {"amqp://guest:guest@127.0.0.1:1/", false}} {
+		d, err := New(&config.Conn{CName: "mq", Type: Type, Addrs: tc.addrs, Key: "q", Params: map[string]string{"timeout": "2s"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = d.(*Broker).Start(context.Background())
+		if err == nil || stream.IsFatal(err) != tc.fatal {
+			t.Errorf("%s: %v (fatal %v, want %v)", config.Redact(tc.addrs), err, stream.IsFatal(err), tc.fatal)
+		}
+	}
+}
