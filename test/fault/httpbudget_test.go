@@ -27,7 +27,7 @@ func TestHTTPBodyOverBudgetByRows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	own := "params:\n  read_timeout: 2s\n  max_body: \"262144\"\n  max_in_flight_bytes: \"4194304\"\n"
+	own := "params:\n  read_timeout: 5s\n  max_body: \"262144\"\n  max_in_flight_bytes: \"4194304\"\n"
 	if !strings.Contains(string(b), own) {
 		t.Fatalf("httpIngest's conns.yml no longer has the params this test drops:\n%s", b)
 	}

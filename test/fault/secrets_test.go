@@ -104,6 +104,12 @@ var secretCases = []secretCase{
 // with debug logs to stderr and to a log file. No output, log or
 // dead-letter file may hold the secret.
 func TestSecretsNeverPrinted(t *testing.T) {
+	// How long a run may take to meet its failure and report it before
+	// it is stopped (RabbitMQ answers a bad password after about 3 s).
+	runFor := 6 * time.Second
+	if raceEnabled {
+		runFor = 15 * time.Second
+	}
 	t.Parallel()
 	for i, tc := range secretCases {
 		for _, role := range []string{"source", "sink"} {
@@ -156,7 +162,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 				// as it takes: give it a few seconds, then stop it.
 				select {
 				case <-p.Done():
-				case <-time.After(4 * time.Second):
+				case <-time.After(runFor):
 					p.Signal(syscall.SIGINT)
 					select {
 					case <-p.Done():
