@@ -59,22 +59,26 @@ func BenchmarkPassThrough5(b *testing.B) {
 		{"generic", kisflow.Func(passThroughRows)},
 		{"reflect", passThroughRows},
 	} {
-		b.Run(tc.name, func(b *testing.B) {
-			fl := fiveLayers(b, tc.fn)
-			in := benchInput(benchBatch)
-			ctx := context.Background()
-			b.ReportAllocs()
-			b.ResetTimer()
-			for range b.N {
-				_ = fl.CommitRowBatch(in)
-				res, err := fl.Run(ctx)
-				if err != nil || len(res.Rows) != benchBatch {
-					b.Fatal(err, len(res.Rows))
-				}
-			}
-			reportRows(b, benchBatch)
-		})
+		b.Run(tc.name, func(b *testing.B) { benchFiveLayers(b, tc.fn) })
 	}
+}
+
+// benchFiveLayers runs batches of benchBatch rows through five layers of fn
+// and reports rows/s.
+func benchFiveLayers(b *testing.B, fn any) {
+	fl := fiveLayers(b, fn)
+	in := benchInput(benchBatch)
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		_ = fl.CommitRowBatch(in)
+		res, err := fl.Run(ctx)
+		if err != nil || len(res.Rows) != benchBatch {
+			b.Fatal(err, len(res.Rows))
+		}
+	}
+	reportRows(b, benchBatch)
 }
 
 // BenchmarkHandLoop5 is the same work written by hand: five loops, each
@@ -274,22 +278,10 @@ type otherRow struct {
 // rows of another struct type through the codec (KisFlow's In/Out style).
 // Compare with BenchmarkPassThrough5/generic, the typed fast path.
 func BenchmarkConvertBetweenTypes(b *testing.B) {
-	fl := fiveLayers(b, kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*benchRow) error {
+	benchFiveLayers(b, kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*benchRow) error {
 		for _, r := range rows {
 			_ = f.CommitRow(&otherRow{ID: r.ID, Name: r.Name, Value: r.Value})
 		}
 		return nil
 	}))
-	in := benchInput(benchBatch)
-	ctx := context.Background()
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		_ = fl.CommitRowBatch(in)
-		res, err := fl.Run(ctx)
-		if err != nil || len(res.Rows) != benchBatch {
-			b.Fatal(err, len(res.Rows))
-		}
-	}
-	reportRows(b, benchBatch)
 }
