@@ -147,10 +147,13 @@ type: file
 params:
   path: ids.jsonl
 `, "at-least-once", map[string]string{"ids.jsonl": lines.String()})
-	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "info")
 	out := filepath.Join(dir, "out.db")
-	// Wait for the sink file and its first rows, without opening it (an
-	// open after the delete would create a new file).
+	// Wait for the job (its sink started: a file deleted while the sink
+	// starts is only a missing file, made anew), then for the sink file's
+	// first rows, without opening it (an open after the delete would
+	// create a new file).
+	p.WaitFor("job starts", time.Minute)
 	Eventually(t, time.Minute, "the sink file grows", func() bool {
 		st, err := os.Stat(out + "-wal")
 		return err == nil && st.Size() > 0
