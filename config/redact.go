@@ -47,7 +47,8 @@ func secretKey(k string) bool {
 // passwords and tokens, MySQL DSN passwords, values of secret-named keys)
 // and replaces it with what found returns.
 func scan(s string, found func(secret string) string) string {
-	s = replaceURLUsers(s, func(scheme, user string) string {
+	s = replaceGroup(urlUserRE, s, 2, func(m []string) string {
+		scheme, user := m[1], m[2]
 		if name, pass, ok := strings.Cut(user, ":"); ok {
 			if pass == "" {
 				return user
@@ -59,13 +60,15 @@ func scan(s string, found func(secret string) string) string {
 		}
 		return user // postgres://postgres@host: a user name, no secret
 	})
-	s = replaceGroup(mysqlRE, s, 2, func(pass string) string {
+	s = replaceGroup(mysqlRE, s, 2, func(m []string) string {
+		pass := m[2]
 		if pass == "" || pass == Redacted {
 			return pass
 		}
 		return found(pass)
 	})
-	return replaceGroup(pairRE, s, 3, func(v string) string {
+	return replaceGroup(pairRE, s, 3, func(m []string) string {
+		v := m[3]
 		if v == "YES" || v == "NO" {
 			return v // MySQL's "Access denied ... (using password: YES)"
 		}
@@ -80,39 +83,30 @@ func scan(s string, found func(secret string) string) string {
 // token (NATS: nats://TOKEN@host).
 var tokenSchemes = map[string]bool{"nats": true, "tls": true, "ws": true, "wss": true}
 
-// replaceURLUsers replaces the user information of every URL in s with
-// repl(scheme, user).
-func replaceURLUsers(s string, repl func(scheme, user string) string) string {
-	ms := urlUserRE.FindAllStringSubmatchIndex(s, -1)
-	if ms == nil {
-		return s
-	}
-	var b strings.Builder
-	last := 0
-	for _, m := range ms {
-		b.WriteString(s[last:m[4]])
-		b.WriteString(repl(s[m[2]:m[3]], s[m[4]:m[5]]))
-		last = m[5]
-	}
-	b.WriteString(s[last:])
-	return b.String()
-}
-
-// replaceGroup replaces submatch g of every match of re in s with repl of it.
-func replaceGroup(re *regexp.Regexp, s string, g int, repl func(string) string) string {
+// replaceGroup replaces submatch g of every match of re in s with repl of
+// the match's submatches (m[g] is the one replaced; "" for one that did
+// not take part).
+func replaceGroup(re *regexp.Regexp, s string, g int, repl func(m []string) string) string {
 	ms := re.FindAllStringSubmatchIndex(s, -1)
 	if ms == nil {
 		return s
 	}
 	var b strings.Builder
 	last := 0
+	sub := make([]string, re.NumSubexp()+1)
 	for _, m := range ms {
 		lo, hi := m[2*g], m[2*g+1]
 		if lo < 0 {
 			continue
 		}
+		for i := range sub {
+			sub[i] = ""
+			if m[2*i] >= 0 {
+				sub[i] = s[m[2*i]:m[2*i+1]]
+			}
+		}
 		b.WriteString(s[last:lo])
-		b.WriteString(repl(s[lo:hi]))
+		b.WriteString(repl(sub))
 		last = hi
 	}
 	b.WriteString(s[last:])

@@ -1,30 +1,16 @@
-package jsonl
+package jsonl_test
 
 import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-// smallDisk mounts a tmpfs of size bytes on a new folder for the test; it
-// skips the test where mounting is not permitted.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs for a full disk (%v: %s)", err, strings.TrimSpace(string(out)))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
+	"github.com/kisflow-go/kisflow/internal/jsonl"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+)
 
 // rows are rows with ids from..to, each padded with pad.
 func rows(from, to int, pad string) []any {
@@ -39,7 +25,7 @@ func rows(from, to int, pad string) []any {
 func lines(rows []any) string {
 	var b bytes.Buffer
 	for _, r := range rows {
-		data, err := marshal(r)
+		data, err := jsonl.Marshal(r)
 		if err != nil {
 			panic(err)
 		}
@@ -53,9 +39,9 @@ func lines(rows []any) string {
 // file and says the disk is full, leaves the file as it was before the
 // batch, and the same batch succeeds once there is room.
 func TestFullDiskLeavesNoPartialBatchAndRetrySucceeds(t *testing.T) {
-	disk := smallDisk(t, "256k")
+	disk := testenv.SmallDisk(t, "256k")
 	path := filepath.Join(disk, "out.jsonl")
-	w, err := Open(path, true)
+	w, err := jsonl.Open(path, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +93,7 @@ func TestFullDiskLeavesNoPartialBatchAndRetrySucceeds(t *testing.T) {
 func TestBadRowLeavesNoPartialBatch(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "out.jsonl")
-	w, err := Open(path, false)
+	w, err := jsonl.Open(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}

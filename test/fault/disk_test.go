@@ -3,40 +3,15 @@ package fault
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
-
-// smallDisk mounts a tmpfs of size (as mount's -o size=) on a new folder
-// and unmounts it when the test ends; it skips the test, with the reason,
-// where mounting is not permitted.
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a %s tmpfs for a full disk (%v: %s)", size, err, strings.TrimSpace(string(out)))
-	}
-	// Cleanups run last first: this unmounts before t.TempDir's removal.
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// growDisk gives the tmpfs at dir more room, keeping its files.
-func growDisk(t *testing.T, dir, size string) {
-	t.Helper()
-	if out, err := exec.Command("mount", "-o", "remount,size="+size, dir).CombinedOutput(); err != nil {
-		t.Fatalf("remount %s with size %s: %v: %s", dir, size, err, out)
-	}
-}
 
 // usage is the size of the files in dir (an SQLite database grows its
 // journal or write-ahead log first).
@@ -78,7 +53,7 @@ func TestDiskFull(t *testing.T) {
 				t.Skip("-short: sqlite exactly-once only")
 			}
 			t.Parallel()
-			disk := smallDisk(t, "2m")
+			disk := testenv.SmallDisk(t, "2m")
 			const n = 20000 // about 4.5 MB of output
 			pad := strings.Repeat("x", 200)
 			work := t.TempDir()
@@ -142,7 +117,7 @@ func TestDiskFull(t *testing.T) {
 				t.Logf("waiting for space after %d bytes", size)
 			}
 
-			growDisk(t, disk, "64m")
+			testenv.GrowDisk(t, disk, "64m")
 			if failed {
 				p = Start(t, dir, nil, args...)
 			}
