@@ -601,25 +601,32 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 	}
 	// A redelivery of a message still in flight here (processing took
 	// longer than the broker's acknowledgement deadline) is not processed
-	// twice; it is acknowledged with its epoch.
+	// twice; it is acknowledged with its epoch. Nor is a second copy within
+	// this read (a broker redelivers a message that still waits in the
+	// client's buffer): only its first copy is processed; the second, and
+	// not the first, is dropped.
+	drop := make([]bool, len(msgs))
+	dropped := 0
 	r.inflightMu.Lock()
-	for _, id := range ids {
-		if _, busy := r.inflightIDs[id]; busy {
-			if seen == nil {
-				seen = map[string]bool{}
-			}
-			seen[id] = true
-		} else if !seen[id] {
-			r.inflightIDs[id] = struct{}{}
+	for i, m := range msgs {
+		if m.ID == "" {
+			continue
 		}
+		// busy also holds for a copy met earlier in this read.
+		if _, busy := r.inflightIDs[m.ID]; busy || seen[m.ID] {
+			drop[i] = true
+			dropped++
+			continue
+		}
+		r.inflightIDs[m.ID] = struct{}{}
 	}
 	r.inflightMu.Unlock()
-	if len(seen) == 0 {
+	if dropped == 0 {
 		return msgs, nil
 	}
-	todo := make([]*stream.Message, 0, len(msgs)-len(seen))
-	for _, m := range msgs {
-		if m.ID == "" || !seen[m.ID] {
+	todo := make([]*stream.Message, 0, len(msgs)-dropped)
+	for i, m := range msgs {
+		if !drop[i] {
 			todo = append(todo, m)
 		}
 	}

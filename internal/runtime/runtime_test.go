@@ -660,3 +660,42 @@ func TestAConcurrentCommitReturnsTheBatchInsteadOfStalling(t *testing.T) {
 		t.Fatal("commits stopped after the conflict")
 	}
 }
+
+// dupSource delivers rows 1..n with IDs, each twice in the same read (a
+// broker redelivering a message that still waits in the client's buffer)
+// and once more in the next read.
+type dupSource struct {
+	memSource
+}
+
+func (s *dupSource) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.next >= len(s.rows) {
+		return nil, io.EOF
+	}
+	var out []*stream.Message
+	if s.next > 0 {
+		prev := s.rows[s.next-1]
+		out = append(out, &stream.Message{Payload: prev, ID: strconv.Itoa(prev)})
+	}
+	for len(out) < max && s.next < len(s.rows) {
+		id := s.rows[s.next]
+		out = append(out, &stream.Message{Payload: id, ID: strconv.Itoa(id)}, &stream.Message{Payload: id, ID: strconv.Itoa(id)})
+		s.next++
+	}
+	return out, nil
+}
+
+func TestExactlyOnceProcessesOneCopyOfAMessageDeliveredTwiceInARead(t *testing.T) {
+	t.Parallel()
+	src := &dupSource{memSource: *newSource(500, 0)}
+	tx := &txSink{}
+	run(t, Config{Name: "s", BatchSize: 16, Workers: 2, Delivery: ExactlyOnce},
+		Parts{Source: src, NewFlow: func(int) Flow { return funcFlow(passAll) }, Sink: tx, TxSink: tx, DeadLetter: &memSink{}})
+	got := (&memSink{rows: tx.rows}).ints()
+	slices.Sort(got)
+	if !slices.Equal(got, seq(500)) {
+		t.Fatalf("%d rows for 500 ids, each once wanted: %v", len(got), got[:min(len(got), 20)])
+	}
+}

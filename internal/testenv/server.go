@@ -113,14 +113,21 @@ func PrivateMariaDB(t *testing.T) *Server {
 	s := newServer(t, "MariaDB", "mariadbd", func(port int, dir string) []string {
 		return []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--port=" + strconv.Itoa(port),
 			"--bind-address=127.0.0.1", "--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mariadb.pid"),
-			"--log-error=" + filepath.Join(dir, "mariadb.log"), "--user=" + currentUser(), "--skip-name-resolve"}
+			"--log-error=" + filepath.Join(dir, "mariadb.log"), "--user=" + currentUser(), "--skip-name-resolve",
+			"--tmpdir=" + filepath.Join(dir, "tmp")}
 	})
+	// A temporary folder of its own: installs running side by side in the
+	// shared /tmp lost each other's temporary tables ("Could not remove
+	// temporary table", "Unknown table 'mysql.tmp_user_nopasswd'").
+	if err := os.Mkdir(filepath.Join(s.dir, "tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	install, err := exec.LookPath("mariadb-install-db")
 	if err != nil {
 		install = "mysql_install_db"
 	}
 	s.prepare(t, exec.Command(install, "--no-defaults", "--datadir="+filepath.Join(s.dir, "data"),
-		"--user="+currentUser(), "--auth-root-authentication-method=normal", "--skip-test-db"))
+		"--user="+currentUser(), "--auth-root-authentication-method=normal", "--skip-test-db", "--tmpdir="+filepath.Join(s.dir, "tmp")))
 	s.launch(t)
 	return s
 }
