@@ -22,7 +22,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	kisredis "github.com/kisflow-go/kisflow/connector/redis"
-	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/connector/all"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/plugin"
 )
@@ -56,7 +56,7 @@ func originalDir(t *testing.T, sub string) string {
 func TestOriginalFilesLoadAndLintClean(t *testing.T) {
 	t.Parallel()
 	reg := kisflow.NewRegistry()
-	if err := bundle.Install(reg); err != nil {
+	if err := all.Install(reg); err != nil {
 		t.Fatal(err)
 	}
 	for _, sub := range []string{"load_conf", "export_conf"} {

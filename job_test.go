@@ -25,8 +25,8 @@ import (
 func streamRegistry(t testing.TB) *kisflow.Registry {
 	t.Helper()
 	reg := kisflow.NewRegistry()
-	for _, install := range []func(*kisflow.Registry) error{file.Install, kissql.Install, kishttp.Install, memory.Install} {
-		if err := install(reg); err != nil {
+	for _, err := range []error{file.Install(reg), kissql.Install(reg), kishttp.Install(reg), memory.Install(reg)} {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/plugin"
 )
@@ -20,6 +21,7 @@ type Registry struct {
 	mu        sync.RWMutex
 	funcs     map[string]Handler
 	drivers   map[string]DriverFactory
+	specs     map[string]*driver.Spec
 	connFuncs map[string]map[string]ConnFunc // cname -> fname -> callback
 	connInits map[string][]ConnInit
 	filters   map[string]filter.Factory
@@ -32,6 +34,7 @@ func NewRegistry() *Registry {
 	return &Registry{
 		funcs:     map[string]Handler{},
 		drivers:   map[string]DriverFactory{},
+		specs:     map[string]*driver.Spec{},
 		connFuncs: map[string]map[string]ConnFunc{},
 		connInits: map[string][]ConnInit{},
 		filters:   filter.Builtins(),
@@ -192,7 +195,33 @@ func (r *Registry) MustRegister(name string, fn any) {
 	}
 }
 
-// RegisterDriver registers the driver factory of a connector type.
+// RegisterConnector registers a connector type: its spec (its params,
+// checked by lint and printed by `kisflow list`) and its driver factory.
+func (r *Registry) RegisterConnector(spec *driver.Spec, f driver.Factory) error {
+	if spec == nil {
+		return errors.New("register connector: nil spec")
+	}
+	if err := r.RegisterDriver(spec.Type, f); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.specs[spec.Type] = spec
+	return nil
+}
+
+// ConnectorSpec returns the spec of a connector type registered with
+// RegisterConnector.
+func (r *Registry) ConnectorSpec(typ string) (*driver.Spec, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.specs[typ]
+	return s, ok
+}
+
+// RegisterDriver registers the driver factory of a connector type without
+// a spec: its params are not checked by lint (RegisterConnector is
+// preferred).
 func (r *Registry) RegisterDriver(typ string, f DriverFactory) error {
 	if typ == "" || f == nil {
 		return fmt.Errorf("register driver %q: empty type or nil factory", typ)
@@ -321,6 +350,23 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 		cfg, err := c.Expanded()
 		if err != nil {
 			continue // an unset ${VAR}: reported by the config's own check
+		}
+		if spec, ok := r.ConnectorSpec(c.Type); ok {
+			errs := spec.Check(cfg.Params)
+			stop := false
+			for _, pe := range errs {
+				sev := config.SevError
+				if pe.Warning {
+					sev = config.SevWarning
+				} else {
+					stop = true
+				}
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, "params."+pe.Param), Severity: sev,
+					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %v", name, c.Type, pe))})
+			}
+			if stop {
+				continue // the factory would report the same
+			}
 		}
 		if _, err := callFactory(factory, cfg); err != nil {
 			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, ""), Severity: config.SevError,

@@ -65,8 +65,13 @@ func (u *unknownCalls) Visit(n *ast.Node) {
 	}
 }
 
-// suggestName returns " (did you mean X?)" for the known name closest to
-// s, when one is close enough, else "".
+// SuggestName returns " (did you mean X?)" for the known name closest to
+// s, when one is close enough, else "": the suggestion every "unknown
+// name" error of lint makes.
+func SuggestName(s string, known []string) string {
+	return suggestName(s, known)
+}
+
 func suggestName(s string, known []string) string {
 	// Distance first; on a tie, the name sharing the longer prefix.
 	best, bestScore := "", (len(s)/2+2)*10

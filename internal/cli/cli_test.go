@@ -10,13 +10,13 @@ import (
 	"testing"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/connector/all"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	reg := kisflow.NewRegistry()
-	if err := bundle.Install(reg); err != nil {
+	if err := all.Install(reg); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
