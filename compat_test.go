@@ -21,8 +21,8 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
-	kisredis "github.com/kisflow-go/kisflow/connector/redis"
 	"github.com/kisflow-go/kisflow/connector/all"
+	kisredis "github.com/kisflow-go/kisflow/connector/redis"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/plugin"
 )
