@@ -390,7 +390,7 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	}
 	var drv Driver = label{}
 	if factory, ok := e.reg.driver(cfg.Type); ok {
-		if drv, err = callFactory(factory, cfg); err != nil {
+		if drv, err = callFactory(factory, e.reg.factoryConfig(e.set, cname, cfg)); err != nil {
 			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	} else {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -341,6 +342,7 @@ func globalWithImplicit(g *config.Global) *config.Global {
 // with the connector's position, not a failure at run time.
 func (r *Registry) checkConns(s *config.Set) []config.Problem {
 	var probs []config.Problem
+	streams := streamConns(s)
 	for _, name := range slices.Sorted(maps.Keys(s.Conns)) {
 		c := s.Conns[name]
 		factory, ok := r.driver(c.Type)
@@ -352,26 +354,86 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 			continue // an unset ${VAR}: reported by the config's own check
 		}
 		if spec, ok := r.ConnectorSpec(c.Type); ok {
-			errs := spec.Check(cfg.Params)
-			stop := false
-			for _, pe := range errs {
-				sev := config.SevError
-				if pe.Warning {
-					sev = config.SevWarning
-				} else {
-					stop = true
+			// Each param problem at its line; then the factory, without the
+			// bad params, for what it checks beyond them (a key template).
+			var bad []string
+			for _, pe := range spec.Check(cfg.Params) {
+				sev := config.SevWarning
+				msg := pe.Error()
+				switch {
+				case pe.Unknown && !streams[name]:
+					// A param of the connector's own callbacks (KisFlow's
+					// CaaS), unless it looks like a misspelt declared one.
+					if !strings.Contains(msg, "did you mean") {
+						bad = append(bad, pe.Param)
+						continue
+					}
+					msg += "; left to this connector's own callbacks, which may read it (KisFlow's CaaS)"
+				case !pe.Warning:
+					sev = config.SevError
+				}
+				if pe.Unknown || !pe.Warning {
+					bad = append(bad, pe.Param)
 				}
 				probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, "params."+pe.Param), Severity: sev,
-					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %v", name, c.Type, pe))})
+					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %s", name, c.Type, msg))})
 			}
-			if stop {
-				continue // the factory would report the same
+			if len(bad) > 0 {
+				cc := *cfg
+				cc.Params = maps.Clone(cfg.Params)
+				for _, k := range bad {
+					delete(cc.Params, k)
+				}
+				cfg = &cc
 			}
 		}
 		if _, err := callFactory(factory, cfg); err != nil {
+			var perr driver.Errors
+			if errors.As(err, &perr) {
+				continue // a missing required param, reported above
+			}
 			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, ""), Severity: config.SevError,
 				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))})
 		}
 	}
 	return probs
+}
+
+// streamConns are the connectors some flow's stream block names (source,
+// sink or dead_letter). Their params are the driver's alone; an unknown one
+// is an error. A connector only functions use may carry params of its
+// own callbacks (KisFlow's CaaS).
+func streamConns(s *config.Set) map[string]bool {
+	out := map[string]bool{}
+	for _, fl := range s.Flows {
+		if st := fl.Stream; st != nil {
+			out[st.Source], out[st.Sink], out[st.DeadLetter] = true, true, true
+		}
+	}
+	return out
+}
+
+// factoryConfig is what the factory of connector cname gets: cfg, less the
+// params its spec does not declare when no stream uses the connector (they
+// belong to its callbacks, which read the connector's own config).
+func (r *Registry) factoryConfig(s *config.Set, cname string, cfg *config.Conn) *config.Conn {
+	spec, ok := r.ConnectorSpec(cfg.Type)
+	if !ok || streamConns(s)[cname] {
+		return cfg
+	}
+	var unknown []string
+	for k := range cfg.Params {
+		if _, ok := spec.Param(k); !ok {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return cfg
+	}
+	cc := *cfg
+	cc.Params = maps.Clone(cfg.Params)
+	for _, k := range unknown {
+		delete(cc.Params, k)
+	}
+	return &cc
 }

@@ -38,7 +38,7 @@ type Param struct {
 	Secret   bool     // a credential: masked by echo and in errors
 	Aliases  []string // former names still read, with a lint warning
 
-	field int
+	field []int
 	min   any
 }
 
@@ -56,7 +56,8 @@ type Param struct {
 //	alias:"old|older" former names, still read with a lint warning
 //
 // A field's Go type gives its kind: string (KindEnum with enum), int, bool,
-// float64, time.Duration, Size, or []string (KindList).
+// float64, time.Duration, Size, or []string (KindList). The fields of an
+// embedded struct are params too, so types sharing params share a struct.
 type Spec struct {
 	// Type is the connector type (`type:` in YAML).
 	Type string
@@ -88,14 +89,16 @@ func NewSpec[P any](typ, summary string) (*Spec, error) {
 		return nil, fmt.Errorf("spec %s: params type %v is not a struct", typ, t)
 	}
 	s := &Spec{Type: typ, Summary: summary, typ: t}
-	for i := range t.NumField() {
-		f := t.Field(i)
+	for _, f := range reflect.VisibleFields(t) {
+		if f.Anonymous {
+			continue // its fields come next
+		}
 		name := f.Tag.Get("param")
 		if name == "" {
 			continue
 		}
 		p := Param{Name: name, Default: f.Tag.Get("default"), Doc: f.Tag.Get("doc"), Example: f.Tag.Get("example"),
-			Required: f.Tag.Get("required") == "true", Secret: f.Tag.Get("secret") == "true", Min: f.Tag.Get("min"), field: i}
+			Required: f.Tag.Get("required") == "true", Secret: f.Tag.Get("secret") == "true", Min: f.Tag.Get("min"), field: f.Index}
 		if a := f.Tag.Get("alias"); a != "" {
 			p.Aliases = strings.Split(a, "|")
 		}
@@ -155,6 +158,7 @@ type ParamError struct {
 	Param   string // the name as written in YAML
 	Msg     string
 	Warning bool // the config still works (a former name)
+	Unknown bool // the spec declares no such param
 }
 
 func (e *ParamError) Error() string { return "param " + e.Param + ": " + e.Msg }
@@ -194,7 +198,8 @@ func (s *Spec) Decode(cfg *config.Conn, dst any) error {
 	}
 	for i, p := range s.Params {
 		if vals[i] != nil {
-			v.Elem().Field(p.field).Set(reflect.ValueOf(vals[i]).Convert(s.typ.Field(p.field).Type))
+			f := v.Elem().FieldByIndex(p.field)
+			f.Set(reflect.ValueOf(vals[i]).Convert(f.Type()))
 		}
 	}
 	return nil
@@ -207,7 +212,7 @@ func (s *Spec) decode(params map[string]string) ([]any, Errors) {
 	for _, k := range sortedKeys(params) {
 		p, ok := s.Param(k)
 		if !ok {
-			errs = append(errs, &ParamError{Param: k, Msg: "unknown param" + s.suggest(k)})
+			errs = append(errs, &ParamError{Param: k, Unknown: true, Msg: "unknown param" + s.suggest(k)})
 			continue
 		}
 		i := slices.IndexFunc(s.Params, func(q Param) bool { return q.Name == p.Name })

@@ -243,11 +243,11 @@ func TestConfigErrors(t *testing.T) {
 		params map[string]string
 		want   string
 	}{
-		{map[string]string{"max_in_flight_byte": "1"}, `unknown param "max_in_flight_byte"`},
+		{map[string]string{"max_in_flight_byte": "1"}, `param max_in_flight_byte: unknown param (did you mean max_in_flight_bytes?)`},
 		{map[string]string{"max_body": "100", "max_in_flight_bytes": "10"}, "max_body 100 is over max_in_flight_bytes 10"},
-		{map[string]string{"max_in_flight_bytes": "-1"}, "bad max_in_flight_bytes"},
-		{map[string]string{"read_timeout": "soon"}, "bad read_timeout"},
-		{map[string]string{"max_conns": "-2"}, "bad max_conns"},
+		{map[string]string{"max_in_flight_bytes": "-1"}, `param max_in_flight_bytes: "-1" is not a size`},
+		{map[string]string{"read_timeout": "soon"}, `param read_timeout: "soon" is not a duration`},
+		{map[string]string{"max_conns": "-2"}, `param max_conns: "-2" is below the minimum 0`},
 	}
 	for _, tt := range tests {
 		_, err := New(&config.Conn{CName: "in", Params: tt.params})
