@@ -17,14 +17,10 @@ func (w *worker) deliver(ctx context.Context, p *part, rows []any, segs []seg) b
 	rw := &rowWriter{r: r, write: r.parts.Sink.Write, dead: func(row any, m *stream.Message, cause error, attempts int) {
 		p.ep.addDead(m, r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts))
 	}}
-	var from []*stream.Message
 	if r.trace {
-		var all bool
-		if from, all = traced(segs); !all {
-			rw.retrace = func() ([]any, []*stream.Message) { return w.retrace(ctx, rows, segs) }
-		}
+		rw.retrace = func() ([]any, []*stream.Message) { return w.retrace(ctx, rows, segs) }
 	}
-	return rw.deliver(ctx, rows, from)
+	return rw.deliver(ctx, rows, nil)
 }
 
 // rowWriter writes rows to a sink and isolates the rows it refuses.
@@ -35,8 +31,9 @@ type rowWriter struct {
 	// message when known.
 	dead func(row any, m *stream.Message, cause error, attempts int)
 	// retrace, when set, is called once, when the sink first refuses the
-	// rows (none of them written yet): it returns the rows made again with
-	// the message of each, for a source that answers per message.
+	// rows (none of them written yet): it returns the rows, made again
+	// where needed, with the message of each, for a source that answers
+	// per message.
 	retrace func() ([]any, []*stream.Message)
 }
 
@@ -242,17 +239,15 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 			}
 		},
 	}
-	var from []*stream.Message
 	if r.trace {
-		var all bool
-		if from, all = traced(segs); !all {
+		rw.retrace = func() ([]any, []*stream.Message) {
 			if r.tracer == nil {
 				r.tracer = &worker{r: r, flow: r.parts.NewFlow(r.cfg.Workers)}
 			}
-			rw.retrace = func() ([]any, []*stream.Message) { return r.tracer.retrace(ctx, rows, segs) }
+			return r.tracer.retrace(ctx, rows, segs)
 		}
 	}
-	if !rw.deliver(ctx, rows, from) {
+	if !rw.deliver(ctx, rows, nil) {
 		return nil, nil, errors.Join(errors.New("sink refused rows; isolating them did not finish"), ctx.Err())
 	}
 	if len(dead) > 0 {

@@ -158,25 +158,6 @@ func segOf(msgs []*stream.Message, n int) []seg {
 	return []seg{{msgs: msgs, n: n}}
 }
 
-// traced returns the message of each of the rows of segs, nil for a row of
-// a run of several messages, and whether every row has one.
-func traced(segs []seg) ([]*stream.Message, bool) {
-	var from []*stream.Message
-	all := true
-	for _, s := range segs {
-		var m *stream.Message
-		if len(s.msgs) == 1 {
-			m = s.msgs[0]
-		} else {
-			all = false
-		}
-		for range s.n {
-			from = append(from, m)
-		}
-	}
-	return from, all
-}
-
 // retrace runs again, one message at a time, the messages of each run of
 // several messages in segs, so that each of rows (the output of segs) is
 // traced to its message: it returns the rows anew and their messages. The
