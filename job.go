@@ -220,7 +220,12 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	for i := 1; i < workers; i++ {
 		flows[i] = base.Fork().(*flow)
 	}
-	parts.NewFlow = func(i int) runtime.Flow { return &jobFlow{fl: flows[i]} }
+	parts.NewFlow = func(i int) runtime.Flow {
+		if i < len(flows) {
+			return &jobFlow{fl: flows[i]}
+		}
+		return &jobFlow{fl: base.Fork().(*flow)} // the commit loop's own
+	}
 
 	cfg := runtime.Config{
 		Name: flowName, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,

@@ -24,8 +24,10 @@
 //   - 200 {"accepted": n}: every row was processed.
 //   - 422 {"accepted": a, "dead_lettered": d, "errors": [{"row", "func",
 //     "error"}]}: the request was processed, but the rows listed (by their
-//     0-based position in the request) went to the dead-letter sink; the
-//     other a rows were processed. Resend only the listed rows, once fixed.
+//     0-based position in the request, once each) went to the dead-letter
+//     sink: a function of the flow rejected them, or the sink refused one
+//     of the rows made of them (func "sink <name>"); the other a rows were
+//     processed. Resend only the listed rows, once fixed.
 //   - 400 {"error", "line" or "offset"}: the body is malformed; nothing of
 //     it was processed.
 //   - 408: the body did not arrive within read_timeout; the connection is
