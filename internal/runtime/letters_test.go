@@ -85,3 +85,25 @@ func TestDeadLettersOfMessagesProcessedAgainAreNotWrittenTwice(t *testing.T) {
 		})
 	}
 }
+
+// The runner remembers at least the last 100,000 dead letters written,
+// forgetting the oldest first.
+func TestRecentLettersKeepTheLastOnes(t *testing.T) {
+	t.Parallel()
+	r, err := New(Config{Name: "s"}, Parts{Source: newSource(0, 0), NewFlow: func(int) Flow { return funcFlow(passAll) }, DeadLetter: &memSink{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := r.recentWindow(); w < 100000 {
+		t.Fatalf("window %d, want at least 100,000", w)
+	}
+	c := newRecentLetters(3)
+	for _, id := range []string{"a", "b", "c", "a", "d"} {
+		c.add(id)
+	}
+	for id, want := range map[string]bool{"a": false, "b": true, "c": true, "d": true} {
+		if c.has(id) != want {
+			t.Errorf("has(%q) = %v, want %v", id, !want, want)
+		}
+	}
+}
