@@ -180,9 +180,11 @@ type Runner struct {
 	trace  bool
 	tracer *worker // the commit loop's, for exactly-once; made on first use
 
-	warnedNoID  atomic.Bool
-	inflightMu  sync.Mutex
-	inflightIDs map[string]struct{} // exactly-once: IDs read and not yet committed or returned
+	warnedNoID   atomic.Bool
+	ownPositions bool           // the source sets a position on every message (stream.MessagePositions)
+	letters      *recentLetters // the identities of the dead letters written last (commit loop only)
+	inflightMu   sync.Mutex
+	inflightIDs  map[string]struct{} // exactly-once: IDs read and not yet committed or returned
 
 	srcLink, sinkLink, dlqLink *link
 	undrained, exhausted       atomic.Bool
@@ -218,10 +220,12 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}
 	_, notifies := parts.Source.(stream.DeadLetterNotifier)
+	mp, ok := parts.Source.(stream.MessagePositions)
 	return &Runner{
 		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},
-		trace:   notifies && cfg.Delivery != AtMostOnce,
-		srcLink: newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
+		trace:        notifies && cfg.Delivery != AtMostOnce,
+		ownPositions: ok && mp.PositionsPerMessage(),
+		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
 		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
 		stopRead: func(error) {}, journalAt: -1,
 	}, nil
@@ -321,6 +325,9 @@ func (ep *epoch) finish() {
 func (r *Runner) Run(ctx context.Context) error {
 	cfg := r.cfg
 	if err := r.recoverJournal(ctx); err != nil {
+		return err
+	}
+	if err := r.loadRecentLetters(); err != nil {
 		return err
 	}
 	// reading ends with ctx, or earlier when the run is aborted.
@@ -661,7 +668,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			ep.work = append(ep.work, m)
 			continue
 		}
-		ep.addDead(m, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+		ep.addDead(m, r.deadLetter("", m, "", m.Failed, 0))
 	}
 }
 
@@ -795,14 +802,8 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 		return "", nil
 	}
-	if len(dead) > 0 {
-		if err := r.retryForever(work, r.dlqLink, func() error {
-			return r.parts.DeadLetter.Write(work, dead)
-		}); err != nil {
-			return fail(err)
-		}
-		r.dead.Add(int64(len(dead)))
-		r.deadDirty = true
+	if err := r.writeDead(work, dead); err != nil {
+		return fail(err)
 	}
 	pos := lastPosition(msgs)
 	// Dead letters reach the disk before the transaction or the

@@ -142,7 +142,7 @@ func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause erro
 	}
 	r.cfg.Logger.Debug("row dead-lettered", "func", fn, "err", cause)
 	dl := &stream.DeadLetter{
-		Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts,
+		LetterID: r.letterID(nil, ""), Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts,
 		Payload: payload, Time: time.Now().UTC(),
 	}
 	if m != nil {
@@ -250,15 +250,11 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 	if !rw.deliver(ctx, rows, nil) {
 		return nil, nil, errors.Join(errors.New("sink refused rows; isolating them did not finish"), ctx.Err())
 	}
-	if len(dead) > 0 {
-		if err := r.retryForever(ctx, r.dlqLink, func() error { return r.parts.DeadLetter.Write(ctx, dead) }); err != nil {
-			return nil, nil, err
-		}
-		r.dead.Add(int64(len(dead)))
-		r.deadDirty = true
-		if err := r.syncDeadLetters(ctx); err != nil {
-			return nil, nil, err
-		}
+	if err := r.writeDead(ctx, dead); err != nil {
+		return nil, nil, err
+	}
+	if err := r.syncDeadLetters(ctx); err != nil {
+		return nil, nil, err
 	}
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {

@@ -75,9 +75,9 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 	for _, rj := range rej {
 		switch {
 		case rj.Layer == 0:
-			w.deadLetter(p, msgs[rj.Index], rj.Func, rj.Err, 1)
+			w.deadLetter(p, msgs[rj.Index], "", rj.Func, rj.Err, 1)
 		case len(msgs) == 1:
-			w.deadLetter(p, msgs[0], rj.Func, rj.Err, 1)
+			w.deadLetter(p, msgs[0], rowPlace(rj.Layer, rj.Index), rj.Func, rj.Err, 1)
 		default:
 			p.ep.addDead(nil, w.r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1))
 		}
@@ -111,7 +111,7 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 		}
 		if len(msgs) == 1 {
 			if perm {
-				w.deadLetter(p, msgs[0], fn, err, 1)
+				w.deadLetter(p, msgs[0], "", fn, err, 1)
 				return nil, nil, true
 			}
 			return w.single(ctx, p, msgs[0], 1, fn, err)
@@ -227,24 +227,26 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 		}
 		pol = r.cfg.PolicyFor(fn)
 	}
-	w.deadLetter(p, m, fn, cause, tried)
+	w.deadLetter(p, m, "", fn, cause, tried)
 	return nil, nil, true
 }
 
-// deadLetter adds m to its epoch's dead letters, written when the epoch
-// commits.
-func (w *worker) deadLetter(p *part, m *stream.Message, fn string, cause error, attempts int) {
+// deadLetter adds m (row: a row of it, see rowPlace) to its epoch's dead
+// letters, written when the epoch commits.
+func (w *worker) deadLetter(p *part, m *stream.Message, row, fn string, cause error, attempts int) {
 	w.r.cfg.Logger.Debug("message dead-lettered", "func", fn, "attempts", attempts, "err", cause)
-	p.ep.addDead(m, deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
+	p.ep.addDead(m, w.r.deadLetter(fn, m, row, cause, attempts))
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
 	return w.r.cfg.Sleep(ctx, filter.Backoff(w.r.cfg.PolicyFor(fn).Base, attempt))
 }
 
-func deadLetter(flow, fn string, m *stream.Message, cause error, attempts int) *stream.DeadLetter {
+// deadLetter is the dead letter of message m, or of a row of it (see
+// rowPlace), that function fn failed.
+func (r *Runner) deadLetter(fn string, m *stream.Message, row string, cause error, attempts int) *stream.DeadLetter {
 	return &stream.DeadLetter{
-		Flow: flow, Func: fn, Error: cause.Error(), Attempts: attempts, ID: m.ID,
+		LetterID: r.letterID(m, row), Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts, ID: m.ID,
 		Payload: dlqPayload(m.Payload), Position: m.Position, Headers: m.Headers, Time: time.Now().UTC(),
 	}
 }
