@@ -1,6 +1,8 @@
 package fault
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,5 +42,29 @@ func TestLintChecksBrokerParams(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("lint output:\n%s%s", lint.Stdout, lint.Stderr)
+	}
+}
+
+// A misspelt key of a plugin config (pasword for a shared NATS
+// connection's password) would connect without it: it is an error for lint
+// and run, at its line, with the key it resembles, and nothing runs.
+func TestMisspeltPluginKeyIsAnError(t *testing.T) {
+	t.Parallel()
+	dir := fileFlow(t, "", "")
+	global := "kistype: global\nplugins:\n  nats:\n    main:\n      url: nats://127.0.0.1:4222\n      user: svc\n      pasword: Pw77\n"
+	if err := os.WriteFile(filepath.Join(dir, "global.yml"), []byte(global), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := `global.yml:7: plugin nats.main: unknown field "pasword" (did you mean "password"?)`
+	lint := Run(t, dir, 60*time.Second, "lint", dir)
+	if lint.Code != 1 || !strings.Contains(lint.Stdout, want) || strings.Contains(lint.Stdout, "warning: plugin") {
+		t.Errorf("lint: exit %d, want 1 with %q as an error:\n%s%s", lint.Code, want, lint.Stdout, lint.Stderr)
+	}
+	run := Run(t, dir, 60*time.Second, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+	if run.Code != 2 || !strings.Contains(run.Stderr, want) {
+		t.Errorf("run: exit %d, want 2 with %q:\n%s%s", run.Code, want, run.Stdout, run.Stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "out.jsonl")); err == nil {
+		t.Error("run wrote the sink despite the error")
 	}
 }
