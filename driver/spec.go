@@ -161,7 +161,16 @@ type ParamError struct {
 	Unknown bool // the spec declares no such param
 }
 
-func (e *ParamError) Error() string { return "param " + e.Param + ": " + e.Msg }
+// Error reads "param NAME: MSG". After a secret-like name (password,
+// sasl_password, token) the colon would make every redaction of the
+// message hide MSG's first word as the secret's value, so that name is
+// followed by " (a secret)" instead.
+func (e *ParamError) Error() string {
+	if probe := "param " + e.Param + ": x"; config.Redact(probe) != probe {
+		return "param " + e.Param + " (a secret): " + e.Msg
+	}
+	return "param " + e.Param + ": " + e.Msg
+}
 
 // Errors lists the problems of a connector's params, in the order of the
 // YAML keys' names.

@@ -129,3 +129,24 @@ func ExampleSpec_Decode() {
 	fmt.Println(err)
 	// Output: example connector "in": param timout: unknown param (did you mean timeout?)
 }
+
+// Every error and lint line is redacted, and "password: WORD" reads as a
+// secret's value: a problem of a secret-named param keeps its words.
+func TestASecretNamedParamsProblemSurvivesRedaction(t *testing.T) {
+	type params struct {
+		Password string `param:"password" alias:"sasl_password" required:"true" secret:"true" doc:"the password"`
+	}
+	spec := MustSpec[params]("x", "")
+	for in, want := range map[string]string{
+		"":              "param password (a secret): required: the password",
+		"sasl_password": "param sasl_password (a secret): sasl_password is now called password",
+	} {
+		params := map[string]string{}
+		if in != "" {
+			params[in] = "Pw1"
+		}
+		if got := config.Redact(spec.Check(params).Error()); got != want {
+			t.Errorf("redacted %q, want %q", got, want)
+		}
+	}
+}
