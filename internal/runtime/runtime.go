@@ -324,11 +324,10 @@ func (ep *epoch) finish() {
 // committed, and the source is closed. It returns the first fatal error.
 func (r *Runner) Run(ctx context.Context) error {
 	cfg := r.cfg
-	if err := r.recoverJournal(ctx); err != nil {
-		return err
-	}
-	if err := r.loadRecentLetters(); err != nil {
-		return err
+	// Run owns the source: it closes it when it returns, also when it
+	// cannot begin.
+	if err := errors.Join(r.recoverJournal(ctx), r.loadRecentLetters()); err != nil {
+		return errors.Join(err, r.parts.Source.Close(context.WithoutCancel(ctx)))
 	}
 	// reading ends with ctx, or earlier when the run is aborted.
 	readCtx, stopRead := context.WithCancelCause(ctx)
