@@ -326,3 +326,87 @@ func TestYAMLLoadFromRedis(t *testing.T) {
 		})
 	}
 }
+
+// TestYAMLSaveRowRefusedIsDeadLettered saves orders through a Save
+// function with no Go body into PostgreSQL, which refuses one: that order
+// is dead-lettered, and every other is saved and passed on to the sink.
+func TestYAMLSaveRowRefusedIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	const n, bad = 500, 321
+	dsn := testenv.PostgresDatabase(t)
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec("CREATE TABLE amounts (id BIGINT NOT NULL, amount BIGINT NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	dir := Dir(t, map[string]string{
+		"in.jsonl": IDLines(n, func(i int) string {
+			if i == bad {
+				return fmt.Sprintf(`{"id":%d,"qty":"twelve"}`, i)
+			}
+			return fmt.Sprintf(`{"id":%d,"qty":%d}`, i, i%5)
+		}),
+		"flow.yml": `kistype: flow
+status: 1
+flow_name: Amounts
+flows:
+  - fname: Store
+stream:
+  source: in
+  sink: copy
+  batch_size: 100
+---
+kistype: func
+fname: Store
+fmode: Save
+option:
+  cname: db
+---
+kistype: conn
+cname: in
+type: file
+params:
+  path: in.jsonl
+---
+kistype: conn
+cname: copy
+type: file
+params:
+  path: copy.jsonl
+---
+kistype: conn
+cname: db
+type: postgres
+key: amounts
+params:
+  dsn: ` + dsn + `
+  columns: id,amount=qty
+`,
+	})
+	res := Run(t, dir, 2*time.Minute, "run", ".", "--state", ".kisflow")
+	if res.Code != 0 {
+		t.Fatalf("exit %d\n%s%s", res.Code, res.Stdout, res.Stderr)
+	}
+	saved := Counts(t, db, "SELECT id FROM amounts")
+	copied := map[int64]int{}
+	for _, m := range JSONLines(t, filepath.Join(dir, "copy.jsonl")) {
+		copied[int64(m["id"].(float64))]++
+	}
+	for name, counts := range map[string]map[int64]int{"saved": saved, "passed on": copied} {
+		if counts[bad] != 0 {
+			t.Fatalf("the refused order %d was %s", bad, name)
+		}
+		delete(counts, bad)
+		counts[bad] = 1 // for Check: every other id once
+		if miss := Check(counts, n, true); len(miss) > 0 {
+			t.Fatalf("%s: %v", name, miss)
+		}
+	}
+	dead := JSONLines(t, filepath.Join(dir, ".kisflow", "dead-letter", "Amounts.jsonl"))
+	if len(dead) != 1 || !strings.Contains(fmt.Sprint(dead[0]), "twelve") {
+		t.Fatalf("dead letters %v, want the refused order", dead)
+	}
+}
