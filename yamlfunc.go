@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +25,9 @@ import (
 // lack, as "give it a load_query ...".
 type Loader interface {
 	LoadLookup(params map[string]string) (Lookup, error)
+	// LoadParams lists the function params LoadLookup reads; lint warns
+	// of the others.
+	LoadParams() []string
 }
 
 // Lookup finds the stored records of a batch of rows, for a Load function
@@ -348,8 +354,16 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 				}
 				conn = cfg
 			}
-			_, err := yamlBody(fc, config.MergedParams(fc, st), conn, drv)
+			params := config.MergedParams(fc, st)
+			_, err := yamlBody(fc, params, conn, drv)
 			if err == nil {
+				for _, p := range unreadParams(fc, params, drv) {
+					if key := fc.FName + "\x00param\x00" + p; !seen[key] {
+						seen[key] = true
+						probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "option.default_params."+p), Severity: config.SevWarning,
+							Msg: fmt.Sprintf("function %q: param %q is not read by its YAML %s (it reads %s)", fc.FName, p, fc.FMode, strings.Join(yamlParams(fc, drv), ", "))})
+					}
+				}
 				continue
 			}
 			msg := red.Redact(fmt.Sprintf("%v (flow %q runs it)", err, fname))
@@ -360,4 +374,37 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 		}
 	}
 	return probs
+}
+
+// yamlParams lists the params a YAML Load or Save reads.
+func yamlParams(fc *config.Func, drv Driver) []string {
+	if fc.FMode != config.Load {
+		return []string{"none"}
+	}
+	known := []string{"on_missing", "cache_ttl", "cache_size"}
+	if ld, ok := drv.(Loader); ok {
+		known = append(ld.LoadParams(), known...)
+	}
+	return known
+}
+
+// unreadParams returns, sorted, the params of a YAML Load or Save function
+// that nothing reads: neither its body nor one of its filters (which read
+// "<filter>_<key>").
+func unreadParams(fc *config.Func, params map[string]string, drv Driver) []string {
+	if fc.ConfigOnly() || (fc.FMode != config.Load && fc.FMode != config.Save) {
+		return nil
+	}
+	known := yamlParams(fc, drv)
+	var out []string
+	for _, p := range slices.Sorted(maps.Keys(params)) {
+		if slices.Contains(known, p) {
+			continue
+		}
+		if slices.ContainsFunc(fc.Option.Filters, func(f config.FilterRef) bool { return strings.HasPrefix(p, f.Name+"_") }) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }

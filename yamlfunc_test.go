@@ -180,3 +180,5 @@ func TestYAMLLoadFetchErrorFailsTheRun(t *testing.T) {
 		t.Fatalf("%v, want the failure of L", err)
 	}
 }
+
+func (s *fakeStore) LoadParams() []string { return nil }

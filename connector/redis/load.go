@@ -121,3 +121,6 @@ func (l *redisLookup) Fetch(ctx context.Context, keys []any) ([]map[string]any, 
 	}
 	return out, nil
 }
+
+// LoadParams lists the function params LoadLookup reads.
+func (r *Redis) LoadParams() []string { return []string{"load_key", "load_mode"} }

@@ -151,3 +151,6 @@ func (l *sqlLookup) Fetch(ctx context.Context, keys []any) ([]map[string]any, er
 	}
 	return out, nil
 }
+
+// LoadParams lists the function params LoadLookup reads.
+func (d *DB) LoadParams() []string { return []string{"load_query"} }
