@@ -297,15 +297,15 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			return nil, fmt.Errorf("flow %q: step %d: no config for function %q", name, i+1, st.FName)
 		}
 		h, ok := e.reg.handler(st.FName)
-		if !ok && fc.ConfigOnly() {
-			eh, err := newExprHandler(fc)
-			if err != nil {
+		params := config.MergedParams(fc, st)
+		// A function with no Go body gets its YAML one: a filter or calc
+		// now, a Load or Save through its connector once that started.
+		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save)
+		if !ok && !viaConn {
+			if h, err = yamlBody(fc, params, nil, nil); err != nil {
 				return nil, fmt.Errorf("flow %q: %w", name, err)
 			}
-			h, ok = eh, true
-		}
-		if !ok {
-			return nil, fmt.Errorf("flow %q: function %q: %w: this binary has no body for it (give it a filter or calc in YAML, or register it in Go with Registry.Register)", name, st.FName, ErrUnknownFunction)
+			ok = true
 		}
 		var conn *Connector
 		if fc.Option.CName != "" {
@@ -314,8 +314,17 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 				return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
 			}
 		}
+		if !ok {
+			var cc *config.Conn
+			var drv Driver
+			if conn != nil {
+				cc, drv = conn.cfg, conn.Driver()
+			}
+			if h, err = yamlBody(fc, params, cc, drv); err != nil {
+				return nil, fmt.Errorf("flow %q: %w", name, err)
+			}
+		}
 		names[i] = st.FName
-		params := config.MergedParams(fc, st)
 		ch, err := e.chain(fc.Option.Filters, cfg, fc, params)
 		if err != nil {
 			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)

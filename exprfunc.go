@@ -47,7 +47,7 @@ func newExprHandler(fc *config.Func) (*exprHandler, error) {
 func (h *exprHandler) signature() string { return "config expression" }
 
 func (h *exprHandler) bind(fl *flow, layer int) binding {
-	return &exprBinding{h: h, fl: fl, layer: layer}
+	return &exprBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}}
 }
 
 type exprBinding struct {
@@ -55,13 +55,13 @@ type exprBinding struct {
 	fl    *flow
 	layer int
 	vm    vm.VM
-	flat  flatjson.Decoder
+	rows  rowReader
 }
 
 func (b *exprBinding) call(ctx context.Context, in []any) error {
 	h := b.h
 	for i, row := range in {
-		m, err := b.rowMap(row)
+		m, err := b.rows.fields(row, len(h.calc) > 0)
 		if err != nil {
 			b.fl.reject(b.layer, i, row, err)
 			continue
@@ -104,13 +104,20 @@ func (b *exprBinding) call(ctx context.Context, in []any) error {
 	return nil
 }
 
-// rowMap returns the row as a map the expressions can read and calc can
-// write: JSON text is decoded into a new map; a map row is copied when calc
-// would change it, so the previous layer's row stays as it was.
-func (b *exprBinding) rowMap(row any) (map[string]any, error) {
+// rowReader reads rows as fields, for the functions written in YAML. It
+// keeps a decoder's scratch state: one per flow instance.
+type rowReader struct {
+	fl   *flow
+	flat flatjson.Decoder
+}
+
+// fields returns the row as a map of its fields: JSON text is decoded into
+// a new map; a map row is copied when the caller will change it (clone), so
+// the previous layer's row stays as it was.
+func (b *rowReader) fields(row any, clone bool) (map[string]any, error) {
 	switch v := row.(type) {
 	case map[string]any:
-		if len(b.h.calc) > 0 {
+		if clone {
 			return maps.Clone(v), nil
 		}
 		return v, nil

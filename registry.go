@@ -106,10 +106,13 @@ func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 }
 
 // LintOptions returns what lint needs to know of the registry: the
-// connector types, the filters (names and params) and the plugin types
-// (each plugin's config is decoded).
+// connector types, the filters (names and params), the plugin types (each
+// plugin's config is decoded) and the function bodies: a function that an
+// enabled flow with a stream block runs (what kisflow run runs) must have a
+// Go body or a usable YAML one. NewEngine leaves that last check to the
+// building of a flow, as KisFlow did.
 func (r *Registry) LintOptions() []config.LintOption {
-	return append(r.lintOptions(), config.WithCheck(func(s *config.Set) []config.Problem {
+	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(func(s *config.Set) []config.Problem {
 		_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
 		var ce *config.Error
 		if errors.As(err, &ce) {

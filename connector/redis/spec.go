@@ -28,6 +28,9 @@ type params struct {
 	DedupTTL         time.Duration `param:"dedup_ttl" default:"24h" min:"1s" doc:"how long dedup_key identities and an exactly-once sink's consumed message IDs are kept"`
 	StatePrefix      string        `param:"state_prefix" default:"kisflow:" doc:"the prefix of exactly-once state keys"`
 	Client           string        `param:"client" doc:"the name of a shared client configured as plugins.redis.NAME in the global file"`
+	OnMissing        string        `param:"on_missing" default:"pass" enum:"pass|drop|dead_letter" doc:"what a YAML Load does with a row whose key has no record"`
+	CacheTTL         time.Duration `param:"cache_ttl" default:"0" min:"0" doc:"how long a YAML Load keeps what it looked up (hits and misses); 0: no cache"`
+	CacheSize        int           `param:"cache_size" default:"100000" min:"1" doc:"the most keys a YAML Load's cache holds"`
 }
 
 // Spec declares the redis connector's params.

@@ -17,6 +17,15 @@ type common struct {
 	InboxTTL     time.Duration `param:"inbox_ttl" default:"168h" min:"1s" doc:"how long an exactly-once sink's inbox keeps a consumed message's ID"`
 	Timeout      time.Duration `param:"timeout" default:"5s" min:"1ms" doc:"connect and ping"`
 	MaxConns     int           `param:"max_conns" default:"8" min:"1" doc:"connections of the pool"`
+	yamlLoad
+}
+
+// yamlLoad are the defaults of the YAML Load functions that use the
+// connector (each may set its own).
+type yamlLoad struct {
+	OnMissing string        `param:"on_missing" default:"pass" enum:"pass|drop|dead_letter" doc:"what a YAML Load does with a row whose key has no record"`
+	CacheTTL  time.Duration `param:"cache_ttl" default:"0" min:"0" doc:"how long a YAML Load keeps what it looked up (hits and misses); 0: no cache"`
+	CacheSize int           `param:"cache_size" default:"100000" min:"1" doc:"the most keys a YAML Load's cache holds"`
 }
 
 type sqliteParams struct {

@@ -6,8 +6,10 @@ package fields
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -228,4 +230,29 @@ func Encode(row any, dest *Template) (m map[string]any, to string, data []byte, 
 		return nil, "", nil, err
 	}
 	return m, to, data, nil
+}
+
+// KeyText is the text a lookup key compares by: the same value read from a
+// row (an integer decoded from JSON as float64, or as int64) and from a
+// store (an int64, a []byte, a string) gives the same text.
+func KeyText(v any) string {
+	switch k := v.(type) {
+	case string:
+		return k
+	case []byte:
+		return string(k)
+	case int64:
+		return strconv.FormatInt(k, 10)
+	case int:
+		return strconv.Itoa(k)
+	case float64:
+		if k == math.Trunc(k) && math.Abs(k) < 1<<53 {
+			return strconv.FormatInt(int64(k), 10)
+		}
+	case float32:
+		if f := float64(k); f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+			return strconv.FormatInt(int64(f), 10)
+		}
+	}
+	return fmt.Sprint(v)
 }

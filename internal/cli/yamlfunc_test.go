@@ -1,0 +1,138 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/connector/all"
+)
+
+// yamlFuncDir writes a config folder whose flow streams in.jsonl through
+// the function of funcs.yml (its fmode on line 3) and returns it. conns
+// holds more connectors.
+func yamlFuncDir(t *testing.T, stream bool, funcs, conns string) string {
+	t.Helper()
+	dir := t.TempDir()
+	flow := "kistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Enrich\n"
+	if stream {
+		flow += "stream:\n  source: in\n"
+	}
+	files := map[string]string{
+		"flow.yml":  flow,
+		"funcs.yml": funcs,
+		"conns.yml": "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n---\n" + conns,
+		"in.jsonl":  `{"user_id":1}` + "\n",
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+const sqliteUsers = "kistype: conn\ncname: users\ntype: sqlite\nparams:\n  path: users.db\n"
+
+func TestFunctionWithoutBodyIsALintError(t *testing.T) {
+	t.Parallel()
+	load := func(params string) string {
+		return "kistype: func\nfname: Enrich\nfmode: Load\noption:\n  cname: users\n  default_params:\n" + params
+	}
+	tests := []struct {
+		name, funcs, conns, want string
+	}{
+		{"sql Load without load_query", load("    x: y\n"), sqliteUsers,
+			`funcs.yml:3: function "Enrich" (fmode Load) has no body: give it a load_query (a param of the function or of connector "users"), such as SELECT id AS user_id, name FROM users WHERE id IN (:user_id), or register a Go function named "Enrich" in your binary (kisflow.Registry.Register) (flow "Orders" runs it)`},
+		{"Load on a connector type without YAML load", "kistype: func\nfname: Enrich\nfmode: Load\noption:\n  cname: in\n", "",
+			`funcs.yml:3: function "Enrich" (fmode Load) has no body: connector "in" (type file) has no YAML load`},
+		{"Calculate without calc", "kistype: func\nfname: Enrich\nfmode: Calculate\n", "",
+			`funcs.yml:3: function "Enrich" (fmode Calculate) has no body: give it a calc in YAML`},
+		{"Verify without filter", "kistype: func\nfname: Enrich\nfmode: Verify\n", "",
+			`funcs.yml:3: function "Enrich" (fmode Verify) has no body: give it a filter in YAML`},
+		{"Expand", "kistype: func\nfname: Enrich\nfmode: Expand\n", "",
+			`function "Enrich" (fmode Expand) has no body: an Expand function has no YAML form, or register a Go function named "Enrich"`},
+		{"load_query with two keys", load("    load_query: SELECT a AS x, b FROM t WHERE a IN (:x) AND b = :y\n"), sqliteUsers,
+			`a YAML load takes one key, written IN (:x)`},
+		{"load_query without IN", load("    load_query: SELECT id AS user_id, name FROM users WHERE id = :user_id\n"), sqliteUsers,
+			`write the placeholder as IN (:user_id)`},
+		{"on_missing typo", load("    load_query: SELECT id AS user_id FROM users WHERE id IN (:user_id)\n    on_missing: skip\n"), sqliteUsers,
+			`fix its on_missing "skip" (want pass, drop or dead_letter)`},
+		{"cache_ttl typo", load("    load_query: SELECT id AS user_id FROM users WHERE id IN (:user_id)\n    cache_ttl: 30\n"), sqliteUsers,
+			`fix its cache_ttl "30" (want a duration such as 30s)`},
+		{"redis Load on a list", load("    x: y\n"), "kistype: conn\ncname: users\ntype: redis\naddrs: 127.0.0.1:1\nkey: user:{user_id}\nparams:\n  mode: list\n",
+			`give it load_mode hash or string (connector "users" has mode list, which a YAML load cannot read)`},
+		{"redis Load with a fixed key", load("    load_key: users\n"), "kistype: conn\ncname: users\ntype: redis\naddrs: 127.0.0.1:1\nkey: user:{user_id}\n",
+			`give it a key template with a {field}`},
+		{"Save through a connector that cannot write", "kistype: func\nfname: Enrich\nfmode: Save\noption:\n  cname: gen\n", "kistype: conn\ncname: gen\ntype: generator\n",
+			`function "Enrich" (fmode Save) has no body: connector "gen" (type generator) cannot write rows`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			dir := yamlFuncDir(t, true, tt.funcs, tt.conns)
+			code, out, stderr := run(t, "lint", dir)
+			if code != ExitProblem || !strings.Contains(out, tt.want) {
+				t.Fatalf("lint: exit %d, want %d and %q in\n%s%s", code, ExitProblem, tt.want, out, stderr)
+			}
+			// kisflow run refuses it with the same words, before anything runs.
+			code, out, stderr = run(t, "run", dir, "--state", filepath.Join(dir, ".state"))
+			if code != ExitUsage || !strings.Contains(stderr, tt.want) || strings.Contains(stderr, "not registered") {
+				t.Fatalf("run: exit %d, want %d and %q in\n%s%s", code, ExitUsage, tt.want, out, stderr)
+			}
+		})
+	}
+}
+
+func TestFunctionWithABody(t *testing.T) {
+	t.Parallel()
+	noBody := "kistype: func\nfname: Enrich\nfmode: Calculate\n"
+	tests := []struct {
+		name   string
+		stream bool
+		funcs  string
+		conns  string
+		goBody bool
+	}{
+		// As in KisFlow, a flow run from Go code only (no stream block)
+		// gets its bodies from that code: lint cannot know them.
+		{"no stream block", false, noBody, "", false},
+		{"a Go body", true, noBody, "", true},
+		{"a YAML Load", true, "kistype: func\nfname: Enrich\nfmode: Load\noption:\n  cname: users\n", sqliteUsers +
+			"  load_query: SELECT id AS user_id FROM users WHERE id::text IN (:user_id) AND name <> ':x'\n", false},
+		{"a YAML Save", true, "kistype: func\nfname: Enrich\nfmode: Save\noption:\n  cname: users\n", sqliteUsers, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			reg := kisflow.NewRegistry()
+			if err := all.Install(reg); err != nil {
+				t.Fatal(err)
+			}
+			if tt.goBody {
+				reg.MustRegister("Enrich", func(context.Context, kisflow.Flow) error { return nil })
+			}
+			var out, errb bytes.Buffer
+			if code := Main(reg, []string{"lint", yamlFuncDir(t, tt.stream, tt.funcs, tt.conns)}, &out, &errb); code != ExitOK {
+				t.Fatalf("lint: exit %d\n%s%s", code, out.String(), errb.String())
+			}
+		})
+	}
+}
+
+// TestYAMLLoadParamTypo warns of a param nothing reads, at its line; a
+// param of one of the function's filters is read.
+func TestYAMLLoadParamTypo(t *testing.T) {
+	t.Parallel()
+	funcs := "kistype: func\nfname: Enrich\nfmode: Load\noption:\n  cname: users\n  filters: [timeout]\n  default_params:\n" +
+		"    load_query: SELECT id AS user_id FROM users WHERE id IN (:user_id)\n    cache_tll: 30s\n    timeout_duration: 2s\n"
+	code, out, stderr := run(t, "lint", yamlFuncDir(t, true, funcs, sqliteUsers))
+	want := `funcs.yml:9: warning: function "Enrich": param "cache_tll" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size)`
+	if code != ExitOK || !strings.Contains(out, want) || strings.Count(out, "\n") != 1 {
+		t.Fatalf("exit %d, want %d and only %q in\n%s%s", code, ExitOK, want, out, stderr)
+	}
+}

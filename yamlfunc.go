@@ -1,0 +1,411 @@
+package kisflow
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Loader is an optional Driver capability: it gives a Load function that
+// has no Go body a body written in YAML (a query or key template in its
+// params). LoadLookup is called with the function's params (default_params
+// merged with the flow step's) when lint checks a configuration, on a
+// driver built but not started, and when a flow using the function is
+// built, on the started driver. Its error tells a YAML user what the params
+// lack, as "give it a load_query ...".
+type Loader interface {
+	LoadLookup(params map[string]string) (Lookup, error)
+	// LoadParams lists the function params LoadLookup reads; lint warns
+	// of the others.
+	LoadParams() []string
+}
+
+// Lookup finds the stored records of a batch of rows, for a Load function
+// written in YAML. The engine calls Key for each row of a run, then Fetch
+// once with the distinct keys not in its cache.
+type Lookup interface {
+	// Key returns a row's lookup key. An error is the row's own (it lacks
+	// the field the template names): the row is dead-lettered.
+	Key(row map[string]any) (any, error)
+	// Fetch returns, for each key, the fields stored for it, or nil when
+	// nothing is. Errors are classified as a sink's are (stream.Permanent,
+	// stream.Fatal, else retried).
+	Fetch(ctx context.Context, keys []any) ([]map[string]any, error)
+}
+
+// What a YAML Load does with a row whose key has no record (on_missing).
+const (
+	missingPass       = "pass"
+	missingDrop       = "drop"
+	missingDeadLetter = "dead_letter"
+)
+
+// defaultCacheSize is the most keys the cache of a YAML Load keeps.
+const defaultCacheSize = 100_000
+
+// noBodyError is a function that a flow runs and that has no body: no Go
+// function registered under its name, and no usable YAML form.
+type noBodyError struct{ msg string }
+
+func (e *noBodyError) Error() string { return e.msg }
+func (e *noBodyError) Unwrap() error { return ErrUnknownFunction }
+
+func noBody(fc *config.Func, why string) error {
+	return &noBodyError{msg: fmt.Sprintf("function %q (fmode %s) has no body: %s, or register a Go function named %q in your binary (kisflow.Registry.Register)", fc.FName, fc.FMode, why, fc.FName)}
+}
+
+// yamlBody returns the body of a function with no Go body: its filter or
+// calc, or a Load or Save through its connector. conn is the connector's
+// configuration and drv its driver (nil when the type has no driver);
+// lint passes a driver that is not started. The error says, in YAML words,
+// how to give the function a body.
+func yamlBody(fc *config.Func, params map[string]string, conn *config.Conn, drv Driver) (Handler, error) {
+	if fc.ConfigOnly() {
+		return newExprHandler(fc)
+	}
+	switch fc.FMode {
+	case config.Verify:
+		return nil, noBody(fc, "give it a filter in YAML (filter: an expression over the row's fields)")
+	case config.Calculate:
+		return nil, noBody(fc, "give it a calc in YAML (calc: {field: expression})")
+	case config.Load, config.Save:
+	default:
+		return nil, noBody(fc, fmt.Sprintf("an %s function has no YAML form", fc.FMode))
+	}
+	if conn == nil {
+		return nil, noBody(fc, "give it a connector (option.cname)")
+	}
+	if drv == nil {
+		return nil, noBody(fc, fmt.Sprintf("connector %q has type %q, which this binary has no driver for", conn.CName, conn.Type))
+	}
+	if fc.FMode == config.Save {
+		sink, ok := drv.(stream.Sink)
+		if !ok {
+			return nil, noBody(fc, fmt.Sprintf("connector %q (type %s) cannot write rows", conn.CName, conn.Type))
+		}
+		return saveHandler{sink: sink}, nil
+	}
+	ld, ok := drv.(Loader)
+	if !ok {
+		return nil, noBody(fc, fmt.Sprintf("connector %q (type %s) has no YAML load (types postgres, mysql and sqlite take a load_query, redis a key template)", conn.CName, conn.Type))
+	}
+	lk, err := ld.LoadLookup(params)
+	if err != nil {
+		return nil, noBody(fc, err.Error())
+	}
+	h := &loadHandler{name: fc.FName, lookup: lk, missing: missingPass}
+	param := func(name string) string {
+		if v := params[name]; v != "" {
+			return v
+		}
+		return conn.Params[name]
+	}
+	switch m := param("on_missing"); m {
+	case "", missingPass:
+	case missingDrop, missingDeadLetter:
+		h.missing = m
+	default:
+		return nil, noBody(fc, fmt.Sprintf("fix its on_missing %q (want pass, drop or dead_letter)", m))
+	}
+	if s := param("cache_ttl"); s != "" {
+		ttl, err := driver.ParseDuration(s)
+		if err != nil || ttl < 0 {
+			return nil, noBody(fc, fmt.Sprintf("fix its cache_ttl %q (want a duration such as 30s)", s))
+		}
+		size := defaultCacheSize
+		if s := param("cache_size"); s != "" {
+			if size, err = strconv.Atoi(s); err != nil || size < 1 {
+				return nil, noBody(fc, fmt.Sprintf("fix its cache_size %q (want a whole number of at least 1)", s))
+			}
+		}
+		if ttl > 0 {
+			h.cache = &lookupCache{ttl: ttl, size: size, m: map[string]cached{}}
+		}
+	}
+	return h, nil
+}
+
+// saveHandler is a Save function written in YAML: it writes its rows
+// through its connector's sink and passes them on unchanged.
+type saveHandler struct{ sink stream.Sink }
+
+func (h saveHandler) signature() string { return "YAML save through the connector" }
+
+func (h saveHandler) bind(fl *flow, _ int) binding { return saveBinding{h: h, fl: fl} }
+
+type saveBinding struct {
+	h  saveHandler
+	fl *flow
+}
+
+func (b saveBinding) call(ctx context.Context, in []any) error {
+	if len(in) == 0 {
+		return nil
+	}
+	if err := b.h.sink.Write(ctx, in); err != nil {
+		return err
+	}
+	b.fl.run.CommitBatch(in)
+	return nil
+}
+
+// loadHandler is a Load function written in YAML: it looks up the records
+// of a run's rows through its connector in one Fetch, and merges each
+// row's record into it.
+type loadHandler struct {
+	name    string
+	lookup  Lookup
+	missing string
+	cache   *lookupCache // nil without cache_ttl; shared by every instance
+}
+
+func (h *loadHandler) signature() string { return "YAML load through the connector" }
+
+func (h *loadHandler) bind(fl *flow, layer int) binding {
+	return &loadBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}, want: map[string]int{}, found: map[string]map[string]any{}}
+}
+
+type loadBinding struct {
+	h     *loadHandler
+	fl    *flow
+	layer int
+	rows  rowReader
+	// Scratch, kept from call to call.
+	maps  []map[string]any
+	keyOf []string
+	keys  []any
+	want  map[string]int            // key text -> index in keys
+	found map[string]map[string]any // key text -> record (nil: none)
+}
+
+func (b *loadBinding) call(ctx context.Context, in []any) error {
+	h := b.h
+	defer func() {
+		clear(b.maps)
+		clear(b.keys)
+		clear(b.want)
+		clear(b.found)
+		b.maps, b.keyOf, b.keys = b.maps[:0], b.keyOf[:0], b.keys[:0]
+	}()
+	now := time.Now()
+	for i, row := range in {
+		m, err := b.rows.fields(row, true)
+		var k any
+		if err == nil {
+			k, err = h.lookup.Key(m)
+		}
+		if err != nil {
+			b.fl.reject(b.layer, i, row, err)
+			b.maps, b.keyOf = append(b.maps, nil), append(b.keyOf, "")
+			continue
+		}
+		kt := fields.KeyText(k)
+		b.maps, b.keyOf = append(b.maps, m), append(b.keyOf, kt)
+		if _, ok := b.found[kt]; ok {
+			continue
+		}
+		if _, ok := b.want[kt]; ok {
+			continue
+		}
+		if rec, hit := h.cache.get(kt, now); hit {
+			b.found[kt] = rec
+			continue
+		}
+		b.want[kt] = len(b.keys)
+		b.keys = append(b.keys, k)
+	}
+	if len(b.keys) > 0 {
+		recs, err := h.lookup.Fetch(ctx, b.keys)
+		if err != nil {
+			return err
+		}
+		if len(recs) != len(b.keys) {
+			return fmt.Errorf("load: %d records for %d keys", len(recs), len(b.keys))
+		}
+		for kt, i := range b.want {
+			if recs[i] != nil {
+				integers(recs[i])
+			}
+			b.found[kt] = recs[i]
+			h.cache.put(kt, recs[i], now)
+		}
+		if b.fl.log.Enabled(ctx, slog.LevelDebug) {
+			b.fl.log.DebugContext(ctx, "load fetch", "func", h.name, "rows", len(in), "keys", len(b.keys))
+		}
+	}
+	for i, m := range b.maps {
+		if m == nil {
+			continue
+		}
+		rec := b.found[b.keyOf[i]]
+		if rec == nil {
+			switch h.missing {
+			case missingDrop:
+				continue
+			case missingDeadLetter:
+				b.fl.reject(b.layer, i, in[i], fmt.Errorf("no record for key %s (on_missing: dead_letter)", b.keyOf[i]))
+				continue
+			}
+		}
+		for k, v := range rec {
+			m[k] = v
+		}
+		b.fl.run.Commit(m)
+	}
+	return nil
+}
+
+// lookupCache keeps the records of a YAML Load's keys (nil for a key with
+// none) for ttl, at most size keys. It is safe for concurrent use; a nil
+// cache keeps nothing.
+type lookupCache struct {
+	mu   sync.Mutex
+	ttl  time.Duration
+	size int
+	m    map[string]cached
+}
+
+type cached struct {
+	rec   map[string]any
+	until time.Time
+}
+
+func (c *lookupCache) get(key string, now time.Time) (map[string]any, bool) {
+	if c == nil {
+		return nil, false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok || now.After(e.until) {
+		return nil, false
+	}
+	return e.rec, true
+}
+
+func (c *lookupCache) put(key string, rec map[string]any, now time.Time) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[key]; !ok && len(c.m) >= c.size {
+		// Full: drop what expired, then, if still full, any entries (a
+		// cache this size holds the hot keys of many batches anyway).
+		for k, e := range c.m {
+			if now.After(e.until) {
+				delete(c.m, k)
+			}
+		}
+		for k := range c.m {
+			if len(c.m) < c.size {
+				break
+			}
+			delete(c.m, k)
+		}
+	}
+	c.m[key] = cached{rec: rec, until: now.Add(c.ttl)}
+}
+
+// checkBodies lints the functions that enabled flows with a stream block
+// run: each needs a Go body in r or a YAML one (see yamlBody). Drivers are
+// built, not started, to check a YAML Load's params.
+func (r *Registry) checkBodies(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	seen := map[string]bool{}
+	red := s.Redactor()
+	for _, fname := range s.FlowNames() {
+		fl := s.Flows[fname]
+		if !fl.Enabled() || fl.Stream == nil {
+			continue
+		}
+		for _, st := range fl.Flows {
+			fc := s.Funcs[st.FName]
+			if fc == nil || fc.ConfigOnly() {
+				continue // unknown functions and bad expressions have their own checks
+			}
+			if _, ok := r.handler(st.FName); ok {
+				continue
+			}
+			conn := s.Conns[fc.Option.CName]
+			if !fc.FMode.Valid() || (fc.FMode.NeedsConn() && conn == nil) {
+				continue // a bad fmode or connector has its own check
+			}
+			var drv Driver
+			if conn != nil {
+				cfg, err := conn.Expanded()
+				if err != nil {
+					continue // an unset ${VAR}: reported by the config's own check
+				}
+				if factory, ok := r.driver(cfg.Type); ok {
+					if drv, err = callFactory(factory, cfg); err != nil {
+						continue // reported by checkConns
+					}
+				}
+				conn = cfg
+			}
+			params := config.MergedParams(fc, st)
+			_, err := yamlBody(fc, params, conn, drv)
+			if err == nil {
+				for _, p := range unreadParams(fc, params, drv) {
+					if key := fc.FName + "\x00param\x00" + p; !seen[key] {
+						seen[key] = true
+						probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "option.default_params."+p), Severity: config.SevWarning,
+							Msg: fmt.Sprintf("function %q: param %q is not read by its YAML %s (it reads %s)", fc.FName, p, fc.FMode, strings.Join(yamlParams(fc, drv), ", "))})
+					}
+				}
+				continue
+			}
+			msg := red.Redact(fmt.Sprintf("%v (flow %q runs it)", err, fname))
+			if key := fc.FName + "\x00" + err.Error(); !seen[key] {
+				seen[key] = true
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "fmode"), Severity: config.SevError, Msg: msg})
+			}
+		}
+	}
+	return probs
+}
+
+// yamlParams lists the params a YAML Load or Save reads.
+func yamlParams(fc *config.Func, drv Driver) []string {
+	if fc.FMode != config.Load {
+		return []string{"none"}
+	}
+	known := []string{"on_missing", "cache_ttl", "cache_size"}
+	if ld, ok := drv.(Loader); ok {
+		known = append(ld.LoadParams(), known...)
+	}
+	return known
+}
+
+// unreadParams returns, sorted, the params of a YAML Load or Save function
+// that nothing reads: neither its body nor one of its filters (which read
+// "<filter>_<key>").
+func unreadParams(fc *config.Func, params map[string]string, drv Driver) []string {
+	if fc.ConfigOnly() || (fc.FMode != config.Load && fc.FMode != config.Save) {
+		return nil
+	}
+	known := yamlParams(fc, drv)
+	var out []string
+	for _, p := range slices.Sorted(maps.Keys(params)) {
+		if slices.Contains(known, p) {
+			continue
+		}
+		if slices.ContainsFunc(fc.Option.Filters, func(f config.FilterRef) bool { return strings.HasPrefix(p, f.Name+"_") }) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
