@@ -82,17 +82,23 @@ func dryRun(ctx context.Context, reg *kisflow.Registry, dir string, flows []stri
 		err := eng.CheckConnector(cctx, n, uses[n])
 		late := errors.Is(cctx.Err(), context.DeadlineExceeded)
 		cancel()
-		status := "ok"
-		switch {
-		case err != nil && late:
-			status = fmt.Sprintf("no answer within %s: %v", timeout, err)
-		case err != nil:
-			status = err.Error()
-		}
+		typ, status := set.Conns[n].Type, "ok"
 		if err != nil {
 			failed++
+			// The engine's errors start with the connector's name and
+			// type, which the line already gives.
+			msg := err.Error()
+			if rest, ok := strings.CutPrefix(msg, fmt.Sprintf("connector %q (type %s) failed to start: ", n, typ)); ok {
+				msg = "cannot start: " + rest
+			} else {
+				msg = strings.TrimPrefix(msg, fmt.Sprintf("connector %q (type %s): ", n, typ))
+			}
+			if late {
+				msg = fmt.Sprintf("no answer within %s: %s", timeout, msg)
+			}
+			status = "FAILED: " + msg
 		}
-		fmt.Fprintf(stdout, "connector %s (type %s%s): %s\n", n, set.Conns[n].Type, useText(uses[n]), status)
+		fmt.Fprintf(stdout, "connector %s (type %s%s): %s\n", n, typ, useText(uses[n]), status)
 		if ctx.Err() != nil {
 			return &exitError{code: ExitProblem, err: errors.New("stopped by signal")}
 		}
