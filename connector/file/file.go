@@ -25,6 +25,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -320,7 +321,7 @@ func (d *Discard) Rows() int64 { return d.n.Load() }
 func (f *File) Check(_ context.Context, use config.ConnUse) error {
 	info, err := os.Stat(f.path)
 	exists := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !missing(err) {
 		return err
 	}
 	if exists && info.IsDir() {
@@ -363,7 +364,7 @@ func (f *File) Check(_ context.Context, use config.ConnUse) error {
 				return stream.Fatal(fmt.Errorf("cannot create %s: %w", f.path, err))
 			}
 			return nil
-		case !errors.Is(err, fs.ErrNotExist):
+		case !missing(err):
 			return err
 		}
 		up := filepath.Dir(dir)
@@ -372,4 +373,10 @@ func (f *File) Check(_ context.Context, use config.ConnUse) error {
 		}
 		dir = up
 	}
+}
+
+// missing reports whether err of os.Stat says there is nothing at the
+// path: not there, or a file where the path needs a folder.
+func missing(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
 }

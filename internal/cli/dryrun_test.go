@@ -15,6 +15,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
 	goredis "github.com/redis/go-redis/v9"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -37,6 +39,13 @@ func TestDryRun(t *testing.T) {
 	mqttURL := testenv.MQTT.Addr(t)
 	topic := testenv.Name("dry")
 	kf := testenv.PrivateKafka(t, topic)
+	// A cluster whose brokers create topics on first use.
+	kfAuto, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.AllowAutoTopicCreation(),
+		kfake.BrokerConfigs(map[string]string{"auto.create.topics.enable": "true"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kfAuto.Close()
 
 	// PostgreSQL: a table with two rows. MariaDB: an empty table.
 	pg, err := sql.Open("pgx", pgURL)
@@ -129,6 +138,12 @@ func TestDryRun(t *testing.T) {
 	}
 	defer busy.Close()
 	closed := closedPort(t)
+	// A server that takes connections and never answers.
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hang.Close()
 
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "rows.jsonl"), []byte(`{"id":1}`+"\n"), 0o644); err != nil {
@@ -149,9 +164,16 @@ func TestDryRun(t *testing.T) {
 		"rows":   "type: file\nparams:\n  path: rows.jsonl\n",
 		"out":    "type: file\nparams:\n  path: out/sub/rows.jsonl\n",
 		"ingest": "type: http\naddrs: 127.0.0.1:0\n",
+		"kfauto": "type: kafka\naddrs: " + kfAuto.ListenAddrs()[0] + "\nkey: " + topic + "-later\n",
 		// Bad.
 		"pgmissing": "type: postgres\nkey: nosuchtable\nparams:\n  dsn: " + pgURL + "\n  poll_column: id\n",
-		"pgcols":    "type: postgres\nkey: t\nparams:\n  dsn: " + pgURL + "\n  columns: id, nope\n",
+		"pgcols":    "type: postgres\nkey: t\nparams:\n  dsn: " + pgURL + "\n  columns: id, nope\n  upsert_key: nokey\n  poll_column: nopoll\n",
+		"pghang":    "type: postgres\nkey: t\nparams:\n  dsn: postgres://postgres@" + hang.Addr().String() + "/test?sslmode=disable\n  timeout: 3s\n",
+		"mybadpw":   "type: mysql\nkey: m\nparams:\n  dsn: " + strings.Replace(myDSN, "root@", "root:Wr0ngPassword@", 1) + "\n",
+		"rdshbad":   "type: redis\naddrs: " + redisAddr + "\nkey: " + rstring + "\nparams:\n  mode: hash\n",
+		"ntssubj":   "type: nats\naddrs: " + natsURL + "\nkey: other.in\nparams:\n  stream: " + nstream + "\n",
+		"amqxbad":   "type: rabbitmq\naddrs: " + amqpURL + "\nkey: anything\nparams:\n  exchange: " + queue + "-nosuch-exchange\n",
+		"outbad":    "type: file\nparams:\n  path: rows.jsonl/out.jsonl\n",
 		"rdsbad":    "type: redis\naddrs: " + redisAddr + "\nkey: " + rstring + "\nparams:\n  mode: stream\n",
 		"rdsdown":   fmt.Sprintf("type: redis\naddrs: 127.0.0.1:%d\nkey: k\nparams:\n  mode: stream\n", closed),
 		"ntsbad":    "type: nats\naddrs: " + natsURL + "\nkey: nosuch.in\nparams:\n  stream: " + nstream + "_NOSUCH\n",
@@ -162,9 +184,10 @@ func TestDryRun(t *testing.T) {
 	}
 	flows := map[string][2]string{ // flow: source, sink
 		"GoodPG": {"pg", "pgnew"}, "GoodRedis": {"rds", "rdsh"}, "GoodNATS": {"nts", ""}, "GoodAMQP": {"amq", "amqx"},
-		"GoodMQTT": {"mq", "my"}, "GoodKafka": {"kf", ""}, "GoodFile": {"rows", "out"}, "GoodHTTP": {"ingest", ""},
-		"BadPG": {"pgmissing", "pgcols"}, "BadRedis": {"rdsbad", ""}, "BadRedisDown": {"rdsdown", ""}, "BadNATS": {"ntsbad", ""},
-		"BadAMQP": {"amqbad", ""}, "BadKafka": {"kfbad", ""}, "BadFile": {"rowsbad", ""}, "BadHTTP": {"ingestbad", ""},
+		"GoodMQTT": {"mq", "my"}, "GoodKafka": {"kf", "kfauto"}, "GoodFile": {"rows", "out"}, "GoodHTTP": {"ingest", ""},
+		"BadPG": {"pgmissing", "pgcols"}, "BadRedis": {"rdsbad", "rdshbad"}, "BadRedisDown": {"rdsdown", ""}, "BadNATS": {"ntsbad", ""},
+		"BadNATSSubject": {"ntssubj", ""}, "BadAMQP": {"amqbad", "amqxbad"}, "BadKafka": {"kfbad", ""}, "BadFile": {"rowsbad", "outbad"},
+		"BadHTTP": {"ingestbad", ""}, "BadMySQL": {"rows", "mybadpw"}, "BadHang": {"rows", "pghang"},
 	}
 	var yml strings.Builder
 	yml.WriteString("kistype: func\nfname: Mark\nfmode: Calculate\ncalc:\n  seen: 'true'\n")
@@ -189,7 +212,7 @@ func TestDryRun(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("good flows: exit %d\n%s\n%s", code, out, stderr)
 	}
-	for _, c := range []string{"pg", "pgnew", "my", "rds", "rdsh", "nts", "amq", "amqx", "mq", "kf", "rows", "out", "ingest"} {
+	for _, c := range []string{"pg", "pgnew", "my", "rds", "rdsh", "nts", "amq", "amqx", "mq", "kf", "kfauto", "rows", "out", "ingest"} {
 		if !strings.Contains(out, "connector "+c+" (type ") {
 			t.Errorf("no line for connector %s:\n%s", c, out)
 		}
@@ -206,7 +229,14 @@ func TestDryRun(t *testing.T) {
 	want := map[string]string{
 		"pg": ": ok", "kf": ": ok", "ingest": ": ok",
 		"pgmissing": "table nosuchtable does not exist",
-		"pgcols":    "table t has no column nope",
+		"pgcols":    "table t has no column nope, nokey, nopoll (it has id, v)",
+		"pghang":    "FAILED: cannot start: ",
+		"mybadpw":   "Access denied",
+		"rdshbad":   "holds a string, not a hash",
+		"ntssubj":   "stream " + nstream + " takes subjects " + nstream + ".>, not other.in",
+		"amqxbad":   "exchange " + queue + "-nosuch-exchange does not exist",
+		"outbad":    "rows.jsonl is not a folder",
+		"kfauto":    ": ok",
 		"rdsbad":    "holds a string, not a stream",
 		"rdsdown":   "connection refused",
 		"ntsbad":    "stream " + nstream + "_NOSUCH does not exist",
@@ -230,8 +260,14 @@ func TestDryRun(t *testing.T) {
 			t.Errorf("no line for connector %s:\n%s", c, out)
 		}
 	}
-	if !strings.Contains(stderr, "9 of 22 connector(s) failed the check") {
+	if !strings.Contains(stderr, "15 of 29 connector(s) failed the check") {
 		t.Errorf("no count of failures:\n%s", stderr)
+	}
+
+	// --timeout bounds a start that gets no answer.
+	code, out, _ = run(t, "dry-run", dir, "--flow", "BadHang", "--timeout", "1s")
+	if code != ExitProblem || !strings.Contains(out, "connector pghang (type postgres, sink): FAILED: no answer within 1s: ") {
+		t.Errorf("--timeout 1s: exit %d\n%s", code, out)
 	}
 
 	// Nothing was consumed, acknowledged, written or created.
@@ -263,6 +299,23 @@ func TestDryRun(t *testing.T) {
 	}
 	if q, err := ach.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil || q.Messages != 3 || q.Consumers != 0 {
 		t.Errorf("rabbitmq queue: %+v, %v", q, err)
+	}
+	if ch2, err := ac.Channel(); err == nil {
+		if _, err := ch2.QueueDeclarePassive(queue+"-nosuch", true, false, false, false, nil); err == nil {
+			t.Error("the check declared the missing queue")
+		}
+	}
+	groups, err := kadm.NewClient(kc).ListGroups(ctx)
+	if err != nil || len(groups) != 0 {
+		t.Errorf("kafka consumer groups %v, %v", groups.Groups(), err)
+	}
+	ka, err := kgo.NewClient(kgo.SeedBrokers(kfAuto.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ka.Close()
+	if tds, err := kadm.NewClient(ka).ListTopics(ctx); err != nil || len(tds) != 0 {
+		t.Errorf("the check created kafka topics %v, %v", tds.Names(), err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "out")); !os.IsNotExist(err) {
 		t.Errorf("the file sink's folder was created: %v", err)
