@@ -11,6 +11,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 )
 
 func echoCmd(reg *kisflow.Registry) *cobra.Command {
@@ -20,7 +21,7 @@ func echoCmd(reg *kisflow.Registry) *cobra.Command {
 		Short: "Print the configuration of DIR as run resolves it, secrets masked",
 		Long: "Print every document of DIR as YAML the way run resolves it: ${VAR} and\n" +
 			"${VAR:-default} expanded from the environment, the defaults of each stream block\n" +
-			"filled in, and every secret (passwords and tokens in addresses and DSNs, values\n" +
+			"and of each connector's declared params (kisflow list TYPE) filled in, and every secret (passwords and tokens in addresses and DSNs, values\n" +
 			"of secret-named params, the values of ${...PASSWORD}-like variables) replaced by\n" +
 			"xxxxx, as in logs. Documents come in a fixed order, flows, functions, connectors\n" +
 			"(each by name), then the global document, each after a comment naming the file\n" +
@@ -36,7 +37,7 @@ func echoCmd(reg *kisflow.Registry) *cobra.Command {
 			if err := knownFlows(set, flows, args[0]); err != nil {
 				return err
 			}
-			text, err := echoText(set, flows)
+			text, err := echoText(reg, set, flows)
 			if err != nil {
 				return &exitError{code: ExitUsage, err: err}
 			}
@@ -60,8 +61,13 @@ func knownFlows(set *config.Set, names []string, dir string) error {
 
 // echoText is the resolved YAML of the documents of set (those the flows
 // named use, when any is named), redacted as the logs are.
-func echoText(set *config.Set, flows []string) (string, error) {
+func echoText(reg *kisflow.Registry, set *config.Set, flows []string) (string, error) {
 	r, _ := set.Resolved() // lint has warned of unset variables
+	for _, c := range r.Conns {
+		if spec, ok := reg.ConnectorSpec(c.Type); ok {
+			c.Params = specDefaults(spec, c.Params)
+		}
+	}
 	flowNames, funcNames, connNames := r.FlowNames(), sortedNames(r.Funcs), sortedNames(r.Conns)
 	if len(flows) > 0 {
 		flowNames = slices.Compact(slices.Sorted(slices.Values(flows)))
@@ -119,4 +125,33 @@ func echoText(set *config.Set, flows []string) (string, error) {
 
 func sortedNames[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// specDefaults returns params with the default of every param spec
+// declares that params leave unset (neither it nor a former name given)
+// filled in, and the values of its secret params masked.
+func specDefaults(spec *driver.Spec, params map[string]string) map[string]string {
+	out := maps.Clone(params)
+	if out == nil {
+		out = map[string]string{}
+	}
+	for _, p := range spec.Params {
+		names := append([]string{p.Name}, p.Aliases...)
+		given := false
+		for _, n := range names {
+			if out[n] != "" {
+				given = true
+				if p.Secret {
+					out[n] = config.Redacted
+				}
+			}
+		}
+		if !given && p.Default != "" {
+			out[p.Name] = p.Default
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
 }

@@ -59,6 +59,8 @@ func TestEcho(t *testing.T) {
 		// The stream defaults a job uses, and the values given.
 		"  workers: 4\n", "  max_in_flight: 9\n", "  batch_size: 1000\n", "  linger: 20ms\n", "  delivery: at-least-once\n",
 		"  delivery: at-most-once\n", "  retry_times: 3\n", "  retry_duration: 100\n", "  drain_timeout: 30s\n", "  max_consecutive_failures: 100\n",
+		// The defaults of the params a connector type declares.
+		"  claim_idle: 30s\n", "  field: data\n", "  sslmode: prefer\n", "  max_conns: \"8\"\n",
 		// Where each document was read.
 		"# " + filepath.Join(dir, "conns.yml") + ":1\n",
 	} {
@@ -84,6 +86,9 @@ func TestEcho(t *testing.T) {
 	}
 	if _, err := config.Import(back); err != nil {
 		t.Errorf("echo's output does not import: %v\n%s", err, out)
+	}
+	if code, lint, _ := run(t, "lint", back); code != ExitOK {
+		t.Errorf("lint of echo's output: exit %d\n%s", code, lint)
 	}
 
 	// --flow: that flow and what it uses, and the global document.
