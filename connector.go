@@ -13,6 +13,16 @@ import (
 // external system (see package driver, which a connector author imports).
 type Driver = driver.Driver
 
+// Checker is an optional Driver capability for `kisflow dry-run`: called
+// after Start, Check verifies that what the connector will use exists or
+// can be created (a table, a stream, a topic, a queue, a file, a listen
+// address), for the uses the configuration makes of it, without reading,
+// acknowledging or writing any message. Its error says what is missing in
+// the user's words. A driver without it is checked by Start alone.
+type Checker interface {
+	Check(ctx context.Context, use config.ConnUse) error
+}
+
 // DriverFactory builds the driver of a connector from its config. It must not
 // connect yet; Start does. A bad config is an error.
 type DriverFactory = driver.Factory

@@ -447,6 +447,24 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	return conn, nil
 }
 
+// CheckConnector starts the connector cname as Connector does and, when
+// its driver is a Checker, checks it for use. It reads, acknowledges and
+// writes no message. The connector stays started until Close.
+func (e *Engine) CheckConnector(ctx context.Context, cname string, use config.ConnUse) error {
+	c, err := e.Connector(ctx, cname)
+	if err != nil {
+		return err
+	}
+	ch, ok := c.driver.(Checker)
+	if !ok {
+		return nil
+	}
+	if err := guard(func() error { return ch.Check(ctx, use) }); err != nil {
+		return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
+	}
+	return nil
+}
+
 // Close closes every started connector once, in reverse start order, then
 // the plugins in reverse start order, and returns their errors joined. Flows of a closed engine must not run.
 func (e *Engine) Close(ctx context.Context) error {

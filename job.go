@@ -452,3 +452,24 @@ func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejecte
 	}
 	return res.Rows, rej, err
 }
+
+// StreamDefaults returns st with every field it leaves unset given the
+// value a Job uses for it: batch_size, linger, workers, delivery,
+// max_in_flight, retry_times, retry_duration, drain_timeout and
+// max_consecutive_failures.
+func StreamDefaults(st config.Stream) config.Stream {
+	cfg := runtime.Config{
+		BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: st.Workers, Delivery: st.Delivery,
+		MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(), MaxConsecutiveFailures: st.MaxConsecutiveFailures,
+	}.WithDefaults()
+	st.BatchSize, st.Linger, st.Workers, st.Delivery = cfg.BatchSize, config.Duration(cfg.Linger), cfg.Workers, cfg.Delivery
+	st.MaxInFlight, st.DrainTimeout, st.MaxConsecutiveFailures = cfg.MaxInFlight, config.Duration(cfg.DrainTimeout), cfg.MaxConsecutiveFailures
+	if st.RetryTimes == nil {
+		n := DefaultRetryTimes
+		st.RetryTimes = &n
+	}
+	if st.RetryDuration <= 0 {
+		st.RetryDuration = int(DefaultRetryDuration / time.Millisecond)
+	}
+	return st
+}

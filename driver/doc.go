@@ -42,6 +42,10 @@
 //   - kisflow.Caller: the default for Connector.Call (Load functions).
 //   - kisflow.PluginUser: it uses plugins, such as a shared client (see the
 //     redis, nats and sql packages).
+//   - kisflow.Checker (Check): for `kisflow dry-run`, after Start, it checks
+//     that what the flows use it for exists or can be created (a table, a
+//     stream, a topic, a queue, a file, a listen address), without reading
+//     or writing a message.
 //
 // Messages a driver's errors carry decide what the runtime does: an error
 // marked stream.Fatal (a configuration error: bad credentials, a wrong type)

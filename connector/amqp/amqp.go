@@ -388,3 +388,57 @@ func (s *source) Close(context.Context) error {
 	}
 	return s.conn.Close()
 }
+
+// Check verifies, for kisflow dry-run, that the broker answers, that the
+// exchange exists (when params.exchange names one) and that the queue
+// exists: the source's queue, or the sink's when it publishes to the
+// default exchange with a plain routing key. Passive declarations change
+// nothing on the broker.
+func (b *Broker) Check(_ context.Context, use config.ConnUse) error {
+	if use.Source && !b.key.Static() {
+		return stream.Fatal(fmt.Errorf("a source needs a plain queue name, not the template %q", b.cfg.Key))
+	}
+	conn, err := b.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	// A failed passive declaration closes its channel: one channel each.
+	passive := func(declare func(ch *amqp.Channel) error) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		return declare(ch)
+	}
+	notFound := func(err error) bool {
+		var ae *amqp.Error
+		return errors.As(err, &ae) && ae.Code == amqp.NotFound
+	}
+	if b.exchange != "" && (use.Sink || !use.Source) {
+		err := passive(func(ch *amqp.Channel) error {
+			return ch.ExchangeDeclarePassive(b.exchange, amqp.ExchangeDirect, true, false, false, false, nil)
+		})
+		if notFound(err) {
+			return stream.Fatal(fmt.Errorf("exchange %s does not exist (declare it on the broker)", b.exchange))
+		}
+		if err != nil {
+			return fmt.Errorf("exchange %s: %w", b.exchange, err)
+		}
+	}
+	if !b.key.Static() || (b.exchange != "" && !use.Source) {
+		return nil // a routing key, not a queue
+	}
+	err = passive(func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclarePassive(b.cfg.Key, true, false, false, false, nil)
+		return err
+	})
+	if notFound(err) {
+		return stream.Fatal(fmt.Errorf("queue %s does not exist (create it, or set params.create: \"true\")", b.cfg.Key))
+	}
+	if err != nil {
+		return fmt.Errorf("queue %s: %w", b.cfg.Key, err)
+	}
+	return nil
+}

@@ -18,11 +18,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -310,3 +313,70 @@ func (d *Discard) Write(_ context.Context, rows []any) error {
 
 // Rows is how many rows were written.
 func (d *Discard) Rows() int64 { return d.n.Load() }
+
+// Check verifies, for kisflow dry-run, that a source's file can be read
+// (or, with follow, that its folder exists for it to appear in) and that
+// a sink's file can be appended to, or created in its folder or the
+// nearest existing one above it. It opens nothing for writing.
+func (f *File) Check(_ context.Context, use config.ConnUse) error {
+	info, err := os.Stat(f.path)
+	exists := err == nil
+	if err != nil && !missing(err) {
+		return err
+	}
+	if exists && info.IsDir() {
+		return stream.Fatal(fmt.Errorf("%s is a folder, not a file", f.path))
+	}
+	if use.Source {
+		switch {
+		case exists:
+			r, err := os.Open(f.path)
+			if err != nil {
+				return stream.Fatal(err)
+			}
+			r.Close()
+		case f.follow:
+			if _, err := os.Stat(filepath.Dir(f.path)); err != nil {
+				return stream.Fatal(fmt.Errorf("the folder of %s: %w", f.path, err))
+			}
+		default:
+			return stream.Fatal(fmt.Errorf("file %s does not exist", f.path))
+		}
+	}
+	if !use.Sink {
+		return nil
+	}
+	if exists {
+		w, err := os.OpenFile(f.path, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return stream.Fatal(err)
+		}
+		return w.Close()
+	}
+	dir := filepath.Dir(f.path)
+	for {
+		info, err := os.Stat(dir)
+		switch {
+		case err == nil && !info.IsDir():
+			return stream.Fatal(fmt.Errorf("cannot create %s: %s is not a folder", f.path, dir))
+		case err == nil:
+			if err := writable(dir); err != nil {
+				return stream.Fatal(fmt.Errorf("cannot create %s: %w", f.path, err))
+			}
+			return nil
+		case !missing(err):
+			return err
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return nil
+		}
+		dir = up
+	}
+}
+
+// missing reports whether err of os.Stat says there is nothing at the
+// path: not there, or a file where the path needs a folder.
+func missing(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}

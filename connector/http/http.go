@@ -359,3 +359,16 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
 }
+
+// Check verifies, for kisflow dry-run, that the source's listen address is
+// free: it listens there and stops at once, serving nothing.
+func (in *Ingest) Check(_ context.Context, use config.ConnUse) error {
+	if !use.Source && (use.Sink || use.Load) {
+		return nil
+	}
+	ln, err := net.Listen("tcp", in.addr)
+	if err != nil {
+		return stream.Fatal(fmt.Errorf("cannot listen on %s: %w", in.addr, err))
+	}
+	return ln.Close()
+}

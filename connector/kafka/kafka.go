@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -566,4 +567,53 @@ func (s *source) Close(context.Context) error {
 	}
 	s.cl.Close()
 	return nil
+}
+
+// Check verifies, for kisflow dry-run, that the topic (and output_topic)
+// exists, or that the brokers create topics on first use
+// (auto.create.topics.enable). Its metadata request creates no topic.
+func (k *Kafka) Check(ctx context.Context, use config.ConnUse) error {
+	if use.Source && !k.topic.Static() {
+		return stream.Fatal(fmt.Errorf("a source needs a plain topic, not the template %q", k.cfg.Key))
+	}
+	var topics []string
+	if k.topic.Static() {
+		topics = append(topics, k.cfg.Key)
+	}
+	if k.output != nil && k.output.Static() {
+		topics = append(topics, k.cfg.Params["output_topic"])
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	adm := kadm.NewClient(k.producer)
+	tds, err := adm.ListTopics(cctx, topics...)
+	if err != nil {
+		return fmt.Errorf("read topic metadata: %w", err)
+	}
+	var missing []string
+	for _, t := range topics {
+		td, ok := tds[t]
+		switch {
+		case !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition):
+			missing = append(missing, t)
+		case td.Err != nil:
+			return fmt.Errorf("topic %s: %w", t, td.Err)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if rcs, err := adm.DescribeBrokerConfigs(cctx); err == nil {
+		for _, rc := range rcs {
+			for _, c := range rc.Configs {
+				if c.Key == "auto.create.topics.enable" && c.Value != nil && *c.Value == "true" {
+					return nil // the first write or subscription creates them
+				}
+			}
+		}
+	}
+	return stream.Fatal(fmt.Errorf("topic %s does not exist (create it, or let the brokers create topics: auto.create.topics.enable)", strings.Join(missing, ", ")))
 }

@@ -344,3 +344,15 @@ func (s *source) Close(context.Context) error {
 	})
 	return nil
 }
+
+// Check verifies, for kisflow dry-run, that the publishing client Start
+// connected is still connected: the broker took the address and the
+// credentials.
+func (b *Broker) Check(context.Context, config.ConnUse) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pub == nil || !b.pub.IsConnectionOpen() {
+		return fmt.Errorf("lost the connection to %s", config.Redact(b.url))
+	}
+	return nil
+}

@@ -470,3 +470,56 @@ func refused(err error) error {
 	}
 	return err
 }
+
+// Check verifies, for kisflow dry-run, that the stream exists (Start
+// created it with params.create) and that its subjects cover the
+// connector's subject. It reads the stream's configuration only.
+func (n *NATS) Check(ctx context.Context, use config.ConnUse) error {
+	if use.Source && !n.subject.Static() {
+		return stream.Fatal(fmt.Errorf("a source needs a plain subject, not the template %q", n.cfg.Key))
+	}
+	cctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	st, err := n.js.Stream(cctx, n.streamName)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return stream.Fatal(fmt.Errorf("stream %s does not exist (create it, or set params.create: \"true\")", n.streamName))
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", n.streamName, err)
+	}
+	subj := n.cfg.Key
+	if !n.subject.Static() {
+		subj = templateWildcard(subj)
+	}
+	subjects := st.CachedInfo().Config.Subjects
+	if len(subjects) == 0 {
+		subjects = []string{n.streamName} // a stream without subjects takes its own name
+	}
+	for _, s := range subjects {
+		if subjectCovers(s, subj) {
+			return nil
+		}
+	}
+	return stream.Fatal(fmt.Errorf("stream %s takes subjects %s, not %s", n.streamName, strings.Join(subjects, ", "), subj))
+}
+
+// subjectCovers reports whether every subject that matches subj also
+// matches the stream subject filter: "*" takes one token, ">" the rest.
+func subjectCovers(filter, subj string) bool {
+	f, s := strings.Split(filter, "."), strings.Split(subj, ".")
+	for i, tok := range f {
+		switch {
+		case tok == ">":
+			return i < len(s)
+		case i >= len(s):
+			return false
+		case tok == "*":
+			if s[i] == ">" {
+				return false
+			}
+		case tok != s[i]:
+			return false
+		}
+	}
+	return len(f) == len(s)
+}

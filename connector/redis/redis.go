@@ -462,3 +462,32 @@ func (r *Redis) Call(ctx context.Context, c *kisflow.Connector, f kisflow.Flow, 
 		return nil, fmt.Errorf("redis connector %q: function %q has fmode %s; only Save and Load functions call it", r.cfg.CName, fn.Name(), fn.Mode())
 	}
 }
+
+// Check verifies, for kisflow dry-run, that the server answers and that a
+// plain key holds nothing yet or the type the connector reads or writes
+// there: a stream for a source, the mode's type for a sink. It reads
+// nothing but the key's type; a source's stream and group are created when
+// the source opens.
+func (r *Redis) Check(ctx context.Context, use config.ConnUse) error {
+	if err := r.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("%s: %w", r.where(), classify(err, false))
+	}
+	if use.Source && !r.key.Static() {
+		return stream.Fatal(fmt.Errorf("a source needs a plain stream key, not the template %q", r.cfg.Key))
+	}
+	if !r.key.Static() {
+		return nil
+	}
+	typ, err := r.client.Type(ctx, r.cfg.Key).Result()
+	if err != nil {
+		return fmt.Errorf("%s: type of %s: %w", r.where(), r.cfg.Key, classify(err, false))
+	}
+	want := r.mode
+	if use.Source {
+		want = "stream"
+	}
+	if typ != "none" && typ != want {
+		return stream.Fatal(fmt.Errorf("key %s holds a %s, not a %s", r.cfg.Key, typ, want))
+	}
+	return nil
+}

@@ -735,3 +735,38 @@ func sqlValue(v any) any {
 	}
 	return v
 }
+
+// Check verifies, for kisflow dry-run, that the table exists (or that
+// params.create lets the first write create it) and that it has the
+// configured columns, poll_column and upsert_key columns. It only reads
+// the database's catalogue.
+func (d *DB) Check(ctx context.Context, _ config.ConnUse) error {
+	if d.table == "" {
+		return nil
+	}
+	tx, err := d.db.BeginTx(ctx, &stdsql.TxOptions{ReadOnly: d.dialect != checkpoint.SQLite})
+	if err != nil {
+		return classify(err)
+	}
+	defer func() { _ = tx.Rollback() }() // read only
+	cols, err := d.tableColumns(ctx, tx)
+	if err != nil {
+		return classify(err)
+	}
+	if len(cols) == 0 {
+		if d.create {
+			return nil
+		}
+		return stream.Fatal(fmt.Errorf("table %s does not exist (create it, or set params.create: \"true\")", d.table))
+	}
+	var missing []string
+	for _, c := range slices.Concat(d.columns, d.upsertKey, []string{d.pollCol}) {
+		if c != "" && !slices.ContainsFunc(cols, func(have string) bool { return strings.EqualFold(have, c) }) && !slices.Contains(missing, c) {
+			missing = append(missing, c)
+		}
+	}
+	if len(missing) > 0 {
+		return stream.Fatal(fmt.Errorf("table %s has no column %s (it has %s)", d.table, strings.Join(missing, ", "), strings.Join(cols, ", ")))
+	}
+	return nil
+}

@@ -63,20 +63,9 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
 	}
-	// Warnings do not stop a run, but they are shown: a misspelt key is
-	// otherwise silently ignored. Errors come with Import's error below.
-	probs, err := config.Lint(dir, reg.LintOptions()...)
+	set, err := loadConfig(reg, dir, stderr)
 	if err != nil {
-		return &exitError{code: ExitUsage, err: err}
-	}
-	for _, p := range probs {
-		if p.Severity == config.SevWarning {
-			fmt.Fprintln(stderr, p)
-		}
-	}
-	set, err := config.Import(dir, reg.LintOptions()...)
-	if err != nil {
-		return &exitError{code: ExitUsage, err: err}
+		return err
 	}
 	// The logger and the progress line write from different goroutines;
 	// whatever reaches stderr has the configuration's secrets redacted.
@@ -176,6 +165,27 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		return &exitError{code: code}
 	}
 	return nil
+}
+
+// loadConfig reads the configuration of dir as run, dry-run and echo
+// need it: warnings do not stop them but are printed on stderr (a misspelt
+// key is otherwise silently ignored); any lint error is an exit 2 with
+// every error printed as file:line: message.
+func loadConfig(reg *kisflow.Registry, dir string, stderr io.Writer) (*config.Set, error) {
+	probs, err := config.Lint(dir, reg.LintOptions()...)
+	if err != nil {
+		return nil, &exitError{code: ExitUsage, err: err}
+	}
+	for _, p := range probs {
+		if p.Severity == config.SevWarning {
+			fmt.Fprintln(stderr, p)
+		}
+	}
+	set, err := config.Import(dir, reg.LintOptions()...)
+	if err != nil {
+		return nil, &exitError{code: ExitUsage, err: err}
+	}
+	return set, nil
 }
 
 // startJob prepares the job of flow name. A connector that fails to start

@@ -957,3 +957,10 @@ func partitionOf(key string, n int) int {
 	_, _ = h.Write([]byte(key))
 	return int(h.Sum32() % uint32(n))
 }
+
+// WithDefaults returns c with every unset field given the value a Runner
+// uses for it.
+func (c Config) WithDefaults() Config {
+	c.defaults()
+	return c
+}

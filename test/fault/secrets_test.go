@@ -100,7 +100,7 @@ var secretCases = []secretCase{
 
 // TestSecretsNeverPrinted plants a password, token or key of its own in
 // every kind of address and parameter, in a connector that cannot work,
-// and runs lint, graph and run (as the source, and as the sink of a file)
+// and runs lint, graph, echo, dry-run and run (as the source, and as the sink of a file)
 // with debug logs to stderr and to a log file. No output, log or
 // dead-letter file may hold the secret.
 func TestSecretsNeverPrinted(t *testing.T) {
@@ -152,7 +152,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 				}
 
 				var outputs []string
-				for _, args := range [][]string{{"lint", dir}, {"graph", dir}} {
+				for _, args := range [][]string{{"lint", dir}, {"graph", dir}, {"echo", dir}, {"dry-run", dir, "--timeout", "20s"}} {
 					p := Start(t, dir, env, args...)
 					p.Wait(time.Minute)
 					outputs = append(outputs, strings.Join(args[:1], " ")+": "+p.Output())
