@@ -12,9 +12,9 @@ import (
 	"unsafe"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
-	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
 )
 

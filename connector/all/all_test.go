@@ -3,6 +3,7 @@ package all
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 
@@ -61,4 +62,24 @@ func TestREADMEParamTablesAreTheSpecs(t *testing.T) {
 		return
 	}
 	t.Fatal("README.md's connector parameter tables differ from the specs; run KISFLOW_UPDATE_README=1 go test ./connector/all")
+}
+
+// TestLeanConnectorsDoNotImportTheEngine holds the README's promise of what
+// a connector pulls in: these packages need driver, config and stream, not
+// the engine (and with it SQLite, OTLP and Prometheus).
+func TestLeanConnectorsDoNotImportTheEngine(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: runs go list")
+	}
+	for _, pkg := range []string{"file", "generator", "http", "kafka", "amqp", "mqtt"} {
+		out, err := exec.Command("go", "list", "-deps", "github.com/kisflow-go/kisflow/connector/"+pkg).Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", pkg, err)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			if dep == "github.com/kisflow-go/kisflow" || strings.HasPrefix(dep, "github.com/prometheus/client_golang") || dep == "modernc.org/sqlite" {
+				t.Errorf("connector/%s imports %s", pkg, dep)
+			}
+		}
+	}
 }

@@ -9,7 +9,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
 

@@ -1,6 +1,8 @@
-// Package fields reads a row's named fields: a map as it is, a struct (or
-// pointer to one) by its exported fields with json tag names first, JSON text
-// decoded. Connectors use it to build keys, columns and query arguments.
+// Package fields reads a row's named fields, for connector authors: a map
+// as it is, a struct (or pointer to one) by its exported fields with json
+// tag names first, JSON text decoded. Connectors use it to build keys,
+// columns and query arguments, and its Template for key templates such as
+// user:{user_id}.
 package fields
 
 import (
