@@ -13,7 +13,7 @@ type LintOption func(*lintOptions)
 type lintOptions struct {
 	connTypes   []string
 	checks      []func(*Set) []Problem
-	filterCheck func(FilterRef, *Flow, *Func) []Problem
+	filterCheck func(FilterUse) []Problem
 }
 
 // WithConnTypes makes a connector whose type is not in types an error.
@@ -122,7 +122,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		add(KindGlobal, "", "prometheus_listen", SevWarning, "prometheus_listen holds an address: KisFlow reads prometheus_listen as a boolean (start a listener) and prometheus_serve as its address; read with that meaning (write prometheus_listen: true, prometheus_serve: %q)", g.PrometheusServe)
 	}
 
-	s.checkFilters(&o, add)
+	probs = append(probs, s.checkFilters(&o)...)
 	for _, check := range o.checks {
 		probs = append(probs, check(s)...)
 	}
