@@ -66,7 +66,8 @@ type Param struct {
 // float64, time.Duration, Size, or []string (KindList). The fields of an
 // embedded struct are params too, so types sharing params share a struct.
 type Spec struct {
-	// Type is the connector type (`type:` in YAML).
+	// Type is the connector type (`type:` in YAML), or the filter's name
+	// for a filter's spec (kisflow.Registry.RegisterFilterSpec).
 	Type string
 	// Summary says in one line what the type connects to.
 	Summary string
