@@ -15,6 +15,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/plugin"
@@ -109,6 +110,63 @@ func TestUnknownFilterIsAConfigErrorWithItsLine(t *testing.T) {
 	var ce *config.Error
 	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "a.yml:7") || !strings.Contains(err.Error(), `"nosuch"`) {
 		t.Fatalf("got %v, want a config error at a.yml:7 naming nosuch", err)
+	}
+}
+
+type auditParams struct {
+	Label string        `param:"label" required:"true" doc:"the label of the audit line"`
+	Every time.Duration `param:"every" default:"1s" doc:"how often to flush"`
+}
+
+// A filter registered with its spec has its entries' params checked as
+// the built-ins' are: an unknown param is a config error at its line, with
+// the closest declared name, and the factory gets them decoded.
+func TestFilterParamsAreCheckedByTheFiltersSpec(t *testing.T) {
+	t.Parallel()
+	spec := driver.MustSpec[auditParams]("audit", "writes an audit line per call")
+	var got auditParams
+	reg := kisflow.NewRegistry()
+	reg.MustRegister("a", passThrough[score])
+	if err := reg.RegisterFilterSpec(spec, func(s filter.Spec) (filter.Filter, error) {
+		if err := s.Decode(spec, &got); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, c *filter.Call, next filter.Handler) error { return next(ctx, c) }, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if s, ok := reg.FilterSpec("audit"); !ok || s != spec {
+		t.Fatal("FilterSpec does not return the registered spec")
+	}
+	for _, tc := range []struct{ name, filters, want string }{
+		{"a user filter", "\n    - name: audit\n      params:\n        label: x\n        evry: 2s", `a.yml:9: function "a": filter "audit": param evry: unknown param (did you mean every?)`},
+		{"a built-in", "\n    - name: retry\n      params:\n        tims: 2", `a.yml:8: function "a": filter "retry": param tims: unknown param (did you mean times?)`},
+		{"a missing required param", "\n    - recover\n    - audit", `a.yml:7: function "a": filter "audit": param label: required`},
+	} {
+		set, err := config.ImportFS(mapFS(map[string]string{
+			"flow.yml": "kistype: flow\nstatus: 1\nflow_name: f\nflows: [{fname: a}]\n",
+			"a.yml":    "kistype: func\nfname: a\nfmode: Calculate\noption:\n  filters: " + tc.filters + "\n",
+		}), ".")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = kisflow.NewEngine(reg, set)
+		var ce *config.Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: got %v\nwant a config error containing %s", tc.name, err, tc.want)
+		}
+	}
+	eng := testenv.Engine(t, reg, map[string]string{
+		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: f\nflows: [{fname: a}]\n",
+		"a.yml":    "kistype: func\nfname: a\nfmode: Calculate\noption:\n  default_params: {audit_every: 3s}\n  filters: [{name: audit, params: {label: x}}]\n",
+	})
+	fl := mustFlow(t, eng, "f")
+	_ = fl.CommitRow(&score{ID: 1})
+	if _, err := fl.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got.Label != "x" || got.Every != 3*time.Second {
+		t.Fatalf("decoded %+v, want label x and every 3s from the function's audit_every", got)
 	}
 }
 

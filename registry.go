@@ -26,6 +26,7 @@ type Registry struct {
 	connFuncs map[string]map[string]ConnFunc // cname -> fname -> callback
 	connInits map[string][]ConnInit
 	filters   map[string]filter.Factory
+	fspecs    map[string]*driver.Spec // filter name -> its params
 	plugins   map[string]plugin.Spec
 }
 
@@ -39,14 +40,32 @@ func NewRegistry() *Registry {
 		connFuncs: map[string]map[string]ConnFunc{},
 		connInits: map[string][]ConnInit{},
 		filters:   filter.Builtins(),
+		fspecs:    filter.Specs(),
 		plugins:   plugin.Builtins(),
 	}
 }
 
 // RegisterFilter registers a filter factory under name, for YAML to list
 // in a function's option.filters or a flow's filters. A name taken by a
-// built-in or an earlier filter is an error.
+// built-in or an earlier filter is an error. Its params are not declared:
+// lint cannot check them (RegisterFilterSpec is preferred).
 func (r *Registry) RegisterFilter(name string, f filter.Factory) error {
+	return r.registerFilter(name, nil, f)
+}
+
+// RegisterFilterSpec registers a filter under spec.Type with the
+// declaration of its params, as the built-in filters are: lint reports an
+// unknown param of an entry (with the closest declared name) and a bad
+// value as errors at their line, and `kisflow list NAME` prints them. The
+// factory decodes them with filter.Spec.Decode(spec, &params).
+func (r *Registry) RegisterFilterSpec(spec *driver.Spec, f filter.Factory) error {
+	if spec == nil {
+		return errors.New("register filter: nil spec")
+	}
+	return r.registerFilter(spec.Type, spec, f)
+}
+
+func (r *Registry) registerFilter(name string, spec *driver.Spec, f filter.Factory) error {
 	if name == "" || f == nil {
 		return fmt.Errorf("register filter %q: empty name or nil factory", name)
 	}
@@ -56,7 +75,19 @@ func (r *Registry) RegisterFilter(name string, f filter.Factory) error {
 		return fmt.Errorf("register filter %q: %w", name, ErrDuplicate)
 	}
 	r.filters[name] = f
+	if spec != nil {
+		r.fspecs[name] = spec
+	}
 	return nil
+}
+
+// FilterSpec returns the declaration of a filter's params: a built-in's,
+// or one registered with RegisterFilterSpec.
+func (r *Registry) FilterSpec(name string) (*driver.Spec, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.fspecs[name]
+	return s, ok
 }
 
 // RegisterPlugin registers a plugin type, configured in the global file
@@ -131,19 +162,69 @@ func (r *Registry) lintOptions() []config.LintOption {
 	return []config.LintOption{
 		config.WithConnTypes(r.DriverTypes()...),
 		config.WithCheck(r.checkConns),
-		config.WithFilterCheck(func(ref config.FilterRef, fl *config.Flow, fn *config.Func) []config.Problem {
-			if _, err := r.buildFilter(ref, fl, fn, nil, &filter.Env{}); err != nil {
-				return []config.Problem{{Severity: config.SevError, Msg: err.Error()}}
-			}
-			if ref.Name == "retry" {
-				spec := filter.Spec{Name: ref.Name, Params: ref.Params, Flow: fl, Func: fn}
-				if _, _, capped, _ := filter.RetryPolicy(spec); capped {
-					return []config.Problem{{Severity: config.SevWarning, Msg: fmt.Sprintf("retry times above the cap; %d is used", config.MaxRetryTimes)}}
-				}
-			}
-			return nil
-		}),
+		config.WithFilterCheck(r.checkFilter),
 	}
+}
+
+// checkFilter lints one filter entry: an unknown name; with a spec, each
+// param problem at its line (an unknown param of the entry or a bad value
+// is an error, a bare number of milliseconds a warning); then what the
+// factory refuses beyond the spec; and a retry count above the cap.
+func (r *Registry) checkFilter(u config.FilterUse) []config.Problem {
+	ref := u.Ref
+	if _, ok := r.filter(ref.Name); !ok {
+		return []config.Problem{{Msg: fmt.Sprintf("unknown filter%s (known: %s)", config.SuggestName(ref.Name, r.Filters()), strings.Join(r.Filters(), ", "))}}
+	}
+	use := filter.Spec{Name: ref.Name, Params: ref.Params, Kind: filter.FlowRun, Flow: u.Flow, Func: u.Func, Env: &filter.Env{}}
+	if u.Func != nil {
+		use.Kind, use.FuncParams = filter.FuncCall, u.Func.Option.DefaultParams
+	}
+	// A param the entry lacks may come from the function's params,
+	// "<filter>_<param>": its problems are reported at that line.
+	problem := func(pe *driver.ParamError) config.Problem {
+		p := config.Problem{Severity: config.SevError, Msg: pe.Error()}
+		if pe.Warning {
+			p.Severity = config.SevWarning
+		}
+		if _, own := ref.Params[pe.Param]; own {
+			p.Pos = u.ParamPos(pe.Param)
+		} else if key := ref.Name + "_" + pe.Param; u.Func != nil && use.FuncParams[key] != "" {
+			p.Pos = u.Pos("option.default_params." + key)
+			p.Msg = fmt.Sprintf("param %s (the function's %s): %s", pe.Param, key, pe.Msg)
+		}
+		return p
+	}
+	var probs []config.Problem
+	if spec, ok := r.FilterSpec(ref.Name); ok {
+		failed := false
+		for _, pe := range spec.Check(use.Effective(spec)) {
+			probs = append(probs, problem(pe))
+			failed = failed || !pe.Warning
+		}
+		if failed {
+			return probs // the factory would refuse the same params
+		}
+	}
+	f, _ := r.filter(ref.Name)
+	if err := guard(func() error { _, err := f(use); return err }); err != nil {
+		var perrs driver.Errors
+		if !errors.As(err, &perrs) {
+			return append(probs, config.Problem{Severity: config.SevError, Msg: err.Error()})
+		}
+		for _, pe := range perrs {
+			probs = append(probs, problem(pe))
+		}
+		return probs
+	}
+	if ref.Name == "retry" {
+		// A retry_times above the cap is warned of at option.retry_times.
+		_, own := ref.Params["times"]
+		_, fromFunc := use.FuncParams["retry_times"]
+		if _, _, capped, _ := filter.RetryPolicy(use); capped && (own || fromFunc) {
+			probs = append(probs, problem(&driver.ParamError{Param: "times", Warning: true, Msg: fmt.Sprintf("above the cap; %d is used", config.MaxRetryTimes)}))
+		}
+	}
+	return probs
 }
 
 // buildFilter builds one use of a filter; fn is nil for a flow's filter.

@@ -13,7 +13,7 @@ type LintOption func(*lintOptions)
 type lintOptions struct {
 	connTypes   []string
 	checks      []func(*Set) []Problem
-	filterCheck func(FilterRef, *Flow, *Func) []Problem
+	filterCheck func(FilterUse) []Problem
 }
 
 // WithConnTypes makes a connector whose type is not in types an error.
@@ -126,7 +126,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 	}
 
 	s.checkFields(addAt)
-	s.checkFilters(&o, add)
+	probs = append(probs, s.checkFilters(&o)...)
 	for _, check := range o.checks {
 		probs = append(probs, check(s)...)
 	}

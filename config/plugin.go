@@ -97,11 +97,11 @@ func (p *PluginConfig) Decode(v any) error {
 	}
 	var probs []Problem
 	add := func(line int, msg string) {
-		probs = append(probs, Problem{Pos: Pos{File: p.Pos.File, Line: line}, Msg: msg})
+		probs = append(probs, Problem{Pos: Pos{File: p.Pos.File, Line: line}, Severity: SevError, Msg: msg})
 	}
-	// Every unknown key is an error here, whatever walkFields' severity
-	// (a warning outside stream blocks): a misspelt pasword would connect
-	// without it.
+	// Every unknown key is an error, whatever walkFields's severity: a
+	// plugin has no other reader of its config, so a misspelt key (levl)
+	// would silently leave its default in place.
 	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, func(line int, _ Severity, msg string) { add(line, msg) })
 	node := expandNode(&p.node, add)
 	if len(probs) > 0 {

@@ -573,6 +573,7 @@ func nameField(k Kind) string {
 // that t does not have, naming a known key one or two typos away: a warning,
 // except inside a flow's stream block, where a misspelt key (delivry) would
 // silently change what the job guarantees, so it is an error.
+// PluginConfig.Decode makes every unknown key of a plugin's config an error.
 func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]int, warn func(int, Severity, string)) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()

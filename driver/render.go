@@ -57,6 +57,9 @@ func (s *Spec) Markdown(w io.Writer) {
 		if len(p.Aliases) > 0 {
 			doc += " (formerly " + strings.Join(p.Aliases, ", ") + ")"
 		}
+		if p.Bare != "" {
+			doc += " (a bare number is read as " + p.Bare + ", with a lint warning)"
+		}
 		if p.Example != "" {
 			doc += "; e.g. `" + p.Example + "`"
 		}
@@ -87,6 +90,9 @@ func (p *Param) extras() string {
 	}
 	if len(p.Aliases) > 0 {
 		ex = append(ex, "formerly "+strings.Join(p.Aliases, ", "))
+	}
+	if p.Bare != "" {
+		ex = append(ex, "a bare number is read as "+p.Bare+", with a warning")
 	}
 	if p.Example != "" {
 		ex = append(ex, "e.g. "+p.Example)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -37,6 +38,10 @@ type Param struct {
 	Example  string
 	Secret   bool     // a credential: masked by echo and in errors
 	Aliases  []string // former names still read, with a lint warning
+	// Bare is the unit a bare whole number of a duration param is read
+	// in ("ms"), with a lint warning: a former form kept so that old
+	// configs still load. "" refuses bare numbers, as the grammar does.
+	Bare string
 
 	field []int
 	min   any
@@ -54,12 +59,15 @@ type Param struct {
 //	example:"value"   an example value
 //	secret:"true"     a credential
 //	alias:"old|older" former names, still read with a lint warning
+//	bare:"ms"         a duration that also reads a bare whole number in
+//	                  this unit, with a lint warning (a former form)
 //
 // A field's Go type gives its kind: string (KindEnum with enum), int, bool,
 // float64, time.Duration, Size, or []string (KindList). The fields of an
 // embedded struct are params too, so types sharing params share a struct.
 type Spec struct {
-	// Type is the connector type (`type:` in YAML).
+	// Type is the connector type (`type:` in YAML), or the filter's name
+	// for a filter's spec (kisflow.Registry.RegisterFilterSpec).
 	Type string
 	// Summary says in one line what the type connects to.
 	Summary string
@@ -102,6 +110,7 @@ func NewSpec[P any](typ, summary string) (*Spec, error) {
 		if a := f.Tag.Get("alias"); a != "" {
 			p.Aliases = strings.Split(a, "|")
 		}
+		p.Bare = f.Tag.Get("bare")
 		switch {
 		case f.Type == reflect.TypeFor[time.Duration]():
 			p.Kind = KindDuration
@@ -122,6 +131,11 @@ func NewSpec[P any](typ, summary string) (*Spec, error) {
 			p.Kind = KindList
 		default:
 			return nil, fmt.Errorf("spec %s: param %s: unsupported Go type %v", typ, name, f.Type)
+		}
+		if p.Bare != "" {
+			if _, err := time.ParseDuration("1" + p.Bare); err != nil || p.Kind != KindDuration {
+				return nil, fmt.Errorf("spec %s: param %s: bare %q is not a unit of a duration param", typ, name, p.Bare)
+			}
 		}
 		if p.Min != "" {
 			v, err := parse(p.Kind, p.Min, nil)
@@ -197,13 +211,27 @@ func (s *Spec) Check(params map[string]string) Errors {
 // ones). Its error lists every problem, prefixed with the connector's
 // name; warnings alone are no error.
 func (s *Spec) Decode(cfg *config.Conn, dst any) error {
+	if err := s.DecodeParams(cfg.Params, dst); err != nil {
+		return fmt.Errorf("%s connector %q: %w", s.Type, cfg.CName, err)
+	}
+	return nil
+}
+
+// DecodeParams is Decode of a bare map of params, for components that are
+// no connector (filters): it fills dst, a pointer to the spec's params
+// struct, with the values of params. A param that is absent or empty
+// takes its default; one without a default leaves dst's field as it was,
+// so a caller may preset defaults that are known only at run time. The
+// error is the Errors of every problem (warnings alone are no error),
+// unprefixed.
+func (s *Spec) DecodeParams(params map[string]string, dst any) error {
 	v := reflect.ValueOf(dst)
 	if v.Kind() != reflect.Pointer || v.Elem().Type() != s.typ {
-		return fmt.Errorf("%s connector %q: Decode wants a *%v, got %T", s.Type, cfg.CName, s.typ, dst)
+		return fmt.Errorf("%s: decode wants a *%v, got %T", s.Type, s.typ, dst)
 	}
-	vals, errs := s.decode(cfg.Params)
+	vals, errs := s.decode(params)
 	if errs = slices.DeleteFunc(errs, func(e *ParamError) bool { return e.Warning }); len(errs) > 0 {
-		return fmt.Errorf("%s connector %q: %w", s.Type, cfg.CName, errs)
+		return errs
 	}
 	for i, p := range s.Params {
 		if vals[i] != nil {
@@ -246,6 +274,10 @@ func (s *Spec) decode(params map[string]string) ([]any, Errors) {
 				continue
 			}
 		}
+		if bare, ok := p.bare(raw); ok {
+			errs = append(errs, &ParamError{Param: name, Warning: true, Msg: fmt.Sprintf("%s read as %s; write %s", strings.TrimSpace(raw), bare, bare)})
+			raw = bare
+		}
 		v, err := p.value(raw)
 		if err != nil {
 			errs = append(errs, &ParamError{Param: name, Msg: err.Error()})
@@ -266,6 +298,19 @@ func (p *Param) value(raw string) (any, error) {
 		return nil, fmt.Errorf("%q is below the minimum %s", raw, p.Min)
 	}
 	return v, nil
+}
+
+// bare returns raw with the param's Bare unit when raw is a bare whole
+// number other than 0 (which needs no unit) and the param reads such.
+func (p *Param) bare(raw string) (string, bool) {
+	t := strings.TrimSpace(raw)
+	if p.Bare == "" {
+		return "", false
+	}
+	if n, err := strconv.ParseInt(t, 10, 64); err != nil || n == 0 {
+		return "", false
+	}
+	return t + p.Bare, true
 }
 
 func less(a, b any) bool {

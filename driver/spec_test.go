@@ -150,3 +150,33 @@ func TestASecretNamedParamsProblemSurvivesRedaction(t *testing.T) {
 		}
 	}
 }
+
+type bareParams struct {
+	Wait  time.Duration `param:"wait" min:"0s" bare:"ms" doc:"a wait that was milliseconds"`
+	Limit time.Duration `param:"limit" doc:"a wait that never was"`
+	N     int           `param:"n" doc:"a count without a default"`
+}
+
+func TestBareMillisecondsAreReadWithAWarning(t *testing.T) {
+	s := MustSpec[bareParams]("bare", "a component with a former duration form")
+	errs := s.Check(map[string]string{"wait": "1500", "limit": "5"})
+	if len(errs) != 2 || !errs[0].Warning || errs[0].Param != "wait" || errs[0].Msg != "1500 read as 1500ms; write 1500ms" ||
+		errs[1].Warning || errs[1].Param != "limit" {
+		t.Fatalf("problems: %v", errs)
+	}
+	p := bareParams{N: 7} // a preset default survives an absent param
+	if err := s.DecodeParams(map[string]string{"wait": " 250 "}, &p); err != nil || p.Wait != 250*time.Millisecond || p.N != 7 {
+		t.Fatalf("decoded %+v, err %v", p, err)
+	}
+	if err := s.DecodeParams(map[string]string{"wait": "-5"}, &p); err == nil {
+		t.Fatal("a negative bare number passed the minimum")
+	}
+	if err := s.DecodeParams(map[string]string{"wiat": "1s"}, &p); err == nil || !strings.Contains(err.Error(), "did you mean wait?") {
+		t.Fatalf("unknown param: %v", err)
+	}
+	if _, err := NewSpec[struct {
+		N int `param:"n" bare:"ms" doc:"not a duration"`
+	}]("x", ""); err == nil {
+		t.Fatal("bare on an int param was accepted")
+	}
+}

@@ -5,10 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"runtime/debug"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 )
 
 // Errors of the built-in filters.
@@ -40,7 +40,8 @@ const (
 	DefaultBreakerCooldown = 30 * time.Second
 )
 
-// Builtins returns the factories of the built-in filters by name:
+// Builtins returns the factories of the built-in filters by name; Specs
+// returns their params. They are:
 //
 //   - recover: turns a panic inside the chain into an error wrapping ErrPanic.
 //   - retry: calls again after a failure, up to `times` (default the
@@ -58,10 +59,12 @@ const (
 //   - metrics: counts calls, rows and errors, times calls (needs Env.Metrics).
 //   - tracing: one span per call (needs Env.Tracer).
 //
-// Durations are Go durations ("250ms") or plain milliseconds ("250").
+// Durations are Go durations ("250ms"); the durations of retry, timeout
+// and breaker also read a bare whole number as milliseconds ("250"), as
+// KisFlow configs may, with a lint warning.
 func Builtins() map[string]Factory {
 	return map[string]Factory{
-		"recover":   func(Spec) (Filter, error) { return Recover, nil },
+		"recover":   newRecover,
 		"retry":     newRetry,
 		"timeout":   newTimeout,
 		"ratelimit": newRateLimit,
@@ -70,6 +73,58 @@ func Builtins() map[string]Factory {
 		"metrics":   newMetrics,
 		"tracing":   newTracing,
 	}
+}
+
+// The params of the built-in filters. Durations read a bare number as
+// milliseconds (bare:"ms"): the filters documented them so.
+type (
+	noParams    struct{}
+	retryParams struct {
+		Times    int           `param:"times" min:"0" doc:"retries after a failed call: default the function's retry_times, else 3; capped at 10"`
+		Duration time.Duration `param:"duration" min:"0s" bare:"ms" doc:"the wait before the first retry, doubling per retry up to 30s, with jitter: default the function's retry_duration, else 100ms"`
+	}
+	timeoutParams struct {
+		Duration time.Duration `param:"duration" required:"true" min:"1ms" bare:"ms" example:"2s" doc:"the deadline of each call"`
+	}
+	rateLimitParams struct {
+		Rate  float64 `param:"rate" required:"true" example:"1000" doc:"rows (or calls, with per: calls) per second; above 0"`
+		Burst int     `param:"burst" min:"1" doc:"the most taken at once: default the rate (at least 1)"`
+		Per   string  `param:"per" default:"rows" enum:"rows|calls" doc:"what rate counts"`
+	}
+	breakerParams struct {
+		Failures int           `param:"failures" default:"5" min:"1" doc:"consecutive failures that open the breaker"`
+		Cooldown time.Duration `param:"cooldown" default:"30s" min:"0s" bare:"ms" doc:"how long an open breaker fails calls fast before it lets one trial call through"`
+	}
+	loggingParams struct {
+		Level string `param:"level" default:"debug" enum:"debug|info|warn|error" doc:"the level of the line logged per call (failures log at warn)"`
+	}
+)
+
+var (
+	recoverSpec   = driver.MustSpec[noParams]("recover", "turns a panic inside the chain into an error wrapping filter.ErrPanic")
+	retrySpec     = driver.MustSpec[retryParams]("retry", "calls again after a failure, with capped exponential backoff and jitter")
+	timeoutSpec   = driver.MustSpec[timeoutParams]("timeout", "gives each call a deadline; a call past it fails with filter.ErrTimeout")
+	rateLimitSpec = driver.MustSpec[rateLimitParams]("ratelimit", "waits for tokens: one limiter per function, shared by all its instances")
+	breakerSpec   = driver.MustSpec[breakerParams]("breaker", "one circuit breaker per connector (per function without one): fails fast while open")
+	loggingSpec   = driver.MustSpec[loggingParams]("logging", "logs each call with rows in and out and its duration; failures at warn")
+	metricsSpec   = driver.MustSpec[noParams]("metrics", "counts calls, rows and errors and times calls (left out without metrics)")
+	tracingSpec   = driver.MustSpec[noParams]("tracing", "one span per call (left out without a tracer)")
+)
+
+// Specs returns the declarations of the built-in filters' params by name:
+// lint checks filter entries against them and `kisflow list` prints them.
+func Specs() map[string]*driver.Spec {
+	return map[string]*driver.Spec{
+		"recover": recoverSpec, "retry": retrySpec, "timeout": timeoutSpec, "ratelimit": rateLimitSpec,
+		"breaker": breakerSpec, "logging": loggingSpec, "metrics": metricsSpec, "tracing": tracingSpec,
+	}
+}
+
+func newRecover(s Spec) (Filter, error) {
+	if err := s.Decode(recoverSpec, &noParams{}); err != nil {
+		return nil, err
+	}
+	return Recover, nil
 }
 
 // Recover turns a panic in the rest of the chain into an error wrapping ErrPanic.
@@ -101,39 +156,6 @@ func CappedBackoff(base time.Duration, attempt int, limit time.Duration) time.Du
 	return d/2 + rand.N(d/2+1)
 }
 
-// ParseDuration reads a Go duration ("1.5s") or plain milliseconds ("1500").
-func ParseDuration(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
-		return time.Duration(ms) * time.Millisecond, nil
-	}
-	return time.ParseDuration(s)
-}
-
-func durationParam(s Spec, key string, def time.Duration) (time.Duration, error) {
-	v := s.Param(key)
-	if v == "" {
-		return def, nil
-	}
-	d, err := ParseDuration(v)
-	if err != nil || d < 0 {
-		return 0, fmt.Errorf("filter %s: %s %q is not a duration (\"250ms\" or milliseconds)", s.Name, key, v)
-	}
-	return d, nil
-}
-
-func intParam(s Spec, key string, def int) (int, error) {
-	v := s.Param(key)
-	if v == "" {
-		return def, nil
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("filter %s: %s %q is not a non-negative integer", s.Name, key, v)
-	}
-	return n, nil
-}
-
 // RetryPolicy returns the retries and base delay the retry filter would use
 // for s, and whether a requested count was above the cap.
 func RetryPolicy(s Spec) (times int, base time.Duration, capped bool, err error) {
@@ -146,16 +168,14 @@ func RetryPolicy(s Spec) (times int, base time.Duration, capped bool, err error)
 			base = time.Duration(s.Func.Option.RetryDuration) * time.Millisecond
 		}
 	}
-	if times, err = intParam(s, "times", times); err != nil {
+	p := retryParams{Times: times, Duration: base}
+	if err := s.Decode(retrySpec, &p); err != nil {
 		return 0, 0, false, err
 	}
-	if base, err = durationParam(s, "duration", base); err != nil {
-		return 0, 0, false, err
+	if p.Times > config.MaxRetryTimes {
+		return config.MaxRetryTimes, p.Duration, true, nil
 	}
-	if times > config.MaxRetryTimes {
-		return config.MaxRetryTimes, base, true, nil
-	}
-	return times, base, false, nil
+	return p.Times, p.Duration, false, nil
 }
 
 func newRetry(s Spec) (Filter, error) {
@@ -185,13 +205,11 @@ func newRetry(s Spec) (Filter, error) {
 }
 
 func newTimeout(s Spec) (Filter, error) {
-	d, err := durationParam(s, "duration", 0)
-	if err != nil {
+	var p timeoutParams
+	if err := s.Decode(timeoutSpec, &p); err != nil {
 		return nil, err
 	}
-	if d <= 0 {
-		return nil, fmt.Errorf("filter %s: needs a duration > 0 (params: {duration: 2s})", s.Name)
-	}
+	d := p.Duration
 	return func(ctx context.Context, c *Call, next Handler) error {
 		ctx, cancel := context.WithTimeout(ctx, d)
 		defer cancel()
@@ -213,22 +231,17 @@ func (c *Call) name() string {
 }
 
 func newRateLimit(s Spec) (Filter, error) {
-	r, err := strconv.ParseFloat(strings.TrimSpace(s.Param("rate")), 64)
-	if err != nil || r <= 0 {
-		return nil, fmt.Errorf("filter %s: needs a rate > 0 (rows per second; params: {rate: 1000})", s.Name)
-	}
-	burst, err := intParam(s, "burst", max(1, int(r)))
-	if err != nil {
+	var p rateLimitParams
+	if err := s.Decode(rateLimitSpec, &p); err != nil {
 		return nil, err
 	}
-	burst = max(burst, 1)
-	perCall := false
-	switch s.Param("per") {
-	case "", "rows":
-	case "calls":
-		perCall = true
-	default:
-		return nil, fmt.Errorf("filter %s: per %q (want rows or calls)", s.Name, s.Param("per"))
+	if !(p.Rate > 0) || math.IsInf(p.Rate, 0) {
+		return nil, fmt.Errorf("filter %s: %w", s.Name, driver.Errors{{Param: "rate", Msg: fmt.Sprintf("%q is not a finite number above 0 (rows per second, such as 1000)", s.Effective(rateLimitSpec)["rate"])}})
+	}
+	r, perCall := p.Rate, p.Per == "calls"
+	burst := p.Burst
+	if burst == 0 {
+		burst = max(1, int(r))
 	}
 	key := "ratelimit/" + s.Flow.FlowName
 	if s.Func != nil {
@@ -343,14 +356,11 @@ func (b *Breaker) done(failed bool) {
 }
 
 func newBreaker(s Spec) (Filter, error) {
-	failures, err := intParam(s, "failures", DefaultBreakerFailures)
-	if err != nil {
+	p := breakerParams{Failures: DefaultBreakerFailures, Cooldown: DefaultBreakerCooldown}
+	if err := s.Decode(breakerSpec, &p); err != nil {
 		return nil, err
 	}
-	cooldown, err := durationParam(s, "cooldown", DefaultBreakerCooldown)
-	if err != nil {
-		return nil, err
-	}
+	failures, cooldown := p.Failures, p.Cooldown
 	key := "breaker/flow/" + s.Flow.FlowName
 	switch {
 	case s.Func != nil && s.Func.Option.CName != "":
@@ -359,7 +369,7 @@ func newBreaker(s Spec) (Filter, error) {
 		key = "breaker/func/" + s.Func.FName
 	}
 	b := s.Env.Shared(key, func() any {
-		return &Breaker{Failures: max(failures, 1), Cooldown: cooldown, Clock: s.Env.clock()}
+		return &Breaker{Failures: failures, Cooldown: cooldown, Clock: s.Env.clock()}
 	}).(*Breaker)
 	return func(ctx context.Context, c *Call, next Handler) error {
 		return b.Do(ctx, func(ctx context.Context) error { return next(ctx, c) })
@@ -367,11 +377,13 @@ func newBreaker(s Spec) (Filter, error) {
 }
 
 func newLogging(s Spec) (Filter, error) {
-	level := slog.LevelDebug
-	if v := s.Param("level"); v != "" {
-		if err := level.UnmarshalText([]byte(v)); err != nil {
-			return nil, fmt.Errorf("filter %s: level %q (want debug, info, warn or error)", s.Name, v)
-		}
+	var p loggingParams
+	if err := s.Decode(loggingSpec, &p); err != nil {
+		return nil, err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(p.Level)); err != nil {
+		return nil, fmt.Errorf("filter %s: level %q: %w", s.Name, p.Level, err) // the enum admits slog's words only
 	}
 	log := s.Env.logger()
 	clock := s.Env.clock()
@@ -389,6 +401,9 @@ func newLogging(s Spec) (Filter, error) {
 }
 
 func newMetrics(s Spec) (Filter, error) {
+	if err := s.Decode(metricsSpec, &noParams{}); err != nil {
+		return nil, err
+	}
 	if s.Env == nil || s.Env.Metrics == nil {
 		return nil, nil
 	}
@@ -439,6 +454,9 @@ const (
 )
 
 func newTracing(s Spec) (Filter, error) {
+	if err := s.Decode(tracingSpec, &noParams{}); err != nil {
+		return nil, err
+	}
 	if s.Env == nil || s.Env.Tracer == nil {
 		return nil, nil
 	}

@@ -10,6 +10,7 @@ package filter
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/metrics"
 )
 
@@ -98,6 +100,39 @@ func (s Spec) Param(key string) string {
 		return v
 	}
 	return s.FuncParams[s.Name+"_"+key]
+}
+
+// Effective returns the params a filter declared by d reads for this use:
+// the entry's own, and for each param d declares that the entry lacks, the
+// function's "<filter>_<param>" when set. The function's other params are
+// left out: they are the function's, not the filter's.
+func (s Spec) Effective(d *driver.Spec) map[string]string {
+	out := make(map[string]string, len(s.Params))
+	for k, v := range s.Params {
+		out[k] = v
+	}
+	for _, p := range d.Params {
+		if _, ok := s.Params[p.Name]; ok {
+			continue
+		}
+		if v, ok := s.FuncParams[s.Name+"_"+p.Name]; ok {
+			out[p.Name] = v
+		}
+	}
+	return out
+}
+
+// Decode fills dst, a pointer to the params struct d was built from, with
+// the params of this use (see Effective): unknown params of the entry,
+// values that do not parse and missing required params are errors (a
+// driver.Errors, after "filter NAME: "). A param that is absent and has no
+// default leaves dst's field as it was, so a factory presets defaults known
+// only at run time (such as the function's retry_times).
+func (s Spec) Decode(d *driver.Spec, dst any) error {
+	if err := d.DecodeParams(s.Effective(d), dst); err != nil {
+		return fmt.Errorf("filter %s: %w", s.Name, err)
+	}
+	return nil
 }
 
 // Factory builds a filter for one use. A bad spec is an error; a nil Filter

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 )
 
@@ -256,16 +258,27 @@ func TestRecoverTurnsPanicsIntoErrors(t *testing.T) {
 
 func TestBadParamsAreErrors(t *testing.T) {
 	t.Parallel()
-	for name, params := range map[string]map[string]string{
-		"timeout":   {},
-		"ratelimit": {"rate": "fast"},
-		"retry":     {"times": "-1"},
-		"breaker":   {"cooldown": "soon"},
-		"logging":   {"level": "loud"},
+	for _, tc := range []struct {
+		name   string
+		params map[string]string
+	}{
+		{"timeout", map[string]string{}},
+		{"timeout", map[string]string{"duration": "0"}},
+		{"ratelimit", map[string]string{"rate": "fast"}},
+		{"ratelimit", map[string]string{"rate": "0"}},
+		{"ratelimit", map[string]string{"rate": "10", "per": "bytes"}},
+		{"ratelimit", map[string]string{"rate": "10", "burst": "0"}},
+		{"breaker", map[string]string{"failures": "0"}},
+		{"metrics", map[string]string{"verbose": "true"}},
+		{"retry", map[string]string{"times": "-1"}},
+		{"breaker", map[string]string{"cooldown": "soon"}},
+		{"logging", map[string]string{"level": "loud"}},
 	} {
-		s := spec(name, params, config.NewFunc("a", config.Calculate), nil)
-		if _, err := filter.Builtins()[name](s); err == nil {
-			t.Errorf("%s %v: no error", name, params)
+		s := spec(tc.name, tc.params, config.NewFunc("a", config.Calculate), nil)
+		_, err := filter.Builtins()[tc.name](s)
+		var perrs driver.Errors
+		if !errors.As(err, &perrs) {
+			t.Errorf("%s %v: got %v, want the param's error", tc.name, tc.params, err)
 		}
 	}
 }
@@ -283,5 +296,110 @@ func TestBackoffIsCappedWithJitter(t *testing.T) {
 	}
 	if filter.Backoff(0, 3) != 0 {
 		t.Fatal("zero base must not wait")
+	}
+}
+
+func TestParamsDecodeByTheirSpec(t *testing.T) {
+	t.Parallel()
+	fn := config.NewFunc("a", config.Calculate).WithRetry(5, 200)
+	for _, tc := range []struct {
+		name       string
+		params     map[string]string
+		funcParams map[string]string
+		times      int
+		base       time.Duration
+	}{
+		{"the function's retry options", nil, nil, 5, 200 * time.Millisecond},
+		{"a Go duration", map[string]string{"duration": "1.5s"}, nil, 5, 1500 * time.Millisecond},
+		{"a bare number is milliseconds", map[string]string{"duration": "1500", "times": "2"}, nil, 2, 1500 * time.Millisecond},
+		{"zero needs no unit", map[string]string{"duration": "0"}, nil, 5, 0},
+		{"the function's retry_<param>", nil, map[string]string{"retry_times": "1", "retry_duration": "40ms"}, 1, 40 * time.Millisecond},
+		{"the entry wins over the function's param", map[string]string{"times": "4"}, map[string]string{"retry_times": "1"}, 4, 200 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := spec("retry", tc.params, fn, nil)
+			s.FuncParams = tc.funcParams
+			times, base, _, err := filter.RetryPolicy(s)
+			if err != nil || times != tc.times || base != tc.base {
+				t.Fatalf("times %d base %v err %v; want %d, %v", times, base, err, tc.times, tc.base)
+			}
+		})
+	}
+}
+
+func TestBareMillisecondsOnlyWhereDocumented(t *testing.T) {
+	t.Parallel()
+	specs := filter.Specs()
+	for name, params := range map[string][]string{"retry": {"duration"}, "timeout": {"duration"}, "breaker": {"cooldown"}} {
+		for _, p := range params {
+			errs := specs[name].Check(map[string]string{p: "1500"})
+			if len(errs) != 1 || !errs[0].Warning || errs[0].Msg != "1500 read as 1500ms; write 1500ms" {
+				t.Errorf("%s %s 1500: %v, want one warning", name, p, errs)
+			}
+		}
+	}
+	// A fraction was never milliseconds: it needs a unit.
+	if errs := specs["timeout"].Check(map[string]string{"duration": "1.5"}); len(errs) != 1 || errs[0].Warning {
+		t.Errorf("timeout duration 1.5: %v, want an error", errs)
+	}
+	f := build(t, spec("timeout", map[string]string{"duration": "30"}, config.NewFunc("a", config.Calculate), nil))
+	start := time.Now()
+	err := f(context.Background(), &filter.Call{Func: "a"}, func(ctx context.Context, _ *filter.Call) error {
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if took := time.Since(start); !errors.Is(err, filter.ErrTimeout) || took > 20*time.Second {
+		t.Fatalf("timeout 30: %v after %v, want ErrTimeout after 30ms", err, took)
+	}
+	if !strings.Contains(err.Error(), "after 30ms") {
+		t.Fatalf("%v: want the deadline read as 30ms", err)
+	}
+}
+
+func TestUnknownEntryParamsAreErrorsButNotTheFunctionsOwn(t *testing.T) {
+	t.Parallel()
+	for name, params := range map[string]map[string]string{
+		"retry":   {"tims": "3"},
+		"breaker": {"failurs": "3"},
+		"recover": {"quiet": "true"},
+		"logging": {"levl": "info"},
+	} {
+		s := spec(name, params, config.NewFunc("a", config.Calculate), nil)
+		_, err := filter.Builtins()[name](s)
+		var perrs driver.Errors
+		if !errors.As(err, &perrs) || len(perrs) != 1 || !perrs[0].Unknown {
+			t.Errorf("%s %v: got %v, want one unknown param", name, params, err)
+		}
+	}
+	// The function's params that are no filter's (retry_colour, tax_rate)
+	// are the function's: a filter does not refuse them.
+	s := spec("retry", nil, config.NewFunc("a", config.Calculate), nil)
+	s.FuncParams = map[string]string{"retry_colour": "red", "tax_rate": "0.2", "retry_times": "2"}
+	if times, _, _, err := filter.RetryPolicy(s); err != nil || times != 2 {
+		t.Fatalf("times %d, err %v; want 2 and no error", times, err)
+	}
+}
+
+// The defaults the specs print (kisflow list, README) are those the
+// filters use.
+func TestSpecDefaultsAreTheFiltersDefaults(t *testing.T) {
+	t.Parallel()
+	specs := filter.Specs()
+	for name := range filter.Builtins() {
+		if specs[name] == nil || specs[name].Type != name {
+			t.Errorf("filter %s has no spec of its name", name)
+		}
+	}
+	for _, tc := range []struct{ filter, param, want string }{
+		{"breaker", "failures", fmt.Sprint(filter.DefaultBreakerFailures)},
+		{"breaker", "cooldown", filter.DefaultBreakerCooldown.String()},
+		{"ratelimit", "per", "rows"},
+		{"logging", "level", "debug"},
+	} {
+		p, ok := specs[tc.filter].Param(tc.param)
+		if !ok || p.Default != tc.want {
+			t.Errorf("%s %s: default %q, want %q", tc.filter, tc.param, p.Default, tc.want)
+		}
 	}
 }

@@ -44,6 +44,17 @@ func TestLint(t *testing.T) {
 		{"a broken key template beside bad params", "testdata/badconns", ExitProblem, `conns.yml:15: connector "every-typo": redis connector "every-typo": template "user:{id": '{' without '}'`},
 		{"a misspelt param on a connector only functions use: a warning", "testdata/badconns", ExitProblem,
 			`conns.yml:33: warning: connector "callbacks-only" (type redis): param claim_idel: unknown param (did you mean claim_idle?); left to this connector's own callbacks`},
+		{"a filter param typo", "testdata/badfilters", ExitProblem, `flow.yml:8: flow "Guarded": filter "retry": param tims: unknown param (did you mean times?)`},
+		{"a filter duration in bare milliseconds: a warning", "testdata/badfilters", ExitProblem, `flow.yml:9: warning: flow "Guarded": filter "retry": param duration: 1500 read as 1500ms; write 1500ms`},
+		{"a bad filter duration", "testdata/badfilters", ExitProblem, `flow.yml:10: flow "Guarded": filter "timeout": param duration: "soon" is not a duration (want one such as 500ms, 2s or 1h30m)`},
+		{"a value the filter's factory refuses, at its param", "testdata/badfilters", ExitProblem, `flow.yml:11: flow "Guarded": filter "ratelimit": param rate: "0" is not a finite number above 0`},
+		{"a filter name typo", "testdata/badfilters", ExitProblem, `flow.yml:12: flow "Guarded": filter "retyr": unknown filter (did you mean retry?)`},
+		{"a filter param from the function's params", "testdata/badfilters", ExitProblem, `funcs.yml:7: function "Score": filter "breaker": param cooldown (the function's breaker_cooldown): "later" is not a duration`},
+		{"a function's filter param typo", "testdata/badfilters", ExitProblem, `funcs.yml:11: function "Score": filter "breaker": param failurs: unknown param (did you mean failures?)`},
+		{"a filter enum", "testdata/badfilters", ExitProblem, `funcs.yml:13: function "Score": filter "logging": param level: "loud" is not one of debug, info, warn, error`},
+		{"a plugin field typo", "testdata/badfilters", ExitProblem, `global.yml:5: plugin log.main: unknown field "levl" (did you mean "level"?)`},
+		{"a field typo of a connector's plugin", "testdata/badfilters", ExitProblem, `global.yml:9: plugin postgres.main: unknown field "max_conn" (did you mean "max_conns"?)`},
+		{"filter durations in bare milliseconds still load", "testdata/oldfilters", ExitOK, `flow.yml:6: warning: flow "Guarded": filter "breaker": param cooldown: 30000 read as 30000ms; write 30000ms`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {
@@ -175,5 +186,42 @@ func TestGraph(t *testing.T) {
 	}
 	if code, _, _ := run(t, "graph", "--flow", "Nope", "../../examples/orders"); code != ExitUsage {
 		t.Errorf("unknown flow: exit %d", code)
+	}
+}
+
+func TestListDescribesFilters(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := run(t, "list", "filters")
+	if code != ExitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"  retry      calls again after a failure, with capped exponential backoff and jitter\n",
+		"  timeout    gives each call a deadline",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("list filters lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, stderr = run(t, "list", "retry")
+	if code != ExitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"filter retry: calls again after a failure",
+		"    times (int ≥ 0)\n",
+		"    duration (duration ≥ 0s) [a bare number is read as ms, with a warning]\n",
+		"a function's param retry_NAME sets param NAME",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("list retry lacks %q:\n%s", want, out)
+		}
+	}
+	// metrics is a filter and a plugin type: both are named.
+	if _, out, _ = run(t, "list", "metrics"); !strings.Contains(out, "filter metrics: ") || !strings.Contains(out, "plugin type metrics") {
+		t.Errorf("list metrics:\n%s", out)
+	}
+	if code, _, stderr = run(t, "list", "retyr"); code != ExitUsage || !strings.Contains(stderr, "did you mean retry?") {
+		t.Errorf("list retyr: exit %d, %s", code, stderr)
 	}
 }

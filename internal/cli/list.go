@@ -13,12 +13,12 @@ import (
 
 func listCmd(reg *kisflow.Registry) *cobra.Command {
 	return &cobra.Command{
-		Use:   "list [connectors|filters|plugins|TYPE]",
+		Use:   "list [connectors|filters|plugins|TYPE|FILTER]",
 		Short: "List the connector types, filters and plugin types of this binary, or describe one",
-		Long: "Without an argument, list every connector type (with what it connects to),\n" +
-			"filter and plugin type this binary has. With connectors, filters or plugins,\n" +
-			"list only those. With a connector type, print its params: kind, default and\n" +
-			"what each does (the same declaration lint checks configs against).",
+		Long: "Without an argument, list every connector type and filter (with what it\n" +
+			"does) and plugin type this binary has. With connectors, filters or plugins,\n" +
+			"list only those. With a connector type or a filter, print its params: kind,\n" +
+			"default and what each does (the same declaration lint checks configs against).",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w := cmd.OutOrStdout()
@@ -30,29 +30,20 @@ func listCmd(reg *kisflow.Registry) *cobra.Command {
 			case "":
 				listConnectors(w, reg)
 				fmt.Fprintln(w)
-				listNames(w, "filters", reg.Filters())
+				listFilters(w, reg)
 				fmt.Fprintln(w)
 				listNames(w, "plugins", reg.PluginTypes())
 			case "connectors":
 				listConnectors(w, reg)
 			case "filters":
-				listNames(w, "filters", reg.Filters())
+				listFilters(w, reg)
 			case "plugins":
 				listNames(w, "plugins", reg.PluginTypes())
 			default:
-				if spec, ok := reg.ConnectorSpec(what); ok {
-					spec.Describe(w)
-					return nil
-				}
-				if slices.Contains(reg.DriverTypes(), what) {
-					fmt.Fprintf(w, "%s: registered without a spec; its params are not declared\n", what)
+				if describe(w, reg, what) {
 					return nil
 				}
 				known := append(append(reg.DriverTypes(), reg.Filters()...), reg.PluginTypes()...)
-				if slices.Contains(known, what) {
-					fmt.Fprintf(w, "%s: a filter or plugin type; see the README for its params\n", what)
-					return nil
-				}
 				return &exitError{code: ExitUsage, err: fmt.Errorf("list: %q is no connector type, filter or plugin type of this binary%s", what, config.SuggestName(what, append(known, "connectors", "filters", "plugins")))}
 			}
 			return nil
@@ -68,6 +59,53 @@ func listConnectors(w io.Writer, reg *kisflow.Registry) {
 			summary = spec.Summary
 		}
 		fmt.Fprintf(w, "  %-10s %s\n", t, summary)
+	}
+}
+
+// describe prints what name is: a connector type's or a filter's params
+// (a name may be both, and a plugin type too, such as metrics). It reports
+// whether name is any of them.
+func describe(w io.Writer, reg *kisflow.Registry, name string) bool {
+	var said []string
+	if spec, ok := reg.ConnectorSpec(name); ok {
+		spec.Describe(w)
+		said = append(said, "connector type")
+	} else if slices.Contains(reg.DriverTypes(), name) {
+		fmt.Fprintf(w, "%s: a connector type registered without a spec; its params are not declared\n", name)
+		said = append(said, "connector type")
+	}
+	if spec, ok := reg.FilterSpec(name); ok {
+		if len(said) > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprint(w, "filter ")
+		spec.Describe(w)
+		if len(spec.Params) > 0 {
+			fmt.Fprintf(w, "  a function's param %s_NAME sets param NAME when the entry does not\n", name)
+		}
+		said = append(said, "filter")
+	} else if slices.Contains(reg.Filters(), name) {
+		fmt.Fprintf(w, "filter %s: registered without a spec; its params are not declared\n", name)
+		said = append(said, "filter")
+	}
+	if slices.Contains(reg.PluginTypes(), name) {
+		if len(said) > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "plugin type %s: see the README (Plugins) for its config\n", name)
+		said = append(said, "plugin type")
+	}
+	return len(said) > 0
+}
+
+func listFilters(w io.Writer, reg *kisflow.Registry) {
+	fmt.Fprintln(w, "filters (kisflow list NAME for its params):")
+	for _, n := range reg.Filters() {
+		summary := "(no spec)"
+		if spec, ok := reg.FilterSpec(n); ok {
+			summary = spec.Summary
+		}
+		fmt.Fprintf(w, "  %-10s %s\n", n, summary)
 	}
 }
 
