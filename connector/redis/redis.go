@@ -386,6 +386,46 @@ func (r *Redis) checkTypes(ctx context.Context, tx *goredis.Tx, keys []string) e
 	return nil
 }
 
+// rekeyScript renames KEYS[1..2] (the old position and inbox) to
+// KEYS[3..4] when one of the old exists and neither new one does, and
+// answers 1 if it did.
+var rekeyScript = goredis.NewScript(`
+if redis.call("EXISTS", KEYS[3]) + redis.call("EXISTS", KEYS[4]) > 0 then return 0 end
+local moved = 0
+for i = 1, 2 do
+  if redis.call("EXISTS", KEYS[i]) == 1 then
+    redis.call("RENAME", KEYS[i], KEYS[i + 2])
+    moved = 1
+  end
+end
+return moved
+`)
+
+// Rekey moves the position and inbox an earlier version committed under
+// the key from to the key to, atomically; see stream.Rekeyer. Old keys are
+// looked up first, one by one, so that a Redis cluster, where the four
+// keys need not share a slot, runs the script only when there is
+// something to move.
+func (r *Redis) Rekey(ctx context.Context, from, to string) (bool, error) {
+	n := int64(0)
+	for _, k := range []string{r.positionKey(from), r.inboxKey(from)} {
+		c, err := r.client.Exists(ctx, k).Result()
+		if err != nil {
+			return false, fmt.Errorf("redis connector %q: move state of %s: %w", r.cfg.CName, from, err)
+		}
+		n += c
+	}
+	if n == 0 {
+		return false, nil
+	}
+	keys := []string{r.positionKey(from), r.inboxKey(from), r.positionKey(to), r.inboxKey(to)}
+	moved, err := rekeyScript.Run(ctx, r.client, keys).Int()
+	if err != nil {
+		return false, fmt.Errorf("redis connector %q: move state of %s to %s: %w", r.cfg.CName, from, to, err)
+	}
+	return moved == 1, nil
+}
+
 // Position returns the stream's committed position ("" before the first).
 func (r *Redis) Position(ctx context.Context, stream string) (string, error) {
 	pos, err := r.client.Get(ctx, r.positionKey(stream)).Result()
