@@ -213,12 +213,22 @@ func rekey(ctx context.Context, tx *sql.Tx, d Dialect, from, to string, inbox bo
 			}
 		}
 	}
+	// The checks read a snapshot (MySQL's repeatable read); the updates
+	// read what is committed: a racing process that moved the state first
+	// leaves them nothing.
+	var n int64
 	for _, t := range tables {
-		if _, err := tx.ExecContext(ctx, d.bind("UPDATE "+t+" SET stream = ? WHERE stream = ?"), to, from); err != nil {
+		res, err := tx.ExecContext(ctx, d.bind("UPDATE "+t+" SET stream = ? WHERE stream = ?"), to, from)
+		if err != nil {
 			return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
 		}
+		k, err := res.RowsAffected()
+		if err != nil {
+			return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+		}
+		n += k
 	}
-	return true, nil
+	return n > 0, nil
 }
 
 // Store is a checkpoint store over one database. It is safe for concurrent
