@@ -24,7 +24,8 @@ import (
 )
 
 // DefaultStateDir is where jobs keep checkpoints and dead letters unless
-// WithStateDir says otherwise.
+// WithStateDir says otherwise: relative to the current folder for
+// Engine.Job; kisflow run DIR keeps them in DIR/.kisflow.
 const DefaultStateDir = ".kisflow"
 
 // Default retry policy of stream functions that set no retry_times: the

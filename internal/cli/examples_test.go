@@ -143,6 +143,13 @@ func TestConnectorExamples(t *testing.T) {
 				!strings.Contains(out.String(), "flow ProduceOrders: 1000 rows read") {
 				t.Fatalf("summary:\n%s", out.String())
 			}
+			consume := "flow ConsumeOrders: no position stored: source " + sys + "-orders keeps its own (a consumer group) or has none\n"
+			if sys == "postgres" || sys == "mysql" { // a poller: the sink keeps its position
+				consume = "flow ConsumeOrders: no position: reading from the start\n"
+			}
+			if !strings.Contains(out.String(), consume) {
+				t.Fatalf("the consumer does not say where it starts, want %q:\n%s", consume, out.String())
+			}
 			if _, err := os.Stat(filepath.Join(dir, ".kisflow", "checkpoints.db")); err != nil {
 				t.Fatalf("the example's state is not in its folder: %v", err)
 			}
