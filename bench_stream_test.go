@@ -40,8 +40,8 @@ func runJobOnce(b *testing.B, reg *kisflow.Registry, dir, flow string) kisflow.J
 
 func benchRegistry(b *testing.B) *kisflow.Registry {
 	reg := kisflow.NewRegistry()
-	for _, install := range []func(*kisflow.Registry) error{file.Install, generator.Install, kissql.Install} {
-		if err := install(reg); err != nil {
+	for _, err := range []error{file.Install(reg), generator.Install(reg), kissql.Install(reg)} {
+		if err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -21,8 +21,8 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/all"
 	kisredis "github.com/kisflow-go/kisflow/connector/redis"
-	"github.com/kisflow-go/kisflow/internal/bundle"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/plugin"
 )
@@ -56,7 +56,7 @@ func originalDir(t *testing.T, sub string) string {
 func TestOriginalFilesLoadAndLintClean(t *testing.T) {
 	t.Parallel()
 	reg := kisflow.NewRegistry()
-	if err := bundle.Install(reg); err != nil {
+	if err := all.Install(reg); err != nil {
 		t.Fatal(err)
 	}
 	for _, sub := range []string{"load_conf", "export_conf"} {

@@ -5,21 +5,17 @@ import (
 	"fmt"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Driver is the implementation behind a connector: the client of one
-// external system. A connector's driver is started once, shared by every flow
-// and Fork that uses it, and closed once when the engine closes. Drivers may
-// add capabilities that callers find by type assertion (see Caller).
-type Driver interface {
-	Start(ctx context.Context) error
-	Close(ctx context.Context) error
-}
+// external system (see package driver, which a connector author imports).
+type Driver = driver.Driver
 
 // DriverFactory builds the driver of a connector from its config. It must not
 // connect yet; Start does. A bad config is an error.
-type DriverFactory func(cfg *config.Conn) (Driver, error)
+type DriverFactory = driver.Factory
 
 // Caller is an optional Driver capability: a default for Connector.Call when
 // no ConnFunc is registered for the connector and function.

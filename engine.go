@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -99,6 +100,12 @@ type compiled struct {
 	chain    filter.Chain   // around each run
 
 	retryRuns bool // the flow lists filters, which may run it again
+
+	// must are the fields of the first function's source.must, as paths
+	// (mustNames as written): source rows lacking one are rejected before
+	// that function.
+	must      [][]string
+	mustNames []string
 }
 
 // chain builds the engine's default filters and then refs, for a flow run
@@ -320,6 +327,12 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 		c.chains = append(c.chains, ch)
 	}
 	c.plan = engine.NewPlan(names, e.maxJumps)
+	if len(c.funcs) > 0 {
+		c.must = config.MustFields(c.funcs[0].Source.Must)
+		for _, p := range c.must {
+			c.mustNames = append(c.mustNames, strings.Join(p, "."))
+		}
+	}
 
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -390,7 +403,7 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	}
 	var drv Driver = label{}
 	if factory, ok := e.reg.driver(cfg.Type); ok {
-		if drv, err = callFactory(factory, cfg); err != nil {
+		if drv, err = callFactory(factory, e.reg.factoryConfig(e.set, cname, cfg)); err != nil {
 			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	} else {

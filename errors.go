@@ -3,6 +3,7 @@ package kisflow
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors, matched with errors.Is.
@@ -46,8 +47,11 @@ type PanicError struct {
 func (e *PanicError) Error() string { return fmt.Sprintf("panic: %v", e.Value) }
 
 // RowError is a row a function could not receive: it could not be converted
-// to the function's parameter type. The row is left out of that call; the
-// other rows go on. A run returns its RowErrors in Result.Rejected.
+// to the function's parameter type, an expression of a function written in
+// YAML failed on it, or it lacks a field of the first function's
+// source.must (Err is then a *MissingFieldError). The row is left out of
+// that call; the other rows go on. A run returns its RowErrors in
+// Result.Rejected.
 type RowError struct {
 	Flow  string // flow name
 	Func  string // function name
@@ -87,4 +91,33 @@ func (e *RejectedError) Unwrap() []error {
 		out[i] = r
 	}
 	return out
+}
+
+// MissingFieldError is why a row was rejected before a flow's first
+// function: it lacks fields that function's `source.must` lists (absent,
+// or null). Fields are named as source.must names them ("a.b" for field b
+// of the object in field a).
+type MissingFieldError struct {
+	Fields []string // the missing fields, in source.must order
+	Reason string   // why the row has no fields at all ("" when it has some)
+}
+
+func (e *MissingFieldError) Error() string {
+	var b strings.Builder
+	b.WriteString("missing required field")
+	if len(e.Fields) > 1 {
+		b.WriteByte('s')
+	}
+	for i, f := range e.Fields {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, " %q", f)
+	}
+	b.WriteString(" (source.must)")
+	if e.Reason != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Reason)
+	}
+	return b.String()
 }

@@ -2,16 +2,20 @@ package kisflow
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
 	"runtime/debug"
 	"time"
+	"unsafe"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
+	"github.com/kisflow-go/kisflow/internal/fields"
+	"github.com/kisflow-go/kisflow/internal/flatjson"
 )
 
 // Flow is a running instance of a flow: functions call it to read their input,
@@ -75,8 +79,8 @@ type Result struct {
 	// Rows is the last layer's output. It is valid until the next Run of
 	// the same instance.
 	Rows []any
-	// Rejected are the rows that could not be converted to a function's
-	// parameter type, with the function and the row's position.
+	// Rejected are the rows a function could not receive (see RowError),
+	// with the function and the row's position.
 	Rejected []*RowError
 }
 
@@ -92,6 +96,8 @@ type flow struct {
 	rejected []*RowError
 	log      *slog.Logger
 	codec    Codec
+
+	mustDec flatjson.Decoder // reads JSON text rows for the source.must check
 
 	call  filter.Call    // of the flow chain, reused from run to run
 	chain filter.Handler // the flow's filters around execute
@@ -174,7 +180,7 @@ func (fl *flow) Connector() (*Connector, error) {
 func (fl *flow) Run(ctx context.Context) (Result, error) {
 	res, err := fl.runOnce(ctx)
 	if re, ok := err.(*RejectedError); ok {
-		fl.log.WarnContext(ctx, "rows rejected: they could not be converted to a function's type", "rejected", len(re.Rows), "first", re.Rows[0].Error())
+		fl.log.WarnContext(ctx, "rows rejected: they lacked a source.must field, could not be converted to a function's type or failed its expression", "rejected", len(re.Rows), "first", re.Rows[0].Error())
 	}
 	return res, err
 }
@@ -234,12 +240,58 @@ func (fl *flow) execute(ctx context.Context, c *filter.Call) error {
 		fl.run.Reset()
 		fl.run.CommitBatch(fl.saved)
 	}
+	if len(fl.c.must) > 0 {
+		fl.run.KeepSource(fl.carriesMust)
+	}
 	out, err := fl.run.Execute(ctx)
 	fl.out, c.Out = out, len(out)
 	return err
 }
 
 func (fl *flow) Fork() Flow { return fl.eng.instance(fl.c) }
+
+// carriesMust reports whether source row i carries every field of the
+// first function's source.must, and rejects it, naming the fields it
+// lacks, when it does not. JSON text is decoded for the check only; the
+// function receives the row as it came.
+func (fl *flow) carriesMust(i int, row any) bool {
+	var m any = row
+	reason := ""
+	switch v := row.(type) {
+	case string:
+		m, reason = fl.jsonFields(unsafe.Slice(unsafe.StringData(v), len(v)))
+	case []byte:
+		m, reason = fl.jsonFields(v)
+	case json.RawMessage:
+		m, reason = fl.jsonFields(v)
+	}
+	var missing []string
+	for j, path := range fl.c.must {
+		if !fields.Has(m, path) {
+			missing = append(missing, fl.c.mustNames[j])
+		}
+	}
+	if missing == nil {
+		return true
+	}
+	fl.reject(0, i, row, &MissingFieldError{Fields: missing, Reason: reason})
+	return false
+}
+
+// jsonFields decodes a JSON object, or says why data is not one.
+func (fl *flow) jsonFields(data []byte) (map[string]any, string) {
+	if m, ok := fl.mustDec.Decode(data); ok {
+		return m, ""
+	}
+	var m map[string]any
+	if err := fl.codec.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Sprintf("row is not a JSON object: %v", err)
+	}
+	if m == nil {
+		return nil, "row is JSON null"
+	}
+	return m, ""
+}
 
 func (fl *flow) decode(row any, dst any) error { return decodeRow(fl.codec, row, dst) }
 

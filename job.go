@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/codes"
@@ -76,6 +77,37 @@ type Job struct {
 	source  stream.Source
 	closers []func() error
 	log     *slog.Logger
+
+	mu    sync.Mutex
+	state jobState
+}
+
+type jobState int
+
+const (
+	jobPrepared jobState = iota
+	jobRan               // Run was called: it releases what the job holds
+	jobClosed
+)
+
+// ErrJobUsed is returned by Job.Run on a job that already ran or was
+// closed: a Job runs once.
+var ErrJobUsed = errors.New("job already ran or was closed")
+
+// Close releases a prepared job that is not going to run: it closes its
+// source (a consumer, a listening socket, an open file) and the stores it
+// opened. After Run it does nothing, since Run releases them when it
+// returns. It is safe to call more than once, and from a defer after Run.
+func (j *Job) Close(ctx context.Context) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.state != jobPrepared {
+		return nil
+	}
+	j.state = jobClosed
+	err := j.source.Close(ctx)
+	j.close()
+	return err
 }
 
 // JobStats are a job's counters; see Job.Stats.
@@ -232,7 +264,12 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	for i := 1; i < workers; i++ {
 		flows[i] = base.Fork().(*flow)
 	}
-	parts.NewFlow = func(i int) runtime.Flow { return &jobFlow{fl: flows[i]} }
+	parts.NewFlow = func(i int) runtime.Flow {
+		if i < len(flows) {
+			return &jobFlow{fl: flows[i]}
+		}
+		return &jobFlow{fl: base.Fork().(*flow)} // the commit loop's own
+	}
 
 	cfg := runtime.Config{
 		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
@@ -405,6 +442,13 @@ func funcOf(err error) string {
 // are committed and the source is closed. The engine's connectors stay
 // open; close them with Engine.Close.
 func (j *Job) Run(ctx context.Context) error {
+	j.mu.Lock()
+	if j.state != jobPrepared {
+		j.mu.Unlock()
+		return fmt.Errorf("flow %q: %w", j.name, ErrJobUsed)
+	}
+	j.state = jobRan
+	j.mu.Unlock()
 	defer j.close()
 	untrack := j.eng.metrics.TrackStream(j.name, j.streamStats)
 	defer untrack()

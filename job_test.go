@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -25,8 +27,8 @@ import (
 func streamRegistry(t testing.TB) *kisflow.Registry {
 	t.Helper()
 	reg := kisflow.NewRegistry()
-	for _, install := range []func(*kisflow.Registry) error{file.Install, kissql.Install, kishttp.Install, memory.Install} {
-		if err := install(reg); err != nil {
+	for _, err := range []error{file.Install(reg), kissql.Install(reg), kishttp.Install(reg), memory.Install(reg)} {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -259,5 +261,54 @@ func TestJobCapabilityErrors(t *testing.T) {
 			t.Errorf("stream %q: got %v, want %q", tt.stream, err, tt.want)
 		}
 		_ = eng.Close(ctx)
+	}
+}
+
+// A prepared job that never runs gives its source back on Close: here the
+// HTTP source's listening socket, which a second job can then take.
+func TestJobCloseReleasesAPreparedJobsSource(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ingest\nflows:\n  - fname: Keep\nstream:\n  source: api\n  sink: out\n",
+		"func.yml":  "kistype: func\nfname: Keep\nfmode: Verify\nfilter: \"true\"\n",
+		"conns.yml": "kistype: conn\ncname: api\ntype: http\naddrs: " + addr + "\n---\nkistype: conn\ncname: out\ntype: discard\n",
+	})
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(streamRegistry(t), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	defer eng.Close(ctx)
+	opts := kisflow.WithStateDir(t.TempDir())
+	job, err := eng.Job(ctx, "Ingest", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := job.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := job.Close(ctx); err != nil {
+		t.Fatalf("a second Close: %v", err)
+	}
+	if err := job.Run(ctx); !errors.Is(err, kisflow.ErrJobUsed) {
+		t.Fatalf("Run after Close: %v, want ErrJobUsed", err)
+	}
+	again, err := eng.Job(ctx, "Ingest", opts)
+	if err != nil {
+		t.Fatalf("the closed job still holds its source (%s): %v", addr, err)
+	}
+	if err := again.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/plugin"
 )
@@ -20,6 +22,7 @@ type Registry struct {
 	mu        sync.RWMutex
 	funcs     map[string]Handler
 	drivers   map[string]DriverFactory
+	specs     map[string]*driver.Spec
 	connFuncs map[string]map[string]ConnFunc // cname -> fname -> callback
 	connInits map[string][]ConnInit
 	filters   map[string]filter.Factory
@@ -32,6 +35,7 @@ func NewRegistry() *Registry {
 	return &Registry{
 		funcs:     map[string]Handler{},
 		drivers:   map[string]DriverFactory{},
+		specs:     map[string]*driver.Spec{},
 		connFuncs: map[string]map[string]ConnFunc{},
 		connInits: map[string][]ConnInit{},
 		filters:   filter.Builtins(),
@@ -192,7 +196,33 @@ func (r *Registry) MustRegister(name string, fn any) {
 	}
 }
 
-// RegisterDriver registers the driver factory of a connector type.
+// RegisterConnector registers a connector type: its spec (its params,
+// checked by lint and printed by `kisflow list`) and its driver factory.
+func (r *Registry) RegisterConnector(spec *driver.Spec, f driver.Factory) error {
+	if spec == nil {
+		return errors.New("register connector: nil spec")
+	}
+	if err := r.RegisterDriver(spec.Type, f); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.specs[spec.Type] = spec
+	return nil
+}
+
+// ConnectorSpec returns the spec of a connector type registered with
+// RegisterConnector.
+func (r *Registry) ConnectorSpec(typ string) (*driver.Spec, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.specs[typ]
+	return s, ok
+}
+
+// RegisterDriver registers the driver factory of a connector type without
+// a spec: its params are not checked by lint (RegisterConnector is
+// preferred).
 func (r *Registry) RegisterDriver(typ string, f DriverFactory) error {
 	if typ == "" || f == nil {
 		return fmt.Errorf("register driver %q: empty type or nil factory", typ)
@@ -312,6 +342,7 @@ func globalWithImplicit(g *config.Global) *config.Global {
 // with the connector's position, not a failure at run time.
 func (r *Registry) checkConns(s *config.Set) []config.Problem {
 	var probs []config.Problem
+	streams := streamConns(s)
 	for _, name := range slices.Sorted(maps.Keys(s.Conns)) {
 		c := s.Conns[name]
 		factory, ok := r.driver(c.Type)
@@ -322,10 +353,87 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 		if err != nil {
 			continue // an unset ${VAR}: reported by the config's own check
 		}
+		if spec, ok := r.ConnectorSpec(c.Type); ok {
+			// Each param problem at its line; then the factory, without the
+			// bad params, for what it checks beyond them (a key template).
+			var bad []string
+			for _, pe := range spec.Check(cfg.Params) {
+				sev := config.SevWarning
+				msg := pe.Error()
+				switch {
+				case pe.Unknown && !streams[name]:
+					// A param of the connector's own callbacks (KisFlow's
+					// CaaS), unless it looks like a misspelt declared one.
+					if !strings.Contains(msg, "did you mean") {
+						bad = append(bad, pe.Param)
+						continue
+					}
+					msg += "; left to this connector's own callbacks, which may read it (KisFlow's CaaS)"
+				case !pe.Warning:
+					sev = config.SevError
+				}
+				if pe.Unknown || !pe.Warning {
+					bad = append(bad, pe.Param)
+				}
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, "params."+pe.Param), Severity: sev,
+					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %s", name, c.Type, msg))})
+			}
+			if len(bad) > 0 {
+				cc := *cfg
+				cc.Params = maps.Clone(cfg.Params)
+				for _, k := range bad {
+					delete(cc.Params, k)
+				}
+				cfg = &cc
+			}
+		}
 		if _, err := callFactory(factory, cfg); err != nil {
+			var perr driver.Errors
+			if errors.As(err, &perr) {
+				continue // a missing required param, reported above
+			}
 			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, ""), Severity: config.SevError,
 				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))})
 		}
 	}
 	return probs
+}
+
+// streamConns are the connectors some flow's stream block names (source,
+// sink or dead_letter). Their params are the driver's alone; an unknown one
+// is an error. A connector only functions use may carry params of its
+// own callbacks (KisFlow's CaaS).
+func streamConns(s *config.Set) map[string]bool {
+	out := map[string]bool{}
+	for _, fl := range s.Flows {
+		if st := fl.Stream; st != nil {
+			out[st.Source], out[st.Sink], out[st.DeadLetter] = true, true, true
+		}
+	}
+	return out
+}
+
+// factoryConfig is what the factory of connector cname gets: cfg, less the
+// params its spec does not declare when no stream uses the connector (they
+// belong to its callbacks, which read the connector's own config).
+func (r *Registry) factoryConfig(s *config.Set, cname string, cfg *config.Conn) *config.Conn {
+	spec, ok := r.ConnectorSpec(cfg.Type)
+	if !ok || streamConns(s)[cname] {
+		return cfg
+	}
+	var unknown []string
+	for k := range cfg.Params {
+		if _, ok := spec.Param(k); !ok {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) == 0 {
+		return cfg
+	}
+	cc := *cfg
+	cc.Params = maps.Clone(cfg.Params)
+	for _, k := range unknown {
+		delete(cc.Params, k)
+	}
+	return &cc
 }

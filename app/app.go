@@ -21,7 +21,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
-	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/connector/all"
 	"github.com/kisflow-go/kisflow/internal/cli"
 )
 
@@ -35,7 +35,7 @@ const GCPercent = 400
 // InstallConnectors registers every bundled connector type in reg: memory,
 // file, generator, http, sqlite/mysql/postgres, redis, nats, kafka,
 // rabbitmq and mqtt.
-func InstallConnectors(reg *kisflow.Registry) error { return bundle.Install(reg) }
+func InstallConnectors(reg *kisflow.Registry) error { return all.Install(reg) }
 
 // Main installs the bundled connectors into reg (unless reg already has
 // them), runs the command line on os.Args and returns the exit code.

@@ -41,8 +41,11 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		opt(&o)
 	}
 	var probs []Problem
+	addAt := func(pos Pos, sev Severity, format string, args ...any) {
+		probs = append(probs, Problem{Pos: pos, Severity: sev, Msg: fmt.Sprintf(format, args...)})
+	}
 	add := func(kind Kind, name, field string, sev Severity, format string, args ...any) {
-		probs = append(probs, Problem{Pos: s.Pos(kind, name, field), Severity: sev, Msg: fmt.Sprintf(format, args...)})
+		addAt(s.Pos(kind, name, field), sev, format, args...)
 	}
 
 	for _, name := range sortedKeys(s.Funcs) {
@@ -68,7 +71,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		if fn.Option.RetryDuration < 0 {
 			add(KindFunc, name, "option.retry_duration", SevError, "function %q: retry_duration %d is negative", name, fn.Option.RetryDuration)
 		}
-		s.checkExprs(name, fn, add)
+		s.checkExprs(name, fn, addAt)
 	}
 
 	for _, name := range sortedKeys(s.Flows) {
@@ -122,6 +125,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		add(KindGlobal, "", "prometheus_listen", SevWarning, "prometheus_listen holds an address: KisFlow reads prometheus_listen as a boolean (start a listener) and prometheus_serve as its address; read with that meaning (write prometheus_listen: true, prometheus_serve: %q)", g.PrometheusServe)
 	}
 
+	s.checkFields(addAt)
 	s.checkFilters(&o, add)
 	for _, check := range o.checks {
 		probs = append(probs, check(s)...)

@@ -288,7 +288,7 @@ stream:
 		`f.yml:4: function "Keep": filter "score >=": unexpected token EOF (1:8)`,
 		`f.yml:9: function "Derive": calc needs fmode Calculate, not Verify`,
 		`f.yml:10: function "Derive": calc total: "qty * (price": unexpected token EOF (1:12)`,
-		`f.yml:16: function "Typo": calc total: "rnd(qty * price)": unknown function rnd (did you mean round?)`,
+		`f.yml:16: function "Typo": calc total: "rnd(qty * price)": unknown function rnd (did you mean round?) (1:1)`,
 		`flow.yml:9: bad flow: bad duration "soon" (want e.g. 250ms, 2s, or milliseconds)`,
 		`flow2.yml:8: flow "T": exactly-once needs a transactional sink (stream.sink)`,
 		`flow2.yml:9: flow "T": stream max_consecutive_failures -5: want a positive number, or -1 to never stop`,

@@ -1,12 +1,15 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/expr-lang/expr"
 	"github.com/expr-lang/expr/ast"
 	"github.com/expr-lang/expr/builtin"
+	"github.com/expr-lang/expr/file"
 	"github.com/expr-lang/expr/parser"
 	"github.com/expr-lang/expr/vm"
 )
@@ -21,7 +24,7 @@ func exprOptions(extra ...expr.Option) []expr.Option {
 func CompileFilter(src string) (*vm.Program, error) {
 	p, err := compile(src, expr.AsBool())
 	if err != nil {
-		return nil, fmt.Errorf("filter %q: %s", src, firstLine(err.Error()))
+		return nil, fmt.Errorf("filter %q: %w", src, err)
 	}
 	return p, nil
 }
@@ -30,10 +33,19 @@ func CompileFilter(src string) (*vm.Program, error) {
 func CompileCalc(a Assignment) (*vm.Program, error) {
 	p, err := compile(a.Expr)
 	if err != nil {
-		return nil, fmt.Errorf("calc %s: %q: %s", a.Field, a.Expr, firstLine(err.Error()))
+		return nil, fmt.Errorf("calc %s: %q: %w", a.Field, a.Expr, err)
 	}
 	return p, nil
 }
+
+// exprError is a problem of an expression at a line and column of its
+// text (both from 1), so that lint can name the YAML line.
+type exprError struct {
+	line, col int
+	msg       string
+}
+
+func (e *exprError) Error() string { return fmt.Sprintf("%s (%d:%d)", e.msg, e.line, e.col) }
 
 // compile compiles src, refusing calls of functions expr-lang does not
 // have: since any identifier may name a field, `rnd(x)` (for round) would
@@ -41,32 +53,109 @@ func CompileCalc(a Assignment) (*vm.Program, error) {
 func compile(src string, extra ...expr.Option) (*vm.Program, error) {
 	tree, err := parser.Parse(src)
 	if err != nil {
-		return nil, err
+		return nil, newExprError(src, err)
 	}
 	var unknown unknownCalls
 	ast.Walk(&tree.Node, &unknown)
 	if len(unknown) > 0 {
-		return nil, fmt.Errorf("unknown function %s%s", unknown[0], suggestName(unknown[0], builtin.Names))
+		c := unknown[0]
+		line, col := position(src, c.Location().From)
+		return nil, &exprError{line, col, fmt.Sprintf("unknown function %s%s", c.Value, suggestName(c.Value, builtin.Names))}
 	}
-	return expr.Compile(src, exprOptions(extra...)...)
+	p, err := expr.Compile(src, exprOptions(extra...)...)
+	if err != nil {
+		return nil, newExprError(src, err)
+	}
+	return p, nil
 }
 
-// unknownCalls collects the names of called functions that are not
-// expr-lang's builtins (an identifier called as a function).
-type unknownCalls []string
+// newExprError turns an error of expr-lang into an exprError. A token
+// expr-lang does not expect, made of the characters of comparisons and
+// logic, is named as an unknown operator: `status = "paid"`, `a === b`,
+// `a <> b`, `a & b`.
+func newExprError(src string, err error) error {
+	var fe *file.Error
+	if !errors.As(err, &fe) {
+		return err
+	}
+	e := &exprError{line: fe.Line, col: fe.Column + 1, msg: fe.Message}
+	if !strings.HasPrefix(fe.Message, "unexpected token Operator") && !strings.HasPrefix(fe.Message, "unrecognized character") {
+		return e
+	}
+	runes := []rune(src)
+	from, to := fe.From, fe.From
+	if from < 0 || from >= len(runes) || !strings.ContainsRune(operatorRunes, runes[from]) {
+		return e
+	}
+	for from > 0 && strings.ContainsRune(operatorRunes, runes[from-1]) {
+		from--
+	}
+	for to < len(runes) && strings.ContainsRune(operatorRunes, runes[to]) {
+		to++
+	}
+	op := string(runes[from:to])
+	if slices.Contains(operators, op) {
+		return e // a known operator where it cannot stand: a syntax error
+	}
+	e.line, e.col = position(src, from)
+	e.msg = fmt.Sprintf("unknown operator %q", op)
+	if want, ok := operatorFixes[op]; ok {
+		e.msg += fmt.Sprintf(" (did you mean %s?)", want)
+	}
+	return e
+}
+
+// operatorRunes are the characters of comparison and logic operators.
+const operatorRunes = "=<>!&|~#"
+
+// operators are expr-lang's operators made of operatorRunes.
+var operators = []string{"==", "!=", "<", ">", "<=", ">=", "!", "&&", "||", "|"}
+
+// operatorFixes are the operators of other languages (and typos) with
+// their expr-lang spelling.
+var operatorFixes = map[string]string{
+	"=": "==", "===": "==", "!==": "!=", "<>": "!=", "=>": ">=", "=<": "<=",
+	"&": "&&", "||=": "||", "~": "matches", "=~": "matches", "!~": "not matches",
+}
+
+// position returns the line and column (from 1) of the rune at offset
+// from of src.
+func position(src string, from int) (line, col int) {
+	line, col = 1, 1
+	for i, r := range []rune(src) {
+		if i == from {
+			break
+		}
+		if r == '\n' {
+			line, col = line+1, 1
+		} else {
+			col++
+		}
+	}
+	return line, col
+}
+
+// unknownCalls collects the called functions that are not expr-lang's
+// builtins (an identifier called as a function).
+type unknownCalls []*ast.IdentifierNode
 
 func (u *unknownCalls) Visit(n *ast.Node) {
 	if c, ok := (*n).(*ast.CallNode); ok {
 		if id, ok := c.Callee.(*ast.IdentifierNode); ok {
 			if _, builtinName := builtin.Index[id.Value]; !builtinName {
-				*u = append(*u, id.Value)
+				*u = append(*u, id)
 			}
 		}
 	}
 }
 
-// suggestName returns " (did you mean X?)" for the known name closest to
-// s, when one is close enough, else "".
+// SuggestName returns " (did you mean X?)" for the known name closest to
+// s, when one is close enough, else "": the suggestion every "unknown
+// name" error of lint makes.
+func SuggestName(s string, known []string) string {
+	return suggestName(s, known)
+}
+
 func suggestName(s string, known []string) string {
 	// Distance first; on a tie, the name sharing the longer prefix.
 	best, bestScore := "", (len(s)/2+2)*10
@@ -107,32 +196,55 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(s, "\n")
-	return s
-}
+// addAtFunc reports a problem at a position.
+type addAtFunc func(pos Pos, sev Severity, format string, args ...any)
 
-// checkExprs lints the expression fields of a function.
-func (s *Set) checkExprs(name string, fn *Func, add func(kind Kind, name, field string, sev Severity, format string, args ...any)) {
+// checkExprs lints the expression fields of a function: a problem of an
+// expression is reported at its line (see exprPos).
+func (s *Set) checkExprs(name string, fn *Func, addAt addAtFunc) {
 	if fn.Filter != "" {
 		if fn.FMode != Verify {
-			add(KindFunc, name, "filter", SevError, "function %q: filter needs fmode Verify, not %s", name, fn.FMode)
+			addAt(s.Pos(KindFunc, name, "filter"), SevError, "function %q: filter needs fmode Verify, not %s", name, fn.FMode)
 		}
 		if _, err := CompileFilter(fn.Filter); err != nil {
-			add(KindFunc, name, "filter", SevError, "function %q: %v", name, err)
+			addAt(s.exprPos(name, "filter", errLine(err)), SevError, "function %q: %v", name, err)
 		}
 	}
 	if len(fn.Calc) > 0 && fn.FMode != Calculate {
-		add(KindFunc, name, "calc", SevError, "function %q: calc needs fmode Calculate, not %s", name, fn.FMode)
+		addAt(s.Pos(KindFunc, name, "calc"), SevError, "function %q: calc needs fmode Calculate, not %s", name, fn.FMode)
 	}
 	for _, a := range fn.Calc {
 		if _, err := CompileCalc(a); err != nil {
-			add(KindFunc, name, "calc."+a.Field, SevError, "function %q: %v", name, err)
+			addAt(s.exprPos(name, "calc."+a.Field, errLine(err)), SevError, "function %q: %v", name, err)
 		}
 	}
 	if len(fn.Keep) > 0 && len(fn.Calc) == 0 {
-		add(KindFunc, name, "keep", SevWarning, "function %q: keep has no effect without calc", name)
+		addAt(s.Pos(KindFunc, name, "keep"), SevWarning, "function %q: keep has no effect without calc", name)
 	}
+}
+
+// errLine is the line of the expression an exprError names, else 0.
+func errLine(err error) int {
+	var e *exprError
+	if errors.As(err, &e) {
+		return e.line
+	}
+	return 0
+}
+
+// exprPos returns the position of line (from 1; 0 when not known) of the
+// expression in field of function name: the line of the field's key, or,
+// for an expression written as a literal block (`filter: |`), the line of
+// the expression's text. Folded and multi-line plain scalars join their
+// lines, so their key's line is all that is known.
+func (s *Set) exprPos(name, field string, line int) Pos {
+	p := s.Pos(KindFunc, name, field)
+	if src := s.src[srcKey{KindFunc, name}]; src != nil && line > 0 {
+		if l, ok := src.lines[field+literalSuffix]; ok {
+			p.Line = l + line
+		}
+	}
+	return p
 }
 
 // checkStream lints a flow's stream block.

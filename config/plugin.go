@@ -99,6 +99,9 @@ func (p *PluginConfig) Decode(v any) error {
 	add := func(line int, msg string) {
 		probs = append(probs, Problem{Pos: Pos{File: p.Pos.File, Line: line}, Msg: msg})
 	}
+	// Every unknown key is an error here, whatever walkFields' severity
+	// (a warning outside stream blocks): a misspelt pasword would connect
+	// without it.
 	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, func(line int, _ Severity, msg string) { add(line, msg) })
 	node := expandNode(&p.node, add)
 	if len(probs) > 0 {

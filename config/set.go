@@ -581,7 +581,9 @@ func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]in
 	case yaml.MappingNode:
 		if t.Kind() != reflect.Struct {
 			for i := 0; i+1 < len(n.Content); i += 2 {
-				lines[prefix+"."+n.Content[i].Value] = n.Content[i].Line
+				p := prefix + "." + n.Content[i].Value
+				lines[p] = n.Content[i].Line
+				markLiteral(lines, p, n.Content[i+1])
 			}
 			return
 		}
@@ -592,6 +594,7 @@ func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]in
 				p = prefix + "." + key.Value
 			}
 			lines[p] = key.Line
+			markLiteral(lines, p, val)
 			if prefix == "" && key.Value == "kistype" {
 				continue
 			}
@@ -619,6 +622,19 @@ func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]in
 			lines[p] = item.Line
 			walkFields(t.Elem(), item, p, lines, warn)
 		}
+	}
+}
+
+// literalSuffix marks, in a source's lines, the line of the indicator of
+// a field written as a literal block scalar (`filter: |`): line k of its
+// text is on that line + k.
+const literalSuffix = "|"
+
+// markLiteral records the line of val's indicator when val is a literal
+// block scalar, the one style that keeps the lines of an expression.
+func markLiteral(lines map[string]int, path string, val *yaml.Node) {
+	if val.Kind == yaml.ScalarNode && val.Style&yaml.LiteralStyle != 0 {
+		lines[path+literalSuffix] = val.Line
 	}
 }
 

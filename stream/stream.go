@@ -32,7 +32,8 @@ type Message struct {
 	// Position is where the stream stands after this message, for sources
 	// whose position the runtime stores (file offsets). Empty otherwise. A
 	// source may set it only on the last message of each Read: the runtime
-	// commits the position of the last message that has one.
+	// commits the position of the last message that has one. A source that
+	// sets it on every message says so with MessagePositions.
 	Position string
 	// ID identifies the message uniquely within its stream (an entry ID, a
 	// stream sequence, topic/partition/offset), for sources whose messages
@@ -77,6 +78,16 @@ type Nacker interface {
 // Ack; letters[i] is the record written for msgs[i]. It must not block.
 type DeadLetterNotifier interface {
 	DeadLettered(ctx context.Context, msgs []*Message, letters []*DeadLetter)
+}
+
+// MessagePositions is an optional Source capability: a source that sets
+// Position on every message, each naming the place right after that message
+// alone (a file's byte offset after its line), so that a position
+// identifies its message across restarts. The runtime then gives the dead
+// letters of such messages an identity (DeadLetter.LetterID) that holds
+// when they are processed again.
+type MessagePositions interface {
+	PositionsPerMessage() bool
 }
 
 // Sizer is an optional Source capability for progress: how far a bounded
@@ -169,7 +180,16 @@ type Resumable interface {
 
 // DeadLetter is what the dead-letter sink receives for a message that could
 // not be processed after its retries.
+//
+// LetterID identifies the dead letter: when the failing message is known by
+// an ID or a position of its own (see MessagePositions), it is a hash of the
+// flow, that ID or position, and the rejected row's place in the message
+// ("" for the whole message), so that the same failure of a message
+// processed again after a crash has the same LetterID. Otherwise it is
+// random. A dead-letter connector keyed on it (an SQL upsert_key, a Redis
+// dedup_key, a NATS msg_id) stores each dead letter once.
 type DeadLetter struct {
+	LetterID string            `json:"letter_id"`
 	Flow     string            `json:"flow"`
 	Func     string            `json:"func,omitempty"`
 	Error    string            `json:"error"`

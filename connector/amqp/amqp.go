@@ -9,13 +9,7 @@
 //     message. Each message gets a random message ID, which the source
 //     passes on so exactly-once sinks recognise redeliveries.
 //
-// Config: addrs (the AMQP URL, default amqp://guest:guest@127.0.0.1:5672/;
-// several, comma-separated, are tried in order at every connect and
-// reconnect: the nodes of a cluster),
-// key (the queue for the source; the routing key template for the sink).
-// Params: exchange (default "": the queue named by the routing key),
-// prefetch (default 256), create ("true": declare the queue, durable),
-// timeout (dial and confirms, default 10s), tls ("true" with amqps URLs).
+// Its params are declared in Spec (`kisflow list rabbitmq`).
 package amqp
 
 import (
@@ -31,8 +25,8 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -40,8 +34,24 @@ import (
 // Type is the connector type this package registers.
 const Type = "rabbitmq"
 
-// Install registers the rabbitmq driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+// Install registers the rabbitmq connector type.
+func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
+
+type params struct {
+	Exchange string        `param:"exchange" doc:"the exchange the sink publishes to (absent: the default exchange, which routes to the queue named by the routing key)"`
+	Prefetch int           `param:"prefetch" default:"256" min:"1" doc:"messages the source holds unacknowledged"`
+	Create   bool          `param:"create" default:"false" doc:"declare the key's queue (durable) at start"`
+	Timeout  time.Duration `param:"timeout" default:"10s" min:"1ms" doc:"dial and publisher confirms"`
+	TLS      bool          `param:"tls" default:"false" doc:"connect with TLS (with amqps URLs)"`
+}
+
+// Spec declares the rabbitmq connector's addrs, key and params.
+var Spec = func() *driver.Spec {
+	s := driver.MustSpec[params](Type, "RabbitMQ (AMQP 0.9.1): a queue source acknowledging after the flow, a sink with publisher confirms")
+	s.Addrs = "the AMQP URL (default amqp://guest:guest@127.0.0.1:5672/); several, comma-separated, are tried in order at every connect and reconnect: the nodes of a cluster"
+	s.Key = "the queue for the source; the routing key template for the sink; required"
+	return s
+}()
 
 // Broker is the driver. It is safe for concurrent use.
 type Broker struct {
@@ -59,27 +69,21 @@ type Broker struct {
 }
 
 // New builds the driver from its config; it does not connect.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("rabbitmq connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+func New(cfg *config.Conn) (driver.Driver, error) {
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
 	}
-	p := cfg.Params
-	b := &Broker{cfg: cfg, url: cfg.Addrs, exchange: p["exchange"], create: p["create"] == "true", tls: p["tls"] == "true"}
+	b := &Broker{cfg: cfg, url: cfg.Addrs, exchange: p.Exchange, create: p.Create, tls: p.TLS, prefetch: p.Prefetch, timeout: p.Timeout}
 	if b.url == "" {
 		b.url = "amqp://guest:guest@127.0.0.1:5672/"
 	}
 	if cfg.Key == "" {
-		return nil, bad("key (the queue, or the routing key) is required")
+		return nil, fmt.Errorf("rabbitmq connector %q: key (the queue, or the routing key) is required", cfg.CName)
 	}
 	var err error
 	if b.key, err = fields.ParseTemplate(cfg.Key); err != nil {
-		return nil, bad("%v", err)
-	}
-	if b.prefetch, err = cfg.ParamInt("prefetch", 256, 1); err != nil {
-		return nil, bad("%v", err)
-	}
-	if b.timeout, err = cfg.ParamDuration("timeout", 10*time.Second, time.Millisecond); err != nil {
-		return nil, bad("%v", err)
+		return nil, fmt.Errorf("rabbitmq connector %q: %w", cfg.CName, err)
 	}
 	return b, nil
 }

@@ -160,3 +160,17 @@ func TestRefusedCredentialsAreFatal(t *testing.T) {
 		}
 	}
 }
+
+// The spec names every bad param, through New: a misspelt one with the
+// closest declared name, a duration without its unit, a boolean that is
+// not true or false, a number below the minimum.
+func TestSpecRefusesBadParams(t *testing.T) {
+	t.Parallel()
+	testenv.RefusesParams(t, New, &config.Conn{CName: "mq", Key: "q", Params: map[string]string{
+		"exchang": "x", "timeout": "10", "create": "yes", "prefetch": "0"}},
+		`rabbitmq connector "mq": `,
+		`param exchang: unknown param (did you mean exchange?)`,
+		`param timeout: "10" has no unit (want a duration such as 10s or 10ms)`,
+		`param create: "yes" is not a boolean (want true or false)`,
+		`param prefetch: "0" is below the minimum 1`)
+}

@@ -9,10 +9,8 @@
 //   - type stdout: a sink writing JSON lines to standard output.
 //   - type discard: a sink that drops rows (benchmarks, dry runs).
 //
-// Params of type file: path (or the connector's key; relative to the YAML
-// file's folder), format (jsonl or csv; default from the extension), follow
-// ("true": wait for more lines at the end), poll (how often to look for
-// more, default 200ms), sync ("false": do not fsync sink writes).
+// Their params are declared in FileSpec, StdinSpec, StdoutSpec and
+// DiscardSpec (`kisflow list file`).
 package file
 
 import (
@@ -27,8 +25,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -41,19 +39,44 @@ const (
 	TypeDiscard = "discard"
 )
 
-// Install registers the file, stdin, stdout and discard drivers.
-func Install(reg *kisflow.Registry) error {
-	for typ, f := range map[string]kisflow.DriverFactory{
-		TypeFile:    NewFile,
-		TypeStdin:   NewStdin,
-		TypeStdout:  NewStdout,
-		TypeDiscard: NewDiscard,
-	} {
-		if err := reg.RegisterDriver(typ, f); err != nil {
+// Install registers the file, stdin, stdout and discard connector types.
+func Install(reg driver.Registrar) error {
+	for _, c := range []struct {
+		spec *driver.Spec
+		f    driver.Factory
+	}{{FileSpec, NewFile}, {StdinSpec, NewStdin}, {StdoutSpec, NewStdout}, {DiscardSpec, NewDiscard}} {
+		if err := reg.RegisterConnector(c.spec, c.f); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+type fileParams struct {
+	Path   string        `param:"path" doc:"the file (else the connector's key), relative to the YAML file's folder" example:"orders.jsonl"`
+	Format string        `param:"format" enum:"jsonl|csv" doc:"jsonl or csv (a header line); default from the extension (.csv, .csv.gz: csv; else jsonl); .gz is read as gzip"`
+	Follow bool          `param:"follow" default:"false" doc:"wait for more lines at the end of the file instead of ending the run"`
+	Poll   time.Duration `param:"poll" default:"200ms" min:"1ms" doc:"how often a following source looks for more lines"`
+	Sync   bool          `param:"sync" default:"true" doc:"fsync sink writes before a commit or an acknowledgement depends on them"`
+}
+
+type stdinParams struct {
+	Format string `param:"format" default:"jsonl" enum:"jsonl|csv" doc:"jsonl or csv (a header line)"`
+}
+
+type noParams struct{}
+
+// Specs of the connector types this package registers.
+var (
+	FileSpec    = withKey(driver.MustSpec[fileParams](TypeFile, "a JSON lines or CSV file (gzip too): a bounded or following source whose position is the byte offset and the file's identity, and a JSON lines sink"))
+	StdinSpec   = driver.MustSpec[stdinParams](TypeStdin, "a bounded source reading JSON lines or CSV from standard input")
+	StdoutSpec  = driver.MustSpec[noParams](TypeStdout, "a sink writing JSON lines to standard output")
+	DiscardSpec = driver.MustSpec[noParams](TypeDiscard, "a sink that drops rows (benchmarks, dry runs)")
+)
+
+func withKey(s *driver.Spec) *driver.Spec {
+	s.Key = "the file, when params.path is not given"
+	return s
 }
 
 // File is the driver of type file: a source and a JSON lines sink.
@@ -68,20 +91,20 @@ type File struct {
 }
 
 // NewFile builds a file driver from its config.
-func NewFile(cfg *config.Conn) (kisflow.Driver, error) {
-	p := cfg.Params["path"]
-	if p == "" {
-		p = cfg.Key
+func NewFile(cfg *config.Conn) (driver.Driver, error) {
+	var p fileParams
+	if err := FileSpec.Decode(cfg, &p); err != nil {
+		return nil, err
 	}
-	if p == "" {
+	if p.Path == "" {
+		p.Path = cfg.Key
+	}
+	if p.Path == "" {
 		return nil, fmt.Errorf("file connector %q: params.path (or key) is required", cfg.CName)
 	}
-	f := &File{cfg: cfg, path: cfg.Path(p), follow: cfg.Params["follow"] == "true", sync: cfg.Params["sync"] != "false"}
+	f := &File{cfg: cfg, path: cfg.Path(p.Path), follow: p.Follow, sync: p.Sync, poll: p.Poll}
 	var err error
-	if f.format, err = formatOf(cfg.Params["format"], p); err != nil {
-		return nil, fmt.Errorf("file connector %q: %w", cfg.CName, err)
-	}
-	if f.poll, err = cfg.ParamDuration("poll", 200*time.Millisecond, time.Millisecond); err != nil {
+	if f.format, err = formatOf(p.Format, p.Path); err != nil {
 		return nil, fmt.Errorf("file connector %q: %w", cfg.CName, err)
 	}
 	return f, nil
@@ -219,12 +242,12 @@ type Stdin struct {
 }
 
 // NewStdin builds a stdin driver; params.format is jsonl (default) or csv.
-func NewStdin(cfg *config.Conn) (kisflow.Driver, error) {
-	format, err := formatOf(cfg.Params["format"], "")
-	if err != nil {
-		return nil, fmt.Errorf("stdin connector %q: %w", cfg.CName, err)
+func NewStdin(cfg *config.Conn) (driver.Driver, error) {
+	var p stdinParams
+	if err := StdinSpec.Decode(cfg, &p); err != nil {
+		return nil, err
 	}
-	return &Stdin{cfg: cfg, format: format, in: os.Stdin}, nil
+	return &Stdin{cfg: cfg, format: p.Format, in: os.Stdin}, nil
 }
 
 // Start does nothing.
@@ -245,7 +268,12 @@ type Stdout struct {
 }
 
 // NewStdout builds a stdout driver.
-func NewStdout(cfg *config.Conn) (kisflow.Driver, error) { return &Stdout{}, nil }
+func NewStdout(cfg *config.Conn) (driver.Driver, error) {
+	if err := StdoutSpec.Decode(cfg, &noParams{}); err != nil {
+		return nil, err
+	}
+	return &Stdout{}, nil
+}
 
 // Start prepares standard output for writing.
 func (s *Stdout) Start(context.Context) error {
@@ -265,7 +293,12 @@ type Discard struct {
 }
 
 // NewDiscard builds a discard driver.
-func NewDiscard(cfg *config.Conn) (kisflow.Driver, error) { return &Discard{}, nil }
+func NewDiscard(cfg *config.Conn) (driver.Driver, error) {
+	if err := DiscardSpec.Decode(cfg, &noParams{}); err != nil {
+		return nil, err
+	}
+	return &Discard{}, nil
+}
 
 // Start does nothing.
 func (d *Discard) Start(context.Context) error { return nil }

@@ -112,13 +112,29 @@ func TestJSONLinesWithPositionsAndResume(t *testing.T) {
 	}
 }
 
-func TestPositionIsOnTheLastMessageOfARead(t *testing.T) {
+// Every message carries the position after its own line, whatever the
+// Read it came in: a position identifies its message (dead letters keep
+// their identity across restarts).
+func TestEveryMessageCarriesItsOwnPosition(t *testing.T) {
 	t.Parallel()
-	p := write(t, "in.jsonl", "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n")
+	p := write(t, "in.jsonl", "{\"a\":1}\n{\"a\":2}\n\n{\"a\":3}\n")
 	src := open(t, map[string]string{"path": p}, "")
-	msgs, err := src.Read(context.Background(), 2)
-	if err != nil || len(msgs) != 2 || msgs[0].Position != "" || offsetOf(msgs[1]) != "16" {
+	if mp, ok := src.(stream.MessagePositions); !ok || !mp.PositionsPerMessage() {
+		t.Fatal("the file source does not say it sets a position on every message")
+	}
+	msgs, err := src.Read(context.Background(), 3)
+	if err != nil || len(msgs) != 3 || offsetOf(msgs[0]) != "8" || offsetOf(msgs[1]) != "16" || offsetOf(msgs[2]) != "25" {
 		t.Fatalf("%v %v", msgs, err)
+	}
+	_, id, _ := strings.Cut(msgs[2].Position, "@")
+	if id == "" || !strings.HasSuffix(msgs[0].Position, "@"+id) {
+		t.Fatalf("positions %q %q do not name the file", msgs[0].Position, msgs[2].Position)
+	}
+	one := readAll(t, open(t, map[string]string{"path": p}, ""))
+	for i := range one {
+		if one[i].Position != msgs[i].Position {
+			t.Fatalf("message %d: position %q read alone, %q in a batch", i, one[i].Position, msgs[i].Position)
+		}
 	}
 }
 

@@ -45,6 +45,15 @@ type lineSource struct {
 	eof       bool
 	text      []byte // the JSON lines of the current Read
 	spans     []span // where each message's line is in text
+	ends      []end  // where each message of the current Read ends
+	posText   []byte // the positions of the current Read's messages
+}
+
+// end is where a message's line ends, and in which file.
+type end struct {
+	offset int64
+	id     string
+	cut    int // where its position ends in posText
 }
 
 type countingReader struct {
@@ -177,6 +186,9 @@ func (s *lineSource) message(slab *[]stream.Message, line []byte) *stream.Messag
 	if len(bytes.TrimSpace(text)) == 0 {
 		return nil
 	}
+	if s.positions {
+		s.ends = append(s.ends, end{offset: s.offset, id: s.id})
+	}
 	if s.format == "csv" {
 		*slab = append(*slab, stream.Message{Payload: s.record(text)})
 	} else {
@@ -190,9 +202,9 @@ func (s *lineSource) message(slab *[]stream.Message, line []byte) *stream.Messag
 type span struct{ from, to int }
 
 // finish makes the payloads of a Read's JSON lines substrings of one string
-// (one allocation per Read, not per line) and sets the position on the
-// last message: the runtime commits an epoch's last position, so
-// formatting one per line is waste.
+// and sets every message's position, the offset after its own line, as
+// substrings of another (two allocations per Read, not per line). A
+// message's position identifies it: see stream.MessagePositions.
 func (s *lineSource) finish(out []*stream.Message) {
 	if len(s.spans) > 0 {
 		all := string(s.text)
@@ -202,13 +214,30 @@ func (s *lineSource) finish(out []*stream.Message) {
 		s.text, s.spans = s.text[:0], s.spans[:0]
 	}
 	if s.positions && len(out) > 0 {
-		pos := strconv.FormatInt(s.offset, 10)
-		if s.id != "" {
-			pos += "@" + s.id
+		b := s.posText[:0]
+		for i := range s.ends {
+			e := &s.ends[i]
+			b = strconv.AppendInt(b, e.offset, 10)
+			if e.id != "" {
+				b = append(b, '@')
+				b = append(b, e.id...)
+			}
+			e.cut = len(b)
 		}
-		out[len(out)-1].Position = pos
+		all := string(b)
+		from := 0
+		for i, m := range out[:min(len(out), len(s.ends))] {
+			m.Position = all[from:s.ends[i].cut]
+			from = s.ends[i].cut
+		}
+		s.posText = b[:0]
 	}
+	s.ends = s.ends[:0]
 }
+
+// PositionsPerMessage reports that every message carries its own position
+// (not for standard input, which has none).
+func (s *lineSource) PositionsPerMessage() bool { return s.positions }
 
 // check reports why the path no longer names the file being read, when a
 // followed file was rotated (another file is at the path) or truncated

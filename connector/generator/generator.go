@@ -3,9 +3,7 @@
 // and a key i % keys. Its position is the last id, so a restarted job goes
 // on after the last committed row.
 //
-// Params: count (rows in all; 0 or absent: unbounded), keys (distinct keys,
-// default 16), format (json: JSON text, the default; map: map[string]any;
-// struct: *generator.Row), rate (rows per second; absent: as fast as read).
+// Its params are declared in Spec (`kisflow list generator`).
 package generator
 
 import (
@@ -15,16 +13,26 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Type is the connector type this package registers.
 const Type = "generator"
 
-// Install registers the generator driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+// Install registers the generator connector type.
+func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
+
+type params struct {
+	Count  int     `param:"count" default:"0" min:"0" doc:"rows in all; 0: unbounded"`
+	Keys   int     `param:"keys" default:"16" min:"1" doc:"distinct keys: row i has the key i % keys"`
+	Format string  `param:"format" default:"json" enum:"json|map|struct" doc:"the rows' form: JSON text, map[string]any, or *generator.Row"`
+	Rate   float64 `param:"rate" default:"0" min:"0" doc:"rows per second; 0: as fast as they are read"`
+}
+
+// Spec declares the generator's params.
+var Spec = driver.MustSpec[params](Type, "synthetic rows for demos, tests and benchmarks: row i has id i and key i % keys")
 
 // Row is a generated row in the struct format.
 type Row struct {
@@ -41,30 +49,12 @@ type Generator struct {
 }
 
 // New builds a generator from its config.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
-	g := &Generator{format: "json"}
-	count, err := cfg.ParamInt("count", 0, 0)
-	if err != nil {
-		return nil, fmt.Errorf("generator %q: %w", cfg.CName, err)
+func New(cfg *config.Conn) (driver.Driver, error) {
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
 	}
-	keys, err := cfg.ParamInt("keys", 16, 1)
-	if err != nil {
-		return nil, fmt.Errorf("generator %q: %w", cfg.CName, err)
-	}
-	g.count, g.keys = int64(count), int64(keys)
-	if s := cfg.Params["rate"]; s != "" {
-		if g.rate, err = strconv.ParseFloat(s, 64); err != nil || g.rate <= 0 {
-			return nil, fmt.Errorf("generator %q: bad rate %q", cfg.CName, s)
-		}
-	}
-	switch f := cfg.Params["format"]; f {
-	case "", "json":
-	case "map", "struct":
-		g.format = f
-	default:
-		return nil, fmt.Errorf("generator %q: unknown format %q (want json, map or struct)", cfg.CName, f)
-	}
-	return g, nil
+	return &Generator{count: int64(p.Count), keys: int64(p.Keys), format: p.Format, rate: p.Rate}, nil
 }
 
 // Start does nothing.

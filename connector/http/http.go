@@ -24,8 +24,10 @@
 //   - 200 {"accepted": n}: every row was processed.
 //   - 422 {"accepted": a, "dead_lettered": d, "errors": [{"row", "func",
 //     "error"}]}: the request was processed, but the rows listed (by their
-//     0-based position in the request) went to the dead-letter sink; the
-//     other a rows were processed. Resend only the listed rows, once fixed.
+//     0-based position in the request, once each) went to the dead-letter
+//     sink: a function of the flow rejected them, or the sink refused one
+//     of the rows made of them (func "sink <name>"); the other a rows were
+//     processed. Resend only the listed rows, once fixed.
 //   - 400 {"error", "line" or "offset"}: the body is malformed; nothing of
 //     it was processed.
 //   - 408: the body did not arrive within read_timeout; the connection is
@@ -50,28 +52,16 @@
 //
 // # Config
 //
-// addrs is the listen address (default 127.0.0.1:8080; the port may be 0),
-// key is the path (default /ingest). Params:
-//   - max_body: bytes per request (default 10 MiB; at most
-//     max_in_flight_bytes).
-//   - max_in_flight_bytes: bytes of request bodies, shared by all requests,
-//     being read or waiting to be processed, and 256 bytes for each of
-//     their rows (default 64 MiB). A body within max_body whose rows take it
-//     over the whole budget is accepted alone: when no other request holds
-//     any of the budget, it may go over it by its rows' 256 bytes (at most
-//     128 per body byte, for rows of one byte and a separator), and the
-//     others get 429 until it is done. What the source holds is thus
-//     charged at most max_in_flight_bytes, or max_body and 256 bytes a row
-//     of one request, whichever is larger; lower max_body to bound the
-//     latter.
-//   - read_timeout: how long a request's body may take to arrive (default
-//     30s); a client sending slower is cut off. The headers get
-//     read_timeout or 10s, whichever is shorter.
-//   - timeout: how long a request waits for its rows to be processed
-//     (default 30s).
-//   - idle_timeout: how long a keep-alive connection may idle (default 60s).
-//   - max_conns: connections served at once; the rest wait to be accepted
-//     (default 0, no limit).
+// Its params are declared in Spec (`kisflow list http`). max_in_flight_bytes
+// counts the bytes of request bodies, shared by all requests, being read or
+// waiting to be processed, and 256 bytes for each of their rows. A body
+// within max_body whose rows take it over the whole budget is accepted
+// alone: when no other request holds any of the budget, it may go over it
+// by its rows' 256 bytes (at most 128 per body byte, for rows of one byte
+// and a separator), and the others get 429 until it is done. What the
+// source holds is thus charged at most max_in_flight_bytes, or max_body and
+// 256 bytes a row of one request, whichever is larger; lower max_body to
+// bound the latter.
 package http
 
 import (
@@ -81,14 +71,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"slices"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -114,11 +101,24 @@ const (
 	writeTimeoutBeyondWaiting = 10 * time.Second
 )
 
-// params lists the params New knows; any other is an error.
-var params = []string{"max_body", "max_in_flight_bytes", "read_timeout", "timeout", "idle_timeout", "max_conns"}
+// Install registers the http connector type.
+func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
 
-// Install registers the http driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+type params struct {
+	MaxBody     driver.Size   `param:"max_body" default:"10MiB" min:"1" doc:"bytes per request, else 413; at most max_in_flight_bytes"`
+	MaxInFlight driver.Size   `param:"max_in_flight_bytes" default:"64MiB" min:"1" doc:"bytes of bodies being read or processed, and 256 a row, shared by all requests, else 429 with Retry-After"`
+	ReadTimeout time.Duration `param:"read_timeout" default:"30s" min:"1ms" doc:"how long a body may take to arrive, else 408 and the connection closed; the headers get read_timeout or 10s, whichever is shorter"`
+	Timeout     time.Duration `param:"timeout" default:"30s" min:"1ms" doc:"how long a request waits for its rows to be processed, else 504"`
+	IdleTimeout time.Duration `param:"idle_timeout" default:"60s" min:"1ms" doc:"how long a keep-alive connection may idle"`
+	MaxConns    int           `param:"max_conns" default:"0" min:"0" doc:"connections served at once, the rest wait to be accepted; 0: no limit"`
+}
+
+// Spec declares the http connector's params.
+var Spec = func() *driver.Spec {
+	s := driver.MustSpec[params](Type, "an ingest source: clients POST JSON, JSON lines or CSV rows, answered once their rows are processed")
+	s.Addrs, s.Key = "the listen address (default 127.0.0.1:8080; port 0 picks one)", "the path (default /ingest)"
+	return s
+}()
 
 // Ingest is the driver.
 type Ingest struct {
@@ -134,55 +134,23 @@ type Ingest struct {
 }
 
 // New builds the driver from its config.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
-	bad := func(err error) error { return fmt.Errorf("http connector %q: %w", cfg.CName, err) }
-	for k := range cfg.Params {
-		if !slices.Contains(params, k) {
-			return nil, bad(fmt.Errorf("unknown param %q (known: %s)", k, strings.Join(params, ", ")))
-		}
+func New(cfg *config.Conn) (driver.Driver, error) {
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
 	}
-	in := &Ingest{addr: "127.0.0.1:8080", path: "/ingest"}
+	in := &Ingest{addr: "127.0.0.1:8080", path: "/ingest", maxBody: int64(p.MaxBody), maxInFlight: int64(p.MaxInFlight),
+		readTimeout: p.ReadTimeout, timeout: p.Timeout, idleTimeout: p.IdleTimeout, maxConns: p.MaxConns}
 	if a := cfg.AddrList(); len(a) > 0 {
 		in.addr = a[0]
 	}
 	if cfg.Key != "" {
 		in.path = cfg.Key
 	}
-	var err error
-	if in.maxBody, err = paramBytes(cfg, "max_body", DefaultMaxBody); err != nil {
-		return nil, bad(err)
-	}
-	if in.maxInFlight, err = paramBytes(cfg, "max_in_flight_bytes", DefaultMaxInFlightBytes); err != nil {
-		return nil, bad(err)
-	}
 	if in.maxBody > in.maxInFlight {
-		return nil, bad(fmt.Errorf("max_body %d is over max_in_flight_bytes %d: such a body could never be accepted", in.maxBody, in.maxInFlight))
-	}
-	if in.readTimeout, err = cfg.ParamDuration("read_timeout", DefaultReadTimeout, time.Millisecond); err != nil {
-		return nil, bad(err)
-	}
-	if in.timeout, err = cfg.ParamDuration("timeout", DefaultTimeout, time.Millisecond); err != nil {
-		return nil, bad(err)
-	}
-	if in.idleTimeout, err = cfg.ParamDuration("idle_timeout", DefaultIdleTimeout, time.Millisecond); err != nil {
-		return nil, bad(err)
-	}
-	if in.maxConns, err = cfg.ParamInt("max_conns", 0, 0); err != nil {
-		return nil, bad(err)
+		return nil, fmt.Errorf("http connector %q: max_body %v is over max_in_flight_bytes %v: such a body could never be accepted", cfg.CName, p.MaxBody, p.MaxInFlight)
 	}
 	return in, nil
-}
-
-func paramBytes(cfg *config.Conn, name string, def int64) (int64, error) {
-	s := cfg.Params[name]
-	if s == "" {
-		return def, nil
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("bad %s %q (want a number of bytes above 0)", name, s)
-	}
-	return n, nil
 }
 
 // Start does nothing: the server listens when the source opens.

@@ -126,6 +126,12 @@ func TestAnswerSaysWhatWasDeadLettered(t *testing.T) {
 			src.(stream.DeadLetterNotifier).DeadLettered(ctx, msgs[1:2], []*stream.DeadLetter{{Func: "Scale", Error: "value is not a number"}})
 			_ = src.Ack(ctx, msgs)
 		}, 422, []string{`"accepted":2`, `"dead_lettered":1`, `"row":1`, `"func":"Scale"`, `value is not a number`}},
+		{"a row with two dead letters, told later rows first", func(msgs []*stream.Message) {
+			n := src.(stream.DeadLetterNotifier)
+			n.DeadLettered(ctx, msgs[2:3], []*stream.DeadLetter{{Func: "sink db", Error: "bigint"}})
+			n.DeadLettered(ctx, []*stream.Message{msgs[0], msgs[0]}, []*stream.DeadLetter{{Func: "Split", Error: "first"}, {Func: "Split", Error: "second"}})
+			_ = src.Ack(ctx, msgs)
+		}, 422, []string{`"accepted":1,"dead_lettered":2,"errors":[{"row":0,"func":"Split","error":"first"},{"row":2,"func":"sink db","error":"bigint"}]}`}},
 		{"not processed", func(msgs []*stream.Message) {
 			_ = src.Ack(ctx, msgs[:1])
 			_ = src.(stream.Nacker).Nack(ctx, msgs[1:], errors.New("sink down"))
@@ -243,11 +249,11 @@ func TestConfigErrors(t *testing.T) {
 		params map[string]string
 		want   string
 	}{
-		{map[string]string{"max_in_flight_byte": "1"}, `unknown param "max_in_flight_byte"`},
+		{map[string]string{"max_in_flight_byte": "1"}, `param max_in_flight_byte: unknown param (did you mean max_in_flight_bytes?)`},
 		{map[string]string{"max_body": "100", "max_in_flight_bytes": "10"}, "max_body 100 is over max_in_flight_bytes 10"},
-		{map[string]string{"max_in_flight_bytes": "-1"}, "bad max_in_flight_bytes"},
-		{map[string]string{"read_timeout": "soon"}, "bad read_timeout"},
-		{map[string]string{"max_conns": "-2"}, "bad max_conns"},
+		{map[string]string{"max_in_flight_bytes": "-1"}, `param max_in_flight_bytes: "-1" is not a size`},
+		{map[string]string{"read_timeout": "soon"}, `param read_timeout: "soon" is not a duration`},
+		{map[string]string{"max_conns": "-2"}, `param max_conns: "-2" is below the minimum 0`},
 	}
 	for _, tt := range tests {
 		_, err := New(&config.Conn{CName: "in", Params: tt.params})

@@ -47,8 +47,8 @@ func TestJobAnswersWithDeadLetters(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out.jsonl")
 	reg := kisflow.NewRegistry()
-	for _, install := range []func(*kisflow.Registry) error{Install, file.Install} {
-		if err := install(reg); err != nil {
+	for _, err := range []error{Install(reg), file.Install(reg)} {
+		if err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -114,8 +115,12 @@ func (r *request) outcome() (int, any) {
 	if r.err != nil {
 		return http.StatusServiceUnavailable, map[string]string{"error": "rows not processed: " + r.err.Error() + "; retry"}
 	}
-	res := result{Accepted: r.n - len(r.dead), DeadLettered: len(r.dead), Errors: r.dead}
-	if len(r.dead) > 0 {
+	// A row that made several rows may have more than one dead letter: it
+	// is named once, with the first.
+	dead := slices.CompactFunc(slices.SortedStableFunc(slices.Values(r.dead), func(a, b deadRow) int { return a.Row - b.Row }),
+		func(a, b deadRow) bool { return a.Row == b.Row })
+	res := result{Accepted: r.n - len(dead), DeadLettered: len(dead), Errors: dead}
+	if len(dead) > 0 {
 		return http.StatusUnprocessableEntity, res
 	}
 	return http.StatusOK, res

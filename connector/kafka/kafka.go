@@ -14,21 +14,7 @@
 //     producer (acks from all in-sync replicas, retries without
 //     duplicates), keyed by the key_field template.
 //
-// Config: addrs (seed brokers), key (the topic; for the sink a template).
-// Params: group, start (earliest or latest, for a new group; default
-// earliest), key_field (the record key template for the sink, such as
-// {user_id}), rebalance_timeout (default 60s: how long a rebalance waits
-// for members, dead ones included), transaction_timeout (default 40s: how
-// long an open transaction of a crashed process blocks its successor),
-// transactional_id with output_topic (exactly-once from the
-// key topic into output_topic: name this connector as both the stream's
-// source and sink), revoke_timeout (default 10s), heartbeat (default 3s; how
-// soon a rebalance is noticed), session_timeout (default 45s), timeout (dial
-// and requests, default 10s), tls ("true"), sasl_mechanism (PLAIN,
-// SCRAM-SHA-256 or SCRAM-SHA-512) with sasl_user and sasl_password (from
-// ${VAR}; never printed), client_log (info or debug:
-// franz-go's own log on standard error, for diagnosing group and
-// transaction trouble).
+// Its params are declared in Spec (`kisflow list kafka`).
 package kafka
 
 import (
@@ -49,8 +35,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -58,8 +44,35 @@ import (
 // Type is the connector type this package registers.
 const Type = "kafka"
 
-// Install registers the kafka driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+// Install registers the kafka connector type.
+func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
+
+type params struct {
+	Group              string        `param:"group" doc:"the consumer group of the source (else one per flow, named after it)"`
+	Start              string        `param:"start" default:"earliest" enum:"earliest|latest" doc:"where a new group starts reading"`
+	KeyField           string        `param:"key_field" doc:"the record key template of the sink" example:"{user_id}"`
+	TransactionalID    string        `param:"transactional_id" doc:"with output_topic: exactly-once from the key topic into output_topic (name this connector as both the stream's source and sink)"`
+	OutputTopic        string        `param:"output_topic" doc:"with transactional_id: the topic (template) the flow's rows go to in the transaction that commits the consumed offsets"`
+	RevokeTimeout      time.Duration `param:"revoke_timeout" default:"10s" min:"1ms" doc:"how long a revocation waits for the records already read from the revoked partitions to be processed and committed"`
+	Heartbeat          time.Duration `param:"heartbeat" default:"3s" min:"1ms" doc:"the group heartbeat: how soon a rebalance is noticed"`
+	SessionTimeout     time.Duration `param:"session_timeout" default:"45s" min:"1ms" doc:"how long the group waits for a silent member before it rebalances"`
+	RebalanceTimeout   time.Duration `param:"rebalance_timeout" default:"60s" min:"1ms" doc:"how long a rebalance waits for members, dead ones included"`
+	TransactionTimeout time.Duration `param:"transaction_timeout" default:"40s" min:"1ms" doc:"how long an open transaction of a crashed process blocks its successor"`
+	Timeout            time.Duration `param:"timeout" default:"10s" min:"1ms" doc:"dial and requests"`
+	TLS                bool          `param:"tls" default:"false" doc:"connect with TLS"`
+	SASLMechanism      string        `param:"sasl_mechanism" enum:"PLAIN|SCRAM-SHA-256|SCRAM-SHA-512" doc:"the SASL mechanism that sends user and password (none when absent)"`
+	User               string        `param:"user" alias:"sasl_user" doc:"the SASL user"`
+	Password           string        `param:"password" alias:"sasl_password" secret:"true" doc:"the SASL password (from ${VAR}; never printed)"`
+	ClientLog          string        `param:"client_log" enum:"info|debug" doc:"franz-go's own log on standard error, for diagnosing group and transaction trouble"`
+}
+
+// Spec declares the kafka connector's addrs, key and params.
+var Spec = func() *driver.Spec {
+	s := driver.MustSpec[params](Type, "Kafka topics: a consumer-group source committing after the flow, an idempotent JSON sink, exactly-once from topic to topic")
+	s.Addrs = "the seed brokers (host:port, comma-separated); required"
+	s.Key = "the topic; for the sink a template such as orders.{region}; required"
+	return s
+}()
 
 // Kafka is the driver. It is safe for concurrent use.
 type Kafka struct {
@@ -79,6 +92,7 @@ type Kafka struct {
 	sasl          sasl.Mechanism // nil: no SASL
 	txnID         string
 	output        *fields.Template
+	clientLog     string
 
 	producer *kgo.Client
 
@@ -87,13 +101,18 @@ type Kafka struct {
 }
 
 // New builds the driver from its config; it does not connect.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
+func New(cfg *config.Conn) (driver.Driver, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("kafka connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
-	p := cfg.Params
-	k := &Kafka{cfg: cfg, seeds: cfg.AddrList(), group: p["group"], tls: p["tls"] == "true", start: kgo.NewOffset().AtStart(),
-		txnID: p["transactional_id"], sessions: map[string]*kgo.GroupTransactSession{}}
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	k := &Kafka{cfg: cfg, seeds: cfg.AddrList(), group: p.Group, tls: p.TLS, start: kgo.NewOffset().AtStart(),
+		txnID: p.TransactionalID, clientLog: p.ClientLog, sessions: map[string]*kgo.GroupTransactSession{},
+		revokeTimeout: p.RevokeTimeout, timeout: p.Timeout, heartbeat: p.Heartbeat, session: p.SessionTimeout,
+		rebalance: p.RebalanceTimeout, txnTimeout: p.TransactionTimeout}
 	if len(k.seeds) == 0 {
 		return nil, bad("addrs (the seed brokers) is required")
 	}
@@ -104,24 +123,24 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 	if k.topic, err = fields.ParseTemplate(cfg.Key); err != nil {
 		return nil, bad("%v", err)
 	}
-	if s := p["key_field"]; s != "" {
-		if k.keyField, err = fields.ParseTemplate(s); err != nil {
+	if p.KeyField != "" {
+		if k.keyField, err = fields.ParseTemplate(p.KeyField); err != nil {
 			return nil, bad("%v", err)
 		}
 	}
-	if s := p["output_topic"]; s != "" {
-		if k.output, err = fields.ParseTemplate(s); err != nil {
+	if p.OutputTopic != "" {
+		if k.output, err = fields.ParseTemplate(p.OutputTopic); err != nil {
 			return nil, bad("%v", err)
 		}
 	}
 	if (k.txnID == "") != (k.output == nil) {
 		return nil, bad("transactional_id and output_topic go together (exactly-once from the key topic into output_topic)")
 	}
-	user, pass := p["sasl_user"], p["sasl_password"]
-	switch m := p["sasl_mechanism"]; m {
+	user, pass := p.User, p.Password
+	switch p.SASLMechanism {
 	case "":
 		if user != "" || pass != "" {
-			return nil, bad("sasl_user and sasl_password need sasl_mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+			return nil, bad("user and password need sasl_mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
 		}
 	case "PLAIN":
 		k.sasl = plain.Auth{User: user, Pass: pass}.AsMechanism()
@@ -129,28 +148,9 @@ func New(cfg *config.Conn) (kisflow.Driver, error) {
 		k.sasl = scram.Auth{User: user, Pass: pass}.AsSha256Mechanism()
 	case "SCRAM-SHA-512":
 		k.sasl = scram.Auth{User: user, Pass: pass}.AsSha512Mechanism()
-	default:
-		return nil, bad("unknown sasl_mechanism %q (want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)", m)
 	}
-	switch p["start"] {
-	case "", "earliest":
-	case "latest":
+	if p.Start == "latest" {
 		k.start = kgo.NewOffset().AtEnd()
-	default:
-		return nil, bad("unknown start %q (want earliest or latest)", p["start"])
-	}
-	for _, d := range []struct {
-		name string
-		dst  *time.Duration
-		def  time.Duration
-	}{
-		{"revoke_timeout", &k.revokeTimeout, 10 * time.Second}, {"timeout", &k.timeout, 10 * time.Second},
-		{"heartbeat", &k.heartbeat, 3 * time.Second}, {"session_timeout", &k.session, 45 * time.Second},
-		{"rebalance_timeout", &k.rebalance, 60 * time.Second}, {"transaction_timeout", &k.txnTimeout, 40 * time.Second},
-	} {
-		if *d.dst, err = cfg.ParamDuration(d.name, d.def, time.Millisecond); err != nil {
-			return nil, bad("%v", err)
-		}
 	}
 	return k, nil
 }
@@ -168,7 +168,7 @@ func (k *Kafka) common() []kgo.Opt {
 	if k.sasl != nil {
 		opts = append(opts, kgo.SASL(k.sasl))
 	}
-	switch k.cfg.Params["client_log"] {
+	switch k.clientLog {
 	case "debug":
 		opts = append(opts, kgo.WithLogger(kgo.BasicLogger(k.cfg.Redactor().Writer(os.Stderr), kgo.LogLevelDebug, nil)))
 	case "info":

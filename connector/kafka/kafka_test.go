@@ -13,6 +13,7 @@ import (
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/conformance"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -202,7 +203,7 @@ func TestConfigErrors(t *testing.T) {
 		{CName: "k", Addrs: "127.0.0.1:9092"},
 		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"start": "middle"}},
 		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"revoke_timeout": "-1s"}},
-		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"sasl_user": "u", "sasl_password": "p"}},
+		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"user": "u", "password": "p"}},
 		{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{"sasl_mechanism": "GSSAPI"}},
 	} {
 		if _, err := New(c); err == nil {
@@ -234,7 +235,7 @@ func TestSASL(t *testing.T) {
 		t.Run(tt.mech+"/"+tt.pass, func(t *testing.T) {
 			t.Parallel()
 			d, err := New(&config.Conn{CName: "k", Type: Type, Addrs: addrs, Key: "events", Params: map[string]string{
-				"sasl_mechanism": tt.mech, "sasl_user": tt.user, "sasl_password": tt.pass, "timeout": "2s"}})
+				"sasl_mechanism": tt.mech, "user": tt.user, "password": tt.pass, "timeout": "2s"}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -396,5 +397,40 @@ func TestARecordTooLargeIsRefusedPermanently(t *testing.T) {
 	}
 	if err := k.Write(ctx, []any{map[string]any{"id": 2}}); err != nil {
 		t.Fatalf("a small row after it: %v", err)
+	}
+}
+
+// The spec names every bad param, through New: a misspelt one with the
+// closest declared name, a duration without its unit, a boolean that is
+// not true or false, a word that is not one of the enum's.
+func TestSpecRefusesBadParams(t *testing.T) {
+	t.Parallel()
+	testenv.RefusesParams(t, New, &config.Conn{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: map[string]string{
+		"revoke_timout": "5s", "heartbeat": "3", "tls": "yes", "start": "latst"}},
+		`kafka connector "k": `,
+		`param revoke_timout: unknown param (did you mean revoke_timeout?)`,
+		`param heartbeat: "3" has no unit (want a duration such as 3s or 3ms)`,
+		`param tls: "yes" is not a boolean (want true or false)`,
+		`param start: "latst" is not one of earliest, latest (did you mean latest?)`)
+}
+
+// sasl_user and sasl_password, the former names of user and password,
+// still work; lint warns about each.
+func TestFormerSASLNamesStillWork(t *testing.T) {
+	t.Parallel()
+	params := map[string]string{"sasl_mechanism": "PLAIN", "sasl_user": "u", "sasl_password": "p"}
+	d, err := New(&config.Conn{CName: "k", Addrs: "127.0.0.1:9092", Key: "t", Params: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.(*Kafka).sasl == nil {
+		t.Fatal("sasl_user and sasl_password were not read")
+	}
+	errs := Spec.Check(params)
+	if len(errs) != 2 || !errs[0].Warning || !errs[1].Warning {
+		t.Fatalf("problems %v: want two warnings", errs)
+	}
+	if got := errs.Error(); !strings.Contains(got, "sasl_password is now called password") || !strings.Contains(got, "sasl_user is now called user") {
+		t.Fatalf("warnings %q", got)
 	}
 }

@@ -12,40 +12,51 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 )
 
 // Type is the connector type this package registers.
 const Type = "memory"
 
 // Install registers the memory driver in reg.
-func Install(reg *kisflow.Registry) error {
-	return reg.RegisterDriver(Type, New)
+func Install(reg driver.Registrar) error {
+	return reg.RegisterConnector(Spec, New)
 }
+
+type params struct {
+	FailStart bool `param:"fail_start" default:"false" doc:"make Start fail, for tests of start-up errors"`
+}
+
+// Spec declares the memory connector's params.
+var Spec = driver.MustSpec[params](Type, "an in-memory key-value map and append-only tables, for tests and examples")
 
 // ErrNotStarted is returned by a Store used before Start or after Close.
 var ErrNotStarted = errors.New("memory connector is not started")
 
 // Store is the memory driver. Its methods are safe for concurrent use.
-//
-// Params: `fail_start: "true"` makes Start fail (for tests of start-up errors).
 type Store struct {
-	cfg     *config.Conn
-	mu      sync.Mutex
-	started bool
-	starts  int
-	closes  int
-	kv      map[string]any
-	tables  map[string][]any
+	cfg       *config.Conn
+	failStart bool
+	mu        sync.Mutex
+	started   bool
+	starts    int
+	closes    int
+	kv        map[string]any
+	tables    map[string][]any
 }
 
 // New builds a Store from its connector config.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
-	return &Store{cfg: cfg}, nil
+func New(cfg *config.Conn) (driver.Driver, error) {
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	return &Store{cfg: cfg, failStart: p.FailStart}, nil
 }
 
 // Start makes the store usable.
 func (s *Store) Start(context.Context) error {
-	if s.cfg.Params["fail_start"] == "true" {
+	if s.failStart {
 		return fmt.Errorf("memory connector %q: fail_start is set", s.cfg.CName)
 	}
 	s.mu.Lock()

@@ -7,13 +7,7 @@
 //   - The sink (and Save) publishes each row as JSON at QoS 1 and waits for
 //     the broker's acknowledgement.
 //
-// Config: addrs (the broker URL, default tcp://127.0.0.1:1883; several,
-// comma-separated, are all given to Paho, which tries them in order on
-// every connect and reconnect), key (the
-// topic filter for the source; the topic template for the sink). Params:
-// client_id (default kisflow-FLOW for the source), user, password, timeout
-// (connect and publish, default 10s), buffer (messages held before the
-// flow reads them, default 1024), tls ("true" with ssl:// URLs).
+// Its params are declared in Spec (`kisflow list mqtt`).
 package mqtt
 
 import (
@@ -28,8 +22,8 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -37,8 +31,25 @@ import (
 // Type is the connector type this package registers.
 const Type = "mqtt"
 
-// Install registers the mqtt driver.
-func Install(reg *kisflow.Registry) error { return reg.RegisterDriver(Type, New) }
+// Install registers the mqtt connector type.
+func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
+
+type params struct {
+	ClientID string        `param:"client_id" doc:"the client ID (else kisflow-FLOW for the source): the broker keeps the persistent session under it"`
+	User     string        `param:"user" doc:"the user name (with password)"`
+	Password string        `param:"password" secret:"true" doc:"the user's password"`
+	Timeout  time.Duration `param:"timeout" default:"10s" min:"1ms" doc:"connect and publish"`
+	Buffer   int           `param:"buffer" default:"1024" min:"1" doc:"messages held before the flow reads them"`
+	TLS      bool          `param:"tls" default:"false" doc:"connect with TLS (with ssl:// URLs)"`
+}
+
+// Spec declares the mqtt connector's addrs, key and params.
+var Spec = func() *driver.Spec {
+	s := driver.MustSpec[params](Type, "MQTT at QoS 1: a persistent-session source acknowledging after the flow, a sink waiting for the broker's acknowledgement")
+	s.Addrs = "the broker URL (default tcp://127.0.0.1:1883); several, comma-separated, are tried in order on every connect and reconnect"
+	s.Key = "the topic filter for the source; the topic template for the sink; required"
+	return s
+}()
 
 // Broker is the driver. It is safe for concurrent use.
 type Broker struct {
@@ -48,33 +59,31 @@ type Broker struct {
 	clientID string
 	timeout  time.Duration
 	buffer   int
+	user     string
+	password string
+	tls      bool
 
 	mu  sync.Mutex
 	pub paho.Client
 }
 
 // New builds the driver from its config; it does not connect.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("mqtt connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
+func New(cfg *config.Conn) (driver.Driver, error) {
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
 	}
-	p := cfg.Params
-	b := &Broker{cfg: cfg, url: cfg.Addrs, clientID: p["client_id"]}
+	b := &Broker{cfg: cfg, url: cfg.Addrs, clientID: p.ClientID, timeout: p.Timeout, buffer: p.Buffer,
+		user: p.User, password: p.Password, tls: p.TLS}
 	if b.url == "" {
 		b.url = "tcp://127.0.0.1:1883"
 	}
 	if cfg.Key == "" {
-		return nil, bad("key (the topic) is required")
+		return nil, fmt.Errorf("mqtt connector %q: key (the topic) is required", cfg.CName)
 	}
 	var err error
 	if b.topic, err = fields.ParseTemplate(cfg.Key); err != nil {
-		return nil, bad("%v", err)
-	}
-	if b.timeout, err = cfg.ParamDuration("timeout", 10*time.Second, time.Millisecond); err != nil {
-		return nil, bad("%v", err)
-	}
-	if b.buffer, err = cfg.ParamInt("buffer", 1024, 1); err != nil {
-		return nil, bad("%v", err)
+		return nil, fmt.Errorf("mqtt connector %q: %w", cfg.CName, err)
 	}
 	return b, nil
 }
@@ -88,10 +97,10 @@ func (b *Broker) options(clientID string, persistent bool) *paho.ClientOptions {
 		SetConnectTimeout(b.timeout).SetWriteTimeout(b.timeout).
 		SetAutoReconnect(true).SetConnectRetry(true).SetMaxReconnectInterval(5 * time.Second).
 		SetCleanSession(!persistent).SetOrderMatters(false)
-	if u := b.cfg.Params["user"]; u != "" {
-		o.SetUsername(u).SetPassword(b.cfg.Params["password"])
+	if b.user != "" {
+		o.SetUsername(b.user).SetPassword(b.password)
 	}
-	if b.cfg.Params["tls"] == "true" {
+	if b.tls {
 		o.SetTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12})
 	}
 	return o

@@ -90,3 +90,29 @@ func TestSeveralAddrsAreTriedInOrder(t *testing.T) {
 		t.Fatalf("write through the second broker: %v", err)
 	}
 }
+
+// The spec names every bad param, through New: a misspelt one with the
+// closest declared name, a duration without its unit, a boolean that is
+// not true or false.
+func TestSpecRefusesBadParams(t *testing.T) {
+	t.Parallel()
+	testenv.RefusesParams(t, New, &config.Conn{CName: "mq", Key: "a/b", Params: map[string]string{
+		"clientid": "c", "timeout": "10", "tls": "yes"}},
+		`mqtt connector "mq": `,
+		`param clientid: unknown param (did you mean client_id?)`,
+		`param timeout: "10" has no unit (want a duration such as 10s or 10ms)`,
+		`param tls: "yes" is not a boolean (want true or false)`)
+}
+
+// user, password and tls reach Paho's options.
+func TestCredentialsAndTLSReachTheClient(t *testing.T) {
+	t.Parallel()
+	d, err := New(&config.Conn{CName: "mq", Key: "a/b", Params: map[string]string{"user": "ann", "password": "Pw1", "tls": "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := d.(*Broker).options("c", false)
+	if o.Username != "ann" || o.Password != "Pw1" || o.TLSConfig == nil {
+		t.Fatalf("user %q, password %q, TLS %v", o.Username, o.Password, o.TLSConfig != nil)
+	}
+}

@@ -12,17 +12,7 @@
 //     msg_id template over the row, or a hash of the row), so a retried
 //     write within the stream's duplicate window is not stored twice.
 //
-// Config: addrs (server URLs, default nats://127.0.0.1:4222), key (the
-// subject; for the sink a template such as orders.{region}). Params:
-// stream (the JetStream stream), create ("true": create or update the
-// stream with the key as its subjects), durable, ack_wait (default 30s),
-// max_deliver (default -1: no limit), max_ack_pending (messages delivered and not yet
-// acknowledged, default 20000), prefetch (messages pulled ahead, default
-// 2000; members of one durable share the stream in such amounts), msg_id, user, password, token, creds (a
-// credentials file), tls ("true"), timeout (connect and requests,
-// default 5s), client (the name of a shared connection configured as
-// plugins.nats.<name> in the global file; the connection params are then
-// the plugin's).
+// Its params are declared in Spec (`kisflow list nats`).
 package nats
 
 import (
@@ -44,6 +34,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -51,13 +42,40 @@ import (
 // Type is the connector type this package registers.
 const Type = "nats"
 
-// Install registers the nats driver and the shared connection plugin type.
+// Install registers the nats connector type and the shared connection
+// plugin type.
 func Install(reg *kisflow.Registry) error {
-	if err := reg.RegisterDriver(Type, New); err != nil {
+	if err := reg.RegisterConnector(Spec, New); err != nil {
 		return err
 	}
 	return reg.RegisterPlugin(PluginSpec)
 }
+
+type params struct {
+	Stream        string        `param:"stream" required:"true" doc:"the JetStream stream"`
+	Create        bool          `param:"create" default:"false" doc:"create or update the stream at start, with the key as its subjects"`
+	Durable       string        `param:"durable" doc:"the durable pull consumer of the source (else one per flow, named after it); members of one durable share the stream"`
+	AckWait       time.Duration `param:"ack_wait" default:"30s" min:"1ms" doc:"how long a delivered message waits for its acknowledgement before it is delivered again"`
+	MaxDeliver    int           `param:"max_deliver" default:"-1" min:"-1" doc:"deliveries of a message before it goes to the dead-letter path instead of the flow; -1: no limit"`
+	MaxAckPending int           `param:"max_ack_pending" default:"20000" min:"1" doc:"messages delivered and not yet acknowledged"`
+	Prefetch      int           `param:"prefetch" default:"2000" min:"1" doc:"messages pulled ahead; members of one durable share the stream in such amounts"`
+	MsgID         string        `param:"msg_id" doc:"the message ID template over the row (else a hash of the row): a retried write within the stream's duplicate window is not stored twice" example:"order-{id}"`
+	User          string        `param:"user" doc:"the user name (with password)"`
+	Password      string        `param:"password" secret:"true" doc:"the user's password"`
+	Token         string        `param:"token" secret:"true" doc:"an authentication token"`
+	Creds         string        `param:"creds" doc:"a credentials file, relative to the YAML file's folder"`
+	TLS           bool          `param:"tls" default:"false" doc:"connect with TLS"`
+	Timeout       time.Duration `param:"timeout" default:"5s" min:"1ms" doc:"connect and requests"`
+	Client        string        `param:"client" doc:"the name of a shared connection configured as plugins.nats.<name> in the global file; the connection params are then the plugin's"`
+}
+
+// Spec declares the nats connector's addrs, key and params.
+var Spec = func() *driver.Spec {
+	s := driver.MustSpec[params](Type, "NATS JetStream: a durable pull consumer source, a sink deduplicated by message ID")
+	s.Addrs = "the server URLs, comma-separated (default nats://127.0.0.1:4222)"
+	s.Key = "the subject; for the sink a template such as orders.{region}; required"
+	return s
+}()
 
 // NATS is the driver. It is safe for concurrent use.
 type NATS struct {
@@ -74,6 +92,7 @@ type NATS struct {
 	prefetch   int
 	msgID      *fields.Template
 	timeout    time.Duration
+	client     string // the shared connection's plugin name, or ""
 
 	nc     *natsgo.Conn
 	js     jetstream.JetStream
@@ -81,67 +100,45 @@ type NATS struct {
 }
 
 // New builds the driver from its config; it does not connect.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
+func New(cfg *config.Conn) (driver.Driver, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("nats connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
-	p := cfg.Params
-	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p["stream"], create: p["create"] == "true", durable: p["durable"]}
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	n := &NATS{cfg: cfg, urls: cfg.Addrs, streamName: p.Stream, create: p.Create, durable: p.Durable, client: p.Client,
+		ackWait: p.AckWait, timeout: p.Timeout, prefetch: p.Prefetch, maxPending: p.MaxAckPending, maxDeliver: p.MaxDeliver}
 	if n.urls == "" {
 		n.urls = natsgo.DefaultURL
 	}
 	if cfg.Key == "" {
 		return nil, bad("key (the subject) is required")
 	}
-	if n.streamName == "" {
-		return nil, bad("params.stream (the JetStream stream) is required")
+	// -1 (no limit) is the default, as the runtime retries and
+	// dead-letters rows itself and a delivery cut short by a crash must
+	// not use up a healthy message's attempts.
+	if n.maxDeliver == 0 {
+		return nil, bad("param max_deliver: 0 delivers nothing (want at least 1, or -1 for no limit)")
 	}
 	var err error
 	if n.subject, err = fields.ParseTemplate(cfg.Key); err != nil {
 		return nil, bad("%v", err)
 	}
-	if s := p["msg_id"]; s != "" {
-		if n.msgID, err = fields.ParseTemplate(s); err != nil {
+	if p.MsgID != "" {
+		if n.msgID, err = fields.ParseTemplate(p.MsgID); err != nil {
 			return nil, bad("%v", err)
 		}
 	}
-	if n.ackWait, err = cfg.ParamDuration("ack_wait", 30*time.Second, time.Millisecond); err != nil {
-		return nil, bad("%v", err)
-	}
-	if n.timeout, err = cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond); err != nil {
-		return nil, bad("%v", err)
-	}
-	if n.prefetch, err = cfg.ParamInt("prefetch", 2000, 1); err != nil {
-		return nil, bad("%v", err)
-	}
-	if n.maxPending, err = cfg.ParamInt("max_ack_pending", 20000, 1); err != nil {
-		return nil, bad("%v", err)
-	}
-	if n.maxDeliver, err = maxDeliver(cfg); err != nil {
-		return nil, bad("%v", err)
-	}
 	n.opts = []natsgo.Option{natsgo.Name("kisflow-" + cfg.CName), natsgo.Timeout(n.timeout), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(250 * time.Millisecond)}
-	creds := p["creds"]
+	creds := p.Creds
 	if creds != "" {
 		creds = cfg.Path(creds)
 	}
-	n.opts = append(n.opts, authOptions(creds, p["token"], p["user"], p["password"])...)
-	if p["tls"] == "true" {
+	n.opts = append(n.opts, authOptions(creds, p.Token, p.User, p.Password)...)
+	if p.TLS {
 		n.opts = append(n.opts, natsgo.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
-	}
-	return n, nil
-}
-
-// maxDeliver is params.max_deliver: -1 (the default) for no limit, as the
-// runtime retries and dead-letters rows itself and a delivery cut short by
-// a crash must not use up a healthy message's attempts; or at least 1.
-func maxDeliver(cfg *config.Conn) (int, error) {
-	if s := cfg.Params["max_deliver"]; s == "-1" || s == "" {
-		return -1, nil
-	}
-	n, err := cfg.ParamInt("max_deliver", -1, 1)
-	if err != nil {
-		return 0, fmt.Errorf("%w, or -1 for no limit", err)
 	}
 	return n, nil
 }

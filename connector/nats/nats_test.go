@@ -386,3 +386,19 @@ func TestARowTooLargeIsRefusedPermanently(t *testing.T) {
 		t.Fatalf("a small row after it: %v", err)
 	}
 }
+
+// The spec names every bad param, through New: a misspelt one with the
+// closest declared name, a duration without its unit, a boolean that is
+// not true or false, a missing required one.
+func TestSpecRefusesBadParams(t *testing.T) {
+	t.Parallel()
+	testenv.RefusesParams(t, New, &config.Conn{CName: "js", Key: "a.b", Params: map[string]string{
+		"max_delivr": "3", "ack_wait": "30", "create": "yes"}},
+		`nats connector "js": `,
+		`param max_delivr: unknown param (did you mean max_deliver?)`,
+		`param ack_wait: "30" has no unit (want a duration such as 30s or 30ms)`,
+		`param create: "yes" is not a boolean (want true or false)`,
+		`param stream: required: the JetStream stream`)
+	testenv.RefusesParams(t, New, &config.Conn{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "max_deliver": "0"}},
+		`param max_deliver: 0 delivers nothing (want at least 1, or -1 for no limit)`)
+}

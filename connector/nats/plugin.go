@@ -106,7 +106,7 @@ func (p *ClientPlugin) Close(ctx context.Context) error {
 
 // UsePlugins takes the shared connection named by the `client` param.
 func (n *NATS) UsePlugins(lookup func(typ, name string) (plugin.Plugin, bool)) error {
-	name := n.cfg.Params["client"]
+	name := n.client
 	if name == "" {
 		return nil
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -19,21 +18,13 @@ import (
 // cluster when addrs lists several or params say cluster: "true", the
 // sentinels of a master when params name master_name. Credentials in a URL
 // are taken out of it, so no address the client logs or reports carries
-// them; username and password params win over a URL's.
-func clientOptions(cfg *config.Conn) (*goredis.UniversalOptions, error) {
-	p := cfg.Params
-	timeout, err := cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond)
-	if err != nil {
-		return nil, err
-	}
+// them; user and password params win over a URL's.
+func clientOptions(cfg *config.Conn, p *params) (*goredis.UniversalOptions, error) {
 	opts := &goredis.UniversalOptions{
-		DialTimeout: timeout, ReadTimeout: timeout, WriteTimeout: timeout,
-		ClientName: p["client_name"], MasterName: p["master_name"],
-		SentinelUsername: p["sentinel_username"], SentinelPassword: p["sentinel_password"],
-		IsClusterMode: p["cluster"] == "true",
-	}
-	if opts.DB, err = cfg.ParamInt("db", 0, 0); err != nil {
-		return nil, err
+		DialTimeout: p.Timeout, ReadTimeout: p.Timeout, WriteTimeout: p.Timeout,
+		ClientName: p.ClientName, MasterName: p.MasterName,
+		SentinelUsername: p.SentinelUser, SentinelPassword: p.SentinelPassword,
+		IsClusterMode: p.Cluster, DB: p.DB,
 	}
 	addrs := cfg.AddrList()
 	if len(addrs) == 0 {
@@ -55,20 +46,20 @@ func clientOptions(cfg *config.Conn) (*goredis.UniversalOptions, error) {
 		if opts.Password == "" {
 			opts.Password = u.Password
 		}
-		if u.DB != 0 && p["db"] == "" {
+		if u.DB != 0 && cfg.Params["db"] == "" { // a db param wins over the URL's
 			opts.DB = u.DB
 		}
 		if u.TLSConfig != nil && opts.TLSConfig == nil {
 			opts.TLSConfig = u.TLSConfig
 		}
 	}
-	if v := p["username"]; v != "" {
-		opts.Username = v
+	if p.User != "" {
+		opts.Username = p.User
 	}
-	if v := p["password"]; v != "" {
-		opts.Password = v
+	if p.Password != "" {
+		opts.Password = p.Password
 	}
-	if p["tls"] == "true" {
+	if p.TLS {
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(opts.Addrs[0], ":")[0]}
 	}
 	cluster := opts.MasterName == "" && (len(opts.Addrs) > 1 || opts.IsClusterMode)

@@ -91,7 +91,7 @@ func (p *ClientPlugin) Close(context.Context) error { return p.client.Close() }
 
 // UsePlugins takes the shared client named by the `client` param.
 func (r *Redis) UsePlugins(lookup func(typ, name string) (plugin.Plugin, bool)) error {
-	name := r.cfg.Params["client"]
+	name := r.plugin
 	if name == "" {
 		return nil
 	}

@@ -22,19 +22,10 @@
 //
 // Config: addrs (host:port or a redis:// or rediss:// URL, whose
 // credentials never show in errors; several addrs make a cluster client,
-// and so does the param cluster: "true"; with the param master_name they
-// are sentinels), key (the key template; for the source, the stream's
-// key). Params: mode (hash, string, list, stream; default hash), ttl,
-// username, password, db (0 only for a cluster), tls ("true"),
-// sentinel_username, sentinel_password, timeout (every network call,
-// default 5s), group (default: the flow name), consumer (default:
-// host-pid-random), claim_idle (default 30s), block (default 1s), field (the stream entry
-// field holding the JSON row, default "data"), dedup_key (list and stream
-// saves: a template naming the row's identity, such as {order_id} or the
-// source record's position field; a row whose identity was saved within
-// dedup_ttl, default 24h, is not saved again, so redelivered rows do not
-// repeat), state_prefix (exactly-once state keys, default "kisflow:").
-// Hash and string saves are idempotent by nature.
+// and so does the param cluster: true; with the param master_name they are
+// sentinels), key (the key template; for the source, the stream's key). Its
+// params are declared in Spec (`kisflow list redis`). Hash and string
+// saves are idempotent by nature; list and stream saves with dedup_key.
 //
 // As an exactly-once sink (stream.delivery: exactly-once) a batch's rows,
 // the stream's position (PREFIXpos:FLOW) and the IDs of the messages it
@@ -55,6 +46,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -64,7 +56,7 @@ const Type = "redis"
 
 // Install registers the driver and the shared client plugin type in reg.
 func Install(reg *kisflow.Registry) error {
-	if err := reg.RegisterDriver(Type, New); err != nil {
+	if err := reg.RegisterConnector(Spec, New); err != nil {
 		return err
 	}
 	return reg.RegisterPlugin(PluginSpec)
@@ -86,6 +78,7 @@ type Redis struct {
 	field     string
 	dedup     *fields.Template
 	dedupTTL  time.Duration
+	plugin    string // the shared client plugin's name (param client)
 	// statePrefix starts the keys of exactly-once state (state_prefix,
 	// default "kisflow:").
 	statePrefix string
@@ -108,52 +101,30 @@ end
 return 0`)
 
 // New builds the driver from its config; it does not connect.
-func New(cfg *config.Conn) (kisflow.Driver, error) {
+func New(cfg *config.Conn) (driver.Driver, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("redis connector %q: %s", cfg.CName, fmt.Sprintf(format, args...))
 	}
-	opts, err := clientOptions(cfg)
+	var p params
+	if err := Spec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	opts, err := clientOptions(cfg, &p)
 	if err != nil {
 		return nil, bad("%v", err)
 	}
-	p := cfg.Params
-	r := &Redis{cfg: cfg, opts: opts, mode: p["mode"], group: p["group"], consumer: p["consumer"], field: p["field"]}
-	if r.mode == "" {
-		r.mode = "hash"
-	}
-	switch r.mode {
-	case "hash", "string", "list", "stream":
-	default:
-		return nil, bad("unknown mode %q (want hash, string, list or stream)", r.mode)
-	}
-	if r.field == "" {
-		r.field = "data"
-	}
+	r := &Redis{cfg: cfg, opts: opts, mode: p.Mode, group: p.Group, consumer: p.Consumer, field: p.Field, plugin: p.Client,
+		ttl: p.TTL, claimIdle: p.ClaimIdle, block: p.Block, dedupTTL: p.DedupTTL, statePrefix: p.StatePrefix}
 	if cfg.Key == "" {
 		return nil, bad("key (a key template such as user:{id}) is required")
 	}
 	if r.key, err = fields.ParseTemplate(cfg.Key); err != nil {
 		return nil, bad("%v", err)
 	}
-	if r.ttl, err = cfg.ParamDuration("ttl", 0, 0); err != nil {
-		return nil, bad("%v", err)
-	}
-	if r.claimIdle, err = cfg.ParamDuration("claim_idle", 30*time.Second, time.Millisecond); err != nil {
-		return nil, bad("%v", err)
-	}
-	if r.block, err = cfg.ParamDuration("block", time.Second, time.Millisecond); err != nil {
-		return nil, bad("%v", err)
-	}
-	if t := p["dedup_key"]; t != "" {
-		if r.dedup, err = fields.ParseTemplate(t); err != nil {
-			return nil, bad("%v", err)
+	if p.DedupKey != "" {
+		if r.dedup, err = fields.ParseTemplate(p.DedupKey); err != nil {
+			return nil, bad("dedup_key: %v", err)
 		}
-	}
-	if r.dedupTTL, err = cfg.ParamDuration("dedup_ttl", 24*time.Hour, time.Second); err != nil {
-		return nil, bad("%v", err)
-	}
-	if r.statePrefix = p["state_prefix"]; r.statePrefix == "" {
-		r.statePrefix = "kisflow:"
 	}
 	return r, nil
 }

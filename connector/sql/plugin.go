@@ -106,7 +106,7 @@ func (p *PoolPlugin) Close(context.Context) error {
 
 // UsePlugins takes the shared pool named by the `client` param.
 func (d *DB) UsePlugins(lookup func(typ, name string) (plugin.Plugin, bool)) error {
-	name := d.cfg.Params["client"]
+	name := d.client
 	if name == "" {
 		return nil
 	}

@@ -6,26 +6,8 @@
 // transaction), a Save/Load target for functions, and a polling source on
 // an increasing column.
 //
-// Config: key is the table. Params: path (sqlite: the database file,
-// relative to the YAML file's folder), dsn (mysql, postgres: the data source
-// name; or addrs with user, password and database: several postgres addrs
-// make a multi-host DSN, with target_session_attrs, default read-write;
-// mysql takes one), columns
-// (comma-separated; default: the table's columns, or the first row's fields
-// when the table is created; an entry column=field takes the column's value
-// from another row field), upsert_key (comma-separated conflict columns:
-// a row whose key exists updates the other columns; with create, the key
-// becomes the table's primary key), create ("true": create the table if missing,
-// with column types from the first row), load_query (the query a Load
-// function runs, with :field placeholders filled from the row), poll_column
-// (the source: an increasing column; see OpenSource for what is read
-// when), poll_interval (default 500ms), poll_lag (default 0: how old the
-// source's horizon must also be; mysql: 5s), inbox_ttl (default 168h: how long the
-// inbox of an exactly-once sink keeps a consumed message's ID),
-// timeout (connect and ping, default 5s), max_conns (default 8), client
-// (mysql, postgres: the name of a shared pool configured as
-// plugins.postgres.<name> or plugins.mysql.<name> in the global file; the
-// connection params are then the plugin's).
+// Config: key is the table. The params of each type are declared in
+// SQLiteSpec, MySQLSpec and PostgresSpec (`kisflow list postgres`).
 //
 // Rows may be maps, structs (fields by json tag or name) or JSON text.
 //
@@ -36,7 +18,6 @@
 package sql
 
 import (
-	"cmp"
 	"context"
 	stdsql "database/sql"
 	"fmt"
@@ -54,6 +35,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -67,8 +49,11 @@ const (
 
 // Install registers the SQL drivers and the shared pool plugin types.
 func Install(reg *kisflow.Registry) error {
-	for typ, f := range map[string]kisflow.DriverFactory{TypeSQLite: NewSQLite, TypeMySQL: NewMySQL, TypePostgres: NewPostgres} {
-		if err := reg.RegisterDriver(typ, f); err != nil {
+	for _, c := range []struct {
+		spec *driver.Spec
+		f    driver.Factory
+	}{{SQLiteSpec, NewSQLite}, {MySQLSpec, NewMySQL}, {PostgresSpec, NewPostgres}} {
+		if err := reg.RegisterConnector(c.spec, c.f); err != nil {
 			return err
 		}
 	}
@@ -96,6 +81,7 @@ type DB struct {
 	create    bool
 	loadQuery string
 	loadArgs  []string
+	client    string // the shared pool's name (mysql, postgres)
 
 	db     *stdsql.DB
 	guard  *checkpoint.FileGuard // sqlite: the file opened, checked at each commit
@@ -113,28 +99,34 @@ type DB struct {
 }
 
 // NewSQLite builds an SQLite connector from its config.
-func NewSQLite(cfg *config.Conn) (kisflow.Driver, error) {
-	p := cfg.Params["path"]
-	if p == "" {
+func NewSQLite(cfg *config.Conn) (driver.Driver, error) {
+	var p sqliteParams
+	if err := SQLiteSpec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	if p.Path == "" {
 		if a := cfg.AddrList(); len(a) > 0 {
-			p = a[0]
+			p.Path = a[0]
 		}
 	}
-	if p == "" {
+	if p.Path == "" {
 		return nil, fmt.Errorf("sqlite connector %q: params.path is required", cfg.CName)
 	}
-	d := &DB{cfg: cfg, dialect: checkpoint.SQLite, path: cfg.Path(p), table: cfg.Key, create: cfg.Params["create"] == "true"}
-	if err := d.parseCommon(); err != nil {
+	d := &DB{cfg: cfg, dialect: checkpoint.SQLite, path: cfg.Path(p.Path), table: cfg.Key}
+	if err := d.parseCommon(&p.common, p.PollLag); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// NewMySQL builds a MySQL/MariaDB connector: params.dsn, or addrs with
-// user, password and database.
-func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
-	p := cfg.Params
-	dsn := p["dsn"]
+// NewMySQL builds a MySQL or MariaDB driver from its config; it does not
+// connect.
+func NewMySQL(cfg *config.Conn) (driver.Driver, error) {
+	var p mysqlParams
+	if err := MySQLSpec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	dsn := p.DSN
 	if dsn == "" {
 		addr := "127.0.0.1:3306"
 		switch a := cfg.AddrList(); {
@@ -143,43 +135,44 @@ func NewMySQL(cfg *config.Conn) (kisflow.Driver, error) {
 		case len(a) == 1:
 			addr = a[0]
 		}
-		dsn = fmt.Sprintf("%s:%s@tcp(%s)/%s", p["user"], p["password"], addr, p["database"])
+		dsn = fmt.Sprintf("%s:%s@tcp(%s)/%s", p.User, p.Password, addr, p.Database)
 	}
-	dsn, err := mysqlDSN(dsn, p["tls"] == "true")
+	dsn, err := mysqlDSN(dsn, p.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("mysql connector %q: bad dsn: %w", cfg.CName, err)
 	}
-	d := &DB{cfg: cfg, dialect: checkpoint.MySQL, dsn: dsn, table: cfg.Key, create: p["create"] == "true"}
-	if err := d.parseCommon(); err != nil {
+	d := &DB{cfg: cfg, dialect: checkpoint.MySQL, dsn: dsn, table: cfg.Key, client: p.Client}
+	if err := d.parseCommon(&p.common, p.PollLag); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-// NewPostgres builds a PostgreSQL connector: params.dsn (a URL or key=value
-// string), or addrs with user, password, database and sslmode.
-func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
-	p := cfg.Params
-	dsn := p["dsn"]
+// NewPostgres builds a PostgreSQL driver from its config; it does not
+// connect.
+func NewPostgres(cfg *config.Conn) (driver.Driver, error) {
+	var p postgresParams
+	if err := PostgresSpec.Decode(cfg, &p); err != nil {
+		return nil, err
+	}
+	dsn := p.DSN
 	if a := cfg.AddrList(); dsn == "" && len(a) == 1 && (strings.HasPrefix(a[0], "postgres://") || strings.HasPrefix(a[0], "postgresql://")) {
 		dsn = a[0] // a URL in addrs is the DSN
 	}
 	if dsn == "" {
-		// Several addrs make a multi-host DSN: pgx tries them in order,
-		// and takes the first that accepts writes.
 		addrs := cfg.AddrList()
 		if len(addrs) == 0 {
 			addrs = []string{"127.0.0.1:5432"}
 		}
-		u := url.URL{Scheme: "postgres", Host: strings.Join(addrs, ","), Path: "/" + p["database"]}
-		if p["user"] != "" {
-			u.User = url.UserPassword(p["user"], p["password"])
+		u := url.URL{Scheme: "postgres", Host: strings.Join(addrs, ","), Path: "/" + p.Database}
+		if p.User != "" {
+			u.User = url.UserPassword(p.User, p.Password)
 		}
 		q := url.Values{}
-		q.Set("sslmode", cmp.Or(p["sslmode"], "prefer"))
+		q.Set("sslmode", p.SSLMode)
 		q.Set("connect_timeout", "5")
 		if len(addrs) > 1 {
-			q.Set("target_session_attrs", cmp.Or(p["target_session_attrs"], "read-write"))
+			q.Set("target_session_attrs", p.TargetSessionAttrs)
 		}
 		u.RawQuery = q.Encode()
 		dsn = u.String()
@@ -187,8 +180,8 @@ func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
 	if _, err := pgx.ParseConfig(dsn); err != nil {
 		return nil, fmt.Errorf("postgres connector %q: bad dsn: %w", cfg.CName, err)
 	}
-	d := &DB{cfg: cfg, dialect: checkpoint.Postgres, dsn: dsn, table: cfg.Key, create: p["create"] == "true"}
-	if err := d.parseCommon(); err != nil {
+	d := &DB{cfg: cfg, dialect: checkpoint.Postgres, dsn: dsn, table: cfg.Key, client: p.Client}
+	if err := d.parseCommon(&p.common, p.PollLag); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -196,58 +189,35 @@ func NewPostgres(cfg *config.Conn) (kisflow.Driver, error) {
 
 var placeholder = regexp.MustCompile(`:([A-Za-z_][A-Za-z0-9_]*)`)
 
-func (d *DB) parseCommon() error {
-	p := d.cfg.Params
-	var err error
-	if d.timeout, err = d.cfg.ParamDuration("timeout", 5*time.Second, time.Millisecond); err != nil {
-		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
-	}
-	if d.pollEvery, err = d.cfg.ParamDuration("poll_interval", 500*time.Millisecond, time.Millisecond); err != nil {
-		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
-	}
-	lag := time.Duration(0)
-	if d.dialect == checkpoint.MySQL {
-		lag = 5 * time.Second // the whole horizon there (see OpenSource)
-	}
-	if d.pollLag, err = d.cfg.ParamDuration("poll_lag", lag, 0); err != nil {
-		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
-	}
-	if d.inboxTTL, err = d.cfg.ParamDuration("inbox_ttl", 7*24*time.Hour, time.Second); err != nil {
-		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
-	}
-	if d.maxConns, err = d.cfg.ParamInt("max_conns", 8, 1); err != nil {
-		return fmt.Errorf("connector %q: %w", d.cfg.CName, err)
-	}
-	d.pollCol = p["poll_column"]
+func (d *DB) parseCommon(p *common, pollLag time.Duration) error {
+	d.timeout, d.pollEvery, d.pollLag, d.inboxTTL, d.maxConns = p.Timeout, p.PollInterval, pollLag, p.InboxTTL, p.MaxConns
+	d.create = p.Create
+	d.pollCol = p.PollColumn
 	if d.pollCol != "" && !validIdent(d.pollCol) {
 		return fmt.Errorf("connector %q: poll_column %q is not a plain identifier", d.cfg.CName, d.pollCol)
 	}
-	if cols := d.cfg.Params["columns"]; cols != "" {
-		for _, c := range strings.Split(cols, ",") {
-			col, field, mapped := strings.Cut(strings.TrimSpace(c), "=")
-			col, field = strings.TrimSpace(col), strings.TrimSpace(field)
-			if col == "" {
-				continue
-			}
-			if !mapped {
-				field = col
-			}
-			if d.fieldOf == nil {
-				d.fieldOf = map[string]string{}
-			}
-			d.fieldOf[col] = field
-			d.columns = append(d.columns, col)
+	for _, c := range p.Columns {
+		col, field, mapped := strings.Cut(c, "=")
+		col, field = strings.TrimSpace(col), strings.TrimSpace(field)
+		if col == "" {
+			continue
 		}
-	}
-	for _, c := range strings.Split(d.cfg.Params["upsert_key"], ",") {
-		if c = strings.TrimSpace(c); c != "" {
-			if !validIdent(c) {
-				return fmt.Errorf("connector %q: upsert_key column %q is not a plain identifier", d.cfg.CName, c)
-			}
-			d.upsertKey = append(d.upsertKey, c)
+		if !mapped {
+			field = col
 		}
+		if d.fieldOf == nil {
+			d.fieldOf = map[string]string{}
+		}
+		d.fieldOf[col] = field
+		d.columns = append(d.columns, col)
 	}
-	if q := d.cfg.Params["load_query"]; q != "" {
+	for _, c := range p.UpsertKey {
+		if !validIdent(c) {
+			return fmt.Errorf("connector %q: upsert_key column %q is not a plain identifier", d.cfg.CName, c)
+		}
+		d.upsertKey = append(d.upsertKey, c)
+	}
+	if q := p.LoadQuery; q != "" {
 		for _, m := range placeholder.FindAllStringSubmatch(q, -1) {
 			d.loadArgs = append(d.loadArgs, m[1])
 		}

@@ -12,13 +12,13 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/connector/all"
 )
 
 func run(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	reg := kisflow.NewRegistry()
-	if err := bundle.Install(reg); err != nil {
+	if err := all.Install(reg); err != nil {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
@@ -39,7 +39,13 @@ func TestLint(t *testing.T) {
 		{"the original KisFlow sample files", "../../config/testdata/kisflow", ExitOK, ""},
 		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": no driver for type "carrier-pigeon"`},
 		{"several mysql addrs", "testdata/badconns", ExitProblem, `conns.yml:1: connector "two-mysql": mysql connector "two-mysql": addrs names 2 servers`},
-		{"a redis mode typo", "testdata/badconns", ExitProblem, `conns.yml:7: connector "typo-mode": redis connector "typo-mode": unknown mode "hsh"`},
+		{"a redis mode typo", "testdata/badconns", ExitProblem, `conns.yml:13: connector "typo-mode" (type redis): param mode: "hsh" is not one of hash, string, list, stream (did you mean hash?)`},
+		{"a param typo", "testdata/badconns", ExitProblem, `conns.yml:22: connector "every-typo" (type redis): param claim_idel: unknown param (did you mean claim_idle?)`},
+		{"a duration without unit", "testdata/badconns", ExitProblem, `conns.yml:23: connector "every-typo" (type redis): param timeout: "5" has no unit (want a duration such as 5s or 5ms)`},
+		{"a boolean that is not one", "testdata/badconns", ExitProblem, `conns.yml:24: connector "every-typo" (type redis): param tls: "yes" is not a boolean (want true or false)`},
+		{"a broken key template beside bad params", "testdata/badconns", ExitProblem, `conns.yml:15: connector "every-typo": redis connector "every-typo": template "user:{id": '{' without '}'`},
+		{"a misspelt param on a connector only functions use: a warning", "testdata/badconns", ExitProblem,
+			`conns.yml:33: warning: connector "callbacks-only" (type redis): param claim_idel: unknown param (did you mean claim_idle?); left to this connector's own callbacks`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {

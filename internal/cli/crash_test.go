@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/connector/all"
 )
 
 // The test binary doubles as a kisflow binary for crash tests: with
@@ -39,7 +39,7 @@ func childMain(argsJSON string) int {
 		return 2
 	}
 	reg := kisflow.NewRegistry()
-	if err := bundle.Install(reg); err != nil {
+	if err := all.Install(reg); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}

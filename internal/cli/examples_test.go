@@ -16,7 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/internal/bundle"
+	"github.com/kisflow-go/kisflow/connector/all"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
@@ -106,7 +106,7 @@ func TestConnectorExamples(t *testing.T) {
 			setup[sys](t, prefix)
 
 			reg := kisflow.NewRegistry()
-			if err := bundle.Install(reg); err != nil {
+			if err := all.Install(reg); err != nil {
 				t.Fatal(err)
 			}
 			ctx, cancel := context.WithCancel(context.Background())

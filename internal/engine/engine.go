@@ -168,6 +168,20 @@ func (r *Run) Produced() int {
 // as in KisFlow, the last call of Next wins.
 func (r *Run) Act(a Action) { r.action = a }
 
+// KeepSource keeps, in order, the pending source rows for which keep
+// returns true and drops the others; keep gets each row with its position
+// among the pending rows.
+func (r *Run) KeepSource(keep func(i int, row any) bool) {
+	kept := r.src[:0]
+	for i, row := range r.src {
+		if keep(i, row) {
+			kept = append(kept, row)
+		}
+	}
+	clear(r.src[len(kept):])
+	r.src = kept
+}
+
 // Reset drops pending source rows.
 func (r *Run) Reset() {
 	clear(r.src)

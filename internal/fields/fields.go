@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 
@@ -59,8 +60,9 @@ func decodeJSON(b []byte) (map[string]any, error) {
 }
 
 type fieldInfo struct {
-	name  string
-	index []int
+	name      string
+	index     []int
+	omitEmpty bool // tagged omitempty: the JSON form leaves a zero value out
 }
 
 var structs sync.Map // reflect.Type -> []fieldInfo; derived from types, safe to share
@@ -75,15 +77,86 @@ func structInfo(t reflect.Type) []fieldInfo {
 			continue
 		}
 		name := f.Name
-		if tag, _, _ := strings.Cut(f.Tag.Get("json"), ","); tag == "-" {
+		tag, opts, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" {
 			continue
 		} else if tag != "" {
 			name = tag
 		}
-		out = append(out, fieldInfo{name: name, index: f.Index})
+		omit := slices.Contains(strings.Split(opts, ","), "omitempty")
+		out = append(out, fieldInfo{name: name, index: f.Index, omitEmpty: omit})
 	}
 	structs.Store(t, out)
 	return out
+}
+
+// Has reports whether row carries the field at path with a value that is
+// not null. row is a map[string]any, a map[string]string or a struct (or
+// a pointer to one); each element of path after the first names a field
+// of the map or struct the one before holds. A struct field is found by
+// its JSON name. What the row's JSON form would write as null or leave
+// out is missing: a nil pointer, interface, map or slice, and a zero
+// value tagged omitempty.
+func Has(row any, path []string) bool {
+	v := row
+	for i, name := range path {
+		switch m := v.(type) {
+		case map[string]any:
+			x, ok := m[name]
+			if !ok || x == nil {
+				return false
+			}
+			v = x
+			continue
+		case map[string]string:
+			_, ok := m[name]
+			return ok && i == len(path)-1
+		case nil:
+			return false
+		}
+		return hasValue(reflect.ValueOf(v), path[i:])
+	}
+	return true
+}
+
+// hasValue is Has over a value found by reflection.
+func hasValue(rv reflect.Value, path []string) bool {
+	for _, name := range path {
+		for rv.Kind() == reflect.Pointer || rv.Kind() == reflect.Interface {
+			if rv.IsNil() {
+				return false
+			}
+			rv = rv.Elem()
+		}
+		switch rv.Kind() {
+		case reflect.Struct:
+			i := slices.IndexFunc(structInfo(rv.Type()), func(f fieldInfo) bool { return f.name == name })
+			if i < 0 {
+				return false
+			}
+			f := structInfo(rv.Type())[i]
+			fv, err := rv.FieldByIndexErr(f.index)
+			if err != nil || (f.omitEmpty && fv.IsZero()) {
+				return false // behind a nil embedded pointer, or left out
+			}
+			rv = fv
+		case reflect.Map:
+			if rv.Type().Key().Kind() != reflect.String {
+				return false
+			}
+			rv = rv.MapIndex(reflect.ValueOf(name).Convert(rv.Type().Key()))
+			if !rv.IsValid() {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Interface, reflect.Map, reflect.Slice:
+		return !rv.IsNil()
+	}
+	return true
 }
 
 // Template is a string with {field} placeholders, such as "user:{user_id}".

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -224,6 +225,46 @@ func (w *Writer) LineEnds(n int) ([]int64, error) {
 		ends = append(ends[:1], ends[len(ends)-n:]...)
 	}
 	return ends, nil
+}
+
+// Tail calls fn with each of the file's last n lines, oldest first,
+// without its newline (an unterminated last line, a write torn by a crash,
+// is left out). fn must not keep the line.
+func (w *Writer) Tail(n int, fn func(line []byte)) error {
+	if w.borrowed {
+		return nil // standard output: nothing to read back
+	}
+	ends, err := w.LineEnds(n + 1)
+	if err != nil {
+		return err
+	}
+	if len(ends) < 2 {
+		return nil // no complete line
+	}
+	// ends holds 0, then where the last lines end: the first of the last
+	// n starts where the one before it ends, or at 0.
+	from, last := ends[0], ends[len(ends)-1]
+	if len(ends) > n+1 {
+		from = ends[1]
+	}
+	f, err := os.Open(w.path)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", w.path, err)
+	}
+	defer f.Close()
+	r := bufio.NewReaderSize(io.NewSectionReader(f, from, last-from), 64<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 && line[len(line)-1] == '\n' {
+			fn(line[:len(line)-1])
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", w.path, err)
+		}
+	}
 }
 
 // Truncate cuts the file back to size bytes and syncs it; later lines

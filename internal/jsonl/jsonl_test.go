@@ -120,3 +120,41 @@ func TestBadRowLeavesNoPartialBatch(t *testing.T) {
 		t.Fatalf("the file holds %d bytes, want %d: the failed batch left lines behind", len(got), len(want))
 	}
 }
+
+// Tail hands over the last n complete lines, oldest first, and leaves out
+// a last line torn by a crash.
+func TestTailReadsTheLastCompleteLines(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "dead.jsonl")
+	w, err := jsonl.Open(path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := w.Write(context.Background(), rows(1, 5, "x")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(`{"id":6,"pa`); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, tc := range []struct {
+		n    int
+		want string
+	}{{3, lines(rows(3, 5, "x"))}, {5, lines(rows(1, 5, "x"))}, {10, lines(rows(1, 5, "x"))}, {0, ""}} {
+		var got strings.Builder
+		if err := w.Tail(tc.n, func(line []byte) { got.Write(line); got.WriteByte('\n') }); err != nil {
+			t.Fatal(err)
+		}
+		if got.String() != tc.want {
+			t.Errorf("Tail(%d) = %q, want %q", tc.n, got.String(), tc.want)
+		}
+	}
+}

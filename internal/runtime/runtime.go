@@ -144,7 +144,10 @@ func (c *Config) defaults() {
 // Parts are the components a Runner works with.
 type Parts struct {
 	Source stream.Source
-	// NewFlow returns worker i's flow instance.
+	// NewFlow returns worker i's flow instance. It is also called once
+	// with i = Config.Workers, for an instance of the commit loop's own,
+	// when an exactly-once sink refuses rows of a batch and the source is a
+	// stream.DeadLetterNotifier (see Runner.trace).
 	NewFlow func(i int) Flow
 	// Sink receives the output rows (nil: output is dropped).
 	Sink stream.Sink
@@ -177,10 +180,19 @@ type Runner struct {
 	cfg   Config
 	parts Parts
 	keys  *keyReader
+	// trace is set for a source that answers per message (a
+	// stream.DeadLetterNotifier), unless delivery is at-most-once: every
+	// row dead-lettered past the first function, or refused by the sink,
+	// is then traced to its message, at the cost of running again, alone,
+	// the messages of a batch in which that happened.
+	trace  bool
+	tracer *worker // the commit loop's, for exactly-once; made on first use
 
-	warnedNoID  atomic.Bool
-	inflightMu  sync.Mutex
-	inflightIDs map[string]struct{} // exactly-once: IDs read and not yet committed or returned
+	warnedNoID   atomic.Bool
+	ownPositions bool           // the source sets a position on every message (stream.MessagePositions)
+	letters      *recentLetters // the identities of the dead letters written last (commit loop only)
+	inflightMu   sync.Mutex
+	inflightIDs  map[string]struct{} // exactly-once: IDs read and not yet committed or returned
 
 	srcLink, sinkLink, dlqLink *link
 	undrained, exhausted       atomic.Bool
@@ -215,9 +227,13 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 	default:
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}
+	_, notifies := parts.Source.(stream.DeadLetterNotifier)
+	mp, ok := parts.Source.(stream.MessagePositions)
 	return &Runner{
 		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},
-		srcLink: newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
+		trace:        notifies && cfg.Delivery != AtMostOnce,
+		ownPositions: ok && mp.PositionsPerMessage(),
+		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
 		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
 		stopRead: func(error) {}, journalAt: -1,
 	}, nil
@@ -282,7 +298,8 @@ type epoch struct {
 	mu      sync.Mutex
 	dead    []any // *stream.DeadLetter
 	// deadOf[i] is the message of dead[i]; nil for a row dead-lettered
-	// past the first function of a batch, whose message is not known.
+	// past the first function of a batch whose message is not known (see
+	// Runner.trace).
 	deadOf []*stream.Message
 }
 
@@ -301,6 +318,7 @@ type part struct {
 	msgs   []*stream.Message
 	worker int   // the worker whose queue it goes to; -1: any worker
 	out    []any // output rows kept for a transactional commit
+	segs   []seg // the runs that made out
 }
 
 func (ep *epoch) finish() {
@@ -314,8 +332,10 @@ func (ep *epoch) finish() {
 // committed, and the source is closed. It returns the first fatal error.
 func (r *Runner) Run(ctx context.Context) error {
 	cfg := r.cfg
-	if err := r.recoverJournal(ctx); err != nil {
-		return err
+	// Run owns the source: it closes it when it returns, also when it
+	// cannot begin.
+	if err := errors.Join(r.recoverJournal(ctx), r.loadRecentLetters()); err != nil {
+		return errors.Join(err, r.parts.Source.Close(context.WithoutCancel(ctx)))
 	}
 	// reading ends with ctx, or earlier when the run is aborted.
 	readCtx, stopRead := context.WithCancelCause(ctx)
@@ -655,7 +675,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			ep.work = append(ep.work, m)
 			continue
 		}
-		ep.addDead(m, deadLetter(r.cfg.Name, "", m, m.Failed, 0))
+		ep.addDead(m, r.deadLetter("", m, "", m.Failed, 0))
 	}
 }
 
@@ -759,6 +779,7 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return "", nil
 	}
 	var dead, rows []any
+	var segs []seg
 	var msgs []*stream.Message
 	var ids []string
 	for _, ep := range ok {
@@ -767,6 +788,7 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		if cfg.Delivery == ExactlyOnce {
 			for _, p := range ep.parts {
 				rows = append(rows, p.out...)
+				segs = append(segs, p.segs...)
 			}
 			for _, m := range ep.todo {
 				if m.ID != "" {
@@ -787,14 +809,8 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 		return "", nil
 	}
-	if len(dead) > 0 {
-		if err := r.retryForever(work, r.dlqLink, func() error {
-			return r.parts.DeadLetter.Write(work, dead)
-		}); err != nil {
-			return fail(err)
-		}
-		r.dead.Add(int64(len(dead)))
-		r.deadDirty = true
+	if err := r.writeDead(work, dead); err != nil {
+		return fail(err)
 	}
 	pos := lastPosition(msgs)
 	// Dead letters reach the disk before the transaction or the
@@ -805,13 +821,16 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			return fail(err)
 		}
 	}
+	var refusedOf []*stream.Message
+	var refused []*stream.DeadLetter
 	if cfg.Delivery == ExactlyOnce {
-		if err := r.commitTx(work, pos, ids, rows); err != nil {
+		var err error
+		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs); err != nil {
 			return fail(err)
 		}
 	}
-	if len(dead) > 0 {
-		r.notifyDead(work, ok)
+	if len(dead) > 0 || len(refused) > 0 {
+		r.notifyDead(work, ok, refusedOf, refused)
 	}
 	if cfg.Delivery != AtMostOnce {
 		if err := r.retryForever(work, r.srcLink, func() error { return r.parts.Source.Ack(work, msgs) }); err != nil {
@@ -838,14 +857,14 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 }
 
 // notifyDead tells a source that wants to know which messages of a
-// committed group were dead-lettered, before they are acknowledged.
-func (r *Runner) notifyDead(ctx context.Context, group []*epoch) {
+// committed group were dead-lettered, before they are acknowledged: those
+// of the epochs' dead letters, and msgs, whose rows the exactly-once sink
+// refused with letters.
+func (r *Runner) notifyDead(ctx context.Context, group []*epoch, msgs []*stream.Message, letters []*stream.DeadLetter) {
 	n, ok := r.parts.Source.(stream.DeadLetterNotifier)
 	if !ok {
 		return
 	}
-	var msgs []*stream.Message
-	var letters []*stream.DeadLetter
 	for _, ep := range group {
 		for i, m := range ep.deadOf {
 			if m != nil {

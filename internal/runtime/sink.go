@@ -10,37 +10,46 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
-// deliver writes a part's output to the sink (at-least-once); see
-// rowWriter.
-func (w *worker) deliver(ctx context.Context, p *part, rows []any) bool {
+// deliver writes a part's output, made by the runs segs, to the sink
+// (at-least-once); see rowWriter.
+func (w *worker) deliver(ctx context.Context, p *part, rows []any, segs []seg) bool {
 	r := w.r
-	rw := rowWriter{r: r, write: r.parts.Sink.Write, dead: func(row any, cause error, attempts int) {
-		p.ep.addDead(nil, r.rowDeadLetter("sink "+r.sinkLink.name, row, cause, attempts))
+	rw := &rowWriter{r: r, write: r.parts.Sink.Write, dead: func(row any, m *stream.Message, cause error, attempts int) {
+		p.ep.addDead(m, r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts))
 	}}
-	return rw.deliver(ctx, rows)
+	if r.trace {
+		rw.retrace = func() ([]any, []*stream.Message) { return w.retrace(ctx, rows, segs) }
+	}
+	return rw.deliver(ctx, rows, nil)
 }
 
 // rowWriter writes rows to a sink and isolates the rows it refuses.
 type rowWriter struct {
 	r     *Runner
 	write func(ctx context.Context, rows []any) error
-	// dead takes a row the sink refused, after attempts writes.
-	dead func(row any, cause error, attempts int)
+	// dead takes a row the sink refused, after attempts writes, with its
+	// message when known.
+	dead func(row any, m *stream.Message, cause error, attempts int)
+	// retrace, when set, is called once, when the sink first refuses the
+	// rows (none of them written yet): it returns the rows, made again
+	// where needed, with the message of each, for a source that answers
+	// per message.
+	retrace func() ([]any, []*stream.Message)
 }
 
-// deliver writes rows. A write the sink refuses with an error marked
-// stream.ErrPermanent (a value a column does not take, a constraint) is
-// split in halves down to the refused rows, which are dead-lettered at
-// once; the rest is written. Any other failure (a lost connection, a full
-// disk) is the sink's state, not the rows' fault: the rows it struck are
-// retried with capped backoff for as long as it takes, never
-// dead-lettered. deliver returns false when the work context ended or the
-// sink failed fatally.
-func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
+// deliver writes rows; from, nil or as long as rows, holds the message of
+// each. A write the sink refuses with an error marked stream.ErrPermanent
+// (a value a column does not take, a constraint) is split in halves down
+// to the refused rows, which are dead-lettered at once; the rest is
+// written. Any other failure (a lost connection, a full disk) is the
+// sink's state, not the rows' fault: the rows it struck are retried with
+// capped backoff for as long as it takes, never dead-lettered. deliver
+// returns false when the work context ended or the sink failed fatally.
+func (rw *rowWriter) deliver(ctx context.Context, rows []any, from []*stream.Message) bool {
 	r := rw.r
 	for round := 1; ; round++ {
 		var st isolation
-		if !rw.isolate(ctx, rows, &st) {
+		if !rw.isolate(ctx, rows, from, &st) {
 			return false
 		}
 		if len(st.stuck) == 0 {
@@ -51,7 +60,7 @@ func (rw rowWriter) deliver(ctx context.Context, rows []any) bool {
 		if r.cfg.Sleep(ctx, linkWait(round)) != nil {
 			return false
 		}
-		rows = st.stuck
+		rows, from = st.stuck, st.from
 	}
 }
 
@@ -70,13 +79,15 @@ func linkWait(attempt int) time.Duration {
 
 // isolation collects the rows a round of isolate could not write.
 type isolation struct {
-	stuck []any // rows struck by an unmarked failure
-	err   error // the first such failure
+	stuck []any             // rows struck by an unmarked failure
+	from  []*stream.Message // their messages, when known
+	err   error             // the first such failure
 }
 
-// isolate writes rows, splitting a failed write in halves. It returns
-// false when the work context ended or the sink failed fatally.
-func (rw rowWriter) isolate(ctx context.Context, rows []any, st *isolation) bool {
+// isolate writes rows (from: their messages, or nil), splitting a failed
+// write in halves. It returns false when the work context ended or the
+// sink failed fatally.
+func (rw *rowWriter) isolate(ctx context.Context, rows []any, from []*stream.Message, st *isolation) bool {
 	r := rw.r
 	err := rw.write(ctx, rows)
 	switch {
@@ -87,69 +98,96 @@ func (rw rowWriter) isolate(ctx context.Context, rows []any, st *isolation) bool
 		return false
 	case !stream.IsPermanent(err):
 		st.stuck = append(st.stuck, rows...)
+		st.from = append(st.from, from...)
 		if st.err == nil {
 			st.err = err
 		}
 		return true
+	case rw.retrace != nil:
+		// Refused whole, before any row was written (only a permanent
+		// refusal splits): trace the rows to their messages first.
+		retrace := rw.retrace
+		rw.retrace = nil
+		rows, from = retrace()
+		return rw.isolate(ctx, rows, from, st)
 	case len(rows) == 1:
-		rw.dead(rows[0], err, 1)
+		var m *stream.Message
+		if len(from) == 1 {
+			m = from[0]
+		}
+		rw.dead(rows[0], m, err, 1)
 		return true
 	}
 	mid := len(rows) / 2
-	return rw.isolate(ctx, rows[:mid], st) && rw.isolate(ctx, rows[mid:], st)
+	fa, fb := halve(from, mid)
+	return rw.isolate(ctx, rows[:mid], fa, st) && rw.isolate(ctx, rows[mid:], fb, st)
 }
 
-// rowDeadLetter is the dead letter of a row that cannot be traced to its
-// message: rejected by a later function, or by the sink. Its payload is the
-// row as JSON: the flow's buffers are reused by later runs.
-func (r *Runner) rowDeadLetter(fn string, row any, cause error, attempts int) *stream.DeadLetter {
+// halve splits from at mid; a nil from gives two nils.
+func halve(from []*stream.Message, mid int) (a, b []*stream.Message) {
+	if from == nil {
+		return nil, nil
+	}
+	return from[:mid], from[mid:]
+}
+
+// rowDeadLetter is the dead letter of a row past the first function:
+// rejected by a later function, or by the sink. Its payload is the row as
+// JSON (the flow's buffers are reused by later runs); m, the message the
+// row came from, is nil when not known.
+func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause error, attempts int) *stream.DeadLetter {
 	var payload any = row
 	if b, err := json.Marshal(row); err == nil {
 		payload = json.RawMessage(b)
 	}
 	r.cfg.Logger.Debug("row dead-lettered", "func", fn, "err", cause)
-	return &stream.DeadLetter{
-		Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts,
+	dl := &stream.DeadLetter{
+		LetterID: r.letterID(nil, ""), Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts,
 		Payload: payload, Time: time.Now().UTC(),
 	}
+	if m != nil {
+		dl.ID, dl.Position, dl.Headers = m.ID, m.Position, m.Headers
+	}
+	return dl
 }
 
-// commitTx commits a group's rows, position and message IDs in one
-// transaction of the sink, retrying with backoff while the sink is
-// unavailable. When the sink refuses the batch with an error marked
-// stream.ErrPermanent, the rows are committed in parts split down to the
-// rows it refuses, which are dead-lettered; the position and IDs then
-// commit on their own. A crash during that split may repeat the rows of
-// the group committed before it.
-func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any) error {
+// commitTx commits a group's rows (made by the runs segs), position and
+// message IDs in one transaction of the sink, retrying with backoff while
+// the sink is unavailable. When the sink refuses the batch with an error
+// marked stream.ErrPermanent, the rows are committed in parts split down to
+// the rows it refuses, which are dead-lettered; the position and IDs then
+// commit on their own. A crash during that split may repeat the rows of the
+// group committed before it. It returns the dead letters of refused rows
+// traced to their messages (see Runner.trace), and those messages.
+func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
 	tx := r.parts.TxSink
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
 	for attempt := 1; ; attempt++ {
 		err := tx.CommitBatch(ctx, r.cfg.StateKey, pos, all, rows)
 		if err == nil {
 			r.committedTx(pos, len(rows), jsize)
-			return nil
+			return nil, nil, nil
 		}
 		if errors.Is(err, stream.ErrAlreadyCommitted) || r.stopOn(ctx, err) {
-			return err
+			return nil, nil, err
 		}
 		if len(rows) > 0 && stream.IsPermanent(err) {
-			return r.commitIsolated(ctx, pos, ids, rows)
+			return r.commitIsolated(ctx, pos, ids, rows, segs)
 		}
 		r.sinkLink.fail(err)
 		if err := r.cfg.Sleep(ctx, linkWait(attempt)); err != nil {
-			return err
+			return nil, nil, err
 		}
 		// A commit whose answer was lost (the server went away after
 		// committing) must not be made twice: ask the sink what it holds.
 		if landed, lerr := r.commitLanded(ctx, pos, all); lerr == nil && landed {
 			r.cfg.Logger.Warn("the sink had committed a batch whose answer was lost; not committing it again", "position", pos)
 			r.committedTx(pos, len(rows), jsize)
-			return nil
+			return nil, nil, nil
 		}
 	}
 }
@@ -182,37 +220,50 @@ func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bo
 }
 
 // commitIsolated commits rows in parts, dead-letters those the sink
-// refuses, then the position and IDs; see commitTx.
-func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any) error {
+// refuses, then the position and IDs; see commitTx. With a source that
+// answers per message, the rows of runs of several messages are first made
+// again message by message, on a flow instance of the commit loop's own,
+// so that each refused row is traced to its message.
+func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
 	tx := r.parts.TxSink
 	var dead []any
-	rw := rowWriter{r: r,
+	var deadOf []*stream.Message
+	var letters []*stream.DeadLetter
+	rw := &rowWriter{r: r,
 		write: func(ctx context.Context, rs []any) error { return tx.CommitBatch(ctx, r.cfg.StateKey, "", nil, rs) },
-		dead: func(row any, cause error, attempts int) {
-			dead = append(dead, r.rowDeadLetter("sink "+r.sinkLink.name, row, cause, attempts))
+		dead: func(row any, m *stream.Message, cause error, attempts int) {
+			dl := r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts)
+			dead = append(dead, dl)
+			if m != nil {
+				deadOf, letters = append(deadOf, m), append(letters, dl)
+			}
 		},
 	}
-	if !rw.deliver(ctx, rows) {
-		return errors.Join(errors.New("sink refused rows; isolating them did not finish"), ctx.Err())
+	if r.trace {
+		rw.retrace = func() ([]any, []*stream.Message) {
+			if r.tracer == nil {
+				r.tracer = &worker{r: r, flow: r.parts.NewFlow(r.cfg.Workers)}
+			}
+			return r.tracer.retrace(ctx, rows, segs)
+		}
 	}
-	if len(dead) > 0 {
-		if err := r.retryForever(ctx, r.dlqLink, func() error { return r.parts.DeadLetter.Write(ctx, dead) }); err != nil {
-			return err
-		}
-		r.dead.Add(int64(len(dead)))
-		r.deadDirty = true
-		if err := r.syncDeadLetters(ctx); err != nil {
-			return err
-		}
+	if !rw.deliver(ctx, rows, nil) {
+		return nil, nil, errors.Join(errors.New("sink refused rows; isolating them did not finish"), ctx.Err())
+	}
+	if err := r.writeDead(ctx, dead); err != nil {
+		return nil, nil, err
+	}
+	if err := r.syncDeadLetters(ctx); err != nil {
+		return nil, nil, err
 	}
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	ids = append(ids[:len(ids):len(ids)], jids...)
 	if err := r.retryForever(ctx, r.sinkLink, func() error { return tx.CommitBatch(ctx, r.cfg.StateKey, pos, ids, nil) }); err != nil {
-		return err
+		return nil, nil, err
 	}
 	r.journalAt = jsize
-	return nil
+	return deadOf, letters, nil
 }

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
@@ -25,7 +26,7 @@ func (w *worker) process(ctx context.Context, p *part) {
 	if r.cfg.RunContext != nil {
 		ctx = r.cfg.RunContext(ctx, p.msgs)
 	}
-	out, ok := w.group(ctx, p, p.msgs, top)
+	out, segs, ok := w.group(ctx, p, p.msgs, top)
 	if !ok {
 		p.ep.failed.Store(true)
 		return
@@ -36,13 +37,13 @@ func (w *worker) process(ctx context.Context, p *part) {
 	}
 	if r.cfg.Delivery == ExactlyOnce {
 		// Kept until the commit: copy it out of the flow's buffers.
-		p.out = append([]any(nil), out...)
+		p.out, p.segs = append([]any(nil), out...), segs
 		return
 	}
 	if r.parts.Sink == nil {
 		return
 	}
-	if !w.deliver(ctx, p, out) {
+	if !w.deliver(ctx, p, out, segs) {
 		p.ep.failed.Store(true)
 	}
 }
@@ -68,16 +69,17 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 // rejection is deterministic. A first-layer rejection is its message; one
 // further on is the message when the run had one, else the row as it
 // arrived at the function that rejected it (which message it came from is
-// not known, and finding out would cost runs of the batch).
+// not known, and finding out would cost runs of the batch: group pays them
+// only for a source that answers per message, see Runner.trace).
 func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 	for _, rj := range rej {
 		switch {
 		case rj.Layer == 0:
-			w.deadLetter(p, msgs[rj.Index], rj.Func, rj.Err, 1)
+			w.deadLetter(p, msgs[rj.Index], "", rj.Func, rj.Err, 1)
 		case len(msgs) == 1:
-			w.deadLetter(p, msgs[0], rj.Func, rj.Err, 1)
+			w.deadLetter(p, msgs[0], rowPlace(rj.Layer, rj.Index), rj.Func, rj.Err, 1)
 		default:
-			p.ep.addDead(nil, w.r.rowDeadLetter(rj.Func, rj.Row, rj.Err, 1))
+			p.ep.addDead(nil, w.r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1))
 		}
 	}
 }
@@ -88,23 +90,29 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 // failing messages stand alone and are dead-lettered. Any other failure is taken as transient: the run is
 // retried up to retries times with backoff, then split, and messages that
 // still fail alone are retried by their function's policy before they are
-// dead-lettered. It returns the output of the messages that succeeded, and
-// false if the work context ended.
-func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, retries int) ([]any, bool) {
+// dead-lettered. With a source that answers per message (Runner.trace), a
+// run in which a function past the first rejected rows is split in halves
+// too, until each rejection is traced to its message. It returns the
+// output of the messages that succeeded, the runs it came from, and false
+// if the work context ended.
+func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, retries int) ([]any, []seg, bool) {
 	r := w.r
 	for try := 0; ; try++ {
 		out, rej, fn, err, perm := w.attempt(ctx, msgs)
 		if ctx.Err() != nil {
-			return nil, false
+			return nil, nil, false
 		}
 		if err == nil {
+			if r.trace && len(msgs) > 1 && slices.ContainsFunc(rej, func(rj Rejected) bool { return rj.Layer > 0 }) {
+				return w.halves(ctx, p, msgs)
+			}
 			w.rejected(p, msgs, rej)
-			return out, true
+			return out, segOf(msgs, len(out)), true
 		}
 		if len(msgs) == 1 {
 			if perm {
-				w.deadLetter(p, msgs[0], fn, err, 1)
-				return nil, true
+				w.deadLetter(p, msgs[0], "", fn, err, 1)
+				return nil, nil, true
 			}
 			return w.single(ctx, p, msgs[0], 1, fn, err)
 		}
@@ -112,43 +120,106 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 			r.retries.Add(1)
 			r.cfg.Logger.Warn("batch failed; retrying", "func", fn, "rows", len(msgs), "try", try+1, "err", err)
 			if w.backoff(ctx, fn, try+1) != nil {
-				return nil, false
+				return nil, nil, false
 			}
 			continue
 		}
-		mid := len(msgs) / 2
-		a, ok := w.group(ctx, p, msgs[:mid], 0)
-		if !ok {
-			return nil, false
-		}
-		a = append([]any(nil), a...) // the second half's runs reuse the buffers
-		b, ok := w.group(ctx, p, msgs[mid:], 0)
-		if !ok {
-			return nil, false
-		}
-		return append(a, b...), true
+		return w.halves(ctx, p, msgs)
 	}
+}
+
+// halves processes msgs in two halves (see group).
+func (w *worker) halves(ctx context.Context, p *part, msgs []*stream.Message) ([]any, []seg, bool) {
+	mid := len(msgs) / 2
+	a, sa, ok := w.group(ctx, p, msgs[:mid], 0)
+	if !ok {
+		return nil, nil, false
+	}
+	a = append([]any(nil), a...) // the second half's runs reuse the buffers
+	b, sb, ok := w.group(ctx, p, msgs[mid:], 0)
+	if !ok {
+		return nil, nil, false
+	}
+	return append(a, b...), append(sa, sb...), true
+}
+
+// seg is the output of one run: n rows made by running msgs together. The
+// rows of a one-message run are traced to their message.
+type seg struct {
+	msgs []*stream.Message
+	n    int
+}
+
+// segOf is the segment list of a run of msgs that made n rows.
+func segOf(msgs []*stream.Message, n int) []seg {
+	if n == 0 {
+		return nil
+	}
+	return []seg{{msgs: msgs, n: n}}
+}
+
+// retrace runs again, one message at a time, the messages of each run of
+// several messages in segs, so that each of rows (the output of segs) is
+// traced to its message: it returns the rows anew and their messages. The
+// rows of one-message runs are kept. Rejections met again are not
+// dead-lettered again (they were when the runs first ran). A run whose
+// messages do not all succeed again alone keeps its first rows, untraced.
+func (w *worker) retrace(ctx context.Context, rows []any, segs []seg) ([]any, []*stream.Message) {
+	rows = append([]any(nil), rows...) // the runs below reuse the flow's buffers
+	out := make([]any, 0, len(rows))
+	from := make([]*stream.Message, 0, len(rows))
+	at := 0
+	for _, s := range segs {
+		first := rows[at : at+s.n]
+		at += s.n
+		again, againFrom, ok := first, make([]*stream.Message, s.n), true
+		if len(s.msgs) == 1 {
+			for i := range againFrom {
+				againFrom[i] = s.msgs[0]
+			}
+		} else {
+			again, againFrom = nil, nil
+			for _, m := range s.msgs {
+				res, _, _, err, _ := w.attempt(ctx, []*stream.Message{m})
+				if err != nil {
+					w.r.cfg.Logger.Warn("a message run again alone to trace a refused row failed; the rows of its batch stay untraced", "err", err)
+					ok = false
+					break
+				}
+				again = append(again, res...)
+				for range res {
+					againFrom = append(againFrom, m)
+				}
+			}
+			if !ok {
+				again, againFrom = first, make([]*stream.Message, s.n)
+			}
+		}
+		out = append(out, again...)
+		from = append(from, againFrom...)
+	}
+	return out, from
 }
 
 // single retries one message that failed transiently by the failing
 // function's policy, having already made tried attempts, and dead-letters
 // it when they run out or when it fails deterministically.
-func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried int, fn string, cause error) ([]any, bool) {
+func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried int, fn string, cause error) ([]any, []seg, bool) {
 	r := w.r
 	pol := r.cfg.PolicyFor(fn)
 	for tried <= pol.Retries {
 		r.retries.Add(1)
 		if w.backoff(ctx, fn, tried) != nil {
-			return nil, false
+			return nil, nil, false
 		}
 		tried++
 		out, rej, f, err, perm := w.attempt(ctx, []*stream.Message{m})
 		if ctx.Err() != nil {
-			return nil, false
+			return nil, nil, false
 		}
 		if err == nil {
 			w.rejected(p, []*stream.Message{m}, rej)
-			return append([]any(nil), out...), true
+			return append([]any(nil), out...), segOf([]*stream.Message{m}, len(out)), true
 		}
 		fn, cause = f, err
 		if perm {
@@ -156,24 +227,26 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 		}
 		pol = r.cfg.PolicyFor(fn)
 	}
-	w.deadLetter(p, m, fn, cause, tried)
-	return nil, true
+	w.deadLetter(p, m, "", fn, cause, tried)
+	return nil, nil, true
 }
 
-// deadLetter adds m to its epoch's dead letters, written when the epoch
-// commits.
-func (w *worker) deadLetter(p *part, m *stream.Message, fn string, cause error, attempts int) {
+// deadLetter adds m (row: a row of it, see rowPlace) to its epoch's dead
+// letters, written when the epoch commits.
+func (w *worker) deadLetter(p *part, m *stream.Message, row, fn string, cause error, attempts int) {
 	w.r.cfg.Logger.Debug("message dead-lettered", "func", fn, "attempts", attempts, "err", cause)
-	p.ep.addDead(m, deadLetter(w.r.cfg.Name, fn, m, cause, attempts))
+	p.ep.addDead(m, w.r.deadLetter(fn, m, row, cause, attempts))
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
 	return w.r.cfg.Sleep(ctx, filter.Backoff(w.r.cfg.PolicyFor(fn).Base, attempt))
 }
 
-func deadLetter(flow, fn string, m *stream.Message, cause error, attempts int) *stream.DeadLetter {
+// deadLetter is the dead letter of message m, or of a row of it (see
+// rowPlace), that function fn failed.
+func (r *Runner) deadLetter(fn string, m *stream.Message, row string, cause error, attempts int) *stream.DeadLetter {
 	return &stream.DeadLetter{
-		Flow: flow, Func: fn, Error: cause.Error(), Attempts: attempts, ID: m.ID,
+		LetterID: r.letterID(m, row), Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts, ID: m.ID,
 		Payload: dlqPayload(m.Payload), Position: m.Position, Headers: m.Headers, Time: time.Now().UTC(),
 	}
 }

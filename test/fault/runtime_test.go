@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -59,16 +61,22 @@ func deadLetterIDs(t *testing.T, dir string) (ids map[int64]int, attempts map[in
 			b, _ := json.Marshal(dl["payload"])
 			payload = string(b)
 		}
-		m := idInPayload.FindStringSubmatch(payload)
-		if m == nil {
-			t.Fatalf("dead letter without an id: %v", dl)
-		}
-		id, _ := strconv.ParseInt(string(m[1]), 10, 64)
-		ids[id]++
+		ids[payloadID(t, payload)]++
 		a, _ := dl["attempts"].(float64)
 		attempts[int(a)]++
 	}
 	return ids, attempts
+}
+
+// payloadID is the id in a dead letter's payload.
+func payloadID(t *testing.T, payload string) int64 {
+	t.Helper()
+	m := idInPayload.FindStringSubmatch(payload)
+	if m == nil {
+		t.Fatalf("dead letter without an id: %s", payload)
+	}
+	id, _ := strconv.ParseInt(m[1], 10, 64)
+	return id
 }
 
 // checkPoison checks that every good id is in the sink (exactly once when
@@ -86,6 +94,13 @@ func checkPoison(t *testing.T, dir string, n int, poison map[int64]bool, exact b
 		t.Fatalf("sink: %v", bad)
 	}
 	dead, _ := deadLetterIDs(t, dir)
+	checkDeadOnce(t, dead, poison)
+}
+
+// checkDeadOnce checks that the dead letters (counts by id) are the poison
+// ids, once each.
+func checkDeadOnce(t *testing.T, dead map[int64]int, poison map[int64]bool) {
+	t.Helper()
 	for id, c := range dead {
 		if !poison[id] || c != 1 {
 			t.Errorf("dead letter of id %d %d times (poison: %v), want poison ids once each", id, c, poison[id])
@@ -135,6 +150,214 @@ func TestExactlyOnceDeadLettersOnceAcrossSIGKILL(t *testing.T) {
 	t.Parallel()
 	const n = 20000
 	dir, poison := poisonDir(t, n, 10, "exactly-once")
+	kills := killRepeatedly(t, dir)
+	checkPoison(t, dir, n, poison, true)
+	t.Logf("%d SIGKILLs: every good id once in the sink, every poison id once in the dead letters", kills)
+}
+
+// Issue 10: at-least-once, a batch processed again after a crash (its
+// position was not saved yet) does not write its dead letters to the
+// default dead-letter file again: they are recognised by their identity.
+func TestAtLeastOnceDeadLettersOnceAcrossSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a process repeatedly")
+	}
+	t.Parallel()
+	const n = 20000
+	dir, poison := poisonDir(t, n, 10, "at-least-once")
+	kills := killRepeatedly(t, dir)
+	checkPoison(t, dir, n, poison, false)
+	t.Logf("%d SIGKILLs: every good id in the sink, every poison id once in the dead letters", kills)
+}
+
+// Issue 10: a dead_letter connector that stores a dead letter once per
+// letter_id (an SQLite table with upsert_key: letter_id, a Redis list with
+// dedup_key: {letter_id}, a JetStream stream with msg_id: {letter_id})
+// holds every dead letter once across crashes, although the runtime writes
+// those of a batch processed again once more.
+func TestDeadLetterConnectorOnceAcrossSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills a process repeatedly")
+	}
+	t.Parallel()
+	for _, tc := range []struct {
+		name, delivery string
+		// conn returns the YAML params of the dead-letter connector dlq
+		// (after its cname) and a function reading back its payloads.
+		conn func(t *testing.T, dir string) (string, func() []string)
+	}{
+		{"sqlite", "at-least-once", sqliteDeadLetters},
+		{"sqlite", "exactly-once", sqliteDeadLetters},
+		{"redis", "at-least-once", redisDeadLetters},
+		{"nats", "at-least-once", natsDeadLetters},
+	} {
+		t.Run(tc.name+"/"+tc.delivery, func(t *testing.T) {
+			t.Parallel()
+			const n = 20000
+			dir, poison := poisonDir(t, n, 10, tc.delivery)
+			yml, payloads := tc.conn(t, dir)
+			appendFile(t, filepath.Join(dir, "flow.yml"), "  dead_letter: dlq\n")
+			appendFile(t, filepath.Join(dir, "conns.yml"), "---\nkistype: conn\ncname: dlq\n"+yml)
+			kills := killRepeatedly(t, dir)
+			sink := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out")
+			for id := range poison {
+				sink[id] = 1 // accounted for by its dead letter
+			}
+			if bad := Check(sink, n, tc.delivery == "exactly-once"); len(bad) > 0 {
+				t.Fatalf("sink: %v", bad)
+			}
+			dead := map[int64]int{}
+			for _, p := range payloads() {
+				dead[payloadID(t, p)]++
+			}
+			checkDeadOnce(t, dead, poison)
+			if _, err := os.Stat(filepath.Join(dir, "state", "dead-letter", "Ids.jsonl")); err == nil {
+				t.Fatal("dead letters went to the default file too")
+			}
+			t.Logf("%d SIGKILLs: every poison id once in the dead-letter connector", kills)
+		})
+	}
+}
+
+// sqliteDeadLetters is a dead-letter table dead in dir/dead.db keyed on
+// letter_id.
+func sqliteDeadLetters(t *testing.T, dir string) (string, func() []string) {
+	yml := "type: sqlite\nkey: dead\nparams:\n  path: dead.db\n  create: \"true\"\n  columns: letter_id,func,error,payload\n  upsert_key: letter_id\n"
+	return yml, func() []string {
+		db, err := sql.Open("sqlite", filepath.Join(dir, "dead.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		rows, err := db.Query("SELECT payload FROM dead")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []string
+		for rows.Next() {
+			var payload []byte
+			if err := rows.Scan(&payload); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, string(payload))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+}
+
+// payloadOf is the payload of a dead letter as JSON: a line that was not
+// JSON is a string.
+func payloadOf(t *testing.T, record []byte) string {
+	t.Helper()
+	var dl struct{ Payload json.RawMessage }
+	if err := json.Unmarshal(record, &dl); err != nil {
+		t.Fatalf("dead letter %s: %v", record, err)
+	}
+	var s string
+	if json.Unmarshal(dl.Payload, &s) == nil {
+		return s
+	}
+	return string(dl.Payload)
+}
+
+// redisDeadLetters is a Redis list of dead letters, saved once per
+// letter_id.
+func redisDeadLetters(t *testing.T, _ string) (string, func() []string) {
+	addr := testenv.Redis.Addr(t)
+	key := testenv.Name("dlq")
+	rdb := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() {
+		ctx := context.Background()
+		rdb.Del(ctx, key)
+		if marks, err := rdb.Keys(ctx, "kisflow:saved:dlq:"+key+":*").Result(); err == nil && len(marks) > 0 {
+			rdb.Del(ctx, marks...)
+		}
+		rdb.Close()
+	})
+	yml := "type: redis\naddrs: " + addr + "\nkey: " + key + "\nparams:\n  mode: list\n  dedup_key: \"{letter_id}\"\n  dedup_ttl: 10m\n"
+	return yml, func() []string {
+		items, err := rdb.LRange(context.Background(), key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := make([]string, len(items))
+		for i, it := range items {
+			out[i] = payloadOf(t, []byte(it))
+		}
+		return out
+	}
+}
+
+// natsDeadLetters is a JetStream stream of dead letters whose message IDs
+// are their letter_id (JetStream keeps one within its duplicate window).
+func natsDeadLetters(t *testing.T, _ string) (string, func() []string) {
+	url := testenv.NATS.Addr(t)
+	name := strings.ToUpper(testenv.Name("DLQ"))
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), name) })
+	yml := "type: nats\naddrs: " + url + "\nkey: " + strings.ToLower(name) + ".dead\nparams:\n  stream: " + name +
+		"\n  create: \"true\"\n  msg_id: \"{letter_id}\"\n"
+	return yml, func() []string {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := int(st.CachedInfo().State.Msgs)
+		c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for len(out) < want {
+			batch, err := c.Fetch(want-len(out), jetstream.FetchMaxWait(10*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := 0
+			for m := range batch.Messages() {
+				out = append(out, payloadOf(t, m.Data()))
+				got++
+			}
+			if batch.Error() != nil || got == 0 {
+				t.Fatalf("read %d of %d dead letters: %v", len(out), want, batch.Error())
+			}
+		}
+		return out
+	}
+}
+
+func appendFile(t *testing.T, path, text string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(text); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// killRepeatedly throttles the job in dir to about 5 s of work, then runs
+// it, killing it (SIGKILL) at a random point after it starts, until a
+// 13th run finishes or a run finishes before its kill; it returns the
+// number of kills, and fails the test when fewer than 4 landed.
+func killRepeatedly(t *testing.T, dir string) int {
+	t.Helper()
 	Throttle(t, dir, 4000) // about 5 s of work: the kills land mid-stream
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 10))
 	kills := 0
@@ -160,8 +383,7 @@ func TestExactlyOnceDeadLettersOnceAcrossSIGKILL(t *testing.T) {
 	if kills < 4 {
 		t.Fatalf("only %d kills landed; the job is too short for the test", kills)
 	}
-	checkPoison(t, dir, n, poison, true)
-	t.Logf("%d SIGKILLs: every good id once in the sink, every poison id once in the dead letters", kills)
+	return kills
 }
 
 // Issue 10: a flow where every row fails the same way (a typo in an

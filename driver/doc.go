@@ -1,0 +1,51 @@
+// Package driver is what a connector author imports to add a connector
+// type: the Driver interface and its Factory, the Spec that declares the
+// type's params once (it decodes them into a typed struct, and lint, `kisflow
+// list` and the README's parameter tables are made from it), and the one
+// grammar of durations, sizes and booleans every param shares.
+//
+// A connector package declares its params as a struct, builds its Spec
+// from it, and registers both:
+//
+//	type params struct {
+//		Mode    string        `param:"mode" default:"hash" enum:"hash|string" doc:"how rows are stored"`
+//		Timeout time.Duration `param:"timeout" default:"5s" min:"1ms" doc:"every network call"`
+//	}
+//
+//	var Spec = driver.MustSpec[params]("redis", "Redis hashes, strings, lists and streams")
+//
+//	func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
+//
+//	func New(cfg *config.Conn) (driver.Driver, error) {
+//		var p params
+//		if err := Spec.Decode(cfg, &p); err != nil {
+//			return nil, err
+//		}
+//		...
+//	}
+//
+// # Capabilities
+//
+// A driver is a Driver (Start, Close). What else it can do it says by
+// implementing these interfaces; the engine finds them by type assertion:
+//
+//   - stream.SourceDriver (OpenSource): it feeds a flow's stream with a
+//     stream.Source. Optional extras of a source: stream.Nacker (give
+//     messages back at once), stream.DeadLetterNotifier (told which messages
+//     went to the dead-letter sink before they are acknowledged),
+//     stream.Sizer (progress of a bounded source), a Lag(ctx) (int64, error)
+//     method (kisflow_source_lag).
+//   - stream.Sink: it is a flow's sink and serves Save functions (Write).
+//   - stream.TxSink: an exactly-once sink: rows, position and consumed
+//     message IDs commit in one transaction (CommitBatch, Position, Seen);
+//     with stream.SerialCommitter when a commit covers everything read.
+//   - kisflow.Caller: the default for Connector.Call (Load functions).
+//   - kisflow.PluginUser: it uses plugins, such as a shared client (see the
+//     redis, nats and sql packages).
+//
+// Messages a driver's errors carry decide what the runtime does: an error
+// marked stream.Fatal (a configuration error: bad credentials, a wrong type)
+// ends the job; stream.Permanent (this row can never be written) sends the
+// row to the dead-letter sink; any other error is an outage, retried with
+// capped backoff for as long as it takes.
+package driver
