@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -129,6 +130,9 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 					}
 				}
 				return nil
+			}
+			if o.state == "" && errors.Is(err, fs.ErrPermission) {
+				err = fmt.Errorf("%w (the state folder is %s unless --state names another)", err, state)
 			}
 			return &exitError{code: ExitProblem, err: red.Error(err)}
 		}
