@@ -4,11 +4,12 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
-// The position and inbox an earlier version committed under the flow name
+// The position (with its commit time) and inbox an earlier version committed under the flow name
 // move to the new key once, atomically; of racing processes one moves
 // them, and nothing moves over state the new key already has.
 func TestRekeyMovesLegacyStateOnce(t *testing.T) {
@@ -18,6 +19,10 @@ func TestRekeyMovesLegacyStateOnce(t *testing.T) {
 	r := start(t, prefix+"list", map[string]string{"mode": "list", "state_prefix": prefix + ":state:"}) // removes prefix* at the end
 	if err := r.CommitBatch(ctx, "Flow", "7", []string{"a", "b"}, []any{map[string]any{"n": 1}}); err != nil {
 		t.Fatal(err)
+	}
+	before, err := r.PositionTime(ctx, "Flow")
+	if err != nil || before.IsZero() || time.Since(before) > time.Minute {
+		t.Fatalf("commit time %v %v", before, err)
 	}
 	var wg sync.WaitGroup
 	moved := make([]bool, 4)
@@ -43,6 +48,9 @@ func TestRekeyMovesLegacyStateOnce(t *testing.T) {
 	}
 	if pos, _ := r.Position(ctx, "Flow@x"); pos != "7" {
 		t.Fatalf("position under the new key %q", pos)
+	}
+	if at, _ := r.PositionTime(ctx, "Flow@x"); !at.Equal(before) {
+		t.Fatalf("commit time under the new key %v, want %v", at, before)
 	}
 	if seen, _ := r.Seen(ctx, "Flow@x", []string{"a", "b", "c"}); !seen["a"] || !seen["b"] || seen["c"] {
 		t.Fatalf("inbox under the new key: %v", seen)
