@@ -26,7 +26,7 @@ func TestRekeyMovesLegacyStateOnce(t *testing.T) {
 		const key = "Flow@redis:127.0.0.1:6379/orders"
 		// Racing processes: exactly one moves it.
 		var wg sync.WaitGroup
-		moved := make([]bool, 4)
+		moved := make([]bool, 12)
 		for i := range moved {
 			wg.Add(1)
 			go func() {
@@ -45,7 +45,7 @@ func TestRekeyMovesLegacyStateOnce(t *testing.T) {
 			}
 		}
 		if n != 1 {
-			t.Fatalf("%d of 4 racing Rekeys moved the state, want 1", n)
+			t.Fatalf("%d of 12 racing Rekeys moved the state, want 1", n)
 		}
 		if pos, _ := d.Position(ctx, key); pos != "42" {
 			t.Fatalf("position under the new key: %q", pos)
