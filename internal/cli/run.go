@@ -41,7 +41,9 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 		Long: "Run every enabled flow in DIR whose YAML has a stream block, until its\n" +
 			"source is exhausted (a file) or until SIGINT/SIGTERM (an unbounded source),\n" +
 			"then drain in-flight batches, acknowledge them, commit positions and close\n" +
-			"connectors. Prints progress on a terminal and a summary at the end.\n" +
+			"connectors. Checkpoints and dead letters are kept in DIR/.kisflow unless\n" +
+			"--state names another folder. Prints where each flow starts, progress on a\n" +
+			"terminal and a summary at the end.\n" +
 			"Exits 0 when every flow ended cleanly, 1 when one failed, 2 on bad input,\n" +
 			"3 when a signal stopped a bounded source before its end, 4 when in-flight\n" +
 			"batches did not finish within drain_timeout (they are read again next run).",
