@@ -2,10 +2,13 @@ package kisflow
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,7 +25,8 @@ import (
 )
 
 // DefaultStateDir is where jobs keep checkpoints and dead letters unless
-// WithStateDir says otherwise.
+// WithStateDir says otherwise: relative to the current folder for
+// Engine.Job; kisflow run DIR keeps them in DIR/.kisflow.
 const DefaultStateDir = ".kisflow"
 
 // Default retry policy of stream functions that set no retry_times: the
@@ -68,6 +72,7 @@ func WithRetrySleep(sleep func(ctx context.Context, d time.Duration) error) JobO
 type Job struct {
 	eng     *Engine
 	name    string
+	start   StartPosition
 	runner  *runtime.Runner
 	source  stream.Source
 	closers []func() error
@@ -210,11 +215,13 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		parts.DeadLetter = w
 	}
 
-	var resume string
+	key := StateKey(flowName, e.set.Conns[st.Source])
+	j.start = StartPosition{Key: key, Source: st.Source}
+	var positions interface {
+		Position(ctx context.Context, stream string) (string, error)
+	}
 	if delivery == config.ExactlyOnce {
-		if resume, err = parts.TxSink.Position(ctx, flowName); err != nil {
-			return fail(err)
-		}
+		positions = parts.TxSink
 	} else {
 		ck := o.checkpoints
 		if ck == nil {
@@ -226,10 +233,12 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 			ck = store
 		}
 		parts.Checkpoints = ck
-		if resume, err = ck.Position(ctx, flowName); err != nil {
-			return fail(err)
-		}
+		positions = ck
 	}
+	if err := j.loadPosition(ctx, positions); err != nil {
+		return fail(err)
+	}
+	resume := j.start.Position
 
 	sc, err := e.Connector(ctx, st.Source)
 	if err != nil {
@@ -239,7 +248,10 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if !ok {
 		return fail(fmt.Errorf("stream source %q: connector type %s cannot be a source", st.Source, sc.Type()))
 	}
-	src, err := sd.OpenSource(ctx, stream.SourceOptions{Name: flowName, Resume: resume, Logger: j.log})
+	if r, ok := sd.(stream.Resumable); ok {
+		j.start.Resumable = r.Resumable()
+	}
+	src, err := sd.OpenSource(ctx, stream.SourceOptions{Name: flowName, StateKey: key, Resume: resume, Logger: j.log})
 	if err != nil {
 		return fail(fmt.Errorf("open source %q: %w", st.Source, err))
 	}
@@ -260,7 +272,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 
 	cfg := runtime.Config{
-		Name: flowName, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
+		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
 		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
@@ -279,6 +291,117 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		return fail(err)
 	}
 	return j, nil
+}
+
+// StartPosition is where a job starts reading; see Job.StartPosition.
+type StartPosition struct {
+	// Key is the state key of the job's position (see StateKey).
+	Key string
+	// Source is the name of the source connector.
+	Source string
+	// Position is the committed position the source was opened at, ""
+	// for none.
+	Position string
+	// CommittedAt is when Position was committed; the zero time when
+	// unknown (a store that keeps no time) or when there is no position.
+	CommittedAt time.Time
+	// Resumable reports that the source resumes from positions the
+	// runtime stores (a file, a generator, an SQL poller); other sources
+	// keep their own (a broker's consumer group) or have none.
+	Resumable bool
+	// Rekeyed reports that the position was found under the flow name
+	// alone, where an earlier version kept it, and moved to Key.
+	Rekeyed bool
+}
+
+// loadPosition moves a position kept under the flow name alone to the
+// job's state key (once), then reads it and its commit time.
+func (j *Job) loadPosition(ctx context.Context, store interface {
+	Position(ctx context.Context, stream string) (string, error)
+}) error {
+	key := j.start.Key
+	if rk, ok := store.(stream.Rekeyer); ok && key != j.name {
+		moved, err := rk.Rekey(ctx, j.name, key)
+		if err != nil {
+			return err
+		}
+		if moved {
+			j.start.Rekeyed = true
+			j.log.InfoContext(ctx, fmt.Sprintf("flow %s: state saved under the flow name by an earlier version moved to %s", j.name, key))
+		}
+	}
+	pos, err := store.Position(ctx, key)
+	if err != nil {
+		return err
+	}
+	j.start.Position = pos
+	if pt, ok := store.(stream.PositionTimer); ok && pos != "" {
+		if j.start.CommittedAt, err = pt.PositionTime(ctx, key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartPosition returns where the job starts: the committed position it
+// resumes at, if any, and when it was committed.
+func (j *Job) StartPosition() StartPosition { return j.start }
+
+// maxStateKey bounds a state key (an SQL store's column holds 255
+// characters); a longer one keeps its start and a hash of the whole.
+const maxStateKey = 200
+
+// StateKey returns the key under which the job of flow keeps its position
+// (in the checkpoint store, or in an exactly-once sink with the IDs of the
+// messages it consumed): FLOW@TYPE:WHERE, where WHERE identifies the
+// source connector source: its addresses (with passwords and tokens
+// replaced by xxxxx, so that changing a password keeps the position), the
+// params dsn, database, stream, db and group, its path (params.path)
+// made absolute, and its key (table, stream, topic, queue, subject). A
+// source with none of these (a generator) is identified by its folder and
+// name. Two flows of the same name read from different sources keep
+// separate positions, and a flow keeps its position across processes that
+// read the same source. A key longer than 200 bytes keeps its first 180
+// and a hash of the whole.
+func StateKey(flow string, source *config.Conn) string {
+	if source == nil {
+		return flow
+	}
+	var parts []string
+	if a := source.AddrList(); len(a) > 0 {
+		parts = append(parts, strings.Join(a, ","))
+	}
+	for _, p := range []string{"dsn", "database", "stream", "db", "group"} {
+		if v := source.Params[p]; v != "" {
+			parts = append(parts, p+"="+v)
+		}
+	}
+	if p := source.Params["path"]; p != "" {
+		parts = append(parts, absPath(source.Path(p)))
+	}
+	if source.Key != "" {
+		parts = append(parts, source.Key)
+	}
+	if len(parts) == 0 {
+		dir := source.Dir
+		if dir == "" {
+			dir = "."
+		}
+		parts = append(parts, absPath(dir), source.CName)
+	}
+	key := flow + "@" + source.Type + ":" + config.Redact(strings.Join(parts, "/"))
+	if len(key) > maxStateKey {
+		sum := sha256.Sum256([]byte(key))
+		key = strings.ToValidUTF8(key[:180], "") + "~" + hex.EncodeToString(sum[:])[:12]
+	}
+	return key
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 // policyFor returns the retry policy lookup of a stream: a function's own

@@ -1,5 +1,7 @@
 // Package checkpoint stores stream positions in SQL: a table
-// kisflow_checkpoints(stream, position, updated_at). SQLite is the embedded
+// kisflow_checkpoints(stream, position, updated_at), where stream is a
+// state key (a flow name and its source's identity) and updated_at the
+// commit time, RFC 3339 in UTC. SQLite is the embedded
 // default (modernc.org/sqlite, pure Go); the Tx helpers let a transactional
 // sink record a position in the same transaction as its rows.
 package checkpoint
@@ -48,10 +50,25 @@ func (d Dialect) upsert() string {
 }
 
 func (d Dialect) selectPos() string {
-	if d == Postgres {
-		return "SELECT position FROM " + Table + " WHERE stream = $1"
+	return d.bind("SELECT position, updated_at FROM " + Table + " WHERE stream = ?")
+}
+
+// bind numbers the ? placeholders of q for PostgreSQL ($1, $2, ...).
+func (d Dialect) bind(q string) string {
+	if d != Postgres {
+		return q
 	}
-	return "SELECT position FROM " + Table + " WHERE stream = ?"
+	var b strings.Builder
+	n := 0
+	for _, r := range q {
+		if r == '?' {
+			n++
+			fmt.Fprintf(&b, "$%d", n)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Querier runs a query (a *sql.DB or *sql.Tx).
@@ -115,15 +132,103 @@ func Save(ctx context.Context, db Execer, d Dialect, stream, position string) er
 
 // Load returns stream's position, "" if none was saved.
 func Load(ctx context.Context, db Execer, d Dialect, stream string) (string, error) {
-	var pos string
-	err := db.QueryRowContext(ctx, d.selectPos(), stream).Scan(&pos)
+	pos, _, err := LoadAt(ctx, db, d, stream)
+	return pos, err
+}
+
+// LoadAt returns stream's position and when it was committed: "" and the
+// zero time if none was saved.
+func LoadAt(ctx context.Context, db Execer, d Dialect, stream string) (string, time.Time, error) {
+	var pos, at string
+	err := db.QueryRowContext(ctx, d.selectPos(), stream).Scan(&pos, &at)
 	if errors.Is(err, sql.ErrNoRows) {
-		return "", nil
+		return "", time.Time{}, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("load position of %q: %w", stream, err)
+		return "", time.Time{}, fmt.Errorf("load position of %q: %w", stream, err)
 	}
-	return pos, nil
+	t, _ := time.Parse(time.RFC3339Nano, at) // unreadable: unknown, the zero time
+	return pos, t, nil
+}
+
+// Rekey moves the state an earlier version saved under the key from (a
+// flow name) to the key to, in one transaction: the position and, with
+// inbox, the consumed message IDs. It moves nothing and returns false when
+// from has no state, when to has some, or when another key from+"@..."
+// has some: from's state may then be that key's, and is left alone. Of
+// processes racing to move the same key, one moves it.
+func Rekey(ctx context.Context, db *sql.DB, d Dialect, from, to string, inbox bool) (bool, error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+	}
+	defer func() { _ = tx.Rollback() }() // after Commit, a no-op
+	moved, err := rekey(ctx, tx, d, from, to, inbox)
+	if err != nil || !moved {
+		return false, err
+	}
+	if err := tx.Commit(); err != nil {
+		return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+	}
+	return true, nil
+}
+
+func rekey(ctx context.Context, tx *sql.Tx, d Dialect, from, to string, inbox bool) (bool, error) {
+	tables := []string{Table}
+	if inbox {
+		tables = append(tables, InboxTable)
+	}
+	has := func(table, where string, args ...any) (bool, error) {
+		var one int
+		err := tx.QueryRowContext(ctx, d.bind("SELECT 1 FROM "+table+" WHERE "+where+" LIMIT 1"), args...).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	}
+	// Cheap look-ups by primary key first: once moved, from has nothing.
+	var legacy bool
+	for _, t := range tables {
+		found, err := has(t, "stream = ?", from)
+		if err != nil {
+			return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+		}
+		legacy = legacy || found
+	}
+	if !legacy {
+		return false, nil
+	}
+	like := strings.NewReplacer("!", "!!", "%", "!%", "_", "!_").Replace(from) + "@%"
+	for _, t := range tables {
+		for _, q := range []struct {
+			where string
+			args  []any
+		}{{"stream = ?", []any{to}}, {"stream LIKE ? ESCAPE '!'", []any{like}}} {
+			found, err := has(t, q.where, q.args...)
+			if err != nil {
+				return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+			}
+			if found {
+				return false, nil
+			}
+		}
+	}
+	// The checks read a snapshot (MySQL's repeatable read); the updates
+	// read what is committed: a racing process that moved the state first
+	// leaves them nothing.
+	var n int64
+	for _, t := range tables {
+		res, err := tx.ExecContext(ctx, d.bind("UPDATE "+t+" SET stream = ? WHERE stream = ?"), to, from)
+		if err != nil {
+			return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+		}
+		k, err := res.RowsAffected()
+		if err != nil {
+			return false, fmt.Errorf("move state of %q to %q: %w", from, to, err)
+		}
+		n += k
+	}
+	return n > 0, nil
 }
 
 // Store is a checkpoint store over one database. It is safe for concurrent
@@ -189,6 +294,59 @@ func (s *Store) SavePosition(ctx context.Context, stream, position string) error
 		return err
 	}
 	return s.guard.Check()
+}
+
+// PositionTime returns when stream's position was saved, the zero time if
+// it was not.
+func (s *Store) PositionTime(ctx context.Context, stream string) (time.Time, error) {
+	_, at, err := LoadAt(ctx, s.db, s.dialect, stream)
+	return at, err
+}
+
+// Rekey moves the position saved under from to to; see the package's
+// Rekey.
+func (s *Store) Rekey(ctx context.Context, from, to string) (bool, error) {
+	if err := s.guard.Check(); err != nil {
+		return false, err
+	}
+	return Rekey(ctx, s.db, s.dialect, from, to, false)
+}
+
+// Adopt moves the position that old holds for stream (a key an earlier
+// version saved in another file) into s, with its time, and returns it. It
+// adopts nothing ("") when old has none for stream, or when s already
+// holds a position for stream or for a key stream+"@...". The position is
+// saved in s before it is deleted from old: a crash in between leaves a
+// copy in old that the next Adopt ignores.
+func (s *Store) Adopt(ctx context.Context, old *Store, stream string) (string, error) {
+	pos, at, err := LoadAt(ctx, old.db, old.dialect, stream)
+	if err != nil || pos == "" {
+		return "", err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return "", fmt.Errorf("adopt position of %q: %w", stream, err)
+	}
+	defer func() { _ = tx.Rollback() }() // after Commit, a no-op
+	var one int
+	like := strings.NewReplacer("!", "!!", "%", "!%", "_", "!_").Replace(stream) + "@%"
+	err = tx.QueryRowContext(ctx, s.dialect.bind("SELECT 1 FROM "+Table+" WHERE stream = ? OR stream LIKE ? ESCAPE '!' LIMIT 1"), stream, like).Scan(&one)
+	switch {
+	case err == nil:
+		return "", nil // s has positions of its own
+	case !errors.Is(err, sql.ErrNoRows):
+		return "", fmt.Errorf("adopt position of %q: %w", stream, err)
+	}
+	if _, err := tx.ExecContext(ctx, s.dialect.upsert(), stream, pos, at.UTC().Format(time.RFC3339Nano)); err != nil {
+		return "", fmt.Errorf("adopt position of %q: %w", stream, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return "", fmt.Errorf("adopt position of %q: %w", stream, err)
+	}
+	if _, err := old.db.ExecContext(ctx, old.dialect.bind("DELETE FROM "+Table+" WHERE stream = ?"), stream); err != nil {
+		return "", fmt.Errorf("adopt position of %q: delete it from the old store: %w", stream, err)
+	}
+	return pos, nil
 }
 
 // Close closes the database.

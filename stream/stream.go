@@ -99,8 +99,14 @@ type Sizer interface {
 // SourceOptions is what the runner tells a source it opens.
 type SourceOptions struct {
 	// Name identifies the stream (the flow name): a consumer group, a
-	// durable consumer, a checkpoint key.
+	// durable consumer.
 	Name string
+	// StateKey is the key under which the runtime stores the stream's
+	// position, and an exactly-once sink its commits: the flow name and
+	// the source's identity (see kisflow.StateKey). "" means Name. A
+	// source that keeps state for its sink (a Kafka transactional session)
+	// registers it under this key.
+	StateKey string
 	// Resume is the last committed position, "" to start from the beginning.
 	Resume string
 	// Logger is the runner's logger.
@@ -145,6 +151,31 @@ type SerialCommitter interface {
 type Checkpoints interface {
 	Position(ctx context.Context, stream string) (string, error)
 	SavePosition(ctx context.Context, stream string, position string) error
+}
+
+// PositionTimer is an optional capability of Checkpoints and TxSink: when
+// stream's position was committed (the zero time when unknown or none).
+type PositionTimer interface {
+	PositionTime(ctx context.Context, stream string) (time.Time, error)
+}
+
+// Rekeyer is an optional capability of Checkpoints and TxSink: it moves
+// the state (position, consumed message IDs) that an earlier version
+// saved under the key from to the key to, once. It moves nothing, and
+// reports false, when to already has state or when from has none; stores
+// that can tell also refuse when another key of the form from+"@..."
+// holds state (from's state may be that one's). Safe for concurrent use:
+// of processes racing to move the same key, one moves it.
+type Rekeyer interface {
+	Rekey(ctx context.Context, from, to string) (bool, error)
+}
+
+// Resumable is an optional SourceDriver capability: a source whose
+// messages carry positions that the runtime stores and resumes from (a
+// file, a generator, an SQL poller). A source without it keeps its own
+// position (a broker's consumer group) or has none.
+type Resumable interface {
+	Resumable() bool
 }
 
 // DeadLetter is what the dead-letter sink receives for a message that could

@@ -157,6 +157,10 @@ func (f *File) Write(ctx context.Context, rows []any) error {
 	return w.Write(ctx, rows)
 }
 
+// Resumable reports that a file resumes from positions the runtime
+// stores (byte offsets); standard input has none.
+func (f *File) Resumable() bool { return true }
+
 // OpenSource opens the file at the resume position: OFFSET@ID, the byte
 // offset of the uncompressed content after the last committed line and
 // the identity (DEV:INODE) of the file it was committed for, or a plain

@@ -63,6 +63,10 @@ func (g *Generator) Start(context.Context) error { return nil }
 // Close does nothing.
 func (g *Generator) Close(context.Context) error { return nil }
 
+// Resumable reports that the generator resumes from positions the runtime
+// stores (the last committed id).
+func (g *Generator) Resumable() bool { return true }
+
 // OpenSource starts after the resume position (the last committed id).
 func (g *Generator) OpenSource(_ context.Context, opts stream.SourceOptions) (stream.Source, error) {
 	var next int64 = 1

@@ -254,7 +254,11 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	s := &source{k: k, group: group, inflight: map[partition]int{}, log: opts.Logger}
 	s.cond = sync.NewCond(&s.mu)
 	if k.txnID != "" {
-		return k.openTransactional(s, group, opts.Name)
+		key := opts.StateKey
+		if key == "" {
+			key = opts.Name
+		}
+		return k.openTransactional(s, group, key) // CommitBatch finds it by the state key
 	}
 	cl, err := kgo.NewClient(append(k.common(),
 		kgo.ConsumerGroup(group),

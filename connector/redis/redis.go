@@ -274,6 +274,15 @@ func (r *Redis) queue(ctx context.Context, pipe goredis.Pipeliner, writes []writ
 func (r *Redis) positionKey(stream string) string { return r.statePrefix + "pos:" + stream }
 func (r *Redis) inboxKey(stream string) string    { return r.statePrefix + "inbox:" + stream }
 
+// positionAtKey holds when the stream's position was committed (RFC 3339,
+// UTC).
+func (r *Redis) positionAtKey(stream string) string { return r.statePrefix + "pos-at:" + stream }
+
+// stateKeys are the keys of a stream's exactly-once state.
+func (r *Redis) stateKeys(stream string) []string {
+	return []string{r.positionKey(stream), r.inboxKey(stream), r.positionAtKey(stream)}
+}
+
 // CommitBatch saves rows, the stream's position and the IDs of the
 // messages the batch consumed in one MULTI/EXEC transaction: Redis runs it
 // whole, with no other client's command in between, so a redelivered
@@ -318,6 +327,7 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 			}
 			if position != "" {
 				pipe.Set(ctx, r.positionKey(stream), position, 0)
+				pipe.Set(ctx, r.positionAtKey(stream), time.Now().UTC().Format(time.RFC3339Nano), 0)
 			}
 			return nil
 		})
@@ -330,7 +340,7 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 		}
 	}
 	if err != nil && crossSlot(err) {
-		err = fmt.Errorf("on a Redis cluster the keys of an exactly-once batch (its rows', %s and %s) must share one slot: %w", r.positionKey(stream), r.inboxKey(stream), err)
+		err = fmt.Errorf("on a Redis cluster the keys of an exactly-once batch (its rows', %s) must share one slot: %w", strings.Join(r.stateKeys(stream), ", "), err)
 	}
 	if err != nil {
 		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, classify(err, true))
@@ -357,6 +367,49 @@ func (r *Redis) checkTypes(ctx context.Context, tx *goredis.Tx, keys []string) e
 	return nil
 }
 
+// rekeyScript renames the first half of KEYS (the old state keys) to the
+// second half when one of the old exists and none of the new does, and
+// answers 1 if it did.
+var rekeyScript = goredis.NewScript(`
+local n = #KEYS / 2
+for i = n + 1, 2 * n do
+  if redis.call("EXISTS", KEYS[i]) == 1 then return 0 end
+end
+local moved = 0
+for i = 1, n do
+  if redis.call("EXISTS", KEYS[i]) == 1 then
+    redis.call("RENAME", KEYS[i], KEYS[i + n])
+    moved = 1
+  end
+end
+return moved
+`)
+
+// Rekey moves the position and inbox an earlier version committed under
+// the key from to the key to, atomically; see stream.Rekeyer. Old keys are
+// looked up first, one by one, so that a Redis cluster, where the four
+// keys need not share a slot, runs the script only when there is
+// something to move.
+func (r *Redis) Rekey(ctx context.Context, from, to string) (bool, error) {
+	n := int64(0)
+	for _, k := range r.stateKeys(from) {
+		c, err := r.client.Exists(ctx, k).Result()
+		if err != nil {
+			return false, fmt.Errorf("redis connector %q: move state of %s: %w", r.cfg.CName, from, err)
+		}
+		n += c
+	}
+	if n == 0 {
+		return false, nil
+	}
+	keys := append(r.stateKeys(from), r.stateKeys(to)...)
+	moved, err := rekeyScript.Run(ctx, r.client, keys).Int()
+	if err != nil {
+		return false, fmt.Errorf("redis connector %q: move state of %s to %s: %w", r.cfg.CName, from, to, err)
+	}
+	return moved == 1, nil
+}
+
 // Position returns the stream's committed position ("" before the first).
 func (r *Redis) Position(ctx context.Context, stream string) (string, error) {
 	pos, err := r.client.Get(ctx, r.positionKey(stream)).Result()
@@ -367,6 +420,21 @@ func (r *Redis) Position(ctx context.Context, stream string) (string, error) {
 		return "", fmt.Errorf("redis connector %q: position of %s: %w", r.cfg.CName, stream, err)
 	}
 	return pos, nil
+}
+
+// PositionTime returns when the stream's position was committed: the zero
+// time before the first, or for a position committed by a version that
+// did not record the time.
+func (r *Redis) PositionTime(ctx context.Context, stream string) (time.Time, error) {
+	at, err := r.client.Get(ctx, r.positionAtKey(stream)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("redis connector %q: commit time of %s: %w", r.cfg.CName, stream, err)
+	}
+	t, _ := time.Parse(time.RFC3339Nano, at) // unreadable: unknown
+	return t, nil
 }
 
 // Seen returns which of ids earlier commits of the stream recorded within

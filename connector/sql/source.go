@@ -14,6 +14,10 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
+// Resumable reports that a poller resumes from positions the runtime
+// stores (the last value of poll_column read).
+func (d *DB) Resumable() bool { return true }
+
 // OpenSource polls the table for rows whose poll_column is greater than the
 // last one read, in that column's order. The position is the last value;
 // the runtime stores it and resumes after it.

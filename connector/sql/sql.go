@@ -392,6 +392,19 @@ func (d *DB) Position(ctx context.Context, stream string) (string, error) {
 	return checkpoint.Load(ctx, d.db, d.dialect, stream)
 }
 
+// PositionTime returns when the stream's position was committed.
+func (d *DB) PositionTime(ctx context.Context, stream string) (time.Time, error) {
+	_, at, err := checkpoint.LoadAt(ctx, d.db, d.dialect, stream)
+	return at, err
+}
+
+// Rekey moves the position and consumed message IDs an earlier version
+// committed under the key from to the key to, in one transaction; see
+// stream.Rekeyer.
+func (d *DB) Rekey(ctx context.Context, from, to string) (bool, error) {
+	return checkpoint.Rekey(ctx, d.db, d.dialect, from, to, true)
+}
+
 // SavePosition records a position outside a batch (the checkpoint store
 // role, for at-least-once delivery).
 func (d *DB) SavePosition(ctx context.Context, stream, position string) error {

@@ -6,8 +6,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/connector/all"
@@ -100,16 +102,23 @@ func TestRunOrdersExample(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	state := filepath.Join(dir, "state")
-	code, out, stderr := run(t, "run", dir, "--state", state, "--progress", "always", "--progress-interval", "5ms")
+	// Without --state, the state lives in the configuration's folder.
+	state := filepath.Join(dir, ".kisflow")
+	code, out, stderr := run(t, "run", dir, "--progress", "always", "--progress-interval", "5ms")
 	if code != ExitOK {
 		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if !strings.HasPrefix(out, "flow PaidOrders: no position: reading from the start\n") {
+		t.Fatalf("the run does not say where it starts:\n%s", out)
 	}
 	if !strings.Contains(out, "flow PaidOrders: 100000 rows read, 100000 committed, 66682 written, 3 dead-lettered") {
 		t.Fatalf("summary:\n%s", out)
 	}
 	if !strings.Contains(out, filepath.Join(state, "dead-letter", "PaidOrders.jsonl")) {
 		t.Fatalf("summary does not say where the dead letters are:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(state, "dead-letter", "PaidOrders.jsonl")); err != nil {
+		t.Fatalf("dead letters are not in DIR/.kisflow: %v", err)
 	}
 	if !strings.Contains(stderr, "rows/s") || !strings.Contains(stderr, "ETA") {
 		t.Fatalf("no progress line on stderr:\n%s", stderr)
@@ -118,10 +127,28 @@ func TestRunOrdersExample(t *testing.T) {
 	if n != 66682 || distinct != n {
 		t.Fatalf("table holds %d rows (%d distinct)", n, distinct)
 	}
-	// Running again resumes after the committed position: nothing new.
-	code, out, _ = run(t, "run", dir, "--state", state)
-	if code != ExitOK || !strings.Contains(out, "0 rows read") {
+	// Running again resumes after the committed position, and says that
+	// there is nothing new rather than "0 rows read".
+	code, out, _ = run(t, "run", dir)
+	resume := regexp.MustCompile(`^flow PaidOrders: resuming at position (\S+) \(committed at (\S+)\)\n`).FindStringSubmatch(out)
+	if code != ExitOK || resume == nil {
 		t.Fatalf("second run: exit %d\n%s", code, out)
+	}
+	if at, err := time.Parse(time.RFC3339, resume[2]); err != nil || time.Since(at) > 10*time.Minute || time.Until(at) > time.Minute {
+		t.Fatalf("commit time %q: %v", resume[2], err)
+	}
+	if !strings.Contains(out, "flow PaidOrders: nothing new in orders-file since position "+resume[1]+"\n") || strings.Contains(out, "rows read") {
+		t.Fatalf("second run:\n%s", out)
+	}
+	// --state still overrides the folder (the dead-letter file is opened
+	// there); this exactly-once flow's position is in the sink's database.
+	other := filepath.Join(t.TempDir(), "state")
+	code, out, _ = run(t, "run", dir, "--state", other)
+	if code != ExitOK || !strings.HasPrefix(out, "flow PaidOrders: resuming at position ") {
+		t.Fatalf("run with --state: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(other, "dead-letter", "PaidOrders.jsonl")); err != nil {
+		t.Fatalf("--state is not used: %v", err)
 	}
 }
 

@@ -21,9 +21,11 @@ import (
 )
 
 // TestConnectorExamples runs each examples/connectors folder as a user
-// would (kisflow run), against the real service, until the consumer stored
-// every order; then stops it like Ctrl-C and checks each order arrived
-// exactly once.
+// would (kisflow run), one after another from the same current folder and
+// with the default state, against the real service, until the consumer
+// stored every order; then stops it like Ctrl-C and checks each order
+// arrived exactly once. The examples share flow names (ProduceOrders,
+// ConsumeOrders): each keeps its positions in its own folder's .kisflow.
 func TestConnectorExamples(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs every connector example against its service")
@@ -83,8 +85,18 @@ func TestConnectorExamples(t *testing.T) {
 	if err != nil || len(dirs) != len(setup) {
 		t.Fatalf("examples: %v %v", dirs, err)
 	}
+	// Copies of the examples, so that their state (DIR/.kisflow) stays
+	// out of the source tree; all run from one current folder.
+	for i, d := range dirs {
+		if dirs[i], err = filepath.Abs(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cwd := t.TempDir()
+	t.Chdir(cwd)
 	for _, dir := range dirs {
 		sys := filepath.Base(dir)
+		dir = copyDir(t, dir, filepath.Join(cwd, "examples", sys))
 		t.Run(sys, func(t *testing.T) {
 			prefix := testenv.Name("kf_")
 			tmp := t.TempDir()
@@ -102,7 +114,7 @@ func TestConnectorExamples(t *testing.T) {
 			var out, errOut strings.Builder
 			done := make(chan int, 1)
 			go func() {
-				done <- MainContext(ctx, reg, []string{"run", dir, "--state", filepath.Join(tmp, "state")}, &out, &errOut)
+				done <- MainContext(ctx, reg, []string{"run", filepath.Join("examples", sys)}, &out, &errOut)
 			}()
 			deadline := time.Now().Add(60 * time.Second)
 			for {
@@ -127,11 +139,47 @@ func TestConnectorExamples(t *testing.T) {
 			if n != 1000 || distinct != 1000 {
 				t.Fatalf("consumed %d orders, %d distinct; want 1000 exactly once", n, distinct)
 			}
-			if !strings.Contains(out.String(), "flow ProduceOrders: 1000 rows read") {
+			if !strings.Contains(out.String(), "flow ProduceOrders: no position: reading from the start\n") ||
+				!strings.Contains(out.String(), "flow ProduceOrders: 1000 rows read") {
 				t.Fatalf("summary:\n%s", out.String())
+			}
+			consume := "flow ConsumeOrders: no position stored: source " + sys + "-orders keeps its own (a consumer group) or has none\n"
+			if sys == "postgres" || sys == "mysql" { // a poller: the sink keeps its position
+				consume = "flow ConsumeOrders: no position: reading from the start\n"
+			}
+			if !strings.Contains(out.String(), consume) {
+				t.Fatalf("the consumer does not say where it starts, want %q:\n%s", consume, out.String())
+			}
+			if _, err := os.Stat(filepath.Join(dir, ".kisflow", "checkpoints.db")); err != nil {
+				t.Fatalf("the example's state is not in its folder: %v", err)
 			}
 		})
 	}
+}
+
+// copyDir copies the files of folder src into dst and returns dst.
+func copyDir(t *testing.T, src, dst string) string {
+	t.Helper()
+	files, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if f.IsDir() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, f.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, f.Name()), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
 }
 
 func countIfExists(path string) (int, error) {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/stream"
@@ -38,7 +41,9 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 		Long: "Run every enabled flow in DIR whose YAML has a stream block, until its\n" +
 			"source is exhausted (a file) or until SIGINT/SIGTERM (an unbounded source),\n" +
 			"then drain in-flight batches, acknowledge them, commit positions and close\n" +
-			"connectors. Prints progress on a terminal and a summary at the end.\n" +
+			"connectors. Checkpoints and dead letters are kept in DIR/.kisflow unless\n" +
+			"--state names another folder. Prints where each flow starts, progress on a\n" +
+			"terminal and a summary at the end.\n" +
 			"Exits 0 when every flow ended cleanly, 1 when one failed, 2 on bad input,\n" +
 			"3 when a signal stopped a bounded source before its end, 4 when in-flight\n" +
 			"batches did not finish within drain_timeout (they are read again next run).",
@@ -49,7 +54,7 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 			return runFlows(ctx, reg, args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVar(&o.state, "state", kisflow.DefaultStateDir, "folder for checkpoints and dead-letter files")
+	cmd.Flags().StringVar(&o.state, "state", "", "folder for checkpoints and dead-letter files (default DIR/.kisflow)")
 	cmd.Flags().StringSliceVar(&o.flows, "flow", nil, "run only these flows (repeatable)")
 	cmd.Flags().StringVar(&o.progress, "progress", "auto", "progress line: auto (on a terminal), always, never")
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
@@ -95,9 +100,17 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		}
 	}()
 
+	state := o.state
+	if state == "" {
+		// The state belongs to the configuration, wherever it is run from.
+		state = filepath.Join(dir, kisflow.DefaultStateDir)
+		if err := adoptLegacyPositions(ctx, set, names, state, stdout); err != nil {
+			return &exitError{code: ExitProblem, err: red.Error(err)}
+		}
+	}
 	jobs := make([]*kisflow.Job, len(names))
 	for i, n := range names {
-		if jobs[i], err = startJob(ctx, eng, n, stderr, kisflow.WithStateDir(o.state)); err != nil {
+		if jobs[i], err = startJob(ctx, eng, n, stderr, kisflow.WithStateDir(state)); err != nil {
 			if ctx.Err() != nil {
 				// SIGINT/SIGTERM during start-up: nothing ran; a bounded
 				// source was stopped before its end.
@@ -109,8 +122,12 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 				}
 				return nil
 			}
+			if o.state == "" && errors.Is(err, fs.ErrPermission) {
+				err = fmt.Errorf("%w (the state folder is %s unless --state names another)", err, state)
+			}
 			return &exitError{code: ExitProblem, err: red.Error(err)}
 		}
+		reportStart(stdout, n, jobs[i].StartPosition())
 	}
 
 	start := time.Now()
@@ -137,10 +154,16 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	for i, j := range jobs {
 		s := j.Stats()
 		rate := float64(s.Committed) / max(elapsed.Seconds(), 1e-9)
-		fmt.Fprintf(stdout, "flow %s: %d rows read, %d committed, %d written, %d dead-lettered, %d retries in %s (%s rows/s)\n",
-			names[i], s.Read, s.Committed, s.Out, s.DeadLettered, s.Retries, elapsed.Round(time.Millisecond), human(rate))
+		if sp := j.StartPosition(); s.Read == 0 && errs[i] == nil && j.Exhausted() && sp.Position != "" {
+			// A bounded source read to its end before: say so, rather
+			// than a bare "0 rows read".
+			fmt.Fprintf(stdout, "flow %s: nothing new in %s since position %s\n", names[i], sp.Source, sp.Position)
+		} else {
+			fmt.Fprintf(stdout, "flow %s: %d rows read, %d committed, %d written, %d dead-lettered, %d retries in %s (%s rows/s)\n",
+				names[i], s.Read, s.Committed, s.Out, s.DeadLettered, s.Retries, elapsed.Round(time.Millisecond), human(rate))
+		}
 		if s.DeadLettered > 0 {
-			fmt.Fprintf(stdout, "flow %s: dead letters are in %s\n", names[i], deadLetterWhere(set, names[i], o.state))
+			fmt.Fprintf(stdout, "flow %s: dead letters are in %s\n", names[i], deadLetterWhere(set, names[i], state))
 		}
 		switch {
 		case errs[i] != nil && !errors.Is(errs[i], kisflow.ErrDrainTimeout):
@@ -186,6 +209,77 @@ func loadConfig(reg *kisflow.Registry, dir string, stderr io.Writer) (*config.Se
 		return nil, &exitError{code: ExitUsage, err: err}
 	}
 	return set, nil
+}
+
+// reportStart prints where the job of flow name starts.
+func reportStart(w io.Writer, name string, sp kisflow.StartPosition) {
+	if sp.Rekeyed {
+		fmt.Fprintf(w, "flow %s: position kept under the flow name by an earlier version, now under %s\n", name, sp.Key)
+	}
+	switch {
+	case sp.Position != "" && sp.CommittedAt.IsZero():
+		fmt.Fprintf(w, "flow %s: resuming at position %s (commit time unknown)\n", name, sp.Position)
+	case sp.Position != "":
+		fmt.Fprintf(w, "flow %s: resuming at position %s (committed at %s)\n", name, sp.Position, sp.CommittedAt.UTC().Format(time.RFC3339))
+	case sp.Resumable:
+		fmt.Fprintf(w, "flow %s: no position: reading from the start\n", name)
+	default:
+		fmt.Fprintf(w, "flow %s: no position stored: source %s keeps its own (a consumer group) or has none\n", name, sp.Source)
+	}
+}
+
+// adoptLegacyPositions takes over, into the checkpoint store of state,
+// the positions that an earlier version kept in the current folder
+// (.kisflow/checkpoints.db, under the flow name alone) for the flows to
+// run at-least-once; each is then moved to its flow's state key by the
+// job, once. A position is adopted only when the new store has none for
+// the flow, and is deleted from the old store, so that another
+// configuration with a flow of the same name does not take it too.
+func adoptLegacyPositions(ctx context.Context, set *config.Set, names []string, state string, w io.Writer) error {
+	oldPath := filepath.Join(kisflow.DefaultStateDir, "checkpoints.db")
+	newPath := filepath.Join(state, "checkpoints.db")
+	if _, err := os.Stat(oldPath); err != nil {
+		return nil // nothing kept there
+	}
+	if a, b := absPath(oldPath), absPath(newPath); a == b {
+		return nil
+	}
+	var flows []string
+	for _, n := range names {
+		if fl := set.Flows[n]; fl != nil && fl.Stream != nil && fl.Stream.Delivery != config.ExactlyOnce {
+			flows = append(flows, n)
+		}
+	}
+	if len(flows) == 0 {
+		return nil
+	}
+	old, err := checkpoint.OpenSQLite(ctx, oldPath)
+	if err != nil {
+		return err
+	}
+	defer old.Close()
+	cur, err := checkpoint.OpenSQLite(ctx, newPath)
+	if err != nil {
+		return err
+	}
+	defer cur.Close()
+	for _, n := range flows {
+		pos, err := cur.Adopt(ctx, old, n)
+		if err != nil {
+			return err
+		}
+		if pos != "" {
+			fmt.Fprintf(w, "flow %s: position %s taken over from %s, where an earlier version kept it\n", n, pos, oldPath)
+		}
+	}
+	return nil
+}
+
+func absPath(p string) string {
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
 }
 
 // startJob prepares the job of flow name. A connector that fails to start

@@ -86,7 +86,7 @@ func (r *Runner) recoverJournal(ctx context.Context) error {
 		return err
 	}
 	r.journalStart = size
-	seen, err := r.parts.TxSink.Seen(ctx, r.cfg.Name, []string{r.journalKey(size)})
+	seen, err := r.parts.TxSink.Seen(ctx, r.cfg.StateKey, []string{r.journalKey(size)})
 	if err != nil {
 		return fmt.Errorf("dead-letter journal: %w", err)
 	}
@@ -106,7 +106,7 @@ func (r *Runner) recoverJournal(ctx context.Context) error {
 	for i, e := range ends {
 		keys[i] = r.journalKey(e)
 	}
-	if seen, err = r.parts.TxSink.Seen(ctx, r.cfg.Name, keys); err != nil {
+	if seen, err = r.parts.TxSink.Seen(ctx, r.cfg.StateKey, keys); err != nil {
 		return fmt.Errorf("dead-letter journal: %w", err)
 	}
 	for i := len(ends) - 1; i >= 0; i-- {

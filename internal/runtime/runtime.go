@@ -59,7 +59,12 @@ type Policy struct {
 
 // Config configures a Runner.
 type Config struct {
-	Name         string
+	// Name is the flow's name, in logs and dead letters.
+	Name string
+	// StateKey is the key of the stream's position in the checkpoint
+	// store, and of its commits in an exactly-once sink: the flow name and
+	// the source's identity. "" means Name.
+	StateKey     string
 	BatchSize    int
 	Linger       time.Duration
 	Workers      int
@@ -98,6 +103,9 @@ type Config struct {
 const DefaultMaxConsecutiveFailures = 100
 
 func (c *Config) defaults() {
+	if c.StateKey == "" {
+		c.StateKey = c.Name
+	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
 	}
@@ -440,7 +448,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 			continue
 		}
 		if first := r.read.Load() == 0; first && cfg.Resume == "" && lastPosition(msgs) != "" {
-			cfg.Logger.Warn(fmt.Sprintf("no position for flow %s: reading from the beginning", cfg.Name))
+			cfg.Logger.Info(fmt.Sprintf("no position for flow %s: reading from the beginning", cfg.Name))
 		}
 		ep := &epoch{msgs: msgs, done: make(chan struct{}), readAt: time.Now()}
 		n := int64(len(msgs))
@@ -614,7 +622,7 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 	}
 	var seen map[string]bool
 	if err := r.retryForever(ctx, r.sinkLink, func() (err error) {
-		seen, err = r.parts.TxSink.Seen(ctx, r.cfg.Name, ids)
+		seen, err = r.parts.TxSink.Seen(ctx, r.cfg.StateKey, ids)
 		return err
 	}); err != nil {
 		return nil, err
@@ -898,7 +906,7 @@ func (r *Runner) storePosition(ctx context.Context, pos string) error {
 	if r.parts.Checkpoints == nil || pos == "" {
 		return nil
 	}
-	if err := r.parts.Checkpoints.SavePosition(context.WithoutCancel(ctx), r.cfg.Name, pos); err != nil {
+	if err := r.parts.Checkpoints.SavePosition(context.WithoutCancel(ctx), r.cfg.StateKey, pos); err != nil {
 		return fmt.Errorf("save position: %w", err)
 	}
 	return nil

@@ -167,7 +167,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
 	for attempt := 1; ; attempt++ {
-		err := tx.CommitBatch(ctx, r.cfg.Name, pos, all, rows)
+		err := tx.CommitBatch(ctx, r.cfg.StateKey, pos, all, rows)
 		if err == nil {
 			r.committedTx(pos, len(rows), jsize)
 			return nil, nil, nil
@@ -209,11 +209,11 @@ func (r *Runner) committedTx(pos string, rows int, jsize int64) {
 func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bool, error) {
 	tx := r.parts.TxSink
 	if pos != "" && pos != r.txPos {
-		cur, err := tx.Position(ctx, r.cfg.Name)
+		cur, err := tx.Position(ctx, r.cfg.StateKey)
 		return err == nil && cur == pos, err
 	}
 	if len(ids) > 0 {
-		seen, err := tx.Seen(ctx, r.cfg.Name, ids[:1])
+		seen, err := tx.Seen(ctx, r.cfg.StateKey, ids[:1])
 		return err == nil && seen[ids[0]], err
 	}
 	return false, nil
@@ -230,7 +230,7 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 	var deadOf []*stream.Message
 	var letters []*stream.DeadLetter
 	rw := &rowWriter{r: r,
-		write: func(ctx context.Context, rs []any) error { return tx.CommitBatch(ctx, r.cfg.Name, "", nil, rs) },
+		write: func(ctx context.Context, rs []any) error { return tx.CommitBatch(ctx, r.cfg.StateKey, "", nil, rs) },
 		dead: func(row any, m *stream.Message, cause error, attempts int) {
 			dl := r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts)
 			dead = append(dead, dl)
@@ -261,7 +261,7 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 		return nil, nil, err
 	}
 	ids = append(ids[:len(ids):len(ids)], jids...)
-	if err := r.retryForever(ctx, r.sinkLink, func() error { return tx.CommitBatch(ctx, r.cfg.Name, pos, ids, nil) }); err != nil {
+	if err := r.retryForever(ctx, r.sinkLink, func() error { return tx.CommitBatch(ctx, r.cfg.StateKey, pos, ids, nil) }); err != nil {
 		return nil, nil, err
 	}
 	r.journalAt = jsize

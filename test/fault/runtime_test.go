@@ -133,8 +133,8 @@ func TestPoisonRowsAreDeadLetteredOnceWithoutRetries(t *testing.T) {
 			if strings.Contains(res.Stderr, "delivery is at-least-once") {
 				t.Fatalf("false at-least-once warning:\n%s", res.Stderr)
 			}
-			if !strings.Contains(res.Stderr, "no position for flow Ids: reading from the beginning") {
-				t.Fatalf("the start does not say there was no position:\n%s", res.Stderr)
+			if !strings.Contains(res.Stdout, "flow Ids: no position: reading from the start") {
+				t.Fatalf("the start does not say there was no position:\n%s", res.Stdout)
 			}
 		})
 	}
