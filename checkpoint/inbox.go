@@ -162,14 +162,17 @@ func SaveInbox(ctx context.Context, db Execer, d Dialect, stream string, ids []s
 // Seen returns which ids of stream are recorded. Every lookup goes
 // through the primary key, whatever the planner's statistics say (stale
 // statistics of a table that grew made PostgreSQL scan it): PostgreSQL
-// looks up with sequential scans disabled for the transaction, MySQL
-// forces the primary key, SQLite names its index.
+// looks up with sequential scans disabled for the transaction and no
+// other index that the condition matches (see InboxTable), MySQL forces
+// the primary key, SQLite names its index.
 //
-// A lookup costs one descent of the primary key per ID: its depth grows
-// with the logarithm of the inbox's size, and the pages it reads are
-// those of the newest IDs for the IDs the runtime asks about (a new
-// batch's, mostly never recorded, and redeliveries of the last batches
-// committed), so they stay cached however large the inbox grows.
+// A lookup costs one descent of the primary key per ID, whose depth grows
+// with the logarithm of the inbox's size. For the IDs the runtime asks
+// about, a new batch's (mostly never recorded) and redeliveries of the
+// last batches committed, the leaf pages read are the few that hold the
+// newest IDs when IDs grow as broker sequence numbers, offsets and stream
+// IDs do, so they stay cached however large the inbox grows; IDs spread
+// over the whole inbox each cost a read of a page that may not be cached.
 func Seen(ctx context.Context, db *sql.DB, d Dialect, stream string, ids []string) (map[string]bool, error) {
 	seen := map[string]bool{}
 	if len(ids) == 0 {
@@ -254,16 +257,7 @@ func scanIDs(ctx context.Context, q Querier, query string, args []any, into map[
 // oldest first, through the pruning index (stream, committed_at), and
 // returns how many it deleted.
 func PruneInbox(ctx context.Context, db Execer, d Dialect, stream string, before time.Time, limit int) (int64, error) {
-	var q string
-	switch d {
-	case Postgres:
-		q = "DELETE FROM " + InboxTable + " WHERE ctid = ANY(ARRAY(SELECT ctid FROM " + InboxTable + " WHERE stream COLLATE \"C\" = $1 AND committed_at < $2 ORDER BY committed_at LIMIT $3))"
-	case MySQL:
-		q = "DELETE FROM " + InboxTable + " WHERE stream = ? AND committed_at < ? ORDER BY committed_at LIMIT ?"
-	default:
-		q = "DELETE FROM " + InboxTable + " WHERE rowid IN (SELECT rowid FROM " + InboxTable + " WHERE stream = ? AND committed_at < ? ORDER BY committed_at LIMIT ?)"
-	}
-	res, err := db.ExecContext(ctx, q, stream, before.Unix(), limit)
+	res, err := db.ExecContext(ctx, pruneQuery(d), stream, before.Unix(), limit)
 	if err != nil {
 		return 0, fmt.Errorf("prune consumed messages of %q: %w", stream, err)
 	}
@@ -272,4 +266,18 @@ func PruneInbox(ctx context.Context, db Execer, d Dialect, stream string, before
 		return 0, fmt.Errorf("prune consumed messages of %q: %w", stream, err)
 	}
 	return n, nil
+}
+
+// pruneQuery returns PruneInbox's statement, whose arguments are the
+// stream, the Unix time before which IDs are deleted, and how many at
+// most. On PostgreSQL it compares stream in the "C" collation, as the
+// pruning index does.
+func pruneQuery(d Dialect) string {
+	switch d {
+	case Postgres:
+		return "DELETE FROM " + InboxTable + " WHERE ctid = ANY(ARRAY(SELECT ctid FROM " + InboxTable + ` WHERE stream COLLATE "C" = $1 AND committed_at < $2 ORDER BY committed_at LIMIT $3))`
+	case MySQL:
+		return "DELETE FROM " + InboxTable + " WHERE stream = ? AND committed_at < ? ORDER BY committed_at LIMIT ?"
+	}
+	return "DELETE FROM " + InboxTable + " WHERE rowid IN (SELECT rowid FROM " + InboxTable + " WHERE stream = ? AND committed_at < ? ORDER BY committed_at LIMIT ?)"
 }

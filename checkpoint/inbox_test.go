@@ -126,6 +126,15 @@ func TestSeenLooksUpThroughThePrimaryKey(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.want(t, plan)
+			if c.d == Postgres { // pruning compares stream as its index does
+				plan, err := explainRows(ctx, db, "EXPLAIN "+PruneQuery(c.d), []any{"s", 1, 10})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if all := strings.Join(plan, "\n"); !strings.Contains(all, "Index Scan using "+InboxTable+"_prune ") || strings.Contains(all, "Filter") || strings.Contains(all, "Sort") {
+					t.Fatalf("prune plan:\n%s\nwant the oldest IDs of the stream read in order from %s_prune", all, InboxTable)
+				}
+			}
 		})
 	}
 }
