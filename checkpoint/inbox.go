@@ -101,32 +101,23 @@ func EnsureInbox(ctx context.Context, db Execer, d Dialect) error {
 
 // keyByID makes the primary key of a PostgreSQL inbox (id, stream) if it
 // is led by stream, as earlier versions made it: a unique index on (id,
-// stream) is built, then takes the place of the primary key. Two
-// processes doing it at once both succeed.
+// stream) is built, then takes the place of the primary key, in one
+// transaction. Processes that start at once take turns (an advisory
+// lock); those after the first find the key done.
 func keyByID(ctx context.Context, db Execer) error {
-	const lead = "SELECT c.conname, a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1] " +
-		"WHERE c.conrelid = '" + InboxTable + "'::regclass AND c.contype = 'p'"
-	const byID = InboxTable + "_id_stream"
-	for attempt := 0; ; attempt++ {
-		var name, first string
-		if err := db.QueryRowContext(ctx, lead).Scan(&name, &first); err != nil {
-			return err
-		}
-		if first == "id" {
-			return nil
-		}
-		err := DDL(ctx, db, "CREATE UNIQUE INDEX IF NOT EXISTS "+byID+" ON "+InboxTable+" (id, stream)")
-		if err == nil {
-			err = DDL(ctx, db, "ALTER TABLE "+InboxTable+" DROP CONSTRAINT "+quoteIdent(name)+", ADD CONSTRAINT "+quoteIdent(name)+" PRIMARY KEY USING INDEX "+byID)
-		}
-		if err != nil && attempt == 2 {
-			return err
-		}
-		// On an error, another process may have done it: look again.
-	}
+	_, err := db.ExecContext(ctx, `DO $$
+DECLARE pk name;
+BEGIN
+	PERFORM pg_advisory_xact_lock(hashtext('`+InboxTable+` key'));
+	SELECT c.conname INTO pk FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]
+		WHERE c.conrelid = '`+InboxTable+`'::regclass AND c.contype = 'p' AND a.attname = 'stream';
+	IF pk IS NOT NULL THEN
+		CREATE UNIQUE INDEX `+InboxTable+`_id_stream ON `+InboxTable+` (id, stream);
+		EXECUTE format('ALTER TABLE `+InboxTable+` DROP CONSTRAINT %I, ADD CONSTRAINT %I PRIMARY KEY USING INDEX `+InboxTable+`_id_stream', pk, pk);
+	END IF;
+END $$`)
+	return err
 }
-
-func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
 
 // SaveInbox records message IDs of stream through db (a transaction),
 // dated now.

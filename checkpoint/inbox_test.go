@@ -179,3 +179,43 @@ func explainRows(ctx context.Context, q Querier, query string, args []any) ([]st
 	}
 	return out, rows.Err()
 }
+
+// Processes that start at once on an inbox made by an earlier version all
+// start: one migrates it, the others find it done.
+func TestInboxMigratesOnceWhenStartedTogether(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := openDB(t, "pgx", testenv.PostgresDatabase(t))
+	for _, q := range []string{
+		"CREATE TABLE " + InboxTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, committed_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))",
+		"CREATE INDEX " + InboxTable + "_age ON " + InboxTable + " (stream, committed_at)",
+		"INSERT INTO " + InboxTable + " (stream, id, committed_at) SELECT 's', g::text, 1 FROM generate_series(1, 100000) g",
+	} {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 4)
+	for range cap(errs) {
+		go func() { errs <- EnsureInbox(ctx, db, Postgres) }()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Errorf("a start: %v", err)
+		}
+	}
+	var key string
+	if err := db.QueryRowContext(ctx, "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = '"+InboxTable+"'::regclass AND contype = 'p'").Scan(&key); err != nil {
+		t.Fatal(err)
+	}
+	var indexes int
+	if err := db.QueryRowContext(ctx, "SELECT count(*) FROM pg_indexes WHERE tablename = '"+InboxTable+"'").Scan(&indexes); err != nil {
+		t.Fatal(err)
+	}
+	if key != "PRIMARY KEY (id, stream)" || indexes != 2 {
+		t.Fatalf("after the starts: %s and %d indexes, want PRIMARY KEY (id, stream) and the pruning index", key, indexes)
+	}
+	if seen, err := Seen(ctx, db, Postgres, "s", []string{"1", "100000", "100001"}); err != nil || len(seen) != 2 {
+		t.Fatalf("seen %v, %v; want 1 and 100000", seen, err)
+	}
+}
