@@ -126,6 +126,14 @@ func (r *Registry) filter(name string) (filter.Factory, bool) {
 	return f, ok
 }
 
+// PluginSpec returns the registered plugin type typ.
+func (r *Registry) PluginSpec(typ string) (plugin.Spec, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.plugins[typ]
+	return s, ok
+}
+
 func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

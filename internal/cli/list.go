@@ -32,13 +32,13 @@ func listCmd(reg *kisflow.Registry) *cobra.Command {
 				fmt.Fprintln(w)
 				listFilters(w, reg)
 				fmt.Fprintln(w)
-				listNames(w, "plugins", reg.PluginTypes())
+				listPlugins(w, reg)
 			case "connectors":
 				listConnectors(w, reg)
 			case "filters":
 				listFilters(w, reg)
 			case "plugins":
-				listNames(w, "plugins", reg.PluginTypes())
+				listPlugins(w, reg)
 			default:
 				if describe(w, reg, what) {
 					return nil
@@ -92,7 +92,11 @@ func describe(w io.Writer, reg *kisflow.Registry, name string) bool {
 		if len(said) > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "plugin type %s: see the README (Plugins) for its config\n", name)
+		if spec, ok := reg.PluginSpec(name); ok && spec.Summary != "" {
+			spec.Describe(w)
+		} else {
+			fmt.Fprintf(w, "plugin type %s: registered without a summary; see its documentation for its config\n", name)
+		}
 		said = append(said, "plugin type")
 	}
 	return len(said) > 0
@@ -109,9 +113,10 @@ func listFilters(w io.Writer, reg *kisflow.Registry) {
 	}
 }
 
-func listNames(w io.Writer, title string, names []string) {
-	fmt.Fprintf(w, "%s:\n", title)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %s\n", n)
+func listPlugins(w io.Writer, reg *kisflow.Registry) {
+	fmt.Fprintln(w, "plugins (configured under plugins.TYPE.NAME in the global file; kisflow list TYPE for its config):")
+	for _, n := range reg.PluginTypes() {
+		spec, _ := reg.PluginSpec(n)
+		fmt.Fprintf(w, "  %-10s %s\n", n, spec.Summary)
 	}
 }
