@@ -126,6 +126,7 @@ type Operator struct {
 	has                    []bool
 	dkeys                  [][]byte
 	windows                []int64 // scratch: the ends of a row's windows
+	hint                   int     // the most groups a window held
 	out                    []map[string]any
 	dirty                  []dirtyRef
 }
@@ -412,8 +413,12 @@ func (o *Operator) lateError(end int64) error {
 	return fmt.Errorf("%w (window ending %s, watermark %s)", ErrLate, formatMillis(end), formatMillis(o.wm))
 }
 
+// newBucket returns an empty window, sized for as many groups as the
+// largest window seen so far had (windows tend to hold the same groups).
 func (o *Operator) newBucket(end int64) *bucket {
-	return &bucket{start: end - o.size, end: end, index: map[string]int32{}}
+	n := o.hint
+	return &bucket{start: end - o.size, end: end, index: make(map[string]int32, n),
+		keys: make([]string, 0, n), accs: make([]accum, 0, n*o.na)}
 }
 
 // addTo adds the scratch row to its group in b and returns the group.
@@ -426,6 +431,7 @@ func (o *Operator) addTo(b *bucket) int32 {
 		b.keys = append(b.keys, k)
 		b.accs = slices.Grow(b.accs, o.na)[:len(b.accs)+o.na]
 		clear(b.accs[len(b.accs)-o.na:])
+		o.hint = max(o.hint, len(b.keys))
 	}
 	o.fold(b.accs[int(g)*o.na : int(g+1)*o.na])
 	return g

@@ -185,7 +185,7 @@ func ParseAggregate(name, expr string) (Aggregate, error) {
 		return a, fmt.Errorf("aggregate %s: %q names no function (want %s)", name, expr, funcList())
 	case !slices.Contains(Funcs, a.Func):
 		return a, fmt.Errorf("aggregate %s: unknown aggregate %q%s", name, fn, suggest(fn, Funcs))
-	case strings.ContainsAny(field, "(),"):
+	case strings.ContainsAny(field, "(),*/+ \t\"'"):
 		return a, fmt.Errorf("aggregate %s: %q: %s takes one field name", name, expr, a.Func)
 	case a.Func == Count && field != "":
 		return a, fmt.Errorf("aggregate %s: count() counts rows and takes no field (count_distinct(%s) counts distinct values)", name, field)
