@@ -1,6 +1,7 @@
 package window
 
 import (
+	"runtime"
 	"testing"
 	"time"
 )
@@ -30,6 +31,9 @@ func BenchmarkTumbling(b *testing.B) {
 		}
 		next += len(rows)
 	}
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
 	b.ReportAllocs()
 	b.ResetTimer()
 	emitted := 0
@@ -47,4 +51,12 @@ func BenchmarkTumbling(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
 	b.ReportMetric(float64(emitted), "emitted")
+	// The heap per open window-group, with a full window (100k groups).
+	if groups := o.Len(); groups >= users/2 {
+		var after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(groups), "B/group")
+	}
+	runtime.KeepAlive(o)
 }

@@ -3,6 +3,7 @@ package window
 import (
 	"container/heap"
 	"fmt"
+	"hash/maphash"
 	"math"
 	"slices"
 	"time"
@@ -49,7 +50,7 @@ func (a *accum) merge(b *accum) {
 // were first seen, and their accumulators (na per group).
 type bucket struct {
 	start, end int64
-	index      map[string]int32
+	index      *index
 	keys       []string
 	accs       []accum
 	dirty      map[int32]bool // groups to emit again (late: update)
@@ -125,10 +126,19 @@ type Operator struct {
 	vals                   []float64
 	has                    []bool
 	dkeys                  [][]byte
-	windows                []int64 // scratch: the ends of a row's windows
-	hint                   int     // the most groups a window held
+	windows                []int64      // scratch: the ends of a row's windows
+	hint                   int          // the most groups a window held
+	seed                   maphash.Seed // of the windows' indexes
 	out                    []map[string]any
-	dirty                  []dirtyRef
+	// The chunk being added (see Process): its rows, their group keys and
+	// distinct values, and their aggregate inputs, na per row.
+	recs     []rec
+	arena    []byte
+	flatVals []float64
+	flatHas  []bool
+	flatKeys []int32 // start and end of each distinct value in arena
+	sink     uint64  // what prefetch read
+	dirty    []dirtyRef
 }
 
 // New returns an operator for spec, or the spec's problem.
@@ -157,6 +167,7 @@ func New(spec Spec) (*Operator, error) {
 		vals:   make([]float64, len(spec.Aggregates)),
 		has:    make([]bool, len(spec.Aggregates)),
 		dkeys:  make([][]byte, len(spec.Aggregates)),
+		seed:   maphash.MakeSeed(),
 	}
 	if o.now == nil {
 		o.now = time.Now
@@ -187,20 +198,6 @@ func (o *Operator) Len() int {
 	return n
 }
 
-// Process adds rows in order. It returns the rows of the windows they
-// closed, in the order the windows closed (by end, then groups in the
-// order first seen), followed, under late: update, by the corrected rows of
-// windows that late rows changed; and the rows it rejected.
-func (o *Operator) Process(rows []map[string]any) (out []map[string]any, rejected []Rejected) {
-	for i, row := range rows {
-		if err := o.add(row); err != nil {
-			rejected = append(rejected, Rejected{Index: i, Row: row, Err: err})
-		}
-	}
-	o.emitDirty()
-	return o.take(), rejected
-}
-
 // Tick advances processing time to the clock's time, closing the windows
 // it ends, when the operator has no time field; with one it does nothing
 // (event time moves with rows only).
@@ -227,56 +224,6 @@ func (o *Operator) take() []map[string]any {
 	out := o.out
 	o.out = nil
 	return out
-}
-
-// add adds one row; the error is the row's.
-func (o *Operator) add(row map[string]any) error {
-	var t int64
-	if tf := o.spec.TimeField; tf != "" {
-		v, ok := row[tf]
-		if !ok {
-			return fmt.Errorf("time field %q is missing", tf)
-		}
-		var err error
-		if t, err = millis(v); err != nil {
-			return fmt.Errorf("time field %q: %w", tf, err)
-		}
-	} else {
-		t = o.now().UnixMilli()
-	}
-	o.key = o.key[:0]
-	for _, g := range o.spec.GroupBy {
-		var err error
-		if o.key, err = appendValue(o.key, row[g]); err != nil {
-			return fmt.Errorf("group_by field %q: %w", g, err)
-		}
-	}
-	for i := range o.aggs {
-		a := &o.aggs[i]
-		switch a.Func {
-		case Count:
-		case CountDistinct:
-			v := row[a.Field]
-			o.has[i] = v != nil
-			if v != nil {
-				var err error
-				if o.dkeys[i], err = appendValue(o.dkeys[i][:0], v); err != nil {
-					return fmt.Errorf("aggregate %s: field %q: %w", a.Name, a.Field, err)
-				}
-			}
-		default:
-			f, ok, err := number(row[a.Field])
-			if err != nil {
-				return fmt.Errorf("aggregate %s: field %q: %w", a.Name, a.Field, err)
-			}
-			o.vals[i], o.has[i] = f, ok
-		}
-	}
-	o.advance(t)
-	if o.spec.Type == Session {
-		return o.addSession(t)
-	}
-	return o.addFixed(t)
 }
 
 // advance moves the largest time seen to t when t is larger, and closes
@@ -357,9 +304,14 @@ func (o *Operator) free(s *session) {
 
 // addFixed adds the row at time t (read into the scratch fields) to its
 // tumbling or sliding windows.
-func (o *Operator) addFixed(t int64) error {
+func (o *Operator) addFixed(r *rec) error {
+	t := r.t
 	if b := o.last; b != nil && o.slide == o.size && t >= b.start && t < b.end && b.end > o.wm {
-		o.addTo(b)
+		if r.b == b {
+			o.fold(b.accs[int(r.pos)*o.na : int(r.pos+1)*o.na])
+		} else {
+			o.addTo(b)
+		}
 		return nil
 	}
 	o.windows = o.windows[:0]
@@ -417,18 +369,17 @@ func (o *Operator) lateError(end int64) error {
 // largest window seen so far had (windows tend to hold the same groups).
 func (o *Operator) newBucket(end int64) *bucket {
 	n := o.hint
-	return &bucket{start: end - o.size, end: end, index: make(map[string]int32, n),
+	return &bucket{start: end - o.size, end: end, index: newIndex(o.seed, n),
 		keys: make([]string, 0, n), accs: make([]accum, 0, n*o.na)}
 }
 
 // addTo adds the scratch row to its group in b and returns the group.
 func (o *Operator) addTo(b *bucket) int32 {
-	g, ok := b.index[string(o.key)]
+	g, ok := b.index.find(o.key)
 	if !ok {
 		g = int32(len(b.keys))
-		k := string(o.key)
-		b.index[k] = g
-		b.keys = append(b.keys, k)
+		b.index.add(o.key, g)
+		b.keys = append(b.keys, string(o.key))
 		b.accs = slices.Grow(b.accs, o.na)[:len(b.accs)+o.na]
 		clear(b.accs[len(b.accs)-o.na:])
 		o.hint = max(o.hint, len(b.keys))

@@ -182,7 +182,7 @@ func runOperator(t *testing.T, o *Operator, rng *rand.Rand, evs []event) ([]map[
 	var out []map[string]any
 	var rejected []int
 	for i := 0; i < len(evs); {
-		n := min(1+rng.IntN(50), len(evs)-i)
+		n := min(1+rng.IntN(300), len(evs)-i) // across Process's chunks too
 		rows := make([]map[string]any, n)
 		for j := range rows {
 			rows[j] = evs[i+j].row

@@ -96,7 +96,7 @@ func (o *Operator) restore(data []byte) error {
 			groups := r.count()
 			for g := range groups {
 				k := r.str()
-				b.index[k] = int32(g)
+				b.index.add([]byte(k), int32(g))
 				b.keys = append(b.keys, k)
 				b.accs = append(b.accs, o.readAccs(r)...)
 			}
