@@ -352,7 +352,7 @@ func (o *Operator) addFixed(r *rec) error {
 	if taken || kept {
 		return nil
 	}
-	return o.lateError(o.windows[len(o.windows)-1])
+	return o.lateError(o.windows[0]) // the last of them to close
 }
 
 func (o *Operator) lateError(end int64) error {

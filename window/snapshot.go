@@ -103,6 +103,7 @@ func (o *Operator) restore(data []byte) error {
 			if r.err != nil {
 				return r.err
 			}
+			o.hint = max(o.hint, len(b.keys))
 			if pass == 0 {
 				o.open[b.end] = b
 				o.openEnds = append(o.openEnds, b.end)
