@@ -608,3 +608,36 @@ func TestBoundaries(t *testing.T) {
 		}
 	}
 }
+
+// TestStateIsFreed: a long stream keeps only the open windows and, under
+// late: update, the closed ones within one lateness of the watermark.
+func TestStateIsFreed(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []Spec{
+		{Type: Tumbling, Size: time.Second, Lateness: time.Second, Late: Update},
+		{Type: Sliding, Size: time.Second, Slide: 250 * time.Millisecond, Lateness: time.Second, Late: Update},
+		{Type: Session, Gap: time.Second, Lateness: time.Second, Late: Update},
+		{Type: Session, Gap: time.Second, Late: Drop},
+	} {
+		o := newOp(t, spec)
+		for sec := range 1000 {
+			var rows []map[string]any
+			for u := range 10 {
+				// Users come every other second half the time: sessions end.
+				if u%2 == 0 || sec%4 < 2 {
+					rows = append(rows, at(strconv.Itoa(u), float64(sec)+float64(u)/100, 1.0))
+				}
+			}
+			o.Process(rows)
+		}
+		sessions := 0
+		for _, g := range o.groups {
+			sessions += len(g.open) + len(g.kept)
+		}
+		// Open: the windows of the last second; kept: one lateness (1s) more.
+		// Without freeing, there would be thousands.
+		if n := len(o.open) + len(o.kept); n > 12 || sessions > 30 || len(o.timers) > 60 {
+			t.Errorf("%s %s: %d windows, %d sessions and %d timers after 1000s of rows", spec.Type, spec.Late, n, sessions, len(o.timers))
+		}
+	}
+}
