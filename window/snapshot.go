@@ -98,7 +98,8 @@ func (o *Operator) restore(data []byte) error {
 				k := r.str()
 				b.index.add([]byte(k), int32(g))
 				b.keys = append(b.keys, k)
-				b.accs = append(b.accs, o.readAccs(r)...)
+				b.accs = append(b.accs, make([]accum, o.na)...)
+				o.readAccs(r, b.accs[len(b.accs)-o.na:])
 			}
 			if r.err != nil {
 				return r.err
@@ -118,7 +119,8 @@ func (o *Operator) restore(data []byte) error {
 		for pass := range 2 {
 			m := r.count()
 			for range m {
-				s := &session{g: g, start: r.int(), end: r.int(), seq: r.uint(), accs: o.readAccs(r), closed: pass == 1}
+				s := &session{g: g, start: r.int(), end: r.int(), seq: r.uint(), accs: make([]accum, o.na), closed: pass == 1}
+				o.readAccs(r, s.accs)
 				if r.err != nil {
 					return r.err
 				}
@@ -180,8 +182,8 @@ func (o *Operator) writeAccs(w *writer, accs []accum) {
 	}
 }
 
-func (o *Operator) readAccs(r *reader) []accum {
-	accs := make([]accum, o.na)
+// readAccs reads what writeAccs wrote into accs.
+func (o *Operator) readAccs(r *reader, accs []accum) {
 	for i, a := range o.aggs {
 		acc := &accs[i]
 		switch a.Func {
@@ -207,7 +209,6 @@ func (o *Operator) readAccs(r *reader) []accum {
 			acc.max = acc.min
 		}
 	}
-	return accs
 }
 
 type writer struct{ b []byte }
