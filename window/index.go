@@ -39,7 +39,7 @@ func (x *index) find(key []byte) (int32, bool) {
 		p, ok := x.long[string(key)]
 		return p, ok
 	}
-	return x.findHash(key, maphash.Bytes(x.seed, key)|1)
+	return x.findHash(key, x.hash(key))
 }
 
 // findHash is find of an inline key whose hash (see hash) is h.
@@ -66,18 +66,23 @@ func (x *index) add(key []byte, pos int32) {
 		return
 	}
 	if (x.n+1)*4 > len(x.slots)*3 {
-		old := x.slots
-		x.slots = make([]slot, len(old)*2)
-		for i := range old {
-			if old[i].hash != 0 {
-				x.put(old[i])
-			}
-		}
+		x.grow()
 	}
-	s := slot{hash: maphash.Bytes(x.seed, key) | 1, pos: pos, klen: uint8(len(key))}
+	s := slot{hash: x.hash(key), pos: pos, klen: uint8(len(key))}
 	copy(s.key[:], key)
 	x.put(s)
 	x.n++
+}
+
+// grow doubles the table.
+func (x *index) grow() {
+	old := x.slots
+	x.slots = make([]slot, len(old)*2)
+	for i := range old {
+		if old[i].hash != 0 {
+			x.put(old[i])
+		}
+	}
 }
 
 func (x *index) put(s slot) {
@@ -97,4 +102,33 @@ func (x *index) hash(key []byte) uint64 { return maphash.Bytes(x.seed, key) | 1 
 // caller to keep (a load whose value is unused may be left out).
 func (x *index) touch(h uint64) uint64 {
 	return x.slots[h&uint64(len(x.slots)-1)].hash
+}
+
+// findOrAdd returns the position of key, or records key at pos and returns
+// pos and false.
+func (x *index) findOrAdd(key []byte, pos int32) (int32, bool) {
+	if len(key) > inlineKey {
+		if p, ok := x.long[string(key)]; ok {
+			return p, true
+		}
+		x.add(key, pos)
+		return pos, false
+	}
+	if (x.n+1)*4 > len(x.slots)*3 {
+		x.grow()
+	}
+	h := x.hash(key)
+	mask := uint64(len(x.slots) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		s := &x.slots[i]
+		if s.hash == 0 {
+			*s = slot{hash: h, pos: pos, klen: uint8(len(key))}
+			copy(s.key[:], key)
+			x.n++
+			return pos, false
+		}
+		if s.hash == h && int(s.klen) == len(key) && string(s.key[:s.klen]) == string(key) {
+			return s.pos, true
+		}
+	}
 }

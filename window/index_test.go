@@ -30,10 +30,18 @@ func TestIndex(t *testing.T) {
 		if ok != wok || got != w {
 			t.Fatalf("find(%v) = %d %v, want %d %v", k, got, ok, w, wok)
 		}
-		if !ok {
-			x.add(k, int32(i))
-			want[string(k)] = int32(i)
+		if ok {
+			if got, found := x.findOrAdd(k, -1); !found || got != w {
+				t.Fatalf("findOrAdd(%v) of a known key = %d %v, want %d", k, got, found, w)
+			}
+			continue
 		}
+		if i%2 == 0 {
+			x.add(k, int32(i))
+		} else if got, found := x.findOrAdd(k, int32(i)); found || got != int32(i) {
+			t.Fatalf("findOrAdd(%v) of a new key = %d %v", k, got, found)
+		}
+		want[string(k)] = int32(i)
 	}
 	for k, w := range want {
 		if got, ok := x.find([]byte(k)); !ok || got != w {

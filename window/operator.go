@@ -375,10 +375,8 @@ func (o *Operator) newBucket(end int64) *bucket {
 
 // addTo adds the scratch row to its group in b and returns the group.
 func (o *Operator) addTo(b *bucket) int32 {
-	g, ok := b.index.find(o.key)
-	if !ok {
-		g = int32(len(b.keys))
-		b.index.add(o.key, g)
+	g, found := b.index.findOrAdd(o.key, int32(len(b.keys)))
+	if !found {
 		b.keys = append(b.keys, string(o.key))
 		b.accs = slices.Grow(b.accs, o.na)[:len(b.accs)+o.na]
 		clear(b.accs[len(b.accs)-o.na:])
