@@ -336,8 +336,8 @@ type part struct {
 	msgs    []*stream.Message
 	control control // a Flusher run instead of msgs
 	worker  int     // the worker whose queue it goes to; -1: any worker
-	out    []any // output rows kept for a transactional commit
-	segs   []seg // the runs that made out
+	out     []any   // output rows kept for a transactional commit
+	segs    []seg   // the runs that made out
 }
 
 // control is what a part with no messages runs.
