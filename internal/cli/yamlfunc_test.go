@@ -136,3 +136,19 @@ func TestYAMLLoadParamTypo(t *testing.T) {
 		t.Fatalf("exit %d, want %d and only %q in\n%s%s", code, ExitOK, want, out, stderr)
 	}
 }
+
+// TestWindowFunctionHasABody lints a stream flow whose function is only a
+// window block: it has a body; a bad block is reported at its field and
+// not as a function without a body.
+func TestWindowFunctionHasABody(t *testing.T) {
+	t.Parallel()
+	win := "kistype: func\nfname: Enrich\nfmode: Calculate\nwindow:\n  type: tumbling\n  size: %s\n  group_by: [user_id]\n  aggregate: {orders: count()}\n"
+	code, out, stderr := run(t, "lint", yamlFuncDir(t, true, strings.Replace(win, "%s", "1m", 1), ""))
+	if code != ExitOK || strings.Contains(out, "has no body") {
+		t.Fatalf("lint of a window function: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = run(t, "lint", yamlFuncDir(t, true, strings.Replace(win, "%s", "1 minute", 1), ""))
+	if want := `funcs.yml:6: function "Enrich": size: bad duration "1 minute"`; code != ExitProblem || !strings.Contains(out, want) || strings.Contains(out, "has no body") {
+		t.Fatalf("lint of a bad window block: exit %d, want %q and no other error in\n%s%s", code, want, out, stderr)
+	}
+}
