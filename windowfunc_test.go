@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
 	kishttp "github.com/kisflow-go/kisflow/connector/http"
 	kissql "github.com/kisflow-go/kisflow/connector/sql"
-	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
