@@ -136,3 +136,56 @@ func TestWindowStateSnapshotRestore(t *testing.T) {
 		t.Fatalf("restored window emitted %v", out)
 	}
 }
+
+// TestWindowLatePoliciesInAFlow runs a late row through a window function
+// under each policy: update emits the corrected row of its window, drop
+// ignores it, dead_letter rejects it with the reason.
+func TestWindowLatePoliciesInAFlow(t *testing.T) {
+	t.Parallel()
+	rows := []string{
+		`{"u":1,"ts":"2026-05-01T12:00:10Z"}`,
+		`{"u":1,"ts":"2026-05-01T12:01:15Z"}`, // watermark 12:01:05: [12:00, 12:01) closes
+		`{"u":1,"ts":"2026-05-01T12:00:50Z"}`, // late
+	}
+	for _, tc := range []struct{ late, out, rejected string }{
+		{"update", "[map[n:1 u:1 window_end:2026-05-01T12:01:00Z window_start:2026-05-01T12:00:00Z] map[n:2 u:1 window_end:2026-05-01T12:01:00Z window_start:2026-05-01T12:00:00Z]]", ""},
+		{"drop", "[map[n:1 u:1 window_end:2026-05-01T12:01:00Z window_start:2026-05-01T12:00:00Z]]", ""},
+		{"dead_letter", "[map[n:1 u:1 window_end:2026-05-01T12:01:00Z window_start:2026-05-01T12:00:00Z]]", "late row: its window already closed"},
+	} {
+		t.Run(tc.late, func(t *testing.T) {
+			t.Parallel()
+			yml := "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: W\n---\n" +
+				"kistype: func\nfname: W\nfmode: Calculate\n" +
+				"window: {type: tumbling, size: 1m, time_field: ts, lateness: 10s, late: " + tc.late + ", group_by: [u], aggregate: {n: count()}}\n"
+			set, err := config.ImportFS(fstest.MapFS{"f.yml": {Data: []byte(yml)}}, ".")
+			if err != nil {
+				t.Fatal(err)
+			}
+			eng, err := kisflow.NewEngine(kisflow.NewRegistry(), set)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer eng.Close(context.Background())
+			fl, err := eng.Flow(context.Background(), "F")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []any
+			var rejected []string
+			for _, r := range rows {
+				_ = fl.CommitRow(r)
+				res, _ := fl.Run(context.Background())
+				out = append(out, res.Rows...)
+				for _, re := range res.Rejected {
+					rejected = append(rejected, re.Error())
+				}
+			}
+			if fmt.Sprint(out) != tc.out {
+				t.Errorf("out %v\nwant %s", out, tc.out)
+			}
+			if got := strings.Join(rejected, "; "); (tc.rejected == "") != (got == "") || !strings.Contains(got, tc.rejected) {
+				t.Errorf("rejected %q, want %q", got, tc.rejected)
+			}
+		})
+	}
+}

@@ -61,6 +61,10 @@ func TestWindowsMatchABruteForceReference(t *testing.T) {
 			base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
 			var rows []winRow
 			var lines strings.Builder
+			// Two rows the window cannot read: dead-lettered with the reason.
+			bad := map[int]string{9001: `time field "ts"`, 9002: "is not a number"}
+			fmt.Fprintf(&lines, `{"id":9001,"ts":"noon","user_id":1,"amount":1}`+"\n")
+			fmt.Fprintf(&lines, `{"id":9002,"ts":%d,"user_id":1,"amount":"x"}`+"\n", base)
 			for i := range 3000 {
 				// Two hours of orders, out of order by more than the
 				// lateness (20 s): some rows are late.
@@ -135,13 +139,24 @@ params:
 			for _, d := range dead {
 				p, _ := d["payload"].(map[string]any)
 				id, _ := p["id"].(float64)
+				e, _ := d["error"].(string)
+				if why, ok := bad[int(id)]; ok {
+					if !strings.Contains(e, why) {
+						t.Errorf("dead letter of row %d says %q, want %q", int(id), e, why)
+					}
+					delete(bad, int(id))
+					continue
+				}
 				deadIDs[int(id)] = true
-				if e, _ := d["error"].(string); !strings.Contains(e, "late row") || d["func"] != "PerUser" {
+				if !strings.Contains(e, "late row: its window already closed") || d["func"] != "PerUser" {
 					t.Errorf("dead letter %v", d)
 				}
 			}
-			if len(dead) != len(late) || !mapsEqual(deadIDs, late) {
-				t.Errorf("%d dead letters, want the %d late rows", len(dead), len(late))
+			if len(bad) > 0 {
+				t.Errorf("rows not dead-lettered: %v", bad)
+			}
+			if len(deadIDs) != len(late) || !mapsEqual(deadIDs, late) {
+				t.Errorf("%d late rows dead-lettered, want the %d of the reference", len(deadIDs), len(late))
 			}
 			t.Logf("%d windows, %d late rows", len(want), len(late))
 		})
