@@ -892,6 +892,9 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 		return "", nil
 	}
+	if len(msgs) == 0 && len(dead) == 0 && slices.IndexFunc(ok, func(ep *epoch) bool { return ep.out.Load() > 0 }) < 0 {
+		return "", nil // ticks that closed no window: nothing to commit
+	}
 	if err := r.writeDead(work, dead); err != nil {
 		return fail(err)
 	}
