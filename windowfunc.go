@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/engine"
+	"github.com/kisflow-go/kisflow/internal/flatjson"
 	"github.com/kisflow-go/kisflow/window"
 )
 
@@ -85,14 +87,16 @@ type windowBinding struct {
 	fl    *flow
 	layer int
 	rows  rowReader
+	flat  flatjson.Decoder
 	maps  []map[string]any
-	at    []int // at[i] is the input position of maps[i]
+	at    []int            // at[i] is the input position of maps[i]
+	pool  []map[string]any // maps JSON rows are decoded into, reused from run to run
 }
 
 func (b *windowBinding) call(ctx context.Context, in []any) error {
 	b.maps, b.at = b.maps[:0], b.at[:0]
 	for i, row := range in {
-		m, err := b.rows.fields(row, false)
+		m, err := b.fields(row)
 		if err != nil {
 			b.fl.reject(b.layer, i, row, err)
 			continue
@@ -108,11 +112,37 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 		b.fl.run.Commit(r)
 	}
 	clear(b.maps)
+	for _, m := range b.pool {
+		clear(m) // keep no value of this run alive
+	}
 	if b.fl.flushing != flushNone {
 		// A flush goes on to the windows further on whatever this one emitted.
 		b.fl.run.Act(engine.Action{ForceEntryNext: true})
 	}
 	return nil
+}
+
+// fields reads a row as fields. The operator keeps nothing of the maps it
+// is given, so flat JSON rows are decoded into maps of the binding's own,
+// reused; other rows are read as every YAML function reads them.
+func (b *windowBinding) fields(row any) (map[string]any, error) {
+	var data []byte
+	switch v := row.(type) {
+	case string:
+		data = unsafe.Slice(unsafe.StringData(v), len(v))
+	case []byte:
+		data = v
+	default:
+		return b.rows.fields(row, false)
+	}
+	n := len(b.maps)
+	if n == len(b.pool) {
+		b.pool = append(b.pool, make(map[string]any, 8))
+	}
+	if m := b.pool[n]; b.flat.DecodeInto(m, data) {
+		return m, nil
+	}
+	return b.rows.fields(row, false)
 }
 
 // flushMode says what a run without source rows closes (see flow.flush).
