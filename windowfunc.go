@@ -224,3 +224,34 @@ func (e *Engine) WindowState(ctx context.Context, flowName string, step int) (*W
 	}
 	return &WindowState{h: h}, nil
 }
+
+// checkWindows warns of a window function that an enabled stream flow
+// runs before a function that may fail a batch transiently (a Go
+// function, a YAML Load or Save): the runtime retries such a batch from
+// its first function, and the window takes its rows again.
+func (r *Registry) checkWindows(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range s.FlowNames() {
+		fl := s.Flows[name]
+		if !fl.Enabled() || fl.Stream == nil {
+			continue
+		}
+		for i, st := range fl.Flows {
+			fc := s.Funcs[st.FName]
+			if _, goBody := r.handler(st.FName); fc == nil || fc.Window == nil || goBody {
+				continue
+			}
+			for _, next := range fl.Flows[i+1:] {
+				nc := s.Funcs[next.FName]
+				_, goBody := r.handler(next.FName)
+				if nc == nil || !goBody && (nc.ConfigOnly() || nc.Window != nil) {
+					continue
+				}
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "window"), Severity: config.SevWarning,
+					Msg: fmt.Sprintf("function %q: flow %q runs %q after this window: a batch it fails is retried from the start and the window counts its rows again; run the window last, or follow it with filter, calc and window functions only", fc.FName, name, next.FName)})
+				break
+			}
+		}
+	}
+	return probs
+}
