@@ -103,6 +103,8 @@ type flow struct {
 	chain filter.Handler // the flow's filters around execute
 	saved []any          // the source rows, kept for a retried run
 	out   []any          // the last execute's output
+
+	flushing flushMode // what the current run closes (see flush)
 }
 
 func (fl *flow) Name() string         { return fl.cfg.FlowName }
@@ -306,7 +308,9 @@ func (fl *flow) reject(layer, index int, row any, err error) {
 // step runs one function of one flow instance through its filter chain;
 // the centre of the chain turns panics into errors.
 type step struct {
+	fl    *flow
 	b     binding
+	win   bool // the function is a window
 	run   *engine.Run
 	call  filter.Call
 	chain filter.Handler
@@ -314,6 +318,10 @@ type step struct {
 }
 
 func (s *step) Call(ctx context.Context, in []any) error {
+	if len(in) == 0 && !s.win && s.fl.flushing != flushNone {
+		s.run.Act(engine.Action{ForceEntryNext: true}) // on to the windows further on
+		return nil
+	}
 	s.in = in
 	s.call.In, s.call.Out, s.call.Attempt = len(in), 0, 1
 	err := s.chain(ctx, &s.call)

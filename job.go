@@ -278,6 +278,9 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
 		Resume: resume,
 	}
+	// Windows close at the end of a bounded source, and processing-time
+	// windows also while the stream is idle.
+	cfg.FlushAtEnd, cfg.Tick = base.(*flow).c.windowed()
 	lat := e.metrics.BatchLatency.WithLabelValues(flowName)
 	cfg.BatchDone = func(d time.Duration) { lat.Observe(d.Seconds()) }
 	if e.env.Tracer != nil {
@@ -565,7 +568,15 @@ type jobFlow struct {
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
 	j.fl.run.CommitBatch(rows)
-	res, err := j.fl.runOnce(ctx)
+	return j.result(j.fl.runOnce(ctx))
+}
+
+// Flush runs the flow's windows with no new rows (see runtime.Flusher).
+func (j *jobFlow) Flush(ctx context.Context, final bool) ([]any, []runtime.Rejected, error) {
+	return j.result(j.fl.flush(ctx, final))
+}
+
+func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, error) {
 	if _, ok := err.(*RejectedError); ok {
 		err = nil // the runtime dead-letters them
 	}

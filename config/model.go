@@ -64,9 +64,8 @@ type Func struct {
 	// Keep, with Calc, lists the fields the output rows keep (all if empty).
 	Keep []string `yaml:"keep,omitempty"`
 	// Window makes a Calculate function a windowed aggregation (see
-	// Window). Lint, export and kisflow graph read it; package window
-	// computes it; flows do not run it yet, so a window function in a
-	// flow that kisflow run runs is reported as having no body.
+	// Window). Package window computes it; a flow runs it as the
+	// function's body, with no Go code.
 	Window *Window `yaml:"window,omitempty"`
 }
 
