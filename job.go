@@ -20,6 +20,7 @@ import (
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/runtime"
+	"github.com/kisflow-go/kisflow/internal/statelock"
 	"github.com/kisflow-go/kisflow/metrics"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -251,6 +252,15 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if r, ok := sd.(stream.Resumable); ok {
 		j.start.Resumable = r.Resumable()
 	}
+	if j.start.Resumable && o.checkpoints == nil && delivery != config.ExactlyOnce {
+		// The position is the state folder's: one run of the flow at a
+		// time on it (exactly-once runs are fenced by their sink instead).
+		lock, err := statelock.Acquire(filepath.Join(o.stateDir, "locks", flowName+".lock"), "kisflow run of flow "+flowName)
+		if err != nil {
+			return fail(fmt.Errorf("state folder %s: another run of the flow holds it: %w", o.stateDir, err))
+		}
+		j.closers = append(j.closers, lock.Release)
+	}
 	src, err := sd.OpenSource(ctx, stream.SourceOptions{Name: flowName, StateKey: key, Resume: resume, Logger: j.log})
 	if err != nil {
 		return fail(fmt.Errorf("open source %q: %w", st.Source, err))
@@ -276,7 +286,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
 		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
-		Resume: resume,
+		Resume: resume, Fence: j.start.Resumable,
 	}
 	lat := e.metrics.BatchLatency.WithLabelValues(flowName)
 	cfg.BatchDone = func(d time.Duration) { lat.Observe(d.Seconds()) }
