@@ -257,7 +257,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		// time on it (exactly-once runs are fenced by their sink instead).
 		lock, err := statelock.Acquire(filepath.Join(o.stateDir, "locks", flowName+".lock"), "kisflow run of flow "+flowName)
 		if err != nil {
-			return fail(fmt.Errorf("state folder %s: another run of the flow holds it: %w", o.stateDir, err))
+			return fail(fmt.Errorf("state folder %s is in use: %w", o.stateDir, err))
 		}
 		j.closers = append(j.closers, lock.Release)
 	}

@@ -13,7 +13,7 @@ import (
 
 // ErrHeld is wrapped by Acquire's error when another process holds the
 // lock.
-var ErrHeld = errors.New("lock held by another process")
+var ErrHeld = errors.New("two runs on one state folder; stop one, or give each its own state folder")
 
 // Lock is a held lock; Release lets it go.
 type Lock struct{ f *os.File }
