@@ -29,11 +29,14 @@ func TestTwoRunsOnOneStreamExactlyOnce(t *testing.T) {
 		ok, fenced = b, a
 		ca, cb = cb, ca
 	}
-	if ca != 0 || cb == 0 {
-		t.Fatalf("exit codes %d and %d, want one 0 and one not\n--- one:\n%s\n--- other:\n%s", ca, cb, a.Output(), b.Output())
+	if ca != 0 || cb != 1 {
+		t.Fatalf("exit codes %d and %d, want 0 and 1\n--- one:\n%s\n--- other:\n%s", ca, cb, a.Output(), b.Output())
 	}
 	if out := fenced.Output(); !strings.Contains(out, msg) || !strings.Contains(out, stop) {
 		t.Fatalf("the run that failed does not say why:\n%s", out)
+	}
+	if out := fenced.Output(); !strings.Contains(out, " 0 committed, 0 written,") {
+		t.Fatalf("the run that failed committed rows:\n%s", out)
 	}
 	if strings.Contains(ok.Output(), msg) {
 		t.Fatalf("the run that finished reports a second writer:\n%s", ok.Output())
