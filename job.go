@@ -49,6 +49,14 @@ type jobOptions struct {
 
 // WithStateDir sets the folder for the default checkpoint store
 // (checkpoints.db) and dead-letter files (dead-letter/FLOW.jsonl).
+//
+// A job whose source position is kept in that store (at-least-once or
+// at-most-once from a file, a generator, an SQL poller) holds an exclusive
+// lock (locks/FLOW.lock) on the folder until it ends: a second job of the
+// same flow on the same folder, in this process or another, fails to
+// start, naming the holder. Jobs on different folders are not locked
+// against each other. Exactly-once jobs take no lock: their sink fences
+// each commit instead (see stream.FencedTxSink).
 func WithStateDir(dir string) JobOption { return func(o *jobOptions) { o.stateDir = dir } }
 
 // WithCheckpoints replaces the default SQLite checkpoint store.
