@@ -97,8 +97,18 @@ type Config struct {
 	// being read to being committed.
 	BatchDone func(latency time.Duration)
 	// Resume is the position the source was opened at ("" for none), for
-	// the start-up message.
+	// the start-up message, and the first position an exactly-once commit
+	// is fenced on (see Fence).
 	Resume string
+	// Fence, for exactly-once delivery from a source whose position the
+	// runtime stores, fences every commit on the position this runner
+	// last saw committed (Resume, then each of its own), when the sink is
+	// a stream.FencedTxSink: a commit that finds another position, made by
+	// another process running the same stream, ends the run with a
+	// *stream.FenceError and commits nothing. Leave it unset for sources
+	// whose position a broker keeps (consumer groups), which several
+	// processes share by design.
+	Fence bool
 	// SourceName and SinkName name the source and sink in logs and errors.
 	SourceName, SinkName string
 	// MaxConsecutiveFailures ends the run with the failure when this many
@@ -204,7 +214,8 @@ type Runner struct {
 	// is then traced to its message, at the cost of running again, alone,
 	// the messages of a batch in which that happened.
 	trace  bool
-	tracer *worker // the commit loop's, for exactly-once; made on first use
+	tracer *worker             // the commit loop's, for exactly-once; made on first use
+	fence  stream.FencedTxSink // the sink, when commits are fenced (Config.Fence)
 
 	warnedNoID   atomic.Bool
 	ownPositions bool           // the source sets a position on every message (stream.MessagePositions)
@@ -245,6 +256,10 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 	default:
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}
+	var fence stream.FencedTxSink
+	if cfg.Fence && cfg.Delivery == ExactlyOnce {
+		fence, _ = parts.TxSink.(stream.FencedTxSink)
+	}
 	_, notifies := parts.Source.(stream.DeadLetterNotifier)
 	mp, ok := parts.Source.(stream.MessagePositions)
 	return &Runner{
@@ -253,7 +268,8 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		ownPositions: ok && mp.PositionsPerMessage(),
 		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
 		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
-		stopRead: func(error) {}, journalAt: -1,
+		stopRead: func(error) {}, journalAt: -1, txPos: cfg.Resume,
+		fence: fence,
 	}, nil
 }
 

@@ -160,15 +160,14 @@ func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause erro
 // group committed before it. It returns the dead letters of refused rows
 // traced to their messages (see Runner.trace), and those messages.
 func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
-	tx := r.parts.TxSink
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
 	for attempt := 1; ; attempt++ {
-		err := tx.CommitBatch(ctx, r.cfg.StateKey, pos, all, rows)
-		if err == nil {
+		err := r.commitBatch(ctx, pos, all, rows)
+		if err == nil || attempt > 1 && ownFence(err, pos) {
 			r.committedTx(pos, len(rows), jsize)
 			return nil, nil, nil
 		}
@@ -190,6 +189,24 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 			return nil, nil, nil
 		}
 	}
+}
+
+// commitBatch commits through the sink's transaction, fenced on the
+// position this runner last committed when it fences (see Config.Fence).
+func (r *Runner) commitBatch(ctx context.Context, pos string, ids []string, rows []any) error {
+	if r.fence != nil {
+		return r.fence.CommitBatchAfter(ctx, r.cfg.StateKey, r.txPos, pos, ids, rows)
+	}
+	return r.parts.TxSink.CommitBatch(ctx, r.cfg.StateKey, pos, ids, rows)
+}
+
+// ownFence reports whether err, from a commit of pos tried again after a
+// failure, is the fence finding pos itself: the failed attempt committed
+// and its answer was lost. Only a retry may be judged so: a first attempt
+// that finds its own position found another process's commit.
+func ownFence(err error, pos string) bool {
+	var fe *stream.FenceError
+	return pos != "" && errors.As(err, &fe) && fe.Found == pos
 }
 
 // committedTx records a transaction that committed.
@@ -225,12 +242,11 @@ func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bo
 // again message by message, on a flow instance of the commit loop's own,
 // so that each refused row is traced to its message.
 func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
-	tx := r.parts.TxSink
 	var dead []any
 	var deadOf []*stream.Message
 	var letters []*stream.DeadLetter
 	rw := &rowWriter{r: r,
-		write: func(ctx context.Context, rs []any) error { return tx.CommitBatch(ctx, r.cfg.StateKey, "", nil, rs) },
+		write: func(ctx context.Context, rs []any) error { return r.commitBatch(ctx, "", nil, rs) },
 		dead: func(row any, m *stream.Message, cause error, attempts int) {
 			dl := r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts)
 			dead = append(dead, dl)
@@ -261,9 +277,20 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 		return nil, nil, err
 	}
 	ids = append(ids[:len(ids):len(ids)], jids...)
-	if err := r.retryForever(ctx, r.sinkLink, func() error { return tx.CommitBatch(ctx, r.cfg.StateKey, pos, ids, nil) }); err != nil {
+	retried := false
+	if err := r.retryForever(ctx, r.sinkLink, func() error {
+		err := r.commitBatch(ctx, pos, ids, nil)
+		if retried && ownFence(err, pos) {
+			return nil // an earlier attempt committed; its answer was lost
+		}
+		retried = err != nil
+		return err
+	}); err != nil {
 		return nil, nil, err
 	}
 	r.journalAt = jsize
+	if pos != "" {
+		r.txPos = pos
+	}
 	return deadOf, letters, nil
 }
