@@ -275,7 +275,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
-		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
+		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
 		Resume: resume,
 	}
 	lat := e.metrics.BatchLatency.WithLabelValues(flowName)
