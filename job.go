@@ -115,7 +115,7 @@ type JobStats struct {
 	Read         int64 // messages read from the source
 	Committed    int64 // messages acknowledged (processed or dead-lettered)
 	Out          int64 // rows written to the sink
-	DeadLettered int64 // messages sent to the dead-letter sink
+	DeadLettered int64 // messages dead-lettered (also those whose dead letters the sink already held)
 	Retries      int64 // retried runs and writes
 	Batches      int64 // micro-batches committed
 	InFlight     int64 // messages read and not yet committed

@@ -167,7 +167,7 @@ type Stats struct {
 	Read         int64 // messages read from the source
 	Committed    int64 // messages acknowledged after processing or dead-lettering
 	Out          int64 // rows written to the sink
-	DeadLettered int64 // messages sent to the dead-letter sink
+	DeadLettered int64 // messages dead-lettered (also those whose dead letters the sink already held)
 	Retries      int64 // flow runs retried
 	Batches      int64 // epochs committed
 	InFlight     int64 // messages read and not yet committed
