@@ -156,7 +156,7 @@ func (r *Runner) writeDead(ctx context.Context, dead []any) error {
 			if stream.IsPermanent(err) || stream.IsFatal(err) {
 				// The dead letters themselves, or the sink's configuration,
 				// are refused: retrying would stall the stream for ever.
-				return stream.Fatal(fmt.Errorf("%s refused %d dead letters (no retry can mend it): %w", r.dlqLink.label(), len(dead), err))
+				return stream.Fatal(fmt.Errorf("%s refused dead letters (no retry can mend it): %w", r.dlqLink.label(), err))
 			}
 			return err
 		})
