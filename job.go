@@ -124,7 +124,7 @@ type JobStats struct {
 	Read         int64 // messages read from the source
 	Committed    int64 // messages acknowledged (processed or dead-lettered)
 	Out          int64 // rows written to the sink
-	DeadLettered int64 // messages sent to the dead-letter sink
+	DeadLettered int64 // messages dead-lettered (also those whose dead letters the sink already held)
 	Retries      int64 // retried runs and writes
 	Batches      int64 // micro-batches committed
 	InFlight     int64 // messages read and not yet committed
@@ -293,7 +293,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
-		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
+		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
 		Resume: resume, Fence: j.start.Resumable,
 	}
 	// Windows close at the end of a bounded source, and processing-time

@@ -65,8 +65,10 @@ func classify(err error) error {
 		}
 		return err
 	}
-	if strings.Contains(err.Error(), "failed to encode args[") {
-		// pgx could not convert a row's value to the column's type.
+	if msg := err.Error(); strings.Contains(msg, "failed to encode args[") || strings.Contains(msg, "sql: converting argument ") {
+		// pgx could not convert a row's value to the column's type, or
+		// database/sql a value to one its driver takes (a channel, a
+		// complex number): the row's fault, the same at every attempt.
 		return stream.Permanent(err)
 	}
 	return err

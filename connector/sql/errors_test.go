@@ -42,6 +42,7 @@ func TestWriteErrorsAreMarked(t *testing.T) {
 		{"duplicate key", "", "t", []any{map[string]any{"id": 3, "n": 1}, map[string]any{"id": 3, "n": 2}}, "permanent"},
 		{"value too long", "", "t", []any{map[string]any{"id": 4, "n": 1, "s": "much too long"}}, "permanent"},
 		{"not a row", "", "t", []any{17}, "permanent"},
+		{"a value no driver takes", "", "t", []any{map[string]any{"id": 8, "n": 1, "s": make(chan int)}}, "permanent"},
 		{"missing table", "", "nosuch", []any{map[string]any{"id": 5}}, "fatal"},
 		{"missing table, columns given", "id", "nosuch", []any{map[string]any{"id": 5}}, "fatal"},
 		{"unknown column", "id, n, nosuch", "t", []any{map[string]any{"id": 6, "n": 1}}, "fatal"},

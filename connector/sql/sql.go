@@ -9,7 +9,10 @@
 // Config: key is the table. The params of each type are declared in
 // SQLiteSpec, MySQLSpec and PostgresSpec (`kisflow list postgres`).
 //
-// Rows may be maps, structs (fields by json tag or name) or JSON text.
+// Rows may be maps, structs (fields by json tag or name) or JSON text. A
+// field holding a map, a slice or a struct (a dead letter's headers, a
+// nested object) is stored as its JSON text, in a TEXT column when create
+// makes the table.
 //
 // Errors are marked for the runtime (see classify): a row the database
 // rejects is stream.Permanent, a configuration error stream.Fatal, and an
@@ -20,8 +23,10 @@ package sql
 import (
 	"context"
 	stdsql "database/sql"
+	sqldriver "database/sql/driver"
 	"fmt"
 	"net/url"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -753,17 +758,55 @@ func (d *DB) Load(ctx context.Context, row any) ([]map[string]any, error) {
 	return scanMaps(rs)
 }
 
-// sqlValue makes a value storable: nested maps and slices become JSON text.
+// sqlValue makes a value storable in every dialect: a map, a slice (other
+// than bytes), an array or a struct (other than time.Time) becomes its
+// JSON text, as in the row's JSON form, and a nil one NULL; a pointer is
+// followed. What the drivers take themselves (scalars, strings, bytes,
+// times, driver.Valuer) is returned as it is. The common types are told
+// apart by a type switch; reflection looks only at the others.
 func sqlValue(v any) any {
 	switch v.(type) {
+	case nil, string, []byte, bool, int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64,
+		float32, float64, time.Time, sqldriver.Valuer:
+		return v
 	case map[string]any, []any:
-		b, err := gojson.Marshal(v)
-		if err != nil {
-			return fmt.Sprint(v)
+		return jsonText(v)
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		if rv.IsNil() {
+			return nil
 		}
-		return string(b)
+		return sqlValue(rv.Elem().Interface())
+	case reflect.Map:
+		if rv.IsNil() {
+			return nil
+		}
+		return jsonText(v)
+	case reflect.Slice:
+		if rv.IsNil() {
+			return nil
+		}
+		if rv.Type().Elem().Kind() == reflect.Uint8 {
+			return rv.Bytes() // a named byte slice (json.RawMessage): bytes
+		}
+		return jsonText(v)
+	case reflect.Array, reflect.Struct:
+		return jsonText(v)
 	}
 	return v
+}
+
+// jsonText is v's JSON text; a value JSON cannot encode (a channel, a
+// function, NaN) is left to the driver, which refuses it as a conversion
+// error (see classify).
+func jsonText(v any) any {
+	b, err := gojson.Marshal(v)
+	if err != nil {
+		return v
+	}
+	return string(b)
 }
 
 // Check verifies, for kisflow dry-run, that the table exists (or that

@@ -3,6 +3,7 @@ package sql
 import (
 	"context"
 	stdsql "database/sql"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -502,4 +503,63 @@ func TestAPostgresURLInAddrsIsTheDSN(t *testing.T) {
 	if err := d.SQL().PingContext(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A row's maps, slices and structs are stored as their JSON text, a nil
+// one as NULL, on every dialect, and a table created from such a row
+// takes them: a dead-letter record (its Headers is a map[string]string)
+// is written to a dead_letter table with create, once per letter_id.
+func TestNestedValuesAreStoredAsJSONText(t *testing.T) {
+	t.Parallel()
+	type addr struct {
+		City string `json:"city"`
+	}
+	each(t, func(t *testing.T, typ string) {
+		ctx := context.Background()
+		t.Run("dead letters", func(t *testing.T) {
+			d := openDB(t, typ, "dlq", map[string]string{"create": "true", "upsert_key": "letter_id"})
+			at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+			letters := []any{
+				&stream.DeadLetter{LetterID: "a", Flow: "f", Error: "bad", Attempts: 1, Payload: "not json", Time: at},
+				&stream.DeadLetter{LetterID: "b", Flow: "f", Error: "bad", Attempts: 1, Payload: json.RawMessage(`{"x":1}`),
+					Headers: map[string]string{"traceparent": "00-1"}, Time: at},
+			}
+			for range 2 { // written again: stored once
+				if err := d.Write(ctx, letters); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := count(t, d, "SELECT count(*) FROM dlq"); n != 2 {
+				t.Fatalf("%d dead letters, want 2", n)
+			}
+			var ha, hb stdsql.NullString
+			var payload string
+			if err := d.SQL().QueryRow("SELECT headers FROM dlq WHERE letter_id = 'a'").Scan(&ha); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.SQL().QueryRow("SELECT headers, payload FROM dlq WHERE letter_id = 'b'").Scan(&hb, &payload); err != nil {
+				t.Fatal(err)
+			}
+			if ha.Valid || hb.String != `{"traceparent":"00-1"}` || payload != `{"x":1}` {
+				t.Fatalf("headers %v and %v, payload %q; want NULL, the headers' JSON and the payload", ha, hb, payload)
+			}
+		})
+		t.Run("nested fields", func(t *testing.T) {
+			d := openDB(t, typ, "nested", map[string]string{"create": "true"})
+			row := map[string]any{"id": 1, "tags": []string{"a", "b"}, "meta": map[string]int{"n": 1},
+				"addr": addr{City: "X"}, "ptr": &addr{City: "Y"}, "none": []int(nil)}
+			if err := d.Write(ctx, []any{row}); err != nil {
+				t.Fatal(err)
+			}
+			var tags, meta, a, p string
+			var none stdsql.NullString
+			q := fmt.Sprintf("SELECT tags, meta, %s, ptr, %s FROM nested", d.quote("addr"), d.quote("none"))
+			if err := d.SQL().QueryRow(q).Scan(&tags, &meta, &a, &p, &none); err != nil {
+				t.Fatal(err)
+			}
+			if tags != `["a","b"]` || meta != `{"n":1}` || a != `{"city":"X"}` || p != `{"city":"Y"}` || none.Valid {
+				t.Fatalf("stored %q %q %q %q %v", tags, meta, a, p, none)
+			}
+		})
+	})
 }

@@ -142,17 +142,30 @@ func (r *Runner) wrote(dead []any) {
 }
 
 // writeDead writes dead letters not written yet, retrying as long as it
-// takes; see unwritten. Only the commit loop calls it.
+// takes; see unwritten. The dead letters it leaves out because they were
+// written already (by an earlier run, or earlier in this one) are counted
+// with those it writes: their messages were dead-lettered. A refusal that
+// no retry mends (an error marked stream.Permanent or stream.Fatal) ends
+// the run with that error. Only the commit loop calls it.
 func (r *Runner) writeDead(ctx context.Context, dead []any) error {
+	all := len(dead)
 	dead = r.unwritten(dead)
-	if len(dead) == 0 {
-		return nil
+	if len(dead) > 0 {
+		err := r.retryForever(ctx, r.dlqLink, func() error {
+			err := r.parts.DeadLetter.Write(ctx, dead)
+			if stream.IsPermanent(err) || stream.IsFatal(err) {
+				// The dead letters themselves, or the sink's configuration,
+				// are refused: retrying would stall the stream for ever.
+				return stream.Fatal(fmt.Errorf("%s refused dead letters (no retry can mend it): %w", r.dlqLink.label(), err))
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		r.wrote(dead)
+		r.deadDirty = true
 	}
-	if err := r.retryForever(ctx, r.dlqLink, func() error { return r.parts.DeadLetter.Write(ctx, dead) }); err != nil {
-		return err
-	}
-	r.wrote(dead)
-	r.dead.Add(int64(len(dead)))
-	r.deadDirty = true
+	r.dead.Add(int64(all))
 	return nil
 }

@@ -4,8 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -68,8 +73,10 @@ func TestDeadLettersOfMessagesProcessedAgainAreNotWrittenTwice(t *testing.T) {
 			for range 2 { // the second run reads everything again
 				r := run(t, Config{Name: "s", BatchSize: 30},
 					Parts{Source: tc.source(), NewFlow: func(int) Flow { return funcFlow(flow) }, DeadLetter: dlq})
-				if s := r.Stats(); s.Committed != 200 {
-					t.Fatalf("stats %+v", s)
+				// Dead letters left out as written already are counted:
+				// their messages were dead-lettered all the same.
+				if s := r.Stats(); s.Committed != 200 || s.DeadLettered != 20 {
+					t.Fatalf("stats %+v, want 200 committed and 20 dead-lettered", s)
 				}
 			}
 			for _, row := range dlq.rows {
@@ -106,4 +113,100 @@ func TestRecentLettersKeepTheLastOnes(t *testing.T) {
 			t.Errorf("has(%q) = %v, want %v", id, !want, want)
 		}
 	}
+}
+
+// failingDLQ fails every write with err.
+type failingDLQ struct {
+	err    error
+	writes atomic.Int64
+}
+
+func (s *failingDLQ) Write(context.Context, []any) error {
+	s.writes.Add(1)
+	return s.err
+}
+
+// poisonAll rejects every row.
+func poisonAll(_ context.Context, rows []any) ([]any, []Rejected, error) {
+	rej := make([]Rejected, len(rows))
+	for i := range rows {
+		rej[i] = Rejected{Func: "Calc", Index: i, Err: errors.New("poison")}
+	}
+	return nil, rej, nil
+}
+
+// A dead-letter sink that refuses the dead letters for good (an error
+// marked stream.Permanent, or stream.Fatal) ends the run with that error,
+// after one attempt, instead of stalling the stream for ever; nothing is
+// acknowledged.
+func TestADeadLetterSinkThatRefusesForGoodEndsTheRun(t *testing.T) {
+	t.Parallel()
+	for _, mark := range []func(error) error{stream.Permanent, stream.Fatal} {
+		src := newSource(50, 0)
+		dlq := &failingDLQ{err: mark(errors.New("unsupported type"))}
+		r, err := New(Config{Name: "s", BatchSize: 10, DeadLetterName: "dl", Sleep: (&noSleep{}).sleep},
+			Parts{Source: src, NewFlow: func(int) Flow { return funcFlow(poisonAll) }, DeadLetter: dlq, Checkpoints: &memCheckpoints{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = r.Run(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "dead-letter sink dl refused") || !strings.Contains(err.Error(), "unsupported type") {
+			t.Fatalf("run: %v, want the dead-letter sink's refusal", err)
+		}
+		if s := r.Stats(); s.Committed != 0 || s.DeadLettered != 0 || len(src.acked) != 0 {
+			t.Fatalf("stats %+v, acked %d: nothing may commit", s, len(src.acked))
+		}
+		if n := dlq.writes.Load(); n != 1 {
+			t.Fatalf("%d writes, want 1 (no retry)", n)
+		}
+	}
+}
+
+// A dead-letter sink that is down (a transient error) is retried; when
+// the drain times out meanwhile, Run says the batches were not drained,
+// and why, instead of reporting a clean stop. The log names the sink once.
+func TestBatchesStuckOnTheDeadLetterSinkAreNotDrained(t *testing.T) {
+	t.Parallel()
+	src := newSource(50, 0)
+	src.unbounded = true
+	dlq := &failingDLQ{err: errors.New("connection refused")}
+	var log strings.Builder
+	var logMu sync.Mutex
+	r, err := New(Config{Name: "s", BatchSize: 10, DeadLetterName: "dl", DrainTimeout: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&lockedBuilder{b: &log, mu: &logMu}, nil))},
+		Parts{Source: src, NewFlow: func(int) Flow { return funcFlow(poisonAll) }, DeadLetter: dlq, Checkpoints: &memCheckpoints{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	for dlq.writes.Load() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	err = <-done
+	if !errors.Is(err, ErrNotDrained) || !strings.Contains(err.Error(), "dead-letter sink dl unavailable") {
+		t.Fatalf("run: %v, want ErrNotDrained naming the dead-letter sink", err)
+	}
+	if s := r.Stats(); s.Committed != 0 || len(src.acked) != 0 {
+		t.Fatalf("stats %+v: nothing was committed", s)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if l := log.String(); !strings.Contains(l, "dead-letter sink dl unavailable") || strings.Contains(l, "dead-letter sink dead-letter sink") {
+		t.Fatalf("log:\n%s", l)
+	}
+}
+
+// lockedBuilder is a log destination written from several goroutines.
+type lockedBuilder struct {
+	mu *sync.Mutex
+	b  *strings.Builder
+}
+
+func (w *lockedBuilder) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
 }

@@ -43,7 +43,7 @@ func (l *link) fail(err error) {
 	}
 	l.since = time.Now()
 	l.isDown.Store(true)
-	l.log.Warn(fmt.Sprintf("%s %s unavailable: %v; retrying with backoff", l.side, l.name, err))
+	l.log.Warn(fmt.Sprintf("%s unavailable: %v; retrying with backoff", l.label(), err))
 }
 
 // ok records a success; the first after a failure is logged.
@@ -57,7 +57,7 @@ func (l *link) ok() {
 		return
 	}
 	l.isDown.Store(false)
-	l.log.Warn(fmt.Sprintf("%s %s back after %s", l.side, l.name, time.Since(l.since).Round(100*time.Millisecond)))
+	l.log.Warn(fmt.Sprintf("%s back after %s", l.label(), time.Since(l.since).Round(100*time.Millisecond)))
 }
 
 // down returns the error that took the link down, or nil while it is up.
@@ -70,7 +70,16 @@ func (l *link) down() error {
 	if !l.isDown.Load() {
 		return nil
 	}
-	return fmt.Errorf("%s %s unavailable for %s: %w", l.side, l.name, time.Since(l.since).Round(time.Second), l.last)
+	return fmt.Errorf("%s unavailable for %s: %w", l.label(), time.Since(l.since).Round(time.Second), l.last)
+}
+
+// label names the link in logs and errors: its side and its connector's
+// name ("sink orders"), or the side alone when it has no name of its own.
+func (l *link) label() string {
+	if l.name == l.side {
+		return l.side
+	}
+	return l.side + " " + l.name
 }
 
 // streak counts the messages of consecutive epochs in which nothing

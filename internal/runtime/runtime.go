@@ -109,8 +109,10 @@ type Config struct {
 	// whose position a broker keeps (consumer groups), which several
 	// processes share by design.
 	Fence bool
-	// SourceName and SinkName name the source and sink in logs and errors.
-	SourceName, SinkName string
+	// SourceName, SinkName and DeadLetterName name the source, the sink
+	// and the dead-letter sink in logs and errors ("" for the default
+	// dead-letter file).
+	SourceName, SinkName, DeadLetterName string
 	// MaxConsecutiveFailures ends the run with the failure when this many
 	// messages in a row were dead-lettered by the same function with the
 	// same error (a typo in an expression fails every row): 0 means
@@ -193,7 +195,7 @@ type Stats struct {
 	Read         int64 // messages read from the source
 	Committed    int64 // messages acknowledged after processing or dead-lettering
 	Out          int64 // rows written to the sink
-	DeadLettered int64 // messages sent to the dead-letter sink
+	DeadLettered int64 // messages dead-lettered (also those whose dead letters the sink already held)
 	Retries      int64 // flow runs retried
 	Batches      int64 // epochs committed
 	InFlight     int64 // messages read and not yet committed
@@ -267,7 +269,7 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		trace:        notifies && cfg.Delivery != AtMostOnce,
 		ownPositions: ok && mp.PositionsPerMessage(),
 		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
-		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
+		dlqLink:  newLink("dead-letter sink", cfg.DeadLetterName, cfg.Logger),
 		stopRead: func(error) {}, journalAt: -1, txPos: cfg.Resume,
 		fence: fence,
 	}, nil
@@ -455,6 +457,11 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	err := errors.Join(r.abortErr, readErr, cErr, srcErr)
 	if err == nil && r.undrained.Load() {
+		if down := r.Down(); down != nil {
+			// Say what held the batches: a source, sink or dead-letter
+			// sink still unavailable when the drain timed out.
+			return fmt.Errorf("%w: %w", ErrNotDrained, down)
+		}
 		return ErrNotDrained
 	}
 	return err
@@ -643,7 +650,7 @@ func (r *Runner) readSource(ctx context.Context, max int) ([]*stream.Message, er
 			return msgs, nil
 		}
 		if stream.IsFatal(err) {
-			return msgs, fmt.Errorf("source %s: %w", r.srcLink.name, err)
+			return msgs, fmt.Errorf("%s: %w", r.srcLink.label(), err)
 		}
 		r.srcLink.fail(err)
 		if len(msgs) > 0 {
@@ -903,6 +910,11 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		if lastPosition(msgs) != "" {
 			*broken = true
 		}
+		if work.Err() != nil {
+			// The drain timed out while the group waited for a service
+			// (the dead-letter sink, the sink): it was not committed.
+			r.undrained.Store(true)
+		}
 		for _, ep := range ok {
 			r.nack(work, ep, err)
 		}
@@ -936,6 +948,9 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	}
 	if cfg.Delivery != AtMostOnce && len(msgs) > 0 {
 		if err := r.retryForever(work, r.srcLink, func() error { return r.parts.Source.Ack(work, msgs) }); err != nil {
+			if work.Err() != nil {
+				return fail(err) // the drain timed out: redelivered
+			}
 			return "", fmt.Errorf("acknowledge: %w", err)
 		}
 	}

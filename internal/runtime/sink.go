@@ -15,7 +15,7 @@ import (
 func (w *worker) deliver(ctx context.Context, p *part, rows []any, segs []seg) bool {
 	r := w.r
 	rw := &rowWriter{r: r, write: r.parts.Sink.Write, dead: func(row any, m *stream.Message, cause error, attempts int) {
-		p.ep.addDead(m, r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts))
+		p.ep.addDead(m, r.rowDeadLetter(r.sinkLink.label(), m, row, cause, attempts))
 	}}
 	if r.trace {
 		rw.retrace = func() ([]any, []*stream.Message) { return w.retrace(ctx, rows, segs) }
@@ -248,7 +248,7 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 	rw := &rowWriter{r: r,
 		write: func(ctx context.Context, rs []any) error { return r.commitBatch(ctx, "", nil, rs) },
 		dead: func(row any, m *stream.Message, cause error, attempts int) {
-			dl := r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts)
+			dl := r.rowDeadLetter(r.sinkLink.label(), m, row, cause, attempts)
 			dead = append(dead, dl)
 			if m != nil {
 				deadOf, letters = append(deadOf, m), append(letters, dl)

@@ -228,7 +228,7 @@ func TestDrainTimeoutOnBoundedSourceExits4(t *testing.T) {
 	if code != 4 {
 		t.Fatalf("exit %d, want 4 (not drained)", code)
 	}
-	if !strings.Contains(p.Stderr(), "drain") {
-		t.Errorf("stderr does not say the drain timed out:\n%s", p.Stderr())
+	if !strings.Contains(p.Stderr(), "drain") || !strings.Contains(p.Stderr(), "sink out unavailable for") {
+		t.Errorf("stderr does not say the drain timed out, waiting for sink out:\n%s", p.Stderr())
 	}
 }
