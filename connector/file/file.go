@@ -157,6 +157,26 @@ func (f *File) Write(ctx context.Context, rows []any) error {
 	return w.Write(ctx, rows)
 }
 
+// Identity names the file for the key of a flow's position (see
+// driver.Identifier) as dir=DEV:INODE/NAME: its folder's device and inode
+// and its name. Renaming or moving the folder within its filesystem (the
+// configuration folder with its data and state) keeps it, and so does
+// another file put at the path (the position tells the files apart); two
+// files of the same name in different folders differ. "" when the folder
+// does not exist (yet) or the system has no inode numbers: the key is then
+// made from the path.
+func (f *File) Identity() string {
+	dir, err := os.Stat(filepath.Dir(f.path))
+	if err != nil || !dir.IsDir() {
+		return ""
+	}
+	id := identity(dir)
+	if id == "" {
+		return ""
+	}
+	return "dir=" + id + "/" + filepath.Base(f.path)
+}
+
 // Resumable reports that a file resumes from positions the runtime
 // stores (byte offsets); standard input has none.
 func (f *File) Resumable() bool { return true }

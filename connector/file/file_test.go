@@ -532,3 +532,57 @@ func TestParsePosition(t *testing.T) {
 		}
 	}
 }
+
+// The identity a file gives the key of a flow's position stays the same
+// when its folder is renamed and when another file is put at its path,
+// and differs for a file of the same name in another folder; a folder
+// that does not exist gives none (the key is then made from the path).
+func TestIdentitySurvivesAMoveOfTheFolder(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	if info, err := os.Stat(root); err != nil || identity(info) == "" {
+		t.Skip("no inode numbers on this system")
+	}
+	identityOf := func(path string) string {
+		t.Helper()
+		d, err := NewFile(&config.Conn{CName: "f", Type: TypeFile, Params: map[string]string{"path": path}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.(*File).Identity()
+	}
+	for _, dir := range []string{"a", "b"} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, dir, "in.jsonl"), []byte(ids(1, 3)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := identityOf(filepath.Join(root, "a", "in.jsonl"))
+	if !strings.HasPrefix(a, "dir=") || !strings.HasSuffix(a, "/in.jsonl") {
+		t.Fatalf("identity %q", a)
+	}
+	if b := identityOf(filepath.Join(root, "b", "in.jsonl")); b == a {
+		t.Fatalf("two folders, one identity %q", a)
+	}
+	if err := os.Rename(filepath.Join(root, "a"), filepath.Join(root, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if moved := identityOf(filepath.Join(root, "moved", "in.jsonl")); moved != a {
+		t.Fatalf("moved folder: %q, was %q", moved, a)
+	}
+	next := filepath.Join(root, "moved", "new.jsonl")
+	if err := os.WriteFile(next, []byte(ids(4, 5)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, filepath.Join(root, "moved", "in.jsonl")); err != nil {
+		t.Fatal(err)
+	}
+	if replaced := identityOf(filepath.Join(root, "moved", "in.jsonl")); replaced != a {
+		t.Fatalf("replaced file: %q, was %q", replaced, a)
+	}
+	if none := identityOf(filepath.Join(root, "none", "in.jsonl")); none != "" {
+		t.Fatalf("missing folder: %q", none)
+	}
+}

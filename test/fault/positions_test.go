@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -102,9 +103,9 @@ func wantLines(t *testing.T, out string, lines ...string) {
 // Two config folders with a flow of the same name, run one after the
 // other from the same folder, each read all their rows: with the default
 // state (each folder's own .kisflow) and with one --state for both (the
-// positions are keyed by the source: its file's absolute path, or for a
-// generator its folder and name). A second run of each says it has
-// nothing new.
+// positions are keyed by the source: its file's folder (device and inode)
+// and name, or for a generator its folder and name). A second run of each
+// says it has nothing new.
 func TestSameFlowNameInTwoFoldersKeepsSeparatePositions(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -229,7 +230,7 @@ func TestPositionOfAnEarlierVersionIsPickedUpOnce(t *testing.T) {
 			if c.cwdStore {
 				wantLines(t, out, "flow Ids: position ", " taken over from "+filepath.Join(".kisflow", "checkpoints.db")+", where an earlier version kept it")
 			}
-			wantLines(t, out, "flow Ids: position kept under the flow name by an earlier version, now under Ids@file:"+filepath.Join(conf, "ids.jsonl"),
+			wantLines(t, out, "flow Ids: position kept under the flow name by an earlier version, now under Ids@file:dir="+folderIdentity(t, conf)+"/ids.jsonl",
 				"flow Ids: resuming at position ", "flow Ids: 50 rows read")
 			if bad := Check(SQLiteCounts(t, filepath.Join(conf, "out.db"), "SELECT id FROM out"), 150, true); len(bad) > 0 {
 				t.Fatalf("sink after the upgrade: %v", bad)
@@ -250,4 +251,16 @@ func TestPositionOfAnEarlierVersionIsPickedUpOnce(t *testing.T) {
 			wantLines(t, out, "flow Ids: no position: reading from the start", "flow Ids: 80 rows read")
 		})
 	}
+}
+
+// folderIdentity is DEV:INODE of the folder dir, as a file source's state
+// key names the folder of its file.
+func folderIdentity(t *testing.T, dir string) string {
+	t.Helper()
+	info, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := info.Sys().(*syscall.Stat_t)
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
