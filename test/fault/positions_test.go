@@ -264,3 +264,49 @@ func folderIdentity(t *testing.T, dir string) string {
 	st := info.Sys().(*syscall.Stat_t)
 	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
 }
+
+// Two folders whose flows of the same name read the same file
+// (../shared.jsonl) share its position when it is kept in one place: one
+// --state for both (at-least-once), or one exactly-once sink
+// (../out.db). The second folder's run then has nothing new; with each
+// folder's own state, both read every row.
+func TestTheSameFileSharesItsPositionInOneStore(t *testing.T) {
+	t.Parallel()
+	shared := `kistype: conn
+cname: ids
+type: file
+params:
+  path: ../shared.jsonl`
+	for _, c := range []struct {
+		name, delivery string
+		state          bool // one --state for both
+		sink           string
+		shared         bool
+	}{
+		{"one --state", "at-least-once", true, "out.db", true},
+		{"one exactly-once sink", "exactly-once", false, "../out.db", true},
+		{"each folder's own state", "at-least-once", false, "out.db", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			files := map[string]string{"shared.jsonl": idLines(1, 300)}
+			for _, name := range []string{"a", "b"} {
+				for f, data := range idsConfig(name, shared, c.delivery) {
+					files[f] = strings.Replace(data, "path: out.db", "path: "+c.sink, 1)
+				}
+			}
+			root := Dir(t, files)
+			var extra []string
+			if c.state {
+				extra = []string{"--state", filepath.Join(root, "state")}
+			}
+			wantLines(t, runOK(t, root, append([]string{"a"}, extra...)...), "flow Ids: 300 rows read")
+			out := runOK(t, root, append([]string{"b"}, extra...)...)
+			if c.shared {
+				wantLines(t, out, "flow Ids: resuming at position ", "flow Ids: nothing new in ids since position ")
+			} else {
+				wantLines(t, out, "flow Ids: no position: reading from the start", "flow Ids: 300 rows read")
+			}
+		})
+	}
+}
