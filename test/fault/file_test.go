@@ -1,10 +1,12 @@
 package fault
 
 import (
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -162,6 +164,62 @@ func TestMovingTheFolderKeepsThePosition(t *testing.T) {
 			wantLines(t, runOK(t, root, "after"), "flow Ids: 100 rows read, 100 committed, 100 written, 0 dead-lettered")
 			if bad := onceEach(SQLiteCounts(t, sink, "SELECT id FROM out"), [2]int64{1, 600}); len(bad) > 0 {
 				t.Fatalf("sink after the append: %v", bad)
+			}
+		})
+	}
+}
+
+// A followed file rotated during a run (renamed, a new file created at the
+// path) and the run stopped: the next run resumes in the new file where
+// the last one stopped, so that nothing is read twice, exactly-once and
+// at-least-once. The state key names the file's folder and name, not the
+// file's inode, which the rotation changed.
+func TestAFollowedFileRotatedThenRestartedResumes(t *testing.T) {
+	t.Parallel()
+	follow := fileSource + "\n  follow: \"true\"\n  poll: 20ms"
+	for _, delivery := range []string{"at-least-once", "exactly-once"} {
+		t.Run(delivery, func(t *testing.T) {
+			t.Parallel()
+			root := Dir(t, merge(idsConfig("c", follow, delivery), map[string]string{"c/ids.jsonl": idLines(1, 100)}))
+			in, sink := filepath.Join(root, "c", "ids.jsonl"), filepath.Join(root, "c", "out.db")
+			rows := func() int { // while the job writes: a busy database is 0, asked again
+				db, err := sql.Open("sqlite", sink+"?_pragma=busy_timeout(10000)")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer db.Close()
+				var n int
+				if err := db.QueryRow("SELECT count(*) FROM out").Scan(&n); err != nil {
+					return 0
+				}
+				return n
+			}
+			stop := func(p *Proc) {
+				t.Helper()
+				p.Signal(syscall.SIGTERM)
+				if code := p.Wait(2 * time.Minute); code != 0 {
+					t.Fatalf("exit %d after SIGTERM\n%s", code, p.Output())
+				}
+			}
+			p := Start(t, root, nil, "run", "c", "--progress", "never")
+			Eventually(t, 2*time.Minute, "100 rows in the sink", func() bool { return rows() >= 100 })
+			if err := os.Rename(in, in+".1"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(in, []byte(idLines(101, 200)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			Eventually(t, 2*time.Minute, "200 rows in the sink", func() bool { return rows() >= 200 })
+			stop(p)
+			wantLines(t, p.Output(), "ids.jsonl was rotated")
+
+			p = Start(t, root, nil, "run", "c", "--progress", "never")
+			p.WaitFor("flow Ids: resuming at position ", 2*time.Minute)
+			appendTo(t, in, idLines(201, 250))
+			Eventually(t, 2*time.Minute, "250 rows in the sink", func() bool { return rows() >= 250 })
+			stop(p)
+			if bad := onceEach(SQLiteCounts(t, sink, "SELECT id FROM out"), [2]int64{1, 250}); len(bad) > 0 {
+				t.Fatalf("sink: %v\n%s", bad, p.Output())
 			}
 		})
 	}
