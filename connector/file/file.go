@@ -2,9 +2,11 @@
 //
 //   - type file: a source reading a JSON lines or CSV file (optionally gzip
 //     compressed), bounded or following a growing file, whose position (the
-//     byte offset and the file's identity) the runtime checkpoints; a
-//     replaced, rotated or truncated file is read from its beginning; and
-//     a sink appending JSON lines.
+//     byte offset, the file's identity and a fingerprint of the content
+//     before the offset) the runtime checkpoints; a replaced, rotated,
+//     truncated or rewritten file is read from its beginning; and a sink
+//     appending JSON lines. The key of its position names the file's
+//     folder and name (File.Identity), so it survives a move of the folder.
 //   - type stdin: a source reading JSON lines or CSV from standard input.
 //   - type stdout: a sink writing JSON lines to standard output.
 //   - type discard: a sink that drops rows (benchmarks, dry runs).
