@@ -17,6 +17,7 @@ import (
 
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/runtime"
@@ -224,7 +225,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		parts.DeadLetter = w
 	}
 
-	key := StateKey(flowName, e.set.Conns[st.Source])
+	sc, err := e.Connector(ctx, st.Source)
+	if err != nil {
+		return fail(err)
+	}
+	key := StateKey(flowName, e.set.Conns[st.Source], sc.Driver())
 	j.start = StartPosition{Key: key, Source: st.Source}
 	var positions interface {
 		Position(ctx context.Context, stream string) (string, error)
@@ -249,10 +254,6 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	resume := j.start.Position
 
-	sc, err := e.Connector(ctx, st.Source)
-	if err != nil {
-		return fail(err)
-	}
 	sd, ok := sc.Driver().(stream.SourceDriver)
 	if !ok {
 		return fail(fmt.Errorf("stream source %q: connector type %s cannot be a source", st.Source, sc.Type()))
@@ -375,18 +376,26 @@ const maxStateKey = 200
 // StateKey returns the key under which the job of flow keeps its position
 // (in the checkpoint store, or in an exactly-once sink with the IDs of the
 // messages it consumed): FLOW@TYPE:WHERE, where WHERE identifies the
-// source connector source: its addresses (with passwords and tokens
-// replaced by xxxxx, so that changing a password keeps the position), the
-// params dsn, database, stream, db and group, its path (params.path)
-// made absolute, and its key (table, stream, topic, queue, subject). A
-// source with none of these (a generator) is identified by its folder and
-// name. Two flows of the same name read from different sources keep
-// separate positions, and a flow keeps its position across processes that
-// read the same source. A key longer than 200 bytes keeps its first 180
-// and a hash of the whole.
-func StateKey(flow string, source *config.Conn) string {
+// source connector source. When its driver d is a driver.Identifier with
+// an identity, WHERE is that identity (a file: dir=DEV:INODE/NAME, its
+// folder's device and inode and its name, which a move of the folder
+// keeps). Otherwise (d nil, or no identity) WHERE is made from the config:
+// its addresses (with passwords and tokens replaced by xxxxx, so that
+// changing a password keeps the position), the params dsn, database,
+// stream, db and group, its path (params.path) made absolute, and its key
+// (table, stream, topic, queue, subject); a source with none of these (a
+// generator) is identified by its folder and name. Two flows of the same
+// name read from different sources keep separate positions, and a flow
+// keeps its position across processes that read the same source. A key
+// longer than 200 bytes keeps its first 180 and a hash of the whole.
+func StateKey(flow string, source *config.Conn, d driver.Driver) string {
 	if source == nil {
 		return flow
+	}
+	if id, ok := d.(driver.Identifier); ok {
+		if where := id.Identity(); where != "" {
+			return limitKey(flow + "@" + source.Type + ":" + config.Redact(where))
+		}
 	}
 	var parts []string
 	if a := source.AddrList(); len(a) > 0 {
@@ -410,7 +419,12 @@ func StateKey(flow string, source *config.Conn) string {
 		}
 		parts = append(parts, absPath(dir), source.CName)
 	}
-	key := flow + "@" + source.Type + ":" + config.Redact(strings.Join(parts, "/"))
+	return limitKey(flow + "@" + source.Type + ":" + config.Redact(strings.Join(parts, "/")))
+}
+
+// limitKey cuts a state key longer than maxStateKey to its first 180
+// bytes and a hash of the whole.
+func limitKey(key string) string {
 	if len(key) > maxStateKey {
 		sum := sha256.Sum256([]byte(key))
 		key = strings.ToValidUTF8(key[:180], "") + "~" + hex.EncodeToString(sum[:])[:12]

@@ -42,6 +42,9 @@
 //   - kisflow.Caller: the default for Connector.Call (Load functions).
 //   - kisflow.PluginUser: it uses plugins, such as a shared client (see the
 //     redis, nats and sql packages).
+//   - Identifier (Identity): a source named by what it reads rather than
+//     by its config (a file by its folder's device and inode), for the key
+//     of a flow's position (kisflow.StateKey).
 //   - kisflow.Checker (Check): for `kisflow dry-run`, after Start, it checks
 //     that what the flows use it for exists or can be created (a table, a
 //     stream, a topic, a queue, a file, a listen address), without reading

@@ -28,3 +28,14 @@ type Factory func(cfg *config.Conn) (Driver, error)
 type Registrar interface {
 	RegisterConnector(spec *Spec, f Factory) error
 }
+
+// Identifier is an optional capability of a source driver: Identity names
+// what the source reads by something that outlives the names its config
+// gives it, so that the key of a flow's position (kisflow.StateKey) stays
+// the same when they change but the source does not. The file driver
+// names its file by its folder's device and inode and its own name, which
+// a move of the configuration folder keeps. "" means the driver cannot
+// tell (yet): the key is then made from the config.
+type Identifier interface {
+	Identity() string
+}

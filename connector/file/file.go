@@ -2,9 +2,11 @@
 //
 //   - type file: a source reading a JSON lines or CSV file (optionally gzip
 //     compressed), bounded or following a growing file, whose position (the
-//     byte offset and the file's identity) the runtime checkpoints; a
-//     replaced, rotated or truncated file is read from its beginning; and
-//     a sink appending JSON lines.
+//     byte offset, the file's identity and a fingerprint of the content
+//     before the offset) the runtime checkpoints; a replaced, rotated,
+//     truncated or rewritten file is read from its beginning; and a sink
+//     appending JSON lines. The key of its position names the file's
+//     folder and name (File.Identity), so it survives a move of the folder.
 //   - type stdin: a source reading JSON lines or CSV from standard input.
 //   - type stdout: a sink writing JSON lines to standard output.
 //   - type discard: a sink that drops rows (benchmarks, dry runs).
@@ -157,18 +159,42 @@ func (f *File) Write(ctx context.Context, rows []any) error {
 	return w.Write(ctx, rows)
 }
 
+// Identity names the file for the key of a flow's position (see
+// driver.Identifier) as dir=DEV:INODE/NAME: its folder's device and inode
+// and its name. Renaming or moving the folder within its filesystem (the
+// configuration folder with its data and state) keeps it, and so does
+// another file put at the path (the position tells the files apart); two
+// files of the same name in different folders differ. "" when the folder
+// does not exist (yet) or the system has no inode numbers: the key is then
+// made from the path.
+func (f *File) Identity() string {
+	dir, err := os.Stat(filepath.Dir(f.path))
+	if err != nil || !dir.IsDir() {
+		return ""
+	}
+	id := identity(dir)
+	if id == "" {
+		return ""
+	}
+	return "dir=" + id + "/" + filepath.Base(f.path)
+}
+
 // Resumable reports that a file resumes from positions the runtime
 // stores (byte offsets); standard input has none.
 func (f *File) Resumable() bool { return true }
 
-// OpenSource opens the file at the resume position: OFFSET@ID, the byte
-// offset of the uncompressed content after the last committed line and
-// the identity (DEV:INODE) of the file it was committed for, or a plain
-// OFFSET as earlier versions stored it. A file that is not the one the
-// position names (replaced, rotated) or is shorter than the offset
-// (truncated) is read from the beginning, with a warning.
+// OpenSource opens the file at the resume position: OFFSET@ID:FP, the
+// byte offset of the uncompressed content after the last committed line,
+// the identity (DEV:INODE, empty where the system has none) of the file
+// it was committed for and the fingerprint of the content before the
+// offset (its CRC-32C, eight hex digits); or OFFSET@ID, or a plain OFFSET,
+// as earlier versions stored it. A file that is not the one the position
+// names (replaced, rotated), is shorter than the offset (truncated), or
+// whose content before the offset is not the one the position was
+// committed after (truncated and written again, rewritten in place) is
+// read from the beginning, with a warning.
 func (f *File) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
-	offset, want, err := parsePosition(opts.Resume)
+	offset, want, fp, err := parsePosition(opts.Resume)
 	if err != nil {
 		return nil, fmt.Errorf("file source %s: %w", f.path, err)
 	}
@@ -176,30 +202,42 @@ func (f *File) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	if log == nil {
 		log = slog.Default()
 	}
-	s, err := f.open(offset, want, log)
+	s, err := f.open(offset, want, fp, log)
 	if err != nil {
 		return nil, err
 	}
 	s.follow, s.poll, s.log = f.follow, f.poll, log
-	s.reopen = func() (*lineSource, error) { return f.open(0, "", log) }
+	s.reopen = func() (*lineSource, error) { return f.open(0, "", "", log) }
 	return s, nil
 }
 
-// parsePosition splits a position into its offset and file identity.
-func parsePosition(pos string) (offset int64, id string, err error) {
+// parsePosition splits a position into its offset, file identity and
+// fingerprint: OFFSET@ID:FP, where ID is DEV:INODE or empty; OFFSET@ID
+// (ID DEV:INODE) and OFFSET as earlier versions wrote them.
+func parsePosition(pos string) (offset int64, id, fp string, err error) {
 	if pos == "" {
-		return 0, "", nil
+		return 0, "", "", nil
 	}
-	num, id, _ := strings.Cut(pos, "@")
+	num, rest, _ := strings.Cut(pos, "@")
 	if offset, err = strconv.ParseInt(num, 10, 64); err != nil || offset < 0 {
-		return 0, "", fmt.Errorf("bad resume position %q", pos)
+		return 0, "", "", fmt.Errorf("bad resume position %q", pos)
 	}
-	return offset, id, nil
+	if strings.Count(rest, ":") == 1 && !strings.HasPrefix(rest, ":") {
+		return offset, rest, "", nil // DEV:INODE, without a fingerprint
+	}
+	if i := strings.LastIndexByte(rest, ':'); i >= 0 {
+		id, fp = rest[:i], rest[i+1:]
+	}
+	if fp == "" && rest != "" {
+		return 0, "", "", fmt.Errorf("bad resume position %q", pos)
+	}
+	return offset, id, fp, nil
 }
 
 // open opens the file at offset, or at its start if it is not the file
-// whose identity is want ("": not known) or is shorter than offset.
-func (f *File) open(offset int64, want string, log *slog.Logger) (*lineSource, error) {
+// whose identity is want ("": not known), is shorter than offset, or its
+// content before offset does not have the fingerprint fp ("": not known).
+func (f *File) open(offset int64, want, fp string, log *slog.Logger) (*lineSource, error) {
 	fh, err := os.Open(f.path)
 	if err != nil {
 		return nil, fmt.Errorf("file source: %w", err)
@@ -213,18 +251,22 @@ func (f *File) open(offset int64, want string, log *slog.Logger) (*lineSource, e
 	switch {
 	case want != "" && id != "" && want != id:
 		log.Warn(fmt.Sprintf("file %s is not the file the position was committed for (replaced or rotated): reading it from the beginning", f.path))
-		offset = 0
+		offset, fp = 0, ""
 	case !gz && offset > info.Size():
 		warnShorter(log, f.path, offset)
-		offset = 0
+		offset, fp = 0, ""
 	}
-	s, err := newLineSource(fh, f.path, gz, f.format, offset, true)
+	s, err := newLineSource(fh, f.path, gz, f.format, offset, fp, true)
 	if err != nil {
 		fh.Close()
-		if errors.Is(err, errPastEnd) {
+		switch {
+		case errors.Is(err, errPastEnd):
 			// A compressed file's content is shorter than the offset.
 			warnShorter(log, f.path, offset)
-			return f.open(0, "", log)
+			return f.open(0, "", "", log)
+		case errors.Is(err, errChanged):
+			log.Warn(fmt.Sprintf("file %s changed before the committed position %d (truncated and written again, or rewritten in place): reading it from the beginning", f.path, offset))
+			return f.open(0, "", "", log)
 		}
 		return nil, err
 	}
@@ -262,7 +304,7 @@ func (s *Stdin) Close(context.Context) error { return nil }
 // OpenSource reads standard input from where it stands; stdin has no
 // position to resume from.
 func (s *Stdin) OpenSource(ctx context.Context, _ stream.SourceOptions) (stream.Source, error) {
-	return newLineSource(io.NopCloser(s.in), "stdin", false, s.format, 0, false)
+	return newLineSource(io.NopCloser(s.in), "stdin", false, s.format, 0, "", false)
 }
 
 // Stdout is the driver of type stdout: a sink writing JSON lines.

@@ -126,9 +126,13 @@ func TestEveryMessageCarriesItsOwnPosition(t *testing.T) {
 	if err != nil || len(msgs) != 3 || offsetOf(msgs[0]) != "8" || offsetOf(msgs[1]) != "16" || offsetOf(msgs[2]) != "25" {
 		t.Fatalf("%v %v", msgs, err)
 	}
-	_, id, _ := strings.Cut(msgs[2].Position, "@")
-	if id == "" || !strings.HasSuffix(msgs[0].Position, "@"+id) {
+	_, id0, fp0, err0 := parsePosition(msgs[0].Position)
+	_, id2, fp2, err2 := parsePosition(msgs[2].Position)
+	if err0 != nil || err2 != nil || id0 == "" || id0 != id2 {
 		t.Fatalf("positions %q %q do not name the file", msgs[0].Position, msgs[2].Position)
+	}
+	if len(fp0) != 8 || len(fp2) != 8 || fp0 == fp2 {
+		t.Fatalf("positions %q %q do not carry the fingerprints of the content before them", msgs[0].Position, msgs[2].Position)
 	}
 	one := readAll(t, open(t, map[string]string{"path": p}, ""))
 	for i := range one {
@@ -241,6 +245,51 @@ func TestResumeChecksTheFile(t *testing.T) {
 			resume: func(first []*stream.Message) string { return first[len(first)-1].Position },
 			want:   strings.TrimSpace(strings.ReplaceAll(ids(9001, 9010), "\n", " ")),
 			warn:   "is shorter than the committed position"},
+		{name: "truncated and written again", file: "in.jsonl",
+			change: func(t *testing.T, p string) {
+				if err := os.WriteFile(p, []byte(ids(9001, 9600)), 0o644); err != nil { // the same inode, longer than the offset
+					t.Fatal(err)
+				}
+			},
+			resume: func(first []*stream.Message) string { return first[499].Position },
+			want:   strings.TrimSpace(strings.ReplaceAll(ids(9001, 9600), "\n", " ")),
+			warn:   "changed before the committed position"},
+		{name: "rewritten in place, same size", file: "in.jsonl",
+			change: func(t *testing.T, p string) {
+				f, err := os.OpenFile(p, os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				if _, err := f.WriteAt([]byte(`{"id":7}`), 0); err != nil { // was {"id":1}
+					t.Fatal(err)
+				}
+			},
+			resume: func(first []*stream.Message) string { return first[997].Position },
+			want:   `{"id":7} ` + strings.TrimSpace(strings.ReplaceAll(ids(2, 1000), "\n", " ")),
+			warn:   "changed before the committed position"},
+		{name: "gzip written again", file: "in.jsonl.gz",
+			change: func(t *testing.T, p string) { gzipped(t, p, ids(20001, 21000)) },
+			resume: func(first []*stream.Message) string { return first[499].Position },
+			want:   strings.TrimSpace(strings.ReplaceAll(ids(20001, 21000), "\n", " ")),
+			warn:   "changed before the committed position"},
+		{name: "appended", file: "in.jsonl",
+			change: func(t *testing.T, p string) {
+				f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer f.Close()
+				if _, err := f.WriteString(ids(1001, 1002)); err != nil {
+					t.Fatal(err)
+				}
+			},
+			resume: func(first []*stream.Message) string { return first[999].Position },
+			want:   `{"id":1001} {"id":1002}`},
+		{name: "gzip appended", file: "in.jsonl.gz",
+			change: func(t *testing.T, p string) { gzipped(t, p, ids(1, 1002)) },
+			resume: func(first []*stream.Message) string { return first[999].Position },
+			want:   `{"id":1001} {"id":1002}`},
 		{name: "gzip shorter", file: "in.jsonl.gz",
 			change: func(t *testing.T, p string) { gzipped(t, p, ids(9001, 9002)) },
 			resume: func(first []*stream.Message) string { return offsetOf(first[len(first)-1]) },
@@ -250,6 +299,13 @@ func TestResumeChecksTheFile(t *testing.T) {
 			change: func(*testing.T, string) {},
 			resume: func(first []*stream.Message) string { return offsetOf(first[997]) },
 			want:   `{"id":999} {"id":1000}`},
+		{name: "no fingerprint", file: "in.jsonl", // OFFSET@DEV:INODE, as an earlier version wrote it
+			change: func(*testing.T, string) {},
+			resume: func(first []*stream.Message) string {
+				pos := first[997].Position
+				return pos[:strings.LastIndexByte(pos, ':')]
+			},
+			want: `{"id":999} {"id":1000}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -417,5 +473,116 @@ func TestStdinSource(t *testing.T) {
 	msgs := readAll(t, src)
 	if len(msgs) != 2 || msgs[1].Payload.(map[string]any)["b"] != "y" || msgs[1].Position != "" {
 		t.Fatalf("stdin rows: %v", msgs)
+	}
+}
+
+// A file emptied (`: > in.jsonl`) is read from its beginning, and nothing
+// is read, so the committed position stays where it was; once rows are
+// appended past that offset, the position must not be resumed at: the
+// content before it is not the one it was committed after.
+func TestEmptiedThenRefilledFileIsReadFromItsBeginning(t *testing.T) {
+	t.Parallel()
+	p := write(t, "in.jsonl", ids(1, 200))
+	first := readAll(t, open(t, map[string]string{"path": p}, ""))
+	pos := first[len(first)-1].Position
+	if err := os.Truncate(p, 0); err != nil {
+		t.Fatal(err)
+	}
+	src, log := openLog(t, map[string]string{"path": p}, pos)
+	if got := readAll(t, src); len(got) != 0 || !strings.Contains(log.String(), "is shorter than the committed position") {
+		t.Fatalf("emptied file: read %s, log %q", payloads(got), log.String())
+	}
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(ids(1001, 1300)); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	src, log = openLog(t, map[string]string{"path": p}, pos)
+	got := readAll(t, src)
+	if want := strings.TrimSpace(strings.ReplaceAll(ids(1001, 1300), "\n", " ")); payloads(got) != want {
+		t.Fatalf("refilled file: read %d rows, from %v", len(got), got[0].Payload)
+	}
+	if !strings.Contains(log.String(), "changed before the committed position") {
+		t.Errorf("no warning: %q", log.String())
+	}
+}
+
+func TestParsePosition(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		pos, id, fp string
+		offset      int64
+		bad         bool
+	}{
+		{pos: ""},
+		{pos: "12", offset: 12},
+		{pos: "12@66:77", offset: 12, id: "66:77"},
+		{pos: "12@66:77:0a1b2c3d", offset: 12, id: "66:77", fp: "0a1b2c3d"},
+		{pos: "12@:0a1b2c3d", offset: 12, fp: "0a1b2c3d"}, // no identity on this system
+		{pos: "-3", bad: true},
+		{pos: "x@66:77", bad: true},
+		{pos: "12@66:77:", bad: true},
+	} {
+		offset, id, fp, err := parsePosition(c.pos)
+		if (err != nil) != c.bad || !c.bad && (offset != c.offset || id != c.id || fp != c.fp) {
+			t.Errorf("%q: %d %q %q %v", c.pos, offset, id, fp, err)
+		}
+	}
+}
+
+// The identity a file gives the key of a flow's position stays the same
+// when its folder is renamed and when another file is put at its path,
+// and differs for a file of the same name in another folder; a folder
+// that does not exist gives none (the key is then made from the path).
+func TestIdentitySurvivesAMoveOfTheFolder(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	if info, err := os.Stat(root); err != nil || identity(info) == "" {
+		t.Skip("no inode numbers on this system")
+	}
+	identityOf := func(path string) string {
+		t.Helper()
+		d, err := NewFile(&config.Conn{CName: "f", Type: TypeFile, Params: map[string]string{"path": path}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.(*File).Identity()
+	}
+	for _, dir := range []string{"a", "b"} {
+		if err := os.MkdirAll(filepath.Join(root, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, dir, "in.jsonl"), []byte(ids(1, 3)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := identityOf(filepath.Join(root, "a", "in.jsonl"))
+	if !strings.HasPrefix(a, "dir=") || !strings.HasSuffix(a, "/in.jsonl") {
+		t.Fatalf("identity %q", a)
+	}
+	if b := identityOf(filepath.Join(root, "b", "in.jsonl")); b == a {
+		t.Fatalf("two folders, one identity %q", a)
+	}
+	if err := os.Rename(filepath.Join(root, "a"), filepath.Join(root, "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if moved := identityOf(filepath.Join(root, "moved", "in.jsonl")); moved != a {
+		t.Fatalf("moved folder: %q, was %q", moved, a)
+	}
+	next := filepath.Join(root, "moved", "new.jsonl")
+	if err := os.WriteFile(next, []byte(ids(4, 5)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, filepath.Join(root, "moved", "in.jsonl")); err != nil {
+		t.Fatal(err)
+	}
+	if replaced := identityOf(filepath.Join(root, "moved", "in.jsonl")); replaced != a {
+		t.Fatalf("replaced file: %q, was %q", replaced, a)
+	}
+	if none := identityOf(filepath.Join(root, "none", "in.jsonl")); none != "" {
+		t.Fatalf("missing folder: %q", none)
 	}
 }

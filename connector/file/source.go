@@ -8,6 +8,7 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -21,9 +22,11 @@ import (
 )
 
 // lineSource reads messages from a stream of lines (JSON lines) or CSV
-// records. Positions are byte offsets in the uncompressed content, after
-// the message's line, followed by @ and the file's identity when it has
-// one. It is read by one goroutine; Progress may be called from others.
+// records. Positions are OFFSET@ID:FP: the byte offset in the uncompressed
+// content after the message's line, the file's identity (DEV:INODE, empty
+// when it has none) and the fingerprint of the content before the offset
+// (see fingerprint). It is read by one goroutine; Progress may be called
+// from others.
 type lineSource struct {
 	name      string
 	raw       io.ReadCloser
@@ -36,7 +39,8 @@ type lineSource struct {
 	moved     string                      // why the path no longer names the file being read, once seen
 	header    []string
 	format    string
-	offset    int64 // uncompressed offset of the next line
+	offset    int64  // uncompressed offset of the next line
+	sum       uint32 // CRC-32C of the content before offset
 	positions bool
 	follow    bool
 	poll      time.Duration
@@ -49,11 +53,37 @@ type lineSource struct {
 	posText   []byte // the positions of the current Read's messages
 }
 
-// end is where a message's line ends, and in which file.
+// end is where a message's line ends, in which file, and the checksum of
+// the content up to there.
 type end struct {
 	offset int64
 	id     string
+	sum    uint32
 	cut    int // where its position ends in posText
+}
+
+// castagnoli is the CRC-32C table (hardware accelerated on amd64 and
+// arm64).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// fingerprint appends the fingerprint of a content whose CRC-32C is sum:
+// eight lower-case hex digits. It names the content before a position, so
+// that a file truncated and written again, or rewritten in place, is not
+// taken for the one the position was committed in.
+func fingerprint(b []byte, sum uint32) []byte {
+	const digits = "0123456789abcdef"
+	for shift := 28; shift >= 0; shift -= 4 {
+		b = append(b, digits[(sum>>shift)&0xf])
+	}
+	return b
+}
+
+// summer adds what is written to it to a CRC-32C.
+type summer struct{ sum *uint32 }
+
+func (w summer) Write(p []byte) (int, error) {
+	*w.sum = crc32.Update(*w.sum, castagnoli, p)
+	return len(p), nil
 }
 
 type countingReader struct {
@@ -67,7 +97,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offset int64, positions bool) (*lineSource, error) {
+// newLineSource reads raw from offset, an offset in its uncompressed
+// content that ends a line (0: from the start). With a fingerprint fp the
+// content before offset must have it, else the error is errChanged.
+func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offset int64, fp string, positions bool) (*lineSource, error) {
 	s := &lineSource{name: name, raw: raw, format: format, positions: positions}
 	counted := &countingReader{r: raw}
 	s.counted.Store(counted)
@@ -91,9 +124,10 @@ func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offse
 			return nil, fmt.Errorf("file source %s: CSV header: %w", name, err)
 		}
 		s.offset = int64(len(line))
+		s.sum = crc32.Update(0, castagnoli, line)
 	}
 	if offset > s.offset {
-		if _, err := io.CopyN(io.Discard, s.r, offset-s.offset); err != nil {
+		if _, err := io.CopyN(summer{&s.sum}, s.r, offset-s.offset); err != nil {
 			if errors.Is(err, io.EOF) {
 				err = errPastEnd
 			}
@@ -101,11 +135,17 @@ func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offse
 		}
 		s.offset = offset
 	}
+	if fp != "" && string(fingerprint(nil, s.sum)) != fp {
+		return nil, fmt.Errorf("file source %s: position %d: %w", name, offset, errChanged)
+	}
 	return s, nil
 }
 
-// errPastEnd is a resume position beyond the end of the content.
-var errPastEnd = errors.New("the content ends before it")
+// Errors of a resume position that does not hold for the file's content.
+var (
+	errPastEnd = errors.New("the content ends before it")
+	errChanged = errors.New("the content before it changed")
+)
 
 // Read returns up to max messages. At the end of a bounded file it returns
 // io.EOF; when following it waits for more lines, polling.
@@ -182,12 +222,13 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 // s.text and becomes its payload in finish.
 func (s *lineSource) message(slab *[]stream.Message, line []byte) *stream.Message {
 	s.offset += int64(len(line))
+	s.sum = crc32.Update(s.sum, castagnoli, line)
 	text := bytes.TrimRight(line, "\r\n")
 	if len(bytes.TrimSpace(text)) == 0 {
 		return nil
 	}
 	if s.positions {
-		s.ends = append(s.ends, end{offset: s.offset, id: s.id})
+		s.ends = append(s.ends, end{offset: s.offset, id: s.id, sum: s.sum})
 	}
 	if s.format == "csv" {
 		*slab = append(*slab, stream.Message{Payload: s.record(text)})
@@ -218,10 +259,10 @@ func (s *lineSource) finish(out []*stream.Message) {
 		for i := range s.ends {
 			e := &s.ends[i]
 			b = strconv.AppendInt(b, e.offset, 10)
-			if e.id != "" {
-				b = append(b, '@')
-				b = append(b, e.id...)
-			}
+			b = append(b, '@')
+			b = append(b, e.id...)
+			b = append(b, ':')
+			b = fingerprint(b, e.sum)
 			e.cut = len(b)
 		}
 		all := string(b)
@@ -275,7 +316,7 @@ func (s *lineSource) switchFile(ctx context.Context) error {
 	}
 	_ = s.raw.Close()
 	s.log.Warn(fmt.Sprintf("file %s was %s: read the old file to its end, reading the file now at the path from the beginning", s.name, s.moved))
-	s.raw, s.r, s.header, s.offset, s.id, s.info = next.raw, next.r, next.header, next.offset, next.id, next.info
+	s.raw, s.r, s.header, s.offset, s.sum, s.id, s.info = next.raw, next.r, next.header, next.offset, next.sum, next.id, next.info
 	s.counted.Store(next.counted.Load())
 	s.total.Store(next.total.Load())
 	s.partial, s.moved = nil, ""

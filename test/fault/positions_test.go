@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -102,9 +103,9 @@ func wantLines(t *testing.T, out string, lines ...string) {
 // Two config folders with a flow of the same name, run one after the
 // other from the same folder, each read all their rows: with the default
 // state (each folder's own .kisflow) and with one --state for both (the
-// positions are keyed by the source: its file's absolute path, or for a
-// generator its folder and name). A second run of each says it has
-// nothing new.
+// positions are keyed by the source: its file's folder (device and inode)
+// and name, or for a generator its folder and name). A second run of each
+// says it has nothing new.
 func TestSameFlowNameInTwoFoldersKeepsSeparatePositions(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -229,7 +230,7 @@ func TestPositionOfAnEarlierVersionIsPickedUpOnce(t *testing.T) {
 			if c.cwdStore {
 				wantLines(t, out, "flow Ids: position ", " taken over from "+filepath.Join(".kisflow", "checkpoints.db")+", where an earlier version kept it")
 			}
-			wantLines(t, out, "flow Ids: position kept under the flow name by an earlier version, now under Ids@file:"+filepath.Join(conf, "ids.jsonl"),
+			wantLines(t, out, "flow Ids: position kept under the flow name by an earlier version, now under Ids@file:dir="+folderIdentity(t, conf)+"/ids.jsonl",
 				"flow Ids: resuming at position ", "flow Ids: 50 rows read")
 			if bad := Check(SQLiteCounts(t, filepath.Join(conf, "out.db"), "SELECT id FROM out"), 150, true); len(bad) > 0 {
 				t.Fatalf("sink after the upgrade: %v", bad)
@@ -248,6 +249,64 @@ func TestPositionOfAnEarlierVersionIsPickedUpOnce(t *testing.T) {
 			// its own rows from the start.
 			out = runOK(t, root, append([]string{"d"}, state...)...)
 			wantLines(t, out, "flow Ids: no position: reading from the start", "flow Ids: 80 rows read")
+		})
+	}
+}
+
+// folderIdentity is DEV:INODE of the folder dir, as a file source's state
+// key names the folder of its file.
+func folderIdentity(t *testing.T, dir string) string {
+	t.Helper()
+	info, err := os.Stat(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := info.Sys().(*syscall.Stat_t)
+	return fmt.Sprintf("%d:%d", st.Dev, st.Ino)
+}
+
+// Two folders whose flows of the same name read the same file
+// (../shared.jsonl) share its position when it is kept in one place: one
+// --state for both (at-least-once), or one exactly-once sink
+// (../out.db). The second folder's run then has nothing new; with each
+// folder's own state, both read every row.
+func TestTheSameFileSharesItsPositionInOneStore(t *testing.T) {
+	t.Parallel()
+	shared := `kistype: conn
+cname: ids
+type: file
+params:
+  path: ../shared.jsonl`
+	for _, c := range []struct {
+		name, delivery string
+		state          bool // one --state for both
+		sink           string
+		shared         bool
+	}{
+		{"one --state", "at-least-once", true, "out.db", true},
+		{"one exactly-once sink", "exactly-once", false, "../out.db", true},
+		{"each folder's own state", "at-least-once", false, "out.db", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			files := map[string]string{"shared.jsonl": idLines(1, 300)}
+			for _, name := range []string{"a", "b"} {
+				for f, data := range idsConfig(name, shared, c.delivery) {
+					files[f] = strings.Replace(data, "path: out.db", "path: "+c.sink, 1)
+				}
+			}
+			root := Dir(t, files)
+			var extra []string
+			if c.state {
+				extra = []string{"--state", filepath.Join(root, "state")}
+			}
+			wantLines(t, runOK(t, root, append([]string{"a"}, extra...)...), "flow Ids: 300 rows read")
+			out := runOK(t, root, append([]string{"b"}, extra...)...)
+			if c.shared {
+				wantLines(t, out, "flow Ids: resuming at position ", "flow Ids: nothing new in ids since position ")
+			} else {
+				wantLines(t, out, "flow Ids: no position: reading from the start", "flow Ids: 300 rows read")
+			}
 		})
 	}
 }
