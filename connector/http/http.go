@@ -180,6 +180,7 @@ func (in *Ingest) OpenSource(ctx context.Context, opts stream.SourceOptions) (st
 	}
 	s := &source{
 		in:     in,
+		ln:     ln,
 		budget: &budget{max: in.maxInFlight},
 		queue:  make(chan *request, queuedRequests),
 	}

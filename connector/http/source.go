@@ -3,6 +3,7 @@ package http
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -16,6 +17,7 @@ import (
 type source struct {
 	in      *Ingest
 	srv     *http.Server
+	ln      net.Listener
 	budget  *budget
 	queue   chan *request
 	closing context.Context // done once Close begins
@@ -242,5 +244,9 @@ func (s *source) Close(ctx context.Context) error {
 		// Handlers that outlive ctx: cut their connections.
 		_ = s.srv.Close()
 	}
+	// Closed here too: Shutdown closes only the listeners Serve already
+	// tracks, and a Close right after OpenSource can come before Serve
+	// began, which would then close it later, on its own goroutine.
+	_ = s.ln.Close()
 	return nil
 }
