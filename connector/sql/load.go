@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/kisflow-go/kisflow"
@@ -129,16 +130,20 @@ func (l *sqlLookup) Fetch(ctx context.Context, keys []any) ([]map[string]any, er
 		if err != nil {
 			return nil, classify(fmt.Errorf("connector %q: load: %w", d.cfg.CName, err))
 		}
+		// The key column is checked on the result's columns, not its rows:
+		// a query without it is a configuration error even when it finds
+		// nothing.
+		if cols, err := rs.Columns(); err == nil && !slices.Contains(cols, l.field) {
+			rs.Close()
+			return nil, stream.Fatal(fmt.Errorf("connector %q: load_query returns no column %q to match rows by (it returns %s): name the key column so (SELECT id AS %s, ...)", d.cfg.CName, l.field, strings.Join(cols, ", "), l.field))
+		}
 		recs, err := scanMaps(rs)
 		rs.Close()
 		if err != nil {
 			return nil, classify(fmt.Errorf("connector %q: load: %w", d.cfg.CName, err))
 		}
 		for _, r := range recs {
-			k, ok := r[l.field]
-			if !ok {
-				return nil, stream.Fatal(fmt.Errorf("connector %q: load_query returns no column %q to match rows by: name the key column so (SELECT id AS %s, ...)", d.cfg.CName, l.field, l.field))
-			}
+			k := r[l.field]
 			delete(r, l.field)
 			if kt := fields.KeyText(k); byKey[kt] == nil {
 				byKey[kt] = r

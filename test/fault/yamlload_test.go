@@ -410,3 +410,40 @@ params:
 		t.Fatalf("dead letters %v, want the refused order", dead)
 	}
 }
+
+// TestYAMLLoadConfigErrorEndsTheJob runs a YAML Load whose query cannot
+// work: a missing table, or a result without the key column. Either is a
+// configuration error that ends the job at once: no retries, no row
+// dead-lettered, nothing acknowledged (the next run reads from the start).
+func TestYAMLLoadConfigErrorEndsTheJob(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, query, want string }{
+		{"no key column", "SELECT name, tier FROM users WHERE id IN (:user_id)", `load_query returns no column "user_id"`},
+		// No user has id 0 or 11: a query that finds nothing still lacks it.
+		{"no key column, no match", "SELECT name FROM users WHERE id IN (:user_id) AND id > 100", `load_query returns no column "user_id"`},
+		{"missing table", "SELECT id AS user_id, name FROM userz WHERE id IN (:user_id)", "no such table: userz"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := yamlLoadDir(t, "kistype: conn\ncname: users\ntype: sqlite\nparams:\n  path: users.db\n", map[string]string{"load_query": tc.query})
+			db, err := sql.Open("sqlite", filepath.Join(dir, "users.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fillUsers(t, db, "INTEGER PRIMARY KEY", "?")
+			db.Close()
+			res := Run(t, dir, 2*time.Minute, "run", ".", "--state", ".kisflow")
+			if res.Code == 0 {
+				t.Fatalf("exit 0: the job went on\n%s%s", res.Stdout, tail(res.Stderr, 4000))
+			}
+			if out := res.Stdout + res.Stderr; !strings.Contains(out, tc.want) || strings.Contains(out, "retrying") {
+				t.Fatalf("want %q and no retry\n%s", tc.want, tail(out, 4000))
+			}
+			for _, f := range []string{"out.jsonl", "copy.jsonl", filepath.Join(".kisflow", "dead-letter", "Orders.jsonl")} {
+				if rows := JSONLines(t, filepath.Join(dir, f)); len(rows) != 0 {
+					t.Fatalf("%s has %d rows", f, len(rows))
+				}
+			}
+		})
+	}
+}
