@@ -185,10 +185,11 @@ func (r *Registry) checkFilter(u config.FilterUse) []config.Problem {
 	}
 	use := filter.Spec{Name: ref.Name, Params: ref.Params, Kind: filter.FlowRun, Flow: u.Flow, Func: u.Func, Env: &filter.Env{}}
 	if u.Func != nil {
-		use.Kind, use.FuncParams = filter.FuncCall, u.Func.Option.DefaultParams
+		use.Kind, use.FuncParams = filter.FuncCall, u.FuncParams()
 	}
-	// A param the entry lacks may come from the function's params,
-	// "<filter>_<param>": its problems are reported at that line.
+	// A param the entry lacks may come from the function's params (the
+	// flow step's override its default_params), "<filter>_<param>": its
+	// problems are reported at that line.
 	problem := func(pe *driver.ParamError) config.Problem {
 		p := config.Problem{Severity: config.SevError, Msg: pe.Error()}
 		if pe.Warning {
@@ -197,8 +198,9 @@ func (r *Registry) checkFilter(u config.FilterUse) []config.Problem {
 		if _, own := ref.Params[pe.Param]; own {
 			p.Pos = u.ParamPos(pe.Param)
 		} else if key := ref.Name + "_" + pe.Param; u.Func != nil && use.FuncParams[key] != "" {
-			p.Pos = u.Pos("option.default_params." + key)
-			p.Msg = fmt.Sprintf("param %s (the function's %s): %s", pe.Param, key, pe.Msg)
+			var whose string
+			p.Pos, whose = u.FuncParamPos(key)
+			p.Msg = fmt.Sprintf("param %s (%s %s): %s", pe.Param, whose, key, pe.Msg)
 		}
 		return p
 	}

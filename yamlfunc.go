@@ -349,7 +349,10 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 					continue // an unset ${VAR}: reported by the config's own check
 				}
 				if factory, ok := r.driver(cfg.Type); ok {
-					if drv, err = callFactory(factory, cfg); err != nil {
+					// As the engine builds it: without the params of the
+					// connector's own callbacks (a misspelt cache_tll is
+					// checkConns' warning, and must not hide this check).
+					if drv, err = callFactory(factory, r.factoryConfig(s, conn.CName, cfg)); err != nil {
 						continue // reported by checkConns
 					}
 				}

@@ -57,6 +57,12 @@ func TestLint(t *testing.T) {
 		{"a plugin field typo", "testdata/badfilters", ExitProblem, `global.yml:5: plugin log.main: unknown field "levl" (did you mean "level"?)`},
 		{"a field typo of a connector's plugin", "testdata/badfilters", ExitProblem, `global.yml:9: plugin postgres.main: unknown field "max_conn" (did you mean "max_conns"?)`},
 		{"filter durations in bare milliseconds still load", "testdata/oldfilters", ExitOK, `flow.yml:6: warning: flow "Guarded": filter "breaker": param cooldown: 30000 read as 30000ms; write 30000ms`},
+		// What kisflow run would refuse, lint refuses.
+		{"a filter param from a flow step's params", "testdata/lintgaps", ExitProblem, `flow.yml:7: function "F1": filter "retry": param times (flow "F" step F1's retry_times): "abc" is not a whole number`},
+		{"a callback param typo does not hide a missing body", "testdata/lintgaps", ExitProblem, `flow.yml:23: function "AddUser" (fmode Load) has no body: give it a load_query`},
+		{"an unset variable of a connector run opens", "testdata/lintgaps", ExitProblem, `conns.yml:11: connector "out": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET, and flow "F" uses the connector`},
+		{"an unset variable of a connector nothing runs: a warning", "testdata/lintgaps", ExitProblem, `conns.yml:17: warning: connector "unused": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET`},
+		{"a port out of range", "testdata/lintgaps", ExitProblem, `global.yml:5: plugin metrics.main: listen "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {
