@@ -157,5 +157,13 @@ func (l *sqlLookup) Fetch(ctx context.Context, keys []any) ([]map[string]any, er
 	return out, nil
 }
 
+// CheckLookup runs the query for no key (IN (NULL), which matches no
+// row): a missing table or column, or a result without the key column,
+// is the error a Fetch would end the job with (kisflow.LookupChecker).
+func (l *sqlLookup) CheckLookup(ctx context.Context) error {
+	_, err := l.Fetch(ctx, []any{nil})
+	return err
+}
+
 // LoadParams lists the function params LoadLookup reads.
 func (d *DB) LoadParams() []string { return []string{"load_query"} }

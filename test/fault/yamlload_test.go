@@ -447,3 +447,34 @@ func TestYAMLLoadConfigErrorEndsTheJob(t *testing.T) {
 		})
 	}
 }
+
+// TestDryRunChecksYAMLLoadQuery: dry-run runs each YAML Load's query for
+// no key, so a missing table or a result without the key column fails the
+// check of its connector, before any run.
+func TestDryRunChecksYAMLLoadQuery(t *testing.T) {
+	t.Parallel()
+	dsn := testenv.PostgresDatabase(t)
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	fillUsers(t, db, "BIGINT PRIMARY KEY", "$")
+	conn := fmt.Sprintf("kistype: conn\ncname: users\ntype: postgres\nparams:\n  dsn: %s\n", dsn)
+	for _, tc := range []struct{ name, query, want string }{
+		{"ok", usersQuery, "connector users (type postgres, load): ok"},
+		{"no key column", "SELECT name, tier FROM users WHERE id IN (:user_id)", `load_query returns no column "user_id"`},
+		{"missing table", "SELECT id AS user_id, name FROM userz WHERE id IN (:user_id)", `relation "userz" does not exist`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			res := Run(t, yamlLoadDir(t, conn, map[string]string{"load_query": tc.query}), 2*time.Minute, "dry-run", ".")
+			if want := map[bool]int{true: 0, false: 1}[tc.name == "ok"]; res.Code != want {
+				t.Fatalf("exit %d, want %d\n%s%s", res.Code, want, res.Stdout, res.Stderr)
+			}
+			if !strings.Contains(res.Stdout, tc.want) {
+				t.Fatalf("stdout lacks %q\n%s", tc.want, res.Stdout)
+			}
+		})
+	}
+}
