@@ -433,8 +433,8 @@ func TestYAMLLoadConfigErrorEndsTheJob(t *testing.T) {
 			fillUsers(t, db, "INTEGER PRIMARY KEY", "?")
 			db.Close()
 			res := Run(t, dir, 2*time.Minute, "run", ".", "--state", ".kisflow")
-			if res.Code == 0 {
-				t.Fatalf("exit 0: the job went on\n%s%s", res.Stdout, tail(res.Stderr, 4000))
+			if res.Code != 1 {
+				t.Fatalf("exit %d, want 1 (the job failed)\n%s%s", res.Code, res.Stdout, tail(res.Stderr, 4000))
 			}
 			if out := res.Stdout + res.Stderr; !strings.Contains(out, tc.want) || strings.Contains(out, "retrying") {
 				t.Fatalf("want %q and no retry\n%s", tc.want, tail(out, 4000))
