@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -40,7 +41,7 @@ func (d *DB) LoadLookup(params map[string]string) (kisflow.Lookup, error) {
 	}
 	l, err := parseLoadQuery(q)
 	if err != nil {
-		return nil, fmt.Errorf("fix its load_query: %v", err)
+		return nil, &driver.ParamError{Param: "load_query", Msg: err.Error()}
 	}
 	l.d = d
 	return l, nil

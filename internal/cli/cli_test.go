@@ -63,6 +63,16 @@ func TestLint(t *testing.T) {
 		{"an unset variable of a connector run opens", "testdata/lintgaps", ExitProblem, `conns.yml:11: connector "out": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET, and flow "F" uses the connector`},
 		{"an unset variable of a connector nothing runs: a warning", "testdata/lintgaps", ExitProblem, `conns.yml:17: warning: connector "unused": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET`},
 		{"a port out of range", "testdata/lintgaps", ExitProblem, `global.yml:5: plugin metrics.main: listen "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
+		{"a flow step's param typo, at the step", "testdata/lintparams", ExitProblem,
+			`flow.yml:9: warning: function "BySQL": param "on_mising" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size) (did you mean on_missing?)`},
+		{"a flow step's bad param value, at the step", "testdata/lintparams", ExitProblem,
+			`flow.yml:12: function "BySQL2" (fmode Load): param on_missing: "dorp" is not one of pass, drop, dead_letter (did you mean drop?) (flow "P" runs it)`},
+		{"a param a YAML Verify's filters would read, misspelt", "testdata/lintparams", ExitProblem,
+			`funcs.yml:7: warning: function "Check": param "retry_tims" is read by nothing: its expression reads no params, its filters read <filter>_<param> (did you mean retry_times?)`},
+		{"a filter param of a YAML Verify, misspelt", "testdata/lintparams", ExitProblem,
+			`funcs.yml:8: warning: function "Check": param "timeout_duraton" is read by nothing: its expression reads no params, its filters read <filter>_<param> (did you mean timeout_duration?)`},
+		{"a function's load_mode typo, at its line", "testdata/lintparams", ExitProblem,
+			`funcs.yml:16: function "ByRedis" (fmode Load): param load_mode: "hsh" is not one of hash, string (did you mean hash?) (flow "P" runs it)`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {
