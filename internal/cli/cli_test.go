@@ -104,6 +104,22 @@ func TestUsageErrors(t *testing.T) {
 	if code != ExitOK || !strings.HasPrefix(out, "kisflow ") {
 		t.Errorf("version: exit %d, %q", code, out)
 	}
+	// Bad input to run is exit 2, as for echo, dry-run and graph, before
+	// anything starts.
+	conf := "../../examples/quickstart/conf"
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", conf, "--flow", "Nope"}, `no flow "Nope" in ` + conf},
+		{[]string{"run", conf, "--progress", "alway"}, `bad --progress "alway": want auto, always or never (did you mean always?)`},
+		{[]string{"run", conf + "/flow-CalStuAvgScore.yml"}, conf + "/flow-CalStuAvgScore.yml is a file: give the folder that holds it (" + conf + ")"},
+		{[]string{"lint", conf + "/flow-CalStuAvgScore.yml"}, conf + "/flow-CalStuAvgScore.yml is a file"},
+	} {
+		if code, _, stderr := run(t, tt.args...); code != ExitUsage || !strings.Contains(stderr, tt.want) {
+			t.Errorf("%v: exit %d, want %d and %q in\n%s", tt.args, code, ExitUsage, tt.want, stderr)
+		}
+	}
 }
 
 func TestRunOrdersExample(t *testing.T) {
