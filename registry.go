@@ -486,11 +486,24 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 			if errors.As(err, &perr) {
 				continue // a missing required param, reported above
 			}
-			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, ""), Severity: config.SevError,
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, connErrField(c, err.Error())), Severity: config.SevError,
 				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))})
 		}
 	}
 	return probs
+}
+
+// connErrField guesses the field of connector c that the factory's error
+// msg is about, for its line: the key (a template), the addrs, else ""
+// (the document).
+func connErrField(c *config.Conn, msg string) string {
+	switch {
+	case c.Key != "" && (strings.Contains(msg, "template") || strings.Contains(msg, fmt.Sprintf("%q", c.Key))):
+		return "key"
+	case c.Addrs != "" && (strings.Contains(msg, "addrs") || strings.Contains(msg, c.Addrs)):
+		return "addrs"
+	}
+	return ""
 }
 
 // streamConns are the connectors some flow's stream block names (source,
