@@ -476,11 +476,13 @@ type LookupChecker interface {
 }
 
 // checkLookups checks the YAML body of every Load function with no Go body
-// that an enabled flow runs through connector c (see LookupChecker).
+// that an enabled flow with a stream block (a flow kisflow run runs) runs
+// through connector c (see LookupChecker). A flow without one is run from
+// Go code, whose bodies are not known here.
 func (e *Engine) checkLookups(ctx context.Context, c *Connector) error {
 	for _, fname := range e.set.FlowNames() {
 		fl := e.set.Flows[fname]
-		if !fl.Enabled() {
+		if !fl.Enabled() || fl.Stream == nil {
 			continue
 		}
 		for _, st := range fl.Flows {
