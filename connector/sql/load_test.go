@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -115,6 +116,13 @@ func TestLoadLookup(t *testing.T) {
 				if _, err := lk.Fetch(ctx, []any{int64(1)}); !stream.IsFatal(err) {
 					t.Fatalf("%q: %v, want a fatal error", q, err)
 				}
+				// dry-run finds it without a key.
+				if err := lk.(kisflow.LookupChecker).CheckLookup(ctx); !stream.IsFatal(err) {
+					t.Fatalf("%q: check: %v, want a fatal error", q, err)
+				}
+			}
+			if err := lk.(kisflow.LookupChecker).CheckLookup(ctx); err != nil {
+				t.Fatalf("check of %q: %v", query, err)
 			}
 		})
 	}

@@ -114,6 +114,7 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"run", conf, "--flow", "Nope"}, `no flow "Nope" in ` + conf},
+		{[]string{"run", conf, "--log-level", "loud"}, `bad --log-level "loud"`},
 		{[]string{"run", conf, "--progress", "alway"}, `bad --progress "alway": want auto, always or never (did you mean always?)`},
 		{[]string{"run", conf + "/flow-CalStuAvgScore.yml"}, conf + "/flow-CalStuAvgScore.yml is a file: give the folder that holds it (" + conf + ")"},
 		{[]string{"lint", conf + "/flow-CalStuAvgScore.yml"}, conf + "/flow-CalStuAvgScore.yml is a file"},
