@@ -456,12 +456,58 @@ func (e *Engine) CheckConnector(ctx context.Context, cname string, use config.Co
 	if err != nil {
 		return err
 	}
-	ch, ok := c.driver.(Checker)
-	if !ok {
-		return nil
+	if ch, ok := c.driver.(Checker); ok {
+		if err := guard(func() error { return ch.Check(ctx, use) }); err != nil {
+			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
+		}
 	}
-	if err := guard(func() error { return ch.Check(ctx, use) }); err != nil {
-		return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
+	if use.Load {
+		if err := e.checkLookups(ctx, c); err != nil {
+			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
+		}
+	}
+	return nil
+}
+
+// LookupChecker is an optional capability of a Lookup: CheckLookup checks,
+// without a key, what a Fetch needs of the service (a SQL load_query's
+// table and key column), so that dry-run finds it before a run does.
+type LookupChecker interface {
+	CheckLookup(ctx context.Context) error
+}
+
+// checkLookups checks the YAML body of every Load function with no Go body
+// that an enabled flow with a stream block (a flow kisflow run runs) runs
+// through connector c (see LookupChecker). A flow without one is run from
+// Go code, whose bodies are not known here.
+func (e *Engine) checkLookups(ctx context.Context, c *Connector) error {
+	for _, fname := range e.set.FlowNames() {
+		fl := e.set.Flows[fname]
+		if !fl.Enabled() || fl.Stream == nil {
+			continue
+		}
+		for _, st := range fl.Flows {
+			fc := e.set.Funcs[st.FName]
+			if fc == nil || fc.FMode != config.Load || fc.ConfigOnly() || fc.Option.CName != c.Name() {
+				continue
+			}
+			if _, ok := e.reg.handler(st.FName); ok {
+				continue
+			}
+			h, err := yamlBody(fc, config.MergedParams(fc, st), c.cfg, c.Driver())
+			if err != nil {
+				return fmt.Errorf("flow %q: %w", fname, err)
+			}
+			lh, ok := h.(*loadHandler)
+			if !ok {
+				continue
+			}
+			if lc, ok := lh.lookup.(LookupChecker); ok {
+				if err := guard(func() error { return lc.CheckLookup(ctx) }); err != nil {
+					return fmt.Errorf("function %q (flow %q): %w", fc.FName, fname, err)
+				}
+			}
+		}
 	}
 	return nil
 }

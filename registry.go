@@ -185,10 +185,11 @@ func (r *Registry) checkFilter(u config.FilterUse) []config.Problem {
 	}
 	use := filter.Spec{Name: ref.Name, Params: ref.Params, Kind: filter.FlowRun, Flow: u.Flow, Func: u.Func, Env: &filter.Env{}}
 	if u.Func != nil {
-		use.Kind, use.FuncParams = filter.FuncCall, u.Func.Option.DefaultParams
+		use.Kind, use.FuncParams = filter.FuncCall, u.FuncParams()
 	}
-	// A param the entry lacks may come from the function's params,
-	// "<filter>_<param>": its problems are reported at that line.
+	// A param the entry lacks may come from the function's params (the
+	// flow step's override its default_params), "<filter>_<param>": its
+	// problems are reported at that line.
 	problem := func(pe *driver.ParamError) config.Problem {
 		p := config.Problem{Severity: config.SevError, Msg: pe.Error()}
 		if pe.Warning {
@@ -197,8 +198,9 @@ func (r *Registry) checkFilter(u config.FilterUse) []config.Problem {
 		if _, own := ref.Params[pe.Param]; own {
 			p.Pos = u.ParamPos(pe.Param)
 		} else if key := ref.Name + "_" + pe.Param; u.Func != nil && use.FuncParams[key] != "" {
-			p.Pos = u.Pos("option.default_params." + key)
-			p.Msg = fmt.Sprintf("param %s (the function's %s): %s", pe.Param, key, pe.Msg)
+			var whose string
+			p.Pos, whose = u.FuncParamPos(key)
+			p.Msg = fmt.Sprintf("param %s (%s %s): %s", pe.Param, whose, key, pe.Msg)
 		}
 		return p
 	}
@@ -484,11 +486,24 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 			if errors.As(err, &perr) {
 				continue // a missing required param, reported above
 			}
-			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, ""), Severity: config.SevError,
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, connErrField(c, err.Error())), Severity: config.SevError,
 				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))})
 		}
 	}
 	return probs
+}
+
+// connErrField guesses the field of connector c that the factory's error
+// msg is about, for its line: the key (a template), the addrs, else ""
+// (the document).
+func connErrField(c *config.Conn, msg string) string {
+	switch {
+	case c.Key != "" && (strings.Contains(msg, "template") || strings.Contains(msg, fmt.Sprintf("%q", c.Key))):
+		return "key"
+	case c.Addrs != "" && (strings.Contains(msg, "addrs") || strings.Contains(msg, c.Addrs)):
+		return "addrs"
+	}
+	return ""
 }
 
 // streamConns are the connectors some flow's stream block names (source,

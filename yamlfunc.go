@@ -2,6 +2,7 @@ package kisflow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -105,6 +106,10 @@ func yamlBody(fc *config.Func, params map[string]string, conn *config.Conn, drv 
 	}
 	lk, err := ld.LoadLookup(params)
 	if err != nil {
+		var pe *driver.ParamError
+		if errors.As(err, &pe) {
+			return nil, fmt.Errorf("function %q (fmode %s): %w", fc.FName, fc.FMode, pe)
+		}
 		return nil, noBody(fc, err.Error())
 	}
 	h := &loadHandler{name: fc.FName, lookup: lk, missing: missingPass}
@@ -114,22 +119,26 @@ func yamlBody(fc *config.Func, params map[string]string, conn *config.Conn, drv 
 		}
 		return conn.Params[name]
 	}
+	bad := func(name, format string, args ...any) error {
+		return fmt.Errorf("function %q (fmode %s): %w", fc.FName, fc.FMode, &driver.ParamError{Param: name, Msg: fmt.Sprintf(format, args...)})
+	}
 	switch m := param("on_missing"); m {
 	case "", missingPass:
 	case missingDrop, missingDeadLetter:
 		h.missing = m
 	default:
-		return nil, noBody(fc, fmt.Sprintf("fix its on_missing %q (want pass, drop or dead_letter)", m))
+		known := []string{missingPass, missingDrop, missingDeadLetter}
+		return nil, bad("on_missing", "%q is not one of %s%s", m, strings.Join(known, ", "), config.SuggestName(m, known))
 	}
 	if s := param("cache_ttl"); s != "" {
 		ttl, err := driver.ParseDuration(s)
 		if err != nil || ttl < 0 {
-			return nil, noBody(fc, fmt.Sprintf("fix its cache_ttl %q (want a duration such as 30s)", s))
+			return nil, bad("cache_ttl", "%q is not a duration (want one such as 30s)", s)
 		}
 		size := defaultCacheSize
 		if s := param("cache_size"); s != "" {
 			if size, err = strconv.Atoi(s); err != nil || size < 1 {
-				return nil, noBody(fc, fmt.Sprintf("fix its cache_size %q (want a whole number of at least 1)", s))
+				return nil, bad("cache_size", "%q is not a whole number of at least 1", s)
 			}
 		}
 		if ttl > 0 {
@@ -333,12 +342,25 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 		if !fl.Enabled() || fl.Stream == nil {
 			continue
 		}
-		for _, st := range fl.Flows {
+		for si, st := range fl.Flows {
 			fc := s.Funcs[st.FName]
-			if fc == nil || fc.ConfigOnly() || fc.Window != nil {
-				continue // unknown functions, bad expressions and window blocks have their own checks
+			if fc == nil || fc.Window != nil {
+				continue // unknown functions and window blocks have their own checks
 			}
 			if _, ok := r.handler(st.FName); ok {
+				continue
+			}
+			if fc.ConfigOnly() {
+				// Bad expressions have their own check; the params of an
+				// expression are read by its filters alone.
+				for _, p := range r.unreadExprParams(fc, config.MergedParams(fc, st)) {
+					pos := paramPos(s, fl, si, fc, nil, p)
+					if key := fmt.Sprint(pos, p); !seen[key] {
+						seen[key] = true
+						probs = append(probs, config.Problem{Pos: pos, Severity: config.SevWarning,
+							Msg: fmt.Sprintf("function %q: param %q is read by nothing: its expression reads no params, its filters read <filter>_<param>%s", fc.FName, p, config.SuggestName(p, r.filterParams(nil)))})
+					}
+				}
 				continue
 			}
 			conn := s.Conns[fc.Option.CName]
@@ -352,7 +374,10 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 					continue // an unset ${VAR}: reported by the config's own check
 				}
 				if factory, ok := r.driver(cfg.Type); ok {
-					if drv, err = callFactory(factory, cfg); err != nil {
+					// As the engine builds it: without the params of the
+					// connector's own callbacks (a misspelt cache_tll is
+					// checkConns' warning, and must not hide this check).
+					if drv, err = callFactory(factory, r.factoryConfig(s, conn.CName, cfg)); err != nil {
 						continue // reported by checkConns
 					}
 				}
@@ -362,22 +387,98 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 			_, err := yamlBody(fc, params, conn, drv)
 			if err == nil {
 				for _, p := range unreadParams(fc, params, drv) {
-					if key := fc.FName + "\x00param\x00" + p; !seen[key] {
+					pos := paramPos(s, fl, si, fc, nil, p)
+					if key := fmt.Sprint(pos, p); !seen[key] {
 						seen[key] = true
-						probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "option.default_params."+p), Severity: config.SevWarning,
-							Msg: fmt.Sprintf("function %q: param %q is not read by its YAML %s (it reads %s)", fc.FName, p, fc.FMode, strings.Join(yamlParams(fc, drv), ", "))})
+						probs = append(probs, config.Problem{Pos: pos, Severity: config.SevWarning,
+							Msg: fmt.Sprintf("function %q: param %q is not read by its YAML %s (it reads %s)%s", fc.FName, p, fc.FMode, strings.Join(yamlParams(fc, drv), ", "), suggestParam(fc, p, drv))})
 					}
 				}
 				continue
 			}
+			pos := s.Pos(config.KindFunc, fc.FName, "fmode")
+			var pe *driver.ParamError
+			if errors.As(err, &pe) {
+				pos = paramPos(s, fl, si, fc, conn, pe.Param)
+			}
 			msg := red.Redact(fmt.Sprintf("%v (flow %q runs it)", err, fname))
-			if key := fc.FName + "\x00" + err.Error(); !seen[key] {
+			if key := fmt.Sprint(pos, err); !seen[key] {
 				seen[key] = true
-				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "fmode"), Severity: config.SevError, Msg: msg})
+				probs = append(probs, config.Problem{Pos: pos, Severity: config.SevError, Msg: msg})
 			}
 		}
 	}
 	return probs
+}
+
+// paramPos is where the param p of function fc, run by step si of flow fl,
+// was read: the step's params, else the function's default_params, else
+// the params of connector conn (nil: not looked at), else its fmode.
+func paramPos(s *config.Set, fl *config.Flow, si int, fc *config.Func, conn *config.Conn, p string) config.Pos {
+	if _, ok := fl.Flows[si].Params[p]; ok {
+		return s.Pos(config.KindFlow, fl.FlowName, fmt.Sprintf("flows[%d].params.%s", si, p))
+	}
+	if _, ok := fc.Option.DefaultParams[p]; ok {
+		return s.Pos(config.KindFunc, fc.FName, "option.default_params."+p)
+	}
+	if conn != nil {
+		if _, ok := conn.Params[p]; ok {
+			return s.Pos(config.KindConn, conn.CName, "params."+p)
+		}
+	}
+	return s.Pos(config.KindFunc, fc.FName, "fmode")
+}
+
+// filterParams lists the function params "<filter>_<param>" that the
+// filters of refs read; all registered filters' with refs nil.
+func (r *Registry) filterParams(refs []config.FilterRef) []string {
+	names := r.Filters()
+	if refs != nil {
+		names = names[:0:0]
+		for _, f := range refs {
+			names = append(names, f.Name)
+		}
+	}
+	var out []string
+	for _, n := range names {
+		if spec, ok := r.FilterSpec(n); ok {
+			for _, p := range spec.Params {
+				out = append(out, n+"_"+p.Name)
+			}
+		}
+	}
+	return out
+}
+
+// unreadExprParams returns, sorted, the params of a Verify or Calculate
+// written in YAML that none of its filters (its own and DefaultFilters)
+// reads; a filter without a spec may read any "<filter>_" param.
+func (r *Registry) unreadExprParams(fc *config.Func, params map[string]string) []string {
+	refs := slices.Clone(fc.Option.Filters)
+	for _, n := range DefaultFilters {
+		refs = append(refs, config.FilterRef{Name: n})
+	}
+	known := r.filterParams(refs)
+	var out []string
+	for _, p := range slices.Sorted(maps.Keys(params)) {
+		if slices.Contains(known, p) || slices.ContainsFunc(refs, func(f config.FilterRef) bool {
+			_, ok := r.FilterSpec(f.Name)
+			return !ok && strings.HasPrefix(p, f.Name+"_")
+		}) {
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// suggestParam names the param of a YAML Load that p may misspell, as
+// " (did you mean cache_ttl?)", or "".
+func suggestParam(fc *config.Func, p string, drv Driver) string {
+	if fc.FMode != config.Load {
+		return ""
+	}
+	return config.SuggestName(p, yamlParams(fc, drv))
 }
 
 // yamlParams lists the params a YAML Load or Save reads.

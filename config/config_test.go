@@ -284,7 +284,8 @@ stream:
 		got = append(got, p.String())
 	}
 	want := []string{
-		`c.yml:5: warning: connector "c": params.path uses unset environment variable(s) KISFLOW_SURELY_UNSET_VAR`,
+		// Flow T streams from c: kisflow run would fail, so an error.
+		`c.yml:5: connector "c": params.path uses unset environment variable(s) KISFLOW_SURELY_UNSET_VAR, and flow "T" uses the connector`,
 		`f.yml:4: function "Keep": filter "score >=": unexpected token EOF (1:8)`,
 		`f.yml:9: function "Derive": calc needs fmode Calculate, not Verify`,
 		`f.yml:10: function "Derive": calc total: "qty * (price": unexpected token EOF (1:12)`,

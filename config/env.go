@@ -58,10 +58,17 @@ func (c *Conn) Expanded() (*Conn, error) {
 	return &cc, nil
 }
 
-// checkEnv warns about connector fields that reference unset variables.
+// checkEnv reports connector fields that reference unset variables: an
+// error when kisflow run would open the connector (see runUsing), which
+// then fails, else a warning.
 func (s *Set) checkEnv(name string, c *Conn, add func(kind Kind, name, field string, sev Severity, format string, args ...any)) {
+	by := s.runUsing(name)
 	check := func(field, v string) {
 		if _, missing := expandEnv(v, os.LookupEnv); len(missing) > 0 {
+			if by != "" {
+				add(KindConn, name, field, SevError, "connector %q: %s uses unset environment variable(s) %s, and flow %q uses the connector", name, field, strings.Join(missing, ", "), by)
+				return
+			}
 			add(KindConn, name, field, SevWarning, "connector %q: %s uses unset environment variable(s) %s", name, field, strings.Join(missing, ", "))
 		}
 	}
@@ -70,4 +77,25 @@ func (s *Set) checkEnv(name string, c *Conn, add func(kind Kind, name, field str
 	for _, k := range sortedKeys(c.Params) {
 		check("params."+k, c.Params[k])
 	}
+}
+
+// runUsing returns the name of an enabled flow with a stream block (a flow
+// kisflow run runs) that opens connector cname: its stream names it, or a
+// function it runs has it as option.cname; else "".
+func (s *Set) runUsing(cname string) string {
+	if by := s.streamUsing(cname); by != "" {
+		return by
+	}
+	for _, name := range sortedKeys(s.Flows) {
+		fl := s.Flows[name]
+		if fl.Stream == nil || !fl.Enabled() {
+			continue
+		}
+		for _, st := range fl.Flows {
+			if fn := s.Funcs[st.FName]; fn != nil && fn.Option.CName == cname {
+				return name
+			}
+		}
+	}
+	return ""
 }

@@ -266,7 +266,7 @@ func (s *Set) checkStream(name string, st *Stream, add func(kind Kind, name, fie
 			add(KindFlow, name, "stream.delivery", SevError, "flow %q: exactly-once needs a transactional sink (stream.sink)", name)
 		}
 	default:
-		add(KindFlow, name, "stream.delivery", SevError, "flow %q: unknown delivery %q (want at-least-once, at-most-once or exactly-once)", name, st.Delivery)
+		add(KindFlow, name, "stream.delivery", SevError, "flow %q: unknown delivery %q%s (want at-least-once, at-most-once or exactly-once)", name, st.Delivery, suggestName(st.Delivery, []string{AtLeastOnce, AtMostOnce, ExactlyOnce}))
 	}
 	for field, v := range map[string]int{"batch_size": st.BatchSize, "workers": st.Workers, "max_in_flight": st.MaxInFlight, "retry_duration": st.RetryDuration} {
 		if v < 0 {

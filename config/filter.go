@@ -56,6 +56,9 @@ type FilterUse struct {
 	// Field is the entry's field path in its document: "filters[1]" of the
 	// flow, or "option.filters[0]" of the function.
 	Field string
+	// Step is the index in Flow.Flows of the step that runs Func (its
+	// params override the function's); -1 for a flow's filters.
+	Step int
 
 	set  *Set
 	kind Kind
@@ -80,6 +83,30 @@ func (u FilterUse) Pos(field string) Pos {
 // ParamPos returns where the entry's param name was read.
 func (u FilterUse) ParamPos(name string) Pos {
 	return u.Pos(u.Field + ".params." + name)
+}
+
+// FuncParams returns the params the function gets in this use: its
+// default_params overridden by the flow step's (nil for a flow's filters).
+func (u FilterUse) FuncParams() map[string]string {
+	if u.Func == nil {
+		return nil
+	}
+	if u.Flow == nil || u.Step < 0 || u.Step >= len(u.Flow.Flows) {
+		return u.Func.Option.DefaultParams
+	}
+	return MergedParams(u.Func, u.Flow.Flows[u.Step])
+}
+
+// FuncParamPos returns where the function's param key was read: the flow
+// step's params when the step sets it, else the function's default_params.
+// what names it for a message ("the function's" or "flow step's").
+func (u FilterUse) FuncParamPos(key string) (pos Pos, what string) {
+	if u.set != nil && u.Flow != nil && u.Step >= 0 && u.Step < len(u.Flow.Flows) {
+		if _, ok := u.Flow.Flows[u.Step].Params[key]; ok {
+			return u.set.Pos(KindFlow, u.Flow.FlowName, fmt.Sprintf("flows[%d].params.%s", u.Step, key)), fmt.Sprintf("flow %q step %s's", u.Flow.FlowName, u.Func.FName)
+		}
+	}
+	return u.Pos("option.default_params." + key), "the function's"
 }
 
 // checkFilters runs the filter check on every entry of every flow's chain
@@ -107,15 +134,15 @@ func (s *Set) checkFilters(o *lintOptions) []Problem {
 	for _, name := range sortedKeys(s.Flows) {
 		fl := s.Flows[name]
 		for i, ref := range fl.Filters {
-			check(FilterUse{Ref: ref, Flow: fl, Field: fmt.Sprintf("filters[%d]", i), set: s, kind: KindFlow, name: name}, fmt.Sprintf("flow %q", name))
+			check(FilterUse{Ref: ref, Flow: fl, Field: fmt.Sprintf("filters[%d]", i), Step: -1, set: s, kind: KindFlow, name: name}, fmt.Sprintf("flow %q", name))
 		}
-		for _, st := range fl.Flows {
+		for si, st := range fl.Flows {
 			fn := s.Funcs[st.FName]
 			if fn == nil {
 				continue
 			}
 			for i, ref := range fn.Option.Filters {
-				check(FilterUse{Ref: ref, Flow: fl, Func: fn, Field: fmt.Sprintf("option.filters[%d]", i), set: s, kind: KindFunc, name: fn.FName}, fmt.Sprintf("function %q", fn.FName))
+				check(FilterUse{Ref: ref, Flow: fl, Func: fn, Field: fmt.Sprintf("option.filters[%d]", i), Step: si, set: s, kind: KindFunc, name: fn.FName}, fmt.Sprintf("function %q", fn.FName))
 			}
 		}
 	}

@@ -28,11 +28,12 @@ var (
 	// mysqlRE finds a go-sql-driver DSN's user:password@protocol(.
 	mysqlRE = regexp.MustCompile("([^\\s:@/\"'`(),]+):([^\\s\"'`]*)@(?:tcp|tcp4|tcp6|udp|unix)?\\(")
 	// pairRE finds key=value and key: value pairs whose key names a
-	// secret: PostgreSQL keyword DSNs (password=...), URL queries, slog
-	// text, Go maps, JSON and HTTP headers (Authorization: Bearer ...).
+	// secret: PostgreSQL keyword DSNs (password=..., where a backslash
+	// escapes the next character, a space too), URL queries, slog text,
+	// Go maps, JSON and HTTP headers (Authorization: Bearer ...).
 	pairRE = regexp.MustCompile("(?i)\\b([a-z0-9_.\\-]*(?:password|passwd|pwd|secret|token|api[_\\-]?key|authorization|credentials))" +
 		"([\"']?\\s*[=:]\\s*(?:(?:bearer|basic|token)\\s+)?)" +
-		"(\"[^\"]*\"|'[^']*'|[^\\s,;&\"'{}\\[\\]()<>]+)")
+		"(\"(?:\\\\.|[^\"\\\\])*\"|'(?:\\\\.|[^'\\\\])*'|(?:\\\\.|[^\\s,;&\"'{}\\[\\]()<>\\\\])+)")
 )
 
 // secretKey reports whether a parameter, field or header named k holds a
@@ -328,6 +329,11 @@ func (sc *secretCollector) add(key, v string) {
 		}
 		found := func(secret string) string {
 			sc.values = append(sc.values, secret)
+			if strings.Contains(secret, `\`) {
+				// A keyword DSN's escapes (S3cr\ et): the value the
+				// driver uses, and may print, is unescaped.
+				sc.values = append(sc.values, unescapeDSN(secret))
+			}
 			return secret
 		}
 		scan(form, found)
@@ -370,4 +376,17 @@ func walkScalars(n *yaml.Node, key string, f func(key, v string)) {
 	case yaml.ScalarNode:
 		f(key, n.Value)
 	}
+}
+
+// unescapeDSN removes the backslash escapes of a PostgreSQL keyword DSN
+// value.
+func unescapeDSN(v string) string {
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' && i+1 < len(v) {
+			i++
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String()
 }

@@ -25,6 +25,8 @@ func TestRedact(t *testing.T) {
 		{"mqtt ssl", "ssl://u:S3cr3t@broker:8883", "ssl://u:xxxxx@broker:8883"},
 		{"postgres URL", "postgres://postgres:S3cr3t@127.0.0.1:5432/test?sslmode=disable", "postgres://postgres:xxxxx@127.0.0.1:5432/test?sslmode=disable"},
 		{"postgres keyword DSN", "host=127.0.0.1 port=5433 user=postgres password=S3cr3t dbname=test", "host=127.0.0.1 port=5433 user=postgres password=xxxxx dbname=test"},
+		{"postgres keyword with an escaped space", `host=h user=postgres password=S3\ cr3t dbname=test`, "host=h user=postgres password=xxxxx dbname=test"},
+		{"postgres quoted keyword with an escaped quote", `password='S3\'cr3t' dbname=test`, "password='xxxxx' dbname=test"},
 		{"postgres quoted keyword", "user=postgres password='S3 cr3t' dbname=test", "user=postgres password='xxxxx' dbname=test"},
 		{"mysql DSN", "root:S3cr3t@tcp(127.0.0.1:3307)/test?parseTime=true", "root:xxxxx@tcp(127.0.0.1:3307)/test?parseTime=true"},
 		{"mysql unix socket", "app:S3cr3t@unix(/run/mysqld.sock)/db", "app:xxxxx@unix(/run/mysqld.sock)/db"},
@@ -70,6 +72,12 @@ params:
   dsn: host=127.0.0.1 password=PGkw0rd dbname=test
 ---
 kistype: conn
+cname: pg2
+type: postgres
+params:
+  dsn: host=127.0.0.1 password=Esc\ Pw5 dbname=test
+---
+kistype: conn
 cname: my
 type: mysql
 params:
@@ -103,7 +111,7 @@ func TestSetRedactorKnowsEverySecret(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := set.Redactor()
-	secrets := []string{"PGkw0rd", "MYpw@x!", "NatsTok9", "EnvPw77", "KafkaSasl1", "TraceTok1", "ApiKey123", "TrPw42"}
+	secrets := []string{"PGkw0rd", `Esc\ Pw5`, "Esc Pw5", "MYpw@x!", "NatsTok9", "EnvPw77", "KafkaSasl1", "TraceTok1", "ApiKey123", "TrPw42"}
 	for _, s := range secrets {
 		// Echoed bare, as a server or a library might: only the known
 		// values can catch this.

@@ -188,10 +188,23 @@ func (s *Set) FlowNames() []string {
 // returns the configuration. When anything is wrong the error is an *Error
 // listing every problem with its file and line; warnings do not fail it.
 func Import(dir string, opts ...LintOption) (*Set, error) {
-	if _, err := os.Stat(dir); err != nil {
+	if err := statDir(dir); err != nil {
 		return nil, fmt.Errorf("import config: %w", err)
 	}
 	return importFS(os.DirFS(dir), ".", dir, opts)
+}
+
+// statDir checks that dir is a folder; a file is refused with the folder
+// to give instead.
+func statDir(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is a file: give the folder that holds it (%s), whose .yml and .yaml files are read together", dir, filepath.Dir(dir))
+	}
+	return nil
 }
 
 // ImportFS is Import over a file system (for example an embed.FS); file
@@ -224,7 +237,7 @@ func importFS(fsys fs.FS, dir, display string, opts []LintOption) (*Set, error) 
 // warnings, in file and line order. Disabled flows are checked too. The error
 // is for a folder that cannot be read at all.
 func Lint(dir string, opts ...LintOption) ([]Problem, error) {
-	if _, err := os.Stat(dir); err != nil {
+	if err := statDir(dir); err != nil {
 		return nil, fmt.Errorf("lint: %w", err)
 	}
 	s, probs, err := load(os.DirFS(dir), ".", dir)

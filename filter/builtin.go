@@ -18,6 +18,7 @@ import (
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Errors of the built-in filters.
@@ -47,7 +48,8 @@ const (
 //   - retry: calls again after a failure, up to `times` (default the
 //     function's retry_times, else 3; capped at config.MaxRetryTimes) with
 //     capped exponential backoff and jitter from `duration` (default the
-//     function's retry_duration in ms, else 100ms).
+//     function's retry_duration in ms, else 100ms). An error marked
+//     stream.ErrFatal (a configuration error) is not retried.
 //   - timeout: gives each call a deadline of `duration`; a call that
 //     returns after it fails with ErrTimeout.
 //   - ratelimit: at most `rate` rows per second (`per: calls` counts calls),
@@ -191,7 +193,7 @@ func newRetry(s Spec) (Filter, error) {
 		var err error
 		for attempt := 1; ; attempt++ {
 			c.Attempt = attempt
-			if err = next(ctx, c); err == nil || attempt > times || ctx.Err() != nil {
+			if err = next(ctx, c); err == nil || attempt > times || ctx.Err() != nil || stream.IsFatal(err) {
 				return err
 			}
 			if s.Env != nil && s.Env.Metrics != nil {

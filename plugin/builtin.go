@@ -136,7 +136,7 @@ type AdminConfig struct {
 
 // check checks the address, once defaults are filled.
 func (c *AdminConfig) check() error {
-	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+	if err := checkHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen %q: %v", c.Listen, err)
 	}
 	if !strings.HasPrefix(c.Path, "/") {
@@ -254,8 +254,21 @@ func (c *OTLPConfig) Validate() error {
 	if c.SampleRatio < 0 || c.SampleRatio > 1 {
 		return fmt.Errorf("sample_ratio %v is outside 0..1", c.SampleRatio)
 	}
-	if _, _, err := net.SplitHostPort(c.Endpoint); err != nil {
-		return fmt.Errorf("endpoint %q: want host:port", c.Endpoint)
+	if err := checkHostPort(c.Endpoint); err != nil {
+		return fmt.Errorf("endpoint %q: want host:port (%v)", c.Endpoint, err)
+	}
+	return nil
+}
+
+// checkHostPort checks addr is host:port with a port net.Listen and
+// net.Dial take (a number up to 65535, or a service name such as http).
+func checkHostPort(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q: want a number from 0 to 65535", port)
 	}
 	return nil
 }

@@ -196,7 +196,7 @@ func Build(g *config.Global, specs map[string]Spec) (*Set, error) {
 				known = append(known, t)
 			}
 			slices.Sort(known)
-			fail(cfg, r, fmt.Errorf("unknown plugin type %q (known: %s)", r.Type, strings.Join(known, ", ")))
+			fail(cfg, r, fmt.Errorf("unknown plugin type %q%s (known: %s)", r.Type, config.SuggestName(r.Type, known), strings.Join(known, ", ")))
 			continue
 		}
 		p, err := spec.New(r.Name, cfg)

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	gojson "github.com/goccy/go-json"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -23,18 +26,21 @@ func (r *Redis) LoadLookup(params map[string]string) (kisflow.Lookup, error) {
 	key, err := r.key, error(nil)
 	if t := params["load_key"]; t != "" {
 		if key, err = fields.ParseTemplate(t); err != nil {
-			return nil, fmt.Errorf("fix its load_key: %v", err)
+			return nil, &driver.ParamError{Param: "load_key", Msg: err.Error()}
 		}
 	}
 	if key.Static() {
 		return nil, fmt.Errorf("give it a key template with a {field}, such as user:{user_id} (load_key, or the key of connector %q)", r.cfg.CName)
 	}
+	modes := []string{"hash", "string"}
 	mode := params["load_mode"]
-	if mode == "" {
-		mode = r.mode
-	}
-	if mode != "hash" && mode != "string" {
-		return nil, fmt.Errorf("give it load_mode hash or string (connector %q has mode %s, which a YAML load cannot read)", r.cfg.CName, mode)
+	switch {
+	case mode == "":
+		if mode = r.mode; !slices.Contains(modes, mode) {
+			return nil, fmt.Errorf("give it load_mode hash or string (connector %q has mode %s, which a YAML load cannot read)", r.cfg.CName, mode)
+		}
+	case !slices.Contains(modes, mode):
+		return nil, &driver.ParamError{Param: "load_mode", Msg: fmt.Sprintf("%q is not one of hash, string%s", mode, config.SuggestName(mode, modes))}
 	}
 	return &redisLookup{r: r, key: key, mode: mode}, nil
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -39,7 +41,7 @@ func (d *DB) LoadLookup(params map[string]string) (kisflow.Lookup, error) {
 	}
 	l, err := parseLoadQuery(q)
 	if err != nil {
-		return nil, fmt.Errorf("fix its load_query: %v", err)
+		return nil, &driver.ParamError{Param: "load_query", Msg: err.Error()}
 	}
 	l.d = d
 	return l, nil
@@ -129,16 +131,20 @@ func (l *sqlLookup) Fetch(ctx context.Context, keys []any) ([]map[string]any, er
 		if err != nil {
 			return nil, classify(fmt.Errorf("connector %q: load: %w", d.cfg.CName, err))
 		}
+		// The key column is checked on the result's columns, not its rows:
+		// a query without it is a configuration error even when it finds
+		// nothing.
+		if cols, err := rs.Columns(); err == nil && !slices.Contains(cols, l.field) {
+			rs.Close()
+			return nil, stream.Fatal(fmt.Errorf("connector %q: load_query returns no column %q to match rows by (it returns %s): name the key column so (SELECT id AS %s, ...)", d.cfg.CName, l.field, strings.Join(cols, ", "), l.field))
+		}
 		recs, err := scanMaps(rs)
 		rs.Close()
 		if err != nil {
 			return nil, classify(fmt.Errorf("connector %q: load: %w", d.cfg.CName, err))
 		}
 		for _, r := range recs {
-			k, ok := r[l.field]
-			if !ok {
-				return nil, stream.Fatal(fmt.Errorf("connector %q: load_query returns no column %q to match rows by: name the key column so (SELECT id AS %s, ...)", d.cfg.CName, l.field, l.field))
-			}
+			k := r[l.field]
 			delete(r, l.field)
 			if kt := fields.KeyText(k); byKey[kt] == nil {
 				byKey[kt] = r
@@ -150,6 +156,14 @@ func (l *sqlLookup) Fetch(ctx context.Context, keys []any) ([]map[string]any, er
 		out[i] = byKey[fields.KeyText(k)]
 	}
 	return out, nil
+}
+
+// CheckLookup runs the query for no key (IN (NULL), which matches no
+// row): a missing table or column, or a result without the key column,
+// is the error a Fetch would end the job with (kisflow.LookupChecker).
+func (l *sqlLookup) CheckLookup(ctx context.Context) error {
+	_, err := l.Fetch(ctx, []any{nil})
+	return err
 }
 
 // LoadParams lists the function params LoadLookup reads.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -114,6 +116,48 @@ func TestLoadLookup(t *testing.T) {
 				if _, err := lk.Fetch(ctx, []any{int64(1)}); !stream.IsFatal(err) {
 					t.Fatalf("%q: %v, want a fatal error", q, err)
 				}
+				// dry-run finds it without a key.
+				if err := lk.(kisflow.LookupChecker).CheckLookup(ctx); !stream.IsFatal(err) {
+					t.Fatalf("%q: check: %v, want a fatal error", q, err)
+				}
+			}
+			if err := lk.(kisflow.LookupChecker).CheckLookup(ctx); err != nil {
+				t.Fatalf("check of %q: %v", query, err)
+			}
+		})
+	}
+}
+
+// TestLoadQueryExampleWorks runs the load_query example each SQL spec
+// prints (kisflow list, the README's params tables) as a Load would.
+func TestLoadQueryExampleWorks(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []*driver.Spec{SQLiteSpec, MySQLSpec, PostgresSpec} {
+		p, ok := spec.Param("load_query")
+		if !ok || p.Example == "" {
+			t.Fatalf("%s: no load_query example", spec.Type)
+		}
+		t.Run(spec.Type, func(t *testing.T) {
+			t.Parallel()
+			d := openDB(t, spec.Type, "users", map[string]string{"create": "true"})
+			ctx := context.Background()
+			if err := d.Write(ctx, []any{map[string]any{"id": int64(7), "name": "ann"}}); err != nil {
+				t.Fatal(err)
+			}
+			lk, err := d.LoadLookup(map[string]string{"load_query": p.Example})
+			if err != nil {
+				t.Fatalf("%q: %v", p.Example, err)
+			}
+			k, err := lk.Key(map[string]any{"user_id": float64(7)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			recs, err := lk.Fetch(ctx, []any{k})
+			if err != nil {
+				t.Fatalf("%q: %v", p.Example, err)
+			}
+			if len(recs) != 1 || recs[0]["name"] != "ann" {
+				t.Fatalf("%q: %v, want user 7's name", p.Example, recs)
 			}
 		})
 	}

@@ -11,7 +11,7 @@ type common struct {
 	Columns      []string      `param:"columns" doc:"comma-separated columns to write; an entry column=field takes the column's value from another row field; default: the table's columns, or the first row's fields when the table is created" example:"id,amount=total"`
 	UpsertKey    []string      `param:"upsert_key" doc:"comma-separated conflict columns: a row whose key exists updates the other columns; with create, the table's primary key"`
 	Create       bool          `param:"create" default:"false" doc:"create the table if it is missing, with column types from the first row (a map, slice or struct field: a text column, holding its JSON)"`
-	LoadQuery    string        `param:"load_query" doc:"the query a Load function runs, with :field placeholders filled from the row" example:"SELECT name FROM users WHERE id = :user_id"`
+	LoadQuery    string        `param:"load_query" doc:"the query a Load function with no Go body runs: one :field placeholder, written IN (:field), filled with the distinct values of the field in a run's rows; the result names the key column as the field" example:"SELECT id AS user_id, name FROM users WHERE id IN (:user_id)"`
 	PollColumn   string        `param:"poll_column" doc:"the source: an increasing column, read up to the horizon of open transactions"`
 	PollInterval time.Duration `param:"poll_interval" default:"500ms" min:"1ms" doc:"how often the source polls when it found nothing new"`
 	InboxTTL     time.Duration `param:"inbox_ttl" default:"168h" min:"1s" doc:"how long an exactly-once sink's inbox keeps a consumed message's ID"`

@@ -38,12 +38,12 @@ func TestLint(t *testing.T) {
 		{"every error", "../../config/testdata/bad", ExitProblem, `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`},
 		{"the original KisFlow sample files", "../../config/testdata/kisflow", ExitOK, ""},
 		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": no driver for type "carrier-pigeon"`},
-		{"several mysql addrs", "testdata/badconns", ExitProblem, `conns.yml:1: connector "two-mysql": mysql connector "two-mysql": addrs names 2 servers`},
+		{"several mysql addrs", "testdata/badconns", ExitProblem, `conns.yml:4: connector "two-mysql": mysql connector "two-mysql": addrs names 2 servers`},
 		{"a redis mode typo", "testdata/badconns", ExitProblem, `conns.yml:13: connector "typo-mode" (type redis): param mode: "hsh" is not one of hash, string, list, stream (did you mean hash?)`},
 		{"a param typo", "testdata/badconns", ExitProblem, `conns.yml:22: connector "every-typo" (type redis): param claim_idel: unknown param (did you mean claim_idle?)`},
 		{"a duration without unit", "testdata/badconns", ExitProblem, `conns.yml:23: connector "every-typo" (type redis): param timeout: "5" has no unit (want a duration such as 5s or 5ms)`},
 		{"a boolean that is not one", "testdata/badconns", ExitProblem, `conns.yml:24: connector "every-typo" (type redis): param tls: "yes" is not a boolean (want true or false)`},
-		{"a broken key template beside bad params", "testdata/badconns", ExitProblem, `conns.yml:15: connector "every-typo": redis connector "every-typo": template "user:{id": '{' without '}'`},
+		{"a broken key template beside bad params", "testdata/badconns", ExitProblem, `conns.yml:19: connector "every-typo": redis connector "every-typo": template "user:{id": '{' without '}'`},
 		{"a misspelt param on a connector only functions use: a warning", "testdata/badconns", ExitProblem,
 			`conns.yml:33: warning: connector "callbacks-only" (type redis): param claim_idel: unknown param (did you mean claim_idle?); left to this connector's own callbacks`},
 		{"a filter param typo", "testdata/badfilters", ExitProblem, `flow.yml:8: flow "Guarded": filter "retry": param tims: unknown param (did you mean times?)`},
@@ -57,6 +57,24 @@ func TestLint(t *testing.T) {
 		{"a plugin field typo", "testdata/badfilters", ExitProblem, `global.yml:5: plugin log.main: unknown field "levl" (did you mean "level"?)`},
 		{"a field typo of a connector's plugin", "testdata/badfilters", ExitProblem, `global.yml:9: plugin postgres.main: unknown field "max_conn" (did you mean "max_conns"?)`},
 		{"filter durations in bare milliseconds still load", "testdata/oldfilters", ExitOK, `flow.yml:6: warning: flow "Guarded": filter "breaker": param cooldown: 30000 read as 30000ms; write 30000ms`},
+		// What kisflow run would refuse, lint refuses.
+		{"a filter param from a flow step's params", "testdata/lintgaps", ExitProblem, `flow.yml:7: function "F1": filter "retry": param times (flow "F" step F1's retry_times): "abc" is not a whole number`},
+		{"a callback param typo does not hide a missing body", "testdata/lintgaps", ExitProblem, `flow.yml:24: function "AddUser" (fmode Load) has no body: give it a load_query`},
+		{"a delivery typo", "testdata/lintgaps", ExitProblem, `flow.yml:12: flow "F": unknown delivery "exactly_once" (did you mean exactly-once?)`},
+		{"a plugin type typo", "testdata/lintgaps", ExitProblem, `global.yml:8: plugin logg.main: unknown plugin type "logg" (did you mean log?)`},
+		{"an unset variable of a connector run opens", "testdata/lintgaps", ExitProblem, `conns.yml:11: connector "out": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET, and flow "F" uses the connector`},
+		{"an unset variable of a connector nothing runs: a warning", "testdata/lintgaps", ExitProblem, `conns.yml:17: warning: connector "unused": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET`},
+		{"a port out of range", "testdata/lintgaps", ExitProblem, `global.yml:5: plugin metrics.main: listen "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
+		{"a flow step's param typo, at the step", "testdata/lintparams", ExitProblem,
+			`flow.yml:9: warning: function "BySQL": param "on_mising" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size) (did you mean on_missing?)`},
+		{"a flow step's bad param value, at the step", "testdata/lintparams", ExitProblem,
+			`flow.yml:12: function "BySQL2" (fmode Load): param on_missing: "dorp" is not one of pass, drop, dead_letter (did you mean drop?) (flow "P" runs it)`},
+		{"a param a YAML Verify's filters would read, misspelt", "testdata/lintparams", ExitProblem,
+			`funcs.yml:7: warning: function "Check": param "retry_tims" is read by nothing: its expression reads no params, its filters read <filter>_<param> (did you mean retry_times?)`},
+		{"a filter param of a YAML Verify, misspelt", "testdata/lintparams", ExitProblem,
+			`funcs.yml:8: warning: function "Check": param "timeout_duraton" is read by nothing: its expression reads no params, its filters read <filter>_<param> (did you mean timeout_duration?)`},
+		{"a function's load_mode typo, at its line", "testdata/lintparams", ExitProblem,
+			`funcs.yml:16: function "ByRedis" (fmode Load): param load_mode: "hsh" is not one of hash, string (did you mean hash?) (flow "P" runs it)`},
 		{"missing folder", "../../no/such/dir", ExitUsage, ""},
 	}
 	for _, tt := range tests {
@@ -87,6 +105,23 @@ func TestUsageErrors(t *testing.T) {
 	code, out, _ := run(t, "version")
 	if code != ExitOK || !strings.HasPrefix(out, "kisflow ") {
 		t.Errorf("version: exit %d, %q", code, out)
+	}
+	// Bad input to run is exit 2, as for echo, dry-run and graph, before
+	// anything starts.
+	conf := "../../examples/quickstart/conf"
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", conf, "--flow", "Nope"}, `no flow "Nope" in ` + conf},
+		{[]string{"run", conf, "--log-level", "loud"}, `bad --log-level "loud"`},
+		{[]string{"run", conf, "--progress", "alway"}, `bad --progress "alway": want auto, always or never (did you mean always?)`},
+		{[]string{"run", conf + "/flow-CalStuAvgScore.yml"}, conf + "/flow-CalStuAvgScore.yml is a file: give the folder that holds it (" + conf + ")"},
+		{[]string{"lint", conf + "/flow-CalStuAvgScore.yml"}, conf + "/flow-CalStuAvgScore.yml is a file"},
+	} {
+		if code, _, stderr := run(t, tt.args...); code != ExitUsage || !strings.Contains(stderr, tt.want) {
+			t.Errorf("%v: exit %d, want %d and %q in\n%s", tt.args, code, ExitUsage, tt.want, stderr)
+		}
 	}
 }
 

@@ -53,7 +53,7 @@ func echoCmd(reg *kisflow.Registry) *cobra.Command {
 func knownFlows(set *config.Set, names []string, dir string) error {
 	for _, n := range names {
 		if set.Flows[n] == nil {
-			return &exitError{code: ExitUsage, err: fmt.Errorf("no flow %q in %s", n, dir)}
+			return &exitError{code: ExitUsage, err: fmt.Errorf("no flow %q in %s%s", n, dir, config.SuggestName(n, set.FlowNames()))}
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,8 +69,14 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
 	}
+	if modes := []string{"auto", "always", "never"}; !slices.Contains(modes, o.progress) {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --progress %q: want auto, always or never%s", o.progress, config.SuggestName(o.progress, modes))}
+	}
 	set, err := loadConfig(reg, dir, stderr)
 	if err != nil {
+		return err
+	}
+	if err := knownFlows(set, o.flows, dir); err != nil {
 		return err
 	}
 	// The logger and the progress line write from different goroutines;

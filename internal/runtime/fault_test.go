@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -259,5 +260,34 @@ func TestEveryRowFailingTheSameWayStopsTheRun(t *testing.T) {
 				t.Fatalf("stats %+v: want the run stopped soon after 100 dead letters", s)
 			}
 		})
+	}
+}
+
+// TestFatalFlowErrorEndsTheRun: a flow run failing with an error marked
+// fatal (a Load's missing table) ends the run at once, with no retry, no
+// dead letter and nothing committed.
+func TestFatalFlowErrorEndsTheRun(t *testing.T) {
+	t.Parallel()
+	var runs atomic.Int32
+	missing := func(context.Context, []any) ([]any, []Rejected, error) {
+		runs.Add(1)
+		return nil, nil, fmt.Errorf("load: %w", stream.Fatal(errors.New("no such table: users")))
+	}
+	dlq := &memSink{}
+	r, err := New(Config{Name: "s", BatchSize: 100, Sleep: (&noSleep{}).sleep},
+		Parts{Source: newSource(1000, 0), NewFlow: func(int) Flow { return funcFlow(missing) }, Sink: &memSink{}, DeadLetter: dlq})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(context.Background())
+	if !stream.IsFatal(err) || !strings.Contains(err.Error(), "no such table: users") {
+		t.Fatalf("run: %v, want the fatal flow error", err)
+	}
+	s := r.Stats()
+	if s.Committed != 0 || s.Retries != 0 || s.DeadLettered != 0 || len(dlq.ints()) != 0 {
+		t.Fatalf("stats %+v, dead letters %d: want nothing committed, retried or dead-lettered", s, len(dlq.ints()))
+	}
+	if n := runs.Load(); n > 10 {
+		t.Fatalf("%d flow runs: the fatal error was retried", n)
 	}
 }

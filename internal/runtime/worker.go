@@ -20,7 +20,9 @@ type worker struct {
 
 // process runs a part, retrying and isolating failures, then writes its
 // output (at-least-once) or keeps it for the commit (exactly-once). A part
-// that cannot finish because the work context ended marks its epoch failed.
+// that cannot finish because the work context ended, or because a run
+// failed with an error marked stream.ErrFatal (which aborts the job),
+// marks its epoch failed.
 func (w *worker) process(ctx context.Context, p *part) {
 	r := w.r
 	top := r.cfg.PolicyFor("").Retries
@@ -110,6 +112,12 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 	res, rej, err := w.flow.Run(ctx, w.rows)
 	clear(w.rows)
 	if err != nil {
+		if stream.IsFatal(err) {
+			// A configuration error (a missing table, a query without its
+			// key column): no retry mends it and no row is to blame, so
+			// the job ends, and the epoch is not acknowledged.
+			w.r.abort(err)
+		}
 		return nil, nil, w.r.cfg.FuncOf(err), err, stream.IsPermanent(err)
 	}
 	return res, rej, "", nil, false
@@ -149,7 +157,7 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 	r := w.r
 	for try := 0; ; try++ {
 		out, rej, fn, err, perm := w.attempt(ctx, msgs)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || stream.IsFatal(err) {
 			return nil, nil, false
 		}
 		if err == nil {
@@ -264,7 +272,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 		}
 		tried++
 		out, rej, f, err, perm := w.attempt(ctx, []*stream.Message{m})
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || stream.IsFatal(err) {
 			return nil, nil, false
 		}
 		if err == nil {

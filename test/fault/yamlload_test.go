@@ -410,3 +410,71 @@ params:
 		t.Fatalf("dead letters %v, want the refused order", dead)
 	}
 }
+
+// TestYAMLLoadConfigErrorEndsTheJob runs a YAML Load whose query cannot
+// work: a missing table, or a result without the key column. Either is a
+// configuration error that ends the job at once: no retries, no row
+// dead-lettered, nothing acknowledged (the next run reads from the start).
+func TestYAMLLoadConfigErrorEndsTheJob(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, query, want string }{
+		{"no key column", "SELECT name, tier FROM users WHERE id IN (:user_id)", `load_query returns no column "user_id"`},
+		// No user has id 0 or 11: a query that finds nothing still lacks it.
+		{"no key column, no match", "SELECT name FROM users WHERE id IN (:user_id) AND id > 100", `load_query returns no column "user_id"`},
+		{"missing table", "SELECT id AS user_id, name FROM userz WHERE id IN (:user_id)", "no such table: userz"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := yamlLoadDir(t, "kistype: conn\ncname: users\ntype: sqlite\nparams:\n  path: users.db\n", map[string]string{"load_query": tc.query})
+			db, err := sql.Open("sqlite", filepath.Join(dir, "users.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			fillUsers(t, db, "INTEGER PRIMARY KEY", "?")
+			db.Close()
+			res := Run(t, dir, 2*time.Minute, "run", ".", "--state", ".kisflow")
+			if res.Code != 1 {
+				t.Fatalf("exit %d, want 1 (the job failed)\n%s%s", res.Code, res.Stdout, tail(res.Stderr, 4000))
+			}
+			if out := res.Stdout + res.Stderr; !strings.Contains(out, tc.want) || strings.Contains(out, "retrying") {
+				t.Fatalf("want %q and no retry\n%s", tc.want, tail(out, 4000))
+			}
+			for _, f := range []string{"out.jsonl", "copy.jsonl", filepath.Join(".kisflow", "dead-letter", "Orders.jsonl")} {
+				if rows := JSONLines(t, filepath.Join(dir, f)); len(rows) != 0 {
+					t.Fatalf("%s has %d rows", f, len(rows))
+				}
+			}
+		})
+	}
+}
+
+// TestDryRunChecksYAMLLoadQuery: dry-run runs each YAML Load's query for
+// no key, so a missing table or a result without the key column fails the
+// check of its connector, before any run.
+func TestDryRunChecksYAMLLoadQuery(t *testing.T) {
+	t.Parallel()
+	dsn := testenv.PostgresDatabase(t)
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	fillUsers(t, db, "BIGINT PRIMARY KEY", "$")
+	conn := fmt.Sprintf("kistype: conn\ncname: users\ntype: postgres\nparams:\n  dsn: %s\n", dsn)
+	for _, tc := range []struct{ name, query, want string }{
+		{"ok", usersQuery, "connector users (type postgres, load): ok"},
+		{"no key column", "SELECT name, tier FROM users WHERE id IN (:user_id)", `load_query returns no column "user_id"`},
+		{"missing table", "SELECT id AS user_id, name FROM userz WHERE id IN (:user_id)", `relation "userz" does not exist`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			res := Run(t, yamlLoadDir(t, conn, map[string]string{"load_query": tc.query}), 2*time.Minute, "dry-run", ".")
+			if want := map[bool]int{true: 0, false: 1}[tc.name == "ok"]; res.Code != want {
+				t.Fatalf("exit %d, want %d\n%s%s", res.Code, want, res.Stdout, res.Stderr)
+			}
+			if !strings.Contains(res.Stdout, tc.want) {
+				t.Fatalf("stdout lacks %q\n%s", tc.want, res.Stdout)
+			}
+		})
+	}
+}
