@@ -20,6 +20,7 @@ import (
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/runtime"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/metrics"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -239,6 +240,10 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		return fail(err)
 	}
 	resume := j.start.Position
+	workers := max(st.Workers, 1)
+	if err := e.loadState(ctx, &parts, key, workers); err != nil {
+		return fail(err)
+	}
 
 	sc, err := e.Connector(ctx, st.Source)
 	if err != nil {
@@ -258,7 +263,6 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	j.source = src
 	parts.Source = src
 
-	workers := max(st.Workers, 1)
 	flows := make([]*flow, workers)
 	flows[0] = base.(*flow)
 	for i := 1; i < workers; i++ {
@@ -291,6 +295,25 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		return fail(err)
 	}
 	return j, nil
+}
+
+// loadState gives the job its keyed state, loaded from the store that
+// keeps it: the exactly-once sink, or the checkpoint store.
+func (e *Engine) loadState(ctx context.Context, parts *runtime.Parts, key string, workers int) error {
+	parts.State = state.New(workers, e.codec.Marshal)
+	var from stream.StateLoader
+	if parts.TxSink != nil {
+		from, _ = parts.TxSink.(stream.StateSink)
+	} else if ss, ok := parts.Checkpoints.(stream.StateStore); ok {
+		parts.StateStore, from = ss, ss
+	}
+	if from == nil {
+		return nil
+	}
+	if err := from.LoadState(ctx, key, parts.State.Load); err != nil {
+		return fmt.Errorf("load keyed state: %w", err)
+	}
+	return nil
 }
 
 // StartPosition is where a job starts reading; see Job.StartPosition.
@@ -564,6 +587,8 @@ type jobFlow struct {
 }
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
+	j.fl.state = state.FromContext(ctx)
+	defer func() { j.fl.state = nil }()
 	j.fl.run.CommitBatch(rows)
 	res, err := j.fl.runOnce(ctx)
 	if _, ok := err.(*RejectedError); ok {

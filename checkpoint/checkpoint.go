@@ -245,7 +245,7 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := Ensure(ctx, db, SQLite); err != nil {
+	if err := errors.Join(Ensure(ctx, db, SQLite), EnsureState(ctx, db, SQLite)); err != nil {
 		db.Close()
 		return nil, err
 	}

@@ -299,6 +299,10 @@ func (d *DB) Start(ctx context.Context) error {
 		closeOwn()
 		return err
 	}
+	if err := checkpoint.EnsureState(ctx, db, d.dialect); err != nil {
+		closeOwn()
+		return err
+	}
 	if d.dialect == checkpoint.SQLite {
 		if d.guard, err = checkpoint.NewFileGuard(d.path); err != nil {
 			closeOwn()
@@ -332,6 +336,12 @@ func (d *DB) Write(ctx context.Context, rows []any) error {
 // CommitBatch inserts rows, records the stream's position and the IDs of
 // the messages consumed, in one transaction: the exactly-once commit.
 func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
+	return d.CommitState(ctx, stream, position, ids, rows, nil)
+}
+
+// CommitState is CommitBatch with keyed state changes, written in the
+// same transaction; see stream.StateSink.
+func (d *DB) CommitState(ctx context.Context, stream, position string, ids []string, rows []any, state []stream.StateChange) error {
 	if err := d.pruneInbox(ctx, stream); err != nil {
 		return err
 	}
@@ -342,11 +352,23 @@ func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []str
 		if err := checkpoint.SaveInbox(ctx, tx, d.dialect, stream, ids); err != nil {
 			return err
 		}
+		if err := checkpoint.SaveState(ctx, tx, d.dialect, stream, state); err != nil {
+			return err
+		}
 		if position == "" {
 			return nil
 		}
 		return checkpoint.Save(ctx, tx, d.dialect, stream, position)
 	})
+}
+
+// LoadState calls fn with every live entry of the stream's keyed state;
+// see stream.StateLoader.
+func (d *DB) LoadState(ctx context.Context, stream string, fn func(stream.StateChange) error) error {
+	if d.db == nil {
+		return fmt.Errorf("connector %q is not started", d.cfg.CName)
+	}
+	return checkpoint.LoadState(ctx, d.db, d.dialect, stream, fn)
 }
 
 // pruneBatch bounds the IDs one prune deletes, so that it never holds up

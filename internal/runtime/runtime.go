@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"slices"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -158,6 +158,15 @@ type Parts struct {
 	// Checkpoints stores positions for at-least-once and at-most-once
 	// delivery of sources that set Message.Position (nil: not stored).
 	Checkpoints stream.Checkpoints
+	// State, when set, is the job's keyed state: each part of a batch runs
+	// with a state.Txn in its context, whose changes commit with the
+	// batch. For exactly-once they commit in the sink's transaction
+	// (TxSink must be a stream.StateSink); otherwise in StateStore's, with
+	// the position.
+	State *state.Table
+	// StateStore keeps keyed state for at-least-once and at-most-once
+	// delivery (nil: a flow that changes state ends with an error).
+	StateStore stream.StateStore
 }
 
 // Stats are a runner's counters. Read them with Runner.Stats at any time.
@@ -205,6 +214,11 @@ type Runner struct {
 	abortErr                   error                   // set once, before stopRead is called
 	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
 	streak                     streak                  // the commit loop's run of equal failures
+	// pendingState holds the state changes committed in memory and not
+	// yet saved, with the position they belong to (at-least-once with a
+	// stored position; commit loop only).
+	pendingState map[state.ID]stream.StateChange
+	stateLink    *link
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
@@ -234,7 +248,7 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		trace:        notifies && cfg.Delivery != AtMostOnce,
 		ownPositions: ok && mp.PositionsPerMessage(),
 		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
-		dlqLink:  newLink("dead-letter sink", "", cfg.Logger),
+		dlqLink: newLink("dead-letter sink", "", cfg.Logger), stateLink: newLink("state store", "", cfg.Logger),
 		stopRead: func(error) {}, journalAt: -1,
 	}, nil
 }
@@ -316,9 +330,10 @@ func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter) {
 type part struct {
 	ep     *epoch
 	msgs   []*stream.Message
-	worker int   // the worker whose queue it goes to; -1: any worker
-	out    []any // output rows kept for a transactional commit
-	segs   []seg // the runs that made out
+	worker int        // the worker whose queue it goes to; -1: any worker
+	out    []any      // output rows kept for a transactional commit
+	segs   []seg      // the runs that made out
+	txn    *state.Txn // its keyed state changes, when the job keeps state
 }
 
 func (ep *epoch) finish() {
@@ -748,7 +763,7 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 		firstErr = err
 	}
 	if pendingPos != savedPos {
-		if err := r.storePosition(work, pendingPos); err != nil && firstErr == nil {
+		if err := r.storeCommitted(work, pendingPos); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -771,6 +786,14 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			*broken = true
 			r.undrained.Store(true)
 			r.nack(work, ep, errors.New("not processed before shutdown"))
+		case r.parts.State != nil && r.parts.State.Stale(ep.txns()):
+			// It may have read state changes of a batch returned to the
+			// source: it is returned too, and runs again on what is
+			// committed.
+			if lastPosition(ep.msgs) != "" {
+				*broken = true
+			}
+			r.nack(work, ep, errors.New("its keyed state read changes of a batch that was not committed"))
 		default:
 			ok = append(ok, ep)
 		}
@@ -782,9 +805,11 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	var segs []seg
 	var msgs []*stream.Message
 	var ids []string
+	var txns []*state.Txn
 	for _, ep := range ok {
 		dead = append(dead, ep.dead...)
 		msgs = append(msgs, ep.msgs...)
+		txns = append(txns, ep.txns()...)
 		if cfg.Delivery == ExactlyOnce {
 			for _, p := range ep.parts {
 				rows = append(rows, p.out...)
@@ -813,6 +838,14 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return fail(err)
 	}
 	pos := lastPosition(msgs)
+	var changes []stream.StateChange
+	if state.Changed(txns) {
+		var err error
+		if changes, err = r.stateChanges(txns); err != nil {
+			r.abort(err)
+			return fail(err)
+		}
+	}
 	// Dead letters reach the disk before the transaction or the
 	// acknowledgement that depends on them; a stored position syncs them
 	// when it is saved.
@@ -825,9 +858,16 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	var refused []*stream.DeadLetter
 	if cfg.Delivery == ExactlyOnce {
 		var err error
-		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs); err != nil {
+		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs, changes); err != nil {
 			return fail(err)
 		}
+	} else if len(changes) > 0 {
+		if err := r.keepState(work, pos, changes); err != nil {
+			return fail(err)
+		}
+	}
+	if len(txns) > 0 {
+		r.parts.State.Apply(txns)
 	}
 	if len(dead) > 0 || len(refused) > 0 {
 		r.notifyDead(work, ok, refusedOf, refused)
@@ -899,7 +939,7 @@ func (r *Runner) savePosition(ctx context.Context, pos string) error {
 	if err := r.syncDeadLetters(ctx); err != nil {
 		return fmt.Errorf("dead letters: %w", err)
 	}
-	return r.storePosition(ctx, pos)
+	return r.storeCommitted(ctx, pos)
 }
 
 func (r *Runner) storePosition(ctx context.Context, pos string) error {
@@ -922,6 +962,9 @@ func (r *Runner) ackEarly(ctx context.Context, ep *epoch) error {
 }
 
 func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
+	if r.parts.State != nil {
+		r.parts.State.Drop(ep.txns())
+	}
 	r.cfg.Logger.Warn("batch not committed; it will be redelivered", "messages", len(ep.msgs), "cause", cause)
 	if n, ok := r.parts.Source.(stream.Nacker); ok {
 		_ = n.Nack(context.WithoutCancel(ctx), ep.msgs, cause)
@@ -959,12 +1002,9 @@ func lastPosition(msgs []*stream.Message) string {
 	return ""
 }
 
-// partition maps a message to a worker by its key.
-func partitionOf(key string, n int) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % uint32(n))
-}
+// partitionOf maps a message to a worker by its key; keyed state relies
+// on the same mapping.
+func partitionOf(key string, n int) int { return state.Partition(key, n) }
 
 // WithDefaults returns c with every unset field given the value a Runner
 // uses for it.

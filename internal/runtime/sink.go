@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -158,16 +159,16 @@ func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause erro
 // the rows it refuses, which are dead-lettered; the position and IDs then
 // commit on their own. A crash during that split may repeat the rows of the
 // group committed before it. It returns the dead letters of refused rows
-// traced to their messages (see Runner.trace), and those messages.
-func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
-	tx := r.parts.TxSink
+// traced to their messages (see Runner.trace), and those messages. The
+// group's keyed state changes commit with the position.
+func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any, segs []seg, changes []stream.StateChange) ([]*stream.Message, []*stream.DeadLetter, error) {
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
 	for attempt := 1; ; attempt++ {
-		err := tx.CommitBatch(ctx, r.cfg.StateKey, pos, all, rows)
+		err := r.commitBatch(ctx, pos, all, rows, changes)
 		if err == nil {
 			r.committedTx(pos, len(rows), jsize)
 			return nil, nil, nil
@@ -176,7 +177,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 			return nil, nil, err
 		}
 		if len(rows) > 0 && stream.IsPermanent(err) {
-			return r.commitIsolated(ctx, pos, ids, rows, segs)
+			return r.commitIsolated(ctx, pos, ids, rows, segs, changes)
 		}
 		r.sinkLink.fail(err)
 		if err := r.cfg.Sleep(ctx, linkWait(attempt)); err != nil {
@@ -190,6 +191,15 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 			return nil, nil, nil
 		}
 	}
+}
+
+// commitBatch commits rows, position, message IDs and state changes in
+// one transaction of the sink.
+func (r *Runner) commitBatch(ctx context.Context, pos string, ids []string, rows []any, changes []stream.StateChange) error {
+	if len(changes) > 0 {
+		return r.parts.TxSink.(stream.StateSink).CommitState(ctx, r.cfg.StateKey, pos, ids, rows, changes)
+	}
+	return r.parts.TxSink.CommitBatch(ctx, r.cfg.StateKey, pos, ids, rows)
 }
 
 // committedTx records a transaction that committed.
@@ -224,7 +234,7 @@ func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bo
 // answers per message, the rows of runs of several messages are first made
 // again message by message, on a flow instance of the commit loop's own,
 // so that each refused row is traced to its message.
-func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
+func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg, changes []stream.StateChange) ([]*stream.Message, []*stream.DeadLetter, error) {
 	tx := r.parts.TxSink
 	var dead []any
 	var deadOf []*stream.Message
@@ -244,7 +254,11 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 			if r.tracer == nil {
 				r.tracer = &worker{r: r, flow: r.parts.NewFlow(r.cfg.Workers)}
 			}
-			return r.tracer.retrace(ctx, rows, segs)
+			tctx := ctx
+			if r.parts.State != nil {
+				tctx = state.NewContext(ctx, r.parts.State.Scratch())
+			}
+			return r.tracer.retrace(tctx, rows, segs)
 		}
 	}
 	if !rw.deliver(ctx, rows, nil) {
@@ -261,7 +275,7 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 		return nil, nil, err
 	}
 	ids = append(ids[:len(ids):len(ids)], jids...)
-	if err := r.retryForever(ctx, r.sinkLink, func() error { return tx.CommitBatch(ctx, r.cfg.StateKey, pos, ids, nil) }); err != nil {
+	if err := r.retryForever(ctx, r.sinkLink, func() error { return r.commitBatch(ctx, pos, ids, nil, changes) }); err != nil {
 		return nil, nil, err
 	}
 	r.journalAt = jsize

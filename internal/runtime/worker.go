@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -26,6 +27,7 @@ func (w *worker) process(ctx context.Context, p *part) {
 	if r.cfg.RunContext != nil {
 		ctx = r.cfg.RunContext(ctx, p.msgs)
 	}
+	ctx = w.beginState(ctx, p)
 	out, segs, ok := w.group(ctx, p, p.msgs, top)
 	if !ok {
 		p.ep.failed.Store(true)
@@ -51,15 +53,24 @@ func (w *worker) process(ctx context.Context, p *part) {
 // attempt runs msgs through the flow once. It returns the output, which
 // stays valid until the flow's next run, the rejected rows, and the run's
 // failure, if any; permanent tells a failure retrying cannot fix (an error
-// marked stream.ErrPermanent).
+// marked stream.ErrPermanent). The keyed state changes of a failed run are
+// undone.
 func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error, permanent bool) {
 	w.rows = w.rows[:0]
 	for _, m := range msgs {
 		w.rows = append(w.rows, m.Payload)
 	}
+	txn := state.FromContext(ctx)
+	var sp int
+	if txn != nil {
+		sp = txn.Savepoint()
+	}
 	res, rej, err := w.flow.Run(ctx, w.rows)
 	clear(w.rows)
 	if err != nil {
+		if txn != nil {
+			txn.Rollback(sp)
+		}
 		return nil, nil, w.r.cfg.FuncOf(err), err, stream.IsPermanent(err)
 	}
 	return res, rej, "", nil, false
@@ -164,7 +175,12 @@ func segOf(msgs []*stream.Message, n int) []seg {
 // rows of one-message runs are kept. Rejections met again are not
 // dead-lettered again (they were when the runs first ran). A run whose
 // messages do not all succeed again alone keeps its first rows, untraced.
+// The keyed state changes of the runs made again are undone: the state
+// keeps those of the first runs (which the runs made again also see).
 func (w *worker) retrace(ctx context.Context, rows []any, segs []seg) ([]any, []*stream.Message) {
+	if txn := state.FromContext(ctx); txn != nil {
+		defer txn.Rollback(txn.Savepoint())
+	}
 	rows = append([]any(nil), rows...) // the runs below reuse the flow's buffers
 	out := make([]any, 0, len(rows))
 	from := make([]*stream.Message, 0, len(rows))
