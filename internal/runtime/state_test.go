@@ -1,0 +1,172 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/kisflow-go/kisflow/internal/state"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// stateTxSink is a transactional sink that keeps state with its rows.
+type stateTxSink struct {
+	txSink
+	smu   sync.Mutex
+	state map[string]string
+	// fail, when set, is asked before each commit: a non-nil error fails it.
+	fail func(ids []string) error
+}
+
+func (s *stateTxSink) CommitState(ctx context.Context, name, pos string, ids []string, rows []any, changes []stream.StateChange) error {
+	if s.fail != nil {
+		if err := s.fail(ids); err != nil {
+			return err
+		}
+	}
+	if err := s.txSink.CommitBatch(ctx, name, pos, ids, rows); err != nil {
+		return err
+	}
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	if s.state == nil {
+		s.state = map[string]string{}
+	}
+	for _, c := range changes {
+		if c.Deleted {
+			delete(s.state, c.Key)
+		} else {
+			s.state[c.Key] = string(c.Value)
+		}
+	}
+	return nil
+}
+
+func (s *stateTxSink) CommitBatch(ctx context.Context, name, pos string, ids []string, rows []any) error {
+	return s.CommitState(ctx, name, pos, ids, rows, nil)
+}
+
+func (s *stateTxSink) LoadState(context.Context, string, func(stream.StateChange) error) error {
+	return nil
+}
+
+// redeliverSource is an idSource that delivers returned messages again.
+type redeliverSource struct{ idSource }
+
+func (s redeliverSource) Nack(ctx context.Context, msgs []*stream.Message, cause error) error {
+	s.mu.Lock()
+	for _, m := range msgs {
+		s.rows = append(s.rows, m.Payload.(int))
+	}
+	s.mu.Unlock()
+	return s.memSource.Nack(ctx, msgs, cause)
+}
+
+// summing adds each row to the state of key "k" (%d of rows mod keys with
+// keys > 1) and passes the rows on.
+func summing(keys int) funcFlow {
+	return func(ctx context.Context, rows []any) ([]any, []Rejected, error) {
+		x := state.FromContext(ctx)
+		for _, r := range rows {
+			id := state.ID{Name: "sum", Key: strconv.Itoa(r.(int) % keys)}
+			e, ok, err := x.Get(id)
+			if err != nil {
+				return nil, nil, err
+			}
+			sum := 0
+			if ok {
+				sum = e.Val.(int)
+			}
+			if err := x.Put(id, sum+r.(int), 0); err != nil {
+				return nil, nil, err
+			}
+		}
+		return slices.Clone(rows), nil, nil
+	}
+}
+
+func encodeInt(v any) ([]byte, error) { return []byte(fmt.Sprint(v)), nil }
+
+// A batch returned to its source leaves no state change, and so do the
+// batches in flight that read its changes: they are returned too, and
+// every message, delivered again, counts once.
+func TestReturnedBatchesNeverApplyStateTwice(t *testing.T) {
+	t.Parallel()
+	src := redeliverSource{idSource{newSource(200, 0)}}
+	// The batch of 61 runs on the changes of the batch of 55, then waits
+	// until that batch's commit fails: it is not part of that commit.
+	read61, failing := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	flow := summing(1)
+	var raced atomic.Bool
+	tx := &stateTxSink{fail: func(ids []string) error {
+		if slices.Contains(ids, "55") && raced.CompareAndSwap(false, true) {
+			<-read61
+			close(failing)
+			return fmt.Errorf("inbox: %w", stream.ErrAlreadyCommitted)
+		}
+		return nil
+	}}
+	run(t, Config{Name: "s", BatchSize: 10, Delivery: ExactlyOnce, MaxInFlight: 8},
+		Parts{Source: src, NewFlow: func(int) Flow {
+			return funcFlow(func(ctx context.Context, rows []any) ([]any, []Rejected, error) {
+				out, rej, err := flow(ctx, rows)
+				if slices.Contains(rows, any(61)) {
+					once.Do(func() { close(read61); <-failing })
+				}
+				return out, rej, err
+			})
+		}, Sink: tx, TxSink: tx, DeadLetter: &memSink{}, State: state.New(1, encodeInt)})
+	if !raced.Load() {
+		t.Fatal("the failed commit never happened")
+	}
+	if !slices.Contains(src.nacked, 55) || !slices.Contains(src.nacked, 61) {
+		t.Fatalf("returned %v: want the batch of 55 and the next one that read its state", src.nacked)
+	}
+	if got, want := tx.state["0"], fmt.Sprint(200*201/2); got != want {
+		t.Fatalf("committed sum %s, want %s", got, want)
+	}
+	if len(tx.rows) != 200 {
+		t.Fatalf("%d rows committed, want 200", len(tx.rows))
+	}
+}
+
+// A run retried after it changed state, and a message dead-lettered after
+// its runs changed state, leave no change.
+func TestRetriedRunsNeverApplyStateTwice(t *testing.T) {
+	t.Parallel()
+	src := newSource(300, 4)
+	var calls atomic.Int64
+	flow := summing(4)
+	tx := &stateTxSink{}
+	sleep := &noSleep{}
+	r := run(t, Config{Name: "s", BatchSize: 16, Workers: 2, Key: "", Delivery: ExactlyOnce, Sleep: sleep.sleep},
+		Parts{Source: src, NewFlow: func(int) Flow {
+			return funcFlow(func(ctx context.Context, rows []any) ([]any, []Rejected, error) {
+				out, rej, err := flow(ctx, rows)
+				if err == nil && (calls.Add(1)%3 == 0 || slices.Contains(rows, any(77))) {
+					return nil, nil, errors.New("failed after changing state")
+				}
+				return out, rej, err
+			})
+		}, Sink: tx, TxSink: tx, DeadLetter: &memSink{}, State: state.New(2, encodeInt)})
+	if s := r.Stats(); s.Retries == 0 || s.DeadLettered != 1 {
+		t.Fatalf("stats %+v: want retries and one dead letter", s)
+	}
+	want := map[string]int{}
+	for i := 1; i <= 300; i++ {
+		if i != 77 {
+			want[strconv.Itoa(i%4)] += i
+		}
+	}
+	for k, v := range want {
+		if tx.state[k] != strconv.Itoa(v) {
+			t.Errorf("key %s: committed sum %s, want %d", k, tx.state[k], v)
+		}
+	}
+}
