@@ -24,7 +24,11 @@ func (d Dialect) createState() string {
 	if d == MySQL {
 		return "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream VARCHAR(255) NOT NULL, id CHAR(32) NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value LONGTEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
 	}
-	return "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
+	q := "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
+	if d == SQLite {
+		q += " WITHOUT ROWID" // one b-tree, ordered by the key every write looks up
+	}
+	return q
 }
 
 // EnsureState creates the state table if it does not exist.

@@ -217,7 +217,7 @@ type Runner struct {
 	// pendingState holds the state changes committed in memory and not
 	// yet saved, with the position they belong to (at-least-once with a
 	// stored position; commit loop only).
-	pendingState map[state.ID]stream.StateChange
+	pendingState map[state.ID]state.Entry
 	stateLink    *link
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
@@ -610,8 +610,14 @@ func (r *Runner) split(ep *epoch) {
 // CheckpointInterval is how often at most the position of an at-least-once
 // or at-most-once stream is saved while epochs keep coming; the last
 // position is always saved when the stream stops or goes idle. A position
-// that lags only means more redelivery after a crash.
+// that lags only means more redelivery after a crash. A save that takes
+// long (one that writes many keyed state entries) spaces the next one out
+// to saveSpacing times its duration, so that saving takes a bounded share
+// of the commit loop's time.
 const CheckpointInterval = 200 * time.Millisecond
+
+// saveSpacing: see CheckpointInterval.
+const saveSpacing = 4
 
 // maxGroupRows bounds the rows of epochs committed together.
 const maxGroupRows = 50000
@@ -702,7 +708,18 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	var next *epoch
 	open := true
 	var lastSave time.Time
+	var took time.Duration // the last save's
+	every := CheckpointInterval
 	savedPos, pendingPos := "", ""
+	save := func() {
+		began := time.Now()
+		if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		savedPos, lastSave = pendingPos, time.Now()
+		took = lastSave.Sub(began)
+		every = max(CheckpointInterval, saveSpacing*took)
+	}
 	broken := false // an epoch failed: no later epoch may commit
 	for {
 		ep := next
@@ -712,7 +729,21 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 				break
 			}
 			var ok bool
-			if ep, ok = <-epochs; !ok {
+			if pendingPos == savedPos {
+				ep, ok = <-epochs
+			} else {
+				// A save put off (see saveSpacing) is made when due if
+				// nothing comes meanwhile.
+				due := time.NewTimer(max(every-time.Since(lastSave), 0))
+				select {
+				case ep, ok = <-epochs:
+					due.Stop()
+				case <-due.C:
+					save()
+					continue
+				}
+			}
+			if !ok {
 				break
 			}
 		}
@@ -746,12 +777,12 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 		if pos != "" {
 			pendingPos = pos
 		}
-		idle := next == nil && len(epochs) == 0
-		if pendingPos != savedPos && (idle || time.Since(lastSave) >= CheckpointInterval) {
-			if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
-				firstErr = err
-			}
-			savedPos, lastSave = pendingPos, time.Now()
+		// Going idle, the position is saved at once, unless the last save
+		// took long: then when saveSpacing allows, or when due (above).
+		since := time.Since(lastSave)
+		idle := next == nil && len(epochs) == 0 && since >= saveSpacing*took
+		if pendingPos != savedPos && (idle || since >= every) {
+			save()
 		}
 		for _, e := range group {
 			r.release(e)
@@ -839,9 +870,13 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	}
 	pos := lastPosition(msgs)
 	var changes []stream.StateChange
-	if state.Changed(txns) {
-		var err error
-		if changes, err = r.stateChanges(txns); err != nil {
+	changed := state.Changed(txns)
+	if changed {
+		err := r.canKeepState()
+		if err == nil && !r.keepsStateWithPosition(pos) {
+			changes, err = r.parts.State.Changes(txns)
+		}
+		if err != nil {
 			r.abort(err)
 			return fail(err)
 		}
@@ -861,8 +896,8 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs, changes); err != nil {
 			return fail(err)
 		}
-	} else if len(changes) > 0 {
-		if err := r.keepState(work, pos, changes); err != nil {
+	} else if changed {
+		if err := r.keepState(work, pos, txns, changes); err != nil {
 			return fail(err)
 		}
 	}

@@ -30,17 +30,23 @@ func (w *worker) beginState(ctx context.Context, p *part) context.Context {
 	return state.NewContext(ctx, p.txn)
 }
 
-// stateChanges returns the merged state changes of a group's
-// transactions, or a fatal error when nothing can keep them.
-func (r *Runner) stateChanges(txns []*state.Txn) ([]stream.StateChange, error) {
+// canKeepState returns a fatal error when nothing can keep the job's
+// keyed state.
+func (r *Runner) canKeepState() error {
 	if r.cfg.Delivery == ExactlyOnce {
 		if _, ok := r.parts.TxSink.(stream.StateSink); !ok {
-			return nil, stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its exactly-once sink %s cannot keep (the SQLite, PostgreSQL and MySQL sinks can)", r.cfg.Name, r.sinkLink.name))
+			return stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its exactly-once sink %s cannot keep (the SQLite, PostgreSQL and MySQL sinks can)", r.cfg.Name, r.sinkLink.name))
 		}
 	} else if r.parts.StateStore == nil {
-		return nil, stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its checkpoint store cannot keep", r.cfg.Name))
+		return stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its checkpoint store cannot keep", r.cfg.Name))
 	}
-	return r.parts.State.Changes(txns)
+	return nil
+}
+
+// keepsStateWithPosition reports whether state changes wait for the
+// position to be saved with them: at-least-once, with a stored position.
+func (r *Runner) keepsStateWithPosition(pos string) bool {
+	return pos != "" && r.cfg.Delivery == AtLeastOnce
 }
 
 // keepState saves the state changes of a committed group outside a
@@ -48,15 +54,13 @@ func (r *Runner) stateChanges(txns []*state.Txn) ([]stream.StateChange, error) {
 // kept until the position is saved, and saved with it in one transaction
 // of the store, so that a replay from the saved position never applies
 // them twice. Without one (a broker that takes acknowledgements, or
-// at-most-once) they are saved now, before the acknowledgement.
-func (r *Runner) keepState(ctx context.Context, pos string, changes []stream.StateChange) error {
-	if pos != "" && r.cfg.Delivery == AtLeastOnce {
+// at-most-once) they are saved now (changes), before the acknowledgement.
+func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, changes []stream.StateChange) error {
+	if r.keepsStateWithPosition(pos) {
 		if r.pendingState == nil {
-			r.pendingState = make(map[state.ID]stream.StateChange, len(changes))
+			r.pendingState = map[state.ID]state.Entry{}
 		}
-		for _, c := range changes {
-			r.pendingState[state.ID{Name: c.Name, Key: c.Key, Field: c.Field}] = c
-		}
+		state.Merge(r.pendingState, txns)
 		return nil
 	}
 	return r.retryForever(ctx, r.stateLink, func() error {
@@ -71,9 +75,9 @@ func (r *Runner) storeCommitted(ctx context.Context, pos string) error {
 	if len(r.pendingState) == 0 {
 		return r.storePosition(ctx, pos)
 	}
-	changes := make([]stream.StateChange, 0, len(r.pendingState))
-	for _, c := range r.pendingState {
-		changes = append(changes, c)
+	changes, err := r.parts.State.Encode(r.pendingState)
+	if err != nil {
+		return err
 	}
 	if err := r.parts.StateStore.SaveState(context.WithoutCancel(ctx), r.cfg.StateKey, pos, changes); err != nil {
 		return fmt.Errorf("save state and position: %w", err)

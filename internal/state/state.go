@@ -122,7 +122,12 @@ func (t *Table) Begin(lane int) *Txn {
 		x.lane = 0
 	}
 	if x.lane >= 0 {
-		x.prev.Store(t.lanes[x.lane])
+		prev := t.lanes[x.lane]
+		if prev != nil {
+			// The lane's previous part is done: its undo log is free.
+			x.undo, prev.undo = prev.undo[:0], nil
+		}
+		x.prev.Store(prev)
 		t.lanes[x.lane] = x
 	}
 	return x
@@ -170,24 +175,28 @@ func (t *Table) Drop(txns []*Txn) {
 // Changes returns the merged changes of txns (in commit order: a later
 // change of an entry wins), with values encoded for the store.
 func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
-	var merged map[ID]Entry
+	if len(txns) == 1 {
+		return t.Encode(txns[0].changes)
+	}
+	merged := map[ID]Entry{}
+	Merge(merged, txns)
+	return t.Encode(merged)
+}
+
+// Merge adds the changes of txns to into, in order: a later change of an
+// entry wins.
+func Merge(into map[ID]Entry, txns []*Txn) {
 	for _, x := range txns {
-		if len(x.changes) == 0 {
-			continue
-		}
-		if merged == nil {
-			if len(txns) == 1 {
-				merged = x.changes
-				break
-			}
-			merged = make(map[ID]Entry, len(x.changes))
-		}
 		for id, e := range x.changes {
-			merged[id] = e
+			into[id] = e
 		}
 	}
-	out := make([]stream.StateChange, 0, len(merged))
-	for id, e := range merged {
+}
+
+// Encode returns changes as the store takes them, values encoded.
+func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
+	out := make([]stream.StateChange, 0, len(changes))
+	for id, e := range changes {
 		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp}
 		if !e.Deleted {
 			c.Value = e.Raw
