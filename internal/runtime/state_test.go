@@ -170,3 +170,84 @@ func TestRetriedRunsNeverApplyStateTwice(t *testing.T) {
 		}
 	}
 }
+
+// memStateStore is a checkpoint store that keeps state; it logs saves.
+type memStateStore struct {
+	memCheckpoints
+	smu    sync.Mutex
+	state  map[string]string
+	events *[]string
+}
+
+func (s *memStateStore) SaveState(ctx context.Context, name, pos string, changes []stream.StateChange) error {
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	if s.state == nil {
+		s.state = map[string]string{}
+	}
+	for _, c := range changes {
+		s.state[c.Key] = string(c.Value)
+	}
+	*s.events = append(*s.events, "save")
+	if pos != "" {
+		return s.memCheckpoints.SavePosition(ctx, name, pos)
+	}
+	return nil
+}
+
+func (s *memStateStore) LoadState(context.Context, string, func(stream.StateChange) error) error {
+	return nil
+}
+
+// ackLog is an idSource that logs its acknowledgements.
+type ackLog struct {
+	idSource
+	store *memStateStore
+}
+
+func (s ackLog) Ack(ctx context.Context, msgs []*stream.Message) error {
+	s.store.smu.Lock()
+	*s.store.events = append(*s.store.events, "ack")
+	s.store.smu.Unlock()
+	return s.idSource.Ack(ctx, msgs)
+}
+
+// Without a stored position (a broker that takes acknowledgements) and
+// at-most-once, each group's state is saved when it commits, before the
+// acknowledgement; at-least-once with a position, with the position.
+func TestStateSavedOutsideATransactionalSink(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		delivery  string
+		positions bool
+	}{{AtLeastOnce, false}, {AtMostOnce, false}, {AtLeastOnce, true}} {
+		t.Run(fmt.Sprint(tc.delivery, tc.positions), func(t *testing.T) {
+			t.Parallel()
+			var events []string
+			store := &memStateStore{events: &events}
+			var src stream.Source = ackLog{idSource{newSource(100, 0)}, store}
+			if tc.positions {
+				src = newSource(100, 0)
+			}
+			run(t, Config{Name: "s", BatchSize: 10, Delivery: tc.delivery},
+				Parts{Source: src, NewFlow: func(int) Flow { return summing(1) }, DeadLetter: &memSink{},
+					Checkpoints: store, StateStore: store, State: state.New(1, encodeInt)})
+			if got := store.state["0"]; got != "5050" {
+				t.Fatalf("saved sum %q, want 5050", got)
+			}
+			switch {
+			case tc.positions:
+				if store.pos["s"] != "100" {
+					t.Fatalf("position %q saved with the state, want 100", store.pos["s"])
+				}
+			case tc.delivery == AtLeastOnce:
+				// Every acknowledgement follows the save of its group.
+				for i := 0; i+1 < len(events); i += 2 {
+					if events[i] != "save" || events[i+1] != "ack" {
+						t.Fatalf("events %v: want save before each ack", events)
+					}
+				}
+			}
+		})
+	}
+}
