@@ -793,7 +793,7 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	if err := r.syncDeadLetters(work); err != nil && firstErr == nil {
 		firstErr = err
 	}
-	if pendingPos != savedPos {
+	if pendingPos != savedPos || len(r.pendingState) > 0 {
 		if err := r.storeCommitted(work, pendingPos); err != nil && firstErr == nil {
 			firstErr = err
 		}

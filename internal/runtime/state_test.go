@@ -251,3 +251,32 @@ func TestStateSavedOutsideATransactionalSink(t *testing.T) {
 		})
 	}
 }
+
+// With a source that answers per message, a run in which a later function
+// rejects rows is run again in halves to trace them: the state keeps the
+// changes of the halves only, and the sink's refused rows, traced by runs
+// made again, change nothing.
+func TestTracedRunsApplyStateOnce(t *testing.T) {
+	t.Parallel()
+	src := &notifySource{memSource: newSource(200, 0)}
+	var runs atomic.Int64
+	two := twoRowsFlow(&runs)
+	sum := summing(1)
+	sink := &refusingSink{}
+	store := &memStateStore{events: new([]string)}
+	run(t, Config{Name: "s", BatchSize: 20},
+		Parts{Source: src, NewFlow: func(int) Flow {
+			return funcFlow(func(ctx context.Context, rows []any) ([]any, []Rejected, error) {
+				if _, _, err := sum(ctx, rows); err != nil {
+					return nil, nil, err
+				}
+				return two.Run(ctx, rows)
+			})
+		}, Sink: sink, DeadLetter: &memSink{}, Checkpoints: store, StateStore: store, State: state.New(1, encodeInt)})
+	if runs.Load() <= 10 {
+		t.Fatalf("%d runs: the rejections were not traced", runs.Load())
+	}
+	if got := store.state["0"]; got != "20100" {
+		t.Fatalf("saved sum %s, want 20100 (each message once)", got)
+	}
+}

@@ -108,13 +108,21 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 // if the work context ended.
 func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, retries int) ([]any, []seg, bool) {
 	r := w.r
+	txn := state.FromContext(ctx)
 	for try := 0; ; try++ {
+		var sp int
+		if txn != nil {
+			sp = txn.Savepoint()
+		}
 		out, rej, fn, err, perm := w.attempt(ctx, msgs)
 		if ctx.Err() != nil {
 			return nil, nil, false
 		}
 		if err == nil {
 			if r.trace && len(msgs) > 1 && slices.ContainsFunc(rej, func(rj Rejected) bool { return rj.Layer > 0 }) {
+				if txn != nil {
+					txn.Rollback(sp) // the halves run these messages again
+				}
 				return w.halves(ctx, p, msgs)
 			}
 			w.rejected(p, msgs, rej)
