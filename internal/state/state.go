@@ -124,8 +124,10 @@ func (t *Table) Begin(lane int) *Txn {
 	if x.lane >= 0 {
 		prev := t.lanes[x.lane]
 		if prev != nil {
-			// The lane's previous part is done: its undo log is free.
+			// The lane's previous part is done: its undo log is free,
+			// and its size a good guess of this one's.
 			x.undo, prev.undo = prev.undo[:0], nil
+			x.hint = len(prev.changes)
 		}
 		x.prev.Store(prev)
 		t.lanes[x.lane] = x
@@ -255,6 +257,7 @@ type Txn struct {
 	changes map[ID]Entry
 	fields  map[nameKey][]string // map-state fields changed
 	undo    []undo
+	hint    int // the expected number of changes
 }
 
 type undo struct {
@@ -341,7 +344,7 @@ func (x *Txn) Delete(id ID) error {
 
 func (x *Txn) set(id ID, e Entry) {
 	if x.changes == nil {
-		x.changes = map[ID]Entry{}
+		x.changes = make(map[ID]Entry, x.hint)
 	}
 	prev, had := x.changes[id]
 	x.undo = append(x.undo, undo{id: id, prev: prev, had: had})
