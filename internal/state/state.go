@@ -128,6 +128,9 @@ func (t *Table) Begin(lane int) *Txn {
 			// and its size a good guess of this one's.
 			x.undo, prev.undo = prev.undo[:0], nil
 			x.hint = len(prev.changes)
+			if prev.settled.Load() {
+				prev = nil // nothing to read there: let it go
+			}
 		}
 		x.prev.Store(prev)
 		t.lanes[x.lane] = x
