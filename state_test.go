@@ -14,6 +14,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 // visit is a row of the keyed-state tests.
@@ -373,4 +374,78 @@ func TestStateMisuseErrors(t *testing.T) {
 	if _, err := fl.Run(context.Background()); !errors.Is(err, kisflow.ErrNoState) || !strings.Contains(err.Error(), `state "visits"`) {
 		t.Fatalf("outside a job: %v, want ErrNoState naming the state", err)
 	}
+}
+
+// Exactly-once into PostgreSQL and MySQL: the state commits in the sink's
+// database and a new process goes on from it.
+func TestStateExactlyOnceInPostgresAndMySQL(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ typ, driver string }{{"postgres", "pgx"}, {"mysql", "mysql"}} {
+		t.Run(tc.typ, func(t *testing.T) {
+			t.Parallel()
+			var dsn string
+			if tc.typ == "postgres" {
+				dsn = testenv.PostgresDatabase(t)
+			} else {
+				dsn = testenv.MySQLDatabase(t)
+			}
+			dir := stateFlow(t, "  delivery: exactly-once\n  workers: 2\n  key: user\n")
+			writeFiles(t, dir, map[string]string{"conns.yml": `kistype: conn
+cname: visits
+type: file
+params:
+  path: visits.jsonl
+---
+kistype: conn
+cname: db
+type: ` + tc.typ + `
+key: out
+params:
+  dsn: "` + dsn + `"
+  create: "true"
+`})
+			counts := kisflow.NewValueState[int]("visits")
+			appendVisits(t, dir, 1, 200, 6)
+			runStateJob(t, dir, countFunc(counts))
+			appendVisits(t, dir, 201, 300, 6)
+			runStateJob(t, dir, countFunc(counts))
+			db, err := sql.Open(tc.driver, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			var rows, pairs, users int
+			if err := db.QueryRow("SELECT count(*), count(DISTINCT CONCAT(" + quoteCol(tc.typ, "user") + ", '/', n)) FROM " + quoteCol(tc.typ, "out")).Scan(&rows, &pairs); err != nil {
+				t.Fatal(err)
+			}
+			if rows != 300 || pairs != 300 {
+				t.Fatalf("%d rows, %d distinct counts; want 300 and 300", rows, pairs)
+			}
+			stored := map[string]string{}
+			r, err := db.Query("SELECT skey, value FROM kisflow_state WHERE name = 'visits'")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r.Next() {
+				var k, v string
+				if err := r.Scan(&k, &v); err != nil {
+					t.Fatal(err)
+				}
+				stored[k] = v
+				users++
+			}
+			r.Close()
+			if users != 6 || stored["u0"] != "50" || stored["u5"] != "50" {
+				t.Fatalf("stored %v, want 50 for each of 6 users", stored)
+			}
+		})
+	}
+}
+
+// quoteCol quotes an identifier for the dialect typ.
+func quoteCol(typ, c string) string {
+	if typ == "mysql" {
+		return "`" + c + "`"
+	}
+	return `"` + c + `"`
 }
