@@ -415,7 +415,7 @@ params:
 			}
 			defer db.Close()
 			var rows, pairs, users int
-			if err := db.QueryRow("SELECT count(*), count(DISTINCT CONCAT(" + quoteCol(tc.typ, "user") + ", '/', n)) FROM " + quoteCol(tc.typ, "out")).Scan(&rows, &pairs); err != nil {
+			if err := db.QueryRow("SELECT count(*), count(DISTINCT CONCAT("+quoteCol(tc.typ, "user")+", '/', n)) FROM "+quoteCol(tc.typ, "out")).Scan(&rows, &pairs); err != nil {
 				t.Fatal(err)
 			}
 			if rows != 300 || pairs != 300 {
