@@ -363,7 +363,8 @@ func (e *Engine) instance(c *compiled) *flow {
 	for i, h := range c.handlers {
 		fc := c.funcs[i]
 		fl.funcs[i] = &Function{cfg: fc, index: i, params: c.params[i], conn: c.conns[i]}
-		s := &step{b: h.bind(fl, i), fl: fl}
+		_, win := h.(*windowHandler)
+		s := &step{fl: fl, b: h.bind(fl, i), win: win}
 		s.call = filter.Call{Kind: filter.FuncCall, Flow: c.cfg.FlowName, FlowID: id, Func: fc.FName, Mode: fc.FMode, Conn: fc.Option.CName}
 		s.chain = c.chains[i].Then(s.centre)
 		steps[i], ss[i] = s, s

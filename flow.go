@@ -105,6 +105,8 @@ type flow struct {
 	saved []any          // the source rows, kept for a retried run
 	out   []any          // the last execute's output
 	state *state.Txn     // the keyed state of the run a Job gives it; nil outside a Job
+
+	flushing flushMode // what the current run closes (see flush)
 }
 
 func (fl *flow) Name() string         { return fl.cfg.FlowName }
@@ -311,6 +313,7 @@ func (fl *flow) reject(layer, index int, row any, err error) {
 type step struct {
 	fl    *flow
 	b     binding
+	win   bool // the function is a window
 	run   *engine.Run
 	call  filter.Call
 	chain filter.Handler
@@ -318,6 +321,10 @@ type step struct {
 }
 
 func (s *step) Call(ctx context.Context, in []any) error {
+	if len(in) == 0 && !s.win && s.fl.flushing != flushNone {
+		s.run.Act(engine.Action{ForceEntryNext: true}) // on to the windows further on
+		return nil
+	}
 	s.in = in
 	s.call.In, s.call.Out, s.call.Attempt = len(in), 0, 1
 	err := s.chain(ctx, &s.call)

@@ -21,6 +21,7 @@ import (
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/runtime"
 	"github.com/kisflow-go/kisflow/internal/state"
+	"github.com/kisflow-go/kisflow/internal/statelock"
 	"github.com/kisflow-go/kisflow/metrics"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -49,6 +50,14 @@ type jobOptions struct {
 
 // WithStateDir sets the folder for the default checkpoint store
 // (checkpoints.db) and dead-letter files (dead-letter/FLOW.jsonl).
+//
+// A job whose source position is kept in that store (at-least-once or
+// at-most-once from a file, a generator, an SQL poller) holds an exclusive
+// lock (locks/FLOW.lock) on the folder until it ends: a second job of the
+// same flow on the same folder, in this process or another, fails to
+// start, naming the holder. Jobs on different folders are not locked
+// against each other. Exactly-once jobs take no lock: their sink fences
+// each commit instead (see stream.FencedTxSink).
 func WithStateDir(dir string) JobOption { return func(o *jobOptions) { o.stateDir = dir } }
 
 // WithCheckpoints replaces the default SQLite checkpoint store.
@@ -256,6 +265,15 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if r, ok := sd.(stream.Resumable); ok {
 		j.start.Resumable = r.Resumable()
 	}
+	if j.start.Resumable && o.checkpoints == nil && delivery != config.ExactlyOnce {
+		// The position is the state folder's: one run of the flow at a
+		// time on it (exactly-once runs are fenced by their sink instead).
+		lock, err := statelock.Acquire(filepath.Join(o.stateDir, "locks", flowName+".lock"), "kisflow run of flow "+flowName)
+		if err != nil {
+			return fail(fmt.Errorf("state folder %s is in use: %w", o.stateDir, err))
+		}
+		j.closers = append(j.closers, lock.Release)
+	}
 	src, err := sd.OpenSource(ctx, stream.SourceOptions{Name: flowName, StateKey: key, Resume: resume, Logger: j.log})
 	if err != nil {
 		return fail(fmt.Errorf("open source %q: %w", st.Source, err))
@@ -280,8 +298,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
 		SourceName: st.Source, SinkName: st.Sink, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
-		Resume: resume,
+		Resume: resume, Fence: j.start.Resumable,
 	}
+	// Windows close at the end of a bounded source, and processing-time
+	// windows also while the stream is idle.
+	cfg.FlushAtEnd, cfg.Tick = base.(*flow).c.windowed()
 	lat := e.metrics.BatchLatency.WithLabelValues(flowName)
 	cfg.BatchDone = func(d time.Duration) { lat.Observe(d.Seconds()) }
 	if e.env.Tracer != nil {
@@ -590,7 +611,17 @@ func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejecte
 	j.fl.state = state.FromContext(ctx)
 	defer func() { j.fl.state = nil }()
 	j.fl.run.CommitBatch(rows)
-	res, err := j.fl.runOnce(ctx)
+	return j.result(j.fl.runOnce(ctx))
+}
+
+// Flush runs the flow's windows with no new rows (see runtime.Flusher).
+func (j *jobFlow) Flush(ctx context.Context, final bool) ([]any, []runtime.Rejected, error) {
+	j.fl.state = state.FromContext(ctx)
+	defer func() { j.fl.state = nil }()
+	return j.result(j.fl.flush(ctx, final))
+}
+
+func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, error) {
 	if _, ok := err.(*RejectedError); ok {
 		err = nil // the runtime dead-letters them
 	}

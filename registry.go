@@ -126,6 +126,14 @@ func (r *Registry) filter(name string) (filter.Factory, bool) {
 	return f, ok
 }
 
+// PluginSpec returns the registered plugin type typ.
+func (r *Registry) PluginSpec(typ string) (plugin.Spec, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.plugins[typ]
+	return s, ok
+}
+
 func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
@@ -143,7 +151,7 @@ func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 // Go body or a usable YAML one. NewEngine leaves that last check to the
 // building of a flow, as KisFlow did.
 func (r *Registry) LintOptions() []config.LintOption {
-	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(func(s *config.Set) []config.Problem {
+	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkWindows), config.WithCheck(func(s *config.Set) []config.Problem {
 		_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
 		var ce *config.Error
 		if errors.As(err, &ce) {

@@ -74,6 +74,9 @@ func yamlBody(fc *config.Func, params map[string]string, conn *config.Conn, drv 
 	if fc.ConfigOnly() {
 		return newExprHandler(fc)
 	}
+	if fc.Window != nil && fc.FMode == config.Calculate {
+		return newWindowHandler(fc)
+	}
 	switch fc.FMode {
 	case config.Verify:
 		return nil, noBody(fc, "give it a filter in YAML (filter: an expression over the row's fields)")
@@ -332,8 +335,8 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 		}
 		for _, st := range fl.Flows {
 			fc := s.Funcs[st.FName]
-			if fc == nil || fc.ConfigOnly() {
-				continue // unknown functions and bad expressions have their own checks
+			if fc == nil || fc.ConfigOnly() || fc.Window != nil {
+				continue // unknown functions, bad expressions and window blocks have their own checks
 			}
 			if _, ok := r.handler(st.FName); ok {
 				continue

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	kstream "github.com/kisflow-go/kisflow/stream"
 	_ "modernc.org/sqlite" // the embedded database/sql driver "sqlite"
 )
 
@@ -351,3 +352,42 @@ func (s *Store) Adopt(ctx context.Context, old *Store, stream string) (string, e
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
+
+// Fence checks, first in the transaction tx, that stream's position is
+// still from ("": none), and locks it until tx ends, so that fenced
+// commits of one stream by several processes take turns: it returns a
+// *stream.FenceError, and tx must be rolled back, when another position
+// is found. With from "", a row holding the empty position is inserted
+// first when there is none, so that there is a row to lock; it is
+// committed with tx and reads as no position.
+func Fence(ctx context.Context, tx Execer, d Dialect, stream, from string) error {
+	if from == "" {
+		if _, err := tx.ExecContext(ctx, d.claim(), stream, "", time.Now().UTC().Format(time.RFC3339Nano)); err != nil {
+			return fmt.Errorf("lock position of %q: %w", stream, err)
+		}
+	}
+	q := d.bind("SELECT position FROM " + Table + " WHERE stream = ?")
+	if d != SQLite {
+		q += " FOR UPDATE" // SQLite: the transaction is immediate, a writer alone
+	}
+	var found string
+	err := tx.QueryRowContext(ctx, q, stream).Scan(&found)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("lock position of %q: %w", stream, err)
+	}
+	if found != from {
+		return &kstream.FenceError{Stream: stream, Found: found, Expected: from}
+	}
+	return nil
+}
+
+// claim inserts a stream's row unless there is one.
+func (d Dialect) claim() string {
+	switch d {
+	case Postgres:
+		return "INSERT INTO " + Table + " (stream, position, updated_at) VALUES ($1, $2, $3) ON CONFLICT (stream) DO NOTHING"
+	case MySQL:
+		return "INSERT INTO " + Table + " (stream, position, updated_at) VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE stream = stream"
+	}
+	return "INSERT INTO " + Table + " (stream, position, updated_at) VALUES (?, ?, ?) ON CONFLICT (stream) DO NOTHING"
+}

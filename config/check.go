@@ -72,6 +72,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 			add(KindFunc, name, "option.retry_duration", SevError, "function %q: retry_duration %d is negative", name, fn.Option.RetryDuration)
 		}
 		s.checkExprs(name, fn, addAt)
+		s.checkWindow(name, fn, addAt)
 	}
 
 	for _, name := range sortedKeys(s.Flows) {

@@ -63,6 +63,10 @@ type Func struct {
 	Calc Assignments `yaml:"calc,omitempty"`
 	// Keep, with Calc, lists the fields the output rows keep (all if empty).
 	Keep []string `yaml:"keep,omitempty"`
+	// Window makes a Calculate function a windowed aggregation (see
+	// Window). Package window computes it; a flow runs it as the
+	// function's body, with no Go code.
+	Window *Window `yaml:"window,omitempty"`
 }
 
 // ConfigOnly reports whether the function is written in YAML (filter or calc).
@@ -79,30 +83,42 @@ type Assignments []Assignment
 
 // UnmarshalYAML reads a mapping of field: expression, keeping its order.
 func (a *Assignments) UnmarshalYAML(n *yaml.Node) error {
+	out, err := orderedMapping(n, "calc", "the expression")
+	*a = out
+	return err
+}
+
+// orderedMapping reads a mapping of field: string (what names the value in
+// errors), keeping its order.
+func orderedMapping(n *yaml.Node, block, what string) ([]Assignment, error) {
 	if n.Kind != yaml.MappingNode {
-		return fmt.Errorf("line %d: calc must be a mapping of field: expression", n.Line)
+		return nil, fmt.Errorf("line %d: %s must be a mapping of field: expression", n.Line, block)
 	}
-	out := make(Assignments, 0, len(n.Content)/2)
+	out := make([]Assignment, 0, len(n.Content)/2)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if v.Kind != yaml.ScalarNode {
-			return fmt.Errorf("line %d: calc %q: the expression must be a string", v.Line, k.Value)
+			return nil, fmt.Errorf("line %d: %s %q: %s must be a string", v.Line, block, k.Value, what)
 		}
 		out = append(out, Assignment{Field: k.Value, Expr: v.Value})
 	}
-	*a = out
-	return nil
+	return out, nil
 }
 
 // MarshalYAML writes the assignments as an ordered mapping.
 func (a Assignments) MarshalYAML() (any, error) {
+	return mappingNode(a, yaml.DoubleQuotedStyle), nil
+}
+
+// mappingNode writes assignments as an ordered mapping, the values in style.
+func mappingNode(a []Assignment, style yaml.Style) *yaml.Node {
 	n := &yaml.Node{Kind: yaml.MappingNode}
 	for _, as := range a {
 		n.Content = append(n.Content,
 			&yaml.Node{Kind: yaml.ScalarNode, Value: as.Field},
-			&yaml.Node{Kind: yaml.ScalarNode, Value: as.Expr, Style: yaml.DoubleQuotedStyle})
+			&yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: as.Expr, Style: style})
 	}
-	return n, nil
+	return n
 }
 
 // Source describes where a function's rows come from (informational in KisFlow).

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -103,6 +104,7 @@ func (p *PluginConfig) Decode(v any) error {
 	// plugin has no other reader of its config, so a misspelt key (levl)
 	// would silently leave its default in place.
 	walkFields(reflect.TypeOf(v), &p.node, "", map[string]int{}, func(line int, _ Severity, msg string) { add(line, msg) })
+	bareDurations(reflect.TypeOf(v), &p.node, "", add)
 	node := expandNode(&p.node, add)
 	if len(probs) > 0 {
 		return &Error{Problems: probs}
@@ -272,4 +274,29 @@ func (g *Global) equal(o *Global) bool {
 		}
 	}
 	return true
+}
+
+// bareDurations reports a duration field given as a bare number: YAML
+// would decode `timeout: 5` as five nanoseconds. Durations carry their
+// unit, as in connector params.
+func bareDurations(t reflect.Type, n *yaml.Node, prefix string, add func(line int, msg string)) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind != yaml.MappingNode || t.Kind() != reflect.Struct {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		f, ok := fieldByTag(t, key.Value)
+		if !ok {
+			continue
+		}
+		name := prefix + key.Value
+		if f.Type == reflect.TypeFor[time.Duration]() && val.Kind == yaml.ScalarNode && (val.Tag == "!!int" || val.Tag == "!!float") && val.Value != "0" {
+			add(val.Line, fmt.Sprintf("%s: %s has no unit (want a duration such as %ss or %sms)", name, val.Value, val.Value, val.Value))
+			continue
+		}
+		bareDurations(f.Type, val, name+".", add)
+	}
 }

@@ -571,8 +571,9 @@ func nameField(k Kind) string {
 
 // walkFields records the line of every field path in lines and reports keys
 // that t does not have, naming a known key one or two typos away: a warning,
-// except inside a flow's stream block, where a misspelt key (delivry) would
-// silently change what the job guarantees, so it is an error.
+// except inside a flow's stream block and a function's window block, where
+// a misspelt key (delivry, latenes) would silently change what the job
+// guarantees or computes, so it is an error.
 // PluginConfig.Decode makes every unknown key of a plugin's config an error.
 func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]int, warn func(int, Severity, string)) {
 	for t.Kind() == reflect.Pointer {
@@ -606,7 +607,7 @@ func walkFields(t reflect.Type, n *yaml.Node, prefix string, lines map[string]in
 					continue
 				}
 				sev := SevWarning
-				if t == reflect.TypeOf(Stream{}) {
+				if t == reflect.TypeOf(Stream{}) || t == reflect.TypeOf(Window{}) {
 					sev = SevError
 				}
 				warn(key.Line, sev, fmt.Sprintf("unknown field %q%s", p, suggestField(t, key.Value)))

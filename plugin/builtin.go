@@ -37,17 +37,28 @@ const DefaultAdminListen = "127.0.0.1:20004"
 // and health admin server) and tracing (the OTLP exporter).
 func Builtins() map[string]Spec {
 	return map[string]Spec{
-		TypeLog:     {Type: TypeLog, New: newLog},
-		TypeMetrics: {Type: TypeMetrics, DependsOn: []string{TypeLog}, New: newAdmin},
-		TypeTracing: {Type: TypeTracing, DependsOn: []string{TypeLog}, New: newOTLP},
+		TypeLog: {Type: TypeLog, New: newLog, Summary: "the engine's logger (log/slog)",
+			Config: ptr(defaultLog())},
+		TypeMetrics: {Type: TypeMetrics, DependsOn: []string{TypeLog}, New: newAdmin,
+			Summary: "the admin server: Prometheus metrics, /healthz and /readyz", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics"}},
+		TypeTracing: {Type: TypeTracing, DependsOn: []string{TypeLog}, New: newOTLP,
+			Summary: "OpenTelemetry traces exported over OTLP/HTTP", Config: ptr(defaultOTLP())},
 	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func defaultLog() LogConfig { return LogConfig{Level: "info", Format: "text", Output: "stderr"} }
+
+func defaultOTLP() OTLPConfig {
+	return OTLPConfig{Endpoint: "localhost:4318", URLPath: "/v1/traces", ServiceName: "kisflow", SampleRatio: 1, Timeout: 10 * time.Second}
 }
 
 // LogConfig is the config of a log plugin.
 type LogConfig struct {
-	Level  string `yaml:"level"`  // debug, info, warn, error (default info)
-	Format string `yaml:"format"` // text or json (default text)
-	Output string `yaml:"output"` // stderr (default), stdout or a file path
+	Level  string `yaml:"level" doc:"debug, info, warn or error"`
+	Format string `yaml:"format" doc:"text or json"`
+	Output string `yaml:"output" doc:"stderr, stdout or a file path"`
 }
 
 // Validate checks the level and format.
@@ -70,7 +81,7 @@ type Log struct {
 }
 
 func newLog(_ string, pc *config.PluginConfig) (Plugin, error) {
-	cfg := LogConfig{Level: "info", Format: "text", Output: "stderr"}
+	cfg := defaultLog()
 	if err := pc.Decode(&cfg); err != nil {
 		return nil, err
 	}
@@ -118,9 +129,9 @@ func (p *Log) Close(context.Context) error {
 type AdminConfig struct {
 	// Listen is the address; a bare ":port" binds localhost. Use
 	// "0.0.0.0:port" to expose it. Default DefaultAdminListen.
-	Listen string `yaml:"listen"`
+	Listen string `yaml:"listen" doc:"the address; a bare :port binds localhost, 0.0.0.0:port exposes it"`
 	// Path serves the metrics (default /metrics).
-	Path string `yaml:"path"`
+	Path string `yaml:"path" doc:"where the metrics are served"`
 }
 
 // check checks the address, once defaults are filled.
@@ -221,21 +232,21 @@ func (a *Admin) Close(ctx context.Context) error {
 // OTLPConfig is the config of the tracing plugin, the OTLP/HTTP exporter.
 type OTLPConfig struct {
 	// Endpoint is host:port of the collector (default localhost:4318).
-	Endpoint string `yaml:"endpoint"`
+	Endpoint string `yaml:"endpoint" doc:"host:port of the collector"`
 	// URLPath is the traces path (default /v1/traces).
-	URLPath string `yaml:"url_path"`
+	URLPath string `yaml:"url_path" doc:"the traces path"`
 	// Insecure sends over plain HTTP instead of HTTPS.
-	Insecure bool `yaml:"insecure"`
+	Insecure bool `yaml:"insecure" doc:"plain HTTP instead of HTTPS"`
 	// Headers are sent with each export (credentials: ${VAR} expands, as
 	// in every plugin config).
-	Headers map[string]string `yaml:"headers"`
+	Headers map[string]string `yaml:"headers" doc:"sent with each export (credentials: use ${VAR})"`
 	// ServiceName is the service.name resource (default kisflow).
-	ServiceName string `yaml:"service_name"`
+	ServiceName string `yaml:"service_name" doc:"the service.name resource"`
 	// SampleRatio is the share of new traces recorded, 0..1 (default 1);
 	// a trace continued from a source's headers follows its parent.
-	SampleRatio float64 `yaml:"sample_ratio"`
+	SampleRatio float64 `yaml:"sample_ratio" doc:"the share of new traces recorded, 0..1"`
 	// Timeout bounds each export (default 10s).
-	Timeout time.Duration `yaml:"timeout"`
+	Timeout time.Duration `yaml:"timeout" doc:"bounds each export"`
 }
 
 // Validate checks the ratio and endpoint.
@@ -256,7 +267,7 @@ type OTLP struct {
 }
 
 func newOTLP(_ string, pc *config.PluginConfig) (Plugin, error) {
-	cfg := OTLPConfig{Endpoint: "localhost:4318", URLPath: "/v1/traces", ServiceName: "kisflow", SampleRatio: 1, Timeout: 10 * time.Second}
+	cfg := defaultOTLP()
 	if err := pc.Decode(&cfg); err != nil {
 		return nil, err
 	}

@@ -12,10 +12,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -39,6 +42,54 @@ type Spec struct {
 	Type      string
 	DependsOn []string
 	New       func(name string, cfg *config.PluginConfig) (Plugin, error)
+	// Summary says in one line what the plugin type does, and Config is a
+	// pointer to its config struct holding the defaults: `kisflow list
+	// TYPE` prints each field from its yaml name and doc tag.
+	Summary string
+	Config  any
+}
+
+// Describe writes the plugin type for a terminal: its summary and each
+// config field with its kind, default and doc.
+func (s Spec) Describe(w io.Writer) {
+	fmt.Fprintf(w, "plugin %s: %s\n", s.Type, s.Summary)
+	if len(s.DependsOn) > 0 {
+		fmt.Fprintf(w, "  starts after: %s\n", strings.Join(s.DependsOn, ", "))
+	}
+	v := reflect.ValueOf(s.Config)
+	for v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return
+	}
+	fmt.Fprintln(w, "  config:")
+	for i := range v.NumField() {
+		f := v.Type().Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		def := ""
+		if fv := v.Field(i); !fv.IsZero() {
+			def = fmt.Sprintf(" [default %v]", fv.Interface())
+		}
+		fmt.Fprintf(w, "    %s (%s)%s\n        %s\n", name, kindOf(f.Type), def, f.Tag.Get("doc"))
+	}
+}
+
+func kindOf(t reflect.Type) string {
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return "duration"
+	case t.Kind() == reflect.Map:
+		return "mapping"
+	case t.Kind() == reflect.Slice:
+		return "list"
+	case t.Kind() == reflect.Float64:
+		return "number"
+	}
+	return t.Kind().String()
 }
 
 // Host is what a starting plugin can use of its engine.

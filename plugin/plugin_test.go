@@ -125,6 +125,7 @@ func TestBadPluginConfigIsAnErrorAtItsLine(t *testing.T) {
 		{"unknown type", "kistype: global\nplugins:\n  nosuch:\n    x: {}\n", `global.yml:4: plugin nosuch.x: unknown plugin type "nosuch"`},
 		{"missing dependency", "kistype: global\nplugins:\n  client:\n    a: {depends_on: [client.z]}\n", `global.yml:4: plugin client.a depends on "client.z"`},
 		{"cycle", "kistype: global\nplugins:\n  client:\n    a: {depends_on: [client.b]}\n    b: {depends_on: [client.a]}\n", "plugin dependency cycle: client.a -> client.b -> client.a"},
+		{"a duration without its unit", "kistype: global\nplugins:\n  tracing:\n    otlp:\n      timeout: 5\n", `global.yml:5: plugin tracing.otlp: timeout: 5 has no unit (want a duration such as 5s or 5ms)`},
 		{"admin address", "kistype: global\nplugins:\n  metrics:\n    prom: {listen: nowhere}\n", `global.yml:4: plugin metrics.prom: listen "nowhere"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

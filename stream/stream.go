@@ -11,6 +11,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 )
@@ -138,6 +139,42 @@ type TxSink interface {
 	// redelivered messages that must not be processed again.
 	Seen(ctx context.Context, stream string, ids []string) (map[string]bool, error)
 }
+
+// FencedTxSink is an optional TxSink capability, used for streams whose
+// position the runtime stores (a file, a generator, an SQL poller): a
+// commit fenced on the position its committer last saw committed, so that
+// of two processes running one stream from the same position only the
+// first commits; the other learns it with a *FenceError.
+type FencedTxSink interface {
+	TxSink
+	// CommitBatchAfter is CommitBatch made only while stream's committed
+	// position is still from ("": none). Otherwise it commits nothing of
+	// the batch and returns a *FenceError.
+	CommitBatchAfter(ctx context.Context, stream, from, position string, ids []string, rows []any) error
+}
+
+// FenceError is returned by FencedTxSink.CommitBatchAfter when the
+// stream's committed position is not the one expected: another process
+// committed the stream. It is fatal (errors.Is(err, ErrFatal) holds).
+type FenceError struct {
+	Stream   string // the stream's state key
+	Found    string // the position found ("": none)
+	Expected string // the position the commit expected ("": none)
+}
+
+func (e *FenceError) Error() string {
+	show := func(p string) string {
+		if p == "" {
+			return "none"
+		}
+		return p
+	}
+	return fmt.Sprintf("another process committed stream %s (position %s, expected %s): two runs on one stream; stop one",
+		e.Stream, show(e.Found), show(e.Expected))
+}
+
+// Unwrap marks the error fatal: no retry mends a second writer.
+func (e *FenceError) Unwrap() error { return ErrFatal }
 
 // SerialCommitter is an optional TxSink capability: a sink whose commit
 // covers everything its source read so far (a Kafka transaction commits
@@ -272,6 +309,9 @@ type StateSink interface {
 	StateLoader
 	// CommitState is CommitBatch with the batch's state changes.
 	CommitState(ctx context.Context, stream string, position string, ids []string, rows []any, state []StateChange) error
+	// CommitStateAfter is CommitState fenced on the position from, as
+	// FencedTxSink.CommitBatchAfter is.
+	CommitStateAfter(ctx context.Context, stream, from, position string, ids []string, rows []any, state []StateChange) error
 }
 
 // StateStore is an optional Checkpoints capability: keyed state changes

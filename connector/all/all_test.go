@@ -83,3 +83,28 @@ func TestLeanConnectorsDoNotImportTheEngine(t *testing.T) {
 		}
 	}
 }
+
+// TestEveryPluginTypeIsDescribed: kisflow list TYPE prints a plugin type's
+// config from its spec, so each bundled one has a summary and a doc for
+// every config field.
+func TestEveryPluginTypeIsDescribed(t *testing.T) {
+	reg := kisflow.NewRegistry()
+	if err := Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range reg.PluginTypes() {
+		spec, _ := reg.PluginSpec(typ)
+		if spec.Summary == "" || spec.Config == nil {
+			t.Errorf("plugin type %s: no summary or config", typ)
+			continue
+		}
+		var b bytes.Buffer
+		spec.Describe(&b)
+		for _, line := range strings.Split(b.String(), "\n") {
+			if strings.HasPrefix(line, "        ") && strings.TrimSpace(line) == "" {
+				t.Errorf("plugin type %s: a config field without doc:\n%s", typ, b.String())
+				break
+			}
+		}
+	}
+}

@@ -21,13 +21,13 @@ const PluginType = "nats"
 // ClientConfig is the config of a shared connection (${VAR} expands, as in
 // every plugin config).
 type ClientConfig struct {
-	URL      string        `yaml:"url"` // comma-separated server URLs (default nats://127.0.0.1:4222)
-	User     string        `yaml:"user"`
-	Password string        `yaml:"password"`
-	Token    string        `yaml:"token"`
-	Creds    string        `yaml:"creds"`   // a credentials file
-	Timeout  time.Duration `yaml:"timeout"` // connect timeout (default 5s)
-	TLS      bool          `yaml:"tls"`
+	URL      string        `yaml:"url" doc:"comma-separated server URLs"`
+	User     string        `yaml:"user" doc:"user name"`
+	Password string        `yaml:"password" doc:"password (use ${VAR}; never printed)"`
+	Token    string        `yaml:"token" doc:"an auth token"`
+	Creds    string        `yaml:"creds" doc:"a credentials file"`
+	Timeout  time.Duration `yaml:"timeout" doc:"connect timeout"`
+	TLS      bool          `yaml:"tls" doc:"connect with TLS"`
 }
 
 // Validate checks the values.
@@ -46,7 +46,10 @@ type ClientPlugin struct {
 }
 
 // PluginSpec is the plugin type of shared connections; Install registers it.
-var PluginSpec = plugin.Spec{Type: PluginType, New: func(name string, pc *config.PluginConfig) (plugin.Plugin, error) {
+var PluginSpec = plugin.Spec{Type: PluginType, Summary: "a NATS connection shared by the connectors whose param client names it",
+	Config: &ClientConfig{URL: natsgo.DefaultURL, Timeout: 5 * time.Second}, New: newClientPlugin}
+
+func newClientPlugin(name string, pc *config.PluginConfig) (plugin.Plugin, error) {
 	c := ClientConfig{URL: natsgo.DefaultURL, Timeout: 5 * time.Second}
 	if err := pc.Decode(&c); err != nil {
 		return nil, err
@@ -57,7 +60,7 @@ var PluginSpec = plugin.Spec{Type: PluginType, New: func(name string, pc *config
 		opts = append(opts, natsgo.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
 	}
 	return &ClientPlugin{url: c.URL, opts: opts}, nil
-}}
+}
 
 // authOptions picks one way to authenticate: credentials file, token, or
 // user and password.

@@ -20,12 +20,13 @@ const PluginType = "redis"
 
 // ClientConfig is the config of a shared client.
 type ClientConfig struct {
-	Addr     string        `yaml:"addr"` // host:port or a redis:// URL (default 127.0.0.1:6379)
-	Username string        `yaml:"username"`
-	Password string        `yaml:"password"` // use ${VAR}
-	DB       int           `yaml:"db"`
-	Timeout  time.Duration `yaml:"timeout"` // dial, read and write (default 5s)
-	TLS      bool          `yaml:"tls"`
+	Addr     string        `yaml:"addr" doc:"host:port or a redis:// URL"`
+	User     string        `yaml:"user" doc:"ACL user"`
+	Username string        `yaml:"username" doc:"the former name of user, still read"`
+	Password string        `yaml:"password" doc:"the password (use ${VAR}; never printed)"`
+	DB       int           `yaml:"db" doc:"database number"`
+	Timeout  time.Duration `yaml:"timeout" doc:"dial, read and write"`
+	TLS      bool          `yaml:"tls" doc:"connect with TLS"`
 }
 
 // Validate checks the values.
@@ -43,12 +44,18 @@ type ClientPlugin struct {
 }
 
 // PluginSpec is the plugin type of shared clients; Install registers it.
-var PluginSpec = plugin.Spec{Type: PluginType, New: func(_ string, pc *config.PluginConfig) (plugin.Plugin, error) {
+var PluginSpec = plugin.Spec{Type: PluginType, Summary: "a Redis client shared by the connectors whose param client names it",
+	Config: &ClientConfig{Addr: "127.0.0.1:6379", Timeout: 5 * time.Second}, New: newClientPlugin}
+
+func newClientPlugin(_ string, pc *config.PluginConfig) (plugin.Plugin, error) {
 	c := ClientConfig{Addr: "127.0.0.1:6379", Timeout: 5 * time.Second}
 	if err := pc.Decode(&c); err != nil {
 		return nil, err
 	}
-	opts := &goredis.Options{Addr: c.Addr, Username: c.Username, Password: c.Password,
+	if c.User == "" {
+		c.User = c.Username
+	}
+	opts := &goredis.Options{Addr: c.Addr, Username: c.User, Password: c.Password,
 		DB: c.DB, DialTimeout: c.Timeout, ReadTimeout: c.Timeout, WriteTimeout: c.Timeout}
 	if strings.Contains(c.Addr, "://") {
 		// Credentials leave the address, which errors and logs show.
@@ -71,7 +78,7 @@ var PluginSpec = plugin.Spec{Type: PluginType, New: func(_ string, pc *config.Pl
 		opts.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: strings.Split(opts.Addr, ":")[0]}
 	}
 	return &ClientPlugin{opts: opts}, nil
-}}
+}
 
 // Start connects and checks the server answers.
 func (p *ClientPlugin) Start(ctx context.Context, _ plugin.Host) error {

@@ -297,6 +297,20 @@ func (r *Redis) stateKeys(stream string) []string {
 // by another client in between makes Redis refuse the transaction, which
 // is tried again.
 func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
+	return r.commitBatch(ctx, false, stream, "", position, ids, rows)
+}
+
+// CommitBatchAfter is CommitBatch fenced on the position from: the
+// stream's position key is WATCHed with the batch's keys and read first,
+// and nothing is written, with a *stream.FenceError, unless it still holds
+// from ("": none); a change in between makes Redis refuse the transaction,
+// which is tried again and reads the new position. See
+// stream.FencedTxSink.
+func (r *Redis) CommitBatchAfter(ctx context.Context, stream, from, position string, ids []string, rows []any) error {
+	return r.commitBatch(ctx, true, stream, from, position, ids, rows)
+}
+
+func (r *Redis) commitBatch(ctx context.Context, fence bool, streamName, from, position string, ids []string, rows []any) error {
 	writes, err := r.plan(rows)
 	if err != nil {
 		return err
@@ -309,7 +323,20 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 			keys = append(keys, w.key)
 		}
 	}
+	watch := keys
+	if fence {
+		watch = append(keys[:len(keys):len(keys)], r.positionKey(streamName))
+	}
 	commit := func(tx *goredis.Tx) error {
+		if fence {
+			found, err := tx.Get(ctx, r.positionKey(streamName)).Result()
+			if err != nil && !errors.Is(err, goredis.Nil) {
+				return err
+			}
+			if found != from {
+				return &stream.FenceError{Stream: streamName, Found: found, Expected: from}
+			}
+		}
 		if err := r.checkTypes(ctx, tx, keys); err != nil {
 			return err
 		}
@@ -321,26 +348,26 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 				for i, id := range ids {
 					members[i] = goredis.Z{Score: float64(now.UnixMilli()), Member: id}
 				}
-				inbox := r.inboxKey(stream)
+				inbox := r.inboxKey(streamName)
 				pipe.ZAdd(ctx, inbox, members...)
 				pipe.ZRemRangeByScore(ctx, inbox, "-inf", "("+strconv.FormatInt(now.Add(-r.dedupTTL).UnixMilli(), 10))
 			}
 			if position != "" {
-				pipe.Set(ctx, r.positionKey(stream), position, 0)
-				pipe.Set(ctx, r.positionAtKey(stream), time.Now().UTC().Format(time.RFC3339Nano), 0)
+				pipe.Set(ctx, r.positionKey(streamName), position, 0)
+				pipe.Set(ctx, r.positionAtKey(streamName), time.Now().UTC().Format(time.RFC3339Nano), 0)
 			}
 			return nil
 		})
 		return err
 	}
 	for attempt := 0; ; attempt++ {
-		err = r.client.Watch(ctx, commit, keys...)
+		err = r.client.Watch(ctx, commit, watch...)
 		if !errors.Is(err, goredis.TxFailedErr) || attempt == 9 {
 			break
 		}
 	}
 	if err != nil && crossSlot(err) {
-		err = fmt.Errorf("on a Redis cluster the keys of an exactly-once batch (its rows', %s) must share one slot: %w", strings.Join(r.stateKeys(stream), ", "), err)
+		err = fmt.Errorf("on a Redis cluster the keys of an exactly-once batch (its rows', %s) must share one slot: %w", strings.Join(r.stateKeys(streamName), ", "), err)
 	}
 	if err != nil {
 		return fmt.Errorf("redis connector %q: commit batch: %w", r.cfg.CName, classify(err, true))

@@ -20,9 +20,9 @@ import (
 // pool for the tables of one database (${VAR} expands, as in every plugin
 // config).
 type PoolConfig struct {
-	DSN      string        `yaml:"dsn"`
-	MaxConns int           `yaml:"max_conns"` // default 16
-	Timeout  time.Duration `yaml:"timeout"`   // connect and ping (default 5s)
+	DSN      string        `yaml:"dsn" doc:"the data source name (required; use ${VAR} for its password)"`
+	MaxConns int           `yaml:"max_conns" doc:"connections of the pool"`
+	Timeout  time.Duration `yaml:"timeout" doc:"connect and ping"`
 }
 
 // Validate checks the values.
@@ -47,8 +47,8 @@ type PoolPlugin struct {
 // PoolSpecs are the plugin types of shared pools (postgres, mysql);
 // Install registers them.
 var PoolSpecs = []plugin.Spec{
-	{Type: TypePostgres, New: newPool(checkpoint.Postgres)},
-	{Type: TypeMySQL, New: newPool(checkpoint.MySQL)},
+	{Type: TypePostgres, New: newPool(checkpoint.Postgres), Summary: "a PostgreSQL pool shared by the connectors whose param client names it", Config: &PoolConfig{MaxConns: 16, Timeout: 5 * time.Second}},
+	{Type: TypeMySQL, New: newPool(checkpoint.MySQL), Summary: "a MySQL pool shared by the connectors whose param client names it", Config: &PoolConfig{MaxConns: 16, Timeout: 5 * time.Second}},
 }
 
 func newPool(dialect checkpoint.Dialect) func(string, *config.PluginConfig) (plugin.Plugin, error) {

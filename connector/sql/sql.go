@@ -336,16 +336,39 @@ func (d *DB) Write(ctx context.Context, rows []any) error {
 // CommitBatch inserts rows, records the stream's position and the IDs of
 // the messages consumed, in one transaction: the exactly-once commit.
 func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
-	return d.CommitState(ctx, stream, position, ids, rows, nil)
+	return d.commitBatch(ctx, false, stream, "", position, ids, rows, nil)
+}
+
+// CommitBatchAfter is CommitBatch fenced on the position from: the
+// transaction first locks the stream's checkpoint row and commits nothing,
+// failing with a *stream.FenceError, unless it still holds from ("":
+// none); see stream.FencedTxSink.
+func (d *DB) CommitBatchAfter(ctx context.Context, stream, from, position string, ids []string, rows []any) error {
+	return d.commitBatch(ctx, true, stream, from, position, ids, rows, nil)
 }
 
 // CommitState is CommitBatch with keyed state changes, written in the
 // same transaction; see stream.StateSink.
 func (d *DB) CommitState(ctx context.Context, stream, position string, ids []string, rows []any, state []stream.StateChange) error {
+	return d.commitBatch(ctx, false, stream, "", position, ids, rows, state)
+}
+
+// CommitStateAfter is CommitBatchAfter with keyed state changes, written
+// in the same transaction; see stream.StateSink.
+func (d *DB) CommitStateAfter(ctx context.Context, stream, from, position string, ids []string, rows []any, state []stream.StateChange) error {
+	return d.commitBatch(ctx, true, stream, from, position, ids, rows, state)
+}
+
+func (d *DB) commitBatch(ctx context.Context, fence bool, stream, from, position string, ids []string, rows []any, state []stream.StateChange) error {
 	if err := d.pruneInbox(ctx, stream); err != nil {
 		return err
 	}
 	return d.inTx(ctx, func(tx *stdsql.Tx) error {
+		if fence {
+			if err := checkpoint.Fence(ctx, tx, d.dialect, stream, from); err != nil {
+				return err
+			}
+		}
 		if err := d.insert(ctx, tx, rows); err != nil {
 			return err
 		}

@@ -245,7 +245,7 @@ func TestListDescribesFilters(t *testing.T) {
 		}
 	}
 	// metrics is a filter and a plugin type: both are named.
-	if _, out, _ = run(t, "list", "metrics"); !strings.Contains(out, "filter metrics: ") || !strings.Contains(out, "plugin type metrics") {
+	if _, out, _ = run(t, "list", "metrics"); !strings.Contains(out, "filter metrics: ") || !strings.Contains(out, "plugin metrics: the admin server") {
 		t.Errorf("list metrics:\n%s", out)
 	}
 	if code, _, stderr = run(t, "list", "retyr"); code != ExitUsage || !strings.Contains(stderr, "did you mean retry?") {

@@ -58,17 +58,11 @@ func dryRun(ctx context.Context, reg *kisflow.Registry, dir string, flows []stri
 		names = sortedNames(set.Conns) // unused connectors too
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(log))
+	eng, closeEngine, err := openEngine(ctx, reg, set, log, red)
 	if err != nil {
-		return &exitError{code: ExitUsage, err: red.Error(err)}
+		return err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := eng.Close(cctx); err != nil {
-			fmt.Fprintln(stderr, "close connectors:", red.Redact(err.Error()))
-		}
-	}()
+	defer closeEngine()
 	sctx, cancel := context.WithTimeout(ctx, timeout)
 	err = eng.Start(sctx)
 	cancel()

@@ -3,6 +3,9 @@ package cli
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,4 +197,112 @@ func countIfExists(path string) (int, error) {
 	var n int
 	err = db.QueryRow("SELECT count(*) FROM orders").Scan(&n)
 	return n, err
+}
+
+// TestRunWindowsExample runs examples/windows as a user would and checks
+// the SQLite table against revenue per user per minute computed here from
+// the same file, and the dead letters against the orders that came after
+// their minute closed (30 s of lateness).
+func TestRunWindowsExample(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, name := range []string{"flow.yml", "funcs.yml", "conns.yml", "orders.jsonl"} {
+		data, err := os.ReadFile(filepath.Join("../../examples/windows", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The reference: a late order's minute ended at or before the largest
+	// time seen before it, less the lateness.
+	type key struct {
+		user  int64
+		start string
+	}
+	type agg struct {
+		n   int64
+		sum float64
+	}
+	want := map[key]agg{}
+	late := 0
+	data, err := os.ReadFile(filepath.Join(dir, "orders.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var maxTS time.Time
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var o struct {
+			TS     time.Time `json:"ts"`
+			User   int64     `json:"user_id"`
+			Amount float64   `json:"amount"`
+		}
+		if err := json.Unmarshal([]byte(line), &o); err != nil {
+			t.Fatal(err)
+		}
+		start := o.TS.Truncate(time.Minute)
+		if !maxTS.IsZero() && !start.Add(time.Minute).After(maxTS.Add(-30*time.Second)) {
+			late++
+			continue
+		}
+		if o.TS.After(maxTS) {
+			maxTS = o.TS
+		}
+		k := key{o.User, start.UTC().Format(time.RFC3339)}
+		a := want[k]
+		a.n++
+		a.sum += o.Amount
+		want[k] = a
+	}
+	if late != 3 {
+		t.Fatalf("the example's input has %d late orders, want 3", late)
+	}
+	code, out, stderr := run(t, "run", dir)
+	if code != ExitOK {
+		t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+	}
+	if s := fmt.Sprintf("%d written, %d dead-lettered", len(want), late); !strings.Contains(out, s) {
+		t.Fatalf("summary does not say %q:\n%s", s, out)
+	}
+	db, err := sql.Open("sqlite", filepath.Join(dir, "revenue.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT user_id, window_start, window_end, orders, revenue FROM revenue_per_minute")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := 0
+	for rows.Next() {
+		var k key
+		var end string
+		var a agg
+		if err := rows.Scan(&k.user, &k.start, &end, &a.n, &a.sum); err != nil {
+			t.Fatal(err)
+		}
+		got++
+		w, ok := want[k]
+		start, _ := time.Parse(time.RFC3339, k.start)
+		switch {
+		case !ok:
+			t.Errorf("unexpected row %+v", k)
+		case w.n != a.n || math.Abs(w.sum-a.sum) > 1e-6:
+			t.Errorf("%+v: %d orders, revenue %v; want %d, %v", k, a.n, a.sum, w.n, w.sum)
+		case end != start.Add(time.Minute).Format(time.RFC3339):
+			t.Errorf("%+v: window_end %s", k, end)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got != len(want) {
+		t.Errorf("%d rows, want %d", got, len(want))
+	}
+	dead, err := os.ReadFile(filepath.Join(dir, ".kisflow", "dead-letter", "Revenue.jsonl"))
+	if err != nil || strings.Count(string(dead), "late row: its window already closed") != late {
+		t.Errorf("dead letters (%v):\n%s", err, dead)
+	}
 }

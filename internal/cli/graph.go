@@ -92,6 +92,9 @@ func flowGraph(set *config.Set, name string, prefix string) (nodes []graphNode, 
 		label := step.FName
 		if fc := set.Funcs[step.FName]; fc != nil {
 			label += "\n" + string(fc.FMode)
+			if w := fc.Window; w != nil {
+				label += "\n" + windowLabel(w)
+			}
 			if c := fc.Option.CName; c != "" {
 				cid := prefix + "c_" + sanitize(c)
 				nodes = append(nodes, graphNode{cid, c + connType(set, c), true})
@@ -116,6 +119,24 @@ func flowGraph(set *config.Set, name string, prefix string) (nodes []graphNode, 
 		}
 	}
 	return nodes, edges
+}
+
+// windowLabel describes a window block in a few words: "tumbling 1m by
+// user_id", "sliding 1h every 10s", "session gap 5m".
+func windowLabel(w *config.Window) string {
+	l := "window: " + w.Type
+	switch w.Type {
+	case "session":
+		l += " gap " + w.Gap
+	case "sliding":
+		l += " " + w.Size + " every " + w.Slide
+	default:
+		l += " " + w.Size
+	}
+	if len(w.GroupBy) > 0 {
+		l += " by " + strings.Join(w.GroupBy, ", ")
+	}
+	return l
 }
 
 func connType(set *config.Set, cname string) string {

@@ -32,13 +32,13 @@ func listCmd(reg *kisflow.Registry) *cobra.Command {
 				fmt.Fprintln(w)
 				listFilters(w, reg)
 				fmt.Fprintln(w)
-				listNames(w, "plugins", reg.PluginTypes())
+				listPlugins(w, reg)
 			case "connectors":
 				listConnectors(w, reg)
 			case "filters":
 				listFilters(w, reg)
 			case "plugins":
-				listNames(w, "plugins", reg.PluginTypes())
+				listPlugins(w, reg)
 			default:
 				if describe(w, reg, what) {
 					return nil
@@ -52,13 +52,25 @@ func listCmd(reg *kisflow.Registry) *cobra.Command {
 }
 
 func listConnectors(w io.Writer, reg *kisflow.Registry) {
-	fmt.Fprintln(w, "connectors (kisflow list TYPE for its params):")
-	for _, t := range reg.DriverTypes() {
-		summary := "(no spec)"
-		if spec, ok := reg.ConnectorSpec(t); ok {
-			summary = spec.Summary
+	listSummaries(w, "connectors (kisflow list TYPE for its params):", reg.DriverTypes(), func(t string) (string, bool) {
+		spec, ok := reg.ConnectorSpec(t)
+		if !ok {
+			return "", false
 		}
-		fmt.Fprintf(w, "  %-10s %s\n", t, summary)
+		return spec.Summary, true
+	})
+}
+
+// listSummaries prints a title and each name with its summary, "(no
+// spec)" for a name registered without one.
+func listSummaries(w io.Writer, title string, names []string, summary func(string) (string, bool)) {
+	fmt.Fprintln(w, title)
+	for _, n := range names {
+		s, ok := summary(n)
+		if !ok {
+			s = "(no spec)"
+		}
+		fmt.Fprintf(w, "  %-10s %s\n", n, s)
 	}
 }
 
@@ -92,26 +104,30 @@ func describe(w io.Writer, reg *kisflow.Registry, name string) bool {
 		if len(said) > 0 {
 			fmt.Fprintln(w)
 		}
-		fmt.Fprintf(w, "plugin type %s: see the README (Plugins) for its config\n", name)
+		if spec, ok := reg.PluginSpec(name); ok && spec.Summary != "" {
+			spec.Describe(w)
+		} else {
+			fmt.Fprintf(w, "plugin type %s: registered without a summary; see its documentation for its config\n", name)
+		}
 		said = append(said, "plugin type")
 	}
 	return len(said) > 0
 }
 
 func listFilters(w io.Writer, reg *kisflow.Registry) {
-	fmt.Fprintln(w, "filters (kisflow list NAME for its params):")
-	for _, n := range reg.Filters() {
-		summary := "(no spec)"
-		if spec, ok := reg.FilterSpec(n); ok {
-			summary = spec.Summary
+	listSummaries(w, "filters (kisflow list NAME for its params):", reg.Filters(), func(n string) (string, bool) {
+		spec, ok := reg.FilterSpec(n)
+		if !ok {
+			return "", false
 		}
-		fmt.Fprintf(w, "  %-10s %s\n", n, summary)
-	}
+		return spec.Summary, true
+	})
 }
 
-func listNames(w io.Writer, title string, names []string) {
-	fmt.Fprintf(w, "%s:\n", title)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %s\n", n)
-	}
+func listPlugins(w io.Writer, reg *kisflow.Registry) {
+	listSummaries(w, "plugins (configured under plugins.TYPE.NAME in the global file; kisflow list TYPE for its config):", reg.PluginTypes(),
+		func(n string) (string, bool) {
+			spec, ok := reg.PluginSpec(n)
+			return spec.Summary, ok && spec.Summary != ""
+		})
 }

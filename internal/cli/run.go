@@ -88,17 +88,11 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if len(names) == 0 {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("%s: no enabled flow has a stream block (stream.source) to run", dir)}
 	}
-	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(log))
+	eng, closeEngine, err := openEngine(ctx, reg, set, log, red)
 	if err != nil {
-		return &exitError{code: ExitUsage, err: red.Error(err)}
+		return err
 	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
-		if err := eng.Close(cctx); err != nil {
-			log.Error("close connectors", "err", err)
-		}
-	}()
+	defer closeEngine()
 
 	state := o.state
 	if state == "" {
@@ -421,4 +415,20 @@ func isTerminal(w io.Writer) bool {
 	}
 	info, err := f.Stat()
 	return err == nil && info.Mode()&os.ModeCharDevice != 0
+}
+
+// openEngine builds the engine of set; the function it returns closes the
+// engine's connectors and plugins within 30s, logging what fails.
+func openEngine(ctx context.Context, reg *kisflow.Registry, set *config.Set, log *slog.Logger, red *config.Redactor) (*kisflow.Engine, func(), error) {
+	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(log))
+	if err != nil {
+		return nil, nil, &exitError{code: ExitUsage, err: red.Error(err)}
+	}
+	return eng, func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		defer cancel()
+		if err := eng.Close(cctx); err != nil {
+			log.Error("close connectors", "err", red.Redact(err.Error()))
+		}
+	}, nil
 }

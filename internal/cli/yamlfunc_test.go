@@ -136,3 +136,45 @@ func TestYAMLLoadParamTypo(t *testing.T) {
 		t.Fatalf("exit %d, want %d and only %q in\n%s%s", code, ExitOK, want, out, stderr)
 	}
 }
+
+// TestWindowFunctionHasABody lints a stream flow whose function is only a
+// window block: it has a body; a bad block is reported at its field and
+// not as a function without a body.
+func TestWindowFunctionHasABody(t *testing.T) {
+	t.Parallel()
+	win := "kistype: func\nfname: Enrich\nfmode: Calculate\nwindow:\n  type: tumbling\n  size: %s\n  group_by: [user_id]\n  aggregate: {orders: count()}\n"
+	code, out, stderr := run(t, "lint", yamlFuncDir(t, true, strings.Replace(win, "%s", "1m", 1), ""))
+	if code != ExitOK || strings.Contains(out, "has no body") {
+		t.Fatalf("lint of a window function: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = run(t, "lint", yamlFuncDir(t, true, strings.Replace(win, "%s", "1 minute", 1), ""))
+	if want := `funcs.yml:6: function "Enrich": size: bad duration "1 minute"`; code != ExitProblem || !strings.Contains(out, want) || strings.Contains(out, "has no body") {
+		t.Fatalf("lint of a bad window block: exit %d, want %q and no other error in\n%s%s", code, want, out, stderr)
+	}
+}
+
+// TestWindowBeforeAFallibleFunctionIsALintWarning: a window followed by
+// a Save would count the rows of a retried batch twice; lint says so at
+// the window block, and not of a window followed by a calc.
+func TestWindowBeforeAFallibleFunctionIsALintWarning(t *testing.T) {
+	t.Parallel()
+	funcs := "kistype: func\nfname: Enrich\nfmode: Calculate\nwindow: {type: tumbling, size: 1m, aggregate: {n: count()}}\n---\n" +
+		"kistype: func\nfname: Next\nfmode: %s\n"
+	write := func(next string) string {
+		dir := yamlFuncDir(t, true, strings.Replace(funcs, "%s", next, 1), "kistype: conn\ncname: db\ntype: sqlite\nkey: t\nparams:\n  path: t.db\n  create: \"true\"\n")
+		flow := "kistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Enrich\n  - fname: Next\nstream:\n  source: in\n"
+		if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	want := `funcs.yml:4: warning: function "Enrich": flow "Orders" runs "Next" after this window: a batch it fails is retried from the start and the window counts its rows again`
+	_, out, stderr := run(t, "lint", write("Save\noption:\n  cname: db"))
+	if !strings.Contains(out, want) {
+		t.Fatalf("lint: want %q in\n%s%s", want, out, stderr)
+	}
+	code, out, stderr := run(t, "lint", write("Calculate\ncalc: {m: n * 2}"))
+	if code != ExitOK || strings.Contains(out, "after this window") {
+		t.Fatalf("lint of a window before a calc: exit %d\n%s%s", code, out, stderr)
+	}
+}

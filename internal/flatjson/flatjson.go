@@ -65,7 +65,24 @@ func (d *Decoder) Decode(data []byte) (m map[string]any, ok bool) {
 	if i >= len(data) || data[i] != '{' {
 		return nil, false
 	}
-	m = make(map[string]any, 8)
+	return d.decode(make(map[string]any, 8), data, i)
+}
+
+// DecodeInto decodes data into m, which it clears first, so that a caller
+// that does not keep its rows reuses one map. On ok == false, m holds part
+// of the row.
+func (d *Decoder) DecodeInto(m map[string]any, data []byte) bool {
+	clear(m)
+	i := skip(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return false
+	}
+	_, ok := d.decode(m, data, i)
+	return ok
+}
+
+// decode fills m with the object that starts at data[i] == '{'.
+func (d *Decoder) decode(m map[string]any, data []byte, i int) (map[string]any, bool) {
 	field := 0
 	i = skip(data, i+1)
 	if i < len(data) && data[i] == '}' {

@@ -84,3 +84,17 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestDecodeIntoReusesTheMap(t *testing.T) {
+	var d Decoder
+	m := map[string]any{"stale": 1}
+	if !d.DecodeInto(m, []byte(`{"a":1,"b":"x","c":2.5}`)) || len(m) != 3 || m["a"] != int64(1) || m["b"] != "x" || m["c"] != 2.5 {
+		t.Fatalf("first row: %v", m)
+	}
+	if !d.DecodeInto(m, []byte(`{"a":2}`)) || len(m) != 1 || m["a"] != int64(2) {
+		t.Fatalf("second row keeps fields of the first: %v", m)
+	}
+	if d.DecodeInto(m, []byte(`{"a":{"nested":1}}`)) || d.DecodeInto(m, []byte(`[1]`)) {
+		t.Fatal("a nested object or an array decoded")
+	}
+}

@@ -51,6 +51,16 @@ type Flow interface {
 	Run(ctx context.Context, rows []any) (out []any, rejected []Rejected, err error)
 }
 
+// Flusher is an optional capability of a Flow whose functions keep rows
+// across batches (windows). Flush runs the flow with no new input: each
+// such function emits what time closed (final false: processing time
+// passed, see Config.Tick) or everything it holds (final true: the source
+// is exhausted), and the rest of the flow runs on those rows. Its output
+// and rejections are handled as a batch's, in an epoch of their own.
+type Flusher interface {
+	Flush(ctx context.Context, final bool) (out []any, rejected []Rejected, err error)
+}
+
 // Policy is a function's retry policy.
 type Policy struct {
 	Retries int           // retries after the first attempt
@@ -87,8 +97,18 @@ type Config struct {
 	// being read to being committed.
 	BatchDone func(latency time.Duration)
 	// Resume is the position the source was opened at ("" for none), for
-	// the start-up message.
+	// the start-up message, and the first position an exactly-once commit
+	// is fenced on (see Fence).
 	Resume string
+	// Fence, for exactly-once delivery from a source whose position the
+	// runtime stores, fences every commit on the position this runner
+	// last saw committed (Resume, then each of its own), when the sink is
+	// a stream.FencedTxSink: a commit that finds another position, made by
+	// another process running the same stream, ends the run with a
+	// *stream.FenceError and commits nothing. Leave it unset for sources
+	// whose position a broker keeps (consumer groups), which several
+	// processes share by design.
+	Fence bool
 	// SourceName and SinkName name the source and sink in logs and errors.
 	SourceName, SinkName string
 	// MaxConsecutiveFailures ends the run with the failure when this many
@@ -96,6 +116,14 @@ type Config struct {
 	// same error (a typo in an expression fails every row): 0 means
 	// DefaultMaxConsecutiveFailures, a negative value never.
 	MaxConsecutiveFailures int
+	// FlushAtEnd runs a final Flusher.Flush after the last epoch of an
+	// exhausted source, once every earlier epoch committed; its rows
+	// commit as an epoch before Run returns.
+	FlushAtEnd bool
+	// Tick, when above zero, runs Flusher.Flush(false) after the source
+	// gave nothing for that long (processing-time windows close while the
+	// stream is idle).
+	Tick time.Duration
 }
 
 // DefaultMaxConsecutiveFailures is how many messages in a row may fail the
@@ -195,7 +223,8 @@ type Runner struct {
 	// is then traced to its message, at the cost of running again, alone,
 	// the messages of a batch in which that happened.
 	trace  bool
-	tracer *worker // the commit loop's, for exactly-once; made on first use
+	tracer *worker             // the commit loop's, for exactly-once; made on first use
+	fence  stream.FencedTxSink // the sink, when commits are fenced (Config.Fence)
 
 	warnedNoID   atomic.Bool
 	ownPositions bool           // the source sets a position on every message (stream.MessagePositions)
@@ -241,6 +270,10 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 	default:
 		return nil, fmt.Errorf("runtime: unknown delivery %q", cfg.Delivery)
 	}
+	var fence stream.FencedTxSink
+	if cfg.Fence && cfg.Delivery == ExactlyOnce {
+		fence, _ = parts.TxSink.(stream.FencedTxSink)
+	}
 	_, notifies := parts.Source.(stream.DeadLetterNotifier)
 	mp, ok := parts.Source.(stream.MessagePositions)
 	return &Runner{
@@ -249,7 +282,8 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		ownPositions: ok && mp.PositionsPerMessage(),
 		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
 		dlqLink: newLink("dead-letter sink", "", cfg.Logger), stateLink: newLink("state store", "", cfg.Logger),
-		stopRead: func(error) {}, journalAt: -1,
+		stopRead: func(error) {}, journalAt: -1, txPos: cfg.Resume,
+		fence: fence,
 	}, nil
 }
 
@@ -328,13 +362,23 @@ func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter) {
 
 // part is the share of an epoch one worker runs.
 type part struct {
-	ep     *epoch
-	msgs   []*stream.Message
-	worker int        // the worker whose queue it goes to; -1: any worker
-	out    []any      // output rows kept for a transactional commit
-	segs   []seg      // the runs that made out
-	txn    *state.Txn // its keyed state changes, when the job keeps state
+	ep      *epoch
+	msgs    []*stream.Message
+	control control    // a Flusher run instead of msgs
+	worker  int        // the worker whose queue it goes to; -1: any worker
+	out     []any      // output rows kept for a transactional commit
+	segs    []seg      // the runs that made out
+	txn     *state.Txn // its keyed state changes, when the job keeps state
 }
+
+// control is what a part with no messages runs.
+type control int
+
+const (
+	runMsgs  control = iota // the part's messages
+	runTick                 // Flusher.Flush(false)
+	runFlush                // Flusher.Flush(true)
+)
 
 func (ep *epoch) finish() {
 	if ep.pending.Add(-1) == 0 {
@@ -448,17 +492,21 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		msgs, eof, err := r.readEpoch(ctx)
+		msgs, eof, idle, err := r.readEpoch(ctx)
 		if eof {
 			r.exhausted.Store(true)
 		}
 		if len(msgs) == 0 {
+			if idle && err == nil {
+				r.control(runTick, epochs, shared) // takes the slot
+				continue
+			}
 			<-slots
 			if err != nil {
 				return err
 			}
 			if eof {
-				return nil
+				return r.flushAtEnd(ctx, slots, epochs, shared)
 			}
 			continue
 		}
@@ -504,22 +552,73 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 			return err
 		}
 		if eof {
-			return nil
+			return r.flushAtEnd(ctx, slots, epochs, shared)
 		}
 	}
 }
 
+// flushAtEnd runs the final flush of an exhausted source (Config.FlushAtEnd)
+// once every epoch read before committed, so that no row reaches a window
+// after it closed for good.
+func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs chan<- *epoch, shared chan *part) error {
+	n := r.cfg.MaxInFlight
+	if !r.cfg.FlushAtEnd {
+		return nil
+	}
+	for i := range n {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			for range i {
+				<-slots
+			}
+			return ctx.Err()
+		}
+	}
+	for range n - 1 {
+		<-slots
+	}
+	r.control(runFlush, epochs, shared)
+	return nil
+}
+
+// control queues an epoch with no messages that runs c on any worker; the
+// caller holds its slot, released when it commits.
+func (r *Runner) control(c control, epochs chan<- *epoch, shared chan *part) {
+	ep := &epoch{done: make(chan struct{}), readAt: time.Now()}
+	p := &part{ep: ep, control: c, worker: -1}
+	ep.parts = []*part{p}
+	ep.pending.Store(1)
+	epochs <- ep
+	shared <- p
+}
+
 // readEpoch reads up to BatchSize messages: it blocks for the first, then
 // keeps reading until the batch is full or Linger has passed.
-func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof bool, err error) {
+//
+// With Config.Tick, a read that finds nothing for that long returns no
+// messages and idle true.
+func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof, idle bool, err error) {
 	cfg := r.cfg
-	batch, err := r.readSource(ctx, cfg.BatchSize)
+	first := ctx
+	if cfg.Tick > 0 {
+		var cancel context.CancelFunc
+		first, cancel = context.WithTimeout(ctx, cfg.Tick)
+		defer cancel()
+	}
+	batch, err := r.readSource(first, cfg.BatchSize)
 	msgs = append(msgs, batch...)
+	if first != ctx && first.Err() != nil && ctx.Err() == nil && !errors.Is(err, io.EOF) {
+		if len(msgs) == 0 {
+			return nil, false, true, nil
+		}
+		err = nil // the tick's deadline, not the source's failure
+	}
 	if err != nil {
-		return msgs, errors.Is(err, io.EOF), filterEOF(err)
+		return msgs, errors.Is(err, io.EOF), false, filterEOF(err)
 	}
 	if len(msgs) >= cfg.BatchSize {
-		return msgs, false, nil
+		return msgs, false, false, nil
 	}
 	lctx, cancel := context.WithTimeout(ctx, cfg.Linger)
 	defer cancel()
@@ -528,15 +627,15 @@ func (r *Runner) readEpoch(ctx context.Context) (msgs []*stream.Message, eof boo
 		msgs = append(msgs, batch...)
 		if err != nil {
 			if errors.Is(err, io.EOF) {
-				return msgs, true, nil
+				return msgs, true, false, nil
 			}
 			if lctx.Err() != nil && ctx.Err() == nil {
-				return msgs, false, nil // linger over
+				return msgs, false, false, nil // linger over
 			}
-			return msgs, false, err
+			return msgs, false, false, err
 		}
 	}
-	return msgs, false, nil
+	return msgs, false, false, nil
 }
 
 // readSource reads from the source, retrying a failure with capped backoff and
@@ -865,6 +964,9 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 		return "", nil
 	}
+	if len(msgs) == 0 && len(dead) == 0 && slices.IndexFunc(ok, func(ep *epoch) bool { return ep.out.Load() > 0 }) < 0 {
+		return "", nil // ticks that closed no window: nothing to commit
+	}
 	if err := r.writeDead(work, dead); err != nil {
 		return fail(err)
 	}
@@ -907,7 +1009,7 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	if len(dead) > 0 || len(refused) > 0 {
 		r.notifyDead(work, ok, refusedOf, refused)
 	}
-	if cfg.Delivery != AtMostOnce {
+	if cfg.Delivery != AtMostOnce && len(msgs) > 0 {
 		if err := r.retryForever(work, r.srcLink, func() error { return r.parts.Source.Ack(work, msgs) }); err != nil {
 			return "", fmt.Errorf("acknowledge: %w", err)
 		}

@@ -169,7 +169,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 	all := append(ids[:len(ids):len(ids)], jids...)
 	for attempt := 1; ; attempt++ {
 		err := r.commitBatch(ctx, pos, all, rows, changes)
-		if err == nil {
+		if err == nil || attempt > 1 && ownFence(err, pos) {
 			r.committedTx(pos, len(rows), jsize)
 			return nil, nil, nil
 		}
@@ -193,13 +193,30 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 	}
 }
 
-// commitBatch commits rows, position, message IDs and state changes in
-// one transaction of the sink.
+// commitBatch commits through the sink's transaction, with the group's
+// keyed state changes, fenced on the position this runner last committed
+// when it fences (see Config.Fence).
 func (r *Runner) commitBatch(ctx context.Context, pos string, ids []string, rows []any, changes []stream.StateChange) error {
 	if len(changes) > 0 {
-		return r.parts.TxSink.(stream.StateSink).CommitState(ctx, r.cfg.StateKey, pos, ids, rows, changes)
+		ss := r.parts.TxSink.(stream.StateSink)
+		if r.fence != nil {
+			return ss.CommitStateAfter(ctx, r.cfg.StateKey, r.txPos, pos, ids, rows, changes)
+		}
+		return ss.CommitState(ctx, r.cfg.StateKey, pos, ids, rows, changes)
+	}
+	if r.fence != nil {
+		return r.fence.CommitBatchAfter(ctx, r.cfg.StateKey, r.txPos, pos, ids, rows)
 	}
 	return r.parts.TxSink.CommitBatch(ctx, r.cfg.StateKey, pos, ids, rows)
+}
+
+// ownFence reports whether err, from a commit of pos tried again after a
+// failure, is the fence finding pos itself: the failed attempt committed
+// and its answer was lost. Only a retry may be judged so: a first attempt
+// that finds its own position found another process's commit.
+func ownFence(err error, pos string) bool {
+	var fe *stream.FenceError
+	return pos != "" && errors.As(err, &fe) && fe.Found == pos
 }
 
 // committedTx records a transaction that committed.
@@ -235,12 +252,11 @@ func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bo
 // again message by message, on a flow instance of the commit loop's own,
 // so that each refused row is traced to its message.
 func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg, changes []stream.StateChange) ([]*stream.Message, []*stream.DeadLetter, error) {
-	tx := r.parts.TxSink
 	var dead []any
 	var deadOf []*stream.Message
 	var letters []*stream.DeadLetter
 	rw := &rowWriter{r: r,
-		write: func(ctx context.Context, rs []any) error { return tx.CommitBatch(ctx, r.cfg.StateKey, "", nil, rs) },
+		write: func(ctx context.Context, rs []any) error { return r.commitBatch(ctx, "", nil, rs, nil) },
 		dead: func(row any, m *stream.Message, cause error, attempts int) {
 			dl := r.rowDeadLetter("sink "+r.sinkLink.name, m, row, cause, attempts)
 			dead = append(dead, dl)
@@ -275,9 +291,20 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 		return nil, nil, err
 	}
 	ids = append(ids[:len(ids):len(ids)], jids...)
-	if err := r.retryForever(ctx, r.sinkLink, func() error { return r.commitBatch(ctx, pos, ids, nil, changes) }); err != nil {
+	retried := false
+	if err := r.retryForever(ctx, r.sinkLink, func() error {
+		err := r.commitBatch(ctx, pos, ids, nil, changes)
+		if retried && ownFence(err, pos) {
+			return nil // an earlier attempt committed; its answer was lost
+		}
+		retried = err != nil
+		return err
+	}); err != nil {
 		return nil, nil, err
 	}
 	r.journalAt = jsize
+	if pos != "" {
+		r.txPos = pos
+	}
 	return deadOf, letters, nil
 }

@@ -47,6 +47,10 @@ func (s *stateTxSink) CommitState(ctx context.Context, name, pos string, ids []s
 	return nil
 }
 
+func (s *stateTxSink) CommitStateAfter(ctx context.Context, name, _, pos string, ids []string, rows []any, changes []stream.StateChange) error {
+	return s.CommitState(ctx, name, pos, ids, rows, changes)
+}
+
 func (s *stateTxSink) CommitBatch(ctx context.Context, name, pos string, ids []string, rows []any) error {
 	return s.CommitState(ctx, name, pos, ids, rows, nil)
 }

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 
@@ -28,11 +29,22 @@ func (w *worker) process(ctx context.Context, p *part) {
 		ctx = r.cfg.RunContext(ctx, p.msgs)
 	}
 	ctx = w.beginState(ctx, p)
+	if p.control != runMsgs {
+		w.flush(ctx, p)
+		return
+	}
 	out, segs, ok := w.group(ctx, p, p.msgs, top)
 	if !ok {
 		p.ep.failed.Store(true)
 		return
 	}
+	w.output(ctx, p, out, segs)
+}
+
+// output writes a part's output (at-least-once) or keeps it for the
+// commit (exactly-once).
+func (w *worker) output(ctx context.Context, p *part, out []any, segs []seg) {
+	r := w.r
 	p.ep.out.Add(int64(len(out)))
 	if len(out) == 0 {
 		return
@@ -47,6 +59,52 @@ func (w *worker) process(ctx context.Context, p *part) {
 	}
 	if !w.deliver(ctx, p, out, segs) {
 		p.ep.failed.Store(true)
+	}
+}
+
+// flush runs a control part: Flusher.Flush on the worker's flow, retried
+// by the flow's policy. Its rejected rows are dead-lettered; a flush that
+// still fails ends the run with its error (what the windows held is not
+// known to be safe to emit again).
+func (w *worker) flush(ctx context.Context, p *part) {
+	r := w.r
+	f, ok := w.flow.(Flusher)
+	if !ok {
+		return
+	}
+	final := p.control == runFlush
+	txn := state.FromContext(ctx)
+	for try := 0; ; try++ {
+		var sp int
+		if txn != nil {
+			sp = txn.Savepoint()
+		}
+		out, rej, err := f.Flush(ctx, final)
+		if err != nil && txn != nil {
+			txn.Rollback(sp) // the functions after the windows failed
+		}
+		if ctx.Err() != nil {
+			p.ep.failed.Store(true)
+			return
+		}
+		if err == nil {
+			for _, rj := range rej {
+				p.ep.addDead(nil, r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1))
+			}
+			w.output(ctx, p, out, nil)
+			return
+		}
+		fn := r.cfg.FuncOf(err)
+		if stream.IsPermanent(err) || try >= r.cfg.PolicyFor(fn).Retries {
+			r.abort(fmt.Errorf("closing windows: %w", err))
+			return
+		}
+		r.retries.Add(1)
+		r.cfg.Logger.Warn("closing windows failed; retrying", "func", fn, "try", try+1, "err", err)
+		if w.backoff(ctx, fn, try+1) != nil {
+			p.ep.failed.Store(true)
+			return
+		}
 	}
 }
 

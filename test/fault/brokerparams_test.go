@@ -8,11 +8,12 @@ import (
 	"time"
 )
 
-// The broker connectors' params are declared: lint names each bad one at
-// its line (a misspelt name with the closest declared one, a duration
-// without a unit, a boolean other than true or false, a missing required
-// param, a number below its minimum), warns about a former name, and never
-// prints a password, even one given under its former name.
+// The broker connectors' params are declared: lint names each bad param of
+// a connector a stream uses at its line (a misspelt name with the closest
+// declared one, a duration without a unit, a boolean other than true or
+// false, a missing required param, a number below its minimum), warns about
+// a former name, and never prints a password, even one given under its
+// former name.
 func TestLintChecksBrokerParams(t *testing.T) {
 	t.Parallel()
 	const secret = "BrokerPw9931"
@@ -20,7 +21,10 @@ func TestLintChecksBrokerParams(t *testing.T) {
 		"  sasl_mechanism: PLAIN\n  sasl_user: svc\n  sasl_password: " + secret + "\n  hearbeat: 3s\n  timeout: \"5\"\n" +
 		"---\nkistype: conn\ncname: n\ntype: nats\nkey: a.b\nparams:\n  create: \"yes\"\n" +
 		"---\nkistype: conn\ncname: r\ntype: rabbitmq\nkey: q\nparams:\n  exchang: x\n  prefetch: \"0\"\n" +
-		"---\nkistype: conn\ncname: m\ntype: mqtt\nkey: a/b\nparams:\n  user: ann\n  password: " + secret + "\n  clientid: c\n"})
+		"---\nkistype: conn\ncname: m\ntype: mqtt\nkey: a/b\nparams:\n  user: ann\n  password: " + secret + "\n  clientid: c\n",
+		// Streams use them: their params are the drivers' alone.
+		"flows.yml": "kistype: flow\nstatus: 1\nflow_name: KR\nflows: []\nstream:\n  source: k\n  sink: r\n" +
+			"---\nkistype: flow\nstatus: 1\nflow_name: NM\nflows: []\nstream:\n  source: n\n  sink: m\n"})
 	lint := Run(t, dir, 60*time.Second, "lint", dir)
 	for _, want := range []string{
 		`conns.yml:8: warning: connector "k" (type kafka): param sasl_user: sasl_user is now called user`,

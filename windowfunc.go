@@ -1,0 +1,257 @@
+package kisflow
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/engine"
+	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/window"
+)
+
+// windowHandler is the body of a Calculate function with a window block:
+// one window.Operator for the function's step in the flow, shared by
+// every instance of the flow (a job's worker forks) behind a mutex, and
+// alive across runs. Rows reach it in the order the runs take the lock.
+type windowHandler struct {
+	name string
+	tick time.Duration // processing time: how often an idle stream ticks; 0 for event time
+
+	mu sync.Mutex
+	op *window.Operator
+}
+
+func newWindowHandler(fc *config.Func) (*windowHandler, error) {
+	spec, err := fc.Window.Spec()
+	if err != nil {
+		return nil, fmt.Errorf("function %q: window: %w", fc.FName, err)
+	}
+	op, err := window.New(spec)
+	if err != nil {
+		return nil, fmt.Errorf("function %q: %w", fc.FName, err)
+	}
+	h := &windowHandler{name: fc.FName, op: op}
+	if spec.TimeField == "" {
+		h.tick = idleTick(spec)
+	}
+	return h, nil
+}
+
+// idleTick is how often a stream that reads nothing closes the windows of
+// a processing-time spec: a quarter of its shortest span (the size of a
+// tumbling window, the slide of a sliding one, the gap of a session),
+// between 10ms and 1s.
+func idleTick(spec window.Spec) time.Duration {
+	span := spec.Size
+	switch spec.Type {
+	case window.Sliding:
+		span = spec.Slide
+	case window.Session:
+		span = spec.Gap
+	}
+	return min(max(span/4, 10*time.Millisecond), time.Second)
+}
+
+func (h *windowHandler) signature() string { return "YAML window" }
+
+func (h *windowHandler) bind(fl *flow, layer int) binding {
+	return &windowBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}}
+}
+
+// process adds rows and returns what closed: with control set (a flush
+// run, see flow.flush), also what processing time closed (tick) or
+// everything (final).
+func (h *windowHandler) process(rows []map[string]any, ctl flushMode) ([]map[string]any, []window.Rejected) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []map[string]any
+	var rej []window.Rejected
+	if len(rows) > 0 {
+		out, rej = h.op.Process(rows)
+	}
+	switch {
+	case ctl == flushFinal:
+		out = append(out, h.op.Flush()...)
+	case h.tick > 0:
+		out = append(out, h.op.Tick()...)
+	}
+	return out, rej
+}
+
+type windowBinding struct {
+	h     *windowHandler
+	fl    *flow
+	layer int
+	rows  rowReader
+	flat  flatjson.Decoder
+	maps  []map[string]any
+	at    []int            // at[i] is the input position of maps[i]
+	pool  []map[string]any // maps JSON rows are decoded into, reused from run to run
+}
+
+func (b *windowBinding) call(ctx context.Context, in []any) error {
+	b.maps, b.at = b.maps[:0], b.at[:0]
+	for i, row := range in {
+		m, err := b.fields(row)
+		if err != nil {
+			b.fl.reject(b.layer, i, row, err)
+			continue
+		}
+		b.maps, b.at = append(b.maps, m), append(b.at, i)
+	}
+	out, rej := b.h.process(b.maps, b.fl.flushing)
+	for _, r := range rej {
+		i := b.at[r.Index]
+		b.fl.reject(b.layer, i, in[i], r.Err)
+	}
+	for _, r := range out {
+		b.fl.run.Commit(r)
+	}
+	clear(b.maps)
+	for _, m := range b.pool {
+		clear(m) // keep no value of this run alive
+	}
+	if b.fl.flushing != flushNone {
+		// A flush goes on to the windows further on whatever this one emitted.
+		b.fl.run.Act(engine.Action{ForceEntryNext: true})
+	}
+	return nil
+}
+
+// fields reads a row as fields. The operator keeps nothing of the maps it
+// is given, so flat JSON rows are decoded into maps of the binding's own,
+// reused; other rows are read as every YAML function reads them.
+func (b *windowBinding) fields(row any) (map[string]any, error) {
+	var data []byte
+	switch v := row.(type) {
+	case string:
+		data = unsafe.Slice(unsafe.StringData(v), len(v))
+	case []byte:
+		data = v
+	default:
+		return b.rows.fields(row, false)
+	}
+	n := len(b.maps)
+	if n == len(b.pool) {
+		b.pool = append(b.pool, make(map[string]any, 8))
+	}
+	if m := b.pool[n]; b.flat.DecodeInto(m, data) {
+		return m, nil
+	}
+	return b.rows.fields(row, false)
+}
+
+// flushMode says what a run without source rows closes (see flow.flush).
+type flushMode int
+
+const (
+	flushNone  flushMode = iota // an ordinary run
+	flushTick                   // what processing time closed
+	flushFinal                  // every open window: the source is exhausted
+)
+
+// flush runs the flow with no source rows: each window function emits what
+// closed (final: every window it holds) and the functions after it run on
+// those rows; functions given no rows in such a run are skipped.
+func (fl *flow) flush(ctx context.Context, final bool) (Result, error) {
+	fl.flushing = flushTick
+	if final {
+		fl.flushing = flushFinal
+	}
+	defer func() { fl.flushing = flushNone }()
+	fl.run.Reset()
+	return fl.runOnce(ctx)
+}
+
+// windowed reports whether the flow has a window function, and the most
+// often an idle stream must tick for its processing-time windows (0: none).
+func (c *compiled) windowed() (has bool, tick time.Duration) {
+	for _, h := range c.handlers {
+		if w, ok := h.(*windowHandler); ok {
+			has = true
+			if w.tick > 0 && (tick == 0 || w.tick < tick) {
+				tick = w.tick
+			}
+		}
+	}
+	return has, tick
+}
+
+// WindowState is the state of one window function in a flow of an engine:
+// its open windows, watermark and, under late: update, the windows kept
+// for late rows. A store that commits state with each batch saves its
+// Snapshot and, before the flow runs again, Restores it. It is safe for
+// concurrent use with the flow's runs.
+type WindowState struct{ h *windowHandler }
+
+// Snapshot encodes the window's state (see window.Operator.Snapshot).
+func (w *WindowState) Snapshot() ([]byte, error) {
+	w.h.mu.Lock()
+	defer w.h.mu.Unlock()
+	return w.h.op.Snapshot()
+}
+
+// Restore replaces the window's state with a snapshot of a window with the
+// same spec (see window.Operator.Restore).
+func (w *WindowState) Restore(data []byte) error {
+	w.h.mu.Lock()
+	defer w.h.mu.Unlock()
+	return w.h.op.Restore(data)
+}
+
+// WindowState returns the state of the window of step step (0-based) of
+// flow, compiling the flow (and starting its connectors) when it is not
+// yet. The state is the one every instance of the flow in this engine
+// shares, a Job's included.
+func (e *Engine) WindowState(ctx context.Context, flowName string, step int) (*WindowState, error) {
+	if err := e.Start(ctx); err != nil {
+		return nil, err
+	}
+	c, err := e.compile(ctx, flowName)
+	if err != nil {
+		return nil, err
+	}
+	if step < 0 || step >= len(c.handlers) {
+		return nil, fmt.Errorf("flow %q has no step %d", flowName, step)
+	}
+	h, ok := c.handlers[step].(*windowHandler)
+	if !ok {
+		return nil, fmt.Errorf("flow %q: step %d (function %q) has no window", flowName, step, c.funcs[step].FName)
+	}
+	return &WindowState{h: h}, nil
+}
+
+// checkWindows warns of a window function that an enabled stream flow
+// runs before a function that may fail a batch transiently (a Go
+// function, a YAML Load or Save): the runtime retries such a batch from
+// its first function, and the window takes its rows again.
+func (r *Registry) checkWindows(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range s.FlowNames() {
+		fl := s.Flows[name]
+		if !fl.Enabled() || fl.Stream == nil {
+			continue
+		}
+		for i, st := range fl.Flows {
+			fc := s.Funcs[st.FName]
+			if _, goBody := r.handler(st.FName); fc == nil || fc.Window == nil || goBody {
+				continue
+			}
+			for _, next := range fl.Flows[i+1:] {
+				nc := s.Funcs[next.FName]
+				_, goBody := r.handler(next.FName)
+				if nc == nil || !goBody && (nc.ConfigOnly() || nc.Window != nil) {
+					continue
+				}
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "window"), Severity: config.SevWarning,
+					Msg: fmt.Sprintf("function %q: flow %q runs %q after this window: a batch it fails is retried from the start and the window counts its rows again; run the window last, or follow it with filter, calc and window functions only", fc.FName, name, next.FName)})
+				break
+			}
+		}
+	}
+	return probs
+}
