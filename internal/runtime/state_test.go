@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -282,5 +283,35 @@ func TestTracedRunsApplyStateOnce(t *testing.T) {
 	}
 	if got := store.state["0"]; got != "20100" {
 		t.Fatalf("saved sum %s, want 20100 (each message once)", got)
+	}
+}
+
+// A flow that changes state with nothing to keep it ends with an error
+// that says so, and commits nothing.
+func TestStateWithoutAStoreEndsTheRun(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		delivery string
+		tx       *txSink
+	}{{ExactlyOnce, &txSink{}}, {AtLeastOnce, nil}} {
+		t.Run(tc.delivery, func(t *testing.T) {
+			t.Parallel()
+			parts := Parts{Source: newSource(50, 0), NewFlow: func(int) Flow { return summing(1) }, DeadLetter: &memSink{},
+				Checkpoints: &memCheckpoints{}, State: state.New(1, encodeInt)}
+			if tc.tx != nil {
+				parts.Sink, parts.TxSink = tc.tx, tc.tx
+			}
+			r, err := New(Config{Name: "s", BatchSize: 10, Delivery: tc.delivery}, parts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = r.Run(context.Background())
+			if err == nil || !strings.Contains(err.Error(), "changes keyed state, which its") {
+				t.Fatalf("run ended with %v, want an error saying the state cannot be kept", err)
+			}
+			if r.Stats().Committed != 0 {
+				t.Fatalf("%d messages committed", r.Stats().Committed)
+			}
+		})
 	}
 }
