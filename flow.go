@@ -16,6 +16,7 @@ import (
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/internal/state"
 )
 
 // Flow is a running instance of a flow: functions call it to read their input,
@@ -103,6 +104,7 @@ type flow struct {
 	chain filter.Handler // the flow's filters around execute
 	saved []any          // the source rows, kept for a retried run
 	out   []any          // the last execute's output
+	state *state.Txn     // the keyed state of the run a Job gives it; nil outside a Job
 
 	flushing flushMode // what the current run closes (see flush)
 }
@@ -236,7 +238,8 @@ func (fl *flow) runOnce(ctx context.Context) (Result, error) {
 
 // execute is the centre of the flow's chain: one pass of the engine over
 // the source rows (restored from saved when a filter runs it again).
-func (fl *flow) execute(ctx context.Context, c *filter.Call) error {
+func (fl *flow) execute(ctx context.Context, c *filter.Call) (err error) {
+	defer undoOnError(fl.state, &err)()
 	if c.Attempt > 1 {
 		fl.rejected = fl.rejected[:0]
 		fl.run.Reset()
@@ -331,6 +334,7 @@ func (s *step) Call(ctx context.Context, in []any) error {
 
 // centre calls the function once; a retried call starts from a clean layer.
 func (s *step) centre(ctx context.Context, c *filter.Call) (err error) {
+	defer undoOnError(s.fl.state, &err)() // runs after the recover below set err
 	if c.Attempt > 1 {
 		s.run.ResetLayer()
 	}
@@ -342,3 +346,20 @@ func (s *step) centre(ctx context.Context, c *filter.Call) (err error) {
 	}()
 	return s.b.call(ctx, s.in)
 }
+
+// undoOnError returns a function, to defer, that undoes the keyed state
+// changes x records from now on when *err is set when it runs: the changes
+// of a call or run that failed. With no state it does nothing.
+func undoOnError(x *state.Txn, err *error) func() {
+	if x == nil {
+		return noop
+	}
+	sp := x.Savepoint()
+	return func() {
+		if *err != nil {
+			x.Rollback(sp)
+		}
+	}
+}
+
+func noop() {}

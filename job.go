@@ -21,6 +21,7 @@ import (
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/runtime"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/internal/statelock"
 	"github.com/kisflow-go/kisflow/metrics"
 	"github.com/kisflow-go/kisflow/stream"
@@ -253,6 +254,10 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		return fail(err)
 	}
 	resume := j.start.Position
+	workers := max(st.Workers, 1)
+	if err := e.loadState(ctx, &parts, key, workers); err != nil {
+		return fail(err)
+	}
 
 	sd, ok := sc.Driver().(stream.SourceDriver)
 	if !ok {
@@ -277,7 +282,6 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	j.source = src
 	parts.Source = src
 
-	workers := max(st.Workers, 1)
 	flows := make([]*flow, workers)
 	flows[0] = base.(*flow)
 	for i := 1; i < workers; i++ {
@@ -313,6 +317,25 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		return fail(err)
 	}
 	return j, nil
+}
+
+// loadState gives the job its keyed state, loaded from the store that
+// keeps it: the exactly-once sink, or the checkpoint store.
+func (e *Engine) loadState(ctx context.Context, parts *runtime.Parts, key string, workers int) error {
+	parts.State = state.New(workers, e.codec.Marshal)
+	var from stream.StateLoader
+	if parts.TxSink != nil {
+		from, _ = parts.TxSink.(stream.StateSink)
+	} else if ss, ok := parts.Checkpoints.(stream.StateStore); ok {
+		parts.StateStore, from = ss, ss
+	}
+	if from == nil {
+		return nil
+	}
+	if err := from.LoadState(ctx, key, parts.State.Load); err != nil {
+		return fmt.Errorf("load keyed state: %w", err)
+	}
+	return nil
 }
 
 // StartPosition is where a job starts reading; see Job.StartPosition.
@@ -599,12 +622,16 @@ type jobFlow struct {
 }
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
+	j.fl.state = state.FromContext(ctx)
+	defer func() { j.fl.state = nil }()
 	j.fl.run.CommitBatch(rows)
 	return j.result(j.fl.runOnce(ctx))
 }
 
 // Flush runs the flow's windows with no new rows (see runtime.Flusher).
 func (j *jobFlow) Flush(ctx context.Context, final bool) ([]any, []runtime.Rejected, error) {
+	j.fl.state = state.FromContext(ctx)
+	defer func() { j.fl.state = nil }()
 	return j.result(j.fl.flush(ctx, final))
 }
 

@@ -283,3 +283,43 @@ func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
 
 // IsFatal reports whether err is marked as fatal.
 func IsFatal(err error) bool { return errors.Is(err, ErrFatal) }
+
+// StateChange is one change of a job's keyed state, written when the batch
+// that made it commits: the entry Field ("" for a value state) of the state
+// Name for the stream key Key now holds Value (JSON), or was deleted.
+// ExpiresAt is when the entry expires, in Unix milliseconds (0: never).
+type StateChange struct {
+	Name, Key, Field string
+	Value            []byte
+	Deleted          bool
+	ExpiresAt        int64
+}
+
+// StateLoader is the capability of a state store to give back the keyed
+// state committed for stream: fn is called once per live entry (entries
+// that expired are skipped). A job loads its state with it when it starts.
+type StateLoader interface {
+	LoadState(ctx context.Context, stream string, fn func(StateChange) error) error
+}
+
+// StateSink is an optional TxSink capability: keyed state changes commit in
+// the sink's transaction, with the batch's rows, its position and its
+// message IDs. Without it, an exactly-once flow cannot keep keyed state.
+type StateSink interface {
+	StateLoader
+	// CommitState is CommitBatch with the batch's state changes.
+	CommitState(ctx context.Context, stream string, position string, ids []string, rows []any, state []StateChange) error
+	// CommitStateAfter is CommitState fenced on the position from, as
+	// FencedTxSink.CommitBatchAfter is.
+	CommitStateAfter(ctx context.Context, stream, from, position string, ids []string, rows []any, state []StateChange) error
+}
+
+// StateStore is an optional Checkpoints capability: keyed state changes
+// are saved with the position in one transaction of the store, for
+// at-least-once and at-most-once delivery.
+type StateStore interface {
+	StateLoader
+	// SaveState saves changes and, when position is not empty, stream's
+	// position, atomically.
+	SaveState(ctx context.Context, stream string, position string, changes []StateChange) error
+}

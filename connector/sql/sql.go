@@ -304,6 +304,10 @@ func (d *DB) Start(ctx context.Context) error {
 		closeOwn()
 		return err
 	}
+	if err := checkpoint.EnsureState(ctx, db, d.dialect); err != nil {
+		closeOwn()
+		return err
+	}
 	if d.dialect == checkpoint.SQLite {
 		if d.guard, err = checkpoint.NewFileGuard(d.path); err != nil {
 			closeOwn()
@@ -337,7 +341,7 @@ func (d *DB) Write(ctx context.Context, rows []any) error {
 // CommitBatch inserts rows, records the stream's position and the IDs of
 // the messages consumed, in one transaction: the exactly-once commit.
 func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
-	return d.commitBatch(ctx, false, stream, "", position, ids, rows)
+	return d.commitBatch(ctx, false, stream, "", position, ids, rows, nil)
 }
 
 // CommitBatchAfter is CommitBatch fenced on the position from: the
@@ -345,10 +349,22 @@ func (d *DB) CommitBatch(ctx context.Context, stream, position string, ids []str
 // failing with a *stream.FenceError, unless it still holds from ("":
 // none); see stream.FencedTxSink.
 func (d *DB) CommitBatchAfter(ctx context.Context, stream, from, position string, ids []string, rows []any) error {
-	return d.commitBatch(ctx, true, stream, from, position, ids, rows)
+	return d.commitBatch(ctx, true, stream, from, position, ids, rows, nil)
 }
 
-func (d *DB) commitBatch(ctx context.Context, fence bool, stream, from, position string, ids []string, rows []any) error {
+// CommitState is CommitBatch with keyed state changes, written in the
+// same transaction; see stream.StateSink.
+func (d *DB) CommitState(ctx context.Context, stream, position string, ids []string, rows []any, state []stream.StateChange) error {
+	return d.commitBatch(ctx, false, stream, "", position, ids, rows, state)
+}
+
+// CommitStateAfter is CommitBatchAfter with keyed state changes, written
+// in the same transaction; see stream.StateSink.
+func (d *DB) CommitStateAfter(ctx context.Context, stream, from, position string, ids []string, rows []any, state []stream.StateChange) error {
+	return d.commitBatch(ctx, true, stream, from, position, ids, rows, state)
+}
+
+func (d *DB) commitBatch(ctx context.Context, fence bool, stream, from, position string, ids []string, rows []any, state []stream.StateChange) error {
 	if err := d.pruneInbox(ctx, stream); err != nil {
 		return err
 	}
@@ -364,11 +380,23 @@ func (d *DB) commitBatch(ctx context.Context, fence bool, stream, from, position
 		if err := checkpoint.SaveInbox(ctx, tx, d.dialect, stream, ids); err != nil {
 			return err
 		}
+		if err := checkpoint.SaveState(ctx, tx, d.dialect, stream, state); err != nil {
+			return err
+		}
 		if position == "" {
 			return nil
 		}
 		return checkpoint.Save(ctx, tx, d.dialect, stream, position)
 	})
+}
+
+// LoadState calls fn with every live entry of the stream's keyed state;
+// see stream.StateLoader.
+func (d *DB) LoadState(ctx context.Context, stream string, fn func(stream.StateChange) error) error {
+	if d.db == nil {
+		return fmt.Errorf("connector %q is not started", d.cfg.CName)
+	}
+	return checkpoint.LoadState(ctx, d.db, d.dialect, stream, fn)
 }
 
 // pruneBatch bounds the IDs one prune deletes, so that it never holds up

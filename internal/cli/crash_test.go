@@ -23,8 +23,9 @@ import (
 // The test binary doubles as a kisflow binary for crash tests: with
 // KISFLOW_TEST_CHILD set it runs the CLI with the arguments in that
 // variable (JSON), with two extra Go functions registered: Slow (waits a
-// little per batch, so a kill lands mid-run) and Flaky (fails every 7th
-// call, so retries happen).
+// little per batch, so a kill lands mid-run), Flaky (fails every 7th
+// call, so retries happen) and CountState (counts rows per user in keyed
+// state, see state_crash_test.go).
 func TestMain(m *testing.M) {
 	if args := os.Getenv("KISFLOW_TEST_CHILD"); args != "" {
 		os.Exit(childMain(args))
@@ -54,6 +55,7 @@ func childMain(argsJSON string) int {
 		}
 		return f.CommitRowBatch(rows)
 	}))
+	reg.MustRegister("CountState", kisflow.Func(countState))
 	return Main(reg, args, os.Stdout, os.Stderr)
 }
 

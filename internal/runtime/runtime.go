@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"slices"
@@ -25,6 +24,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -188,6 +188,15 @@ type Parts struct {
 	// Checkpoints stores positions for at-least-once and at-most-once
 	// delivery of sources that set Message.Position (nil: not stored).
 	Checkpoints stream.Checkpoints
+	// State, when set, is the job's keyed state: each part of a batch runs
+	// with a state.Txn in its context, whose changes commit with the
+	// batch. For exactly-once they commit in the sink's transaction
+	// (TxSink must be a stream.StateSink); otherwise in StateStore's, with
+	// the position.
+	State *state.Table
+	// StateStore keeps keyed state for at-least-once and at-most-once
+	// delivery (nil: a flow that changes state ends with an error).
+	StateStore stream.StateStore
 }
 
 // Stats are a runner's counters. Read them with Runner.Stats at any time.
@@ -236,6 +245,11 @@ type Runner struct {
 	abortErr                   error                   // set once, before stopRead is called
 	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
 	streak                     streak                  // the commit loop's run of equal failures
+	// pendingState holds the state changes committed in memory and not
+	// yet saved, with the position they belong to (at-least-once with a
+	// stored position; commit loop only).
+	pendingState map[state.ID]state.Entry
+	stateLink    *link
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
@@ -269,7 +283,7 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		trace:        notifies && cfg.Delivery != AtMostOnce,
 		ownPositions: ok && mp.PositionsPerMessage(),
 		srcLink:      newLink("source", cfg.SourceName, cfg.Logger), sinkLink: newLink("sink", cfg.SinkName, cfg.Logger),
-		dlqLink:  newLink("dead-letter sink", cfg.DeadLetterName, cfg.Logger),
+		dlqLink: newLink("dead-letter sink", cfg.DeadLetterName, cfg.Logger), stateLink: newLink("state store", "", cfg.Logger),
 		stopRead: func(error) {}, journalAt: -1, txPos: cfg.Resume,
 		fence: fence,
 	}, nil
@@ -352,10 +366,11 @@ func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter) {
 type part struct {
 	ep      *epoch
 	msgs    []*stream.Message
-	control control // a Flusher run instead of msgs
-	worker  int     // the worker whose queue it goes to; -1: any worker
-	out     []any   // output rows kept for a transactional commit
-	segs    []seg   // the runs that made out
+	control control    // a Flusher run instead of msgs
+	worker  int        // the worker whose queue it goes to; -1: any worker
+	out     []any      // output rows kept for a transactional commit
+	segs    []seg      // the runs that made out
+	txn     *state.Txn // its keyed state changes, when the job keeps state
 }
 
 // control is what a part with no messages runs.
@@ -701,8 +716,14 @@ func (r *Runner) split(ep *epoch) {
 // CheckpointInterval is how often at most the position of an at-least-once
 // or at-most-once stream is saved while epochs keep coming; the last
 // position is always saved when the stream stops or goes idle. A position
-// that lags only means more redelivery after a crash.
+// that lags only means more redelivery after a crash. A save that takes
+// long (one that writes many keyed state entries) spaces the next one out
+// to saveSpacing times its duration, so that saving takes a bounded share
+// of the commit loop's time.
 const CheckpointInterval = 200 * time.Millisecond
+
+// saveSpacing: see CheckpointInterval.
+const saveSpacing = 4
 
 // maxGroupRows bounds the rows of epochs committed together.
 const maxGroupRows = 50000
@@ -726,35 +747,63 @@ func (r *Runner) unseen(ctx context.Context, msgs []*stream.Message) ([]*stream.
 		}
 		return msgs, nil
 	}
-	var seen map[string]bool
-	if err := r.retryForever(ctx, r.sinkLink, func() (err error) {
-		seen, err = r.parts.TxSink.Seen(ctx, r.cfg.StateKey, ids)
-		return err
-	}); err != nil {
-		return nil, err
-	}
 	// A redelivery of a message still in flight here (processing took
 	// longer than the broker's acknowledgement deadline) is not processed
 	// twice; it is acknowledged with its epoch. Nor is a second copy within
 	// this read (a broker redelivers a message that still waits in the
-	// client's buffer): only its first copy is processed; the second, and
-	// not the first, is dropped.
+	// client's buffer): only its first copy is processed. The IDs are
+	// reserved before the sink is asked: an epoch releases its IDs only
+	// after its commit, so an ID found free here is either committed (and
+	// the sink says so) or new. Asked first, the sink could answer "not
+	// seen" just before the epoch holding the ID committed and released
+	// it, and the message would be processed twice.
 	drop := make([]bool, len(msgs))
 	dropped := 0
+	var mine []string
 	r.inflightMu.Lock()
 	for i, m := range msgs {
 		if m.ID == "" {
 			continue
 		}
 		// busy also holds for a copy met earlier in this read.
-		if _, busy := r.inflightIDs[m.ID]; busy || seen[m.ID] {
+		if _, busy := r.inflightIDs[m.ID]; busy {
 			drop[i] = true
 			dropped++
 			continue
 		}
 		r.inflightIDs[m.ID] = struct{}{}
+		mine = append(mine, m.ID)
 	}
 	r.inflightMu.Unlock()
+	var seen map[string]bool
+	if len(mine) > 0 {
+		if err := r.retryForever(ctx, r.sinkLink, func() (err error) {
+			seen, err = r.parts.TxSink.Seen(ctx, r.cfg.StateKey, mine)
+			return err
+		}); err != nil {
+			r.inflightMu.Lock()
+			for _, id := range mine {
+				delete(r.inflightIDs, id)
+			}
+			r.inflightMu.Unlock()
+			return nil, err
+		}
+	}
+	if len(seen) > 0 {
+		r.inflightMu.Lock()
+		for id, ok := range seen {
+			if ok {
+				delete(r.inflightIDs, id) // committed before: acknowledged, not processed
+			}
+		}
+		r.inflightMu.Unlock()
+		for i, m := range msgs {
+			if !drop[i] && m.ID != "" && seen[m.ID] {
+				drop[i] = true
+				dropped++
+			}
+		}
+	}
 	if dropped == 0 {
 		return msgs, nil
 	}
@@ -793,7 +842,18 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	var next *epoch
 	open := true
 	var lastSave time.Time
+	var took time.Duration // the last save's
+	every := CheckpointInterval
 	savedPos, pendingPos := "", ""
+	save := func() {
+		began := time.Now()
+		if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
+			firstErr = err
+		}
+		savedPos, lastSave = pendingPos, time.Now()
+		took = lastSave.Sub(began)
+		every = max(CheckpointInterval, saveSpacing*took)
+	}
 	broken := false // an epoch failed: no later epoch may commit
 	for {
 		ep := next
@@ -803,7 +863,21 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 				break
 			}
 			var ok bool
-			if ep, ok = <-epochs; !ok {
+			if pendingPos == savedPos {
+				ep, ok = <-epochs
+			} else {
+				// A save put off (see saveSpacing) is made when due if
+				// nothing comes meanwhile.
+				due := time.NewTimer(max(every-time.Since(lastSave), 0))
+				select {
+				case ep, ok = <-epochs:
+					due.Stop()
+				case <-due.C:
+					save()
+					continue
+				}
+			}
+			if !ok {
 				break
 			}
 		}
@@ -837,12 +911,12 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 		if pos != "" {
 			pendingPos = pos
 		}
-		idle := next == nil && len(epochs) == 0
-		if pendingPos != savedPos && (idle || time.Since(lastSave) >= CheckpointInterval) {
-			if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
-				firstErr = err
-			}
-			savedPos, lastSave = pendingPos, time.Now()
+		// Going idle, the position is saved at once, unless the last save
+		// took long: then when saveSpacing allows, or when due (above).
+		since := time.Since(lastSave)
+		idle := next == nil && len(epochs) == 0 && since >= saveSpacing*took
+		if pendingPos != savedPos && (idle || since >= every) {
+			save()
 		}
 		for _, e := range group {
 			r.release(e)
@@ -853,8 +927,8 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	if err := r.syncDeadLetters(work); err != nil && firstErr == nil {
 		firstErr = err
 	}
-	if pendingPos != savedPos {
-		if err := r.storePosition(work, pendingPos); err != nil && firstErr == nil {
+	if pendingPos != savedPos || len(r.pendingState) > 0 {
+		if err := r.storeCommitted(work, pendingPos); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
@@ -877,6 +951,14 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			*broken = true
 			r.undrained.Store(true)
 			r.nack(work, ep, errors.New("not processed before shutdown"))
+		case r.parts.State != nil && r.parts.State.Stale(ep.txns()):
+			// It may have read state changes of a batch returned to the
+			// source: it is returned too, and runs again on what is
+			// committed.
+			if lastPosition(ep.msgs) != "" {
+				*broken = true
+			}
+			r.nack(work, ep, errors.New("its keyed state read changes of a batch that was not committed"))
 		default:
 			ok = append(ok, ep)
 		}
@@ -888,9 +970,11 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	var segs []seg
 	var msgs []*stream.Message
 	var ids []string
+	var txns []*state.Txn
 	for _, ep := range ok {
 		dead = append(dead, ep.dead...)
 		msgs = append(msgs, ep.msgs...)
+		txns = append(txns, ep.txns()...)
 		if cfg.Delivery == ExactlyOnce {
 			for _, p := range ep.parts {
 				rows = append(rows, p.out...)
@@ -927,6 +1011,18 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		return fail(err)
 	}
 	pos := lastPosition(msgs)
+	var changes []stream.StateChange
+	changed := state.Changed(txns)
+	if changed {
+		err := r.canKeepState()
+		if err == nil && !r.keepsStateWithPosition(pos) {
+			changes, err = r.parts.State.Changes(txns)
+		}
+		if err != nil {
+			r.abort(err)
+			return fail(err)
+		}
+	}
 	// Dead letters reach the disk before the transaction or the
 	// acknowledgement that depends on them; a stored position syncs them
 	// when it is saved.
@@ -939,9 +1035,16 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	var refused []*stream.DeadLetter
 	if cfg.Delivery == ExactlyOnce {
 		var err error
-		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs); err != nil {
+		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs, changes); err != nil {
 			return fail(err)
 		}
+	} else if changed {
+		if err := r.keepState(work, pos, txns, changes); err != nil {
+			return fail(err)
+		}
+	}
+	if len(txns) > 0 {
+		r.parts.State.Apply(txns)
 	}
 	if len(dead) > 0 || len(refused) > 0 {
 		r.notifyDead(work, ok, refusedOf, refused)
@@ -1016,7 +1119,7 @@ func (r *Runner) savePosition(ctx context.Context, pos string) error {
 	if err := r.syncDeadLetters(ctx); err != nil {
 		return fmt.Errorf("dead letters: %w", err)
 	}
-	return r.storePosition(ctx, pos)
+	return r.storeCommitted(ctx, pos)
 }
 
 func (r *Runner) storePosition(ctx context.Context, pos string) error {
@@ -1039,6 +1142,9 @@ func (r *Runner) ackEarly(ctx context.Context, ep *epoch) error {
 }
 
 func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
+	if r.parts.State != nil {
+		r.parts.State.Drop(ep.txns())
+	}
 	r.cfg.Logger.Warn("batch not committed; it will be redelivered", "messages", len(ep.msgs), "cause", cause)
 	if n, ok := r.parts.Source.(stream.Nacker); ok {
 		_ = n.Nack(context.WithoutCancel(ctx), ep.msgs, cause)
@@ -1076,12 +1182,9 @@ func lastPosition(msgs []*stream.Message) string {
 	return ""
 }
 
-// partition maps a message to a worker by its key.
-func partitionOf(key string, n int) int {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(key))
-	return int(h.Sum32() % uint32(n))
-}
+// partitionOf maps a message to a worker by its key; keyed state relies
+// on the same mapping.
+func partitionOf(key string, n int) int { return state.Partition(key, n) }
 
 // WithDefaults returns c with every unset field given the value a Runner
 // uses for it.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -158,15 +159,16 @@ func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause erro
 // the rows it refuses, which are dead-lettered; the position and IDs then
 // commit on their own. A crash during that split may repeat the rows of the
 // group committed before it. It returns the dead letters of refused rows
-// traced to their messages (see Runner.trace), and those messages.
-func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
+// traced to their messages (see Runner.trace), and those messages. The
+// group's keyed state changes commit with the position.
+func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []any, segs []seg, changes []stream.StateChange) ([]*stream.Message, []*stream.DeadLetter, error) {
 	jids, jsize, err := r.journalIDs(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
 	all := append(ids[:len(ids):len(ids)], jids...)
 	for attempt := 1; ; attempt++ {
-		err := r.commitBatch(ctx, pos, all, rows)
+		err := r.commitBatch(ctx, pos, all, rows, changes)
 		if err == nil || attempt > 1 && ownFence(err, pos) {
 			r.committedTx(pos, len(rows), jsize)
 			return nil, nil, nil
@@ -175,7 +177,7 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 			return nil, nil, err
 		}
 		if len(rows) > 0 && stream.IsPermanent(err) {
-			return r.commitIsolated(ctx, pos, ids, rows, segs)
+			return r.commitIsolated(ctx, pos, ids, rows, segs, changes)
 		}
 		r.sinkLink.fail(err)
 		if err := r.cfg.Sleep(ctx, linkWait(attempt)); err != nil {
@@ -191,9 +193,17 @@ func (r *Runner) commitTx(ctx context.Context, pos string, ids []string, rows []
 	}
 }
 
-// commitBatch commits through the sink's transaction, fenced on the
-// position this runner last committed when it fences (see Config.Fence).
-func (r *Runner) commitBatch(ctx context.Context, pos string, ids []string, rows []any) error {
+// commitBatch commits through the sink's transaction, with the group's
+// keyed state changes, fenced on the position this runner last committed
+// when it fences (see Config.Fence).
+func (r *Runner) commitBatch(ctx context.Context, pos string, ids []string, rows []any, changes []stream.StateChange) error {
+	if len(changes) > 0 {
+		ss := r.parts.TxSink.(stream.StateSink)
+		if r.fence != nil {
+			return ss.CommitStateAfter(ctx, r.cfg.StateKey, r.txPos, pos, ids, rows, changes)
+		}
+		return ss.CommitState(ctx, r.cfg.StateKey, pos, ids, rows, changes)
+	}
 	if r.fence != nil {
 		return r.fence.CommitBatchAfter(ctx, r.cfg.StateKey, r.txPos, pos, ids, rows)
 	}
@@ -241,12 +251,12 @@ func (r *Runner) commitLanded(ctx context.Context, pos string, ids []string) (bo
 // answers per message, the rows of runs of several messages are first made
 // again message by message, on a flow instance of the commit loop's own,
 // so that each refused row is traced to its message.
-func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg) ([]*stream.Message, []*stream.DeadLetter, error) {
+func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, rows []any, segs []seg, changes []stream.StateChange) ([]*stream.Message, []*stream.DeadLetter, error) {
 	var dead []any
 	var deadOf []*stream.Message
 	var letters []*stream.DeadLetter
 	rw := &rowWriter{r: r,
-		write: func(ctx context.Context, rs []any) error { return r.commitBatch(ctx, "", nil, rs) },
+		write: func(ctx context.Context, rs []any) error { return r.commitBatch(ctx, "", nil, rs, nil) },
 		dead: func(row any, m *stream.Message, cause error, attempts int) {
 			dl := r.rowDeadLetter(r.sinkLink.label(), m, row, cause, attempts)
 			dead = append(dead, dl)
@@ -260,7 +270,11 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 			if r.tracer == nil {
 				r.tracer = &worker{r: r, flow: r.parts.NewFlow(r.cfg.Workers)}
 			}
-			return r.tracer.retrace(ctx, rows, segs)
+			tctx := ctx
+			if r.parts.State != nil {
+				tctx = state.NewContext(ctx, r.parts.State.Scratch())
+			}
+			return r.tracer.retrace(tctx, rows, segs)
 		}
 	}
 	if !rw.deliver(ctx, rows, nil) {
@@ -279,7 +293,7 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 	ids = append(ids[:len(ids):len(ids)], jids...)
 	retried := false
 	if err := r.retryForever(ctx, r.sinkLink, func() error {
-		err := r.commitBatch(ctx, pos, ids, nil)
+		err := r.commitBatch(ctx, pos, ids, nil, changes)
 		if retried && ownFence(err, pos) {
 			return nil // an earlier attempt committed; its answer was lost
 		}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -29,6 +30,7 @@ func (w *worker) process(ctx context.Context, p *part) {
 	if r.cfg.RunContext != nil {
 		ctx = r.cfg.RunContext(ctx, p.msgs)
 	}
+	ctx = w.beginState(ctx, p)
 	if p.control != runMsgs {
 		w.flush(ctx, p)
 		return
@@ -73,8 +75,16 @@ func (w *worker) flush(ctx context.Context, p *part) {
 		return
 	}
 	final := p.control == runFlush
+	txn := state.FromContext(ctx)
 	for try := 0; ; try++ {
+		var sp int
+		if txn != nil {
+			sp = txn.Savepoint()
+		}
 		out, rej, err := f.Flush(ctx, final)
+		if err != nil && txn != nil {
+			txn.Rollback(sp) // the functions after the windows failed
+		}
 		if ctx.Err() != nil {
 			p.ep.failed.Store(true)
 			return
@@ -103,15 +113,24 @@ func (w *worker) flush(ctx context.Context, p *part) {
 // attempt runs msgs through the flow once. It returns the output, which
 // stays valid until the flow's next run, the rejected rows, and the run's
 // failure, if any; permanent tells a failure retrying cannot fix (an error
-// marked stream.ErrPermanent).
+// marked stream.ErrPermanent). The keyed state changes of a failed run are
+// undone.
 func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error, permanent bool) {
 	w.rows = w.rows[:0]
 	for _, m := range msgs {
 		w.rows = append(w.rows, m.Payload)
 	}
+	txn := state.FromContext(ctx)
+	var sp int
+	if txn != nil {
+		sp = txn.Savepoint()
+	}
 	res, rej, err := w.flow.Run(ctx, w.rows)
 	clear(w.rows)
 	if err != nil {
+		if txn != nil {
+			txn.Rollback(sp)
+		}
 		if stream.IsFatal(err) {
 			// A configuration error (a missing table, a query without its
 			// key column): no retry mends it and no row is to blame, so
@@ -155,13 +174,21 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 // if the work context ended.
 func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, retries int) ([]any, []seg, bool) {
 	r := w.r
+	txn := state.FromContext(ctx)
 	for try := 0; ; try++ {
+		var sp int
+		if txn != nil {
+			sp = txn.Savepoint()
+		}
 		out, rej, fn, err, perm := w.attempt(ctx, msgs)
 		if ctx.Err() != nil || stream.IsFatal(err) {
 			return nil, nil, false
 		}
 		if err == nil {
 			if r.trace && len(msgs) > 1 && slices.ContainsFunc(rej, func(rj Rejected) bool { return rj.Layer > 0 }) {
+				if txn != nil {
+					txn.Rollback(sp) // the halves run these messages again
+				}
 				return w.halves(ctx, p, msgs)
 			}
 			w.rejected(p, msgs, rej)
@@ -222,7 +249,12 @@ func segOf(msgs []*stream.Message, n int) []seg {
 // rows of one-message runs are kept. Rejections met again are not
 // dead-lettered again (they were when the runs first ran). A run whose
 // messages do not all succeed again alone keeps its first rows, untraced.
+// The keyed state changes of the runs made again are undone: the state
+// keeps those of the first runs (which the runs made again also see).
 func (w *worker) retrace(ctx context.Context, rows []any, segs []seg) ([]any, []*stream.Message) {
+	if txn := state.FromContext(ctx); txn != nil {
+		defer txn.Rollback(txn.Savepoint())
+	}
 	rows = append([]any(nil), rows...) // the runs below reuse the flow's buffers
 	out := make([]any, 0, len(rows))
 	from := make([]*stream.Message, 0, len(rows))

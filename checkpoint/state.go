@@ -1,0 +1,169 @@
+package checkpoint
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	kstream "github.com/kisflow-go/kisflow/stream"
+)
+
+// StateTable holds the keyed state of jobs: kisflow_state(stream, id,
+// name, skey, field, value, expires_at), with the primary key (stream,
+// id). stream is the job's state key, name the state's name, skey the
+// stream key, field the entry of a map state ("" for a value state), value
+// its JSON and expires_at its expiry in Unix milliseconds (0: never). id
+// is a hash of name, skey and field, so that the key fits every dialect's
+// index limits whatever the length of the keys.
+const StateTable = "kisflow_state"
+
+func (d Dialect) createState() string {
+	if d == MySQL {
+		return "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream VARCHAR(255) NOT NULL, id CHAR(32) NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value LONGTEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
+	}
+	q := "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
+	if d == SQLite {
+		q += " WITHOUT ROWID" // one b-tree, ordered by the key every write looks up
+	}
+	return q
+}
+
+// EnsureState creates the state table if it does not exist.
+func EnsureState(ctx context.Context, db Execer, d Dialect) error {
+	if err := DDL(ctx, db, d.createState()); err != nil {
+		return fmt.Errorf("create %s: %w", StateTable, err)
+	}
+	return nil
+}
+
+// stateID is the row ID of a state entry.
+func stateID(name, key, field string) string {
+	h := sha256.New()
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	h.Write([]byte{0})
+	h.Write([]byte(field))
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+// statePer bounds the entries of one statement.
+const statePer = 400
+
+// SaveState writes the state changes of stream through db (a transaction):
+// an upsert per changed entry, a delete per deleted one.
+func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes []kstream.StateChange) error {
+	var puts, dels []kstream.StateChange
+	for _, c := range changes {
+		if c.Deleted {
+			dels = append(dels, c)
+		} else {
+			puts = append(puts, c)
+		}
+	}
+	for start := 0; start < len(puts); start += statePer {
+		chunk := puts[start:min(start+statePer, len(puts))]
+		var b strings.Builder
+		b.WriteString("INSERT INTO " + StateTable + " (stream, id, name, skey, field, value, expires_at) VALUES ")
+		args := make([]any, 0, 7*len(chunk))
+		for i, c := range chunk {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
+			args = append(args, stream, stateID(c.Name, c.Key, c.Field), c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt)
+		}
+		switch d {
+		case MySQL:
+			b.WriteString(" ON DUPLICATE KEY UPDATE value = VALUES(value), expires_at = VALUES(expires_at)")
+		default:
+			b.WriteString(" ON CONFLICT (stream, id) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at")
+		}
+		if _, err := db.ExecContext(ctx, d.bind(b.String()), args...); err != nil {
+			return fmt.Errorf("save state of %q: %w", stream, err)
+		}
+	}
+	for start := 0; start < len(dels); start += statePer {
+		chunk := dels[start:min(start+statePer, len(dels))]
+		var b strings.Builder
+		b.WriteString("DELETE FROM " + StateTable + " WHERE stream = ? AND id IN (")
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, stream)
+		for i, c := range chunk {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString("?")
+			args = append(args, stateID(c.Name, c.Key, c.Field))
+		}
+		b.WriteString(")")
+		if _, err := db.ExecContext(ctx, d.bind(b.String()), args...); err != nil {
+			return fmt.Errorf("save state of %q: %w", stream, err)
+		}
+	}
+	return nil
+}
+
+// LoadState calls fn with every entry of stream's state that has not
+// expired, after deleting those that have.
+func LoadState(ctx context.Context, db interface {
+	Querier
+	Execer
+}, d Dialect, stream string, fn func(kstream.StateChange) error) error {
+	now := time.Now().UnixMilli()
+	if _, err := db.ExecContext(ctx, d.bind("DELETE FROM "+StateTable+" WHERE stream = ? AND expires_at > 0 AND expires_at <= ?"), stream, now); err != nil {
+		return fmt.Errorf("prune state of %q: %w", stream, err)
+	}
+	rows, err := db.QueryContext(ctx, d.bind("SELECT name, skey, field, value, expires_at FROM "+StateTable+" WHERE stream = ? AND (expires_at = 0 OR expires_at > ?)"), stream, now)
+	if err != nil {
+		return fmt.Errorf("load state of %q: %w", stream, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var c kstream.StateChange
+		if err := rows.Scan(&c.Name, &c.Key, &c.Field, &c.Value, &c.ExpiresAt); err != nil {
+			return fmt.Errorf("load state of %q: %w", stream, err)
+		}
+		if err := fn(c); err != nil {
+			return err
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load state of %q: %w", stream, err)
+	}
+	return nil
+}
+
+// SaveState saves state changes and, when position is not empty, stream's
+// position, in one transaction; see stream.StateStore.
+func (s *Store) SaveState(ctx context.Context, stream, position string, changes []kstream.StateChange) error {
+	if err := s.guard.Check(); err != nil {
+		return err
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("save state of %q: %w", stream, err)
+	}
+	defer func() { _ = tx.Rollback() }() // after Commit, a no-op
+	if err := SaveState(ctx, tx, s.dialect, stream, changes); err != nil {
+		return err
+	}
+	if position != "" {
+		if err := Save(ctx, tx, s.dialect, stream, position); err != nil {
+			return err
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("save state of %q: %w", stream, err)
+	}
+	return s.guard.Check()
+}
+
+// LoadState calls fn with every live entry of stream's state; see
+// stream.StateLoader.
+func (s *Store) LoadState(ctx context.Context, stream string, fn func(kstream.StateChange) error) error {
+	return LoadState(ctx, s.db, s.dialect, stream, fn)
+}

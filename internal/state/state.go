@@ -1,0 +1,435 @@
+// Package state keeps the keyed state of a streaming job in memory: what
+// is committed, and the changes of the batches in flight.
+//
+// Each part of a batch (the share of an epoch one worker runs) changes
+// state through a Txn of its own. A Txn reads its own changes, then those
+// of the earlier Txns of the same lane (the worker that runs it, to which
+// every row of a key goes) that are not settled yet, then the committed
+// state. When the batch commits, the merged changes of its Txns are
+// written to the store and applied to the committed state; when it is
+// returned to its source instead, they are dropped. A Txn that read
+// anything before a drop can no longer commit (Stale): it may have read
+// the dropped changes, so its batch is returned too, and the state never
+// holds the effect of a batch that will be delivered again.
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// ID names one entry: state Name, stream key Key, and Field, the entry of
+// a map state ("" for a value state).
+type ID struct{ Name, Key, Field string }
+
+// Entry is the value of an entry, or in a Txn, a change of it.
+type Entry struct {
+	Val     any    // the value a function set; nil when Raw holds it
+	Raw     []byte // JSON loaded from the store, decoded when read
+	Exp     int64  // expiry, Unix milliseconds; 0: never
+	Deleted bool   // in a Txn: the entry was deleted
+}
+
+func (e Entry) live() bool {
+	return !e.Deleted && (e.Exp == 0 || time.Now().UnixMilli() < e.Exp)
+}
+
+type nameKey struct{ name, key string }
+
+// SweepEvery is how often at most expired entries are removed from memory
+// at a commit; reads never see them before that.
+const SweepEvery = time.Minute
+
+// Table is a job's keyed state. Begin, Scratch and the Txns' methods are
+// called by workers; Load before the job runs; Stale, Drop, Changes and
+// Apply by the commit loop only.
+type Table struct {
+	encode func(any) ([]byte, error)
+	lanes  []*Txn // the last Txn begun on each lane: touched by the lane's worker only
+	gen    atomic.Uint64
+
+	mu        sync.RWMutex
+	committed map[ID]Entry
+	fields    map[nameKey]map[string]struct{} // the fields of map states
+	swept     time.Time
+}
+
+// New returns an empty table for a job with lanes workers; encode turns a
+// value into the JSON the store keeps.
+func New(lanes int, encode func(any) ([]byte, error)) *Table {
+	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), committed: map[ID]Entry{},
+		fields: map[nameKey]map[string]struct{}{}, swept: time.Now()}
+}
+
+// Load adds a committed entry, as the store gave it back.
+func (t *Table) Load(c stream.StateChange) error {
+	if c.Deleted {
+		return nil
+	}
+	t.mu.Lock()
+	t.put(ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt})
+	t.mu.Unlock()
+	return nil
+}
+
+// Len is the number of committed entries (expired ones not yet swept
+// included).
+func (t *Table) Len() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.committed)
+}
+
+func (t *Table) put(id ID, e Entry) {
+	t.committed[id] = e
+	if id.Field != "" {
+		nk := nameKey{id.Name, id.Key}
+		fs := t.fields[nk]
+		if fs == nil {
+			fs = map[string]struct{}{}
+			t.fields[nk] = fs
+		}
+		fs[id.Field] = struct{}{}
+	}
+}
+
+func (t *Table) delete(id ID) {
+	delete(t.committed, id)
+	if id.Field != "" {
+		nk := nameKey{id.Name, id.Key}
+		if fs := t.fields[nk]; fs != nil {
+			delete(fs, id.Field)
+			if len(fs) == 0 {
+				delete(t.fields, nk)
+			}
+		}
+	}
+}
+
+// Begin returns the Txn of a part run on lane (the worker it runs on, to
+// which every row of its keys goes); lane < 0 is a part whose rows may go
+// to any worker: it may not use state when there are several lanes. Only
+// the lane's worker may call Begin with that lane.
+func (t *Table) Begin(lane int) *Txn {
+	x := &Txn{t: t, lane: lane}
+	if len(t.lanes) == 1 {
+		x.lane = 0
+	}
+	if x.lane >= 0 {
+		prev := t.lanes[x.lane]
+		if prev != nil {
+			// The lane's previous part is done: its undo log is free,
+			// and its size a good guess of this one's.
+			x.undo, prev.undo = prev.undo[:0], nil
+			x.hint = len(prev.changes)
+			if prev.settled.Load() {
+				prev = nil // nothing to read there: let it go
+			}
+		}
+		x.prev.Store(prev)
+		t.lanes[x.lane] = x
+	}
+	return x
+}
+
+// Scratch returns a Txn that sees the committed state, may use any key,
+// and is never committed: for runs made again only to trace rows.
+func (t *Table) Scratch() *Txn { return &Txn{t: t, lane: anyLane} }
+
+const anyLane = -2
+
+// Changed reports whether any of txns changed state.
+func Changed(txns []*Txn) bool {
+	for _, x := range txns {
+		if len(x.changes) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// Stale reports whether any of txns used state before changes it may have
+// read were dropped: its batch must not commit.
+func (t *Table) Stale(txns []*Txn) bool {
+	g := t.gen.Load()
+	for _, x := range txns {
+		if x.touched && x.gen != g {
+			return true
+		}
+	}
+	return false
+}
+
+// Drop forgets the changes of txns, whose batch is returned to its source.
+func (t *Table) Drop(txns []*Txn) {
+	for _, x := range txns {
+		x.settled.Store(true) // before the generation moves: see Txn.use
+		x.prev.Store(nil)
+		if x.touched {
+			t.gen.Add(1)
+		}
+	}
+}
+
+// Changes returns the merged changes of txns (in commit order: a later
+// change of an entry wins), with values encoded for the store.
+func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
+	if len(txns) == 1 {
+		return t.Encode(txns[0].changes)
+	}
+	merged := map[ID]Entry{}
+	Merge(merged, txns)
+	return t.Encode(merged)
+}
+
+// Merge adds the changes of txns to into, in order: a later change of an
+// entry wins.
+func Merge(into map[ID]Entry, txns []*Txn) {
+	for _, x := range txns {
+		for id, e := range x.changes {
+			into[id] = e
+		}
+	}
+}
+
+// Encode returns changes as the store takes them, values encoded.
+func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
+	out := make([]stream.StateChange, 0, len(changes))
+	for id, e := range changes {
+		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp}
+		if !e.Deleted {
+			c.Value = e.Raw
+			if e.Val != nil || e.Raw == nil {
+				b, err := t.encode(e.Val)
+				if err != nil {
+					return nil, fmt.Errorf("state %q, key %q: encode: %w", id.Name, id.Key, err)
+				}
+				c.Value = b
+			}
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// Apply makes the changes of txns, committed to the store, the committed
+// state, in order, and settles them. Expired entries are swept from time
+// to time.
+func (t *Table) Apply(txns []*Txn) {
+	t.mu.Lock()
+	for _, x := range txns {
+		for id, e := range x.changes {
+			if e.Deleted {
+				t.delete(id)
+			} else {
+				t.put(id, e)
+			}
+		}
+	}
+	if now := time.Now(); now.Sub(t.swept) >= SweepEvery {
+		t.swept = now
+		ms := now.UnixMilli()
+		for id, e := range t.committed {
+			if e.Exp != 0 && e.Exp <= ms {
+				t.delete(id)
+			}
+		}
+	}
+	t.mu.Unlock()
+	for _, x := range txns {
+		x.settled.Store(true)
+		x.prev.Store(nil)
+	}
+}
+
+// Txn is the state changes of one part of a batch. It is used by one
+// goroutine at a time.
+type Txn struct {
+	t       *Table
+	lane    int
+	prev    atomic.Pointer[Txn] // the lane's Txn before this one
+	settled atomic.Bool         // committed or dropped: read the table instead
+	touched bool                // state was used; gen holds the generation then
+	gen     uint64
+	changes map[ID]Entry
+	fields  map[nameKey][]string // map-state fields changed
+	undo    []undo
+	hint    int // the expected number of changes
+}
+
+type undo struct {
+	id   ID
+	prev Entry
+	had  bool
+}
+
+// ErrUnkeyed is returned by a Txn used by a part whose rows may go to any
+// worker when there are several.
+var ErrUnkeyed = errors.New("keyed state with several workers needs the stream's key (stream.key): each key's rows must go to one worker")
+
+// ErrNotOwned is returned (wrapped) when a function uses the state of a key
+// whose rows go to another worker.
+var ErrNotOwned = errors.New("state key is not the stream key of the rows this worker runs")
+
+// use checks that the Txn may use key, and records the generation the
+// first time.
+func (x *Txn) use(key string) error {
+	if !x.touched {
+		x.touched = true
+		x.gen = x.t.gen.Load()
+	}
+	n := len(x.t.lanes)
+	switch {
+	case x.lane == anyLane || n == 1:
+		return nil
+	case x.lane < 0:
+		return ErrUnkeyed
+	case Partition(key, n) != x.lane:
+		return fmt.Errorf("key %q: %w (with several workers a function may use the state of its rows' stream.key only)", key, ErrNotOwned)
+	}
+	return nil
+}
+
+// Get returns the live value of id.
+func (x *Txn) Get(id ID) (Entry, bool, error) {
+	if err := x.use(id.Key); err != nil {
+		return Entry{}, false, err
+	}
+	e, ok := x.lookup(id)
+	if !ok || !e.live() {
+		return Entry{}, false, nil
+	}
+	return e, true, nil
+}
+
+func (x *Txn) lookup(id ID) (Entry, bool) {
+	if e, ok := x.changes[id]; ok {
+		return e, true
+	}
+	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
+		if e, ok := p.changes[id]; ok {
+			return e, true
+		}
+	}
+	x.t.mu.RLock()
+	e, ok := x.t.committed[id]
+	x.t.mu.RUnlock()
+	return e, ok
+}
+
+// Put sets id to val, expiring after ttl (<= 0: never).
+func (x *Txn) Put(id ID, val any, ttl time.Duration) error {
+	if err := x.use(id.Key); err != nil {
+		return err
+	}
+	var exp int64
+	if ttl > 0 {
+		exp = time.Now().Add(ttl).UnixMilli()
+	}
+	x.set(id, Entry{Val: val, Exp: exp})
+	return nil
+}
+
+// Delete deletes id.
+func (x *Txn) Delete(id ID) error {
+	if err := x.use(id.Key); err != nil {
+		return err
+	}
+	x.set(id, Entry{Deleted: true})
+	return nil
+}
+
+func (x *Txn) set(id ID, e Entry) {
+	if x.changes == nil {
+		x.changes = make(map[ID]Entry, x.hint)
+	}
+	prev, had := x.changes[id]
+	x.undo = append(x.undo, undo{id: id, prev: prev, had: had})
+	x.changes[id] = e
+	if id.Field != "" && !had {
+		if x.fields == nil {
+			x.fields = map[nameKey][]string{}
+		}
+		nk := nameKey{id.Name, id.Key}
+		x.fields[nk] = append(x.fields[nk], id.Field)
+	}
+}
+
+// Fields returns the fields of the map state name for key that may be
+// live (each to be read with Get), in no order.
+func (x *Txn) Fields(name, key string) ([]string, error) {
+	if err := x.use(key); err != nil {
+		return nil, err
+	}
+	nk := nameKey{name, key}
+	seen := map[string]struct{}{}
+	var out []string
+	add := func(f string) {
+		if _, ok := seen[f]; !ok {
+			seen[f] = struct{}{}
+			out = append(out, f)
+		}
+	}
+	for _, f := range x.fields[nk] {
+		add(f)
+	}
+	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
+		for _, f := range p.fields[nk] {
+			add(f)
+		}
+	}
+	x.t.mu.RLock()
+	for f := range x.t.fields[nk] {
+		add(f)
+	}
+	x.t.mu.RUnlock()
+	return out, nil
+}
+
+// Savepoint marks the changes so far; Rollback returns to a mark.
+func (x *Txn) Savepoint() int { return len(x.undo) }
+
+// Rollback undoes the changes made since the savepoint sp: those of a run
+// that failed, to be tried again or dead-lettered.
+func (x *Txn) Rollback(sp int) {
+	for i := len(x.undo) - 1; i >= sp; i-- {
+		u := x.undo[i]
+		if u.had {
+			x.changes[u.id] = u.prev
+		} else {
+			delete(x.changes, u.id)
+		}
+	}
+	clear(x.undo[sp:])
+	x.undo = x.undo[:sp]
+}
+
+// Partition maps a stream key to one of n workers (FNV-1a): the runtime
+// sends a key's rows to that worker.
+func Partition(key string, n int) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(key); i++ {
+		h ^= uint32(key[i])
+		h *= 16777619
+	}
+	return int(h % uint32(n))
+}
+
+type ctxKey struct{}
+
+// NewContext returns ctx carrying x, for the flow run it is given to.
+func NewContext(ctx context.Context, x *Txn) context.Context {
+	return context.WithValue(ctx, ctxKey{}, x)
+}
+
+// FromContext returns the Txn ctx carries, nil if none.
+func FromContext(ctx context.Context) *Txn {
+	x, _ := ctx.Value(ctxKey{}).(*Txn)
+	return x
+}

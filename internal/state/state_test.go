@@ -1,0 +1,115 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+func TestReadsSeeEarlierPartsOfTheLaneUntilSettled(t *testing.T) {
+	t.Parallel()
+	tb := New(1, json.Marshal)
+	id := ID{Name: "n", Key: "k"}
+	a := tb.Begin(0)
+	if err := a.Put(id, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	b := tb.Begin(0)
+	if e, ok, _ := b.Get(id); !ok || e.Val != 1 {
+		t.Fatalf("a later part reads %v %v, want the earlier part's 1", e.Val, ok)
+	}
+	tb.Drop([]*Txn{a})
+	if !tb.Stale([]*Txn{b}) {
+		t.Fatal("a part that read before a drop must not commit")
+	}
+	tb.Drop([]*Txn{b})
+	c := tb.Begin(0)
+	if _, ok, _ := c.Get(id); ok {
+		t.Fatal("dropped changes are still seen")
+	}
+	if tb.Stale([]*Txn{c}) {
+		t.Fatal("a part begun after the drops is stale")
+	}
+	_ = c.Put(id, 7, 0)
+	changes, err := tb.Changes([]*Txn{c})
+	if err != nil || len(changes) != 1 || string(changes[0].Value) != "7" {
+		t.Fatalf("changes %+v %v", changes, err)
+	}
+	tb.Apply([]*Txn{c})
+	d := tb.Begin(0)
+	if e, ok, _ := d.Get(id); !ok || e.Val != 7 {
+		t.Fatalf("committed value %v %v, want 7", e.Val, ok)
+	}
+}
+
+func TestRollbackUndoesToTheSavepoint(t *testing.T) {
+	t.Parallel()
+	tb := New(1, json.Marshal)
+	x := tb.Begin(0)
+	a, b := ID{Name: "n", Key: "a"}, ID{Name: "n", Key: "b"}
+	_ = x.Put(a, 1, 0)
+	sp := x.Savepoint()
+	_ = x.Put(a, 2, 0)
+	_ = x.Put(b, 3, 0)
+	_ = x.Delete(a)
+	x.Rollback(sp)
+	if e, ok, _ := x.Get(a); !ok || e.Val != 1 {
+		t.Fatalf("a = %v %v after rollback, want 1", e.Val, ok)
+	}
+	if _, ok, _ := x.Get(b); ok {
+		t.Fatal("b survived the rollback")
+	}
+}
+
+func TestTTLAndMapFields(t *testing.T) {
+	t.Parallel()
+	tb := New(1, json.Marshal)
+	if err := tb.Load(stream.StateChange{Name: "m", Key: "k", Field: `"x"`, Value: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	_ = tb.Load(stream.StateChange{Name: "m", Key: "k", Field: `"old"`, Value: []byte("1"), ExpiresAt: time.Now().Add(-time.Second).UnixMilli()})
+	x := tb.Begin(0)
+	_ = x.Put(ID{Name: "m", Key: "k", Field: `"y"`}, 2, time.Hour)
+	_ = x.Put(ID{Name: "m", Key: "k", Field: `"z"`}, 3, time.Nanosecond)
+	_ = x.Delete(ID{Name: "m", Key: "k", Field: `"x"`})
+	time.Sleep(2 * time.Millisecond) // z expires
+	fields, err := x.Fields("m", "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var live []string
+	for _, f := range fields {
+		if _, ok, _ := x.Get(ID{Name: "m", Key: "k", Field: f}); ok {
+			live = append(live, f)
+		}
+	}
+	if !slices.Equal(live, []string{`"y"`}) {
+		t.Fatalf("live fields %v, want only y (x deleted, z and old expired)", live)
+	}
+}
+
+func TestSeveralLanesNeedTheStreamKey(t *testing.T) {
+	t.Parallel()
+	tb := New(4, json.Marshal)
+	if err := tb.Begin(-1).Put(ID{Name: "n", Key: "a"}, 1, 0); !errors.Is(err, ErrUnkeyed) {
+		t.Fatalf("unkeyed part: %v", err)
+	}
+	for i := range 20 {
+		key := strconv.Itoa(i)
+		own := Partition(key, 4)
+		if err := tb.Begin(own).Put(ID{Name: "n", Key: key}, 1, 0); err != nil {
+			t.Fatalf("key %s on its own lane: %v", key, err)
+		}
+		if err := tb.Begin((own+1)%4).Put(ID{Name: "n", Key: key}, 1, 0); !errors.Is(err, ErrNotOwned) {
+			t.Fatalf("key %s on another lane: %v", key, err)
+		}
+	}
+	if err := tb.Scratch().Put(ID{Name: "n", Key: "a"}, 1, 0); err != nil {
+		t.Fatalf("scratch: %v", err)
+	}
+}
