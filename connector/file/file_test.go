@@ -586,3 +586,14 @@ func TestIdentitySurvivesAMoveOfTheFolder(t *testing.T) {
 		t.Fatalf("missing folder: %q", none)
 	}
 }
+
+// An Excel export starts with a UTF-8 byte order mark: it is not part of
+// the first column's name.
+func TestCSVByteOrderMark(t *testing.T) {
+	t.Parallel()
+	p := write(t, "bom.csv", "\ufeffid,name\n1,ann\n")
+	msgs := readAll(t, open(t, map[string]string{"path": p}, ""))
+	if len(msgs) != 1 || msgs[0].Payload.(map[string]any)["id"] != int64(1) {
+		t.Fatalf("records: %v", msgs)
+	}
+}

@@ -119,7 +119,9 @@ func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offse
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("file source %s: %w", name, err)
 		}
-		hr := csv.NewReader(bytes.NewReader(line))
+		// A UTF-8 byte order mark (an Excel export) is not part of the
+		// first column's name.
+		hr := csv.NewReader(bytes.NewReader(bytes.TrimPrefix(line, utf8BOM)))
 		if s.header, err = hr.Read(); err != nil {
 			return nil, fmt.Errorf("file source %s: CSV header: %w", name, err)
 		}
@@ -372,3 +374,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// utf8BOM starts the CSV files some tools (Excel) write.
+var utf8BOM = []byte("\ufeff")

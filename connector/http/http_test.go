@@ -175,6 +175,7 @@ func TestContentTypes(t *testing.T) {
 		{"application/jsonl", `{"id":1}`, []string{`{"id":1}`}},
 		{"text/csv", "id,name,score\n1,ann,9.5\n2,\"b, \"\"c\"\"\",-3\n", []string{
 			`{"id":1,"name":"ann","score":9.5}`, `{"id":2,"name":"b, \"c\"","score":-3}`}},
+		{"text/csv", "\ufeffid,name\n1,ann\n", []string{`{"id":1,"name":"ann"}`}}, // an Excel export's byte order mark
 	}
 	for _, tt := range tests {
 		reply := post(url, tt.ctype, strings.NewReader(tt.body))

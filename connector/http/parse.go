@@ -233,6 +233,11 @@ func parseCSV(body io.Reader, a *arena, emit func([]byte) error) error {
 	if err != nil {
 		return csvErr(err)
 	}
+	if len(head) > 0 {
+		// A UTF-8 byte order mark (an Excel export) is not part of the
+		// first column's name.
+		head[0] = strings.TrimPrefix(head[0], "\ufeff")
+	}
 	keys := make([][]byte, len(head))
 	for i, h := range head {
 		k, _ := json.Marshal(h) // a string always marshals
