@@ -243,3 +243,32 @@ func TestHTTPExactlyOnceIsALintWarning(t *testing.T) {
 		t.Fatalf("at-least-once warned:\n%s%s", lint.Stdout, lint.Stderr)
 	}
 }
+
+// The other sources whose messages carry neither an ID nor a position,
+// mqtt and stdin, warn the same way; a file source, whose position the
+// runtime stores, does not.
+func TestExactlyOnceFromUnidentifiedSourcesIsALintWarning(t *testing.T) {
+	t.Parallel()
+	flow := func(name, src string) string {
+		return "kistype: flow\nstatus: 1\nflow_name: " + name + "\nflows: []\nstream:\n  source: " + src + "\n  sink: db\n  delivery: exactly-once\n"
+	}
+	dir := Dir(t, map[string]string{
+		"conns.yml": "kistype: conn\ncname: m\ntype: mqtt\nkey: a/b\n---\nkistype: conn\ncname: in\ntype: stdin\n" +
+			"---\nkistype: conn\ncname: f\ntype: file\nkey: in.jsonl\n" +
+			"---\nkistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n",
+		"flows.yml": flow("FromMQTT", "m") + "---\n" + flow("FromStdin", "in") + "---\n" + flow("FromFile", "f"),
+	})
+	lint := Run(t, dir, time.Minute, "lint", dir)
+	out := lint.Stdout + lint.Stderr
+	for _, want := range []string{
+		`warning: flow "FromMQTT": exactly-once from source "m" (type mqtt) is at-least-once`,
+		`warning: flow "FromStdin": exactly-once from source "in" (type stdin) is at-least-once`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lint lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, `"FromFile": exactly-once`) {
+		t.Errorf("lint warns of the file source:\n%s", out)
+	}
+}
