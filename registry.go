@@ -170,6 +170,7 @@ func (r *Registry) lintOptions() []config.LintOption {
 	return []config.LintOption{
 		config.WithConnTypes(r.DriverTypes()...),
 		config.WithCheck(r.checkConns),
+		config.WithCheck(r.checkDelivery),
 		config.WithFilterCheck(r.checkFilter),
 	}
 }
@@ -510,6 +511,26 @@ func connErrField(c *config.Conn, msg string) string {
 // sink or dead_letter). Their params are the driver's alone; an unknown one
 // is an error. A connector only functions use may carry params of its
 // own callbacks (KisFlow's CaaS).
+// checkDelivery warns of exactly-once delivery from a source whose
+// messages carry neither an ID nor a position (driver.Spec.Unidentified):
+// a redelivery, or a client's resend, cannot be recognised, so delivery is
+// at-least-once.
+func (r *Registry) checkDelivery(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range slices.Sorted(maps.Keys(s.Flows)) {
+		st := s.Flows[name].Stream
+		if st == nil || st.Delivery != config.ExactlyOnce || s.Conns[st.Source] == nil {
+			continue
+		}
+		typ := s.Conns[st.Source].Type
+		if spec, ok := r.ConnectorSpec(typ); ok && spec.Unidentified {
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.delivery"), Severity: config.SevWarning,
+				Msg: fmt.Sprintf("flow %q: exactly-once from source %q (type %s) is at-least-once: its messages carry neither an ID nor a position, so a redelivery or a client's resend cannot be recognised and may be written twice", name, st.Source, typ)})
+		}
+	}
+	return probs
+}
+
 func streamConns(s *config.Set) map[string]bool {
 	out := map[string]bool{}
 	for _, fl := range s.Flows {

@@ -49,7 +49,8 @@ type Stream struct {
 	DrainTimeout Duration `yaml:"drain_timeout,omitempty"`
 	// MaxConsecutiveFailures stops the job with the failure when this many
 	// messages in a row were dead-lettered by the same function with the
-	// same error (default 100; -1 never stops).
+	// same error (default 100, or never for a source that answers each
+	// request with its dead letters, such as http; -1 never stops).
 	MaxConsecutiveFailures int `yaml:"max_consecutive_failures,omitempty"`
 }
 

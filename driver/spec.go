@@ -76,6 +76,10 @@ type Spec struct {
 	Addrs, Key string
 	// Params are the declared params, in the struct's order.
 	Params []Param
+	// Unidentified says the type's source messages carry neither an ID
+	// nor a position, so a redelivery cannot be recognised: exactly-once
+	// delivery from it is at-least-once, and lint warns of it.
+	Unidentified bool
 
 	typ reflect.Type
 }

@@ -74,10 +74,17 @@ type noParams struct{}
 // Specs of the connector types this package registers.
 var (
 	FileSpec    = withKey(driver.MustSpec[fileParams](TypeFile, "a JSON lines or CSV file (gzip too): a bounded or following source whose position is the byte offset and the file's identity, and a JSON lines sink"))
-	StdinSpec   = driver.MustSpec[stdinParams](TypeStdin, "a bounded source reading JSON lines or CSV from standard input")
+	StdinSpec   = unidentified(driver.MustSpec[stdinParams](TypeStdin, "a bounded source reading JSON lines or CSV from standard input"))
 	StdoutSpec  = driver.MustSpec[noParams](TypeStdout, "a sink writing JSON lines to standard output")
 	DiscardSpec = driver.MustSpec[noParams](TypeDiscard, "a sink that drops rows (benchmarks, dry runs)")
 )
+
+// unidentified marks a spec whose source messages carry neither an ID nor
+// a position (standard input cannot be read again).
+func unidentified(s *driver.Spec) *driver.Spec {
+	s.Unidentified = true
+	return s
+}
 
 func withKey(s *driver.Spec) *driver.Spec {
 	s.Key = "the file, when params.path is not given"

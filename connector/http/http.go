@@ -41,9 +41,15 @@
 //     max_in_flight_bytes; nothing of this request was processed. A body
 //     within max_body is refused only while others are in flight, never for
 //     ever (see max_in_flight_bytes).
-//   - 503 with Retry-After: the rows could not be processed (the source is
-//     shutting down, or the flow could not finish them); some may have been
-//     processed, so a resend may repeat them (at-least-once).
+//   - 503 with Retry-After: the rows could not all be processed (the source
+//     is shutting down, or the flow could not finish them). When none of
+//     them reached the flow the error says "nothing was processed". When
+//     some did, the answer is {"error": "not all rows were processed: ...;
+//     a resend may repeat the rows that were", "processed": n}: n rows were
+//     processed (acknowledged) when it was written; rows of a batch cut
+//     short may be in the sink too, and rows still draining may yet
+//     commit, so a resend may repeat them (at-least-once, whatever the
+//     stream's delivery).
 //   - 504: the rows were queued but not done within timeout; they are still
 //     processed, so a resend may repeat them.
 //
@@ -117,6 +123,7 @@ type params struct {
 var Spec = func() *driver.Spec {
 	s := driver.MustSpec[params](Type, "an ingest source: clients POST JSON, JSON lines or CSV rows, answered once their rows are processed")
 	s.Addrs, s.Key = "the listen address (default 127.0.0.1:8080; port 0 picks one)", "the path (default /ingest)"
+	s.Unidentified = true // a resent request is new rows
 	return s
 }()
 
@@ -269,7 +276,8 @@ func (s *source) handle(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-req.done:
 		default:
-			answerBusy(w, http.StatusServiceUnavailable, "shutting down before the rows were processed; retry")
+			w.Header().Set("Retry-After", retryAfter)
+			writeJSON(w, http.StatusServiceUnavailable, req.unprocessed(errShutdown))
 			return
 		}
 	}

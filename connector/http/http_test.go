@@ -135,7 +135,7 @@ func TestAnswerSaysWhatWasDeadLettered(t *testing.T) {
 		{"not processed", func(msgs []*stream.Message) {
 			_ = src.Ack(ctx, msgs[:1])
 			_ = src.(stream.Nacker).Nack(ctx, msgs[1:], errors.New("sink down"))
-		}, 503, []string{"sink down"}},
+		}, 503, []string{`"error":"not all rows were processed: sink down; a resend may repeat the rows that were"`, `"processed":1`}},
 	}
 	for _, tt := range tests {
 		reply := post(url, "application/json", strings.NewReader(`[{"id":3},{"id":4},{"id":5}]`))
@@ -471,7 +471,36 @@ func TestCloseAnswersWaitingRequests(t *testing.T) {
 		t.Fatalf("reply after close: %+v", r)
 	}
 	var res map[string]any
-	if err := json.Unmarshal([]byte(r.body), &res); err != nil || !strings.Contains(fmt.Sprint(res["error"]), "shutting down") {
+	if err := json.Unmarshal([]byte(r.body), &res); err != nil || !strings.Contains(fmt.Sprint(res["error"]), "shutting down") ||
+		!strings.Contains(fmt.Sprint(res["error"]), "nothing was processed") || res["processed"] != nil {
 		t.Fatalf("body %q (%v)", r.body, err)
+	}
+}
+
+// TestCloseSaysWhatWasProcessed: a request some of whose rows the runtime
+// took when the source closed is answered 503 saying that not all rows
+// were processed, how many were, and that a resend may repeat them: never
+// that the rows were not processed. That holds for rows never read (Close
+// returns them) and for rows read and still in flight (the handler answers
+// at Close).
+func TestCloseSaysWhatWasProcessed(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name       string
+		read, ackd int
+	}{{"rows left unread", 2, 2}, {"rows in flight", 4, 1}} {
+		in, src := openIngest(t, nil)
+		ctx := context.Background()
+		reply := post("http://"+in.Addr()+"/ingest", "application/x-ndjson", strings.NewReader("{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n{\"id\":4}\n"))
+		msgs := readN(t, src, tt.read)
+		_ = src.Ack(ctx, msgs[:tt.ackd])
+		if err := src.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		r := <-reply
+		want := fmt.Sprintf(`{"error":"not all rows were processed: shutting down; a resend may repeat the rows that were","processed":%d}`, tt.ackd)
+		if r.code != 503 || r.header.Get("Retry-After") == "" || strings.TrimSpace(r.body) != want {
+			t.Errorf("%s: reply %d %q (Retry-After %q), want 503 %s", tt.name, r.code, r.body, r.header.Get("Retry-After"), want)
+		}
 	}
 }

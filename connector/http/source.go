@@ -35,6 +35,8 @@ type request struct {
 	chunks  [][]row      // the rows, in chunks that never move once filled
 	n       int          // rows
 	pending atomic.Int64 // rows not yet acknowledged or returned
+	taken   atomic.Int64 // rows Read handed to the runtime
+	acked   atomic.Int64 // rows acknowledged: processed (or dead-lettered)
 	charge  charge       // its share of the budget
 	holders atomic.Int32 // the handler and the queued rows: the last to let go gives the charge back
 	done    chan struct{}
@@ -115,7 +117,7 @@ func (r *request) outcome() (int, any) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.err != nil {
-		return http.StatusServiceUnavailable, map[string]string{"error": "rows not processed: " + r.err.Error() + "; retry"}
+		return http.StatusServiceUnavailable, r.unprocessed(r.err)
 	}
 	// A row that made several rows may have more than one dead letter: it
 	// is named once, with the first.
@@ -126,6 +128,22 @@ func (r *request) outcome() (int, any) {
 		return http.StatusUnprocessableEntity, res
 	}
 	return http.StatusOK, res
+}
+
+// unprocessed is the body of a 503 answer for a request whose rows were
+// not all processed because of err. Only when the runtime never took any
+// of its rows can it say that nothing was processed; otherwise it says how
+// many rows are known processed (acknowledged), which others may have
+// been too (a batch cut short in the sink), and that a resend may repeat
+// them.
+func (r *request) unprocessed(err error) any {
+	if r.taken.Load() == 0 {
+		return map[string]string{"error": "rows not processed: " + err.Error() + "; nothing was processed; retry"}
+	}
+	return struct {
+		Error     string `json:"error"`
+		Processed int64  `json:"processed"`
+	}{"not all rows were processed: " + err.Error() + "; a resend may repeat the rows that were", r.acked.Load()}
 }
 
 // Read waits for a request, then takes its rows and those of the requests
@@ -165,6 +183,7 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 			}
 		}
 		s.at += len(out) - taken
+		s.cur.taken.Add(int64(len(out) - taken))
 		taken = len(out)
 		if s.at == s.cur.n {
 			s.cur = nil
@@ -184,6 +203,7 @@ func rowOf(m *stream.Message) *row {
 func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
 	for _, m := range msgs {
 		if rw := rowOf(m); rw != nil {
+			rw.req.acked.Add(1)
 			rw.req.settle(1)
 		}
 	}

@@ -48,6 +48,7 @@ var Spec = func() *driver.Spec {
 	s := driver.MustSpec[params](Type, "MQTT at QoS 1: a persistent-session source acknowledging after the flow, a sink waiting for the broker's acknowledgement")
 	s.Addrs = "the broker URL (default tcp://127.0.0.1:1883); several, comma-separated, are tried in order on every connect and reconnect"
 	s.Key = "the topic filter for the source; the topic template for the sink; required"
+	s.Unidentified = true // QoS 1 messages carry no ID a redelivery keeps
 	return s
 }()
 

@@ -232,16 +232,24 @@ func TestEveryRowFailingTheSameWayStopsTheRun(t *testing.T) {
 		}
 		return nil, rej, nil
 	}
+	// A source that answers per request (stream.DeadLetterNotifier, such
+	// as http) has no limit unless the stream sets one.
 	cases := []struct {
-		name  string
-		limit int
-		fails bool
-	}{{"default", 0, true}, {"off", -1, false}}
+		name     string
+		limit    int
+		notifies bool
+		fails    bool
+	}{{"default", 0, false, true}, {"off", -1, false, false},
+		{"notifier default", 0, true, false}, {"notifier set", 100, true, true}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
+			var src stream.Source = newSource(5000, 0)
+			if c.notifies {
+				src = &notifySource{memSource: newSource(5000, 0)}
+			}
 			r, err := New(Config{Name: "s", BatchSize: 50, MaxConsecutiveFailures: c.limit, Sleep: (&noSleep{}).sleep},
-				Parts{Source: newSource(5000, 0), NewFlow: func(int) Flow { return funcFlow(typo) }, DeadLetter: &memSink{}})
+				Parts{Source: src, NewFlow: func(int) Flow { return funcFlow(typo) }, DeadLetter: &memSink{}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -116,7 +116,9 @@ type Config struct {
 	// MaxConsecutiveFailures ends the run with the failure when this many
 	// messages in a row were dead-lettered by the same function with the
 	// same error (a typo in an expression fails every row): 0 means
-	// DefaultMaxConsecutiveFailures, a negative value never.
+	// DefaultMaxConsecutiveFailures, or never for a source that answers
+	// per request (a stream.DeadLetterNotifier, such as http), a negative
+	// value never.
 	MaxConsecutiveFailures int
 	// FlushAtEnd runs a final Flusher.Flush after the last epoch of an
 	// exhausted source, once every earlier epoch committed; its rows
@@ -256,6 +258,13 @@ type Runner struct {
 
 // New returns a runner; Run starts it.
 func New(cfg Config, parts Parts) (*Runner, error) {
+	_, notifies := parts.Source.(stream.DeadLetterNotifier)
+	if notifies && cfg.MaxConsecutiveFailures == 0 {
+		// A source that answers per request (http) tells each client of
+		// its own failed rows: one client's bad rows must not stop the
+		// run for every other client, unless the stream says so.
+		cfg.MaxConsecutiveFailures = -1
+	}
 	cfg.defaults()
 	if parts.Source == nil || parts.NewFlow == nil || parts.DeadLetter == nil {
 		return nil, errors.New("runtime: source, flow and dead-letter sink are required")
@@ -276,7 +285,6 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 	if cfg.Fence && cfg.Delivery == ExactlyOnce {
 		fence, _ = parts.TxSink.(stream.FencedTxSink)
 	}
-	_, notifies := parts.Source.(stream.DeadLetterNotifier)
 	mp, ok := parts.Source.(stream.MessagePositions)
 	return &Runner{
 		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},

@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -174,5 +175,100 @@ func TestHTTP422NamesRowsTheSinkRefuses(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// One client cannot stop ingest for everyone: a request whose 150 rows all
+// fail a calc (more than the default max_consecutive_failures, 100) is
+// answered 422, and the job goes on: the next request is answered 200.
+func TestHTTPEveryRowOfARequestFailingLeavesTheJobServing(t *testing.T) {
+	t.Parallel()
+	for _, delivery := range []string{"at-least-once", "exactly-once"} {
+		t.Run(delivery, func(t *testing.T) {
+			t.Parallel()
+			funcs := "kistype: func\nfname: Double\nfmode: Calculate\ncalc:\n  twice: qty * 2\nkeep: [id, twice]\n"
+			dir, p, c := startIngest(t, delivery, funcs,
+				"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,twice\n")
+			const n = 150
+			ids := idRange(1, n)
+			var body strings.Builder
+			dead := make([]int, n)
+			for i, id := range ids {
+				dead[i] = i
+				fmt.Fprintf(&body, "{\"id\":%d,\"qty\":\"x\"}\n", id)
+			}
+			code, answer := c.post(t, "application/x-ndjson", ids, body.String())
+			want422(t, code, answer, n, dead, "Double", "calc twice")
+			if code, answer := c.post(t, "application/x-ndjson", []int{1001}, `{"id":1001,"qty":2}`); code != 200 {
+				t.Fatalf("a good request after the failing one: %d %s\n%s", code, answer, p.Output())
+			}
+			stopIngest(t, dir, p, n)
+			if counts := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out"); len(counts) != 1 || counts[1001] != 1 {
+				t.Fatalf("sink holds %v, want id 1001 once", counts)
+			}
+		})
+	}
+}
+
+// Exactly-once from a source whose messages carry neither an ID nor a
+// position (http) is at-least-once: lint says so, as a warning at the
+// stream's delivery line, and so does `kisflow run` when it starts.
+func TestHTTPExactlyOnceIsALintWarning(t *testing.T) {
+	t.Parallel()
+	funcs := "kistype: func\nfname: Double\nfmode: Calculate\ncalc:\n  twice: qty * 2\nkeep: [id, twice]\n"
+	dir, p, c := startIngest(t, "exactly-once", funcs,
+		"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,twice\n")
+	const want = `flow.yml:9: warning: flow "Ingest": exactly-once from source "api" (type http) is at-least-once`
+	if !strings.Contains(p.Output(), want) {
+		t.Errorf("run does not warn %q:\n%s", want, p.Output())
+	}
+	if code, answer := c.post(t, "application/x-ndjson", []int{1}, `{"id":1,"qty":2}`); code != 200 {
+		t.Fatalf("a good request: %d %s", code, answer)
+	}
+	stopIngest(t, dir, p, 0)
+	lint := Run(t, dir, time.Minute, "lint", dir)
+	if lint.Code != 0 || !strings.Contains(lint.Stdout+lint.Stderr, want) {
+		t.Fatalf("lint exit %d, want 0 with %q:\n%s%s", lint.Code, want, lint.Stdout, lint.Stderr)
+	}
+	// At-least-once from the same source: no such warning.
+	flow := filepath.Join(dir, "flow.yml")
+	b, err := os.ReadFile(flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "exactly-once", "at-least-once", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if lint := Run(t, dir, time.Minute, "lint", dir); strings.Contains(lint.Stdout+lint.Stderr, "is at-least-once") {
+		t.Fatalf("at-least-once warned:\n%s%s", lint.Stdout, lint.Stderr)
+	}
+}
+
+// The other sources whose messages carry neither an ID nor a position,
+// mqtt and stdin, warn the same way; a file source, whose position the
+// runtime stores, does not.
+func TestExactlyOnceFromUnidentifiedSourcesIsALintWarning(t *testing.T) {
+	t.Parallel()
+	flow := func(name, src string) string {
+		return "kistype: flow\nstatus: 1\nflow_name: " + name + "\nflows: []\nstream:\n  source: " + src + "\n  sink: db\n  delivery: exactly-once\n"
+	}
+	dir := Dir(t, map[string]string{
+		"conns.yml": "kistype: conn\ncname: m\ntype: mqtt\nkey: a/b\n---\nkistype: conn\ncname: in\ntype: stdin\n" +
+			"---\nkistype: conn\ncname: f\ntype: file\nkey: in.jsonl\n" +
+			"---\nkistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n",
+		"flows.yml": flow("FromMQTT", "m") + "---\n" + flow("FromStdin", "in") + "---\n" + flow("FromFile", "f"),
+	})
+	lint := Run(t, dir, time.Minute, "lint", dir)
+	out := lint.Stdout + lint.Stderr
+	for _, want := range []string{
+		`warning: flow "FromMQTT": exactly-once from source "m" (type mqtt) is at-least-once`,
+		`warning: flow "FromStdin": exactly-once from source "in" (type stdin) is at-least-once`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("lint lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, `"FromFile": exactly-once`) {
+		t.Errorf("lint warns of the file source:\n%s", out)
 	}
 }
