@@ -69,6 +69,7 @@ type Engine struct {
 
 	metrics *metrics.Metrics
 	health  *plugin.Health
+	states  *plugin.States
 	plugins *plugin.Set
 	env     *filter.Env
 
@@ -180,6 +181,7 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	e.plugins = ps
 	e.metrics = metrics.New()
 	e.health = &plugin.Health{}
+	e.states = &plugin.States{}
 	e.env = &filter.Env{Clock: e.clock, Logger: e.log, Metrics: e.metrics}
 	if e.tp != nil {
 		e.env.Tracer = e.tp.Tracer(TracerName)
@@ -243,6 +245,7 @@ type host struct{ e *Engine }
 func (h host) Logger() *slog.Logger                          { return h.e.log }
 func (h host) Metrics() *metrics.Metrics                     { return h.e.metrics }
 func (h host) Health() *plugin.Health                        { return h.e.health }
+func (h host) States() *plugin.States                        { return h.e.states }
 func (h host) Plugin(typ, name string) (plugin.Plugin, bool) { return h.e.plugins.Lookup(typ, name) }
 
 // Config returns the engine's configuration. Do not modify it.

@@ -88,6 +88,7 @@ type Job struct {
 	source  stream.Source
 	closers []func() error
 	log     *slog.Logger
+	table   *state.Table // the job's keyed state
 
 	mu    sync.Mutex
 	state jobState
@@ -258,6 +259,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if err := e.loadState(ctx, &parts, key, workers); err != nil {
 		return fail(err)
 	}
+	j.table = parts.State
 
 	sd, ok := sc.Driver().(stream.SourceDriver)
 	if !ok {
@@ -518,6 +520,8 @@ func (j *Job) Run(ctx context.Context) error {
 		return j.runner.Down() // not ready while the source or sink is unavailable
 	})
 	defer j.eng.health.Remove(check)
+	// The admin server's GET /state/{flow}/{key}: committed state only.
+	defer j.eng.states.Set(j.name, j.table.View)()
 	j.log.InfoContext(ctx, "job starts")
 	err := j.runner.Run(ctx)
 	s := j.Stats()

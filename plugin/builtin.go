@@ -40,7 +40,7 @@ func Builtins() map[string]Spec {
 		TypeLog: {Type: TypeLog, New: newLog, Summary: "the engine's logger (log/slog)",
 			Config: ptr(defaultLog())},
 		TypeMetrics: {Type: TypeMetrics, DependsOn: []string{TypeLog}, New: newAdmin,
-			Summary: "the admin server: Prometheus metrics, /healthz and /readyz", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics"}},
+			Summary: "the admin server: Prometheus metrics, /healthz, /readyz and /state/{flow}/{key}", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics"}},
 		TypeTracing: {Type: TypeTracing, DependsOn: []string{TypeLog}, New: newOTLP,
 			Summary: "OpenTelemetry traces exported over OTLP/HTTP", Config: ptr(defaultOTLP())},
 	}
@@ -146,8 +146,10 @@ func (c *AdminConfig) check() error {
 }
 
 // Admin is the metrics plugin: an HTTP server with the engine's Prometheus
-// metrics, /healthz (the process is up) and /readyz (the engine's readiness
-// checks pass).
+// metrics, /healthz (the process is up), /readyz (the engine's readiness
+// checks pass) and GET /state/{flow}/{key} (the committed keyed state the
+// flow's running job holds for key, as JSON; 404 for a flow with no
+// running job or a key with no state).
 type Admin struct {
 	cfg  AdminConfig
 	srv  *http.Server
@@ -201,6 +203,7 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
+	mux.HandleFunc("/state/{flow}/{key...}", serveState(h.States()))
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
 	if err != nil {

@@ -100,6 +100,8 @@ type Host interface {
 	Metrics() *metrics.Metrics
 	// Health is the engine's readiness checks.
 	Health() *Health
+	// States is the keyed state of the engine's running jobs.
+	States() *States
 	// Plugin returns a plugin started before this one.
 	Plugin(typ, name string) (Plugin, bool)
 }

@@ -21,6 +21,7 @@ type host struct {
 func (h host) Logger() *slog.Logger      { return slog.New(slog.DiscardHandler) }
 func (h host) Metrics() *metrics.Metrics { return h.m }
 func (h host) Health() *plugin.Health    { return &plugin.Health{} }
+func (h host) States() *plugin.States    { return &plugin.States{} }
 func (h host) Plugin(typ, name string) (plugin.Plugin, bool) {
 	return h.set.Lookup(typ, name)
 }

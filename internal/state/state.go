@@ -57,6 +57,7 @@ type Table struct {
 	mu        sync.RWMutex
 	committed map[ID]Entry
 	fields    map[nameKey]map[string]struct{} // the fields of map states
+	names     map[string]struct{}             // every state name committed once: View looks each up
 	swept     time.Time
 }
 
@@ -64,7 +65,7 @@ type Table struct {
 // value into the JSON the store keeps.
 func New(lanes int, encode func(any) ([]byte, error)) *Table {
 	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), committed: map[ID]Entry{},
-		fields: map[nameKey]map[string]struct{}{}, swept: time.Now()}
+		fields: map[nameKey]map[string]struct{}{}, names: map[string]struct{}{}, swept: time.Now()}
 }
 
 // Load adds a committed entry, as the store gave it back.
@@ -88,6 +89,9 @@ func (t *Table) Len() int {
 
 func (t *Table) put(id ID, e Entry) {
 	t.committed[id] = e
+	if _, ok := t.names[id.Name]; !ok {
+		t.names[id.Name] = struct{}{}
+	}
 	if id.Field != "" {
 		nk := nameKey{id.Name, id.Key}
 		fs := t.fields[nk]
