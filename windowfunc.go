@@ -2,6 +2,7 @@ package kisflow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/stream"
 	"github.com/kisflow-go/kisflow/window"
 )
 
@@ -106,7 +108,13 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 	out, rej := b.h.process(b.maps, b.fl.flushing)
 	for _, r := range rej {
 		i := b.at[r.Index]
-		b.fl.reject(b.layer, i, in[i], r.Err)
+		err := r.Err
+		if errors.Is(err, window.ErrLate) || errors.Is(err, window.ErrTooLate) {
+			// Late rows are data a window turns away by design, not a
+			// broken flow: dead-lettered, but no failure for the streak.
+			err = stream.Expected(err)
+		}
+		b.fl.reject(b.layer, i, in[i], err)
 	}
 	for _, r := range out {
 		b.fl.run.Commit(r)
