@@ -58,6 +58,13 @@ func idleTick(spec window.Spec) time.Duration {
 	return min(max(span/4, 10*time.Millisecond), time.Second)
 }
 
+// open returns the number of open windows (window-groups) it holds.
+func (h *windowHandler) open() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.op.Len()
+}
+
 func (h *windowHandler) signature() string { return "YAML window" }
 
 func (h *windowHandler) bind(fl *flow, layer int) binding {
