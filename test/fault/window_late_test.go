@@ -163,3 +163,26 @@ func TestWindowsOpenAtStopAreReported(t *testing.T) {
 		}
 	}
 }
+
+// A job error (max_consecutive_failures on rows whose time cannot be read)
+// with windows open: the run fails, and says how many windows it did not
+// emit.
+func TestWindowsOpenAtAJobErrorAreReported(t *testing.T) {
+	t.Parallel()
+	base := time.Now().Add(-time.Hour).Truncate(time.Minute).UnixMilli()
+	var lines strings.Builder
+	for i := range 10 {
+		lines.WriteString(winLine(winRow{id: i, t: base + int64(i)*1000, user: i % 5, amount: 1}))
+	}
+	for i := range 150 {
+		fmt.Fprintf(&lines, `{"id":%d,"ts":"noon","user_id":1,"amount":1}`+"\n", 10+i)
+	}
+	dir := winLateDir(t, lines.String(), "")
+	res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
+	if res.Code != 1 || !strings.Contains(res.Stderr, "(stream.max_consecutive_failures)") {
+		t.Fatalf("exit %d, want 1 on max_consecutive_failures\n%s\n%s", res.Code, res.Stdout, res.Stderr)
+	}
+	if want := "flow Win: 5 open windows were not emitted: windows are not kept across runs yet"; !strings.Contains(res.Stdout, want) {
+		t.Errorf("stdout lacks %q:\n%s", want, res.Stdout)
+	}
+}
