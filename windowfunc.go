@@ -2,6 +2,7 @@ package kisflow
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/stream"
 	"github.com/kisflow-go/kisflow/window"
 )
 
@@ -54,6 +56,13 @@ func idleTick(spec window.Spec) time.Duration {
 		span = spec.Gap
 	}
 	return min(max(span/4, 10*time.Millisecond), time.Second)
+}
+
+// open returns the number of open windows (window-groups) it holds.
+func (h *windowHandler) open() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.op.Len()
 }
 
 func (h *windowHandler) signature() string { return "YAML window" }
@@ -106,7 +115,13 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 	out, rej := b.h.process(b.maps, b.fl.flushing)
 	for _, r := range rej {
 		i := b.at[r.Index]
-		b.fl.reject(b.layer, i, in[i], r.Err)
+		err := r.Err
+		if errors.Is(err, window.ErrLate) || errors.Is(err, window.ErrTooLate) {
+			// Late rows are data a window turns away by design, not a
+			// broken flow: dead-lettered, but no failure for the streak.
+			err = stream.Expected(err)
+		}
+		b.fl.reject(b.layer, i, in[i], err)
 	}
 	for _, r := range out {
 		b.fl.run.Commit(r)
@@ -228,7 +243,10 @@ func (e *Engine) WindowState(ctx context.Context, flowName string, step int) (*W
 // checkWindows warns of a window function that an enabled stream flow
 // runs before a function that may fail a batch transiently (a Go
 // function, a YAML Load or Save): the runtime retries such a batch from
-// its first function, and the window takes its rows again.
+// its first function, and the window takes its rows again. It also warns
+// of an event-time window in a flow with workers > 1: the workers' parts
+// reach the window in the order they finish, so which rows are late
+// depends on that order.
 func (r *Registry) checkWindows(s *config.Set) []config.Problem {
 	var probs []config.Problem
 	for _, name := range s.FlowNames() {
@@ -240,6 +258,10 @@ func (r *Registry) checkWindows(s *config.Set) []config.Problem {
 			fc := s.Funcs[st.FName]
 			if _, goBody := r.handler(st.FName); fc == nil || fc.Window == nil || goBody {
 				continue
+			}
+			if fc.Window.TimeField != "" && fl.Stream.Workers > 1 {
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "window"), Severity: config.SevWarning,
+					Msg: fmt.Sprintf("function %q: flow %q runs %d workers: their parts of the stream reach this event-time window in the order they finish, so the watermark and which rows are late depend on that order; use workers: 1 for a flow with an event-time window", fc.FName, name, fl.Stream.Workers)})
 			}
 			for _, next := range fl.Flows[i+1:] {
 				nc := s.Funcs[next.FName]

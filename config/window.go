@@ -27,6 +27,10 @@ type Window struct {
 	TimeField string `yaml:"time_field,omitempty"`
 	// Lateness is how far the watermark stays behind the largest time seen.
 	Lateness string `yaml:"lateness,omitempty"`
+	// MaxAhead bounds event time: a row more than this ahead of the wall
+	// clock is dead-lettered and does not move the watermark (default
+	// 24h; "off" for no bound).
+	MaxAhead string `yaml:"max_ahead,omitempty"`
 	// Late is the policy for late rows: drop, dead_letter (the default)
 	// or update.
 	Late string `yaml:"late,omitempty"`
@@ -95,6 +99,12 @@ func (w *Window) check() (window.Spec, []windowProblem) {
 	}
 	spec.Size, spec.Slide, spec.Gap = dur("size", w.Size, true), dur("slide", w.Slide, true), dur("gap", w.Gap, true)
 	spec.Lateness = dur("lateness", w.Lateness, false)
+	switch {
+	case w.MaxAhead == "off":
+		spec.MaxAhead = -1
+	case w.MaxAhead != "":
+		spec.MaxAhead = dur("max_ahead", w.MaxAhead, true)
+	}
 
 	types := []string{string(window.Tumbling), string(window.Sliding), string(window.Session)}
 	ignored := func(field, v string) {

@@ -116,3 +116,20 @@ func TestWindowLint(t *testing.T) {
 		t.Error("Import of bad windows: no error")
 	}
 }
+
+// TestWindowMaxAhead reads max_ahead: a duration, off (no bound), or
+// nothing (the operator's default); a bad one is an error at its field.
+func TestWindowMaxAhead(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]time.Duration{"": 0, "1h": time.Hour, "off": -1} {
+		w := &Window{Type: "tumbling", Size: "1m", TimeField: "ts", MaxAhead: v, Aggregate: Aggregates{{"n", "count()"}}}
+		spec, err := w.Spec()
+		if err != nil || spec.MaxAhead != want {
+			t.Errorf("max_ahead %q: %v, %v; want %v", v, spec.MaxAhead, err, want)
+		}
+	}
+	w := &Window{Type: "tumbling", Size: "1m", TimeField: "ts", MaxAhead: "a day", Aggregate: Aggregates{{"n", "count()"}}}
+	if _, err := w.Spec(); err == nil || !strings.Contains(err.Error(), "window.max_ahead: max_ahead: bad duration") {
+		t.Errorf("max_ahead \"a day\": %v", err)
+	}
+}

@@ -252,6 +252,13 @@ var ErrPermanent = errors.New("permanent failure")
 // capped backoff for as long as it takes.
 var ErrFatal = errors.New("fatal error")
 
+// ErrExpected marks the rejection of a row the flow turns away by design,
+// not because it is broken: a row a window refuses as late. The row is
+// dead-lettered as any rejected row, but it does not count toward
+// stream.max_consecutive_failures, so a burst of such rows (a device
+// flushing an old buffer) does not stop a job.
+var ErrExpected = errors.New("expected rejection")
+
 type markedError struct {
 	err  error
 	mark error
@@ -277,6 +284,18 @@ func Fatal(err error) error {
 	}
 	return &markedError{err: err, mark: ErrFatal}
 }
+
+// Expected marks err so that errors.Is(err, ErrExpected) holds; its text
+// is unchanged. Expected(nil) is nil.
+func Expected(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &markedError{err: err, mark: ErrExpected}
+}
+
+// IsExpected reports whether err is marked as an expected rejection.
+func IsExpected(err error) bool { return errors.Is(err, ErrExpected) }
 
 // IsPermanent reports whether err is marked as permanent.
 func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }

@@ -1,6 +1,9 @@
 package window
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // chunk is how many rows Process reads before it adds them: reading a
 // chunk first lets it fetch the chunk's window-groups from memory together
@@ -48,6 +51,10 @@ func (o *Operator) read(rows []map[string]any) {
 	o.flatVals = append(o.flatVals[:0], make([]float64, n)...)
 	o.flatHas = append(o.flatHas[:0], make([]bool, n)...)
 	o.flatKeys = append(o.flatKeys[:0], make([]int32, 2*n)...)
+	o.limit = -1
+	if o.spec.TimeField != "" && o.ahead >= 0 {
+		o.limit = o.now().UnixMilli() + o.ahead
+	}
 	for i, row := range rows {
 		o.recs = append(o.recs, rec{})
 		r := &o.recs[i]
@@ -66,6 +73,9 @@ func (o *Operator) readRow(row map[string]any, r *rec, base int) error {
 		var err error
 		if r.t, err = millis(v); err != nil {
 			return fmt.Errorf("time field %q: %w", tf, err)
+		}
+		if o.limit >= 0 && r.t > o.limit {
+			return fmt.Errorf("time field %q: %s: %w (by more than max_ahead %s)", tf, formatMillis(r.t), ErrAhead, time.Duration(o.ahead)*time.Millisecond)
 		}
 	} else {
 		r.t = o.now().UnixMilli()

@@ -26,7 +26,10 @@
 // allowed lateness; a window closes, and emits one row per group, when the
 // watermark reaches its end. [Operator.Flush] closes every window (the end
 // of a bounded source); [Operator.Tick] advances processing time when no
-// rows come.
+// rows come. A row whose event time is more than [Spec.MaxAhead] (default
+// [DefaultMaxAhead], a day) ahead of the clock is rejected with an error
+// that wraps [ErrAhead] and does not move the watermark: one mistyped
+// timestamp cannot close every window.
 //
 // # Late rows
 //

@@ -113,6 +113,7 @@ type Operator struct {
 	na                     int
 	size, slide, gap, late int64 // milliseconds
 	now                    func() time.Time
+	ahead, limit           int64 // max_ahead (ms, <0: none); the latest event time the chunk read takes
 	update                 bool
 	seen, flushed          bool
 	maxTS, wm              int64
@@ -171,6 +172,14 @@ func New(spec Spec) (*Operator, error) {
 	}
 	if o.now == nil {
 		o.now = time.Now
+	}
+	switch {
+	case spec.MaxAhead == 0:
+		o.ahead = DefaultMaxAhead.Milliseconds()
+	case spec.MaxAhead < 0:
+		o.ahead = -1
+	default:
+		o.ahead = spec.MaxAhead.Milliseconds()
 	}
 	if spec.Type == Tumbling {
 		o.slide = o.size

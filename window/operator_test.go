@@ -641,3 +641,44 @@ func TestStateIsFreed(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxAhead: a row whose event time is further ahead of the clock than
+// max_ahead (a timestamp in microseconds) is rejected with ErrAhead and
+// moves no watermark: the windows of the rows after it stay right.
+func TestMaxAhead(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	base := now.Add(-time.Hour).UnixMilli()
+	for _, tc := range []struct {
+		ahead  time.Duration
+		reject bool
+	}{{0, true}, {time.Hour, true}, {-1, false}} {
+		o, err := New(Spec{Type: Tumbling, Size: time.Minute, TimeField: "ts", MaxAhead: tc.ahead,
+			Aggregates: []Aggregate{{"n", Count, ""}}, Now: func() time.Time { return now }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, rej := o.Process([]map[string]any{
+			{"ts": float64(base)},
+			{"ts": float64(base * 1000)}, // microseconds: year 58000 and more
+			{"ts": float64(base + 1000)},
+			{"ts": float64(now.Add(time.Hour - time.Second).UnixMilli())}, // within an hour: taken
+		})
+		if !tc.reject {
+			// No bound: the wild row moves the watermark and the rows
+			// after it are late, as they were before max_ahead.
+			if len(rej) != 2 || !errors.Is(rej[0].Err, ErrLate) {
+				t.Errorf("max_ahead %v: rejected %v, want the 2 rows after the wild one late", tc.ahead, rej)
+			}
+			continue
+		}
+		if len(rej) != 1 || rej[0].Index != 1 || !errors.Is(rej[0].Err, ErrAhead) {
+			t.Fatalf("max_ahead %v: rejected %v, want row 1 with ErrAhead", tc.ahead, rej)
+		}
+		// The row an hour ahead closed the first window, which has both
+		// rows of its minute.
+		if len(out) != 1 || out[0]["n"] != int64(2) {
+			t.Errorf("max_ahead %v: out %v, want the first window with n=2", tc.ahead, out)
+		}
+	}
+}

@@ -47,6 +47,16 @@ var ErrLate = errors.New("late row: its window already closed")
 // state was freed, under the update policy.
 var ErrTooLate = errors.New("late row: its window closed more than the lateness ago and can no longer be updated")
 
+// ErrAhead is wrapped by the error of a row whose event time is further
+// ahead of the clock than Spec.MaxAhead: a mistyped timestamp (micro- for
+// milliseconds) that would otherwise move the watermark years on and close
+// every window.
+var ErrAhead = errors.New("event time too far ahead of the clock")
+
+// DefaultMaxAhead is the bound on how far ahead of the clock an event time
+// may be when Spec.MaxAhead is zero.
+const DefaultMaxAhead = 24 * time.Hour
+
 // Spec configures an Operator.
 type Spec struct {
 	Type Type
@@ -60,6 +70,10 @@ type Spec struct {
 	TimeField string
 	// Lateness is how far behind the largest time seen the watermark is.
 	Lateness time.Duration
+	// MaxAhead bounds event time: a row whose time is more than MaxAhead
+	// ahead of Now is rejected with ErrAhead and does not move the
+	// watermark. Zero means DefaultMaxAhead; negative means no bound.
+	MaxAhead time.Duration
 	// Late is the policy for late rows; empty means DeadLetter.
 	Late Late
 	// GroupBy names the fields that group rows.

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -182,5 +183,31 @@ func TestWindowBeforeAFallibleFunctionIsALintWarning(t *testing.T) {
 	code, out, stderr := run(t, "lint", write("Calculate\ncalc: {m: n * 2}"))
 	if code != ExitOK || strings.Contains(out, "after this window") {
 		t.Fatalf("lint of a window before a calc: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+// TestEventTimeWindowWithWorkersIsALintWarning: with workers > 1 the
+// parts of a batch reach an event-time window in the order they finish,
+// and which rows are late depends on it; lint says so, and not for one
+// worker.
+func TestEventTimeWindowWithWorkersIsALintWarning(t *testing.T) {
+	t.Parallel()
+	funcs := "kistype: func\nfname: Enrich\nfmode: Calculate\nwindow: {type: tumbling, size: 1m, time_field: ts, aggregate: {n: count()}}\n"
+	write := func(workers int) string {
+		dir := yamlFuncDir(t, true, funcs, "")
+		flow := fmt.Sprintf("kistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Enrich\nstream:\n  source: in\n  workers: %d\n", workers)
+		if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	want := `funcs.yml:4: warning: function "Enrich": flow "Orders" runs 4 workers: their parts of the stream reach this event-time window in the order they finish`
+	_, out, stderr := run(t, "lint", write(4))
+	if !strings.Contains(out, want) {
+		t.Fatalf("lint: want %q in\n%s%s", want, out, stderr)
+	}
+	code, out, stderr := run(t, "lint", write(1))
+	if code != ExitOK || strings.Contains(out, "workers") {
+		t.Fatalf("lint with one worker: exit %d\n%s%s", code, out, stderr)
 	}
 }

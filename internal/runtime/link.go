@@ -87,7 +87,8 @@ func (l *link) label() string {
 // row (a typo in an expression, input of the wrong format), whatever mix of
 // errors the rows meet (a typo among malformed lines fails them in two
 // ways). An epoch with output, or with fewer dead letters than messages,
-// ends the streak. Only the commit loop uses it.
+// ends the streak. Rows rejected by design (marked stream.ErrExpected: a
+// window's late rows) are no failures: they end the streak as output does. Only the commit loop uses it.
 type streak struct {
 	fn, err string
 	n       int
@@ -99,11 +100,20 @@ func (s *streak) observe(ep *epoch, limit int) error {
 	if len(ep.todo) == 0 {
 		return nil // only redeliveries of committed messages
 	}
-	if ep.out.Load() > 0 || len(ep.dead) < len(ep.todo) {
+	failed := 0
+	for _, exp := range ep.expected {
+		if !exp {
+			failed++
+		}
+	}
+	if ep.out.Load() > 0 || failed < len(ep.todo) {
 		s.n = 0
 		return nil
 	}
-	for _, d := range ep.dead {
+	for i, d := range ep.dead {
+		if ep.expected[i] {
+			continue
+		}
 		dl := d.(*stream.DeadLetter)
 		s.fn, s.err = dl.Func, dl.Error
 		s.n++

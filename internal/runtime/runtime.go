@@ -359,14 +359,18 @@ type epoch struct {
 	// past the first function of a batch whose message is not known (see
 	// Runner.trace).
 	deadOf []*stream.Message
+	// expected[i] says that the cause of dead[i] is marked
+	// stream.ErrExpected (a window's late row): no failure for the streak.
+	expected []bool
 }
 
-// addDead adds the dead letter of m (nil when not known) to the epoch,
-// written when it commits. Safe for concurrent use.
-func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter) {
+// addDead adds the dead letter of m (nil when not known), whose cause is
+// cause, to the epoch, written when it commits. Safe for concurrent use.
+func (ep *epoch) addDead(m *stream.Message, dl *stream.DeadLetter, cause error) {
 	ep.mu.Lock()
 	ep.dead = append(ep.dead, dl)
 	ep.deadOf = append(ep.deadOf, m)
+	ep.expected = append(ep.expected, stream.IsExpected(cause))
 	ep.mu.Unlock()
 }
 
@@ -838,7 +842,7 @@ func (r *Runner) deadOnArrival(ep *epoch) {
 			ep.work = append(ep.work, m)
 			continue
 		}
-		ep.addDead(m, r.deadLetter("", m, "", m.Failed, 0))
+		ep.addDead(m, r.deadLetter("", m, "", m.Failed, 0), m.Failed)
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 func (w *worker) deliver(ctx context.Context, p *part, rows []any, segs []seg) bool {
 	r := w.r
 	rw := &rowWriter{r: r, write: r.parts.Sink.Write, dead: func(row any, m *stream.Message, cause error, attempts int) {
-		p.ep.addDead(m, r.rowDeadLetter(r.sinkLink.label(), m, row, cause, attempts))
+		p.ep.addDead(m, r.rowDeadLetter(r.sinkLink.label(), m, row, cause, attempts), cause)
 	}}
 	if r.trace {
 		rw.retrace = func() ([]any, []*stream.Message) { return w.retrace(ctx, rows, segs) }

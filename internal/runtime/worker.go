@@ -91,7 +91,7 @@ func (w *worker) flush(ctx context.Context, p *part) {
 		}
 		if err == nil {
 			for _, rj := range rej {
-				p.ep.addDead(nil, r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1))
+				p.ep.addDead(nil, r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1), rj.Err)
 			}
 			w.output(ctx, p, out, nil)
 			return
@@ -156,7 +156,7 @@ func (w *worker) rejected(p *part, msgs []*stream.Message, rej []Rejected) {
 		case len(msgs) == 1:
 			w.deadLetter(p, msgs[0], rowPlace(rj.Layer, rj.Index), rj.Func, rj.Err, 1)
 		default:
-			p.ep.addDead(nil, w.r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1))
+			p.ep.addDead(nil, w.r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1), rj.Err)
 		}
 	}
 }
@@ -325,7 +325,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 // letters, written when the epoch commits.
 func (w *worker) deadLetter(p *part, m *stream.Message, row, fn string, cause error, attempts int) {
 	w.r.cfg.Logger.Debug("message dead-lettered", "func", fn, "attempts", attempts, "err", cause)
-	p.ep.addDead(m, w.r.deadLetter(fn, m, row, cause, attempts))
+	p.ep.addDead(m, w.r.deadLetter(fn, m, row, cause, attempts), cause)
 }
 
 func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
