@@ -332,10 +332,17 @@ func (s *source) onAdvisory(m *natsgo.Msg) {
 // Read fetches up to max messages, waiting at most until ctx's deadline
 // (or a second) for the first. Messages JetStream stopped redelivering come
 // back marked Failed, for the dead-letter path.
+//
+// While the connection to NATS is down (the client reconnecting), Read
+// returns an error that says so, not marked fatal: the runtime reports the
+// outage and retries, and the client reconnects in the background.
 func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if err := s.n.connected(); err != nil {
+			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
 		}
 		select {
 		case seq := <-s.exhausted:
@@ -384,6 +391,15 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 		}
 	}
+}
+
+// connected returns nil while the connection to NATS is up, else an error
+// naming its state (reconnecting, closed).
+func (n *NATS) connected() error {
+	if st := n.nc.Status(); st != natsgo.CONNECTED && !n.nc.IsDraining() {
+		return fmt.Errorf("NATS %s not connected (%s)", config.Redact(n.urls), strings.ToLower(st.String()))
+	}
+	return nil
 }
 
 // lastDelivery is the dead-letter reason for a message delivered for the
