@@ -15,8 +15,9 @@ import (
 // TestANATSOutageIsReported stops the NATS server a running exactly-once
 // job (NATS -> SQLite) reads from for 15 s: the job logs once that its
 // source is unavailable, /readyz answers 503 and
-// kisflow_stream_connected{side="source"} is 0 meanwhile, the log says
-// when it is back, and every id is in the sink once. Before, the pull
+// kisflow_stream_connected{side="source"} is 0 meanwhile, the log, /readyz
+// and the metric say it is back once NATS is (before any new message), and
+// every id is in the sink once. Before, the pull
 // consumer only timed out: nothing reported the outage.
 func TestANATSOutageIsReported(t *testing.T) {
 	t.Parallel()
@@ -82,14 +83,15 @@ func TestANATSOutageIsReported(t *testing.T) {
 	if !logged || !unready || !disconnected {
 		t.Fatalf("during the outage: logged %v, /readyz 503 %v, kisflow_stream_connected 0 %v; output:\n%s", logged, unready, disconnected, tail(p.Output(), 4000))
 	}
-	if err := r.publish(half+1, n); err != nil {
-		t.Fatal(err)
-	}
-	waitAllIDs(t, p, 3*time.Minute, r.ids, n, "after a 15s outage of NATS")
+	// Back before any new message comes.
 	Eventually(t, time.Minute, "the source back in the log, /readyz and kisflow_stream_connected", func() bool {
 		code, _ := get("/readyz")
 		return strings.Contains(p.Output(), "source in back after ") && code == http.StatusOK && connected() == "1"
 	})
+	if err := r.publish(half+1, n); err != nil {
+		t.Fatal(err)
+	}
+	waitAllIDs(t, p, 3*time.Minute, r.ids, n, "after a 15s outage of NATS")
 	if n := strings.Count(p.Output(), "source in unavailable: "); n != 1 {
 		t.Errorf("the outage was logged %d times, want once:\n%s", n, tail(p.Output(), 4000))
 	}
