@@ -597,3 +597,46 @@ func TestCSVByteOrderMark(t *testing.T) {
 		t.Fatalf("records: %v", msgs)
 	}
 }
+
+// A bounded run leaves a last line without its newline that does not
+// parse (a row the writer has not finished) for the next run: the
+// position stays before it, and the next run reads the whole row once.
+// A CSV record with too few fields counts as unfinished too.
+func TestBoundedRunLeavesAHalfWrittenLastLine(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, first, rest string
+		want, then        string
+	}{
+		{"in.jsonl", "{\"id\":1}\n{\"id\":2", "5}\n{\"id\":3}\n", `{"id":1}`, `{"id":25} {"id":3}`},
+		{"in.csv", "id,name\n1,a\n2", ",b\n3,c\n", "map[id:1 name:a]", "map[id:2 name:b] map[id:3 name:c]"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := write(t, tc.name, tc.first)
+			src, log := openLog(t, map[string]string{"path": p}, "")
+			got := readAll(t, src)
+			if payloads(got) != tc.want {
+				t.Fatalf("first run: %q, want %q", payloads(got), tc.want)
+			}
+			warn := "the last line of " + p + " has no newline and does not parse: left for the next run"
+			if !strings.Contains(log.String(), warn) {
+				t.Fatalf("no warning %q in the log:\n%s", warn, log)
+			}
+			f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(tc.rest); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			src, log = openLog(t, map[string]string{"path": p}, got[len(got)-1].Position)
+			if got := payloads(readAll(t, src)); got != tc.then {
+				t.Fatalf("second run: %q, want %q", got, tc.then)
+			}
+			if log.Len() != 0 {
+				t.Fatalf("second run logged:\n%s", log)
+			}
+		})
+	}
+}

@@ -303,6 +303,7 @@ type source struct {
 	cons      jetstream.Consumer
 	sub       *natsgo.Subscription
 	exhausted chan uint64 // stream sequences JetStream gave up on
+	down      bool        // the last Read found the connection down (only Read uses it)
 	closeOnce sync.Once
 }
 
@@ -332,10 +333,26 @@ func (s *source) onAdvisory(m *natsgo.Msg) {
 // Read fetches up to max messages, waiting at most until ctx's deadline
 // (or a second) for the first. Messages JetStream stopped redelivering come
 // back marked Failed, for the dead-letter path.
+//
+// While the connection to NATS is down (the client reconnecting), Read
+// returns an error that says so, not marked fatal: the runtime reports the
+// outage and retries, and the client reconnects in the background. The
+// first Read once it is connected again returns nothing and no error, so
+// that the source is seen to be back even while no message comes.
 func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
+		}
+		if err := s.n.connected(); err != nil {
+			s.down = true
+			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
+		}
+		if s.down {
+			// Connected again: an empty read tells the runtime the
+			// source is back, before any message arrives.
+			s.down = false
+			return nil, nil
 		}
 		select {
 		case seq := <-s.exhausted:
@@ -384,6 +401,15 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 		}
 	}
+}
+
+// connected returns nil while the connection to NATS is up, else an error
+// naming its state (reconnecting, closed).
+func (n *NATS) connected() error {
+	if st := n.nc.Status(); st != natsgo.CONNECTED && !n.nc.IsDraining() {
+		return fmt.Errorf("NATS %s not connected (%s)", config.Redact(n.urls), strings.ToLower(st.String()))
+	}
+	return nil
 }
 
 // lastDelivery is the dead-letter reason for a message delivered for the

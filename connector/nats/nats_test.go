@@ -2,6 +2,7 @@ package nats
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"strings"
@@ -401,4 +402,61 @@ func TestSpecRefusesBadParams(t *testing.T) {
 		`param stream: required: the JetStream stream`)
 	testenv.RefusesParams(t, New, &config.Conn{CName: "js", Key: "a.b", Params: map[string]string{"stream": "S", "max_deliver": "0"}},
 		`param max_deliver: 0 delivers nothing (want at least 1, or -1 for no limit)`)
+}
+
+// While the server is down, Read says so with an error naming NATS, not
+// marked fatal (the runtime reports the outage and retries); once it is
+// back, Read delivers again.
+func TestReadReportsAnOutage(t *testing.T) {
+	srv := testenv.PrivateNATS(t)
+	t.Setenv(testenv.NATS.Env, fmt.Sprintf("nats://127.0.0.1:%d", srv.Port()))
+	n := start(t, nil)
+	ctx := context.Background()
+	src, err := n.OpenSource(ctx, stream.SourceOptions{Name: "outage"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = src.Close(ctx) })
+	if err := n.Write(ctx, []any{map[string]any{"id": 1}}); err != nil {
+		t.Fatal(err)
+	}
+	read := func() ([]*stream.Message, error) {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		return src.Read(rctx, 10)
+	}
+	if msgs, err := read(); err != nil || len(msgs) != 1 {
+		t.Fatalf("before the outage: %v %v", msgs, err)
+	}
+	back := make(chan struct{})
+	go func() {
+		defer close(back)
+		srv.Down(t, 5*time.Second)
+	}()
+	var outage error
+	deadline := time.Now().Add(5 * time.Second)
+	for outage == nil && time.Now().Before(deadline) {
+		if _, err := read(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			outage = err
+		}
+	}
+	if outage == nil || stream.IsFatal(outage) || !strings.Contains(outage.Error(), "NATS") || !strings.Contains(outage.Error(), "not connected") {
+		t.Fatalf("a read while the server is down: %v (want a transient error saying NATS is not connected)", outage)
+	}
+	<-back
+	if err := n.Write(ctx, []any{map[string]any{"id": 2}}); err != nil {
+		t.Fatal(err)
+	}
+	var got []*stream.Message
+	deadline = time.Now().Add(time.Minute)
+	for len(got) == 0 && time.Now().Before(deadline) {
+		msgs, err := read()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) && !strings.Contains(err.Error(), "not connected") {
+			t.Fatal(err)
+		}
+		got = append(got, msgs...)
+	}
+	if len(got) != 1 || string(got[0].Payload.([]byte)) != `{"id":2}` {
+		t.Fatalf("after the outage: %v", got)
+	}
 }

@@ -224,3 +224,45 @@ func TestAFollowedFileRotatedThenRestartedResumes(t *testing.T) {
 		})
 	}
 }
+
+// A bounded run (a cron job) that meets a half-written last line leaves it
+// for the next run: the writer appends `{"id":1`, a run reads rows 1-100
+// and warns, the writer finishes the row and adds another, and the next
+// run reads rows 101 and 102. Every row is in the sink once and nothing is
+// dead-lettered (before, the row was split into two dead letters, the
+// halves of {"id":101}).
+func TestABoundedRunLeavesAHalfWrittenLastLine(t *testing.T) {
+	t.Parallel()
+	for _, delivery := range []string{"exactly-once", "at-least-once"} {
+		t.Run(delivery, func(t *testing.T) {
+			t.Parallel()
+			dir := fileToSQLite(t, 100, delivery)
+			input := filepath.Join(dir, "ids.jsonl")
+			run := func(want int) string {
+				t.Helper()
+				res := Run(t, dir, 2*time.Minute, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+				out := res.Stdout + res.Stderr
+				if res.Code != 0 {
+					t.Fatalf("exit %d\n%s", res.Code, out)
+				}
+				if !strings.Contains(out, fmt.Sprintf(" %d rows read", want)) || !strings.Contains(out, ", 0 dead-lettered") {
+					t.Fatalf("the summary does not say %d rows read and none dead-lettered:\n%s", want, out)
+				}
+				return out
+			}
+			appendTo(t, input, `{"id":1`)
+			out := run(100)
+			if want := "the last line of " + input + " has no newline and does not parse: left for the next run"; !strings.Contains(out, want) {
+				t.Errorf("no warning %q:\n%s", want, out)
+			}
+			appendTo(t, input, "01,\"qty\":1}\n{\"id\":102,\"qty\":2}\n")
+			run(2)
+			if bad := onceEach(SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out"), [2]int64{1, 102}); len(bad) > 0 {
+				t.Fatalf("sink: %v", bad)
+			}
+			if letters := JSONLines(t, filepath.Join(dir, "state", "dead-letter", "Ids.jsonl")); len(letters) > 0 {
+				t.Fatalf("dead letters: %v", letters)
+			}
+		})
+	}
+}
