@@ -340,6 +340,7 @@ func (e *Engine) loadState(ctx context.Context, parts *runtime.Parts, key string
 	if from == nil {
 		return nil
 	}
+	parts.State.Kept = true
 	if err := from.LoadState(ctx, key, parts.State.Load); err != nil {
 		return fmt.Errorf("load keyed state: %w", err)
 	}

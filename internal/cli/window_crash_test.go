@@ -1,0 +1,210 @@
+package cli
+
+import (
+	"database/sql"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// windowCrashDir writes a config folder: n orders of 17 users in a JSON
+// lines file, two hours of event time a few seconds out of order (never
+// later than the lateness), the flow Slow -> PerUser (a tumbling window of
+// a minute) followed by the functions after, and an SQLite sink with the
+// given delivery. It returns the folder and the windows an uninterrupted
+// run emits, computed here.
+func windowCrashDir(t *testing.T, n int, delivery string, after ...string) (string, map[string]string) {
+	t.Helper()
+	dir := t.TempDir()
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
+	type agg struct{ n, sum int64 }
+	ref := map[[2]int64]*agg{}
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		ts := base + int64(i)*2400 - int64(i%7)*1500 // up to 9 s out of order; lateness 20 s
+		user, amount := int64(i%17), int64(i%13)
+		fmt.Fprintf(&b, "{\"id\":%d,\"ts\":%d,\"user_id\":%d,\"amount\":%d}\n", i, ts, user, amount)
+		k := [2]int64{user, ts - ts%60_000}
+		if ref[k] == nil {
+			ref[k] = &agg{}
+		}
+		ref[k].n++
+		ref[k].sum += amount
+	}
+	want := map[string]string{}
+	for k, a := range ref {
+		start := time.UnixMilli(k[1]).UTC()
+		want[fmt.Sprintf("%d %s %s", k[0], start.Format(time.RFC3339), start.Add(time.Minute).Format(time.RFC3339))] = fmt.Sprintf("%d %d", a.n, a.sum)
+	}
+	var more strings.Builder
+	for _, f := range after {
+		fmt.Fprintf(&more, "  - fname: %s\n", f)
+	}
+	files := map[string]string{
+		"orders.jsonl": b.String(),
+		"flow.yml": `kistype: flow
+status: 1
+flow_name: Revenue
+flows:
+  - fname: Slow
+  - fname: PerUser
+` + more.String() + `stream:
+  source: orders
+  sink: db
+  delivery: ` + delivery + `
+  batch_size: 10
+`,
+		"funcs.yml": `kistype: func
+fname: Slow
+fmode: Calculate
+---
+kistype: func
+fname: PerUser
+fmode: Calculate
+window: {type: tumbling, size: 1m, time_field: ts, lateness: 20s,
+         group_by: [user_id], aggregate: {orders: count(), revenue: sum(amount)}}
+---
+kistype: func
+fname: Flaky
+fmode: Calculate
+`,
+		"conns.yml": `kistype: conn
+cname: orders
+type: file
+params:
+  path: orders.jsonl
+---
+kistype: conn
+cname: db
+type: sqlite
+key: out
+params:
+  path: out.db
+  create: "true"
+  columns: user_id, window_start, window_end, orders, revenue
+`,
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, want
+}
+
+// windowRows returns the windows in the sink table, and how many rows hold
+// them (more than the windows when one was written twice).
+func windowRows(t *testing.T, dir string) (map[string]string, int) {
+	t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT user_id, window_start, window_end, orders, revenue FROM out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got, n := map[string]string{}, 0
+	for rows.Next() {
+		var user, start, end string
+		var orders int64
+		var revenue float64
+		if err := rows.Scan(&user, &start, &end, &orders, &revenue); err != nil {
+			t.Fatal(err)
+		}
+		got[fmt.Sprintf("%s %s %s", user, start, end)] = fmt.Sprintf("%d %.0f", orders, revenue)
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return got, n
+}
+
+// checkWindows fails t unless the table holds exactly the windows want,
+// each once.
+func checkWindows(t *testing.T, dir string, want map[string]string, how string) {
+	t.Helper()
+	got, n := windowRows(t, dir)
+	if n != len(got) {
+		t.Errorf("%s: %d rows for %d windows: some window was written twice", how, n, len(got))
+	}
+	bad := 0
+	for _, k := range slices.Sorted(maps.Keys(want)) {
+		if got[k] != want[k] {
+			if bad++; bad <= 5 {
+				t.Errorf("%s: window %s: got %q (orders revenue), want %q", how, k, got[k], want[k])
+			}
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("%s: unexpected window %s", how, k)
+		}
+	}
+	if bad > 0 || len(got) != len(want) {
+		t.Fatalf("%s: %d of %d windows wrong, %d in the table", how, bad, len(want), len(got))
+	}
+}
+
+// TestWindowsExactlyOnceSurviveSIGKILL kills a run of a window flow into
+// SQLite (exactly-once) several times at random points and lets the last
+// run finish: the table must hold exactly the windows of an uninterrupted
+// run, each once, although windows were open at every kill.
+func TestWindowsExactlyOnceSurviveSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	dir, want := windowCrashDir(t, 3000, "exactly-once")
+	kills := killUntilDone(t, dir, syscall.SIGKILL, 6)
+	if kills < 3 {
+		t.Fatalf("only %d kills landed before the job finished; the test needs a longer job", kills)
+	}
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills))
+	t.Logf("%d SIGKILLs: all %d windows exactly once", kills, len(want))
+}
+
+// TestWindowsSurviveSIGTERM stops a run of a window flow (at-least-once,
+// state in checkpoints.db) several times: each stop drains, and the run
+// that resumes goes on with the open windows it saved.
+func TestWindowsSurviveSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	dir, want := windowCrashDir(t, 3000, "at-least-once")
+	kills := killUntilDone(t, dir, syscall.SIGTERM, 3)
+	if kills == 0 {
+		t.Fatal("no SIGTERM landed before the job finished")
+	}
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGTERMs", kills))
+	t.Logf("%d SIGTERMs: all %d windows exactly once", kills, len(want))
+}
+
+// TestWindowsFollowedByAFailingFunctionSurviveSIGKILL runs the window
+// before Flaky, which fails every 7th call: each failed batch is run again
+// from its first function, and the window must not count its rows twice
+// (its change of the kept state is rolled back with the failed run), nor
+// lose or repeat windows across SIGKILLs.
+func TestWindowsFollowedByAFailingFunctionSurviveSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	dir, want := windowCrashDir(t, 3000, "exactly-once", "Flaky")
+	kills := killUntilDone(t, dir, syscall.SIGKILL, 4)
+	if kills < 2 {
+		t.Fatalf("only %d kills landed before the job finished; the test needs a longer job", kills)
+	}
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills))
+	t.Logf("%d SIGKILLs: all %d windows exactly once", kills, len(want))
+}
