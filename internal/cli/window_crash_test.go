@@ -98,9 +98,10 @@ params:
 	return dir, want
 }
 
-// windowRows returns the windows in the sink table, and how many rows hold
-// them (more than the windows when one was written twice).
-func windowRows(t *testing.T, dir string) (map[string]string, int) {
+// windowRows returns the windows in the sink table, how many rows hold
+// them (more than the windows when one was written twice), and the
+// windows written twice with different values.
+func windowRows(t *testing.T, dir string) (map[string]string, int, []string) {
 	t.Helper()
 	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db"))
 	if err != nil {
@@ -113,6 +114,7 @@ func windowRows(t *testing.T, dir string) (map[string]string, int) {
 	}
 	defer rows.Close()
 	got, n := map[string]string{}, 0
+	var differ []string
 	for rows.Next() {
 		var user, start, end string
 		var orders int64
@@ -120,22 +122,30 @@ func windowRows(t *testing.T, dir string) (map[string]string, int) {
 		if err := rows.Scan(&user, &start, &end, &orders, &revenue); err != nil {
 			t.Fatal(err)
 		}
-		got[fmt.Sprintf("%s %s %s", user, start, end)] = fmt.Sprintf("%d %.0f", orders, revenue)
+		k, v := fmt.Sprintf("%s %s %s", user, start, end), fmt.Sprintf("%d %.0f", orders, revenue)
+		if prev, ok := got[k]; ok && prev != v {
+			differ = append(differ, fmt.Sprintf("%s: %q and %q", k, prev, v))
+		}
+		got[k] = v
 		n++
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
-	return got, n
+	return got, n, differ
 }
 
 // checkWindows fails t unless the table holds exactly the windows want,
-// each once.
-func checkWindows(t *testing.T, dir string, want map[string]string, how string) {
+// each once, or with repeats, each with the same values every time. It
+// returns the number of rows.
+func checkWindows(t *testing.T, dir string, want map[string]string, how string, repeats bool) int {
 	t.Helper()
-	got, n := windowRows(t, dir)
-	if n != len(got) {
+	got, n, differ := windowRows(t, dir)
+	if n != len(got) && !repeats {
 		t.Errorf("%s: %d rows for %d windows: some window was written twice", how, n, len(got))
+	}
+	for _, d := range differ {
+		t.Errorf("%s: window written twice with different values: %s", how, d)
 	}
 	bad := 0
 	for _, k := range slices.Sorted(maps.Keys(want)) {
@@ -153,6 +163,7 @@ func checkWindows(t *testing.T, dir string, want map[string]string, how string) 
 	if bad > 0 || len(got) != len(want) {
 		t.Fatalf("%s: %d of %d windows wrong, %d in the table", how, bad, len(want), len(got))
 	}
+	return n
 }
 
 // TestWindowsExactlyOnceSurviveSIGKILL kills a run of a window flow into
@@ -169,7 +180,7 @@ func TestWindowsExactlyOnceSurviveSIGKILL(t *testing.T) {
 	if kills < 3 {
 		t.Fatalf("only %d kills landed before the job finished; the test needs a longer job", kills)
 	}
-	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills))
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills), false)
 	t.Logf("%d SIGKILLs: all %d windows exactly once", kills, len(want))
 }
 
@@ -186,7 +197,7 @@ func TestWindowsSurviveSIGTERM(t *testing.T) {
 	if kills == 0 {
 		t.Fatal("no SIGTERM landed before the job finished")
 	}
-	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGTERMs", kills))
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGTERMs", kills), false)
 	t.Logf("%d SIGTERMs: all %d windows exactly once", kills, len(want))
 }
 
@@ -205,6 +216,25 @@ func TestWindowsFollowedByAFailingFunctionSurviveSIGKILL(t *testing.T) {
 	if kills < 2 {
 		t.Fatalf("only %d kills landed before the job finished; the test needs a longer job", kills)
 	}
-	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills))
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills), false)
 	t.Logf("%d SIGKILLs: all %d windows exactly once", kills, len(want))
+}
+
+// TestWindowsAtLeastOnceSurviveSIGKILL kills a run of a window flow
+// (at-least-once, state kept with the position in checkpoints.db) several
+// times: every window of an uninterrupted run is in the table with its
+// values; one may be written again (a batch replayed after a kill between
+// the sink's write and the position's save), always with the same values.
+func TestWindowsAtLeastOnceSurviveSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	dir, want := windowCrashDir(t, 3000, "at-least-once")
+	kills := killUntilDone(t, dir, syscall.SIGKILL, 6)
+	if kills < 3 {
+		t.Fatalf("only %d kills landed before the job finished; the test needs a longer job", kills)
+	}
+	n := checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills), true)
+	t.Logf("%d SIGKILLs: all %d windows, in %d rows", kills, len(want), n)
 }
