@@ -37,8 +37,9 @@ type windowHandler struct {
 // snapshot and the number of the write that made it, which tells whether
 // the operator still holds what the state machinery says is current.
 type windowSaved struct {
-	Seq uint64 `json:"seq"`
-	Op  []byte `json:"op"`
+	Seq  uint64 `json:"seq"`
+	Op   []byte `json:"op"`
+	Open int    `json:"open"` // the open window-groups
 }
 
 func newWindowHandler(fc *config.Func) (*windowHandler, error) {
@@ -164,7 +165,14 @@ func (s *savedWindow) sync(h *windowHandler) error {
 		}
 		h.op = op
 	} else if err := h.op.Restore(v.Op); err != nil {
-		return stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
+		if v.Open > 0 {
+			return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state entry %q of the flow to drop them", h.name, v.Open, err, s.id.Name))
+		}
+		// Nothing open (the window block changed after its windows
+		// closed): start afresh.
+		if h.op, err = window.New(h.spec); err != nil {
+			return err
+		}
 	}
 	h.seq, h.last = v.Seq, max(h.last, v.Seq)
 	return nil
@@ -178,7 +186,7 @@ func (s *savedWindow) write(h *windowHandler) error {
 	}
 	h.last++
 	h.seq = h.last
-	return s.x.Put(s.id, windowSaved{Seq: h.seq, Op: snap}, 0)
+	return s.x.Put(s.id, windowSaved{Seq: h.seq, Op: snap, Open: h.op.Len()}, 0)
 }
 
 type windowBinding struct {

@@ -135,6 +135,21 @@ func windowRows(t *testing.T, dir string) (map[string]string, int, []string) {
 	return got, n, differ
 }
 
+// windowCount returns the rows in the sink table, 0 before it exists.
+func windowCount(t *testing.T, dir string) (int, error) {
+	t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db"))
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM out").Scan(&n); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
 // checkWindows fails t unless the table holds exactly the windows want,
 // each once, or with repeats, each with the same values every time. It
 // returns the number of rows.
@@ -237,4 +252,64 @@ func TestWindowsAtLeastOnceSurviveSIGKILL(t *testing.T) {
 	}
 	n := checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills), true)
 	t.Logf("%d SIGKILLs: all %d windows, in %d rows", kills, len(want), n)
+}
+
+// TestWindowBlockChangedWithWindowsSaved changes the window block between
+// runs: with windows open in the kept state the run stops with an error
+// saying what to do; once they closed (the file was read to its end) a
+// changed block starts afresh.
+func TestWindowBlockChangedWithWindowsSaved(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	dir, _ := windowCrashDir(t, 3000, "exactly-once")
+	cmd := child(t, dir)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "out.db")); err == nil {
+			if all, _ := windowCount(t, dir); all > 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no window reached the sink within a minute")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	if err := <-done; err == nil {
+		t.Skip("the run finished before the kill")
+	}
+	funcs := filepath.Join(dir, "funcs.yml")
+	orig, err := os.ReadFile(funcs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(orig), "size: 1m", "size: 2m", 1)
+	if err := os.WriteFile(funcs, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd = child(t, dir)
+	err = cmd.Wait()
+	out := cmd.Stdout.(*syncBuffer).String()
+	if err == nil || !strings.Contains(out, `open windows saved by an earlier run cannot be restored`) || !strings.Contains(out, `delete state entry "kisflow.window/1/PerUser"`) {
+		t.Fatalf("changed window block with open windows saved: want a failed run saying what to do, got %v:\n%s", err, out)
+	}
+
+	// The original block finishes the file; then a changed one starts afresh.
+	if err := os.WriteFile(funcs, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := child(t, dir).Wait(); err != nil {
+		t.Fatalf("run with the original block: %v", err)
+	}
+	if err := os.WriteFile(funcs, []byte(changed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := child(t, dir).Wait(); err != nil {
+		t.Fatalf("changed block after every window closed: %v", err)
+	}
 }
