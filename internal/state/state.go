@@ -401,6 +401,9 @@ func (x *Txn) Fields(name, key string) ([]string, error) {
 	return out, nil
 }
 
+// Lanes is the number of lanes of the table (the job's workers).
+func (t *Table) Lanes() int { return len(t.lanes) }
+
 // Lanes is the number of lanes of the Txn's table (the job's workers).
 func (x *Txn) Lanes() int { return len(x.t.lanes) }
 
