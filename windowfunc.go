@@ -33,7 +33,7 @@ type windowHandler struct {
 }
 
 // windowSaved is the state of a window function as a job keeps it, an
-// entry of its keyed state (see windowBinding.persist): the operator's
+// entry of its keyed state (see savedWindow): the operator's
 // snapshot and the number of the write that made it, which tells whether
 // the operator still holds what the state machinery says is current.
 type windowSaved struct {
