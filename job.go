@@ -340,6 +340,7 @@ func (e *Engine) loadState(ctx context.Context, parts *runtime.Parts, key string
 	if from == nil {
 		return nil
 	}
+	parts.State.Kept = true
 	if err := from.LoadState(ctx, key, parts.State.Load); err != nil {
 		return fmt.Errorf("load keyed state: %w", err)
 	}
@@ -533,16 +534,28 @@ func (j *Job) Run(ctx context.Context) error {
 	s := j.Stats()
 	j.log.InfoContext(ctx, "job ends", "read", s.Read, "committed", s.Committed, "out", s.Out, "dead_lettered", s.DeadLettered, "retries", s.Retries)
 	if n := j.OpenWindows(); n > 0 {
-		j.log.Warn("open windows were not emitted: windows are not kept across runs yet; their rows are lost", "windows", n)
+		if j.WindowsKept() {
+			j.log.InfoContext(ctx, "open windows are kept for the next run", "windows", n)
+		} else {
+			j.log.Warn("open windows were not emitted: windows are not kept across runs yet; their rows are lost", "windows", n)
+		}
 	}
 	return j.eng.red.Error(err)
+}
+
+// WindowsKept reports whether the job keeps the state of its window
+// functions with its commits, so that a run that resumes goes on with the
+// windows this one left open: with one worker and a store that keeps
+// state (an exactly-once SQL sink, or the checkpoint store).
+func (j *Job) WindowsKept() bool {
+	return len(j.windows) > 0 && j.table.Kept && j.table.Lanes() == 1
 }
 
 // OpenWindows returns how many windows (one per window and group) the
 // flow's window functions hold open, not yet emitted. After Run it is what
 // the stop (a signal, an error) left unemitted: a bounded source read to
-// its end closes every window, but a stop before that does not, and
-// windows are not kept across runs yet.
+// its end closes every window, but a stop before that does not; the next
+// run resumes them only when WindowsKept.
 func (j *Job) OpenWindows() int {
 	n := 0
 	for _, w := range j.windows {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 	"unsafe"
@@ -11,6 +12,7 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 	"github.com/kisflow-go/kisflow/window"
 )
@@ -23,8 +25,21 @@ type windowHandler struct {
 	name string
 	tick time.Duration // processing time: how often an idle stream ticks; 0 for event time
 
-	mu sync.Mutex
-	op *window.Operator
+	mu   sync.Mutex
+	op   *window.Operator
+	spec window.Spec
+	seq  uint64 // the Seq of the saved state op holds; 0: a new operator
+	last uint64 // the largest Seq written or read
+}
+
+// windowSaved is the state of a window function as a job keeps it, an
+// entry of its keyed state (see savedWindow): the operator's
+// snapshot and the number of the write that made it, which tells whether
+// the operator still holds what the state machinery says is current.
+type windowSaved struct {
+	Seq  uint64 `json:"seq"`
+	Op   []byte `json:"op"`
+	Open int    `json:"open"` // the open window-groups
 }
 
 func newWindowHandler(fc *config.Func) (*windowHandler, error) {
@@ -36,7 +51,7 @@ func newWindowHandler(fc *config.Func) (*windowHandler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("function %q: %w", fc.FName, err)
 	}
-	h := &windowHandler{name: fc.FName, op: op}
+	h := &windowHandler{name: fc.FName, op: op, spec: spec}
 	if spec.TimeField == "" {
 		h.tick = idleTick(spec)
 	}
@@ -73,10 +88,16 @@ func (h *windowHandler) bind(fl *flow, layer int) binding {
 
 // process adds rows and returns what closed: with control set (a flush
 // run, see flow.flush), also what processing time closed (tick) or
-// everything (final).
-func (h *windowHandler) process(rows []map[string]any, ctl flushMode) ([]map[string]any, []window.Rejected) {
+// everything (final). With saved set, the operator first takes the state
+// saved reads as current, and its new state is written there.
+func (h *windowHandler) process(rows []map[string]any, ctl flushMode, saved *savedWindow) ([]map[string]any, []window.Rejected, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if saved != nil {
+		if err := saved.sync(h); err != nil {
+			return nil, nil, err
+		}
+	}
 	var out []map[string]any
 	var rej []window.Rejected
 	if len(rows) > 0 {
@@ -88,7 +109,84 @@ func (h *windowHandler) process(rows []map[string]any, ctl flushMode) ([]map[str
 	case h.tick > 0:
 		out = append(out, h.op.Tick()...)
 	}
-	return out, rej
+	if saved != nil && (len(rows) > 0 || len(out) > 0) {
+		if err := saved.write(h); err != nil {
+			return nil, nil, err
+		}
+	}
+	return out, rej, nil
+}
+
+// savedWindow is where the state of a window function of a job is kept:
+// an entry of the job's keyed state, changed by each batch and committed
+// with it (in the exactly-once sink's transaction, or with the position in
+// the checkpoint store), loaded when the job starts. The operator is a
+// cache of that entry: when a batch is returned to its source or a run
+// fails, the state machinery drops or rolls back its change, and the next
+// run finds an entry other than the one the operator last wrote and
+// restores the operator from it.
+type savedWindow struct {
+	fl *flow
+	x  *state.Txn
+	id state.ID
+}
+
+// savedWindowOf returns where the window of step layer of fl's run is
+// kept, nil when it is not: outside a job, when nothing stores the job's
+// state, or with several workers (the window is shared by all of them
+// while keyed state is per worker).
+func savedWindowOf(fl *flow, layer int) *savedWindow {
+	x := fl.state
+	if x == nil || !x.Kept() || x.Lanes() != 1 {
+		return nil
+	}
+	return &savedWindow{fl: fl, x: x, id: state.ID{Name: "kisflow.window/" + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName}}
+}
+
+// sync makes h's operator hold the state the run's Txn reads as current.
+func (s *savedWindow) sync(h *windowHandler) error {
+	e, ok, err := s.x.Get(s.id)
+	if err != nil {
+		return err
+	}
+	var v windowSaved
+	if ok {
+		if v, err = decodeEntry[windowSaved](s.fl, s.id.Name, e); err != nil {
+			return stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
+		}
+	}
+	if v.Seq == h.seq {
+		return nil
+	}
+	if !ok {
+		op, err := window.New(h.spec)
+		if err != nil {
+			return err
+		}
+		h.op = op
+	} else if err := h.op.Restore(v.Op); err != nil {
+		if v.Open > 0 {
+			return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state entry %q of the flow to drop them", h.name, v.Open, err, s.id.Name))
+		}
+		// Nothing open (the window block changed after its windows
+		// closed): start afresh.
+		if h.op, err = window.New(h.spec); err != nil {
+			return err
+		}
+	}
+	h.seq, h.last = v.Seq, max(h.last, v.Seq)
+	return nil
+}
+
+// write sets the entry to h's operator's state.
+func (s *savedWindow) write(h *windowHandler) error {
+	snap, err := h.op.Snapshot()
+	if err != nil {
+		return err
+	}
+	h.last++
+	h.seq = h.last
+	return s.x.Put(s.id, windowSaved{Seq: h.seq, Op: snap, Open: h.op.Len()}, 0)
 }
 
 type windowBinding struct {
@@ -112,7 +210,11 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 		}
 		b.maps, b.at = append(b.maps, m), append(b.at, i)
 	}
-	out, rej := b.h.process(b.maps, b.fl.flushing)
+	out, rej, err := b.h.process(b.maps, b.fl.flushing, savedWindowOf(b.fl, b.layer))
+	if err != nil {
+		clear(b.maps)
+		return err
+	}
 	for _, r := range rej {
 		i := b.at[r.Index]
 		err := r.Err

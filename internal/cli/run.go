@@ -167,7 +167,9 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		if s.DeadLettered > 0 {
 			fmt.Fprintf(stdout, "flow %s: dead letters are in %s\n", names[i], deadLetterWhere(set, names[i], state))
 		}
-		if n := j.OpenWindows(); n > 0 {
+		if n := j.OpenWindows(); n > 0 && j.WindowsKept() {
+			fmt.Fprintf(stdout, "flow %s: %d open windows are kept for the next run\n", names[i], n)
+		} else if n > 0 {
 			open += n
 			fmt.Fprintf(stdout, "flow %s: %d open windows were not emitted: windows are not kept across runs yet\n", names[i], n)
 		}

@@ -50,6 +50,11 @@ const SweepEvery = time.Minute
 // called by workers; Load before the job runs; Stale, Drop, Changes and
 // Apply by the commit loop only.
 type Table struct {
+	// Kept is set when a store keeps the table's commits (the job's
+	// exactly-once sink or checkpoint store): state that is optional,
+	// the windows of YAML functions, is written only then.
+	Kept bool
+
 	encode func(any) ([]byte, error)
 	lanes  []*Txn // the last Txn begun on each lane: touched by the lane's worker only
 	gen    atomic.Uint64
@@ -395,6 +400,16 @@ func (x *Txn) Fields(name, key string) ([]string, error) {
 	x.t.mu.RUnlock()
 	return out, nil
 }
+
+// Lanes is the number of lanes of the table (the job's workers).
+func (t *Table) Lanes() int { return len(t.lanes) }
+
+// Lanes is the number of lanes of the Txn's table (the job's workers).
+func (x *Txn) Lanes() int { return len(x.t.lanes) }
+
+// Kept reports whether a store keeps the commits of the Txn's table (see
+// Table.Kept).
+func (x *Txn) Kept() bool { return x.t.Kept }
 
 // Savepoint marks the changes so far; Rollback returns to a mark.
 func (x *Txn) Savepoint() int { return len(x.undo) }

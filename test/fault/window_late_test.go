@@ -3,6 +3,7 @@ package fault
 import (
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -88,6 +89,14 @@ func TestWindowsLateBurstAndAWildTimestampDoNotStopTheJob(t *testing.T) {
 		t.Fatalf("%d late rows in the reference, want the 150 old ones", len(late))
 	}
 	dir := winLateDir(t, lines.String(), "")
+	flow := filepath.Join(dir, "flow.yml")
+	b, err := os.ReadFile(flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "  batch_size: 50\n", "  batch_size: 50\n  workers: 2\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
 	if res.Code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", res.Code, res.Stdout, res.Stderr)
@@ -128,10 +137,11 @@ func TestWindowsLateBurstAndAWildTimestampDoNotStopTheJob(t *testing.T) {
 	}
 }
 
-// A stop (SIGINT) with windows still open: they are not emitted, and the
-// run says how many, in its log and its summary, rather than that every
-// in-flight batch was committed.
-func TestWindowsOpenAtStopAreReported(t *testing.T) {
+// A stop (SIGINT) with windows still open: they are kept with the last
+// commit (one worker, an exactly-once SQL sink), the run says so, and the
+// next run goes on with them: rows appended then close them with every
+// row of both runs counted.
+func TestWindowsOpenAtStopAreKept(t *testing.T) {
 	t.Parallel()
 	base := time.Now().Add(-time.Hour).Truncate(time.Minute).UnixMilli()
 	var lines strings.Builder
@@ -154,19 +164,56 @@ func TestWindowsOpenAtStopAreReported(t *testing.T) {
 	}
 	out := p.Output()
 	for _, want := range []string{
-		"flow Win: 5 open windows were not emitted: windows are not kept across runs yet",
-		"stopped by signal; in-flight batches were drained and committed, but 5 open windows were not emitted",
-		"open windows were not emitted: windows are not kept across runs yet; their rows are lost",
+		"flow Win: 5 open windows are kept for the next run",
+		"stopped by signal; in-flight batches were drained and committed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+	if strings.Contains(out, "were not emitted") {
+		t.Errorf("kept windows reported as not emitted:\n%s", out)
+	}
+
+	// The next run: minute five closes minute three, whose 50 rows the
+	// first run read.
+	p = Start(t, dir, nil, "run", dir, "--progress", "never")
+	var more strings.Builder
+	for i := range 10 {
+		more.WriteString(winLine(winRow{id: 100 + i, t: base + 240_000 + int64(i)*1000, user: i % 5, amount: 1}))
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "orders.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(more.String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 2*time.Minute, "minute three's windows in the table", func() bool {
+		windows := 0
+		for _, k := range SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT n FROM out") {
+			windows += k
+		}
+		return windows >= 10
+	})
+	p.Signal(syscall.SIGINT)
+	if code := p.Wait(time.Minute); code != 0 {
+		t.Fatalf("second run: exit %d\n%s", code, p.Output())
+	}
+	// Minutes one and three of 5 users, 10 rows in each: minute three's
+	// read by the first run.
+	counts := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT n FROM out")
+	if len(counts) != 1 || counts[10] != 10 {
+		t.Fatalf("window row counts (count: windows) %v, want 10 windows of 10 rows", counts)
+	}
 }
 
 // A job error (max_consecutive_failures on rows whose time cannot be read)
-// with windows open: the run fails, and says how many windows it did not
-// emit.
+// with windows open that the job does not keep (two workers): the run
+// fails, and says how many windows it did not emit.
 func TestWindowsOpenAtAJobErrorAreReported(t *testing.T) {
 	t.Parallel()
 	base := time.Now().Add(-time.Hour).Truncate(time.Minute).UnixMilli()
@@ -178,6 +225,14 @@ func TestWindowsOpenAtAJobErrorAreReported(t *testing.T) {
 		fmt.Fprintf(&lines, `{"id":%d,"ts":"noon","user_id":1,"amount":1}`+"\n", 10+i)
 	}
 	dir := winLateDir(t, lines.String(), "")
+	flow := filepath.Join(dir, "flow.yml")
+	b, err := os.ReadFile(flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "  batch_size: 50\n", "  batch_size: 50\n  workers: 2\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
 	if res.Code != 1 || !strings.Contains(res.Stderr, "(stream.max_consecutive_failures)") {
 		t.Fatalf("exit %d, want 1 on max_consecutive_failures\n%s\n%s", res.Code, res.Stdout, res.Stderr)
