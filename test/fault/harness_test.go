@@ -237,7 +237,8 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 // empty.
 func SQLiteCounts(t testing.TB, path, query string) map[int64]int {
 	t.Helper()
-	db, err := sql.Open("sqlite", path)
+	// The job may be writing: wait for its lock rather than fail.
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}

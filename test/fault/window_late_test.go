@@ -88,15 +88,9 @@ func TestWindowsLateBurstAndAWildTimestampDoNotStopTheJob(t *testing.T) {
 	if len(late) != 150 {
 		t.Fatalf("%d late rows in the reference, want the 150 old ones", len(late))
 	}
+	// One worker: with several, which rows are late depends on which
+	// worker finishes first (the README says so).
 	dir := winLateDir(t, lines.String(), "")
-	flow := filepath.Join(dir, "flow.yml")
-	b, err := os.ReadFile(flow)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "  batch_size: 50\n", "  batch_size: 50\n  workers: 2\n", 1)), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
 	if res.Code != 0 {
 		t.Fatalf("exit %d\n%s\n%s", res.Code, res.Stdout, res.Stderr)
