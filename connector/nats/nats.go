@@ -304,6 +304,7 @@ type source struct {
 	sub       *natsgo.Subscription
 	exhausted chan uint64 // stream sequences JetStream gave up on
 	down      bool        // the last Read found the connection down (only Read uses it)
+	upSince   time.Time   // when a Read found it connected again, while down
 	closeOnce sync.Once
 }
 
@@ -345,13 +346,21 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			return nil, err
 		}
 		if err := s.n.connected(); err != nil {
-			s.down = true
+			s.down, s.upSince = true, time.Time{}
 			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
 		}
 		if s.down {
-			// Connected again: an empty read tells the runtime the
-			// source is back, before any message arrives.
-			s.down = false
+			// Connected again. A server shutting down may take a
+			// reconnect for a moment: the source counts as back once the
+			// connection held for upAfter, and then an empty read tells
+			// the runtime so, before any message arrives.
+			if s.upSince.IsZero() {
+				s.upSince = time.Now()
+			}
+			if time.Since(s.upSince) < upAfter {
+				return nil, fmt.Errorf("nats source %s: NATS %s reconnected %v ago; waiting for it to hold", s.n.streamName, config.Redact(s.n.urls), time.Since(s.upSince).Round(time.Millisecond))
+			}
+			s.down, s.upSince = false, time.Time{}
 			return nil, nil
 		}
 		select {
@@ -402,6 +411,10 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 		}
 	}
 }
+
+// upAfter is how long a connection must hold after an outage before the
+// source counts as back.
+const upAfter = time.Second
 
 // connected returns nil while the connection to NATS is up, else an error
 // naming its state (reconnecting, closed).
