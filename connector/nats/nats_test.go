@@ -425,8 +425,12 @@ func TestReadReportsAnOutage(t *testing.T) {
 		defer cancel()
 		return src.Read(rctx, 10)
 	}
-	if msgs, err := read(); err != nil || len(msgs) != 1 {
+	msgs, err := read()
+	if err != nil || len(msgs) != 1 {
 		t.Fatalf("before the outage: %v %v", msgs, err)
+	}
+	if err := src.Ack(ctx, msgs); err != nil { // not redelivered after the outage
+		t.Fatal(err)
 	}
 	back := make(chan struct{})
 	go func() {
