@@ -79,6 +79,9 @@ var Spec = func() *driver.Spec {
 
 // NATS is the driver. It is safe for concurrent use.
 type NATS struct {
+	linkMu   sync.Mutex
+	lastDown time.Time // when connected last found the connection down
+
 	cfg        *config.Conn
 	urls       string
 	opts       []natsgo.Option
@@ -304,7 +307,6 @@ type source struct {
 	sub       *natsgo.Subscription
 	exhausted chan uint64 // stream sequences JetStream gave up on
 	down      bool        // the last Read found the connection down (only Read uses it)
-	upSince   time.Time   // when a Read found it connected again, while down
 	closeOnce sync.Once
 }
 
@@ -346,21 +348,13 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			return nil, err
 		}
 		if err := s.n.connected(); err != nil {
-			s.down, s.upSince = true, time.Time{}
+			s.down = true
 			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
 		}
 		if s.down {
-			// Connected again. A server shutting down may take a
-			// reconnect for a moment: the source counts as back once the
-			// connection held for upAfter, and then an empty read tells
-			// the runtime so, before any message arrives.
-			if s.upSince.IsZero() {
-				s.upSince = time.Now()
-			}
-			if time.Since(s.upSince) < upAfter {
-				return nil, fmt.Errorf("nats source %s: NATS %s reconnected %v ago; waiting for it to hold", s.n.streamName, config.Redact(s.n.urls), time.Since(s.upSince).Round(time.Millisecond))
-			}
-			s.down, s.upSince = false, time.Time{}
+			// Connected again, and it held: an empty read tells the
+			// runtime the source is back, before any message arrives.
+			s.down = false
 			return nil, nil
 		}
 		select {
@@ -416,11 +410,20 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 // source counts as back.
 const upAfter = time.Second
 
-// connected returns nil while the connection to NATS is up, else an error
-// naming its state (reconnecting, closed).
+// connected returns nil while the connection to NATS is up and has held
+// for upAfter since it was last found down (a server shutting down may take
+// a reconnect for a moment), else an error naming its state.
 func (n *NATS) connected() error {
+	n.linkMu.Lock()
+	defer n.linkMu.Unlock()
 	if st := n.nc.Status(); st != natsgo.CONNECTED && !n.nc.IsDraining() {
+		n.lastDown = time.Now()
 		return fmt.Errorf("NATS %s not connected (%s)", config.Redact(n.urls), strings.ToLower(st.String()))
+	}
+	if !n.lastDown.IsZero() {
+		if up := time.Since(n.lastDown); up < upAfter {
+			return fmt.Errorf("NATS %s reconnected %v ago; waiting for it to hold", config.Redact(n.urls), up.Round(time.Millisecond))
+		}
 	}
 	return nil
 }
@@ -466,6 +469,11 @@ func flatten(h natsgo.Header) map[string]string {
 // that is lost makes JetStream redeliver the message after ack_wait, which
 // at-least-once allows and an exactly-once sink recognises by its ID.
 func (s *source) Ack(_ context.Context, msgs []*stream.Message) error {
+	// While the connection is down, an acknowledgement only waits in the
+	// client's buffer: it is retried, and the source is not taken for back.
+	if err := s.n.connected(); err != nil {
+		return fmt.Errorf("nats source %s: ack: %w", s.n.streamName, err)
+	}
 	for _, m := range msgs {
 		jm, ok := m.Handle.(jetstream.Msg)
 		if !ok {

@@ -92,8 +92,10 @@ func TestANATSOutageIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitAllIDs(t, p, 3*time.Minute, r.ids, n, "after a 15s outage of NATS")
-	if n := strings.Count(p.Output(), "source in unavailable: "); n != 1 {
-		t.Errorf("the outage was logged %d times, want once:\n%s", n, tail(p.Output(), 4000))
+	// Once; twice when the client reconnected for a moment to the server
+	// shutting down (a change of state the log tells too).
+	if n := strings.Count(p.Output(), "source in unavailable: "); n < 1 || n > 2 {
+		t.Errorf("the outage was logged %d times, want once (twice for a flap):\n%s", n, tail(p.Output(), 4000))
 	}
 	stopCleanly(t, p)
 	c, err := r.ids()
