@@ -473,14 +473,7 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 				probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, "params."+pe.Param), Severity: sev,
 					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %s", name, c.Type, msg))})
 			}
-			if len(bad) > 0 {
-				cc := *cfg
-				cc.Params = maps.Clone(cfg.Params)
-				for _, k := range bad {
-					delete(cc.Params, k)
-				}
-				cfg = &cc
-			}
+			cfg = withoutParams(cfg, bad)
 		}
 		if _, err := callFactory(factory, cfg); err != nil {
 			var perr driver.Errors
@@ -555,12 +548,18 @@ func (r *Registry) factoryConfig(s *config.Set, cname string, cfg *config.Conn) 
 			unknown = append(unknown, k)
 		}
 	}
-	if len(unknown) == 0 {
+	return withoutParams(cfg, unknown)
+}
+
+// withoutParams is cfg less the params named, a copy; cfg itself when
+// there are none.
+func withoutParams(cfg *config.Conn, names []string) *config.Conn {
+	if len(names) == 0 {
 		return cfg
 	}
 	cc := *cfg
 	cc.Params = maps.Clone(cfg.Params)
-	for _, k := range unknown {
+	for _, k := range names {
 		delete(cc.Params, k)
 	}
 	return &cc
