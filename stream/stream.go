@@ -41,6 +41,11 @@ type Message struct {
 	// can be redelivered. Exactly-once sinks record the IDs they committed
 	// and the runtime skips redelivered ones.
 	ID string
+	// Partition names the part of the stream the message came from, for
+	// sources that split a stream into independently ordered partitions
+	// (Kafka: "topic/N"); empty otherwise. Event time is tracked per
+	// partition, and keyed state follows partitions between processes.
+	Partition string
 	// Headers carries metadata such as trace context.
 	Headers map[string]string
 	// Handle is the source's own reference (a delivery tag, an entry ID).

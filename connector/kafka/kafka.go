@@ -487,6 +487,7 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 			m := &slab[i]
 			m.Payload = r.Value
 			m.Key = r.Topic + "/" + strconv.Itoa(int(r.Partition))
+			m.Partition = m.Key
 			m.ID = m.Key + "/" + strconv.FormatInt(r.Offset, 10)
 			m.Handle = r
 			if len(r.Headers) > 0 {
