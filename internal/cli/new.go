@@ -134,7 +134,7 @@ func newProject(dir string, o newOptions, stdout, stderr io.Writer) error {
 			return &exitError{code: ExitProblem, err: fmt.Errorf("go mod tidy in %s: %w (the project is written; fix and run it again)", dir, err)}
 		}
 	}
-	fmt.Fprintf(stdout, "next:\n  cd %s\n  go run . run conf\n  go test ./...\n", dir)
+	fmt.Fprintf(stdout, "next:\n  cd %s\n  go run . run conf\n  go run . test conf\n  go test ./...\n", dir)
 	return nil
 }
 
