@@ -231,6 +231,7 @@ type testRun struct {
 	out     []any
 	written map[string][]any
 	letters []gotLetter
+	memory  map[string]*memory.Store // connectors of type memory, kept real
 }
 
 // testSet returns a copy of set in which the test's flow runs as a stream
@@ -285,7 +286,7 @@ func testSet(set *config.Set, tc *testCase) (*config.Set, string) {
 // err is a test that could not run (its flow failed to build).
 func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *testCase, timeout time.Duration, log *slog.Logger) ([]string, error) {
 	ts, flowName := testSet(set, tc)
-	r := &testRun{tc: tc, source: ts.Flows[flowName].Stream.Source, sink: ts.Flows[flowName].Stream.Sink, mocks: tc.Mocks, written: map[string][]any{}}
+	r := &testRun{tc: tc, source: ts.Flows[flowName].Stream.Source, sink: ts.Flows[flowName].Stream.Sink, mocks: tc.Mocks, written: map[string][]any{}, memory: map[string]*memory.Store{}}
 	for i, row := range tc.Input {
 		text, err := inputText(row)
 		if err != nil {
@@ -338,6 +339,11 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 	}
 	diffs = append(diffs, diffRows("rows", want, r.out, tc.Expect.Unordered)...)
 	diffs = append(diffs, diffLetters(tc.Expect.DeadLetters, r.letters)...)
+	for cname, st := range r.memory {
+		for _, row := range st.Rows("") {
+			r.written[cname] = append(r.written[cname], normalize(row))
+		}
+	}
 	for _, cname := range slices.Sorted(maps.Keys(tc.Expect.Written)) {
 		rows := tc.Expect.Written[cname]
 		want := make([]any, len(rows))
@@ -361,6 +367,16 @@ func (r *testRun) override(cname string, cfg *config.Conn, factory kisflow.Drive
 	d := &testDouble{run: r, name: cname}
 	if factory == nil {
 		return d, nil
+	}
+	if cfg.Type == memory.Type && cname != r.sink {
+		// Already in memory: the real one, so that Go functions that use
+		// its store (f.Connector().Driver().(*memory.Store)) run as they
+		// do in production; what it appends counts as written.
+		drv, err := factory(cfg)
+		if st, ok := drv.(*memory.Store); ok && err == nil {
+			r.memory[cname] = st
+		}
+		return drv, err
 	}
 	real, err := factory(cfg)
 	if err != nil {

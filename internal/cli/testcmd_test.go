@@ -2,7 +2,9 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -11,6 +13,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/connector/all"
+	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // The stock kisflow binary, built once for the tests of `kisflow test`.
@@ -327,5 +334,100 @@ expect: {rowz: []}
 	}
 	if n := conns.Load(); n != 0 {
 		t.Fatalf("kisflow test connected %d time(s) to the services the configuration names; want none", n)
+	}
+}
+
+// testOrder is the row type of the Go functions of TestKisflowTestGoFunctions.
+type testOrder struct {
+	ID     int     `json:"id"`
+	Amount float64 `json:"amount"`
+	Tax    float64 `json:"tax,omitempty"`
+}
+
+// A project's own Go functions run under `kisflow test` as under run
+// (app.Run is this Main over the project's registry): a typed function, a
+// failing row dead-lettered with the function's name and error, and a Save
+// through a memory connector whose appended rows are checked as written.
+func TestKisflowTestGoFunctions(t *testing.T) {
+	t.Parallel()
+	reg := kisflow.NewRegistry()
+	if err := all.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister("Tax", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*testOrder) error {
+		for _, o := range rows {
+			if o.Amount < 0 {
+				return stream.Permanent(fmt.Errorf("order %d: negative amount", o.ID))
+			}
+			o.Tax = o.Amount / 10
+			if err := f.CommitRow(o); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	reg.MustRegister("Keep", kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error {
+		c, err := f.Connector()
+		if err != nil {
+			return err
+		}
+		if _, ok := c.Driver().(*memory.Store); !ok {
+			return fmt.Errorf("connector kept is a %T, not the memory store", c.Driver())
+		}
+		if _, err := c.Call(ctx, f, rows); err != nil {
+			return err
+		}
+		return f.CommitRowBatch(rows)
+	}))
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"conf.yml": `kistype: conn
+cname: kept
+type: memory
+key: orders
+---
+kistype: func
+fname: Tax
+fmode: Calculate
+---
+kistype: func
+fname: Keep
+fmode: Save
+option: {cname: kept}
+---
+kistype: flow
+status: 1
+flow_name: Orders
+flows: [{fname: Tax}, {fname: Keep}]
+`,
+		"orders_test.yml": `kistype: test
+flow: Orders
+input:
+  - {id: 1, amount: 100}
+  - {id: 2, amount: -5}
+  - {id: 3, amount: 20}
+expect:
+  rows: [{id: 1, amount: 100, tax: 10}, {id: 3, amount: 20, tax: 2}]
+  written:
+    kept: [{id: 1, amount: 100, tax: 10}, {id: 3, amount: 20, tax: 2}]
+  dead_letters:
+    - {row: {id: 2, amount: -5}, func: Tax, reason_contains: "order 2: negative amount"}
+`,
+	})
+	var out, errb bytes.Buffer
+	if code := Main(reg, []string{"test", dir}, &out, &errb); code != ExitOK {
+		t.Fatalf("exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	// The same test with a wrong expectation of the Go function fails.
+	writeFiles(t, dir, map[string]string{"wrong_test.yml": `kistype: test
+func: Tax
+input: [{id: 4, amount: 50}]
+expect:
+  rows: [{id: 4, amount: 50, tax: 6}]
+`})
+	out.Reset()
+	errb.Reset()
+	if code := Main(reg, []string{"test", dir}, &out, &errb); code != ExitProblem || !strings.Contains(out.String(), "rows[0]: field tax: want 6, got 5") {
+		t.Fatalf("a failing test of a Go function: exit %d, want 1 with a diff\n%s%s", code, out.String(), errb.String())
 	}
 }
