@@ -102,13 +102,14 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 	red := set.Redactor()
 	stdout = red.Writer(stdout)
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: stderr, red: red}, &slog.HandlerOptions{Level: level}))
-	failed := 0
+	failed, broken := 0, 0
 	for _, tc := range tests {
 		start := time.Now()
 		diffs, err := runTest(ctx, reg, set, tc, o.timeout, log)
 		if err != nil {
-			fmt.Fprintf(stdout, "ERROR %s\n    %s\n", tc.title(), red.Redact(err.Error()))
-			return &exitError{code: ExitUsage, err: fmt.Errorf("test %s could not run", tc.title())}
+			broken++
+			fmt.Fprintf(stdout, "ERROR %s: could not run\n    %s\n", tc.title(), red.Redact(err.Error()))
+			continue
 		}
 		if len(diffs) == 0 {
 			fmt.Fprintf(stdout, "ok    %s (%s)\n", tc.title(), time.Since(start).Round(time.Millisecond))
@@ -122,6 +123,9 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if broken > 0 {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("%d of %d test(s) could not run, %d failed", broken, len(tests), failed)}
 	}
 	if failed > 0 {
 		return &exitError{code: ExitProblem, err: fmt.Errorf("%d of %d test(s) failed", failed, len(tests))}
