@@ -341,7 +341,8 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 	for i, w := range tc.Expect.Rows {
 		want[i] = normalize(jsonSafe(w))
 	}
-	diffs = append(diffs, diffRows("rows", want, r.out, tc.Expect.Unordered)...)
+	ignore := tc.Expect.IgnoreFields
+	diffs = append(diffs, diffRows("rows", withoutFields(want, ignore), withoutFields(r.out, ignore), tc.Expect.Unordered)...)
 	diffs = append(diffs, diffLetters(tc.Expect.DeadLetters, r.letters)...)
 	for cname, st := range r.memory {
 		for _, row := range st.Rows("") {
@@ -354,7 +355,7 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 		for i, w := range rows {
 			want[i] = normalize(jsonSafe(w))
 		}
-		diffs = append(diffs, diffRows("written["+cname+"]", want, r.written[cname], tc.Expect.Unordered)...)
+		diffs = append(diffs, diffRows("written["+cname+"]", withoutFields(want, ignore), withoutFields(r.written[cname], ignore), tc.Expect.Unordered)...)
 	}
 	return diffs, nil
 }

@@ -143,6 +143,11 @@ kistype: func
 fname: PerUser
 fmode: Calculate
 window: {type: tumbling, size: 1m, time_field: ts, group_by: [user_id], aggregate: {orders: count(), revenue: sum(amount)}}
+---
+kistype: func
+fname: PerHour
+fmode: Calculate
+window: {type: tumbling, size: 1h, aggregate: {orders: count(), revenue: sum(amount)}}
 `,
 		"flows.yml": `kistype: flow
 status: 1
@@ -201,6 +206,14 @@ expect:
     - {row: {user_id: 1, amount: 3, ts: "2023-12-31T23:00:00Z"}, reason_contains: late row}
 ---
 kistype: test
+name: a processing-time window, whose bounds a test cannot know
+func: PerHour
+input: [{amount: 1}, {amount: 2.5}]
+expect:
+  rows: [{orders: 2, revenue: 3.5}]
+  ignore_fields: [window_start, window_end]
+---
+kistype: test
 name: a test of one function, OnlyPaid
 func: OnlyPaid
 input:
@@ -253,7 +266,7 @@ func TestKisflowTestPassesFailsAndTouchesNoService(t *testing.T) {
 	for _, want := range []string{
 		`ok    ` + filepath.Join(dir, "tests/orders_test.yml") + `:1 "paid orders get a total and their user" (flow PaidOrders)`,
 		`"revenue per user and minute; the end of the input closes every window" (func PerUser)`,
-		"ok: 3 test(s) passed",
+		"ok: 4 test(s) passed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -296,7 +309,7 @@ expect:
 		`dead letter not expected: {"order_id":5,"total":1,"user_id":9} from AddUser: `,
 		"written[audit]: want 0, got 2",
 		`written[audit][0]: not expected, got {"name":"Ann","order_id":1,"tier":"gold","total":19.98,"user_id":7}`,
-		"kisflow: 1 of 4 test(s) failed",
+		"kisflow: 1 of 5 test(s) failed",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)

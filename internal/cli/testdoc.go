@@ -43,6 +43,7 @@ type testExpect struct {
 	DeadLetters   []testDeadLetter `yaml:"dead_letters"`
 	Written       map[string][]any `yaml:"written"`
 	ErrorContains string           `yaml:"error_contains"`
+	IgnoreFields  []string         `yaml:"ignore_fields"`
 }
 
 // testDeadLetter is an expected dead letter; every field it sets must match.
@@ -55,7 +56,7 @@ type testDeadLetter struct {
 // The keys a test document may use, for suggestions on a typo.
 var (
 	testKeys       = []string{"kistype", "name", "flow", "func", "params", "input", "mocks", "expect"}
-	expectKeys     = []string{"rows", "unordered", "dead_letters", "written", "error_contains"}
+	expectKeys     = []string{"rows", "unordered", "dead_letters", "written", "error_contains", "ignore_fields"}
 	deadLetterKeys = []string{"row", "func", "reason_contains"}
 	mockKeys       = []string{"records"}
 )
@@ -496,4 +497,20 @@ func diffLetters(want []testDeadLetter, got []gotLetter) []string {
 		}
 	}
 	return out
+}
+
+// withoutFields drops the named fields from each map row, in place: fields
+// whose value a test cannot know (a processing-time window's bounds).
+func withoutFields(rows []any, names []string) []any {
+	if len(names) == 0 {
+		return rows
+	}
+	for _, r := range rows {
+		if m, ok := r.(map[string]any); ok {
+			for _, n := range names {
+				delete(m, n)
+			}
+		}
+	}
+	return rows
 }
