@@ -67,6 +67,13 @@ func TestNewProjectBuildsTestsAndRuns(t *testing.T) {
 		}
 	}
 
+	// The stock binary cannot run the Go function: it says which binary can.
+	out.Reset()
+	errb.Reset()
+	if code := Main(kisflow.NewRegistry(), []string{"test", filepath.Join(dir, "conf")}, &out, &errb); code != ExitUsage || !strings.Contains(errb.String(), `function "Enrich" (fmode Calculate) has no body`) || !strings.Contains(errb.String(), "tested through the project's own binary, which has this command too: go run . test ") {
+		t.Errorf("kisflow test on the project without its Go functions: exit %d, want 2 naming its binary\n%s%s", code, out.String(), errb.String())
+	}
+
 	if code := Main(kisflow.NewRegistry(), []string{"new", dir}, &out, &errb); code != ExitUsage {
 		t.Errorf("new over an existing folder: exit %d, want %d", code, ExitUsage)
 	}

@@ -70,6 +70,10 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 	}
 	set, err := loadConfig(reg, dir, stderr)
 	if err != nil {
+		var ee *exitError
+		if errors.As(err, &ee) && ee.err != nil && strings.Contains(ee.err.Error(), "has no body") {
+			return &exitError{code: ee.code, err: fmt.Errorf("%w\n(a function written in Go is tested through the project's own binary, which has this command too: go run . test %s)", ee.err, dir)}
+		}
 		return err
 	}
 	tests, probs, err := readTests(dir)
