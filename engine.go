@@ -53,6 +53,19 @@ func WithFilters(names ...string) Option {
 // when the engine has no tracer or metrics.
 var DefaultFilters = []string{"recover", "tracing", "metrics"}
 
+// ConnectorOverride builds the driver of connector cname in place of the
+// one its type's factory would build (see WithConnectorOverride). cfg is
+// the connector's configuration with its variables expanded; factory is
+// the registry's factory for its type, nil when the binary has none.
+type ConnectorOverride func(cname string, cfg *config.Conn, factory DriverFactory) (Driver, error)
+
+// WithConnectorOverride makes the engine build every connector it starts
+// through fn instead of the registry's factory: `kisflow test` replaces
+// each connector of a flow by an in-memory double this way, so that a test
+// touches no service. Lint still checks the configuration against the
+// registry's drivers.
+func WithConnectorOverride(fn ConnectorOverride) Option { return func(e *Engine) { e.override = fn } }
+
 // Engine runs the flows of a configuration with the functions and drivers of
 // a registry. It starts each connector once, on the first flow that needs it,
 // and closes them all in Close. It is safe for concurrent use.
@@ -66,6 +79,7 @@ type Engine struct {
 	clock    filter.Clock
 	tp       trace.TracerProvider
 	defaults []string
+	override ConnectorOverride
 
 	metrics *metrics.Metrics
 	health  *plugin.Health
@@ -415,7 +429,15 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 		return nil, err
 	}
 	var drv Driver = label{}
-	if factory, ok := e.reg.driver(cfg.Type); ok {
+	if e.override != nil {
+		factory, _ := e.reg.driver(cfg.Type)
+		if err := guard(func() error { drv, err = e.override(cname, cfg, factory); return err }); err != nil {
+			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
+		}
+		if drv == nil {
+			drv = label{}
+		}
+	} else if factory, ok := e.reg.driver(cfg.Type); ok {
 		if drv, err = callFactory(factory, e.reg.factoryConfig(e.set, cname, cfg)); err != nil {
 			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}

@@ -1,6 +1,7 @@
 // Package app is the kisflow command line for a project's own binary: its
 // main builds a registry, registers its functions and calls Main, and gets
-// run, lint, graph, new and version with every bundled connector.
+// run, lint, test, graph, new and version with every bundled connector:
+// `kisflow test` through the project's binary runs its Go functions too.
 //
 //	func main() {
 //		reg := kisflow.NewRegistry()

@@ -19,6 +19,9 @@ const (
 	KindFlow   Kind = "flow"
 	KindConn   Kind = "conn"
 	KindGlobal Kind = "global"
+	// KindTest is a test of a flow or function, run by `kisflow test`.
+	// The configuration loader skips its documents.
+	KindTest Kind = "test"
 )
 
 // Mode is a function's `fmode`: what the function does in a flow.

@@ -487,6 +487,9 @@ func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
 		return []Problem{{Pos: at(root.Line), Msg: "missing kistype (want func, flow, conn or global)"}}
 	}
 	kind := Kind(kindNode.Value)
+	if kind == KindTest {
+		return nil // read by `kisflow test`, not part of the configuration
+	}
 	if !kind.valid() {
 		return []Problem{{Pos: at(kindNode.Line), Msg: fmt.Sprintf("unknown kistype %q (want func, flow, conn or global)", kindNode.Value)}}
 	}

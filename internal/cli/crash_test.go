@@ -30,7 +30,11 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv("KISFLOW_TEST_CHILD"); args != "" {
 		os.Exit(childMain(args))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if stockDir != "" {
+		os.RemoveAll(stockDir) // the kisflow binary testcmd_test.go built
+	}
+	os.Exit(code)
 }
 
 func childMain(argsJSON string) int {

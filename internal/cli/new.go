@@ -38,8 +38,9 @@ func newCmd() *cobra.Command {
 		Use:   "new NAME",
 		Short: "Scaffold a KisFlow project in the folder NAME",
 		Long: "Create the folder NAME with a Go module holding a main that registers\n" +
-			"its functions, one function with its test, the flow's YAML under conf/,\n" +
-			"sample data, a README and .ci/run; then run `go mod tidy` in it. The\n" +
+			"its functions, one function with its test, the flow's YAML under conf/\n" +
+			"with a test of the flow (go run . test conf), sample data, a README and\n" +
+			".ci/run; then run `go mod tidy` in it. The\n" +
 			"project builds, passes its tests and runs (`go run . run conf`) at once.\n" +
 			"Run from a kisflow checkout (or with --replace DIR), the project uses\n" +
 			"that checkout through a replace directive.",
@@ -134,7 +135,7 @@ func newProject(dir string, o newOptions, stdout, stderr io.Writer) error {
 			return &exitError{code: ExitProblem, err: fmt.Errorf("go mod tidy in %s: %w (the project is written; fix and run it again)", dir, err)}
 		}
 	}
-	fmt.Fprintf(stdout, "next:\n  cd %s\n  go run . run conf\n  go test ./...\n", dir)
+	fmt.Fprintf(stdout, "next:\n  cd %s\n  go run . run conf\n  go run . test conf\n  go test ./...\n", dir)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,41 @@ func TestNewProjectBuildsTestsAndRuns(t *testing.T) {
 	}
 	if !strings.Contains(string(b), `{"id":1,"amount":100,"tax":20,"total":120}`) || !strings.Contains(string(b), "2 written") {
 		t.Fatalf("the project's flow did not write the enriched orders:\n%s", b)
+	}
+	// Its CI ran `go run . test conf`: the scaffold's tests of the flow
+	// and of its Go function pass through the project's own binary.
+	if !strings.Contains(string(b), "ok: 2 test(s) passed") {
+		t.Fatalf("the project's CI did not pass its kisflow tests:\n%s", b)
+	}
+	// A failing test of the Go function, through the project's binary:
+	// exit 1 and a diff naming the field.
+	wrong := "kistype: test\nname: wrong tax\nfunc: Enrich\nparams: {tax_rate: \"0.3\"}\ninput: [{id: 9, amount: 10}]\nexpect:\n  rows: [{id: 9, amount: 10, tax: 2, total: 12}]\n"
+	if err := os.WriteFile(filepath.Join(dir, "conf", "wrong_test.yml"), []byte(wrong), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", "shop-bin", ".")
+	build.Dir = dir
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, b)
+	}
+	run := exec.Command("./shop-bin", "test", "conf")
+	run.Dir = dir
+	b, err = run.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != ExitProblem {
+		t.Fatalf("the project's binary, test conf with a failing test: %v, want exit 1\n%s", err, b)
+	}
+	for _, want := range []string{`conf/wrong_test.yml:1 "wrong tax" (func Enrich)`, "rows[0]: field tax: want 2, got 3", "rows[0]: field total: want 12, got 13", "1 of 3 test(s) failed"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("the project's binary, test conf: output lacks %q:\n%s", want, b)
+		}
+	}
+
+	// The stock binary cannot run the Go function: it says which binary can.
+	out.Reset()
+	errb.Reset()
+	if code := Main(kisflow.NewRegistry(), []string{"test", filepath.Join(dir, "conf")}, &out, &errb); code != ExitUsage || !strings.Contains(errb.String(), `function "Enrich" (fmode Calculate) has no body`) || !strings.Contains(errb.String(), "tested through the project's own binary, which has this command too: go run . test ") {
+		t.Errorf("kisflow test on the project without its Go functions: exit %d, want 2 naming its binary\n%s%s", code, out.String(), errb.String())
 	}
 
 	if code := Main(kisflow.NewRegistry(), []string{"new", dir}, &out, &errb); code != ExitUsage {
