@@ -34,6 +34,7 @@ type Entry struct {
 	Raw     []byte // JSON loaded from the store, decoded when read
 	Exp     int64  // expiry, Unix milliseconds; 0: never
 	Deleted bool   // in a Txn: the entry was deleted
+	Part    string // the source partition of the entry's key ("" when none or unknown)
 }
 
 func (e Entry) live() bool {
@@ -79,9 +80,35 @@ func (t *Table) Load(c stream.StateChange) error {
 		return nil
 	}
 	t.mu.Lock()
-	t.put(ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt})
+	t.put(ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition})
 	t.mu.Unlock()
 	return nil
+}
+
+// DropPartitions removes from memory the committed entries of the source
+// partitions parts: another process owns them now, or their state is
+// about to be loaded again from the store. Entries without a partition
+// stay. It returns how many entries it removed.
+func (t *Table) DropPartitions(parts []string) int {
+	set := make(map[string]struct{}, len(parts))
+	for _, p := range parts {
+		if p != "" {
+			set[p] = struct{}{}
+		}
+	}
+	if len(set) == 0 {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for id, e := range t.committed {
+		if _, ok := set[e.Part]; ok {
+			t.delete(id)
+			n++
+		}
+	}
+	return n
 }
 
 // Len is the number of committed entries (expired ones not yet swept
@@ -211,7 +238,7 @@ func Merge(into map[ID]Entry, txns []*Txn) {
 func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
 	out := make([]stream.StateChange, 0, len(changes))
 	for id, e := range changes {
-		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp}
+		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp, Partition: e.Part}
 		if !e.Deleted {
 			c.Value = e.Raw
 			if e.Val != nil || e.Raw == nil {
@@ -270,6 +297,34 @@ type Txn struct {
 	fields  map[nameKey][]string // map-state fields changed
 	undo    []undo
 	hint    int // the expected number of changes
+	// parts maps the stream keys of the part's messages to their source
+	// partitions; part is the partition of all of them when they share
+	// one. Both are empty for a source without partitions.
+	parts map[string]string
+	part  string
+}
+
+// SetPartitions tells the Txn the source partition of each stream key of
+// its part's messages (keys), and the partition all of them share, if
+// any (single): a changed entry records the partition of its key, so
+// that it follows that partition between processes. An entry whose key
+// is in neither keeps the partition it had, else gets single.
+func (x *Txn) SetPartitions(keys map[string]string, single string) {
+	x.parts, x.part = keys, single
+}
+
+// partOf returns the partition a change of id records.
+func (x *Txn) partOf(id ID) string {
+	if p, ok := x.parts[id.Key]; ok {
+		return p
+	}
+	if x.parts == nil && x.part == "" {
+		return ""
+	}
+	if e, ok := x.lookup(id); ok && e.Part != "" {
+		return e.Part
+	}
+	return x.part
 }
 
 type undo struct {
@@ -355,6 +410,7 @@ func (x *Txn) Delete(id ID) error {
 }
 
 func (x *Txn) set(id ID, e Entry) {
+	e.Part = x.partOf(id)
 	if x.changes == nil {
 		x.changes = make(map[ID]Entry, x.hint)
 	}
