@@ -161,20 +161,15 @@ func (r *Runner) keyPartitions(p *part) {
 		return
 	}
 	keys := make(map[string]string, len(p.msgs))
-	single, same := p.msgs[0].Partition, true
 	for _, m := range p.msgs {
 		if m.Partition == "" {
 			continue
 		}
-		keys[r.keys.of(m)] = m.Partition
-		if m.Partition != single {
-			same = false
+		if k := r.keys.of(m); k != "" {
+			keys[k] = m.Partition
 		}
 	}
-	if !same {
-		single = ""
-	}
-	p.txn.SetPartitions(keys, single)
+	p.txn.SetPartitions(keys)
 }
 
 // reloadPartitions loads again the state of the partitions of msgs.

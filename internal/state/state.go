@@ -298,33 +298,29 @@ type Txn struct {
 	undo    []undo
 	hint    int // the expected number of changes
 	// parts maps the stream keys of the part's messages to their source
-	// partitions; part is the partition of all of them when they share
-	// one. Both are empty for a source without partitions.
+	// partitions; nil for a source without partitions.
 	parts map[string]string
-	part  string
 }
 
 // SetPartitions tells the Txn the source partition of each stream key of
-// its part's messages (keys), and the partition all of them share, if
-// any (single): a changed entry records the partition of its key, so
-// that it follows that partition between processes. An entry whose key
-// is in neither keeps the partition it had, else gets single.
-func (x *Txn) SetPartitions(keys map[string]string, single string) {
-	x.parts, x.part = keys, single
-}
+// its part's messages: a changed entry records the partition of its key,
+// so that it follows that partition between processes. An entry whose
+// key is not among them (state of another key, or changed by a flush)
+// keeps the partition it had, or has none.
+func (x *Txn) SetPartitions(keys map[string]string) { x.parts = keys }
 
 // partOf returns the partition a change of id records.
 func (x *Txn) partOf(id ID) string {
+	if x.parts == nil {
+		return ""
+	}
 	if p, ok := x.parts[id.Key]; ok {
 		return p
 	}
-	if x.parts == nil && x.part == "" {
-		return ""
-	}
-	if e, ok := x.lookup(id); ok && e.Part != "" {
+	if e, ok := x.lookup(id); ok {
 		return e.Part
 	}
-	return x.part
+	return ""
 }
 
 type undo struct {

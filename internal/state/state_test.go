@@ -115,8 +115,8 @@ func TestSeveralLanesNeedTheStreamKey(t *testing.T) {
 }
 
 // A change records the partition of its key: the partition of the part's
-// message with that stream key, else the one the entry had, else the one
-// all the part's messages share. DropPartitions forgets the committed
+// message with that stream key, else the one the entry had, else none.
+// DropPartitions forgets the committed
 // entries of partitions, and only those.
 func TestEntriesFollowPartitions(t *testing.T) {
 	t.Parallel()
@@ -126,14 +126,14 @@ func TestEntriesFollowPartitions(t *testing.T) {
 	}
 	_ = tb.Load(stream.StateChange{Name: "n", Key: "none", Value: []byte("1")})
 	x := tb.Begin(0)
-	x.SetPartitions(map[string]string{"a": "t/0", "b": "t/1"}, "")
+	x.SetPartitions(map[string]string{"a": "t/0", "b": "t/1"})
 	for _, k := range []string{"a", "b", "old", "other"} {
 		if err := x.Put(ID{Name: "n", Key: k}, 2, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	y := tb.Begin(0)
-	y.SetPartitions(map[string]string{"c": "t/2"}, "t/2")
+	y.SetPartitions(map[string]string{"c": "t/2"})
 	_ = y.Put(ID{Name: "n", Key: "lone"}, 3, 0)
 	changes, err := tb.Changes([]*Txn{x, y})
 	if err != nil {
@@ -143,7 +143,7 @@ func TestEntriesFollowPartitions(t *testing.T) {
 	for _, c := range changes {
 		got[c.Key] = c.Partition
 	}
-	want := map[string]string{"a": "t/0", "b": "t/1", "old": "t/3", "other": "", "lone": "t/2"}
+	want := map[string]string{"a": "t/0", "b": "t/1", "old": "t/3", "other": "", "lone": ""}
 	if len(got) != len(want) {
 		t.Fatalf("changes %v, want %v", got, want)
 	}
