@@ -155,21 +155,25 @@ func (h partitionHandler) Revoked(partitions []string) {
 }
 
 // keyPartitions tells a part's state transaction the source partition of
-// each stream key of its messages, when state follows partitions.
+// each stream key of its messages, when state follows partitions; the
+// keys are read when the part first changes state.
 func (r *Runner) keyPartitions(p *part) {
 	if !r.partitioned || len(p.msgs) == 0 {
 		return
 	}
-	keys := make(map[string]string, len(p.msgs))
-	for _, m := range p.msgs {
-		if m.Partition == "" {
-			continue
+	msgs := p.msgs
+	p.txn.SetPartitions(func() map[string]string {
+		keys := make(map[string]string, len(msgs))
+		for _, m := range msgs {
+			if m.Partition == "" {
+				continue
+			}
+			if k := r.keys.of(m); k != "" {
+				keys[k] = m.Partition
+			}
 		}
-		if k := r.keys.of(m); k != "" {
-			keys[k] = m.Partition
-		}
-	}
-	p.txn.SetPartitions(keys)
+		return keys
+	})
 }
 
 // reloadPartitions loads again the state of the partitions of msgs.

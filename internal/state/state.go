@@ -298,19 +298,25 @@ type Txn struct {
 	undo    []undo
 	hint    int // the expected number of changes
 	// parts maps the stream keys of the part's messages to their source
-	// partitions; nil for a source without partitions.
-	parts map[string]string
+	// partitions; nil for a source without partitions. partsOf makes it
+	// when state is first changed.
+	parts   map[string]string
+	partsOf func() map[string]string
 }
 
-// SetPartitions tells the Txn the source partition of each stream key of
-// its part's messages: a changed entry records the partition of its key,
-// so that it follows that partition between processes. An entry whose
-// key is not among them (state of another key, or changed by a flush)
-// keeps the partition it had, or has none.
-func (x *Txn) SetPartitions(keys map[string]string) { x.parts = keys }
+// SetPartitions gives the Txn keys, which returns the source partition of
+// each stream key of its part's messages (called once, when the Txn first
+// changes state): a changed entry records the partition of its key, so
+// that it follows that partition between processes. An entry whose key
+// is not among them (state of another key, or changed by a flush) keeps
+// the partition it had, or has none.
+func (x *Txn) SetPartitions(keys func() map[string]string) { x.partsOf = keys }
 
 // partOf returns the partition a change of id records.
 func (x *Txn) partOf(id ID) string {
+	if x.partsOf != nil {
+		x.parts, x.partsOf = x.partsOf(), nil
+	}
 	if x.parts == nil {
 		return ""
 	}

@@ -126,14 +126,14 @@ func TestEntriesFollowPartitions(t *testing.T) {
 	}
 	_ = tb.Load(stream.StateChange{Name: "n", Key: "none", Value: []byte("1")})
 	x := tb.Begin(0)
-	x.SetPartitions(map[string]string{"a": "t/0", "b": "t/1"})
+	x.SetPartitions(func() map[string]string { return map[string]string{"a": "t/0", "b": "t/1"} })
 	for _, k := range []string{"a", "b", "old", "other"} {
 		if err := x.Put(ID{Name: "n", Key: k}, 2, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	y := tb.Begin(0)
-	y.SetPartitions(map[string]string{"c": "t/2"})
+	y.SetPartitions(func() map[string]string { return map[string]string{"c": "t/2"} })
 	_ = y.Put(ID{Name: "n", Key: "lone"}, 3, 0)
 	changes, err := tb.Changes([]*Txn{x, y})
 	if err != nil {
