@@ -184,7 +184,11 @@ func (r *Runner) reloadPartitions(ctx context.Context, msgs []*stream.Message) {
 			parts = append(parts, m.Partition)
 		}
 	}
-	if err := r.loadPartitions(ctx, parts); err != nil {
+	err := r.loadPartitions(ctx, parts)
+	// Batches in flight may have read what was replaced: they are
+	// returned and run again on what was loaded.
+	r.parts.State.Invalidate()
+	if err != nil {
 		r.cfg.Logger.Warn("could not load keyed state again after another process committed", "err", err)
 	}
 }

@@ -202,6 +202,10 @@ func (t *Table) Stale(txns []*Txn) bool {
 	return false
 }
 
+// Invalidate makes every Txn that used state so far Stale: the committed
+// state they read was replaced (loaded again from the store).
+func (t *Table) Invalidate() { t.gen.Add(1) }
+
 // Drop forgets the changes of txns, whose batch is returned to its source.
 func (t *Table) Drop(txns []*Txn) {
 	for _, x := range txns {
