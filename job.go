@@ -257,10 +257,6 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	resume := j.start.Position
 	workers := max(st.Workers, 1)
-	if err := e.loadState(ctx, &parts, key, workers); err != nil {
-		return fail(err)
-	}
-	j.table = parts.State
 
 	sd, ok := sc.Driver().(stream.SourceDriver)
 	if !ok {
@@ -284,6 +280,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	j.source = src
 	parts.Source = src
+	if err := e.loadState(ctx, &parts, key, workers); err != nil {
+		_ = src.Close(ctx)
+		return fail(err)
+	}
+	j.table = parts.State
 
 	flows := make([]*flow, workers)
 	flows[0] = base.(*flow)
@@ -328,7 +329,10 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 }
 
 // loadState gives the job its keyed state, loaded from the store that
-// keeps it: the exactly-once sink, or the checkpoint store.
+// keeps it: the exactly-once sink, or the checkpoint store. With a source
+// whose partitions move between processes (stream.PartitionOwner), only
+// the entries without a partition are loaded now: the runner loads each
+// partition's when the source is assigned it.
 func (e *Engine) loadState(ctx context.Context, parts *runtime.Parts, key string, workers int) error {
 	parts.State = state.New(workers, e.codec.Marshal)
 	var from stream.StateLoader
@@ -341,7 +345,12 @@ func (e *Engine) loadState(ctx context.Context, parts *runtime.Parts, key string
 		return nil
 	}
 	parts.State.Kept = true
-	if err := from.LoadState(ctx, key, parts.State.Load); err != nil {
+	parts.StateLoader = from
+	var only []string
+	if _, ok := parts.Source.(stream.PartitionOwner); ok {
+		only = []string{""}
+	}
+	if err := runtime.LoadState(ctx, from, parts.State, key, only); err != nil {
 		return fmt.Errorf("load keyed state: %w", err)
 	}
 	return nil

@@ -12,29 +12,53 @@ import (
 )
 
 // StateTable holds the keyed state of jobs: kisflow_state(stream, id,
-// name, skey, field, value, expires_at), with the primary key (stream,
-// id). stream is the job's state key, name the state's name, skey the
-// stream key, field the entry of a map state ("" for a value state), value
-// its JSON and expires_at its expiry in Unix milliseconds (0: never). id
-// is a hash of name, skey and field, so that the key fits every dialect's
-// index limits whatever the length of the keys.
+// name, skey, field, value, expires_at, spart), with the primary key
+// (stream, id). stream is the job's state key, name the state's name, skey
+// the stream key, field the entry of a map state ("" for a value state),
+// value its JSON, expires_at its expiry in Unix milliseconds (0: never)
+// and spart the source partition of the entry (stream.StateChange's
+// Partition; "" for none), indexed with stream so that a process loads
+// the state of one partition when it is assigned it. id is a hash of name,
+// skey and field, so that the key fits every dialect's index limits
+// whatever the length of the keys.
 const StateTable = "kisflow_state"
+
+// statePartIndex indexes the state table by stream and partition.
+const statePartIndex = StateTable + "_part"
 
 func (d Dialect) createState() string {
 	if d == MySQL {
-		return "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream VARCHAR(255) NOT NULL, id CHAR(32) NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value LONGTEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
+		return "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream VARCHAR(255) NOT NULL, id CHAR(32) NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value LONGTEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, spart VARCHAR(255) NOT NULL DEFAULT '', PRIMARY KEY (stream, id), INDEX " + statePartIndex + " (stream, spart))"
 	}
-	q := "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"
+	q := "CREATE TABLE IF NOT EXISTS " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, spart TEXT NOT NULL DEFAULT '', PRIMARY KEY (stream, id))"
 	if d == SQLite {
 		q += " WITHOUT ROWID" // one b-tree, ordered by the key every write looks up
 	}
 	return q
 }
 
-// EnsureState creates the state table if it does not exist.
+// EnsureState creates the state table if it does not exist, and brings a
+// table made by an earlier version to the current shape, once: it adds the
+// spart column (existing entries have no partition: every process loads
+// them at start, and each moves to its partition when it is next
+// written) and its index.
 func EnsureState(ctx context.Context, db Execer, d Dialect) error {
 	if err := DDL(ctx, db, d.createState()); err != nil {
 		return fmt.Errorf("create %s: %w", StateTable, err)
+	}
+	if _, err := db.ExecContext(ctx, "SELECT spart FROM "+StateTable+" WHERE 1 = 0"); err != nil {
+		q := "ALTER TABLE " + StateTable + " ADD COLUMN spart TEXT NOT NULL DEFAULT ''"
+		if d == MySQL {
+			q = "ALTER TABLE " + StateTable + " ADD COLUMN spart VARCHAR(255) NOT NULL DEFAULT '', ADD INDEX " + statePartIndex + " (stream, spart)"
+		}
+		if err := DDL(ctx, db, q); err != nil && !concurrentCreate(err) && !strings.Contains(err.Error(), "uplicate") {
+			return fmt.Errorf("add spart to %s: %w", StateTable, err)
+		}
+	}
+	if d != MySQL {
+		if err := DDL(ctx, db, "CREATE INDEX IF NOT EXISTS "+statePartIndex+" ON "+StateTable+" (stream, spart)"); err != nil {
+			return fmt.Errorf("index %s: %w", StateTable, err)
+		}
 	}
 	return nil
 }
@@ -67,20 +91,20 @@ func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes
 	for start := 0; start < len(puts); start += statePer {
 		chunk := puts[start:min(start+statePer, len(puts))]
 		var b strings.Builder
-		b.WriteString("INSERT INTO " + StateTable + " (stream, id, name, skey, field, value, expires_at) VALUES ")
-		args := make([]any, 0, 7*len(chunk))
+		b.WriteString("INSERT INTO " + StateTable + " (stream, id, name, skey, field, value, expires_at, spart) VALUES ")
+		args := make([]any, 0, 8*len(chunk))
 		for i, c := range chunk {
 			if i > 0 {
 				b.WriteString(", ")
 			}
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?)")
-			args = append(args, stream, stateID(c.Name, c.Key, c.Field), c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt)
+			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+			args = append(args, stream, stateID(c.Name, c.Key, c.Field), c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt, c.Partition)
 		}
 		switch d {
 		case MySQL:
-			b.WriteString(" ON DUPLICATE KEY UPDATE value = VALUES(value), expires_at = VALUES(expires_at)")
+			b.WriteString(" ON DUPLICATE KEY UPDATE value = VALUES(value), expires_at = VALUES(expires_at), spart = VALUES(spart)")
 		default:
-			b.WriteString(" ON CONFLICT (stream, id) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at")
+			b.WriteString(" ON CONFLICT (stream, id) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, spart = excluded.spart")
 		}
 		if _, err := db.ExecContext(ctx, d.bind(b.String()), args...); err != nil {
 			return fmt.Errorf("save state of %q: %w", stream, err)
@@ -113,18 +137,39 @@ func LoadState(ctx context.Context, db interface {
 	Querier
 	Execer
 }, d Dialect, stream string, fn func(kstream.StateChange) error) error {
+	return LoadPartitionState(ctx, db, d, stream, nil, fn)
+}
+
+// LoadPartitionState is LoadState for the entries of the source
+// partitions parts only ("" names the entries without a partition); nil
+// parts is every entry.
+func LoadPartitionState(ctx context.Context, db interface {
+	Querier
+	Execer
+}, d Dialect, stream string, parts []string, fn func(kstream.StateChange) error) error {
+	if parts != nil && len(parts) == 0 {
+		return nil
+	}
 	now := time.Now().UnixMilli()
 	if _, err := db.ExecContext(ctx, d.bind("DELETE FROM "+StateTable+" WHERE stream = ? AND expires_at > 0 AND expires_at <= ?"), stream, now); err != nil {
 		return fmt.Errorf("prune state of %q: %w", stream, err)
 	}
-	rows, err := db.QueryContext(ctx, d.bind("SELECT name, skey, field, value, expires_at FROM "+StateTable+" WHERE stream = ? AND (expires_at = 0 OR expires_at > ?)"), stream, now)
+	q := "SELECT name, skey, field, value, expires_at, spart FROM " + StateTable + " WHERE stream = ? AND (expires_at = 0 OR expires_at > ?)"
+	args := []any{stream, now}
+	if parts != nil {
+		q += " AND spart IN (?" + strings.Repeat(", ?", len(parts)-1) + ")"
+		for _, p := range parts {
+			args = append(args, p)
+		}
+	}
+	rows, err := db.QueryContext(ctx, d.bind(q), args...)
 	if err != nil {
 		return fmt.Errorf("load state of %q: %w", stream, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var c kstream.StateChange
-		if err := rows.Scan(&c.Name, &c.Key, &c.Field, &c.Value, &c.ExpiresAt); err != nil {
+		if err := rows.Scan(&c.Name, &c.Key, &c.Field, &c.Value, &c.ExpiresAt, &c.Partition); err != nil {
 			return fmt.Errorf("load state of %q: %w", stream, err)
 		}
 		if err := fn(c); err != nil {
@@ -166,4 +211,10 @@ func (s *Store) SaveState(ctx context.Context, stream, position string, changes 
 // stream.StateLoader.
 func (s *Store) LoadState(ctx context.Context, stream string, fn func(kstream.StateChange) error) error {
 	return LoadState(ctx, s.db, s.dialect, stream, fn)
+}
+
+// LoadPartitionState calls fn with every live entry of stream's state
+// whose partition is one of parts; see stream.PartitionStateLoader.
+func (s *Store) LoadPartitionState(ctx context.Context, stream string, parts []string, fn func(kstream.StateChange) error) error {
+	return LoadPartitionState(ctx, s.db, s.dialect, stream, parts, fn)
 }

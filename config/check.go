@@ -94,6 +94,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		}
 		if fl.Stream != nil {
 			s.checkStream(name, fl.Stream, add)
+			s.checkStateScale(name, fl, add)
 		}
 	}
 

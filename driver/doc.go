@@ -34,11 +34,14 @@
 //     messages back at once), stream.DeadLetterNotifier (told which messages
 //     went to the dead-letter sink before they are acknowledged),
 //     stream.Sizer (progress of a bounded source), a Lag(ctx) (int64, error)
-//     method (kisflow_source_lag).
+//     method (kisflow_source_lag), stream.PartitionOwner (partitions that
+//     move between the processes of a group: keyed state follows them).
 //   - stream.Sink: it is a flow's sink and serves Save functions (Write).
 //   - stream.TxSink: an exactly-once sink: rows, position and consumed
 //     message IDs commit in one transaction (CommitBatch, Position, Seen);
 //     with stream.SerialCommitter when a commit covers everything read.
+//     Keyed state commits in it with stream.StateSink (and loads by
+//     partition with stream.PartitionStateLoader).
 //   - kisflow.Caller: the default for Connector.Call (Load functions).
 //   - kisflow.PluginUser: it uses plugins, such as a shared client (see the
 //     redis, nats and sql packages).

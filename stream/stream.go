@@ -312,11 +312,17 @@ func IsFatal(err error) bool { return errors.Is(err, ErrFatal) }
 // that made it commits: the entry Field ("" for a value state) of the state
 // Name for the stream key Key now holds Value (JSON), or was deleted.
 // ExpiresAt is when the entry expires, in Unix milliseconds (0: never).
+// Partition is the source partition (Message.Partition) of the messages of
+// the stream key Key, when the source has partitions ("" otherwise, or
+// when the entry's key is not the stream key of any message of its batch):
+// a store keeps it with the entry and gives it back, so that the entry
+// follows its partition to the process that owns it (see PartitionOwner).
 type StateChange struct {
 	Name, Key, Field string
 	Value            []byte
 	Deleted          bool
 	ExpiresAt        int64
+	Partition        string
 }
 
 // StateLoader is the capability of a state store to give back the keyed
@@ -324,6 +330,44 @@ type StateChange struct {
 // that expired are skipped). A job loads its state with it when it starts.
 type StateLoader interface {
 	LoadState(ctx context.Context, stream string, fn func(StateChange) error) error
+}
+
+// PartitionStateLoader is an optional StateLoader capability: it gives
+// back only the entries of stream whose Partition is one of partitions
+// ("" names the entries that have none), so that a process that is
+// assigned a partition loads that partition's state and no other. A
+// StateLoader without it is read whole and filtered by the runtime.
+type PartitionStateLoader interface {
+	LoadPartitionState(ctx context.Context, stream string, partitions []string, fn func(StateChange) error) error
+}
+
+// PartitionOwner is an optional Source capability of a source whose stream
+// is split into partitions that the processes of a group share and move
+// between them (a Kafka consumer group). The runtime then keeps in memory
+// only the keyed state of the partitions this process owns: it loads a
+// partition's state from the store when the partition is assigned and
+// drops it when the partition is revoked, so that state follows
+// partitions from process to process.
+type PartitionOwner interface {
+	// OwnPartitions registers h, before the first Read. From then on the
+	// source calls h.Assigned with partitions (Message.Partition) before
+	// Read returns the first message of them since they were assigned to
+	// this process, and h.Revoked with partitions it gave up once every
+	// message it read from them was acknowledged or returned (Nack), or
+	// when they were lost without that chance.
+	OwnPartitions(h PartitionHandler)
+}
+
+// PartitionHandler is told which partitions a PartitionOwner source owns.
+type PartitionHandler interface {
+	// Assigned loads the state of partitions. It returns when it is loaded,
+	// or with the error that prevented it (the source then holds the
+	// messages of those partitions and calls Assigned again before it
+	// returns them). It is called from the goroutine that calls Read.
+	Assigned(ctx context.Context, partitions []string) error
+	// Revoked drops the state of partitions from memory. It may be
+	// called from any goroutine.
+	Revoked(partitions []string)
 }
 
 // StateSink is an optional TxSink capability: keyed state changes commit in

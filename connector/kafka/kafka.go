@@ -10,6 +10,11 @@
 //     flight after revoke_timeout, and those of partitions lost when the
 //     session expired, are read again by the new owner (at-least-once; an
 //     exactly-once SQL sink skips them by topic/partition/offset).
+//   - The source owns partitions (stream.PartitionOwner): a partition is
+//     announced as assigned before its first record is returned, and as
+//     revoked once its records read are committed (or revoke_timeout
+//     passed, or it was lost), so that keyed state follows partitions
+//     between the processes of the group.
 //   - The sink (and Save) produces each row as JSON with the idempotent
 //     producer (acks from all in-sync replicas, retries without
 //     duplicates), keyed by the key_field template.
@@ -24,6 +29,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -292,6 +298,8 @@ func (k *Kafka) openTransactional(s *source, group, streamName string) (stream.S
 		kgo.ConsumeResetOffset(k.start),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
+		kgo.OnPartitionsRevoked(s.onRevokedTx),
+		kgo.OnPartitionsLost(s.onLost),
 		kgo.HeartbeatInterval(k.heartbeat),
 		kgo.SessionTimeout(k.session),
 		kgo.RebalanceTimeout(k.rebalance),
@@ -380,6 +388,69 @@ type source struct {
 	// partition; a revocation waits for its partitions to reach zero.
 	inflight map[partition]int
 	warned   time.Time
+	// owner is told which partitions this process owns (set once, before
+	// the first Read); owned holds those announced as assigned (as
+	// "topic/N"), held the messages of a Read whose assignment failed.
+	owner stream.PartitionHandler
+	owned map[string]bool
+	held  []*stream.Message
+}
+
+// OwnPartitions registers h; see stream.PartitionOwner.
+func (s *source) OwnPartitions(h stream.PartitionHandler) {
+	s.mu.Lock()
+	s.owner, s.owned = h, map[string]bool{}
+	s.mu.Unlock()
+}
+
+// assign announces the partitions of msgs this process did not own yet,
+// before they are returned.
+func (s *source) assign(ctx context.Context, msgs []*stream.Message) error {
+	s.mu.Lock()
+	h := s.owner
+	var fresh []string
+	if h != nil {
+		for _, m := range msgs {
+			if !s.owned[m.Partition] && !slices.Contains(fresh, m.Partition) {
+				fresh = append(fresh, m.Partition)
+			}
+		}
+	}
+	s.mu.Unlock()
+	if len(fresh) == 0 {
+		return nil
+	}
+	if err := h.Assigned(ctx, fresh); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	for _, p := range fresh {
+		s.owned[p] = true
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// disown tells the handler that partitions are no longer this process's;
+// s.mu is held.
+func (s *source) disown(parts map[string][]int32) {
+	if s.owner == nil {
+		return
+	}
+	var names []string
+	for topic, ps := range parts {
+		for _, p := range ps {
+			name := topic + "/" + strconv.Itoa(int(p))
+			if s.owned[name] {
+				delete(s.owned, name)
+				names = append(names, name)
+			}
+		}
+	}
+	if len(names) > 0 {
+		slices.Sort(names)
+		s.owner.Revoked(names)
+	}
 }
 
 // Lag is the consumer group's lag: records of the topic past the group's
@@ -411,6 +482,7 @@ func (s *source) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[strin
 	defer timer.Stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.disown(revoked) // their records are committed: their state is in the store
 	for {
 		busy := 0
 		for topic, ps := range revoked {
@@ -446,11 +518,30 @@ func (s *source) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int3
 	if s.log != nil {
 		s.log.Warn("kafka partitions lost (session expired); their unacknowledged records will be repeated", "partitions", fmt.Sprint(lost))
 	}
+	s.mu.Lock()
+	s.disown(lost)
+	s.mu.Unlock()
+}
+
+// onRevokedTx, in transactional mode, forgets revoked partitions: the
+// session aborts the transaction of their records, read again by the
+// next owner.
+func (s *source) onRevokedTx(_ context.Context, _ *kgo.Client, revoked map[string][]int32) {
+	s.mu.Lock()
+	s.disown(revoked)
+	s.mu.Unlock()
 }
 
 // Read polls up to max records; the partition is the message key, so the
 // runtime keeps each partition's records in order.
 func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	s.mu.Lock()
+	held := s.held
+	s.held = nil
+	s.mu.Unlock()
+	if held != nil {
+		return s.announced(ctx, held)
+	}
 	for {
 		var fetches kgo.Fetches
 		if s.sess != nil {
@@ -499,8 +590,23 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 			out[i] = m
 		}
 		s.mu.Unlock()
-		return out, nil
+		return s.announced(ctx, out)
 	}
+}
+
+// announced returns msgs once their partitions are announced as assigned;
+// when that fails it holds them for the next Read.
+func (s *source) announced(ctx context.Context, msgs []*stream.Message) ([]*stream.Message, error) {
+	if err := s.assign(ctx, msgs); err != nil {
+		s.mu.Lock()
+		s.held = msgs
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("kafka source: %w", err)
+	}
+	return msgs, nil
 }
 
 // Ack commits the records' offsets (synchronously: a failed commit is an

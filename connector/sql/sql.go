@@ -399,6 +399,16 @@ func (d *DB) LoadState(ctx context.Context, stream string, fn func(stream.StateC
 	return checkpoint.LoadState(ctx, d.db, d.dialect, stream, fn)
 }
 
+// LoadPartitionState calls fn with every live entry of the stream's keyed
+// state whose source partition is one of parts; see
+// stream.PartitionStateLoader.
+func (d *DB) LoadPartitionState(ctx context.Context, stream string, parts []string, fn func(stream.StateChange) error) error {
+	if d.db == nil {
+		return fmt.Errorf("connector %q is not started", d.cfg.CName)
+	}
+	return checkpoint.LoadPartitionState(ctx, d.db, d.dialect, stream, parts, fn)
+}
+
 // pruneBatch bounds the IDs one prune deletes, so that it never holds up
 // a commit for long; a prune that deleted that many runs again at the next
 // commit, until the inbox has caught up.

@@ -3,6 +3,7 @@ package sql
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,51 @@ func TestCommitStateRoundTrip(t *testing.T) {
 		var other int
 		if err := d.LoadState(ctx, "T", func(stream.StateChange) error { other++; return nil }); err != nil || other != 0 {
 			t.Fatalf("another stream sees %d entries (%v)", other, err)
+		}
+	})
+}
+
+// Each entry keeps its source partition: loaded back with it, and loaded
+// by partition ("" naming the entries without one); a write of the entry
+// from another partition moves it there.
+func TestStatePartitions(t *testing.T) {
+	t.Parallel()
+	each(t, func(t *testing.T, typ string) {
+		d := openDB(t, typ, "parted", map[string]string{"create": "true"})
+		ctx := context.Background()
+		if err := d.CommitState(ctx, "S", "", []string{"t/0/1"}, nil, []stream.StateChange{
+			{Name: "n", Key: "a", Value: []byte("1"), Partition: "t/0"},
+			{Name: "n", Key: "b", Value: []byte("2"), Partition: "t/1"},
+			{Name: "n", Key: "c", Value: []byte("3"), Partition: "t/2"},
+			{Name: "n", Key: "z", Value: []byte("9")},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		load := func(parts []string) string {
+			var got []string
+			if err := d.LoadPartitionState(ctx, "S", parts, func(c stream.StateChange) error {
+				got = append(got, c.Key+"="+string(c.Value)+"@"+c.Partition)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			slices.Sort(got)
+			return strings.Join(got, " ")
+		}
+		if got := load([]string{"t/0", "t/2"}); got != "a=1@t/0 c=3@t/2" {
+			t.Fatalf("partitions t/0, t/2: %s", got)
+		}
+		if got := load([]string{""}); got != "z=9@" {
+			t.Fatalf("no partition: %s", got)
+		}
+		if got := load([]string{}); got != "" {
+			t.Fatalf("no partitions asked: %s", got)
+		}
+		if err := d.CommitState(ctx, "S", "", nil, nil, []stream.StateChange{{Name: "n", Key: "a", Value: []byte("4"), Partition: "t/3"}}); err != nil {
+			t.Fatal(err)
+		}
+		if got := load(nil); got != "a=4@t/3 b=2@t/1 c=3@t/2 z=9@" {
+			t.Fatalf("all: %s", got)
 		}
 	})
 }

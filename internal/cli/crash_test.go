@@ -60,6 +60,7 @@ func childMain(argsJSON string) int {
 		return f.CommitRowBatch(rows)
 	}))
 	reg.MustRegister("CountState", kisflow.Func(countState))
+	reg.MustRegister("CountKey", kisflow.Func(countKey))
 	return Main(reg, args, os.Stdout, os.Stderr)
 }
 

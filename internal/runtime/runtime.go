@@ -199,6 +199,12 @@ type Parts struct {
 	// StateStore keeps keyed state for at-least-once and at-most-once
 	// delivery (nil: a flow that changes state ends with an error).
 	StateStore stream.StateStore
+	// StateLoader is the store State was loaded from (the exactly-once
+	// sink or the checkpoint store). With a source that is a
+	// stream.PartitionOwner, the runner loads from it the state of each
+	// partition assigned to this process, and drops that of each partition
+	// revoked (see LoadState).
+	StateLoader stream.StateLoader
 }
 
 // Stats are a runner's counters. Read them with Runner.Stats at any time.
@@ -252,6 +258,10 @@ type Runner struct {
 	// stored position; commit loop only).
 	pendingState map[state.ID]state.Entry
 	stateLink    *link
+	// partitioned is set when keyed state follows the partitions of a
+	// stream.PartitionOwner source.
+	partitioned bool
+	readCtx     context.Context // the run's reading context, set before the first Read
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
@@ -286,7 +296,7 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		fence, _ = parts.TxSink.(stream.FencedTxSink)
 	}
 	mp, ok := parts.Source.(stream.MessagePositions)
-	return &Runner{
+	r := &Runner{
 		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},
 		trace:        notifies && cfg.Delivery != AtMostOnce,
 		ownPositions: ok && mp.PositionsPerMessage(),
@@ -294,7 +304,12 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		dlqLink: newLink("dead-letter sink", cfg.DeadLetterName, cfg.Logger), stateLink: newLink("state store", "", cfg.Logger),
 		stopRead: func(error) {}, journalAt: -1, txPos: cfg.Resume,
 		fence: fence,
-	}, nil
+	}
+	if po, ok := parts.Source.(stream.PartitionOwner); ok && parts.State != nil && parts.StateLoader != nil {
+		r.partitioned = true
+		po.OwnPartitions(partitionHandler{r})
+	}
+	return r, nil
 }
 
 // Stats returns the counters so far; safe for concurrent use.
@@ -467,6 +482,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	if cfg.Resume != "" {
 		cfg.Logger.Info(fmt.Sprintf("flow %s resumes after position %s", cfg.Name, cfg.Resume))
 	}
+	r.readCtx = readCtx
 	readErr := r.readLoop(readCtx, work, slots, epochs, own, shared)
 	for _, q := range own {
 		close(q)
@@ -1010,6 +1026,13 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 			// The drain timed out while the group waited for a service
 			// (the dead-letter sink, the sink): it was not committed.
 			r.undrained.Store(true)
+		}
+		if r.partitioned && errors.Is(err, stream.ErrAlreadyCommitted) {
+			// Another process committed some of these messages, and the
+			// state with them: memory is behind the store for their
+			// partitions. Loaded again before the batches are returned, so
+			// that a batch that read the old state is returned too (stale).
+			r.reloadPartitions(work, msgs)
 		}
 		for _, ep := range ok {
 			r.nack(work, ep, err)

@@ -3,6 +3,9 @@ package runtime
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
+	"time"
 
 	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
@@ -27,6 +30,7 @@ func (w *worker) beginState(ctx context.Context, p *part) context.Context {
 		return ctx
 	}
 	p.txn = st.Begin(p.worker)
+	w.r.keyPartitions(p)
 	return state.NewContext(ctx, p.txn)
 }
 
@@ -84,4 +88,107 @@ func (r *Runner) storeCommitted(ctx context.Context, pos string) error {
 	}
 	clear(r.pendingState)
 	return nil
+}
+
+// LoadState loads into table the entries of stream's keyed state that
+// from keeps: all of them when partitions is nil, else those of the
+// source partitions named ("" names the entries without one), through
+// stream.PartitionStateLoader when from has it, else by reading it all and
+// keeping those.
+func LoadState(ctx context.Context, from stream.StateLoader, table *state.Table, key string, partitions []string) error {
+	if partitions == nil {
+		return from.LoadState(ctx, key, table.Load)
+	}
+	if pl, ok := from.(stream.PartitionStateLoader); ok {
+		return pl.LoadPartitionState(ctx, key, partitions, table.Load)
+	}
+	return from.LoadState(ctx, key, func(c stream.StateChange) error {
+		if !slices.Contains(partitions, c.Partition) {
+			return nil
+		}
+		return table.Load(c)
+	})
+}
+
+// partitionHandler is the runner's stream.PartitionHandler: the keyed
+// state in memory follows the partitions the source owns.
+type partitionHandler struct{ r *Runner }
+
+// Assigned drops what memory holds of partitions (state kept from an
+// earlier ownership, or applied by a batch that finished after they were
+// revoked) and loads their committed state from the store, retrying
+// while the store is unavailable.
+func (h partitionHandler) Assigned(ctx context.Context, partitions []string) error {
+	if rc := h.r.readCtx; rc != nil {
+		// Not the read's own context, which a linger or tick deadline
+		// may end before a large partition is loaded: the run's.
+		ctx = rc
+	}
+	return h.r.loadPartitions(ctx, partitions)
+}
+
+// loadPartitions drops the state partitions hold in memory and loads it
+// from the store.
+func (r *Runner) loadPartitions(ctx context.Context, partitions []string) error {
+	parts := slices.DeleteFunc(slices.Clone(partitions), func(p string) bool { return p == "" })
+	if len(parts) == 0 {
+		return nil
+	}
+	began := time.Now()
+	err := r.retryForever(ctx, r.stateLink, func() error {
+		r.parts.State.DropPartitions(parts)
+		return LoadState(ctx, r.parts.StateLoader, r.parts.State, r.cfg.StateKey, parts)
+	})
+	if err != nil {
+		return fmt.Errorf("load keyed state of partitions %s: %w", strings.Join(parts, ", "), err)
+	}
+	r.cfg.Logger.Info("partitions assigned: keyed state loaded", "flow", r.cfg.Name, "partitions", strings.Join(parts, ","), "took", time.Since(began).Round(time.Millisecond))
+	return nil
+}
+
+// Revoked drops the state of partitions from memory: their batches were
+// committed (the source waited for them), and their next owner loads it.
+func (h partitionHandler) Revoked(partitions []string) {
+	r := h.r
+	n := r.parts.State.DropPartitions(partitions)
+	r.cfg.Logger.Info("partitions revoked: keyed state dropped from memory", "flow", r.cfg.Name, "partitions", strings.Join(partitions, ","), "entries", n)
+}
+
+// keyPartitions tells a part's state transaction the source partition of
+// each stream key of its messages, when state follows partitions; the
+// keys are read when the part first changes state.
+func (r *Runner) keyPartitions(p *part) {
+	if !r.partitioned || len(p.msgs) == 0 {
+		return
+	}
+	msgs := p.msgs
+	p.txn.SetPartitions(func() map[string]string {
+		keys := make(map[string]string, len(msgs))
+		for _, m := range msgs {
+			if m.Partition == "" {
+				continue
+			}
+			if k := r.keys.of(m); k != "" {
+				keys[k] = m.Partition
+			}
+		}
+		return keys
+	})
+}
+
+// reloadPartitions loads again the state of the partitions of msgs.
+func (r *Runner) reloadPartitions(ctx context.Context, msgs []*stream.Message) {
+	var parts []string
+	for _, m := range msgs {
+		if m.Partition != "" && !slices.Contains(parts, m.Partition) {
+			parts = append(parts, m.Partition)
+		}
+	}
+	err := r.loadPartitions(ctx, parts)
+	// Batches in flight may have read what was replaced: they are
+	// returned and run again on what was loaded.
+	r.parts.State.Invalidate()
+	if err != nil {
+		r.cfg.Logger.Warn("could not load keyed state again after another process committed", "err", err)
+	}
 }

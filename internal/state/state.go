@@ -34,6 +34,7 @@ type Entry struct {
 	Raw     []byte // JSON loaded from the store, decoded when read
 	Exp     int64  // expiry, Unix milliseconds; 0: never
 	Deleted bool   // in a Txn: the entry was deleted
+	Part    string // the source partition of the entry's key ("" when none or unknown)
 }
 
 func (e Entry) live() bool {
@@ -79,9 +80,35 @@ func (t *Table) Load(c stream.StateChange) error {
 		return nil
 	}
 	t.mu.Lock()
-	t.put(ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt})
+	t.put(ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition})
 	t.mu.Unlock()
 	return nil
+}
+
+// DropPartitions removes from memory the committed entries of the source
+// partitions parts: another process owns them now, or their state is
+// about to be loaded again from the store. Entries without a partition
+// stay. It returns how many entries it removed.
+func (t *Table) DropPartitions(parts []string) int {
+	set := make(map[string]struct{}, len(parts))
+	for _, p := range parts {
+		if p != "" {
+			set[p] = struct{}{}
+		}
+	}
+	if len(set) == 0 {
+		return 0
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for id, e := range t.committed {
+		if _, ok := set[e.Part]; ok {
+			t.delete(id)
+			n++
+		}
+	}
+	return n
 }
 
 // Len is the number of committed entries (expired ones not yet swept
@@ -175,6 +202,10 @@ func (t *Table) Stale(txns []*Txn) bool {
 	return false
 }
 
+// Invalidate makes every Txn that used state so far Stale: the committed
+// state they read was replaced (loaded again from the store).
+func (t *Table) Invalidate() { t.gen.Add(1) }
+
 // Drop forgets the changes of txns, whose batch is returned to its source.
 func (t *Table) Drop(txns []*Txn) {
 	for _, x := range txns {
@@ -211,7 +242,7 @@ func Merge(into map[ID]Entry, txns []*Txn) {
 func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
 	out := make([]stream.StateChange, 0, len(changes))
 	for id, e := range changes {
-		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp}
+		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp, Partition: e.Part}
 		if !e.Deleted {
 			c.Value = e.Raw
 			if e.Val != nil || e.Raw == nil {
@@ -270,6 +301,36 @@ type Txn struct {
 	fields  map[nameKey][]string // map-state fields changed
 	undo    []undo
 	hint    int // the expected number of changes
+	// parts maps the stream keys of the part's messages to their source
+	// partitions; nil for a source without partitions. partsOf makes it
+	// when state is first changed.
+	parts   map[string]string
+	partsOf func() map[string]string
+}
+
+// SetPartitions gives the Txn keys, which returns the source partition of
+// each stream key of its part's messages (called once, when the Txn first
+// changes state): a changed entry records the partition of its key, so
+// that it follows that partition between processes. An entry whose key
+// is not among them (state of another key, or changed by a flush) keeps
+// the partition it had, or has none.
+func (x *Txn) SetPartitions(keys func() map[string]string) { x.partsOf = keys }
+
+// partOf returns the partition a change of id records.
+func (x *Txn) partOf(id ID) string {
+	if x.partsOf != nil {
+		x.parts, x.partsOf = x.partsOf(), nil
+	}
+	if x.parts == nil {
+		return ""
+	}
+	if p, ok := x.parts[id.Key]; ok {
+		return p
+	}
+	if e, ok := x.lookup(id); ok {
+		return e.Part
+	}
+	return ""
 }
 
 type undo struct {
@@ -355,6 +416,7 @@ func (x *Txn) Delete(id ID) error {
 }
 
 func (x *Txn) set(id ID, e Entry) {
+	e.Part = x.partOf(id)
 	if x.changes == nil {
 		x.changes = make(map[ID]Entry, x.hint)
 	}

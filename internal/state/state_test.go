@@ -113,3 +113,53 @@ func TestSeveralLanesNeedTheStreamKey(t *testing.T) {
 		t.Fatalf("scratch: %v", err)
 	}
 }
+
+// A change records the partition of its key: the partition of the part's
+// message with that stream key, else the one the entry had, else none.
+// DropPartitions forgets the committed
+// entries of partitions, and only those.
+func TestEntriesFollowPartitions(t *testing.T) {
+	t.Parallel()
+	tb := New(1, json.Marshal)
+	if err := tb.Load(stream.StateChange{Name: "n", Key: "old", Value: []byte("1"), Partition: "t/3"}); err != nil {
+		t.Fatal(err)
+	}
+	_ = tb.Load(stream.StateChange{Name: "n", Key: "none", Value: []byte("1")})
+	x := tb.Begin(0)
+	x.SetPartitions(func() map[string]string { return map[string]string{"a": "t/0", "b": "t/1"} })
+	for _, k := range []string{"a", "b", "old", "other"} {
+		if err := x.Put(ID{Name: "n", Key: k}, 2, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	y := tb.Begin(0)
+	y.SetPartitions(func() map[string]string { return map[string]string{"c": "t/2"} })
+	_ = y.Put(ID{Name: "n", Key: "lone"}, 3, 0)
+	changes, err := tb.Changes([]*Txn{x, y})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, c := range changes {
+		got[c.Key] = c.Partition
+	}
+	want := map[string]string{"a": "t/0", "b": "t/1", "old": "t/3", "other": "", "lone": ""}
+	if len(got) != len(want) {
+		t.Fatalf("changes %v, want %v", got, want)
+	}
+	for k, p := range want {
+		if got[k] != p {
+			t.Errorf("key %s: partition %q, want %q", k, got[k], p)
+		}
+	}
+	tb.Apply([]*Txn{x, y})
+	if n := tb.DropPartitions([]string{"t/0", "t/3", ""}); n != 2 {
+		t.Fatalf("dropped %d entries, want 2 (a and old)", n)
+	}
+	z := tb.Begin(0)
+	for k, live := range map[string]bool{"a": false, "old": false, "b": true, "none": true, "other": true, "lone": true} {
+		if _, ok, _ := z.Get(ID{Name: "n", Key: k}); ok != live {
+			t.Errorf("key %s: live %v after the drop, want %v", k, ok, live)
+		}
+	}
+}
