@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -305,8 +306,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Resume: resume, Fence: j.start.Resumable,
 	}
 	// Windows close at the end of a bounded source, and processing-time
-	// windows also while the stream is idle.
+	// windows also while the stream is idle; timers fire after batches, on
+	// ticks and at the end.
 	cfg.FlushAtEnd, cfg.Tick = base.(*flow).c.windowed()
+	cfg.Timers = base.(*flow).c.hasTimers()
+	cfg.TimeField, cfg.Lateness, cfg.IdleTimeout = st.TimeField, st.Lateness.Std(), st.IdleTimeout.Std()
 	for _, h := range base.(*flow).c.handlers {
 		if w, ok := h.(*windowHandler); ok {
 			j.windows = append(j.windows, w)
@@ -661,18 +665,31 @@ type jobFlow struct {
 }
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
-	j.fl.state = state.FromContext(ctx)
-	defer func() { j.fl.state = nil }()
+	j.enter(ctx)
+	defer j.leave()
 	j.fl.run.CommitBatch(rows)
 	return j.result(j.fl.runOnce(ctx))
 }
 
 // Flush runs the flow's windows with no new rows (see runtime.Flusher).
 func (j *jobFlow) Flush(ctx context.Context, final bool) ([]any, []runtime.Rejected, error) {
-	j.fl.state = state.FromContext(ctx)
-	defer func() { j.fl.state = nil }()
+	j.enter(ctx)
+	defer j.leave()
 	return j.result(j.fl.flush(ctx, final))
 }
+
+// enter gives the flow the keyed state and the clock of the run ctx is
+// for; leave takes them back.
+func (j *jobFlow) enter(ctx context.Context) {
+	j.fl.state = state.FromContext(ctx)
+	c, ok := state.ClockFrom(ctx)
+	if !ok {
+		c = state.Clock{Watermark: math.MinInt64, Fire: math.MinInt64}
+	}
+	j.fl.clock = c
+}
+
+func (j *jobFlow) leave() { j.fl.state, j.fl.clock = nil, state.Clock{} }
 
 func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, error) {
 	if _, ok := err.(*RejectedError); ok {
