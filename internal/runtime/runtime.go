@@ -636,11 +636,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		}
 		epochs <- ep
 		for _, p := range ep.parts {
-			if p.worker < 0 {
-				shared <- p
-			} else {
-				own[p.worker] <- p
-			}
+			r.queue(p, own, shared)
 		}
 		if err != nil {
 			return err
@@ -683,7 +679,7 @@ func (r *Runner) control(c control, epochs chan<- *epoch, own []chan *part, shar
 	ep := &epoch{done: make(chan struct{}), readAt: time.Now()}
 	r.lastTick = ep.readAt
 	r.observe(ep, nil)
-	if r.cfg.Timers && len(own) > 1 {
+	if r.cfg.Timers {
 		for w := range own {
 			ep.parts = append(ep.parts, &part{ep: ep, control: c, worker: w})
 		}
@@ -693,11 +689,21 @@ func (r *Runner) control(c control, epochs chan<- *epoch, own []chan *part, shar
 	ep.pending.Store(int32(len(ep.parts)))
 	epochs <- ep
 	for _, p := range ep.parts {
-		if p.worker < 0 {
-			shared <- p
-		} else {
-			own[p.worker] <- p
-		}
+		r.queue(p, own, shared)
+	}
+}
+
+// queue gives p to its worker, or to any worker. With one worker every
+// part goes to its own queue: parts then run in read order (a tick never
+// runs before the rows read before it, which timers rely on).
+func (r *Runner) queue(p *part, own []chan *part, shared chan *part) {
+	switch {
+	case p.worker >= 0:
+		own[p.worker] <- p
+	case len(own) == 1:
+		own[0] <- p
+	default:
+		shared <- p
 	}
 }
 
