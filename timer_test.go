@@ -46,7 +46,7 @@ cname: events
 type: file
 params:
   path: events.jsonl
-  follow: "${FOLLOW:-false}"
+  follow: "false"
 ---
 kistype: conn
 cname: db
@@ -253,5 +253,92 @@ func TestTimersFireInEventTimeOrderWhenTheWatermarkPasses(t *testing.T) {
 				t.Fatalf("rerun: got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 		})
+	}
+}
+
+// TestProcessingTimeTimerFiresWhileIdle: a processing-time timer set by
+// the only row of a stream that then stays idle fires once the wall clock
+// passes it, and its row reaches the sink.
+func TestProcessingTimeTimerFiresWhileIdle(t *testing.T) {
+	t.Parallel()
+	dir := timerFlow(t, "  delivery: exactly-once\n")
+	conns, err := os.ReadFile(filepath.Join(dir, "conns.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string]string{"conns.yml": strings.Replace(string(conns), `follow: "false"`, `follow: "true"`, 1)})
+	const wait = 300 * time.Millisecond
+	var mu sync.Mutex
+	setAt := map[string]time.Time{}
+	tm := kisflow.NewTimer("idle")
+	reg := streamRegistry(t)
+	reg.MustRegister("Arm", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*tev) error {
+		for _, e := range rows {
+			now := time.Now()
+			if err := tm.SetProcessingTime(f, e.Key, now.Add(wait)); err != nil {
+				return err
+			}
+			mu.Lock()
+			setAt[e.Key] = now
+			mu.Unlock()
+			if err := f.CommitRow(timerRow("row", e.Key, e.TS, 0, 0)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+	if err := reg.OnTimer("Arm", func(ctx context.Context, f kisflow.Flow, ft kisflow.FiredTimer) error {
+		mu.Lock()
+		took := time.Since(setAt[ft.Key])
+		mu.Unlock()
+		if ft.EventTime {
+			return fmt.Errorf("fired %+v as an event-time timer", ft)
+		}
+		return f.CommitRow(timerRow("timer", ft.Key, ft.Time.UnixMilli(), 0, int(took.Milliseconds())))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	job, err := eng.Job(ctx, "Timed", kisflow.WithStateDir(filepath.Join(dir, "state")))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- job.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	appendEvents(t, dir, []tev{{Key: "a", TS: 1}})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		rows := outRows(t, dir)
+		if len(rows) == 2 {
+			var kind, key string
+			var at, wm, took int64
+			if _, err := fmt.Sscan(rows[1], &kind, &key, &at, &wm, &took); err != nil || kind != "timer" || key != "a" {
+				t.Fatalf("rows %q", rows)
+			}
+			if took < wait.Milliseconds() {
+				t.Fatalf("the timer fired %dms after it was set, before its time (%v)", took, wait)
+			}
+			return
+		}
+		if len(rows) > 2 || time.Now().After(deadline) {
+			t.Fatalf("after 15s of an idle stream the sink holds %q, want the row and its timer's", rows)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
