@@ -342,3 +342,30 @@ func TestProcessingTimeTimerFiresWhileIdle(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestLintTimersWithWorkersNeedAKey: a flow whose function sets timers,
+// with several workers and no stream.key, is an error at stream.workers.
+func TestLintTimersWithWorkersNeedAKey(t *testing.T) {
+	t.Parallel()
+	dir := timerFlow(t, "  workers: 3\n")
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := streamRegistry(t)
+	reg.MustRegister("Arm", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*tev) error { return nil }))
+	if err := reg.OnTimer("Arm", func(context.Context, kisflow.Flow, kisflow.FiredTimer) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.OnTimer("Arm", func(context.Context, kisflow.Flow, kisflow.FiredTimer) error { return nil }); err == nil {
+		t.Fatal("a second callback for Arm was accepted")
+	}
+	var got []string
+	for _, p := range set.Check(reg.LintOptions()...) {
+		got = append(got, p.String())
+	}
+	want := `flow.yml:9: flow "Timed": function "Arm" sets timers, which with 3 workers need stream.key`
+	if len(got) != 1 || !strings.Contains(got[0], want) {
+		t.Fatalf("got %q, want one problem %q", got, want)
+	}
+}

@@ -128,8 +128,9 @@ func Cancel(ctx context.Context, f kisflow.Flow, t kisflow.FiredTimer) error {
 
 // run runs the flow over the events of in into the SQLite database db,
 // keeping its position and state in the database (and dead letters in
-// stateDir); batch > 0 sets the batch size.
-func run(ctx context.Context, in, db, stateDir string, batch int) (kisflow.JobStats, error) {
+// stateDir); batch > 0 sets the batch size, workers > 0 the workers (each
+// order's events, state and timer go to one of them by order_id).
+func run(ctx context.Context, in, db, stateDir string, batch, workers int) (kisflow.JobStats, error) {
 	reg := kisflow.NewRegistry()
 	if err := file.Install(reg); err != nil {
 		return kisflow.JobStats{}, err
@@ -150,6 +151,9 @@ func run(ctx context.Context, in, db, stateDir string, batch int) (kisflow.JobSt
 	if batch > 0 {
 		set.Flows["OrderTimeout"].Stream.BatchSize = batch
 	}
+	if workers > 0 {
+		set.Flows["OrderTimeout"].Stream.Workers = workers
+	}
 	eng, err := kisflow.NewEngine(reg, set)
 	if err != nil {
 		return kisflow.JobStats{}, err
@@ -168,13 +172,14 @@ func main() {
 	db := flag.String("db", "ordertimeout.db", "the SQLite database the cancelled orders go to (table cancelled)")
 	stateDir := flag.String("state", "", "the state folder (default: next to the database)")
 	batch := flag.Int("batch", 0, "the batch size (default 1000)")
+	workers := flag.Int("workers", 0, "the workers (default 1)")
 	flag.Parse()
 	if *stateDir == "" {
 		*stateDir = filepath.Join(filepath.Dir(*db), ".kisflow")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	s, err := run(ctx, *in, *db, *stateDir, *batch)
+	s, err := run(ctx, *in, *db, *stateDir, *batch, *workers)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ordertimeout:", err)
 		os.Exit(1)

@@ -124,23 +124,28 @@ func checkOnce(t *testing.T, got map[string]int, want map[string]bool) {
 
 func TestOrderTimeoutExample(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	in, db := filepath.Join(dir, "events.jsonl"), filepath.Join(dir, "out.db")
-	want := writeEvents(t, in, 600, 1)
-	s, err := run(context.Background(), in, db, filepath.Join(dir, "state"), 25)
-	if err != nil {
-		t.Fatal(err)
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			in, db := filepath.Join(dir, "events.jsonl"), filepath.Join(dir, "out.db")
+			want := writeEvents(t, in, 600, 1)
+			s, err := run(context.Background(), in, db, filepath.Join(dir, "state"), 25, workers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Out != int64(len(want)) {
+				t.Errorf("job wrote %d rows, want %d", s.Out, len(want))
+			}
+			checkOnce(t, cancelledIn(t, db), want)
+			// A second run over the same file reads nothing new and
+			// cancels nothing again.
+			if _, err := run(context.Background(), in, db, filepath.Join(dir, "state"), 25, workers); err != nil {
+				t.Fatal(err)
+			}
+			checkOnce(t, cancelledIn(t, db), want)
+		})
 	}
-	if s.Out != int64(len(want)) {
-		t.Errorf("job wrote %d rows, want %d", s.Out, len(want))
-	}
-	checkOnce(t, cancelledIn(t, db), want)
-	// A second run over the same file reads nothing new and cancels
-	// nothing again.
-	if _, err := run(context.Background(), in, db, filepath.Join(dir, "state"), 25); err != nil {
-		t.Fatal(err)
-	}
-	checkOnce(t, cancelledIn(t, db), want)
 }
 
 // TestOrderTimeoutSIGKILL runs the example's binary and kills it with
@@ -158,7 +163,7 @@ func TestOrderTimeoutSIGKILL(t *testing.T) {
 	const n = 3000
 	want := writeEvents(t, in, n, 2)
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
-	args := []string{"-in", in, "-db", db, "-state", filepath.Join(dir, "state"), "-batch", "8"}
+	args := []string{"-in", in, "-db", db, "-state", filepath.Join(dir, "state"), "-batch", "8", "-workers", "2"}
 	killed := 0
 	for kill := range 3 {
 		cmd := exec.Command(bin, args...)
