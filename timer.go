@@ -282,3 +282,12 @@ func (r *Registry) checkTimers(s *config.Set) []config.Problem {
 	}
 	return probs
 }
+
+// streamAdvance moves an event-time window to the stream's watermark wm
+// when the stream declares its event time (clk.Set) and wm is a time.
+func streamAdvance(h *windowHandler, wm int64, clk state.Clock) []map[string]any {
+	if !clk.Set || h.spec.TimeField == "" || wm == math.MinInt64 || wm == math.MaxInt64 {
+		return nil
+	}
+	return h.op.Advance(time.UnixMilli(wm))
+}
