@@ -704,8 +704,8 @@ func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, erro
 
 // StreamDefaults returns st with every field it leaves unset given the
 // value a Job uses for it: batch_size, linger, workers, delivery,
-// max_in_flight, retry_times, retry_duration, drain_timeout and
-// max_consecutive_failures.
+// max_in_flight, retry_times, retry_duration, drain_timeout,
+// max_consecutive_failures, and idle_timeout when it declares time_field.
 func StreamDefaults(st config.Stream) config.Stream {
 	cfg := runtime.Config{
 		BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: st.Workers, Delivery: st.Delivery,
@@ -719,6 +719,9 @@ func StreamDefaults(st config.Stream) config.Stream {
 	}
 	if st.RetryDuration <= 0 {
 		st.RetryDuration = int(DefaultRetryDuration / time.Millisecond)
+	}
+	if st.TimeField != "" && st.IdleTimeout <= 0 {
+		st.IdleTimeout = config.Duration(runtime.DefaultIdleTimeout)
 	}
 	return st
 }

@@ -122,20 +122,6 @@ func (t *Table) laneTimers(lane int) *laneTimers {
 	return t.timers[lane]
 }
 
-// Timers is the number of timer candidates indexed (fired timers whose
-// deletion is not committed yet included).
-func (t *Table) Timers() int {
-	t.timerMu.Lock()
-	defer t.timerMu.Unlock()
-	n := 0
-	for _, l := range t.timers {
-		l.mu.Lock()
-		n += len(l.event) + len(l.procs)
-		l.mu.Unlock()
-	}
-	return n
-}
-
 func timerValue(e Entry) (int64, bool) {
 	switch v := e.Val.(type) {
 	case int64:
