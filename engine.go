@@ -113,6 +113,7 @@ type compiled struct {
 	conns    []*Connector
 	chains   []filter.Chain // per function
 	chain    filter.Chain   // around each run
+	onTimer  []TimerFunc    // per function: the callback of its timers
 
 	retryRuns bool // the flow lists filters, which may run it again
 
@@ -342,6 +343,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			}
 		}
 		names[i] = st.FName
+		c.onTimer = append(c.onTimer, e.reg.timerFunc(st.FName))
 		ch, err := e.chain(fc.Option.Filters, cfg, fc, params)
 		if err != nil {
 			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
@@ -381,7 +383,7 @@ func (e *Engine) instance(c *compiled) *flow {
 		fc := c.funcs[i]
 		fl.funcs[i] = &Function{cfg: fc, index: i, params: c.params[i], conn: c.conns[i]}
 		_, win := h.(*windowHandler)
-		s := &step{fl: fl, b: h.bind(fl, i), win: win}
+		s := &step{fl: fl, index: i, b: h.bind(fl, i), win: win}
 		s.call = filter.Call{Kind: filter.FuncCall, Flow: c.cfg.FlowName, FlowID: id, Func: fc.FName, Mode: fc.FMode, Conn: fc.Option.CName}
 		s.chain = c.chains[i].Then(s.centre)
 		steps[i], ss[i] = s, s

@@ -105,6 +105,9 @@ type flow struct {
 	saved []any          // the source rows, kept for a retried run
 	out   []any          // the last execute's output
 	state *state.Txn     // the keyed state of the run a Job gives it; nil outside a Job
+	clock state.Clock    // the event time of the run a Job gives it
+
+	firing map[int][]state.Timer // the due timers of a timer run, by step
 
 	flushing flushMode // what the current run closes (see flush)
 }
@@ -312,6 +315,7 @@ func (fl *flow) reject(layer, index int, row any, err error) {
 // the centre of the chain turns panics into errors.
 type step struct {
 	fl    *flow
+	index int
 	b     binding
 	win   bool // the function is a window
 	run   *engine.Run
@@ -321,10 +325,27 @@ type step struct {
 }
 
 func (s *step) Call(ctx context.Context, in []any) error {
+	if due := s.fl.firing[s.index]; len(due) > 0 {
+		if len(in) > 0 {
+			if err := s.call1(ctx, in); err != nil {
+				return err
+			}
+		}
+		if err := s.fire(ctx, due); err != nil {
+			return err
+		}
+		s.run.Act(engine.Action{ForceEntryNext: true}) // on to the functions further on
+		return nil
+	}
 	if len(in) == 0 && !s.win && s.fl.flushing != flushNone {
 		s.run.Act(engine.Action{ForceEntryNext: true}) // on to the windows further on
 		return nil
 	}
+	return s.call1(ctx, in)
+}
+
+// call1 calls the function on in through its filter chain.
+func (s *step) call1(ctx context.Context, in []any) error {
 	s.in = in
 	s.call.In, s.call.Out, s.call.Attempt = len(in), 0, 1
 	err := s.chain(ctx, &s.call)

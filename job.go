@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -306,8 +307,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		Resume: resume, Fence: j.start.Resumable,
 	}
 	// Windows close at the end of a bounded source, and processing-time
-	// windows also while the stream is idle.
+	// windows also while the stream is idle; timers fire after batches, on
+	// ticks and at the end.
 	cfg.FlushAtEnd, cfg.Tick = base.(*flow).c.windowed()
+	cfg.Timers = base.(*flow).c.hasTimers()
+	cfg.TimeField, cfg.Lateness, cfg.IdleTimeout = st.TimeField, st.Lateness.Std(), st.IdleTimeout.Std()
 	for _, h := range base.(*flow).c.handlers {
 		if w, ok := h.(*windowHandler); ok {
 			j.windows = append(j.windows, w)
@@ -670,18 +674,31 @@ type jobFlow struct {
 }
 
 func (j *jobFlow) Run(ctx context.Context, rows []any) ([]any, []runtime.Rejected, error) {
-	j.fl.state = state.FromContext(ctx)
-	defer func() { j.fl.state = nil }()
+	j.enter(ctx)
+	defer j.leave()
 	j.fl.run.CommitBatch(rows)
 	return j.result(j.fl.runOnce(ctx))
 }
 
 // Flush runs the flow's windows with no new rows (see runtime.Flusher).
 func (j *jobFlow) Flush(ctx context.Context, final bool) ([]any, []runtime.Rejected, error) {
-	j.fl.state = state.FromContext(ctx)
-	defer func() { j.fl.state = nil }()
+	j.enter(ctx)
+	defer j.leave()
 	return j.result(j.fl.flush(ctx, final))
 }
+
+// enter gives the flow the keyed state and the clock of the run ctx is
+// for; leave takes them back.
+func (j *jobFlow) enter(ctx context.Context) {
+	j.fl.state = state.FromContext(ctx)
+	c, ok := state.ClockFrom(ctx)
+	if !ok {
+		c = state.Clock{Watermark: math.MinInt64, Fire: math.MinInt64}
+	}
+	j.fl.clock = c
+}
+
+func (j *jobFlow) leave() { j.fl.state, j.fl.clock = nil, state.Clock{} }
 
 func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, error) {
 	if _, ok := err.(*RejectedError); ok {
@@ -696,8 +713,8 @@ func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, erro
 
 // StreamDefaults returns st with every field it leaves unset given the
 // value a Job uses for it: batch_size, linger, workers, delivery,
-// max_in_flight, retry_times, retry_duration, drain_timeout and
-// max_consecutive_failures.
+// max_in_flight, retry_times, retry_duration, drain_timeout,
+// max_consecutive_failures, and idle_timeout when it declares time_field.
 func StreamDefaults(st config.Stream) config.Stream {
 	cfg := runtime.Config{
 		BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: st.Workers, Delivery: st.Delivery,
@@ -711,6 +728,9 @@ func StreamDefaults(st config.Stream) config.Stream {
 	}
 	if st.RetryDuration <= 0 {
 		st.RetryDuration = int(DefaultRetryDuration / time.Millisecond)
+	}
+	if st.TimeField != "" && st.IdleTimeout <= 0 {
+		st.IdleTimeout = config.Duration(runtime.DefaultIdleTimeout)
 	}
 	return st
 }

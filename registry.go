@@ -28,6 +28,7 @@ type Registry struct {
 	filters   map[string]filter.Factory
 	fspecs    map[string]*driver.Spec // filter name -> its params
 	plugins   map[string]plugin.Spec
+	timers    map[string]TimerFunc // fname -> the callback of its timers
 }
 
 // NewRegistry returns a registry with the built-in filters (filter.Builtins)
@@ -151,7 +152,7 @@ func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 // Go body or a usable YAML one. NewEngine leaves that last check to the
 // building of a flow, as KisFlow did.
 func (r *Registry) LintOptions() []config.LintOption {
-	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkWindows), config.WithCheck(func(s *config.Set) []config.Problem {
+	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkWindows), config.WithCheck(r.checkTimers), config.WithCheck(func(s *config.Set) []config.Problem {
 		_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
 		var ce *config.Error
 		if errors.As(err, &ce) {

@@ -90,7 +90,7 @@ func (h *windowHandler) bind(fl *flow, layer int) binding {
 // run, see flow.flush), also what processing time closed (tick) or
 // everything (final). With saved set, the operator first takes the state
 // saved reads as current, and its new state is written there.
-func (h *windowHandler) process(rows []map[string]any, ctl flushMode, saved *savedWindow) ([]map[string]any, []window.Rejected, error) {
+func (h *windowHandler) process(rows []map[string]any, ctl flushMode, saved *savedWindow, clk state.Clock) ([]map[string]any, []window.Rejected, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if saved != nil {
@@ -100,9 +100,15 @@ func (h *windowHandler) process(rows []map[string]any, ctl flushMode, saved *sav
 	}
 	var out []map[string]any
 	var rej []window.Rejected
+	// With the stream's event time, rows are judged against its watermark
+	// before their batch, and the batch's closes what it passed.
+	out = append(out, streamAdvance(h, clk.Watermark, clk)...)
 	if len(rows) > 0 {
-		out, rej = h.op.Process(rows)
+		var more []map[string]any
+		more, rej = h.op.Process(rows)
+		out = append(out, more...)
 	}
+	out = append(out, streamAdvance(h, clk.Fire, clk)...)
 	switch {
 	case ctl == flushFinal:
 		out = append(out, h.op.Flush()...)
@@ -210,7 +216,7 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 		}
 		b.maps, b.at = append(b.maps, m), append(b.at, i)
 	}
-	out, rej, err := b.h.process(b.maps, b.fl.flushing, savedWindowOf(b.fl, b.layer))
+	out, rej, err := b.h.process(b.maps, b.fl.flushing, savedWindowOf(b.fl, b.layer), b.fl.clock)
 	if err != nil {
 		clear(b.maps)
 		return err

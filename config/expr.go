@@ -264,4 +264,15 @@ func (s *Set) checkStream(name string, st *Stream, add func(kind Kind, name, fie
 	if st.Linger < 0 || st.DrainTimeout < 0 {
 		add(KindFlow, name, "stream", SevError, "flow %q: negative linger or drain_timeout", name)
 	}
+	for field, d := range map[string]Duration{"lateness": st.Lateness, "idle_timeout": st.IdleTimeout} {
+		switch {
+		case d < 0:
+			add(KindFlow, name, "stream."+field, SevError, "flow %q: stream %s %s is negative", name, field, d.Std())
+		case d > 0 && st.TimeField == "":
+			add(KindFlow, name, "stream."+field, SevError, "flow %q: stream %s needs stream.time_field (the row field that holds the event time)", name, field)
+		}
+	}
+	if strings.TrimSpace(st.TimeField) != st.TimeField || strings.HasPrefix(st.TimeField, ".") || strings.HasSuffix(st.TimeField, ".") {
+		add(KindFlow, name, "stream.time_field", SevError, "flow %q: stream time_field %q is not a field name (want e.g. ts, or event.ts for a nested field)", name, st.TimeField)
+	}
 }

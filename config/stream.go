@@ -52,6 +52,16 @@ type Stream struct {
 	// same error (default 100, or never for a source that answers each
 	// request with its dead letters, such as http; -1 never stops).
 	MaxConsecutiveFailures int `yaml:"max_consecutive_failures,omitempty"`
+	// TimeField names the row field that holds a message's event time (an
+	// RFC 3339 string or epoch milliseconds): the job then keeps the flow's
+	// watermark, which fires event-time timers (optional).
+	TimeField string `yaml:"time_field,omitempty"`
+	// Lateness is how far the watermark stays behind the largest event
+	// time seen (default 0).
+	Lateness Duration `yaml:"lateness,omitempty"`
+	// IdleTimeout is how long a source partition that delivers nothing
+	// holds the watermark back (default 30s).
+	IdleTimeout Duration `yaml:"idle_timeout,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "250ms", "2s", or a number

@@ -116,6 +116,7 @@ type Operator struct {
 	ahead, limit           int64 // max_ahead (ms, <0: none); the latest event time the chunk read takes
 	update                 bool
 	seen, flushed          bool
+	external               bool // Advance moves the watermark, rows do not
 	maxTS, wm              int64
 	seq                    uint64
 	open, kept             map[int64]*bucket // by end
@@ -218,6 +219,26 @@ func (o *Operator) Tick() []map[string]any {
 	return o.take()
 }
 
+// Advance moves the watermark to wm when it is later, closing the windows
+// it passes, and returns their rows. From its first call on, rows no
+// longer move the watermark: the caller keeps it (a flow whose stream
+// declares its event time advances its windows by the stream's watermark,
+// computed in read order across partitions). The spec's lateness is not
+// subtracted again; it still bounds how long late: update keeps windows.
+func (o *Operator) Advance(wm time.Time) []map[string]any {
+	o.external = true
+	if o.flushed {
+		return nil
+	}
+	if ms := wm.UnixMilli(); !o.seen || ms > o.wm {
+		// maxTS stays wm + lateness, from which a snapshot's watermark is
+		// derived.
+		o.seen, o.wm, o.maxTS = true, ms, ms+o.late
+		o.closeUpTo()
+	}
+	return o.take()
+}
+
 // Flush closes every open window and returns their rows: the end of a
 // bounded source. Every row added after it is late.
 func (o *Operator) Flush() []map[string]any {
@@ -238,7 +259,7 @@ func (o *Operator) take() []map[string]any {
 // advance moves the largest time seen to t when t is larger, and closes
 // the windows the watermark passed.
 func (o *Operator) advance(t int64) {
-	if o.flushed {
+	if o.flushed || o.external {
 		return
 	}
 	if !o.seen || t > o.maxTS {

@@ -233,3 +233,8 @@ func floorDiv(a, b int64) int64 {
 	}
 	return q
 }
+
+// EventTime reads an event time as a window's time_field does: an RFC 3339
+// string, or milliseconds since the Unix epoch as a number or a string of
+// digits. It returns Unix milliseconds.
+func EventTime(v any) (int64, error) { return millis(v) }

@@ -13,11 +13,14 @@
 package runtime
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -128,6 +131,32 @@ type Config struct {
 	// gave nothing for that long (processing-time windows close while the
 	// stream is idle).
 	Tick time.Duration
+	// TimeField names the field of the payload that holds a message's
+	// event time (RFC 3339 or epoch milliseconds): the runner then keeps
+	// the flow's watermark (see watermarks), in read order, with the
+	// position. Lateness is subtracted from it; IdleTimeout (default
+	// DefaultIdleTimeout) is how long a partition that delivers nothing
+	// holds it back.
+	TimeField             string
+	Lateness, IdleTimeout time.Duration
+	// Timers says the flow fires timers (a TimerFirer): after each part
+	// of a batch, on its lane, and on ticks (at most TimerTick apart, also
+	// while the stream is busy, on every lane), and every event-time timer
+	// at the end of a bounded source.
+	Timers bool
+}
+
+// TimerTick is how often at most processing-time timers are looked at
+// when nothing else runs a lane (Config.Timers).
+const TimerTick = 100 * time.Millisecond
+
+// TimerFirer is an optional capability of a Flow that fires timers: it
+// runs the callbacks of the timers of its run's lane that are due (the
+// state.Clock in ctx says the watermark; now, the wall clock), and the
+// rest of the flow on their rows. Its output and rejections are handled
+// as a batch's.
+type TimerFirer interface {
+	FireTimers(ctx context.Context, now time.Time) (out []any, rejected []Rejected, err error)
 }
 
 // DefaultMaxConsecutiveFailures is how many messages in a row may fail the
@@ -170,6 +199,15 @@ func (c *Config) defaults() {
 	}
 	if c.MaxConsecutiveFailures == 0 {
 		c.MaxConsecutiveFailures = DefaultMaxConsecutiveFailures
+	}
+	if c.Timers {
+		c.FlushAtEnd = true
+		if c.Tick <= 0 || c.Tick > TimerTick {
+			c.Tick = TimerTick
+		}
+	}
+	if c.TimeField != "" && c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 }
 
@@ -262,6 +300,11 @@ type Runner struct {
 	// stream.PartitionOwner source.
 	partitioned bool
 	readCtx     context.Context // the run's reading context, set before the first Read
+	// marks is the flow's watermark, with Config.TimeField (read loop
+	// only); savedMark the last one committed (commit loop only).
+	marks     *watermarks
+	savedMark []byte
+	lastTick  time.Time // read loop only
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
 }
@@ -296,7 +339,21 @@ func New(cfg Config, parts Parts) (*Runner, error) {
 		fence, _ = parts.TxSink.(stream.FencedTxSink)
 	}
 	mp, ok := parts.Source.(stream.MessagePositions)
+	var marks *watermarks
+	var savedMark []byte
+	if cfg.TimeField != "" {
+		marks = newWatermarks(cfg.TimeField, cfg.Lateness, cfg.IdleTimeout)
+		if parts.State != nil {
+			if e, ok := parts.State.Committed(watermarkID); ok && e.Raw != nil {
+				if err := marks.restore(e.Raw, time.Now()); err != nil {
+					return nil, fmt.Errorf("runtime: the saved watermark of flow %s cannot be read (%v): delete state entry %q of the flow to start afresh", cfg.Name, err, watermarkID.Name)
+				}
+				savedMark = e.Raw
+			}
+		}
+	}
 	r := &Runner{
+		marks: marks, savedMark: savedMark,
 		cfg: cfg, parts: parts, keys: newKeyReader(cfg.Key), inflightIDs: map[string]struct{}{},
 		trace:        notifies && cfg.Delivery != AtMostOnce,
 		ownPositions: ok && mp.PositionsPerMessage(),
@@ -368,6 +425,8 @@ type epoch struct {
 	failed  atomic.Bool  // a part could not finish (shutdown): do not ack
 	out     atomic.Int64 // output rows of its parts, for the failure streak
 	readAt  time.Time
+	clock   state.Clock // the watermark before and after it was read
+	mark    []byte      // the watermark to keep with it (Config.TimeField)
 	mu      sync.Mutex
 	dead    []any // *stream.DeadLetter
 	// deadOf[i] is the message of dead[i]; nil for a row dead-lettered
@@ -398,6 +457,15 @@ type part struct {
 	out     []any      // output rows kept for a transactional commit
 	segs    []seg      // the runs that made out
 	txn     *state.Txn // its keyed state changes, when the job keeps state
+}
+
+// clockOf returns the clock p's runs get.
+func (p *part) clockOf() state.Clock {
+	c := p.ep.clock
+	if p.control == runFlush {
+		c.Fire = math.MaxInt64 // the end of input: every event-time timer fires
+	}
+	return c
 }
 
 // control is what a part with no messages runs.
@@ -527,13 +595,19 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+		if cfg.Timers && time.Since(r.lastTick) >= cfg.Tick {
+			// Timers are looked at on every lane, also while the stream
+			// is busy (a lane without rows runs no part).
+			r.control(runTick, epochs, own, shared) // takes the slot
+			continue
+		}
 		msgs, eof, idle, err := r.readEpoch(ctx)
 		if eof {
 			r.exhausted.Store(true)
 		}
 		if len(msgs) == 0 {
 			if idle && err == nil {
-				r.control(runTick, epochs, shared) // takes the slot
+				r.control(runTick, epochs, own, shared) // takes the slot
 				continue
 			}
 			<-slots
@@ -541,7 +615,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 				return err
 			}
 			if eof {
-				return r.flushAtEnd(ctx, slots, epochs, shared)
+				return r.flushAtEnd(ctx, slots, epochs, own, shared)
 			}
 			continue
 		}
@@ -549,6 +623,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 			cfg.Logger.Info(fmt.Sprintf("no position for flow %s: reading from the beginning", cfg.Name))
 		}
 		ep := &epoch{msgs: msgs, done: make(chan struct{}), readAt: time.Now()}
+		r.observe(ep, msgs)
 		n := int64(len(msgs))
 		r.read.Add(n)
 		if v := r.inflight.Add(n); v > r.maxInflight.Load() {
@@ -577,17 +652,13 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		}
 		epochs <- ep
 		for _, p := range ep.parts {
-			if p.worker < 0 {
-				shared <- p
-			} else {
-				own[p.worker] <- p
-			}
+			r.queue(p, own, shared)
 		}
 		if err != nil {
 			return err
 		}
 		if eof {
-			return r.flushAtEnd(ctx, slots, epochs, shared)
+			return r.flushAtEnd(ctx, slots, epochs, own, shared)
 		}
 	}
 }
@@ -595,7 +666,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 // flushAtEnd runs the final flush of an exhausted source (Config.FlushAtEnd)
 // once every epoch read before committed, so that no row reaches a window
 // after it closed for good.
-func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs chan<- *epoch, shared chan *part) error {
+func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs chan<- *epoch, own []chan *part, shared chan *part) error {
 	n := r.cfg.MaxInFlight
 	if !r.cfg.FlushAtEnd {
 		return nil
@@ -613,19 +684,59 @@ func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs cha
 	for range n - 1 {
 		<-slots
 	}
-	r.control(runFlush, epochs, shared)
+	r.control(runFlush, epochs, own, shared)
 	return nil
 }
 
-// control queues an epoch with no messages that runs c on any worker; the
-// caller holds its slot, released when it commits.
-func (r *Runner) control(c control, epochs chan<- *epoch, shared chan *part) {
+// control queues an epoch with no messages that runs c on any worker, or
+// on every worker when the flow fires timers (each lane fires its own);
+// the caller holds its slot, released when it commits.
+func (r *Runner) control(c control, epochs chan<- *epoch, own []chan *part, shared chan *part) {
 	ep := &epoch{done: make(chan struct{}), readAt: time.Now()}
-	p := &part{ep: ep, control: c, worker: -1}
-	ep.parts = []*part{p}
-	ep.pending.Store(1)
+	r.lastTick = ep.readAt
+	r.observe(ep, nil)
+	if r.cfg.Timers {
+		for w := range own {
+			ep.parts = append(ep.parts, &part{ep: ep, control: c, worker: w})
+		}
+	} else {
+		ep.parts = []*part{{ep: ep, control: c, worker: -1}}
+	}
+	ep.pending.Store(int32(len(ep.parts)))
 	epochs <- ep
-	shared <- p
+	for _, p := range ep.parts {
+		r.queue(p, own, shared)
+	}
+}
+
+// queue gives p to its worker, or to any worker. With one worker every
+// part goes to its own queue: parts then run in read order (a tick never
+// runs before the rows read before it, which timers rely on).
+func (r *Runner) queue(p *part, own []chan *part, shared chan *part) {
+	switch {
+	case p.worker >= 0:
+		own[p.worker] <- p
+	case len(own) == 1:
+		own[0] <- p
+	default:
+		shared <- p
+	}
+}
+
+// observe moves the flow's watermark by the event times of msgs (none for
+// a control epoch: idle partitions may still move it) and gives ep its
+// clock: the watermark before and after, and the one to keep with it.
+func (r *Runner) observe(ep *epoch, msgs []*stream.Message) {
+	if r.marks == nil {
+		ep.clock = state.Clock{Watermark: NoWatermark, Fire: NoWatermark}
+		return
+	}
+	before := r.marks.wm
+	r.marks.observe(msgs, ep.readAt)
+	ep.clock = state.Clock{Watermark: before, Fire: r.marks.current(ep.readAt), Set: true}
+	if b, err := json.Marshal(r.marks.saved()); err == nil {
+		ep.mark = b
+	}
 }
 
 // readEpoch reads up to BatchSize messages: it blocks for the first, then
@@ -1039,19 +1150,26 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		}
 		return "", nil
 	}
-	if len(msgs) == 0 && len(dead) == 0 && slices.IndexFunc(ok, func(ep *epoch) bool { return ep.out.Load() > 0 }) < 0 {
-		return "", nil // ticks that closed no window: nothing to commit
+	mark, moved := r.markOf(ok)
+	changed := state.Changed(txns)
+	if len(msgs) == 0 && len(dead) == 0 && !changed && !moved && slices.IndexFunc(ok, func(ep *epoch) bool { return ep.out.Load() > 0 }) < 0 {
+		return "", nil // ticks that closed no window and fired no timer: nothing to commit
 	}
 	if err := r.writeDead(work, dead); err != nil {
 		return fail(err)
 	}
 	pos := lastPosition(msgs)
 	var changes []stream.StateChange
-	changed := state.Changed(txns)
-	if changed {
-		err := r.canKeepState()
+	if changed || moved {
+		var err error
+		if changed {
+			err = r.canKeepState()
+		}
 		if err == nil && !r.keepsStateWithPosition(pos) {
 			changes, err = r.parts.State.Changes(txns)
+			if moved {
+				changes = append(changes, stream.StateChange{Name: watermarkID.Name, Value: mark})
+			}
 		}
 		if err != nil {
 			r.abort(err)
@@ -1073,10 +1191,13 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs, changes); err != nil {
 			return fail(err)
 		}
-	} else if changed {
-		if err := r.keepState(work, pos, txns, changes); err != nil {
+	} else if changed || moved {
+		if err := r.keepState(work, pos, txns, changes, mark); err != nil {
 			return fail(err)
 		}
+	}
+	if moved {
+		r.savedMark = mark
 	}
 	if len(txns) > 0 {
 		r.parts.State.Apply(txns)
@@ -1226,4 +1347,19 @@ func partitionOf(key string, n int) int { return state.Partition(key, n) }
 func (c Config) WithDefaults() Config {
 	c.defaults()
 	return c
+}
+
+// markOf returns the watermark to keep with a committed group (its last
+// epoch's) and whether it differs from the one kept: only when a store
+// keeps the job's state.
+func (r *Runner) markOf(group []*epoch) ([]byte, bool) {
+	if r.marks == nil || r.parts.State == nil || !r.parts.State.Kept {
+		return nil, false
+	}
+	for i := len(group) - 1; i >= 0; i-- {
+		if m := group[i].mark; m != nil {
+			return m, !bytes.Equal(m, r.savedMark)
+		}
+	}
+	return nil, false
 }

@@ -59,12 +59,16 @@ func (r *Runner) keepsStateWithPosition(pos string) bool {
 // of the store, so that a replay from the saved position never applies
 // them twice. Without one (a broker that takes acknowledgements, or
 // at-most-once) they are saved now (changes), before the acknowledgement.
-func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, changes []stream.StateChange) error {
+// A watermark to keep (mark, nil: none) goes with them.
+func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, changes []stream.StateChange, mark []byte) error {
 	if r.keepsStateWithPosition(pos) {
 		if r.pendingState == nil {
 			r.pendingState = map[state.ID]state.Entry{}
 		}
 		state.Merge(r.pendingState, txns)
+		if mark != nil {
+			r.pendingState[watermarkID] = state.Entry{Raw: mark}
+		}
 		return nil
 	}
 	return r.retryForever(ctx, r.stateLink, func() error {

@@ -31,6 +31,7 @@ func (w *worker) process(ctx context.Context, p *part) {
 		ctx = r.cfg.RunContext(ctx, p.msgs)
 	}
 	ctx = w.beginState(ctx, p)
+	ctx = state.WithClock(ctx, p.clockOf())
 	if p.control != runMsgs {
 		w.flush(ctx, p)
 		return
@@ -40,7 +41,29 @@ func (w *worker) process(ctx context.Context, p *part) {
 		p.ep.failed.Store(true)
 		return
 	}
+	if tf, fires := w.timers(); fires {
+		// The part's rows first, then the timers its batch made due.
+		out = append([]any(nil), out...) // the timers' run reuses the flow's buffers
+		more, ok := w.control(ctx, p, "firing timers", func() ([]any, []Rejected, error) { return tf.FireTimers(ctx, time.Now()) })
+		if !ok {
+			return
+		}
+		if len(more) > 0 {
+			out = append(out, more...)
+			segs = append(segs, seg{n: len(more)}) // made by no message
+		}
+	}
 	w.output(ctx, p, out, segs)
+}
+
+// timers returns the worker's flow as a TimerFirer when the flow fires
+// timers.
+func (w *worker) timers() (TimerFirer, bool) {
+	if !w.r.cfg.Timers {
+		return nil, false
+	}
+	tf, ok := w.flow.(TimerFirer)
+	return tf, ok
 }
 
 // output writes a part's output (at-least-once) or keeps it for the
@@ -69,43 +92,63 @@ func (w *worker) output(ctx context.Context, p *part, out []any, segs []seg) {
 // still fails ends the run with its error (what the windows held is not
 // known to be safe to emit again).
 func (w *worker) flush(ctx context.Context, p *part) {
-	r := w.r
-	f, ok := w.flow.(Flusher)
-	if !ok {
-		return
+	var out []any
+	// With a part per lane (timers), the first closes the windows.
+	if f, ok := w.flow.(Flusher); ok && p.worker <= 0 {
+		final := p.control == runFlush
+		var ok bool
+		if out, ok = w.control(ctx, p, "closing windows", func() ([]any, []Rejected, error) { return f.Flush(ctx, final) }); !ok {
+			return
+		}
 	}
-	final := p.control == runFlush
+	if tf, fires := w.timers(); fires {
+		more, ok := w.control(ctx, p, "firing timers", func() ([]any, []Rejected, error) { return tf.FireTimers(ctx, time.Now()) })
+		if !ok {
+			return
+		}
+		out = append(out, more...)
+	}
+	w.output(ctx, p, out, nil)
+}
+
+// control runs run, a run of the flow with no messages (windows closing,
+// timers firing), retried by the flow's policy: its rejected rows are
+// dead-lettered and a copy of its output returned. A run that still fails
+// ends the job with its error (what it would emit is not known to be safe
+// to emit again); false when it did not succeed.
+func (w *worker) control(ctx context.Context, p *part, what string, run func() ([]any, []Rejected, error)) ([]any, bool) {
+	r := w.r
 	txn := state.FromContext(ctx)
 	for try := 0; ; try++ {
 		var sp int
 		if txn != nil {
 			sp = txn.Savepoint()
 		}
-		out, rej, err := f.Flush(ctx, final)
+		out, rej, err := run()
 		if err != nil && txn != nil {
 			txn.Rollback(sp) // the functions after the windows failed
 		}
 		if ctx.Err() != nil {
 			p.ep.failed.Store(true)
-			return
+			return nil, false
 		}
 		if err == nil {
 			for _, rj := range rej {
 				p.ep.addDead(nil, r.rowDeadLetter(rj.Func, nil, rj.Row, rj.Err, 1), rj.Err)
 			}
-			w.output(ctx, p, out, nil)
-			return
+			return append([]any(nil), out...), true
 		}
 		fn := r.cfg.FuncOf(err)
 		if stream.IsPermanent(err) || try >= r.cfg.PolicyFor(fn).Retries {
-			r.abort(fmt.Errorf("closing windows: %w", err))
-			return
+			r.abort(fmt.Errorf("%s: %w", what, err))
+			p.ep.failed.Store(true)
+			return nil, false
 		}
 		r.retries.Add(1)
-		r.cfg.Logger.Warn("closing windows failed; retrying", "func", fn, "try", try+1, "err", err)
+		r.cfg.Logger.Warn(what+" failed; retrying", "func", fn, "try", try+1, "err", err)
 		if w.backoff(ctx, fn, try+1) != nil {
 			p.ep.failed.Store(true)
-			return
+			return nil, false
 		}
 	}
 }
@@ -263,7 +306,9 @@ func (w *worker) retrace(ctx context.Context, rows []any, segs []seg) ([]any, []
 		first := rows[at : at+s.n]
 		at += s.n
 		again, againFrom, ok := first, make([]*stream.Message, s.n), true
-		if len(s.msgs) == 1 {
+		if len(s.msgs) == 0 {
+			// Rows of no message (timers): kept, untraced.
+		} else if len(s.msgs) == 1 {
 			for i := range againFrom {
 				againFrom[i] = s.msgs[0]
 			}

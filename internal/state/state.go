@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,9 @@ type Table struct {
 	fields    map[nameKey]map[string]struct{} // the fields of map states
 	names     map[string]struct{}             // every state name committed once: View looks each up
 	swept     time.Time
+
+	timerMu sync.Mutex
+	timers  []*laneTimers // per lane, made on first use
 }
 
 // New returns an empty table for a job with lanes workers; encode turns a
@@ -79,9 +83,15 @@ func (t *Table) Load(c stream.StateChange) error {
 	if c.Deleted {
 		return nil
 	}
+	id, e := ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition}
 	t.mu.Lock()
-	t.put(ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition})
+	t.put(id, e)
 	t.mu.Unlock()
+	if strings.HasPrefix(c.Name, TimerPrefix) {
+		if at, ok := timerValue(e); ok {
+			t.pushTimer(t.laneOf(c.Key), Timer{ID: id, At: at})
+		}
+	}
 	return nil
 }
 
@@ -109,6 +119,22 @@ func (t *Table) DropPartitions(parts []string) int {
 		}
 	}
 	return n
+}
+
+// Committed returns the committed entry id, expired or not.
+func (t *Table) Committed(id ID) (Entry, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	e, ok := t.committed[id]
+	return e, ok
+}
+
+// Lane is the lane of the Txn (-1: rows that may go to any worker).
+func (x *Txn) Lane() int {
+	if len(x.t.lanes) == 1 && x.lane != anyLane {
+		return 0
+	}
+	return x.lane
 }
 
 // Len is the number of committed entries (expired ones not yet swept
