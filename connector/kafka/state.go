@@ -1,0 +1,330 @@
+package kafka
+
+// Keyed state of an exactly-once Kafka-to-Kafka flow (stream.StateSink).
+//
+// Why a changelog topic, as Kafka Streams does, and not a database: the
+// state must commit atomically with the batch, and the only transaction
+// such a flow has is Kafka's, which covers the output records and the
+// consumed offsets. A database would need a second transaction and a
+// two-phase protocol between them; a record in a topic of the same cluster
+// joins the Kafka transaction like the output does. So each batch's state
+// changes are produced to a compacted topic in the transaction that
+// produces its rows and commits its offsets: a crash before the commit
+// aborts all three, a commit makes all three visible to read-committed
+// readers. At start the state is read back from that topic, from its start
+// to its last stable offset, last record per entry winning; compaction
+// only bounds the topic's size (the loader does not rely on it: a topic
+// never compacted loads the same state, only slower).
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	gojson "github.com/goccy/go-json"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// expiresHeader carries a state entry's expiry (Unix milliseconds) on its
+// changelog record; absent: never.
+const expiresHeader = "kisflow-expires-at"
+
+// unsafeTopic matches what a topic name cannot hold.
+var unsafeTopic = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
+
+// stateTopic is the changelog topic of the stream's keyed state: the param
+// state_topic, else kisflow-state-FLOW-HASH, FLOW the flow's name (the
+// state key up to its @, made a legal topic name) and HASH a hash of the
+// whole state key, so that flows reading other sources keep apart.
+func (k *Kafka) stateTopic(streamName string) string {
+	if k.stateTopicName != "" {
+		return k.stateTopicName
+	}
+	flow, _, _ := strings.Cut(streamName, "@")
+	flow = unsafeTopic.ReplaceAllString(flow, "_")
+	if len(flow) > 180 {
+		flow = flow[:180]
+	}
+	sum := sha256.Sum256([]byte(streamName))
+	return "kisflow-state-" + flow + "-" + hex.EncodeToString(sum[:6])
+}
+
+// stateRecordKey is the changelog record key of an entry: the JSON array
+// [stream, name, key, field]. Compaction keeps the last record per key,
+// and the loader skips the records of other streams (a state_topic shared
+// by several flows).
+func stateRecordKey(streamName string, c stream.StateChange) []byte {
+	b, _ := gojson.Marshal([4]string{streamName, c.Name, c.Key, c.Field}) // strings always marshal
+	return b
+}
+
+// stateRecords are the changelog records of changes: the entry's JSON
+// value, or a tombstone (a null value) for a deletion.
+func (k *Kafka) stateRecords(streamName string, changes []stream.StateChange) []*kgo.Record {
+	topic := k.stateTopic(streamName)
+	recs := make([]*kgo.Record, len(changes))
+	for i, c := range changes {
+		r := &kgo.Record{Topic: topic, Key: stateRecordKey(streamName, c)}
+		if !c.Deleted {
+			r.Value = c.Value
+			if r.Value == nil {
+				r.Value = []byte{} // nil would be a tombstone
+			}
+			if c.ExpiresAt > 0 {
+				r.Headers = []kgo.RecordHeader{{Key: expiresHeader, Value: []byte(strconv.FormatInt(c.ExpiresAt, 10))}}
+			}
+		}
+		recs[i] = r
+	}
+	return recs
+}
+
+// ensureStateTopic creates the stream's changelog topic, compacted, when
+// it does not exist yet; once per topic and process.
+func (k *Kafka) ensureStateTopic(ctx context.Context, streamName string) error {
+	topic := k.stateTopic(streamName)
+	k.mu.Lock()
+	done := k.stateTopics[topic]
+	k.mu.Unlock()
+	if done {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, k.timeout)
+	defer cancel()
+	adm := kadm.NewClient(k.producer)
+	compact := "compact"
+	res, err := adm.CreateTopic(cctx, 1, -1, map[string]*string{"cleanup.policy": &compact}, topic)
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		return fmt.Errorf("kafka connector %q: create the keyed state topic %s (create it with cleanup.policy=compact, or name another with state_topic): %w", k.cfg.CName, topic, err)
+	}
+	k.mu.Lock()
+	k.stateTopics[topic] = true
+	k.mu.Unlock()
+	return nil
+}
+
+// CommitState is CommitBatch with the batch's keyed state changes,
+// produced to the stream's changelog topic (state_topic) in the same Kafka
+// transaction as the rows and the consumed offsets; see stream.StateSink.
+func (k *Kafka) CommitState(ctx context.Context, streamName, _ string, _ []string, rows []any, state []stream.StateChange) error {
+	if len(state) > 0 {
+		if k.txnID == "" {
+			return k.commit(ctx, streamName, rows, nil) // fails: no session
+		}
+		if err := k.ensureStateTopic(ctx, streamName); err != nil {
+			return err
+		}
+	}
+	return k.commit(ctx, streamName, rows, k.stateRecords(streamName, state))
+}
+
+// CommitStateAfter is CommitState: a Kafka transaction is fenced by its
+// transactional ID instead (a newer process with the same ID makes an
+// older one's commit fail), and the position is always "", so a commit
+// expecting another position fails with a *stream.FenceError. See
+// stream.StateSink.
+func (k *Kafka) CommitStateAfter(ctx context.Context, streamName, from, position string, ids []string, rows []any, state []stream.StateChange) error {
+	if from != "" {
+		return stream.Fatal(&stream.FenceError{Stream: streamName, Found: "", Expected: from})
+	}
+	return k.CommitState(ctx, streamName, position, ids, rows, state)
+}
+
+// LoadState reads the stream's changelog topic from its start to its last
+// stable offset (what committed transactions wrote, read-committed) and
+// calls fn with the last value of each entry that is neither deleted (a
+// tombstone) nor expired. A topic that does not exist holds no state.
+//
+// Before it reads, it initialises the transactional ID once (which aborts
+// the open transaction of a process that crashed with this ID), so the
+// last stable offset is not held back by it, and a commit that was under
+// way is complete. See stream.StateLoader.
+func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream.StateChange) error) error {
+	if k.txnID == "" {
+		return nil // not exactly-once from Kafka: CommitBatch says why
+	}
+	topic := k.stateTopic(streamName)
+	fail := func(err error) error {
+		return fmt.Errorf("kafka connector %q: load keyed state from %s: %w", k.cfg.CName, topic, err)
+	}
+	adm := kadm.NewClient(k.producer)
+	tds, err := adm.ListTopics(ctx, topic)
+	if err != nil {
+		return fail(err)
+	}
+	td, ok := tds[topic]
+	if !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
+		return nil
+	}
+	if td.Err != nil {
+		return fail(td.Err)
+	}
+	if err := k.fenceTransactions(ctx); err != nil {
+		return fail(err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return fail(err)
+	}
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
+	if err != nil {
+		return fail(err)
+	}
+	type entry struct {
+		value   []byte
+		expires int64
+	}
+	last := map[string]entry{}
+	for p, pd := range td.Partitions {
+		start, okS := starts.Lookup(topic, p)
+		end, okE := ends.Lookup(topic, p)
+		if !okS || !okE {
+			return fail(fmt.Errorf("no offsets for partition %d", p))
+		}
+		if start.Err != nil || end.Err != nil {
+			return fail(errors.Join(start.Err, end.Err))
+		}
+		err := k.readPartition(ctx, td.ID, topic, p, pd.Leader, start.Offset, end.Offset, func(r *kgo.Record) {
+			e := entry{value: r.Value}
+			for _, h := range r.Headers {
+				if h.Key == expiresHeader {
+					e.expires, _ = strconv.ParseInt(string(h.Value), 10, 64)
+				}
+			}
+			last[string(r.Key)] = e
+		})
+		if err != nil {
+			return fail(fmt.Errorf("partition %d: %w", p, err))
+		}
+	}
+	now := time.Now().UnixMilli()
+	for key, e := range last {
+		if e.value == nil || e.expires > 0 && e.expires <= now {
+			continue // deleted, or expired
+		}
+		var parts [4]string
+		if err := gojson.Unmarshal([]byte(key), &parts); err != nil {
+			return fail(fmt.Errorf("record key %q is not a [stream, name, key, field] array: %w", key, err))
+		}
+		if parts[0] != streamName {
+			continue // another flow's state, in a shared state_topic
+		}
+		if err := fn(stream.StateChange{Name: parts[1], Key: parts[2], Field: parts[3], Value: e.value, ExpiresAt: e.expires}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fenceTransactions initialises the connector's transactional ID with a
+// short-lived producer: the broker aborts a transaction a crashed process
+// left open under it (or waits for one it was committing), and bumps the
+// ID's epoch, so that the last stable offset of the state topic covers
+// every committed transaction.
+func (k *Kafka) fenceTransactions(ctx context.Context) error {
+	cl, err := kgo.NewClient(append(k.common(), kgo.TransactionalID(k.txnID), kgo.TransactionTimeout(k.txnTimeout))...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	if _, _, err := cl.ProducerID(ctx); err != nil {
+		return fmt.Errorf("initialise transactional ID %s: %w", k.txnID, err)
+	}
+	return nil
+}
+
+// readPartition fetches partition p of topic from offset from up to (not
+// including) end, read-committed, with plain fetch requests: the offset to
+// fetch next is known exactly, past control records, aborted transactions
+// and the gaps compaction leaves, so reading stops at end whatever the
+// last record there is. Leadership changes are followed.
+func (k *Kafka) readPartition(ctx context.Context, id kadm.TopicID, topic string, p, leader int32, from, end int64, each func(*kgo.Record)) error {
+	offset, idle := from, 0
+	for offset < end {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if idle > 50 { // 10 s of empty answers below the last stable offset
+			return fmt.Errorf("no records at offset %d, below the last stable offset %d", offset, end)
+		}
+		req := kmsg.NewPtrFetchRequest()
+		// Defaults: a consumer's fetch (replica -1), no fetch session.
+		req.MaxWaitMillis = 200
+		req.MinBytes = 1
+		req.MaxBytes = 16 << 20
+		req.IsolationLevel = 1 // read committed
+		rt := kmsg.NewFetchRequestTopic()
+		rt.Topic, rt.TopicID = topic, [16]byte(id)
+		rp := kmsg.NewFetchRequestTopicPartition()
+		rp.Partition, rp.FetchOffset, rp.PartitionMaxBytes = p, offset, 8<<20
+		rt.Partitions = append(rt.Partitions, rp)
+		req.Topics = append(req.Topics, rt)
+		rctx, cancel := context.WithTimeout(ctx, k.timeout)
+		kresp, err := k.producer.Broker(int(leader)).Request(rctx, req)
+		cancel()
+		if err != nil {
+			return err
+		}
+		resp := kresp.(*kmsg.FetchResponse)
+		if err := kerr.ErrorForCode(resp.ErrorCode); err != nil {
+			return err
+		}
+		if len(resp.Topics) != 1 || len(resp.Topics[0].Partitions) != 1 {
+			return fmt.Errorf("fetch answered %d topics, want 1", len(resp.Topics))
+		}
+		part := &resp.Topics[0].Partitions[0]
+		if err := kerr.ErrorForCode(part.ErrorCode); err != nil {
+			if errors.Is(err, kerr.NotLeaderForPartition) || errors.Is(err, kerr.FencedLeaderEpoch) || errors.Is(err, kerr.UnknownLeaderEpoch) || errors.Is(err, kerr.LeaderNotAvailable) {
+				if leader, err = k.leaderOf(ctx, topic, p); err != nil {
+					return err
+				}
+				continue
+			}
+			return err
+		}
+		fp, next := kgo.ProcessFetchPartition(kgo.ProcessFetchPartitionOpts{
+			Offset: offset, IsolationLevel: kgo.ReadCommitted(), Topic: topic, Partition: p,
+		}, part, kgo.DefaultDecompressor(), nil)
+		if fp.Err != nil {
+			return fp.Err
+		}
+		for _, r := range fp.Records {
+			if r.Offset < end {
+				each(r)
+			}
+		}
+		if next <= offset {
+			idle++ // nothing yet (the broker waited MaxWaitMillis)
+			continue
+		}
+		offset, idle = next, 0
+	}
+	return nil
+}
+
+// leaderOf looks up the leader of partition p of topic again.
+func (k *Kafka) leaderOf(ctx context.Context, topic string, p int32) (int32, error) {
+	tds, err := kadm.NewClient(k.producer).ListTopics(ctx, topic)
+	if err != nil {
+		return 0, err
+	}
+	pd, ok := tds[topic].Partitions[p]
+	if !ok {
+		return 0, fmt.Errorf("partition %d of %s has no leader", p, topic)
+	}
+	return pd.Leader, nil
+}
