@@ -30,7 +30,9 @@
 // As an exactly-once sink (stream.delivery: exactly-once) a batch's rows,
 // the stream's position (PREFIXpos:FLOW) and the IDs of the messages it
 // consumed (PREFIXinbox:FLOW, kept dedup_ttl) commit in one MULTI/EXEC:
-// saves are idempotent by source position, whatever the mode.
+// saves are idempotent by source position, whatever the mode. The flow's
+// keyed state and open windows (stream.StateSink) commit in the same
+// MULTI/EXEC, in the hash PREFIXstate:FLOW (see state.go).
 package redis
 
 import (
