@@ -152,6 +152,9 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 	if (k.txnID == "") != (k.output == nil) {
 		return nil, bad("transactional_id and output_topic go together (exactly-once from the key topic into output_topic)")
 	}
+	if k.stateTopicName != "" && k.txnID == "" {
+		return nil, bad("state_topic keeps the keyed state of an exactly-once flow: it needs transactional_id and output_topic")
+	}
 	user, pass := p.User, p.Password
 	switch p.SASLMechanism {
 	case "":

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -206,6 +207,15 @@ func TestStateTopicParamIsSharedByStreams(t *testing.T) {
 	}
 	if got := loadKafka(t, k, "U"); len(got) != 1 || got["a/k/"] != "2" {
 		t.Fatalf("stream U loads %v", got)
+	}
+}
+
+// state_topic without transactional_id is a configuration error.
+func TestStateTopicNeedsTransactionalID(t *testing.T) {
+	t.Parallel()
+	_, err := New(&config.Conn{CName: "k", Type: Type, Addrs: "127.0.0.1:1", Key: "in", Params: map[string]string{"state_topic": "s"}})
+	if err == nil || !strings.Contains(err.Error(), "needs transactional_id") {
+		t.Fatalf("state_topic alone: %v", err)
 	}
 }
 
