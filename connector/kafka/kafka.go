@@ -75,7 +75,7 @@ type params struct {
 	User               string        `param:"user" alias:"sasl_user" doc:"the SASL user"`
 	Password           string        `param:"password" alias:"sasl_password" secret:"true" doc:"the SASL password (from ${VAR}; never printed)"`
 	ClientLog          string        `param:"client_log" enum:"info|debug" doc:"franz-go's own log on standard error, for diagnosing group and transaction trouble"`
-	StateTopic         string        `param:"state_topic" doc:"with transactional_id: the compacted changelog topic that keeps the flow's keyed state and open windows, in the transaction of each batch (created when missing); default kisflow-state-FLOW-HASH, from the flow's state key"`
+	StateTopic         string        `param:"state_topic" doc:"with transactional_id: the compacted changelog topic that keeps the flow's keyed state and open windows, in the transaction of each batch (created when missing); default kisflow-state-GROUP-HASH, from the consumer group and the topic"`
 }
 
 // Spec declares the kafka connector's addrs, key and params.

@@ -43,39 +43,53 @@ const expiresHeader = "kisflow-expires-at"
 // unsafeTopic matches what a topic name cannot hold.
 var unsafeTopic = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
 
+// stateOwner is what a stream's keyed state belongs to: the consumer
+// group and the topic whose committed offsets it goes with (the group is
+// the param group, else the flow's name, the state key up to its @). Not
+// the whole state key, which holds the seed brokers: a broker added to
+// addrs keeps the group's offsets, so it must keep the state too.
+func (k *Kafka) stateOwner(streamName string) string {
+	group := k.group
+	if group == "" {
+		group, _, _ = strings.Cut(streamName, "@")
+	}
+	return group + "/" + k.cfg.Key
+}
+
 // stateTopic is the changelog topic of the stream's keyed state: the param
-// state_topic, else kisflow-state-FLOW-HASH, FLOW the flow's name (the
-// state key up to its @, made a legal topic name) and HASH a hash of the
-// whole state key, so that flows reading other sources keep apart.
+// state_topic, else kisflow-state-GROUP-HASH, GROUP the consumer group
+// made a legal topic name and HASH a hash of stateOwner, so that flows
+// reading other topics keep apart.
 func (k *Kafka) stateTopic(streamName string) string {
 	if k.stateTopicName != "" {
 		return k.stateTopicName
 	}
-	flow, _, _ := strings.Cut(streamName, "@")
-	flow = unsafeTopic.ReplaceAllString(flow, "_")
-	if len(flow) > 180 {
-		flow = flow[:180]
+	owner := k.stateOwner(streamName)
+	group, _, _ := strings.Cut(owner, "/")
+	group = unsafeTopic.ReplaceAllString(group, "_")
+	if len(group) > 180 {
+		group = group[:180]
 	}
-	sum := sha256.Sum256([]byte(streamName))
-	return "kisflow-state-" + flow + "-" + hex.EncodeToString(sum[:6])
+	sum := sha256.Sum256([]byte(owner))
+	return "kisflow-state-" + group + "-" + hex.EncodeToString(sum[:6])
 }
 
 // stateRecordKey is the changelog record key of an entry: the JSON array
-// [stream, name, key, field]. Compaction keeps the last record per key,
-// and the loader skips the records of other streams (a state_topic shared
-// by several flows).
-func stateRecordKey(streamName string, c stream.StateChange) []byte {
-	b, _ := gojson.Marshal([4]string{streamName, c.Name, c.Key, c.Field}) // strings always marshal
+// [owner, name, key, field], owner the stateOwner. Compaction keeps the
+// last record per key, and the loader skips the records of other owners
+// (a state_topic shared by several flows).
+func stateRecordKey(owner string, c stream.StateChange) []byte {
+	b, _ := gojson.Marshal([4]string{owner, c.Name, c.Key, c.Field}) // strings always marshal
 	return b
 }
 
 // stateRecords are the changelog records of changes: the entry's JSON
 // value, or a tombstone (a null value) for a deletion.
 func (k *Kafka) stateRecords(streamName string, changes []stream.StateChange) []*kgo.Record {
-	topic := k.stateTopic(streamName)
+	topic, owner := k.stateTopic(streamName), k.stateOwner(streamName)
 	recs := make([]*kgo.Record, len(changes))
 	for i, c := range changes {
-		r := &kgo.Record{Topic: topic, Key: stateRecordKey(streamName, c)}
+		r := &kgo.Record{Topic: topic, Key: stateRecordKey(owner, c)}
 		if !c.Deleted {
 			r.Value = c.Value
 			if r.Value == nil {
@@ -157,7 +171,7 @@ func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream
 	if k.txnID == "" {
 		return nil // not exactly-once from Kafka: CommitBatch says why
 	}
-	topic := k.stateTopic(streamName)
+	topic, owner := k.stateTopic(streamName), k.stateOwner(streamName)
 	fail := func(err error) error {
 		return fmt.Errorf("kafka connector %q: load keyed state from %s: %w", k.cfg.CName, topic, err)
 	}
@@ -218,9 +232,9 @@ func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream
 		}
 		var parts [4]string
 		if err := gojson.Unmarshal([]byte(key), &parts); err != nil {
-			return fail(fmt.Errorf("record key %q is not a [stream, name, key, field] array: %w", key, err))
+			return fail(fmt.Errorf("record key %q is not a [group/topic, name, key, field] array: %w", key, err))
 		}
-		if parts[0] != streamName {
+		if parts[0] != owner {
 			continue // another flow's state, in a shared state_topic
 		}
 		if err := fn(stream.StateChange{Name: parts[1], Key: parts[2], Field: parts[3], Value: e.value, ExpiresAt: e.expires}); err != nil {

@@ -169,6 +169,11 @@ func TestCommitStateThroughAChangelogTopic(t *testing.T) {
 	if len(got) != 302 {
 		t.Errorf("loaded %d entries, want 302 (300 n, m/f, ttl)", len(got))
 	}
+	// A broker added to addrs changes the state key, not the group's
+	// offsets: the state goes with the offsets.
+	if again := loadKafka(t, fresh, "S@kafka:127.0.0.1:1,x"); len(again) != len(got) || again["n/5/"] != "50" {
+		t.Errorf("under a state key with other addrs, %d entries load, want %d", len(again), len(got))
+	}
 	for _, gone := range []string{`m/a"b/"g"`, "old/k/"} {
 		if _, ok := got[gone]; ok {
 			t.Errorf("entry %s was loaded", gone)

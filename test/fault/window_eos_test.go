@@ -293,7 +293,6 @@ key: orders
 params:
   transactional_id: revenue
   output_topic: windows
-  state_topic: revenue-state
   heartbeat: 100ms
   session_timeout: 6s
   rebalance_timeout: 5s
@@ -350,8 +349,19 @@ params:
 		t.Errorf("the last run exited %d after SIGTERM", code)
 	}
 	checkEOSWindows(t, rows(), want, fmt.Sprintf("after %d SIGKILLs", kills))
-	if len(committedValues(t, addrs, "revenue-state")) == 0 {
-		t.Error("the state topic is empty: the window state was not kept in Kafka")
+	// The state topic, named after the group (the flow) by default.
+	tds, err := kadm.NewClient(pub).ListTopics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stateTopics []string
+	for _, name := range tds.Names() {
+		if strings.HasPrefix(name, "kisflow-state-Revenue-") {
+			stateTopics = append(stateTopics, name)
+		}
+	}
+	if len(stateTopics) != 1 || len(committedValues(t, addrs, stateTopics[0])) == 0 {
+		t.Errorf("state topics %v: want one, not empty: the window state was not kept in Kafka", stateTopics)
 	}
 	t.Logf("%d SIGKILLs, %d stalled runs replaced: all %d closed windows exactly once", kills, replaced, len(want))
 }
