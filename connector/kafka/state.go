@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +40,10 @@ import (
 // expiresHeader carries a state entry's expiry (Unix milliseconds) on its
 // changelog record; absent: never.
 const expiresHeader = "kisflow-expires-at"
+
+// partitionHeader carries a state entry's source partition
+// (StateChange.Partition) on its changelog record; absent: none.
+const partitionHeader = "kisflow-partition"
 
 // unsafeTopic matches what a topic name cannot hold.
 var unsafeTopic = regexp.MustCompile(`[^a-zA-Z0-9._-]+`)
@@ -96,7 +101,10 @@ func (k *Kafka) stateRecords(streamName string, changes []stream.StateChange) []
 				r.Value = []byte{} // nil would be a tombstone
 			}
 			if c.ExpiresAt > 0 {
-				r.Headers = []kgo.RecordHeader{{Key: expiresHeader, Value: []byte(strconv.FormatInt(c.ExpiresAt, 10))}}
+				r.Headers = append(r.Headers, kgo.RecordHeader{Key: expiresHeader, Value: []byte(strconv.FormatInt(c.ExpiresAt, 10))})
+			}
+			if c.Partition != "" {
+				r.Headers = append(r.Headers, kgo.RecordHeader{Key: partitionHeader, Value: []byte(c.Partition)})
 			}
 		}
 		recs[i] = r
@@ -168,6 +176,22 @@ func (k *Kafka) CommitStateAfter(ctx context.Context, streamName, from, position
 // last stable offset is not held back by it, and a commit that was under
 // way is complete. See stream.StateLoader.
 func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream.StateChange) error) error {
+	return k.loadState(ctx, streamName, nil, fn)
+}
+
+// LoadPartitionState is LoadState for the entries whose source partition
+// is one of partitions ("" for those without one): the changelog is read
+// whole and the others are skipped. See stream.PartitionStateLoader.
+func (k *Kafka) LoadPartitionState(ctx context.Context, streamName string, partitions []string, fn func(stream.StateChange) error) error {
+	if partitions == nil {
+		partitions = []string{}
+	}
+	return k.loadState(ctx, streamName, partitions, fn)
+}
+
+// loadState loads the entries of partitions, or all of them when
+// partitions is nil.
+func (k *Kafka) loadState(ctx context.Context, streamName string, partitions []string, fn func(stream.StateChange) error) error {
 	if k.txnID == "" {
 		return nil // not exactly-once from Kafka: CommitBatch says why
 	}
@@ -175,48 +199,41 @@ func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream
 	fail := func(err error) error {
 		return fmt.Errorf("kafka connector %q: load keyed state from %s: %w", k.cfg.CName, topic, err)
 	}
-	adm := kadm.NewClient(k.producer)
-	tds, err := adm.ListTopics(ctx, topic)
+	// Metadata and offsets are asked of the brokers directly: the client's
+	// cached metadata may not know a topic this process just created.
+	id, leaders, err := k.topicMeta(ctx, topic)
 	if err != nil {
 		return fail(err)
 	}
-	td, ok := tds[topic]
-	if !ok || errors.Is(td.Err, kerr.UnknownTopicOrPartition) {
-		return nil
+	if leaders == nil {
+		return nil // no topic: no state
 	}
-	if td.Err != nil {
-		return fail(td.Err)
-	}
-	if err := k.fenceTransactions(ctx); err != nil {
-		return fail(err)
-	}
-	starts, err := adm.ListStartOffsets(ctx, topic)
-	if err != nil {
-		return fail(err)
-	}
-	ends, err := adm.ListCommittedOffsets(ctx, topic)
-	if err != nil {
+	if err := k.fenceTransactions(ctx, streamName); err != nil {
 		return fail(err)
 	}
 	type entry struct {
-		value   []byte
-		expires int64
+		value     []byte
+		expires   int64
+		partition string
 	}
 	last := map[string]entry{}
-	for p, pd := range td.Partitions {
-		start, okS := starts.Lookup(topic, p)
-		end, okE := ends.Lookup(topic, p)
-		if !okS || !okE {
-			return fail(fmt.Errorf("no offsets for partition %d", p))
+	for p, leader := range leaders {
+		start, err := k.listOffset(ctx, topic, p, leader, -2)
+		if err != nil {
+			return fail(fmt.Errorf("partition %d: start offset: %w", p, err))
 		}
-		if start.Err != nil || end.Err != nil {
-			return fail(errors.Join(start.Err, end.Err))
+		end, err := k.listOffset(ctx, topic, p, leader, -1) // read committed: the last stable offset
+		if err != nil {
+			return fail(fmt.Errorf("partition %d: last stable offset: %w", p, err))
 		}
-		err := k.readPartition(ctx, td.ID, topic, p, pd.Leader, start.Offset, end.Offset, func(r *kgo.Record) {
+		err = k.readPartition(ctx, id, topic, p, leader, start, end, func(r *kgo.Record) {
 			e := entry{value: r.Value}
 			for _, h := range r.Headers {
-				if h.Key == expiresHeader {
+				switch h.Key {
+				case expiresHeader:
 					e.expires, _ = strconv.ParseInt(string(h.Value), 10, 64)
+				case partitionHeader:
+					e.partition = string(h.Value)
 				}
 			}
 			last[string(r.Key)] = e
@@ -230,6 +247,9 @@ func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream
 		if e.value == nil || e.expires > 0 && e.expires <= now {
 			continue // deleted, or expired
 		}
+		if partitions != nil && !slices.Contains(partitions, e.partition) {
+			continue
+		}
 		var parts [4]string
 		if err := gojson.Unmarshal([]byte(key), &parts); err != nil {
 			return fail(fmt.Errorf("record key %q is not a [group/topic, name, key, field] array: %w", key, err))
@@ -237,24 +257,35 @@ func (k *Kafka) LoadState(ctx context.Context, streamName string, fn func(stream
 		if parts[0] != owner {
 			continue // another flow's state, in a shared state_topic
 		}
-		if err := fn(stream.StateChange{Name: parts[1], Key: parts[2], Field: parts[3], Value: e.value, ExpiresAt: e.expires}); err != nil {
+		if err := fn(stream.StateChange{Name: parts[1], Key: parts[2], Field: parts[3], Value: e.value, ExpiresAt: e.expires, Partition: e.partition}); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// fenceTransactions initialises the connector's transactional ID with a
-// short-lived producer: the broker aborts a transaction a crashed process
-// left open under it (or waits for one it was committing), and bumps the
-// ID's epoch, so that the last stable offset of the state topic covers
-// every committed transaction.
-func (k *Kafka) fenceTransactions(ctx context.Context) error {
-	cl, err := kgo.NewClient(append(k.common(), kgo.TransactionalID(k.txnID), kgo.TransactionTimeout(k.txnTimeout))...)
-	if err != nil {
-		return err
+// fenceTransactions initialises the connector's transactional ID: the
+// broker aborts a transaction a crashed process left open under it (or
+// waits for one it was committing), so that the last stable offset of the
+// state topic covers every committed transaction. With the stream's
+// session open (the job opens its source before it loads state, and a
+// partition assigned later loads it again) this is the session's own
+// producer ID, initialised once: it never fences the session. Before the
+// session, a short-lived producer with the same ID does it.
+func (k *Kafka) fenceTransactions(ctx context.Context, streamName string) error {
+	k.mu.Lock()
+	sess := k.sessions[streamName]
+	k.mu.Unlock()
+	var cl *kgo.Client
+	if sess != nil {
+		cl = sess.Client()
+	} else {
+		var err error
+		if cl, err = kgo.NewClient(append(k.common(), kgo.TransactionalID(k.txnID), kgo.TransactionTimeout(k.txnTimeout))...); err != nil {
+			return err
+		}
+		defer cl.Close()
 	}
-	defer cl.Close()
 	if _, _, err := cl.ProducerID(ctx); err != nil {
 		return fmt.Errorf("initialise transactional ID %s: %w", k.txnID, err)
 	}
@@ -266,7 +297,7 @@ func (k *Kafka) fenceTransactions(ctx context.Context) error {
 // fetch next is known exactly, past control records, aborted transactions
 // and the gaps compaction leaves, so reading stops at end whatever the
 // last record there is. Leadership changes are followed.
-func (k *Kafka) readPartition(ctx context.Context, id kadm.TopicID, topic string, p, leader int32, from, end int64, each func(*kgo.Record)) error {
+func (k *Kafka) readPartition(ctx context.Context, id [16]byte, topic string, p, leader int32, from, end int64, each func(*kgo.Record)) error {
 	offset, idle := from, 0
 	for offset < end {
 		if err := ctx.Err(); err != nil {
@@ -282,7 +313,7 @@ func (k *Kafka) readPartition(ctx context.Context, id kadm.TopicID, topic string
 		req.MaxBytes = 16 << 20
 		req.IsolationLevel = 1 // read committed
 		rt := kmsg.NewFetchRequestTopic()
-		rt.Topic, rt.TopicID = topic, [16]byte(id)
+		rt.Topic, rt.TopicID = topic, id
 		rp := kmsg.NewFetchRequestTopicPartition()
 		rp.Partition, rp.FetchOffset, rp.PartitionMaxBytes = p, offset, 8<<20
 		rt.Partitions = append(rt.Partitions, rp)
@@ -332,13 +363,84 @@ func (k *Kafka) readPartition(ctx context.Context, id kadm.TopicID, topic string
 
 // leaderOf looks up the leader of partition p of topic again.
 func (k *Kafka) leaderOf(ctx context.Context, topic string, p int32) (int32, error) {
-	tds, err := kadm.NewClient(k.producer).ListTopics(ctx, topic)
+	_, leaders, err := k.topicMeta(ctx, topic)
 	if err != nil {
 		return 0, err
 	}
-	pd, ok := tds[topic].Partitions[p]
+	leader, ok := leaders[p]
 	if !ok {
 		return 0, fmt.Errorf("partition %d of %s has no leader", p, topic)
 	}
-	return pd.Leader, nil
+	return leader, nil
+}
+
+// topicMeta asks the brokers (not the client's cache) for topic's ID and
+// the leader of each partition; nil leaders when the topic does not exist.
+func (k *Kafka) topicMeta(ctx context.Context, topic string) ([16]byte, map[int32]int32, error) {
+	var id [16]byte
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(ctx, k.producer)
+	if err != nil {
+		return id, nil, err
+	}
+	for _, t := range resp.Topics {
+		if t.Topic == nil || *t.Topic != topic {
+			continue
+		}
+		err := kerr.ErrorForCode(t.ErrorCode)
+		if errors.Is(err, kerr.UnknownTopicOrPartition) {
+			return id, nil, nil
+		}
+		if err != nil {
+			return id, nil, err
+		}
+		leaders := make(map[int32]int32, len(t.Partitions))
+		for _, p := range t.Partitions {
+			leaders[p.Partition] = p.Leader
+		}
+		return t.TopicID, leaders, nil
+	}
+	return id, nil, nil
+}
+
+// listOffset asks the leader of partition p of topic for its start
+// (timestamp -2) or, read committed, its last stable offset (-1).
+func (k *Kafka) listOffset(ctx context.Context, topic string, p, leader int32, timestamp int64) (int64, error) {
+	for attempt := 0; ; attempt++ {
+		req := kmsg.NewPtrListOffsetsRequest()
+		req.ReplicaID = -1
+		req.IsolationLevel = 1
+		rt := kmsg.NewListOffsetsRequestTopic()
+		rt.Topic = topic
+		rp := kmsg.NewListOffsetsRequestTopicPartition()
+		rp.Partition, rp.Timestamp = p, timestamp
+		rt.Partitions = append(rt.Partitions, rp)
+		req.Topics = append(req.Topics, rt)
+		rctx, cancel := context.WithTimeout(ctx, k.timeout)
+		kresp, err := k.producer.Broker(int(leader)).Request(rctx, req)
+		cancel()
+		if err != nil {
+			return 0, err
+		}
+		resp := kresp.(*kmsg.ListOffsetsResponse)
+		if len(resp.Topics) != 1 || len(resp.Topics[0].Partitions) != 1 {
+			return 0, fmt.Errorf("list offsets answered %d topics, want 1", len(resp.Topics))
+		}
+		part := resp.Topics[0].Partitions[0]
+		err = kerr.ErrorForCode(part.ErrorCode)
+		if err == nil {
+			return part.Offset, nil
+		}
+		if attempt < 5 && (errors.Is(err, kerr.NotLeaderForPartition) || errors.Is(err, kerr.LeaderNotAvailable) || errors.Is(err, kerr.UnknownTopicOrPartition) || errors.Is(err, kerr.OffsetNotAvailable)) {
+			time.Sleep(200 * time.Millisecond)
+			if leader, err = k.leaderOf(ctx, topic, p); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		return 0, err
+	}
 }

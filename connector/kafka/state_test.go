@@ -99,6 +99,11 @@ func TestCommitStateThroughAChangelogTopic(t *testing.T) {
 	if err := src.Ack(ctx, msgs); err != nil {
 		t.Fatal(err)
 	}
+	// A load while the session is open (a partition assigned later) does
+	// not fence the session: its next commit succeeds.
+	if got := loadKafka(t, k, "S@kafka:x"); len(got) != 303 {
+		t.Fatalf("%d entries loaded after the first commit, want 303", len(got))
+	}
 	// Update one, delete one (a tombstone), delete and put back another.
 	if err := k.CommitState(ctx, "S@kafka:x", "", nil, nil, []stream.StateChange{
 		{Name: "n", Key: "5", Value: []byte("50")},
@@ -212,6 +217,52 @@ func TestStateTopicParamIsSharedByStreams(t *testing.T) {
 	}
 	if got := loadKafka(t, k, "U"); len(got) != 1 || got["a/k/"] != "2" {
 		t.Fatalf("stream U loads %v", got)
+	}
+}
+
+// Each entry keeps its source partition, and LoadPartitionState gives back
+// the entries of the partitions asked for ("" for those without one).
+func TestKafkaLoadPartitionState(t *testing.T) {
+	t.Parallel()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "input", "output"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	k, _ := eosConn(t, strings.Join(c.ListenAddrs(), ","), nil)
+	if err := k.CommitState(ctx, "S@kafka:x", "", nil, nil, []stream.StateChange{
+		{Name: "n", Key: "a", Value: []byte("1"), Partition: "input/0"},
+		{Name: "n", Key: "b", Value: []byte("2"), Partition: "input/1"},
+		{Name: "w", Value: []byte("3")},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	load := func(parts []string) map[string]string {
+		got := map[string]string{}
+		if err := k.LoadPartitionState(ctx, "S@kafka:x", parts, func(c stream.StateChange) error {
+			got[c.Name+"/"+c.Key+"@"+c.Partition] = string(c.Value)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := load([]string{"input/0", ""}); len(got) != 2 || got["n/a@input/0"] != "1" || got["w/@"] != "3" {
+		t.Fatalf("partitions input/0 and none: %v", got)
+	}
+	if got := load([]string{"input/1"}); len(got) != 1 || got["n/b@input/1"] != "2" {
+		t.Fatalf("partition input/1: %v", got)
+	}
+	if got := load([]string{}); len(got) != 0 {
+		t.Fatalf("no partitions: %v", got)
+	}
+	// The session still commits after those loads.
+	if err := k.CommitState(ctx, "S@kafka:x", "", nil, nil, []stream.StateChange{{Name: "n", Key: "a", Value: []byte("4"), Partition: "input/0"}}); err != nil {
+		t.Fatalf("commit after loads: %v", err)
+	}
+	if got := load([]string{"input/0"}); got["n/a@input/0"] != "4" {
+		t.Fatalf("after the update: %v", got)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,9 +29,11 @@ func stateField(c stream.StateChange) string {
 }
 
 // stateValue is the hash value of a state entry: its expiry in Unix
-// milliseconds (0: never), a space, then its JSON value.
+// milliseconds (0: never), a space, its source partition as a JSON string
+// ("" for none), a space, then its JSON value.
 func stateValue(c stream.StateChange) string {
-	return strconv.FormatInt(c.ExpiresAt, 10) + " " + string(c.Value)
+	part, _ := gojson.Marshal(c.Partition) // a string always marshals
+	return strconv.FormatInt(c.ExpiresAt, 10) + " " + string(part) + " " + string(c.Value)
 }
 
 // parseState reads back an entry written by stateField and stateValue.
@@ -40,12 +43,16 @@ func parseState(field, value string) (stream.StateChange, error) {
 	if err := gojson.Unmarshal([]byte(field), &parts); err != nil {
 		return c, fmt.Errorf("state field %q is not a [name, key, field] array: %w", field, err)
 	}
-	exp, v, ok := strings.Cut(value, " ")
+	exp, rest, ok := strings.Cut(value, " ")
 	n, err := strconv.ParseInt(exp, 10, 64)
 	if !ok || err != nil {
 		return c, fmt.Errorf("state field %q: value does not start with its expiry", field)
 	}
-	c.Name, c.Key, c.Field, c.ExpiresAt, c.Value = parts[0], parts[1], parts[2], n, []byte(v)
+	dec := gojson.NewDecoder(strings.NewReader(rest))
+	if err := dec.Decode(&c.Partition); err != nil || int(dec.InputOffset()) >= len(rest) || rest[dec.InputOffset()] != ' ' {
+		return c, fmt.Errorf("state field %q: value has no partition after its expiry", field)
+	}
+	c.Name, c.Key, c.Field, c.ExpiresAt, c.Value = parts[0], parts[1], parts[2], n, []byte(rest[dec.InputOffset()+1:])
 	return c, nil
 }
 
@@ -117,6 +124,23 @@ return n`)
 // (HSCAN of its hash); expired entries are skipped, and deleted unless a
 // commit changed them since they were read. See stream.StateLoader.
 func (r *Redis) LoadState(ctx context.Context, streamName string, fn func(stream.StateChange) error) error {
+	return r.loadState(ctx, streamName, nil, fn)
+}
+
+// LoadPartitionState is LoadState for the entries whose source partition
+// is one of partitions ("" for those without one); see
+// stream.PartitionStateLoader. A hash has no index by partition: the
+// stream's whole hash is scanned.
+func (r *Redis) LoadPartitionState(ctx context.Context, streamName string, partitions []string, fn func(stream.StateChange) error) error {
+	if partitions == nil {
+		partitions = []string{}
+	}
+	return r.loadState(ctx, streamName, partitions, fn)
+}
+
+// loadState loads the entries of partitions, or all of them when
+// partitions is nil.
+func (r *Redis) loadState(ctx context.Context, streamName string, partitions []string, fn func(stream.StateChange) error) error {
 	key := r.stateHashKey(streamName)
 	now := time.Now().UnixMilli()
 	var expired []any
@@ -136,6 +160,9 @@ func (r *Redis) LoadState(ctx context.Context, streamName string, fn func(stream
 			}
 			if c.ExpiresAt > 0 && c.ExpiresAt <= now {
 				expired = append(expired, kv[i], kv[i+1])
+				continue
+			}
+			if partitions != nil && !slices.Contains(partitions, c.Partition) {
 				continue
 			}
 			if err := fn(c); err != nil {

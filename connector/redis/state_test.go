@@ -170,3 +170,42 @@ func TestRekeyMovesKeyedState(t *testing.T) {
 		t.Fatalf("state left under the old key: %v", got)
 	}
 }
+
+// Each entry keeps its source partition, and LoadPartitionState gives back
+// the entries of the partitions asked for ("" for those without one).
+func TestLoadPartitionState(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	prefix := testenv.Name("kisflow-test-")
+	r := start(t, prefix+"list", map[string]string{"mode": "list", "state_prefix": prefix + ":st:"})
+	if err := r.CommitState(ctx, "S", "1", nil, nil, []stream.StateChange{
+		{Name: "n", Key: "a", Value: []byte(`"x y"`), Partition: "t/1"},
+		{Name: "n", Key: "b", Value: []byte(`2`), Partition: `odd "part" 2`},
+		{Name: "w", Key: "", Value: []byte(`3`)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	load := func(parts []string) map[string]string {
+		got := map[string]string{}
+		if err := r.LoadPartitionState(ctx, "S", parts, func(c stream.StateChange) error {
+			got[c.Name+"/"+c.Key+"@"+c.Partition] = string(c.Value)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if got := load([]string{"t/1", ""}); len(got) != 2 || got["n/a@t/1"] != `"x y"` || got["w/@"] != "3" {
+		t.Fatalf("partitions t/1 and none: %v", got)
+	}
+	if got := load([]string{`odd "part" 2`}); len(got) != 1 || got[`n/b@odd "part" 2`] != "2" {
+		t.Fatalf("partition odd: %v", got)
+	}
+	if got := load([]string{}); len(got) != 0 {
+		t.Fatalf("no partitions: %v", got)
+	}
+	all := map[string]string{}
+	if err := r.LoadState(ctx, "S", func(c stream.StateChange) error { all[c.Key+"@"+c.Partition] = string(c.Value); return nil }); err != nil || len(all) != 3 {
+		t.Fatalf("all: %v %v", all, err)
+	}
+}
