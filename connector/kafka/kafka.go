@@ -18,6 +18,10 @@
 //   - The sink (and Save) produces each row as JSON with the idempotent
 //     producer (acks from all in-sync replicas, retries without
 //     duplicates), keyed by the key_field template.
+//   - With transactional_id and output_topic, the connector is both the
+//     stream's source and its exactly-once sink: each batch's rows, its
+//     consumed offsets and its keyed state changes (a changelog topic,
+//     state_topic; see state.go) commit in one Kafka transaction.
 //
 // Its params are declared in Spec (`kisflow list kafka`).
 package kafka
@@ -71,6 +75,7 @@ type params struct {
 	User               string        `param:"user" alias:"sasl_user" doc:"the SASL user"`
 	Password           string        `param:"password" alias:"sasl_password" secret:"true" doc:"the SASL password (from ${VAR}; never printed)"`
 	ClientLog          string        `param:"client_log" enum:"info|debug" doc:"franz-go's own log on standard error, for diagnosing group and transaction trouble"`
+	StateTopic         string        `param:"state_topic" doc:"with transactional_id: the compacted changelog topic that keeps the flow's keyed state and open windows, in the transaction of each batch (created when missing); default kisflow-state-GROUP-HASH, from the consumer group and the topic"`
 }
 
 // Spec declares the kafka connector's addrs, key and params.
@@ -100,11 +105,14 @@ type Kafka struct {
 	txnID         string
 	output        *fields.Template
 	clientLog     string
+	// stateTopicName is the param state_topic ("": derived per stream).
+	stateTopicName string
 
 	producer *kgo.Client
 
-	mu       sync.Mutex
-	sessions map[string]*kgo.GroupTransactSession // by stream name, in transactional mode
+	mu          sync.Mutex
+	sessions    map[string]*kgo.GroupTransactSession // by stream name, in transactional mode
+	stateTopics map[string]bool                      // keyed state topics known to exist
 }
 
 // New builds the driver from its config; it does not connect.
@@ -118,6 +126,7 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 	}
 	k := &Kafka{cfg: cfg, seeds: cfg.AddrList(), group: p.Group, tls: p.TLS, start: kgo.NewOffset().AtStart(),
 		txnID: p.TransactionalID, clientLog: p.ClientLog, sessions: map[string]*kgo.GroupTransactSession{},
+		stateTopicName: p.StateTopic, stateTopics: map[string]bool{},
 		revokeTimeout: p.RevokeTimeout, timeout: p.Timeout, heartbeat: p.Heartbeat, session: p.SessionTimeout,
 		rebalance: p.RebalanceTimeout, txnTimeout: p.TransactionTimeout}
 	if len(k.seeds) == 0 {
@@ -142,6 +151,9 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 	}
 	if (k.txnID == "") != (k.output == nil) {
 		return nil, bad("transactional_id and output_topic go together (exactly-once from the key topic into output_topic)")
+	}
+	if k.stateTopicName != "" && k.txnID == "" {
+		return nil, bad("state_topic keeps the keyed state of an exactly-once flow: it needs transactional_id and output_topic")
 	}
 	user, pass := p.User, p.Password
 	switch p.SASLMechanism {
@@ -321,6 +333,13 @@ func (k *Kafka) CommitsAllRead() bool { return true }
 // CommitBatch produces rows to output_topic and commits the offsets the
 // stream's session consumed, in one Kafka transaction.
 func (k *Kafka) CommitBatch(ctx context.Context, streamName, _ string, _ []string, rows []any) error {
+	return k.commit(ctx, streamName, rows, nil)
+}
+
+// commit produces rows to output_topic and the records extra (keyed
+// state changes), and commits the offsets the stream's session consumed,
+// in one Kafka transaction.
+func (k *Kafka) commit(ctx context.Context, streamName string, rows []any, extra []*kgo.Record) error {
 	k.mu.Lock()
 	sess := k.sessions[streamName]
 	k.mu.Unlock()
@@ -348,6 +367,7 @@ func (k *Kafka) CommitBatch(ctx context.Context, streamName, _ string, _ []strin
 		}
 		recs = append(recs, r)
 	}
+	recs = append(recs, extra...)
 	if err := sess.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		_, _ = sess.End(ctx, kgo.TryAbort)
 		return fmt.Errorf("kafka connector %q: produce in transaction: %w", k.cfg.CName, err)

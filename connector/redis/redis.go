@@ -30,7 +30,9 @@
 // As an exactly-once sink (stream.delivery: exactly-once) a batch's rows,
 // the stream's position (PREFIXpos:FLOW) and the IDs of the messages it
 // consumed (PREFIXinbox:FLOW, kept dedup_ttl) commit in one MULTI/EXEC:
-// saves are idempotent by source position, whatever the mode.
+// saves are idempotent by source position, whatever the mode. The flow's
+// keyed state and open windows (stream.StateSink) commit in the same
+// MULTI/EXEC, in the hash PREFIXstate:FLOW (see state.go).
 package redis
 
 import (
@@ -278,9 +280,10 @@ func (r *Redis) inboxKey(stream string) string    { return r.statePrefix + "inbo
 // UTC).
 func (r *Redis) positionAtKey(stream string) string { return r.statePrefix + "pos-at:" + stream }
 
-// stateKeys are the keys of a stream's exactly-once state.
+// stateKeys are the keys of a stream's exactly-once state: its position,
+// inbox, position time and keyed state.
 func (r *Redis) stateKeys(stream string) []string {
-	return []string{r.positionKey(stream), r.inboxKey(stream), r.positionAtKey(stream)}
+	return []string{r.positionKey(stream), r.inboxKey(stream), r.positionAtKey(stream), r.stateHashKey(stream)}
 }
 
 // CommitBatch saves rows, the stream's position and the IDs of the
@@ -297,7 +300,7 @@ func (r *Redis) stateKeys(stream string) []string {
 // by another client in between makes Redis refuse the transaction, which
 // is tried again.
 func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []string, rows []any) error {
-	return r.commitBatch(ctx, false, stream, "", position, ids, rows)
+	return r.commit(ctx, false, stream, "", position, ids, rows, nil)
 }
 
 // CommitBatchAfter is CommitBatch fenced on the position from: the
@@ -307,10 +310,14 @@ func (r *Redis) CommitBatch(ctx context.Context, stream, position string, ids []
 // which is tried again and reads the new position. See
 // stream.FencedTxSink.
 func (r *Redis) CommitBatchAfter(ctx context.Context, stream, from, position string, ids []string, rows []any) error {
-	return r.commitBatch(ctx, true, stream, from, position, ids, rows)
+	return r.commit(ctx, true, stream, from, position, ids, rows, nil)
 }
 
-func (r *Redis) commitBatch(ctx context.Context, fence bool, streamName, from, position string, ids []string, rows []any) error {
+// commit is CommitBatch, fenced on from when fence is set, with the keyed
+// state changes (stream.StateSink) in the same MULTI/EXEC. The state hash
+// is WATCHed and its type checked with the rows' keys, so that a key of
+// another type there fails the batch before anything is written.
+func (r *Redis) commit(ctx context.Context, fence bool, streamName, from, position string, ids []string, rows []any, state []stream.StateChange) error {
 	writes, err := r.plan(rows)
 	if err != nil {
 		return err
@@ -325,7 +332,10 @@ func (r *Redis) commitBatch(ctx context.Context, fence bool, streamName, from, p
 	}
 	watch := keys
 	if fence {
-		watch = append(keys[:len(keys):len(keys)], r.positionKey(streamName))
+		watch = append(watch[:len(watch):len(watch)], r.positionKey(streamName))
+	}
+	if len(state) > 0 {
+		watch = append(watch[:len(watch):len(watch)], r.stateHashKey(streamName))
 	}
 	commit := func(tx *goredis.Tx) error {
 		if fence {
@@ -340,8 +350,14 @@ func (r *Redis) commitBatch(ctx context.Context, fence bool, streamName, from, p
 		if err := r.checkTypes(ctx, tx, keys); err != nil {
 			return err
 		}
+		if len(state) > 0 {
+			if err := r.checkStateType(ctx, tx, streamName); err != nil {
+				return err
+			}
+		}
 		_, err := tx.TxPipelined(ctx, func(pipe goredis.Pipeliner) error {
 			r.queue(ctx, pipe, writes)
+			r.queueState(ctx, pipe, streamName, state)
 			if len(ids) > 0 {
 				now := time.Now()
 				members := make([]goredis.Z, len(ids))
@@ -390,6 +406,20 @@ func (r *Redis) checkTypes(ctx context.Context, tx *goredis.Tx, keys []string) e
 		if got := c.(*goredis.StatusCmd).Val(); got != "none" && got != r.mode {
 			return stream.Permanent(fmt.Errorf("key %s holds a %s, not a %s: nothing of the batch was written", keys[i], got, r.mode))
 		}
+	}
+	return nil
+}
+
+// checkStateType fails, with a fatal error, when the stream's state key
+// holds something else than a hash.
+func (r *Redis) checkStateType(ctx context.Context, tx *goredis.Tx, streamName string) error {
+	key := r.stateHashKey(streamName)
+	got, err := tx.Type(ctx, key).Result()
+	if err != nil {
+		return err
+	}
+	if got != "none" && got != "hash" {
+		return stream.Fatal(fmt.Errorf("the keyed state key %s holds a %s, not a hash: nothing of the batch was written (delete it, or set state_prefix)", key, got))
 	}
 	return nil
 }

@@ -26,7 +26,7 @@ type params struct {
 	Field            string        `param:"field" default:"data" doc:"the stream entry field holding the JSON row"`
 	DedupKey         string        `param:"dedup_key" doc:"list and stream saves: a template naming the row's identity; a row whose identity was saved within dedup_ttl is not saved again" example:"{order_id}"`
 	DedupTTL         time.Duration `param:"dedup_ttl" default:"24h" min:"1s" doc:"how long dedup_key identities and an exactly-once sink's consumed message IDs are kept"`
-	StatePrefix      string        `param:"state_prefix" default:"kisflow:" doc:"the prefix of exactly-once state keys"`
+	StatePrefix      string        `param:"state_prefix" default:"kisflow:" doc:"the prefix of an exactly-once sink's keys: position (PREFIXpos:KEY), consumed IDs (PREFIXinbox:KEY), keyed state and open windows (PREFIXstate:KEY, a hash)"`
 	Client           string        `param:"client" doc:"the name of a shared client configured as plugins.redis.NAME in the global file"`
 	OnMissing        string        `param:"on_missing" default:"pass" enum:"pass|drop|dead_letter" doc:"what a YAML Load does with a row whose key has no record"`
 	CacheTTL         time.Duration `param:"cache_ttl" default:"0" min:"0" doc:"how long a YAML Load keeps what it looked up (hits and misses); 0: no cache"`
