@@ -44,9 +44,9 @@
 //
 // State changes commit with the batch that made them, exactly once:
 //   - exactly-once delivery: in the sink's transaction, with the rows, the
-//     position and the message IDs (SQLite, PostgreSQL and MySQL sinks; a
-//     flow whose sink cannot keep state ends with an error at its first
-//     change);
+//     position and the message IDs (the SQLite, PostgreSQL, MySQL and Redis
+//     sinks, and the Kafka sink's changelog topic; a flow whose sink cannot
+//     keep state ends with an error at its first change);
 //   - at-least-once: in the checkpoint store's transaction (the SQLite
 //     file checkpoints.db in the state folder) with the position, so that
 //     a source with positions (a file, a generator, an SQL poller) replays

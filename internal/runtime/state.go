@@ -39,7 +39,7 @@ func (w *worker) beginState(ctx context.Context, p *part) context.Context {
 func (r *Runner) canKeepState() error {
 	if r.cfg.Delivery == ExactlyOnce {
 		if _, ok := r.parts.TxSink.(stream.StateSink); !ok {
-			return stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its exactly-once sink %s cannot keep (the SQLite, PostgreSQL and MySQL sinks can)", r.cfg.Name, r.sinkLink.name))
+			return stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its exactly-once sink %s cannot keep (the SQLite, PostgreSQL, MySQL, Redis and transactional Kafka sinks can)", r.cfg.Name, r.sinkLink.name))
 		}
 	} else if r.parts.StateStore == nil {
 		return stream.Fatal(fmt.Errorf("flow %s changes keyed state, which its checkpoint store cannot keep", r.cfg.Name))
