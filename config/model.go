@@ -142,6 +142,10 @@ type FuncOption struct {
 	// Filters wrap each call of the function, the first outermost, inside
 	// the engine's default filters.
 	Filters []FilterRef `yaml:"filters,omitempty"`
+
+	// bothDurations holds retry_duration and return_duration when a file
+	// sets both (lint reports it: KisFlow reads the second, we the first).
+	bothDurations *[2]int
 }
 
 // UnmarshalYAML accepts `return_duration` as an alias of `retry_duration`.
@@ -158,6 +162,9 @@ func (o *FuncOption) UnmarshalYAML(node *yaml.Node) error {
 		return err
 	}
 	*o = FuncOption{CName: raw.CName, RetryTimes: raw.RetryTimes, DefaultParams: raw.DefaultParams, Filters: raw.Filters}
+	if raw.RetryDuration != nil && raw.ReturnDuration != nil {
+		o.bothDurations = &[2]int{*raw.RetryDuration, *raw.ReturnDuration}
+	}
 	switch {
 	case raw.RetryDuration != nil:
 		o.RetryDuration = *raw.RetryDuration
