@@ -516,3 +516,21 @@ func TestSetCacheNilDeletes(t *testing.T) {
 		t.Errorf("Meta after SetMeta(nil): %v", v)
 	}
 }
+
+// A function registered under a differently cased name than its config's
+// fname: the error of the flow names the registered one.
+func TestNoBodyErrorSuggestsTheRegisteredName(t *testing.T) {
+	t.Parallel()
+	reg := kisflow.NewRegistry()
+	reg.MustRegister("avgStuScore", func(ctx context.Context, f kisflow.Flow) error { return nil })
+	reg.MustRegister("PrintStuAvgScore", func(ctx context.Context, f kisflow.Flow) error { return nil })
+	eng, err := kisflow.NewEngine(reg, originalSet(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	_, err = eng.Flow(context.Background(), "StuAvg")
+	if err == nil || !strings.Contains(err.Error(), "(did you mean avgStuScore?)") || !errors.Is(err, kisflow.ErrUnknownFunction) {
+		t.Fatalf("eng.Flow: %v", err)
+	}
+}

@@ -313,7 +313,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save)
 		if !ok && !viaConn {
 			if h, err = yamlBody(fc, params, nil, nil); err != nil {
-				return nil, fmt.Errorf("flow %q: %w", name, err)
+				return nil, fmt.Errorf("flow %q: %w%s", name, err, e.registeredLike(st.FName))
 			}
 			ok = true
 		}
@@ -335,7 +335,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 				cc, drv = conn.cfg, conn.Driver()
 			}
 			if h, err = yamlBody(fc, params, cc, drv); err != nil {
-				return nil, fmt.Errorf("flow %q: %w", name, err)
+				return nil, fmt.Errorf("flow %q: %w%s", name, err, e.registeredLike(st.FName))
 			}
 		}
 		names[i] = st.FName
@@ -364,6 +364,16 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 	}
 	e.compiled[name] = c
 	return c, nil
+}
+
+// registeredLike names the registered Go function closest to fname (a
+// misspelt or differently cased name), for the error of a function with
+// no body, or returns "".
+func (e *Engine) registeredLike(fname string) string {
+	if s := config.SuggestName(fname, e.reg.Functions()); s != "" {
+		return "; a Go function is registered under another name" + s
+	}
+	return ""
 }
 
 // instance makes a new flow instance of c with fresh buffers and stores.
