@@ -39,7 +39,10 @@ type Caller interface {
 // (KisFlow's CaaS): Connector.Call runs it for the function that calls.
 type ConnFunc func(ctx context.Context, c *Connector, fn *Function, f Flow, args any) (any, error)
 
-// ConnInit runs once after a connector's driver started (KisFlow's CaaSInit).
+// ConnInit runs once per engine, when the first flow using the connector is
+// built (KisFlow's CaaSInit, which ran per flow instance): after its driver
+// started, or, for a connector that starts lazily (see Connector), before;
+// asking it for its client then starts it.
 type ConnInit func(ctx context.Context, c *Connector) error
 
 // Connector is a named link to an external system, shared by the flows

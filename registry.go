@@ -336,7 +336,9 @@ func (r *Registry) RegisterDriver(typ string, f DriverFactory) error {
 }
 
 // RegisterConnFunc registers the callback that Connector.Call runs when the
-// function fname calls connector cname (KisFlow's CaaS).
+// function fname calls connector cname (KisFlow's CaaS). A cname or fname
+// the configuration lacks (or a function using another connector) fails
+// NewEngine, with the near name.
 func (r *Registry) RegisterConnFunc(cname, fname string, fn ConnFunc) error {
 	if cname == "" || fname == "" || fn == nil {
 		return fmt.Errorf("register connector callback %q/%q: empty name or nil callback", cname, fname)
@@ -355,8 +357,9 @@ func (r *Registry) RegisterConnFunc(cname, fname string, fn ConnFunc) error {
 	return nil
 }
 
-// RegisterConnInit registers a callback run once after connector cname
-// started (KisFlow's CaaSInit). Several run in registration order.
+// RegisterConnInit registers a callback run once, when the first flow using
+// connector cname is built (KisFlow's CaaSInit; see ConnInit). Several run
+// in registration order. A cname the configuration lacks fails NewEngine.
 func (r *Registry) RegisterConnInit(cname string, fn ConnInit) error {
 	if cname == "" || fn == nil {
 		return fmt.Errorf("register connector init %q: empty name or nil callback", cname)

@@ -121,7 +121,11 @@ func mappingNode(a []Assignment, style yaml.Style) *yaml.Node {
 	return n
 }
 
-// Source describes where a function's rows come from (informational in KisFlow).
+// Source describes where a function's rows come from. Name is
+// informational. Must lists the fields its input rows carry: lint checks
+// field names in expressions against it, and a stream job (kisflow run,
+// Engine.Job) dead-letters a row lacking a field of the flow's first
+// function's Must. Flow.Run does not check it, as KisFlow never did.
 type Source struct {
 	Name string   `yaml:"name,omitempty"`
 	Must []string `yaml:"must,omitempty"`
