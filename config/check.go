@@ -131,7 +131,11 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 				if s.Funcs[fname] == nil {
 					// Informational in KisFlow, whose exporter lists every
 					// function of the connector but writes only the flow's.
-					add(KindConn, name, fmt.Sprintf("%s[%d]", field, i), SevWarning, "connector %q: %s names unknown function %q%s (the list is informational)", name, field, fname, suggestName(fname, sortedKeys(s.Funcs)))
+					hint := suggestName(fname, sortedKeys(s.Funcs))
+					if slices.ContainsFunc(list, func(f string) bool { return hint == fmt.Sprintf(" (did you mean %s?)", f) }) {
+						hint = "" // the near name is listed too: no typo
+					}
+					add(KindConn, name, fmt.Sprintf("%s[%d]", field, i), SevWarning, "connector %q: %s names unknown function %q%s (the list is informational)", name, field, fname, hint)
 				}
 			}
 		}
