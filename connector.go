@@ -3,6 +3,8 @@ package kisflow
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"sync"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
@@ -37,16 +39,31 @@ type Caller interface {
 // (KisFlow's CaaS): Connector.Call runs it for the function that calls.
 type ConnFunc func(ctx context.Context, c *Connector, fn *Function, f Flow, args any) (any, error)
 
-// ConnInit runs once after a connector's driver started (KisFlow's CaaSInit).
+// ConnInit runs once per engine, when the first flow using the connector is
+// built (KisFlow's CaaSInit, which ran per flow instance): after its driver
+// started, or, for a connector that starts lazily (see Connector), before;
+// asking it for its client then starts it.
 type ConnInit func(ctx context.Context, c *Connector) error
 
-// Connector is a started, named link to an external system, shared by the
-// flows that use it. Its cache and metadata are safe for concurrent use.
+// Connector is a named link to an external system, shared by the flows
+// that use it. Its cache and metadata are safe for concurrent use.
+//
+// A connector that only functions use (no stream names it as a source,
+// sink or dead letter, and no YAML-only Load or Save function reads or
+// writes through it) starts lazily, as in KisFlow, where a connector's
+// type is a label until a CaaS function uses it: its driver is built and
+// started when something first needs its client (Client, Driver, or a Call
+// with no registered callback). A bad param or a refused connection is
+// then that call's error.
 type Connector struct {
 	store
-	cfg    *config.Conn
-	driver Driver
-	funcs  map[string]ConnFunc
+	cfg   *config.Conn
+	funcs map[string]ConnFunc
+
+	mu     sync.Mutex
+	driver Driver                                        // nil until started
+	start  func(ctx context.Context, c *Connector) error // builds and starts the driver, sets driver
+	log    *slog.Logger
 }
 
 // Name is the connector's cname.
@@ -58,13 +75,46 @@ func (c *Connector) Type() string { return c.cfg.Type }
 // Config is the connector's configuration. Do not modify it.
 func (c *Connector) Config() *config.Conn { return c.cfg }
 
+// Client returns the started driver, starting it first if nothing needed it
+// yet (a connector used only by functions starts lazily). Its error is the
+// start's: a bad param (named) or a refused connection; a later call tries
+// again. It returns nil and no error for a connector whose type this
+// binary has no driver for (a label).
+func (c *Connector) Client(ctx context.Context) (Driver, error) {
+	d, err := c.started(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := d.(label); ok {
+		return nil, nil
+	}
+	return d, nil
+}
+
 // Driver is the started client; type-assert it to the driver's own type.
-// It is nil for a connector whose type this binary has no driver for.
+// It is nil for a connector whose type this binary has no driver for. For
+// a connector used only by functions, the first call starts the driver;
+// when that start fails it logs the error and returns nil (Client returns
+// the error).
 func (c *Connector) Driver() Driver {
-	if _, ok := c.driver.(label); ok {
+	d, err := c.Client(context.Background())
+	if err != nil {
+		c.log.Error("connector failed to start", "connector", c.Name(), "err", err)
 		return nil
 	}
-	return c.driver
+	return d
+}
+
+// started returns the driver, starting it on first need.
+func (c *Connector) started(ctx context.Context) (Driver, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.driver == nil {
+		if err := c.start(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	return c.driver, nil
 }
 
 // Call runs the connector callback registered for the running function of f
@@ -79,10 +129,14 @@ func (c *Connector) Call(ctx context.Context, f Flow, args any) (any, error) {
 	if cf := c.funcs[fn.Name()]; cf != nil {
 		return cf(ctx, c, fn, f, args)
 	}
-	if caller, ok := c.driver.(Caller); ok {
+	drv, err := c.started(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if caller, ok := drv.(Caller); ok {
 		return caller.Call(ctx, c, f, args)
 	}
-	if sink, ok := c.driver.(stream.Sink); ok {
+	if sink, ok := drv.(stream.Sink); ok {
 		if fn.Mode() != config.Save {
 			return nil, fmt.Errorf("connector %q (type %s): function %q has fmode %s; this type serves Save functions only", c.Name(), c.Type(), fn.Name(), fn.Mode())
 		}
@@ -92,7 +146,7 @@ func (c *Connector) Call(ctx context.Context, f Flow, args any) (any, error) {
 		}
 		return nil, sink.Write(ctx, rows)
 	}
-	if _, ok := c.driver.(label); ok {
+	if _, ok := drv.(label); ok {
 		return nil, fmt.Errorf("connector %q: no callback for function %q (register one with Registry.RegisterConnFunc), and this binary has no driver for type %q", c.Name(), fn.Name(), c.Type())
 	}
 	return nil, fmt.Errorf("connector %q: no callback for function %q (register one with Registry.RegisterConnFunc)", c.Name(), fn.Name())

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,6 +97,11 @@ type Engine struct {
 	conns1st []*Connector // started connectors, in start order
 	closed   bool
 	seq      atomic.Uint64
+
+	// strictConns are the connectors started when a flow using them is
+	// built: stream sources, sinks and dead letters, and the connectors of
+	// YAML-only Load and Save functions. The others start lazily.
+	strictConns map[string]bool
 }
 
 type connSlot struct {
@@ -194,6 +200,7 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 		return nil, &config.Error{Problems: errs}
 	}
 	e.plugins = ps
+	e.strictConns = reg.strictConns(set)
 	e.metrics = metrics.New()
 	e.health = &plugin.Health{}
 	e.states = &plugin.States{}
@@ -321,14 +328,18 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save)
 		if !ok && !viaConn {
 			if h, err = yamlBody(fc, params, nil, nil); err != nil {
-				return nil, fmt.Errorf("flow %q: %w", name, err)
+				return nil, fmt.Errorf("flow %q: %w%s", name, err, e.registeredLike(st.FName))
 			}
 			ok = true
 		}
 		var conn *Connector
 		if fc.Option.CName != "" {
+			// A connector only functions with a Go body use starts when
+			// one first needs its client (as in KisFlow, where a type is
+			// a label until a CaaS function uses it).
+			lazy := ok && !e.strictConns[fc.Option.CName]
 			var err error
-			if conn, err = e.Connector(ctx, fc.Option.CName); err != nil {
+			if conn, err = e.connector(ctx, fc.Option.CName, lazy); err != nil {
 				return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
 			}
 		}
@@ -339,7 +350,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 				cc, drv = conn.cfg, conn.Driver()
 			}
 			if h, err = yamlBody(fc, params, cc, drv); err != nil {
-				return nil, fmt.Errorf("flow %q: %w", name, err)
+				return nil, fmt.Errorf("flow %q: %w%s", name, err, e.registeredLike(st.FName))
 			}
 		}
 		names[i] = st.FName
@@ -369,6 +380,16 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 	}
 	e.compiled[name] = c
 	return c, nil
+}
+
+// registeredLike names the registered Go function closest to fname (a
+// misspelt or differently cased name), for the error of a function with
+// no body, or returns "".
+func (e *Engine) registeredLike(fname string) string {
+	if s := config.SuggestName(fname, e.reg.Functions()); s != "" {
+		return "; a Go function is registered under another name" + s
+	}
+	return ""
 }
 
 // instance makes a new flow instance of c with fresh buffers and stores.
@@ -401,6 +422,14 @@ func (e *Engine) instance(c *compiled) *flow {
 // the driver is built from its config and started, then the ConnInit
 // callbacks run. A failed start is returned and tried again on the next call.
 func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error) {
+	return e.connector(ctx, cname, false)
+}
+
+// connector returns connector cname; lazy leaves its driver to start when
+// something first needs it (a connector used only by functions), else it
+// is started now. The ConnInit callbacks run once, when the connector is
+// first returned.
+func (e *Engine) connector(ctx context.Context, cname string, lazy bool) (*Connector, error) {
 	if err := e.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -420,59 +449,85 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 	}
 	e.mu.Unlock()
 
-	// The slot's lock serialises the start of this one connector.
+	// The slot's lock serialises the creation of this one connector.
 	slot.mu.Lock()
 	defer slot.mu.Unlock()
-	if slot.conn != nil {
-		return slot.conn, nil
+	if c := slot.conn; c != nil {
+		if !lazy {
+			if _, err := c.started(ctx); err != nil {
+				return nil, err
+			}
+		}
+		return c, nil
 	}
 	cfg, err := cfg.Expanded()
 	if err != nil {
 		return nil, err
 	}
+	funcs, inits := e.reg.connCallbacks(cname)
+	conn := &Connector{cfg: cfg, funcs: funcs, start: e.startDriver, log: e.log}
+	if !lazy {
+		if _, err := conn.started(ctx); err != nil {
+			return nil, err
+		}
+	}
+	for _, init := range inits {
+		if err := guard(func() error { return init(ctx, conn) }); err != nil {
+			conn.mu.Lock()
+			if conn.driver != nil {
+				_ = guard(func() error { return conn.driver.Close(ctx) }) // the init error is the one to report
+				e.mu.Lock()
+				e.conns1st = slices.DeleteFunc(e.conns1st, func(c *Connector) bool { return c == conn })
+				e.mu.Unlock()
+			}
+			conn.mu.Unlock()
+			return nil, e.red.Error(fmt.Errorf("connector %q: init callback: %w", cname, err))
+		}
+	}
+	slot.conn = conn
+	return conn, nil
+}
+
+// startDriver builds and starts the driver of c (its caller holds c.mu)
+// and adds c to the connectors Close closes.
+func (e *Engine) startDriver(ctx context.Context, c *Connector) error {
+	cname, cfg := c.cfg.CName, c.cfg
 	var drv Driver = label{}
+	var err error
 	if e.override != nil {
 		factory, _ := e.reg.driver(cfg.Type)
 		if err := guard(func() error { drv, err = e.override(cname, cfg, factory); return err }); err != nil {
-			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
+			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 		if drv == nil {
 			drv = label{}
 		}
 	} else if factory, ok := e.reg.driver(cfg.Type); ok {
 		if drv, err = callFactory(factory, e.reg.factoryConfig(e.set, cname, cfg)); err != nil {
-			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
+			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	} else {
 		e.log.WarnContext(ctx, "connector has no driver in this binary: it is a label for its callbacks", "connector", cname, "type", cfg.Type, "known", e.reg.DriverTypes())
 	}
 	if pu, ok := drv.(PluginUser); ok {
 		if err := guard(func() error { return pu.UsePlugins(e.plugins.Lookup) }); err != nil {
-			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
+			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
-		return nil, &StartError{Connector: cname, Err: e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))}
-	}
-	funcs, inits := e.reg.connCallbacks(cname)
-	conn := &Connector{cfg: cfg, driver: drv, funcs: funcs}
-	for _, init := range inits {
-		if err := guard(func() error { return init(ctx, conn) }); err != nil {
-			_ = guard(func() error { return drv.Close(ctx) }) // the init error is the one to report
-			return nil, e.red.Error(fmt.Errorf("connector %q: init callback: %w", cname, err))
-		}
+		return &StartError{Connector: cname, Err: e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))}
 	}
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
 		_ = guard(func() error { return drv.Close(ctx) })
-		return nil, ErrClosed
+		return ErrClosed
 	}
-	e.conns1st = append(e.conns1st, conn)
+	c.driver = drv
+	e.conns1st = append(e.conns1st, c)
 	e.mu.Unlock()
-	slot.conn = conn
 	e.log.InfoContext(ctx, "connector started", "connector", cname, "type", cfg.Type)
-	return conn, nil
+	return nil
 }
 
 // CheckConnector starts the connector cname as Connector does and, when
@@ -483,7 +538,7 @@ func (e *Engine) CheckConnector(ctx context.Context, cname string, use config.Co
 	if err != nil {
 		return err
 	}
-	if ch, ok := c.driver.(Checker); ok {
+	if ch, ok := c.Driver().(Checker); ok {
 		if err := guard(func() error { return ch.Check(ctx, use) }); err != nil {
 			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
 		}

@@ -15,7 +15,7 @@ var (
 	// ErrUnknownFunction: a flow names a function no Go code registered.
 	ErrUnknownFunction = errors.New("function not registered")
 	// ErrNoConnector: the running function has no connector (option.cname).
-	ErrNoConnector = errors.New("function has no connector")
+	ErrNoConnector = errors.New("function has no connector: set option.cname in its config")
 	// ErrDuplicate: a name is registered twice.
 	ErrDuplicate = errors.New("already registered")
 	// ErrClosed: the engine was closed.

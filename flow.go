@@ -56,11 +56,12 @@ type Flow interface {
 
 	// Cache returns a value cached on this flow instance.
 	Cache(key string) (any, bool)
-	// SetCache caches a value on this flow instance for ttl (<= 0: forever).
+	// SetCache caches a value on this flow instance for ttl (<= 0: forever);
+	// a nil value deletes key, so that Cache reports it absent.
 	SetCache(key string, value any, ttl time.Duration)
 	// Meta returns a metadata value of this flow instance.
 	Meta(key string) any
-	// SetMeta sets a metadata value of this flow instance.
+	// SetMeta sets a metadata value of this flow instance; nil deletes it.
 	SetMeta(key string, value any)
 	// Logger is the engine's logger with the flow's name and ID.
 	Logger() *slog.Logger
@@ -98,7 +99,8 @@ type flow struct {
 	log      *slog.Logger
 	codec    Codec
 
-	mustDec flatjson.Decoder // reads JSON text rows for the source.must check
+	mustDec   flatjson.Decoder // reads JSON text rows for the source.must check
+	checkMust bool             // a Job's instance: source rows lacking a source.must field are rejected (and dead-lettered)
 
 	call  filter.Call    // of the flow chain, reused from run to run
 	chain filter.Handler // the flow's filters around execute
@@ -248,7 +250,7 @@ func (fl *flow) execute(ctx context.Context, c *filter.Call) (err error) {
 		fl.run.Reset()
 		fl.run.CommitBatch(fl.saved)
 	}
-	if len(fl.c.must) > 0 {
+	if fl.checkMust && len(fl.c.must) > 0 {
 		fl.run.KeepSource(fl.carriesMust)
 	}
 	out, err := fl.run.Execute(ctx)
@@ -306,6 +308,9 @@ func (fl *flow) decode(row any, dst any) error { return decodeRow(fl.codec, row,
 func (fl *flow) reject(layer, index int, row any, err error) {
 	fn := fl.funcs[layer].Name()
 	fl.rejected = append(fl.rejected, &RowError{Flow: fl.Name(), Func: fn, Layer: layer, Index: index, Row: row, Err: err})
+	if fl.run.Running() && fl.run.Current() == layer {
+		fl.run.Drop(index) // never handed on by DataReuse
+	}
 	if m := fl.eng.metrics; m != nil {
 		m.RowsRejected.WithLabelValues(fl.Name(), fn).Inc()
 	}

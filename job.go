@@ -287,16 +287,23 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	j.table = parts.State
 
+	// A Job checks source.must: a row lacking a field is dead-lettered
+	// (Flow.Run, the original's programming model, does not check it).
 	flows := make([]*flow, workers)
 	flows[0] = base.(*flow)
 	for i := 1; i < workers; i++ {
 		flows[i] = base.Fork().(*flow)
 	}
+	for _, fl := range flows {
+		fl.checkMust = true
+	}
 	parts.NewFlow = func(i int) runtime.Flow {
 		if i < len(flows) {
 			return &jobFlow{fl: flows[i]}
 		}
-		return &jobFlow{fl: base.Fork().(*flow)} // the commit loop's own
+		fl := base.Fork().(*flow) // the commit loop's own
+		fl.checkMust = true
+		return &jobFlow{fl: fl}
 	}
 
 	cfg := runtime.Config{

@@ -581,8 +581,14 @@ func TestEngineErrors(t *testing.T) {
 		return err
 	}))
 	eng = testenv.Engine(t, reg, docs)
-	_, err = eng.Flow(ctx, "S")
-	if err == nil || !strings.Contains(err.Error(), `connector "Broken" (type memory) failed to start`) || !strings.Contains(err.Error(), `function "Store"`) {
+	// Store has a Go body and no stream uses Broken: it starts when Call
+	// first needs its client, and that call fails.
+	sfl, err := eng.Flow(ctx, "S")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sfl.CommitRow(&score{ID: 1})
+	if _, err = sfl.Run(ctx); err == nil || !strings.Contains(err.Error(), `connector "Broken" (type memory) failed to start`) || !strings.Contains(err.Error(), `"Store"`) {
 		t.Errorf("failing connector: %v", err)
 	}
 
@@ -633,9 +639,23 @@ func TestPanickingDriverIsAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Drivers are built (not started) to check their config when the
-	// engine is made: the panic is an error at the connector's position.
-	if _, err := kisflow.NewEngine(reg, set); err == nil || !strings.Contains(err.Error(), `conn.yml:1: connector "B": panic: no driver today`) {
+	// engine is made: for the connector of a YAML-only Save, the panic is
+	// an error at the connector's position.
+	bare := kisflow.NewRegistry()
+	_ = bare.RegisterDriver("bomb", func(cfg *config.Conn) (kisflow.Driver, error) { panic("no driver today") })
+	if _, err := kisflow.NewEngine(bare, set); err == nil || !strings.Contains(err.Error(), `conn.yml:1: connector "B": panic: no driver today`) {
 		t.Fatalf("got %v", err)
+	}
+	// Store has a Go body: B starts when it first needs its client, and
+	// the panic is that use's error.
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	c, err := eng.Connector(context.Background(), "B")
+	if err == nil || c != nil || !strings.Contains(err.Error(), "panic: no driver today") {
+		t.Fatalf("Connector: %v", err)
 	}
 }
 

@@ -22,7 +22,8 @@ type mustOrder struct {
 // A source row lacking a field of the first function's source.must
 // (absent, or null) is rejected before that function, with the fields
 // named; the other rows reach it as they came. Later functions' must
-// lists are not checked at run time.
+// lists are not checked at run time. The check is a Job's (its instances
+// dead-letter such rows); CheckSourceMust turns it on for Run.
 func TestSourceMustRejectsRowsLackingAField(t *testing.T) {
 	t.Parallel()
 	paid := "paid"
@@ -59,6 +60,7 @@ func TestSourceMustRejectsRowsLackingAField(t *testing.T) {
 			"---\nkistype: func\nfname: Next\nfmode: Calculate\nsource:\n  must: [never_there]\n",
 	})
 	fl := mustFlow(t, eng, "F")
+	kisflow.CheckSourceMust(fl)
 	if err := fl.CommitRowBatch(rows); err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +127,7 @@ func TestSourceMustWithYAMLFilter(t *testing.T) {
 		"func.yml": "kistype: func\nfname: Paid\nfmode: Verify\nsource:\n  must: [status]\nfilter: status == \"paid\" && $env.coupon == nil\n",
 	})
 	fl := mustFlow(t, eng, "F")
+	kisflow.CheckSourceMust(fl)
 	_ = fl.CommitRowBatch([]any{`{"status":"paid"}`, `{"stats":"paid"}`, `{"status":"paid","coupon":"x"}`, `{"status":"open"}`})
 	res, err := fl.Run(context.Background())
 	if len(res.Rejected) != 1 || res.Rejected[0].Index != 1 || len(res.Rows) != 1 {

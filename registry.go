@@ -171,6 +171,7 @@ func (r *Registry) lintOptions() []config.LintOption {
 	return []config.LintOption{
 		config.WithConnTypes(r.DriverTypes()...),
 		config.WithCheck(r.checkConns),
+		config.WithCheck(r.checkCallbacks),
 		config.WithCheck(r.checkDelivery),
 		config.WithFilterCheck(r.checkFilter),
 	}
@@ -275,6 +276,9 @@ func (r *Registry) Register(name string, fn any) error {
 	if err != nil {
 		return fmt.Errorf("register function %q: %w", name, err)
 	}
+	if err := checkSerializer(h); err != nil {
+		return fmt.Errorf("register function %q: %w", name, err)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, dup := r.funcs[name]; dup {
@@ -333,7 +337,9 @@ func (r *Registry) RegisterDriver(typ string, f DriverFactory) error {
 }
 
 // RegisterConnFunc registers the callback that Connector.Call runs when the
-// function fname calls connector cname (KisFlow's CaaS).
+// function fname calls connector cname (KisFlow's CaaS). A cname or fname
+// the configuration lacks (or a function using another connector) fails
+// NewEngine, with the near name.
 func (r *Registry) RegisterConnFunc(cname, fname string, fn ConnFunc) error {
 	if cname == "" || fname == "" || fn == nil {
 		return fmt.Errorf("register connector callback %q/%q: empty name or nil callback", cname, fname)
@@ -352,8 +358,9 @@ func (r *Registry) RegisterConnFunc(cname, fname string, fn ConnFunc) error {
 	return nil
 }
 
-// RegisterConnInit registers a callback run once after connector cname
-// started (KisFlow's CaaSInit). Several run in registration order.
+// RegisterConnInit registers a callback run once, when the first flow using
+// connector cname is built (KisFlow's CaaSInit; see ConnInit). Several run
+// in registration order. A cname the configuration lacks fails NewEngine.
 func (r *Registry) RegisterConnInit(cname string, fn ConnInit) error {
 	if cname == "" || fn == nil {
 		return fmt.Errorf("register connector init %q: empty name or nil callback", cname)
@@ -419,7 +426,8 @@ func globalWithImplicit(g *config.Global) *config.Global {
 	if g == nil || !g.PrometheusEnable || !g.PrometheusListen || len(g.Plugins[plugin.TypeMetrics]) > 0 {
 		return g
 	}
-	pc, err := config.NewPluginConfig(map[string]string{"listen": g.PrometheusServe})
+	// As in KisFlow, a listener that cannot bind is logged and the flows run.
+	pc, err := config.NewPluginConfig(map[string]string{"listen": g.PrometheusServe, "on_bind_error": "log"})
 	if err != nil {
 		return g // a map of strings always encodes
 	}
@@ -439,6 +447,22 @@ func globalWithImplicit(g *config.Global) *config.Global {
 func (r *Registry) checkConns(s *config.Set) []config.Problem {
 	var probs []config.Problem
 	streams := streamConns(s)
+	strict := r.strictConns(s)
+	byGo := map[string]bool{} // connectors of functions with a Go body in r
+	for name, fc := range s.Funcs {
+		if _, ok := r.handler(name); ok && fc.Option.CName != "" {
+			byGo[fc.Option.CName] = true
+		}
+	}
+	// lazy softens a problem of a connector only functions with a Go body
+	// use: it starts when one first needs its client, and fails then.
+	lazy := func(name string, p config.Problem) config.Problem {
+		if byGo[name] && !strict[name] && p.Severity == config.SevError {
+			p.Severity = config.SevWarning
+			p.Msg += "; the connector is used only by functions with a Go body: it starts, and this fails, when one first needs its client (Connector.Client, Driver or Call)"
+		}
+		return p
+	}
 	for _, name := range slices.Sorted(maps.Keys(s.Conns)) {
 		c := s.Conns[name]
 		factory, ok := r.driver(c.Type)
@@ -471,8 +495,8 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 				if pe.Unknown || !pe.Warning {
 					bad = append(bad, pe.Param)
 				}
-				probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, "params."+pe.Param), Severity: sev,
-					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %s", name, c.Type, msg))})
+				probs = append(probs, lazy(name, config.Problem{Pos: s.Pos(config.KindConn, name, "params."+pe.Param), Severity: sev,
+					Msg: c.Redactor().Redact(fmt.Sprintf("connector %q (type %s): %s", name, c.Type, msg))}))
 			}
 			cfg = withoutParams(cfg, bad)
 		}
@@ -481,8 +505,47 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 			if errors.As(err, &perr) {
 				continue // a missing required param, reported above
 			}
-			probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, connErrField(c, err.Error())), Severity: config.SevError,
-				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))})
+			probs = append(probs, lazy(name, config.Problem{Pos: s.Pos(config.KindConn, name, connErrField(c, err.Error())), Severity: config.SevError,
+				Msg: c.Redactor().Redact(fmt.Sprintf("connector %q: %v", name, err))}))
+		}
+	}
+	return probs
+}
+
+// checkCallbacks reports connector callbacks (RegisterConnFunc,
+// RegisterConnInit) that can never run: registered for a connector the
+// configuration does not have, for a function it does not have, or for a
+// function that uses another connector. A misspelt name would otherwise
+// leave Connector.Call to its default (a write), silently.
+func (r *Registry) checkCallbacks(s *config.Set) []config.Problem {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	conns := slices.Sorted(maps.Keys(s.Conns))
+	funcs := slices.Sorted(maps.Keys(s.Funcs))
+	var probs []config.Problem
+	unknownConn := func(cname, what string) {
+		probs = append(probs, config.Problem{Severity: config.SevError,
+			Msg: fmt.Sprintf("%s registered for connector %q, which the configuration does not have%s: fix the name given to the Registry", what, cname, config.SuggestName(cname, conns))})
+	}
+	for _, cname := range slices.Sorted(maps.Keys(r.connInits)) {
+		if s.Conns[cname] == nil {
+			unknownConn(cname, "a connector init callback (RegisterConnInit)")
+		}
+	}
+	for _, cname := range slices.Sorted(maps.Keys(r.connFuncs)) {
+		if s.Conns[cname] == nil {
+			unknownConn(cname, "a connector callback (RegisterConnFunc)")
+			continue
+		}
+		for _, fname := range slices.Sorted(maps.Keys(r.connFuncs[cname])) {
+			switch fc := s.Funcs[fname]; {
+			case fc == nil:
+				probs = append(probs, config.Problem{Severity: config.SevError,
+					Msg: fmt.Sprintf("a connector callback (RegisterConnFunc) of connector %q is registered for function %q, which the configuration does not have%s: fix the name given to the Registry", cname, fname, config.SuggestName(fname, funcs))})
+			case fc.Option.CName != cname:
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fname, "option.cname"), Severity: config.SevError,
+					Msg: fmt.Sprintf("a connector callback (RegisterConnFunc) of connector %q is registered for function %q, whose option.cname is %q: it would never run", cname, fname, fc.Option.CName)})
+			}
 		}
 	}
 	return probs
@@ -530,6 +593,25 @@ func streamConns(s *config.Set) map[string]bool {
 	for _, fl := range s.Flows {
 		if st := fl.Stream; st != nil {
 			out[st.Source], out[st.Sink], out[st.DeadLetter] = true, true, true
+		}
+	}
+	return out
+}
+
+// strictConns are the connectors of s that start when a flow using them is
+// built, and whose param problems are errors: those a stream names (see
+// streamConns) and those of Load and Save functions with no Go body in r
+// (their YAML body needs the driver). A connector only functions with a Go
+// body use starts lazily (see Connector) and its param problems are
+// warnings until then.
+func (r *Registry) strictConns(s *config.Set) map[string]bool {
+	out := streamConns(s)
+	for name, fc := range s.Funcs {
+		if fc.Option.CName == "" || fc.ConfigOnly() || (fc.FMode != config.Load && fc.FMode != config.Save) {
+			continue
+		}
+		if _, ok := r.handler(name); !ok {
+			out[fc.Option.CName] = true
 		}
 	}
 	return out

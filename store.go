@@ -36,9 +36,14 @@ func (s *store) Cache(key string) (any, bool) {
 }
 
 // SetCache caches value under key for ttl; ttl <= 0 keeps it until replaced.
+// A nil value deletes key: Cache then reports it absent.
 func (s *store) SetCache(key string, value any, ttl time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if value == nil {
+		delete(s.cache, key)
+		return
+	}
 	if s.cache == nil {
 		s.cache = map[string]cacheEntry{}
 	}
@@ -66,10 +71,14 @@ func (s *store) Meta(key string) any {
 	return s.meta[key]
 }
 
-// SetMeta sets the metadata value of key.
+// SetMeta sets the metadata value of key; a nil value deletes it.
 func (s *store) SetMeta(key string, value any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if value == nil {
+		delete(s.meta, key)
+		return
+	}
 	if s.meta == nil {
 		s.meta = map[string]any{}
 	}

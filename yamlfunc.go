@@ -364,8 +364,8 @@ func (r *Registry) checkBodies(s *config.Set) []config.Problem {
 				continue
 			}
 			conn := s.Conns[fc.Option.CName]
-			if !fc.FMode.Valid() || (fc.FMode.NeedsConn() && conn == nil) {
-				continue // a bad fmode or connector has its own check
+			if !fc.FMode.Valid() || (fc.Option.CName != "" && conn == nil) {
+				continue // a bad fmode or an unknown connector has its own check
 			}
 			var drv Driver
 			if conn != nil {

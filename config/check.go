@@ -56,7 +56,10 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		case !fn.FMode.Valid():
 			add(KindFunc, name, "fmode", SevError, "function %q: unknown fmode %q%s", name, fn.FMode, suggestMode(string(fn.FMode)))
 		case fn.FMode.NeedsConn() && fn.Option.CName == "":
-			add(KindFunc, name, "fmode", SevError, "function %q: fmode %s needs a connector (option.cname)", name, fn.FMode)
+			// KisFlow's exporter writes `cname: ""` and its loader takes it:
+			// only a use of the connector fails (a YAML-only Load or Save,
+			// reported by the registry's lint; a Go body's Connector call).
+			add(KindFunc, name, "fmode", SevWarning, "function %q: fmode %s has no connector (option.cname): a YAML-only %s needs one, and a Go body calling Connector gets an error", name, fn.FMode, fn.FMode)
 		}
 		if c := fn.Option.CName; c != "" {
 			if _, ok := s.Conns[c]; !ok {
@@ -67,6 +70,13 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 			add(KindFunc, name, "option.retry_times", SevError, "function %q: retry_times %d is negative", name, fn.Option.RetryTimes)
 		} else if fn.Option.RetryTimes > MaxRetryTimes {
 			add(KindFunc, name, "option.retry_times", SevWarning, "function %q: retry_times %d is above the cap; %d is used", name, fn.Option.RetryTimes, MaxRetryTimes)
+		}
+		if both := fn.Option.bothDurations; both != nil {
+			sev := SevWarning
+			if both[0] != both[1] {
+				sev = SevError
+			}
+			add(KindFunc, name, "option.retry_duration", sev, "function %q: both retry_duration (%d) and return_duration (%d) are set; this engine reads retry_duration, the original KisFlow return_duration: keep one", name, both[0], both[1])
 		}
 		if fn.Option.RetryDuration < 0 {
 			add(KindFunc, name, "option.retry_duration", SevError, "function %q: retry_duration %d is negative", name, fn.Option.RetryDuration)
@@ -101,8 +111,11 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 	for _, name := range sortedKeys(s.Conns) {
 		c := s.Conns[name]
 		switch {
+		case c.Type == "" && s.streamUsing(name) != "":
+			add(KindConn, name, "", SevError, "connector %q: missing type, and flow %q streams through it", name, s.streamUsing(name))
 		case c.Type == "":
-			add(KindConn, name, "", SevError, "connector %q: missing type", name)
+			// KisFlow loads it: a name for its CaaS callbacks.
+			add(KindConn, name, "", SevWarning, "connector %q: no type: it loads as a label for its callbacks (Connector.Driver is nil), and a YAML-only Load or Save through it has no body", name)
 		case len(o.connTypes) > 0 && !slices.Contains(o.connTypes, c.Type):
 			// As in KisFlow, a connector's type is a label until something
 			// needs its client: an error for a stream's source or sink, a
@@ -110,14 +123,20 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 			if by := s.streamUsing(name); by != "" {
 				add(KindConn, name, "type", SevError, "connector %q: unknown type %q, and flow %q streams through it (known: %s)", name, c.Type, by, strings.Join(o.connTypes, ", "))
 			} else {
-				add(KindConn, name, "type", SevWarning, "connector %q: no driver for type %q in this binary (known: %s); it loads as a label and fails when a flow starts it", name, c.Type, strings.Join(o.connTypes, ", "))
+				add(KindConn, name, "type", SevWarning, "connector %q: no driver for type %q in this binary (known: %s); it loads as a label for its callbacks (Connector.Driver is nil), and a YAML-only Load or Save through it has no body", name, c.Type, strings.Join(o.connTypes, ", "))
 			}
 		}
 		s.checkEnv(name, c, add)
 		for field, list := range map[string][]string{"load": c.Load, "save": c.Save} {
 			for i, fname := range list {
 				if s.Funcs[fname] == nil {
-					add(KindConn, name, fmt.Sprintf("%s[%d]", field, i), SevError, "connector %q: %s names unknown function %q", name, field, fname)
+					// Informational in KisFlow, whose exporter lists every
+					// function of the connector but writes only the flow's.
+					hint := suggestName(fname, sortedKeys(s.Funcs))
+					if slices.ContainsFunc(list, func(f string) bool { return hint == fmt.Sprintf(" (did you mean %s?)", f) }) {
+						hint = "" // the near name is listed too: no typo
+					}
+					add(KindConn, name, fmt.Sprintf("%s[%d]", field, i), SevWarning, "connector %q: %s names unknown function %q%s (the list is informational)", name, field, fname, hint)
 				}
 			}
 		}

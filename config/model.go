@@ -124,7 +124,11 @@ func mappingNode(a []Assignment, style yaml.Style) *yaml.Node {
 	return n
 }
 
-// Source describes where a function's rows come from (informational in KisFlow).
+// Source describes where a function's rows come from. Name is
+// informational. Must lists the fields its input rows carry: lint checks
+// field names in expressions against it, and a stream job (kisflow run,
+// Engine.Job) dead-letters a row lacking a field of the flow's first
+// function's Must. Flow.Run does not check it, as KisFlow never did.
 type Source struct {
 	Name string   `yaml:"name,omitempty"`
 	Must []string `yaml:"must,omitempty"`
@@ -145,6 +149,10 @@ type FuncOption struct {
 	// Filters wrap each call of the function, the first outermost, inside
 	// the engine's default filters.
 	Filters []FilterRef `yaml:"filters,omitempty"`
+
+	// bothDurations holds retry_duration and return_duration when a file
+	// sets both (lint reports it: KisFlow reads the second, we the first).
+	bothDurations *[2]int
 }
 
 // UnmarshalYAML accepts `return_duration` as an alias of `retry_duration`.
@@ -161,6 +169,9 @@ func (o *FuncOption) UnmarshalYAML(node *yaml.Node) error {
 		return err
 	}
 	*o = FuncOption{CName: raw.CName, RetryTimes: raw.RetryTimes, DefaultParams: raw.DefaultParams, Filters: raw.Filters}
+	if raw.RetryDuration != nil && raw.ReturnDuration != nil {
+		o.bothDurations = &[2]int{*raw.RetryDuration, *raw.ReturnDuration}
+	}
 	switch {
 	case raw.RetryDuration != nil:
 		o.RetryDuration = *raw.RetryDuration

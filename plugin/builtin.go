@@ -40,7 +40,7 @@ func Builtins() map[string]Spec {
 		TypeLog: {Type: TypeLog, New: newLog, Summary: "the engine's logger (log/slog)",
 			Config: ptr(defaultLog())},
 		TypeMetrics: {Type: TypeMetrics, DependsOn: []string{TypeLog}, New: newAdmin,
-			Summary: "the admin server: Prometheus metrics, /healthz, /readyz and /state/{flow}/{key}", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics"}},
+			Summary: "the admin server: Prometheus metrics, /healthz, /readyz and /state/{flow}/{key}", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics", OnBindError: "fail"}},
 		TypeTracing: {Type: TypeTracing, DependsOn: []string{TypeLog}, New: newOTLP,
 			Summary: "OpenTelemetry traces exported over OTLP/HTTP", Config: ptr(defaultOTLP())},
 	}
@@ -132,6 +132,11 @@ type AdminConfig struct {
 	Listen string `yaml:"listen" doc:"the address; a bare :port binds localhost, 0.0.0.0:port exposes it"`
 	// Path serves the metrics (default /metrics).
 	Path string `yaml:"path" doc:"where the metrics are served"`
+	// OnBindError is what a failure to listen does: "fail" (the default)
+	// fails the engine's start; "log" logs it at error level and the
+	// flows run without the server, as KisFlow's own listener did (the
+	// listener a global file's prometheus_listen asks for uses "log").
+	OnBindError string `yaml:"on_bind_error" doc:"fail: a failure to listen fails the start; log: it is logged at error level and the flows run without the server (KisFlow's prometheus_listen)"`
 }
 
 // check checks the address, once defaults are filled.
@@ -141,6 +146,9 @@ func (c *AdminConfig) check() error {
 	}
 	if !strings.HasPrefix(c.Path, "/") {
 		return fmt.Errorf("path %q must start with /", c.Path)
+	}
+	if c.OnBindError != "fail" && c.OnBindError != "log" {
+		return fmt.Errorf("on_bind_error %q: want fail or log", c.OnBindError)
 	}
 	return nil
 }
@@ -167,6 +175,9 @@ func NewAdmin(cfg AdminConfig) (*Admin, error) {
 	}
 	if cfg.Path == "" {
 		cfg.Path = "/metrics"
+	}
+	if cfg.OnBindError == "" {
+		cfg.OnBindError = "fail"
 	}
 	if err := cfg.check(); err != nil {
 		return nil, err
@@ -206,6 +217,12 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 	mux.HandleFunc("/state/{flow}/{key...}", serveState(h.States()))
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
+	if err != nil && a.cfg.OnBindError == "log" {
+		h.Logger().Error("metrics listener: cannot listen, so this engine's metrics are not served there; the flows run without it. "+
+			"Free the address (another process, or another engine of this process, holds it) or set prometheus_serve to another host:port",
+			"addr", a.cfg.Listen, "err", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -129,9 +129,19 @@ func (s *Store) Rows(table string) []any {
 	return slices.Clone(s.tables[table])
 }
 
-// Call is the default Save: it appends args (a row, or a []any of rows) to
-// the connector's `key` table and returns nil.
-func (s *Store) Call(_ context.Context, _ *kisflow.Connector, _ kisflow.Flow, args any) (any, error) {
+// Call is the default Save: for a Save function it appends args (a row,
+// or a []any of rows) to the connector's `key` table and returns nil. For
+// a function of another mode it writes nothing and returns an error, as
+// the default Call of a sink connector (type file) does: register a
+// callback (Registry.RegisterConnFunc) for a Load.
+func (s *Store) Call(_ context.Context, c *kisflow.Connector, f kisflow.Flow, args any) (any, error) {
+	if fn := f.Function(); fn == nil || fn.Mode() != config.Save {
+		name, mode := "", config.Mode("")
+		if fn != nil {
+			name, mode = fn.Name(), fn.Mode()
+		}
+		return nil, fmt.Errorf("connector %q (type %s): function %q has fmode %s; this type's default Call serves Save functions only (register a callback with Registry.RegisterConnFunc)", c.Name(), c.Type(), name, mode)
+	}
 	if rows, ok := args.([]any); ok {
 		return nil, s.Append("", rows...)
 	}

@@ -90,7 +90,7 @@ func Settle(ctx context.Context, f kisflow.Flow, rows []*Priced) error {
 			}
 		}
 	}
-	f.SetCache("repriced", nil, -1) // clear for the next batch
+	f.SetCache("repriced", nil, 0) // nil deletes it: the next batch on this instance starts afresh
 	c, err := f.Connector()
 	if err != nil {
 		return err
@@ -124,10 +124,11 @@ func reporter(w io.Writer, mu *sync.Mutex) func(context.Context, kisflow.Flow, [
 	}
 }
 
-func run(ctx context.Context, w io.Writer) error {
+// newEngine builds the example's engine; Report writes to w.
+func newEngine(w io.Writer) (*kisflow.Engine, error) {
 	reg := kisflow.NewRegistry()
 	if err := memory.Install(reg); err != nil {
-		return err
+		return nil, err
 	}
 	var mu sync.Mutex
 	for name, fn := range map[string]any{
@@ -137,14 +138,18 @@ func run(ctx context.Context, w io.Writer) error {
 		"Report":      reporter(w, &mu),
 	} {
 		if err := reg.Register(name, fn); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	set, err := config.ImportFS(conf, "conf")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	eng, err := kisflow.NewEngine(reg, set)
+	return kisflow.NewEngine(reg, set)
+}
+
+func run(ctx context.Context, w io.Writer) error {
+	eng, err := newEngine(w)
 	if err != nil {
 		return err
 	}

@@ -31,3 +31,32 @@ func TestActionsExample(t *testing.T) {
 		t.Fatalf("ledger line: %q", last)
 	}
 }
+
+// One flow instance reused for two batches: the first is re-priced (the
+// jump sets "repriced" in the flow's cache), and Settle clears the flag
+// with SetCache(key, nil), so the second is priced once: 1000 * 0.9.
+func TestActionsReusedInstance(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var out bytes.Buffer
+	eng, err := newEngine(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(ctx)
+	fl, err := eng.Flow(ctx, "OrderPipeline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, batch := range [][]Order{{{5, 1200}, {6, 50}}, {{8, 1000}}} {
+		fl.SetMeta("batch", i+1)
+		_ = fl.CommitRowBatch(batch)
+		if _, err := fl.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := "batch 1: 2 orders, 1012.50 EUR\nbatch 2: 1 orders, 900.00 EUR\n"
+	if out.String() != want {
+		t.Fatalf("got:\n%swant:\n%s", out.String(), want)
+	}
+}

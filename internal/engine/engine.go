@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // DefaultMaxJumps bounds the JumpFunc actions of one run when Plan.MaxJumps is zero.
@@ -92,6 +93,7 @@ type Run struct {
 	in      []any
 	action  Action
 	running bool
+	dropped []int // positions in in of the rows the running step rejected
 }
 
 // NewRun binds steps (one per plan name) into a runnable instance.
@@ -150,6 +152,16 @@ func (r *Run) ResetLayer() {
 	clear(r.outs[r.cur])
 	r.outs[r.cur] = r.outs[r.cur][:0]
 	r.action = Action{}
+	r.dropped = r.dropped[:0]
+}
+
+// Drop records that the running step rejected its input row i (it could
+// not be converted, failed an expression, ...): DataReuse does not hand a
+// rejected row on to the next step.
+func (r *Run) Drop(i int) {
+	if r.running && i >= 0 && i < len(r.in) {
+		r.dropped = append(r.dropped, i)
+	}
 }
 
 // Produced is the number of rows the running step has produced so far (its
@@ -188,6 +200,25 @@ func (r *Run) Reset() {
 	r.src = r.src[:0]
 }
 
+// reuse appends to dst the rows of in the running step did not reject.
+func (r *Run) reuse(dst, in []any) []any {
+	if len(r.dropped) == 0 {
+		return append(dst, in...)
+	}
+	slices.Sort(r.dropped)
+	d := 0
+	for j, row := range in {
+		for d < len(r.dropped) && r.dropped[d] < j {
+			d++
+		}
+		if d < len(r.dropped) && r.dropped[d] == j {
+			continue
+		}
+		dst = append(dst, row)
+	}
+	return dst
+}
+
 // Execute runs the pending source rows through the steps and returns the last
 // layer's output, which stays valid until the next Execute. The source rows
 // are consumed whatever the outcome. On a step failure the rows that step
@@ -222,6 +253,7 @@ func (r *Run) Execute(ctx context.Context) (out []any, err error) {
 			return nil, err
 		}
 		r.cur, r.in, r.action, r.running = i, in, Action{}, true
+		r.dropped = r.dropped[:0]
 		r.outs[i] = r.outs[i][:0]
 		callErr := r.steps[i].Call(ctx, in)
 		r.running = false
@@ -232,7 +264,7 @@ func (r *Run) Execute(ctx context.Context) (out []any, err error) {
 		}
 		act := r.action
 		if act.DataReuse {
-			r.outs[i] = append(r.outs[i][:0], in...)
+			r.outs[i] = r.reuse(r.outs[i][:0], in)
 		}
 		r.ran[i] = true
 		out = r.outs[i]
