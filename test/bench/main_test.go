@@ -6,7 +6,8 @@
 //
 //	KISFLOW_BENCH_10M=1 go test ./test/bench -run '^$' -bench . -benchtime 3x
 //
-// KISFLOW_BENCH_ROWS=N runs on N events instead of 10M (a quicker check).
+// KISFLOW_BENCH_ROWS=N runs on N events instead of 10M (a quicker check;
+// a multiple of 1M, whole minutes of event time).
 package bench
 
 import (
@@ -40,8 +41,8 @@ func TestMain(m *testing.M) {
 func buildAndRun(m *testing.M) int {
 	if s := os.Getenv("KISFLOW_BENCH_ROWS"); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1_000_000 {
-			fmt.Fprintf(os.Stderr, "KISFLOW_BENCH_ROWS=%q: want a number of events, at least 1000000 (a minute of event time)\n", s)
+		if err != nil || n < perMinute || n%perMinute != 0 {
+			fmt.Fprintf(os.Stderr, "KISFLOW_BENCH_ROWS=%q: want a number of events that is a multiple of 1000000 (whole minutes of event time)\n", s)
 			return 2
 		}
 		rows = n
