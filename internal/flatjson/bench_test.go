@@ -12,3 +12,28 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkDecodeEvent decodes issue 13's window benchmark rows (an epoch
+// milliseconds time, an integer id, a decimal amount) into one reused map,
+// as the window function does.
+func BenchmarkDecodeEvent(b *testing.B) {
+	line := []byte(`{"ts":1777636812345,"user_id":67890,"amount":123.45}`)
+	var d Decoder
+	m := make(map[string]any, 8)
+	b.ReportAllocs()
+	for range b.N {
+		if !d.DecodeInto(m, line) {
+			b.Fatal("refused")
+		}
+	}
+}
+
+// BenchmarkNumberDecimal reads a decimal amount.
+func BenchmarkNumberDecimal(b *testing.B) {
+	x := []byte("123.45")
+	for range b.N {
+		if _, ok := number(x); !ok {
+			b.Fatal("refused")
+		}
+	}
+}

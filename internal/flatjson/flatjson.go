@@ -201,6 +201,11 @@ func number(b []byte) (any, bool) {
 		}
 		return n, true
 	}
+	if !integral {
+		if f, ok := shortDecimal(b); ok {
+			return f, true
+		}
+	}
 	s := unsafe.String(unsafe.SliceData(b), len(b)) // read only, not kept
 	if integral {
 		if n, err := strconv.ParseInt(s, 10, 64); err == nil {
@@ -210,6 +215,42 @@ func number(b []byte) (any, bool) {
 	f, err := strconv.ParseFloat(s, 64)
 	if err != nil || math.IsInf(f, 0) {
 		return nil, false
+	}
+	return f, true
+}
+
+// pow10 holds the powers of ten a float64 represents exactly.
+var pow10 = [...]float64{1, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15}
+
+// shortDecimal reads a valid JSON number without exponent and with at most
+// 15 digits (123.45, the common amount) without strconv.ParseFloat: its
+// digits as an integer and the power of ten it is divided by are both
+// exact float64s, so their quotient is the correctly rounded value, the
+// one ParseFloat returns. ok == false leaves the number to ParseFloat.
+func shortDecimal(b []byte) (float64, bool) {
+	neg := b[0] == '-'
+	if neg {
+		b = b[1:]
+	}
+	var mant int64
+	digits, frac := 0, -1
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			mant = mant*10 + int64(c-'0')
+			digits++
+		case c == '.':
+			frac = digits
+		default:
+			return 0, false // an exponent
+		}
+	}
+	if digits > 15 || frac < 0 {
+		return 0, false
+	}
+	f := float64(mant) / pow10[digits-frac]
+	if neg {
+		f = -f
 	}
 	return f, true
 }

@@ -2,7 +2,11 @@ package flatjson
 
 import (
 	"encoding/json"
+	"math"
+	"math/rand/v2"
 	"reflect"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -96,5 +100,47 @@ func TestDecodeIntoReusesTheMap(t *testing.T) {
 	}
 	if d.DecodeInto(m, []byte(`{"a":{"nested":1}}`)) || d.DecodeInto(m, []byte(`[1]`)) {
 		t.Fatal("a nested object or an array decoded")
+	}
+}
+
+// Decimals read without strconv.ParseFloat have the value ParseFloat
+// gives them, bit for bit, whatever their digits.
+func TestShortDecimalsAreParsedAsParseFloatDoes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	fixed := []string{"0.0", "-0.0", "0.1", "0.05", "123.45", "-123.45", "999999999999999.9", "0.000000000000001",
+		"1.000000000000001", "123456789012345.6", "1234567890123456.7", "9007199254740993.0", "0.1e1", "5.5E-3"}
+	for range 200_000 {
+		digits := 1 + rng.IntN(17)
+		s := strconv.FormatUint(rng.Uint64()%uint64(math.Pow10(digits)), 10)
+		for len(s) < digits {
+			s = "0" + s
+		}
+		dot := 1 + rng.IntN(len(s))
+		num := strings.TrimLeft(s[:dot], "0")
+		if num == "" {
+			num = "0"
+		}
+		if dot == len(s) {
+			s = num + ".0"
+		} else {
+			s = num + "." + s[dot:]
+		}
+		if rng.IntN(2) == 0 {
+			s = "-" + s
+		}
+		fixed = append(fixed, s)
+	}
+	for _, s := range fixed {
+		want, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := number([]byte(s))
+		if !ok {
+			t.Fatalf("%s refused", s)
+		}
+		if f, isFloat := got.(float64); !isFloat || math.Float64bits(f) != math.Float64bits(want) {
+			t.Fatalf("%s: %v (%T), want %v", s, got, got, want)
+		}
 	}
 }
