@@ -77,15 +77,21 @@ func PrivateMosquitto(t *testing.T) *Server {
 // PrivatePostgres is a PostgreSQL server of its own (initdb into the test's
 // folder, trust authentication, user postgres), so the test can restart it.
 // Its URL: postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable.
-func PrivatePostgres(t *testing.T) *Server {
+// settings are more server settings (NAME=VALUE, given as -c), such as
+// wal_level=logical for logical replication.
+func PrivatePostgres(t *testing.T, settings ...string) *Server {
 	bin := "postgres"
 	if found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres"); len(found) > 0 {
 		sort.Strings(found)
 		bin = found[len(found)-1]
 	}
 	s := newServer(t, "PostgreSQL", bin, func(port int, dir string) []string {
-		return []string{"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-k", dir,
+		args := []string{"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-k", dir,
 			"-c", "listen_addresses=127.0.0.1", "-c", "logging_collector=off"}
+		for _, s := range settings {
+			args = append(args, "-c", s)
+		}
+		return args
 	})
 	s.runAs(t, "postgres")
 	// SIGTERM is PostgreSQL's "smart" shutdown, which waits for every
