@@ -3,6 +3,7 @@ package fault
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -67,7 +68,7 @@ stream:
   source: %s
   sink: %s
   delivery: %s
-  batch_size: 100
+  batch_size: 37
   linger: 5ms
 `, name, source, sink, delivery)
 }
@@ -150,7 +151,8 @@ func waitEqual(t *testing.T, p *Proc, src *sql.DB, replica func() (map[int64]str
 	}
 }
 
-// changeWriter changes src at random in small transactions until stopped:
+// changeWriter changes src at random in transactions (most small, some
+// of up to 200 changes) until stopped:
 // inserts, updates and deletes, and transactions rolled back. Each insert
 // and update sets n to a new number; the changes it committed are
 // recorded as n*4 + op (0 insert, 1 update, 2 delete, with a delete's n
@@ -210,7 +212,11 @@ func (w *changeWriter) tx() error {
 	}
 	defer func() { _ = tx.Rollback() }()
 	done := map[int64]int{}
-	for range 1 + w.rnd.IntN(5) {
+	ops := 1 + w.rnd.IntN(5)
+	if w.rnd.IntN(20) == 0 {
+		ops = 50 + w.rnd.IntN(150) // a large transaction: batches end inside it
+	}
+	for range ops {
 		switch op := w.rnd.IntN(10); {
 		case op < 4:
 			w.maxID++
@@ -304,18 +310,40 @@ params:
 // TestPostgresCDCSIGKILL kills a job replicating a changing table with
 // SIGKILL at random points, several times: the exactly-once replica (mode
 // apply) ends equal to the source, and a log of the changes (insert mode,
-// exactly-once, a second slot) holds each committed change once and no
-// change of a transaction rolled back.
+// exactly-once, a second slot) and one in a Redis list (exactly-once, a
+// third slot) hold each committed change once and no change of a
+// transaction rolled back.
 func TestPostgresCDCSIGKILL(t *testing.T) {
 	t.Parallel()
 	const initial = 2000
 	_, url, db := logicalPostgres(t, initial)
 	work := t.TempDir()
+	redisAddr := testenv.Redis.Addr(t)
+	rdb := redisClient(t, redisAddr)
+	redisKey := testenv.Name("kisflow-cdc-")
+	t.Cleanup(func() {
+		ctx := context.Background()
+		keys, _ := rdb.Keys(ctx, redisKey+"*").Result()
+		if len(keys) > 0 {
+			rdb.Del(ctx, keys...)
+		}
+	})
 	dir := Dir(t, map[string]string{
 		"replica.yml": cdcFlow("Replica", "cdc", "replica", "exactly-once"),
 		"log.yml":     cdcFlow("Log", "cdclog", "log", "exactly-once"),
+		"redis.yml":   cdcFlow("RedisLog", "cdcredis", "redislog", "exactly-once"),
 		"funcs.yml":   passFunc,
-		"conns.yml": cdcConn("cdc", url, "kisflow_kill_replica", true) + "---\n" + cdcConn("cdclog", url, "kisflow_kill_log", false) + `---
+		"conns.yml": cdcConn("cdc", url, "kisflow_kill_replica", true) + "---\n" + cdcConn("cdclog", url, "kisflow_kill_log", false) +
+			"---\n" + cdcConn("cdcredis", url, "kisflow_kill_redis", false) + `---
+kistype: conn
+cname: redislog
+type: redis
+addrs: ` + redisAddr + `
+key: ` + redisKey + `:log
+params:
+  mode: list
+  state_prefix: "` + redisKey + `:"
+---
 kistype: conn
 cname: replica
 type: sqlite
@@ -350,6 +378,24 @@ params:
 	logged := func() (map[int64]int, error) {
 		return queryIDs(logDB, "SELECT n*4 + CASE op WHEN 'insert' THEN 0 WHEN 'update' THEN 1 WHEN 'delete' THEN 2 ELSE 3 END FROM log")
 	}
+	redisLogged := func() (map[int64]int, error) {
+		entries, err := rdb.LRange(context.Background(), redisKey+":log", 0, -1).Result()
+		if err != nil {
+			return nil, err
+		}
+		out := map[int64]int{}
+		for _, e := range entries {
+			var row struct {
+				N  int64  `json:"n"`
+				Op string `json:"_op"`
+			}
+			if err := json.Unmarshal([]byte(e), &row); err != nil {
+				return nil, fmt.Errorf("entry %q: %w", e, err)
+			}
+			out[row.N*4+int64(strings.Index("insert update delete", row.Op)/7)]++
+		}
+		return out, nil
+	}
 	state := filepath.Join(work, "state")
 	run := func() *Proc {
 		return Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never", "--log-level", "info")
@@ -367,12 +413,12 @@ params:
 		t.Logf("the kill landed after the snapshot (%d rows)", len(got))
 	}
 	p = run()
-	// The log's slot exists (it reads no snapshot) once both stream.
-	Eventually(t, time.Minute, "both flows stream", func() bool {
+	// The logs' slots exist (they read no snapshot) once all three stream.
+	Eventually(t, time.Minute, "the three flows stream", func() bool {
 		if p.Exited() {
 			t.Fatalf("kisflow exited; output:\n%s", tail(p.Output(), 4000))
 		}
-		return strings.Count(p.Output(), "postgres_cdc streams changes") >= 2
+		return strings.Count(p.Output(), "postgres_cdc streams changes") >= 3
 	})
 	w := startWriter(t, db, initial, 2*time.Millisecond)
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
@@ -391,36 +437,46 @@ params:
 	w.mu.Lock()
 	want := w.want
 	w.mu.Unlock()
-	Eventually(t, 2*time.Minute, "the log holds every change", func() bool {
-		got, err := logged()
-		if err != nil {
-			return false
-		}
-		for k := range want {
-			if got[k] == 0 {
+	for _, l := range []struct {
+		name string
+		read func() (map[int64]int, error)
+	}{{"SQLite log", logged}, {"Redis log", redisLogged}} {
+		Eventually(t, 2*time.Minute, "the "+l.name+" holds every change", func() bool {
+			got, err := l.read()
+			if err != nil {
 				return false
 			}
-		}
-		return true
-	})
+			for k := range want {
+				if got[k] == 0 {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	stopCleanly(t, p)
-	got, err := logged()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var bad []string
-	for k, c := range got {
-		if want[k] != c {
-			bad = append(bad, fmt.Sprintf("change %d/%d: %d times, want %d", k/4, k%4, c, want[k]))
+	for _, l := range []struct {
+		name string
+		read func() (map[int64]int, error)
+	}{{"SQLite log", logged}, {"Redis log", redisLogged}} {
+		got, err := l.read()
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	for k, c := range want {
-		if _, ok := got[k]; !ok {
-			bad = append(bad, fmt.Sprintf("change %d/%d: %d times, want %d", k/4, k%4, got[k], c))
+		var bad []string
+		for k, c := range got {
+			if want[k] != c {
+				bad = append(bad, fmt.Sprintf("change %d/%d: %d times, want %d", k/4, k%4, c, want[k]))
+			}
 		}
-	}
-	if len(bad) > 0 {
-		t.Fatalf("after %d SIGKILLs, %d changes logged wrongly: %v", kills, len(bad), bad[:min(len(bad), 10)])
+		for k, c := range want {
+			if _, ok := got[k]; !ok {
+				bad = append(bad, fmt.Sprintf("change %d/%d: %d times, want %d", k/4, k%4, got[k], c))
+			}
+		}
+		if len(bad) > 0 {
+			t.Errorf("after %d SIGKILLs, the %s holds %d changes wrongly: %v", kills, l.name, len(bad), bad[:min(len(bad), 10)])
+		}
 	}
 	t.Logf("%d changes logged once each after %d SIGKILLs", len(want), kills)
 }
