@@ -119,10 +119,10 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 	return d, nil
 }
 
-// Start checks that the server is set up for logical replication, and
-// creates the publication when it is missing and create_publication allows.
-// A server that cannot be reached is an outage: the source connects again
-// when it reads.
+// Start checks that the server is set up for logical replication and that
+// the tables exist; it creates nothing (a source creates the publication
+// and the slot when it first connects). A server that cannot be reached is
+// an outage: the source connects again when it reads.
 func (d *CDC) Start(ctx context.Context) error {
 	conn, err := d.plain(ctx)
 	if err != nil {
@@ -132,7 +132,37 @@ func (d *CDC) Start(ctx context.Context) error {
 		return nil // an outage: the source prepares when it connects
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return d.prepare(ctx, conn)
+	return d.prepare(ctx, conn, false)
+}
+
+// Check verifies, for kisflow dry-run, that the server has wal_level =
+// logical, that the tables exist, and that the publication and the slot
+// exist or may be created, without creating anything.
+func (d *CDC) Check(ctx context.Context, _ config.ConnUse) error {
+	conn, err := d.plain(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := d.prepare(ctx, conn, false); err != nil {
+		return err
+	}
+	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
+	defer cancel()
+	var slots, repl int
+	if err := conn.QueryRow(qctx, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", d.p.Slot).Scan(&slots); err != nil {
+		return d.wrap("look up slot", err)
+	}
+	if slots == 0 && !d.p.CreateSlot {
+		return stream.Fatal(fmt.Errorf("replication slot %s does not exist (and create_slot is false)", d.p.Slot))
+	}
+	if err := conn.QueryRow(qctx, "SELECT count(*) FROM pg_roles WHERE rolname = current_user AND (rolreplication OR rolsuper)").Scan(&repl); err != nil {
+		return d.wrap("look up the user's attributes", err)
+	}
+	if repl == 0 {
+		return stream.Fatal(fmt.Errorf("the user has no REPLICATION attribute (ALTER ROLE ... WITH REPLICATION)"))
+	}
+	return nil
 }
 
 // Close does nothing: each source closes its own connections.
@@ -142,8 +172,16 @@ func (d *CDC) Close(context.Context) error { return nil }
 // stores.
 func (d *CDC) Resumable() bool { return true }
 
-// Identity names the source by its slot: one slot, one stream.
-func (d *CDC) Identity() string { return "postgres_cdc:" + d.p.Slot }
+// Identity names the source by its server, database and slot (one slot,
+// one stream), so that the flow keeps its position when the DSN's other
+// settings or the table list change.
+func (d *CDC) Identity() string {
+	cfg, err := pgconn.ParseConfig(d.dsn)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s:%d/%s/%s", cfg.Host, cfg.Port, cfg.Database, d.p.Slot)
+}
 
 // connect opens a connection: a replication connection (replication =
 // database) or a plain one.
@@ -169,8 +207,9 @@ func (d *CDC) connect(ctx context.Context, replication bool) (*pgconn.PgConn, er
 	return conn, nil
 }
 
-// prepare checks wal_level and the tables, and creates the publication.
-func (d *CDC) prepare(ctx context.Context, conn *pgx.Conn) error {
+// prepare checks wal_level and the tables, and creates the publication
+// (when create).
+func (d *CDC) prepare(ctx context.Context, conn *pgx.Conn, create bool) error {
 	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
 	defer cancel()
 	var lvl string
@@ -198,6 +237,9 @@ func (d *CDC) prepare(ctx context.Context, conn *pgx.Conn) error {
 	}
 	if !d.p.CreatePublication {
 		return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: publication %s does not exist (CREATE PUBLICATION %s FOR TABLE ..., or set params.create_publication: \"true\")", d.cfg.CName, d.p.Publication, d.p.Publication))
+	}
+	if !create {
+		return nil
 	}
 	names := make([]string, len(d.tables))
 	for i, t := range d.tables {

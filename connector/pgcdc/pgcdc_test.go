@@ -26,6 +26,9 @@ func TestParamsRefused(t *testing.T) {
 	if c := d.(*CDC); c.p.CreateSlot || !c.p.Snapshot || !c.p.CreatePublication || c.tables[0].String() != "public.orders" {
 		t.Fatalf("decoded %+v, tables %v", c.p, c.tables)
 	}
+	if id := d.(*CDC).Identity(); id != "127.0.0.1:5432/db/s" {
+		t.Errorf("identity %q, want server, database and slot", id)
+	}
 }
 
 func TestPositions(t *testing.T) {

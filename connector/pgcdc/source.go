@@ -198,7 +198,7 @@ func (s *source) open(ctx context.Context) error {
 			_ = plain.Close(context.WithoutCancel(ctx))
 		}
 	}()
-	if err := d.prepare(ctx, plain); err != nil {
+	if err := d.prepare(ctx, plain, true); err != nil {
 		return err
 	}
 	if s.repl, err = d.connect(ctx, true); err != nil {

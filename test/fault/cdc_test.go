@@ -265,7 +265,8 @@ func (w *changeWriter) tx() error {
 
 // TestPostgresCDCApply replicates a PostgreSQL table into another
 // PostgreSQL table through postgres_cdc and mode apply: the snapshot, then
-// inserts, updates and deletes; the replica ends equal to the source.
+// inserts, updates and deletes; the replica ends equal to the source. A
+// dry-run before creates no slot and no publication.
 func TestPostgresCDCApply(t *testing.T) {
 	t.Parallel()
 	_, url, db := logicalPostgres(t, 300)
@@ -285,6 +286,14 @@ params:
   mode: apply
 `,
 	})
+	// dry-run checks the source and creates nothing.
+	if r := Run(t, dir, time.Minute, "dry-run", dir); r.Code != 0 || !strings.Contains(r.Stdout, "connector cdc (type postgres_cdc, source): ok") {
+		t.Fatalf("dry-run: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
+	}
+	var objects int
+	if err := db.QueryRow("SELECT (SELECT count(*) FROM pg_replication_slots) + (SELECT count(*) FROM pg_publication)").Scan(&objects); err != nil || objects != 0 {
+		t.Fatalf("dry-run created %d slots and publications (err %v)", objects, err)
+	}
 	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "info")
 	replica := func() (map[int64]string, error) { return tableRows(db, rowText+"replica") }
 	waitEqual(t, p, db, replica, time.Minute)
