@@ -297,6 +297,10 @@ params:
 	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "info")
 	replica := func() (map[int64]string, error) { return tableRows(db, rowText+"replica") }
 	waitEqual(t, p, db, replica, time.Minute)
+	var before string // the WAL's end before the changes
+	if err := db.QueryRow("SELECT pg_current_wal_lsn()::text").Scan(&before); err != nil {
+		t.Fatal(err)
+	}
 	for _, q := range []string{
 		"INSERT INTO src VALUES (1001, 'new', 1001)",
 		"UPDATE src SET v = 'changed', n = n + 1 WHERE id % 7 = 0",
@@ -313,6 +317,13 @@ params:
 	if err := db.QueryRow("SELECT count(*) FROM replica WHERE id = 3001").Scan(&n); err != nil || n != 0 {
 		t.Fatalf("a rolled back insert reached the replica (count %d, err %v)", n, err)
 	}
+	// The committed position is reported to the server: the slot no
+	// longer keeps the WAL of the changes.
+	Eventually(t, 30*time.Second, "the slot's flush position passes the changes", func() bool {
+		var passed bool
+		err := db.QueryRow("SELECT confirmed_flush_lsn > $1::text::pg_lsn FROM pg_replication_slots WHERE slot_name = 'kisflow_replica'", before).Scan(&passed)
+		return err == nil && passed
+	})
 	stopCleanly(t, p)
 }
 
