@@ -428,6 +428,14 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 		s.disconnect(ctx)
 		return out, d.wrap("replication stream", err)
 	}
+	// Reads wait on the socket's deadline, not on a context per message
+	// (pgconn watches each context it is given with a goroutine): the
+	// deadline is the next status update, ctx's deadline, or, once some
+	// rows came, a few milliseconds; ctx's cancellation cuts it short.
+	nc := s.repl.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	defer stop()
+	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
 	for len(out) < max {
 		if !time.Now().Before(s.nextStatus) {
 			if err := s.status(context.WithoutCancel(ctx)); err != nil {
@@ -435,23 +443,28 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 			}
 		}
 		deadline := s.nextStatus
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
+		}
 		if soon := time.Now().Add(5 * time.Millisecond); len(out) > 0 && soon.Before(deadline) {
 			deadline = soon
 		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		raw, err := s.repl.ReceiveMessage(rctx)
-		cancel()
+		_ = nc.SetReadDeadline(deadline)
+		if ctx.Err() != nil {
+			_ = nc.SetReadDeadline(time.Now())
+		}
+		raw, err := s.repl.ReceiveMessage(context.Background())
 		if err != nil {
-			if ctx.Err() != nil && !s.repl.IsClosed() {
+			if !pgconn.Timeout(err) || s.repl.IsClosed() {
+				return fail(err)
+			}
+			if ctx.Err() != nil {
 				return out, ctx.Err()
 			}
-			if pgconn.Timeout(err) && !s.repl.IsClosed() {
-				if len(out) > 0 {
-					return out, nil
-				}
-				continue
+			if len(out) > 0 {
+				return out, nil
 			}
-			return fail(err)
+			continue
 		}
 		switch m := raw.(type) {
 		case *pgproto3.CopyData:
