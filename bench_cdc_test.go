@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/connector/pgcdc"
 	kissql "github.com/kisflow-go/kisflow/connector/sql"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -25,8 +26,8 @@ const cdcChanges = 100_000
 
 // BenchmarkPostgresCDCVersusRawStream replicates 100,000 changes of a
 // private PostgreSQL (wal_level=logical) through postgres_cdc and mode
-// apply into SQLite and into a PostgreSQL table (at-least-once and
-// exactly-once), against the same stream read and decoded by pgx and
+// apply into SQLite (at-least-once and exactly-once) and into a
+// PostgreSQL table, and into the discard sink (the source's own cost), against the same stream read and decoded by pgx and
 // pglogrepl alone (each change's columns decoded to Go values, nothing
 // written). Each reader has its own slot, created before the changes.
 func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
@@ -43,6 +44,7 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 		}
 	}
 	targets := []struct{ name, delivery, sink string }{
+		{"discard", "at-least-once", "type: discard\n"},
 		{"sqlite", "at-least-once", "type: sqlite\nkey: replica\nparams:\n  path: " + filepath.Join(b.TempDir(), "replica.db") + "\n  mode: apply\n  upsert_key: id\n  create: \"true\"\n"},
 		{"sqlite-exactly-once", "exactly-once", "type: sqlite\nkey: replica\nparams:\n  path: " + filepath.Join(b.TempDir(), "replica-eo.db") + "\n  mode: apply\n  upsert_key: id\n  create: \"true\"\n"},
 		{"postgres", "at-least-once", "type: postgres\nkey: replica\nparams:\n  dsn: \"" + url + "\"\n  mode: apply\n"},
@@ -53,7 +55,7 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 		exec("CREATE TABLE replica (id BIGINT PRIMARY KEY, v TEXT, n BIGINT, at TIMESTAMPTZ)")
 		exec("DROP PUBLICATION IF EXISTS bench; CREATE PUBLICATION bench FOR TABLE src")
 		slot := func(name string) string { return fmt.Sprintf("%s_%d", name, i) }
-		for _, s := range []string{"raw", "sqlite", "sqlite_exactly_once", "postgres"} {
+		for _, s := range []string{"raw", "discard", "sqlite", "sqlite_exactly_once", "postgres"} {
 			exec(fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot(s)))
 		}
 		for t := range 600 {
@@ -76,6 +78,9 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 			if err := kissql.Install(reg); err != nil {
 				b.Fatal(err)
 			}
+			if err := file.Install(reg); err != nil { // discard
+				b.Fatal(err)
+			}
 			docs := map[string]string{
 				"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Bench\nflows:\n  - fname: Pass\nstream:\n  source: in\n  sink: out\n  batch_size: 1000\n  linger: 5ms\n  delivery: " + tg.delivery + "\n",
 				"func.yml": "kistype: func\nfname: Pass\nfmode: Calculate\ncalc:\n  seen: true\n",
@@ -93,6 +98,20 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 		var left int
 		if err := db.QueryRow("SELECT count(*) FROM replica").Scan(&left); err != nil || left != 50_000 {
 			b.Fatalf("the PostgreSQL replica holds %d rows (err %v), want 50000", left, err)
+		}
+		// Drop the iteration's slots once their readers have left.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, err := db.Exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
+			var n int
+			if err == nil {
+				err = db.QueryRow("SELECT count(*) FROM pg_replication_slots").Scan(&n)
+			}
+			if err == nil && n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the slots are still there (%d, err %v)", n, err)
+			}
 		}
 	}
 }
