@@ -5,6 +5,7 @@ import (
 	stdsql "database/sql"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	gojson "github.com/goccy/go-json"
@@ -45,14 +46,14 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 	last := map[string]*change{}
 	var order []string
 	set := func(c *change) error {
-		id, err := gojson.Marshal(c.key)
+		id, err := keyID(c.key)
 		if err != nil {
 			return stream.Permanent(fmt.Errorf("connector %q: key %v: %w", d.cfg.CName, c.key, err))
 		}
-		if _, ok := last[string(id)]; !ok {
-			order = append(order, string(id))
+		if _, ok := last[id]; !ok {
+			order = append(order, id)
 		}
-		last[string(id)] = c
+		last[id] = c
 		return nil
 	}
 	keyOf := func(i int, m map[string]any) ([]any, error) {
@@ -153,12 +154,35 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 }
 
 func sameKey(a, b []any) (bool, error) {
-	ja, err := gojson.Marshal(a)
+	ka, err := keyID(a)
 	if err != nil {
 		return false, err
 	}
-	jb, err := gojson.Marshal(b)
-	return string(ja) == string(jb), err
+	kb, err := keyID(b)
+	return ka == kb, err
+}
+
+// keyID is a key's identity within a batch: a one-column key of a common
+// type as its text (whole numbers of every size alike), others as JSON.
+func keyID(key []any) (string, error) {
+	if len(key) == 1 {
+		switch v := key[0].(type) {
+		case int64:
+			return strconv.FormatInt(v, 10), nil
+		case int32:
+			return strconv.FormatInt(int64(v), 10), nil
+		case int:
+			return strconv.Itoa(v), nil
+		case float64: // a JSON row's number: as the same whole number would be
+			if v == float64(int64(v)) {
+				return strconv.FormatInt(int64(v), 10), nil
+			}
+		case string:
+			return "s" + v, nil
+		}
+	}
+	b, err := gojson.Marshal(key)
+	return string(b), err
 }
 
 // deleteKeys deletes the rows of keys.

@@ -74,6 +74,13 @@ func TestApplyMode(t *testing.T) {
 			t.Fatalf("step %d: replica %v, want %v", i, got, s.want)
 		}
 	}
+	// A key read as int64 and as a JSON number is one key.
+	if err := d.Write(ctx, []any{row("insert", 7, "g"), map[string]any{"_op": "delete", "id": float64(7)}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got[7] != "" {
+		t.Fatalf("the delete of 7 as a JSON number did not win: %v", got)
+	}
 	if err := d.Write(ctx, []any{map[string]any{"_op": "merge", "id": 1}}); err == nil {
 		t.Fatal("an unknown _op was accepted")
 	}
