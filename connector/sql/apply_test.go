@@ -6,24 +6,46 @@ import (
 	"testing"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
-// TestApplyMode applies changes by the table's primary key: upserts,
-// deletes, a key change and a truncate, folded per batch in order.
+// TestApplyMode applies changes by the table's primary key, in each
+// dialect: upserts, deletes, a key change and a truncate, folded per batch
+// in order.
 func TestApplyMode(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	drv, err := NewSQLite(&config.Conn{CName: "replica", Type: TypeSQLite, Key: "replica",
-		Params: map[string]string{"path": filepath.Join(t.TempDir(), "r.db"), "mode": "apply"}})
-	if err != nil {
-		t.Fatal(err)
+	for _, dialect := range []string{TypeSQLite, TypePostgres, TypeMySQL} {
+		t.Run(dialect, func(t *testing.T) {
+			t.Parallel()
+			var drv driver.Driver
+			var err error
+			switch dialect {
+			case TypeSQLite:
+				drv, err = NewSQLite(&config.Conn{CName: "replica", Type: TypeSQLite, Key: "replica",
+					Params: map[string]string{"path": filepath.Join(t.TempDir(), "r.db"), "mode": "apply"}})
+			case TypePostgres:
+				drv, err = NewPostgres(&config.Conn{CName: "replica", Type: TypePostgres, Key: "replica",
+					Params: map[string]string{"dsn": testenv.PostgresDatabase(t), "mode": "apply"}})
+			case TypeMySQL:
+				drv, err = NewMySQL(&config.Conn{CName: "replica", Type: TypeMySQL, Key: "replica",
+					Params: map[string]string{"dsn": testenv.MySQLDatabase(t), "mode": "apply"}})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			testApply(t, drv.(*DB))
+		})
 	}
-	d := drv.(*DB)
+}
+
+func testApply(t *testing.T, d *DB) {
+	ctx := context.Background()
 	if err := d.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer d.Close(ctx)
-	if _, err := d.SQL().Exec("CREATE TABLE replica (id INTEGER PRIMARY KEY, v TEXT)"); err != nil {
+	if _, err := d.SQL().Exec("CREATE TABLE replica (id BIGINT PRIMARY KEY, v VARCHAR(100))"); err != nil {
 		t.Fatal(err)
 	}
 	row := func(op string, id int, v string) map[string]any {
