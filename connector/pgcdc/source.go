@@ -244,17 +244,24 @@ func (s *source) open(ctx context.Context) error {
 			return d.wrap("read slot "+d.p.Slot, err)
 		}
 	}
-	if (s.fresh || s.at.snapshot) && d.p.Snapshot {
+	// From here on the source has a position: a connection lost later
+	// goes on from the last row delivered (s.at), a snapshot too.
+	snapshot := (s.fresh || s.at.snapshot) && d.p.Snapshot
+	s.fresh = false
+	if snapshot {
 		// Rows read from a snapshot later than the stream's start are
 		// brought up to date by the changes after it (full images, by
 		// key): the result is the same.
+		s.at = position{lsn: s.at.lsn, snapshot: true}
 		if err := s.beginSnapshot(ctx, plain, snapName, s.at.lsn); err != nil {
 			return err
 		}
 		keep = true
 		return nil
 	}
-	s.at.snapshot = false
+	if s.at.snapshot { // a snapshot cut short, and no longer asked for
+		s.at = position{lsn: s.at.lsn}
+	}
 	return s.startStream(ctx)
 }
 
