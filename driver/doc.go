@@ -33,9 +33,11 @@
 //     stream.Source. Optional extras of a source: stream.Nacker (give
 //     messages back at once), stream.DeadLetterNotifier (told which messages
 //     went to the dead-letter sink before they are acknowledged),
-//     stream.Sizer (progress of a bounded source), a Lag(ctx) (int64, error)
-//     method (kisflow_source_lag), stream.PartitionOwner (partitions that
-//     move between the processes of a group: keyed state follows them).
+//     stream.Sizer (progress of a bounded source), stream.PositionCommitter
+//     (told each position once it is committed, to acknowledge it to its
+//     server), a Lag(ctx) (int64, error) method (kisflow_source_lag),
+//     stream.PartitionOwner (partitions that move between the processes of
+//     a group: keyed state follows them).
 //   - stream.Sink: it is a flow's sink and serves Save functions (Write).
 //   - stream.TxSink: an exactly-once sink: rows, position and consumed
 //     message IDs commit in one transaction (CommitBatch, Position, Seen);

@@ -96,6 +96,16 @@ type MessagePositions interface {
 	PositionsPerMessage() bool
 }
 
+// PositionCommitter is an optional Source capability: the runtime tells
+// the source each position it has durably committed (saved in the
+// checkpoint store, or in an exactly-once sink's transaction), in commit
+// order, after the commit. A source that acknowledges positions to its
+// server (a replication slot's flush position) does so only then: Ack
+// alone may come before the position is saved. It must not block.
+type PositionCommitter interface {
+	PositionCommitted(ctx context.Context, position string)
+}
+
 // Sizer is an optional Source capability for progress: how far a bounded
 // source has read, and its total, in the same unit (bytes for a file).
 type Sizer interface {

@@ -17,6 +17,7 @@ import (
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/connector/mqtt"
 	"github.com/kisflow-go/kisflow/connector/nats"
+	"github.com/kisflow-go/kisflow/connector/pgcdc"
 	"github.com/kisflow-go/kisflow/connector/redis"
 	"github.com/kisflow-go/kisflow/connector/sql"
 )
@@ -32,6 +33,7 @@ func Install(reg *kisflow.Registry) error {
 		func() error { return generator.Install(reg) },
 		func() error { return http.Install(reg) },
 		func() error { return sql.Install(reg) },
+		func() error { return pgcdc.Install(reg) },
 		func() error { return redis.Install(reg) },
 		func() error { return nats.Install(reg) },
 		func() error { return kafka.Install(reg) },

@@ -71,7 +71,7 @@ func TestLeanConnectorsDoNotImportTheEngine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: runs go list")
 	}
-	for _, pkg := range []string{"file", "generator", "http", "kafka", "amqp", "mqtt"} {
+	for _, pkg := range []string{"file", "generator", "http", "kafka", "amqp", "mqtt", "pgcdc"} {
 		out, err := exec.Command("go", "list", "-deps", "github.com/kisflow-go/kisflow/connector/"+pkg).Output()
 		if err != nil {
 			t.Fatalf("go list %s: %v", pkg, err)

@@ -9,6 +9,7 @@ import (
 // common are the params every SQL type takes.
 type common struct {
 	Columns      []string      `param:"columns" doc:"comma-separated columns to write; an entry column=field takes the column's value from another row field; default: the table's columns, or the first row's fields when the table is created" example:"id,amount=total"`
+	Mode         string        `param:"mode" default:"insert" enum:"insert|apply" doc:"insert: each row is inserted (upserted with upsert_key); apply: rows are changes (a postgres_cdc source's) applied by the table's key (upsert_key, else its primary key): a row whose _op is delete deletes, truncate empties the table, any other upserts; fields starting with _ are not columns"`
 	UpsertKey    []string      `param:"upsert_key" doc:"comma-separated conflict columns: a row whose key exists updates the other columns; with create, the table's primary key"`
 	Create       bool          `param:"create" default:"false" doc:"create the table if it is missing, with column types from the first row (a map, slice or struct field: a text column, holding its JSON)"`
 	LoadQuery    string        `param:"load_query" doc:"the query a Load function with no Go body runs: one :field placeholder, written IN (:field), filled with the distinct values of the field in a run's rows; the result names the key column as the field" example:"SELECT id AS user_id, name FROM users WHERE id IN (:user_id)"`

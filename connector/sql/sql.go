@@ -84,6 +84,7 @@ type DB struct {
 	pollLag   time.Duration
 	inboxTTL  time.Duration
 	create    bool
+	apply     bool // mode apply: rows are changes
 	loadQuery string
 	loadArgs  []string
 	client    string // the shared pool's name (mysql, postgres)
@@ -197,6 +198,7 @@ var placeholder = regexp.MustCompile(`:([A-Za-z_][A-Za-z0-9_]*)`)
 func (d *DB) parseCommon(p *common, pollLag time.Duration) error {
 	d.timeout, d.pollEvery, d.pollLag, d.inboxTTL, d.maxConns = p.Timeout, p.PollInterval, pollLag, p.InboxTTL, p.MaxConns
 	d.create = p.Create
+	d.apply = p.Mode == "apply"
 	d.pollCol = p.PollColumn
 	if d.pollCol != "" && !validIdent(d.pollCol) {
 		return fmt.Errorf("connector %q: poll_column %q is not a plain identifier", d.cfg.CName, d.pollCol)
@@ -519,6 +521,9 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 	if d.table == "" {
 		return stream.Fatal(fmt.Errorf("connector %q: no table (set key)", d.cfg.CName))
 	}
+	if d.apply {
+		return d.applyRows(ctx, tx, rows)
+	}
 	maps := make([]map[string]any, len(rows))
 	for i, r := range rows {
 		m, err := fields.Of(r)
@@ -556,7 +561,11 @@ func (d *DB) field(col string) string {
 	return col
 }
 
-func (d *DB) insertSQL(cols []string, n int) string {
+func (d *DB) insertSQL(cols []string, n int) string { return d.insertInto(cols, n, d.upsertKey) }
+
+// insertInto is the INSERT of n rows of cols, an upsert on key when key is
+// not empty.
+func (d *DB) insertInto(cols []string, n int, key []string) string {
 	var b strings.Builder
 	b.WriteString("INSERT INTO ")
 	b.WriteString(d.quote(d.table))
@@ -583,18 +592,18 @@ func (d *DB) insertSQL(cols []string, n int) string {
 		}
 		b.WriteByte(')')
 	}
-	if len(d.upsertKey) > 0 {
-		d.upsertClause(&b, cols)
+	if len(key) > 0 {
+		d.upsertClause(&b, cols, key)
 	}
 	return b.String()
 }
 
 // upsertClause turns the insert into an upsert on the upsert_key columns:
 // the other columns take the new row's values.
-func (d *DB) upsertClause(b *strings.Builder, cols []string) {
+func (d *DB) upsertClause(b *strings.Builder, cols, key []string) {
 	var set []string
 	for _, c := range cols {
-		if slices.Contains(d.upsertKey, c) {
+		if slices.Contains(key, c) {
 			continue
 		}
 		q := d.quote(c)
@@ -607,14 +616,14 @@ func (d *DB) upsertClause(b *strings.Builder, cols []string) {
 	}
 	if d.dialect == checkpoint.MySQL {
 		if len(set) == 0 {
-			q := d.quote(d.upsertKey[0])
+			q := d.quote(key[0])
 			set = append(set, q+" = "+q)
 		}
 		b.WriteString(" ON DUPLICATE KEY UPDATE " + strings.Join(set, ", "))
 		return
 	}
-	keys := make([]string, len(d.upsertKey))
-	for i, k := range d.upsertKey {
+	keys := make([]string, len(key))
+	for i, k := range key {
 		keys[i] = d.quote(k)
 	}
 	b.WriteString(" ON CONFLICT (" + strings.Join(keys, ", ") + ")")

@@ -1294,7 +1294,14 @@ func (r *Runner) ackEarly(ctx context.Context, ep *epoch) error {
 	if err := r.retryForever(ctx, r.srcLink, func() error { return r.parts.Source.Ack(ctx, ep.msgs) }); err != nil {
 		return fmt.Errorf("acknowledge: %w", err)
 	}
-	return r.storePosition(ctx, lastPosition(ep.msgs))
+	pos := lastPosition(ep.msgs)
+	if err := r.storePosition(ctx, pos); err != nil {
+		return err
+	}
+	if r.parts.Checkpoints != nil {
+		r.positionCommitted(ctx, pos)
+	}
+	return nil
 }
 
 func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {

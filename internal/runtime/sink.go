@@ -226,6 +226,7 @@ func (r *Runner) committedTx(pos string, rows int, jsize int64) {
 	r.journalAt = jsize
 	if pos != "" {
 		r.txPos = pos
+		r.positionCommitted(context.Background(), pos)
 	}
 }
 

@@ -81,7 +81,11 @@ func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, c
 // commit loop calls it.
 func (r *Runner) storeCommitted(ctx context.Context, pos string) error {
 	if len(r.pendingState) == 0 {
-		return r.storePosition(ctx, pos)
+		if err := r.storePosition(ctx, pos); err != nil {
+			return err
+		}
+		r.positionCommitted(ctx, pos)
+		return nil
 	}
 	changes, err := r.parts.State.Encode(r.pendingState)
 	if err != nil {
@@ -91,6 +95,7 @@ func (r *Runner) storeCommitted(ctx context.Context, pos string) error {
 		return fmt.Errorf("save state and position: %w", err)
 	}
 	clear(r.pendingState)
+	r.positionCommitted(ctx, pos)
 	return nil
 }
 
@@ -194,5 +199,13 @@ func (r *Runner) reloadPartitions(ctx context.Context, msgs []*stream.Message) {
 	r.parts.State.Invalidate()
 	if err != nil {
 		r.cfg.Logger.Warn("could not load keyed state again after another process committed", "err", err)
+	}
+}
+
+// positionCommitted tells a source that wants to know that pos is
+// durably committed (see stream.PositionCommitter).
+func (r *Runner) positionCommitted(ctx context.Context, pos string) {
+	if pc, ok := r.parts.Source.(stream.PositionCommitter); ok && pos != "" {
+		pc.PositionCommitted(ctx, pos)
 	}
 }

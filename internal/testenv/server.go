@@ -40,7 +40,7 @@ type Server struct {
 
 // PrivateRedis is a redis-server keeping an append-only file, so its data
 // survives a restart.
-func PrivateRedis(t *testing.T) *Server {
+func PrivateRedis(t testing.TB) *Server {
 	return startServer(t, "redis-server", "redis-server", func(port int, dir string) []string {
 		return []string{"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
 			"--appendfsync", "always", "--dir", dir, "--logfile", filepath.Join(dir, "redis.log")}
@@ -48,7 +48,7 @@ func PrivateRedis(t *testing.T) *Server {
 }
 
 // PrivateNATS is a nats-server with JetStream storing on disk.
-func PrivateNATS(t *testing.T) *Server {
+func PrivateNATS(t testing.TB) *Server {
 	return startServer(t, "nats-server", "nats-server", func(port int, dir string) []string {
 		return []string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", dir, "-l", filepath.Join(dir, "nats.log")}
 	})
@@ -59,7 +59,7 @@ func PrivateNATS(t *testing.T) *Server {
 // second), so they survive a restart. Started as root, mosquitto drops to
 // its own user unless told to stay: it then could not write the test's data
 // folder, and would restart with no sessions.
-func PrivateMosquitto(t *testing.T) *Server {
+func PrivateMosquitto(t testing.TB) *Server {
 	return startServer(t, "Mosquitto", "mosquitto", func(port int, dir string) []string {
 		conf := filepath.Join(dir, "mosquitto.conf")
 		body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nautosave_interval 1\nlog_dest file %s\n",
@@ -77,15 +77,21 @@ func PrivateMosquitto(t *testing.T) *Server {
 // PrivatePostgres is a PostgreSQL server of its own (initdb into the test's
 // folder, trust authentication, user postgres), so the test can restart it.
 // Its URL: postgres://postgres@127.0.0.1:PORT/postgres?sslmode=disable.
-func PrivatePostgres(t *testing.T) *Server {
+// settings are more server settings (NAME=VALUE, given as -c), such as
+// wal_level=logical for logical replication.
+func PrivatePostgres(t testing.TB, settings ...string) *Server {
 	bin := "postgres"
 	if found, _ := filepath.Glob("/usr/lib/postgresql/*/bin/postgres"); len(found) > 0 {
 		sort.Strings(found)
 		bin = found[len(found)-1]
 	}
 	s := newServer(t, "PostgreSQL", bin, func(port int, dir string) []string {
-		return []string{"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-k", dir,
+		args := []string{"-D", filepath.Join(dir, "data"), "-p", strconv.Itoa(port), "-k", dir,
 			"-c", "listen_addresses=127.0.0.1", "-c", "logging_collector=off"}
+		for _, s := range settings {
+			args = append(args, "-c", s)
+		}
+		return args
 	})
 	s.runAs(t, "postgres")
 	// SIGTERM is PostgreSQL's "smart" shutdown, which waits for every
@@ -109,7 +115,7 @@ func PrivatePostgres(t *testing.T) *Server {
 // PrivateMariaDB is a MariaDB server of its own (a data folder installed in
 // the test's folder, root with no password), so the test can restart it.
 // Its DSN: root@tcp(127.0.0.1:PORT)/.
-func PrivateMariaDB(t *testing.T) *Server {
+func PrivateMariaDB(t testing.TB) *Server {
 	s := newServer(t, "MariaDB", "mariadbd", func(port int, dir string) []string {
 		return []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--port=" + strconv.Itoa(port),
 			"--bind-address=127.0.0.1", "--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mariadb.pid"),
@@ -141,7 +147,7 @@ func currentUser() string {
 
 // runAs makes the server run as the named user when the test runs as root,
 // in a data folder that user owns.
-func (s *Server) runAs(t *testing.T, name string) {
+func (s *Server) runAs(t testing.TB, name string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		return
@@ -166,7 +172,7 @@ func (s *Server) runAs(t *testing.T, name string) {
 }
 
 // prepare runs a set-up command (initdb) as the server's user.
-func (s *Server) prepare(t *testing.T, cmd *exec.Cmd) {
+func (s *Server) prepare(t testing.TB, cmd *exec.Cmd) {
 	t.Helper()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred}
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -177,7 +183,7 @@ func (s *Server) prepare(t *testing.T, cmd *exec.Cmd) {
 // PrivateRabbitMQ is a RabbitMQ node of its own (node name, ports, database
 // and logs in the test's folder), so durable queues and persistent
 // messages survive its restart. It takes 15-30 seconds to boot, and minutes on a loaded machine.
-func PrivateRabbitMQ(t *testing.T) *Server {
+func PrivateRabbitMQ(t testing.TB) *Server {
 	distPort := freePort(t)
 	s := newServer(t, "RabbitMQ", "/usr/lib/rabbitmq/bin/rabbitmq-server", func(int, string) []string { return nil })
 	s.boot = 180 * time.Second // 90s was not enough on a loaded two-core machine
@@ -204,7 +210,7 @@ func PrivateRabbitMQ(t *testing.T) *Server {
 	return s
 }
 
-func startServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
+func startServer(t testing.TB, name, bin string, args func(int, string) []string) *Server {
 	t.Helper()
 	s := newServer(t, name, bin, args)
 	s.launch(t)
@@ -212,7 +218,7 @@ func startServer(t *testing.T, name, bin string, args func(int, string) []string
 }
 
 // freePort returns a port nothing listens on now.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -224,7 +230,7 @@ func freePort(t *testing.T) int {
 
 // newServer finds the binary (skipping, or failing under
 // KISFLOW_INTEGRATION=1, when it is not installed) and picks a port.
-func newServer(t *testing.T, name, bin string, args func(int, string) []string) *Server {
+func newServer(t testing.TB, name, bin string, args func(int, string) []string) *Server {
 	t.Helper()
 	path, err := exec.LookPath(bin)
 	if err != nil && !strings.Contains(bin, "/") {
@@ -247,7 +253,7 @@ func newServer(t *testing.T, name, bin string, args func(int, string) []string) 
 }
 
 // launch starts the server and stops it when the test ends.
-func (s *Server) launch(t *testing.T) {
+func (s *Server) launch(t testing.TB) {
 	t.Helper()
 	s.start(t)
 	t.Cleanup(func() {
@@ -260,7 +266,7 @@ func (s *Server) launch(t *testing.T) {
 
 // logTail shows the end of the server's log files when a test failed: a
 // service that could not write its data tells it there.
-func (s *Server) logTail(t *testing.T) {
+func (s *Server) logTail(t testing.TB) {
 	logs, _ := filepath.Glob(filepath.Join(s.dir, "*.log"))
 	for _, l := range logs {
 		data, err := os.ReadFile(l)
@@ -277,7 +283,7 @@ func (s *Server) logTail(t *testing.T) {
 // Port is the port the server listens on.
 func (s *Server) Port() int { return s.port }
 
-func (s *Server) start(t *testing.T) {
+func (s *Server) start(t testing.TB) {
 	t.Helper()
 	s.cmd = exec.Command(s.bin, s.args(s.port, s.dir)...)
 	// Crash dumps (RabbitMQ's MnesiaCore files) go to the server's folder,

@@ -1,0 +1,186 @@
+package kisflow_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/connector/file"
+	"github.com/kisflow-go/kisflow/connector/pgcdc"
+	kissql "github.com/kisflow-go/kisflow/connector/sql"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+)
+
+// cdcChanges is how many changes the CDC benchmark replicates: 60,000
+// inserts (600 transactions), 30,000 updates and 10,000 deletes.
+const cdcChanges = 100_000
+
+// BenchmarkPostgresCDCVersusRawStream replicates 100,000 changes of a
+// private PostgreSQL (wal_level=logical) through postgres_cdc and mode
+// apply into SQLite (at-least-once and exactly-once) and into a
+// PostgreSQL table, and into the discard sink (the source's own cost), against the same stream read and decoded by pgx and
+// pglogrepl alone (each change's columns decoded to Go values, nothing
+// written). Each reader has its own slot, created before the changes.
+func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
+	srv := testenv.PrivatePostgres(b, "wal_level=logical", "max_replication_slots=10", "max_wal_senders=10")
+	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", srv.Port())
+	db, err := sql.Open("pgx", url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	exec := func(q string) {
+		if _, err := db.Exec(q); err != nil {
+			b.Fatalf("%s: %v", q, err)
+		}
+	}
+	targets := []struct{ name, delivery, sink string }{
+		{"discard", "at-least-once", "type: discard\n"},
+		{"sqlite", "at-least-once", "type: sqlite\nkey: replica\nparams:\n  path: " + filepath.Join(b.TempDir(), "replica.db") + "\n  mode: apply\n  upsert_key: id\n  create: \"true\"\n"},
+		{"sqlite-exactly-once", "exactly-once", "type: sqlite\nkey: replica\nparams:\n  path: " + filepath.Join(b.TempDir(), "replica-eo.db") + "\n  mode: apply\n  upsert_key: id\n  create: \"true\"\n"},
+		{"postgres", "at-least-once", "type: postgres\nkey: replica\nparams:\n  dsn: \"" + url + "\"\n  mode: apply\n"},
+	}
+	for i := range b.N {
+		exec("DROP TABLE IF EXISTS src, replica")
+		exec("CREATE TABLE src (id BIGINT PRIMARY KEY, v TEXT, n BIGINT, at TIMESTAMPTZ)")
+		exec("CREATE TABLE replica (id BIGINT PRIMARY KEY, v TEXT, n BIGINT, at TIMESTAMPTZ)")
+		exec("DROP PUBLICATION IF EXISTS bench; CREATE PUBLICATION bench FOR TABLE src")
+		slot := func(name string) string { return fmt.Sprintf("%s_%d", name, i) }
+		for _, s := range []string{"raw", "discard", "sqlite", "sqlite_exactly_once", "postgres"} {
+			exec(fmt.Sprintf("SELECT pg_create_logical_replication_slot('%s', 'pgoutput')", slot(s)))
+		}
+		for t := range 600 {
+			exec(fmt.Sprintf("INSERT INTO src SELECT g, 'row ' || g, g, now() FROM generate_series(%d, %d) g", t*100+1, t*100+100))
+		}
+		for t := range 300 {
+			exec(fmt.Sprintf("UPDATE src SET n = n + 1, v = 'updated' WHERE id BETWEEN %d AND %d", t*200+1, t*200+100))
+		}
+		for t := range 100 {
+			exec(fmt.Sprintf("DELETE FROM src WHERE id BETWEEN %d AND %d", t*600+101, t*600+200))
+		}
+
+		raw := rawReplication(b, url, slot("raw"), cdcChanges)
+		b.ReportMetric(cdcChanges/raw.Seconds(), "raw-rows/s")
+		for _, tg := range []struct{ name, delivery, sink string }(targets) {
+			reg := kisflow.NewRegistry()
+			if err := pgcdc.Install(reg); err != nil {
+				b.Fatal(err)
+			}
+			if err := kissql.Install(reg); err != nil {
+				b.Fatal(err)
+			}
+			if err := file.Install(reg); err != nil { // discard
+				b.Fatal(err)
+			}
+			docs := map[string]string{
+				"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Bench\nflows:\n  - fname: Pass\nstream:\n  source: in\n  sink: out\n  batch_size: 1000\n  linger: 5ms\n  delivery: " + tg.delivery + "\n",
+				"func.yml": "kistype: func\nfname: Pass\nfmode: Calculate\ncalc:\n  seen: true\n",
+				"conns.yml": fmt.Sprintf("kistype: conn\ncname: in\ntype: postgres_cdc\naddrs: \"%s\"\nkey: src\nparams:\n  slot: %s\n  publication: bench\n  snapshot: \"false\"\n  create_slot: \"false\"\n---\nkistype: conn\ncname: out\n%s",
+					url, slot(tg.name), tg.sink),
+			}
+			if tg.name == "sqlite-exactly-once" {
+				docs["conns.yml"] = fmt.Sprintf("kistype: conn\ncname: in\ntype: postgres_cdc\naddrs: \"%s\"\nkey: src\nparams:\n  slot: %s\n  publication: bench\n  snapshot: \"false\"\n  create_slot: \"false\"\n---\nkistype: conn\ncname: out\n%s",
+					url, slot("sqlite_exactly_once"), tg.sink)
+			}
+			job := runJobUntil(b, reg, docs, cdcChanges)
+			b.ReportMetric(cdcChanges/job.Seconds(), tg.name+"-rows/s")
+			b.ReportMetric(raw.Seconds()/job.Seconds(), tg.name+"-ratio")
+		}
+		var left int
+		if err := db.QueryRow("SELECT count(*) FROM replica").Scan(&left); err != nil || left != 50_000 {
+			b.Fatalf("the PostgreSQL replica holds %d rows (err %v), want 50000", left, err)
+		}
+		// Drop the iteration's slots once their readers have left.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			_, err := db.Exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE NOT active")
+			var n int
+			if err == nil {
+				err = db.QueryRow("SELECT count(*) FROM pg_replication_slots").Scan(&n)
+			}
+			if err == nil && n == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the slots are still there (%d, err %v)", n, err)
+			}
+		}
+	}
+}
+
+// rawReplication reads n changes from slot with pgx's replication
+// protocol and pglogrepl's decoder, decoding every column to its Go value,
+// and returns how long that took.
+func rawReplication(b *testing.B, url, slot string, n int) time.Duration {
+	b.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	conn, err := pgconn.Connect(ctx, url+"&replication=database")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if err := pglogrepl.StartReplication(ctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
+		Mode: pglogrepl.LogicalReplication, PluginArgs: []string{"proto_version '1'", "publication_names 'bench'"}}); err != nil {
+		b.Fatal(err)
+	}
+	types := pgtype.NewMap()
+	rels := map[uint32]*pglogrepl.RelationMessage{}
+	decode := func(rel uint32, td *pglogrepl.TupleData) {
+		r := rels[rel]
+		row := make(map[string]any, len(td.Columns))
+		for i, c := range td.Columns {
+			if c.DataType != pglogrepl.TupleDataTypeText {
+				continue
+			}
+			col := r.Columns[i]
+			if dt, ok := types.TypeForOID(col.DataType); ok {
+				v, err := dt.Codec.DecodeValue(types, col.DataType, pgtype.TextFormatCode, c.Data)
+				if err != nil {
+					b.Fatal(err)
+				}
+				row[col.Name] = v
+			}
+		}
+	}
+	for got := 0; got < n; {
+		msg, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		cd, ok := msg.(*pgproto3.CopyData)
+		if !ok || cd.Data[0] != pglogrepl.XLogDataByteID {
+			continue
+		}
+		x, err := pglogrepl.ParseXLogData(cd.Data[1:])
+		if err != nil {
+			b.Fatal(err)
+		}
+		m, err := pglogrepl.Parse(x.WALData)
+		if err != nil {
+			b.Fatal(err)
+		}
+		switch m := m.(type) {
+		case *pglogrepl.RelationMessage:
+			rels[m.RelationID] = m
+		case *pglogrepl.InsertMessage:
+			decode(m.RelationID, m.Tuple)
+			got++
+		case *pglogrepl.UpdateMessage:
+			decode(m.RelationID, m.NewTuple)
+			got++
+		case *pglogrepl.DeleteMessage:
+			decode(m.RelationID, m.OldTuple)
+			got++
+		}
+	}
+	return time.Since(start)
+}

@@ -1,0 +1,619 @@
+package pgcdc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// position is where the stream stands after a message:
+//
+//	LSN            the changes of every transaction that ended at or before
+//	               LSN (the transaction's end); the stream goes on from LSN
+//	LSN:n          the first n changes of the transaction that commits at LSN
+//	snapshot:LSN:n the snapshot was being read (n rows); it is read again,
+//	               and the stream starts at LSN
+type position struct {
+	lsn      pglogrepl.LSN
+	n        int
+	snapshot bool
+}
+
+func (p position) String() string {
+	switch {
+	case p.snapshot:
+		return fmt.Sprintf("snapshot:%s:%d", p.lsn, p.n)
+	case p.n > 0:
+		return fmt.Sprintf("%s:%d", p.lsn, p.n)
+	}
+	return p.lsn.String()
+}
+
+func parsePosition(s string) (position, error) {
+	var p position
+	if s == "" {
+		return p, nil
+	}
+	rest, snap := strings.CutPrefix(s, "snapshot:")
+	p.snapshot = snap
+	l, n, hasN := strings.Cut(rest, ":")
+	lsn, err := pglogrepl.ParseLSN(l)
+	if err != nil {
+		return p, fmt.Errorf("bad position %q: %w", s, err)
+	}
+	p.lsn = lsn
+	if hasN {
+		if p.n, err = strconv.Atoi(n); err != nil || p.n < 0 {
+			return p, fmt.Errorf("bad position %q: the count after the LSN is not a number", s)
+		}
+	}
+	return p, nil
+}
+
+// OpenSource opens the change stream of the connector's tables at the
+// resume position: the snapshot first when none was committed yet (and
+// params.snapshot asks for it). It connects when first read.
+func (d *CDC) OpenSource(_ context.Context, opts stream.SourceOptions) (stream.Source, error) {
+	at, err := parsePosition(opts.Resume)
+	if err != nil {
+		return nil, stream.Fatal(fmt.Errorf("postgres_cdc connector %q: %w", d.cfg.CName, err))
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &source{d: d, log: log, at: at, fresh: opts.Resume == "", delivered: opts.Resume}
+	s.committed.pos = opts.Resume
+	s.committed.lsn = at.lsn
+	return s, nil
+}
+
+// PositionsPerMessage reports that every message carries the position
+// right after it.
+func (s *source) PositionsPerMessage() bool { return true }
+
+type source struct {
+	d   *CDC
+	log *slog.Logger
+
+	at        position // the position of the last message delivered, or the resume position
+	fresh     bool     // nothing was ever committed: the snapshot comes first
+	delivered string   // at, as text
+
+	repl      *pgconn.PgConn
+	streaming bool
+	types     *pgtype.Map
+	relations map[uint32]*pglogrepl.RelationMessage
+
+	// The snapshot, while it is read.
+	snap      *pgx.Conn
+	snapTx    pgx.Tx
+	snapRows  pgx.Rows
+	snapTable int
+	snapN     int
+	snapLSN   pglogrepl.LSN // where the stream starts after it
+
+	// The transaction being received.
+	inTx  bool
+	txLSN pglogrepl.LSN // its commit LSN
+	txN   int           // its changes received so far
+	skip  position      // resuming inside a transaction: its first changes are skipped
+	held  *stream.Message
+
+	nextStatus time.Time
+	confirmed  pglogrepl.LSN // last reported to the server
+	idle       pglogrepl.LSN // the server's WAL end seen while nothing was held back
+
+	committed struct {
+		sync.Mutex
+		pos string
+		lsn pglogrepl.LSN
+	}
+}
+
+// PositionCommitted records a position the runtime committed: the next
+// status update reports it to the server, which may then free the WAL
+// before it.
+func (s *source) PositionCommitted(_ context.Context, pos string) {
+	p, err := parsePosition(pos)
+	if err != nil {
+		return
+	}
+	s.committed.Lock()
+	s.committed.pos = pos
+	if p.lsn > s.committed.lsn {
+		s.committed.lsn = p.lsn
+	}
+	s.committed.Unlock()
+}
+
+// Ack does nothing: positions are reported to the server once committed
+// (PositionCommitted), which for at-least-once delivery is after Ack.
+func (s *source) Ack(context.Context, []*stream.Message) error { return nil }
+
+// Close closes the source's connections.
+func (s *source) Close(ctx context.Context) error {
+	s.disconnect(ctx)
+	return nil
+}
+
+func (s *source) disconnect(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if s.snapRows != nil {
+		s.snapRows.Close()
+		s.snapRows = nil
+	}
+	if s.snap != nil {
+		_ = s.snap.Close(cctx) // a rolled back read-only transaction
+		s.snap, s.snapTx = nil, nil
+	}
+	if s.repl != nil {
+		_ = s.repl.Close(cctx)
+		s.repl = nil
+	}
+	s.streaming, s.held, s.inTx = false, nil, false
+}
+
+// Read returns the next rows: the snapshot's, then the changes'. A lost
+// connection is returned as an outage after the rows read before it; the
+// next Read connects again and goes on after the last row returned.
+func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	if s.repl == nil {
+		if err := s.open(ctx); err != nil {
+			s.disconnect(ctx)
+			return nil, err
+		}
+	}
+	if s.snapTx != nil {
+		return s.readSnapshot(ctx, max)
+	}
+	return s.readStream(ctx, max)
+}
+
+// open connects, creates the slot when needed and prepares the snapshot
+// or the stream from s.at.
+func (s *source) open(ctx context.Context) error {
+	d := s.d
+	plain, err := d.plain(ctx)
+	if err != nil {
+		return err
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			_ = plain.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := d.prepare(ctx, plain, true); err != nil {
+		return err
+	}
+	if s.repl, err = d.connect(ctx, true); err != nil {
+		return d.wrap("replication connection", err)
+	}
+	s.types = plain.TypeMap()
+	s.relations = map[uint32]*pglogrepl.RelationMessage{}
+	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
+	defer cancel()
+	var flushed string
+	err = plain.QueryRow(qctx, "SELECT coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1", d.p.Slot).Scan(&flushed)
+	exists := err == nil
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return d.wrap("look up slot "+d.p.Slot, err)
+	}
+	if !exists && !s.fresh && !s.at.snapshot {
+		return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist, but the flow's committed position is %s: the server no longer keeps the changes since. Recreate the replica from a snapshot: drop the flow's committed position (and the replica's rows), then run again", d.cfg.CName, d.p.Slot, s.delivered))
+	}
+	snapName := ""
+	if !exists {
+		if !d.p.CreateSlot {
+			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'), or set params.create_slot: \"true\")", d.cfg.CName, d.p.Slot, d.p.Slot))
+		}
+		action := "NOEXPORT_SNAPSHOT"
+		if d.p.Snapshot {
+			action = "EXPORT_SNAPSHOT"
+		}
+		res, err := pglogrepl.CreateReplicationSlot(qctx, s.repl, d.p.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: action})
+		if err != nil {
+			return d.wrap("create replication slot "+d.p.Slot, err)
+		}
+		lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+		if err != nil {
+			return d.wrap("create replication slot "+d.p.Slot, err)
+		}
+		s.log.Info("postgres_cdc created its replication slot", "connector", d.cfg.CName, "slot", d.p.Slot, "lsn", lsn.String())
+		snapName = res.SnapshotName
+		s.at = position{lsn: lsn, snapshot: s.at.snapshot}
+	} else if s.fresh {
+		// A slot from a run that committed nothing: its changes start at
+		// its flush position.
+		if s.at.lsn, err = pglogrepl.ParseLSN(flushed); err != nil {
+			return d.wrap("read slot "+d.p.Slot, err)
+		}
+	}
+	// From here on the source has a position: a connection lost later
+	// goes on from the last row delivered (s.at), a snapshot too.
+	snapshot := (s.fresh || s.at.snapshot) && d.p.Snapshot
+	s.fresh = false
+	if snapshot {
+		// Rows read from a snapshot later than the stream's start are
+		// brought up to date by the changes after it (full images, by
+		// key): the result is the same.
+		s.at = position{lsn: s.at.lsn, snapshot: true}
+		if err := s.beginSnapshot(ctx, plain, snapName, s.at.lsn); err != nil {
+			return err
+		}
+		keep = true
+		return nil
+	}
+	if s.at.snapshot { // a snapshot cut short, and no longer asked for
+		s.at = position{lsn: s.at.lsn}
+	}
+	return s.startStream(ctx)
+}
+
+// plain opens a connection for queries and the snapshot.
+func (d *CDC) plain(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(d.dsn)
+	if err != nil {
+		return nil, stream.Fatal(err)
+	}
+	if cfg.ConnectTimeout == 0 || cfg.ConnectTimeout > d.p.Timeout {
+		cfg.ConnectTimeout = d.p.Timeout
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, d.wrap("connect", err)
+	}
+	return conn, nil
+}
+
+func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string, lsn pglogrepl.LSN) error {
+	d := s.d
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return d.wrap("begin snapshot", err)
+	}
+	if name != "" {
+		if _, err := tx.Exec(ctx, "SET TRANSACTION SNAPSHOT "+quoteLiteral(name)); err != nil {
+			return d.wrap("set transaction snapshot", err)
+		}
+	}
+	s.snap, s.snapTx, s.snapTable, s.snapN, s.snapLSN = conn, tx, 0, 0, lsn
+	s.log.Info("postgres_cdc reads the snapshot of its tables", "connector", d.cfg.CName, "tables", len(d.tables), "lsn", lsn.String(), "exported", name != "")
+	return nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+
+// deliver appends the held message to out and holds m instead.
+func (s *source) deliver(out []*stream.Message, m *stream.Message) []*stream.Message {
+	if s.held != nil {
+		out = s.emit(out, s.held)
+	}
+	s.held = m
+	return out
+}
+
+func (s *source) emit(out []*stream.Message, m *stream.Message) []*stream.Message {
+	s.at = m.Handle.(position)
+	s.delivered = m.Position
+	return append(out, m)
+}
+
+func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, error) {
+	d := s.d
+	// The query outlives a Read: it runs on a context of its own.
+	bg := context.WithoutCancel(ctx)
+	var out []*stream.Message
+	for len(out) < max {
+		if len(out) > 0 && ctx.Err() != nil {
+			return out, nil
+		}
+		if s.snapRows == nil {
+			if s.snapTable == len(d.tables) {
+				return s.endSnapshot(ctx, out)
+			}
+			rows, err := s.snapTx.Query(bg, "SELECT * FROM "+d.tables[s.snapTable].quoted())
+			if err != nil {
+				s.disconnect(ctx)
+				return out, d.wrap("snapshot of "+d.tables[s.snapTable].String(), err)
+			}
+			s.snapRows = rows
+		}
+		if !s.snapRows.Next() {
+			err := s.snapRows.Err()
+			s.snapRows.Close()
+			s.snapRows = nil
+			if err != nil {
+				s.disconnect(ctx)
+				return out, d.wrap("snapshot of "+d.tables[s.snapTable].String(), err)
+			}
+			s.snapTable++
+			continue
+		}
+		vals, err := s.snapRows.Values()
+		if err != nil {
+			s.disconnect(ctx)
+			return out, d.wrap("snapshot of "+d.tables[s.snapTable].String(), err)
+		}
+		fds := s.snapRows.FieldDescriptions()
+		row := make(map[string]any, len(vals)+3)
+		for i, v := range vals {
+			row[fds[i].Name] = v
+		}
+		row["_op"], row["_table"], row["_lsn"] = "insert", d.tables[s.snapTable].String(), s.snapLSN.String()
+		s.snapN++
+		pos := position{lsn: s.snapLSN, n: s.snapN, snapshot: true}
+		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
+	}
+	return out, nil
+}
+
+// endSnapshot ends the snapshot's transaction, gives its last row the
+// stream's start as position, and starts the stream.
+func (s *source) endSnapshot(ctx context.Context, out []*stream.Message) ([]*stream.Message, error) {
+	_ = s.snapTx.Rollback(ctx) // read only
+	_ = s.snap.Close(context.WithoutCancel(ctx))
+	s.snap, s.snapTx = nil, nil
+	start := position{lsn: s.snapLSN}
+	if s.held != nil {
+		s.held.Position, s.held.Handle = start.String(), start
+		out = s.emit(out, s.held)
+		s.held = nil
+	} else {
+		s.at = start
+	}
+	s.log.Info("postgres_cdc read its snapshot; the change stream follows", "connector", s.d.cfg.CName, "rows", s.snapN, "lsn", s.snapLSN.String())
+	if err := s.startStream(ctx); err != nil {
+		s.disconnect(ctx)
+		return out, err
+	}
+	return out, nil
+}
+
+// startStream starts replication at s.at: a transaction's end, or inside
+// the transaction that commits at s.at.lsn (its first s.at.n changes are
+// skipped).
+func (s *source) startStream(ctx context.Context) error {
+	d := s.d
+	s.skip = position{}
+	if s.at.n > 0 && !s.at.snapshot {
+		s.skip = s.at
+	}
+	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(d.p.Publication)}
+	if err := pglogrepl.StartReplication(ctx, s.repl, d.p.Slot, s.at.lsn, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args}); err != nil {
+		return d.wrap("start replication from "+s.at.lsn.String(), err)
+	}
+	s.streaming = true
+	s.confirmed = 0
+	s.nextStatus = time.Now() // report the committed position at once
+	s.log.Info("postgres_cdc streams changes", "connector", d.cfg.CName, "slot", d.p.Slot, "from", s.at.String())
+	return nil
+}
+
+// status reports the committed position to the server: the LSN of the
+// last committed position, or, when every message delivered is committed
+// and none is held back, the WAL end the server reported meanwhile (no
+// change of the publication's tables lies before it).
+func (s *source) status(ctx context.Context) error {
+	s.committed.Lock()
+	lsn, pos := s.committed.lsn, s.committed.pos
+	s.committed.Unlock()
+	if pos == s.delivered && s.held == nil && !s.inTx && s.idle > lsn {
+		lsn = s.idle
+	}
+	if lsn < s.confirmed {
+		lsn = s.confirmed
+	}
+	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn})
+	if err != nil {
+		return err
+	}
+	s.confirmed = lsn
+	s.nextStatus = time.Now().Add(s.d.p.StatusInterval)
+	return nil
+}
+
+func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, error) {
+	d := s.d
+	var out []*stream.Message
+	fail := func(err error) ([]*stream.Message, error) {
+		s.disconnect(ctx)
+		return out, d.wrap("replication stream", err)
+	}
+	// Reads wait on the socket's deadline, not on a context per message
+	// (pgconn watches each context it is given with a goroutine): the
+	// deadline is the next status update, ctx's deadline, or, once some
+	// rows came, a few milliseconds; ctx's cancellation cuts it short.
+	nc := s.repl.Conn()
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	defer stop()
+	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
+	for len(out) < max {
+		if !time.Now().Before(s.nextStatus) {
+			if err := s.status(context.WithoutCancel(ctx)); err != nil {
+				return fail(err)
+			}
+		}
+		deadline := s.nextStatus
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d
+		}
+		if soon := time.Now().Add(5 * time.Millisecond); len(out) > 0 && soon.Before(deadline) {
+			deadline = soon
+		}
+		_ = nc.SetReadDeadline(deadline)
+		if ctx.Err() != nil {
+			_ = nc.SetReadDeadline(time.Now())
+		}
+		raw, err := s.repl.ReceiveMessage(context.Background())
+		if err != nil {
+			if !pgconn.Timeout(err) || s.repl.IsClosed() {
+				return fail(err)
+			}
+			if ctx.Err() != nil {
+				return out, ctx.Err()
+			}
+			if len(out) > 0 {
+				return out, nil
+			}
+			continue
+		}
+		switch m := raw.(type) {
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				k, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fail(err)
+				}
+				if !s.inTx && s.held == nil && k.ServerWALEnd > s.idle {
+					s.idle = k.ServerWALEnd
+				}
+				if k.ReplyRequested {
+					s.nextStatus = time.Time{}
+				}
+			case pglogrepl.XLogDataByteID:
+				x, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fail(err)
+				}
+				if out, err = s.decode(out, x.WALData); err != nil {
+					return fail(err)
+				}
+			}
+		case *pgproto3.ErrorResponse:
+			return fail(pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyDone:
+			return fail(errors.New("the server ended the replication stream"))
+		}
+	}
+	return out, nil
+}
+
+// decode turns one pgoutput message into rows.
+func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, error) {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return out, fmt.Errorf("decode pgoutput: %w", err)
+	}
+	change := func(rel uint32, op string, img, before *pglogrepl.TupleData) error {
+		s.txN++
+		if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
+			return nil // committed before the restart
+		}
+		r, ok := s.relations[rel]
+		if !ok {
+			return fmt.Errorf("pgoutput: change of unknown relation %d", rel)
+		}
+		row, err := s.tuple(r, img)
+		if err != nil {
+			return err
+		}
+		if before != nil {
+			b, err := s.tuple(r, before)
+			if err != nil {
+				return err
+			}
+			row["_before"] = b
+		}
+		row["_op"], row["_table"], row["_lsn"] = op, r.Namespace+"."+r.RelationName, s.txLSN.String()
+		pos := position{lsn: s.txLSN, n: s.txN}
+		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
+		return nil
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		s.relations[m.RelationID] = m
+	case *pglogrepl.BeginMessage:
+		s.inTx, s.txLSN, s.txN = true, m.FinalLSN, 0
+	case *pglogrepl.InsertMessage:
+		err = change(m.RelationID, "insert", m.Tuple, nil)
+	case *pglogrepl.UpdateMessage:
+		err = change(m.RelationID, "update", m.NewTuple, m.OldTuple)
+	case *pglogrepl.DeleteMessage:
+		err = change(m.RelationID, "delete", m.OldTuple, nil)
+	case *pglogrepl.TruncateMessage:
+		for _, id := range m.RelationIDs {
+			r, ok := s.relations[id]
+			if !ok {
+				return out, fmt.Errorf("pgoutput: truncate of unknown relation %d", id)
+			}
+			s.txN++
+			if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
+				continue
+			}
+			row := map[string]any{"_op": "truncate", "_table": r.Namespace + "." + r.RelationName, "_lsn": s.txLSN.String()}
+			pos := position{lsn: s.txLSN, n: s.txN}
+			out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
+		}
+	case *pglogrepl.CommitMessage:
+		s.inTx = false
+		end := position{lsn: m.TransactionEndLSN}
+		if s.held != nil {
+			s.held.Position, s.held.Handle = end.String(), end
+			out = s.emit(out, s.held)
+			s.held = nil
+		} else if s.skip.n == 0 || s.skip.lsn != s.txLSN {
+			// A transaction with no change of ours: nothing before its end
+			// is left to deliver.
+			if m.TransactionEndLSN > s.idle {
+				s.idle = m.TransactionEndLSN
+			}
+		}
+		if s.skip.lsn == s.txLSN {
+			s.skip = position{}
+		}
+	}
+	return out, err
+}
+
+// tuple is a row image as a map of column to value; a TOASTed value the
+// update did not change (and so the server did not send) is left out.
+func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (map[string]any, error) {
+	row := make(map[string]any, len(td.Columns)+4)
+	for i, col := range td.Columns {
+		if i >= len(r.Columns) {
+			break
+		}
+		c := r.Columns[i]
+		switch col.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			row[c.Name] = nil
+		case pglogrepl.TupleDataTypeText:
+			v, err := s.value(c.DataType, col.Data)
+			if err != nil {
+				return nil, fmt.Errorf("column %s of %s.%s: %w", c.Name, r.Namespace, r.RelationName, err)
+			}
+			row[c.Name] = v
+		case pglogrepl.TupleDataTypeBinary:
+			row[c.Name] = append([]byte(nil), col.Data...)
+		}
+	}
+	return row, nil
+}
+
+// value decodes a column's text as the Go value pgx gives its type.
+func (s *source) value(oid uint32, data []byte) (any, error) {
+	if dt, ok := s.types.TypeForOID(oid); ok {
+		return dt.Codec.DecodeValue(s.types, oid, pgtype.TextFormatCode, data)
+	}
+	return string(data), nil
+}

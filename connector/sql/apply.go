@@ -1,0 +1,309 @@
+package sql
+
+import (
+	"context"
+	stdsql "database/sql"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	gojson "github.com/goccy/go-json"
+
+	"github.com/kisflow-go/kisflow/checkpoint"
+	"github.com/kisflow-go/kisflow/driver/fields"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// change is the last change of one key within a batch: an upsert of row,
+// or a delete.
+type change struct {
+	del bool
+	key []any
+	row map[string]any
+}
+
+// applyRows applies rows as changes (mode apply): by the table's key, a
+// row whose _op is delete deletes, truncate empties the table, and any
+// other row upserts the columns it has. Fields starting with _ are not
+// columns. The changes of one batch are folded per key, in order, into
+// the last one of each key (a full image, or a delete): that is the
+// batch's effect, written as one DELETE and one upsert per set of columns.
+func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
+	maps := make([]map[string]any, len(rows))
+	for i, r := range rows {
+		m, err := fields.Of(r)
+		if err != nil {
+			return stream.Permanent(fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err))
+		}
+		maps[i] = m
+	}
+	cols, key, err := d.applyColumns(ctx, tx, maps)
+	if err != nil {
+		return err
+	}
+	truncate := false
+	last := map[string]*change{}
+	var order []string
+	set := func(c *change) error {
+		id, err := keyID(c.key)
+		if err != nil {
+			return stream.Permanent(fmt.Errorf("connector %q: key %v: %w", d.cfg.CName, c.key, err))
+		}
+		if _, ok := last[id]; !ok {
+			order = append(order, id)
+		}
+		last[id] = c
+		return nil
+	}
+	keyOf := func(i int, m map[string]any) ([]any, error) {
+		k := make([]any, len(key))
+		for j, c := range key {
+			v, ok := m[d.field(c)]
+			if !ok || v == nil {
+				return nil, stream.Permanent(fmt.Errorf("connector %q: row %d has no value for the key column %s", d.cfg.CName, i, c))
+			}
+			k[j] = sqlValue(v)
+		}
+		return k, nil
+	}
+	for i, m := range maps {
+		op, _ := m["_op"].(string)
+		switch op {
+		case "truncate":
+			truncate, last, order = true, map[string]*change{}, nil
+			continue
+		case "delete":
+			k, err := keyOf(i, m)
+			if err != nil {
+				return err
+			}
+			if err := set(&change{del: true, key: k}); err != nil {
+				return err
+			}
+			continue
+		case "", "insert", "update", "upsert":
+		default:
+			return stream.Permanent(fmt.Errorf("connector %q: row %d: _op %q is none of insert, update, delete, truncate", d.cfg.CName, i, op))
+		}
+		k, err := keyOf(i, m)
+		if err != nil {
+			return err
+		}
+		// An update that changed the key deletes the old one.
+		if before, ok := m["_before"].(map[string]any); ok && op == "update" {
+			if old, err := keyOf(i, before); err == nil {
+				if ok, _ := sameKey(old, k); !ok {
+					if err := set(&change{del: true, key: old}); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if err := set(&change{key: k, row: m}); err != nil {
+			return err
+		}
+	}
+	if truncate {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM "+d.quote(d.table)); err != nil {
+			return fmt.Errorf("connector %q: empty %s: %w", d.cfg.CName, d.table, err)
+		}
+	}
+	var dels [][]any
+	groups := map[string][]map[string]any{} // upserts by their set of columns
+	var groupOrder []string
+	for _, id := range order {
+		c := last[id]
+		if c.del {
+			dels = append(dels, c.key)
+			continue
+		}
+		var have []string
+		for _, col := range cols {
+			if _, ok := c.row[d.field(col)]; ok {
+				have = append(have, col)
+			}
+		}
+		sig := strings.Join(have, ",")
+		if _, ok := groups[sig]; !ok {
+			groupOrder = append(groupOrder, sig)
+		}
+		groups[sig] = append(groups[sig], c.row)
+	}
+	if err := d.deleteKeys(ctx, tx, key, dels); err != nil {
+		return err
+	}
+	for _, sig := range groupOrder {
+		have := strings.Split(sig, ",")
+		rows := groups[sig]
+		per := max(1, min(500, maxArgs/len(have)))
+		for start := 0; start < len(rows); start += per {
+			chunk := rows[start:min(start+per, len(rows))]
+			args := make([]any, 0, len(chunk)*len(have))
+			for _, m := range chunk {
+				for _, c := range have {
+					args = append(args, sqlValue(m[d.field(c)]))
+				}
+			}
+			if _, err := tx.ExecContext(ctx, d.insertInto(have, len(chunk), key), args...); err != nil {
+				return refused(fmt.Errorf("connector %q: apply to %s: %w", d.cfg.CName, d.table, err))
+			}
+		}
+	}
+	return nil
+}
+
+func sameKey(a, b []any) (bool, error) {
+	ka, err := keyID(a)
+	if err != nil {
+		return false, err
+	}
+	kb, err := keyID(b)
+	return ka == kb, err
+}
+
+// keyID is a key's identity within a batch: a one-column key of a common
+// type as its text (whole numbers of every size alike), others as JSON.
+func keyID(key []any) (string, error) {
+	if len(key) == 1 {
+		switch v := key[0].(type) {
+		case int64:
+			return strconv.FormatInt(v, 10), nil
+		case int32:
+			return strconv.FormatInt(int64(v), 10), nil
+		case int:
+			return strconv.Itoa(v), nil
+		case float64: // a JSON row's number: as the same whole number would be
+			if v == float64(int64(v)) {
+				return strconv.FormatInt(int64(v), 10), nil
+			}
+		case string:
+			return "s" + v, nil
+		}
+	}
+	b, err := gojson.Marshal(key)
+	return string(b), err
+}
+
+// deleteKeys deletes the rows of keys.
+func (d *DB) deleteKeys(ctx context.Context, tx *stdsql.Tx, key []string, keys [][]any) error {
+	per := max(1, min(500, maxArgs/len(key)))
+	for start := 0; start < len(keys); start += per {
+		chunk := keys[start:min(start+per, len(keys))]
+		var b strings.Builder
+		b.WriteString("DELETE FROM " + d.quote(d.table) + " WHERE ")
+		args := make([]any, 0, len(chunk)*len(key))
+		for i, k := range chunk {
+			if i > 0 {
+				b.WriteString(" OR ")
+			}
+			b.WriteByte('(')
+			for j, c := range key {
+				if j > 0 {
+					b.WriteString(" AND ")
+				}
+				args = append(args, k[j])
+				b.WriteString(d.quote(c) + " = " + d.bind(len(args)))
+			}
+			b.WriteByte(')')
+		}
+		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+			return refused(fmt.Errorf("connector %q: delete from %s: %w", d.cfg.CName, d.table, err))
+		}
+	}
+	return nil
+}
+
+// applyColumns fixes, on first use, the columns and the key of mode
+// apply: the configured columns, else the table's (created, with create,
+// from the first upserted row's fields that do not start with _); the key
+// is upsert_key, else the table's primary key.
+func (d *DB) applyColumns(ctx context.Context, tx *stdsql.Tx, maps []map[string]any) ([]string, []string, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.columns != nil && len(d.upsertKey) > 0 {
+		return d.columns, d.upsertKey, nil
+	}
+	cols := d.columns
+	if cols == nil {
+		have, err := d.tableColumns(ctx, tx)
+		if err != nil {
+			return nil, nil, err
+		}
+		cols = have
+	}
+	if len(cols) == 0 || d.create {
+		var first map[string]any
+		for _, m := range maps {
+			if op, _ := m["_op"].(string); op != "delete" && op != "truncate" {
+				first = m
+				break
+			}
+		}
+		if len(cols) == 0 {
+			if !d.create {
+				return nil, nil, stream.Fatal(fmt.Errorf("connector %q: table %s does not exist (create it with a primary key, or set params.create: \"true\" and upsert_key)", d.cfg.CName, d.table))
+			}
+			if first == nil {
+				return nil, nil, stream.Permanent(fmt.Errorf("connector %q: table %s does not exist yet and no row of the batch has the columns to create it with", d.cfg.CName, d.table))
+			}
+			if len(d.upsertKey) == 0 {
+				return nil, nil, stream.Fatal(fmt.Errorf("connector %q: mode apply creates table %s with its key: set params.upsert_key", d.cfg.CName, d.table))
+			}
+			for k := range first {
+				if validIdent(k) && !strings.HasPrefix(k, "_") {
+					cols = append(cols, k)
+				}
+			}
+			slices.Sort(cols)
+		}
+		if first != nil {
+			if err := d.createTable(ctx, tx, cols, first); err != nil {
+				return nil, nil, err
+			}
+		}
+	}
+	key := d.upsertKey
+	if len(key) == 0 {
+		pk, err := d.primaryKey(ctx, tx)
+		if err != nil {
+			return nil, nil, err
+		}
+		if len(pk) == 0 {
+			return nil, nil, stream.Fatal(fmt.Errorf("connector %q: mode apply needs the key of table %s: give it a primary key, or set params.upsert_key", d.cfg.CName, d.table))
+		}
+		key = pk
+	}
+	cols = slices.DeleteFunc(slices.Clone(cols), func(c string) bool { return strings.HasPrefix(c, "_") })
+	d.columns, d.upsertKey = cols, key
+	return cols, key, nil
+}
+
+// primaryKey is the table's primary key columns, in order.
+func (d *DB) primaryKey(ctx context.Context, tx *stdsql.Tx) ([]string, error) {
+	var q string
+	switch d.dialect {
+	case checkpoint.SQLite:
+		q = "SELECT name FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
+	case checkpoint.MySQL:
+		q = "SELECT column_name FROM information_schema.key_column_usage WHERE table_schema = DATABASE() AND table_name = ? AND constraint_name = 'PRIMARY' ORDER BY ordinal_position"
+	case checkpoint.Postgres:
+		q = `SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+WHERE i.indrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident($1)) AND i.indisprimary
+ORDER BY array_position(i.indkey::int2[], a.attnum)`
+	}
+	rows, err := tx.QueryContext(ctx, q, d.table)
+	if err != nil {
+		return nil, fmt.Errorf("connector %q: read the primary key of %s: %w", d.cfg.CName, d.table, err)
+	}
+	defer rows.Close()
+	var key []string
+	for rows.Next() {
+		var c string
+		if err := rows.Scan(&c); err != nil {
+			return nil, err
+		}
+		key = append(key, c)
+	}
+	return key, rows.Err()
+}

@@ -1,0 +1,109 @@
+package sql
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+)
+
+// TestApplyMode applies changes by the table's primary key, in each
+// dialect: upserts, deletes, a key change and a truncate, folded per batch
+// in order.
+func TestApplyMode(t *testing.T) {
+	t.Parallel()
+	for _, dialect := range []string{TypeSQLite, TypePostgres, TypeMySQL} {
+		t.Run(dialect, func(t *testing.T) {
+			t.Parallel()
+			var drv driver.Driver
+			var err error
+			switch dialect {
+			case TypeSQLite:
+				drv, err = NewSQLite(&config.Conn{CName: "replica", Type: TypeSQLite, Key: "replica",
+					Params: map[string]string{"path": filepath.Join(t.TempDir(), "r.db"), "mode": "apply"}})
+			case TypePostgres:
+				drv, err = NewPostgres(&config.Conn{CName: "replica", Type: TypePostgres, Key: "replica",
+					Params: map[string]string{"dsn": testenv.PostgresDatabase(t), "mode": "apply"}})
+			case TypeMySQL:
+				drv, err = NewMySQL(&config.Conn{CName: "replica", Type: TypeMySQL, Key: "replica",
+					Params: map[string]string{"dsn": testenv.MySQLDatabase(t), "mode": "apply"}})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			testApply(t, drv.(*DB))
+		})
+	}
+}
+
+func testApply(t *testing.T, d *DB) {
+	ctx := context.Background()
+	if err := d.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close(ctx)
+	if _, err := d.SQL().Exec("CREATE TABLE replica (id BIGINT PRIMARY KEY, v VARCHAR(100))"); err != nil {
+		t.Fatal(err)
+	}
+	row := func(op string, id int, v string) map[string]any {
+		return map[string]any{"_op": op, "_table": "public.src", "_lsn": "0/1", "id": id, "v": v}
+	}
+	read := func() map[int]string {
+		rows, err := d.SQL().Query("SELECT id, v FROM replica")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		out := map[int]string{}
+		for rows.Next() {
+			var id int
+			var v string
+			if err := rows.Scan(&id, &v); err != nil {
+				t.Fatal(err)
+			}
+			out[id] = v
+		}
+		return out
+	}
+	moved := row("update", 9, "moved")
+	moved["_before"] = map[string]any{"id": 3, "v": "c"}
+	steps := []struct {
+		rows []any
+		want map[int]string
+	}{
+		{[]any{row("insert", 1, "a"), row("insert", 2, "b"), row("insert", 3, "c"), row("update", 1, "a2"), row("update", 1, "a3")},
+			map[int]string{1: "a3", 2: "b", 3: "c"}},
+		{[]any{row("delete", 2, ""), moved, row("insert", 2, "b2"), row("delete", 1, "")},
+			map[int]string{2: "b2", 9: "moved"}},
+		{[]any{row("insert", 5, "e"), row("truncate", 0, ""), row("insert", 6, "f")},
+			map[int]string{6: "f"}},
+	}
+	for i, s := range steps {
+		if err := d.Write(ctx, s.rows); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if got := read(); len(got) != len(s.want) || func() bool {
+			for k, v := range s.want {
+				if got[k] != v {
+					return true
+				}
+			}
+			return false
+		}() {
+			t.Fatalf("step %d: replica %v, want %v", i, got, s.want)
+		}
+	}
+	// A key read as int64 and as a JSON number is one key.
+	if err := d.Write(ctx, []any{row("insert", 7, "g"), map[string]any{"_op": "delete", "id": float64(7)}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(); got[7] != "" {
+		t.Fatalf("the delete of 7 as a JSON number did not win: %v", got)
+	}
+	if err := d.Write(ctx, []any{map[string]any{"_op": "merge", "id": 1}}); err == nil {
+		t.Fatal("an unknown _op was accepted")
+	}
+}
