@@ -295,7 +295,7 @@ func TestWindowBlockChangedWithWindowsSaved(t *testing.T) {
 	cmd = child(t, dir)
 	err = cmd.Wait()
 	out := cmd.Stdout.(*syncBuffer).String()
-	if err == nil || !strings.Contains(out, `open windows saved by an earlier run cannot be restored`) || !strings.Contains(out, `delete state entry "kisflow.window/1/PerUser"`) {
+	if err == nil || !strings.Contains(out, `open windows saved by an earlier run cannot be restored`) || !strings.Contains(out, `delete state "kisflow.window/1/PerUser" of the flow (all its entries)`) {
 		t.Fatalf("changed window block with open windows saved: want a failed run saying what to do, got %v:\n%s", err, out)
 	}
 

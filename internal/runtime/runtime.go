@@ -517,7 +517,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 		}
 		if len(msgs) == 0 {
 			if idle && err == nil {
-				r.control(runTick, epochs, shared) // takes the slot
+				r.control(runTick, epochs, own, shared) // takes the slot
 				continue
 			}
 			<-slots
@@ -525,7 +525,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 				return err
 			}
 			if eof {
-				return r.flushAtEnd(ctx, slots, epochs, shared)
+				return r.flushAtEnd(ctx, slots, epochs, own, shared)
 			}
 			continue
 		}
@@ -571,7 +571,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 			return err
 		}
 		if eof {
-			return r.flushAtEnd(ctx, slots, epochs, shared)
+			return r.flushAtEnd(ctx, slots, epochs, own, shared)
 		}
 	}
 }
@@ -579,7 +579,7 @@ func (r *Runner) readLoop(ctx, work context.Context, slots chan struct{}, epochs
 // flushAtEnd runs the final flush of an exhausted source (Config.FlushAtEnd)
 // once every epoch read before committed, so that no row reaches a window
 // after it closed for good.
-func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs chan<- *epoch, shared chan *part) error {
+func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs chan<- *epoch, own []chan *part, shared chan *part) error {
 	n := r.cfg.MaxInFlight
 	if !r.cfg.FlushAtEnd {
 		return nil
@@ -597,19 +597,32 @@ func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs cha
 	for range n - 1 {
 		<-slots
 	}
-	r.control(runFlush, epochs, shared)
+	r.control(runFlush, epochs, own, shared)
 	return nil
 }
 
-// control queues an epoch with no messages that runs c on any worker; the
-// caller holds its slot, released when it commits.
-func (r *Runner) control(c control, epochs chan<- *epoch, shared chan *part) {
+// control queues an epoch with no messages that runs c: with one worker,
+// on it; with several, one part on each, since each keeps the windows of
+// its own keys (its state lane). The caller holds its slot, released when
+// it commits.
+func (r *Runner) control(c control, epochs chan<- *epoch, own []chan *part, shared chan *part) {
 	ep := &epoch{done: make(chan struct{}), readAt: time.Now()}
-	p := &part{ep: ep, control: c, worker: -1}
-	ep.parts = []*part{p}
-	ep.pending.Store(1)
+	if len(own) <= 1 {
+		ep.parts = []*part{{ep: ep, control: c, worker: -1}}
+	} else {
+		for w := range own {
+			ep.parts = append(ep.parts, &part{ep: ep, control: c, worker: w})
+		}
+	}
+	ep.pending.Store(int32(len(ep.parts)))
 	epochs <- ep
-	shared <- p
+	for _, p := range ep.parts {
+		if p.worker < 0 {
+			shared <- p
+		} else {
+			own[p.worker] <- p
+		}
+	}
 }
 
 // readEpoch reads up to BatchSize messages: it blocks for the first, then
