@@ -1,0 +1,158 @@
+package kisflow_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/checkpoint"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/file"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// countingStore is a checkpoint store that records the keyed state changes
+// each save passes to it.
+type countingStore struct {
+	*checkpoint.Store
+	mu    sync.Mutex
+	saves [][]stream.StateChange
+	bytes int64 // of every change saved: name, key, field and value
+}
+
+func (c *countingStore) SaveState(ctx context.Context, st, pos string, changes []stream.StateChange) error {
+	c.mu.Lock()
+	c.saves = append(c.saves, append([]stream.StateChange(nil), changes...))
+	for _, ch := range changes {
+		c.bytes += int64(len(ch.Name) + len(ch.Key) + len(ch.Field) + len(ch.Value))
+	}
+	c.mu.Unlock()
+	return c.Store.SaveState(ctx, st, pos, changes)
+}
+
+func (c *countingStore) snapshot() (saves [][]stream.StateChange, bytes int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([][]stream.StateChange(nil), c.saves...), c.bytes
+}
+
+func newCountingStore(tb testing.TB, dir string) *countingStore {
+	tb.Helper()
+	s, err := checkpoint.OpenSQLite(context.Background(), filepath.Join(dir, "checkpoints.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = s.Close() })
+	return &countingStore{Store: s}
+}
+
+// TestWindowCommitWritesOnlyChangedGroups: with 10k window-groups open, a
+// batch that adds a row to one of them passes the store that group's entry
+// and the lane's clock, nothing else.
+func TestWindowCommitWritesOnlyChangedGroups(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	base := time.Now().Truncate(time.Hour).Add(-time.Hour).UnixMilli()
+	var in strings.Builder
+	for u := range 10_000 {
+		fmt.Fprintf(&in, `{"ts":%d,"user_id":%d,"amount":1}`+"\n", base+int64(u), u)
+	}
+	path := filepath.Join(dir, "orders.jsonl")
+	writeFiles(t, dir, map[string]string{
+		"orders.jsonl": in.String(),
+		"conns.yml":    "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + path + "\n  follow: \"true\"\n  poll: 10ms\n",
+		"flow.yml":     "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: PerUser\nstream:\n  source: orders\n  batch_size: 1000\n  linger: 5ms\n  workers: 2\n  key: user_id\n",
+		"funcs.yml": "kistype: func\nfname: PerUser\nfmode: Calculate\n" +
+			"window: {type: tumbling, size: 1h, time_field: ts, group_by: [user_id], aggregate: {n: count(), revenue: sum(amount)}}\n",
+	})
+	reg := kisflow.NewRegistry()
+	if err := file.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(reg, set, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	store := newCountingStore(t, dir)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	job, err := eng.Job(ctx, "Revenue", kisflow.WithStateDir(filepath.Join(dir, "state")), kisflow.WithCheckpoints(store))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- job.Run(ctx) }()
+	saved := func() int {
+		saves, _ := store.snapshot()
+		n := 0
+		for _, s := range saves {
+			n += len(s)
+		}
+		return n
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Minute)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within a minute", what)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// 10k group entries and the two lanes' clocks.
+	waitFor("the 10k groups saved", func() bool { return saved() >= 10_002 && job.Stats().Committed == 10_000 })
+	time.Sleep(300 * time.Millisecond) // past a checkpoint interval: nothing pending
+	before, _ := store.snapshot()
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, `{"ts":%d,"user_id":7,"amount":5}`+"\n", base+50_000)
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("the new row's state saved", func() bool {
+		saves, _ := store.snapshot()
+		return len(saves) > len(before) && job.Stats().Committed == 10_001
+	})
+	time.Sleep(300 * time.Millisecond)
+	after, _ := store.snapshot()
+	var changes []stream.StateChange
+	for _, s := range after[len(before):] {
+		changes = append(changes, s...)
+	}
+	groups, clocks := 0, 0
+	for _, c := range changes {
+		switch {
+		case c.Field == "clock":
+			clocks++
+		case c.Key == "7" && strings.HasPrefix(c.Field, "window ") && !c.Deleted:
+			groups++
+		default:
+			t.Errorf("unexpected change %s/%s/%s", c.Name, c.Key, c.Field)
+		}
+	}
+	if groups != 1 || clocks != 1 || len(changes) != 2 {
+		t.Fatalf("the batch of one row passed %d changes to the store (%d of user 7's group, %d clocks), want its group and its lane's clock", len(changes), groups, clocks)
+	}
+	if n := job.OpenWindows(); n != 10_000 {
+		t.Errorf("%d open windows, want 10000", n)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
