@@ -89,6 +89,7 @@ func BenchmarkWindowTumblingFileKept(b *testing.B) {
 		b.Fatal(err)
 	}
 	var bytes, changes, batches int64
+	var took time.Duration
 	for i := range b.N {
 		b.StopTimer()
 		dir := b.TempDir()
@@ -111,8 +112,12 @@ func BenchmarkWindowTumblingFileKept(b *testing.B) {
 			changes += int64(len(c))
 		}
 		batches += s.Batches
+		store.mu.Lock()
+		took += store.took
+		store.mu.Unlock()
 	}
 	reportRows(b, windowBenchRows)
+	b.ReportMetric(took.Seconds()/float64(b.N), "store-s/op")
 	b.ReportMetric(float64(bytes)/float64(batches), "state-B/batch")
 	b.ReportMetric(float64(changes)/float64(batches), "state-entries/batch")
 }

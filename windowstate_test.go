@@ -25,6 +25,7 @@ type countingStore struct {
 	mu    sync.Mutex
 	saves [][]stream.StateChange
 	bytes int64 // of every change saved: name, key, field and value
+	took  time.Duration
 }
 
 func (c *countingStore) SaveState(ctx context.Context, st, pos string, changes []stream.StateChange) error {
@@ -34,7 +35,12 @@ func (c *countingStore) SaveState(ctx context.Context, st, pos string, changes [
 		c.bytes += int64(len(ch.Name) + len(ch.Key) + len(ch.Field) + len(ch.Value))
 	}
 	c.mu.Unlock()
-	return c.Store.SaveState(ctx, st, pos, changes)
+	start := time.Now()
+	err := c.Store.SaveState(ctx, st, pos, changes)
+	c.mu.Lock()
+	c.took += time.Since(start)
+	c.mu.Unlock()
+	return err
 }
 
 func (c *countingStore) snapshot() (saves [][]stream.StateChange, bytes int64) {
