@@ -2,10 +2,12 @@ package kisflow_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/file"
+	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -160,5 +163,62 @@ func TestWindowCommitWritesOnlyChangedGroups(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestWindowRowSentByAnotherFormOfItsKeyIsDeadLettered: with two workers, a
+// row whose stream key field is written in another form (42e0 for 42) is
+// sent by the runtime to a worker other than its group's: it is
+// dead-lettered with the reason, and the group's window counts the others.
+func TestWindowRowSentByAnotherFormOfItsKeyIsDeadLettered(t *testing.T) {
+	t.Parallel()
+	user := 0
+	for state.Partition(strconv.Itoa(user), 2) == state.Partition(strconv.Itoa(user)+"e0", 2) {
+		user++ // not with two workers: "e" flips the low bit of the FNV hash
+	}
+	dir := t.TempDir()
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
+	in := fmt.Sprintf(`{"ts":%d,"user_id":%d,"amount":1}`+"\n", base, user) +
+		fmt.Sprintf(`{"ts":%d,"user_id":%de0,"amount":1}`+"\n", base+1, user) +
+		fmt.Sprintf(`{"ts":%d,"user_id":%d,"amount":1}`+"\n", base+2, user)
+	writeFiles(t, dir, map[string]string{
+		"orders.jsonl": in,
+		"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + filepath.Join(dir, "orders.jsonl") + "\n---\n" +
+			"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: " + filepath.Join(dir, "out.db") + "\n  create: \"true\"\n  columns: user_id, n\n",
+		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: PerUser\nstream:\n  source: orders\n  sink: db\n  workers: 2\n  key: user_id\n",
+		"funcs.yml": "kistype: func\nfname: PerUser\nfmode: Calculate\n" +
+			"window: {type: tumbling, size: 1m, time_field: ts, group_by: [user_id], aggregate: {n: count()}}\n",
+	})
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(streamRegistry(t), set, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	job, err := eng.Job(context.Background(), "Revenue", kisflow.WithStateDir(filepath.Join(dir, "state")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := job.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := job.Stats(); s.DeadLettered != 1 {
+		t.Errorf("%d dead-lettered, want the row of %de0", s.DeadLettered, user)
+	}
+	dead, err := os.ReadFile(filepath.Join(dir, "state", "dead-letter", "Revenue.jsonl"))
+	if err != nil || !strings.Contains(string(dead), `is not the key it was sent to this worker by`) {
+		t.Errorf("dead letters (%v): %s", err, dead)
+	}
+	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var u, n, rows int
+	if err := db.QueryRow("SELECT max(user_id), max(n), count(*) FROM out").Scan(&u, &n, &rows); err != nil || rows != 1 || u != user || n != 2 {
+		t.Errorf("window rows: %d, user %d, n %d (%v); want one, of user %d, n 2", rows, u, n, err, user)
 	}
 }
