@@ -19,6 +19,12 @@ import (
 // runJobOnce runs flow of the config in dir to the end and returns its stats.
 func runJobOnce(b *testing.B, reg *kisflow.Registry, dir, flow string) kisflow.JobStats {
 	b.Helper()
+	return runJobOnceWith(b, reg, dir, flow)
+}
+
+// runJobOnceWith is runJobOnce with job options (after the state dir).
+func runJobOnceWith(b *testing.B, reg *kisflow.Registry, dir, flow string, opts ...kisflow.JobOption) kisflow.JobStats {
+	b.Helper()
 	set, err := config.Import(dir)
 	if err != nil {
 		b.Fatal(err)
@@ -28,7 +34,7 @@ func runJobOnce(b *testing.B, reg *kisflow.Registry, dir, flow string) kisflow.J
 		b.Fatal(err)
 	}
 	defer eng.Close(context.Background())
-	job, err := eng.Job(context.Background(), flow, kisflow.WithStateDir(filepath.Join(dir, "state")))
+	job, err := eng.Job(context.Background(), flow, append([]kisflow.JobOption{kisflow.WithStateDir(filepath.Join(dir, "state"))}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
 )
 
@@ -56,7 +57,7 @@ func BenchmarkWindowTumblingFile(b *testing.B) {
 		dir := b.TempDir()
 		writeFiles(b, dir, map[string]string{
 			"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + path + "\n",
-			"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: RevenuePerUser\nstream:\n  source: orders\n  batch_size: 5000\n  workers: 2\n",
+			"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: RevenuePerUser\nstream:\n  source: orders\n  batch_size: 5000\n  workers: 2\n  key: user_id\n",
 			"funcs.yml": "kistype: func\nfname: RevenuePerUser\nfmode: Calculate\n" +
 				"window: {type: tumbling, size: 1m, time_field: ts, lateness: 30s, late: dead_letter,\n" +
 				"         group_by: [user_id], aggregate: {orders: count(), revenue: sum(amount)}}\n",
@@ -73,6 +74,52 @@ func BenchmarkWindowTumblingFile(b *testing.B) {
 	windowHandLoop(b, path)
 	loop := windowBenchRows / time.Since(start).Seconds()
 	b.ReportMetric(engine/loop, "x-hand-loop")
+}
+
+// BenchmarkWindowTumblingFileKept is BenchmarkWindowTumblingFile on one
+// worker with its windows kept as keyed state in the checkpoint store
+// (at-least-once, a file source): 100k window-groups open at a time. It
+// reports also the bytes (name, key, field and value) and entries of state
+// the job passed to the store per batch. Run with
+//
+//	go test -run '^$' -bench 'WindowTumblingFileKept' -benchtime 3x .
+func BenchmarkWindowTumblingFileKept(b *testing.B) {
+	path, err := windowBenchFile()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var bytes, changes, batches int64
+	var took time.Duration
+	for i := range b.N {
+		b.StopTimer()
+		dir := b.TempDir()
+		writeFiles(b, dir, map[string]string{
+			"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + path + "\n",
+			"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: RevenuePerUser\nstream:\n  source: orders\n  batch_size: 5000\n",
+			"funcs.yml": "kistype: func\nfname: RevenuePerUser\nfmode: Calculate\n" +
+				"window: {type: tumbling, size: 1m, time_field: ts, lateness: 30s, late: dead_letter,\n" +
+				"         group_by: [user_id], aggregate: {orders: count(), revenue: sum(amount)}}\n",
+		})
+		store := newCountingStore(b, dir)
+		b.StartTimer()
+		s := runJobOnceWith(b, benchRegistry(b), dir, "Revenue", kisflow.WithCheckpoints(store))
+		if s.Committed != windowBenchRows || s.DeadLettered != 0 {
+			b.Fatalf("iteration %d: %d committed, %d dead-lettered", i, s.Committed, s.DeadLettered)
+		}
+		saves, n := store.snapshot()
+		bytes += n
+		for _, c := range saves {
+			changes += int64(len(c))
+		}
+		batches += s.Batches
+		store.mu.Lock()
+		took += store.took
+		store.mu.Unlock()
+	}
+	reportRows(b, windowBenchRows)
+	b.ReportMetric(took.Seconds()/float64(b.N), "store-s/op")
+	b.ReportMetric(float64(bytes)/float64(batches), "state-B/batch")
+	b.ReportMetric(float64(changes)/float64(batches), "state-entries/batch")
 }
 
 // BenchmarkWindowHandLoop is the hand-written Go loop the window figure is

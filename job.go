@@ -565,10 +565,11 @@ func (j *Job) Run(ctx context.Context) error {
 
 // WindowsKept reports whether the job keeps the state of its window
 // functions with its commits, so that a run that resumes goes on with the
-// windows this one left open: with one worker and a store that keeps
-// state (an exactly-once SQL sink, or the checkpoint store).
+// windows this one left open: with a store that keeps state (an
+// exactly-once SQL sink, or the checkpoint store), with any number of
+// workers (each keeps its own windows).
 func (j *Job) WindowsKept() bool {
-	return len(j.windows) > 0 && j.table.Kept && j.table.Lanes() == 1
+	return len(j.windows) > 0 && j.table.Kept
 }
 
 // OpenWindows returns how many windows (one per window and group) the

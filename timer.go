@@ -11,6 +11,7 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/runtime"
 	"github.com/kisflow-go/kisflow/internal/state"
+	"github.com/kisflow-go/kisflow/window"
 )
 
 // Timer is a named timer per stream key, set by a function of a Job and
@@ -283,11 +284,12 @@ func (r *Registry) checkTimers(s *config.Set) []config.Problem {
 	return probs
 }
 
-// streamAdvance moves an event-time window to the stream's watermark wm
-// when the stream declares its event time (clk.Set) and wm is a time.
-func streamAdvance(h *windowHandler, wm int64, clk state.Clock) []map[string]any {
+// streamAdvance moves op, an event-time window of h, to the stream's
+// watermark wm when the stream declares its event time (clk.Set) and wm is
+// a time.
+func streamAdvance(h *windowHandler, op *window.Operator, wm int64, clk state.Clock) []map[string]any {
 	if !clk.Set || h.spec.TimeField == "" || wm == math.MinInt64 || wm == math.MaxInt64 {
 		return nil
 	}
-	return h.op.Advance(time.UnixMilli(wm))
+	return op.Advance(time.UnixMilli(wm))
 }

@@ -2,9 +2,12 @@ package kisflow
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
@@ -18,24 +21,59 @@ import (
 )
 
 // windowHandler is the body of a Calculate function with a window block:
-// one window.Operator for the function's step in the flow, shared by
-// every instance of the flow (a job's worker forks) behind a mutex, and
-// alive across runs. Rows reach it in the order the runs take the lock.
+// one window.Operator per lane of the function's step in the flow (see
+// windowLane), alive across runs.
 type windowHandler struct {
 	name string
 	tick time.Duration // processing time: how often an idle stream ticks; 0 for event time
-
-	mu   sync.Mutex
-	op   *window.Operator
 	spec window.Spec
-	seq  uint64 // the Seq of the saved state op holds; 0: a new operator
-	last uint64 // the largest Seq written or read
+
+	mu    sync.Mutex
+	lanes []*windowLane // by lane; lanes[0] also serves runs outside a job
 }
 
-// windowSaved is the state of a window function as a job keeps it, an
-// entry of its keyed state (see savedWindow): the operator's
-// snapshot and the number of the write that made it, which tells whether
-// the operator still holds what the state machinery says is current.
+// windowLane is the window of one lane: a job's worker, to which every row
+// of a stream key goes (state.Txn.Lane), or, outside a job, every run of
+// the flow. Its operator takes the rows of the lane's runs, in the order
+// they take its lock.
+//
+// When the job keeps its state (state.Table.Kept), the operator is a cache
+// of keyed state entries (see windowEntries): one per window-group, under
+// the group's stream key, and one for the lane's clock (watermark), whose
+// Seq numbers the lane's writes. The operator writes the entries of the
+// window-groups each batch changed, and the clock. When a batch is
+// returned to its source, or a run fails and is tried again, the state
+// machinery drops or rolls back the batch's changes, and the next run
+// reads a clock whose Seq is not the one the operator last wrote: the
+// operator is rebuilt from the entries the run's Txn sees (the committed
+// ones and those of the lane's batches still in flight), so that no batch
+// is ever counted twice. A batch changes the operator only through rows,
+// ticks and flushes, and each change moves a window-group or the clock,
+// so a batch that changed it always wrote a clock with a new Seq.
+type windowLane struct {
+	mu      sync.Mutex
+	op      *window.Operator
+	loaded  bool   // op holds the entries of the clock numbered seq
+	seq     uint64 // the Seq of the clock op holds; 0: none
+	last    uint64 // the largest Seq written or read
+	migrate bool   // op was restored from a snapshot of an earlier version: write it as entries
+}
+
+// windowClockSaved is a lane's clock entry: the operator's clock, the Seq
+// of the write, and when and by which lane of how many it was written (to
+// go on from the lanes of an earlier run with another number of workers).
+type windowClockSaved struct {
+	Seq   uint64       `json:"seq"`
+	Lanes int          `json:"lanes"`
+	Lane  int          `json:"lane"`
+	At    int64        `json:"at"` // Unix milliseconds
+	Clock window.Clock `json:"clock"`
+}
+
+// windowSaved is the single entry that kept a window function's whole
+// state before window-groups were entries of their own: the operator's
+// snapshot. A job with one worker that finds it goes on from it and
+// replaces it with entries at its first commit.
 type windowSaved struct {
 	Seq  uint64 `json:"seq"`
 	Op   []byte `json:"op"`
@@ -51,7 +89,7 @@ func newWindowHandler(fc *config.Func) (*windowHandler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("function %q: %w", fc.FName, err)
 	}
-	h := &windowHandler{name: fc.FName, op: op, spec: spec}
+	h := &windowHandler{name: fc.FName, spec: spec, lanes: []*windowLane{{op: op}}}
 	if spec.TimeField == "" {
 		h.tick = idleTick(spec)
 	}
@@ -75,148 +113,349 @@ func idleTick(spec window.Spec) time.Duration {
 
 // open returns the number of open windows (window-groups) it holds.
 func (h *windowHandler) open() int {
+	n := 0
+	for _, ln := range h.allLanes() {
+		ln.mu.Lock()
+		n += ln.op.Len()
+		ln.mu.Unlock()
+	}
+	return n
+}
+
+func (h *windowHandler) allLanes() []*windowLane {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.op.Len()
+	var out []*windowLane
+	for _, ln := range h.lanes {
+		if ln != nil {
+			out = append(out, ln)
+		}
+	}
+	return out
+}
+
+// lane returns lane i, made on first use.
+func (h *windowHandler) lane(i int) *windowLane {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(h.lanes) <= i {
+		h.lanes = append(h.lanes, nil)
+	}
+	if h.lanes[i] == nil {
+		op, _ := window.New(h.spec) // the spec was checked by newWindowHandler
+		h.lanes[i] = &windowLane{op: op}
+	}
+	return h.lanes[i]
 }
 
 func (h *windowHandler) signature() string { return "YAML window" }
 
 func (h *windowHandler) bind(fl *flow, layer int) binding {
-	return &windowBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}}
+	b := &windowBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}}
+	b.ents = windowEntries{name: "kisflow.window/" + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName, keyAt: -1}
+	if len(h.spec.GroupBy) > 0 {
+		b.ents.keyAt = 0
+	}
+	if st := fl.c.cfg.Stream; st != nil && st.Key != "" {
+		if i := slices.Index(h.spec.GroupBy, st.Key); i >= 0 {
+			b.ents.keyAt, b.keyField = i, st.Key
+		}
+	}
+	return b
 }
+
+// windowEntries names the keyed state entries of a window function's step
+// in a flow: all of state name. A window-group is under the stream key of
+// its rows, the value of its group_by field keyAt (the flow's stream.key
+// when it is one of them, else the first; "" without group_by), formatted
+// as the runtime formats stream keys (window.KeyString), so that it moves
+// with the key; its field names the window and the group. A lane's clock is
+// under a key of the lane's own (laneKey), field "clock".
+type windowEntries struct {
+	name  string
+	keyAt int
+}
+
+func (w windowEntries) group(g window.Group) state.ID {
+	vals := g.Values()
+	key := ""
+	if w.keyAt >= 0 && w.keyAt < len(vals) {
+		key = window.KeyString(vals[w.keyAt])
+	}
+	js, err := json.Marshal(vals)
+	if err != nil {
+		js = []byte(fmt.Sprint(vals))
+	}
+	if g.Session {
+		return state.ID{Name: w.name, Key: key, Field: "session " + string(js)}
+	}
+	return state.ID{Name: w.name, Key: key, Field: "window " + time.UnixMilli(g.End).UTC().Format(time.RFC3339Nano) + " " + string(js)}
+}
+
+func isGroupField(f string) bool {
+	return strings.HasPrefix(f, "window ") || strings.HasPrefix(f, "session ")
+}
+
+// clock is the ID of lane's clock entry in a job of lanes lanes.
+func (w windowEntries) clock(lane, lanes int) state.ID {
+	return state.ID{Name: w.name, Key: laneKey(lane, lanes), Field: "clock"}
+}
+
+// laneKey returns a stream key that the runtime sends to worker lane of
+// lanes: "kisflow.window.lane.N" for the first N that is.
+func laneKey(lane, lanes int) string {
+	if lanes <= 1 {
+		return "kisflow.window.lane"
+	}
+	for i := 0; ; i++ {
+		if k := "kisflow.window.lane." + strconv.Itoa(i); state.Partition(k, lanes) == lane {
+			return k
+		}
+	}
+}
+
+// legacy is the ID of the single entry of windowSaved.
+func (w windowEntries) legacy() state.ID { return state.ID{Name: w.name} }
 
 // process adds rows and returns what closed: with control set (a flush
 // run, see flow.flush), also what processing time closed (tick) or
-// everything (final). With saved set, the operator first takes the state
-// saved reads as current, and its new state is written there.
-func (h *windowHandler) process(rows []map[string]any, ctl flushMode, saved *savedWindow, clk state.Clock) ([]map[string]any, []window.Rejected, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if saved != nil {
-		if err := saved.sync(h); err != nil {
+// everything (final). x is the run's state Txn (nil outside a job): it
+// picks the lane, and when its table is kept, the lane's operator first
+// takes the state x reads as current, and its changes are written to x.
+// clk is the stream's clock of the run (see streamAdvance).
+func (h *windowHandler) process(fl *flow, rows []map[string]any, ctl flushMode, x *state.Txn, ents windowEntries, clk state.Clock) ([]map[string]any, []window.Rejected, error) {
+	var ln *windowLane
+	keep := false
+	switch {
+	case x == nil:
+		ln = h.lane(0)
+	case x.IsScratch():
+		// A run made again only to trace rows (see state.Table.Scratch):
+		// it must change no lane, and what it emits is not committed. A
+		// window alone with a message emits nothing for it.
+		op, err := window.New(h.spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln = &windowLane{op: op}
+	case x.Lane() < 0 && x.Lanes() > 1:
+		return nil, nil, stream.Fatal(fmt.Errorf("function %q: a window in a flow with %d workers needs the flow's stream.key set to one of its group_by fields (%s), so that every row of a group goes to one worker", h.name, x.Lanes(), strings.Join(h.spec.GroupBy, ", ")))
+	default:
+		ln, keep = h.lane(max(x.Lane(), 0)), x.Kept()
+	}
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	if keep {
+		if err := ln.sync(fl, h, x, ents); err != nil {
 			return nil, nil, err
 		}
 	}
+	before := ln.op.Clock()
 	var out []map[string]any
 	var rej []window.Rejected
 	// With the stream's event time, rows are judged against its watermark
 	// before their batch, and the batch's closes what it passed.
-	out = append(out, streamAdvance(h, clk.Watermark, clk)...)
+	out = append(out, streamAdvance(h, ln.op, clk.Watermark, clk)...)
 	if len(rows) > 0 {
 		var more []map[string]any
-		more, rej = h.op.Process(rows)
+		more, rej = ln.op.Process(rows)
 		out = append(out, more...)
 	}
-	out = append(out, streamAdvance(h, clk.Fire, clk)...)
+	out = append(out, streamAdvance(h, ln.op, clk.Fire, clk)...)
 	switch {
 	case ctl == flushFinal:
-		out = append(out, h.op.Flush()...)
+		out = append(out, ln.op.Flush()...)
 	case h.tick > 0:
-		out = append(out, h.op.Tick()...)
+		out = append(out, ln.op.Tick()...)
 	}
-	if saved != nil && (len(rows) > 0 || len(out) > 0) {
-		if err := saved.write(h); err != nil {
+	if keep {
+		if err := ln.write(x, ents, before); err != nil {
+			// The operator took the rows; the entries may not have: the
+			// next run rebuilds it from what its Txn reads.
+			ln.loaded = false
 			return nil, nil, err
 		}
 	}
 	return out, rej, nil
 }
 
-// savedWindow is where the state of a window function of a job is kept:
-// an entry of the job's keyed state, changed by each batch and committed
-// with it (in the exactly-once sink's transaction, or with the position in
-// the checkpoint store), loaded when the job starts. The operator is a
-// cache of that entry: when a batch is returned to its source or a run
-// fails, the state machinery drops or rolls back its change, and the next
-// run finds an entry other than the one the operator last wrote and
-// restores the operator from it.
-type savedWindow struct {
-	fl *flow
-	x  *state.Txn
-	id state.ID
-}
-
-// savedWindowOf returns where the window of step layer of fl's run is
-// kept, nil when it is not: outside a job, when nothing stores the job's
-// state, or with several workers (the window is shared by all of them
-// while keyed state is per worker).
-func savedWindowOf(fl *flow, layer int) *savedWindow {
-	x := fl.state
-	if x == nil || !x.Kept() || x.Lanes() != 1 {
-		return nil
-	}
-	return &savedWindow{fl: fl, x: x, id: state.ID{Name: "kisflow.window/" + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName}}
-}
-
-// sync makes h's operator hold the state the run's Txn reads as current.
-func (s *savedWindow) sync(h *windowHandler) error {
-	e, ok, err := s.x.Get(s.id)
+// sync makes ln's operator hold the state x reads as current: when the
+// lane's clock entry is not the one the operator last wrote or read, the
+// operator is rebuilt from the lane's entries.
+func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents windowEntries) error {
+	lanes, lane := x.Lanes(), max(x.Lane(), 0)
+	e, ok, err := x.Get(ents.clock(lane, lanes))
 	if err != nil {
 		return err
 	}
-	var v windowSaved
+	var own windowClockSaved
 	if ok {
-		if v, err = decodeEntry[windowSaved](s.fl, s.id.Name, e); err != nil {
+		if own, err = decodeEntry[windowClockSaved](fl, ents.name, e); err != nil {
 			return stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
 		}
 	}
-	if v.Seq == h.seq {
+	if ln.loaded && own.Seq == ln.seq {
 		return nil
 	}
-	if !ok {
-		op, err := window.New(h.spec)
-		if err != nil {
-			return err
-		}
-		h.op = op
-	} else if err := h.op.Restore(v.Op); err != nil {
-		if v.Open > 0 {
-			return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state entry %q of the flow to drop them", h.name, v.Open, err, s.id.Name))
-		}
-		// Nothing open (the window block changed after its windows
-		// closed): start afresh.
-		if h.op, err = window.New(h.spec); err != nil {
-			return err
-		}
-	}
-	h.seq, h.last = v.Seq, max(h.last, v.Seq)
-	return nil
-}
-
-// write sets the entry to h's operator's state.
-func (s *savedWindow) write(h *windowHandler) error {
-	snap, err := h.op.Snapshot()
+	op, err := window.New(h.spec)
 	if err != nil {
 		return err
 	}
-	h.last++
-	h.seq = h.last
-	return s.x.Put(s.id, windowSaved{Seq: h.seq, Op: snap, Open: h.op.Len()}, 0)
+	// The clock: the lane's own, unless the number of workers changed
+	// since it was written; then the largest of the last run's lanes'
+	// (rows of the keys moved to this lane that are older may then be
+	// late).
+	clock, found := own.Clock, ok
+	var newest windowClockSaved
+	others := map[int]windowClockSaved{}
+	if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
+		if id.Field != "clock" {
+			return nil
+		}
+		c, err := decodeEntry[windowClockSaved](fl, ents.name, e)
+		if err != nil || c.Lanes == lanes {
+			return nil
+		}
+		others[c.Lane] = c
+		if c.At > newest.At {
+			newest = c
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if newest.At > 0 && (!ok || own.At < newest.At) {
+		clock, found = window.Clock{}, false
+		for _, c := range others {
+			if c.Lanes != newest.Lanes {
+				continue
+			}
+			if !found || c.Clock.MaxTS > clock.MaxTS {
+				clock, found = c.Clock, true
+			}
+		}
+	}
+	open := 0
+	var loadErr error
+	if found {
+		loadErr = op.SetClock(clock)
+	}
+	if err := x.Entries(ents.name, func(id state.ID, e state.Entry) error {
+		if !isGroupField(id.Field) {
+			return nil
+		}
+		open++
+		if loadErr != nil {
+			return nil // counted only
+		}
+		data, err := decodeEntry[[]byte](fl, ents.name, e)
+		if err == nil {
+			err = op.LoadGroup(data)
+		}
+		loadErr = err
+		return nil
+	}); err != nil {
+		return err
+	}
+	if loadErr != nil {
+		if open > 0 || !errors.Is(loadErr, window.ErrOtherWindow) {
+			return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, open, loadErr, ents.name))
+		}
+		// Nothing open (the window block changed after its windows
+		// closed): start afresh.
+		if op, err = window.New(h.spec); err != nil {
+			return err
+		}
+	}
+	ln.migrate = false
+	if !found && open == 0 && lanes == 1 {
+		if e, ok, err := x.Get(ents.legacy()); err != nil {
+			return err
+		} else if ok {
+			v, err := decodeEntry[windowSaved](fl, ents.name, e)
+			if err == nil {
+				err = op.Restore(v.Op)
+			}
+			if err != nil && v.Open > 0 {
+				return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, v.Open, err, ents.name))
+			}
+			ln.migrate = err == nil
+		}
+	}
+	op.Track(true)
+	ln.op, ln.loaded, ln.seq, ln.last = op, true, own.Seq, max(ln.last, own.Seq)
+	return nil
+}
+
+// write writes the window-groups the operator's last call changed, and its
+// clock when anything changed (before: the clock before the call).
+func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Clock) error {
+	changed := 0
+	put := func(g window.Group, data []byte) error {
+		changed++
+		if data == nil {
+			return x.Delete(ents.group(g))
+		}
+		return x.Put(ents.group(g), slices.Clone(data), 0)
+	}
+	if err := ln.op.Changes(put); err != nil {
+		return err
+	}
+	if ln.migrate {
+		if err := ln.op.Groups(put); err != nil {
+			return err
+		}
+		if err := x.Delete(ents.legacy()); err != nil {
+			return err
+		}
+		ln.migrate = false
+		changed++
+	}
+	clock := ln.op.Clock()
+	if changed == 0 && clock == before {
+		return nil
+	}
+	ln.last++
+	ln.seq = ln.last
+	lanes, lane := x.Lanes(), max(x.Lane(), 0)
+	return x.Put(ents.clock(lane, lanes), windowClockSaved{Seq: ln.seq, Lanes: lanes, Lane: lane, At: time.Now().UnixMilli(), Clock: clock}, 0)
 }
 
 type windowBinding struct {
-	h     *windowHandler
-	fl    *flow
-	layer int
-	rows  rowReader
-	flat  flatjson.Decoder
-	maps  []map[string]any
-	at    []int            // at[i] is the input position of maps[i]
-	pool  []map[string]any // maps JSON rows are decoded into, reused from run to run
+	h        *windowHandler
+	fl       *flow
+	layer    int
+	ents     windowEntries
+	keyField string // the flow's stream.key when it is a group_by field
+	rows     rowReader
+	flat     flatjson.Decoder
+	maps     []map[string]any
+	at       []int            // at[i] is the input position of maps[i]
+	pool     []map[string]any // maps JSON rows are decoded into, reused from run to run
 }
 
 func (b *windowBinding) call(ctx context.Context, in []any) error {
 	b.maps, b.at = b.maps[:0], b.at[:0]
+	x := b.fl.state
+	lanes, lane := 1, 0
+	if x != nil && !x.IsScratch() {
+		lanes, lane = x.Lanes(), x.Lane()
+	}
+	if lanes > 1 && lane >= 0 && b.keyField == "" {
+		return stream.Fatal(fmt.Errorf("function %q: a window in a flow with %d workers needs the flow's stream.key set to one of its group_by fields (%s), so that every row of a group goes to one worker", b.h.name, lanes, strings.Join(b.h.spec.GroupBy, ", ")))
+	}
 	for i, row := range in {
 		m, err := b.fields(row)
+		if err == nil && lanes > 1 && lane >= 0 {
+			err = b.owned(m, lanes, lane)
+		}
 		if err != nil {
 			b.fl.reject(b.layer, i, row, err)
 			continue
 		}
 		b.maps, b.at = append(b.maps, m), append(b.at, i)
 	}
-	out, rej, err := b.h.process(b.maps, b.fl.flushing, savedWindowOf(b.fl, b.layer), b.fl.clock)
+	out, rej, err := b.h.process(b.fl, b.maps, b.fl.flushing, x, b.ents, b.fl.clock)
 	if err != nil {
 		clear(b.maps)
 		return err
@@ -243,6 +482,20 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 		b.fl.run.Act(engine.Action{ForceEntryNext: true})
 	}
 	return nil
+}
+
+// owned checks that a row's group belongs to the lane: that the stream key
+// the runtime sent it by is its stream.key field's value as the window
+// reads it. They differ when the field is written in another form in some
+// rows (42.0 for 42, an escaped string), or missing from a row whose
+// source sets a key of its own: such a row's group would be split between
+// workers.
+func (b *windowBinding) owned(m map[string]any, lanes, lane int) error {
+	k := window.KeyString(m[b.keyField])
+	if state.Partition(k, lanes) == lane {
+		return nil
+	}
+	return fmt.Errorf("window: the row's stream key field %q (%q) is not the key it was sent to this worker by: with workers > 1 every row needs the field, written alike (a number as a whole number or a decimal, not both; a string without escapes)", b.keyField, k)
 }
 
 // fields reads a row as fields. The operator keeps nothing of the maps it
@@ -308,28 +561,32 @@ func (c *compiled) windowed() (has bool, tick time.Duration) {
 // its open windows, watermark and, under late: update, the windows kept
 // for late rows. A store that commits state with each batch saves its
 // Snapshot and, before the flow runs again, Restores it. It is safe for
-// concurrent use with the flow's runs.
+// concurrent use with the flow's runs. It is the window of the runs of the
+// flow outside a job, and of a job's first worker (a job keeps its
+// windows itself, per worker, as keyed state: see Job.WindowsKept).
 type WindowState struct{ h *windowHandler }
 
 // Snapshot encodes the window's state (see window.Operator.Snapshot).
 func (w *WindowState) Snapshot() ([]byte, error) {
-	w.h.mu.Lock()
-	defer w.h.mu.Unlock()
-	return w.h.op.Snapshot()
+	ln := w.h.lane(0)
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	return ln.op.Snapshot()
 }
 
 // Restore replaces the window's state with a snapshot of a window with the
 // same spec (see window.Operator.Restore).
 func (w *WindowState) Restore(data []byte) error {
-	w.h.mu.Lock()
-	defer w.h.mu.Unlock()
-	return w.h.op.Restore(data)
+	ln := w.h.lane(0)
+	ln.mu.Lock()
+	defer ln.mu.Unlock()
+	return ln.op.Restore(data)
 }
 
 // WindowState returns the state of the window of step step (0-based) of
 // flow, compiling the flow (and starting its connectors) when it is not
 // yet. The state is the one every instance of the flow in this engine
-// shares, a Job's included.
+// shares outside a job, and a job's first worker.
 func (e *Engine) WindowState(ctx context.Context, flowName string, step int) (*WindowState, error) {
 	if err := e.Start(ctx); err != nil {
 		return nil, err
@@ -351,10 +608,9 @@ func (e *Engine) WindowState(ctx context.Context, flowName string, step int) (*W
 // checkWindows warns of a window function that an enabled stream flow
 // runs before a function that may fail a batch transiently (a Go
 // function, a YAML Load or Save): the runtime retries such a batch from
-// its first function, and the window takes its rows again. It also warns
-// of an event-time window in a flow with workers > 1: the workers' parts
-// reach the window in the order they finish, so which rows are late
-// depends on that order.
+// its first function, and the window takes its rows again. It is an error
+// for a flow with workers > 1 whose stream.key is not one of the window's
+// group_by fields: each worker keeps the windows of the rows it is sent.
 func (r *Registry) checkWindows(s *config.Set) []config.Problem {
 	var probs []config.Problem
 	for _, name := range s.FlowNames() {
@@ -367,9 +623,24 @@ func (r *Registry) checkWindows(s *config.Set) []config.Problem {
 			if _, goBody := r.handler(st.FName); fc == nil || fc.Window == nil || goBody {
 				continue
 			}
-			if fc.Window.TimeField != "" && fl.Stream.Workers > 1 {
-				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "window"), Severity: config.SevWarning,
-					Msg: fmt.Sprintf("function %q: flow %q runs %d workers: their parts of the stream reach this event-time window in the order they finish, so the watermark and which rows are late depend on that order; use workers: 1 for a flow with an event-time window", fc.FName, name, fl.Stream.Workers)})
+			if w := fl.Stream.Workers; w > 1 && !slices.Contains(fc.Window.GroupBy, fl.Stream.Key) {
+				// Each worker keeps the windows of its own stream keys:
+				// every row of a window-group must go to one worker.
+				field, why := "stream.workers", "sets no stream.key"
+				if fl.Stream.Key != "" {
+					field, why = "stream.key", fmt.Sprintf("routes rows by stream.key %q, which is not one of them", fl.Stream.Key)
+				}
+				set := "set stream.key to one of them"
+				if len(fc.Window.GroupBy) > 0 {
+					set = fmt.Sprintf("set stream.key: %s", fc.Window.GroupBy[0])
+					if len(fc.Window.GroupBy) > 1 {
+						set += " (or another of them)"
+					}
+				} else {
+					set = "add a group_by field and set stream.key to it"
+				}
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, field), Severity: config.SevError,
+					Msg: fmt.Sprintf("flow %q runs %d workers and window function %q groups by [%s], but the flow %s: each worker keeps the windows of the rows it is sent, so every row of a group must go to one worker; %s, or use workers: 1", name, w, fc.FName, strings.Join(fc.Window.GroupBy, ", "), why, set)})
 			}
 			for _, next := range fl.Flows[i+1:] {
 				nc := s.Funcs[next.FName]

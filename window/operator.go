@@ -53,7 +53,8 @@ type bucket struct {
 	index      *index
 	keys       []string
 	accs       []accum
-	dirty      map[int32]bool // groups to emit again (late: update)
+	dirty      map[int32]bool     // groups to emit again (late: update)
+	changed    map[int32]struct{} // groups changed since Changes (see Track)
 	startS     string
 	endS       string
 }
@@ -73,6 +74,7 @@ type session struct {
 type sessGroup struct {
 	key        string
 	open, kept []*session
+	changed    bool // since Changes (see Track)
 }
 
 // timer is a session's entry in the heap: when the watermark reaches at,
@@ -141,6 +143,8 @@ type Operator struct {
 	flatKeys []int32 // start and end of each distinct value in arena
 	sink     uint64  // what prefetch read
 	dirty    []dirtyRef
+	track    bool     // record changes (see Track)
+	changes  []change // the window-groups changed since Changes
 }
 
 // New returns an operator for spec, or the spec's problem.
@@ -286,9 +290,12 @@ func (o *Operator) closeUpTo() {
 		}
 		if o.update {
 			o.keep(b)
+		} else {
+			o.markGone(b)
 		}
 	}
 	for len(o.keptEnds) > 0 && o.keptEnds[0] <= wm-o.late {
+		o.markGone(o.kept[o.keptEnds[0]])
 		delete(o.kept, o.keptEnds[0])
 		o.keptEnds = o.keptEnds[1:]
 	}
@@ -327,6 +334,7 @@ func (o *Operator) keep(b *bucket) {
 // free marks s dead and drops its group when it has no session left.
 func (o *Operator) free(s *session) {
 	s.dead = true
+	o.markSessions(s.g)
 	if g := s.g; len(g.open) == 0 && len(g.kept) == 0 {
 		delete(o.groups, g.key)
 	}
@@ -339,6 +347,9 @@ func (o *Operator) addFixed(r *rec) error {
 	if b := o.last; b != nil && o.slide == o.size && t >= b.start && t < b.end && b.end > o.wm {
 		if r.b == b {
 			o.fold(b.accs[int(r.pos)*o.na : int(r.pos+1)*o.na])
+			if o.track {
+				o.markBucket(b, r.pos)
+			}
 		} else {
 			o.addTo(b)
 		}
@@ -413,6 +424,9 @@ func (o *Operator) addTo(b *bucket) int32 {
 		o.hint = max(o.hint, len(b.keys))
 	}
 	o.fold(b.accs[int(g)*o.na : int(g+1)*o.na])
+	if o.track {
+		o.markBucket(b, g)
+	}
 	return g
 }
 
@@ -459,6 +473,7 @@ func (o *Operator) addSession(t int64) error {
 		g = &sessGroup{key: string(o.key)}
 		o.groups[g.key] = g
 	}
+	o.markSessions(g)
 	if s := o.mergeInto(g, &g.open, lo, hi); s != nil {
 		return nil
 	}

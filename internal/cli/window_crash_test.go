@@ -235,6 +235,33 @@ func TestWindowsFollowedByAFailingFunctionSurviveSIGKILL(t *testing.T) {
 	t.Logf("%d SIGKILLs: all %d windows exactly once", kills, len(want))
 }
 
+// TestWindowsOnWorkersFollowedByAFailingFunctionSurviveSIGKILL is the
+// test above on four workers (stream.key: user_id), each keeping the
+// windows of its users: a failed run rolls back the window-groups it
+// changed and its worker's window is rebuilt from the state its next run
+// reads.
+func TestWindowsOnWorkersFollowedByAFailingFunctionSurviveSIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess crash test")
+	}
+	t.Parallel()
+	dir, want := windowCrashDir(t, 3000, "exactly-once", "Flaky")
+	flow := filepath.Join(dir, "flow.yml")
+	b, err := os.ReadFile(flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "  batch_size: 10\n", "  batch_size: 10\n  workers: 4\n  key: user_id\n", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	kills := killUntilDone(t, dir, syscall.SIGKILL, 4)
+	if kills < 2 {
+		t.Fatalf("only %d kills landed before the job finished; the test needs a longer job", kills)
+	}
+	checkWindows(t, dir, want, fmt.Sprintf("after %d SIGKILLs", kills), false)
+	t.Logf("%d SIGKILLs: all %d windows exactly once", kills, len(want))
+}
+
 // TestWindowsAtLeastOnceSurviveSIGKILL kills a run of a window flow
 // (at-least-once, state kept with the position in checkpoints.db) several
 // times: every window of an uninterrupted run is in the table with its
@@ -295,7 +322,7 @@ func TestWindowBlockChangedWithWindowsSaved(t *testing.T) {
 	cmd = child(t, dir)
 	err = cmd.Wait()
 	out := cmd.Stdout.(*syncBuffer).String()
-	if err == nil || !strings.Contains(out, `open windows saved by an earlier run cannot be restored`) || !strings.Contains(out, `delete state entry "kisflow.window/1/PerUser"`) {
+	if err == nil || !strings.Contains(out, `open windows saved by an earlier run cannot be restored`) || !strings.Contains(out, `delete state "kisflow.window/1/PerUser" of the flow (all its entries)`) {
 		t.Fatalf("changed window block with open windows saved: want a failed run saying what to do, got %v:\n%s", err, out)
 	}
 

@@ -186,28 +186,43 @@ func TestWindowBeforeAFallibleFunctionIsALintWarning(t *testing.T) {
 	}
 }
 
-// TestEventTimeWindowWithWorkersIsALintWarning: with workers > 1 the
-// parts of a batch reach an event-time window in the order they finish,
-// and which rows are late depends on it; lint says so, and not for one
-// worker.
-func TestEventTimeWindowWithWorkersIsALintWarning(t *testing.T) {
+// TestWindowWithWorkersNeedsAStreamKeyInGroupBy: with workers > 1 each
+// worker keeps the windows of the rows it is sent, so lint makes it an
+// error, at the line to change and saying what to set, when the flow's
+// stream.key is missing or not a group_by field; not with it, nor with
+// one worker.
+func TestWindowWithWorkersNeedsAStreamKeyInGroupBy(t *testing.T) {
 	t.Parallel()
-	funcs := "kistype: func\nfname: Enrich\nfmode: Calculate\nwindow: {type: tumbling, size: 1m, time_field: ts, aggregate: {n: count()}}\n"
-	write := func(workers int) string {
+	funcs := "kistype: func\nfname: Enrich\nfmode: Calculate\nwindow: {type: tumbling, size: 1m, time_field: ts, group_by: [user_id, shop], aggregate: {n: count()}}\n"
+	write := func(workers int, key string) string {
 		dir := yamlFuncDir(t, true, funcs, "")
 		flow := fmt.Sprintf("kistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Enrich\nstream:\n  source: in\n  workers: %d\n", workers)
+		if key != "" {
+			flow += "  key: " + key + "\n"
+		}
 		if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return dir
 	}
-	want := `funcs.yml:4: warning: function "Enrich": flow "Orders" runs 4 workers: their parts of the stream reach this event-time window in the order they finish`
-	_, out, stderr := run(t, "lint", write(4))
-	if !strings.Contains(out, want) {
-		t.Fatalf("lint: want %q in\n%s%s", want, out, stderr)
+	for _, tc := range []struct {
+		key, want string
+	}{
+		{"", `flow.yml:8: flow "Orders" runs 4 workers and window function "Enrich" groups by [user_id, shop], but the flow sets no stream.key: each worker keeps the windows of the rows it is sent, so every row of a group must go to one worker; set stream.key: user_id (or another of them), or use workers: 1`},
+		{"region", `flow.yml:9: flow "Orders" runs 4 workers and window function "Enrich" groups by [user_id, shop], but the flow routes rows by stream.key "region", which is not one of them`},
+	} {
+		code, out, stderr := run(t, "lint", write(4, tc.key))
+		if code == ExitOK || !strings.Contains(out+stderr, tc.want) {
+			t.Fatalf("lint with key %q: exit %d, want %q in\n%s%s", tc.key, code, tc.want, out, stderr)
+		}
 	}
-	code, out, stderr := run(t, "lint", write(1))
-	if code != ExitOK || strings.Contains(out, "workers") {
-		t.Fatalf("lint with one worker: exit %d\n%s%s", code, out, stderr)
+	for _, ok := range []struct {
+		workers int
+		key     string
+	}{{4, "shop"}, {1, ""}, {1, "region"}} {
+		code, out, stderr := run(t, "lint", write(ok.workers, ok.key))
+		if code != ExitOK || strings.Contains(out, "workers") {
+			t.Fatalf("lint with %d workers, key %q: exit %d\n%s%s", ok.workers, ok.key, code, out, stderr)
+		}
 	}
 }

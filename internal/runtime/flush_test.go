@@ -36,24 +36,29 @@ func (f summingFlow) Flush(_ context.Context, final bool) ([]any, []Rejected, er
 	return nil, nil, nil
 }
 
-// TestFlushAtEndSeesEveryRow runs 1..2000 on four workers with a final
-// flush: the flush runs after every epoch was processed, and its row
-// reaches the sink before Run returns.
+// TestFlushAtEndSeesEveryRow runs 1..2000 on four workers, each keeping a
+// sum of its own (as each keeps the windows of its own keys), with a final
+// flush: it runs on every worker, after every epoch was processed, and
+// their rows reach the sink before Run returns.
 func TestFlushAtEndSeesEveryRow(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
-	var sum, ticks int
+	sums, ticks := make([]int, 4), 0
 	src, sink := newSource(2000, 0), &memSink{}
 	r, err := New(Config{Name: "f", BatchSize: 50, Workers: 4, FlushAtEnd: true},
-		Parts{Source: src, NewFlow: func(int) Flow { return summingFlow{&mu, &sum, &ticks} }, Sink: sink, DeadLetter: &memSink{}})
+		Parts{Source: src, NewFlow: func(i int) Flow { return summingFlow{&mu, &sums[i%4], &ticks} }, Sink: sink, DeadLetter: &memSink{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if got := sink.ints(); len(got) != 1 || got[0] != 2000*2001/2 {
-		t.Fatalf("sink %v, want the sum of every row once", got)
+	got, total := sink.ints(), 0
+	for _, n := range got {
+		total += n
+	}
+	if len(got) != 4 || total != 2000*2001/2 {
+		t.Fatalf("sink %v, want one row per worker, summing to every row once", got)
 	}
 }
 

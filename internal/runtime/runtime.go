@@ -688,14 +688,16 @@ func (r *Runner) flushAtEnd(ctx context.Context, slots chan struct{}, epochs cha
 	return nil
 }
 
-// control queues an epoch with no messages that runs c on any worker, or
-// on every worker when the flow fires timers (each lane fires its own);
-// the caller holds its slot, released when it commits.
+// control queues an epoch with no messages that runs c: on every worker
+// when the flow fires timers (each lane fires its own) or runs several
+// workers (each keeps the windows of its own keys, its state lane);
+// otherwise on the one worker. The caller holds its slot, released when it
+// commits.
 func (r *Runner) control(c control, epochs chan<- *epoch, own []chan *part, shared chan *part) {
 	ep := &epoch{done: make(chan struct{}), readAt: time.Now()}
 	r.lastTick = ep.readAt
 	r.observe(ep, nil)
-	if r.cfg.Timers {
+	if r.cfg.Timers || len(own) > 1 {
 		for w := range own {
 			ep.parts = append(ep.parts, &part{ep: ep, control: c, worker: w})
 		}

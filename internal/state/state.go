@@ -129,7 +129,8 @@ func (t *Table) Committed(id ID) (Entry, bool) {
 	return e, ok
 }
 
-// Lane is the lane of the Txn (-1: rows that may go to any worker).
+// Lane is the lane of the Txn: a worker (0 with one lane), -1 for a part
+// whose rows may go to any worker of several, -2 for a Scratch Txn.
 func (x *Txn) Lane() int {
 	if len(x.t.lanes) == 1 && x.lane != anyLane {
 		return 0
@@ -539,4 +540,85 @@ func NewContext(ctx context.Context, x *Txn) context.Context {
 func FromContext(ctx context.Context) *Txn {
 	x, _ := ctx.Value(ctxKey{}).(*Txn)
 	return x
+}
+
+// IsScratch reports whether x is a Scratch Txn, never committed.
+func (x *Txn) IsScratch() bool { return x.lane == anyLane }
+
+// Entries calls fn with each live entry of state name the Txn sees (its
+// own changes, those of the lane's unsettled Txns, the committed state)
+// whose key its lane owns (every key with one lane, or for a Scratch
+// Txn), in no order. It reads the whole committed state: it is for
+// loading a lane's share of a state, not for the path of each row.
+func (x *Txn) Entries(name string, fn func(ID, Entry) error) error {
+	if !x.touched {
+		x.touched = true
+		x.gen = x.t.gen.Load()
+	}
+	n := len(x.t.lanes)
+	owns := func(key string) bool {
+		return n == 1 || x.lane == anyLane || x.lane >= 0 && Partition(key, n) == x.lane
+	}
+	if x.lane == -1 && n > 1 {
+		return ErrUnkeyed
+	}
+	seen := map[ID]Entry{}
+	for id, e := range x.changes {
+		if id.Name == name {
+			seen[id] = e
+		}
+	}
+	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
+		for id, e := range p.changes {
+			if _, ok := seen[id]; !ok && id.Name == name {
+				seen[id] = e
+			}
+		}
+	}
+	x.t.mu.RLock()
+	if _, ok := x.t.names[name]; ok {
+		for id, e := range x.t.committed {
+			if _, ok := seen[id]; !ok && id.Name == name && owns(id.Key) {
+				seen[id] = e
+			}
+		}
+	}
+	x.t.mu.RUnlock()
+	for id, e := range seen {
+		if !e.live() || !owns(id.Key) {
+			continue
+		}
+		if err := fn(id, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CommittedOf calls fn with each live committed entry of state name whatever
+// lane owns its key, in no order: what an earlier run left, read when the
+// lanes' share of it is not known (the number of lanes changed).
+func (t *Table) CommittedOf(name string, fn func(ID, Entry) error) error {
+	var out []ID
+	var es []Entry
+	t.mu.RLock()
+	if _, ok := t.names[name]; ok {
+		for id, e := range t.committed {
+			if id.Name == name && e.live() {
+				out, es = append(out, id), append(es, e)
+			}
+		}
+	}
+	t.mu.RUnlock()
+	for i, id := range out {
+		if err := fn(id, es[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CommittedEntries is Table.CommittedOf of the Txn's table.
+func (x *Txn) CommittedEntries(name string, fn func(ID, Entry) error) error {
+	return x.t.CommittedOf(name, fn)
 }

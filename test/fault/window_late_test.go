@@ -206,8 +206,9 @@ func TestWindowsOpenAtStopAreKept(t *testing.T) {
 }
 
 // A job error (max_consecutive_failures on rows whose time cannot be read)
-// with windows open that the job does not keep (two workers): the run
-// fails, and says how many windows it did not emit.
+// with windows open, on two workers (stream.key: user_id, a group_by
+// field): the run fails, and says how many windows the workers keep for
+// the next run.
 func TestWindowsOpenAtAJobErrorAreReported(t *testing.T) {
 	t.Parallel()
 	base := time.Now().Add(-time.Hour).Truncate(time.Minute).UnixMilli()
@@ -224,14 +225,14 @@ func TestWindowsOpenAtAJobErrorAreReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "  batch_size: 50\n", "  batch_size: 50\n  workers: 2\n", 1)), 0o644); err != nil {
+	if err := os.WriteFile(flow, []byte(strings.Replace(string(b), "  batch_size: 50\n", "  batch_size: 50\n  workers: 2\n  key: user_id\n", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
 	if res.Code != 1 || !strings.Contains(res.Stderr, "(stream.max_consecutive_failures)") {
 		t.Fatalf("exit %d, want 1 on max_consecutive_failures\n%s\n%s", res.Code, res.Stdout, res.Stderr)
 	}
-	if want := "flow Win: 5 open windows were not emitted: windows are not kept across runs yet"; !strings.Contains(res.Stdout, want) {
+	if want := "flow Win: 5 open windows are kept for the next run"; !strings.Contains(res.Stdout, want) {
 		t.Errorf("stdout lacks %q:\n%s", want, res.Stdout)
 	}
 }

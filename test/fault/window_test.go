@@ -3,13 +3,17 @@ package fault
 import (
 	"database/sql"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kisflow-go/kisflow/internal/state"
 )
 
 // winRow is one input row of the window tests.
@@ -36,76 +40,122 @@ type winAgg struct {
 // none of whose windows is open (for sessions: whose own [t, t+gap) closed
 // and that joins no open session) is late. Late rows must be the dead
 // letters, with the reason, and every window still open at the end of the
-// file must be in the table (the final flush).
+// file must be in the table (the final flush). With workers: 4 (stream.key:
+// user_id) each worker keeps the windows of its users with a watermark of
+// its own: the reference is computed per worker, over the rows of the
+// users the runtime sends it.
 func TestWindowsMatchABruteForceReference(t *testing.T) {
 	t.Parallel()
-	const lateness = 20_000
-	for _, tc := range []struct {
-		name, block string
-		jitter      int64 // how far out of order rows are, ms
-		ref         func(rows []winRow) (map[[2]int64]winAgg, map[int]bool)
-	}{
-		{"tumbling", "type: tumbling, size: 1m", 45_000, func(rows []winRow) (map[[2]int64]winAgg, map[int]bool) {
-			return fixedReference(rows, 60_000, 60_000, lateness)
-		}},
-		{"sliding", "type: sliding, size: 1m, slide: 20s", 110_000, func(rows []winRow) (map[[2]int64]winAgg, map[int]bool) {
-			return fixedReference(rows, 60_000, 20_000, lateness)
-		}},
-		{"session", "type: session, gap: 30s", 80_000, func(rows []winRow) (map[[2]int64]winAgg, map[int]bool) {
-			return sessionReference(rows, 30_000, lateness)
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			rnd := rand.New(rand.NewPCG(uint64(len(tc.name)), 13))
-			base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
-			var rows []winRow
-			var lines strings.Builder
-			// Two rows the window cannot read: dead-lettered with the reason.
-			bad := map[int]string{9001: `time field "ts"`, 9002: "is not a number"}
-			fmt.Fprintf(&lines, `{"id":9001,"ts":"noon","user_id":1,"amount":1}`+"\n")
-			fmt.Fprintf(&lines, `{"id":9002,"ts":%d,"user_id":1,"amount":"x"}`+"\n", base)
-			for i := range 3000 {
-				// Two hours of orders, out of order by more than the
-				// lateness (20 s): some rows are late.
-				r := winRow{id: i + 1, t: base + int64(i)*2400 - rnd.Int64N(tc.jitter), user: 1 + rnd.IntN(8), amount: float64(rnd.IntN(100_000)) / 100}
-				rows = append(rows, r)
-				ts := fmt.Sprintf("%d", r.t)
-				if i%2 == 0 {
-					ts = `"` + time.UnixMilli(r.t).UTC().Format(time.RFC3339Nano) + `"`
+	for _, tc := range winCases {
+		for _, workers := range []int{1, 4} {
+			t.Run(fmt.Sprintf("%s/workers=%d", tc.name, workers), func(t *testing.T) {
+				t.Parallel()
+				users := 8
+				if workers > 1 {
+					users = 24
 				}
-				fmt.Fprintf(&lines, `{"id":%d,"ts":%s,"user_id":%d,"amount":%.2f}`+"\n", r.id, ts, r.user, r.amount)
-			}
-			want, late := tc.ref(rows)
-			if len(late) == 0 || len(late) > 600 {
-				t.Fatalf("%d late rows in the input: the test data does not exercise lateness", len(late))
-			}
-			dir := Dir(t, map[string]string{
-				"orders.jsonl": lines.String(),
-				"flow.yml": `kistype: flow
-status: 1
-flow_name: Win
-flows:
-  - fname: PerUser
-stream:
-  source: orders
-  sink: db
-  delivery: exactly-once
-  batch_size: 97
-`,
-				"funcs.yml": `kistype: func
-fname: PerUser
-fmode: Calculate
-window: {` + tc.block + `, time_field: ts, lateness: 20s, late: dead_letter,
-         group_by: [user_id], aggregate: {n: count(), total: sum(amount), top: max(amount)}}
-`,
-				"conns.yml": `kistype: conn
-cname: orders
-type: file
-params:
-  path: orders.jsonl
----
-kistype: conn
+				d := winData(t, tc, uint64(len(tc.name)), 3000, users)
+				want, late := perWorker(d.rows, workers, tc.ref)
+				if len(late) == 0 || len(late) > 600 {
+					t.Fatalf("%d late rows in the input: the test data does not exercise lateness", len(late))
+				}
+				dir := winDir(t, tc.block, d.lines, winStream(workers, "exactly-once"), winSQLite)
+				res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
+				if res.Code != 0 {
+					t.Fatalf("exit %d\n%s\n%s", res.Code, res.Stdout, res.Stderr)
+				}
+				compareWindows(t, readWindows(t, filepath.Join(dir, "out.db")), want)
+				checkWinDeadLetters(t, dir, d.bad, late)
+				t.Logf("%d windows, %d late rows", len(want), len(late))
+			})
+		}
+	}
+}
+
+const winLateness = 20_000
+
+// winCase is a window type with its block, how out of order its input is,
+// and its brute-force reference.
+type winCase struct {
+	name, block string
+	jitter      int64 // how far out of order rows are, ms
+	ref         func(rows []winRow) (map[[2]int64]winAgg, map[int]bool)
+}
+
+var winCases = []winCase{
+	{"tumbling", "type: tumbling, size: 1m", 45_000, func(rows []winRow) (map[[2]int64]winAgg, map[int]bool) {
+		return fixedReference(rows, 60_000, 60_000, winLateness)
+	}},
+	{"sliding", "type: sliding, size: 1m, slide: 20s", 110_000, func(rows []winRow) (map[[2]int64]winAgg, map[int]bool) {
+		return fixedReference(rows, 60_000, 20_000, winLateness)
+	}},
+	{"session", "type: session, gap: 30s", 80_000, func(rows []winRow) (map[[2]int64]winAgg, map[int]bool) {
+		return sessionReference(rows, 30_000, winLateness)
+	}},
+}
+
+// winInput is the input of a window test: its rows, as a file's lines, and
+// the ids of the rows the window cannot read, with the reason.
+type winInput struct {
+	rows  []winRow
+	lines string
+	bad   map[int]string
+}
+
+// winData returns n orders of users 1..users over two hours, out of order
+// by up to tc.jitter (more than the lateness, 20 s: some rows are late),
+// after two rows the window cannot read.
+func winData(t *testing.T, tc winCase, seed uint64, n, users int) winInput {
+	rnd := rand.New(rand.NewPCG(seed, 13))
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
+	var lines strings.Builder
+	// Two rows the window cannot read: dead-lettered with the reason.
+	d := winInput{bad: map[int]string{9001: `time field "ts"`, 9002: "is not a number"}}
+	fmt.Fprintf(&lines, `{"id":9001,"ts":"noon","user_id":1,"amount":1}`+"\n")
+	fmt.Fprintf(&lines, `{"id":9002,"ts":%d,"user_id":1,"amount":"x"}`+"\n", base)
+	step := int64(2400 * 3000 / n)
+	for i := range n {
+		r := winRow{id: i + 1, t: base + int64(i)*step - rnd.Int64N(tc.jitter), user: 1 + rnd.IntN(users), amount: float64(rnd.IntN(100_000)) / 100}
+		d.rows = append(d.rows, r)
+		ts := fmt.Sprintf("%d", r.t)
+		if i%2 == 0 {
+			ts = `"` + time.UnixMilli(r.t).UTC().Format(time.RFC3339Nano) + `"`
+		}
+		fmt.Fprintf(&lines, `{"id":%d,"ts":%s,"user_id":%d,"amount":%.2f}`+"\n", r.id, ts, r.user, r.amount)
+	}
+	d.lines = lines.String()
+	return d
+}
+
+// perWorker computes ref over the rows of each of workers workers (the
+// users the runtime sends it: state.Partition of the user's stream key),
+// and merges the results.
+func perWorker(rows []winRow, workers int, ref func([]winRow) (map[[2]int64]winAgg, map[int]bool)) (map[[2]int64]winAgg, map[int]bool) {
+	parts := make([][]winRow, workers)
+	for _, r := range rows {
+		w := state.Partition(strconv.Itoa(r.user), workers)
+		parts[w] = append(parts[w], r)
+	}
+	want, late := map[[2]int64]winAgg{}, map[int]bool{}
+	for _, p := range parts {
+		w, l := ref(p)
+		maps.Copy(want, w)
+		maps.Copy(late, l)
+	}
+	return want, late
+}
+
+// winStream is the stream block's settings after the source and sink.
+func winStream(workers int, delivery string) string {
+	s := "  delivery: " + delivery + "\n  batch_size: 97\n"
+	if workers > 1 {
+		s += fmt.Sprintf("  workers: %d\n  key: user_id\n", workers)
+	}
+	return s
+}
+
+// winSQLite is the window tests' sink: a SQLite table out.
+const winSQLite = `kistype: conn
 cname: db
 type: sqlite
 key: out
@@ -113,53 +163,96 @@ params:
   path: out.db
   create: "true"
   columns: user_id, window_start, window_end, n, total, top
+`
+
+// winDir writes a config folder: orders.jsonl (lines) -> PerUser (a window
+// of block, grouped by user_id) -> sink (conn db).
+func winDir(t *testing.T, block, lines, stream, sink string) string {
+	return Dir(t, map[string]string{
+		"orders.jsonl": lines,
+		"flow.yml": `kistype: flow
+status: 1
+flow_name: Win
+flows:
+  - fname: PerUser
+stream:
+  source: orders
+  sink: db
+` + stream,
+		"funcs.yml": `kistype: func
+fname: PerUser
+fmode: Calculate
+window: {` + block + `, time_field: ts, lateness: 20s,` + lateOf(block) + `
+         group_by: [user_id], aggregate: {n: count(), total: sum(amount), top: max(amount)}}
 `,
-			})
-			res := Run(t, dir, 3*time.Minute, "run", dir, "--progress", "never")
-			if res.Code != 0 {
-				t.Fatalf("exit %d\n%s\n%s", res.Code, res.Stdout, res.Stderr)
+		"conns.yml": `kistype: conn
+cname: orders
+type: file
+params:
+  path: orders.jsonl
+---
+` + sink,
+	})
+}
+
+// lateOf is the late policy to add to block: dead_letter unless it has one.
+func lateOf(block string) string {
+	if strings.Contains(block, "late:") {
+		return ""
+	}
+	return " late: dead_letter,"
+}
+
+// compareWindows compares the windows of a table with the reference.
+func compareWindows(t *testing.T, got, want map[[2]int64]winAgg) {
+	t.Helper()
+	for k, w := range want {
+		g, ok := got[k]
+		switch {
+		case !ok:
+			t.Errorf("user %d, window %s: missing", k[0], time.UnixMilli(k[1]).UTC())
+		case g.n != w.n || math.Abs(g.sum-w.sum) > 1e-6 || g.top != w.top || g.end != w.end:
+			t.Errorf("user %d, window %s: got %+v, want %+v", k[0], time.UnixMilli(k[1]).UTC(), g, w)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			t.Errorf("user %d, window %s: not in the reference", k[0], time.UnixMilli(k[1]).UTC())
+		}
+	}
+}
+
+// checkWinDeadLetters checks that the dead letters are the rows the window
+// cannot read, with the reason, and the late rows of the reference.
+func checkWinDeadLetters(t *testing.T, dir string, bad map[int]string, late map[int]bool) {
+	t.Helper()
+	missing := maps.Clone(bad)
+	dead := JSONLines(t, filepath.Join(dir, ".kisflow", "dead-letter", "Win.jsonl"))
+	deadIDs := map[int]bool{}
+	for _, d := range dead {
+		p, _ := d["payload"].(map[string]any)
+		id, _ := p["id"].(float64)
+		e, _ := d["error"].(string)
+		if why, ok := bad[int(id)]; ok {
+			if !strings.Contains(e, why) {
+				t.Errorf("dead letter of row %d says %q, want %q", int(id), e, why)
 			}
-			got := readWindows(t, filepath.Join(dir, "out.db"))
-			for k, w := range want {
-				g, ok := got[k]
-				switch {
-				case !ok:
-					t.Errorf("user %d, window %s: missing", k[0], time.UnixMilli(k[1]).UTC())
-				case g.n != w.n || math.Abs(g.sum-w.sum) > 1e-6 || g.top != w.top || g.end != w.end:
-					t.Errorf("user %d, window %s: got %+v, want %+v", k[0], time.UnixMilli(k[1]).UTC(), g, w)
-				}
-			}
-			for k := range got {
-				if _, ok := want[k]; !ok {
-					t.Errorf("user %d, window %s: not in the reference", k[0], time.UnixMilli(k[1]).UTC())
-				}
-			}
-			dead := JSONLines(t, filepath.Join(dir, ".kisflow", "dead-letter", "Win.jsonl"))
-			deadIDs := map[int]bool{}
-			for _, d := range dead {
-				p, _ := d["payload"].(map[string]any)
-				id, _ := p["id"].(float64)
-				e, _ := d["error"].(string)
-				if why, ok := bad[int(id)]; ok {
-					if !strings.Contains(e, why) {
-						t.Errorf("dead letter of row %d says %q, want %q", int(id), e, why)
-					}
-					delete(bad, int(id))
-					continue
-				}
-				deadIDs[int(id)] = true
-				if !strings.Contains(e, "late row: its window already closed") || d["func"] != "PerUser" {
-					t.Errorf("dead letter %v", d)
-				}
-			}
-			if len(bad) > 0 {
-				t.Errorf("rows not dead-lettered: %v", bad)
-			}
-			if len(deadIDs) != len(late) || !mapsEqual(deadIDs, late) {
-				t.Errorf("%d late rows dead-lettered, want the %d of the reference", len(deadIDs), len(late))
-			}
-			t.Logf("%d windows, %d late rows", len(want), len(late))
-		})
+			delete(missing, int(id))
+			continue
+		}
+		if _, again := deadIDs[int(id)]; again {
+			continue
+		}
+		deadIDs[int(id)] = true
+		if !strings.Contains(e, "late row: its window already closed") || d["func"] != "PerUser" {
+			t.Errorf("dead letter %v", d)
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("rows not dead-lettered: %v", missing)
+	}
+	if len(deadIDs) != len(late) || !mapsEqual(deadIDs, late) {
+		t.Errorf("%d late rows dead-lettered, want the %d of the reference", len(deadIDs), len(late))
 	}
 }
 
@@ -261,7 +354,14 @@ func readWindows(t *testing.T, path string) map[[2]int64]winAgg {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.Query("SELECT user_id, window_start, window_end, n, total, top FROM out")
+	return readWindowsDB(t, db, "out")
+}
+
+// readWindowsDB reads the window table of db, keyed by user and window
+// start.
+func readWindowsDB(t *testing.T, db *sql.DB, table string) map[[2]int64]winAgg {
+	t.Helper()
+	rows, err := db.Query("SELECT user_id, window_start, window_end, n, total, top FROM " + table)
 	if err != nil {
 		t.Fatal(err)
 	}

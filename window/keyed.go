@@ -1,0 +1,362 @@
+package window
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+)
+
+// An operator's state as keyed state: one entry per window-group (a group
+// in a tumbling or sliding window, or a group's sessions), plus its Clock.
+// With tracking on (Track), the operator records the window-groups each
+// call changes, and Changes reports them, encoded, or gone (emitted and
+// freed), so that a caller writes only those. Whether a fixed window or a
+// session is closed (kept for late: update) is not in its entry: it is
+// whether its end is at or below the watermark, which the Clock gives.
+
+// groupMagic starts every encoded window-group; the digit is the format's
+// version.
+const groupMagic = 'G'
+
+// Clock is what an operator holds besides its window-groups: the largest
+// time seen (processing time: the clock's time at the last row or tick),
+// whether any was, whether it was flushed, the sequence that orders
+// sessions, and what window its state is of.
+type Clock struct {
+	Window  string `json:"window"` // the fingerprint of the spec (see Fingerprint)
+	Seen    bool   `json:"seen,omitempty"`
+	Flushed bool   `json:"flushed,omitempty"`
+	MaxTS   int64  `json:"max_ts"`
+	Seq     uint64 `json:"seq,omitempty"`
+}
+
+// Clock returns the operator's Clock.
+func (o *Operator) Clock() Clock {
+	return Clock{Window: o.fingerprint(), Seen: o.seen, Flushed: o.flushed, MaxTS: o.maxTS, Seq: o.seq}
+}
+
+// Fingerprint names what the operator's state means: the window and the
+// aggregates. State saved by an operator loads only into one with the same
+// fingerprint.
+func (o *Operator) Fingerprint() string { return o.fingerprint() }
+
+// ErrOtherWindow is returned by SetClock for the clock of another window.
+var ErrOtherWindow = errors.New("the state is of another window")
+
+// SetClock sets the Clock of an operator that holds no window-group yet,
+// before its groups are loaded with LoadGroup.
+func (o *Operator) SetClock(c Clock) error {
+	if c.Window != o.fingerprint() {
+		return fmt.Errorf("%w (%s), not %s", ErrOtherWindow, c.Window, o.fingerprint())
+	}
+	o.seen, o.flushed, o.maxTS, o.seq = c.Seen, c.Flushed, c.MaxTS, max(o.seq, c.Seq)
+	o.wm = o.maxTS - o.late
+	if o.flushed {
+		o.wm = math.MaxInt64
+	}
+	return nil
+}
+
+// Group names a window-group: its group key (the canonical encoding of its
+// group_by values), and its window's end (milliseconds), or Session for
+// the sessions of the group.
+type Group struct {
+	Key     string
+	End     int64
+	Session bool
+}
+
+// Values returns the group's group_by values, in the spec's order, in
+// their canonical form (see the package doc).
+func (g Group) Values() []any {
+	var out []any
+	for b := []byte(g.Key); len(b) > 0; {
+		v, rest, err := decodeValue(b)
+		if err != nil {
+			break
+		}
+		out = append(out, v)
+		b = rest
+	}
+	return out
+}
+
+// KeyString formats a group_by value as the runtime formats a stream key,
+// after making it canonical (see the package doc): a string as itself, a
+// whole number in decimal, another number as Go's %v does, true and
+// false, and nil (or a missing field) as "". Two values of one group give
+// one string.
+func KeyString(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case int64:
+		return strconv.FormatInt(x, 10)
+	case int:
+		return strconv.Itoa(x)
+	case float64:
+		if x == math.Trunc(x) && x >= math.MinInt64 && x < math.MaxInt64 {
+			return strconv.FormatInt(int64(x), 10)
+		}
+		return strconv.FormatFloat(x, 'g', -1, 64)
+	case bool:
+		return strconv.FormatBool(x)
+	}
+	c, err := CanonicalValue(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	switch c.(type) {
+	case int64, float64, string, bool, nil:
+		return KeyString(c)
+	}
+	return fmt.Sprint(c)
+}
+
+// CanonicalValue returns v as a group_by value of an output row holds it:
+// whole numbers as int64, other numbers as float64 (see the package doc).
+func CanonicalValue(v any) (any, error) {
+	b, err := appendValue(nil, v)
+	if err != nil {
+		return nil, err
+	}
+	c, _, err := decodeValue(b)
+	return c, err
+}
+
+// change is a window-group a call changed: group g of bucket b (g < 0:
+// all of b's groups, b closed or freed), or the sessions of s.
+type change struct {
+	b *bucket
+	g int32
+	s *sessGroup
+}
+
+// Track turns on (or off) the recording of the window-groups calls change.
+func (o *Operator) Track(on bool) {
+	o.track = on
+	if !on {
+		o.dropChanges()
+	}
+}
+
+func (o *Operator) dropChanges() {
+	for _, c := range o.changes {
+		if c.s != nil {
+			c.s.changed = false
+		} else if c.g >= 0 && c.b.changed != nil {
+			delete(c.b.changed, c.g)
+		}
+	}
+	clear(o.changes)
+	o.changes = o.changes[:0]
+}
+
+// markBucket records that group g of b changed.
+func (o *Operator) markBucket(b *bucket, g int32) {
+	if b.changed == nil {
+		b.changed = map[int32]struct{}{}
+	}
+	if _, ok := b.changed[g]; !ok {
+		b.changed[g] = struct{}{}
+		o.changes = append(o.changes, change{b: b, g: g})
+	}
+}
+
+// markGone records that every group of b is gone (b was closed and not
+// kept, or freed).
+func (o *Operator) markGone(b *bucket) {
+	if o.track {
+		o.changes = append(o.changes, change{b: b, g: -1})
+	}
+}
+
+func (o *Operator) markSessions(g *sessGroup) {
+	if o.track && !g.changed {
+		g.changed = true
+		o.changes = append(o.changes, change{s: g})
+	}
+}
+
+// Changes calls fn with each window-group changed since the last call
+// (with tracking on), in the order they first changed: data is the
+// group's encoding, for LoadGroup, or nil when the group is gone (emitted
+// and freed: its entry is to be deleted). data is valid during the call
+// only. An error of fn stops the calls and is returned; the changes are
+// forgotten all the same.
+func (o *Operator) Changes(fn func(g Group, data []byte) error) error {
+	defer o.dropChanges()
+	w := &writer{}
+	for _, c := range o.changes {
+		if s := c.s; s != nil {
+			s.changed = false
+			w.b = w.b[:0]
+			if o.groups[s.key] == s {
+				o.encodeSessions(w, s)
+			}
+			if err := fn(Group{Key: s.key, Session: true}, nilIfEmpty(w.b)); err != nil {
+				return err
+			}
+			continue
+		}
+		b := c.b
+		live := o.open[b.end] == b || o.kept[b.end] == b
+		if c.g < 0 {
+			if live {
+				continue
+			}
+			for g := range b.keys {
+				if err := fn(Group{Key: b.keys[g], End: b.end}, nil); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		delete(b.changed, c.g)
+		if !live {
+			continue // reported with all of b's groups
+		}
+		w.b = w.b[:0]
+		o.encodeBucketGroup(w, b, c.g)
+		if err := fn(Group{Key: b.keys[c.g], End: b.end}, w.b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func nilIfEmpty(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
+}
+
+// Groups calls fn with every window-group the operator holds, encoded as
+// Changes encodes them.
+func (o *Operator) Groups(fn func(g Group, data []byte) error) error {
+	w := &writer{}
+	for _, set := range []map[int64]*bucket{o.open, o.kept} {
+		for _, b := range set {
+			for g := range b.keys {
+				w.b = w.b[:0]
+				o.encodeBucketGroup(w, b, int32(g))
+				if err := fn(Group{Key: b.keys[g], End: b.end}, w.b); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	for _, s := range o.groups {
+		w.b = w.b[:0]
+		o.encodeSessions(w, s)
+		if err := fn(Group{Key: s.key, Session: true}, w.b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *Operator) encodeBucketGroup(w *writer, b *bucket, g int32) {
+	w.b = append(w.b, groupMagic, 'b')
+	w.str(b.keys[g])
+	w.int(b.end)
+	o.writeAccs(w, b.accs[int(g)*o.na:int(g+1)*o.na])
+}
+
+func (o *Operator) encodeSessions(w *writer, g *sessGroup) {
+	w.b = append(w.b, groupMagic, 's')
+	w.str(g.key)
+	w.uint(uint64(len(g.open) + len(g.kept)))
+	for _, list := range [][]*session{g.open, g.kept} {
+		for _, s := range list {
+			w.int(s.start)
+			w.int(s.end)
+			w.uint(s.seq)
+			o.writeAccs(w, s.accs)
+		}
+	}
+}
+
+// LoadGroup adds a window-group that Changes or Groups encoded, after
+// SetClock. A fixed window whose end the watermark reached is a closed one
+// kept for late: update; one the watermark passed by more than the
+// lateness (or any closed one, without late: update) was freed when the
+// state was saved, and is ignored. So are sessions.
+func (o *Operator) LoadGroup(data []byte) error {
+	if len(data) < 2 || data[0] != groupMagic {
+		return errors.New("window: not an encoded window-group")
+	}
+	r := &reader{b: data[2:]}
+	key := r.str()
+	switch data[1] {
+	case 'b':
+		end := r.int()
+		accs := make([]accum, o.na)
+		o.readAccs(r, accs)
+		if r.err != nil {
+			return fmt.Errorf("window: window-group: %w", r.err)
+		}
+		var b *bucket
+		switch {
+		case end > o.wm:
+			if b = o.open[end]; b == nil {
+				b = o.newBucket(end)
+				o.open[end] = b
+				i, _ := slices.BinarySearch(o.openEnds, end)
+				o.openEnds = slices.Insert(o.openEnds, i, end)
+			}
+		case o.update && end > o.wm-o.late:
+			if b = o.kept[end]; b == nil {
+				b = o.newBucket(end)
+				o.keep(b)
+			}
+		default:
+			return nil
+		}
+		if _, found := b.index.find([]byte(key)); found {
+			return fmt.Errorf("window: window-group loaded twice")
+		}
+		b.index.add([]byte(key), int32(len(b.keys)))
+		b.keys = append(b.keys, key)
+		b.accs = append(b.accs, accs...)
+		o.hint = max(o.hint, len(b.keys))
+	case 's':
+		if o.groups[key] != nil {
+			return fmt.Errorf("window: session group loaded twice")
+		}
+		g := &sessGroup{key: key}
+		n := r.count()
+		for range n {
+			s := &session{g: g, start: r.int(), end: r.int(), seq: r.uint(), accs: make([]accum, o.na)}
+			o.readAccs(r, s.accs)
+			if r.err != nil {
+				return fmt.Errorf("window: session group: %w", r.err)
+			}
+			o.seq = max(o.seq, s.seq)
+			switch {
+			case s.end > o.wm:
+				g.open = insertByStart(g.open, s)
+				heap.Push(&o.timers, timer{s.end, s.seq, s})
+			case o.update && s.end+o.late > o.wm:
+				s.closed = true
+				g.kept = insertByStart(g.kept, s)
+				heap.Push(&o.timers, timer{s.end + o.late, s.seq, s})
+			}
+		}
+		if len(g.open)+len(g.kept) > 0 {
+			o.groups[key] = g
+		}
+	default:
+		return errors.New("window: not an encoded window-group")
+	}
+	if r.err == nil && len(r.b) > 0 {
+		return errors.New("window: window-group: trailing bytes")
+	}
+	return r.err
+}
