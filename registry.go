@@ -172,6 +172,7 @@ func (r *Registry) lintOptions() []config.LintOption {
 		config.WithConnTypes(r.DriverTypes()...),
 		config.WithCheck(r.checkConns),
 		config.WithCheck(r.checkDelivery),
+		config.WithCheck(r.checkBounds),
 		config.WithFilterCheck(r.checkFilter),
 	}
 }

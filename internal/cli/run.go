@@ -227,7 +227,17 @@ func reportStart(w io.Writer, name string, sp kisflow.StartPosition) {
 	if sp.Rekeyed {
 		fmt.Fprintf(w, "flow %s: position kept under the flow name by an earlier version, now under %s\n", name, sp.Key)
 	}
+	stop := ""
+	if !sp.Stop.IsZero() {
+		stop = fmt.Sprintf("; stopping at %s", sp.Stop)
+	}
 	switch {
+	case sp.Detached:
+		fmt.Fprintf(w, "flow %s: one-off run from %s%s; the committed position is left as it is\n", name, sp.Start, stop)
+	case !sp.Start.IsZero():
+		fmt.Fprintf(w, "flow %s: starting at %s (stream.start), not at the committed position%s\n", name, sp.Start, stop)
+	case stop != "":
+		fmt.Fprintf(w, "flow %s: resuming at %s%s\n", name, map[bool]string{true: "position " + sp.Position, false: "the source's committed position"}[sp.Position != ""], stop)
 	case sp.Position != "" && sp.CommittedAt.IsZero():
 		fmt.Fprintf(w, "flow %s: resuming at position %s (commit time unknown)\n", name, sp.Position)
 	case sp.Position != "":
@@ -345,6 +355,9 @@ const (
 // bounded reports whether a flow's source has an end: a file that is not
 // followed, a generator with a count.
 func bounded(set *config.Set, flow string) bool {
+	if b := set.Flows[flow].Stream.Stop; b != nil && b.Kind != "" && b.Kind != config.BoundCommitted {
+		return true
+	}
 	c := set.Conns[set.Flows[flow].Stream.Source]
 	if c == nil {
 		return false
