@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kisflow-go/kisflow/stream"
@@ -322,7 +323,7 @@ func (k *Kafka) detachedOffsets(ctx context.Context, group string, b *bounds) (m
 	committed := map[int32]int64{}
 	if b.start == nil {
 		resp, err := adm.FetchOffsetsForTopics(ctx, group, k.cfg.Key)
-		if err != nil {
+		if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
 			return nil, err
 		}
 		for p := range ends {
@@ -336,7 +337,7 @@ func (k *Kafka) detachedOffsets(ctx context.Context, group string, b *bounds) (m
 		switch o, ok := b.start[p]; {
 		case ok:
 			out[p] = kgo.NewOffset().At(o)
-		case committed[p] > 0:
+		case hasCommitted(committed, p):
 			out[p] = kgo.NewOffset().At(committed[p])
 		default:
 			out[p] = k.start
@@ -364,7 +365,7 @@ func (k *Kafka) Positions(ctx context.Context, opts stream.SourceOptions, _ stri
 		return p, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
 	}
 	resp, err := adm.FetchOffsetsForTopics(ctx, group, k.cfg.Key)
-	if err != nil {
+	if err != nil && !errors.Is(err, kerr.GroupIDNotFound) {
 		return p, fmt.Errorf("kafka connector %q: group %s: %w", k.cfg.CName, group, err)
 	}
 	committed := map[int32]int64{}
@@ -426,4 +427,9 @@ func (k *Kafka) groupOf(opts stream.SourceOptions) string {
 		return k.group
 	}
 	return opts.Name
+}
+
+func hasCommitted(m map[int32]int64, p int32) bool {
+	_, ok := m[p]
+	return ok
 }

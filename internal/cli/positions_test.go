@@ -274,3 +274,78 @@ func TestPositionsKafkaStopAtStartAndReplayExactlyOnce(t *testing.T) {
 	}
 	each(t, "after the replay into the truncated table", sqliteIDs(t, dir), 260, 1)
 }
+
+// TestPositionsKafkaOneOffFromTimeUntil: one-off runs (run --from/--until)
+// read exactly the records in between: from a time to the high watermarks
+// at the start, and from earliest to per-partition offsets; the group's
+// committed offsets are left untouched (none).
+func TestPositionsKafkaOneOffFromTimeUntil(t *testing.T) {
+	t.Parallel()
+	addrs, produce := startKafka(t, "input")
+	produce(1, 50)
+	time.Sleep(50 * time.Millisecond)
+	from := time.Now().UTC()
+	time.Sleep(50 * time.Millisecond)
+	produce(51, 100)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: K\nflows:\n  - fname: Keep\nstream:\n  source: k\n  sink: out\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  heartbeat: 100ms\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", addrs),
+	})
+	code, stdout, stderr := run(t, "run", dir, "--from", from.Format(time.RFC3339Nano), "--until", "at_start")
+	if code != 0 {
+		t.Fatalf("one-off run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	got := countIDs(t, filepath.Join(dir, "out.jsonl"))
+	if len(got) != 50 {
+		t.Fatalf("from %s until at_start: %d ids, want the 50 produced after it", from, len(got))
+	}
+	for id := 51; id <= 100; id++ {
+		if got[id] != 1 {
+			t.Fatalf("id %d is there %d times, want once", id, got[id])
+		}
+	}
+	if err := os.Remove(filepath.Join(dir, "out.jsonl")); err != nil {
+		t.Fatal(err)
+	}
+	if code, stdout, stderr = run(t, "run", dir, "--from", "earliest", "--until", "0:5,1:5,2:5,3:5"); code != 0 {
+		t.Fatalf("one-off run until offsets: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if got := countIDs(t, filepath.Join(dir, "out.jsonl")); len(got) != 20 {
+		t.Fatalf("until 5 records per partition: %d ids, want 20", len(got))
+	}
+	if code, stdout, stderr = run(t, "positions", dir); code != 0 || !strings.Contains(stdout, "none") || !strings.Contains(stdout, "100 messages") {
+		t.Fatalf("the one-off runs moved the group's offsets: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestPositionsKafkaSetRefusedWhileRunning: while a run's consumer group
+// has a member, positions set refuses to move its offsets.
+func TestPositionsKafkaSetRefusedWhileRunning(t *testing.T) {
+	if testing.Short() {
+		t.Skip("subprocess test")
+	}
+	t.Parallel()
+	addrs, produce := startKafka(t, "input")
+	produce(1, 10)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: K\nflows:\n  - fname: Keep\nstream:\n  source: k\n  sink: out\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  heartbeat: 100ms\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", addrs),
+	})
+	cmd := child(t, dir)
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	deadline := time.Now().Add(30 * time.Second)
+	for len(countIDs(t, filepath.Join(dir, "out.jsonl"))) < 10 {
+		if time.Now().After(deadline) {
+			t.Fatal("the run did not read the records")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	code, stdout, stderr := run(t, "positions", "set", dir, "K", "--earliest", "--state", filepath.Join(dir, "state"))
+	if code != 1 || !strings.Contains(stderr, "a run of the flow holds it") {
+		t.Fatalf("positions set while running: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
