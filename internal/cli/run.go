@@ -133,7 +133,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 				// source was stopped before its end.
 				fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
 				for _, n := range names {
-					if (o.until != "" || bounded(set, n)) {
+					if o.until != "" || bounded(set, n) {
 						return &exitError{code: ExitCutShort}
 					}
 				}
