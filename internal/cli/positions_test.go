@@ -14,6 +14,8 @@ import (
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/kafka"
+	"github.com/kisflow-go/kisflow/connector/nats"
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 // appendIDs appends rows {"id": from..to} to a JSON lines file.
@@ -347,5 +349,72 @@ func TestPositionsKafkaSetRefusedWhileRunning(t *testing.T) {
 	code, stdout, stderr := run(t, "positions", "set", dir, "K", "--earliest", "--state", filepath.Join(dir, "state"))
 	if code != 1 || !strings.Contains(stderr, "a run of the flow holds it") {
 		t.Fatalf("positions set while running: exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestPositionsJetStreamStopAtStartAndReplay: a JetStream source read with
+// stop: at_start ends with exit 0 holding exactly the messages present at
+// the start; positions shows the durable consumer's ack floor and the
+// stream's last sequence; positions set --to 51 recreates the durable
+// there, and the next bounded run reads sequences 51.. again.
+func TestPositionsJetStreamStopAtStartAndReplay(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	name := testenv.Name("kfpos")
+	streamName, subject := "KFPOS_"+name, "kisflow.pos."+name
+	pubDriver, err := nats.New(&config.Conn{CName: "pub", Type: nats.Type, Addrs: url, Key: subject, Params: map[string]string{"stream": streamName, "create": "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := pubDriver.(*nats.NATS)
+	if err := pub.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pub.Close(context.Background()) })
+	produce := func(from, to int) {
+		var rows []any
+		for i := from; i <= to; i++ {
+			rows = append(rows, map[string]any{"id": i})
+		}
+		if err := pub.Write(context.Background(), rows); err != nil {
+			t.Fatal(err)
+		}
+	}
+	produce(1, 100)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: J\nflows:\n  - fname: Keep\nstream:\n  source: js\n  sink: out\n  stop: at_start\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": fmt.Sprintf("kistype: conn\ncname: js\ntype: nats\naddrs: %s\nkey: %s\nparams:\n  stream: %s\n  durable: %s\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", url, subject, streamName, "D"+name),
+	})
+	out := filepath.Join(dir, "out.jsonl")
+	code, stdout, stderr := run(t, "run", dir)
+	if code != 0 {
+		t.Fatalf("bounded run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after the first run", countIDs(t, out), 100, 1)
+	produce(101, 130)
+	if code, stdout, stderr = run(t, "run", dir); code != 0 {
+		t.Fatalf("second bounded run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after the second run", countIDs(t, out), 130, 1)
+	if code, stdout, stderr = run(t, "positions", dir); code != 0 || !strings.Contains(stdout, "durable consumer") || !strings.Contains(stdout, "130") || !strings.Contains(stdout, "0 messages") {
+		t.Fatalf("positions: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = run(t, "positions", "set", dir, "J", "--to", "51"); code != 0 {
+		t.Fatalf("positions set: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = run(t, "run", dir); code != 0 {
+		t.Fatalf("replay: exit %d\n%s%s", code, stdout, stderr)
+	}
+	got := countIDs(t, out)
+	for id := 1; id <= 130; id++ {
+		want := 1
+		if id >= 51 {
+			want = 2
+		}
+		if got[id] != want {
+			t.Fatalf("after the replay from sequence 51: id %d is there %d times, want %d", id, got[id], want)
+		}
 	}
 }
