@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/kisflow-go/kisflow/config"
@@ -415,6 +416,67 @@ func TestPositionsJetStreamStopAtStartAndReplay(t *testing.T) {
 		}
 		if got[id] != want {
 			t.Fatalf("after the replay from sequence 51: id %d is there %d times, want %d", id, got[id], want)
+		}
+	}
+}
+
+// TestPositionsRedisStreamStopAtStartAndReplay: a Redis stream read with
+// stop: at_start ends with exit 0 holding exactly the entries present at
+// the start; positions shows the group's last delivered ID and the
+// stream's last entry; positions set --to ID moves the group there (XGROUP
+// SETID), and the next bounded run reads the entries after it again.
+func TestPositionsRedisStreamStopAtStartAndReplay(t *testing.T) {
+	t.Parallel()
+	addr := testenv.Redis.Addr(t)
+	key := "kfpos:" + testenv.Name("s")
+	cl := goredis.NewClient(&goredis.Options{Addr: addr})
+	t.Cleanup(func() { cl.Del(context.Background(), key); cl.Close() })
+	var ids []string
+	produce := func(from, to int) {
+		for i := from; i <= to; i++ {
+			id, err := cl.XAdd(context.Background(), &goredis.XAddArgs{Stream: key, Values: map[string]any{"data": fmt.Sprintf("{\"id\":%d}", i)}}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, id)
+		}
+	}
+	produce(1, 100)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: R\nflows:\n  - fname: Keep\nstream:\n  source: rs\n  sink: out\n  stop: at_start\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": fmt.Sprintf("kistype: conn\ncname: rs\ntype: redis\naddrs: %s\nkey: %s\nparams:\n  mode: stream\n  block: 100ms\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", addr, key),
+	})
+	out := filepath.Join(dir, "out.jsonl")
+	code, stdout, stderr := run(t, "run", dir)
+	if code != 0 {
+		t.Fatalf("bounded run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after the first run", countIDs(t, out), 100, 1)
+	produce(101, 130)
+	if code, stdout, stderr = run(t, "run", dir); code != 0 {
+		t.Fatalf("second bounded run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after the second run", countIDs(t, out), 130, 1)
+	if code, stdout, stderr = run(t, "positions", dir); code != 0 || !strings.Contains(stdout, "consumer group R") || !strings.Contains(stdout, ids[129]) {
+		t.Fatalf("positions: exit %d\n%s%s", code, stdout, stderr)
+	}
+	time.Sleep(2500 * time.Millisecond) // the last run's consumer is idle long enough (3 × block + 2s)
+	if code, stdout, stderr = run(t, "positions", "set", dir, "R", "--to", ids[49]); code != 0 {
+		t.Fatalf("positions set: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = run(t, "run", dir); code != 0 {
+		t.Fatalf("replay: exit %d\n%s%s", code, stdout, stderr)
+	}
+	got := countIDs(t, out)
+	for id := 1; id <= 130; id++ {
+		want := 1
+		if id > 50 {
+			want = 2
+		}
+		if got[id] != want {
+			t.Fatalf("after the replay from after entry 50: id %d is there %d times, want %d", id, got[id], want)
 		}
 	}
 }
