@@ -480,3 +480,36 @@ func TestPositionsRedisStreamStopAtStartAndReplay(t *testing.T) {
 		}
 	}
 }
+
+// TestPositionsFileExactlyOnceReplay: with an exactly-once SQLite sink the
+// file's position is kept in the sink; positions set --earliest moves it
+// there (fenced), and the replay writes every row again once.
+func TestPositionsFileExactlyOnceReplay(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Keep\nstream:\n  source: in\n  sink: db\n  delivery: exactly-once\n  batch_size: 7\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n---\nkistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n",
+	})
+	appendIDs(t, filepath.Join(dir, "in.jsonl"), 1, 60)
+	code, stdout, stderr := run(t, "run", dir)
+	if code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after the first run", sqliteIDs(t, dir), 60, 1)
+	if code, stdout, stderr = run(t, "positions", dir); code != 0 || !strings.Contains(stdout, "sink db") || !strings.Contains(stdout, " 0 bytes") {
+		t.Fatalf("positions: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = run(t, "run", dir); code != 0 {
+		t.Fatalf("second run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after a run with nothing new", sqliteIDs(t, dir), 60, 1)
+	if code, stdout, stderr = run(t, "positions", "set", dir, "F", "--earliest"); code != 0 {
+		t.Fatalf("positions set: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr = run(t, "run", dir); code != 0 {
+		t.Fatalf("replay: exit %d\n%s%s", code, stdout, stderr)
+	}
+	each(t, "after the replay", sqliteIDs(t, dir), 60, 2)
+}
