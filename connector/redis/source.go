@@ -242,7 +242,8 @@ func (s *source) readPending(ctx context.Context, limit int) ([]*stream.Message,
 	} else {
 		s.pendingFrom = entries[len(entries)-1].ID
 	}
-	return s.handOut(entries, true), nil
+	// Entries past the stop stay pending, for the next run.
+	return s.handOut(s.bounds.keep(entries), true), nil
 }
 
 // readGroup runs XREADGROUP. The command is not given ctx's deadline: a

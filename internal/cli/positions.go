@@ -106,7 +106,9 @@ func positionOf(ctx context.Context, eng *kisflow.Engine, set *config.Set, name 
 		fp.resumable = r.Resumable()
 	}
 	fp.positioner, _ = sc.Driver().(stream.Positioner)
-	if st.Delivery == config.ExactlyOnce && st.Sink != "" {
+	if st.Delivery == config.ExactlyOnce && st.Sink != "" && st.Sink != st.Source {
+		// (A source that is its own sink, Kafka to Kafka in transactions,
+		// keeps the position alone: its consumer group's offsets.)
 		c, err := eng.Connector(ctx, st.Sink)
 		if err != nil {
 			return nil, err
@@ -184,7 +186,7 @@ func listPositions(ctx context.Context, reg *kisflow.Registry, dir, state string
 				}
 				if !fp.resumable {
 					committed, where = p.Committed, p.Where
-					if fp.tx != nil {
+					if _, ok := fp.tx.(stream.PositionMover); ok {
 						where += " (inbox in sink " + fp.sinkName + ")"
 					}
 				}
