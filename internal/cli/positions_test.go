@@ -513,3 +513,48 @@ func TestPositionsFileExactlyOnceReplay(t *testing.T) {
 	}
 	each(t, "after the replay", sqliteIDs(t, dir), 60, 2)
 }
+
+// TestPositionsKafkaStartStopInStreamBlock: stream.start {position} and
+// stream.stop {time} in the YAML read exactly the records in between;
+// lint refuses a stop on a transactional Kafka source.
+func TestPositionsKafkaStartStopInStreamBlock(t *testing.T) {
+	t.Parallel()
+	addrs, produce := startKafka(t, "input")
+	produce(1, 80) // 20 per partition (keyed by id, spread by the hash)
+	time.Sleep(50 * time.Millisecond)
+	until := time.Now().UTC()
+	time.Sleep(50 * time.Millisecond)
+	produce(81, 120)
+	dir := t.TempDir()
+	conns := fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  heartbeat: 100ms\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", addrs)
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  fmt.Sprintf("kistype: flow\nstatus: 1\nflow_name: K\nflows:\n  - fname: Keep\nstream:\n  source: k\n  sink: out\n  start: {position: 2}\n  stop: {time: %s}\n", until.Format(time.RFC3339Nano)),
+		"funcs.yml": keepFunc,
+		"conns.yml": conns,
+	})
+	code, stdout, stderr := run(t, "run", dir)
+	if code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	got := countIDs(t, filepath.Join(dir, "out.jsonl"))
+	// Offsets 0 and 1 of each of the 4 partitions skipped, and nothing
+	// produced after the stop time.
+	if len(got) != 80-8 {
+		t.Fatalf("start {position: 2}, stop {time}: %d ids, want 72", len(got))
+	}
+	for id := range got {
+		if id > 80 {
+			t.Fatalf("id %d was produced after the stop time", id)
+		}
+	}
+
+	bad := t.TempDir()
+	writeFiles(t, bad, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: K\nflows:\n  - fname: Keep\nstream:\n  source: k\n  sink: k\n  delivery: exactly-once\n  stop: at_start\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": fmt.Sprintf("kistype: conn\ncname: k\ntype: kafka\naddrs: %s\nkey: input\nparams:\n  transactional_id: t\n  output_topic: output\n", addrs),
+	})
+	if code, stdout, _ = run(t, "lint", bad); code != 1 || !strings.Contains(stdout, "flow.yml:10:") || !strings.Contains(stdout, "cannot stop at at_start") || !strings.Contains(stdout, "stop: none") {
+		t.Fatalf("lint of a stop on a transactional source: exit %d\n%s", code, stdout)
+	}
+}
