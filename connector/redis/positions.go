@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"strconv"
 	"strings"
@@ -215,3 +216,105 @@ func (r *Redis) SeekPosition(ctx context.Context, opts stream.SourceOptions, to 
 	}
 	return "after " + id, nil
 }
+
+// rangeSource is a one-off run's reader (kisflow run --from/--until): it
+// reads the stream with XRANGE from its start to its stop, without the
+// consumer group, and acknowledges nothing.
+type rangeSource struct {
+	s      *source // for the payloads (field, key)
+	cursor string  // the last ID read ("": none, read from the start)
+	bounds *redisBounds
+	poll   time.Duration
+}
+
+// openRange opens a one-off reader: from the group's last delivered ID
+// (start committed), or the start given.
+func (r *Redis) openRange(ctx context.Context, s *source, opts stream.SourceOptions) (stream.Source, error) {
+	rs := &rangeSource{s: s, poll: min(r.block, 200*time.Millisecond)}
+	switch opts.Start.Kind {
+	case stream.Committed:
+		groups, err := r.client.XInfoGroups(ctx, r.cfg.Key).Result()
+		if err != nil && !goredis.HasErrorPrefix(err, "ERR no such key") {
+			return nil, fmt.Errorf("redis connector %q: stream %s: %w", r.cfg.CName, r.cfg.Key, err)
+		}
+		for _, g := range groups {
+			if g.Name == s.group {
+				rs.cursor = g.LastDeliveredID
+			}
+		}
+	case stream.Latest:
+		info, err := r.client.XInfoStream(ctx, r.cfg.Key).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: stream %s: %w", r.cfg.CName, r.cfg.Key, err)
+		}
+		rs.cursor = info.LastGeneratedID
+	default:
+		id, err := startID(opts.Start)
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: --from: %w", r.cfg.CName, err)
+		}
+		if id != "0" {
+			rs.cursor = id
+		}
+	}
+	if !opts.Stop.IsZero() {
+		b, err := r.stopOf(ctx, opts.Stop)
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: --until: %w", r.cfg.CName, err)
+		}
+		rs.bounds = b
+	}
+	return rs, nil
+}
+
+// Read returns the next entries after the cursor, up to the stop.
+func (rs *rangeSource) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
+	for {
+		if rs.bounds.reached() {
+			return nil, io.EOF
+		}
+		from := "-"
+		if rs.cursor != "" {
+			from = "(" + rs.cursor
+		}
+		entries, err := rs.s.r.client.XRangeN(ctx, rs.s.key, from, "+", int64(limit)).Result()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("redis source %s: %w", rs.s.key, err)
+		}
+		if len(entries) > 0 {
+			rs.cursor = entries[len(entries)-1].ID
+		}
+		entries = rs.bounds.keep(entries)
+		if len(entries) > 0 {
+			return rs.s.handOut(entries, false), nil
+		}
+		if rs.bounds != nil && !rs.bounds.reached() && rs.cursor != "" {
+			if id, err := parseID(rs.cursor); err == nil && !id.less(rs.bounds.last) {
+				rs.bounds.done.Store(true)
+			}
+		}
+		if rs.bounds.reached() {
+			return nil, io.EOF
+		}
+		if rs.bounds != nil && rs.bounds.last == (entryID{}) {
+			return nil, io.EOF // at_start on an empty stream
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(rs.poll):
+		}
+	}
+}
+
+// Ack takes the entries out of flight: a one-off run commits nothing.
+func (rs *rangeSource) Ack(_ context.Context, msgs []*stream.Message) error {
+	rs.s.done(msgs, false)
+	return nil
+}
+
+// Close does nothing: a one-off reader holds no group state.
+func (rs *rangeSource) Close(context.Context) error { return nil }

@@ -39,7 +39,7 @@ func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 		log:      log.With("connector", r.cfg.CName, "stream", r.cfg.Key, "group", group, "consumer", consumer),
 		inflight: make(map[string]time.Time)}
 	if opts.Detached {
-		return nil, fmt.Errorf("redis connector %q: a one-off run (kisflow run --from/--until) is not supported by Redis Streams yet; use stream.start and stream.stop", r.cfg.CName)
+		return r.openRange(ctx, s, opts)
 	}
 	if err := s.createGroup(ctx); err != nil {
 		return nil, s.fail("create the group", err)

@@ -418,6 +418,25 @@ func TestPositionsJetStreamStopAtStartAndReplay(t *testing.T) {
 			t.Fatalf("after the replay from sequence 51: id %d is there %d times, want %d", id, got[id], want)
 		}
 	}
+
+	// A one-off run reads sequences 101..110 through an ephemeral
+	// consumer; the durable is left where it was.
+	if code, stdout, stderr = run(t, "run", dir, "--from", "101", "--until", "111"); code != 0 {
+		t.Fatalf("one-off run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	again := countIDs(t, out)
+	for id := 1; id <= 130; id++ {
+		want := got[id]
+		if id >= 101 && id <= 110 {
+			want++
+		}
+		if again[id] != want {
+			t.Fatalf("after the one-off run: id %d is there %d times, want %d", id, again[id], want)
+		}
+	}
+	if code, stdout, stderr = run(t, "positions", dir); code != 0 || !strings.Contains(stdout, "0 messages") {
+		t.Fatalf("positions after the one-off run: exit %d\n%s%s", code, stdout, stderr)
+	}
 }
 
 // TestPositionsRedisStreamStopAtStartAndReplay: a Redis stream read with
@@ -478,6 +497,25 @@ func TestPositionsRedisStreamStopAtStartAndReplay(t *testing.T) {
 		if got[id] != want {
 			t.Fatalf("after the replay from after entry 50: id %d is there %d times, want %d", id, got[id], want)
 		}
+	}
+
+	// A one-off run reads the entries after ids[9] and before ids[19]
+	// (11..19) without the group.
+	if code, stdout, stderr = run(t, "run", dir, "--from", ids[9], "--until", ids[19]); code != 0 {
+		t.Fatalf("one-off run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	again := countIDs(t, out)
+	for id := 1; id <= 130; id++ {
+		want := got[id]
+		if id >= 11 && id <= 19 {
+			want++
+		}
+		if again[id] != want {
+			t.Fatalf("after the one-off run: id %d is there %d times, want %d", id, again[id], want)
+		}
+	}
+	if code, stdout, stderr = run(t, "positions", dir); code != 0 || !strings.Contains(stdout, ids[129]) {
+		t.Fatalf("the one-off run moved the group: exit %d\n%s%s", code, stdout, stderr)
 	}
 }
 
