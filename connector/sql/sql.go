@@ -395,6 +395,9 @@ func (d *DB) commitBatch(ctx context.Context, fence bool, stream, from, position
 // the position from; with truncate it also deletes every row of the
 // connector's table. See stream.PositionMover.
 func (d *DB) MovePosition(ctx context.Context, stream, from, to string, truncate bool) error {
+	if truncate && d.table == "" {
+		return fmt.Errorf("connector %q has no table (key) to truncate", d.cfg.CName)
+	}
 	return d.inTx(ctx, func(tx *stdsql.Tx) error {
 		if err := checkpoint.Fence(ctx, tx, d.dialect, stream, from); err != nil {
 			return err
