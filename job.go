@@ -48,7 +48,11 @@ type jobOptions struct {
 	checkpoints stream.Checkpoints
 	deadLetter  stream.Sink
 	sleep       func(context.Context, time.Duration) error
+	bounds      *runBounds
 }
+
+// runBounds are a one-off run's start and stop (WithBounds).
+type runBounds struct{ start, stop stream.Bound }
 
 // WithStateDir sets the folder for the default checkpoint store
 // (checkpoints.db) and dead-letter files (dead-letter/FLOW.jsonl).
@@ -61,6 +65,16 @@ type jobOptions struct {
 // against each other. Exactly-once jobs take no lock: their sink fences
 // each commit instead (see stream.FencedTxSink).
 func WithStateDir(dir string) JobOption { return func(o *jobOptions) { o.stateDir = dir } }
+
+// WithBounds makes the job a one-off run from start to stop (kisflow run
+// --from/--until), in place of the stream block's start and stop, that
+// leaves the flow's committed position as it was: the runtime's position
+// is kept in memory only, and a source that keeps its own (a consumer
+// group) reads without it and commits nothing (stream.SourceOptions
+// Detached). A zero start is the committed position.
+func WithBounds(start, stop stream.Bound) JobOption {
+	return func(o *jobOptions) { o.bounds = &runBounds{start, stop} }
+}
 
 // WithCheckpoints replaces the default SQLite checkpoint store.
 func WithCheckpoints(c stream.Checkpoints) JobOption {
@@ -256,6 +270,10 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if err := j.loadPosition(ctx, positions); err != nil {
 		return fail(err)
 	}
+	if o.bounds != nil && parts.Checkpoints != nil {
+		// A one-off run: its positions are not the flow's.
+		parts.Checkpoints = &memCheckpoints{pos: map[string]string{}}
+	}
 	resume := j.start.Position
 	workers := max(st.Workers, 1)
 
@@ -266,7 +284,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if r, ok := sd.(stream.Resumable); ok {
 		j.start.Resumable = r.Resumable()
 	}
-	if j.start.Resumable && o.checkpoints == nil && delivery != config.ExactlyOnce {
+	if j.start.Resumable && o.checkpoints == nil && delivery != config.ExactlyOnce && o.bounds == nil {
 		// The position is the state folder's: one run of the flow at a
 		// time on it (exactly-once runs are fenced by their sink instead).
 		lock, err := statelock.Acquire(filepath.Join(o.stateDir, "locks", flowName+".lock"), "kisflow run of flow "+flowName)
@@ -275,7 +293,30 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 		j.closers = append(j.closers, lock.Release)
 	}
-	src, err := sd.OpenSource(ctx, stream.SourceOptions{Name: flowName, StateKey: key, Resume: resume, Logger: j.log})
+	sopts := stream.SourceOptions{Name: flowName, StateKey: key, Resume: resume, Logger: j.log}
+	if o.bounds != nil {
+		sopts.Start, sopts.Stop, sopts.Detached = o.bounds.start, o.bounds.stop, true
+	} else {
+		if sopts.Start, err = BoundOf(st.Start); err != nil {
+			return fail(fmt.Errorf("stream.start: %w", err))
+		}
+		if sopts.Stop, err = BoundOf(st.Stop); err != nil {
+			return fail(fmt.Errorf("stream.stop: %w", err))
+		}
+	}
+	if !sopts.Start.IsZero() || !sopts.Stop.IsZero() {
+		sk, ok := sd.(stream.Seeker)
+		switch {
+		case !ok:
+			return fail(fmt.Errorf("stream source %q (type %s) has no start or stop positions", st.Source, sc.Type()))
+		case !sk.Seeks().CanStart(sopts.Start.Kind):
+			return fail(fmt.Errorf("stream source %q (type %s) cannot start at %s (it can do %s)", st.Source, sc.Type(), sopts.Start, sk.Seeks().Describe()))
+		case !sk.Seeks().CanStop(sopts.Stop.Kind):
+			return fail(fmt.Errorf("stream source %q (type %s) cannot stop at %s (it can do %s)", st.Source, sc.Type(), sopts.Stop, sk.Seeks().Describe()))
+		}
+	}
+	j.start.Start, j.start.Stop, j.start.Detached = sopts.Start, sopts.Stop, sopts.Detached
+	src, err := sd.OpenSource(ctx, sopts)
 	if err != nil {
 		return fail(fmt.Errorf("open source %q: %w", st.Source, err))
 	}
@@ -386,6 +427,13 @@ type StartPosition struct {
 	// Rekeyed reports that the position was found under the flow name
 	// alone, where an earlier version kept it, and moved to Key.
 	Rekeyed bool
+	// Start and Stop are where the run starts instead of Position (zero:
+	// at Position) and where it stops (zero: never): the stream block's
+	// start and stop, or WithBounds.
+	Start, Stop stream.Bound
+	// Detached reports a one-off run (WithBounds) that leaves the
+	// committed position as it is.
+	Detached bool
 }
 
 // loadPosition moves a position kept under the flow name alone to the
@@ -741,4 +789,23 @@ func StreamDefaults(st config.Stream) config.Stream {
 		st.IdleTimeout = config.Duration(runtime.DefaultIdleTimeout)
 	}
 	return st
+}
+
+// memCheckpoints keeps a one-off run's positions in memory (WithBounds).
+type memCheckpoints struct {
+	mu  sync.Mutex
+	pos map[string]string
+}
+
+func (m *memCheckpoints) Position(_ context.Context, stream string) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.pos[stream], nil
+}
+
+func (m *memCheckpoints) SavePosition(_ context.Context, stream, position string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pos[stream] = position
+	return nil
 }

@@ -173,6 +173,7 @@ func (r *Registry) lintOptions() []config.LintOption {
 		config.WithCheck(r.checkConns),
 		config.WithCheck(r.checkCallbacks),
 		config.WithCheck(r.checkDelivery),
+		config.WithCheck(r.checkBounds),
 		config.WithFilterCheck(r.checkFilter),
 	}
 }

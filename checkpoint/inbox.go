@@ -272,3 +272,13 @@ func pruneQuery(d Dialect) string {
 	}
 	return "DELETE FROM " + InboxTable + " WHERE rowid IN (SELECT rowid FROM " + InboxTable + " WHERE stream = ? AND committed_at < ? ORDER BY committed_at LIMIT ?)"
 }
+
+// ForgetInbox deletes every consumed message ID of stream through db (a
+// transaction), so that messages read again after its position was moved
+// back are written again (once: their IDs are recorded anew).
+func ForgetInbox(ctx context.Context, db Execer, d Dialect, stream string) error {
+	if _, err := db.ExecContext(ctx, d.bind("DELETE FROM "+InboxTable+" WHERE stream = ?"), stream); err != nil {
+		return fmt.Errorf("forget consumed messages of %q: %w", stream, err)
+	}
+	return nil
+}

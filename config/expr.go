@@ -275,4 +275,5 @@ func (s *Set) checkStream(name string, st *Stream, add func(kind Kind, name, fie
 	if strings.TrimSpace(st.TimeField) != st.TimeField || strings.HasPrefix(st.TimeField, ".") || strings.HasSuffix(st.TimeField, ".") {
 		add(KindFlow, name, "stream.time_field", SevError, "flow %q: stream time_field %q is not a field name (want e.g. ts, or event.ts for a nested field)", name, st.TimeField)
 	}
+	checkBounds(name, st, add)
 }

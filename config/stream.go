@@ -62,6 +62,16 @@ type Stream struct {
 	// IdleTimeout is how long a source partition that delivers nothing
 	// holds the watermark back (default 30s).
 	IdleTimeout Duration `yaml:"idle_timeout,omitempty"`
+	// Start is where each run of the flow starts reading: committed (the
+	// default: the flow's committed position, else where the source
+	// starts a new reader), earliest, latest, {position: P} or {time: T}.
+	// Anything but committed ignores the committed position; `kisflow
+	// positions set` moves it once instead.
+	Start *Bound `yaml:"start,omitempty"`
+	// Stop bounds each run: at_start (what the source held when the run
+	// began), {position: P} or {time: T}. The run ends, with exit 0, when
+	// every partition of the source reached it (optional: unbounded).
+	Stop *Bound `yaml:"stop,omitempty"`
 }
 
 // Duration is a time.Duration written in YAML as "250ms", "2s", or a number

@@ -38,12 +38,22 @@
 //     server), a Lag(ctx) (int64, error) method (kisflow_source_lag),
 //     stream.PartitionOwner (partitions that move between the processes of
 //     a group: keyed state follows them).
+//   - stream.Seeker (Seeks): the source starts elsewhere than its committed
+//     position and stops at a position (a flow's stream.start and
+//     stream.stop, kisflow run --from/--until); it says which kinds it can
+//     do, and lint refuses the others. Opened with SourceOptions.Stop, its
+//     Read returns io.EOF once every partition reached the stop.
+//   - stream.Positioner (Positions, SeekPosition): kisflow positions tells
+//     the source's head and lag (and the committed position of a source
+//     that keeps its own, a consumer group), and positions set moves it.
 //   - stream.Sink: it is a flow's sink and serves Save functions (Write).
 //   - stream.TxSink: an exactly-once sink: rows, position and consumed
 //     message IDs commit in one transaction (CommitBatch, Position, Seen);
 //     with stream.SerialCommitter when a commit covers everything read.
 //     Keyed state commits in it with stream.StateSink (and loads by
-//     partition with stream.PartitionStateLoader).
+//     partition with stream.PartitionStateLoader). With
+//     stream.PositionMover, kisflow positions set moves the stream's
+//     position and forgets its consumed IDs in one transaction.
 //   - kisflow.Caller: the default for Connector.Call (Load functions).
 //   - kisflow.PluginUser: it uses plugins, such as a shared client (see the
 //     redis, nats and sql packages).

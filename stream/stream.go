@@ -125,6 +125,14 @@ type SourceOptions struct {
 	StateKey string
 	// Resume is the last committed position, "" to start from the beginning.
 	Resume string
+	// Start, when not Committed, is where the source starts instead of
+	// Resume (or its own committed position); Stop, when set, bounds the
+	// read (see Seeker). Only a Seeker is opened with them.
+	Start, Stop Bound
+	// Detached asks a source that keeps its own position (a consumer
+	// group) neither to read nor to move it: a one-off run (kisflow run
+	// --from/--until) that leaves the committed position as it was.
+	Detached bool
 	// Logger is the runner's logger.
 	Logger *slog.Logger
 }

@@ -16,6 +16,7 @@
 package file
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -201,21 +202,177 @@ func (f *File) Resumable() bool { return true }
 // committed after (truncated and written again, rewritten in place) is
 // read from the beginning, with a warning.
 func (f *File) OpenSource(ctx context.Context, opts stream.SourceOptions) (stream.Source, error) {
-	offset, want, fp, err := parsePosition(opts.Resume)
-	if err != nil {
-		return nil, fmt.Errorf("file source %s: %w", f.path, err)
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	s, err := f.open(offset, want, fp, log)
-	if err != nil {
-		return nil, err
+	var s *lineSource
+	if opts.Start.IsZero() {
+		offset, want, fp, err := parsePosition(opts.Resume)
+		if err != nil {
+			return nil, fmt.Errorf("file source %s: %w", f.path, err)
+		}
+		if s, err = f.open(offset, want, fp, log); err != nil {
+			return nil, err
+		}
+	} else {
+		pos, err := f.seek(opts.Start)
+		if err != nil {
+			return nil, err
+		}
+		offset, want, fp, _ := parsePosition(pos)
+		if s, err = f.open(offset, want, fp, log); err != nil {
+			return nil, err
+		}
+		log.Info(fmt.Sprintf("file %s: starting at %s (stream.start %s), not at the committed position", f.path, pos, opts.Start))
 	}
 	s.follow, s.poll, s.log = f.follow, f.poll, log
 	s.reopen = func() (*lineSource, error) { return f.open(0, "", "", log) }
+	switch opts.Stop.Kind {
+	case stream.Committed:
+	case stream.AtStart:
+		if strings.HasSuffix(f.path, ".gz") {
+			s.follow = false // a compressed file's content is read to its end
+		} else {
+			s.stop = s.total.Load()
+		}
+	case stream.AtPosition:
+		stop, _, _, err := parsePosition(opts.Stop.Position)
+		if err != nil {
+			s.Close(ctx)
+			return nil, fmt.Errorf("file source %s: stream.stop: %w (want a byte offset)", f.path, err)
+		}
+		s.stop = stop
+	default:
+		s.Close(ctx)
+		return nil, fmt.Errorf("file source %s: cannot stop at %s (it can do %s)", f.path, opts.Stop, f.Seeks().Describe())
+	}
 	return s, nil
+}
+
+// Seeks says that a file starts at earliest, latest or a byte offset, and
+// stops at a byte offset or at its size when the run began.
+func (f *File) Seeks() stream.SeekSupport {
+	return stream.SeekSupport{
+		Start: []stream.BoundKind{stream.Earliest, stream.Latest, stream.AtPosition},
+		Stop:  []stream.BoundKind{stream.AtStart, stream.AtPosition},
+		Form:  "a byte offset (the line that starts at or after it is the first read; a stop ends before the first line that ends after it)",
+	}
+}
+
+// seek returns the position the file starts at for to: OFFSET (or a
+// whole OFFSET@ID:FP position, as `kisflow positions` shows it). A plain
+// offset inside a line moves to the start of the next line.
+func (f *File) seek(to stream.Bound) (string, error) {
+	switch to.Kind {
+	case stream.Earliest:
+		return "0", nil
+	case stream.Latest, stream.AtPosition:
+	default:
+		return "", fmt.Errorf("file source %s: cannot start at %s (it can do %s)", f.path, to, f.Seeks().Describe())
+	}
+	info, err := os.Stat(f.path)
+	if err != nil {
+		return "", fmt.Errorf("file source: %w", err)
+	}
+	gz := strings.HasSuffix(f.path, ".gz")
+	if to.Kind == stream.Latest {
+		if gz {
+			return "", fmt.Errorf("file source %s: a compressed file cannot start at latest (its uncompressed size is not known without reading it)", f.path)
+		}
+		return strconv.FormatInt(lastLineEnd(f.path, info.Size()), 10), nil
+	}
+	offset, id, fp, err := parsePosition(to.Position)
+	if err != nil {
+		return "", fmt.Errorf("file source %s: start position: %w (want a byte offset)", f.path, err)
+	}
+	if id != "" || fp != "" {
+		return to.Position, nil // a whole position, checked against the file when opened
+	}
+	if !gz && offset > info.Size() {
+		return "", fmt.Errorf("file source %s: start position %d is past the end of the file (%d bytes)", f.path, offset, info.Size())
+	}
+	if !gz && offset > 0 {
+		offset = nextLineStart(f.path, offset)
+	}
+	return strconv.FormatInt(offset, 10), nil
+}
+
+// nextLineStart is offset when a line starts there, else the offset
+// where the next line starts (the end of the file if none does).
+func nextLineStart(path string, offset int64) int64 {
+	fh, err := os.Open(path)
+	if err != nil {
+		return offset
+	}
+	defer fh.Close()
+	buf := make([]byte, 64<<10)
+	at := offset - 1
+	for {
+		n, err := fh.ReadAt(buf, at)
+		if i := bytes.IndexByte(buf[:n], '\n'); i >= 0 {
+			return at + int64(i) + 1
+		}
+		at += int64(n)
+		if err != nil {
+			return at
+		}
+	}
+}
+
+// lastLineEnd is the offset after the last newline of a file of size
+// bytes (0 when it has none): latest skips every whole line, and a line
+// still being written is read when it ends.
+func lastLineEnd(path string, size int64) int64 {
+	fh, err := os.Open(path)
+	if err != nil {
+		return size
+	}
+	defer fh.Close()
+	buf := make([]byte, 64<<10)
+	for end := size; end > 0; {
+		from := max(end-int64(len(buf)), 0)
+		n, _ := fh.ReadAt(buf[:end-from], from)
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			return from + int64(i) + 1
+		}
+		end = from
+	}
+	return 0
+}
+
+// Positions tells the file's head (its size, for a compressed file its
+// uncompressed content's end is not known: "") and the lag in bytes
+// behind the committed position the runtime keeps.
+func (f *File) Positions(_ context.Context, _ stream.SourceOptions, committed string) (stream.Positions, error) {
+	p := stream.Positions{Lag: -1, Unit: "bytes"}
+	info, err := os.Stat(f.path)
+	if err != nil {
+		return p, fmt.Errorf("file source: %w", err)
+	}
+	if strings.HasSuffix(f.path, ".gz") {
+		return p, nil
+	}
+	p.Head = strconv.FormatInt(info.Size(), 10)
+	offset, id, _, err := parsePosition(committed)
+	if err != nil {
+		return p, nil
+	}
+	if id != "" && identity(info) != "" && id != identity(info) {
+		offset = 0 // another file is at the path: it is read from its start
+	}
+	if offset <= info.Size() {
+		p.Lag = info.Size() - offset
+	} else {
+		p.Lag = info.Size()
+	}
+	return p, nil
+}
+
+// SeekPosition returns the position for the runtime to store so that the
+// next run starts at to.
+func (f *File) SeekPosition(_ context.Context, _ stream.SourceOptions, to stream.Bound) (string, error) {
+	return f.seek(to)
 }
 
 // parsePosition splits a position into its offset, file identity and

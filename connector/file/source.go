@@ -44,6 +44,7 @@ type lineSource struct {
 	sum       uint32 // CRC-32C of the content before offset
 	positions bool
 	follow    bool
+	stop      int64 // the offset a bounded read ends at (stream.stop); -1: none
 	poll      time.Duration
 	total     atomic.Int64
 	partial   []byte // a line without its newline, while following
@@ -102,7 +103,7 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // content that ends a line (0: from the start). With a fingerprint fp the
 // content before offset must have it, else the error is errChanged.
 func newLineSource(raw io.ReadCloser, name string, gz bool, format string, offset int64, fp string, positions bool) (*lineSource, error) {
-	s := &lineSource{name: name, raw: raw, format: format, positions: positions}
+	s := &lineSource{name: name, raw: raw, format: format, positions: positions, stop: -1}
 	counted := &countingReader{r: raw}
 	s.counted.Store(counted)
 	var in io.Reader = counted
@@ -160,6 +161,10 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 	slab := make([]stream.Message, 0, min(max, 1<<16))
 	out = make([]*stream.Message, 0, min(max, 1<<16))
 	for len(out) < max {
+		if s.stop >= 0 && s.offset >= s.stop {
+			s.eof = true // the stop position is reached (stream.stop)
+			return out, io.EOF
+		}
 		line, err := s.r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
 			// A line longer than the buffer: gather it whole.
@@ -207,11 +212,17 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 					// Most likely a line the writer has not finished: a
 					// position past it would split the row in two.
 					s.log.Warn(fmt.Sprintf("the last line of %s has no newline and does not parse: left for the next run", s.name))
+				} else if s.stop >= 0 && s.offset+int64(len(line)) > s.stop {
+					// past the stop position: not read
 				} else if m := s.message(&slab, line); m != nil {
 					out = append(out, m)
 				}
 			}
 			s.eof = true
+			return out, io.EOF
+		}
+		if s.stop >= 0 && s.offset+int64(len(line)) > s.stop {
+			s.eof = true // the line ends past the stop position
 			return out, io.EOF
 		}
 		if m := s.message(&slab, line); m != nil {

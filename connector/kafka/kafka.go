@@ -31,6 +31,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -271,25 +272,63 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	}
 	s := &source{k: k, group: group, inflight: map[partition]int{}, log: opts.Logger}
 	s.cond = sync.NewCond(&s.mu)
+	var extra []kgo.Opt
+	if !opts.Start.IsZero() || !opts.Stop.IsZero() || opts.Detached {
+		b, err := k.newBounds(ctx, opts)
+		if err != nil {
+			return nil, err
+		}
+		s.bounds = b
+		extra = append(extra, kgo.AdjustFetchOffsetsFn(b.adjust))
+	}
 	if k.txnID != "" {
+		if opts.Detached {
+			return nil, fmt.Errorf("kafka connector %q: a transactional source cannot make a one-off run (its transactions commit the group's offsets)", k.cfg.CName)
+		}
 		key := opts.StateKey
 		if key == "" {
 			key = opts.Name
 		}
-		return k.openTransactional(s, group, key) // CommitBatch finds it by the state key
+		return k.openTransactional(s, group, key, extra...) // CommitBatch finds it by the state key
 	}
-	cl, err := kgo.NewClient(append(k.common(),
-		kgo.ConsumerGroup(group),
-		kgo.ConsumeTopics(k.cfg.Key),
-		kgo.ConsumeResetOffset(k.start),
-		kgo.DisableAutoCommit(),
-		kgo.RequireStableFetchOffsets(),
-		kgo.OnPartitionsRevoked(s.onRevoked),
-		kgo.OnPartitionsLost(s.onLost),
-		kgo.HeartbeatInterval(k.heartbeat),
-		kgo.SessionTimeout(k.session),
-		kgo.RebalanceTimeout(k.rebalance),
-	)...)
+	var copts []kgo.Opt
+	if opts.Detached {
+		// A one-off run: no group, nothing committed.
+		offs, err := k.detachedOffsets(ctx, group, s.bounds)
+		if err != nil {
+			return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
+		}
+		s.detached = true
+		s.bounds.mu.Lock()
+		for p, o := range offs[k.cfg.Key] {
+			at := o.EpochOffset().Offset
+			if at < 0 {
+				m, err := k.resolve(ctx, s.bounds.adm, stream.Bound{Kind: map[bool]stream.BoundKind{true: stream.Latest, false: stream.Earliest}[at == -1]})
+				if err != nil {
+					s.bounds.mu.Unlock()
+					return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
+				}
+				at = m[p]
+			}
+			s.bounds.reached(p, at)
+		}
+		s.bounds.mu.Unlock()
+		copts = append(k.common(), kgo.ConsumePartitions(offs))
+	} else {
+		copts = append(append(k.common(),
+			kgo.ConsumerGroup(group),
+			kgo.ConsumeTopics(k.cfg.Key),
+			kgo.ConsumeResetOffset(k.start),
+			kgo.DisableAutoCommit(),
+			kgo.RequireStableFetchOffsets(),
+			kgo.OnPartitionsRevoked(s.onRevoked),
+			kgo.OnPartitionsLost(s.onLost),
+			kgo.HeartbeatInterval(k.heartbeat),
+			kgo.SessionTimeout(k.session),
+			kgo.RebalanceTimeout(k.rebalance),
+		), extra...)
+	}
+	cl, err := kgo.NewClient(copts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
 	}
@@ -301,8 +340,8 @@ func (k *Kafka) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 // then also the stream's exactly-once sink, producing the flow's rows to
 // output_topic and committing the consumed offsets in one transaction. A
 // rebalance before the commit aborts it; the records are read again.
-func (k *Kafka) openTransactional(s *source, group, streamName string) (stream.Source, error) {
-	sess, err := kgo.NewGroupTransactSession(append(k.common(),
+func (k *Kafka) openTransactional(s *source, group, streamName string, extra ...kgo.Opt) (stream.Source, error) {
+	sess, err := kgo.NewGroupTransactSession(append(append(k.common(),
 		kgo.TransactionalID(k.txnID),
 		kgo.TransactionTimeout(k.txnTimeout),
 		kgo.ConsumerGroup(group),
@@ -315,7 +354,7 @@ func (k *Kafka) openTransactional(s *source, group, streamName string) (stream.S
 		kgo.HeartbeatInterval(k.heartbeat),
 		kgo.SessionTimeout(k.session),
 		kgo.RebalanceTimeout(k.rebalance),
-	)...)
+	), extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka connector %q: %w", k.cfg.CName, err)
 	}
@@ -414,6 +453,11 @@ type source struct {
 	owner stream.PartitionHandler
 	owned map[string]bool
 	held  []*stream.Message
+	// bounds, when the source was opened with a start or a stop
+	// (stream.start, stream.stop); detached for a one-off run, which
+	// reads without the group and commits nothing.
+	bounds   *bounds
+	detached bool
 }
 
 // OwnPartitions registers h; see stream.PartitionOwner.
@@ -563,12 +607,17 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 		return s.announced(ctx, held)
 	}
 	for {
+		if s.bounds.finished() {
+			return nil, io.EOF // every partition reached the stop
+		}
+		pctx, cancel := s.bounds.pollContext(ctx)
 		var fetches kgo.Fetches
 		if s.sess != nil {
-			fetches = s.sess.PollRecords(ctx, max)
+			fetches = s.sess.PollRecords(pctx, max)
 		} else {
-			fetches = s.cl.PollRecords(ctx, max)
+			fetches = s.cl.PollRecords(pctx, max)
 		}
+		cancel()
 		if ctx.Err() != nil && fetches.NumRecords() == 0 {
 			return nil, ctx.Err()
 		}
@@ -581,8 +630,11 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 				firstErr = fmt.Errorf("kafka source %s[%d]: %w", topic, p, err)
 			}
 		})
-		recs := fetches.Records()
+		recs := s.bounds.keep(fetches.Records())
 		if len(recs) == 0 {
+			if s.bounds.finished() {
+				return nil, io.EOF
+			}
 			if firstErr != nil {
 				// Group and fetch errors are retried by the client (a join
 				// waiting on dead members, a broker moving): report, go on.
@@ -641,8 +693,8 @@ func (s *source) Ack(ctx context.Context, msgs []*stream.Message) error {
 	if len(recs) == 0 {
 		return nil
 	}
-	if s.sess != nil {
-		s.done(recs) // committed with the transaction
+	if s.sess != nil || s.detached {
+		s.done(recs) // committed with the transaction, or not at all (a one-off run)
 		return nil
 	}
 	err := s.cl.CommitRecords(ctx, recs...)

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"strconv"
 	"strings"
@@ -265,6 +266,59 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	if durable == "" {
 		durable = opts.Name
 	}
+	cfg := n.consumerConfig(durable)
+	cctx, cancel := context.WithTimeout(ctx, n.timeout)
+	defer cancel()
+	st, err := n.js.Stream(cctx, n.streamName)
+	if err != nil {
+		return nil, fmt.Errorf("nats connector %q: stream %s: %w", n.cfg.CName, n.streamName, err)
+	}
+	var b *natsBounds
+	if !opts.Stop.IsZero() {
+		if b, err = n.stopOf(cctx, st, opts.Stop); err != nil {
+			return nil, err
+		}
+	}
+	var cons jetstream.Consumer
+	switch {
+	case opts.Detached:
+		// A one-off run: an ephemeral consumer, the durable left as it is.
+		cfg.Durable, cfg.InactiveThreshold = "", time.Minute
+		if err := startAt(&cfg, opts.Start); err != nil {
+			return nil, fmt.Errorf("nats connector %q: %w", n.cfg.CName, err)
+		}
+		durable = "(one-off)"
+		cons, err = n.js.CreateConsumer(cctx, n.streamName, cfg)
+	case !opts.Start.IsZero():
+		cons, err = n.recreate(cctx, cfg, opts.Start)
+	default:
+		if old, err := n.js.Consumer(cctx, n.streamName, durable); err == nil {
+			// Its deliver policy cannot change: keep the one it was
+			// created with (kisflow positions set may have chosen it).
+			c := old.CachedInfo().Config
+			cfg.DeliverPolicy, cfg.OptStartSeq, cfg.OptStartTime = c.DeliverPolicy, c.OptStartSeq, c.OptStartTime
+		}
+		cons, err = n.js.CreateOrUpdateConsumer(cctx, n.streamName, cfg)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nats connector %q: consumer %s on %s: %w", n.cfg.CName, durable, n.streamName, err)
+	}
+	// A continuous pull keeps requests outstanding, so messages are on
+	// their way while the previous batch runs.
+	it, err := cons.Messages(jetstream.PullMaxMessages(n.prefetch))
+	if err != nil {
+		return nil, fmt.Errorf("nats connector %q: consume %s: %w", n.cfg.CName, durable, err)
+	}
+	s := &source{n: n, it: it, stream: st, cons: cons, exhausted: make(chan uint64, 1024), bounds: b}
+	advisory := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", n.streamName, durable)
+	if s.sub, err = n.nc.Subscribe(advisory, s.onAdvisory); err != nil {
+		return nil, fmt.Errorf("nats connector %q: subscribe to %s: %w", n.cfg.CName, advisory, err)
+	}
+	return s, nil
+}
+
+// consumerConfig is the durable pull consumer's config.
+func (n *NATS) consumerConfig(durable string) jetstream.ConsumerConfig {
 	cfg := jetstream.ConsumerConfig{
 		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: n.ackWait,
 		MaxDeliver: n.maxDeliver, DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -275,28 +329,7 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	if n.subject.Static() {
 		cfg.FilterSubject = n.cfg.Key
 	}
-	cctx, cancel := context.WithTimeout(ctx, n.timeout)
-	defer cancel()
-	cons, err := n.js.CreateOrUpdateConsumer(cctx, n.streamName, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("nats connector %q: consumer %s on %s: %w", n.cfg.CName, durable, n.streamName, err)
-	}
-	st, err := n.js.Stream(cctx, n.streamName)
-	if err != nil {
-		return nil, fmt.Errorf("nats connector %q: stream %s: %w", n.cfg.CName, n.streamName, err)
-	}
-	// A continuous pull keeps requests outstanding, so messages are on
-	// their way while the previous batch runs.
-	it, err := cons.Messages(jetstream.PullMaxMessages(n.prefetch))
-	if err != nil {
-		return nil, fmt.Errorf("nats connector %q: consume %s: %w", n.cfg.CName, durable, err)
-	}
-	s := &source{n: n, it: it, stream: st, cons: cons, exhausted: make(chan uint64, 1024)}
-	advisory := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", n.streamName, durable)
-	if s.sub, err = n.nc.Subscribe(advisory, s.onAdvisory); err != nil {
-		return nil, fmt.Errorf("nats connector %q: subscribe to %s: %w", n.cfg.CName, advisory, err)
-	}
-	return s, nil
+	return cfg
 }
 
 type source struct {
@@ -306,6 +339,7 @@ type source struct {
 	cons      jetstream.Consumer
 	sub       *natsgo.Subscription
 	exhausted chan uint64 // stream sequences JetStream gave up on
+	bounds    *natsBounds // the stop (stream.stop), nil for none
 	down      bool        // the last Read found the connection down (only Read uses it)
 	closeOnce sync.Once
 }
@@ -372,9 +406,16 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}}, nil
 		default:
 		}
+		if s.bounds.reached() {
+			return nil, io.EOF // the stop position is reached
+		}
 		// Wait up to a second for the first message (then look for
 		// exhausted ones again), and take what else is already here.
-		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		wait := time.Second
+		if s.bounds != nil {
+			wait = 200 * time.Millisecond
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		m, err := s.it.Next(jetstream.NextContext(wctx))
 		cancel()
 		if err != nil {
@@ -382,6 +423,11 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 				return nil, ctx.Err()
 			}
 			if errors.Is(err, context.DeadlineExceeded) || noMessages(err) {
+				if s.bounds != nil {
+					if err := s.bounds.idle(ctx, s.stream, s.cons); err != nil {
+						return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
+					}
+				}
 				continue
 			}
 			return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
@@ -389,7 +435,14 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 		out := make([]*stream.Message, 0, min(limit, 1024))
 		slab := make([]stream.Message, 0, min(limit, 1024))
 		for {
-			if meta, err := m.Metadata(); err == nil {
+			if meta, err := m.Metadata(); err == nil && s.bounds.past(meta) {
+				_ = m.Nak() // at or past the stop: the next run reads it
+				if len(out) > 0 {
+					return out, nil
+				}
+				return nil, io.EOF
+			} else if err == nil {
+				s.bounds.delivered(meta)
 				slab = append(slab, stream.Message{
 					Payload: m.Data(), Handle: m, ID: strconv.FormatUint(meta.Sequence.Stream, 10),
 					Headers: flatten(natsgo.Header(m.Headers())), Failed: s.lastDelivery(meta),
@@ -501,6 +554,17 @@ func (s *source) Nack(_ context.Context, msgs []*stream.Message, _ error) error 
 func (s *source) Close(context.Context) error {
 	var err error
 	s.closeOnce.Do(func() {
+		if s.bounds.reached() {
+			// Messages pulled past the stop go back at once, so that the
+			// next run need not wait ack_wait for them.
+			for {
+				m, err := s.it.Next(jetstream.NextMaxWait(time.Millisecond))
+				if err != nil {
+					break
+				}
+				_ = m.Nak()
+			}
+		}
 		s.it.Stop()
 		err = s.sub.Unsubscribe()
 	})

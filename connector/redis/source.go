@@ -38,8 +38,27 @@ func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	s := &source{r: r, key: r.cfg.Key, group: group, consumer: consumer, pendingFrom: "0",
 		log:      log.With("connector", r.cfg.CName, "stream", r.cfg.Key, "group", group, "consumer", consumer),
 		inflight: make(map[string]time.Time)}
+	if opts.Detached {
+		return r.openRange(ctx, s, opts)
+	}
 	if err := s.createGroup(ctx); err != nil {
 		return nil, s.fail("create the group", err)
+	}
+	if !opts.Start.IsZero() {
+		id, err := startID(opts.Start)
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: stream.start: %w", r.cfg.CName, err)
+		}
+		if err := r.client.XGroupSetID(ctx, s.key, group, id).Err(); err != nil {
+			return nil, s.fail("set the group's start", err)
+		}
+	}
+	if !opts.Stop.IsZero() {
+		b, err := r.stopOf(ctx, opts.Stop)
+		if err != nil {
+			return nil, fmt.Errorf("redis connector %q: stream.stop: %w", r.cfg.CName, err)
+		}
+		s.bounds = b
 	}
 	s.reader = r.client
 	if r.shared == nil {
@@ -70,6 +89,8 @@ func defaultConsumer() string {
 // then new entries.
 type source struct {
 	r *Redis
+	// bounds is the stop (stream.stop), nil for none.
+	bounds *redisBounds
 	// reader runs the commands that deliver entries (XREADGROUP,
 	// XAUTOCLAIM); ownReader when the source opened it.
 	reader    goredis.UniversalClient
@@ -132,7 +153,7 @@ func (s *source) claimInterval() time.Duration {
 func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error) {
 	for attempt := 0; ; attempt++ {
 		msgs, err := s.read(ctx, limit)
-		if err == nil || attempt == 3 || ctx.Err() != nil || stream.IsFatal(err) {
+		if err == nil || errors.Is(err, io.EOF) || attempt == 3 || ctx.Err() != nil || stream.IsFatal(err) {
 			return msgs, err
 		}
 		// A lost connection (Redis restarting, a network blip): try again
@@ -170,7 +191,13 @@ func (s *source) read(ctx context.Context, limit int) ([]*stream.Message, error)
 				return msgs, err
 			}
 		}
+		if s.bounds.reached() {
+			return nil, io.EOF // the stop is reached (pending entries were read first)
+		}
 		block := s.r.block
+		if s.bounds != nil {
+			block = min(block, 200*time.Millisecond)
+		}
 		if s.claimFrom == "" {
 			block = min(block, max(time.Until(s.nextClaim), time.Millisecond)) // wake for the next claim pass
 		}
@@ -186,6 +213,14 @@ func (s *source) read(ctx context.Context, limit int) ([]*stream.Message, error)
 		entries, err := s.readGroup(ctx, ">", limit, block)
 		if err != nil {
 			return nil, err
+		}
+		if s.bounds != nil {
+			entries = s.bounds.keep(entries)
+			if len(entries) == 0 && !s.bounds.reached() {
+				if err := s.bounds.idle(ctx, s); err != nil {
+					return nil, s.fail("read the group", err)
+				}
+			}
 		}
 		if len(entries) > 0 {
 			return s.handOut(entries, false), nil
@@ -207,7 +242,8 @@ func (s *source) readPending(ctx context.Context, limit int) ([]*stream.Message,
 	} else {
 		s.pendingFrom = entries[len(entries)-1].ID
 	}
-	return s.handOut(entries, true), nil
+	// Entries past the stop stay pending, for the next run.
+	return s.handOut(s.bounds.keep(entries), true), nil
 }
 
 // readGroup runs XREADGROUP. The command is not given ctx's deadline: a

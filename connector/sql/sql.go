@@ -392,6 +392,33 @@ func (d *DB) commitBatch(ctx context.Context, fence bool, stream, from, position
 	})
 }
 
+// MovePosition sets the stream's committed position to to (unless to is
+// "") and forgets its consumed message IDs, in one transaction fenced on
+// the position from; with truncate it also deletes every row of the
+// connector's table. See stream.PositionMover.
+func (d *DB) MovePosition(ctx context.Context, stream, from, to string, truncate bool) error {
+	if truncate && d.table == "" {
+		return fmt.Errorf("connector %q has no table (key) to truncate", d.cfg.CName)
+	}
+	return d.inTx(ctx, func(tx *stdsql.Tx) error {
+		if err := checkpoint.Fence(ctx, tx, d.dialect, stream, from); err != nil {
+			return err
+		}
+		if err := checkpoint.ForgetInbox(ctx, tx, d.dialect, stream); err != nil {
+			return err
+		}
+		if truncate {
+			if _, err := tx.ExecContext(ctx, "DELETE FROM "+d.quote(d.table)); err != nil {
+				return fmt.Errorf("connector %q: truncate %s: %w", d.cfg.CName, d.table, err)
+			}
+		}
+		if to == "" {
+			return nil
+		}
+		return checkpoint.Save(ctx, tx, d.dialect, stream, to)
+	})
+}
+
 // LoadState calls fn with every live entry of the stream's keyed state;
 // see stream.StateLoader.
 func (d *DB) LoadState(ctx context.Context, stream string, fn func(stream.StateChange) error) error {

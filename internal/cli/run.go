@@ -32,6 +32,8 @@ type runOptions struct {
 	progress string
 	every    time.Duration
 	logLevel string
+	from     string
+	until    string
 }
 
 func runCmd(reg *kisflow.Registry) *cobra.Command {
@@ -59,6 +61,8 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 	cmd.Flags().StringSliceVar(&o.flows, "flow", nil, "run only these flows (repeatable)")
 	cmd.Flags().StringVar(&o.progress, "progress", "auto", "progress line: auto (on a terminal), always, never")
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
+	cmd.Flags().StringVar(&o.from, "from", "", "a one-off run that leaves committed positions as they are, from: earliest, latest, committed, a time (RFC 3339 or a date) or a position of the source's form")
+	cmd.Flags().StringVar(&o.until, "until", "", "a one-off run that leaves committed positions as they are, until: at_start, a time (RFC 3339 or a date) or a position of the source's form")
 	cmd.Flags().DurationVar(&o.every, "progress-interval", time.Second, "how often the progress line is redrawn")
 	_ = cmd.Flags().MarkHidden("progress-interval")
 	return cmd
@@ -109,15 +113,27 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 			return &exitError{code: ExitProblem, err: red.Error(err)}
 		}
 	}
+	jobOpts := []kisflow.JobOption{kisflow.WithStateDir(state)}
+	if o.from != "" || o.until != "" {
+		from, err := parseRunBound(o.from, false)
+		if err != nil {
+			return &exitError{code: ExitUsage, err: fmt.Errorf("--from: %w", err)}
+		}
+		until, err := parseRunBound(o.until, true)
+		if err != nil {
+			return &exitError{code: ExitUsage, err: fmt.Errorf("--until: %w", err)}
+		}
+		jobOpts = append(jobOpts, kisflow.WithBounds(from, until))
+	}
 	jobs := make([]*kisflow.Job, len(names))
 	for i, n := range names {
-		if jobs[i], err = startJob(ctx, eng, n, stderr, kisflow.WithStateDir(state)); err != nil {
+		if jobs[i], err = startJob(ctx, eng, n, stderr, jobOpts...); err != nil {
 			if ctx.Err() != nil {
 				// SIGINT/SIGTERM during start-up: nothing ran; a bounded
 				// source was stopped before its end.
 				fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
 				for _, n := range names {
-					if bounded(set, n) {
+					if o.until != "" || bounded(set, n) {
 						return &exitError{code: ExitCutShort}
 					}
 				}
@@ -182,7 +198,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 			if code != ExitProblem {
 				code = ExitNotDrained
 			}
-		case ctx.Err() != nil && bounded(set, names[i]) && !j.Exhausted():
+		case ctx.Err() != nil && (o.until != "" || bounded(set, names[i])) && !j.Exhausted():
 			fmt.Fprintf(stderr, "flow %s: stopped before the end of its source; a new run resumes from the last committed position\n", names[i])
 			if code == ExitOK {
 				code = ExitCutShort
@@ -227,7 +243,17 @@ func reportStart(w io.Writer, name string, sp kisflow.StartPosition) {
 	if sp.Rekeyed {
 		fmt.Fprintf(w, "flow %s: position kept under the flow name by an earlier version, now under %s\n", name, sp.Key)
 	}
+	stop := ""
+	if !sp.Stop.IsZero() {
+		stop = fmt.Sprintf("; stopping at %s", sp.Stop)
+	}
 	switch {
+	case sp.Detached:
+		fmt.Fprintf(w, "flow %s: one-off run from %s%s; the committed position is left as it is\n", name, sp.Start, stop)
+	case !sp.Start.IsZero():
+		fmt.Fprintf(w, "flow %s: starting at %s (stream.start), not at the committed position%s\n", name, sp.Start, stop)
+	case stop != "":
+		fmt.Fprintf(w, "flow %s: resuming at %s%s\n", name, map[bool]string{true: "position " + sp.Position, false: "the source's committed position"}[sp.Position != ""], stop)
 	case sp.Position != "" && sp.CommittedAt.IsZero():
 		fmt.Fprintf(w, "flow %s: resuming at position %s (commit time unknown)\n", name, sp.Position)
 	case sp.Position != "":
@@ -342,9 +368,38 @@ const (
 	ExitNotDrained = 4 // in-flight batches did not finish within drain_timeout
 )
 
+// parseRunBound reads --from (stop false) or --until (stop true): a word,
+// a time, or else a position of the source's form.
+func parseRunBound(s string, stop bool) (stream.Bound, error) {
+	switch s {
+	case "", "committed":
+		if stop && s != "" {
+			return stream.Bound{}, errors.New("committed is a start position (want at_start, a time or a position)")
+		}
+		return stream.Bound{}, nil
+	case "earliest", "latest":
+		if stop {
+			return stream.Bound{}, fmt.Errorf("%s is a start position (want at_start, a time or a position)", s)
+		}
+		return stream.Bound{Kind: stream.BoundKind(s)}, nil
+	case "at_start":
+		if !stop {
+			return stream.Bound{}, errors.New("at_start is a stop position (want earliest, latest, committed, a time or a position)")
+		}
+		return stream.Bound{Kind: stream.AtStart}, nil
+	}
+	if t, err := config.ParseBoundTime(s); err == nil {
+		return stream.Bound{Kind: stream.AtTime, Time: t}, nil
+	}
+	return stream.Bound{Kind: stream.AtPosition, Position: s}, nil
+}
+
 // bounded reports whether a flow's source has an end: a file that is not
 // followed, a generator with a count.
 func bounded(set *config.Set, flow string) bool {
+	if b := set.Flows[flow].Stream.Stop; b != nil && b.Kind != "" && b.Kind != config.BoundCommitted {
+		return true
+	}
 	c := set.Conns[set.Flows[flow].Stream.Source]
 	if c == nil {
 		return false

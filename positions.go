@@ -1,0 +1,80 @@
+package kisflow
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// BoundOf turns a stream block's start or stop into the runtime's form
+// (the zero Bound for nil or committed).
+func BoundOf(b *config.Bound) (stream.Bound, error) {
+	if b == nil || b.Kind == "" || b.Kind == config.BoundCommitted {
+		if b != nil && b.Bad != "" {
+			return stream.Bound{}, fmt.Errorf("%s", b.Bad)
+		}
+		return stream.Bound{}, nil
+	}
+	out := stream.Bound{Kind: stream.BoundKind(b.Kind), Position: b.Position}
+	if b.Kind == config.BoundTime {
+		t, err := config.ParseBoundTime(b.Time)
+		if err != nil {
+			return stream.Bound{}, err
+		}
+		out.Time = t
+	}
+	return out, nil
+}
+
+// checkBounds refuses, at lint, a start or stop position the flow's
+// source cannot do, saying what it can do.
+func (r *Registry) checkBounds(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range slices.Sorted(maps.Keys(s.Flows)) {
+		st := s.Flows[name].Stream
+		if st == nil || s.Conns[st.Source] == nil {
+			continue
+		}
+		start, err1 := BoundOf(st.Start)
+		stop, err2 := BoundOf(st.Stop)
+		if err1 != nil || err2 != nil || (start.IsZero() && stop.IsZero()) {
+			continue // reported by the config's own check, or nothing to check
+		}
+		c := s.Conns[st.Source]
+		factory, ok := r.driver(c.Type)
+		if !ok {
+			continue
+		}
+		cfg, err := c.Expanded()
+		if err != nil {
+			continue
+		}
+		d, err := callFactory(factory, r.factoryConfig(s, st.Source, cfg))
+		if err != nil {
+			continue // reported by checkConns
+		}
+		sk, ok := d.(stream.Seeker)
+		if !ok {
+			field := "stream.start"
+			if start.IsZero() {
+				field = "stream.stop"
+			}
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, field), Severity: config.SevError,
+				Msg: fmt.Sprintf("flow %q: source %q (type %s) has no start or stop positions: remove stream.start and stream.stop", name, st.Source, c.Type)})
+			continue
+		}
+		can := sk.Seeks()
+		if !can.CanStart(start.Kind) {
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.start"), Severity: config.SevError,
+				Msg: fmt.Sprintf("flow %q: source %q (type %s) cannot start at %s (it can do %s)", name, st.Source, c.Type, start.Kind, can.Describe())})
+		}
+		if !can.CanStop(stop.Kind) {
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.stop"), Severity: config.SevError,
+				Msg: fmt.Sprintf("flow %q: source %q (type %s) cannot stop at %s (it can do %s)", name, st.Source, c.Type, stop.Kind, can.Describe())})
+		}
+	}
+	return probs
+}
