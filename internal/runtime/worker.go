@@ -93,8 +93,8 @@ func (w *worker) output(ctx context.Context, p *part, out []any, segs []seg) {
 // known to be safe to emit again).
 func (w *worker) flush(ctx context.Context, p *part) {
 	var out []any
-	// With a part per lane (timers), the first closes the windows.
-	if f, ok := w.flow.(Flusher); ok && p.worker <= 0 {
+	// Each lane closes the windows it keeps (its keys').
+	if f, ok := w.flow.(Flusher); ok {
 		final := p.control == runFlush
 		var ok bool
 		if out, ok = w.control(ctx, p, "closing windows", func() ([]any, []Rejected, error) { return f.Flush(ctx, final) }); !ok {
