@@ -96,6 +96,8 @@ type Engine struct {
 	conns1st []*Connector // started connectors, in start order
 	closed   bool
 	seq      atomic.Uint64
+
+	invokers sync.Map // Invoke's one-step flows: key -> *invokePool
 }
 
 type connSlot struct {
@@ -301,10 +303,15 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 	if !cfg.Enabled() {
 		return nil, fmt.Errorf("flow %q: %w (status: 0)", name, ErrFlowDisabled)
 	}
+	return e.compileFlow(ctx, name, cfg)
+}
+
+// compileFlow compiles cfg and keeps it under name.
+func (e *Engine) compileFlow(ctx context.Context, name string, cfg *config.Flow) (*compiled, error) {
 	c := &compiled{cfg: cfg}
 	flowChain, err := e.chain(cfg.Filters, cfg, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("flow %q: %w", name, err)
+		return nil, fmt.Errorf("flow %q: %w", cfg.FlowName, err)
 	}
 	c.chain = flowChain
 	c.retryRuns = len(cfg.Filters) > 0
@@ -312,16 +319,16 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 	for i, st := range cfg.Flows {
 		fc := e.set.Funcs[st.FName]
 		if fc == nil {
-			return nil, fmt.Errorf("flow %q: step %d: no config for function %q", name, i+1, st.FName)
+			return nil, fmt.Errorf("flow %q: step %d: no config for function %q", cfg.FlowName, i+1, st.FName)
 		}
 		h, ok := e.reg.handler(st.FName)
 		params := config.MergedParams(fc, st)
 		// A function with no Go body gets its YAML one: a filter or calc
 		// now, a Load or Save through its connector once that started.
-		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save)
+		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save || e.remoteConn(fc.Option.CName))
 		if !ok && !viaConn {
 			if h, err = yamlBody(fc, params, nil, nil); err != nil {
-				return nil, fmt.Errorf("flow %q: %w", name, err)
+				return nil, fmt.Errorf("flow %q: %w", cfg.FlowName, err)
 			}
 			ok = true
 		}
@@ -329,7 +336,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 		if fc.Option.CName != "" {
 			var err error
 			if conn, err = e.Connector(ctx, fc.Option.CName); err != nil {
-				return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
+				return nil, fmt.Errorf("flow %q: function %q: %w", cfg.FlowName, st.FName, err)
 			}
 		}
 		if !ok {
@@ -339,14 +346,14 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 				cc, drv = conn.cfg, conn.Driver()
 			}
 			if h, err = yamlBody(fc, params, cc, drv); err != nil {
-				return nil, fmt.Errorf("flow %q: %w", name, err)
+				return nil, fmt.Errorf("flow %q: %w", cfg.FlowName, err)
 			}
 		}
 		names[i] = st.FName
 		c.onTimer = append(c.onTimer, e.reg.timerFunc(st.FName))
 		ch, err := e.chain(fc.Option.Filters, cfg, fc, params)
 		if err != nil {
-			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
+			return nil, fmt.Errorf("flow %q: function %q: %w", cfg.FlowName, st.FName, err)
 		}
 		c.handlers = append(c.handlers, h)
 		c.funcs = append(c.funcs, fc)

@@ -1,0 +1,126 @@
+package remote
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	gojson "github.com/goccy/go-json"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
+
+	"github.com/kisflow-go/kisflow/driver"
+)
+
+// serviceName and callMethod name the gRPC service and its one method.
+const (
+	serviceName = "kisflow.remote.v1.Functions"
+	callMethod  = "/" + serviceName + "/Call"
+)
+
+// request is one call: a batch of rows for one function.
+type request struct {
+	Flow   string            `json:"flow,omitempty"`
+	Func   string            `json:"func"`
+	Params map[string]string `json:"params,omitempty"`
+	Rows   []json.RawMessage `json:"rows"`
+}
+
+// reply is what the function produced.
+type reply struct {
+	Rows           []json.RawMessage `json:"rows,omitempty"`
+	Errors         []rowError        `json:"errors,omitempty"`
+	DataReuse      bool              `json:"data_reuse,omitempty"`
+	ForceEntryNext bool              `json:"force_entry_next,omitempty"`
+	JumpFunc       string            `json:"jump_func,omitempty"`
+	Abort          bool              `json:"abort,omitempty"`
+}
+
+type rowError struct {
+	Index int    `json:"index"`
+	Error string `json:"error"`
+}
+
+// codec is the JSON codec of the service, forced on both ends (so no
+// process-wide registration is needed).
+type codec struct{}
+
+func (codec) Name() string { return "kisflow-json" }
+
+func (codec) Marshal(v any) (mem.BufferSlice, error) {
+	b, err := gojson.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+}
+
+func (codec) Unmarshal(data mem.BufferSlice, v any) error {
+	b := data.Materialize()
+	return gojson.Unmarshal(b, v)
+}
+
+// encodeRow gives a row's JSON: JSON text ([]byte, json.RawMessage or a
+// string) as it is, anything else marshalled.
+func encodeRow(row any) (json.RawMessage, error) {
+	switch v := row.(type) {
+	case json.RawMessage:
+		if json.Valid(v) {
+			return v, nil
+		}
+	case []byte:
+		if json.Valid(v) {
+			return v, nil
+		}
+	case string:
+		// Text rows are JSON to the engine, as []byte ones are.
+		if json.Valid([]byte(v)) {
+			return json.RawMessage(v), nil
+		}
+	}
+	b, err := gojson.Marshal(row)
+	if err != nil {
+		return nil, fmt.Errorf("row of type %T cannot travel to a remote function as JSON: %w", row, err)
+	}
+	return b, nil
+}
+
+// functionsServer is the handler type of the service.
+type functionsServer interface {
+	call(ctx context.Context, req *request) (*reply, error)
+}
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: serviceName,
+	HandlerType: (*functionsServer)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Call",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
+			req := new(request)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			h := func(ctx context.Context, r any) (any, error) { return srv.(functionsServer).call(ctx, r.(*request)) }
+			if icpt == nil {
+				return h(ctx, req)
+			}
+			return icpt(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: callMethod}, h)
+		},
+	}},
+	Metadata: "kisflow/remote",
+}
+
+// outcome turns a reply into the engine's Outcome; rows stay JSON text.
+func (r *reply) outcome() *driver.Outcome {
+	out := &driver.Outcome{DataReuse: r.DataReuse, ForceEntryNext: r.ForceEntryNext, JumpFunc: r.JumpFunc, Abort: r.Abort}
+	if len(r.Rows) > 0 {
+		out.Rows = make([]any, len(r.Rows))
+		for i, b := range r.Rows {
+			out.Rows[i] = []byte(b)
+		}
+	}
+	for _, e := range r.Errors {
+		out.RowErrors = append(out.RowErrors, driver.RowError{Index: e.Index, Msg: e.Error})
+	}
+	return out
+}
