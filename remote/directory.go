@@ -283,8 +283,8 @@ type dnsDirectory struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	mu    sync.Mutex
-	list  []Provider
+	mu   sync.Mutex
+	list []Provider
 }
 
 // WatchDNS follows the SRV records of name (such as

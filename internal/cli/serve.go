@@ -133,4 +133,3 @@ func serveDir(ctx context.Context, cmd *cobra.Command, reg *kisflow.Registry, di
 	fmt.Fprintln(stdout, "stopped by signal; deregistered and drained")
 	return nil
 }
-
