@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kisflow-go/kisflow/driver"
@@ -335,6 +336,8 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (*driver.Ou
 	defer n.Add(-1)
 	actx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
+	// The trace crosses the call: the provider's spans join the flow's.
+	stream.InjectTrace(ctx, func(k, v string) { actx = metadata.AppendToOutgoingContext(actx, k, v) })
 	var rep reply
 	err = cc.Invoke(actx, callMethod, req, &rep)
 	if err == nil {

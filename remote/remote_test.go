@@ -14,6 +14,7 @@ import (
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/stream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // fakeEngine is a provider's function: it counts its calls and the rows
@@ -466,5 +467,25 @@ func TestNATSRegistry(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := len(late.Providers()); n != 0 {
 		t.Fatalf("a new directory lists %d expired providers", n)
+	}
+}
+
+func TestTraceContextCrossesTheCall(t *testing.T) {
+	t.Parallel()
+	got := make(chan trace.SpanContext, 1)
+	e := &fakeEngine{fn: func(ctx context.Context, rs []any) (*driver.Outcome, error) {
+		got <- trace.SpanContextFromContext(ctx)
+		return &driver.Outcome{Rows: rs}, nil
+	}}
+	c := client(t, Options{}, provider(t, e))
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	sc := trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled})
+	ctx := trace.ContextWithSpanContext(context.Background(), sc)
+	if _, err := c.Invoke(ctx, call(rows("a"))); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-got; r.TraceID() != tid || !r.IsRemote() {
+		t.Fatalf("the provider saw trace %v (remote %v), want %v", r.TraceID(), r.IsRemote(), tid)
 	}
 }

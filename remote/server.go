@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kisflow-go/kisflow"
@@ -183,6 +184,15 @@ type server struct {
 func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	if !slices.Contains(s.funcs, req.Func) {
 		return nil, status.Errorf(codes.NotFound, "this provider does not serve function %q (it serves %v)", req.Func, s.funcs)
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		h := map[string]string{}
+		for _, k := range []string{"traceparent", "tracestate"} {
+			if v := md.Get(k); len(v) > 0 {
+				h[k] = v[0]
+			}
+		}
+		ctx = stream.ExtractTrace(ctx, h)
 	}
 	rows := make([]any, len(req.Rows))
 	for i, r := range req.Rows {
