@@ -23,6 +23,10 @@ type order struct {
 // serveEngine serves the functions of a provider engine in-process, with
 // no registry, and returns its address.
 func serveEngine(t *testing.T, eng *kisflow.Engine, funcs ...string) string {
+	return serveEngineB(t, eng, funcs...)
+}
+
+func serveEngineB(t testing.TB, eng *kisflow.Engine, funcs ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan remote.Provider, 1)

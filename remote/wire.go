@@ -2,7 +2,9 @@ package remote
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	gojson "github.com/goccy/go-json"
@@ -23,12 +25,12 @@ type request struct {
 	Flow   string            `json:"flow,omitempty"`
 	Func   string            `json:"func"`
 	Params map[string]string `json:"params,omitempty"`
-	Rows   []json.RawMessage `json:"rows"`
+	Rows   []json.RawMessage `json:"-"` // framed after the header
 }
 
 // reply is what the function produced.
 type reply struct {
-	Rows           []json.RawMessage `json:"rows,omitempty"`
+	Rows           []json.RawMessage `json:"-"` // framed after the header
 	Errors         []rowError        `json:"errors,omitempty"`
 	DataReuse      bool              `json:"data_reuse,omitempty"`
 	ForceEntryNext bool              `json:"force_entry_next,omitempty"`
@@ -41,27 +43,89 @@ type rowError struct {
 	Error string `json:"error"`
 }
 
-// codec is the JSON codec of the service, forced on both ends (so no
-// process-wide registration is needed).
+// framed is a message whose rows travel after its JSON header, each as
+// its length and its bytes: rows are JSON text already, and framing them
+// saves re-validating and copying every row through a JSON array (a batch
+// of 1000 small rows costs tens of microseconds instead of milliseconds).
+type framed interface{ rowsOf() *[]json.RawMessage }
+
+func (r *request) rowsOf() *[]json.RawMessage { return &r.Rows }
+func (r *reply) rowsOf() *[]json.RawMessage   { return &r.Rows }
+
+// codec is the service's codec, forced on both ends (so no process-wide
+// registration is needed): a message is its JSON header, then its rows
+// framed (uvarint lengths).
 type codec struct{}
 
 func (codec) Name() string { return "kisflow-json" }
 
 func (codec) Marshal(v any) (mem.BufferSlice, error) {
-	b, err := gojson.Marshal(v)
+	head, err := gojson.Marshal(v)
 	if err != nil {
 		return nil, err
+	}
+	f, ok := v.(framed)
+	if !ok {
+		return nil, fmt.Errorf("kisflow-json codec: cannot marshal %T", v)
+	}
+	rows := *f.rowsOf()
+	n := binary.MaxVarintLen64 * (2 + len(rows))
+	n += len(head)
+	for _, r := range rows {
+		n += len(r)
+	}
+	b := make([]byte, 0, n)
+	b = binary.AppendUvarint(b, uint64(len(head)))
+	b = append(b, head...)
+	b = binary.AppendUvarint(b, uint64(len(rows)))
+	for _, r := range rows {
+		b = binary.AppendUvarint(b, uint64(len(r)))
+		b = append(b, r...)
 	}
 	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 }
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(framed)
+	if !ok {
+		return fmt.Errorf("kisflow-json codec: cannot unmarshal into %T", v)
+	}
 	b := data.Materialize()
-	return gojson.Unmarshal(b, v)
+	bad := errors.New("kisflow-json codec: truncated message")
+	next := func() ([]byte, error) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return nil, bad
+		}
+		out := b[k : k+int(n) : k+int(n)]
+		b = b[k+int(n):]
+		return out, nil
+	}
+	head, err := next()
+	if err != nil {
+		return err
+	}
+	if err := gojson.Unmarshal(head, v); err != nil {
+		return err
+	}
+	count, k := binary.Uvarint(b)
+	if k <= 0 || count > uint64(len(b)) {
+		return bad
+	}
+	b = b[k:]
+	rows := make([]json.RawMessage, count)
+	for i := range rows {
+		if rows[i], err = next(); err != nil {
+			return err
+		}
+	}
+	*f.rowsOf() = rows
+	return nil
 }
 
 // encodeRow gives a row's JSON: JSON text ([]byte, json.RawMessage or a
-// string) as it is, anything else marshalled.
+// string) as it is (bytes unchecked: the engine reads them as JSON), anything
+// else marshalled.
 func encodeRow(row any) (json.RawMessage, error) {
 	switch v := row.(type) {
 	case json.RawMessage:
@@ -69,7 +133,8 @@ func encodeRow(row any) (json.RawMessage, error) {
 			return v, nil
 		}
 	case []byte:
-		if json.Valid(v) {
+		// Bytes rows are JSON to the engine (sources give them).
+		if len(v) > 0 {
 			return v, nil
 		}
 	case string:
