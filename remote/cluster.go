@@ -37,7 +37,14 @@ type Options struct {
 	Timeout     time.Duration // of each attempt; default 2s
 	Forks       int           // forking: providers called at once; default 2
 	HashField   string        // consistent_hash: the row field hashed; default the flow's stream key
-	Logger      *slog.Logger
+	// BreakerFailures is how many failures of a provider in a row open
+	// its breaker: it is left out of picks for BreakerOpen, then tried
+	// again (one more failure opens it again). 0: default 3; < 0: no
+	// breaker. A provider is picked even with its breaker open when every
+	// provider's is.
+	BreakerFailures int
+	BreakerOpen     time.Duration // default 5s
+	Logger          *slog.Logger
 }
 
 // Client calls remote functions of one service: it picks providers of its
@@ -49,8 +56,71 @@ type Client struct {
 	active *Active
 	o      Options
 
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn // by address
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn // by address
+	health map[string]*breaker         // by provider ID
+}
+
+// breaker is the failure record of one provider.
+type breaker struct {
+	fails     int
+	openUntil time.Time
+}
+
+// record notes the outcome of a call to p: a provider failure or not.
+func (c *Client) record(p Provider, failed bool) {
+	if c.o.BreakerFailures < 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.health[p.ID]
+	if !failed {
+		if b != nil {
+			delete(c.health, p.ID)
+		}
+		return
+	}
+	if b == nil {
+		b = &breaker{}
+		c.health[p.ID] = b
+	}
+	b.fails++
+	if b.fails >= c.o.BreakerFailures {
+		if b.openUntil.IsZero() || time.Now().After(b.openUntil) {
+			c.o.Logger.Warn("remote provider's breaker opens", "service", c.o.Service, "provider", p.Addr, "failures", b.fails, "for", c.o.BreakerOpen)
+		}
+		b.openUntil = time.Now().Add(c.o.BreakerOpen)
+	}
+}
+
+// closed returns the providers of ps whose breaker is not open, or ps
+// when every one's is.
+func (c *Client) closed(ps []Provider) []Provider {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.health) == 0 {
+		return ps
+	}
+	now := time.Now()
+	out := make([]Provider, 0, len(ps))
+	for _, p := range ps {
+		if b := c.health[p.ID]; b == nil || !now.Before(b.openUntil) {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 {
+		return ps
+	}
+	return out
+}
+
+// Open reports whether the breaker of provider id is open now.
+func (c *Client) Open(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.health[id]
+	return b != nil && time.Now().Before(b.openUntil)
 }
 
 // NewClient returns a client over dir. It takes dir over: Close closes it.
@@ -74,12 +144,18 @@ func NewClient(dir Directory, o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.BreakerFailures == 0 {
+		o.BreakerFailures = 3
+	}
+	if o.BreakerOpen <= 0 {
+		o.BreakerOpen = 5 * time.Second
+	}
 	active := new(Active)
 	lb, err := NewBalancer(o.LoadBalance, active)
 	if err != nil {
 		return nil, err
 	}
-	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*grpc.ClientConn{}}, nil
+	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*grpc.ClientConn{}, health: map[string]*breaker{}}, nil
 }
 
 // Close closes the connections and the directory.
@@ -139,6 +215,9 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		if p.serves(call.Func) {
 			ps = append(ps, p)
 		}
+	}
+	if c.o.Cluster != Broadcast {
+		ps = c.closed(ps)
 	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("remote function %q: no provider of service %q serves it now (is `kisflow serve` running and registered?); the batch is retried", call.Func, c.o.Service)
@@ -271,7 +350,7 @@ func (c *Client) liveOf(fname string) []Provider {
 			ps = append(ps, p)
 		}
 	}
-	return ps
+	return c.closed(ps)
 }
 
 func (c *Client) forking(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
@@ -326,7 +405,7 @@ func (c *Client) broadcast(ctx context.Context, ps []Provider, req *request) (*d
 }
 
 // once calls one provider.
-func (c *Client) once(ctx context.Context, p Provider, req *request) (*driver.Outcome, error) {
+func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.Outcome, failure error) {
 	cc, err := c.conn(p.Addr)
 	if err != nil {
 		return nil, &providerError{p, err}
@@ -341,7 +420,15 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (*driver.Ou
 	var rep reply
 	err = cc.Invoke(actx, callMethod, req, &rep)
 	if err == nil {
+		c.record(p, false)
 		return rep.outcome(), nil
+	}
+	defer func() {
+		var pe *providerError
+		c.record(p, errors.As(failure, &pe))
+	}()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("remote function %q on %s: %w", req.Func, p.Addr, ctx.Err())
 	}
 	st, _ := status.FromError(err)
 	msg := fmt.Errorf("remote function %q on %s: %s", req.Func, p.Addr, st.Message())

@@ -489,3 +489,22 @@ func TestTraceContextCrossesTheCall(t *testing.T) {
 		t.Fatalf("the provider saw trace %v (remote %v), want %v", r.TraceID(), r.IsRemote(), tid)
 	}
 }
+
+func TestBreakerPerProvider(t *testing.T) {
+	t.Parallel()
+	dead := deadAddr(t)
+	good := &fakeEngine{}
+	c := client(t, Options{Cluster: Failfast, LoadBalance: RoundRobin, BreakerFailures: 3, BreakerOpen: time.Hour}, dead, provider(t, good))
+	fails := 0
+	for range 20 {
+		if _, err := c.Invoke(context.Background(), call(rows("a"))); err != nil {
+			fails++
+		}
+	}
+	if fails != 3 || !c.Open(dead) {
+		t.Fatalf("%d failed calls, breaker open %v: want the dead provider left out after 3 failures", fails, c.Open(dead))
+	}
+	if good.calls.Load() != 17 {
+		t.Fatalf("the live provider got %d calls, want 17", good.calls.Load())
+	}
+}

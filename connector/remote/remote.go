@@ -24,18 +24,20 @@ const Type = "remote"
 func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, New) }
 
 type params struct {
-	Registry    string        `param:"registry" default:"nats" enum:"nats|static|dns" doc:"where providers are found: NATS key-value (addrs: the server), a static list (addrs: host:port, comma-separated, optionally host:port;weight) or DNS SRV records (addrs: the SRV name)"`
-	Service     string        `param:"service" doc:"the service's name in the registry (kisflow serve --service); required with registry nats" example:"pricing"`
-	Version     string        `param:"version" doc:"call only providers of this version (kisflow serve --version)"`
-	Group       string        `param:"group" doc:"call only providers of this group (kisflow serve --group)"`
-	Cluster     string        `param:"cluster" default:"failover" enum:"failover|failfast|failsafe|forking|broadcast" doc:"the cluster strategy: failover retries on another provider, failfast tries once, failsafe logs a failure and yields no rows, forking calls forks providers at once and takes the first success, broadcast calls all and fails if any fails"`
-	LoadBalance string        `param:"loadbalance" default:"random" enum:"random|round_robin|least_active|consistent_hash" doc:"how a provider is picked: weighted random, smooth weighted round robin, fewest calls in flight, or a hash ring of the row's key (hash_field, default the flow's stream.key)"`
-	Retries     int           `param:"retries" default:"2" min:"0" doc:"failover: other providers tried after the first fails (at most 10)"`
-	Timeout     time.Duration `param:"timeout" default:"2s" min:"1ms" doc:"of each attempt"`
-	Forks       int           `param:"forks" default:"2" min:"1" doc:"forking: providers called at once"`
-	HashField   string        `param:"hash_field" doc:"consistent_hash: the row field hashed (default the flow's stream.key; the whole row when neither is set)"`
-	Bucket      string        `param:"bucket" default:"kisflow_remote" doc:"registry nats: the key-value bucket (kisflow serve --bucket)"`
-	Refresh     time.Duration `param:"refresh" default:"5s" min:"100ms" doc:"registry dns: how often the SRV records are looked up again"`
+	Registry        string        `param:"registry" default:"nats" enum:"nats|static|dns" doc:"where providers are found: NATS key-value (addrs: the server), a static list (addrs: host:port, comma-separated, optionally host:port;weight) or DNS SRV records (addrs: the SRV name)"`
+	Service         string        `param:"service" doc:"the service's name in the registry (kisflow serve --service); required with registry nats" example:"pricing"`
+	Version         string        `param:"version" doc:"call only providers of this version (kisflow serve --version)"`
+	Group           string        `param:"group" doc:"call only providers of this group (kisflow serve --group)"`
+	Cluster         string        `param:"cluster" default:"failover" enum:"failover|failfast|failsafe|forking|broadcast" doc:"the cluster strategy: failover retries on another provider, failfast tries once, failsafe logs a failure and yields no rows, forking calls forks providers at once and takes the first success, broadcast calls all and fails if any fails"`
+	LoadBalance     string        `param:"loadbalance" default:"random" enum:"random|round_robin|least_active|consistent_hash" doc:"how a provider is picked: weighted random, smooth weighted round robin, fewest calls in flight, or a hash ring of the row's key (hash_field, default the flow's stream.key)"`
+	Retries         int           `param:"retries" default:"2" min:"0" doc:"failover: other providers tried after the first fails (at most 10)"`
+	Timeout         time.Duration `param:"timeout" default:"2s" min:"1ms" doc:"of each attempt"`
+	Forks           int           `param:"forks" default:"2" min:"1" doc:"forking: providers called at once"`
+	HashField       string        `param:"hash_field" doc:"consistent_hash: the row field hashed (default the flow's stream.key; the whole row when neither is set)"`
+	Bucket          string        `param:"bucket" default:"kisflow_remote" doc:"registry nats: the key-value bucket (kisflow serve --bucket)"`
+	BreakerFailures int           `param:"breaker_failures" default:"3" min:"0" doc:"failures of one provider in a row that open its breaker: it is left out for breaker_open, then tried again; 0: no breaker"`
+	BreakerOpen     time.Duration `param:"breaker_open" default:"5s" min:"1ms" doc:"how long an open breaker keeps its provider out"`
+	Refresh         time.Duration `param:"refresh" default:"5s" min:"100ms" doc:"registry dns: how often the SRV records are looked up again"`
 }
 
 // maxRetries caps retries: a provider outage must not multiply a batch's
@@ -102,7 +104,8 @@ func (r *Remote) Start(ctx context.Context) error {
 		return fmt.Errorf("connector %q: %w", r.cfg.CName, err)
 	}
 	c, err := rpc.NewClient(dir, rpc.Options{Service: r.p.Service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
-		Retries: r.p.Retries, Timeout: r.p.Timeout, Forks: r.p.Forks, HashField: r.p.HashField})
+		Retries: r.p.Retries, Timeout: r.p.Timeout, Forks: r.p.Forks, HashField: r.p.HashField,
+		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen})
 	if err != nil {
 		_ = dir.Close()
 		return err
@@ -127,6 +130,14 @@ func (r *Remote) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		return nil, errors.New("remote connector " + r.cfg.CName + " is not started")
 	}
 	return r.client.Invoke(ctx, call)
+}
+
+// breakerFailures maps the param (0: none) to rpc.Options' (< 0: none).
+func breakerFailures(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // Client is the started client (nil before Start).
