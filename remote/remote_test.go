@@ -508,3 +508,58 @@ func TestBreakerPerProvider(t *testing.T) {
 		t.Fatalf("the live provider got %d calls, want 17", good.calls.Load())
 	}
 }
+
+// A provider that registers while a client calls gets traffic within a
+// second; version routing keeps calls on the asked version.
+func TestProviderAddedGetsTraffic(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrt_"), testenv.Name("svc_")
+	ctx := context.Background()
+	serve := func(e *fakeEngine, version string) {
+		sctx, cancel := context.WithCancel(ctx)
+		ready := make(chan Provider, 1)
+		done := make(chan error, 1)
+		go func() {
+			done <- Serve(sctx, e, ServeOptions{Service: service, Registry: url, Bucket: bucket, Version: version, TTL: time.Second,
+				Funcs: []string{"F"}, Ready: func(p Provider) { ready <- p }})
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatal(err)
+		}
+	}
+	first, second, other := &fakeEngine{}, &fakeEngine{}, &fakeEngine{}
+	serve(first, "1")
+	serve(other, "2")
+	dir, err := WatchNATS(ctx, url, bucket, service, "1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewClient(dir, Options{Service: service, LoadBalance: RoundRobin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 5 {
+		if _, err := c.Invoke(ctx, call(rows("a"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serve(second, "1")
+	added := time.Now()
+	for second.calls.Load() == 0 {
+		if time.Since(added) > time.Second {
+			t.Fatal("the added provider got no call within a second")
+		}
+		if _, err := c.Invoke(ctx, call(rows("a"))); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if other.calls.Load() != 0 {
+		t.Fatalf("a provider of version 2 got %d calls from a client asking for version 1", other.calls.Load())
+	}
+}
