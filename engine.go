@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/metrics"
@@ -457,6 +458,9 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 		if err := guard(func() error { return pu.UsePlugins(e.plugins.Lookup) }); err != nil {
 			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
+	}
+	if mu, ok := drv.(driver.MetricsUser); ok && e.metrics != nil {
+		mu.UseMetrics(e.metrics.Registry)
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
 		return nil, &StartError{Connector: cname, Err: e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))}

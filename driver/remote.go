@@ -1,6 +1,10 @@
 package driver
 
-import "context"
+import (
+	"context"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Invoker is an optional Driver capability of a connector type whose
 // functions run in other processes (Spec.Remote): a function naming such a
@@ -47,3 +51,12 @@ type RowError struct {
 
 // Error returns the row's error message.
 func (e RowError) Error() string { return e.Msg }
+
+// MetricsUser is an optional Driver capability: the engine gives it the
+// Prometheus registry of its metrics (the one the admin server serves)
+// before Start, for collectors of its own. A collector another connector
+// of the same type registered already is returned by Register in a
+// prometheus.AlreadyRegisteredError: share it.
+type MetricsUser interface {
+	UseMetrics(reg prometheus.Registerer)
+}

@@ -45,6 +45,9 @@ type Options struct {
 	BreakerFailures int
 	BreakerOpen     time.Duration // default 5s
 	Logger          *slog.Logger
+	// Observe, when set, is told of every call to a provider: how long it
+	// took and its error (nil on success), for metrics per provider.
+	Observe func(p Provider, fname string, took time.Duration, err error)
 }
 
 // Client calls remote functions of one service: it picks providers of its
@@ -415,6 +418,10 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 	defer n.Add(-1)
 	actx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
+	if c.o.Observe != nil {
+		start := time.Now()
+		defer func() { c.o.Observe(p, req.Func, time.Since(start), failure) }()
+	}
 	// The trace crosses the call: the provider's spans join the flow's.
 	stream.InjectTrace(ctx, func(k, v string) { actx = metadata.AppendToOutgoingContext(actx, k, v) })
 	var rep reply

@@ -170,4 +170,28 @@ flows:
 	if !errors.As(err, &fe) || fe.Func != "Fail" || !strings.Contains(err.Error(), "no price today") {
 		t.Fatalf("run: %v: want Fail's error", err)
 	}
+	// Metrics per provider: 2 ok calls of Price, 1 error of Fail, on addr.
+	mfs, err := ceng.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "kisflow_remote_calls_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["provider"] != addr || l["connector"] != "pricing" {
+				t.Fatalf("labels %v", l)
+			}
+			got[l["func"]+" "+l["outcome"]] = m.GetCounter().GetValue()
+		}
+	}
+	if got["Price ok"] != 2 || got["Fail error"] != 1 {
+		t.Fatalf("kisflow_remote_calls_total %v: want Price ok 2, Fail error 1", got)
+	}
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
 	rpc "github.com/kisflow-go/kisflow/remote"
@@ -54,9 +56,51 @@ var Spec = func() *driver.Spec {
 
 // Remote is the driver: a rpc.Client once started. Safe for concurrent use.
 type Remote struct {
-	cfg    *config.Conn
-	p      params
-	client *rpc.Client
+	cfg     *config.Conn
+	p       params
+	client  *rpc.Client
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+// UseMetrics registers, on the engine's registry, per provider:
+// kisflow_remote_calls_total{connector,service,provider,func,outcome}
+// (outcome ok or error) and kisflow_remote_call_seconds{connector,service,
+// provider,func} (driver.MetricsUser).
+func (r *Remote) UseMetrics(reg prometheus.Registerer) {
+	labels := []string{"connector", "service", "provider", "func"}
+	calls := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "kisflow_remote_calls_total",
+		Help: "Calls of remote functions, per provider and outcome (ok, error)."}, append(labels, "outcome"))
+	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "kisflow_remote_call_seconds",
+		Help: "Latency of calls of remote functions, per provider.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, labels)
+	r.calls = register(reg, calls)
+	r.latency = register(reg, latency)
+}
+
+// register registers c, or returns the collector of that name another
+// remote connector registered.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if old, ok := are.ExistingCollector.(C); ok {
+				return old
+			}
+		}
+	}
+	return c
+}
+
+func (r *Remote) observe(p rpc.Provider, fname string, took time.Duration, err error) {
+	if r.calls == nil {
+		return
+	}
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	r.calls.WithLabelValues(r.cfg.CName, r.p.Service, p.Addr, fname, outcome).Inc()
+	r.latency.WithLabelValues(r.cfg.CName, r.p.Service, p.Addr, fname).Observe(took.Seconds())
 }
 
 // New builds the driver from its connector config.
@@ -105,7 +149,7 @@ func (r *Remote) Start(ctx context.Context) error {
 	}
 	c, err := rpc.NewClient(dir, rpc.Options{Service: r.p.Service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
 		Retries: r.p.Retries, Timeout: r.p.Timeout, Forks: r.p.Forks, HashField: r.p.HashField,
-		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen})
+		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen, Observe: r.observe})
 	if err != nil {
 		_ = dir.Close()
 		return err
