@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/remote"
+
+	_ "modernc.org/sqlite"
 )
 
 // The kisflow binary, built once for the tests that run it.
@@ -201,17 +204,29 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 }
 
 // TestRemoteStepFailsOverWhenAProviderIsKilled: a flow run by `kisflow
-// run` calls a YAML function served by two `kisflow serve` processes;
-// one is SIGKILLed mid-stream; every row still comes out once or more
-// (at-least-once), computed.
+// run` calls a YAML function served by two `kisflow serve` processes; one
+// is SIGKILLed mid-stream; every row still comes out computed: at least
+// once into a file, exactly once into SQLite.
 func TestRemoteStepFailsOverWhenAProviderIsKilled(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct{ name, sink, delivery string }{
+		{"at-least-once", "kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", "at-least-once"},
+		{"exactly-once", "kistype: conn\ncname: out\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,amount,price\n", "exactly-once"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			failOver(t, tc.sink, tc.delivery)
+		})
+	}
+}
+
+func failOver(t *testing.T, sink, delivery string) {
 	url := testenv.NATS.Addr(t)
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "3s"}
 	a, _ := serving(t, pdir, args...)
-	b, _ := serving(t, pdir, args...)
+	serving(t, pdir, args...)
 
 	cdir := writeFiles(t, map[string]string{
 		"in.jsonl": "",
@@ -223,12 +238,7 @@ params:
   follow: true
   poll: 10ms
 ---
-kistype: conn
-cname: out
-type: file
-params:
-  path: out.jsonl
----
+%s---
 kistype: conn
 cname: pricing
 type: remote
@@ -239,7 +249,7 @@ params:
   loadbalance: round_robin
   retries: 2
   timeout: 2s
-`, url, service, bucket),
+`, sink, url, service, bucket),
 		"flow.yml": `kistype: func
 fname: Price
 fmode: Calculate
@@ -256,7 +266,7 @@ stream:
   sink: out
   batch_size: 20
   linger: 5ms
-`})
+  delivery: ` + delivery + "\n"})
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 3000
 	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
@@ -277,28 +287,19 @@ stream:
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	read := readFileRows
+	if delivery == "exactly-once" {
+		read = readDBRows
+	}
 	seen := map[int]int{}
 	deadline := time.Now().Add(30 * time.Second)
 	for len(seen) < total && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
-		seen = map[int]int{}
-		data, _ := os.ReadFile(filepath.Join(cdir, "out.jsonl"))
-		for _, l := range bytes.Split(data, []byte("\n")) {
-			if len(l) == 0 {
-				continue
-			}
-			var r struct{ ID, Amount, Price int }
-			if err := json.Unmarshal(l, &r); err != nil {
-				continue // a line being written
-			}
-			if r.Price != 2*r.Amount {
-				t.Fatalf("row %s: price not computed", l)
-			}
-			seen[r.ID]++
-		}
+		seen = read(t, cdir)
 	}
 	_ = run.cmd.Process.Signal(syscall.SIGTERM)
 	code := run.wait(t, 20*time.Second)
+	seen = read(t, cdir)
 	if len(seen) != total {
 		t.Fatalf("%d of %d rows came out after a provider was killed (run exit %d): %s", len(seen), total, code, run.output())
 	}
@@ -312,6 +313,51 @@ stream:
 	for _, n := range seen {
 		dups += n - 1
 	}
-	t.Logf("%d rows, %d repeated", total, dups)
-	_ = b
+	if delivery == "exactly-once" && dups > 0 {
+		t.Fatalf("%d rows written twice into an exactly-once sink", dups)
+	}
+	t.Logf("%s: %d rows, %d repeated", delivery, total, dups)
+}
+
+type priced struct{ ID, Amount, Price int }
+
+func readFileRows(t *testing.T, dir string) map[int]int {
+	seen := map[int]int{}
+	data, _ := os.ReadFile(filepath.Join(dir, "out.jsonl"))
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		var r priced
+		if len(l) == 0 || json.Unmarshal(l, &r) != nil {
+			continue // a line being written
+		}
+		if r.Price != 2*r.Amount {
+			t.Fatalf("row %s: price not computed", l)
+		}
+		seen[r.ID]++
+	}
+	return seen
+}
+
+func readDBRows(t *testing.T, dir string) map[int]int {
+	seen := map[int]int{}
+	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db")+"?_pragma=busy_timeout(5000)&mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query("SELECT id, amount, price FROM out")
+	if err != nil {
+		return seen // not created yet
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var r priced
+		if err := rows.Scan(&r.ID, &r.Amount, &r.Price); err != nil {
+			t.Fatal(err)
+		}
+		if r.Price != 2*r.Amount {
+			t.Fatalf("row %+v: price not computed", r)
+		}
+		seen[r.ID]++
+	}
+	return seen
 }
