@@ -563,3 +563,20 @@ func TestProviderAddedGetsTraffic(t *testing.T) {
 		t.Fatalf("a provider of version 2 got %d calls from a client asking for version 1", other.calls.Load())
 	}
 }
+
+func TestStaticList(t *testing.T) {
+	t.Parallel()
+	d, err := Static([]string{" 10.0.0.1:9000", "10.0.0.2:9000;3", ""})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := d.Providers()
+	if len(ps) != 2 || ps[0].Addr != "10.0.0.1:9000" || ps[0].weight() != DefaultWeight || ps[1].Addr != "10.0.0.2:9000" || ps[1].weight() != 3 {
+		t.Fatalf("%+v", ps)
+	}
+	for _, bad := range [][]string{{"10.0.0.1"}, {"10.0.0.1:9000;0"}, {""}} {
+		if _, err := Static(bad); err == nil {
+			t.Errorf("Static(%q) accepted", bad)
+		}
+	}
+}
