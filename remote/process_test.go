@@ -361,3 +361,25 @@ func readDBRows(t *testing.T, dir string) map[int]int {
 	}
 	return seen
 }
+
+// TestServeReadsTheGlobalServeBlock: the serve block of the global file
+// gives kisflow serve its settings; a flag wins over it.
+func TestServeReadsTheGlobalServeBlock(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML,
+		"global.yml": fmt.Sprintf("kistype: global\nserve:\n  service: %s\n  registry: %s\n  bucket: %s\n  version: \"3\"\n  group: blue\n  weight: 9\n  ttl: 2s\n", service, url, bucket)})
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "3", "blue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	p, addr := serving(t, pdir, "--weight", "4")
+	waitProviders(t, dir, 1, time.Second)
+	if got := dir.Providers()[0]; got.Addr != addr || got.Weight != 4 || got.TTL != 2*time.Second {
+		t.Fatalf("registered %+v: want the block's version, group and TTL, the flag's weight 4", got)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 10*time.Second)
+}
