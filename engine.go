@@ -13,7 +13,6 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/kisflow-go/kisflow/config"
-	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/metrics"
@@ -459,7 +458,7 @@ func (e *Engine) Connector(ctx context.Context, cname string) (*Connector, error
 			return nil, e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
 	}
-	if mu, ok := drv.(driver.MetricsUser); ok && e.metrics != nil {
+	if mu, ok := drv.(MetricsUser); ok && e.metrics != nil {
 		mu.UseMetrics(e.metrics.Registry)
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {

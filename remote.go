@@ -9,10 +9,22 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/engine"
 )
+
+// MetricsUser is an optional Driver capability: the engine gives it the
+// Prometheus registry of its metrics (the one the admin server serves)
+// before Start, for collectors of its own (the remote type's calls per
+// provider). A collector another connector of the same type registered
+// already comes back from Register in a prometheus.AlreadyRegisteredError:
+// share it. A connector package that implements it imports Prometheus.
+type MetricsUser interface {
+	UseMetrics(reg prometheus.Registerer)
+}
 
 // remoteConn reports whether connector cname has a type whose functions
 // run in other processes (driver.Spec.Remote).

@@ -1,10 +1,6 @@
 package driver
 
-import (
-	"context"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
+import "context"
 
 // Invoker is an optional Driver capability of a connector type whose
 // functions run in other processes (Spec.Remote): a function naming such a
@@ -51,12 +47,3 @@ type RowError struct {
 
 // Error returns the row's error message.
 func (e RowError) Error() string { return e.Msg }
-
-// MetricsUser is an optional Driver capability: the engine gives it the
-// Prometheus registry of its metrics (the one the admin server serves)
-// before Start, for collectors of its own. A collector another connector
-// of the same type registered already is returned by Register in a
-// prometheus.AlreadyRegisteredError: share it.
-type MetricsUser interface {
-	UseMetrics(reg prometheus.Registerer)
-}
