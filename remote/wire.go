@@ -143,7 +143,9 @@ func encodeRow(row any) (json.RawMessage, error) {
 			return json.RawMessage(v), nil
 		}
 	}
-	b, err := gojson.Marshal(row)
+	// Map keys in any order: the row is read by field, and sorting them
+	// costs a tenth of a call.
+	b, err := gojson.MarshalWithOption(row, gojson.UnorderedMap())
 	if err != nil {
 		return nil, fmt.Errorf("row of type %T cannot travel to a remote function as JSON: %w", row, err)
 	}
