@@ -280,6 +280,7 @@ func (staticDirectory) Close() error            { return nil }
 // dnsDirectory follows the SRV records of a name.
 type dnsDirectory struct {
 	name   string
+	lookup func(ctx context.Context, name string) ([]*net.SRV, error)
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -293,8 +294,15 @@ type dnsDirectory struct {
 // target:port is a provider, weighted by the record's weight. A failed
 // lookup keeps the last list.
 func WatchDNS(ctx context.Context, name string, refresh time.Duration) (Directory, error) {
-	d := &dnsDirectory{name: name, done: make(chan struct{})}
-	if err := d.lookup(ctx); err != nil {
+	return watchDNS(ctx, name, refresh, func(ctx context.Context, name string) ([]*net.SRV, error) {
+		_, srvs, err := net.DefaultResolver.LookupSRV(ctx, "", "", name)
+		return srvs, err
+	})
+}
+
+func watchDNS(ctx context.Context, name string, refresh time.Duration, lookup func(context.Context, string) ([]*net.SRV, error)) (Directory, error) {
+	d := &dnsDirectory{name: name, lookup: lookup, done: make(chan struct{})}
+	if err := d.resolve(ctx); err != nil {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.Background())
@@ -309,7 +317,7 @@ func WatchDNS(ctx context.Context, name string, refresh time.Duration) (Director
 				return
 			case <-t.C:
 				lctx, c := context.WithTimeout(wctx, refresh)
-				if err := d.lookup(lctx); err != nil {
+				if err := d.resolve(lctx); err != nil {
 					slog.Default().Warn("remote: DNS lookup failed; keeping the last providers", "name", name, "err", err)
 				}
 				c()
@@ -319,8 +327,8 @@ func WatchDNS(ctx context.Context, name string, refresh time.Duration) (Director
 	return d, nil
 }
 
-func (d *dnsDirectory) lookup(ctx context.Context) error {
-	_, srvs, err := net.DefaultResolver.LookupSRV(ctx, "", "", d.name)
+func (d *dnsDirectory) resolve(ctx context.Context) error {
+	srvs, err := d.lookup(ctx, d.name)
 	if err != nil {
 		return fmt.Errorf("dns registry: SRV %s: %w", d.name, err)
 	}

@@ -580,3 +580,49 @@ func TestStaticList(t *testing.T) {
 		}
 	}
 }
+
+func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	records := []*net.SRV{{Target: "a.pricing.svc.", Port: 9000, Weight: 10}}
+	var fail bool
+	lookup := func(_ context.Context, name string) ([]*net.SRV, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if name != "_grpc._tcp.pricing" {
+			t.Errorf("looked up %q", name)
+		}
+		if fail {
+			return nil, errors.New("SERVFAIL")
+		}
+		return records, nil
+	}
+	d, err := watchDNS(context.Background(), "_grpc._tcp.pricing", 20*time.Millisecond, lookup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if ps := d.Providers(); len(ps) != 1 || ps[0].Addr != "a.pricing.svc:9000" || ps[0].weight() != 10 {
+		t.Fatalf("%+v", ps)
+	}
+	mu.Lock()
+	records = append(records, &net.SRV{Target: "b.pricing.svc.", Port: 9000})
+	mu.Unlock()
+	deadline := time.Now().Add(2 * time.Second)
+	for len(d.Providers()) != 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("a new SRV record was not followed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	fail = true
+	mu.Unlock()
+	time.Sleep(100 * time.Millisecond)
+	if n := len(d.Providers()); n != 2 {
+		t.Fatalf("a failed lookup changed the list to %d providers: it must keep the last", n)
+	}
+	if _, err := watchDNS(context.Background(), "_grpc._tcp.pricing", time.Second, lookup); err == nil {
+		t.Fatal("a first lookup that fails must be an error")
+	}
+}
