@@ -174,6 +174,7 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 	t.Parallel()
 	url := testenv.NATS.Addr(t)
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
 	if err != nil {
@@ -223,6 +224,7 @@ func TestRemoteStepFailsOverWhenAProviderIsKilled(t *testing.T) {
 func failOver(t *testing.T, sink, delivery string) {
 	url := testenv.NATS.Addr(t)
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "3s"}
 	a, _ := serving(t, pdir, args...)
@@ -368,6 +370,7 @@ func TestServeReadsTheGlobalServeBlock(t *testing.T) {
 	t.Parallel()
 	url := testenv.NATS.Addr(t)
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML,
 		"global.yml": fmt.Sprintf("kistype: global\nserve:\n  service: %s\n  registry: %s\n  bucket: %s\n  version: \"3\"\n  group: blue\n  weight: 9\n  ttl: 2s\n", service, url, bucket)})
 	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "3", "blue")

@@ -382,6 +382,7 @@ func TestNATSRegistry(t *testing.T) {
 	t.Parallel()
 	url := testenv.NATS.Addr(t)
 	bucket, service := testenv.Name("kfrt_"), testenv.Name("svc_")
+	DropBucket(t, url, bucket)
 	ctx := context.Background()
 	dir, err := WatchNATS(ctx, url, bucket, service, "", "")
 	if err != nil {
@@ -515,6 +516,7 @@ func TestProviderAddedGetsTraffic(t *testing.T) {
 	t.Parallel()
 	url := testenv.NATS.Addr(t)
 	bucket, service := testenv.Name("kfrt_"), testenv.Name("svc_")
+	DropBucket(t, url, bucket)
 	ctx := context.Background()
 	serve := func(e *fakeEngine, version string) {
 		sctx, cancel := context.WithCancel(ctx)
