@@ -102,6 +102,7 @@ type Engine struct {
 	// built: stream sources, sinks and dead letters, and the connectors of
 	// YAML-only Load and Save functions. The others start lazily.
 	strictConns map[string]bool
+	invokers    sync.Map // Invoke's one-step flows: key -> *invokePool
 }
 
 type connSlot struct {
@@ -308,10 +309,15 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 	if !cfg.Enabled() {
 		return nil, fmt.Errorf("flow %q: %w (status: 0)", name, ErrFlowDisabled)
 	}
+	return e.compileFlow(ctx, name, cfg)
+}
+
+// compileFlow compiles cfg and keeps it under name.
+func (e *Engine) compileFlow(ctx context.Context, name string, cfg *config.Flow) (*compiled, error) {
 	c := &compiled{cfg: cfg}
 	flowChain, err := e.chain(cfg.Filters, cfg, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("flow %q: %w", name, err)
+		return nil, fmt.Errorf("flow %q: %w", cfg.FlowName, err)
 	}
 	c.chain = flowChain
 	c.retryRuns = len(cfg.Filters) > 0
@@ -319,16 +325,16 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 	for i, st := range cfg.Flows {
 		fc := e.set.Funcs[st.FName]
 		if fc == nil {
-			return nil, fmt.Errorf("flow %q: step %d: no config for function %q", name, i+1, st.FName)
+			return nil, fmt.Errorf("flow %q: step %d: no config for function %q", cfg.FlowName, i+1, st.FName)
 		}
 		h, ok := e.reg.handler(st.FName)
 		params := config.MergedParams(fc, st)
 		// A function with no Go body gets its YAML one: a filter or calc
 		// now, a Load or Save through its connector once that started.
-		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save)
+		viaConn := !fc.ConfigOnly() && (fc.FMode == config.Load || fc.FMode == config.Save || e.remoteConn(fc.Option.CName))
 		if !ok && !viaConn {
 			if h, err = yamlBody(fc, params, nil, nil); err != nil {
-				return nil, fmt.Errorf("flow %q: %w%s", name, err, e.registeredLike(st.FName))
+				return nil, fmt.Errorf("flow %q: %w%s", cfg.FlowName, err, e.registeredLike(st.FName))
 			}
 			ok = true
 		}
@@ -340,7 +346,7 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			lazy := ok && !e.strictConns[fc.Option.CName]
 			var err error
 			if conn, err = e.connector(ctx, fc.Option.CName, lazy); err != nil {
-				return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
+				return nil, fmt.Errorf("flow %q: function %q: %w", cfg.FlowName, st.FName, err)
 			}
 		}
 		if !ok {
@@ -350,14 +356,14 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 				cc, drv = conn.cfg, conn.Driver()
 			}
 			if h, err = yamlBody(fc, params, cc, drv); err != nil {
-				return nil, fmt.Errorf("flow %q: %w%s", name, err, e.registeredLike(st.FName))
+				return nil, fmt.Errorf("flow %q: %w%s", cfg.FlowName, err, e.registeredLike(st.FName))
 			}
 		}
 		names[i] = st.FName
 		c.onTimer = append(c.onTimer, e.reg.timerFunc(st.FName))
 		ch, err := e.chain(fc.Option.Filters, cfg, fc, params)
 		if err != nil {
-			return nil, fmt.Errorf("flow %q: function %q: %w", name, st.FName, err)
+			return nil, fmt.Errorf("flow %q: function %q: %w", cfg.FlowName, st.FName, err)
 		}
 		c.handlers = append(c.handlers, h)
 		c.funcs = append(c.funcs, fc)
@@ -513,6 +519,9 @@ func (e *Engine) startDriver(ctx context.Context, c *Connector) error {
 		if err := guard(func() error { return pu.UsePlugins(e.plugins.Lookup) }); err != nil {
 			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, cfg.Type, err))
 		}
+	}
+	if mu, ok := drv.(MetricsUser); ok && e.metrics != nil {
+		mu.UseMetrics(e.metrics.Registry)
 	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
 		return &StartError{Connector: cname, Err: e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))}

@@ -78,6 +78,9 @@ func yamlBody(fc *config.Func, params map[string]string, conn *config.Conn, drv 
 	if fc.Window != nil && fc.FMode == config.Calculate {
 		return newWindowHandler(fc)
 	}
+	if inv, ok := drv.(driver.Invoker); ok && conn != nil {
+		return remoteHandler{inv: inv, fc: fc, params: params}, nil
+	}
 	switch fc.FMode {
 	case config.Verify:
 		return nil, noBody(fc, "give it a filter in YAML (filter: an expression over the row's fields)")
@@ -499,6 +502,9 @@ func yamlParams(fc *config.Func, drv Driver) []string {
 func unreadParams(fc *config.Func, params map[string]string, drv Driver) []string {
 	if fc.ConfigOnly() || (fc.FMode != config.Load && fc.FMode != config.Save) {
 		return nil
+	}
+	if _, remote := drv.(driver.Invoker); remote {
+		return nil // a remote function's params all travel to it
 	}
 	known := yamlParams(fc, drv)
 	var out []string

@@ -1,6 +1,6 @@
 // Package app is the kisflow command line for a project's own binary: its
 // main builds a registry, registers its functions and calls Main, and gets
-// run, lint, test, graph, new and version with every bundled connector:
+// run, serve, lint, test, graph, new and version with every bundled connector:
 // `kisflow test` through the project's binary runs its Go functions too.
 //
 //	func main() {
@@ -35,7 +35,7 @@ const GCPercent = 400
 
 // InstallConnectors registers every bundled connector type in reg: memory,
 // file, generator, http, sqlite/mysql/postgres, redis, nats, kafka,
-// rabbitmq and mqtt.
+// rabbitmq, mqtt and remote.
 func InstallConnectors(reg *kisflow.Registry) error { return all.Install(reg) }
 
 // Main installs the bundled connectors into reg (unless reg already has

@@ -260,6 +260,9 @@ type Global struct {
 	// Plugins configures components by type and name:
 	// `plugins: {type: {name: {...}}}`. Each decodes its own part.
 	Plugins map[string]map[string]*PluginConfig `yaml:"plugins,omitempty"`
+	// Serve configures `kisflow serve` (remote functions); its flags have
+	// the same names and win over it.
+	Serve *Serve `yaml:"serve,omitempty"`
 
 	// swappedMetrics records a file in the form earlier versions of this
 	// project documented (prometheus_listen: ADDRESS, prometheus_serve:
@@ -277,11 +280,12 @@ func (g *Global) UnmarshalYAML(node *yaml.Node) error {
 		PrometheusListen yaml.Node                           `yaml:"prometheus_listen"`
 		PrometheusServe  yaml.Node                           `yaml:"prometheus_serve"`
 		Plugins          map[string]map[string]*PluginConfig `yaml:"plugins"`
+		Serve            *Serve                              `yaml:"serve"`
 	}
 	if err := node.Decode(&raw); err != nil {
 		return err
 	}
-	*g = Global{PrometheusEnable: raw.PrometheusEnable, Plugins: raw.Plugins}
+	*g = Global{PrometheusEnable: raw.PrometheusEnable, Plugins: raw.Plugins, Serve: raw.Serve}
 	listen, serve := &raw.PrometheusListen, &raw.PrometheusServe
 	if listen.Kind == yaml.ScalarNode && !isBool(listen) {
 		// The swapped form: the address in prometheus_listen.
@@ -299,6 +303,19 @@ func (g *Global) UnmarshalYAML(node *yaml.Node) error {
 		}
 	}
 	return nil
+}
+
+// Serve is the serve block of the global document: how `kisflow serve`
+// exposes the configuration's functions to flows in other processes.
+type Serve struct {
+	Service  string   `yaml:"service,omitempty"`  // the service's name in the registry
+	Registry string   `yaml:"registry,omitempty"` // nats://host:port, or none
+	Listen   string   `yaml:"listen,omitempty"`   // the gRPC address; port 0: any free port
+	Version  string   `yaml:"version,omitempty"`
+	Group    string   `yaml:"group,omitempty"`
+	Weight   int      `yaml:"weight,omitempty"`
+	Bucket   string   `yaml:"bucket,omitempty"` // the NATS key-value bucket
+	TTL      Duration `yaml:"ttl,omitempty"`    // a registration's life without a heartbeat
 }
 
 // isBool reports whether n is a YAML boolean scalar.

@@ -60,6 +60,11 @@
 //   - Identifier (Identity): a source named by what it reads rather than
 //     by its config (a file by its folder's device and inode), for the key
 //     of a flow's position (kisflow.StateKey).
+//   - Invoker (Invoke): a type whose functions run in other processes
+//     (Spec.Remote): a function naming such a connector has no local body,
+//     and each of its calls is Invoke (the remote connector type).
+//   - kisflow.MetricsUser (UseMetrics): it registers collectors of its own
+//     on the engine's Prometheus registry.
 //   - kisflow.Checker (Check): for `kisflow dry-run`, after Start, it checks
 //     that what the flows use it for exists or can be created (a table, a
 //     stream, a topic, a queue, a file, a listen address), without reading

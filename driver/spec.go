@@ -80,6 +80,10 @@ type Spec struct {
 	// nor a position, so a redelivery cannot be recognised: exactly-once
 	// delivery from it is at-least-once, and lint warns of it.
 	Unidentified bool
+	// Remote says the type's functions run in other processes: a function
+	// naming a connector of this type has no local body, whatever its
+	// fmode, and the driver is an Invoker.
+	Remote bool
 
 	typ reflect.Type
 }

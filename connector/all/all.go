@@ -19,6 +19,7 @@ import (
 	"github.com/kisflow-go/kisflow/connector/nats"
 	"github.com/kisflow-go/kisflow/connector/pgcdc"
 	"github.com/kisflow-go/kisflow/connector/redis"
+	"github.com/kisflow-go/kisflow/connector/remote"
 	"github.com/kisflow-go/kisflow/connector/sql"
 )
 
@@ -39,6 +40,7 @@ func Install(reg *kisflow.Registry) error {
 		func() error { return kafka.Install(reg) },
 		func() error { return amqp.Install(reg) },
 		func() error { return mqtt.Install(reg) },
+		func() error { return remote.Install(reg) },
 	} {
 		if err := install(); err != nil {
 			return err

@@ -71,7 +71,7 @@ func newRoot(reg *kisflow.Registry, stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(runCmd(reg), positionsCmd(reg), lintCmd(reg), testCmd(reg), graphCmd(reg), listCmd(reg), echoCmd(reg), dryRunCmd(reg), newCmd(), versionCmd())
+	root.AddCommand(runCmd(reg), positionsCmd(reg), lintCmd(reg), testCmd(reg), graphCmd(reg), listCmd(reg), serveCmd(reg), echoCmd(reg), dryRunCmd(reg), newCmd(), versionCmd())
 	return root
 }
 

@@ -98,7 +98,16 @@ func flowGraph(set *config.Set, name string, prefix string) (nodes []graphNode, 
 			if c := fc.Option.CName; c != "" {
 				cid := prefix + "c_" + sanitize(c)
 				nodes = append(nodes, graphNode{cid, c + connType(set, c), true})
-				if fc.FMode == config.Load {
+				if cc := set.Conns[c]; cc != nil && cc.Type == "remote" {
+					// A remote step: its body runs in the providers of
+					// the connector's service.
+					svc := cc.Params["service"]
+					if svc == "" {
+						svc = cc.Addrs
+					}
+					label += "\nremote: " + svc
+					edges = append(edges, graphEdge{id, cid, true, "remote call"})
+				} else if fc.FMode == config.Load {
 					edges = append(edges, graphEdge{cid, id, true, "load"})
 				} else {
 					edges = append(edges, graphEdge{id, cid, true, strings.ToLower(string(fc.FMode))})

@@ -315,3 +315,45 @@ func (r *Run) Execute(ctx context.Context) (out []any, err error) {
 		i = next
 	}
 }
+
+// ExecuteFirst runs the first step alone over the pending source rows and
+// returns its output and the action it asked for, without following the
+// action: a provider of remote functions runs one function for a flow in
+// another process, which follows the action itself. With DataReuse the
+// output is the input. The output is valid until the next Execute; the
+// source rows are consumed whatever the outcome.
+func (r *Run) ExecuteFirst(ctx context.Context) (out []any, act Action, err error) {
+	if r.running {
+		return nil, Action{}, errors.New("flow instance is already running (use Fork for concurrent runs)")
+	}
+	if len(r.steps) == 0 {
+		return nil, Action{}, errors.New("flow has no step")
+	}
+	src := r.src
+	defer func() {
+		clear(src)
+		r.src = src[:0]
+		r.running = false
+		r.cur = -1
+		r.in = nil
+		r.action = Action{}
+	}()
+	if err := ctx.Err(); err != nil {
+		return nil, Action{}, err
+	}
+	clear(r.outs[0])
+	r.cur, r.in, r.action, r.running = 0, src, Action{}, true
+	r.outs[0] = r.outs[0][:0]
+	callErr := r.steps[0].Call(ctx, src)
+	r.running = false
+	if callErr != nil {
+		clear(r.outs[0])
+		r.outs[0] = r.outs[0][:0]
+		return nil, Action{}, &StepError{Index: 0, Err: callErr}
+	}
+	act = r.action
+	if act.DataReuse {
+		r.outs[0] = append(r.outs[0][:0], src...)
+	}
+	return r.outs[0], act, nil
+}

@@ -1,0 +1,24 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestGraphRemote: kisflow graph marks a remote step with its service, and
+// lint accepts a Calculate function whose body is remote.
+func TestGraphRemote(t *testing.T) {
+	t.Parallel()
+	code, out, stderr := run(t, "graph", "testdata/remote")
+	if code != ExitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{`g1_f1["Price<br/>Calculate<br/>remote: pricing"]`, `g1_f1 -.->|remote call| g1_c_pricing`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("mermaid lacks %q:\n%s", want, out)
+		}
+	}
+	if code, out, stderr := run(t, "lint", "testdata/remote"); code != ExitOK {
+		t.Fatalf("lint: exit %d: %s%s", code, out, stderr)
+	}
+}

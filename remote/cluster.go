@@ -1,0 +1,455 @@
+package remote
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// The cluster strategies, with dubbo's meaning.
+const (
+	Failover  = "failover"  // on a provider's failure, retry on another (retries times)
+	Failfast  = "failfast"  // one try
+	Failsafe  = "failsafe"  // on failure, log and yield no rows
+	Forking   = "forking"   // call forks providers at once, take the first success
+	Broadcast = "broadcast" // call every provider, fail if any fails
+)
+
+// Options configure a Client.
+type Options struct {
+	Service     string        // for errors
+	Cluster     string        // a strategy; default failover
+	LoadBalance string        // a balancer; default random
+	Retries     int           // failover: other providers tried after the first
+	Timeout     time.Duration // of each attempt; default 2s
+	Forks       int           // forking: providers called at once; default 2
+	HashField   string        // consistent_hash: the row field hashed; default the flow's stream key
+	// BreakerFailures is how many failures of a provider in a row open
+	// its breaker: it is left out of picks for BreakerOpen, then tried
+	// again (one more failure opens it again). 0: default 3; < 0: no
+	// breaker. A provider is picked even with its breaker open when every
+	// provider's is.
+	BreakerFailures int
+	BreakerOpen     time.Duration // default 5s
+	Logger          *slog.Logger
+	// Observe, when set, is told of every call to a provider: how long it
+	// took and its error (nil on success), for metrics per provider.
+	Observe func(p Provider, fname string, took time.Duration, err error)
+}
+
+// Client calls remote functions of one service: it picks providers of its
+// Directory through its Balancer and applies its cluster strategy. Safe
+// for concurrent use.
+type Client struct {
+	dir    Directory
+	lb     Balancer
+	active *Active
+	o      Options
+
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn // by address
+	health map[string]*breaker         // by provider ID
+}
+
+// breaker is the failure record of one provider.
+type breaker struct {
+	fails     int
+	openUntil time.Time
+}
+
+// record notes the outcome of a call to p: a provider failure or not.
+func (c *Client) record(p Provider, failed bool) {
+	if c.o.BreakerFailures < 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.health[p.ID]
+	if !failed {
+		if b != nil {
+			delete(c.health, p.ID)
+		}
+		return
+	}
+	if b == nil {
+		b = &breaker{}
+		c.health[p.ID] = b
+	}
+	b.fails++
+	if b.fails >= c.o.BreakerFailures {
+		if b.openUntil.IsZero() || time.Now().After(b.openUntil) {
+			c.o.Logger.Warn("remote provider's breaker opens", "service", c.o.Service, "provider", p.Addr, "failures", b.fails, "for", c.o.BreakerOpen)
+		}
+		b.openUntil = time.Now().Add(c.o.BreakerOpen)
+	}
+}
+
+// closed returns the providers of ps whose breaker is not open, or ps
+// when every one's is.
+func (c *Client) closed(ps []Provider) []Provider {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.health) == 0 {
+		return ps
+	}
+	now := time.Now()
+	out := make([]Provider, 0, len(ps))
+	for _, p := range ps {
+		if b := c.health[p.ID]; b == nil || !now.Before(b.openUntil) {
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 {
+		return ps
+	}
+	return out
+}
+
+// Open reports whether the breaker of provider id is open now.
+func (c *Client) Open(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.health[id]
+	return b != nil && time.Now().Before(b.openUntil)
+}
+
+// NewClient returns a client over dir. It takes dir over: Close closes it.
+func NewClient(dir Directory, o Options) (*Client, error) {
+	switch o.Cluster {
+	case "":
+		o.Cluster = Failover
+	case Failover, Failfast, Failsafe, Forking, Broadcast:
+	default:
+		return nil, fmt.Errorf("cluster %q: want failover, failfast, failsafe, forking or broadcast", o.Cluster)
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Second
+	}
+	if o.Forks <= 0 {
+		o.Forks = 2
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.BreakerFailures == 0 {
+		o.BreakerFailures = 3
+	}
+	if o.BreakerOpen <= 0 {
+		o.BreakerOpen = 5 * time.Second
+	}
+	active := new(Active)
+	lb, err := NewBalancer(o.LoadBalance, active)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*grpc.ClientConn{}, health: map[string]*breaker{}}, nil
+}
+
+// Close closes the connections and the directory.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for _, cc := range c.conns {
+		errs = append(errs, cc.Close())
+	}
+	c.conns = map[string]*grpc.ClientConn{}
+	errs = append(errs, c.dir.Close())
+	return errors.Join(errs...)
+}
+
+func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cc := c.conns[addr]; cc != nil {
+		return cc, nil
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{}), grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)))
+	if err != nil {
+		return nil, err
+	}
+	c.conns[addr] = cc
+	return cc, nil
+}
+
+// providerError is a call that failed because of the provider or the way
+// to it (it is down, it timed out, it does not serve the function), not
+// because of the function: another provider may succeed.
+type providerError struct {
+	p   Provider
+	err error
+}
+
+func (e *providerError) Error() string { return fmt.Sprintf("provider %s: %v", e.p.Addr, e.err) }
+func (e *providerError) Unwrap() error { return e.err }
+
+// Invoke calls the function of call through the cluster strategy. A
+// provider's failure is tried elsewhere as the strategy says; the
+// function's own failure is returned as it is (with its stream.Permanent
+// or stream.Fatal mark), for the flow's retries and dead-letter path.
+func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.Outcome, error) {
+	req := &request{Flow: call.Flow, Func: call.Func, Params: call.Params, Rows: make([]json.RawMessage, len(call.Rows))}
+	for i, row := range call.Rows {
+		b, err := encodeRow(row)
+		if err != nil {
+			return nil, stream.Permanent(fmt.Errorf("remote function %q: row %d: %w", call.Func, i, err))
+		}
+		req.Rows[i] = b
+	}
+	var ps []Provider
+	for _, p := range c.dir.Providers() {
+		if p.serves(call.Func) {
+			ps = append(ps, p)
+		}
+	}
+	if c.o.Cluster != Broadcast {
+		ps = c.closed(ps)
+	}
+	if len(ps) == 0 {
+		return nil, fmt.Errorf("remote function %q: no provider of service %q serves it now (is `kisflow serve` running and registered?); the batch is retried", call.Func, c.o.Service)
+	}
+	field := c.o.HashField
+	if field == "" {
+		field = call.KeyField
+	}
+	if c.o.LoadBalance != ConsistentHash || len(ps) == 1 || len(call.Rows) == 0 {
+		return c.strategy(ctx, ps, req, "")
+	}
+	// consistent_hash: each row goes to its key's provider, so the batch
+	// is split by provider and the answers put back together.
+	keys := make([]string, len(req.Rows))
+	groups := map[string][]int{} // provider ID -> row indexes
+	var order []string
+	var first = map[string]string{} // provider ID -> a key of its rows
+	for i, raw := range req.Rows {
+		keys[i] = rowKey(raw, field)
+		id := c.lb.Pick(ps, keys[i], nil).ID
+		if _, ok := groups[id]; !ok {
+			order = append(order, id)
+			first[id] = keys[i]
+		}
+		groups[id] = append(groups[id], i)
+	}
+	if len(order) == 1 {
+		return c.strategy(ctx, ps, req, keys[0])
+	}
+	outs := make([]*driver.Outcome, len(order))
+	errs := make([]error, len(order))
+	var wg sync.WaitGroup
+	for gi, id := range order {
+		idx := groups[id]
+		sub := &request{Flow: req.Flow, Func: req.Func, Params: req.Params, Rows: make([]json.RawMessage, len(idx))}
+		for j, i := range idx {
+			sub.Rows[j] = req.Rows[i]
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[gi], errs[gi] = c.strategy(ctx, ps, sub, first[id])
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	merged := &driver.Outcome{}
+	for gi, id := range order {
+		o := outs[gi]
+		merged.Rows = append(merged.Rows, o.Rows...)
+		for _, re := range o.RowErrors {
+			re.Index = groups[id][re.Index]
+			merged.RowErrors = append(merged.RowErrors, re)
+		}
+		merged.DataReuse = merged.DataReuse || o.DataReuse
+		merged.ForceEntryNext = merged.ForceEntryNext || o.ForceEntryNext
+		merged.Abort = merged.Abort || o.Abort
+		if merged.JumpFunc == "" {
+			merged.JumpFunc = o.JumpFunc
+		}
+	}
+	return merged, nil
+}
+
+// rowKey is the text of field in a JSON row ("" when absent).
+func rowKey(raw json.RawMessage, field string) string {
+	if field == "" {
+		return string(raw)
+	}
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return string(raw)
+	}
+	v := m[field]
+	var s string
+	if json.Unmarshal(v, &s) == nil {
+		return s
+	}
+	return string(v)
+}
+
+// strategy runs req through the cluster strategy over ps.
+func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
+	switch c.o.Cluster {
+	case Failfast:
+		return c.once(ctx, c.lb.Pick(ps, key, nil), req)
+	case Failsafe:
+		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
+		if err != nil {
+			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", len(req.Rows), "err", err)
+			return &driver.Outcome{}, nil
+		}
+		return out, nil
+	case Forking:
+		return c.forking(ctx, ps, req, key)
+	case Broadcast:
+		return c.broadcast(ctx, ps, req)
+	}
+	// failover
+	tried := map[string]bool{}
+	var errs []error
+	for attempt := 0; attempt <= c.o.Retries; attempt++ {
+		p := c.lb.Pick(ps, key, tried)
+		tried[p.ID] = true
+		out, err := c.once(ctx, p, req)
+		if err == nil {
+			if attempt > 0 {
+				c.o.Logger.InfoContext(ctx, "remote call failed over", "service", c.o.Service, "func", req.Func, "to", p.Addr, "attempt", attempt+1)
+			}
+			return out, nil
+		}
+		var pe *providerError
+		if !errors.As(err, &pe) || ctx.Err() != nil {
+			return nil, err // the function's own error, or the caller gave up
+		}
+		errs = append(errs, err)
+		if fresh := c.liveOf(req.Func); len(fresh) > 0 {
+			ps = fresh // providers that appeared or vanished meanwhile
+		}
+	}
+	return nil, fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...))
+}
+
+func (c *Client) liveOf(fname string) []Provider {
+	var ps []Provider
+	for _, p := range c.dir.Providers() {
+		if p.serves(fname) {
+			ps = append(ps, p)
+		}
+	}
+	return c.closed(ps)
+}
+
+func (c *Client) forking(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
+	n := min(c.o.Forks, len(ps))
+	tried := map[string]bool{}
+	picked := make([]Provider, 0, n)
+	for range n {
+		p := c.lb.Pick(ps, key, tried)
+		tried[p.ID] = true
+		picked = append(picked, p)
+	}
+	fctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type res struct {
+		out *driver.Outcome
+		err error
+	}
+	ch := make(chan res, n)
+	for _, p := range picked {
+		go func() {
+			out, err := c.once(fctx, p, req)
+			ch <- res{out, err}
+		}()
+	}
+	var errs []error
+	for range n {
+		r := <-ch
+		if r.err == nil {
+			return r.out, nil
+		}
+		errs = append(errs, r.err)
+	}
+	return nil, fmt.Errorf("remote function %q: all %d forks failed: %w", req.Func, n, errors.Join(errs...))
+}
+
+func (c *Client) broadcast(ctx context.Context, ps []Provider, req *request) (*driver.Outcome, error) {
+	outs := make([]*driver.Outcome, len(ps))
+	errs := make([]error, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			outs[i], errs[i] = c.once(ctx, p, req)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("remote function %q: broadcast to %d providers: %w", req.Func, len(ps), err)
+	}
+	return outs[0], nil
+}
+
+// once calls one provider.
+func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.Outcome, failure error) {
+	cc, err := c.conn(p.Addr)
+	if err != nil {
+		return nil, &providerError{p, err}
+	}
+	n := c.active.counter(p.ID)
+	n.Add(1)
+	defer n.Add(-1)
+	actx, cancel := context.WithTimeout(ctx, c.o.Timeout)
+	defer cancel()
+	if c.o.Observe != nil {
+		start := time.Now()
+		defer func() { c.o.Observe(p, req.Func, time.Since(start), failure) }()
+	}
+	// The trace crosses the call: the provider's spans join the flow's.
+	stream.InjectTrace(ctx, func(k, v string) { actx = metadata.AppendToOutgoingContext(actx, k, v) })
+	var rep reply
+	err = cc.Invoke(actx, callMethod, req, &rep)
+	if err == nil {
+		c.record(p, false)
+		return rep.outcome(), nil
+	}
+	defer func() {
+		var pe *providerError
+		c.record(p, errors.As(failure, &pe))
+	}()
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("remote function %q on %s: %w", req.Func, p.Addr, ctx.Err())
+	}
+	st, _ := status.FromError(err)
+	msg := fmt.Errorf("remote function %q on %s: %s", req.Func, p.Addr, st.Message())
+	switch st.Code() {
+	case codes.InvalidArgument:
+		return nil, stream.Permanent(msg)
+	case codes.FailedPrecondition:
+		return nil, stream.Fatal(msg)
+	case codes.Aborted:
+		return nil, msg // the function failed: the flow's retries decide
+	case codes.DeadlineExceeded:
+		if ctx.Err() == nil {
+			return nil, &providerError{p, fmt.Errorf("no answer within %s (timeout)", c.o.Timeout)}
+		}
+	}
+	return nil, &providerError{p, err}
+}

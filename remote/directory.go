@@ -1,0 +1,356 @@
+package remote
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// DefaultWeight is a provider's weight when none is given (dubbo's).
+const DefaultWeight = 100
+
+// DefaultBucket is the NATS key-value bucket of the registry.
+const DefaultBucket = "kisflow_remote"
+
+// DefaultTTL is how long a provider's registration lives without a
+// heartbeat: a killed provider is dropped by callers this long after its
+// last one. Providers refresh it every third of it.
+const DefaultTTL = 5 * time.Second
+
+// Provider is one process serving functions, as the registry lists it.
+type Provider struct {
+	ID      string   `json:"id"`
+	Service string   `json:"service"`
+	Addr    string   `json:"addr"` // host:port of its gRPC listener
+	Version string   `json:"version,omitempty"`
+	Group   string   `json:"group,omitempty"`
+	Weight  int      `json:"weight,omitempty"`
+	Funcs   []string `json:"funcs,omitempty"` // empty: unknown (static, DNS): any
+	// TTL is how long the registration lives without a refresh.
+	TTL time.Duration `json:"ttl,omitempty"`
+}
+
+func (p Provider) weight() int {
+	if p.Weight <= 0 {
+		return DefaultWeight
+	}
+	return p.Weight
+}
+
+// serves reports whether p serves fname (a provider whose functions are
+// unknown is assumed to).
+func (p Provider) serves(fname string) bool {
+	return len(p.Funcs) == 0 || slices.Contains(p.Funcs, fname)
+}
+
+// Directory is the live list of a service's providers.
+type Directory interface {
+	// Providers returns the providers known now. The slice is the
+	// caller's.
+	Providers() []Provider
+	// Close stops following the registry.
+	Close() error
+}
+
+// validName is what a service name may hold: it is part of a NATS key.
+var validName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// CheckService returns an error unless name can name a service.
+func CheckService(name string) error {
+	if !validName.MatchString(name) {
+		return fmt.Errorf("service name %q: use letters, digits, - and _ only", name)
+	}
+	return nil
+}
+
+// natsKey is a provider's key in the bucket.
+func natsKey(service, id string) string { return service + "." + id }
+
+// openBucket connects to the NATS server at url and opens (or creates)
+// the registry's key-value bucket.
+func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstream.KeyValue, error) {
+	nc, err := natsgo.Connect(url, natsgo.Name("kisflow-remote"), natsgo.MaxReconnects(-1), natsgo.RetryOnFailedConnect(false))
+	if err != nil {
+		return nil, nil, fmt.Errorf("registry %s: %w (is NATS with JetStream running there?)", url, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("registry %s: %w", url, err)
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		// Storage is cleaned of registrations not refreshed for a minute;
+		// callers drop a provider after its own TTL.
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: time.Minute,
+			Description: "KisFlow remote function providers"})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, bucket)
+		}
+	}
+	if err != nil {
+		nc.Close()
+		return nil, nil, fmt.Errorf("registry %s: bucket %s: %w (is JetStream enabled?)", url, bucket, err)
+	}
+	return nc, kv, nil
+}
+
+// natsDirectory follows a service's registrations in the bucket.
+type natsDirectory struct {
+	nc      *natsgo.Conn
+	w       jetstream.KeyWatcher
+	cancel  context.CancelFunc
+	done    chan struct{}
+	version string
+	group   string
+
+	mu    sync.Mutex
+	known map[string]seen // key -> registration
+}
+
+type seen struct {
+	p    Provider
+	last time.Time
+}
+
+// WatchNATS follows the providers of service (of version and group, when
+// not "") registered in bucket of the NATS server at url: a registration
+// that appears is listed within the watch's latency, one that is deleted
+// (a drained provider) is dropped at once, and one that is not refreshed
+// within its TTL (a killed provider) is dropped then.
+func WatchNATS(ctx context.Context, url, bucket, service, version, group string) (Directory, error) {
+	if err := CheckService(service); err != nil {
+		return nil, err
+	}
+	nc, kv, err := openBucket(ctx, url, bucket)
+	if err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	w, err := kv.Watch(wctx, service+".*")
+	if err != nil {
+		cancel()
+		nc.Close()
+		return nil, fmt.Errorf("registry %s: watch %s: %w", url, service, err)
+	}
+	d := &natsDirectory{nc: nc, w: w, cancel: cancel, done: make(chan struct{}), version: version, group: group, known: map[string]seen{}}
+	// The registrations already there come first, then a nil marker: wait
+	// for it so that the first call sees them.
+	initial := make(chan struct{})
+	go d.follow(wctx, initial)
+	select {
+	case <-initial:
+	case <-ctx.Done():
+		d.Close()
+		return nil, ctx.Err()
+	case <-time.After(5 * time.Second):
+		// A slow server: go on, the watch fills the list.
+	}
+	return d, nil
+}
+
+func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
+	defer close(d.done)
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	first := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			d.expire(time.Now())
+		case e, ok := <-d.w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				if first {
+					first = false
+					close(initial)
+				}
+				continue
+			}
+			d.apply(e)
+		}
+	}
+}
+
+func (d *natsDirectory) apply(e jetstream.KeyValueEntry) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if e.Operation() != jetstream.KeyValuePut {
+		delete(d.known, e.Key())
+		return
+	}
+	var p Provider
+	if err := json.Unmarshal(e.Value(), &p); err != nil || p.Addr == "" {
+		slog.Default().Warn("remote: ignoring a registration that is not a provider", "key", e.Key(), "err", err)
+		return
+	}
+	// A registration read at start may be older than now: its age counts.
+	last := time.Now()
+	if c := e.Created(); !c.IsZero() && c.Before(last) {
+		last = c
+	}
+	d.known[e.Key()] = seen{p: p, last: last}
+}
+
+func (d *natsDirectory) expire(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, s := range d.known {
+		ttl := s.p.TTL
+		if ttl <= 0 {
+			ttl = DefaultTTL
+		}
+		if now.Sub(s.last) > ttl {
+			delete(d.known, k)
+		}
+	}
+}
+
+func (d *natsDirectory) Providers() []Provider {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Provider, 0, len(d.known))
+	for _, s := range d.known {
+		if (d.version == "" || s.p.Version == d.version) && (d.group == "" || s.p.Group == d.group) {
+			out = append(out, s.p)
+		}
+	}
+	slices.SortFunc(out, func(a, b Provider) int { return strings.Compare(a.ID, b.ID) })
+	return out
+}
+
+func (d *natsDirectory) Close() error {
+	d.cancel()
+	err := d.w.Stop()
+	<-d.done
+	d.nc.Close()
+	return err
+}
+
+// staticDirectory is a fixed list of providers.
+type staticDirectory []Provider
+
+// Static is a directory of a fixed list of addresses, "host:port" each,
+// optionally "host:port;weight" (default weight DefaultWeight).
+func Static(addrs []string) (Directory, error) {
+	var d staticDirectory
+	for _, a := range addrs {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		w := 0
+		if host, ws, ok := strings.Cut(a, ";"); ok {
+			n, err := strconv.Atoi(ws)
+			if err != nil || n < 1 {
+				return nil, fmt.Errorf("static provider %q: the weight after ';' must be a whole number of at least 1", a)
+			}
+			a, w = host, n
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return nil, fmt.Errorf("static provider %q: want host:port: %w", a, err)
+		}
+		d = append(d, Provider{ID: a, Addr: a, Weight: w})
+	}
+	if len(d) == 0 {
+		return nil, errors.New("static registry: addrs lists no provider (give host:port, comma-separated)")
+	}
+	return d, nil
+}
+
+func (d staticDirectory) Providers() []Provider { return slices.Clone(d) }
+func (staticDirectory) Close() error            { return nil }
+
+// dnsDirectory follows the SRV records of a name.
+type dnsDirectory struct {
+	name   string
+	lookup func(ctx context.Context, name string) ([]*net.SRV, error)
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu   sync.Mutex
+	list []Provider
+}
+
+// WatchDNS follows the SRV records of name (such as
+// _grpc._tcp.pricing.default.svc.cluster.local, which a Kubernetes headless
+// service with a port named grpc publishes), looked up every refresh: each
+// target:port is a provider, weighted by the record's weight. A failed
+// lookup keeps the last list.
+func WatchDNS(ctx context.Context, name string, refresh time.Duration) (Directory, error) {
+	return watchDNS(ctx, name, refresh, func(ctx context.Context, name string) ([]*net.SRV, error) {
+		_, srvs, err := net.DefaultResolver.LookupSRV(ctx, "", "", name)
+		return srvs, err
+	})
+}
+
+func watchDNS(ctx context.Context, name string, refresh time.Duration, lookup func(context.Context, string) ([]*net.SRV, error)) (Directory, error) {
+	d := &dnsDirectory{name: name, lookup: lookup, done: make(chan struct{})}
+	if err := d.resolve(ctx); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	go func() {
+		defer close(d.done)
+		t := time.NewTicker(refresh)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C:
+				lctx, c := context.WithTimeout(wctx, refresh)
+				if err := d.resolve(lctx); err != nil {
+					slog.Default().Warn("remote: DNS lookup failed; keeping the last providers", "name", name, "err", err)
+				}
+				c()
+			}
+		}
+	}()
+	return d, nil
+}
+
+func (d *dnsDirectory) resolve(ctx context.Context) error {
+	srvs, err := d.lookup(ctx, d.name)
+	if err != nil {
+		return fmt.Errorf("dns registry: SRV %s: %w", d.name, err)
+	}
+	list := make([]Provider, 0, len(srvs))
+	for _, s := range srvs {
+		addr := net.JoinHostPort(strings.TrimSuffix(s.Target, "."), strconv.Itoa(int(s.Port)))
+		list = append(list, Provider{ID: addr, Addr: addr, Weight: int(s.Weight)})
+	}
+	d.mu.Lock()
+	d.list = list
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *dnsDirectory) Providers() []Provider {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.list)
+}
+
+func (d *dnsDirectory) Close() error {
+	d.cancel()
+	<-d.done
+	return nil
+}

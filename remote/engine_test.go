@@ -1,0 +1,197 @@
+package remote_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/kisflow-go/kisflow"
+	connremote "github.com/kisflow-go/kisflow/connector/remote"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/remote"
+)
+
+type order struct {
+	ID     int `json:"id"`
+	Amount int `json:"amount"`
+	Price  int `json:"price"`
+}
+
+// serveEngine serves the functions of a provider engine in-process, with
+// no registry, and returns its address.
+func serveEngine(t *testing.T, eng *kisflow.Engine, funcs ...string) string {
+	return serveEngineB(t, eng, funcs...)
+}
+
+func serveEngineB(t testing.TB, eng *kisflow.Engine, funcs ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan remote.Provider, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- remote.Serve(ctx, eng, remote.ServeOptions{Registry: "none", Funcs: funcs, Ready: func(p remote.Provider) { ready <- p }})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case p := <-ready:
+		return p.Addr
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return ""
+}
+
+// A remote step behaves as the local one: committed rows come back,
+// undecodable rows are the caller's rejected rows, the action is followed
+// in the calling flow, and the provider's filters run on its side.
+func TestRemoteStepKeepsLocalSemantics(t *testing.T) {
+	t.Parallel()
+	preg := kisflow.NewRegistry()
+	preg.MustRegister("Price", kisflow.Func(func(_ context.Context, f kisflow.Flow, rows []*order) error {
+		for _, o := range rows {
+			o.Price = 2 * o.Amount
+			if err := f.CommitRow(o); err != nil {
+				return err
+			}
+		}
+		if f.Param("skip") == "yes" {
+			return f.Next(kisflow.JumpFunc("Last"))
+		}
+		return nil
+	}))
+	preg.MustRegister("Fail", kisflow.FuncRows(func(context.Context, kisflow.Flow, []any) error { return errors.New("no price today") }))
+	peng := testenv.Engine(t, preg, map[string]string{"f.yml": "kistype: func\nfname: Price\nfmode: Calculate\n---\nkistype: func\nfname: Fail\nfmode: Calculate\n"})
+	addr := serveEngine(t, peng, "Price", "Fail")
+
+	creg := kisflow.NewRegistry()
+	if err := connremote.Install(creg); err != nil {
+		t.Fatal(err)
+	}
+	var after []int
+	creg.MustRegister("Middle", kisflow.FuncRows(func(_ context.Context, f kisflow.Flow, rows []any) error {
+		after = append(after, len(rows))
+		return f.CommitRowBatch(rows)
+	}))
+	creg.MustRegister("Last", kisflow.FuncRows(func(_ context.Context, f kisflow.Flow, rows []any) error { return f.CommitRowBatch(rows) }))
+	ceng := testenv.Engine(t, creg, map[string]string{"c.yml": fmt.Sprintf(`kistype: conn
+cname: pricing
+type: remote
+addrs: %s
+params:
+  registry: static
+---
+kistype: func
+fname: Price
+fmode: Calculate
+option:
+  cname: pricing
+---
+kistype: func
+fname: Fail
+fmode: Calculate
+option:
+  cname: pricing
+---
+kistype: func
+fname: Middle
+fmode: Calculate
+---
+kistype: func
+fname: Last
+fmode: Calculate
+---
+kistype: flow
+status: 1
+flow_name: Orders
+flows:
+  - fname: Price
+  - fname: Middle
+  - fname: Last
+---
+kistype: flow
+status: 1
+flow_name: Skips
+flows:
+  - fname: Price
+    params:
+      skip: "yes"
+  - fname: Middle
+  - fname: Last
+---
+kistype: flow
+status: 1
+flow_name: Fails
+flows:
+  - fname: Fail
+`, addr)})
+	ctx := context.Background()
+	fl, err := ceng.Flow(ctx, "Orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range []string{`{"id":1,"amount":3}`, `{"id":2,"amount":"x"}`, `{"id":3,"amount":5}`} {
+		_ = fl.CommitRow(r)
+	}
+	res, err := fl.Run(ctx)
+	var re *kisflow.RejectedError
+	if !errors.As(err, &re) || len(res.Rejected) != 1 || res.Rejected[0].Index != 1 || res.Rejected[0].Func != "Price" {
+		t.Fatalf("run: %v, rejected %v: want row 1 rejected by Price", err, res.Rejected)
+	}
+	if len(res.Rows) != 2 {
+		t.Fatalf("%d rows out, want 2", len(res.Rows))
+	}
+	for i, want := range []int{6, 10} {
+		var o order
+		if err := json.Unmarshal(res.Rows[i].([]byte), &o); err != nil || o.Price != want {
+			t.Fatalf("row %d: %s (%v): want price %d", i, res.Rows[i], err, want)
+		}
+	}
+	// The provider's JumpFunc is followed by the calling flow.
+	sk, err := ceng.Flow(ctx, "Skips")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = sk.CommitRow(`{"id":1,"amount":1}`)
+	before := len(after)
+	if res, err := sk.Run(ctx); err != nil || len(res.Rows) != 1 || len(after) != before {
+		t.Fatalf("jump: %v, %v; Middle ran %d times: want Last straight after Price", res.Rows, err, len(after)-before)
+	}
+	// The function's own error is the step's error.
+	fa, err := ceng.Flow(ctx, "Fails")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = fa.CommitRow(`{"id":1}`)
+	_, err = fa.Run(ctx)
+	var fe *kisflow.FuncError
+	if !errors.As(err, &fe) || fe.Func != "Fail" || !strings.Contains(err.Error(), "no price today") {
+		t.Fatalf("run: %v: want Fail's error", err)
+	}
+	// Metrics per provider: 2 ok calls of Price, 1 error of Fail, on addr.
+	mfs, err := ceng.Metrics().Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "kisflow_remote_calls_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["provider"] != addr || l["connector"] != "pricing" {
+				t.Fatalf("labels %v", l)
+			}
+			got[l["func"]+" "+l["outcome"]] = m.GetCounter().GetValue()
+		}
+	}
+	if got["Price ok"] != 2 || got["Fail error"] != 1 {
+		t.Fatalf("kisflow_remote_calls_total %v: want Price ok 2, Fail error 1", got)
+	}
+}

@@ -1,0 +1,228 @@
+package remote
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"slices"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Invoker runs one function over a batch: *kisflow.Engine (Engine.Invoke).
+type Invoker interface {
+	Invoke(ctx context.Context, fname string, params map[string]string, rows []any) (*driver.Outcome, error)
+}
+
+// ServeOptions configure Serve: the flags of `kisflow serve`, and the
+// serve block of the global file, under the same names.
+type ServeOptions struct {
+	Service  string // the service's name in the registry (required with a registry)
+	Registry string // nats://host:port; "" or "none": no registration (static or DNS callers)
+	Listen   string // the gRPC listen address; port 0: any free port, registered as bound
+	Version  string
+	Group    string
+	Weight   int           // default DefaultWeight
+	Bucket   string        // the NATS key-value bucket; default DefaultBucket
+	TTL      time.Duration // a registration's life without a heartbeat; default DefaultTTL
+	Funcs    []string      // the functions served
+	// Drain bounds how long in-flight calls may take to finish once ctx is
+	// cancelled (default 10s).
+	Drain  time.Duration
+	Logger *slog.Logger
+	// Ready, when set, is called once the listener is bound and the
+	// provider registered, with the registration.
+	Ready func(p Provider)
+}
+
+// Serve serves the functions o.Funcs of eng over gRPC until ctx is
+// cancelled, registered in o.Registry while it does: it registers on start,
+// refreshes the registration every third of its TTL, and on cancellation
+// deregisters first (callers stop choosing it), then lets the calls in
+// flight finish (within o.Drain) and returns.
+func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
+	if o.Listen == "" {
+		o.Listen = "127.0.0.1:0"
+	}
+	if o.Bucket == "" {
+		o.Bucket = DefaultBucket
+	}
+	if o.TTL <= 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.Drain <= 0 {
+		o.Drain = 10 * time.Second
+	}
+	if o.Weight <= 0 {
+		o.Weight = DefaultWeight
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	register := o.Registry != "" && o.Registry != "none"
+	if register {
+		if err := CheckService(o.Service); err != nil {
+			return fmt.Errorf("--service: %w", err)
+		}
+		u, err := url.Parse(o.Registry)
+		if err != nil || u.Scheme != "nats" {
+			return fmt.Errorf("--registry %q: want nats://host:port (or none, for callers with a static or DNS registry)", o.Registry)
+		}
+	}
+	if len(o.Funcs) == 0 {
+		return errors.New("nothing to serve: the configuration has no function with a local body")
+	}
+	ln, err := net.Listen("tcp", o.Listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w", o.Listen, err)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(256<<20), grpc.MaxSendMsgSize(256<<20))
+	srv.RegisterService(&serviceDesc, &server{eng: eng, funcs: o.Funcs, log: o.Logger})
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	idb := make([]byte, 8)
+	_, _ = rand.Read(idb)
+	p := Provider{ID: hex.EncodeToString(idb), Service: o.Service, Addr: ln.Addr().String(), Version: o.Version, Group: o.Group,
+		Weight: o.Weight, Funcs: slices.Sorted(slices.Values(o.Funcs)), TTL: o.TTL}
+	stopped := make(chan struct{})
+	var hb chan struct{}
+	var deregister func()
+	if register {
+		nc, kv, err := openBucket(ctx, o.Registry, o.Bucket)
+		if err != nil {
+			srv.Stop()
+			return err
+		}
+		defer nc.Close()
+		val, _ := json.Marshal(p)
+		key := natsKey(o.Service, p.ID)
+		if _, err := kv.Put(ctx, key, val); err != nil {
+			srv.Stop()
+			return fmt.Errorf("registry %s: register %s: %w", o.Registry, key, err)
+		}
+		hb = make(chan struct{})
+		go func() {
+			defer close(hb)
+			t := time.NewTicker(o.TTL / 3)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopped:
+					return
+				case <-t.C:
+					pctx, cancel := context.WithTimeout(context.Background(), o.TTL/3)
+					if _, err := kv.Put(pctx, key, val); err != nil {
+						o.Logger.Warn("remote: registration not refreshed; retrying", "key", key, "err", err)
+					}
+					cancel()
+				}
+			}
+		}()
+		deregister = func() {
+			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := kv.Delete(dctx, key); err != nil {
+				o.Logger.Warn("remote: registration not deleted; callers drop it after its TTL", "key", key, "ttl", o.TTL, "err", err)
+			}
+		}
+	}
+	if o.Ready != nil {
+		o.Ready(p)
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		close(stopped)
+		if hb != nil {
+			<-hb
+		}
+		if deregister != nil {
+			deregister()
+		}
+		return fmt.Errorf("serving on %s: %w", p.Addr, err)
+	}
+	close(stopped)
+	if hb != nil {
+		<-hb
+	}
+	if deregister != nil {
+		deregister()
+	}
+	done := make(chan struct{})
+	go func() { srv.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(o.Drain):
+		srv.Stop()
+		<-done
+	}
+	return nil
+}
+
+// server is the gRPC service over an Invoker.
+type server struct {
+	eng   Invoker
+	funcs []string
+	log   *slog.Logger
+}
+
+func (s *server) call(ctx context.Context, req *request) (*reply, error) {
+	if !slices.Contains(s.funcs, req.Func) {
+		return nil, status.Errorf(codes.NotFound, "this provider does not serve function %q (it serves %v)", req.Func, s.funcs)
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		h := map[string]string{}
+		for _, k := range []string{"traceparent", "tracestate"} {
+			if v := md.Get(k); len(v) > 0 {
+				h[k] = v[0]
+			}
+		}
+		ctx = stream.ExtractTrace(ctx, h)
+	}
+	rows := make([]any, len(req.Rows))
+	for i, r := range req.Rows {
+		rows[i] = []byte(r)
+	}
+	out, err := s.eng.Invoke(ctx, req.Func, req.Params, rows)
+	if err != nil {
+		switch {
+		case errors.Is(err, kisflow.ErrUnknownFunction):
+			return nil, status.Error(codes.NotFound, err.Error())
+		case stream.IsPermanent(err):
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		case stream.IsFatal(err):
+			return nil, status.Error(codes.FailedPrecondition, err.Error())
+		case ctx.Err() != nil:
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		return nil, status.Error(codes.Aborted, err.Error())
+	}
+	rep := &reply{DataReuse: out.DataReuse, ForceEntryNext: out.ForceEntryNext, JumpFunc: out.JumpFunc, Abort: out.Abort}
+	for _, re := range out.RowErrors {
+		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
+	}
+	rep.Rows = make([]json.RawMessage, len(out.Rows))
+	for i, row := range out.Rows {
+		b, err := encodeRow(row)
+		if err != nil {
+			return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output row %d: %v", req.Func, i, err))
+		}
+		rep.Rows[i] = b
+	}
+	return rep, nil
+}
