@@ -57,6 +57,7 @@ type windowLane struct {
 	seq     uint64 // the Seq of the clock op holds; 0: none
 	last    uint64 // the largest Seq written or read
 	migrate bool   // op was restored from a snapshot of an earlier version: write it as entries
+	moves   uint64 // the table's Moves when op was built
 }
 
 // windowClockSaved is a lane's clock entry: the operator's clock, the Seq
@@ -294,7 +295,13 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			return stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
 		}
 	}
-	if ln.loaded && own.Seq == ln.seq {
+	// Partitions that moved to this process (their window-groups loaded)
+	// or away from it (dropped) since the operator was built: it is built
+	// again from the entries this process owns now, so that a group taken
+	// over goes on from its last owner's commit and a group given away is
+	// neither updated nor emitted here.
+	moves := x.Moves()
+	if ln.loaded && own.Seq == ln.seq && ln.moves == moves {
 		return nil
 	}
 	op, err := window.New(h.spec)
@@ -383,7 +390,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		}
 	}
 	op.Track(true)
-	ln.op, ln.loaded, ln.seq, ln.last = op, true, own.Seq, max(ln.last, own.Seq)
+	ln.op, ln.loaded, ln.seq, ln.last, ln.moves = op, true, own.Seq, max(ln.last, own.Seq), moves
 	return nil
 }
 

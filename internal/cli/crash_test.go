@@ -61,6 +61,11 @@ func childMain(argsJSON string) int {
 	}))
 	reg.MustRegister("CountState", kisflow.Func(countState))
 	reg.MustRegister("CountKey", kisflow.Func(countKey))
+	reg.MustRegister("ArmKey", kisflow.Func(armKey))
+	if err := reg.OnTimer("ArmKey", firedKey); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
 	return Main(reg, args, os.Stdout, os.Stderr)
 }
 

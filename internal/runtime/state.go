@@ -148,6 +148,9 @@ func (r *Runner) loadPartitions(ctx context.Context, partitions []string) error 
 		r.parts.State.DropPartitions(parts)
 		return LoadState(ctx, r.parts.StateLoader, r.parts.State, r.cfg.StateKey, parts)
 	})
+	// What was built from the entries (a window lane's operator) is
+	// built again with those loaded: see state.Table.Moves.
+	r.parts.State.PartitionsLoaded()
 	if err != nil {
 		return fmt.Errorf("load keyed state of partitions %s: %w", strings.Join(parts, ", "), err)
 	}

@@ -60,6 +60,7 @@ type Table struct {
 	encode func(any) ([]byte, error)
 	lanes  []*Txn // the last Txn begun on each lane: touched by the lane's worker only
 	gen    atomic.Uint64
+	moves  atomic.Uint64 // counts the partitions dropped or loaded: see Moves
 
 	mu        sync.RWMutex
 	committed map[ID]Entry
@@ -109,6 +110,7 @@ func (t *Table) DropPartitions(parts []string) int {
 	if len(set) == 0 {
 		return 0
 	}
+	t.moves.Add(1)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
@@ -120,6 +122,19 @@ func (t *Table) DropPartitions(parts []string) int {
 	}
 	return n
 }
+
+// PartitionsLoaded tells the table that the entries of partitions it
+// dropped were loaded again (Load): see Moves.
+func (t *Table) PartitionsLoaded() { t.moves.Add(1) }
+
+// Moves is a number that changes whenever the table drops the entries of
+// source partitions (DropPartitions) or loads them (PartitionsLoaded):
+// state derived from the committed entries, such as a window lane's
+// operator, is built again from them when it changed since it was built.
+func (t *Table) Moves() uint64 { return t.moves.Load() }
+
+// Moves is the table's Moves (see Table.Moves).
+func (x *Txn) Moves() uint64 { return x.t.Moves() }
 
 // Committed returns the committed entry id, expired or not.
 func (t *Table) Committed(id ID) (Entry, bool) {
