@@ -1,0 +1,74 @@
+package mysqlcdc
+
+import (
+	"testing"
+
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+)
+
+func TestParamsRefused(t *testing.T) {
+	t.Parallel()
+	base := func(params map[string]string) *config.Conn {
+		return &config.Conn{CName: "cdc", Addrs: "root@tcp(127.0.0.1:3306)/shop", Key: "orders", Params: params}
+	}
+	testenv.RefusesParams(t, New, base(map[string]string{"server_id": "7", "snapshots": "true"}), "snapshots", "snapshot")
+	testenv.RefusesParams(t, New, base(map[string]string{}), "server_id")
+	testenv.RefusesParams(t, New, base(map[string]string{"server_id": "0"}), "server_id")
+	testenv.RefusesParams(t, New, base(map[string]string{"server_id": "7", "positions": "lsn"}), "positions")
+	testenv.RefusesParams(t, New, base(map[string]string{"server_id": "7", "snapshot": "maybe"}), "snapshot")
+	testenv.RefusesParams(t, New, &config.Conn{CName: "cdc", Addrs: "root@tcp(127.0.0.1:3306)/shop", Params: map[string]string{"server_id": "7"}}, "key")
+	testenv.RefusesParams(t, New, &config.Conn{CName: "cdc", Addrs: "root@tcp(127.0.0.1:3306)/", Key: "orders", Params: map[string]string{"server_id": "7"}}, "database")
+	testenv.RefusesParams(t, New, &config.Conn{CName: "cdc", Addrs: "root@tcp(127.0.0.1:3306)/shop", Key: "a.b.c", Params: map[string]string{"server_id": "7"}}, "a.b.c")
+	testenv.RefusesParams(t, New, &config.Conn{CName: "cdc", Key: "t", Params: map[string]string{"server_id": "7"}}, "addrs")
+	testenv.RefusesParams(t, New, &config.Conn{CName: "cdc", Addrs: "root@unix(/tmp/s)/shop", Key: "t", Params: map[string]string{"server_id": "7"}}, "TCP")
+	d, err := New(base(map[string]string{"server_id": "7", "positions": "file"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := d.(*CDC); !c.p.Snapshot || c.p.Positions != "file" || c.tables[0].String() != "shop.orders" {
+		t.Fatalf("decoded %+v, tables %v", c.p, c.tables)
+	}
+	if id := d.(*CDC).Identity(); id != "127.0.0.1:3306/7" {
+		t.Errorf("identity %q, want server and server_id", id)
+	}
+}
+
+func TestPositions(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"", "gtid:", "gtid:0-1-100", "gtid:0-1-100,1-2-7+3", "snapshot:gtid:0-1-5+12",
+		"file:mysql-bin.000003:1234", "file:mysql-bin.000003:4+5", "snapshot:file:mysql-bin.000001:330+2",
+		"gtid:3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5+2"} {
+		p, err := parsePosition(s)
+		if err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		if got := p.String(); s != "" && got != s {
+			t.Errorf("%q reads back as %q", s, got)
+		}
+	}
+	for _, s := range []string{"x", "lsn:0/1", "file:mysql-bin.000001", "file::4", "file:f:x", "gtid:0-1-1+y", "gtid:0-1-1+-2"} {
+		if _, err := parsePosition(s); err == nil {
+			t.Errorf("%q: no error", s)
+		}
+	}
+}
+
+func TestMariaDBGTIDSet(t *testing.T) {
+	t.Parallel()
+	g, err := newGTIDSet(true, "0-1-100,1-2-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"0-1-101", "2-1-1", "0-3-102"} { // a new server in domain 0 replaces the old one
+		if err := g.update(u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := g.String(); got != "0-3-102,1-2-7,2-1-1" {
+		t.Errorf("set %q", got)
+	}
+	if err := g.update("bad"); err == nil {
+		t.Error("a bad GTID was taken")
+	}
+}
