@@ -309,15 +309,16 @@ func classify(err error) error {
 			1142, // command denied
 			1227, // needs a privilege
 			1049, // unknown database
-			1146, // no such table
-			1236: // the binlog position is gone (purged)
+			1146: // no such table
 			return stream.Fatal(err)
 		}
 	}
 	var ge *gmysql.MyError
 	if errors.As(err, &ge) {
 		switch ge.Code {
-		case 1045, 1044, 1142, 1227, 1236:
+		case 1236: // the binlog at the position is gone
+			return stream.Fatal(fmt.Errorf("%w (the server no longer keeps the binlog at the flow's position, purged by its retention: rebuild the replica from a snapshot: drop the flow's committed position and the replica's rows, then run again)", err))
+		case 1045, 1044, 1142, 1227:
 			return stream.Fatal(err)
 		}
 	}

@@ -1,10 +1,17 @@
 package mysqlcdc
 
 import (
+	"context"
+	"database/sql"
+	"fmt"
 	"testing"
+	"time"
+
+	_ "github.com/go-sql-driver/mysql"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 func TestParamsRefused(t *testing.T) {
@@ -70,5 +77,46 @@ func TestMariaDBGTIDSet(t *testing.T) {
 	}
 	if err := g.update("bad"); err == nil {
 		t.Error("a bad GTID was taken")
+	}
+}
+
+// TestPurgedPositionIsFatal resumes from positions whose binlog the server
+// purged: the source stops the job (a fatal error naming the cause) rather
+// than retrying for ever or starting elsewhere.
+func TestPurgedPositionIsFatal(t *testing.T) {
+	t.Parallel()
+	srv := testenv.PrivateMariaDB(t, "--log-bin=mysql-bin", "--binlog-format=ROW", "--server-id=1")
+	dsn := fmt.Sprintf("root@tcp(127.0.0.1:%d)/", srv.Port())
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{"CREATE DATABASE p", "CREATE TABLE p.t (id INT PRIMARY KEY)", "INSERT INTO p.t VALUES (1)",
+		"FLUSH BINARY LOGS", "INSERT INTO p.t VALUES (2)", "FLUSH BINARY LOGS", "PURGE BINARY LOGS TO 'mysql-bin.000003'"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for _, c := range []struct{ positions, resume string }{{"file", "file:mysql-bin.000001:4"}, {"gtid", "gtid:0-1-1"}} {
+		d, err := New(&config.Conn{CName: "cdc", Addrs: dsn + "p", Key: "t", Params: map[string]string{"server_id": "9", "positions": c.positions, "heartbeat": "200ms"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		src, err := d.(*CDC).OpenSource(context.Background(), stream.SourceOptions{Resume: c.resume})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var rerr error
+		for ctx.Err() == nil && rerr == nil {
+			_, rerr = src.Read(ctx, 10)
+		}
+		cancel()
+		_ = src.Close(context.Background())
+		if !stream.IsFatal(rerr) {
+			t.Errorf("resuming from purged %s: error %v, want a fatal one", c.resume, rerr)
+		}
+		t.Logf("%s: %v", c.resume, rerr)
 	}
 }
