@@ -324,3 +324,101 @@ func classify(err error) error {
 	}
 	return err
 }
+
+// Positions tells, for kisflow positions, the binlog's head in the kind of
+// position the connector keeps, and with file positions the lag in bytes
+// when the committed position is in the head's file (-1 otherwise).
+func (d *CDC) Positions(ctx context.Context, _ stream.SourceOptions, committed string) (stream.Positions, error) {
+	p := stream.Positions{Lag: -1, Unit: "bytes"}
+	db, err := d.open()
+	if err != nil {
+		return p, err
+	}
+	defer db.Close()
+	set, file, err := d.head(ctx, db)
+	if err != nil {
+		return p, err
+	}
+	if d.p.Positions == "gtid" {
+		p.Head = position{gtid: true, set: set}.String()
+		return p, nil
+	}
+	p.Head = file.String()
+	if c, err := parsePosition(committed); err == nil && committed != "" && !c.gtid && !c.snapshot && c.file == file.file && c.offset <= file.offset {
+		p.Lag = int64(file.offset - c.offset)
+	}
+	return p, nil
+}
+
+// SeekPosition returns the position for the runtime to store so that the
+// next run streams from to: a position of the connector's kind, the
+// binlog's end (latest) or its oldest file still kept (earliest). A run
+// from a position so set reads no snapshot.
+func (d *CDC) SeekPosition(ctx context.Context, _ stream.SourceOptions, to stream.Bound) (string, error) {
+	gtid := d.p.Positions == "gtid"
+	switch to.Kind {
+	case stream.AtPosition:
+		p, err := parsePosition(to.Position)
+		if err != nil {
+			return "", err
+		}
+		if p.gtid != gtid || to.Position == "" {
+			return "", fmt.Errorf("mysql_cdc connector %q keeps %s positions (params.positions): give gtid:SET or file:NAME:OFFSET accordingly, not %q", d.cfg.CName, d.p.Positions, to.Position)
+		}
+		return p.String(), nil
+	case stream.Latest, stream.Earliest:
+	default:
+		return "", fmt.Errorf("mysql_cdc connector %q cannot seek to %s: use {position: P}, earliest or latest", d.cfg.CName, to)
+	}
+	db, err := d.open()
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
+	defer cancel()
+	if to.Kind == stream.Latest {
+		set, file, err := d.head(qctx, db)
+		if err != nil {
+			return "", err
+		}
+		if gtid {
+			return position{gtid: true, set: set}.String(), nil
+		}
+		return file.String(), nil
+	}
+	rows, err := db.QueryContext(qctx, "SHOW BINARY LOGS")
+	if err != nil {
+		return "", d.wrap("list the binlog files (SHOW BINARY LOGS)", err)
+	}
+	var first string
+	if rows.Next() {
+		cols, _ := rows.Columns()
+		vals := make([]any, len(cols))
+		vals[0] = &first
+		for i := 1; i < len(vals); i++ {
+			vals[i] = new(sql.RawBytes)
+		}
+		err = rows.Scan(vals...)
+	}
+	rows.Close()
+	if err != nil || first == "" {
+		return "", stream.Fatal(fmt.Errorf("mysql_cdc connector %q: SHOW BINARY LOGS lists no file (err %v): is log_bin on?", d.cfg.CName, err))
+	}
+	if !gtid {
+		return position{file: first, offset: 4}.String(), nil
+	}
+	maria, err := d.mariaDB(qctx, db)
+	if err != nil {
+		return "", err
+	}
+	var set sql.NullString
+	q, args := "SELECT BINLOG_GTID_POS(?, 4)", []any{first}
+	if !maria {
+		q, args = "SELECT @@gtid_purged", nil
+	}
+	if err := db.QueryRowContext(qctx, q, args...).Scan(&set); err != nil {
+		return "", d.wrap("read the GTID position of the oldest binlog", err)
+	}
+	return position{gtid: true, set: strings.ReplaceAll(set.String, "\n", "")}.String(), nil
+}

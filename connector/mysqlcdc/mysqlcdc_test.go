@@ -120,3 +120,65 @@ func TestPurgedPositionIsFatal(t *testing.T) {
 		t.Logf("%s: %v", c.resume, rerr)
 	}
 }
+
+// TestPositionsAndSeek reads the head and seeks to the earliest, latest
+// and a given position, in both kinds, on a server whose oldest binlogs
+// were purged.
+func TestPositionsAndSeek(t *testing.T) {
+	t.Parallel()
+	srv := testenv.PrivateMariaDB(t, "--log-bin=mysql-bin", "--binlog-format=ROW", "--server-id=1")
+	dsn := fmt.Sprintf("root@tcp(127.0.0.1:%d)/", srv.Port())
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	for _, q := range []string{"CREATE DATABASE p", "CREATE TABLE p.t (id INT PRIMARY KEY)", "FLUSH BINARY LOGS",
+		"INSERT INTO p.t VALUES (1)", "PURGE BINARY LOGS TO 'mysql-bin.000002'", "INSERT INTO p.t VALUES (2)"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	var gtidHead, file string
+	var off int
+	if err := db.QueryRow("SELECT @@gtid_binlog_pos").Scan(&gtidHead); err != nil {
+		t.Fatal(err)
+	}
+	var skip1, skip2 sql.NullString
+	if err := db.QueryRow("SHOW MASTER STATUS").Scan(&file, &off, &skip1, &skip2); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, c := range []struct{ kind, head, earliest, at string }{
+		{"gtid", "gtid:" + gtidHead, "gtid:0-1-2", "gtid:0-1-3+1"},
+		{"file", fmt.Sprintf("file:%s:%d", file, off), "file:mysql-bin.000002:4", "file:mysql-bin.000002:300"},
+	} {
+		d, err := New(&config.Conn{CName: "cdc", Addrs: dsn + "p", Key: "t", Params: map[string]string{"server_id": "9", "positions": c.kind}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cdc := d.(*CDC)
+		ps, err := cdc.Positions(ctx, stream.SourceOptions{}, c.earliest)
+		if err != nil || ps.Head != c.head {
+			t.Errorf("%s: head %q (err %v), want %q", c.kind, ps.Head, err, c.head)
+		}
+		if c.kind == "file" && ps.Lag != int64(off-4) {
+			t.Errorf("file: lag %d bytes, want %d", ps.Lag, off-4)
+		}
+		for _, s := range []struct {
+			to   stream.Bound
+			want string
+		}{{stream.Bound{Kind: stream.Latest}, c.head}, {stream.Bound{Kind: stream.Earliest}, c.earliest}, {stream.Bound{Kind: stream.AtPosition, Position: c.at}, c.at}} {
+			if got, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, s.to); err != nil || got != s.want {
+				t.Errorf("%s: seek %s: %q (err %v), want %q", c.kind, s.to, got, err, s.want)
+			}
+		}
+		other := map[string]string{"gtid": "file:f:4", "file": "gtid:0-1-1"}[c.kind]
+		if _, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, stream.Bound{Kind: stream.AtPosition, Position: other}); err == nil {
+			t.Errorf("%s: seek to %s: no error", c.kind, other)
+		}
+		if _, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, stream.Bound{Kind: stream.AtTime, Time: time.Now()}); err == nil {
+			t.Errorf("%s: seek to a time: no error", c.kind)
+		}
+	}
+}
