@@ -149,6 +149,7 @@ params:
 	if r.Code != 0 || !strings.Contains(r.Stdout, "gtid:0-1-") || !strings.Contains(r.Stdout, "file:mysql-bin.") {
 		t.Errorf("kisflow positions: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
 	}
+	t.Logf("kisflow positions:\n%s", r.Stdout)
 }
 
 // TestMySQLCDCSIGKILL kills a job replicating a changing MariaDB table
