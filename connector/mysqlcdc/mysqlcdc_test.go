@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,6 +180,75 @@ func TestPositionsAndSeek(t *testing.T) {
 		}
 		if _, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, stream.Bound{Kind: stream.AtTime, Time: time.Now()}); err == nil {
 			t.Errorf("%s: seek to a time: no error", c.kind)
+		}
+	}
+}
+
+// TestColumnsChangeBehind reads changes made before and after a column was
+// added, once both happened (the source behind the DDL): with
+// binlog_row_metadata=FULL each change has its own columns; without it a
+// change whose columns no longer match stops the job with what to set.
+func TestColumnsChangeBehind(t *testing.T) {
+	t.Parallel()
+	for _, full := range []bool{true, false} {
+		args := []string{"--log-bin=mysql-bin", "--binlog-format=ROW", "--server-id=1"}
+		if full {
+			args = append(args, "--binlog-row-metadata=FULL")
+		}
+		srv := testenv.PrivateMariaDB(t, args...)
+		dsn := fmt.Sprintf("root@tcp(127.0.0.1:%d)/", srv.Port())
+		db, err := sql.Open("mysql", dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.Exec("CREATE DATABASE p"); err != nil {
+			t.Fatal(err)
+		}
+		d, err := New(&config.Conn{CName: "cdc", Addrs: dsn + "p", Key: "t", Params: map[string]string{"server_id": "9", "snapshot": "false"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var head string
+		if err := db.QueryRow("SELECT @@gtid_binlog_pos").Scan(&head); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"CREATE TABLE p.t (id INT PRIMARY KEY, v VARCHAR(10))", "INSERT INTO p.t VALUES (1, 'a')",
+			"ALTER TABLE p.t ADD COLUMN w INT UNSIGNED", "INSERT INTO p.t VALUES (2, 'b', 4000000000)"} {
+			if _, err := db.Exec(q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		src, err := d.(*CDC).OpenSource(context.Background(), stream.SourceOptions{Resume: "gtid:" + head})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rows []map[string]any
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var rerr error
+		for ctx.Err() == nil && rerr == nil && len(rows) < 2 {
+			var ms []*stream.Message
+			ms, rerr = src.Read(ctx, 10)
+			for _, m := range ms {
+				rows = append(rows, m.Payload.(map[string]any))
+			}
+		}
+		cancel()
+		_ = src.Close(context.Background())
+		if !full {
+			if !stream.IsFatal(rerr) || !strings.Contains(rerr.Error(), "binlog_row_metadata") {
+				t.Errorf("without row metadata: error %v, want a fatal one naming binlog_row_metadata", rerr)
+			}
+			continue
+		}
+		if rerr != nil || len(rows) != 2 {
+			t.Fatalf("read %v (err %v)", rows, rerr)
+		}
+		if rows[0]["v"] != "a" || rows[0]["w"] != nil || len(rows[0]) != 6 {
+			t.Errorf("the change before the DDL: %v", rows[0])
+		}
+		if rows[1]["v"] != "b" || rows[1]["w"] != uint32(4000000000) {
+			t.Errorf("the change after the DDL: %v (w %T)", rows[1], rows[1]["w"])
 		}
 	}
 }

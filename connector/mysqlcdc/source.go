@@ -651,11 +651,45 @@ func (s *source) event(out []*stream.Message, ev *replication.BinlogEvent) ([]*s
 	return out, nil
 }
 
-// tableColumns returns the columns of a rows event's table: from
-// information_schema, read again when their count differs from the
-// event's (a column added or dropped since).
+// tableColumns returns the columns of a rows event's table: named by the
+// binlog itself when the server writes them (binlog_row_metadata=FULL),
+// else from information_schema, read again when their count differs from
+// the event's (a column added or dropped since).
 func (s *source) tableColumns(name string, e *replication.RowsEvent) ([]column, error) {
 	cols, ok := s.columns[name]
+	if names := e.Table.ColumnNameString(); len(names) == int(e.ColumnCount) {
+		known := make(map[string]column, len(cols))
+		for _, c := range cols {
+			known[c.name] = c
+		}
+		for _, n := range names {
+			if _, ok := known[n]; !ok { // a column added since: look again
+				ctx, cancel := context.WithTimeout(context.Background(), s.d.p.Timeout)
+				err := s.loadColumns(ctx, name)
+				cancel()
+				if err != nil {
+					return nil, err
+				}
+				for _, c := range s.columns[name] {
+					known[c.name] = c
+				}
+				break
+			}
+		}
+		unsigned := e.Table.UnsignedMap()
+		out := make([]column, len(names))
+		for i, n := range names {
+			c, ok := known[n]
+			if !ok { // dropped since: the binlog's types tell
+				c = column{name: n, text: true}
+			}
+			if u, ok := unsigned[i]; ok {
+				c.unsigned = u
+			}
+			out[i] = c
+		}
+		return out, nil
+	}
 	if !ok || len(cols) != int(e.ColumnCount) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.d.p.Timeout)
 		defer cancel()
@@ -663,11 +697,6 @@ func (s *source) tableColumns(name string, e *replication.RowsEvent) ([]column, 
 			return nil, err
 		}
 		cols = s.columns[name]
-	}
-	if names := e.Table.ColumnNameString(); len(names) == len(cols) {
-		for i := range cols {
-			cols[i].name = names[i]
-		}
 	}
 	if len(cols) != int(e.ColumnCount) {
 		return nil, stream.Fatal(fmt.Errorf("mysql_cdc connector %q: a change of %s has %d columns and the table now %d: its columns changed while changes before were not yet read; set binlog_row_metadata=FULL on the server so the binlog names them", s.d.cfg.CName, name, e.ColumnCount, len(cols)))
