@@ -16,6 +16,7 @@ import (
 	"github.com/kisflow-go/kisflow/connector/kafka"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/connector/mqtt"
+	"github.com/kisflow-go/kisflow/connector/mysqlcdc"
 	"github.com/kisflow-go/kisflow/connector/nats"
 	"github.com/kisflow-go/kisflow/connector/pgcdc"
 	"github.com/kisflow-go/kisflow/connector/redis"
@@ -35,6 +36,7 @@ func Install(reg *kisflow.Registry) error {
 		func() error { return http.Install(reg) },
 		func() error { return sql.Install(reg) },
 		func() error { return pgcdc.Install(reg) },
+		func() error { return mysqlcdc.Install(reg) },
 		func() error { return redis.Install(reg) },
 		func() error { return nats.Install(reg) },
 		func() error { return kafka.Install(reg) },

@@ -114,13 +114,15 @@ func PrivatePostgres(t testing.TB, settings ...string) *Server {
 
 // PrivateMariaDB is a MariaDB server of its own (a data folder installed in
 // the test's folder, root with no password), so the test can restart it.
-// Its DSN: root@tcp(127.0.0.1:PORT)/.
-func PrivateMariaDB(t testing.TB) *Server {
+// Its DSN: root@tcp(127.0.0.1:PORT)/. settings are more server options
+// (--name=value), such as --log-bin for change data capture.
+func PrivateMariaDB(t testing.TB, settings ...string) *Server {
 	s := newServer(t, "MariaDB", "mariadbd", func(port int, dir string) []string {
-		return []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--port=" + strconv.Itoa(port),
+		args := []string{"--no-defaults", "--datadir=" + filepath.Join(dir, "data"), "--port=" + strconv.Itoa(port),
 			"--bind-address=127.0.0.1", "--socket=" + filepath.Join(dir, "mysqld.sock"), "--pid-file=" + filepath.Join(dir, "mariadb.pid"),
 			"--log-error=" + filepath.Join(dir, "mariadb.log"), "--user=" + currentUser(), "--skip-name-resolve",
 			"--tmpdir=" + filepath.Join(dir, "tmp")}
+		return append(args, settings...)
 	})
 	// A temporary folder of its own: installs running side by side in the
 	// shared /tmp lost each other's temporary tables ("Could not remove

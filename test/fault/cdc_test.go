@@ -168,6 +168,8 @@ type changeWriter struct {
 	done    chan struct{}
 	commits atomic.Int64
 	err     error
+	// maria writes MariaDB's SQL (? placeholders, no UPDATE ... RETURNING).
+	maria bool
 }
 
 func startWriter(t *testing.T, db *sql.DB, initial int64, pause time.Duration) *changeWriter {
@@ -180,7 +182,7 @@ func startWriterAt(t *testing.T, db *sql.DB, maxID, next int64, pause time.Durat
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("writer seed %d", seed)
 	w := &changeWriter{db: db, rnd: rand.New(rand.NewPCG(seed, 1)), next: next, maxID: maxID, want: map[int64]int{},
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), maria: strings.Contains(fmt.Sprintf("%T", db.Driver()), "mysql")}
 	go w.run(pause)
 	t.Cleanup(w.halt)
 	return w
@@ -210,6 +212,16 @@ func (w *changeWriter) run(pause time.Duration) {
 	}
 }
 
+// sql is q in the writer's dialect.
+func (w *changeWriter) sql(q string) string {
+	if w.maria {
+		for i := 3; i >= 1; i-- {
+			q = strings.ReplaceAll(q, fmt.Sprintf("$%d", i), "?")
+		}
+	}
+	return q
+}
+
 func (w *changeWriter) tx() error {
 	ctx := context.Background()
 	tx, err := w.db.BeginTx(ctx, nil)
@@ -227,14 +239,22 @@ func (w *changeWriter) tx() error {
 		case op < 4:
 			w.maxID++
 			w.next++
-			if _, err := tx.ExecContext(ctx, "INSERT INTO src VALUES ($1, $2, $3)", w.maxID, fmt.Sprintf("i%d", w.next), w.next); err != nil {
+			if _, err := tx.ExecContext(ctx, w.sql("INSERT INTO src VALUES ($1, $2, $3)"), w.maxID, fmt.Sprintf("i%d", w.next), w.next); err != nil {
 				return err
 			}
 			done[w.next*4]++
 		case op < 8:
 			w.next++
 			var n int64
-			err := tx.QueryRowContext(ctx, "UPDATE src SET n = $1, v = $2 WHERE id = (SELECT id FROM src WHERE id >= $3 ORDER BY id LIMIT 1) RETURNING n", w.next, fmt.Sprintf("u%d", w.next), 1+w.rnd.Int64N(w.maxID)).Scan(&n)
+			var err error
+			if w.maria {
+				var id int64
+				if err = tx.QueryRowContext(ctx, "SELECT id FROM src WHERE id >= ? ORDER BY id LIMIT 1 FOR UPDATE", 1+w.rnd.Int64N(w.maxID)).Scan(&id); err == nil {
+					_, err = tx.ExecContext(ctx, "UPDATE src SET n = ?, v = ? WHERE id = ?", w.next, fmt.Sprintf("u%d", w.next), id)
+				}
+			} else {
+				err = tx.QueryRowContext(ctx, "UPDATE src SET n = $1, v = $2 WHERE id = (SELECT id FROM src WHERE id >= $3 ORDER BY id LIMIT 1) RETURNING n", w.next, fmt.Sprintf("u%d", w.next), 1+w.rnd.Int64N(w.maxID)).Scan(&n)
+			}
 			if err == sql.ErrNoRows {
 				continue
 			}
@@ -244,7 +264,15 @@ func (w *changeWriter) tx() error {
 			done[w.next*4+1]++
 		default:
 			var n int64
-			err := tx.QueryRowContext(ctx, "DELETE FROM src WHERE id = (SELECT id FROM src WHERE id >= $1 ORDER BY id LIMIT 1) RETURNING n", 1+w.rnd.Int64N(w.maxID)).Scan(&n)
+			var err error
+			if w.maria {
+				var id int64
+				if err = tx.QueryRowContext(ctx, "SELECT id, n FROM src WHERE id >= ? ORDER BY id LIMIT 1 FOR UPDATE", 1+w.rnd.Int64N(w.maxID)).Scan(&id, &n); err == nil {
+					_, err = tx.ExecContext(ctx, "DELETE FROM src WHERE id = ?", id)
+				}
+			} else {
+				err = tx.QueryRowContext(ctx, "DELETE FROM src WHERE id = (SELECT id FROM src WHERE id >= $1 ORDER BY id LIMIT 1) RETURNING n", 1+w.rnd.Int64N(w.maxID)).Scan(&n)
+			}
 			if err == sql.ErrNoRows {
 				continue
 			}
