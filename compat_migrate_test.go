@@ -534,3 +534,60 @@ func TestNoBodyErrorSuggestsTheRegisteredName(t *testing.T) {
 		t.Fatalf("eng.Flow: %v", err)
 	}
 }
+
+// UnMarshal and Marshal make defaultSerialize (compat_test.go) the shape
+// of the original's serialize.DefaultSerialize: the kis.Serialize methods
+// on a pointer receiver.
+func (*defaultSerialize) UnMarshal(kisRowArr, reflect.Type) (reflect.Value, error) {
+	return reflect.Value{}, nil
+}
+func (*defaultSerialize) Marshal(any) (kisRowArr, error) { return nil, nil }
+
+// embedRow embeds it, as every In and Out type of the original's examples
+// does.
+type embedRow struct {
+	defaultSerialize
+	StuID int `json:"stu_id"`
+}
+
+// A row type embedding DefaultSerialize never was a per-type serializer in
+// the original (its isSerialize looks at the type's own method set, and
+// the methods have pointer receivers): Register takes it, for []*T and
+// []T, and rows reach it through the codec.
+func TestRegisterAcceptsEmbeddedDefaultSerialize(t *testing.T) {
+	t.Parallel()
+	reg := kisflow.NewRegistry()
+	var got []int
+	if err := reg.Register("P", func(ctx context.Context, f kisflow.Flow, rows []*embedRow) error {
+		for _, r := range rows {
+			got = append(got, r.StuID)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("Register []*embedRow: %v", err)
+	}
+	if err := reg.Register("Q", func(ctx context.Context, f kisflow.Flow, rows []embedRow) error { return nil }); err != nil {
+		t.Fatalf("Register []embedRow: %v", err)
+	}
+	if err := reg.Register("R", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*embedRow) error { return nil })); err != nil {
+		t.Fatalf("Register kisflow.Func: %v", err)
+	}
+	set := config.NewSet()
+	set.AddFunc(config.NewFunc("P", config.Calculate))
+	set.AddFlow(config.NewFlow("F", config.Step("P", nil)))
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	fl := mustFlow(t, eng, "F")
+	if err := fl.CommitRow(`{"stu_id":7}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fl.Run(context.Background()); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(got) != 1 || got[0] != 7 {
+		t.Fatalf("rows seen: %v, want [7]", got)
+	}
+}
