@@ -22,6 +22,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/all"
+	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/plugin"
 )
@@ -590,4 +591,122 @@ func TestRegisterAcceptsEmbeddedDefaultSerialize(t *testing.T) {
 	if len(got) != 1 || got[0] != 7 {
 		t.Fatalf("rows seen: %v, want [7]", got)
 	}
+}
+
+// A Save whose Go body was registered under a misspelt name must not
+// become, silently, a YAML-only Save that writes to the store: building the
+// flow fails, naming the registered name and the opt-in, and nothing is
+// written. With body: yaml, or with no near name, the YAML Save runs; a near
+// name that is itself a configured function is no misspelling.
+func TestMisspeltGoSaveIsNotAYAMLSave(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	type built struct {
+		eng  *kisflow.Engine
+		reg  *kisflow.Registry
+		set  *config.Set
+		path string
+	}
+	build := func(t *testing.T, goName string, params map[string]string, extra ...*config.Func) built {
+		t.Helper()
+		reg := kisflow.NewRegistry()
+		if err := file.Install(reg); err != nil {
+			t.Fatal(err)
+		}
+		reg.MustRegister(goName, kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error { return nil }))
+		set := config.NewSet()
+		path := filepath.Join(t.TempDir(), "out.jsonl")
+		m := config.NewConn("M", file.TypeFile)
+		m.Params = map[string]string{"path": path}
+		errs := []error{set.AddConn(m),
+			set.AddFunc(config.NewFunc("SaveScoreAvg12", config.Save).WithConn("M").WithParams(params)),
+			set.AddFlow(config.NewFlow("F", config.Step("SaveScoreAvg12", nil)))}
+		for _, fc := range extra {
+			errs = append(errs, set.AddFunc(fc))
+		}
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		eng, err := kisflow.NewEngine(reg, set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { eng.Close(ctx) })
+		return built{eng, reg, set, path}
+	}
+	written := func(t *testing.T, b built) string {
+		t.Helper()
+		if err := b.eng.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		out, err := os.ReadFile(b.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	run := func(t *testing.T, eng *kisflow.Engine) {
+		t.Helper()
+		fl := mustFlow(t, eng, "F")
+		_ = fl.CommitRow(map[string]any{"stu_id": 1})
+		if _, err := fl.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("misspelt", func(t *testing.T) {
+		b := build(t, "SaveScoreAvg_12", nil)
+		_, err := b.eng.Flow(ctx, "F")
+		if err == nil || !errors.Is(err, kisflow.ErrUnknownFunction) ||
+			!strings.Contains(err.Error(), `did you mean "SaveScoreAvg_12"?`) || !strings.Contains(err.Error(), "body: yaml") {
+			t.Fatalf("eng.Flow: %v", err)
+		}
+		probs := b.set.Check(b.reg.LintOptions()...)
+		if len(probs) != 1 || probs[0].Severity != config.SevError || !strings.Contains(probs[0].Msg, `registered as "SaveScoreAvg_12"`) {
+			t.Errorf("lint: %v", probs)
+		}
+		if got := written(t, b); got != "" {
+			t.Errorf("written: %s", got)
+		}
+	})
+	t.Run("case", func(t *testing.T) {
+		b := build(t, "saveScoreAvg12", nil)
+		if _, err := b.eng.Flow(ctx, "F"); err == nil || !strings.Contains(err.Error(), `"saveScoreAvg12"`) {
+			t.Fatalf("eng.Flow: %v", err)
+		}
+	})
+	t.Run("body yaml", func(t *testing.T) {
+		b := build(t, "SaveScoreAvg_12", map[string]string{"body": "yaml"})
+		for _, p := range b.set.Check(b.reg.LintOptions()...) {
+			t.Errorf("lint: %v", p)
+		}
+		run(t, b.eng)
+		if got := written(t, b); got != `{"stu_id":1}` {
+			t.Errorf("written: %s", got)
+		}
+	})
+	t.Run("bad body", func(t *testing.T) {
+		b := build(t, "Other", map[string]string{"body": "yml"})
+		if _, err := b.eng.Flow(ctx, "F"); err == nil || !strings.Contains(err.Error(), `"yml" is not yaml`) {
+			t.Fatalf("eng.Flow: %v", err)
+		}
+	})
+	t.Run("no near name", func(t *testing.T) {
+		b := build(t, "PrintStuAvgScore", nil)
+		run(t, b.eng)
+		if got := written(t, b); got != `{"stu_id":1}` {
+			t.Errorf("written: %s", got)
+		}
+	})
+	t.Run("near name configured", func(t *testing.T) {
+		b := build(t, "SaveScoreAvg13", nil, config.NewFunc("SaveScoreAvg13", config.Save).WithConn("M"))
+		run(t, b.eng)
+		if got := written(t, b); got != `{"stu_id":1}` {
+			t.Errorf("written: %s", got)
+		}
+	})
 }

@@ -332,6 +332,13 @@ func (e *Engine) compile(ctx context.Context, name string) (*compiled, error) {
 			}
 			ok = true
 		}
+		if !ok && viaConn {
+			// Before its connector starts: a misspelt Go registration
+			// must not make the function a YAML Save that writes.
+			if err := e.reg.misnamedBody(e.set, fc, params); err != nil {
+				return nil, fmt.Errorf("flow %q: %w", name, err)
+			}
+		}
 		var conn *Connector
 		if fc.Option.CName != "" {
 			// A connector only functions with a Go body use starts when

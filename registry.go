@@ -149,10 +149,12 @@ func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 // connector types, the filters (names and params), the plugin types (each
 // plugin's config is decoded) and the function bodies: a function that an
 // enabled flow with a stream block runs (what kisflow run runs) must have a
-// Go body or a usable YAML one. NewEngine leaves that last check to the
-// building of a flow, as KisFlow did.
+// Go body or a usable YAML one, and a Load or Save of an enabled flow with
+// no Go body must not look like a misspelt registration (a Go function
+// registered under a near name; see the param body: yaml). NewEngine
+// leaves these checks to the building of a flow, as KisFlow did.
 func (r *Registry) LintOptions() []config.LintOption {
-	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkWindows), config.WithCheck(r.checkTimers), config.WithCheck(func(s *config.Set) []config.Problem {
+	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkMisnamedBodies), config.WithCheck(r.checkWindows), config.WithCheck(r.checkTimers), config.WithCheck(func(s *config.Set) []config.Problem {
 		_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
 		var ce *config.Error
 		if errors.As(err, &ce) {

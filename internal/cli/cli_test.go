@@ -66,7 +66,7 @@ func TestLint(t *testing.T) {
 		{"an unset variable of a connector nothing runs: a warning", "testdata/lintgaps", ExitProblem, `conns.yml:17: warning: connector "unused": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET`},
 		{"a port out of range", "testdata/lintgaps", ExitProblem, `global.yml:5: plugin metrics.main: listen "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
 		{"a flow step's param typo, at the step", "testdata/lintparams", ExitProblem,
-			`flow.yml:9: warning: function "BySQL": param "on_mising" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size) (did you mean on_missing?)`},
+			`flow.yml:9: warning: function "BySQL": param "on_mising" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size, body) (did you mean on_missing?)`},
 		{"a flow step's bad param value, at the step", "testdata/lintparams", ExitProblem,
 			`flow.yml:12: function "BySQL2" (fmode Load): param on_missing: "dorp" is not one of pass, drop, dead_letter (did you mean drop?) (flow "P" runs it)`},
 		{"a param a YAML Verify's filters would read, misspelt", "testdata/lintparams", ExitProblem,
