@@ -562,15 +562,7 @@ func (r *Registry) misnamedBody(s *config.Set, fc *config.Func, params map[strin
 	}
 	conn := fc.Option.CName
 	if fc.FMode == config.Load {
-		var drv Driver
-		if c := s.Conns[conn]; c != nil {
-			if cfg, err := c.Expanded(); err == nil {
-				if factory, ok := r.driver(cfg.Type); ok {
-					drv, _ = callFactory(factory, r.factoryConfig(s, conn, cfg))
-				}
-			}
-		}
-		for _, p := range yamlParams(fc, drv) {
+		for _, p := range yamlParams(fc, r.unstartedDriver(s, conn)) {
 			if _, ok := params[p]; ok {
 				return nil
 			}

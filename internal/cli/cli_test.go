@@ -46,6 +46,14 @@ func TestLint(t *testing.T) {
 		{"a broken key template beside bad params", "testdata/badconns", ExitProblem, `conns.yml:19: connector "every-typo": redis connector "every-typo": template "user:{id": '{' without '}'`},
 		{"a misspelt param on a connector only functions use: a warning", "testdata/badconns", ExitProblem,
 			`conns.yml:33: warning: connector "callbacks-only" (type redis): param claim_idel: unknown param (did you mean claim_idle?); left to this connector's own callbacks`},
+		// The stock binary knows no Go bodies: a connector only functions of
+		// flows run from Go code use is a label until used, as in KisFlow.
+		{"a bad param of a connector only functions of Go-run flows use: a warning", "testdata/funconly", ExitOK,
+			`all.yml:10: warning: connector "Store" (type redis): param db: "test" is not a whole number; the connector is used only by functions of flows run from Go code, which may have a Go body`},
+		{"a bad param of a connector a YAML-only Save uses (body: yaml)", "testdata/funconlyyaml", ExitProblem,
+			"all.yml:9: connector \"Store\" (type redis): param db: \"test\" is not a whole number\n"},
+		{"a bad param of a connector a YAML-only Load uses (load_key)", "testdata/funconlyyaml", ExitProblem,
+			"all.yml:17: connector \"Lookup\" (type redis): param db: \"test\" is not a whole number\n"},
 		{"a filter param typo", "testdata/badfilters", ExitProblem, `flow.yml:8: flow "Guarded": filter "retry": param tims: unknown param (did you mean times?)`},
 		{"a filter duration in bare milliseconds: a warning", "testdata/badfilters", ExitProblem, `flow.yml:9: warning: flow "Guarded": filter "retry": param duration: 1500 read as 1500ms; write 1500ms`},
 		{"a bad filter duration", "testdata/badfilters", ExitProblem, `flow.yml:10: flow "Guarded": filter "timeout": param duration: "soon" is not a duration (want one such as 500ms, 2s or 1h30m)`},
