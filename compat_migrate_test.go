@@ -710,3 +710,47 @@ func TestMisspeltGoSaveIsNotAYAMLSave(t *testing.T) {
 		}
 	})
 }
+
+// A folder the original loads, with a disabled flow naming a function that
+// is gone, a disabled duplicate of an enabled flow and unused functions with
+// a lowercase fmode or a missing connector: it imports, the engine is made,
+// the enabled flow runs and the disabled one is refused.
+func TestFolderWithDisabledAndUnusedLeftoversRuns(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	docs := "kistype: func\nfname: Known\nfmode: Calculate\n---\nkistype: func\nfname: Lower\nfmode: calculate\n---\n" +
+		"kistype: func\nfname: S\nfmode: Save\noption:\n  cname: Gone\n---\n" +
+		"kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Known\n---\n" +
+		"kistype: flow\nstatus: 0\nflow_name: F\nflows:\n  - fname: Removed\n  - fname: S\n---\n" +
+		"kistype: flow\nstatus: 0\nflow_name: Old\nflows:\n  - fname: Removed\n  - fname: Lower\n"
+	if err := os.WriteFile(filepath.Join(dir, "a.yml"), []byte(docs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := kisflow.NewRegistry()
+	if err := all.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister("Known", passThrough[map[string]any])
+	for _, p := range set.Check(reg.LintOptions()...) {
+		if p.Severity == config.SevError {
+			t.Errorf("lint: %v", p)
+		}
+	}
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	fl := mustFlow(t, eng, "F")
+	_ = fl.CommitRow(map[string]any{"a": 1})
+	if res, err := fl.Run(context.Background()); err != nil || len(res.Rows) != 1 {
+		t.Fatalf("Run: %v, %v", res.Rows, err)
+	}
+	if _, err := eng.Flow(context.Background(), "Old"); !errors.Is(err, kisflow.ErrFlowDisabled) {
+		t.Errorf("disabled flow: %v", err)
+	}
+}

@@ -35,7 +35,7 @@ func TestLint(t *testing.T) {
 		contains string
 	}{
 		{"valid folder", "../../examples/quickstart/conf", ExitOK, ""},
-		{"every error", "../../config/testdata/bad", ExitProblem, `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`},
+		{"every error", "../../config/testdata/bad", ExitProblem, `func-unknown-cname.yml:5: function "LoadBadConn": unknown connector "NoSuchConn"`},
 		{"the original KisFlow sample files", "../../config/testdata/kisflow", ExitOK, ""},
 		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": no driver for type "carrier-pigeon"`},
 		{"several mysql addrs", "testdata/badconns", ExitProblem, `conns.yml:4: connector "two-mysql": mysql connector "two-mysql": addrs names 2 servers`},
