@@ -754,3 +754,57 @@ func TestFolderWithDisabledAndUnusedLeftoversRuns(t *testing.T) {
 		t.Errorf("disabled flow: %v", err)
 	}
 }
+
+type nilRow struct{ A int }
+
+// Nil rows, as the migration guide's "Nil rows" row says: a typed nil
+// reaches a []*T function as nil and is rejected by a []T one; an untyped
+// nil is rejected by both, naming T (not *T); JSON null reaches []*T as &T{}.
+func TestNilRows(t *testing.T) {
+	t.Parallel()
+	var gotPtr []*nilRow
+	var gotVal []nilRow
+	reg := kisflow.NewRegistry()
+	reg.MustRegister("Ptr", func(ctx context.Context, f kisflow.Flow, rows []*nilRow) error {
+		gotPtr = append(gotPtr, rows...)
+		return nil
+	})
+	reg.MustRegister("Val", func(ctx context.Context, f kisflow.Flow, rows []nilRow) error {
+		gotVal = append(gotVal, rows...)
+		return nil
+	})
+	set := config.NewSet()
+	set.AddFunc(config.NewFunc("Ptr", config.Calculate))
+	set.AddFunc(config.NewFunc("Val", config.Calculate))
+	set.AddFlow(config.NewFlow("P", config.Step("Ptr", nil)))
+	set.AddFlow(config.NewFlow("V", config.Step("Val", nil)))
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	run := func(name string) []string {
+		fl := mustFlow(t, eng, name)
+		_ = fl.CommitRow(nil)
+		_ = fl.CommitRow((*nilRow)(nil))
+		_ = fl.CommitRow("null")
+		res, _ := fl.Run(context.Background())
+		var out []string
+		for _, r := range res.Rejected {
+			out = append(out, r.Err.Error())
+		}
+		return out
+	}
+	if rej := run("P"); len(rej) != 1 || rej[0] != "nil row cannot become kisflow_test.nilRow" {
+		t.Errorf("[]*T rejected: %q", rej)
+	}
+	if len(gotPtr) != 2 || gotPtr[0] != nil || gotPtr[1] == nil || *gotPtr[1] != (nilRow{}) {
+		t.Errorf("[]*T got %v", gotPtr)
+	}
+	if rej := run("V"); len(rej) != 2 || rej[0] != "nil row cannot become kisflow_test.nilRow" || rej[1] != "row is a nil pointer" {
+		t.Errorf("[]T rejected: %q", rej)
+	}
+	if len(gotVal) != 1 || gotVal[0] != (nilRow{}) {
+		t.Errorf("[]T got %v", gotVal)
+	}
+}
