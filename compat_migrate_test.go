@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -806,5 +807,56 @@ func TestNilRows(t *testing.T) {
 	}
 	if len(gotVal) != 1 || gotVal[0] != (nilRow{}) {
 		t.Errorf("[]T got %v", gotVal)
+	}
+}
+
+// downDriver fails every start, counting them.
+type downDriver struct{ starts *atomic.Int32 }
+
+func (d downDriver) Start(context.Context) error {
+	d.starts.Add(1)
+	return errors.New("connection refused")
+}
+func (d downDriver) Close(context.Context) error { return nil }
+
+// c.Driver() on a connector only functions use, whose server is down: the
+// first call tries to start it, the next ones within the wait return nil
+// at once instead of each waiting for a dial; Client always tries.
+func TestDriverDoesNotRedialAtOnceAfterAFailedStart(t *testing.T) {
+	t.Parallel()
+	var starts atomic.Int32
+	reg := kisflow.NewRegistry()
+	if err := reg.RegisterDriver("down", func(*config.Conn) (kisflow.Driver, error) { return downDriver{&starts}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	var nils int
+	var clientErr error
+	reg.MustRegister("S", func(ctx context.Context, f kisflow.Flow) error {
+		c, err := f.Connector()
+		if err != nil {
+			return err
+		}
+		for range 5 {
+			if c.Driver() == nil {
+				nils++
+			}
+		}
+		_, clientErr = c.Client(ctx)
+		return nil
+	})
+	set := config.NewSet()
+	set.AddConn(config.NewConn("C", "down"))
+	set.AddFunc(config.NewFunc("S", config.Save).WithConn("C"))
+	set.AddFlow(config.NewFlow("F", config.Step("S", nil)))
+	eng, err := kisflow.NewEngine(reg, set, kisflow.WithDriverRetryAfter(time.Hour), kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	if _, err := mustFlow(t, eng, "F").Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if nils != 5 || starts.Load() != 2 || clientErr == nil || !strings.Contains(clientErr.Error(), "connection refused") {
+		t.Errorf("Driver nil %d times, %d starts (want 5, 2: one by Driver, one by Client), Client: %v", nils, starts.Load(), clientErr)
 	}
 }

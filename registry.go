@@ -472,7 +472,7 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 		if byGo[name] {
 			p.Msg += "; the connector is used only by functions with a Go body: it starts, and this fails, when one first needs its client (Connector.Client, Driver or Call)"
 		} else {
-			p.Msg += "; the connector is used only by functions of flows run from Go code, which may have a Go body (lint cannot know): it starts, and this fails, " +
+			p.Msg += "; the connector is used only by functions of flows run from Go code, which may have a Go body (this registry has none, lint cannot know): it starts, and this fails, " +
 				"when one first needs its client, or when a flow running it as a YAML-only Load or Save is built (give such a function the param body: yaml to make this an error)"
 		}
 		return p
@@ -632,14 +632,18 @@ func (r *Registry) strictConns(s *config.Set) map[string]bool {
 }
 
 // lintStrictConns are the connectors whose param problems lint reports as
-// errors: those a stream names (see streamConns), and those of Load and
-// Save functions with no Go body in r that are surely YAML-only: run by an
-// enabled flow with a stream block (kisflow run runs it, with r's bodies),
-// or asking for their YAML body (see asksYAMLBody). The other functions
-// are of flows run from Go code, whose registry may hold their Go body
-// (the stock binary's lint has none): their connectors start lazily, as
+// errors. With Go functions in r (a program's registry), they are
+// strictConns. A registry with none (the stock binary's) cannot know the
+// bodies of the flows a Go program runs: then they are those a stream
+// names (see streamConns), and those of Load and Save functions that are
+// surely YAML-only: run by an enabled flow with a stream block (kisflow run
+// runs it, with r's bodies), or asking for their YAML body (see
+// asksYAMLBody). The connectors of the other functions start lazily, as
 // the original's did, and lint warns of their problems.
 func (r *Registry) lintStrictConns(s *config.Set) map[string]bool {
+	if len(r.Functions()) > 0 {
+		return r.strictConns(s)
+	}
 	out := streamConns(s)
 	streamed := map[string]bool{} // functions run by an enabled stream flow
 	for _, fl := range s.Flows {
