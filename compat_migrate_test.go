@@ -16,12 +16,14 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/all"
+	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/plugin"
 )
@@ -532,5 +534,329 @@ func TestNoBodyErrorSuggestsTheRegisteredName(t *testing.T) {
 	_, err = eng.Flow(context.Background(), "StuAvg")
 	if err == nil || !strings.Contains(err.Error(), "(did you mean avgStuScore?)") || !errors.Is(err, kisflow.ErrUnknownFunction) {
 		t.Fatalf("eng.Flow: %v", err)
+	}
+}
+
+// UnMarshal and Marshal make defaultSerialize (compat_test.go) the shape
+// of the original's serialize.DefaultSerialize: the kis.Serialize methods
+// on a pointer receiver.
+func (*defaultSerialize) UnMarshal(kisRowArr, reflect.Type) (reflect.Value, error) {
+	return reflect.Value{}, nil
+}
+func (*defaultSerialize) Marshal(any) (kisRowArr, error) { return nil, nil }
+
+// embedRow embeds it, as every In and Out type of the original's examples
+// does.
+type embedRow struct {
+	defaultSerialize
+	StuID int `json:"stu_id"`
+}
+
+// A row type embedding DefaultSerialize never was a per-type serializer in
+// the original (its isSerialize looks at the type's own method set, and
+// the methods have pointer receivers): Register takes it, for []*T and
+// []T, and rows reach it through the codec.
+func TestRegisterAcceptsEmbeddedDefaultSerialize(t *testing.T) {
+	t.Parallel()
+	reg := kisflow.NewRegistry()
+	var got []int
+	if err := reg.Register("P", func(ctx context.Context, f kisflow.Flow, rows []*embedRow) error {
+		for _, r := range rows {
+			got = append(got, r.StuID)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("Register []*embedRow: %v", err)
+	}
+	if err := reg.Register("Q", func(ctx context.Context, f kisflow.Flow, rows []embedRow) error { return nil }); err != nil {
+		t.Fatalf("Register []embedRow: %v", err)
+	}
+	if err := reg.Register("R", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*embedRow) error { return nil })); err != nil {
+		t.Fatalf("Register kisflow.Func: %v", err)
+	}
+	set := config.NewSet()
+	set.AddFunc(config.NewFunc("P", config.Calculate))
+	set.AddFlow(config.NewFlow("F", config.Step("P", nil)))
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	fl := mustFlow(t, eng, "F")
+	if err := fl.CommitRow(`{"stu_id":7}`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fl.Run(context.Background()); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if len(got) != 1 || got[0] != 7 {
+		t.Fatalf("rows seen: %v, want [7]", got)
+	}
+}
+
+// A Save whose Go body was registered under a misspelt name must not
+// become, silently, a YAML-only Save that writes to the store: building the
+// flow fails, naming the registered name and the opt-in, and nothing is
+// written. With body: yaml, or with no near name, the YAML Save runs; a near
+// name that is itself a configured function is no misspelling.
+func TestMisspeltGoSaveIsNotAYAMLSave(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	type built struct {
+		eng  *kisflow.Engine
+		reg  *kisflow.Registry
+		set  *config.Set
+		path string
+	}
+	build := func(t *testing.T, goName string, params map[string]string, extra ...*config.Func) built {
+		t.Helper()
+		reg := kisflow.NewRegistry()
+		if err := file.Install(reg); err != nil {
+			t.Fatal(err)
+		}
+		reg.MustRegister(goName, kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error { return nil }))
+		set := config.NewSet()
+		path := filepath.Join(t.TempDir(), "out.jsonl")
+		m := config.NewConn("M", file.TypeFile)
+		m.Params = map[string]string{"path": path}
+		errs := []error{set.AddConn(m),
+			set.AddFunc(config.NewFunc("SaveScoreAvg12", config.Save).WithConn("M").WithParams(params)),
+			set.AddFlow(config.NewFlow("F", config.Step("SaveScoreAvg12", nil)))}
+		for _, fc := range extra {
+			errs = append(errs, set.AddFunc(fc))
+		}
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		eng, err := kisflow.NewEngine(reg, set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { eng.Close(ctx) })
+		return built{eng, reg, set, path}
+	}
+	written := func(t *testing.T, b built) string {
+		t.Helper()
+		if err := b.eng.Close(ctx); err != nil {
+			t.Fatal(err)
+		}
+		out, err := os.ReadFile(b.path)
+		if errors.Is(err, os.ErrNotExist) {
+			return ""
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	run := func(t *testing.T, eng *kisflow.Engine) {
+		t.Helper()
+		fl := mustFlow(t, eng, "F")
+		_ = fl.CommitRow(map[string]any{"stu_id": 1})
+		if _, err := fl.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("misspelt", func(t *testing.T) {
+		b := build(t, "SaveScoreAvg_12", nil)
+		_, err := b.eng.Flow(ctx, "F")
+		if err == nil || !errors.Is(err, kisflow.ErrUnknownFunction) ||
+			!strings.Contains(err.Error(), `did you mean "SaveScoreAvg_12"?`) || !strings.Contains(err.Error(), "body: yaml") {
+			t.Fatalf("eng.Flow: %v", err)
+		}
+		probs := b.set.Check(b.reg.LintOptions()...)
+		if len(probs) != 1 || probs[0].Severity != config.SevError || !strings.Contains(probs[0].Msg, `registered as "SaveScoreAvg_12"`) {
+			t.Errorf("lint: %v", probs)
+		}
+		if got := written(t, b); got != "" {
+			t.Errorf("written: %s", got)
+		}
+	})
+	t.Run("case", func(t *testing.T) {
+		b := build(t, "saveScoreAvg12", nil)
+		if _, err := b.eng.Flow(ctx, "F"); err == nil || !strings.Contains(err.Error(), `"saveScoreAvg12"`) {
+			t.Fatalf("eng.Flow: %v", err)
+		}
+	})
+	t.Run("body yaml", func(t *testing.T) {
+		b := build(t, "SaveScoreAvg_12", map[string]string{"body": "yaml"})
+		for _, p := range b.set.Check(b.reg.LintOptions()...) {
+			t.Errorf("lint: %v", p)
+		}
+		run(t, b.eng)
+		if got := written(t, b); got != `{"stu_id":1}` {
+			t.Errorf("written: %s", got)
+		}
+	})
+	t.Run("bad body", func(t *testing.T) {
+		b := build(t, "Other", map[string]string{"body": "yml"})
+		if _, err := b.eng.Flow(ctx, "F"); err == nil || !strings.Contains(err.Error(), `"yml" is not yaml`) {
+			t.Fatalf("eng.Flow: %v", err)
+		}
+	})
+	t.Run("no near name", func(t *testing.T) {
+		b := build(t, "PrintStuAvgScore", nil)
+		run(t, b.eng)
+		if got := written(t, b); got != `{"stu_id":1}` {
+			t.Errorf("written: %s", got)
+		}
+	})
+	t.Run("near name configured", func(t *testing.T) {
+		b := build(t, "SaveScoreAvg13", nil, config.NewFunc("SaveScoreAvg13", config.Save).WithConn("M"))
+		run(t, b.eng)
+		if got := written(t, b); got != `{"stu_id":1}` {
+			t.Errorf("written: %s", got)
+		}
+	})
+}
+
+// A folder the original loads, with a disabled flow naming a function that
+// is gone, a disabled duplicate of an enabled flow and unused functions with
+// a lowercase fmode or a missing connector: it imports, the engine is made,
+// the enabled flow runs and the disabled one is refused.
+func TestFolderWithDisabledAndUnusedLeftoversRuns(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	docs := "kistype: func\nfname: Known\nfmode: Calculate\n---\nkistype: func\nfname: Lower\nfmode: calculate\n---\n" +
+		"kistype: func\nfname: S\nfmode: Save\noption:\n  cname: Gone\n---\n" +
+		"kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Known\n---\n" +
+		"kistype: flow\nstatus: 0\nflow_name: F\nflows:\n  - fname: Removed\n  - fname: S\n---\n" +
+		"kistype: flow\nstatus: 0\nflow_name: Old\nflows:\n  - fname: Removed\n  - fname: Lower\n"
+	if err := os.WriteFile(filepath.Join(dir, "a.yml"), []byte(docs), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := kisflow.NewRegistry()
+	if err := all.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister("Known", passThrough[map[string]any])
+	for _, p := range set.Check(reg.LintOptions()...) {
+		if p.Severity == config.SevError {
+			t.Errorf("lint: %v", p)
+		}
+	}
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	fl := mustFlow(t, eng, "F")
+	_ = fl.CommitRow(map[string]any{"a": 1})
+	if res, err := fl.Run(context.Background()); err != nil || len(res.Rows) != 1 {
+		t.Fatalf("Run: %v, %v", res.Rows, err)
+	}
+	if _, err := eng.Flow(context.Background(), "Old"); !errors.Is(err, kisflow.ErrFlowDisabled) {
+		t.Errorf("disabled flow: %v", err)
+	}
+}
+
+type nilRow struct{ A int }
+
+// Nil rows, as the migration guide's "Nil rows" row says: a typed nil
+// reaches a []*T function as nil and is rejected by a []T one; an untyped
+// nil is rejected by both, naming T (not *T); JSON null reaches []*T as &T{}.
+func TestNilRows(t *testing.T) {
+	t.Parallel()
+	var gotPtr []*nilRow
+	var gotVal []nilRow
+	reg := kisflow.NewRegistry()
+	reg.MustRegister("Ptr", func(ctx context.Context, f kisflow.Flow, rows []*nilRow) error {
+		gotPtr = append(gotPtr, rows...)
+		return nil
+	})
+	reg.MustRegister("Val", func(ctx context.Context, f kisflow.Flow, rows []nilRow) error {
+		gotVal = append(gotVal, rows...)
+		return nil
+	})
+	set := config.NewSet()
+	set.AddFunc(config.NewFunc("Ptr", config.Calculate))
+	set.AddFunc(config.NewFunc("Val", config.Calculate))
+	set.AddFlow(config.NewFlow("P", config.Step("Ptr", nil)))
+	set.AddFlow(config.NewFlow("V", config.Step("Val", nil)))
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	run := func(name string) []string {
+		fl := mustFlow(t, eng, name)
+		_ = fl.CommitRow(nil)
+		_ = fl.CommitRow((*nilRow)(nil))
+		_ = fl.CommitRow("null")
+		res, _ := fl.Run(context.Background())
+		var out []string
+		for _, r := range res.Rejected {
+			out = append(out, r.Err.Error())
+		}
+		return out
+	}
+	if rej := run("P"); len(rej) != 1 || rej[0] != "nil row cannot become kisflow_test.nilRow" {
+		t.Errorf("[]*T rejected: %q", rej)
+	}
+	if len(gotPtr) != 2 || gotPtr[0] != nil || gotPtr[1] == nil || *gotPtr[1] != (nilRow{}) {
+		t.Errorf("[]*T got %v", gotPtr)
+	}
+	if rej := run("V"); len(rej) != 2 || rej[0] != "nil row cannot become kisflow_test.nilRow" || rej[1] != "row is a nil pointer" {
+		t.Errorf("[]T rejected: %q", rej)
+	}
+	if len(gotVal) != 1 || gotVal[0] != (nilRow{}) {
+		t.Errorf("[]T got %v", gotVal)
+	}
+}
+
+// downDriver fails every start, counting them.
+type downDriver struct{ starts *atomic.Int32 }
+
+func (d downDriver) Start(context.Context) error {
+	d.starts.Add(1)
+	return errors.New("connection refused")
+}
+func (d downDriver) Close(context.Context) error { return nil }
+
+// c.Driver() on a connector only functions use, whose server is down: the
+// first call tries to start it, the next ones within the wait return nil
+// at once instead of each waiting for a dial; Client always tries.
+func TestDriverDoesNotRedialAtOnceAfterAFailedStart(t *testing.T) {
+	t.Parallel()
+	var starts atomic.Int32
+	reg := kisflow.NewRegistry()
+	if err := reg.RegisterDriver("down", func(*config.Conn) (kisflow.Driver, error) { return downDriver{&starts}, nil }); err != nil {
+		t.Fatal(err)
+	}
+	var nils int
+	var clientErr error
+	reg.MustRegister("S", func(ctx context.Context, f kisflow.Flow) error {
+		c, err := f.Connector()
+		if err != nil {
+			return err
+		}
+		for range 5 {
+			if c.Driver() == nil {
+				nils++
+			}
+		}
+		_, clientErr = c.Client(ctx)
+		return nil
+	})
+	set := config.NewSet()
+	set.AddConn(config.NewConn("C", "down"))
+	set.AddFunc(config.NewFunc("S", config.Save).WithConn("C"))
+	set.AddFlow(config.NewFlow("F", config.Step("S", nil)))
+	eng, err := kisflow.NewEngine(reg, set, kisflow.WithDriverRetryAfter(time.Hour), kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close(context.Background())
+	if _, err := mustFlow(t, eng, "F").Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if nils != 5 || starts.Load() != 2 || clientErr == nil || !strings.Contains(clientErr.Error(), "connection refused") {
+		t.Errorf("Driver nil %d times, %d starts (want 5, 2: one by Driver, one by Client), Client: %v", nils, starts.Load(), clientErr)
 	}
 }

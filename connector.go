@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
@@ -64,7 +65,17 @@ type Connector struct {
 	driver Driver                                        // nil until started
 	start  func(ctx context.Context, c *Connector) error // builds and starts the driver, sets driver
 	log    *slog.Logger
+
+	// failedAt is when Driver last failed to start the driver; Driver
+	// does not try again for retryAfter.
+	failedAt   time.Time
+	retryAfter time.Duration
 }
+
+// driverRetryAfter is how long Driver returns nil at once after a failed
+// start, before it tries again: a function calling it for each row of a
+// batch while the server is down does not wait a dial timeout each time.
+const driverRetryAfter = time.Second
 
 // Name is the connector's cname.
 func (c *Connector) Name() string { return c.cfg.CName }
@@ -95,11 +106,21 @@ func (c *Connector) Client(ctx context.Context) (Driver, error) {
 // It is nil for a connector whose type this binary has no driver for. For
 // a connector used only by functions, the first call starts the driver;
 // when that start fails it logs the error and returns nil (Client returns
-// the error).
+// the error), and the calls of the next second return nil at once, without
+// trying again (Client always tries).
 func (c *Connector) Driver() Driver {
+	c.mu.Lock()
+	wait := c.driver == nil && !c.failedAt.IsZero() && time.Since(c.failedAt) < c.retryAfter
+	c.mu.Unlock()
+	if wait {
+		return nil
+	}
 	d, err := c.Client(context.Background())
 	if err != nil {
-		c.log.Error("connector failed to start", "connector", c.Name(), "err", err)
+		c.mu.Lock()
+		c.failedAt = time.Now()
+		c.mu.Unlock()
+		c.log.Error("connector failed to start; Driver returns nil without trying again for "+c.retryAfter.String(), "connector", c.Name(), "err", err)
 		return nil
 	}
 	return d

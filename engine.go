@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.opentelemetry.io/otel/trace"
 
@@ -78,9 +79,11 @@ type Engine struct {
 	codec    Codec
 	maxJumps int
 	clock    filter.Clock
-	tp       trace.TracerProvider
-	defaults []string
-	override ConnectorOverride
+	// driverRetry replaces driverRetryAfter when set (tests).
+	driverRetry time.Duration
+	tp          trace.TracerProvider
+	defaults    []string
+	override    ConnectorOverride
 
 	metrics *metrics.Metrics
 	health  *plugin.Health
@@ -338,6 +341,13 @@ func (e *Engine) compileFlow(ctx context.Context, name string, cfg *config.Flow)
 			}
 			ok = true
 		}
+		if !ok && viaConn {
+			// Before its connector starts: a misspelt Go registration
+			// must not make the function a YAML Save that writes.
+			if err := e.reg.misnamedBody(e.set, fc, params); err != nil {
+				return nil, fmt.Errorf("flow %q: %w", name, err)
+			}
+		}
 		var conn *Connector
 		if fc.Option.CName != "" {
 			// A connector only functions with a Go body use starts when
@@ -471,7 +481,11 @@ func (e *Engine) connector(ctx context.Context, cname string, lazy bool) (*Conne
 		return nil, err
 	}
 	funcs, inits := e.reg.connCallbacks(cname)
-	conn := &Connector{cfg: cfg, funcs: funcs, start: e.startDriver, log: e.log}
+	retry := driverRetryAfter
+	if e.driverRetry > 0 {
+		retry = e.driverRetry
+	}
+	conn := &Connector{cfg: cfg, funcs: funcs, start: e.startDriver, log: e.log, retryAfter: retry}
 	if !lazy {
 		if _, err := conn.started(ctx); err != nil {
 			return nil, err

@@ -34,8 +34,15 @@ type Flow interface {
 
 	// CommitRow adds a row: to the next run's input when called outside a
 	// run, to the running function's output inside one.
+	//
+	// The row is kept as given, not copied: a pointer *T reaches a []*T
+	// function as that same pointer, so a function that changes its rows
+	// changes the caller's values, and one pointer committed to several
+	// forks running in parallel is a data race. Commit a copy to each
+	// fork (or commit values T, which each function decodes afresh).
 	CommitRow(row any) error
-	// CommitRowBatch adds every element of a slice as CommitRow does.
+	// CommitRowBatch adds every element of a slice as CommitRow does (the
+	// elements are not copied either: see CommitRow).
 	CommitRowBatch(rows any) error
 	// Input is the running function's input, as the rows arrived (the
 	// pending source rows outside a run).
@@ -69,7 +76,15 @@ type Flow interface {
 	// Run runs the committed source rows through the functions, layer by
 	// layer, and returns the last layer's rows. The source rows are consumed
 	// whatever the outcome. A failing function ends the run with a
-	// *FuncError; the rows it committed are dropped.
+	// *FuncError wrapping the function's error (test it with errors.Is
+	// and errors.As, not == or a type switch); the rows it committed are
+	// dropped.
+	//
+	// ctx is honoured between functions: with ctx cancelled or past its
+	// deadline before a function starts, the run stops there and returns
+	// ctx's error (flow "F": context canceled); a ctx done before Run runs
+	// no function at all. A function sees ctx and stops as it sees fit.
+	// (The original KisFlow ran every function whatever ctx said.)
 	Run(ctx context.Context) (Result, error)
 	// Fork returns an independent instance of the same flow sharing the
 	// connectors, with empty buffers, cache and metadata.

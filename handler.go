@@ -359,7 +359,8 @@ func (b *reflectBinding) clearBuf(n int) {
 	b.buf.Slice(0, n).Clear()
 }
 
-// decodeRow decodes a JSON text or map row into dst (a pointer).
+// decodeRow decodes a JSON text or map row into dst (a pointer). Its
+// errors name the row type, what dst points to (T, not *T).
 func decodeRow(c Codec, row any, dst any) error {
 	switch v := row.(type) {
 	case string:
@@ -376,23 +377,32 @@ func decodeRow(c Codec, row any, dst any) error {
 		}
 		return wrapDecode(c.Unmarshal(data, dst), dst)
 	case nil:
-		return fmt.Errorf("nil row cannot become %s", reflect.TypeOf(dst))
+		return fmt.Errorf("nil row cannot become %s", rowTypeOf(dst))
 	}
 	// A row of another type (KisFlow's per-function In and Out structs)
 	// travels by its JSON shape, as in KisFlow.
 	data, err := c.Marshal(row)
 	if err != nil {
-		return fmt.Errorf("row of type %T cannot become %s: %w", row, reflect.TypeOf(dst), err)
+		return fmt.Errorf("row of type %T cannot become %s: %w", row, rowTypeOf(dst), err)
 	}
 	if err := c.Unmarshal(data, dst); err != nil {
-		return fmt.Errorf("row of type %T cannot become %s: %w", row, reflect.TypeOf(dst), err)
+		return fmt.Errorf("row of type %T cannot become %s: %w", row, rowTypeOf(dst), err)
 	}
 	return nil
 }
 
 func wrapDecode(err error, dst any) error {
 	if err != nil {
-		return fmt.Errorf("decode into %s: %w", reflect.TypeOf(dst), err)
+		return fmt.Errorf("decode into %s: %w", rowTypeOf(dst), err)
 	}
 	return nil
+}
+
+// rowTypeOf is the type dst, a pointer, points to.
+func rowTypeOf(dst any) reflect.Type {
+	t := reflect.TypeOf(dst)
+	if t.Kind() == reflect.Pointer {
+		return t.Elem()
+	}
+	return t
 }

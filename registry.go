@@ -149,10 +149,12 @@ func (r *Registry) pluginSpecs() map[string]plugin.Spec {
 // connector types, the filters (names and params), the plugin types (each
 // plugin's config is decoded) and the function bodies: a function that an
 // enabled flow with a stream block runs (what kisflow run runs) must have a
-// Go body or a usable YAML one. NewEngine leaves that last check to the
-// building of a flow, as KisFlow did.
+// Go body or a usable YAML one, and a Load or Save of an enabled flow with
+// no Go body must not look like a misspelt registration (a Go function
+// registered under a near name; see the param body: yaml). NewEngine
+// leaves these checks to the building of a flow, as KisFlow did.
 func (r *Registry) LintOptions() []config.LintOption {
-	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkWindows), config.WithCheck(r.checkTimers), config.WithCheck(func(s *config.Set) []config.Problem {
+	return append(r.lintOptions(), config.WithCheck(r.checkBodies), config.WithCheck(r.checkMisnamedBodies), config.WithCheck(r.checkWindows), config.WithCheck(r.checkTimers), config.WithCheck(func(s *config.Set) []config.Problem {
 		_, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
 		var ce *config.Error
 		if errors.As(err, &ce) {
@@ -448,19 +450,31 @@ func globalWithImplicit(g *config.Global) *config.Global {
 func (r *Registry) checkConns(s *config.Set) []config.Problem {
 	var probs []config.Problem
 	streams := streamConns(s)
-	strict := r.strictConns(s)
-	byGo := map[string]bool{} // connectors of functions with a Go body in r
+	strict := r.lintStrictConns(s)
+	byGo := map[string]bool{}   // connectors of functions with a Go body in r
+	byFunc := map[string]bool{} // connectors of any function
 	for name, fc := range s.Funcs {
-		if _, ok := r.handler(name); ok && fc.Option.CName != "" {
+		if fc.Option.CName == "" {
+			continue
+		}
+		byFunc[fc.Option.CName] = true
+		if _, ok := r.handler(name); ok {
 			byGo[fc.Option.CName] = true
 		}
 	}
-	// lazy softens a problem of a connector only functions with a Go body
-	// use: it starts when one first needs its client, and fails then.
+	// lazy softens a problem of a connector only functions that have, or
+	// may have, a Go body use: it starts when one first needs its client,
+	// and fails then.
 	lazy := func(name string, p config.Problem) config.Problem {
-		if byGo[name] && !strict[name] && p.Severity == config.SevError {
-			p.Severity = config.SevWarning
+		if !byFunc[name] || strict[name] || p.Severity != config.SevError {
+			return p
+		}
+		p.Severity = config.SevWarning
+		if byGo[name] {
 			p.Msg += "; the connector is used only by functions with a Go body: it starts, and this fails, when one first needs its client (Connector.Client, Driver or Call)"
+		} else {
+			p.Msg += "; the connector is used only by functions of flows run from Go code, which may have a Go body (this registry has none, lint cannot know): it starts, and this fails, " +
+				"when one first needs its client, or when a flow running it as a YAML-only Load or Save is built (give such a function the param body: yaml to make this an error)"
 		}
 		return p
 	}
@@ -616,6 +630,105 @@ func (r *Registry) strictConns(s *config.Set) map[string]bool {
 		}
 	}
 	return out
+}
+
+// lintStrictConns are the connectors whose param problems lint reports as
+// errors. With Go functions in r (a program's registry), they are
+// strictConns. A registry with none (the stock binary's) cannot know the
+// bodies of the flows a Go program runs: then they are those a stream
+// names (see streamConns), and those of Load and Save functions that are
+// surely YAML-only: run by an enabled flow with a stream block (kisflow run
+// runs it, with r's bodies), or asking for their YAML body (see
+// asksYAMLBody). The connectors of the other functions start lazily, as
+// the original's did, and lint warns of their problems.
+func (r *Registry) lintStrictConns(s *config.Set) map[string]bool {
+	if len(r.Functions()) > 0 {
+		return r.strictConns(s)
+	}
+	out := streamConns(s)
+	streamed := map[string]bool{} // functions run by an enabled stream flow
+	for _, fl := range s.Flows {
+		if fl.Enabled() && fl.Stream != nil {
+			for _, st := range fl.Flows {
+				streamed[st.FName] = true
+			}
+		}
+	}
+	for name, fc := range s.Funcs {
+		if fc.Option.CName == "" || fc.ConfigOnly() || (fc.FMode != config.Load && fc.FMode != config.Save) {
+			continue
+		}
+		if _, ok := r.handler(name); ok {
+			continue
+		}
+		if streamed[name] || r.asksYAMLBody(s, fc) {
+			out[fc.Option.CName] = true
+		}
+	}
+	return out
+}
+
+// asksYAMLBody reports whether Load or Save function fc asks, in its
+// default_params or the params of a flow step running it, for its YAML
+// body: the param body, or, for a Load, a param its YAML Load reads
+// (load_query, load_key, on_missing...).
+func (r *Registry) asksYAMLBody(s *config.Set, fc *config.Func) bool {
+	var drv Driver
+	if fc.FMode == config.Load {
+		drv = r.unstartedDriver(s, fc.Option.CName)
+	}
+	known := yamlParams(fc, drv)
+	has := func(params map[string]string) bool {
+		for _, p := range known {
+			if _, ok := params[p]; ok {
+				return true
+			}
+		}
+		return false
+	}
+	if has(fc.Option.DefaultParams) {
+		return true
+	}
+	for _, fl := range s.Flows {
+		for _, st := range fl.Flows {
+			if st.FName == fc.FName && has(st.Params) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// unstartedDriver builds, without starting it, the driver of connector
+// cname as lint does, less the params its spec finds fault with (what
+// the driver's capabilities say does not depend on them); nil when the
+// connector, its type's driver or its config is missing or bad.
+func (r *Registry) unstartedDriver(s *config.Set, cname string) Driver {
+	c := s.Conns[cname]
+	if c == nil {
+		return nil
+	}
+	cfg, err := c.Expanded()
+	if err != nil {
+		return nil
+	}
+	factory, ok := r.driver(cfg.Type)
+	if !ok {
+		return nil
+	}
+	cfg = r.factoryConfig(s, cname, cfg)
+	if spec, ok := r.ConnectorSpec(cfg.Type); ok {
+		var bad []string
+		for _, pe := range spec.Check(cfg.Params) {
+			bad = append(bad, pe.Param)
+		}
+		cfg = withoutParams(cfg, bad)
+	}
+	drv, err := callFactory(factory, cfg)
+	if err != nil {
+		return nil
+	}
+	return drv
 }
 
 // factoryConfig is what the factory of connector cname gets: cfg, less the

@@ -31,15 +31,20 @@ var (
 // error)): here rows convert through the engine's codec, and such methods
 // would be ignored silently. Methods with those names but other shapes get
 // a logged warning.
+//
+// As in the original (kis.isSerialize), only the row type's own method set
+// counts, the methods with value receivers: the original's
+// serialize.DefaultSerialize has pointer receivers, so a row type embedding
+// it (every original example does) never was a per-type serializer there,
+// and is accepted here without a word.
 func checkSerializer(h Handler) error {
 	rt, ok := h.(rowTyped)
 	if !ok || rt.rowType() == nil {
 		return nil
 	}
 	t := rt.rowType()
-	pt := reflect.PointerTo(t)
-	un, okUn := pt.MethodByName("UnMarshal")
-	ma, okMa := pt.MethodByName("Marshal")
+	un, okUn := t.MethodByName("UnMarshal")
+	ma, okMa := t.MethodByName("Marshal")
 	if !okUn || !okMa {
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
+	"github.com/kisflow-go/kisflow/internal/suggest"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -89,6 +90,9 @@ func yamlBody(fc *config.Func, params map[string]string, conn *config.Conn, drv 
 	case config.Load, config.Save:
 	default:
 		return nil, noBody(fc, fmt.Sprintf("an %s function has no YAML form", fc.FMode))
+	}
+	if b := params[bodyParam]; b != "" && b != bodyYAML {
+		return nil, fmt.Errorf("function %q (fmode %s): %w", fc.FName, fc.FMode, &driver.ParamError{Param: bodyParam, Msg: fmt.Sprintf("%q is not %s (the only value: the function's body is its YAML %s through its connector)", b, bodyYAML, fc.FMode)})
 	}
 	if conn == nil {
 		return nil, noBody(fc, "give it a connector (option.cname)")
@@ -487,9 +491,9 @@ func suggestParam(fc *config.Func, p string, drv Driver) string {
 // yamlParams lists the params a YAML Load or Save reads.
 func yamlParams(fc *config.Func, drv Driver) []string {
 	if fc.FMode != config.Load {
-		return []string{"none"}
+		return []string{bodyParam}
 	}
-	known := []string{"on_missing", "cache_ttl", "cache_size"}
+	known := []string{"on_missing", "cache_ttl", "cache_size", bodyParam}
 	if ld, ok := drv.(Loader); ok {
 		known = append(ld.LoadParams(), known...)
 	}
@@ -518,4 +522,112 @@ func unreadParams(fc *config.Func, params map[string]string, drv Driver) []strin
 		out = append(out, p)
 	}
 	return out
+}
+
+// bodyParam is the function param that makes a Load or Save with no Go
+// body use its YAML body on purpose ("body: yaml"), even though a Go
+// function is registered under a name close to its own.
+const (
+	bodyParam = "body"
+	bodyYAML  = "yaml"
+)
+
+// misnamedBodyError is a Load or Save function with no Go body whose name
+// is close to that of a Go function registered for no function of the
+// configuration: a misspelt registration, which would otherwise make the
+// function a YAML-only Load or Save, silently writing to (or reading from)
+// the connector's store.
+type misnamedBodyError struct{ msg string }
+
+func (e *misnamedBodyError) Error() string { return e.msg }
+func (e *misnamedBodyError) Unwrap() error { return ErrUnknownFunction }
+
+// misnamedBody returns a *misnamedBodyError when fc, run with params by a
+// flow, is a Load or Save with no Go body in r and no filter or calc, a Go
+// function is registered in r under a name near fc's (see nearName) that
+// no function of s has, and fc's YAML does not ask for its YAML body: no
+// "body: yaml" param, and, for a Load, none of the params its YAML Load
+// reads (load_query, load_key, on_missing...: those say what to look up).
+// Else nil.
+func (r *Registry) misnamedBody(s *config.Set, fc *config.Func, params map[string]string) error {
+	if fc.ConfigOnly() || fc.Window != nil || (fc.FMode != config.Load && fc.FMode != config.Save) {
+		return nil
+	}
+	if _, ok := r.handler(fc.FName); ok {
+		return nil
+	}
+	var near string
+	for _, n := range r.Functions() {
+		if s.Funcs[n] == nil && nearName(fc.FName, n) {
+			near = n
+			break
+		}
+	}
+	if near == "" || params[bodyParam] == bodyYAML {
+		return nil
+	}
+	conn := fc.Option.CName
+	if fc.FMode == config.Load {
+		for _, p := range yamlParams(fc, r.unstartedDriver(s, conn)) {
+			if _, ok := params[p]; ok {
+				return nil
+			}
+		}
+	}
+	what := fmt.Sprintf("its YAML %s through connector %q", fc.FMode, conn)
+	if conn == "" {
+		what = fmt.Sprintf("a YAML %s (through a connector, option.cname)", fc.FMode)
+	}
+	return &misnamedBodyError{msg: fmt.Sprintf("function %q (fmode %s) has no Go body; a Go function is registered as %q: did you mean %q? "+
+		"Register it as %q (or rename the function in the YAML); to use %s on purpose, set its param %s: %s (option.default_params)",
+		fc.FName, fc.FMode, near, near, fc.FName, what, bodyParam, bodyYAML)}
+}
+
+// nearName reports whether the registered name reg is close enough to the
+// configured name cfg to be its misspelling: the same but for case and the
+// separators _ - . and space, or at most two edits apart (ignoring case)
+// when cfg is long enough for that to be a slip (3 edits per 10 letters).
+func nearName(cfg, reg string) bool {
+	norm := func(s string) string {
+		return strings.Map(func(r rune) rune {
+			switch r {
+			case '_', '-', '.', ' ':
+				return -1
+			}
+			return r
+		}, strings.ToLower(s))
+	}
+	if norm(cfg) == norm(reg) {
+		return true
+	}
+	d := suggest.Distance(strings.ToLower(cfg), strings.ToLower(reg))
+	return d <= 2 && 10*d <= 3*len(cfg)
+}
+
+// checkMisnamedBodies lints what misnamedBody finds in the functions the
+// enabled flows run: an error at the function's fname, as building the
+// flow fails.
+func (r *Registry) checkMisnamedBodies(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	seen := map[string]bool{}
+	for _, fname := range s.FlowNames() {
+		fl := s.Flows[fname]
+		if !fl.Enabled() {
+			continue
+		}
+		for _, st := range fl.Flows {
+			fc := s.Funcs[st.FName]
+			if fc == nil {
+				continue
+			}
+			err := r.misnamedBody(s, fc, config.MergedParams(fc, st))
+			if err == nil || seen[err.Error()] {
+				continue
+			}
+			seen[err.Error()] = true
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFunc, fc.FName, "fname"), Severity: config.SevError,
+				Msg: fmt.Sprintf("%v (flow %q runs it)", err, fname)})
+		}
+	}
+	return probs
 }

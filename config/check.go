@@ -48,13 +48,28 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		addAt(s.Pos(kind, name, field), sev, format, args...)
 	}
 
+	// A function no enabled flow runs is never looked at by the original
+	// (it builds enabled flows only): its unknown fmode or connector is a
+	// warning, and an error once an enabled flow names it.
+	run := s.enabledFuncs()
+	sevRun := func(name string) (Severity, string) {
+		if run[name] {
+			return SevError, ""
+		}
+		return SevWarning, "; no enabled flow runs the function, so it loads (as in the original), but an enabled flow naming it is refused"
+	}
 	for _, name := range sortedKeys(s.Funcs) {
 		fn := s.Funcs[name]
+		sev, unused := sevRun(name)
 		switch {
 		case fn.FMode == "":
-			add(KindFunc, name, "", SevError, "function %q: missing fmode%s", name, suggestMode(""))
+			add(KindFunc, name, "", sev, "function %q: missing fmode%s%s", name, suggestMode(""), unused)
 		case !fn.FMode.Valid():
-			add(KindFunc, name, "fmode", SevError, "function %q: unknown fmode %q%s", name, fn.FMode, suggestMode(string(fn.FMode)))
+			hint := suggestMode(string(fn.FMode))
+			if strings.HasPrefix(hint, " (did you mean") {
+				hint = strings.TrimSuffix(hint, ")") + " fmode is case-sensitive, as in the original)"
+			}
+			add(KindFunc, name, "fmode", sev, "function %q: unknown fmode %q%s%s", name, fn.FMode, hint, unused)
 		case fn.FMode.NeedsConn() && fn.Option.CName == "":
 			// KisFlow's exporter writes `cname: ""` and its loader takes it:
 			// only a use of the connector fails (a YAML-only Load or Save,
@@ -63,7 +78,7 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		}
 		if c := fn.Option.CName; c != "" {
 			if _, ok := s.Conns[c]; !ok {
-				add(KindFunc, name, "option.cname", SevError, "function %q: unknown connector %q", name, c)
+				add(KindFunc, name, "option.cname", sev, "function %q: unknown connector %q%s", name, c, unused)
 			}
 		}
 		if fn.Option.RetryTimes < 0 {
@@ -93,13 +108,19 @@ func (s *Set) Check(opts ...LintOption) []Problem {
 		if len(fl.Flows) == 0 {
 			add(KindFlow, name, "", SevWarning, "flow %q has no functions", name)
 		}
+		// The original skips a disabled flow when it loads a folder: what
+		// it names is a warning, and an error once it is enabled.
+		sev, disabled := SevError, ""
+		if !fl.Enabled() {
+			sev, disabled = SevWarning, "; the flow is disabled (status: 0), so it loads (as in the original), but enabling it is refused"
+		}
 		for i, st := range fl.Flows {
 			field := fmt.Sprintf("flows[%d].fname", i)
 			switch {
 			case st.FName == "":
-				add(KindFlow, name, fmt.Sprintf("flows[%d]", i), SevError, "flow %q: step %d has no fname", name, i+1)
+				add(KindFlow, name, fmt.Sprintf("flows[%d]", i), sev, "flow %q: step %d has no fname%s", name, i+1, disabled)
 			case s.Funcs[st.FName] == nil:
-				add(KindFlow, name, field, SevError, "flow %q names unknown function %q", name, st.FName)
+				add(KindFlow, name, field, sev, "flow %q names unknown function %q%s", name, st.FName, disabled)
 			}
 		}
 		if fl.Stream != nil {
@@ -173,4 +194,17 @@ func (s *Set) streamUsing(cname string) string {
 		}
 	}
 	return ""
+}
+
+// enabledFuncs is the set of functions an enabled flow names.
+func (s *Set) enabledFuncs() map[string]bool {
+	out := map[string]bool{}
+	for _, fl := range s.Flows {
+		if fl.Enabled() {
+			for _, st := range fl.Flows {
+				out[st.FName] = true
+			}
+		}
+	}
+	return out
 }

@@ -532,8 +532,23 @@ func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
 		if name == "" {
 			return append(probs, Problem{Pos: src.pos, Msg: "flow without flow_name"})
 		}
-		if _, dup := s.Flows[name]; dup {
-			return append(probs, s.dupProblem(kind, name, src))
+		if old, dup := s.Flows[name]; dup {
+			// The original skips disabled flows as it reads them: a disabled
+			// flow named as another is a warning, and the enabled one is
+			// kept, whichever file comes first.
+			switch {
+			case old.Enabled() && v.Enabled():
+				return append(probs, s.dupProblem(kind, name, src))
+			case !v.Enabled():
+				p := s.dupProblem(kind, name, src)
+				return append(probs, Problem{Pos: p.Pos, Severity: SevWarning, Msg: p.Msg + "; this one is disabled (status: 0) and ignored, as the original ignores it"})
+			default:
+				first := s.Pos(kind, name, "")
+				if l := s.Pos(kind, name, "flow_name"); l.Line != 0 {
+					first = l
+				}
+				probs = append(probs, Problem{Pos: first, Severity: SevWarning, Msg: fmt.Sprintf("duplicate flow %q (also defined at %s); this one is disabled (status: 0) and ignored, as the original ignores it", name, src.pos)})
+			}
 		}
 		s.Flows[name] = v
 	case *Conn:

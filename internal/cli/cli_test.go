@@ -35,7 +35,7 @@ func TestLint(t *testing.T) {
 		contains string
 	}{
 		{"valid folder", "../../examples/quickstart/conf", ExitOK, ""},
-		{"every error", "../../config/testdata/bad", ExitProblem, `flow-unknown-func.yml:6: flow "Disabled" names unknown function "Missing"`},
+		{"every error", "../../config/testdata/bad", ExitProblem, `func-unknown-cname.yml:5: function "LoadBadConn": unknown connector "NoSuchConn"`},
 		{"the original KisFlow sample files", "../../config/testdata/kisflow", ExitOK, ""},
 		{"connector type unknown to this binary", "../../config/testdata/bad", ExitProblem, `connector "C2": no driver for type "carrier-pigeon"`},
 		{"several mysql addrs", "testdata/badconns", ExitProblem, `conns.yml:4: connector "two-mysql": mysql connector "two-mysql": addrs names 2 servers`},
@@ -46,6 +46,14 @@ func TestLint(t *testing.T) {
 		{"a broken key template beside bad params", "testdata/badconns", ExitProblem, `conns.yml:19: connector "every-typo": redis connector "every-typo": template "user:{id": '{' without '}'`},
 		{"a misspelt param on a connector only functions use: a warning", "testdata/badconns", ExitProblem,
 			`conns.yml:33: warning: connector "callbacks-only" (type redis): param claim_idel: unknown param (did you mean claim_idle?); left to this connector's own callbacks`},
+		// The stock binary knows no Go bodies: a connector only functions of
+		// flows run from Go code use is a label until used, as in KisFlow.
+		{"a bad param of a connector only functions of Go-run flows use: a warning", "testdata/funconly", ExitOK,
+			`all.yml:10: warning: connector "Store" (type redis): param db: "test" is not a whole number; the connector is used only by functions of flows run from Go code, which may have a Go body`},
+		{"a bad param of a connector a YAML-only Save uses (body: yaml)", "testdata/funconlyyaml", ExitProblem,
+			"all.yml:9: connector \"Store\" (type redis): param db: \"test\" is not a whole number\n"},
+		{"a bad param of a connector a YAML-only Load uses (load_key)", "testdata/funconlyyaml", ExitProblem,
+			"all.yml:17: connector \"Lookup\" (type redis): param db: \"test\" is not a whole number\n"},
 		{"a filter param typo", "testdata/badfilters", ExitProblem, `flow.yml:8: flow "Guarded": filter "retry": param tims: unknown param (did you mean times?)`},
 		{"a filter duration in bare milliseconds: a warning", "testdata/badfilters", ExitProblem, `flow.yml:9: warning: flow "Guarded": filter "retry": param duration: 1500 read as 1500ms; write 1500ms`},
 		{"a bad filter duration", "testdata/badfilters", ExitProblem, `flow.yml:10: flow "Guarded": filter "timeout": param duration: "soon" is not a duration (want one such as 500ms, 2s or 1h30m)`},
@@ -66,7 +74,7 @@ func TestLint(t *testing.T) {
 		{"an unset variable of a connector nothing runs: a warning", "testdata/lintgaps", ExitProblem, `conns.yml:17: warning: connector "unused": params.path uses unset environment variable(s) KISFLOW_LINTGAPS_UNSET`},
 		{"a port out of range", "testdata/lintgaps", ExitProblem, `global.yml:5: plugin metrics.main: listen "127.0.0.1:99999": port "99999": want a number from 0 to 65535`},
 		{"a flow step's param typo, at the step", "testdata/lintparams", ExitProblem,
-			`flow.yml:9: warning: function "BySQL": param "on_mising" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size) (did you mean on_missing?)`},
+			`flow.yml:9: warning: function "BySQL": param "on_mising" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size, body) (did you mean on_missing?)`},
 		{"a flow step's bad param value, at the step", "testdata/lintparams", ExitProblem,
 			`flow.yml:12: function "BySQL2" (fmode Load): param on_missing: "dorp" is not one of pass, drop, dead_letter (did you mean drop?) (flow "P" runs it)`},
 		{"a param a YAML Verify's filters would read, misspelt", "testdata/lintparams", ExitProblem,

@@ -138,7 +138,7 @@ func TestYAMLLoadParamTypo(t *testing.T) {
 	funcs := "kistype: func\nfname: Enrich\nfmode: Load\noption:\n  cname: users\n  filters: [timeout]\n  default_params:\n" +
 		"    load_query: SELECT id AS user_id FROM users WHERE id IN (:user_id)\n    cache_tll: 30s\n    timeout_duration: 2s\n"
 	code, out, stderr := run(t, "lint", yamlFuncDir(t, true, funcs, sqliteUsers))
-	want := `funcs.yml:9: warning: function "Enrich": param "cache_tll" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size)`
+	want := `funcs.yml:9: warning: function "Enrich": param "cache_tll" is not read by its YAML Load (it reads load_query, on_missing, cache_ttl, cache_size, body)`
 	if code != ExitOK || !strings.Contains(out, want) || strings.Count(out, "\n") != 1 {
 		t.Fatalf("exit %d, want %d and only %q in\n%s%s", code, ExitOK, want, out, stderr)
 	}
