@@ -350,7 +350,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	cfg := runtime.Config{
 		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
-		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep,
+		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep, CheckpointInterval: st.CheckpointInterval.Std(),
 		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
 		Resume: resume, Fence: j.start.Resumable,
 	}
@@ -770,14 +770,17 @@ func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, erro
 // StreamDefaults returns st with every field it leaves unset given the
 // value a Job uses for it: batch_size, linger, workers, delivery,
 // max_in_flight, retry_times, retry_duration, drain_timeout,
-// max_consecutive_failures, and idle_timeout when it declares time_field.
+// checkpoint_interval, max_consecutive_failures, and idle_timeout when it
+// declares time_field.
 func StreamDefaults(st config.Stream) config.Stream {
 	cfg := runtime.Config{
 		BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: st.Workers, Delivery: st.Delivery,
 		MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(), MaxConsecutiveFailures: st.MaxConsecutiveFailures,
+		CheckpointInterval: st.CheckpointInterval.Std(),
 	}.WithDefaults()
 	st.BatchSize, st.Linger, st.Workers, st.Delivery = cfg.BatchSize, config.Duration(cfg.Linger), cfg.Workers, cfg.Delivery
 	st.MaxInFlight, st.DrainTimeout, st.MaxConsecutiveFailures = cfg.MaxInFlight, config.Duration(cfg.DrainTimeout), cfg.MaxConsecutiveFailures
+	st.CheckpointInterval = config.Duration(cfg.CheckpointInterval)
 	if st.RetryTimes == nil {
 		n := DefaultRetryTimes
 		st.RetryTimes = &n

@@ -261,8 +261,8 @@ func (s *Set) checkStream(name string, st *Stream, add func(kind Kind, name, fie
 	if st.MaxConsecutiveFailures < -1 {
 		add(KindFlow, name, "stream.max_consecutive_failures", SevError, "flow %q: stream max_consecutive_failures %d: want a positive number, or -1 to never stop", name, st.MaxConsecutiveFailures)
 	}
-	if st.Linger < 0 || st.DrainTimeout < 0 {
-		add(KindFlow, name, "stream", SevError, "flow %q: negative linger or drain_timeout", name)
+	if st.Linger < 0 || st.DrainTimeout < 0 || st.CheckpointInterval < 0 {
+		add(KindFlow, name, "stream", SevError, "flow %q: negative linger, drain_timeout or checkpoint_interval", name)
 	}
 	for field, d := range map[string]Duration{"lateness": st.Lateness, "idle_timeout": st.IdleTimeout} {
 		switch {

@@ -47,6 +47,12 @@ type Stream struct {
 	RetryDuration int  `yaml:"retry_duration,omitempty"`
 	// DrainTimeout bounds the shutdown drain (default 30s).
 	DrainTimeout Duration `yaml:"drain_timeout,omitempty"`
+	// CheckpointInterval is how often at most an at-least-once stream saves
+	// its position, with the keyed state (and kept windows) changed since,
+	// while batches keep coming (default 200ms). Longer writes a key that
+	// changes often once per interval rather than after each batch; after
+	// a crash, up to an interval more is read again.
+	CheckpointInterval Duration `yaml:"checkpoint_interval,omitempty"`
 	// MaxConsecutiveFailures stops the job with the failure when this many
 	// messages in a row were dead-lettered by the same function with the
 	// same error (default 100, or never for a source that answers each

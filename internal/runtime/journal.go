@@ -34,7 +34,7 @@ type Journal interface {
 // reach the disk only when it is synced (a file): the runtime syncs it once
 // before what depends on the dead letters, not once per write: before a
 // transactional commit, an acknowledgement, or saving a position (at most
-// every CheckpointInterval for sources whose position it stores).
+// every checkpoint interval for sources whose position it stores).
 type Syncer interface {
 	Sync() error
 }

@@ -85,6 +85,10 @@ type Config struct {
 	Delivery     string
 	MaxInFlight  int // epochs
 	DrainTimeout time.Duration
+	// CheckpointInterval is how often at most the position of an
+	// at-least-once stream, and the keyed state changed since, are saved
+	// while batches keep coming (<= 0: DefaultCheckpointInterval).
+	CheckpointInterval time.Duration
 	// PolicyFor returns the retry policy of a function ("" for the flow as
 	// a whole, when the failing function is unknown).
 	PolicyFor func(fname string) Policy
@@ -178,6 +182,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxInFlight <= 0 {
 		c.MaxInFlight = 2*c.Workers + 1
+	}
+	if c.CheckpointInterval <= 0 {
+		c.CheckpointInterval = DefaultCheckpointInterval
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -295,6 +302,8 @@ type Runner struct {
 	// yet saved, with the position they belong to (at-least-once with a
 	// stored position; commit loop only).
 	pendingState map[state.ID]state.Entry
+	spareState   map[state.ID]state.Entry // a saved pendingState, emptied, for reuse
+	saving       chan saveDone            // the save under way (see startSave), nil if none
 	stateLink    *link
 	// partitioned is set when keyed state follows the partitions of a
 	// stream.PartitionOwner source.
@@ -854,16 +863,26 @@ func (r *Runner) split(ep *epoch) {
 	}
 }
 
-// CheckpointInterval is how often at most the position of an at-least-once
-// or at-most-once stream is saved while epochs keep coming; the last
+// DefaultCheckpointInterval is how often at most the position of an
+// at-least-once or at-most-once stream, with the keyed state changed since,
+// is saved while epochs keep coming (Config.CheckpointInterval); the last
 // position is always saved when the stream stops or goes idle. A position
-// that lags only means more redelivery after a crash. A save that takes
-// long (one that writes many keyed state entries) spaces the next one out
-// to saveSpacing times its duration, so that saving takes a bounded share
-// of the commit loop's time.
-const CheckpointInterval = 200 * time.Millisecond
+// that lags only means more redelivery after a crash; the state changes of
+// a key between two saves are written once. A save runs beside the commit
+// loop; one that takes long (one that writes many keyed state entries)
+// spaces the next one out to saveSpacing times its duration, so that
+// saving takes a bounded share of the machine.
+const DefaultCheckpointInterval = 200 * time.Millisecond
 
-// saveSpacing: see CheckpointInterval.
+// checkpointInterval is c.CheckpointInterval or its default.
+func (c *Config) checkpointInterval() time.Duration {
+	if c.CheckpointInterval > 0 {
+		return c.CheckpointInterval
+	}
+	return DefaultCheckpointInterval
+}
+
+// saveSpacing: see DefaultCheckpointInterval.
 const saveSpacing = 4
 
 // maxGroupRows bounds the rows of epochs committed together.
@@ -984,16 +1003,32 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	open := true
 	var lastSave time.Time
 	var took time.Duration // the last save's
-	every := CheckpointInterval
+	every := r.cfg.checkpointInterval()
 	savedPos, pendingPos := "", ""
-	save := func() {
-		began := time.Now()
-		if err := r.savePosition(work, pendingPos); err != nil && firstErr == nil {
-			firstErr = err
+	// A save runs beside the loop (see startSave), one at a time: the
+	// loop goes on committing batches in memory while the store writes.
+	finish := func(res saveDone) {
+		r.saving = nil
+		r.savedState(work, res.pos, res.state, res.err)
+		if res.err != nil && firstErr == nil {
+			firstErr = res.err
 		}
-		savedPos, lastSave = pendingPos, time.Now()
-		took = lastSave.Sub(began)
-		every = max(CheckpointInterval, saveSpacing*took)
+		savedPos, lastSave, took = res.pos, res.began, time.Since(res.began)
+		every = max(r.cfg.checkpointInterval(), saveSpacing*took)
+	}
+	save := func() {
+		if r.saving != nil {
+			finish(<-r.saving)
+			if pendingPos == savedPos && len(r.pendingState) == 0 {
+				return
+			}
+		}
+		if err := r.startSave(work, pendingPos); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			savedPos, lastSave = pendingPos, time.Now()
+		}
 	}
 	broken := false // an epoch failed: no later epoch may commit
 	for {
@@ -1004,19 +1039,33 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 				break
 			}
 			var ok bool
-			if pendingPos == savedPos {
-				ep, ok = <-epochs
-			} else {
+			var due <-chan time.Time
+			var timer *time.Timer
+			if pendingPos != savedPos && r.saving == nil {
 				// A save put off (see saveSpacing) is made when due if
 				// nothing comes meanwhile.
-				due := time.NewTimer(max(every-time.Since(lastSave), 0))
-				select {
-				case ep, ok = <-epochs:
-					due.Stop()
-				case <-due.C:
-					save()
-					continue
-				}
+				timer = time.NewTimer(max(every-time.Since(lastSave), 0))
+				due = timer.C
+			}
+			var res saveDone
+			var saved, fire bool
+			select {
+			case ep, ok = <-epochs:
+			case res = <-r.saving: // nil (blocks) when no save runs
+				saved = true
+			case <-due:
+				fire = true
+			}
+			if timer != nil {
+				timer.Stop()
+			}
+			switch {
+			case saved:
+				finish(res)
+				continue
+			case fire:
+				save()
+				continue
 			}
 			if !ok {
 				break
@@ -1056,7 +1105,14 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 		// took long: then when saveSpacing allows, or when due (above).
 		since := time.Since(lastSave)
 		idle := next == nil && len(epochs) == 0 && since >= saveSpacing*took
-		if pendingPos != savedPos && (idle || since >= every) {
+		if r.saving != nil {
+			select {
+			case res := <-r.saving:
+				finish(res)
+			default:
+			}
+		}
+		if r.saving == nil && pendingPos != savedPos && (idle || since >= every) {
 			save()
 		}
 		for _, e := range group {
@@ -1064,6 +1120,9 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 			r.inflight.Add(-int64(len(e.msgs)))
 			<-slots
 		}
+	}
+	if r.saving != nil {
+		finish(<-r.saving)
 	}
 	if err := r.syncDeadLetters(work); err != nil && firstErr == nil {
 		firstErr = err
@@ -1269,15 +1328,6 @@ func (r *Runner) release(ep *epoch) {
 		}
 	}
 	r.inflightMu.Unlock()
-}
-
-// savePosition syncs the dead letters written so far, then stores the
-// position. Only the commit loop calls it.
-func (r *Runner) savePosition(ctx context.Context, pos string) error {
-	if err := r.syncDeadLetters(ctx); err != nil {
-		return fmt.Errorf("dead letters: %w", err)
-	}
-	return r.storeCommitted(ctx, pos)
 }
 
 func (r *Runner) storePosition(ctx context.Context, pos string) error {

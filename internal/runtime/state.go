@@ -65,11 +65,15 @@ func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, c
 		if r.pendingState == nil {
 			r.pendingState = map[state.ID]state.Entry{}
 		}
-		state.Merge(r.pendingState, txns)
+		r.parts.State.MergeUnsaved(r.pendingState, txns)
 		if mark != nil {
 			r.pendingState[watermarkID] = state.Entry{Raw: mark}
 		}
 		return nil
+	}
+	// A save under way writes older changes: it must land first.
+	if err := r.waitSave(ctx); err != nil {
+		return err
 	}
 	return r.retryForever(ctx, r.stateLink, func() error {
 		return r.parts.StateStore.SaveState(ctx, r.cfg.StateKey, "", changes)
@@ -77,25 +81,97 @@ func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, c
 }
 
 // storeCommitted saves the position of what was committed, with the state
-// changes kept since the last save in the same transaction. Only the
-// commit loop calls it.
+// changes kept since the last save in the same transaction, and waits for
+// it. Only the commit loop calls it, when no save runs (see startSave).
 func (r *Runner) storeCommitted(ctx context.Context, pos string) error {
-	if len(r.pendingState) == 0 {
-		if err := r.storePosition(ctx, pos); err != nil {
-			return err
+	pend := r.pendingState
+	r.pendingState = nil
+	err := r.saveCommitted(ctx, pos, pend)
+	r.savedState(ctx, pos, pend, err)
+	return err
+}
+
+// saveDone is the outcome of a save startSave began.
+type saveDone struct {
+	pos   string
+	state map[state.ID]state.Entry // the changes it saved
+	began time.Time
+	err   error
+}
+
+// startSave syncs the dead letters written so far, then begins saving pos
+// with the state changes kept since the last save (see storeCommitted) on
+// a goroutine of its own, whose outcome r.saving delivers: the commit loop
+// goes on committing batches in memory meanwhile, their changes kept for
+// the next save. Saves are made one at a time, in order, so that the
+// store never holds a state older than one it held. Only the commit loop
+// calls it, when no save runs.
+func (r *Runner) startSave(ctx context.Context, pos string) error {
+	began := time.Now()
+	if err := r.syncDeadLetters(ctx); err != nil {
+		return fmt.Errorf("dead letters: %w", err)
+	}
+	pend := r.pendingState
+	r.pendingState, r.spareState = r.spareState, nil
+	done := make(chan saveDone, 1)
+	r.saving = done
+	go func() {
+		err := r.saveCommitted(ctx, pos, pend)
+		done <- saveDone{pos: pos, state: pend, began: began, err: err}
+	}()
+	return nil
+}
+
+// savedState ends a save on the commit loop: a source that wants to know
+// is told that pos is saved; changes that could not be saved are kept
+// for the next save, under those committed since.
+func (r *Runner) savedState(ctx context.Context, pos string, saved map[state.ID]state.Entry, err error) {
+	if err != nil {
+		if len(saved) > 0 {
+			if r.pendingState == nil {
+				r.pendingState = saved
+				return
+			}
+			for id, e := range saved {
+				if _, ok := r.pendingState[id]; !ok {
+					r.pendingState[id] = e
+				}
+			}
 		}
-		r.positionCommitted(ctx, pos)
+		return
+	}
+	if saved != nil {
+		clear(saved)
+		r.spareState = saved
+	}
+	r.positionCommitted(ctx, pos)
+}
+
+// waitSave waits for the save under way, if any, and ends it; the error
+// is the save's.
+func (r *Runner) waitSave(ctx context.Context) error {
+	if r.saving == nil {
 		return nil
 	}
-	changes, err := r.parts.State.Encode(r.pendingState)
+	res := <-r.saving
+	r.saving = nil
+	r.savedState(ctx, res.pos, res.state, res.err)
+	return res.err
+}
+
+// saveCommitted writes pos with the state changes pend in one transaction
+// of the store (the position alone when there are none).
+func (r *Runner) saveCommitted(ctx context.Context, pos string, pend map[state.ID]state.Entry) error {
+	if len(pend) == 0 {
+		return r.storePosition(ctx, pos)
+	}
+	changes, err := r.parts.State.Encode(pend)
 	if err != nil {
 		return err
 	}
 	if err := r.parts.StateStore.SaveState(context.WithoutCancel(ctx), r.cfg.StateKey, pos, changes); err != nil {
 		return fmt.Errorf("save state and position: %w", err)
 	}
-	clear(r.pendingState)
-	r.positionCommitted(ctx, pos)
 	return nil
 }
 

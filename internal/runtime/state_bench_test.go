@@ -19,7 +19,7 @@ import (
 // update (a read and a write of a counter) per message, over 1k, 10k and
 // 100k keys, batches of 4096 committed one by one (the changed entries are
 // saved with the position in one SQLite transaction, every
-// CheckpointInterval or more, see saveSpacing, and at the end).
+// DefaultCheckpointInterval or more, see saveSpacing, and at the end).
 func BenchmarkKeyedStateUpdates(b *testing.B) {
 	for _, keys := range []int{1_000, 10_000, 100_000} {
 		b.Run(fmt.Sprintf("keys=%d", keys), func(b *testing.B) { benchStateUpdates(b, keys) })

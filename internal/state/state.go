@@ -36,6 +36,9 @@ type Entry struct {
 	Exp     int64  // expiry, Unix milliseconds; 0: never
 	Deleted bool   // in a Txn: the entry was deleted
 	Part    string // the source partition of the entry's key ("" when none or unknown)
+	// fresh marks a change kept by MergeUnsaved for an entry the store
+	// does not hold: deleting it again needs no write.
+	fresh bool
 }
 
 func (e Entry) live() bool {
@@ -275,6 +278,35 @@ func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
 func Merge(into map[ID]Entry, txns []*Txn) {
 	for _, x := range txns {
 		for id, e := range x.changes {
+			into[id] = e
+		}
+	}
+}
+
+// MergeUnsaved adds the changes of txns, about to be applied (see Apply),
+// to into, the changes applied since the store was last written (or that
+// are being written): a later change of an entry wins. An entry that was
+// neither committed nor in into when first changed is not in the store:
+// when it is deleted again before into is written, it leaves into, so
+// that the store is not asked to delete what it never held (a window
+// opened and closed between two saves costs no write). Only the commit
+// loop calls it.
+func (t *Table) MergeUnsaved(into map[ID]Entry, txns []*Txn) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	for _, x := range txns {
+		for id, e := range x.changes {
+			prev, had := into[id]
+			if had {
+				e.fresh = prev.fresh
+			} else {
+				_, held := t.committed[id]
+				e.fresh = !held
+			}
+			if e.Deleted && e.fresh {
+				delete(into, id)
+				continue
+			}
 			into[id] = e
 		}
 	}

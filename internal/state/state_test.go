@@ -163,3 +163,47 @@ func TestEntriesFollowPartitions(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeUnsavedFoldsWhatTheStoreNeverHeld: an entry made and deleted
+// between two writes of the store leaves the unsaved changes; one the
+// store holds (committed before) keeps its delete, and so does one made
+// again after it was deleted.
+func TestMergeUnsavedFoldsWhatTheStoreNeverHeld(t *testing.T) {
+	t.Parallel()
+	tb := New(1, json.Marshal)
+	held, fresh := ID{Name: "w", Key: "a"}, ID{Name: "w", Key: "b"}
+	if err := tb.Load(stream.StateChange{Name: held.Name, Key: held.Key, Value: []byte("1")}); err != nil {
+		t.Fatal(err)
+	}
+	unsaved := map[ID]Entry{}
+	commit := func(f func(x *Txn)) {
+		x := tb.Begin(0)
+		f(x)
+		tb.MergeUnsaved(unsaved, []*Txn{x})
+		tb.Apply([]*Txn{x})
+	}
+	commit(func(x *Txn) { _ = x.Put(held, 2, 0); _ = x.Put(fresh, 1, 0) })
+	commit(func(x *Txn) { _ = x.Delete(held); _ = x.Delete(fresh) })
+	if len(unsaved) != 1 || !unsaved[held].Deleted {
+		t.Fatalf("unsaved %v, want the delete of the entry the store holds only", unsaved)
+	}
+	// Written: the store now holds neither.
+	clear(unsaved)
+	commit(func(x *Txn) { _ = x.Put(fresh, 3, 0) })
+	commit(func(x *Txn) { _ = x.Put(fresh, 4, 0) })
+	if e, ok := unsaved[fresh]; !ok || e.Deleted || e.Val != 4 {
+		t.Fatalf("unsaved %v, want the last put", unsaved)
+	}
+	clear(unsaved) // written: the store holds it
+	commit(func(x *Txn) { _ = x.Delete(fresh) })
+	if e, ok := unsaved[fresh]; !ok || !e.Deleted {
+		t.Fatalf("unsaved %v, want the delete of an entry the store holds", unsaved)
+	}
+	// Within one batch: made and deleted, nothing to write.
+	clear(unsaved)
+	other := ID{Name: "w", Key: "c"}
+	commit(func(x *Txn) { _ = x.Put(other, 1, 0); _ = x.Delete(other) })
+	if len(unsaved) != 0 {
+		t.Fatalf("unsaved %v, want nothing", unsaved)
+	}
+}

@@ -51,16 +51,22 @@ func workers(b *testing.B) int {
 // -> RevenuePerUser (tumbling 1m window of event time, 100k users, count
 // and sum) -> a JSON lines file in the folder (the file sink: cheap, and
 // what a user trying the flow writes to), at-least-once. With one worker
-// (the default, and what lint asks of an event-time window) the open
-// windows are saved with each commit; with more they live in memory only.
+// (the default) the open windows are kept in the checkpoint store; with
+// more, stream.key is user_id and each worker keeps those of its keys.
 func configDir(b *testing.B, input string) string {
 	dir := b.TempDir()
+	key := ""
+	if workers(b) > 1 {
+		// Each worker keeps the windows of its keys: a group's rows go to
+		// one worker.
+		key = "  key: user_id\n"
+	}
 	files := map[string]string{
 		"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + input + "\n" +
 			"---\nkistype: conn\ncname: revenue\ntype: file\nparams:\n  path: revenue.jsonl\n",
 		"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: RevenuePerUser\n" +
 			"stream:\n  source: orders\n  sink: revenue\n  batch_size: " + strconv.Itoa(batchSize(b)) + "\n" +
-			"  workers: " + strconv.Itoa(workers(b)) + "\n",
+			"  workers: " + strconv.Itoa(workers(b)) + "\n" + key,
 		"funcs.yml": "kistype: func\nfname: RevenuePerUser\nfmode: Calculate\n" +
 			"window: {type: tumbling, size: 1m, time_field: ts, lateness: 30s, late: dead_letter,\n" +
 			"         group_by: [user_id], aggregate: {orders: count(), revenue: sum(amount)}}\n",
