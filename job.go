@@ -700,6 +700,20 @@ func (t *tracedSink) Write(ctx context.Context, rows []any) error {
 // Stats returns the job's counters so far; safe for concurrent use.
 func (j *Job) Stats() JobStats { return JobStats(j.runner.Stats()) }
 
+// Lag returns how many messages the source holds beyond what the job has
+// read, when the source can tell (a Kafka topic, a NATS stream); ok is
+// false otherwise. It asks the source, within a second.
+func (j *Job) Lag() (n int64, ok bool) {
+	l, isLagger := j.source.(stream.Lagger)
+	if !isLagger {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n, err := l.Lag(ctx)
+	return n, err == nil
+}
+
 // Exhausted reports whether the source said it has nothing more: a bounded
 // source (a file) read to its end. A bounded job stopped before that was
 // cut short.
