@@ -9,15 +9,18 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Flow statuses of the admin API.
@@ -127,7 +130,7 @@ func (c *control) wait() {
 		ended, held := true, false
 		for _, f := range c.flows {
 			switch f.status {
-			case flowStopped:
+			case flowStopped, flowReplaying:
 				held = true
 			case flowFinished, flowFailed:
 			default:
@@ -333,6 +336,7 @@ var routes = []route{
 	{"POST", "/api/flows/{name}/stop", withFlow((*control).stopFlow)},
 	{"POST", "/api/flows/{name}/start", withFlow((*control).startFlow)},
 	{"GET", "/api/flows/{name}/dead-letters", withFlow((*control).deadLetters)},
+	{"POST", "/api/flows/{name}/dead-letters/replay", withFlow((*control).replay)},
 	{"GET", "/api/flows/{name}/state/{key}", withFlow((*control).stateOf)},
 	{"GET", "/api/openapi.json", func(_ *control, w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -510,3 +514,165 @@ func (c *control) stateOf(w http.ResponseWriter, r *http.Request) {
 	}
 	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "key": key, "state": st})
 }
+
+// flowReplaying is the status of a flow whose dead letters are being
+// replayed (it cannot be started meanwhile).
+const flowReplaying = "replaying"
+
+// replayReply is the body of POST /api/flows/{name}/dead-letters/replay.
+type replayReply struct {
+	Flow         string `json:"flow"`
+	Replayed     int    `json:"replayed"`      // letters fed back into the flow
+	Out          int64  `json:"out"`           // rows the replay wrote to the sink
+	DeadLettered int64  `json:"dead_lettered"` // letters that failed again, back in the dead-letter file
+	Resumed      bool   `json:"resumed"`       // the letters of an interrupted replay were replayed
+	ReplayedFile string `json:"replayed_file"` // where the replayed letters were moved
+}
+
+// replay feeds the flow's dead letters back into it, once: the flow must
+// not be running (its job appends to the dead-letter file). The file is
+// renamed FLOW.replaying.jsonl, its letters' payloads are the bounded
+// source of a one-off job of the flow (kisflow.WithSource: positions and
+// keyed state untouched), letters that fail again go to a new FLOW.jsonl,
+// and once the job has read and acknowledged every letter they are
+// appended to FLOW.replayed.jsonl and the replaying file is removed. A
+// replay that fails or is cut short (a crash) leaves the replaying file:
+// the next replay takes it up again in full.
+func (c *control) replay(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	st := c.set.Flows[name].Stream
+	switch {
+	case st.DeadLetter != "":
+		apiError(w, http.StatusNotImplemented, "flow "+name+" sends its dead letters to connector "+st.DeadLetter+": the API replays only the default dead-letter file")
+		return
+	case st.Delivery == config.ExactlyOnce:
+		apiError(w, http.StatusNotImplemented, "flow "+name+" is exactly-once: its positions are committed with its sink, so its dead letters cannot be fed to it as another source")
+		return
+	}
+	c.mu.Lock()
+	f := c.byName[name]
+	switch f.status {
+	case flowStopped, flowFinished, flowFailed:
+	default:
+		st := f.status
+		c.mu.Unlock()
+		apiError(w, http.StatusConflict, "flow "+name+" is "+st+": stop it first (POST /api/flows/"+name+"/stop), its job appends to the dead-letter file")
+		return
+	}
+	prev := f.status
+	f.status = flowReplaying
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		f.status = prev
+		c.mu.Unlock()
+		c.notify()
+	}()
+	reply, code, err := c.replayLetters(r.Context(), name)
+	if err != nil {
+		apiError(w, code, err.Error())
+		return
+	}
+	writeAPI(w, http.StatusOK, reply)
+}
+
+func (c *control) replayLetters(ctx context.Context, name string) (*replayReply, int, error) {
+	dir := filepath.Join(c.state, "dead-letter")
+	file := filepath.Join(dir, name+".jsonl")
+	replaying := filepath.Join(dir, name+".replaying.jsonl")
+	replayed := filepath.Join(dir, name+".replayed.jsonl")
+	reply := &replayReply{Flow: name, ReplayedFile: replayed}
+	if _, err := os.Stat(replaying); err == nil {
+		reply.Resumed = true
+	} else if err := os.Rename(file, replaying); errors.Is(err, fs.ErrNotExist) {
+		return reply, 0, nil // no dead letters
+	} else if err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("move the dead letters aside: %w", err)
+	}
+	raw, total, err := readLetters(replaying, 0, math.MaxInt)
+	if err != nil {
+		return nil, http.StatusInternalServerError, err
+	}
+	msgs := make([]*stream.Message, 0, total)
+	for i, line := range raw {
+		var l stream.DeadLetter
+		if err := json.Unmarshal(line, &l); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("%s: letter %d: %w", replaying, i+1, err)
+		}
+		msgs = append(msgs, &stream.Message{Payload: l.Payload, Headers: l.Headers, ID: l.ID})
+	}
+	src := &letterSource{msgs: msgs}
+	opts := []kisflow.JobOption{kisflow.WithStateDir(c.state), kisflow.WithSource(src)}
+	// The replay ends with the run: a signal drains it like any job.
+	job, err := startJob(c.ctx, c.eng, name, c.stderr, opts...)
+	if err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("replay: start a job of flow %s: %w", name, c.set.Redactor().Error(err))
+	}
+	if err := job.Run(c.ctx); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("replay of flow %s failed; its letters stay in %s for the next replay: %w", name, replaying, err)
+	}
+	if acked := src.acked.Load(); int(acked) != len(msgs) {
+		return nil, http.StatusServiceUnavailable, fmt.Errorf("replay of flow %s stopped after %d of %d letters; they stay in %s for the next replay", name, acked, len(msgs), replaying)
+	}
+	if err := appendFile(replayed, replaying); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
+	}
+	if err := os.Remove(replaying); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but remove %s by hand, or the next replay feeds them again: %w", replaying, err)
+	}
+	s := job.Stats()
+	reply.Replayed, reply.Out, reply.DeadLettered = len(msgs), s.Out, s.DeadLettered
+	fmt.Fprintf(c.stderr, "flow %s: %d dead letters replayed, %d failed again\n", name, len(msgs), s.DeadLettered)
+	return reply, 0, nil
+}
+
+// appendFile appends the content of src to dst and syncs dst.
+func appendFile(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// letterSource is the bounded source of a replay: the letters' payloads,
+// then io.EOF. It counts acknowledged messages, so that the replay knows
+// each letter was processed (or dead-lettered again).
+type letterSource struct {
+	mu    sync.Mutex
+	msgs  []*stream.Message
+	next  int
+	acked atomic.Int64
+}
+
+func (s *letterSource) Read(_ context.Context, n int) ([]*stream.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	end := min(s.next+max(n, 1), len(s.msgs))
+	out := s.msgs[s.next:end]
+	s.next = end
+	if s.next == len(s.msgs) {
+		return out, io.EOF
+	}
+	return out, nil
+}
+
+func (s *letterSource) Ack(_ context.Context, msgs []*stream.Message) error {
+	s.acked.Add(int64(len(msgs)))
+	return nil
+}
+
+func (s *letterSource) Close(context.Context) error { return nil }

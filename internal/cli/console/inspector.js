@@ -103,6 +103,14 @@
       document.getElementById("letters-where").textContent = e.message;
     }
   }
+  document.getElementById("letters-replay").addEventListener("click", async () => {
+    const name = document.getElementById("letters-flow").textContent;
+    try {
+      const r = await api("POST", "/api/flows/" + encodeURIComponent(name) + "/dead-letters/replay");
+      alert(r.replayed + " letters replayed, " + r.dead_lettered + " failed again");
+    } catch (e) { alert("replay " + name + ": " + e.message); }
+    letters(name);
+  });
   document.getElementById("letters-close").addEventListener("click", () => { document.getElementById("letters").hidden = true; });
 
   let busy = false;
