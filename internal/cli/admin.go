@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -356,7 +357,23 @@ func (c *control) handler() http.Handler {
 	for _, rt := range routes {
 		mux.HandleFunc(rt.method+" "+rt.pattern, func(w http.ResponseWriter, r *http.Request) { rt.handle(c, w, r) })
 	}
+	// A path served with other methods is a 405 that names them: the
+	// catch-all below would otherwise take it as a 404.
+	allow := map[string][]string{}
+	paths := http.NewServeMux()
+	for _, rt := range routes {
+		if allow[rt.pattern] == nil {
+			paths.Handle(rt.pattern, http.NotFoundHandler())
+		}
+		allow[rt.pattern] = append(allow[rt.pattern], rt.method)
+	}
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		if _, pat := paths.Handler(r); pat != "" {
+			methods := strings.Join(allow[pat], ", ")
+			w.Header().Set("Allow", methods)
+			apiError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path+": use "+methods)
+			return
+		}
 		apiError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (the endpoints are listed in /api/openapi.json)")
 	})
 	static, _ := fs.Sub(consoleFiles, "console")

@@ -61,6 +61,7 @@ func childMain(argsJSON string) int {
 	}))
 	reg.MustRegister("CountState", kisflow.Func(countState))
 	reg.MustRegister("CountKey", kisflow.Func(countKey))
+	reg.MustRegister("Gate", kisflow.FuncRows(gate))
 	return Main(reg, args, os.Stdout, os.Stderr)
 }
 
