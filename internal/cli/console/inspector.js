@@ -43,41 +43,54 @@
     return el("div", { class: "node " + cls }, el("b", {}, title), ...lines.map((l) => el("div", {}, l)));
   }
 
+  // Each flow's section is made once and updated in place, so that a
+  // click is not lost to a redraw.
+  const sections = new Map();
+
+  function section(f) {
+    let sec = sections.get(f.name);
+    if (sec) return sec;
+    const badge = el("span", { class: "badge", "data-status": "" });
+    const btn = el("button", { "data-action": "stop" }, "stop");
+    btn.addEventListener("click", () => act(f.name, btn.dataset.action));
+    sec = {
+      root: el("section", { class: "flow", "data-flow": f.name }),
+      badge, btn, graph: el("div", { class: "graph" }), stats: el("div", { class: "stats" }), error: el("div", { class: "error" }),
+    };
+    sec.root.append(el("h2", {}, f.name, badge, btn, el("button", { onclick: () => letters(f.name) }, "dead letters")), sec.graph, sec.stats, sec.error);
+    sections.set(f.name, sec);
+    document.getElementById("flows").append(sec.root);
+    return sec;
+  }
+
   function draw(f) {
-    const s = f.stats, g = f.graph;
-    const graph = el("div", { class: "graph" });
-    graph.append(node("src", "source " + g.source, ["read " + num(s.Read), "lag " + (f.lag == null ? "n/a" : num(f.lag)), "errors " + s.SourceErrors]));
+    const s = f.stats, g = f.graph, sec = section(f);
+    const nodes = [node("src", "source " + g.source, ["read " + num(s.Read), "lag " + (f.lag == null ? "n/a" : num(f.lag)), "errors " + s.SourceErrors])];
     for (const step of g.steps) {
-      graph.append(el("span", { class: "arrow" }, "→"));
-      graph.append(node("step", step, ["× " + g.workers + " workers"]));
+      nodes.push(el("span", { class: "arrow" }, "→"), node("step", step, ["× " + g.workers + " workers"]));
     }
     if (g.sink) {
-      graph.append(el("span", { class: "arrow" }, "→"));
-      graph.append(node("sink", "sink " + g.sink, ["out " + num(s.Out), "errors " + s.SinkErrors]));
+      nodes.push(el("span", { class: "arrow" }, "→"), node("sink", "sink " + g.sink, ["out " + num(s.Out), "errors " + s.SinkErrors]));
     }
-    graph.append(el("span", { class: "arrow" }, "⇢"));
-    graph.append(node("dlq", "dead letters", [num(s.DeadLettered), g.dead_letter ? "connector " + g.dead_letter : "file"]));
-
-    const running = f.status === "running";
-    const btn = el("button", { "data-action": running ? "stop" : "start", onclick: () => act(f.name, running ? "stop" : "start") }, running ? "stop" : "start");
-    if (f.status === "starting" || f.status === "stopping") btn.disabled = true;
-    const box = el("section", { class: "flow", "data-flow": f.name },
-      el("h2", {}, f.name, el("span", { class: "badge " + f.status, "data-status": "" }, f.status), btn,
-        el("button", { onclick: () => letters(f.name) }, "dead letters")),
-      graph,
-      el("div", { class: "stats" },
-        stat("rows/s", num(f.rows_per_sec), "rate"),
-        stat("committed", num(s.Committed), "committed"),
-        stat("batches", num(s.Batches), "batches"),
-        stat("in flight", num(s.InFlight) + " (max " + num(s.MaxInFlight) + ")", "inflight"),
-        stat("retries", num(s.Retries), "retries"),
-        stat("dead-lettered", num(s.DeadLettered), "dead"),
-        stat("open windows", f.windows.open + (f.windows.kept ? " (kept)" : ""), "windows"),
-        stat("started from", f.start.position || "–", "position"),
-        stat("status for", age(f.since), "since"),
-        stat("starts", f.starts, "starts")));
-    if (f.error) box.append(el("div", { class: "error" }, f.error));
-    return box;
+    nodes.push(el("span", { class: "arrow" }, "⇢"), node("dlq", "dead letters", [num(s.DeadLettered), g.dead_letter ? "connector " + g.dead_letter : "file"]));
+    sec.graph.replaceChildren(...nodes);
+    sec.badge.className = "badge " + f.status;
+    sec.badge.textContent = f.status;
+    const action = f.status === "running" ? "stop" : "start";
+    if (sec.btn.dataset.action !== action) { sec.btn.dataset.action = action; sec.btn.textContent = action; }
+    sec.btn.disabled = !["running", "stopped", "finished", "failed"].includes(f.status);
+    sec.stats.replaceChildren(
+      stat("rows/s", num(f.rows_per_sec), "rate"),
+      stat("committed", num(s.Committed), "committed"),
+      stat("batches", num(s.Batches), "batches"),
+      stat("in flight", num(s.InFlight) + " (max " + num(s.MaxInFlight) + ")", "inflight"),
+      stat("retries", num(s.Retries), "retries"),
+      stat("dead-lettered", num(s.DeadLettered), "dead"),
+      stat("open windows", f.windows.open + (f.windows.kept ? " (kept)" : ""), "windows"),
+      stat("started from", f.start.position || "–", "position"),
+      stat("status for", age(f.since), "since"),
+      stat("starts", f.starts, "starts"));
+    sec.error.textContent = f.error || "";
   }
 
   async function act(name, what) {
@@ -119,7 +132,7 @@
     busy = true;
     try {
       const r = await api("GET", "/api/flows");
-      document.getElementById("flows").replaceChildren(...r.flows.map(draw));
+      r.flows.forEach(draw);
       document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString() + " · up " + Math.round(r.uptime_seconds) + "s";
     } catch (e) {
       document.getElementById("status").textContent = "cannot reach the API: " + e.message;
