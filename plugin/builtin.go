@@ -157,7 +157,9 @@ func (c *AdminConfig) check() error {
 // metrics, /healthz (the process is up), /readyz (the engine's readiness
 // checks pass) and GET /state/{flow}/{key} (the committed keyed state the
 // flow's running job holds for key, as JSON; 404 for a flow with no
-// running job or a key with no state).
+// running job or a key with no state), and the Console the host holds:
+// kisflow run's admin API under /api/ and web inspector at /. When the
+// environment holds TokenEnv, /api/ and /state/ want it as a bearer token.
 type Admin struct {
 	cfg  AdminConfig
 	srv  *http.Server
