@@ -242,7 +242,12 @@ func (c *control) start(name string) (int, error) {
 	job, err := startJob(c.ctx, c.eng, name, c.stderr, c.opts...)
 	if err != nil {
 		c.mu.Lock()
-		f.status, f.err, f.since = flowFailed, err, time.Now()
+		if c.ctx.Err() != nil {
+			// A signal during the start: the flow stays as it was.
+			f.status, f.since = flowStopped, time.Now()
+		} else {
+			f.status, f.err, f.since = flowFailed, err, time.Now()
+		}
 		c.mu.Unlock()
 		c.notify()
 		return http.StatusInternalServerError, fmt.Errorf("start flow %s: %w", name, c.set.Redactor().Error(err))
