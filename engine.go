@@ -88,6 +88,7 @@ type Engine struct {
 	metrics *metrics.Metrics
 	health  *plugin.Health
 	states  *plugin.States
+	console *plugin.Console
 	plugins *plugin.Set
 	env     *filter.Env
 
@@ -208,6 +209,7 @@ func NewEngine(reg *Registry, set *config.Set, opts ...Option) (*Engine, error) 
 	e.metrics = metrics.New()
 	e.health = &plugin.Health{}
 	e.states = &plugin.States{}
+	e.console = &plugin.Console{}
 	e.env = &filter.Env{Clock: e.clock, Logger: e.log, Metrics: e.metrics}
 	if e.tp != nil {
 		e.env.Tracer = e.tp.Tracer(TracerName)
@@ -256,6 +258,14 @@ func (e *Engine) Metrics() *metrics.Metrics { return e.metrics }
 // Health returns the engine's readiness checks (served on /readyz).
 func (e *Engine) Health() *plugin.Health { return e.health }
 
+// States returns the keyed state views of the engine's running jobs
+// (served on /state/{flow}/{key}).
+func (e *Engine) States() *plugin.States { return e.states }
+
+// Console returns the operator's console slot of the admin server: kisflow
+// run sets its API and inspector there.
+func (e *Engine) Console() *plugin.Console { return e.console }
+
 // Plugin returns a plugin of the global config, started or not.
 func (e *Engine) Plugin(typ, name string) (plugin.Plugin, bool) { return e.plugins.Lookup(typ, name) }
 
@@ -272,6 +282,7 @@ func (h host) Logger() *slog.Logger                          { return h.e.log }
 func (h host) Metrics() *metrics.Metrics                     { return h.e.metrics }
 func (h host) Health() *plugin.Health                        { return h.e.health }
 func (h host) States() *plugin.States                        { return h.e.states }
+func (h host) Console() *plugin.Console                      { return h.e.console }
 func (h host) Plugin(typ, name string) (plugin.Plugin, bool) { return h.e.plugins.Lookup(typ, name) }
 
 // Config returns the engine's configuration. Do not modify it.

@@ -49,6 +49,7 @@ type jobOptions struct {
 	deadLetter  stream.Sink
 	sleep       func(context.Context, time.Duration) error
 	bounds      *runBounds
+	source      stream.Source
 }
 
 // runBounds are a one-off run's start and stop (WithBounds).
@@ -75,6 +76,15 @@ func WithStateDir(dir string) JobOption { return func(o *jobOptions) { o.stateDi
 func WithBounds(start, stop stream.Bound) JobOption {
 	return func(o *jobOptions) { o.bounds = &runBounds{start, stop} }
 }
+
+// WithSource makes the job a one-off run that reads src in place of the
+// stream's source (kisflow run's dead-letter replay feeds the letters so):
+// as with WithBounds, its positions are kept in memory only, the flow's
+// committed position and keyed state are neither read nor written, and
+// no state-folder lock is taken. src should be bounded (return io.EOF).
+// An exactly-once flow refuses it: its positions are committed with its
+// sink's transactions.
+func WithSource(src stream.Source) JobOption { return func(o *jobOptions) { o.source = src } }
 
 // WithCheckpoints replaces the default SQLite checkpoint store.
 func WithCheckpoints(c stream.Checkpoints) JobOption {
@@ -202,6 +212,9 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if delivery == "" {
 		delivery = config.AtLeastOnce
 	}
+	if o.source != nil && delivery == config.ExactlyOnce {
+		return fail(errors.New("an exactly-once flow cannot read another source than its own (its positions are committed with its sink)"))
+	}
 	if st.Sink != "" {
 		c, err := e.Connector(ctx, st.Sink)
 		if err != nil {
@@ -270,7 +283,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if err := j.loadPosition(ctx, positions); err != nil {
 		return fail(err)
 	}
-	if o.bounds != nil && parts.Checkpoints != nil {
+	if (o.bounds != nil || o.source != nil) && parts.Checkpoints != nil {
 		// A one-off run: its positions are not the flow's.
 		parts.Checkpoints = &memCheckpoints{pos: map[string]string{}}
 	}
@@ -284,7 +297,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	if r, ok := sd.(stream.Resumable); ok {
 		j.start.Resumable = r.Resumable()
 	}
-	if j.start.Resumable && o.checkpoints == nil && delivery != config.ExactlyOnce && o.bounds == nil {
+	if j.start.Resumable && o.checkpoints == nil && delivery != config.ExactlyOnce && o.bounds == nil && o.source == nil {
 		// The position is the state folder's: one run of the flow at a
 		// time on it (exactly-once runs are fenced by their sink instead).
 		lock, err := statelock.Acquire(filepath.Join(o.stateDir, "locks", flowName+".lock"), "kisflow run of flow "+flowName)
@@ -304,6 +317,9 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 			return fail(fmt.Errorf("stream.stop: %w", err))
 		}
 	}
+	if o.source != nil {
+		sopts.Start, sopts.Stop, sopts.Detached = stream.Bound{}, stream.Bound{}, true
+	}
 	if !sopts.Start.IsZero() || !sopts.Stop.IsZero() {
 		sk, ok := sd.(stream.Seeker)
 		switch {
@@ -316,9 +332,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 	}
 	j.start.Start, j.start.Stop, j.start.Detached = sopts.Start, sopts.Stop, sopts.Detached
-	src, err := sd.OpenSource(ctx, sopts)
-	if err != nil {
-		return fail(fmt.Errorf("open source %q: %w", st.Source, err))
+	src := o.source
+	if src == nil {
+		if src, err = sd.OpenSource(ctx, sopts); err != nil {
+			return fail(fmt.Errorf("open source %q: %w", st.Source, err))
+		}
 	}
 	j.source = src
 	parts.Source = src
@@ -699,6 +717,20 @@ func (t *tracedSink) Write(ctx context.Context, rows []any) error {
 
 // Stats returns the job's counters so far; safe for concurrent use.
 func (j *Job) Stats() JobStats { return JobStats(j.runner.Stats()) }
+
+// Lag returns how many messages the source holds beyond what the job has
+// read, when the source can tell (a Kafka topic, a NATS stream); ok is
+// false otherwise. It asks the source, within a second.
+func (j *Job) Lag() (n int64, ok bool) {
+	l, isLagger := j.source.(stream.Lagger)
+	if !isLagger {
+		return 0, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	n, err := l.Lag(ctx)
+	return n, err == nil
+}
 
 // Exhausted reports whether the source said it has nothing more: a bounded
 // source (a file) read to its end. A bounded job stopped before that was

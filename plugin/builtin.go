@@ -40,7 +40,7 @@ func Builtins() map[string]Spec {
 		TypeLog: {Type: TypeLog, New: newLog, Summary: "the engine's logger (log/slog)",
 			Config: ptr(defaultLog())},
 		TypeMetrics: {Type: TypeMetrics, DependsOn: []string{TypeLog}, New: newAdmin,
-			Summary: "the admin server: Prometheus metrics, /healthz, /readyz and /state/{flow}/{key}", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics", OnBindError: "fail"}},
+			Summary: "the admin server: Prometheus metrics, /healthz, /readyz, /state/{flow}/{key}, the admin API (/api/) and the web inspector (/)", Config: &AdminConfig{Listen: DefaultAdminListen, Path: "/metrics", OnBindError: "fail"}},
 		TypeTracing: {Type: TypeTracing, DependsOn: []string{TypeLog}, New: newOTLP,
 			Summary: "OpenTelemetry traces exported over OTLP/HTTP", Config: ptr(defaultOTLP())},
 	}
@@ -157,7 +157,9 @@ func (c *AdminConfig) check() error {
 // metrics, /healthz (the process is up), /readyz (the engine's readiness
 // checks pass) and GET /state/{flow}/{key} (the committed keyed state the
 // flow's running job holds for key, as JSON; 404 for a flow with no
-// running job or a key with no state).
+// running job or a key with no state), and the Console the host holds:
+// kisflow run's admin API under /api/ and web inspector at /. When the
+// environment holds TokenEnv, /api/ and /state/ want it as a bearer token.
 type Admin struct {
 	cfg  AdminConfig
 	srv  *http.Server
@@ -214,7 +216,16 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	mux.HandleFunc("/state/{flow}/{key...}", serveState(h.States()))
+	token := os.Getenv(TokenEnv)
+	mux.Handle("/state/{flow}/{key...}", requireToken(token, serveState(h.States())))
+	console := h.Console()
+	mux.Handle("/api/", requireToken(token, console))
+	mux.Handle("/", console) // the inspector's static files; its data comes from /api/
+	if token == "" && !loopback(a.cfg.Listen) {
+		h.Logger().Warn("the admin server listens beyond localhost without a token: anyone who reaches "+a.cfg.Listen+
+			" can stop flows, replay dead letters and read state. Set "+TokenEnv+" to require a bearer token, or listen on 127.0.0.1",
+			"addr", a.cfg.Listen)
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", a.cfg.Listen)
 	if err != nil && a.cfg.OnBindError == "log" {

@@ -102,6 +102,9 @@ type Host interface {
 	Health() *Health
 	// States is the keyed state of the engine's running jobs.
 	States() *States
+	// Console is the operator's console (API and inspector) the admin
+	// server mounts under /api/ and at /.
+	Console() *Console
 	// Plugin returns a plugin started before this one.
 	Plugin(typ, name string) (Plugin, bool)
 }

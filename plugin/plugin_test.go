@@ -22,6 +22,7 @@ func (h host) Logger() *slog.Logger      { return slog.New(slog.DiscardHandler) 
 func (h host) Metrics() *metrics.Metrics { return h.m }
 func (h host) Health() *plugin.Health    { return &plugin.Health{} }
 func (h host) States() *plugin.States    { return &plugin.States{} }
+func (h host) Console() *plugin.Console  { return &plugin.Console{} }
 func (h host) Plugin(typ, name string) (plugin.Plugin, bool) {
 	return h.set.Lookup(typ, name)
 }

@@ -66,6 +66,7 @@ func childMain(argsJSON string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
 	}
+	reg.MustRegister("Gate", kisflow.FuncRows(gate))
 	return Main(reg, args, os.Stdout, os.Stderr)
 }
 

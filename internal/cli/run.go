@@ -148,22 +148,27 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 
 	start := time.Now()
-	errs := make([]error, len(jobs))
-	var wg sync.WaitGroup
+	// Each flow runs as its own job, which the admin API can stop and
+	// start again while the others run on.
+	ctl := newControl(ctx, eng, set, state, jobOpts, stderr)
 	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = j.Run(ctx)
-		}()
+		ctl.add(names[i], j)
 	}
+	defer eng.Console().Set(ctl.handler())()
+	runDone := make(chan struct{})
+	go ctl.sample(runDone)
 	showProgress := o.progress == "always" || (o.progress == "auto" && isTerminal(stderr))
 	if showProgress {
 		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		progressLoop(done, stderr, names, jobs, start, o.every)
+		go func() { ctl.wait(); close(done) }()
+		progressLoop(done, stderr, names, ctl.jobs, start, o.every)
 	} else {
-		wg.Wait()
+		ctl.wait()
+	}
+	close(runDone)
+	errs := make([]error, len(jobs))
+	for i, n := range names {
+		jobs[i], errs[i] = ctl.result(n)
 	}
 	elapsed := time.Since(start)
 
@@ -422,10 +427,10 @@ func deadLetterWhere(set *config.Set, flow, state string) string {
 }
 
 // progressLoop redraws one status line every interval until done.
-func progressLoop(done <-chan struct{}, w io.Writer, names []string, jobs []*kisflow.Job, start time.Time, every time.Duration) {
+func progressLoop(done <-chan struct{}, w io.Writer, names []string, current func() []*kisflow.Job, start time.Time, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
-	last := make([]int64, len(jobs))
+	last := make([]int64, len(names))
 	lastAt := start
 	for {
 		select {
@@ -434,8 +439,11 @@ func progressLoop(done <-chan struct{}, w io.Writer, names []string, jobs []*kis
 			return
 		case now := <-t.C:
 			var parts []string
-			for i, j := range jobs {
+			for i, j := range current() {
 				s := j.Stats()
+				if s.Committed < last[i] {
+					last[i] = 0 // the admin API started a new job
+				}
 				rate := float64(s.Committed-last[i]) / now.Sub(lastAt).Seconds()
 				last[i] = s.Committed
 				p := fmt.Sprintf("%s: %d rows, %s rows/s, %d errors", names[i], s.Committed, human(rate), s.DeadLettered)

@@ -1,0 +1,700 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"math"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// Flow statuses of the admin API.
+const (
+	flowStarting = "starting" // the API asked for a start; connectors are starting
+	flowRunning  = "running"
+	flowStopping = "stopping" // the API asked for a stop; in-flight batches drain
+	flowStopped  = "stopped"  // stopped through the API; kept stopped until a start
+	flowFinished = "finished" // the source was read to its end, or the run stopped
+	flowFailed   = "failed"
+)
+
+// flowRun is one flow of kisflow run: the job that runs it now, and what
+// the admin API did to it.
+type flowRun struct {
+	name   string
+	job    *kisflow.Job
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the current job's Run returned
+	status string
+	err    error
+	since  time.Time
+	starts int // jobs started, the first one included
+
+	// The committed rate, sampled once a second.
+	lastCommitted int64
+	lastAt        time.Time
+	rate          float64
+}
+
+// control runs the flows of kisflow run, each as its own job, so that the
+// admin API can stop one (its job drains and commits; it stays stopped)
+// and start it again (a new job from its committed position) while the
+// others run on.
+type control struct {
+	ctx      context.Context // the run's: a signal ends every job
+	eng      *kisflow.Engine
+	set      *config.Set
+	state    string
+	opts     []kisflow.JobOption
+	stderr   io.Writer
+	changed  chan struct{}
+	mu       sync.Mutex
+	flows    []*flowRun
+	byName   map[string]*flowRun
+	runStart time.Time
+}
+
+func newControl(ctx context.Context, eng *kisflow.Engine, set *config.Set, state string, opts []kisflow.JobOption, stderr io.Writer) *control {
+	return &control{ctx: ctx, eng: eng, set: set, state: state, opts: opts, stderr: stderr,
+		changed: make(chan struct{}, 1), byName: map[string]*flowRun{}, runStart: time.Now()}
+}
+
+// add runs job as the flow name's job.
+func (c *control) add(name string, job *kisflow.Job) {
+	f := &flowRun{name: name}
+	c.mu.Lock()
+	c.flows = append(c.flows, f)
+	c.byName[name] = f
+	c.mu.Unlock()
+	c.run(f, job)
+}
+
+// run starts job as f's current job.
+func (c *control) run(f *flowRun, job *kisflow.Job) {
+	jctx, cancel := context.WithCancel(c.ctx)
+	c.mu.Lock()
+	f.job, f.cancel, f.done = job, cancel, make(chan struct{})
+	f.status, f.err, f.since = flowRunning, nil, time.Now()
+	f.starts++
+	f.lastCommitted, f.lastAt, f.rate = 0, time.Now(), 0
+	done := f.done
+	c.mu.Unlock()
+	go func() {
+		err := job.Run(jctx)
+		cancel()
+		c.mu.Lock()
+		f.err = err
+		switch {
+		case f.status == flowStopping:
+			f.status = flowStopped
+		case err != nil && !errors.Is(err, kisflow.ErrDrainTimeout):
+			f.status = flowFailed
+		default:
+			f.status = flowFinished
+		}
+		f.since = time.Now()
+		c.mu.Unlock()
+		close(done)
+		c.notify()
+	}()
+}
+
+func (c *control) notify() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns when every job has ended and either the run's context is
+// done or no flow is held stopped by the API (a stopped flow keeps the
+// run up, to be started again, until a signal).
+func (c *control) wait() {
+	for {
+		c.mu.Lock()
+		ended, held := true, false
+		for _, f := range c.flows {
+			switch f.status {
+			case flowStopped, flowReplaying:
+				held = true
+			case flowFinished, flowFailed:
+			default:
+				ended = false
+			}
+		}
+		c.mu.Unlock()
+		if ended && (!held || c.ctx.Err() != nil) {
+			return
+		}
+		select {
+		case <-c.changed:
+		case <-c.ctx.Done():
+			// Each job drains on the run's context; wait for them.
+			c.mu.Lock()
+			dones := make([]chan struct{}, 0, len(c.flows))
+			for _, f := range c.flows {
+				dones = append(dones, f.done)
+			}
+			c.mu.Unlock()
+			for _, d := range dones {
+				<-d
+			}
+			return
+		}
+	}
+}
+
+// jobs returns each flow's current job, in the order of the flows.
+func (c *control) jobs() []*kisflow.Job {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	js := make([]*kisflow.Job, len(c.flows))
+	for i, f := range c.flows {
+		js[i] = f.job
+	}
+	return js
+}
+
+// result returns the flow name's current job and the error its Run
+// returned.
+func (c *control) result(name string) (*kisflow.Job, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.byName[name]
+	return f.job, f.err
+}
+
+// sample updates each flow's committed rate, once a second, until done.
+func (c *control) sample(done <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-t.C:
+			c.mu.Lock()
+			for _, f := range c.flows {
+				if f.status != flowRunning && f.status != flowStopping {
+					f.rate = 0
+					continue
+				}
+				s := f.job.Stats()
+				f.rate = float64(s.Committed-f.lastCommitted) / now.Sub(f.lastAt).Seconds()
+				f.lastCommitted, f.lastAt = s.Committed, now
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// stop drains the flow's job and keeps the flow stopped.
+func (c *control) stop(name string) (int, error) {
+	c.mu.Lock()
+	f := c.byName[name]
+	if f.status != flowRunning {
+		st := f.status
+		c.mu.Unlock()
+		return http.StatusConflict, fmt.Errorf("flow %s is %s, not running", name, st)
+	}
+	f.status = flowStopping
+	cancel, done := f.cancel, f.done
+	c.mu.Unlock()
+	cancel()
+	<-done
+	return http.StatusOK, nil
+}
+
+// start starts a new job of a flow that is not running, from its
+// committed position.
+func (c *control) start(name string) (int, error) {
+	if c.ctx.Err() != nil {
+		return http.StatusConflict, errors.New("the run is stopping")
+	}
+	c.mu.Lock()
+	f := c.byName[name]
+	switch f.status {
+	case flowStopped, flowFinished, flowFailed:
+	default:
+		st := f.status
+		c.mu.Unlock()
+		return http.StatusConflict, fmt.Errorf("flow %s is %s: stop it first", name, st)
+	}
+	f.status = flowStarting
+	c.mu.Unlock()
+	c.notify()
+	job, err := startJob(c.ctx, c.eng, name, c.stderr, c.opts...)
+	if err != nil {
+		c.mu.Lock()
+		if c.ctx.Err() != nil {
+			// A signal during the start: the flow stays as it was.
+			f.status, f.since = flowStopped, time.Now()
+		} else {
+			f.status, f.err, f.since = flowFailed, err, time.Now()
+		}
+		c.mu.Unlock()
+		c.notify()
+		return http.StatusInternalServerError, fmt.Errorf("start flow %s: %w", name, c.set.Redactor().Error(err))
+	}
+	reportStart(c.stderr, name, job.StartPosition())
+	c.run(f, job)
+	return http.StatusOK, nil
+}
+
+// flowInfo is a flow in the admin API's replies.
+type flowInfo struct {
+	Name       string           `json:"name"`
+	Status     string           `json:"status"`
+	Since      time.Time        `json:"since"`
+	Error      string           `json:"error,omitempty"`
+	Starts     int              `json:"starts"`
+	RowsPerSec float64          `json:"rows_per_sec"`
+	Lag        *int64           `json:"lag"`
+	Stats      kisflow.JobStats `json:"stats"`
+	Start      startInfo        `json:"start"`
+	Graph      graphInfo        `json:"graph"`
+	Windows    windowInfo       `json:"windows"`
+	DeadLetter string           `json:"dead_letters"`
+}
+
+type startInfo struct {
+	Source      string    `json:"source"`
+	Position    string    `json:"position,omitempty"`
+	CommittedAt time.Time `json:"committed_at,omitzero"`
+	Detached    bool      `json:"detached,omitempty"`
+}
+
+type graphInfo struct {
+	Source     string   `json:"source"`
+	Steps      []string `json:"steps"`
+	Sink       string   `json:"sink,omitempty"`
+	DeadLetter string   `json:"dead_letter,omitempty"`
+	Workers    int      `json:"workers"`
+	BatchSize  int      `json:"batch_size"`
+}
+
+type windowInfo struct {
+	Open int  `json:"open"`
+	Kept bool `json:"kept"`
+}
+
+// info describes f; the caller holds c.mu. Lag asks the source, so it is
+// read by the caller outside the lock.
+func (c *control) info(f *flowRun) flowInfo {
+	in := flowInfo{Name: f.name, Status: f.status, Since: f.since, Starts: f.starts, RowsPerSec: f.rate,
+		Stats: f.job.Stats(), DeadLetter: deadLetterWhere(c.set, f.name, c.state)}
+	if f.err != nil {
+		in.Error = c.set.Redactor().Redact(f.err.Error())
+	}
+	sp := f.job.StartPosition()
+	in.Start = startInfo{Source: sp.Source, Position: sp.Position, CommittedAt: sp.CommittedAt, Detached: sp.Detached}
+	fl := c.set.Flows[f.name]
+	g := graphInfo{Source: fl.Stream.Source, Sink: fl.Stream.Sink, DeadLetter: fl.Stream.DeadLetter,
+		Workers: max(fl.Stream.Workers, 1), BatchSize: fl.Stream.BatchSize, Steps: []string{}}
+	for _, s := range fl.Flows {
+		g.Steps = append(g.Steps, s.FName)
+	}
+	in.Graph = g
+	in.Windows = windowInfo{Open: f.job.OpenWindows(), Kept: f.job.WindowsKept()}
+	return in
+}
+
+func (c *control) flowInfo(name string) flowInfo {
+	c.mu.Lock()
+	f := c.byName[name]
+	in := c.info(f)
+	job := f.job
+	running := f.status == flowRunning
+	c.mu.Unlock()
+	if running {
+		if n, ok := job.Lag(); ok {
+			in.Lag = &n
+		}
+	}
+	return in
+}
+
+// route is one route of the admin API; the OpenAPI document lists each.
+type route struct {
+	method, pattern string
+	handle          func(c *control, w http.ResponseWriter, r *http.Request)
+}
+
+var routes = []route{
+	{"GET", "/api/flows", (*control).listFlows},
+	{"GET", "/api/flows/{name}", withFlow((*control).getFlow)},
+	{"POST", "/api/flows/{name}/stop", withFlow((*control).stopFlow)},
+	{"POST", "/api/flows/{name}/start", withFlow((*control).startFlow)},
+	{"GET", "/api/flows/{name}/dead-letters", withFlow((*control).deadLetters)},
+	{"POST", "/api/flows/{name}/dead-letters/replay", withFlow((*control).replay)},
+	{"GET", "/api/flows/{name}/state/{key}", withFlow((*control).stateOf)},
+	{"GET", "/api/openapi.json", func(_ *control, w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write(openAPI)
+	}},
+}
+
+//go:embed console/openapi.json
+var openAPI []byte
+
+//go:embed console/index.html console/inspector.js console/inspector.css
+var consoleFiles embed.FS
+
+// handler is the console: the API and the inspector's files.
+func (c *control) handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range routes {
+		mux.HandleFunc(rt.method+" "+rt.pattern, func(w http.ResponseWriter, r *http.Request) { rt.handle(c, w, r) })
+	}
+	// A path served with other methods is a 405 that names them: the
+	// catch-all below would otherwise take it as a 404.
+	allow := map[string][]string{}
+	paths := http.NewServeMux()
+	for _, rt := range routes {
+		if allow[rt.pattern] == nil {
+			paths.Handle(rt.pattern, http.NotFoundHandler())
+		}
+		allow[rt.pattern] = append(allow[rt.pattern], rt.method)
+	}
+	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		if _, pat := paths.Handler(r); pat != "" {
+			methods := strings.Join(allow[pat], ", ")
+			w.Header().Set("Allow", methods)
+			apiError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path+": use "+methods)
+			return
+		}
+		apiError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (the endpoints are listed in /api/openapi.json)")
+	})
+	static, _ := fs.Sub(consoleFiles, "console")
+	files := http.FileServerFS(static)
+	mux.Handle("GET /{$}", files)
+	mux.Handle("GET /inspector.js", files)
+	mux.Handle("GET /inspector.css", files)
+	return mux
+}
+
+func apiError(w http.ResponseWriter, status int, msg string) {
+	writeAPI(w, status, map[string]string{"error": msg})
+}
+
+func writeAPI(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encode the reply"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// withFlow answers 404 for a flow this run does not run.
+func withFlow(h func(c *control, w http.ResponseWriter, r *http.Request)) func(c *control, w http.ResponseWriter, r *http.Request) {
+	return func(c *control, w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		_, ok := c.byName[r.PathValue("name")]
+		c.mu.Unlock()
+		if !ok {
+			apiError(w, http.StatusNotFound, "flow "+r.PathValue("name")+" is not run by this kisflow run (GET /api/flows lists those it runs)")
+			return
+		}
+		h(c, w, r)
+	}
+}
+
+func (c *control) listFlows(w http.ResponseWriter, _ *http.Request) {
+	c.mu.Lock()
+	names := make([]string, len(c.flows))
+	for i, f := range c.flows {
+		names[i] = f.name
+	}
+	c.mu.Unlock()
+	out := make([]flowInfo, len(names))
+	for i, n := range names {
+		out[i] = c.flowInfo(n)
+	}
+	writeAPI(w, http.StatusOK, map[string]any{"flows": out, "uptime_seconds": time.Since(c.runStart).Seconds()})
+}
+
+func (c *control) getFlow(w http.ResponseWriter, r *http.Request) {
+	writeAPI(w, http.StatusOK, c.flowInfo(r.PathValue("name")))
+}
+
+func (c *control) stopFlow(w http.ResponseWriter, r *http.Request) {
+	c.control(w, r, c.stop)
+}
+
+func (c *control) startFlow(w http.ResponseWriter, r *http.Request) {
+	c.control(w, r, c.start)
+}
+
+func (c *control) control(w http.ResponseWriter, r *http.Request, act func(string) (int, error)) {
+	name := r.PathValue("name")
+	if code, err := act(name); err != nil {
+		apiError(w, code, err.Error())
+		return
+	}
+	writeAPI(w, http.StatusOK, c.flowInfo(name))
+}
+
+// deadLetters reads the flow's dead-letter file: ?offset= (default 0)
+// and ?limit= (default 100, at most 1000) letters.
+func (c *control) deadLetters(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if dl := c.set.Flows[name].Stream.DeadLetter; dl != "" {
+		apiError(w, http.StatusNotImplemented, "flow "+name+" sends its dead letters to connector "+dl+": read them there; the API reads only the default dead-letter file")
+		return
+	}
+	offset, err1 := intParam(r, "offset", 0)
+	limit, err2 := intParam(r, "limit", 100)
+	if err := errors.Join(err1, err2); err != nil {
+		apiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	limit = min(limit, 1000)
+	path := filepath.Join(c.state, "dead-letter", name+".jsonl")
+	letters, total, err := readLetters(path, offset, limit)
+	if err != nil {
+		apiError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "file": path, "total": total, "offset": offset, "letters": letters})
+}
+
+func intParam(r *http.Request, key string, def int) (int, error) {
+	s := r.URL.Query().Get(key)
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("bad %s %q: want a number from 0", key, s)
+	}
+	return n, nil
+}
+
+// readLetters returns lines offset..offset+limit of the JSON lines file
+// at path, and how many it holds; a missing file holds none.
+func readLetters(path string, offset, limit int) ([]json.RawMessage, int, error) {
+	letters := []json.RawMessage{}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return letters, 0, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	n := 0
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 || !json.Valid(line) {
+			continue // a line cut short by a crash
+		}
+		if n >= offset && len(letters) < limit {
+			letters = append(letters, json.RawMessage(append([]byte(nil), line...)))
+		}
+		n++
+	}
+	return letters, n, sc.Err()
+}
+
+// stateOf is the state lookup of GET /state/{flow}/{key} under /api/.
+func (c *control) stateOf(w http.ResponseWriter, r *http.Request) {
+	name, key := r.PathValue("name"), r.PathValue("key")
+	view, ok := c.eng.States().Get(name)
+	if !ok {
+		apiError(w, http.StatusNotFound, "no running job of flow "+name+" holds keyed state")
+		return
+	}
+	st, err := view(key)
+	if err != nil {
+		apiError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if len(st) == 0 {
+		apiError(w, http.StatusNotFound, "flow "+name+" holds no state for key "+key)
+		return
+	}
+	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "key": key, "state": st})
+}
+
+// flowReplaying is the status of a flow whose dead letters are being
+// replayed (it cannot be started meanwhile).
+const flowReplaying = "replaying"
+
+// replayReply is the body of POST /api/flows/{name}/dead-letters/replay.
+type replayReply struct {
+	Flow         string `json:"flow"`
+	Replayed     int    `json:"replayed"`      // letters fed back into the flow
+	Out          int64  `json:"out"`           // rows the replay wrote to the sink
+	DeadLettered int64  `json:"dead_lettered"` // letters that failed again, back in the dead-letter file
+	Resumed      bool   `json:"resumed"`       // the letters of an interrupted replay were replayed
+	ReplayedFile string `json:"replayed_file"` // where the replayed letters were moved
+}
+
+// replay feeds the flow's dead letters back into it, once: the flow must
+// not be running (its job appends to the dead-letter file). The file is
+// renamed FLOW.replaying.jsonl, its letters' payloads are the bounded
+// source of a one-off job of the flow (kisflow.WithSource: positions and
+// keyed state untouched), letters that fail again go to a new FLOW.jsonl,
+// and once the job has read and acknowledged every letter they are
+// appended to FLOW.replayed.jsonl and the replaying file is removed. A
+// replay that fails or is cut short (a crash) leaves the replaying file:
+// the next replay takes it up again in full.
+func (c *control) replay(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	st := c.set.Flows[name].Stream
+	switch {
+	case st.DeadLetter != "":
+		apiError(w, http.StatusNotImplemented, "flow "+name+" sends its dead letters to connector "+st.DeadLetter+": the API replays only the default dead-letter file")
+		return
+	case st.Delivery == config.ExactlyOnce:
+		apiError(w, http.StatusNotImplemented, "flow "+name+" is exactly-once: its positions are committed with its sink, so its dead letters cannot be fed to it as another source")
+		return
+	}
+	c.mu.Lock()
+	f := c.byName[name]
+	switch f.status {
+	case flowStopped, flowFinished, flowFailed:
+	default:
+		st := f.status
+		c.mu.Unlock()
+		apiError(w, http.StatusConflict, "flow "+name+" is "+st+": stop it first (POST /api/flows/"+name+"/stop), its job appends to the dead-letter file")
+		return
+	}
+	prev := f.status
+	f.status = flowReplaying
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		f.status = prev
+		c.mu.Unlock()
+		c.notify()
+	}()
+	reply, code, err := c.replayLetters(r.Context(), name)
+	if err != nil {
+		apiError(w, code, err.Error())
+		return
+	}
+	writeAPI(w, http.StatusOK, reply)
+}
+
+func (c *control) replayLetters(ctx context.Context, name string) (*replayReply, int, error) {
+	dir := filepath.Join(c.state, "dead-letter")
+	file := filepath.Join(dir, name+".jsonl")
+	replaying := filepath.Join(dir, name+".replaying.jsonl")
+	replayed := filepath.Join(dir, name+".replayed.jsonl")
+	reply := &replayReply{Flow: name, ReplayedFile: replayed}
+	if _, err := os.Stat(replaying); err == nil {
+		reply.Resumed = true
+	} else if err := os.Rename(file, replaying); errors.Is(err, fs.ErrNotExist) {
+		return reply, 0, nil // no dead letters
+	} else if err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("move the dead letters aside: %w", err)
+	}
+	raw, total, err := readLetters(replaying, 0, math.MaxInt)
+	if err != nil {
+		return nil, http.StatusInternalServerError, err
+	}
+	msgs := make([]*stream.Message, 0, total)
+	for i, line := range raw {
+		var l stream.DeadLetter
+		if err := json.Unmarshal(line, &l); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("%s: letter %d: %w", replaying, i+1, err)
+		}
+		msgs = append(msgs, &stream.Message{Payload: l.Payload, Headers: l.Headers, ID: l.ID})
+	}
+	src := &letterSource{msgs: msgs}
+	opts := []kisflow.JobOption{kisflow.WithStateDir(c.state), kisflow.WithSource(src)}
+	// The replay ends with the run: a signal drains it like any job.
+	job, err := startJob(c.ctx, c.eng, name, c.stderr, opts...)
+	if err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("replay: start a job of flow %s: %w", name, c.set.Redactor().Error(err))
+	}
+	if err := job.Run(c.ctx); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("replay of flow %s failed; its letters stay in %s for the next replay: %w", name, replaying, err)
+	}
+	if acked := src.acked.Load(); int(acked) != len(msgs) {
+		return nil, http.StatusServiceUnavailable, fmt.Errorf("replay of flow %s stopped after %d of %d letters; they stay in %s for the next replay", name, acked, len(msgs), replaying)
+	}
+	if err := appendFile(replayed, replaying); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
+	}
+	if err := os.Remove(replaying); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but remove %s by hand, or the next replay feeds them again: %w", replaying, err)
+	}
+	s := job.Stats()
+	reply.Replayed, reply.Out, reply.DeadLettered = len(msgs), s.Out, s.DeadLettered
+	fmt.Fprintf(c.stderr, "flow %s: %d dead letters replayed, %d failed again\n", name, len(msgs), s.DeadLettered)
+	return reply, 0, nil
+}
+
+// appendFile appends the content of src to dst and syncs dst.
+func appendFile(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// letterSource is the bounded source of a replay: the letters' payloads,
+// then io.EOF. It counts acknowledged messages, so that the replay knows
+// each letter was processed (or dead-lettered again).
+type letterSource struct {
+	mu    sync.Mutex
+	msgs  []*stream.Message
+	next  int
+	acked atomic.Int64
+}
+
+func (s *letterSource) Read(_ context.Context, n int) ([]*stream.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	end := min(s.next+max(n, 1), len(s.msgs))
+	out := s.msgs[s.next:end]
+	s.next = end
+	if s.next == len(s.msgs) {
+		return out, io.EOF
+	}
+	return out, nil
+}
+
+func (s *letterSource) Ack(_ context.Context, msgs []*stream.Message) error {
+	s.acked.Add(int64(len(msgs)))
+	return nil
+}
+
+func (s *letterSource) Close(context.Context) error { return nil }
