@@ -42,6 +42,7 @@ type watchedFlow struct {
 	name    string
 	print   string // the fingerprint of the configuration it runs
 	key     string // its stream.key
+	workers int    // its stream.workers
 	eng     *watchedEngine
 	job     *kisflow.Job
 	cancel  context.CancelFunc
@@ -221,10 +222,11 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 			if !wf.ended && !first {
 				fmt.Fprintf(w.stdout, "watch: flow %s is unchanged: left running\n", n)
 			}
-		case !wf.ended && wf.key != set.Flows[n].Stream.Key && (wf.job.OpenWindows() > 0 || wf.job.WindowsKept()):
-			fmt.Fprintf(w.stderr, "watch: flow %s: change refused: stream.key changed from %q to %q while the flow keeps window state grouped by %q; "+
-				"the flow goes on with its old configuration. Put the key back, or stop kisflow and start it again with the new key once you accept that the open windows of the old key are not continued\n",
-				n, wf.key, set.Flows[n].Stream.Key, wf.key)
+		case !wf.ended && keyRefused(wf, set.Flows[n].Stream):
+			fmt.Fprintf(w.stderr, "watch: flow %s: change refused: stream.key changed from %q to %q while %d workers keep window state split by %q; "+
+				"the flow goes on with its old configuration (its other changes are not applied either). Put the key back; or let its windows close, "+
+				"or stop kisflow, delete the flow's window state and run it again, to use the new key\n",
+				n, wf.key, set.Flows[n].Stream.Key, max(wf.workers, 1), wf.key)
 		default:
 			if !wf.ended {
 				fmt.Fprintf(w.stdout, "watch: flow %s changed: draining it to start it again from its committed position\n", n)
@@ -256,7 +258,8 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 	}
 	we := &watchedEngine{eng: eng, close: closeEngine}
 	for _, n := range start {
-		wf := &watchedFlow{name: n, print: prints[n], key: set.Flows[n].Stream.Key, eng: we, done: make(chan struct{})}
+		st := set.Flows[n].Stream
+		wf := &watchedFlow{name: n, print: prints[n], key: st.Key, workers: st.Workers, eng: we, done: make(chan struct{})}
 		j, err := startJob(ctx, eng, n, w.stderr, kisflow.WithStateDir(w.state))
 		if err != nil {
 			if ctx.Err() != nil {
@@ -292,6 +295,18 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 	}
 	w.set = set
 	return nil
+}
+
+// keyRefused reports whether the change of wf's stream block to st must be
+// refused: its key changes while several workers hold window state split
+// by the old key, which the new key would route to other workers than the
+// ones holding it. With one worker (before and after) every key is on the
+// same worker, and a change of workers alone is what a restart handles.
+func keyRefused(wf *watchedFlow, st *config.Stream) bool {
+	if wf.key == st.Key || (wf.workers <= 1 && st.Workers <= 1) {
+		return false
+	}
+	return wf.job.OpenWindows() > 0
 }
 
 // drain stops wf's job: in-flight batches are finished and committed.

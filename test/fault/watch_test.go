@@ -3,6 +3,7 @@ package fault
 import (
 	"database/sql"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,5 +280,197 @@ func TestWatchRestartsOnlyTheChangedFlow(t *testing.T) {
 		if vs := rowsC[id]; len(vs) != 1 || vs[0] != id+1 {
 			t.Fatalf("C: id %d has %v", id, vs)
 		}
+	}
+}
+
+// winWatchFlow is a flow Win: a followed file of orders through a window
+// of block, grouped by user, exactly-once into a SQLite table.
+func winWatchFlow(block string, stream ...string) string {
+	return `kistype: flow
+status: 1
+flow_name: Win
+flows:
+  - fname: PerUser
+stream:
+  source: orders
+  sink: db
+  delivery: exactly-once
+  batch_size: 10
+  linger: 20ms
+` + strings.Join(stream, "") + `---
+kistype: func
+fname: PerUser
+fmode: Calculate
+window: {` + block + `, time_field: ts, lateness: 20s, group_by: [user_id], aggregate: {n: count(), total: sum(amount)}}
+---
+kistype: conn
+cname: orders
+type: file
+params:
+  path: orders.jsonl
+  follow: "true"
+  poll: 20ms
+---
+kistype: conn
+cname: db
+type: sqlite
+key: out
+params:
+  path: win.db
+  create: "true"
+  columns: user_id, window_start, window_end, n, total
+`
+}
+
+// Issue 16, item 2: a change that the saved state does not allow (a window
+// block changed while its windows are open) is refused with the reason
+// and what to do; that flow stays stopped, the other goes on; putting the
+// block back starts it again with its windows.
+func TestWatchRefusesWindowChangeWithOpenWindows(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	var lines strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&lines, `{"ts":%d,"user_id":%d,"amount":1}`+"\n", base+int64(i)*1000, i%3)
+	}
+	dir := Dir(t, map[string]string{"win.yml": winWatchFlow("type: tumbling, size: 1h"), "b.yml": watchFlow("B", "id * 7"), "orders.jsonl": lines.String()})
+	apB := startAppender(t, filepath.Join(dir, "B.jsonl"), 3*time.Millisecond)
+	p := Start(t, "", nil, "run", "--watch", "--log-level", "info", dir)
+	p.WaitFor("watch: watching", 60*time.Second)
+	waitRows(t, p, dir, "B", 50, 60*time.Second)
+	// Let Win commit its 100 rows (its windows stay open: an hour).
+	time.Sleep(time.Second)
+
+	writeFile(t, filepath.Join(dir, "win.yml"), winWatchFlow("type: tumbling, size: 2h"))
+	p.WaitFor("watch: flow Win changed: draining it", 30*time.Second)
+	p.WaitFor("flow Win: 3 open windows are kept for the next run", 30*time.Second)
+	// The new job reads the saved windows at its first row.
+	f, err := os.OpenFile(filepath.Join(dir, "orders.jsonl"), os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, `{"ts":%d,"user_id":0,"amount":1}`+"\n", base+200_000)
+	p.WaitFor("open windows saved by an earlier run cannot be restored", 30*time.Second)
+	p.WaitFor("restore the window block they were saved with", 30*time.Second)
+	p.WaitFor("watch: flow Win stays stopped until its configuration changes; the other flows go on", 30*time.Second)
+	nB := len(watchRows(t, dir, "B"))
+	waitRows(t, p, dir, "B", int64(nB+50), 30*time.Second)
+
+	// The block put back: Win starts again with its windows.
+	writeFile(t, filepath.Join(dir, "win.yml"), winWatchFlow("type: tumbling, size: 1h"))
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(p.Output(), "flow Win: resuming at position") < 2 {
+		if time.Now().After(deadline) || p.Exited() {
+			t.Fatalf("flow Win did not start again:\n%s", tail(p.Output(), 4000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A row two hours on closes the first hour's windows: they hold every
+	// row, those before the refused change and the one read by the
+	// refused job (not committed, so read again).
+	fmt.Fprintf(f, `{"ts":%d,"user_id":0,"amount":1}`+"\n", base+2*3600_000+30_000)
+	f.Close()
+	want := map[int64]int64{0: 35, 1: 33, 2: 33}
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		got := winCounts(t, dir)
+		if maps.Equal(got, want) {
+			break
+		}
+		if time.Now().After(deadline) || p.Exited() {
+			t.Fatalf("windows of the first hour: %v, want %v\n%s", got, want, tail(p.Output(), 4000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	apB.halt()
+	waitRows(t, p, dir, "B", apB.n.Load(), 60*time.Second)
+	p.Signal(syscall.SIGINT)
+	if code := p.Wait(60 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
+	}
+	if n := strings.Count(p.Output(), `msg="job starts" flow=B`); n != 1 {
+		t.Fatalf("flow B's job started %d times, want 1", n)
+	}
+	if os.Getenv("WATCH_PEEK") != "" {
+		t.Log(p.Output())
+	}
+	rowsB := watchRows(t, dir, "B")
+	for id := int64(1); id <= apB.n.Load(); id++ {
+		if vs := rowsB[id]; len(vs) != 1 || vs[0] != 7*id {
+			t.Fatalf("B: id %d has %v, want exactly [%d]", id, vs, 7*id)
+		}
+	}
+}
+
+// winCounts reads user -> n of the windows starting at 2026-01-01T00:00Z
+// in win.db.
+func winCounts(t *testing.T, dir string) map[int64]int64 {
+	t.Helper()
+	db, err := sql.Open("sqlite", filepath.Join(dir, "win.db")+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rs, err := db.Query("SELECT user_id, n FROM out")
+	if err != nil {
+		return nil
+	}
+	defer rs.Close()
+	out := map[int64]int64{}
+	for rs.Next() {
+		var u, n int64
+		if err := rs.Scan(&u, &n); err != nil {
+			t.Fatal(err)
+		}
+		out[u] += n
+	}
+	return out
+}
+
+// Issue 16, item 2: a changed stream.key while several workers hold open
+// windows split by the old key is refused before anything is drained: the
+// flow goes on with its old configuration and the reason is printed.
+func TestWatchRefusesKeyChangeWithOpenWindows(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	var lines strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&lines, `{"ts":%d,"user_id":%d,"shop":%d,"amount":1}`+"\n", base+int64(i)*1000, i%3, 10*(i%3))
+	}
+	// Grouped by user and shop (a shop has one user): both are keys the
+	// lint allows.
+	flow := func(key string) string {
+		return strings.Replace(winWatchFlow("type: tumbling, size: 1h", "  workers: 2\n  key: "+key+"\n"), "group_by: [user_id]", "group_by: [user_id, shop]", 1)
+	}
+	dir := Dir(t, map[string]string{"win.yml": flow("user_id"), "orders.jsonl": lines.String()})
+	p := Start(t, "", nil, "run", "--watch", "--log-level", "info", dir)
+	p.WaitFor("watch: watching", 60*time.Second)
+	time.Sleep(time.Second) // Win reads its 100 rows; its windows stay open
+
+	writeFile(t, filepath.Join(dir, "win.yml"), flow("shop"))
+	p.WaitFor(`watch: flow Win: change refused: stream.key changed from "user_id" to "shop" while 2 workers keep window state split by "user_id"`, 30*time.Second)
+	if strings.Contains(p.Output(), "flow Win changed: draining") || strings.Count(p.Output(), `msg="job starts" flow=Win`) != 1 {
+		t.Fatalf("the refused change drained the flow:\n%s", tail(p.Output(), 4000))
+	}
+	// Its job goes on: a row two hours on closes the first hour's windows.
+	f, err := os.OpenFile(filepath.Join(dir, "orders.jsonl"), os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for u := range 3 {
+		fmt.Fprintf(f, `{"ts":%d,"user_id":%d,"shop":%d,"amount":1}`+"\n", base+2*3600_000+30_000, u, 10*u)
+	}
+	f.Close()
+	want := map[int64]int64{0: 34, 1: 33, 2: 33}
+	deadline := time.Now().Add(30 * time.Second)
+	for got := winCounts(t, dir); !maps.Equal(got, want); got = winCounts(t, dir) {
+		if time.Now().After(deadline) || p.Exited() {
+			t.Fatalf("windows of the first hour: %v, want %v\n%s", got, want, tail(p.Output(), 4000))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	p.Signal(syscall.SIGINT)
+	if code := p.Wait(60 * time.Second); code != 0 {
+		t.Fatalf("exit %d, want 0", code)
 	}
 }
