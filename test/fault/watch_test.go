@@ -338,8 +338,8 @@ func TestWatchRefusesWindowChangeWithOpenWindows(t *testing.T) {
 	p := Start(t, "", nil, "run", "--watch", "--log-level", "info", dir)
 	p.WaitFor("watch: watching", 60*time.Second)
 	waitRows(t, p, dir, "B", 50, 60*time.Second)
-	// Let Win commit its 100 rows (its windows stay open: an hour).
-	time.Sleep(time.Second)
+	// Win commits its 100 rows (its windows stay open: an hour).
+	waitFileCommitted(t, p, filepath.Join(dir, "win.db"), lines.Len())
 
 	writeFile(t, filepath.Join(dir, "win.yml"), winWatchFlow("type: tumbling, size: 2h"))
 	p.WaitFor("watch: flow Win changed: draining it", 30*time.Second)
@@ -445,7 +445,7 @@ func TestWatchRefusesKeyChangeWithOpenWindows(t *testing.T) {
 	dir := Dir(t, map[string]string{"win.yml": flow("user_id"), "orders.jsonl": lines.String()})
 	p := Start(t, "", nil, "run", "--watch", "--log-level", "info", dir)
 	p.WaitFor("watch: watching", 60*time.Second)
-	time.Sleep(time.Second) // Win reads its 100 rows; its windows stay open
+	waitFileCommitted(t, p, filepath.Join(dir, "win.db"), lines.Len()) // its windows stay open
 
 	writeFile(t, filepath.Join(dir, "win.yml"), flow("shop"))
 	p.WaitFor(`watch: flow Win: change refused: stream.key changed from "user_id" to "shop" while 2 workers keep window state split by "user_id"`, 30*time.Second)
@@ -472,5 +472,27 @@ func TestWatchRefusesKeyChangeWithOpenWindows(t *testing.T) {
 	p.Signal(syscall.SIGINT)
 	if code := p.Wait(60 * time.Second); code != 0 {
 		t.Fatalf("exit %d, want 0", code)
+	}
+}
+
+// waitFileCommitted waits until the exactly-once SQLite sink db holds a
+// committed position of a file source at byte offset (the file's size).
+func waitFileCommitted(t *testing.T, p *Proc, db string, offset int) {
+	t.Helper()
+	want := fmt.Sprintf("%d@", offset)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		var pos string
+		if d, err := sql.Open("sqlite", db+"?_pragma=busy_timeout(5000)"); err == nil {
+			_ = d.QueryRow("SELECT position FROM kisflow_checkpoints").Scan(&pos)
+			d.Close()
+		}
+		if strings.HasPrefix(pos, want) {
+			return
+		}
+		if p.Exited() || time.Now().After(deadline) {
+			t.Fatalf("%s: committed position %q, want offset %d; output:\n%s", db, pos, offset, tail(p.Output(), 4000))
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
