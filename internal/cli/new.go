@@ -43,7 +43,8 @@ func newCmd() *cobra.Command {
 			".ci/run; then run `go mod tidy` in it. The\n" +
 			"project builds, passes its tests and runs (`go run . run conf`) at once.\n" +
 			"Run from a kisflow checkout (or with --replace DIR), the project uses\n" +
-			"that checkout through a replace directive.",
+			"that checkout through a replace directive; otherwise it requires this\n" +
+			"binary's version of the module (a development build needs --replace).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return newProject(args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -80,6 +81,11 @@ func newProject(dir string, o newOptions, stdout, stderr io.Writer) error {
 			return &exitError{code: ExitUsage, err: fmt.Errorf("--replace %s: no go.mod there", replace)}
 		}
 		replace = abs
+	}
+	if v := Version(); replace == "" && !publishable(v) {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("this kisflow binary is a development build (version %s), so a new project cannot require it from the Go module proxy: "+
+			"run `kisflow new %s --replace DIR` with DIR a clone of %s (git clone https://%s), or run it from inside that clone; "+
+			"or install a published version (go install %s/cmd/kisflow@latest) once the module is published", v, dir, modulePath, modulePath, modulePath)}
 	}
 	data := struct{ Name, Module string }{name, module}
 	err := fs.WalkDir(scaffold, "scaffold", func(p string, d fs.DirEntry, err error) error {
@@ -132,6 +138,12 @@ func newProject(dir string, o newOptions, stdout, stderr io.Writer) error {
 		tidy := exec.Command("go", "mod", "tidy")
 		tidy.Dir, tidy.Stdout, tidy.Stderr = dir, stderr, stderr
 		if err := tidy.Run(); err != nil {
+			if replace == "" {
+				return &exitError{code: ExitProblem, err: fmt.Errorf("go mod tidy in %s: %w: %s %s could not be downloaded (see go's message above: the module is not published on the Go module proxy, or not this version). "+
+					"The project is written; point it at a clone of kisflow (git clone https://%s) and tidy it again: cd %s && go mod edit -replace %s=/path/to/the/clone && go mod tidy; "+
+					"or delete %s and run kisflow new %s --replace /path/to/the/clone",
+					dir, err, modulePath, requireVersion(replace), modulePath, dir, modulePath, dir, dir)}
+			}
 			return &exitError{code: ExitProblem, err: fmt.Errorf("go mod tidy in %s: %w (the project is written; fix and run it again)", dir, err)}
 		}
 	}
@@ -142,10 +154,17 @@ func newProject(dir string, o newOptions, stdout, stderr io.Writer) error {
 // requireVersion is the kisflow version a new project requires: this
 // binary's, or a placeholder that a replace directive stands in for.
 func requireVersion(replace string) string {
-	if v := Version(); v != "devel" && replace == "" {
+	if v := Version(); publishable(v) && replace == "" {
 		return v
 	}
 	return "v0.0.0-00010101000000-000000000000"
+}
+
+// publishable reports whether v is a version that the Go module proxy may
+// serve: not a development build, not one with build metadata (a build
+// from a modified tree is v...+dirty).
+func publishable(v string) bool {
+	return v != "devel" && !strings.Contains(v, "+")
 }
 
 // findCheckout returns the root of the kisflow checkout the current folder

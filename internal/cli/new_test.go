@@ -2,12 +2,14 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kisflow-go/kisflow"
 )
@@ -43,6 +45,36 @@ func TestNewProjectBuildsTestsAndRuns(t *testing.T) {
 	if !strings.Contains(string(b), "ok: 2 test(s) passed") {
 		t.Fatalf("the project's CI did not pass its kisflow tests:\n%s", b)
 	}
+	// The CI never hangs on an unbounded flow: with the source followed
+	// (it would wait for more lines for ever), .ci/run still ends, having
+	// read what the file held when the run began.
+	conns := filepath.Join(dir, "conf", "conns.yml")
+	orig, err := os.ReadFile(conns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	followed := strings.Replace(string(orig), "path: ../data/orders.jsonl", "path: ../data/orders.jsonl\n  follow: \"true\"\n  poll: 50ms", 1)
+	if followed == string(orig) {
+		t.Fatalf("conf/conns.yml has no file source to follow:\n%s", orig)
+	}
+	if err := os.WriteFile(conns, []byte(followed), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	ci = exec.CommandContext(ctx, "bash", ".ci/run")
+	ci.Dir = dir
+	b, err = ci.CombinedOutput()
+	if ctx.Err() != nil {
+		t.Fatalf("the project's .ci/run hung on a followed source:\n%s", b)
+	}
+	if err != nil || !strings.Contains(string(b), "2 written") {
+		t.Fatalf("the project's .ci/run with a followed source: %v\n%s", err, b)
+	}
+	if err := os.WriteFile(conns, orig, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	// A failing test of the Go function, through the project's binary:
 	// exit 1 and a diff naming the field.
 	wrong := "kistype: test\nname: wrong tax\nfunc: Enrich\nparams: {tax_rate: \"0.3\"}\ninput: [{id: 9, amount: 10}]\nexpect:\n  rows: [{id: 9, amount: 10, tax: 2, total: 12}]\n"
@@ -79,5 +111,25 @@ func TestNewProjectBuildsTestsAndRuns(t *testing.T) {
 	}
 	if code := Main(kisflow.NewRegistry(), []string{"new", filepath.Join(t.TempDir(), "9lives")}, &out, &errb); code != ExitUsage {
 		t.Errorf("bad project name: exit %d, want %d", code, ExitUsage)
+	}
+}
+
+// Outside a kisflow checkout, a development build cannot require itself
+// from the module proxy: new refuses before writing anything and says
+// exactly what to do.
+func TestNewOutsideCheckoutSaysWhatToDo(t *testing.T) {
+	t.Chdir(t.TempDir())
+	var out, errb bytes.Buffer
+	code := Main(kisflow.NewRegistry(), []string{"new", "shop"}, &out, &errb)
+	if code != ExitUsage {
+		t.Fatalf("kisflow new outside a checkout (a devel build): exit %d, want %d\n%s%s", code, ExitUsage, out.String(), errb.String())
+	}
+	for _, want := range []string{"development build", "kisflow new shop --replace DIR", "git clone https://github.com/kisflow-go/kisflow", "go install github.com/kisflow-go/kisflow/cmd/kisflow@latest"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("the message lacks %q:\n%s", want, errb.String())
+		}
+	}
+	if _, err := os.Stat("shop"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused new wrote shop: %v", err)
 	}
 }

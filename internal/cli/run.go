@@ -34,6 +34,7 @@ type runOptions struct {
 	logLevel string
 	from     string
 	until    string
+	watch    bool
 }
 
 func runCmd(reg *kisflow.Registry) *cobra.Command {
@@ -49,11 +50,19 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 			"terminal and a summary at the end.\n" +
 			"Exits 0 when every flow ended cleanly, 1 when one failed, 2 on bad input,\n" +
 			"3 when a signal stopped a bounded source before its end, 4 when in-flight\n" +
-			"batches did not finish within drain_timeout (they are read again next run).",
+			"batches did not finish within drain_timeout (they are read again next run).\n" +
+			"With --watch it keeps running and applies each change of DIR's YAML files:\n" +
+			"a folder with lint errors is not applied (the errors are printed, the flows\n" +
+			"go on); otherwise only the flows whose configuration changed are drained and\n" +
+			"started again from their committed positions, new flows start and removed\n" +
+			"or disabled ones drain and stop.",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if o.watch {
+				return runWatch(ctx, reg, args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			return runFlows(ctx, reg, args[0], o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -63,6 +72,7 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 	cmd.Flags().StringVar(&o.logLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	cmd.Flags().StringVar(&o.from, "from", "", "a one-off run that leaves committed positions as they are, from: earliest, latest, committed, a time (RFC 3339 or a date) or a position of the source's form")
 	cmd.Flags().StringVar(&o.until, "until", "", "a one-off run that leaves committed positions as they are, until: at_start, a time (RFC 3339 or a date) or a position of the source's form")
+	cmd.Flags().BoolVar(&o.watch, "watch", false, "keep running and apply changes of DIR's YAML files: lint them, then drain and start again only the flows whose configuration changed (see the README)")
 	cmd.Flags().DurationVar(&o.every, "progress-interval", time.Second, "how often the progress line is redrawn")
 	_ = cmd.Flags().MarkHidden("progress-interval")
 	return cmd

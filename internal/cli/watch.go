@@ -1,0 +1,495 @@
+package cli
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/config"
+)
+
+// The polling of --watch: how often the folder's files are looked at, and
+// how long they must stay unchanged before a change is applied (editors
+// write a file several times when they save it).
+const (
+	watchPoll  = 500 * time.Millisecond
+	watchQuiet = 300 * time.Millisecond
+)
+
+// watchedEngine is an engine built from one version of the configuration,
+// shared by the flows started from it; closed when the last one ends.
+type watchedEngine struct {
+	eng   *kisflow.Engine
+	close func()
+	refs  int
+}
+
+// watchedFlow is the current run of one flow under --watch.
+type watchedFlow struct {
+	name    string
+	print   string // the fingerprint of the configuration it runs
+	key     string // its stream.key
+	workers int    // its stream.workers
+	eng     *watchedEngine
+	job     *kisflow.Job
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error // set before done closes
+	start   time.Time
+	ended   bool // its end was reported
+	failed  bool // it ended with an error (or did not start)
+	stopped string
+}
+
+// watcher runs the flows of a folder and applies the changes of its files.
+type watcher struct {
+	reg    *kisflow.Registry
+	dir    string
+	state  string
+	o      runOptions
+	stdout io.Writer
+	stderr *lockedWriter
+	level  slog.Level
+	flows  map[string]*watchedFlow
+	set    *config.Set
+}
+
+// runWatch is `run --watch`: it runs the flows like run, then polls the
+// folder's files; when they change (and stay unchanged for watchQuiet) the
+// folder is linted. With errors the running flows go on and the errors are
+// printed; without, each flow whose resolved configuration changed (its
+// YAML, its functions, the connectors they name, the global file) is
+// drained and started again from its committed position; the others are
+// left alone; new flows start, removed or disabled ones drain and stop.
+// It returns when ctx ends, after draining every flow.
+func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptions, stdout, stderr io.Writer) error {
+	if o.from != "" || o.until != "" {
+		return &exitError{code: ExitUsage, err: errors.New("--watch runs flows from their committed positions: it does not take --from or --until")}
+	}
+	set, err := loadConfig(reg, dir, stderr)
+	if err != nil {
+		return err
+	}
+	if err := knownFlows(set, o.flows, dir); err != nil {
+		return err
+	}
+	w := &watcher{reg: reg, dir: dir, o: o, stdout: &lockedWriter{w: stdout}, stderr: &lockedWriter{w: stderr, red: set.Redactor()}, flows: map[string]*watchedFlow{}}
+	if err := w.level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
+	}
+	w.state = o.state
+	if w.state == "" {
+		w.state = filepath.Join(dir, kisflow.DefaultStateDir)
+		if err := adoptLegacyPositions(ctx, set, w.wanted(set), w.state, stdout); err != nil {
+			return &exitError{code: ExitProblem, err: set.Redactor().Error(err)}
+		}
+	}
+	if len(w.wanted(set)) == 0 {
+		fmt.Fprintf(stdout, "watch: %s: no enabled flow has a stream block yet; waiting for one\n", dir)
+	}
+	if err := w.apply(ctx, set, true); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "watch: watching %s for changes (Ctrl-C to stop)\n", dir)
+
+	last, err := snapshot(dir, w.state)
+	if err != nil {
+		return &exitError{code: ExitUsage, err: err}
+	}
+	tick := time.NewTicker(watchPoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return w.stopAll()
+		case <-tick.C:
+		}
+		w.reap()
+		cur, err := snapshot(dir, w.state)
+		if err != nil {
+			fmt.Fprintf(w.stderr, "watch: %v; the running flows go on\n", err)
+			continue
+		}
+		if cur == last {
+			continue
+		}
+		// Debounce: wait until the files stay as they are for watchQuiet.
+		for {
+			select {
+			case <-ctx.Done():
+				return w.stopAll()
+			case <-time.After(watchQuiet):
+			}
+			next, err := snapshot(dir, w.state)
+			if err == nil && next == cur {
+				break
+			}
+			cur = next
+		}
+		last = cur
+		w.reload(ctx)
+	}
+}
+
+// wanted returns the flows of set that run: enabled, bound to a source,
+// among --flow when given.
+func (w *watcher) wanted(set *config.Set) []string {
+	var names []string
+	for _, n := range set.FlowNames() {
+		fl := set.Flows[n]
+		if fl.Enabled() && fl.Stream != nil && (len(w.o.flows) == 0 || slices.Contains(w.o.flows, n)) {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// reload lints the folder and applies it when it has no errors.
+func (w *watcher) reload(ctx context.Context) {
+	fmt.Fprintf(w.stdout, "watch: %s changed\n", w.dir)
+	probs, err := config.Lint(w.dir, w.reg.LintOptions()...)
+	if err != nil {
+		fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
+		return
+	}
+	nerr := 0
+	for _, p := range probs {
+		fmt.Fprintln(w.stderr, p)
+		if p.Severity == config.SevError {
+			nerr++
+		}
+	}
+	if nerr > 0 {
+		fmt.Fprintf(w.stderr, "watch: %d error(s): the change is not applied; the running flows go on with the configuration they started with (fix the files and save them again)\n", nerr)
+		return
+	}
+	set, err := config.Import(w.dir, w.reg.LintOptions()...)
+	if err != nil {
+		fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
+		return
+	}
+	if err := w.apply(ctx, set, false); err != nil {
+		fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
+	}
+}
+
+// apply makes the running flows those of set: it drains and starts again
+// the changed ones, starts the new ones, drains the removed ones. At the
+// first call (first) a flow that cannot start is an error of the command,
+// as for run.
+func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error {
+	prints := flowPrints(set)
+	wanted := w.wanted(set)
+	// Drain the flows that are no longer wanted.
+	for _, n := range slices.Sorted(mapKeys(w.flows)) {
+		if slices.Contains(wanted, n) {
+			continue
+		}
+		wf := w.flows[n]
+		if !wf.ended {
+			why := "removed"
+			if fl := set.Flows[n]; fl != nil && !fl.Enabled() {
+				why = "disabled"
+			} else if fl != nil {
+				why = "no longer run"
+			}
+			fmt.Fprintf(w.stdout, "watch: flow %s was %s: draining it\n", n, why)
+			w.drain(wf)
+			fmt.Fprintf(w.stdout, "watch: flow %s drained and stopped\n", n)
+		}
+		delete(w.flows, n)
+	}
+	var start []string
+	for _, n := range wanted {
+		wf := w.flows[n]
+		switch {
+		case wf == nil:
+			start = append(start, n)
+		case wf.print == prints[n]:
+			if !wf.ended && !first {
+				fmt.Fprintf(w.stdout, "watch: flow %s is unchanged: left running\n", n)
+			}
+		case !wf.ended && keyRefused(wf, set.Flows[n].Stream):
+			fmt.Fprintf(w.stderr, "watch: flow %s: change refused: stream.key changed from %q to %q while %d workers keep window state split by %q; "+
+				"the flow goes on with its old configuration (its other changes are not applied either). Put the key back; or let its windows close, "+
+				"or stop kisflow, delete the flow's window state and run it again, to use the new key\n",
+				n, wf.key, set.Flows[n].Stream.Key, max(wf.workers, 1), wf.key)
+		default:
+			if !wf.ended {
+				fmt.Fprintf(w.stdout, "watch: flow %s changed: draining it to start it again from its committed position\n", n)
+				w.drain(wf)
+			}
+			start = append(start, n)
+		}
+	}
+	if len(start) == 0 {
+		w.set = set
+		return nil
+	}
+	red := set.Redactor()
+	w.stderr.mu.Lock()
+	w.stderr.red = red // what reaches stderr has this version's secrets redacted
+	w.stderr.mu.Unlock()
+	log := slog.New(slog.NewTextHandler(w.stderr, &slog.HandlerOptions{Level: w.level}))
+	eng, closeEngine, err := openEngine(ctx, w.reg, set, log, red)
+	if err != nil {
+		if first {
+			return err
+		}
+		// The flows drained above stay stopped.
+		for _, n := range start {
+			w.flows[n] = &watchedFlow{name: n, print: prints[n], ended: true, failed: true}
+		}
+		fmt.Fprintf(w.stderr, "watch: %v\nwatch: flows %s stay stopped until the configuration is fixed\n", err, strings.Join(start, ", "))
+		return nil
+	}
+	we := &watchedEngine{eng: eng, close: closeEngine}
+	for _, n := range start {
+		st := set.Flows[n].Stream
+		wf := &watchedFlow{name: n, print: prints[n], key: st.Key, workers: st.Workers, eng: we, done: make(chan struct{})}
+		j, err := startJob(ctx, eng, n, w.stderr, kisflow.WithStateDir(w.state))
+		if err != nil {
+			if ctx.Err() != nil {
+				we.release()
+				return nil
+			}
+			if first {
+				we.refs++
+				we.release()
+				w.drainAll()
+				return &exitError{code: ExitProblem, err: red.Error(err)}
+			}
+			fmt.Fprintf(w.stderr, "watch: flow %s could not start: %v\nwatch: flow %s stays stopped until its configuration changes; the other flows go on\n", n, red.Error(err), n)
+			wf.ended, wf.failed, wf.eng = true, true, nil
+			close(wf.done)
+			w.flows[n] = wf
+			continue
+		}
+		we.refs++
+		wf.job = j
+		reportStart(w.stdout, n, j.StartPosition())
+		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		wf.cancel, wf.start = cancel, time.Now()
+		go func() {
+			wf.err = j.Run(jctx)
+			close(wf.done)
+		}()
+		w.flows[n] = wf
+	}
+	if we.refs == 0 {
+		we.refs = 1
+		we.release()
+	}
+	w.set = set
+	return nil
+}
+
+// keyRefused reports whether the change of wf's stream block to st must be
+// refused: its key changes while several workers hold window state split
+// by the old key, which the new key would route to other workers than the
+// ones holding it. With one worker (before and after) every key is on the
+// same worker, and a change of workers alone is what a restart handles.
+func keyRefused(wf *watchedFlow, st *config.Stream) bool {
+	if wf.key == st.Key || (wf.workers <= 1 && st.Workers <= 1) {
+		return false
+	}
+	return wf.job.OpenWindows() > 0
+}
+
+// drain stops wf's job: in-flight batches are finished and committed.
+func (w *watcher) drain(wf *watchedFlow) {
+	if wf.ended {
+		return
+	}
+	wf.cancel()
+	<-wf.done
+	w.ended(wf, true)
+}
+
+// reap reports the flows whose job ended by itself: a bounded source read
+// to its end, or an error. A failed flow stays stopped until its
+// configuration changes; the others go on.
+func (w *watcher) reap() {
+	for _, n := range slices.Sorted(mapKeys(w.flows)) {
+		wf := w.flows[n]
+		if wf.ended {
+			continue
+		}
+		select {
+		case <-wf.done:
+			w.ended(wf, false)
+			if wf.failed {
+				fmt.Fprintf(w.stderr, "watch: flow %s stays stopped until its configuration changes; the other flows go on\n", n)
+			}
+		default:
+		}
+	}
+}
+
+// ended reports the end of wf's job and releases its engine.
+func (w *watcher) ended(wf *watchedFlow, drained bool) {
+	wf.ended = true
+	j, err := wf.job, wf.err
+	elapsed := time.Since(wf.start)
+	s := j.Stats()
+	rate := float64(s.Committed) / max(elapsed.Seconds(), 1e-9)
+	fmt.Fprintf(w.stdout, "flow %s: %d rows read, %d committed, %d written, %d dead-lettered, %d retries in %s (%s rows/s)\n",
+		wf.name, s.Read, s.Committed, s.Out, s.DeadLettered, s.Retries, elapsed.Round(time.Millisecond), human(rate))
+	if s.DeadLettered > 0 && w.set != nil && w.set.Flows[wf.name] != nil {
+		fmt.Fprintf(w.stdout, "flow %s: dead letters are in %s\n", wf.name, deadLetterWhere(w.set, wf.name, w.state))
+	}
+	if n := j.OpenWindows(); n > 0 && j.WindowsKept() {
+		fmt.Fprintf(w.stdout, "flow %s: %d open windows are kept for the next run\n", wf.name, n)
+	} else if n > 0 {
+		fmt.Fprintf(w.stdout, "flow %s: %d open windows were not emitted: windows are not kept across runs yet\n", wf.name, n)
+	}
+	switch {
+	case err != nil && errors.Is(err, kisflow.ErrDrainTimeout):
+		fmt.Fprintf(w.stderr, "flow %s: %v\n", wf.name, err)
+	case err != nil:
+		fmt.Fprintf(w.stderr, "flow %s failed: %v\n", wf.name, err)
+		wf.failed = true
+	case !drained && j.Exhausted():
+		fmt.Fprintf(w.stdout, "flow %s: its source is read to its end\n", wf.name)
+	}
+	if wf.eng != nil {
+		wf.eng.release()
+		wf.eng = nil
+	}
+}
+
+func (we *watchedEngine) release() {
+	we.refs--
+	if we.refs == 0 {
+		we.close()
+	}
+}
+
+// stopAll drains every running flow, at a signal.
+func (w *watcher) stopAll() error {
+	failed := w.drainAll()
+	fmt.Fprintln(w.stdout, "stopped by signal; in-flight batches were drained and committed")
+	if failed {
+		return &exitError{code: ExitProblem}
+	}
+	return nil
+}
+
+// drainAll drains every running flow and reports whether one failed.
+func (w *watcher) drainAll() bool {
+	for _, n := range slices.Sorted(mapKeys(w.flows)) {
+		if wf := w.flows[n]; !wf.ended {
+			wf.cancel()
+		}
+	}
+	failed := false
+	for _, n := range slices.Sorted(mapKeys(w.flows)) {
+		wf := w.flows[n]
+		if !wf.ended {
+			<-wf.done
+			w.ended(wf, true)
+		}
+		failed = failed || wf.failed
+	}
+	return failed
+}
+
+// flowPrints returns a fingerprint of the resolved configuration of each
+// flow of set: the flow, the functions it names, the connectors that these
+// or the flow name, and the global file. Two versions of the folder give a
+// flow the same fingerprint when nothing it runs with changed.
+func flowPrints(set *config.Set) map[string]string {
+	global, _ := json.Marshal(set.Global)
+	conns := slices.Sorted(mapKeys(set.Conns))
+	out := map[string]string{}
+	for name, fl := range set.Flows {
+		var parts [][]byte
+		b, _ := json.Marshal(fl)
+		parts = append(parts, b)
+		for _, st := range fl.Flows {
+			f, _ := json.Marshal(set.Funcs[st.FName])
+			parts = append(parts, f)
+		}
+		uses := string(slices.Concat(parts...))
+		h := sha256.New()
+		h.Write(global)
+		for _, p := range parts {
+			h.Write(p)
+			h.Write([]byte{0})
+		}
+		for _, cn := range conns {
+			// A connector is named as a quoted string somewhere in the
+			// flow or its functions (stream.source, option.cname, ...);
+			// taking one too many only restarts the flow for nothing.
+			if strings.Contains(uses, strconv.Quote(cn)) {
+				c, _ := json.Marshal(set.Conns[cn])
+				h.Write(c)
+				h.Write([]byte{0})
+			}
+		}
+		out[name] = hex.EncodeToString(h.Sum(nil))
+	}
+	return out
+}
+
+// snapshot describes the YAML files below dir (size, modification time
+// and a hash of their content), leaving out the state folder: a change of
+// any gives another string.
+func snapshot(dir, state string) (string, error) {
+	stateAbs := absPath(state)
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p != dir && errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while walking
+			}
+			return err
+		}
+		if d.IsDir() {
+			if p != dir && (absPath(p) == stateAbs || strings.HasPrefix(d.Name(), ".")) {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if ext := filepath.Ext(p); ext != ".yml" && ext != ".yaml" {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		sum := sha256.Sum256(b)
+		fmt.Fprintf(h, "%s\x00%d\x00%x\n", p, len(b), sum)
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("watch %s: %w", dir, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
