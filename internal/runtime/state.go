@@ -61,7 +61,11 @@ func (r *Runner) keepsStateWithPosition(pos string) bool {
 // at-most-once) they are saved now (changes), before the acknowledgement.
 // A watermark to keep (mark, nil: none) goes with them.
 func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, changes []stream.StateChange, mark []byte) error {
-	if r.keepsStateWithPosition(pos) {
+	if r.keepsStateWithPosition(pos) || len(r.pendingState) > 0 {
+		// A group without a position (a tick, the final flush) after
+		// groups whose changes wait for their position joins them: saved
+		// now, its changes (a fired timer's deletion, a closed window's)
+		// would be overwritten by the older ones saved later.
 		if r.pendingState == nil {
 			r.pendingState = map[state.ID]state.Entry{}
 		}
