@@ -292,18 +292,9 @@ func (d *DB) primaryKey(ctx context.Context, tx *stdsql.Tx) ([]string, error) {
 WHERE i.indrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident($1)) AND i.indisprimary
 ORDER BY array_position(i.indkey::int2[], a.attnum)`
 	}
-	rows, err := tx.QueryContext(ctx, q, d.table)
+	key, err := queryStrings(ctx, tx, q, d.table)
 	if err != nil {
 		return nil, fmt.Errorf("connector %q: read the primary key of %s: %w", d.cfg.CName, d.table, err)
 	}
-	defer rows.Close()
-	var key []string
-	for rows.Next() {
-		var c string
-		if err := rows.Scan(&c); err != nil {
-			return nil, err
-		}
-		key = append(key, c)
-	}
-	return key, rows.Err()
+	return key, nil
 }

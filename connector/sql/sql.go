@@ -772,20 +772,29 @@ func (d *DB) tableColumns(ctx context.Context, tx *stdsql.Tx) ([]string, error) 
 	case checkpoint.Postgres:
 		q = "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position"
 	}
-	rows, err := tx.QueryContext(ctx, q, d.table)
+	cols, err := queryStrings(ctx, tx, q, d.table)
 	if err != nil {
 		return nil, fmt.Errorf("connector %q: read columns of %s: %w", d.cfg.CName, d.table, err)
 	}
+	return cols, nil
+}
+
+// queryStrings runs q, whose rows have one text column, and returns them.
+func queryStrings(ctx context.Context, tx *stdsql.Tx, q string, args ...any) ([]string, error) {
+	rows, err := tx.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
 	defer rows.Close()
-	var cols []string
+	var out []string
 	for rows.Next() {
 		var c string
 		if err := rows.Scan(&c); err != nil {
 			return nil, err
 		}
-		cols = append(cols, c)
+		out = append(out, c)
 	}
-	return cols, rows.Err()
+	return out, rows.Err()
 }
 
 // Call is the Save and Load target for functions using this connector:
