@@ -306,3 +306,14 @@ func TestRunWindowsExample(t *testing.T) {
 		t.Errorf("dead letters (%v):\n%s", err, dead)
 	}
 }
+
+// TestOrdersExampleTests runs the tests written beside examples/orders as
+// the README shows them: kisflow test examples/orders passes, touching no
+// file of the example (the source and the SQLite sink are doubles).
+func TestOrdersExampleTests(t *testing.T) {
+	t.Parallel()
+	code, out, errs := run(t, "test", "../../examples/orders")
+	if code != 0 || !strings.Contains(out+errs, "ok: 2 test(s) passed") {
+		t.Fatalf("kisflow test examples/orders: exit %d\n%s%s", code, out, errs)
+	}
+}
