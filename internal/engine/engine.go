@@ -233,14 +233,7 @@ func (r *Run) Execute(ctx context.Context) (out []any, err error) {
 		r.ran[i] = false
 	}
 	src := r.src
-	defer func() {
-		clear(src)
-		r.src = src[:0]
-		r.running = false
-		r.cur = -1
-		r.in = nil
-		r.action = Action{}
-	}()
+	defer r.finish(src)
 	if len(r.steps) == 0 {
 		return nil, nil
 	}
@@ -316,6 +309,17 @@ func (r *Run) Execute(ctx context.Context) (out []any, err error) {
 	}
 }
 
+// finish ends a run: the source rows src are consumed and the instance
+// is ready for the next.
+func (r *Run) finish(src []any) {
+	clear(src)
+	r.src = src[:0]
+	r.running = false
+	r.cur = -1
+	r.in = nil
+	r.action = Action{}
+}
+
 // ExecuteFirst runs the first step alone over the pending source rows and
 // returns its output and the action it asked for, without following the
 // action: a provider of remote functions runs one function for a flow in
@@ -330,14 +334,7 @@ func (r *Run) ExecuteFirst(ctx context.Context) (out []any, act Action, err erro
 		return nil, Action{}, errors.New("flow has no step")
 	}
 	src := r.src
-	defer func() {
-		clear(src)
-		r.src = src[:0]
-		r.running = false
-		r.cur = -1
-		r.in = nil
-		r.action = Action{}
-	}()
+	defer r.finish(src)
 	if err := ctx.Err(); err != nil {
 		return nil, Action{}, err
 	}
