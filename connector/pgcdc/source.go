@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -75,9 +76,46 @@ func (d *CDC) OpenSource(_ context.Context, opts stream.SourceOptions) (stream.S
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &source{d: d, log: log, at: at, fresh: opts.Resume == "", delivered: opts.Resume}
+	s := &source{d: d, log: log, at: at, fresh: opts.Resume == "", delivered: opts.Resume, detached: opts.Detached, resume: opts.Resume}
 	s.committed.pos = opts.Resume
 	s.committed.lsn = at.lsn
+	switch opts.Start.Kind {
+	case stream.Committed:
+	case stream.Earliest:
+		// A new snapshot, then the changes from the slot's position.
+		s.at, s.fresh = position{snapshot: true}, false
+	case stream.Latest:
+		s.at, s.fresh, s.latest = position{}, false, true
+	case stream.AtPosition:
+		if s.at, err = d.startPosition(opts.Start.Position); err != nil {
+			return nil, stream.Fatal(err)
+		}
+		s.fresh, s.checkStart = false, true
+	case stream.AtTime:
+		// From the slot's confirmed position, skipping the transactions
+		// committed before the time.
+		s.at, s.fresh, s.startTime = position{}, false, opts.Start.Time
+	default:
+		return nil, stream.Fatal(fmt.Errorf("postgres_cdc connector %q cannot start at %s (it can do %s)", d.cfg.CName, opts.Start, d.Seeks().Describe()))
+	}
+	if !opts.Start.IsZero() {
+		s.delivered = s.at.String()
+		log.Info("postgres_cdc starts at "+opts.Start.String()+", not at the committed position", "connector", d.cfg.CName, "committed", opts.Resume)
+	}
+	switch opts.Stop.Kind {
+	case stream.Committed:
+	case stream.AtStart:
+		s.stopAtStart = true
+	case stream.AtPosition:
+		if s.stopLSN, err = d.stopPosition(opts.Stop.Position); err != nil {
+			return nil, err
+		}
+		s.stopping = true
+	case stream.AtTime:
+		s.stopTime, s.stopping = opts.Stop.Time, true
+	default:
+		return nil, stream.Fatal(fmt.Errorf("postgres_cdc connector %q cannot stop at %s (it can do %s)", d.cfg.CName, opts.Stop, d.Seeks().Describe()))
+	}
 	return s, nil
 }
 
@@ -92,6 +130,19 @@ type source struct {
 	at        position // the position of the last message delivered, or the resume position
 	fresh     bool     // nothing was ever committed: the snapshot comes first
 	delivered string   // at, as text
+	resume    string   // the committed position the source was opened with
+
+	// Start and stop positions other than the committed one.
+	detached    bool          // a one-off run: positions are not reported to the server
+	latest      bool          // start at the server's WAL end
+	checkStart  bool          // at is a start position given by the user
+	startTime   time.Time     // skip the transactions committed before it
+	skipTx      bool          // the transaction being received is skipped (startTime)
+	stopAtStart bool          // stop at the WAL end when the run began (read when it connects)
+	stopping    bool          // a stop is set (stopLSN and/or stopTime)
+	stopLSN     pglogrepl.LSN // stop before the first transaction committing at or after it
+	stopTime    time.Time     // stop before the first transaction committed at or after it
+	reached     bool          // the stop was reached: Read returns io.EOF
 
 	repl      *pgconn.PgConn
 	streaming bool
@@ -172,6 +223,9 @@ func (s *source) disconnect(ctx context.Context) {
 // connection is returned as an outage after the rows read before it; the
 // next Read connects again and goes on after the last row returned.
 func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	if s.reached {
+		return nil, io.EOF
+	}
 	if s.repl == nil {
 		if err := s.open(ctx); err != nil {
 			s.disconnect(ctx)
@@ -208,14 +262,36 @@ func (s *source) open(ctx context.Context) error {
 	s.relations = map[uint32]*pglogrepl.RelationMessage{}
 	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
 	defer cancel()
-	var flushed string
-	err = plain.QueryRow(qctx, "SELECT coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1", d.p.Slot).Scan(&flushed)
-	exists := err == nil
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return d.wrap("look up slot "+d.p.Slot, err)
+	slot, err := d.slotState(ctx, plain)
+	if err != nil {
+		return err
 	}
-	if !exists && !s.fresh && !s.at.snapshot {
+	exists := slot.exists
+	if s.stopAtStart {
+		if s.stopLSN, err = d.walEnd(ctx, plain); err != nil {
+			return err
+		}
+		s.stopAtStart, s.stopping = false, true
+		s.log.Info("postgres_cdc stops at the WAL's end when the run began", "connector", d.cfg.CName, "stop", s.stopLSN.String())
+	}
+	if !exists && !s.fresh && !s.at.snapshot && !s.latest && s.startTime.IsZero() {
+		if s.checkStart {
+			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist: the server keeps no changes to start at %s (start at latest, or earliest for a new snapshot)", d.cfg.CName, d.p.Slot, s.at))
+		}
 		return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist, but the flow's committed position is %s: the server no longer keeps the changes since. Recreate the replica from a snapshot: drop the flow's committed position (and the replica's rows), then run again", d.cfg.CName, d.p.Slot, s.delivered))
+	}
+	if s.checkStart {
+		if err := d.readable(s.at, slot, s.resume); err != nil {
+			return err
+		}
+		s.checkStart = false
+	}
+	if s.latest && exists {
+		head, err := d.walEnd(ctx, plain)
+		if err != nil {
+			return err
+		}
+		s.at, s.latest = position{lsn: max(head, slot.flushed)}, false
 	}
 	snapName := ""
 	if !exists {
@@ -223,7 +299,7 @@ func (s *source) open(ctx context.Context) error {
 			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'), or set params.create_slot: \"true\")", d.cfg.CName, d.p.Slot, d.p.Slot))
 		}
 		action := "NOEXPORT_SNAPSHOT"
-		if d.p.Snapshot {
+		if d.p.Snapshot && (s.fresh || s.at.snapshot) {
 			action = "EXPORT_SNAPSHOT"
 		}
 		res, err := pglogrepl.CreateReplicationSlot(qctx, s.repl, d.p.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: action})
@@ -236,13 +312,11 @@ func (s *source) open(ctx context.Context) error {
 		}
 		s.log.Info("postgres_cdc created its replication slot", "connector", d.cfg.CName, "slot", d.p.Slot, "lsn", lsn.String())
 		snapName = res.SnapshotName
-		s.at = position{lsn: lsn, snapshot: s.at.snapshot}
+		s.at, s.latest = position{lsn: lsn, snapshot: s.at.snapshot}, false
 	} else if s.fresh {
 		// A slot from a run that committed nothing: its changes start at
 		// its flush position.
-		if s.at.lsn, err = pglogrepl.ParseLSN(flushed); err != nil {
-			return d.wrap("read slot "+d.p.Slot, err)
-		}
+		s.at.lsn = slot.flushed
 	}
 	// From here on the source has a position: a connection lost later
 	// goes on from the last row delivered (s.at), a snapshot too.
@@ -396,7 +470,14 @@ func (s *source) startStream(ctx context.Context) error {
 	}
 	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(d.p.Publication)}
 	if err := pglogrepl.StartReplication(ctx, s.repl, d.p.Slot, s.at.lsn, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args}); err != nil {
+		var pe *pgconn.PgError
+		if s.detached && errors.As(err, &pe) && pe.Code == "55006" {
+			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s is being read by another run of the flow: a one-off run (run --from/--until) reads the flow's slot, so stop the flow first: %w", d.cfg.CName, d.p.Slot, err))
+		}
 		return d.wrap("start replication from "+s.at.lsn.String(), err)
+	}
+	if s.stopping && s.stopLSN > 0 && !s.at.snapshot && s.at.lsn >= s.stopLSN {
+		s.reached = true // nothing lies between the start and the stop
 	}
 	s.streaming = true
 	s.confirmed = 0
@@ -418,6 +499,9 @@ func (s *source) status(ctx context.Context) error {
 	}
 	if lsn < s.confirmed {
 		lsn = s.confirmed
+	}
+	if s.detached {
+		lsn = 0 // a one-off run: the slot keeps its position (0 is not a position)
 	}
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn})
 	if err != nil {
@@ -490,6 +574,17 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 				if k.ReplyRequested {
 					s.nextStatus = time.Time{}
 				}
+				if s.stopping && s.stopLSN > 0 && !s.inTx && s.held == nil && k.ServerWALEnd >= s.stopLSN {
+					s.reached = true // every transaction before the stop was sent
+					return out, io.EOF
+				}
+				if s.stopping {
+					// Answer soon: the server sends its next keepalive,
+					// telling how far it read, only after an answer.
+					if soon := time.Now().Add(100 * time.Millisecond); soon.Before(s.nextStatus) {
+						s.nextStatus = soon
+					}
+				}
 			case pglogrepl.XLogDataByteID:
 				x, err := pglogrepl.ParseXLogData(m.Data[1:])
 				if err != nil {
@@ -497,6 +592,9 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 				}
 				if out, err = s.decode(out, x.WALData); err != nil {
 					return fail(err)
+				}
+				if s.reached {
+					return out, io.EOF
 				}
 			}
 		case *pgproto3.ErrorResponse:
@@ -515,6 +613,9 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		return out, fmt.Errorf("decode pgoutput: %w", err)
 	}
 	change := func(rel uint32, op string, img, before *pglogrepl.TupleData) error {
+		if s.skipTx {
+			return nil // committed before the start time
+		}
 		s.txN++
 		if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
 			return nil // committed before the restart
@@ -543,7 +644,18 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 	case *pglogrepl.RelationMessage:
 		s.relations[m.RelationID] = m
 	case *pglogrepl.BeginMessage:
+		if s.stopping && ((s.stopLSN > 0 && m.FinalLSN >= s.stopLSN) || (!s.stopTime.IsZero() && !m.CommitTime.Before(s.stopTime))) {
+			s.reached = true
+			s.log.Info("postgres_cdc reached its stop", "connector", s.d.cfg.CName, "next_commit", m.FinalLSN.String(), "commit_time", m.CommitTime)
+			return out, nil
+		}
 		s.inTx, s.txLSN, s.txN = true, m.FinalLSN, 0
+		if !s.startTime.IsZero() {
+			if s.skipTx = m.CommitTime.Before(s.startTime); !s.skipTx {
+				s.startTime = time.Time{}
+				s.log.Info("postgres_cdc starts at the first transaction committed at or after the start time", "connector", s.d.cfg.CName, "commit", m.FinalLSN.String(), "commit_time", m.CommitTime)
+			}
+		}
 	case *pglogrepl.InsertMessage:
 		err = change(m.RelationID, "insert", m.Tuple, nil)
 	case *pglogrepl.UpdateMessage:
@@ -552,6 +664,9 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		err = change(m.RelationID, "delete", m.OldTuple, nil)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
+			if s.skipTx {
+				break
+			}
 			r, ok := s.relations[id]
 			if !ok {
 				return out, fmt.Errorf("pgoutput: truncate of unknown relation %d", id)
@@ -565,7 +680,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		}
 	case *pglogrepl.CommitMessage:
-		s.inTx = false
+		s.inTx, s.skipTx = false, false
 		end := position{lsn: m.TransactionEndLSN}
 		if s.held != nil {
 			s.held.Position, s.held.Handle = end.String(), end
