@@ -102,7 +102,9 @@ func TestPostgresCDCStartStop(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	insert := func(from, to int64) { exec("INSERT INTO src SELECT g, 'v' || g, g FROM generate_series($1::bigint, $2::bigint) g", from, to) }
+	insert := func(from, to int64) {
+		exec("INSERT INTO src SELECT g, 'v' || g, g FROM generate_series($1::bigint, $2::bigint) g", from, to)
+	}
 	lsn := func() string {
 		var s string
 		if err := db.QueryRow("SELECT pg_current_wal_lsn()::text").Scan(&s); err != nil {
@@ -261,7 +263,7 @@ func TestMySQLCDCStartStop(t *testing.T) {
 func TestCDCLintStartStop(t *testing.T) {
 	t.Parallel()
 	dir := Dir(t, map[string]string{
-		"flow.yml": cdcFlow("Log", "cdc", "log", "at-least-once") + "  start: {time: 2026-11-30}\n  stop: at_start\n",
+		"flow.yml":  cdcFlow("Log", "cdc", "log", "at-least-once") + "  start: {time: 2026-11-30}\n  stop: at_start\n",
 		"funcs.yml": passFunc,
 		"conns.yml": mysqlCDCConn("cdc", "root@tcp(127.0.0.1:3306)/test", 4401, true, "gtid") + `---
 kistype: conn
