@@ -34,13 +34,41 @@ type position struct {
 }
 
 func (p position) String() string {
-	switch {
-	case p.snapshot:
-		return fmt.Sprintf("snapshot:%s:%d", p.lsn, p.n)
-	case p.n > 0:
-		return fmt.Sprintf("%s:%d", p.lsn, p.n)
+	var buf [48]byte
+	b := buf[:0]
+	if p.snapshot {
+		b = append(b, "snapshot:"...)
 	}
-	return p.lsn.String()
+	b = appendLSN(b, p.lsn)
+	if p.n > 0 || p.snapshot {
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(p.n), 10)
+	}
+	return string(b)
+}
+
+// appendLSN appends lsn as PostgreSQL writes it (pglogrepl.LSN.String:
+// upper-case hex, 16B/3748), without fmt: it is formatted for every
+// change.
+func appendLSN(b []byte, lsn pglogrepl.LSN) []byte {
+	b = appendHex(b, uint32(lsn>>32))
+	b = append(b, '/')
+	return appendHex(b, uint32(lsn))
+}
+
+func appendHex(b []byte, v uint32) []byte {
+	const digits = "0123456789ABCDEF"
+	if v == 0 {
+		return append(b, '0')
+	}
+	var tmp [8]byte
+	i := len(tmp)
+	for v > 0 {
+		i--
+		tmp[i] = digits[v&0xF]
+		v >>= 4
+	}
+	return append(b, tmp[i:]...)
 }
 
 func parsePosition(s string) (position, error) {
@@ -147,7 +175,7 @@ type source struct {
 	repl      *pgconn.PgConn
 	streaming bool
 	types     *pgtype.Map
-	relations map[uint32]*pglogrepl.RelationMessage
+	relations map[uint32]*relation
 
 	// The snapshot, while it is read.
 	snap      *pgx.Conn
@@ -158,8 +186,9 @@ type source struct {
 	snapLSN   pglogrepl.LSN // where the stream starts after it
 
 	// The transaction being received.
-	inTx  bool
-	txLSN pglogrepl.LSN // its commit LSN
+	inTx   bool
+	txLSN  pglogrepl.LSN // its commit LSN
+	txText string        // txLSN as text (each change's _lsn)
 	txN   int           // its changes received so far
 	skip  position      // resuming inside a transaction: its first changes are skipped
 	held  *stream.Message
@@ -259,7 +288,7 @@ func (s *source) open(ctx context.Context) error {
 		return d.wrap("replication connection", err)
 	}
 	s.types = plain.TypeMap()
-	s.relations = map[uint32]*pglogrepl.RelationMessage{}
+	s.relations = map[uint32]*relation{}
 	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
 	defer cancel()
 	slot, err := d.slotState(ctx, plain)
@@ -528,16 +557,23 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 	defer stop()
 	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
 	for len(out) < max {
-		if !time.Now().Before(s.nextStatus) {
+		now := time.Now()
+		if !now.Before(s.nextStatus) {
 			if err := s.status(context.WithoutCancel(ctx)); err != nil {
 				return fail(err)
 			}
 		}
 		deadline := s.nextStatus
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			if !now.Before(d) && len(out) == 0 {
+				// ctx is over but its timer has not fired yet (a loaded
+				// machine): wait for it rather than spin on timeouts.
+				<-ctx.Done()
+				return out, ctx.Err()
+			}
 			deadline = d
 		}
-		if soon := time.Now().Add(5 * time.Millisecond); len(out) > 0 && soon.Before(deadline) {
+		if soon := now.Add(5 * time.Millisecond); len(out) > 0 && soon.Before(deadline) {
 			deadline = soon
 		}
 		_ = nc.SetReadDeadline(deadline)
@@ -635,14 +671,18 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			}
 			row["_before"] = b
 		}
-		row["_op"], row["_table"], row["_lsn"] = op, r.Namespace+"."+r.RelationName, s.txLSN.String()
+		row["_op"], row["_table"], row["_lsn"] = op, r.name, s.txText
 		pos := position{lsn: s.txLSN, n: s.txN}
 		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		return nil
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		s.relations[m.RelationID] = m
+		r := &relation{RelationMessage: m, name: m.Namespace + "." + m.RelationName, types: make([]*pgtype.Type, len(m.Columns))}
+		for i, c := range m.Columns {
+			r.types[i], _ = s.types.TypeForOID(c.DataType)
+		}
+		s.relations[m.RelationID] = r
 	case *pglogrepl.BeginMessage:
 		if s.stopping && ((s.stopLSN > 0 && m.FinalLSN >= s.stopLSN) || (!s.stopTime.IsZero() && !m.CommitTime.Before(s.stopTime))) {
 			s.reached = true
@@ -650,6 +690,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			return out, nil
 		}
 		s.inTx, s.txLSN, s.txN = true, m.FinalLSN, 0
+		s.txText = string(appendLSN(nil, m.FinalLSN))
 		if !s.startTime.IsZero() {
 			if s.skipTx = m.CommitTime.Before(s.startTime); !s.skipTx {
 				s.startTime = time.Time{}
@@ -675,7 +716,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
 				continue
 			}
-			row := map[string]any{"_op": "truncate", "_table": r.Namespace + "." + r.RelationName, "_lsn": s.txLSN.String()}
+			row := map[string]any{"_op": "truncate", "_table": r.name, "_lsn": s.txText}
 			pos := position{lsn: s.txLSN, n: s.txN}
 			out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		}
@@ -702,7 +743,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 
 // tuple is a row image as a map of column to value; a TOASTed value the
 // update did not change (and so the server did not send) is left out.
-func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (map[string]any, error) {
+func (s *source) tuple(r *relation, td *pglogrepl.TupleData) (map[string]any, error) {
 	row := make(map[string]any, len(td.Columns)+4)
 	for i, col := range td.Columns {
 		if i >= len(r.Columns) {
@@ -713,11 +754,15 @@ func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (m
 		case pglogrepl.TupleDataTypeNull:
 			row[c.Name] = nil
 		case pglogrepl.TupleDataTypeText:
-			v, err := s.value(c.DataType, col.Data)
-			if err != nil {
-				return nil, fmt.Errorf("column %s of %s.%s: %w", c.Name, r.Namespace, r.RelationName, err)
+			if t := r.types[i]; t != nil {
+				v, err := t.Codec.DecodeValue(s.types, c.DataType, pgtype.TextFormatCode, col.Data)
+				if err != nil {
+					return nil, fmt.Errorf("column %s of %s: %w", c.Name, r.name, err)
+				}
+				row[c.Name] = v
+			} else {
+				row[c.Name] = string(col.Data)
 			}
-			row[c.Name] = v
 		case pglogrepl.TupleDataTypeBinary:
 			row[c.Name] = append([]byte(nil), col.Data...)
 		}
@@ -725,10 +770,10 @@ func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (m
 	return row, nil
 }
 
-// value decodes a column's text as the Go value pgx gives its type.
-func (s *source) value(oid uint32, data []byte) (any, error) {
-	if dt, ok := s.types.TypeForOID(oid); ok {
-		return dt.Codec.DecodeValue(s.types, oid, pgtype.TextFormatCode, data)
-	}
-	return string(data), nil
+// relation is a table as the stream describes it, with what decoding
+// its changes needs.
+type relation struct {
+	*pglogrepl.RelationMessage
+	name  string         // schema.table, as _table holds it
+	types []*pgtype.Type // each column's type (nil: unknown, its text is kept)
 }
