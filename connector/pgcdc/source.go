@@ -174,6 +174,11 @@ type source struct {
 
 	repl      *pgconn.PgConn
 	streaming bool
+	feed      chan chunk         // the pump's rows, while it runs
+	stopPump  context.CancelFunc // stops the pump
+	pending   []*stream.Message  // rows received from the pump, not yet handed out
+	eof       bool               // the pump reached the stop
+	failed    error              // the error that ended the pump, returned after pending
 	types     *pgtype.Map
 	relations map[uint32]*relation
 
@@ -189,9 +194,9 @@ type source struct {
 	inTx   bool
 	txLSN  pglogrepl.LSN // its commit LSN
 	txText string        // txLSN as text (each change's _lsn)
-	txN   int           // its changes received so far
-	skip  position      // resuming inside a transaction: its first changes are skipped
-	held  *stream.Message
+	txN    int           // its changes received so far
+	skip   position      // resuming inside a transaction: its first changes are skipped
+	held   *stream.Message
 
 	nextStatus time.Time
 	confirmed  pglogrepl.LSN // last reported to the server
@@ -231,6 +236,12 @@ func (s *source) Close(ctx context.Context) error {
 }
 
 func (s *source) disconnect(ctx context.Context) {
+	if s.feed != nil {
+		s.stopPump()
+		for range s.feed { // until the pump ended
+		}
+		s.feed, s.stopPump, s.pending = nil, nil, nil
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if s.snapRows != nil {
@@ -251,8 +262,30 @@ func (s *source) disconnect(ctx context.Context) {
 // Read returns the next rows: the snapshot's, then the changes'. A lost
 // connection is returned as an outage after the rows read before it; the
 // next Read connects again and goes on after the last row returned.
+//
+// The change stream is read ahead by a goroutine of the source's own (the
+// pump), which receives and decodes while the flow works on the rows
+// returned before; Read hands out what it decoded, in order.
 func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
-	if s.reached {
+	out, err := s.read(ctx, max)
+	if n := len(out); n > 0 {
+		s.at = out[n-1].Handle.(position)
+	}
+	return out, err
+}
+
+func (s *source) read(ctx context.Context, max int) ([]*stream.Message, error) {
+	if len(s.pending) > 0 {
+		return s.take(max), nil
+	}
+	if err := s.failed; err != nil {
+		// The rows before the failure were handed out: the next Read
+		// connects again after the last of them.
+		s.failed = nil
+		s.disconnect(ctx)
+		return nil, err
+	}
+	if s.eof {
 		return nil, io.EOF
 	}
 	if s.repl == nil {
@@ -264,7 +297,82 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 	if s.snapTx != nil {
 		return s.readSnapshot(ctx, max)
 	}
-	return s.readStream(ctx, max)
+	if s.feed == nil {
+		if s.reached { // at the stop already
+			s.eof = true
+			return nil, io.EOF
+		}
+		s.startPump()
+	}
+	select {
+	case c, ok := <-s.feed:
+		if !ok {
+			return nil, s.d.wrap("replication stream", errors.New("the reader ended"))
+		}
+		s.pending = c.msgs
+		switch {
+		case errors.Is(c.err, io.EOF):
+			s.eof = true
+		case c.err != nil:
+			s.failed = c.err // once the rows before it are handed out
+			if len(s.pending) == 0 {
+				return s.read(ctx, max)
+			}
+		}
+		return s.take(max), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// take hands out up to max pending messages.
+func (s *source) take(max int) []*stream.Message {
+	n := min(max, len(s.pending))
+	out := s.pending[:n:n]
+	s.pending = s.pending[n:]
+	if len(s.pending) == 0 {
+		s.pending = nil
+	}
+	return out
+}
+
+// chunk is what the pump read: rows, then maybe the error that ended it
+// (io.EOF at the stop).
+type chunk struct {
+	msgs []*stream.Message
+	err  error
+}
+
+// pumpChunk is the most rows the pump sends at once; pumpAhead the
+// chunks it may read ahead of Read.
+const pumpChunk, pumpAhead = 512, 4
+
+// startPump starts the goroutine that reads the stream ahead. It owns the
+// stream's state (the replication connection's reads and status updates,
+// the transaction being received) until it ends: disconnect stops it.
+func (s *source) startPump() {
+	ctx, cancel := context.WithCancel(context.Background())
+	feed := make(chan chunk, pumpAhead)
+	s.feed, s.stopPump = feed, cancel
+	go func() {
+		defer close(feed)
+		for {
+			out, err := s.readStream(ctx, pumpChunk)
+			if ctx.Err() != nil {
+				return
+			}
+			if len(out) > 0 || err != nil {
+				select {
+				case feed <- chunk{msgs: out, err: err}:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 }
 
 // open connects, creates the slot when needed and prepares the snapshot
@@ -411,8 +519,8 @@ func (s *source) deliver(out []*stream.Message, m *stream.Message) []*stream.Mes
 	return out
 }
 
+// emit appends m to out: Read sets s.at when it hands m out.
 func (s *source) emit(out []*stream.Message, m *stream.Message) []*stream.Message {
-	s.at = m.Handle.(position)
 	s.delivered = m.Position
 	return append(out, m)
 }
@@ -477,9 +585,8 @@ func (s *source) endSnapshot(ctx context.Context, out []*stream.Message) ([]*str
 		s.held.Position, s.held.Handle = start.String(), start
 		out = s.emit(out, s.held)
 		s.held = nil
-	} else {
-		s.at = start
 	}
+	s.at = start
 	s.log.Info("postgres_cdc read its snapshot; the change stream follows", "connector", s.d.cfg.CName, "rows", s.snapN, "lsn", s.snapLSN.String())
 	if err := s.startStream(ctx); err != nil {
 		s.disconnect(ctx)
@@ -545,8 +652,7 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 	d := s.d
 	var out []*stream.Message
 	fail := func(err error) ([]*stream.Message, error) {
-		s.disconnect(ctx)
-		return out, d.wrap("replication stream", err)
+		return out, d.wrap("replication stream", err) // Read disconnects
 	}
 	// Reads wait on the socket's deadline, not on a context per message
 	// (pgconn watches each context it is given with a goroutine): the
