@@ -203,10 +203,11 @@ params:
 	w.limit = target
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
 	began := time.Now()
-	kills := 1
-	for ; kills < 6 || !w.finished(); kills++ {
+	kills := 1 // the snapshot's
+	for kills < 6 || !w.finished() {
 		time.Sleep(time.Duration(500+rnd.IntN(2500)) * time.Millisecond)
 		p.Kill()
+		kills++
 		t.Logf("kill %d: %d changes in %d transactions committed at the source", kills, w.changes.Load(), w.commits.Load())
 		p = run()
 	}
