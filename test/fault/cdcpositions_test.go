@@ -73,6 +73,18 @@ func (r *cdcSeekRig) expect(what string, want map[int64]int) {
 	}
 }
 
+// oneOffUntil runs the flow once from its committed position until the
+// position until, which must read ids from..to, then runs it as usual,
+// which must read from..last again: the one-off run left the committed
+// position as it was.
+func (r *cdcSeekRig) oneOffUntil(want map[int64]int, until string, from, to, last int64) {
+	r.t.Helper()
+	r.bounded("a one-off run", "--from", "committed", "--until", until)
+	r.expect("a one-off run", add(want, from, to))
+	r.bounded("the run after the one-off run")
+	r.expect("the run after the one-off run", add(want, from, last))
+}
+
 // add counts ids from..to once more in want.
 func add(want map[int64]int, from, to int64) map[int64]int {
 	for id := from; id <= to; id++ {
@@ -139,10 +151,7 @@ func TestPostgresCDCStartStop(t *testing.T) {
 	insert(151, 200)
 	until := lsn()
 	insert(201, 250)
-	r.bounded("a one-off run", "--from", "committed", "--until", until)
-	r.expect("a one-off run", add(want, 151, 200))
-	r.bounded("the run after the one-off run")
-	r.expect("the run after the one-off run", add(want, 151, 250))
+	r.oneOffUntil(want, until, 151, 200, 250)
 
 	// Nothing before the slot's confirmed position can be read again.
 	res = r.run("run", "--progress", "never", "--from", before, "--until", "at_start")
@@ -234,10 +243,7 @@ func TestMySQLCDCStartStop(t *testing.T) {
 	insert(151, 160)
 	until := gtid()
 	insert(161, 200)
-	r.bounded("a one-off run", "--from", "committed", "--until", until)
-	r.expect("a one-off run", add(want, 101, 160))
-	r.bounded("the run after the one-off run")
-	r.expect("the run after the one-off run", add(want, 101, 200))
+	r.oneOffUntil(want, until, 101, 160, 200)
 
 	insert(300, 309)
 	r.bounded("a one-off run from latest", "--from", "latest", "--until", "at_start")

@@ -86,9 +86,9 @@ func changesDiff(want, got map[int64]int) []string {
 	return bad
 }
 
-// sqliteSinks is the YAML of the SQLite sinks replica (mode apply) and
-// log (the changes, inserted) in work.
-func sqliteSinks(work string) string {
+// sqliteReplica is the YAML of the SQLite sink replica (mode apply) in
+// work.
+func sqliteReplica(work string) string {
 	return `kistype: conn
 cname: replica
 type: sqlite
@@ -98,7 +98,13 @@ params:
   mode: apply
   upsert_key: id
   create: "true"
----
+`
+}
+
+// sqliteSinks is the YAML of the SQLite sinks replica (mode apply) and
+// log (the changes, inserted) in work.
+func sqliteSinks(work string) string {
+	return sqliteReplica(work) + `---
 kistype: conn
 cname: log
 type: sqlite

@@ -85,16 +85,7 @@ params:
   mode: apply
   upsert_key: id
 ---
-kistype: conn
-cname: lite
-type: sqlite
-key: replica
-params:
-  path: ` + filepath.Join(work, "replica.db") + `
-  mode: apply
-  upsert_key: id
-  create: "true"
-`,
+` + strings.Replace(sqliteReplica(work), "cname: replica", "cname: lite", 1),
 	})
 	if r := Run(t, dir, time.Minute, "dry-run", dir); r.Code != 0 || !strings.Contains(r.Stdout, "connector cdc (type mysql_cdc, source): ok") {
 		t.Fatalf("dry-run: exit %d\n%s\n%s", r.Code, r.Stdout, r.Stderr)
