@@ -348,6 +348,11 @@ params:
 	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "info")
 	replica := func() (map[int64]string, error) { return tableRows(db, rowText+"replica") }
 	waitEqual(t, p, db, replica, time.Minute)
+	// The flow's position cannot move while it runs (an exactly-once run
+	// takes no lock: the slot tells).
+	if r := Run(t, dir, time.Minute, "positions", "set", dir, "Replicate", "--latest", "--state", filepath.Join(dir, "state")); r.Code == 0 || !strings.Contains(r.Stderr, "replication slot kisflow_replica is being read") {
+		t.Fatalf("positions set while the flow runs: exit %d, want a refusal naming the slot\n%s", r.Code, r.Stderr)
+	}
 	var before string // the WAL's end before the changes
 	if err := db.QueryRow("SELECT pg_current_wal_lsn()::text").Scan(&before); err != nil {
 		t.Fatal(err)

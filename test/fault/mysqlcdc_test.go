@@ -100,6 +100,11 @@ params:
 	liteReplica := func() (map[int64]string, error) { return tableRows(lite, rowText+"replica") }
 	waitEqual(t, p, db, replica, time.Minute)
 	waitEqual(t, p, db, liteReplica, time.Minute)
+	// The flow's position cannot move while it runs (an exactly-once run
+	// takes no lock: the server's list of replicas tells).
+	if r := Run(t, dir, time.Minute, "positions", "set", dir, "Replicate", "--latest", "--state", filepath.Join(work, "state")); r.Code == 0 || !strings.Contains(r.Stderr, "a reader with server_id 4001 is connected") {
+		t.Fatalf("positions set while the flow runs: exit %d, want a refusal naming the server_id\n%s", r.Code, r.Stderr)
+	}
 	for _, q := range []string{
 		"INSERT INTO src VALUES (1001, 'new', 1001)",
 		"UPDATE src SET v = 'changed', n = n + 1 WHERE id % 7 = 0",
