@@ -354,27 +354,89 @@ func (d *CDC) Positions(ctx context.Context, _ stream.SourceOptions, committed s
 // next run streams from to: a position of the connector's kind, the
 // binlog's end (latest) or its oldest file still kept (earliest). A run
 // from a position so set reads no snapshot.
+// It is refused while a reader with the connector's server_id is
+// connected to the server (a run of the flow).
 func (d *CDC) SeekPosition(ctx context.Context, _ stream.SourceOptions, to stream.Bound) (string, error) {
-	gtid := d.p.Positions == "gtid"
-	switch to.Kind {
-	case stream.AtPosition:
-		p, err := parsePosition(to.Position)
+	if to.Kind == stream.AtPosition {
+		p, err := d.ownPosition(to.Position)
 		if err != nil {
 			return "", err
 		}
-		if p.gtid != gtid || to.Position == "" {
-			return "", fmt.Errorf("mysql_cdc connector %q keeps %s positions (params.positions): give gtid:SET or file:NAME:OFFSET accordingly, not %q", d.cfg.CName, d.p.Positions, to.Position)
-		}
 		return p.String(), nil
-	case stream.Latest, stream.Earliest:
-	default:
-		return "", fmt.Errorf("mysql_cdc connector %q cannot seek to %s: use {position: P}, earliest or latest", d.cfg.CName, to)
 	}
 	db, err := d.open()
 	if err != nil {
 		return "", err
 	}
 	defer db.Close()
+	if err := d.notReading(ctx, db); err != nil {
+		return "", err
+	}
+	return d.seek(ctx, db, to)
+}
+
+// Seeks says what a mysql_cdc source can start and stop at: positions
+// of the kind it keeps (params.positions), the binlog's oldest file kept
+// (earliest) or its end (latest); a stop also at a time (the binlog's
+// timestamps, to the second). The binlog has no index by time to start
+// at one.
+func (d *CDC) Seeks() stream.SeekSupport {
+	return stream.SeekSupport{
+		Start: []stream.BoundKind{stream.Earliest, stream.Latest, stream.AtPosition},
+		Stop:  []stream.BoundKind{stream.AtStart, stream.AtPosition, stream.AtTime},
+		Form: "gtid:SET or file:NAME:OFFSET, as params.positions keeps them (kisflow positions shows them): a start reads the transactions after it; " +
+			"a stop ends before the first transaction not in the GTID set, or starting at or after the offset; earliest is the oldest binlog file kept (no snapshot)",
+	}
+}
+
+// ownPosition parses a position given by a user, which must be of the
+// kind the connector keeps.
+func (d *CDC) ownPosition(s string) (position, error) {
+	p, err := parsePosition(s)
+	if err != nil {
+		return p, err
+	}
+	if p.gtid != (d.p.Positions == "gtid") || s == "" {
+		return p, fmt.Errorf("mysql_cdc connector %q keeps %s positions (params.positions): give gtid:SET or file:NAME:OFFSET accordingly, not %q", d.cfg.CName, d.p.Positions, s)
+	}
+	return p, nil
+}
+
+// notReading refuses while a reader with the connector's server_id is
+// registered with the server (SHOW SLAVE HOSTS); a server that does not
+// tell (the user lacks the privilege) is taken at its word.
+func (d *CDC) notReading(ctx context.Context, db *sql.DB) error {
+	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
+	defer cancel()
+	rows, err := db.QueryContext(qctx, "SHOW SLAVE HOSTS")
+	if err != nil {
+		return nil
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		var id int64
+		vals[0] = &id
+		for i := 1; i < len(vals); i++ {
+			vals[i] = new(sql.RawBytes)
+		}
+		if rows.Scan(vals...) == nil && id == int64(d.p.ServerID) {
+			return fmt.Errorf("mysql_cdc connector %q: a reader with server_id %d is connected to the server (SHOW SLAVE HOSTS): a run of the flow reads the binlog; stop it first", d.cfg.CName, d.p.ServerID)
+		}
+	}
+	return nil
+}
+
+// seek returns the position of to: the binlog's end (latest) or its
+// oldest file still kept (earliest).
+func (d *CDC) seek(ctx context.Context, db *sql.DB, to stream.Bound) (string, error) {
+	gtid := d.p.Positions == "gtid"
+	switch to.Kind {
+	case stream.Latest, stream.Earliest:
+	default:
+		return "", stream.Fatal(fmt.Errorf("mysql_cdc connector %q cannot seek to %s: the binlog has no index by time; use {position: P}, earliest or latest", d.cfg.CName, to))
+	}
 	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
 	defer cancel()
 	if to.Kind == stream.Latest {

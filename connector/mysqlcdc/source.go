@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"sort"
@@ -131,6 +132,46 @@ func (g *gtidSet) update(gtid string) error {
 	return nil
 }
 
+// contains reports whether every transaction of set (in the server's
+// notation) is in g.
+func (g *gtidSet) contains(set string) bool {
+	if !g.maria {
+		o, err := gmysql.ParseMysqlGTIDSet(set)
+		return err == nil && g.mysql.Contain(o)
+	}
+	for _, part := range strings.Split(set, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		dom, _, _ := strings.Cut(part, "-")
+		if mine, ok := g.domains[dom]; !ok || !covers(true, mine, part) {
+			return false
+		}
+	}
+	return true
+}
+
+// covers reports whether the transaction gtid is in set: MariaDB, the
+// last GTID of each domain (a transaction of a domain up to its sequence
+// number); MySQL, an interval set.
+func covers(maria bool, set, gtid string) bool {
+	if !maria {
+		s, err1 := gmysql.ParseMysqlGTIDSet(set)
+		g, err2 := gmysql.ParseMysqlGTIDSet(gtid)
+		return err1 == nil && err2 == nil && s.Contain(g)
+	}
+	g, err := gmysql.ParseMariadbGTID(gtid)
+	if err != nil {
+		return false
+	}
+	for _, part := range strings.Split(set, ",") {
+		if p, err := gmysql.ParseMariadbGTID(strings.TrimSpace(part)); err == nil && p.DomainID == g.DomainID {
+			return g.SequenceNumber <= p.SequenceNumber
+		}
+	}
+	return false
+}
+
 func (g *gtidSet) String() string {
 	if !g.maria {
 		return g.mysql.String()
@@ -165,7 +206,38 @@ func (d *CDC) OpenSource(_ context.Context, opts stream.SourceOptions) (stream.S
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &source{d: d, log: log, at: at, fresh: opts.Resume == ""}, nil
+	s := &source{d: d, log: log, at: at, fresh: opts.Resume == ""}
+	switch opts.Start.Kind {
+	case stream.Committed:
+	case stream.Earliest, stream.Latest:
+		s.start, s.fresh = opts.Start, false // resolved when it connects
+	case stream.AtPosition:
+		if s.at, err = d.ownPosition(opts.Start.Position); err != nil {
+			return nil, stream.Fatal(err)
+		}
+		s.fresh = false
+	default:
+		return nil, stream.Fatal(fmt.Errorf("mysql_cdc connector %q cannot start at %s (it can do %s)", d.cfg.CName, opts.Start, d.Seeks().Describe()))
+	}
+	if !opts.Start.IsZero() {
+		log.Info("mysql_cdc starts at "+opts.Start.String()+", not at the committed position", "connector", d.cfg.CName, "committed", opts.Resume)
+	}
+	switch opts.Stop.Kind {
+	case stream.Committed:
+	case stream.AtStart:
+		s.stopAtStart = true
+	case stream.AtPosition:
+		p, err := d.ownPosition(opts.Stop.Position)
+		if err != nil || p.n > 0 || p.snapshot {
+			return nil, stream.Fatal(fmt.Errorf("mysql_cdc connector %q: stream.stop position %q: want a position at a transaction's end, gtid:SET or file:NAME:OFFSET as the connector keeps them (err %v)", d.cfg.CName, opts.Stop.Position, err))
+		}
+		s.stopPos, s.stopping = &p, true
+	case stream.AtTime:
+		s.stopTime, s.stopping = opts.Stop.Time, true
+	default:
+		return nil, stream.Fatal(fmt.Errorf("mysql_cdc connector %q cannot stop at %s (it can do %s)", d.cfg.CName, opts.Stop, d.Seeks().Describe()))
+	}
+	return s, nil
 }
 
 type source struct {
@@ -174,6 +246,14 @@ type source struct {
 
 	at    position // the position of the last message delivered, or the resume position
 	fresh bool     // nothing was ever committed: the snapshot comes first
+
+	// Start and stop positions other than the committed one.
+	start       stream.Bound // earliest or latest, resolved when it connects
+	stopAtStart bool         // stop at the binlog's end when the run began (read when it connects)
+	stopping    bool         // a stop is set
+	stopPos     *position    // stop before the first transaction after it
+	stopTime    time.Time    // stop before the first transaction written at or after it
+	reached     bool         // the stop was reached: Read returns io.EOF
 
 	db      *sql.DB
 	maria   bool
@@ -243,6 +323,9 @@ func (s *source) disconnect() {
 // connection is returned as an outage after the rows read before it; the
 // next Read connects again and goes on after the last row returned.
 func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	if s.reached {
+		return nil, io.EOF
+	}
 	if s.syncer == nil && s.snapConn == nil {
 		if err := s.open(ctx); err != nil {
 			s.disconnect()
@@ -278,6 +361,28 @@ func (s *source) open(ctx context.Context) error {
 		}
 	}
 	gtid := d.p.Positions == "gtid"
+	if s.stopAtStart {
+		set, file, err := d.head(ctx, db)
+		if err != nil {
+			return err
+		}
+		stop := file
+		if gtid {
+			stop = position{gtid: true, set: set}
+		}
+		s.stopPos, s.stopping, s.stopAtStart = &stop, true, false
+		s.log.Info("mysql_cdc stops at the binlog's end when the run began", "connector", d.cfg.CName, "stop", stop.String())
+	}
+	if !s.start.IsZero() {
+		pos, err := d.seek(ctx, db, s.start)
+		if err != nil {
+			return err
+		}
+		if s.at, err = parsePosition(pos); err != nil {
+			return stream.Fatal(err)
+		}
+		s.start = stream.Bound{}
+	}
 	if s.fresh {
 		if d.p.Snapshot {
 			s.fresh = false
@@ -554,13 +659,59 @@ func (s *source) startStream(ctx context.Context) error {
 	}
 	s.skipNext, s.inTx = s.at.n, false
 	s.log.Info("mysql_cdc streams changes", "connector", d.cfg.CName, "server_id", d.p.ServerID, "from", s.at.String())
+	s.checkStop(start)
 	return nil
+}
+
+// checkStop marks the stop reached when the stream stands at or past
+// the stop position (at: the position after the last transaction seen).
+func (s *source) checkStop(at position) {
+	if s.stopPos == nil || s.reached {
+		return
+	}
+	stop := *s.stopPos
+	if stop.gtid {
+		if s.cur != nil && s.cur.contains(stop.set) {
+			s.reached = true
+		}
+		return
+	}
+	if !at.gtid && (at.file > stop.file || (at.file == stop.file && at.offset >= stop.offset)) {
+		s.reached = true
+	}
+}
+
+// pastStop reports whether the transaction starting at h (with GTID gtid)
+// lies at or past the stop.
+func (s *source) pastStop(h *replication.EventHeader, gtid string) bool {
+	if !s.stopTime.IsZero() {
+		at := s.stopTime.Unix()
+		if s.stopTime.Nanosecond() > 0 {
+			at++ // the binlog's timestamps are whole seconds
+		}
+		if int64(h.Timestamp) >= at {
+			return true
+		}
+	}
+	if s.stopPos == nil {
+		return false
+	}
+	stop := *s.stopPos
+	if stop.gtid {
+		return gtid != "" && !covers(s.maria, stop.set, gtid)
+	}
+	off := h.LogPos - h.EventSize
+	return s.file > stop.file || (s.file == stop.file && off >= stop.offset)
 }
 
 func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, error) {
 	d := s.d
 	var out []*stream.Message
 	for len(out) < max {
+		if s.reached {
+			s.log.Info("mysql_cdc reached its stop", "connector", d.cfg.CName, "position", s.at.String())
+			return out, io.EOF
+		}
 		ectx, cancel := ctx, context.CancelFunc(func() {})
 		if len(out) > 0 {
 			ectx, cancel = context.WithTimeout(ctx, 5*time.Millisecond)
@@ -601,6 +752,9 @@ func (s *source) event(out []*stream.Message, ev *replication.BinlogEvent) ([]*s
 		}
 		s.begin(h, gtid)
 	case *replication.QueryEvent:
+		if s.reached {
+			break
+		}
 		switch q := strings.TrimSpace(string(e.Query)); {
 		case strings.EqualFold(q, "BEGIN"):
 			if !s.inTx {
@@ -705,6 +859,10 @@ func (s *source) tableColumns(name string, e *replication.RowsEvent) ([]column, 
 }
 
 func (s *source) begin(h *replication.EventHeader, gtid string) {
+	if s.stopping && s.pastStop(h, gtid) {
+		s.reached, s.inTx = true, false
+		return
+	}
 	s.inTx, s.sawBegin, s.standalone = true, false, false
 	s.txGTID, s.txN = gtid, 0
 	s.txPos = fmt.Sprintf("%s:%d", s.file, h.LogPos-h.EventSize)
@@ -736,6 +894,7 @@ func (s *source) end(out []*stream.Message, h *replication.EventHeader) []*strea
 		s.held = nil
 	}
 	s.at, s.skip = end, 0
+	s.checkStop(end)
 	return out
 }
 

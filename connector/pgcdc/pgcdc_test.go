@@ -3,6 +3,8 @@ package pgcdc
 import (
 	"testing"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
@@ -46,5 +48,17 @@ func TestPositions(t *testing.T) {
 		if _, err := parsePosition(s); err == nil {
 			t.Errorf("%q: no error", s)
 		}
+	}
+}
+
+func TestAppendLSN(t *testing.T) {
+	t.Parallel()
+	for _, lsn := range []pglogrepl.LSN{0, 1, 0x16B3748, 0x1A_FF000000, 0xFFFFFFFF_FFFFFFFF, 0x10_00000010} {
+		if got, want := string(appendLSN(nil, lsn)), lsn.String(); got != want {
+			t.Errorf("appendLSN(%d) = %q, want %q", uint64(lsn), got, want)
+		}
+	}
+	if got := (position{snapshot: true}).String(); got != "snapshot:0/0:0" {
+		t.Errorf("a new snapshot's position reads %q", got)
 	}
 }

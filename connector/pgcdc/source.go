@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -33,13 +34,41 @@ type position struct {
 }
 
 func (p position) String() string {
-	switch {
-	case p.snapshot:
-		return fmt.Sprintf("snapshot:%s:%d", p.lsn, p.n)
-	case p.n > 0:
-		return fmt.Sprintf("%s:%d", p.lsn, p.n)
+	var buf [48]byte
+	b := buf[:0]
+	if p.snapshot {
+		b = append(b, "snapshot:"...)
 	}
-	return p.lsn.String()
+	b = appendLSN(b, p.lsn)
+	if p.n > 0 || p.snapshot {
+		b = append(b, ':')
+		b = strconv.AppendInt(b, int64(p.n), 10)
+	}
+	return string(b)
+}
+
+// appendLSN appends lsn as PostgreSQL writes it (pglogrepl.LSN.String:
+// upper-case hex, 16B/3748), without fmt: it is formatted for every
+// change.
+func appendLSN(b []byte, lsn pglogrepl.LSN) []byte {
+	b = appendHex(b, uint32(lsn>>32))
+	b = append(b, '/')
+	return appendHex(b, uint32(lsn))
+}
+
+func appendHex(b []byte, v uint32) []byte {
+	const digits = "0123456789ABCDEF"
+	if v == 0 {
+		return append(b, '0')
+	}
+	var tmp [8]byte
+	i := len(tmp)
+	for v > 0 {
+		i--
+		tmp[i] = digits[v&0xF]
+		v >>= 4
+	}
+	return append(b, tmp[i:]...)
 }
 
 func parsePosition(s string) (position, error) {
@@ -75,9 +104,46 @@ func (d *CDC) OpenSource(_ context.Context, opts stream.SourceOptions) (stream.S
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &source{d: d, log: log, at: at, fresh: opts.Resume == "", delivered: opts.Resume}
+	s := &source{d: d, log: log, at: at, fresh: opts.Resume == "", delivered: opts.Resume, detached: opts.Detached, resume: opts.Resume}
 	s.committed.pos = opts.Resume
 	s.committed.lsn = at.lsn
+	switch opts.Start.Kind {
+	case stream.Committed:
+	case stream.Earliest:
+		// A new snapshot, then the changes from the slot's position.
+		s.at, s.fresh = position{snapshot: true}, false
+	case stream.Latest:
+		s.at, s.fresh, s.latest = position{}, false, true
+	case stream.AtPosition:
+		if s.at, err = d.startPosition(opts.Start.Position); err != nil {
+			return nil, stream.Fatal(err)
+		}
+		s.fresh, s.checkStart = false, true
+	case stream.AtTime:
+		// From the slot's confirmed position, skipping the transactions
+		// committed before the time.
+		s.at, s.fresh, s.startTime = position{}, false, opts.Start.Time
+	default:
+		return nil, stream.Fatal(fmt.Errorf("postgres_cdc connector %q cannot start at %s (it can do %s)", d.cfg.CName, opts.Start, d.Seeks().Describe()))
+	}
+	if !opts.Start.IsZero() {
+		s.delivered = s.at.String()
+		log.Info("postgres_cdc starts at "+opts.Start.String()+", not at the committed position", "connector", d.cfg.CName, "committed", opts.Resume)
+	}
+	switch opts.Stop.Kind {
+	case stream.Committed:
+	case stream.AtStart:
+		s.stopAtStart = true
+	case stream.AtPosition:
+		if s.stopLSN, err = d.stopPosition(opts.Stop.Position); err != nil {
+			return nil, err
+		}
+		s.stopping = true
+	case stream.AtTime:
+		s.stopTime, s.stopping = opts.Stop.Time, true
+	default:
+		return nil, stream.Fatal(fmt.Errorf("postgres_cdc connector %q cannot stop at %s (it can do %s)", d.cfg.CName, opts.Stop, d.Seeks().Describe()))
+	}
 	return s, nil
 }
 
@@ -92,11 +158,29 @@ type source struct {
 	at        position // the position of the last message delivered, or the resume position
 	fresh     bool     // nothing was ever committed: the snapshot comes first
 	delivered string   // at, as text
+	resume    string   // the committed position the source was opened with
+
+	// Start and stop positions other than the committed one.
+	detached    bool          // a one-off run: positions are not reported to the server
+	latest      bool          // start at the server's WAL end
+	checkStart  bool          // at is a start position given by the user
+	startTime   time.Time     // skip the transactions committed before it
+	skipTx      bool          // the transaction being received is skipped (startTime)
+	stopAtStart bool          // stop at the WAL end when the run began (read when it connects)
+	stopping    bool          // a stop is set (stopLSN and/or stopTime)
+	stopLSN     pglogrepl.LSN // stop before the first transaction committing at or after it
+	stopTime    time.Time     // stop before the first transaction committed at or after it
+	reached     bool          // the stop was reached: Read returns io.EOF
 
 	repl      *pgconn.PgConn
 	streaming bool
+	feed      chan chunk         // the pump's rows, while it runs
+	stopPump  context.CancelFunc // stops the pump
+	pending   []*stream.Message  // rows received from the pump, not yet handed out
+	eof       bool               // the pump reached the stop
+	failed    error              // the error that ended the pump, returned after pending
 	types     *pgtype.Map
-	relations map[uint32]*pglogrepl.RelationMessage
+	relations map[uint32]*relation
 
 	// The snapshot, while it is read.
 	snap      *pgx.Conn
@@ -107,11 +191,12 @@ type source struct {
 	snapLSN   pglogrepl.LSN // where the stream starts after it
 
 	// The transaction being received.
-	inTx  bool
-	txLSN pglogrepl.LSN // its commit LSN
-	txN   int           // its changes received so far
-	skip  position      // resuming inside a transaction: its first changes are skipped
-	held  *stream.Message
+	inTx   bool
+	txLSN  pglogrepl.LSN // its commit LSN
+	txText string        // txLSN as text (each change's _lsn)
+	txN    int           // its changes received so far
+	skip   position      // resuming inside a transaction: its first changes are skipped
+	held   *stream.Message
 
 	nextStatus time.Time
 	confirmed  pglogrepl.LSN // last reported to the server
@@ -151,6 +236,12 @@ func (s *source) Close(ctx context.Context) error {
 }
 
 func (s *source) disconnect(ctx context.Context) {
+	if s.feed != nil {
+		s.stopPump()
+		for range s.feed { // until the pump ended
+		}
+		s.feed, s.stopPump, s.pending = nil, nil, nil
+	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	if s.snapRows != nil {
@@ -171,7 +262,32 @@ func (s *source) disconnect(ctx context.Context) {
 // Read returns the next rows: the snapshot's, then the changes'. A lost
 // connection is returned as an outage after the rows read before it; the
 // next Read connects again and goes on after the last row returned.
+//
+// The change stream is read ahead by a goroutine of the source's own (the
+// pump), which receives and decodes while the flow works on the rows
+// returned before; Read hands out what it decoded, in order.
 func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
+	out, err := s.read(ctx, max)
+	if n := len(out); n > 0 {
+		s.at = out[n-1].Handle.(position)
+	}
+	return out, err
+}
+
+func (s *source) read(ctx context.Context, max int) ([]*stream.Message, error) {
+	if len(s.pending) > 0 {
+		return s.take(max), nil
+	}
+	if err := s.failed; err != nil {
+		// The rows before the failure were handed out: the next Read
+		// connects again after the last of them.
+		s.failed = nil
+		s.disconnect(ctx)
+		return nil, err
+	}
+	if s.eof {
+		return nil, io.EOF
+	}
 	if s.repl == nil {
 		if err := s.open(ctx); err != nil {
 			s.disconnect(ctx)
@@ -181,7 +297,82 @@ func (s *source) Read(ctx context.Context, max int) ([]*stream.Message, error) {
 	if s.snapTx != nil {
 		return s.readSnapshot(ctx, max)
 	}
-	return s.readStream(ctx, max)
+	if s.feed == nil {
+		if s.reached { // at the stop already
+			s.eof = true
+			return nil, io.EOF
+		}
+		s.startPump()
+	}
+	select {
+	case c, ok := <-s.feed:
+		if !ok {
+			return nil, s.d.wrap("replication stream", errors.New("the reader ended"))
+		}
+		s.pending = c.msgs
+		switch {
+		case errors.Is(c.err, io.EOF):
+			s.eof = true
+		case c.err != nil:
+			s.failed = c.err // once the rows before it are handed out
+			if len(s.pending) == 0 {
+				return s.read(ctx, max)
+			}
+		}
+		return s.take(max), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// take hands out up to max pending messages.
+func (s *source) take(max int) []*stream.Message {
+	n := min(max, len(s.pending))
+	out := s.pending[:n:n]
+	s.pending = s.pending[n:]
+	if len(s.pending) == 0 {
+		s.pending = nil
+	}
+	return out
+}
+
+// chunk is what the pump read: rows, then maybe the error that ended it
+// (io.EOF at the stop).
+type chunk struct {
+	msgs []*stream.Message
+	err  error
+}
+
+// pumpChunk is the most rows the pump sends at once; pumpAhead the
+// chunks it may read ahead of Read.
+const pumpChunk, pumpAhead = 512, 4
+
+// startPump starts the goroutine that reads the stream ahead. It owns the
+// stream's state (the replication connection's reads and status updates,
+// the transaction being received) until it ends: disconnect stops it.
+func (s *source) startPump() {
+	ctx, cancel := context.WithCancel(context.Background())
+	feed := make(chan chunk, pumpAhead)
+	s.feed, s.stopPump = feed, cancel
+	go func() {
+		defer close(feed)
+		for {
+			out, err := s.readStream(ctx, pumpChunk)
+			if ctx.Err() != nil {
+				return
+			}
+			if len(out) > 0 || err != nil {
+				select {
+				case feed <- chunk{msgs: out, err: err}:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
 }
 
 // open connects, creates the slot when needed and prepares the snapshot
@@ -205,17 +396,39 @@ func (s *source) open(ctx context.Context) error {
 		return d.wrap("replication connection", err)
 	}
 	s.types = plain.TypeMap()
-	s.relations = map[uint32]*pglogrepl.RelationMessage{}
+	s.relations = map[uint32]*relation{}
 	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
 	defer cancel()
-	var flushed string
-	err = plain.QueryRow(qctx, "SELECT coalesce(confirmed_flush_lsn::text, '') FROM pg_replication_slots WHERE slot_name = $1", d.p.Slot).Scan(&flushed)
-	exists := err == nil
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return d.wrap("look up slot "+d.p.Slot, err)
+	slot, err := d.slotState(ctx, plain)
+	if err != nil {
+		return err
 	}
-	if !exists && !s.fresh && !s.at.snapshot {
+	exists := slot.exists
+	if s.stopAtStart {
+		if s.stopLSN, err = d.walEnd(ctx, plain); err != nil {
+			return err
+		}
+		s.stopAtStart, s.stopping = false, true
+		s.log.Info("postgres_cdc stops at the WAL's end when the run began", "connector", d.cfg.CName, "stop", s.stopLSN.String())
+	}
+	if !exists && !s.fresh && !s.at.snapshot && !s.latest && s.startTime.IsZero() {
+		if s.checkStart {
+			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist: the server keeps no changes to start at %s (start at latest, or earliest for a new snapshot)", d.cfg.CName, d.p.Slot, s.at))
+		}
 		return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist, but the flow's committed position is %s: the server no longer keeps the changes since. Recreate the replica from a snapshot: drop the flow's committed position (and the replica's rows), then run again", d.cfg.CName, d.p.Slot, s.delivered))
+	}
+	if s.checkStart {
+		if err := d.readable(s.at, slot, s.resume); err != nil {
+			return err
+		}
+		s.checkStart = false
+	}
+	if s.latest && exists {
+		head, err := d.walEnd(ctx, plain)
+		if err != nil {
+			return err
+		}
+		s.at, s.latest = position{lsn: max(head, slot.flushed)}, false
 	}
 	snapName := ""
 	if !exists {
@@ -223,7 +436,7 @@ func (s *source) open(ctx context.Context) error {
 			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s does not exist (SELECT pg_create_logical_replication_slot('%s', 'pgoutput'), or set params.create_slot: \"true\")", d.cfg.CName, d.p.Slot, d.p.Slot))
 		}
 		action := "NOEXPORT_SNAPSHOT"
-		if d.p.Snapshot {
+		if d.p.Snapshot && (s.fresh || s.at.snapshot) {
 			action = "EXPORT_SNAPSHOT"
 		}
 		res, err := pglogrepl.CreateReplicationSlot(qctx, s.repl, d.p.Slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, SnapshotAction: action})
@@ -236,13 +449,11 @@ func (s *source) open(ctx context.Context) error {
 		}
 		s.log.Info("postgres_cdc created its replication slot", "connector", d.cfg.CName, "slot", d.p.Slot, "lsn", lsn.String())
 		snapName = res.SnapshotName
-		s.at = position{lsn: lsn, snapshot: s.at.snapshot}
+		s.at, s.latest = position{lsn: lsn, snapshot: s.at.snapshot}, false
 	} else if s.fresh {
 		// A slot from a run that committed nothing: its changes start at
 		// its flush position.
-		if s.at.lsn, err = pglogrepl.ParseLSN(flushed); err != nil {
-			return d.wrap("read slot "+d.p.Slot, err)
-		}
+		s.at.lsn = slot.flushed
 	}
 	// From here on the source has a position: a connection lost later
 	// goes on from the last row delivered (s.at), a snapshot too.
@@ -308,8 +519,8 @@ func (s *source) deliver(out []*stream.Message, m *stream.Message) []*stream.Mes
 	return out
 }
 
+// emit appends m to out: Read sets s.at when it hands m out.
 func (s *source) emit(out []*stream.Message, m *stream.Message) []*stream.Message {
-	s.at = m.Handle.(position)
 	s.delivered = m.Position
 	return append(out, m)
 }
@@ -374,9 +585,8 @@ func (s *source) endSnapshot(ctx context.Context, out []*stream.Message) ([]*str
 		s.held.Position, s.held.Handle = start.String(), start
 		out = s.emit(out, s.held)
 		s.held = nil
-	} else {
-		s.at = start
 	}
+	s.at = start
 	s.log.Info("postgres_cdc read its snapshot; the change stream follows", "connector", s.d.cfg.CName, "rows", s.snapN, "lsn", s.snapLSN.String())
 	if err := s.startStream(ctx); err != nil {
 		s.disconnect(ctx)
@@ -396,7 +606,14 @@ func (s *source) startStream(ctx context.Context) error {
 	}
 	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(d.p.Publication)}
 	if err := pglogrepl.StartReplication(ctx, s.repl, d.p.Slot, s.at.lsn, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args}); err != nil {
+		var pe *pgconn.PgError
+		if s.detached && errors.As(err, &pe) && pe.Code == "55006" {
+			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: replication slot %s is being read by another run of the flow: a one-off run (run --from/--until) reads the flow's slot, so stop the flow first: %w", d.cfg.CName, d.p.Slot, err))
+		}
 		return d.wrap("start replication from "+s.at.lsn.String(), err)
+	}
+	if s.stopping && s.stopLSN > 0 && !s.at.snapshot && s.at.lsn >= s.stopLSN {
+		s.reached = true // nothing lies between the start and the stop
 	}
 	s.streaming = true
 	s.confirmed = 0
@@ -419,6 +636,9 @@ func (s *source) status(ctx context.Context) error {
 	if lsn < s.confirmed {
 		lsn = s.confirmed
 	}
+	if s.detached {
+		lsn = 0 // a one-off run: the slot keeps its position (0 is not a position)
+	}
 	err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn})
 	if err != nil {
 		return err
@@ -432,8 +652,7 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 	d := s.d
 	var out []*stream.Message
 	fail := func(err error) ([]*stream.Message, error) {
-		s.disconnect(ctx)
-		return out, d.wrap("replication stream", err)
+		return out, d.wrap("replication stream", err) // Read disconnects
 	}
 	// Reads wait on the socket's deadline, not on a context per message
 	// (pgconn watches each context it is given with a goroutine): the
@@ -444,16 +663,23 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 	defer stop()
 	defer func() { _ = nc.SetReadDeadline(time.Time{}) }()
 	for len(out) < max {
-		if !time.Now().Before(s.nextStatus) {
+		now := time.Now()
+		if !now.Before(s.nextStatus) {
 			if err := s.status(context.WithoutCancel(ctx)); err != nil {
 				return fail(err)
 			}
 		}
 		deadline := s.nextStatus
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			if !now.Before(d) && len(out) == 0 {
+				// ctx is over but its timer has not fired yet (a loaded
+				// machine): wait for it rather than spin on timeouts.
+				<-ctx.Done()
+				return out, ctx.Err()
+			}
 			deadline = d
 		}
-		if soon := time.Now().Add(5 * time.Millisecond); len(out) > 0 && soon.Before(deadline) {
+		if soon := now.Add(5 * time.Millisecond); len(out) > 0 && soon.Before(deadline) {
 			deadline = soon
 		}
 		_ = nc.SetReadDeadline(deadline)
@@ -490,6 +716,17 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 				if k.ReplyRequested {
 					s.nextStatus = time.Time{}
 				}
+				if s.stopping && s.stopLSN > 0 && !s.inTx && s.held == nil && k.ServerWALEnd >= s.stopLSN {
+					s.reached = true // every transaction before the stop was sent
+					return out, io.EOF
+				}
+				if s.stopping {
+					// Answer soon: the server sends its next keepalive,
+					// telling how far it read, only after an answer.
+					if soon := time.Now().Add(100 * time.Millisecond); soon.Before(s.nextStatus) {
+						s.nextStatus = soon
+					}
+				}
 			case pglogrepl.XLogDataByteID:
 				x, err := pglogrepl.ParseXLogData(m.Data[1:])
 				if err != nil {
@@ -497,6 +734,9 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 				}
 				if out, err = s.decode(out, x.WALData); err != nil {
 					return fail(err)
+				}
+				if s.reached {
+					return out, io.EOF
 				}
 			}
 		case *pgproto3.ErrorResponse:
@@ -515,6 +755,9 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		return out, fmt.Errorf("decode pgoutput: %w", err)
 	}
 	change := func(rel uint32, op string, img, before *pglogrepl.TupleData) error {
+		if s.skipTx {
+			return nil // committed before the start time
+		}
 		s.txN++
 		if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
 			return nil // committed before the restart
@@ -534,16 +777,32 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			}
 			row["_before"] = b
 		}
-		row["_op"], row["_table"], row["_lsn"] = op, r.Namespace+"."+r.RelationName, s.txLSN.String()
+		row["_op"], row["_table"], row["_lsn"] = op, r.name, s.txText
 		pos := position{lsn: s.txLSN, n: s.txN}
 		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		return nil
 	}
 	switch m := msg.(type) {
 	case *pglogrepl.RelationMessage:
-		s.relations[m.RelationID] = m
+		r := &relation{RelationMessage: m, name: m.Namespace + "." + m.RelationName, types: make([]*pgtype.Type, len(m.Columns))}
+		for i, c := range m.Columns {
+			r.types[i], _ = s.types.TypeForOID(c.DataType)
+		}
+		s.relations[m.RelationID] = r
 	case *pglogrepl.BeginMessage:
+		if s.stopping && ((s.stopLSN > 0 && m.FinalLSN >= s.stopLSN) || (!s.stopTime.IsZero() && !m.CommitTime.Before(s.stopTime))) {
+			s.reached = true
+			s.log.Info("postgres_cdc reached its stop", "connector", s.d.cfg.CName, "next_commit", m.FinalLSN.String(), "commit_time", m.CommitTime)
+			return out, nil
+		}
 		s.inTx, s.txLSN, s.txN = true, m.FinalLSN, 0
+		s.txText = string(appendLSN(nil, m.FinalLSN))
+		if !s.startTime.IsZero() {
+			if s.skipTx = m.CommitTime.Before(s.startTime); !s.skipTx {
+				s.startTime = time.Time{}
+				s.log.Info("postgres_cdc starts at the first transaction committed at or after the start time", "connector", s.d.cfg.CName, "commit", m.FinalLSN.String(), "commit_time", m.CommitTime)
+			}
+		}
 	case *pglogrepl.InsertMessage:
 		err = change(m.RelationID, "insert", m.Tuple, nil)
 	case *pglogrepl.UpdateMessage:
@@ -552,6 +811,9 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		err = change(m.RelationID, "delete", m.OldTuple, nil)
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
+			if s.skipTx {
+				break
+			}
 			r, ok := s.relations[id]
 			if !ok {
 				return out, fmt.Errorf("pgoutput: truncate of unknown relation %d", id)
@@ -560,12 +822,12 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
 				continue
 			}
-			row := map[string]any{"_op": "truncate", "_table": r.Namespace + "." + r.RelationName, "_lsn": s.txLSN.String()}
+			row := map[string]any{"_op": "truncate", "_table": r.name, "_lsn": s.txText}
 			pos := position{lsn: s.txLSN, n: s.txN}
 			out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		}
 	case *pglogrepl.CommitMessage:
-		s.inTx = false
+		s.inTx, s.skipTx = false, false
 		end := position{lsn: m.TransactionEndLSN}
 		if s.held != nil {
 			s.held.Position, s.held.Handle = end.String(), end
@@ -587,7 +849,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 
 // tuple is a row image as a map of column to value; a TOASTed value the
 // update did not change (and so the server did not send) is left out.
-func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (map[string]any, error) {
+func (s *source) tuple(r *relation, td *pglogrepl.TupleData) (map[string]any, error) {
 	row := make(map[string]any, len(td.Columns)+4)
 	for i, col := range td.Columns {
 		if i >= len(r.Columns) {
@@ -598,11 +860,15 @@ func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (m
 		case pglogrepl.TupleDataTypeNull:
 			row[c.Name] = nil
 		case pglogrepl.TupleDataTypeText:
-			v, err := s.value(c.DataType, col.Data)
-			if err != nil {
-				return nil, fmt.Errorf("column %s of %s.%s: %w", c.Name, r.Namespace, r.RelationName, err)
+			if t := r.types[i]; t != nil {
+				v, err := t.Codec.DecodeValue(s.types, c.DataType, pgtype.TextFormatCode, col.Data)
+				if err != nil {
+					return nil, fmt.Errorf("column %s of %s: %w", c.Name, r.name, err)
+				}
+				row[c.Name] = v
+			} else {
+				row[c.Name] = string(col.Data)
 			}
-			row[c.Name] = v
 		case pglogrepl.TupleDataTypeBinary:
 			row[c.Name] = append([]byte(nil), col.Data...)
 		}
@@ -610,10 +876,10 @@ func (s *source) tuple(r *pglogrepl.RelationMessage, td *pglogrepl.TupleData) (m
 	return row, nil
 }
 
-// value decodes a column's text as the Go value pgx gives its type.
-func (s *source) value(oid uint32, data []byte) (any, error) {
-	if dt, ok := s.types.TypeForOID(oid); ok {
-		return dt.Codec.DecodeValue(s.types, oid, pgtype.TextFormatCode, data)
-	}
-	return string(data), nil
+// relation is a table as the stream describes it, with what decoding
+// its changes needs.
+type relation struct {
+	*pglogrepl.RelationMessage
+	name  string         // schema.table, as _table holds it
+	types []*pgtype.Type // each column's type (nil: unknown, its text is kept)
 }
