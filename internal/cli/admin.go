@@ -46,6 +46,8 @@ type flowRun struct {
 	err    error
 	since  time.Time
 	starts int // jobs started, the first one included
+	// When the current job started and, once its Run returned, ended.
+	jobStart, jobEnd time.Time
 	// Under run --watch, the engine and configuration version the flow's
 	// job runs with (nil: the control's).
 	eng *kisflow.Engine
@@ -121,6 +123,7 @@ func (c *control) run(f *flowRun, job *kisflow.Job) {
 	f.job, f.cancel, f.done = job, cancel, make(chan struct{})
 	f.status, f.err, f.since = flowRunning, nil, time.Now()
 	f.starts++
+	f.jobStart, f.jobEnd = f.since, time.Time{}
 	f.lastCommitted, f.lastAt, f.rate = 0, time.Now(), 0
 	f.lastSteps, f.stepRates = nil, nil
 	done := f.done
@@ -139,6 +142,7 @@ func (c *control) run(f *flowRun, job *kisflow.Job) {
 			f.status = flowFinished
 		}
 		f.since = time.Now()
+		f.jobEnd = f.since
 		c.mu.Unlock()
 		close(done)
 		c.notify()
@@ -201,13 +205,17 @@ func (c *control) jobs() []*kisflow.Job {
 	return js
 }
 
-// result returns the flow name's current job and the error its Run
-// returned.
-func (c *control) result(name string) (*kisflow.Job, error) {
+// result returns the flow name's current job, how long it ran when the
+// API started it (0 for the run's first job, which the run's time
+// describes), and the error its Run returned.
+func (c *control) result(name string) (*kisflow.Job, time.Duration, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f := c.byName[name]
-	return f.job, f.err
+	if f.starts < 2 || f.jobEnd.IsZero() {
+		return f.job, 0, f.err
+	}
+	return f.job, f.jobEnd.Sub(f.jobStart), f.err
 }
 
 // sample updates each flow's committed rate, once a second, until done.
@@ -560,6 +568,9 @@ func (c *control) handler() http.Handler {
 	mux.Handle("GET /{$}", files)
 	mux.Handle("GET /inspector.js", files)
 	mux.Handle("GET /inspector.css", files)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, http.StatusNotFound, "no such page: "+r.URL.Path+" (the inspector is at /, the API under /api/)")
+	})
 	return mux
 }
 

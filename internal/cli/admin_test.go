@@ -322,6 +322,11 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("GET %s: %d, want 404", p, code)
 		}
 	}
+	if resp, err := http.Get(base + "/nothing"); err != nil || resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("GET /nothing: %v, %v: want a JSON 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if code := api.do("POST", "/api/flows/Nope/stop", nil); code != http.StatusNotFound {
 		t.Errorf("POST /api/flows/Nope/stop: %d, want 404", code)
 	}

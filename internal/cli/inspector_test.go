@@ -13,7 +13,7 @@ import (
 
 // chromium returns Debian's chromium, skipping the test when it is
 // missing unless KISFLOW_INTEGRATION is set (.ci/run installs it).
-func chromium(t *testing.T) string {
+func chromium(t testing.TB) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "/usr/bin/chromium"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -28,7 +28,7 @@ func chromium(t *testing.T) string {
 }
 
 // browser starts a headless chromium with the flags that work in CI.
-func browser(t *testing.T) context.Context {
+func browser(t testing.TB) context.Context {
 	t.Helper()
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium(t)),

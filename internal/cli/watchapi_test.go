@@ -114,3 +114,26 @@ func TestAdminAPIUnderWatch(t *testing.T) {
 		t.Errorf("POST start of a running flow: %d, want 409", code)
 	}
 }
+
+// The warning of an admin server that listens beyond localhost without a
+// token reaches stderr whole: the redaction of secrets in the log (a
+// value after "token:") does not eat its words.
+func TestAdminWarningBeyondLocalhost(t *testing.T) {
+	t.Setenv("KISFLOW_ADMIN_TOKEN", "")
+	dir := t.TempDir()
+	files := map[string]string{
+		"global.yml": "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"0.0.0.0:0\"}\n",
+		"flow.yml":   "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Keep\nstream:\n  source: gen\n  sink: out\n",
+		"func.yml":   "kistype: func\nfname: Keep\nfmode: Calculate\ncalc:\n  seen: true\n",
+		"conns.yml":  "kistype: conn\ncname: gen\ntype: generator\nparams: {count: \"3\", format: map}\n---\nkistype: conn\ncname: out\ntype: discard\n",
+	}
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, _, stderr := run(t, "run", dir, "--progress", "never")
+	if code != 0 || !strings.Contains(stderr, "no bearer token is set, so anyone who reaches 0.0.0.0:0 can stop flows") {
+		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+	}
+}
