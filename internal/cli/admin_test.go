@@ -67,14 +67,9 @@ func rowID(r any) int64 {
 func adminDir(t *testing.T, rate int) (dir, base string) {
 	t.Helper()
 	dir = t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr, global := adminGlobal(t)
 	files := map[string]string{
-		"global.yml": "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n",
+		"global.yml": global,
 		"flows.yml": `kistype: flow
 status: 1
 flow_name: Gen
@@ -149,6 +144,19 @@ params:
 		}
 	}
 	return dir, "http://" + addr
+}
+
+// adminGlobal returns a free local address and a global file whose
+// admin server (a metrics plugin) listens there.
+func adminGlobal(t testing.TB) (addr, global string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = ln.Addr().String()
+	ln.Close()
+	return addr, "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n"
 }
 
 // childWith starts `kisflow run DIR` (this test binary as kisflow) with

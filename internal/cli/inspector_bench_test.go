@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -19,36 +20,28 @@ import (
 // BenchmarkInspectorCost measures what the web inspector costs a running
 // job: `kisflow run` (in this process) of a bounded generator (1M map
 // rows, two workers) -> one expression step -> discard, each iteration in
-// a fresh folder, with no page (nopage) and with a headless chromium
-// showing the inspector, which polls GET /api/flows every second and
-// redraws each flow's graph (page). It reports rows/s; the page variant
-// needs chromium.
+// a fresh folder, with no page (nopage), with a client that does what the
+// page asks of the server, GET /api/flows every second (poll), and with a
+// headless chromium showing the inspector, which polls so and redraws
+// each flow's graph (page). It reports rows/s; the page variant needs
+// chromium.
 //
 //	go test ./internal/cli -run '^$' -bench BenchmarkInspectorCost -benchtime 3x
 func BenchmarkInspectorCost(b *testing.B) {
-	for _, page := range []bool{false, true} {
-		name := "nopage"
-		if page {
-			name = "page"
-		}
-		b.Run(name, func(b *testing.B) { benchInspector(b, page) })
+	for _, with := range []string{"nopage", "poll", "page"} {
+		b.Run(with, func(b *testing.B) { benchInspector(b, with) })
 	}
 }
 
-func benchInspector(b *testing.B, page bool) {
+func benchInspector(b *testing.B, with string) {
 	const rows = 1_000_000
 	reg := kisflow.NewRegistry()
 	if err := all.Install(reg); err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr, global := adminGlobal(b)
 	files := map[string]string{
-		"global.yml": "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n",
+		"global.yml": global,
 		"flow.yml":   "kistype: flow\nstatus: 1\nflow_name: Load\nflows:\n  - fname: Double\nstream:\n  source: gen\n  sink: out\n  workers: 2\n  batch_size: 2000\n",
 		"func.yml":   "kistype: func\nfname: Double\nfmode: Calculate\ncalc:\n  twice: id * 2\nkeep: [id, twice]\n",
 		"conns.yml": fmt.Sprintf("kistype: conn\ncname: gen\ntype: generator\nparams:\n  count: \"%d\"\n  format: map\n---\n"+
@@ -77,11 +70,47 @@ func benchInspector(b *testing.B, page bool) {
 			b.Fatalf("kisflow run exited %d", code)
 		}
 	}
-	if !page {
+	switch with {
+	case "nopage":
 		run(nil) // as the page variant, one run before the timed ones
 		b.ResetTimer()
 		for range b.N {
 			run(nil)
+		}
+		reportRows(b, rows)
+		return
+	case "poll":
+		stop := make(chan struct{})
+		polled := make(chan int)
+		go func() {
+			n := 0
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					polled <- n
+					return
+				case <-t.C:
+				}
+				if resp, err := http.Get("http://" + addr + "/api/flows"); err == nil {
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						n++
+					}
+				}
+			}
+		}()
+		run(nil)
+		b.ResetTimer()
+		for range b.N {
+			run(nil)
+		}
+		b.StopTimer()
+		close(stop)
+		if n := <-polled; n == 0 {
+			b.Fatal("no poll of GET /api/flows was answered")
 		}
 		reportRows(b, rows)
 		return

@@ -438,10 +438,10 @@ func (w *watcher) ended(wf *watchedFlow, drained bool) {
 func (we *watchedEngine) release() {
 	we.refs--
 	if we.refs == 0 {
+		we.close() // its admin server, if any, answers until it is shut down
 		if we.unset != nil {
 			we.unset()
 		}
-		we.close()
 	}
 }
 
