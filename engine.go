@@ -437,6 +437,7 @@ func (e *Engine) instance(c *compiled) *flow {
 		steps[i], ss[i] = s, s
 	}
 	fl.run = engine.NewRun(c.plan, steps)
+	fl.steps = ss
 	for _, s := range ss {
 		s.run = fl.run
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/engine"
 	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/internal/runtime"
 	"github.com/kisflow-go/kisflow/internal/state"
 )
 
@@ -125,6 +126,7 @@ type flow struct {
 	clock state.Clock    // the event time of the run a Job gives it
 
 	firing map[int][]state.Timer // the due timers of a timer run, by step
+	steps  []*step               // the engine's steps, in the order of the flow
 
 	flushing flushMode // what the current run closes (see flush)
 }
@@ -342,6 +344,7 @@ type step struct {
 	call  filter.Call
 	chain filter.Handler
 	in    []any
+	count *runtime.Step // a Job's instance: the step's counters, shared by its workers; nil otherwise
 }
 
 func (s *step) Call(ctx context.Context, in []any) error {
@@ -368,7 +371,14 @@ func (s *step) Call(ctx context.Context, in []any) error {
 func (s *step) call1(ctx context.Context, in []any) error {
 	s.in = in
 	s.call.In, s.call.Out, s.call.Attempt = len(in), 0, 1
+	if s.count == nil {
+		err := s.chain(ctx, &s.call)
+		s.in = nil
+		return err
+	}
+	began := s.count.Enter()
 	err := s.chain(ctx, &s.call)
+	s.count.Leave(began, len(in), s.call.Out, err != nil)
 	s.in = nil
 	return err
 }
@@ -378,6 +388,9 @@ func (s *step) centre(ctx context.Context, c *filter.Call) (err error) {
 	defer undoOnError(s.fl.state, &err)() // runs after the recover below set err
 	if c.Attempt > 1 {
 		s.run.ResetLayer()
+		if s.count != nil {
+			s.count.Retried()
+		}
 	}
 	defer func() {
 		if r := recover(); r != nil {

@@ -106,15 +106,17 @@ func WithRetrySleep(sleep func(ctx context.Context, d time.Duration) error) JobO
 // the last layer's rows to the sink, dead-letters what fails after its
 // retries, and acknowledges the source once a batch is done.
 type Job struct {
-	eng     *Engine
-	name    string
-	start   StartPosition
-	runner  *runtime.Runner
-	source  stream.Source
-	closers []func() error
-	log     *slog.Logger
-	table   *state.Table     // the job's keyed state
-	windows []*windowHandler // the flow's window functions, shared by its instances
+	eng      *Engine
+	name     string
+	start    StartPosition
+	runner   *runtime.Runner
+	source   stream.Source
+	closers  []func() error
+	log      *slog.Logger
+	table    *state.Table     // the job's keyed state
+	windows  []*windowHandler // the flow's window functions, shared by its instances
+	handlers []Handler        // the flow's functions' handlers, in its order
+	steps    []*runtime.Step  // the steps' counters, shared by the instances
 
 	mu    sync.Mutex
 	state jobState
@@ -353,8 +355,14 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	for i := 1; i < workers; i++ {
 		flows[i] = base.Fork().(*flow)
 	}
+	names := make([]string, len(flows[0].funcs))
+	for i, fn := range flows[0].funcs {
+		names[i] = fn.Name()
+	}
+	j.steps = runtime.NewSteps(names)
 	for _, fl := range flows {
 		fl.checkMust = true
+		j.count(fl)
 	}
 	parts.NewFlow = func(i int) runtime.Flow {
 		if i < len(flows) {
@@ -362,13 +370,14 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 		fl := base.Fork().(*flow) // the commit loop's own
 		fl.checkMust = true
+		j.count(fl)
 		return &jobFlow{fl: fl}
 	}
 
 	cfg := runtime.Config{
 		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
-		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep, CheckpointInterval: st.CheckpointInterval.Std(),
+		PolicyFor: e.policyFor(st), FuncOf: funcOf, Steps: j.steps, Logger: j.log, Sleep: o.sleep, CheckpointInterval: st.CheckpointInterval.Std(),
 		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
 		Resume: resume, Fence: j.start.Resumable,
 	}
@@ -378,6 +387,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	cfg.FlushAtEnd, cfg.Tick = base.(*flow).c.windowed()
 	cfg.Timers = base.(*flow).c.hasTimers()
 	cfg.TimeField, cfg.Lateness, cfg.IdleTimeout = st.TimeField, st.Lateness.Std(), st.IdleTimeout.Std()
+	j.handlers = base.(*flow).c.handlers
 	for _, h := range base.(*flow).c.handlers {
 		if w, ok := h.(*windowHandler); ok {
 			j.windows = append(j.windows, w)
@@ -717,6 +727,60 @@ func (t *tracedSink) Write(ctx context.Context, rows []any) error {
 
 // Stats returns the job's counters so far; safe for concurrent use.
 func (j *Job) Stats() JobStats { return JobStats(j.runner.Stats()) }
+
+// count makes the steps of fl count on the job's counters.
+func (j *Job) count(fl *flow) {
+	for i, s := range fl.steps {
+		s.count = j.steps[i]
+	}
+}
+
+// StepStats are the counters of one step (one function) of a job, summed
+// over its workers; see Job.StepStats.
+type StepStats struct {
+	Func    string `json:"func"`
+	Calls   int64  `json:"calls"`   // calls of the function (one per batch, worker and layer)
+	In      int64  `json:"in"`      // rows the function was called with
+	Out     int64  `json:"out"`     // rows the function committed
+	Errors  int64  `json:"errors"`  // calls that returned an error
+	Retries int64  `json:"retries"` // calls retried by its retry filter, and batch runs retried for its errors
+	Dead    int64  `json:"dead"`    // messages and rows dead-lettered for it (its errors and rejections)
+	Busy    int64  `json:"busy"`    // batches inside the function now (at most one per worker): where batches queue, the step that holds them back
+	BusyNs  int64  `json:"busy_ns"` // time spent in the function, summed over workers, in nanoseconds
+	Windows int    `json:"windows"` // windows the function holds open (a window function; 0 for others)
+}
+
+// StepStats returns the counters of each step of the flow, in the order
+// of its functions; safe for concurrent use. They count once per call of
+// a function, not per row.
+func (j *Job) StepStats() []StepStats {
+	rs := j.runner.StepStats()
+	out := make([]StepStats, len(rs))
+	for i, s := range rs {
+		out[i] = StepStats{Func: s.Func, Calls: s.Calls, In: s.In, Out: s.Out, Errors: s.Errors,
+			Retries: s.Retries, Dead: s.Dead, Busy: s.Busy, BusyNs: s.BusyNs}
+		if w, ok := j.handlers[i].(*windowHandler); ok {
+			out[i].Windows = w.open()
+		}
+	}
+	return out
+}
+
+// CheckpointedAt returns when the job last made its progress durable: a
+// position committed (in the checkpoint store, or in an exactly-once
+// sink's transaction) or, for a source whose position its broker keeps,
+// messages acknowledged; ok is false before the first.
+func (j *Job) CheckpointedAt() (time.Time, bool) { return j.runner.CheckpointedAt() }
+
+// StateEntries returns how many committed keyed-state entries the job
+// holds in memory (expired ones not yet swept included; the windows'
+// state is counted by StepStats).
+func (j *Job) StateEntries() int {
+	if j.table == nil {
+		return 0
+	}
+	return j.table.Len()
+}
 
 // Lag returns how many messages the source holds beyond what the job has
 // read, when the source can tell (a Kafka topic, a NATS stream); ok is

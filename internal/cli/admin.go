@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,11 +46,26 @@ type flowRun struct {
 	err    error
 	since  time.Time
 	starts int // jobs started, the first one included
+	// When the current job started and, once its Run returned, ended.
+	jobStart, jobEnd time.Time
+	// Under run --watch, the engine and configuration version the flow's
+	// job runs with (nil: the control's).
+	eng *kisflow.Engine
+	set *config.Set
 
-	// The committed rate, sampled once a second.
+	// The committed rate, sampled once a second, and each step's: rows
+	// in per second and the share of the last second its workers spent
+	// in it.
 	lastCommitted int64
 	lastAt        time.Time
 	rate          float64
+	lastSteps     []kisflow.StepStats
+	stepRates     []stepRate
+}
+
+// stepRate is a step's rates over the last second.
+type stepRate struct {
+	rows, busy float64
 }
 
 // control runs the flows of kisflow run, each as its own job, so that the
@@ -68,6 +84,21 @@ type control struct {
 	flows    []*flowRun
 	byName   map[string]*flowRun
 	runStart time.Time
+	// ext, under run --watch, runs the flows: stop, start and replay go
+	// to it, and it tells the control of each job's start and end.
+	ext flowRunner
+}
+
+// flowRunner runs the flows of a control that does not run them itself
+// (run --watch's watcher). Its methods are called by the API's handlers.
+type flowRunner interface {
+	// stopFlow drains the flow's job and keeps the flow stopped.
+	stopFlow(name string) (int, error)
+	// startFlow starts a new job of a flow that is not running.
+	startFlow(name string) (int, error)
+	// replayWith calls replay with an engine of the flow's current
+	// configuration, while no job of the flow may start.
+	replayWith(name string, replay func(eng *kisflow.Engine, set *config.Set) error) error
 }
 
 func newControl(ctx context.Context, eng *kisflow.Engine, set *config.Set, state string, opts []kisflow.JobOption, stderr io.Writer) *control {
@@ -92,7 +123,9 @@ func (c *control) run(f *flowRun, job *kisflow.Job) {
 	f.job, f.cancel, f.done = job, cancel, make(chan struct{})
 	f.status, f.err, f.since = flowRunning, nil, time.Now()
 	f.starts++
+	f.jobStart, f.jobEnd = f.since, time.Time{}
 	f.lastCommitted, f.lastAt, f.rate = 0, time.Now(), 0
+	f.lastSteps, f.stepRates = nil, nil
 	done := f.done
 	c.mu.Unlock()
 	go func() {
@@ -109,6 +142,7 @@ func (c *control) run(f *flowRun, job *kisflow.Job) {
 			f.status = flowFinished
 		}
 		f.since = time.Now()
+		f.jobEnd = f.since
 		c.mu.Unlock()
 		close(done)
 		c.notify()
@@ -171,13 +205,17 @@ func (c *control) jobs() []*kisflow.Job {
 	return js
 }
 
-// result returns the flow name's current job and the error its Run
-// returned.
-func (c *control) result(name string) (*kisflow.Job, error) {
+// result returns the flow name's current job, how long it ran when the
+// API started it (0 for the run's first job, which the run's time
+// describes), and the error its Run returned.
+func (c *control) result(name string) (*kisflow.Job, time.Duration, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	f := c.byName[name]
-	return f.job, f.err
+	if f.starts < 2 || f.jobEnd.IsZero() {
+		return f.job, 0, f.err
+	}
+	return f.job, f.jobEnd.Sub(f.jobStart), f.err
 }
 
 // sample updates each flow's committed rate, once a second, until done.
@@ -191,13 +229,22 @@ func (c *control) sample(done <-chan struct{}) {
 		case now := <-t.C:
 			c.mu.Lock()
 			for _, f := range c.flows {
-				if f.status != flowRunning && f.status != flowStopping {
-					f.rate = 0
+				if f.job == nil || (f.status != flowRunning && f.status != flowStopping) {
+					f.rate, f.stepRates = 0, nil
 					continue
 				}
-				s := f.job.Stats()
-				f.rate = float64(s.Committed-f.lastCommitted) / now.Sub(f.lastAt).Seconds()
-				f.lastCommitted, f.lastAt = s.Committed, now
+				s, steps := f.job.Stats(), f.job.StepStats()
+				secs := now.Sub(f.lastAt).Seconds()
+				f.rate = float64(s.Committed-f.lastCommitted) / secs
+				f.stepRates = make([]stepRate, len(steps))
+				for i, st := range steps {
+					var last kisflow.StepStats
+					if i < len(f.lastSteps) {
+						last = f.lastSteps[i]
+					}
+					f.stepRates[i] = stepRate{rows: float64(st.In-last.In) / secs, busy: float64(st.BusyNs-last.BusyNs) / 1e9 / secs}
+				}
+				f.lastCommitted, f.lastAt, f.lastSteps = s.Committed, now, steps
 			}
 			c.mu.Unlock()
 		}
@@ -206,6 +253,9 @@ func (c *control) sample(done <-chan struct{}) {
 
 // stop drains the flow's job and keeps the flow stopped.
 func (c *control) stop(name string) (int, error) {
+	if c.ext != nil {
+		return c.ext.stopFlow(name)
+	}
 	c.mu.Lock()
 	f := c.byName[name]
 	if f.status != flowRunning {
@@ -226,6 +276,9 @@ func (c *control) stop(name string) (int, error) {
 func (c *control) start(name string) (int, error) {
 	if c.ctx.Err() != nil {
 		return http.StatusConflict, errors.New("the run is stopping")
+	}
+	if c.ext != nil {
+		return c.ext.startFlow(name)
 	}
 	c.mu.Lock()
 	f := c.byName[name]
@@ -257,6 +310,90 @@ func (c *control) start(name string) (int, error) {
 	return http.StatusOK, nil
 }
 
+// track records job, started by run --watch with eng and set, as the
+// flow name's current job; a nil job with err is a job that could not
+// start, a nil job without one a job starting.
+func (c *control) track(name string, job *kisflow.Job, eng *kisflow.Engine, set *config.Set, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.byName[name]
+	if f == nil {
+		f = &flowRun{name: name}
+		c.flows = append(c.flows, f)
+		c.byName[name] = f
+	}
+	f.job, f.eng, f.set, f.err, f.since = job, eng, set, err, time.Now()
+	f.lastCommitted, f.lastAt, f.rate, f.lastSteps, f.stepRates = 0, time.Now(), 0, nil, nil
+	switch {
+	case job == nil && err == nil:
+		f.status = flowStarting
+		return
+	case job == nil:
+		f.status = flowFailed
+		return
+	}
+	f.status = flowRunning
+	f.starts++
+}
+
+// setStatus sets the status of the flow name (run --watch).
+func (c *control) setStatus(name, status string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.byName[name]; f != nil {
+		f.status, f.since = status, time.Now()
+	}
+}
+
+// status returns the status of the flow name, "" for none.
+func (c *control) status(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.byName[name]; f != nil {
+		return f.status
+	}
+	return ""
+}
+
+// jobEnded records the end of the flow name's job under run --watch:
+// stopped when the API or a reload drained it (held), failed with err,
+// else finished.
+func (c *control) jobEnded(name string, err error, held bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.byName[name]
+	if f == nil {
+		return
+	}
+	f.err, f.since = err, time.Now()
+	switch {
+	case held:
+		f.status = flowStopped
+	case err != nil && !errors.Is(err, kisflow.ErrDrainTimeout):
+		f.status = flowFailed
+	default:
+		f.status = flowFinished
+	}
+}
+
+// flowErr returns the error of the flow name's last job.
+func (c *control) flowErr(name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if f := c.byName[name]; f != nil {
+		return f.err
+	}
+	return nil
+}
+
+// drop forgets the flow name: run --watch no longer runs it.
+func (c *control) drop(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.byName, name)
+	c.flows = slices.DeleteFunc(c.flows, func(f *flowRun) bool { return f.name == name })
+}
+
 // flowInfo is a flow in the admin API's replies.
 type flowInfo struct {
 	Name       string           `json:"name"`
@@ -267,10 +404,23 @@ type flowInfo struct {
 	RowsPerSec float64          `json:"rows_per_sec"`
 	Lag        *int64           `json:"lag"`
 	Stats      kisflow.JobStats `json:"stats"`
-	Start      startInfo        `json:"start"`
-	Graph      graphInfo        `json:"graph"`
-	Windows    windowInfo       `json:"windows"`
-	DeadLetter string           `json:"dead_letters"`
+	Steps      []stepInfo       `json:"steps"`
+	// CheckpointAge is the time since the job last made its progress
+	// durable (see kisflow.Job.CheckpointedAt); nil before the first.
+	CheckpointAge *float64   `json:"checkpoint_age_seconds"`
+	StateEntries  int        `json:"state_entries"`
+	Start         startInfo  `json:"start"`
+	Graph         graphInfo  `json:"graph"`
+	Windows       windowInfo `json:"windows"`
+	DeadLetter    string     `json:"dead_letters"`
+}
+
+// stepInfo is one step of a flow: the job's counters of its function and
+// its rates over the last second.
+type stepInfo struct {
+	kisflow.StepStats
+	RowsPerSec float64 `json:"rows_per_sec"` // rows in
+	BusyRatio  float64 `json:"busy_ratio"`   // worker-seconds spent in the function per second
 }
 
 type startInfo struct {
@@ -297,22 +447,54 @@ type windowInfo struct {
 // info describes f; the caller holds c.mu. Lag asks the source, so it is
 // read by the caller outside the lock.
 func (c *control) info(f *flowRun) flowInfo {
+	set := c.setOf(f)
 	in := flowInfo{Name: f.name, Status: f.status, Since: f.since, Starts: f.starts, RowsPerSec: f.rate,
-		Stats: f.job.Stats(), DeadLetter: deadLetterWhere(c.set, f.name, c.state)}
+		DeadLetter: deadLetterWhere(set, f.name, c.state), Steps: []stepInfo{}}
 	if f.err != nil {
-		in.Error = c.set.Redactor().Redact(f.err.Error())
+		in.Error = set.Redactor().Redact(f.err.Error())
 	}
-	sp := f.job.StartPosition()
-	in.Start = startInfo{Source: sp.Source, Position: sp.Position, CommittedAt: sp.CommittedAt, Detached: sp.Detached}
-	fl := c.set.Flows[f.name]
+	fl := set.Flows[f.name]
 	g := graphInfo{Source: fl.Stream.Source, Sink: fl.Stream.Sink, DeadLetter: fl.Stream.DeadLetter,
 		Workers: max(fl.Stream.Workers, 1), BatchSize: fl.Stream.BatchSize, Steps: []string{}}
 	for _, s := range fl.Flows {
 		g.Steps = append(g.Steps, s.FName)
 	}
 	in.Graph = g
+	if f.job == nil {
+		return in // under run --watch, a flow whose job could not start
+	}
+	in.Stats = f.job.Stats()
+	sp := f.job.StartPosition()
+	in.Start = startInfo{Source: sp.Source, Position: sp.Position, CommittedAt: sp.CommittedAt, Detached: sp.Detached}
 	in.Windows = windowInfo{Open: f.job.OpenWindows(), Kept: f.job.WindowsKept()}
+	for i, st := range f.job.StepStats() {
+		si := stepInfo{StepStats: st}
+		if i < len(f.stepRates) {
+			si.RowsPerSec, si.BusyRatio = f.stepRates[i].rows, f.stepRates[i].busy
+		}
+		in.Steps = append(in.Steps, si)
+	}
+	if at, ok := f.job.CheckpointedAt(); ok {
+		a := time.Since(at).Seconds()
+		in.CheckpointAge = &a
+	}
+	in.StateEntries = f.job.StateEntries()
 	return in
+}
+
+// setOf returns the configuration f runs with; the caller holds c.mu.
+func (c *control) setOf(f *flowRun) *config.Set {
+	if f.set != nil {
+		return f.set
+	}
+	return c.set
+}
+
+// flowSet returns the configuration the flow name runs with.
+func (c *control) flowSet(name string) *config.Set {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.setOf(c.byName[name])
 }
 
 func (c *control) flowInfo(name string) flowInfo {
@@ -322,7 +504,7 @@ func (c *control) flowInfo(name string) flowInfo {
 	job := f.job
 	running := f.status == flowRunning
 	c.mu.Unlock()
-	if running {
+	if running && job != nil {
 		if n, ok := job.Lag(); ok {
 			in.Lag = &n
 		}
@@ -386,6 +568,9 @@ func (c *control) handler() http.Handler {
 	mux.Handle("GET /{$}", files)
 	mux.Handle("GET /inspector.js", files)
 	mux.Handle("GET /inspector.css", files)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, http.StatusNotFound, "no such page: "+r.URL.Path+" (the inspector is at /, the API under /api/)")
+	})
 	return mux
 }
 
@@ -457,7 +642,7 @@ func (c *control) control(w http.ResponseWriter, r *http.Request, act func(strin
 // and ?limit= (default 100, at most 1000) letters.
 func (c *control) deadLetters(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if dl := c.set.Flows[name].Stream.DeadLetter; dl != "" {
+	if dl := c.flowSet(name).Flows[name].Stream.DeadLetter; dl != "" {
 		apiError(w, http.StatusNotImplemented, "flow "+name+" sends its dead letters to connector "+dl+": read them there; the API reads only the default dead-letter file")
 		return
 	}
@@ -520,7 +705,17 @@ func readLetters(path string, offset, limit int) ([]json.RawMessage, int, error)
 // stateOf is the state lookup of GET /state/{flow}/{key} under /api/.
 func (c *control) stateOf(w http.ResponseWriter, r *http.Request) {
 	name, key := r.PathValue("name"), r.PathValue("key")
-	view, ok := c.eng.States().Get(name)
+	c.mu.Lock()
+	eng := c.byName[name].eng
+	c.mu.Unlock()
+	if eng == nil {
+		eng = c.eng
+	}
+	if eng == nil {
+		apiError(w, http.StatusNotFound, "no running job of flow "+name+" holds keyed state")
+		return
+	}
+	view, ok := eng.States().Get(name)
 	if !ok {
 		apiError(w, http.StatusNotFound, "no running job of flow "+name+" holds keyed state")
 		return
@@ -562,7 +757,7 @@ type replayReply struct {
 // the next replay takes it up again in full.
 func (c *control) replay(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	st := c.set.Flows[name].Stream
+	st := c.flowSet(name).Flows[name].Stream
 	switch {
 	case st.DeadLetter != "":
 		apiError(w, http.StatusNotImplemented, "flow "+name+" sends its dead letters to connector "+st.DeadLetter+": the API replays only the default dead-letter file")
@@ -586,11 +781,27 @@ func (c *control) replay(w http.ResponseWriter, r *http.Request) {
 	c.mu.Unlock()
 	defer func() {
 		c.mu.Lock()
-		f.status = prev
+		if f.status == flowReplaying {
+			f.status = prev
+		}
 		c.mu.Unlock()
 		c.notify()
 	}()
-	reply, code, err := c.replayLetters(r.Context(), name)
+	var reply *replayReply
+	var code int
+	var err error
+	if c.ext != nil {
+		err = c.ext.replayWith(name, func(eng *kisflow.Engine, set *config.Set) error {
+			var rerr error
+			reply, code, rerr = c.replayLetters(eng, set, name)
+			return rerr
+		})
+		if err != nil && code == 0 {
+			code = http.StatusConflict
+		}
+	} else {
+		reply, code, err = c.replayLetters(c.eng, c.set, name)
+	}
 	if err != nil {
 		apiError(w, code, err.Error())
 		return
@@ -598,7 +809,7 @@ func (c *control) replay(w http.ResponseWriter, r *http.Request) {
 	writeAPI(w, http.StatusOK, reply)
 }
 
-func (c *control) replayLetters(ctx context.Context, name string) (*replayReply, int, error) {
+func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name string) (*replayReply, int, error) {
 	dir := filepath.Join(c.state, "dead-letter")
 	file := filepath.Join(dir, name+".jsonl")
 	replaying := filepath.Join(dir, name+".replaying.jsonl")
@@ -626,9 +837,9 @@ func (c *control) replayLetters(ctx context.Context, name string) (*replayReply,
 	src := &letterSource{msgs: msgs}
 	opts := []kisflow.JobOption{kisflow.WithStateDir(c.state), kisflow.WithSource(src)}
 	// The replay ends with the run: a signal drains it like any job.
-	job, err := startJob(c.ctx, c.eng, name, c.stderr, opts...)
+	job, err := startJob(c.ctx, eng, name, c.stderr, opts...)
 	if err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("replay: start a job of flow %s: %w", name, c.set.Redactor().Error(err))
+		return nil, http.StatusInternalServerError, fmt.Errorf("replay: start a job of flow %s: %w", name, set.Redactor().Error(err))
 	}
 	if err := job.Run(c.ctx); err != nil {
 		return nil, http.StatusInternalServerError, fmt.Errorf("replay of flow %s failed; its letters stay in %s for the next replay: %w", name, replaying, err)

@@ -67,14 +67,9 @@ func rowID(r any) int64 {
 func adminDir(t *testing.T, rate int) (dir, base string) {
 	t.Helper()
 	dir = t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr, global := adminGlobal(t)
 	files := map[string]string{
-		"global.yml": "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n",
+		"global.yml": global,
 		"flows.yml": `kistype: flow
 status: 1
 flow_name: Gen
@@ -151,12 +146,32 @@ params:
 	return dir, "http://" + addr
 }
 
+// adminGlobal returns a free local address and a global file whose
+// admin server (a metrics plugin) listens there.
+func adminGlobal(t testing.TB) (addr, global string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = ln.Addr().String()
+	ln.Close()
+	return addr, "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n"
+}
+
 // childWith starts `kisflow run DIR` (this test binary as kisflow) with
 // the extra environment env; it is stopped with SIGTERM at the end of the
 // test, and waitChild waits for it.
 func childWith(t *testing.T, dir string, env ...string) (*exec.Cmd, <-chan struct{}) {
 	t.Helper()
-	args, _ := json.Marshal([]string{"run", dir, "--state", filepath.Join(dir, "state"), "--log-level", "warn"})
+	return childArgs(t, []string{"run", dir, "--state", filepath.Join(dir, "state"), "--log-level", "warn"}, env...)
+}
+
+// childArgs starts kisflow with the command line cmdline (this test
+// binary as kisflow) and the extra environment env, as childWith does.
+func childArgs(t *testing.T, cmdline []string, env ...string) (*exec.Cmd, <-chan struct{}) {
+	t.Helper()
+	args, _ := json.Marshal(cmdline)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(append(os.Environ(), "KISFLOW_TEST_CHILD="+string(args)), env...)
 	out := newSyncBuffer()
@@ -220,7 +235,13 @@ type apiFlow struct {
 	RowsPerSec float64          `json:"rows_per_sec"`
 	Starts     int              `json:"starts"`
 	Stats      kisflow.JobStats `json:"stats"`
-	Graph      struct {
+	Steps      []struct {
+		kisflow.StepStats
+		RowsPerSec float64 `json:"rows_per_sec"`
+		BusyRatio  float64 `json:"busy_ratio"`
+	} `json:"steps"`
+	CheckpointAge *float64 `json:"checkpoint_age_seconds"`
+	Graph         struct {
 		Source string   `json:"source"`
 		Steps  []string `json:"steps"`
 		Sink   string   `json:"sink"`
@@ -309,6 +330,11 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("GET %s: %d, want 404", p, code)
 		}
 	}
+	if resp, err := http.Get(base + "/nothing"); err != nil || resp.StatusCode != http.StatusNotFound || resp.Header.Get("Content-Type") != "application/json" {
+		t.Errorf("GET /nothing: %v, %v: want a JSON 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	if code := api.do("POST", "/api/flows/Nope/stop", nil); code != http.StatusNotFound {
 		t.Errorf("POST /api/flows/Nope/stop: %d, want 404", code)
 	}
@@ -331,6 +357,26 @@ func TestAdminAPI(t *testing.T) {
 		f := api.flow("Gen")
 		return f.Stats.DeadLettered >= 3 && f.RowsPerSec > 0
 	})
+	// Each step's counters: Gate fails the gated rows (retried once, then
+	// dead-lettered), Keep takes the others.
+	waitFor(t, "Gen's steps to show their rates", 10*time.Second, func() bool {
+		f := api.flow("Gen")
+		return len(f.Steps) == 2 && f.Steps[0].RowsPerSec > 0 && f.Steps[1].RowsPerSec > 0
+	})
+	gs := api.flow("Gen")
+	gate, keep := gs.Steps[0], gs.Steps[1]
+	if gate.Func != "Gate" || keep.Func != "Keep" {
+		t.Fatalf("Gen's steps: %+v", gs.Steps)
+	}
+	if gate.Errors < 3 || gate.Retries < 3 || gate.Dead < 3 || gate.In <= keep.In || keep.In == 0 || gate.Calls == 0 {
+		t.Errorf("step Gate: %+v, step Keep: %+v: want Gate's errors, retries and dead letters, and more rows into Gate than into Keep", gate, keep)
+	}
+	if keep.Errors != 0 || keep.Dead != 0 || keep.Out > keep.In {
+		t.Errorf("step Keep: %+v, want no errors and no more rows out than in", keep)
+	}
+	if gs.CheckpointAge == nil || *gs.CheckpointAge < 0 || *gs.CheckpointAge > 30 {
+		t.Errorf("Gen's checkpoint age: %v, want a few seconds at most", gs.CheckpointAge)
+	}
 
 	// Stop Gen: it drains and stays stopped while Other runs on.
 	var stopped apiFlow

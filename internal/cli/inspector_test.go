@@ -13,7 +13,7 @@ import (
 
 // chromium returns Debian's chromium, skipping the test when it is
 // missing unless KISFLOW_INTEGRATION is set (.ci/run installs it).
-func chromium(t *testing.T) string {
+func chromium(t testing.TB) string {
 	t.Helper()
 	for _, name := range []string{"chromium", "/usr/bin/chromium"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -28,7 +28,7 @@ func chromium(t *testing.T) string {
 }
 
 // browser starts a headless chromium with the flags that work in CI.
-func browser(t *testing.T) context.Context {
+func browser(t testing.TB) context.Context {
 	t.Helper()
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium(t)),
@@ -89,6 +89,25 @@ func TestInspectorInBrowser(t *testing.T) {
 			t.Fatalf("the committed count of Gen did not move on the page: %q then %q", first, later)
 		}
 	}
+	// Each step's node has its own figures: rows into Keep move, Gate
+	// shows its errors (the gated rows).
+	keepRows := chromedp.CSS(`section[data-flow="Gen"] [data-step="Keep"] [data-stat="step-rows"] b`)
+	gateErrors := chromedp.CSS(`section[data-flow="Gen"] [data-step="Gate"] [data-stat="step-errors"] b`)
+	firstRows, err := chromedp.Run(ctx, chromedp.Text(keepRows))
+	if err != nil {
+		t.Fatalf("no step Keep on the page: %v", err)
+	}
+	waitFor(t, "the rows into step Keep to move on the page, and Gate's errors to show", 20*time.Second, func() bool {
+		rows, err := chromedp.Run(ctx, chromedp.Text(keepRows))
+		if err != nil {
+			t.Fatal(err)
+		}
+		errs, err := chromedp.Run(ctx, chromedp.Text(gateErrors))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rows != firstRows && errs != "0"
+	})
 	// A moment more: the dead letters and the rate show in the picture.
 	time.Sleep(1500 * time.Millisecond)
 	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))

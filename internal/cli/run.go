@@ -177,15 +177,20 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	close(runDone)
 	errs := make([]error, len(jobs))
+	took := make([]time.Duration, len(jobs))
 	for i, n := range names {
-		jobs[i], errs[i] = ctl.result(n)
+		jobs[i], took[i], errs[i] = ctl.result(n)
 	}
-	elapsed := time.Since(start)
+	runTime := time.Since(start)
 
 	code := ExitOK
 	open := 0 // windows the stop left unemitted
 	for i, j := range jobs {
 		s := j.Stats()
+		elapsed := runTime
+		if took[i] > 0 {
+			elapsed = took[i] // the last job, started through the admin API
+		}
 		rate := float64(s.Committed) / max(elapsed.Seconds(), 1e-9)
 		if sp := j.StartPosition(); s.Read == 0 && errs[i] == nil && j.Exhausted() && sp.Position != "" {
 			// A bounded source read to its end before: say so, rather

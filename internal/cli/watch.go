@@ -10,11 +10,13 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/kisflow-go/kisflow"
@@ -35,6 +37,7 @@ type watchedEngine struct {
 	eng   *kisflow.Engine
 	close func()
 	refs  int
+	unset func() // takes the console off the engine's admin server
 }
 
 // watchedFlow is the current run of one flow under --watch.
@@ -51,7 +54,7 @@ type watchedFlow struct {
 	start   time.Time
 	ended   bool // its end was reported
 	failed  bool // it ended with an error (or did not start)
-	stopped string
+	held    bool // stopped through the admin API: started again by the API or a change of its configuration
 }
 
 // watcher runs the flows of a folder and applies the changes of its files.
@@ -65,6 +68,18 @@ type watcher struct {
 	level  slog.Level
 	flows  map[string]*watchedFlow
 	set    *config.Set
+
+	// The admin API and the inspector: ctl describes the flows, console
+	// is its handler, set on every engine version's admin server. holder
+	// is the engine whose admin server listens; it is kept open, with an
+	// extra reference, until a reload opens an engine that can take the
+	// address over, so that the API stays up while flows come and go.
+	ctl     *control
+	console http.Handler
+	holder  *watchedEngine
+	reqs    chan func()   // the API's actions, run by the watch loop
+	quit    chan struct{} // closed when the watch loop ends
+	endLoop sync.Once     // closes quit
 }
 
 // runWatch is `run --watch`: it runs the flows like run, then polls the
@@ -97,6 +112,15 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 			return &exitError{code: ExitProblem, err: set.Redactor().Error(err)}
 		}
 	}
+	w.ctl = newControl(ctx, nil, set, w.state, nil, w.stderr)
+	w.ctl.ext = w
+	w.console = w.ctl.handler()
+	w.reqs, w.quit = make(chan func()), make(chan struct{})
+	defer w.endLoop.Do(func() { close(w.quit) })
+	sampled := make(chan struct{})
+	defer close(sampled)
+	go w.ctl.sample(sampled)
+	defer w.releaseHolder()
 	if len(w.wanted(set)) == 0 {
 		fmt.Fprintf(stdout, "watch: %s: no enabled flow has a stream block yet; waiting for one\n", dir)
 	}
@@ -115,6 +139,9 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		select {
 		case <-ctx.Done():
 			return w.stopAll()
+		case fn := <-w.reqs:
+			fn()
+			continue
 		case <-tick.C:
 		}
 		w.reap()
@@ -131,6 +158,9 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 			select {
 			case <-ctx.Done():
 				return w.stopAll()
+			case fn := <-w.reqs:
+				fn()
+				continue
 			case <-time.After(watchQuiet):
 			}
 			next, err := snapshot(dir, w.state)
@@ -211,6 +241,7 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 			fmt.Fprintf(w.stdout, "watch: flow %s drained and stopped\n", n)
 		}
 		delete(w.flows, n)
+		w.ctl.drop(n)
 	}
 	var start []string
 	for _, n := range wanted {
@@ -235,16 +266,32 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 			start = append(start, n)
 		}
 	}
+	if len(start) > 0 && !first && w.holder != nil && w.holder.refs == 1 {
+		// The engine that holds the admin server runs no flow: the new
+		// one takes its address over.
+		w.releaseHolder()
+	}
+	err := w.startFlows(ctx, set, start, prints, first)
+	w.set = set
+	return err
+}
+
+// startFlows starts the flows start of set with a new engine; prints are
+// their fingerprints. At the first call (first) a flow that cannot start
+// is an error of the command.
+func (w *watcher) startFlows(ctx context.Context, set *config.Set, start []string, prints map[string]string, first bool) error {
 	if len(start) == 0 {
-		w.set = set
 		return nil
 	}
 	red := set.Redactor()
-	w.stderr.mu.Lock()
-	w.stderr.red = red // what reaches stderr has this version's secrets redacted
-	w.stderr.mu.Unlock()
-	log := slog.New(slog.NewTextHandler(w.stderr, &slog.HandlerOptions{Level: w.level}))
-	eng, closeEngine, err := openEngine(ctx, w.reg, set, log, red)
+	log := w.log(set)
+	engSet := set
+	if w.holder != nil {
+		// Another engine holds the admin server's address: this one
+		// does without a listener of its own.
+		engSet = withoutAdmin(set)
+	}
+	eng, closeEngine, err := openEngine(ctx, w.reg, engSet, log, red)
 	if err != nil {
 		if first {
 			return err
@@ -252,14 +299,16 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 		// The flows drained above stay stopped.
 		for _, n := range start {
 			w.flows[n] = &watchedFlow{name: n, print: prints[n], ended: true, failed: true}
+			w.ctl.track(n, nil, nil, set, err)
 		}
 		fmt.Fprintf(w.stderr, "watch: %v\nwatch: flows %s stay stopped until the configuration is fixed\n", err, strings.Join(start, ", "))
 		return nil
 	}
-	we := &watchedEngine{eng: eng, close: closeEngine}
+	we := &watchedEngine{eng: eng, close: closeEngine, unset: eng.Console().Set(w.console)}
 	for _, n := range start {
 		st := set.Flows[n].Stream
 		wf := &watchedFlow{name: n, print: prints[n], key: st.Key, workers: st.Workers, eng: we, done: make(chan struct{})}
+		w.ctl.track(n, nil, nil, set, nil)
 		j, err := startJob(ctx, eng, n, w.stderr, kisflow.WithStateDir(w.state))
 		if err != nil {
 			if ctx.Err() != nil {
@@ -276,10 +325,16 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 			wf.ended, wf.failed, wf.eng = true, true, nil
 			close(wf.done)
 			w.flows[n] = wf
+			w.ctl.track(n, nil, nil, set, err)
 			continue
 		}
 		we.refs++
 		wf.job = j
+		w.ctl.track(n, j, eng, set, nil)
+		if w.holder == nil && adminListens(eng, engSet) {
+			we.refs++ // kept open for its admin server (see watcher.holder)
+			w.holder = we
+		}
 		reportStart(w.stdout, n, j.StartPosition())
 		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		wf.cancel, wf.start = cancel, time.Now()
@@ -293,8 +348,16 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 		we.refs = 1
 		we.release()
 	}
-	w.set = set
 	return nil
+}
+
+// log returns the logger of an engine of set: to stderr, with set's
+// secrets redacted.
+func (w *watcher) log(set *config.Set) *slog.Logger {
+	w.stderr.mu.Lock()
+	w.stderr.red = set.Redactor() // what reaches stderr has this version's secrets redacted
+	w.stderr.mu.Unlock()
+	return slog.New(slog.NewTextHandler(w.stderr, &slog.HandlerOptions{Level: w.level}))
 }
 
 // keyRefused reports whether the change of wf's stream block to st must be
@@ -343,6 +406,7 @@ func (w *watcher) reap() {
 func (w *watcher) ended(wf *watchedFlow, drained bool) {
 	wf.ended = true
 	j, err := wf.job, wf.err
+	w.ctl.jobEnded(wf.name, err, wf.held)
 	elapsed := time.Since(wf.start)
 	s := j.Stats()
 	rate := float64(s.Committed) / max(elapsed.Seconds(), 1e-9)
@@ -374,12 +438,16 @@ func (w *watcher) ended(wf *watchedFlow, drained bool) {
 func (we *watchedEngine) release() {
 	we.refs--
 	if we.refs == 0 {
-		we.close()
+		we.close() // its admin server, if any, answers until it is shut down
+		if we.unset != nil {
+			we.unset()
+		}
 	}
 }
 
 // stopAll drains every running flow, at a signal.
 func (w *watcher) stopAll() error {
+	w.endLoop.Do(func() { close(w.quit) }) // the API's actions are refused from now on
 	failed := w.drainAll()
 	fmt.Fprintln(w.stdout, "stopped by signal; in-flight batches were drained and committed")
 	if failed {

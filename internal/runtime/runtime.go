@@ -94,6 +94,9 @@ type Config struct {
 	PolicyFor func(fname string) Policy
 	// FuncOf names the function behind a flow run error.
 	FuncOf func(err error) string
+	// Steps, when set, are the counters of the flow's steps (see Step):
+	// the runner adds each step's dead letters and retries.
+	Steps  []*Step
 	Logger *slog.Logger
 	// Sleep waits d or until ctx is done (tests replace it).
 	Sleep func(ctx context.Context, d time.Duration) error
@@ -316,6 +319,7 @@ type Runner struct {
 	lastTick  time.Time // read loop only
 
 	read, committed, out, dead, retries, batches, inflight, maxInflight, skipped atomic.Int64
+	checkpointAt                                                                 atomic.Int64 // Unix nanoseconds (see CheckpointedAt)
 }
 
 // New returns a runner; Run starts it.
@@ -1272,6 +1276,9 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 				return fail(err) // the drain timed out: redelivered
 			}
 			return "", fmt.Errorf("acknowledge: %w", err)
+		}
+		if pos == "" {
+			r.checkpointed() // the broker keeps the position
 		}
 	}
 	for _, ep := range ok {

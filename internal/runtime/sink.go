@@ -142,6 +142,7 @@ func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause erro
 		payload = json.RawMessage(b)
 	}
 	r.cfg.Logger.Debug("row dead-lettered", "func", fn, "err", cause)
+	r.deadFor(fn)
 	dl := &stream.DeadLetter{
 		LetterID: r.letterID(nil, ""), Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts,
 		Payload: payload, Time: time.Now().UTC(),

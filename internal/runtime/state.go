@@ -288,6 +288,9 @@ func (r *Runner) reloadPartitions(ctx context.Context, msgs []*stream.Message) {
 // positionCommitted tells a source that wants to know that pos is
 // durably committed (see stream.PositionCommitter).
 func (r *Runner) positionCommitted(ctx context.Context, pos string) {
+	if pos != "" {
+		r.checkpointed()
+	}
 	if pc, ok := r.parts.Source.(stream.PositionCommitter); ok && pos != "" {
 		pc.PositionCommitted(ctx, pos)
 	}

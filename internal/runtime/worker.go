@@ -144,7 +144,7 @@ func (w *worker) control(ctx context.Context, p *part, what string, run func() (
 			p.ep.failed.Store(true)
 			return nil, false
 		}
-		r.retries.Add(1)
+		r.retried(fn)
 		r.cfg.Logger.Warn(what+" failed; retrying", "func", fn, "try", try+1, "err", err)
 		if w.backoff(ctx, fn, try+1) != nil {
 			p.ep.failed.Store(true)
@@ -245,7 +245,7 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 			return w.single(ctx, p, msgs[0], 1, fn, err)
 		}
 		if !perm && try < retries {
-			r.retries.Add(1)
+			r.retried(fn)
 			r.cfg.Logger.Warn("batch failed; retrying", "func", fn, "rows", len(msgs), "try", try+1, "err", err)
 			if w.backoff(ctx, fn, try+1) != nil {
 				return nil, nil, false
@@ -343,7 +343,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 	r := w.r
 	pol := r.cfg.PolicyFor(fn)
 	for tried <= pol.Retries {
-		r.retries.Add(1)
+		r.retried(fn)
 		if w.backoff(ctx, fn, tried) != nil {
 			return nil, nil, false
 		}
@@ -380,6 +380,7 @@ func (w *worker) backoff(ctx context.Context, fn string, attempt int) error {
 // deadLetter is the dead letter of message m, or of a row of it (see
 // rowPlace), that function fn failed.
 func (r *Runner) deadLetter(fn string, m *stream.Message, row string, cause error, attempts int) *stream.DeadLetter {
+	r.deadFor(fn)
 	return &stream.DeadLetter{
 		LetterID: r.letterID(m, row), Flow: r.cfg.Name, Func: fn, Error: cause.Error(), Attempts: attempts, ID: m.ID,
 		Payload: dlqPayload(m.Payload), Position: m.Position, Headers: m.Headers, Time: time.Now().UTC(),

@@ -37,10 +37,35 @@
     return s < 60 ? s.toFixed(0) + "s" : s < 3600 ? (s / 60).toFixed(0) + "m" : (s / 3600).toFixed(1) + "h";
   }
 
+  function secs(s) {
+    return s < 60 ? s.toFixed(1) + "s" : s < 3600 ? (s / 60).toFixed(0) + "m" : (s / 3600).toFixed(1) + "h";
+  }
+
   const stat = (label, value, key) => el("span", { "data-stat": key }, label + " ", el("b", {}, value));
 
   function node(cls, title, lines) {
-    return el("div", { class: "node " + cls }, el("b", {}, title), ...lines.map((l) => el("div", {}, l)));
+    return el("div", { class: "node " + cls }, el("b", {}, title), ...lines.map((l) => l instanceof Node ? l : el("div", {}, l)));
+  }
+
+  // A figure of a graph node, findable by its data-stat.
+  const fig = (label, value, key) => el("div", { "data-stat": key }, label + " ", el("b", {}, value));
+
+  // stepNode draws one step with its live figures; a step whose workers
+  // were busy most of the last second is the one holding the flow back.
+  function stepNode(st, g) {
+    const busy = Math.round(100 * st.busy_ratio / Math.max(g.workers, 1));
+    const lines = [
+      fig("rows/s", num(st.rows_per_sec), "step-rate"),
+      fig("in", num(st.in) + " → out " + num(st.out), "step-rows"),
+      fig("errors", num(st.errors), "step-errors"),
+      fig("retries", num(st.retries), "step-retries"),
+      fig("dead", num(st.dead), "step-dead"),
+      fig("in step", st.busy + "/" + g.workers + " batches · busy " + busy + "%", "step-busy"),
+    ];
+    if (st.windows) lines.push(fig("open windows", num(st.windows), "step-windows"));
+    const n = node("step" + (busy >= 80 ? " hot" : ""), st.func, lines);
+    n.dataset.step = st.func;
+    return n;
   }
 
   // Each flow's section is made once and updated in place, so that a
@@ -65,14 +90,21 @@
 
   function draw(f) {
     const s = f.stats, g = f.graph, sec = section(f);
-    const nodes = [node("src", "source " + g.source, ["read " + num(s.Read), "lag " + (f.lag == null ? "n/a" : num(f.lag)), "errors " + s.SourceErrors])];
-    for (const step of g.steps) {
-      nodes.push(el("span", { class: "arrow" }, "→"), node("step", step, ["× " + g.workers + " workers"]));
-    }
+    const nodes = [node("src", "source " + g.source, [
+      fig("read", num(s.Read), "src-read"),
+      fig("lag", f.lag == null ? "n/a" : num(f.lag), "src-lag"),
+      fig("errors", num(s.SourceErrors), "src-errors"),
+      fig("in flight", num(s.InFlight) + " (max " + num(s.MaxInFlight) + ")", "src-inflight"),
+      "× " + g.workers + " workers, batches of " + (g.batch_size || "default")])];
+    const steps = f.steps || [];
+    g.steps.forEach((name, i) => {
+      const st = steps[i] || { func: name, rows_per_sec: 0, in: 0, out: 0, errors: 0, retries: 0, dead: 0, busy: 0, busy_ratio: 0 };
+      nodes.push(el("span", { class: "arrow" }, "→"), stepNode(st, g));
+    });
     if (g.sink) {
-      nodes.push(el("span", { class: "arrow" }, "→"), node("sink", "sink " + g.sink, ["out " + num(s.Out), "errors " + s.SinkErrors]));
+      nodes.push(el("span", { class: "arrow" }, "→"), node("sink", "sink " + g.sink, [fig("out", num(s.Out), "sink-out"), fig("errors", num(s.SinkErrors), "sink-errors")]));
     }
-    nodes.push(el("span", { class: "arrow" }, "⇢"), node("dlq", "dead letters", [num(s.DeadLettered), g.dead_letter ? "connector " + g.dead_letter : "file"]));
+    nodes.push(el("span", { class: "arrow" }, "⇢"), node("dlq", "dead letters", [fig("written", num(s.DeadLettered), "dlq-written"), g.dead_letter ? "connector " + g.dead_letter : "file"]));
     sec.graph.replaceChildren(...nodes);
     sec.badge.className = "badge " + f.status;
     sec.badge.textContent = f.status;
@@ -87,6 +119,8 @@
       stat("retries", num(s.Retries), "retries"),
       stat("dead-lettered", num(s.DeadLettered), "dead"),
       stat("open windows", f.windows.open + (f.windows.kept ? " (kept)" : ""), "windows"),
+      stat("state entries", num(f.state_entries), "state"),
+      stat("checkpoint age", f.checkpoint_age_seconds == null ? "none yet" : secs(f.checkpoint_age_seconds), "checkpoint"),
       stat("started from", f.start.position || "–", "position"),
       stat("status for", age(f.since), "since"),
       stat("starts", f.starts, "starts"));
@@ -133,6 +167,11 @@
     try {
       const r = await api("GET", "/api/flows");
       r.flows.forEach(draw);
+      // A flow no longer run (removed by run --watch) leaves the page.
+      const names = new Set(r.flows.map((f) => f.name));
+      for (const [name, sec] of sections) {
+        if (!names.has(name)) { sec.root.remove(); sections.delete(name); }
+      }
       document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString() + " · up " + Math.round(r.uptime_seconds) + "s";
     } catch (e) {
       document.getElementById("status").textContent = "cannot reach the API: " + e.message;
