@@ -181,6 +181,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		return cc, nil
 	}
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithWriteBufferSize(transportBuffer), grpc.WithReadBufferSize(transportBuffer),
+		grpc.WithInitialWindowSize(transportWindow), grpc.WithInitialConnWindowSize(transportWindow),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{}), grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)))
 	if err != nil {
 		return nil, err
@@ -205,14 +207,11 @@ func (e *providerError) Unwrap() error { return e.err }
 // function's own failure is returned as it is (with its stream.Permanent
 // or stream.Fatal mark), for the flow's retries and dead-letter path.
 func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.Outcome, error) {
-	req := &request{Flow: call.Flow, Func: call.Func, Params: call.Params, Rows: make([]json.RawMessage, len(call.Rows))}
-	for i, row := range call.Rows {
-		b, err := encodeRow(row)
-		if err != nil {
-			return nil, stream.Permanent(fmt.Errorf("remote function %q: row %d: %w", call.Func, i, err))
-		}
-		req.Rows[i] = b
+	encoded, err := encodeRows(call.Rows)
+	if err != nil {
+		return nil, stream.Permanent(fmt.Errorf("remote function %q: %w", call.Func, err))
 	}
+	req := &request{Flow: call.Flow, Func: call.Func, Params: call.Params, Rows: encoded}
 	var ps []Provider
 	for _, p := range c.dir.Providers() {
 		if p.serves(call.Func) {

@@ -195,3 +195,98 @@ flows:
 		t.Fatalf("kisflow_remote_calls_total %v: want Price ok 2, Fail error 1", got)
 	}
 }
+
+// A YAML function called remotely gives the rows it gives locally: the
+// provider writes a calc's rows as the input's JSON text with the new
+// fields appended, and falls back to encoding the row's fields when it
+// cannot (a field the row had, a value that is not flat, a keep list).
+func TestRemoteYAMLFunctionsGiveTheLocalRows(t *testing.T) {
+	t.Parallel()
+	funcs := `kistype: func
+fname: Price
+fmode: Calculate
+calc:
+  price: amount * 2
+  label: '"p" + user'
+---
+kistype: func
+fname: Tags
+fmode: Calculate
+calc:
+  tags: '[user, "x"]'
+---
+kistype: func
+fname: Slim
+fmode: Calculate
+calc:
+  price: amount * 2
+keep: [id, price]
+---
+kistype: func
+fname: Big
+fmode: Verify
+filter: amount > 3
+`
+	names := []string{"Price", "Tags", "Slim", "Big"}
+	var flows strings.Builder
+	for _, n := range names {
+		fmt.Fprintf(&flows, "---\nkistype: flow\nstatus: 1\nflow_name: %s\nflows:\n  - fname: %s\n", n, n)
+	}
+	local := testenv.Engine(t, kisflow.NewRegistry(), map[string]string{"f.yml": funcs + flows.String()})
+	addr := serveEngine(t, testenv.Engine(t, kisflow.NewRegistry(), map[string]string{"f.yml": funcs}), names...)
+	creg := kisflow.NewRegistry()
+	if err := connremote.Install(creg); err != nil {
+		t.Fatal(err)
+	}
+	var calls strings.Builder
+	fmt.Fprintf(&calls, "kistype: conn\ncname: p\ntype: remote\naddrs: %s\nparams:\n  registry: static\n", addr)
+	for _, n := range names {
+		fmt.Fprintf(&calls, "---\nkistype: func\nfname: %s\nfmode: Calculate\noption:\n  cname: p\n", n)
+	}
+	remote := testenv.Engine(t, creg, map[string]string{"f.yml": calls.String() + flows.String()})
+	rows := []any{
+		[]byte(`{"id":1,"user":"ann","amount":3}`),
+		[]byte(" {\"id\":2, \"user\":\"b\\u00e9a\", \"amount\":4.5 }\n"),
+		`{"id":3,"user":"cy","amount":5,"price":0}`,
+		map[string]any{"id": 4, "user": "dee", "amount": 6},
+		[]byte(`{"id":5,"user":"<e&>","amount":7,"extra":{"n":[1,2]}}`),
+	}
+	ctx := context.Background()
+	for _, n := range names {
+		var got [2][]map[string]any
+		for i, eng := range []*kisflow.Engine{local, remote} {
+			fl, err := eng.Flow(ctx, n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = fl.CommitRowBatch(rows)
+			res, err := fl.Run(ctx)
+			if err != nil {
+				t.Fatalf("%s: %v", n, err)
+			}
+			for _, r := range res.Rows {
+				var b []byte
+				switch v := r.(type) {
+				case []byte:
+					b = v
+				case string:
+					b = []byte(v)
+				default:
+					if b, err = json.Marshal(v); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var m map[string]any
+				if err := json.Unmarshal(b, &m); err != nil {
+					t.Fatalf("%s: row %s: %v", n, b, err)
+				}
+				got[i] = append(got[i], m)
+			}
+		}
+		l, _ := json.Marshal(got[0])
+		r, _ := json.Marshal(got[1])
+		if string(l) != string(r) || len(got[0]) == 0 {
+			t.Errorf("%s: remote rows\n%s\nlocal rows\n%s", n, r, l)
+		}
+	}
+}

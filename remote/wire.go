@@ -6,18 +6,28 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	gojson "github.com/goccy/go-json"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 
 	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/internal/jsonl"
 )
 
 // serviceName and callMethod name the gRPC service and its one method.
 const (
 	serviceName = "kisflow.remote.v1.Functions"
 	callMethod  = "/" + serviceName + "/Call"
+)
+
+// The transport's buffers and flow-control windows: a batch of a thousand
+// rows (tens of kilobytes) goes out in one write and is never held up
+// waiting for a window update.
+const (
+	transportBuffer = 256 << 10
+	transportWindow = 4 << 20
 )
 
 // request is one call: a batch of rows for one function.
@@ -74,7 +84,10 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	for _, r := range rows {
 		n += len(r)
 	}
-	b := make([]byte, 0, n)
+	// The buffer comes from a pool gRPC gives it back to once the message
+	// is written: a batch's message is tens of kilobytes.
+	bp := buffers.Get(n)
+	b := (*bp)[:0]
 	b = binary.AppendUvarint(b, uint64(len(head)))
 	b = append(b, head...)
 	b = binary.AppendUvarint(b, uint64(len(rows)))
@@ -82,8 +95,28 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 		b = binary.AppendUvarint(b, uint64(len(r)))
 		b = append(b, r...)
 	}
-	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	*bp = b // within n: the same array
+	return mem.BufferSlice{mem.NewBuffer(bp, buffers)}, nil
 }
+
+// bufferPool is a mem.BufferPool of messages' buffers that, unlike gRPC's
+// default pool, does not zero a buffer it hands out again: the codec
+// writes every byte of it.
+type bufferPool struct{ p sync.Pool }
+
+// buffers keeps the codec's buffers: the codec has no state of its own.
+var buffers = new(bufferPool)
+
+func (bp *bufferPool) Get(n int) *[]byte {
+	if b, ok := bp.p.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n, max(n, 64<<10))
+	return &b
+}
+
+func (bp *bufferPool) Put(b *[]byte) { bp.p.Put(b) }
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(framed)
@@ -123,33 +156,58 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// encodeRow gives a row's JSON: JSON text ([]byte, json.RawMessage or a
-// string) as it is (bytes unchecked: the engine reads them as JSON), anything
-// else marshalled.
-func encodeRow(row any) (json.RawMessage, error) {
-	switch v := row.(type) {
-	case json.RawMessage:
-		if json.Valid(v) {
-			return v, nil
+// encodeRows gives the rows' JSON: JSON text ([]byte, json.RawMessage or a
+// string) as it is (bytes unchecked: the engine reads them as JSON), a flat
+// map (the rows of a YAML calc) written by hand into one buffer for the
+// batch, anything else marshalled. A row that cannot be encoded is an
+// error naming its index.
+func encodeRows(rows []any) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, len(rows))
+	var buf []byte
+	var spans [][3]int // row index, start and end in buf
+	for i, row := range rows {
+		switch v := row.(type) {
+		case []byte:
+			// Bytes rows are JSON to the engine (sources give them).
+			if len(v) > 0 {
+				out[i] = v
+				continue
+			}
+		case json.RawMessage:
+			if json.Valid(v) {
+				out[i] = v
+				continue
+			}
+		case string:
+			// Text rows are JSON to the engine, as []byte ones are.
+			if json.Valid([]byte(v)) {
+				out[i] = json.RawMessage(v)
+				continue
+			}
+		case map[string]any:
+			if buf == nil {
+				buf = make([]byte, 0, 64*(len(rows)-i))
+			}
+			start := len(buf)
+			var ok bool
+			if buf, ok = jsonl.AppendFlatUnordered(buf, v); ok {
+				spans = append(spans, [3]int{i, start, len(buf)})
+				continue
+			}
+			buf = buf[:start]
 		}
-	case []byte:
-		// Bytes rows are JSON to the engine (sources give them).
-		if len(v) > 0 {
-			return v, nil
+		// Map keys in any order: the row is read by field, and sorting
+		// them costs a tenth of a call.
+		b, err := gojson.MarshalWithOption(row, gojson.UnorderedMap())
+		if err != nil {
+			return nil, fmt.Errorf("row %d of type %T cannot travel to or from a remote function as JSON: %w", i, row, err)
 		}
-	case string:
-		// Text rows are JSON to the engine, as []byte ones are.
-		if json.Valid([]byte(v)) {
-			return json.RawMessage(v), nil
-		}
+		out[i] = b
 	}
-	// Map keys in any order: the row is read by field, and sorting them
-	// costs a tenth of a call.
-	b, err := gojson.MarshalWithOption(row, gojson.UnorderedMap())
-	if err != nil {
-		return nil, fmt.Errorf("row of type %T cannot travel to a remote function as JSON: %w", row, err)
+	for _, s := range spans {
+		out[s[0]] = buf[s[1]:s[2]:s[2]]
 	}
-	return b, nil
+	return out, nil
 }
 
 // functionsServer is the handler type of the service.
