@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -218,11 +219,11 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 			ps = append(ps, p)
 		}
 	}
-	if c.o.Cluster != Broadcast {
-		ps = c.closed(ps)
-	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("remote function %q: no provider of service %q serves it now (is `kisflow serve` running and registered?); the batch is retried", call.Func, c.o.Service)
+	}
+	if ps = c.usable(ctx, ps); len(ps) == 0 {
+		return nil, fmt.Errorf("remote function %q: the breaker of every provider of service %q is open: %w", call.Func, c.o.Service, filter.ErrBreakerOpen)
 	}
 	field := c.o.HashField
 	if field == "" {
@@ -338,21 +339,43 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 			return nil, err // the function's own error, or the caller gave up
 		}
 		errs = append(errs, err)
-		if fresh := c.liveOf(req.Func); len(fresh) > 0 {
+		if fresh := c.liveOf(ctx, req.Func); len(fresh) > 0 {
 			ps = fresh // providers that appeared or vanished meanwhile
 		}
 	}
 	return nil, fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...))
 }
 
-func (c *Client) liveOf(fname string) []Provider {
+func (c *Client) liveOf(ctx context.Context, fname string) []Provider {
 	var ps []Provider
 	for _, p := range c.dir.Providers() {
 		if p.serves(fname) {
 			ps = append(ps, p)
 		}
 	}
-	return c.closed(ps)
+	return c.usable(ctx, ps)
+}
+
+// usable returns the providers of ps a call may go to: those whose
+// breaker in this client is closed (all of them when every one's is open;
+// not for broadcast, which calls them all), less those whose breaker of
+// the step's breaker filter is open (driver.BreakersFrom), which may leave
+// none.
+func (c *Client) usable(ctx context.Context, ps []Provider) []Provider {
+	if c.o.Cluster != Broadcast {
+		ps = c.closed(ps)
+	}
+	bs := driver.BreakersFrom(ctx)
+	if bs == nil {
+		return ps
+	}
+	out := make([]Provider, 0, len(ps))
+	for _, p := range ps {
+		if !bs.Open(p.ID) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func (c *Client) forking(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
@@ -424,7 +447,29 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 	// The trace crosses the call: the provider's spans join the flow's.
 	stream.InjectTrace(ctx, func(k, v string) { actx = metadata.AppendToOutgoingContext(actx, k, v) })
 	var rep reply
-	err = cc.Invoke(actx, callMethod, req, &rep)
+	if bs := driver.BreakersFrom(ctx); bs != nil {
+		// The step's breaker filter counts this provider's failures, the
+		// function's own as well as the provider's, as it counts a
+		// local function's; an attempt that timed out counts too (the
+		// caller giving up does not).
+		var out *driver.Outcome
+		err := bs.Do(ctx, p.ID, func(context.Context) error {
+			var err error
+			out, err = c.call(ctx, actx, cc, p, req, &rep)
+			return err
+		})
+		if errors.Is(err, filter.ErrBreakerOpen) {
+			// Its trial call is taken by another: try elsewhere.
+			return nil, &providerError{p, err}
+		}
+		return out, err
+	}
+	return c.call(ctx, actx, cc, p, req, &rep)
+}
+
+// call makes the gRPC call of once, actx its attempt's context.
+func (c *Client) call(ctx, actx context.Context, cc *grpc.ClientConn, p Provider, req *request, rep *reply) (_ *driver.Outcome, failure error) {
+	err := cc.Invoke(actx, callMethod, req, rep)
 	if err == nil {
 		c.record(p, false)
 		return rep.outcome(), nil

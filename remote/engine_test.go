@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/kisflow-go/kisflow"
 	connremote "github.com/kisflow-go/kisflow/connector/remote"
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 	"github.com/kisflow-go/kisflow/remote"
 )
@@ -288,5 +290,94 @@ filter: amount > 3
 		if string(l) != string(r) || len(got[0]) == 0 {
 			t.Errorf("%s: remote rows\n%s\nlocal rows\n%s", n, r, l)
 		}
+	}
+}
+
+// The breaker filter on a remote step breaks per provider: a provider
+// whose function keeps failing is left out after `failures` failures
+// while the other provider gets every call; the step fails fast with
+// filter.ErrBreakerOpen only once every provider's breaker is open.
+func TestBreakerFilterOnARemoteStepBreaksPerProvider(t *testing.T) {
+	t.Parallel()
+	var badCalls, goodCalls atomic.Int64
+	provider := func(fail bool, calls *atomic.Int64) string {
+		reg := kisflow.NewRegistry()
+		reg.MustRegister("Price", kisflow.FuncRows(func(_ context.Context, f kisflow.Flow, rows []any) error {
+			calls.Add(1)
+			if fail {
+				return errors.New("pricing database down")
+			}
+			return f.CommitRowBatch(rows)
+		}))
+		return serveEngine(t, testenv.Engine(t, reg, map[string]string{"f.yml": "kistype: func\nfname: Price\nfmode: Calculate\n"}), "Price")
+	}
+	bad, good := provider(true, &badCalls), provider(false, &goodCalls)
+	bad2 := provider(true, new(atomic.Int64))
+	creg := kisflow.NewRegistry()
+	if err := connremote.Install(creg); err != nil {
+		t.Fatal(err)
+	}
+	conf := func(addrs string) string {
+		return fmt.Sprintf(`kistype: conn
+cname: pricing
+type: remote
+addrs: %s
+params:
+  registry: static
+  cluster: failfast
+  loadbalance: round_robin
+  breaker_failures: 0
+---
+kistype: func
+fname: Price
+fmode: Calculate
+option:
+  cname: pricing
+  filters:
+    - {name: breaker, params: {failures: 2, cooldown: 1h}}
+---
+kistype: flow
+status: 1
+flow_name: Orders
+flows:
+  - fname: Price
+`, addrs)
+	}
+	ctx := context.Background()
+	run := func(eng *kisflow.Engine) error {
+		fl, err := eng.Flow(ctx, "Orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = fl.CommitRow(`{"id":1}`)
+		_, err = fl.Run(ctx)
+		return err
+	}
+	eng := testenv.Engine(t, creg, map[string]string{"c.yml": conf(bad + "," + good)})
+	failed := 0
+	for range 20 {
+		if err := run(eng); err != nil {
+			if errors.Is(err, filter.ErrBreakerOpen) {
+				t.Fatalf("the step failed fast though a provider's breaker is closed: %v", err)
+			}
+			failed++
+		}
+	}
+	// Round robin: bad, good, bad (its breaker opens), then good only. A
+	// breaker per connector would never open (good's successes reset it)
+	// and bad would get every other call.
+	if badCalls.Load() != 2 || failed != 2 || goodCalls.Load() != 18 {
+		t.Fatalf("bad provider called %d times, good %d, %d runs failed: want 2, 18, 2", badCalls.Load(), goodCalls.Load(), failed)
+	}
+
+	// Every provider's breaker open: the step fails fast.
+	both := testenv.Engine(t, creg, map[string]string{"c.yml": conf(bad + "," + bad2)})
+	for range 4 {
+		if err := run(both); err == nil || errors.Is(err, filter.ErrBreakerOpen) {
+			t.Fatalf("a call while a breaker was closed: %v, want the function's error", err)
+		}
+	}
+	if err := run(both); !errors.Is(err, filter.ErrBreakerOpen) {
+		t.Fatalf("every provider's breaker open: %v, want filter.ErrBreakerOpen", err)
 	}
 }
