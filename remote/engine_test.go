@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/kisflow-go/kisflow"
 	connremote "github.com/kisflow-go/kisflow/connector/remote"
 	"github.com/kisflow-go/kisflow/filter"
@@ -379,5 +382,69 @@ flows:
 	}
 	if err := run(both); !errors.Is(err, filter.ErrBreakerOpen) {
 		t.Fatalf("every provider's breaker open: %v, want filter.ErrBreakerOpen", err)
+	}
+}
+
+// One trace shows the flow and the remote function: the provider's spans
+// carry the caller's trace ID, and the provider's function span descends
+// from the caller's span of the remote step (gRPC metadata, traceparent).
+func TestOneTraceShowsTheFlowAndTheRemoteFunction(t *testing.T) {
+	t.Parallel()
+	pexp, cexp := tracetest.NewInMemoryExporter(), tracetest.NewInMemoryExporter()
+	ptp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(pexp))
+	ctp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(cexp))
+	fn := "kistype: func\nfname: Price\nfmode: Calculate\n"
+	addr := serveEngine(t, testenv.Engine(t, kisflow.NewRegistry(), map[string]string{"f.yml": fn + "calc:\n  price: amount * 2\n"},
+		kisflow.WithTracerProvider(ptp)), "Price")
+	creg := kisflow.NewRegistry()
+	if err := connremote.Install(creg); err != nil {
+		t.Fatal(err)
+	}
+	ceng := testenv.Engine(t, creg, map[string]string{"c.yml": fmt.Sprintf("kistype: conn\ncname: p\ntype: remote\naddrs: %s\nparams:\n  registry: static\n---\n", addr) +
+		fn + "option:\n  cname: p\n---\nkistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Price\n"}, kisflow.WithTracerProvider(ctp))
+	ctx := context.Background()
+	fl, err := ceng.Flow(ctx, "Orders")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = fl.CommitRow(`{"id":1,"amount":2}`)
+	if _, err := fl.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	byName := func(exp *tracetest.InMemoryExporter) map[string]tracetest.SpanStub {
+		m := map[string]tracetest.SpanStub{}
+		for _, s := range exp.GetSpans() {
+			m[s.Name] = s
+		}
+		return m
+	}
+	caller, prov := byName(cexp), byName(pexp)
+	run, step := caller["flow Orders"], caller["func Price"]
+	remoteFn := prov["func Price"]
+	if !run.SpanContext.IsValid() || !step.SpanContext.IsValid() || !remoteFn.SpanContext.IsValid() {
+		t.Fatalf("caller spans %v, provider spans %v: want flow Orders and func Price in the caller, func Price in the provider", caller, prov)
+	}
+	for name, s := range prov {
+		if s.SpanContext.TraceID() != run.SpanContext.TraceID() {
+			t.Errorf("provider span %q is in trace %s, the flow in %s", name, s.SpanContext.TraceID(), run.SpanContext.TraceID())
+		}
+	}
+	// Up from the provider's function span: its first span outside the
+	// provider is the caller's remote step.
+	s := remoteFn
+	for s.Parent.IsValid() && !s.Parent.IsRemote() {
+		var found bool
+		for _, p := range prov {
+			if p.SpanContext.SpanID() == s.Parent.SpanID() {
+				s, found = p, true
+				break
+			}
+		}
+		if !found {
+			t.Fatalf("provider span %q has a parent %s that is no span of the provider", s.Name, s.Parent.SpanID())
+		}
+	}
+	if s.Parent.SpanID() != step.SpanContext.SpanID() {
+		t.Fatalf("the provider's spans hang under %s, want the caller's func Price span %s", s.Parent.SpanID(), step.SpanContext.SpanID())
 	}
 }
