@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -287,10 +288,15 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	return merged, nil
 }
 
-// rowKey is the text of field in a JSON row ("" when absent).
+// rowKey is the text of field in a JSON row: a string's value, another
+// value's JSON text, "" when the row has no such field, the whole row when
+// field is "". It scans the row for the field instead of decoding it.
 func rowKey(raw json.RawMessage, field string) string {
 	if field == "" {
 		return string(raw)
+	}
+	if v, ok := scanField(raw, field); ok {
+		return v
 	}
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) != nil {
@@ -302,6 +308,115 @@ func rowKey(raw json.RawMessage, field string) string {
 		return s
 	}
 	return string(v)
+}
+
+// scanField finds field among the members of the JSON object b, as
+// rowKey returns it; ok == false leaves the row to a decoder (escaped
+// keys or strings, or text that is no object).
+func scanField(b []byte, field string) (string, bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return "", false
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return "", skipSpace(b, i+1) == len(b)
+	}
+	var found []byte // the field's value
+	for i < len(b) {
+		if b[i] != '"' {
+			return "", false
+		}
+		end := bytes.IndexByte(b[i+1:], '"')
+		if end < 0 {
+			return "", false
+		}
+		key := b[i+1 : i+1+end]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			return "", false
+		}
+		i = skipSpace(b, i+2+end)
+		if i >= len(b) || b[i] != ':' {
+			return "", false
+		}
+		start := skipSpace(b, i+1)
+		stop, ok := skipValue(b, start)
+		if !ok {
+			return "", false
+		}
+		if string(key) == field {
+			found = b[start:stop]
+		}
+		i = skipSpace(b, stop)
+		if i >= len(b) {
+			return "", false
+		}
+		switch b[i] {
+		case '}':
+			if skipSpace(b, i+1) != len(b) {
+				return "", false
+			}
+			switch {
+			case found == nil || string(found) == "null":
+				return "", true
+			case found[0] != '"':
+				return string(found), true
+			case bytes.IndexByte(found, '\\') >= 0:
+				return "", false
+			}
+			return string(found[1 : len(found)-1]), true
+		case ',':
+			i = skipSpace(b, i+1)
+		default:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index after the JSON value starting at b[i].
+func skipValue(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return i, false
+	}
+	depth := 0
+	for j := i; j < len(b); j++ {
+		switch c := b[j]; c {
+		case '"':
+			for j++; j < len(b) && b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					j++
+				}
+			}
+			if j >= len(b) {
+				return j, false
+			}
+			if depth == 0 {
+				return j + 1, true
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return j, j > i
+			}
+			if depth--; depth == 0 {
+				return j + 1, true
+			}
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return j, j > i
+			}
+		}
+	}
+	return len(b), depth == 0 && len(b) > i
 }
 
 // strategy runs req through the cluster strategy over ps.
