@@ -25,6 +25,13 @@ type order struct {
 	Price  int `json:"price"`
 }
 
+// remotePrice is a function Price with the connector pricing, and
+// ordersFlow a flow Orders of it alone.
+const (
+	remotePrice = "kistype: func\nfname: Price\nfmode: Calculate\noption:\n  cname: pricing\n"
+	ordersFlow  = "kistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Price\n"
+)
+
 // serveEngine serves the functions of a provider engine in-process, with
 // no registry, and returns its address.
 func serveEngine(t *testing.T, eng *kisflow.Engine, funcs ...string) string {
@@ -331,20 +338,7 @@ params:
   loadbalance: round_robin
   breaker_failures: 0
 ---
-kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
-  filters:
-    - {name: breaker, params: {failures: 2, cooldown: 1h}}
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-`, addrs)
+`, addrs) + remotePrice + "  filters:\n    - {name: breaker, params: {failures: 2, cooldown: 1h}}\n---\n" + ordersFlow
 	}
 	ctx := context.Background()
 	run := func(eng *kisflow.Engine) error {

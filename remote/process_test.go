@@ -152,6 +152,9 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	return dir
 }
 
+// followIn is a file source that follows in.jsonl.
+const followIn = "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n  follow: true\n  poll: 10ms\n---\n"
+
 const providerYAML = `kistype: func
 fname: Price
 fmode: Calculate
@@ -234,15 +237,7 @@ func failOver(t *testing.T, sink, delivery string) {
 
 	cdir := writeFiles(t, map[string]string{
 		"in.jsonl": "",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: in
-type: file
-params:
-  path: in.jsonl
-  follow: true
-  poll: 10ms
----
-%s---
+		"conns.yml": followIn + fmt.Sprintf(`%s---
 kistype: conn
 cname: pricing
 type: remote
@@ -254,23 +249,7 @@ params:
   retries: 2
   timeout: 2s
 `, sink, url, service, bucket),
-		"flow.yml": `kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
-  source: in
-  sink: out
-  batch_size: 20
-  linger: 5ms
-  delivery: ` + delivery + "\n"})
+		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  batch_size: 20\n  linger: 5ms\n  delivery: " + delivery + "\n"})
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 3000
 	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
@@ -431,15 +410,7 @@ func TestThreeProvidersAndAFlowProcess(t *testing.T) {
 	const timeout = 2 * time.Second
 	cdir := writeFiles(t, map[string]string{
 		"in.jsonl": "",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: in
-type: file
-params:
-  path: in.jsonl
-  follow: true
-  poll: 10ms
----
-kistype: conn
+		"conns.yml": followIn + fmt.Sprintf(`kistype: conn
 cname: out
 type: file
 params:
@@ -458,24 +429,7 @@ params:
   retries: 2
   timeout: %s
 `, url, service, bucket, timeout),
-		"flow.yml": `kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
-  source: in
-  sink: out
-  key: user
-  batch_size: 40
-  linger: 5ms
-`})
+		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  key: user\n  batch_size: 40\n  linger: 5ms\n"})
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
