@@ -70,6 +70,19 @@ func BenchmarkRemoteStep(b *testing.B) {
 			benchPair(b, local, remote)
 		})
 	}
+	// The YAML calc served by a `kisflow serve` process, as it runs in
+	// production: the provider has its own heap and scheduler.
+	b.Run("yaml_calc_process", func(b *testing.B) {
+		local := testenv.Engine(b, kisflow.NewRegistry(), map[string]string{"f.yml": calc + "---\n" + benchFlow})
+		_, addr := serving(b, writeFiles(b, map[string]string{"f.yml": calc}), "--service", "bench", "--registry", "none")
+		creg := kisflow.NewRegistry()
+		if err := connremote.Install(creg); err != nil {
+			b.Fatal(err)
+		}
+		conn := fmt.Sprintf("kistype: conn\ncname: p\ntype: remote\naddrs: %s\nparams:\n  registry: static\n---\n", addr)
+		remote := testenv.Engine(b, creg, map[string]string{"f.yml": conn + "kistype: func\nfname: F\nfmode: Calculate\noption:\n  cname: p\n---\n" + benchFlow})
+		benchPair(b, local, remote)
+	})
 }
 
 const benchFlow = "kistype: flow\nstatus: 1\nflow_name: Fl\nflows:\n  - fname: F\n"

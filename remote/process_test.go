@@ -31,7 +31,7 @@ var (
 	binErr  error
 )
 
-func kisflowBin(t *testing.T) string {
+func kisflowBin(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		if b := os.Getenv("KISFLOW_REMOTE_BIN"); b != "" {
@@ -76,7 +76,7 @@ func (p *proc) output() string {
 	return p.out.String()
 }
 
-func start(t *testing.T, args ...string) *proc {
+func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(kisflowBin(t), args...), done: make(chan struct{}), line: make(chan string, 100)}
 	p.cmd.Stderr = p
@@ -112,7 +112,7 @@ func start(t *testing.T, args ...string) *proc {
 
 // serving starts `kisflow serve` and returns it with the address it
 // registered.
-func serving(t *testing.T, dir string, args ...string) (*proc, string) {
+func serving(t testing.TB, dir string, args ...string) (*proc, string) {
 	t.Helper()
 	p := start(t, append([]string{"serve", dir}, args...)...)
 	select {
@@ -141,7 +141,7 @@ func (p *proc) wait(t *testing.T, d time.Duration) int {
 	return -1
 }
 
-func writeFiles(t *testing.T, files map[string]string) string {
+func writeFiles(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, data := range files {

@@ -197,11 +197,7 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		}
 		ctx = stream.ExtractTrace(ctx, h)
 	}
-	rows := make([]any, len(req.Rows))
-	for i, r := range req.Rows {
-		rows[i] = []byte(r)
-	}
-	out, err := s.eng.Invoke(ctx, req.Func, req.Params, rows)
+	out, err := s.eng.Invoke(ctx, req.Func, req.Params, req.In)
 	if err != nil {
 		switch {
 		case errors.Is(err, kisflow.ErrUnknownFunction):

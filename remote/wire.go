@@ -36,11 +36,13 @@ type request struct {
 	Func   string            `json:"func"`
 	Params map[string]string `json:"params,omitempty"`
 	Rows   []json.RawMessage `json:"-"` // framed after the header
+	In     []any             `json:"-"` // the rows received, each a []byte
 }
 
 // reply is what the function produced.
 type reply struct {
 	Rows           []json.RawMessage `json:"-"` // framed after the header
+	In             []any             `json:"-"` // the rows received, each a []byte
 	Errors         []rowError        `json:"errors,omitempty"`
 	DataReuse      bool              `json:"data_reuse,omitempty"`
 	ForceEntryNext bool              `json:"force_entry_next,omitempty"`
@@ -57,10 +59,17 @@ type rowError struct {
 // its length and its bytes: rows are JSON text already, and framing them
 // saves re-validating and copying every row through a JSON array (a batch
 // of 1000 small rows costs tens of microseconds instead of milliseconds).
-type framed interface{ rowsOf() *[]json.RawMessage }
+// Rows are sent from Rows and received into In, as the []byte rows the
+// engine takes: no second slice of them is made.
+type framed interface {
+	rowsOf() []json.RawMessage
+	received(rows []any)
+}
 
-func (r *request) rowsOf() *[]json.RawMessage { return &r.Rows }
-func (r *reply) rowsOf() *[]json.RawMessage   { return &r.Rows }
+func (r *request) rowsOf() []json.RawMessage { return r.Rows }
+func (r *reply) rowsOf() []json.RawMessage   { return r.Rows }
+func (r *request) received(rows []any)       { r.In = rows }
+func (r *reply) received(rows []any)         { r.In = rows }
 
 // codec is the service's codec, forced on both ends (so no process-wide
 // registration is needed): a message is its JSON header, then its rows
@@ -78,7 +87,7 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("kisflow-json codec: cannot marshal %T", v)
 	}
-	rows := *f.rowsOf()
+	rows := f.rowsOf()
 	n := binary.MaxVarintLen64 * (2 + len(rows))
 	n += len(head)
 	for _, r := range rows {
@@ -118,17 +127,18 @@ func (bp *bufferPool) Get(n int) *[]byte {
 
 func (bp *bufferPool) Put(b *[]byte) { bp.p.Put(b) }
 
+var errTruncated = errors.New("kisflow-json codec: truncated message")
+
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(framed)
 	if !ok {
 		return fmt.Errorf("kisflow-json codec: cannot unmarshal into %T", v)
 	}
 	b := data.Materialize()
-	bad := errors.New("kisflow-json codec: truncated message")
 	next := func() ([]byte, error) {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || uint64(len(b)-k) < n {
-			return nil, bad
+			return nil, errTruncated
 		}
 		out := b[k : k+int(n) : k+int(n)]
 		b = b[k+int(n):]
@@ -143,16 +153,18 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	count, k := binary.Uvarint(b)
 	if k <= 0 || count > uint64(len(b)) {
-		return bad
+		return errTruncated
 	}
 	b = b[k:]
-	rows := make([]json.RawMessage, count)
+	rows := make([]any, count)
 	for i := range rows {
-		if rows[i], err = next(); err != nil {
+		row, err := next()
+		if err != nil {
 			return err
 		}
+		rows[i] = row
 	}
-	*f.rowsOf() = rows
+	f.received(rows)
 	return nil
 }
 
@@ -238,11 +250,8 @@ var serviceDesc = grpc.ServiceDesc{
 // outcome turns a reply into the engine's Outcome; rows stay JSON text.
 func (r *reply) outcome() *driver.Outcome {
 	out := &driver.Outcome{DataReuse: r.DataReuse, ForceEntryNext: r.ForceEntryNext, JumpFunc: r.JumpFunc, Abort: r.Abort}
-	if len(r.Rows) > 0 {
-		out.Rows = make([]any, len(r.Rows))
-		for i, b := range r.Rows {
-			out.Rows[i] = []byte(b)
-		}
+	if len(r.In) > 0 {
+		out.Rows = r.In
 	}
 	for _, e := range r.Errors {
 		out.RowErrors = append(out.RowErrors, driver.RowError{Index: e.Index, Msg: e.Error})
