@@ -143,9 +143,10 @@ func (e *Engine) chain(refs []config.FilterRef, fl *config.Flow, fn *config.Func
 		all = append(all, config.FilterRef{Name: d})
 	}
 	all = append(all, refs...)
+	remote := fn != nil && e.remoteConn(fn.Option.CName)
 	var ch filter.Chain
 	for _, ref := range all {
-		f, err := e.reg.buildFilter(ref, fl, fn, params, e.env)
+		f, err := e.reg.buildFilter(ref, fl, fn, params, remote, e.env)
 		if err != nil {
 			return nil, fmt.Errorf("filter %q: %w", ref.Name, err)
 		}

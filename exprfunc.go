@@ -10,6 +10,7 @@ import (
 	"github.com/expr-lang/expr/vm"
 
 	"github.com/kisflow-go/kisflow/internal/flatjson"
+	"github.com/kisflow-go/kisflow/internal/jsonl"
 
 	"github.com/kisflow-go/kisflow/config"
 )
@@ -56,6 +57,7 @@ type exprBinding struct {
 	layer int
 	vm    vm.VM
 	rows  rowReader
+	text  []byte // the chunk the rows written as JSON text are in (flow.textRows)
 }
 
 func (b *exprBinding) call(ctx context.Context, in []any) error {
@@ -76,7 +78,12 @@ func (b *exprBinding) call(ctx context.Context, in []any) error {
 				continue
 			}
 		}
+		if len(h.calc) == 0 && b.fl.textRows {
+			b.fl.run.Commit(row) // it passed the filter as it came
+			continue
+		}
 		if len(h.calc) > 0 {
+			added := true // every calc field is new to the row
 			for j, p := range h.calc {
 				v, err := b.vm.Run(p, m)
 				if err != nil {
@@ -84,10 +91,20 @@ func (b *exprBinding) call(ctx context.Context, in []any) error {
 					m = nil
 					break
 				}
+				if _, had := m[h.fields[j]]; had {
+					added = false
+				}
 				m[h.fields[j]] = v
 			}
 			if m == nil {
 				continue
+			}
+			if added && len(h.keep) == 0 && b.fl.textRows {
+				if text, out, ok := appendFields(b.text, row, m, h.fields); ok {
+					b.text = text
+					b.fl.run.Commit(out)
+					continue
+				}
 			}
 			if len(h.keep) > 0 {
 				kept := make(map[string]any, len(h.keep))
@@ -103,6 +120,54 @@ func (b *exprBinding) call(ctx context.Context, in []any) error {
 	}
 	return nil
 }
+
+// appendFields writes out, row (a JSON object as text) with the fields
+// added at its end, their values from m: the calc's output row written
+// without encoding the fields the row had. It writes out at the end of
+// text, the chunk the rows of earlier calls are in, or in a new chunk when
+// text has not the room, and returns the chunk. ok == false when row is no
+// JSON text or a value is not flat (the caller commits m).
+func appendFields(text []byte, row any, m map[string]any, fields []string) (_, out []byte, ok bool) {
+	var raw []byte
+	switch v := row.(type) {
+	case []byte:
+		raw = v
+	case string:
+		raw = unsafe.Slice(unsafe.StringData(v), len(v))
+	default:
+		return text, nil, false
+	}
+	end := len(raw) - 1
+	for end >= 0 && isSpace(raw[end]) {
+		end--
+	}
+	if end < 1 || raw[end] != '}' {
+		return text, nil, false
+	}
+	last := end - 1
+	for last >= 0 && isSpace(raw[last]) {
+		last--
+	}
+	if need := end + 24*len(fields); cap(text)-len(text) < need {
+		text = make([]byte, 0, max(need, 64<<10))
+	}
+	start := len(text)
+	out = append(text, raw[:end]...)
+	for j, k := range fields {
+		if j > 0 || raw[last] != '{' {
+			out = append(out, ',')
+		}
+		if out, ok = jsonl.AppendField(out, k, m[k]); !ok {
+			return text, nil, false
+		}
+	}
+	out = append(out, '}')
+	// A long value may have moved out to a larger array: the next row
+	// goes on there.
+	return out, out[start:len(out):len(out)], true
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // rowReader reads rows as fields, for the functions written in YAML. It
 // keeps a decoder's scratch state: one per flow instance.

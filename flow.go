@@ -117,6 +117,10 @@ type flow struct {
 
 	mustDec   flatjson.Decoder // reads JSON text rows for the source.must check
 	checkMust bool             // a Job's instance: source rows lacking a source.must field are rejected (and dead-lettered)
+	// textRows: an instance of Engine.Invoke, whose rows leave as JSON
+	// text: a YAML function writes its output rows as JSON text when it
+	// can do so without building them as maps first.
+	textRows bool
 
 	call  filter.Call    // of the flow chain, reused from run to run
 	chain filter.Handler // the flow's filters around execute

@@ -243,13 +243,14 @@ func (r *Registry) checkFilter(u config.FilterUse) []config.Problem {
 	return probs
 }
 
-// buildFilter builds one use of a filter; fn is nil for a flow's filter.
-func (r *Registry) buildFilter(ref config.FilterRef, fl *config.Flow, fn *config.Func, fnParams map[string]string, env *filter.Env) (filter.Filter, error) {
+// buildFilter builds one use of a filter; fn is nil for a flow's filter;
+// remote: fn's connector runs it in other processes.
+func (r *Registry) buildFilter(ref config.FilterRef, fl *config.Flow, fn *config.Func, fnParams map[string]string, remote bool, env *filter.Env) (filter.Filter, error) {
 	f, ok := r.filter(ref.Name)
 	if !ok {
 		return nil, fmt.Errorf("unknown filter (known: %v)", r.Filters())
 	}
-	spec := filter.Spec{Name: ref.Name, Params: ref.Params, Kind: filter.FlowRun, Flow: fl, Func: fn, FuncParams: fnParams, Env: env}
+	spec := filter.Spec{Name: ref.Name, Params: ref.Params, Kind: filter.FlowRun, Flow: fl, Func: fn, FuncParams: fnParams, Remote: remote, Env: env}
 	if fn != nil {
 		spec.Kind = filter.FuncCall
 		if fnParams == nil {

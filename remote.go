@@ -107,6 +107,7 @@ func (e *Engine) Invoke(ctx context.Context, fname string, params map[string]str
 	fl, _ := p.pool.Get().(*flow)
 	if fl == nil {
 		fl = e.instance(p.c)
+		fl.textRows = true
 	}
 	defer p.pool.Put(fl)
 	fl.rejected = fl.rejected[:0]

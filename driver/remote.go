@@ -47,3 +47,31 @@ type RowError struct {
 
 // Error returns the row's error message.
 func (e RowError) Error() string { return e.Msg }
+
+// Breakers keeps a circuit breaker per provider of a remote step. The
+// breaker filter on a function whose connector is remote (Spec.Remote)
+// puts one in the context of each call (WithBreakers), so that a provider
+// that keeps failing is left out while the others are still called: a
+// connector's Invoke finds it with BreakersFrom, leaves out the providers
+// whose breaker is Open and runs each call to a provider through Do.
+type Breakers interface {
+	// Open reports whether the breaker of provider id is open now: a call
+	// to it would fail fast.
+	Open(id string) bool
+	// Do runs fn unless the breaker of provider id is open (then it
+	// returns an error without calling fn), and records fn's outcome.
+	Do(ctx context.Context, id string, fn func(context.Context) error) error
+}
+
+type breakersKey struct{}
+
+// WithBreakers returns ctx carrying b.
+func WithBreakers(ctx context.Context, b Breakers) context.Context {
+	return context.WithValue(ctx, breakersKey{}, b)
+}
+
+// BreakersFrom returns the Breakers ctx carries, or nil.
+func BreakersFrom(ctx context.Context) Breakers {
+	b, _ := ctx.Value(breakersKey{}).(Breakers)
+	return b
+}

@@ -57,6 +57,9 @@ const (
 //   - breaker: one circuit breaker per connector (per function when it has
 //     none): `failures` consecutive failures open it, calls then fail with
 //     ErrBreakerOpen for `cooldown`, then one trial call closes or reopens it.
+//     On a remote step (Spec.Remote), one breaker per provider instead
+//     (ProviderBreakers): an open one leaves its provider out, and calls
+//     fail with ErrBreakerOpen only when every provider's is open.
 //   - logging: logs each call at `level` (default debug) and failures at warn.
 //   - metrics: counts calls, rows and errors, times calls (needs Env.Metrics).
 //   - tracing: one span per call (needs Env.Tracer).
@@ -107,7 +110,7 @@ var (
 	retrySpec     = driver.MustSpec[retryParams]("retry", "calls again after a failure, with capped exponential backoff and jitter")
 	timeoutSpec   = driver.MustSpec[timeoutParams]("timeout", "gives each call a deadline; a call past it fails with filter.ErrTimeout")
 	rateLimitSpec = driver.MustSpec[rateLimitParams]("ratelimit", "waits for tokens: one limiter per function, shared by all its instances")
-	breakerSpec   = driver.MustSpec[breakerParams]("breaker", "one circuit breaker per connector (per function without one): fails fast while open")
+	breakerSpec   = driver.MustSpec[breakerParams]("breaker", "one circuit breaker per connector (per function without one; per provider on a remote step): fails fast while open")
 	loggingSpec   = driver.MustSpec[loggingParams]("logging", "logs each call with rows in and out and its duration; failures at warn")
 	metricsSpec   = driver.MustSpec[noParams]("metrics", "counts calls, rows and errors and times calls (left out without metrics)")
 	tracingSpec   = driver.MustSpec[noParams]("tracing", "one span per call (left out without a tracer)")
@@ -357,12 +360,58 @@ func (b *Breaker) done(failed bool) {
 	}
 }
 
+// ProviderBreakers is a Breaker per provider of a remote step (a
+// driver.Breakers), each with the same Failures, Cooldown and Clock. It is
+// safe for concurrent use.
+type ProviderBreakers struct {
+	Failures int
+	Cooldown time.Duration
+	Clock    Clock
+
+	mu sync.Mutex
+	m  map[string]*Breaker
+}
+
+// Breaker returns the breaker of provider id, made closed on first use.
+func (p *ProviderBreakers) Breaker(id string) *Breaker {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.m == nil {
+		p.m = map[string]*Breaker{}
+	}
+	b := p.m[id]
+	if b == nil {
+		b = &Breaker{Failures: p.Failures, Cooldown: p.Cooldown, Clock: p.Clock}
+		p.m[id] = b
+	}
+	return b
+}
+
+// Open reports whether the breaker of provider id is open (and not yet
+// past its cooldown).
+func (p *ProviderBreakers) Open(id string) bool { return p.Breaker(id).State() == BreakerOpen }
+
+// Do runs fn through the breaker of provider id (Breaker.Do).
+func (p *ProviderBreakers) Do(ctx context.Context, id string, fn func(context.Context) error) error {
+	return p.Breaker(id).Do(ctx, fn)
+}
+
 func newBreaker(s Spec) (Filter, error) {
 	p := breakerParams{Failures: DefaultBreakerFailures, Cooldown: DefaultBreakerCooldown}
 	if err := s.Decode(breakerSpec, &p); err != nil {
 		return nil, err
 	}
 	failures, cooldown := p.Failures, p.Cooldown
+	if s.Remote && s.Func != nil {
+		// A remote step: one breaker per provider, shared by the
+		// connector's functions; the connector consults them.
+		bs := s.Env.Shared("breaker/providers/"+s.Func.Option.CName, func() any {
+			return &ProviderBreakers{Failures: failures, Cooldown: cooldown, Clock: s.Env.clock()}
+		}).(*ProviderBreakers)
+		return func(ctx context.Context, c *Call, next Handler) error {
+			return next(driver.WithBreakers(ctx, bs), c)
+		}, nil
+	}
 	key := "breaker/flow/" + s.Flow.FlowName
 	switch {
 	case s.Func != nil && s.Func.Option.CName != "":

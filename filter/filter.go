@@ -89,6 +89,9 @@ type Spec struct {
 	Func *config.Func
 	// FuncParams are the function's merged params (nil for a flow).
 	FuncParams map[string]string
+	// Remote: the function's connector runs it in other processes
+	// (driver.Spec.Remote), each call going to one of its providers.
+	Remote bool
 	// Env is the engine's shared environment.
 	Env *Env
 }

@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/filter"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -181,6 +183,8 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 		return cc, nil
 	}
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithWriteBufferSize(transportBuffer), grpc.WithReadBufferSize(transportBuffer),
+		grpc.WithInitialWindowSize(transportWindow), grpc.WithInitialConnWindowSize(transportWindow),
 		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{}), grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)))
 	if err != nil {
 		return nil, err
@@ -205,25 +209,22 @@ func (e *providerError) Unwrap() error { return e.err }
 // function's own failure is returned as it is (with its stream.Permanent
 // or stream.Fatal mark), for the flow's retries and dead-letter path.
 func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.Outcome, error) {
-	req := &request{Flow: call.Flow, Func: call.Func, Params: call.Params, Rows: make([]json.RawMessage, len(call.Rows))}
-	for i, row := range call.Rows {
-		b, err := encodeRow(row)
-		if err != nil {
-			return nil, stream.Permanent(fmt.Errorf("remote function %q: row %d: %w", call.Func, i, err))
-		}
-		req.Rows[i] = b
+	encoded, err := encodeRows(call.Rows)
+	if err != nil {
+		return nil, stream.Permanent(fmt.Errorf("remote function %q: %w", call.Func, err))
 	}
+	req := &request{Flow: call.Flow, Func: call.Func, Params: call.Params, Rows: encoded}
 	var ps []Provider
 	for _, p := range c.dir.Providers() {
 		if p.serves(call.Func) {
 			ps = append(ps, p)
 		}
 	}
-	if c.o.Cluster != Broadcast {
-		ps = c.closed(ps)
-	}
 	if len(ps) == 0 {
 		return nil, fmt.Errorf("remote function %q: no provider of service %q serves it now (is `kisflow serve` running and registered?); the batch is retried", call.Func, c.o.Service)
+	}
+	if ps = c.usable(ctx, ps); len(ps) == 0 {
+		return nil, fmt.Errorf("remote function %q: the breaker of every provider of service %q is open: %w", call.Func, c.o.Service, filter.ErrBreakerOpen)
 	}
 	field := c.o.HashField
 	if field == "" {
@@ -287,10 +288,15 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	return merged, nil
 }
 
-// rowKey is the text of field in a JSON row ("" when absent).
+// rowKey is the text of field in a JSON row: a string's value, another
+// value's JSON text, "" when the row has no such field, the whole row when
+// field is "". It scans the row for the field instead of decoding it.
 func rowKey(raw json.RawMessage, field string) string {
 	if field == "" {
 		return string(raw)
+	}
+	if v, ok := scanField(raw, field); ok {
+		return v
 	}
 	var m map[string]json.RawMessage
 	if json.Unmarshal(raw, &m) != nil {
@@ -302,6 +308,115 @@ func rowKey(raw json.RawMessage, field string) string {
 		return s
 	}
 	return string(v)
+}
+
+// scanField finds field among the members of the JSON object b, as
+// rowKey returns it; ok == false leaves the row to a decoder (escaped
+// keys or strings, or text that is no object).
+func scanField(b []byte, field string) (string, bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return "", false
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return "", skipSpace(b, i+1) == len(b)
+	}
+	var found []byte // the field's value
+	for i < len(b) {
+		if b[i] != '"' {
+			return "", false
+		}
+		end := bytes.IndexByte(b[i+1:], '"')
+		if end < 0 {
+			return "", false
+		}
+		key := b[i+1 : i+1+end]
+		if bytes.IndexByte(key, '\\') >= 0 {
+			return "", false
+		}
+		i = skipSpace(b, i+2+end)
+		if i >= len(b) || b[i] != ':' {
+			return "", false
+		}
+		start := skipSpace(b, i+1)
+		stop, ok := skipValue(b, start)
+		if !ok {
+			return "", false
+		}
+		if string(key) == field {
+			found = b[start:stop]
+		}
+		i = skipSpace(b, stop)
+		if i >= len(b) {
+			return "", false
+		}
+		switch b[i] {
+		case '}':
+			if skipSpace(b, i+1) != len(b) {
+				return "", false
+			}
+			switch {
+			case found == nil || string(found) == "null":
+				return "", true
+			case found[0] != '"':
+				return string(found), true
+			case bytes.IndexByte(found, '\\') >= 0:
+				return "", false
+			}
+			return string(found[1 : len(found)-1]), true
+		case ',':
+			i = skipSpace(b, i+1)
+		default:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the index after the JSON value starting at b[i].
+func skipValue(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return i, false
+	}
+	depth := 0
+	for j := i; j < len(b); j++ {
+		switch c := b[j]; c {
+		case '"':
+			for j++; j < len(b) && b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					j++
+				}
+			}
+			if j >= len(b) {
+				return j, false
+			}
+			if depth == 0 {
+				return j + 1, true
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return j, j > i
+			}
+			if depth--; depth == 0 {
+				return j + 1, true
+			}
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return j, j > i
+			}
+		}
+	}
+	return len(b), depth == 0 && len(b) > i
 }
 
 // strategy runs req through the cluster strategy over ps.
@@ -339,21 +454,43 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 			return nil, err // the function's own error, or the caller gave up
 		}
 		errs = append(errs, err)
-		if fresh := c.liveOf(req.Func); len(fresh) > 0 {
+		if fresh := c.liveOf(ctx, req.Func); len(fresh) > 0 {
 			ps = fresh // providers that appeared or vanished meanwhile
 		}
 	}
 	return nil, fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...))
 }
 
-func (c *Client) liveOf(fname string) []Provider {
+func (c *Client) liveOf(ctx context.Context, fname string) []Provider {
 	var ps []Provider
 	for _, p := range c.dir.Providers() {
 		if p.serves(fname) {
 			ps = append(ps, p)
 		}
 	}
-	return c.closed(ps)
+	return c.usable(ctx, ps)
+}
+
+// usable returns the providers of ps a call may go to: those whose
+// breaker in this client is closed (all of them when every one's is open;
+// not for broadcast, which calls them all), less those whose breaker of
+// the step's breaker filter is open (driver.BreakersFrom), which may leave
+// none.
+func (c *Client) usable(ctx context.Context, ps []Provider) []Provider {
+	if c.o.Cluster != Broadcast {
+		ps = c.closed(ps)
+	}
+	bs := driver.BreakersFrom(ctx)
+	if bs == nil {
+		return ps
+	}
+	out := make([]Provider, 0, len(ps))
+	for _, p := range ps {
+		if !bs.Open(p.ID) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func (c *Client) forking(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
@@ -425,7 +562,29 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 	// The trace crosses the call: the provider's spans join the flow's.
 	stream.InjectTrace(ctx, func(k, v string) { actx = metadata.AppendToOutgoingContext(actx, k, v) })
 	var rep reply
-	err = cc.Invoke(actx, callMethod, req, &rep)
+	if bs := driver.BreakersFrom(ctx); bs != nil {
+		// The step's breaker filter counts this provider's failures, the
+		// function's own as well as the provider's, as it counts a
+		// local function's; an attempt that timed out counts too (the
+		// caller giving up does not).
+		var out *driver.Outcome
+		err := bs.Do(ctx, p.ID, func(context.Context) error {
+			var err error
+			out, err = c.call(ctx, actx, cc, p, req, &rep)
+			return err
+		})
+		if errors.Is(err, filter.ErrBreakerOpen) {
+			// Its trial call is taken by another: try elsewhere.
+			return nil, &providerError{p, err}
+		}
+		return out, err
+	}
+	return c.call(ctx, actx, cc, p, req, &rep)
+}
+
+// call makes the gRPC call of once, actx its attempt's context.
+func (c *Client) call(ctx, actx context.Context, cc *grpc.ClientConn, p Provider, req *request, rep *reply) (_ *driver.Outcome, failure error) {
+	err := cc.Invoke(actx, callMethod, req, rep)
 	if err == nil {
 		c.record(p, false)
 		return rep.outcome(), nil

@@ -7,9 +7,11 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,7 +31,7 @@ var (
 	binErr  error
 )
 
-func kisflowBin(t *testing.T) string {
+func kisflowBin(t testing.TB) string {
 	t.Helper()
 	binOnce.Do(func() {
 		if b := os.Getenv("KISFLOW_REMOTE_BIN"); b != "" {
@@ -74,7 +76,7 @@ func (p *proc) output() string {
 	return p.out.String()
 }
 
-func start(t *testing.T, args ...string) *proc {
+func start(t testing.TB, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(kisflowBin(t), args...), done: make(chan struct{}), line: make(chan string, 100)}
 	p.cmd.Stderr = p
@@ -110,7 +112,7 @@ func start(t *testing.T, args ...string) *proc {
 
 // serving starts `kisflow serve` and returns it with the address it
 // registered.
-func serving(t *testing.T, dir string, args ...string) (*proc, string) {
+func serving(t testing.TB, dir string, args ...string) (*proc, string) {
 	t.Helper()
 	p := start(t, append([]string{"serve", dir}, args...)...)
 	select {
@@ -139,7 +141,7 @@ func (p *proc) wait(t *testing.T, d time.Duration) int {
 	return -1
 }
 
-func writeFiles(t *testing.T, files map[string]string) string {
+func writeFiles(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, data := range files {
@@ -149,6 +151,9 @@ func writeFiles(t *testing.T, files map[string]string) string {
 	}
 	return dir
 }
+
+// followIn is a file source that follows in.jsonl.
+const followIn = "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n  follow: true\n  poll: 10ms\n---\n"
 
 const providerYAML = `kistype: func
 fname: Price
@@ -232,15 +237,7 @@ func failOver(t *testing.T, sink, delivery string) {
 
 	cdir := writeFiles(t, map[string]string{
 		"in.jsonl": "",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: in
-type: file
-params:
-  path: in.jsonl
-  follow: true
-  poll: 10ms
----
-%s---
+		"conns.yml": followIn + fmt.Sprintf(`%s---
 kistype: conn
 cname: pricing
 type: remote
@@ -252,23 +249,7 @@ params:
   retries: 2
   timeout: 2s
 `, sink, url, service, bucket),
-		"flow.yml": `kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
-  source: in
-  sink: out
-  batch_size: 20
-  linger: 5ms
-  delivery: ` + delivery + "\n"})
+		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  batch_size: 20\n  linger: 5ms\n  delivery: " + delivery + "\n"})
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 3000
 	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
@@ -385,4 +366,222 @@ func TestServeReadsTheGlobalServeBlock(t *testing.T) {
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, 10*time.Second)
+}
+
+// TestThreeProvidersAndAFlowProcess runs `kisflow serve` processes and a
+// `kisflow run` flow process against the machine's NATS, the remote step
+// with consistent_hash on the stream key, version 1 and group green:
+//
+//   - A and B serve version 1, group green; X serves version 1, group blue,
+//     and Y version 2, group green: X and Y never get a row (version and
+//     group routing);
+//   - while A and B are up, each user's rows go to one of them
+//     (affinity), and both get users;
+//   - A is SIGKILLed mid-stream: no row is lost, and the rows written
+//     right after the kill come out within the connector's timeout
+//     (failover, not the runtime's retries);
+//   - C registers mid-stream and gets traffic; once A's registration has
+//     expired, each user is again on one provider, and a user of B either
+//     stayed on B or moved to C: keys move only to the new provider
+//     (minimal movement).
+//
+// Each provider's calc writes its name into the rows (by), which is how
+// the test tells who computed a row.
+func TestThreeProvidersAndAFlowProcess(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	serve := func(name, version, group string) (*proc, string) {
+		dir := writeFiles(t, map[string]string{"funcs.yml": fmt.Sprintf("kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n  by: '%q'\n", name)})
+		return serving(t, dir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s", "--version", version, "--group", group)
+	}
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	a, aAddr := serve("A", "1", "green")
+	serve("B", "1", "green")
+	serve("X", "1", "blue")
+	serve("Y", "2", "green")
+	waitProviders(t, dir, 4, 2*time.Second)
+
+	const timeout = 2 * time.Second
+	cdir := writeFiles(t, map[string]string{
+		"in.jsonl": "",
+		"conns.yml": followIn + fmt.Sprintf(`kistype: conn
+cname: out
+type: file
+params:
+  path: out.jsonl
+---
+kistype: conn
+cname: pricing
+type: remote
+addrs: %s
+params:
+  service: %s
+  bucket: %s
+  version: "1"
+  group: green
+  loadbalance: consistent_hash
+  retries: 2
+  timeout: %s
+`, url, service, bucket, timeout),
+		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  key: user\n  batch_size: 40\n  linger: 5ms\n"})
+	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
+	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	const users = 60
+	next := 0
+	write := func(n int) (first int) {
+		first = next
+		for i := 0; i < n; i += 20 {
+			var buf bytes.Buffer
+			for j := 0; j < 20; j++ {
+				fmt.Fprintf(&buf, "{\"id\":%d,\"user\":\"u%d\",\"amount\":%d}\n", next, next%users, next)
+				next++
+			}
+			if _, err := in.Write(buf.Bytes()); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return first
+	}
+	// waitRow waits for row id to come out and returns the rows by id.
+	waitRow := func(id int, within time.Duration) map[int][]byRow {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for {
+			rows := readByRows(t, cdir)
+			if len(rows[id]) > 0 {
+				return rows
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("row %d did not come out within %s: %s", id, within, run.output())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	// Phase 1: A and B.
+	write(1200)
+	rows := waitRow(next-1, 30*time.Second)
+	before := owners(t, rows, 0, next, "phase 1")
+	if got := providersOf(before); got != "A,B" {
+		t.Fatalf("phase 1: users went to %s, want A and B only (X is group blue, Y version 2)", got)
+	}
+
+	// A is killed mid-stream, still registered: the rows after it come out
+	// within the timeout.
+	_ = a.cmd.Process.Kill()
+	killed := time.Now()
+	first := write(200)
+	waitRow(first, timeout)
+	t.Logf("the first row written after the kill came out %s after it", time.Since(killed))
+
+	// C joins mid-stream; A's registration expires.
+	_, cAddr := serve("C", "1", "green")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ps := dir.Providers()
+		if slices.ContainsFunc(ps, func(p remote.Provider) bool { return p.Addr == cAddr }) &&
+			!slices.ContainsFunc(ps, func(p remote.Provider) bool { return p.Addr == aAddr }) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("providers %+v: A's registration did not expire", ps)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond) // the flow's directory follows the same watch
+	last := write(1200)
+	rows = waitRow(next-1, 30*time.Second)
+	after := owners(t, rows, last, next, "last phase")
+	if got := providersOf(after); got != "B,C" {
+		t.Fatalf("last phase: users went to %s, want B and C (C joined, A was killed)", got)
+	}
+	moved := 0
+	for u, was := range before {
+		now := after[u]
+		if was == "B" && now != "B" && now != "C" {
+			t.Errorf("user %s moved from B to %s: only moves to the new provider are allowed", u, now)
+		}
+		if was != now {
+			moved++
+		}
+	}
+	t.Logf("%d of %d users moved (A's and those C took)", moved, len(before))
+
+	// No row lost; every row computed.
+	for id := range next {
+		if len(rows[id]) == 0 {
+			t.Fatalf("row %d lost", id)
+		}
+	}
+	for _, rs := range rows {
+		for _, r := range rs {
+			if r.By == "X" || r.By == "Y" {
+				t.Fatalf("row %d computed by %s, of another group or version", r.ID, r.By)
+			}
+		}
+	}
+	_ = run.cmd.Process.Signal(syscall.SIGTERM)
+	if code := run.wait(t, 20*time.Second); code != 0 {
+		t.Fatalf("run exited %d: %s", code, run.output())
+	}
+	if !strings.Contains(run.output(), "remote call failed over") {
+		t.Fatalf("no call failed over after the kill: %s", run.output())
+	}
+}
+
+type byRow struct {
+	ID, Amount, Price int
+	User, By          string
+}
+
+func readByRows(t *testing.T, dir string) map[int][]byRow {
+	t.Helper()
+	out := map[int][]byRow{}
+	data, _ := os.ReadFile(filepath.Join(dir, "out.jsonl"))
+	for _, l := range bytes.Split(data, []byte("\n")) {
+		var r byRow
+		if len(l) == 0 || json.Unmarshal(l, &r) != nil {
+			continue // a line being written
+		}
+		if r.Price != 2*r.Amount || r.By == "" {
+			t.Fatalf("row %s: not computed by a provider", l)
+		}
+		out[r.ID] = append(out[r.ID], r)
+	}
+	return out
+}
+
+// owners returns the provider of each user over the rows [from, to),
+// failing when a user's rows went to more than one.
+func owners(t *testing.T, rows map[int][]byRow, from, to int, phase string) map[string]string {
+	t.Helper()
+	own := map[string]string{}
+	for id := from; id < to; id++ {
+		for _, r := range rows[id] {
+			if o, ok := own[r.User]; ok && o != r.By {
+				t.Fatalf("%s: user %s went to %s and %s while the providers did not change", phase, r.User, o, r.By)
+			}
+			own[r.User] = r.By
+		}
+	}
+	return own
+}
+
+func providersOf(own map[string]string) string {
+	set := map[string]bool{}
+	for _, p := range own {
+		set[p] = true
+	}
+	return strings.Join(slices.Sorted(maps.Keys(set)), ",")
 }

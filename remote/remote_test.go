@@ -628,3 +628,41 @@ func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
 		t.Fatal("a first lookup that fails must be an error")
 	}
 }
+
+// rowKey scans a row for its key; it agrees with decoding the row.
+func TestRowKeyAgreesWithDecoding(t *testing.T) {
+	t.Parallel()
+	decoded := func(raw, field string) string {
+		var m map[string]json.RawMessage
+		if json.Unmarshal([]byte(raw), &m) != nil {
+			return raw
+		}
+		var s string
+		if json.Unmarshal(m[field], &s) == nil {
+			return s
+		}
+		return string(m[field])
+	}
+	for _, raw := range []string{
+		`{"user":"u1","id":1}`,
+		` { "id" : 7 , "user" : "u2" } `,
+		`{"id":1,"nested":{"user":"inner","a":[1,{"b":"}"}]},"user":"outer"}`,
+		`{"s":"a \"quoted\" , }","user":42}`,
+		`{"user":12.50}`,
+		`{"user":true}`,
+		`{"user":null}`,
+		`{"user":{"a":1}}`,
+		`{"user":[1,2]}`,
+		`{"user":"caf\u00e9"}`,
+		`{"us\u0065r":"escaped key"}`,
+		`{"id":1}`,
+		`{}`,
+		`[1,2]`,
+		`not json`,
+		`{"user":"u1"`,
+	} {
+		if got, want := rowKey(json.RawMessage(raw), "user"), decoded(raw, "user"); got != want {
+			t.Errorf("rowKey(%s) = %q, want %q", raw, got, want)
+		}
+	}
+}

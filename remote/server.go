@@ -90,7 +90,10 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.Listen, err)
 	}
-	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(256<<20), grpc.MaxSendMsgSize(256<<20))
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(256<<20), grpc.MaxSendMsgSize(256<<20),
+		// A batch's message in one write and one flow-control window.
+		grpc.WriteBufferSize(transportBuffer), grpc.ReadBufferSize(transportBuffer),
+		grpc.InitialWindowSize(transportWindow), grpc.InitialConnWindowSize(transportWindow))
 	srv.RegisterService(&serviceDesc, &server{eng: eng, funcs: o.Funcs, log: o.Logger})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -194,11 +197,7 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		}
 		ctx = stream.ExtractTrace(ctx, h)
 	}
-	rows := make([]any, len(req.Rows))
-	for i, r := range req.Rows {
-		rows[i] = []byte(r)
-	}
-	out, err := s.eng.Invoke(ctx, req.Func, req.Params, rows)
+	out, err := s.eng.Invoke(ctx, req.Func, req.Params, req.In)
 	if err != nil {
 		switch {
 		case errors.Is(err, kisflow.ErrUnknownFunction):
@@ -216,13 +215,8 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	for _, re := range out.RowErrors {
 		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
 	}
-	rep.Rows = make([]json.RawMessage, len(out.Rows))
-	for i, row := range out.Rows {
-		b, err := encodeRow(row)
-		if err != nil {
-			return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output row %d: %v", req.Func, i, err))
-		}
-		rep.Rows[i] = b
+	if rep.Rows, err = encodeRows(out.Rows); err != nil {
+		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
 	}
 	return rep, nil
 }

@@ -67,24 +67,7 @@ addrs: %[2]s
 params:
   registry: static
 ---
-kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
-  retry_times: 1
-  retry_duration: 1
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
-  source: in
-  sink: out
-  batch_size: 100
-`, dir, addr)})
+`, dir, addr) + remotePrice + "  retry_times: 1\n  retry_duration: 1\n---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  batch_size: 100\n"})
 	st := testenv.RunJob(t, ceng, "Orders", 100, 30*time.Second)
 	if st.DeadLettered != 1 || st.Out != 99 {
 		t.Fatalf("%d dead-lettered, %d written: want order 42 alone dead-lettered and 99 written", st.DeadLettered, st.Out)

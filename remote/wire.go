@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 
 	gojson "github.com/goccy/go-json"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 
 	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/internal/jsonl"
 )
 
 // serviceName and callMethod name the gRPC service and its one method.
@@ -20,17 +22,27 @@ const (
 	callMethod  = "/" + serviceName + "/Call"
 )
 
+// The transport's buffers and flow-control windows: a batch of a thousand
+// rows (tens of kilobytes) goes out in one write and is never held up
+// waiting for a window update.
+const (
+	transportBuffer = 256 << 10
+	transportWindow = 4 << 20
+)
+
 // request is one call: a batch of rows for one function.
 type request struct {
 	Flow   string            `json:"flow,omitempty"`
 	Func   string            `json:"func"`
 	Params map[string]string `json:"params,omitempty"`
 	Rows   []json.RawMessage `json:"-"` // framed after the header
+	In     []any             `json:"-"` // the rows received, each a []byte
 }
 
 // reply is what the function produced.
 type reply struct {
 	Rows           []json.RawMessage `json:"-"` // framed after the header
+	In             []any             `json:"-"` // the rows received, each a []byte
 	Errors         []rowError        `json:"errors,omitempty"`
 	DataReuse      bool              `json:"data_reuse,omitempty"`
 	ForceEntryNext bool              `json:"force_entry_next,omitempty"`
@@ -47,10 +59,17 @@ type rowError struct {
 // its length and its bytes: rows are JSON text already, and framing them
 // saves re-validating and copying every row through a JSON array (a batch
 // of 1000 small rows costs tens of microseconds instead of milliseconds).
-type framed interface{ rowsOf() *[]json.RawMessage }
+// Rows are sent from Rows and received into In, as the []byte rows the
+// engine takes: no second slice of them is made.
+type framed interface {
+	rowsOf() []json.RawMessage
+	received(rows []any)
+}
 
-func (r *request) rowsOf() *[]json.RawMessage { return &r.Rows }
-func (r *reply) rowsOf() *[]json.RawMessage   { return &r.Rows }
+func (r *request) rowsOf() []json.RawMessage { return r.Rows }
+func (r *reply) rowsOf() []json.RawMessage   { return r.Rows }
+func (r *request) received(rows []any)       { r.In = rows }
+func (r *reply) received(rows []any)         { r.In = rows }
 
 // codec is the service's codec, forced on both ends (so no process-wide
 // registration is needed): a message is its JSON header, then its rows
@@ -68,13 +87,16 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("kisflow-json codec: cannot marshal %T", v)
 	}
-	rows := *f.rowsOf()
+	rows := f.rowsOf()
 	n := binary.MaxVarintLen64 * (2 + len(rows))
 	n += len(head)
 	for _, r := range rows {
 		n += len(r)
 	}
-	b := make([]byte, 0, n)
+	// The buffer comes from a pool gRPC gives it back to once the message
+	// is written: a batch's message is tens of kilobytes.
+	bp := buffers.Get(n)
+	b := (*bp)[:0]
 	b = binary.AppendUvarint(b, uint64(len(head)))
 	b = append(b, head...)
 	b = binary.AppendUvarint(b, uint64(len(rows)))
@@ -82,8 +104,30 @@ func (codec) Marshal(v any) (mem.BufferSlice, error) {
 		b = binary.AppendUvarint(b, uint64(len(r)))
 		b = append(b, r...)
 	}
-	return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	*bp = b // within n: the same array
+	return mem.BufferSlice{mem.NewBuffer(bp, buffers)}, nil
 }
+
+// bufferPool is a mem.BufferPool of messages' buffers that, unlike gRPC's
+// default pool, does not zero a buffer it hands out again: the codec
+// writes every byte of it.
+type bufferPool struct{ p sync.Pool }
+
+// buffers keeps the codec's buffers: the codec has no state of its own.
+var buffers = new(bufferPool)
+
+func (bp *bufferPool) Get(n int) *[]byte {
+	if b, ok := bp.p.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n, max(n, 64<<10))
+	return &b
+}
+
+func (bp *bufferPool) Put(b *[]byte) { bp.p.Put(b) }
+
+var errTruncated = errors.New("kisflow-json codec: truncated message")
 
 func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	f, ok := v.(framed)
@@ -91,11 +135,10 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 		return fmt.Errorf("kisflow-json codec: cannot unmarshal into %T", v)
 	}
 	b := data.Materialize()
-	bad := errors.New("kisflow-json codec: truncated message")
 	next := func() ([]byte, error) {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || uint64(len(b)-k) < n {
-			return nil, bad
+			return nil, errTruncated
 		}
 		out := b[k : k+int(n) : k+int(n)]
 		b = b[k+int(n):]
@@ -110,46 +153,73 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	count, k := binary.Uvarint(b)
 	if k <= 0 || count > uint64(len(b)) {
-		return bad
+		return errTruncated
 	}
 	b = b[k:]
-	rows := make([]json.RawMessage, count)
+	rows := make([]any, count)
 	for i := range rows {
-		if rows[i], err = next(); err != nil {
+		row, err := next()
+		if err != nil {
 			return err
 		}
+		rows[i] = row
 	}
-	*f.rowsOf() = rows
+	f.received(rows)
 	return nil
 }
 
-// encodeRow gives a row's JSON: JSON text ([]byte, json.RawMessage or a
-// string) as it is (bytes unchecked: the engine reads them as JSON), anything
-// else marshalled.
-func encodeRow(row any) (json.RawMessage, error) {
-	switch v := row.(type) {
-	case json.RawMessage:
-		if json.Valid(v) {
-			return v, nil
+// encodeRows gives the rows' JSON: JSON text ([]byte, json.RawMessage or a
+// string) as it is (bytes unchecked: the engine reads them as JSON), a flat
+// map (the rows of a YAML calc) written by hand into one buffer for the
+// batch, anything else marshalled. A row that cannot be encoded is an
+// error naming its index.
+func encodeRows(rows []any) ([]json.RawMessage, error) {
+	out := make([]json.RawMessage, len(rows))
+	var buf []byte
+	var spans [][3]int // row index, start and end in buf
+	for i, row := range rows {
+		switch v := row.(type) {
+		case []byte:
+			// Bytes rows are JSON to the engine (sources give them).
+			if len(v) > 0 {
+				out[i] = v
+				continue
+			}
+		case json.RawMessage:
+			if json.Valid(v) {
+				out[i] = v
+				continue
+			}
+		case string:
+			// Text rows are JSON to the engine, as []byte ones are.
+			if json.Valid([]byte(v)) {
+				out[i] = json.RawMessage(v)
+				continue
+			}
+		case map[string]any:
+			if buf == nil {
+				buf = make([]byte, 0, 64*(len(rows)-i))
+			}
+			start := len(buf)
+			var ok bool
+			if buf, ok = jsonl.AppendFlatUnordered(buf, v); ok {
+				spans = append(spans, [3]int{i, start, len(buf)})
+				continue
+			}
+			buf = buf[:start]
 		}
-	case []byte:
-		// Bytes rows are JSON to the engine (sources give them).
-		if len(v) > 0 {
-			return v, nil
+		// Map keys in any order: the row is read by field, and sorting
+		// them costs a tenth of a call.
+		b, err := gojson.MarshalWithOption(row, gojson.UnorderedMap())
+		if err != nil {
+			return nil, fmt.Errorf("row %d of type %T cannot travel to or from a remote function as JSON: %w", i, row, err)
 		}
-	case string:
-		// Text rows are JSON to the engine, as []byte ones are.
-		if json.Valid([]byte(v)) {
-			return json.RawMessage(v), nil
-		}
+		out[i] = b
 	}
-	// Map keys in any order: the row is read by field, and sorting them
-	// costs a tenth of a call.
-	b, err := gojson.MarshalWithOption(row, gojson.UnorderedMap())
-	if err != nil {
-		return nil, fmt.Errorf("row of type %T cannot travel to a remote function as JSON: %w", row, err)
+	for _, s := range spans {
+		out[s[0]] = buf[s[1]:s[2]:s[2]]
 	}
-	return b, nil
+	return out, nil
 }
 
 // functionsServer is the handler type of the service.
@@ -180,11 +250,8 @@ var serviceDesc = grpc.ServiceDesc{
 // outcome turns a reply into the engine's Outcome; rows stay JSON text.
 func (r *reply) outcome() *driver.Outcome {
 	out := &driver.Outcome{DataReuse: r.DataReuse, ForceEntryNext: r.ForceEntryNext, JumpFunc: r.JumpFunc, Abort: r.Abort}
-	if len(r.Rows) > 0 {
-		out.Rows = make([]any, len(r.Rows))
-		for i, b := range r.Rows {
-			out.Rows[i] = []byte(b)
-		}
+	if len(r.In) > 0 {
+		out.Rows = r.In
 	}
 	for _, e := range r.Errors {
 		out.RowErrors = append(out.RowErrors, driver.RowError{Index: e.Index, Msg: e.Error})

@@ -6,13 +6,13 @@ import (
 	"strconv"
 )
 
-// appendFlat appends m encoded exactly as encoding/json.Marshal encodes it
+// AppendFlat appends m encoded exactly as encoding/json.Marshal encodes it
 // (keys sorted, HTML-safe escaping, its float format) when m is flat:
 // every value a string, int, int64, float64 (finite), bool or nil, and
 // every key and string made of printable ASCII that needs no escaping.
 // Otherwise it returns ok == false and the caller uses encoding/json.
 // keys is scratch space for the sorted keys.
-func appendFlat(b []byte, m map[string]any, keys *[]string) ([]byte, bool) {
+func AppendFlat(b []byte, m map[string]any, keys *[]string) ([]byte, bool) {
 	ks := (*keys)[:0]
 	for k := range m {
 		if !plain(k) {
@@ -27,35 +27,71 @@ func appendFlat(b []byte, m map[string]any, keys *[]string) ([]byte, bool) {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		b = append(b, '"')
-		b = append(b, k...)
-		b = append(b, '"', ':')
-		switch v := m[k].(type) {
-		case string:
-			if !plain(v) {
-				return b, false
-			}
-			b = append(b, '"')
-			b = append(b, v...)
-			b = append(b, '"')
-		case int64:
-			b = strconv.AppendInt(b, v, 10)
-		case int:
-			b = strconv.AppendInt(b, int64(v), 10)
-		case float64:
-			var ok bool
-			if b, ok = appendFloat(b, v); !ok {
-				return b, false
-			}
-		case bool:
-			b = strconv.AppendBool(b, v)
-		case nil:
-			b = append(b, "null"...)
-		default:
+		var ok bool
+		if b, ok = appendField(b, k, m[k]); !ok {
 			return b, false
 		}
 	}
 	return append(b, '}'), true
+}
+
+// AppendFlatUnordered is AppendFlat with the keys in the map's order, for
+// readers that read a row by field: it saves sorting them.
+func AppendFlatUnordered(b []byte, m map[string]any) ([]byte, bool) {
+	b = append(b, '{')
+	first := true
+	for k, v := range m {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		if !plain(k) {
+			return b, false
+		}
+		var ok bool
+		if b, ok = appendField(b, k, v); !ok {
+			return b, false
+		}
+	}
+	return append(b, '}'), true
+}
+
+// AppendField appends "k":v as AppendFlat writes a field, or returns
+// ok == false when k or v is not one it writes.
+func AppendField(b []byte, k string, v any) ([]byte, bool) {
+	if !plain(k) {
+		return b, false
+	}
+	return appendField(b, k, v)
+}
+
+// appendField is AppendField of a key known plain.
+func appendField(b []byte, k string, v any) ([]byte, bool) {
+	b = append(b, '"')
+	b = append(b, k...)
+	b = append(b, '"', ':')
+	switch v := v.(type) {
+	case string:
+		if !plain(v) {
+			return b, false
+		}
+		b = append(b, '"')
+		b = append(b, v...)
+		b = append(b, '"')
+	case int64:
+		b = strconv.AppendInt(b, v, 10)
+	case int:
+		b = strconv.AppendInt(b, int64(v), 10)
+	case float64:
+		return appendFloat(b, v)
+	case bool:
+		b = strconv.AppendBool(b, v)
+	case nil:
+		b = append(b, "null"...)
+	default:
+		return b, false
+	}
+	return b, true
 }
 
 // plain reports whether s is printable ASCII that encoding/json writes as

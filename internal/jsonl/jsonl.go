@@ -137,7 +137,7 @@ func (w *Writer) line(r any) error {
 		// A flat row (what YAML functions and windows emit) is encoded
 		// by hand, 4-5x faster than by reflection; anything the fast path
 		// does not take is left to encoding/json.
-		if b, ok := appendFlat(w.buf[:0], m, &w.keys); ok {
+		if b, ok := AppendFlat(w.buf[:0], m, &w.keys); ok {
 			w.buf = append(b, '\n')
 			_, err := w.w.Write(w.buf)
 			return err
