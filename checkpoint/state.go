@@ -108,9 +108,10 @@ type Preparer interface {
 // SaveState writes the state changes of stream through db (a transaction):
 // an upsert per changed entry, a delete per deleted one. SQLite, in the
 // process, is written one prepared statement per entry in the order of
-// the table's key: a statement of many rows costs SQLite a statement
-// journal of every page it touches, and ordered writes touch each page
-// once. A server is written many rows per statement, one round trip each.
+// the table's key (see saveStateSQLite): a statement of many rows costs
+// SQLite a statement journal of every page it touches, and ordered writes
+// touch each page once. A server is written many rows per statement, one
+// round trip each.
 func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes []kstream.StateChange) error {
 	var puts, dels []kstream.StateChange
 	for _, c := range changes {
@@ -154,46 +155,66 @@ func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes
 	return nil
 }
 
-// saveStateSQLite is SaveState for SQLite: see there.
+// saveStateSQLite is SaveState for SQLite: see there. An entry the table
+// holds with the same partition (the common case: a key changed again)
+// is updated in place, which leaves the partition index alone; the others
+// are upserted.
 func saveStateSQLite(ctx context.Context, db Preparer, stream string, puts, dels []kstream.StateChange) error {
+	fail := func(err error) error { return fmt.Errorf("save state of %q: %w", stream, err) }
 	type row struct {
 		id string
 		c  *kstream.StateChange
 	}
-	write := func(q string, cs []kstream.StateChange, args func(r row) []any) error {
-		if len(cs) == 0 {
-			return nil
-		}
+	sorted := func(cs []kstream.StateChange) []row {
 		rows := make([]row, len(cs))
 		for i := range cs {
 			rows[i] = row{stateID(cs[i].Name, cs[i].Key, cs[i].Field), &cs[i]}
 		}
 		slices.SortFunc(rows, func(a, b row) int { return strings.Compare(a.id, b.id) })
-		st, err := db.PrepareContext(ctx, q)
+		return rows
+	}
+	if len(puts) > 0 {
+		update, err := db.PrepareContext(ctx, "UPDATE "+StateTable+" SET value = ?, expires_at = ? WHERE stream = ? AND id = ? AND spart = ?")
 		if err != nil {
-			return fmt.Errorf("save state of %q: %w", stream, err)
+			return fail(err)
 		}
-		defer st.Close()
-		for _, r := range rows {
-			if _, err := st.ExecContext(ctx, args(r)...); err != nil {
-				return fmt.Errorf("save state of %q: %w", stream, err)
+		defer update.Close()
+		var upsert *sql.Stmt
+		for _, r := range sorted(puts) {
+			c := r.c
+			res, err := update.ExecContext(ctx, string(c.Value), c.ExpiresAt, stream, r.id, c.Partition)
+			if err != nil {
+				return fail(err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fail(err)
+			} else if n == 1 {
+				continue
+			}
+			if upsert == nil {
+				if upsert, err = db.PrepareContext(ctx, SQLite.stateUpsert(1)); err != nil {
+					return fail(err)
+				}
+				defer upsert.Close()
+			}
+			if _, err := upsert.ExecContext(ctx, stream, r.id, c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt, c.Partition); err != nil {
+				return fail(err)
 			}
 		}
-		return nil
 	}
-	args := make([]any, 8)
-	err := write(SQLite.stateUpsert(1), puts, func(r row) []any {
-		c := r.c
-		args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7] = stream, r.id, c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt, c.Partition
-		return args
-	})
-	if err != nil {
-		return err
+	if len(dels) > 0 {
+		del, err := db.PrepareContext(ctx, "DELETE FROM "+StateTable+" WHERE stream = ? AND id = ?")
+		if err != nil {
+			return fail(err)
+		}
+		defer del.Close()
+		for _, r := range sorted(dels) {
+			if _, err := del.ExecContext(ctx, stream, r.id); err != nil {
+				return fail(err)
+			}
+		}
 	}
-	return write("DELETE FROM "+StateTable+" WHERE stream = ? AND id = ?", dels, func(r row) []any {
-		args[0], args[1] = stream, r.id
-		return args[:2]
-	})
+	return nil
 }
 
 // LoadState calls fn with every entry of stream's state that has not
