@@ -69,6 +69,7 @@ type Table struct {
 	committed map[ID]Entry
 	fields    map[nameKey]map[string]struct{} // the fields of map states
 	names     map[string]struct{}             // every state name committed once: View looks each up
+	lastName  string                          // the name put last, in names
 	swept     time.Time
 
 	timerMu sync.Mutex
@@ -166,8 +167,9 @@ func (t *Table) Len() int {
 
 func (t *Table) put(id ID, e Entry) {
 	t.committed[id] = e
-	if _, ok := t.names[id.Name]; !ok {
+	if id.Name != t.lastName {
 		t.names[id.Name] = struct{}{}
+		t.lastName = id.Name
 	}
 	if id.Field != "" {
 		nk := nameKey{id.Name, id.Key}
@@ -266,7 +268,16 @@ func (t *Table) Drop(txns []*Txn) {
 // change of an entry wins), with values encoded for the store.
 func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
 	if len(txns) == 1 {
-		return t.Encode(txns[0].changes)
+		out := make([]stream.StateChange, 0, len(txns[0].log))
+		var buf []byte
+		for _, c := range txns[0].log {
+			sc, err := t.encodeChange(&buf, c.id, c.e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, sc)
+		}
+		return out, nil
 	}
 	merged := map[ID]Entry{}
 	Merge(merged, txns)
@@ -277,8 +288,8 @@ func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
 // entry wins.
 func Merge(into map[ID]Entry, txns []*Txn) {
 	for _, x := range txns {
-		for id, e := range x.changes {
-			into[id] = e
+		for _, c := range x.log {
+			into[c.id] = c.e
 		}
 	}
 }
@@ -295,7 +306,8 @@ func (t *Table) MergeUnsaved(into map[ID]Entry, txns []*Txn) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	for _, x := range txns {
-		for id, e := range x.changes {
+		for _, c := range x.log {
+			id, e := c.id, c.e
 			prev, had := into[id]
 			if had {
 				e.fresh = prev.fresh
@@ -315,21 +327,42 @@ func (t *Table) MergeUnsaved(into map[ID]Entry, txns []*Txn) {
 // Encode returns changes as the store takes them, values encoded.
 func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
 	out := make([]stream.StateChange, 0, len(changes))
+	var buf []byte
 	for id, e := range changes {
-		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp, Partition: e.Part}
-		if !e.Deleted {
-			c.Value = e.Raw
-			if e.Val != nil || e.Raw == nil {
-				b, err := t.encode(e.Val)
-				if err != nil {
-					return nil, fmt.Errorf("state %q, key %q: encode: %w", id.Name, id.Key, err)
-				}
-				c.Value = b
-			}
+		c, err := t.encodeChange(&buf, id, e)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// encodeChange returns the change e of id as the store takes it. A value
+// of a common type is encoded into *buf (see appendJSON), which changes
+// share: a value is a slice of it, never written again.
+func (t *Table) encodeChange(buf *[]byte, id ID, e Entry) (stream.StateChange, error) {
+	c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp, Partition: e.Part}
+	if !e.Deleted {
+		c.Value = e.Raw
+		if e.Val != nil || e.Raw == nil {
+			if cap(*buf)-len(*buf) < 64 {
+				*buf = make([]byte, 0, 16<<10)
+			}
+			start := len(*buf)
+			if b, ok := appendJSON(*buf, e.Val); ok {
+				*buf = b
+				c.Value = b[start:len(b):len(b)]
+				return c, nil
+			}
+			b, err := t.encode(e.Val)
+			if err != nil {
+				return c, fmt.Errorf("state %q, key %q: encode: %w", id.Name, id.Key, err)
+			}
+			c.Value = b
+		}
+	}
+	return c, nil
 }
 
 // Apply makes the changes of txns, committed to the store, the committed
@@ -338,11 +371,11 @@ func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
 func (t *Table) Apply(txns []*Txn) {
 	t.mu.Lock()
 	for _, x := range txns {
-		for id, e := range x.changes {
-			if e.Deleted {
-				t.delete(id)
+		for _, c := range x.log {
+			if c.e.Deleted {
+				t.delete(c.id)
 			} else {
-				t.put(id, e)
+				t.put(c.id, c.e)
 			}
 		}
 	}
@@ -371,10 +404,17 @@ type Txn struct {
 	settled atomic.Bool         // committed or dropped: read the table instead
 	touched bool                // state was used; gen holds the generation then
 	gen     uint64
-	changes map[ID]Entry
+	changes map[ID]int32         // the index in log of each entry changed
+	log     []change             // the changes, in the order their entries were first changed
 	fields  map[nameKey][]string // map-state fields changed
 	undo    []undo
 	hint    int // the expected number of changes
+	// seen is the last entry looked up in changes, and where it is
+	// (-1: not there): a function that reads an entry, then sets it,
+	// looks it up once.
+	seen    ID
+	seenAt  int32
+	seenSet bool
 	// parts maps the stream keys of the part's messages to their source
 	// partitions; nil for a source without partitions. partsOf makes it
 	// when state is first changed.
@@ -407,8 +447,31 @@ func (x *Txn) partOf(id ID) string {
 	return ""
 }
 
+// change is the change of an entry in a Txn.
+type change struct {
+	id ID
+	e  Entry
+}
+
+// undo is what Rollback needs to undo a change: the entry's earlier
+// change in the Txn, if it had one; an entry it had none of is the last of
+// the log when its change is undone (the undo records are undone last
+// first).
+// find returns the index in log of the change of id, -1 if none.
+func (x *Txn) find(id ID) int32 {
+	if x.seenSet && id == x.seen {
+		return x.seenAt
+	}
+	i, ok := x.changes[id]
+	if !ok {
+		i = -1
+	}
+	x.seen, x.seenAt, x.seenSet = id, i, true
+	return i
+}
+
 type undo struct {
-	id   ID
+	i    int32
 	prev Entry
 	had  bool
 }
@@ -453,12 +516,12 @@ func (x *Txn) Get(id ID) (Entry, bool, error) {
 }
 
 func (x *Txn) lookup(id ID) (Entry, bool) {
-	if e, ok := x.changes[id]; ok {
-		return e, true
+	if i := x.find(id); i >= 0 {
+		return x.log[i].e, true
 	}
 	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
-		if e, ok := p.changes[id]; ok {
-			return e, true
+		if i, ok := p.changes[id]; ok {
+			return p.log[i].e, true
 		}
 	}
 	x.t.mu.RLock()
@@ -492,12 +555,21 @@ func (x *Txn) Delete(id ID) error {
 func (x *Txn) set(id ID, e Entry) {
 	e.Part = x.partOf(id)
 	if x.changes == nil {
-		x.changes = make(map[ID]Entry, x.hint)
+		x.changes = make(map[ID]int32, x.hint)
+		x.log = make([]change, 0, x.hint)
 	}
-	prev, had := x.changes[id]
-	x.undo = append(x.undo, undo{id: id, prev: prev, had: had})
-	x.changes[id] = e
-	if id.Field != "" && !had {
+	i := x.find(id)
+	if had := i >= 0; had {
+		x.undo = append(x.undo, undo{i: i, prev: x.log[i].e, had: true})
+		x.log[i].e = e
+		return
+	}
+	i = int32(len(x.log))
+	x.undo = append(x.undo, undo{i: i})
+	x.changes[id] = i
+	x.log = append(x.log, change{id, e})
+	x.seenAt = i
+	if id.Field != "" {
 		if x.fields == nil {
 			x.fields = map[nameKey][]string{}
 		}
@@ -553,13 +625,19 @@ func (x *Txn) Savepoint() int { return len(x.undo) }
 // Rollback undoes the changes made since the savepoint sp: those of a run
 // that failed, to be tried again or dead-lettered.
 func (x *Txn) Rollback(sp int) {
+	x.seenSet = false
 	for i := len(x.undo) - 1; i >= sp; i-- {
 		u := x.undo[i]
 		if u.had {
-			x.changes[u.id] = u.prev
-		} else {
-			delete(x.changes, u.id)
+			x.log[u.i].e = u.prev
+			continue
 		}
+		// Not had: every entry first changed after it was undone already.
+		last := len(x.log) - 1
+		id := x.log[last].id
+		delete(x.changes, id)
+		x.log[last] = change{}
+		x.log = x.log[:last]
 	}
 	clear(x.undo[sp:])
 	x.undo = x.undo[:sp]
@@ -610,15 +688,15 @@ func (x *Txn) Entries(name string, fn func(ID, Entry) error) error {
 		return ErrUnkeyed
 	}
 	seen := map[ID]Entry{}
-	for id, e := range x.changes {
-		if id.Name == name {
-			seen[id] = e
+	for _, c := range x.log {
+		if c.id.Name == name {
+			seen[c.id] = c.e
 		}
 	}
 	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
-		for id, e := range p.changes {
-			if _, ok := seen[id]; !ok && id.Name == name {
-				seen[id] = e
+		for _, c := range p.log {
+			if _, ok := seen[c.id]; !ok && c.id.Name == name {
+				seen[c.id] = c.e
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"testing"
@@ -63,6 +64,26 @@ func TestRollbackUndoesToTheSavepoint(t *testing.T) {
 	}
 	if _, ok, _ := x.Get(b); ok {
 		t.Fatal("b survived the rollback")
+	}
+	// Entries changed again after a rollback, then a second rollback to
+	// a savepoint between them: the changes are those before it.
+	c := ID{Name: "n", Key: "c"}
+	_ = x.Put(c, 4, 0)
+	sp2 := x.Savepoint()
+	_ = x.Put(b, 5, 0)
+	_ = x.Put(c, 6, 0)
+	_ = x.Put(ID{Name: "n", Key: "d"}, 7, 0)
+	x.Rollback(sp2)
+	changes, err := tb.Changes([]*Txn{x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, ch := range changes {
+		got[ch.Key] = string(ch.Value)
+	}
+	if want := map[string]string{"a": "1", "c": "4"}; !maps.Equal(got, want) {
+		t.Fatalf("changes after rollbacks %v, want %v", got, want)
 	}
 }
 
