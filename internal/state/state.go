@@ -36,9 +36,6 @@ type Entry struct {
 	Exp     int64  // expiry, Unix milliseconds; 0: never
 	Deleted bool   // in a Txn: the entry was deleted
 	Part    string // the source partition of the entry's key ("" when none or unknown)
-	// fresh marks a change kept by MergeUnsaved for an entry the store
-	// does not hold: deleting it again needs no write.
-	fresh bool
 }
 
 func (e Entry) live() bool {
@@ -46,6 +43,23 @@ func (e Entry) live() bool {
 }
 
 type nameKey struct{ name, key string }
+
+// cell holds a committed entry. Readers copy e under the table's lock.
+type cell struct {
+	id ID
+	e  Entry
+	// unsaved: the cell is in Table.unsaved. stored: the store holds the
+	// entry or a save under way (or failed, to be made again) writes it,
+	// so that deleting it needs a write. gone: the cell left the table,
+	// deleted (a deletion to save) or dropped (its value still to save).
+	unsaved, stored bool
+	gone            int8
+}
+
+const (
+	deleted = 1 + iota
+	dropped
+)
 
 // SweepEvery is how often at most expired entries are removed from memory
 // at a commit; reads never see them before that.
@@ -66,11 +80,14 @@ type Table struct {
 	moves  atomic.Uint64 // counts the partitions dropped or loaded: see Moves
 
 	mu        sync.RWMutex
-	committed map[ID]Entry
-	fields    map[nameKey]map[string]struct{} // the fields of map states
-	names     map[string]struct{}             // every state name committed once: View looks each up
-	lastName  string                          // the name put last, in names
-	swept     time.Time
+	committed map[ID]*cell
+	// unsaved is the cells changed by ApplyUnsaved since TakeUnsaved
+	// last ran, each once, in the order first changed.
+	unsaved  []*cell
+	fields   map[nameKey]map[string]struct{} // the fields of map states
+	names    map[string]struct{}             // every state name committed once: View looks each up
+	lastName string                          // the name put last, in names
+	swept    time.Time
 
 	timerMu sync.Mutex
 	timers  []*laneTimers // per lane, made on first use
@@ -79,7 +96,7 @@ type Table struct {
 // New returns an empty table for a job with lanes workers; encode turns a
 // value into the JSON the store keeps.
 func New(lanes int, encode func(any) ([]byte, error)) *Table {
-	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), committed: map[ID]Entry{},
+	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), committed: map[ID]*cell{},
 		fields: map[nameKey]map[string]struct{}{}, names: map[string]struct{}{}, swept: time.Now()}
 }
 
@@ -90,7 +107,7 @@ func (t *Table) Load(c stream.StateChange) error {
 	}
 	id, e := ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition}
 	t.mu.Lock()
-	t.put(id, e)
+	t.put(id, e, false).stored = true
 	t.mu.Unlock()
 	if strings.HasPrefix(c.Name, TimerPrefix) {
 		if at, ok := timerValue(e); ok {
@@ -118,9 +135,9 @@ func (t *Table) DropPartitions(parts []string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for id, e := range t.committed {
-		if _, ok := set[e.Part]; ok {
-			t.delete(id)
+	for id, c := range t.committed {
+		if _, ok := set[c.e.Part]; ok {
+			t.delete(id, dropped)
 			n++
 		}
 	}
@@ -144,8 +161,15 @@ func (x *Txn) Moves() uint64 { return x.t.Moves() }
 func (t *Table) Committed(id ID) (Entry, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	e, ok := t.committed[id]
-	return e, ok
+	return t.get(id)
+}
+
+// get returns the committed entry id; the caller holds t.mu.
+func (t *Table) get(id ID) (Entry, bool) {
+	if c, ok := t.committed[id]; ok {
+		return c.e, true
+	}
+	return Entry{}, false
 }
 
 // Lane is the lane of the Txn: a worker (0 with one lane), -1 for a part
@@ -165,8 +189,20 @@ func (t *Table) Len() int {
 	return len(t.committed)
 }
 
-func (t *Table) put(id ID, e Entry) {
-	t.committed[id] = e
+// put sets the committed entry id, in place when the table has it, and
+// returns its cell; with unsaved, the cell is one to save.
+func (t *Table) put(id ID, e Entry, unsaved bool) *cell {
+	c := t.committed[id]
+	if c != nil {
+		c.e = e
+	} else {
+		c = &cell{id: id, e: e}
+		t.committed[id] = c
+	}
+	if unsaved && !c.unsaved {
+		c.unsaved = true
+		t.unsaved = append(t.unsaved, c)
+	}
 	if id.Name != t.lastName {
 		t.names[id.Name] = struct{}{}
 		t.lastName = id.Name
@@ -180,9 +216,17 @@ func (t *Table) put(id ID, e Entry) {
 		}
 		fs[id.Field] = struct{}{}
 	}
+	return c
 }
 
-func (t *Table) delete(id ID) {
+// delete removes the committed entry id, deleted or dropped (see cell);
+// an unsaved cell stays in Table.unsaved.
+func (t *Table) delete(id ID, how int8) {
+	c := t.committed[id]
+	if c == nil {
+		return
+	}
+	c.gone = how
 	delete(t.committed, id)
 	if id.Field != "" {
 		nk := nameKey{id.Name, id.Key}
@@ -294,34 +338,45 @@ func Merge(into map[ID]Entry, txns []*Txn) {
 	}
 }
 
-// MergeUnsaved adds the changes of txns, about to be applied (see Apply),
-// to into, the changes applied since the store was last written (or that
-// are being written): a later change of an entry wins. An entry that was
-// neither committed nor in into when first changed is not in the store:
-// when it is deleted again before into is written, it leaves into, so
-// that the store is not asked to delete what it never held (a window
-// opened and closed between two saves costs no write). Only the commit
-// loop calls it.
-func (t *Table) MergeUnsaved(into map[ID]Entry, txns []*Txn) {
+// HasUnsaved reports whether changes applied by ApplyUnsaved wait for
+// TakeUnsaved. Only the commit loop calls it.
+func (t *Table) HasUnsaved() bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	for _, x := range txns {
-		for _, c := range x.log {
-			id, e := c.id, c.e
-			prev, had := into[id]
-			if had {
-				e.fresh = prev.fresh
-			} else {
-				_, held := t.committed[id]
-				e.fresh = !held
+	return len(t.unsaved) > 0
+}
+
+// TakeUnsaved adds to into, the changes to write at the next save, the
+// committed entries that ApplyUnsaved changed since it last ran (their
+// values now: a later change of an entry wins), each once however many
+// batches changed it, and the deletions of those deleted since. An entry
+// the store does not hold that was deleted again is not there (a window
+// opened and closed between two saves costs no write); an entry dropped
+// from memory (its partition revoked, or expired) is, with its last
+// value. Only the commit loop calls it, before it writes into.
+func (t *Table) TakeUnsaved(into map[ID]Entry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, c := range t.unsaved {
+		t.unsaved[i] = nil
+		c.unsaved = false
+		switch c.gone {
+		case 0, dropped:
+			into[c.id] = c.e
+			c.stored = true
+		case deleted:
+			if _, again := t.committed[c.id]; again {
+				continue // a later cell of the entry puts it
 			}
-			if e.Deleted && e.fresh {
-				delete(into, id)
-				continue
+			if c.stored {
+				into[c.id] = Entry{Deleted: true}
+			} else if e, ok := into[c.id]; ok && !e.Deleted {
+				// A put that failed to save, of an entry no save wrote since.
+				into[c.id] = Entry{Deleted: true}
 			}
-			into[id] = e
 		}
 	}
+	t.unsaved = t.unsaved[:0]
 }
 
 // Encode returns changes as the store takes them, values encoded.
@@ -368,23 +423,35 @@ func (t *Table) encodeChange(buf *[]byte, id ID, e Entry) (stream.StateChange, e
 // Apply makes the changes of txns, committed to the store, the committed
 // state, in order, and settles them. Expired entries are swept from time
 // to time.
-func (t *Table) Apply(txns []*Txn) {
+func (t *Table) Apply(txns []*Txn) { t.apply(txns, false) }
+
+// ApplyUnsaved is Apply for changes committed in memory only, to be
+// written at the next save: see TakeUnsaved.
+func (t *Table) ApplyUnsaved(txns []*Txn) { t.apply(txns, true) }
+
+func (t *Table) apply(txns []*Txn, unsaved bool) {
 	t.mu.Lock()
 	for _, x := range txns {
 		for _, c := range x.log {
-			if c.e.Deleted {
-				t.delete(c.id)
-			} else {
-				t.put(c.id, c.e)
+			if !c.e.Deleted {
+				t.put(c.id, c.e, unsaved)
+				continue
+			}
+			if cl := t.committed[c.id]; cl != nil {
+				t.delete(c.id, deleted)
+				if unsaved && !cl.unsaved {
+					cl.unsaved = true
+					t.unsaved = append(t.unsaved, cl)
+				}
 			}
 		}
 	}
 	if now := time.Now(); now.Sub(t.swept) >= SweepEvery {
 		t.swept = now
 		ms := now.UnixMilli()
-		for id, e := range t.committed {
-			if e.Exp != 0 && e.Exp <= ms {
-				t.delete(id)
+		for id, c := range t.committed {
+			if c.e.Exp != 0 && c.e.Exp <= ms {
+				t.delete(id, dropped)
 			}
 		}
 	}
@@ -525,7 +592,7 @@ func (x *Txn) lookup(id ID) (Entry, bool) {
 		}
 	}
 	x.t.mu.RLock()
-	e, ok := x.t.committed[id]
+	e, ok := x.t.get(id)
 	x.t.mu.RUnlock()
 	return e, ok
 }
@@ -702,9 +769,9 @@ func (x *Txn) Entries(name string, fn func(ID, Entry) error) error {
 	}
 	x.t.mu.RLock()
 	if _, ok := x.t.names[name]; ok {
-		for id, e := range x.t.committed {
+		for id, c := range x.t.committed {
 			if _, ok := seen[id]; !ok && id.Name == name && owns(id.Key) {
-				seen[id] = e
+				seen[id] = c.e
 			}
 		}
 	}
@@ -728,9 +795,9 @@ func (t *Table) CommittedOf(name string, fn func(ID, Entry) error) error {
 	var es []Entry
 	t.mu.RLock()
 	if _, ok := t.names[name]; ok {
-		for id, e := range t.committed {
-			if id.Name == name && e.live() {
-				out, es = append(out, id), append(es, e)
+		for id, c := range t.committed {
+			if id.Name == name && c.e.live() {
+				out, es = append(out, id), append(es, c.e)
 			}
 		}
 	}
