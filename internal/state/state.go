@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,8 +47,10 @@ type nameKey struct{ name, key string }
 
 // cell holds a committed entry. Readers copy e under the table's lock.
 type cell struct {
-	id ID
-	e  Entry
+	id   ID
+	h    uint64 // the hash of id
+	next *cell  // the next cell of an ID of the same hash
+	e    Entry
 	// unsaved: the cell is in Table.unsaved. stored: the store holds the
 	// entry or a save under way (or failed, to be made again) writes it,
 	// so that deleting it needs a write. gone: the cell left the table,
@@ -80,7 +83,9 @@ type Table struct {
 	moves  atomic.Uint64 // counts the partitions dropped or loaded: see Moves
 
 	mu        sync.RWMutex
-	committed map[ID]*cell
+	seed      maphash.Seed
+	collide   bool // tests only: see hash
+	committed cells
 	// unsaved is the cells changed by ApplyUnsaved since TakeUnsaved
 	// last ran, each once, in the order first changed.
 	unsaved  []*cell
@@ -96,7 +101,7 @@ type Table struct {
 // New returns an empty table for a job with lanes workers; encode turns a
 // value into the JSON the store keeps.
 func New(lanes int, encode func(any) ([]byte, error)) *Table {
-	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), committed: map[ID]*cell{},
+	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), seed: maphash.MakeSeed(), committed: cells{m: map[uint64]*cell{}},
 		fields: map[nameKey]map[string]struct{}{}, names: map[string]struct{}{}, swept: time.Now()}
 }
 
@@ -107,7 +112,7 @@ func (t *Table) Load(c stream.StateChange) error {
 	}
 	id, e := ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition}
 	t.mu.Lock()
-	t.put(id, e, false).stored = true
+	t.put(t.hash(id), id, e, false)
 	t.mu.Unlock()
 	if strings.HasPrefix(c.Name, TimerPrefix) {
 		if at, ok := timerValue(e); ok {
@@ -135,12 +140,12 @@ func (t *Table) DropPartitions(parts []string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for id, c := range t.committed {
+	t.committed.each(func(c *cell) {
 		if _, ok := set[c.e.Part]; ok {
-			t.delete(id, dropped)
+			t.delete(c, dropped)
 			n++
 		}
-	}
+	})
 	return n
 }
 
@@ -166,7 +171,7 @@ func (t *Table) Committed(id ID) (Entry, bool) {
 
 // get returns the committed entry id; the caller holds t.mu.
 func (t *Table) get(id ID) (Entry, bool) {
-	if c, ok := t.committed[id]; ok {
+	if c := t.committed.get(t.hash(id), id); c != nil {
 		return c.e, true
 	}
 	return Entry{}, false
@@ -186,20 +191,22 @@ func (x *Txn) Lane() int {
 func (t *Table) Len() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return len(t.committed)
+	return t.committed.n
 }
 
-// put sets the committed entry id, in place when the table has it, and
-// returns its cell; with unsaved, the cell is one to save.
-func (t *Table) put(id ID, e Entry, unsaved bool) *cell {
-	c := t.committed[id]
+// put sets the committed entry id, of hash h, in place when the table
+// has it, and returns its cell; with unsaved, the cell is one to save.
+func (t *Table) put(h uint64, id ID, e Entry, unsaved bool) *cell {
+	c := t.committed.get(h, id)
 	if c != nil {
 		c.e = e
 	} else {
 		c = &cell{id: id, e: e}
-		t.committed[id] = c
+		t.committed.add(h, c)
 	}
-	if unsaved && !c.unsaved {
+	if !unsaved {
+		c.stored = true // saved with its batch, or loaded
+	} else if !c.unsaved {
 		c.unsaved = true
 		t.unsaved = append(t.unsaved, c)
 	}
@@ -219,16 +226,12 @@ func (t *Table) put(id ID, e Entry, unsaved bool) *cell {
 	return c
 }
 
-// delete removes the committed entry id, deleted or dropped (see cell);
+// delete removes the committed cell c, deleted or dropped (see cell);
 // an unsaved cell stays in Table.unsaved.
-func (t *Table) delete(id ID, how int8) {
-	c := t.committed[id]
-	if c == nil {
-		return
-	}
+func (t *Table) delete(c *cell, how int8) {
 	c.gone = how
-	delete(t.committed, id)
-	if id.Field != "" {
+	t.committed.remove(c)
+	if id := c.id; id.Field != "" {
 		nk := nameKey{id.Name, id.Key}
 		if fs := t.fields[nk]; fs != nil {
 			delete(fs, id.Field)
@@ -365,7 +368,7 @@ func (t *Table) TakeUnsaved(into map[ID]Entry) {
 			into[c.id] = c.e
 			c.stored = true
 		case deleted:
-			if _, again := t.committed[c.id]; again {
+			if t.committed.get(c.h, c.id) != nil {
 				continue // a later cell of the entry puts it
 			}
 			if c.stored {
@@ -434,11 +437,11 @@ func (t *Table) apply(txns []*Txn, unsaved bool) {
 	for _, x := range txns {
 		for _, c := range x.log {
 			if !c.e.Deleted {
-				t.put(c.id, c.e, unsaved)
+				t.put(c.h, c.id, c.e, unsaved)
 				continue
 			}
-			if cl := t.committed[c.id]; cl != nil {
-				t.delete(c.id, deleted)
+			if cl := t.committed.get(c.h, c.id); cl != nil {
+				t.delete(cl, deleted)
 				if unsaved && !cl.unsaved {
 					cl.unsaved = true
 					t.unsaved = append(t.unsaved, cl)
@@ -449,11 +452,11 @@ func (t *Table) apply(txns []*Txn, unsaved bool) {
 	if now := time.Now(); now.Sub(t.swept) >= SweepEvery {
 		t.swept = now
 		ms := now.UnixMilli()
-		for id, c := range t.committed {
+		t.committed.each(func(c *cell) {
 			if c.e.Exp != 0 && c.e.Exp <= ms {
-				t.delete(id, dropped)
+				t.delete(c, dropped)
 			}
-		}
+		})
 	}
 	t.mu.Unlock()
 	for _, x := range txns {
@@ -471,7 +474,8 @@ type Txn struct {
 	settled atomic.Bool         // committed or dropped: read the table instead
 	touched bool                // state was used; gen holds the generation then
 	gen     uint64
-	changes map[ID]int32         // the index in log of each entry changed
+	changes map[uint64]int32     // the index in log of each entry changed, by the hash of its ID
+	clash   map[ID]int32         // those whose hash an earlier entry's took (nil: none)
 	log     []change             // the changes, in the order their entries were first changed
 	fields  map[nameKey][]string // map-state fields changed
 	undo    []undo
@@ -479,9 +483,11 @@ type Txn struct {
 	// seen is the last entry looked up in changes, and where it is
 	// (-1: not there): a function that reads an entry, then sets it,
 	// looks it up once.
-	seen    ID
-	seenAt  int32
-	seenSet bool
+	seen      ID
+	seenH     uint64
+	seenAt    int32
+	seenTaken bool // another entry's change holds seenH in changes
+	seenSet   bool
 	// parts maps the stream keys of the part's messages to their source
 	// partitions; nil for a source without partitions. partsOf makes it
 	// when state is first changed.
@@ -517,6 +523,7 @@ func (x *Txn) partOf(id ID) string {
 // change is the change of an entry in a Txn.
 type change struct {
 	id ID
+	h  uint64 // the hash of id
 	e  Entry
 }
 
@@ -524,17 +531,32 @@ type change struct {
 // change in the Txn, if it had one; an entry it had none of is the last of
 // the log when its change is undone (the undo records are undone last
 // first).
-// find returns the index in log of the change of id, -1 if none.
-func (x *Txn) find(id ID) int32 {
+// find returns the index in log of the change of id, -1 if none, and the
+// hash of id.
+func (x *Txn) find(id ID) (int32, uint64) {
 	if x.seenSet && id == x.seen {
-		return x.seenAt
+		return x.seenAt, x.seenH
 	}
-	i, ok := x.changes[id]
-	if !ok {
-		i = -1
+	h := x.t.hash(id)
+	i, taken := x.findHash(h, id)
+	x.seen, x.seenH, x.seenAt, x.seenTaken, x.seenSet = id, h, i, taken, true
+	return i, h
+}
+
+// findHash returns the index in log of the change of id, of hash h, -1 if
+// none; taken reports that another entry's change holds h in changes.
+func (x *Txn) findHash(h uint64, id ID) (i int32, taken bool) {
+	i, ok := x.changes[h]
+	switch {
+	case !ok:
+		return -1, false
+	case x.log[i].id == id:
+		return i, false
 	}
-	x.seen, x.seenAt, x.seenSet = id, i, true
-	return i
+	if j, ok := x.clash[id]; ok {
+		return j, true
+	}
+	return -1, true
 }
 
 type undo struct {
@@ -583,18 +605,21 @@ func (x *Txn) Get(id ID) (Entry, bool, error) {
 }
 
 func (x *Txn) lookup(id ID) (Entry, bool) {
-	if i := x.find(id); i >= 0 {
+	i, h := x.find(id)
+	if i >= 0 {
 		return x.log[i].e, true
 	}
 	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
-		if i, ok := p.changes[id]; ok {
+		if i, _ := p.findHash(h, id); i >= 0 {
 			return p.log[i].e, true
 		}
 	}
 	x.t.mu.RLock()
-	e, ok := x.t.get(id)
-	x.t.mu.RUnlock()
-	return e, ok
+	defer x.t.mu.RUnlock()
+	if c := x.t.committed.get(h, id); c != nil {
+		return c.e, true
+	}
+	return Entry{}, false
 }
 
 // Put sets id to val, expiring after ttl (<= 0: never).
@@ -622,10 +647,10 @@ func (x *Txn) Delete(id ID) error {
 func (x *Txn) set(id ID, e Entry) {
 	e.Part = x.partOf(id)
 	if x.changes == nil {
-		x.changes = make(map[ID]int32, x.hint)
+		x.changes = make(map[uint64]int32, x.hint)
 		x.log = make([]change, 0, x.hint)
 	}
-	i := x.find(id)
+	i, h := x.find(id)
 	if had := i >= 0; had {
 		x.undo = append(x.undo, undo{i: i, prev: x.log[i].e, had: true})
 		x.log[i].e = e
@@ -633,8 +658,15 @@ func (x *Txn) set(id ID, e Entry) {
 	}
 	i = int32(len(x.log))
 	x.undo = append(x.undo, undo{i: i})
-	x.changes[id] = i
-	x.log = append(x.log, change{id, e})
+	if x.seenTaken {
+		if x.clash == nil {
+			x.clash = map[ID]int32{}
+		}
+		x.clash[id] = i
+	} else {
+		x.changes[h] = i
+	}
+	x.log = append(x.log, change{id, h, e})
 	x.seenAt = i
 	if id.Field != "" {
 		if x.fields == nil {
@@ -701,8 +733,12 @@ func (x *Txn) Rollback(sp int) {
 		}
 		// Not had: every entry first changed after it was undone already.
 		last := len(x.log) - 1
-		id := x.log[last].id
-		delete(x.changes, id)
+		c := x.log[last]
+		if j, ok := x.clash[c.id]; ok && j == int32(last) {
+			delete(x.clash, c.id)
+		} else {
+			delete(x.changes, c.h)
+		}
 		x.log[last] = change{}
 		x.log = x.log[:last]
 	}
@@ -769,11 +805,11 @@ func (x *Txn) Entries(name string, fn func(ID, Entry) error) error {
 	}
 	x.t.mu.RLock()
 	if _, ok := x.t.names[name]; ok {
-		for id, c := range x.t.committed {
-			if _, ok := seen[id]; !ok && id.Name == name && owns(id.Key) {
-				seen[id] = c.e
+		x.t.committed.each(func(c *cell) {
+			if _, ok := seen[c.id]; !ok && c.id.Name == name && owns(c.id.Key) {
+				seen[c.id] = c.e
 			}
-		}
+		})
 	}
 	x.t.mu.RUnlock()
 	for id, e := range seen {
@@ -795,11 +831,11 @@ func (t *Table) CommittedOf(name string, fn func(ID, Entry) error) error {
 	var es []Entry
 	t.mu.RLock()
 	if _, ok := t.names[name]; ok {
-		for id, c := range t.committed {
-			if id.Name == name && c.e.live() {
-				out, es = append(out, id), append(es, c.e)
+		t.committed.each(func(c *cell) {
+			if c.id.Name == name && c.e.live() {
+				out, es = append(out, c.id), append(es, c.e)
 			}
-		}
+		})
 	}
 	t.mu.RUnlock()
 	for i, id := range out {
