@@ -13,29 +13,33 @@ import (
 	kstream "github.com/kisflow-go/kisflow/stream"
 )
 
+// stateDBs opens, for the test given, a database of each dialect.
+var stateDBs = []struct {
+	name string
+	d    Dialect
+	open func(t *testing.T) *sql.DB
+}{
+	{"postgres", Postgres, func(t *testing.T) *sql.DB { return openDB(t, "pgx", testenv.PostgresDatabase(t)) }},
+	{"mysql", MySQL, func(t *testing.T) *sql.DB { return openDB(t, "mysql", testenv.MySQLDatabase(t)) }},
+	{"sqlite", SQLite, func(t *testing.T) *sql.DB { return openDB(t, "sqlite", filepath.Join(t.TempDir(), "t.db")) }},
+}
+
 // A state table made by an earlier version (no partition column) gains
 // the column once, even when processes start on it at once; its entries,
 // without a partition, load as such, and a write gives one its partition.
 func TestStateTableMigrates(t *testing.T) {
 	t.Parallel()
-	for _, c := range []struct {
-		name string
-		d    Dialect
-		open func(t *testing.T) *sql.DB
-		old  string
-	}{
-		{"postgres", Postgres, func(t *testing.T) *sql.DB { return openDB(t, "pgx", testenv.PostgresDatabase(t)) },
-			"CREATE TABLE " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"},
-		{"mysql", MySQL, func(t *testing.T) *sql.DB { return openDB(t, "mysql", testenv.MySQLDatabase(t)) },
-			"CREATE TABLE " + StateTable + " (stream VARCHAR(255) NOT NULL, id CHAR(32) NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value LONGTEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))"},
-		{"sqlite", SQLite, func(t *testing.T) *sql.DB { return openDB(t, "sqlite", filepath.Join(t.TempDir(), "t.db")) },
-			"CREATE TABLE " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id)) WITHOUT ROWID"},
-	} {
+	old := map[Dialect]string{
+		Postgres: "CREATE TABLE " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))",
+		MySQL:    "CREATE TABLE " + StateTable + " (stream VARCHAR(255) NOT NULL, id CHAR(32) NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value LONGTEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id))",
+		SQLite:   "CREATE TABLE " + StateTable + " (stream TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, skey TEXT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_at BIGINT NOT NULL DEFAULT 0, PRIMARY KEY (stream, id)) WITHOUT ROWID",
+	}
+	for _, c := range stateDBs {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			db := c.open(t)
-			if _, err := db.ExecContext(ctx, c.old); err != nil {
+			if _, err := db.ExecContext(ctx, old[c.d]); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := db.ExecContext(ctx, "INSERT INTO "+StateTable+" (stream, id, name, skey, field, value, expires_at) VALUES ('s', 'x', 'n', 'old', '', '7', 0)"); err != nil {
@@ -86,15 +90,7 @@ func TestStateTableMigrates(t *testing.T) {
 // what a reference map says, partition by partition.
 func TestSaveStateWritesEveryChange(t *testing.T) {
 	t.Parallel()
-	for _, c := range []struct {
-		name string
-		d    Dialect
-		open func(t *testing.T) *sql.DB
-	}{
-		{"postgres", Postgres, func(t *testing.T) *sql.DB { return openDB(t, "pgx", testenv.PostgresDatabase(t)) }},
-		{"mysql", MySQL, func(t *testing.T) *sql.DB { return openDB(t, "mysql", testenv.MySQLDatabase(t)) }},
-		{"sqlite", SQLite, func(t *testing.T) *sql.DB { return openDB(t, "sqlite", filepath.Join(t.TempDir(), "t.db")) }},
-	} {
+	for _, c := range stateDBs {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
