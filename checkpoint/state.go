@@ -3,8 +3,10 @@ package checkpoint
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -77,8 +79,39 @@ func stateID(name, key, field string) string {
 // statePer bounds the entries of one statement.
 const statePer = 400
 
+// stateUpsert is the statement that writes one entry, with the text
+// after its VALUES list per dialect.
+func (d Dialect) stateUpsert(rows int) string {
+	var b strings.Builder
+	b.WriteString("INSERT INTO " + StateTable + " (stream, id, name, skey, field, value, expires_at, spart) VALUES ")
+	for i := range rows {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	switch d {
+	case MySQL:
+		b.WriteString(" ON DUPLICATE KEY UPDATE value = VALUES(value), expires_at = VALUES(expires_at), spart = VALUES(spart)")
+	default:
+		b.WriteString(" ON CONFLICT (stream, id) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, spart = excluded.spart")
+	}
+	return d.bind(b.String())
+}
+
+// Preparer is the capability of a transaction to prepare a statement
+// once and run it many times (*sql.Tx has it).
+type Preparer interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+}
+
 // SaveState writes the state changes of stream through db (a transaction):
-// an upsert per changed entry, a delete per deleted one.
+// an upsert per changed entry, a delete per deleted one. SQLite, in the
+// process, is written one prepared statement per entry in the order of
+// the table's key (see saveStateSQLite): a statement of many rows costs
+// SQLite a statement journal of every page it touches, and ordered writes
+// touch each page once. A server is written many rows per statement, one
+// round trip each.
 func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes []kstream.StateChange) error {
 	var puts, dels []kstream.StateChange
 	for _, c := range changes {
@@ -88,25 +121,16 @@ func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes
 			puts = append(puts, c)
 		}
 	}
+	if p, ok := db.(Preparer); ok && d == SQLite {
+		return saveStateSQLite(ctx, p, stream, puts, dels)
+	}
 	for start := 0; start < len(puts); start += statePer {
 		chunk := puts[start:min(start+statePer, len(puts))]
-		var b strings.Builder
-		b.WriteString("INSERT INTO " + StateTable + " (stream, id, name, skey, field, value, expires_at, spart) VALUES ")
 		args := make([]any, 0, 8*len(chunk))
-		for i, c := range chunk {
-			if i > 0 {
-				b.WriteString(", ")
-			}
-			b.WriteString("(?, ?, ?, ?, ?, ?, ?, ?)")
+		for _, c := range chunk {
 			args = append(args, stream, stateID(c.Name, c.Key, c.Field), c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt, c.Partition)
 		}
-		switch d {
-		case MySQL:
-			b.WriteString(" ON DUPLICATE KEY UPDATE value = VALUES(value), expires_at = VALUES(expires_at), spart = VALUES(spart)")
-		default:
-			b.WriteString(" ON CONFLICT (stream, id) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, spart = excluded.spart")
-		}
-		if _, err := db.ExecContext(ctx, d.bind(b.String()), args...); err != nil {
+		if _, err := db.ExecContext(ctx, d.stateUpsert(len(chunk)), args...); err != nil {
 			return fmt.Errorf("save state of %q: %w", stream, err)
 		}
 	}
@@ -126,6 +150,68 @@ func SaveState(ctx context.Context, db Execer, d Dialect, stream string, changes
 		b.WriteString(")")
 		if _, err := db.ExecContext(ctx, d.bind(b.String()), args...); err != nil {
 			return fmt.Errorf("save state of %q: %w", stream, err)
+		}
+	}
+	return nil
+}
+
+// saveStateSQLite is SaveState for SQLite: see there. An entry the table
+// holds with the same partition (the common case: a key changed again)
+// is updated in place, which leaves the partition index alone; the others
+// are upserted.
+func saveStateSQLite(ctx context.Context, db Preparer, stream string, puts, dels []kstream.StateChange) error {
+	fail := func(err error) error { return fmt.Errorf("save state of %q: %w", stream, err) }
+	type row struct {
+		id string
+		c  *kstream.StateChange
+	}
+	sorted := func(cs []kstream.StateChange) []row {
+		rows := make([]row, len(cs))
+		for i := range cs {
+			rows[i] = row{stateID(cs[i].Name, cs[i].Key, cs[i].Field), &cs[i]}
+		}
+		slices.SortFunc(rows, func(a, b row) int { return strings.Compare(a.id, b.id) })
+		return rows
+	}
+	if len(puts) > 0 {
+		update, err := db.PrepareContext(ctx, "UPDATE "+StateTable+" SET value = ?, expires_at = ? WHERE stream = ? AND id = ? AND spart = ?")
+		if err != nil {
+			return fail(err)
+		}
+		defer update.Close()
+		var upsert *sql.Stmt
+		for _, r := range sorted(puts) {
+			c := r.c
+			res, err := update.ExecContext(ctx, string(c.Value), c.ExpiresAt, stream, r.id, c.Partition)
+			if err != nil {
+				return fail(err)
+			}
+			if n, err := res.RowsAffected(); err != nil {
+				return fail(err)
+			} else if n == 1 {
+				continue
+			}
+			if upsert == nil {
+				if upsert, err = db.PrepareContext(ctx, SQLite.stateUpsert(1)); err != nil {
+					return fail(err)
+				}
+				defer upsert.Close()
+			}
+			if _, err := upsert.ExecContext(ctx, stream, r.id, c.Name, c.Key, c.Field, string(c.Value), c.ExpiresAt, c.Partition); err != nil {
+				return fail(err)
+			}
+		}
+	}
+	if len(dels) > 0 {
+		del, err := db.PrepareContext(ctx, "DELETE FROM "+StateTable+" WHERE stream = ? AND id = ?")
+		if err != nil {
+			return fail(err)
+		}
+		defer del.Close()
+		for _, r := range sorted(dels) {
+			if _, err := del.ExecContext(ctx, stream, r.id); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	return nil

@@ -301,9 +301,11 @@ type Runner struct {
 	abortErr                   error                   // set once, before stopRead is called
 	stopRead                   context.CancelCauseFunc // ends reading: the run drains and stops
 	streak                     streak                  // the commit loop's run of equal failures
-	// pendingState holds the state changes committed in memory and not
-	// yet saved, with the position they belong to (at-least-once with a
-	// stored position; commit loop only).
+	// pendingState holds state changes to write at the next save, with
+	// the position they belong to (at-least-once with a stored position;
+	// commit loop only): the watermark, and what a failed save left. The
+	// entries changed in memory since the last save are marked in the
+	// state table, and added to it when a save begins (takeUnsaved).
 	pendingState map[state.ID]state.Entry
 	spareState   map[state.ID]state.Entry // a saved pendingState, emptied, for reuse
 	saving       chan saveDone            // the save under way (see startSave), nil if none
@@ -1023,7 +1025,7 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	save := func() {
 		if r.saving != nil {
 			finish(<-r.saving)
-			if pendingPos == savedPos && len(r.pendingState) == 0 {
+			if pendingPos == savedPos && !r.unsavedState() {
 				return
 			}
 		}
@@ -1131,7 +1133,7 @@ func (r *Runner) commitLoop(work context.Context, epochs <-chan *epoch, slots <-
 	if err := r.syncDeadLetters(work); err != nil && firstErr == nil {
 		firstErr = err
 	}
-	if pendingPos != savedPos || len(r.pendingState) > 0 {
+	if pendingPos != savedPos || r.unsavedState() {
 		if err := r.storeCommitted(work, pendingPos); err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -1251,20 +1253,25 @@ func (r *Runner) commit(work context.Context, group []*epoch, broken *bool) (str
 	}
 	var refusedOf []*stream.Message
 	var refused []*stream.DeadLetter
+	var unsaved bool // the state changes wait for the next save: see keepState
 	if cfg.Delivery == ExactlyOnce {
 		var err error
 		if refusedOf, refused, err = r.commitTx(work, pos, ids, rows, segs, changes); err != nil {
 			return fail(err)
 		}
 	} else if changed || moved {
-		if err := r.keepState(work, pos, txns, changes, mark); err != nil {
+		var err error
+		if unsaved, err = r.keepState(work, pos, changes, mark); err != nil {
 			return fail(err)
 		}
 	}
 	if moved {
 		r.savedMark = mark
 	}
-	if len(txns) > 0 {
+	switch {
+	case unsaved:
+		r.parts.State.ApplyUnsaved(txns)
+	case len(txns) > 0:
 		r.parts.State.Apply(txns)
 	}
 	if len(dead) > 0 || len(refused) > 0 {

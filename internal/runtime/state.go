@@ -57,39 +57,63 @@ func (r *Runner) keepsStateWithPosition(pos string) bool {
 // transactional sink. With a stored position (at-least-once) they are
 // kept until the position is saved, and saved with it in one transaction
 // of the store, so that a replay from the saved position never applies
-// them twice. Without one (a broker that takes acknowledgements, or
-// at-most-once) they are saved now (changes), before the acknowledgement.
-// A watermark to keep (mark, nil: none) goes with them.
-func (r *Runner) keepState(ctx context.Context, pos string, txns []*state.Txn, changes []stream.StateChange, mark []byte) error {
-	if r.keepsStateWithPosition(pos) || len(r.pendingState) > 0 {
+// them twice: it returns true, and the group's changes are applied with
+// ApplyUnsaved, which marks the entries they change for the next save.
+// Without one (a broker that takes acknowledgements, or at-most-once)
+// they are saved now (changes), before the acknowledgement. A watermark
+// to keep (mark, nil: none) goes with them.
+func (r *Runner) keepState(ctx context.Context, pos string, changes []stream.StateChange, mark []byte) (bool, error) {
+	if r.keepsStateWithPosition(pos) || r.unsavedState() {
 		// A group without a position (a tick, the final flush) after
 		// groups whose changes wait for their position joins them: saved
 		// now, its changes (a fired timer's deletion, a closed window's)
 		// would be overwritten by the older ones saved later.
-		if r.pendingState == nil {
-			r.pendingState = map[state.ID]state.Entry{}
-		}
-		r.parts.State.MergeUnsaved(r.pendingState, txns)
 		if mark != nil {
+			if r.pendingState == nil {
+				r.pendingState = map[state.ID]state.Entry{}
+			}
 			r.pendingState[watermarkID] = state.Entry{Raw: mark}
 		}
-		return nil
+		return true, nil
 	}
 	// A save under way writes older changes: it must land first.
 	if err := r.waitSave(ctx); err != nil {
-		return err
+		return false, err
 	}
-	return r.retryForever(ctx, r.stateLink, func() error {
+	return false, r.retryForever(ctx, r.stateLink, func() error {
 		return r.parts.StateStore.SaveState(ctx, r.cfg.StateKey, "", changes)
 	})
+}
+
+// unsavedState reports whether state changes wait for the next save.
+func (r *Runner) unsavedState() bool {
+	return len(r.pendingState) > 0 || r.parts.State != nil && r.parts.State.HasUnsaved()
+}
+
+// takeUnsaved returns the state changes to write at a save: those a save
+// that failed left, with the entries changed in memory since (see
+// state.Table.TakeUnsaved), nil when there are none. r.pendingState is
+// then empty.
+func (r *Runner) takeUnsaved() map[state.ID]state.Entry {
+	pend := r.pendingState
+	if r.parts.State != nil && r.parts.State.HasUnsaved() {
+		if pend == nil {
+			pend, r.spareState = r.spareState, nil
+			if pend == nil {
+				pend = map[state.ID]state.Entry{}
+			}
+		}
+		r.parts.State.TakeUnsaved(pend)
+	}
+	r.pendingState = nil
+	return pend
 }
 
 // storeCommitted saves the position of what was committed, with the state
 // changes kept since the last save in the same transaction, and waits for
 // it. Only the commit loop calls it, when no save runs (see startSave).
 func (r *Runner) storeCommitted(ctx context.Context, pos string) error {
-	pend := r.pendingState
-	r.pendingState = nil
+	pend := r.takeUnsaved()
 	err := r.saveCommitted(ctx, pos, pend)
 	r.savedState(ctx, pos, pend, err)
 	return err
@@ -115,8 +139,7 @@ func (r *Runner) startSave(ctx context.Context, pos string) error {
 	if err := r.syncDeadLetters(ctx); err != nil {
 		return fmt.Errorf("dead letters: %w", err)
 	}
-	pend := r.pendingState
-	r.pendingState, r.spareState = r.spareState, nil
+	pend := r.takeUnsaved()
 	done := make(chan saveDone, 1)
 	r.saving = done
 	go func() {

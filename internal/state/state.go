@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,9 +37,6 @@ type Entry struct {
 	Exp     int64  // expiry, Unix milliseconds; 0: never
 	Deleted bool   // in a Txn: the entry was deleted
 	Part    string // the source partition of the entry's key ("" when none or unknown)
-	// fresh marks a change kept by MergeUnsaved for an entry the store
-	// does not hold: deleting it again needs no write.
-	fresh bool
 }
 
 func (e Entry) live() bool {
@@ -46,6 +44,25 @@ func (e Entry) live() bool {
 }
 
 type nameKey struct{ name, key string }
+
+// cell holds a committed entry. Readers copy e under the table's lock.
+type cell struct {
+	id   ID
+	h    uint64 // the hash of id
+	next *cell  // the next cell of an ID of the same hash
+	e    Entry
+	// unsaved: the cell is in Table.unsaved. stored: the store holds the
+	// entry or a save under way (or failed, to be made again) writes it,
+	// so that deleting it needs a write. gone: the cell left the table,
+	// deleted (a deletion to save) or dropped (its value still to save).
+	unsaved, stored bool
+	gone            int8
+}
+
+const (
+	deleted = 1 + iota
+	dropped
+)
 
 // SweepEvery is how often at most expired entries are removed from memory
 // at a commit; reads never see them before that.
@@ -66,10 +83,16 @@ type Table struct {
 	moves  atomic.Uint64 // counts the partitions dropped or loaded: see Moves
 
 	mu        sync.RWMutex
-	committed map[ID]Entry
-	fields    map[nameKey]map[string]struct{} // the fields of map states
-	names     map[string]struct{}             // every state name committed once: View looks each up
-	swept     time.Time
+	seed      maphash.Seed
+	collide   bool // tests only: see hash
+	committed cells
+	// unsaved is the cells changed by ApplyUnsaved since TakeUnsaved
+	// last ran, each once, in the order first changed.
+	unsaved  []*cell
+	fields   map[nameKey]map[string]struct{} // the fields of map states
+	names    map[string]struct{}             // every state name committed once: View looks each up
+	lastName string                          // the name put last, in names
+	swept    time.Time
 
 	timerMu sync.Mutex
 	timers  []*laneTimers // per lane, made on first use
@@ -78,7 +101,7 @@ type Table struct {
 // New returns an empty table for a job with lanes workers; encode turns a
 // value into the JSON the store keeps.
 func New(lanes int, encode func(any) ([]byte, error)) *Table {
-	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), committed: map[ID]Entry{},
+	return &Table{encode: encode, lanes: make([]*Txn, max(lanes, 1)), seed: maphash.MakeSeed(), committed: cells{m: map[uint64]*cell{}},
 		fields: map[nameKey]map[string]struct{}{}, names: map[string]struct{}{}, swept: time.Now()}
 }
 
@@ -89,7 +112,7 @@ func (t *Table) Load(c stream.StateChange) error {
 	}
 	id, e := ID{c.Name, c.Key, c.Field}, Entry{Raw: c.Value, Exp: c.ExpiresAt, Part: c.Partition}
 	t.mu.Lock()
-	t.put(id, e)
+	t.put(t.hash(id), id, e, false)
 	t.mu.Unlock()
 	if strings.HasPrefix(c.Name, TimerPrefix) {
 		if at, ok := timerValue(e); ok {
@@ -117,12 +140,12 @@ func (t *Table) DropPartitions(parts []string) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
-	for id, e := range t.committed {
-		if _, ok := set[e.Part]; ok {
-			t.delete(id)
+	t.committed.each(func(c *cell) {
+		if _, ok := set[c.e.Part]; ok {
+			t.delete(c, dropped)
 			n++
 		}
-	}
+	})
 	return n
 }
 
@@ -143,8 +166,15 @@ func (x *Txn) Moves() uint64 { return x.t.Moves() }
 func (t *Table) Committed(id ID) (Entry, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	e, ok := t.committed[id]
-	return e, ok
+	return t.get(id)
+}
+
+// get returns the committed entry id; the caller holds t.mu.
+func (t *Table) get(id ID) (Entry, bool) {
+	if c := t.committed.get(t.hash(id), id); c != nil {
+		return c.e, true
+	}
+	return Entry{}, false
 }
 
 // Lane is the lane of the Txn: a worker (0 with one lane), -1 for a part
@@ -161,13 +191,28 @@ func (x *Txn) Lane() int {
 func (t *Table) Len() int {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return len(t.committed)
+	return t.committed.n
 }
 
-func (t *Table) put(id ID, e Entry) {
-	t.committed[id] = e
-	if _, ok := t.names[id.Name]; !ok {
+// put sets the committed entry id, of hash h, in place when the table
+// has it, and returns its cell; with unsaved, the cell is one to save.
+func (t *Table) put(h uint64, id ID, e Entry, unsaved bool) *cell {
+	c := t.committed.get(h, id)
+	if c != nil {
+		c.e = e
+	} else {
+		c = &cell{id: id, e: e}
+		t.committed.add(h, c)
+	}
+	if !unsaved {
+		c.stored = true // saved with its batch, or loaded
+	} else if !c.unsaved {
+		c.unsaved = true
+		t.unsaved = append(t.unsaved, c)
+	}
+	if id.Name != t.lastName {
 		t.names[id.Name] = struct{}{}
+		t.lastName = id.Name
 	}
 	if id.Field != "" {
 		nk := nameKey{id.Name, id.Key}
@@ -178,11 +223,15 @@ func (t *Table) put(id ID, e Entry) {
 		}
 		fs[id.Field] = struct{}{}
 	}
+	return c
 }
 
-func (t *Table) delete(id ID) {
-	delete(t.committed, id)
-	if id.Field != "" {
+// delete removes the committed cell c, deleted or dropped (see cell);
+// an unsaved cell stays in Table.unsaved.
+func (t *Table) delete(c *cell, how int8) {
+	c.gone = how
+	t.committed.remove(c)
+	if id := c.id; id.Field != "" {
 		nk := nameKey{id.Name, id.Key}
 		if fs := t.fields[nk]; fs != nil {
 			delete(fs, id.Field)
@@ -266,7 +315,16 @@ func (t *Table) Drop(txns []*Txn) {
 // change of an entry wins), with values encoded for the store.
 func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
 	if len(txns) == 1 {
-		return t.Encode(txns[0].changes)
+		out := make([]stream.StateChange, 0, len(txns[0].log))
+		var buf []byte
+		for _, c := range txns[0].log {
+			sc, err := t.encodeChange(&buf, c.id, c.e)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, sc)
+		}
+		return out, nil
 	}
 	merged := map[ID]Entry{}
 	Merge(merged, txns)
@@ -277,83 +335,128 @@ func (t *Table) Changes(txns []*Txn) ([]stream.StateChange, error) {
 // entry wins.
 func Merge(into map[ID]Entry, txns []*Txn) {
 	for _, x := range txns {
-		for id, e := range x.changes {
-			into[id] = e
+		for _, c := range x.log {
+			into[c.id] = c.e
 		}
 	}
 }
 
-// MergeUnsaved adds the changes of txns, about to be applied (see Apply),
-// to into, the changes applied since the store was last written (or that
-// are being written): a later change of an entry wins. An entry that was
-// neither committed nor in into when first changed is not in the store:
-// when it is deleted again before into is written, it leaves into, so
-// that the store is not asked to delete what it never held (a window
-// opened and closed between two saves costs no write). Only the commit
-// loop calls it.
-func (t *Table) MergeUnsaved(into map[ID]Entry, txns []*Txn) {
+// HasUnsaved reports whether changes applied by ApplyUnsaved wait for
+// TakeUnsaved. Only the commit loop calls it.
+func (t *Table) HasUnsaved() bool {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	for _, x := range txns {
-		for id, e := range x.changes {
-			prev, had := into[id]
-			if had {
-				e.fresh = prev.fresh
-			} else {
-				_, held := t.committed[id]
-				e.fresh = !held
+	return len(t.unsaved) > 0
+}
+
+// TakeUnsaved adds to into, the changes to write at the next save, the
+// committed entries that ApplyUnsaved changed since it last ran (their
+// values now: a later change of an entry wins), each once however many
+// batches changed it, and the deletions of those deleted since. An entry
+// the store does not hold that was deleted again is not there (a window
+// opened and closed between two saves costs no write); an entry dropped
+// from memory (its partition revoked, or expired) is, with its last
+// value. Only the commit loop calls it, before it writes into.
+func (t *Table) TakeUnsaved(into map[ID]Entry) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i, c := range t.unsaved {
+		t.unsaved[i] = nil
+		c.unsaved = false
+		switch c.gone {
+		case 0, dropped:
+			into[c.id] = c.e
+			c.stored = true
+		case deleted:
+			if t.committed.get(c.h, c.id) != nil {
+				continue // a later cell of the entry puts it
 			}
-			if e.Deleted && e.fresh {
-				delete(into, id)
-				continue
+			if c.stored {
+				into[c.id] = Entry{Deleted: true}
+			} else if e, ok := into[c.id]; ok && !e.Deleted {
+				// A put that failed to save, of an entry no save wrote since.
+				into[c.id] = Entry{Deleted: true}
 			}
-			into[id] = e
 		}
 	}
+	t.unsaved = t.unsaved[:0]
 }
 
 // Encode returns changes as the store takes them, values encoded.
 func (t *Table) Encode(changes map[ID]Entry) ([]stream.StateChange, error) {
 	out := make([]stream.StateChange, 0, len(changes))
+	var buf []byte
 	for id, e := range changes {
-		c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp, Partition: e.Part}
-		if !e.Deleted {
-			c.Value = e.Raw
-			if e.Val != nil || e.Raw == nil {
-				b, err := t.encode(e.Val)
-				if err != nil {
-					return nil, fmt.Errorf("state %q, key %q: encode: %w", id.Name, id.Key, err)
-				}
-				c.Value = b
-			}
+		c, err := t.encodeChange(&buf, id, e)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, c)
 	}
 	return out, nil
 }
 
+// encodeChange returns the change e of id as the store takes it. A value
+// of a common type is encoded into *buf (see appendJSON), which changes
+// share: a value is a slice of it, never written again.
+func (t *Table) encodeChange(buf *[]byte, id ID, e Entry) (stream.StateChange, error) {
+	c := stream.StateChange{Name: id.Name, Key: id.Key, Field: id.Field, Deleted: e.Deleted, ExpiresAt: e.Exp, Partition: e.Part}
+	if !e.Deleted {
+		c.Value = e.Raw
+		if e.Val != nil || e.Raw == nil {
+			if cap(*buf)-len(*buf) < 64 {
+				*buf = make([]byte, 0, 16<<10)
+			}
+			start := len(*buf)
+			if b, ok := appendJSON(*buf, e.Val); ok {
+				*buf = b
+				c.Value = b[start:len(b):len(b)]
+				return c, nil
+			}
+			b, err := t.encode(e.Val)
+			if err != nil {
+				return c, fmt.Errorf("state %q, key %q: encode: %w", id.Name, id.Key, err)
+			}
+			c.Value = b
+		}
+	}
+	return c, nil
+}
+
 // Apply makes the changes of txns, committed to the store, the committed
 // state, in order, and settles them. Expired entries are swept from time
 // to time.
-func (t *Table) Apply(txns []*Txn) {
+func (t *Table) Apply(txns []*Txn) { t.apply(txns, false) }
+
+// ApplyUnsaved is Apply for changes committed in memory only, to be
+// written at the next save: see TakeUnsaved.
+func (t *Table) ApplyUnsaved(txns []*Txn) { t.apply(txns, true) }
+
+func (t *Table) apply(txns []*Txn, unsaved bool) {
 	t.mu.Lock()
 	for _, x := range txns {
-		for id, e := range x.changes {
-			if e.Deleted {
-				t.delete(id)
-			} else {
-				t.put(id, e)
+		for _, c := range x.log {
+			if !c.e.Deleted {
+				t.put(c.h, c.id, c.e, unsaved)
+				continue
+			}
+			if cl := t.committed.get(c.h, c.id); cl != nil {
+				t.delete(cl, deleted)
+				if unsaved && !cl.unsaved {
+					cl.unsaved = true
+					t.unsaved = append(t.unsaved, cl)
+				}
 			}
 		}
 	}
 	if now := time.Now(); now.Sub(t.swept) >= SweepEvery {
 		t.swept = now
 		ms := now.UnixMilli()
-		for id, e := range t.committed {
-			if e.Exp != 0 && e.Exp <= ms {
-				t.delete(id)
+		t.committed.each(func(c *cell) {
+			if c.e.Exp != 0 && c.e.Exp <= ms {
+				t.delete(c, dropped)
 			}
-		}
+		})
 	}
 	t.mu.Unlock()
 	for _, x := range txns {
@@ -371,10 +474,20 @@ type Txn struct {
 	settled atomic.Bool         // committed or dropped: read the table instead
 	touched bool                // state was used; gen holds the generation then
 	gen     uint64
-	changes map[ID]Entry
+	changes map[uint64]int32     // the index in log of each entry changed, by the hash of its ID
+	clash   map[ID]int32         // those whose hash an earlier entry's took (nil: none)
+	log     []change             // the changes, in the order their entries were first changed
 	fields  map[nameKey][]string // map-state fields changed
 	undo    []undo
 	hint    int // the expected number of changes
+	// seen is the last entry looked up in changes, and where it is
+	// (-1: not there): a function that reads an entry, then sets it,
+	// looks it up once.
+	seen      ID
+	seenH     uint64
+	seenAt    int32
+	seenTaken bool // another entry's change holds seenH in changes
+	seenSet   bool
 	// parts maps the stream keys of the part's messages to their source
 	// partitions; nil for a source without partitions. partsOf makes it
 	// when state is first changed.
@@ -407,8 +520,47 @@ func (x *Txn) partOf(id ID) string {
 	return ""
 }
 
+// change is the change of an entry in a Txn.
+type change struct {
+	id ID
+	h  uint64 // the hash of id
+	e  Entry
+}
+
+// undo is what Rollback needs to undo a change: the entry's earlier
+// change in the Txn, if it had one; an entry it had none of is the last of
+// the log when its change is undone (the undo records are undone last
+// first).
+// find returns the index in log of the change of id, -1 if none, and the
+// hash of id.
+func (x *Txn) find(id ID) (int32, uint64) {
+	if x.seenSet && id == x.seen {
+		return x.seenAt, x.seenH
+	}
+	h := x.t.hash(id)
+	i, taken := x.findHash(h, id)
+	x.seen, x.seenH, x.seenAt, x.seenTaken, x.seenSet = id, h, i, taken, true
+	return i, h
+}
+
+// findHash returns the index in log of the change of id, of hash h, -1 if
+// none; taken reports that another entry's change holds h in changes.
+func (x *Txn) findHash(h uint64, id ID) (i int32, taken bool) {
+	i, ok := x.changes[h]
+	switch {
+	case !ok:
+		return -1, false
+	case x.log[i].id == id:
+		return i, false
+	}
+	if j, ok := x.clash[id]; ok {
+		return j, true
+	}
+	return -1, true
+}
+
 type undo struct {
-	id   ID
+	i    int32
 	prev Entry
 	had  bool
 }
@@ -453,18 +605,21 @@ func (x *Txn) Get(id ID) (Entry, bool, error) {
 }
 
 func (x *Txn) lookup(id ID) (Entry, bool) {
-	if e, ok := x.changes[id]; ok {
-		return e, true
+	i, h := x.find(id)
+	if i >= 0 {
+		return x.log[i].e, true
 	}
 	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
-		if e, ok := p.changes[id]; ok {
-			return e, true
+		if i, _ := p.findHash(h, id); i >= 0 {
+			return p.log[i].e, true
 		}
 	}
 	x.t.mu.RLock()
-	e, ok := x.t.committed[id]
-	x.t.mu.RUnlock()
-	return e, ok
+	defer x.t.mu.RUnlock()
+	if c := x.t.committed.get(h, id); c != nil {
+		return c.e, true
+	}
+	return Entry{}, false
 }
 
 // Put sets id to val, expiring after ttl (<= 0: never).
@@ -492,12 +647,28 @@ func (x *Txn) Delete(id ID) error {
 func (x *Txn) set(id ID, e Entry) {
 	e.Part = x.partOf(id)
 	if x.changes == nil {
-		x.changes = make(map[ID]Entry, x.hint)
+		x.changes = make(map[uint64]int32, x.hint)
+		x.log = make([]change, 0, x.hint)
 	}
-	prev, had := x.changes[id]
-	x.undo = append(x.undo, undo{id: id, prev: prev, had: had})
-	x.changes[id] = e
-	if id.Field != "" && !had {
+	i, h := x.find(id)
+	if had := i >= 0; had {
+		x.undo = append(x.undo, undo{i: i, prev: x.log[i].e, had: true})
+		x.log[i].e = e
+		return
+	}
+	i = int32(len(x.log))
+	x.undo = append(x.undo, undo{i: i})
+	if x.seenTaken {
+		if x.clash == nil {
+			x.clash = map[ID]int32{}
+		}
+		x.clash[id] = i
+	} else {
+		x.changes[h] = i
+	}
+	x.log = append(x.log, change{id, h, e})
+	x.seenAt = i
+	if id.Field != "" {
 		if x.fields == nil {
 			x.fields = map[nameKey][]string{}
 		}
@@ -553,13 +724,23 @@ func (x *Txn) Savepoint() int { return len(x.undo) }
 // Rollback undoes the changes made since the savepoint sp: those of a run
 // that failed, to be tried again or dead-lettered.
 func (x *Txn) Rollback(sp int) {
+	x.seenSet = false
 	for i := len(x.undo) - 1; i >= sp; i-- {
 		u := x.undo[i]
 		if u.had {
-			x.changes[u.id] = u.prev
-		} else {
-			delete(x.changes, u.id)
+			x.log[u.i].e = u.prev
+			continue
 		}
+		// Not had: every entry first changed after it was undone already.
+		last := len(x.log) - 1
+		c := x.log[last]
+		if j, ok := x.clash[c.id]; ok && j == int32(last) {
+			delete(x.clash, c.id)
+		} else {
+			delete(x.changes, c.h)
+		}
+		x.log[last] = change{}
+		x.log = x.log[:last]
 	}
 	clear(x.undo[sp:])
 	x.undo = x.undo[:sp]
@@ -610,25 +791,25 @@ func (x *Txn) Entries(name string, fn func(ID, Entry) error) error {
 		return ErrUnkeyed
 	}
 	seen := map[ID]Entry{}
-	for id, e := range x.changes {
-		if id.Name == name {
-			seen[id] = e
+	for _, c := range x.log {
+		if c.id.Name == name {
+			seen[c.id] = c.e
 		}
 	}
 	for p := x.prev.Load(); p != nil && !p.settled.Load(); p = p.prev.Load() {
-		for id, e := range p.changes {
-			if _, ok := seen[id]; !ok && id.Name == name {
-				seen[id] = e
+		for _, c := range p.log {
+			if _, ok := seen[c.id]; !ok && c.id.Name == name {
+				seen[c.id] = c.e
 			}
 		}
 	}
 	x.t.mu.RLock()
 	if _, ok := x.t.names[name]; ok {
-		for id, e := range x.t.committed {
-			if _, ok := seen[id]; !ok && id.Name == name && owns(id.Key) {
-				seen[id] = e
+		x.t.committed.each(func(c *cell) {
+			if _, ok := seen[c.id]; !ok && c.id.Name == name && owns(c.id.Key) {
+				seen[c.id] = c.e
 			}
-		}
+		})
 	}
 	x.t.mu.RUnlock()
 	for id, e := range seen {
@@ -650,11 +831,11 @@ func (t *Table) CommittedOf(name string, fn func(ID, Entry) error) error {
 	var es []Entry
 	t.mu.RLock()
 	if _, ok := t.names[name]; ok {
-		for id, e := range t.committed {
-			if id.Name == name && e.live() {
-				out, es = append(out, id), append(es, e)
+		t.committed.each(func(c *cell) {
+			if c.id.Name == name && c.e.live() {
+				out, es = append(out, c.id), append(es, c.e)
 			}
-		}
+		})
 	}
 	t.mu.RUnlock()
 	for i, id := range out {

@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
 	"testing"
@@ -63,6 +64,26 @@ func TestRollbackUndoesToTheSavepoint(t *testing.T) {
 	}
 	if _, ok, _ := x.Get(b); ok {
 		t.Fatal("b survived the rollback")
+	}
+	// Entries changed again after a rollback, then a second rollback to
+	// a savepoint between them: the changes are those before it.
+	c := ID{Name: "n", Key: "c"}
+	_ = x.Put(c, 4, 0)
+	sp2 := x.Savepoint()
+	_ = x.Put(b, 5, 0)
+	_ = x.Put(c, 6, 0)
+	_ = x.Put(ID{Name: "n", Key: "d"}, 7, 0)
+	x.Rollback(sp2)
+	changes, err := tb.Changes([]*Txn{x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, ch := range changes {
+		got[ch.Key] = string(ch.Value)
+	}
+	if want := map[string]string{"a": "1", "c": "4"}; !maps.Equal(got, want) {
+		t.Fatalf("changes after rollbacks %v, want %v", got, want)
 	}
 }
 
@@ -164,46 +185,87 @@ func TestEntriesFollowPartitions(t *testing.T) {
 	}
 }
 
-// TestMergeUnsavedFoldsWhatTheStoreNeverHeld: an entry made and deleted
-// between two writes of the store leaves the unsaved changes; one the
-// store holds (committed before) keeps its delete, and so does one made
-// again after it was deleted.
-func TestMergeUnsavedFoldsWhatTheStoreNeverHeld(t *testing.T) {
+// TestTakeUnsavedFoldsWhatTheStoreNeverHeld: an entry made and deleted
+// between two saves is not written; one the store holds (committed before)
+// keeps its delete, and so does one made again after it was deleted; an
+// entry changed by many batches is written once, with its last value; one
+// dropped from memory (its partition revoked) before the save is written.
+func TestTakeUnsavedFoldsWhatTheStoreNeverHeld(t *testing.T) {
 	t.Parallel()
 	tb := New(1, json.Marshal)
 	held, fresh := ID{Name: "w", Key: "a"}, ID{Name: "w", Key: "b"}
 	if err := tb.Load(stream.StateChange{Name: held.Name, Key: held.Key, Value: []byte("1")}); err != nil {
 		t.Fatal(err)
 	}
-	unsaved := map[ID]Entry{}
 	commit := func(f func(x *Txn)) {
 		x := tb.Begin(0)
 		f(x)
-		tb.MergeUnsaved(unsaved, []*Txn{x})
-		tb.Apply([]*Txn{x})
+		tb.ApplyUnsaved([]*Txn{x})
+	}
+	take := func() map[ID]Entry { // a save
+		unsaved := map[ID]Entry{}
+		tb.TakeUnsaved(unsaved)
+		if tb.HasUnsaved() {
+			t.Fatal("unsaved changes left after TakeUnsaved")
+		}
+		return unsaved
 	}
 	commit(func(x *Txn) { _ = x.Put(held, 2, 0); _ = x.Put(fresh, 1, 0) })
+	if !tb.HasUnsaved() {
+		t.Fatal("no unsaved changes after a commit")
+	}
 	commit(func(x *Txn) { _ = x.Delete(held); _ = x.Delete(fresh) })
-	if len(unsaved) != 1 || !unsaved[held].Deleted {
+	if unsaved := take(); len(unsaved) != 1 || !unsaved[held].Deleted {
 		t.Fatalf("unsaved %v, want the delete of the entry the store holds only", unsaved)
 	}
-	// Written: the store now holds neither.
-	clear(unsaved)
+	// Saved: the store now holds neither.
 	commit(func(x *Txn) { _ = x.Put(fresh, 3, 0) })
 	commit(func(x *Txn) { _ = x.Put(fresh, 4, 0) })
-	if e, ok := unsaved[fresh]; !ok || e.Deleted || e.Val != 4 {
+	if unsaved := take(); len(unsaved) != 1 || unsaved[fresh].Deleted || unsaved[fresh].Val != 4 {
 		t.Fatalf("unsaved %v, want the last put", unsaved)
 	}
-	clear(unsaved) // written: the store holds it
 	commit(func(x *Txn) { _ = x.Delete(fresh) })
-	if e, ok := unsaved[fresh]; !ok || !e.Deleted {
+	if unsaved := take(); len(unsaved) != 1 || !unsaved[fresh].Deleted {
 		t.Fatalf("unsaved %v, want the delete of an entry the store holds", unsaved)
 	}
 	// Within one batch: made and deleted, nothing to write.
-	clear(unsaved)
 	other := ID{Name: "w", Key: "c"}
 	commit(func(x *Txn) { _ = x.Put(other, 1, 0); _ = x.Delete(other) })
-	if len(unsaved) != 0 {
+	if unsaved := take(); len(unsaved) != 0 {
 		t.Fatalf("unsaved %v, want nothing", unsaved)
+	}
+	// Made, saved, then deleted and made again: the new value; deleted
+	// and made again and deleted again: the delete.
+	commit(func(x *Txn) { _ = x.Put(other, 1, 0) })
+	take()
+	commit(func(x *Txn) { _ = x.Delete(other) })
+	commit(func(x *Txn) { _ = x.Put(other, 2, 0) })
+	if unsaved := take(); len(unsaved) != 1 || unsaved[other].Deleted || unsaved[other].Val != 2 {
+		t.Fatalf("unsaved %v, want the put made after the delete", unsaved)
+	}
+	commit(func(x *Txn) { _ = x.Delete(other) })
+	commit(func(x *Txn) { _ = x.Put(other, 3, 0) })
+	commit(func(x *Txn) { _ = x.Delete(other) })
+	if unsaved := take(); len(unsaved) != 1 || !unsaved[other].Deleted {
+		t.Fatalf("unsaved %v, want the delete", unsaved)
+	}
+	// Dropped from memory before the save: still written.
+	moved := ID{Name: "w", Key: "d"}
+	x := tb.Begin(0)
+	x.SetPartitions(func() map[string]string { return map[string]string{"d": "t/1"} })
+	_ = x.Put(moved, 5, 0)
+	tb.ApplyUnsaved([]*Txn{x})
+	if n := tb.DropPartitions([]string{"t/1"}); n != 1 {
+		t.Fatalf("dropped %d entries, want 1", n)
+	}
+	if unsaved := take(); len(unsaved) != 1 || unsaved[moved].Val != 5 || unsaved[moved].Part != "t/1" {
+		t.Fatalf("unsaved %v, want the dropped entry's value", unsaved)
+	}
+	// Apply (a change saved with its batch) leaves nothing to save.
+	x = tb.Begin(0)
+	_ = x.Put(moved, 6, 0)
+	tb.Apply([]*Txn{x})
+	if tb.HasUnsaved() {
+		t.Fatal("Apply left unsaved changes")
 	}
 }

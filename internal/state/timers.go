@@ -199,7 +199,7 @@ func (x *Txn) due(h *timerHeap, bound int64, due []Timer) []Timer {
 			}
 		}
 		x.t.mu.RLock()
-		e, ok := x.t.committed[c.ID]
+		e, ok := x.t.get(c.ID)
 		x.t.mu.RUnlock()
 		if ok {
 			if at, ok := timerValue(e); ok && at == c.At {

@@ -21,11 +21,11 @@ func (t *Table) View(key string) (map[string]json.RawMessage, error) {
 	var values, entries []field
 	t.mu.RLock()
 	for name := range t.names {
-		if e, ok := t.committed[ID{name, key, ""}]; ok && e.live() {
+		if e, ok := t.get(ID{name, key, ""}); ok && e.live() {
 			values = append(values, field{name: name, e: e})
 		}
 		for f := range t.fields[nameKey{name, key}] {
-			if e, ok := t.committed[ID{name, key, f}]; ok && e.live() {
+			if e, ok := t.get(ID{name, key, f}); ok && e.live() {
 				entries = append(entries, field{name: name, field: f, e: e})
 			}
 		}
