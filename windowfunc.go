@@ -153,7 +153,7 @@ func (h *windowHandler) signature() string { return "YAML window" }
 
 func (h *windowHandler) bind(fl *flow, layer int) binding {
 	b := &windowBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}}
-	b.ents = windowEntries{name: "kisflow.window/" + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName, keyAt: -1}
+	b.ents = windowEntries{name: state.WindowPrefix + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName, keyAt: -1}
 	if len(h.spec.GroupBy) > 0 {
 		b.ents.keyAt = 0
 	}

@@ -164,12 +164,23 @@ func (t *Table) Len() int {
 	return len(t.committed)
 }
 
+// WindowPrefix starts the names of the state of YAML window functions:
+// one entry per window-group, which only the window reads (through
+// Entries). Their fields are not indexed: Fields and View do not list
+// them. A windowed job changes about one such entry per row it reads, and
+// keeping the index of fields cost a third of its CPU.
+const WindowPrefix = "kisflow.window/"
+
+// indexed reports whether id is a field of a map state that Fields and
+// View list.
+func indexed(id ID) bool { return id.Field != "" && !strings.HasPrefix(id.Name, WindowPrefix) }
+
 func (t *Table) put(id ID, e Entry) {
 	t.committed[id] = e
 	if _, ok := t.names[id.Name]; !ok {
 		t.names[id.Name] = struct{}{}
 	}
-	if id.Field != "" {
+	if indexed(id) {
 		nk := nameKey{id.Name, id.Key}
 		fs := t.fields[nk]
 		if fs == nil {
@@ -182,7 +193,7 @@ func (t *Table) put(id ID, e Entry) {
 
 func (t *Table) delete(id ID) {
 	delete(t.committed, id)
-	if id.Field != "" {
+	if indexed(id) {
 		nk := nameKey{id.Name, id.Key}
 		if fs := t.fields[nk]; fs != nil {
 			delete(fs, id.Field)
@@ -497,7 +508,7 @@ func (x *Txn) set(id ID, e Entry) {
 	prev, had := x.changes[id]
 	x.undo = append(x.undo, undo{id: id, prev: prev, had: had})
 	x.changes[id] = e
-	if id.Field != "" && !had {
+	if !had && indexed(id) {
 		if x.fields == nil {
 			x.fields = map[nameKey][]string{}
 		}
@@ -507,7 +518,8 @@ func (x *Txn) set(id ID, e Entry) {
 }
 
 // Fields returns the fields of the map state name for key that may be
-// live (each to be read with Get), in no order.
+// live (each to be read with Get), in no order; none for a name that
+// starts with WindowPrefix.
 func (x *Txn) Fields(name, key string) ([]string, error) {
 	if err := x.use(key); err != nil {
 		return nil, err
