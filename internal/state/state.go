@@ -168,7 +168,7 @@ func (t *Table) Len() int {
 // one entry per window-group, which only the window reads (through
 // Entries). Their fields are not indexed: Fields and View do not list
 // them. A windowed job changes about one such entry per row it reads, and
-// keeping the index of fields cost a third of its CPU.
+// keeping the index of fields cost about a fifth of its CPU.
 const WindowPrefix = "kisflow.window/"
 
 // indexed reports whether id is a field of a map state that Fields and
