@@ -153,7 +153,7 @@ func (h *windowHandler) signature() string { return "YAML window" }
 
 func (h *windowHandler) bind(fl *flow, layer int) binding {
 	b := &windowBinding{h: h, fl: fl, layer: layer, rows: rowReader{fl: fl}}
-	b.ents = windowEntries{name: "kisflow.window/" + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName, keyAt: -1}
+	b.ents = windowEntries{name: state.WindowPrefix + strconv.Itoa(layer) + "/" + fl.c.funcs[layer].FName, keyAt: -1}
 	if len(h.spec.GroupBy) > 0 {
 		b.ents.keyAt = 0
 	}
@@ -183,14 +183,80 @@ func (w windowEntries) group(g window.Group) state.ID {
 	if w.keyAt >= 0 && w.keyAt < len(vals) {
 		key = window.KeyString(vals[w.keyAt])
 	}
+	var b []byte
+	if g.Session {
+		b = append(b, "session "...)
+	} else {
+		b = append(b, "window "...)
+		b = time.UnixMilli(g.End).UTC().AppendFormat(b, time.RFC3339Nano)
+		b = append(b, ' ')
+	}
+	return state.ID{Name: w.name, Key: key, Field: string(appendValuesJSON(b, vals))}
+}
+
+// appendValuesJSON appends vals as json.Marshal writes them: whole
+// numbers, booleans, null and plain strings by hand (a group's entry is
+// named once per window, but there are many), anything else through
+// json.Marshal.
+func appendValuesJSON(b []byte, vals []any) []byte {
+	start := len(b)
+	b = append(b, '[')
+	for i, v := range vals {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		switch x := v.(type) {
+		case nil:
+			b = append(b, "null"...)
+		case bool:
+			b = strconv.AppendBool(b, x)
+		case int64:
+			b = strconv.AppendInt(b, x, 10)
+		case string:
+			if !plainJSONString(x) {
+				return appendMarshal(b[:start], vals)
+			}
+			b = append(append(append(b, '"'), x...), '"')
+		default:
+			return appendMarshal(b[:start], vals)
+		}
+	}
+	return append(b, ']')
+}
+
+// plainJSONString reports whether json.Marshal writes s as itself between
+// quotes: printable ASCII without the characters it escapes.
+func plainJSONString(s string) bool {
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
+			return false
+		}
+	}
+	return true
+}
+
+func appendMarshal(b []byte, vals []any) []byte {
 	js, err := json.Marshal(vals)
 	if err != nil {
-		js = []byte(fmt.Sprint(vals))
+		return fmt.Append(b, vals)
 	}
-	if g.Session {
-		return state.ID{Name: w.name, Key: key, Field: "session " + string(js)}
+	return append(b, js...)
+}
+
+// groupTagged is group, derived once per window-group: tag is the group's
+// slot in the operator (see window.Operator.ChangesTagged), nil when there
+// is none.
+func (w windowEntries) groupTagged(g window.Group, tag *any) state.ID {
+	if tag == nil {
+		return w.group(g)
 	}
-	return state.ID{Name: w.name, Key: key, Field: "window " + time.UnixMilli(g.End).UTC().Format(time.RFC3339Nano) + " " + string(js)}
+	if id, ok := (*tag).(*state.ID); ok {
+		return *id
+	}
+	id := w.group(g)
+	*tag = &id
+	return id
 }
 
 func isGroupField(f string) bool {
@@ -398,18 +464,19 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 // clock when anything changed (before: the clock before the call).
 func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Clock) error {
 	changed := 0
-	put := func(g window.Group, data []byte) error {
+	put := func(g window.Group, tag *any, data []byte) error {
 		changed++
+		id := ents.groupTagged(g, tag)
 		if data == nil {
-			return x.Delete(ents.group(g))
+			return x.Delete(id)
 		}
-		return x.Put(ents.group(g), slices.Clone(data), 0)
+		return x.Put(id, slices.Clone(data), 0)
 	}
-	if err := ln.op.Changes(put); err != nil {
+	if err := ln.op.ChangesTagged(put); err != nil {
 		return err
 	}
 	if ln.migrate {
-		if err := ln.op.Groups(put); err != nil {
+		if err := ln.op.Groups(func(g window.Group, data []byte) error { return put(g, nil, data) }); err != nil {
 			return err
 		}
 		if err := x.Delete(ents.legacy()); err != nil {

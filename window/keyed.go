@@ -190,6 +190,15 @@ func (o *Operator) markSessions(g *sessGroup) {
 // only. An error of fn stops the calls and is returned; the changes are
 // forgotten all the same.
 func (o *Operator) Changes(fn func(g Group, data []byte) error) error {
+	return o.ChangesTagged(func(g Group, _ *any, data []byte) error { return fn(g, data) })
+}
+
+// ChangesTagged is Changes with, for each window-group, a slot that the
+// operator keeps with the group until it is freed, for the caller's own
+// use: what it derives from the group (the name of its state entry) is
+// derived once per group rather than once per change. The slot holds nil
+// until the caller sets it; the pointer is valid during the call only.
+func (o *Operator) ChangesTagged(fn func(g Group, tag *any, data []byte) error) error {
 	defer o.dropChanges()
 	w := &writer{}
 	for _, c := range o.changes {
@@ -199,19 +208,22 @@ func (o *Operator) Changes(fn func(g Group, data []byte) error) error {
 			if o.groups[s.key] == s {
 				o.encodeSessions(w, s)
 			}
-			if err := fn(Group{Key: s.key, Session: true}, nilIfEmpty(w.b)); err != nil {
+			if err := fn(Group{Key: s.key, Session: true}, &s.tag, nilIfEmpty(w.b)); err != nil {
 				return err
 			}
 			continue
 		}
 		b := c.b
+		if len(b.tags) < len(b.keys) {
+			b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+		}
 		live := o.open[b.end] == b || o.kept[b.end] == b
 		if c.g < 0 {
 			if live {
 				continue
 			}
 			for g := range b.keys {
-				if err := fn(Group{Key: b.keys[g], End: b.end}, nil); err != nil {
+				if err := fn(Group{Key: b.keys[g], End: b.end}, &b.tags[g], nil); err != nil {
 					return err
 				}
 			}
@@ -223,7 +235,7 @@ func (o *Operator) Changes(fn func(g Group, data []byte) error) error {
 		}
 		w.b = w.b[:0]
 		o.encodeBucketGroup(w, b, c.g)
-		if err := fn(Group{Key: b.keys[c.g], End: b.end}, w.b); err != nil {
+		if err := fn(Group{Key: b.keys[c.g], End: b.end}, &b.tags[c.g], w.b); err != nil {
 			return err
 		}
 	}

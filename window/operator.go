@@ -55,6 +55,7 @@ type bucket struct {
 	accs       []accum
 	dirty      map[int32]bool     // groups to emit again (late: update)
 	changed    map[int32]struct{} // groups changed since Changes (see Track)
+	tags       []any              // the caller's slot of each group (see ChangesTagged), grown on use
 	startS     string
 	endS       string
 }
@@ -75,6 +76,7 @@ type sessGroup struct {
 	key        string
 	open, kept []*session
 	changed    bool // since Changes (see Track)
+	tag        any  // the caller's slot (see ChangesTagged)
 }
 
 // timer is a session's entry in the heap: when the watermark reaches at,

@@ -194,6 +194,17 @@ func (t *Table) Len() int {
 	return t.committed.n
 }
 
+// WindowPrefix starts the names of the state of YAML window functions:
+// one entry per window-group, which only the window reads (through
+// Entries). Their fields are not indexed: Fields and View do not list
+// them. A windowed job changes about one such entry per row it reads, and
+// keeping the index of fields cost about a fifth of its CPU.
+const WindowPrefix = "kisflow.window/"
+
+// indexed reports whether id is a field of a map state that Fields and
+// View list.
+func indexed(id ID) bool { return id.Field != "" && !strings.HasPrefix(id.Name, WindowPrefix) }
+
 // put sets the committed entry id, of hash h, in place when the table
 // has it, and returns its cell; with unsaved, the cell is one to save.
 func (t *Table) put(h uint64, id ID, e Entry, unsaved bool) *cell {
@@ -214,7 +225,7 @@ func (t *Table) put(h uint64, id ID, e Entry, unsaved bool) *cell {
 		t.names[id.Name] = struct{}{}
 		t.lastName = id.Name
 	}
-	if id.Field != "" {
+	if indexed(id) {
 		nk := nameKey{id.Name, id.Key}
 		fs := t.fields[nk]
 		if fs == nil {
@@ -231,7 +242,7 @@ func (t *Table) put(h uint64, id ID, e Entry, unsaved bool) *cell {
 func (t *Table) delete(c *cell, how int8) {
 	c.gone = how
 	t.committed.remove(c)
-	if id := c.id; id.Field != "" {
+	if id := c.id; indexed(id) {
 		nk := nameKey{id.Name, id.Key}
 		if fs := t.fields[nk]; fs != nil {
 			delete(fs, id.Field)
@@ -668,7 +679,7 @@ func (x *Txn) set(id ID, e Entry) {
 	}
 	x.log = append(x.log, change{id, h, e})
 	x.seenAt = i
-	if id.Field != "" {
+	if indexed(id) {
 		if x.fields == nil {
 			x.fields = map[nameKey][]string{}
 		}
@@ -678,7 +689,8 @@ func (x *Txn) set(id ID, e Entry) {
 }
 
 // Fields returns the fields of the map state name for key that may be
-// live (each to be read with Get), in no order.
+// live (each to be read with Get), in no order; none for a name that
+// starts with WindowPrefix.
 func (x *Txn) Fields(name, key string) ([]string, error) {
 	if err := x.use(key); err != nil {
 		return nil, err

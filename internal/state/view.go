@@ -8,7 +8,8 @@ import (
 
 // View returns the committed state of key, for reading from outside the
 // job (the admin server): each state's name and its value as JSON, a map
-// state as an object of its live entries. Changes of batches not committed
+// state as an object of its live entries (a window's entries, whose names
+// start with WindowPrefix, are not listed). Changes of batches not committed
 // yet are not in it. The entries are copied under the table's read lock,
 // which holds off only the commit loop's Apply, for a few map look-ups per
 // state name and entry of key; they are encoded after it is released. An
