@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -223,7 +225,7 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		ps = c.closed(ps)
 	}
 	if len(ps) == 0 {
-		return nil, fmt.Errorf("remote function %q: no provider of service %q serves it now (is `kisflow serve` running and registered?); the batch is retried", call.Func, c.o.Service)
+		return nil, stream.Unavailable(c.noProvider(call.Func))
 	}
 	field := c.o.HashField
 	if field == "" {
@@ -308,7 +310,11 @@ func rowKey(raw json.RawMessage, field string) string {
 func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
 	switch c.o.Cluster {
 	case Failfast:
-		return c.once(ctx, c.lb.Pick(ps, key, nil), req)
+		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
+		if err != nil {
+			return nil, unreachable(err, []error{err})
+		}
+		return out, nil
 	case Failsafe:
 		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
 		if err != nil {
@@ -343,7 +349,86 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 			ps = fresh // providers that appeared or vanished meanwhile
 		}
 	}
-	return nil, fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...))
+	return nil, unreachable(fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...)), errs)
+}
+
+// unreachable marks err stream.Unavailable when every one of errs is a
+// provider that could not be reached (down, restarting, refusing
+// connections): no provider is available, and the flow waits for one
+// rather than failing the batch. A timeout or a provider's own refusal
+// stays a failure of the call.
+func unreachable(err error, errs []error) error {
+	for _, e := range errs {
+		var pe *providerError
+		if !errors.As(e, &pe) || status.Code(pe.err) != codes.Unavailable {
+			return err
+		}
+	}
+	if len(errs) == 0 {
+		return err
+	}
+	return stream.Unavailable(err)
+}
+
+// noProvider says why no provider can be called for fname: none of the
+// service is registered, none of the version and group asked for (naming
+// those that exist), or none registered the function.
+func (c *Client) noProvider(fname string) error {
+	all, filtered := c.dir.Providers(), c.dir.Providers()
+	version, group := "", ""
+	if l, ok := c.dir.(Lister); ok {
+		all = l.All()
+		version, group = l.Filter()
+	}
+	var want []string
+	if version != "" {
+		want = append(want, fmt.Sprintf("version %q", version))
+	}
+	if group != "" {
+		want = append(want, fmt.Sprintf("group %q", group))
+	}
+	switch {
+	case len(all) == 0:
+		return fmt.Errorf("remote function %q: no provider of service %q is registered now (is `kisflow serve --service %s` running?); waiting for one", fname, c.o.Service, c.o.Service)
+	case len(filtered) == 0:
+		return fmt.Errorf("remote function %q: none of the %d providers of service %q has %s (they have %s); waiting for one", fname, len(all), c.o.Service, strings.Join(want, " and "), describe(all))
+	case !slices.ContainsFunc(filtered, func(p Provider) bool { return p.serves(fname) }):
+		return fmt.Errorf("remote function %q: none of the %d providers of service %q serves it (they serve %s); waiting for one", fname, len(filtered), c.o.Service, funcsOf(filtered))
+	}
+	return fmt.Errorf("remote function %q: every provider of service %q is left out by its breaker", fname, c.o.Service)
+}
+
+// describe lists the versions and groups of ps, with how many have each.
+func describe(ps []Provider) string {
+	n := map[string]int{}
+	var keys []string
+	for _, p := range ps {
+		k := fmt.Sprintf("version %q group %q", p.Version, p.Group)
+		if n[k] == 0 {
+			keys = append(keys, k)
+		}
+		n[k]++
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s (%d)", k, n[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// funcsOf lists the functions ps serve.
+func funcsOf(ps []Provider) string {
+	var fs []string
+	for _, p := range ps {
+		for _, f := range p.Funcs {
+			if !slices.Contains(fs, f) {
+				fs = append(fs, f)
+			}
+		}
+	}
+	slices.Sort(fs)
+	return strings.Join(fs, ", ")
 }
 
 func (c *Client) liveOf(fname string) []Provider {
@@ -386,7 +471,7 @@ func (c *Client) forking(ctx context.Context, ps []Provider, req *request, key s
 		}
 		errs = append(errs, r.err)
 	}
-	return nil, fmt.Errorf("remote function %q: all %d forks failed: %w", req.Func, n, errors.Join(errs...))
+	return nil, unreachable(fmt.Errorf("remote function %q: all %d forks failed: %w", req.Func, n, errors.Join(errs...)), errs)
 }
 
 func (c *Client) broadcast(ctx context.Context, ps []Provider, req *request) (*driver.Outcome, error) {
