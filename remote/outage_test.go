@@ -69,9 +69,9 @@ stream:
 `})
 }
 
-// feed appends rows from..to-1 to the caller's input, 50 every 20ms, and
+// feed appends rows from..to-1 to the caller's input, 50 every pace, and
 // calls at(i) before each group of 50 rows starting at i.
-func feed(t *testing.T, dir string, from, to int, at func(i int)) {
+func feed(t *testing.T, dir string, from, to int, pace time.Duration, at func(i int)) {
 	t.Helper()
 	in, err := os.OpenFile(filepath.Join(dir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
@@ -89,7 +89,7 @@ func feed(t *testing.T, dir string, from, to int, at func(i int)) {
 		if _, err := in.Write(buf.Bytes()); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(pace)
 	}
 }
 
@@ -136,7 +136,7 @@ func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 3000
 	down := make(chan struct{})
-	feed(t, cdir, 0, total, func(i int) {
+	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 6s
 		if i == 500 {
 			go func() { defer close(down); nats.Down(t, 5*time.Second) }()
 		}
@@ -164,7 +164,7 @@ func TestNoProviderIsAnOutage(t *testing.T) {
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 2000
 	var killed time.Time
-	feed(t, cdir, 0, total, func(i int) {
+	feed(t, cdir, 0, total, 20*time.Millisecond, func(i int) {
 		if i == 500 {
 			_ = p.cmd.Process.Kill()
 			killed = time.Now()
