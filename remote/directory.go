@@ -320,6 +320,7 @@ type staticDirectory []Provider
 // optionally "host:port;weight" (default weight DefaultWeight).
 func Static(addrs []string) (Directory, error) {
 	var d staticDirectory
+	var errs []error
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
 		if a == "" {
@@ -329,14 +330,19 @@ func Static(addrs []string) (Directory, error) {
 		if host, ws, ok := strings.Cut(a, ";"); ok {
 			n, err := strconv.Atoi(ws)
 			if err != nil || n < 1 {
-				return nil, fmt.Errorf("static provider %q: the weight after ';' must be a whole number of at least 1", a)
+				errs = append(errs, fmt.Errorf("static provider %q: the weight after ';' must be a whole number of at least 1", a))
+				continue
 			}
 			a, w = host, n
 		}
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("static provider %q: want host:port: %w", a, err)
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("static provider %q: want host:port (a port is required)", a))
+			continue
 		}
 		d = append(d, Provider{ID: a, Addr: a, Weight: w})
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	if len(d) == 0 {
 		return nil, errors.New("static registry: addrs lists no provider (give host:port, comma-separated)")

@@ -32,7 +32,7 @@ type params struct {
 	Group           string        `param:"group" doc:"call only providers of this group (kisflow serve --group)"`
 	Cluster         string        `param:"cluster" default:"failover" enum:"failover|failfast|failsafe|forking|broadcast" doc:"the cluster strategy: failover retries on another provider, failfast tries once, failsafe logs a failure and yields no rows, forking calls forks providers at once and takes the first success, broadcast calls all and fails if any fails"`
 	LoadBalance     string        `param:"loadbalance" default:"random" enum:"random|round_robin|least_active|consistent_hash" doc:"how a provider is picked: weighted random, smooth weighted round robin, fewest calls in flight, or a hash ring of the row's key (hash_field, default the flow's stream.key)"`
-	Retries         int           `param:"retries" default:"2" min:"0" doc:"failover: other providers tried after the first fails (at most 10)"`
+	Retries         int           `param:"retries" default:"2" min:"0" max:"10" doc:"failover: other providers tried after the first fails (at most 10)"`
 	Timeout         time.Duration `param:"timeout" default:"2s" min:"1ms" doc:"of each attempt"`
 	Forks           int           `param:"forks" default:"2" min:"1" doc:"forking: providers called at once"`
 	HashField       string        `param:"hash_field" doc:"consistent_hash: the row field hashed (default the flow's stream.key; the whole row when neither is set)"`
@@ -123,6 +123,12 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 	case "static", "dns":
 		if strings.TrimSpace(cfg.Addrs) == "" {
 			return nil, fmt.Errorf("connector %q: registry %s needs addrs (%s)", cfg.CName, p.Registry, map[string]string{"static": "host:port, comma-separated", "dns": "the SRV name"}[p.Registry])
+		}
+		if p.Registry == "static" {
+			// Checked here, so that lint reports it at addrs' line.
+			if _, err := rpc.Static(strings.Split(cfg.Addrs, ",")); err != nil {
+				return nil, fmt.Errorf("addrs: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
 		}
 	}
 	return &Remote{cfg: cfg, p: p}, nil
