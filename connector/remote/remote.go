@@ -153,7 +153,13 @@ func (r *Remote) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connector %q: %w", r.cfg.CName, err)
 	}
-	c, err := rpc.NewClient(dir, rpc.Options{Service: r.p.Service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
+	service := r.p.Service
+	if service == "" {
+		// Static and DNS registries need no service name: logs and
+		// errors name the connector's registry instead.
+		service = r.p.Registry + " " + strings.TrimSpace(r.cfg.Addrs)
+	}
+	c, err := rpc.NewClient(dir, rpc.Options{Service: service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
 		Retries: r.p.Retries, Timeout: r.p.Timeout, Forks: r.p.Forks, HashField: r.p.HashField,
 		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen, Observe: r.observe})
 	if err != nil {
