@@ -225,7 +225,7 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		ps = c.closed(ps)
 	}
 	if len(ps) == 0 {
-		return nil, stream.Unavailable(c.noProvider(call.Func))
+		return nil, stream.Unavailable(fmt.Errorf("remote function %q: %w; waiting for one", call.Func, c.noProvider(call.Func)))
 	}
 	field := c.o.HashField
 	if field == "" {
@@ -389,13 +389,23 @@ func (c *Client) noProvider(fname string) error {
 	}
 	switch {
 	case len(all) == 0:
-		return fmt.Errorf("remote function %q: no provider of service %q is registered now (is `kisflow serve --service %s` running?); waiting for one", fname, c.o.Service, c.o.Service)
+		return fmt.Errorf("no provider of service %q is registered now (is `kisflow serve --service %s` running?)", c.o.Service, c.o.Service)
 	case len(filtered) == 0:
-		return fmt.Errorf("remote function %q: none of the %d providers of service %q has %s (they have %s); waiting for one", fname, len(all), c.o.Service, strings.Join(want, " and "), describe(all))
-	case !slices.ContainsFunc(filtered, func(p Provider) bool { return p.serves(fname) }):
-		return fmt.Errorf("remote function %q: none of the %d providers of service %q serves it (they serve %s); waiting for one", fname, len(filtered), c.o.Service, funcsOf(filtered))
+		return fmt.Errorf("none of the %d providers of service %q has %s (they have %s)", len(all), c.o.Service, strings.Join(want, " and "), describe(all))
+	case fname != "" && !slices.ContainsFunc(filtered, func(p Provider) bool { return p.serves(fname) }):
+		return fmt.Errorf("none of the %d providers of service %q serves it (they serve %s)", len(filtered), c.o.Service, funcsOf(filtered))
 	}
-	return fmt.Errorf("remote function %q: every provider of service %q is left out by its breaker", fname, c.o.Service)
+	return fmt.Errorf("every provider of service %q is left out by its breaker", c.o.Service)
+}
+
+// Check returns an error, naming the service, the version and group asked
+// for and the providers that exist, when no provider can be called now
+// (for kisflow dry-run).
+func (c *Client) Check() error {
+	if len(c.dir.Providers()) > 0 {
+		return nil
+	}
+	return c.noProvider("")
 }
 
 // describe lists the versions and groups of ps, with how many have each.

@@ -280,3 +280,45 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestDryRunReportsAServiceWithoutProvider: kisflow dry-run fails a remote
+// connector that no provider serves, or none of its version, naming what
+// is registered.
+func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	remote.Register(t, url, bucket, remote.Provider{ID: "a", Service: service, Addr: "127.0.0.1:1", Version: "1.0", Funcs: []string{"Price"}, TTL: time.Minute})
+	for _, tc := range []struct{ service, version, want string }{
+		{service, "", ": ok"},
+		{service, "9", `none of the 1 providers of service "` + service + `" has version "9" (they have version "1.0" group "" (1))`},
+		{service + "_none", "", `no provider of service "` + service + `_none" is registered now`},
+	} {
+		dir := callerDir(t, url, bucket, tc.service)
+		if tc.version != "" {
+			f := filepath.Join(dir, "conns.yml")
+			data, _ := os.ReadFile(f)
+			if err := os.WriteFile(f, bytes.Replace(data, []byte("  retries: 2\n"), []byte("  retries: 2\n  version: \""+tc.version+"\"\n"), 1), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, kisflowBin(t), "dry-run", dir)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		wantCode := 1
+		if tc.want == ": ok" {
+			wantCode = 0
+		}
+		line := ""
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "connector pricing ") {
+				line = l
+			}
+		}
+		if code := cmd.ProcessState.ExitCode(); code != wantCode || !strings.Contains(line, tc.want) {
+			t.Errorf("dry-run of service %s version %q: exit %d, %s; want exit %d with %q", tc.service, tc.version, code, out, wantCode, tc.want)
+		}
+	}
+}

@@ -188,6 +188,15 @@ func (r *Remote) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	return r.client.Invoke(ctx, call)
 }
 
+// Check reports a service no provider serves now, or none of the version
+// and group asked for (kisflow.Checker, for kisflow dry-run).
+func (r *Remote) Check(context.Context, config.ConnUse) error {
+	if r.client == nil {
+		return errors.New("not started")
+	}
+	return r.client.Check()
+}
+
 // breakerFailures maps the param (0: none) to rpc.Options' (< 0: none).
 func breakerFailures(n int) int {
 	if n == 0 {
