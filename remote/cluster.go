@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -61,6 +62,7 @@ type Client struct {
 	active *Active
 	o      Options
 
+	noKey  atomic.Bool // the consistent_hash field was missed (logged once)
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn // by address
 	health map[string]*breaker         // by provider ID
@@ -250,6 +252,10 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		groups[id] = append(groups[id], i)
 	}
 	if len(order) == 1 {
+		if field != "" && keys[0] == "" && !slices.ContainsFunc(keys, func(k string) bool { return k != "" }) && c.noKey.CompareAndSwap(false, true) {
+			c.o.Logger.WarnContext(ctx, "remote: consistent_hash: no row of a batch has the hashed field, so every row goes to one provider; set hash_field (or the flow's stream.key) to a field the rows have",
+				"service", c.o.Service, "func", req.Func, "field", field)
+		}
 		return c.strategy(ctx, ps, req, keys[0])
 	}
 	outs := make([]*driver.Outcome, len(order))

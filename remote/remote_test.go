@@ -1,11 +1,14 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -627,4 +630,38 @@ func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
 	if _, err := watchDNS(context.Background(), "_grpc._tcp.pricing", time.Second, lookup); err == nil {
 		t.Fatal("a first lookup that fails must be an error")
 	}
+}
+
+// TestHashFieldNoRowHasIsLogged: a consistent_hash field that no row of a
+// batch has sends every row to one provider; the client says so, once.
+func TestHashFieldNoRowHasIsLogged(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedBuffer{b: &logs, mu: &mu}, nil))
+	c := client(t, Options{LoadBalance: ConsistentHash, HashField: "nope", Logger: log}, provider(t, &fakeEngine{}), provider(t, &fakeEngine{}))
+	for range 3 {
+		if _, err := c.Invoke(context.Background(), call(rows("a", "b", "c", "d"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(logs.String(), "no row of a batch has the hashed field"); n != 1 {
+		t.Fatalf("logged %d times, want once: %s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "field=nope") {
+		t.Fatalf("the log does not name the field: %s", logs.String())
+	}
+}
+
+type lockedBuffer struct {
+	b  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }
