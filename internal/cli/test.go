@@ -17,8 +17,8 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
-	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
