@@ -18,10 +18,14 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
+// fileSink is the connector out: a file, out.jsonl.
+const fileSink = "kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n"
+
 // callerDir is the folder of a `kisflow run` flow that reads rows from
 // in.jsonl (followed), prices them through the remote function Price of
-// service at the NATS registry url, and writes them to out.jsonl.
-func callerDir(t *testing.T, url, bucket, service string) string {
+// service at the NATS registry url, and writes them to the connector out
+// of sink, with delivery.
+func callerDir(t *testing.T, url, bucket, service, sink, delivery string) string {
 	t.Helper()
 	return writeFiles(t, map[string]string{
 		"in.jsonl": "",
@@ -33,12 +37,7 @@ params:
   follow: true
   poll: 10ms
 ---
-kistype: conn
-cname: out
-type: file
-params:
-  path: out.jsonl
----
+%s---
 kistype: conn
 cname: pricing
 type: remote
@@ -49,7 +48,7 @@ params:
   loadbalance: round_robin
   retries: 2
   timeout: 2s
-`, url, service, bucket),
+`, sink, url, service, bucket),
 		"flow.yml": `kistype: func
 fname: Price
 fmode: Calculate
@@ -66,7 +65,7 @@ stream:
   sink: out
   batch_size: 20
   linger: 5ms
-`})
+  delivery: ` + delivery + "\n"})
 }
 
 // feed appends rows from..to-1 to the caller's input, 50 every pace, and
@@ -132,7 +131,7 @@ func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
 	serving(t, pdir, args...)
 	serving(t, pdir, args...)
-	cdir := callerDir(t, url, bucket, service)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 3000
 	down := make(chan struct{})
@@ -160,7 +159,7 @@ func TestNoProviderIsAnOutage(t *testing.T) {
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "1s"}
 	p, _ := serving(t, pdir, args...)
-	cdir := callerDir(t, url, bucket, service)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 2000
 	var killed time.Time
@@ -295,7 +294,7 @@ func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
 		{service, "9", `none of the 1 providers of service "` + service + `" has version "9" (they have version "1.0" group "" (1))`},
 		{service + "_none", "", `no provider of service "` + service + `_none" is registered now`},
 	} {
-		dir := callerDir(t, url, bucket, tc.service)
+		dir := callerDir(t, url, bucket, tc.service, fileSink, "at-least-once")
 		if tc.version != "" {
 			f := filepath.Join(dir, "conns.yml")
 			data, _ := os.ReadFile(f)
