@@ -62,10 +62,11 @@ type Client struct {
 	active *Active
 	o      Options
 
-	noKey  atomic.Bool // the consistent_hash field was missed (logged once)
-	mu     sync.Mutex
-	conns  map[string]*grpc.ClientConn // by address
-	health map[string]*breaker         // by provider ID
+	noKey   atomic.Bool  // the consistent_hash field was missed (logged once)
+	dropped atomic.Int64 // rows of failsafe calls that failed
+	mu      sync.Mutex
+	conns   map[string]*grpc.ClientConn // by address
+	health  map[string]*breaker         // by provider ID
 }
 
 // breaker is the failure record of one provider.
@@ -165,8 +166,16 @@ func NewClient(dir Directory, o Options) (*Client, error) {
 	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*grpc.ClientConn{}, health: map[string]*breaker{}}, nil
 }
 
-// Close closes the connections and the directory.
+// Dropped returns how many rows failsafe calls that failed yielded no
+// rows for: neither written nor dead-lettered.
+func (c *Client) Dropped() int64 { return c.dropped.Load() }
+
+// Close closes the connections and the directory. It logs how many rows
+// failsafe dropped, if any.
 func (c *Client) Close() error {
+	if n := c.dropped.Load(); n > 0 {
+		c.o.Logger.Warn(fmt.Sprintf("remote: failsafe dropped %d rows whose calls failed: they were neither written nor dead-lettered", n), "service", c.o.Service)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
@@ -324,6 +333,7 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 	case Failsafe:
 		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
 		if err != nil {
+			c.dropped.Add(int64(len(req.Rows)))
 			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", len(req.Rows), "err", err)
 			return &driver.Outcome{}, nil
 		}

@@ -171,10 +171,21 @@ func TestClusterStrategies(t *testing.T) {
 	})
 	t.Run("failsafe yields no rows", func(t *testing.T) {
 		t.Parallel()
-		c := client(t, Options{Cluster: Failsafe}, deadAddr(t))
+		var logs bytes.Buffer
+		var mu sync.Mutex
+		c := client(t, Options{Cluster: Failsafe, Logger: slog.New(slog.NewTextHandler(&lockedBuffer{b: &logs, mu: &mu}, nil))}, deadAddr(t))
 		out, err := c.Invoke(ctx, call(rows("a")))
 		if err != nil || len(out.Rows) != 0 {
 			t.Fatalf("failsafe: %v, %v: want no rows, no error", out, err)
+		}
+		if _, err := c.Invoke(ctx, call(rows("b", "c"))); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		if c.Dropped() != 3 || !strings.Contains(logs.String(), "failsafe dropped 3 rows") {
+			t.Fatalf("dropped %d, logged %s: want the 3 rows of the failed calls named", c.Dropped(), logs.String())
 		}
 	})
 	t.Run("forking takes the first success", func(t *testing.T) {
