@@ -118,8 +118,8 @@ func allOut(t *testing.T, dir string, run *proc, total int, within time.Duration
 	return out
 }
 
-// TestRegistryOutageKeepsTheProviders: the NATS registry is down for
-// longer than the providers' TTL while a flow calls them: the caller keeps
+// TestRegistryOutageKeepsTheProviders: the NATS registry is SIGKILLed and
+// down for longer than the providers' TTL while a flow calls them: the caller keeps
 // the last known providers (the registry could deliver no refresh), so the
 // stream never misses a provider and no row is held or dead-lettered.
 func TestRegistryOutageKeepsTheProviders(t *testing.T) {
@@ -137,7 +137,7 @@ func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 	down := make(chan struct{})
 	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 6s
 		if i == 500 {
-			go func() { defer close(down); nats.Down(t, 5*time.Second) }()
+			go func() { defer close(down); nats.Crash(t, 5*time.Second) }()
 		}
 	})
 	<-down
