@@ -77,3 +77,32 @@ params:
 		})
 	}
 }
+
+// TestLintRemoteHashField: a consistent_hash field that the rows reaching
+// the remote step are known not to carry is a warning at its line.
+func TestLintRemoteHashField(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"conf.yml": `kistype: conn
+cname: pricing
+type: remote
+params:
+  service: pricing
+  loadbalance: consistent_hash
+  hash_field: usr_id
+---
+kistype: func
+fname: Price
+fmode: Calculate
+source:
+  must: [user_id, amount]
+option:
+  cname: pricing
+`})
+	code, out, stderr := run(t, "lint", dir)
+	out = strings.ReplaceAll(out+stderr, dir+string(filepath.Separator), "")
+	want := `conf.yml:7: warning: connector "pricing": hash_field "usr_id" (did you mean user_id?): the rows reaching function "Price" carry only amount, user_id, so every row would go to one provider`
+	if code != ExitOK || !strings.Contains(out, want) {
+		t.Fatalf("lint exit %d, want 0 with %q:\n%s", code, want, out)
+	}
+}
