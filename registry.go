@@ -454,6 +454,14 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 	strict := r.lintStrictConns(s)
 	byGo := map[string]bool{}   // connectors of functions with a Go body in r
 	byFunc := map[string]bool{} // connectors of any function
+	// Remote connectors: always used by the steps naming them (a remote
+	// function has no body to run instead), so their problems are errors.
+	remote := map[string]bool{}
+	for name, c := range s.Conns {
+		if spec, ok := r.ConnectorSpec(c.Type); ok && spec.Remote {
+			remote[name] = true
+		}
+	}
 	for name, fc := range s.Funcs {
 		if fc.Option.CName == "" {
 			continue
@@ -467,7 +475,7 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 	// may have, a Go body use: it starts when one first needs its client,
 	// and fails then.
 	lazy := func(name string, p config.Problem) config.Problem {
-		if !byFunc[name] || strict[name] || p.Severity != config.SevError {
+		if !byFunc[name] || strict[name] || p.Severity != config.SevError || remote[name] {
 			return p
 		}
 		p.Severity = config.SevWarning
@@ -497,6 +505,8 @@ func (r *Registry) checkConns(s *config.Set) []config.Problem {
 				sev := config.SevWarning
 				msg := pe.Error()
 				switch {
+				case pe.Unknown && remote[name]:
+					sev = config.SevError
 				case pe.Unknown && !streams[name]:
 					// A param of the connector's own callbacks (KisFlow's
 					// CaaS), unless it looks like a misspelt declared one.

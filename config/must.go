@@ -128,6 +128,7 @@ func (s *Set) checkChainFields(where string, chain []string, report addAtFunc) {
 			}
 		}
 		if !fn.ConfigOnly() {
+			s.checkHashField(name, where, known, report)
 			known = nil
 			continue
 		}
@@ -172,5 +173,20 @@ func (s *Set) checkChainFields(where string, chain []string, report addAtFunc) {
 				unknown(fmt.Sprintf("keep[%d]", i), "keep", have, 0, SevWarning, k)
 			}
 		}
+	}
+}
+
+// checkHashField warns when function name runs through a remote connector
+// (type remote) that balances by consistent_hash over a hash_field the
+// rows reaching it are known not to carry: every row would go to one
+// provider.
+func (s *Set) checkHashField(name, where string, known []string, report addAtFunc) {
+	c := s.Conns[s.Funcs[name].Option.CName]
+	if known == nil || c == nil || c.Type != "remote" || c.Params["loadbalance"] != "consistent_hash" {
+		return
+	}
+	if hf := c.Params["hash_field"]; hf != "" && !slices.Contains(known, hf) {
+		report(s.Pos(KindConn, c.CName, "params.hash_field"), SevWarning, "connector %q: hash_field %q%s: the rows reaching function %q%s carry only %s, so every row would go to one provider",
+			c.CName, hf, suggestName(hf, known), name, where, strings.Join(slices.Sorted(slices.Values(known)), ", "))
 	}
 }

@@ -11,7 +11,10 @@ import "context"
 //
 // An error fails the whole call: the runtime retries it, bisects the batch
 // and dead-letters as it does a local function's error (stream.Permanent
-// and stream.Fatal keep their meaning).
+// and stream.Fatal keep their meaning). An error marked
+// stream.ErrUnavailable (no provider to call) is an outage instead: a
+// stream waits it out, calling again with backoff, and dead-letters
+// nothing for it.
 type Invoker interface {
 	Invoke(ctx context.Context, call *Invocation) (*Outcome, error)
 }

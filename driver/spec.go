@@ -35,6 +35,7 @@ type Param struct {
 	Required bool
 	Enum     []string // the words a KindEnum param takes
 	Min      string   // the lowest value of an int, duration or size, as written in YAML
+	Max      string   // the highest one used: a larger value is read as it, with a lint warning
 	Example  string
 	Secret   bool     // a credential: masked by echo and in errors
 	Aliases  []string // former names still read, with a lint warning
@@ -45,6 +46,7 @@ type Param struct {
 
 	field []int
 	min   any
+	max   any
 }
 
 // Spec declares a connector type: what it is and its params. Build it with
@@ -56,6 +58,7 @@ type Param struct {
 //	required:"true"   it must be given
 //	enum:"a|b|c"      the words a string param takes
 //	min:"value"       the lowest int, duration or size
+//	max:"value"       the highest int, duration or size used: a larger one is capped, with a warning
 //	example:"value"   an example value
 //	secret:"true"     a credential
 //	alias:"old|older" former names, still read with a lint warning
@@ -114,7 +117,7 @@ func NewSpec[P any](typ, summary string) (*Spec, error) {
 			continue
 		}
 		p := Param{Name: name, Default: f.Tag.Get("default"), Doc: f.Tag.Get("doc"), Example: f.Tag.Get("example"),
-			Required: f.Tag.Get("required") == "true", Secret: f.Tag.Get("secret") == "true", Min: f.Tag.Get("min"), field: f.Index}
+			Required: f.Tag.Get("required") == "true", Secret: f.Tag.Get("secret") == "true", Min: f.Tag.Get("min"), Max: f.Tag.Get("max"), field: f.Index}
 		if a := f.Tag.Get("alias"); a != "" {
 			p.Aliases = strings.Split(a, "|")
 		}
@@ -151,6 +154,13 @@ func NewSpec[P any](typ, summary string) (*Spec, error) {
 				return nil, fmt.Errorf("spec %s: param %s: min: %v", typ, name, err)
 			}
 			p.min = v
+		}
+		if p.Max != "" {
+			v, err := parse(p.Kind, p.Max, nil)
+			if err != nil {
+				return nil, fmt.Errorf("spec %s: param %s: max: %v", typ, name, err)
+			}
+			p.max = v
 		}
 		if p.Default != "" {
 			if _, err := p.value(p.Default); err != nil {
@@ -290,6 +300,10 @@ func (s *Spec) decode(params map[string]string) ([]any, Errors) {
 		if err != nil {
 			errs = append(errs, &ParamError{Param: name, Msg: err.Error()})
 			continue
+		}
+		if p.max != nil && less(p.max, v) {
+			errs = append(errs, &ParamError{Param: name, Warning: true, Msg: fmt.Sprintf("%s is above the maximum %s: %s is used", strings.TrimSpace(raw), p.Max, p.Max)})
+			v = p.max
 		}
 		vals[i] = v
 	}

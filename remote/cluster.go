@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -61,9 +64,11 @@ type Client struct {
 	active *Active
 	o      Options
 
-	mu     sync.Mutex
-	conns  map[string]*grpc.ClientConn // by address
-	health map[string]*breaker         // by provider ID
+	noKey   atomic.Bool  // the consistent_hash field was missed (logged once)
+	dropped atomic.Int64 // rows of failsafe calls that failed
+	mu      sync.Mutex
+	conns   map[string]*grpc.ClientConn // by address
+	health  map[string]*breaker         // by provider ID
 }
 
 // breaker is the failure record of one provider.
@@ -163,8 +168,16 @@ func NewClient(dir Directory, o Options) (*Client, error) {
 	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*grpc.ClientConn{}, health: map[string]*breaker{}}, nil
 }
 
-// Close closes the connections and the directory.
+// Dropped returns how many rows failsafe calls that failed yielded no
+// rows for: neither written nor dead-lettered.
+func (c *Client) Dropped() int64 { return c.dropped.Load() }
+
+// Close closes the connections and the directory. It logs how many rows
+// failsafe dropped, if any.
 func (c *Client) Close() error {
+	if n := c.dropped.Load(); n > 0 {
+		c.o.Logger.Warn(fmt.Sprintf("remote: failsafe dropped %d rows whose calls failed: they were neither written nor dead-lettered", n), "service", c.o.Service)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
@@ -221,7 +234,7 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		}
 	}
 	if len(ps) == 0 {
-		return nil, fmt.Errorf("remote function %q: no provider of service %q serves it now (is `kisflow serve` running and registered?); the batch is retried", call.Func, c.o.Service)
+		return nil, stream.Unavailable(fmt.Errorf("remote function %q: %w; waiting for one", call.Func, c.noProvider(call.Func)))
 	}
 	if ps = c.usable(ctx, ps); len(ps) == 0 {
 		return nil, fmt.Errorf("remote function %q: the breaker of every provider of service %q is open: %w", call.Func, c.o.Service, filter.ErrBreakerOpen)
@@ -249,6 +262,10 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		groups[id] = append(groups[id], i)
 	}
 	if len(order) == 1 {
+		if field != "" && keys[0] == "" && !slices.ContainsFunc(keys, func(k string) bool { return k != "" }) && c.noKey.CompareAndSwap(false, true) {
+			c.o.Logger.WarnContext(ctx, "remote: consistent_hash: no row of a batch has the hashed field, so every row goes to one provider; set hash_field (or the flow's stream.key) to a field the rows have",
+				"service", c.o.Service, "func", req.Func, "field", field)
+		}
 		return c.strategy(ctx, ps, req, keys[0])
 	}
 	outs := make([]*driver.Outcome, len(order))
@@ -423,10 +440,15 @@ func skipValue(b []byte, i int) (int, bool) {
 func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
 	switch c.o.Cluster {
 	case Failfast:
-		return c.once(ctx, c.lb.Pick(ps, key, nil), req)
+		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
+		if err != nil {
+			return nil, unreachable(err, []error{err})
+		}
+		return out, nil
 	case Failsafe:
 		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
 		if err != nil {
+			c.dropped.Add(int64(len(req.Rows)))
 			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", len(req.Rows), "err", err)
 			return &driver.Outcome{}, nil
 		}
@@ -458,7 +480,96 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 			ps = fresh // providers that appeared or vanished meanwhile
 		}
 	}
-	return nil, fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...))
+	return nil, unreachable(fmt.Errorf("remote function %q: %d attempt(s) failed: %w", req.Func, len(errs), errors.Join(errs...)), errs)
+}
+
+// unreachable marks err stream.Unavailable when every one of errs is a
+// provider that could not be reached (down, restarting, refusing
+// connections): no provider is available, and the flow waits for one
+// rather than failing the batch. A timeout or a provider's own refusal
+// stays a failure of the call.
+func unreachable(err error, errs []error) error {
+	for _, e := range errs {
+		var pe *providerError
+		if !errors.As(e, &pe) || status.Code(pe.err) != codes.Unavailable {
+			return err
+		}
+	}
+	if len(errs) == 0 {
+		return err
+	}
+	return stream.Unavailable(err)
+}
+
+// noProvider says why no provider can be called for fname: none of the
+// service is registered, none of the version and group asked for (naming
+// those that exist), or none registered the function.
+func (c *Client) noProvider(fname string) error {
+	all, filtered := c.dir.Providers(), c.dir.Providers()
+	version, group := "", ""
+	if l, ok := c.dir.(Lister); ok {
+		all = l.All()
+		version, group = l.Filter()
+	}
+	var want []string
+	if version != "" {
+		want = append(want, fmt.Sprintf("version %q", version))
+	}
+	if group != "" {
+		want = append(want, fmt.Sprintf("group %q", group))
+	}
+	switch {
+	case len(all) == 0:
+		return fmt.Errorf("no provider of service %q is registered now (is `kisflow serve --service %s` running?)", c.o.Service, c.o.Service)
+	case len(filtered) == 0:
+		return fmt.Errorf("none of the %d providers of service %q has %s (they have %s)", len(all), c.o.Service, strings.Join(want, " and "), describe(all))
+	case fname != "" && !slices.ContainsFunc(filtered, func(p Provider) bool { return p.serves(fname) }):
+		return fmt.Errorf("none of the %d providers of service %q serves it (they serve %s)", len(filtered), c.o.Service, funcsOf(filtered))
+	}
+	return fmt.Errorf("every provider of service %q is left out by its breaker", c.o.Service)
+}
+
+// Check returns an error, naming the service, the version and group asked
+// for and the providers that exist, when no provider can be called now
+// (for kisflow dry-run).
+func (c *Client) Check() error {
+	if len(c.dir.Providers()) > 0 {
+		return nil
+	}
+	return c.noProvider("")
+}
+
+// describe lists the versions and groups of ps, with how many have each.
+func describe(ps []Provider) string {
+	n := map[string]int{}
+	var keys []string
+	for _, p := range ps {
+		k := fmt.Sprintf("version %q group %q", p.Version, p.Group)
+		if n[k] == 0 {
+			keys = append(keys, k)
+		}
+		n[k]++
+	}
+	slices.Sort(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s (%d)", k, n[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+// funcsOf lists the functions ps serve.
+func funcsOf(ps []Provider) string {
+	var fs []string
+	for _, p := range ps {
+		for _, f := range p.Funcs {
+			if !slices.Contains(fs, f) {
+				fs = append(fs, f)
+			}
+		}
+	}
+	slices.Sort(fs)
+	return strings.Join(fs, ", ")
 }
 
 func (c *Client) liveOf(ctx context.Context, fname string) []Provider {
@@ -523,7 +634,7 @@ func (c *Client) forking(ctx context.Context, ps []Provider, req *request, key s
 		}
 		errs = append(errs, r.err)
 	}
-	return nil, fmt.Errorf("remote function %q: all %d forks failed: %w", req.Func, n, errors.Join(errs...))
+	return nil, unreachable(fmt.Errorf("remote function %q: all %d forks failed: %w", req.Func, n, errors.Join(errs...)), errs)
 }
 
 func (c *Client) broadcast(ctx context.Context, ps []Provider, req *request) (*driver.Outcome, error) {

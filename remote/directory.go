@@ -118,6 +118,12 @@ type natsDirectory struct {
 
 	mu    sync.Mutex
 	known map[string]seen // key -> registration
+	// up is whether the registry was reachable at the last look; resumed
+	// is when it became reachable again after an outage: a registration's
+	// age counts from then at the earliest, for the registry could not
+	// deliver its refreshes meanwhile.
+	up      bool
+	resumed time.Time
 }
 
 type seen struct {
@@ -129,7 +135,10 @@ type seen struct {
 // not "") registered in bucket of the NATS server at url: a registration
 // that appears is listed within the watch's latency, one that is deleted
 // (a drained provider) is dropped at once, and one that is not refreshed
-// within its TTL (a killed provider) is dropped then.
+// within its TTL (a killed provider) is dropped then. While the registry is
+// unreachable the last known list is kept as it is (as dubbo's registry
+// directory does): no refresh could arrive, so none is taken as missed;
+// once it is back, each provider has its TTL again to be seen refreshed.
 func WatchNATS(ctx context.Context, url, bucket, service, version, group string) (Directory, error) {
 	if err := CheckService(service); err != nil {
 		return nil, err
@@ -145,7 +154,7 @@ func WatchNATS(ctx context.Context, url, bucket, service, version, group string)
 		nc.Close()
 		return nil, fmt.Errorf("registry %s: watch %s: %w", url, service, err)
 	}
-	d := &natsDirectory{nc: nc, w: w, cancel: cancel, done: make(chan struct{}), version: version, group: group, known: map[string]seen{}}
+	d := &natsDirectory{nc: nc, w: w, cancel: cancel, done: make(chan struct{}), version: version, group: group, known: map[string]seen{}, up: true}
 	// The registrations already there come first, then a nil marker: wait
 	// for it so that the first call sees them.
 	initial := make(chan struct{})
@@ -208,31 +217,92 @@ func (d *natsDirectory) apply(e jetstream.KeyValueEntry) {
 	d.known[e.Key()] = seen{p: p, last: last}
 }
 
+// expire drops the registrations not refreshed within their TTL, only
+// while the registry is reachable (see WatchNATS).
 func (d *natsDirectory) expire(now time.Time) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.reachable(now) {
+		return
+	}
 	for k, s := range d.known {
-		ttl := s.p.TTL
-		if ttl <= 0 {
-			ttl = DefaultTTL
-		}
-		if now.Sub(s.last) > ttl {
+		if d.stale(s, now) {
 			delete(d.known, k)
 		}
 	}
 }
 
+// reachable notes whether the registry is reachable now and when it came
+// back. d.mu is held.
+func (d *natsDirectory) reachable(now time.Time) bool {
+	up := d.nc.Status() == natsgo.CONNECTED
+	if up && !d.up {
+		d.resumed = now
+		slog.Default().Info("remote: registry reachable again; the providers kept meanwhile have their TTL to refresh")
+	} else if !up && d.up {
+		slog.Default().Warn("remote: registry unreachable; keeping the last known providers until it is back", "providers", len(d.known))
+	}
+	d.up = up
+	return up
+}
+
+// stale reports whether registration s was not refreshed within its TTL,
+// counting from the registry's return at the earliest. d.mu is held.
+func (d *natsDirectory) stale(s seen, now time.Time) bool {
+	ttl := s.p.TTL
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	from := s.last
+	if d.resumed.After(from) {
+		from = d.resumed
+	}
+	return now.Sub(from) > ttl
+}
+
+// Providers lists the registrations of the version and group asked for
+// that are fresh: one older than its TTL is left out even before the next
+// expiry (a caller started after a provider was killed never calls it),
+// unless the registry is unreachable.
 func (d *natsDirectory) Providers() []Provider {
+	return d.list(true)
+}
+
+// list returns the fresh registrations, only those of the version and
+// group asked for when filtered.
+func (d *natsDirectory) list(filtered bool) []Provider {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	now := time.Now()
+	up := d.reachable(now)
 	out := make([]Provider, 0, len(d.known))
 	for _, s := range d.known {
-		if (d.version == "" || s.p.Version == d.version) && (d.group == "" || s.p.Group == d.group) {
+		if up && d.stale(s, now) {
+			continue
+		}
+		if !filtered || (d.version == "" || s.p.Version == d.version) && (d.group == "" || s.p.Group == d.group) {
 			out = append(out, s.p)
 		}
 	}
 	slices.SortFunc(out, func(a, b Provider) int { return strings.Compare(a.ID, b.ID) })
 	return out
+}
+
+// All lists every fresh registration of the service, whatever its version
+// and group (Lister).
+func (d *natsDirectory) All() []Provider { return d.list(false) }
+
+// Filter returns the version and group d asks for (Lister).
+func (d *natsDirectory) Filter() (version, group string) { return d.version, d.group }
+
+// Lister is an optional Directory capability: a directory that filters a
+// service's providers by version and group lists them all too, so that an
+// error can say which exist.
+type Lister interface {
+	// All returns every live provider of the service.
+	All() []Provider
+	// Filter returns the version and group asked for ("" for any).
+	Filter() (version, group string)
 }
 
 func (d *natsDirectory) Close() error {
@@ -250,6 +320,7 @@ type staticDirectory []Provider
 // optionally "host:port;weight" (default weight DefaultWeight).
 func Static(addrs []string) (Directory, error) {
 	var d staticDirectory
+	var errs []error
 	for _, a := range addrs {
 		a = strings.TrimSpace(a)
 		if a == "" {
@@ -259,14 +330,19 @@ func Static(addrs []string) (Directory, error) {
 		if host, ws, ok := strings.Cut(a, ";"); ok {
 			n, err := strconv.Atoi(ws)
 			if err != nil || n < 1 {
-				return nil, fmt.Errorf("static provider %q: the weight after ';' must be a whole number of at least 1", a)
+				errs = append(errs, fmt.Errorf("static provider %q: the weight after ';' must be a whole number of at least 1", a))
+				continue
 			}
 			a, w = host, n
 		}
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			return nil, fmt.Errorf("static provider %q: want host:port: %w", a, err)
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			errs = append(errs, fmt.Errorf("static provider %q: want host:port (a port is required)", a))
+			continue
 		}
 		d = append(d, Provider{ID: a, Addr: a, Weight: w})
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	if len(d) == 0 {
 		return nil, errors.New("static registry: addrs lists no provider (give host:port, comma-separated)")

@@ -2,6 +2,7 @@ package remote
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -28,4 +29,40 @@ func DropBucket(t testing.TB, url, bucket string) {
 			t.Logf("deleting bucket %s: %v", bucket, err)
 		}
 	})
+}
+
+// Register writes registration p into bucket as a provider would, once.
+func Register(t testing.TB, url, bucket string, p Provider) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	nc, kv, err := openBucket(ctx, url, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	val, _ := json.Marshal(p)
+	if _, err := kv.Put(ctx, natsKey(p.Service, p.ID), val); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// CreateBucket creates the registry bucket with storage TTL ttl, as an
+// operator may have.
+func CreateBucket(t testing.TB, url, bucket string, ttl time.Duration) {
+	t.Helper()
+	nc, err := natsgo.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: ttl}); err != nil {
+		t.Fatal(err)
+	}
 }

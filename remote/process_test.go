@@ -216,7 +216,7 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 func TestRemoteStepFailsOverWhenAProviderIsKilled(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ name, sink, delivery string }{
-		{"at-least-once", "kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n", "at-least-once"},
+		{"at-least-once", fileSink, "at-least-once"},
 		{"exactly-once", "kistype: conn\ncname: out\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,amount,price\n", "exactly-once"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -235,41 +235,14 @@ func failOver(t *testing.T, sink, delivery string) {
 	a, _ := serving(t, pdir, args...)
 	serving(t, pdir, args...)
 
-	cdir := writeFiles(t, map[string]string{
-		"in.jsonl": "",
-		"conns.yml": followIn + fmt.Sprintf(`%s---
-kistype: conn
-cname: pricing
-type: remote
-addrs: %s
-params:
-  service: %s
-  bucket: %s
-  loadbalance: round_robin
-  retries: 2
-  timeout: 2s
-`, sink, url, service, bucket),
-		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  batch_size: 20\n  linger: 5ms\n  delivery: " + delivery + "\n"})
+	cdir := callerDir(t, url, bucket, service, sink, delivery)
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	const total = 3000
-	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	for i := 0; i < total; i += 50 {
-		var buf bytes.Buffer
-		for j := i; j < i+50; j++ {
-			fmt.Fprintf(&buf, "{\"id\":%d,\"amount\":%d}\n", j, j)
-		}
-		if _, err := in.Write(buf.Bytes()); err != nil {
-			t.Fatal(err)
-		}
-		if i == 1000 {
+	feed(t, cdir, 0, total, 20*time.Millisecond, func(i int) {
+		if i == 1050 {
 			_ = a.cmd.Process.Kill() // mid-stream, while still registered
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	})
 	read := readFileRows
 	if delivery == "exactly-once" {
 		read = readDBRows

@@ -1,11 +1,14 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,10 +171,21 @@ func TestClusterStrategies(t *testing.T) {
 	})
 	t.Run("failsafe yields no rows", func(t *testing.T) {
 		t.Parallel()
-		c := client(t, Options{Cluster: Failsafe}, deadAddr(t))
+		var logs bytes.Buffer
+		var mu sync.Mutex
+		c := client(t, Options{Cluster: Failsafe, Logger: slog.New(slog.NewTextHandler(&lockedBuffer{b: &logs, mu: &mu}, nil))}, deadAddr(t))
 		out, err := c.Invoke(ctx, call(rows("a")))
 		if err != nil || len(out.Rows) != 0 {
 			t.Fatalf("failsafe: %v, %v: want no rows, no error", out, err)
+		}
+		if _, err := c.Invoke(ctx, call(rows("b", "c"))); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		if c.Dropped() != 3 || !strings.Contains(logs.String(), "failsafe dropped 3 rows") {
+			t.Fatalf("dropped %d, logged %s: want the 3 rows of the failed calls named", c.Dropped(), logs.String())
 		}
 	})
 	t.Run("forking takes the first success", func(t *testing.T) {
@@ -665,4 +679,38 @@ func TestRowKeyAgreesWithDecoding(t *testing.T) {
 			t.Errorf("rowKey(%s) = %q, want %q", raw, got, want)
 		}
 	}
+}
+
+// TestHashFieldNoRowHasIsLogged: a consistent_hash field that no row of a
+// batch has sends every row to one provider; the client says so, once.
+func TestHashFieldNoRowHasIsLogged(t *testing.T) {
+	t.Parallel()
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	log := slog.New(slog.NewTextHandler(&lockedBuffer{b: &logs, mu: &mu}, nil))
+	c := client(t, Options{LoadBalance: ConsistentHash, HashField: "nope", Logger: log}, provider(t, &fakeEngine{}), provider(t, &fakeEngine{}))
+	for range 3 {
+		if _, err := c.Invoke(context.Background(), call(rows("a", "b", "c", "d"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(logs.String(), "no row of a batch has the hashed field"); n != 1 {
+		t.Fatalf("logged %d times, want once: %s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "field=nope") {
+		t.Fatalf("the log does not name the field: %s", logs.String())
+	}
+}
+
+type lockedBuffer struct {
+	b  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }

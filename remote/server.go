@@ -13,6 +13,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -49,6 +50,31 @@ type ServeOptions struct {
 	Ready func(p Provider)
 }
 
+func (o ServeOptions) registers() bool { return o.Registry != "" && o.Registry != "none" }
+
+// Validate returns an error, naming the flag, for settings Serve cannot
+// use: a service name a registry key cannot hold, a registry that is not
+// nats://host:port or none, a negative weight or TTL. Zero values take
+// their defaults.
+func (o ServeOptions) Validate() error {
+	if o.registers() {
+		if err := CheckService(o.Service); err != nil {
+			return fmt.Errorf("--service: %w", err)
+		}
+		u, err := url.Parse(o.Registry)
+		if err != nil || u.Scheme != "nats" || u.Host == "" {
+			return fmt.Errorf("--registry %q: want nats://host:port (or none, for callers with a static or DNS registry)", o.Registry)
+		}
+	}
+	if o.Weight < 0 {
+		return fmt.Errorf("--weight %d: a weight is a whole number of at least 1", o.Weight)
+	}
+	if o.TTL < 0 {
+		return fmt.Errorf("--ttl %s: a TTL is positive", o.TTL)
+	}
+	return nil
+}
+
 // Serve serves the functions o.Funcs of eng over gRPC until ctx is
 // cancelled, registered in o.Registry while it does: it registers on start,
 // refreshes the registration every third of its TTL, and on cancellation
@@ -73,16 +99,10 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	register := o.Registry != "" && o.Registry != "none"
-	if register {
-		if err := CheckService(o.Service); err != nil {
-			return fmt.Errorf("--service: %w", err)
-		}
-		u, err := url.Parse(o.Registry)
-		if err != nil || u.Scheme != "nats" {
-			return fmt.Errorf("--registry %q: want nats://host:port (or none, for callers with a static or DNS registry)", o.Registry)
-		}
+	if err := o.Validate(); err != nil {
+		return err
 	}
+	register := o.registers()
 	if len(o.Funcs) == 0 {
 		return errors.New("nothing to serve: the configuration has no function with a local body")
 	}
@@ -118,17 +138,22 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 			srv.Stop()
 			return fmt.Errorf("registry %s: register %s: %w", o.Registry, key, err)
 		}
+		every, err := refreshEvery(ctx, kv, o.TTL)
+		if err != nil {
+			srv.Stop()
+			return fmt.Errorf("registry %s: %w", o.Registry, err)
+		}
 		hb = make(chan struct{})
 		go func() {
 			defer close(hb)
-			t := time.NewTicker(o.TTL / 3)
+			t := time.NewTicker(every)
 			defer t.Stop()
 			for {
 				select {
 				case <-stopped:
 					return
 				case <-t.C:
-					pctx, cancel := context.WithTimeout(context.Background(), o.TTL/3)
+					pctx, cancel := context.WithTimeout(context.Background(), every)
 					if _, err := kv.Put(pctx, key, val); err != nil {
 						o.Logger.Warn("remote: registration not refreshed; retrying", "key", key, "err", err)
 					}
@@ -175,6 +200,22 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 		<-done
 	}
 	return nil
+}
+
+// refreshEvery is how often a registration of the given TTL is written
+// again: every third of its TTL, and at least every third of the bucket's
+// own TTL, so that storage never removes a live provider's registration
+// whatever TTL it registered with.
+func refreshEvery(ctx context.Context, kv jetstream.KeyValue, ttl time.Duration) (time.Duration, error) {
+	every := ttl / 3
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("bucket status: %w", err)
+	}
+	if b := st.TTL(); b > 0 && b/3 < every {
+		every = b / 3
+	}
+	return every, nil
 }
 
 // server is the gRPC service over an Invoker.

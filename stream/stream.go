@@ -282,6 +282,14 @@ var ErrFatal = errors.New("fatal error")
 // flushing an old buffer) does not stop a job.
 var ErrExpected = errors.New("expected rejection")
 
+// ErrUnavailable marks a function's failure that says nothing of its rows:
+// the service the step needs is not there now (a remote step with no
+// provider to call). The runtime neither retries it by the function's
+// policy nor splits the batch nor dead-letters: it waits the outage out,
+// running the same batch again with capped backoff and logging the outage
+// when it starts, every 30 seconds while it lasts and when it ends.
+var ErrUnavailable = errors.New("service unavailable")
+
 type markedError struct {
 	err  error
 	mark error
@@ -316,6 +324,18 @@ func Expected(err error) error {
 	}
 	return &markedError{err: err, mark: ErrExpected}
 }
+
+// Unavailable marks err so that errors.Is(err, ErrUnavailable) holds; its
+// text is unchanged. Unavailable(nil) is nil.
+func Unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &markedError{err: err, mark: ErrUnavailable}
+}
+
+// IsUnavailable reports whether err is marked as an outage of a service.
+func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
 
 // IsExpected reports whether err is marked as an expected rejection.
 func IsExpected(err error) bool { return errors.Is(err, ErrExpected) }

@@ -32,7 +32,7 @@ type params struct {
 	Group           string        `param:"group" doc:"call only providers of this group (kisflow serve --group)"`
 	Cluster         string        `param:"cluster" default:"failover" enum:"failover|failfast|failsafe|forking|broadcast" doc:"the cluster strategy: failover retries on another provider, failfast tries once, failsafe logs a failure and yields no rows, forking calls forks providers at once and takes the first success, broadcast calls all and fails if any fails"`
 	LoadBalance     string        `param:"loadbalance" default:"random" enum:"random|round_robin|least_active|consistent_hash" doc:"how a provider is picked: weighted random, smooth weighted round robin, fewest calls in flight, or a hash ring of the row's key (hash_field, default the flow's stream.key)"`
-	Retries         int           `param:"retries" default:"2" min:"0" doc:"failover: other providers tried after the first fails (at most 10)"`
+	Retries         int           `param:"retries" default:"2" min:"0" max:"10" doc:"failover: other providers tried after the first fails (at most 10)"`
 	Timeout         time.Duration `param:"timeout" default:"2s" min:"1ms" doc:"of each attempt"`
 	Forks           int           `param:"forks" default:"2" min:"1" doc:"forking: providers called at once"`
 	HashField       string        `param:"hash_field" doc:"consistent_hash: the row field hashed (default the flow's stream.key; the whole row when neither is set)"`
@@ -124,6 +124,12 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 		if strings.TrimSpace(cfg.Addrs) == "" {
 			return nil, fmt.Errorf("connector %q: registry %s needs addrs (%s)", cfg.CName, p.Registry, map[string]string{"static": "host:port, comma-separated", "dns": "the SRV name"}[p.Registry])
 		}
+		if p.Registry == "static" {
+			// Checked here, so that lint reports it at addrs' line.
+			if _, err := rpc.Static(strings.Split(cfg.Addrs, ",")); err != nil {
+				return nil, fmt.Errorf("addrs: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+			}
+		}
 	}
 	return &Remote{cfg: cfg, p: p}, nil
 }
@@ -147,7 +153,13 @@ func (r *Remote) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connector %q: %w", r.cfg.CName, err)
 	}
-	c, err := rpc.NewClient(dir, rpc.Options{Service: r.p.Service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
+	service := r.p.Service
+	if service == "" {
+		// Static and DNS registries need no service name: logs and
+		// errors name the connector's registry instead.
+		service = r.p.Registry + " " + strings.TrimSpace(r.cfg.Addrs)
+	}
+	c, err := rpc.NewClient(dir, rpc.Options{Service: service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
 		Retries: r.p.Retries, Timeout: r.p.Timeout, Forks: r.p.Forks, HashField: r.p.HashField,
 		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen, Observe: r.observe})
 	if err != nil {
@@ -174,6 +186,15 @@ func (r *Remote) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		return nil, errors.New("remote connector " + r.cfg.CName + " is not started")
 	}
 	return r.client.Invoke(ctx, call)
+}
+
+// Check reports a service no provider serves now, or none of the version
+// and group asked for (kisflow.Checker, for kisflow dry-run).
+func (r *Remote) Check(context.Context, config.ConnUse) error {
+	if r.client == nil {
+		return errors.New("not started")
+	}
+	return r.client.Check()
 }
 
 // breakerFailures maps the param (0: none) to rpc.Options' (< 0: none).

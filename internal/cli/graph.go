@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os/exec"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -97,7 +98,10 @@ func flowGraph(set *config.Set, name string, prefix string) (nodes []graphNode, 
 			}
 			if c := fc.Option.CName; c != "" {
 				cid := prefix + "c_" + sanitize(c)
-				nodes = append(nodes, graphNode{cid, c + connType(set, c), true})
+				if !slices.ContainsFunc(nodes, func(n graphNode) bool { return n.id == cid }) {
+					// Declared once however many steps use it.
+					nodes = append(nodes, graphNode{cid, c + connType(set, c), true})
+				}
 				if cc := set.Conns[c]; cc != nil && cc.Type == "remote" {
 					// A remote step: its body runs in the providers of
 					// the connector's service.

@@ -85,15 +85,18 @@ func serveDir(ctx context.Context, cmd *cobra.Command, reg *kisflow.Registry, di
 		pick("version", &o.Version, sv.Version)
 		pick("group", &o.Group, sv.Group)
 		pick("bucket", &o.Bucket, sv.Bucket)
-		if !fl.Changed("weight") && sv.Weight > 0 {
+		if !fl.Changed("weight") && sv.Weight != 0 {
 			o.Weight = sv.Weight
 		}
-		if !fl.Changed("ttl") && sv.TTL > 0 {
+		if !fl.Changed("ttl") && sv.TTL != 0 {
 			o.TTL = time.Duration(sv.TTL)
 		}
 	}
 	if o.Service == "" {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("give the service a name: --service NAME (or service: in the global file's serve block)")}
+	}
+	if err := checkServe(o); err != nil {
+		return &exitError{code: ExitUsage, err: err}
 	}
 	eng, closeEngine, err := openEngine(ctx, reg, set, log, red)
 	if err != nil {
@@ -131,5 +134,25 @@ func serveDir(ctx context.Context, cmd *cobra.Command, reg *kisflow.Registry, di
 		return &exitError{code: ExitProblem, err: red.Error(err)}
 	}
 	fmt.Fprintln(stdout, "stopped by signal; deregistered and drained")
+	return nil
+}
+
+// minTTL is the shortest registration TTL serve accepts: refreshed every
+// third of it, a shorter one would load the registry for nothing.
+const minTTL = time.Second
+
+// checkServe refuses the settings serve cannot use (bad usage, exit 2):
+// those remote.ServeOptions.Validate refuses, a weight below 1 and a TTL
+// below minTTL.
+func checkServe(o remote.ServeOptions) error {
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if o.Weight < 1 {
+		return fmt.Errorf("--weight %d: a weight is a whole number of at least 1 (to send a provider no traffic, stop it or give it a group no caller asks for)", o.Weight)
+	}
+	if o.TTL < minTTL {
+		return fmt.Errorf("--ttl %s: a registration's TTL is at least %s", o.TTL, minTTL)
+	}
 	return nil
 }

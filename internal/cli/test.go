@@ -18,6 +18,7 @@ import (
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/memory"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
 )
@@ -213,10 +214,19 @@ func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Pr
 			add("function %q loads through connector %q%s, which a test does not contact: give the records it holds, as\n      mocks:\n        %s:\n          records:\n            - {field: value, ...}   # with the field its key reads", fname, cname, typ, cname)
 		}
 	}
-	for cname := range tc.Mocks {
+	remotes := testRemotes(reg, set, steps)
+	for cname, fname := range remotes {
+		if m := tc.Mocks[cname]; m == nil || m.Provider == "" {
+			add("function %q is remote (connector %q of type remote): a test runs no provider; give the folder of the provider's configuration, whose functions then run in the test's process, as\n      mocks:\n        %s:\n          provider: ../pricing   # relative to this file", fname, cname, cname)
+		}
+	}
+	for cname, m := range tc.Mocks {
+		_, remote := remotes[cname]
 		if set.Conns[cname] == nil {
 			add("mocks: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
-		} else if _, ok := loads[cname]; !ok {
+		} else if m.Provider != "" && !remote {
+			add("mocks.%s.provider: no function of the test's flow is remote through connector %q (provider stands in for a connector of type remote)", cname, cname)
+		} else if _, ok := loads[cname]; !ok && !remote {
 			add("mocks: no function of the test's flow loads through connector %q in YAML (a Load with a load_query or key template); mocks give the records such a Load reads", cname)
 		}
 	}
@@ -235,6 +245,8 @@ type testRun struct {
 	sink    string
 	input   []string
 	mocks   map[string]*testMock
+	reg     *kisflow.Registry
+	log     *slog.Logger
 	mu      sync.Mutex
 	out     []any
 	written map[string][]any
@@ -294,7 +306,7 @@ func testSet(set *config.Set, tc *testCase) (*config.Set, string) {
 // err is a test that could not run (its flow failed to build).
 func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *testCase, timeout time.Duration, log *slog.Logger) ([]string, error) {
 	ts, flowName := testSet(set, tc)
-	r := &testRun{tc: tc, source: ts.Flows[flowName].Stream.Source, sink: ts.Flows[flowName].Stream.Sink, mocks: tc.Mocks, written: map[string][]any{}, memory: map[string]*memory.Store{}}
+	r := &testRun{tc: tc, reg: reg, log: log, source: ts.Flows[flowName].Stream.Source, sink: ts.Flows[flowName].Stream.Sink, mocks: tc.Mocks, written: map[string][]any{}, memory: map[string]*memory.Store{}}
 	for i, row := range tc.Input {
 		text, err := inputText(row)
 		if err != nil {
@@ -393,6 +405,11 @@ func (r *testRun) override(cname string, cfg *config.Conn, factory kisflow.Drive
 	}
 	if ld, ok := real.(kisflow.Loader); ok {
 		return &testLoadDouble{testDouble: d, real: ld, mock: r.mocks[cname]}, nil
+	}
+	if _, ok := real.(driver.Invoker); ok {
+		if m := r.mocks[cname]; m != nil && m.Provider != "" {
+			return r.provider(cname, m.Provider)
+		}
 	}
 	return d, nil
 }

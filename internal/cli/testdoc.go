@@ -31,9 +31,14 @@ type testCase struct {
 	pos config.Pos
 }
 
-// testMock stands in for a connector a YAML Load reads through.
+// testMock stands in for a connector a YAML Load reads through, or for
+// the providers of a remote connector.
 type testMock struct {
 	Records []map[string]any `yaml:"records"`
+	// Provider is, for a connector of type remote, the folder (relative
+	// to the test's file) of the provider's configuration: its functions
+	// run in the test's process, as kisflow serve would run them.
+	Provider string `yaml:"provider"`
 }
 
 // testExpect is what a test's run must produce.
@@ -58,7 +63,7 @@ var (
 	testKeys       = []string{"kistype", "name", "flow", "func", "params", "input", "mocks", "expect"}
 	expectKeys     = []string{"rows", "unordered", "dead_letters", "written", "error_contains", "ignore_fields"}
 	deadLetterKeys = []string{"row", "func", "reason_contains"}
-	mockKeys       = []string{"records"}
+	mockKeys       = []string{"records", "provider"}
 )
 
 // title names the test in reports: its name, or where it is.

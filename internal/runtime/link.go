@@ -20,9 +20,10 @@ type link struct {
 	isDown atomic.Bool
 	errs   atomic.Int64
 
-	mu    sync.Mutex
-	since time.Time
-	last  error
+	mu     sync.Mutex
+	since  time.Time
+	last   error
+	logged time.Time // when still last logged
 }
 
 func newLink(side, name string, log *slog.Logger) *link {
@@ -44,6 +45,25 @@ func (l *link) fail(err error) {
 	l.since = time.Now()
 	l.isDown.Store(true)
 	l.log.Warn(fmt.Sprintf("%s unavailable: %v; retrying with backoff", l.label(), err))
+}
+
+// still logs, at most once per every while the link is down, that it is
+// still down and since when.
+func (l *link) still(every time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.isDown.Load() {
+		return
+	}
+	now := time.Now()
+	if l.logged.IsZero() || l.logged.Before(l.since) {
+		l.logged = l.since
+	}
+	if now.Sub(l.logged) < every {
+		return
+	}
+	l.logged = now
+	l.log.Warn(fmt.Sprintf("%s still unavailable after %s: %v; retrying with backoff", l.label(), now.Sub(l.since).Round(time.Second), l.last))
 }
 
 // ok records a success; the first after a failure is logged.

@@ -291,6 +291,7 @@ type Runner struct {
 	inflightIDs  map[string]struct{} // exactly-once: IDs read and not yet committed or returned
 
 	srcLink, sinkLink, dlqLink *link
+	fnLinks                    sync.Map // function name -> *link: its service's outages (stream.ErrUnavailable)
 	undrained, exhausted       atomic.Bool
 	warnedDead                 atomic.Bool
 	journalStart, journalAt    int64  // the dead-letter journal's size at start, and as last committed (-1: unknown)
@@ -1378,6 +1379,15 @@ func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
 	if n, ok := r.parts.Source.(stream.Nacker); ok {
 		_ = n.Nack(context.WithoutCancel(ctx), ep.msgs, cause)
 	}
+}
+
+// funcLink is the link of function fn's service.
+func (r *Runner) funcLink(fn string) *link {
+	if l, ok := r.fnLinks.Load(fn); ok {
+		return l.(*link)
+	}
+	l, _ := r.fnLinks.LoadOrStore(fn, newLink("function", fn, r.cfg.Logger))
+	return l.(*link)
 }
 
 // retryForever retries a call to the source or a sink (an

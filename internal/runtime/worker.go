@@ -159,17 +159,28 @@ func (w *worker) control(ctx context.Context, p *part, what string, run func() (
 // marked stream.ErrPermanent). The keyed state changes of a failed run are
 // undone.
 func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any, rejected []Rejected, fn string, err error, permanent bool) {
-	w.rows = w.rows[:0]
-	for _, m := range msgs {
-		w.rows = append(w.rows, m.Payload)
-	}
 	txn := state.FromContext(ctx)
 	var sp int
 	if txn != nil {
 		sp = txn.Savepoint()
 	}
-	res, rej, err := w.flow.Run(ctx, w.rows)
-	clear(w.rows)
+	res, rej, err := w.run(ctx, msgs)
+	for outage := 1; err != nil && stream.IsUnavailable(err) && ctx.Err() == nil; outage++ {
+		// A service the step needs is down (stream.ErrUnavailable): the
+		// batch is not to blame, so it waits the outage out.
+		if txn != nil {
+			txn.Rollback(sp)
+		}
+		l := w.r.funcLink(w.r.cfg.FuncOf(err))
+		l.fail(err)
+		l.still(unavailableLog)
+		if w.r.cfg.Sleep(ctx, linkWait(outage)) != nil {
+			break
+		}
+		if res, rej, err = w.run(ctx, msgs); err == nil {
+			l.ok()
+		}
+	}
 	if err != nil {
 		if txn != nil {
 			txn.Rollback(sp)
@@ -183,6 +194,21 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 		return nil, nil, w.r.cfg.FuncOf(err), err, stream.IsPermanent(err)
 	}
 	return res, rej, "", nil, false
+}
+
+// unavailableLog is how often a function's outage is logged again while
+// it lasts.
+const unavailableLog = 30 * time.Second
+
+// run runs msgs' payloads through the flow once.
+func (w *worker) run(ctx context.Context, msgs []*stream.Message) ([]any, []Rejected, error) {
+	w.rows = w.rows[:0]
+	for _, m := range msgs {
+		w.rows = append(w.rows, m.Payload)
+	}
+	res, rej, err := w.flow.Run(ctx, w.rows)
+	clear(w.rows)
+	return res, rej, err
 }
 
 // rejected dead-letters the rows a successful run rejected, at once: a

@@ -363,3 +363,16 @@ func (s *Server) Down(t *testing.T, d time.Duration) {
 	time.Sleep(d)
 	s.start(t)
 }
+
+// Crash SIGKILLs the server (no clean shutdown), keeps it down for d, and
+// starts it again on the same port with the same data. It returns once the
+// server accepts connections again.
+func (s *Server) Crash(t *testing.T, d time.Duration) {
+	t.Helper()
+	sig := s.stopSignal
+	s.stopSignal = syscall.SIGKILL
+	s.stop()
+	s.stopSignal = sig
+	time.Sleep(d)
+	s.start(t)
+}

@@ -1,0 +1,108 @@
+package cli
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestLintRemoteConnector: a remote connector's bad params and addrs are
+// lint errors at their line, whatever flow runs the step (a remote step
+// has no body to run instead); retries above the cap is a warning.
+func TestLintRemoteConnector(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, addrs, param string
+		code               int
+		want               string
+	}{
+		{"registry", "", "registry: natss", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param registry: "natss" is not one of`},
+		{"cluster", "", "cluster: failovr", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param cluster:`},
+		{"loadbalance", "", "loadbalance: roundrobin", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param loadbalance:`},
+		{"retries", "", "retries: -1", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param retries: "-1" is below the minimum 0`},
+		{"timeout", "", "timeout: 2", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param timeout: "2" has no unit`},
+		{"forks", "", "forks: 0", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param forks: "0" is below the minimum 1`},
+		{"typo", "", "servce: pricing", ExitProblem, `conf.yml:7: connector "pricing" (type remote): param servce: unknown param (did you mean service?)`},
+		{"retries capped", "", "retries: 20", ExitOK, `conf.yml:7: warning: connector "pricing" (type remote): param retries: 20 is above the maximum 10: 10 is used`},
+		{"static addrs", "addrs: 127.0.0.1:19151;abc,localhost\n", "registry: static", ExitProblem,
+			`conf.yml:4: connector "pricing": addrs: static provider "127.0.0.1:19151;abc": the weight after ';' must be a whole number of at least 1; static provider "localhost": want host:port (a port is required)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			writeFiles(t, dir, map[string]string{"conf.yml": fmt.Sprintf(`kistype: conn
+cname: pricing
+type: remote
+%sparams:
+  service: pricing
+  bucket: kisflow_remote
+  %s
+---
+kistype: func
+fname: Price
+fmode: Calculate
+option:
+  cname: pricing
+---
+kistype: flow
+status: 1
+flow_name: Orders
+flows:
+  - fname: Price
+stream:
+  source: in
+  sink: out
+---
+kistype: conn
+cname: in
+type: file
+params:
+  path: in.jsonl
+---
+kistype: conn
+cname: out
+type: file
+params:
+  path: out.jsonl
+`, tc.addrs, tc.param)})
+			code, out, stderr := run(t, "lint", dir)
+			out = strings.ReplaceAll(out+stderr, dir+string(filepath.Separator), "")
+			if code != tc.code || !strings.Contains(out, tc.want) {
+				t.Fatalf("lint exit %d, want %d with %q:\n%s", code, tc.code, tc.want, out)
+			}
+			if tc.code == ExitOK && strings.Contains(out, "Go body") {
+				t.Fatalf("lint says the remote connector may be unused:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestLintRemoteHashField: a consistent_hash field that the rows reaching
+// the remote step are known not to carry is a warning at its line.
+func TestLintRemoteHashField(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"conf.yml": `kistype: conn
+cname: pricing
+type: remote
+params:
+  service: pricing
+  loadbalance: consistent_hash
+  hash_field: usr_id
+---
+kistype: func
+fname: Price
+fmode: Calculate
+source:
+  must: [user_id, amount]
+option:
+  cname: pricing
+`})
+	code, out, stderr := run(t, "lint", dir)
+	out = strings.ReplaceAll(out+stderr, dir+string(filepath.Separator), "")
+	want := `conf.yml:7: warning: connector "pricing": hash_field "usr_id" (did you mean user_id?): the rows reaching function "Price" carry only amount, user_id, so every row would go to one provider`
+	if code != ExitOK || !strings.Contains(out, want) {
+		t.Fatalf("lint exit %d, want 0 with %q:\n%s", code, want, out)
+	}
+}

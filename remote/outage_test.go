@@ -1,0 +1,323 @@
+package remote_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/kisflow-go/kisflow/driver"
+	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/remote"
+	"github.com/kisflow-go/kisflow/stream"
+)
+
+// fileSink is the connector out: a file, out.jsonl.
+const fileSink = "kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n"
+
+// callerDir is the folder of a `kisflow run` flow that reads rows from
+// in.jsonl (followed), prices them through the remote function Price of
+// service at the NATS registry url, and writes them to the connector out
+// of sink, with delivery.
+func callerDir(t *testing.T, url, bucket, service, sink, delivery string) string {
+	t.Helper()
+	return writeFiles(t, map[string]string{
+		"in.jsonl": "",
+		"conns.yml": fmt.Sprintf(`kistype: conn
+cname: in
+type: file
+params:
+  path: in.jsonl
+  follow: true
+  poll: 10ms
+---
+%s---
+kistype: conn
+cname: pricing
+type: remote
+addrs: %s
+params:
+  service: %s
+  bucket: %s
+  loadbalance: round_robin
+  retries: 2
+  timeout: 2s
+`, sink, url, service, bucket),
+		"flow.yml": `kistype: func
+fname: Price
+fmode: Calculate
+option:
+  cname: pricing
+---
+kistype: flow
+status: 1
+flow_name: Orders
+flows:
+  - fname: Price
+stream:
+  source: in
+  sink: out
+  batch_size: 20
+  linger: 5ms
+  delivery: ` + delivery + "\n"})
+}
+
+// feed appends rows from..to-1 to the caller's input, 50 every pace, and
+// calls at(i) before each group of 50 rows starting at i.
+func feed(t *testing.T, dir string, from, to int, pace time.Duration, at func(i int)) {
+	t.Helper()
+	in, err := os.OpenFile(filepath.Join(dir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	for i := from; i < to; i += 50 {
+		if at != nil {
+			at(i)
+		}
+		var buf bytes.Buffer
+		for j := i; j < min(i+50, to); j++ {
+			fmt.Fprintf(&buf, "{\"id\":%d,\"amount\":%d}\n", j, j)
+		}
+		if _, err := in.Write(buf.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(pace)
+	}
+}
+
+// allOut waits until the caller wrote total rows, stops it and returns
+// its output; it fails the test unless every row came out once at least
+// and none was dead-lettered.
+func allOut(t *testing.T, dir string, run *proc, total int, within time.Duration) string {
+	t.Helper()
+	seen := map[int]int{}
+	deadline := time.Now().Add(within)
+	for len(seen) < total && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		seen = readFileRows(t, dir)
+	}
+	_ = run.cmd.Process.Signal(syscall.SIGTERM)
+	code := run.wait(t, 20*time.Second)
+	out := run.output()
+	if len(seen) != total {
+		t.Fatalf("%d of %d rows came out (run exit %d): %s", len(seen), total, code, out)
+	}
+	if dl, _ := os.ReadFile(filepath.Join(dir, ".kisflow", "dead-letter", "Orders.jsonl")); len(dl) > 0 {
+		t.Fatalf("rows were dead-lettered:\n%s\nrun: %s", dl, out)
+	}
+	if code != 0 {
+		t.Fatalf("run exited %d: %s", code, out)
+	}
+	return out
+}
+
+// TestRegistryOutageKeepsTheProviders: the NATS registry is SIGKILLed and
+// down for longer than the providers' TTL while a flow calls them: the caller keeps
+// the last known providers (the registry could deliver no refresh), so the
+// stream never misses a provider and no row is held or dead-lettered.
+func TestRegistryOutageKeepsTheProviders(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
+	serving(t, pdir, args...)
+	serving(t, pdir, args...)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
+	const total = 3000
+	down := make(chan struct{})
+	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 6s
+		if i == 500 {
+			go func() { defer close(down); nats.Crash(t, 5*time.Second) }()
+		}
+	})
+	<-down
+	out := allOut(t, cdir, run, total, 30*time.Second)
+	if strings.Contains(out, "unavailable") || strings.Contains(out, "no provider") {
+		t.Fatalf("the caller lost its providers while the registry was down: %s", out)
+	}
+}
+
+// TestNoProviderIsAnOutage: the only provider of a service is SIGKILLed
+// mid-stream and comes back seconds later (after its registration
+// expired): the stream waits the outage out, logging it, and every row
+// comes out computed with none dead-lettered.
+func TestNoProviderIsAnOutage(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "1s"}
+	p, _ := serving(t, pdir, args...)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
+	const total = 2000
+	var killed time.Time
+	feed(t, cdir, 0, total, 20*time.Millisecond, func(i int) {
+		if i == 500 {
+			_ = p.cmd.Process.Kill()
+			killed = time.Now()
+		}
+	})
+	time.Sleep(time.Until(killed.Add(3 * time.Second))) // past the 1s TTL: no provider is listed
+	serving(t, pdir, args...)
+	out := allOut(t, cdir, run, total, 40*time.Second)
+	for _, want := range []string{"function Price unavailable", "function Price back after"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("the run did not log %q: %s", want, out)
+		}
+	}
+}
+
+// TestServeTTLLongerThanTheBucketKeepsTheRegistration: a provider whose
+// TTL is longer than the bucket's own (storage drops what is not written
+// again within it) stays registered: it refreshes within the bucket's
+// TTL too.
+func TestServeTTLLongerThanTheBucketKeepsTheRegistration(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	remote.CreateBucket(t, url, bucket, 3*time.Second)
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "30s")
+	time.Sleep(5 * time.Second) // past the bucket's TTL, before a third of the provider's
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if got := dir.Providers(); len(got) != 1 {
+		t.Fatalf("a caller started now lists %d providers, want the running one", len(got))
+	}
+}
+
+// TestExpiredRegistrationIsNotListed: a caller started after a provider
+// died never lists it, even before its first expiry pass.
+func TestExpiredRegistrationIsNotListed(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	remote.Register(t, url, bucket, remote.Provider{ID: "dead", Service: service, Addr: "127.0.0.1:1", TTL: 500 * time.Millisecond})
+	remote.Register(t, url, bucket, remote.Provider{ID: "live", Service: service, Addr: "127.0.0.1:2", TTL: time.Minute})
+	time.Sleep(time.Second)
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+	if got := dir.Providers(); len(got) != 1 || got[0].ID != "live" {
+		t.Fatalf("a new caller lists %+v, want only the provider whose registration is fresh", got)
+	}
+}
+
+// TestNoProviderOfTheVersionSaysWhichExist: when no provider has the
+// version or group asked for, the call's error names the filter and the
+// versions and groups registered, and marks an outage.
+func TestNoProviderOfTheVersionSaysWhichExist(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	for i, v := range []string{"1.0", "1.0", "2.0"} {
+		remote.Register(t, url, bucket, remote.Provider{ID: fmt.Sprint(i), Service: service, Addr: "127.0.0.1:1", Version: v, Group: "blue", Funcs: []string{"Price"}, TTL: time.Minute})
+	}
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "9", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := remote.NewClient(dir, remote.Options{Service: service})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.Invoke(context.Background(), &driver.Invocation{Func: "Price", Rows: []any{map[string]any{"amount": 1}}})
+	if err == nil || !stream.IsUnavailable(err) {
+		t.Fatalf("got %v, want an outage", err)
+	}
+	for _, want := range []string{`version "9"`, `version "1.0" group "blue" (2)`, `version "2.0" group "blue" (1)`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q does not say %s", err, want)
+		}
+	}
+}
+
+// TestServeRefusesBadSettings: settings serve cannot use are bad usage
+// (exit 2) with a message naming the flag.
+func TestServeRefusesBadSettings(t *testing.T) {
+	t.Parallel()
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--service", "s", "--registry", "127.0.0.1:4222"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "redis://127.0.0.1:6379"}, "--registry"},
+		{[]string{"--service", "bad name.with.dots"}, "--service"},
+		{[]string{"--service", "s", "--weight", "0"}, "--weight"},
+		{[]string{"--service", "s", "--weight", "-5"}, "--weight"},
+		{[]string{"--service", "s", "--ttl", "0s"}, "--ttl"},
+		{[]string{"--service", "s", "--ttl", "-3s"}, "--ttl"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		cmd := exec.CommandContext(ctx, kisflowBin(t), append([]string{"serve", pdir, "--listen", "127.0.0.1:0"}, tc.args...)...)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), tc.want) {
+			t.Errorf("serve %v: exit %d, %s; want exit 2 naming %s", tc.args, code, out, tc.want)
+		}
+	}
+}
+
+// TestDryRunReportsAServiceWithoutProvider: kisflow dry-run fails a remote
+// connector that no provider serves, or none of its version, naming what
+// is registered.
+func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
+	t.Parallel()
+	url := testenv.NATS.Addr(t)
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	remote.Register(t, url, bucket, remote.Provider{ID: "a", Service: service, Addr: "127.0.0.1:1", Version: "1.0", Funcs: []string{"Price"}, TTL: time.Minute})
+	for _, tc := range []struct{ service, version, want string }{
+		{service, "", ": ok"},
+		{service, "9", `none of the 1 providers of service "` + service + `" has version "9" (they have version "1.0" group "" (1))`},
+		{service + "_none", "", `no provider of service "` + service + `_none" is registered now`},
+	} {
+		dir := callerDir(t, url, bucket, tc.service, fileSink, "at-least-once")
+		if tc.version != "" {
+			f := filepath.Join(dir, "conns.yml")
+			data, _ := os.ReadFile(f)
+			if err := os.WriteFile(f, bytes.Replace(data, []byte("  retries: 2\n"), []byte("  retries: 2\n  version: \""+tc.version+"\"\n"), 1), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, kisflowBin(t), "dry-run", dir)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		wantCode := 1
+		if tc.want == ": ok" {
+			wantCode = 0
+		}
+		line := ""
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "connector pricing ") {
+				line = l
+			}
+		}
+		if code := cmd.ProcessState.ExitCode(); code != wantCode || !strings.Contains(line, tc.want) {
+			t.Errorf("dry-run of service %s version %q: exit %d, %s; want exit %d with %q", tc.service, tc.version, code, out, wantCode, tc.want)
+		}
+	}
+}
