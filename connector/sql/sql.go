@@ -84,7 +84,7 @@ type DB struct {
 	pollLag   time.Duration
 	inboxTTL  time.Duration
 	create    bool
-	apply     bool // mode apply: rows are changes
+	apply     bool   // mode apply: rows are changes
 	srcTable  string // mode apply: the captured table whose changes are applied (source_table); "": any one
 	seenTable string // mode apply without source_table: the captured table of the changes applied so far
 	tableMu   sync.Mutex
