@@ -108,7 +108,7 @@ func checkApplyTables(s *config.Set) []config.Problem {
 
 // checkSnapshotInsert warns, at lint, of exactly-once delivery from a CDC
 // source that reads a snapshot first into a sink that inserts its rows
-// (not mode apply): a run killed during the snapshot reads it again from
+// (not mode apply, no upsert_key): a run killed during the snapshot reads it again from
 // the start, and the rows of it already committed are written again.
 func (r *Registry) checkSnapshotInsert(s *config.Set) []config.Problem {
 	var probs []config.Problem
@@ -118,7 +118,7 @@ func (r *Registry) checkSnapshotInsert(s *config.Set) []config.Problem {
 			continue
 		}
 		src, sink := s.Conns[st.Source], s.Conns[st.Sink]
-		if !cdcSource(src.Type) || src.Params["snapshot"] == "false" || sink.Params["mode"] == "apply" {
+		if !cdcSource(src.Type) || src.Params["snapshot"] == "false" || sink.Params["mode"] == "apply" || sink.Params["upsert_key"] != "" {
 			continue
 		}
 		probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.delivery"), Severity: config.SevWarning,

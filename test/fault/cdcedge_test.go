@@ -1,6 +1,7 @@
 package fault
 
 import (
+	"database/sql"
 	"fmt"
 	"path/filepath"
 	"regexp"
@@ -9,21 +10,25 @@ import (
 	"time"
 )
 
-// TestMySQLCDCNoSnapshotFirstStop runs mysql_cdc sources without a
-// snapshot (one exactly-once into SQLite with GTID positions, one
-// at-least-once with file positions), stops them before they read a row,
-// changes the table while they are stopped and runs them again: the
-// changes made while stopped are read, because the first run committed
-// where it started (the binlog's end then) before reading.
-func TestMySQLCDCNoSnapshotFirstStop(t *testing.T) {
-	t.Parallel()
-	_, dsn, db := binlogMariaDB(t, 5)
+// noSnapshotFirstStop is a scenario for CDC sources without a snapshot:
+// flows Log (exactly-once into SQLite) and ByFile (at-least-once into
+// another SQLite file) on sources cdc and cdcfile (conns) run, are stopped
+// before they read a row, the table changes while they are stopped (ids
+// 101..103), and they run again: the changes made while stopped are read.
+type noSnapshotFirstStop struct {
+	system   string // postgres_cdc or mysql_cdc
+	conns    string // the sources cdc and cdcfile
+	db       *sql.DB
+	anchored bool     // the first run commits its start (mysql_cdc); a slot keeps it otherwise
+	posWant  []string // in kisflow positions after the first run
+}
+
+func runNoSnapshotFirstStop(t *testing.T, c noSnapshotFirstStop) {
 	work := t.TempDir()
 	dir := Dir(t, map[string]string{
 		"flow.yml":  cdcFlow("Log", "cdc", "log", "exactly-once") + "---\n" + cdcFlow("ByFile", "cdcfile", "log2", "at-least-once"),
 		"funcs.yml": passFunc,
-		"conns.yml": mysqlCDCConn("cdc", dsn, 4501, false, "gtid") + "---\n" + mysqlCDCConn("cdcfile", dsn, 4502, false, "file") + "---\n" +
-			sqliteSinks(work) + `---
+		"conns.yml": c.conns + "---\n" + sqliteSinks(work) + `---
 kistype: conn
 cname: log2
 type: sqlite
@@ -38,29 +43,30 @@ params:
 	run := func() *Proc {
 		p := Start(t, dir, nil, "run", dir, "--state", state, "--progress", "never", "--log-level", "info")
 		Eventually(t, time.Minute, "both sources streaming", func() bool {
-			return strings.Count(p.Output(), "mysql_cdc streams changes") >= 2
+			return strings.Count(p.Output(), c.system+" streams changes") >= 2
 		})
 		return p
 	}
 	p := run()
 	for _, f := range []string{"Log", "ByFile"} {
-		if want := "flow " + f + ": no position: starting at the source's end, position "; !strings.Contains(p.Output(), want) {
-			t.Errorf("first run: want %q in the output\n%s", want, tail(p.Output(), 3000))
+		if want := "flow " + f + ": no position: starting at the source's end, position "; c.anchored != strings.Contains(p.Output(), want) {
+			t.Errorf("first run: %q in the output: %t, want %t\n%s", want, !c.anchored, c.anchored, tail(p.Output(), 3000))
 		}
 	}
 	stopCleanly(t, p)
-	// The start was committed: kisflow positions shows it.
 	res := Run(t, dir, time.Minute, "positions", dir, "--state", state)
-	if res.Code != 0 || !strings.Contains(res.Stdout, "gtid:0-1-") || !strings.Contains(res.Stdout, "file:mysql-bin.") {
-		t.Fatalf("kisflow positions after a run that read nothing: exit %d, want both start positions\n%s\n%s", res.Code, res.Stdout, res.Stderr)
+	for _, w := range c.posWant {
+		if res.Code != 0 || !strings.Contains(res.Stdout, w) {
+			t.Fatalf("kisflow positions after a run that read nothing: exit %d, want %q\n%s\n%s", res.Code, w, res.Stdout, res.Stderr)
+		}
 	}
 	for _, q := range []string{"INSERT INTO src VALUES (101, 'a', 101)", "INSERT INTO src VALUES (102, 'b', 102)", "INSERT INTO src VALUES (103, 'c', 103)"} {
-		if _, err := db.Exec(q); err != nil {
+		if _, err := c.db.Exec(q); err != nil {
 			t.Fatal(err)
 		}
 	}
 	p = run()
-	if strings.Contains(p.Output(), "no position") {
+	if c.anchored && strings.Contains(p.Output(), "no position") {
 		t.Errorf("second run: it had no position\n%s", tail(p.Output(), 3000))
 	}
 	for _, name := range []string{"log.db", "log2.db"} {
@@ -71,6 +77,27 @@ params:
 		})
 	}
 	stopCleanly(t, p)
+}
+
+// TestMySQLCDCNoSnapshotFirstStop is the scenario noSnapshotFirstStop on
+// MariaDB (GTID and file positions): the first run commits where it
+// starts (the binlog's end then) before reading.
+func TestMySQLCDCNoSnapshotFirstStop(t *testing.T) {
+	t.Parallel()
+	_, dsn, db := binlogMariaDB(t, 5)
+	runNoSnapshotFirstStop(t, noSnapshotFirstStop{system: "mysql_cdc", db: db, anchored: true,
+		conns:   mysqlCDCConn("cdc", dsn, 4501, false, "gtid") + "---\n" + mysqlCDCConn("cdcfile", dsn, 4502, false, "file"),
+		posWant: []string{"gtid:0-1-", "file:mysql-bin."}})
+}
+
+// TestPostgresCDCNoSnapshotFirstStop is the scenario noSnapshotFirstStop on
+// PostgreSQL: the slots the first run created keep the changes made while
+// stopped, though nothing was committed.
+func TestPostgresCDCNoSnapshotFirstStop(t *testing.T) {
+	t.Parallel()
+	_, url, db := logicalPostgres(t, 5)
+	runNoSnapshotFirstStop(t, noSnapshotFirstStop{system: "postgres_cdc", db: db,
+		conns: cdcConn("cdc", url, "kisflow_nosnap1", false) + "---\n" + cdcConn("cdcfile", url, "kisflow_nosnap2", false)})
 }
 
 // TestCDCApplySeveralTables captures two tables (src, b) with one
