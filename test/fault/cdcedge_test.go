@@ -25,19 +25,12 @@ type noSnapshotFirstStop struct {
 
 func runNoSnapshotFirstStop(t *testing.T, c noSnapshotFirstStop) {
 	work := t.TempDir()
+	// log2: sqliteSinks' log, in log2.db.
+	log2 := strings.NewReplacer("cname: log\n", "cname: log2\n", "log.db", "log2.db").Replace(strings.SplitN(sqliteSinks(work), "---\n", 2)[1])
 	dir := Dir(t, map[string]string{
 		"flow.yml":  cdcFlow("Log", "cdc", "log", "exactly-once") + "---\n" + cdcFlow("ByFile", "cdcfile", "log2", "at-least-once"),
 		"funcs.yml": passFunc,
-		"conns.yml": c.conns + "---\n" + sqliteSinks(work) + `---
-kistype: conn
-cname: log2
-type: sqlite
-key: log
-params:
-  path: ` + filepath.Join(work, "log2.db") + `
-  create: "true"
-  columns: id,n,op=_op
-`,
+		"conns.yml": c.conns + "---\n" + sqliteSinks(work) + "---\n" + log2,
 	})
 	state := filepath.Join(work, "state")
 	run := func() *Proc {
