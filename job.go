@@ -418,9 +418,22 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 
 // anchor commits the start an Anchorer fixes (see stream.Anchorer) as
 // the flow's position: in the exactly-once sink, fenced on there being
-// none yet, else in the checkpoint store.
+// none yet, else in the checkpoint store. A server that cannot be reached
+// is an outage: it tries again, backing off up to 5s, until ctx ends.
 func (j *Job) anchor(ctx context.Context, a stream.Anchorer, parts runtime.Parts, key string) (string, error) {
-	pos, err := a.Anchor(ctx)
+	var pos string
+	var err error
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		pos, err = a.Anchor(ctx)
+		if err == nil || stream.IsFatal(err) || ctx.Err() != nil {
+			break
+		}
+		j.log.Warn("source unreachable to fix its start position; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
 	if err != nil || pos == "" {
 		return "", err
 	}
