@@ -342,6 +342,14 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	j.source = src
 	parts.Source = src
+	if a, ok := src.(stream.Anchorer); ok && resume == "" && o.source == nil && !sopts.Detached && sopts.Start.IsZero() {
+		pos, err := j.anchor(ctx, a, parts, key)
+		if err != nil {
+			_ = src.Close(ctx)
+			return fail(fmt.Errorf("source %q: %w", st.Source, err))
+		}
+		resume = pos
+	}
 	if err := e.loadState(ctx, &parts, key, workers); err != nil {
 		_ = src.Close(ctx)
 		return fail(err)
@@ -408,6 +416,45 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	return j, nil
 }
 
+// anchor commits the start an Anchorer fixes (see stream.Anchorer) as
+// the flow's position: in the exactly-once sink, fenced on there being
+// none yet, else in the checkpoint store. A server that cannot be reached
+// is an outage: it tries again, backing off up to 5s, until ctx ends.
+func (j *Job) anchor(ctx context.Context, a stream.Anchorer, parts runtime.Parts, key string) (string, error) {
+	var pos string
+	var err error
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		pos, err = a.Anchor(ctx)
+		if err == nil || stream.IsFatal(err) || ctx.Err() != nil {
+			break
+		}
+		j.log.Warn("source unreachable to fix its start position; trying again", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+	if err != nil || pos == "" {
+		return "", err
+	}
+	switch tx := parts.TxSink.(type) {
+	case nil:
+		if parts.Checkpoints == nil {
+			return "", nil
+		}
+		err = parts.Checkpoints.SavePosition(ctx, key, pos)
+	case stream.FencedTxSink:
+		err = tx.CommitBatchAfter(ctx, key, "", pos, nil, nil)
+	default:
+		err = tx.CommitBatch(ctx, key, pos, nil, nil)
+	}
+	if err != nil {
+		return "", fmt.Errorf("commit the start position %s: %w", pos, err)
+	}
+	j.start.Position, j.start.Anchored = pos, true
+	return pos, nil
+}
+
 // loadState gives the job its keyed state, loaded from the store that
 // keeps it: the exactly-once sink, or the checkpoint store. With a source
 // whose partitions move between processes (stream.PartitionOwner), only
@@ -462,6 +509,10 @@ type StartPosition struct {
 	// Detached reports a one-off run (WithBounds) that leaves the
 	// committed position as it is.
 	Detached bool
+	// Anchored reports that there was no committed position and the
+	// source fixed where it starts (the log's end: see stream.Anchorer):
+	// Position is that start, committed before the first read.
+	Anchored bool
 }
 
 // loadPosition moves a position kept under the flow name alone to the

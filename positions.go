@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/stream"
@@ -75,6 +76,53 @@ func (r *Registry) checkBounds(s *config.Set) []config.Problem {
 			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.stop"), Severity: config.SevError,
 				Msg: fmt.Sprintf("flow %q: source %q (type %s) cannot stop at %s (it can do %s)", name, st.Source, c.Type, stop.Kind, can.Describe())})
 		}
+	}
+	return probs
+}
+
+// cdcSource reports whether connector type typ is a change data capture
+// source (its rows carry _op and _table).
+func cdcSource(typ string) bool { return typ == "postgres_cdc" || typ == "mysql_cdc" }
+
+// checkApplyTables refuses, at lint, a CDC source of several tables into
+// one sink in mode apply: the changes of every table would be applied to
+// the sink's one table. The sink's params.other_tables: skip says that
+// only its own table's changes are applied (the run ends on another
+// table's change otherwise).
+func checkApplyTables(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range slices.Sorted(maps.Keys(s.Flows)) {
+		st := s.Flows[name].Stream
+		if st == nil || s.Conns[st.Source] == nil || s.Conns[st.Sink] == nil {
+			continue
+		}
+		src, sink := s.Conns[st.Source], s.Conns[st.Sink]
+		if !cdcSource(src.Type) || !strings.Contains(src.Key, ",") || sink.Params["mode"] != "apply" || sink.Params["source_table"] != "" {
+			continue
+		}
+		probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.sink"), Severity: config.SevError,
+			Msg: fmt.Sprintf("flow %q: source %q (type %s) captures several tables (%s) and sink %q (mode apply) applies changes to its one table %s: every table's changes would be applied to it. Set params.source_table on sink %q to the table whose changes it applies (the others are left out), and give each other table its own flow and sink", name, st.Source, src.Type, src.Key, st.Sink, sink.Key, st.Sink)})
+	}
+	return probs
+}
+
+// checkSnapshotInsert warns, at lint, of exactly-once delivery from a CDC
+// source that reads a snapshot first into a sink that inserts its rows
+// (not mode apply, no upsert_key): a run killed during the snapshot reads it again from
+// the start, and the rows of it already committed are written again.
+func (r *Registry) checkSnapshotInsert(s *config.Set) []config.Problem {
+	var probs []config.Problem
+	for _, name := range slices.Sorted(maps.Keys(s.Flows)) {
+		st := s.Flows[name].Stream
+		if st == nil || st.Delivery != config.ExactlyOnce || s.Conns[st.Source] == nil || s.Conns[st.Sink] == nil {
+			continue
+		}
+		src, sink := s.Conns[st.Source], s.Conns[st.Sink]
+		if !cdcSource(src.Type) || src.Params["snapshot"] == "false" || sink.Params["mode"] == "apply" || sink.Params["upsert_key"] != "" {
+			continue
+		}
+		probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.delivery"), Severity: config.SevWarning,
+			Msg: fmt.Sprintf("flow %q: source %q (type %s) reads a snapshot first, and sink %q inserts rows: a run stopped (killed, or ended) during the snapshot reads the snapshot again from its start, and its rows already committed are written again. Exactly once end to end: sink params.mode: apply (a replica, by key), or an upsert_key on the sink, or source params.snapshot: \"false\"", name, st.Source, src.Type, st.Sink)})
 	}
 	return probs
 }

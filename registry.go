@@ -176,6 +176,8 @@ func (r *Registry) lintOptions() []config.LintOption {
 		config.WithCheck(r.checkCallbacks),
 		config.WithCheck(r.checkDelivery),
 		config.WithCheck(r.checkBounds),
+		config.WithCheck(checkApplyTables),
+		config.WithCheck(r.checkSnapshotInsert),
 		config.WithFilterCheck(r.checkFilter),
 	}
 }

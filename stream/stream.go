@@ -106,6 +106,17 @@ type PositionCommitter interface {
 	PositionCommitted(ctx context.Context, position string)
 }
 
+// Anchorer is an optional Source capability of a source opened without a
+// committed position that does not read its stream from the start (a CDC
+// source without a snapshot starts at the log's end as it is when it
+// first runs). Anchor connects, fixes that start and returns it as a
+// position ("" when the source reads from the start: nothing to fix). The
+// runtime commits it before the first read, so that a run stopped before
+// its first row resumes there, not at the log's end of the next run.
+type Anchorer interface {
+	Anchor(ctx context.Context) (string, error)
+}
+
 // Sizer is an optional Source capability for progress: how far a bounded
 // source has read, and its total, in the same unit (bytes for a file).
 type Sizer interface {
@@ -289,6 +300,21 @@ var ErrExpected = errors.New("expected rejection")
 // running the same batch again with capped backoff and logging the outage
 // when it starts, every 30 seconds while it lasts and when it ends.
 var ErrUnavailable = errors.New("service unavailable")
+
+// ErrBadPosition marks a position a user gave that the source refuses:
+// not of its form, or not one its server can start at (beyond the
+// server's head). kisflow positions set refuses it with the usage exit
+// code.
+var ErrBadPosition = errors.New("bad position")
+
+// BadPosition marks err so that errors.Is(err, ErrBadPosition) holds; its
+// text is unchanged. BadPosition(nil) is nil.
+func BadPosition(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &markedError{err: err, mark: ErrBadPosition}
+}
 
 type markedError struct {
 	err  error

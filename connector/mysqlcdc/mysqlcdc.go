@@ -301,6 +301,9 @@ func (d *CDC) wrap(what string, err error) error {
 // everything else (a lost connection, a server restarting) is an outage,
 // retried.
 func classify(err error) error {
+	if errors.Is(err, stream.ErrFatal) {
+		return err // explained already
+	}
 	var me *gomysql.MySQLError
 	if errors.As(err, &me) {
 		switch me.Number {
@@ -356,13 +359,17 @@ func (d *CDC) Positions(ctx context.Context, _ stream.SourceOptions, committed s
 // from a position so set reads no snapshot.
 // It is refused while a reader with the connector's server_id is
 // connected to the server (a run of the flow).
+//
+// A position given (to.Position) must be of the connector's kind, parse
+// as the server's GTID set (or file:NAME:OFFSET), and not lie beyond the
+// server's binlog head: otherwise it is refused (stream.ErrBadPosition).
 func (d *CDC) SeekPosition(ctx context.Context, _ stream.SourceOptions, to stream.Bound) (string, error) {
+	var p position
 	if to.Kind == stream.AtPosition {
-		p, err := d.ownPosition(to.Position)
-		if err != nil {
-			return "", err
+		var err error
+		if p, err = d.ownPosition(to.Position); err != nil {
+			return "", stream.BadPosition(err)
 		}
-		return p.String(), nil
 	}
 	db, err := d.open()
 	if err != nil {
@@ -372,7 +379,62 @@ func (d *CDC) SeekPosition(ctx context.Context, _ stream.SourceOptions, to strea
 	if err := d.notReading(ctx, db); err != nil {
 		return "", err
 	}
-	return d.seek(ctx, db, to)
+	if to.Kind != stream.AtPosition {
+		return d.seek(ctx, db, to)
+	}
+	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
+	defer cancel()
+	maria, err := d.mariaDB(qctx, db)
+	if err != nil {
+		return "", err
+	}
+	if p.gtid {
+		if _, err := newGTIDSet(maria, p.set); err != nil {
+			return "", stream.BadPosition(fmt.Errorf("mysql_cdc connector %q: position %s: not a GTID set of this server (%s): %w", d.cfg.CName, to.Position, map[bool]string{true: "MariaDB: domain-server-seq,...", false: "MySQL: uuid:1-n,..."}[maria], err))
+		}
+	}
+	head, ahead, err := d.beyondHead(ctx, db, maria, p)
+	if err != nil {
+		return "", err
+	}
+	if ahead {
+		return "", stream.BadPosition(fmt.Errorf("mysql_cdc connector %q: position %s is ahead of the server's binlog (its head is %s): the server never wrote it; give a position at or before the head (kisflow positions shows it)", d.cfg.CName, to.Position, head))
+	}
+	return p.String(), nil
+}
+
+// beyondHead reports whether p lies beyond the server's binlog head (a
+// GTID the server has not written, an offset past its last file's end),
+// and the head.
+func (d *CDC) beyondHead(ctx context.Context, db *sql.DB, maria bool, p position) (string, bool, error) {
+	set, file, err := d.head(ctx, db)
+	if err != nil {
+		return "", false, err
+	}
+	if !p.gtid {
+		return file.String(), p.file > file.file || (p.file == file.file && p.offset > file.offset), nil
+	}
+	h, err := newGTIDSet(maria, set)
+	if err != nil {
+		return "", false, d.wrap("parse the server's GTID position "+set, err)
+	}
+	return position{gtid: true, set: set}.String(), !h.contains(p.set), nil
+}
+
+// explainUnreadable turns the server's refusal to stream from at (error
+// 1236) into what happened: at lies beyond the server's head (a position
+// set ahead, a server reset or rebuilt), or the binlog there was purged.
+// Other errors are returned as they are.
+func (d *CDC) explainUnreadable(ctx context.Context, db *sql.DB, maria bool, at position, err error) error {
+	var ge *gmysql.MyError
+	if !errors.As(err, &ge) || ge.Code != 1236 || db == nil {
+		return err
+	}
+	head, ahead, herr := d.beyondHead(ctx, db, maria, at.start())
+	if herr != nil || !ahead {
+		return err
+	}
+	return stream.Fatal(fmt.Errorf("%w (the flow's position %s is ahead of the server's binlog, whose head is %s: the server never wrote it: the position was set beyond the head, or the server was reset or rebuilt since. Move the flow's position to one the server has (kisflow positions set FLOW --latest, or --to a position at or before the head), and rebuild the replica if the server lost changes)", ge, at.start(), head))
 }
 
 // Seeks says what a mysql_cdc source can start and stop at: positions

@@ -3,6 +3,7 @@ package mysqlcdc
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -99,7 +100,10 @@ func TestPurgedPositionIsFatal(t *testing.T) {
 			t.Fatalf("%s: %v", q, err)
 		}
 	}
-	for _, c := range []struct{ positions, resume string }{{"file", "file:mysql-bin.000001:4"}, {"gtid", "gtid:0-1-1"}} {
+	for _, c := range []struct{ positions, resume, why string }{
+		{"file", "file:mysql-bin.000001:4", "purged"}, {"gtid", "gtid:0-1-1", "purged"},
+		{"file", "file:mysql-bin.000009:4", "ahead of the server"}, {"gtid", "gtid:0-1-99999", "ahead of the server"},
+	} {
 		d, err := New(&config.Conn{CName: "cdc", Addrs: dsn + "p", Key: "t", Params: map[string]string{"server_id": "9", "positions": c.positions, "heartbeat": "200ms"}})
 		if err != nil {
 			t.Fatal(err)
@@ -115,8 +119,8 @@ func TestPurgedPositionIsFatal(t *testing.T) {
 		}
 		cancel()
 		_ = src.Close(context.Background())
-		if !stream.IsFatal(rerr) {
-			t.Errorf("resuming from purged %s: error %v, want a fatal one", c.resume, rerr)
+		if !stream.IsFatal(rerr) || !strings.Contains(rerr.Error(), c.why) || (c.why != "purged" && strings.Contains(rerr.Error(), "purged")) {
+			t.Errorf("resuming from %s: error %v, want a fatal one saying %q", c.resume, rerr, c.why)
 		}
 		t.Logf("%s: %v", c.resume, rerr)
 	}
@@ -177,6 +181,16 @@ func TestPositionsAndSeek(t *testing.T) {
 		other := map[string]string{"gtid": "file:f:4", "file": "gtid:0-1-1"}[c.kind]
 		if _, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, stream.Bound{Kind: stream.AtPosition, Position: other}); err == nil {
 			t.Errorf("%s: seek to %s: no error", c.kind, other)
+		}
+		// Positions the server cannot start at are refused: not a GTID
+		// set, or beyond the binlog's head.
+		bad := map[string][]string{"gtid": {"gtid:garbage", "gtid:0-1-99999", "gtid:7-1-1"}, "file": {"file:" + file + ":99999999", "file:mysql-bin.000099:4"}}[c.kind]
+		for _, b := range bad {
+			if got, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, stream.Bound{Kind: stream.AtPosition, Position: b}); !errors.Is(err, stream.ErrBadPosition) {
+				t.Errorf("%s: seek to %s: %q (err %v), want a bad position", c.kind, b, got, err)
+			} else {
+				t.Logf("%s: %v", b, err)
+			}
 		}
 		if _, err := cdc.SeekPosition(ctx, stream.SourceOptions{}, stream.Bound{Kind: stream.AtTime, Time: time.Now()}); err == nil {
 			t.Errorf("%s: seek to a time: no error", c.kind)

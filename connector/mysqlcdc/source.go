@@ -285,6 +285,34 @@ type source struct {
 	held                       *stream.Message
 }
 
+// Anchor fixes, for a flow without a committed position and without a
+// snapshot, where the stream starts: the binlog's end now. The runtime
+// commits it before the first read (see stream.Anchorer), so that the
+// changes made while a run that read nothing is stopped are read by the
+// next. With a snapshot there is nothing to fix ("").
+func (s *source) Anchor(ctx context.Context) (string, error) {
+	d := s.d
+	if !s.fresh || d.p.Snapshot {
+		return "", nil
+	}
+	db, err := d.open()
+	if err != nil {
+		return "", err
+	}
+	defer db.Close()
+	set, file, err := d.head(ctx, db)
+	if err != nil {
+		return "", err
+	}
+	s.at = file
+	if d.p.Positions == "gtid" {
+		s.at = position{gtid: true, set: set}
+	}
+	s.fresh = false
+	s.log.Info("mysql_cdc starts at the binlog's end", "connector", d.cfg.CName, "position", s.at.String())
+	return s.at.String(), nil
+}
+
 // PositionsPerMessage reports that every message carries the position
 // right after it.
 func (s *source) PositionsPerMessage() bool { return true }
@@ -725,6 +753,7 @@ func (s *source) readStream(ctx context.Context, max int) ([]*stream.Message, er
 			if errors.Is(err, context.DeadlineExceeded) {
 				return out, nil
 			}
+			err = d.explainUnreadable(ctx, s.db, s.maria, s.at, err)
 			s.disconnect()
 			return out, d.wrap("binlog stream", err)
 		}

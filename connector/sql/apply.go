@@ -15,6 +15,54 @@ import (
 	"github.com/kisflow-go/kisflow/stream"
 )
 
+// ownTable returns the changes of the captured table the connector
+// applies: with source_table, the changes of other tables (by _table) are
+// left out; without it, the first table seen is the one, and a change of
+// another ends the run before anything of its batch is written (two
+// tables' rows would be mixed in one). A change without _table is kept.
+func (d *DB) ownTable(maps []map[string]any) ([]map[string]any, error) {
+	d.tableMu.Lock()
+	defer d.tableMu.Unlock()
+	want, seen := d.srcTable, d.seenTable
+	if want == "" {
+		want = seen
+	}
+	out := maps[:0:0]
+	for i, m := range maps {
+		t, ok := m["_table"].(string)
+		switch {
+		case !ok || t == "":
+		case want == "":
+			want = t
+		case sameTable(t, want):
+		case d.srcTable != "":
+			continue
+		default:
+			return nil, stream.Fatal(fmt.Errorf("connector %q (mode apply, table %s): row %d is a change of table %s (_op %v), the rows before of table %s: the changes of two tables cannot be applied to one; give each table its own flow and sink, or set params.source_table on this sink to apply only one table's changes", d.cfg.CName, d.table, i, t, m["_op"], want))
+		}
+		out = append(out, m)
+	}
+	if d.srcTable == "" {
+		d.seenTable = want
+	}
+	if len(out) == len(maps) {
+		return maps, nil
+	}
+	return out, nil
+}
+
+// sameTable reports whether two names of a captured table are the same
+// table: schema.table, or table alone (any schema).
+func sameTable(a, b string) bool {
+	if strings.EqualFold(a, b) {
+		return true
+	}
+	if strings.Contains(a, ".") == strings.Contains(b, ".") {
+		return false
+	}
+	return strings.EqualFold(a[strings.LastIndexByte(a, '.')+1:], b[strings.LastIndexByte(b, '.')+1:])
+}
+
 // change is the last change of one key within a batch: an upsert of row,
 // or a delete.
 type change struct {
@@ -37,6 +85,13 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 			return stream.Permanent(fmt.Errorf("connector %q: row %d: %w", d.cfg.CName, i, err))
 		}
 		maps[i] = m
+	}
+	maps, err := d.ownTable(maps)
+	if err != nil {
+		return err
+	}
+	if len(maps) == 0 {
+		return nil
 	}
 	cols, key, err := d.applyColumns(ctx, tx, maps)
 	if err != nil {

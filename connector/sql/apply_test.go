@@ -8,6 +8,7 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // TestApplyMode applies changes by the table's primary key, in each
@@ -105,5 +106,48 @@ func testApply(t *testing.T, d *DB) {
 	}
 	if err := d.Write(ctx, []any{map[string]any{"_op": "merge", "id": 1}}); err == nil {
 		t.Fatal("an unknown _op was accepted")
+	}
+}
+
+// TestApplyOtherTables applies the changes of one captured table: without
+// source_table a change of a second table ends the run (a fatal error)
+// and nothing of its batch is written; with it, the other tables'
+// changes, a truncate included, are left out.
+func TestApplyOtherTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	row := func(table, op string, id int) map[string]any {
+		return map[string]any{"_op": op, "_table": table, "id": id, "v": table}
+	}
+	for _, sourceTable := range []string{"", "a"} {
+		drv, err := NewSQLite(&config.Conn{CName: "replica", Type: TypeSQLite, Key: "replica",
+			Params: map[string]string{"path": filepath.Join(t.TempDir(), "r.db"), "mode": "apply", "source_table": sourceTable}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := drv.(*DB)
+		if err := d.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close(ctx)
+		if _, err := d.SQL().Exec("CREATE TABLE replica (id BIGINT PRIMARY KEY, v VARCHAR(100))"); err != nil {
+			t.Fatal(err)
+		}
+		count := func() (n int) {
+			if err := d.SQL().QueryRow("SELECT count(*) FROM replica WHERE v = 'public.a'").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		if err := d.Write(ctx, []any{row("public.a", "insert", 1), row("public.a", "insert", 2)}); err != nil {
+			t.Fatal(err)
+		}
+		err = d.Write(ctx, []any{row("public.a", "insert", 3), row("public.b", "insert", 4), row("public.b", "truncate", 0)})
+		switch {
+		case sourceTable == "" && (!stream.IsFatal(err) || count() != 2):
+			t.Errorf("a change of a second table: error %v and %d rows, want a fatal error and the 2 rows before", err, count())
+		case sourceTable != "" && (err != nil || count() != 3):
+			t.Errorf("source_table a: error %v and %d rows of a, want none and 3", err, count())
+		}
 	}
 }

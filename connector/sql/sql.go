@@ -84,7 +84,10 @@ type DB struct {
 	pollLag   time.Duration
 	inboxTTL  time.Duration
 	create    bool
-	apply     bool // mode apply: rows are changes
+	apply     bool   // mode apply: rows are changes
+	srcTable  string // mode apply: the captured table whose changes are applied (source_table); "": any one
+	seenTable string // mode apply without source_table: the captured table of the changes applied so far
+	tableMu   sync.Mutex
 	loadQuery string
 	loadArgs  []string
 	client    string // the shared pool's name (mysql, postgres)
@@ -199,6 +202,7 @@ func (d *DB) parseCommon(p *common, pollLag time.Duration) error {
 	d.timeout, d.pollEvery, d.pollLag, d.inboxTTL, d.maxConns = p.Timeout, p.PollInterval, pollLag, p.InboxTTL, p.MaxConns
 	d.create = p.Create
 	d.apply = p.Mode == "apply"
+	d.srcTable = p.SourceTable
 	d.pollCol = p.PollColumn
 	if d.pollCol != "" && !validIdent(d.pollCol) {
 		return fmt.Errorf("connector %q: poll_column %q is not a plain identifier", d.cfg.CName, d.pollCol)

@@ -270,6 +270,9 @@ func setPosition(ctx context.Context, reg *kisflow.Registry, dir, state, flow st
 		}
 	}
 	pos, err := fp.positioner.SeekPosition(ctx, fp.opts, to)
+	if errors.Is(err, stream.ErrBadPosition) {
+		return &exitError{code: ExitUsage, err: red.Error(fmt.Errorf("flow %s: %w", flow, err))}
+	}
 	if err != nil {
 		return fail(err)
 	}

@@ -274,6 +274,8 @@ func reportStart(w io.Writer, name string, sp kisflow.StartPosition) {
 		fmt.Fprintf(w, "flow %s: starting at %s (stream.start), not at the committed position%s\n", name, sp.Start, stop)
 	case stop != "":
 		fmt.Fprintf(w, "flow %s: resuming at %s%s\n", name, map[bool]string{true: "position " + sp.Position, false: "the source's committed position"}[sp.Position != ""], stop)
+	case sp.Anchored:
+		fmt.Fprintf(w, "flow %s: no position: starting at the source's end, position %s (committed now: a stop before the first row resumes there)\n", name, sp.Position)
 	case sp.Position != "" && sp.CommittedAt.IsZero():
 		fmt.Fprintf(w, "flow %s: resuming at position %s (commit time unknown)\n", name, sp.Position)
 	case sp.Position != "":
