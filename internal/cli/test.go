@@ -61,6 +61,9 @@ func testCmd(reg *kisflow.Registry) *cobra.Command {
 }
 
 func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOptions, stdout, stderr io.Writer) error {
+	if o.timeout <= 0 {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --timeout %s: give how long each test may run, more than 0 (such as 30s)", o.timeout)}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
@@ -106,10 +109,10 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 	red := set.Redactor()
 	stdout = red.Writer(stdout)
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: stderr, red: red}, &slog.HandlerOptions{Level: level}))
-	failed, broken := 0, 0
+	failed, broken, abandoned := 0, 0, false
 	for _, tc := range tests {
 		start := time.Now()
-		diffs, err := runTest(ctx, reg, set, tc, o.timeout, log)
+		diffs, err := runTest(ctx, reg, set, tc, o.timeout, log, &abandoned)
 		if err != nil {
 			broken++
 			fmt.Fprintf(stdout, "ERROR %s: could not run\n    %s\n", tc.title(), red.Redact(err.Error()))
@@ -127,6 +130,9 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if abandoned {
+		fmt.Fprintln(stderr, "kisflow: a test's run did not stop after its timeout; it is abandoned as the command exits")
 	}
 	if broken > 0 {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("%d of %d test(s) could not run, %d failed", broken, len(tests), failed)}
@@ -284,15 +290,25 @@ func testSet(set *config.Set, tc *testCase) (*config.Set, string) {
 		s.Conns[testOutputConn] = &config.Conn{CName: testOutputConn, Type: memory.Type}
 	}
 	st.Workers = 1
+	// A test that times out is not drained for long: its run must end
+	// within testGrace of its timeout.
+	st.DrainTimeout = config.Duration(testGrace / 2)
 	st.Delivery = config.AtLeastOnce
 	fl.Stream = &st
 	s.Flows[fl.FlowName] = &fl
 	return &s, fl.FlowName
 }
 
+// testGrace is how long a test's run has to stop once its timeout has
+// passed (and its engine to close) before it is abandoned.
+const testGrace = 2 * time.Second
+
 // runTest runs one test and returns its differences from what it expects.
 // err is a test that could not run (its flow failed to build).
-func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *testCase, timeout time.Duration, log *slog.Logger) ([]string, error) {
+//
+// abandoned is set when the run did not stop within testGrace of its
+// timeout: it goes on in the background and the caller must exit.
+func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *testCase, timeout time.Duration, log *slog.Logger, abandoned *bool) ([]string, error) {
 	ts, flowName := testSet(set, tc)
 	r := &testRun{tc: tc, source: ts.Flows[flowName].Stream.Source, sink: ts.Flows[flowName].Stream.Sink, mocks: tc.Mocks, written: map[string][]any{}, memory: map[string]*memory.Store{}}
 	for i, row := range tc.Input {
@@ -307,7 +323,10 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 		return nil, err
 	}
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if *abandoned {
+			return // its Close would wait for the run that did not stop
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), testGrace)
 		defer cancel()
 		_ = eng.Close(cctx)
 	}()
@@ -326,7 +345,24 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 	if err != nil {
 		return nil, err
 	}
-	runErr := job.Run(rctx)
+	// The run is in a goroutine so that the timeout holds even against a
+	// function that ignores its context: once it passes, the run has
+	// testGrace to end; if it does not, the test is reported as failed
+	// and abandoned (its goroutines end with the process, which exits
+	// once every test is reported).
+	done := make(chan error, 1)
+	go func() { done <- job.Run(rctx) }()
+	var runErr error
+	select {
+	case runErr = <-done:
+	case <-rctx.Done():
+		select {
+		case runErr = <-done:
+		case <-time.After(testGrace):
+			*abandoned = true
+			return []string{fmt.Sprintf("did not finish within %s (--timeout), and did not stop %s after it was cancelled (a function that ignores its context: it was abandoned); %d of %d input rows were read", timeout, testGrace, job.Stats().Read, len(r.input))}, nil
+		}
+	}
 	if errors.Is(rctx.Err(), context.DeadlineExceeded) {
 		return []string{fmt.Sprintf("did not finish within %s (--timeout); %d of %d input rows were read", timeout, job.Stats().Read, len(r.input))}, nil
 	}

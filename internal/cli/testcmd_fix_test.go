@@ -1,0 +1,132 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kisflow-go/kisflow"
+	"github.com/kisflow-go/kisflow/connector/all"
+)
+
+// kisflowTestBounded runs `BIN test DIR args...` like kisflowTest, but
+// fails the test instead of waiting when the command runs past limit.
+func kisflowTestBounded(t *testing.T, bin, dir string, limit time.Duration, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append([]string{"test", dir}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("kisflow test %s %v still ran after %s:\n%s", dir, args, limit, out.String())
+	}
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return code, out.String()
+}
+
+// A test's --timeout holds against a step that waits long past it (a rate
+// limit), and a timeout that is not positive is a usage error.
+func TestKisflowTestTimeoutIsEnforced(t *testing.T) {
+	t.Parallel()
+	bin := stockKisflow(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"conf.yml": `kistype: conn
+cname: src
+type: file
+params: {path: in.jsonl}
+---
+kistype: conn
+cname: out
+type: stdout
+---
+kistype: func
+fname: Slow
+fmode: Calculate
+calc: {y: x + 1}
+option:
+  filters:
+    - name: ratelimit
+      params: {rate: 0.01, burst: 1}
+---
+kistype: flow
+status: 1
+flow_name: SlowF
+flows: [{fname: Slow}]
+stream: {source: src, sink: out, batch_size: 1}
+`,
+		"slow_test.yml": `kistype: test
+flow: SlowF
+input: [{x: 1}, {x: 2}, {x: 3}]
+expect:
+  rows: [{x: 1, y: 2}, {x: 2, y: 3}, {x: 3, y: 4}]
+`,
+	})
+	// The flow would take 200 s; the run ends with the timeout and a
+	// short grace, not after the 30 s drain.
+	code, out := kisflowTestBounded(t, bin, dir, 15*time.Second, "--timeout", "1s")
+	if code != ExitProblem || !strings.Contains(out, "did not finish within 1s (--timeout)") {
+		t.Fatalf("a test past its timeout: exit %d, want 1 naming the timeout\n%s", code, out)
+	}
+	for _, bad := range []string{"0s", "-1s"} {
+		code, out := kisflowTestBounded(t, bin, dir, 15*time.Second, "--timeout", bad)
+		if code != ExitUsage || !strings.Contains(out, "bad --timeout") {
+			t.Fatalf("--timeout %s: exit %d, want 2 (usage)\n%s", bad, code, out)
+		}
+	}
+}
+
+// A Go function that ignores its context cannot hold `kisflow test`: the
+// test is reported as failed once its timeout has passed and the command
+// exits.
+func TestKisflowTestTimeoutAbandonsAStuckFunction(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	defer close(release)
+	reg := kisflow.NewRegistry()
+	if err := all.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister("Hang", kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error {
+		<-release // not ctx.Done()
+		return nil
+	}))
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"conf.yml": "kistype: func\nfname: Hang\nfmode: Calculate\n",
+		"hang_test.yml": `kistype: test
+name: hang
+func: Hang
+input: [{x: 1}]
+expect: {rows: [{x: 1}]}
+`,
+	})
+	type result struct {
+		code int
+		out  string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var out bytes.Buffer
+		code := Main(reg, []string{"test", dir, "--run", "hang", "--timeout", "1s"}, &out, &out)
+		done <- result{code, out.String()}
+	}()
+	select {
+	case r := <-done:
+		if r.code != ExitProblem || !strings.Contains(r.out, "did not finish within 1s (--timeout)") || !strings.Contains(r.out, "abandoned") {
+			t.Fatalf("a stuck Go function: exit %d, want 1 naming the timeout\n%s", r.code, r.out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("kisflow test still waits for a function that ignores its context, 20 s after a 1s --timeout")
+	}
+}
