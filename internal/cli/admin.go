@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ import (
 // Flow statuses of the admin API.
 const (
 	flowStarting = "starting" // the API asked for a start; connectors are starting
+	flowWaiting  = "waiting"  // at start-up, a connector is not up yet; the other flows run on
 	flowRunning  = "running"
 	flowStopping = "stopping" // the API asked for a stop; in-flight batches drain
 	flowStopped  = "stopped"  // stopped through the API; kept stopped until a start
@@ -45,6 +47,8 @@ type flowRun struct {
 	err    error
 	since  time.Time
 	starts int // jobs started, the first one included
+
+	waitingFor string // the connector a flow with no job yet waits for
 
 	// The committed rate, sampled once a second.
 	lastCommitted int64
@@ -83,6 +87,52 @@ func (c *control) add(name string, job *kisflow.Job) {
 	c.byName[name] = f
 	c.mu.Unlock()
 	c.run(f, job)
+}
+
+// launch starts the flow name's first job in the background, so that a
+// flow whose connector is not up yet waits (status waiting) without
+// holding the others. first receives, once, the flow's first outcome:
+// nil when its job runs or when it begins to wait, the error when it
+// cannot start. reportStart writes where the job starts on out.
+func (c *control) launch(name string, out io.Writer, first chan<- error) {
+	starting := make(chan struct{})
+	f := &flowRun{name: name, status: flowStarting, since: time.Now(), done: starting}
+	c.mu.Lock()
+	c.flows = append(c.flows, f)
+	c.byName[name] = f
+	c.mu.Unlock()
+	go func() {
+		var once sync.Once
+		report := func(err error) { once.Do(func() { first <- err }) }
+		job, err := waitJob(c.ctx, c.eng, name, c.stderr, func(conn string) {
+			c.mu.Lock()
+			f.status, f.waitingFor, f.since = flowWaiting, conn, time.Now()
+			c.mu.Unlock()
+			c.notify()
+			report(nil)
+		}, c.opts...)
+		if err != nil {
+			c.mu.Lock()
+			if c.ctx.Err() == nil {
+				f.status, f.err = flowFailed, err
+			} else {
+				f.status = flowFinished // a signal before it ever ran
+			}
+			f.since = time.Now()
+			c.mu.Unlock()
+			close(starting)
+			c.notify()
+			report(err)
+			return
+		}
+		reportStart(out, name, job.StartPosition())
+		c.mu.Lock()
+		f.waitingFor = ""
+		c.mu.Unlock()
+		c.run(f, job)
+		close(starting)
+		report(nil)
+	}()
 }
 
 // run starts job as f's current job.
@@ -145,17 +195,28 @@ func (c *control) wait() {
 		select {
 		case <-c.changed:
 		case <-c.ctx.Done():
-			// Each job drains on the run's context; wait for them.
-			c.mu.Lock()
-			dones := make([]chan struct{}, 0, len(c.flows))
-			for _, f := range c.flows {
-				dones = append(dones, f.done)
+			// Each job drains on the run's context; wait for them, and
+			// for those that were starting (their done is replaced when
+			// their job begins to run).
+			for {
+				c.mu.Lock()
+				dones := make([]chan struct{}, 0, len(c.flows))
+				for _, f := range c.flows {
+					if f.done != nil {
+						dones = append(dones, f.done)
+					}
+				}
+				starting := slices.ContainsFunc(c.flows, func(f *flowRun) bool {
+					return f.status == flowStarting || f.status == flowWaiting
+				})
+				c.mu.Unlock()
+				for _, d := range dones {
+					<-d
+				}
+				if !starting {
+					return
+				}
 			}
-			c.mu.Unlock()
-			for _, d := range dones {
-				<-d
-			}
-			return
 		}
 	}
 }
@@ -264,6 +325,7 @@ type flowInfo struct {
 	Since      time.Time        `json:"since"`
 	Error      string           `json:"error,omitempty"`
 	Starts     int              `json:"starts"`
+	WaitingFor string           `json:"waiting_for,omitempty"`
 	RowsPerSec float64          `json:"rows_per_sec"`
 	Lag        *int64           `json:"lag"`
 	Stats      kisflow.JobStats `json:"stats"`
@@ -298,20 +360,25 @@ type windowInfo struct {
 // read by the caller outside the lock.
 func (c *control) info(f *flowRun) flowInfo {
 	in := flowInfo{Name: f.name, Status: f.status, Since: f.since, Starts: f.starts, RowsPerSec: f.rate,
-		Stats: f.job.Stats(), DeadLetter: deadLetterWhere(c.set, f.name, c.state)}
+		WaitingFor: f.waitingFor, DeadLetter: deadLetterWhere(c.set, f.name, c.state)}
 	if f.err != nil {
 		in.Error = c.set.Redactor().Redact(f.err.Error())
 	}
-	sp := f.job.StartPosition()
-	in.Start = startInfo{Source: sp.Source, Position: sp.Position, CommittedAt: sp.CommittedAt, Detached: sp.Detached}
 	fl := c.set.Flows[f.name]
+	if f.job != nil {
+		in.Stats = f.job.Stats()
+		sp := f.job.StartPosition()
+		in.Start = startInfo{Source: sp.Source, Position: sp.Position, CommittedAt: sp.CommittedAt, Detached: sp.Detached}
+		in.Windows = windowInfo{Open: f.job.OpenWindows(), Kept: f.job.WindowsKept()}
+	} else {
+		in.Start = startInfo{Source: fl.Stream.Source}
+	}
 	g := graphInfo{Source: fl.Stream.Source, Sink: fl.Stream.Sink, DeadLetter: fl.Stream.DeadLetter,
 		Workers: max(fl.Stream.Workers, 1), BatchSize: fl.Stream.BatchSize, Steps: []string{}}
 	for _, s := range fl.Flows {
 		g.Steps = append(g.Steps, s.FName)
 	}
 	in.Graph = g
-	in.Windows = windowInfo{Open: f.job.OpenWindows(), Kept: f.job.WindowsKept()}
 	return in
 }
 
