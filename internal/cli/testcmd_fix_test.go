@@ -130,3 +130,49 @@ expect: {rows: [{x: 1}]}
 		t.Fatal("kisflow test still waits for a function that ignores its context, 20 s after a 1s --timeout")
 	}
 }
+
+// Integers beyond float64's 2^53 compare exactly: a test expecting the
+// neighbour of the flow's order_id fails with a diff showing both, and
+// 20 still equals 20.0.
+func TestKisflowTestComparesLargeIntegersExactly(t *testing.T) {
+	t.Parallel()
+	bin := stockKisflow(t)
+	dir := t.TempDir()
+	conf := `kistype: conn
+cname: src
+type: file
+params: {path: in.jsonl}
+---
+kistype: conn
+cname: out
+type: stdout
+---
+kistype: func
+fname: OrderTotal
+fmode: Calculate
+calc: {total: qty * price}
+---
+kistype: flow
+status: 1
+flow_name: Big
+flows: [{fname: OrderTotal}]
+stream: {source: src, sink: out}
+`
+	test := `kistype: test
+flow: Big
+input: ['{"order_id": 9007199254740993, "qty": 2, "price": 10}', {order_id: 9007199254740993, qty: 2, price: 10}]
+expect:
+  rows: [{order_id: ID, qty: 2, price: 10, total: 20.0}, {order_id: ID, qty: 2, price: 10, total: 20}]
+`
+	writeFiles(t, dir, map[string]string{"conf.yml": conf, "big_test.yml": strings.ReplaceAll(test, "ID", "9007199254740992")})
+	code, out := kisflowTestBounded(t, bin, dir, time.Minute)
+	for _, want := range []string{"rows[0]: field order_id: want 9007199254740992, got 9007199254740993", "rows[1]: field order_id: want 9007199254740992, got 9007199254740993"} {
+		if code != ExitProblem || !strings.Contains(out, want) {
+			t.Fatalf("a wrong large integer: exit %d, want 1 with %q\n%s", code, want, out)
+		}
+	}
+	writeFiles(t, dir, map[string]string{"big_test.yml": strings.ReplaceAll(test, "ID", "9007199254740993")})
+	if code, out := kisflowTestBounded(t, bin, dir, time.Minute); code != ExitOK {
+		t.Fatalf("the right large integer: exit %d, want 0\n%s", code, out)
+	}
+}

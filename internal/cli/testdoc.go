@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -242,7 +243,8 @@ func (tc *testCase) stepParams(fname string) map[string]string {
 }
 
 // normalize turns a row into the plain JSON shape tests compare: maps,
-// slices, strings, float64 numbers, booleans and nil. JSON text (a string
+// slices, strings, numbers (int64 when integral and in range, so that
+// large integers compare exactly; else float64), booleans and nil. JSON text (a string
 // or []byte holding an object or array) is decoded; structs go through
 // their JSON form.
 func normalize(v any) any {
@@ -267,11 +269,35 @@ func normalize(v any) any {
 		}
 		data = b
 	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
 	var out any
-	if err := json.Unmarshal(data, &out); err != nil {
+	if err := dec.Decode(&out); err != nil || dec.More() {
 		return string(data)
 	}
-	return out
+	return exactNumbers(out)
+}
+
+// exactNumbers replaces each json.Number of v by an int64 when it is an
+// integer that fits, else by a float64.
+func exactNumbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return n
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = exactNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = exactNumbers(e)
+		}
+	}
+	return v
 }
 
 // jsonSafe converts what YAML decodes (map[any]any is not produced by
@@ -322,9 +348,22 @@ func show(v any) string {
 	return string(b)
 }
 
-// equalValues compares normalized values; numbers by value.
+// equalValues compares normalized values; numbers by value: integers
+// exactly, an integer and a float when the float is that integer.
 func equalValues(a, b any) bool {
 	switch x := a.(type) {
+	case int64:
+		switch y := b.(type) {
+		case int64:
+			return x == y
+		case float64:
+			return intIsFloat(x, y)
+		}
+		return false
+	case float64:
+		if y, ok := b.(int64); ok {
+			return intIsFloat(y, x)
+		}
 	case map[string]any:
 		y, ok := b.(map[string]any)
 		if !ok || len(x) != len(y) {
@@ -350,6 +389,11 @@ func equalValues(a, b any) bool {
 		return true
 	}
 	return a == b
+}
+
+// intIsFloat reports whether f is exactly the integer i.
+func intIsFloat(i int64, f float64) bool {
+	return f == math.Trunc(f) && f >= math.MinInt64 && f < math.MaxInt64 && int64(f) == i && float64(i) == f
 }
 
 // rowDiff describes how got differs from want, field by field for maps.
