@@ -83,9 +83,23 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
+	base := problemSet(set.Check(reg.LintOptions()...))
 	for _, tc := range tests {
-		probs = append(probs, checkTest(reg, set, tc)...)
+		ps := checkTest(reg, set, tc)
+		if len(ps) == 0 {
+			ps = checkTestParams(reg, set, tc, base)
+		}
+		probs = append(probs, ps...)
 	}
+	// Warnings (a param a test sets that nothing reads) are printed; the
+	// tests still run.
+	probs = slices.DeleteFunc(probs, func(p config.Problem) bool {
+		if p.Severity == config.SevWarning {
+			fmt.Fprintln(stderr, p)
+			return true
+		}
+		return false
+	})
 	if len(probs) > 0 {
 		slices.SortStableFunc(probs, func(a, b config.Problem) int {
 			if c := strings.Compare(a.Pos.File, b.Pos.File); c != 0 {
@@ -232,6 +246,78 @@ func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Pr
 		}
 	}
 	return probs
+}
+
+// problemSet is the messages of probs, to tell those a test's params add.
+func problemSet(probs []config.Problem) map[string]bool {
+	m := make(map[string]bool, len(probs))
+	for _, p := range probs {
+		m[p.Msg] = true
+	}
+	return m
+}
+
+// checkTestParams applies lint's param checks to the params a test sets:
+// a param the function's YAML body (a Load, a Save, an expression's
+// filters) does not read is an error when lint names the param it
+// resembles, else a warning. A Go
+// function's params are not declared to the registry: a param is refused
+// only when it is not one the configuration gives the function (its
+// default_params, a step's params) but resembles one of them (tax_rat for
+// tax_rate).
+func checkTestParams(reg *kisflow.Registry, set *config.Set, tc *testCase, base map[string]bool) []config.Problem {
+	if len(tc.Params) == 0 {
+		return nil
+	}
+	var probs []config.Problem
+	fnames := []string{tc.Func}
+	if tc.Flow != "" {
+		fnames = slices.Sorted(maps.Keys(tc.Params))
+	}
+	ts, _ := testSet(set, tc)
+	added := ts.Check(reg.LintOptions()...)
+	goFuncs := reg.Functions()
+	for _, fname := range fnames {
+		for _, p := range slices.Sorted(maps.Keys(tc.stepParams(fname))) {
+			if slices.Contains(goFuncs, fname) {
+				known := declaredParams(set, fname)
+				if hint := config.SuggestName(p, known); !slices.Contains(known, p) && hint != "" {
+					probs = append(probs, config.Problem{Pos: tc.paramsPos, Msg: fmt.Sprintf("test: params: function %q is not given param %q by the configuration (it is given %s)%s", fname, p, strings.Join(known, ", "), hint)})
+				}
+				continue
+			}
+			for _, q := range added {
+				if !base[q.Msg] && strings.Contains(q.Msg, fmt.Sprintf("function %q: param %q ", fname, p)) {
+					// A misspelling (lint names the param it resembles) is
+					// an error; a param merely read by nothing, a warning.
+					sev := config.SevWarning
+					if strings.Contains(q.Msg, "(did you mean ") {
+						sev = config.SevError
+					}
+					probs = append(probs, config.Problem{Pos: tc.paramsPos, Severity: sev, Msg: "test: params: " + q.Msg})
+				}
+			}
+		}
+	}
+	return probs
+}
+
+// declaredParams lists the params the configuration gives function
+// fname: its default_params and those of the flow steps that run it.
+func declaredParams(set *config.Set, fname string) []string {
+	var out []string
+	if fc := set.Funcs[fname]; fc != nil {
+		out = slices.Collect(maps.Keys(fc.Option.DefaultParams))
+	}
+	for _, fl := range set.Flows {
+		for _, st := range fl.Flows {
+			if st.FName == fname {
+				out = append(out, slices.Collect(maps.Keys(st.Params))...)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // testRun is the state of one test's run: the doubles' records.

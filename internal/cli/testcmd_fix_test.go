@@ -176,3 +176,124 @@ expect:
 		t.Fatalf("the right large integer: exit %d, want 0\n%s", code, out)
 	}
 }
+
+// A test's params get lint's param checks: a misspelt param of a YAML Load
+// is an error with the param it resembles, in a flow test and in a
+// function test.
+func TestKisflowTestRefusesMisspeltParamsOfYAMLFunctions(t *testing.T) {
+	t.Parallel()
+	bin := stockKisflow(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"conf.yml": `kistype: conn
+cname: src
+type: file
+params: {path: in.jsonl}
+---
+kistype: conn
+cname: out
+type: stdout
+---
+kistype: conn
+cname: cache
+type: redis
+addrs: 127.0.0.1:1
+key: "user:{user_id}"
+params: {mode: string}
+---
+kistype: func
+fname: AddUser
+fmode: Load
+option:
+  cname: cache
+  default_params: {on_missing: drop}
+---
+kistype: flow
+status: 1
+flow_name: RL
+flows: [{fname: AddUser}]
+stream: {source: src, sink: out}
+`,
+		"t_test.yml": `kistype: test
+flow: RL
+params: {AddUser: {on_mising: pass}}
+input: [{user_id: 1}]
+mocks: {cache: {records: [{user_id: 1, name: Ann}]}}
+expect: {rows: [{user_id: 1, name: Ann}]}
+---
+kistype: test
+func: AddUser
+
+
+params: {cache_tl: 5s}
+input: [{user_id: 1}]
+mocks: {cache: {records: [{user_id: 1, name: Ann}]}}
+expect: {rows: [{user_id: 1, name: Ann}]}
+`,
+	})
+	code, out := kisflowTestBounded(t, bin, dir, time.Minute)
+	for _, want := range []string{
+		`t_test.yml:3: test: params: function "AddUser": param "on_mising" is not read by its YAML Load`, "(did you mean on_missing?)",
+		`t_test.yml:12: test: params: function "AddUser": param "cache_tl" is not read by its YAML Load`, "(did you mean cache_ttl?)",
+	} {
+		if code != ExitUsage || !strings.Contains(out, want) {
+			t.Fatalf("misspelt params: exit %d, want 2 with %q\n%s", code, want, out)
+		}
+	}
+}
+
+// A Go function's params are not declared to the registry: a test's param
+// that resembles one the configuration gives the function, but is not
+// one, is refused; a new param is not.
+func TestKisflowTestRefusesMisspeltParamsOfGoFunctions(t *testing.T) {
+	t.Parallel()
+	reg := kisflow.NewRegistry()
+	if err := all.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister("Enrich", kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error {
+		return f.CommitRowBatch(rows)
+	}))
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"conf.yml": `kistype: func
+fname: Enrich
+fmode: Calculate
+option: {default_params: {tax_rate: "0.2"}}
+---
+kistype: flow
+status: 1
+flow_name: Orders
+flows: [{fname: Enrich}]
+`,
+		"t_test.yml": `kistype: test
+func: Enrich
+params: {tax_rat: "0.5"}
+input: [{id: 1}]
+expect: {rows: [{id: 1}]}
+---
+kistype: test
+flow: Orders
+params: {Enrich: {tax_rat: "0.5"}}
+input: [{id: 1}]
+expect: {rows: [{id: 1}]}
+`,
+	})
+	var out bytes.Buffer
+	code := Main(reg, []string{"test", dir}, &out, &out)
+	for _, want := range []string{`t_test.yml:3: test: params: function "Enrich" is not given param "tax_rat"`, `t_test.yml:9: test: params: function "Enrich" is not given param "tax_rat"`, "(did you mean tax_rate?)"} {
+		if code != ExitUsage || !strings.Contains(out.String(), want) {
+			t.Fatalf("misspelt params of a Go function: exit %d, want 2 with %q\n%s", code, want, out.String())
+		}
+	}
+	writeFiles(t, dir, map[string]string{"t_test.yml": strings.ReplaceAll(`kistype: test
+func: Enrich
+params: {tax_rate: "0.5", region: eu}
+input: [{id: 1}]
+expect: {rows: [{id: 1}]}
+`, "\t", "")})
+	out.Reset()
+	if code := Main(reg, []string{"test", dir}, &out, &out); code != ExitOK {
+		t.Fatalf("declared and new params of a Go function: exit %d, want 0\n%s", code, out.String())
+	}
+}

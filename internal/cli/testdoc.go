@@ -29,7 +29,8 @@ type testCase struct {
 	Mocks  map[string]*testMock `yaml:"mocks"`
 	Expect testExpect           `yaml:"expect"`
 
-	pos config.Pos
+	pos       config.Pos
+	paramsPos config.Pos // where params: is, or pos
 }
 
 // testMock stands in for a connector a YAML Load reads through.
@@ -180,7 +181,7 @@ func parseTest(file string, root *yaml.Node) (*testCase, []config.Problem) {
 			probs = append(probs, unknownKeys(file, m.Content[i], "mocks."+m.Content[i-1].Value, mockKeys)...)
 		}
 	}
-	tc := &testCase{pos: at(root)}
+	tc := &testCase{pos: at(root), paramsPos: at(mapValue(root, "params"))}
 	if err := root.Decode(tc); err != nil {
 		return nil, append(probs, bad(root, "%s", strings.TrimPrefix(err.Error(), "yaml: "))...)
 	}
