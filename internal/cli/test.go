@@ -17,6 +17,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/driver/fields"
 	"github.com/kisflow-go/kisflow/stream"
@@ -222,6 +223,15 @@ func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Pr
 	default:
 		return nil
 	}
+	if tc.Flow != "" && set.Flows[tc.Flow].Stream != nil {
+		if src := set.Flows[tc.Flow].Stream.Source; csvSource(set.Conns[src]) {
+			for i, row := range tc.Input {
+				if _, ok := row.(string); ok {
+					add("input[%d]: flow %q reads CSV (connector %q), but a string input is fed as a JSON line; give the record as the source decodes it, a map of its columns ({col: value, ...}; CSV numbers become numbers)", i, tc.Flow, src)
+				}
+			}
+		}
+	}
 	loads := testLoads(reg, set, steps)
 	for cname, fname := range loads {
 		if tc.Mocks[cname] == nil {
@@ -318,6 +328,18 @@ func declaredParams(set *config.Set, fname string) []string {
 	}
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// csvSource reports whether connector c is a file or stdin source that
+// reads CSV: a header line, then records the source decodes into maps.
+func csvSource(c *config.Conn) bool {
+	if c == nil || (c.Type != file.TypeFile && c.Type != file.TypeStdin) {
+		return false
+	}
+	if f := c.Params["format"]; f != "" {
+		return f == "csv"
+	}
+	return c.Type == file.TypeFile && strings.HasSuffix(strings.TrimSuffix(c.Params["path"], ".gz"), ".csv")
 }
 
 // testRun is the state of one test's run: the doubles' records.

@@ -297,3 +297,41 @@ expect: {rows: [{id: 1}]}
 		t.Fatalf("declared and new params of a Go function: exit %d, want 0\n%s", code, out.String())
 	}
 }
+
+// A string input is fed as a JSON line: for a flow whose source reads CSV
+// it is refused before anything runs, saying to give the record as a map,
+// rather than dead-lettered with a JSON error.
+func TestKisflowTestRefusesStringInputOfACSVSource(t *testing.T) {
+	t.Parallel()
+	bin := stockKisflow(t)
+	dir := t.TempDir()
+	conf := `kistype: conn
+cname: src
+type: file
+params: {path: in.csv}
+---
+kistype: conn
+cname: out
+type: stdout
+---
+kistype: func
+fname: Dbl
+fmode: Calculate
+calc: {y: int(x) * 2}
+---
+kistype: flow
+status: 1
+flow_name: Csv
+flows: [{fname: Dbl}]
+stream: {source: src, sink: out}
+`
+	writeFiles(t, dir, map[string]string{"conf.yml": conf, "t_test.yml": "kistype: test\nflow: Csv\ninput: ['1,a']\nexpect: {rows: [{x: 1, name: a, y: 2}]}\n"})
+	code, out := kisflowTestBounded(t, bin, dir, time.Minute)
+	if want := `input[0]: flow "Csv" reads CSV (connector "src"), but a string input is fed as a JSON line`; code != ExitUsage || !strings.Contains(out, want) {
+		t.Fatalf("a string input of a CSV flow: exit %d, want 2 with %q\n%s", code, want, out)
+	}
+	writeFiles(t, dir, map[string]string{"t_test.yml": "kistype: test\nflow: Csv\ninput: [{x: 1, name: a}]\nexpect: {rows: [{x: 1, name: a, y: 2}]}\n"})
+	if code, out := kisflowTestBounded(t, bin, dir, time.Minute); code != ExitOK {
+		t.Fatalf("a map input of a CSV flow: exit %d, want 0\n%s", code, out)
+	}
+}
