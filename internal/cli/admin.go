@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"embed"
 	"encoding/json"
@@ -536,12 +537,12 @@ func (c *control) deadLetters(w http.ResponseWriter, r *http.Request) {
 	}
 	limit = min(limit, 1000)
 	path := filepath.Join(c.state, "dead-letter", name+".jsonl")
-	letters, total, err := readLetters(path, offset, limit)
+	letters, total, bad, err := readLetters(path, offset, limit)
 	if err != nil {
 		apiError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "file": path, "total": total, "offset": offset, "letters": letters})
+	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "file": path, "total": total, "offset": offset, "letters": letters, "unreadable": bad})
 }
 
 func intParam(r *http.Request, key string, def int) (int, error) {
@@ -556,32 +557,45 @@ func intParam(r *http.Request, key string, def int) (int, error) {
 	return n, nil
 }
 
-// readLetters returns lines offset..offset+limit of the JSON lines file
-// at path, and how many it holds; a missing file holds none.
-func readLetters(path string, offset, limit int) ([]json.RawMessage, int, error) {
-	letters := []json.RawMessage{}
+// badLine is a line of a dead-letter file that is not a letter (not
+// JSON: a line cut short by a crash, or edited by hand).
+type badLine struct {
+	Line int    `json:"line"` // from 1
+	Text string `json:"text"`
+}
+
+// readLetters returns letters offset..offset+limit of the JSON lines file
+// at path, how many it holds, and every line that is not JSON (not
+// counted as a letter); a missing file holds none.
+func readLetters(path string, offset, limit int) ([]json.RawMessage, int, []badLine, error) {
+	letters, bad := []json.RawMessage{}, []badLine{}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return letters, 0, nil
+		return letters, 0, bad, nil
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	n := 0
+	n, line := 0, 0
 	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || !json.Valid(line) {
-			continue // a line cut short by a crash
+		line++
+		text := sc.Bytes()
+		if len(bytes.TrimSpace(text)) == 0 {
+			continue
+		}
+		if !json.Valid(text) {
+			bad = append(bad, badLine{Line: line, Text: string(text)})
+			continue
 		}
 		if n >= offset && len(letters) < limit {
-			letters = append(letters, json.RawMessage(append([]byte(nil), line...)))
+			letters = append(letters, json.RawMessage(append([]byte(nil), text...)))
 		}
 		n++
 	}
-	return letters, n, sc.Err()
+	return letters, n, bad, sc.Err()
 }
 
 // stateOf is the state lookup of GET /state/{flow}/{key} under /api/.
@@ -611,11 +625,14 @@ const flowReplaying = "replaying"
 // replayReply is the body of POST /api/flows/{name}/dead-letters/replay.
 type replayReply struct {
 	Flow         string `json:"flow"`
-	Replayed     int    `json:"replayed"`      // letters fed back into the flow
-	Out          int64  `json:"out"`           // rows the replay wrote to the sink
-	DeadLettered int64  `json:"dead_lettered"` // letters that failed again, back in the dead-letter file
-	Resumed      bool   `json:"resumed"`       // the letters of an interrupted replay were replayed
-	ReplayedFile string `json:"replayed_file"` // where the replayed letters were moved
+	Replayed     int    `json:"replayed"`                // letters fed back into the flow
+	Out          int64  `json:"out"`                     // rows the replay wrote to the sink
+	DeadLettered int64  `json:"dead_lettered"`           // letters that failed again, back in the dead-letter file
+	Resumed      bool   `json:"resumed"`                 // the letters of an interrupted replay were replayed
+	ReplayedFile string `json:"replayed_file,omitempty"` // where the replayed letters were moved; absent when none were
+	Unreadable   int    `json:"unreadable"`              // lines of the file that are not letters (not JSON), not replayed
+	// UnreadableFile is where those lines were moved, kept for a look.
+	UnreadableFile string `json:"unreadable_file,omitempty"`
 }
 
 // replay feeds the flow's dead letters back into it, once: the flow must
@@ -670,7 +687,8 @@ func (c *control) replayLetters(ctx context.Context, name string) (*replayReply,
 	file := filepath.Join(dir, name+".jsonl")
 	replaying := filepath.Join(dir, name+".replaying.jsonl")
 	replayed := filepath.Join(dir, name+".replayed.jsonl")
-	reply := &replayReply{Flow: name, ReplayedFile: replayed}
+	unreadable := filepath.Join(dir, name+".unreadable.jsonl")
+	reply := &replayReply{Flow: name}
 	if _, err := os.Stat(replaying); err == nil {
 		reply.Resumed = true
 	} else if err := os.Rename(file, replaying); errors.Is(err, fs.ErrNotExist) {
@@ -678,7 +696,7 @@ func (c *control) replayLetters(ctx context.Context, name string) (*replayReply,
 	} else if err != nil {
 		return nil, http.StatusInternalServerError, fmt.Errorf("move the dead letters aside: %w", err)
 	}
-	raw, total, err := readLetters(replaying, 0, math.MaxInt)
+	raw, total, bad, err := readLetters(replaying, 0, math.MaxInt)
 	if err != nil {
 		return nil, http.StatusInternalServerError, err
 	}
@@ -703,8 +721,28 @@ func (c *control) replayLetters(ctx context.Context, name string) (*replayReply,
 	if acked := src.acked.Load(); int(acked) != len(msgs) {
 		return nil, http.StatusServiceUnavailable, fmt.Errorf("replay of flow %s stopped after %d of %d letters; they stay in %s for the next replay", name, acked, len(msgs), replaying)
 	}
-	if err := appendFile(replayed, replaying); err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
+	// Only the letters are moved as replayed; the lines that are not
+	// letters are kept apart, never counted as replayed.
+	var text []byte
+	for _, l := range raw {
+		text = append(append(text, l...), '\n')
+	}
+	if len(raw) > 0 {
+		if err := appendLines(replayed, text); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
+		}
+		reply.ReplayedFile = replayed
+	}
+	if len(bad) > 0 {
+		text = text[:0]
+		for _, b := range bad {
+			text = append(append(text, b.Text...), '\n')
+		}
+		if err := appendLines(unreadable, text); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but keeping the %d unreadable lines in %s failed (they are still in %s; remove its letters by hand, or the next replay feeds them again): %w", len(bad), unreadable, replaying, err)
+		}
+		reply.Unreadable, reply.UnreadableFile = len(bad), unreadable
+		fmt.Fprintf(c.stderr, "flow %s: %d lines of the dead-letter file are not letters (not JSON) and were not replayed; they are kept in %s\n", name, len(bad), unreadable)
 	}
 	if err := os.Remove(replaying); err != nil {
 		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but remove %s by hand, or the next replay feeds them again: %w", replaying, err)
@@ -715,18 +753,13 @@ func (c *control) replayLetters(ctx context.Context, name string) (*replayReply,
 	return reply, 0, nil
 }
 
-// appendFile appends the content of src to dst and syncs dst.
-func appendFile(dst, src string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
+// appendLines appends text to dst and syncs dst.
+func appendLines(dst string, text []byte) error {
 	out, err := os.OpenFile(dst, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	if _, err := out.Write(text); err != nil {
 		out.Close()
 		return err
 	}

@@ -85,3 +85,60 @@ stream: {source: gen, sink: nothing}
 		t.Fatalf("flow L is %s, want running", l.Status)
 	}
 }
+
+// A line of the dead-letter file that is not a letter (cut short by a
+// crash) is listed as unreadable, and a replay keeps it apart instead of
+// moving it to the replayed letters; a replay with no letters names no
+// replayed file.
+func TestReplayKeepsUnreadableDeadLetterLines(t *testing.T) {
+	t.Parallel()
+	dir, base := adminDir(t, 50)
+	_, done := childWith(t, dir)
+	c := apiClient{t: t, base: base}
+	waitAPI(t, c, done)
+	for _, f := range []string{"Gen", "Other"} {
+		if code := c.do("POST", "/api/flows/"+f+"/stop", nil); code != 200 {
+			t.Fatalf("POST /api/flows/%s/stop: %d", f, code)
+		}
+	}
+	letters := filepath.Join(dir, "state", "dead-letter")
+	if err := os.MkdirAll(letters, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	good := `{"letter_id":"x1","flow":"Gen","func":"Gate","error":"gate closed","attempts":1,"payload":{"id":1000001},"time":"2026-01-01T00:00:00Z"}`
+	cut := `{"letter_id":"x2","flow":"Gen","func":"Gate","error":"gate cl`
+	if err := os.WriteFile(filepath.Join(letters, "Gen.jsonl"), []byte(good+"\n"+cut+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var list struct {
+		Total      int `json:"total"`
+		Unreadable []struct {
+			Line int    `json:"line"`
+			Text string `json:"text"`
+		} `json:"unreadable"`
+	}
+	if code := c.do("GET", "/api/flows/Gen/dead-letters", &list); code != 200 || list.Total != 1 || len(list.Unreadable) != 1 || list.Unreadable[0].Line != 2 || list.Unreadable[0].Text != cut {
+		t.Fatalf("GET dead-letters: %d %+v, want 1 letter and line 2 unreadable", code, list)
+	}
+	var rep struct {
+		Replayed       int     `json:"replayed"`
+		Unreadable     int     `json:"unreadable"`
+		UnreadableFile string  `json:"unreadable_file"`
+		ReplayedFile   *string `json:"replayed_file"`
+	}
+	if code := c.do("POST", "/api/flows/Gen/dead-letters/replay", &rep); code != 200 || rep.Replayed != 1 || rep.Unreadable != 1 {
+		t.Fatalf("replay: %d %+v, want 1 replayed and 1 unreadable", code, rep)
+	}
+	replayed, err := os.ReadFile(filepath.Join(letters, "Gen.replayed.jsonl"))
+	if err != nil || string(replayed) != good+"\n" {
+		t.Fatalf("Gen.replayed.jsonl holds %q (%v), want the one letter only", replayed, err)
+	}
+	kept, err := os.ReadFile(rep.UnreadableFile)
+	if err != nil || string(kept) != cut+"\n" {
+		t.Fatalf("the unreadable line is not kept in %q: %q (%v)", rep.UnreadableFile, kept, err)
+	}
+	rep.ReplayedFile = nil
+	if code := c.do("POST", "/api/flows/Other/dead-letters/replay", &rep); code != 200 || rep.Replayed != 0 || rep.ReplayedFile != nil {
+		t.Fatalf("a replay with no letters: %d, replayed %d, replayed_file %v; want none named", code, rep.Replayed, rep.ReplayedFile)
+	}
+}
