@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -333,5 +334,28 @@ stream: {source: src, sink: out}
 	writeFiles(t, dir, map[string]string{"t_test.yml": "kistype: test\nflow: Csv\ninput: [{x: 1, name: a}]\nexpect: {rows: [{x: 1, name: a, y: 2}]}\n"})
 	if code, out := kisflowTestBounded(t, bin, dir, time.Minute); code != ExitOK {
 		t.Fatalf("a map input of a CSV flow: exit %d, want 0\n%s", code, out)
+	}
+}
+
+// new's help names --no-tidy's meaning (not "go mod tidy" as its value),
+// and after --no-tidy its next steps begin with go mod tidy, without
+// which go run fails.
+func TestNewNoTidySaysToTidy(t *testing.T) {
+	t.Parallel()
+	var out, errb bytes.Buffer
+	if code := Main(kisflow.NewRegistry(), []string{"new", "--help"}, &out, &errb); code != ExitOK {
+		t.Fatalf("new --help: exit %d\n%s", code, errb.String())
+	}
+	if strings.Contains(out.String(), "--no-tidy go mod tidy") || !strings.Contains(out.String(), "--no-tidy ") {
+		t.Fatalf("new --help shows --no-tidy badly:\n%s", out.String())
+	}
+	dir := filepath.Join(t.TempDir(), "shop")
+	out.Reset()
+	if code := Main(kisflow.NewRegistry(), []string{"new", dir, "--no-tidy"}, &out, &errb); code != ExitOK {
+		t.Fatalf("new --no-tidy: exit %d\n%s%s", code, out.String(), errb.String())
+	}
+	next := out.String()[strings.Index(out.String(), "next:"):]
+	if tidy, run := strings.Index(next, "go mod tidy"), strings.Index(next, "go run . run conf"); tidy < 0 || tidy > run {
+		t.Fatalf("new --no-tidy: the next steps do not begin with go mod tidy:\n%s", out.String())
 	}
 }
