@@ -189,9 +189,10 @@ func testLoads(reg *kisflow.Registry, set *config.Set, steps []config.FlowStep) 
 // the mocks it needs, before any test runs.
 func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Problem {
 	var probs []config.Problem
-	add := func(format string, args ...any) {
-		probs = append(probs, config.Problem{Pos: tc.pos, Msg: "test: " + fmt.Sprintf(format, args...)})
+	addAt := func(pos config.Pos, format string, args ...any) {
+		probs = append(probs, config.Problem{Pos: pos, Msg: "test: " + fmt.Sprintf(format, args...)})
 	}
+	add := func(format string, args ...any) { addAt(tc.pos, format, args...) }
 	var steps []config.FlowStep
 	switch {
 	case tc.Func != "":
@@ -245,14 +246,14 @@ func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Pr
 	}
 	for cname := range tc.Mocks {
 		if set.Conns[cname] == nil {
-			add("mocks: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
+			addAt(tc.at("mocks."+cname), "mocks: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
 		} else if _, ok := loads[cname]; !ok {
-			add("mocks: no function of the test's flow loads through connector %q in YAML (a Load with a load_query or key template); mocks give the records such a Load reads", cname)
+			addAt(tc.at("mocks."+cname), "mocks: no function of the test's flow loads through connector %q in YAML (a Load with a load_query or key template); mocks give the records such a Load reads", cname)
 		}
 	}
 	for cname := range tc.Expect.Written {
 		if set.Conns[cname] == nil {
-			add("expect.written: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
+			addAt(tc.at("expect.written."+cname), "expect.written: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
 		}
 	}
 	return probs

@@ -359,3 +359,44 @@ func TestNewNoTidySaysToTidy(t *testing.T) {
 		t.Fatalf("new --no-tidy: the next steps do not begin with go mod tidy:\n%s", out.String())
 	}
 }
+
+// A mock naming no connector is reported at its own line, not at the
+// test's first.
+func TestKisflowTestNamesTheLineOfABadMock(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"conf.yml": `kistype: conn
+cname: users
+type: sqlite
+key: users
+params: {path: users.db}
+---
+kistype: func
+fname: AddUser
+fmode: Load
+option:
+  cname: users
+  default_params: {load_query: "SELECT id AS user_id, name FROM users WHERE id IN (:user_id)"}
+---
+kistype: flow
+status: 1
+flow_name: L
+flows: [{fname: AddUser}]
+`,
+		"t_test.yml": `kistype: test
+flow: L
+input: [{user_id: 1}]
+mocks:
+  users:
+    records: [{user_id: 1, name: Ann}]
+  usres:
+    records: [{user_id: 1, name: Ann}]
+expect: {rows: [{user_id: 1, name: Ann}]}
+`,
+	})
+	code, out, errb := run(t, "test", dir)
+	if want := `t_test.yml:7: test: mocks: no connector "usres" (did you mean users?)`; code != ExitUsage || !strings.Contains(out, want) {
+		t.Fatalf("a mock of no connector: exit %d, want 2 with %q\n%s%s", code, want, out, errb)
+	}
+}

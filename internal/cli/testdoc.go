@@ -30,7 +30,17 @@ type testCase struct {
 	Expect testExpect           `yaml:"expect"`
 
 	pos       config.Pos
-	paramsPos config.Pos // where params: is, or pos
+	paramsPos config.Pos            // where params: is, or pos
+	keyPos    map[string]config.Pos // where each mocks.NAME and expect.written.NAME is
+}
+
+// at returns where the key (such as "mocks.users") is, or where the test
+// begins.
+func (tc *testCase) at(key string) config.Pos {
+	if p, ok := tc.keyPos[key]; ok {
+		return p
+	}
+	return tc.pos
 }
 
 // testMock stands in for a connector a YAML Load reads through.
@@ -181,7 +191,14 @@ func parseTest(file string, root *yaml.Node) (*testCase, []config.Problem) {
 			probs = append(probs, unknownKeys(file, m.Content[i], "mocks."+m.Content[i-1].Value, mockKeys)...)
 		}
 	}
-	tc := &testCase{pos: at(root), paramsPos: at(mapValue(root, "params"))}
+	tc := &testCase{pos: at(root), paramsPos: at(mapValue(root, "params")), keyPos: map[string]config.Pos{}}
+	for prefix, m := range map[string]*yaml.Node{"mocks.": mapValue(root, "mocks"), "expect.written.": mapValue(exp, "written")} {
+		if m != nil && m.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(m.Content); i += 2 {
+				tc.keyPos[prefix+m.Content[i].Value] = at(m.Content[i])
+			}
+		}
+	}
 	if err := root.Decode(tc); err != nil {
 		return nil, append(probs, bad(root, "%s", strings.TrimPrefix(err.Error(), "yaml: "))...)
 	}
