@@ -222,7 +222,7 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 	mux.Handle("/api/", requireToken(token, console))
 	mux.Handle("/", console) // the inspector's static files; its data comes from /api/
 	if token == "" && !loopback(a.cfg.Listen) {
-		h.Logger().Warn("the admin server listens beyond localhost without a token: anyone who reaches "+a.cfg.Listen+
+		h.Logger().Warn("the admin server listens beyond localhost and no token is set, so anyone who reaches "+a.cfg.Listen+
 			" can stop flows, replay dead letters and read state. Set "+TokenEnv+" to require a bearer token, or listen on 127.0.0.1",
 			"addr", a.cfg.Listen)
 	}

@@ -3,8 +3,11 @@ package cli
 import (
 	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -140,5 +143,68 @@ func TestReplayKeepsUnreadableDeadLetterLines(t *testing.T) {
 	rep.ReplayedFile = nil
 	if code := c.do("POST", "/api/flows/Other/dead-letters/replay", &rep); code != 200 || rep.Replayed != 0 || rep.ReplayedFile != nil {
 		t.Fatalf("a replay with no letters: %d, replayed %d, replayed_file %v; want none named", code, rep.Replayed, rep.ReplayedFile)
+	}
+}
+
+// The admin API takes the bearer scheme in any case (RFC 7235), and the
+// token alone still decides.
+func TestAdminAPITakesTheBearerSchemeInAnyCase(t *testing.T) {
+	t.Parallel()
+	dir, base := adminDir(t, 50)
+	_, done := childWith(t, dir, "KISFLOW_ADMIN_TOKEN=s3cret")
+	waitAPI(t, apiClient{t: t, base: base, token: "s3cret"}, done)
+	for header, want := range map[string]int{"bearer s3cret": 200, "BEARER s3cret": 200, "Bearer s3cret": 200, "bearer wrong": 401, "Basic s3cret": 401, "s3cret": 401} {
+		req, err := http.NewRequest("GET", base+"/api/flows", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", header)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Authorization: %s: %d, want %d", header, resp.StatusCode, want)
+		}
+	}
+}
+
+// The warning about an admin server beyond localhost without a token is
+// readable: the redaction of secrets does not take its words for one.
+func TestAdminWarningBeyondLocalhostIsNotRedacted(t *testing.T) {
+	t.Parallel()
+	bin := stockKisflow(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"global.yml": fmt.Sprintf("kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"0.0.0.0:%d\"}\n", closedPort(t)),
+		"all.yml": `kistype: conn
+cname: src
+type: file
+params: {path: in.jsonl}
+---
+kistype: conn
+cname: out
+type: discard
+---
+kistype: func
+fname: Pass
+fmode: Calculate
+calc: {seen: true}
+---
+kistype: flow
+status: 1
+flow_name: F
+flows: [{fname: Pass}]
+stream: {source: src, sink: out}
+`,
+		"in.jsonl": "{\"id\":1}\n",
+	})
+	out, err := exec.Command(bin, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "warn").CombinedOutput()
+	if err != nil {
+		t.Fatalf("kisflow run: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "no token is set, so anyone who reaches 0.0.0.0:") || strings.Contains(string(out), "xxxxx") {
+		t.Fatalf("the warning is missing or redacted:\n%s", out)
 	}
 }
