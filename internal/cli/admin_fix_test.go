@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,12 +18,7 @@ import (
 func TestFlowWaitingForItsConnectorDoesNotHoldTheOthers(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
 	files := map[string]string{
 		"global.yml": "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n",
 		"all.yml": fmt.Sprintf(`kistype: conn
@@ -178,16 +172,7 @@ func TestAdminWarningBeyondLocalhostIsNotRedacted(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
 		"global.yml": fmt.Sprintf("kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"0.0.0.0:%d\"}\n", closedPort(t)),
-		"all.yml": `kistype: conn
-cname: src
-type: file
-params: {path: in.jsonl}
----
-kistype: conn
-cname: out
-type: discard
----
-kistype: func
+		"all.yml": srcOut("in.jsonl", "discard") + `kistype: func
 fname: Pass
 fmode: Calculate
 calc: {seen: true}

@@ -13,6 +13,22 @@ import (
 	"github.com/kisflow-go/kisflow/connector/all"
 )
 
+// installedRegistry is a registry with every bundled connector.
+func installedRegistry(t *testing.T) *kisflow.Registry {
+	t.Helper()
+	reg := kisflow.NewRegistry()
+	if err := all.Install(reg); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// srcOut is the YAML of a file source src reading path and a sink out of
+// type sink, which the configurations of these tests begin with.
+func srcOut(path, sink string) string {
+	return "kistype: conn\ncname: src\ntype: file\nparams: {path: " + path + "}\n---\nkistype: conn\ncname: out\ntype: " + sink + "\n---\n"
+}
+
 // kisflowTestBounded runs `BIN test DIR args...` like kisflowTest, but
 // fails the test instead of waiting when the command runs past limit.
 func kisflowTestBounded(t *testing.T, bin, dir string, limit time.Duration, args ...string) (int, string) {
@@ -42,16 +58,7 @@ func TestKisflowTestTimeoutIsEnforced(t *testing.T) {
 	bin := stockKisflow(t)
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
-		"conf.yml": `kistype: conn
-cname: src
-type: file
-params: {path: in.jsonl}
----
-kistype: conn
-cname: out
-type: stdout
----
-kistype: func
+		"conf.yml": srcOut("in.jsonl", "stdout") + `kistype: func
 fname: Slow
 fmode: Calculate
 calc: {y: x + 1}
@@ -94,10 +101,7 @@ func TestKisflowTestTimeoutAbandonsAStuckFunction(t *testing.T) {
 	t.Parallel()
 	release := make(chan struct{})
 	defer close(release)
-	reg := kisflow.NewRegistry()
-	if err := all.Install(reg); err != nil {
-		t.Fatal(err)
-	}
+	reg := installedRegistry(t)
 	reg.MustRegister("Hang", kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error {
 		<-release // not ctx.Done()
 		return nil
@@ -139,16 +143,7 @@ func TestKisflowTestComparesLargeIntegersExactly(t *testing.T) {
 	t.Parallel()
 	bin := stockKisflow(t)
 	dir := t.TempDir()
-	conf := `kistype: conn
-cname: src
-type: file
-params: {path: in.jsonl}
----
-kistype: conn
-cname: out
-type: stdout
----
-kistype: func
+	conf := srcOut("in.jsonl", "stdout") + `kistype: func
 fname: OrderTotal
 fmode: Calculate
 calc: {total: qty * price}
@@ -186,16 +181,7 @@ func TestKisflowTestRefusesMisspeltParamsOfYAMLFunctions(t *testing.T) {
 	bin := stockKisflow(t)
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
-		"conf.yml": `kistype: conn
-cname: src
-type: file
-params: {path: in.jsonl}
----
-kistype: conn
-cname: out
-type: stdout
----
-kistype: conn
+		"conf.yml": srcOut("in.jsonl", "stdout") + `kistype: conn
 cname: cache
 type: redis
 addrs: 127.0.0.1:1
@@ -248,10 +234,7 @@ expect: {rows: [{user_id: 1, name: Ann}]}
 // one, is refused; a new param is not.
 func TestKisflowTestRefusesMisspeltParamsOfGoFunctions(t *testing.T) {
 	t.Parallel()
-	reg := kisflow.NewRegistry()
-	if err := all.Install(reg); err != nil {
-		t.Fatal(err)
-	}
+	reg := installedRegistry(t)
 	reg.MustRegister("Enrich", kisflow.FuncRows(func(ctx context.Context, f kisflow.Flow, rows []any) error {
 		return f.CommitRowBatch(rows)
 	}))
@@ -306,16 +289,7 @@ func TestKisflowTestRefusesStringInputOfACSVSource(t *testing.T) {
 	t.Parallel()
 	bin := stockKisflow(t)
 	dir := t.TempDir()
-	conf := `kistype: conn
-cname: src
-type: file
-params: {path: in.csv}
----
-kistype: conn
-cname: out
-type: stdout
----
-kistype: func
+	conf := srcOut("in.csv", "stdout") + `kistype: func
 fname: Dbl
 fmode: Calculate
 calc: {y: int(x) * 2}
