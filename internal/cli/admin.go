@@ -93,9 +93,13 @@ func (c *control) add(name string, job *kisflow.Job) {
 // launch starts the flow name's first job in the background, so that a
 // flow whose connector is not up yet waits (status waiting) without
 // holding the others. first receives, once, the flow's first outcome:
-// nil when its job runs or when it begins to wait, the error when it
-// cannot start. reportStart writes where the job starts on out.
-func (c *control) launch(name string, out io.Writer, first chan<- error) {
+// nil when its job is ready or when it begins to wait, the error when it
+// cannot start. A ready job runs once gate is closed, so that the flows
+// whose connectors are up all start before any runs, as they did when
+// they started one after the other (a flow that consumes what another
+// produces has subscribed before the producer writes); a job ready after
+// a wait runs at once. reportStart writes where the job starts on out.
+func (c *control) launch(name string, out io.Writer, first chan<- error, gate <-chan struct{}) {
 	starting := make(chan struct{})
 	f := &flowRun{name: name, status: flowStarting, since: time.Now(), done: starting}
 	c.mu.Lock()
@@ -127,12 +131,23 @@ func (c *control) launch(name string, out io.Writer, first chan<- error) {
 			return
 		}
 		reportStart(out, name, job.StartPosition())
+		report(nil)
+		<-gate
+		if c.ctx.Err() != nil {
+			// Another flow could not start, or a signal: this one
+			// does not run (the engine's close stops its connectors).
+			c.mu.Lock()
+			f.status, f.since = flowFinished, time.Now()
+			c.mu.Unlock()
+			close(starting)
+			c.notify()
+			return
+		}
 		c.mu.Lock()
 		f.waitingFor = ""
 		c.mu.Unlock()
 		c.run(f, job)
 		close(starting)
-		report(nil)
 	}()
 }
 

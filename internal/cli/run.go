@@ -144,8 +144,9 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	defer cancelRun()
 	ctl := newControl(rctx, eng, set, state, jobOpts, stderr)
 	first := make(chan error, len(names))
+	gate := make(chan struct{})
 	for _, n := range names {
-		ctl.launch(n, stdout, first)
+		ctl.launch(n, stdout, first, gate)
 	}
 	var startErr error
 	for range names {
@@ -155,6 +156,9 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	if startErr != nil {
 		cancelRun()
+	}
+	close(gate) // the flows that are ready run (unless cancelled just above)
+	if startErr != nil {
 		ctl.wait()
 		if ctx.Err() != nil {
 			// SIGINT/SIGTERM during start-up: nothing ran; a bounded
