@@ -63,7 +63,7 @@ func TestLintReportsEveryProblem(t *testing.T) {
 	}
 	d := "testdata/bad/"
 	want := []string{
-		d + `bad-kistype.yml:1: unknown kistype "function" (want func, flow, conn or global)`,
+		d + `bad-kistype.yml:1: unknown kistype "function" (want func, flow, conn, global or test) (did you mean func?)`,
 		d + `conns.yml:6: duplicate connector "C1" (also defined at ` + d + `conns.yml:1)`,
 		d + `conns.yml:11: warning: connector "C2": no driver for type "carrier-pigeon" in this binary (known: memory); it loads as a label for its callbacks (Connector.Driver is nil), and a YAML-only Load or Save through it has no body`,
 		d + `conns.yml:13: warning: connector "C2": save names unknown function "Ghost" (the list is informational)`,
@@ -74,7 +74,7 @@ func TestLintReportsEveryProblem(t *testing.T) {
 		d + `func-save-nocname.yml:3: warning: function "SaveNoConn": fmode Save has no connector (option.cname): a YAML-only Save needs one, and a Go body calling Connector gets an error`,
 		d + `func-unknown-cname.yml:5: function "LoadBadConn": unknown connector "NoSuchConn"`,
 		d + `malformed.yml:3: malformed YAML: did not find expected ',' or ']'`,
-		d + `no-kistype.yml:1: missing kistype (want func, flow, conn or global)`,
+		d + `no-kistype.yml:1: missing kistype (want func, flow, conn, global or test)`,
 		d + `sub/dup-b.yaml:2: duplicate function "Known" (also defined at ` + d + `dup-a.yml:1)`,
 	}
 	var got []string

@@ -484,14 +484,14 @@ func (s *Set) parseDoc(file string, doc *yaml.Node) []Problem {
 		}
 	}
 	if kindNode == nil {
-		return []Problem{{Pos: at(root.Line), Msg: "missing kistype (want func, flow, conn or global)"}}
+		return []Problem{{Pos: at(root.Line), Msg: "missing kistype (want func, flow, conn, global or test)"}}
 	}
 	kind := Kind(kindNode.Value)
 	if kind == KindTest {
 		return nil // read by `kisflow test`, not part of the configuration
 	}
 	if !kind.valid() {
-		return []Problem{{Pos: at(kindNode.Line), Msg: fmt.Sprintf("unknown kistype %q (want func, flow, conn or global)", kindNode.Value)}}
+		return []Problem{{Pos: at(kindNode.Line), Msg: fmt.Sprintf("unknown kistype %q (want func, flow, conn, global or test)%s", kindNode.Value, SuggestName(strings.ToLower(kindNode.Value), []string{"func", "flow", "conn", "global", "test"}))}}
 	}
 
 	src := &source{pos: at(root.Line), lines: map[string]int{}}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"embed"
 	"encoding/json"
@@ -28,6 +29,7 @@ import (
 // Flow statuses of the admin API.
 const (
 	flowStarting = "starting" // the API asked for a start; connectors are starting
+	flowWaiting  = "waiting"  // at start-up, a connector is not up yet; the other flows run on
 	flowRunning  = "running"
 	flowStopping = "stopping" // the API asked for a stop; in-flight batches drain
 	flowStopped  = "stopped"  // stopped through the API; kept stopped until a start
@@ -52,6 +54,8 @@ type flowRun struct {
 	// job runs with (nil: the control's).
 	eng *kisflow.Engine
 	set *config.Set
+
+	waitingFor string // the connector a flow with no job yet waits for
 
 	// The committed rate, sampled once a second, and each step's: rows
 	// in per second and the share of the last second its workers spent
@@ -114,6 +118,67 @@ func (c *control) add(name string, job *kisflow.Job) {
 	c.byName[name] = f
 	c.mu.Unlock()
 	c.run(f, job)
+}
+
+// launch starts the flow name's first job in the background, so that a
+// flow whose connector is not up yet waits (status waiting) without
+// holding the others. first receives, once, the flow's first outcome:
+// nil when its job is ready or when it begins to wait, the error when it
+// cannot start. A ready job runs once gate is closed, so that the flows
+// whose connectors are up all start before any runs, as they did when
+// they started one after the other (a flow that consumes what another
+// produces has subscribed before the producer writes); a job ready after
+// a wait runs at once. reportStart writes where the job starts on out.
+func (c *control) launch(name string, out io.Writer, first chan<- error, gate <-chan struct{}) {
+	starting := make(chan struct{})
+	f := &flowRun{name: name, status: flowStarting, since: time.Now(), done: starting}
+	c.mu.Lock()
+	c.flows = append(c.flows, f)
+	c.byName[name] = f
+	c.mu.Unlock()
+	go func() {
+		var once sync.Once
+		report := func(err error) { once.Do(func() { first <- err }) }
+		job, err := waitJob(c.ctx, c.eng, name, c.stderr, func(conn string) {
+			c.mu.Lock()
+			f.status, f.waitingFor, f.since = flowWaiting, conn, time.Now()
+			c.mu.Unlock()
+			c.notify()
+			report(nil)
+		}, c.opts...)
+		if err != nil {
+			c.mu.Lock()
+			if c.ctx.Err() == nil {
+				f.status, f.err = flowFailed, err
+			} else {
+				f.status = flowFinished // a signal before it ever ran
+			}
+			f.since = time.Now()
+			c.mu.Unlock()
+			close(starting)
+			c.notify()
+			report(err)
+			return
+		}
+		reportStart(out, name, job.StartPosition())
+		report(nil)
+		<-gate
+		if c.ctx.Err() != nil {
+			// Another flow could not start, or a signal: this one
+			// does not run (the engine's close stops its connectors).
+			c.mu.Lock()
+			f.status, f.since = flowFinished, time.Now()
+			c.mu.Unlock()
+			close(starting)
+			c.notify()
+			return
+		}
+		c.mu.Lock()
+		f.waitingFor = ""
+		c.mu.Unlock()
+		c.run(f, job)
+		close(starting)
+	}()
 }
 
 // run starts job as f's current job.
@@ -179,17 +244,28 @@ func (c *control) wait() {
 		select {
 		case <-c.changed:
 		case <-c.ctx.Done():
-			// Each job drains on the run's context; wait for them.
-			c.mu.Lock()
-			dones := make([]chan struct{}, 0, len(c.flows))
-			for _, f := range c.flows {
-				dones = append(dones, f.done)
+			// Each job drains on the run's context; wait for them, and
+			// for those that were starting (their done is replaced when
+			// their job begins to run).
+			for {
+				c.mu.Lock()
+				dones := make([]chan struct{}, 0, len(c.flows))
+				for _, f := range c.flows {
+					if f.done != nil {
+						dones = append(dones, f.done)
+					}
+				}
+				starting := slices.ContainsFunc(c.flows, func(f *flowRun) bool {
+					return f.status == flowStarting || f.status == flowWaiting
+				})
+				c.mu.Unlock()
+				for _, d := range dones {
+					<-d
+				}
+				if !starting {
+					return
+				}
 			}
-			c.mu.Unlock()
-			for _, d := range dones {
-				<-d
-			}
-			return
 		}
 	}
 }
@@ -401,6 +477,7 @@ type flowInfo struct {
 	Since      time.Time        `json:"since"`
 	Error      string           `json:"error,omitempty"`
 	Starts     int              `json:"starts"`
+	WaitingFor string           `json:"waiting_for,omitempty"`
 	RowsPerSec float64          `json:"rows_per_sec"`
 	Lag        *int64           `json:"lag"`
 	Stats      kisflow.JobStats `json:"stats"`
@@ -449,7 +526,7 @@ type windowInfo struct {
 func (c *control) info(f *flowRun) flowInfo {
 	set := c.setOf(f)
 	in := flowInfo{Name: f.name, Status: f.status, Since: f.since, Starts: f.starts, RowsPerSec: f.rate,
-		DeadLetter: deadLetterWhere(set, f.name, c.state), Steps: []stepInfo{}}
+		WaitingFor: f.waitingFor, DeadLetter: deadLetterWhere(set, f.name, c.state), Steps: []stepInfo{}}
 	if f.err != nil {
 		in.Error = set.Redactor().Redact(f.err.Error())
 	}
@@ -461,7 +538,8 @@ func (c *control) info(f *flowRun) flowInfo {
 	}
 	in.Graph = g
 	if f.job == nil {
-		return in // under run --watch, a flow whose job could not start
+		in.Start = startInfo{Source: fl.Stream.Source}
+		return in // waiting for a connector, or under run --watch a flow whose job could not start
 	}
 	in.Stats = f.job.Stats()
 	sp := f.job.StartPosition()
@@ -654,12 +732,12 @@ func (c *control) deadLetters(w http.ResponseWriter, r *http.Request) {
 	}
 	limit = min(limit, 1000)
 	path := filepath.Join(c.state, "dead-letter", name+".jsonl")
-	letters, total, err := readLetters(path, offset, limit)
+	letters, total, bad, err := readLetters(path, offset, limit)
 	if err != nil {
 		apiError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "file": path, "total": total, "offset": offset, "letters": letters})
+	writeAPI(w, http.StatusOK, map[string]any{"flow": name, "file": path, "total": total, "offset": offset, "letters": letters, "unreadable": bad})
 }
 
 func intParam(r *http.Request, key string, def int) (int, error) {
@@ -674,32 +752,45 @@ func intParam(r *http.Request, key string, def int) (int, error) {
 	return n, nil
 }
 
-// readLetters returns lines offset..offset+limit of the JSON lines file
-// at path, and how many it holds; a missing file holds none.
-func readLetters(path string, offset, limit int) ([]json.RawMessage, int, error) {
-	letters := []json.RawMessage{}
+// badLine is a line of a dead-letter file that is not a letter (not
+// JSON: a line cut short by a crash, or edited by hand).
+type badLine struct {
+	Line int    `json:"line"` // from 1
+	Text string `json:"text"`
+}
+
+// readLetters returns letters offset..offset+limit of the JSON lines file
+// at path, how many it holds, and every line that is not JSON (not
+// counted as a letter); a missing file holds none.
+func readLetters(path string, offset, limit int) ([]json.RawMessage, int, []badLine, error) {
+	letters, bad := []json.RawMessage{}, []badLine{}
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return letters, 0, nil
+		return letters, 0, bad, nil
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, nil, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 64<<20)
-	n := 0
+	n, line := 0, 0
 	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || !json.Valid(line) {
-			continue // a line cut short by a crash
+		line++
+		text := sc.Bytes()
+		if len(bytes.TrimSpace(text)) == 0 {
+			continue
+		}
+		if !json.Valid(text) {
+			bad = append(bad, badLine{Line: line, Text: string(text)})
+			continue
 		}
 		if n >= offset && len(letters) < limit {
-			letters = append(letters, json.RawMessage(append([]byte(nil), line...)))
+			letters = append(letters, json.RawMessage(append([]byte(nil), text...)))
 		}
 		n++
 	}
-	return letters, n, sc.Err()
+	return letters, n, bad, sc.Err()
 }
 
 // stateOf is the state lookup of GET /state/{flow}/{key} under /api/.
@@ -739,11 +830,14 @@ const flowReplaying = "replaying"
 // replayReply is the body of POST /api/flows/{name}/dead-letters/replay.
 type replayReply struct {
 	Flow         string `json:"flow"`
-	Replayed     int    `json:"replayed"`      // letters fed back into the flow
-	Out          int64  `json:"out"`           // rows the replay wrote to the sink
-	DeadLettered int64  `json:"dead_lettered"` // letters that failed again, back in the dead-letter file
-	Resumed      bool   `json:"resumed"`       // the letters of an interrupted replay were replayed
-	ReplayedFile string `json:"replayed_file"` // where the replayed letters were moved
+	Replayed     int    `json:"replayed"`                // letters fed back into the flow
+	Out          int64  `json:"out"`                     // rows the replay wrote to the sink
+	DeadLettered int64  `json:"dead_lettered"`           // letters that failed again, back in the dead-letter file
+	Resumed      bool   `json:"resumed"`                 // the letters of an interrupted replay were replayed
+	ReplayedFile string `json:"replayed_file,omitempty"` // where the replayed letters were moved; absent when none were
+	Unreadable   int    `json:"unreadable"`              // lines of the file that are not letters (not JSON), not replayed
+	// UnreadableFile is where those lines were moved, kept for a look.
+	UnreadableFile string `json:"unreadable_file,omitempty"`
 }
 
 // replay feeds the flow's dead letters back into it, once: the flow must
@@ -814,7 +908,8 @@ func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name strin
 	file := filepath.Join(dir, name+".jsonl")
 	replaying := filepath.Join(dir, name+".replaying.jsonl")
 	replayed := filepath.Join(dir, name+".replayed.jsonl")
-	reply := &replayReply{Flow: name, ReplayedFile: replayed}
+	unreadable := filepath.Join(dir, name+".unreadable.jsonl")
+	reply := &replayReply{Flow: name}
 	if _, err := os.Stat(replaying); err == nil {
 		reply.Resumed = true
 	} else if err := os.Rename(file, replaying); errors.Is(err, fs.ErrNotExist) {
@@ -822,7 +917,7 @@ func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name strin
 	} else if err != nil {
 		return nil, http.StatusInternalServerError, fmt.Errorf("move the dead letters aside: %w", err)
 	}
-	raw, total, err := readLetters(replaying, 0, math.MaxInt)
+	raw, total, bad, err := readLetters(replaying, 0, math.MaxInt)
 	if err != nil {
 		return nil, http.StatusInternalServerError, err
 	}
@@ -847,8 +942,28 @@ func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name strin
 	if acked := src.acked.Load(); int(acked) != len(msgs) {
 		return nil, http.StatusServiceUnavailable, fmt.Errorf("replay of flow %s stopped after %d of %d letters; they stay in %s for the next replay", name, acked, len(msgs), replaying)
 	}
-	if err := appendFile(replayed, replaying); err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
+	// Only the letters are moved as replayed; the lines that are not
+	// letters are kept apart, never counted as replayed.
+	var text []byte
+	for _, l := range raw {
+		text = append(append(text, l...), '\n')
+	}
+	if len(raw) > 0 {
+		if err := appendLines(replayed, text); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
+		}
+		reply.ReplayedFile = replayed
+	}
+	if len(bad) > 0 {
+		text = text[:0]
+		for _, b := range bad {
+			text = append(append(text, b.Text...), '\n')
+		}
+		if err := appendLines(unreadable, text); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but keeping the %d unreadable lines in %s failed (they are still in %s; remove its letters by hand, or the next replay feeds them again): %w", len(bad), unreadable, replaying, err)
+		}
+		reply.Unreadable, reply.UnreadableFile = len(bad), unreadable
+		fmt.Fprintf(c.stderr, "flow %s: %d lines of the dead-letter file are not letters (not JSON) and were not replayed; they are kept in %s\n", name, len(bad), unreadable)
 	}
 	if err := os.Remove(replaying); err != nil {
 		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but remove %s by hand, or the next replay feeds them again: %w", replaying, err)
@@ -859,18 +974,13 @@ func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name strin
 	return reply, 0, nil
 }
 
-// appendFile appends the content of src to dst and syncs dst.
-func appendFile(dst, src string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
+// appendLines appends text to dst and syncs dst.
+func appendLines(dst string, text []byte) error {
 	out, err := os.OpenFile(dst, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	if _, err := out.Write(text); err != nil {
 		out.Close()
 		return err
 	}

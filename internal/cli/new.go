@@ -52,7 +52,7 @@ func newCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&o.module, "module", "", "module path (default: the folder's name)")
 	cmd.Flags().StringVar(&o.replace, "replace", "", "use the kisflow source in DIR (default: the checkout the current folder is in, if any)")
-	cmd.Flags().BoolVar(&o.noTidy, "no-tidy", false, "do not run `go mod tidy`")
+	cmd.Flags().BoolVar(&o.noTidy, "no-tidy", false, "do not run go mod tidy (run it yourself before the first go run)")
 	return cmd
 }
 
@@ -147,7 +147,11 @@ func newProject(dir string, o newOptions, stdout, stderr io.Writer) error {
 			return &exitError{code: ExitProblem, err: fmt.Errorf("go mod tidy in %s: %w (the project is written; fix and run it again)", dir, err)}
 		}
 	}
-	fmt.Fprintf(stdout, "next:\n  cd %s\n  go run . run conf\n  go run . test conf\n  go test ./...\n", dir)
+	tidyStep := ""
+	if o.noTidy {
+		tidyStep = "  go mod tidy   # --no-tidy: go.sum is not written yet\n"
+	}
+	fmt.Fprintf(stdout, "next:\n  cd %s\n%s  go run . run conf\n  go run . test conf\n  go test ./...\n", dir, tidyStep)
 	return nil
 }
 

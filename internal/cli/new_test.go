@@ -31,6 +31,10 @@ func TestNewProjectBuildsTestsAndRuns(t *testing.T) {
 			t.Errorf("missing %s", f)
 		}
 	}
+	// Each step of its CI is bounded, the tests of the flows too.
+	if b, err := os.ReadFile(filepath.Join(dir, ".ci", "run")); err != nil || !strings.Contains(string(b), "go test -timeout ") || !strings.Contains(string(b), "go run . test conf --timeout ") {
+		t.Errorf("the project's .ci/run does not bound go test and kisflow test with a timeout (%v):\n%s", err, b)
+	}
 	ci := exec.Command("bash", ".ci/run")
 	ci.Dir = dir
 	b, err := ci.CombinedOutput()

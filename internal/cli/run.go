@@ -135,35 +135,49 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		}
 		jobOpts = append(jobOpts, kisflow.WithBounds(from, until))
 	}
-	jobs := make([]*kisflow.Job, len(names))
-	for i, n := range names {
-		if jobs[i], err = startJob(ctx, eng, n, stderr, jobOpts...); err != nil {
-			if ctx.Err() != nil {
-				// SIGINT/SIGTERM during start-up: nothing ran; a bounded
-				// source was stopped before its end.
-				fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
-				for _, n := range names {
-					if o.until != "" || bounded(set, n) {
-						return &exitError{code: ExitCutShort}
-					}
-				}
-				return nil
-			}
-			if o.state == "" && errors.Is(err, fs.ErrPermission) {
-				err = fmt.Errorf("%w (the state folder is %s unless --state names another)", err, state)
-			}
-			return &exitError{code: ExitProblem, err: red.Error(err)}
+	// Each flow runs as its own job, which the admin API can stop and
+	// start again while the others run on. Each starts on its own: one
+	// whose connector is not up yet waits (status waiting, retried with
+	// backoff) while the others run. A flow that cannot start at all
+	// (a fatal error) stops the run before it goes on, as does a signal.
+	rctx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+	ctl := newControl(rctx, eng, set, state, jobOpts, stderr)
+	first := make(chan error, len(names))
+	gate := make(chan struct{})
+	for _, n := range names {
+		ctl.launch(n, stdout, first, gate)
+	}
+	var startErr error
+	for range names {
+		if err := <-first; err != nil && startErr == nil {
+			startErr = err
 		}
-		reportStart(stdout, n, jobs[i].StartPosition())
+	}
+	if startErr != nil {
+		cancelRun()
+	}
+	close(gate) // the flows that are ready run (unless cancelled just above)
+	if startErr != nil {
+		ctl.wait()
+		if ctx.Err() != nil {
+			// SIGINT/SIGTERM during start-up: nothing ran; a bounded
+			// source was stopped before its end.
+			fmt.Fprintln(stdout, "stopped by signal during start-up; nothing was processed")
+			for _, n := range names {
+				if o.until != "" || bounded(set, n) {
+					return &exitError{code: ExitCutShort}
+				}
+			}
+			return nil
+		}
+		if o.state == "" && errors.Is(startErr, fs.ErrPermission) {
+			startErr = fmt.Errorf("%w (the state folder is %s unless --state names another)", startErr, state)
+		}
+		return &exitError{code: ExitProblem, err: red.Error(startErr)}
 	}
 
 	start := time.Now()
-	// Each flow runs as its own job, which the admin API can stop and
-	// start again while the others run on.
-	ctl := newControl(ctx, eng, set, state, jobOpts, stderr)
-	for i, j := range jobs {
-		ctl.add(names[i], j)
-	}
 	defer eng.Console().Set(ctl.handler())()
 	runDone := make(chan struct{})
 	go ctl.sample(runDone)
@@ -176,6 +190,7 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 		ctl.wait()
 	}
 	close(runDone)
+	jobs := make([]*kisflow.Job, len(names))
 	errs := make([]error, len(jobs))
 	took := make([]time.Duration, len(jobs))
 	for i, n := range names {
@@ -186,6 +201,20 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	code := ExitOK
 	open := 0 // windows the stop left unemitted
 	for i, j := range jobs {
+		if j == nil {
+			// The flow never started: a fatal error after a wait for a
+			// connector, or a signal during the wait.
+			if errs[i] != nil {
+				fmt.Fprintf(stderr, "flow %s failed: %v\n", names[i], errs[i])
+				code = ExitProblem
+				continue
+			}
+			fmt.Fprintf(stdout, "flow %s: stopped by signal while it waited for a connector; nothing was processed\n", names[i])
+			if code == ExitOK && (o.until != "" || bounded(set, names[i])) {
+				code = ExitCutShort
+			}
+			continue
+		}
 		s := j.Stats()
 		elapsed := runTime
 		if took[i] > 0 {
@@ -347,6 +376,12 @@ func absPath(p string) string {
 // again with capped backoff and jitter until it succeeds or ctx ends. The
 // wait is reported on w once when it begins and once when it ends.
 func startJob(ctx context.Context, eng *kisflow.Engine, name string, w io.Writer, opts ...kisflow.JobOption) (*kisflow.Job, error) {
+	return waitJob(ctx, eng, name, w, nil, opts...)
+}
+
+// waitJob is startJob that also calls onWait (when not nil) each time the
+// start begins to wait for a connector, with its name.
+func waitJob(ctx context.Context, eng *kisflow.Engine, name string, w io.Writer, onWait func(conn string), opts ...kisflow.JobOption) (*kisflow.Job, error) {
 	waiting, since := "", time.Time{}
 	up := func() {
 		if waiting != "" {
@@ -366,6 +401,9 @@ func startJob(ctx context.Context, eng *kisflow.Engine, name string, w io.Writer
 			up()
 			waiting, since, attempt = se.Connector, time.Now(), 1
 			fmt.Fprintf(w, "flow %s: waiting for connector %s: %v\n", name, se.Connector, se.Err)
+			if onWait != nil {
+				onWait(se.Connector)
+			}
 		}
 		t := time.NewTimer(filter.CappedBackoff(startBackoff, attempt, startBackoffCap))
 		select {
@@ -457,6 +495,10 @@ func progressLoop(done <-chan struct{}, w io.Writer, names []string, current fun
 		case now := <-t.C:
 			var parts []string
 			for i, j := range current() {
+				if j == nil {
+					parts = append(parts, names[i]+": waiting")
+					continue
+				}
 				s := j.Stats()
 				if s.Committed < last[i] {
 					last[i] = 0 // the admin API started a new job

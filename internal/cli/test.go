@@ -17,6 +17,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/connector/memory"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
@@ -62,6 +63,9 @@ func testCmd(reg *kisflow.Registry) *cobra.Command {
 }
 
 func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOptions, stdout, stderr io.Writer) error {
+	if o.timeout <= 0 {
+		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --timeout %s: give how long each test may run, more than 0 (such as 30s)", o.timeout)}
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("bad --log-level %q", o.logLevel)}
@@ -81,9 +85,23 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 	if err != nil {
 		return &exitError{code: ExitUsage, err: err}
 	}
+	base := problemSet(set.Check(reg.LintOptions()...))
 	for _, tc := range tests {
-		probs = append(probs, checkTest(reg, set, tc)...)
+		ps := checkTest(reg, set, tc)
+		if len(ps) == 0 {
+			ps = checkTestParams(reg, set, tc, base)
+		}
+		probs = append(probs, ps...)
 	}
+	// Warnings (a param a test sets that nothing reads) are printed; the
+	// tests still run.
+	probs = slices.DeleteFunc(probs, func(p config.Problem) bool {
+		if p.Severity == config.SevWarning {
+			fmt.Fprintln(stderr, p)
+			return true
+		}
+		return false
+	})
 	if len(probs) > 0 {
 		slices.SortStableFunc(probs, func(a, b config.Problem) int {
 			if c := strings.Compare(a.Pos.File, b.Pos.File); c != 0 {
@@ -107,10 +125,10 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 	red := set.Redactor()
 	stdout = red.Writer(stdout)
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: stderr, red: red}, &slog.HandlerOptions{Level: level}))
-	failed, broken := 0, 0
+	failed, broken, abandoned := 0, 0, false
 	for _, tc := range tests {
 		start := time.Now()
-		diffs, err := runTest(ctx, reg, set, tc, o.timeout, log)
+		diffs, err := runTest(ctx, reg, set, tc, o.timeout, log, &abandoned)
 		if err != nil {
 			broken++
 			fmt.Fprintf(stdout, "ERROR %s: could not run\n    %s\n", tc.title(), red.Redact(err.Error()))
@@ -128,6 +146,9 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if abandoned {
+		fmt.Fprintln(stderr, "kisflow: a test's run did not stop after its timeout; it is abandoned as the command exits")
 	}
 	if broken > 0 {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("%d of %d test(s) could not run, %d failed", broken, len(tests), failed)}
@@ -169,9 +190,10 @@ func testLoads(reg *kisflow.Registry, set *config.Set, steps []config.FlowStep) 
 // the mocks it needs, before any test runs.
 func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Problem {
 	var probs []config.Problem
-	add := func(format string, args ...any) {
-		probs = append(probs, config.Problem{Pos: tc.pos, Msg: "test: " + fmt.Sprintf(format, args...)})
+	addAt := func(pos config.Pos, format string, args ...any) {
+		probs = append(probs, config.Problem{Pos: pos, Msg: "test: " + fmt.Sprintf(format, args...)})
 	}
+	add := func(format string, args ...any) { addAt(tc.pos, format, args...) }
 	var steps []config.FlowStep
 	switch {
 	case tc.Func != "":
@@ -203,6 +225,15 @@ func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Pr
 	default:
 		return nil
 	}
+	if tc.Flow != "" && set.Flows[tc.Flow].Stream != nil {
+		if src := set.Flows[tc.Flow].Stream.Source; csvSource(set.Conns[src]) {
+			for i, row := range tc.Input {
+				if _, ok := row.(string); ok {
+					add("input[%d]: flow %q reads CSV (connector %q), but a string input is fed as a JSON line; give the record as the source decodes it, a map of its columns ({col: value, ...}; CSV numbers become numbers)", i, tc.Flow, src)
+				}
+			}
+		}
+	}
 	loads := testLoads(reg, set, steps)
 	for cname, fname := range loads {
 		if tc.Mocks[cname] == nil {
@@ -223,19 +254,103 @@ func checkTest(reg *kisflow.Registry, set *config.Set, tc *testCase) []config.Pr
 	for cname, m := range tc.Mocks {
 		_, remote := remotes[cname]
 		if set.Conns[cname] == nil {
-			add("mocks: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
+			addAt(tc.at("mocks."+cname), "mocks: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
 		} else if m.Provider != "" && !remote {
-			add("mocks.%s.provider: no function of the test's flow is remote through connector %q (provider stands in for a connector of type remote)", cname, cname)
+			addAt(tc.at("mocks."+cname), "mocks.%s.provider: no function of the test's flow is remote through connector %q (provider stands in for a connector of type remote)", cname, cname)
 		} else if _, ok := loads[cname]; !ok && !remote {
-			add("mocks: no function of the test's flow loads through connector %q in YAML (a Load with a load_query or key template); mocks give the records such a Load reads", cname)
+			addAt(tc.at("mocks."+cname), "mocks: no function of the test's flow loads through connector %q in YAML (a Load with a load_query or key template); mocks give the records such a Load reads", cname)
 		}
 	}
 	for cname := range tc.Expect.Written {
 		if set.Conns[cname] == nil {
-			add("expect.written: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
+			addAt(tc.at("expect.written."+cname), "expect.written: no connector %q%s", cname, config.SuggestName(cname, slices.Sorted(maps.Keys(set.Conns))))
 		}
 	}
 	return probs
+}
+
+// problemSet is the messages of probs, to tell those a test's params add.
+func problemSet(probs []config.Problem) map[string]bool {
+	m := make(map[string]bool, len(probs))
+	for _, p := range probs {
+		m[p.Msg] = true
+	}
+	return m
+}
+
+// checkTestParams applies lint's param checks to the params a test sets:
+// a param the function's YAML body (a Load, a Save, an expression's
+// filters) does not read is an error when lint names the param it
+// resembles, else a warning. A Go
+// function's params are not declared to the registry: a param is refused
+// only when it is not one the configuration gives the function (its
+// default_params, a step's params) but resembles one of them (tax_rat for
+// tax_rate).
+func checkTestParams(reg *kisflow.Registry, set *config.Set, tc *testCase, base map[string]bool) []config.Problem {
+	if len(tc.Params) == 0 {
+		return nil
+	}
+	var probs []config.Problem
+	fnames := []string{tc.Func}
+	if tc.Flow != "" {
+		fnames = slices.Sorted(maps.Keys(tc.Params))
+	}
+	ts, _ := testSet(set, tc)
+	added := ts.Check(reg.LintOptions()...)
+	goFuncs := reg.Functions()
+	for _, fname := range fnames {
+		for _, p := range slices.Sorted(maps.Keys(tc.stepParams(fname))) {
+			if slices.Contains(goFuncs, fname) {
+				known := declaredParams(set, fname)
+				if hint := config.SuggestName(p, known); !slices.Contains(known, p) && hint != "" {
+					probs = append(probs, config.Problem{Pos: tc.paramsPos, Msg: fmt.Sprintf("test: params: function %q is not given param %q by the configuration (it is given %s)%s", fname, p, strings.Join(known, ", "), hint)})
+				}
+				continue
+			}
+			for _, q := range added {
+				if !base[q.Msg] && strings.Contains(q.Msg, fmt.Sprintf("function %q: param %q ", fname, p)) {
+					// A misspelling (lint names the param it resembles) is
+					// an error; a param merely read by nothing, a warning.
+					sev := config.SevWarning
+					if strings.Contains(q.Msg, "(did you mean ") {
+						sev = config.SevError
+					}
+					probs = append(probs, config.Problem{Pos: tc.paramsPos, Severity: sev, Msg: "test: params: " + q.Msg})
+				}
+			}
+		}
+	}
+	return probs
+}
+
+// declaredParams lists the params the configuration gives function
+// fname: its default_params and those of the flow steps that run it.
+func declaredParams(set *config.Set, fname string) []string {
+	var out []string
+	if fc := set.Funcs[fname]; fc != nil {
+		out = slices.Collect(maps.Keys(fc.Option.DefaultParams))
+	}
+	for _, fl := range set.Flows {
+		for _, st := range fl.Flows {
+			if st.FName == fname {
+				out = append(out, slices.Collect(maps.Keys(st.Params))...)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// csvSource reports whether connector c is a file or stdin source that
+// reads CSV: a header line, then records the source decodes into maps.
+func csvSource(c *config.Conn) bool {
+	if c == nil || (c.Type != file.TypeFile && c.Type != file.TypeStdin) {
+		return false
+	}
+	if f := c.Params["format"]; f != "" {
+		return f == "csv"
+	}
+	return c.Type == file.TypeFile && strings.HasSuffix(strings.TrimSuffix(c.Params["path"], ".gz"), ".csv")
 }
 
 // testRun is the state of one test's run: the doubles' records.
@@ -296,15 +411,25 @@ func testSet(set *config.Set, tc *testCase) (*config.Set, string) {
 		s.Conns[testOutputConn] = &config.Conn{CName: testOutputConn, Type: memory.Type}
 	}
 	st.Workers = 1
+	// A test that times out is not drained for long: its run must end
+	// within testGrace of its timeout.
+	st.DrainTimeout = config.Duration(testGrace / 2)
 	st.Delivery = config.AtLeastOnce
 	fl.Stream = &st
 	s.Flows[fl.FlowName] = &fl
 	return &s, fl.FlowName
 }
 
+// testGrace is how long a test's run has to stop once its timeout has
+// passed (and its engine to close) before it is abandoned.
+const testGrace = 2 * time.Second
+
 // runTest runs one test and returns its differences from what it expects.
 // err is a test that could not run (its flow failed to build).
-func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *testCase, timeout time.Duration, log *slog.Logger) ([]string, error) {
+//
+// abandoned is set when the run did not stop within testGrace of its
+// timeout: it goes on in the background and the caller must exit.
+func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *testCase, timeout time.Duration, log *slog.Logger, abandoned *bool) ([]string, error) {
 	ts, flowName := testSet(set, tc)
 	r := &testRun{tc: tc, reg: reg, log: log, source: ts.Flows[flowName].Stream.Source, sink: ts.Flows[flowName].Stream.Sink, mocks: tc.Mocks, written: map[string][]any{}, memory: map[string]*memory.Store{}}
 	for i, row := range tc.Input {
@@ -319,7 +444,10 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 		return nil, err
 	}
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		if *abandoned {
+			return // its Close would wait for the run that did not stop
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), testGrace)
 		defer cancel()
 		_ = eng.Close(cctx)
 	}()
@@ -338,7 +466,24 @@ func runTest(ctx context.Context, reg *kisflow.Registry, set *config.Set, tc *te
 	if err != nil {
 		return nil, err
 	}
-	runErr := job.Run(rctx)
+	// The run is in a goroutine so that the timeout holds even against a
+	// function that ignores its context: once it passes, the run has
+	// testGrace to end; if it does not, the test is reported as failed
+	// and abandoned (its goroutines end with the process, which exits
+	// once every test is reported).
+	done := make(chan error, 1)
+	go func() { done <- job.Run(rctx) }()
+	var runErr error
+	select {
+	case runErr = <-done:
+	case <-rctx.Done():
+		select {
+		case runErr = <-done:
+		case <-time.After(testGrace):
+			*abandoned = true
+			return []string{fmt.Sprintf("did not finish within %s (--timeout), and did not stop %s after it was cancelled (a function that ignores its context: it was abandoned); %d of %d input rows were read", timeout, testGrace, job.Stats().Read, len(r.input))}, nil
+		}
+	}
 	if errors.Is(rctx.Err(), context.DeadlineExceeded) {
 		return []string{fmt.Sprintf("did not finish within %s (--timeout); %d of %d input rows were read", timeout, job.Stats().Read, len(r.input))}, nil
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,7 +29,18 @@ type testCase struct {
 	Mocks  map[string]*testMock `yaml:"mocks"`
 	Expect testExpect           `yaml:"expect"`
 
-	pos config.Pos
+	pos       config.Pos
+	paramsPos config.Pos            // where params: is, or pos
+	keyPos    map[string]config.Pos // where each mocks.NAME and expect.written.NAME is
+}
+
+// at returns where the key (such as "mocks.users") is, or where the test
+// begins.
+func (tc *testCase) at(key string) config.Pos {
+	if p, ok := tc.keyPos[key]; ok {
+		return p
+	}
+	return tc.pos
 }
 
 // testMock stands in for a connector a YAML Load reads through, or for
@@ -184,7 +196,14 @@ func parseTest(file string, root *yaml.Node) (*testCase, []config.Problem) {
 			probs = append(probs, unknownKeys(file, m.Content[i], "mocks."+m.Content[i-1].Value, mockKeys)...)
 		}
 	}
-	tc := &testCase{pos: at(root)}
+	tc := &testCase{pos: at(root), paramsPos: at(mapValue(root, "params")), keyPos: map[string]config.Pos{}}
+	for prefix, m := range map[string]*yaml.Node{"mocks.": mapValue(root, "mocks"), "expect.written.": mapValue(exp, "written")} {
+		if m != nil && m.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(m.Content); i += 2 {
+				tc.keyPos[prefix+m.Content[i].Value] = at(m.Content[i])
+			}
+		}
+	}
 	if err := root.Decode(tc); err != nil {
 		return nil, append(probs, bad(root, "%s", strings.TrimPrefix(err.Error(), "yaml: "))...)
 	}
@@ -247,7 +266,8 @@ func (tc *testCase) stepParams(fname string) map[string]string {
 }
 
 // normalize turns a row into the plain JSON shape tests compare: maps,
-// slices, strings, float64 numbers, booleans and nil. JSON text (a string
+// slices, strings, numbers (int64 when integral and in range, so that
+// large integers compare exactly; else float64), booleans and nil. JSON text (a string
 // or []byte holding an object or array) is decoded; structs go through
 // their JSON form.
 func normalize(v any) any {
@@ -272,11 +292,35 @@ func normalize(v any) any {
 		}
 		data = b
 	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
 	var out any
-	if err := json.Unmarshal(data, &out); err != nil {
+	if err := dec.Decode(&out); err != nil || dec.More() {
 		return string(data)
 	}
-	return out
+	return exactNumbers(out)
+}
+
+// exactNumbers replaces each json.Number of v by an int64 when it is an
+// integer that fits, else by a float64.
+func exactNumbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return n
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = exactNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = exactNumbers(e)
+		}
+	}
+	return v
 }
 
 // jsonSafe converts what YAML decodes (map[any]any is not produced by
@@ -327,9 +371,22 @@ func show(v any) string {
 	return string(b)
 }
 
-// equalValues compares normalized values; numbers by value.
+// equalValues compares normalized values; numbers by value: integers
+// exactly, an integer and a float when the float is that integer.
 func equalValues(a, b any) bool {
 	switch x := a.(type) {
+	case int64:
+		switch y := b.(type) {
+		case int64:
+			return x == y
+		case float64:
+			return intIsFloat(x, y)
+		}
+		return false
+	case float64:
+		if y, ok := b.(int64); ok {
+			return intIsFloat(y, x)
+		}
 	case map[string]any:
 		y, ok := b.(map[string]any)
 		if !ok || len(x) != len(y) {
@@ -355,6 +412,11 @@ func equalValues(a, b any) bool {
 		return true
 	}
 	return a == b
+}
+
+// intIsFloat reports whether f is exactly the integer i.
+func intIsFloat(i int64, f float64) bool {
+	return f == math.Trunc(f) && f >= math.MinInt64 && f < math.MaxInt64 && int64(f) == i && float64(i) == f
 }
 
 // rowDiff describes how got differs from want, field by field for maps.

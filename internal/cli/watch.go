@@ -124,7 +124,7 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if len(w.wanted(set)) == 0 {
 		fmt.Fprintf(stdout, "watch: %s: no enabled flow has a stream block yet; waiting for one\n", dir)
 	}
-	if err := w.apply(ctx, set, true); err != nil {
+	if err := w.apply(ctx, set, true, ""); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "watch: watching %s for changes (Ctrl-C to stop)\n", dir)
@@ -169,8 +169,7 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 			}
 			cur = next
 		}
-		last = cur
-		w.reload(ctx)
+		last = w.reload(ctx, cur)
 	}
 }
 
@@ -187,13 +186,53 @@ func (w *watcher) wanted(set *config.Set) []string {
 	return names
 }
 
-// reload lints the folder and applies it when it has no errors.
-func (w *watcher) reload(ctx context.Context) {
+// errSuperseded is apply's answer when the files changed again while it
+// drained flows: their new jobs are to start from the newest files.
+var errSuperseded = errors.New("the configuration changed again while flows drained")
+
+// reload lints the folder (whose files are snap) and applies it when it
+// has no errors. When the files change again while the changed flows
+// drain (a drain can wait long for a sink that is down), the folder is
+// read again after the drain, so that the flows start again with the
+// newest configuration, never with one already superseded (a newest one
+// with errors is not applied: the drained flows start with the one read
+// before). It returns the snapshot of the files it applied.
+func (w *watcher) reload(ctx context.Context, snap string) string {
 	fmt.Fprintf(w.stdout, "watch: %s changed\n", w.dir)
+	var valid *config.Set // the last version without errors
+	for {
+		set := w.read()
+		if set == nil {
+			if valid != nil {
+				fmt.Fprintf(w.stderr, "watch: the newest version has errors: the drained flows start again with the version saved before it\n")
+				if err := w.apply(ctx, valid, false, ""); err != nil {
+					fmt.Fprintf(w.stderr, "watch: %v\n", err)
+				}
+			}
+			return snap
+		}
+		valid = set
+		err := w.apply(ctx, set, false, snap)
+		if !errors.Is(err, errSuperseded) {
+			if err != nil {
+				fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
+			}
+			return snap
+		}
+		if next, err := snapshot(w.dir, w.state); err == nil {
+			snap = next
+		}
+		fmt.Fprintf(w.stdout, "watch: %s changed again while flows drained: reading it again, to start them with the newest version\n", w.dir)
+	}
+}
+
+// read lints the folder and imports it; nil (with the reasons printed)
+// when it has errors.
+func (w *watcher) read() *config.Set {
 	probs, err := config.Lint(w.dir, w.reg.LintOptions()...)
 	if err != nil {
 		fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
-		return
+		return nil
 	}
 	nerr := 0
 	for _, p := range probs {
@@ -204,29 +243,34 @@ func (w *watcher) reload(ctx context.Context) {
 	}
 	if nerr > 0 {
 		fmt.Fprintf(w.stderr, "watch: %d error(s): the change is not applied; the running flows go on with the configuration they started with (fix the files and save them again)\n", nerr)
-		return
+		return nil
 	}
 	set, err := config.Import(w.dir, w.reg.LintOptions()...)
 	if err != nil {
 		fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
-		return
+		return nil
 	}
-	if err := w.apply(ctx, set, false); err != nil {
-		fmt.Fprintf(w.stderr, "watch: %v\nwatch: the change is not applied; the running flows go on\n", err)
-	}
+	return set
 }
 
 // apply makes the running flows those of set: it drains and starts again
 // the changed ones, starts the new ones, drains the removed ones. At the
 // first call (first) a flow that cannot start is an error of the command,
-// as for run.
-func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error {
+// as for run. With snap (the snapshot of the files set was read from),
+// when the files changed while flows drained, it starts nothing and
+// returns errSuperseded, for the caller to read them again.
+func (w *watcher) apply(ctx context.Context, set *config.Set, first bool, snap string) error {
 	prints := flowPrints(set)
 	wanted := w.wanted(set)
+	drained := false
+	gone := map[string]string{} // source -> a flow no longer run that read it
 	// Drain the flows that are no longer wanted.
 	for _, n := range slices.Sorted(mapKeys(w.flows)) {
 		if slices.Contains(wanted, n) {
 			continue
+		}
+		if w.set != nil && w.set.Flows[n] != nil && w.set.Flows[n].Stream != nil {
+			gone[w.set.Flows[n].Stream.Source] = n
 		}
 		wf := w.flows[n]
 		if !wf.ended {
@@ -238,6 +282,7 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 			}
 			fmt.Fprintf(w.stdout, "watch: flow %s was %s: draining it\n", n, why)
 			w.drain(wf)
+			drained = true
 			fmt.Fprintf(w.stdout, "watch: flow %s drained and stopped\n", n)
 		}
 		delete(w.flows, n)
@@ -248,6 +293,12 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 		wf := w.flows[n]
 		switch {
 		case wf == nil:
+			if old, ok := gone[set.Flows[n].Stream.Source]; ok {
+				// Positions are kept per flow name: a renamed flow is a
+				// new one, which reads its source from its own position.
+				fmt.Fprintf(w.stderr, "watch: warning: flow %s is new and flow %s, no longer run, read the same source %s: positions are kept per flow name, so %s reads it from its own committed position (none: where stream.start says, the start by default), and rows %s had read may be read again. To rename a flow without reading its source again, stop kisflow and set the new flow's position with kisflow positions set\n",
+					n, old, set.Flows[n].Stream.Source, n, old)
+			}
 			start = append(start, n)
 		case wf.print == prints[n]:
 			if !wf.ended && !first {
@@ -262,8 +313,15 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool) error 
 			if !wf.ended {
 				fmt.Fprintf(w.stdout, "watch: flow %s changed: draining it to start it again from its committed position\n", n)
 				w.drain(wf)
+				drained = true
+				wf.print = "" // drained to start again: started by the next apply if this one is superseded
 			}
 			start = append(start, n)
+		}
+	}
+	if snap != "" && drained {
+		if now, err := snapshot(w.dir, w.state); err == nil && now != snap {
+			return errSuperseded
 		}
 	}
 	if len(start) > 0 && !first && w.holder != nil && w.holder.refs == 1 {
