@@ -167,7 +167,7 @@ type changeWriter struct {
 	done    chan struct{}
 	commits atomic.Int64
 	changes atomic.Int64 // committed
-	limit   int64        // stop once this many changes are committed (0: no limit)
+	limit   atomic.Int64 // stop once this many changes are committed (0: no limit)
 	err     error
 	// maria writes MariaDB's SQL (? placeholders, no UPDATE ... RETURNING).
 	maria bool
@@ -211,7 +211,7 @@ func (w *changeWriter) finished() bool {
 func (w *changeWriter) run(pause time.Duration) {
 	defer close(w.done)
 	for {
-		if w.limit > 0 && w.changes.Load() >= w.limit {
+		if l := w.limit.Load(); l > 0 && w.changes.Load() >= l {
 			return
 		}
 		select {

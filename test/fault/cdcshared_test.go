@@ -206,7 +206,7 @@ params:
 	})
 	target := cdcKillChanges(t)
 	w := startWriter(t, c.db, c.initial, 0)
-	w.limit = target
+	w.limit.Store(target)
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 2))
 	began := time.Now()
 	kills := 1 // the snapshot's
