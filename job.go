@@ -2,6 +2,7 @@ package kisflow
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -289,6 +290,17 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	resume := j.start.Position
 	workers := max(st.Workers, 1)
+	runKey := key // where the run commits positions, inbox IDs and keyed state
+	if o.bounds != nil && delivery == config.ExactlyOnce {
+		// A one-off run into an exactly-once sink commits in the sink's
+		// transactions, as every run does, but under a key of its own:
+		// the flow's committed position, inbox and keyed state stay as
+		// they are.
+		if runKey, err = oneOffKey(key); err != nil {
+			return fail(err)
+		}
+		j.start.RunKey = runKey
+	}
 
 	sd, ok := sc.Driver().(stream.SourceDriver)
 	if !ok {
@@ -340,7 +352,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	j.source = src
 	parts.Source = src
-	if err := e.loadState(ctx, &parts, key, workers); err != nil {
+	if err := e.loadState(ctx, &parts, runKey, workers); err != nil {
 		_ = src.Close(ctx)
 		return fail(err)
 	}
@@ -366,11 +378,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 
 	cfg := runtime.Config{
-		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
+		Name: flowName, StateKey: runKey, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Logger: j.log, Sleep: o.sleep, CheckpointInterval: st.CheckpointInterval.Std(),
 		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
-		Resume: resume, Fence: j.start.Resumable,
+		Resume: resume, Fence: j.start.Resumable && runKey == key,
 	}
 	// Windows close at the end of a bounded source, and processing-time
 	// windows also while the stream is idle; timers fire after batches, on
@@ -452,6 +464,10 @@ type StartPosition struct {
 	// Detached reports a one-off run (WithBounds) that leaves the
 	// committed position as it is.
 	Detached bool
+	// RunKey, for a one-off run into an exactly-once sink, is the
+	// throw-away key under which the run commits its positions, inbox IDs
+	// and keyed state in the sink, in place of Key; "" otherwise.
+	RunKey string
 }
 
 // loadPosition moves a position kept under the flow name alone to the
@@ -538,6 +554,16 @@ func StateKey(flow string, source *config.Conn, d driver.Driver) string {
 		parts = append(parts, absPath(dir), source.CName)
 	}
 	return limitKey(flow + "@" + source.Type + ":" + config.Redact(strings.Join(parts, "/")))
+}
+
+// oneOffKey returns a key of its own for a one-off run of the stream
+// whose state key is key (see StartPosition.RunKey).
+func oneOffKey(key string) (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("one-off run key: %w", err)
+	}
+	return limitKey(key + "#once-" + hex.EncodeToString(b[:])), nil
 }
 
 // limitKey cuts a state key longer than maxStateKey to its first 180
