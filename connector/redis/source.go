@@ -192,7 +192,24 @@ func (s *source) read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 		}
 		if s.bounds.reached() {
-			return nil, io.EOF // the stop is reached (pending entries were read first)
+			// Every entry up to the stop was delivered (this consumer's
+			// pending ones were read first): the run ends once none of
+			// them is pending with another consumer, else it waits for
+			// the claim pass that takes them.
+			done, err := s.bounds.settled(ctx, s)
+			if err != nil {
+				return nil, s.fail("read the group's pending entries", err)
+			}
+			if done {
+				return nil, io.EOF
+			}
+			wait := max(min(time.Until(s.nextClaim), 200*time.Millisecond), time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return nil, s.fail("read", ctx.Err())
+			case <-time.After(wait):
+			}
+			continue
 		}
 		block := s.r.block
 		if s.bounds != nil {
@@ -355,7 +372,8 @@ func (s *source) claim(ctx context.Context, limit int) ([]*stream.Message, error
 			return nil, s.fail("claim idle entries", err)
 		}
 		s.claimed += len(entries)
-		out = append(out, s.handOut(entries, true)...)
+		// Entries past the stop stay pending (now with this consumer).
+		out = append(out, s.handOut(s.bounds.keep(entries), true)...)
 		s.claimFrom = next
 		if next == "0-0" {
 			s.claimFrom = ""
