@@ -234,7 +234,10 @@ func (n *NATS) Positions(ctx context.Context, opts stream.SourceOptions, _ strin
 		return p, fmt.Errorf("nats connector %q: consumer %s: %w", n.cfg.CName, durable, err)
 	}
 	p.Committed = strconv.FormatUint(info.AckFloor.Stream, 10)
-	p.Lag = int64(info.NumPending) + int64(info.NumAckPending)
+	// Messages delivered and not acknowledged plus those not delivered;
+	// JetStream may count a message given back (NAK) in both, so the lag
+	// is at most the messages after the ack floor.
+	p.Lag = min(int64(info.NumPending)+int64(info.NumAckPending), int64(sinfo.State.LastSeq)-int64(info.AckFloor.Stream))
 	return p, nil
 }
 
