@@ -242,7 +242,7 @@ func (r *Redis) SeekPosition(ctx context.Context, opts stream.SourceOptions, to 
 	busy := 3*r.block + 2*time.Second
 	for _, c := range consumers {
 		if c.Idle < busy {
-			return "", fmt.Errorf("consumer %s of group %s read %s ago: a run of the flow holds it; stop it first (a consumer idle for %s is taken for stopped)", c.Name, group, c.Idle.Round(time.Millisecond), busy)
+			return "", fmt.Errorf("consumer %s of group %s read %s ago: a run of the flow holds it; stop it first, or if it has stopped, try again in %s (a consumer idle for %s is taken for stopped; one that stopped with entries pending stays in the group)", c.Name, group, c.Idle.Round(time.Millisecond), (busy - c.Idle).Round(100*time.Millisecond), busy)
 		}
 	}
 	if err := r.client.XGroupCreateMkStream(ctx, r.cfg.Key, group, id).Err(); err != nil {

@@ -75,6 +75,15 @@ func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	return s, nil
 }
 
+// leaveGroup deletes a consumer (ARGV[2]) of the group (ARGV[1]) of the
+// stream KEYS[1] when it has no entry pending: deleting one with pending
+// entries would drop them from the group.
+var leaveGroup = goredis.NewScript(`
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1`)
+
 func defaultConsumer() string {
 	host, _ := os.Hostname()
 	b := make([]byte, 3)
@@ -544,9 +553,16 @@ func (s *source) keepAlive(ctx context.Context) {
 // Close stops keeping entries alive and leaves the entries this consumer
 // did not acknowledge pending: the same consumer re-reads them on restart;
 // others claim them after claim_idle.
-func (s *source) Close(context.Context) error {
+func (s *source) Close(ctx context.Context) error {
 	s.stopKeepAlive()
 	<-s.keptAlive
+	// A consumer with nothing pending leaves the group, so that kisflow
+	// positions set need not take it for a run that holds the group.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	if err := leaveGroup.Run(dctx, s.r.client, []string{s.key}, s.group, s.consumer).Err(); err != nil {
+		s.log.Debug("redis consumer did not leave the group", "err", err)
+	}
+	cancel()
 	if s.ownReader {
 		return s.reader.Close()
 	}

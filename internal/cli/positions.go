@@ -269,6 +269,16 @@ func setPosition(ctx context.Context, reg *kisflow.Registry, dir, state, flow st
 			return fail(err)
 		}
 	}
+	was := from
+	if !fp.resumable {
+		// The source keeps its own position (a consumer group): say
+		// where it was, as kisflow positions shows it.
+		p, err := fp.positioner.Positions(ctx, fp.opts, from)
+		if err != nil {
+			return fail(err)
+		}
+		was = p.Committed
+	}
 	pos, err := fp.positioner.SeekPosition(ctx, fp.opts, to)
 	if err != nil {
 		return fail(err)
@@ -299,7 +309,7 @@ func setPosition(ctx context.Context, reg *kisflow.Registry, dir, state, flow st
 	default:
 		where = "the source's own"
 	}
-	show := from
+	show := was
 	if show == "" {
 		show = "none"
 	}
