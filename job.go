@@ -342,6 +342,9 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		case !sk.Seeks().CanStop(sopts.Stop.Kind):
 			return fail(fmt.Errorf("stream source %q (type %s) cannot stop at %s (it can do %s)", st.Source, sc.Type(), sopts.Stop, sk.Seeks().Describe()))
 		}
+		if startErr, stopErr := sk.Seeks().CheckBounds(sopts.Start, sopts.Stop); startErr != nil || stopErr != nil {
+			return fail(fmt.Errorf("stream source %q (type %s): %w", st.Source, sc.Type(), errors.Join(startErr, stopErr)))
+		}
 	}
 	j.start.Start, j.start.Stop, j.start.Detached = sopts.Start, sopts.Stop, sopts.Detached
 	src := o.source

@@ -22,6 +22,13 @@ func (n *NATS) Seeks() stream.SeekSupport {
 		Start: []stream.BoundKind{stream.Earliest, stream.Latest, stream.AtPosition, stream.AtTime},
 		Stop:  []stream.BoundKind{stream.AtStart, stream.AtPosition, stream.AtTime},
 		Form:  "a stream sequence (a stop position is the first sequence not read)",
+		Order: func(p string) ([]uint64, error) {
+			seq, err := strconv.ParseUint(p, 10, 64)
+			if err != nil || seq == 0 {
+				return nil, errors.New("not a stream sequence of 1 or more")
+			}
+			return []uint64{seq}, nil
+		},
 	}
 }
 

@@ -23,6 +23,13 @@ func (r *Redis) Seeks() stream.SeekSupport {
 		Start: []stream.BoundKind{stream.Earliest, stream.Latest, stream.AtPosition, stream.AtTime},
 		Stop:  []stream.BoundKind{stream.AtStart, stream.AtPosition, stream.AtTime},
 		Form:  "an entry ID (1764527000000-0; a start reads the entries after it, a stop reads those before it)",
+		Order: func(p string) ([]uint64, error) {
+			id, err := parseID(p)
+			if err != nil {
+				return nil, err
+			}
+			return []uint64{id.ms, id.seq}, nil
+		},
 	}
 }
 
