@@ -3,11 +3,9 @@ package fault
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -137,17 +135,7 @@ func TestJetStreamStopAcrossSIGKILL(t *testing.T) {
 	streamName, subject := "KFJSK_"+name, "kisflow.jsk."+name
 	jsPublish(t, url, streamName, subject, 20000, false)
 	dir := jsBounded(t, url, streamName, subject, "  stop: {position: 15001}\n  batch_size: 20\n", "  ack_wait: 3s\n")
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 14))
-	for i := 0; i < 5; i++ {
-		p := Start(t, dir, nil, "run", ".", "--progress", "never")
-		select {
-		case <-time.After(time.Duration(300+rng.IntN(900)) * time.Millisecond):
-		case <-p.Done():
-		}
-		p.Signal(syscall.SIGKILL)
-		p.Wait(30 * time.Second)
-	}
-	runOK(t, dir, ".")
+	killRuns(t, dir, 5) // then a last run, which must exit 0
 	got := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out")
 	if bad := Check(got, 15000, true); len(bad) > 0 {
 		t.Fatalf("%d ids after the kills and a final run: %v", len(got), bad)

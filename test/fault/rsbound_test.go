@@ -3,10 +3,8 @@ package fault
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -83,17 +81,7 @@ func TestRedisStopAcrossSIGKILL(t *testing.T) {
 	publish(t, rdb, key, 1, 15000)
 	dir := rsBounded(t, addr, key, "")
 	t.Cleanup(func() { rdb.Del(context.Background(), key) })
-	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
-	for i := 0; i < 5; i++ {
-		p := Start(t, dir, nil, "run", ".", "--progress", "never")
-		select {
-		case <-time.After(time.Duration(300+rng.IntN(900)) * time.Millisecond):
-		case <-p.Done():
-		}
-		p.Signal(syscall.SIGKILL)
-		p.Wait(30 * time.Second)
-	}
-	runOK(t, dir, ".")
+	killRuns(t, dir, 5) // then a last run, which must exit 0
 	got := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out")
 	if bad := Check(got, 15000, true); len(bad) > 0 {
 		t.Fatalf("%d ids after the kills and a final run: %v", len(got), bad)
