@@ -2,6 +2,7 @@ package kisflow
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -291,6 +292,17 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	resume := j.start.Position
 	workers := max(st.Workers, 1)
+	runKey := key // where the run commits positions, inbox IDs and keyed state
+	if o.bounds != nil && delivery == config.ExactlyOnce {
+		// A one-off run into an exactly-once sink commits in the sink's
+		// transactions, as every run does, but under a key of its own:
+		// the flow's committed position, inbox and keyed state stay as
+		// they are.
+		if runKey, err = oneOffKey(key); err != nil {
+			return fail(err)
+		}
+		j.start.RunKey = runKey
+	}
 
 	sd, ok := sc.Driver().(stream.SourceDriver)
 	if !ok {
@@ -332,6 +344,9 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		case !sk.Seeks().CanStop(sopts.Stop.Kind):
 			return fail(fmt.Errorf("stream source %q (type %s) cannot stop at %s (it can do %s)", st.Source, sc.Type(), sopts.Stop, sk.Seeks().Describe()))
 		}
+		if startErr, stopErr := sk.Seeks().CheckBounds(sopts.Start, sopts.Stop); startErr != nil || stopErr != nil {
+			return fail(fmt.Errorf("stream source %q (type %s): %w", st.Source, sc.Type(), errors.Join(startErr, stopErr)))
+		}
 	}
 	j.start.Start, j.start.Stop, j.start.Detached = sopts.Start, sopts.Stop, sopts.Detached
 	src := o.source
@@ -350,7 +365,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 		resume = pos
 	}
-	if err := e.loadState(ctx, &parts, key, workers); err != nil {
+	if err := e.loadState(ctx, &parts, runKey, workers); err != nil {
 		_ = src.Close(ctx)
 		return fail(err)
 	}
@@ -383,11 +398,11 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 
 	cfg := runtime.Config{
-		Name: flowName, StateKey: key, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
+		Name: flowName, StateKey: runKey, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Steps: j.steps, Logger: j.log, Sleep: o.sleep, CheckpointInterval: st.CheckpointInterval.Std(),
 		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
-		Resume: resume, Fence: j.start.Resumable,
+		Resume: resume, Fence: j.start.Resumable && runKey == key,
 	}
 	// Windows close at the end of a bounded source, and processing-time
 	// windows also while the stream is idle; timers fire after batches, on
@@ -513,6 +528,10 @@ type StartPosition struct {
 	// source fixed where it starts (the log's end: see stream.Anchorer):
 	// Position is that start, committed before the first read.
 	Anchored bool
+	// RunKey, for a one-off run into an exactly-once sink, is the
+	// throw-away key under which the run commits its positions, inbox IDs
+	// and keyed state in the sink, in place of Key; "" otherwise.
+	RunKey string
 }
 
 // loadPosition moves a position kept under the flow name alone to the
@@ -599,6 +618,16 @@ func StateKey(flow string, source *config.Conn, d driver.Driver) string {
 		parts = append(parts, absPath(dir), source.CName)
 	}
 	return limitKey(flow + "@" + source.Type + ":" + config.Redact(strings.Join(parts, "/")))
+}
+
+// oneOffKey returns a key of its own for a one-off run of the stream
+// whose state key is key (see StartPosition.RunKey).
+func oneOffKey(key string) (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("one-off run key: %w", err)
+	}
+	return limitKey(key + "#once-" + hex.EncodeToString(b[:])), nil
 }
 
 // limitKey cuts a state key longer than maxStateKey to its first 180

@@ -76,6 +76,15 @@ func (r *Registry) checkBounds(s *config.Set) []config.Problem {
 			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.stop"), Severity: config.SevError,
 				Msg: fmt.Sprintf("flow %q: source %q (type %s) cannot stop at %s (it can do %s)", name, st.Source, c.Type, stop.Kind, can.Describe())})
 		}
+		startErr, stopErr := can.CheckBounds(start, stop)
+		if startErr != nil {
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.start"), Severity: config.SevError,
+				Msg: fmt.Sprintf("flow %q: source %q (type %s): stream.start: %v", name, st.Source, c.Type, startErr)})
+		}
+		if stopErr != nil {
+			probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.stop"), Severity: config.SevError,
+				Msg: fmt.Sprintf("flow %q: source %q (type %s): stream.stop: %v", name, st.Source, c.Type, stopErr)})
+		}
 	}
 	return probs
 }

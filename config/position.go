@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/kisflow-go/kisflow/internal/suggest"
 )
 
 // Kinds of a stream's start and stop positions (Bound.Kind).
@@ -41,6 +43,36 @@ type Bound struct {
 	Time string `yaml:"time,omitempty"`
 	// Bad says why the value is not a bound, for lint.
 	Bad string `yaml:"-"`
+	// Word is a word that is not a bound ("earlist"), for lint's "did
+	// you mean"; "" otherwise.
+	Word string `yaml:"-"`
+}
+
+// notABound is Bad for a value that is neither a word nor a mapping.
+const notABound = "not a position"
+
+// wantBound lists what a start or a stop (key) may be, and with a word
+// that is none of them the one it is likely a misspelling of.
+func wantBound(key, word string) string {
+	words := []string{BoundEarliest, BoundLatest, BoundCommitted}
+	if key == "stop" {
+		words = []string{BoundAtStart}
+	}
+	out := " (want " + strings.Join(words, ", ") + ", {position: P} or {time: T}"
+	if key == "stop" {
+		out += "; leave stop out for an unbounded run"
+	}
+	out += ")"
+	best, bestD := "", 3
+	for _, w := range words {
+		if d := suggest.Distance(strings.ToLower(word), w); d < bestD {
+			best, bestD = w, d
+		}
+	}
+	if word != "" && best != "" {
+		out += fmt.Sprintf("; did you mean %s?", best)
+	}
+	return out
 }
 
 // UnmarshalYAML reads a word or a {position: P} / {time: T} mapping. What
@@ -53,7 +85,7 @@ func (b *Bound) UnmarshalYAML(n *yaml.Node) error {
 		case BoundCommitted, BoundEarliest, BoundLatest, BoundAtStart:
 			b.Kind = v
 		default:
-			b.Bad = fmt.Sprintf("%q is not a position (want earliest, latest, committed, at_start, {position: P} or {time: T})", n.Value)
+			b.Bad, b.Word = fmt.Sprintf("%q is not a position", n.Value), v
 		}
 	case yaml.MappingNode:
 		if len(n.Content) != 2 {
@@ -77,7 +109,7 @@ func (b *Bound) UnmarshalYAML(n *yaml.Node) error {
 			b.Bad = fmt.Sprintf("unknown key %q (want {position: P} or {time: T})", key)
 		}
 	default:
-		b.Bad = "want earliest, latest, committed, at_start, {position: P} or {time: T}"
+		b.Bad = notABound
 	}
 	return nil
 }
@@ -123,6 +155,8 @@ func ParseBoundTime(s string) (time.Time, error) {
 func checkBounds(name string, st *Stream, add func(kind Kind, name, field string, sev Severity, format string, args ...any)) {
 	if b := st.Start; b != nil {
 		switch {
+		case b.Bad != "" && (b.Word != "" || b.Bad == notABound):
+			add(KindFlow, name, "stream.start", SevError, "flow %q: stream start: %s%s", name, b.Bad, wantBound("start", b.Word))
 		case b.Bad != "":
 			add(KindFlow, name, "stream.start", SevError, "flow %q: stream start: %s", name, b.Bad)
 		case b.Kind == BoundAtStart:
@@ -131,6 +165,8 @@ func checkBounds(name string, st *Stream, add func(kind Kind, name, field string
 	}
 	if b := st.Stop; b != nil {
 		switch {
+		case b.Bad != "" && (b.Word != "" || b.Bad == notABound):
+			add(KindFlow, name, "stream.stop", SevError, "flow %q: stream stop: %s%s", name, b.Bad, wantBound("stop", b.Word))
 		case b.Bad != "":
 			add(KindFlow, name, "stream.stop", SevError, "flow %q: stream stop: %s", name, b.Bad)
 		case b.Kind == BoundEarliest || b.Kind == BoundLatest || b.Kind == BoundCommitted:

@@ -76,6 +76,61 @@ type SeekSupport struct {
 	// Form says what a position of the source looks like, for messages
 	// (a file: "a byte offset"; Kafka: "PARTITION:OFFSET,...").
 	Form string
+	// Order, when not nil, reads a position of the source's form into
+	// numbers that order it (compared element by element), or says why
+	// it is not one: lint then refuses a position of another form, and a
+	// stop position at or before the start position (a run that would
+	// read nothing). Nil for a source whose positions are not one
+	// sequence (Kafka's, per partition).
+	Order func(position string) ([]uint64, error)
+}
+
+// ComparePositions compares two positions read by SeekSupport.Order:
+// -1, 0 or +1.
+func ComparePositions(a, b []uint64) int {
+	for i := 0; i < len(a) && i < len(b); i++ {
+		switch {
+		case a[i] < b[i]:
+			return -1
+		case a[i] > b[i]:
+			return 1
+		}
+	}
+	switch {
+	case len(a) < len(b):
+		return -1
+	case len(a) > len(b):
+		return 1
+	}
+	return 0
+}
+
+// CheckBounds reports, for a source that can do start and stop, a
+// position not of its form (Order) and a stop that is not after the
+// start, where both are positions or both times: such a run reads
+// nothing.
+func (s SeekSupport) CheckBounds(start, stop Bound) (startErr, stopErr error) {
+	var a, b []uint64
+	if s.Order != nil && start.Kind == AtPosition {
+		if a, startErr = s.Order(start.Position); startErr != nil {
+			startErr = fmt.Errorf("bad position %q: %w", start.Position, startErr)
+		}
+	}
+	if s.Order != nil && stop.Kind == AtPosition {
+		if b, stopErr = s.Order(stop.Position); stopErr != nil {
+			stopErr = fmt.Errorf("bad position %q: %w", stop.Position, stopErr)
+		}
+	}
+	if startErr != nil || stopErr != nil {
+		return startErr, stopErr
+	}
+	switch {
+	case a != nil && b != nil && ComparePositions(b, a) <= 0:
+		stopErr = fmt.Errorf("stop %s is not after start %s: the run would read nothing", stop, start)
+	case start.Kind == AtTime && stop.Kind == AtTime && !stop.Time.After(start.Time):
+		stopErr = fmt.Errorf("stop %s is not after start %s: the run would read nothing", stop, start)
+	}
+	return nil, stopErr
 }
 
 // CanStart reports whether the source can start at a bound of kind k.

@@ -257,6 +257,13 @@ func (f *File) Seeks() stream.SeekSupport {
 		Start: []stream.BoundKind{stream.Earliest, stream.Latest, stream.AtPosition},
 		Stop:  []stream.BoundKind{stream.AtStart, stream.AtPosition},
 		Form:  "a byte offset (the line that starts at or after it is the first read; a stop ends before the first line that ends after it)",
+		Order: func(p string) ([]uint64, error) {
+			offset, _, _, err := parsePosition(p)
+			if err != nil || p == "" {
+				return nil, errors.New("not a byte offset of 0 or more")
+			}
+			return []uint64{uint64(offset)}, nil
+		},
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"strconv"
 	"strings"
@@ -309,7 +310,11 @@ func (n *NATS) OpenSource(ctx context.Context, opts stream.SourceOptions) (strea
 	if err != nil {
 		return nil, fmt.Errorf("nats connector %q: consume %s: %w", n.cfg.CName, durable, err)
 	}
-	s := &source{n: n, it: it, stream: st, cons: cons, exhausted: make(chan uint64, 1024), bounds: b}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &source{n: n, it: it, stream: st, cons: cons, exhausted: make(chan uint64, 1024), bounds: b, log: log}
 	advisory := fmt.Sprintf("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.%s.%s", n.streamName, durable)
 	if s.sub, err = n.nc.Subscribe(advisory, s.onAdvisory); err != nil {
 		return nil, fmt.Errorf("nats connector %q: subscribe to %s: %w", n.cfg.CName, advisory, err)
@@ -338,9 +343,10 @@ type source struct {
 	stream    jetstream.Stream
 	cons      jetstream.Consumer
 	sub       *natsgo.Subscription
-	exhausted chan uint64 // stream sequences JetStream gave up on
-	bounds    *natsBounds // the stop (stream.stop), nil for none
-	down      bool        // the last Read found the connection down (only Read uses it)
+	exhausted chan uint64  // stream sequences JetStream gave up on
+	bounds    *natsBounds  // the stop (stream.stop), nil for none
+	log       *slog.Logger // the runner's
+	down      bool         // the last Read found the connection down (only Read uses it)
 	closeOnce sync.Once
 }
 
@@ -424,7 +430,7 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 			if errors.Is(err, context.DeadlineExceeded) || noMessages(err) {
 				if s.bounds != nil {
-					if err := s.bounds.idle(ctx, s.stream, s.cons); err != nil {
+					if err := s.bounds.settled(ctx, s.stream, s.cons, s.log); err != nil {
 						return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
 					}
 				}
@@ -435,14 +441,17 @@ func (s *source) Read(ctx context.Context, limit int) ([]*stream.Message, error)
 		out := make([]*stream.Message, 0, min(limit, 1024))
 		slab := make([]stream.Message, 0, min(limit, 1024))
 		for {
-			if meta, err := m.Metadata(); err == nil && s.bounds.past(meta) {
-				_ = m.Nak() // at or past the stop: the next run reads it
+			if meta, err := m.Metadata(); err == nil && s.bounds.past(m, meta) {
+				// At or past the stop: the next run reads it. The stop is
+				// reached once every message before it is acknowledged.
 				if len(out) > 0 {
 					return out, nil
 				}
-				return nil, io.EOF
+				if err := s.bounds.settled(ctx, s.stream, s.cons, s.log); err != nil {
+					return nil, fmt.Errorf("nats source %s: %w", s.n.streamName, err)
+				}
+				break
 			} else if err == nil {
-				s.bounds.delivered(meta)
 				slab = append(slab, stream.Message{
 					Payload: m.Data(), Handle: m, ID: strconv.FormatUint(meta.Sequence.Stream, 10),
 					Headers: flatten(natsgo.Header(m.Headers())), Failed: s.lastDelivery(meta),
@@ -556,16 +565,23 @@ func (s *source) Close(context.Context) error {
 	s.closeOnce.Do(func() {
 		if s.bounds.reached() {
 			// Messages pulled past the stop go back at once, so that the
-			// next run need not wait ack_wait for them.
+			// next run need not wait ack_wait for them: those held, and
+			// those the pull brings until it is drained. They are given
+			// back once the pull has stopped, else JetStream would
+			// deliver them again to it.
+			s.it.Drain()
 			for {
-				m, err := s.it.Next(jetstream.NextMaxWait(time.Millisecond))
+				m, err := s.it.Next(jetstream.NextMaxWait(100 * time.Millisecond))
 				if err != nil {
 					break
 				}
-				_ = m.Nak()
+				s.bounds.held = append(s.bounds.held, m)
 			}
 		}
 		s.it.Stop()
+		if s.bounds.giveBack() {
+			_ = s.n.nc.FlushTimeout(s.n.timeout) // the NAKs reach the server before the connection closes
+		}
 		err = s.sub.Unsubscribe()
 	})
 	return err

@@ -23,6 +23,13 @@ func (r *Redis) Seeks() stream.SeekSupport {
 		Start: []stream.BoundKind{stream.Earliest, stream.Latest, stream.AtPosition, stream.AtTime},
 		Stop:  []stream.BoundKind{stream.AtStart, stream.AtPosition, stream.AtTime},
 		Form:  "an entry ID (1764527000000-0; a start reads the entries after it, a stop reads those before it)",
+		Order: func(p string) ([]uint64, error) {
+			id, err := parseID(p)
+			if err != nil {
+				return nil, err
+			}
+			return []uint64{id.ms, id.seq}, nil
+		},
 	}
 }
 
@@ -80,9 +87,17 @@ func startID(b stream.Bound) (string, error) {
 }
 
 // redisBounds is a Redis Streams source's stop: the last ID it reads.
+//
+// done says that the group has delivered every entry up to the stop; the
+// run ends only once none of them is pending with another consumer of the
+// group too (see settled): entries a killed run left pending are claimed
+// after claim_idle, and a run that ended before would leave them unread
+// below its stop.
 type redisBounds struct {
 	last entryID
 	done atomic.Bool
+
+	told bool // the wait for other consumers' entries was logged (only Read uses it)
 }
 
 // stopOf resolves a stop.
@@ -155,6 +170,37 @@ func (b *redisBounds) idle(ctx context.Context, s *source) error {
 	return nil
 }
 
+// settled reports whether no entry up to the stop is pending with another
+// consumer of the group than s's: entries a killed run left pending (its
+// own consumer name is gone) are claimed once idle for claim_idle, and
+// only then read. It logs the first wait, saying so.
+func (b *redisBounds) settled(ctx context.Context, s *source) (bool, error) {
+	from := "-"
+	for {
+		pending, err := s.r.client.XPendingExt(ctx, &goredis.XPendingExtArgs{
+			Stream: s.key, Group: s.group, Start: from, End: b.last.String(), Count: 100,
+		}).Result()
+		if err != nil {
+			return false, err
+		}
+		for _, p := range pending {
+			if p.Consumer == s.consumer {
+				continue
+			}
+			if !b.told {
+				b.told = true
+				s.log.Warn(fmt.Sprintf("redis source %s: waiting at the stop %s: entry %s before it is pending with consumer %s (idle %s, a run that ended without acknowledging it); it is claimed once idle for claim_idle (%s)",
+					s.key, b.last, p.ID, p.Consumer, p.Idle.Round(time.Millisecond), s.r.claimIdle))
+			}
+			return false, nil
+		}
+		if len(pending) < 100 {
+			return true, nil
+		}
+		from = "(" + pending[len(pending)-1].ID
+	}
+}
+
 // Positions tells the consumer group's last delivered ID, the stream's
 // last entry and the group's lag (entries not delivered yet, Redis 7) plus
 // those delivered and not acknowledged.
@@ -203,7 +249,7 @@ func (r *Redis) SeekPosition(ctx context.Context, opts stream.SourceOptions, to 
 	busy := 3*r.block + 2*time.Second
 	for _, c := range consumers {
 		if c.Idle < busy {
-			return "", fmt.Errorf("consumer %s of group %s read %s ago: a run of the flow holds it; stop it first (a consumer idle for %s is taken for stopped)", c.Name, group, c.Idle.Round(time.Millisecond), busy)
+			return "", fmt.Errorf("consumer %s of group %s read %s ago: a run of the flow holds it; stop it first, or if it has stopped, try again in %s (a consumer idle for %s is taken for stopped; one that stopped with entries pending stays in the group)", c.Name, group, c.Idle.Round(time.Millisecond), (busy - c.Idle).Round(100*time.Millisecond), busy)
 		}
 	}
 	if err := r.client.XGroupCreateMkStream(ctx, r.cfg.Key, group, id).Err(); err != nil {

@@ -75,6 +75,15 @@ func (r *Redis) OpenSource(ctx context.Context, opts stream.SourceOptions) (stre
 	return s, nil
 }
 
+// leaveGroup deletes a consumer (ARGV[2]) of the group (ARGV[1]) of the
+// stream KEYS[1] when it has no entry pending: deleting one with pending
+// entries would drop them from the group.
+var leaveGroup = goredis.NewScript(`
+if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then
+  return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+end
+return -1`)
+
 func defaultConsumer() string {
 	host, _ := os.Hostname()
 	b := make([]byte, 3)
@@ -192,7 +201,24 @@ func (s *source) read(ctx context.Context, limit int) ([]*stream.Message, error)
 			}
 		}
 		if s.bounds.reached() {
-			return nil, io.EOF // the stop is reached (pending entries were read first)
+			// Every entry up to the stop was delivered (this consumer's
+			// pending ones were read first): the run ends once none of
+			// them is pending with another consumer, else it waits for
+			// the claim pass that takes them.
+			done, err := s.bounds.settled(ctx, s)
+			if err != nil {
+				return nil, s.fail("read the group's pending entries", err)
+			}
+			if done {
+				return nil, io.EOF
+			}
+			wait := max(min(time.Until(s.nextClaim), 200*time.Millisecond), time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return nil, s.fail("read", ctx.Err())
+			case <-time.After(wait):
+			}
+			continue
 		}
 		block := s.r.block
 		if s.bounds != nil {
@@ -355,7 +381,8 @@ func (s *source) claim(ctx context.Context, limit int) ([]*stream.Message, error
 			return nil, s.fail("claim idle entries", err)
 		}
 		s.claimed += len(entries)
-		out = append(out, s.handOut(entries, true)...)
+		// Entries past the stop stay pending (now with this consumer).
+		out = append(out, s.handOut(s.bounds.keep(entries), true)...)
 		s.claimFrom = next
 		if next == "0-0" {
 			s.claimFrom = ""
@@ -526,9 +553,16 @@ func (s *source) keepAlive(ctx context.Context) {
 // Close stops keeping entries alive and leaves the entries this consumer
 // did not acknowledge pending: the same consumer re-reads them on restart;
 // others claim them after claim_idle.
-func (s *source) Close(context.Context) error {
+func (s *source) Close(ctx context.Context) error {
 	s.stopKeepAlive()
 	<-s.keptAlive
+	// A consumer with nothing pending leaves the group, so that kisflow
+	// positions set need not take it for a run that holds the group.
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	if err := leaveGroup.Run(dctx, s.r.client, []string{s.key}, s.group, s.consumer).Err(); err != nil {
+		s.log.Debug("redis consumer did not leave the group", "err", err)
+	}
+	cancel()
 	if s.ownReader {
 		return s.reader.Close()
 	}

@@ -269,6 +269,16 @@ func setPosition(ctx context.Context, reg *kisflow.Registry, dir, state, flow st
 			return fail(err)
 		}
 	}
+	was := from
+	if !fp.resumable {
+		// The source keeps its own position (a consumer group): say
+		// where it was, as kisflow positions shows it.
+		p, err := fp.positioner.Positions(ctx, fp.opts, from)
+		if err != nil {
+			return fail(err)
+		}
+		was = p.Committed
+	}
 	pos, err := fp.positioner.SeekPosition(ctx, fp.opts, to)
 	if errors.Is(err, stream.ErrBadPosition) {
 		return &exitError{code: ExitUsage, err: red.Error(fmt.Errorf("flow %s: %w", flow, err))}
@@ -302,7 +312,7 @@ func setPosition(ctx context.Context, reg *kisflow.Registry, dir, state, flow st
 	default:
 		where = "the source's own"
 	}
-	show := from
+	show := was
 	if show == "" {
 		show = "none"
 	}

@@ -301,8 +301,12 @@ func reportStart(w io.Writer, name string, sp kisflow.StartPosition) {
 		fmt.Fprintf(w, "flow %s: one-off run from %s%s; the committed position is left as it is\n", name, sp.Start, stop)
 	case !sp.Start.IsZero():
 		fmt.Fprintf(w, "flow %s: starting at %s (stream.start), not at the committed position%s\n", name, sp.Start, stop)
+	case stop != "" && sp.Position != "":
+		fmt.Fprintf(w, "flow %s: resuming at position %s%s\n", name, sp.Position, stop)
+	case stop != "" && sp.Resumable:
+		fmt.Fprintf(w, "flow %s: no committed position: reading from the start%s\n", name, stop)
 	case stop != "":
-		fmt.Fprintf(w, "flow %s: resuming at %s%s\n", name, map[bool]string{true: "position " + sp.Position, false: "the source's committed position"}[sp.Position != ""], stop)
+		fmt.Fprintf(w, "flow %s: resuming at the position source %s keeps (its consumer group's; a new group starts where the source starts a new reader)%s\n", name, sp.Source, stop)
 	case sp.Anchored:
 		fmt.Fprintf(w, "flow %s: no position: starting at the source's end, position %s (committed now: a stop before the first row resumes there)\n", name, sp.Position)
 	case sp.Position != "" && sp.CommittedAt.IsZero():
