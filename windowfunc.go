@@ -312,13 +312,15 @@ func (h *windowHandler) process(fl *flow, rows []map[string]any, ctl flushMode, 
 	}
 	ln.mu.Lock()
 	defer ln.mu.Unlock()
+	var out []map[string]any
 	if keep {
-		if err := ln.sync(fl, h, x, ents); err != nil {
+		due, err := ln.sync(fl, h, x, ents)
+		if err != nil {
 			return nil, nil, err
 		}
+		out = due
 	}
 	before := ln.op.Clock()
-	var out []map[string]any
 	var rej []window.Rejected
 	// With the stream's event time, rows are judged against its watermark
 	// before their batch, and the batch's closes what it passed.
@@ -349,16 +351,20 @@ func (h *windowHandler) process(fl *flow, rows []map[string]any, ctl flushMode, 
 // sync makes ln's operator hold the state x reads as current: when the
 // lane's clock entry is not the one the operator last wrote or read, the
 // operator is rebuilt from the lane's entries.
-func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents windowEntries) error {
+//
+// It returns the rows of windows due on rebuilding: after the number of
+// workers changed, a window its old lane held open whose end this lane's
+// clock already passed is closed now, not dropped.
+func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents windowEntries) ([]map[string]any, error) {
 	lanes, lane := x.Lanes(), max(x.Lane(), 0)
 	e, ok, err := x.Get(ents.clock(lane, lanes))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var own windowClockSaved
 	if ok {
 		if own, err = decodeEntry[windowClockSaved](fl, ents.name, e); err != nil {
-			return stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
+			return nil, stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
 		}
 	}
 	// Partitions that moved to this process (their window-groups loaded)
@@ -368,11 +374,11 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	// neither updated nor emitted here.
 	moves := x.Moves()
 	if ln.loaded && own.Seq == ln.seq && ln.moves == moves {
-		return nil
+		return nil, nil
 	}
 	op, err := window.New(h.spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// The clock: the lane's own, unless the number of workers changed
 	// since it was written; then the largest of the last run's lanes'
@@ -380,6 +386,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	// late).
 	clock, found := own.Clock, ok
 	var newest windowClockSaved
+	moved := false // the clock is the last run's lanes' (another number of workers)
 	others := map[int]windowClockSaved{}
 	if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 		if id.Field != "clock" {
@@ -395,10 +402,10 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		}
 		return nil
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	if newest.At > 0 && (!ok || own.At < newest.At) {
-		clock, found = window.Clock{}, false
+		clock, found, moved = window.Clock{}, false, true
 		for _, c := range others {
 			if c.Lanes != newest.Lanes {
 				continue
@@ -422,42 +429,55 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			return nil // counted only
 		}
 		data, err := decodeEntry[[]byte](fl, ents.name, e)
-		if err == nil {
+		switch {
+		case err != nil:
+		case moved:
+			// Saved by the lane of the last run that had the group's
+			// key: open there unless that lane's watermark passed it.
+			var from window.Clock
+			if c, ok := others[state.Partition(id.Key, newest.Lanes)]; ok && c.Lanes == newest.Lanes {
+				from = c.Clock
+			}
+			err = op.LoadGroupFrom(data, from)
+		default:
 			err = op.LoadGroup(data)
 		}
 		loadErr = err
 		return nil
 	}); err != nil {
-		return err
+		return nil, err
 	}
 	if loadErr != nil {
 		if open > 0 || !errors.Is(loadErr, window.ErrOtherWindow) {
-			return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, open, loadErr, ents.name))
+			return nil, stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, open, loadErr, ents.name))
 		}
 		// Nothing open (the window block changed after its windows
 		// closed): start afresh.
 		if op, err = window.New(h.spec); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	ln.migrate = false
 	if !found && open == 0 && lanes == 1 {
 		if e, ok, err := x.Get(ents.legacy()); err != nil {
-			return err
+			return nil, err
 		} else if ok {
 			v, err := decodeEntry[windowSaved](fl, ents.name, e)
 			if err == nil {
 				err = op.Restore(v.Op)
 			}
 			if err != nil && v.Open > 0 {
-				return stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, v.Open, err, ents.name))
+				return nil, stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, v.Open, err, ents.name))
 			}
 			ln.migrate = err == nil
 		}
 	}
 	op.Track(true)
 	ln.op, ln.loaded, ln.seq, ln.last, ln.moves = op, true, own.Seq, max(ln.last, own.Seq), moves
-	return nil
+	if moved {
+		return op.CloseDue(), nil
+	}
+	return nil, nil
 }
 
 // write writes the window-groups the operator's last call changed, and its

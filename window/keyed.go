@@ -301,6 +301,35 @@ func (o *Operator) encodeSessions(w *writer, g *sessGroup) {
 // lateness (or any closed one, without late: update) was freed when the
 // state was saved, and is ignored. So are sessions.
 func (o *Operator) LoadGroup(data []byte) error {
+	return o.loadGroup(data, o.wm)
+}
+
+// LoadGroupFrom is LoadGroup for a window-group saved by another operator
+// whose clock was from (a lane of a run with another number of workers):
+// a window that operator held open is loaded open even when this
+// operator's watermark already reached its end, so that CloseDue emits it
+// instead of dropping it.
+func (o *Operator) LoadGroupFrom(data []byte, from Clock) error {
+	wm := int64(math.MinInt64)
+	switch {
+	case from.Flushed:
+		wm = math.MaxInt64
+	case from.Seen:
+		wm = from.MaxTS - o.late
+	}
+	return o.loadGroup(data, wm)
+}
+
+// CloseDue closes the windows loaded open whose end the watermark already
+// reached (see LoadGroupFrom) and returns their rows.
+func (o *Operator) CloseDue() []map[string]any {
+	o.closeUpTo()
+	return o.take()
+}
+
+// loadGroup loads a window-group; openAbove is the watermark of the
+// operator that saved it: its windows ending after it were open there.
+func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 	if len(data) < 2 || data[0] != groupMagic {
 		return errors.New("window: not an encoded window-group")
 	}
@@ -316,7 +345,7 @@ func (o *Operator) LoadGroup(data []byte) error {
 		}
 		var b *bucket
 		switch {
-		case end > o.wm:
+		case end > openAbove:
 			if b = o.open[end]; b == nil {
 				b = o.newBucket(end)
 				o.open[end] = b
@@ -352,7 +381,7 @@ func (o *Operator) LoadGroup(data []byte) error {
 			}
 			o.seq = max(o.seq, s.seq)
 			switch {
-			case s.end > o.wm:
+			case s.end > openAbove:
 				g.open = insertByStart(g.open, s)
 				heap.Push(&o.timers, timer{s.end, s.seq, s})
 			case o.update && s.end+o.late > o.wm:

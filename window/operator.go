@@ -328,6 +328,16 @@ func (o *Operator) closeUpTo() {
 }
 
 func (o *Operator) keep(b *bucket) {
+	if k := o.kept[b.end]; k != nil && k != b {
+		// Windows of one end kept already (LoadGroupFrom loaded open
+		// ones another operator had not closed): one bucket holds them.
+		for g, key := range b.keys {
+			k.index.add([]byte(key), int32(len(k.keys)))
+			k.keys = append(k.keys, key)
+			k.accs = append(k.accs, b.accs[g*o.na:(g+1)*o.na]...)
+		}
+		return
+	}
 	o.kept[b.end] = b
 	i, _ := slices.BinarySearch(o.keptEnds, b.end)
 	o.keptEnds = slices.Insert(o.keptEnds, i, b.end)

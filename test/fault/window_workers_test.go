@@ -1,0 +1,108 @@
+package fault
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestWindowsKeptAcrossFewerWorkers: windows kept by a run with two
+// workers, whose lanes' clocks differ, are neither lost nor emitted twice
+// by the next run with one worker. Lane clocks: users 1 and 3 share a
+// lane with a row at 02:30, which closes their 00:00 windows in the first
+// run; users 0, 2 and 4's lane is still at 00:59. The second run's one
+// lane goes on from the largest clock (02:30): the 00:00 windows of users
+// 0, 2 and 4, open when they were saved, must be emitted then, not
+// dropped as if closed.
+func TestWindowsKeptAcrossFewerWorkers(t *testing.T) {
+	flow := func(workers int) string {
+		return fmt.Sprintf(`kistype: flow
+status: 1
+flow_name: Win
+flows:
+  - fname: Agg
+stream:
+  source: ev
+  sink: db
+  delivery: exactly-once
+  key: user_id
+  workers: %d
+`, workers)
+	}
+	var lines strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&lines, `{"ts":"2026-01-01T00:%02d:00Z","user_id":%d,"amt":1}`+"\n", i%60, i%5)
+	}
+	lines.WriteString(`{"ts":"2026-01-01T02:30:00Z","user_id":1,"amt":1}` + "\n")
+	dir := Dir(t, map[string]string{
+		"ev.jsonl": lines.String(),
+		"flow.yml": flow(2),
+		"funcs.yml": `kistype: func
+fname: Agg
+fmode: Calculate
+window: {type: tumbling, size: 1h, time_field: ts, lateness: 0s, group_by: [user_id], aggregate: {n: count(), total: sum(amt)}}
+`,
+		"conns.yml": `kistype: conn
+cname: ev
+type: file
+params:
+  path: ev.jsonl
+  follow: true
+  poll: 20ms
+---
+kistype: conn
+cname: db
+type: sqlite
+key: w
+params:
+  path: w.db
+  create: "true"
+  columns: user_id, window_start, window_end, n, total
+`,
+	})
+	db := filepath.Join(dir, "w.db")
+	windows := func() map[int64]int {
+		if _, err := os.Stat(db); err != nil {
+			return nil
+		}
+		return SQLiteCounts(t, db, "SELECT user_id * 100 + CAST(substr(window_start, 12, 2) AS INTEGER) FROM w")
+	}
+	run := func(want map[int64]int) {
+		p := Start(t, dir, nil, "run", ".", "--progress", "never")
+		Eventually(t, time.Minute, "the windows written", func() bool {
+			if p.Exited() {
+				t.Fatalf("kisflow exited:\n%s", p.Output())
+			}
+			return len(windows()) >= len(want)
+		})
+		time.Sleep(300 * time.Millisecond) // anything more would be written by now
+		p.Signal(syscall.SIGTERM)
+		if code := p.Wait(time.Minute); code != 0 {
+			t.Fatalf("exit %d:\n%s", code, p.Output())
+		}
+		got := windows()
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("windows (user*100+hour: rows) = %v, want %v\n%s", got, want, p.Output())
+		}
+	}
+	// Run 1, two workers: only users 1 and 3's 00:00 windows close.
+	run(map[int64]int{100: 1, 300: 1})
+	// Run 2, one worker, one row per user at 05:00: every window before
+	// 05:00 closes, each once.
+	if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow(1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "ev.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for u := range 5 {
+		fmt.Fprintf(f, `{"ts":"2026-01-01T05:00:00Z","user_id":%d,"amt":1}`+"\n", u)
+	}
+	f.Close()
+	run(map[int64]int{0: 1, 100: 1, 102: 1, 200: 1, 300: 1, 400: 1})
+}
