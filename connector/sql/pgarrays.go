@@ -12,15 +12,16 @@ import (
 // text never changes, instead of a VALUES list of thousands of parameters
 // that the server parses and plans at each batch.
 
-// pgArrayTypes returns the types of cols in the table, for the casts of
-// their arrays, or nil when a column's type or the table is unknown or a
+// pgArrayTypes returns the types of cols in the table without their
+// modifiers (an explicit cast to varchar(5) would cut a longer value that
+// the column refuses), for the casts of their arrays, or nil when a column's type or the table is unknown or a
 // column is an array (unnest would flatten it): the rows then go as a
 // VALUES list.
 func (d *DB) pgArrayTypes(ctx context.Context, tx *stdsql.Tx, cols []string) ([]string, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.pgTypes == nil {
-		rows, err := tx.QueryContext(ctx, `SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typcategory = 'A'
+		rows, err := tx.QueryContext(ctx, `SELECT a.attname, format_type(a.atttypid, NULL), t.typcategory = 'A'
 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
 WHERE a.attrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident($1)) AND a.attnum > 0 AND NOT a.attisdropped`, d.table)
 		if err != nil {
