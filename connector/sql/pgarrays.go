@@ -3,8 +3,11 @@ package sql
 import (
 	"context"
 	stdsql "database/sql"
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // PostgreSQL takes a batch's rows as one array per column: one INSERT ...
@@ -55,6 +58,19 @@ WHERE a.attrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ide
 		}
 	}
 	return out, nil
+}
+
+// typesChanged forgets the column types when PostgreSQL refused the
+// statement of arrays as such (class 42: a column's type changed since
+// they were read, say): the next attempt, the runtime's retry of the
+// batch's halves, reads them again.
+func (d *DB) typesChanged(err error) {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && strings.HasPrefix(pe.Code, "42") {
+		d.mu.Lock()
+		d.pgTypes = nil
+		d.mu.Unlock()
+	}
 }
 
 // unnestOf is "unnest($1::t1[], $2::t2[], ...)".

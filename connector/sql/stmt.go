@@ -190,8 +190,9 @@ func (d *DB) writeRows(ctx context.Context, tx *stdsql.Tx, cols, key []string, a
 			return err
 		}
 		if types != nil {
-			err := d.exec(ctx, tx, stmtKey{kind: 'u', cols: strings.Join(cols, ","), key: strings.Join(key, ",")},
+			err := d.exec(ctx, tx, stmtKey{kind: 'u', cols: strings.Join(cols, ",") + "|" + strings.Join(types, ","), key: strings.Join(key, ",")},
 				func() string { return d.insertFromArrays(cols, key, types) }, columnArrays(args, len(cols)))
+			d.typesChanged(err)
 			if !encodeError(err) {
 				return err
 			}
@@ -225,8 +226,9 @@ func (d *DB) deleteRows(ctx context.Context, tx *stdsql.Tx, key []string, keys [
 			return err
 		}
 		if types != nil {
-			err := d.exec(ctx, tx, stmtKey{kind: 'x', key: ksig},
+			err := d.exec(ctx, tx, stmtKey{kind: 'x', key: ksig + "|" + strings.Join(types, ",")},
 				func() string { return d.deleteByArrays(key, types) }, columnArrays(args, w))
+			d.typesChanged(err)
 			if !encodeError(err) {
 				return err
 			}
