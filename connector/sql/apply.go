@@ -98,8 +98,8 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		return err
 	}
 	truncate := false
-	last := map[string]*change{}
-	var order []string
+	last := make(map[string]*change, len(maps))
+	order := make([]string, 0, len(maps))
 	set := func(c *change) error {
 		id, err := keyID(c.key)
 		if err != nil {
@@ -165,44 +165,53 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		}
 	}
 	var dels [][]any
-	groups := map[string][]map[string]any{} // upserts by their set of columns
-	var groupOrder []string
+	type group struct {
+		have []string // the columns its rows have
+		rows []map[string]any
+	}
+	groups := map[string]*group{} // upserts by the columns they have
+	var groupOrder []*group
+	sig := make([]byte, len(cols))
 	for _, id := range order {
 		c := last[id]
 		if c.del {
 			dels = append(dels, c.key)
 			continue
 		}
-		var have []string
-		for _, col := range cols {
+		for j, col := range cols {
+			sig[j] = '-'
 			if _, ok := c.row[d.field(col)]; ok {
-				have = append(have, col)
+				sig[j] = '+'
 			}
 		}
-		sig := strings.Join(have, ",")
-		if _, ok := groups[sig]; !ok {
-			groupOrder = append(groupOrder, sig)
-		}
-		groups[sig] = append(groups[sig], c.row)
-	}
-	if err := d.deleteKeys(ctx, tx, key, dels); err != nil {
-		return err
-	}
-	for _, sig := range groupOrder {
-		have := strings.Split(sig, ",")
-		rows := groups[sig]
-		per := max(1, min(500, maxArgs/len(have)))
-		for start := 0; start < len(rows); start += per {
-			chunk := rows[start:min(start+per, len(rows))]
-			args := make([]any, 0, len(chunk)*len(have))
-			for _, m := range chunk {
-				for _, c := range have {
-					args = append(args, sqlValue(m[d.field(c)]))
+		g := groups[string(sig)]
+		if g == nil {
+			g = &group{}
+			for j, col := range cols {
+				if sig[j] == '+' {
+					g.have = append(g.have, col)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, d.insertInto(have, len(chunk), key), args...); err != nil {
-				return refused(fmt.Errorf("connector %q: apply to %s: %w", d.cfg.CName, d.table, err))
+			if len(g.have) == 0 {
+				return stream.Permanent(fmt.Errorf("connector %q: a row of key %v has none of the columns of %s", d.cfg.CName, c.key, d.table))
 			}
+			groups[string(sig)] = g
+			groupOrder = append(groupOrder, g)
+		}
+		g.rows = append(g.rows, c.row)
+	}
+	if err := d.deleteRows(ctx, tx, key, dels); err != nil {
+		return refused(fmt.Errorf("connector %q: delete from %s: %w", d.cfg.CName, d.table, err))
+	}
+	for _, g := range groupOrder {
+		args := make([]any, 0, len(g.rows)*len(g.have))
+		for _, m := range g.rows {
+			for _, c := range g.have {
+				args = append(args, sqlValue(m[d.field(c)]))
+			}
+		}
+		if err := d.writeRows(ctx, tx, g.have, key, args); err != nil {
+			return refused(fmt.Errorf("connector %q: apply to %s: %w", d.cfg.CName, d.table, err))
 		}
 	}
 	return nil
@@ -238,35 +247,6 @@ func keyID(key []any) (string, error) {
 	}
 	b, err := gojson.Marshal(key)
 	return string(b), err
-}
-
-// deleteKeys deletes the rows of keys.
-func (d *DB) deleteKeys(ctx context.Context, tx *stdsql.Tx, key []string, keys [][]any) error {
-	per := max(1, min(500, maxArgs/len(key)))
-	for start := 0; start < len(keys); start += per {
-		chunk := keys[start:min(start+per, len(keys))]
-		var b strings.Builder
-		b.WriteString("DELETE FROM " + d.quote(d.table) + " WHERE ")
-		args := make([]any, 0, len(chunk)*len(key))
-		for i, k := range chunk {
-			if i > 0 {
-				b.WriteString(" OR ")
-			}
-			b.WriteByte('(')
-			for j, c := range key {
-				if j > 0 {
-					b.WriteString(" AND ")
-				}
-				args = append(args, k[j])
-				b.WriteString(d.quote(c) + " = " + d.bind(len(args)))
-			}
-			b.WriteByte(')')
-		}
-		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
-			return refused(fmt.Errorf("connector %q: delete from %s: %w", d.cfg.CName, d.table, err))
-		}
-	}
-	return nil
 }
 
 // applyColumns fixes, on first use, the columns and the key of mode

@@ -43,6 +43,11 @@ func TestWriteErrorsAreMarked(t *testing.T) {
 		{"value too long", "", "t", []any{map[string]any{"id": 4, "n": 1, "s": "much too long"}}, "permanent"},
 		{"not a row", "", "t", []any{17}, "permanent"},
 		{"a value no driver takes", "", "t", []any{map[string]any{"id": 8, "n": 1, "s": make(chan int)}}, "permanent"},
+		// The same in a batch of several rows (PostgreSQL: as arrays).
+		{"text into a number, in a batch", "", "t", []any{map[string]any{"id": 10, "n": 1, "s": "x"}, map[string]any{"id": 11, "n": "abc", "s": "x"}, map[string]any{"id": 12, "n": 1, "s": "x"}}, "permanent"},
+		{"null into not null, in a batch", "", "t", []any{map[string]any{"id": 13, "n": 1, "s": "x"}, map[string]any{"id": 14, "n": nil, "s": "x"}}, "permanent"},
+		{"value too long, in a batch", "", "t", []any{map[string]any{"id": 15, "n": 1, "s": "x"}, map[string]any{"id": 16, "n": 1, "s": "much too long"}}, "permanent"},
+		{"a value no driver takes, in a batch", "", "t", []any{map[string]any{"id": 17, "n": 1, "s": "x"}, map[string]any{"id": 18, "n": 1, "s": make(chan int)}}, "permanent"},
 		{"missing table", "", "nosuch", []any{map[string]any{"id": 5}}, "fatal"},
 		{"missing table, columns given", "id", "nosuch", []any{map[string]any{"id": 5}}, "fatal"},
 		{"unknown column", "id, n, nosuch", "t", []any{map[string]any{"id": 6, "n": 1}}, "fatal"},

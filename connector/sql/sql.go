@@ -105,6 +105,9 @@ type DB struct {
 	columns      []string          // fixed once known
 	fieldOf      map[string]string // column -> row field, from columns' col=field entries
 	upsertKey    []string          // conflict columns: insert or update
+	pgTypes      map[string]string // postgres: column -> type, "" for an array (see pgArrayTypes)
+
+	stmts stmtCache // the writes' statements, prepared once
 }
 
 // NewSQLite builds an SQLite connector from its config.
@@ -261,6 +264,17 @@ func (d *DB) bind(i int) string {
 	return "?"
 }
 
+// binds writes n placeholders, separated by commas, from the one after
+// the from-th.
+func (d *DB) binds(b *strings.Builder, from, n int) {
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(d.bind(from + i + 1))
+	}
+}
+
 func (d *DB) quote(id string) string {
 	if d.dialect == checkpoint.MySQL {
 		return "`" + id + "`"
@@ -327,6 +341,7 @@ func (d *DB) Start(ctx context.Context) error {
 // Close closes the database (a shared pool stays open for the others; its
 // plugin closes it).
 func (d *DB) Close(context.Context) error {
+	d.stmts.close()
 	if d.db == nil || d.shared != nil {
 		return nil
 	}
@@ -532,6 +547,7 @@ func (d *DB) inTx(ctx context.Context, fn func(*stdsql.Tx) error) error {
 	if err != nil {
 		return classify(fmt.Errorf("connector %q: begin: %w", d.cfg.CName, err))
 	}
+	defer d.stmts.prepare(ctx, d.db) // those run unprepared, now that the connection is free
 	if err := fn(tx); err != nil {
 		_ = tx.Rollback() // the write's error is the one to report
 		return classify(err)
@@ -567,19 +583,14 @@ func (d *DB) insert(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 	if err != nil {
 		return err
 	}
-	per := max(1, min(500, maxArgs/len(cols)))
-	args := make([]any, 0, per*len(cols))
-	for start := 0; start < len(maps); start += per {
-		chunk := maps[start:min(start+per, len(maps))]
-		args = args[:0]
-		for _, m := range chunk {
-			for _, c := range cols {
-				args = append(args, sqlValue(m[d.field(c)]))
-			}
+	args := make([]any, 0, len(maps)*len(cols))
+	for _, m := range maps {
+		for _, c := range cols {
+			args = append(args, sqlValue(m[d.field(c)]))
 		}
-		if _, err := tx.ExecContext(ctx, d.insertSQL(cols, len(chunk)), args...); err != nil {
-			return refused(fmt.Errorf("connector %q: insert into %s: %w", d.cfg.CName, d.table, err))
-		}
+	}
+	if err := d.writeRows(ctx, tx, cols, d.upsertKey, args); err != nil {
+		return refused(fmt.Errorf("connector %q: insert into %s: %w", d.cfg.CName, d.table, err))
 	}
 	return nil
 }
@@ -591,8 +602,6 @@ func (d *DB) field(col string) string {
 	}
 	return col
 }
-
-func (d *DB) insertSQL(cols []string, n int) string { return d.insertInto(cols, n, d.upsertKey) }
 
 // insertInto is the INSERT of n rows of cols, an upsert on key when key is
 // not empty.
@@ -608,19 +617,12 @@ func (d *DB) insertInto(cols []string, n int, key []string) string {
 		b.WriteString(d.quote(c))
 	}
 	b.WriteString(") VALUES ")
-	k := 0
 	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		b.WriteByte('(')
-		for j := range cols {
-			if j > 0 {
-				b.WriteString(", ")
-			}
-			k++
-			b.WriteString(d.bind(k))
-		}
+		d.binds(&b, i*len(cols), len(cols))
 		b.WriteByte(')')
 	}
 	if len(key) > 0 {

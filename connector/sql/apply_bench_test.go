@@ -1,0 +1,103 @@
+package sql
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// cpuTime is the process's CPU time so far (user and system).
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// cdcStream is the changes of BenchmarkPostgresCDCVersusRawStream (root
+// package) as postgres_cdc makes them: 60,000 inserts, 30,000 updates of
+// every other hundred, 10,000 deletes, in that order.
+func cdcStream() []any {
+	at := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	row := func(op string, id int64, v string, n int64) any {
+		return map[string]any{"_op": op, "_table": "public.src", "_lsn": "0/16B3748", "id": id, "v": v, "n": n, "at": at}
+	}
+	var out []any
+	for id := int64(1); id <= 60_000; id++ {
+		out = append(out, row("insert", id, fmt.Sprintf("row %d", id), id))
+	}
+	for t := range int64(300) {
+		for id := t*200 + 1; id <= t*200+100; id++ {
+			out = append(out, row("update", id, "updated", id+1))
+		}
+	}
+	for t := range int64(100) {
+		for id := t*600 + 101; id <= t*600+200; id++ {
+			out = append(out, row("delete", id, "", 0))
+		}
+	}
+	return out
+}
+
+// BenchmarkApplyChanges applies the CDC benchmark's 100,000 changes with
+// mode apply in batches of 1,000, as the runtime hands them to the sink:
+// with Write (at-least-once) and with CommitBatchAfter (exactly-once: the
+// position in the same transaction), into a table with a primary key.
+// It measures the sink alone, without the source: rows/s, and the
+// process's CPU time per row (the database server's not counted), which
+// the machine's load and the disk's flushes move less:
+//
+//	go test ./connector/sql -run '^$' -bench BenchmarkApplyChanges -benchtime 2x
+func BenchmarkApplyChanges(b *testing.B) {
+	changes := cdcStream()
+	for _, typ := range dialects {
+		for _, eo := range []bool{false, true} {
+			name := typ
+			if eo {
+				name += "-exactly-once"
+			}
+			b.Run(name, func(b *testing.B) {
+				d := openDBWith(b, typ, "replica", newDatabase(b, typ), map[string]string{"mode": "apply", "upsert_key": "id"})
+				ctx := context.Background()
+				var took, cpu time.Duration
+				pos := ""
+				for i := range b.N {
+					b.StopTimer()
+					if _, err := d.SQL().Exec("DROP TABLE IF EXISTS replica"); err != nil {
+						b.Fatal(err)
+					}
+					if _, err := d.SQL().Exec("CREATE TABLE replica (id BIGINT PRIMARY KEY, v TEXT, n BIGINT, at TIMESTAMP)"); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					start, cpu0 := time.Now(), cpuTime(b)
+					for j := 0; j < len(changes); j += 1000 {
+						batch := changes[j:min(j+1000, len(changes))]
+						var err error
+						if eo {
+							next := fmt.Sprintf("%d/%d", i, j)
+							err = d.CommitBatchAfter(ctx, "bench", pos, next, nil, batch)
+							pos = next
+						} else {
+							err = d.Write(ctx, batch)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					took += time.Since(start)
+					cpu += cpuTime(b) - cpu0
+				}
+				var left int
+				if err := d.SQL().QueryRow("SELECT count(*) FROM replica").Scan(&left); err != nil || left != 50_000 {
+					b.Fatalf("the replica holds %d rows (err %v), want 50000", left, err)
+				}
+				b.ReportMetric(float64(len(changes)*b.N)/took.Seconds(), "rows/s")
+				b.ReportMetric(float64(cpu.Microseconds())/float64(len(changes)*b.N), "cpu-µs/row")
+			})
+		}
+	}
+}
