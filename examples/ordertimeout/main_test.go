@@ -50,10 +50,15 @@ func writeEvents(t testing.TB, path string, n int, seed uint64) map[string]bool 
 	}
 	sort.SliceStable(lines, func(i, j int) bool { return lines[i].at.Before(lines[j].at) })
 	var b strings.Builder
-	for _, l := range lines {
+	for i, l := range lines {
 		data, err := json.Marshal(l.row)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if i%2 == 1 {
+			// Every other line as Python's json.dumps writes it: a space
+			// after each colon and comma, which is no part of a key.
+			data = []byte(strings.NewReplacer(`":`, `": `, `,"`, `, "`).Replace(string(data)))
 		}
 		b.Write(data)
 		b.WriteByte('\n')

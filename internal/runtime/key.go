@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"fmt"
 	"reflect"
 	"strings"
@@ -82,7 +83,23 @@ func (k *keyReader) fromJSON(data []byte) string {
 	if err != nil || len(vals) == 0 {
 		return ""
 	}
-	return strings.Trim(string(vals[0]), `"`)
+	return jsonKey(vals[0])
+}
+
+// jsonKey is the key a JSON value gives: a string's text (its escapes
+// decoded, as the function that decodes the row sees it), else the
+// value's JSON text. Space around the value (`{"id": "o1"}`) is no part
+// of it.
+func jsonKey(raw []byte) string {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) > 0 && raw[0] == '"' {
+		var s string
+		if gojson.Unmarshal(raw, &s) == nil {
+			return s
+		}
+		return strings.Trim(string(raw), `"`)
+	}
+	return string(raw)
 }
 
 func (k *keyReader) structField(t reflect.Type) []int {

@@ -25,6 +25,10 @@ func TestKeyFieldWinsOverTheSourceKey(t *testing.T) {
 		{"field missing", "user", stream.Message{Key: "partition-3", Payload: map[string]any{"id": 1}}, "partition-3"},
 		{"no field configured", "", stream.Message{Key: "partition-3", Payload: []byte(`{"user":"u1"}`)}, "partition-3"},
 		{"no source key", "user", stream.Message{Payload: `{"user":"u4"}`}, "u4"},
+		// As Python's json.dumps writes it: the space is not part of the key.
+		{"JSON with spaces", "user", stream.Message{Payload: []byte(`{"user": "u5", "id": 1}`)}, "u5"},
+		{"JSON number with spaces", "id", stream.Message{Payload: []byte(`{"user": "u5", "id":  17 }`)}, "17"},
+		{"JSON escapes", "user", stream.Message{Payload: []byte(`{"user":"caf\u00e9 \"x\""}`)}, `café "x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
