@@ -29,16 +29,7 @@ func callerDir(t *testing.T, url, bucket, service, sink, delivery string) string
 	t.Helper()
 	return writeFiles(t, map[string]string{
 		"in.jsonl": "",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: in
-type: file
-params:
-  path: in.jsonl
-  follow: true
-  poll: 10ms
----
-%s---
-kistype: conn
+		"conns.yml": followIn + sink + "---\n" + fmt.Sprintf(`kistype: conn
 cname: pricing
 type: remote
 addrs: %s
@@ -48,24 +39,8 @@ params:
   loadbalance: round_robin
   retries: 2
   timeout: 2s
-`, sink, url, service, bucket),
-		"flow.yml": `kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
-  source: in
-  sink: out
-  batch_size: 20
-  linger: 5ms
-  delivery: ` + delivery + "\n"})
+`, url, service, bucket),
+		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  batch_size: 20\n  linger: 5ms\n  delivery: " + delivery + "\n"})
 }
 
 // feed appends rows from..to-1 to the caller's input, 50 every pace, and
@@ -192,11 +167,7 @@ func TestServeTTLLongerThanTheBucketKeepsTheRegistration(t *testing.T) {
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "30s")
 	time.Sleep(5 * time.Second) // past the bucket's TTL, before a third of the provider's
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	if got := dir.Providers(); len(got) != 1 {
 		t.Fatalf("a caller started now lists %d providers, want the running one", len(got))
 	}
@@ -212,11 +183,7 @@ func TestExpiredRegistrationIsNotListed(t *testing.T) {
 	remote.Register(t, url, bucket, remote.Provider{ID: "dead", Service: service, Addr: "127.0.0.1:1", TTL: 500 * time.Millisecond})
 	remote.Register(t, url, bucket, remote.Provider{ID: "live", Service: service, Addr: "127.0.0.1:2", TTL: time.Minute})
 	time.Sleep(time.Second)
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	if got := dir.Providers(); len(got) != 1 || got[0].ID != "live" {
 		t.Fatalf("a new caller lists %+v, want only the provider whose registration is fresh", got)
 	}

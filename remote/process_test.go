@@ -162,6 +162,18 @@ calc:
   price: amount * 2
 `
 
+// watchNATS follows the providers of service (of version and group, if
+// given) in the NATS registry at url, bucket, until the test ends.
+func watchNATS(t *testing.T, url, bucket, service, version, group string) remote.Directory {
+	t.Helper()
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, version, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dir.Close() })
+	return dir
+}
+
 func waitProviders(t *testing.T, d remote.Directory, n int, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
@@ -181,11 +193,7 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
 	remote.DropBucket(t, url, bucket)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s", "--version", "1.2", "--weight", "3"}
 
 	p, addr := serving(t, pdir, args...)
@@ -327,11 +335,7 @@ func TestServeReadsTheGlobalServeBlock(t *testing.T) {
 	remote.DropBucket(t, url, bucket)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML,
 		"global.yml": fmt.Sprintf("kistype: global\nserve:\n  service: %s\n  registry: %s\n  bucket: %s\n  version: \"3\"\n  group: blue\n  weight: 9\n  ttl: 2s\n", service, url, bucket)})
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "3", "blue")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "3", "blue")
 	p, addr := serving(t, pdir, "--weight", "4")
 	waitProviders(t, dir, 1, time.Second)
 	if got := dir.Providers()[0]; got.Addr != addr || got.Weight != 4 || got.TTL != 2*time.Second {
@@ -369,11 +373,7 @@ func TestThreeProvidersAndAFlowProcess(t *testing.T) {
 		dir := writeFiles(t, map[string]string{"funcs.yml": fmt.Sprintf("kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n  by: '%q'\n", name)})
 		return serving(t, dir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s", "--version", version, "--group", group)
 	}
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	a, aAddr := serve("A", "1", "green")
 	serve("B", "1", "green")
 	serve("X", "1", "blue")
@@ -383,13 +383,7 @@ func TestThreeProvidersAndAFlowProcess(t *testing.T) {
 	const timeout = 2 * time.Second
 	cdir := writeFiles(t, map[string]string{
 		"in.jsonl": "",
-		"conns.yml": followIn + fmt.Sprintf(`kistype: conn
-cname: out
-type: file
-params:
-  path: out.jsonl
----
-kistype: conn
+		"conns.yml": followIn + fileSink + "---\n" + fmt.Sprintf(`kistype: conn
 cname: pricing
 type: remote
 addrs: %s
