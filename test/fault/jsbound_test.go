@@ -44,9 +44,9 @@ params:
 	})
 }
 
-// jsPublish creates the stream and publishes {"id": i} for i in 1..n; with
-// other, a message of another subject of the stream after every tenth.
-func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool) {
+// jetStream is a JetStream client of the server at url, closed when the
+// test ends.
+func jetStream(t *testing.T, url string) jetstream.JetStream {
 	t.Helper()
 	nc, err := natsgo.Connect(url)
 	if err != nil {
@@ -57,6 +57,23 @@ func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// jsStream is the test NATS server's url and the name and subject of a
+// stream of the test's own, tag telling the tests apart.
+func jsStream(t *testing.T, tag string) (url, streamName, subject string) {
+	t.Helper()
+	url = testenv.NATS.Addr(t)
+	name := testenv.Name("kfjs" + tag)
+	return url, "KFJS" + strings.ToUpper(tag) + "_" + name, "kisflow.js" + tag + "." + name
+}
+
+// jsPublish creates the stream and publishes {"id": i} for i in 1..n; with
+// other, a message of another subject of the stream after every tenth.
+func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool) {
+	t.Helper()
+	js := jetStream(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: streamName, Subjects: []string{subject, subject + ".other"}}); err != nil {
@@ -95,9 +112,7 @@ func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool)
 // the two runs; kisflow positions shows the lag after the first (item 4).
 func TestJetStreamStopAfterAnEarlierBoundedRun(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	name := testenv.Name("kfjsb")
-	streamName, subject := "KFJSB_"+name, "kisflow.jsb."+name
+	url, streamName, subject := jsStream(t, "b")
 	jsPublish(t, url, streamName, subject, 1000, false)
 	dir := jsBounded(t, url, streamName, subject, "  stop: {position: 301}\n", "")
 	runOK(t, dir, ".")
@@ -130,9 +145,7 @@ func TestJetStreamStopAfterAnEarlierBoundedRun(t *testing.T) {
 // none after it.
 func TestJetStreamStopAcrossSIGKILL(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	name := testenv.Name("kfjsk")
-	streamName, subject := "KFJSK_"+name, "kisflow.jsk."+name
+	url, streamName, subject := jsStream(t, "k")
 	jsPublish(t, url, streamName, subject, 20000, false)
 	dir := jsBounded(t, url, streamName, subject, "  stop: {position: 15001}\n  batch_size: 20\n", "  ack_wait: 3s\n")
 	killRuns(t, dir, 5) // then a last run, which must exit 0

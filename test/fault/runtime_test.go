@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	goredis "github.com/redis/go-redis/v9"
 
@@ -297,15 +296,7 @@ func redisDeadLetters(t *testing.T, _ string) (string, func() []string) {
 func natsDeadLetters(t *testing.T, _ string) (string, func() []string) {
 	url := testenv.NATS.Addr(t)
 	name := strings.ToUpper(testenv.Name("DLQ"))
-	nc, err := natsgo.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, url)
 	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), name) })
 	yml := "type: nats\naddrs: " + url + "\nkey: " + strings.ToLower(name) + ".dead\nparams:\n  stream: " + name +
 		"\n  create: \"true\"\n  msg_id: \"{letter_id}\"\n"
