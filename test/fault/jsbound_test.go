@@ -15,33 +15,25 @@ import (
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
+// idsToSQLite is a config folder whose flow Ids reads the connector
+// source, of the YAML sourceConn, exactly-once into the SQLite table out,
+// with the stream block's extra keys.
+func idsToSQLite(t *testing.T, source, sourceConn, extra string) string {
+	t.Helper()
+	return Dir(t, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: " + source + "\n  sink: db\n  delivery: exactly-once\n" + extra,
+		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Verify\nfilter: 'true'\n",
+		"conns.yml": sourceConn + "---\n" + sqliteOut("id"),
+	})
+}
+
 // jsBounded is a config folder whose flow Ids reads the JetStream subject
 // (stream streamName, created by the test) into the SQLite table out,
 // exactly-once, with the stream block's extra keys and the source's extra
 // params.
 func jsBounded(t *testing.T, url, streamName, subject, extra, params string) string {
 	t.Helper()
-	return Dir(t, map[string]string{
-		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: js\n  sink: db\n  delivery: exactly-once\n" + extra,
-		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Verify\nfilter: 'true'\n",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: js
-type: nats
-addrs: %s
-key: %s
-params:
-  stream: %s
-%s---
-kistype: conn
-cname: db
-type: sqlite
-key: out
-params:
-  path: out.db
-  create: "true"
-  columns: id
-`, url, subject, streamName, params),
-	})
+	return idsToSQLite(t, "js", fmt.Sprintf("kistype: conn\ncname: js\ntype: nats\naddrs: %s\nkey: %s\nparams:\n  stream: %s\n%s", url, subject, streamName, params), extra)
 }
 
 // jetStream is a JetStream client of the server at url, closed when the

@@ -21,11 +21,7 @@ func rsBounded(t *testing.T, addr, key, consumer string) string {
 	if consumer != "" {
 		params = "  consumer: " + consumer + "\n"
 	}
-	return Dir(t, map[string]string{
-		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: rs\n  sink: db\n  delivery: exactly-once\n  stop: at_start\n  batch_size: 20\n",
-		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Verify\nfilter: 'true'\n",
-		"conns.yml": fmt.Sprintf("kistype: conn\ncname: rs\ntype: redis\naddrs: %s\nkey: %s\nparams:\n  mode: stream\n  group: g\n  claim_idle: 3s\n%s---\nkistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n", addr, key, params),
-	})
+	return idsToSQLite(t, "rs", fmt.Sprintf("kistype: conn\ncname: rs\ntype: redis\naddrs: %s\nkey: %s\nparams:\n  mode: stream\n  group: g\n  claim_idle: 3s\n%s", addr, key, params), "  stop: at_start\n  batch_size: 20\n")
 }
 
 // rsPublished is a stream of the test Redis server, named after prefix,

@@ -475,7 +475,7 @@ func TestSourceRestartIsWeatherNotDeath(t *testing.T) {
 	const n = 2000
 	dir := fileToSQLite(t, n, "at-least-once")
 	conns := "kistype: conn\ncname: ids\ntype: redis\naddrs: " + addr + "\nkey: in\nparams:\n  mode: stream\n  group: g\n  block: 200ms\n---\n" +
-		"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n"
+		sqliteOut("id")
 	// Stream entries hold text: the flow passes them on as they are.
 	funcs := "kistype: func\nfname: Double\nfmode: Verify\nfilter: id != \"\"\n"
 	for name, data := range map[string]string{"conns.yml": conns, "funcs.yml": funcs} {
