@@ -28,44 +28,9 @@ const fileSink = "kistype: conn\ncname: out\ntype: file\nparams:\n  path: out.js
 func callerDir(t *testing.T, url, bucket, service, sink, delivery string) string {
 	t.Helper()
 	return writeFiles(t, map[string]string{
-		"in.jsonl": "",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: in
-type: file
-params:
-  path: in.jsonl
-  follow: true
-  poll: 10ms
----
-%s---
-kistype: conn
-cname: pricing
-type: remote
-addrs: %s
-params:
-  service: %s
-  bucket: %s
-  loadbalance: round_robin
-  retries: 2
-  timeout: 2s
-`, sink, url, service, bucket),
-		"flow.yml": `kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
-  source: in
-  sink: out
-  batch_size: 20
-  linger: 5ms
-  delivery: ` + delivery + "\n"})
+		"in.jsonl":  "",
+		"conns.yml": followIn + sink + "---\n" + natsPricing(url, service, bucket, "  loadbalance: round_robin\n  retries: 2\n  timeout: 2s\n"),
+		"flow.yml":  remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  batch_size: 20\n  linger: 5ms\n  delivery: " + delivery + "\n"})
 }
 
 // feed appends rows from..to-1 to the caller's input, 50 every pace, and
@@ -153,9 +118,7 @@ func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 // comes out computed with none dead-lettered.
 func TestNoProviderIsAnOutage(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "1s"}
 	p, _ := serving(t, pdir, args...)
@@ -185,18 +148,12 @@ func TestNoProviderIsAnOutage(t *testing.T) {
 // TTL too.
 func TestServeTTLLongerThanTheBucketKeepsTheRegistration(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	remote.CreateBucket(t, url, bucket, 3*time.Second)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "30s")
 	time.Sleep(5 * time.Second) // past the bucket's TTL, before a third of the provider's
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	if got := dir.Providers(); len(got) != 1 {
 		t.Fatalf("a caller started now lists %d providers, want the running one", len(got))
 	}
@@ -206,17 +163,11 @@ func TestServeTTLLongerThanTheBucketKeepsTheRegistration(t *testing.T) {
 // died never lists it, even before its first expiry pass.
 func TestExpiredRegistrationIsNotListed(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	remote.Register(t, url, bucket, remote.Provider{ID: "dead", Service: service, Addr: "127.0.0.1:1", TTL: 500 * time.Millisecond})
 	remote.Register(t, url, bucket, remote.Provider{ID: "live", Service: service, Addr: "127.0.0.1:2", TTL: time.Minute})
 	time.Sleep(time.Second)
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	if got := dir.Providers(); len(got) != 1 || got[0].ID != "live" {
 		t.Fatalf("a new caller lists %+v, want only the provider whose registration is fresh", got)
 	}
@@ -227,9 +178,7 @@ func TestExpiredRegistrationIsNotListed(t *testing.T) {
 // versions and groups registered, and marks an outage.
 func TestNoProviderOfTheVersionSaysWhichExist(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	for i, v := range []string{"1.0", "1.0", "2.0"} {
 		remote.Register(t, url, bucket, remote.Provider{ID: fmt.Sprint(i), Service: service, Addr: "127.0.0.1:1", Version: v, Group: "blue", Funcs: []string{"Price"}, TTL: time.Minute})
 	}
@@ -285,9 +234,7 @@ func TestServeRefusesBadSettings(t *testing.T) {
 // is registered.
 func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	remote.Register(t, url, bucket, remote.Provider{ID: "a", Service: service, Addr: "127.0.0.1:1", Version: "1.0", Funcs: []string{"Price"}, TTL: time.Minute})
 	for _, tc := range []struct{ service, version, want string }{
 		{service, "", ": ok"},

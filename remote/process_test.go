@@ -152,6 +152,22 @@ func writeFiles(t testing.TB, files map[string]string) string {
 	return dir
 }
 
+// freshRegistry is the test NATS server's url, an empty registry bucket
+// and a service name, both of the test's own.
+func freshRegistry(t *testing.T) (url, bucket, service string) {
+	t.Helper()
+	url = testenv.NATS.Addr(t)
+	bucket, service = testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.DropBucket(t, url, bucket)
+	return url, bucket, service
+}
+
+// natsPricing is a remote connector pricing of service at the NATS
+// registry url, bucket, with the params lines more.
+func natsPricing(url, service, bucket, more string) string {
+	return "kistype: conn\ncname: pricing\ntype: remote\naddrs: " + url + "\nparams:\n  service: " + service + "\n  bucket: " + bucket + "\n" + more
+}
+
 // followIn is a file source that follows in.jsonl.
 const followIn = "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n  follow: true\n  poll: 10ms\n---\n"
 
@@ -161,6 +177,18 @@ fmode: Calculate
 calc:
   price: amount * 2
 `
+
+// watchNATS follows the providers of service (of version and group, if
+// given) in the NATS registry at url, bucket, until the test ends.
+func watchNATS(t *testing.T, url, bucket, service, version, group string) remote.Directory {
+	t.Helper()
+	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, version, group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dir.Close() })
+	return dir
+}
 
 func waitProviders(t *testing.T, d remote.Directory, n int, within time.Duration) {
 	t.Helper()
@@ -177,15 +205,9 @@ func waitProviders(t *testing.T, d remote.Directory, n int, within time.Duration
 // gone at once after SIGTERM, and gone after its TTL after SIGKILL.
 func TestServeRegistersAndDeregisters(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s", "--version", "1.2", "--weight", "3"}
 
 	p, addr := serving(t, pdir, args...)
@@ -227,9 +249,7 @@ func TestRemoteStepFailsOverWhenAProviderIsKilled(t *testing.T) {
 }
 
 func failOver(t *testing.T, sink, delivery string) {
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "3s"}
 	a, _ := serving(t, pdir, args...)
@@ -322,16 +342,10 @@ func readDBRows(t *testing.T, dir string) map[int]int {
 // gives kisflow serve its settings; a flag wins over it.
 func TestServeReadsTheGlobalServeBlock(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML,
 		"global.yml": fmt.Sprintf("kistype: global\nserve:\n  service: %s\n  registry: %s\n  bucket: %s\n  version: \"3\"\n  group: blue\n  weight: 9\n  ttl: 2s\n", service, url, bucket)})
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "3", "blue")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "3", "blue")
 	p, addr := serving(t, pdir, "--weight", "4")
 	waitProviders(t, dir, 1, time.Second)
 	if got := dir.Providers()[0]; got.Addr != addr || got.Weight != 4 || got.TTL != 2*time.Second {
@@ -362,18 +376,12 @@ func TestServeReadsTheGlobalServeBlock(t *testing.T) {
 // the test tells who computed a row.
 func TestThreeProvidersAndAFlowProcess(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	remote.DropBucket(t, url, bucket)
+	url, bucket, service := freshRegistry(t)
 	serve := func(name, version, group string) (*proc, string) {
 		dir := writeFiles(t, map[string]string{"funcs.yml": fmt.Sprintf("kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n  by: '%q'\n", name)})
 		return serving(t, dir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s", "--version", version, "--group", group)
 	}
-	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dir.Close()
+	dir := watchNATS(t, url, bucket, service, "", "")
 	a, aAddr := serve("A", "1", "green")
 	serve("B", "1", "green")
 	serve("X", "1", "blue")
@@ -382,27 +390,9 @@ func TestThreeProvidersAndAFlowProcess(t *testing.T) {
 
 	const timeout = 2 * time.Second
 	cdir := writeFiles(t, map[string]string{
-		"in.jsonl": "",
-		"conns.yml": followIn + fmt.Sprintf(`kistype: conn
-cname: out
-type: file
-params:
-  path: out.jsonl
----
-kistype: conn
-cname: pricing
-type: remote
-addrs: %s
-params:
-  service: %s
-  bucket: %s
-  version: "1"
-  group: green
-  loadbalance: consistent_hash
-  retries: 2
-  timeout: %s
-`, url, service, bucket, timeout),
-		"flow.yml": remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  key: user\n  batch_size: 40\n  linger: 5ms\n"})
+		"in.jsonl":  "",
+		"conns.yml": followIn + fileSink + "---\n" + natsPricing(url, service, bucket, fmt.Sprintf("  version: \"1\"\n  group: green\n  loadbalance: consistent_hash\n  retries: 2\n  timeout: %s\n", timeout)),
+		"flow.yml":  remotePrice + "---\n" + ordersFlow + "stream:\n  source: in\n  sink: out\n  key: user\n  batch_size: 40\n  linger: 5ms\n"})
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
 	in, err := os.OpenFile(filepath.Join(cdir, "in.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {

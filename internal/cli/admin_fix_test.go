@@ -11,6 +11,9 @@ import (
 	"time"
 )
 
+// passFunc is a function Pass that marks each row seen.
+const passFunc = "kistype: func\nfname: Pass\nfmode: Calculate\ncalc: {seen: true}\n---\n"
+
 // A flow whose connector is down at start-up waits on its own: the other
 // flow runs meanwhile, and the admin API shows the first one waiting for
 // the connector. It used to hold every flow and the console until it
@@ -18,9 +21,9 @@ import (
 func TestFlowWaitingForItsConnectorDoesNotHoldTheOthers(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	addr := fmt.Sprintf("127.0.0.1:%d", closedPort(t))
-	files := map[string]string{
-		"global.yml": "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"" + addr + "\"}\n",
+	addr, global := adminGlobal(t)
+	writeFiles(t, dir, map[string]string{
+		"global.yml": global,
 		"all.yml": fmt.Sprintf(`kistype: conn
 cname: gen
 type: generator
@@ -41,29 +44,8 @@ type: postgres
 key: t
 params: {dsn: "postgres://postgres@127.0.0.1:%d/x?connect_timeout=2", columns: "id"}
 ---
-kistype: func
-fname: Pass
-fmode: Calculate
-calc: {seen: true}
----
-kistype: flow
-status: 1
-flow_name: PG
-flows: [{fname: Pass}]
-stream: {source: gen2, sink: pg}
----
-kistype: flow
-status: 1
-flow_name: L
-flows: [{fname: Pass}]
-stream: {source: gen, sink: nothing}
-`, closedPort(t)),
-	}
-	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+`, closedPort(t)) + passFunc + oneStepFlow("PG", "Pass", "gen2", "pg") + "---\n" + oneStepFlow("L", "Pass", "gen", "nothing"),
+	})
 	_, done := childWith(t, dir)
 	c := apiClient{t: t, base: "http://" + addr}
 	waitAPI(t, c, done)
@@ -172,18 +154,8 @@ func TestAdminWarningBeyondLocalhostIsNotRedacted(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{
 		"global.yml": fmt.Sprintf("kistype: global\nplugins:\n  metrics:\n    admin: {listen: \"0.0.0.0:%d\"}\n", closedPort(t)),
-		"all.yml": srcOut("in.jsonl", "discard") + `kistype: func
-fname: Pass
-fmode: Calculate
-calc: {seen: true}
----
-kistype: flow
-status: 1
-flow_name: F
-flows: [{fname: Pass}]
-stream: {source: src, sink: out}
-`,
-		"in.jsonl": "{\"id\":1}\n",
+		"all.yml":    srcOut("in.jsonl", "discard") + passFunc + oneStepFlow("F", "Pass", "src", "out"),
+		"in.jsonl":   "{\"id\":1}\n",
 	})
 	out, err := exec.Command(bin, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never", "--log-level", "warn").CombinedOutput()
 	if err != nil {

@@ -1,11 +1,19 @@
 package cli
 
 import (
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 )
+
+// remotePriceYAML is the YAML of a remote connector pricing with the
+// addrs line given (or none) and params service: pricing and then the
+// params lines given, a function Price through it, and a flow Orders of
+// Price alone.
+func remotePriceYAML(addrs, params string) string {
+	return "kistype: conn\ncname: pricing\ntype: remote\n" + addrs + "params:\n  service: pricing\n" + params +
+		"---\nkistype: func\nfname: Price\nfmode: Calculate\noption:\n  cname: pricing\n---\nkistype: flow\nstatus: 1\nflow_name: Orders\nflows:\n  - fname: Price\n"
+}
 
 // TestLintRemoteConnector: a remote connector's bad params and addrs are
 // lint errors at their line, whatever flow runs the step (a remote step
@@ -31,26 +39,7 @@ func TestLintRemoteConnector(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			writeFiles(t, dir, map[string]string{"conf.yml": fmt.Sprintf(`kistype: conn
-cname: pricing
-type: remote
-%sparams:
-  service: pricing
-  bucket: kisflow_remote
-  %s
----
-kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-stream:
+			writeFiles(t, dir, map[string]string{"conf.yml": remotePriceYAML(tc.addrs, "  bucket: kisflow_remote\n  "+tc.param+"\n") + `stream:
   source: in
   sink: out
 ---
@@ -65,7 +54,7 @@ cname: out
 type: file
 params:
   path: out.jsonl
-`, tc.addrs, tc.param)})
+`})
 			code, out, stderr := run(t, "lint", dir)
 			out = strings.ReplaceAll(out+stderr, dir+string(filepath.Separator), "")
 			if code != tc.code || !strings.Contains(out, tc.want) {

@@ -29,6 +29,12 @@ func srcOut(path, sink string) string {
 	return "kistype: conn\ncname: src\ntype: file\nparams: {path: " + path + "}\n---\nkistype: conn\ncname: out\ntype: " + sink + "\n---\n"
 }
 
+// oneStepFlow is the YAML of a flow named flow of the one function fname,
+// reading source and writing sink.
+func oneStepFlow(flow, fname, source, sink string) string {
+	return "kistype: flow\nstatus: 1\nflow_name: " + flow + "\nflows: [{fname: " + fname + "}]\nstream: {source: " + source + ", sink: " + sink + "}\n"
+}
+
 // kisflowTestBounded runs `BIN test DIR args...` like kisflowTest, but
 // fails the test instead of waiting when the command runs past limit.
 func kisflowTestBounded(t *testing.T, bin, dir string, limit time.Duration, args ...string) (int, string) {
@@ -148,12 +154,7 @@ fname: OrderTotal
 fmode: Calculate
 calc: {total: qty * price}
 ---
-kistype: flow
-status: 1
-flow_name: Big
-flows: [{fname: OrderTotal}]
-stream: {source: src, sink: out}
-`
+` + oneStepFlow("Big", "OrderTotal", "src", "out")
 	test := `kistype: test
 flow: Big
 input: ['{"order_id": 9007199254740993, "qty": 2, "price": 10}', {order_id: 9007199254740993, qty: 2, price: 10}]
@@ -195,12 +196,7 @@ option:
   cname: cache
   default_params: {on_missing: drop}
 ---
-kistype: flow
-status: 1
-flow_name: RL
-flows: [{fname: AddUser}]
-stream: {source: src, sink: out}
-`,
+` + oneStepFlow("RL", "AddUser", "src", "out"),
 		"t_test.yml": `kistype: test
 flow: RL
 params: {AddUser: {on_mising: pass}}
@@ -294,12 +290,7 @@ fname: Dbl
 fmode: Calculate
 calc: {y: int(x) * 2}
 ---
-kistype: flow
-status: 1
-flow_name: Csv
-flows: [{fname: Dbl}]
-stream: {source: src, sink: out}
-`
+` + oneStepFlow("Csv", "Dbl", "src", "out")
 	writeFiles(t, dir, map[string]string{"conf.yml": conf, "t_test.yml": "kistype: test\nflow: Csv\ninput: ['1,a']\nexpect: {rows: [{x: 1, name: a, y: 2}]}\n"})
 	code, out := kisflowTestBounded(t, bin, dir, time.Minute)
 	if want := `input[0]: flow "Csv" reads CSV (connector "src"), but a string input is fed as a JSON line`; code != ExitUsage || !strings.Contains(out, want) {

@@ -23,26 +23,8 @@ expect:
     - {id: 3, amount: 5, price: 10}
 `
 	writeFiles(t, dir, map[string]string{
-		"provider/funcs.yml": "kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n",
-		"caller/flow.yml": `kistype: conn
-cname: pricing
-type: remote
-addrs: nats://127.0.0.1:1
-params:
-  service: pricing
----
-kistype: func
-fname: Price
-fmode: Calculate
-option:
-  cname: pricing
----
-kistype: flow
-status: 1
-flow_name: Orders
-flows:
-  - fname: Price
-`,
+		"provider/funcs.yml":    "kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n",
+		"caller/flow.yml":       remotePriceYAML("addrs: nats://127.0.0.1:1\n", ""),
 		"caller/price_test.yml": test,
 	})
 	caller := filepath.Join(dir, "caller")

@@ -232,6 +232,12 @@ func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 	}
 }
 
+// sqliteOut is the YAML of a sink db: the table out of the SQLite file
+// out.db, created with the columns given.
+func sqliteOut(columns string) string {
+	return "kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: " + columns + "\n"
+}
+
 // SQLiteCounts runs query (one integer column) against the SQLite file at
 // path and returns how often each value occurs. A missing table counts as
 // empty.

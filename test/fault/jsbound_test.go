@@ -15,38 +15,30 @@ import (
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
+// idsToSQLite is a config folder whose flow Ids reads the connector
+// source, of the YAML sourceConn, exactly-once into the SQLite table out,
+// with the stream block's extra keys.
+func idsToSQLite(t *testing.T, source, sourceConn, extra string) string {
+	t.Helper()
+	return Dir(t, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: " + source + "\n  sink: db\n  delivery: exactly-once\n" + extra,
+		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Verify\nfilter: 'true'\n",
+		"conns.yml": sourceConn + "---\n" + sqliteOut("id"),
+	})
+}
+
 // jsBounded is a config folder whose flow Ids reads the JetStream subject
 // (stream streamName, created by the test) into the SQLite table out,
 // exactly-once, with the stream block's extra keys and the source's extra
 // params.
 func jsBounded(t *testing.T, url, streamName, subject, extra, params string) string {
 	t.Helper()
-	return Dir(t, map[string]string{
-		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: js\n  sink: db\n  delivery: exactly-once\n" + extra,
-		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Verify\nfilter: 'true'\n",
-		"conns.yml": fmt.Sprintf(`kistype: conn
-cname: js
-type: nats
-addrs: %s
-key: %s
-params:
-  stream: %s
-%s---
-kistype: conn
-cname: db
-type: sqlite
-key: out
-params:
-  path: out.db
-  create: "true"
-  columns: id
-`, url, subject, streamName, params),
-	})
+	return idsToSQLite(t, "js", fmt.Sprintf("kistype: conn\ncname: js\ntype: nats\naddrs: %s\nkey: %s\nparams:\n  stream: %s\n%s", url, subject, streamName, params), extra)
 }
 
-// jsPublish creates the stream and publishes {"id": i} for i in 1..n; with
-// other, a message of another subject of the stream after every tenth.
-func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool) {
+// jetStream is a JetStream client of the server at url, closed when the
+// test ends.
+func jetStream(t *testing.T, url string) jetstream.JetStream {
 	t.Helper()
 	nc, err := natsgo.Connect(url)
 	if err != nil {
@@ -57,6 +49,23 @@ func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return js
+}
+
+// jsStream is the test NATS server's url and the name and subject of a
+// stream of the test's own, tag telling the tests apart.
+func jsStream(t *testing.T, tag string) (url, streamName, subject string) {
+	t.Helper()
+	url = testenv.NATS.Addr(t)
+	name := testenv.Name("kfjs" + tag)
+	return url, "KFJS" + strings.ToUpper(tag) + "_" + name, "kisflow.js" + tag + "." + name
+}
+
+// jsPublish creates the stream and publishes {"id": i} for i in 1..n; with
+// other, a message of another subject of the stream after every tenth.
+func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool) {
+	t.Helper()
+	js := jetStream(t, url)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: streamName, Subjects: []string{subject, subject + ".other"}}); err != nil {
@@ -95,9 +104,7 @@ func jsPublish(t *testing.T, url, streamName, subject string, n int, other bool)
 // the two runs; kisflow positions shows the lag after the first (item 4).
 func TestJetStreamStopAfterAnEarlierBoundedRun(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	name := testenv.Name("kfjsb")
-	streamName, subject := "KFJSB_"+name, "kisflow.jsb."+name
+	url, streamName, subject := jsStream(t, "b")
 	jsPublish(t, url, streamName, subject, 1000, false)
 	dir := jsBounded(t, url, streamName, subject, "  stop: {position: 301}\n", "")
 	runOK(t, dir, ".")
@@ -130,9 +137,7 @@ func TestJetStreamStopAfterAnEarlierBoundedRun(t *testing.T) {
 // none after it.
 func TestJetStreamStopAcrossSIGKILL(t *testing.T) {
 	t.Parallel()
-	url := testenv.NATS.Addr(t)
-	name := testenv.Name("kfjsk")
-	streamName, subject := "KFJSK_"+name, "kisflow.jsk."+name
+	url, streamName, subject := jsStream(t, "k")
 	jsPublish(t, url, streamName, subject, 20000, false)
 	dir := jsBounded(t, url, streamName, subject, "  stop: {position: 15001}\n  batch_size: 20\n", "  ack_wait: 3s\n")
 	killRuns(t, dir, 5) // then a last run, which must exit 0

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow/internal/testenv"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // rsBounded is a config folder whose flow Ids reads the Redis stream key
@@ -20,11 +21,19 @@ func rsBounded(t *testing.T, addr, key, consumer string) string {
 	if consumer != "" {
 		params = "  consumer: " + consumer + "\n"
 	}
-	return Dir(t, map[string]string{
-		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: rs\n  sink: db\n  delivery: exactly-once\n  stop: at_start\n  batch_size: 20\n",
-		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Verify\nfilter: 'true'\n",
-		"conns.yml": fmt.Sprintf("kistype: conn\ncname: rs\ntype: redis\naddrs: %s\nkey: %s\nparams:\n  mode: stream\n  group: g\n  claim_idle: 3s\n%s---\nkistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n", addr, key, params),
-	})
+	return idsToSQLite(t, "rs", fmt.Sprintf("kistype: conn\ncname: rs\ntype: redis\naddrs: %s\nkey: %s\nparams:\n  mode: stream\n  group: g\n  claim_idle: 3s\n%s", addr, key, params), "  stop: at_start\n  batch_size: 20\n")
+}
+
+// rsPublished is a stream of the test Redis server, named after prefix,
+// holding {"id": i} for i in 1..n; it is deleted when the test ends.
+func rsPublished(t *testing.T, prefix string, n int) (addr string, rdb *goredis.Client, key string) {
+	t.Helper()
+	addr = testenv.Redis.Addr(t)
+	rdb = redisClient(t, addr)
+	key = testenv.Name(prefix)
+	publish(t, rdb, key, 1, n)
+	t.Cleanup(func() { rdb.Del(context.Background(), key) })
+	return addr, rdb, key
 }
 
 // Issue 14 (adversarial review), item 4: right after a bounded run of a
@@ -36,11 +45,7 @@ func rsBounded(t *testing.T, addr, key, consumer string) string {
 // from; the replay then writes every id again, once.
 func TestRedisPositionsSetAfterACleanRun(t *testing.T) {
 	t.Parallel()
-	addr := testenv.Redis.Addr(t)
-	rdb := redisClient(t, addr)
-	key := testenv.Name("kf:rsset")
-	publish(t, rdb, key, 1, 200)
-	t.Cleanup(func() { rdb.Del(context.Background(), key) })
+	addr, rdb, key := rsPublished(t, "kf:rsset", 200)
 	last, err := rdb.XInfoStream(context.Background(), key).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -75,12 +80,8 @@ func TestRedisPositionsSetAfterACleanRun(t *testing.T) {
 // one run ends with exit 0 and every id is in the sink once.
 func TestRedisStopAcrossSIGKILL(t *testing.T) {
 	t.Parallel()
-	addr := testenv.Redis.Addr(t)
-	rdb := redisClient(t, addr)
-	key := testenv.Name("kf:rsk")
-	publish(t, rdb, key, 1, 15000)
+	addr, _, key := rsPublished(t, "kf:rsk", 15000)
 	dir := rsBounded(t, addr, key, "")
-	t.Cleanup(func() { rdb.Del(context.Background(), key) })
 	killRuns(t, dir, 5) // then a last run, which must exit 0
 	got := SQLiteCounts(t, filepath.Join(dir, "out.db"), "SELECT id FROM out")
 	if bad := Check(got, 15000, true); len(bad) > 0 {

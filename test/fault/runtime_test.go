@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	natsgo "github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	goredis "github.com/redis/go-redis/v9"
 
@@ -297,15 +296,7 @@ func redisDeadLetters(t *testing.T, _ string) (string, func() []string) {
 func natsDeadLetters(t *testing.T, _ string) (string, func() []string) {
 	url := testenv.NATS.Addr(t)
 	name := strings.ToUpper(testenv.Name("DLQ"))
-	nc, err := natsgo.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, url)
 	t.Cleanup(func() { _ = js.DeleteStream(context.Background(), name) })
 	yml := "type: nats\naddrs: " + url + "\nkey: " + strings.ToLower(name) + ".dead\nparams:\n  stream: " + name +
 		"\n  create: \"true\"\n  msg_id: \"{letter_id}\"\n"
@@ -484,7 +475,7 @@ func TestSourceRestartIsWeatherNotDeath(t *testing.T) {
 	const n = 2000
 	dir := fileToSQLite(t, n, "at-least-once")
 	conns := "kistype: conn\ncname: ids\ntype: redis\naddrs: " + addr + "\nkey: in\nparams:\n  mode: stream\n  group: g\n  block: 200ms\n---\n" +
-		"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id\n"
+		sqliteOut("id")
 	// Stream entries hold text: the flow passes them on as they are.
 	funcs := "kistype: func\nfname: Double\nfmode: Verify\nfilter: id != \"\"\n"
 	for name, data := range map[string]string{"conns.yml": conns, "funcs.yml": funcs} {
