@@ -14,7 +14,7 @@
 // commit in one transaction: a killed run resumes and cancels each order
 // exactly once. At the end of the file every timer still set fires.
 //
-//	go run ./examples/ordertimeout -in events.jsonl -db out.db
+//	go run ./examples/ordertimeout -in examples/ordertimeout/events.jsonl -db /tmp/orders.db
 package main
 
 import (

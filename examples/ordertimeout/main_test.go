@@ -216,3 +216,16 @@ func TestOrderTimeoutSIGKILL(t *testing.T) {
 	}
 	checkOnce(t, cancelledIn(t, db), want)
 }
+
+// TestShippedEvents runs the README's command on the events shipped
+// beside the example: o2, o3 (paid too late) and o5 (unpaid at the end of
+// the file) are cancelled, o1 and o4 (paid in time) are not.
+func TestShippedEvents(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db := filepath.Join(dir, "orders.db")
+	if _, err := run(context.Background(), "events.jsonl", db, filepath.Join(dir, "state"), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	checkOnce(t, cancelledIn(t, db), map[string]bool{"o2": true, "o3": true, "o5": true})
+}
