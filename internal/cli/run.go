@@ -97,6 +97,8 @@ func runFlows(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	// whatever reaches stderr has the configuration's secrets redacted.
 	red := set.Redactor()
 	stderr = &lockedWriter{w: stderr, red: red}
+	// Flows start on goroutines of their own and report where they start.
+	stdout = &lockedWriter{w: stdout}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	names := o.flows
 	if len(names) == 0 {
