@@ -23,7 +23,8 @@ type rec struct {
 // Process adds rows in order. It returns the rows of the windows they
 // closed, in the order the windows closed (by end, then groups in the
 // order first seen), followed, under late: update, by the corrected rows of
-// windows that late rows changed; and the rows it rejected.
+// windows that late rows changed (a kept session freed during the batch
+// gives its corrected row as it is freed); and the rows it rejected.
 func (o *Operator) Process(rows []map[string]any) (out []map[string]any, rejected []Rejected) {
 	for lo := 0; lo < len(rows); lo += chunk {
 		part := rows[lo:min(lo+chunk, len(rows))]
