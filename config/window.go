@@ -34,11 +34,36 @@ type Window struct {
 	// Late is the policy for late rows: drop, dead_letter (the default)
 	// or update.
 	Late string `yaml:"late,omitempty"`
-	// GroupBy names the fields that group rows.
-	GroupBy []string `yaml:"group_by,omitempty"`
+	// GroupBy names the fields that group rows: a list, or one name.
+	GroupBy FieldList `yaml:"group_by,omitempty"`
 	// Aggregate maps each output field to an aggregate expression, such as
 	// revenue: sum(amount), in order.
 	Aggregate Aggregates `yaml:"aggregate,omitempty"`
+}
+
+// FieldList is a list of field names; in YAML a single name (group_by:
+// user_id) is a list of one.
+type FieldList []string
+
+// UnmarshalYAML reads a sequence of names or one name.
+func (l *FieldList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			*l = nil
+			return nil
+		}
+		*l = FieldList{n.Value}
+		return nil
+	case yaml.SequenceNode:
+		var names []string
+		if err := n.Decode(&names); err != nil {
+			return err
+		}
+		*l = names
+		return nil
+	}
+	return fmt.Errorf("line %d: group_by: want a field name or a list of field names", n.Line)
 }
 
 // Aggregates is an ordered aggregate mapping: Field = Expr.
