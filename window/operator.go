@@ -120,6 +120,8 @@ type Operator struct {
 	ahead, limit           int64 // max_ahead (ms, <0: none); the latest event time the chunk read takes
 	update                 bool
 	seen, flushed          bool
+	secs                   bool // a row's time looked like epoch seconds (see EpochSeconds)
+	cur                    *rec // the row being placed
 	external               bool // Advance moves the watermark, rows do not
 	maxTS, wm              int64
 	seq                    uint64
@@ -414,14 +416,24 @@ func (o *Operator) addFixed(r *rec) error {
 }
 
 func (o *Operator) lateError(end int64) error {
+	err := ErrLate
 	switch o.spec.Late {
 	case Drop:
 		return nil
 	case Update:
-		return fmt.Errorf("%w (window ending %s, watermark %s)", ErrTooLate, formatMillis(end), formatMillis(o.wm))
+		err = ErrTooLate
 	}
-	return fmt.Errorf("%w (window ending %s, watermark %s)", ErrLate, formatMillis(end), formatMillis(o.wm))
+	hint := ""
+	if o.cur != nil && o.cur.secs {
+		hint = fmt.Sprintf("; its time %d looks like epoch seconds: time fields are RFC 3339 or epoch milliseconds", o.cur.t)
+	}
+	return fmt.Errorf("%w (window ending %s, watermark %s%s)", err, formatMillis(end), formatMillis(o.wm), hint)
 }
+
+// EpochSeconds reports whether the time of a row taken so far was an epoch
+// number below 1e11: as milliseconds, a time before 1973, most likely epoch
+// seconds, which the operator reads as milliseconds.
+func (o *Operator) EpochSeconds() bool { return o.secs }
 
 // newBucket returns an empty window, sized for as many groups as the
 // largest window seen so far had (windows tend to hold the same groups).

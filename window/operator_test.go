@@ -754,3 +754,27 @@ func TestMaxAhead(t *testing.T) {
 		}
 	}
 }
+
+// TestEpochSecondsHint: a time given as epoch seconds is read as
+// milliseconds (1970); the operator reports it, and a row it makes late
+// says why.
+func TestEpochSecondsHint(t *testing.T) {
+	t.Parallel()
+	o, err := New(Spec{Type: Tumbling, Size: time.Minute, TimeField: "ts", Lateness: time.Second,
+		GroupBy: []string{"user"}, Aggregates: []Aggregate{{"n", Count, ""}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := func(ts any) map[string]any { return map[string]any{"user": 1, "ts": ts} }
+	o.Process([]map[string]any{row(int64(1777636800000)), row("2026-05-01T12:00:00Z"), row(json.Number("1777636801000"))})
+	if o.EpochSeconds() {
+		t.Fatal("epoch milliseconds and RFC 3339 taken for seconds")
+	}
+	_, rej := o.Process([]map[string]any{row(json.Number("1777636807"))})
+	if len(rej) != 1 || !errors.Is(rej[0].Err, ErrLate) || !strings.Contains(rej[0].Err.Error(), "its time 1777636807 looks like epoch seconds") {
+		t.Errorf("rejected %v", rej)
+	}
+	if !o.EpochSeconds() {
+		t.Error("epoch seconds not reported")
+	}
+}
