@@ -47,7 +47,7 @@ type lineSource struct {
 	stop      int64 // the offset a bounded read ends at (stream.stop); -1: none
 	poll      time.Duration
 	total     atomic.Int64
-	partial   []byte // a line without its newline, while following or live
+	partial   []byte      // a line without its newline, while following or live
 	live      *liveReader // stdin: reads give up with the context
 	eof       bool
 	text      []byte // the JSON lines of the current Read
