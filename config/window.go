@@ -39,6 +39,38 @@ type Window struct {
 	// Aggregate maps each output field to an aggregate expression, such as
 	// revenue: sum(amount), in order.
 	Aggregate Aggregates `yaml:"aggregate,omitempty"`
+
+	badGroupBy bool // group_by was neither a name nor a list of names
+}
+
+// errGroupBy is what a group_by that is neither a name nor a list of names
+// says.
+const errGroupBy = "group_by: want a field name or a list of field names"
+
+// UnmarshalYAML reads the block. A group_by that is neither a name nor a
+// list of names is a problem of the block, reported by lint at its line
+// with the function's other problems, not a failure to read the function.
+func (w *Window) UnmarshalYAML(n *yaml.Node) error {
+	type plain Window
+	rest, groupBy := *n, (*yaml.Node)(nil)
+	if n.Kind == yaml.MappingNode {
+		rest.Content = nil
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "group_by" {
+				groupBy = n.Content[i+1]
+				continue
+			}
+			rest.Content = append(rest.Content, n.Content[i], n.Content[i+1])
+		}
+	}
+	if err := rest.Decode((*plain)(w)); err != nil {
+		return err
+	}
+	w.GroupBy, w.badGroupBy = nil, false
+	if groupBy != nil && groupBy.Decode(&w.GroupBy) != nil {
+		w.GroupBy, w.badGroupBy = nil, true
+	}
+	return nil
 }
 
 // FieldList is a list of field names; in YAML a single name (group_by:
@@ -63,7 +95,7 @@ func (l *FieldList) UnmarshalYAML(n *yaml.Node) error {
 		*l = names
 		return nil
 	}
-	return fmt.Errorf("line %d: group_by: want a field name or a list of field names", n.Line)
+	return fmt.Errorf("line %d: %s", n.Line, errGroupBy)
 }
 
 // Aggregates is an ordered aggregate mapping: Field = Expr.
@@ -170,6 +202,9 @@ func (w *Window) check() (window.Spec, []windowProblem) {
 		add(".late", SevError, "late: update needs a lateness above zero (a closed window is kept one lateness longer for late rows)")
 	}
 
+	if w.badGroupBy {
+		add(".group_by", SevError, errGroupBy)
+	}
 	seen := map[string]string{window.StartField: "a window bound", window.EndField: "a window bound"}
 	for i, g := range w.GroupBy {
 		at := fmt.Sprintf(".group_by[%d]", i)

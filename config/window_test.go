@@ -119,7 +119,8 @@ func TestWindowLint(t *testing.T) {
 }
 
 // TestWindowScalarGroupBy: a scalar group_by is a one-field list; a
-// mapping is an error at its line.
+// mapping is an error at its line, and lint still reports the function's
+// other problems (and no unknown function in the flow).
 func TestWindowScalarGroupBy(t *testing.T) {
 	t.Parallel()
 	write := func(groupBy, extra string) string {
@@ -153,10 +154,13 @@ func TestWindowScalarGroupBy(t *testing.T) {
 		got = append(got, p.String())
 	}
 	all := strings.Join(got, "\n")
-	for _, want := range []string{"funcs.yml:7: ", "group_by: want a field name or a list of field names"} {
+	for _, want := range []string{"funcs.yml:7: function \"W\": group_by: want a field name or a list of field names", `unknown aggregate "summ"`} {
 		if !strings.Contains(all, want) {
 			t.Errorf("lint lacks %q:\n%s", want, all)
 		}
+	}
+	if strings.Contains(all, "unknown function") {
+		t.Errorf("lint reports a follow-on unknown function:\n%s", all)
 	}
 }
 
