@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -30,6 +31,8 @@ type windowHandler struct {
 
 	mu    sync.Mutex
 	lanes []*windowLane // by lane; lanes[0] also serves runs outside a job
+
+	secsWarned atomic.Bool // the epoch-seconds warning was logged
 }
 
 // windowLane is the window of one lane: a job's worker, to which every row
@@ -329,6 +332,9 @@ func (h *windowHandler) process(fl *flow, rows []map[string]any, ctl flushMode, 
 		var more []map[string]any
 		more, rej = ln.op.Process(rows)
 		out = append(out, more...)
+		if ln.op.EpochSeconds() && !h.secsWarned.Swap(true) && fl != nil {
+			fl.Logger().Warn(fmt.Sprintf("window function %q: time field %q holds an epoch number below 1e11, before 1973 as milliseconds: it looks like epoch seconds; time fields are RFC 3339 or epoch milliseconds", h.name, h.spec.TimeField))
+		}
 	}
 	out = append(out, streamAdvance(h, ln.op, clk.Fire, clk)...)
 	switch {

@@ -34,11 +34,68 @@ type Window struct {
 	// Late is the policy for late rows: drop, dead_letter (the default)
 	// or update.
 	Late string `yaml:"late,omitempty"`
-	// GroupBy names the fields that group rows.
-	GroupBy []string `yaml:"group_by,omitempty"`
+	// GroupBy names the fields that group rows: a list, or one name.
+	GroupBy FieldList `yaml:"group_by,omitempty"`
 	// Aggregate maps each output field to an aggregate expression, such as
 	// revenue: sum(amount), in order.
 	Aggregate Aggregates `yaml:"aggregate,omitempty"`
+
+	badGroupBy bool // group_by was neither a name nor a list of names
+}
+
+// errGroupBy is what a group_by that is neither a name nor a list of names
+// says.
+const errGroupBy = "group_by: want a field name or a list of field names"
+
+// UnmarshalYAML reads the block. A group_by that is neither a name nor a
+// list of names is a problem of the block, reported by lint at its line
+// with the function's other problems, not a failure to read the function.
+func (w *Window) UnmarshalYAML(n *yaml.Node) error {
+	type plain Window
+	rest, groupBy := *n, (*yaml.Node)(nil)
+	if n.Kind == yaml.MappingNode {
+		rest.Content = nil
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == "group_by" {
+				groupBy = n.Content[i+1]
+				continue
+			}
+			rest.Content = append(rest.Content, n.Content[i], n.Content[i+1])
+		}
+	}
+	if err := rest.Decode((*plain)(w)); err != nil {
+		return err
+	}
+	w.GroupBy, w.badGroupBy = nil, false
+	if groupBy != nil && groupBy.Decode(&w.GroupBy) != nil {
+		w.GroupBy, w.badGroupBy = nil, true
+	}
+	return nil
+}
+
+// FieldList is a list of field names; in YAML a single name (group_by:
+// user_id) is a list of one.
+type FieldList []string
+
+// UnmarshalYAML reads a sequence of names or one name.
+func (l *FieldList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			*l = nil
+			return nil
+		}
+		*l = FieldList{n.Value}
+		return nil
+	case yaml.SequenceNode:
+		var names []string
+		if err := n.Decode(&names); err != nil {
+			return err
+		}
+		*l = names
+		return nil
+	}
+	return fmt.Errorf("line %d: %s", n.Line, errGroupBy)
 }
 
 // Aggregates is an ordered aggregate mapping: Field = Expr.
@@ -145,6 +202,9 @@ func (w *Window) check() (window.Spec, []windowProblem) {
 		add(".late", SevError, "late: update needs a lateness above zero (a closed window is kept one lateness longer for late rows)")
 	}
 
+	if w.badGroupBy {
+		add(".group_by", SevError, errGroupBy)
+	}
 	seen := map[string]string{window.StartField: "a window bound", window.EndField: "a window bound"}
 	for i, g := range w.GroupBy {
 		at := fmt.Sprintf(".group_by[%d]", i)

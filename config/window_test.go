@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -114,6 +115,52 @@ func TestWindowLint(t *testing.T) {
 	}
 	if _, err := Import("testdata/window/bad"); err == nil {
 		t.Error("Import of bad windows: no error")
+	}
+}
+
+// TestWindowScalarGroupBy: a scalar group_by is a one-field list; a
+// mapping is an error at its line, and lint still reports the function's
+// other problems (and no unknown function in the flow).
+func TestWindowScalarGroupBy(t *testing.T) {
+	t.Parallel()
+	write := func(groupBy, extra string) string {
+		dir := t.TempDir()
+		files := map[string]string{
+			"funcs.yml": "kistype: func\nfname: W\nfmode: Calculate\nwindow:\n  type: tumbling\n  size: 1m\n" +
+				"  group_by: " + groupBy + "\n  aggregate:\n    n: count()\n" + extra,
+			"flow.yml": "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: W\n",
+		}
+		for name, body := range files {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	s, err := Import(write("user_id", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := s.Funcs["W"].Window.Spec()
+	if err != nil || !reflect.DeepEqual(spec.GroupBy, []string{"user_id"}) {
+		t.Errorf("scalar group_by: %v %v", spec.GroupBy, err)
+	}
+	probs, err := Lint(write("{user_id: 1}", "    m: summ(v)\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range probs {
+		got = append(got, p.String())
+	}
+	all := strings.Join(got, "\n")
+	for _, want := range []string{"funcs.yml:7: function \"W\": group_by: want a field name or a list of field names", `unknown aggregate "summ"`} {
+		if !strings.Contains(all, want) {
+			t.Errorf("lint lacks %q:\n%s", want, all)
+		}
+	}
+	if strings.Contains(all, "unknown function") {
+		t.Errorf("lint reports a follow-on unknown function:\n%s", all)
 	}
 }
 

@@ -15,6 +15,7 @@ type rec struct {
 	t          int64
 	key0, key1 int32 // the group key in the operator's arena
 	err        error
+	secs       bool    // t is an epoch number that looks like seconds
 	b          *bucket // when not nil, the row's group is at pos in b
 	pos        int32
 	hash       uint64 // of the key in b's index (0: not computed)
@@ -23,7 +24,8 @@ type rec struct {
 // Process adds rows in order. It returns the rows of the windows they
 // closed, in the order the windows closed (by end, then groups in the
 // order first seen), followed, under late: update, by the corrected rows of
-// windows that late rows changed; and the rows it rejected.
+// windows that late rows changed (a kept session freed during the batch
+// gives its corrected row as it is freed); and the rows it rejected.
 func (o *Operator) Process(rows []map[string]any) (out []map[string]any, rejected []Rejected) {
 	for lo := 0; lo < len(rows); lo += chunk {
 		part := rows[lo:min(lo+chunk, len(rows))]
@@ -33,6 +35,7 @@ func (o *Operator) Process(rows []map[string]any) (out []map[string]any, rejecte
 			r := &o.recs[i]
 			if r.err == nil {
 				r.err = o.place(i)
+				o.cur = nil
 			}
 			if r.err != nil {
 				rejected = append(rejected, Rejected{Index: lo + i, Row: part[i], Err: r.err})
@@ -73,6 +76,9 @@ func (o *Operator) readRow(row map[string]any, r *rec, base int) error {
 		var err error
 		if r.t, err = millis(v); err != nil {
 			return fmt.Errorf("time field %q: %w", tf, err)
+		}
+		if r.secs = looksSeconds(v, r.t); r.secs {
+			o.secs = true
 		}
 		if o.limit >= 0 && r.t > o.limit {
 			return fmt.Errorf("time field %q: %s: %w (by more than max_ahead %s)", tf, formatMillis(r.t), ErrAhead, time.Duration(o.ahead)*time.Millisecond)
@@ -156,6 +162,7 @@ func (o *Operator) place(i int) error {
 			o.dkeys[j] = o.arena[o.flatKeys[2*(base+j)]:o.flatKeys[2*(base+j)+1]]
 		}
 	}
+	o.cur = r
 	o.advance(r.t)
 	if o.spec.Type == Session {
 		return o.addSession(r.t)

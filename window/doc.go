@@ -49,7 +49,12 @@
 //     batch. A row later than that is rejected with [ErrTooLate]. A late
 //     row of a session merges into the kept sessions it overlaps; the
 //     corrected session is emitted, and rows emitted before for the sessions
-//     it absorbed are superseded (their window_start differs).
+//     it absorbed are superseded (their window_start differs). So does a
+//     row on time that falls within the gap of a kept session: the session
+//     absorbs it (and any open session the row reaches) rather than a
+//     second, overlapping session starting; when its end is then past the
+//     watermark it is open again and its corrected row comes when it
+//     closes.
 //
 // # Output rows
 //

@@ -53,11 +53,28 @@ func (o *Operator) SetClock(c Clock) error {
 		return fmt.Errorf("%w (%s), not %s", ErrOtherWindow, c.Window, o.fingerprint())
 	}
 	o.seen, o.flushed, o.maxTS, o.seq = c.Seen, c.Flushed, c.MaxTS, max(o.seq, c.Seq)
-	o.wm = o.maxTS - o.late
-	if o.flushed {
-		o.wm = math.MaxInt64
-	}
+	o.resume()
 	return nil
+}
+
+// resume sets the watermark from the restored largest time. A flushed
+// operator (its bounded source was exhausted) takes rows again: a new run
+// reads what was appended. Its flush closed every window, the last one
+// the one holding the largest time seen, so the watermark starts at that
+// window's end (a session's: one gap later): a row of a window the flush
+// emitted is late, a later one is on time.
+func (o *Operator) resume() {
+	if o.flushed {
+		o.flushed = false
+		// A session's row joins the flushed session while within gap of
+		// its end.
+		end := o.maxTS + 2*o.gap
+		if o.spec.Type != Session {
+			end = floorDiv(o.maxTS, o.slide)*o.slide + o.size
+		}
+		o.maxTS = end + o.late
+	}
+	o.wm = o.maxTS - o.late
 }
 
 // Group names a window-group: its group key (the canonical encoding of its

@@ -1,6 +1,7 @@
 package window
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -133,5 +134,46 @@ func TestChangesOnlyTouched(t *testing.T) {
 	_ = o.Changes(func(g Group, data []byte) error { got = append(got, g); return nil })
 	if len(got) != 1 || fmt.Sprint(got[0].Values()) != "[7]" {
 		t.Fatalf("changes %v, want user 7's group", got)
+	}
+}
+
+// TestResumeAfterFlush: an operator restored from the clock of a flushed
+// one (a bounded run that completed; its file is appended to and the job
+// run again) takes rows again: a row of a window the flush emitted is
+// late, a row of a later window is on time.
+func TestResumeAfterFlush(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []Spec{
+		{Type: Tumbling, Size: time.Minute, Lateness: time.Second},
+		{Type: Sliding, Size: time.Minute, Slide: 20 * time.Second, Lateness: time.Second},
+		{Type: Session, Gap: time.Minute, Lateness: time.Second},
+	} {
+		t.Run(string(spec.Type), func(t *testing.T) {
+			t.Parallel()
+			o := newOp(t, spec)
+			o.Process([]map[string]any{at("a", 100, 1), at("a", 130, 1)})
+			if n := len(o.Flush()); n == 0 {
+				t.Fatal("the flush emitted nothing")
+			}
+			r := newOp(t, spec)
+			if err := r.SetClock(o.Clock()); err != nil {
+				t.Fatal(err)
+			}
+			// 131s: its windows are among those the flush emitted (they
+			// end by 180s), or it would have joined the session it
+			// emitted.
+			_, rej := r.Process([]map[string]any{at("a", 131, 1)})
+			if len(rej) != 1 || !errors.Is(rej[0].Err, ErrLate) {
+				t.Errorf("a row of a flushed window: rejected %v, want late", rej)
+			}
+			_, rej = r.Process([]map[string]any{at("a", 400, 1)})
+			if len(rej) != 0 {
+				t.Errorf("a row of a later window: rejected %v", rej)
+			}
+			out := r.Flush()
+			if len(out) == 0 || out[len(out)-1]["n"] != nil && out[len(out)-1]["orders"] != int64(1) {
+				t.Errorf("after the restart: %v", out)
+			}
+		})
 	}
 }

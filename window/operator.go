@@ -120,6 +120,8 @@ type Operator struct {
 	ahead, limit           int64 // max_ahead (ms, <0: none); the latest event time the chunk read takes
 	update                 bool
 	seen, flushed          bool
+	secs                   bool // a row's time looked like epoch seconds (see EpochSeconds)
+	cur                    *rec // the row being placed
 	external               bool // Advance moves the watermark, rows do not
 	maxTS, wm              int64
 	seq                    uint64
@@ -309,6 +311,7 @@ func (o *Operator) closeUpTo() {
 		case !s.closed && s.end != tm.at:
 			heap.Push(&o.timers, timer{s.end, s.seq, s}) // extended since
 		case !s.closed:
+			s.dirty = false
 			o.out = append(o.out, o.sessionRow(s))
 			s.g.open = remove(s.g.open, s)
 			if o.update {
@@ -321,6 +324,10 @@ func (o *Operator) closeUpTo() {
 		case s.end+o.late != tm.at:
 			heap.Push(&o.timers, timer{s.end + o.late, s.seq, s})
 		default:
+			if s.dirty { // corrected earlier in this batch: its last row
+				s.dirty = false
+				o.out = append(o.out, o.sessionRow(s))
+			}
 			s.g.kept = remove(s.g.kept, s)
 			o.free(s)
 		}
@@ -409,14 +416,24 @@ func (o *Operator) addFixed(r *rec) error {
 }
 
 func (o *Operator) lateError(end int64) error {
+	err := ErrLate
 	switch o.spec.Late {
 	case Drop:
 		return nil
 	case Update:
-		return fmt.Errorf("%w (window ending %s, watermark %s)", ErrTooLate, formatMillis(end), formatMillis(o.wm))
+		err = ErrTooLate
 	}
-	return fmt.Errorf("%w (window ending %s, watermark %s)", ErrLate, formatMillis(end), formatMillis(o.wm))
+	hint := ""
+	if o.cur != nil && o.cur.secs {
+		hint = fmt.Sprintf("; its time %d looks like epoch seconds: time fields are RFC 3339 or epoch milliseconds", o.cur.t)
+	}
+	return fmt.Errorf("%w (window ending %s, watermark %s%s)", err, formatMillis(end), formatMillis(o.wm), hint)
 }
+
+// EpochSeconds reports whether the time of a row taken so far was an epoch
+// number below 1e11: as milliseconds, a time before 1973, most likely epoch
+// seconds, which the operator reads as milliseconds.
+func (o *Operator) EpochSeconds() bool { return o.secs }
 
 // newBucket returns an empty window, sized for as many groups as the
 // largest window seen so far had (windows tend to hold the same groups).
@@ -486,6 +503,24 @@ func (o *Operator) addSession(t int64) error {
 		o.groups[g.key] = g
 	}
 	o.markSessions(g)
+	if o.update && len(g.kept) > 0 {
+		// A row within the gap of a session emitted and kept joins it,
+		// late or not, and so do the open sessions the row bridges to it.
+		// The session is emitted again, corrected: at the end of the batch
+		// while the watermark is past its end, else when it closes again.
+		if s := o.mergeInto(g, &g.kept, lo, hi); s != nil {
+			o.absorbOpen(s)
+			if s.end > o.wm {
+				s.closed = false
+				g.kept = remove(g.kept, s)
+				g.open = insertByStart(g.open, s)
+				heap.Push(&o.timers, timer{s.end, s.seq, s})
+			} else {
+				o.markDirty(s)
+			}
+			return nil
+		}
+	}
 	if s := o.mergeInto(g, &g.open, lo, hi); s != nil {
 		return nil
 	}
@@ -493,25 +528,42 @@ func (o *Operator) addSession(t int64) error {
 		g.open = insertByStart(g.open, o.newSession(g, lo, hi, hi))
 		return nil
 	}
-	if o.update {
-		s := o.mergeInto(g, &g.kept, lo, hi)
-		if s == nil && hi > o.wm-o.late {
-			s = o.newSession(g, lo, hi, hi+o.late)
-			s.closed = true
-			g.kept = insertByStart(g.kept, s)
-		}
-		if s != nil {
-			if !s.dirty {
-				s.dirty = true
-				o.dirty = append(o.dirty, dirtyRef{s: s})
-			}
-			return nil
-		}
+	if o.update && hi > o.wm-o.late {
+		s := o.newSession(g, lo, hi, hi+o.late)
+		s.closed = true
+		g.kept = insertByStart(g.kept, s)
+		o.markDirty(s)
+		return nil
 	}
 	if len(g.open) == 0 && len(g.kept) == 0 {
 		delete(o.groups, g.key)
 	}
 	return o.lateError(hi)
+}
+
+// markDirty has the kept session s emitted again at the end of the batch.
+func (o *Operator) markDirty(s *session) {
+	if !s.dirty {
+		s.dirty = true
+		o.dirty = append(o.dirty, dirtyRef{s: s})
+	}
+}
+
+// absorbOpen merges into the kept session s the open sessions of its group
+// that it overlaps: s, grown by a row, may reach them.
+func (o *Operator) absorbOpen(s *session) {
+	g := s.g
+	g.open = slices.DeleteFunc(g.open, func(x *session) bool {
+		if x.start >= s.end || s.start >= x.end {
+			return false
+		}
+		for i := range s.accs {
+			s.accs[i].merge(&x.accs[i])
+		}
+		s.start, s.end = min(s.start, x.start), max(s.end, x.end)
+		x.dead = true
+		return true
+	})
 }
 
 func (o *Operator) newSession(g *sessGroup, lo, hi, at int64) *session {
@@ -577,10 +629,12 @@ func remove(list []*session, s *session) []*session {
 func (o *Operator) emitDirty() {
 	for _, d := range o.dirty {
 		if d.s != nil {
-			d.s.dirty = false
-			if !d.s.dead {
+			// One emitted since (it closed again, or was freed) or open
+			// again (emitted when it closes) is not emitted here.
+			if d.s.dirty && !d.s.dead && d.s.closed {
 				o.out = append(o.out, o.sessionRow(d.s))
 			}
+			d.s.dirty = false
 			continue
 		}
 		delete(d.b.dirty, d.g)

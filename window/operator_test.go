@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -226,6 +227,31 @@ func compareRows(t *testing.T, out []map[string]any, want map[refKey]*refAcc, la
 	}
 }
 
+// lastSessions returns, of the session rows out (corrections under late:
+// update), those no later row replaced: a corrected session replaces every
+// earlier row of its group that it overlaps.
+func lastSessions(t *testing.T, out []map[string]any) []map[string]any {
+	t.Helper()
+	span := func(r map[string]any) (int64, int64) {
+		s, err1 := time.Parse(time.RFC3339, r[StartField].(string))
+		e, err2 := time.Parse(time.RFC3339, r[EndField].(string))
+		if err1 != nil || err2 != nil {
+			t.Fatalf("row %v: %v %v", r, err1, err2)
+		}
+		return s.UnixMilli(), e.UnixMilli()
+	}
+	var last []map[string]any
+	for _, r := range out {
+		lo, hi := span(r)
+		last = slices.DeleteFunc(last, func(p map[string]any) bool {
+			plo, phi := span(p)
+			return p["user"] == r["user"] && plo < hi && lo < phi
+		})
+		last = append(last, r)
+	}
+	return last
+}
+
 func newOp(t *testing.T, spec Spec) *Operator {
 	t.Helper()
 	spec.TimeField, spec.GroupBy, spec.Aggregates = "ts", []string{"user"}, testAggs
@@ -244,6 +270,7 @@ func TestAgainstReference(t *testing.T) {
 		name     string
 		spec     Spec
 		disorder int64
+		users    int // 20 when 0
 	}
 	var cases []tc
 	for _, late := range Lates {
@@ -251,20 +278,28 @@ func TestAgainstReference(t *testing.T) {
 		// late, and some, under update, come after their window's state
 		// was freed.
 		cases = append(cases,
-			tc{"tumbling/" + string(late), Spec{Type: Tumbling, Size: time.Second, Lateness: 300 * time.Millisecond, Late: late}, 900},
-			tc{"sliding/" + string(late), Spec{Type: Sliding, Size: time.Second, Slide: 300 * time.Millisecond, Lateness: 200 * time.Millisecond, Late: late}, 1500},
-			tc{"sliding-even/" + string(late), Spec{Type: Sliding, Size: time.Second, Slide: 250 * time.Millisecond, Lateness: 200 * time.Millisecond, Late: late}, 1500})
+			tc{"tumbling/" + string(late), Spec{Type: Tumbling, Size: time.Second, Lateness: 300 * time.Millisecond, Late: late}, 900, 0},
+			tc{"sliding/" + string(late), Spec{Type: Sliding, Size: time.Second, Slide: 300 * time.Millisecond, Lateness: 200 * time.Millisecond, Late: late}, 1500, 0},
+			tc{"sliding-even/" + string(late), Spec{Type: Sliding, Size: time.Second, Slide: 250 * time.Millisecond, Lateness: 200 * time.Millisecond, Late: late}, 1500, 0})
 	}
 	cases = append(cases,
-		tc{"session", Spec{Type: Session, Gap: 700 * time.Millisecond, Lateness: 500 * time.Millisecond}, 500},
-		tc{"session-no-lateness", Spec{Type: Session, Gap: 50 * time.Millisecond}, 0})
+		tc{"session", Spec{Type: Session, Gap: 700 * time.Millisecond, Lateness: 500 * time.Millisecond}, 500, 0},
+		tc{"session-no-lateness", Spec{Type: Session, Gap: 50 * time.Millisecond}, 0, 0},
+		// Under update a row may be late by up to twice the lateness and
+		// still be taken; with a row per user every second on average,
+		// sessions close and rows fall near kept sessions.
+		tc{"session/update", Spec{Type: Session, Gap: 700 * time.Millisecond, Lateness: 500 * time.Millisecond, Late: Update}, 950, 200})
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			seed := time.Now().UnixNano()
 			t.Logf("seed %d", seed)
 			rng := rand.New(rand.NewPCG(uint64(seed), 7))
-			evs := genEvents(rng, 5000, 20, 10, c.disorder)
+			users := c.users
+			if users == 0 {
+				users = 20
+			}
+			evs := genEvents(rng, 5000, users, 10, c.disorder)
 			o := newOp(t, c.spec)
 			out, rejected := runOperator(t, o, rng, evs)
 			var want map[refKey]*refAcc
@@ -280,6 +315,9 @@ func TestAgainstReference(t *testing.T) {
 				if len(wantRej) == 0 && c.spec.Late != Drop {
 					t.Fatal("the input has no late row: the test tests nothing of lateness")
 				}
+			}
+			if c.spec.Type == Session && c.spec.Late == Update {
+				out = lastSessions(t, out)
 			}
 			compareRows(t, out, want, c.spec.Late == Update)
 			if !slices.Equal(rejected, wantRej) {
@@ -437,6 +475,40 @@ func TestLatePolicies(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestSessionUpdateJoinsKept: a row on time for the watermark but within
+// the gap of a session closed and kept (late: update) joins that session,
+// which is emitted again corrected, rather than starting a second one.
+func TestSessionUpdateJoinsKept(t *testing.T) {
+	t.Parallel()
+	o, err := New(Spec{Type: Session, Gap: 20 * time.Second, TimeField: "ts", Lateness: 30 * time.Second,
+		Late: Update, GroupBy: []string{"user"}, Aggregates: []Aggregate{{"n", Count, ""}, {"s", Sum, "amount"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]any
+	for _, r := range []map[string]any{at("1", 0, 1), at("1", 10, 2), at("2", 70, 100), at("1", 25, 4), at("2", 200, 100)} {
+		got, rej := o.Process([]map[string]any{r})
+		if len(rej) != 0 {
+			t.Fatalf("rejected %v", rej)
+		}
+		out = append(out, got...)
+	}
+	out = append(out, o.Flush()...)
+	var user1 []string
+	for _, r := range out {
+		if r["user"] == "1" {
+			user1 = append(user1, fmt.Sprintf("%v %v %v %v", r[StartField], r[EndField], r["n"], r["s"]))
+		}
+	}
+	want := []string{
+		"1970-01-01T00:00:00Z 1970-01-01T00:00:30Z 2 3",
+		"1970-01-01T00:00:00Z 1970-01-01T00:00:45Z 3 7",
+	}
+	if !slices.Equal(user1, want) {
+		t.Errorf("user 1's rows:\n%s\nwant\n%s", strings.Join(user1, "\n"), strings.Join(want, "\n"))
 	}
 }
 
@@ -680,5 +752,29 @@ func TestMaxAhead(t *testing.T) {
 		if len(out) != 1 || out[0]["n"] != int64(2) {
 			t.Errorf("max_ahead %v: out %v, want the first window with n=2", tc.ahead, out)
 		}
+	}
+}
+
+// TestEpochSecondsHint: a time given as epoch seconds is read as
+// milliseconds (1970); the operator reports it, and a row it makes late
+// says why.
+func TestEpochSecondsHint(t *testing.T) {
+	t.Parallel()
+	o, err := New(Spec{Type: Tumbling, Size: time.Minute, TimeField: "ts", Lateness: time.Second,
+		GroupBy: []string{"user"}, Aggregates: []Aggregate{{"n", Count, ""}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := func(ts any) map[string]any { return map[string]any{"user": 1, "ts": ts} }
+	o.Process([]map[string]any{row(int64(1777636800000)), row("2026-05-01T12:00:00Z"), row(json.Number("1777636801000"))})
+	if o.EpochSeconds() {
+		t.Fatal("epoch milliseconds and RFC 3339 taken for seconds")
+	}
+	_, rej := o.Process([]map[string]any{row(json.Number("1777636807"))})
+	if len(rej) != 1 || !errors.Is(rej[0].Err, ErrLate) || !strings.Contains(rej[0].Err.Error(), "its time 1777636807 looks like epoch seconds") {
+		t.Errorf("rejected %v", rej)
+	}
+	if !o.EpochSeconds() {
+		t.Error("epoch seconds not reported")
 	}
 }

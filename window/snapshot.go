@@ -85,10 +85,7 @@ func (o *Operator) restore(data []byte) error {
 	}
 	o.seen, o.flushed = r.bool(), r.bool()
 	o.maxTS, o.seq = r.int(), r.uint()
-	o.wm = o.maxTS - o.late
-	if o.flushed {
-		o.wm = math.MaxInt64
-	}
+	o.resume()
 	for pass := range 2 {
 		n := r.count()
 		for range n {

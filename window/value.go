@@ -205,6 +205,24 @@ func millis(v any) (int64, error) {
 	return int64(math.Floor(f)), nil
 }
 
+// secondsBelow is the epoch number below which a time looks like seconds:
+// 1e11 milliseconds is March 1973; 1e11 seconds is in the year 5138.
+const secondsBelow = 1e11
+
+// looksSeconds reports whether v, read as t milliseconds, is an epoch
+// number (not RFC 3339 text) small enough to be epoch seconds.
+func looksSeconds(v any, t int64) bool {
+	switch x := v.(type) {
+	case time.Time:
+		return false
+	case string:
+		if !isDigits(x) {
+			return false
+		}
+	}
+	return t > -secondsBelow && t < secondsBelow
+}
+
 func isDigits(s string) bool {
 	if strings.HasPrefix(s, "-") {
 		s = s[1:]

@@ -75,7 +75,7 @@ type noParams struct{}
 // Specs of the connector types this package registers.
 var (
 	FileSpec    = withKey(driver.MustSpec[fileParams](TypeFile, "a JSON lines or CSV file (gzip too): a bounded or following source whose position is the byte offset and the file's identity, and a JSON lines sink"))
-	StdinSpec   = unidentified(driver.MustSpec[stdinParams](TypeStdin, "a bounded source reading JSON lines or CSV from standard input"))
+	StdinSpec   = unidentified(driver.MustSpec[stdinParams](TypeStdin, "a bounded source reading JSON lines or CSV from standard input; the lines at hand are processed while the writer keeps it open (after linger), not only at its end"))
 	StdoutSpec  = driver.MustSpec[noParams](TypeStdout, "a sink writing JSON lines to standard output")
 	DiscardSpec = driver.MustSpec[noParams](TypeDiscard, "a sink that drops rows (benchmarks, dry runs)")
 )
@@ -475,7 +475,14 @@ func (s *Stdin) Close(context.Context) error { return nil }
 // OpenSource reads standard input from where it stands; stdin has no
 // position to resume from.
 func (s *Stdin) OpenSource(ctx context.Context, _ stream.SourceOptions) (stream.Source, error) {
-	return newLineSource(io.NopCloser(s.in), "stdin", false, s.format, 0, "", false)
+	live := newLiveReader(s.in)
+	src, err := newLineSource(live, "stdin", false, s.format, 0, "", false)
+	if err != nil {
+		live.Close()
+		return nil, err
+	}
+	src.live = live
+	return src, nil
 }
 
 // Stdout is the driver of type stdout: a sink writing JSON lines.

@@ -476,6 +476,63 @@ func TestStdinSource(t *testing.T) {
 	}
 }
 
+// TestStdinKeptOpen: rows piped to stdin are read while the writer keeps
+// it open: a read returns the lines at hand, and a read that finds nothing
+// gives up with its context (the runtime's linger) instead of blocking
+// until the end of input. A line cut by a give-up is whole at the next
+// read.
+func TestStdinKeptOpen(t *testing.T) {
+	t.Parallel()
+	d, err := NewStdin(&config.Conn{CName: "in"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, pw := io.Pipe()
+	d.(*Stdin).in = pr
+	src, err := d.(*Stdin).OpenSource(context.Background(), stream.SourceOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close(context.Background())
+	go func() {
+		var b strings.Builder
+		for i := range 200 {
+			fmt.Fprintf(&b, `{"i":%d}`+"\n", i)
+		}
+		_, _ = pw.Write([]byte(b.String() + `{"i":`))
+	}()
+	read := func(wait time.Duration) ([]*stream.Message, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		return src.Read(ctx, 1000)
+	}
+	var got []*stream.Message
+	for len(got) < 200 {
+		msgs, err := read(5 * time.Second)
+		if err != nil || len(msgs) == 0 {
+			t.Fatalf("after %d rows with stdin open: %d rows, %v", len(got), len(msgs), err)
+		}
+		got = append(got, msgs...)
+	}
+	if msgs, err := read(50 * time.Millisecond); len(msgs) != 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a read with nothing whole to read: %d rows, %v", len(msgs), err)
+	}
+	go func() {
+		_, _ = pw.Write([]byte("200}\n"))
+		pw.Close()
+	}()
+	msgs, err := read(5 * time.Second)
+	if len(msgs) != 1 || fmt.Sprint(msgs[0].Payload) != `{"i":200}` {
+		t.Fatalf("the cut line: %v %v", msgs, err)
+	}
+	if err == nil {
+		msgs, err = read(5 * time.Second)
+	}
+	if len(msgs) != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("at the end of input: %d rows, %v", len(msgs), err)
+	}
+}
+
 // A file emptied (`: > in.jsonl`) is read from its beginning, and nothing
 // is read, so the committed position stays where it was; once rows are
 // appended past that offset, the position must not be resumed at: the

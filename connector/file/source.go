@@ -47,7 +47,8 @@ type lineSource struct {
 	stop      int64 // the offset a bounded read ends at (stream.stop); -1: none
 	poll      time.Duration
 	total     atomic.Int64
-	partial   []byte // a line without its newline, while following
+	partial   []byte      // a line without its newline, while following or live
+	live      *liveReader // stdin: reads give up with the context
 	eof       bool
 	text      []byte // the JSON lines of the current Read
 	spans     []span // where each message's line is in text
@@ -160,7 +161,16 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 	}
 	slab := make([]stream.Message, 0, min(max, 1<<16))
 	out = make([]*stream.Message, 0, min(max, 1<<16))
+	if s.live != nil {
+		s.live.ctx = ctx
+		defer func() { s.live.ctx = nil }()
+	}
 	for len(out) < max {
+		if s.live != nil && len(out) > 0 && !s.lineBuffered() {
+			// No more whole line read yet from a stream that stays open:
+			// the rows in hand go now rather than after the next write.
+			return out, nil
+		}
 		if s.stop >= 0 && s.offset >= s.stop {
 			s.eof = true // the stop position is reached (stream.stop)
 			return out, io.EOF
@@ -177,6 +187,12 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 			s.partial = nil
 		}
 		if err != nil {
+			if s.live != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				// The read gave up waiting: the start of a line read so
+				// far waits for its end.
+				s.partial = append([]byte(nil), line...)
+				return out, ctx.Err()
+			}
 			if !errors.Is(err, io.EOF) {
 				return out, fmt.Errorf("file source %s: %w", s.name, err)
 			}
@@ -233,6 +249,12 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 		}
 	}
 	return out, nil
+}
+
+// lineBuffered reports whether the buffer holds the end of a line.
+func (s *lineSource) lineBuffered() bool {
+	b, _ := s.r.Peek(s.r.Buffered()) // what is buffered: no read
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 // message turns one line into a message, or nil for a blank line (whose

@@ -33,6 +33,8 @@ type watermarks struct {
 	lateness, idle time.Duration
 	parts          map[string]*partMark
 	wm             int64
+	untimed        *stream.Message // the first message whose time did not read, until reported
+	reported       bool            // untimed was reported (see Runner.observe)
 }
 
 type partMark struct {
@@ -73,6 +75,9 @@ func (w *watermarks) observe(msgs []*stream.Message, now time.Time) {
 	for _, m := range msgs {
 		t, ok := w.timeOf(m)
 		if !ok {
+			if !w.reported && w.untimed == nil {
+				w.untimed = m
+			}
 			continue
 		}
 		pm := w.parts[m.Partition]

@@ -1,7 +1,11 @@
 package runtime
 
 import (
+	"context"
 	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,5 +72,27 @@ func TestWatermarkMinOverPartitionsWithBoundedIdleness(t *testing.T) {
 	r.observe([]*stream.Message{{Payload: map[string]any{"ts": int64(9000)}}, {Partition: "a", Payload: &ev{TS: 9500}}, {Partition: "b", Payload: ev{TS: 9200}}}, t0.Add(2*time.Hour))
 	if got := r.current(t0.Add(2 * time.Hour)); got != 8990 {
 		t.Fatalf("maps and structs: got %d, want 8990", got)
+	}
+}
+
+// TestUntimedMessagesAreLoggedOnce: a message whose time field does not
+// read leaves the watermark where it is; the first one is logged, once.
+func TestUntimedMessagesAreLoggedOnce(t *testing.T) {
+	t.Parallel()
+	var log strings.Builder
+	var logMu sync.Mutex
+	r, err := New(Config{Name: "s", BatchSize: 2, TimeField: "ts",
+		Logger: slog.New(slog.NewTextHandler(&lockedBuilder{b: &log, mu: &logMu}, nil))},
+		Parts{Source: newSource(6, 0), NewFlow: func(int) Flow { return funcFlow(passAll) }, Sink: &memSink{}, DeadLetter: &memSink{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if n := strings.Count(log.String(), `time field \"ts\" does not read as a time`); n != 1 {
+		t.Fatalf("logged %d times, want 1:\n%s", n, log.String())
 	}
 }

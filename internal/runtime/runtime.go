@@ -751,6 +751,12 @@ func (r *Runner) observe(ep *epoch, msgs []*stream.Message) {
 	}
 	before := r.marks.wm
 	r.marks.observe(msgs, ep.readAt)
+	if m := r.marks.untimed; m != nil {
+		// Once: a time field that never reads leaves the flow with no
+		// watermark (timers and windows wait for the end of input).
+		r.marks.untimed, r.marks.reported = nil, true
+		r.cfg.Logger.Warn(fmt.Sprintf("flow %s: a message's time field %q does not read as a time (RFC 3339 or epoch milliseconds); such messages do not move the watermark (logged once)", r.cfg.Name, r.cfg.TimeField), "position", m.Position)
+	}
 	ep.clock = state.Clock{Watermark: before, Fire: r.marks.current(ep.readAt), Set: true}
 	if b, err := json.Marshal(r.marks.saved()); err == nil {
 		ep.mark = b
