@@ -187,7 +187,7 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 	for i, row := range rows {
 		_, key, body, err := fields.Encode(row, b.key)
 		if err != nil {
-			return fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err)
+			return stream.Permanent(fmt.Errorf("rabbitmq connector %q: row %d: %w", b.cfg.CName, i, err))
 		}
 		c, err := pub.ch.PublishWithDeferredConfirmWithContext(ctx, b.exchange, key, false, false, amqp.Publishing{
 			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: body, MessageId: newID(), Headers: hdrs,

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -92,6 +93,21 @@ func Run(t *testing.T, h Harness) {
 	})
 	t.Run("Lag", func(t *testing.T) { t.Parallel(); lag(t, h) })
 	t.Run("Interrupted", func(t *testing.T) { interrupted(t, h) })
+	t.Run("UnencodableRowIsPermanent", func(t *testing.T) { t.Parallel(); unencodableRow(t, h) })
+}
+
+// unencodableRow: a row holding a value the sink cannot encode (a float
+// +Inf, which JSON has no text for) is refused with an error marked
+// stream.Permanent, so that the runtime dead-letters that row instead of
+// retrying its batch forever; a sink that stores the value may take it.
+func unencodableRow(t *testing.T, h Harness) {
+	f := h.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err := f.Sink.Write(ctx, []any{map[string]any{"id": 1, "key": "k0", "ratio": math.Inf(1)}})
+	if err != nil && !stream.IsPermanent(err) {
+		t.Fatalf("a row holding +Inf: error %v, want one marked stream.Permanent", err)
+	}
 }
 
 // Row is what the suite writes: an id and a key.

@@ -187,7 +187,7 @@ func (b *Broker) Write(ctx context.Context, rows []any) error {
 	for i, row := range rows {
 		_, topic, data, err := fields.Encode(row, b.topic)
 		if err != nil {
-			return fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err)
+			return stream.Permanent(fmt.Errorf("mqtt connector %q: row %d: %w", b.cfg.CName, i, err))
 		}
 		msgs[i] = message{topic, data}
 	}

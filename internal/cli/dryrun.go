@@ -58,7 +58,9 @@ func dryRun(ctx context.Context, reg *kisflow.Registry, dir string, flows []stri
 		names = sortedNames(set.Conns) // unused connectors too
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	eng, closeEngine, err := openEngine(ctx, reg, set, log, red)
+	// A dry run checks connectors only, beside a run that may hold the
+	// admin address: it starts no admin server.
+	eng, closeEngine, err := openEngine(ctx, reg, withoutAdmin(set), log, red)
 	if err != nil {
 		return err
 	}

@@ -126,7 +126,9 @@ func openForPositions(ctx context.Context, reg *kisflow.Registry, dir, state str
 	}
 	red := set.Redactor()
 	log := slog.New(slog.NewTextHandler(&lockedWriter{w: stderr, red: red}, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	eng, closeEngine, err := openEngine(ctx, reg, set, log, red)
+	// positions reads and sets positions while a run may hold the
+	// admin address: it starts no admin server.
+	eng, closeEngine, err := openEngine(ctx, reg, withoutAdmin(set), log, red)
 	if err != nil {
 		return nil, nil, nil, "", err
 	}

@@ -115,9 +115,16 @@ func runTests(ctx context.Context, reg *kisflow.Registry, dir string, o testOpti
 		return &exitError{code: ExitUsage, err: fmt.Errorf("%d problem(s) in the tests of %s; no test ran", len(probs), dir)}
 	}
 	if o.run != "" {
+		names := make([]string, len(tests))
+		for i, tc := range tests {
+			names[i] = tc.title()
+		}
 		tests = slices.DeleteFunc(tests, func(tc *testCase) bool {
 			return !strings.Contains(tc.Name, o.run) && !strings.Contains(tc.pos.String(), o.run)
 		})
+		if len(tests) == 0 && len(names) > 0 {
+			return &exitError{code: ExitUsage, err: fmt.Errorf("%s: --run %q matched none of the %d test(s) (by name or file:line): %s", dir, o.run, len(names), strings.Join(names, ", "))}
+		}
 	}
 	if len(tests) == 0 {
 		return &exitError{code: ExitUsage, err: fmt.Errorf("%s: no test to run: write a YAML document with kistype: test (see `kisflow new`, conf/orders_test.yml)", dir)}

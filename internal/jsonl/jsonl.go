@@ -16,6 +16,8 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // Writer appends rows to a JSON lines file. It is safe for concurrent use.
@@ -71,7 +73,9 @@ func (w *Writer) Path() string { return w.path }
 // where it ended before the batch, so that no partial batch or torn line
 // stays behind and a retry of the same rows writes them cleanly. A full
 // disk is reported as such, naming the file; the error is not marked
-// permanent, as more room lets the retry succeed.
+// permanent, as more room lets the retry succeed. A row JSON cannot encode
+// (a float ±Inf or NaN) is marked stream.Permanent: the runtime splits the
+// batch down to it and dead-letters it.
 func (w *Writer) Write(_ context.Context, rows []any) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -145,7 +149,10 @@ func (w *Writer) line(r any) error {
 	}
 	data, err := marshal(r)
 	if err != nil {
-		return err
+		// A value JSON has no text for (±Inf, NaN, a channel) is this
+		// row's fault: no retry mends it, and the runtime dead-letters
+		// the row instead of stalling the flow on it.
+		return stream.Permanent(err)
 	}
 	if _, err := w.w.Write(data); err != nil {
 		return err

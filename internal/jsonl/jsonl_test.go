@@ -3,6 +3,7 @@ package jsonl_test
 import (
 	"bytes"
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/internal/testenv"
+	"github.com/kisflow-go/kisflow/stream"
 )
 
 // rows are rows with ids from..to, each padded with pad.
@@ -105,8 +107,12 @@ func TestBadRowLeavesNoPartialBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	bad := append(rows(4, 1000, pad), map[string]any{"id": 1001, "ch": make(chan int)}) // about 110 KB before the bad row
-	if err := w.Write(ctx, bad); err == nil || !strings.Contains(err.Error(), path) {
-		t.Fatalf("a row with a channel: error %v, want one naming %s", err, path)
+	if err := w.Write(ctx, bad); err == nil || !strings.Contains(err.Error(), path) || !stream.IsPermanent(err) {
+		t.Fatalf("a row with a channel: error %v, want a permanent one naming %s", err, path)
+	}
+	// A float JSON has no text for is a bad row too, which no retry mends.
+	if err := w.Write(ctx, []any{map[string]any{"id": 1002, "y": math.Inf(1)}}); err == nil || !stream.IsPermanent(err) {
+		t.Fatalf("a row holding +Inf: error %v, want a permanent one", err)
 	}
 	next := rows(4, 5, pad)
 	if err := w.Write(ctx, next); err != nil {

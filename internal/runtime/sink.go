@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"math"
+	"strconv"
 	"time"
 
 	"github.com/kisflow-go/kisflow/filter"
@@ -140,6 +143,12 @@ func (r *Runner) rowDeadLetter(fn string, m *stream.Message, row any, cause erro
 	var payload any = row
 	if b, err := json.Marshal(row); err == nil {
 		payload = json.RawMessage(b)
+	} else if b, err := json.Marshal(finite(row)); err == nil {
+		// The row is dead for a value JSON has no text for (±Inf,
+		// NaN): its letter must still be written, with that value as text.
+		payload = json.RawMessage(b)
+	} else {
+		payload = fmt.Sprint(row)
 	}
 	r.cfg.Logger.Debug("row dead-lettered", "func", fn, "err", cause)
 	r.deadFor(fn)
@@ -309,4 +318,28 @@ func (r *Runner) commitIsolated(ctx context.Context, pos string, ids []string, r
 		r.txPos = pos
 	}
 	return deadOf, letters, nil
+}
+
+// finite is v with each float ±Inf or NaN inside maps and slices replaced
+// by its text ("+Inf", "-Inf", "NaN"), which JSON can hold.
+func finite(v any) any {
+	switch x := v.(type) {
+	case float64:
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			return strconv.FormatFloat(x, 'g', -1, 64)
+		}
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = finite(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = finite(e)
+		}
+		return out
+	}
+	return v
 }

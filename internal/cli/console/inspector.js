@@ -53,7 +53,7 @@
   // stepNode draws one step with its live figures; a step whose workers
   // were busy most of the last second is the one holding the flow back.
   function stepNode(st, g) {
-    const busy = Math.round(100 * st.busy_ratio / Math.max(g.workers, 1));
+    const busy = Math.min(100, Math.round(100 * st.busy_ratio / Math.max(g.workers, 1)));
     const lines = [
       fig("rows/s", num(st.rows_per_sec), "step-rate"),
       fig("in", num(st.in) + " → out " + num(st.out), "step-rows"),
