@@ -398,7 +398,7 @@ func (c *control) track(name string, job *kisflow.Job, eng *kisflow.Engine, set 
 		c.flows = append(c.flows, f)
 		c.byName[name] = f
 	}
-	f.job, f.eng, f.set, f.err, f.since = job, eng, set, err, time.Now()
+	f.job, f.eng, f.set, f.err, f.since, f.waitingFor = job, eng, set, err, time.Now(), ""
 	f.lastCommitted, f.lastAt, f.rate, f.lastSteps, f.stepRates = 0, time.Now(), 0, nil, nil
 	switch {
 	case job == nil && err == nil:
@@ -410,6 +410,17 @@ func (c *control) track(name string, job *kisflow.Job, eng *kisflow.Engine, set 
 	}
 	f.status = flowRunning
 	f.starts++
+}
+
+// waiting records that the flow name's start waits for connector conn
+// (run --watch).
+func (c *control) waiting(name, conn string) {
+	c.mu.Lock()
+	if f := c.byName[name]; f != nil {
+		f.status, f.waitingFor, f.since = flowWaiting, conn, time.Now()
+	}
+	c.mu.Unlock()
+	c.notify()
 }
 
 // setStatus sets the status of the flow name (run --watch).

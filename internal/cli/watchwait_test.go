@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Under run --watch a flow whose connector is down waits on its own, as
+// under plain run: the other flow runs, the watch loop applies changes,
+// the API answers at once; a stop ends the wait, a start waits again,
+// and a change of the waiting flow restarts it with the new
+// configuration. The wait used to hold the watch loop and every API
+// action, and a change made meanwhile was lost.
+func TestWatchFlowWaitingForItsConnectorHoldsNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	addr, global := adminGlobal(t)
+	conns := fmt.Sprintf(`kistype: conn
+cname: gen
+type: generator
+params: {format: map, rate: "200"}
+---
+kistype: conn
+cname: gen2
+type: generator
+params: {format: map, rate: "200"}
+---
+kistype: conn
+cname: nothing
+type: discard
+---
+kistype: conn
+cname: pg
+type: postgres
+key: t
+params: {dsn: "postgres://postgres@127.0.0.1:%d/x?connect_timeout=2", columns: "id"}
+---
+`, closedPort(t))
+	writeFiles(t, dir, map[string]string{
+		"global.yml": global,
+		"conns.yml":  conns,
+		"funcs.yml":  passFunc + "kistype: func\nfname: PassL\nfmode: Calculate\ncalc: {seen: true}\n",
+		"pg.yml":     oneStepFlow("PG", "Pass", "gen2", "pg"),
+		"l.yml":      oneStepFlow("L", "PassL", "gen", "nothing"),
+	})
+	cmd, done := childArgs(t, []string{"run", "--watch", dir, "--state", filepath.Join(dir, "state"), "--log-level", "warn"})
+	c := apiClient{t: t, base: "http://" + addr}
+	waitAPI(t, c, done)
+
+	// quick sends method path and fails the test when the answer does
+	// not come within a while (the API used to hang on a waiting flow).
+	quick := func(method, path string) (int, apiFlow) {
+		t.Helper()
+		req, _ := http.NewRequest(method, c.base+path, nil)
+		resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
+		defer resp.Body.Close()
+		var f apiFlow
+		_ = json.NewDecoder(resp.Body).Decode(&f)
+		return resp.StatusCode, f
+	}
+	waiting := func() bool {
+		var pg struct {
+			Status     string `json:"status"`
+			WaitingFor string `json:"waiting_for"`
+		}
+		return c.do("GET", "/api/flows/PG", &pg) == 200 && pg.Status == "waiting" && pg.WaitingFor == "pg"
+	}
+	waitFor(t, "flow L to commit rows while PG waits", 30*time.Second, func() bool { return c.flow("L").Stats.Committed > 0 })
+	waitFor(t, "flow PG shown waiting for connector pg", 10*time.Second, waiting)
+
+	// A change of L is applied while PG waits.
+	writeFiles(t, dir, map[string]string{"funcs.yml": passFunc + "kistype: func\nfname: PassL\nfmode: Calculate\ncalc: {seen: false}\n"})
+	waitFor(t, "L's change to be applied while PG waits", 30*time.Second, func() bool {
+		l := c.flow("L")
+		return l.Starts == 2 && l.Status == "running"
+	})
+
+	// A stop ends the wait; a start waits again; both answer at once.
+	if code, f := quick("POST", "/api/flows/PG/stop"); code != 200 || f.Status != "stopped" {
+		t.Fatalf("POST stop of the waiting flow PG: %d, %+v, want 200 stopped", code, f)
+	}
+	if code, f := quick("POST", "/api/flows/PG/start"); code != 200 || (f.Status != "waiting" && f.Status != "starting") {
+		t.Fatalf("POST start of PG, whose connector is down: %d, %+v, want 200 waiting", code, f)
+	}
+	waitFor(t, "flow PG waiting again after its start", 10*time.Second, waiting)
+	if code, f := quick("POST", "/api/flows/L/stop"); code != 200 || f.Status != "stopped" {
+		t.Fatalf("POST stop of L while PG waits: %d, %+v", code, f)
+	}
+
+	// A change of the waiting flow restarts it with the new configuration.
+	writeFiles(t, dir, map[string]string{"pg.yml": oneStepFlow("PG", "Pass", "gen2", "nothing")})
+	waitFor(t, "PG to run with its new sink", 30*time.Second, func() bool {
+		f := c.flow("PG")
+		return f.Status == "running" && f.Stats.Committed > 0
+	})
+	if out := cmd.Stdout.(*syncBuffer).String(); !strings.Contains(out, "watch: watching") {
+		t.Errorf("the watch loop never said it watches:\n%s", out)
+	}
+}
