@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 )
@@ -96,6 +98,16 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if o.from != "" || o.until != "" {
 		return &exitError{code: ExitUsage, err: errors.New("--watch runs flows from their committed positions: it does not take --from or --until")}
 	}
+	// The files as they are before they are read: a change made while
+	// the flows start is applied once they have started.
+	state := o.state
+	if state == "" {
+		state = filepath.Join(dir, kisflow.DefaultStateDir)
+	}
+	last, err := snapshot(dir, state)
+	if err != nil {
+		return &exitError{code: ExitUsage, err: err}
+	}
 	set, err := loadConfig(reg, dir, stderr)
 	if err != nil {
 		return err
@@ -131,10 +143,6 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	fmt.Fprintf(stdout, "watch: watching %s for changes (Ctrl-C to stop)\n", dir)
 
-	last, err := snapshot(dir, w.state)
-	if err != nil {
-		return &exitError{code: ExitUsage, err: err}
-	}
 	tick := time.NewTicker(watchPoll)
 	defer tick.Stop()
 	for {
@@ -609,6 +617,16 @@ func (w *watcher) drainAll() bool {
 // flow the same fingerprint when nothing it runs with changed.
 func flowPrints(set *config.Set) map[string]string {
 	global, _ := json.Marshal(set.Global)
+	if set.Global != nil {
+		// A plugin's settings (the admin server's address, ...) are not
+		// in the global file's JSON: its YAML is.
+		for _, typ := range slices.Sorted(mapKeys(set.Global.Plugins)) {
+			for _, n := range slices.Sorted(mapKeys(set.Global.Plugins[typ])) {
+				b, _ := yaml.Marshal(set.Global.Plugins[typ][n])
+				global = fmt.Appendf(global, "\x00%s.%s\x00%s", typ, n, b)
+			}
+		}
+	}
 	conns := slices.Sorted(mapKeys(set.Conns))
 	out := map[string]string{}
 	for name, fl := range set.Flows {
