@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
 // Under run --watch a flow whose connector is down waits on its own, as
@@ -153,4 +155,48 @@ func TestWatchMovesTheAdminServerToItsNewAddress(t *testing.T) {
 	if _, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/api/flows"); err == nil {
 		t.Errorf("the admin server still answers at its old address %s", addr)
 	}
+}
+
+// A start through the API of a flow whose Redis server went down after
+// its connector started waits for the server (status waiting) and answers
+// at once; the flow runs once the server is back. Opening the source
+// (creating the consumer group) failed at once with 500 and status failed.
+func TestStartWaitsForASourceDownAfterItsConnectorStarted(t *testing.T) {
+	t.Parallel()
+	srv := testenv.PrivateRedis(t)
+	dir := t.TempDir()
+	addr, global := adminGlobal(t)
+	writeFiles(t, dir, map[string]string{
+		"global.yml": global,
+		"all.yml": fmt.Sprintf(`kistype: conn
+cname: rsrc
+type: redis
+addrs: 127.0.0.1:%d
+key: kfwait:in
+---
+kistype: conn
+cname: nothing
+type: discard
+---
+`, srv.Port()) + passFunc + oneStepFlow("R", "Pass", "rsrc", "nothing"),
+	})
+	_, done := childWith(t, dir)
+	c := apiClient{t: t, base: "http://" + addr}
+	waitAPI(t, c, done)
+	quick := quickAPI(t, c)
+	waitFor(t, "flow R to run", 30*time.Second, func() bool { return c.flow("R").Status == "running" })
+	if code, f := quick("POST", "/api/flows/R/stop"); code != 200 || f.Status != "stopped" {
+		t.Fatalf("POST stop: %d %+v", code, f)
+	}
+	back := make(chan struct{})
+	go func() { defer close(back); srv.Down(t, 6*time.Second) }()
+	time.Sleep(2 * time.Second) // the server is down
+	if code, f := quick("POST", "/api/flows/R/start"); code != 200 || (f.Status != "waiting" && f.Status != "starting") {
+		t.Fatalf("POST start while Redis is down: %d %+v, want 200 waiting", code, f)
+	}
+	if f := c.flow("R"); f.Status != "waiting" {
+		t.Fatalf("flow R is %s while Redis is down, want waiting", f.Status)
+	}
+	<-back
+	waitFor(t, "flow R to run once Redis is back", 30*time.Second, func() bool { return c.flow("R").Status == "running" })
 }
