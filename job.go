@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -352,7 +353,14 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	src := o.source
 	if src == nil {
 		if src, err = sd.OpenSource(ctx, sopts); err != nil {
-			return fail(fmt.Errorf("open source %q: %w", st.Source, err))
+			err = fmt.Errorf("open source %q: %w", st.Source, err)
+			var ne net.Error
+			if (errors.As(err, &ne) || stream.IsUnavailable(err)) && !stream.IsFatal(err) {
+				// The service went down after its connector started:
+				// the same weather as a connector that is not up yet.
+				err = &StartError{Connector: st.Source, Err: err}
+			}
+			return fail(err)
 		}
 	}
 	j.source = src

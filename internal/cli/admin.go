@@ -29,7 +29,7 @@ import (
 // Flow statuses of the admin API.
 const (
 	flowStarting = "starting" // the API asked for a start; connectors are starting
-	flowWaiting  = "waiting"  // at start-up, a connector is not up yet; the other flows run on
+	flowWaiting  = "waiting"  // at a start, a connector is not up yet; the other flows run on
 	flowRunning  = "running"
 	flowStopping = "stopping" // the API asked for a stop; in-flight batches drain
 	flowStopped  = "stopped"  // stopped through the API; kept stopped until a start
@@ -130,16 +130,29 @@ func (c *control) add(name string, job *kisflow.Job) {
 // produces has subscribed before the producer writes); a job ready after
 // a wait runs at once. reportStart writes where the job starts on out.
 func (c *control) launch(name string, out io.Writer, first chan<- error, gate <-chan struct{}) {
-	starting := make(chan struct{})
-	f := &flowRun{name: name, status: flowStarting, since: time.Now(), done: starting}
+	f := &flowRun{name: name, status: flowStarting, since: time.Now()}
 	c.mu.Lock()
 	c.flows = append(c.flows, f)
 	c.byName[name] = f
 	c.mu.Unlock()
+	c.begin(f, out, first, gate)
+}
+
+// begin prepares a job of f in the background and runs it, as launch
+// says; a stop while it waits for a connector ends the wait (status
+// stopped).
+func (c *control) begin(f *flowRun, out io.Writer, first chan<- error, gate <-chan struct{}) {
+	starting := make(chan struct{})
+	wctx, cancelWait := context.WithCancel(c.ctx)
+	c.mu.Lock()
+	f.done, f.cancel = starting, cancelWait
+	c.mu.Unlock()
+	name := f.name
 	go func() {
+		defer cancelWait()
 		var once sync.Once
 		report := func(err error) { once.Do(func() { first <- err }) }
-		job, err := waitJob(c.ctx, c.eng, name, c.stderr, func(conn string) {
+		job, err := waitJob(wctx, c.eng, name, c.stderr, func(conn string) {
 			c.mu.Lock()
 			f.status, f.waitingFor, f.since = flowWaiting, conn, time.Now()
 			c.mu.Unlock()
@@ -148,12 +161,15 @@ func (c *control) launch(name string, out io.Writer, first chan<- error, gate <-
 		}, c.opts...)
 		if err != nil {
 			c.mu.Lock()
-			if c.ctx.Err() == nil {
-				f.status, f.err = flowFailed, err
-			} else {
+			switch {
+			case c.ctx.Err() != nil:
 				f.status = flowFinished // a signal before it ever ran
+			case wctx.Err() != nil:
+				f.status, f.err = flowStopped, nil // stopped through the API while it waited
+			default:
+				f.status, f.err = flowFailed, err
 			}
-			f.since = time.Now()
+			f.since, f.waitingFor = time.Now(), ""
 			c.mu.Unlock()
 			close(starting)
 			c.notify()
@@ -334,11 +350,12 @@ func (c *control) stop(name string) (int, error) {
 	}
 	c.mu.Lock()
 	f := c.byName[name]
-	if f.status != flowRunning {
+	if f.status != flowRunning && f.status != flowWaiting {
 		st := f.status
 		c.mu.Unlock()
-		return http.StatusConflict, fmt.Errorf("flow %s is %s, not running", name, st)
+		return http.StatusConflict, fmt.Errorf("flow %s is %s, not running or waiting", name, st)
 	}
+	// A running job drains; a wait for a connector ends.
 	f.status = flowStopping
 	cancel, done := f.cancel, f.done
 	c.mu.Unlock()
@@ -348,7 +365,8 @@ func (c *control) stop(name string) (int, error) {
 }
 
 // start starts a new job of a flow that is not running, from its
-// committed position.
+// committed position. A flow whose connector is not up waits for it in
+// the background (status waiting), as at start-up.
 func (c *control) start(name string) (int, error) {
 	if c.ctx.Err() != nil {
 		return http.StatusConflict, errors.New("the run is stopping")
@@ -365,24 +383,15 @@ func (c *control) start(name string) (int, error) {
 		c.mu.Unlock()
 		return http.StatusConflict, fmt.Errorf("flow %s is %s: stop it first", name, st)
 	}
-	f.status = flowStarting
+	f.status, f.since = flowStarting, time.Now()
 	c.mu.Unlock()
 	c.notify()
-	job, err := startJob(c.ctx, c.eng, name, c.stderr, c.opts...)
-	if err != nil {
-		c.mu.Lock()
-		if c.ctx.Err() != nil {
-			// A signal during the start: the flow stays as it was.
-			f.status, f.since = flowStopped, time.Now()
-		} else {
-			f.status, f.err, f.since = flowFailed, err, time.Now()
-		}
-		c.mu.Unlock()
-		c.notify()
+	first, gate := make(chan error, 1), make(chan struct{})
+	close(gate)
+	c.begin(f, c.stderr, first, gate)
+	if err := <-first; err != nil {
 		return http.StatusInternalServerError, fmt.Errorf("start flow %s: %w", name, c.set.Redactor().Error(err))
 	}
-	reportStart(c.stderr, name, job.StartPosition())
-	c.run(f, job)
 	return http.StatusOK, nil
 }
 
@@ -398,7 +407,7 @@ func (c *control) track(name string, job *kisflow.Job, eng *kisflow.Engine, set 
 		c.flows = append(c.flows, f)
 		c.byName[name] = f
 	}
-	f.job, f.eng, f.set, f.err, f.since = job, eng, set, err, time.Now()
+	f.job, f.eng, f.set, f.err, f.since, f.waitingFor = job, eng, set, err, time.Now(), ""
 	f.lastCommitted, f.lastAt, f.rate, f.lastSteps, f.stepRates = 0, time.Now(), 0, nil, nil
 	switch {
 	case job == nil && err == nil:
@@ -410,6 +419,17 @@ func (c *control) track(name string, job *kisflow.Job, eng *kisflow.Engine, set 
 	}
 	f.status = flowRunning
 	f.starts++
+}
+
+// waiting records that the flow name's start waits for connector conn
+// (run --watch).
+func (c *control) waiting(name, conn string) {
+	c.mu.Lock()
+	if f := c.byName[name]; f != nil {
+		f.status, f.waitingFor, f.since = flowWaiting, conn, time.Now()
+	}
+	c.mu.Unlock()
+	c.notify()
 }
 
 // setStatus sets the status of the flow name (run --watch).

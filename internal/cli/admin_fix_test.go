@@ -20,46 +20,16 @@ const passFunc = "kistype: func\nfname: Pass\nfmode: Calculate\ncalc: {seen: tru
 // connected.
 func TestFlowWaitingForItsConnectorDoesNotHoldTheOthers(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	addr, global := adminGlobal(t)
-	writeFiles(t, dir, map[string]string{
-		"global.yml": global,
-		"all.yml": fmt.Sprintf(`kistype: conn
-cname: gen
-type: generator
-params: {format: map, rate: "200"}
----
-kistype: conn
-cname: gen2
-type: generator
-params: {format: map, rate: "200"}
----
-kistype: conn
-cname: nothing
-type: discard
----
-kistype: conn
-cname: pg
-type: postgres
-key: t
-params: {dsn: "postgres://postgres@127.0.0.1:%d/x?connect_timeout=2", columns: "id"}
----
-`, closedPort(t)) + passFunc + oneStepFlow("PG", "Pass", "gen2", "pg") + "---\n" + oneStepFlow("L", "Pass", "gen", "nothing"),
-	})
+	dir, addr := waitingDir(t)
 	_, done := childWith(t, dir)
 	c := apiClient{t: t, base: "http://" + addr}
 	waitAPI(t, c, done)
 	waitFor(t, "flow L to commit rows while PG waits", 30*time.Second, func() bool {
 		return c.flow("L").Stats.Committed > 0
 	})
-	var pg struct {
-		Status     string `json:"status"`
-		WaitingFor string `json:"waiting_for"`
-	}
-	waitFor(t, "flow PG shown waiting for connector pg", 10*time.Second, func() bool {
-		pg.Status, pg.WaitingFor = "", ""
-		return c.do("GET", "/api/flows/PG", &pg) == 200 && pg.Status == "waiting" && pg.WaitingFor == "pg"
-	})
+	// A waiting flow can be stopped (it was refused with 409 "waiting,
+	// not running") and started again, waiting again.
+	stopStartWaiting(t, c, quickAPI(t, c))
 	if l := c.flow("L"); l.Status != "running" {
 		t.Fatalf("flow L is %s, want running", l.Status)
 	}

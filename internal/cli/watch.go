@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
 )
@@ -35,6 +37,7 @@ const (
 // shared by the flows started from it; closed when the last one ends.
 type watchedEngine struct {
 	eng   *kisflow.Engine
+	set   *config.Set // the configuration it was built from
 	close func()
 	refs  int
 	unset func() // takes the console off the engine's admin server
@@ -47,8 +50,9 @@ type watchedFlow struct {
 	key     string // its stream.key
 	workers int    // its stream.workers
 	eng     *watchedEngine
-	job     *kisflow.Job
-	cancel  context.CancelFunc
+	mu      sync.Mutex         // guards job, set once its connectors are up
+	job     *kisflow.Job       // nil while it waits for a connector
+	cancel  context.CancelFunc // ends its wait for a connector, or drains its job
 	done    chan struct{}
 	err     error // set before done closes
 	start   time.Time
@@ -94,6 +98,16 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	if o.from != "" || o.until != "" {
 		return &exitError{code: ExitUsage, err: errors.New("--watch runs flows from their committed positions: it does not take --from or --until")}
 	}
+	// The files as they are before they are read: a change made while
+	// the flows start is applied once they have started.
+	state := o.state
+	if state == "" {
+		state = filepath.Join(dir, kisflow.DefaultStateDir)
+	}
+	last, err := snapshot(dir, state)
+	if err != nil {
+		return &exitError{code: ExitUsage, err: err}
+	}
 	set, err := loadConfig(reg, dir, stderr)
 	if err != nil {
 		return err
@@ -129,10 +143,6 @@ func runWatch(ctx context.Context, reg *kisflow.Registry, dir string, o runOptio
 	}
 	fmt.Fprintf(stdout, "watch: watching %s for changes (Ctrl-C to stop)\n", dir)
 
-	last, err := snapshot(dir, w.state)
-	if err != nil {
-		return &exitError{code: ExitUsage, err: err}
-	}
 	tick := time.NewTicker(watchPoll)
 	defer tick.Stop()
 	for {
@@ -344,6 +354,7 @@ func (w *watcher) startFlows(ctx context.Context, set *config.Set, start []strin
 	red := set.Redactor()
 	log := w.log(set)
 	engSet := set
+	w.findHolder()
 	if w.holder != nil {
 		// Another engine holds the admin server's address: this one
 		// does without a listener of its own.
@@ -362,51 +373,94 @@ func (w *watcher) startFlows(ctx context.Context, set *config.Set, start []strin
 		fmt.Fprintf(w.stderr, "watch: %v\nwatch: flows %s stay stopped until the configuration is fixed\n", err, strings.Join(start, ", "))
 		return nil
 	}
-	we := &watchedEngine{eng: eng, close: closeEngine, unset: eng.Console().Set(w.console)}
+	we := &watchedEngine{eng: eng, set: engSet, close: closeEngine, unset: eng.Console().Set(w.console), refs: 1}
+	// Each flow starts on its own, as under plain run: one whose
+	// connector is not up yet waits (status waiting) in the background,
+	// while the others run and the watch loop and the API go on. first
+	// receives each flow's first outcome: nil when its job is ready or
+	// when it begins to wait, the error when it cannot start.
+	firsts := make(chan error, len(start))
 	for _, n := range start {
 		st := set.Flows[n].Stream
-		wf := &watchedFlow{name: n, print: prints[n], key: st.Key, workers: st.Workers, eng: we, done: make(chan struct{})}
-		w.ctl.track(n, nil, nil, set, nil)
-		j, err := startJob(ctx, eng, n, w.stderr, kisflow.WithStateDir(w.state))
-		if err != nil {
-			if ctx.Err() != nil {
-				we.release()
-				return nil
-			}
-			if first {
-				we.refs++
-				we.release()
-				w.drainAll()
-				return &exitError{code: ExitProblem, err: red.Error(err)}
-			}
-			fmt.Fprintf(w.stderr, "watch: flow %s could not start: %v\nwatch: flow %s stays stopped until its configuration changes; the other flows go on\n", n, red.Error(err), n)
-			wf.ended, wf.failed, wf.eng = true, true, nil
-			close(wf.done)
-			w.flows[n] = wf
-			w.ctl.track(n, nil, nil, set, err)
-			continue
-		}
-		we.refs++
-		wf.job = j
-		w.ctl.track(n, j, eng, set, nil)
-		if w.holder == nil && adminListens(eng, engSet) {
-			we.refs++ // kept open for its admin server (see watcher.holder)
-			w.holder = we
-		}
-		reportStart(w.stdout, n, j.StartPosition())
 		jctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		wf.cancel, wf.start = cancel, time.Now()
-		go func() {
-			wf.err = j.Run(jctx)
-			close(wf.done)
-		}()
+		wf := &watchedFlow{name: n, print: prints[n], key: st.Key, workers: st.Workers, eng: we, done: make(chan struct{}), cancel: cancel, start: time.Now()}
+		we.refs++
 		w.flows[n] = wf
+		w.ctl.track(n, nil, nil, set, nil)
+		go w.runFlow(jctx, wf, set, firsts)
 	}
-	if we.refs == 0 {
-		we.refs = 1
-		we.release()
+	var startErr error
+	for range start {
+		if err := <-firsts; err != nil && startErr == nil {
+			startErr = err
+		}
+	}
+	w.findHolder()
+	we.release() // the reference taken at its opening
+	if startErr == nil || ctx.Err() != nil {
+		return nil
+	}
+	if first {
+		w.drainAll()
+		return &exitError{code: ExitProblem, err: red.Error(startErr)}
+	}
+	// The flows that could not start are reported now, so that the API's
+	// start answers with their error.
+	for _, n := range start {
+		wf := w.flows[n]
+		select {
+		case <-wf.done:
+			if wf.current() == nil {
+				w.ended(wf, false)
+			}
+		default:
+		}
 	}
 	return nil
+}
+
+// runFlow prepares wf's job, waiting for its connectors as long as they
+// are not up (or until ctx ends: a drain or a stop cancels the wait),
+// then runs it until ctx ends. first receives the first outcome.
+func (w *watcher) runFlow(ctx context.Context, wf *watchedFlow, set *config.Set, first chan<- error) {
+	defer close(wf.done)
+	var once sync.Once
+	report := func(err error) { once.Do(func() { first <- err }) }
+	j, err := waitJob(ctx, wf.eng.eng, wf.name, w.stderr, func(conn string) {
+		w.ctl.waiting(wf.name, conn)
+		report(nil)
+	}, kisflow.WithStateDir(w.state))
+	if err != nil {
+		if ctx.Err() != nil {
+			err = nil // stopped or drained while it waited
+		}
+		wf.err = err
+		report(err)
+		return
+	}
+	wf.mu.Lock()
+	wf.job = j
+	wf.mu.Unlock()
+	w.ctl.track(wf.name, j, wf.eng.eng, set, nil)
+	reportStart(w.stdout, wf.name, j.StartPosition())
+	report(nil)
+	wf.err = j.Run(ctx)
+}
+
+// findHolder makes the engine whose admin server listens, if any, the
+// holder (see watcher.holder). An engine starts its admin server with
+// its first job, which may come late: after a wait for a connector.
+func (w *watcher) findHolder() {
+	if w.holder != nil {
+		return
+	}
+	for _, n := range slices.Sorted(mapKeys(w.flows)) {
+		if we := w.flows[n].eng; we != nil && we.refs > 0 && adminListens(we.eng, we.set) {
+			we.refs++ // kept open for its admin server
+			w.holder = we
+			return
+		}
+	}
 }
 
 // log returns the logger of an engine of set: to stderr, with set's
@@ -427,7 +481,16 @@ func keyRefused(wf *watchedFlow, st *config.Stream) bool {
 	if wf.key == st.Key || (wf.workers <= 1 && st.Workers <= 1) {
 		return false
 	}
-	return wf.job.OpenWindows() > 0
+	j := wf.current()
+	return j != nil && j.OpenWindows() > 0
+}
+
+// current returns wf's job, nil while it waits for a connector (or when
+// it never started).
+func (wf *watchedFlow) current() *kisflow.Job {
+	wf.mu.Lock()
+	defer wf.mu.Unlock()
+	return wf.job
 }
 
 // drain stops wf's job: in-flight batches are finished and committed.
@@ -444,6 +507,7 @@ func (w *watcher) drain(wf *watchedFlow) {
 // to its end, or an error. A failed flow stays stopped until its
 // configuration changes; the others go on.
 func (w *watcher) reap() {
+	w.findHolder()
 	for _, n := range slices.Sorted(mapKeys(w.flows)) {
 		wf := w.flows[n]
 		if wf.ended {
@@ -463,9 +527,23 @@ func (w *watcher) reap() {
 // ended reports the end of wf's job and releases its engine.
 func (w *watcher) ended(wf *watchedFlow, drained bool) {
 	wf.ended = true
-	j, err := wf.job, wf.err
+	j, err := wf.current(), wf.err
 	w.ctl.jobEnded(wf.name, err, wf.held)
 	elapsed := time.Since(wf.start)
+	if j == nil {
+		// It waited for a connector and never ran.
+		if err != nil {
+			fmt.Fprintf(w.stderr, "watch: flow %s could not start: %v\n", wf.name, err)
+			wf.failed = true
+		} else {
+			fmt.Fprintf(w.stdout, "flow %s: stopped while it waited for a connector; nothing was processed\n", wf.name)
+		}
+		if wf.eng != nil {
+			wf.eng.release()
+			wf.eng = nil
+		}
+		return
+	}
 	s := j.Stats()
 	rate := float64(s.Committed) / max(elapsed.Seconds(), 1e-9)
 	fmt.Fprintf(w.stdout, "flow %s: %d rows read, %d committed, %d written, %d dead-lettered, %d retries in %s (%s rows/s)\n",
@@ -539,6 +617,16 @@ func (w *watcher) drainAll() bool {
 // flow the same fingerprint when nothing it runs with changed.
 func flowPrints(set *config.Set) map[string]string {
 	global, _ := json.Marshal(set.Global)
+	if set.Global != nil {
+		// A plugin's settings (the admin server's address, ...) are not
+		// in the global file's JSON: its YAML is.
+		for _, typ := range slices.Sorted(mapKeys(set.Global.Plugins)) {
+			for _, n := range slices.Sorted(mapKeys(set.Global.Plugins[typ])) {
+				b, _ := yaml.Marshal(set.Global.Plugins[typ][n])
+				global = fmt.Appendf(global, "\x00%s.%s\x00%s", typ, n, b)
+			}
+		}
+	}
 	conns := slices.Sorted(mapKeys(set.Conns))
 	out := map[string]string{}
 	for name, fl := range set.Flows {

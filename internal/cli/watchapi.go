@@ -32,8 +32,8 @@ func (w *watcher) do(act func() (int, error)) (int, error) {
 	return o.code, o.err
 }
 
-// stopFlow drains the flow's job and holds it stopped until the API
-// starts it or its configuration changes.
+// stopFlow drains the flow's job (or ends its wait for a connector) and
+// holds it stopped until the API starts it or its configuration changes.
 func (w *watcher) stopFlow(name string) (int, error) {
 	return w.do(func() (int, error) {
 		wf := w.flows[name]
@@ -49,7 +49,8 @@ func (w *watcher) stopFlow(name string) (int, error) {
 }
 
 // startFlow starts a new job of a flow that is not running, with the
-// configuration last applied, from its committed position.
+// configuration last applied, from its committed position. A flow whose
+// connector is not up waits for it in the background (status waiting).
 func (w *watcher) startFlow(name string) (int, error) {
 	return w.do(func() (int, error) {
 		wf := w.flows[name]
@@ -63,7 +64,7 @@ func (w *watcher) startFlow(name string) (int, error) {
 		if err := w.startFlows(w.ctl.ctx, w.set, []string{name}, flowPrints(w.set), false); err != nil {
 			return http.StatusInternalServerError, err
 		}
-		if wf := w.flows[name]; wf.job == nil {
+		if wf := w.flows[name]; wf.failed {
 			return http.StatusInternalServerError, fmt.Errorf("start flow %s: %w", name, w.set.Redactor().Error(w.ctl.flowErr(name)))
 		}
 		return http.StatusOK, nil

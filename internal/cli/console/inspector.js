@@ -108,9 +108,9 @@
     sec.graph.replaceChildren(...nodes);
     sec.badge.className = "badge " + f.status;
     sec.badge.textContent = f.status;
-    const action = f.status === "running" ? "stop" : "start";
+    const action = f.status === "running" || f.status === "waiting" ? "stop" : "start";
     if (sec.btn.dataset.action !== action) { sec.btn.dataset.action = action; sec.btn.textContent = action; }
-    sec.btn.disabled = !["running", "stopped", "finished", "failed"].includes(f.status);
+    sec.btn.disabled = !["running", "waiting", "stopped", "finished", "failed"].includes(f.status);
     sec.stats.replaceChildren(
       stat("rows/s", num(f.rows_per_sec), "rate"),
       stat("committed", num(s.Committed), "committed"),
