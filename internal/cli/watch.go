@@ -58,6 +58,9 @@ type watchedFlow struct {
 	start   time.Time
 	ended   bool // its end was reported
 	failed  bool // it ended with an error (or did not start)
+	// notDrained: its last job's in-flight batches did not finish within
+	// drain_timeout (they go back to the source).
+	notDrained bool
 	held    bool // stopped through the admin API: started again by the API or a change of its configuration
 }
 
@@ -559,6 +562,7 @@ func (w *watcher) ended(wf *watchedFlow, drained bool) {
 	switch {
 	case err != nil && errors.Is(err, kisflow.ErrDrainTimeout):
 		fmt.Fprintf(w.stderr, "flow %s: %v\n", wf.name, err)
+		wf.notDrained = true
 	case err != nil:
 		fmt.Fprintf(w.stderr, "flow %s failed: %v\n", wf.name, err)
 		wf.failed = true
@@ -584,31 +588,37 @@ func (we *watchedEngine) release() {
 // stopAll drains every running flow, at a signal.
 func (w *watcher) stopAll() error {
 	w.endLoop.Do(func() { close(w.quit) }) // the API's actions are refused from now on
-	failed := w.drainAll()
-	fmt.Fprintln(w.stdout, "stopped by signal; in-flight batches were drained and committed")
-	if failed {
+	failed, notDrained := w.drainAll()
+	switch {
+	case failed:
 		return &exitError{code: ExitProblem}
+	case notDrained:
+		// As run: in-flight batches went back to the source.
+		return &exitError{code: ExitNotDrained}
 	}
+	fmt.Fprintln(w.stdout, "stopped by signal; in-flight batches were drained and committed")
 	return nil
 }
 
-// drainAll drains every running flow and reports whether one failed.
-func (w *watcher) drainAll() bool {
+// drainAll drains every running flow and reports whether one failed and
+// whether one's in-flight batches did not finish within its drain_timeout.
+func (w *watcher) drainAll() (failed, notDrained bool) {
 	for _, n := range slices.Sorted(mapKeys(w.flows)) {
 		if wf := w.flows[n]; !wf.ended {
 			wf.cancel()
 		}
 	}
-	failed := false
 	for _, n := range slices.Sorted(mapKeys(w.flows)) {
 		wf := w.flows[n]
 		if !wf.ended {
+			wf.notDrained = false
 			<-wf.done
 			w.ended(wf, true)
+			notDrained = notDrained || wf.notDrained
 		}
 		failed = failed || wf.failed
 	}
-	return failed
+	return failed, notDrained
 }
 
 // flowPrints returns a fingerprint of the resolved configuration of each

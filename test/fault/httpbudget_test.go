@@ -19,6 +19,13 @@ import (
 // Retry-After looped.
 func TestHTTPBodyOverBudgetByRows(t *testing.T) {
 	t.Parallel()
+	if raceEnabled {
+		// 300,000 rows through a race-built binary beside the other
+		// parallel tests took over 90 s on the two-core CI machine and
+		// failed there twice in five runs; the budget is checked by the
+		// suite without the race detector.
+		t.Skip("300,000 rows are too slow under the race detector")
+	}
 	// httpIngest's folder with the http source's params dropped: the
 	// defaults.
 	dir := httpIngest(t)

@@ -185,6 +185,17 @@ func TestRunPrintsLintWarnings(t *testing.T) {
 // which would claim the in-flight batches were drained and committed.
 func TestDrainTimeoutOnBoundedSourceExits4(t *testing.T) {
 	t.Parallel()
+	drainTimeoutExits4(t)
+}
+
+// Under run --watch too (it exited 0 and said everything was drained and
+// committed).
+func TestDrainTimeoutUnderWatchExits4(t *testing.T) {
+	t.Parallel()
+	drainTimeoutExits4(t, "--watch")
+}
+
+func drainTimeoutExits4(t *testing.T, flags ...string) {
 	dir := Dir(t, map[string]string{
 		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Ids\nflows:\n  - fname: Keep\nstream:\n  source: in\n  sink: out\n  drain_timeout: 2s\n",
 		"funcs.yml": "kistype: func\nfname: Keep\nfmode: Calculate\ncalc:\n  seen: true\nkeep: [id]\n",
@@ -221,12 +232,15 @@ func TestDrainTimeoutOnBoundedSourceExits4(t *testing.T) {
 	if _, err := lock.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
 		t.Fatal(err)
 	}
-	p := Start(t, dir, nil, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+	p := Start(t, dir, nil, append([]string{"run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never"}, flags...)...)
 	p.WaitFor("sink out unavailable", 60*time.Second)
 	p.Signal(syscall.SIGTERM)
 	code := p.Wait(30 * time.Second)
 	if code != 4 {
-		t.Fatalf("exit %d, want 4 (not drained)", code)
+		t.Fatalf("exit %d, want 4 (not drained):\n%s", code, p.Output())
+	}
+	if strings.Contains(p.Stdout(), "drained and committed") {
+		t.Errorf("stdout says the batches were drained and committed:\n%s", p.Stdout())
 	}
 	if !strings.Contains(p.Stderr(), "drain") || !strings.Contains(p.Stderr(), "sink out unavailable for") {
 		t.Errorf("stderr does not say the drain timed out, waiting for sink out:\n%s", p.Stderr())
