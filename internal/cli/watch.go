@@ -61,7 +61,7 @@ type watchedFlow struct {
 	// notDrained: its last job's in-flight batches did not finish within
 	// drain_timeout (they go back to the source).
 	notDrained bool
-	held    bool // stopped through the admin API: started again by the API or a change of its configuration
+	held       bool // stopped through the admin API: started again by the API or a change of its configuration
 }
 
 // watcher runs the flows of a folder and applies the changes of its files.
@@ -84,9 +84,14 @@ type watcher struct {
 	ctl     *control
 	console http.Handler
 	holder  *watchedEngine
-	reqs    chan func()   // the API's actions, run by the watch loop
-	quit    chan struct{} // closed when the watch loop ends
-	endLoop sync.Once     // closes quit
+	reqs    chan func() // the API's actions, run by the watch loop
+	// moving is closed when the admin server is about to move to another
+	// engine: actions still waiting for the loop answer 503 rather than
+	// hold the old server's shutdown (see do).
+	movingMu sync.Mutex
+	moving   chan struct{}
+	quit     chan struct{} // closed when the watch loop ends
+	endLoop  sync.Once     // closes quit
 }
 
 // runWatch is `run --watch`: it runs the flows like run, then polls the

@@ -23,10 +23,21 @@ func (w *watcher) do(act func() (int, error)) (int, error) {
 		err  error
 	}
 	ch := make(chan outcome, 1)
+	w.movingMu.Lock()
+	if w.moving == nil {
+		w.moving = make(chan struct{})
+	}
+	moving := w.moving
+	w.movingMu.Unlock()
 	select {
 	case w.reqs <- func() { code, err := act(); ch <- outcome{code, err} }:
 	case <-w.quit:
 		return http.StatusConflict, errors.New("kisflow is stopping")
+	case <-moving:
+		// The loop is reloading and moves this server to a new engine:
+		// its shutdown waits for this request, which would wait for the
+		// loop.
+		return http.StatusServiceUnavailable, errors.New("the configuration is being reloaded and the admin server moves to a new engine: retry in a moment")
 	}
 	o := <-ch
 	return o.code, o.err
@@ -92,6 +103,12 @@ func (w *watcher) replayWith(name string, replay func(eng *kisflow.Engine, set *
 // releaseHolder gives up the extra reference on the engine that holds
 // the admin server, closing it if it runs no flow.
 func (w *watcher) releaseHolder() {
+	w.movingMu.Lock()
+	if w.moving != nil {
+		close(w.moving)
+		w.moving = nil
+	}
+	w.movingMu.Unlock()
 	if w.holder != nil {
 		w.holder.release()
 		w.holder = nil
