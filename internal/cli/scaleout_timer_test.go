@@ -141,59 +141,17 @@ func TestTimersFollowPartitions(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	start := func(state string) (*exec.Cmd, *syncBuilder) {
-		args := fmt.Sprintf(`["run", %q, "--state", %q, "--log-level", "info", "--progress", "never"]`, dir, filepath.Join(dir, state))
-		c := exec.Command(os.Args[0], "-test.run=^$")
-		c.Env = append(os.Environ(), "KISFLOW_TEST_CHILD="+args)
-		out := &syncBuilder{}
-		c.Stdout, c.Stderr = out, out
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
-		return c, out
-	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	consumed := func() int64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		offs, err := admin.FetchOffsets(ctx, "quiet")
-		if err != nil {
-			return 0
-		}
-		var all int64
-		offs.Each(func(o kadm.OffsetResponse) { all += max(o.At, 0) })
-		return all
-	}
-	a, aOut := start("a")
-	b, bOut := start("b")
-	defer func() {
-		if t.Failed() {
-			t.Logf("killed process output:\n%s\nsurvivor output:\n%s", tailOf(aOut.String()), tailOf(bOut.String()))
-		}
-	}()
-	deadline := time.Now().Add(2 * time.Minute)
-	wait := func(what string, done func() bool) {
-		t.Helper()
-		for !done() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: timed out (%d of %d records consumed)", what, consumed(), n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	wait("both processes own partitions", func() bool {
-		return strings.Contains(aOut.String(), "partitions assigned") && strings.Contains(bOut.String(), "partitions assigned")
-	})
-	wait("progress before the kill", func() bool { return consumed() >= n/4 })
-	_ = a.Process.Signal(syscall.SIGKILL)
-	_ = a.Wait()
-	atKill := consumed()
-	wait("the survivor consumes every record", func() bool { return consumed() >= n })
+	b, atKill, wait := killedPair(t, func(state string) *exec.Cmd {
+		args := fmt.Sprintf(`["run", %q, "--state", %q, "--log-level", "info", "--progress", "never"]`, dir, filepath.Join(dir, state))
+		c := exec.Command(os.Args[0], "-test.run=^$")
+		c.Env = append(os.Environ(), "KISFLOW_TEST_CHILD="+args)
+		return c
+	}, admin, "quiet", n)
 	// A record 3 hours later in each partition (a key of each) moves the
 	// watermark, the least over the partitions, past every timer.
 	for p := int32(0); p < 4; p++ {

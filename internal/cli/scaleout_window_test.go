@@ -133,59 +133,14 @@ func windowsFollowPartitions(t *testing.T, streamTime bool) {
 		}
 	}
 	bin := stockKisflow(t)
-	start := func(state string) (*exec.Cmd, *syncBuilder) {
-		c := exec.Command(bin, "run", dir, "--state", filepath.Join(dir, state), "--log-level", "info", "--progress", "never")
-		out := &syncBuilder{}
-		c.Stdout, c.Stderr = out, out
-		if err := c.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
-		return c, out
-	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	// consumed is the number of records the group committed.
-	consumed := func() int64 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		offs, err := admin.FetchOffsets(ctx, "revenue")
-		if err != nil {
-			return 0
-		}
-		var all int64
-		offs.Each(func(o kadm.OffsetResponse) { all += max(o.At, 0) })
-		return all
-	}
-	a, aOut := start("a")
-	b, bOut := start("b")
-	defer func() {
-		if t.Failed() {
-			t.Logf("killed process output:\n%s\nsurvivor output:\n%s", tailOf(aOut.String()), tailOf(bOut.String()))
-		}
-	}()
-	deadline := time.Now().Add(2 * time.Minute)
-	wait := func(what string, done func() bool) {
-		t.Helper()
-		for !done() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: timed out (%d of %d records consumed)", what, consumed(), n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	// Both own partitions and work, then one is killed mid-stream.
-	wait("both processes own partitions", func() bool {
-		return strings.Contains(aOut.String(), "partitions assigned") && strings.Contains(bOut.String(), "partitions assigned")
-	})
-	wait("progress before the kill", func() bool { return consumed() >= n/4 })
-	_ = a.Process.Signal(syscall.SIGKILL)
-	_ = a.Wait()
-	atKill := consumed()
-	wait("the survivor consumes every record", func() bool { return consumed() >= n })
+	b, atKill, wait := killedPair(t, func(state string) *exec.Cmd {
+		return exec.Command(bin, "run", dir, "--state", filepath.Join(dir, state), "--log-level", "info", "--progress", "never")
+	}, admin, "revenue", n)
 
 	// Close every window: one record per user 3 hours later.
 	var closers []any
@@ -272,4 +227,62 @@ func (s *syncBuilder) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// killedPair runs two processes of one consumer group (cmd makes each, for
+// a state folder of its own), SIGKILLs the first once the group committed a
+// quarter of the n records, and waits until the survivor committed all of
+// them. It returns the survivor, the records committed at the kill, and
+// wait, which polls done until a deadline shared by the whole test.
+func killedPair(t *testing.T, cmd func(state string) *exec.Cmd, admin *kadm.Client, group string, n int64) (*exec.Cmd, int64, func(what string, done func() bool)) {
+	t.Helper()
+	start := func(state string) (*exec.Cmd, *syncBuilder) {
+		c := cmd(state)
+		out := &syncBuilder{}
+		c.Stdout, c.Stderr = out, out
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Process.Kill(); _ = c.Wait() })
+		return c, out
+	}
+	// consumed is the number of records the group committed.
+	consumed := func() int64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		offs, err := admin.FetchOffsets(ctx, group)
+		if err != nil {
+			return 0
+		}
+		var all int64
+		offs.Each(func(o kadm.OffsetResponse) { all += max(o.At, 0) })
+		return all
+	}
+	a, aOut := start("a")
+	b, bOut := start("b")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("killed process output:\n%s\nsurvivor output:\n%s", tailOf(aOut.String()), tailOf(bOut.String()))
+		}
+	})
+	deadline := time.Now().Add(2 * time.Minute)
+	wait := func(what string, done func() bool) {
+		t.Helper()
+		for !done() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: timed out (%d of %d records consumed)", what, consumed(), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// Both own partitions and work, then one is killed mid-stream.
+	wait("both processes own partitions", func() bool {
+		return strings.Contains(aOut.String(), "partitions assigned") && strings.Contains(bOut.String(), "partitions assigned")
+	})
+	wait("progress before the kill", func() bool { return consumed() >= n/4 })
+	_ = a.Process.Signal(syscall.SIGKILL)
+	_ = a.Wait()
+	atKill := consumed()
+	wait("the survivor consumes every record", func() bool { return consumed() >= n })
+	return b, atKill, wait
 }
