@@ -30,7 +30,7 @@ func TestWatchFlowWaitingForItsConnectorHoldsNothing(t *testing.T) {
 			Status     string `json:"status"`
 			WaitingFor string `json:"waiting_for"`
 		}
-		return c.do("GET", "/api/flows/PG", &pg) == 200 && pg.Status == "waiting" && pg.WaitingFor == "pg"
+		return c.try("GET", "/api/flows/PG", &pg) == 200 && pg.Status == "waiting" && pg.WaitingFor == "pg"
 	}
 	waitFor(t, "flow L to commit rows while PG waits", 30*time.Second, func() bool { return c.flow("L").Stats.Committed > 0 })
 	waitFor(t, "flow PG shown waiting for connector pg", 10*time.Second, waiting)
@@ -38,8 +38,8 @@ func TestWatchFlowWaitingForItsConnectorHoldsNothing(t *testing.T) {
 	// A change of L is applied while PG waits.
 	writeFiles(t, dir, map[string]string{"funcs.yml": passFunc + "kistype: func\nfname: PassL\nfmode: Calculate\ncalc: {seen: false}\n"})
 	waitFor(t, "L's change to be applied while PG waits", 30*time.Second, func() bool {
-		l := c.flow("L")
-		return l.Starts == 2 && l.Status == "running"
+		var l apiFlow // the admin server may be moving to a new engine: a refused GET is retried
+		return c.try("GET", "/api/flows/L", &l) == 200 && l.Starts == 2 && l.Status == "running"
 	})
 
 	// A stop ends the wait; a start waits again; both answer at once.
@@ -51,8 +51,8 @@ func TestWatchFlowWaitingForItsConnectorHoldsNothing(t *testing.T) {
 	// A change of the waiting flow restarts it with the new configuration.
 	writeFiles(t, dir, map[string]string{"pg.yml": oneStepFlow("PG", "Pass", "gen2", "nothing")})
 	waitFor(t, "PG to run with its new sink", 30*time.Second, func() bool {
-		f := c.flow("PG")
-		return f.Status == "running" && f.Stats.Committed > 0
+		var f apiFlow // the admin server may be moving to a new engine: a refused GET is retried
+		return c.try("GET", "/api/flows/PG", &f) == 200 && f.Status == "running" && f.Stats.Committed > 0
 	})
 	if out := cmd.Stdout.(*syncBuffer).String(); !strings.Contains(out, "watch: watching") {
 		t.Errorf("the watch loop never said it watches:\n%s", out)
@@ -68,7 +68,7 @@ func stopStartWaiting(t *testing.T, c apiClient, quick func(method, path string)
 			Status     string `json:"status"`
 			WaitingFor string `json:"waiting_for"`
 		}
-		return c.do("GET", "/api/flows/PG", &pg) == 200 && pg.Status == "waiting" && pg.WaitingFor == "pg"
+		return c.try("GET", "/api/flows/PG", &pg) == 200 && pg.Status == "waiting" && pg.WaitingFor == "pg"
 	}
 	waitFor(t, "flow PG shown waiting for connector pg", 10*time.Second, waiting)
 	if code, f := quick("POST", "/api/flows/PG/stop"); code != 200 || f.Status != "stopped" {
