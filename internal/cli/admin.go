@@ -438,6 +438,9 @@ func (c *control) setStatus(name, status string) {
 	defer c.mu.Unlock()
 	if f := c.byName[name]; f != nil {
 		f.status, f.since = status, time.Now()
+		if status != flowWaiting {
+			f.waitingFor = "" // a flow stopped while it waited no longer waits
+		}
 	}
 }
 
@@ -461,7 +464,7 @@ func (c *control) jobEnded(name string, err error, held bool) {
 	if f == nil {
 		return
 	}
-	f.err, f.since = err, time.Now()
+	f.err, f.since, f.waitingFor = err, time.Now(), ""
 	switch {
 	case held:
 		f.status = flowStopped

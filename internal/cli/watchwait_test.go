@@ -74,6 +74,13 @@ func stopStartWaiting(t *testing.T, c apiClient, quick func(method, path string)
 	if code, f := quick("POST", "/api/flows/PG/stop"); code != 200 || f.Status != "stopped" {
 		t.Fatalf("POST stop of the waiting flow PG: %d, %+v, want 200 stopped", code, f)
 	}
+	var stopped struct {
+		Status     string `json:"status"`
+		WaitingFor string `json:"waiting_for"`
+	}
+	if c.try("GET", "/api/flows/PG", &stopped) == 200 && stopped.WaitingFor != "" {
+		t.Errorf("flow PG stopped (status %q) still shows waiting_for %q", stopped.Status, stopped.WaitingFor)
+	}
 	if code, f := quick("POST", "/api/flows/PG/start"); code != 200 || (f.Status != "waiting" && f.Status != "starting") {
 		t.Fatalf("POST start of PG, whose connector is down: %d, %+v, want 200 waiting", code, f)
 	}
