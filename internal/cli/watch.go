@@ -320,7 +320,11 @@ func (w *watcher) apply(ctx context.Context, set *config.Set, first bool, snap s
 			start = append(start, n)
 		case wf.print == prints[n]:
 			if !wf.ended && !first {
-				fmt.Fprintf(w.stdout, "watch: flow %s is unchanged: left running\n", n)
+				if w.ctl.status(n) == flowWaiting {
+					fmt.Fprintf(w.stdout, "watch: flow %s is unchanged: left waiting for its connector\n", n)
+				} else {
+					fmt.Fprintf(w.stdout, "watch: flow %s is unchanged: left running\n", n)
+				}
 			}
 		case !wf.ended && keyRefused(wf, set.Flows[n].Stream):
 			fmt.Fprintf(w.stderr, "watch: flow %s: change refused: stream.key changed from %q to %q while %d workers keep window state split by %q; "+

@@ -56,6 +56,8 @@ func TestWatchFlowWaitingForItsConnectorHoldsNothing(t *testing.T) {
 	})
 	if out := cmd.Stdout.(*syncBuffer).String(); !strings.Contains(out, "watch: watching") {
 		t.Errorf("the watch loop never said it watches:\n%s", out)
+	} else if !strings.Contains(out, "watch: flow PG is unchanged: left waiting for its connector") {
+		t.Errorf("the watch loop did not say that the waiting flow PG was left waiting when L changed:\n%s", out)
 	}
 }
 
