@@ -118,8 +118,7 @@ params:
 
 // cdcKillChanges is how many changes the SIGKILL tests commit at the
 // source: KISFLOW_CDC_CHANGES, or 20000 (5000 under the race detector;
-// the 100000 takes a few
-// minutes on a loaded machine).
+// the 100000 takes a few minutes on a loaded machine).
 func cdcKillChanges(t *testing.T) int64 {
 	if s := os.Getenv("KISFLOW_CDC_CHANGES"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)

@@ -261,7 +261,9 @@ func TestHTTPAbuse(t *testing.T) {
 	})
 	wg.Wait()
 	for i, d := range slow {
-		if d < 4*time.Second || d > 20*time.Second {
+		// The clock starts when the dial returns, which on a loaded
+		// machine can be a second after the server accepted.
+		if d < 3*time.Second || d > 20*time.Second {
 			t.Errorf("slow connection %d closed after %v, want about read_timeout (5s)", i, d)
 		}
 	}

@@ -94,7 +94,8 @@ func sqliteSink(path string) (string, func() (map[int64]int, error)) {
 // queryIDs counts each value of query's one integer column; a missing
 // table is empty.
 func queryIDs(db *sql.DB, query string) (map[int64]int, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// 5s was too short in CI for SQLite's file at a load average of 30.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	rows, err := db.QueryContext(ctx, query)
 	if err != nil {
