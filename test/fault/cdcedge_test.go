@@ -161,28 +161,37 @@ func TestCDCApplySeveralTables(t *testing.T) {
 }
 
 // TestCDCLintSnapshotInsert checks that lint warns of exactly-once from a
-// CDC source reading a snapshot into a sink that inserts (a stop during
-// the snapshot reads it again: its rows would be written twice), and not
-// with mode apply or without a snapshot.
+// mysql_cdc source reading a snapshot into a sink that inserts (a stop
+// during the snapshot reads it again: its rows would be written twice),
+// and not with mode apply or without a snapshot, nor from a postgres_cdc
+// source (its snapshot resumes after the last row delivered).
 func TestCDCLintSnapshotInsert(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
+		system   string
 		snapshot bool
 		mode     string
 		warn     bool
-	}{{true, "insert", true}, {true, "apply", false}, {false, "insert", false}} {
+	}{{"mysql_cdc", true, "insert", true}, {"mysql_cdc", true, "apply", false}, {"mysql_cdc", false, "insert", false}, {"postgres_cdc", true, "insert", false}} {
 		work := t.TempDir()
+		src := mysqlCDCConn("cdc", "root@tcp(127.0.0.1:3306)/test", 4601, c.snapshot, "gtid")
+		if c.system == "postgres_cdc" {
+			src = cdcConn("cdc", "postgres://postgres@127.0.0.1:5432/test", "kisflow_lint", c.snapshot)
+		}
 		dir := Dir(t, map[string]string{
 			"flow.yml":  cdcFlow("Log", "cdc", "log", "exactly-once"),
 			"funcs.yml": passFunc,
-			"conns.yml": mysqlCDCConn("cdc", "root@tcp(127.0.0.1:3306)/test", 4601, c.snapshot, "gtid") + "---\n" +
+			"conns.yml": src + "---\n" +
 				strings.Replace(sqliteSinks(work), "  columns: id,n,op=_op\n", "  columns: id,n,op=_op\n  mode: "+c.mode+"\n", 1),
 		})
 		res := Run(t, dir, time.Minute, "lint", dir)
 		out := res.Stdout + res.Stderr
 		warned := strings.Contains(out, "reads a snapshot first") && regexp.MustCompile(`flow\.yml:[0-9]+`).MatchString(out)
 		if warned != c.warn {
-			t.Errorf("snapshot %t, mode %s: warned %t, want %t (exit %d)\n%s", c.snapshot, c.mode, warned, c.warn, res.Code, out)
+			t.Errorf("%s, snapshot %t, mode %s: warned %t, want %t (exit %d)\n%s", c.system, c.snapshot, c.mode, warned, c.warn, res.Code, out)
+		}
+		if c.system == "postgres_cdc" && res.Code != 0 {
+			t.Errorf("postgres_cdc: lint exit %d\n%s", res.Code, out)
 		}
 	}
 }
