@@ -120,6 +120,35 @@ func TestPostgresCDCSnapshotResume(t *testing.T) {
 	if resumed < kills-1 { // the last kill may land before the run read its position
 		t.Errorf("%d kills landed during the snapshot, and %d runs resumed it after its last row delivered", kills, resumed)
 	}
+	// Kills while the stream catches up (still throttled): the committed
+	// position carries the snapshot's key ranges until the stream passes
+	// the last resumed snapshot's LSN.
+	Eventually(t, 2*time.Minute, "the snapshot ends", func() bool {
+		if p.Exited() {
+			t.Fatalf("kisflow exited; output:\n%s", tail(p.Output(), 4000))
+		}
+		return snapDone.MatchString(p.Output())
+	})
+	caught := 0
+	for range 2 {
+		time.Sleep(time.Duration(1000+rnd.IntN(1000)) * time.Millisecond)
+		p.Kill()
+		var pos string
+		if err := logDB.QueryRow("SELECT position FROM kisflow_checkpoints").Scan(&pos); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(pos, "snapshot:") && strings.Contains(pos, "{") {
+			caught++
+		}
+		t.Logf("kill while the stream catches up: committed position %.200s", pos)
+		p = run()
+		Eventually(t, time.Minute, "the log flow streams", func() bool {
+			return regexp.MustCompile(`streams changes[^\n]*connector=cdc\b`).MatchString(p.Output())
+		})
+	}
+	if caught == 0 {
+		t.Errorf("no kill landed while the stream carried the snapshot's ranges")
+	}
 	// The rest unthrottled.
 	if err := os.WriteFile(filepath.Join(dir, "funcs.yml"), []byte(passFunc), 0o644); err != nil {
 		t.Fatal(err)
@@ -187,7 +216,7 @@ func TestPostgresCDCSnapshotResume(t *testing.T) {
 	if d := replayDiff(replay(log), final); d != "" {
 		t.Fatalf("the log does not replay to the source: %s", d)
 	}
-	t.Logf("%d log rows (%d changes in the history) exact after %d SIGKILLs during the snapshot, %d resumed runs", len(log), len(hist), kills, resumed)
+	t.Logf("%d log rows (%d changes in the history) exact after %d SIGKILLs during the snapshot (%d resumed runs) and 2 while the stream caught up (%d with the ranges in the position)", len(log), len(hist), kills, resumed, caught)
 }
 
 // replay applies a log of changes in order: id → n.
