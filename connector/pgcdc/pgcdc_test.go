@@ -1,6 +1,7 @@
 package pgcdc
 
 import (
+	"encoding/json"
 	"testing"
 
 	"github.com/jackc/pglogrepl"
@@ -174,5 +175,15 @@ func TestSnapshotQuery(t *testing.T) {
 	back, err := decodeKey([]keyCol{u}, enc)
 	if err != nil || compareKeys([]keyCol{u}, k, back) != 0 {
 		t.Errorf("uuid key %v reads back as %v (%v)", enc, back, err)
+	}
+}
+
+func TestAppendJSONString(t *testing.T) {
+	t.Parallel()
+	for _, v := range []string{"", "42", "plain key", "quote \" and \\ back", "tab\there", "é ü 日本", "<&>", "\x7f"} {
+		var got string
+		if err := json.Unmarshal(appendJSONString(nil, v), &got); err != nil || got != v {
+			t.Errorf("%q: reads back as %q (%v)", v, got, err)
+		}
 	}
 }

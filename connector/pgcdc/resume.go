@@ -62,18 +62,24 @@ type rowKey []keyVal
 // keyOf is the key of row (a map of column to value, from the snapshot or
 // the stream), false when a column is missing or of an unexpected type.
 func keyOf(cols []keyCol, row map[string]any) (rowKey, bool) {
+	return keyInto(make(rowKey, 0, len(cols)), cols, row)
+}
+
+// keyInto is keyOf appending to k (of length 0).
+func keyInto(k rowKey, cols []keyCol, row map[string]any) (rowKey, bool) {
 	if len(cols) == 0 {
 		return nil, false
 	}
-	k := make(rowKey, len(cols))
-	for i, c := range cols {
+	for _, c := range cols {
 		v, ok := row[c.name]
 		if !ok || v == nil {
 			return nil, false
 		}
-		if k[i], ok = keyValue(c.kind, v); !ok {
+		kv, ok := keyValue(c.kind, v)
+		if !ok {
 			return nil, false
 		}
+		k = append(k, kv)
 	}
 	return k, true
 }
@@ -390,9 +396,14 @@ func (r *ranges) appendJSON(b []byte, snap bool, t int, k []string) []byte {
 		b = append(b, `,"t":`...)
 		b = strconv.AppendInt(b, int64(t), 10)
 		if k != nil {
-			kb, _ := json.Marshal(k)
-			b = append(b, `,"k":`...)
-			b = append(b, kb...)
+			b = append(b, `,"k":[`...)
+			for i, v := range k {
+				if i > 0 {
+					b = append(b, ',')
+				}
+				b = appendJSONString(b, v)
+			}
+			b = append(b, ']')
 		}
 	}
 	return append(b, '}')
@@ -543,4 +554,18 @@ func sameTables(a []string, b []table) bool {
 		}
 	}
 	return true
+}
+
+// appendJSONString appends v as a JSON string: as it is when it needs no
+// escape (a number, most keys), through encoding/json otherwise.
+func appendJSONString(b []byte, v string) []byte {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7F || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(v)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, v...)
+	return append(b, '"')
 }

@@ -43,7 +43,7 @@ type position struct {
 }
 
 func (p position) String() string {
-	var buf [48]byte
+	var buf [160]byte // most positions, ranges included, fit
 	b := buf[:0]
 	if p.snapshot {
 		b = append(b, "snapshot:"...)
@@ -214,6 +214,7 @@ type source struct {
 	snapRS    *ranges        // its key ranges (bound)
 	snapAfter rowKey         // the first table read resumes after this key
 	snapKey   []string       // the last key of snapTable delivered
+	keyBuf    rowKey         // reused to read each snapshot row's key
 	snapTmp   *pgconn.PgConn // the replication connection holding the temporary slot whose snapshot is read
 
 	keys   map[string][]keyCol // each table's key, read when a snapshot or ranges need it
@@ -242,7 +243,8 @@ type source struct {
 // status update reports it to the server, which may then free the WAL
 // before it.
 func (s *source) PositionCommitted(_ context.Context, pos string) {
-	p, err := parsePosition(pos)
+	head, _, _ := strings.Cut(pos, " ") // the LSN is all it needs, not the ranges
+	p, err := parsePosition(head)
 	if err != nil {
 		return
 	}
@@ -716,8 +718,8 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 		}
 		row["_op"], row["_table"], row["_lsn"] = "insert", d.tables[s.snapTable].String(), s.snapImg.String()
 		if cols := s.snapRS.cols[s.snapTable]; cols != nil {
-			if k, ok := keyOf(cols, row); ok {
-				s.snapKey = encodeKey(cols, k)
+			if k, ok := keyInto(s.keyBuf[:0], cols, row); ok {
+				s.snapKey, s.keyBuf = encodeKey(cols, k), k
 			}
 		}
 		s.snapN++
