@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/kisflow-go/kisflow/internal/cdcsnap"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -37,9 +38,9 @@ type position struct {
 	lsn      pglogrepl.LSN
 	n        int
 	snapshot bool
-	rs       *ranges  // the key ranges (nil: none; every change counts)
-	t        int      // snapshot: the table being read
-	k        []string // snapshot: the last key of table t delivered (nil: none)
+	rs       *cdcsnap.Ranges // the snapshot's key ranges (nil: none; every change counts)
+	t        int             // snapshot: the table being read
+	k        []string        // snapshot: the last key of table t delivered (nil: none)
 }
 
 func (p position) String() string {
@@ -55,7 +56,7 @@ func (p position) String() string {
 	}
 	if p.rs != nil {
 		b = append(b, ' ')
-		b = p.rs.appendJSON(b, p.snapshot, p.t, p.k)
+		b = p.rs.AppendJSON(b, p.snapshot, p.t, p.k)
 	}
 	return string(b)
 }
@@ -91,7 +92,7 @@ func parsePosition(s string) (position, error) {
 	}
 	s, state, hasState := strings.Cut(s, " ")
 	if hasState {
-		rs, t, k, err := parseRanges(state)
+		rs, t, k, err := cdcsnap.Parse(lsnCodec, state)
 		if err != nil {
 			return p, fmt.Errorf("bad position %q: the snapshot's key ranges: %w", s, err)
 		}
@@ -209,16 +210,16 @@ type source struct {
 	snapRows  pgx.Rows
 	snapTable int
 	snapN     int
-	snapLSN   pglogrepl.LSN  // where the stream starts after it
-	snapImg   pglogrepl.LSN  // the consistent point of the snapshot read (the rows' _lsn)
-	snapRS    *ranges        // its key ranges (bound)
-	snapAfter rowKey         // the first table read resumes after this key
-	snapKey   []string       // the last key of snapTable delivered
-	keyBuf    rowKey         // reused to read each snapshot row's key
-	snapTmp   *pgconn.PgConn // the replication connection holding the temporary slot whose snapshot is read
+	snapLSN   pglogrepl.LSN   // where the stream starts after it
+	snapImg   pglogrepl.LSN   // the consistent point of the snapshot read (the rows' _lsn)
+	snapRS    *cdcsnap.Ranges // its key ranges (bound)
+	snapAfter rowKey          // the first table read resumes after this key
+	snapKey   []string        // the last key of snapTable delivered
+	keyBuf    rowKey          // reused to read each snapshot row's key
+	snapTmp   *pgconn.PgConn  // the replication connection holding the temporary slot whose snapshot is read
 
 	keys   map[string][]keyCol // each table's key, read when a snapshot or ranges need it
-	ranges *ranges             // the stream skips the changes its snapshot's rows hold (bound)
+	ranges *cdcsnap.Ranges     // the stream skips the changes its snapshot's rows hold (bound)
 
 	// The transaction being received.
 	inTx   bool
@@ -533,7 +534,7 @@ func (s *source) openSnapshot(ctx context.Context, plain *pgx.Conn, name string,
 			s.log.Warn("postgres_cdc: the replication slot was gone and is created again: the snapshot is read again from its first row, and the changes between the slot's old and new start are lost", "connector", d.cfg.CName, "slot", d.p.Slot)
 		}
 		s.at = position{lsn: at.lsn, snapshot: true}
-		return s.beginSnapshot(ctx, plain, name, at.lsn, at.lsn, newRanges(names, nil, at.lsn, cols), 0, nil, 0)
+		return s.beginSnapshot(ctx, plain, name, at.lsn, at.lsn, cdcsnap.New(lsnCodec, names, cols, cdcsnap.Point(at.lsn)), 0, nil, 0)
 	}
 	lsn0 := at.lsn
 	if fresh || lsn0 == 0 {
@@ -551,26 +552,26 @@ func (s *source) openSnapshot(ctx context.Context, plain *pgx.Conn, name string,
 	}()
 	// The rows after where the last run stopped are read from the
 	// temporary slot's snapshot: their changes count from its point.
-	rs, t, after, n := newRanges(names, nil, lsn1, cols), 0, []string(nil), 0
+	rs, t, after, n := cdcsnap.New(lsnCodec, names, cols, cdcsnap.Point(lsn1)), 0, []string(nil), 0
 	again := func(why string) {
 		// Read again from the first row, every change counting: the
 		// tables end the same by key, and a sink that inserts holds the
 		// rows already written twice.
 		s.log.Warn("postgres_cdc reads its snapshot again from the first row: "+why, "connector", d.cfg.CName)
-		rs = newRanges(names, nil, 0, cols)
+		rs = cdcsnap.New(lsnCodec, names, cols, 0)
 	}
 	switch {
 	case !at.snapshot || (at.rs == nil && at.n == 0):
 		// A new snapshot: nothing of one was delivered.
 	case at.rs == nil:
 		again("the position " + at.String() + " (of an earlier version) does not say where it stopped")
-	case !sameTables(at.rs.tables, d.tables):
+	case !sameTables(at.rs.Tables(), d.tables):
 		again("the connector's tables are no longer the ones of its position")
 	default:
-		b, ok := at.rs.bound(s.keys)
+		b, ok := at.rs.Bind(s.keys)
 		if ok {
-			var nr *ranges
-			if nr, after, ok = b.resumed(at.t, at.k, lsn1); ok {
+			var nr *cdcsnap.Ranges
+			if nr, after, ok = b.Resumed(at.t, at.k, cdcsnap.Point(lsn1)); ok {
 				rs, t, n = nr, at.t, at.n
 			}
 		}
@@ -632,7 +633,7 @@ func (d *CDC) plain(ctx context.Context) (*pgx.Conn, error) {
 // beginSnapshot begins the transaction reading the snapshot name (whose
 // consistent point is img), from table t after the key after (nil: from
 // its start); the stream starts at lsn after it.
-func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string, lsn, img pglogrepl.LSN, rs *ranges, t int, after []string, n int) error {
+func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string, lsn, img pglogrepl.LSN, rs *cdcsnap.Ranges, t int, after []string, n int) error {
 	d := s.d
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -647,7 +648,7 @@ func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string,
 	s.snapAfter = nil
 	if after != nil && t < len(d.tables) {
 		var err error
-		if s.snapAfter, err = decodeKey(rs.cols[t], after); err != nil {
+		if s.snapAfter, err = cdcsnap.Decode(rs.Cols(t), after); err != nil {
 			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: %w", d.cfg.CName, err))
 		}
 	}
@@ -685,7 +686,7 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 			if s.snapTable == len(d.tables) {
 				return s.endSnapshot(ctx, out)
 			}
-			q, args := snapshotQuery(d.tables[s.snapTable], s.snapRS.cols[s.snapTable], s.snapAfter)
+			q, args := snapshotQuery(d.tables[s.snapTable], s.snapRS.Cols(s.snapTable), s.snapAfter)
 			s.snapAfter = nil
 			rows, err := s.snapTx.Query(bg, q, args...)
 			if err != nil {
@@ -717,9 +718,9 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 			row[fds[i].Name] = v
 		}
 		row["_op"], row["_table"], row["_lsn"] = "insert", d.tables[s.snapTable].String(), s.snapImg.String()
-		if cols := s.snapRS.cols[s.snapTable]; cols != nil {
+		if cols := s.snapRS.Cols(s.snapTable); cols != nil {
 			if k, ok := keyInto(s.keyBuf[:0], cols, row); ok {
-				s.snapKey, s.keyBuf = encodeKey(cols, k), k
+				s.snapKey, s.keyBuf = cdcsnap.Encode(cols, k), k
 			}
 		}
 		s.snapN++
@@ -740,7 +741,7 @@ func (s *source) endSnapshot(ctx context.Context, out []*stream.Message) ([]*str
 		s.snapTmp = nil
 	}
 	start := position{lsn: s.snapLSN}
-	if s.snapRS.max > s.snapLSN {
+	if s.snapRS.Max() > cdcsnap.Point(s.snapLSN) {
 		start.rs = s.snapRS // some rows' changes count from later than the stream's start
 	}
 	if s.held != nil {
@@ -768,9 +769,9 @@ func (s *source) startStream(ctx context.Context) error {
 	}
 	s.ranges = nil
 	if rs := s.at.rs; rs != nil && !s.at.snapshot {
-		if rs.cols == nil {
+		if !rs.Bound() {
 			var ok bool
-			if rs, ok = rs.bound(s.keys); !ok {
+			if rs, ok = rs.Bind(s.keys); !ok {
 				s.log.Warn("postgres_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
 			}
 		}
@@ -978,7 +979,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		}
 		s.inTx, s.txLSN, s.txN = true, m.FinalLSN, 0
 		s.txText = string(appendLSN(nil, m.FinalLSN))
-		if s.ranges != nil && m.FinalLSN >= s.ranges.max {
+		if s.ranges != nil && cdcsnap.Point(m.FinalLSN) >= s.ranges.Max() {
 			s.ranges = nil // past the snapshot's ranges: every change counts
 		}
 		if !s.startTime.IsZero() {
@@ -1006,7 +1007,7 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
 				continue
 			}
-			if s.ranges != nil && s.txLSN < s.ranges.tableFrom(r.name) {
+			if s.ranges != nil && cdcsnap.Point(s.txLSN) < s.ranges.TableFrom(r.name) {
 				continue // every part of the table was read from a snapshot after it
 			}
 			row := map[string]any{"_op": "truncate", "_table": r.name, "_lsn": s.txText}
@@ -1042,11 +1043,11 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 // update without _before (the new key's), or a delete of the old image.
 func (s *source) ranged(table, op string, row map[string]any) (string, bool) {
 	rs := s.ranges
-	t, ok := rs.index[table]
+	t, ok := rs.Index(table)
 	if !ok {
 		return op, true
 	}
-	cols := rs.cols[t]
+	cols := rs.Cols(t)
 	counts := func(img map[string]any) bool {
 		var k rowKey
 		if cols != nil {
@@ -1055,8 +1056,8 @@ func (s *source) ranged(table, op string, row map[string]any) (string, bool) {
 				return true // the key is unknown: it counts
 			}
 		}
-		lsn, ok := rs.from(table, k)
-		return !ok || s.txLSN >= lsn
+		at, ok := rs.From(table, k)
+		return !ok || cdcsnap.Point(s.txLSN) >= at
 	}
 	newer := counts(row)
 	before, hasBefore := row["_before"].(map[string]any)
