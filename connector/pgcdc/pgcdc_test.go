@@ -113,4 +113,3 @@ func TestSnapshotQuery(t *testing.T) {
 		t.Errorf("uuid key as an argument: %v", a[0])
 	}
 }
-
