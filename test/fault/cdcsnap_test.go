@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,15 +15,16 @@ import (
 	"github.com/jackc/pglogrepl"
 )
 
-// logRow is a row of a log of changes (id, n, op, lsn), in the order it
-// was written.
+// logRow is a row of a log of changes (id, n, op, and lsn: the point in
+// the source's log of its transaction, or of its snapshot), in the order
+// it was written.
 type logRow struct {
 	id, n int64
 	op    string
-	lsn   pglogrepl.LSN
+	lsn   uint64
 }
 
-func readLog(db *sql.DB, table string) ([]logRow, error) {
+func readLog(db *sql.DB, table string, point func(string) (uint64, error)) ([]logRow, error) {
 	rows, err := db.Query("SELECT id, coalesce(n, -1), op, lsn FROM " + table + " ORDER BY rowid")
 	if err != nil {
 		return nil, err
@@ -35,7 +37,7 @@ func readLog(db *sql.DB, table string) ([]logRow, error) {
 		if err := rows.Scan(&r.id, &r.n, &r.op, &lsn); err != nil {
 			return nil, err
 		}
-		if r.lsn, err = pglogrepl.ParseLSN(lsn); err != nil {
+		if r.lsn, err = point(lsn); err != nil {
 			return nil, fmt.Errorf("row %+v: lsn %q: %w", r, lsn, err)
 		}
 		out = append(out, r)
@@ -43,9 +45,9 @@ func readLog(db *sql.DB, table string) ([]logRow, error) {
 	return out, rows.Err()
 }
 
-// sqliteLog is the YAML of a SQLite sink logging changes (id, n, op,
-// lsn), inserted.
-func sqliteLog(work, name string) string {
+// sqliteLog is the YAML of a SQLite sink logging changes (id, n, op, and
+// lsn the column at), inserted.
+func sqliteLog(work, name, at string) string {
 	return `kistype: conn
 cname: ` + name + `
 type: sqlite
@@ -53,31 +55,78 @@ key: ` + name + `
 params:
   path: ` + filepath.Join(work, name+".db") + `
   create: "true"
-  columns: id,n,op=_op,lsn=_lsn
+  columns: id,n,op=_op,lsn=` + at + `
 `
 }
 
-// TestPostgresCDCSnapshotResume kills a job reading a snapshot of 20,000
-// rows (throttled) into an exactly-once log that inserts, several times
-// during the snapshot, while a writer changes the table: each run resumes
-// the snapshot after the last row the run before delivered. At the end
-// the log holds each row of the snapshot once, as of the snapshot it was
-// read from (its _lsn), and each change after that once; no change the
-// row's image already held. A history of every change (a slot without a
-// snapshot, created before the writer starts) tells which. A replica
-// (mode apply) of the same snapshot ends equal to the source.
+// snapResume is one database's side of the snapshot resume scenario.
+type snapResume struct {
+	system  string  // the connector type: its log lines start with it
+	db      *sql.DB // the source database, holding src with rows 1..initial
+	initial int64
+	// log and replica are the YAML of the source connectors cdc and cdcrep
+	// (with a snapshot), hist of cdchist (without).
+	log, replica, hist string
+	at                 string                       // the field of a row's point in the log: _lsn, _pos
+	point              func(string) (uint64, error) // reads it as a number in the log's order
+}
+
+// TestPostgresCDCSnapshotResume is the snapshot resume scenario
+// (runSnapshotResume) on PostgreSQL.
 func TestPostgresCDCSnapshotResume(t *testing.T) {
 	t.Parallel()
 	const initial = 20_000
 	_, url, db := logicalPostgres(t, initial)
+	runSnapshotResume(t, snapResume{system: "postgres_cdc", db: db, initial: initial,
+		log: cdcConn("cdc", url, "kisflow_snap_log", true), replica: cdcConn("cdcrep", url, "kisflow_snap_replica", true),
+		hist: cdcConn("cdchist", url, "kisflow_snap_hist", false), at: "_lsn",
+		point: func(s string) (uint64, error) { lsn, err := pglogrepl.ParseLSN(s); return uint64(lsn), err }})
+}
+
+// TestMySQLCDCSnapshotResume is the snapshot resume scenario
+// (runSnapshotResume) on MariaDB, which gives the binlog position of each
+// consistent snapshot.
+func TestMySQLCDCSnapshotResume(t *testing.T) {
+	t.Parallel()
+	const initial = 20_000
+	_, dsn, db := binlogMariaDB(t, initial)
+	runSnapshotResume(t, snapResume{system: "mysql_cdc", db: db, initial: initial,
+		log: mysqlCDCConn("cdc", dsn, 4801, true, "gtid"), replica: mysqlCDCConn("cdcrep", dsn, 4802, true, "file"),
+		hist: mysqlCDCConn("cdchist", dsn, 4803, false, "gtid"), at: "_pos",
+		point: func(s string) (uint64, error) {
+			// mysql-bin.000003:1234: the file's number, then the offset.
+			f, off, ok := strings.Cut(s, ":")
+			i := strings.LastIndexByte(f, '.')
+			n, err1 := strconv.ParseUint(f[i+1:], 10, 32)
+			o, err2 := strconv.ParseUint(off, 10, 32)
+			if !ok || i < 0 || err1 != nil || err2 != nil {
+				return 0, fmt.Errorf("binlog position %q", s)
+			}
+			return n<<32 | o, nil
+		}})
+}
+
+// runSnapshotResume kills a job reading a snapshot of initial rows
+// (throttled) into an exactly-once log that inserts, several times during
+// the snapshot, while a writer changes the table: each run resumes the
+// snapshot after the last row the run before delivered. Two more kills
+// land while the stream catches up (the committed position still holds
+// the snapshot's key ranges). At the end the log holds each row of the
+// snapshot once, as of the snapshot it was read from (its point), and
+// each change after that once; no change the row's image already held. A
+// history of every change (a source without a snapshot, started before the
+// writer) tells which. A replica (mode apply) of the same snapshot ends
+// equal to the source.
+func runSnapshotResume(t *testing.T, c snapResume) {
+	initial, db := c.initial, c.db
 	work := t.TempDir()
 	dir := Dir(t, map[string]string{
 		"log.yml":     cdcFlow("Log", "cdc", "snaplog", "exactly-once"),
 		"replica.yml": cdcFlow("Replica", "cdcrep", "replica", "exactly-once"),
 		"hist.yml":    cdcFlow("History", "cdchist", "hist", "exactly-once"),
 		"funcs.yml":   passFunc,
-		"conns.yml": cdcConn("cdc", url, "kisflow_snap_log", true) + "---\n" + cdcConn("cdcrep", url, "kisflow_snap_replica", true) + "---\n" +
-			cdcConn("cdchist", url, "kisflow_snap_hist", false) + "---\n" + sqliteLog(work, "snaplog") + "---\n" + sqliteLog(work, "hist") + "---\n" + sqliteReplica(work),
+		"conns.yml": c.log + "---\n" + c.replica + "---\n" + c.hist + "---\n" +
+			sqliteLog(work, "snaplog", c.at) + "---\n" + sqliteLog(work, "hist", c.at) + "---\n" + sqliteReplica(work),
 	})
 	Throttle(t, dir, 1000)
 	state := filepath.Join(work, "state")
@@ -86,10 +135,11 @@ func TestPostgresCDCSnapshotResume(t *testing.T) {
 	}
 	logDB, histDB, replicaDB := openSQLite(t, work, "snaplog.db"), openSQLite(t, work, "hist.db"), openSQLite(t, work, "replica.db")
 	p := run()
-	Eventually(t, time.Minute, "the history's slot exists", func() bool {
-		var n int
-		err := db.QueryRow("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'kisflow_snap_hist'").Scan(&n)
-		return err == nil && n == 1
+	Eventually(t, time.Minute, "the history streams", func() bool {
+		if p.Exited() {
+			t.Fatalf("kisflow exited; output:\n%s", tail(p.Output(), 4000))
+		}
+		return regexp.MustCompile(`streams changes[^\n]*connector=cdchist\b`).MatchString(p.Output())
 	})
 	w := startWriter(t, db, initial, 3*time.Millisecond)
 	snapDone := regexp.MustCompile(`read its snapshot[^\n]*connector=cdc\b`)
@@ -189,18 +239,18 @@ func TestPostgresCDCSnapshotResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	Eventually(t, 2*time.Minute, "the history holds every change and the log replays to the source", func() bool {
-		h, err := readLog(histDB, "hist")
+		h, err := readLog(histDB, "hist", c.point)
 		if err != nil || len(h) < len(want) {
 			return false
 		}
-		l, err := readLog(logDB, "snaplog")
+		l, err := readLog(logDB, "snaplog", c.point)
 		if err != nil {
 			return false
 		}
 		return len(replay(l)) == len(final) && replayDiff(replay(l), final) == ""
 	})
 	stopCleanly(t, p)
-	hist, err := readLog(histDB, "hist")
+	hist, err := readLog(histDB, "hist", c.point)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +261,7 @@ func TestPostgresCDCSnapshotResume(t *testing.T) {
 	if bad := changesDiff(want, counts); len(bad) > 0 {
 		t.Fatalf("the history (no snapshot) holds %d changes wrongly: %v", len(bad), bad[:min(len(bad), 10)])
 	}
-	log, err := readLog(logDB, "snaplog")
+	log, err := readLog(logDB, "snaplog", c.point)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +317,7 @@ func checkSnapshotLog(initial int64, hist, log []logRow) []string {
 	type change struct {
 		n   int64
 		op  string
-		lsn pglogrepl.LSN
+		lsn uint64
 	}
 	byKey := map[int64][]change{}
 	isChange := map[change]bool{}
@@ -328,7 +378,7 @@ func checkSnapshotLog(initial int64, hist, log []logRow) []string {
 				start++
 			}
 			if n, exists := stateAt(id, start); !exists || n != r.n {
-				bad = append(bad, fmt.Sprintf("id %d: snapshot row n %d at %s, the key's state then is n %d (exists %t)", id, r.n, r.lsn, n, exists))
+				bad = append(bad, fmt.Sprintf("id %d: snapshot row n %d at %x, the key's state then is n %d (exists %t)", id, r.n, r.lsn, n, exists))
 			}
 		} else if start < 0 {
 			bad = append(bad, fmt.Sprintf("id %d: %d changes logged, the history has %d", id, len(got), len(h)))
