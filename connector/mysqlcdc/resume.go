@@ -246,6 +246,7 @@ func (s *source) initRanges(ctx context.Context, prev *position) error {
 	s.keys = keys
 	s.snapRS, s.snapAfter, s.snapKey = nil, nil, nil
 	if !s.maria {
+		s.log.Warn("mysql_cdc: MySQL gives no binlog position of a snapshot itself: a run stopped during the snapshot reads it again from its first row, so a sink that inserts holds its rows already written twice (MariaDB resumes it)", "connector", d.cfg.CName)
 		return nil
 	}
 	point, ok := binlogPoint(s.snapFile, s.snapOffset)
