@@ -21,8 +21,9 @@ import (
 // resume reads the keyed table after the last key delivered and the
 // keyless one whole, from a new snapshot: a change of a key at or before
 // that key is delivered, one after it is in the new snapshot's image and
-// is not. The second stop lands in the keyless table: it is read again
-// whole (its rows delivered twice), its changes counting from the
+// is not; an update moving a key from before it to after it is delivered
+// as its delete. The second stop lands in the keyless table: it is read
+// again whole (its rows delivered twice), its changes counting from the
 // snapshot it was first read from.
 func TestSnapshotResumesAfterLastKey(t *testing.T) {
 	t.Parallel()
@@ -118,11 +119,12 @@ func TestSnapshotResumesAfterLastKey(t *testing.T) {
 		"DELETE FROM r.a WHERE g = 2 AND name = 'é'",
 		"INSERT INTO r.a VALUES (0, 'new', 1)",
 		"INSERT INTO r.a VALUES (9, 'new', 1)",
-		"UPDATE r.b SET v = 7 WHERE x = 1") // b is read from the next snapshot
+		"UPDATE r.a SET g = 5 WHERE g = 1 AND name = 'B'", // the key moves after the last key: only its delete counts
+		"UPDATE r.b SET v = 7 WHERE x = 1")                // b is read from the next snapshot
 
 	src = open(pos)
-	second := read(src, 10)
-	expect("the second run's rows: a after 2/Z, then b", second[:8], "insert a 2/_x=0; insert a 2/a=0; insert a 3/B=0; insert a 3/Z=0; insert a 3/_x=0; insert a 3/a=200; insert a 3/é=0; insert a 9/new=1")
+	second := read(src, 11)
+	expect("the second run's rows: a after 2/Z, then b", second[:9], "insert a 2/_x=0; insert a 2/a=0; insert a 3/B=0; insert a 3/Z=0; insert a 3/_x=0; insert a 3/a=200; insert a 3/é=0; insert a 5/B=0; insert a 9/new=1")
 	if !strings.Contains(logs.String(), "resumes its snapshot after the last row delivered") {
 		t.Errorf("the second run did not say it resumes:\n%s", logs.String())
 	}
@@ -134,7 +136,7 @@ func TestSnapshotResumesAfterLastKey(t *testing.T) {
 
 	src = open(pos)
 	defer src.Close(ctx)
-	third := read(src, 11)
+	third := read(src, 12)
 	t.Logf("third run: %s", rows(third))
 	var snap []*stream.Message
 	for _, m := range third[:5] {
@@ -145,5 +147,5 @@ func TestSnapshotResumesAfterLastKey(t *testing.T) {
 	if got := rows(snap); !strings.Contains(got, "insert b 1=7") || !strings.Contains(got, "insert b 2=8") || len(snap) != 5 {
 		t.Errorf("b read again whole from the third run's snapshot: %s", got)
 	}
-	expect("the changes", third[5:], "update a 1/a=100; delete a 2/B=0; insert a 0/new=1; update b 2=8; update a 3/B=300; insert a 10/end=0")
+	expect("the changes", third[5:], "update a 1/a=100; delete a 2/B=0; insert a 0/new=1; delete a 1/B=0; update b 2=8; update a 3/B=300; insert a 10/end=0")
 }
