@@ -114,24 +114,3 @@ func checkApplyTables(s *config.Set) []config.Problem {
 	}
 	return probs
 }
-
-// checkSnapshotInsert warns, at lint, of exactly-once delivery from a CDC
-// source that reads a snapshot first into a sink that inserts its rows
-// (not mode apply, no upsert_key): a run killed during the snapshot reads it again from
-// the start, and the rows of it already committed are written again.
-func (r *Registry) checkSnapshotInsert(s *config.Set) []config.Problem {
-	var probs []config.Problem
-	for _, name := range slices.Sorted(maps.Keys(s.Flows)) {
-		st := s.Flows[name].Stream
-		if st == nil || st.Delivery != config.ExactlyOnce || s.Conns[st.Source] == nil || s.Conns[st.Sink] == nil {
-			continue
-		}
-		src, sink := s.Conns[st.Source], s.Conns[st.Sink]
-		if !cdcSource(src.Type) || src.Params["snapshot"] == "false" || sink.Params["mode"] == "apply" || sink.Params["upsert_key"] != "" {
-			continue
-		}
-		probs = append(probs, config.Problem{Pos: s.Pos(config.KindFlow, name, "stream.delivery"), Severity: config.SevWarning,
-			Msg: fmt.Sprintf("flow %q: source %q (type %s) reads a snapshot first, and sink %q inserts rows: a run stopped (killed, or ended) during the snapshot reads the snapshot again from its start, and its rows already committed are written again. Exactly once end to end: sink params.mode: apply (a replica, by key), or an upsert_key on the sink, or source params.snapshot: \"false\"", name, st.Source, src.Type, st.Sink)})
-	}
-	return probs
-}

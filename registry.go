@@ -177,7 +177,6 @@ func (r *Registry) lintOptions() []config.LintOption {
 		config.WithCheck(r.checkDelivery),
 		config.WithCheck(r.checkBounds),
 		config.WithCheck(checkApplyTables),
-		config.WithCheck(r.checkSnapshotInsert),
 		config.WithFilterCheck(r.checkFilter),
 	}
 }

@@ -10,7 +10,10 @@
 // (database.table), _gtid (the transaction's GTID) and _pos (the binlog
 // file:offset where the transaction starts); an update also carries
 // _before, the old image. Snapshot rows are inserts whose _gtid and _pos
-// are the snapshot's.
+// are the snapshot's. On MariaDB the snapshot is read table by table in
+// primary key order, and a run stopped during it resumes after the last
+// row delivered, from a new snapshot, skipping the changes that snapshot
+// already holds (resume.go).
 //
 // The position is a GTID set (positions: gtid, the default) or a binlog
 // file and offset (positions: file): the runtime stores it (in its
@@ -46,7 +49,7 @@ func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, Ne
 
 type params struct {
 	ServerID  int           `param:"server_id" required:"true" min:"1" doc:"the replica server id the source registers with (unique among the server's replicas and other readers, and not the server's own)" example:"4001"`
-	Snapshot  bool          `param:"snapshot" default:"true" doc:"read the tables' rows first, from a consistent snapshot, then the binlog from that snapshot's position; false: the changes only, from the binlog's end when the flow first runs"`
+	Snapshot  bool          `param:"snapshot" default:"true" doc:"read the tables' rows first, from a consistent snapshot, each table in its primary key's order on MariaDB (a run stopped during it resumes after its last row delivered), then the binlog from that snapshot's position; false: the changes only, from the binlog's end when the flow first runs"`
 	Positions string        `param:"positions" default:"gtid" enum:"gtid|file" doc:"how positions are kept: gtid (a GTID set: MariaDB domain-server-seq, or MySQL with gtid_mode=ON) or file (binlog file:offset, for servers without GTIDs)"`
 	Heartbeat time.Duration `param:"heartbeat" default:"5s" min:"100ms" doc:"how often the server sends a heartbeat when it has no events; a connection silent for three heartbeats is taken as lost"`
 	Timeout   time.Duration `param:"timeout" default:"10s" min:"1ms" doc:"connect, and each query outside the stream"`

@@ -47,7 +47,9 @@ func TestPositions(t *testing.T) {
 	t.Parallel()
 	for _, s := range []string{"", "gtid:", "gtid:0-1-100", "gtid:0-1-100,1-2-7+3", "snapshot:gtid:0-1-5+12",
 		"file:mysql-bin.000003:1234", "file:mysql-bin.000003:4+5", "snapshot:file:mysql-bin.000001:330+2",
-		"gtid:3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5+2"} {
+		"gtid:3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5+2",
+		`snapshot:gtid:0-1-5+12 {"tables":["r.a"],"at":"1:330","t":0,"k":["5","a b"]}`,
+		`gtid:0-1-7+3 {"tables":["r.a","r.b"],"spans":[{"at":"1:330","t":0,"k":["5"]},{"at":"1:700","t":2}],"at":"2:4"}`} {
 		p, err := parsePosition(s)
 		if err != nil {
 			t.Fatalf("%q: %v", s, err)
@@ -56,7 +58,8 @@ func TestPositions(t *testing.T) {
 			t.Errorf("%q reads back as %q", s, got)
 		}
 	}
-	for _, s := range []string{"x", "lsn:0/1", "file:mysql-bin.000001", "file::4", "file:f:x", "gtid:0-1-1+y", "gtid:0-1-1+-2"} {
+	for _, s := range []string{"x", "lsn:0/1", "file:mysql-bin.000001", "file::4", "file:f:x", "gtid:0-1-1+y", "gtid:0-1-1+-2",
+		`gtid:0-1-1 {"tables":["r.a"],"at":"0/1"}`, `gtid:0-1-1 {`} {
 		if _, err := parsePosition(s); err == nil {
 			t.Errorf("%q: no error", s)
 		}

@@ -17,6 +17,8 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/google/uuid"
 
+	"github.com/kisflow-go/kisflow/internal/cdcsnap"
+
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -28,8 +30,14 @@ import (
 //	                    delivered
 //	POS+n               the first n changes of the transaction right after
 //	                    POS (one of the two above)
-//	snapshot:POS+n      the snapshot was being read (n rows); it is read
-//	                    again, and the stream starts at POS
+//	snapshot:POS+n      the snapshot was being read (n rows); the stream
+//	                    starts at POS after it
+//
+// followed, on MariaDB, in the snapshot and in the stream until it passes
+// the last of their points, by a space and the snapshot's key ranges as
+// JSON (see resume.go): in the snapshot with the table being read and its
+// last key delivered, where a resumed snapshot goes on. A snapshot
+// position without them is read again from its first row.
 type position struct {
 	gtid     bool
 	set      string // gtid: a GTID set (MariaDB domain-server-seq,...; MySQL uuid:1-n,...)
@@ -37,6 +45,9 @@ type position struct {
 	offset   uint32
 	n        int
 	snapshot bool
+	rs       *cdcsnap.Ranges // the snapshot's key ranges (nil: none; every change counts)
+	t        int             // snapshot: the table being read
+	k        []string        // snapshot: the last key of table t delivered (nil: none)
 }
 
 func (p position) String() string {
@@ -52,11 +63,19 @@ func (p position) String() string {
 	if p.n > 0 {
 		fmt.Fprintf(&b, "+%d", p.n)
 	}
+	if p.rs != nil {
+		b.WriteByte(' ')
+		b.Write(p.rs.AppendJSON(nil, p.snapshot, p.t, p.k))
+	}
 	return b.String()
 }
 
-// start is the position without its count: where the stream restarts.
-func (p position) start() position { p.n, p.snapshot = 0, false; return p }
+// start is the position without its count and ranges: where the stream
+// restarts.
+func (p position) start() position {
+	p.n, p.snapshot, p.rs, p.t, p.k = 0, false, nil, 0, nil
+	return p
+}
 
 func parsePosition(s string) (position, error) {
 	var p position
@@ -65,6 +84,14 @@ func parsePosition(s string) (position, error) {
 	}
 	bad := func(why string) (position, error) {
 		return p, fmt.Errorf("bad position %q: %s (gtid:SET, file:NAME:OFFSET, either with +N)", s, why)
+	}
+	s, state, hasState := strings.Cut(s, " ")
+	if hasState {
+		rs, t, k, err := cdcsnap.Parse(binlogCodec, state)
+		if err != nil {
+			return bad("the snapshot's key ranges: " + err.Error())
+		}
+		p.rs, p.t, p.k = rs, t, k
 	}
 	rest, snap := strings.CutPrefix(s, "snapshot:")
 	p.snapshot = snap
@@ -260,13 +287,21 @@ type source struct {
 	columns map[string][]column
 
 	// The snapshot, while it is read.
-	snapConn  *sql.Conn
-	snapRows  *sql.Rows
-	snapTable int
-	snapN     int
-	snapStart position // where the stream starts after it
-	snapGTID  string
-	snapPos   string
+	snapConn   *sql.Conn
+	snapRows   *sql.Rows
+	snapTable  int
+	snapN      int
+	snapStart  position // where the stream starts after it
+	snapGTID   string
+	snapPos    string
+	snapFile   string          // the snapshot's binlog position (MariaDB)
+	snapOffset uint32          //
+	snapRS     *cdcsnap.Ranges // its key ranges (MariaDB)
+	snapAfter  cdcsnap.Key     // the first table read resumes after this key
+	snapKey    []string        // the last key of snapTable delivered
+
+	keys   map[string][]cdcsnap.Col // each table's key, read when a snapshot or ranges need it
+	ranges *cdcsnap.Ranges          // the stream skips the changes its snapshot's rows hold (bound)
 
 	// The stream.
 	syncer   *replication.BinlogSyncer
@@ -279,6 +314,8 @@ type source struct {
 	inTx, sawBegin, standalone bool
 	txStart                    position // the position right before it
 	txGTID, txPos              string
+	txPoint                    cdcsnap.Point // where it starts in the binlog
+	txPointOK                  bool
 	txN                        int
 	skip                       int // resuming inside it: its first changes are skipped
 	skipNext                   int // the skip of the next transaction (the first after a start)
@@ -414,7 +451,10 @@ func (s *source) open(ctx context.Context) error {
 	if s.fresh {
 		if d.p.Snapshot {
 			s.fresh = false
-			return s.beginSnapshot(ctx, nil)
+			if err := s.beginSnapshot(ctx, nil); err != nil {
+				return err
+			}
+			return s.initRanges(qctx, nil)
 		}
 		set, file, err := d.head(ctx, db)
 		if err != nil {
@@ -428,13 +468,20 @@ func (s *source) open(ctx context.Context) error {
 		s.log.Info("mysql_cdc starts at the binlog's end", "connector", d.cfg.CName, "position", s.at.String())
 	} else if s.at.snapshot {
 		if d.p.Snapshot {
-			// A snapshot cut short: read again from a new snapshot; the
-			// stream from the old one's position brings it up to date
-			// (full images, by key: the result is the same).
-			start := s.at.start()
-			return s.beginSnapshot(ctx, &start)
+			// A snapshot cut short: the rest from a new snapshot, the
+			// stream from the old one's position (see initRanges).
+			prev, start := s.at, s.at.start()
+			if err := s.beginSnapshot(ctx, &start); err != nil {
+				return err
+			}
+			return s.initRanges(qctx, &prev)
 		}
 		s.at = s.at.start()
+	}
+	if s.at.rs != nil {
+		if s.keys, err = s.loadKeys(qctx); err != nil {
+			return err
+		}
 	}
 	return s.startStream(ctx)
 }
@@ -475,7 +522,7 @@ func (s *source) beginSnapshot(ctx context.Context, from *position) error {
 	if err != nil {
 		return d.wrap("connect for the snapshot", err)
 	}
-	s.snapConn = conn
+	s.snapConn, s.snapFile, s.snapOffset = conn, "", 0
 	gtid := d.p.Positions == "gtid"
 	var at position
 	if !s.maria {
@@ -523,6 +570,7 @@ func (s *source) beginSnapshot(ctx context.Context, from *position) error {
 			return stream.Fatal(fmt.Errorf("mysql_cdc connector %q: the server gave no binlog_snapshot_file: is log_bin on?", d.cfg.CName))
 		}
 		at = position{file: file, offset: off}
+		s.snapFile, s.snapOffset = file, off
 		if gtid {
 			var set sql.NullString
 			if err := conn.QueryRowContext(qctx, "SELECT BINLOG_GTID_POS(?, ?)", file, off).Scan(&set); err != nil {
@@ -534,6 +582,9 @@ func (s *source) beginSnapshot(ctx context.Context, from *position) error {
 	s.snapGTID, s.snapPos = at.set, at.String()
 	if !at.gtid {
 		s.snapPos = fmt.Sprintf("%s:%d", at.file, at.offset)
+	}
+	if s.snapFile != "" { // MariaDB: the snapshot's own file:offset, GTIDs or not
+		s.snapPos = fmt.Sprintf("%s:%d", s.snapFile, s.snapOffset)
 	}
 	if from != nil {
 		at = *from
@@ -574,7 +625,12 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 			if s.snapTable == len(d.tables) {
 				return s.endSnapshot(ctx, out)
 			}
-			rows, err := s.snapConn.QueryContext(bg, "SELECT * FROM "+d.tables[s.snapTable].quoted())
+			q, args := "SELECT * FROM "+d.tables[s.snapTable].quoted(), []any(nil)
+			if s.snapRS != nil {
+				q, args = snapshotQuery(d.tables[s.snapTable], s.snapRS.Cols(s.snapTable), s.snapAfter)
+				s.snapAfter = nil
+			}
+			rows, err := s.snapConn.QueryContext(bg, q, args...)
 			if err != nil {
 				return fail("snapshot of "+d.tables[s.snapTable].String(), err)
 			}
@@ -589,6 +645,7 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 				return fail("snapshot of "+t, err)
 			}
 			s.snapTable++
+			s.snapKey = nil
 			continue
 		}
 		names, _ := s.snapRows.Columns()
@@ -609,9 +666,17 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 			row[names[i]] = v
 		}
 		row["_op"], row["_table"], row["_gtid"], row["_pos"] = "insert", t, s.snapGTID, s.snapPos
+		if s.snapRS != nil {
+			if cols := s.snapRS.Cols(s.snapTable); cols != nil {
+				if k, ok := keyOf(cols, row); ok {
+					s.snapKey = cdcsnap.Encode(cols, k)
+				}
+			}
+		}
 		s.snapN++
 		pos := s.snapStart
 		pos.n, pos.snapshot = s.snapN, true
+		pos.rs, pos.t, pos.k = s.snapRS, s.snapTable, s.snapKey
 		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 	}
 	return out, nil
@@ -623,6 +688,7 @@ func (s *source) endSnapshot(ctx context.Context, out []*stream.Message) ([]*str
 	_ = s.snapConn.Close()
 	s.snapConn = nil
 	start := s.snapStart.start()
+	start.rs = s.snapRS // until the stream passes the last of its points
 	if s.held != nil {
 		s.held.Position, s.held.Handle = start.String(), start
 		out = s.emit(out, s.held)
@@ -686,6 +752,16 @@ func (s *source) startStream(ctx context.Context) error {
 		s.curText = s.cur.String()
 	}
 	s.skipNext, s.inTx = s.at.n, false
+	s.ranges = nil
+	if rs := s.at.rs; rs != nil && !s.at.snapshot {
+		if !rs.Bound() {
+			var ok bool
+			if rs, ok = rs.Bind(s.keys); !ok {
+				s.log.Warn("mysql_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
+			}
+		}
+		s.ranges = rs
+	}
 	s.log.Info("mysql_cdc streams changes", "connector", d.cfg.CName, "server_id", d.p.ServerID, "from", s.at.String())
 	s.checkStop(start)
 	return nil
@@ -895,6 +971,10 @@ func (s *source) begin(h *replication.EventHeader, gtid string) {
 	s.inTx, s.sawBegin, s.standalone = true, false, false
 	s.txGTID, s.txN = gtid, 0
 	s.txPos = fmt.Sprintf("%s:%d", s.file, h.LogPos-h.EventSize)
+	s.txPoint, s.txPointOK = binlogPoint(s.file, h.LogPos-h.EventSize)
+	if s.ranges != nil && s.txPointOK && s.txPoint >= s.ranges.Max() {
+		s.ranges = nil // past the snapshot's ranges: every change counts
+	}
 	if s.cur != nil {
 		s.txStart = position{gtid: true, set: s.curText}
 	} else {
@@ -917,6 +997,7 @@ func (s *source) end(out []*stream.Message, h *replication.EventHeader) []*strea
 	} else {
 		end = position{file: s.file, offset: h.LogPos}
 	}
+	end.rs = s.ranges
 	if s.held != nil {
 		s.held.Position, s.held.Handle = end.String(), end
 		out = s.emit(out, s.held)
@@ -936,9 +1017,18 @@ func (s *source) change(out []*stream.Message, table, op string, cols []column, 
 	if before != nil {
 		row["_before"] = image(cols, before, len(cols))
 	}
+	if s.ranges != nil {
+		half, ok := s.ranged(table, op, row)
+		if !ok {
+			return out // the snapshot's image of the row holds it
+		}
+		if half != op { // the old key's half of an update: its delete
+			row, op = row["_before"].(map[string]any), half
+		}
+	}
 	row["_op"], row["_table"], row["_gtid"], row["_pos"] = op, table, s.txGTID, s.txPos
 	pos := s.txStart
-	pos.n = s.txN
+	pos.n, pos.rs = s.txN, s.ranges
 	return s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 }
 

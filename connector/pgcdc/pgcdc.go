@@ -11,6 +11,10 @@
 // REPLICA IDENTITY FULL, also carries _before, the old image. Snapshot rows
 // are inserts whose _lsn is the snapshot's.
 //
+// The snapshot is read table by table in primary key order; a run stopped
+// during it resumes after the last row delivered, from a temporary slot's
+// snapshot, skipping the changes that snapshot already holds (resume.go).
+//
 // The position is an LSN: the runtime stores it (in its checkpoint store, or
 // in an exactly-once sink's table with the rows) and the source resumes from
 // it; only a position the runtime committed is acknowledged to the server
@@ -46,7 +50,7 @@ func Install(reg driver.Registrar) error { return reg.RegisterConnector(Spec, Ne
 type params struct {
 	Slot              string        `param:"slot" required:"true" doc:"the logical replication slot (pgoutput) the source reads; it keeps the server's WAL until the source has committed it: drop it when the flow is retired" example:"kisflow_orders"`
 	Publication       string        `param:"publication" required:"true" doc:"the publication naming the tables whose changes are sent" example:"kisflow_orders"`
-	Snapshot          bool          `param:"snapshot" default:"true" doc:"read the tables' rows first, from the snapshot of the slot's creation, then the changes; false: the changes only"`
+	Snapshot          bool          `param:"snapshot" default:"true" doc:"read the tables' rows first, from the snapshot of the slot's creation, each table in its primary key's order (a run stopped during it resumes after its last row delivered), then the changes; false: the changes only"`
 	CreateSlot        bool          `param:"create_slot" default:"true" doc:"create the slot when it does not exist"`
 	CreatePublication bool          `param:"create_publication" default:"true" doc:"create the publication (FOR TABLE the key's tables) when it does not exist"`
 	StatusInterval    time.Duration `param:"status_interval" default:"10s" min:"100ms" doc:"how often the source reports its committed position to the server (a standby status update)"`

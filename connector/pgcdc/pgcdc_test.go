@@ -6,6 +6,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/cdcsnap"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
@@ -60,5 +61,55 @@ func TestAppendLSN(t *testing.T) {
 	}
 	if got := (position{snapshot: true}).String(); got != "snapshot:0/0:0" {
 		t.Errorf("a new snapshot's position reads %q", got)
+	}
+}
+
+func TestPositionWithRanges(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{
+		`snapshot:0/16B3700:12 {"tables":["public.a","public.b"],"at":"0/16B3700","t":0,"k":["42"]}`,
+		`snapshot:0/16B3700:12 {"tables":["public.a","public.b"],"spans":[{"at":"0/16B3700","t":0,"k":["42"]}],"at":"0/17000000","t":1,"k":["a \"quoted\" key, with spaces"]}`,
+		`snapshot:0/16B3700:0 {"tables":["public.a"],"at":"0/16B3700","t":0}`,
+		`0/16B3800:3 {"tables":["public.a"],"spans":[{"at":"0/16B3700","t":0,"k":["42"]}],"at":"0/17000000"}`,
+		`0/16B3900 {"tables":["public.a"],"spans":[{"at":"0/16B3700","t":1}],"at":"0/17000000"}`,
+	} {
+		p, err := parsePosition(s)
+		if err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		if got := p.String(); got != s {
+			t.Errorf("%q reads back as %q", s, got)
+		}
+	}
+	for _, s := range []string{`0/1 {`, `0/1 {"tables":[],"at":"x"}`, `snapshot:0/1:2 {"tables":["a"],"at":"0/1","t":5}`, `0/1 {"tables":["a"],"at":"0/1","extra":1}`} {
+		if _, err := parsePosition(s); err == nil {
+			t.Errorf("%q: no error", s)
+		}
+	}
+}
+
+func TestSnapshotQuery(t *testing.T) {
+	t.Parallel()
+	tb := table{schema: "public", name: "t"}
+	cols := []keyCol{{Name: "a", Kind: cdcsnap.Int}, {Name: "b", Kind: cdcsnap.Text}}
+	q, args := snapshotQuery(tb, cols, rowKey{{I: 3}, {S: "x"}})
+	if want := `SELECT * FROM "public"."t" WHERE ("a", "b" COLLATE "C") > ($1, $2) ORDER BY "a", "b" COLLATE "C"`; q != want || len(args) != 2 || args[0] != int64(3) || args[1] != "x" {
+		t.Errorf("query %s %v", q, args)
+	}
+	if q, args := snapshotQuery(tb, nil, nil); q != `SELECT * FROM "public"."t"` || args != nil {
+		t.Errorf("keyless query %s %v", q, args)
+	}
+	u := keyCol{Name: "u", Kind: cdcsnap.Bytes, Type: "uuid"}
+	k, ok := keyOf([]keyCol{u}, map[string]any{"u": [16]byte{1, 2}})
+	if !ok {
+		t.Fatal("uuid key not read")
+	}
+	enc := cdcsnap.Encode([]keyCol{u}, k)
+	back, err := cdcsnap.Decode([]keyCol{u}, enc)
+	if err != nil || cdcsnap.Compare([]keyCol{u}, k, back) != 0 {
+		t.Errorf("uuid key %v reads back as %v (%v)", enc, back, err)
+	}
+	if a := keyArgs([]keyCol{u}, back); a[0] != [16]byte{1, 2} {
+		t.Errorf("uuid key as an argument: %v", a[0])
 	}
 }

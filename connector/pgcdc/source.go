@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgtype"
 
+	"github.com/kisflow-go/kisflow/internal/cdcsnap"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -25,16 +26,25 @@ import (
 //	LSN            the changes of every transaction that ended at or before
 //	               LSN (the transaction's end); the stream goes on from LSN
 //	LSN:n          the first n changes of the transaction that commits at LSN
-//	snapshot:LSN:n the snapshot was being read (n rows); it is read again,
-//	               and the stream starts at LSN
+//	snapshot:LSN:n the snapshot was being read (n rows delivered); the
+//	               stream starts at LSN after it
+//
+// followed, in the snapshot and in the stream until it passes the last of
+// their LSNs, by a space and the snapshot's key ranges as JSON (see
+// ranges): in the snapshot with the table being read and its last key
+// delivered, where a resumed snapshot goes on. A snapshot position without
+// them (of an earlier version) is read again from its first row.
 type position struct {
 	lsn      pglogrepl.LSN
 	n        int
 	snapshot bool
+	rs       *cdcsnap.Ranges // the snapshot's key ranges (nil: none; every change counts)
+	t        int             // snapshot: the table being read
+	k        []string        // snapshot: the last key of table t delivered (nil: none)
 }
 
 func (p position) String() string {
-	var buf [48]byte
+	var buf [160]byte // most positions, ranges included, fit
 	b := buf[:0]
 	if p.snapshot {
 		b = append(b, "snapshot:"...)
@@ -43,6 +53,10 @@ func (p position) String() string {
 	if p.n > 0 || p.snapshot {
 		b = append(b, ':')
 		b = strconv.AppendInt(b, int64(p.n), 10)
+	}
+	if p.rs != nil {
+		b = append(b, ' ')
+		b = p.rs.AppendJSON(b, p.snapshot, p.t, p.k)
 	}
 	return string(b)
 }
@@ -75,6 +89,14 @@ func parsePosition(s string) (position, error) {
 	var p position
 	if s == "" {
 		return p, nil
+	}
+	s, state, hasState := strings.Cut(s, " ")
+	if hasState {
+		rs, t, k, err := cdcsnap.Parse(lsnCodec, state)
+		if err != nil {
+			return p, fmt.Errorf("bad position %q: the snapshot's key ranges: %w", s, err)
+		}
+		p.rs, p.t, p.k = rs, t, k
 	}
 	rest, snap := strings.CutPrefix(s, "snapshot:")
 	p.snapshot = snap
@@ -188,7 +210,16 @@ type source struct {
 	snapRows  pgx.Rows
 	snapTable int
 	snapN     int
-	snapLSN   pglogrepl.LSN // where the stream starts after it
+	snapLSN   pglogrepl.LSN   // where the stream starts after it
+	snapImg   pglogrepl.LSN   // the consistent point of the snapshot read (the rows' _lsn)
+	snapRS    *cdcsnap.Ranges // its key ranges (bound)
+	snapAfter rowKey          // the first table read resumes after this key
+	snapKey   []string        // the last key of snapTable delivered
+	keyBuf    rowKey          // reused to read each snapshot row's key
+	snapTmp   *pgconn.PgConn  // the replication connection holding the temporary slot whose snapshot is read
+
+	keys   map[string][]keyCol // each table's key, read when a snapshot or ranges need it
+	ranges *cdcsnap.Ranges     // the stream skips the changes its snapshot's rows hold (bound)
 
 	// The transaction being received.
 	inTx   bool
@@ -213,7 +244,8 @@ type source struct {
 // status update reports it to the server, which may then free the WAL
 // before it.
 func (s *source) PositionCommitted(_ context.Context, pos string) {
-	p, err := parsePosition(pos)
+	head, _, _ := strings.Cut(pos, " ") // the LSN is all it needs, not the ranges
+	p, err := parsePosition(head)
 	if err != nil {
 		return
 	}
@@ -251,6 +283,10 @@ func (s *source) disconnect(ctx context.Context) {
 	if s.snap != nil {
 		_ = s.snap.Close(cctx) // a rolled back read-only transaction
 		s.snap, s.snapTx = nil, nil
+	}
+	if s.snapTmp != nil {
+		_ = s.snapTmp.Close(cctx) // drops the temporary slot
+		s.snapTmp = nil
 	}
 	if s.repl != nil {
 		_ = s.repl.Close(cctx)
@@ -449,7 +485,7 @@ func (s *source) open(ctx context.Context) error {
 		}
 		s.log.Info("postgres_cdc created its replication slot", "connector", d.cfg.CName, "slot", d.p.Slot, "lsn", lsn.String())
 		snapName = res.SnapshotName
-		s.at, s.latest = position{lsn: lsn, snapshot: s.at.snapshot}, false
+		s.at, s.latest = position{lsn: lsn, snapshot: s.at.snapshot, n: s.at.n, rs: s.at.rs}, false
 	} else if s.fresh {
 		// A slot from a run that committed nothing: its changes start at
 		// its flush position.
@@ -458,13 +494,15 @@ func (s *source) open(ctx context.Context) error {
 	// From here on the source has a position: a connection lost later
 	// goes on from the last row delivered (s.at), a snapshot too.
 	snapshot := (s.fresh || s.at.snapshot) && d.p.Snapshot
+	fresh := s.fresh
 	s.fresh = false
+	if snapshot || s.at.rs != nil {
+		if s.keys, err = d.loadKeys(ctx, plain); err != nil {
+			return err
+		}
+	}
 	if snapshot {
-		// Rows read from a snapshot later than the stream's start are
-		// brought up to date by the changes after it (full images, by
-		// key): the result is the same.
-		s.at = position{lsn: s.at.lsn, snapshot: true}
-		if err := s.beginSnapshot(ctx, plain, snapName, s.at.lsn); err != nil {
+		if err := s.openSnapshot(ctx, plain, snapName, fresh, slot.flushed); err != nil {
 			return err
 		}
 		keep = true
@@ -474,6 +512,106 @@ func (s *source) open(ctx context.Context) error {
 		s.at = position{lsn: s.at.lsn}
 	}
 	return s.startStream(ctx)
+}
+
+// openSnapshot begins reading the snapshot: the one exported when the
+// slot was created now (name), or, the slot being older, the snapshot of
+// a temporary slot created for it, resuming after the last row delivered
+// by the run before (s.at).
+func (s *source) openSnapshot(ctx context.Context, plain *pgx.Conn, name string, fresh bool, flushed pglogrepl.LSN) error {
+	d := s.d
+	names := make([]string, len(d.tables))
+	cols := make([][]keyCol, len(d.tables))
+	for i, t := range d.tables {
+		names[i], cols[i] = t.String(), s.keys[t.String()]
+		if cols[i] == nil {
+			s.log.Warn("postgres_cdc: a table without a primary key the source can order by (integers, text, uuid, bytea; replica identity default or full): a run stopped during its snapshot reads it again from its first row, so a sink that inserts holds its rows already written twice", "connector", d.cfg.CName, "table", names[i])
+		}
+	}
+	at := s.at
+	if name != "" { // the slot was created now: its snapshot is the stream's start
+		if at.snapshot && (at.rs != nil || at.n > 0) {
+			s.log.Warn("postgres_cdc: the replication slot was gone and is created again: the snapshot is read again from its first row, and the changes between the slot's old and new start are lost", "connector", d.cfg.CName, "slot", d.p.Slot)
+		}
+		s.at = position{lsn: at.lsn, snapshot: true}
+		return s.beginSnapshot(ctx, plain, name, at.lsn, at.lsn, cdcsnap.New(lsnCodec, names, cols, cdcsnap.Point(at.lsn)), 0, nil, 0)
+	}
+	lsn0 := at.lsn
+	if fresh || lsn0 == 0 {
+		lsn0 = flushed // the stream starts at the slot's position
+	}
+	tmp, lsn1, snapName, err := s.tempSlot(ctx)
+	if err != nil {
+		return err
+	}
+	keepTmp := false
+	defer func() {
+		if !keepTmp {
+			_ = tmp.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	// The rows after where the last run stopped are read from the
+	// temporary slot's snapshot: their changes count from its point.
+	rs, t, after, n := cdcsnap.New(lsnCodec, names, cols, cdcsnap.Point(lsn1)), 0, []string(nil), 0
+	again := func(why string) {
+		// Read again from the first row, every change counting: the
+		// tables end the same by key, and a sink that inserts holds the
+		// rows already written twice.
+		s.log.Warn("postgres_cdc reads its snapshot again from the first row: "+why, "connector", d.cfg.CName)
+		rs = cdcsnap.New(lsnCodec, names, cols, 0)
+	}
+	switch {
+	case !at.snapshot || (at.rs == nil && at.n == 0):
+		// A new snapshot: nothing of one was delivered.
+	case at.rs == nil:
+		again("the position " + at.String() + " (of an earlier version) does not say where it stopped")
+	case !sameTables(at.rs.Tables(), d.tables):
+		again("the connector's tables are no longer the ones of its position")
+	default:
+		b, ok := at.rs.Bind(s.keys)
+		if ok {
+			var nr *cdcsnap.Ranges
+			if nr, after, ok = b.Resumed(at.t, at.k, cdcsnap.Point(lsn1)); ok {
+				rs, t, n = nr, at.t, at.n
+			}
+		}
+		if !ok {
+			again("a key of its position no longer reads as the table's key")
+		}
+	}
+	s.at = position{lsn: lsn0, n: n, snapshot: true, rs: rs, t: t, k: after}
+	if err := s.beginSnapshot(ctx, plain, snapName, lsn0, lsn1, rs, t, after, n); err != nil {
+		return err
+	}
+	s.snapTmp, keepTmp = tmp, true
+	if after != nil || t > 0 {
+		s.log.Info("postgres_cdc resumes its snapshot after the last row delivered", "connector", d.cfg.CName, "table", names[min(t, len(names)-1)], "after", strings.Join(after, ","), "snapshot_lsn", lsn1.String())
+	}
+	return nil
+}
+
+// tempSlot creates a temporary slot on a replication connection of its
+// own and returns the connection (closing it drops the slot), the slot's
+// consistent point and the name of the snapshot it exports, valid while
+// the connection runs no other command.
+func (s *source) tempSlot(ctx context.Context) (*pgconn.PgConn, pglogrepl.LSN, string, error) {
+	d := s.d
+	conn, err := d.connect(ctx, true)
+	if err != nil {
+		return nil, 0, "", d.wrap("replication connection", err)
+	}
+	qctx, cancel := context.WithTimeout(ctx, d.p.Timeout)
+	defer cancel()
+	name := fmt.Sprintf("%.40s_snap_%x", d.p.Slot, uint32(time.Now().UnixNano()))
+	res, err := pglogrepl.CreateReplicationSlot(qctx, conn, name, "pgoutput", pglogrepl.CreateReplicationSlotOptions{Mode: pglogrepl.LogicalReplication, Temporary: true, SnapshotAction: "EXPORT_SNAPSHOT"})
+	if err == nil {
+		var lsn pglogrepl.LSN
+		if lsn, err = pglogrepl.ParseLSN(res.ConsistentPoint); err == nil {
+			return conn, lsn, res.SnapshotName, nil
+		}
+	}
+	_ = conn.Close(context.WithoutCancel(ctx))
+	return nil, 0, "", d.wrap("create temporary replication slot "+name, err)
 }
 
 // plain opens a connection for queries and the snapshot.
@@ -492,7 +630,10 @@ func (d *CDC) plain(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string, lsn pglogrepl.LSN) error {
+// beginSnapshot begins the transaction reading the snapshot name (whose
+// consistent point is img), from table t after the key after (nil: from
+// its start); the stream starts at lsn after it.
+func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string, lsn, img pglogrepl.LSN, rs *cdcsnap.Ranges, t int, after []string, n int) error {
 	d := s.d
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
@@ -503,8 +644,15 @@ func (s *source) beginSnapshot(ctx context.Context, conn *pgx.Conn, name string,
 			return d.wrap("set transaction snapshot", err)
 		}
 	}
-	s.snap, s.snapTx, s.snapTable, s.snapN, s.snapLSN = conn, tx, 0, 0, lsn
-	s.log.Info("postgres_cdc reads the snapshot of its tables", "connector", d.cfg.CName, "tables", len(d.tables), "lsn", lsn.String(), "exported", name != "")
+	s.snap, s.snapTx, s.snapTable, s.snapN, s.snapLSN, s.snapImg, s.snapRS, s.snapKey = conn, tx, t, n, lsn, img, rs, after
+	s.snapAfter = nil
+	if after != nil && t < len(d.tables) {
+		var err error
+		if s.snapAfter, err = cdcsnap.Decode(rs.Cols(t), after); err != nil {
+			return stream.Fatal(fmt.Errorf("postgres_cdc connector %q: %w", d.cfg.CName, err))
+		}
+	}
+	s.log.Info("postgres_cdc reads the snapshot of its tables", "connector", d.cfg.CName, "tables", len(d.tables), "lsn", lsn.String(), "snapshot_lsn", img.String())
 	return nil
 }
 
@@ -538,7 +686,9 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 			if s.snapTable == len(d.tables) {
 				return s.endSnapshot(ctx, out)
 			}
-			rows, err := s.snapTx.Query(bg, "SELECT * FROM "+d.tables[s.snapTable].quoted())
+			q, args := snapshotQuery(d.tables[s.snapTable], s.snapRS.Cols(s.snapTable), s.snapAfter)
+			s.snapAfter = nil
+			rows, err := s.snapTx.Query(bg, q, args...)
 			if err != nil {
 				s.disconnect(ctx)
 				return out, d.wrap("snapshot of "+d.tables[s.snapTable].String(), err)
@@ -554,6 +704,7 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 				return out, d.wrap("snapshot of "+d.tables[s.snapTable].String(), err)
 			}
 			s.snapTable++
+			s.snapKey = nil
 			continue
 		}
 		vals, err := s.snapRows.Values()
@@ -566,9 +717,14 @@ func (s *source) readSnapshot(ctx context.Context, max int) ([]*stream.Message, 
 		for i, v := range vals {
 			row[fds[i].Name] = v
 		}
-		row["_op"], row["_table"], row["_lsn"] = "insert", d.tables[s.snapTable].String(), s.snapLSN.String()
+		row["_op"], row["_table"], row["_lsn"] = "insert", d.tables[s.snapTable].String(), s.snapImg.String()
+		if cols := s.snapRS.Cols(s.snapTable); cols != nil {
+			if k, ok := keyInto(s.keyBuf[:0], cols, row); ok {
+				s.snapKey, s.keyBuf = cdcsnap.Encode(cols, k), k
+			}
+		}
 		s.snapN++
-		pos := position{lsn: s.snapLSN, n: s.snapN, snapshot: true}
+		pos := position{lsn: s.snapLSN, n: s.snapN, snapshot: true, rs: s.snapRS, t: s.snapTable, k: s.snapKey}
 		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 	}
 	return out, nil
@@ -580,7 +736,14 @@ func (s *source) endSnapshot(ctx context.Context, out []*stream.Message) ([]*str
 	_ = s.snapTx.Rollback(ctx) // read only
 	_ = s.snap.Close(context.WithoutCancel(ctx))
 	s.snap, s.snapTx = nil, nil
+	if s.snapTmp != nil {
+		_ = s.snapTmp.Close(context.WithoutCancel(ctx)) // drops the temporary slot
+		s.snapTmp = nil
+	}
 	start := position{lsn: s.snapLSN}
+	if s.snapRS.Max() > cdcsnap.Point(s.snapLSN) {
+		start.rs = s.snapRS // some rows' changes count from later than the stream's start
+	}
 	if s.held != nil {
 		s.held.Position, s.held.Handle = start.String(), start
 		out = s.emit(out, s.held)
@@ -603,6 +766,16 @@ func (s *source) startStream(ctx context.Context) error {
 	s.skip = position{}
 	if s.at.n > 0 && !s.at.snapshot {
 		s.skip = s.at
+	}
+	s.ranges = nil
+	if rs := s.at.rs; rs != nil && !s.at.snapshot {
+		if !rs.Bound() {
+			var ok bool
+			if rs, ok = rs.Bind(s.keys); !ok {
+				s.log.Warn("postgres_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
+			}
+		}
+		s.ranges = rs
 	}
 	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(d.p.Publication)}
 	if err := pglogrepl.StartReplication(ctx, s.repl, d.p.Slot, s.at.lsn, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args}); err != nil {
@@ -777,8 +950,17 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			}
 			row["_before"] = b
 		}
+		if s.ranges != nil {
+			half, ok := s.ranged(r.name, op, row)
+			if !ok {
+				return nil // the snapshot's image of the row holds it
+			}
+			if half != op { // the old key's half of an update: its delete
+				row, op = row["_before"].(map[string]any), half
+			}
+		}
 		row["_op"], row["_table"], row["_lsn"] = op, r.name, s.txText
-		pos := position{lsn: s.txLSN, n: s.txN}
+		pos := position{lsn: s.txLSN, n: s.txN, rs: s.ranges}
 		out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		return nil
 	}
@@ -797,6 +979,9 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		}
 		s.inTx, s.txLSN, s.txN = true, m.FinalLSN, 0
 		s.txText = string(appendLSN(nil, m.FinalLSN))
+		if s.ranges != nil && cdcsnap.Point(m.FinalLSN) >= s.ranges.Max() {
+			s.ranges = nil // past the snapshot's ranges: every change counts
+		}
 		if !s.startTime.IsZero() {
 			if s.skipTx = m.CommitTime.Before(s.startTime); !s.skipTx {
 				s.startTime = time.Time{}
@@ -822,13 +1007,16 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 			if s.skip.n > 0 && s.skip.lsn == s.txLSN && s.txN <= s.skip.n {
 				continue
 			}
+			if s.ranges != nil && cdcsnap.Point(s.txLSN) < s.ranges.TableFrom(r.name) {
+				continue // every part of the table was read from a snapshot after it
+			}
 			row := map[string]any{"_op": "truncate", "_table": r.name, "_lsn": s.txText}
-			pos := position{lsn: s.txLSN, n: s.txN}
+			pos := position{lsn: s.txLSN, n: s.txN, rs: s.ranges}
 			out = s.deliver(out, &stream.Message{Payload: row, Position: pos.String(), Handle: pos})
 		}
 	case *pglogrepl.CommitMessage:
 		s.inTx, s.skipTx = false, false
-		end := position{lsn: m.TransactionEndLSN}
+		end := position{lsn: m.TransactionEndLSN, rs: s.ranges}
 		if s.held != nil {
 			s.held.Position, s.held.Handle = end.String(), end
 			out = s.emit(out, s.held)
@@ -845,6 +1033,46 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 		}
 	}
 	return out, err
+}
+
+// ranged decides, while the stream is within a resumed snapshot's ranges,
+// whether a change of table's row is delivered: not when committed before
+// the LSN from which the row's changes count (the image read from the
+// snapshot holds it). An update that moved the row's key between two
+// ranges of which only one counts it is delivered as that half: the
+// update without _before (the new key's), or a delete of the old image.
+func (s *source) ranged(table, op string, row map[string]any) (string, bool) {
+	rs := s.ranges
+	t, ok := rs.Index(table)
+	if !ok {
+		return op, true
+	}
+	cols := rs.Cols(t)
+	counts := func(img map[string]any) bool {
+		var k rowKey
+		if cols != nil {
+			var ok bool
+			if k, ok = keyOf(cols, img); !ok {
+				return true // the key is unknown: it counts
+			}
+		}
+		at, ok := rs.From(table, k)
+		return !ok || cdcsnap.Point(s.txLSN) >= at
+	}
+	newer := counts(row)
+	before, hasBefore := row["_before"].(map[string]any)
+	if op != "update" || !hasBefore {
+		return op, newer
+	}
+	older := counts(before)
+	switch {
+	case newer == older:
+		return op, newer
+	case newer:
+		delete(row, "_before")
+		return op, true
+	}
+	return "delete", true
 }
 
 // tuple is a row image as a map of column to value; a TOASTed value the
