@@ -1,8 +1,13 @@
 package remote_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -67,27 +72,34 @@ func BenchmarkRemoteStep(b *testing.B) {
 			}
 			conn := fmt.Sprintf("kistype: conn\ncname: p\ntype: remote\naddrs: %s\nparams:\n  registry: static\n---\n", addr)
 			remote := testenv.Engine(b, creg, map[string]string{"f.yml": conn + fn + "option:\n  cname: p\n---\n" + benchFlow})
-			benchPair(b, local, remote)
+			benchPair(b, local, remote, 0)
 		})
 	}
 	// The YAML calc served by a `kisflow serve` process, as it runs in
 	// production: the provider has its own heap and scheduler.
 	b.Run("yaml_calc_process", func(b *testing.B) {
 		local := testenv.Engine(b, kisflow.NewRegistry(), map[string]string{"f.yml": calc + "---\n" + benchFlow})
-		_, addr := serving(b, writeFiles(b, map[string]string{"f.yml": calc}), "--service", "bench", "--registry", "none")
+		prov, addr := serving(b, writeFiles(b, map[string]string{"f.yml": calc}), "--service", "bench", "--registry", "none")
 		creg := kisflow.NewRegistry()
 		if err := connremote.Install(creg); err != nil {
 			b.Fatal(err)
 		}
 		conn := fmt.Sprintf("kistype: conn\ncname: p\ntype: remote\naddrs: %s\nparams:\n  registry: static\n---\n", addr)
 		remote := testenv.Engine(b, creg, map[string]string{"f.yml": conn + "kistype: func\nfname: F\nfmode: Calculate\noption:\n  cname: p\n---\n" + benchFlow})
-		benchPair(b, local, remote)
+		benchPair(b, local, remote, prov.cmd.Process.Pid)
 	})
 }
 
 const benchFlow = "kistype: flow\nstatus: 1\nflow_name: Fl\nflows:\n  - fname: F\n"
 
-func benchPair(b *testing.B, local, remote *kisflow.Engine) {
+// benchPair runs batches through the local and the remote engine's flow
+// Fl in alternation and reports their rates, their ratio, the time the
+// remote call adds per batch and the CPU time per batch of each: the
+// process's own, measured around each run (both ends of the call when the
+// provider runs in this process), plus the provider process's (pid, when
+// not 0) for the remote runs. CPU time does not depend on the machine's
+// load as wall time does.
+func benchPair(b *testing.B, local, remote *kisflow.Engine, pid int) {
 	const batch = 1000
 	rows := make([]any, batch)
 	for i := range rows {
@@ -112,16 +124,63 @@ func benchPair(b *testing.B, local, remote *kisflow.Engine) {
 		return time.Since(start)
 	}
 	run(rf) // connect
-	var tl, tr time.Duration
+	var tl, tr, cl, cr time.Duration
+	p0 := procCPU(b, pid)
 	b.ResetTimer()
 	for range b.N {
+		c0 := selfCPU()
 		tl += run(lf)
+		c1 := selfCPU()
 		tr += run(rf)
+		c2 := selfCPU()
+		cl += c1 - c0
+		cr += c2 - c1
+	}
+	b.StopTimer()
+	cp := procCPU(b, pid) - p0
+	cr += cp
+	if pid != 0 {
+		b.ReportMetric(float64(cp.Microseconds())/float64(b.N), "provider_cpu_µs/batch")
 	}
 	n := float64(b.N * batch)
+	b.ReportMetric(float64(cl.Microseconds())/float64(b.N), "local_cpu_µs/batch")
+	b.ReportMetric(float64(cr.Microseconds())/float64(b.N), "remote_cpu_µs/batch")
 	b.ReportMetric(n/tl.Seconds(), "local_rows/s")
 	b.ReportMetric(n/tr.Seconds(), "remote_rows/s")
 	b.ReportMetric(tl.Seconds()/tr.Seconds(), "x_local")
 	b.ReportMetric(float64((tr-tl).Microseconds())/float64(b.N), "added_µs/batch")
 	b.ReportMetric(0, "ns/op")
+}
+
+// selfCPU is the CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// procCPU is the CPU time process pid has used (0 for pid 0), from
+// /proc/PID/stat, in clock ticks of 10ms.
+func procCPU(b *testing.B, pid int) time.Duration {
+	if pid == 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The fields after the command's name (in parentheses, which may
+	// hold spaces): utime and stime are the 12th and 13th.
+	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+1:]))
+	var ticks int64
+	for _, s := range f[11:13] {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ticks += v
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
 }
