@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unsafe"
 
 	gojson "github.com/goccy/go-json"
 	"google.golang.org/grpc"
@@ -156,16 +157,36 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 		return errTruncated
 	}
 	b = b[k:]
+	// Each row is an interface over its slice header, the headers in one
+	// array: one allocation for the batch instead of one a row (boxing a
+	// []byte into an interface allocates its header; a batch of a
+	// thousand rows spent a fifth of the call's CPU time there).
+	hdrs := make([][]byte, count)
 	rows := make([]any, count)
 	for i := range rows {
 		row, err := next()
 		if err != nil {
 			return err
 		}
-		rows[i] = row
+		hdrs[i] = row
+		setBytes(&rows[i], &hdrs[i])
 	}
 	f.received(rows)
 	return nil
+}
+
+// bytesType is the type word of an interface holding a []byte.
+var bytesType = func() unsafe.Pointer {
+	var v any = []byte(nil)
+	return (*[2]unsafe.Pointer)(unsafe.Pointer(&v))[0]
+}()
+
+// setBytes makes *dst the []byte *b, as `*dst = *b` does but without
+// copying the slice header to the heap: the interface's data word points at
+// *b, which must not change afterwards (an interface's value never does).
+func setBytes(dst *any, b *[]byte) {
+	e := (*[2]unsafe.Pointer)(unsafe.Pointer(dst))
+	e[0], e[1] = bytesType, unsafe.Pointer(b)
 }
 
 // encodeRows gives the rows' JSON: JSON text ([]byte, json.RawMessage or a
