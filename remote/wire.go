@@ -11,16 +11,20 @@ import (
 
 	gojson "github.com/goccy/go-json"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/jsonl"
 )
 
-// serviceName and callMethod name the gRPC service and its one method.
+// serviceName names the gRPC service; callMethod is its unary method (one
+// call a gRPC call), callsMethod its streaming one (calls one after the
+// other on a stream that stays open: see conn).
 const (
 	serviceName = "kisflow.remote.v1.Functions"
 	callMethod  = "/" + serviceName + "/Call"
+	callsMethod = "/" + serviceName + "/Calls"
 )
 
 // The transport's buffers and flow-control windows: a batch of a thousand
@@ -36,8 +40,13 @@ type request struct {
 	Flow   string            `json:"flow,omitempty"`
 	Func   string            `json:"func"`
 	Params map[string]string `json:"params,omitempty"`
-	Rows   []json.RawMessage `json:"-"` // framed after the header
-	In     []any             `json:"-"` // the rows received, each a []byte
+	// On a stream, what a unary call carries in gRPC metadata and its
+	// deadline: the trace context (traceparent, tracestate) and the
+	// attempt's time left, in microseconds.
+	Trace   map[string]string `json:"trace,omitempty"`
+	Timeout int64             `json:"timeout_us,omitempty"`
+	Rows    []json.RawMessage `json:"-"` // framed after the header
+	In      []any             `json:"-"` // the rows received, each a []byte
 }
 
 // reply is what the function produced.
@@ -49,6 +58,10 @@ type reply struct {
 	ForceEntryNext bool              `json:"force_entry_next,omitempty"`
 	JumpFunc       string            `json:"jump_func,omitempty"`
 	Abort          bool              `json:"abort,omitempty"`
+	// On a stream, a call that failed: its gRPC status (a unary call's
+	// is the call's own).
+	Code    codes.Code `json:"code,omitempty"`
+	Message string     `json:"message,omitempty"`
 }
 
 type rowError struct {
@@ -246,6 +259,16 @@ func encodeRows(rows []any) ([]json.RawMessage, error) {
 // functionsServer is the handler type of the service.
 type functionsServer interface {
 	call(ctx context.Context, req *request) (*reply, error)
+	calls(ss grpc.ServerStream) error
+}
+
+// callsDesc is the streaming method: requests and replies one for one,
+// in order.
+var callsDesc = grpc.StreamDesc{
+	StreamName:    "Calls",
+	ServerStreams: true,
+	ClientStreams: true,
+	Handler:       func(srv any, ss grpc.ServerStream) error { return srv.(functionsServer).calls(ss) },
 }
 
 var serviceDesc = grpc.ServiceDesc{
@@ -265,6 +288,7 @@ var serviceDesc = grpc.ServiceDesc{
 			return icpt(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: callMethod}, h)
 		},
 	}},
+	Streams:  []grpc.StreamDesc{callsDesc},
 	Metadata: "kisflow/remote",
 }
 
