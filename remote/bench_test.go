@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -12,7 +14,9 @@ import (
 	"time"
 
 	"github.com/kisflow-go/kisflow"
+	connfile "github.com/kisflow-go/kisflow/connector/file"
 	connremote "github.com/kisflow-go/kisflow/connector/remote"
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/testenv"
 )
 
@@ -183,4 +187,86 @@ func procCPU(b *testing.B, pid int) time.Duration {
 		ticks += v
 	}
 	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// BenchmarkRemoteStream runs a stream job (a file of JSON lines -> the
+// YAML calc `price: amount * 2` -> discard, batches of 1000) to its end,
+// the calc local and as a remote step served by a `kisflow serve` process,
+// with 1 and 2 workers, and reports both rates and their ratio as
+// BenchmarkRemoteStep does. With 2 workers two batches are in flight to
+// the provider at once: the caller reads and sends one batch while the
+// provider computes another. Each iteration runs each job once, local and
+// remote in alternation.
+func BenchmarkRemoteStream(b *testing.B) {
+	const rows = 100_000
+	calc := "kistype: func\nfname: F\nfmode: Calculate\ncalc:\n  price: amount * 2\n"
+	data := b.TempDir()
+	var in strings.Builder
+	for i := range rows {
+		fmt.Fprintf(&in, `{"id":%d,"user":"u%d","amount":%d}`+"\n", i, i%100, i)
+	}
+	if err := os.WriteFile(filepath.Join(data, "in.jsonl"), []byte(in.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	prov, addr := serving(b, writeFiles(b, map[string]string{"f.yml": calc}), "--service", "bench", "--registry", "none")
+	conns := "kistype: conn\ncname: in\ntype: file\nparams:\n  path: " + filepath.Join(data, "in.jsonl") + "\n---\nkistype: conn\ncname: out\ntype: discard\n---\n"
+	remoteConn := fmt.Sprintf("kistype: conn\ncname: p\ntype: remote\naddrs: %s\nparams:\n  registry: static\n---\n", addr)
+	for _, workers := range []int{1, 2} {
+		b.Run(fmt.Sprintf("yaml_calc_process_workers_%d", workers), func(b *testing.B) {
+			flow := fmt.Sprintf("%sstream:\n  source: in\n  sink: out\n  workers: %d\n  batch_size: 1000\n", benchFlow, workers)
+			engine := func(remote bool) *kisflow.Engine {
+				reg := kisflow.NewRegistry()
+				for _, install := range []func(driver.Registrar) error{connremote.Install, connfile.Install} {
+					if err := install(reg); err != nil {
+						b.Fatal(err)
+					}
+				}
+				fn := calc
+				if remote {
+					fn = remoteConn + "kistype: func\nfname: F\nfmode: Calculate\noption:\n  cname: p\n"
+				}
+				return testenv.Engine(b, reg, map[string]string{"f.yml": conns + fn + "---\n" + flow}, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
+			}
+			local, remote := engine(false), engine(true)
+			run := func(eng *kisflow.Engine) time.Duration {
+				start := time.Now()
+				job, err := eng.Job(context.Background(), "Fl", kisflow.WithStateDir(b.TempDir()))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := job.Run(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				if s := job.Stats(); s.Out != rows {
+					b.Fatalf("%d rows out, want %d", s.Out, rows)
+				}
+				return time.Since(start)
+			}
+			run(remote) // connect
+			var tl, tr, cl, cr time.Duration
+			p0 := procCPU(b, prov.cmd.Process.Pid)
+			b.ResetTimer()
+			for range b.N {
+				c0 := selfCPU()
+				tl += run(local)
+				c1 := selfCPU()
+				tr += run(remote)
+				c2 := selfCPU()
+				cl += c1 - c0
+				cr += c2 - c1
+			}
+			b.StopTimer()
+			cp := procCPU(b, prov.cmd.Process.Pid) - p0
+			cr += cp
+			n := float64(b.N * rows)
+			batches := float64(b.N * rows / 1000)
+			b.ReportMetric(n/tl.Seconds(), "local_rows/s")
+			b.ReportMetric(n/tr.Seconds(), "remote_rows/s")
+			b.ReportMetric(tl.Seconds()/tr.Seconds(), "x_local")
+			b.ReportMetric(float64(cl.Microseconds())/batches, "local_cpu_µs/batch")
+			b.ReportMetric(float64(cr.Microseconds())/batches, "remote_cpu_µs/batch")
+			b.ReportMetric(float64(cp.Microseconds())/batches, "provider_cpu_µs/batch")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
 }
