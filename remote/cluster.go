@@ -222,7 +222,10 @@ func (e *providerError) Unwrap() error { return e.err }
 // function's own failure is returned as it is (with its stream.Permanent
 // or stream.Fatal mark), for the flow's retries and dead-letter path.
 func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.Outcome, error) {
-	encoded, err := encodeRows(call.Rows)
+	// A fork still sending when the call returns (forking takes the
+	// first answer) must not read the engine's rows after: it sends a
+	// copy. Every other strategy is done with them when Invoke returns.
+	encoded, err := encodeRows(call.Rows, c.o.Cluster != Forking)
 	if err != nil {
 		return nil, stream.Permanent(fmt.Errorf("remote function %q: %w", call.Func, err))
 	}
@@ -248,12 +251,12 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	}
 	// consistent_hash: each row goes to its key's provider, so the batch
 	// is split by provider and the answers put back together.
-	keys := make([]string, len(req.Rows))
+	keys := make([]string, req.Rows.len())
 	groups := map[string][]int{} // provider ID -> row indexes
 	var order []string
 	var first = map[string]string{} // provider ID -> a key of its rows
-	for i, raw := range req.Rows {
-		keys[i] = rowKey(raw, field)
+	for i := range keys {
+		keys[i] = rowKey(req.Rows.at(i), field)
 		id := c.lb.Pick(ps, keys[i], nil).ID
 		if _, ok := groups[id]; !ok {
 			order = append(order, id)
@@ -273,10 +276,11 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	var wg sync.WaitGroup
 	for gi, id := range order {
 		idx := groups[id]
-		sub := &request{Flow: req.Flow, Func: req.Func, Params: req.Params, Rows: make([]json.RawMessage, len(idx))}
+		text := make([]json.RawMessage, len(idx))
 		for j, i := range idx {
-			sub.Rows[j] = req.Rows[i]
+			text[j] = req.Rows.at(i)
 		}
+		sub := &request{Flow: req.Flow, Func: req.Func, Params: req.Params, Rows: textRows(text)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -448,8 +452,8 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 	case Failsafe:
 		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
 		if err != nil {
-			c.dropped.Add(int64(len(req.Rows)))
-			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", len(req.Rows), "err", err)
+			c.dropped.Add(int64(req.Rows.len()))
+			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", req.Rows.len(), "err", err)
 			return &driver.Outcome{}, nil
 		}
 		return out, nil

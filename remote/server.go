@@ -27,6 +27,8 @@ import (
 )
 
 // Invoker runs one function over a batch: *kisflow.Engine (Engine.Invoke).
+// The rows of the Outcome it returns are Serve's from then on: they are
+// sent as they are, after Invoke returns.
 type Invoker interface {
 	Invoke(ctx context.Context, fname string, params map[string]string, rows []any) (*driver.Outcome, error)
 }
@@ -330,7 +332,8 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	for _, re := range out.RowErrors {
 		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
 	}
-	if rep.Rows, err = encodeRows(out.Rows); err != nil {
+	// out.Rows is the engine's copy for this call: the reply may hold it.
+	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
 		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
 	}
 	return rep, nil
