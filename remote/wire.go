@@ -80,8 +80,10 @@ type framed interface {
 	received(rows []any)
 }
 
-func (r *request) rowsOf() rowTexts { return r.Rows }
-func (r *reply) rowsOf() rowTexts   { return r.Rows }
+func (r *request) rowsOf() rowTexts    { return r.Rows }
+func (r *reply) rowsOf() rowTexts      { return r.Rows }
+func (r *request) received(rows []any) { r.In = rows }
+func (r *reply) received(rows []any)   { r.In = rows }
 
 // rowTexts are the rows of a message as JSON text: the engine's rows
 // themselves when every one is JSON bytes (bytes: no slice of the batch is
@@ -108,8 +110,6 @@ func (r rowTexts) at(i int) []byte {
 	}
 	return r.text[i]
 }
-func (r *request) received(rows []any) { r.In = rows }
-func (r *reply) received(rows []any)   { r.In = rows }
 
 // codec is the service's codec, forced on both ends (so no process-wide
 // registration is needed): a message is its JSON header, then its rows
