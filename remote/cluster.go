@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/kisflow-go/kisflow/driver"
@@ -67,8 +66,8 @@ type Client struct {
 	noKey   atomic.Bool  // the consistent_hash field was missed (logged once)
 	dropped atomic.Int64 // rows of failsafe calls that failed
 	mu      sync.Mutex
-	conns   map[string]*grpc.ClientConn // by address
-	health  map[string]*breaker         // by provider ID
+	conns   map[string]*conn    // by address
+	health  map[string]*breaker // by provider ID
 }
 
 // breaker is the failure record of one provider.
@@ -165,7 +164,7 @@ func NewClient(dir Directory, o Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*grpc.ClientConn{}, health: map[string]*breaker{}}, nil
+	return &Client{dir: dir, lb: lb, active: active, o: o, conns: map[string]*conn{}, health: map[string]*breaker{}}, nil
 }
 
 // Dropped returns how many rows failsafe calls that failed yielded no
@@ -181,19 +180,19 @@ func (c *Client) Close() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var errs []error
-	for _, cc := range c.conns {
-		errs = append(errs, cc.Close())
+	for _, cn := range c.conns {
+		errs = append(errs, cn.close())
 	}
-	c.conns = map[string]*grpc.ClientConn{}
+	c.conns = map[string]*conn{}
 	errs = append(errs, c.dir.Close())
 	return errors.Join(errs...)
 }
 
-func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
+func (c *Client) conn(addr string) (*conn, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if cc := c.conns[addr]; cc != nil {
-		return cc, nil
+	if cn := c.conns[addr]; cn != nil {
+		return cn, nil
 	}
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithWriteBufferSize(transportBuffer), grpc.WithReadBufferSize(transportBuffer),
@@ -202,8 +201,9 @@ func (c *Client) conn(addr string) (*grpc.ClientConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.conns[addr] = cc
-	return cc, nil
+	cn := &conn{cc: cc}
+	c.conns[addr] = cn
+	return cn, nil
 }
 
 // providerError is a call that failed because of the provider or the way
@@ -222,7 +222,10 @@ func (e *providerError) Unwrap() error { return e.err }
 // function's own failure is returned as it is (with its stream.Permanent
 // or stream.Fatal mark), for the flow's retries and dead-letter path.
 func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.Outcome, error) {
-	encoded, err := encodeRows(call.Rows)
+	// A fork still sending when the call returns (forking takes the
+	// first answer) must not read the engine's rows after: it sends a
+	// copy. Every other strategy is done with them when Invoke returns.
+	encoded, err := encodeRows(call.Rows, c.o.Cluster != Forking)
 	if err != nil {
 		return nil, stream.Permanent(fmt.Errorf("remote function %q: %w", call.Func, err))
 	}
@@ -248,12 +251,12 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	}
 	// consistent_hash: each row goes to its key's provider, so the batch
 	// is split by provider and the answers put back together.
-	keys := make([]string, len(req.Rows))
+	keys := make([]string, req.Rows.len())
 	groups := map[string][]int{} // provider ID -> row indexes
 	var order []string
 	var first = map[string]string{} // provider ID -> a key of its rows
-	for i, raw := range req.Rows {
-		keys[i] = rowKey(raw, field)
+	for i := range keys {
+		keys[i] = rowKey(req.Rows.at(i), field)
 		id := c.lb.Pick(ps, keys[i], nil).ID
 		if _, ok := groups[id]; !ok {
 			order = append(order, id)
@@ -273,10 +276,11 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 	var wg sync.WaitGroup
 	for gi, id := range order {
 		idx := groups[id]
-		sub := &request{Flow: req.Flow, Func: req.Func, Params: req.Params, Rows: make([]json.RawMessage, len(idx))}
+		text := make([]json.RawMessage, len(idx))
 		for j, i := range idx {
-			sub.Rows[j] = req.Rows[i]
+			text[j] = req.Rows.at(i)
 		}
+		sub := &request{Flow: req.Flow, Func: req.Func, Params: req.Params, Rows: textRows(text)}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -448,8 +452,8 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 	case Failsafe:
 		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
 		if err != nil {
-			c.dropped.Add(int64(len(req.Rows)))
-			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", len(req.Rows), "err", err)
+			c.dropped.Add(int64(req.Rows.len()))
+			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", req.Rows.len(), "err", err)
 			return &driver.Outcome{}, nil
 		}
 		return out, nil
@@ -657,7 +661,7 @@ func (c *Client) broadcast(ctx context.Context, ps []Provider, req *request) (*d
 
 // once calls one provider.
 func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.Outcome, failure error) {
-	cc, err := c.conn(p.Addr)
+	cn, err := c.conn(p.Addr)
 	if err != nil {
 		return nil, &providerError{p, err}
 	}
@@ -670,8 +674,6 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 		start := time.Now()
 		defer func() { c.o.Observe(p, req.Func, time.Since(start), failure) }()
 	}
-	// The trace crosses the call: the provider's spans join the flow's.
-	stream.InjectTrace(ctx, func(k, v string) { actx = metadata.AppendToOutgoingContext(actx, k, v) })
 	var rep reply
 	if bs := driver.BreakersFrom(ctx); bs != nil {
 		// The step's breaker filter counts this provider's failures, the
@@ -681,7 +683,7 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 		var out *driver.Outcome
 		err := bs.Do(ctx, p.ID, func(context.Context) error {
 			var err error
-			out, err = c.call(ctx, actx, cc, p, req, &rep)
+			out, err = c.call(ctx, actx, cn, p, req, &rep)
 			return err
 		})
 		if errors.Is(err, filter.ErrBreakerOpen) {
@@ -690,12 +692,12 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 		}
 		return out, err
 	}
-	return c.call(ctx, actx, cc, p, req, &rep)
+	return c.call(ctx, actx, cn, p, req, &rep)
 }
 
 // call makes the gRPC call of once, actx its attempt's context.
-func (c *Client) call(ctx, actx context.Context, cc *grpc.ClientConn, p Provider, req *request, rep *reply) (_ *driver.Outcome, failure error) {
-	err := cc.Invoke(actx, callMethod, req, rep)
+func (c *Client) call(ctx, actx context.Context, cn *conn, p Provider, req *request, rep *reply) (_ *driver.Outcome, failure error) {
+	err := cn.invoke(ctx, actx, req, rep)
 	if err == nil {
 		c.record(p, false)
 		return rep.outcome(), nil

@@ -9,7 +9,10 @@
 // that the remote call looks like a local function to the flow.
 //
 // The wire format is a hand-written gRPC service, kisflow.remote.v1.Functions,
-// whose one method Call carries JSON (a gRPC codec named "kisflow-json",
-// forced on both ends): rows already are JSON at the edges of a flow, and
-// no protoc code generation is needed to build or change it.
+// that carries JSON (a gRPC codec named "kisflow-json", forced on both
+// ends): rows already are JSON at the edges of a flow, and no protoc code
+// generation is needed to build or change it. Callers send their calls on
+// streams of its method Calls that stay open between calls; its unary
+// method Call serves callers of earlier releases, and callers use it for
+// providers of earlier releases.
 package remote

@@ -8,11 +8,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/mem"
 
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -713,4 +718,188 @@ func (l *lockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
+}
+
+// The codec's rows come back as the []byte rows sent, each its own value,
+// and stay so through garbage collections (their headers share one array).
+func TestCodecRowsRoundTrip(t *testing.T) {
+	var text []json.RawMessage
+	for i := range 300 {
+		text = append(text, json.RawMessage(fmt.Sprintf(`{"id":%d,"s":"%s"}`, i, strings.Repeat("x", i%17))))
+	}
+	text = append(text, json.RawMessage(`{}`))
+	sent := &request{Func: "F", Params: map[string]string{"k": "v"}, Rows: textRows(text)}
+	data, err := codec{}.Marshal(sent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := new(request)
+	if err := (codec{}).Unmarshal(data, got); err != nil {
+		t.Fatal(err)
+	}
+	data.Free()
+	if got.Func != "F" || got.Params["k"] != "v" || len(got.In) != len(text) {
+		t.Fatalf("got %+v", got)
+	}
+	rows := got.In
+	got = nil
+	runtime.GC()
+	runtime.GC()
+	for i, r := range rows {
+		b, ok := r.([]byte)
+		if !ok || string(b) != string(text[i]) {
+			t.Fatalf("row %d: %T %q, want %q", i, r, r, text[i])
+		}
+		if i > 0 && !reflect.DeepEqual(rows[i-1], []byte(text[i-1])) {
+			t.Fatalf("row %d: changed to %q", i-1, rows[i-1])
+		}
+	}
+	// A truncated message is an error, not rows.
+	data, _ = codec{}.Marshal(sent)
+	b := data.Materialize()
+	if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b[:len(b)-3])}, new(request)); !errors.Is(err, errTruncated) {
+		t.Fatalf("truncated: %v", err)
+	}
+}
+
+// serveOn serves eng on addr (127.0.0.1:0: any port) until stop, which
+// returns Serve's error and how long the stop took.
+func serveOn(t *testing.T, eng Invoker, addr string, drain time.Duration) (bound string, stop func() (error, time.Duration)) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan Provider, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Serve(ctx, eng, ServeOptions{Registry: "none", Listen: addr, Funcs: []string{"F"}, Drain: drain, Ready: func(p Provider) { ready <- p }})
+	}()
+	var once sync.Once
+	var err error
+	var took time.Duration
+	stop = func() (error, time.Duration) {
+		once.Do(func() {
+			start := time.Now()
+			cancel()
+			err = <-done
+			took = time.Since(start)
+		})
+		return err, took
+	}
+	t.Cleanup(func() { stop() })
+	select {
+	case p := <-ready:
+		return p.Addr, stop
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return "", nil
+}
+
+// A client keeps its call streams open between calls; a provider that
+// stops does not wait for them (its drain ends at once when no call is in
+// flight), a call in flight when it stops still gets its reply, and the
+// client's next call goes to the provider restarted at the same address
+// (the stale idle streams are dropped, not failed as the provider's).
+func TestCallStreamsAcrossADrainAndARestart(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	slow := &fakeEngine{fn: func(ctx context.Context, rs []any) (*driver.Outcome, error) {
+		if string(rs[0].([]byte)) == `{"k":"slow"}` {
+			<-release
+		}
+		return &driver.Outcome{Rows: rs}, nil
+	}}
+	addr, stop := serveOn(t, slow, "127.0.0.1:0", 20*time.Second)
+	c := client(t, Options{Cluster: Failfast, Timeout: 10 * time.Second}, addr)
+	// Several streams open and idle.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Invoke(context.Background(), call(rows("a"))); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	inFlight := make(chan error, 1)
+	go func() {
+		out, err := c.Invoke(context.Background(), call(rows("slow")))
+		if err == nil && len(out.Rows) != 1 {
+			err = fmt.Errorf("%d rows back", len(out.Rows))
+		}
+		inFlight <- err
+	}()
+	for slow.calls.Load() < 5 {
+		time.Sleep(time.Millisecond)
+	}
+	stopped := make(chan time.Duration, 1)
+	go func() { _, took := stop(); stopped <- took }()
+	time.Sleep(200 * time.Millisecond)
+	close(release)
+	if err := <-inFlight; err != nil {
+		t.Fatalf("the call in flight when the provider stopped: %v", err)
+	}
+	if took := <-stopped; took > 5*time.Second {
+		t.Fatalf("the provider took %s to stop: idle call streams held its drain", took)
+	}
+	if err, _ := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	again := &fakeEngine{}
+	serveOn(t, again, addr, time.Second)
+	for i := range 3 {
+		if _, err := c.Invoke(context.Background(), call(rows("b"))); err != nil {
+			t.Fatalf("call %d to the provider restarted at %s: %v", i, addr, err)
+		}
+	}
+	if n := again.calls.Load(); n != 3 {
+		t.Fatalf("the restarted provider got %d calls, want 3", n)
+	}
+	if c.Open(addr) {
+		t.Fatal("the stale streams counted as the provider's failures")
+	}
+}
+
+// A provider of an earlier kisflow serves the unary method alone: the
+// client finds that out on its first call and calls it unary from then
+// on, with the trace in the call's metadata.
+func TestCallsReachAProviderWithoutCallStreams(t *testing.T) {
+	t.Parallel()
+	got := make(chan trace.SpanContext, 3)
+	e := &fakeEngine{fn: func(ctx context.Context, rs []any) (*driver.Outcome, error) {
+		got <- trace.SpanContextFromContext(ctx)
+		return &driver.Outcome{Rows: rs, JumpFunc: "G"}, nil
+	}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}))
+	unaryOnly := serviceDesc
+	unaryOnly.Streams = nil
+	srv.RegisterService(&unaryOnly, &server{eng: e, funcs: []string{"F"}, log: slog.Default(), draining: make(chan struct{})})
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	c := client(t, Options{Cluster: Failfast}, ln.Addr().String())
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	ctx := trace.ContextWithSpanContext(context.Background(), trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: trace.FlagsSampled}))
+	for i := range 3 {
+		out, err := c.Invoke(ctx, call(rows("a", "b")))
+		if err != nil || len(out.Rows) != 2 || out.JumpFunc != "G" {
+			t.Fatalf("call %d: %+v, %v", i, out, err)
+		}
+		if r := <-got; r.TraceID() != tid {
+			t.Fatalf("call %d: the provider saw trace %v, want %v", i, r.TraceID(), tid)
+		}
+	}
+	if n := e.calls.Load(); n != 3 {
+		t.Fatalf("the provider ran %d calls, want 3", n)
+	}
+	cn, _ := c.conn(ln.Addr().String())
+	if !cn.unary.Load() {
+		t.Fatal("the client did not switch to unary calls")
+	}
 }

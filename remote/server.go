@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,6 +27,8 @@ import (
 )
 
 // Invoker runs one function over a batch: *kisflow.Engine (Engine.Invoke).
+// The rows of the Outcome it returns are Serve's from then on: they are
+// sent as they are, after Invoke returns.
 type Invoker interface {
 	Invoke(ctx context.Context, fname string, params map[string]string, rows []any) (*driver.Outcome, error)
 }
@@ -114,7 +118,8 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 		// A batch's message in one write and one flow-control window.
 		grpc.WriteBufferSize(transportBuffer), grpc.ReadBufferSize(transportBuffer),
 		grpc.InitialWindowSize(transportWindow), grpc.InitialConnWindowSize(transportWindow))
-	srv.RegisterService(&serviceDesc, &server{eng: eng, funcs: o.Funcs, log: o.Logger})
+	impl := &server{eng: eng, funcs: o.Funcs, log: o.Logger, draining: make(chan struct{})}
+	srv.RegisterService(&serviceDesc, impl)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
@@ -192,6 +197,7 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 		deregister()
 	}
 	done := make(chan struct{})
+	close(impl.draining) // call streams end once their call in flight has
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
@@ -223,13 +229,83 @@ type server struct {
 	eng   Invoker
 	funcs []string
 	log   *slog.Logger
+	// draining is closed when Serve stops: a call stream ends as soon as
+	// it has no call in flight, so that the graceful stop does not wait
+	// for callers to close their idle streams.
+	draining chan struct{}
+}
+
+// The states of a call stream's loop (server.calls).
+const (
+	streamIdle   = iota // waiting for a request
+	streamBusy          // a call in flight
+	streamClosed        // ended by the drain: a request now is not run
+)
+
+// calls serves the calls of one stream, one after the other, until the
+// caller closes it, or Serve drains (at once when no call is in flight,
+// else once its reply is sent). A request received as the drain ends the
+// stream is not run: the caller sees the stream end without its reply,
+// a provider failure, and tries another provider.
+func (s *server) calls(ss grpc.ServerStream) error {
+	var state atomic.Int32
+	done := make(chan error, 1)
+	go func() { done <- s.callLoop(ss, &state) }()
+	select {
+	case err := <-done:
+		return err
+	case <-s.draining:
+	}
+	if state.CompareAndSwap(streamIdle, streamClosed) {
+		return nil // the loop's wait for a request ends with the stream
+	}
+	return <-done
+}
+
+func (s *server) callLoop(ss grpc.ServerStream, state *atomic.Int32) error {
+	for {
+		req := new(request)
+		if err := ss.RecvMsg(req); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil // the caller closed the stream
+			}
+			return err
+		}
+		if !state.CompareAndSwap(streamIdle, streamBusy) {
+			return nil
+		}
+		rep, err := s.call(ss.Context(), req)
+		if err != nil {
+			st := status.Convert(err)
+			rep = &reply{Code: st.Code(), Message: st.Message()}
+		}
+		if err := ss.SendMsg(rep); err != nil {
+			return err
+		}
+		state.Store(streamIdle)
+		select {
+		case <-s.draining:
+			if state.CompareAndSwap(streamIdle, streamClosed) {
+				return nil
+			}
+		default:
+		}
+	}
 }
 
 func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	if !slices.Contains(s.funcs, req.Func) {
 		return nil, status.Errorf(codes.NotFound, "this provider does not serve function %q (it serves %v)", req.Func, s.funcs)
 	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
+	if req.Timeout > 0 {
+		// A call on a stream: its deadline came in the request.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(req.Timeout)*time.Microsecond)
+		defer cancel()
+	}
+	if len(req.Trace) > 0 {
+		ctx = stream.ExtractTrace(ctx, req.Trace)
+	} else if md, ok := metadata.FromIncomingContext(ctx); ok {
 		h := map[string]string{}
 		for _, k := range []string{"traceparent", "tracestate"} {
 			if v := md.Get(k); len(v) > 0 {
@@ -256,7 +332,8 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	for _, re := range out.RowErrors {
 		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
 	}
-	if rep.Rows, err = encodeRows(out.Rows); err != nil {
+	// out.Rows is the engine's copy for this call: the reply may hold it.
+	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
 		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
 	}
 	return rep, nil
