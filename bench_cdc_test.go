@@ -166,8 +166,10 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 	b.ReportMetric(n*cdcChanges*float64(len(targets))/raws.Seconds(), "raw-rows/s")
 }
 
-// cpuTimes is the CPU time used so far by this process and by a server.
-type cpuTimes struct{ self, server time.Duration }
+// cpuTimes is the CPU time used so far by this process and by a server;
+// selfEnd is this process's once it had read the server's (reading /proc
+// takes some), where the next step starts.
+type cpuTimes struct{ self, server, selfEnd time.Duration }
 
 // cpuNow collects this process's garbage and lets the server's processes
 // of the step before end, so that neither's cost falls into the next
@@ -175,14 +177,20 @@ type cpuTimes struct{ self, server time.Duration }
 func cpuNow(srv *testenv.Server) cpuTimes {
 	runtime.GC()
 	time.Sleep(200 * time.Millisecond)
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	self := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	return cpuTimes{self: self, server: srv.CPUTime()}
+	self := func() time.Duration {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	c := cpuTimes{self: self()}
+	c.server = srv.CPUTime()
+	c.selfEnd = self()
+	return c
 }
 
+// sub is the CPU time of the step from o to c.
 func (c cpuTimes) sub(o cpuTimes) cpuTimes {
-	return cpuTimes{self: c.self - o.self, server: c.server - o.server}
+	return cpuTimes{self: c.self - o.selfEnd, server: c.server - o.server}
 }
 
 func (c cpuTimes) add(o cpuTimes) cpuTimes {
