@@ -4,8 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -33,9 +38,19 @@ const cdcChanges = 100_000
 // written). Each reader has its own slot, created before the changes. The
 // raw stream is read again right before each target (the server's speed
 // varies on a loaded machine), and each ratio is to the raw read just
-// before it.
+// before it. Beside the wall time, each reader's CPU time is measured:
+// this process's and the server's (every process of the private
+// server); the cpu-ratio, the raw read's CPU over the target's, is what
+// the work costs whatever else the machine runs.
 func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
-	srv := testenv.PrivatePostgres(b, "wal_level=logical", "max_replication_slots=10", "max_wal_senders=10")
+	batch := "" // the flow's stream.batch_size: the source type's default unless KISFLOW_BENCH_BATCH
+	if v := os.Getenv("KISFLOW_BENCH_BATCH"); v != "" {
+		if n, err := strconv.Atoi(v); err != nil || n <= 0 {
+			b.Fatalf("KISFLOW_BENCH_BATCH=%q: want a positive batch size", v)
+		}
+		batch = "  batch_size: " + v + "\n"
+	}
+	srv := testenv.PrivatePostgres(b, "wal_level=logical", "max_replication_slots=10", "max_wal_senders=10", "autovacuum=off")
 	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", srv.Port())
 	db, err := sql.Open("pgx", url)
 	if err != nil {
@@ -53,6 +68,18 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 		{"sqlite-exactly-once", "exactly-once", "type: sqlite\nkey: replica\nparams:\n  path: " + filepath.Join(b.TempDir(), "replica-eo.db") + "\n  mode: apply\n  upsert_key: id\n  create: \"true\"\n"},
 		{"postgres", "at-least-once", "type: postgres\nkey: replica\nparams:\n  dsn: \"" + url + "\"\n  mode: apply\n"},
 	}
+	if only := os.Getenv("KISFLOW_BENCH_TARGETS"); only != "" { // a comma-separated list of names, to profile one
+		targets = slices.DeleteFunc(targets, func(t struct{ name, delivery, sink string }) bool {
+			return !slices.Contains(strings.Split(only, ","), t.name)
+		})
+	}
+	// Each target's times, added up over the iterations (-benchtime Nx):
+	// the figures are ratios of sums, N pairs of reads alternated.
+	type sums struct {
+		raw, job       time.Duration
+		rawCPU, jobCPU cpuTimes
+	}
+	total := make([]sums, len(targets))
 	for i := range b.N {
 		exec("DROP TABLE IF EXISTS src, replica")
 		exec("CREATE TABLE src (id BIGINT PRIMARY KEY, v TEXT, n BIGINT, at TIMESTAMPTZ)")
@@ -73,10 +100,10 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 			exec(fmt.Sprintf("DELETE FROM src WHERE id BETWEEN %d AND %d", t*600+101, t*600+200))
 		}
 
-		var raws time.Duration
-		for _, tg := range []struct{ name, delivery, sink string }(targets) {
+		for t, tg := range targets {
+			cpu0 := cpuNow(srv)
 			raw := rawReplication(b, url, slot("raw_"+strings.ReplaceAll(tg.name, "-", "_")), cdcChanges)
-			raws += raw
+			cpu1 := cpuNow(srv)
 			reg := kisflow.NewRegistry()
 			if err := pgcdc.Install(reg); err != nil {
 				b.Fatal(err)
@@ -88,7 +115,7 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 				b.Fatal(err)
 			}
 			docs := map[string]string{
-				"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Bench\nflows:\n  - fname: Pass\nstream:\n  source: in\n  sink: out\n  batch_size: 1000\n  linger: 5ms\n  delivery: " + tg.delivery + "\n",
+				"flow.yml": "kistype: flow\nstatus: 1\nflow_name: Bench\nflows:\n  - fname: Pass\nstream:\n  source: in\n  sink: out\n" + batch + "  linger: 5ms\n  delivery: " + tg.delivery + "\n",
 				"func.yml": "kistype: func\nfname: Pass\nfmode: Calculate\ncalc:\n  seen: true\n",
 				"conns.yml": fmt.Sprintf("kistype: conn\ncname: in\ntype: postgres_cdc\naddrs: \"%s\"\nkey: src\nparams:\n  slot: %s\n  publication: bench\n  snapshot: \"false\"\n  create_slot: \"false\"\n---\nkistype: conn\ncname: out\n%s",
 					url, slot(tg.name), tg.sink),
@@ -98,12 +125,14 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 					url, slot("sqlite_exactly_once"), tg.sink)
 			}
 			job := runJobUntil(b, reg, docs, cdcChanges)
-			b.ReportMetric(cdcChanges/job.Seconds(), tg.name+"-rows/s")
-			b.ReportMetric(raw.Seconds()/job.Seconds(), tg.name+"-ratio")
+			cpu2 := cpuNow(srv)
+			rawCPU, jobCPU := cpu1.sub(cpu0), cpu2.sub(cpu1)
+			s := &total[t]
+			s.raw, s.job = s.raw+raw, s.job+job
+			s.rawCPU, s.jobCPU = s.rawCPU.add(rawCPU), s.jobCPU.add(jobCPU)
 		}
-		b.ReportMetric(cdcChanges*float64(len(targets))/raws.Seconds(), "raw-rows/s")
 		var left int
-		if err := db.QueryRow("SELECT count(*) FROM replica").Scan(&left); err != nil || left != 50_000 {
+		if err := db.QueryRow("SELECT count(*) FROM replica").Scan(&left); err != nil || (left != 50_000 && slices.ContainsFunc(targets, func(t struct{ name, delivery, sink string }) bool { return t.name == "postgres" })) {
 			b.Fatalf("the PostgreSQL replica holds %d rows (err %v), want 50000", left, err)
 		}
 		// Drop the iteration's slots once their readers have left.
@@ -121,7 +150,54 @@ func BenchmarkPostgresCDCVersusRawStream(b *testing.B) {
 			}
 		}
 	}
+	n := float64(b.N)
+	var raws time.Duration
+	for t, tg := range targets {
+		s := total[t]
+		raws += s.raw
+		b.ReportMetric(n*cdcChanges/s.job.Seconds(), tg.name+"-rows/s")
+		b.ReportMetric(s.raw.Seconds()/s.job.Seconds(), tg.name+"-ratio")
+		b.ReportMetric(s.rawCPU.total().Seconds()/s.jobCPU.total().Seconds(), tg.name+"-cpu-ratio")
+		b.ReportMetric(float64(s.jobCPU.self.Milliseconds())/n, tg.name+"-cpu-ms")
+		b.ReportMetric(float64(s.jobCPU.server.Milliseconds())/n, tg.name+"-server-cpu-ms")
+		b.ReportMetric(float64(s.rawCPU.self.Milliseconds())/n, tg.name+"-raw-cpu-ms")
+		b.ReportMetric(float64(s.rawCPU.server.Milliseconds())/n, tg.name+"-raw-server-cpu-ms")
+	}
+	b.ReportMetric(n*cdcChanges*float64(len(targets))/raws.Seconds(), "raw-rows/s")
 }
+
+// cpuTimes is the CPU time used so far by this process and by a server;
+// selfEnd is this process's once it had read the server's (reading /proc
+// takes some), where the next step starts.
+type cpuTimes struct{ self, server, selfEnd time.Duration }
+
+// cpuNow collects this process's garbage and lets the server's processes
+// of the step before end, so that neither's cost falls into the next
+// step, and returns the CPU times used so far.
+func cpuNow(srv *testenv.Server) cpuTimes {
+	runtime.GC()
+	time.Sleep(200 * time.Millisecond)
+	self := func() time.Duration {
+		var ru syscall.Rusage
+		_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	c := cpuTimes{self: self()}
+	c.server = srv.CPUTime()
+	c.selfEnd = self()
+	return c
+}
+
+// sub is the CPU time of the step from o to c.
+func (c cpuTimes) sub(o cpuTimes) cpuTimes {
+	return cpuTimes{self: c.self - o.selfEnd, server: c.server - o.server}
+}
+
+func (c cpuTimes) add(o cpuTimes) cpuTimes {
+	return cpuTimes{self: c.self + o.self, server: c.server + o.server}
+}
+
+func (c cpuTimes) total() time.Duration { return c.self + c.server }
 
 // rawReplication reads n changes from slot with pgx's replication
 // protocol and pglogrepl's decoder, decoding every column to its Go value,

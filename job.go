@@ -405,8 +405,12 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		return &jobFlow{fl: fl}
 	}
 
+	batchSize := st.BatchSize
+	if spec, ok := e.reg.ConnectorSpec(sc.Type()); ok && batchSize <= 0 {
+		batchSize = spec.BatchSize // the source type's default (0: the runtime's)
+	}
 	cfg := runtime.Config{
-		Name: flowName, StateKey: runKey, BatchSize: st.BatchSize, Linger: st.Linger.Std(), Workers: workers,
+		Name: flowName, StateKey: runKey, BatchSize: batchSize, Linger: st.Linger.Std(), Workers: workers,
 		Key: st.Key, Delivery: delivery, MaxInFlight: st.MaxInFlight, DrainTimeout: st.DrainTimeout.Std(),
 		PolicyFor: e.policyFor(st), FuncOf: funcOf, Steps: j.steps, Logger: j.log, Sleep: o.sleep, CheckpointInterval: st.CheckpointInterval.Std(),
 		SourceName: st.Source, SinkName: st.Sink, DeadLetterName: st.DeadLetter, MaxConsecutiveFailures: st.MaxConsecutiveFailures,
@@ -952,7 +956,8 @@ func (j *jobFlow) result(res Result, err error) ([]any, []runtime.Rejected, erro
 }
 
 // StreamDefaults returns st with every field it leaves unset given the
-// value a Job uses for it: batch_size, linger, workers, delivery,
+// value a Job uses for it: batch_size (the runtime's; a source type may
+// have its own, see driver.Spec.BatchSize), linger, workers, delivery,
 // max_in_flight, retry_times, retry_duration, drain_timeout,
 // checkpoint_interval, max_consecutive_failures, and idle_timeout when it
 // declares time_field.

@@ -312,3 +312,52 @@ func TestJobCloseReleasesAPreparedJobsSource(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestJobSourceBatchSize: a flow that sets no batch_size takes its source
+// type's (driver.Spec.BatchSize, 5000 for the CDC sources), and one that
+// sets it keeps its own.
+func TestJobSourceBatchSize(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	reg := streamRegistry(t)
+	big := *file.FileSpec
+	big.Type, big.BatchSize = "bigfile", 7
+	if err := reg.RegisterConnector(&big, file.NewFile); err != nil {
+		t.Fatal(err)
+	}
+	var lines strings.Builder
+	for i := range 21 {
+		fmt.Fprintf(&lines, "{\"i\": %d}\n", i)
+	}
+	for _, tt := range []struct {
+		typ, batch string
+		want       int64
+	}{{"bigfile", "", 3}, {"bigfile", "  batch_size: 3\n", 7}, {"file", "", 1}} {
+		dir := t.TempDir()
+		writeFiles(t, dir, map[string]string{
+			"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: S\nflows:\n  - fname: F\nstream:\n  source: in\n  sink: out\n  linger: 1s\n" + tt.batch,
+			"func.yml":  "kistype: func\nfname: F\nfmode: Calculate\ncalc:\n  x: 1\n",
+			"conns.yml": "kistype: conn\ncname: in\ntype: " + tt.typ + "\nparams:\n  path: in.jsonl\n---\nkistype: conn\ncname: out\ntype: discard\n",
+			"in.jsonl":  lines.String(),
+		})
+		set, err := config.Import(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		eng, err := kisflow.NewEngine(reg, set)
+		if err != nil {
+			t.Fatal(err)
+		}
+		job, err := eng.Job(ctx, "S", kisflow.WithStateDir(filepath.Join(dir, "state")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := job.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if s := job.Stats(); s.Committed != 21 || s.Batches != tt.want {
+			t.Errorf("type %s, %q: %d rows in %d batches, want 21 in %d", tt.typ, tt.batch, s.Committed, s.Batches, tt.want)
+		}
+		_ = eng.Close(ctx)
+	}
+}

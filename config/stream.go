@@ -27,7 +27,8 @@ type Stream struct {
 	// DeadLetter receives messages that failed after their retries. When
 	// empty they go to a JSON lines file in the runner's state folder.
 	DeadLetter string `yaml:"dead_letter,omitempty"`
-	// BatchSize is the most messages per micro-batch (default 1000).
+	// BatchSize is the most messages per micro-batch (default 1000; 5000
+	// from a change-data-capture source, see driver.Spec.BatchSize).
 	BatchSize int `yaml:"batch_size,omitempty"`
 	// Linger is how long a micro-batch waits to fill up (default 20ms).
 	Linger Duration `yaml:"linger,omitempty"`

@@ -17,6 +17,9 @@ func (s *Spec) Describe(w io.Writer) {
 	if s.Key != "" {
 		fmt.Fprintf(w, "  key: %s\n", s.Key)
 	}
+	if s.BatchSize > 0 {
+		fmt.Fprintf(w, "  as a stream source: batch_size %d unless the flow sets it\n", s.BatchSize)
+	}
 	if len(s.Params) == 0 {
 		fmt.Fprintln(w, "  no params")
 		return

@@ -87,9 +87,24 @@ type Spec struct {
 	// naming a connector of this type has no local body, whatever its
 	// fmode, and the driver is an Invoker.
 	Remote bool
+	// BatchSize, when not 0, is the stream.batch_size of a flow reading a
+	// connector of this type as its source and setting none (otherwise
+	// the runtime's 1000): a change-data-capture source, whose every
+	// batch is a transaction of the sink, takes bigger ones.
+	BatchSize int
 
 	typ reflect.Type
 }
+
+// ChangeBatchSize is the BatchSize of the change-data-capture sources
+// (postgres_cdc, mysql_cdc). Each batch is a transaction of the sink
+// (with delivery: exactly-once, the position's too) whose commit waits
+// for the disk, and a change stream is every change of its tables: 5000
+// changes a commit instead of the runtime's 1000 let a SQL sink keep up
+// with the stream (see the README, PostgreSQL CDC, Speed). A batch is
+// still cut when the stream pauses (stream.linger), so a quiet stream's
+// changes wait no longer.
+const ChangeBatchSize = 5000
 
 // MustSpec is NewSpec that panics on a malformed declaration: a
 // programming error of the connector package, found by its first test.

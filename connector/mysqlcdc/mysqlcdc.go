@@ -59,6 +59,7 @@ type params struct {
 var Spec = func() *driver.Spec {
 	s := driver.MustSpec[params](Type, "MySQL/MariaDB change data capture from the binary log (row format): a snapshot of the tables, then every insert, update and delete, resumed from the committed GTID set or binlog file:offset")
 	s.Addrs, s.Key = "the DSN (user:password@tcp(host:port)/database) of a server with log_bin, binlog_format=ROW and binlog_row_image=FULL, as a user with REPLICATION SLAVE, REPLICATION CLIENT (BINLOG MONITOR on MariaDB) and SELECT on the tables", "the table, or a comma-separated list ([database.]table; the DSN's database when none is given)"
+	s.BatchSize = driver.ChangeBatchSize
 	return s
 }()
 

@@ -61,6 +61,7 @@ type params struct {
 var Spec = func() *driver.Spec {
 	s := driver.MustSpec[params](Type, "PostgreSQL change data capture through logical replication (pgoutput): a snapshot of the tables, then every insert, update and delete, resumed from the committed LSN")
 	s.Addrs, s.Key = "the DSN (a postgres:// URL or key=value pairs) of a server with wal_level=logical, as a user with the REPLICATION attribute", "the table, or a comma-separated list ([schema.]table)"
+	s.BatchSize = driver.ChangeBatchSize
 	return s
 }()
 

@@ -13,7 +13,8 @@ import (
 
 // TestApplyMode applies changes by the table's primary key, in each
 // dialect: upserts, deletes, a key change and a truncate, folded per batch
-// in order.
+// in order (a key inserted, updated and deleted in one batch, or deleted
+// and inserted again).
 func TestApplyMode(t *testing.T) {
 	t.Parallel()
 	for _, dialect := range []string{TypeSQLite, TypePostgres, TypeMySQL} {
@@ -81,6 +82,12 @@ func testApply(t *testing.T, d *DB) {
 			map[int]string{2: "b2", 9: "moved"}},
 		{[]any{row("insert", 5, "e"), row("truncate", 0, ""), row("insert", 6, "f")},
 			map[int]string{6: "f"}},
+		// One key inserted, updated and deleted; another deleted and
+		// inserted again; a third updated then deleted: the last change
+		// of each wins.
+		{[]any{row("insert", 4, "d"), row("update", 4, "d2"), row("delete", 4, ""),
+			row("insert", 8, "h"), row("delete", 8, ""), row("insert", 8, "h2"), row("update", 6, "f2"), row("delete", 6, "")},
+			map[int]string{8: "h2"}},
 	}
 	for i, s := range steps {
 		if err := d.Write(ctx, s.rows); err != nil {

@@ -98,7 +98,13 @@ func echoText(reg *kisflow.Registry, set *config.Set, flows []string) (string, e
 	for _, n := range flowNames {
 		fl := *r.Flows[n]
 		if fl.Stream != nil {
-			st := kisflow.StreamDefaults(*fl.Stream)
+			st := *fl.Stream
+			if c := r.Conns[st.Source]; c != nil && st.BatchSize <= 0 {
+				if spec, ok := reg.ConnectorSpec(c.Type); ok {
+					st.BatchSize = spec.BatchSize // the source type's default (0: the runtime's)
+				}
+			}
+			st = kisflow.StreamDefaults(st)
 			fl.Stream = &st
 		}
 		if err := doc(config.KindFlow, n, &fl); err != nil {

@@ -105,6 +105,31 @@ func TestEcho(t *testing.T) {
 	}
 }
 
+// TestEchoSourceBatchSize: echo fills in a CDC flow's batch_size with
+// the CDC sources' default, and keeps one the flow sets.
+func TestEchoSourceBatchSize(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cdc := func(name string) string {
+		return "kistype: conn\ncname: " + name + "\ntype: postgres_cdc\naddrs: postgres://u@127.0.0.1:5432/test\nkey: src\nparams:\n  slot: " + name + "\n  publication: p\n"
+	}
+	body := "kistype: flow\nstatus: 1\nflow_name: Default\nflows:\n  - fname: F\nstream:\n  source: cdc1\n  sink: out\n" +
+		"---\nkistype: flow\nstatus: 1\nflow_name: Set\nflows:\n  - fname: F\nstream:\n  source: cdc2\n  sink: out\n  batch_size: 250\n" +
+		"---\nkistype: func\nfname: F\nfmode: Calculate\ncalc:\n  x: 1\n---\n" + cdc("cdc1") + "---\n" + cdc("cdc2") + "---\nkistype: conn\ncname: out\ntype: discard\n"
+	if err := os.WriteFile(filepath.Join(dir, "all.yml"), []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for flow, want := range map[string]string{"Default": "  batch_size: 5000\n", "Set": "  batch_size: 250\n"} {
+		code, out, stderr := run(t, "echo", dir, "--flow", flow)
+		if code != ExitOK {
+			t.Fatalf("exit %d\n%s\n%s", code, out, stderr)
+		}
+		if !strings.Contains(out, want) {
+			t.Errorf("echo of flow %s lacks %q:\n%s", flow, want, out)
+		}
+	}
+}
+
 // TestLintErrorsStopCommands checks that run, dry-run and echo refuse a
 // folder with lint errors: exit 2, with every error lint reports printed
 // as file:line: message.
