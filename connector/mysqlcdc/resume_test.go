@@ -4,14 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/cdcsnap/cdcsnaptest"
 	"github.com/kisflow-go/kisflow/internal/testenv"
-	"github.com/kisflow-go/kisflow/stream"
 )
 
 // TestSnapshotResumesAfterLastKey stops a source twice during its snapshot
@@ -49,9 +47,7 @@ func TestSnapshotResumesAfterLastKey(t *testing.T) {
 			"CREATE TABLE r.b (x INT, v INT)",
 			"INSERT INTO r.b SELECT seq, 0 FROM seq_1_to_5",
 		},
-		Open: func(ctx context.Context, resume string, log *slog.Logger) (stream.Source, error) {
-			return d.(*CDC).OpenSource(ctx, stream.SourceOptions{Resume: resume, Logger: log})
-		},
+		Source: d.(*CDC),
 		Exec: func(ctx context.Context, q string) error {
 			_, err := db.ExecContext(ctx, q)
 			return err

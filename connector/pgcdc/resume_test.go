@@ -3,7 +3,6 @@ package pgcdc
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/internal/cdcsnap/cdcsnaptest"
 	"github.com/kisflow-go/kisflow/internal/testenv"
-	"github.com/kisflow-go/kisflow/stream"
 )
 
 // TestSnapshotResumesAfterLastKey stops a source twice during its snapshot
@@ -42,9 +40,7 @@ func TestSnapshotResumesAfterLastKey(t *testing.T) {
 			"ALTER TABLE b REPLICA IDENTITY FULL",
 			"INSERT INTO b SELECT x, 0 FROM generate_series(1, 5) x",
 		},
-		Open: func(ctx context.Context, resume string, log *slog.Logger) (stream.Source, error) {
-			return d.(*CDC).OpenSource(ctx, stream.SourceOptions{Resume: resume, Logger: log})
-		},
+		Source: d.(*CDC),
 		Exec: func(ctx context.Context, q string) error {
 			_, err := db.Exec(ctx, q)
 			return err

@@ -21,9 +21,8 @@ type Resume struct {
 	// Setup are the statements creating A (g 1 to 3 by name 'a', 'é',
 	// 'B', '_x', 'Z', v 0) and B (x 1 to 5, v 0).
 	Setup []string
-	// Open opens the source at the position resume ("": from the start),
-	// logging to log.
-	Open func(ctx context.Context, resume string, log *slog.Logger) (stream.Source, error)
+	// Source is the connector, opened at each position to resume from.
+	Source stream.SourceDriver
 	// Exec runs a statement on the database.
 	Exec func(ctx context.Context, q string) error
 	// A and B are the tables' names in SQL; TableA and TableB as the
@@ -55,7 +54,7 @@ func (sc Resume) Run(ctx context.Context, t *testing.T) {
 	var logs strings.Builder
 	open := func(resume string) stream.Source {
 		t.Helper()
-		src, err := sc.Open(ctx, resume, slog.New(slog.NewTextHandler(&logs, nil)))
+		src, err := sc.Source.OpenSource(ctx, stream.SourceOptions{Resume: resume, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 		if err != nil {
 			t.Fatal(err)
 		}
