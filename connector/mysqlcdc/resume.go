@@ -111,20 +111,7 @@ ORDER BY k.ORDINAL_POSITION`, t.db, t.name)
 // keyOf is the key of row (a map of column to value, from the snapshot or
 // the binlog), false when a column is missing or of an unexpected type.
 func keyOf(cols []cdcsnap.Col, row map[string]any) (cdcsnap.Key, bool) {
-	if len(cols) == 0 {
-		return nil, false
-	}
-	k := make(cdcsnap.Key, len(cols))
-	for i, c := range cols {
-		v, ok := row[c.Name]
-		if !ok || v == nil {
-			return nil, false
-		}
-		if k[i], ok = keyValue(c, v); !ok {
-			return nil, false
-		}
-	}
-	return k, true
+	return cdcsnap.AppendKey(make(cdcsnap.Key, 0, len(cols)), cols, row, keyValue)
 }
 
 // keyValue is a value of column c (as the driver or the binlog gives it)
@@ -217,20 +204,6 @@ func snapshotQuery(t table, cols []cdcsnap.Col, after cdcsnap.Key) (string, []an
 	return q + " ORDER BY " + strings.Join(names, ", "), args
 }
 
-// sameTables reports whether the tables of a position are the
-// connector's, in the same order.
-func sameTables(a []string, b []table) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i].String() {
-			return false
-		}
-	}
-	return true
-}
-
 // initRanges sets the key ranges of the snapshot just begun
 // (beginSnapshot), from the position of the run before (prev, nil for a
 // first snapshot): the rows after its last key are read from this
@@ -272,7 +245,7 @@ func (s *source) initRanges(ctx context.Context, prev *position) error {
 		// A new snapshot: nothing of one was delivered.
 	case prev.rs == nil:
 		again("the position " + prev.String() + " (of an earlier version) does not say where it stopped")
-	case !sameTables(prev.rs.Tables(), d.tables):
+	case !cdcsnap.SameTables(prev.rs.Tables(), d.tables):
 		again("the connector's tables are no longer the ones of its position")
 	default:
 		b, ok := prev.rs.Bind(keys)
@@ -300,42 +273,12 @@ func (s *source) initRanges(ctx context.Context, prev *position) error {
 }
 
 // ranged decides, while the stream is within a resumed snapshot's ranges,
-// whether a change of table's row is delivered: not when its transaction
-// starts before the point from which the row's changes count (the image
-// read from the snapshot holds it). An update that moved the row's key
-// between two ranges of which only one counts it is delivered as that
-// half: the update without _before (the new key's), or a delete of the
-// old image.
+// whether a change of table's row is delivered (see Ranges.Delivered):
+// not when its transaction starts before the point from which the row's
+// changes count. Without the transaction's point every change counts.
 func (s *source) ranged(table, op string, row map[string]any) (string, bool) {
-	rs := s.ranges
-	t, ok := rs.Index(table)
-	if !ok || !s.txPointOK {
+	if !s.txPointOK {
 		return op, true
 	}
-	cols := rs.Cols(t)
-	counts := func(img map[string]any) bool {
-		var k cdcsnap.Key
-		if cols != nil {
-			var ok bool
-			if k, ok = keyOf(cols, img); !ok {
-				return true // the key is unknown: it counts
-			}
-		}
-		at, ok := rs.From(table, k)
-		return !ok || s.txPoint >= at
-	}
-	newer := counts(row)
-	before, hasBefore := row["_before"].(map[string]any)
-	if op != "update" || !hasBefore {
-		return op, newer
-	}
-	older := counts(before)
-	switch {
-	case newer == older:
-		return op, newer
-	case newer:
-		delete(row, "_before")
-		return op, true
-	}
-	return "delete", true
+	return s.ranges.Delivered(table, op, row, s.txPoint, keyValue)
 }

@@ -51,21 +51,7 @@ func keyOf(cols []keyCol, row map[string]any) (rowKey, bool) {
 
 // keyInto is keyOf appending to k (of length 0).
 func keyInto(k rowKey, cols []keyCol, row map[string]any) (rowKey, bool) {
-	if len(cols) == 0 {
-		return nil, false
-	}
-	for _, c := range cols {
-		v, ok := row[c.Name]
-		if !ok || v == nil {
-			return nil, false
-		}
-		kv, ok := keyValue(c, v)
-		if !ok {
-			return nil, false
-		}
-		k = append(k, kv)
-	}
-	return k, true
+	return cdcsnap.AppendKey(k, cols, row, keyValue)
 }
 
 // keyValue is a value of column c as pgx decodes it, as a key value.
@@ -204,18 +190,4 @@ ORDER BY k.ord`, t.quoted())
 		keys[t.String()] = cols
 	}
 	return keys, nil
-}
-
-// sameTables reports whether the tables of a position are the
-// connector's, in the same order.
-func sameTables(a []string, b []table) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i].String() {
-			return false
-		}
-	}
-	return true
 }

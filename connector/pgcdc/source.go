@@ -565,7 +565,7 @@ func (s *source) openSnapshot(ctx context.Context, plain *pgx.Conn, name string,
 		// A new snapshot: nothing of one was delivered.
 	case at.rs == nil:
 		again("the position " + at.String() + " (of an earlier version) does not say where it stopped")
-	case !sameTables(at.rs.Tables(), d.tables):
+	case !cdcsnap.SameTables(at.rs.Tables(), d.tables):
 		again("the connector's tables are no longer the ones of its position")
 	default:
 		b, ok := at.rs.Bind(s.keys)
@@ -1036,43 +1036,10 @@ func (s *source) decode(out []*stream.Message, data []byte) ([]*stream.Message, 
 }
 
 // ranged decides, while the stream is within a resumed snapshot's ranges,
-// whether a change of table's row is delivered: not when committed before
-// the LSN from which the row's changes count (the image read from the
-// snapshot holds it). An update that moved the row's key between two
-// ranges of which only one counts it is delivered as that half: the
-// update without _before (the new key's), or a delete of the old image.
+// whether a change of table's row is delivered (see Ranges.Delivered):
+// not when committed before the LSN from which the row's changes count.
 func (s *source) ranged(table, op string, row map[string]any) (string, bool) {
-	rs := s.ranges
-	t, ok := rs.Index(table)
-	if !ok {
-		return op, true
-	}
-	cols := rs.Cols(t)
-	counts := func(img map[string]any) bool {
-		var k rowKey
-		if cols != nil {
-			var ok bool
-			if k, ok = keyOf(cols, img); !ok {
-				return true // the key is unknown: it counts
-			}
-		}
-		at, ok := rs.From(table, k)
-		return !ok || cdcsnap.Point(s.txLSN) >= at
-	}
-	newer := counts(row)
-	before, hasBefore := row["_before"].(map[string]any)
-	if op != "update" || !hasBefore {
-		return op, newer
-	}
-	older := counts(before)
-	switch {
-	case newer == older:
-		return op, newer
-	case newer:
-		delete(row, "_before")
-		return op, true
-	}
-	return "delete", true
+	return s.ranges.Delivered(table, op, row, cdcsnap.Point(s.txLSN), keyValue)
 }
 
 // tuple is a row image as a map of column to value; a TOASTed value the

@@ -427,3 +427,86 @@ func (r *Ranges) Resumed(t int, k []string, at Point) (*Ranges, []string, bool) 
 	}
 	return build(r.codec, r.tables, kept, at, r.cols), k, true
 }
+
+// ValueFunc reads a key column's value of a row image (as the source's
+// driver or log decodes it) as a key value, false when it is of a type
+// the source does not expect for the column's kind.
+type ValueFunc func(c Col, v any) (Val, bool)
+
+// AppendKey appends to k (of length 0) the key of row (a map of column to
+// value, from the snapshot or the log) read by value, false when the
+// table has no usable key or a column is missing, null or of an
+// unexpected type.
+func AppendKey(k Key, cols []Col, row map[string]any, value ValueFunc) (Key, bool) {
+	if len(cols) == 0 {
+		return nil, false
+	}
+	for _, c := range cols {
+		v, ok := row[c.Name]
+		if !ok || v == nil {
+			return nil, false
+		}
+		kv, ok := value(c, v)
+		if !ok {
+			return nil, false
+		}
+		k = append(k, kv)
+	}
+	return k, true
+}
+
+// SameTables reports whether the tables of a position (Ranges.Tables)
+// are the connector's, in the same order.
+func SameTables[T fmt.Stringer](a []string, b []T) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i].String() {
+			return false
+		}
+	}
+	return true
+}
+
+// Delivered decides, while the stream is within the resumed snapshot's
+// ranges r, whether a change (op) of table's row, whose transaction
+// stands at point at in the log, is delivered: not when at is before the
+// point from which the row's changes count (the image read from the
+// snapshot holds it). value reads the row's key columns. An update that
+// moved the row's key between two ranges of which only one counts it is
+// delivered as that half: the update without _before (the new key's,
+// removed from row), or a delete of the old image. The ranges must be
+// bound.
+func (r *Ranges) Delivered(table, op string, row map[string]any, at Point, value ValueFunc) (string, bool) {
+	t, ok := r.Index(table)
+	if !ok {
+		return op, true
+	}
+	cols := r.Cols(t)
+	counts := func(img map[string]any) bool {
+		var k Key
+		if cols != nil {
+			var ok bool
+			if k, ok = AppendKey(make(Key, 0, len(cols)), cols, img, value); !ok {
+				return true // the key is unknown: it counts
+			}
+		}
+		from, ok := r.From(table, k)
+		return !ok || at >= from
+	}
+	newer := counts(row)
+	before, hasBefore := row["_before"].(map[string]any)
+	if op != "update" || !hasBefore {
+		return op, newer
+	}
+	older := counts(before)
+	switch {
+	case newer == older:
+		return op, newer
+	case newer:
+		delete(row, "_before")
+		return op, true
+	}
+	return "delete", true
+}

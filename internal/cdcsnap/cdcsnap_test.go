@@ -112,3 +112,54 @@ func TestAppendJSONString(t *testing.T) {
 		}
 	}
 }
+
+// TestDelivered decides changes of a snapshot resumed after a's key 50
+// (rows up to 50 counting from 100, the rest from 200): a change before
+// its row's point is not delivered, and an update moving a key across
+// the ranges' boundary is delivered as the half that counts.
+func TestDelivered(t *testing.T) {
+	t.Parallel()
+	keys := map[string][]Col{"a": {{Name: "id", Kind: Int}}}
+	r, _, ok := New(decimal, []string{"a"}, [][]Col{keys["a"]}, 100).Resumed(0, []string{"50"}, 200)
+	if !ok {
+		t.Fatal("resumed: the key did not decode")
+	}
+	value := func(c Col, v any) (Val, bool) {
+		n, ok := v.(int)
+		return Val{I: int64(n)}, ok
+	}
+	row := func(id any) map[string]any { return map[string]any{"id": id} }
+	moved := func(from, to int) map[string]any {
+		m := row(to)
+		m["_before"] = row(from)
+		return m
+	}
+	for _, c := range []struct {
+		name   string
+		table  string
+		op     string
+		row    map[string]any
+		at     Point
+		wantOp string
+		want   bool
+		before bool // _before left in the row
+	}{
+		{"before the range's point", "a", "insert", row(10), 150, "insert", true, false},
+		{"in the new snapshot's image", "a", "insert", row(60), 150, "insert", false, false},
+		{"after the new snapshot", "a", "insert", row(60), 200, "insert", true, false},
+		{"before the first snapshot", "a", "update", row(10), 99, "update", false, false},
+		{"an unknown key counts", "a", "delete", row("x"), 150, "delete", true, false},
+		{"a missing key counts", "a", "delete", map[string]any{}, 150, "delete", true, false},
+		{"another table counts", "z", "insert", row(60), 0, "insert", true, false},
+		{"moved into the image: its delete", "a", "update", moved(10, 60), 150, "delete", true, true},
+		{"moved out of the image: the new key's", "a", "update", moved(60, 10), 150, "update", true, false},
+		{"moved within the counted range", "a", "update", moved(10, 20), 150, "update", true, true},
+		{"moved within the image", "a", "update", moved(60, 70), 150, "update", false, true},
+	} {
+		op, got := r.Delivered(c.table, c.op, c.row, c.at, value)
+		_, before := c.row["_before"]
+		if op != c.wantOp || got != c.want || before != c.before {
+			t.Errorf("%s: %s %t (_before %t), want %s %t (_before %t)", c.name, op, got, before, c.wantOp, c.want, c.before)
+		}
+	}
+}
