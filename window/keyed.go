@@ -418,3 +418,86 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 	}
 	return r.err
 }
+
+// ChangesByWindow is ChangesTagged for a caller that writes a batch's
+// changes together rather than one entry per window-group: a window whose
+// groups are all gone (closed and not kept, or freed) is reported once, by
+// gone with its end, instead of once per group. A group of sessions that is
+// gone is reported to fn with data nil, as ChangesTagged reports it.
+func (o *Operator) ChangesByWindow(fn func(g Group, tag *any, data []byte) error, gone func(end int64) error) error {
+	defer o.dropChanges()
+	w := &writer{}
+	for _, c := range o.changes {
+		if s := c.s; s != nil {
+			s.changed = false
+			w.b = w.b[:0]
+			if o.groups[s.key] == s {
+				o.encodeSessions(w, s)
+			}
+			if err := fn(Group{Key: s.key, Session: true}, &s.tag, nilIfEmpty(w.b)); err != nil {
+				return err
+			}
+			continue
+		}
+		b := c.b
+		live := o.open[b.end] == b || o.kept[b.end] == b
+		if c.g < 0 {
+			if live {
+				continue
+			}
+			if err := gone(b.end); err != nil {
+				return err
+			}
+			continue
+		}
+		delete(b.changed, c.g)
+		if !live {
+			continue // reported with the whole window
+		}
+		if len(b.tags) < len(b.keys) {
+			b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+		}
+		w.b = w.b[:0]
+		o.encodeBucketGroup(w, b, c.g)
+		if err := fn(Group{Key: b.keys[c.g], End: b.end}, &b.tags[c.g], w.b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GroupOf returns the window-group that Changes or Groups encoded as data,
+// without loading it.
+func GroupOf(data []byte) (Group, error) {
+	if len(data) < 2 || data[0] != groupMagic {
+		return Group{}, errors.New("window: not an encoded window-group")
+	}
+	r := &reader{b: data[2:]}
+	key := r.str()
+	var g Group
+	switch data[1] {
+	case 'b':
+		g = Group{Key: key, End: r.int()}
+	case 's':
+		g = Group{Key: key, Session: true}
+	default:
+		return Group{}, errors.New("window: not an encoded window-group")
+	}
+	if r.err != nil {
+		return Group{}, fmt.Errorf("window: window-group: %w", r.err)
+	}
+	return g, nil
+}
+
+// Held returns the number of window-groups the operator holds, as Groups
+// reports them: the groups of open windows and of closed ones kept for
+// late: update, and the groups of sessions.
+func (o *Operator) Held() int {
+	n := 0
+	for _, set := range []map[int64]*bucket{o.open, o.kept} {
+		for _, b := range set {
+			n += len(b.keys)
+		}
+	}
+	return n + len(o.groups)
+}
