@@ -95,8 +95,11 @@ type deltaInfo struct {
 }
 
 // compactMin is the number of records a lane's deltas may hold beyond
-// twice its window-groups before the lane compacts them.
-const compactMin = 1024
+// twice its window-groups before the lane compacts them. A compaction
+// writes every group once, after at least as many records as groups were
+// written since the last: amortised, a change costs at most three records
+// written, however small the minimum.
+const compactMin = 64
 
 // windowClockSaved is a lane's clock entry: the operator's clock, the Seq
 // of the write, and when and by which lane of how many it was written (to
@@ -295,15 +298,23 @@ type deltaBuf struct {
 	ends  []int64
 	other int
 	gone  []int64 // the windows it marks gone
+	size  int     // the bytes to make room for: the size of the last one written
 }
 
-func (d *deltaBuf) reset() {
+// reset makes d empty for the next delta, expecting about records
+// records of recBytes bytes (0: as many bytes as the last one took).
+func (d *deltaBuf) reset(records, recBytes int) {
+	if records > 0 {
+		d.size = records * recBytes
+	} else if len(d.b) > 0 {
+		d.size = len(d.b)
+	}
 	d.b, d.n, d.ends, d.other, d.gone = nil, 0, nil, 0, d.gone[:0]
 }
 
 func (d *deltaBuf) group(g window.Group, data []byte) {
 	if d.b == nil {
-		d.b = append(make([]byte, 0, 1024), deltaMagic...)
+		d.b = append(make([]byte, 0, max(1024, d.size+d.size/8)), deltaMagic...)
 	}
 	d.b = append(d.b, recGroup)
 	d.b = binary.AppendUvarint(d.b, uint64(len(data)))
@@ -786,7 +797,7 @@ func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Cloc
 	lanes, lane := x.Lanes(), max(x.Lane(), 0)
 	parted := ln.keyPart != nil || x.Partitioned()
 	for _, d := range ln.bufs {
-		d.reset()
+		d.reset(0, 0)
 	}
 	changed := 0
 	var gone []int64
@@ -888,8 +899,13 @@ func (ln *windowLane) compactAll(x *state.Txn, ents windowEntries, parted bool) 
 			return err
 		}
 	}
+	recBytes := 32
+	if d := ln.bufs[""]; d != nil && d.n > 0 {
+		recBytes = len(d.b)/d.n + 1
+	}
+	held := ln.op.Held()
 	for _, d := range ln.bufs {
-		d.reset()
+		d.reset(held/max(len(ln.bufs), 1)+1, recBytes)
 	}
 	if err := ln.op.Groups(func(g window.Group, data []byte) error {
 		part := ""
@@ -913,6 +929,7 @@ func (ln *windowLane) compactAll(x *state.Txn, ents windowEntries, parted bool) 
 		}
 		ln.deltas = append(ln.deltas, &deltaInfo{id: id, part: part, ends: d.ends, other: d.other, n: d.n})
 		ln.held += d.n
+		d.b, d.size = nil, 0 // not the size of the next batch's delta
 	}
 	return nil
 }
