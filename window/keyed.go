@@ -166,21 +166,28 @@ func (o *Operator) dropChanges() {
 	for _, c := range o.changes {
 		if c.s != nil {
 			c.s.changed = false
-		} else if c.g >= 0 && c.b.changed != nil {
-			delete(c.b.changed, c.g)
 		}
 	}
 	clear(o.changes)
 	o.changes = o.changes[:0]
+	// A new epoch: no group of a bucket is marked changed in it.
+	if o.epoch++; o.epoch == 0 {
+		for _, set := range []map[int64]*bucket{o.open, o.kept} {
+			for _, b := range set {
+				clear(b.marked)
+			}
+		}
+		o.epoch = 1
+	}
 }
 
 // markBucket records that group g of b changed.
 func (o *Operator) markBucket(b *bucket, g int32) {
-	if b.changed == nil {
-		b.changed = map[int32]struct{}{}
+	if int(g) >= len(b.marked) {
+		b.marked = append(b.marked, make([]uint32, len(b.keys)-len(b.marked))...)
 	}
-	if _, ok := b.changed[g]; !ok {
-		b.changed[g] = struct{}{}
+	if b.marked[g] != o.epoch {
+		b.marked[g] = o.epoch
 		o.changes = append(o.changes, change{b: b, g: g})
 	}
 }
@@ -246,7 +253,6 @@ func (o *Operator) ChangesTagged(fn func(g Group, tag *any, data []byte) error) 
 			}
 			continue
 		}
-		delete(b.changed, c.g)
 		if !live {
 			continue // reported with all of b's groups
 		}
@@ -450,7 +456,6 @@ func (o *Operator) ChangesByWindow(fn func(g Group, tag *any, data []byte) error
 			}
 			continue
 		}
-		delete(b.changed, c.g)
 		if !live {
 			continue // reported with the whole window
 		}
