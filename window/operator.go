@@ -53,9 +53,9 @@ type bucket struct {
 	index      *index
 	keys       []string
 	accs       []accum
-	dirty      map[int32]bool     // groups to emit again (late: update)
-	marked     []uint32           // by group: the Operator.epoch it was last marked changed in (see Track)
-	tags       []any              // the caller's slot of each group (see ChangesTagged), grown on use
+	dirty      map[int32]bool // groups to emit again (late: update)
+	marked     []uint32       // by group: the Operator.epoch it was last marked changed in (see Track)
+	tags       []any          // the caller's slot of each group (see ChangesTagged), grown on use
 	startS     string
 	endS       string
 }
