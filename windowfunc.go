@@ -515,7 +515,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	clock, found := own.Clock, ok
 	var newest windowClockSaved
 	moved := false // the clock is the last run's lanes' (another number of workers)
-	others := map[int]windowClockSaved{}
+	others := map[[2]int]windowClockSaved{} // by number of lanes and lane
 	if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 		if id.Field != "clock" {
 			return nil
@@ -524,7 +524,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		if err != nil || c.Lanes == lanes {
 			return nil
 		}
-		others[c.Lane] = c
+		others[[2]int{c.Lanes, c.Lane}] = c
 		if c.At > newest.At {
 			newest = c
 		}
@@ -569,7 +569,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			if moved {
 				// Saved by the lane of the last run that had the group's
 				// key: open there unless that lane's watermark passed it.
-				from = others[state.Partition(id.Key, newest.Lanes)].Clock
+				from = others[[2]int{newest.Lanes, state.Partition(id.Key, newest.Lanes)}].Clock
 			}
 			bad = cmp.Or(bad, ld.put(data, e.Part, from))
 		case strings.HasPrefix(id.Field, "delta "):
@@ -617,7 +617,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	for _, d := range deltas {
 		var from window.Clock
 		if moved {
-			from = others[d.f.lane].Clock
+			from = others[[2]int{d.f.lanes, d.f.lane}].Clock
 		}
 		info := &deltaInfo{id: d.id, part: d.f.part}
 		err := readDelta(d.data, func(kind byte, data []byte, end int64) error {
