@@ -38,17 +38,23 @@ func TestWindowDeltaFormat(t *testing.T) {
 	var d deltaBuf
 	var want []window.Group
 	if err := op.Groups(func(g window.Group, data []byte) error {
-		d.group(g, data)
+		d.group("", g, data)
 		want = append(want, g)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
 	}
-	d.sessionGone("gone")
-	d.windowGone(-5)
-	d.windowGone(-5) // once per delta
-	if d.n != 4 || len(d.ends) != 1 || d.other != 2 {
-		t.Fatalf("delta counts %d records, ends %v, %d other; want 4, one window, 2", d.n, d.ends, d.other)
+	d.sessionGone("", "gone")
+	d.windowGone("", -5)
+	d.windowGone("", -5) // once per delta
+	if i := d.info; i.n != 4 || len(i.ends) != 1 || i.other != 2 || len(i.live) != 1 || i.live[0].n != 2 || i.idle() {
+		t.Fatalf("delta counts %d records, ends %v, %d tombstones, live %v; want 4, one window, 2, the window's 2 groups", i.n, i.ends, i.other, i.live)
+	}
+	for _, g := range want {
+		d.info.release(g)
+	}
+	if !d.info.idle() {
+		t.Errorf("a delta whose groups all have a later record is not idle: %v", d.info.live)
 	}
 	var got []string
 	if err := readDelta(d.b, func(kind byte, data []byte, end int64) error {

@@ -85,20 +85,101 @@ type windowLane struct {
 	bufs    map[string]*deltaBuf // write's deltas, by partition
 }
 
-// deltaInfo is what a lane knows of one of its delta entries.
+// deltaInfo is what a lane knows of one of its delta entries. A group's
+// slot in the operator (see window.Operator.ChangesTagged) points to the
+// delta that holds its last record (groupTag with partitions): when no
+// record of a delta is the last of an open group any more, and it holds no
+// tombstone an older delta of its partition still needs, it is deleted.
 type deltaInfo struct {
-	id    state.ID
-	part  string
-	ends  []int64 // the fixed windows it holds groups of
-	other int     // its session records and tombstones
-	n     int     // its records
+	id       state.ID
+	part     string
+	ends     []int64    // the fixed windows it holds records of
+	live     []endCount // per fixed window, its records that are their group's last
+	liveSess int        // its records of sessions that are their group's last
+	other    int        // its tombstones
+	n        int        // its records
+	gone     []int64    // scratch of write: windows gone it holds records of
+}
+
+// endCount counts records of a fixed window.
+type endCount struct {
+	end int64
+	n   int
+}
+
+// hold counts g's record as the last of its group.
+func (d *deltaInfo) hold(g window.Group) {
+	if g.Session {
+		d.liveSess++
+		return
+	}
+	for i := range d.live {
+		if d.live[i].end == g.End {
+			d.live[i].n++
+			return
+		}
+	}
+	d.live = append(d.live, endCount{g.End, 1})
+}
+
+// release counts g's record as no longer the last of its group.
+func (d *deltaInfo) release(g window.Group) {
+	if g.Session {
+		d.liveSess--
+		return
+	}
+	for i := range d.live {
+		if d.live[i].end == g.End {
+			d.live[i].n--
+			return
+		}
+	}
+}
+
+// idle reports whether no record of d is the last of an open group.
+func (d *deltaInfo) idle() bool {
+	if d.liveSess > 0 {
+		return false
+	}
+	for _, c := range d.live {
+		if c.n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// groupTag is a group's slot when the source has partitions: its stream
+// key and the delta of its last record.
+type groupTag struct {
+	key string
+	d   *deltaInfo
+}
+
+// tagDelta returns the delta a group's slot points to, nil if none.
+func tagDelta(tag any) *deltaInfo {
+	switch t := tag.(type) {
+	case *deltaInfo:
+		return t
+	case *groupTag:
+		return t.d
+	}
+	return nil
+}
+
+// setTagDelta points a group's slot to d.
+func setTagDelta(tag *any, d *deltaInfo) {
+	if t, ok := (*tag).(*groupTag); ok {
+		t.d = d
+		return
+	}
+	*tag = d
 }
 
 // compactMin is the number of records a lane's deltas may hold beyond
 // twice its window-groups before the lane compacts them. A compaction
-// writes every group once, after at least as many records as groups were
-// written since the last: amortised, a change costs at most three records
-// written, however small the minimum.
+// writes every group once and deletes the deltas, which held more than
+// twice as many records: the store holds at most about twice the groups.
 const compactMin = 64
 
 // windowClockSaved is a lane's clock entry: the operator's clock, the Seq
@@ -291,14 +372,13 @@ const (
 	recWindow  = 'e'
 )
 
-// deltaBuf is a delta being written.
+// deltaBuf is a delta being written: its bytes and what the lane will know
+// of it.
 type deltaBuf struct {
-	b     []byte
-	n     int
-	ends  []int64
-	other int
-	gone  []int64 // the windows it marks gone
-	size  int     // the bytes to make room for: the size of the last one written
+	b    []byte
+	info *deltaInfo
+	gone []int64 // the windows it marks gone
+	size int     // the bytes to make room for: the size of the last one written
 }
 
 // reset makes d empty for the next delta, expecting about records
@@ -309,47 +389,50 @@ func (d *deltaBuf) reset(records, recBytes int) {
 	} else if len(d.b) > 0 {
 		d.size = len(d.b)
 	}
-	d.b, d.n, d.ends, d.other, d.gone = nil, 0, nil, 0, d.gone[:0]
+	d.b, d.info, d.gone = nil, nil, d.gone[:0]
 }
 
-func (d *deltaBuf) group(g window.Group, data []byte) {
-	if d.b == nil {
-		d.b = append(make([]byte, 0, max(1024, d.size+d.size/8)), deltaMagic...)
+// start makes room for a record of about n bytes.
+func (d *deltaBuf) start(part string, n int) {
+	if d.info == nil {
+		d.info = &deltaInfo{part: part}
 	}
+	if d.b == nil {
+		d.b = append(make([]byte, 0, max(n+16, d.size+d.size/8)), deltaMagic...)
+	}
+}
+
+func (d *deltaBuf) group(part string, g window.Group, data []byte) {
+	d.start(part, 1024)
 	d.b = append(d.b, recGroup)
 	d.b = binary.AppendUvarint(d.b, uint64(len(data)))
 	d.b = append(d.b, data...)
-	d.n++
-	if g.Session {
-		d.other++
-	} else if !slices.Contains(d.ends, g.End) {
-		d.ends = append(d.ends, g.End)
+	d.info.n++
+	d.info.hold(g)
+	if !g.Session && !slices.Contains(d.info.ends, g.End) {
+		d.info.ends = append(d.info.ends, g.End)
 	}
 }
 
-func (d *deltaBuf) sessionGone(key string) {
-	if d.b == nil {
-		d.b = append(make([]byte, 0, 64), deltaMagic...)
-	}
+func (d *deltaBuf) sessionGone(part, key string) {
+	d.start(part, len(key))
 	d.b = append(d.b, recSession)
 	d.b = binary.AppendUvarint(d.b, uint64(len(key)))
 	d.b = append(d.b, key...)
-	d.n++
-	d.other++
+	d.info.n++
+	d.info.other++
 }
 
-func (d *deltaBuf) windowGone(end int64) {
+func (d *deltaBuf) windowGone(part string, end int64) {
 	if slices.Contains(d.gone, end) {
 		return
 	}
 	d.gone = append(d.gone, end)
-	if d.b == nil {
-		d.b = append(make([]byte, 0, 64), deltaMagic...)
-	}
+	d.start(part, 16)
 	d.b = append(d.b, recWindow)
 	d.b = binary.AppendVarint(d.b, end)
-	d.n++
-	d.other++
+	d.info.n++
+	d.info.other++
 }
 
 // readDelta calls fn with each record of a delta: kind, and the group's
@@ -624,13 +707,11 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			info.n++
 			switch kind {
 			case recGroup:
-				g, err := ld.add(data, d.f.part, from)
+				g, err := ld.add(data, info, from)
 				if err != nil {
 					return err
 				}
-				if g.Session {
-					info.other++
-				} else if !slices.Contains(info.ends, g.End) {
+				if !g.Session && !slices.Contains(info.ends, g.End) {
 					info.ends = append(info.ends, g.End)
 				}
 			case recSession:
@@ -639,7 +720,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			case recWindow:
 				info.other++
 				for k, hg := range ld.fixed[end] {
-					if hg.part == d.f.part {
+					if hg.part() == d.f.part {
 						delete(ld.fixed[end], k)
 					}
 				}
@@ -662,18 +743,34 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	var keyPart map[string]string
 	if loadErr == nil {
 		loadErr = ld.each(func(hg heldGroup) error {
-			if hg.part != "" {
-				if keyPart == nil {
-					keyPart = map[string]string{}
-				}
-				if g, err := window.GroupOf(hg.data); err == nil {
-					keyPart[ents.streamKey(g)] = hg.part
-				}
-			}
 			if moved {
 				return op.LoadGroupFrom(hg.data, hg.from)
 			}
-			return op.LoadGroup(hg.data)
+			// The group's slot points to the delta of its record (see
+			// deltaInfo), and holds its stream key with partitions.
+			var tag any
+			var g window.Group
+			if hg.d != nil || hg.p != "" {
+				var err error
+				if g, err = window.GroupOf(hg.data); err != nil {
+					return err
+				}
+			}
+			if hg.p != "" {
+				if keyPart == nil {
+					keyPart = map[string]string{}
+				}
+				key := ents.streamKey(g)
+				keyPart[key] = hg.p
+				tag = &groupTag{key: key, d: hg.d}
+			} else if hg.d != nil {
+				tag = hg.d
+			}
+			loaded, err := op.LoadGroupTagged(hg.data, tag)
+			if loaded && hg.d != nil {
+				hg.d.hold(g)
+			}
+			return err
 		})
 	}
 	if loadErr != nil {
@@ -725,23 +822,37 @@ type groupLoad struct {
 	owns  func(window.Group) bool // nil: every group is the lane's
 }
 
-// heldGroup is a window-group's encoding, the source partition of the
-// entry that held it, and the clock of the lane that wrote it (after the
-// number of workers changed).
+// heldGroup is a window-group's encoding, the delta that held it (nil for
+// an entry of its own, of an earlier version) or that entry's source
+// partition, and the clock of the lane that wrote it (after the number of
+// workers changed).
 type heldGroup struct {
 	data []byte
-	part string
+	d    *deltaInfo
+	p    string
 	from window.Clock
 }
 
-// put is add for a group alone.
+// part returns the source partition of the entry that held the group.
+func (hg heldGroup) part() string {
+	if hg.d != nil {
+		return hg.d.part
+	}
+	return hg.p
+}
+
+// put records data, a group of an entry of its own of partition part.
 func (l *groupLoad) put(data []byte, part string, from window.Clock) error {
-	_, err := l.add(data, part, from)
+	_, err := l.record(data, heldGroup{data: data, p: part, from: from})
 	return err
 }
 
-// add records data, a group of an entry of partition part.
-func (l *groupLoad) add(data []byte, part string, from window.Clock) (window.Group, error) {
+// add records data, a group of delta d.
+func (l *groupLoad) add(data []byte, d *deltaInfo, from window.Clock) (window.Group, error) {
+	return l.record(data, heldGroup{data: data, d: d, p: d.part, from: from})
+}
+
+func (l *groupLoad) record(data []byte, hg heldGroup) (window.Group, error) {
 	g, err := window.GroupOf(data)
 	if err != nil {
 		return g, err
@@ -749,7 +860,6 @@ func (l *groupLoad) add(data []byte, part string, from window.Clock) (window.Gro
 	if l.owns != nil && !l.owns(g) {
 		return g, nil
 	}
-	hg := heldGroup{data: data, part: part, from: from}
 	if g.Session {
 		l.sess[g.Key] = hg
 		return g, nil
@@ -790,9 +900,9 @@ func (l *groupLoad) each(fn func(heldGroup) error) error {
 
 // write writes the window-groups the operator's last call changed, as one
 // delta per source partition, and its clock when anything changed
-// (before: the clock before the call). It compacts the lane's deltas when
-// they hold more than twice the groups of the operator, or when they are
-// of an earlier format.
+// (before: the clock before the call). It deletes the deltas no longer
+// needed, and compacts the lane's deltas when they hold more than twice
+// the groups of the operator, or are of an earlier format.
 func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Clock) error {
 	lanes, lane := x.Lanes(), max(x.Lane(), 0)
 	parted := ln.keyPart != nil || x.Partitioned()
@@ -807,12 +917,17 @@ func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Cloc
 		if parted {
 			part = ln.partOf(x, ents, g, tag)
 		}
+		if old := tagDelta(*tag); old != nil {
+			old.release(g)
+		}
 		d := ln.buf(part)
 		if data == nil {
-			d.sessionGone(g.Key)
-		} else {
-			d.group(g, data)
+			d.sessionGone(part, g.Key)
+			setTagDelta(tag, nil)
+			return nil
 		}
+		d.group(part, g, data)
+		setTagDelta(tag, d.info)
 		return nil
 	}, func(end int64) error {
 		changed++
@@ -822,73 +937,89 @@ func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Cloc
 	if err != nil {
 		return err
 	}
-	// The windows gone: a delta that held groups of open windows only
-	// goes when they all closed; one that holds more marks them gone
-	// in its partition's next delta.
-	if len(gone) > 0 {
-		kept := ln.deltas[:0]
-		for _, d := range ln.deltas {
-			had := false
-			d.ends = slices.DeleteFunc(d.ends, func(end int64) bool {
-				if slices.Contains(gone, end) {
-					had = true
-					return true
-				}
-				return false
-			})
-			switch {
-			case !had:
-			case len(d.ends) == 0 && d.other == 0:
-				if err := x.Delete(d.id); err != nil {
-					return err
-				}
-				ln.held -= d.n
-				continue
-			default:
-				for _, end := range gone {
-					ln.buf(d.part).windowGone(end)
-				}
-			}
-			kept = append(kept, d)
-		}
-		clear(ln.deltas[len(kept):])
-		ln.deltas = kept
-	}
 	clock := ln.op.Clock()
 	if changed == 0 && clock == before && !ln.compact {
 		return nil
 	}
+	// The windows gone are no longer held by any delta; a delta that
+	// holds no group's last record goes, unless it holds a tombstone an
+	// older delta of its partition needs; a delta that stays and holds
+	// records of a window gone has the window marked gone in its
+	// partition's delta of this batch.
+	if len(gone) > 0 {
+		for _, d := range ln.deltas {
+			d.gone = d.gone[:0]
+			d.live = slices.DeleteFunc(d.live, func(c endCount) bool { return slices.Contains(gone, c.end) })
+			d.ends = slices.DeleteFunc(d.ends, func(end int64) bool {
+				if slices.Contains(gone, end) {
+					d.gone = append(d.gone, end)
+					return true
+				}
+				return false
+			})
+		}
+	}
+	var older []string // the partitions with a delta kept so far
+	kept := ln.deltas[:0]
+	for _, d := range ln.deltas {
+		if d.idle() && (d.other == 0 || !slices.Contains(older, d.part)) {
+			if err := x.Delete(d.id); err != nil {
+				return err
+			}
+			ln.held -= d.n
+			continue
+		}
+		if !slices.Contains(older, d.part) {
+			older = append(older, d.part)
+		}
+		for _, end := range d.gone {
+			ln.buf(d.part).windowGone(d.part, end)
+		}
+		d.gone = d.gone[:0]
+		kept = append(kept, d)
+	}
+	clear(ln.deltas[len(kept):])
+	ln.deltas = kept
+
 	ln.last++
 	ln.seq = ln.last
 	adds := 0
 	for _, d := range ln.bufs {
-		adds += d.n
+		if d.info != nil {
+			adds += d.info.n
+		}
 	}
 	if ln.compact || ln.held+adds > 2*ln.op.Held()+compactMin {
 		if err := ln.compactAll(x, ents, parted); err != nil {
 			return err
 		}
-	} else {
-		for part, d := range ln.bufs {
-			if d.n == 0 {
-				continue
-			}
-			id := ents.delta(lane, lanes, ln.seq, part)
-			if err := x.PutIn(id, d.b, part); err != nil {
-				return err
-			}
-			ln.deltas = append(ln.deltas, &deltaInfo{id: id, part: part, ends: d.ends, other: d.other, n: d.n})
-			ln.held += d.n
-		}
+	} else if err := ln.putDeltas(x, ents); err != nil {
+		return err
 	}
 	return x.Put(ents.clock(lane, lanes), windowClockSaved{Seq: ln.seq, Lanes: lanes, Lane: lane, At: time.Now().UnixMilli(), Clock: clock}, 0)
+}
+
+// putDeltas puts the deltas written in ln.bufs, numbered ln.seq.
+func (ln *windowLane) putDeltas(x *state.Txn, ents windowEntries) error {
+	lanes, lane := x.Lanes(), max(x.Lane(), 0)
+	for part, d := range ln.bufs {
+		if d.info == nil {
+			continue
+		}
+		d.info.id = ents.delta(lane, lanes, ln.seq, part)
+		if err := x.PutIn(d.info.id, d.b, part); err != nil {
+			return err
+		}
+		ln.deltas = append(ln.deltas, d.info)
+		ln.held += d.info.n
+	}
+	return nil
 }
 
 // compactAll writes every window-group of the operator as one delta per
 // source partition, numbered ln.seq, and deletes the lane's earlier deltas
 // and entries of earlier formats.
 func (ln *windowLane) compactAll(x *state.Txn, ents windowEntries, parted bool) error {
-	lanes, lane := x.Lanes(), max(x.Lane(), 0)
 	for _, d := range ln.deltas {
 		if err := x.Delete(d.id); err != nil {
 			return err
@@ -900,35 +1031,36 @@ func (ln *windowLane) compactAll(x *state.Txn, ents windowEntries, parted bool) 
 		}
 	}
 	recBytes := 32
-	if d := ln.bufs[""]; d != nil && d.n > 0 {
-		recBytes = len(d.b)/d.n + 1
+	if d := ln.bufs[""]; d != nil && d.info != nil {
+		recBytes = len(d.b)/d.info.n + 1
 	}
 	held := ln.op.Held()
 	for _, d := range ln.bufs {
 		d.reset(held/max(len(ln.bufs), 1)+1, recBytes)
 	}
-	if err := ln.op.Groups(func(g window.Group, data []byte) error {
+	if err := ln.op.GroupsTagged(func(g window.Group, tag *any, data []byte) error {
 		part := ""
-		if parted && ln.keyPart != nil {
-			part = ln.keyPart[ents.streamKey(g)]
+		if parted {
+			t, ok := (*tag).(*groupTag)
+			if !ok {
+				t = &groupTag{key: ents.streamKey(g)}
+				*tag = t
+			}
+			part = ln.keyPart[t.key]
 		}
-		ln.buf(part).group(g, data)
+		d := ln.buf(part)
+		d.group(part, g, data)
+		setTagDelta(tag, d.info)
 		return nil
 	}); err != nil {
 		return err
 	}
 	clear(ln.deltas)
 	ln.deltas, ln.held, ln.old, ln.compact = ln.deltas[:0], 0, nil, false
-	for part, d := range ln.bufs {
-		if d.n == 0 {
-			continue
-		}
-		id := ents.delta(lane, lanes, ln.seq, part)
-		if err := x.PutIn(id, d.b, part); err != nil {
-			return err
-		}
-		ln.deltas = append(ln.deltas, &deltaInfo{id: id, part: part, ends: d.ends, other: d.other, n: d.n})
-		ln.held += d.n
+	if err := ln.putDeltas(x, ents); err != nil {
+		return err
+	}
+	for _, d := range ln.bufs {
 		d.b, d.size = nil, 0 // not the size of the next batch's delta
 	}
 	return nil
@@ -950,20 +1082,21 @@ func (ln *windowLane) buf(part string) *deltaBuf {
 // partOf returns the source partition of g, a group the batch changed:
 // that of its stream key's messages in the batch, else the one the lane
 // knew (a group changed by a flush or tick). tag is the group's slot,
-// where its stream key is kept.
+// where its stream key is kept (see groupTag).
 func (ln *windowLane) partOf(x *state.Txn, ents windowEntries, g window.Group, tag *any) string {
-	if *tag == nil {
-		*tag = ents.streamKey(g)
+	t, ok := (*tag).(*groupTag)
+	if !ok {
+		t = &groupTag{key: ents.streamKey(g), d: tagDelta(*tag)}
+		*tag = t
 	}
-	sk, _ := (*tag).(string)
-	if p, ok := x.KeyPartition(sk); ok {
+	if p, ok := x.KeyPartition(t.key); ok {
 		if ln.keyPart == nil {
 			ln.keyPart = map[string]string{}
 		}
-		ln.keyPart[sk] = p
+		ln.keyPart[t.key] = p
 		return p
 	}
-	return ln.keyPart[sk]
+	return ln.keyPart[t.key]
 }
 
 type windowBinding struct {

@@ -275,13 +275,21 @@ func nilIfEmpty(b []byte) []byte {
 // Groups calls fn with every window-group the operator holds, encoded as
 // Changes encodes them.
 func (o *Operator) Groups(fn func(g Group, data []byte) error) error {
+	return o.GroupsTagged(func(g Group, _ *any, data []byte) error { return fn(g, data) })
+}
+
+// GroupsTagged is Groups with each group's slot (see ChangesTagged).
+func (o *Operator) GroupsTagged(fn func(g Group, tag *any, data []byte) error) error {
 	w := &writer{}
 	for _, set := range []map[int64]*bucket{o.open, o.kept} {
 		for _, b := range set {
+			if len(b.tags) < len(b.keys) {
+				b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+			}
 			for g := range b.keys {
 				w.b = w.b[:0]
 				o.encodeBucketGroup(w, b, int32(g))
-				if err := fn(Group{Key: b.keys[g], End: b.end}, w.b); err != nil {
+				if err := fn(Group{Key: b.keys[g], End: b.end}, &b.tags[g], w.b); err != nil {
 					return err
 				}
 			}
@@ -290,7 +298,7 @@ func (o *Operator) Groups(fn func(g Group, data []byte) error) error {
 	for _, s := range o.groups {
 		w.b = w.b[:0]
 		o.encodeSessions(w, s)
-		if err := fn(Group{Key: s.key, Session: true}, w.b); err != nil {
+		if err := fn(Group{Key: s.key, Session: true}, &s.tag, w.b); err != nil {
 			return err
 		}
 	}
@@ -324,7 +332,15 @@ func (o *Operator) encodeSessions(w *writer, g *sessGroup) {
 // lateness (or any closed one, without late: update) was freed when the
 // state was saved, and is ignored. So are sessions.
 func (o *Operator) LoadGroup(data []byte) error {
-	return o.loadGroup(data, o.wm)
+	_, err := o.loadGroup(data, o.wm, nil)
+	return err
+}
+
+// LoadGroupTagged is LoadGroup that also sets the group's slot (see
+// ChangesTagged) to tag, and reports whether the group was loaded (not
+// ignored as closed).
+func (o *Operator) LoadGroupTagged(data []byte, tag any) (bool, error) {
+	return o.loadGroup(data, o.wm, tag)
 }
 
 // LoadGroupFrom is LoadGroup for a window-group saved by another operator
@@ -340,7 +356,8 @@ func (o *Operator) LoadGroupFrom(data []byte, from Clock) error {
 	case from.Seen:
 		wm = from.MaxTS - o.late
 	}
-	return o.loadGroup(data, wm)
+	_, err := o.loadGroup(data, wm, nil)
+	return err
 }
 
 // CloseDue closes the windows loaded open whose end the watermark already
@@ -352,9 +369,9 @@ func (o *Operator) CloseDue() []map[string]any {
 
 // loadGroup loads a window-group; openAbove is the watermark of the
 // operator that saved it: its windows ending after it were open there.
-func (o *Operator) loadGroup(data []byte, openAbove int64) error {
+func (o *Operator) loadGroup(data []byte, openAbove int64, tag any) (loaded bool, err error) {
 	if len(data) < 2 || data[0] != groupMagic {
-		return errors.New("window: not an encoded window-group")
+		return false, errors.New("window: not an encoded window-group")
 	}
 	r := &reader{b: data[2:]}
 	key := r.str()
@@ -364,7 +381,7 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 		accs := make([]accum, o.na)
 		o.readAccs(r, accs)
 		if r.err != nil {
-			return fmt.Errorf("window: window-group: %w", r.err)
+			return false, fmt.Errorf("window: window-group: %w", r.err)
 		}
 		var b *bucket
 		switch {
@@ -381,26 +398,33 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 				o.keep(b)
 			}
 		default:
-			return nil
+			return false, nil
 		}
 		if _, found := b.index.find([]byte(key)); found {
-			return fmt.Errorf("window: window-group loaded twice")
+			return false, fmt.Errorf("window: window-group loaded twice")
 		}
 		b.index.add([]byte(key), int32(len(b.keys)))
 		b.keys = append(b.keys, key)
 		b.accs = append(b.accs, accs...)
+		if tag != nil {
+			if len(b.tags) < len(b.keys) {
+				b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+			}
+			b.tags[len(b.keys)-1] = tag
+		}
 		o.hint = max(o.hint, len(b.keys))
+		loaded = true
 	case 's':
 		if o.groups[key] != nil {
-			return fmt.Errorf("window: session group loaded twice")
+			return false, fmt.Errorf("window: session group loaded twice")
 		}
-		g := &sessGroup{key: key}
+		g := &sessGroup{key: key, tag: tag}
 		n := r.count()
 		for range n {
 			s := &session{g: g, start: r.int(), end: r.int(), seq: r.uint(), accs: make([]accum, o.na)}
 			o.readAccs(r, s.accs)
 			if r.err != nil {
-				return fmt.Errorf("window: session group: %w", r.err)
+				return false, fmt.Errorf("window: session group: %w", r.err)
 			}
 			o.seq = max(o.seq, s.seq)
 			switch {
@@ -413,16 +437,16 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 				heap.Push(&o.timers, timer{s.end + o.late, s.seq, s})
 			}
 		}
-		if len(g.open)+len(g.kept) > 0 {
+		if loaded = len(g.open)+len(g.kept) > 0; loaded {
 			o.groups[key] = g
 		}
 	default:
-		return errors.New("window: not an encoded window-group")
+		return false, errors.New("window: not an encoded window-group")
 	}
 	if r.err == nil && len(r.b) > 0 {
-		return errors.New("window: window-group: trailing bytes")
+		return false, errors.New("window: window-group: trailing bytes")
 	}
-	return r.err
+	return loaded && r.err == nil, r.err
 }
 
 // ChangesByWindow is ChangesTagged for a caller that writes a batch's
