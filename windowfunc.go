@@ -597,7 +597,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	// late).
 	clock, found := own.Clock, ok
 	var newest windowClockSaved
-	moved := false // the clock is the last run's lanes' (another number of workers)
+	moved := false                          // the clock is the last run's lanes' (another number of workers)
 	others := map[[2]int]windowClockSaved{} // by number of lanes and lane
 	if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 		if id.Field != "clock" {
