@@ -597,8 +597,10 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	// late).
 	clock, found := own.Clock, ok
 	var newest windowClockSaved
-	moved := false                          // the clock is the last run's lanes' (another number of workers)
-	others := map[[2]int]windowClockSaved{} // by number of lanes and lane
+	// moved: the clock is the last run's lanes' (another number of
+	// workers), whose clocks others holds by number of lanes and lane.
+	moved := false
+	others := map[[2]int]windowClockSaved{}
 	if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 		if id.Field != "clock" {
 			return nil
