@@ -46,11 +46,12 @@ type windowHandler struct {
 // of keyed state entries (see windowEntries): the lane's clock (watermark),
 // whose Seq numbers the lane's writes, and the lane's deltas: each write
 // puts one entry per source partition holding the window-groups the batch
-// changed, numbered by the write's Seq (see windowDelta). A rebuild loads
-// them in Seq order, a later group replacing an earlier one. When the
-// groups the deltas hold pass twice those the operator holds, the lane
-// compacts: it writes every group again as one delta per partition and
-// deletes the older deltas; a delta whose windows all closed is deleted.
+// changed, numbered by the write's Seq (see windowEntries and deltaMagic).
+// A rebuild loads them in Seq order, a later record of a group replacing
+// an earlier one. A delta none of whose records is the last of an open
+// group is deleted (see deltaInfo); when the records the deltas hold still
+// pass twice the groups the operator holds, the lane compacts: it writes
+// every group again as one delta per partition and deletes the older ones.
 //
 // When a batch is returned to its source, or a run fails and is tried
 // again, the state machinery drops or rolls back the batch's changes, and
