@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"unicode/utf8"
 	"unsafe"
 
 	gojson "github.com/goccy/go-json"
@@ -155,7 +156,10 @@ func (k *keyReader) fromFlatJSON(data []byte) (key string, ok bool) {
 		break
 	}
 	if len(val) > 0 && val[0] == '"' {
-		return string(val[1 : len(val)-1]), true
+		val = val[1 : len(val)-1]
+		if !utf8.Valid(val) {
+			return "", false // the path's decoder replaces invalid bytes
+		}
 	}
 	return string(val), true
 }

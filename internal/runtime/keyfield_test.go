@@ -51,6 +51,7 @@ func TestFlatJSONKeyIsThePathsKey(t *testing.T) {
 		`{"user":"caf\u00e9"}`, `{"us\u0065r":"u"}`, `{"user":{"a":1}}`, `{"user":[1]}`, `{"id":{"a":1},"user":"u"}`,
 		`{"user":"a","user":"b"}`, `{"user":abc}`, `{"user":01}`, `{"user":1.}`, `{"user":-}`, `{"user":"u"} x`, `{"user":"u"`,
 		`{"user" "u"}`, `{"user":"u",}`, `[1,2]`, `plain text`, ``, `{"user":"tab	in"}`, `{"user":1e}`, `{"user":tru}`,
+		`{"user":"café"}`, "{\"user\":\"bad \xff utf-8\"}",
 	}
 	for _, field := range []string{"user", "id", "user_id"} {
 		k := newKeyReader(field)
