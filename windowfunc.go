@@ -564,9 +564,10 @@ func (h *windowHandler) process(fl *flow, rows []map[string]any, ctl flushMode, 
 // lane's clock entry is not the one the operator last wrote or read, the
 // operator is rebuilt from the lane's entries.
 //
-// It returns the rows of windows due on rebuilding: after the number of
-// workers changed, a window its old lane held open whose end this lane's
-// clock already passed is closed now, not dropped.
+// It returns the rows of windows due on rebuilding: a window another lane
+// held open (the lane of a run with another number of workers, or of the
+// process a source partition moved here from) whose end this lane's clock
+// already passed is closed now, not dropped.
 func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents windowEntries) ([]map[string]any, error) {
 	lanes, lane := x.Lanes(), max(x.Lane(), 0)
 	e, ok, err := x.Get(ents.clock(lane, lanes))
@@ -744,6 +745,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		loadErr = op.SetClock(clock)
 	}
 	var keyPart map[string]string
+	update, opened := h.spec.Late == window.Update, false
 	if loadErr == nil {
 		loadErr = ld.each(func(hg heldGroup) error {
 			if moved {
@@ -769,7 +771,16 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			} else if hg.d != nil {
 				tag = hg.d
 			}
-			loaded, err := op.LoadGroupTagged(hg.data, tag)
+			// A group of a source partition is open where it was last
+			// written (a window that closes deletes or marks gone its
+			// groups in the same commit as the clock that closed it), but
+			// the partition may have moved here from another process,
+			// whose watermark may be behind this lane's: it is loaded
+			// open, and closed below if this lane's watermark passed it.
+			// (Not under late: update, whose closed windows are kept.)
+			open := hg.p != "" && !update
+			opened = opened || open
+			loaded, err := op.LoadGroupTagged(hg.data, tag, open)
 			if loaded && hg.d != nil {
 				hg.d.hold(g)
 			}
@@ -811,7 +822,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	op.Track(true)
 	ln.op, ln.loaded, ln.seq, ln.last, ln.moves = op, true, own.Seq, max(ln.last, last), moves
 	ln.deltas, ln.held, ln.old, ln.compact, ln.keyPart = infos, held, old, compact, keyPart
-	if moved {
+	if moved || opened {
 		return op.CloseDue(), nil
 	}
 	return nil, nil

@@ -338,8 +338,13 @@ func (o *Operator) LoadGroup(data []byte) error {
 
 // LoadGroupTagged is LoadGroup that also sets the group's slot (see
 // ChangesTagged) to tag, and reports whether the group was loaded (not
-// ignored as closed).
-func (o *Operator) LoadGroupTagged(data []byte, tag any) (bool, error) {
+// ignored as closed). With open, the group is loaded open even when the
+// watermark already reached its window's end, as LoadGroupFrom loads a
+// group of an operator that held it open: CloseDue then emits it.
+func (o *Operator) LoadGroupTagged(data []byte, tag any, open bool) (bool, error) {
+	if open {
+		return o.loadGroup(data, math.MinInt64, tag)
+	}
 	return o.loadGroup(data, o.wm, tag)
 }
 
