@@ -1,59 +1,89 @@
 package kisflow
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
-	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/window"
 )
 
-// TestWindowGroupEntryNames checks that a window-group's entry is named as
-// earlier versions named it (the group_by values through json.Marshal),
-// whatever the values, so that a run goes on from the entries an earlier
-// version saved; and that the name cached in the group's slot is the one
-// derived afresh.
-func TestWindowGroupEntryNames(t *testing.T) {
-	spec := window.Spec{Type: window.Tumbling, Size: time.Minute, TimeField: "ts", GroupBy: []string{"k", "v"},
-		Aggregates: []window.Aggregate{{Name: "n", Func: window.Count}}}
-	values := []any{int64(42), int64(-7), "plain", `quo"te`, `back\slash`, "<tag", "a>b", "&amp", "tab\there", "é", "", nil, true, false, 1.5, 1e21}
+// TestWindowDeltaFormat checks that a delta's field and value read back as
+// written: the lane, Seq and partition, and each record in order.
+func TestWindowDeltaFormat(t *testing.T) {
 	ents := windowEntries{name: "kisflow.window/0/F", keyAt: 0}
-	for _, k := range values {
-		for _, v := range []any{int64(1), "x", 2.25} {
-			op, err := window.New(spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			op.Track(true)
-			ts := time.Date(2026, 5, 1, 12, 0, 30, 0, time.UTC).UnixMilli()
-			if _, rej := op.Process([]map[string]any{{"ts": ts, "k": k, "v": v}}); len(rej) > 0 {
-				t.Fatalf("%v, %v: rejected: %v", k, v, rej[0].Err)
-			}
-			n := 0
-			if err := op.ChangesTagged(func(g window.Group, tag *any, _ []byte) error {
-				n++
-				vals := g.Values()
-				js, err := json.Marshal(vals)
-				if err != nil {
-					t.Fatal(err)
-				}
-				want := state.ID{Name: ents.name, Key: window.KeyString(vals[0]),
-					Field: "window " + time.UnixMilli(g.End).UTC().Format(time.RFC3339Nano) + " " + string(js)}
-				if got := ents.group(g); got != want {
-					t.Errorf("%#v, %#v: entry %q, want %q", k, v, got, want)
-				}
-				first := ents.groupTagged(g, tag)
-				if again := ents.groupTagged(g, tag); first != want || again != want {
-					t.Errorf("%#v, %#v: tagged entry %q then %q, want %q", k, v, first, again, want)
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if n != 1 {
-				t.Fatalf("%v, %v: %d changes, want 1", k, v, n)
-			}
+	for _, part := range []string{"", "orders/3", "a b"} {
+		id := ents.delta(2, 4, 123456789, part)
+		f, ok := parseDeltaField(id.Field)
+		if !ok || f != (deltaField{lanes: 4, lane: 2, seq: 123456789, part: part}) {
+			t.Errorf("%q read back as %+v (%v)", id.Field, f, ok)
 		}
+		if id.Key != laneKey(2, 4) {
+			t.Errorf("delta key %q, want the lane's %q", id.Key, laneKey(2, 4))
+		}
+	}
+	for _, bad := range []string{"clock", "delta ", "delta 4.2", "delta 4.x 1 p", "delta 4.2 -1 p"} {
+		if _, ok := parseDeltaField(bad); ok {
+			t.Errorf("%q read as a delta", bad)
+		}
+	}
+
+	spec := window.Spec{Type: window.Tumbling, Size: time.Minute, TimeField: "ts", GroupBy: []string{"k"},
+		Aggregates: []window.Aggregate{{Name: "n", Func: window.Count}}}
+	op, err := window.New(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := time.Date(2026, 5, 1, 12, 0, 30, 0, time.UTC).UnixMilli()
+	op.Process([]map[string]any{{"ts": ts, "k": int64(1)}, {"ts": ts, "k": "two"}})
+	var d deltaBuf
+	var want []window.Group
+	if err := op.Groups(func(g window.Group, data []byte) error {
+		d.group("", g, data)
+		want = append(want, g)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	d.sessionGone("", "gone")
+	d.windowGone("", -5)
+	d.windowGone("", -5) // once per delta
+	if i := d.info; i.n != 4 || len(i.ends) != 1 || i.other != 2 || len(i.live) != 1 || i.live[0].n != 2 || i.idle() {
+		t.Fatalf("delta counts %d records, ends %v, %d tombstones, live %v; want 4, one window, 2, the window's 2 groups", i.n, i.ends, i.other, i.live)
+	}
+	for _, g := range want {
+		d.info.release(g)
+	}
+	if !d.info.idle() {
+		t.Errorf("a delta whose groups all have a later record is not idle: %v", d.info.live)
+	}
+	var got []string
+	if err := readDelta(d.b, func(kind byte, data []byte, end int64) error {
+		switch kind {
+		case recGroup:
+			g, err := window.GroupOf(data)
+			if err != nil {
+				return err
+			}
+			if g != want[len(got)] {
+				t.Errorf("group %d: %+v, want %+v", len(got), g, want[len(got)])
+			}
+			if sk := ents.streamKey(g); sk != "1" && sk != "two" {
+				t.Errorf("stream key %q", sk)
+			}
+			got = append(got, "g")
+		case recSession:
+			got = append(got, "x "+string(data))
+		case recWindow:
+			got = append(got, "e "+time.UnixMilli(end).UTC().Format(time.RFC3339Nano))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 || got[2] != "x gone" || got[3] != "e 1969-12-31T23:59:59.995Z" {
+		t.Errorf("records %q", got)
+	}
+	if err := readDelta(d.b[:len(d.b)-1], func(byte, []byte, int64) error { return nil }); err == nil {
+		t.Error("a truncated delta read without an error")
 	}
 }

@@ -1,8 +1,10 @@
 package kisflow
 
 import (
+	"bytes"
+	"cmp"
 	"context"
-	"encoding/json"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -41,27 +43,145 @@ type windowHandler struct {
 // they take its lock.
 //
 // When the job keeps its state (state.Table.Kept), the operator is a cache
-// of keyed state entries (see windowEntries): one per window-group, under
-// the group's stream key, and one for the lane's clock (watermark), whose
-// Seq numbers the lane's writes. The operator writes the entries of the
-// window-groups each batch changed, and the clock. When a batch is
-// returned to its source, or a run fails and is tried again, the state
-// machinery drops or rolls back the batch's changes, and the next run
-// reads a clock whose Seq is not the one the operator last wrote: the
-// operator is rebuilt from the entries the run's Txn sees (the committed
-// ones and those of the lane's batches still in flight), so that no batch
-// is ever counted twice. A batch changes the operator only through rows,
-// ticks and flushes, and each change moves a window-group or the clock,
-// so a batch that changed it always wrote a clock with a new Seq.
+// of keyed state entries (see windowEntries): the lane's clock (watermark),
+// whose Seq numbers the lane's writes, and the lane's deltas: each write
+// puts one entry per source partition holding the window-groups the batch
+// changed, numbered by the write's Seq (see windowEntries and deltaMagic).
+// A rebuild loads them in Seq order, a later record of a group replacing
+// an earlier one. A delta none of whose records is the last of an open
+// group is deleted (see deltaInfo); when the records the deltas hold still
+// pass twice the groups the operator holds, the lane compacts: it writes
+// every group again as one delta per partition and deletes the older ones.
+//
+// When a batch is returned to its source, or a run fails and is tried
+// again, the state machinery drops or rolls back the batch's changes, and
+// the next run reads a clock whose Seq is not the one the operator last
+// wrote: the operator is rebuilt from the entries the run's Txn sees (the
+// committed ones and those of the lane's batches still in flight), so that
+// no batch is ever counted twice. A batch changes the operator only
+// through rows, ticks and flushes, and each change moves a window-group or
+// the clock, so a batch that changed it always wrote a clock with a new
+// Seq.
 type windowLane struct {
-	mu      sync.Mutex
-	op      *window.Operator
-	loaded  bool   // op holds the entries of the clock numbered seq
-	seq     uint64 // the Seq of the clock op holds; 0: none
-	last    uint64 // the largest Seq written or read
-	migrate bool   // op was restored from a snapshot of an earlier version: write it as entries
-	moves   uint64 // the table's Moves when op was built
+	mu     sync.Mutex
+	op     *window.Operator
+	loaded bool   // op holds the entries of the clock numbered seq
+	seq    uint64 // the Seq of the clock op holds; 0: none
+	last   uint64 // the largest Seq written or read
+	moves  uint64 // the table's Moves when op was built
+
+	// What the lane's entries hold, known when op was built and kept up
+	// to date by write: the lane's deltas in Seq order, the records they
+	// hold in all, entries of an earlier format (or of the lane before
+	// the number of workers changed) to delete at the next compaction,
+	// and whether the next write compacts whatever the count.
+	deltas  []*deltaInfo
+	held    int
+	old     []state.ID
+	compact bool
+	// keyPart is the source partition of the stream key of each group,
+	// from the first batch from a source with partitions on: a delta
+	// follows one partition.
+	keyPart map[string]string
+	bufs    map[string]*deltaBuf // write's deltas, by partition
 }
+
+// deltaInfo is what a lane knows of one of its delta entries. A group's
+// slot in the operator (see window.Operator.ChangesTagged) points to the
+// delta that holds its last record (groupTag with partitions): when no
+// record of a delta is the last of an open group any more, and it holds no
+// tombstone an older delta of its partition still needs, it is deleted.
+type deltaInfo struct {
+	id       state.ID
+	part     string
+	ends     []int64    // the fixed windows it holds records of
+	live     []endCount // per fixed window, its records that are their group's last
+	liveSess int        // its records of sessions that are their group's last
+	other    int        // its tombstones
+	n        int        // its records
+	gone     []int64    // scratch of write: windows gone it holds records of
+}
+
+// endCount counts records of a fixed window.
+type endCount struct {
+	end int64
+	n   int
+}
+
+// hold counts g's record as the last of its group.
+func (d *deltaInfo) hold(g window.Group) {
+	if g.Session {
+		d.liveSess++
+		return
+	}
+	for i := range d.live {
+		if d.live[i].end == g.End {
+			d.live[i].n++
+			return
+		}
+	}
+	d.live = append(d.live, endCount{g.End, 1})
+}
+
+// release counts g's record as no longer the last of its group.
+func (d *deltaInfo) release(g window.Group) {
+	if g.Session {
+		d.liveSess--
+		return
+	}
+	for i := range d.live {
+		if d.live[i].end == g.End {
+			d.live[i].n--
+			return
+		}
+	}
+}
+
+// idle reports whether no record of d is the last of an open group.
+func (d *deltaInfo) idle() bool {
+	if d.liveSess > 0 {
+		return false
+	}
+	for _, c := range d.live {
+		if c.n > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// groupTag is a group's slot when the source has partitions: its stream
+// key and the delta of its last record.
+type groupTag struct {
+	key string
+	d   *deltaInfo
+}
+
+// tagDelta returns the delta a group's slot points to, nil if none.
+func tagDelta(tag any) *deltaInfo {
+	switch t := tag.(type) {
+	case *deltaInfo:
+		return t
+	case *groupTag:
+		return t.d
+	}
+	return nil
+}
+
+// setTagDelta points a group's slot to d.
+func setTagDelta(tag *any, d *deltaInfo) {
+	if t, ok := (*tag).(*groupTag); ok {
+		t.d = d
+		return
+	}
+	*tag = d
+}
+
+// compactMin is the number of records a lane's deltas may hold beyond
+// twice its window-groups before the lane compacts them. A compaction
+// writes every group once and deletes the deltas, which held more than
+// twice as many records: the store holds at most about twice the groups.
+const compactMin = 64
 
 // windowClockSaved is a lane's clock entry: the operator's clock, the Seq
 // of the write, and when and by which lane of how many it was written (to
@@ -77,7 +197,7 @@ type windowClockSaved struct {
 // windowSaved is the single entry that kept a window function's whole
 // state before window-groups were entries of their own: the operator's
 // snapshot. A job with one worker that finds it goes on from it and
-// replaces it with entries at its first commit.
+// replaces it with deltas at its first commit.
 type windowSaved struct {
 	Seq  uint64 `json:"seq"`
 	Op   []byte `json:"op"`
@@ -169,101 +289,187 @@ func (h *windowHandler) bind(fl *flow, layer int) binding {
 }
 
 // windowEntries names the keyed state entries of a window function's step
-// in a flow: all of state name. A window-group is under the stream key of
-// its rows, the value of its group_by field keyAt (the flow's stream.key
-// when it is one of them, else the first; "" without group_by), formatted
-// as the runtime formats stream keys (window.KeyString), so that it moves
-// with the key; its field names the window and the group. A lane's clock is
-// under a key of the lane's own (laneKey), field "clock".
+// in a flow: all of state name. A lane's clock and its deltas are under a
+// key of the lane's own (laneKey), fields "clock" and "delta N.L SEQ PART"
+// (lane L of N, its write SEQ, the source partition PART, "" without).
+// Earlier versions kept one entry per window-group, under the stream key of
+// its rows (fields "window END [VALUES]" and "session [VALUES]"): a lane
+// loads those of its keys and replaces them with deltas at its next write.
+// A group's stream key is the value of its group_by field keyAt (the
+// flow's stream.key when it is one of them, else the first; "" without
+// group_by), formatted as the runtime formats stream keys
+// (window.KeyString).
 type windowEntries struct {
 	name  string
 	keyAt int
 }
 
-func (w windowEntries) group(g window.Group) state.ID {
+// streamKey returns the stream key of g's rows.
+func (w windowEntries) streamKey(g window.Group) string {
+	if w.keyAt < 0 {
+		return ""
+	}
 	vals := g.Values()
-	key := ""
-	if w.keyAt >= 0 && w.keyAt < len(vals) {
-		key = window.KeyString(vals[w.keyAt])
+	if w.keyAt >= len(vals) {
+		return ""
 	}
-	var b []byte
-	if g.Session {
-		b = append(b, "session "...)
-	} else {
-		b = append(b, "window "...)
-		b = time.UnixMilli(g.End).UTC().AppendFormat(b, time.RFC3339Nano)
-		b = append(b, ' ')
-	}
-	return state.ID{Name: w.name, Key: key, Field: string(appendValuesJSON(b, vals))}
+	return window.KeyString(vals[w.keyAt])
 }
 
-// appendValuesJSON appends vals as json.Marshal writes them: whole
-// numbers, booleans, null and plain strings by hand (a group's entry is
-// named once per window, but there are many), anything else through
-// json.Marshal.
-func appendValuesJSON(b []byte, vals []any) []byte {
-	start := len(b)
-	b = append(b, '[')
-	for i, v := range vals {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		switch x := v.(type) {
-		case nil:
-			b = append(b, "null"...)
-		case bool:
-			b = strconv.AppendBool(b, x)
-		case int64:
-			b = strconv.AppendInt(b, x, 10)
-		case string:
-			if !plainJSONString(x) {
-				return appendMarshal(b[:start], vals)
-			}
-			b = append(append(append(b, '"'), x...), '"')
-		default:
-			return appendMarshal(b[:start], vals)
-		}
-	}
-	return append(b, ']')
-}
-
-// plainJSONString reports whether json.Marshal writes s as itself between
-// quotes: printable ASCII without the characters it escapes.
-func plainJSONString(s string) bool {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
-			return false
-		}
-	}
-	return true
-}
-
-func appendMarshal(b []byte, vals []any) []byte {
-	js, err := json.Marshal(vals)
-	if err != nil {
-		return fmt.Append(b, vals)
-	}
-	return append(b, js...)
-}
-
-// groupTagged is group, derived once per window-group: tag is the group's
-// slot in the operator (see window.Operator.ChangesTagged), nil when there
-// is none.
-func (w windowEntries) groupTagged(g window.Group, tag *any) state.ID {
-	if tag == nil {
-		return w.group(g)
-	}
-	if id, ok := (*tag).(*state.ID); ok {
-		return *id
-	}
-	id := w.group(g)
-	*tag = &id
-	return id
-}
-
+// isGroupField reports whether f names the entry of one window-group, as
+// versions before deltas wrote them.
 func isGroupField(f string) bool {
 	return strings.HasPrefix(f, "window ") || strings.HasPrefix(f, "session ")
+}
+
+// delta is the ID of the delta that lane of lanes writes at seq for source
+// partition part.
+func (w windowEntries) delta(lane, lanes int, seq uint64, part string) state.ID {
+	f := make([]byte, 0, 32+len(part))
+	f = append(f, "delta "...)
+	f = strconv.AppendInt(f, int64(lanes), 10)
+	f = append(f, '.')
+	f = strconv.AppendInt(f, int64(lane), 10)
+	f = append(f, ' ')
+	f = strconv.AppendUint(f, seq, 10)
+	f = append(f, ' ')
+	f = append(f, part...)
+	return state.ID{Name: w.name, Key: laneKey(lane, lanes), Field: string(f)}
+}
+
+// deltaField is a delta's field read back (see windowEntries).
+type deltaField struct {
+	lanes, lane int
+	seq         uint64
+	part        string
+}
+
+func parseDeltaField(f string) (deltaField, bool) {
+	rest, ok := strings.CutPrefix(f, "delta ")
+	if !ok {
+		return deltaField{}, false
+	}
+	cfg, rest, ok1 := strings.Cut(rest, " ")
+	seqS, part, ok2 := strings.Cut(rest, " ")
+	nS, lS, ok3 := strings.Cut(cfg, ".")
+	n, err1 := strconv.Atoi(nS)
+	l, err2 := strconv.Atoi(lS)
+	seq, err3 := strconv.ParseUint(seqS, 10, 64)
+	if !ok1 || !ok2 || !ok3 || err1 != nil || err2 != nil || err3 != nil {
+		return deltaField{}, false
+	}
+	return deltaField{lanes: n, lane: l, seq: seq, part: part}, true
+}
+
+// A delta's value: deltaMagic, then records, each a kind byte and its
+// data: recGroup and an encoded window-group (length first), recSession
+// and the group key of a group of sessions that is gone (length first),
+// recWindow and the end of a fixed window that is gone (a varint): the
+// groups of that window in the earlier deltas of the partition are.
+const (
+	deltaMagic = "WD1"
+	recGroup   = 'g'
+	recSession = 'x'
+	recWindow  = 'e'
+)
+
+// deltaBuf is a delta being written: its bytes and what the lane will know
+// of it.
+type deltaBuf struct {
+	b    []byte
+	info *deltaInfo
+	gone []int64 // the windows it marks gone
+	size int     // the bytes to make room for: the size of the last one written
+}
+
+// reset makes d empty for the next delta, expecting about records
+// records of recBytes bytes (0: as many bytes as the last one took).
+func (d *deltaBuf) reset(records, recBytes int) {
+	if records > 0 {
+		d.size = records * recBytes
+	} else if len(d.b) > 0 {
+		d.size = len(d.b)
+	}
+	d.b, d.info, d.gone = nil, nil, d.gone[:0]
+}
+
+// start makes room for a record of about n bytes.
+func (d *deltaBuf) start(part string, n int) {
+	if d.info == nil {
+		d.info = &deltaInfo{part: part}
+	}
+	if d.b == nil {
+		d.b = append(make([]byte, 0, max(n+16, d.size+d.size/8)), deltaMagic...)
+	}
+}
+
+func (d *deltaBuf) group(part string, g window.Group, data []byte) {
+	d.start(part, 1024)
+	d.b = append(d.b, recGroup)
+	d.b = binary.AppendUvarint(d.b, uint64(len(data)))
+	d.b = append(d.b, data...)
+	d.info.n++
+	d.info.hold(g)
+	if !g.Session && !slices.Contains(d.info.ends, g.End) {
+		d.info.ends = append(d.info.ends, g.End)
+	}
+}
+
+func (d *deltaBuf) sessionGone(part, key string) {
+	d.start(part, len(key))
+	d.b = append(d.b, recSession)
+	d.b = binary.AppendUvarint(d.b, uint64(len(key)))
+	d.b = append(d.b, key...)
+	d.info.n++
+	d.info.other++
+}
+
+func (d *deltaBuf) windowGone(part string, end int64) {
+	if slices.Contains(d.gone, end) {
+		return
+	}
+	d.gone = append(d.gone, end)
+	d.start(part, 16)
+	d.b = append(d.b, recWindow)
+	d.b = binary.AppendVarint(d.b, end)
+	d.info.n++
+	d.info.other++
+}
+
+// readDelta calls fn with each record of a delta: kind, and the group's
+// encoding or the session group's key (data), or the window's end.
+func readDelta(v []byte, fn func(kind byte, data []byte, end int64) error) error {
+	b, ok := bytes.CutPrefix(v, []byte(deltaMagic))
+	if !ok {
+		return errors.New("not a window delta")
+	}
+	for len(b) > 0 {
+		kind := b[0]
+		b = b[1:]
+		switch kind {
+		case recGroup, recSession:
+			n, k := binary.Uvarint(b)
+			if k <= 0 || n > uint64(len(b)-k) {
+				return errors.New("window delta is truncated")
+			}
+			if err := fn(kind, b[k:k+int(n)], 0); err != nil {
+				return err
+			}
+			b = b[k+int(n):]
+		case recWindow:
+			end, k := binary.Varint(b)
+			if k <= 0 {
+				return errors.New("window delta is truncated")
+			}
+			if err := fn(kind, nil, end); err != nil {
+				return err
+			}
+			b = b[k:]
+		default:
+			return fmt.Errorf("window delta: unknown record %q", kind)
+		}
+	}
+	return nil
 }
 
 // clock is the ID of lane's clock entry in a job of lanes lanes.
@@ -358,9 +564,10 @@ func (h *windowHandler) process(fl *flow, rows []map[string]any, ctl flushMode, 
 // lane's clock entry is not the one the operator last wrote or read, the
 // operator is rebuilt from the lane's entries.
 //
-// It returns the rows of windows due on rebuilding: after the number of
-// workers changed, a window its old lane held open whose end this lane's
-// clock already passed is closed now, not dropped.
+// It returns the rows of windows due on rebuilding: a window another lane
+// held open (the lane of a run with another number of workers, or of the
+// process a source partition moved here from) whose end this lane's clock
+// already passed is closed now, not dropped.
 func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents windowEntries) ([]map[string]any, error) {
 	lanes, lane := x.Lanes(), max(x.Lane(), 0)
 	e, ok, err := x.Get(ents.clock(lane, lanes))
@@ -392,8 +599,10 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	// late).
 	clock, found := own.Clock, ok
 	var newest windowClockSaved
-	moved := false // the clock is the last run's lanes' (another number of workers)
-	others := map[int]windowClockSaved{}
+	// moved: the clock is the last run's lanes' (another number of
+	// workers), whose clocks others holds by number of lanes and lane.
+	moved := false
+	others := map[[2]int]windowClockSaved{}
 	if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 		if id.Field != "clock" {
 			return nil
@@ -402,7 +611,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		if err != nil || c.Lanes == lanes {
 			return nil
 		}
-		others[c.Lane] = c
+		others[[2]int{c.Lanes, c.Lane}] = c
 		if c.At > newest.At {
 			newest = c
 		}
@@ -421,37 +630,162 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			}
 		}
 	}
-	open := 0
-	var loadErr error
-	if found {
-		loadErr = op.SetClock(clock)
+
+	// What the entries hold: the groups of the per-group entries of
+	// earlier versions first, then the deltas in Seq order, a later
+	// record of a group replacing an earlier one.
+	ld := groupLoad{fixed: map[int64]map[string]heldGroup{}, sess: map[string]heldGroup{}}
+	type loadedDelta struct {
+		id   state.ID
+		f    deltaField
+		data []byte
 	}
+	var deltas []loadedDelta
+	var old []state.ID
+	var bad error
 	if err := x.Entries(ents.name, func(id state.ID, e state.Entry) error {
-		if !isGroupField(id.Field) {
-			return nil
-		}
-		open++
-		if loadErr != nil {
-			return nil // counted only
-		}
-		data, err := decodeEntry[[]byte](fl, ents.name, e)
 		switch {
-		case err != nil:
-		case moved:
-			// Saved by the lane of the last run that had the group's
-			// key: open there unless that lane's watermark passed it.
-			var from window.Clock
-			if c, ok := others[state.Partition(id.Key, newest.Lanes)]; ok && c.Lanes == newest.Lanes {
-				from = c.Clock
+		case isGroupField(id.Field):
+			old = append(old, id)
+			data, err := decodeEntry[[]byte](fl, ents.name, e)
+			if err != nil {
+				bad = cmp.Or(bad, err)
+				return nil
 			}
-			err = op.LoadGroupFrom(data, from)
-		default:
-			err = op.LoadGroup(data)
+			var from window.Clock
+			if moved {
+				// Saved by the lane of the last run that had the group's
+				// key: open there unless that lane's watermark passed it.
+				from = others[[2]int{newest.Lanes, state.Partition(id.Key, newest.Lanes)}].Clock
+			}
+			bad = cmp.Or(bad, ld.put(data, e.Part, from))
+		case strings.HasPrefix(id.Field, "delta "):
+			f, okf := parseDeltaField(id.Field)
+			switch {
+			case !okf || f.lanes != lanes || f.lane != lane:
+				// Another number of workers' (loaded below when moved).
+			case moved:
+				old = append(old, id) // older than the last run's lanes'
+			default:
+				data, err := decodeEntry[[]byte](fl, ents.name, e)
+				if err != nil {
+					bad = cmp.Or(bad, err)
+					return nil
+				}
+				deltas = append(deltas, loadedDelta{id, f, data})
+			}
 		}
-		loadErr = err
 		return nil
 	}); err != nil {
 		return nil, err
+	}
+	if moved {
+		// The deltas of the last run's lanes: this lane's share of them.
+		if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
+			f, okf := parseDeltaField(id.Field)
+			if !okf || f.lanes != newest.Lanes {
+				return nil
+			}
+			data, err := decodeEntry[[]byte](fl, ents.name, e)
+			if err != nil {
+				bad = cmp.Or(bad, err)
+				return nil
+			}
+			deltas = append(deltas, loadedDelta{id, f, data})
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		ld.owns = func(g window.Group) bool { return state.Partition(ents.streamKey(g), lanes) == lane }
+	}
+	slices.SortStableFunc(deltas, func(a, b loadedDelta) int { return cmp.Compare(a.f.seq, b.f.seq) })
+	var infos []*deltaInfo
+	held, last := 0, own.Seq
+	for _, d := range deltas {
+		var from window.Clock
+		if moved {
+			from = others[[2]int{d.f.lanes, d.f.lane}].Clock
+		}
+		info := &deltaInfo{id: d.id, part: d.f.part}
+		err := readDelta(d.data, func(kind byte, data []byte, end int64) error {
+			info.n++
+			switch kind {
+			case recGroup:
+				g, err := ld.add(data, info, from)
+				if err != nil {
+					return err
+				}
+				if !g.Session && !slices.Contains(info.ends, g.End) {
+					info.ends = append(info.ends, g.End)
+				}
+			case recSession:
+				info.other++
+				delete(ld.sess, string(data))
+			case recWindow:
+				info.other++
+				for k, hg := range ld.fixed[end] {
+					if hg.part() == d.f.part {
+						delete(ld.fixed[end], k)
+					}
+				}
+			}
+			return nil
+		})
+		bad = cmp.Or(bad, err)
+		infos = append(infos, info)
+		held += info.n
+		if d.f.lanes == lanes {
+			last = max(last, d.f.seq)
+		}
+	}
+
+	open := ld.len()
+	loadErr := bad
+	if found && loadErr == nil {
+		loadErr = op.SetClock(clock)
+	}
+	var keyPart map[string]string
+	update, opened := h.spec.Late == window.Update, false
+	if loadErr == nil {
+		loadErr = ld.each(func(hg heldGroup) error {
+			if moved {
+				return op.LoadGroupFrom(hg.data, hg.from)
+			}
+			// The group's slot points to the delta of its record (see
+			// deltaInfo), and holds its stream key with partitions.
+			var tag any
+			var g window.Group
+			if hg.d != nil || hg.p != "" {
+				var err error
+				if g, err = window.GroupOf(hg.data); err != nil {
+					return err
+				}
+			}
+			if hg.p != "" {
+				if keyPart == nil {
+					keyPart = map[string]string{}
+				}
+				key := ents.streamKey(g)
+				keyPart[key] = hg.p
+				tag = &groupTag{key: key, d: hg.d}
+			} else if hg.d != nil {
+				tag = hg.d
+			}
+			// A group of a source partition is open where it was last
+			// written (a window that closes deletes or marks gone its
+			// groups in the same commit as the clock that closed it), but
+			// the partition may have moved here from another process,
+			// whose watermark may be behind this lane's: it is loaded
+			// open, and closed below if this lane's watermark passed it.
+			// (Not under late: update, whose closed windows are kept.)
+			open := hg.p != "" && !update
+			opened = opened || open
+			loaded, err := op.LoadGroupTagged(hg.data, tag, open)
+			if loaded && hg.d != nil {
+				hg.d.hold(g)
+			}
+			return err
+		})
 	}
 	if loadErr != nil {
 		if open > 0 || !errors.Is(loadErr, window.ErrOtherWindow) {
@@ -463,7 +797,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			return nil, err
 		}
 	}
-	ln.migrate = false
+	compact := len(old) > 0 || moved
 	if !found && open == 0 && lanes == 1 {
 		if e, ok, err := x.Get(ents.legacy()); err != nil {
 			return nil, err
@@ -475,50 +809,308 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			if err != nil && v.Open > 0 {
 				return nil, stream.Fatal(fmt.Errorf("function %q: %d open windows saved by an earlier run cannot be restored (%w): restore the window block they were saved with and let the run close them, or delete state %q of the flow (all its entries) to drop them", h.name, v.Open, err, ents.name))
 			}
-			ln.migrate = err == nil
+			if err == nil {
+				old, compact = append(old, ents.legacy()), true
+			}
 		}
 	}
-	op.Track(true)
-	ln.op, ln.loaded, ln.seq, ln.last, ln.moves = op, true, own.Seq, max(ln.last, own.Seq), moves
 	if moved {
+		// The last run's lanes' deltas stay for the lanes that have not
+		// taken their share yet; this lane writes its own.
+		infos, held = nil, 0
+	}
+	op.Track(true)
+	ln.op, ln.loaded, ln.seq, ln.last, ln.moves = op, true, own.Seq, max(ln.last, last), moves
+	ln.deltas, ln.held, ln.old, ln.compact, ln.keyPart = infos, held, old, compact, keyPart
+	if moved || opened {
 		return op.CloseDue(), nil
 	}
 	return nil, nil
 }
 
-// write writes the window-groups the operator's last call changed, and its
-// clock when anything changed (before: the clock before the call).
-func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Clock) error {
-	changed := 0
-	put := func(g window.Group, tag *any, data []byte) error {
-		changed++
-		id := ents.groupTagged(g, tag)
-		if data == nil {
-			return x.Delete(id)
-		}
-		return x.Put(id, slices.Clone(data), 0)
+// groupLoad gathers the window-groups a lane's entries hold, the last
+// record of each.
+type groupLoad struct {
+	fixed map[int64]map[string]heldGroup // by window end, then group key
+	sess  map[string]heldGroup
+	owns  func(window.Group) bool // nil: every group is the lane's
+}
+
+// heldGroup is a window-group's encoding, the delta that held it (nil for
+// an entry of its own, of an earlier version) or that entry's source
+// partition, and the clock of the lane that wrote it (after the number of
+// workers changed).
+type heldGroup struct {
+	data []byte
+	d    *deltaInfo
+	p    string
+	from window.Clock
+}
+
+// part returns the source partition of the entry that held the group.
+func (hg heldGroup) part() string {
+	if hg.d != nil {
+		return hg.d.part
 	}
-	if err := ln.op.ChangesTagged(put); err != nil {
+	return hg.p
+}
+
+// put records data, a group of an entry of its own of partition part.
+func (l *groupLoad) put(data []byte, part string, from window.Clock) error {
+	_, err := l.record(data, heldGroup{data: data, p: part, from: from})
+	return err
+}
+
+// add records data, a group of delta d.
+func (l *groupLoad) add(data []byte, d *deltaInfo, from window.Clock) (window.Group, error) {
+	return l.record(data, heldGroup{data: data, d: d, p: d.part, from: from})
+}
+
+func (l *groupLoad) record(data []byte, hg heldGroup) (window.Group, error) {
+	g, err := window.GroupOf(data)
+	if err != nil {
+		return g, err
+	}
+	if l.owns != nil && !l.owns(g) {
+		return g, nil
+	}
+	if g.Session {
+		l.sess[g.Key] = hg
+		return g, nil
+	}
+	m := l.fixed[g.End]
+	if m == nil {
+		m = map[string]heldGroup{}
+		l.fixed[g.End] = m
+	}
+	m[g.Key] = hg
+	return g, nil
+}
+
+func (l *groupLoad) len() int {
+	n := len(l.sess)
+	for _, m := range l.fixed {
+		n += len(m)
+	}
+	return n
+}
+
+// each calls fn with every group, the first error stopping it.
+func (l *groupLoad) each(fn func(heldGroup) error) error {
+	for _, m := range l.fixed {
+		for _, hg := range m {
+			if err := fn(hg); err != nil {
+				return err
+			}
+		}
+	}
+	for _, hg := range l.sess {
+		if err := fn(hg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// write writes the window-groups the operator's last call changed, as one
+// delta per source partition, and its clock when anything changed
+// (before: the clock before the call). It deletes the deltas no longer
+// needed, and compacts the lane's deltas when they hold more than twice
+// the groups of the operator, or are of an earlier format.
+func (ln *windowLane) write(x *state.Txn, ents windowEntries, before window.Clock) error {
+	lanes, lane := x.Lanes(), max(x.Lane(), 0)
+	parted := ln.keyPart != nil || x.Partitioned()
+	for _, d := range ln.bufs {
+		d.reset(0, 0)
+	}
+	changed := 0
+	var gone []int64
+	err := ln.op.ChangesByWindow(func(g window.Group, tag *any, data []byte) error {
+		changed++
+		part := ""
+		if parted {
+			part = ln.partOf(x, ents, g, tag)
+		}
+		if old := tagDelta(*tag); old != nil {
+			old.release(g)
+		}
+		d := ln.buf(part)
+		if data == nil {
+			d.sessionGone(part, g.Key)
+			setTagDelta(tag, nil)
+			return nil
+		}
+		d.group(part, g, data)
+		setTagDelta(tag, d.info)
+		return nil
+	}, func(end int64) error {
+		changed++
+		gone = append(gone, end)
+		return nil
+	})
+	if err != nil {
 		return err
 	}
-	if ln.migrate {
-		if err := ln.op.Groups(func(g window.Group, data []byte) error { return put(g, nil, data) }); err != nil {
-			return err
-		}
-		if err := x.Delete(ents.legacy()); err != nil {
-			return err
-		}
-		ln.migrate = false
-		changed++
-	}
 	clock := ln.op.Clock()
-	if changed == 0 && clock == before {
+	if changed == 0 && clock == before && !ln.compact {
 		return nil
 	}
+	// The windows gone are no longer held by any delta; a delta that
+	// holds no group's last record goes, unless it holds a tombstone an
+	// older delta of its partition needs; a delta that stays and holds
+	// records of a window gone has the window marked gone in its
+	// partition's delta of this batch.
+	if len(gone) > 0 {
+		for _, d := range ln.deltas {
+			d.gone = d.gone[:0]
+			d.live = slices.DeleteFunc(d.live, func(c endCount) bool { return slices.Contains(gone, c.end) })
+			d.ends = slices.DeleteFunc(d.ends, func(end int64) bool {
+				if slices.Contains(gone, end) {
+					d.gone = append(d.gone, end)
+					return true
+				}
+				return false
+			})
+		}
+	}
+	var older []string // the partitions with a delta kept so far
+	kept := ln.deltas[:0]
+	for _, d := range ln.deltas {
+		if d.idle() && (d.other == 0 || !slices.Contains(older, d.part)) {
+			if err := x.Delete(d.id); err != nil {
+				return err
+			}
+			ln.held -= d.n
+			continue
+		}
+		if !slices.Contains(older, d.part) {
+			older = append(older, d.part)
+		}
+		for _, end := range d.gone {
+			ln.buf(d.part).windowGone(d.part, end)
+		}
+		d.gone = d.gone[:0]
+		kept = append(kept, d)
+	}
+	clear(ln.deltas[len(kept):])
+	ln.deltas = kept
+
 	ln.last++
 	ln.seq = ln.last
-	lanes, lane := x.Lanes(), max(x.Lane(), 0)
+	adds := 0
+	for _, d := range ln.bufs {
+		if d.info != nil {
+			adds += d.info.n
+		}
+	}
+	if ln.compact || ln.held+adds > 2*ln.op.Held()+compactMin {
+		if err := ln.compactAll(x, ents, parted); err != nil {
+			return err
+		}
+	} else if err := ln.putDeltas(x, ents); err != nil {
+		return err
+	}
 	return x.Put(ents.clock(lane, lanes), windowClockSaved{Seq: ln.seq, Lanes: lanes, Lane: lane, At: time.Now().UnixMilli(), Clock: clock}, 0)
+}
+
+// putDeltas puts the deltas written in ln.bufs, numbered ln.seq.
+func (ln *windowLane) putDeltas(x *state.Txn, ents windowEntries) error {
+	lanes, lane := x.Lanes(), max(x.Lane(), 0)
+	for part, d := range ln.bufs {
+		if d.info == nil {
+			continue
+		}
+		d.info.id = ents.delta(lane, lanes, ln.seq, part)
+		if err := x.PutIn(d.info.id, d.b, part); err != nil {
+			return err
+		}
+		ln.deltas = append(ln.deltas, d.info)
+		ln.held += d.info.n
+	}
+	return nil
+}
+
+// compactAll writes every window-group of the operator as one delta per
+// source partition, numbered ln.seq, and deletes the lane's earlier deltas
+// and entries of earlier formats.
+func (ln *windowLane) compactAll(x *state.Txn, ents windowEntries, parted bool) error {
+	for _, d := range ln.deltas {
+		if err := x.Delete(d.id); err != nil {
+			return err
+		}
+	}
+	for _, id := range ln.old {
+		if err := x.Delete(id); err != nil {
+			return err
+		}
+	}
+	recBytes := 32
+	if d := ln.bufs[""]; d != nil && d.info != nil {
+		recBytes = len(d.b)/d.info.n + 1
+	}
+	held := ln.op.Held()
+	for _, d := range ln.bufs {
+		d.reset(held/max(len(ln.bufs), 1)+1, recBytes)
+	}
+	if err := ln.op.GroupsTagged(func(g window.Group, tag *any, data []byte) error {
+		part := ""
+		if parted {
+			t, ok := (*tag).(*groupTag)
+			if !ok {
+				t = &groupTag{key: ents.streamKey(g)}
+				*tag = t
+			}
+			part = ln.keyPart[t.key]
+		}
+		d := ln.buf(part)
+		d.group(part, g, data)
+		setTagDelta(tag, d.info)
+		return nil
+	}); err != nil {
+		return err
+	}
+	clear(ln.deltas)
+	ln.deltas, ln.held, ln.old, ln.compact = ln.deltas[:0], 0, nil, false
+	if err := ln.putDeltas(x, ents); err != nil {
+		return err
+	}
+	for _, d := range ln.bufs {
+		d.b, d.size = nil, 0 // not the size of the next batch's delta
+	}
+	return nil
+}
+
+// buf returns the delta being written for partition part.
+func (ln *windowLane) buf(part string) *deltaBuf {
+	d := ln.bufs[part]
+	if d == nil {
+		if ln.bufs == nil {
+			ln.bufs = map[string]*deltaBuf{}
+		}
+		d = &deltaBuf{}
+		ln.bufs[part] = d
+	}
+	return d
+}
+
+// partOf returns the source partition of g, a group the batch changed:
+// that of its stream key's messages in the batch, else the one the lane
+// knew (a group changed by a flush or tick). tag is the group's slot,
+// where its stream key is kept (see groupTag).
+func (ln *windowLane) partOf(x *state.Txn, ents windowEntries, g window.Group, tag *any) string {
+	t, ok := (*tag).(*groupTag)
+	if !ok {
+		t = &groupTag{key: ents.streamKey(g), d: tagDelta(*tag)}
+		*tag = t
+	}
+	if p, ok := x.KeyPartition(t.key); ok {
+		if ln.keyPart == nil {
+			ln.keyPart = map[string]string{}
+		}
+		ln.keyPart[t.key] = p
+		return p
+	}
+	return ln.keyPart[t.key]
 }
 
 type windowBinding struct {

@@ -65,8 +65,8 @@ func newCountingStore(tb testing.TB, dir string) *countingStore {
 }
 
 // TestWindowCommitWritesOnlyChangedGroups: with 10k window-groups open, a
-// batch that adds a row to one of them passes the store that group's entry
-// and the lane's clock, nothing else.
+// batch that adds a row to one of them passes the store one delta holding
+// that group and the lane's clock, nothing else.
 func TestWindowCommitWritesOnlyChangedGroups(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -123,8 +123,12 @@ func TestWindowCommitWritesOnlyChangedGroups(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	// 10k group entries and the two lanes' clocks.
-	waitFor("the 10k groups saved", func() bool { return saved() >= 10_002 && job.Stats().Committed == 10_000 })
+	// The 10k groups' deltas and the two lanes' clocks.
+	waitFor("the 10k groups committed", func() bool { return job.Stats().Committed == 10_000 })
+	for n := -1; n != saved(); {
+		n = saved()
+		time.Sleep(300 * time.Millisecond)
+	}
 	time.Sleep(300 * time.Millisecond) // past a checkpoint interval: nothing pending
 	before, _ := store.snapshot()
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
@@ -150,14 +154,22 @@ func TestWindowCommitWritesOnlyChangedGroups(t *testing.T) {
 		switch {
 		case c.Field == "clock":
 			clocks++
-		case c.Key == "7" && strings.HasPrefix(c.Field, "window ") && !c.Deleted:
-			groups++
+		case strings.HasPrefix(c.Field, "delta ") && !c.Deleted:
+			var v []byte
+			if err := json.Unmarshal(c.Value, &v); err != nil {
+				t.Fatal(err)
+			}
+			gs, tombs, err := kisflow.WindowDeltaGroups(v)
+			if err != nil || tombs != 0 || len(gs) != 1 || gs[0].Key == "" {
+				t.Errorf("delta %s: groups %v, %d tombstones (%v); want user 7's group", c.Field, gs, tombs, err)
+			}
+			groups += len(gs)
 		default:
-			t.Errorf("unexpected change %s/%s/%s", c.Name, c.Key, c.Field)
+			t.Errorf("unexpected change %s/%s/%s (deleted %v)", c.Name, c.Key, c.Field, c.Deleted)
 		}
 	}
 	if groups != 1 || clocks != 1 || len(changes) != 2 {
-		t.Fatalf("the batch of one row passed %d changes to the store (%d of user 7's group, %d clocks), want its group and its lane's clock", len(changes), groups, clocks)
+		t.Fatalf("the batch of one row passed %d changes to the store (%d groups in deltas, %d clocks), want one delta of its group and its lane's clock", len(changes), groups, clocks)
 	}
 	if n := job.OpenWindows(); n != 10_000 {
 		t.Errorf("%d open windows, want 10000", n)

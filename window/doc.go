@@ -6,9 +6,11 @@
 // [Operator] takes rows (map[string]any, as decoded from JSON), and returns
 // the rows of the windows they closed and the rows it rejected. The runtime
 // feeds it batches, dead-letters the rejected rows, and commits with each
-// batch the window-groups the batch changed ([Operator.Changes]), as keyed
-// state entries it loads back into an operator with [Operator.SetClock] and
-// [Operator.LoadGroup]. [Operator.Snapshot] encodes the whole state at once.
+// batch the window-groups the batch changed ([Operator.ChangesByWindow]),
+// written together as keyed state entries that it loads back into an
+// operator with [Operator.SetClock] and [Operator.LoadGroupTagged] (the
+// group's identity read first with [GroupOf]). [Operator.Snapshot] encodes
+// the whole state at once.
 //
 // # Windows
 //

@@ -166,21 +166,28 @@ func (o *Operator) dropChanges() {
 	for _, c := range o.changes {
 		if c.s != nil {
 			c.s.changed = false
-		} else if c.g >= 0 && c.b.changed != nil {
-			delete(c.b.changed, c.g)
 		}
 	}
 	clear(o.changes)
 	o.changes = o.changes[:0]
+	// A new epoch: no group of a bucket is marked changed in it.
+	if o.epoch++; o.epoch == 0 {
+		for _, set := range []map[int64]*bucket{o.open, o.kept} {
+			for _, b := range set {
+				clear(b.marked)
+			}
+		}
+		o.epoch = 1
+	}
 }
 
 // markBucket records that group g of b changed.
 func (o *Operator) markBucket(b *bucket, g int32) {
-	if b.changed == nil {
-		b.changed = map[int32]struct{}{}
+	if int(g) >= len(b.marked) {
+		b.marked = append(b.marked, make([]uint32, len(b.keys)-len(b.marked))...)
 	}
-	if _, ok := b.changed[g]; !ok {
-		b.changed[g] = struct{}{}
+	if b.marked[g] != o.epoch {
+		b.marked[g] = o.epoch
 		o.changes = append(o.changes, change{b: b, g: g})
 	}
 }
@@ -246,7 +253,6 @@ func (o *Operator) ChangesTagged(fn func(g Group, tag *any, data []byte) error) 
 			}
 			continue
 		}
-		delete(b.changed, c.g)
 		if !live {
 			continue // reported with all of b's groups
 		}
@@ -269,13 +275,21 @@ func nilIfEmpty(b []byte) []byte {
 // Groups calls fn with every window-group the operator holds, encoded as
 // Changes encodes them.
 func (o *Operator) Groups(fn func(g Group, data []byte) error) error {
+	return o.GroupsTagged(func(g Group, _ *any, data []byte) error { return fn(g, data) })
+}
+
+// GroupsTagged is Groups with each group's slot (see ChangesTagged).
+func (o *Operator) GroupsTagged(fn func(g Group, tag *any, data []byte) error) error {
 	w := &writer{}
 	for _, set := range []map[int64]*bucket{o.open, o.kept} {
 		for _, b := range set {
+			if len(b.tags) < len(b.keys) {
+				b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+			}
 			for g := range b.keys {
 				w.b = w.b[:0]
 				o.encodeBucketGroup(w, b, int32(g))
-				if err := fn(Group{Key: b.keys[g], End: b.end}, w.b); err != nil {
+				if err := fn(Group{Key: b.keys[g], End: b.end}, &b.tags[g], w.b); err != nil {
 					return err
 				}
 			}
@@ -284,7 +298,7 @@ func (o *Operator) Groups(fn func(g Group, data []byte) error) error {
 	for _, s := range o.groups {
 		w.b = w.b[:0]
 		o.encodeSessions(w, s)
-		if err := fn(Group{Key: s.key, Session: true}, w.b); err != nil {
+		if err := fn(Group{Key: s.key, Session: true}, &s.tag, w.b); err != nil {
 			return err
 		}
 	}
@@ -318,7 +332,20 @@ func (o *Operator) encodeSessions(w *writer, g *sessGroup) {
 // lateness (or any closed one, without late: update) was freed when the
 // state was saved, and is ignored. So are sessions.
 func (o *Operator) LoadGroup(data []byte) error {
-	return o.loadGroup(data, o.wm)
+	_, err := o.loadGroup(data, o.wm, nil)
+	return err
+}
+
+// LoadGroupTagged is LoadGroup that also sets the group's slot (see
+// ChangesTagged) to tag, and reports whether the group was loaded (not
+// ignored as closed). With open, the group is loaded open even when the
+// watermark already reached its window's end, as LoadGroupFrom loads a
+// group of an operator that held it open: CloseDue then emits it.
+func (o *Operator) LoadGroupTagged(data []byte, tag any, open bool) (bool, error) {
+	if open {
+		return o.loadGroup(data, math.MinInt64, tag)
+	}
+	return o.loadGroup(data, o.wm, tag)
 }
 
 // LoadGroupFrom is LoadGroup for a window-group saved by another operator
@@ -334,7 +361,8 @@ func (o *Operator) LoadGroupFrom(data []byte, from Clock) error {
 	case from.Seen:
 		wm = from.MaxTS - o.late
 	}
-	return o.loadGroup(data, wm)
+	_, err := o.loadGroup(data, wm, nil)
+	return err
 }
 
 // CloseDue closes the windows loaded open whose end the watermark already
@@ -346,9 +374,9 @@ func (o *Operator) CloseDue() []map[string]any {
 
 // loadGroup loads a window-group; openAbove is the watermark of the
 // operator that saved it: its windows ending after it were open there.
-func (o *Operator) loadGroup(data []byte, openAbove int64) error {
+func (o *Operator) loadGroup(data []byte, openAbove int64, tag any) (loaded bool, err error) {
 	if len(data) < 2 || data[0] != groupMagic {
-		return errors.New("window: not an encoded window-group")
+		return false, errors.New("window: not an encoded window-group")
 	}
 	r := &reader{b: data[2:]}
 	key := r.str()
@@ -358,7 +386,7 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 		accs := make([]accum, o.na)
 		o.readAccs(r, accs)
 		if r.err != nil {
-			return fmt.Errorf("window: window-group: %w", r.err)
+			return false, fmt.Errorf("window: window-group: %w", r.err)
 		}
 		var b *bucket
 		switch {
@@ -375,26 +403,33 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 				o.keep(b)
 			}
 		default:
-			return nil
+			return false, nil
 		}
 		if _, found := b.index.find([]byte(key)); found {
-			return fmt.Errorf("window: window-group loaded twice")
+			return false, fmt.Errorf("window: window-group loaded twice")
 		}
 		b.index.add([]byte(key), int32(len(b.keys)))
 		b.keys = append(b.keys, key)
 		b.accs = append(b.accs, accs...)
+		if tag != nil {
+			if len(b.tags) < len(b.keys) {
+				b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+			}
+			b.tags[len(b.keys)-1] = tag
+		}
 		o.hint = max(o.hint, len(b.keys))
+		loaded = true
 	case 's':
 		if o.groups[key] != nil {
-			return fmt.Errorf("window: session group loaded twice")
+			return false, fmt.Errorf("window: session group loaded twice")
 		}
-		g := &sessGroup{key: key}
+		g := &sessGroup{key: key, tag: tag}
 		n := r.count()
 		for range n {
 			s := &session{g: g, start: r.int(), end: r.int(), seq: r.uint(), accs: make([]accum, o.na)}
 			o.readAccs(r, s.accs)
 			if r.err != nil {
-				return fmt.Errorf("window: session group: %w", r.err)
+				return false, fmt.Errorf("window: session group: %w", r.err)
 			}
 			o.seq = max(o.seq, s.seq)
 			switch {
@@ -407,14 +442,96 @@ func (o *Operator) loadGroup(data []byte, openAbove int64) error {
 				heap.Push(&o.timers, timer{s.end + o.late, s.seq, s})
 			}
 		}
-		if len(g.open)+len(g.kept) > 0 {
+		if loaded = len(g.open)+len(g.kept) > 0; loaded {
 			o.groups[key] = g
 		}
 	default:
-		return errors.New("window: not an encoded window-group")
+		return false, errors.New("window: not an encoded window-group")
 	}
 	if r.err == nil && len(r.b) > 0 {
-		return errors.New("window: window-group: trailing bytes")
+		return false, errors.New("window: window-group: trailing bytes")
 	}
-	return r.err
+	return loaded && r.err == nil, r.err
+}
+
+// ChangesByWindow is ChangesTagged for a caller that writes a batch's
+// changes together rather than one entry per window-group: a window whose
+// groups are all gone (closed and not kept, or freed) is reported once, by
+// gone with its end, instead of once per group. A group of sessions that is
+// gone is reported to fn with data nil, as ChangesTagged reports it.
+func (o *Operator) ChangesByWindow(fn func(g Group, tag *any, data []byte) error, gone func(end int64) error) error {
+	defer o.dropChanges()
+	w := &writer{}
+	for _, c := range o.changes {
+		if s := c.s; s != nil {
+			s.changed = false
+			w.b = w.b[:0]
+			if o.groups[s.key] == s {
+				o.encodeSessions(w, s)
+			}
+			if err := fn(Group{Key: s.key, Session: true}, &s.tag, nilIfEmpty(w.b)); err != nil {
+				return err
+			}
+			continue
+		}
+		b := c.b
+		live := o.open[b.end] == b || o.kept[b.end] == b
+		if c.g < 0 {
+			if live {
+				continue
+			}
+			if err := gone(b.end); err != nil {
+				return err
+			}
+			continue
+		}
+		if !live {
+			continue // reported with the whole window
+		}
+		if len(b.tags) < len(b.keys) {
+			b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+		}
+		w.b = w.b[:0]
+		o.encodeBucketGroup(w, b, c.g)
+		if err := fn(Group{Key: b.keys[c.g], End: b.end}, &b.tags[c.g], w.b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GroupOf returns the window-group that Changes or Groups encoded as data,
+// without loading it.
+func GroupOf(data []byte) (Group, error) {
+	if len(data) < 2 || data[0] != groupMagic {
+		return Group{}, errors.New("window: not an encoded window-group")
+	}
+	r := &reader{b: data[2:]}
+	key := r.str()
+	var g Group
+	switch data[1] {
+	case 'b':
+		g = Group{Key: key, End: r.int()}
+	case 's':
+		g = Group{Key: key, Session: true}
+	default:
+		return Group{}, errors.New("window: not an encoded window-group")
+	}
+	if r.err != nil {
+		return Group{}, fmt.Errorf("window: window-group: %w", r.err)
+	}
+	return g, nil
+}
+
+// Held returns the number of window-groups the operator holds, as Groups
+// reports them: the groups of open windows and of closed ones kept for
+// late: update, and the groups of sessions.
+func (o *Operator) Held() int {
+	n := 0
+	for _, set := range []map[int64]*bucket{o.open, o.kept} {
+		for _, b := range set {
+			n += len(b.keys)
+		}
+	}
+	return n + len(o.groups)
 }

@@ -53,9 +53,9 @@ type bucket struct {
 	index      *index
 	keys       []string
 	accs       []accum
-	dirty      map[int32]bool     // groups to emit again (late: update)
-	changed    map[int32]struct{} // groups changed since Changes (see Track)
-	tags       []any              // the caller's slot of each group (see ChangesTagged), grown on use
+	dirty      map[int32]bool // groups to emit again (late: update)
+	marked     []uint32       // by group: the Operator.epoch it was last marked changed in (see Track)
+	tags       []any          // the caller's slot of each group (see ChangesTagged), grown on use
 	startS     string
 	endS       string
 }
@@ -149,6 +149,7 @@ type Operator struct {
 	dirty    []dirtyRef
 	track    bool     // record changes (see Track)
 	changes  []change // the window-groups changed since Changes
+	epoch    uint32   // numbers the calls of Changes: see bucket.marked
 }
 
 // New returns an operator for spec, or the spec's problem.
@@ -178,6 +179,7 @@ func New(spec Spec) (*Operator, error) {
 		has:    make([]bool, len(spec.Aggregates)),
 		dkeys:  make([][]byte, len(spec.Aggregates)),
 		seed:   maphash.MakeSeed(),
+		epoch:  1,
 	}
 	if o.now == nil {
 		o.now = time.Now

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"unicode/utf8"
+	"unsafe"
 
 	gojson "github.com/goccy/go-json"
 
@@ -46,6 +48,13 @@ func (k *keyReader) of(m *stream.Message) string {
 func (k *keyReader) ofPayload(m *stream.Message) (key string, found bool) {
 	switch p := m.Payload.(type) {
 	case string:
+		// The quick read reads the string in place (it neither writes
+		// nor keeps it); the JSON path gets a copy.
+		if k.path != nil {
+			if key, ok := k.fromFlatJSON(unsafe.Slice(unsafe.StringData(p), len(p))); ok {
+				return key, key != ""
+			}
+		}
 		key = k.fromJSON([]byte(p))
 		return key, key != ""
 	case []byte:
@@ -79,11 +88,151 @@ func (k *keyReader) fromJSON(data []byte) string {
 	if k.path == nil {
 		return ""
 	}
+	if key, ok := k.fromFlatJSON(data); ok {
+		return key
+	}
 	vals, err := k.path.Extract(data)
 	if err != nil || len(vals) == 0 {
 		return ""
 	}
 	return jsonKey(vals[0])
+}
+
+// fromFlatJSON is fromJSON for the common row, read without decoding it: a
+// JSON object whose field names have no escapes and whose values are
+// strings without escapes, numbers, true, false or null. ok is false for
+// anything else (a nested value, an escape, a repeated name, text that is
+// not such an object), which fromJSON reads with its JSON path; the key is
+// the one that path gives (the field's text; a missing field gives "").
+func (k *keyReader) fromFlatJSON(data []byte) (key string, ok bool) {
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
+		return "", false
+	}
+	i = skipSpace(data, i+1)
+	var val []byte
+	seen := false
+	if i < len(data) && data[i] == '}' {
+		return "", skipSpace(data, i+1) == len(data)
+	}
+	for {
+		name, next, ok := plainString(data, i)
+		if !ok {
+			return "", false
+		}
+		i = skipSpace(data, next)
+		if i >= len(data) || data[i] != ':' {
+			return "", false
+		}
+		i = skipSpace(data, i+1)
+		start := i
+		if i < len(data) && data[i] == '"' {
+			if _, i, ok = plainString(data, i); !ok {
+				return "", false
+			}
+		} else {
+			for i < len(data) && isLiteralByte(data[i]) {
+				i++
+			}
+			if !jsonLiteral(data[start:i]) {
+				return "", false // an object, an array, or not JSON
+			}
+		}
+		if string(name) == k.field {
+			if seen {
+				return "", false
+			}
+			val, seen = data[start:i], true
+		}
+		i = skipSpace(data, i)
+		switch {
+		case i < len(data) && data[i] == ',':
+			i = skipSpace(data, i+1)
+			continue
+		case i < len(data) && data[i] == '}' && skipSpace(data, i+1) == len(data):
+		default:
+			return "", false
+		}
+		break
+	}
+	if len(val) > 0 && val[0] == '"' {
+		val = val[1 : len(val)-1]
+		if !utf8.Valid(val) {
+			return "", false // the path's decoder replaces invalid bytes
+		}
+	}
+	return string(val), true
+}
+
+// plainString reads the JSON string at data[i] when it has no escape and
+// no control character: its text and the index after it.
+func plainString(data []byte, i int) (text []byte, next int, ok bool) {
+	if i >= len(data) || data[i] != '"' {
+		return nil, 0, false
+	}
+	for j := i + 1; j < len(data); j++ {
+		switch c := data[j]; {
+		case c == '"':
+			return data[i+1 : j], j + 1, true
+		case c == '\\' || c < 0x20:
+			return nil, 0, false
+		}
+	}
+	return nil, 0, false
+}
+
+// isLiteralByte reports whether c may be part of a JSON number, true,
+// false or null.
+func isLiteralByte(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c == '-' || c == '+' || c == '.' || c == 'E'
+}
+
+// jsonLiteral reports whether b is a JSON number, true, false or null.
+func jsonLiteral(b []byte) bool {
+	switch string(b) {
+	case "true", "false", "null":
+		return true
+	}
+	i := 0
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	digits := func() int {
+		n := 0
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i, n = i+1, n+1
+		}
+		return n
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case digits() == 0:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(b)
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
 }
 
 // jsonKey is the key a JSON value gives: a string's text (its escapes

@@ -39,3 +39,40 @@ func TestKeyFieldWinsOverTheSourceKey(t *testing.T) {
 		})
 	}
 }
+
+// TestFlatJSONKeyIsThePathsKey: the key read from a flat JSON object
+// without decoding it is the one the JSON path gives, for every payload
+// the quick read takes; the others it leaves to the path.
+func TestFlatJSONKeyIsThePathsKey(t *testing.T) {
+	t.Parallel()
+	payloads := []string{
+		`{"user":"u1"}`, `{"user": "u5", "id": 1}`, ` { "id" :  17 , "user":"x" } `, `{"user":17}`, `{"user":-1.5e3}`,
+		`{"user":0}`, `{"user":true}`, `{"user":null}`, `{"user":""}`, `{}`, `{"id":1}`, `{"ts":1764527000000,"user_id":42,"amount":9.99}`,
+		`{"user":"caf\u00e9"}`, `{"us\u0065r":"u"}`, `{"user":{"a":1}}`, `{"user":[1]}`, `{"id":{"a":1},"user":"u"}`,
+		`{"user":"a","user":"b"}`, `{"user":abc}`, `{"user":01}`, `{"user":1.}`, `{"user":-}`, `{"user":"u"} x`, `{"user":"u"`,
+		`{"user" "u"}`, `{"user":"u",}`, `[1,2]`, `plain text`, ``, `{"user":"tab	in"}`, `{"user":1e}`, `{"user":tru}`,
+		`{"user":"café"}`, "{\"user\":\"bad \xff utf-8\"}",
+	}
+	for _, field := range []string{"user", "id", "user_id"} {
+		k := newKeyReader(field)
+		for _, p := range payloads {
+			fast, ok := k.fromFlatJSON([]byte(p))
+			if !ok {
+				continue
+			}
+			var slow string
+			if vals, err := k.path.Extract([]byte(p)); err == nil && len(vals) > 0 {
+				slow = jsonKey(vals[0])
+			}
+			if fast != slow {
+				t.Errorf("field %s of %s: quick read %q, the path %q", field, p, fast, slow)
+			}
+		}
+	}
+	k := newKeyReader("user")
+	for _, p := range []string{`{"user":"u1"}`, `{"user": "u5", "id": 1}`, `{"user":17}`, `{}`} {
+		if _, ok := k.fromFlatJSON([]byte(p)); !ok {
+			t.Errorf("%s: not read quickly", p)
+		}
+	}
+}

@@ -194,11 +194,11 @@ func (t *Table) Len() int {
 	return t.committed.n
 }
 
-// WindowPrefix starts the names of the state of YAML window functions:
-// one entry per window-group, which only the window reads (through
-// Entries). Their fields are not indexed: Fields and View do not list
-// them. A windowed job changes about one such entry per row it reads, and
-// keeping the index of fields cost about a fifth of its CPU.
+// WindowPrefix starts the names of the state of YAML window functions,
+// which only the window reads (through Entries): a lane's clock and its
+// deltas, each the window-groups one batch changed (earlier versions kept
+// one entry per window-group). Their fields are not indexed: Fields and
+// View do not list them.
 const WindowPrefix = "kisflow.window/"
 
 // indexed reports whether id is a field of a map state that Fields and
@@ -646,6 +646,33 @@ func (x *Txn) Put(id ID, val any, ttl time.Duration) error {
 	return nil
 }
 
+// PutIn is Put for an entry that follows source partition part, whatever
+// its key (Put records the partition of the entry's key): an entry that
+// gathers the state of several keys of one partition, such as a batch's
+// changes of a window (see WindowPrefix). It never expires.
+func (x *Txn) PutIn(id ID, val any, part string) error {
+	if err := x.use(id.Key); err != nil {
+		return err
+	}
+	x.setPart(id, Entry{Val: val, Part: part})
+	return nil
+}
+
+// KeyPartition returns the source partition of the messages of stream key
+// key in the Txn's part, when its source has partitions and the part holds
+// a message of that key (see SetPartitions).
+func (x *Txn) KeyPartition(key string) (string, bool) {
+	if x.partsOf != nil {
+		x.parts, x.partsOf = x.partsOf(), nil
+	}
+	p, ok := x.parts[key]
+	return p, ok
+}
+
+// Partitioned reports whether the Txn's part came from a source whose
+// state follows partitions (see SetPartitions).
+func (x *Txn) Partitioned() bool { return x.partsOf != nil || x.parts != nil }
+
 // Delete deletes id.
 func (x *Txn) Delete(id ID) error {
 	if err := x.use(id.Key); err != nil {
@@ -657,6 +684,11 @@ func (x *Txn) Delete(id ID) error {
 
 func (x *Txn) set(id ID, e Entry) {
 	e.Part = x.partOf(id)
+	x.setPart(id, e)
+}
+
+// setPart records the change e of id, whose Part is set.
+func (x *Txn) setPart(id ID, e Entry) {
 	if x.changes == nil {
 		x.changes = make(map[uint64]int32, x.hint)
 		x.log = make([]change, 0, x.hint)

@@ -185,6 +185,56 @@ func TestEntriesFollowPartitions(t *testing.T) {
 	}
 }
 
+// TestPutInFollowsTheGivenPartition: an entry put with PutIn records the
+// partition given, whatever its key's partition in the part, and is
+// dropped with that partition; KeyPartition and Partitioned tell the
+// partitions of the part's keys.
+func TestPutInFollowsTheGivenPartition(t *testing.T) {
+	t.Parallel()
+	tb := New(1, json.Marshal)
+	x := tb.Begin(0)
+	if x.Partitioned() {
+		t.Error("a part without partitions says it has some")
+	}
+	if _, ok := x.KeyPartition("a"); ok {
+		t.Error("a key of a part without partitions has one")
+	}
+	x.SetPartitions(func() map[string]string { return map[string]string{"a": "t/0"} })
+	if !x.Partitioned() {
+		t.Error("a part with partitions says it has none")
+	}
+	if p, ok := x.KeyPartition("a"); !ok || p != "t/0" {
+		t.Errorf("key a: partition %q (%v), want t/0", p, ok)
+	}
+	if _, ok := x.KeyPartition("b"); ok {
+		t.Error("key b, not in the part, has a partition")
+	}
+	if err := x.PutIn(ID{Name: "n", Key: "a", Field: "d1"}, []byte("x"), "t/5"); err != nil {
+		t.Fatal(err)
+	}
+	if err := x.PutIn(ID{Name: "n", Key: "a", Field: "d2"}, []byte("y"), ""); err != nil {
+		t.Fatal(err)
+	}
+	changes, err := tb.Changes([]*Txn{x})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, c := range changes {
+		got[c.Field] = c.Partition
+	}
+	if got["d1"] != "t/5" || got["d2"] != "" || len(got) != 2 {
+		t.Fatalf("partitions %v, want d1 in t/5 and d2 in none", got)
+	}
+	tb.Apply([]*Txn{x})
+	if n := tb.DropPartitions([]string{"t/5"}); n != 1 {
+		t.Fatalf("dropped %d entries, want d1", n)
+	}
+	if _, ok := tb.Committed(ID{Name: "n", Key: "a", Field: "d2"}); !ok {
+		t.Error("d2, of no partition, was dropped")
+	}
+}
+
 // TestTakeUnsavedFoldsWhatTheStoreNeverHeld: an entry made and deleted
 // between two saves is not written; one the store holds (committed before)
 // keeps its delete, and so does one made again after it was deleted; an

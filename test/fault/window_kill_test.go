@@ -60,7 +60,7 @@ func TestWindowsWithWorkersSurviveSIGKILL(t *testing.T) {
 			d := winData(t, tc, uint64(time.Now().UnixNano()), 3000, 24)
 			want, late := perWorker(d.rows, 4, tc.ref)
 			dir := winDir(t, tc.block, d.lines, winStream(4, "exactly-once"), winSQLite)
-			Throttle(t, dir, 1500) // about 2 s of work: the kills land mid-stream
+			Throttle(t, dir, 1000) // about 3 s of work: two kills (at most 1.05 s after a start) always land mid-stream
 			if kills := killRuns(t, dir, 6); kills < 2 {
 				t.Fatalf("only %d SIGKILLs landed mid-stream", kills)
 			}
@@ -98,7 +98,7 @@ func TestWindowsInPostgresAndMariaDBSurviveSIGKILL(t *testing.T) {
 			want, late := perWorker(d.rows, 4, tc.ref)
 			sink := fmt.Sprintf("kistype: conn\ncname: db\ntype: %s\nkey: wins\nparams:\n  dsn: %q\n  columns: user_id, window_start, window_end, n, total, top\n", sys.typ, dsn)
 			dir := winDir(t, tc.block, d.lines, winStream(4, "exactly-once"), sink)
-			Throttle(t, dir, 1500)
+			Throttle(t, dir, 1000)
 			if kills := killRuns(t, dir, 4); kills < 1 {
 				t.Fatalf("no SIGKILL landed mid-stream")
 			}
@@ -134,7 +134,7 @@ func TestWindowsLateUpdateSurviveSIGKILL(t *testing.T) {
 		t.Fatal("the uninterrupted run re-emitted no window: the test tests nothing of late: update")
 	}
 	dir := winDir(t, block, d.lines, winStream(4, "exactly-once"), winSQLite)
-	Throttle(t, dir, 1500)
+	Throttle(t, dir, 1000)
 	if kills := killRuns(t, dir, 6); kills < 2 {
 		t.Fatalf("only %d SIGKILLs landed mid-stream", kills)
 	}
