@@ -197,17 +197,27 @@ func testWindowDeltasBounded(t *testing.T, user func(int) string) {
 	}
 }
 
-// TestWindowPerGroupEntriesGoOn: a job that finds its windows kept as
-// earlier versions kept them (one entry per window-group, under the
-// group's stream key, and the lane's clock) goes on from them, and its
-// first commit replaces them with a delta.
-func TestWindowPerGroupEntriesGoOn(t *testing.T) {
-	t.Parallel()
+// earlierWindowState is the setting of a test of a job that finds its
+// windows saved the way an earlier version saved them: a config folder
+// whose flow Revenue counts the rows of orders per user_id in tumbling
+// windows of a minute (PerUser) into the SQLite table out of dir/out.db.
+type earlierWindowState struct {
+	dir string
+	key string           // the job's state key
+	op  *window.Operator // a new operator of PerUser's window, to build the saved state with
+	// newJob starts a job of Revenue with its state in dir/state, and
+	// returns it with the function that closes its engine.
+	newJob func() (*kisflow.Job, func())
+}
+
+// newEarlierWindowState writes the folder with orders (JSON lines) and
+// opens and closes a first job to learn its state key.
+func newEarlierWindowState(t *testing.T, orders string) *earlierWindowState {
+	t.Helper()
 	dir := t.TempDir()
-	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
 	block := "{type: tumbling, size: 1m, time_field: ts, group_by: [user_id], aggregate: {n: count()}}"
 	writeFiles(t, dir, map[string]string{
-		"orders.jsonl": fmt.Sprintf(`{"ts":%d,"user_id":1}`+"\n"+`{"ts":%d,"user_id":"a\"b"}`+"\n"+`{"ts":%d,"user_id":1}`+"\n", base+3000, base+4000, base+200_000),
+		"orders.jsonl": orders,
 		"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + filepath.Join(dir, "orders.jsonl") + "\n---\n" +
 			"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: " + filepath.Join(dir, "out.db") + "\n  create: \"true\"\n  columns: user_id, window_start, n\n",
 		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: PerUser\nstream:\n  source: orders\n  sink: db\n",
@@ -218,7 +228,8 @@ func TestWindowPerGroupEntriesGoOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	newJob := func() (*kisflow.Job, func()) {
+	w := &earlierWindowState{dir: dir}
+	w.newJob = func() (*kisflow.Job, func()) {
 		eng, err := kisflow.NewEngine(streamRegistry(t), set, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
 		if err != nil {
 			t.Fatal(err)
@@ -229,28 +240,73 @@ func TestWindowPerGroupEntriesGoOn(t *testing.T) {
 		}
 		return job, func() { _ = eng.Close(ctx) }
 	}
-	job, closeEng := newJob()
-	key := job.StartPosition().Key
+	job, closeEng := w.newJob()
+	w.key = job.StartPosition().Key
 	if err := job.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
 	closeEng()
-
-	// What an earlier version saved after two rows of user 1 and one of
-	// user a"b in the first minute: an entry per window-group, named as
-	// it named them, and the lane's clock.
 	spec, err := set.Funcs["PerUser"].Window.Spec()
 	if err != nil {
 		t.Fatal(err)
 	}
-	op, err := window.New(spec)
+	if w.op, err = window.New(spec); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// save stores changes as the job's state, as the earlier version would
+// have committed them.
+func (w *earlierWindowState) save(t *testing.T, changes []stream.StateChange) {
+	t.Helper()
+	ctx := context.Background()
+	store, err := checkpoint.OpenSQLite(ctx, filepath.Join(w.dir, "state", "checkpoints.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	op.Process([]map[string]any{{"ts": base, "user_id": int64(1)}, {"ts": base + 1000, "user_id": int64(1)}, {"ts": base + 2000, "user_id": `a"b`}})
+	if err := store.SaveState(ctx, w.key, "", changes); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// run runs a new job to the end and returns the sink's database; the
+// job's engine and the database are closed when the test ends.
+func (w *earlierWindowState) run(t *testing.T) *sql.DB {
+	t.Helper()
+	job, closeEng := w.newJob()
+	t.Cleanup(closeEng)
+	if err := job.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", filepath.Join(w.dir, "out.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// TestWindowPerGroupEntriesGoOn: a job that finds its windows kept as
+// earlier versions kept them (one entry per window-group, under the
+// group's stream key, and the lane's clock) goes on from them, and its
+// first commit replaces them with a delta.
+func TestWindowPerGroupEntriesGoOn(t *testing.T) {
+	t.Parallel()
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
+	w := newEarlierWindowState(t, fmt.Sprintf(`{"ts":%d,"user_id":1}`+"\n"+`{"ts":%d,"user_id":"a\"b"}`+"\n"+`{"ts":%d,"user_id":1}`+"\n", base+3000, base+4000, base+200_000))
+	ctx := context.Background()
+
+	// What an earlier version saved after two rows of user 1 and one of
+	// user a"b in the first minute: an entry per window-group, named as
+	// it named them, and the lane's clock.
+	w.op.Process([]map[string]any{{"ts": base, "user_id": int64(1)}, {"ts": base + 1000, "user_id": int64(1)}, {"ts": base + 2000, "user_id": `a"b`}})
 	name := "kisflow.window/0/PerUser"
 	var changes []stream.StateChange
-	if err := op.Groups(func(g window.Group, data []byte) error {
+	if err := w.op.Groups(func(g window.Group, data []byte) error {
 		vals := g.Values()
 		js, err := json.Marshal(vals)
 		if err != nil {
@@ -269,32 +325,13 @@ func TestWindowPerGroupEntriesGoOn(t *testing.T) {
 	if len(changes) != 2 {
 		t.Fatalf("%d window-groups, want 2", len(changes))
 	}
-	clock, err := json.Marshal(map[string]any{"seq": 3, "lanes": 1, "lane": 0, "at": time.Now().UnixMilli(), "clock": op.Clock()})
+	clock, err := json.Marshal(map[string]any{"seq": 3, "lanes": 1, "lane": 0, "at": time.Now().UnixMilli(), "clock": w.op.Clock()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	changes = append(changes, stream.StateChange{Name: name, Key: "kisflow.window.lane", Field: "clock", Value: clock})
-	store, err := checkpoint.OpenSQLite(ctx, filepath.Join(dir, "state", "checkpoints.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.SaveState(ctx, key, "", changes); err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	job, closeEng = newJob()
-	defer closeEng()
-	if err := job.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	w.save(t, changes)
+	db := w.run(t)
 	got := map[string]int{}
 	rs, err := db.Query("SELECT user_id, window_start, n FROM out")
 	if err != nil {
@@ -313,12 +350,12 @@ func TestWindowPerGroupEntriesGoOn(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("windows %v, want %v (the saved groups' rows and the file's)", got, want)
 	}
-	store, err = checkpoint.OpenSQLite(ctx, filepath.Join(dir, "state", "checkpoints.db"))
+	store, err := checkpoint.OpenSQLite(ctx, filepath.Join(w.dir, "state", "checkpoints.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	if kinds, _ := storedWindowEntries(t, store, key); kinds["group"] != 0 || kinds["delta"] != 0 {
+	if kinds, _ := storedWindowEntries(t, store, w.key); kinds["group"] != 0 || kinds["delta"] != 0 {
 		t.Errorf("after the run the store keeps %v; want the per-group entries replaced, and no delta (every window closed)", kinds)
 	}
 }

@@ -643,6 +643,16 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	var deltas []loadedDelta
 	var old []state.ID
 	var bad error
+	// addDelta keeps a delta entry to load; one that does not decode is
+	// remembered in bad and skipped.
+	addDelta := func(id state.ID, f deltaField, e state.Entry) {
+		data, err := decodeEntry[[]byte](fl, ents.name, e)
+		if err != nil {
+			bad = cmp.Or(bad, err)
+			return
+		}
+		deltas = append(deltas, loadedDelta{id, f, data})
+	}
 	if err := x.Entries(ents.name, func(id state.ID, e state.Entry) error {
 		switch {
 		case isGroupField(id.Field):
@@ -667,12 +677,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			case moved:
 				old = append(old, id) // older than the last run's lanes'
 			default:
-				data, err := decodeEntry[[]byte](fl, ents.name, e)
-				if err != nil {
-					bad = cmp.Or(bad, err)
-					return nil
-				}
-				deltas = append(deltas, loadedDelta{id, f, data})
+				addDelta(id, f, e)
 			}
 		}
 		return nil
@@ -683,15 +688,9 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		// The deltas of the last run's lanes: this lane's share of them.
 		if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 			f, okf := parseDeltaField(id.Field)
-			if !okf || f.lanes != newest.Lanes {
-				return nil
+			if okf && f.lanes == newest.Lanes {
+				addDelta(id, f, e)
 			}
-			data, err := decodeEntry[[]byte](fl, ents.name, e)
-			if err != nil {
-				bad = cmp.Or(bad, err)
-				return nil
-			}
-			deltas = append(deltas, loadedDelta{id, f, data})
 			return nil
 		}); err != nil {
 			return nil, err

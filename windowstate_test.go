@@ -20,7 +20,6 @@ import (
 	"github.com/kisflow-go/kisflow/connector/file"
 	"github.com/kisflow-go/kisflow/internal/state"
 	"github.com/kisflow-go/kisflow/stream"
-	"github.com/kisflow-go/kisflow/window"
 )
 
 // countingStore is a checkpoint store that records the keyed state changes
@@ -243,50 +242,13 @@ func TestWindowRowSentByAnotherFormOfItsKeyIsDeadLettered(t *testing.T) {
 // entry with one per window-group.
 func TestWindowSavedAsOneSnapshotGoesOn(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
 	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
-	block := "{type: tumbling, size: 1m, time_field: ts, group_by: [user_id], aggregate: {n: count()}}"
-	writeFiles(t, dir, map[string]string{
-		"orders.jsonl": fmt.Sprintf(`{"ts":%d,"user_id":1}`+"\n"+`{"ts":%d,"user_id":1}`+"\n", base+3000, base+200_000),
-		"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: " + filepath.Join(dir, "orders.jsonl") + "\n---\n" +
-			"kistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: " + filepath.Join(dir, "out.db") + "\n  create: \"true\"\n  columns: user_id, window_start, n\n",
-		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: PerUser\nstream:\n  source: orders\n  sink: db\n",
-		"funcs.yml": "kistype: func\nfname: PerUser\nfmode: Calculate\nwindow: " + block + "\n",
-	})
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := newEarlierWindowState(t, fmt.Sprintf(`{"ts":%d,"user_id":1}`+"\n"+`{"ts":%d,"user_id":1}`+"\n", base+3000, base+200_000))
 	ctx := context.Background()
-	newJob := func() (*kisflow.Job, func()) {
-		eng, err := kisflow.NewEngine(streamRegistry(t), set, kisflow.WithLogger(slog.New(slog.DiscardHandler)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		job, err := eng.Job(ctx, "Revenue", kisflow.WithStateDir(filepath.Join(dir, "state")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return job, func() { _ = eng.Close(ctx) }
-	}
-	job, closeEng := newJob()
-	key := job.StartPosition().Key
-	if err := job.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	closeEng()
 
 	// The earlier version's entry: two rows of user 1 in the first minute.
-	spec, err := set.Funcs["PerUser"].Window.Spec()
-	if err != nil {
-		t.Fatal(err)
-	}
-	op, err := window.New(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	op.Process([]map[string]any{{"ts": base, "user_id": 1}, {"ts": base + 1000, "user_id": 1}})
-	snap, err := op.Snapshot()
+	w.op.Process([]map[string]any{{"ts": base, "user_id": 1}, {"ts": base + 1000, "user_id": 1}})
+	snap, err := w.op.Snapshot()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,37 +256,18 @@ func TestWindowSavedAsOneSnapshotGoesOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := checkpoint.OpenSQLite(ctx, filepath.Join(dir, "state", "checkpoints.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := store.SaveState(ctx, key, "", []stream.StateChange{{Name: "kisflow.window/0/PerUser", Value: legacy}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := store.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	job, closeEng = newJob()
-	defer closeEng()
-	if err := job.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("sqlite", filepath.Join(dir, "out.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	w.save(t, []stream.StateChange{{Name: "kisflow.window/0/PerUser", Value: legacy}})
+	db := w.run(t)
 	var n int
 	if err := db.QueryRow("SELECT n FROM out WHERE window_start = '2026-05-01T12:00:00Z'").Scan(&n); err != nil || n != 3 {
 		t.Fatalf("the first minute counted %d rows (%v), want the 2 of the snapshot and the file's 1", n, err)
 	}
-	store, err = checkpoint.OpenSQLite(ctx, filepath.Join(dir, "state", "checkpoints.db"))
+	store, err := checkpoint.OpenSQLite(ctx, filepath.Join(w.dir, "state", "checkpoints.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	if err := store.LoadState(ctx, key, func(c stream.StateChange) error {
+	if err := store.LoadState(ctx, w.key, func(c stream.StateChange) error {
 		if c.Key == "" && c.Field == "" {
 			t.Errorf("the snapshot entry is still kept: %s", c.Value)
 		}

@@ -226,21 +226,14 @@ func (o *Operator) ChangesTagged(fn func(g Group, tag *any, data []byte) error) 
 	defer o.dropChanges()
 	w := &writer{}
 	for _, c := range o.changes {
-		if s := c.s; s != nil {
-			s.changed = false
-			w.b = w.b[:0]
-			if o.groups[s.key] == s {
-				o.encodeSessions(w, s)
-			}
-			if err := fn(Group{Key: s.key, Session: true}, &s.tag, nilIfEmpty(w.b)); err != nil {
+		if c.s != nil {
+			if err := o.sessionsChange(w, c.s, fn); err != nil {
 				return err
 			}
 			continue
 		}
 		b := c.b
-		if len(b.tags) < len(b.keys) {
-			b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
-		}
+		b.growTags()
 		live := o.open[b.end] == b || o.kept[b.end] == b
 		if c.g < 0 {
 			if live {
@@ -265,6 +258,25 @@ func (o *Operator) ChangesTagged(fn func(g Group, tag *any, data []byte) error) 
 	return nil
 }
 
+// sessionsChange reports the change of the group of sessions s to fn, as
+// ChangesTagged and ChangesByWindow both report it: its encoding, or nil
+// when the group is gone.
+func (o *Operator) sessionsChange(w *writer, s *sessGroup, fn func(g Group, tag *any, data []byte) error) error {
+	s.changed = false
+	w.b = w.b[:0]
+	if o.groups[s.key] == s {
+		o.encodeSessions(w, s)
+	}
+	return fn(Group{Key: s.key, Session: true}, &s.tag, nilIfEmpty(w.b))
+}
+
+// growTags gives each of b's groups a slot in b.tags (see ChangesTagged).
+func (b *bucket) growTags() {
+	if len(b.tags) < len(b.keys) {
+		b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
+	}
+}
+
 func nilIfEmpty(b []byte) []byte {
 	if len(b) == 0 {
 		return nil
@@ -283,9 +295,7 @@ func (o *Operator) GroupsTagged(fn func(g Group, tag *any, data []byte) error) e
 	w := &writer{}
 	for _, set := range []map[int64]*bucket{o.open, o.kept} {
 		for _, b := range set {
-			if len(b.tags) < len(b.keys) {
-				b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
-			}
+			b.growTags()
 			for g := range b.keys {
 				w.b = w.b[:0]
 				o.encodeBucketGroup(w, b, int32(g))
@@ -412,9 +422,7 @@ func (o *Operator) loadGroup(data []byte, openAbove int64, tag any) (loaded bool
 		b.keys = append(b.keys, key)
 		b.accs = append(b.accs, accs...)
 		if tag != nil {
-			if len(b.tags) < len(b.keys) {
-				b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
-			}
+			b.growTags()
 			b.tags[len(b.keys)-1] = tag
 		}
 		o.hint = max(o.hint, len(b.keys))
@@ -463,13 +471,8 @@ func (o *Operator) ChangesByWindow(fn func(g Group, tag *any, data []byte) error
 	defer o.dropChanges()
 	w := &writer{}
 	for _, c := range o.changes {
-		if s := c.s; s != nil {
-			s.changed = false
-			w.b = w.b[:0]
-			if o.groups[s.key] == s {
-				o.encodeSessions(w, s)
-			}
-			if err := fn(Group{Key: s.key, Session: true}, &s.tag, nilIfEmpty(w.b)); err != nil {
+		if c.s != nil {
+			if err := o.sessionsChange(w, c.s, fn); err != nil {
 				return err
 			}
 			continue
@@ -488,9 +491,7 @@ func (o *Operator) ChangesByWindow(fn func(g Group, tag *any, data []byte) error
 		if !live {
 			continue // reported with the whole window
 		}
-		if len(b.tags) < len(b.keys) {
-			b.tags = append(b.tags, make([]any, len(b.keys)-len(b.tags))...)
-		}
+		b.growTags()
 		w.b = w.b[:0]
 		o.encodeBucketGroup(w, b, c.g)
 		if err := fn(Group{Key: b.keys[c.g], End: b.end}, &b.tags[c.g], w.b); err != nil {

@@ -22,32 +22,13 @@ import (
 func windowCrashDir(t *testing.T, n int, delivery string, after ...string) (string, map[string]string) {
 	t.Helper()
 	dir := t.TempDir()
-	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
-	type agg struct{ n, sum int64 }
-	ref := map[[2]int64]*agg{}
-	var b strings.Builder
-	for i := 1; i <= n; i++ {
-		ts := base + int64(i)*2400 - int64(i%7)*1500 // up to 9 s out of order; lateness 20 s
-		user, amount := int64(i%17), int64(i%13)
-		fmt.Fprintf(&b, "{\"id\":%d,\"ts\":%d,\"user_id\":%d,\"amount\":%d}\n", i, ts, user, amount)
-		k := [2]int64{user, ts - ts%60_000}
-		if ref[k] == nil {
-			ref[k] = &agg{}
-		}
-		ref[k].n++
-		ref[k].sum += amount
-	}
-	want := map[string]string{}
-	for k, a := range ref {
-		start := time.UnixMilli(k[1]).UTC()
-		want[fmt.Sprintf("%d %s %s", k[0], start.Format(time.RFC3339), start.Add(time.Minute).Format(time.RFC3339))] = fmt.Sprintf("%d %d", a.n, a.sum)
-	}
+	orders, want := windowOrders(n, time.Minute, nil)
 	var more strings.Builder
 	for _, f := range after {
 		fmt.Fprintf(&more, "  - fname: %s\n", f)
 	}
 	files := map[string]string{
-		"orders.jsonl": b.String(),
+		"orders.jsonl": orders,
 		"flow.yml": `kistype: flow
 status: 1
 flow_name: Revenue
@@ -96,6 +77,38 @@ params:
 		}
 	}
 	return dir, want
+}
+
+// windowOrders returns n orders as JSON lines, two hours of event time up
+// to 9 s out of order (windowCrashDir's lateness is 20 s), and the windows
+// of size that an uninterrupted run emits from them (user_id, start, end
+// -> orders, revenue). The user of order i is user(i), or one of 17 users
+// when user is nil.
+func windowOrders(n int, size time.Duration, user func(i int) int64) (string, map[string]string) {
+	base := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).UnixMilli()
+	type agg struct{ n, sum int64 }
+	ref := map[[2]int64]*agg{}
+	var b strings.Builder
+	for i := 1; i <= n; i++ {
+		ts := base + int64(i)*2400 - int64(i%7)*1500
+		u, amount := int64(i%17), int64(i%13)
+		if user != nil {
+			u = user(i)
+		}
+		fmt.Fprintf(&b, "{\"id\":%d,\"ts\":%d,\"user_id\":%d,\"amount\":%d}\n", i, ts, u, amount)
+		k := [2]int64{u, ts - ts%size.Milliseconds()}
+		if ref[k] == nil {
+			ref[k] = &agg{}
+		}
+		ref[k].n++
+		ref[k].sum += amount
+	}
+	want := map[string]string{}
+	for k, a := range ref {
+		start := time.UnixMilli(k[1]).UTC()
+		want[fmt.Sprintf("%d %s %s", k[0], start.Format(time.RFC3339), start.Add(size).Format(time.RFC3339))] = fmt.Sprintf("%d %d", a.n, a.sum)
+	}
+	return b.String(), want
 }
 
 // windowRows returns the windows in the sink table, how many rows hold

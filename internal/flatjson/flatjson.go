@@ -61,7 +61,7 @@ func (d *Decoder) key(field int, b []byte) string {
 
 // Decode decodes data into a new map, or returns ok == false.
 func (d *Decoder) Decode(data []byte) (m map[string]any, ok bool) {
-	i := skip(data, 0)
+	i := SkipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return nil, false
 	}
@@ -73,7 +73,7 @@ func (d *Decoder) Decode(data []byte) (m map[string]any, ok bool) {
 // of the row.
 func (d *Decoder) DecodeInto(m map[string]any, data []byte) bool {
 	clear(m)
-	i := skip(data, 0)
+	i := SkipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return false
 	}
@@ -84,30 +84,30 @@ func (d *Decoder) DecodeInto(m map[string]any, data []byte) bool {
 // decode fills m with the object that starts at data[i] == '{'.
 func (d *Decoder) decode(m map[string]any, data []byte, i int) (map[string]any, bool) {
 	field := 0
-	i = skip(data, i+1)
+	i = SkipSpace(data, i+1)
 	if i < len(data) && data[i] == '}' {
-		return m, skip(data, i+1) == len(data)
+		return m, SkipSpace(data, i+1) == len(data)
 	}
 	for {
 		if i >= len(data) || data[i] != '"' {
 			return nil, false
 		}
-		key, next, ok := str(data, i)
+		key, next, ok := PlainString(data, i)
 		if !ok {
 			return nil, false
 		}
-		i = skip(data, next)
+		i = SkipSpace(data, next)
 		if i >= len(data) || data[i] != ':' {
 			return nil, false
 		}
-		i = skip(data, i+1)
+		i = SkipSpace(data, i+1)
 		if i >= len(data) {
 			return nil, false
 		}
 		var v any
 		switch c := data[i]; {
 		case c == '"':
-			s, next, ok := str(data, i)
+			s, next, ok := PlainString(data, i)
 			if !ok {
 				return nil, false
 			}
@@ -138,31 +138,34 @@ func (d *Decoder) decode(m map[string]any, data []byte, i int) (map[string]any, 
 		}
 		m[d.key(field, key)] = v
 		field++
-		i = skip(data, i)
+		i = SkipSpace(data, i)
 		if i >= len(data) {
 			return nil, false
 		}
 		switch data[i] {
 		case ',':
-			i = skip(data, i+1)
+			i = SkipSpace(data, i+1)
 		case '}':
-			return m, skip(data, i+1) == len(data)
+			return m, SkipSpace(data, i+1) == len(data)
 		default:
 			return nil, false
 		}
 	}
 }
 
-func skip(b []byte, i int) int {
+// SkipSpace returns the index of the first byte at or after b[i] that is
+// not JSON white space.
+func SkipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
 	}
 	return i
 }
 
-// str returns the bytes of the string starting at b[i] == '"' and the index
-// after its closing quote; escapes and control bytes are refused.
-func str(b []byte, i int) ([]byte, int, bool) {
+// PlainString returns the bytes of the JSON string starting at b[i] == '"'
+// and the index after its closing quote; a string with an escape or a
+// control byte, or one not closed, is refused with ok == false.
+func PlainString(b []byte, i int) (text []byte, next int, ok bool) {
 	for j := i + 1; j < len(b); j++ {
 		switch c := b[j]; {
 		case c == '"':
@@ -181,7 +184,7 @@ func isNumByte(c byte) bool {
 // number parses a JSON number: int64 when it has no fraction or exponent
 // and fits, float64 otherwise.
 func number(b []byte) (any, bool) {
-	integral, ok := validNumber(b)
+	integral, ok := ValidNumber(b)
 	if !ok {
 		return nil, false
 	}
@@ -255,10 +258,10 @@ func shortDecimal(b []byte) (float64, bool) {
 	return f, true
 }
 
-// validNumber checks JSON's number grammar,
+// ValidNumber checks JSON's number grammar,
 // -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?,
 // and reports whether the number has neither fraction nor exponent.
-func validNumber(b []byte) (integral, ok bool) {
+func ValidNumber(b []byte) (integral, ok bool) {
 	i := 0
 	if i < len(b) && b[i] == '-' {
 		i++

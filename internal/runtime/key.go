@@ -11,6 +11,7 @@ import (
 
 	gojson "github.com/goccy/go-json"
 
+	"github.com/kisflow-go/kisflow/internal/flatjson"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -105,29 +106,32 @@ func (k *keyReader) fromJSON(data []byte) string {
 // not such an object), which fromJSON reads with its JSON path; the key is
 // the one that path gives (the field's text; a missing field gives "").
 func (k *keyReader) fromFlatJSON(data []byte) (key string, ok bool) {
-	i := skipSpace(data, 0)
+	i := flatjson.SkipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
 		return "", false
 	}
-	i = skipSpace(data, i+1)
+	i = flatjson.SkipSpace(data, i+1)
 	var val []byte
 	seen := false
 	if i < len(data) && data[i] == '}' {
-		return "", skipSpace(data, i+1) == len(data)
+		return "", flatjson.SkipSpace(data, i+1) == len(data)
 	}
 	for {
-		name, next, ok := plainString(data, i)
+		if i >= len(data) || data[i] != '"' {
+			return "", false
+		}
+		name, next, ok := flatjson.PlainString(data, i)
 		if !ok {
 			return "", false
 		}
-		i = skipSpace(data, next)
+		i = flatjson.SkipSpace(data, next)
 		if i >= len(data) || data[i] != ':' {
 			return "", false
 		}
-		i = skipSpace(data, i+1)
+		i = flatjson.SkipSpace(data, i+1)
 		start := i
 		if i < len(data) && data[i] == '"' {
-			if _, i, ok = plainString(data, i); !ok {
+			if _, i, ok = flatjson.PlainString(data, i); !ok {
 				return "", false
 			}
 		} else {
@@ -144,12 +148,12 @@ func (k *keyReader) fromFlatJSON(data []byte) (key string, ok bool) {
 			}
 			val, seen = data[start:i], true
 		}
-		i = skipSpace(data, i)
+		i = flatjson.SkipSpace(data, i)
 		switch {
 		case i < len(data) && data[i] == ',':
-			i = skipSpace(data, i+1)
+			i = flatjson.SkipSpace(data, i+1)
 			continue
-		case i < len(data) && data[i] == '}' && skipSpace(data, i+1) == len(data):
+		case i < len(data) && data[i] == '}' && flatjson.SkipSpace(data, i+1) == len(data):
 		default:
 			return "", false
 		}
@@ -164,23 +168,6 @@ func (k *keyReader) fromFlatJSON(data []byte) (key string, ok bool) {
 	return string(val), true
 }
 
-// plainString reads the JSON string at data[i] when it has no escape and
-// no control character: its text and the index after it.
-func plainString(data []byte, i int) (text []byte, next int, ok bool) {
-	if i >= len(data) || data[i] != '"' {
-		return nil, 0, false
-	}
-	for j := i + 1; j < len(data); j++ {
-		switch c := data[j]; {
-		case c == '"':
-			return data[i+1 : j], j + 1, true
-		case c == '\\' || c < 0x20:
-			return nil, 0, false
-		}
-	}
-	return nil, 0, false
-}
-
 // isLiteralByte reports whether c may be part of a JSON number, true,
 // false or null.
 func isLiteralByte(c byte) bool {
@@ -193,46 +180,8 @@ func jsonLiteral(b []byte) bool {
 	case "true", "false", "null":
 		return true
 	}
-	i := 0
-	if i < len(b) && b[i] == '-' {
-		i++
-	}
-	digits := func() int {
-		n := 0
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i, n = i+1, n+1
-		}
-		return n
-	}
-	switch {
-	case i < len(b) && b[i] == '0':
-		i++
-	case digits() == 0:
-		return false
-	}
-	if i < len(b) && b[i] == '.' {
-		i++
-		if digits() == 0 {
-			return false
-		}
-	}
-	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
-		i++
-		if i < len(b) && (b[i] == '+' || b[i] == '-') {
-			i++
-		}
-		if digits() == 0 {
-			return false
-		}
-	}
-	return i == len(b)
-}
-
-func skipSpace(data []byte, i int) int {
-	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
-		i++
-	}
-	return i
+	_, ok := flatjson.ValidNumber(b)
+	return ok
 }
 
 // jsonKey is the key a JSON value gives: a string's text (its escapes
