@@ -74,7 +74,7 @@ type noParams struct{}
 
 // Specs of the connector types this package registers.
 var (
-	FileSpec    = withKey(driver.MustSpec[fileParams](TypeFile, "a JSON lines or CSV file (gzip too): a bounded or following source whose position is the byte offset and the file's identity, and a JSON lines sink"))
+	FileSpec    = withKey(driver.MustSpec[fileParams](TypeFile, "a JSON lines or CSV file (gzip too): a bounded or following source whose position is the byte offset and the file's identity, and a JSON lines sink; a line may be of any length (it is read whole into memory)"))
 	StdinSpec   = unidentified(driver.MustSpec[stdinParams](TypeStdin, "a bounded source reading JSON lines or CSV from standard input; the lines at hand are processed while the writer keeps it open (after linger), not only at its end"))
 	StdoutSpec  = driver.MustSpec[noParams](TypeStdout, "a sink writing JSON lines to standard output")
 	DiscardSpec = driver.MustSpec[noParams](TypeDiscard, "a sink that drops rows (benchmarks, dry runs)")

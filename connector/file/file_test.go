@@ -697,3 +697,140 @@ func TestBoundedRunLeavesAHalfWrittenLastLine(t *testing.T) {
 		})
 	}
 }
+
+// longLine is a JSON line of about n bytes, id first, whose text varies
+// along its length so that a piece of it in the wrong place shows.
+func longLine(id, n int) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\"id\":%d,\"user\":%d,\"text\":\"", id, id)
+	for i := 0; b.Len() < n; i++ {
+		fmt.Fprintf(&b, "%08d ", i)
+	}
+	b.WriteString("\"}")
+	return b.String()
+}
+
+// longLinesFile is short lines with lines of 300 KiB, 1 MiB and 5 MiB
+// between them (the reader's buffer is 256 KiB), its lines and the offset
+// after each.
+func longLinesFile() (content string, lines []string, ends []int64) {
+	var b strings.Builder
+	add := func(l string) {
+		b.WriteString(l)
+		b.WriteByte('\n')
+		lines = append(lines, l)
+		ends = append(ends, int64(b.Len()))
+	}
+	id := 1
+	for _, n := range []int{300 << 10, 1 << 20, 5 << 20, 256<<10 - 20, 256<<10 + 56} {
+		add(fmt.Sprintf("{\"id\":%d,\"qty\":1}", id))
+		add(longLine(id+1, n))
+		add(fmt.Sprintf("{\"id\":%d,\"user\":%d,\"qty\":2}", id+2, id+2))
+		id += 3
+	}
+	return b.String(), lines, ends
+}
+
+// checkLong reports the first message that is not its line intact, or
+// whose position is not the offset after its line; from is the index of
+// the first message's line.
+func checkLong(t *testing.T, msgs []*stream.Message, lines []string, ends []int64, from int) {
+	t.Helper()
+	if len(msgs) != len(lines)-from {
+		t.Fatalf("%d messages, want %d", len(msgs), len(lines)-from)
+	}
+	for i, m := range msgs {
+		want := lines[from+i]
+		if got, _ := m.Payload.(string); got != want {
+			pre := 0
+			for pre < len(got) && pre < len(want) && got[pre] == want[pre] {
+				pre++
+			}
+			t.Fatalf("message %d: %d bytes, want %d, differing from byte %d: %.60q", from+i, len(got), len(want), pre, got[min(pre, len(got)):])
+		}
+		if off := offsetOf(m); off != fmt.Sprint(ends[from+i]) {
+			t.Fatalf("message %d: position %s, want offset %d", from+i, m.Position, ends[from+i])
+		}
+	}
+}
+
+// TestLongLinesAreReadIntact reads lines longer than the reader's buffer
+// (300 KiB, 1 MiB, 5 MiB) between short ones: each comes whole, the line
+// after it too, every position is the offset after its own line, and a
+// resume at the position of a long line or of the line after it reads on
+// from the next line. Before, the start of a long line was the reader's
+// buffer, overwritten by the read of its rest: the row came out corrupted,
+// with bytes of the following lines spliced in.
+func TestLongLinesAreReadIntact(t *testing.T) {
+	t.Parallel()
+	content, lines, ends := longLinesFile()
+	p := write(t, "long.jsonl", content)
+	for _, batch := range []int{1, 1000} {
+		src := open(t, map[string]string{"path": p}, "")
+		var msgs []*stream.Message
+		for {
+			got, err := src.Read(context.Background(), batch)
+			msgs = append(msgs, got...)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		checkLong(t, msgs, lines, ends, 0)
+		for _, i := range []int{0, 1, 2, 4, 7} {
+			checkLong(t, readAll(t, open(t, map[string]string{"path": p}, msgs[i].Position)), lines, ends, i+1)
+		}
+	}
+}
+
+// TestFollowedLongLinesAreReadIntact follows a file to which lines longer
+// than the reader's buffer are appended in pieces, some ending mid-line:
+// each is read whole once its newline is written.
+func TestFollowedLongLinesAreReadIntact(t *testing.T) {
+	t.Parallel()
+	content, lines, ends := longLinesFile()
+	p := write(t, "grow.jsonl", "")
+	src := open(t, map[string]string{"path": p, "follow": "true", "poll": "2ms"}, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for rest := content; len(rest) > 0; {
+			n := min(len(rest), 100<<10+7) // pieces that end mid-line
+			appendFile(t, p, rest[:n])
+			rest = rest[n:]
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var msgs []*stream.Message
+	for len(msgs) < len(lines) {
+		got, err := src.Read(ctx, 3)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", len(msgs), err)
+		}
+		msgs = append(msgs, got...)
+	}
+	<-done
+	checkLong(t, msgs, lines, ends, 0)
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancelShort()
+	more, err := src.Read(short, 10)
+	if len(more) > 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("after the last line: %d messages, %v", len(more), err)
+	}
+}
+
+func appendFile(t *testing.T, p, data string) {
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.WriteString(data); err != nil {
+		t.Error(err)
+	}
+}

@@ -177,9 +177,12 @@ func (s *lineSource) Read(ctx context.Context, max int) (out []*stream.Message, 
 		}
 		line, err := s.r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			// A line longer than the buffer: gather it whole.
+			// A line longer than the buffer: gather it whole. The part
+			// read so far is the reader's buffer, which the next read
+			// overwrites: it is copied before reading on.
+			long := append([]byte(nil), line...)
 			rest, err2 := s.r.ReadBytes('\n')
-			line = append(append([]byte(nil), line...), rest...)
+			line = append(long, rest...)
 			err = err2
 		}
 		if len(s.partial) > 0 {
