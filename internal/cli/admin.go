@@ -795,12 +795,20 @@ func readLetters(path string, offset, limit int) ([]json.RawMessage, int, []badL
 		return nil, 0, nil, err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	// A letter holds a whole row, which may be of any length: lines are
+	// read whole, not through a Scanner's bounded buffer.
+	rd := bufio.NewReaderSize(f, 64<<10)
 	n, line := 0, 0
-	for sc.Scan() {
+	for {
+		text, rerr := rd.ReadBytes('\n')
+		if len(text) == 0 && rerr != nil {
+			if rerr == io.EOF {
+				rerr = nil
+			}
+			return letters, n, bad, rerr
+		}
 		line++
-		text := sc.Bytes()
+		text = bytes.TrimRight(text, "\r\n")
 		if len(bytes.TrimSpace(text)) == 0 {
 			continue
 		}
@@ -809,11 +817,10 @@ func readLetters(path string, offset, limit int) ([]json.RawMessage, int, []badL
 			continue
 		}
 		if n >= offset && len(letters) < limit {
-			letters = append(letters, json.RawMessage(append([]byte(nil), text...)))
+			letters = append(letters, json.RawMessage(text))
 		}
 		n++
 	}
-	return letters, n, bad, sc.Err()
 }
 
 // stateOf is the state lookup of GET /state/{flow}/{key} under /api/.
