@@ -84,31 +84,80 @@ func allOut(t *testing.T, dir string, run *proc, total int, within time.Duration
 }
 
 // TestRegistryOutageKeepsTheProviders: the NATS registry is SIGKILLed and
-// down for longer than the providers' TTL while a flow calls them: the caller keeps
-// the last known providers (the registry could deliver no refresh), so the
-// stream never misses a provider and no row is held or dead-lettered.
+// down for longer than the providers' TTL while a flow calls three of
+// them: the caller keeps the last known providers (the registry could
+// deliver no refresh), and once the registry is back it follows it again
+// at once (the watch's consumer died with the server): no provider is ever
+// missed, a provider started after the restart gets calls within about
+// two seconds, no row is held or dead-lettered, and the run's exit is
+// quiet.
 func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 	t.Parallel()
 	nats := testenv.PrivateNATS(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
-	serving(t, pdir, args...)
-	serving(t, pdir, args...)
+	named := func(name string) string {
+		return writeFiles(t, map[string]string{"funcs.yml": fmt.Sprintf("kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n  by: '%q'\n", name)})
+	}
+	for _, name := range []string{"A", "B", "C"} {
+		serving(t, named(name), args...)
+	}
 	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
-	const total = 3000
+	const total = 6000
 	down := make(chan struct{})
-	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 6s
-		if i == 500 {
-			go func() { defer close(down); nats.Crash(t, 5*time.Second) }()
+	var back, added, firstCall time.Time
+	byN := func() bool {
+		for _, rs := range readByRows(t, cdir) {
+			for _, r := range rs {
+				if r.By == "N" {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 12s
+		switch {
+		case i == 500:
+			go func() { defer close(down); nats.Crash(t, 4500*time.Millisecond); back = time.Now() }()
+		case i < 500 || !isClosed(down):
+		case added.IsZero() && time.Since(back) >= 2*time.Second:
+			serving(t, named("N"), args...)
+			added = time.Now()
+		case !added.IsZero() && firstCall.IsZero() && byN():
+			firstCall = time.Now()
 		}
 	})
 	<-down
 	out := allOut(t, cdir, run, total, 30*time.Second)
 	if strings.Contains(out, "unavailable") || strings.Contains(out, "no provider") {
-		t.Fatalf("the caller lost its providers while the registry was down: %s", out)
+		t.Fatalf("the caller lost its providers around the registry's outage: %s", out)
+	}
+	if added.IsZero() {
+		t.Fatalf("the feed ended before the provider added after the restart started")
+	}
+	if firstCall.IsZero() {
+		t.Fatalf("the provider started %s after the registry came back got no call: %s", added.Sub(back).Round(time.Millisecond), out)
+	}
+	if d := firstCall.Sub(added); d > 2500*time.Millisecond {
+		t.Fatalf("the provider started after the registry came back got its first call %s later, want about 2s at most", d.Round(time.Millisecond))
+	}
+	for _, bad := range []string{"ERROR", "close connector"} {
+		if strings.Contains(out, bad) {
+			t.Fatalf("the run logged %q: %s", bad, out)
+		}
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
