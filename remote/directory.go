@@ -323,11 +323,20 @@ func (d *natsDirectory) list(filtered bool) []Provider {
 	defer d.mu.Unlock()
 	now := time.Now()
 	up := d.reachable(now)
-	out := make([]Provider, 0, len(d.known))
+	// One address is one provider: a provider killed and restarted on its
+	// address registers again under a new id while the old registration
+	// waits for its TTL; the newest one is listed.
+	byAddr := make(map[string]seen, len(d.known))
 	for _, s := range d.known {
 		if up && d.stale(s, now) {
 			continue
 		}
+		if o, ok := byAddr[s.p.Addr]; !ok || s.last.After(o.last) || s.last.Equal(o.last) && s.p.ID > o.p.ID {
+			byAddr[s.p.Addr] = s
+		}
+	}
+	out := make([]Provider, 0, len(byAddr))
+	for _, s := range byAddr {
 		if !filtered || (d.version == "" || s.p.Version == d.version) && (d.group == "" || s.p.Group == d.group) {
 			out = append(out, s.p)
 		}

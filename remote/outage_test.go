@@ -222,6 +222,27 @@ func TestExpiredRegistrationIsNotListed(t *testing.T) {
 	}
 }
 
+// TestRestartedProviderIsListedOnce: a provider killed and restarted on
+// the same address registers under a new id while its old registration
+// is still within its TTL: the directory lists the address once, as the
+// newest registration, so broadcast calls it once.
+func TestRestartedProviderIsListedOnce(t *testing.T) {
+	t.Parallel()
+	url, bucket, service := freshRegistry(t)
+	remote.Register(t, url, bucket, remote.Provider{ID: "old", Service: service, Addr: "127.0.0.1:1", Version: "1", TTL: time.Minute})
+	remote.Register(t, url, bucket, remote.Provider{ID: "other", Service: service, Addr: "127.0.0.1:2", TTL: time.Minute})
+	time.Sleep(50 * time.Millisecond)
+	remote.Register(t, url, bucket, remote.Provider{ID: "a_new", Service: service, Addr: "127.0.0.1:1", Version: "2", TTL: time.Minute})
+	dir := watchNATS(t, url, bucket, service, "", "")
+	got := dir.Providers()
+	if len(got) != 2 || got[0].ID != "a_new" || got[1].ID != "other" {
+		t.Fatalf("the directory lists %+v, want the restarted provider once (its newest registration) and the other", got)
+	}
+	if v := watchNATS(t, url, bucket, service, "1", "").Providers(); len(v) != 0 {
+		t.Fatalf("version 1 lists %+v, want none: the address now serves version 2", v)
+	}
+}
+
 // TestNoProviderOfTheVersionSaysWhichExist: when no provider has the
 // version or group asked for, the call's error names the filter and the
 // versions and groups registered, and marks an outage.
@@ -229,7 +250,7 @@ func TestNoProviderOfTheVersionSaysWhichExist(t *testing.T) {
 	t.Parallel()
 	url, bucket, service := freshRegistry(t)
 	for i, v := range []string{"1.0", "1.0", "2.0"} {
-		remote.Register(t, url, bucket, remote.Provider{ID: fmt.Sprint(i), Service: service, Addr: "127.0.0.1:1", Version: v, Group: "blue", Funcs: []string{"Price"}, TTL: time.Minute})
+		remote.Register(t, url, bucket, remote.Provider{ID: fmt.Sprint(i), Service: service, Addr: fmt.Sprintf("127.0.0.1:%d", i+1), Version: v, Group: "blue", Funcs: []string{"Price"}, TTL: time.Minute})
 	}
 	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "9", "")
 	if err != nil {
