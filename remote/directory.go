@@ -398,6 +398,9 @@ func Static(addrs []string) (Directory, error) {
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
 			errs = append(errs, fmt.Errorf("static provider %q: want host:port (a port is required)", a))
 			continue
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			errs = append(errs, fmt.Errorf("static provider %q: port %q is not a port number (1 to 65535)", a, port))
+			continue
 		}
 		d = append(d, Provider{ID: a, Addr: a, Weight: w})
 	}

@@ -283,6 +283,8 @@ func TestServeRefusesBadSettings(t *testing.T) {
 	}{
 		{[]string{"--service", "s", "--registry", "127.0.0.1:4222"}, "--registry"},
 		{[]string{"--service", "s", "--registry", "redis://127.0.0.1:6379"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://127.0.0.1"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://127.0.0.1:0"}, "--registry"},
 		{[]string{"--service", "bad name.with.dots"}, "--service"},
 		{[]string{"--service", "s", "--weight", "0"}, "--weight"},
 		{[]string{"--service", "s", "--weight", "-5"}, "--weight"},
@@ -296,6 +298,30 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), tc.want) {
 			t.Errorf("serve %v: exit %d, %s; want exit 2 naming %s", tc.args, code, out, tc.want)
 		}
+	}
+}
+
+// TestServeNamesTheServiceAfterTheFolder: without --service (nor a serve
+// block), the service is DIR's folder name, as --help says.
+func TestServeNamesTheServiceAfterTheFolder(t *testing.T) {
+	t.Parallel()
+	pdir := filepath.Join(t.TempDir(), "prov_1")
+	if err := os.Mkdir(pdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pdir, "funcs.yml"), []byte(providerYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "serve", pdir, "--registry", "none", "--listen", "127.0.0.1:0")
+	select {
+	case l := <-p.line:
+		if !strings.HasPrefix(l, "serving prov_1 on ") {
+			t.Fatalf("serve printed %q, want the service named prov_1", l)
+		}
+	case <-p.done:
+		t.Fatalf("serve exited: %s", p.output())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("serve did not start: %s", p.output())
 	}
 }
 
