@@ -161,6 +161,40 @@ func isClosed(ch chan struct{}) bool {
 	}
 }
 
+// TestDirectoryClosesQuicklyAroundARegistryRestart: a directory closed
+// while its NATS server is down, or just after it restarted (the watch's
+// consumer lost with it, the client reconnected), closes at once and
+// without an error.
+func TestDirectoryClosesQuicklyAroundARegistryRestart(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	open := func() remote.Directory {
+		d, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	closeQuickly := func(d remote.Directory, when string) {
+		t.Helper()
+		start := time.Now()
+		err := d.Close()
+		if took := time.Since(start); err != nil || took > time.Second {
+			t.Errorf("closed %s: %v after %s, want nil at once", when, err, took.Round(time.Millisecond))
+		}
+	}
+	whileDown, afterRestart := open(), open()
+	back := make(chan struct{})
+	go func() { defer close(back); nats.Crash(t, 2*time.Second) }()
+	time.Sleep(time.Second)
+	closeQuickly(whileDown, "while the registry is down")
+	<-back
+	time.Sleep(2500 * time.Millisecond) // the client reconnects (2s wait)
+	closeQuickly(afterRestart, "just after the registry restarted")
+}
+
 // TestNoProviderIsAnOutage: the only provider of a service is SIGKILLed
 // mid-stream and comes back seconds later (after its registration
 // expired): the stream waits the outage out, logging it, and every row
