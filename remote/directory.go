@@ -209,7 +209,7 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 				slog.Default().Debug("remote: watching the registry again failed; retrying", "service", d.service, "err", err)
 				continue
 			}
-			dropWatch(w)
+			dropWatch(w, d.done)
 			w, updates, reconnects = nw, nw.Updates(), n
 		case e, ok := <-updates:
 			if !ok {
@@ -233,14 +233,22 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 // dropWatch stops a watch replaced by a new one, in the background: its
 // consumer may be gone with a restarted server, and asking to delete it
 // waits for a timeout. Its pending entries are discarded so that its
-// delivery never blocks.
-func dropWatch(w jetstream.KeyWatcher) {
+// delivery never blocks, until the watch ends or the directory closes.
+func dropWatch(w jetstream.KeyWatcher, closed <-chan struct{}) {
 	if w == nil {
 		return
 	}
 	go func() {
 		_ = w.Stop()
-		for range w.Updates() {
+		for {
+			select {
+			case _, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+			case <-closed:
+				return
+			}
 		}
 	}()
 }
