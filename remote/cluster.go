@@ -679,20 +679,47 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 		// The step's breaker filter counts this provider's failures, the
 		// function's own as well as the provider's, as it counts a
 		// local function's; an attempt that timed out counts too (the
-		// caller giving up does not).
+		// caller giving up does not), and so does a call whose every row
+		// the function rejected (a provider whose function rejects all it
+		// gets is as broken as one that errs), though it returns its
+		// outcome as any answer.
 		var out *driver.Outcome
 		err := bs.Do(ctx, p.ID, func(context.Context) error {
 			var err error
 			out, err = c.call(ctx, actx, cn, p, req, &rep)
+			if err == nil && everyRowRejected(req, out) {
+				return errEveryRowRejected
+			}
 			return err
 		})
-		if errors.Is(err, filter.ErrBreakerOpen) {
+		switch {
+		case errors.Is(err, filter.ErrBreakerOpen):
 			// Its trial call is taken by another: try elsewhere.
 			return nil, &providerError{p, err}
+		case errors.Is(err, errEveryRowRejected):
+			return out, nil
 		}
 		return out, err
 	}
 	return c.call(ctx, actx, cn, p, req, &rep)
+}
+
+// errEveryRowRejected marks, for the step's breaker filter only, an
+// answer whose every row the function rejected.
+var errEveryRowRejected = errors.New("the function rejected every row of the call")
+
+// everyRowRejected reports whether the function rejected each row of a
+// call of at least one row.
+func everyRowRejected(req *request, out *driver.Outcome) bool {
+	n := req.Rows.len()
+	if n == 0 || len(out.RowErrors) < n {
+		return false
+	}
+	rejected := make(map[int]bool, n)
+	for _, e := range out.RowErrors {
+		rejected[e.Index] = true
+	}
+	return len(rejected) >= n
 }
 
 // call makes the gRPC call of once, actx its attempt's context.

@@ -110,7 +110,9 @@ func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstrea
 // natsDirectory follows a service's registrations in the bucket.
 type natsDirectory struct {
 	nc      *natsgo.Conn
-	w       jetstream.KeyWatcher
+	kv      jetstream.KeyValue
+	service string
+	w       jetstream.KeyWatcher // the first watch; follow owns the later ones
 	cancel  context.CancelFunc
 	done    chan struct{}
 	version string
@@ -148,13 +150,12 @@ func WatchNATS(ctx context.Context, url, bucket, service, version, group string)
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.Background())
-	w, err := kv.Watch(wctx, service+".*")
-	if err != nil {
+	d := &natsDirectory{nc: nc, kv: kv, service: service, cancel: cancel, done: make(chan struct{}), version: version, group: group, known: map[string]seen{}, up: true}
+	if d.w, err = d.watch(wctx); err != nil {
 		cancel()
 		nc.Close()
 		return nil, fmt.Errorf("registry %s: watch %s: %w", url, service, err)
 	}
-	d := &natsDirectory{nc: nc, w: w, cancel: cancel, done: make(chan struct{}), version: version, group: group, known: map[string]seen{}, up: true}
 	// The registrations already there come first, then a nil marker: wait
 	// for it so that the first call sees them.
 	initial := make(chan struct{})
@@ -170,20 +171,52 @@ func WatchNATS(ctx context.Context, url, bucket, service, version, group string)
 	return d, nil
 }
 
+// watch starts a watch of the service's registrations: the current ones
+// come first, then a nil marker, then the updates.
+func (d *natsDirectory) watch(ctx context.Context) (jetstream.KeyWatcher, error) {
+	wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return d.kv.Watch(wctx, d.service+".*")
+}
+
+// follow applies the watch's entries and expires the registrations not
+// refreshed. The watch's consumer lives in the NATS server: one that
+// restarts loses it, and the client would recreate it only after missing
+// its heartbeats for seconds, so follow watches anew (listing the current
+// registrations again, the known ones kept meanwhile) as soon as the
+// connection is back, and whenever the watch ends.
 func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 	defer close(d.done)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	first := true
+	w := d.w
+	updates := w.Updates()
+	reconnects := d.nc.Stats().Reconnects
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 			d.expire(time.Now())
-		case e, ok := <-d.w.Updates():
+			n := d.nc.Stats().Reconnects
+			if (n == reconnects && w != nil) || d.nc.Status() != natsgo.CONNECTED {
+				continue
+			}
+			nw, err := d.watch(ctx)
+			if err != nil {
+				// JetStream may need a moment after a restart: next tick.
+				slog.Default().Debug("remote: watching the registry again failed; retrying", "service", d.service, "err", err)
+				continue
+			}
+			dropWatch(w, d.done)
+			w, updates, reconnects = nw, nw.Updates(), n
+		case e, ok := <-updates:
 			if !ok {
-				return
+				// The watch ended (its subscription closed): watch anew at
+				// the next tick, keeping the known providers meanwhile.
+				w, updates = nil, nil
+				continue
 			}
 			if e == nil {
 				if first {
@@ -195,6 +228,29 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 			d.apply(e)
 		}
 	}
+}
+
+// dropWatch stops a watch replaced by a new one, in the background: its
+// consumer may be gone with a restarted server, and asking to delete it
+// waits for a timeout. Its pending entries are discarded so that its
+// delivery never blocks, until the watch ends or the directory closes.
+func dropWatch(w jetstream.KeyWatcher, closed <-chan struct{}) {
+	if w == nil {
+		return
+	}
+	go func() {
+		_ = w.Stop()
+		for {
+			select {
+			case _, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+			case <-closed:
+				return
+			}
+		}
+	}()
 }
 
 func (d *natsDirectory) apply(e jetstream.KeyValueEntry) {
@@ -275,11 +331,20 @@ func (d *natsDirectory) list(filtered bool) []Provider {
 	defer d.mu.Unlock()
 	now := time.Now()
 	up := d.reachable(now)
-	out := make([]Provider, 0, len(d.known))
+	// One address is one provider: a provider killed and restarted on its
+	// address registers again under a new id while the old registration
+	// waits for its TTL; the newest one is listed.
+	byAddr := make(map[string]seen, len(d.known))
 	for _, s := range d.known {
 		if up && d.stale(s, now) {
 			continue
 		}
+		if o, ok := byAddr[s.p.Addr]; !ok || s.last.After(o.last) || s.last.Equal(o.last) && s.p.ID > o.p.ID {
+			byAddr[s.p.Addr] = s
+		}
+	}
+	out := make([]Provider, 0, len(byAddr))
+	for _, s := range byAddr {
 		if !filtered || (d.version == "" || s.p.Version == d.version) && (d.group == "" || s.p.Group == d.group) {
 			out = append(out, s.p)
 		}
@@ -305,12 +370,15 @@ type Lister interface {
 	Filter() (version, group string)
 }
 
+// Close stops following the registry. It does not ask the server to
+// delete the watch's consumer (which waits for a timeout when the server
+// is down or restarted and lost it): closing the connection ends the
+// subscription, and the server drops the idle ephemeral consumer itself.
 func (d *natsDirectory) Close() error {
 	d.cancel()
-	err := d.w.Stop()
 	<-d.done
 	d.nc.Close()
-	return err
+	return nil
 }
 
 // staticDirectory is a fixed list of providers.
@@ -337,6 +405,9 @@ func Static(addrs []string) (Directory, error) {
 		}
 		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
 			errs = append(errs, fmt.Errorf("static provider %q: want host:port (a port is required)", a))
+			continue
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			errs = append(errs, fmt.Errorf("static provider %q: port %q is not a port number (1 to 65535)", a, port))
 			continue
 		}
 		d = append(d, Provider{ID: a, Addr: a, Weight: w})

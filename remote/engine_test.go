@@ -379,6 +379,60 @@ params:
 	}
 }
 
+// TestBreakerFilterCountsACallWhoseEveryRowIsRejected: a provider whose
+// function rejects every row it gets (a YAML calc failing on each row)
+// answers without an error, but the breaker filter counts such a call as
+// a failure of that provider: after `failures` of them it is left out and
+// the other provider takes the calls. A call with some rows accepted does
+// not count.
+func TestBreakerFilterCountsACallWhoseEveryRowIsRejected(t *testing.T) {
+	t.Parallel()
+	fn := "kistype: func\nfname: Price\nfmode: Calculate\n"
+	provider := func(calc string) string {
+		return serveEngine(t, testenv.Engine(t, kisflow.NewRegistry(), map[string]string{"f.yml": fn + "calc:\n  price: " + calc + "\n"}), "Price")
+	}
+	bad, good := provider("cost * 2"), provider("amount * 2") // the rows have no cost
+	creg := kisflow.NewRegistry()
+	if err := connremote.Install(creg); err != nil {
+		t.Fatal(err)
+	}
+	eng := testenv.Engine(t, creg, map[string]string{"c.yml": fmt.Sprintf(`kistype: conn
+cname: pricing
+type: remote
+addrs: %s,%s
+params:
+  registry: static
+  cluster: failfast
+  loadbalance: round_robin
+  breaker_failures: 0
+---
+`, bad, good) + remotePrice + "  filters:\n    - {name: breaker, params: {failures: 2, cooldown: 1h}}\n---\n" + ordersFlow})
+	ctx := context.Background()
+	rejected := 0
+	for i := range 20 {
+		fl, err := eng.Flow(ctx, "Orders")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = fl.CommitRow(fmt.Sprintf(`{"id":%d,"amount":2}`, i))
+		_ = fl.CommitRow(fmt.Sprintf(`{"id":%d,"amount":3}`, i))
+		res, err := fl.Run(ctx)
+		var re *kisflow.RejectedError
+		switch {
+		case errors.As(err, &re) && len(res.Rejected) == 2:
+			rejected++
+		case err != nil:
+			t.Fatalf("run %d: %v", i, err)
+		case len(res.Rows) != 2:
+			t.Fatalf("run %d: %d rows out, want 2", i, len(res.Rows))
+		}
+	}
+	// Round robin: bad, good, bad (its breaker opens), then good only.
+	if rejected != 2 {
+		t.Fatalf("%d runs had their rows rejected by the bad provider, want 2 (its breaker open after two)", rejected)
+	}
+}
+
 // One trace shows the flow and the remote function: the provider's spans
 // carry the caller's trace ID, and the provider's function span descends
 // from the caller's span of the remote step (gRPC metadata, traceparent).

@@ -84,32 +84,115 @@ func allOut(t *testing.T, dir string, run *proc, total int, within time.Duration
 }
 
 // TestRegistryOutageKeepsTheProviders: the NATS registry is SIGKILLed and
-// down for longer than the providers' TTL while a flow calls them: the caller keeps
-// the last known providers (the registry could deliver no refresh), so the
-// stream never misses a provider and no row is held or dead-lettered.
+// down for longer than the providers' TTL while a flow calls three of
+// them: the caller keeps the last known providers (the registry could
+// deliver no refresh), and once the registry is back it follows it again
+// at once (the watch's consumer died with the server): no provider is ever
+// missed, a provider started after the restart gets calls within about
+// two seconds, no row is held or dead-lettered, and the run's exit is
+// quiet.
 func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 	t.Parallel()
 	nats := testenv.PrivateNATS(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
-	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
-	serving(t, pdir, args...)
-	serving(t, pdir, args...)
+	named := func(name string) string {
+		return writeFiles(t, map[string]string{"funcs.yml": fmt.Sprintf("kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n  by: '%q'\n", name)})
+	}
+	for _, name := range []string{"A", "B", "C"} {
+		serving(t, named(name), args...)
+	}
 	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
 	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
-	const total = 3000
+	const total = 6000
 	down := make(chan struct{})
-	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 6s
-		if i == 500 {
-			go func() { defer close(down); nats.Crash(t, 5*time.Second) }()
+	var back, added, firstCall time.Time
+	byN := func() bool {
+		for _, rs := range readByRows(t, cdir) {
+			for _, r := range rs {
+				if r.By == "N" {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	feed(t, cdir, 0, total, 100*time.Millisecond, func(i int) { // for 12s
+		switch {
+		case i == 500:
+			go func() { defer close(down); nats.Crash(t, 4500*time.Millisecond); back = time.Now() }()
+		case i < 500 || !isClosed(down):
+		case added.IsZero() && time.Since(back) >= 2*time.Second:
+			serving(t, named("N"), args...)
+			added = time.Now()
+		case !added.IsZero() && firstCall.IsZero() && byN():
+			firstCall = time.Now()
 		}
 	})
 	<-down
 	out := allOut(t, cdir, run, total, 30*time.Second)
 	if strings.Contains(out, "unavailable") || strings.Contains(out, "no provider") {
-		t.Fatalf("the caller lost its providers while the registry was down: %s", out)
+		t.Fatalf("the caller lost its providers around the registry's outage: %s", out)
 	}
+	if added.IsZero() {
+		t.Fatalf("the feed ended before the provider added after the restart started")
+	}
+	if firstCall.IsZero() {
+		t.Fatalf("the provider started %s after the registry came back got no call: %s", added.Sub(back).Round(time.Millisecond), out)
+	}
+	if d := firstCall.Sub(added); d > 2500*time.Millisecond {
+		t.Fatalf("the provider started after the registry came back got its first call %s later, want about 2s at most", d.Round(time.Millisecond))
+	}
+	for _, bad := range []string{"ERROR", "close connector"} {
+		if strings.Contains(out, bad) {
+			t.Fatalf("the run logged %q: %s", bad, out)
+		}
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// TestDirectoryClosesQuicklyAroundARegistryRestart: a directory closed
+// while its NATS server is down, or just after it restarted (the watch's
+// consumer lost with it, the client reconnected), closes at once and
+// without an error.
+func TestDirectoryClosesQuicklyAroundARegistryRestart(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	open := func() remote.Directory {
+		d, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	closeQuickly := func(d remote.Directory, when string) {
+		t.Helper()
+		start := time.Now()
+		err := d.Close()
+		if took := time.Since(start); err != nil || took > time.Second {
+			t.Errorf("closed %s: %v after %s, want nil at once", when, err, took.Round(time.Millisecond))
+		}
+	}
+	whileDown, afterRestart := open(), open()
+	back := make(chan struct{})
+	go func() { defer close(back); nats.Crash(t, 2*time.Second) }()
+	time.Sleep(time.Second)
+	closeQuickly(whileDown, "while the registry is down")
+	<-back
+	time.Sleep(2500 * time.Millisecond) // the client reconnects (2s wait)
+	closeQuickly(afterRestart, "just after the registry restarted")
 }
 
 // TestNoProviderIsAnOutage: the only provider of a service is SIGKILLed
@@ -173,6 +256,27 @@ func TestExpiredRegistrationIsNotListed(t *testing.T) {
 	}
 }
 
+// TestRestartedProviderIsListedOnce: a provider killed and restarted on
+// the same address registers under a new id while its old registration
+// is still within its TTL: the directory lists the address once, as the
+// newest registration, so broadcast calls it once.
+func TestRestartedProviderIsListedOnce(t *testing.T) {
+	t.Parallel()
+	url, bucket, service := freshRegistry(t)
+	remote.Register(t, url, bucket, remote.Provider{ID: "old", Service: service, Addr: "127.0.0.1:1", Version: "1", TTL: time.Minute})
+	remote.Register(t, url, bucket, remote.Provider{ID: "other", Service: service, Addr: "127.0.0.1:2", TTL: time.Minute})
+	time.Sleep(50 * time.Millisecond)
+	remote.Register(t, url, bucket, remote.Provider{ID: "a_new", Service: service, Addr: "127.0.0.1:1", Version: "2", TTL: time.Minute})
+	dir := watchNATS(t, url, bucket, service, "", "")
+	got := dir.Providers()
+	if len(got) != 2 || got[0].ID != "a_new" || got[1].ID != "other" {
+		t.Fatalf("the directory lists %+v, want the restarted provider once (its newest registration) and the other", got)
+	}
+	if v := watchNATS(t, url, bucket, service, "1", "").Providers(); len(v) != 0 {
+		t.Fatalf("version 1 lists %+v, want none: the address now serves version 2", v)
+	}
+}
+
 // TestNoProviderOfTheVersionSaysWhichExist: when no provider has the
 // version or group asked for, the call's error names the filter and the
 // versions and groups registered, and marks an outage.
@@ -180,7 +284,7 @@ func TestNoProviderOfTheVersionSaysWhichExist(t *testing.T) {
 	t.Parallel()
 	url, bucket, service := freshRegistry(t)
 	for i, v := range []string{"1.0", "1.0", "2.0"} {
-		remote.Register(t, url, bucket, remote.Provider{ID: fmt.Sprint(i), Service: service, Addr: "127.0.0.1:1", Version: v, Group: "blue", Funcs: []string{"Price"}, TTL: time.Minute})
+		remote.Register(t, url, bucket, remote.Provider{ID: fmt.Sprint(i), Service: service, Addr: fmt.Sprintf("127.0.0.1:%d", i+1), Version: v, Group: "blue", Funcs: []string{"Price"}, TTL: time.Minute})
 	}
 	dir, err := remote.WatchNATS(context.Background(), url, bucket, service, "9", "")
 	if err != nil {
@@ -213,6 +317,8 @@ func TestServeRefusesBadSettings(t *testing.T) {
 	}{
 		{[]string{"--service", "s", "--registry", "127.0.0.1:4222"}, "--registry"},
 		{[]string{"--service", "s", "--registry", "redis://127.0.0.1:6379"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://127.0.0.1"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://127.0.0.1:0"}, "--registry"},
 		{[]string{"--service", "bad name.with.dots"}, "--service"},
 		{[]string{"--service", "s", "--weight", "0"}, "--weight"},
 		{[]string{"--service", "s", "--weight", "-5"}, "--weight"},
@@ -226,6 +332,30 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(string(out), tc.want) {
 			t.Errorf("serve %v: exit %d, %s; want exit 2 naming %s", tc.args, code, out, tc.want)
 		}
+	}
+}
+
+// TestServeNamesTheServiceAfterTheFolder: without --service (nor a serve
+// block), the service is DIR's folder name, as --help says.
+func TestServeNamesTheServiceAfterTheFolder(t *testing.T) {
+	t.Parallel()
+	pdir := filepath.Join(t.TempDir(), "prov_1")
+	if err := os.Mkdir(pdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(pdir, "funcs.yml"), []byte(providerYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "serve", pdir, "--registry", "none", "--listen", "127.0.0.1:0")
+	select {
+	case l := <-p.line:
+		if !strings.HasPrefix(l, "serving prov_1 on ") {
+			t.Fatalf("serve printed %q, want the service named prov_1", l)
+		}
+	case <-p.done:
+		t.Fatalf("serve exited: %s", p.output())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("serve did not start: %s", p.output())
 	}
 }
 

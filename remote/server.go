@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -66,8 +67,8 @@ func (o ServeOptions) Validate() error {
 			return fmt.Errorf("--service: %w", err)
 		}
 		u, err := url.Parse(o.Registry)
-		if err != nil || u.Scheme != "nats" || u.Host == "" {
-			return fmt.Errorf("--registry %q: want nats://host:port (or none, for callers with a static or DNS registry)", o.Registry)
+		if err != nil || u.Scheme != "nats" || u.Hostname() == "" || !validPort(u.Port()) {
+			return fmt.Errorf("--registry %q: want nats://host:port, the port given (or none, for callers with a static or DNS registry)", o.Registry)
 		}
 	}
 	if o.Weight < 0 {
@@ -77,6 +78,12 @@ func (o ServeOptions) Validate() error {
 		return fmt.Errorf("--ttl %s: a TTL is positive", o.TTL)
 	}
 	return nil
+}
+
+// validPort reports whether port is a port number, 1 to 65535.
+func validPort(port string) bool {
+	n, err := strconv.Atoi(port)
+	return err == nil && n >= 1 && n <= 65535
 }
 
 // Serve serves the functions o.Funcs of eng over gRPC until ctx is

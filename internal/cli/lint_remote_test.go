@@ -35,6 +35,8 @@ func TestLintRemoteConnector(t *testing.T) {
 		{"retries capped", "", "retries: 20", ExitOK, `conf.yml:7: warning: connector "pricing" (type remote): param retries: 20 is above the maximum 10: 10 is used`},
 		{"static addrs", "addrs: 127.0.0.1:19151;abc,localhost\n", "registry: static", ExitProblem,
 			`conf.yml:4: connector "pricing": addrs: static provider "127.0.0.1:19151;abc": the weight after ';' must be a whole number of at least 1; static provider "localhost": want host:port (a port is required)`},
+		{"static port", "addrs: localhost:99999,127.0.0.1:0\n", "registry: static", ExitProblem,
+			`conf.yml:4: connector "pricing": addrs: static provider "localhost:99999": port "99999" is not a port number (1 to 65535); static provider "127.0.0.1:0": port "0" is not`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -93,7 +94,12 @@ func serveDir(ctx context.Context, cmd *cobra.Command, reg *kisflow.Registry, di
 		}
 	}
 	if o.Service == "" {
-		return &exitError{code: ExitUsage, err: fmt.Errorf("give the service a name: --service NAME (or service: in the global file's serve block)")}
+		// DIR's folder name, as --help says.
+		abs, err := filepath.Abs(dir)
+		if err != nil {
+			return &exitError{code: ExitUsage, err: fmt.Errorf("give the service a name: --service NAME (%v)", err)}
+		}
+		o.Service = filepath.Base(abs) // checkServe checks it
 	}
 	if err := checkServe(o); err != nil {
 		return &exitError{code: ExitUsage, err: err}
