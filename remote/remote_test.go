@@ -429,7 +429,7 @@ func TestNATSRegistry(t *testing.T) {
 		done := make(chan error, 1)
 		go func() {
 			done <- Serve(sctx, &fakeEngine{}, ServeOptions{Service: service, Registry: url, Bucket: bucket, Version: version, Group: group,
-				TTL: time.Second, Funcs: []string{"F"}, Weight: 7, Ready: func(p Provider) { ready <- p }})
+				TTL: 3 * time.Second, Funcs: []string{"F"}, Weight: 7, Ready: func(p Provider) { ready <- p }})
 		}()
 		select {
 		case p := <-ready:
@@ -441,26 +441,27 @@ func TestNATSRegistry(t *testing.T) {
 	}
 	p1, stop1, done1 := serve("1", "")
 	p2, stop2, done2 := serve("2", "blue")
-	waitFor(dir, 2, time.Second)
-	waitFor(v2, 1, time.Second)
+	waitFor(dir, 2, 5*time.Second)
+	waitFor(v2, 1, 5*time.Second)
 	if got := v2.Providers()[0]; got.Addr != p2.Addr || got.Weight != 7 || got.Funcs[0] != "F" {
 		t.Fatalf("version 2 group blue lists %+v, want %+v", got, p2)
 	}
-	// Heartbeats keep a registration beyond its TTL.
-	time.Sleep(2500 * time.Millisecond)
+	// Heartbeats keep a registration beyond its TTL (3s: a TTL of 1s
+	// missed its refresh under the race detector on a loaded machine).
+	time.Sleep(7 * time.Second)
 	waitFor(dir, 2, 0)
 	// A drained provider is dropped at once.
 	stop1()
 	if err := <-done1; err != nil {
 		t.Fatal(err)
 	}
-	waitFor(dir, 1, time.Second)
+	waitFor(dir, 1, 5*time.Second)
 	if dir.Providers()[0].Addr == p1.Addr {
 		t.Fatal("the drained provider is still listed")
 	}
 	stop2()
 	<-done2
-	waitFor(dir, 0, time.Second)
+	waitFor(dir, 0, 5*time.Second)
 
 	// A registration nobody refreshes (a killed provider) expires after its TTL.
 	nc, kv, err := openBucket(ctx, url, bucket)
