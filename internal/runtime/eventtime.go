@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"reflect"
@@ -164,7 +165,9 @@ func (w *watermarks) fromJSON(data []byte) any {
 	if err != nil || len(vals) == 0 {
 		return nil
 	}
-	raw := vals[0]
+	// The path gives the value as written after the colon: `"ts": 1` and
+	// `"ts":1` are the same field.
+	raw := bytes.TrimSpace(vals[0])
 	if len(raw) > 0 && raw[0] == '"' {
 		var s string
 		if json.Unmarshal(raw, &s) != nil {

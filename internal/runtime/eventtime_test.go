@@ -96,3 +96,19 @@ func TestUntimedMessagesAreLoggedOnce(t *testing.T) {
 		t.Fatalf("logged %d times, want 1:\n%s", n, log.String())
 	}
 }
+
+// A time field reads whatever the JSON's layout: spaces or tabs after the
+// colon (what Python's json.dumps writes) and before the comma.
+func TestTimeFieldReadsSpacedJSON(t *testing.T) {
+	w := newWatermarks("ts", 0, time.Second)
+	for _, row := range []string{
+		`{"ts": 1777636800000, "u": 1}`,
+		`{"ts":	"2026-05-01T12:00:00Z" , "u": 1}`,
+		`{ "ts" :1777636800000 }`,
+		`{"ts":1777636800000}`,
+	} {
+		if _, ok := w.timeOf(&stream.Message{Payload: []byte(row)}); !ok {
+			t.Errorf("%s: the time field does not read", row)
+		}
+	}
+}
