@@ -111,14 +111,7 @@ func fileJob(t *testing.T, reg *kisflow.Registry, rows string, files map[string]
 	files["flow.yml"] = "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: A\nstream:\n  source: in\n  sink: out\n  retry_times: 0\n"
 	files["conns.yml"] = "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n"
 	writeFiles(t, dir, files)
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := dirEngine(t, reg, dir)
 	defer eng.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -176,14 +176,7 @@ func TestJobHTTPIngestAnswersAfterTheRowsAreStored(t *testing.T) {
 		}
 		return nil
 	}))
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := dirEngine(t, reg, dir)
 	ctx := context.Background()
 	defer eng.Close(ctx)
 	_, stop := testenv.StartJob(t, eng, "Ingest")
@@ -340,14 +333,7 @@ func TestJobSourceBatchSize(t *testing.T) {
 			"conns.yml": "kistype: conn\ncname: in\ntype: " + tt.typ + "\nparams:\n  path: in.jsonl\n---\nkistype: conn\ncname: out\ntype: discard\n",
 			"in.jsonl":  lines.String(),
 		})
-		set, err := config.Import(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		eng, err := kisflow.NewEngine(reg, set)
-		if err != nil {
-			t.Fatal(err)
-		}
+		eng := dirEngine(t, reg, dir)
 		job, err := eng.Job(ctx, "S", kisflow.WithStateDir(filepath.Join(dir, "state")))
 		if err != nil {
 			t.Fatal(err)

@@ -669,3 +669,18 @@ func mapFS(docs map[string]string) fstest.MapFS {
 	}
 	return fsys
 }
+
+// dirEngine imports the configuration folder dir and builds an engine of
+// reg over it.
+func dirEngine(t testing.TB, reg *kisflow.Registry, dir string) *kisflow.Engine {
+	t.Helper()
+	set, err := config.Import(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(reg, set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return eng
+}

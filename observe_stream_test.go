@@ -150,14 +150,7 @@ func TestJobReportsTheSourceLag(t *testing.T) {
 		}
 		return nil
 	}))
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := dirEngine(t, reg, dir)
 	defer eng.Close(context.Background())
 	ctx := context.Background()
 	in, err := eng.Connector(ctx, "in")

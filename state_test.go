@@ -358,14 +358,7 @@ func TestStateMisuseErrors(t *testing.T) {
 	reg.MustRegister("Count", kisflow.Func(func(ctx context.Context, f kisflow.Flow, rows []*visit) error {
 		return counts.Set(f, "k", 1)
 	}))
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := dirEngine(t, reg, dir)
 	fl, err := eng.Flow(context.Background(), "Visits")
 	if err != nil {
 		t.Fatal(err)

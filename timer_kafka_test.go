@@ -12,7 +12,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/kisflow-go/kisflow"
-	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/connector/kafka"
 )
 
@@ -78,14 +77,7 @@ params:
 		}
 		return nil
 	}))
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := dirEngine(t, reg, dir)
 	defer eng.Close(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	job, err := eng.Job(ctx, "Marks", kisflow.WithStateDir(filepath.Join(dir, "state")))
