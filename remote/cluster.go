@@ -471,7 +471,8 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 		out, err := c.once(ctx, p, req)
 		if err == nil {
 			if attempt > 0 {
-				c.o.Logger.InfoContext(ctx, "remote call failed over", "service", c.o.Service, "func", req.Func, "to", p.Addr, "attempt", attempt+1)
+				// errs holds why each provider tried before failed.
+				c.o.Logger.InfoContext(ctx, "remote call failed over", "service", c.o.Service, "func", req.Func, "to", p.Addr, "attempt", attempt+1, "failed", errors.Join(errs...).Error())
 			}
 			return out, nil
 		}

@@ -285,6 +285,11 @@ func failOver(t *testing.T, sink, delivery string) {
 	if !strings.Contains(run.output(), "remote call failed over") {
 		t.Fatalf("no call failed over to the live provider: %s", run.output())
 	}
+	for _, l := range strings.Split(run.output(), "\n") {
+		if strings.Contains(l, "remote call failed over") && !strings.Contains(l, "failed=\"provider 127.0.0.1:") {
+			t.Errorf("a failover does not say which provider failed: %s", l)
+		}
+	}
 	dups := 0
 	for _, n := range seen {
 		dups += n - 1
