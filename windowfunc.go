@@ -290,7 +290,7 @@ func (h *windowHandler) bind(fl *flow, layer int) binding {
 
 // windowEntries names the keyed state entries of a window function's step
 // in a flow: all of state name. A lane's clock and its deltas are under a
-// key of the lane's own (laneKey), fields "clock" and "delta N.L SEQ PART"
+// key of the lane's own, one per number of lanes (laneKey), fields "clock" and "delta N.L SEQ PART"
 // (lane L of N, its write SEQ, the source partition PART, "" without).
 // Earlier versions kept one entry per window-group, under the stream key of
 // its rows (fields "window END [VALUES]" and "session [VALUES]"): a lane
@@ -478,13 +478,17 @@ func (w windowEntries) clock(lane, lanes int) state.ID {
 }
 
 // laneKey returns a stream key that the runtime sends to worker lane of
-// lanes: "kisflow.window.lane.N" for the first N that is.
+// lanes: "kisflow.window.lane.LANES.N" for the first N that is. The key
+// names the number of lanes, so that the clock of a lane of one number
+// of workers never takes the entry of a lane of another's, which the
+// lanes that have not taken their share of its windows yet still read.
 func laneKey(lane, lanes int) string {
 	if lanes <= 1 {
 		return "kisflow.window.lane"
 	}
+	prefix := "kisflow.window.lane." + strconv.Itoa(lanes) + "."
 	for i := 0; ; i++ {
-		if k := "kisflow.window.lane." + strconv.Itoa(i); state.Partition(k, lanes) == lane {
+		if k := prefix + strconv.Itoa(i); state.Partition(k, lanes) == lane {
 			return k
 		}
 	}
@@ -578,6 +582,11 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	if ok {
 		if own, err = decodeEntry[windowClockSaved](fl, ents.name, e); err != nil {
 			return nil, stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
+		}
+		// Only this lane's own clock is its clock.
+		ok = own.Lanes == lanes && own.Lane == lane
+		if !ok {
+			own = windowClockSaved{}
 		}
 	}
 	// Partitions that moved to this process (their window-groups loaded)
