@@ -106,3 +106,118 @@ params:
 	f.Close()
 	run(map[int64]int{0: 1, 100: 1, 102: 1, 200: 1, 300: 1, 400: 1})
 }
+
+// TestWindowsKeptAcrossOtherWorkerCounts: the windows open when a run of
+// one number of workers stops are taken over, every row counted, by a run
+// of another number, between any two numbers (each lane keeps a clock
+// entry of its own; one of 3 workers took that of one of 2 as its own
+// and lost the rows of 2->3, 3->2, 4->3 and 2->4). Forty users' rows of
+// 00:00 stay open in the first run; the second appends a row per user at
+// 05:00, which closes them: each user's 00:00 window holds its 10 rows.
+func TestWindowsKeptAcrossOtherWorkerCounts(t *testing.T) {
+	for _, c := range [][2]int{{2, 3}, {3, 2}, {4, 3}, {2, 4}, {1, 3}, {3, 1}} {
+		t.Run(fmt.Sprintf("%d-%d", c[0], c[1]), func(t *testing.T) {
+			t.Parallel()
+			flow := func(workers int) string {
+				return fmt.Sprintf(`kistype: flow
+status: 1
+flow_name: Win
+flows:
+  - fname: Agg
+stream:
+  source: ev
+  sink: db
+  delivery: exactly-once
+  batch_size: 5
+  key: user_id
+  workers: %d
+`, workers)
+			}
+			const users = 40
+			var lines strings.Builder
+			for i := range users * 10 {
+				fmt.Fprintf(&lines, `{"ts":"2026-01-01T00:%02d:%02dZ","user_id":%d,"amt":1}`+"\n", i/60%60, i%60, i%users)
+			}
+			dir := Dir(t, map[string]string{
+				"ev.jsonl": lines.String(),
+				"flow.yml": flow(c[0]),
+				"funcs.yml": `kistype: func
+fname: Agg
+fmode: Calculate
+window: {type: tumbling, size: 1h, time_field: ts, lateness: 30s, late: dead_letter, group_by: [user_id], aggregate: {n: count(), total: sum(amt)}}
+`,
+				"conns.yml": `kistype: conn
+cname: ev
+type: file
+params:
+  path: ev.jsonl
+  follow: true
+  poll: 20ms
+---
+kistype: conn
+cname: db
+type: sqlite
+key: w
+params:
+  path: w.db
+  create: "true"
+  columns: user_id, window_start, window_end, n, total
+`,
+			})
+			db := filepath.Join(dir, "w.db")
+			// user*1000 + rows of each 00:00 window written
+			windows := func() map[int64]int {
+				if _, err := os.Stat(db); err != nil {
+					return nil
+				}
+				return SQLiteCounts(t, db, "SELECT user_id * 1000 + n FROM w WHERE substr(window_start, 12, 2) = '00'")
+			}
+			// Run 1: every row read, no window closes.
+			p := Start(t, dir, nil, "run", ".", "--progress", "never")
+			time.Sleep(2 * time.Second)
+			if p.Exited() {
+				t.Fatalf("kisflow exited:\n%s", p.Output())
+			}
+			p.Signal(syscall.SIGTERM)
+			if code := p.Wait(time.Minute); code != 0 {
+				t.Fatalf("exit %d:\n%s", code, p.Output())
+			}
+			if got := windows(); len(got) != 0 {
+				t.Fatalf("run 1 wrote windows %v", got)
+			}
+			// Run 2, another number of workers: a row per user at 05:00.
+			if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow(c[1])), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			f, err := os.OpenFile(filepath.Join(dir, "ev.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for u := range users {
+				fmt.Fprintf(f, `{"ts":"2026-01-01T05:00:00Z","user_id":%d,"amt":1}`+"\n", u)
+			}
+			f.Close()
+			want := map[int64]int{}
+			for u := range users {
+				want[int64(u*1000+10)] = 1
+			}
+			p = Start(t, dir, nil, "run", ".", "--progress", "never")
+			// The windows written, or (lost rows: a window never written,
+			// or written short) what is after 30s.
+			for end := time.Now().Add(30 * time.Second); len(windows()) < users && time.Now().Before(end); {
+				if p.Exited() {
+					t.Fatalf("kisflow exited:\n%s", p.Output())
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			time.Sleep(300 * time.Millisecond) // anything more would be written by now
+			p.Signal(syscall.SIGTERM)
+			if code := p.Wait(time.Minute); code != 0 {
+				t.Fatalf("exit %d:\n%s", code, p.Output())
+			}
+			if got := windows(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("00:00 windows (user*1000+rows: windows) = %v, want %v\n%s", got, want, p.Output())
+			}
+		})
+	}
+}
