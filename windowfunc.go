@@ -709,12 +709,18 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	slices.SortStableFunc(deltas, func(a, b loadedDelta) int { return cmp.Compare(a.f.seq, b.f.seq) })
 	var infos []*deltaInfo
 	held, last := 0, own.Seq
+	// The lane (number of lanes, lane) that wrote each delta: a window
+	// marked gone by a lane is gone from that lane's earlier deltas only
+	// (another of the last run's lanes, whose watermark is behind, may
+	// hold it open; their Seqs interleave).
+	writer := map[*deltaInfo][2]int{}
 	for _, d := range deltas {
 		var from window.Clock
 		if moved {
 			from = others[[2]int{d.f.lanes, d.f.lane}].Clock
 		}
 		info := &deltaInfo{id: d.id, part: d.f.part}
+		writer[info] = [2]int{d.f.lanes, d.f.lane}
 		err := readDelta(d.data, func(kind byte, data []byte, end int64) error {
 			info.n++
 			switch kind {
@@ -732,7 +738,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			case recWindow:
 				info.other++
 				for k, hg := range ld.fixed[end] {
-					if hg.part() == d.f.part {
+					if hg.part() == d.f.part && (hg.d == nil || writer[hg.d] == writer[info]) {
 						delete(ld.fixed[end], k)
 					}
 				}

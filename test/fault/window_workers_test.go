@@ -221,3 +221,114 @@ params:
 		})
 	}
 }
+
+// TestWindowGoneInOneLaneStaysOpenInAnother: a window that one lane of a
+// run of two workers closed and marked gone (its delta that holds the
+// window's records stays for a later window) stays open for the other
+// lane's groups, whose watermark is behind, when a run with another
+// number of workers takes both over (the mark deleted the other lane's
+// groups of the window: their deltas' Seqs are numbered per lane).
+// Users 1 and 3 share a lane: its first batch writes user 1's 00:00 and
+// user 3's 01:00 groups in one delta (lateness 30m: its watermark is
+// 00:40); its second (user 1 at 01:45) closes 00:00. Users 0 and 2's lane keeps its 00:00 groups open.
+func TestWindowGoneInOneLaneStaysOpenInAnother(t *testing.T) {
+	for _, next := range []int{1, 3} {
+		t.Run(fmt.Sprintf("2-%d", next), func(t *testing.T) {
+			t.Parallel()
+			flow := func(workers int) string {
+				return fmt.Sprintf(`kistype: flow
+status: 1
+flow_name: Win
+flows:
+  - fname: Agg
+stream:
+  source: ev
+  sink: db
+  delivery: exactly-once
+  key: user_id
+  workers: %d
+`, workers)
+			}
+			dir := Dir(t, map[string]string{
+				"ev.jsonl": `{"ts":"2026-01-01T00:10:00Z","user_id":1,"amt":1}
+{"ts":"2026-01-01T01:10:00Z","user_id":3,"amt":1}
+{"ts":"2026-01-01T00:20:00Z","user_id":0,"amt":1}
+{"ts":"2026-01-01T00:30:00Z","user_id":2,"amt":1}
+`,
+				"flow.yml": flow(2),
+				"funcs.yml": `kistype: func
+fname: Agg
+fmode: Calculate
+window: {type: tumbling, size: 1h, time_field: ts, lateness: 30m, group_by: [user_id], aggregate: {n: count(), total: sum(amt)}}
+`,
+				"conns.yml": `kistype: conn
+cname: ev
+type: file
+params:
+  path: ev.jsonl
+  follow: true
+  poll: 20ms
+---
+kistype: conn
+cname: db
+type: sqlite
+key: w
+params:
+  path: w.db
+  create: "true"
+  columns: user_id, window_start, window_end, n, total
+`,
+			})
+			db := filepath.Join(dir, "w.db")
+			windows := func() map[int64]int {
+				if _, err := os.Stat(db); err != nil {
+					return nil
+				}
+				return SQLiteCounts(t, db, "SELECT user_id * 100 + CAST(substr(window_start, 12, 2) AS INTEGER) FROM w")
+			}
+			appendRows := func(rows string) {
+				f, err := os.OpenFile(filepath.Join(dir, "ev.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := f.WriteString(rows); err != nil {
+					t.Fatal(err)
+				}
+				f.Close()
+			}
+			run := func(want map[int64]int, more string) {
+				p := Start(t, dir, nil, "run", ".", "--progress", "never")
+				if more != "" {
+					time.Sleep(time.Second) // the rows above in batches of their own
+					appendRows(more)
+				}
+				for end := time.Now().Add(20 * time.Second); len(windows()) < len(want) && time.Now().Before(end); {
+					if p.Exited() {
+						t.Fatalf("kisflow exited:\n%s", p.Output())
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				time.Sleep(500 * time.Millisecond) // anything more would be written by now
+				p.Signal(syscall.SIGTERM)
+				if code := p.Wait(time.Minute); code != 0 {
+					t.Fatalf("exit %d:\n%s", code, p.Output())
+				}
+				if got := windows(); fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("windows (user*100+hour: rows) = %v, want %v\n%s", got, want, p.Output())
+				}
+			}
+			// Run 1, two workers: user 1's 00:00 window closes.
+			run(map[int64]int{100: 1}, `{"ts":"2026-01-01T01:45:00Z","user_id":1,"amt":1}`+"\n")
+			// Run 2: a row per user at 05:00 closes every window before.
+			if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow(next)), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var rows strings.Builder
+			for u := range 4 {
+				fmt.Fprintf(&rows, `{"ts":"2026-01-01T05:00:00Z","user_id":%d,"amt":1}`+"\n", u)
+			}
+			appendRows(rows.String())
+			run(map[int64]int{0: 1, 100: 1, 101: 1, 200: 1, 301: 1}, "")
+		})
+	}
+}
