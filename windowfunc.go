@@ -695,16 +695,60 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	}
 	if moved {
 		// The deltas of the last run's lanes: this lane's share of them.
+		// A lane of that run that never wrote (no row of its keys came)
+		// did not take its share of the run before it, whose deltas
+		// then hold its keys' groups: each key's groups are loaded from
+		// the newest run whose lane of the key wrote a clock (this
+		// lane's own clock, older than newest, is of such a run too).
+		type gen struct {
+			lanes int
+			at    int64
+			wrote map[int]bool
+		}
+		byLanes := map[int]*gen{}
+		for k, c := range others {
+			gn := byLanes[k[0]]
+			if gn == nil {
+				gn = &gen{lanes: k[0], wrote: map[int]bool{}}
+				byLanes[k[0]] = gn
+			}
+			gn.at, gn.wrote[k[1]] = max(gn.at, c.At), true
+		}
+		if ok {
+			byLanes[lanes] = &gen{lanes: lanes, at: own.At, wrote: map[int]bool{lane: true}}
+		}
+		var gens []*gen
+		for _, gn := range byLanes {
+			gens = append(gens, gn)
+		}
+		slices.SortFunc(gens, func(a, b *gen) int { return cmp.Compare(b.at, a.at) })
 		if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 			f, okf := parseDeltaField(id.Field)
-			if okf && f.lanes == newest.Lanes {
+			if okf && byLanes[f.lanes] != nil {
 				addDelta(id, f, e)
 			}
 			return nil
 		}); err != nil {
 			return nil, err
 		}
-		ld.owns = func(g window.Group) bool { return state.Partition(ents.streamKey(g), lanes) == lane }
+		ld.owns = func(g window.Group, from int) bool {
+			key := ents.streamKey(g)
+			if state.Partition(key, lanes) != lane {
+				return false
+			}
+			if from < 0 {
+				return true
+			}
+			for _, gn := range gens {
+				if gn.lanes == from {
+					return true
+				}
+				if gn.wrote[state.Partition(key, gn.lanes)] {
+					return false // the newer run's lane of the key has it
+				}
+			}
+			return false
+		}
 	}
 	slices.SortStableFunc(deltas, func(a, b loadedDelta) int { return cmp.Compare(a.f.seq, b.f.seq) })
 	var infos []*deltaInfo
@@ -718,6 +762,9 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 		var from window.Clock
 		if moved {
 			from = others[[2]int{d.f.lanes, d.f.lane}].Clock
+			if d.f.lanes == lanes {
+				from = own.Clock
+			}
 		}
 		info := &deltaInfo{id: d.id, part: d.f.part}
 		writer[info] = [2]int{d.f.lanes, d.f.lane}
@@ -725,7 +772,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			info.n++
 			switch kind {
 			case recGroup:
-				g, err := ld.add(data, info, from)
+				g, err := ld.add(data, info, from, d.f.lanes)
 				if err != nil {
 					return err
 				}
@@ -847,7 +894,9 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 type groupLoad struct {
 	fixed map[int64]map[string]heldGroup // by window end, then group key
 	sess  map[string]heldGroup
-	owns  func(window.Group) bool // nil: every group is the lane's
+	// owns reports whether a group of a delta of a run of lanes lanes
+	// (-1: an entry of its own) is the lane's to load; nil: every group is.
+	owns func(g window.Group, lanes int) bool
 }
 
 // heldGroup is a window-group's encoding, the delta that held it (nil for
@@ -871,21 +920,21 @@ func (hg heldGroup) part() string {
 
 // put records data, a group of an entry of its own of partition part.
 func (l *groupLoad) put(data []byte, part string, from window.Clock) error {
-	_, err := l.record(data, heldGroup{data: data, p: part, from: from})
+	_, err := l.record(data, heldGroup{data: data, p: part, from: from}, -1)
 	return err
 }
 
 // add records data, a group of delta d.
-func (l *groupLoad) add(data []byte, d *deltaInfo, from window.Clock) (window.Group, error) {
-	return l.record(data, heldGroup{data: data, d: d, p: d.part, from: from})
+func (l *groupLoad) add(data []byte, d *deltaInfo, from window.Clock, lanes int) (window.Group, error) {
+	return l.record(data, heldGroup{data: data, d: d, p: d.part, from: from}, lanes)
 }
 
-func (l *groupLoad) record(data []byte, hg heldGroup) (window.Group, error) {
+func (l *groupLoad) record(data []byte, hg heldGroup, lanes int) (window.Group, error) {
 	g, err := window.GroupOf(data)
 	if err != nil {
 		return g, err
 	}
-	if l.owns != nil && !l.owns(g) {
+	if l.owns != nil && !l.owns(g, lanes) {
 		return g, nil
 	}
 	if g.Session {

@@ -332,3 +332,68 @@ params:
 		})
 	}
 }
+
+// TestWindowsKeptAcrossAWorkerThatGotNoRows: 2 -> 3 -> 2 workers, where
+// the run of 3 gets rows of two users only, so a lane of it may never
+// write: it never took its share of the first run's windows, which the
+// third run must take from the first run's deltas (they were lost).
+func TestWindowsKeptAcrossAWorkerThatGotNoRows(t *testing.T) {
+	flow := func(workers int) string {
+		return fmt.Sprintf("kistype: flow\nstatus: 1\nflow_name: Win\nflows:\n  - fname: Agg\nstream:\n  source: ev\n  sink: db\n  delivery: exactly-once\n  key: user_id\n  workers: %d\n", workers)
+	}
+	const users = 30
+	var lines strings.Builder
+	for i := range users * 20 {
+		fmt.Fprintf(&lines, `{"ts":"2026-01-01T00:%02d:%02dZ","user_id":%d,"amt":1}`+"\n", i/60%60, i%60, i%users)
+	}
+	dir := Dir(t, map[string]string{
+		"ev.jsonl":  lines.String(),
+		"flow.yml":  flow(2),
+		"funcs.yml": "kistype: func\nfname: Agg\nfmode: Calculate\nwindow: {type: tumbling, size: 1h, time_field: ts, lateness: 30s, group_by: [user_id], aggregate: {n: count(), total: sum(amt)}}\n",
+		"conns.yml": "kistype: conn\ncname: ev\ntype: file\nparams:\n  path: ev.jsonl\n  follow: true\n  poll: 20ms\n---\nkistype: conn\ncname: db\ntype: sqlite\nkey: w\nparams:\n  path: w.db\n  create: \"true\"\n  columns: user_id, window_start, window_end, n, total\n",
+	})
+	db := filepath.Join(dir, "w.db")
+	windows := func() map[int64]int {
+		if _, err := os.Stat(db); err != nil {
+			return nil
+		}
+		return SQLiteCounts(t, db, "SELECT user_id * 1000 + n FROM w WHERE substr(window_start, 12, 2) = '00'")
+	}
+	run := func(workers int, more string, n int) {
+		if err := os.WriteFile(filepath.Join(dir, "flow.yml"), []byte(flow(workers)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(filepath.Join(dir, "ev.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(more); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		p := Start(t, dir, nil, "run", ".", "--progress", "never")
+		for end := time.Now().Add(20 * time.Second); len(windows()) < n && time.Now().Before(end); {
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		p.Signal(syscall.SIGTERM)
+		if code := p.Wait(time.Minute); code != 0 {
+			t.Fatalf("exit %d:\n%s", code, p.Output())
+		}
+	}
+	run(2, "", 0)
+	run(3, `{"ts":"2026-01-01T00:59:00Z","user_id":1,"amt":1}`+"\n"+`{"ts":"2026-01-01T00:59:00Z","user_id":2,"amt":1}`+"\n", 0)
+	var closing strings.Builder
+	want := map[int64]int{}
+	for u := range users {
+		fmt.Fprintf(&closing, `{"ts":"2026-01-01T05:00:00Z","user_id":%d,"amt":1}`+"\n", u)
+		want[int64(u*1000+20)] = 1
+	}
+	want[1021], want[2021] = 1, 1
+	delete(want, 1020)
+	delete(want, 2020)
+	run(2, closing.String(), users)
+	if got := windows(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("00:00 windows (user*1000+rows: windows) = %v, want %v", got, want)
+	}
+}
