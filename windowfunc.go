@@ -290,7 +290,7 @@ func (h *windowHandler) bind(fl *flow, layer int) binding {
 
 // windowEntries names the keyed state entries of a window function's step
 // in a flow: all of state name. A lane's clock and its deltas are under a
-// key of the lane's own (laneKey), fields "clock" and "delta N.L SEQ PART"
+// key of the lane's own, one per number of lanes (laneKey), fields "clock" and "delta N.L SEQ PART"
 // (lane L of N, its write SEQ, the source partition PART, "" without).
 // Earlier versions kept one entry per window-group, under the stream key of
 // its rows (fields "window END [VALUES]" and "session [VALUES]"): a lane
@@ -478,13 +478,17 @@ func (w windowEntries) clock(lane, lanes int) state.ID {
 }
 
 // laneKey returns a stream key that the runtime sends to worker lane of
-// lanes: "kisflow.window.lane.N" for the first N that is.
+// lanes: "kisflow.window.lane.LANES.N" for the first N that is. The key
+// names the number of lanes, so that the clock of a lane of one number
+// of workers never takes the entry of a lane of another's, which the
+// lanes that have not taken their share of its windows yet still read.
 func laneKey(lane, lanes int) string {
 	if lanes <= 1 {
 		return "kisflow.window.lane"
 	}
+	prefix := "kisflow.window.lane." + strconv.Itoa(lanes) + "."
 	for i := 0; ; i++ {
-		if k := "kisflow.window.lane." + strconv.Itoa(i); state.Partition(k, lanes) == lane {
+		if k := prefix + strconv.Itoa(i); state.Partition(k, lanes) == lane {
 			return k
 		}
 	}
@@ -578,6 +582,11 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	if ok {
 		if own, err = decodeEntry[windowClockSaved](fl, ents.name, e); err != nil {
 			return nil, stream.Fatal(fmt.Errorf("function %q: saved windows: %w", h.name, err))
+		}
+		// Only this lane's own clock is its clock.
+		ok = own.Lanes == lanes && own.Lane == lane
+		if !ok {
+			own = windowClockSaved{}
 		}
 	}
 	// Partitions that moved to this process (their window-groups loaded)
@@ -686,31 +695,84 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 	}
 	if moved {
 		// The deltas of the last run's lanes: this lane's share of them.
+		// A lane of that run that never wrote (no row of its keys came)
+		// did not take its share of the run before it, whose deltas
+		// then hold its keys' groups: each key's groups are loaded from
+		// the newest run whose lane of the key wrote a clock (this
+		// lane's own clock, older than newest, is of such a run too).
+		type gen struct {
+			lanes int
+			at    int64
+			wrote map[int]bool
+		}
+		byLanes := map[int]*gen{}
+		for k, c := range others {
+			gn := byLanes[k[0]]
+			if gn == nil {
+				gn = &gen{lanes: k[0], wrote: map[int]bool{}}
+				byLanes[k[0]] = gn
+			}
+			gn.at, gn.wrote[k[1]] = max(gn.at, c.At), true
+		}
+		if ok {
+			byLanes[lanes] = &gen{lanes: lanes, at: own.At, wrote: map[int]bool{lane: true}}
+		}
+		var gens []*gen
+		for _, gn := range byLanes {
+			gens = append(gens, gn)
+		}
+		slices.SortFunc(gens, func(a, b *gen) int { return cmp.Compare(b.at, a.at) })
 		if err := x.CommittedEntries(ents.name, func(id state.ID, e state.Entry) error {
 			f, okf := parseDeltaField(id.Field)
-			if okf && f.lanes == newest.Lanes {
+			if okf && byLanes[f.lanes] != nil {
 				addDelta(id, f, e)
 			}
 			return nil
 		}); err != nil {
 			return nil, err
 		}
-		ld.owns = func(g window.Group) bool { return state.Partition(ents.streamKey(g), lanes) == lane }
+		ld.owns = func(g window.Group, from int) bool {
+			key := ents.streamKey(g)
+			if state.Partition(key, lanes) != lane {
+				return false
+			}
+			if from < 0 {
+				return true
+			}
+			for _, gn := range gens {
+				if gn.lanes == from {
+					return true
+				}
+				if gn.wrote[state.Partition(key, gn.lanes)] {
+					return false // the newer run's lane of the key has it
+				}
+			}
+			return false
+		}
 	}
 	slices.SortStableFunc(deltas, func(a, b loadedDelta) int { return cmp.Compare(a.f.seq, b.f.seq) })
 	var infos []*deltaInfo
 	held, last := 0, own.Seq
+	// The lane (number of lanes, lane) that wrote each delta: a window
+	// marked gone by a lane is gone from that lane's earlier deltas only
+	// (another of the last run's lanes, whose watermark is behind, may
+	// hold it open; their Seqs interleave).
+	writer := map[*deltaInfo][2]int{}
 	for _, d := range deltas {
 		var from window.Clock
 		if moved {
 			from = others[[2]int{d.f.lanes, d.f.lane}].Clock
+			if d.f.lanes == lanes {
+				from = own.Clock
+			}
 		}
 		info := &deltaInfo{id: d.id, part: d.f.part}
+		writer[info] = [2]int{d.f.lanes, d.f.lane}
 		err := readDelta(d.data, func(kind byte, data []byte, end int64) error {
 			info.n++
 			switch kind {
 			case recGroup:
-				g, err := ld.add(data, info, from)
+				g, err := ld.add(data, info, from, d.f.lanes)
 				if err != nil {
 					return err
 				}
@@ -723,7 +785,7 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 			case recWindow:
 				info.other++
 				for k, hg := range ld.fixed[end] {
-					if hg.part() == d.f.part {
+					if hg.part() == d.f.part && (hg.d == nil || writer[hg.d] == writer[info]) {
 						delete(ld.fixed[end], k)
 					}
 				}
@@ -832,7 +894,9 @@ func (ln *windowLane) sync(fl *flow, h *windowHandler, x *state.Txn, ents window
 type groupLoad struct {
 	fixed map[int64]map[string]heldGroup // by window end, then group key
 	sess  map[string]heldGroup
-	owns  func(window.Group) bool // nil: every group is the lane's
+	// owns reports whether a group of a delta of a run of lanes lanes
+	// (-1: an entry of its own) is the lane's to load; nil: every group is.
+	owns func(g window.Group, lanes int) bool
 }
 
 // heldGroup is a window-group's encoding, the delta that held it (nil for
@@ -856,21 +920,21 @@ func (hg heldGroup) part() string {
 
 // put records data, a group of an entry of its own of partition part.
 func (l *groupLoad) put(data []byte, part string, from window.Clock) error {
-	_, err := l.record(data, heldGroup{data: data, p: part, from: from})
+	_, err := l.record(data, heldGroup{data: data, p: part, from: from}, -1)
 	return err
 }
 
 // add records data, a group of delta d.
-func (l *groupLoad) add(data []byte, d *deltaInfo, from window.Clock) (window.Group, error) {
-	return l.record(data, heldGroup{data: data, d: d, p: d.part, from: from})
+func (l *groupLoad) add(data []byte, d *deltaInfo, from window.Clock, lanes int) (window.Group, error) {
+	return l.record(data, heldGroup{data: data, d: d, p: d.part, from: from}, lanes)
 }
 
-func (l *groupLoad) record(data []byte, hg heldGroup) (window.Group, error) {
+func (l *groupLoad) record(data []byte, hg heldGroup, lanes int) (window.Group, error) {
 	g, err := window.GroupOf(data)
 	if err != nil {
 		return g, err
 	}
-	if l.owns != nil && !l.owns(g) {
+	if l.owns != nil && !l.owns(g, lanes) {
 		return g, nil
 	}
 	if g.Session {
