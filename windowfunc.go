@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1183,10 +1184,63 @@ type windowBinding struct {
 	ents     windowEntries
 	keyField string // the flow's stream.key when it is a group_by field
 	rows     rowReader
-	flat     flatjson.Decoder
+	flats    []flatjson.Decoder // one a chunk of a batch decoded in parallel (see decode)
+	decoded  []bool             // decoded[i]: in[i] is flat JSON, decoded into pool[i]
 	maps     []map[string]any
 	at       []int            // at[i] is the input position of maps[i]
-	pool     []map[string]any // maps JSON rows are decoded into, reused from run to run
+	pool     []map[string]any // pool[i] is the map in[i] is decoded into, reused from run to run
+}
+
+// parallelChunk is the fewest rows a goroutine of decode takes: below it a
+// batch is decoded by the worker alone, for a goroutine costs more than
+// the rows it would take.
+const parallelChunk = 1024
+
+// decode decodes the flat JSON rows of in, in[i] into pool[i], and notes
+// in decoded which were. Decoding is most of a window function's cost
+// per row and each row's is independent of the others', so a large batch
+// is cut into chunks decoded in parallel, one per CPU the process may
+// use: the worker then waits for the slowest chunk only, and the operator
+// still sees the rows in their order (call reads them in order after).
+func (b *windowBinding) decode(in []any) {
+	for len(b.pool) < len(in) {
+		b.pool = append(b.pool, make(map[string]any, 8))
+	}
+	b.decoded = slices.Grow(b.decoded[:0], len(in))[:len(in)]
+	chunks := min(runtime.GOMAXPROCS(0), len(in)/parallelChunk)
+	if chunks < 1 {
+		chunks = 1
+	}
+	for len(b.flats) < chunks {
+		b.flats = append(b.flats, flatjson.Decoder{})
+	}
+	part := func(c int) {
+		lo, hi := c*len(in)/chunks, (c+1)*len(in)/chunks
+		d := &b.flats[c]
+		for i := lo; i < hi; i++ {
+			var data []byte
+			switch v := in[i].(type) {
+			case string:
+				data = unsafe.Slice(unsafe.StringData(v), len(v))
+			case []byte:
+				data = v
+			default:
+				b.decoded[i] = false
+				continue
+			}
+			b.decoded[i] = d.DecodeInto(b.pool[i], data)
+		}
+	}
+	if chunks == 1 {
+		part(0)
+		return
+	}
+	var wg sync.WaitGroup
+	for c := 1; c < chunks; c++ {
+		wg.Go(func() { part(c) })
+	}
+	part(0)
+	wg.Wait()
 }
 
 func (b *windowBinding) call(ctx context.Context, in []any) error {
@@ -1199,8 +1253,9 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 	if lanes > 1 && lane >= 0 && b.keyField == "" {
 		return stream.Fatal(fmt.Errorf("function %q: a window in a flow with %d workers needs the flow's stream.key set to one of its group_by fields (%s), so that every row of a group goes to one worker", b.h.name, lanes, strings.Join(b.h.spec.GroupBy, ", ")))
 	}
+	b.decode(in)
 	for i, row := range in {
-		m, err := b.fields(row)
+		m, err := b.fields(i, row)
 		if err == nil && lanes > 1 && lane >= 0 {
 			err = b.owned(m, lanes, lane)
 		}
@@ -1228,10 +1283,7 @@ func (b *windowBinding) call(ctx context.Context, in []any) error {
 	for _, r := range out {
 		b.fl.run.Commit(r)
 	}
-	clear(b.maps)
-	for _, m := range b.pool {
-		clear(m) // keep no value of this run alive
-	}
+	clear(b.maps) // the pool's maps are cleared as the next batch is decoded into them
 	if b.fl.flushing != flushNone {
 		// A flush goes on to the windows further on whatever this one emitted.
 		b.fl.run.Act(engine.Action{ForceEntryNext: true})
@@ -1253,25 +1305,13 @@ func (b *windowBinding) owned(m map[string]any, lanes, lane int) error {
 	return fmt.Errorf("window: the row's stream key field %q (%q) is not the key it was sent to this worker by: with workers > 1 every row needs the field, written alike (a number as a whole number or a decimal, not both; a string without escapes)", b.keyField, k)
 }
 
-// fields reads a row as fields. The operator keeps nothing of the maps it
-// is given, so flat JSON rows are decoded into maps of the binding's own,
-// reused; other rows are read as every YAML function reads them.
-func (b *windowBinding) fields(row any) (map[string]any, error) {
-	var data []byte
-	switch v := row.(type) {
-	case string:
-		data = unsafe.Slice(unsafe.StringData(v), len(v))
-	case []byte:
-		data = v
-	default:
-		return b.rows.fields(row, false)
-	}
-	n := len(b.maps)
-	if n == len(b.pool) {
-		b.pool = append(b.pool, make(map[string]any, 8))
-	}
-	if m := b.pool[n]; b.flat.DecodeInto(m, data) {
-		return m, nil
+// fields reads in[i], row, as fields: the map decode filled when the row
+// is flat JSON, else as every YAML function reads a row. The operator
+// keeps nothing of the maps it is given, so flat JSON rows are decoded
+// into maps of the binding's own, reused.
+func (b *windowBinding) fields(i int, row any) (map[string]any, error) {
+	if b.decoded[i] {
+		return b.pool[i], nil
 	}
 	return b.rows.fields(row, false)
 }

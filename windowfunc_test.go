@@ -189,3 +189,100 @@ func TestWindowLatePoliciesInAFlow(t *testing.T) {
 		})
 	}
 }
+
+// TestWindowLargeBatch runs one batch large enough to be decoded in
+// parallel chunks, its rows JSON strings, JSON bytes, maps, malformed JSON
+// and rows without the time field mixed: every good row must be counted
+// in its group, and each bad one rejected at its own position with its
+// own row, whichever chunk it fell in.
+func TestWindowLargeBatch(t *testing.T) {
+	t.Parallel()
+	yml := "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: W\n---\n" +
+		"kistype: func\nfname: W\nfmode: Calculate\n" +
+		"window: {type: tumbling, size: 1m, time_field: ts, group_by: [u], aggregate: {n: count(), s: sum(v)}}\n"
+	set, err := config.ImportFS(fstest.MapFS{"f.yml": {Data: []byte(yml)}}, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(kisflow.NewRegistry(), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	defer eng.Close(ctx)
+	fl, err := eng.Flow(ctx, "F")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rows = 9001
+	wantN, wantS := map[int]int{}, map[int]float64{}
+	bad := map[int]any{}
+	for i := range rows {
+		u, v := i%7, float64(i%13)
+		var row any
+		switch i % 5 {
+		case 0:
+			row = fmt.Sprintf(`{"u":%d,"v":%g,"ts":"2026-05-01T12:00:%02dZ"}`, u, v, i%60)
+		case 1:
+			row = []byte(fmt.Sprintf(`{"ts":"2026-05-01T12:00:%02dZ", "v":%g, "u":%d}`, i%60, v, u))
+		case 2:
+			row = map[string]any{"u": u, "v": v, "ts": "2026-05-01T12:00:30Z"}
+		case 3:
+			if i%3 == 0 {
+				row = fmt.Sprintf(`{"u":%d,"v":%g,"ts":"2026-05-01T12:00:01Z"`, u, v) // no closing brace
+			} else {
+				row = fmt.Sprintf(`{"u":%d,"v":%g}`, u, v) // no time field
+			}
+		case 4:
+			row = fmt.Sprintf(`{"u":%d,"v":%g,"ts":"2026-05-01T12:00:59.5Z","x":{"deep":[1,2]}}`, u, v) // not flat
+		}
+		if i%5 == 3 {
+			bad[i] = row
+		} else {
+			wantN[u]++
+			wantS[u] += v
+		}
+		if err := fl.CommitRow(row); err != nil {
+			t.Fatal(err)
+		}
+		if i == rows/2 || i == rows-1 {
+			// Two batches: the second must not see anything of the first.
+			res, _ := fl.Run(ctx)
+			if len(res.Rows) != 0 {
+				t.Fatalf("%d rows before the window closed", len(res.Rows))
+			}
+			first := 0
+			if i == rows-1 {
+				first = rows/2 + 1
+			}
+			for _, re := range res.Rejected {
+				row, ok := bad[first+re.Index]
+				if !ok || fmt.Sprint(re.Row) != fmt.Sprint(row) {
+					t.Fatalf("row %d (%v) rejected: %v", first+re.Index, re.Row, re.Err)
+				}
+				delete(bad, first+re.Index)
+			}
+		}
+	}
+	if len(bad) != 0 {
+		t.Fatalf("%d bad rows not rejected", len(bad))
+	}
+	// A row of the next minute, past the lateness, closes the window.
+	if err := fl.CommitRow(`{"u":0,"v":0,"ts":"2026-05-01T12:05:00Z"}`); err != nil {
+		t.Fatal(err)
+	}
+	res, err := fl.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rows) != len(wantN) {
+		t.Fatalf("%d window rows, want %d: %v", len(res.Rows), len(wantN), res.Rows)
+	}
+	for _, r := range res.Rows {
+		m := r.(map[string]any)
+		u := int(m["u"].(int64))
+		if m["n"] != int64(wantN[u]) || m["s"] != wantS[u] {
+			t.Errorf("group %d: n %v s %v, want %d %g", u, m["n"], m["s"], wantN[u], wantS[u])
+		}
+	}
+}
