@@ -398,3 +398,40 @@ func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
 		}
 	}
 }
+
+// TestServeRegistersWhenTheRegistryComesUp: `kisflow serve` started while
+// its NATS registry is down serves anyway (it logs that it is
+// unregistered), registers once the registry is up, logs it, and a flow
+// then finds and calls it.
+func TestServeRegistersWhenTheRegistryComesUp(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats.Stop()
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	p, _ := serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s")
+	waitFor(t, p, "registry unreachable; serving unregistered", 5*time.Second)
+	time.Sleep(time.Second) // attempts again, with backoff
+	nats.Start(t)
+	waitFor(t, p, "remote: registered after", 10*time.Second)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--progress", "never")
+	feed(t, cdir, 0, 200, 10*time.Millisecond, nil)
+	allOut(t, cdir, run, 200, 30*time.Second)
+	select {
+	case <-p.done:
+		t.Fatalf("serve exited: %s", p.output())
+	default:
+	}
+}
+
+// waitFor waits until p's output holds want.
+func waitFor(t *testing.T, p *proc, want string, within time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !strings.Contains(p.output(), want); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within %s: %s", want, within, p.output())
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,7 +50,9 @@ type ServeOptions struct {
 	Drain  time.Duration
 	Logger *slog.Logger
 	// Ready, when set, is called once the listener is bound and the
-	// provider registered, with the registration.
+	// provider registered, with the registration; or, when the registry
+	// could not be reached, once the first attempt to register failed (it
+	// is logged, and made again with backoff while the provider serves).
 	Ready func(p Provider)
 }
 
@@ -87,8 +88,11 @@ func validPort(port string) bool {
 }
 
 // Serve serves the functions o.Funcs of eng over gRPC until ctx is
-// cancelled, registered in o.Registry while it does: it registers on start,
-// refreshes the registration every third of its TTL, and on cancellation
+// cancelled, registered in o.Registry while it does: it registers on start
+// (a registry it cannot reach is logged, and tried again with backoff up
+// to 5s while the provider serves; a registry URL that is not
+// nats://host:port is an error at once), refreshes the registration every
+// third of its TTL, and on cancellation
 // deregisters first (callers stop choosing it), then lets the calls in
 // flight finish (within o.Drain) and returns.
 func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
@@ -134,52 +138,12 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	_, _ = rand.Read(idb)
 	p := Provider{ID: hex.EncodeToString(idb), Service: o.Service, Addr: ln.Addr().String(), Version: o.Version, Group: o.Group,
 		Weight: o.Weight, Funcs: slices.Sorted(slices.Values(o.Funcs)), TTL: o.TTL}
-	stopped := make(chan struct{})
-	var hb chan struct{}
-	var deregister func()
+	var reg *registrar
 	if register {
-		nc, kv, err := openBucket(ctx, o.Registry, o.Bucket)
-		if err != nil {
-			srv.Stop()
-			return err
-		}
-		defer nc.Close()
-		val, _ := json.Marshal(p)
-		key := natsKey(o.Service, p.ID)
-		if _, err := kv.Put(ctx, key, val); err != nil {
-			srv.Stop()
-			return fmt.Errorf("registry %s: register %s: %w", o.Registry, key, err)
-		}
-		every, err := refreshEvery(ctx, kv, o.TTL)
-		if err != nil {
-			srv.Stop()
-			return fmt.Errorf("registry %s: %w", o.Registry, err)
-		}
-		hb = make(chan struct{})
-		go func() {
-			defer close(hb)
-			t := time.NewTicker(every)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopped:
-					return
-				case <-t.C:
-					pctx, cancel := context.WithTimeout(context.Background(), every)
-					if _, err := kv.Put(pctx, key, val); err != nil {
-						o.Logger.Warn("remote: registration not refreshed; retrying", "key", key, "err", err)
-					}
-					cancel()
-				}
-			}
-		}()
-		deregister = func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := kv.Delete(dctx, key); err != nil {
-				o.Logger.Warn("remote: registration not deleted; callers drop it after its TTL", "key", key, "ttl", o.TTL, "err", err)
-			}
-		}
+		// A registry down at start does not stop the provider: it serves,
+		// and registers once the registry answers (see registrar).
+		reg = newRegistrar(o, p)
+		_ = reg.start()
 	}
 	if o.Ready != nil {
 		o.Ready(p)
@@ -187,21 +151,13 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	select {
 	case <-ctx.Done():
 	case err := <-served:
-		close(stopped)
-		if hb != nil {
-			<-hb
-		}
-		if deregister != nil {
-			deregister()
+		if reg != nil {
+			reg.close()
 		}
 		return fmt.Errorf("serving on %s: %w", p.Addr, err)
 	}
-	close(stopped)
-	if hb != nil {
-		<-hb
-	}
-	if deregister != nil {
-		deregister()
+	if reg != nil {
+		reg.close()
 	}
 	done := make(chan struct{})
 	close(impl.draining) // call streams end once their call in flight has
