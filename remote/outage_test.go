@@ -435,3 +435,29 @@ func waitFor(t *testing.T, p *proc, want string, within time.Duration) {
 		}
 	}
 }
+
+// TestRemoteLogsInTheRunsFormat: what a remote connector logs while a flow
+// runs (here its registry's outage) comes out through the run's logger, in
+// the format of the run's other lines, not through slog.Default's.
+func TestRemoteLogsInTheRunsFormat(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s")
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--progress", "never")
+	feed(t, cdir, 0, 100, 10*time.Millisecond, nil)
+	nats.Stop()
+	waitFor(t, run, "remote: registry unreachable", 10*time.Second)
+	nats.Start(t)
+	feed(t, cdir, 100, 200, 10*time.Millisecond, nil)
+	out := allOut(t, cdir, run, 200, 30*time.Second)
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "remote: registry unreachable") &&
+			(!strings.HasPrefix(l, "time=") || !strings.Contains(l, " level=WARN ") || !strings.Contains(l, " connector=pricing")) {
+			t.Fatalf("the registry outage was logged as %q, not in the run's format (time=... level=WARN msg=... connector=pricing):\n%s", l, out)
+		}
+	}
+}

@@ -619,7 +619,7 @@ func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
 		}
 		return records, nil
 	}
-	d, err := watchDNS(context.Background(), "_grpc._tcp.pricing", 20*time.Millisecond, lookup)
+	d, err := watchDNS(context.Background(), "_grpc._tcp.pricing", 20*time.Millisecond, slog.Default(), lookup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,7 +644,7 @@ func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
 	if n := len(d.Providers()); n != 2 {
 		t.Fatalf("a failed lookup changed the list to %d providers: it must keep the last", n)
 	}
-	if _, err := watchDNS(context.Background(), "_grpc._tcp.pricing", time.Second, lookup); err == nil {
+	if _, err := watchDNS(context.Background(), "_grpc._tcp.pricing", time.Second, slog.Default(), lookup); err == nil {
 		t.Fatal("a first lookup that fails must be an error")
 	}
 }
