@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -102,6 +103,46 @@ func watchConfig(opts []WatchOption) watchOptions {
 
 // natsKey is a provider's key in the bucket.
 func natsKey(service, id string) string { return service + "." + id }
+
+// DefaultNATSPort is the port of a NATS URL that gives none, as nats.go
+// reads it.
+const DefaultNATSPort = natsgo.DefaultPort
+
+// NATSURL checks a NATS registry's address as nats.go takes it: URLs
+// separated by commas, each [nats://|tls://]host[:port] (user info
+// allowed), and returns it with the scheme and the port of each URL
+// written out: a URL without a port has DefaultNATSPort (4222), as nats.go
+// connects to it. A URL that nats.go could never connect to (another
+// scheme, no host, a port that is not 1 to 65535, a path) is an error.
+func NATSURL(servers string) (string, error) {
+	var out []string
+	for _, s := range strings.Split(servers, ",") {
+		raw := strings.TrimSpace(s)
+		if raw == "" {
+			continue
+		}
+		s = raw
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := neturl.Parse(s)
+		switch {
+		case err != nil, u.Scheme != "nats" && u.Scheme != "tls", u.Hostname() == "", u.Path != "" && u.Path != "/", u.RawQuery != "", u.Opaque != "":
+			return "", fmt.Errorf("NATS server %q: want nats://host[:port] (port %d when not given)", raw, DefaultNATSPort)
+		}
+		if port := u.Port(); port == "" {
+			u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(DefaultNATSPort))
+		} else if !validPort(port) {
+			return "", fmt.Errorf("NATS server %q: port %q is not a port number (1 to 65535)", raw, port)
+		}
+		u.Path = ""
+		out = append(out, u.String())
+	}
+	if len(out) == 0 {
+		return "", fmt.Errorf("no NATS server given: want nats://host[:port]")
+	}
+	return strings.Join(out, ","), nil
+}
 
 // openBucket connects to the NATS server at url and opens (or creates)
 // the registry's key-value bucket.

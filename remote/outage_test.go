@@ -315,10 +315,11 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--service", "s", "--registry", "127.0.0.1:4222"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "http://127.0.0.1:4222"}, "--registry"},
 		{[]string{"--service", "s", "--registry", "redis://127.0.0.1:6379"}, "--registry"},
-		{[]string{"--service", "s", "--registry", "nats://127.0.0.1"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://127.0.0.1:99999"}, "--registry"},
 		{[]string{"--service", "s", "--registry", "nats://127.0.0.1:0"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://:4222"}, "--registry"},
 		{[]string{"--service", "bad name.with.dots"}, "--service"},
 		{[]string{"--service", "s", "--weight", "0"}, "--weight"},
 		{[]string{"--service", "s", "--weight", "-5"}, "--weight"},
@@ -459,5 +460,26 @@ func TestRemoteLogsInTheRunsFormat(t *testing.T) {
 			(!strings.HasPrefix(l, "time=") || !strings.Contains(l, " level=WARN ") || !strings.Contains(l, " connector=pricing")) {
 			t.Fatalf("the registry outage was logged as %q, not in the run's format (time=... level=WARN msg=... connector=pricing):\n%s", l, out)
 		}
+	}
+}
+
+// TestNATSURLWithoutAPortIsPort4222: a registry URL without a port, in
+// serve's --registry and in a caller's addrs, is port 4222 as nats.go
+// reads it: the provider registers in the machine's NATS and the flow
+// finds and calls it.
+func TestNATSURLWithoutAPortIsPort4222(t *testing.T) {
+	t.Parallel()
+	url, bucket, service := freshRegistry(t)
+	if !strings.HasSuffix(url, ":4222") {
+		t.Skipf("the test NATS server is %s, not on port 4222", url)
+	}
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	p, _ := serving(t, pdir, "--service", service, "--registry", "nats://127.0.0.1", "--bucket", bucket)
+	cdir := callerDir(t, "nats://127.0.0.1", bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--progress", "never")
+	feed(t, cdir, 0, 100, 10*time.Millisecond, nil)
+	allOut(t, cdir, run, 100, 30*time.Second)
+	if out := p.output(); strings.Contains(out, "unreachable") {
+		t.Fatalf("serve did not reach nats://127.0.0.1 as port 4222: %s", out)
 	}
 }

@@ -904,3 +904,31 @@ func TestCallsReachAProviderWithoutCallStreams(t *testing.T) {
 		t.Fatal("the client did not switch to unary calls")
 	}
 }
+
+// TestNATSURL: a registry address is read as nats.go reads it, the port
+// 4222 when not given, and what nats.go could never connect to is an
+// error.
+func TestNATSURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"nats://127.0.0.1":           "nats://127.0.0.1:4222",
+		"127.0.0.1":                  "nats://127.0.0.1:4222",
+		"nats://a:4333, nats://b":    "nats://a:4333,nats://b:4222",
+		"tls://u:p@nats.example.com": "tls://u:p@nats.example.com:4222",
+		"nats://[::1]":               "nats://[::1]:4222",
+		"nats://127.0.0.1:0":         "error",
+		"nats://127.0.0.1:99999":     "error",
+		"http://127.0.0.1:4222":      "error",
+		"nats://127.0.0.1:4222/path": "error",
+		"nats://:4222":               "error",
+		" , ":                        "error",
+	} {
+		got, err := NATSURL(in)
+		if err != nil {
+			got = "error"
+		}
+		if got != want {
+			t.Errorf("NATSURL(%q) = %q (%v), want %q", in, got, err, want)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -37,7 +36,7 @@ type Invoker interface {
 // serve block of the global file, under the same names.
 type ServeOptions struct {
 	Service  string // the service's name in the registry (required with a registry)
-	Registry string // nats://host:port; "" or "none": no registration (static or DNS callers)
+	Registry string // nats://host[:port] (port 4222 when not given; NATSURL); "" or "none": no registration (static or DNS callers)
 	Listen   string // the gRPC listen address; port 0: any free port, registered as bound
 	Version  string
 	Group    string
@@ -60,16 +59,15 @@ func (o ServeOptions) registers() bool { return o.Registry != "" && o.Registry !
 
 // Validate returns an error, naming the flag, for settings Serve cannot
 // use: a service name a registry key cannot hold, a registry that is not
-// nats://host:port or none, a negative weight or TTL. Zero values take
+// a NATS URL (NATSURL) or none, a negative weight or TTL. Zero values take
 // their defaults.
 func (o ServeOptions) Validate() error {
 	if o.registers() {
 		if err := CheckService(o.Service); err != nil {
 			return fmt.Errorf("--service: %w", err)
 		}
-		u, err := url.Parse(o.Registry)
-		if err != nil || u.Scheme != "nats" || u.Hostname() == "" || !validPort(u.Port()) {
-			return fmt.Errorf("--registry %q: want nats://host:port, the port given (or none, for callers with a static or DNS registry)", o.Registry)
+		if _, err := NATSURL(o.Registry); err != nil {
+			return fmt.Errorf("--registry %q: %w (or none, for callers with a static or DNS registry)", o.Registry, err)
 		}
 	}
 	if o.Weight < 0 {
@@ -90,8 +88,8 @@ func validPort(port string) bool {
 // Serve serves the functions o.Funcs of eng over gRPC until ctx is
 // cancelled, registered in o.Registry while it does: it registers on start
 // (a registry it cannot reach is logged, and tried again with backoff up
-// to 5s while the provider serves; a registry URL that is not
-// nats://host:port is an error at once), refreshes the registration every
+// to 5s while the provider serves; a registry that is not a NATS URL is
+// an error at once), refreshes the registration every
 // third of its TTL, and on cancellation
 // deregisters first (callers stop choosing it), then lets the calls in
 // flight finish (within o.Drain) and returns.
@@ -118,6 +116,9 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 		return err
 	}
 	register := o.registers()
+	if register {
+		o.Registry, _ = NATSURL(o.Registry) // the port written out, for the logs
+	}
 	if len(o.Funcs) == 0 {
 		return errors.New("nothing to serve: the configuration has no function with a local body")
 	}

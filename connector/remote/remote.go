@@ -122,6 +122,11 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 		if err := rpc.CheckService(p.Service); err != nil {
 			return nil, &driver.ParamError{Param: "service", Msg: err.Error()}
 		}
+		if strings.TrimSpace(cfg.Addrs) != "" {
+			if _, err := rpc.NATSURL(cfg.Addrs); err != nil {
+				return nil, fmt.Errorf("addrs: %w", err)
+			}
+		}
 	case "static", "dns":
 		if strings.TrimSpace(cfg.Addrs) == "" {
 			return nil, fmt.Errorf("connector %q: registry %s needs addrs (%s)", cfg.CName, p.Registry, map[string]string{"static": "host:port, comma-separated", "dns": "the SRV name"}[p.Registry])
@@ -151,9 +156,12 @@ func (r *Remote) Start(ctx context.Context) error {
 	case "dns":
 		dir, err = rpc.WatchDNS(ctx, strings.TrimSpace(r.cfg.Addrs), r.p.Refresh, rpc.WithLogger(r.log))
 	default:
-		url := strings.TrimSpace(r.cfg.Addrs)
-		if url == "" {
-			url = "nats://127.0.0.1:4222"
+		url := "nats://127.0.0.1:4222"
+		if strings.TrimSpace(r.cfg.Addrs) != "" {
+			// A URL without a port is port 4222, as nats.go reads it.
+			if url, err = rpc.NATSURL(r.cfg.Addrs); err != nil {
+				return fmt.Errorf("connector %q: addrs: %w", r.cfg.CName, err)
+			}
 		}
 		dir, err = rpc.WatchNATS(ctx, url, r.p.Bucket, r.p.Service, r.p.Version, r.p.Group, rpc.WithLogger(r.log))
 	}

@@ -47,7 +47,7 @@ func serveCmd(reg *kisflow.Registry) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&so.o.Service, "service", "", "the service's name in the registry (default: the serve block's, else DIR's folder name)")
-	f.StringVar(&so.o.Registry, "registry", "nats://127.0.0.1:4222", "the registry: nats://host:port, or none (callers list this provider statically or by DNS)")
+	f.StringVar(&so.o.Registry, "registry", "nats://127.0.0.1:4222", "the registry: nats://host[:port] (port 4222 when not given), or none (callers list this provider statically or by DNS)")
 	f.StringVar(&so.o.Listen, "listen", "127.0.0.1:0", "the gRPC listen address; port 0 takes any free port and registers it")
 	f.StringVar(&so.o.Version, "version", "", "the version callers may ask for")
 	f.StringVar(&so.o.Group, "group", "", "the group callers may ask for")
