@@ -46,8 +46,12 @@ type ServeOptions struct {
 	Funcs    []string      // the functions served
 	// Drain bounds how long in-flight calls may take to finish once ctx is
 	// cancelled (default 10s).
-	Drain  time.Duration
-	Logger *slog.Logger
+	Drain time.Duration
+	// MaxMessage is the largest message a call may send or take, in
+	// bytes (default DefaultMaxMessage): a reply that would be larger is
+	// refused as such, and the caller splits its batch.
+	MaxMessage int
+	Logger     *slog.Logger
 	// Ready, when set, is called once the listener is bound and the
 	// provider registered, with the registration; or, when the registry
 	// could not be reached, once the first attempt to register failed (it
@@ -112,6 +116,9 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.MaxMessage <= 0 {
+		o.MaxMessage = DefaultMaxMessage
+	}
 	if err := o.Validate(); err != nil {
 		return err
 	}
@@ -126,11 +133,11 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.Listen, err)
 	}
-	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(256<<20), grpc.MaxSendMsgSize(256<<20),
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(o.MaxMessage), grpc.MaxSendMsgSize(o.MaxMessage),
 		// A batch's message in one write and one flow-control window.
 		grpc.WriteBufferSize(transportBuffer), grpc.ReadBufferSize(transportBuffer),
 		grpc.InitialWindowSize(transportWindow), grpc.InitialConnWindowSize(transportWindow))
-	impl := &server{eng: eng, funcs: o.Funcs, log: o.Logger, draining: make(chan struct{})}
+	impl := &server{eng: eng, funcs: o.Funcs, log: o.Logger, max: o.MaxMessage, draining: make(chan struct{})}
 	srv.RegisterService(&serviceDesc, impl)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -193,6 +200,7 @@ type server struct {
 	eng   Invoker
 	funcs []string
 	log   *slog.Logger
+	max   int // the largest reply, in bytes; 0: DefaultMaxMessage
 	// draining is closed when Serve stops: a call stream ends as soon as
 	// it has no call in flight, so that the graceful stop does not wait
 	// for callers to close their idle streams.
@@ -299,6 +307,15 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	// out.Rows is the engine's copy for this call: the reply may hold it.
 	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
 		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
+	}
+	limit := s.max
+	if limit <= 0 {
+		limit = DefaultMaxMessage
+	}
+	if size := replySize(rep); size > limit {
+		// Sent, the reply would end the call's stream: the caller splits
+		// the batch instead.
+		return nil, status.Errorf(codes.ResourceExhausted, "function %q: its reply of %d rows for %d rows encodes to about %d bytes, over the limit of %d bytes per remote call", req.Func, rep.Rows.len(), len(req.In), size, limit)
 	}
 	return rep, nil
 }
