@@ -450,7 +450,12 @@ func TestRemoteLogsInTheRunsFormat(t *testing.T) {
 	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
 	run := start(t, "run", cdir, "--progress", "never")
 	feed(t, cdir, 0, 100, 10*time.Millisecond, nil)
-	nats.Stop()
+	for deadline := time.Now().Add(30 * time.Second); len(readFileRows(t, cdir)) < 100; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first rows did not come out: %s", run.output())
+		}
+	}
+	nats.Stop() // the connector follows the registry now
 	waitFor(t, run, "remote: registry unreachable", 10*time.Second)
 	nats.Start(t)
 	feed(t, cdir, 100, 200, 10*time.Millisecond, nil)
