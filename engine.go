@@ -550,6 +550,9 @@ func (e *Engine) startDriver(ctx context.Context, c *Connector) error {
 	if mu, ok := drv.(MetricsUser); ok && e.metrics != nil {
 		mu.UseMetrics(e.metrics.Registry)
 	}
+	if lu, ok := drv.(LoggerUser); ok {
+		lu.UseLogger(e.log.With("connector", cname))
+	}
 	if err := guard(func() error { return drv.Start(ctx) }); err != nil {
 		return &StartError{Connector: cname, Err: e.red.Error(fmt.Errorf("connector %q (type %s) failed to start: %w", cname, cfg.Type, err))}
 	}

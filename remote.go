@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -24,6 +25,15 @@ import (
 // share it. A connector package that implements it imports Prometheus.
 type MetricsUser interface {
 	UseMetrics(reg prometheus.Registerer)
+}
+
+// LoggerUser is an optional Driver capability: the engine gives it its
+// logger before Start (the one WithLogger set, with the configuration's
+// secrets redacted), so that what the connector logs while it runs comes
+// out in the command's format and at its level rather than through
+// slog.Default (the remote type's registry outages and failovers).
+type LoggerUser interface {
+	UseLogger(l *slog.Logger)
 }
 
 // remoteConn reports whether connector cname has a type whose functions

@@ -309,7 +309,7 @@ func (g *Global) UnmarshalYAML(node *yaml.Node) error {
 // exposes the configuration's functions to flows in other processes.
 type Serve struct {
 	Service  string   `yaml:"service,omitempty"`  // the service's name in the registry
-	Registry string   `yaml:"registry,omitempty"` // nats://host:port, or none
+	Registry string   `yaml:"registry,omitempty"` // nats://host[:port] (port 4222 when not given), or none
 	Listen   string   `yaml:"listen,omitempty"`   // the gRPC address; port 0: any free port
 	Version  string   `yaml:"version,omitempty"`
 	Group    string   `yaml:"group,omitempty"`

@@ -65,6 +65,8 @@
 //     and each of its calls is Invoke (the remote connector type).
 //   - kisflow.MetricsUser (UseMetrics): it registers collectors of its own
 //     on the engine's Prometheus registry.
+//   - kisflow.LoggerUser (UseLogger): it logs through the engine's logger
+//     (the command's format, level and redaction) instead of slog.Default.
 //   - kisflow.Checker (Check): for `kisflow dry-run`, after Start, it checks
 //     that what the flows use it for exists or can be created (a table, a
 //     stream, a topic, a queue, a file, a listen address), without reading

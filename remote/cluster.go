@@ -48,7 +48,13 @@ type Options struct {
 	// provider's is.
 	BreakerFailures int
 	BreakerOpen     time.Duration // default 5s
-	Logger          *slog.Logger
+	// MaxMessage is the largest message a call sends or takes, in bytes
+	// (default DefaultMaxMessage): a batch whose request, or whose reply,
+	// would be larger is split in halves called one after the other, and a
+	// row too large alone is the call's row error (dead-lettered in a
+	// stream) while the other rows go on.
+	MaxMessage int
+	Logger     *slog.Logger
 	// Observe, when set, is told of every call to a provider: how long it
 	// took and its error (nil on success), for metrics per provider.
 	Observe func(p Provider, fname string, took time.Duration, err error)
@@ -64,6 +70,7 @@ type Client struct {
 	o      Options
 
 	noKey   atomic.Bool  // the consistent_hash field was missed (logged once)
+	split   atomic.Bool  // a batch was split to fit MaxMessage (logged once)
 	dropped atomic.Int64 // rows of failsafe calls that failed
 	mu      sync.Mutex
 	conns   map[string]*conn    // by address
@@ -159,6 +166,9 @@ func NewClient(dir Directory, o Options) (*Client, error) {
 	if o.BreakerOpen <= 0 {
 		o.BreakerOpen = 5 * time.Second
 	}
+	if o.MaxMessage <= 0 {
+		o.MaxMessage = DefaultMaxMessage
+	}
 	active := new(Active)
 	lb, err := NewBalancer(o.LoadBalance, active)
 	if err != nil {
@@ -197,7 +207,7 @@ func (c *Client) conn(addr string) (*conn, error) {
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithWriteBufferSize(transportBuffer), grpc.WithReadBufferSize(transportBuffer),
 		grpc.WithInitialWindowSize(transportWindow), grpc.WithInitialConnWindowSize(transportWindow),
-		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{}), grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(256<<20)))
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(codec{}), grpc.MaxCallRecvMsgSize(c.o.MaxMessage), grpc.MaxCallSendMsgSize(c.o.MaxMessage)))
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +257,7 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		field = call.KeyField
 	}
 	if c.o.LoadBalance != ConsistentHash || len(ps) == 1 || len(call.Rows) == 0 {
-		return c.strategy(ctx, ps, req, "")
+		return c.fitted(ctx, ps, req, "")
 	}
 	// consistent_hash: each row goes to its key's provider, so the batch
 	// is split by provider and the answers put back together.
@@ -269,7 +279,7 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 			c.o.Logger.WarnContext(ctx, "remote: consistent_hash: no row of a batch has the hashed field, so every row goes to one provider; set hash_field (or the flow's stream.key) to a field the rows have",
 				"service", c.o.Service, "func", req.Func, "field", field)
 		}
-		return c.strategy(ctx, ps, req, keys[0])
+		return c.fitted(ctx, ps, req, keys[0])
 	}
 	outs := make([]*driver.Outcome, len(order))
 	errs := make([]error, len(order))
@@ -284,19 +294,30 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			outs[gi], errs[gi] = c.strategy(ctx, ps, sub, first[id])
+			outs[gi], errs[gi] = c.fitted(ctx, ps, sub, first[id])
 		}()
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	merged := &driver.Outcome{}
+	idx := make([][]int, len(order))
 	for gi, id := range order {
-		o := outs[gi]
+		idx[gi] = groups[id]
+	}
+	return merge(outs, idx), nil
+}
+
+// merge puts together the outcomes of the parts of a batch, part i of the
+// rows idx[i] of the batch: the rows in order of parts, the row errors at
+// their rows' place in the batch, an action asked for by any part (the
+// first part's jump).
+func merge(outs []*driver.Outcome, idx [][]int) *driver.Outcome {
+	merged := &driver.Outcome{}
+	for gi, o := range outs {
 		merged.Rows = append(merged.Rows, o.Rows...)
 		for _, re := range o.RowErrors {
-			re.Index = groups[id][re.Index]
+			re.Index = idx[gi][re.Index]
 			merged.RowErrors = append(merged.RowErrors, re)
 		}
 		merged.DataReuse = merged.DataReuse || o.DataReuse
@@ -306,7 +327,60 @@ func (c *Client) Invoke(ctx context.Context, call *driver.Invocation) (*driver.O
 			merged.JumpFunc = o.JumpFunc
 		}
 	}
-	return merged, nil
+	return merged
+}
+
+// tooLargeError is a call whose request or reply was over the message
+// limit (gRPC's ResourceExhausted): not the provider's failure nor the
+// function's, but the batch's size; fitted splits it.
+type tooLargeError struct{ err error }
+
+func (e *tooLargeError) Error() string { return e.err.Error() }
+func (e *tooLargeError) Unwrap() error { return e.err }
+
+// fitted runs req through the cluster strategy in messages within
+// MaxMessage: a request over it, or one whose reply was (the provider
+// refuses to send such a reply), is split in halves called one after the
+// other, and so on down to one row; a row too large alone is the call's
+// row error (dead-lettered in a stream) and the other rows go on.
+func (c *Client) fitted(ctx context.Context, ps []Provider, req *request, key string) (*driver.Outcome, error) {
+	n := req.Rows.len()
+	var why error
+	if size := requestSize(req); size > c.o.MaxMessage {
+		why = fmt.Errorf("remote function %q: %d rows encode to about %d bytes, over the limit of %d bytes per remote call", req.Func, n, size, c.o.MaxMessage)
+	} else {
+		out, err := c.strategy(ctx, ps, req, key)
+		var tl *tooLargeError
+		if err == nil || !errors.As(err, &tl) {
+			return out, err
+		}
+		why = tl
+	}
+	switch n {
+	case 0:
+		return nil, stream.Permanent(why)
+	case 1:
+		return &driver.Outcome{RowErrors: []driver.RowError{{Index: 0, Msg: "the row is too large for a remote call: " + why.Error()}}}, nil
+	}
+	if c.split.CompareAndSwap(false, true) {
+		c.o.Logger.WarnContext(ctx, "remote: a batch over the message limit is split into smaller calls", "service", c.o.Service, "func", req.Func, "rows", n, "why", why.Error())
+	}
+	half := n / 2
+	parts := [][2]int{{0, half}, {half, n}}
+	outs := make([]*driver.Outcome, len(parts))
+	idx := make([][]int, len(parts))
+	for i, p := range parts {
+		sub := &request{Flow: req.Flow, Func: req.Func, Params: req.Params, Rows: req.Rows.slice(p[0], p[1])}
+		out, err := c.fitted(ctx, ps, sub, key)
+		if err != nil {
+			return nil, err
+		}
+		outs[i] = out
+		for j := p[0]; j < p[1]; j++ {
+			idx[i] = append(idx[i], j)
+		}
+	}
+	return merge(outs, idx), nil
 }
 
 // rowKey is the text of field in a JSON row: a string's value, another
@@ -451,6 +525,9 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 		return out, nil
 	case Failsafe:
 		out, err := c.once(ctx, c.lb.Pick(ps, key, nil), req)
+		if tl := (*tooLargeError)(nil); errors.As(err, &tl) {
+			return nil, err // split by fitted, not dropped
+		}
 		if err != nil {
 			c.dropped.Add(int64(req.Rows.len()))
 			c.o.Logger.WarnContext(ctx, "remote call failed; failsafe: its batch yields no rows", "service", c.o.Service, "func", req.Func, "rows", req.Rows.len(), "err", err)
@@ -685,15 +762,22 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 		// gets is as broken as one that errs), though it returns its
 		// outcome as any answer.
 		var out *driver.Outcome
+		var tooLarge error // the batch's size, no failure of the provider
 		err := bs.Do(ctx, p.ID, func(context.Context) error {
 			var err error
 			out, err = c.call(ctx, actx, cn, p, req, &rep)
+			if tl := (*tooLargeError)(nil); errors.As(err, &tl) {
+				tooLarge = err
+				return nil
+			}
 			if err == nil && everyRowRejected(req, out) {
 				return errEveryRowRejected
 			}
 			return err
 		})
 		switch {
+		case tooLarge != nil:
+			return nil, tooLarge
 		case errors.Is(err, filter.ErrBreakerOpen):
 			// Its trial call is taken by another: try elsewhere.
 			return nil, &providerError{p, err}
@@ -746,6 +830,8 @@ func (c *Client) call(ctx, actx context.Context, cn *conn, p Provider, req *requ
 		return nil, stream.Fatal(msg)
 	case codes.Aborted:
 		return nil, msg // the function failed: the flow's retries decide
+	case codes.ResourceExhausted:
+		return nil, &tooLargeError{msg} // the batch's size: split, not failed over
 	case codes.DeadlineExceeded:
 		if ctx.Err() == nil {
 			return nil, &providerError{p, fmt.Errorf("no answer within %s (timeout)", c.o.Timeout)}

@@ -77,6 +77,8 @@ func (cn *conn) invoke(ctx, actx context.Context, req *request, rep *reply) erro
 			// An earlier provider, with the unary method only.
 			cn.unary.Store(true)
 			return cn.unaryCall(ctx, actx, req, rep)
+		case status.Code(err) == codes.ResourceExhausted:
+			return err // the message's size, not the stream's end
 		case reused && actx.Err() == nil:
 			// A stream that was idle may have ended with its transport
 			// (the provider restarted) or its provider's drain: the

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	neturl "net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -75,8 +76,73 @@ func CheckService(name string) error {
 	return nil
 }
 
+// WatchOption configures WatchNATS and WatchDNS.
+type WatchOption func(*watchOptions)
+
+type watchOptions struct {
+	log *slog.Logger
+}
+
+// WithLogger makes a directory log through l (the engine's logger, in the
+// command's format) instead of slog.Default.
+func WithLogger(l *slog.Logger) WatchOption {
+	return func(o *watchOptions) {
+		if l != nil {
+			o.log = l
+		}
+	}
+}
+
+func watchConfig(opts []WatchOption) watchOptions {
+	o := watchOptions{log: slog.Default()}
+	for _, f := range opts {
+		f(&o)
+	}
+	return o
+}
+
 // natsKey is a provider's key in the bucket.
 func natsKey(service, id string) string { return service + "." + id }
+
+// DefaultNATSPort is the port of a NATS URL that gives none, as nats.go
+// reads it.
+const DefaultNATSPort = natsgo.DefaultPort
+
+// NATSURL checks a NATS registry's address as nats.go takes it: URLs
+// separated by commas, each [nats://|tls://]host[:port] (user info
+// allowed), and returns it with the scheme and the port of each URL
+// written out: a URL without a port has DefaultNATSPort (4222), as nats.go
+// connects to it. A URL that nats.go could never connect to (another
+// scheme, no host, a port that is not 1 to 65535, a path) is an error.
+func NATSURL(servers string) (string, error) {
+	var out []string
+	for _, s := range strings.Split(servers, ",") {
+		raw := strings.TrimSpace(s)
+		if raw == "" {
+			continue
+		}
+		s = raw
+		if !strings.Contains(s, "://") {
+			s = "nats://" + s
+		}
+		u, err := neturl.Parse(s)
+		switch {
+		case err != nil, u.Scheme != "nats" && u.Scheme != "tls", u.Hostname() == "", u.Path != "" && u.Path != "/", u.RawQuery != "", u.Opaque != "":
+			return "", fmt.Errorf("NATS server %q: want nats://host[:port] (port %d when not given)", raw, DefaultNATSPort)
+		}
+		if port := u.Port(); port == "" {
+			u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(DefaultNATSPort))
+		} else if !validPort(port) {
+			return "", fmt.Errorf("NATS server %q: port %q is not a port number (1 to 65535)", raw, port)
+		}
+		u.Path = ""
+		out = append(out, u.String())
+	}
+	if len(out) == 0 {
+		return "", fmt.Errorf("no NATS server given: want nats://host[:port]")
+	}
+	return strings.Join(out, ","), nil
+}
 
 // openBucket connects to the NATS server at url and opens (or creates)
 // the registry's key-value bucket.
@@ -117,6 +183,7 @@ type natsDirectory struct {
 	done    chan struct{}
 	version string
 	group   string
+	log     *slog.Logger
 
 	mu    sync.Mutex
 	known map[string]seen // key -> registration
@@ -141,7 +208,7 @@ type seen struct {
 // unreachable the last known list is kept as it is (as dubbo's registry
 // directory does): no refresh could arrive, so none is taken as missed;
 // once it is back, each provider has its TTL again to be seen refreshed.
-func WatchNATS(ctx context.Context, url, bucket, service, version, group string) (Directory, error) {
+func WatchNATS(ctx context.Context, url, bucket, service, version, group string, opts ...WatchOption) (Directory, error) {
 	if err := CheckService(service); err != nil {
 		return nil, err
 	}
@@ -150,7 +217,7 @@ func WatchNATS(ctx context.Context, url, bucket, service, version, group string)
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(context.Background())
-	d := &natsDirectory{nc: nc, kv: kv, service: service, cancel: cancel, done: make(chan struct{}), version: version, group: group, known: map[string]seen{}, up: true}
+	d := &natsDirectory{nc: nc, kv: kv, service: service, cancel: cancel, done: make(chan struct{}), version: version, group: group, log: watchConfig(opts).log, known: map[string]seen{}, up: true}
 	if d.w, err = d.watch(wctx); err != nil {
 		cancel()
 		nc.Close()
@@ -206,7 +273,7 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 			nw, err := d.watch(ctx)
 			if err != nil {
 				// JetStream may need a moment after a restart: next tick.
-				slog.Default().Debug("remote: watching the registry again failed; retrying", "service", d.service, "err", err)
+				d.log.Debug("remote: watching the registry again failed; retrying", "service", d.service, "err", err)
 				continue
 			}
 			dropWatch(w, d.done)
@@ -262,7 +329,7 @@ func (d *natsDirectory) apply(e jetstream.KeyValueEntry) {
 	}
 	var p Provider
 	if err := json.Unmarshal(e.Value(), &p); err != nil || p.Addr == "" {
-		slog.Default().Warn("remote: ignoring a registration that is not a provider", "key", e.Key(), "err", err)
+		d.log.Warn("remote: ignoring a registration that is not a provider", "key", e.Key(), "err", err)
 		return
 	}
 	// A registration read at start may be older than now: its age counts.
@@ -294,9 +361,9 @@ func (d *natsDirectory) reachable(now time.Time) bool {
 	up := d.nc.Status() == natsgo.CONNECTED
 	if up && !d.up {
 		d.resumed = now
-		slog.Default().Info("remote: registry reachable again; the providers kept meanwhile have their TTL to refresh")
+		d.log.Info("remote: registry reachable again; the providers kept meanwhile have their TTL to refresh")
 	} else if !up && d.up {
-		slog.Default().Warn("remote: registry unreachable; keeping the last known providers until it is back", "providers", len(d.known))
+		d.log.Warn("remote: registry unreachable; keeping the last known providers until it is back", "providers", len(d.known))
 	}
 	d.up = up
 	return up
@@ -430,6 +497,7 @@ type dnsDirectory struct {
 	lookup func(ctx context.Context, name string) ([]*net.SRV, error)
 	cancel context.CancelFunc
 	done   chan struct{}
+	log    *slog.Logger
 
 	mu   sync.Mutex
 	list []Provider
@@ -440,15 +508,15 @@ type dnsDirectory struct {
 // service with a port named grpc publishes), looked up every refresh: each
 // target:port is a provider, weighted by the record's weight. A failed
 // lookup keeps the last list.
-func WatchDNS(ctx context.Context, name string, refresh time.Duration) (Directory, error) {
-	return watchDNS(ctx, name, refresh, func(ctx context.Context, name string) ([]*net.SRV, error) {
+func WatchDNS(ctx context.Context, name string, refresh time.Duration, opts ...WatchOption) (Directory, error) {
+	return watchDNS(ctx, name, refresh, watchConfig(opts).log, func(ctx context.Context, name string) ([]*net.SRV, error) {
 		_, srvs, err := net.DefaultResolver.LookupSRV(ctx, "", "", name)
 		return srvs, err
 	})
 }
 
-func watchDNS(ctx context.Context, name string, refresh time.Duration, lookup func(context.Context, string) ([]*net.SRV, error)) (Directory, error) {
-	d := &dnsDirectory{name: name, lookup: lookup, done: make(chan struct{})}
+func watchDNS(ctx context.Context, name string, refresh time.Duration, log *slog.Logger, lookup func(context.Context, string) ([]*net.SRV, error)) (Directory, error) {
+	d := &dnsDirectory{name: name, lookup: lookup, done: make(chan struct{}), log: log}
 	if err := d.resolve(ctx); err != nil {
 		return nil, err
 	}
@@ -465,7 +533,7 @@ func watchDNS(ctx context.Context, name string, refresh time.Duration, lookup fu
 			case <-t.C:
 				lctx, c := context.WithTimeout(wctx, refresh)
 				if err := d.resolve(lctx); err != nil {
-					slog.Default().Warn("remote: DNS lookup failed; keeping the last providers", "name", name, "err", err)
+					d.log.Warn("remote: DNS lookup failed; keeping the last providers", "name", name, "err", err)
 				}
 				c()
 			}

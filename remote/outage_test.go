@@ -315,10 +315,11 @@ func TestServeRefusesBadSettings(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--service", "s", "--registry", "127.0.0.1:4222"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "http://127.0.0.1:4222"}, "--registry"},
 		{[]string{"--service", "s", "--registry", "redis://127.0.0.1:6379"}, "--registry"},
-		{[]string{"--service", "s", "--registry", "nats://127.0.0.1"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://127.0.0.1:99999"}, "--registry"},
 		{[]string{"--service", "s", "--registry", "nats://127.0.0.1:0"}, "--registry"},
+		{[]string{"--service", "s", "--registry", "nats://:4222"}, "--registry"},
 		{[]string{"--service", "bad name.with.dots"}, "--service"},
 		{[]string{"--service", "s", "--weight", "0"}, "--weight"},
 		{[]string{"--service", "s", "--weight", "-5"}, "--weight"},
@@ -396,5 +397,94 @@ func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != wantCode || !strings.Contains(line, tc.want) {
 			t.Errorf("dry-run of service %s version %q: exit %d, %s; want exit %d with %q", tc.service, tc.version, code, out, wantCode, tc.want)
 		}
+	}
+}
+
+// TestServeRegistersWhenTheRegistryComesUp: `kisflow serve` started while
+// its NATS registry is down serves anyway (it logs that it is
+// unregistered), registers once the registry is up, logs it, and a flow
+// then finds and calls it.
+func TestServeRegistersWhenTheRegistryComesUp(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats.Stop()
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	p, _ := serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s")
+	waitFor(t, p, "registry unreachable; serving unregistered", 5*time.Second)
+	time.Sleep(time.Second) // attempts again, with backoff
+	nats.Start(t)
+	waitFor(t, p, "remote: registered after", 10*time.Second)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--progress", "never")
+	feed(t, cdir, 0, 200, 10*time.Millisecond, nil)
+	allOut(t, cdir, run, 200, 30*time.Second)
+	select {
+	case <-p.done:
+		t.Fatalf("serve exited: %s", p.output())
+	default:
+	}
+}
+
+// waitFor waits until p's output holds want.
+func waitFor(t *testing.T, p *proc, want string, within time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(within); !strings.Contains(p.output(), want); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within %s: %s", want, within, p.output())
+		}
+	}
+}
+
+// TestRemoteLogsInTheRunsFormat: what a remote connector logs while a flow
+// runs (here its registry's outage) comes out through the run's logger, in
+// the format of the run's other lines, not through slog.Default's.
+func TestRemoteLogsInTheRunsFormat(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s")
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--progress", "never")
+	feed(t, cdir, 0, 100, 10*time.Millisecond, nil)
+	for deadline := time.Now().Add(30 * time.Second); len(readFileRows(t, cdir)) < 100; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first rows did not come out: %s", run.output())
+		}
+	}
+	nats.Stop() // the connector follows the registry now
+	waitFor(t, run, "remote: registry unreachable", 10*time.Second)
+	nats.Start(t)
+	feed(t, cdir, 100, 200, 10*time.Millisecond, nil)
+	out := allOut(t, cdir, run, 200, 30*time.Second)
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "remote: registry unreachable") &&
+			(!strings.HasPrefix(l, "time=") || !strings.Contains(l, " level=WARN ") || !strings.Contains(l, " connector=pricing")) {
+			t.Fatalf("the registry outage was logged as %q, not in the run's format (time=... level=WARN msg=... connector=pricing):\n%s", l, out)
+		}
+	}
+}
+
+// TestNATSURLWithoutAPortIsPort4222: a registry URL without a port, in
+// serve's --registry and in a caller's addrs, is port 4222 as nats.go
+// reads it: the provider registers in the machine's NATS and the flow
+// finds and calls it.
+func TestNATSURLWithoutAPortIsPort4222(t *testing.T) {
+	t.Parallel()
+	url, bucket, service := freshRegistry(t)
+	if !strings.HasSuffix(url, ":4222") {
+		t.Skipf("the test NATS server is %s, not on port 4222", url)
+	}
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	p, _ := serving(t, pdir, "--service", service, "--registry", "nats://127.0.0.1", "--bucket", bucket)
+	cdir := callerDir(t, "nats://127.0.0.1", bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--progress", "never")
+	feed(t, cdir, 0, 100, 10*time.Millisecond, nil)
+	allOut(t, cdir, run, 100, 30*time.Second)
+	if out := p.output(); strings.Contains(out, "unreachable") {
+		t.Fatalf("serve did not reach nats://127.0.0.1 as port 4222: %s", out)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,14 +60,19 @@ func (f *fakeEngine) keys() map[string]bool {
 	return m
 }
 
-// provider serves eng in-process (no registry) and returns its address.
-func provider(t *testing.T, eng Invoker) string {
+// provider serves eng in-process (no registry) and returns its address;
+// maxMessage, if given, is its message limit.
+func provider(t *testing.T, eng Invoker, maxMessage ...int) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan Provider, 1)
 	done := make(chan error, 1)
+	o := ServeOptions{Registry: "none", Funcs: []string{"F"}, Drain: time.Second, Ready: func(p Provider) { ready <- p }}
+	if len(maxMessage) > 0 {
+		o.MaxMessage = maxMessage[0]
+	}
 	go func() {
-		done <- Serve(ctx, eng, ServeOptions{Registry: "none", Funcs: []string{"F"}, Drain: time.Second, Ready: func(p Provider) { ready <- p }})
+		done <- Serve(ctx, eng, o)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -619,7 +625,7 @@ func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
 		}
 		return records, nil
 	}
-	d, err := watchDNS(context.Background(), "_grpc._tcp.pricing", 20*time.Millisecond, lookup)
+	d, err := watchDNS(context.Background(), "_grpc._tcp.pricing", 20*time.Millisecond, slog.Default(), lookup)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,7 +650,7 @@ func TestDNSDirectoryFollowsSRVRecords(t *testing.T) {
 	if n := len(d.Providers()); n != 2 {
 		t.Fatalf("a failed lookup changed the list to %d providers: it must keep the last", n)
 	}
-	if _, err := watchDNS(context.Background(), "_grpc._tcp.pricing", time.Second, lookup); err == nil {
+	if _, err := watchDNS(context.Background(), "_grpc._tcp.pricing", time.Second, slog.Default(), lookup); err == nil {
 		t.Fatal("a first lookup that fails must be an error")
 	}
 }
@@ -903,4 +909,149 @@ func TestCallsReachAProviderWithoutCallStreams(t *testing.T) {
 	if !cn.unary.Load() {
 		t.Fatal("the client did not switch to unary calls")
 	}
+}
+
+// TestNATSURL: a registry address is read as nats.go reads it, the port
+// 4222 when not given, and what nats.go could never connect to is an
+// error.
+func TestNATSURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"nats://127.0.0.1":           "nats://127.0.0.1:4222",
+		"127.0.0.1":                  "nats://127.0.0.1:4222",
+		"nats://a:4333, nats://b":    "nats://a:4333,nats://b:4222",
+		"tls://u:p@nats.example.com": "tls://u:p@nats.example.com:4222",
+		"nats://[::1]":               "nats://[::1]:4222",
+		"nats://127.0.0.1:0":         "error",
+		"nats://127.0.0.1:99999":     "error",
+		"http://127.0.0.1:4222":      "error",
+		"nats://127.0.0.1:4222/path": "error",
+		"nats://:4222":               "error",
+		" , ":                        "error",
+	} {
+		got, err := NATSURL(in)
+		if err != nil {
+			got = "error"
+		}
+		if got != want {
+			t.Errorf("NATSURL(%q) = %q (%v), want %q", in, got, err, want)
+		}
+	}
+}
+
+// TestBatchOverTheMessageLimitIsSplit: a batch whose request is over the
+// message limit, or whose reply would be, is split into calls within it;
+// a row too large alone, either way, is the call's row error at its place
+// and the other rows come back in order.
+func TestBatchOverTheMessageLimitIsSplit(t *testing.T) {
+	t.Parallel()
+	const limit = 4096
+	batch := func(n, big int) []any {
+		out := make([]any, n)
+		for i := range out {
+			pad := 100
+			if i == big {
+				pad = 2 * limit
+			}
+			out[i] = []byte(fmt.Sprintf(`{"k":"%03d","pad":%q}`, i, strings.Repeat("x", pad)))
+		}
+		return out
+	}
+	check := func(t *testing.T, out *driver.Outcome, n, big int) {
+		t.Helper()
+		var got []string
+		for _, r := range out.Rows {
+			var m map[string]any
+			if err := json.Unmarshal(r.([]byte), &m); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, fmt.Sprint(m["k"]))
+		}
+		var want []string
+		for i := range n {
+			if i != big {
+				want = append(want, fmt.Sprintf("%03d", i))
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("rows came back as %v, want %v", got, want)
+		}
+		if big < 0 {
+			if len(out.RowErrors) != 0 {
+				t.Fatalf("row errors %v, want none", out.RowErrors)
+			}
+			return
+		}
+		if len(out.RowErrors) != 1 || out.RowErrors[0].Index != big || !strings.Contains(out.RowErrors[0].Msg, "too large for a remote call") || !strings.Contains(out.RowErrors[0].Msg, "4096") {
+			t.Fatalf("row errors %+v, want row %d's, too large for the limit of 4096", out.RowErrors, big)
+		}
+	}
+
+	t.Run("request", func(t *testing.T) {
+		t.Parallel()
+		eng := &fakeEngine{}
+		c := client(t, Options{MaxMessage: limit, Cluster: Failfast}, provider(t, eng))
+		out, err := c.Invoke(context.Background(), call(batch(100, -1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, out, 100, -1)
+		if n := eng.calls.Load(); n < 4 {
+			t.Fatalf("%d calls of 100 rows of ~120 bytes, want them split within 4096 bytes", n)
+		}
+		out, err = c.Invoke(context.Background(), call(batch(100, 50)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, out, 100, 50)
+	})
+
+	t.Run("provider's limit", func(t *testing.T) {
+		t.Parallel()
+		// The caller's limit is the default; the provider refuses a
+		// message over its own.
+		eng := &fakeEngine{}
+		c := client(t, Options{}, provider(t, eng, limit))
+		out, err := c.Invoke(context.Background(), call(batch(100, 50)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(t, out, 100, 50)
+	})
+
+	t.Run("reply", func(t *testing.T) {
+		t.Parallel()
+		// The function makes each row 10 times larger; row 7's past the
+		// limit alone.
+		eng := &fakeEngine{fn: func(_ context.Context, rows []any) (*driver.Outcome, error) {
+			out := make([]any, len(rows))
+			for i, r := range rows {
+				var m map[string]any
+				_ = json.Unmarshal(r.([]byte), &m)
+				pad := 1000
+				if m["k"] == "007" {
+					pad = 2 * limit
+				}
+				out[i] = []byte(fmt.Sprintf(`{"k":%q,"pad":%q}`, m["k"], strings.Repeat("y", pad)))
+			}
+			return &driver.Outcome{Rows: out}, nil
+		}}
+		addr := provider(t, eng, limit)
+		for _, cluster := range []string{Failover, Failsafe} {
+			c := client(t, Options{Cluster: cluster}, addr)
+			out, err := c.Invoke(context.Background(), call(batch(20, -1)[:7]))
+			if err != nil {
+				t.Fatalf("%s: %v", cluster, err)
+			}
+			check(t, out, 7, -1)
+			out, err = c.Invoke(context.Background(), call(batch(20, -1)))
+			if err != nil {
+				t.Fatalf("%s: %v", cluster, err)
+			}
+			check(t, out, 20, 7)
+			if c.Dropped() != 0 {
+				t.Fatalf("%s dropped %d rows, want none: a reply too large is split, not a failed call", cluster, c.Dropped())
+			}
+		}
+	})
 }

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -38,7 +36,7 @@ type Invoker interface {
 // serve block of the global file, under the same names.
 type ServeOptions struct {
 	Service  string // the service's name in the registry (required with a registry)
-	Registry string // nats://host:port; "" or "none": no registration (static or DNS callers)
+	Registry string // nats://host[:port] (port 4222 when not given; NATSURL); "" or "none": no registration (static or DNS callers)
 	Listen   string // the gRPC listen address; port 0: any free port, registered as bound
 	Version  string
 	Group    string
@@ -48,10 +46,16 @@ type ServeOptions struct {
 	Funcs    []string      // the functions served
 	// Drain bounds how long in-flight calls may take to finish once ctx is
 	// cancelled (default 10s).
-	Drain  time.Duration
-	Logger *slog.Logger
+	Drain time.Duration
+	// MaxMessage is the largest message a call may send or take, in
+	// bytes (default DefaultMaxMessage): a reply that would be larger is
+	// refused as such, and the caller splits its batch.
+	MaxMessage int
+	Logger     *slog.Logger
 	// Ready, when set, is called once the listener is bound and the
-	// provider registered, with the registration.
+	// provider registered, with the registration; or, when the registry
+	// could not be reached, once the first attempt to register failed (it
+	// is logged, and made again with backoff while the provider serves).
 	Ready func(p Provider)
 }
 
@@ -59,16 +63,15 @@ func (o ServeOptions) registers() bool { return o.Registry != "" && o.Registry !
 
 // Validate returns an error, naming the flag, for settings Serve cannot
 // use: a service name a registry key cannot hold, a registry that is not
-// nats://host:port or none, a negative weight or TTL. Zero values take
+// a NATS URL (NATSURL) or none, a negative weight or TTL. Zero values take
 // their defaults.
 func (o ServeOptions) Validate() error {
 	if o.registers() {
 		if err := CheckService(o.Service); err != nil {
 			return fmt.Errorf("--service: %w", err)
 		}
-		u, err := url.Parse(o.Registry)
-		if err != nil || u.Scheme != "nats" || u.Hostname() == "" || !validPort(u.Port()) {
-			return fmt.Errorf("--registry %q: want nats://host:port, the port given (or none, for callers with a static or DNS registry)", o.Registry)
+		if _, err := NATSURL(o.Registry); err != nil {
+			return fmt.Errorf("--registry %q: %w (or none, for callers with a static or DNS registry)", o.Registry, err)
 		}
 	}
 	if o.Weight < 0 {
@@ -87,8 +90,11 @@ func validPort(port string) bool {
 }
 
 // Serve serves the functions o.Funcs of eng over gRPC until ctx is
-// cancelled, registered in o.Registry while it does: it registers on start,
-// refreshes the registration every third of its TTL, and on cancellation
+// cancelled, registered in o.Registry while it does: it registers on start
+// (a registry it cannot reach is logged, and tried again with backoff up
+// to 5s while the provider serves; a registry that is not a NATS URL is
+// an error at once), refreshes the registration every
+// third of its TTL, and on cancellation
 // deregisters first (callers stop choosing it), then lets the calls in
 // flight finish (within o.Drain) and returns.
 func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
@@ -110,10 +116,16 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.MaxMessage <= 0 {
+		o.MaxMessage = DefaultMaxMessage
+	}
 	if err := o.Validate(); err != nil {
 		return err
 	}
 	register := o.registers()
+	if register {
+		o.Registry, _ = NATSURL(o.Registry) // the port written out, for the logs
+	}
 	if len(o.Funcs) == 0 {
 		return errors.New("nothing to serve: the configuration has no function with a local body")
 	}
@@ -121,11 +133,11 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if err != nil {
 		return fmt.Errorf("--listen %s: %w", o.Listen, err)
 	}
-	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(256<<20), grpc.MaxSendMsgSize(256<<20),
+	srv := grpc.NewServer(grpc.ForceServerCodecV2(codec{}), grpc.MaxRecvMsgSize(o.MaxMessage), grpc.MaxSendMsgSize(o.MaxMessage),
 		// A batch's message in one write and one flow-control window.
 		grpc.WriteBufferSize(transportBuffer), grpc.ReadBufferSize(transportBuffer),
 		grpc.InitialWindowSize(transportWindow), grpc.InitialConnWindowSize(transportWindow))
-	impl := &server{eng: eng, funcs: o.Funcs, log: o.Logger, draining: make(chan struct{})}
+	impl := &server{eng: eng, funcs: o.Funcs, log: o.Logger, max: o.MaxMessage, draining: make(chan struct{})}
 	srv.RegisterService(&serviceDesc, impl)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -134,52 +146,12 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	_, _ = rand.Read(idb)
 	p := Provider{ID: hex.EncodeToString(idb), Service: o.Service, Addr: ln.Addr().String(), Version: o.Version, Group: o.Group,
 		Weight: o.Weight, Funcs: slices.Sorted(slices.Values(o.Funcs)), TTL: o.TTL}
-	stopped := make(chan struct{})
-	var hb chan struct{}
-	var deregister func()
+	var reg *registrar
 	if register {
-		nc, kv, err := openBucket(ctx, o.Registry, o.Bucket)
-		if err != nil {
-			srv.Stop()
-			return err
-		}
-		defer nc.Close()
-		val, _ := json.Marshal(p)
-		key := natsKey(o.Service, p.ID)
-		if _, err := kv.Put(ctx, key, val); err != nil {
-			srv.Stop()
-			return fmt.Errorf("registry %s: register %s: %w", o.Registry, key, err)
-		}
-		every, err := refreshEvery(ctx, kv, o.TTL)
-		if err != nil {
-			srv.Stop()
-			return fmt.Errorf("registry %s: %w", o.Registry, err)
-		}
-		hb = make(chan struct{})
-		go func() {
-			defer close(hb)
-			t := time.NewTicker(every)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopped:
-					return
-				case <-t.C:
-					pctx, cancel := context.WithTimeout(context.Background(), every)
-					if _, err := kv.Put(pctx, key, val); err != nil {
-						o.Logger.Warn("remote: registration not refreshed; retrying", "key", key, "err", err)
-					}
-					cancel()
-				}
-			}
-		}()
-		deregister = func() {
-			dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := kv.Delete(dctx, key); err != nil {
-				o.Logger.Warn("remote: registration not deleted; callers drop it after its TTL", "key", key, "ttl", o.TTL, "err", err)
-			}
-		}
+		// A registry down at start does not stop the provider: it serves,
+		// and registers once the registry answers (see registrar).
+		reg = newRegistrar(o, p)
+		_ = reg.start()
 	}
 	if o.Ready != nil {
 		o.Ready(p)
@@ -187,21 +159,13 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	select {
 	case <-ctx.Done():
 	case err := <-served:
-		close(stopped)
-		if hb != nil {
-			<-hb
-		}
-		if deregister != nil {
-			deregister()
+		if reg != nil {
+			reg.close()
 		}
 		return fmt.Errorf("serving on %s: %w", p.Addr, err)
 	}
-	close(stopped)
-	if hb != nil {
-		<-hb
-	}
-	if deregister != nil {
-		deregister()
+	if reg != nil {
+		reg.close()
 	}
 	done := make(chan struct{})
 	close(impl.draining) // call streams end once their call in flight has
@@ -236,6 +200,7 @@ type server struct {
 	eng   Invoker
 	funcs []string
 	log   *slog.Logger
+	max   int // the largest reply, in bytes; 0: DefaultMaxMessage
 	// draining is closed when Serve stops: a call stream ends as soon as
 	// it has no call in flight, so that the graceful stop does not wait
 	// for callers to close their idle streams.
@@ -342,6 +307,15 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 	// out.Rows is the engine's copy for this call: the reply may hold it.
 	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
 		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
+	}
+	limit := s.max
+	if limit <= 0 {
+		limit = DefaultMaxMessage
+	}
+	if size := replySize(rep); size > limit {
+		// Sent, the reply would end the call's stream: the caller splits
+		// the batch instead.
+		return nil, status.Errorf(codes.ResourceExhausted, "function %q: its reply of %d rows for %d rows encodes to about %d bytes, over the limit of %d bytes per remote call", req.Func, rep.Rows.len(), len(req.In), size, limit)
 	}
 	return rep, nil
 }

@@ -111,6 +111,51 @@ func (r rowTexts) at(i int) []byte {
 	return r.text[i]
 }
 
+// slice returns rows i to j-1.
+func (r rowTexts) slice(i, j int) rowTexts {
+	if r.bytes != nil {
+		return rowTexts{bytes: r.bytes[i:j]}
+	}
+	return rowTexts{text: r.text[i:j]}
+}
+
+// DefaultMaxMessage is the largest message a remote call sends or takes
+// by default, in bytes, either way (gRPC's message limit, on both ends):
+// a batch whose rows encode to more is split into smaller calls.
+const DefaultMaxMessage = 256 << 20
+
+// headerBound bounds the bytes of a message's JSON header and framing
+// beyond its rows' own and their lengths'.
+const headerBound = 1 << 10
+
+// rowsSize is the bytes rows take in a message: their text and lengths.
+func rowsSize(rows rowTexts) int {
+	n := 0
+	for i := range rows.len() {
+		n += len(rows.at(i)) + binary.MaxVarintLen64
+	}
+	return n
+}
+
+// requestSize bounds the encoded size of req (its trace context, added
+// when it is sent, included): its text escaped at worst doubles.
+func requestSize(req *request) int {
+	n := headerBound + 2*(len(req.Flow)+len(req.Func))
+	for k, v := range req.Params {
+		n += 2*(len(k)+len(v)) + 8
+	}
+	return n + rowsSize(req.Rows)
+}
+
+// replySize bounds the encoded size of rep.
+func replySize(rep *reply) int {
+	n := headerBound + 2*(len(rep.JumpFunc)+len(rep.Message))
+	for _, e := range rep.Errors {
+		n += 2*len(e.Error) + 32
+	}
+	return n + rowsSize(rep.Rows)
+}
+
 // codec is the service's codec, forced on both ends (so no process-wide
 // registration is needed): a message is its JSON header, then its rows
 // framed (uvarint lengths).

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -59,6 +60,7 @@ type Remote struct {
 	cfg     *config.Conn
 	p       params
 	client  *rpc.Client
+	log     *slog.Logger // the engine's (UseLogger); nil: slog.Default
 	calls   *prometheus.CounterVec
 	latency *prometheus.HistogramVec
 }
@@ -120,6 +122,11 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 		if err := rpc.CheckService(p.Service); err != nil {
 			return nil, &driver.ParamError{Param: "service", Msg: err.Error()}
 		}
+		if strings.TrimSpace(cfg.Addrs) != "" {
+			if _, err := rpc.NATSURL(cfg.Addrs); err != nil {
+				return nil, fmt.Errorf("addrs: %w", err)
+			}
+		}
 	case "static", "dns":
 		if strings.TrimSpace(cfg.Addrs) == "" {
 			return nil, fmt.Errorf("connector %q: registry %s needs addrs (%s)", cfg.CName, p.Registry, map[string]string{"static": "host:port, comma-separated", "dns": "the SRV name"}[p.Registry])
@@ -135,6 +142,11 @@ func New(cfg *config.Conn) (driver.Driver, error) {
 }
 
 // Start connects to the registry and starts following it.
+// UseLogger makes the connector (its directory and client: registry
+// outages, failovers, breakers) log through the engine's logger, in the
+// command's format (kisflow.LoggerUser).
+func (r *Remote) UseLogger(l *slog.Logger) { r.log = l }
+
 func (r *Remote) Start(ctx context.Context) error {
 	var dir rpc.Directory
 	var err error
@@ -142,13 +154,16 @@ func (r *Remote) Start(ctx context.Context) error {
 	case "static":
 		dir, err = rpc.Static(strings.Split(r.cfg.Addrs, ","))
 	case "dns":
-		dir, err = rpc.WatchDNS(ctx, strings.TrimSpace(r.cfg.Addrs), r.p.Refresh)
+		dir, err = rpc.WatchDNS(ctx, strings.TrimSpace(r.cfg.Addrs), r.p.Refresh, rpc.WithLogger(r.log))
 	default:
-		url := strings.TrimSpace(r.cfg.Addrs)
-		if url == "" {
-			url = "nats://127.0.0.1:4222"
+		url := "nats://127.0.0.1:4222"
+		if strings.TrimSpace(r.cfg.Addrs) != "" {
+			// A URL without a port is port 4222, as nats.go reads it.
+			if url, err = rpc.NATSURL(r.cfg.Addrs); err != nil {
+				return fmt.Errorf("connector %q: addrs: %w", r.cfg.CName, err)
+			}
 		}
-		dir, err = rpc.WatchNATS(ctx, url, r.p.Bucket, r.p.Service, r.p.Version, r.p.Group)
+		dir, err = rpc.WatchNATS(ctx, url, r.p.Bucket, r.p.Service, r.p.Version, r.p.Group, rpc.WithLogger(r.log))
 	}
 	if err != nil {
 		return fmt.Errorf("connector %q: %w", r.cfg.CName, err)
@@ -161,7 +176,7 @@ func (r *Remote) Start(ctx context.Context) error {
 	}
 	c, err := rpc.NewClient(dir, rpc.Options{Service: service, Cluster: r.p.Cluster, LoadBalance: r.p.LoadBalance,
 		Retries: r.p.Retries, Timeout: r.p.Timeout, Forks: r.p.Forks, HashField: r.p.HashField,
-		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen, Observe: r.observe})
+		BreakerFailures: breakerFailures(r.p.BreakerFailures), BreakerOpen: r.p.BreakerOpen, Observe: r.observe, Logger: r.log})
 	if err != nil {
 		_ = dir.Close()
 		return err

@@ -37,6 +37,10 @@ func TestLintRemoteConnector(t *testing.T) {
 			`conf.yml:4: connector "pricing": addrs: static provider "127.0.0.1:19151;abc": the weight after ';' must be a whole number of at least 1; static provider "localhost": want host:port (a port is required)`},
 		{"static port", "addrs: localhost:99999,127.0.0.1:0\n", "registry: static", ExitProblem,
 			`conf.yml:4: connector "pricing": addrs: static provider "localhost:99999": port "99999" is not a port number (1 to 65535); static provider "127.0.0.1:0": port "0" is not`},
+		{"nats addrs", "addrs: nats://127.0.0.1:99999\n", "registry: nats", ExitProblem,
+			`conf.yml:4: connector "pricing": addrs: NATS server "nats://127.0.0.1:99999": port "99999" is not a port number (1 to 65535)`},
+		{"nats scheme", "addrs: http://127.0.0.1:4222\n", "registry: nats", ExitProblem,
+			`conf.yml:4: connector "pricing": addrs: NATS server "http://127.0.0.1:4222": want nats://host[:port] (port 4222 when not given)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -35,9 +35,11 @@ func serveCmd(reg *kisflow.Registry) *cobra.Command {
 			"functions) to flows whose connector of type remote names this service. The\n" +
 			"provider registers itself (address, functions, version, group, weight) in the\n" +
 			"registry, refreshes the registration every third of --ttl, and on\n" +
-			"SIGINT/SIGTERM deregisters, finishes the calls in flight and exits. Flags\n" +
-			"default to the serve block of the global file, under the same names.\n" +
-			"Prints `serving SERVICE on ADDRESS: FUNCTIONS` once registered.",
+			"SIGINT/SIGTERM deregisters, finishes the calls in flight and exits. A\n" +
+			"registry unreachable at start is logged and tried again with backoff while\n" +
+			"the provider serves. Flags default to the serve block of the global file,\n" +
+			"under the same names. Prints `serving SERVICE on ADDRESS: FUNCTIONS` once\n" +
+			"registered (or once the first attempt to register failed).",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -47,7 +49,7 @@ func serveCmd(reg *kisflow.Registry) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&so.o.Service, "service", "", "the service's name in the registry (default: the serve block's, else DIR's folder name)")
-	f.StringVar(&so.o.Registry, "registry", "nats://127.0.0.1:4222", "the registry: nats://host:port, or none (callers list this provider statically or by DNS)")
+	f.StringVar(&so.o.Registry, "registry", "nats://127.0.0.1:4222", "the registry: nats://host[:port] (port 4222 when not given), or none (callers list this provider statically or by DNS)")
 	f.StringVar(&so.o.Listen, "listen", "127.0.0.1:0", "the gRPC listen address; port 0 takes any free port and registers it")
 	f.StringVar(&so.o.Version, "version", "", "the version callers may ask for")
 	f.StringVar(&so.o.Group, "group", "", "the group callers may ask for")

@@ -354,6 +354,17 @@ func (s *Server) Restart(t *testing.T) {
 	s.start(t)
 }
 
+// Stop stops the server (as a service manager would) until Start: its port
+// is closed meanwhile.
+func (s *Server) Stop() { s.stop() }
+
+// Start starts a server stopped by Stop again, on the same port with the
+// same data. It returns once the server accepts connections again.
+func (s *Server) Start(t testing.TB) {
+	t.Helper()
+	s.start(t)
+}
+
 // Down stops the server, keeps it stopped for d (an outage of that
 // length), and starts it again on the same port with the same data. It
 // returns once the server accepts connections again.
