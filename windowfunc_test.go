@@ -81,18 +81,7 @@ func TestWindowStateSnapshotRestore(t *testing.T) {
 		"kistype: func\nfname: Calc\nfmode: Calculate\ncalc: {cents: amount * 100}\n---\n" +
 		"kistype: func\nfname: W\nfmode: Calculate\n" +
 		"window: {type: tumbling, size: 1m, time_field: ts, group_by: [user], aggregate: {n: count(), cents: sum(cents)}}\n"
-	newEngine := func() *kisflow.Engine {
-		set, err := config.ImportFS(fstest.MapFS{"f.yml": {Data: []byte(yml)}}, ".")
-		if err != nil {
-			t.Fatal(err)
-		}
-		eng, err := kisflow.NewEngine(kisflow.NewRegistry(), set)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = eng.Close(context.Background()) })
-		return eng
-	}
+	newEngine := func() *kisflow.Engine { return yamlEngine(t, yml) }
 	ctx := context.Background()
 	run := func(eng *kisflow.Engine, rows ...string) []any {
 		fl, err := eng.Flow(ctx, "F")
@@ -157,16 +146,7 @@ func TestWindowLatePoliciesInAFlow(t *testing.T) {
 			yml := "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: W\n---\n" +
 				"kistype: func\nfname: W\nfmode: Calculate\n" +
 				"window: {type: tumbling, size: 1m, time_field: ts, lateness: 10s, late: " + tc.late + ", group_by: [u], aggregate: {n: count()}}\n"
-			set, err := config.ImportFS(fstest.MapFS{"f.yml": {Data: []byte(yml)}}, ".")
-			if err != nil {
-				t.Fatal(err)
-			}
-			eng, err := kisflow.NewEngine(kisflow.NewRegistry(), set)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer eng.Close(context.Background())
-			fl, err := eng.Flow(context.Background(), "F")
+			fl, err := yamlEngine(t, yml).Flow(context.Background(), "F")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -200,17 +180,8 @@ func TestWindowLargeBatch(t *testing.T) {
 	yml := "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: W\n---\n" +
 		"kistype: func\nfname: W\nfmode: Calculate\n" +
 		"window: {type: tumbling, size: 1m, time_field: ts, group_by: [u], aggregate: {n: count(), s: sum(v)}}\n"
-	set, err := config.ImportFS(fstest.MapFS{"f.yml": {Data: []byte(yml)}}, ".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(kisflow.NewRegistry(), set)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := context.Background()
-	defer eng.Close(ctx)
-	fl, err := eng.Flow(ctx, "F")
+	fl, err := yamlEngine(t, yml).Flow(ctx, "F")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,4 +256,20 @@ func TestWindowLargeBatch(t *testing.T) {
 			t.Errorf("group %d: n %v s %v, want %d %g", u, m["n"], m["s"], wantN[u], wantS[u])
 		}
 	}
+}
+
+// yamlEngine is an engine of the stock registry over one YAML file, closed
+// when the test ends.
+func yamlEngine(t *testing.T, yml string) *kisflow.Engine {
+	t.Helper()
+	set, err := config.ImportFS(fstest.MapFS{"f.yml": {Data: []byte(yml)}}, ".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := kisflow.NewEngine(kisflow.NewRegistry(), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = eng.Close(context.Background()) })
+	return eng
 }
