@@ -5,7 +5,6 @@ import (
 	stdsql "database/sql"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 
 	gojson "github.com/goccy/go-json"
@@ -97,26 +96,30 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 	if err != nil {
 		return err
 	}
+	keyFields := d.fieldsOf(key)
 	truncate := false
-	last := make(map[string]*change, len(maps))
-	order := make([]string, 0, len(maps))
-	set := func(c *change) error {
+	// Each key's last change, in the order of the keys' first changes.
+	at := make(map[any]int, len(maps))
+	changes := make([]change, 0, len(maps))
+	set := func(c change) error {
 		id, err := keyID(c.key)
 		if err != nil {
 			return stream.Permanent(fmt.Errorf("connector %q: key %v: %w", d.cfg.CName, c.key, err))
 		}
-		if _, ok := last[id]; !ok {
-			order = append(order, id)
+		if i, ok := at[id]; ok {
+			changes[i] = c
+			return nil
 		}
-		last[id] = c
+		at[id] = len(changes)
+		changes = append(changes, c)
 		return nil
 	}
 	keyOf := func(i int, m map[string]any) ([]any, error) {
 		k := make([]any, len(key))
-		for j, c := range key {
-			v, ok := m[d.field(c)]
+		for j, f := range keyFields {
+			v, ok := m[f]
 			if !ok || v == nil {
-				return nil, stream.Permanent(fmt.Errorf("connector %q: row %d has no value for the key column %s", d.cfg.CName, i, c))
+				return nil, stream.Permanent(fmt.Errorf("connector %q: row %d has no value for the key column %s", d.cfg.CName, i, key[j]))
 			}
 			k[j] = sqlValue(v)
 		}
@@ -126,14 +129,14 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		op, _ := m["_op"].(string)
 		switch op {
 		case "truncate":
-			truncate, last, order = true, map[string]*change{}, nil
+			truncate, at, changes = true, map[any]int{}, changes[:0]
 			continue
 		case "delete":
 			k, err := keyOf(i, m)
 			if err != nil {
 				return err
 			}
-			if err := set(&change{del: true, key: k}); err != nil {
+			if err := set(change{del: true, key: k}); err != nil {
 				return err
 			}
 			continue
@@ -149,13 +152,13 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		if before, ok := m["_before"].(map[string]any); ok && op == "update" {
 			if old, err := keyOf(i, before); err == nil {
 				if ok, _ := sameKey(old, k); !ok {
-					if err := set(&change{del: true, key: old}); err != nil {
+					if err := set(change{del: true, key: old}); err != nil {
 						return err
 					}
 				}
 			}
 		}
-		if err := set(&change{key: k, row: m}); err != nil {
+		if err := set(change{key: k, row: m}); err != nil {
 			return err
 		}
 	}
@@ -164,57 +167,105 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 			return fmt.Errorf("connector %q: empty %s: %w", d.cfg.CName, d.table, err)
 		}
 	}
-	var dels [][]any
-	type group struct {
-		have []string // the columns its rows have
-		rows []map[string]any
+	dels, groups, err := d.applyGroups(cols, changes)
+	if err != nil {
+		return err
 	}
-	groups := map[string]*group{} // upserts by the columns they have
-	var groupOrder []*group
-	sig := make([]byte, len(cols))
-	for _, id := range order {
-		c := last[id]
+	if err := d.deleteRows(ctx, tx, key, dels); err != nil {
+		return refused(fmt.Errorf("connector %q: delete from %s: %w", d.cfg.CName, d.table, err))
+	}
+	for _, g := range groups {
+		if err := d.writeRows(ctx, tx, g.have, key, g.args); err != nil {
+			return refused(fmt.Errorf("connector %q: apply to %s: %w", d.cfg.CName, d.table, err))
+		}
+	}
+	return nil
+}
+
+// upsertGroup is the upserts of a batch that have the same columns: have,
+// and their values, row after row in the order of have.
+type upsertGroup struct {
+	have []string
+	args []any
+}
+
+// applyGroups splits a batch's folded changes into the keys to delete and
+// the upserts by the columns they have (most often one group: every
+// column). Each value is looked up in its row once.
+func (d *DB) applyGroups(cols []string, changes []change) ([][]any, []*upsertGroup, error) {
+	w := len(cols)
+	colFields := d.fieldsOf(cols)
+	var dels [][]any
+	ups := 0
+	for _, c := range changes {
+		if c.del {
+			ups--
+		}
+	}
+	ups += len(changes)
+	// vals holds each upsert's value of every column (nil when absent),
+	// sigs which it has: '+' or '-' a column.
+	vals := make([]any, 0, ups*w)
+	sigs := make([]byte, 0, ups*w)
+	full := true // every upsert has every column
+	for _, c := range changes {
 		if c.del {
 			dels = append(dels, c.key)
 			continue
 		}
-		for j, col := range cols {
-			sig[j] = '-'
-			if _, ok := c.row[d.field(col)]; ok {
-				sig[j] = '+'
+		have := 0
+		for _, f := range colFields {
+			v, ok := c.row[f]
+			if ok {
+				have++
+				sigs = append(sigs, '+')
+			} else {
+				sigs = append(sigs, '-')
 			}
+			vals = append(vals, sqlValue(v))
 		}
-		g := groups[string(sig)]
+		if have == 0 {
+			return nil, nil, stream.Permanent(fmt.Errorf("connector %q: a row of key %v has none of the columns of %s", d.cfg.CName, c.key, d.table))
+		}
+		full = full && have == w
+	}
+	if ups == 0 {
+		return dels, nil, nil
+	}
+	if full {
+		return dels, []*upsertGroup{{have: cols, args: vals}}, nil
+	}
+	byCols := map[string]*upsertGroup{}
+	var groups []*upsertGroup
+	for u := range ups {
+		sig := sigs[u*w : (u+1)*w]
+		g := byCols[string(sig)]
 		if g == nil {
-			g = &group{}
+			g = &upsertGroup{}
 			for j, col := range cols {
 				if sig[j] == '+' {
 					g.have = append(g.have, col)
 				}
 			}
-			if len(g.have) == 0 {
-				return stream.Permanent(fmt.Errorf("connector %q: a row of key %v has none of the columns of %s", d.cfg.CName, c.key, d.table))
-			}
-			groups[string(sig)] = g
-			groupOrder = append(groupOrder, g)
+			byCols[string(sig)] = g
+			groups = append(groups, g)
 		}
-		g.rows = append(g.rows, c.row)
-	}
-	if err := d.deleteRows(ctx, tx, key, dels); err != nil {
-		return refused(fmt.Errorf("connector %q: delete from %s: %w", d.cfg.CName, d.table, err))
-	}
-	for _, g := range groupOrder {
-		args := make([]any, 0, len(g.rows)*len(g.have))
-		for _, m := range g.rows {
-			for _, c := range g.have {
-				args = append(args, sqlValue(m[d.field(c)]))
+		for j, v := range vals[u*w : (u+1)*w] {
+			if sig[j] == '+' {
+				g.args = append(g.args, v)
 			}
 		}
-		if err := d.writeRows(ctx, tx, g.have, key, args); err != nil {
-			return refused(fmt.Errorf("connector %q: apply to %s: %w", d.cfg.CName, d.table, err))
-		}
 	}
-	return nil
+	return dels, groups, nil
+}
+
+// fieldsOf is the row field each column takes its value from.
+func (d *DB) fieldsOf(cols []string) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = d.field(c)
+	}
+	return out
 }
 
 func sameKey(a, b []any) (bool, error) {
@@ -226,27 +277,30 @@ func sameKey(a, b []any) (bool, error) {
 	return ka == kb, err
 }
 
-// keyID is a key's identity within a batch: a one-column key of a common
-// type as its text (whole numbers of every size alike), others as JSON.
-func keyID(key []any) (string, error) {
+// jsonKey is the identity of a key keyID does not tell by its value: its
+// JSON text, a type of its own so that it never equals a string key.
+type jsonKey string
+
+// keyID is a key's identity within a batch, a comparable value: a
+// one-column key of a common type as itself (whole numbers of every size
+// as int64, a JSON row's whole float64 too), others as their JSON text.
+func keyID(key []any) (any, error) {
 	if len(key) == 1 {
 		switch v := key[0].(type) {
-		case int64:
-			return strconv.FormatInt(v, 10), nil
+		case int64, string:
+			return v, nil
 		case int32:
-			return strconv.FormatInt(int64(v), 10), nil
+			return int64(v), nil
 		case int:
-			return strconv.Itoa(v), nil
+			return int64(v), nil
 		case float64: // a JSON row's number: as the same whole number would be
 			if v == float64(int64(v)) {
-				return strconv.FormatInt(int64(v), 10), nil
+				return int64(v), nil
 			}
-		case string:
-			return "s" + v, nil
 		}
 	}
 	b, err := gojson.Marshal(key)
-	return string(b), err
+	return jsonKey(b), err
 }
 
 // applyColumns fixes, on first use, the columns and the key of mode
