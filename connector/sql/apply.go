@@ -114,8 +114,13 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 		changes = append(changes, c)
 		return nil
 	}
+	var keys []any // the keys' values, one allocation for the batch's
 	keyOf := func(i int, m map[string]any) ([]any, error) {
-		k := make([]any, len(key))
+		if len(keys) < len(key) {
+			keys = make([]any, len(key)*(len(maps)-i+1))
+		}
+		k := keys[:len(key):len(key)]
+		keys = keys[len(key):]
 		for j, f := range keyFields {
 			v, ok := m[f]
 			if !ok || v == nil {
