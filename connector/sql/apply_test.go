@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -113,6 +114,35 @@ func testApply(t *testing.T, d *DB) {
 	if got := read(); got[7] != "" {
 		t.Fatalf("the delete of 7 as a JSON number did not win: %v", got)
 	}
+	// Inserts of keys the replica has (changes applied again after a
+	// crash): PostgreSQL's plain INSERT of fresh keys fails, and the batch
+	// upserts them instead, then so do the next ones; also within an
+	// exactly-once transaction, whose position is saved with them.
+	same := func(want map[int]string) {
+		t.Helper()
+		if got := read(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("replica %v, want %v", got, want)
+		}
+	}
+	if err := d.Write(ctx, []any{row("insert", 8, "h3"), row("insert", 10, "j"), row("update", 8, "h4")}); err != nil {
+		t.Fatal(err)
+	}
+	same(map[int]string{8: "h4", 10: "j"})
+	if d.dialect == checkpoint.Postgres && d.upsertOnly != upsertOnlyBatches {
+		t.Fatalf("after a fresh key met its row: %d writes of fresh keys left to upsert, want %d", d.upsertOnly, upsertOnlyBatches)
+	}
+	d.upsertOnly = 0
+	if err := d.CommitBatchAfter(ctx, "s", "", "p1", nil, []any{row("insert", 11, "k"), row("insert", 10, "j2"), row("delete", 8, "")}); err != nil {
+		t.Fatal(err)
+	}
+	same(map[int]string{10: "j2", 11: "k"})
+	if pos, err := d.Position(ctx, "s"); err != nil || pos != "p1" {
+		t.Fatalf("position %q (err %v), want p1", pos, err)
+	}
+	if err := d.Write(ctx, []any{row("insert", 12, "l")}); err != nil {
+		t.Fatal(err)
+	}
+	same(map[int]string{10: "j2", 11: "k", 12: "l"})
 	if err := d.Write(ctx, []any{map[string]any{"_op": "merge", "id": 1}}); err == nil {
 		t.Fatal("an unknown _op was accepted")
 	}

@@ -106,6 +106,10 @@ type DB struct {
 	fieldOf      map[string]string // column -> row field, from columns' col=field entries
 	upsertKey    []string          // conflict columns: insert or update
 	pgTypes      map[string]string // postgres: column -> type, "" for an array (see pgArrayTypes)
+	// upsertOnly: mode apply on PostgreSQL upserts even the rows of keys
+	// a batch inserted, for its next upsertOnly writes of them (see
+	// insertFresh).
+	upsertOnly int
 
 	stmts stmtCache // the writes' statements, prepared once
 }
