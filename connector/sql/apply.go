@@ -184,10 +184,11 @@ func (d *DB) applyRows(ctx context.Context, tx *stdsql.Tx, rows []any) error {
 	if err := d.deleteRows(ctx, tx, key, dels); err != nil {
 		return refused(fmt.Errorf("connector %q: delete from %s: %w", d.cfg.CName, d.table, err))
 	}
+	plain := true // one savepoint a transaction (see insertFresh): the first group of fresh keys
 	for _, g := range groups {
 		write := d.writeRows
-		if g.fresh {
-			write = d.insertFresh
+		if g.fresh && plain {
+			write, plain = d.insertFresh, false
 		}
 		if err := write(ctx, tx, g.have, key, g.args); err != nil {
 			return refused(fmt.Errorf("connector %q: apply to %s: %w", d.cfg.CName, d.table, err))
@@ -220,7 +221,10 @@ const upsertOnlyBatches = 16
 // INSERT fail: the transaction goes back to the savepoint and upserts the
 // rows, as it does for the next writes of fresh keys too
 // (upsertOnlyBatches), which are likely to meet such keys again.
-// Elsewhere the rows are upserted.
+// Elsewhere the rows are upserted. A transaction takes one such
+// savepoint at most (each is a subtransaction, and many in one
+// transaction slow the server's other sessions): a batch's other groups
+// of fresh keys, rows with other columns, are upserted.
 func (d *DB) insertFresh(ctx context.Context, tx *stdsql.Tx, cols, key []string, args []any) error {
 	d.mu.Lock()
 	upsert := d.dialect != checkpoint.Postgres || d.upsertOnly > 0
