@@ -231,8 +231,18 @@ func (d *DB) insertFresh(ctx context.Context, tx *stdsql.Tx, cols, key []string,
 	if d.upsertOnly > 0 {
 		d.upsertOnly--
 	}
+	checked, unique := d.keyChecked, d.keyUnique
 	d.mu.Unlock()
-	if upsert {
+	if !upsert && !checked {
+		var err error
+		if unique, err = d.uniqueKey(ctx, tx, key); err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.keyChecked, d.keyUnique = true, unique
+		d.mu.Unlock()
+	}
+	if upsert || !unique {
 		return d.writeRows(ctx, tx, cols, key, args)
 	}
 	if _, err := tx.ExecContext(ctx, "SAVEPOINT kisflow_fresh"); err != nil {
@@ -437,6 +447,24 @@ func (d *DB) applyColumns(ctx context.Context, tx *stdsql.Tx, maps []map[string]
 	cols = slices.DeleteFunc(slices.Clone(cols), func(c string) bool { return strings.HasPrefix(c, "_") })
 	d.columns, d.upsertKey = cols, key
 	return cols, key, nil
+}
+
+// uniqueKey reports whether the table (PostgreSQL) has a unique index of
+// exactly the columns of key, as ON CONFLICT needs: without one, a plain
+// INSERT of fresh keys would add a row applied again instead of failing,
+// and the rows are upserted (which fails, naming the missing index).
+func (d *DB) uniqueKey(ctx context.Context, tx *stdsql.Tx, key []string) (bool, error) {
+	var ok bool
+	err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM pg_index i
+WHERE i.indrelid = to_regclass(quote_ident(current_schema()) || '.' || quote_ident($1)) AND i.indisunique
+AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = cardinality($2::text[])
+AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
+WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1]))
+= (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))`, d.table, key).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("connector %q: read the unique indexes of %s: %w", d.cfg.CName, d.table, err)
+	}
+	return ok, nil
 }
 
 // primaryKey is the table's primary key columns, in order.

@@ -243,3 +243,34 @@ func TestApplyGroups(t *testing.T) {
 		t.Fatalf("a column with a NULL went as %T %v", arrays[3], arrays[3])
 	}
 }
+
+// TestApplyFreshNeedsUniqueKey: on PostgreSQL, the keys a batch inserts go
+// as a plain INSERT only when a unique index has the key's columns; on a
+// table without one (upsert_key names columns of no such index) the rows
+// are upserted, which fails, instead of inserting a key twice.
+func TestApplyFreshNeedsUniqueKey(t *testing.T) {
+	t.Parallel()
+	d := openDB(t, TypePostgres, "nokey", map[string]string{"mode": "apply", "upsert_key": "id"})
+	if _, err := d.SQL().Exec("CREATE TABLE nokey (id BIGINT NOT NULL, v TEXT)"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	err := d.Write(ctx, []any{map[string]any{"_op": "insert", "id": int64(1), "v": "a"}, map[string]any{"_op": "insert", "id": int64(2), "v": "b"}})
+	var n int
+	if qerr := d.SQL().QueryRow("SELECT count(*) FROM nokey").Scan(&n); qerr != nil {
+		t.Fatal(qerr)
+	}
+	if err == nil || n != 0 {
+		t.Fatalf("inserts into a table without a unique index of the key: err %v, %d rows, want the upsert's error and none", err, n)
+	}
+	if _, err := d.SQL().Exec("CREATE UNIQUE INDEX ON nokey (id)"); err != nil {
+		t.Fatal(err)
+	}
+	d.keyChecked = false // a new index: looked for again
+	if err := d.Write(ctx, []any{map[string]any{"_op": "insert", "id": int64(1), "v": "a"}, map[string]any{"_op": "insert", "id": int64(2), "v": "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !d.keyUnique {
+		t.Fatal("the unique index of the key was not found")
+	}
+}

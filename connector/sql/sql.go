@@ -110,6 +110,9 @@ type DB struct {
 	// a batch inserted, for its next upsertOnly writes of them (see
 	// insertFresh).
 	upsertOnly int
+	// keyChecked: keyUnique tells whether a unique index of the table
+	// (PostgreSQL) has exactly the key's columns (see uniqueKey).
+	keyChecked, keyUnique bool
 
 	stmts stmtCache // the writes' statements, prepared once
 }
