@@ -2,9 +2,12 @@ package sql
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/kisflow-go/kisflow/checkpoint"
 	"github.com/kisflow-go/kisflow/config"
 	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/internal/testenv"
@@ -111,6 +114,35 @@ func testApply(t *testing.T, d *DB) {
 	if got := read(); got[7] != "" {
 		t.Fatalf("the delete of 7 as a JSON number did not win: %v", got)
 	}
+	// Inserts of keys the replica has (changes applied again after a
+	// crash): PostgreSQL's plain INSERT of fresh keys fails, and the batch
+	// upserts them instead, then so do the next ones; also within an
+	// exactly-once transaction, whose position is saved with them.
+	same := func(want map[int]string) {
+		t.Helper()
+		if got := read(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("replica %v, want %v", got, want)
+		}
+	}
+	if err := d.Write(ctx, []any{row("insert", 8, "h3"), row("insert", 10, "j"), row("update", 8, "h4")}); err != nil {
+		t.Fatal(err)
+	}
+	same(map[int]string{8: "h4", 10: "j"})
+	if d.dialect == checkpoint.Postgres && d.upsertOnly != upsertOnlyBatches {
+		t.Fatalf("after a fresh key met its row: %d writes of fresh keys left to upsert, want %d", d.upsertOnly, upsertOnlyBatches)
+	}
+	d.upsertOnly = 0
+	if err := d.CommitBatchAfter(ctx, "s", "", "p1", nil, []any{row("insert", 11, "k"), row("insert", 10, "j2"), row("delete", 8, "")}); err != nil {
+		t.Fatal(err)
+	}
+	same(map[int]string{10: "j2", 11: "k"})
+	if pos, err := d.Position(ctx, "s"); err != nil || pos != "p1" {
+		t.Fatalf("position %q (err %v), want p1", pos, err)
+	}
+	if err := d.Write(ctx, []any{row("insert", 12, "l")}); err != nil {
+		t.Fatal(err)
+	}
+	same(map[int]string{10: "j2", 11: "k", 12: "l"})
 	if err := d.Write(ctx, []any{map[string]any{"_op": "merge", "id": 1}}); err == nil {
 		t.Fatal("an unknown _op was accepted")
 	}
@@ -156,5 +188,89 @@ func TestApplyOtherTables(t *testing.T) {
 		case sourceTable != "" && (err != nil || count() != 3):
 			t.Errorf("source_table a: error %v and %d rows of a, want none and 3", err, count())
 		}
+	}
+}
+
+// TestApplyGroups checks the fold's pieces without a database: one key's
+// identity whatever the type of its number (not a string's), the upserts
+// grouped by the columns they have, and the arrays of a column typed when
+// its values have one type (else []any, a NULL among them say).
+func TestApplyGroups(t *testing.T) {
+	id := func(k ...any) any {
+		v, err := keyID(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if id(int64(5)) != id(5) || id(5) != id(float64(5)) || id(int32(5)) != id(int64(5)) {
+		t.Fatal("5 as int64, int, int32 and a JSON number are not one key")
+	}
+	if id("5") == id(5) || id(`[1,2]`) == id(1, 2) || id(1, 2) == id(2, 1) || id(1, 2) != id(int64(1), float64(2)) {
+		t.Fatal("distinct keys got one identity, or one key two")
+	}
+	d := &DB{cfg: &config.Conn{CName: "replica"}, table: "replica"}
+	changes := []change{
+		{key: []any{1}, row: map[string]any{"id": 1, "v": "a", "n": int64(1)}},
+		{del: true, key: []any{2}},
+		{key: []any{3}, row: map[string]any{"id": 3, "n": int64(3)}},
+		{key: []any{4}, row: map[string]any{"id": 4, "v": nil, "n": int64(4)}},
+	}
+	dels, groups, err := d.applyGroups([]string{"id", "v", "n"}, changes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(dels) != "[[2]]" || len(groups) != 2 ||
+		fmt.Sprint(groups[0].have, groups[0].args) != "[id v n] [1 a 1 4 <nil> 4]" ||
+		fmt.Sprint(groups[1].have, groups[1].args) != "[id n] [3 3]" {
+		t.Fatalf("dels %v, groups %v %v", dels, groups[0], groups[1:])
+	}
+	if _, _, err := d.applyGroups([]string{"id"}, []change{{key: []any{1}, row: map[string]any{"x": 1}}}); err == nil {
+		t.Fatal("a row with none of the columns was accepted")
+	}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	arrays := columnArrays([]any{int64(1), "a", at, nil, int64(2), "b", at, 1.5}, 4)
+	if _, ok := arrays[0].([]int64); !ok {
+		t.Fatalf("a column of int64 went as %T", arrays[0])
+	}
+	if _, ok := arrays[1].([]string); !ok {
+		t.Fatalf("a column of strings went as %T", arrays[1])
+	}
+	if _, ok := arrays[2].([]time.Time); !ok {
+		t.Fatalf("a column of times went as %T", arrays[2])
+	}
+	if got, ok := arrays[3].([]any); !ok || got[0] != nil || got[1] != 1.5 {
+		t.Fatalf("a column with a NULL went as %T %v", arrays[3], arrays[3])
+	}
+}
+
+// TestApplyFreshNeedsUniqueKey: on PostgreSQL, the keys a batch inserts go
+// as a plain INSERT only when a unique index has the key's columns; on a
+// table without one (upsert_key names columns of no such index) the rows
+// are upserted, which fails, instead of inserting a key twice.
+func TestApplyFreshNeedsUniqueKey(t *testing.T) {
+	t.Parallel()
+	d := openDB(t, TypePostgres, "nokey", map[string]string{"mode": "apply", "upsert_key": "id"})
+	if _, err := d.SQL().Exec("CREATE TABLE nokey (id BIGINT NOT NULL, v TEXT)"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	err := d.Write(ctx, []any{map[string]any{"_op": "insert", "id": int64(1), "v": "a"}, map[string]any{"_op": "insert", "id": int64(2), "v": "b"}})
+	var n int
+	if qerr := d.SQL().QueryRow("SELECT count(*) FROM nokey").Scan(&n); qerr != nil {
+		t.Fatal(qerr)
+	}
+	if err == nil || n != 0 {
+		t.Fatalf("inserts into a table without a unique index of the key: err %v, %d rows, want the upsert's error and none", err, n)
+	}
+	if _, err := d.SQL().Exec("CREATE UNIQUE INDEX ON nokey (id)"); err != nil {
+		t.Fatal(err)
+	}
+	d.keyChecked = false // a new index: looked for again
+	if err := d.Write(ctx, []any{map[string]any{"_op": "insert", "id": int64(1), "v": "a"}, map[string]any{"_op": "insert", "id": int64(2), "v": "b"}}); err != nil {
+		t.Fatal(err)
+	}
+	if !d.keyUnique {
+		t.Fatal("the unique index of the key was not found")
 	}
 }

@@ -106,6 +106,13 @@ type DB struct {
 	fieldOf      map[string]string // column -> row field, from columns' col=field entries
 	upsertKey    []string          // conflict columns: insert or update
 	pgTypes      map[string]string // postgres: column -> type, "" for an array (see pgArrayTypes)
+	// upsertOnly: mode apply on PostgreSQL upserts even the rows of keys
+	// a batch inserted, for its next upsertOnly writes of them (see
+	// insertFresh).
+	upsertOnly int
+	// keyChecked: keyUnique tells whether a unique index of the table
+	// (PostgreSQL) has exactly the key's columns (see uniqueKey).
+	keyChecked, keyUnique bool
 
 	stmts stmtCache // the writes' statements, prepared once
 }

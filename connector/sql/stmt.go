@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -269,18 +270,58 @@ func (d *DB) deleteWhere(key []string, n int) string {
 }
 
 // columnArrays turns row-major args of w columns into one array per
-// column.
+// column: a slice of the values' type when they all have the same common
+// one ([]int64, []string, ...), which pgx encodes without looking at each
+// value's type, else []any.
 func columnArrays(args []any, w int) []any {
 	n := len(args) / w
 	out := make([]any, w)
 	for j := range w {
-		col := make([]any, n)
-		for i := range n {
-			col[i] = args[i*w+j]
-		}
-		out[j] = col
+		out[j] = columnOf(args, w, j, n)
 	}
 	return out
+}
+
+// columnOf is column j of n rows of w values.
+func columnOf(args []any, w, j, n int) any {
+	var col any
+	var ok bool
+	switch args[j].(type) {
+	case int64:
+		col, ok = typedColumn[int64](args, w, j, n)
+	case string:
+		col, ok = typedColumn[string](args, w, j, n)
+	case time.Time:
+		col, ok = typedColumn[time.Time](args, w, j, n)
+	case float64:
+		col, ok = typedColumn[float64](args, w, j, n)
+	case int32:
+		col, ok = typedColumn[int32](args, w, j, n)
+	case bool:
+		col, ok = typedColumn[bool](args, w, j, n)
+	}
+	if ok {
+		return col
+	}
+	vals := make([]any, n)
+	for i := range n {
+		vals[i] = args[i*w+j]
+	}
+	return vals
+}
+
+// typedColumn is column j as a []T, or false when a value is not a T (a
+// NULL among them, say).
+func typedColumn[T any](args []any, w, j, n int) ([]T, bool) {
+	col := make([]T, n)
+	for i := range n {
+		v, ok := args[i*w+j].(T)
+		if !ok {
+			return nil, false
+		}
+		col[i] = v
+	}
+	return col, true
 }
 
 // encodeError reports whether err is pgx's failure to encode an argument

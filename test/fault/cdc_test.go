@@ -384,14 +384,24 @@ params:
 }
 
 // TestPostgresCDCSIGKILL is the SIGKILL scenario (runCDCKill) on
-// PostgreSQL: three slots, one read with a snapshot.
+// PostgreSQL: four slots, two read with a snapshot, one of them into a
+// PostgreSQL replica at-least-once.
 func TestPostgresCDCSIGKILL(t *testing.T) {
 	t.Parallel()
 	const initial = 2000
 	_, url, db := logicalPostgres(t, initial)
 	runCDCKill(t, cdcKill{system: "postgres_cdc", db: db, initial: initial,
 		replica: cdcConn("cdc", url, "kisflow_kill_replica", true), log: cdcConn("cdclog", url, "kisflow_kill_log", false),
-		redis: cdcConn("cdcredis", url, "kisflow_kill_redis", false)})
+		redis: cdcConn("cdcredis", url, "kisflow_kill_redis", false),
+		pg: cdcConn("cdcpg", url, "kisflow_kill_pg", true) + `---
+kistype: conn
+cname: pgreplica
+type: postgres
+key: pg_replica
+params:
+  dsn: "` + url + `"
+  mode: apply
+`})
 }
 
 // TestPostgresCDCServerRestart is the restart scenario (runCDCRestart) on

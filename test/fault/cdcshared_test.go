@@ -143,6 +143,12 @@ type cdcKill struct {
 	// (with a snapshot), cdclog and cdcredis (without).
 	replica, log, redis string
 	initial             int64
+	// pg, when set, is the YAML of a fourth source connector, cdcpg (with
+	// a snapshot), and of a PostgreSQL sink pgreplica applying its
+	// changes at-least-once to table pg_replica of db (mode apply): each
+	// kill makes it apply changes again, inserts of keys it holds among
+	// them.
+	pg string
 }
 
 // runCDCKill kills a job replicating a changing table with SIGKILL at
@@ -157,7 +163,7 @@ func runCDCKill(t *testing.T, c cdcKill) {
 	work := t.TempDir()
 	redisAddr := testenv.Redis.Addr(t)
 	redisKey := testenv.Name("kisflow-" + c.system + "-")
-	dir := Dir(t, map[string]string{
+	docs := map[string]string{
 		"replica.yml": cdcFlow("Replica", "cdc", "replica", "exactly-once"),
 		"log.yml":     cdcFlow("Log", "cdclog", "log", "exactly-once"),
 		"redis.yml":   cdcFlow("RedisLog", "cdcredis", "redislog", "exactly-once"),
@@ -173,7 +179,17 @@ params:
   state_prefix: "` + redisKey + `:"
 ---
 ` + sqliteSinks(work),
-	})
+	}
+	flows := 3
+	if c.pg != "" {
+		if _, err := c.db.Exec("CREATE TABLE pg_replica (id BIGINT PRIMARY KEY, v TEXT, n BIGINT)"); err != nil {
+			t.Fatal(err)
+		}
+		docs["pgreplica.yml"] = cdcFlow("PgReplica", "cdcpg", "pgreplica", "at-least-once")
+		docs["conns.yml"] += "---\n" + c.pg
+		flows++
+	}
+	dir := Dir(t, docs)
 	Throttle(t, dir, 1500) // the first kill lands in the snapshot
 	replicaDB := openSQLite(t, work, "replica.db")
 	replica := func() (map[int64]string, error) { return tableRows(replicaDB, rowText+"replica") }
@@ -203,11 +219,11 @@ params:
 		t.Fatal(err)
 	}
 	p = run()
-	Eventually(t, time.Minute, "the three flows stream", func() bool {
+	Eventually(t, time.Minute, "every flow streams", func() bool {
 		if p.Exited() {
 			t.Fatalf("kisflow exited; output:\n%s", tail(p.Output(), 4000))
 		}
-		return strings.Count(p.Output(), c.system+" streams changes") >= 3
+		return strings.Count(p.Output(), c.system+" streams changes") >= flows
 	})
 	target := cdcKillChanges(t)
 	w := startWriter(t, c.db, c.initial, 0)
@@ -228,6 +244,9 @@ params:
 	}
 	t.Logf("%d changes committed in %v", w.changes.Load(), time.Since(began).Round(time.Second))
 	waitEqual(t, p, c.db, replica, 3*time.Minute)
+	if c.pg != "" {
+		waitEqual(t, p, c.db, func() (map[int64]string, error) { return tableRows(c.db, rowText+"pg_replica") }, 3*time.Minute)
+	}
 	w.mu.Lock()
 	want := w.want
 	w.mu.Unlock()
@@ -246,6 +265,13 @@ params:
 		})
 	}
 	stopCleanly(t, p)
+	if c.pg != "" {
+		// A change applied again, an insert of a key the replica holds,
+		// is written, not refused into the dead letters.
+		if b, _ := os.ReadFile(filepath.Join(state, "dead-letter", "PgReplica.jsonl")); strings.TrimSpace(string(b)) != "" {
+			t.Errorf("the PostgreSQL replica dead-lettered changes: %s", tail(string(b), 2000))
+		}
+	}
 	for _, l := range logs {
 		got, err := l.read()
 		if err != nil {
