@@ -238,7 +238,7 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		return err
 	}
 	a.addr = ln.Addr()
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.srv = &http.Server{Handler: guardBrowsers(a.cfg.Listen, mux), ReadHeaderTimeout: 5 * time.Second}
 	a.done = make(chan error, 1)
 	go func() { a.done <- a.srv.Serve(ln) }()
 	h.Logger().Info("admin server listening", "addr", a.addr.String(), "metrics", a.cfg.Path)

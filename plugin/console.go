@@ -71,6 +71,72 @@ func requireToken(token string, h http.Handler) http.Handler {
 	})
 }
 
+// guardBrowsers wraps the admin server's handler h against web pages of
+// other sites, which a browser on the operator's machine would otherwise
+// let reach it:
+//
+//   - a request that may change something (any method but GET, HEAD and
+//     OPTIONS) sent by a page of another origin, as its Sec-Fetch-Site or
+//     Origin header tells (http.CrossOriginProtection), answers 403: such
+//     a page could stop flows or replay dead letters (cross-site request
+//     forgery). A request without those headers (curl, scripts) passes.
+//   - when the server listens on a loopback address, a request whose Host
+//     header is not an IP address, localhost or the listen address's host
+//     answers 403: a page of another site whose name was made to resolve
+//     to this machine (DNS rebinding) would otherwise be of the same
+//     origin as the server and read it. A server listening beyond
+//     localhost is reached under names this one cannot know: it wants
+//     TokenEnv instead.
+func guardBrowsers(listen string, h http.Handler) http.Handler {
+	cop := http.NewCrossOriginProtection()
+	own, _, _ := net.SplitHostPort(listen)
+	checkHost := loopback(listen)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if checkHost && !localName(r.Host, own) {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": "Host " + r.Host + " refused: the admin server listens on " + listen +
+				" (loopback) and answers only requests addressed to an IP address, localhost or " + own +
+				", so that a page of another site cannot reach it under its own name (DNS rebinding)"})
+			return
+		}
+		if err := cop.Check(r); err != nil {
+			writeJSON(w, http.StatusForbidden, map[string]string{"error": r.Method + " " + r.URL.Path + " refused: it comes from a web page of another origin (" +
+				fromHeaders(r) + "), which may not change anything here (cross-site request forgery). Use the inspector served by this server, or a client that sends no Origin header (curl)"})
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// fromHeaders names the headers that tell where a browser request comes
+// from.
+func fromHeaders(r *http.Request) string {
+	var from []string
+	for _, k := range []string{"Origin", "Sec-Fetch-Site"} {
+		if v := r.Header.Get(k); v != "" {
+			from = append(from, k+": "+v)
+		}
+	}
+	return strings.Join(from, ", ")
+}
+
+// localName reports whether the Host header host (with or without a
+// port) names this server without a name a DNS record could bind
+// elsewhere: an IP address, localhost, or own (the listen address's
+// host). A request without one (HTTP/1.0) passes.
+func localName(host, own string) bool {
+	if host == "" {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.Trim(host, "[]"), ".")
+	if i := strings.IndexByte(host, '%'); i >= 0 {
+		host = host[:i] // an IPv6 zone
+	}
+	return net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") || (own != "" && strings.EqualFold(host, own))
+}
+
 // loopback reports whether the listen address binds only the loopback
 // interface.
 func loopback(listen string) bool {

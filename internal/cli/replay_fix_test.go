@@ -181,3 +181,48 @@ func TestReplayFilesAfterACrash(t *testing.T) {
 		t.Fatalf("%s is kept (%v)", rf.failedAgain, err)
 	}
 }
+
+// Without a token, the admin server on localhost refuses what a web page
+// of another site could send it: a request that changes something from
+// another origin (cross-site request forgery: it used to stop the flow),
+// and any request under a name that is not local (DNS rebinding: it used
+// to read the API). curl, which sends no Origin, still stops the flow.
+func TestAdminRefusesOtherSites(t *testing.T) {
+	t.Parallel()
+	dir, base := adminDir(t, 50)
+	_, done := childWith(t, dir)
+	api := apiClient{t: t, base: base}
+	waitAPI(t, api, done)
+	port := base[strings.LastIndexByte(base, ':')+1:]
+	for _, c := range []struct {
+		what    string
+		method  string
+		path    string
+		headers []string
+		word    string
+	}{
+		{"a stop from another site under the attacker's name", "POST", "/api/flows/Gen/stop",
+			[]string{"Origin", "https://evil.example", "Content-Type", "text/plain", "Host", "attacker.example:" + port}, "DNS rebinding"},
+		{"a stop from another site", "POST", "/api/flows/Gen/stop", []string{"Origin", "https://evil.example", "Content-Type", "text/plain"}, "another origin"},
+		{"a replay a browser marks cross-site", "POST", "/api/flows/Gen/dead-letters/replay", []string{"Sec-Fetch-Site", "cross-site"}, "another origin"},
+		{"a read under a rebound name", "GET", "/api/flows", []string{"Host", "attacker.example:" + port}, "DNS rebinding"},
+		{"a state read under a rebound name", "GET", "/state/Gen/1", []string{"Host", "attacker.example:" + port}, "DNS rebinding"},
+	} {
+		code, body := api.send(c.method, c.path, c.headers...)
+		if code != http.StatusForbidden || !strings.Contains(body, c.word) {
+			t.Errorf("%s: %d %s, want 403 saying %q", c.what, code, body, c.word)
+		}
+	}
+	if f := api.flow("Gen"); f.Status != "running" {
+		t.Fatalf("Gen is %s after the refused requests, want running", f.Status)
+	}
+	if code, body := api.send("GET", "/api/flows/Gen", "Host", "localhost:"+port); code != 200 {
+		t.Errorf("GET under localhost: %d %s", code, body)
+	}
+	if code, body := api.send("POST", "/api/flows/Gen/stop", "Origin", base); code != 200 {
+		t.Errorf("a stop from the inspector's own origin: %d %s", code, body)
+	}
+	if code, body := api.send("POST", "/api/flows/Other/stop"); code != 200 {
+		t.Errorf("a stop without Origin (curl): %d %s", code, body)
+	}
+}
