@@ -217,8 +217,8 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		_, _ = io.WriteString(w, "ok\n")
 	})
 	token := os.Getenv(TokenEnv)
-	mux.Handle("/state/{flow}/{key...}", requireToken(token, serveState(h.States())))
 	console := h.Console()
+	mux.Handle("/state/{flow}/{key...}", requireToken(token, console.stateHandler(h.States())))
 	mux.Handle("/api/", requireToken(token, console))
 	mux.Handle("/", console) // the inspector's static files; its data comes from /api/
 	if token == "" && !loopback(a.cfg.Listen) {

@@ -52,6 +52,24 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	(*p).ServeHTTP(w, r)
 }
 
+// stateHandler serves GET /state/{flow}/{key...}: through the console
+// when one is set (kisflow run knows which engine runs each flow's job
+// now, across stops, starts and reloads), else from states, the keyed
+// state of this engine's running jobs.
+func (c *Console) stateHandler(states *States) http.Handler {
+	own := serveState(states)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.mu.Lock()
+		p := c.h
+		c.mu.Unlock()
+		if p == nil {
+			own(w, r)
+			return
+		}
+		(*p).ServeHTTP(w, r)
+	})
+}
+
 // requireToken wraps h so that, when token is not empty, a request
 // without "Authorization: Bearer token" gets a 401 (the token compared in
 // constant time; the scheme in any case, as RFC 7235 says).

@@ -665,6 +665,17 @@ func (c *control) handler() http.Handler {
 		}
 		apiError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (the endpoints are listed in /api/openapi.json)")
 	})
+	// The admin server hands GET /state/{flow}/{key} to the console: the
+	// flow's job may run on another engine than the server's (run
+	// --watch), as the API's state lookup knows.
+	mux.HandleFunc("/state/{name}/{key...}", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			apiError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path+": use GET")
+			return
+		}
+		withFlow((*control).stateOf)(c, w, r)
+	})
 	static, _ := fs.Sub(consoleFiles, "console")
 	files := http.FileServerFS(static)
 	mux.Handle("GET /{$}", files)

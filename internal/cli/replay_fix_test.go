@@ -226,3 +226,45 @@ func TestAdminRefusesOtherSites(t *testing.T) {
 		t.Errorf("a stop without Origin (curl): %d %s", code, body)
 	}
 }
+
+// GET /state/{flow}/{key} follows a flow stopped and started through the
+// API, as GET /api/flows/{flow}/state/{key} does: under run --watch it
+// answered 404 (no running job holds keyed state) once the flow's new job
+// ran on an engine other than the admin server's.
+func TestStateRouteFollowsARestartedFlow(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	addr, global := adminGlobal(t)
+	writeFiles(t, dir, map[string]string{
+		"global.yml": global,
+		"flows.yml": "kistype: flow\nstatus: 1\nflow_name: V\nflows:\n  - fname: CountState\nstream:\n  source: gen\n  sink: nothing\n" +
+			"---\nkistype: flow\nstatus: 1\nflow_name: Other\nflows:\n  - fname: Pass\nstream:\n  source: gen2\n  sink: nothing\n",
+		"funcs.yml": passFunc + "kistype: func\nfname: CountState\nfmode: Calculate\n",
+		"conns.yml": "kistype: conn\ncname: gen\ntype: generator\nparams: {format: map, rate: \"100\"}\n---\n" +
+			"kistype: conn\ncname: gen2\ntype: generator\nparams: {format: map, rate: \"100\"}\n---\nkistype: conn\ncname: nothing\ntype: discard\n",
+	})
+	_, done := childArgs(t, []string{"run", "--watch", dir, "--state", filepath.Join(dir, "state"), "--log-level", "warn"})
+	api := apiClient{t: t, base: "http://" + addr}
+	waitAPI(t, api, done)
+	both := func(what string) {
+		t.Helper()
+		waitFor(t, what, 30*time.Second, func() bool {
+			code1, _ := api.send("GET", "/api/flows/V/state/0")
+			code2, _ := api.send("GET", "/state/V/0")
+			return code1 == 200 && code2 == 200
+		})
+	}
+	both("both state routes to answer for V")
+	for _, action := range []string{"stop", "start"} {
+		if code, body := api.send("POST", "/api/flows/V/"+action); code != 200 {
+			t.Fatalf("POST /api/flows/V/%s: %d %s", action, code, body)
+		}
+	}
+	both("both state routes to answer for V's new job")
+	if code, body := api.send("GET", "/state/Nope/0"); code != 404 || !strings.Contains(body, "Nope") {
+		t.Errorf("GET /state/Nope/0: %d %s, want 404 naming the flow", code, body)
+	}
+	if code, _ := api.send("POST", "/state/V/0"); code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /state/V/0: %d, want 405", code)
+	}
+}
