@@ -216,7 +216,10 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	token := os.Getenv(TokenEnv)
+	token, err := adminToken()
+	if err != nil {
+		return err
+	}
 	console := h.Console()
 	mux.Handle("/state/{flow}/{key...}", requireToken(token, console.stateHandler(h.States())))
 	mux.Handle("/api/", requireToken(token, console))

@@ -2,8 +2,10 @@ package plugin
 
 import (
 	"crypto/subtle"
+	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 )
@@ -87,6 +89,21 @@ func requireToken(token string, h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// adminToken is the admin server's bearer token, from TokenEnv ("" for
+// none). A token that is only whitespace, or starts or ends with some, is
+// refused: a client cannot send it (the header's value is trimmed), so
+// every request would get a 401.
+func adminToken() (string, error) {
+	token := os.Getenv(TokenEnv)
+	switch {
+	case token != "" && strings.TrimSpace(token) == "":
+		return "", fmt.Errorf("%s holds only whitespace: no request could send that token, so the admin API would refuse everyone; set a token, or unset %s for none", TokenEnv, TokenEnv)
+	case token != strings.TrimSpace(token):
+		return "", fmt.Errorf("%s starts or ends with whitespace (a newline from a file?): no request could send that token, so the admin API would refuse everyone; set it without", TokenEnv)
+	}
+	return token, nil
 }
 
 // guardBrowsers wraps the admin server's handler h against web pages of

@@ -268,3 +268,25 @@ func TestStateRouteFollowsARestartedFlow(t *testing.T) {
 		t.Errorf("POST /state/V/0: %d, want 405", code)
 	}
 }
+
+// A KISFLOW_ADMIN_TOKEN of whitespace only (or around the token) is
+// refused at start, saying why: no client can send it, and the admin API
+// used to answer every request 401 without a word.
+func TestAdminTokenOfWhitespaceIsRefused(t *testing.T) {
+	for _, token := range []string{"   ", "s3cret\n"} {
+		t.Run(strings.TrimSpace(token), func(t *testing.T) {
+			t.Setenv("KISFLOW_ADMIN_TOKEN", token)
+			dir := t.TempDir()
+			_, global := adminGlobal(t)
+			writeFiles(t, dir, map[string]string{
+				"global.yml": global,
+				"all.yml": "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Pass\nstream:\n  source: gen\n  sink: out\n---\n" + passFunc +
+					"kistype: conn\ncname: gen\ntype: generator\nparams: {count: \"3\", format: map}\n---\nkistype: conn\ncname: out\ntype: discard\n",
+			})
+			code, _, stderr := run(t, "run", dir, "--state", filepath.Join(dir, "state"), "--progress", "never")
+			if code == 0 || !strings.Contains(stderr, "KISFLOW_ADMIN_TOKEN") || !strings.Contains(stderr, "whitespace") {
+				t.Fatalf("exit %d, stderr:\n%s\nwant a failure naming KISFLOW_ADMIN_TOKEN and its whitespace", code, stderr)
+			}
+		})
+	}
+}
