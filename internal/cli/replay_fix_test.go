@@ -237,9 +237,9 @@ func TestStateRouteFollowsARestartedFlow(t *testing.T) {
 	addr, global := adminGlobal(t)
 	writeFiles(t, dir, map[string]string{
 		"global.yml": global,
-		"flows.yml": "kistype: flow\nstatus: 1\nflow_name: V\nflows:\n  - fname: CountState\nstream:\n  source: gen\n  sink: nothing\n",
-		"funcs.yml": "kistype: func\nfname: CountState\nfmode: Calculate\n",
-		"conns.yml": "kistype: conn\ncname: gen\ntype: generator\nparams: {format: map, rate: \"100\"}\n---\nkistype: conn\ncname: nothing\ntype: discard\n",
+		"flows.yml":  "kistype: flow\nstatus: 1\nflow_name: V\nflows:\n  - fname: CountState\nstream:\n  source: gen\n  sink: nothing\n",
+		"funcs.yml":  "kistype: func\nfname: CountState\nfmode: Calculate\n",
+		"conns.yml":  "kistype: conn\ncname: gen\ntype: generator\nparams: {format: map, rate: \"100\"}\n---\nkistype: conn\ncname: nothing\ntype: discard\n",
 	})
 	_, done := childArgs(t, []string{"run", "--watch", dir, "--state", filepath.Join(dir, "state"), "--log-level", "warn"})
 	api := apiClient{t: t, base: "http://" + addr}
