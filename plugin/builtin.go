@@ -216,9 +216,12 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		}
 		_, _ = io.WriteString(w, "ok\n")
 	})
-	token := os.Getenv(TokenEnv)
-	mux.Handle("/state/{flow}/{key...}", requireToken(token, serveState(h.States())))
+	token, err := adminToken()
+	if err != nil {
+		return err
+	}
 	console := h.Console()
+	mux.Handle("/state/{flow}/{key...}", requireToken(token, console.stateHandler(h.States())))
 	mux.Handle("/api/", requireToken(token, console))
 	mux.Handle("/", console) // the inspector's static files; its data comes from /api/
 	if token == "" && !loopback(a.cfg.Listen) {
@@ -238,7 +241,7 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 		return err
 	}
 	a.addr = ln.Addr()
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	a.srv = &http.Server{Handler: guardBrowsers(a.cfg.Listen, mux), ReadHeaderTimeout: 5 * time.Second}
 	a.done = make(chan error, 1)
 	go func() { a.done <- a.srv.Serve(ln) }()
 	h.Logger().Info("admin server listening", "addr", a.addr.String(), "metrics", a.cfg.Path)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/kisflow-go/kisflow"
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/internal/jsonl"
 	"github.com/kisflow-go/kisflow/stream"
 )
 
@@ -664,6 +665,17 @@ func (c *control) handler() http.Handler {
 		}
 		apiError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path+" (the endpoints are listed in /api/openapi.json)")
 	})
+	// The admin server hands GET /state/{flow}/{key} to the console: the
+	// flow's job may run on another engine than the server's (run
+	// --watch), as the API's state lookup knows.
+	mux.HandleFunc("/state/{name}/{key...}", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			apiError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed on "+r.URL.Path+": use GET")
+			return
+		}
+		withFlow((*control).stateOf)(c, w, r)
+	})
 	static, _ := fs.Sub(consoleFiles, "console")
 	files := http.FileServerFS(static)
 	mux.Handle("GET /{$}", files)
@@ -874,11 +886,15 @@ type replayReply struct {
 // not be running (its job appends to the dead-letter file). The file is
 // renamed FLOW.replaying.jsonl, its letters' payloads are the bounded
 // source of a one-off job of the flow (kisflow.WithSource: positions and
-// keyed state untouched), letters that fail again go to a new FLOW.jsonl,
-// and once the job has read and acknowledged every letter they are
-// appended to FLOW.replayed.jsonl and the replaying file is removed. A
-// replay that fails or is cut short (a crash) leaves the replaying file:
-// the next replay takes it up again in full.
+// keyed state untouched), and letters that fail again are written apart,
+// to FLOW.failed-again.jsonl. Each letter that still needs a replay is
+// kept in one file only, crashes included (see replayFiles): a replay
+// that fails or is cut short leaves the replaying file and discards what
+// it wrote apart, so that the next replay takes the replaying file up
+// again in full; one whose job read and acknowledged every letter renames
+// the replaying file FLOW.replay-done.jsonl (the replay's commit), then
+// adds the letters that failed again to FLOW.jsonl and the replayed ones
+// to FLOW.replayed.jsonl.
 func (c *control) replay(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	st := c.flowSet(name).Flows[name].Stream
@@ -894,6 +910,10 @@ func (c *control) replay(w http.ResponseWriter, r *http.Request) {
 	f := c.byName[name]
 	switch f.status {
 	case flowStopped, flowFinished, flowFailed:
+	case flowReplaying:
+		c.mu.Unlock()
+		apiError(w, http.StatusConflict, "flow "+name+" is replaying its dead letters already: wait for that replay's answer (GET /api/flows/"+name+" shows its status)")
+		return
 	default:
 		st := f.status
 		c.mu.Unlock()
@@ -933,21 +953,162 @@ func (c *control) replay(w http.ResponseWriter, r *http.Request) {
 	writeAPI(w, http.StatusOK, reply)
 }
 
-func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name string) (*replayReply, int, error) {
-	dir := filepath.Join(c.state, "dead-letter")
-	file := filepath.Join(dir, name+".jsonl")
-	replaying := filepath.Join(dir, name+".replaying.jsonl")
-	replayed := filepath.Join(dir, name+".replayed.jsonl")
-	unreadable := filepath.Join(dir, name+".unreadable.jsonl")
-	reply := &replayReply{Flow: name}
-	if _, err := os.Stat(replaying); err == nil {
-		reply.Resumed = true
-	} else if err := os.Rename(file, replaying); errors.Is(err, fs.ErrNotExist) {
-		return reply, 0, nil // no dead letters
-	} else if err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("move the dead letters aside: %w", err)
+// replayFiles are the files of a flow's dead-letter replay, in
+// STATE/dead-letter.
+//
+// A letter that still needs a replay is in exactly one of them at any
+// time, a crash at any point included: in letters (FLOW.jsonl, where the
+// flow's jobs write), in replaying (FLOW.replaying.jsonl, those a replay
+// feeds, until it is committed) or in failedAgain (FLOW.failed-again.jsonl,
+// those that failed again in a replay, once it is committed). The commit
+// is the atomic rename of replaying to done: before it, failedAgain
+// belongs to a replay that did not finish and is discarded (its letters
+// are all still in replaying); after it, failedAgain is added to letters,
+// skipping the letters already there (by letter_id: a merge cut short by
+// a crash and done again adds nothing twice), and done is appended to
+// replayed (FLOW.replayed.jsonl, the letters replayed, kept for a look).
+type replayFiles struct {
+	letters, replaying, failedAgain, done, replayed, unreadable string
+}
+
+func newReplayFiles(state, flow string) replayFiles {
+	dir := filepath.Join(state, "dead-letter")
+	at := func(suffix string) string { return filepath.Join(dir, flow+suffix) }
+	return replayFiles{
+		letters: at(".jsonl"), replaying: at(".replaying.jsonl"), failedAgain: at(".failed-again.jsonl"),
+		done: at(".replay-done.jsonl"), replayed: at(".replayed.jsonl"), unreadable: at(".unreadable.jsonl"),
 	}
-	raw, total, bad, err := readLetters(replaying, 0, math.MaxInt)
+}
+
+// discardFailedAgain removes the letters a replay that did not commit
+// wrote apart: they are all still in the replaying file.
+func (rf replayFiles) discardFailedAgain() error {
+	for _, p := range []string{rf.failedAgain, rf.failedAgain + ".id"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish completes a committed replay (no replaying file): the letters
+// that failed again join the dead-letter file, the replayed ones the
+// replayed file. Each step can be done again after a crash.
+func (rf replayFiles) finish() error {
+	if _, err := os.Stat(rf.failedAgain); err == nil {
+		if err := mergeLetters(rf.letters, rf.failedAgain); err != nil {
+			return fmt.Errorf("add the letters that failed again (%s) to %s: %w", rf.failedAgain, rf.letters, err)
+		}
+		if err := rf.discardFailedAgain(); err != nil {
+			return err
+		}
+	}
+	if _, err := os.Stat(rf.done); err == nil {
+		// Only the letters are moved as replayed; the lines that are
+		// not letters are kept apart, never counted as replayed.
+		raw, _, bad, err := readLetters(rf.done, 0, math.MaxInt)
+		if err != nil {
+			return err
+		}
+		if len(raw) > 0 {
+			if err := appendLines(rf.replayed, joinLines(raw)); err != nil {
+				return fmt.Errorf("move the replayed letters (%s) to %s: %w", rf.done, rf.replayed, err)
+			}
+		}
+		if len(bad) > 0 {
+			var text []byte
+			for _, b := range bad {
+				text = append(append(text, b.Text...), '\n')
+			}
+			if err := appendLines(rf.unreadable, text); err != nil {
+				return fmt.Errorf("keep the %d unreadable lines of %s in %s: %w", len(bad), rf.done, rf.unreadable, err)
+			}
+		}
+		if err := os.Remove(rf.done); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// joinLines is lines, each ended by a newline.
+func joinLines[T ~[]byte](lines []T) []byte {
+	var text []byte
+	for _, l := range lines {
+		text = append(append(text, l...), '\n')
+	}
+	return text
+}
+
+// mergeLetters adds the lines of src that dst does not hold (by
+// letter_id; every line when it has none) to dst, by writing the whole
+// into a new file renamed over dst: dst is either as it was or merged.
+func mergeLetters(dst, src string) error {
+	add, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	old, err := os.ReadFile(dst)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	var rec struct {
+		LetterID string `json:"letter_id"`
+	}
+	have := map[string]bool{}
+	for line := range bytes.Lines(old) {
+		if rec.LetterID = ""; json.Unmarshal(line, &rec) == nil && rec.LetterID != "" {
+			have[rec.LetterID] = true
+		}
+	}
+	out := old
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		out = append(out, '\n') // a line torn by a crash stays a line of its own
+	}
+	for line := range bytes.Lines(add) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		if rec.LetterID = ""; json.Unmarshal(line, &rec) == nil && have[rec.LetterID] {
+			continue
+		}
+		out = append(out, line...)
+		if out[len(out)-1] != '\n' {
+			out = append(out, '\n')
+		}
+	}
+	tmp := dst + ".merging"
+	if err := os.WriteFile(tmp, nil, 0o644); err != nil {
+		return err
+	}
+	if err := appendLines(tmp, out); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name string) (*replayReply, int, error) {
+	rf := newReplayFiles(c.state, name)
+	reply := &replayReply{Flow: name}
+	if _, err := os.Stat(rf.replaying); err == nil {
+		// A replay that failed or was cut short: what it wrote apart
+		// goes, its letters are all in the replaying file.
+		if err := rf.discardFailedAgain(); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("discard the letters of an unfinished replay: %w", err)
+		}
+		reply.Resumed = true
+	} else {
+		// A replay committed before a crash is finished first.
+		if err := rf.finish(); err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("finish the last replay: %w", err)
+		}
+		if err := os.Rename(rf.letters, rf.replaying); errors.Is(err, fs.ErrNotExist) {
+			return reply, 0, nil // no dead letters
+		} else if err != nil {
+			return nil, http.StatusInternalServerError, fmt.Errorf("move the dead letters aside: %w", err)
+		}
+	}
+	raw, total, bad, err := readLetters(rf.replaying, 0, math.MaxInt)
 	if err != nil {
 		return nil, http.StatusInternalServerError, err
 	}
@@ -955,48 +1116,53 @@ func (c *control) replayLetters(eng *kisflow.Engine, set *config.Set, name strin
 	for i, line := range raw {
 		var l stream.DeadLetter
 		if err := json.Unmarshal(line, &l); err != nil {
-			return nil, http.StatusInternalServerError, fmt.Errorf("%s: letter %d: %w", replaying, i+1, err)
+			return nil, http.StatusInternalServerError, fmt.Errorf("%s: letter %d: %w", rf.replaying, i+1, err)
 		}
 		msgs = append(msgs, &stream.Message{Payload: l.Payload, Headers: l.Headers, ID: l.ID})
 	}
+	stay := fmt.Sprintf("its %d letters stay in %s (and only there) for the next replay, which feeds them again in full; the letters that failed again in this one were discarded with it", len(msgs), rf.replaying)
+	again, err := jsonl.Open(rf.failedAgain, false)
+	if err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("replay of flow %s did not start; %s: %w", name, stay, err)
+	}
+	failed := func(code int, err error) (*replayReply, int, error) {
+		_ = again.Close()
+		if derr := rf.discardFailedAgain(); derr != nil {
+			err = fmt.Errorf("%w (and removing %s failed: remove it by hand before the next replay: %v)", err, rf.failedAgain, derr)
+		}
+		return nil, code, err
+	}
 	src := &letterSource{msgs: msgs}
-	opts := []kisflow.JobOption{kisflow.WithStateDir(c.state), kisflow.WithSource(src)}
+	opts := []kisflow.JobOption{kisflow.WithStateDir(c.state), kisflow.WithSource(src), kisflow.WithDeadLetterSink(again)}
 	// The replay ends with the run: a signal drains it like any job.
 	job, err := startJob(c.ctx, eng, name, c.stderr, opts...)
 	if err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("replay: start a job of flow %s: %w", name, set.Redactor().Error(err))
+		return failed(http.StatusInternalServerError, fmt.Errorf("replay: start a job of flow %s (%s): %w", name, stay, set.Redactor().Error(err)))
 	}
 	if err := job.Run(c.ctx); err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("replay of flow %s failed; its letters stay in %s for the next replay: %w", name, replaying, err)
+		return failed(http.StatusInternalServerError, fmt.Errorf("replay of flow %s failed; %s: %w", name, stay, err))
 	}
 	if acked := src.acked.Load(); int(acked) != len(msgs) {
-		return nil, http.StatusServiceUnavailable, fmt.Errorf("replay of flow %s stopped after %d of %d letters; they stay in %s for the next replay", name, acked, len(msgs), replaying)
+		return failed(http.StatusServiceUnavailable, fmt.Errorf("replay of flow %s stopped after %d of %d letters; %s", name, acked, len(msgs), stay))
 	}
-	// Only the letters are moved as replayed; the lines that are not
-	// letters are kept apart, never counted as replayed.
-	var text []byte
-	for _, l := range raw {
-		text = append(append(text, l...), '\n')
+	if err := again.Close(); err != nil {
+		return failed(http.StatusInternalServerError, fmt.Errorf("replay of flow %s: keep the letters that failed again: %w; %s", name, err, stay))
 	}
-	if len(raw) > 0 {
-		if err := appendLines(replayed, text); err != nil {
-			return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but moving them to %s failed (remove %s by hand, or the next replay feeds them again): %w", replayed, replaying, err)
-		}
-		reply.ReplayedFile = replayed
+	// The commit: the replaying file is renamed at once, so that from
+	// here on the replay is done, and a crash finishes it at the next
+	// replay.
+	if err := os.Rename(rf.replaying, rf.done); err != nil {
+		return failed(http.StatusInternalServerError, fmt.Errorf("replay of flow %s: commit: %w; %s", name, err, stay))
+	}
+	if err := rf.finish(); err != nil {
+		return nil, http.StatusInternalServerError, fmt.Errorf("the letters of flow %s were replayed, but %w (the next replay finishes it)", name, err)
 	}
 	if len(bad) > 0 {
-		text = text[:0]
-		for _, b := range bad {
-			text = append(append(text, b.Text...), '\n')
-		}
-		if err := appendLines(unreadable, text); err != nil {
-			return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but keeping the %d unreadable lines in %s failed (they are still in %s; remove its letters by hand, or the next replay feeds them again): %w", len(bad), unreadable, replaying, err)
-		}
-		reply.Unreadable, reply.UnreadableFile = len(bad), unreadable
-		fmt.Fprintf(c.stderr, "flow %s: %d lines of the dead-letter file are not letters (not JSON) and were not replayed; they are kept in %s\n", name, len(bad), unreadable)
+		reply.Unreadable, reply.UnreadableFile = len(bad), rf.unreadable
+		fmt.Fprintf(c.stderr, "flow %s: %d lines of the dead-letter file are not letters (not JSON) and were not replayed; they are kept in %s\n", name, len(bad), rf.unreadable)
 	}
-	if err := os.Remove(replaying); err != nil {
-		return nil, http.StatusInternalServerError, fmt.Errorf("the letters were replayed, but remove %s by hand, or the next replay feeds them again: %w", replaying, err)
+	if len(raw) > 0 {
+		reply.ReplayedFile = rf.replayed
 	}
 	s := job.Stats()
 	reply.Replayed, reply.Out, reply.DeadLettered = len(msgs), s.Out, s.DeadLettered

@@ -207,14 +207,7 @@ type apiClient struct {
 // it returns the status code.
 func (c apiClient) do(method, path string, v any) int {
 	c.t.Helper()
-	req, err := http.NewRequest(method, c.base+path, nil)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := http.DefaultClient.Do(c.request(method, path))
 	if err != nil {
 		c.t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -226,6 +219,19 @@ func (c apiClient) do(method, path string, v any) int {
 		}
 	}
 	return resp.StatusCode
+}
+
+// request is a request of method path, with the token when there is one.
+func (c apiClient) request(method, path string) *http.Request {
+	c.t.Helper()
+	req, err := http.NewRequest(method, c.base+path, nil)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req
 }
 
 type apiFlow struct {
