@@ -17,7 +17,7 @@ import (
 	"time"
 
 	kstream "github.com/kisflow-go/kisflow/stream"
-	_ "modernc.org/sqlite" // the embedded database/sql driver "sqlite"
+	"modernc.org/sqlite" // the embedded database/sql driver "sqlite"
 )
 
 // Table is the name of the checkpoint table.
@@ -242,13 +242,31 @@ type Store struct {
 
 // OpenSQLite opens (creating) an SQLite checkpoint file.
 func OpenSQLite(ctx context.Context, path string) (*Store, error) {
-	db, err := OpenSQLiteDB(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := errors.Join(Ensure(ctx, db, SQLite), EnsureState(ctx, db, SQLite)); err != nil {
-		db.Close()
-		return nil, err
+	var db *sql.DB
+	// Two processes or flows opening a new file at once: switching it to
+	// WAL, or creating its tables, may find the other's lock and fail with
+	// SQLITE_BUSY without waiting out the busy timeout. Both go on once
+	// the first has made the file, so an open that is refused so is tried
+	// again for a while.
+	for wait, deadline := 10*time.Millisecond, time.Now().Add(openBusyFor); ; wait = min(2*wait, time.Second) {
+		var err error
+		db, err = OpenSQLiteDB(path)
+		if err == nil {
+			if err = errors.Join(Ensure(ctx, db, SQLite), EnsureState(ctx, db, SQLite)); err != nil {
+				db.Close()
+			}
+		}
+		if err == nil {
+			break
+		}
+		if !isBusy(err) || time.Now().After(deadline) {
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
 	}
 	guard, err := NewFileGuard(path)
 	if err != nil {
@@ -256,6 +274,21 @@ func OpenSQLite(ctx context.Context, path string) (*Store, error) {
 		return nil, err
 	}
 	return &Store{db: db, dialect: SQLite, guard: guard}, nil
+}
+
+// openBusyFor is how long OpenSQLite tries again an open refused because
+// another connection holds the file's lock.
+const openBusyFor = 30 * time.Second
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY (or SQLITE_LOCKED):
+// another connection holds the lock.
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code() & 0xff
+		return c == 5 || c == 6 // SQLITE_BUSY, SQLITE_LOCKED
+	}
+	return false
 }
 
 // OpenSQLiteDB opens an SQLite file with the settings the runtime relies

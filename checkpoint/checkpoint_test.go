@@ -2,9 +2,12 @@ package checkpoint
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	kstream "github.com/kisflow-go/kisflow/stream"
@@ -57,5 +60,34 @@ func TestStoreNoticesItsFileGone(t *testing.T) {
 				t.Fatalf("save after the file was %s: %v, want a fatal error naming %s", c.name, err, path)
 			}
 		})
+	}
+}
+
+// TestOpenSQLiteAtOnce opens one new file from many stores at once, as the
+// flows of one run (or two processes) do on their first start: each must
+// open, none be refused because another held the file's lock while
+// making it.
+func TestOpenSQLiteAtOnce(t *testing.T) {
+	for round := range 5 {
+		path := filepath.Join(t.TempDir(), fmt.Sprintf("round%d", round), "checkpoints.db")
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for range 8 {
+			wg.Go(func() {
+				s, err := OpenSQLite(context.Background(), path)
+				if err != nil {
+					errs <- err
+					return
+				}
+				errs <- errors.Join(s.SavePosition(context.Background(), "f", "1"), s.Close())
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("round %d: %v", round, err)
+			}
+		}
 	}
 }
