@@ -2,7 +2,9 @@ package cli
 
 import (
 	"database/sql"
+	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -118,4 +120,76 @@ func distinctIDs(dir string) int {
 		return 0
 	}
 	return n
+}
+
+// A connector that listens (the http source) on the admin server's
+// address is a lint error at its addrs line, for the admin server of a
+// metrics plugin and for KisFlow's prometheus_serve: run refuses the folder,
+// and under run --watch a global file edited to that address is not
+// applied. Before, the admin server took the port and the source waited
+// for ever ("bind: address already in use").
+func TestLintRefusesAConnectorOnTheAdminAddress(t *testing.T) {
+	t.Parallel()
+	flow := "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Keep\nstream:\n  source: in\n  sink: out\n"
+	conns := func(addr string) string {
+		return "kistype: conn\ncname: in\ntype: http\naddrs: " + addr + "\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n"
+	}
+	for _, tc := range []struct{ name, global, addr, want string }{
+		{"prometheus_serve", "kistype: global\nprometheus_enable: true\nprometheus_listen: true\nprometheus_serve: 127.0.0.1:28717\n", "127.0.0.1:28717",
+			`conns.yml:4: connector "in" (type http) listens on 127.0.0.1:28717, the address of the admin server (prometheus_serve)`},
+		{"metrics plugin, a bare port", "kistype: global\nplugins:\n  metrics:\n    admin: {listen: \":28717\"}\n", "0.0.0.0:28717",
+			`conns.yml:4: connector "in" (type http) listens on 0.0.0.0:28717, the address of the admin server (plugin metrics.admin)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			writeFiles(t, dir, map[string]string{"flow.yml": flow, "funcs.yml": keepFunc, "conns.yml": conns(tc.addr), "global.yml": tc.global})
+			for _, cmd := range []string{"lint", "run"} {
+				code, stdout, stderr := run(t, cmd, dir)
+				if code == 0 || !strings.Contains(stdout+stderr, tc.want) {
+					t.Fatalf("%s: exit %d, want an error %q\n%s%s", cmd, code, tc.want, stdout, stderr)
+				}
+			}
+			// Another port is fine.
+			writeFiles(t, dir, map[string]string{"conns.yml": conns("127.0.0.1:28718")})
+			if code, stdout, stderr := run(t, "lint", dir); code != 0 {
+				t.Fatalf("lint with another port: exit %d\n%s%s", code, stdout, stderr)
+			}
+		})
+	}
+}
+
+// Under run --watch, a global file edited so that the admin server's
+// address is an http source's is refused, and the source goes on.
+func TestWatchRefusesTheAdminServerOnAConnectorsAddress(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	port := closedPort(t)
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	writeFiles(t, dir, map[string]string{
+		"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: F\nflows:\n  - fname: Keep\nstream:\n  source: in\n  sink: out\n",
+		"funcs.yml": keepFunc,
+		"conns.yml": "kistype: conn\ncname: in\ntype: http\naddrs: " + addr + "\n---\nkistype: conn\ncname: out\ntype: file\nparams:\n  path: out.jsonl\n",
+	})
+	cmd, done := childArgs(t, []string{"run", "--watch", dir, "--log-level", "warn"})
+	out := cmd.Stdout.(*syncBuffer)
+	waitFor(t, "the watch to start", 30*time.Second, func() bool { return strings.Contains(out.String(), "watch: watching") })
+	writeFiles(t, dir, map[string]string{"global.yml": "kistype: global\nprometheus_enable: true\nprometheus_listen: true\nprometheus_serve: " + addr + "\n"})
+	want := `conns.yml:4: connector "in" (type http) listens on ` + addr + `, the address of the admin server (prometheus_serve)`
+	waitFor(t, "the watch to refuse the change", 30*time.Second, func() bool {
+		select {
+		case <-done:
+			t.Fatalf("the watch ended:\n%s", out.String())
+		default:
+		}
+		return strings.Contains(out.String(), want) && strings.Contains(out.String(), "the change is not applied")
+	})
+	resp, err := http.Post("http://"+addr+"/ingest", "application/json", strings.NewReader("{\"id\":1}\n"))
+	if err != nil {
+		t.Fatalf("the http source no longer answers: %v\n%s", err, out.String())
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("POST /ingest: %s\n%s", resp.Status, out.String())
+	}
 }
