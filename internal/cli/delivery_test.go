@@ -193,3 +193,36 @@ func TestWatchRefusesTheAdminServerOnAConnectorsAddress(t *testing.T) {
 		t.Fatalf("POST /ingest: %s\n%s", resp.Status, out.String())
 	}
 }
+
+// An SQLite or file sink whose folder can never be made (under /proc, or
+// under a file) fails the run with the error, as a bad config does, instead of
+// waiting for ever for it as for an outage.
+func TestRunFailsOnASinkPathThatCannotBeMade(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, typ, path, want string }{
+		{"under /proc", "sqlite", "/proc/adv/x.db", "mkdir /proc/adv: no such file or directory"},
+		{"under a file", "sqlite", "in.jsonl/x.db", "not a directory"},
+		{"a file sink under /proc", "file", "/proc/adv/out.jsonl", "mkdir /proc/adv: no such file or directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			deliveryDir(t, dir, "at-least-once", false)
+			writeFiles(t, dir, map[string]string{"conns.yml": "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n---\nkistype: conn\ncname: db\ntype: " + tc.typ + "\nkey: out\nparams:\n  path: " + tc.path + "\n  create: \"true\"\n  columns: id\n"})
+			if tc.typ == "file" {
+				writeFiles(t, dir, map[string]string{"conns.yml": "kistype: conn\ncname: in\ntype: file\nparams:\n  path: in.jsonl\n---\nkistype: conn\ncname: db\ntype: file\nparams:\n  path: " + tc.path + "\n"})
+			}
+			appendIDs(t, filepath.Join(dir, "in.jsonl"), 1, 10)
+			cmd, done := childArgs(t, []string{"run", dir})
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the run still waits after 20s:\n%s", cmd.Stdout.(*syncBuffer).String())
+			}
+			out := cmd.Stdout.(*syncBuffer).String()
+			if cmd.ProcessState.ExitCode() != ExitProblem || !strings.Contains(out, tc.want) || strings.Contains(out, "waiting for connector") {
+				t.Fatalf("run: exit %d, want %d with %q and no wait\n%s", cmd.ProcessState.ExitCode(), ExitProblem, tc.want, out)
+			}
+		})
+	}
+}
