@@ -596,12 +596,13 @@ func (j *Job) loadPosition(ctx context.Context, store interface {
 // or the file at ckPath, when it runs exactly-once) when the store of its
 // own delivery holds none, or an older one (both with commit times): so a
 // change of stream.delivery resumes where the last run stopped instead of
-// reading everything again. Into an exactly-once sink the position is
-// committed fenced on the one found there, with the sink's record of
-// consumed messages forgotten when it can (as kisflow positions set does);
-// the other store's copy stays, older than the new one from the next
-// commit on. A failure names kisflow positions set, to move the position
-// by hand.
+// reading everything again. The keyed state (windows included) comes with
+// it, in the same transaction of the store (see stateToTakeOver). Into an
+// exactly-once sink the position is committed fenced on the one found
+// there, with the sink's record of consumed messages forgotten after when
+// it can (as kisflow positions set does); the other store's copy stays,
+// older than the new one from the next commit on. A failure names kisflow
+// positions set, to move the position by hand.
 func (j *Job) takeOver(ctx context.Context, delivery string, parts runtime.Parts, tx stream.TxSink, sinkName string, ck stream.Checkpoints, ckPath string) error {
 	key, here := j.start.Key, j.start.Position
 	var other interface { // where the other delivery keeps it
@@ -631,23 +632,88 @@ func (j *Job) takeOver(ctx context.Context, delivery string, parts runtime.Parts
 	if !TakesOver(here, j.start.CommittedAt, pos, at) {
 		return nil // the store of this delivery holds the newer one
 	}
+	fail := func(err error) error {
+		return fmt.Errorf("stream.delivery changed: cannot take over position %s, which %s delivery kept in %s: %w; "+
+			"set it with kisflow positions set DIR %s --to %s (keyed state and open windows are not moved), or change stream.delivery back", pos, was, from, err, j.name, pos)
+	}
+	changes, err := j.stateToTakeOver(ctx, other, parts, key)
+	if err != nil {
+		return fail(err)
+	}
 	switch t := parts.TxSink.(type) {
 	case nil:
-		err = parts.Checkpoints.SavePosition(ctx, key, pos)
-	case stream.PositionMover:
-		err = t.MovePosition(ctx, key, here, pos, false)
-	case stream.FencedTxSink:
-		err = t.CommitBatchAfter(ctx, key, here, pos, nil, nil)
+		if ss, ok := parts.Checkpoints.(stream.StateStore); ok && len(changes) > 0 {
+			err = ss.SaveState(ctx, key, pos, changes)
+		} else {
+			err = parts.Checkpoints.SavePosition(ctx, key, pos)
+		}
 	default:
-		err = t.CommitBatch(ctx, key, pos, nil, nil)
+		if ss, ok := t.(stream.StateSink); ok && len(changes) > 0 {
+			// The state with the position, fenced; the record of consumed
+			// messages is forgotten after.
+			if err = ss.CommitStateAfter(ctx, key, here, pos, nil, nil, changes); err != nil {
+				break
+			}
+			here = pos
+		}
+		switch t := t.(type) {
+		case stream.PositionMover:
+			err = t.MovePosition(ctx, key, here, pos, false)
+		case stream.FencedTxSink:
+			err = t.CommitBatchAfter(ctx, key, here, pos, nil, nil)
+		default:
+			err = t.CommitBatch(ctx, key, pos, nil, nil)
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("stream.delivery changed: cannot take over position %s, which %s delivery kept in %s: %w; "+
-			"set it with kisflow positions set DIR %s --to %s, or change stream.delivery back", pos, was, from, err, j.name, pos)
+		return fail(err)
 	}
 	j.start.Position, j.start.CommittedAt, j.start.TakenOver = pos, at, from
 	j.log.InfoContext(ctx, fmt.Sprintf("flow %s: position %s taken over from %s, where %s delivery kept it", j.name, pos, from, was))
 	return nil
+}
+
+// stateToTakeOver returns the changes that make the keyed state (windows
+// included) of key in the store of the job's delivery (parts) that of
+// other, the store of its other delivery: other's entries, and the
+// deletion of those only the job's store holds. It fails when other holds
+// state that the job's store cannot hold.
+func (j *Job) stateToTakeOver(ctx context.Context, other any, parts runtime.Parts, key string) ([]stream.StateChange, error) {
+	var to stream.StateLoader
+	if parts.TxSink != nil {
+		to, _ = parts.TxSink.(stream.StateSink)
+	} else {
+		to, _ = parts.Checkpoints.(stream.StateStore)
+	}
+	var changes []stream.StateChange
+	type entry struct{ name, key, field string }
+	has := map[entry]bool{}
+	if from, ok := other.(stream.StateLoader); ok {
+		err := from.LoadState(ctx, key, func(c stream.StateChange) error {
+			changes = append(changes, c)
+			has[entry{c.Name, c.Key, c.Field}] = true
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read its keyed state: %w", err)
+		}
+	}
+	if to == nil {
+		if len(changes) > 0 {
+			return nil, fmt.Errorf("it has keyed state (%d entries, open windows included) that the store of the new delivery cannot hold", len(changes))
+		}
+		return nil, nil
+	}
+	err := to.LoadState(ctx, key, func(c stream.StateChange) error {
+		if !has[entry{c.Name, c.Key, c.Field}] {
+			changes = append(changes, stream.StateChange{Name: c.Name, Key: c.Key, Field: c.Field, Deleted: true, Partition: c.Partition})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the keyed state it replaces: %w", err)
+	}
+	return changes, nil
 }
 
 // TakesOver reports whether a job takes over the position there,

@@ -3,9 +3,11 @@ package cli
 import (
 	"database/sql"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -25,6 +27,10 @@ func deliveryDir(t *testing.T, dir, delivery string, follow bool) {
 	})
 }
 
+// otherDelivery maps each delivery that keeps positions in another store
+// to the other.
+var otherDelivery = map[string]string{"exactly-once": "at-least-once", "at-least-once": "exactly-once"}
+
 // A change of stream.delivery between runs moves where the flow's position
 // is kept (the exactly-once sink's table, the checkpoint store): the next
 // run takes the position over from where the other delivery kept it, and
@@ -33,10 +39,9 @@ func deliveryDir(t *testing.T, dir, delivery string, follow bool) {
 // then holds an older position, which is not the one taken).
 func TestChangingDeliveryKeepsThePosition(t *testing.T) {
 	t.Parallel()
-	for _, first := range []string{"exactly-once", "at-least-once"} {
+	for first, second := range otherDelivery {
 		t.Run(first, func(t *testing.T) {
 			t.Parallel()
-			second := map[string]string{"exactly-once": "at-least-once", "at-least-once": "exactly-once"}[first]
 			dir := t.TempDir()
 			deliveryDir(t, dir, first, false)
 			appendIDs(t, filepath.Join(dir, "in.jsonl"), 1, 1000)
@@ -222,6 +227,88 @@ func TestRunFailsOnASinkPathThatCannotBeMade(t *testing.T) {
 			out := cmd.Stdout.(*syncBuffer).String()
 			if cmd.ProcessState.ExitCode() != ExitProblem || !strings.Contains(out, tc.want) || strings.Contains(out, "waiting for connector") {
 				t.Fatalf("run: exit %d, want %d with %q and no wait\n%s", cmd.ProcessState.ExitCode(), ExitProblem, tc.want, out)
+			}
+		})
+	}
+}
+
+// The open windows of a flow come with its position when its
+// stream.delivery changes: a window that spans the change is emitted once,
+// with all its orders, not with those after the change alone.
+func TestChangingDeliveryKeepsOpenWindows(t *testing.T) {
+	t.Parallel()
+	for first, second := range otherDelivery {
+		t.Run(first, func(t *testing.T) {
+			t.Parallel()
+			const n = 600
+			dir := t.TempDir()
+			orders, want := windowOrders(n, time.Minute, nil)
+			lines := strings.SplitAfter(orders, "\n")
+			files := func(delivery string) map[string]string {
+				return map[string]string{
+					"flow.yml":  "kistype: flow\nstatus: 1\nflow_name: Revenue\nflows:\n  - fname: PerUser\nstream:\n  source: orders\n  sink: db\n  delivery: " + delivery + "\n  batch_size: 10\n",
+					"funcs.yml": "kistype: func\nfname: PerUser\nfmode: Calculate\nwindow: {type: tumbling, size: 1m, time_field: ts, lateness: 20s,\n         group_by: [user_id], aggregate: {orders: count(), revenue: sum(amount)}}\n",
+					"conns.yml": "kistype: conn\ncname: orders\ntype: file\nparams:\n  path: orders.jsonl\n  follow: \"true\"\n  poll: 20ms\n---\nkistype: conn\ncname: db\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: user_id, window_start, window_end, orders, revenue\n",
+				}
+			}
+			runUntilCaughtUp := func(delivery string) string {
+				t.Helper()
+				cmd, done := childArgs(t, []string{"run", dir})
+				waitFor(t, "the "+delivery+" run to commit every order", 60*time.Second, func() bool {
+					select {
+					case <-done:
+						t.Fatalf("the run ended:\n%s", cmd.Stdout.(*syncBuffer).String())
+					default:
+					}
+					_, out, _ := run(t, "positions", dir)
+					return strings.Contains(out, " 0 bytes")
+				})
+				_ = cmd.Process.Signal(syscall.SIGTERM)
+				<-done
+				return cmd.Stdout.(*syncBuffer).String()
+			}
+			writeFiles(t, dir, files(first))
+			const split = n/2 + 7 // within a window, not at its end
+			writeFiles(t, dir, map[string]string{"orders.jsonl": strings.Join(lines[:split], "")})
+			runUntilCaughtUp(first)
+			writeFiles(t, dir, files(second))
+			f, err := os.OpenFile(filepath.Join(dir, "orders.jsonl"), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(strings.Join(lines[split:], "")); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			if out := runUntilCaughtUp(second); !strings.Contains(out, " taken over from ") {
+				t.Fatalf("the %s run did not take the position over:\n%s", second, out)
+			}
+			got, rows, _ := windowRows(t, dir)
+			if rows != len(got) {
+				t.Errorf("%d rows for %d windows: some window was written twice", rows, len(got))
+			}
+			for k, v := range got {
+				if want[k] != v {
+					t.Errorf("window %s: got %q (orders revenue), want %q", k, v, want[k])
+				}
+			}
+			// Every window that ends two minutes before the last order
+			// (24 minutes of event time, lateness 20s) is emitted: those
+			// open at the change too.
+			last := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC).Add(n * 2400 * time.Millisecond)
+			missing := 0
+			for k := range want {
+				f := strings.Fields(k)
+				end, err := time.Parse(time.RFC3339, f[2])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, ok := got[k]; !ok && end.Before(last.Add(-2*time.Minute)) {
+					missing++
+				}
+			}
+			if missing > 0 {
+				t.Fatalf("%d windows that closed before the last order were not emitted (%d of %d emitted)", missing, len(got), len(want))
 			}
 		})
 	}
