@@ -328,7 +328,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 	if j.start.Resumable && o.bounds == nil && o.source == nil && sinkTx != nil {
 		if err := j.takeOver(ctx, delivery, parts, sinkTx, st.Sink, o.checkpoints, filepath.Join(o.stateDir, "checkpoints.db")); err != nil {
-			return fail(err)
+			return fail(outage(st.Sink, err))
 		}
 	}
 	resume = j.start.Position
@@ -364,14 +364,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	src := o.source
 	if src == nil {
 		if src, err = sd.OpenSource(ctx, sopts); err != nil {
-			err = fmt.Errorf("open source %q: %w", st.Source, err)
-			var ne net.Error
-			if (errors.As(err, &ne) || stream.IsUnavailable(err)) && !stream.IsFatal(err) {
-				// The service went down after its connector started:
-				// the same weather as a connector that is not up yet.
-				err = &StartError{Connector: st.Source, Err: err}
-			}
-			return fail(err)
+			return fail(outage(st.Source, fmt.Errorf("open source %q: %w", st.Source, err)))
 		}
 	}
 	j.source = src
@@ -589,6 +582,19 @@ func (j *Job) loadPosition(ctx context.Context, store interface {
 		}
 	}
 	return nil
+}
+
+// outage returns err as a *StartError of connector conn when it is an
+// outage of its service (a network error, or marked stream.Unavailable,
+// and not stream.Fatal): the service went down after its connector
+// started, the same weather as a connector that is not up yet, so the
+// start is tried again. Other errors are returned as they are.
+func outage(conn string, err error) error {
+	var ne net.Error
+	if (errors.As(err, &ne) || stream.IsUnavailable(err)) && !stream.IsFatal(err) {
+		return &StartError{Connector: conn, Err: err}
+	}
+	return err
 }
 
 // takeOver takes over the position that the flow's other delivery keeps
