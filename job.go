@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -212,6 +213,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	}
 
 	parts := runtime.Parts{}
+	var sinkTx stream.TxSink // the sink's transactions, whatever the delivery
 	delivery := st.Delivery
 	if delivery == "" {
 		delivery = config.AtLeastOnce
@@ -229,6 +231,9 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 			return fail(fmt.Errorf("stream sink %q: connector type %s cannot be a sink", st.Sink, c.Type()))
 		}
 		parts.Sink = sink
+		if st.Sink != st.Source {
+			sinkTx, _ = c.Driver().(stream.TxSink)
+		}
 		if delivery == config.ExactlyOnce {
 			tx, ok := c.Driver().(stream.TxSink)
 			if !ok {
@@ -321,6 +326,12 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 		}
 		j.closers = append(j.closers, lock.Release)
 	}
+	if j.start.Resumable && o.bounds == nil && o.source == nil && sinkTx != nil {
+		if err := j.takeOver(ctx, delivery, parts, sinkTx, st.Sink, o.checkpoints, filepath.Join(o.stateDir, "checkpoints.db")); err != nil {
+			return fail(outage(st.Sink, err))
+		}
+	}
+	resume = j.start.Position
 	sopts := stream.SourceOptions{Name: flowName, StateKey: key, Resume: resume, Logger: j.log}
 	if o.bounds != nil {
 		sopts.Start, sopts.Stop, sopts.Detached = o.bounds.start, o.bounds.stop, true
@@ -353,14 +364,7 @@ func (e *Engine) Job(ctx context.Context, flowName string, opts ...JobOption) (*
 	src := o.source
 	if src == nil {
 		if src, err = sd.OpenSource(ctx, sopts); err != nil {
-			err = fmt.Errorf("open source %q: %w", st.Source, err)
-			var ne net.Error
-			if (errors.As(err, &ne) || stream.IsUnavailable(err)) && !stream.IsFatal(err) {
-				// The service went down after its connector started:
-				// the same weather as a connector that is not up yet.
-				err = &StartError{Connector: st.Source, Err: err}
-			}
-			return fail(err)
+			return fail(outage(st.Source, fmt.Errorf("open source %q: %w", st.Source, err)))
 		}
 	}
 	j.source = src
@@ -529,6 +533,11 @@ type StartPosition struct {
 	// Rekeyed reports that the position was found under the flow name
 	// alone, where an earlier version kept it, and moved to Key.
 	Rekeyed bool
+	// TakenOver, when not "", says where Position was taken over from
+	// after the flow's stream.delivery changed: "sink NAME" (where
+	// exactly-once delivery kept it) or "checkpoints PATH" (at-least-once);
+	// see Engine.Job.
+	TakenOver string
 	// Start and Stop are where the run starts instead of Position (zero:
 	// at Position) and where it stops (zero: never): the stream block's
 	// start and stop, or WithBounds.
@@ -573,6 +582,170 @@ func (j *Job) loadPosition(ctx context.Context, store interface {
 		}
 	}
 	return nil
+}
+
+// outage returns err as a *StartError of connector conn when it is an
+// outage of its service (a network error, or marked stream.Unavailable,
+// and not stream.Fatal): the service went down after its connector
+// started, the same weather as a connector that is not up yet, so the
+// start is tried again. Other errors are returned as they are.
+func outage(conn string, err error) error {
+	var ne net.Error
+	if (errors.As(err, &ne) || stream.IsUnavailable(err)) && !stream.IsFatal(err) {
+		return &StartError{Connector: conn, Err: err}
+	}
+	return err
+}
+
+// takeOver takes over the position that the flow's other delivery keeps
+// (tx, the sink's, when it runs at-least-once; the checkpoint store's, ck
+// or the file at ckPath, when it runs exactly-once) when the store of its
+// own delivery holds none, or an older one (both with commit times): so a
+// change of stream.delivery resumes where the last run stopped instead of
+// reading everything again. The keyed state (windows included) comes with
+// it, in the same transaction of the store (see stateToTakeOver). Into an
+// exactly-once sink the position is committed fenced on the one found
+// there, with the sink's record of consumed messages forgotten after when
+// it can (as kisflow positions set does); the other store's copy stays,
+// older than the new one from the next commit on. A failure names kisflow
+// positions set, to move the position by hand.
+func (j *Job) takeOver(ctx context.Context, delivery string, parts runtime.Parts, tx stream.TxSink, sinkName string, ck stream.Checkpoints, ckPath string) error {
+	key, here := j.start.Key, j.start.Position
+	var other interface { // where the other delivery keeps it
+		Position(ctx context.Context, stream string) (string, error)
+	} = tx
+	from, was := "sink "+sinkName, "exactly-once"
+	if delivery == config.ExactlyOnce {
+		from, was = "checkpoints "+ckPath, "at-least-once"
+		if ck == nil {
+			if _, err := os.Stat(ckPath); err != nil {
+				return nil // no at-least-once run kept a position there
+			}
+			store, err := checkpoint.OpenSQLite(ctx, ckPath)
+			if err != nil {
+				return err
+			}
+			defer store.Close()
+			ck = store
+		}
+		other = ck
+	}
+	pos, err := other.Position(ctx, key)
+	if err != nil || pos == "" {
+		return err
+	}
+	at := PositionTime(ctx, other, key)
+	if !TakesOver(here, j.start.CommittedAt, pos, at) {
+		return nil // the store of this delivery holds the newer one
+	}
+	fail := func(err error) error {
+		return fmt.Errorf("stream.delivery changed: cannot take over position %s, which %s delivery kept in %s: %w; "+
+			"set it with kisflow positions set DIR %s --to %s (keyed state and open windows are not moved), or change stream.delivery back", pos, was, from, err, j.name, pos)
+	}
+	changes, err := j.stateToTakeOver(ctx, other, parts, key)
+	if err != nil {
+		return fail(err)
+	}
+	switch t := parts.TxSink.(type) {
+	case nil:
+		if ss, ok := parts.Checkpoints.(stream.StateStore); ok && len(changes) > 0 {
+			err = ss.SaveState(ctx, key, pos, changes)
+		} else {
+			err = parts.Checkpoints.SavePosition(ctx, key, pos)
+		}
+	default:
+		if ss, ok := t.(stream.StateSink); ok && len(changes) > 0 {
+			// The state with the position, fenced; the record of consumed
+			// messages is forgotten after.
+			if err = ss.CommitStateAfter(ctx, key, here, pos, nil, nil, changes); err != nil {
+				break
+			}
+			here = pos
+		}
+		switch t := t.(type) {
+		case stream.PositionMover:
+			err = t.MovePosition(ctx, key, here, pos, false)
+		case stream.FencedTxSink:
+			err = t.CommitBatchAfter(ctx, key, here, pos, nil, nil)
+		default:
+			err = t.CommitBatch(ctx, key, pos, nil, nil)
+		}
+	}
+	if err != nil {
+		return fail(err)
+	}
+	j.start.Position, j.start.CommittedAt, j.start.TakenOver = pos, at, from
+	j.log.InfoContext(ctx, fmt.Sprintf("flow %s: position %s taken over from %s, where %s delivery kept it", j.name, pos, from, was))
+	return nil
+}
+
+// stateToTakeOver returns the changes that make the keyed state (windows
+// included) of key in the store of the job's delivery (parts) that of
+// other, the store of its other delivery: other's entries, and the
+// deletion of those only the job's store holds. It fails when other holds
+// state that the job's store cannot hold.
+func (j *Job) stateToTakeOver(ctx context.Context, other any, parts runtime.Parts, key string) ([]stream.StateChange, error) {
+	var to stream.StateLoader
+	if parts.TxSink != nil {
+		to, _ = parts.TxSink.(stream.StateSink)
+	} else {
+		to, _ = parts.Checkpoints.(stream.StateStore)
+	}
+	var changes []stream.StateChange
+	type entry struct{ name, key, field string }
+	has := map[entry]bool{}
+	if from, ok := other.(stream.StateLoader); ok {
+		err := from.LoadState(ctx, key, func(c stream.StateChange) error {
+			changes = append(changes, c)
+			has[entry{c.Name, c.Key, c.Field}] = true
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("read its keyed state: %w", err)
+		}
+	}
+	if to == nil {
+		if len(changes) > 0 {
+			return nil, fmt.Errorf("it has keyed state (%d entries, open windows included) that the store of the new delivery cannot hold", len(changes))
+		}
+		return nil, nil
+	}
+	err := to.LoadState(ctx, key, func(c stream.StateChange) error {
+		if !has[entry{c.Name, c.Key, c.Field}] {
+			changes = append(changes, stream.StateChange{Name: c.Name, Key: c.Key, Field: c.Field, Deleted: true, Partition: c.Partition})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read the keyed state it replaces: %w", err)
+	}
+	return changes, nil
+}
+
+// TakesOver reports whether a job takes over the position there,
+// committed at thereAt where the flow's other stream.delivery keeps it,
+// in place of here, committed at hereAt where its delivery keeps it: when
+// here is "", or when there is a later commit than here (both times
+// known), of a position other than here.
+func TakesOver(here string, hereAt time.Time, there string, thereAt time.Time) bool {
+	switch {
+	case there == "" || there == here:
+		return false
+	case here == "":
+		return true
+	}
+	return !hereAt.IsZero() && !thereAt.IsZero() && thereAt.After(hereAt)
+}
+
+// PositionTime returns when store committed the position of key, the zero
+// time when it cannot tell (it is no stream.PositionTimer, or fails).
+func PositionTime(ctx context.Context, store any, key string) time.Time {
+	if pt, ok := store.(stream.PositionTimer); ok {
+		if at, err := pt.PositionTime(ctx, key); err == nil {
+			return at
+		}
+	}
+	return time.Time{}
 }
 
 // StartPosition returns where the job starts: the committed position it

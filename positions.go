@@ -45,17 +45,9 @@ func (r *Registry) checkBounds(s *config.Set) []config.Problem {
 			continue // reported by the config's own check, or nothing to check
 		}
 		c := s.Conns[st.Source]
-		factory, ok := r.driver(c.Type)
-		if !ok {
-			continue
-		}
-		cfg, err := c.Expanded()
-		if err != nil {
-			continue
-		}
-		d, err := callFactory(factory, r.factoryConfig(s, st.Source, cfg))
-		if err != nil {
-			continue // reported by checkConns
+		d := r.lintDriver(s, st.Source)
+		if d == nil {
+			continue // no driver here, or a config checkConns reports
 		}
 		sk, ok := d.(stream.Seeker)
 		if !ok {

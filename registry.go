@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -164,7 +165,91 @@ func (r *Registry) LintOptions() []config.LintOption {
 			return []config.Problem{{Msg: err.Error()}}
 		}
 		return nil
-	}))
+	}), config.WithCheck(r.checkListenClash))
+}
+
+// checkListenClash reports, at its addrs line, a connector that listens
+// (a driver.Listener: the http source) on the address of the admin server
+// (a metrics plugin, or prometheus_serve): of the two, the one that binds
+// first would take the port and the other fail to listen, or wait for ever
+// for a port never freed.
+func (r *Registry) checkListenClash(s *config.Set) []config.Problem {
+	plugins, err := plugin.Build(globalWithImplicit(s.Global), r.pluginSpecs())
+	if err != nil {
+		return nil // reported by the plugin check
+	}
+	type admin struct{ ref, addr string }
+	var admins []admin
+	for _, ref := range plugins.Order() {
+		p, _ := plugins.Lookup(ref.Type, ref.Name)
+		if l, ok := p.(driver.Listener); ok {
+			what := "the admin server (plugin " + ref.String() + ")"
+			if g := s.Global; g != nil && len(g.Plugins[plugin.TypeMetrics]) == 0 {
+				what = "the admin server (prometheus_serve)"
+			}
+			admins = append(admins, admin{what, l.ListenAddr()})
+		}
+	}
+	if len(admins) == 0 {
+		return nil
+	}
+	var probs []config.Problem
+	for _, name := range slices.Sorted(maps.Keys(s.Conns)) {
+		c := s.Conns[name]
+		l, ok := r.lintDriver(s, name).(driver.Listener)
+		if !ok {
+			continue
+		}
+		for _, a := range admins {
+			if sameListenAddr(l.ListenAddr(), a.addr) {
+				probs = append(probs, config.Problem{Pos: s.Pos(config.KindConn, name, "addrs"), Severity: config.SevError,
+					Msg: fmt.Sprintf("connector %q (type %s) listens on %s, the address of %s: only one of them can listen there; give one of them another port", name, c.Type, l.ListenAddr(), a.ref)})
+			}
+		}
+	}
+	return probs
+}
+
+// lintDriver builds, without starting it, the driver of connector name
+// of s for a check; nil when its type has no driver in r or its config is
+// refused (which checkConns reports).
+func (r *Registry) lintDriver(s *config.Set, name string) Driver {
+	c := s.Conns[name]
+	factory, ok := r.driver(c.Type)
+	if !ok {
+		return nil
+	}
+	cfg, err := c.Expanded()
+	if err != nil {
+		return nil
+	}
+	d, err := callFactory(factory, r.factoryConfig(s, name, cfg))
+	if err != nil {
+		return nil
+	}
+	return d
+}
+
+// sameListenAddr reports whether listening on a and on b would take the
+// same port: the same port (not 0) on the same host, or on every
+// interface (an empty host, 0.0.0.0 or ::) for either.
+func sameListenAddr(a, b string) bool {
+	ha, pa, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	hb, pb, err := net.SplitHostPort(b)
+	if err != nil || pa != pb || pa == "0" {
+		return false
+	}
+	every := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	norm := func(h string) string {
+		if h == "localhost" {
+			return "127.0.0.1"
+		}
+		return h
+	}
+	return every(ha) || every(hb) || norm(ha) == norm(hb)
 }
 
 // lintOptions are LintOptions without the plugin check, for NewEngine,

@@ -293,10 +293,12 @@ func isBusy(err error) bool {
 
 // OpenSQLiteDB opens an SQLite file with the settings the runtime relies
 // on: WAL journal, a busy timeout, foreign keys on, full sync of commits.
+// It creates the file's missing folders; a folder that cannot be made
+// for good (see stream.FatalPath) is a stream.Fatal error.
 func OpenSQLiteDB(path string) (*sql.DB, error) {
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("open %s: %w", path, err)
+			return nil, kstream.FatalPath(fmt.Errorf("open %s: %w", path, err))
 		}
 	}
 	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)&_pragma=cache_size(-65536)&_pragma=temp_store(MEMORY)&_txlock=immediate"

@@ -29,6 +29,14 @@ type Registrar interface {
 	RegisterConnector(spec *Spec, f Factory) error
 }
 
+// Listener is an optional capability of a driver that listens for
+// connections (the http source): ListenAddr is the host:port its config
+// asks it to listen on, before it does, so that lint can refuse an
+// address another listener of the configuration (the admin server) takes.
+type Listener interface {
+	ListenAddr() string
+}
+
 // Identifier is an optional capability of a source driver: Identity names
 // what the source reads by something that outlives the names its config
 // gives it, so that the key of a flow's position (kisflow.StateKey) stays

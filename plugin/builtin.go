@@ -248,6 +248,10 @@ func (a *Admin) Start(ctx context.Context, h Host) error {
 	return nil
 }
 
+// ListenAddr is the address the server's config asks it to listen on
+// (a bare :port made 127.0.0.1:port), before it does.
+func (a *Admin) ListenAddr() string { return a.cfg.Listen }
+
 // Addr is the address the server listens on, once started.
 func (a *Admin) Addr() net.Addr { return a.addr }
 

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"syscall"
 	"time"
 )
 
@@ -340,6 +341,21 @@ func Fatal(err error) error {
 		return nil
 	}
 	return &markedError{err: err, mark: ErrFatal}
+}
+
+// FatalPath returns err, from making a file's folder or creating the file,
+// marked Fatal when no wait mends it: no such file or directory (a folder
+// under /proc), permission denied, not a directory, a read-only file
+// system. A sink or store that cannot be opened there then fails the run,
+// as a bad config does, instead of being waited for as an outage. Other
+// errors (a full disk) are returned as they are. FatalPath(nil) is nil.
+func FatalPath(err error) error {
+	for _, e := range []error{syscall.ENOENT, syscall.EACCES, syscall.EPERM, syscall.ENOTDIR, syscall.EROFS} {
+		if errors.Is(err, e) {
+			return Fatal(err)
+		}
+	}
+	return err
 }
 
 // Expected marks err so that errors.Is(err, ErrExpected) holds; its text

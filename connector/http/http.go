@@ -166,6 +166,10 @@ func (in *Ingest) Start(context.Context) error { return nil }
 // Close does nothing: closing the source stops the server.
 func (in *Ingest) Close(context.Context) error { return nil }
 
+// ListenAddr is the address the source's config asks it to listen on
+// (see driver.Listener).
+func (in *Ingest) ListenAddr() string { return in.addr }
+
 // Addr is the address the source listens on, once open.
 func (in *Ingest) Addr() string {
 	s, _ := in.bound.Load().(string)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -92,6 +93,10 @@ type flowPosition struct {
 	positioner   stream.Positioner
 	tx           stream.TxSink // the exactly-once sink, if any
 	sinkName     string
+	// other is the sink's transactions when the flow runs at-least-once
+	// into a sink that could run it exactly-once: where a run of the
+	// other delivery kept the position.
+	other stream.TxSink
 }
 
 func positionOf(ctx context.Context, eng *kisflow.Engine, set *config.Set, name string) (*flowPosition, error) {
@@ -114,6 +119,13 @@ func positionOf(ctx context.Context, eng *kisflow.Engine, set *config.Set, name 
 			return nil, err
 		}
 		fp.tx, _ = c.Driver().(stream.TxSink)
+		fp.sinkName = st.Sink
+	} else if st.Sink != "" && st.Sink != st.Source {
+		c, err := eng.Connector(ctx, st.Sink)
+		if err != nil {
+			return nil, err
+		}
+		fp.other, _ = c.Driver().(stream.TxSink)
 		fp.sinkName = st.Sink
 	}
 	return fp, nil
@@ -180,9 +192,20 @@ func listPositions(ctx context.Context, reg *kisflow.Registry, dir, state string
 			if err != nil {
 				return nil, err
 			}
+			from := committed // where the next run starts
+			if fp.resumable {
+				// After a change of stream.delivery, the next run takes
+				// over the position the other delivery kept.
+				var taken string
+				if where, taken, err = fp.takenOver(ctx, state, committed, where); err != nil {
+					return nil, err
+				} else if taken != "" {
+					from = taken
+				}
+			}
 			head, lag := "?", "?"
 			if fp.positioner != nil {
-				p, err := fp.positioner.Positions(ctx, fp.opts, committed)
+				p, err := fp.positioner.Positions(ctx, fp.opts, from)
 				if err != nil {
 					return nil, err
 				}
@@ -218,6 +241,52 @@ func listPositions(ctx context.Context, reg *kisflow.Registry, dir, state string
 		return &exitError{code: ExitProblem}
 	}
 	return nil
+}
+
+// takenOver returns where, with the position that the next run takes
+// over from the store of the flow's other delivery (see
+// kisflow.TakesOver) when there is one, and that position ("" for none);
+// committed is the position in the store of its delivery.
+func (fp *flowPosition) takenOver(ctx context.Context, state, committed, where string) (string, string, error) {
+	var other interface {
+		Position(ctx context.Context, stream string) (string, error)
+	}
+	from, was := "sink "+fp.sinkName, "exactly-once"
+	var here any = fp.tx
+	switch {
+	case fp.tx != nil:
+		path := filepath.Join(state, "checkpoints.db")
+		if _, err := os.Stat(path); err != nil {
+			return where, "", nil
+		}
+		store, err := checkpoint.OpenSQLite(ctx, path)
+		if err != nil {
+			return "", "", err
+		}
+		defer store.Close()
+		other, from, was = store, "checkpoints "+path, "at-least-once"
+	case fp.other != nil:
+		other = fp.other
+		path := filepath.Join(state, "checkpoints.db")
+		if _, err := os.Stat(path); err == nil && committed != "" {
+			store, err := checkpoint.OpenSQLite(ctx, path)
+			if err != nil {
+				return "", "", err
+			}
+			defer store.Close()
+			here = store
+		}
+	default:
+		return where, "", nil
+	}
+	pos, err := other.Position(ctx, fp.key)
+	if err != nil {
+		return "", "", err
+	}
+	if !kisflow.TakesOver(committed, kisflow.PositionTime(ctx, here, fp.key), pos, kisflow.PositionTime(ctx, other, fp.key)) {
+		return where, "", nil
+	}
+	return fmt.Sprintf("%s (the next run takes over %s from %s, where %s delivery kept it)", where, pos, from, was), pos, nil
 }
 
 func setPosition(ctx context.Context, reg *kisflow.Registry, dir, state, flow string, to stream.Bound, truncate bool, stdout, stderr io.Writer) error {

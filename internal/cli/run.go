@@ -294,6 +294,9 @@ func reportStart(w io.Writer, name string, sp kisflow.StartPosition) {
 	if sp.Rekeyed {
 		fmt.Fprintf(w, "flow %s: position kept under the flow name by an earlier version, now under %s\n", name, sp.Key)
 	}
+	if sp.TakenOver != "" {
+		fmt.Fprintf(w, "flow %s: position %s taken over from %s, where the flow's other stream.delivery kept it\n", name, sp.Position, sp.TakenOver)
+	}
 	stop := ""
 	if !sp.Stop.IsZero() {
 		stop = fmt.Sprintf("; stopping at %s", sp.Stop)

@@ -34,14 +34,15 @@ type Writer struct {
 }
 
 // Open opens path for appending, creating it and its folder. With sync,
-// every Write is flushed to disk before it returns.
+// every Write is flushed to disk before it returns. A path that cannot be
+// made for good is a stream.Fatal error (see stream.FatalPath).
 func Open(path string, sync bool) (*Writer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, stream.FatalPath(fmt.Errorf("open %s: %w", path, err))
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, stream.FatalPath(fmt.Errorf("open %s: %w", path, err))
 	}
 	return &Writer{path: path, f: f, w: bufio.NewWriterSize(f, 64<<10), sync: sync}, nil
 }
