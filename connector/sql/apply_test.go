@@ -274,3 +274,54 @@ func TestApplyFreshNeedsUniqueKey(t *testing.T) {
 		t.Fatal("the unique index of the key was not found")
 	}
 }
+
+// TestApplyCreatedRowidKey checks the SQLite table mode apply creates:
+// an integer key of one column is the table's rowid (declared INTEGER,
+// no second index), and the changes apply through it; a text key, or a
+// created table in the plain mode, keeps a key of no type.
+func TestApplyCreatedRowidKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, c := range []struct {
+		mode     string
+		id       any
+		wantType string
+	}{{"apply", int64(7), "INTEGER"}, {"apply", "seven", ""}, {"insert", int64(7), ""}} {
+		d := openDBWith(t, TypeSQLite, "replica", newDatabase(t, TypeSQLite), map[string]string{"mode": c.mode, "upsert_key": "id", "create": "true"})
+		row := func(op string, id any, v string) map[string]any {
+			return map[string]any{"_op": op, "_table": "public.src", "id": id, "v": v}
+		}
+		if c.mode == "insert" {
+			if err := d.Write(ctx, []any{map[string]any{"id": c.id, "v": "a"}}); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			if err := d.Write(ctx, []any{row("insert", c.id, "a")}); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Write(ctx, []any{row("update", c.id, "b")}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var typ string
+		if err := d.SQL().QueryRow("SELECT type FROM pragma_table_info('replica') WHERE name = 'id'").Scan(&typ); err != nil {
+			t.Fatal(err)
+		}
+		indexes := count(t, d, "SELECT count(*) FROM pragma_index_list('replica')")
+		if typ != c.wantType || (typ == "INTEGER") != (indexes == 0) {
+			t.Errorf("mode %s, key %v: the key column's type %q and %d indexes, want %q and an index unless INTEGER", c.mode, c.id, typ, indexes, c.wantType)
+		}
+		if c.mode == "apply" {
+			var v string
+			if err := d.SQL().QueryRow("SELECT v FROM replica WHERE id = ?", c.id).Scan(&v); err != nil || v != "b" {
+				t.Errorf("key %v: v %q (err %v), want the update's b", c.id, v, err)
+			}
+			if err := d.Write(ctx, []any{row("delete", c.id, "")}); err != nil {
+				t.Fatal(err)
+			}
+			if n := count(t, d, "SELECT count(*) FROM replica"); n != 0 {
+				t.Errorf("key %v: %d rows after the delete, want 0", c.id, n)
+			}
+		}
+	}
+}
