@@ -160,8 +160,7 @@ func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstrea
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		// Storage is cleaned of registrations not refreshed for a minute;
 		// callers drop a provider after its own TTL.
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: time.Minute,
-			Description: "KisFlow remote function providers"})
+		kv, err = js.CreateKeyValue(ctx, bucketConfig(bucket))
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = js.KeyValue(ctx, bucket)
 		}
@@ -171,6 +170,11 @@ func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstrea
 		return nil, nil, fmt.Errorf("registry %s: bucket %s: %w (is JetStream enabled?)", url, bucket, err)
 	}
 	return nc, kv, nil
+}
+
+// bucketConfig is the registry bucket serve creates when there is none.
+func bucketConfig(bucket string) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: time.Minute, Description: "KisFlow remote function providers"}
 }
 
 // natsDirectory follows a service's registrations in the bucket.

@@ -488,3 +488,59 @@ func TestNATSURLWithoutAPortIsPort4222(t *testing.T) {
 		t.Fatalf("serve did not reach nats://127.0.0.1 as port 4222: %s", out)
 	}
 }
+
+// TestRegistryLosingItsStoreResumes: the NATS registry is SIGKILLed and
+// comes back without its JetStream store (a pod without a persistent
+// volume) while a flow calls two providers: the providers create the
+// registry bucket again and register in it, the caller follows the new
+// bucket, and the flow resumes within seconds without any provider
+// restarted and without a row lost.
+func TestRegistryLosingItsStoreResumes(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	var provs []*proc
+	for range 2 {
+		p, _ := serving(t, pdir, args...)
+		provs = append(provs, p)
+	}
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
+	const total = 3000
+	var back time.Time
+	feed(t, cdir, 0, total/2, 50*time.Millisecond, nil)
+	for deadline := time.Now().Add(30 * time.Second); len(readFileRows(t, cdir)) < total/2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first rows did not come out: %s", run.output())
+		}
+	}
+	nats.CrashLosingData(t, 3*time.Second) // past the providers' TTL
+	back = time.Now()
+	// For 7.5s: the caller drops the providers it knew 2s after the
+	// registry's return unless they register again.
+	feed(t, cdir, total/2, total, 250*time.Millisecond, nil)
+	fed := time.Now()
+	for len(readFileRows(t, cdir)) < total && time.Since(fed) < 20*time.Second {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took := time.Since(fed); took > 5*time.Second {
+		t.Fatalf("the flow took %s after the last row (%s after the registry came back without its store) to write every row, want a few seconds: %s",
+			took.Round(time.Millisecond), time.Since(back).Round(time.Millisecond), run.output())
+	}
+	allOut(t, cdir, run, total, 5*time.Second)
+	recreated := false
+	for i, p := range provs {
+		recreated = recreated || strings.Contains(p.output(), "registry bucket was gone")
+		select {
+		case <-p.done:
+			t.Fatalf("provider %d exited: %s", i, p.output())
+		default:
+		}
+	}
+	if !recreated {
+		t.Fatalf("no provider logged that it created the bucket again: %s\n%s", provs[0].output(), provs[1].output())
+	}
+}
