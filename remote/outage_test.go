@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -542,5 +543,62 @@ func TestRegistryLosingItsStoreResumes(t *testing.T) {
 	}
 	if !recreated {
 		t.Fatalf("no provider logged that it created the bucket again: %s\n%s", provs[0].output(), provs[1].output())
+	}
+}
+
+// TestRegistryReturnReconcilesTheProviders: after the NATS registry
+// restarts (on its store, down longer than the TTL), a caller does not
+// give the providers that died before the outage their TTL again: one
+// whose registration storage removed meanwhile is dropped at once, one
+// killed before the outage is dropped when the rest of its TTL (the outage
+// not counted) has run out, and the live provider is listed throughout.
+func TestRegistryReturnReconcilesTheProviders(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.CreateBucket(t, url, bucket, 4*time.Second) // storage keeps 4s
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s"}
+	serving(t, pdir, args...)
+	dead, deadAddr := serving(t, pdir, args...)
+	// Never refreshed: storage removes it 4s after, but a caller would
+	// wait out its minute.
+	remote.Register(t, url, bucket, remote.Provider{ID: "gone", Service: service, Addr: "127.0.0.1:1", TTL: time.Minute})
+	dir := watchNATS(t, url, bucket, service, "", "")
+	waitProviders(t, dir, 3, 5*time.Second)
+	_ = dead.cmd.Process.Kill()
+	time.Sleep(5 * time.Second) // the registration of "gone" is removed
+	nats.Crash(t, 11*time.Second)
+	back := time.Now()
+	var goneAt, deadAt time.Time
+	for time.Since(back) < 9*time.Second {
+		ps := dir.Providers()
+		has := func(f func(remote.Provider) bool) bool { return slices.ContainsFunc(ps, f) }
+		if !has(func(p remote.Provider) bool { return p.ID != "gone" && p.Addr != deadAddr }) {
+			t.Fatalf("%s after the registry came back, the live provider is not listed: %+v", time.Since(back).Round(time.Millisecond), ps)
+		}
+		if goneAt.IsZero() && !has(func(p remote.Provider) bool { return p.ID == "gone" }) {
+			goneAt = time.Now()
+		}
+		if deadAt.IsZero() && !has(func(p remote.Provider) bool { return p.Addr == deadAddr }) {
+			deadAt = time.Now()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	listedFor := func(at time.Time) time.Duration {
+		if at.IsZero() {
+			return time.Since(back).Round(time.Millisecond)
+		}
+		return at.Sub(back).Round(time.Millisecond)
+	}
+	// The caller reconnects within 2s of the return.
+	if goneAt.IsZero() || goneAt.Sub(back) > 3*time.Second {
+		t.Errorf("the provider whose registration storage removed was still listed %s after the registry came back, want dropped on reconnecting", listedFor(goneAt))
+	}
+	// Killed 5s before the outage (its last refresh up to 3.3s earlier):
+	// at most 5s of its TTL are left, counted from the reconnection.
+	if deadAt.IsZero() || deadAt.Sub(back) > 7500*time.Millisecond {
+		t.Errorf("the provider killed before the outage was still listed %s after the registry came back, want dropped when the rest of its TTL ran out", listedFor(deadAt))
 	}
 }

@@ -36,6 +36,10 @@ type registrar struct {
 	ctx         context.Context // cancelled by close
 	cancel      context.CancelFunc
 	done        chan struct{}
+	// reconnected is signalled when the connection to the registry is
+	// back: the registration is refreshed at once, so that callers which
+	// kept it through the outage see it fresh.
+	reconnected chan struct{}
 
 	mu sync.Mutex
 	nc *natsgo.Conn
@@ -49,7 +53,7 @@ func newRegistrar(o ServeOptions, p Provider) *registrar {
 	val, _ := json.Marshal(p)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &registrar{url: o.Registry, bucket: o.Bucket, key: natsKey(p.Service, p.ID), val: val, ttl: o.TTL, log: o.Logger,
-		ctx: ctx, cancel: cancel, done: make(chan struct{})}
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), reconnected: make(chan struct{}, 1)}
 }
 
 // register makes one attempt to connect and write the registration. It
@@ -57,7 +61,12 @@ func newRegistrar(o ServeOptions, p Provider) *registrar {
 func (r *registrar) register() (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, registerAttempt)
 	defer cancel()
-	nc, kv, err := openBucket(ctx, r.url, r.bucket)
+	nc, kv, err := openBucket(ctx, r.url, r.bucket, natsgo.ReconnectHandler(func(*natsgo.Conn) {
+		select {
+		case r.reconnected <- struct{}{}:
+		default:
+		}
+	}))
 	if err != nil {
 		return 0, err
 	}
@@ -133,11 +142,12 @@ func (r *registrar) run(every time.Duration, failed error) {
 		select {
 		case <-r.ctx.Done():
 			return
+		case <-r.reconnected:
 		case <-t.C:
-			pctx, cancel := context.WithTimeout(r.ctx, every)
-			r.refresh(pctx)
-			cancel()
 		}
+		pctx, cancel := context.WithTimeout(r.ctx, every)
+		r.refresh(pctx)
+		cancel()
 	}
 }
 
