@@ -2,7 +2,9 @@ package remote_test
 
 import (
 	"bytes"
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -72,5 +74,50 @@ func TestStopDuringAnUnavailableStepIsPrompt(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDryRunChecksTheFunctionsAndReachesStaticProviders: kisflow dry-run
+// fails a remote connector when no provider serves a function a flow's
+// step calls through it, naming the function and what is served, and a
+// static provider address that is not a KisFlow provider (the NATS port);
+// a static address where `kisflow serve` listens is ok.
+func TestDryRunChecksTheFunctionsAndReachesStaticProviders(t *testing.T) {
+	t.Parallel()
+	url, bucket, service := freshRegistry(t)
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "3s")
+	_, addr := serving(t, pdir, "--registry", "none", "--listen", "127.0.0.1:0")
+	static := func(addrs string) string {
+		return "kistype: conn\ncname: pricing\ntype: remote\naddrs: " + addrs + "\nparams:\n  registry: static\n"
+	}
+	quote := "---\nkistype: func\nfname: Quote\nfmode: Calculate\noption:\n  cname: pricing\n" +
+		"---\nkistype: flow\nstatus: 1\nflow_name: Quotes\nflows:\n  - fname: Quote\n"
+	natsPort := strings.TrimPrefix(url, "nats://")
+	for _, tc := range []struct{ name, conn, more, want string }{
+		{"served", natsPricing(url, service, bucket, ""), "", ": ok"},
+		{"function not served", natsPricing(url, service, bucket, ""), quote, `function "Quote": none of the 1 providers of service "` + service + `" serves it (they serve Price)`},
+		{"static provider", static(addr), "", ": ok"},
+		{"static NATS port", static(natsPort), "", "provider " + natsPort + " does not answer as a KisFlow provider"},
+	} {
+		dir := writeFiles(t, map[string]string{"conns.yml": tc.conn, "flow.yml": remotePrice + "---\n" + ordersFlow + tc.more})
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, kisflowBin(t), "dry-run", dir)
+		out, _ := cmd.CombinedOutput()
+		cancel()
+		wantCode := 1
+		if tc.want == ": ok" {
+			wantCode = 0
+		}
+		line := ""
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "connector pricing ") {
+				line = l
+			}
+		}
+		if code := cmd.ProcessState.ExitCode(); code != wantCode || !strings.Contains(line, tc.want) {
+			t.Errorf("%s: dry-run exit %d, %s; want exit %d with %q", tc.name, code, out, wantCode, tc.want)
+		}
+		t.Logf("%s: %s", tc.name, line)
 	}
 }
