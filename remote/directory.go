@@ -43,6 +43,14 @@ type Provider struct {
 	TTL time.Duration `json:"ttl,omitempty"`
 }
 
+// ttl is p's TTL, DefaultTTL when it gives none.
+func (p Provider) ttl() time.Duration {
+	if p.TTL <= 0 {
+		return DefaultTTL
+	}
+	return p.TTL
+}
+
 func (p Provider) weight() int {
 	if p.Weight <= 0 {
 		return DefaultWeight
@@ -208,6 +216,10 @@ const reconnectGrace = natsgo.DefaultReconnectWait + time.Second
 type seen struct {
 	p    Provider
 	last time.Time
+	// until, when set, is when the registration is dropped unless written
+	// again: one missing from the bucket after an outage that may have
+	// removed live ones (see reconcile).
+	until time.Time
 }
 
 // WatchNATS follows the providers of service (of version and group, when
@@ -348,10 +360,13 @@ func dropWatch(w jetstream.KeyWatcher, closed <-chan struct{}) {
 
 // reconcile drops the known providers missing from a new watch's initial
 // listing of the bucket: deleted (drained) or removed by storage while the
-// directory did not follow the bucket. A bucket created since the registry
-// went down (NATS lost its store) lists only the providers that registered
-// in it yet: the others are kept, to be dropped after their TTL unless they
-// register again.
+// directory did not follow the bucket. A live provider writes its
+// registration at least every third of the bucket's storage TTL, so
+// storage removes it only when the registry could not take its writes for
+// long: after an outage of half that TTL or more, or when the bucket was
+// created since the outage began (NATS lost its store), a missing provider
+// may be live and registering again: it is kept min(TTL, reconnectGrace)
+// after the return, then dropped unless it registered meanwhile.
 func (d *natsDirectory) reconcile(ctx context.Context, listed map[string]bool) {
 	sctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -361,11 +376,20 @@ func (d *natsDirectory) reconcile(ctx context.Context, listed map[string]bool) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && !d.downAt.IsZero() && bs.StreamInfo().Created.After(d.downAt) {
-		return
+	uncertain := false
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && !d.downAt.IsZero() && d.resumed.After(d.downAt) {
+		outage := d.resumed.Sub(d.downAt)
+		uncertain = bs.StreamInfo().Created.After(d.downAt) || st.TTL() > 0 && outage >= st.TTL()/2
 	}
-	for k := range d.known {
-		if !listed[k] {
+	for k, s := range d.known {
+		switch {
+		case listed[k]:
+		case uncertain:
+			if s.until.IsZero() {
+				s.until = d.resumed.Add(min(s.p.ttl(), reconnectGrace))
+				d.known[k] = s
+			}
+		default:
 			d.log.Info("remote: provider no longer registered; dropped", "service", d.service, "key", k)
 			delete(d.known, k)
 		}
@@ -429,10 +453,10 @@ func (d *natsDirectory) reachable(now time.Time) bool {
 // registry's return, for a live provider to reconnect and refresh. d.mu
 // is held.
 func (d *natsDirectory) stale(s seen, now time.Time) bool {
-	ttl := s.p.TTL
-	if ttl <= 0 {
-		ttl = DefaultTTL
+	if !s.until.IsZero() {
+		return now.After(s.until)
 	}
+	ttl := s.p.ttl()
 	from := s.last
 	if !d.downAt.IsZero() && d.resumed.After(d.downAt) && from.Before(d.downAt) {
 		from = from.Add(d.resumed.Sub(d.downAt))

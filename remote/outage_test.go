@@ -548,57 +548,81 @@ func TestRegistryLosingItsStoreResumes(t *testing.T) {
 
 // TestRegistryReturnReconcilesTheProviders: after the NATS registry
 // restarts (on its store, down longer than the TTL), a caller does not
-// give the providers that died before the outage their TTL again: one
-// whose registration storage removed meanwhile is dropped at once, one
-// killed before the outage is dropped when the rest of its TTL (the outage
-// not counted) has run out, and the live provider is listed throughout.
+// give a provider that died before the outage its TTL again: it is dropped
+// when the rest of its TTL (the outage not counted) has run out, while the
+// live provider is listed throughout.
 func TestRegistryReturnReconcilesTheProviders(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s"}
+	serving(t, pdir, args...)
+	dead, deadAddr := serving(t, pdir, args...)
+	dir := watchNATS(t, url, bucket, service, "", "")
+	waitProviders(t, dir, 2, 5*time.Second)
+	_ = dead.cmd.Process.Kill()
+	time.Sleep(5 * time.Second)
+	nats.Crash(t, 11*time.Second)
+	back := time.Now()
+	deadAt := listedWhile(t, dir, back, 9*time.Second, func(p remote.Provider) bool { return p.Addr != deadAddr },
+		func(p remote.Provider) bool { return p.Addr == deadAddr })
+	// Killed 5s before the outage (its last refresh up to 3.3s earlier):
+	// at most 5s of its TTL are left, counted from the reconnection,
+	// which comes within 2s of the return.
+	if deadAt > 7500*time.Millisecond {
+		t.Errorf("the provider killed before the outage was still listed %s after the registry came back, want dropped when the rest of its TTL ran out", deadAt)
+	}
+}
+
+// TestRegistryReturnDropsWhatStorageRemoved: the registry is down longer
+// than its bucket's storage TTL, so that storage removes every
+// registration when it restarts, the live provider's too: a caller keeps
+// the live provider (it registers again on reconnecting) and drops a
+// provider that never refreshes within seconds of the return, not after
+// the minute of its own TTL.
+func TestRegistryReturnDropsWhatStorageRemoved(t *testing.T) {
 	t.Parallel()
 	nats := testenv.PrivateNATS(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
 	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
 	remote.CreateBucket(t, url, bucket, 4*time.Second) // storage keeps 4s
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
-	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s"}
-	serving(t, pdir, args...)
-	dead, deadAddr := serving(t, pdir, args...)
-	// Never refreshed: storage removes it 4s after, but a caller would
-	// wait out its minute.
-	remote.Register(t, url, bucket, remote.Provider{ID: "gone", Service: service, Addr: "127.0.0.1:1", TTL: time.Minute})
+	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s")
 	dir := watchNATS(t, url, bucket, service, "", "")
-	waitProviders(t, dir, 3, 5*time.Second)
-	_ = dead.cmd.Process.Kill()
-	time.Sleep(5 * time.Second) // the registration of "gone" is removed
-	nats.Crash(t, 11*time.Second)
+	// Never refreshed, but of a TTL of a minute.
+	remote.Register(t, url, bucket, remote.Provider{ID: "gone", Service: service, Addr: "127.0.0.1:1", TTL: time.Minute})
+	waitProviders(t, dir, 2, 5*time.Second)
+	nats.Crash(t, 6*time.Second)
 	back := time.Now()
-	var goneAt, deadAt time.Time
-	for time.Since(back) < 9*time.Second {
+	goneAt := listedWhile(t, dir, back, 8*time.Second, func(p remote.Provider) bool { return p.ID != "gone" },
+		func(p remote.Provider) bool { return p.ID == "gone" })
+	// The caller reconnects within 2s of the return, and keeps a missing
+	// registration 3s more at most.
+	if goneAt > 6*time.Second {
+		t.Errorf("the provider whose registration storage removed was still listed %s after the registry came back, want dropped within seconds", goneAt)
+	}
+}
+
+// listedWhile watches dir for the time given from back, failing the test
+// whenever no provider is live, and returns how long after back a provider
+// that is dropped stopped being listed (the time watched if it was not).
+func listedWhile(t *testing.T, dir remote.Directory, back time.Time, watched time.Duration, live, dropped func(remote.Provider) bool) time.Duration {
+	t.Helper()
+	var at time.Duration
+	for time.Since(back) < watched {
 		ps := dir.Providers()
-		has := func(f func(remote.Provider) bool) bool { return slices.ContainsFunc(ps, f) }
-		if !has(func(p remote.Provider) bool { return p.ID != "gone" && p.Addr != deadAddr }) {
+		if !slices.ContainsFunc(ps, live) {
 			t.Fatalf("%s after the registry came back, the live provider is not listed: %+v", time.Since(back).Round(time.Millisecond), ps)
 		}
-		if goneAt.IsZero() && !has(func(p remote.Provider) bool { return p.ID == "gone" }) {
-			goneAt = time.Now()
-		}
-		if deadAt.IsZero() && !has(func(p remote.Provider) bool { return p.Addr == deadAddr }) {
-			deadAt = time.Now()
+		if at == 0 && !slices.ContainsFunc(ps, dropped) {
+			at = time.Since(back).Round(time.Millisecond)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	listedFor := func(at time.Time) time.Duration {
-		if at.IsZero() {
-			return time.Since(back).Round(time.Millisecond)
-		}
-		return at.Sub(back).Round(time.Millisecond)
+	if at == 0 {
+		at = time.Since(back).Round(time.Millisecond)
 	}
-	// The caller reconnects within 2s of the return.
-	if goneAt.IsZero() || goneAt.Sub(back) > 3*time.Second {
-		t.Errorf("the provider whose registration storage removed was still listed %s after the registry came back, want dropped on reconnecting", listedFor(goneAt))
-	}
-	// Killed 5s before the outage (its last refresh up to 3.3s earlier):
-	// at most 5s of its TTL are left, counted from the reconnection.
-	if deadAt.IsZero() || deadAt.Sub(back) > 7500*time.Millisecond {
-		t.Errorf("the provider killed before the outage was still listed %s after the registry came back, want dropped when the rest of its TTL ran out", listedFor(deadAt))
-	}
+	return at
 }
