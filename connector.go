@@ -26,6 +26,16 @@ type Checker interface {
 	Check(ctx context.Context, use config.ConnUse) error
 }
 
+// FuncChecker is an optional Driver capability for `kisflow dry-run`, of
+// a connector through which functions run in other processes (the remote
+// type): called after Check, CheckFuncs verifies that each function of
+// fnames (those the enabled flows' steps call through it) can be called
+// now, and that the processes answer, without running any function. Its
+// error names what is missing.
+type FuncChecker interface {
+	CheckFuncs(ctx context.Context, fnames []string) error
+}
+
 // DriverFactory builds the driver of a connector from its config. It must not
 // connect yet; Start does. A bad config is an error.
 type DriverFactory = driver.Factory

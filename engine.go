@@ -582,12 +582,41 @@ func (e *Engine) CheckConnector(ctx context.Context, cname string, use config.Co
 			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
 		}
 	}
+	if fch, ok := c.Driver().(FuncChecker); ok {
+		if err := guard(func() error { return fch.CheckFuncs(ctx, e.funcsThrough(cname)) }); err != nil {
+			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
+		}
+	}
 	if use.Load {
 		if err := e.checkLookups(ctx, c); err != nil {
 			return e.red.Error(fmt.Errorf("connector %q (type %s): %w", cname, c.Type(), err))
 		}
 	}
 	return nil
+}
+
+// funcsThrough returns, sorted, the functions that the steps of enabled
+// flows run through connector cname: those with neither a Go body nor a
+// YAML one of their own (a filter, a calc, a window).
+func (e *Engine) funcsThrough(cname string) []string {
+	var out []string
+	for _, fname := range e.set.FlowNames() {
+		fl := e.set.Flows[fname]
+		if !fl.Enabled() {
+			continue
+		}
+		for _, st := range fl.Flows {
+			fc := e.set.Funcs[st.FName]
+			if fc == nil || fc.Option.CName != cname || fc.ConfigOnly() || fc.Window != nil && fc.FMode == config.Calculate || slices.Contains(out, fc.FName) {
+				continue
+			}
+			if _, ok := e.reg.handler(st.FName); !ok {
+				out = append(out, fc.FName)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // LookupChecker is an optional capability of a Lookup: CheckLookup checks,

@@ -621,6 +621,55 @@ func (c *Client) Check() error {
 	return c.noProvider("")
 }
 
+// CheckFuncs returns an error unless every function of fnames can be
+// called now (for kisflow dry-run): a provider of the version and group
+// asked for serves it, as the registry lists it. Providers whose functions
+// are not known (static addresses, DNS) are reached instead, with a call
+// of no function that a KisFlow provider refuses without running
+// anything: an address that is not one (another server, a NATS port) is
+// an error naming it.
+func (c *Client) CheckFuncs(ctx context.Context, fnames []string) error {
+	if err := c.Check(); err != nil {
+		return err
+	}
+	ps := c.dir.Providers()
+	var errs []error
+	for _, f := range fnames {
+		if !slices.ContainsFunc(ps, func(p Provider) bool { return p.serves(f) }) {
+			errs = append(errs, fmt.Errorf("function %q: %w", f, c.noProvider(f)))
+		}
+	}
+	for _, p := range ps {
+		if len(p.Funcs) == 0 {
+			if err := c.probe(ctx, p); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// probeTimeout bounds the call probe makes.
+const probeTimeout = 5 * time.Second
+
+// probe reaches provider p with a call of no function, which a KisFlow
+// provider refuses (NotFound) without running anything.
+func (c *Client) probe(ctx context.Context, p Provider) error {
+	cn, err := c.conn(p.Addr)
+	if err == nil {
+		actx, cancel := context.WithTimeout(ctx, probeTimeout)
+		defer cancel()
+		err = cn.unaryCall(ctx, actx, &request{Func: ""}, &reply{})
+		if status.Code(err) == codes.NotFound {
+			return nil
+		}
+		if err == nil {
+			err = errors.New("it accepted a call of no function")
+		}
+	}
+	return fmt.Errorf("provider %s does not answer as a KisFlow provider (is `kisflow serve` listening there?): %w", p.Addr, err)
+}
+
 // describe lists the versions and groups of ps, with how many have each.
 func describe(ps []Provider) string {
 	n := map[string]int{}

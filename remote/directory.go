@@ -43,6 +43,14 @@ type Provider struct {
 	TTL time.Duration `json:"ttl,omitempty"`
 }
 
+// ttl is p's TTL, DefaultTTL when it gives none.
+func (p Provider) ttl() time.Duration {
+	if p.TTL <= 0 {
+		return DefaultTTL
+	}
+	return p.TTL
+}
+
 func (p Provider) weight() int {
 	if p.Weight <= 0 {
 		return DefaultWeight
@@ -145,9 +153,9 @@ func NATSURL(servers string) (string, error) {
 }
 
 // openBucket connects to the NATS server at url and opens (or creates)
-// the registry's key-value bucket.
-func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstream.KeyValue, error) {
-	nc, err := natsgo.Connect(url, natsgo.Name("kisflow-remote"), natsgo.MaxReconnects(-1), natsgo.RetryOnFailedConnect(false))
+// the registry's key-value bucket. opts are more connection options.
+func openBucket(ctx context.Context, url, bucket string, opts ...natsgo.Option) (*natsgo.Conn, jetstream.KeyValue, error) {
+	nc, err := natsgo.Connect(url, append([]natsgo.Option{natsgo.Name("kisflow-remote"), natsgo.MaxReconnects(-1), natsgo.RetryOnFailedConnect(false)}, opts...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry %s: %w (is NATS with JetStream running there?)", url, err)
 	}
@@ -160,8 +168,7 @@ func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstrea
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		// Storage is cleaned of registrations not refreshed for a minute;
 		// callers drop a provider after its own TTL.
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: time.Minute,
-			Description: "KisFlow remote function providers"})
+		kv, err = js.CreateKeyValue(ctx, bucketConfig(bucket))
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			kv, err = js.KeyValue(ctx, bucket)
 		}
@@ -171,6 +178,11 @@ func openBucket(ctx context.Context, url, bucket string) (*natsgo.Conn, jetstrea
 		return nil, nil, fmt.Errorf("registry %s: bucket %s: %w (is JetStream enabled?)", url, bucket, err)
 	}
 	return nc, kv, nil
+}
+
+// bucketConfig is the registry bucket serve creates when there is none.
+func bucketConfig(bucket string) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: bucket, History: 1, TTL: time.Minute, Description: "KisFlow remote function providers"}
 }
 
 // natsDirectory follows a service's registrations in the bucket.
@@ -187,17 +199,27 @@ type natsDirectory struct {
 
 	mu    sync.Mutex
 	known map[string]seen // key -> registration
-	// up is whether the registry was reachable at the last look; resumed
-	// is when it became reachable again after an outage: a registration's
-	// age counts from then at the earliest, for the registry could not
-	// deliver its refreshes meanwhile.
+	// up is whether the registry was reachable at the last look; downAt
+	// is when it was last seen unreachable and resumed when it became
+	// reachable again: the outage does not count in the age of a
+	// registration not refreshed since (see stale).
 	up      bool
+	downAt  time.Time
 	resumed time.Time
 }
+
+// reconnectGrace bounds the time a live provider needs, once the registry
+// is back, to reconnect (nats.go waits 2s between attempts) and refresh
+// its registration (at once on reconnecting).
+const reconnectGrace = natsgo.DefaultReconnectWait + time.Second
 
 type seen struct {
 	p    Provider
 	last time.Time
+	// until, when set, is when the registration is dropped unless written
+	// again: one missing from the bucket after an outage that may have
+	// removed live ones (see reconcile).
+	until time.Time
 }
 
 // WatchNATS follows the providers of service (of version and group, when
@@ -206,8 +228,13 @@ type seen struct {
 // (a drained provider) is dropped at once, and one that is not refreshed
 // within its TTL (a killed provider) is dropped then. While the registry is
 // unreachable the last known list is kept as it is (as dubbo's registry
-// directory does): no refresh could arrive, so none is taken as missed;
-// once it is back, each provider has its TTL again to be seen refreshed.
+// directory does): no refresh could arrive, so none is taken as missed.
+// Once it is back, the known providers are reconciled with the bucket: one
+// no longer in it is dropped (unless the bucket itself is new: NATS lost
+// its store), and one not refreshed since the outage began counts its TTL
+// on from its last refresh as the bucket records it, the outage not
+// counted, and is kept at least min(TTL, 3s) after the registry's return,
+// the time a live provider takes to reconnect and refresh.
 func WatchNATS(ctx context.Context, url, bucket, service, version, group string, opts ...WatchOption) (Directory, error) {
 	if err := CheckService(service); err != nil {
 		return nil, err
@@ -260,6 +287,9 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 	w := d.w
 	updates := w.Updates()
 	reconnects := d.nc.Stats().Reconnects
+	// listed collects the keys of a new watch's initial listing, which
+	// the known providers are reconciled with (nil: no watch anew).
+	var listed map[string]bool
 	for {
 		select {
 		case <-ctx.Done():
@@ -278,6 +308,7 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 			}
 			dropWatch(w, d.done)
 			w, updates, reconnects = nw, nw.Updates(), n
+			listed = map[string]bool{}
 		case e, ok := <-updates:
 			if !ok {
 				// The watch ended (its subscription closed): watch anew at
@@ -290,7 +321,14 @@ func (d *natsDirectory) follow(ctx context.Context, initial chan struct{}) {
 					first = false
 					close(initial)
 				}
+				if listed != nil {
+					d.reconcile(ctx, listed)
+					listed = nil
+				}
 				continue
+			}
+			if listed != nil {
+				listed[e.Key()] = true
 			}
 			d.apply(e)
 		}
@@ -318,6 +356,44 @@ func dropWatch(w jetstream.KeyWatcher, closed <-chan struct{}) {
 			}
 		}
 	}()
+}
+
+// reconcile drops the known providers missing from a new watch's initial
+// listing of the bucket: deleted (drained) or removed by storage while the
+// directory did not follow the bucket. A live provider writes its
+// registration at least every third of the bucket's storage TTL, so
+// storage removes it only when the registry could not take its writes for
+// long: after an outage of half that TTL or more, or when the bucket was
+// created since the outage began (NATS lost its store), a missing provider
+// may be live and registering again: it is kept min(TTL, reconnectGrace)
+// after the return, then dropped unless it registered meanwhile.
+func (d *natsDirectory) reconcile(ctx context.Context, listed map[string]bool) {
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := d.kv.Status(sctx)
+	if err != nil {
+		return // the next watch anew reconciles
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	uncertain := false
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && !d.downAt.IsZero() && d.resumed.After(d.downAt) {
+		outage := d.resumed.Sub(d.downAt)
+		uncertain = bs.StreamInfo().Created.After(d.downAt) || st.TTL() > 0 && outage >= st.TTL()/2
+	}
+	for k, s := range d.known {
+		switch {
+		case listed[k]:
+		case uncertain:
+			if s.until.IsZero() {
+				s.until = d.resumed.Add(min(s.p.ttl(), reconnectGrace))
+				d.known[k] = s
+			}
+		default:
+			d.log.Info("remote: provider no longer registered; dropped", "service", d.service, "key", k)
+			delete(d.known, k)
+		}
+	}
 }
 
 func (d *natsDirectory) apply(e jetstream.KeyValueEntry) {
@@ -361,24 +437,32 @@ func (d *natsDirectory) reachable(now time.Time) bool {
 	up := d.nc.Status() == natsgo.CONNECTED
 	if up && !d.up {
 		d.resumed = now
-		d.log.Info("remote: registry reachable again; the providers kept meanwhile have their TTL to refresh")
+		d.log.Info("remote: registry reachable again; the providers kept meanwhile count their TTL on from their last refresh, the outage not counted")
 	} else if !up && d.up {
+		d.downAt = now
 		d.log.Warn("remote: registry unreachable; keeping the last known providers until it is back", "providers", len(d.known))
 	}
 	d.up = up
 	return up
 }
 
-// stale reports whether registration s was not refreshed within its TTL,
-// counting from the registry's return at the earliest. d.mu is held.
+// stale reports whether registration s was not refreshed within its TTL.
+// The last outage of the registry does not count for a registration not
+// refreshed since it began (no refresh could arrive), and such a
+// registration is kept at least min(TTL, reconnectGrace) after the
+// registry's return, for a live provider to reconnect and refresh. d.mu
+// is held.
 func (d *natsDirectory) stale(s seen, now time.Time) bool {
-	ttl := s.p.TTL
-	if ttl <= 0 {
-		ttl = DefaultTTL
+	if !s.until.IsZero() {
+		return now.After(s.until)
 	}
+	ttl := s.p.ttl()
 	from := s.last
-	if d.resumed.After(from) {
-		from = d.resumed
+	if !d.downAt.IsZero() && d.resumed.After(d.downAt) && from.Before(d.downAt) {
+		from = from.Add(d.resumed.Sub(d.downAt))
+		if floor := d.resumed.Add(min(ttl, reconnectGrace) - ttl); floor.After(from) {
+			from = floor
+		}
 	}
 	return now.Sub(from) > ttl
 }

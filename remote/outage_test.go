@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -487,4 +488,141 @@ func TestNATSURLWithoutAPortIsPort4222(t *testing.T) {
 	if out := p.output(); strings.Contains(out, "unreachable") {
 		t.Fatalf("serve did not reach nats://127.0.0.1 as port 4222: %s", out)
 	}
+}
+
+// TestRegistryLosingItsStoreResumes: the NATS registry is SIGKILLed and
+// comes back without its JetStream store (a pod without a persistent
+// volume) while a flow calls two providers: the providers create the
+// registry bucket again and register in it, the caller follows the new
+// bucket, and the flow resumes within seconds without any provider
+// restarted and without a row lost.
+func TestRegistryLosingItsStoreResumes(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	var provs []*proc
+	for range 2 {
+		p, _ := serving(t, pdir, args...)
+		provs = append(provs, p)
+	}
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
+	const total = 3000
+	var back time.Time
+	feed(t, cdir, 0, total/2, 50*time.Millisecond, nil)
+	for deadline := time.Now().Add(30 * time.Second); len(readFileRows(t, cdir)) < total/2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first rows did not come out: %s", run.output())
+		}
+	}
+	nats.CrashLosingData(t, 3*time.Second) // past the providers' TTL
+	back = time.Now()
+	// For 7.5s: the caller drops the providers it knew 2s after the
+	// registry's return unless they register again.
+	feed(t, cdir, total/2, total, 250*time.Millisecond, nil)
+	fed := time.Now()
+	for len(readFileRows(t, cdir)) < total && time.Since(fed) < 20*time.Second {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took := time.Since(fed); took > 5*time.Second {
+		t.Fatalf("the flow took %s after the last row (%s after the registry came back without its store) to write every row, want a few seconds: %s",
+			took.Round(time.Millisecond), time.Since(back).Round(time.Millisecond), run.output())
+	}
+	allOut(t, cdir, run, total, 5*time.Second)
+	recreated := false
+	for i, p := range provs {
+		recreated = recreated || strings.Contains(p.output(), "registry bucket was gone")
+		select {
+		case <-p.done:
+			t.Fatalf("provider %d exited: %s", i, p.output())
+		default:
+		}
+	}
+	if !recreated {
+		t.Fatalf("no provider logged that it created the bucket again: %s\n%s", provs[0].output(), provs[1].output())
+	}
+}
+
+// TestRegistryReturnReconcilesTheProviders: after the NATS registry
+// restarts (on its store, down longer than the TTL), a caller does not
+// give a provider that died before the outage its TTL again: it is dropped
+// when the rest of its TTL (the outage not counted) has run out, while the
+// live provider is listed throughout.
+func TestRegistryReturnReconcilesTheProviders(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s"}
+	serving(t, pdir, args...)
+	dead, deadAddr := serving(t, pdir, args...)
+	dir := watchNATS(t, url, bucket, service, "", "")
+	waitProviders(t, dir, 2, 5*time.Second)
+	_ = dead.cmd.Process.Kill()
+	time.Sleep(5 * time.Second)
+	nats.Crash(t, 11*time.Second)
+	back := time.Now()
+	deadAt := listedWhile(t, dir, back, 9*time.Second, func(p remote.Provider) bool { return p.Addr != deadAddr },
+		func(p remote.Provider) bool { return p.Addr == deadAddr })
+	// Killed 5s before the outage (its last refresh up to 3.3s earlier):
+	// at most 5s of its TTL are left, counted from the reconnection,
+	// which comes within 2s of the return.
+	if deadAt > 7500*time.Millisecond {
+		t.Errorf("the provider killed before the outage was still listed %s after the registry came back, want dropped when the rest of its TTL ran out", deadAt)
+	}
+}
+
+// TestRegistryReturnDropsWhatStorageRemoved: the registry is down longer
+// than its bucket's storage TTL, so that storage removes every
+// registration when it restarts, the live provider's too: a caller keeps
+// the live provider (it registers again on reconnecting) and drops a
+// provider that never refreshes within seconds of the return, not after
+// the minute of its own TTL.
+func TestRegistryReturnDropsWhatStorageRemoved(t *testing.T) {
+	t.Parallel()
+	nats := testenv.PrivateNATS(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	remote.CreateBucket(t, url, bucket, 4*time.Second) // storage keeps 4s
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s")
+	dir := watchNATS(t, url, bucket, service, "", "")
+	// Never refreshed, but of a TTL of a minute.
+	remote.Register(t, url, bucket, remote.Provider{ID: "gone", Service: service, Addr: "127.0.0.1:1", TTL: time.Minute})
+	waitProviders(t, dir, 2, 5*time.Second)
+	nats.Crash(t, 6*time.Second)
+	back := time.Now()
+	goneAt := listedWhile(t, dir, back, 8*time.Second, func(p remote.Provider) bool { return p.ID != "gone" },
+		func(p remote.Provider) bool { return p.ID == "gone" })
+	// The caller reconnects within 2s of the return, and keeps a missing
+	// registration 3s more at most.
+	if goneAt > 6*time.Second {
+		t.Errorf("the provider whose registration storage removed was still listed %s after the registry came back, want dropped within seconds", goneAt)
+	}
+}
+
+// listedWhile watches dir for the time given from back, failing the test
+// whenever no provider is live, and returns how long after back a provider
+// that is dropped stopped being listed (the time watched if it was not).
+func listedWhile(t *testing.T, dir remote.Directory, back time.Time, watched time.Duration, live, dropped func(remote.Provider) bool) time.Duration {
+	t.Helper()
+	var at time.Duration
+	for time.Since(back) < watched {
+		ps := dir.Providers()
+		if !slices.ContainsFunc(ps, live) {
+			t.Fatalf("%s after the registry came back, the live provider is not listed: %+v", time.Since(back).Round(time.Millisecond), ps)
+		}
+		if at == 0 && !slices.ContainsFunc(ps, dropped) {
+			at = time.Since(back).Round(time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if at == 0 {
+		at = time.Since(back).Round(time.Millisecond)
+	}
+	return at
 }

@@ -3,6 +3,7 @@ package remote
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -35,17 +36,24 @@ type registrar struct {
 	ctx         context.Context // cancelled by close
 	cancel      context.CancelFunc
 	done        chan struct{}
+	// reconnected is signalled when the connection to the registry is
+	// back: the registration is refreshed at once, so that callers which
+	// kept it through the outage see it fresh.
+	reconnected chan struct{}
 
 	mu sync.Mutex
 	nc *natsgo.Conn
 	kv jetstream.KeyValue // set once the registration is written
+	// cfg is the bucket's stream as the registration found it: a bucket
+	// lost (NATS restarted without its store) is created again as it was.
+	cfg *jetstream.StreamConfig
 }
 
 func newRegistrar(o ServeOptions, p Provider) *registrar {
 	val, _ := json.Marshal(p)
 	ctx, cancel := context.WithCancel(context.Background())
 	return &registrar{url: o.Registry, bucket: o.Bucket, key: natsKey(p.Service, p.ID), val: val, ttl: o.TTL, log: o.Logger,
-		ctx: ctx, cancel: cancel, done: make(chan struct{})}
+		ctx: ctx, cancel: cancel, done: make(chan struct{}), reconnected: make(chan struct{}, 1)}
 }
 
 // register makes one attempt to connect and write the registration. It
@@ -53,7 +61,12 @@ func newRegistrar(o ServeOptions, p Provider) *registrar {
 func (r *registrar) register() (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(r.ctx, registerAttempt)
 	defer cancel()
-	nc, kv, err := openBucket(ctx, r.url, r.bucket)
+	nc, kv, err := openBucket(ctx, r.url, r.bucket, natsgo.ReconnectHandler(func(*natsgo.Conn) {
+		select {
+		case r.reconnected <- struct{}{}:
+		default:
+		}
+	}))
 	if err != nil {
 		return 0, err
 	}
@@ -61,8 +74,15 @@ func (r *registrar) register() (time.Duration, error) {
 		nc.Close()
 		return 0, fmt.Errorf("registry %s: register %s: %w", r.url, r.key, err)
 	}
+	var cfg *jetstream.StreamConfig
+	if st, err := kv.Status(ctx); err == nil {
+		if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+			c := bs.StreamInfo().Config
+			cfg = &c
+		}
+	}
 	r.mu.Lock()
-	r.nc, r.kv = nc, kv
+	r.nc, r.kv, r.cfg = nc, kv, cfg
 	r.mu.Unlock()
 	every, err := refreshEvery(ctx, kv, r.ttl)
 	if err != nil {
@@ -122,14 +142,67 @@ func (r *registrar) run(every time.Duration, failed error) {
 		select {
 		case <-r.ctx.Done():
 			return
+		case <-r.reconnected:
 		case <-t.C:
-			pctx, cancel := context.WithTimeout(r.ctx, every)
-			if _, err := r.kv.Put(pctx, r.key, r.val); err != nil && r.ctx.Err() == nil {
-				r.log.Warn("remote: registration not refreshed; retrying", "key", r.key, "err", err)
-			}
-			cancel()
+		}
+		pctx, cancel := context.WithTimeout(r.ctx, every)
+		r.refresh(pctx)
+		cancel()
+	}
+}
+
+// refresh writes the registration again. A registry that lost its bucket
+// (NATS restarted without its JetStream store) answers no more: the
+// bucket is created again, as it was, and the registration written in it,
+// so that callers find the providers again without any restart.
+func (r *registrar) refresh(ctx context.Context) {
+	_, err := r.kv.Put(ctx, r.key, r.val)
+	if err == nil || r.ctx.Err() != nil {
+		return
+	}
+	if created, cerr := r.recreate(ctx); cerr != nil {
+		err = errors.Join(err, cerr)
+	} else if created {
+		if _, err = r.kv.Put(ctx, r.key, r.val); err == nil {
+			r.log.Warn("remote: registry bucket was gone (NATS lost its store?); created it again and registered", "registry", r.url, "bucket", r.bucket, "key", r.key)
+			return
 		}
 	}
+	if r.ctx.Err() == nil {
+		r.log.Warn("remote: registration not refreshed; retrying", "key", r.key, "err", err)
+	}
+}
+
+// recreate creates the bucket again if it is gone, with the configuration
+// it had when the provider registered (serve's defaults when that could
+// not be read). It reports whether the bucket is there again.
+func (r *registrar) recreate(ctx context.Context) (bool, error) {
+	js, err := jetstream.New(r.nc)
+	if err != nil {
+		return false, err
+	}
+	if _, err := js.KeyValue(ctx, r.bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false, nil // there, or the registry does not answer yet
+	}
+	r.mu.Lock()
+	cfg := r.cfg
+	r.mu.Unlock()
+	if cfg != nil {
+		_, err = js.CreateStream(ctx, *cfg)
+	} else {
+		_, err = js.CreateKeyValue(ctx, bucketConfig(r.bucket))
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !errors.Is(err, jetstream.ErrBucketExists) {
+		return false, fmt.Errorf("registry %s: creating bucket %s again: %w", r.url, r.bucket, err)
+	}
+	kv, err := js.KeyValue(ctx, r.bucket)
+	if err != nil {
+		return false, fmt.Errorf("registry %s: bucket %s: %w", r.url, r.bucket, err)
+	}
+	r.mu.Lock()
+	r.kv = kv
+	r.mu.Unlock()
+	return true, nil
 }
 
 // close stops the attempts and refreshes and deletes the registration, if

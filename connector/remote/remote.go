@@ -212,6 +212,16 @@ func (r *Remote) Check(context.Context, config.ConnUse) error {
 	return r.client.Check()
 }
 
+// CheckFuncs reports the functions of fnames no provider serves now, and
+// providers that do not answer as KisFlow providers (kisflow.FuncChecker,
+// for kisflow dry-run).
+func (r *Remote) CheckFuncs(ctx context.Context, fnames []string) error {
+	if r.client == nil {
+		return errors.New("not started")
+	}
+	return r.client.CheckFuncs(ctx, fnames)
+}
+
 // breakerFailures maps the param (0: none) to rpc.Options' (< 0: none).
 func breakerFailures(n int) int {
 	if n == 0 {

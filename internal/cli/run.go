@@ -50,7 +50,8 @@ func runCmd(reg *kisflow.Registry) *cobra.Command {
 			"terminal and a summary at the end.\n" +
 			"Exits 0 when every flow ended cleanly, 1 when one failed, 2 on bad input,\n" +
 			"3 when a signal stopped a bounded source before its end, 4 when in-flight\n" +
-			"batches did not finish within drain_timeout (they are read again next run).\n" +
+			"batches did not finish within drain_timeout, or waited for a function's\n" +
+			"service that was unavailable when stopped (they are read again next run).\n" +
 			"With --watch it keeps running and applies each change of DIR's YAML files:\n" +
 			"a folder with lint errors is not applied (the errors are printed, the flows\n" +
 			"go on); otherwise only the flows whose configuration changed are drained and\n" +

@@ -584,9 +584,15 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	err := errors.Join(r.abortErr, readErr, cErr, srcErr)
 	if err == nil && r.undrained.Load() {
-		if down := r.Down(); down != nil {
+		down := []error{r.Down()}
+		r.fnLinks.Range(func(_, l any) bool {
+			down = append(down, l.(*link).down())
+			return true
+		})
+		if down := errors.Join(down...); down != nil {
 			// Say what held the batches: a source, sink or dead-letter
-			// sink still unavailable when the drain timed out.
+			// sink still unavailable when the drain timed out, or a
+			// function's service unavailable when the run stopped.
 			return fmt.Errorf("%w: %w", ErrNotDrained, down)
 		}
 		return ErrNotDrained
@@ -1385,6 +1391,24 @@ func (r *Runner) nack(ctx context.Context, ep *epoch, cause error) {
 	if n, ok := r.parts.Source.(stream.Nacker); ok {
 		_ = n.Nack(context.WithoutCancel(ctx), ep.msgs, cause)
 	}
+}
+
+// stopping reports whether reading stopped (a stop was asked for, or the
+// run aborted): in-flight batches drain.
+func (r *Runner) stopping() bool {
+	return r.readCtx != nil && r.readCtx.Err() != nil
+}
+
+// sleepUnlessStopping waits d, or until ctx is done or reading stops; it
+// returns an error unless it waited d.
+func (r *Runner) sleepUnlessStopping(ctx context.Context, d time.Duration) error {
+	if r.readCtx != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(r.readCtx, cancel)()
+	}
+	return r.cfg.Sleep(ctx, d)
 }
 
 // funcLink is the link of function fn's service.

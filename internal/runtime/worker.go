@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -173,8 +174,18 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 		}
 		l := w.r.funcLink(w.r.cfg.FuncOf(err))
 		l.fail(err)
-		l.still(unavailableLog)
-		if w.r.cfg.Sleep(ctx, linkWait(outage)) != nil {
+		if !w.r.stopping() {
+			l.still(unavailableLog)
+			if w.r.sleepUnlessStopping(ctx, linkWait(outage)) != nil && ctx.Err() != nil {
+				break
+			}
+		}
+		if w.r.stopping() {
+			// The run is stopping: waiting would hold the shutdown for
+			// the whole drain timeout, and the batch would go back to the
+			// source anyway. It does now, unacknowledged: the next run
+			// reads it again.
+			err = fmt.Errorf("%w: %w", errStopped, err)
 			break
 		}
 		if res, rej, err = w.run(ctx, msgs); err == nil {
@@ -194,6 +205,18 @@ func (w *worker) attempt(ctx context.Context, msgs []*stream.Message) (out []any
 		return nil, nil, w.r.cfg.FuncOf(err), err, stream.IsPermanent(err)
 	}
 	return res, rej, "", nil, false
+}
+
+// errStopped marks a batch given up because the run stopped while a
+// service its flow needs was unavailable: not processed, it goes back to
+// the source.
+var errStopped = errors.New("the run stopped while a service the flow needs was unavailable")
+
+// unfinished reports whether a part cannot finish after an attempt that
+// returned err: the work context ended, the run stopped during an outage
+// (errStopped), or err is fatal.
+func unfinished(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || stream.IsFatal(err) || errors.Is(err, errStopped)
 }
 
 // unavailableLog is how often a function's outage is logged again while
@@ -250,7 +273,7 @@ func (w *worker) group(ctx context.Context, p *part, msgs []*stream.Message, ret
 			sp = txn.Savepoint()
 		}
 		out, rej, fn, err, perm := w.attempt(ctx, msgs)
-		if ctx.Err() != nil || stream.IsFatal(err) {
+		if unfinished(ctx, err) {
 			return nil, nil, false
 		}
 		if err == nil {
@@ -375,7 +398,7 @@ func (w *worker) single(ctx context.Context, p *part, m *stream.Message, tried i
 		}
 		tried++
 		out, rej, f, err, perm := w.attempt(ctx, []*stream.Message{m})
-		if ctx.Err() != nil || stream.IsFatal(err) {
+		if unfinished(ctx, err) {
 			return nil, nil, false
 		}
 		if err == nil {

@@ -387,3 +387,27 @@ func (s *Server) Crash(t *testing.T, d time.Duration) {
 	time.Sleep(d)
 	s.start(t)
 }
+
+// CrashLosingData SIGKILLs the server, deletes its data (everything in its
+// folder but the logs), keeps it down for d, and starts it again on the
+// same port, empty: a server on a volume that does not persist.
+func (s *Server) CrashLosingData(t *testing.T, d time.Duration) {
+	t.Helper()
+	sig := s.stopSignal
+	s.stopSignal = syscall.SIGKILL
+	s.stop()
+	s.stopSignal = sig
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".log") {
+			if err := os.RemoveAll(filepath.Join(s.dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	time.Sleep(d)
+	s.start(t)
+}
