@@ -210,19 +210,21 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 	dir := watchNATS(t, url, bucket, service, "", "")
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s", "--version", "1.2", "--weight", "3"}
 
+	// The waits for a registration to show are long: a race-built serve
+	// on a loaded machine takes seconds to start. "Gone at once" is 3s.
 	p, addr := serving(t, pdir, args...)
-	waitProviders(t, dir, 1, time.Second)
+	waitProviders(t, dir, 1, 10*time.Second)
 	if got := dir.Providers()[0]; got.Addr != addr || got.Version != "1.2" || got.Weight != 3 || strings.Join(got.Funcs, ",") != "Price" {
 		t.Fatalf("registered %+v, want address %s, version 1.2, weight 3, functions [Price]", got, addr)
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	waitProviders(t, dir, 0, time.Second)
+	waitProviders(t, dir, 0, 3*time.Second)
 	if code := p.wait(t, 10*time.Second); code != 0 || !strings.Contains(p.output(), "deregistered and drained") {
 		t.Fatalf("serve exited %d after SIGTERM: %s", code, p.output())
 	}
 
 	p2, _ := serving(t, pdir, args...)
-	waitProviders(t, dir, 1, time.Second)
+	waitProviders(t, dir, 1, 10*time.Second)
 	_ = p2.cmd.Process.Kill()
 	killed := time.Now()
 	waitProviders(t, dir, 0, 4*time.Second)
