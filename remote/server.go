@@ -300,13 +300,14 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		}
 		return nil, status.Error(codes.Aborted, err.Error())
 	}
-	rep := &reply{DataReuse: out.DataReuse, ForceEntryNext: out.ForceEntryNext, JumpFunc: out.JumpFunc, Abort: out.Abort}
-	for _, re := range out.RowErrors {
-		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
-	}
-	// out.Rows is the engine's copy for this call: the reply may hold it.
-	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
-		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
+	rep, err := replyOf(out)
+	if err != nil {
+		// An output row JSON cannot hold (a calc's +Inf): the rows it
+		// came from are the call's row errors, as a local sink refuses
+		// such a row alone, not a failure of the batch.
+		if rep, err = s.isolate(ctx, req, err); err != nil {
+			return nil, err
+		}
 	}
 	limit := s.max
 	if limit <= 0 {
@@ -317,5 +318,71 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		// the batch instead.
 		return nil, status.Errorf(codes.ResourceExhausted, "function %q: its reply of %d rows for %d rows encodes to about %d bytes, over the limit of %d bytes per remote call", req.Func, rep.Rows.len(), len(req.In), size, limit)
 	}
+	return rep, nil
+}
+
+// replyOf is the reply of an Outcome, or the error of an output row that
+// cannot be encoded.
+func replyOf(out *driver.Outcome) (*reply, error) {
+	rep := &reply{DataReuse: out.DataReuse, ForceEntryNext: out.ForceEntryNext, JumpFunc: out.JumpFunc, Abort: out.Abort}
+	for _, re := range out.RowErrors {
+		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
+	}
+	// out.Rows is the engine's copy for this call: the reply may hold it.
+	var err error
+	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// isolate answers a call whose output held a row that cannot be encoded
+// (encErr): it runs the function on each input row alone to find the rows
+// whose output cannot be encoded, then on the others together, and
+// replies with that run's outcome and the rows found as row errors
+// (remote functions are idempotent: see the README). When the rows alone
+// all encode, the batch's output cannot be told apart by row, and the
+// call fails with encErr, as before.
+func (s *server) isolate(ctx context.Context, req *request, encErr error) (*reply, error) {
+	fail := func(err error) error {
+		return status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
+	}
+	var bad []rowError
+	var good []any
+	var at []int // the input index of each good row
+	for i, row := range req.In {
+		out, err := s.eng.Invoke(ctx, req.Func, req.Params, []any{row})
+		if err != nil {
+			return nil, fail(encErr)
+		}
+		if _, err := encodeRows(out.Rows, false); err != nil {
+			bad = append(bad, rowError{Index: i, Error: fmt.Sprintf("function %q: its output row cannot travel back to the caller as JSON: %v", req.Func, errors.Unwrap(err))})
+			continue
+		}
+		good = append(good, row)
+		at = append(at, i)
+	}
+	if len(bad) == 0 {
+		return nil, fail(encErr)
+	}
+	rep := &reply{}
+	if len(good) > 0 {
+		out, err := s.eng.Invoke(ctx, req.Func, req.Params, good)
+		if err != nil {
+			return nil, fail(encErr)
+		}
+		if rep, err = replyOf(out); err != nil {
+			return nil, fail(err)
+		}
+	}
+	for i, e := range rep.Errors {
+		if e.Index < 0 || e.Index >= len(at) {
+			return nil, fail(encErr)
+		}
+		rep.Errors[i].Index = at[e.Index]
+	}
+	rep.Errors = append(rep.Errors, bad...)
+	slices.SortFunc(rep.Errors, func(a, b rowError) int { return a.Index - b.Index })
+	s.log.Warn("remote: output rows that cannot be encoded are row errors", "func", req.Func, "rows", len(bad), "first", bad[0].Error)
 	return rep, nil
 }
