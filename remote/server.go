@@ -96,7 +96,9 @@ func validPort(port string) bool {
 // an error at once), refreshes the registration every
 // third of its TTL, and on cancellation
 // deregisters first (callers stop choosing it), then lets the calls in
-// flight finish (within o.Drain) and returns.
+// flight finish (within o.Drain) and returns nil; calls still running
+// after o.Drain are cut (their connections closed) and Serve returns at
+// once, not waiting for their functions, an error wrapping ErrCallsCut.
 func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if o.Listen == "" {
 		o.Listen = "127.0.0.1:0"
@@ -172,12 +174,22 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
+		return nil
 	case <-time.After(o.Drain):
-		srv.Stop()
-		<-done
 	}
-	return nil
+	// Calls still in flight: their connections are closed (their callers
+	// see the provider fail and go to another), and Serve returns without
+	// waiting for their functions, which may never return (one that
+	// ignores its context): the process that called Serve exits.
+	n := impl.inflight.Load()
+	srv.Stop()
+	return fmt.Errorf("%w: %d calls still running after the drain limit of %s were cut", ErrCallsCut, n, o.Drain)
 }
+
+// ErrCallsCut is what Serve returns, wrapped, when calls were still in
+// flight once the drain limit had passed: it closed their connections
+// and returned without waiting for them.
+var ErrCallsCut = errors.New("remote: drain cut calls in flight")
 
 // refreshEvery is how often a registration of the given TTL is written
 // again: every third of its TTL, and at least every third of the bucket's
@@ -205,6 +217,7 @@ type server struct {
 	// it has no call in flight, so that the graceful stop does not wait
 	// for callers to close their idle streams.
 	draining chan struct{}
+	inflight atomic.Int64 // the calls running (functions invoked)
 }
 
 // The states of a call stream's loop (server.calls).
@@ -286,7 +299,9 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		}
 		ctx = stream.ExtractTrace(ctx, h)
 	}
+	s.inflight.Add(1)
 	out, err := s.eng.Invoke(ctx, req.Func, req.Params, req.In)
+	s.inflight.Add(-1)
 	if err != nil {
 		switch {
 		case errors.Is(err, kisflow.ErrUnknownFunction):
