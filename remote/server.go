@@ -220,6 +220,24 @@ type server struct {
 	inflight atomic.Int64 // the calls running (functions invoked)
 }
 
+// drainingMsg is the message of the Unavailable status a draining
+// provider answers a call with that it will not run (one that came after
+// its drain began): callers take it as the provider's going away, not a
+// failure of it, and call another (see draining).
+const drainingMsg = "kisflow: the provider is stopping (draining); call another"
+
+// draining reports whether err is a draining provider's refusal
+// (drainingMsg), or the end of a call stream without its reply, which only
+// a provider's drain does.
+func draining(err error) bool {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return false
+	}
+	st := se.GRPCStatus()
+	return st.Code() == codes.Unavailable && st.Message() == drainingMsg
+}
+
 // The states of a call stream's loop (server.calls).
 const (
 	streamIdle   = iota // waiting for a request
@@ -257,7 +275,19 @@ func (s *server) callLoop(ss grpc.ServerStream, state *atomic.Int32) error {
 			return err
 		}
 		if !state.CompareAndSwap(streamIdle, streamBusy) {
+			// The drain ended the stream as this request came: refused
+			// as the drain's, so that the caller goes to another
+			// provider without counting it as a failure.
+			_ = ss.SendMsg(&reply{Code: codes.Unavailable, Message: drainingMsg})
 			return nil
+		}
+		select {
+		case <-s.draining:
+			// A request that came once the drain had begun is not a call
+			// in flight: refused the same way.
+			state.Store(streamClosed)
+			return ss.SendMsg(&reply{Code: codes.Unavailable, Message: drainingMsg})
+		default:
 		}
 		rep, err := s.call(ss.Context(), req)
 		if err != nil {
@@ -279,6 +309,11 @@ func (s *server) callLoop(ss grpc.ServerStream, state *atomic.Int32) error {
 }
 
 func (s *server) call(ctx context.Context, req *request) (*reply, error) {
+	select {
+	case <-s.draining:
+		return nil, status.Error(codes.Unavailable, drainingMsg)
+	default:
+	}
 	if !slices.Contains(s.funcs, req.Func) {
 		return nil, status.Errorf(codes.NotFound, "this provider does not serve function %q (it serves %v)", req.Func, s.funcs)
 	}

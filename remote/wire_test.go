@@ -1,9 +1,17 @@
 package remote
 
 import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
 	"reflect"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/kisflow-go/kisflow/driver"
 	"github.com/kisflow-go/kisflow/driver/fields"
 )
 
@@ -63,5 +71,55 @@ func TestCodecKeepsNumbersTyped(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestADrainingProviderIsNotAFailure: callers keep calling two providers
+// (a static list, which never drops one) while one of them drains; the
+// calls racing its drain are refused as the drain's (or their streams end
+// by it) and go to the other provider: no call fails, and the drained
+// provider's breaker does not open (it opened with failures=3: the calls
+// that found their idle streams ended opened new ones on its closed
+// listener, each counted as a failure).
+func TestADrainingProviderIsNotAFailure(t *testing.T) {
+	t.Parallel()
+	slow := func(ctx context.Context, rs []any) (*driver.Outcome, error) {
+		time.Sleep(5 * time.Millisecond)
+		return &driver.Outcome{Rows: rs}, nil
+	}
+	a, stopA := serveOn(t, &fakeEngine{fn: slow}, "127.0.0.1:0", 10*time.Second)
+	b := provider(t, &fakeEngine{fn: slow})
+	var logs bytes.Buffer
+	var mu sync.Mutex
+	c := client(t, Options{LoadBalance: RoundRobin, Retries: 1, Timeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(&lockedBuffer{b: &logs, mu: &mu}, nil))}, a, b)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := c.Invoke(context.Background(), call(rows(fmt.Sprint(w, i)))); err != nil {
+					t.Errorf("call failed: %v", err)
+				}
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err, _ := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if out := logs.String(); strings.Contains(out, "breaker opens") || c.Open(a) {
+		t.Fatalf("the drained provider's breaker opened: %s", out)
 	}
 }
