@@ -114,6 +114,14 @@ func (c *Client) record(p Provider, failed bool) {
 	}
 }
 
+// isDrained reports whether p refused a call as draining lately.
+func (c *Client) isDrained(p Provider) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.drained[p.ID]
+	return ok && time.Now().Before(until)
+}
+
 // closed returns the providers of ps whose breaker is not open and that
 // did not refuse a call as draining lately, or ps when none is left.
 func (c *Client) closed(ps []Provider) []Provider {
@@ -837,9 +845,11 @@ func (c *Client) call(ctx, actx context.Context, cn *conn, p Provider, req *requ
 		c.record(p, false)
 		return rep.outcome(), nil
 	}
-	if draining(err) {
-		// The provider is stopping, and says so: not a failure of it.
+	if draining(err) || (status.Code(err) == codes.Unavailable && c.isDrained(p)) {
+		// The provider is stopping, and says so (or said so to another
+		// call, and its listener is now closed): not a failure of it.
 		// It is left out of picks, its breaker untouched.
+		err = status.Error(codes.Unavailable, drainingMsg)
 		c.mu.Lock()
 		if c.drained == nil {
 			c.drained = map[string]time.Time{}

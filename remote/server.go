@@ -169,21 +169,40 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if reg != nil {
 		reg.close()
 	}
-	done := make(chan struct{})
 	close(impl.draining) // call streams end once their call in flight has
+	limit := time.After(o.Drain)
+	// While calls are in flight the server still answers, refusing new
+	// calls as the drain's, so that callers racing the deregistration go
+	// to another provider knowing why; GracefulStop closes the listener
+	// at once, and a call that dials it then is refused as by a provider
+	// that is down.
+	for impl.inflight.Load() > 0 {
+		select {
+		case <-limit:
+			return cut(srv, impl, o.Drain)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
 		return nil
-	case <-time.After(o.Drain):
+	case <-limit:
 	}
+	return cut(srv, impl, o.Drain)
+}
+
+// cut stops srv at once, after the drain limit passed with calls still in
+// flight.
+func cut(srv *grpc.Server, impl *server, drain time.Duration) error {
 	// Calls still in flight: their connections are closed (their callers
 	// see the provider fail and go to another), and Serve returns without
 	// waiting for their functions, which may never return (one that
 	// ignores its context): the process that called Serve exits.
 	n := impl.inflight.Load()
 	srv.Stop()
-	return fmt.Errorf("%w: %d calls still running after the drain limit of %s were cut", ErrCallsCut, n, o.Drain)
+	return fmt.Errorf("%w: %d calls still running after the drain limit of %s were cut", ErrCallsCut, n, drain)
 }
 
 // ErrCallsCut is what Serve returns, wrapped, when calls were still in
