@@ -2,6 +2,7 @@ package remote_test
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -61,5 +62,45 @@ func TestSIGTERMCutsCallsThatOutlastTheDrain(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the cut call did not fail in its caller")
+	}
+}
+
+// TestSIGTERMMidStreamOpensNoBreaker: a provider drained by SIGTERM while a
+// `kisflow run` flow with four workers calls it and another: every row
+// comes out, none is dead-lettered, the provider exits 0 (it keeps
+// answering, refusing new calls, until its calls in flight are done), and
+// the caller never opens its breaker. (The breaker that opened with
+// failures=3 after such a drain is shown by TestADrainingProviderIsNotAFailure,
+// whose static list keeps calls racing the drain; here the registry drops
+// the provider at once and the race is rarely hit.)
+func TestSIGTERMMidStreamOpensNoBreaker(t *testing.T) {
+	t.Parallel()
+	url, bucket, service := freshRegistry(t)
+	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
+	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "3s"}
+	a, _ := serving(t, pdir, args...)
+	serving(t, pdir, args...)
+	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
+	flow := filepath.Join(cdir, "flow.yml")
+	data, err := os.ReadFile(flow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(flow, append(data, "  workers: 4\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := start(t, "run", cdir, "--log-level", "info", "--progress", "never")
+	const total = 3000
+	feed(t, cdir, 0, total, 10*time.Millisecond, func(i int) {
+		if i == 1000 {
+			_ = a.cmd.Process.Signal(syscall.SIGTERM)
+		}
+	})
+	if code := a.wait(t, 15*time.Second); code != 0 {
+		t.Fatalf("the drained provider exited %d: %s", code, a.output())
+	}
+	out := allOut(t, cdir, run, total, 30*time.Second)
+	if strings.Contains(out, "breaker opens") {
+		t.Fatalf("a drained provider's breaker opened: %s", out)
 	}
 }
