@@ -75,6 +75,10 @@ type Client struct {
 	mu      sync.Mutex
 	conns   map[string]*conn    // by address
 	health  map[string]*breaker // by provider ID
+	// drained holds, by provider ID, until when a provider that refused a
+	// call as draining is left out of picks: its deregistration may not
+	// have reached the directory yet.
+	drained map[string]time.Time
 }
 
 // breaker is the failure record of one provider.
@@ -110,20 +114,35 @@ func (c *Client) record(p Provider, failed bool) {
 	}
 }
 
-// closed returns the providers of ps whose breaker is not open, or ps
-// when every one's is.
+// isDrained reports whether p refused a call as draining lately.
+func (c *Client) isDrained(p Provider) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	until, ok := c.drained[p.ID]
+	return ok && time.Now().Before(until)
+}
+
+// closed returns the providers of ps whose breaker is not open and that
+// did not refuse a call as draining lately, or ps when none is left.
 func (c *Client) closed(ps []Provider) []Provider {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.health) == 0 {
+	if len(c.health) == 0 && len(c.drained) == 0 {
 		return ps
 	}
 	now := time.Now()
 	out := make([]Provider, 0, len(ps))
 	for _, p := range ps {
-		if b := c.health[p.ID]; b == nil || !now.Before(b.openUntil) {
-			out = append(out, p)
+		if b := c.health[p.ID]; b != nil && now.Before(b.openUntil) {
+			continue
 		}
+		if until, ok := c.drained[p.ID]; ok {
+			if now.Before(until) {
+				continue
+			}
+			delete(c.drained, p.ID)
+		}
+		out = append(out, p)
 	}
 	if len(out) == 0 {
 		return ps
@@ -542,10 +561,15 @@ func (c *Client) strategy(ctx context.Context, ps []Provider, req *request, key 
 	// failover
 	tried := map[string]bool{}
 	var errs []error
+	drains := 0 // providers that refused as draining: not counted as attempts
 	for attempt := 0; attempt <= c.o.Retries; attempt++ {
 		p := c.lb.Pick(ps, key, tried)
 		tried[p.ID] = true
 		out, err := c.once(ctx, p, req)
+		if draining(err) && drains < len(ps) {
+			drains++
+			attempt--
+		}
 		if err == nil {
 			if attempt > 0 {
 				// errs holds why each provider tried before failed.
@@ -812,6 +836,7 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 		// outcome as any answer.
 		var out *driver.Outcome
 		var tooLarge error // the batch's size, no failure of the provider
+		var gone error     // the provider is draining: no failure of it either
 		err := bs.Do(ctx, p.ID, func(context.Context) error {
 			var err error
 			out, err = c.call(ctx, actx, cn, p, req, &rep)
@@ -822,11 +847,17 @@ func (c *Client) once(ctx context.Context, p Provider, req *request) (_ *driver.
 			if err == nil && everyRowRejected(req, out) {
 				return errEveryRowRejected
 			}
+			if draining(err) {
+				gone = err
+				return nil
+			}
 			return err
 		})
 		switch {
 		case tooLarge != nil:
 			return nil, tooLarge
+		case gone != nil:
+			return nil, gone
 		case errors.Is(err, filter.ErrBreakerOpen):
 			// Its trial call is taken by another: try elsewhere.
 			return nil, &providerError{p, err}
@@ -862,6 +893,19 @@ func (c *Client) call(ctx, actx context.Context, cn *conn, p Provider, req *requ
 	if err == nil {
 		c.record(p, false)
 		return rep.outcome(), nil
+	}
+	if draining(err) || (status.Code(err) == codes.Unavailable && c.isDrained(p)) {
+		// The provider is stopping, and says so (or said so to another
+		// call, and its listener is now closed): not a failure of it.
+		// It is left out of picks, its breaker untouched.
+		err = status.Error(codes.Unavailable, drainingMsg)
+		c.mu.Lock()
+		if c.drained == nil {
+			c.drained = map[string]time.Time{}
+		}
+		c.drained[p.ID] = time.Now().Add(c.o.BreakerOpen)
+		c.mu.Unlock()
+		return nil, &providerError{p, err}
 	}
 	defer func() {
 		var pe *providerError

@@ -56,9 +56,13 @@ func (cn *conn) invoke(ctx, actx context.Context, req *request, rep *reply) erro
 		}
 		sent.Trace[k] = v
 	})
+	drained := false // a stream of this call was ended by the drain
 	for {
 		cs, reused, err := cn.take(actx)
 		if err != nil {
+			if drained && status.Code(err) == codes.Unavailable {
+				return status.Error(codes.Unavailable, drainingMsg)
+			}
 			return err
 		}
 		if dl, ok := actx.Deadline(); ok {
@@ -82,9 +86,14 @@ func (cn *conn) invoke(ctx, actx context.Context, req *request, rep *reply) erro
 		case reused && actx.Err() == nil:
 			// A stream that was idle may have ended with its transport
 			// (the provider restarted) or its provider's drain: the
-			// others idle with it too. Once more on a new stream.
+			// others idle with it too. Once more on a new stream; if the
+			// provider's drain ended it and that one cannot be had (its
+			// listener is closed), the call is refused as the drain's.
 			cn.drop()
+			drained = drained || draining(err)
 			continue
+		case drained && status.Code(err) == codes.Unavailable:
+			return status.Error(codes.Unavailable, drainingMsg)
 		}
 		return err
 	}
@@ -144,7 +153,9 @@ func (cs *callStream) roundTrip(actx context.Context, req *request, rep *reply) 
 	// io.EOF from SendMsg: the stream ended; RecvMsg says how.
 	err = cs.st.RecvMsg(rep)
 	if errors.Is(err, io.EOF) {
-		return status.Error(codes.Unavailable, "the provider ended the call's stream (it is stopping)")
+		// The provider ended the stream without an answer: only its
+		// drain does (see server.calls).
+		return status.Error(codes.Unavailable, drainingMsg)
 	}
 	return err
 }

@@ -78,7 +78,14 @@ func (p *proc) output() string {
 
 func start(t testing.TB, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(kisflowBin(t), args...), done: make(chan struct{}), line: make(chan string, 100)}
+	return startBin(t, kisflowBin(t), args...)
+}
+
+// startBin starts the command line bin (kisflow's, or a project's own)
+// with args.
+func startBin(t testing.TB, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{cmd: exec.Command(bin, args...), done: make(chan struct{}), line: make(chan string, 100)}
 	p.cmd.Stderr = p
 	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
@@ -115,19 +122,24 @@ func start(t testing.TB, args ...string) *proc {
 func serving(t testing.TB, dir string, args ...string) (*proc, string) {
 	t.Helper()
 	p := start(t, append([]string{"serve", dir}, args...)...)
+	return p, servingAddr(t, p)
+}
+
+// servingAddr waits for serve p to print its address and returns it.
+func servingAddr(t testing.TB, p *proc) string {
+	t.Helper()
 	select {
 	case l := <-p.line:
 		if !strings.HasPrefix(l, "serving ") {
 			t.Fatalf("serve printed %q", l)
 		}
-		addr := strings.Fields(l)[3]
-		return p, strings.TrimSuffix(addr, ":")
+		return strings.TrimSuffix(strings.Fields(l)[3], ":")
 	case <-p.done:
 		t.Fatalf("serve exited: %s", p.output())
 	case <-time.After(20 * time.Second):
 		t.Fatalf("serve did not start: %s", p.output())
 	}
-	return nil, ""
+	return ""
 }
 
 func (p *proc) wait(t *testing.T, d time.Duration) int {

@@ -96,7 +96,9 @@ func validPort(port string) bool {
 // an error at once), refreshes the registration every
 // third of its TTL, and on cancellation
 // deregisters first (callers stop choosing it), then lets the calls in
-// flight finish (within o.Drain) and returns.
+// flight finish (within o.Drain) and returns nil; calls still running
+// after o.Drain are cut (their connections closed) and Serve returns at
+// once, not waiting for their functions, an error wrapping ErrCallsCut.
 func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if o.Listen == "" {
 		o.Listen = "127.0.0.1:0"
@@ -167,17 +169,46 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	if reg != nil {
 		reg.close()
 	}
-	done := make(chan struct{})
 	close(impl.draining) // call streams end once their call in flight has
+	limit := time.After(o.Drain)
+	// While calls are in flight the server still answers, refusing new
+	// calls as the drain's, so that callers racing the deregistration go
+	// to another provider knowing why; GracefulStop closes the listener
+	// at once, and a call that dials it then is refused as by a provider
+	// that is down.
+	for impl.inflight.Load() > 0 {
+		select {
+		case <-limit:
+			return cut(srv, impl, o.Drain)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(o.Drain):
-		srv.Stop()
-		<-done
+		return nil
+	case <-limit:
 	}
-	return nil
+	return cut(srv, impl, o.Drain)
 }
+
+// cut stops srv at once, after the drain limit passed with calls still in
+// flight.
+func cut(srv *grpc.Server, impl *server, drain time.Duration) error {
+	// Calls still in flight: their connections are closed (their callers
+	// see the provider fail and go to another), and Serve returns without
+	// waiting for their functions, which may never return (one that
+	// ignores its context): the process that called Serve exits.
+	n := impl.inflight.Load()
+	srv.Stop()
+	return fmt.Errorf("%w: %d calls still running after the drain limit of %s were cut", ErrCallsCut, n, drain)
+}
+
+// ErrCallsCut is what Serve returns, wrapped, when calls were still in
+// flight once the drain limit had passed: it closed their connections
+// and returned without waiting for them.
+var ErrCallsCut = errors.New("remote: drain cut calls in flight")
 
 // refreshEvery is how often a registration of the given TTL is written
 // again: every third of its TTL, and at least every third of the bucket's
@@ -205,6 +236,25 @@ type server struct {
 	// it has no call in flight, so that the graceful stop does not wait
 	// for callers to close their idle streams.
 	draining chan struct{}
+	inflight atomic.Int64 // the calls running (functions invoked)
+}
+
+// drainingMsg is the message of the Unavailable status a draining
+// provider answers a call with that it will not run (one that came after
+// its drain began): callers take it as the provider's going away, not a
+// failure of it, and call another (see draining).
+const drainingMsg = "kisflow: the provider is stopping (draining); call another"
+
+// draining reports whether err is a draining provider's refusal
+// (drainingMsg), or the end of a call stream without its reply, which only
+// a provider's drain does.
+func draining(err error) bool {
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return false
+	}
+	st := se.GRPCStatus()
+	return st.Code() == codes.Unavailable && st.Message() == drainingMsg
 }
 
 // The states of a call stream's loop (server.calls).
@@ -244,7 +294,19 @@ func (s *server) callLoop(ss grpc.ServerStream, state *atomic.Int32) error {
 			return err
 		}
 		if !state.CompareAndSwap(streamIdle, streamBusy) {
+			// The drain ended the stream as this request came: refused
+			// as the drain's, so that the caller goes to another
+			// provider without counting it as a failure.
+			_ = ss.SendMsg(&reply{Code: codes.Unavailable, Message: drainingMsg})
 			return nil
+		}
+		select {
+		case <-s.draining:
+			// A request that came once the drain had begun is not a call
+			// in flight: refused the same way.
+			state.Store(streamClosed)
+			return ss.SendMsg(&reply{Code: codes.Unavailable, Message: drainingMsg})
+		default:
 		}
 		rep, err := s.call(ss.Context(), req)
 		if err != nil {
@@ -266,6 +328,11 @@ func (s *server) callLoop(ss grpc.ServerStream, state *atomic.Int32) error {
 }
 
 func (s *server) call(ctx context.Context, req *request) (*reply, error) {
+	select {
+	case <-s.draining:
+		return nil, status.Error(codes.Unavailable, drainingMsg)
+	default:
+	}
 	if !slices.Contains(s.funcs, req.Func) {
 		return nil, status.Errorf(codes.NotFound, "this provider does not serve function %q (it serves %v)", req.Func, s.funcs)
 	}
@@ -286,7 +353,9 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		}
 		ctx = stream.ExtractTrace(ctx, h)
 	}
+	s.inflight.Add(1)
 	out, err := s.eng.Invoke(ctx, req.Func, req.Params, req.In)
+	s.inflight.Add(-1)
 	if err != nil {
 		switch {
 		case errors.Is(err, kisflow.ErrUnknownFunction):
@@ -300,13 +369,14 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		}
 		return nil, status.Error(codes.Aborted, err.Error())
 	}
-	rep := &reply{DataReuse: out.DataReuse, ForceEntryNext: out.ForceEntryNext, JumpFunc: out.JumpFunc, Abort: out.Abort}
-	for _, re := range out.RowErrors {
-		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
-	}
-	// out.Rows is the engine's copy for this call: the reply may hold it.
-	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
-		return nil, status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
+	rep, err := replyOf(out)
+	if err != nil {
+		// An output row JSON cannot hold (a calc's +Inf): the rows it
+		// came from are the call's row errors, as a local sink refuses
+		// such a row alone, not a failure of the batch.
+		if rep, err = s.isolate(ctx, req, err); err != nil {
+			return nil, err
+		}
 	}
 	limit := s.max
 	if limit <= 0 {
@@ -317,5 +387,71 @@ func (s *server) call(ctx context.Context, req *request) (*reply, error) {
 		// the batch instead.
 		return nil, status.Errorf(codes.ResourceExhausted, "function %q: its reply of %d rows for %d rows encodes to about %d bytes, over the limit of %d bytes per remote call", req.Func, rep.Rows.len(), len(req.In), size, limit)
 	}
+	return rep, nil
+}
+
+// replyOf is the reply of an Outcome, or the error of an output row that
+// cannot be encoded.
+func replyOf(out *driver.Outcome) (*reply, error) {
+	rep := &reply{DataReuse: out.DataReuse, ForceEntryNext: out.ForceEntryNext, JumpFunc: out.JumpFunc, Abort: out.Abort}
+	for _, re := range out.RowErrors {
+		rep.Errors = append(rep.Errors, rowError{Index: re.Index, Error: re.Msg})
+	}
+	// out.Rows is the engine's copy for this call: the reply may hold it.
+	var err error
+	if rep.Rows, err = encodeRows(out.Rows, true); err != nil {
+		return nil, err
+	}
+	return rep, nil
+}
+
+// isolate answers a call whose output held a row that cannot be encoded
+// (encErr): it runs the function on each input row alone to find the rows
+// whose output cannot be encoded, then on the others together, and
+// replies with that run's outcome and the rows found as row errors
+// (remote functions are idempotent: see the README). When the rows alone
+// all encode, the batch's output cannot be told apart by row, and the
+// call fails with encErr, as before.
+func (s *server) isolate(ctx context.Context, req *request, encErr error) (*reply, error) {
+	fail := func(err error) error {
+		return status.Error(codes.Aborted, fmt.Sprintf("function %q: output %v", req.Func, err))
+	}
+	var bad []rowError
+	var good []any
+	var at []int // the input index of each good row
+	for i, row := range req.In {
+		out, err := s.eng.Invoke(ctx, req.Func, req.Params, []any{row})
+		if err != nil {
+			return nil, fail(encErr)
+		}
+		if _, err := encodeRows(out.Rows, false); err != nil {
+			bad = append(bad, rowError{Index: i, Error: fmt.Sprintf("function %q: its output row cannot travel back to the caller as JSON: %v", req.Func, errors.Unwrap(err))})
+			continue
+		}
+		good = append(good, row)
+		at = append(at, i)
+	}
+	if len(bad) == 0 {
+		return nil, fail(encErr)
+	}
+	rep := &reply{}
+	if len(good) > 0 {
+		out, err := s.eng.Invoke(ctx, req.Func, req.Params, good)
+		if err != nil {
+			return nil, fail(encErr)
+		}
+		if rep, err = replyOf(out); err != nil {
+			return nil, fail(err)
+		}
+	}
+	for i, e := range rep.Errors {
+		if e.Index < 0 || e.Index >= len(at) {
+			return nil, fail(encErr)
+		}
+		rep.Errors[i].Index = at[e.Index]
+	}
+	rep.Errors = append(rep.Errors, bad...)
+	slices.SortFunc(rep.Errors, func(a, b rowError) int { return a.Index - b.Index })
+	s.log.Warn("remote: output rows that cannot be encoded are row errors", "func", req.Func, "rows", len(bad), "first", bad[0].Error)
 	return rep, nil
 }

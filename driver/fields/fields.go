@@ -6,8 +6,11 @@
 package fields
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"reflect"
 	"slices"
@@ -16,6 +19,8 @@ import (
 	"sync"
 
 	gojson "github.com/goccy/go-json"
+
+	"github.com/kisflow-go/kisflow/internal/flatjson"
 )
 
 // Of returns a row's fields: a map as is, a struct (or pointer) by its
@@ -55,12 +60,54 @@ func Of(row any) (map[string]any, error) {
 	return m, nil
 }
 
+// decodeJSON decodes a JSON object row as the engine reads JSON text rows
+// (internal/flatjson): an integer is an int64 when it fits, any other
+// number a float64, at every depth (an id of 2^53+1 keeps its value, and
+// a sink creating its table types the column as integer). Rows that come
+// back from a remote function are JSON text, so they are typed as the
+// same step's rows run locally.
 func decodeJSON(b []byte) (map[string]any, error) {
+	var dec flatjson.Decoder
+	if m, ok := dec.Decode(b); ok {
+		return m, nil
+	}
 	var m map[string]any
-	if err := gojson.Unmarshal(b, &m); err != nil {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	if err := d.Decode(&m); err != nil {
 		return nil, fmt.Errorf("row is not a JSON object: %w", err)
 	}
+	if _, err := d.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("row is not a JSON object: text after the object")
+	}
+	for k, v := range m {
+		m[k] = ExactNumbers(v)
+	}
 	return m, nil
+}
+
+// ExactNumbers replaces each json.Number within v (a value decoded with
+// json.Decoder.UseNumber: maps and slices are changed in place) by an
+// int64 when it is an integer that fits, else by a float64, as the engine
+// types the numbers of JSON rows; it returns the result.
+func ExactNumbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if n, err := x.Int64(); err == nil {
+			return n
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = ExactNumbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = ExactNumbers(e)
+		}
+	}
+	return v
 }
 
 type fieldInfo struct {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -35,7 +36,8 @@ func serveCmd(reg *kisflow.Registry) *cobra.Command {
 			"functions) to flows whose connector of type remote names this service. The\n" +
 			"provider registers itself (address, functions, version, group, weight) in the\n" +
 			"registry, refreshes the registration every third of --ttl, and on\n" +
-			"SIGINT/SIGTERM deregisters, finishes the calls in flight and exits. A\n" +
+			"SIGINT/SIGTERM deregisters, finishes the calls in flight and exits 0 (calls\n" +
+			"still running after 10s are cut, and it exits 1). A\n" +
 			"registry unreachable at start is logged and tried again with backoff while\n" +
 			"the provider serves. Flags default to the serve block of the global file,\n" +
 			"under the same names. Prints `serving SERVICE on ADDRESS: FUNCTIONS` once\n" +
@@ -139,6 +141,9 @@ func serveDir(ctx context.Context, cmd *cobra.Command, reg *kisflow.Registry, di
 		fmt.Fprintf(stdout, "serving %s on %s: %s\n", p.Service, p.Addr, strings.Join(p.Funcs, ", "))
 	}
 	if err := remote.Serve(ctx, eng, o); err != nil {
+		if errors.Is(err, remote.ErrCallsCut) {
+			fmt.Fprintln(stdout, "stopped by signal; deregistered, calls in flight cut")
+		}
 		return &exitError{code: ExitProblem, err: red.Error(err)}
 	}
 	fmt.Fprintln(stdout, "stopped by signal; deregistered and drained")

@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/kisflow-go/kisflow/config"
+	"github.com/kisflow-go/kisflow/driver/fields"
 )
 
 // testCase is a `kistype: test` document: rows into a flow (or one
@@ -298,29 +299,7 @@ func normalize(v any) any {
 	if err := dec.Decode(&out); err != nil || dec.More() {
 		return string(data)
 	}
-	return exactNumbers(out)
-}
-
-// exactNumbers replaces each json.Number of v by an int64 when it is an
-// integer that fits, else by a float64.
-func exactNumbers(v any) any {
-	switch x := v.(type) {
-	case json.Number:
-		if n, err := x.Int64(); err == nil {
-			return n
-		}
-		f, _ := x.Float64()
-		return f
-	case map[string]any:
-		for k, e := range x {
-			x[k] = exactNumbers(e)
-		}
-	case []any:
-		for i, e := range x {
-			x[i] = exactNumbers(e)
-		}
-	}
-	return v
+	return fields.ExactNumbers(out)
 }
 
 // jsonSafe converts what YAML decodes (map[any]any is not produced by
