@@ -1191,56 +1191,73 @@ type windowBinding struct {
 	pool     []map[string]any // pool[i] is the map in[i] is decoded into, reused from run to run
 }
 
-// parallelChunk is the fewest rows a goroutine of decode takes: below it a
-// batch is decoded by the worker alone, for a goroutine costs more than
-// the rows it would take.
-const parallelChunk = 1024
+// parallelRows is the fewest rows decode shares with other goroutines:
+// below it a batch is decoded by the worker alone, for a goroutine costs
+// more than the rows it would take. decodeChunk is how many rows a
+// goroutine claims at a time.
+const (
+	parallelRows = 1024
+	decodeChunk  = 256
+)
 
 // decode decodes the flat JSON rows of in, in[i] into pool[i], and notes
 // in decoded which were. Decoding is most of a window function's cost
 // per row and each row's is independent of the others', so a large batch
-// is cut into chunks decoded in parallel, one per CPU the process may
-// use: the worker then waits for the slowest chunk only, and the operator
-// still sees the rows in their order (call reads them in order after).
+// is shared: the worker and one goroutine per other CPU the process may
+// use claim chunks of it in turn, and the worker waits only for the
+// chunks claimed by others to be done. A goroutine that gets a CPU late
+// (the source, the saves and the collector want them too) finds nothing
+// left to claim and ends without touching the batch, so the worker never
+// waits for it to start; and the operator still sees the rows in their
+// order (call reads them in order after).
 func (b *windowBinding) decode(in []any) {
 	for len(b.pool) < len(in) {
 		b.pool = append(b.pool, make(map[string]any, 8))
 	}
 	b.decoded = slices.Grow(b.decoded[:0], len(in))[:len(in)]
-	chunks := min(runtime.GOMAXPROCS(0), len(in)/parallelChunk)
-	if chunks < 1 {
-		chunks = 1
+	if len(in) == 0 {
+		return // a flush: no chunk would close fin
 	}
-	for len(b.flats) < chunks {
+	helpers := 0
+	if len(in) >= parallelRows {
+		helpers = runtime.GOMAXPROCS(0) - 1
+	}
+	for len(b.flats) < helpers+1 {
 		b.flats = append(b.flats, flatjson.Decoder{})
 	}
-	part := func(c int) {
-		lo, hi := c*len(in)/chunks, (c+1)*len(in)/chunks
-		d := &b.flats[c]
-		for i := lo; i < hi; i++ {
-			var data []byte
-			switch v := in[i].(type) {
-			case string:
-				data = unsafe.Slice(unsafe.StringData(v), len(v))
-			case []byte:
-				data = v
-			default:
-				b.decoded[i] = false
-				continue
+	pool, decoded := b.pool, b.decoded // what the goroutines may touch: this batch's
+	chunks := int64((len(in) + decodeChunk - 1) / decodeChunk)
+	var next, done atomic.Int64
+	fin := make(chan struct{})
+	claim := func(d *flatjson.Decoder) {
+		for {
+			c := next.Add(1) - 1
+			if c >= chunks {
+				return
 			}
-			b.decoded[i] = d.DecodeInto(b.pool[i], data)
+			for i := int(c) * decodeChunk; i < min(int(c+1)*decodeChunk, len(in)); i++ {
+				var data []byte
+				switch v := in[i].(type) {
+				case string:
+					data = unsafe.Slice(unsafe.StringData(v), len(v))
+				case []byte:
+					data = v
+				default:
+					decoded[i] = false
+					continue
+				}
+				decoded[i] = d.DecodeInto(pool[i], data)
+			}
+			if done.Add(1) == chunks {
+				close(fin)
+			}
 		}
 	}
-	if chunks == 1 {
-		part(0)
-		return
+	for h := 1; h <= helpers; h++ {
+		go claim(&b.flats[h])
 	}
-	var wg sync.WaitGroup
-	for c := 1; c < chunks; c++ {
-		wg.Go(func() { part(c) })
-	}
-	part(0)
-	wg.Wait()
+	claim(&b.flats[0])
+	<-fin
 }
 
 func (b *windowBinding) call(ctx context.Context, in []any) error {
