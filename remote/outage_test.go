@@ -94,9 +94,7 @@ func allOut(t *testing.T, dir string, run *proc, total int, within time.Duration
 // quiet.
 func TestRegistryOutageKeepsTheProviders(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
 	named := func(name string) string {
 		return writeFiles(t, map[string]string{"funcs.yml": fmt.Sprintf("kistype: func\nfname: Price\nfmode: Calculate\ncalc:\n  price: amount * 2\n  by: '%q'\n", name)})
@@ -168,9 +166,7 @@ func isClosed(ch chan struct{}) bool {
 // without an error.
 func TestDirectoryClosesQuicklyAroundARegistryRestart(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	open := func() remote.Directory {
 		d, err := remote.WatchNATS(context.Background(), url, bucket, service, "", "")
 		if err != nil {
@@ -381,21 +377,12 @@ func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cmd := exec.CommandContext(ctx, kisflowBin(t), "dry-run", dir)
-		out, _ := cmd.CombinedOutput()
-		cancel()
+		code, out, line := dryRunPricing(t, dir)
 		wantCode := 1
 		if tc.want == ": ok" {
 			wantCode = 0
 		}
-		line := ""
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(l, "connector pricing ") {
-				line = l
-			}
-		}
-		if code := cmd.ProcessState.ExitCode(); code != wantCode || !strings.Contains(line, tc.want) {
+		if code != wantCode || !strings.Contains(line, tc.want) {
 			t.Errorf("dry-run of service %s version %q: exit %d, %s; want exit %d with %q", tc.service, tc.version, code, out, wantCode, tc.want)
 		}
 	}
@@ -407,9 +394,7 @@ func TestDryRunReportsAServiceWithoutProvider(t *testing.T) {
 // then finds and calls it.
 func TestServeRegistersWhenTheRegistryComesUp(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	nats.Stop()
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	p, _ := serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s")
@@ -443,9 +428,7 @@ func waitFor(t *testing.T, p *proc, want string, within time.Duration) {
 // the format of the run's other lines, not through slog.Default's.
 func TestRemoteLogsInTheRunsFormat(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s")
 	cdir := callerDir(t, url, bucket, service, fileSink, "at-least-once")
@@ -498,9 +481,7 @@ func TestNATSURLWithoutAPortIsPort4222(t *testing.T) {
 // restarted and without a row lost.
 func TestRegistryLosingItsStoreResumes(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "2s"}
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	var provs []*proc
@@ -553,9 +534,7 @@ func TestRegistryLosingItsStoreResumes(t *testing.T) {
 // live provider is listed throughout.
 func TestRegistryReturnReconcilesTheProviders(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	args := []string{"--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s"}
 	serving(t, pdir, args...)
@@ -584,9 +563,7 @@ func TestRegistryReturnReconcilesTheProviders(t *testing.T) {
 // the minute of its own TTL.
 func TestRegistryReturnDropsWhatStorageRemoved(t *testing.T) {
 	t.Parallel()
-	nats := testenv.PrivateNATS(t)
-	url := fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
-	bucket, service := testenv.Name("kfrp_"), testenv.Name("svc_")
+	nats, url, bucket, service := privateRegistry(t)
 	remote.CreateBucket(t, url, bucket, 4*time.Second) // storage keeps 4s
 	pdir := writeFiles(t, map[string]string{"funcs.yml": providerYAML})
 	serving(t, pdir, "--service", service, "--registry", url, "--bucket", bucket, "--ttl", "10s")
@@ -625,4 +602,29 @@ func listedWhile(t *testing.T, dir remote.Directory, back time.Time, watched tim
 		at = time.Since(back).Round(time.Millisecond)
 	}
 	return at
+}
+
+// dryRunPricing runs `kisflow dry-run DIR` and returns its exit code, its
+// output and the line it gives the connector pricing.
+func dryRunPricing(t *testing.T, dir string) (code int, out []byte, line string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, kisflowBin(t), "dry-run", dir)
+	out, _ = cmd.CombinedOutput()
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "connector pricing ") {
+			line = l
+		}
+	}
+	return cmd.ProcessState.ExitCode(), out, line
+}
+
+// privateRegistry starts a NATS server of the test's own, for a test that
+// stops or crashes it, and names a bucket and a service for the test.
+func privateRegistry(t *testing.T) (nats *testenv.Server, url, bucket, service string) {
+	t.Helper()
+	nats = testenv.PrivateNATS(t)
+	url = fmt.Sprintf("nats://127.0.0.1:%d", nats.Port())
+	return nats, url, testenv.Name("kfrp_"), testenv.Name("svc_")
 }

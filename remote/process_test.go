@@ -251,10 +251,7 @@ func TestServeRegistersAndDeregisters(t *testing.T) {
 // once into a file, exactly once into SQLite.
 func TestRemoteStepFailsOverWhenAProviderIsKilled(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ name, sink, delivery string }{
-		{"at-least-once", fileSink, "at-least-once"},
-		{"exactly-once", "kistype: conn\ncname: out\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,amount,price\n", "exactly-once"},
-	} {
+	for _, tc := range bothDeliveries {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			failOver(t, tc.sink, tc.delivery)
@@ -566,4 +563,11 @@ func providersOf(own map[string]string) string {
 		set[p] = true
 	}
 	return strings.Join(slices.Sorted(maps.Keys(set)), ",")
+}
+
+// bothDeliveries are the sinks the process tests write to: a file
+// at-least-once and SQLite exactly-once.
+var bothDeliveries = []struct{ name, sink, delivery string }{
+	{"at-least-once", fileSink, "at-least-once"},
+	{"exactly-once", "kistype: conn\ncname: out\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,amount,price\n", "exactly-once"},
 }

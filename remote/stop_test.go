@@ -2,9 +2,7 @@ package remote_test
 
 import (
 	"bytes"
-	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -19,10 +17,7 @@ import (
 // and writes every row, once into an exactly-once sink.
 func TestStopDuringAnUnavailableStepIsPrompt(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct{ name, sink, delivery string }{
-		{"at-least-once", fileSink, "at-least-once"},
-		{"exactly-once", "kistype: conn\ncname: out\ntype: sqlite\nkey: out\nparams:\n  path: out.db\n  create: \"true\"\n  columns: id,amount,price\n", "exactly-once"},
-	} {
+	for _, tc := range bothDeliveries {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			url, bucket, service := freshRegistry(t)
@@ -101,21 +96,12 @@ func TestDryRunChecksTheFunctionsAndReachesStaticProviders(t *testing.T) {
 		{"static NATS port", static(natsPort), "", "provider " + natsPort + " does not answer as a KisFlow provider"},
 	} {
 		dir := writeFiles(t, map[string]string{"conns.yml": tc.conn, "flow.yml": remotePrice + "---\n" + ordersFlow + tc.more})
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		cmd := exec.CommandContext(ctx, kisflowBin(t), "dry-run", dir)
-		out, _ := cmd.CombinedOutput()
-		cancel()
+		code, out, line := dryRunPricing(t, dir)
 		wantCode := 1
 		if tc.want == ": ok" {
 			wantCode = 0
 		}
-		line := ""
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(l, "connector pricing ") {
-				line = l
-			}
-		}
-		if code := cmd.ProcessState.ExitCode(); code != wantCode || !strings.Contains(line, tc.want) {
+		if code != wantCode || !strings.Contains(line, tc.want) {
 			t.Errorf("%s: dry-run exit %d, %s; want exit %d with %q", tc.name, code, out, wantCode, tc.want)
 		}
 		t.Logf("%s: %s", tc.name, line)
