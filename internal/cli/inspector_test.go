@@ -5,11 +5,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 )
+
+// pageText is the text of the element sel. The page draws its figures
+// anew every second, so the node a query found may be gone when its text
+// is asked for ("No node with given id found"): the query is made again.
+func pageText(ctx context.Context, sel chromedp.CSS) (string, error) {
+	for try := 0; ; try++ {
+		text, err := chromedp.Run(ctx, chromedp.Text(sel))
+		if err == nil || try == 20 || !strings.Contains(err.Error(), "No node with given id") {
+			return text, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
 
 // chromium returns Debian's chromium, skipping the test when it is
 // missing unless KISFLOW_INTEGRATION is set (.ci/run installs it).
@@ -71,14 +85,14 @@ func TestInspectorInBrowser(t *testing.T) {
 	if _, err := chromedp.Run(ctx, chromedp.WaitVisible(committed)); err != nil {
 		t.Fatalf("the inspector shows no flow Gen: %v", err)
 	}
-	first, err := chromedp.Run(ctx, chromedp.Text(committed))
+	first, err := pageText(ctx, (committed))
 	if err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		time.Sleep(time.Second)
-		later, err := chromedp.Run(ctx, chromedp.Text(committed))
+		later, err := pageText(ctx, (committed))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,16 +107,16 @@ func TestInspectorInBrowser(t *testing.T) {
 	// shows its errors (the gated rows).
 	keepRows := chromedp.CSS(`section[data-flow="Gen"] [data-step="Keep"] [data-stat="step-rows"] b`)
 	gateErrors := chromedp.CSS(`section[data-flow="Gen"] [data-step="Gate"] [data-stat="step-errors"] b`)
-	firstRows, err := chromedp.Run(ctx, chromedp.Text(keepRows))
+	firstRows, err := pageText(ctx, (keepRows))
 	if err != nil {
 		t.Fatalf("no step Keep on the page: %v", err)
 	}
 	waitFor(t, "the rows into step Keep to move on the page, and Gate's errors to show", 20*time.Second, func() bool {
-		rows, err := chromedp.Run(ctx, chromedp.Text(keepRows))
+		rows, err := pageText(ctx, (keepRows))
 		if err != nil {
 			t.Fatal(err)
 		}
-		errs, err := chromedp.Run(ctx, chromedp.Text(gateErrors))
+		errs, err := pageText(ctx, (gateErrors))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -133,7 +147,7 @@ func TestInspectorInBrowser(t *testing.T) {
 	}
 	badge := chromedp.CSS(`section[data-flow="Gen"] [data-status]`)
 	waitFor(t, "the page to show Gen stopped", 10*time.Second, func() bool {
-		status, err := chromedp.Run(ctx, chromedp.Text(badge))
+		status, err := pageText(ctx, (badge))
 		if err != nil {
 			t.Fatal(err)
 		}
