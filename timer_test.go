@@ -298,14 +298,7 @@ func TestProcessingTimeTimerFiresWhileIdle(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	set, err := config.Import(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	eng, err := kisflow.NewEngine(reg, set)
-	if err != nil {
-		t.Fatal(err)
-	}
+	eng := dirEngine(t, reg, dir)
 	defer eng.Close(context.Background())
 	ctx, cancel := context.WithCancel(context.Background())
 	job, err := eng.Job(ctx, "Timed", kisflow.WithStateDir(filepath.Join(dir, "state")))

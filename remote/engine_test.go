@@ -327,19 +327,7 @@ func TestBreakerFilterOnARemoteStepBreaksPerProvider(t *testing.T) {
 	if err := connremote.Install(creg); err != nil {
 		t.Fatal(err)
 	}
-	conf := func(addrs string) string {
-		return fmt.Sprintf(`kistype: conn
-cname: pricing
-type: remote
-addrs: %s
-params:
-  registry: static
-  cluster: failfast
-  loadbalance: round_robin
-  breaker_failures: 0
----
-`, addrs) + remotePrice + "  filters:\n    - {name: breaker, params: {failures: 2, cooldown: 1h}}\n---\n" + ordersFlow
-	}
+	conf := breakerFilterConf
 	ctx := context.Background()
 	run := func(eng *kisflow.Engine) error {
 		fl, err := eng.Flow(ctx, "Orders")
@@ -396,17 +384,7 @@ func TestBreakerFilterCountsACallWhoseEveryRowIsRejected(t *testing.T) {
 	if err := connremote.Install(creg); err != nil {
 		t.Fatal(err)
 	}
-	eng := testenv.Engine(t, creg, map[string]string{"c.yml": fmt.Sprintf(`kistype: conn
-cname: pricing
-type: remote
-addrs: %s,%s
-params:
-  registry: static
-  cluster: failfast
-  loadbalance: round_robin
-  breaker_failures: 0
----
-`, bad, good) + remotePrice + "  filters:\n    - {name: breaker, params: {failures: 2, cooldown: 1h}}\n---\n" + ordersFlow})
+	eng := testenv.Engine(t, creg, map[string]string{"c.yml": breakerFilterConf(bad + "," + good)})
 	ctx := context.Background()
 	rejected := 0
 	for i := range 20 {
@@ -495,4 +473,21 @@ func TestOneTraceShowsTheFlowAndTheRemoteFunction(t *testing.T) {
 	if s.Parent.SpanID() != step.SpanContext.SpanID() {
 		t.Fatalf("the provider's spans hang under %s, want the caller's func Price span %s", s.Parent.SpanID(), step.SpanContext.SpanID())
 	}
+}
+
+// breakerFilterConf is the configuration of the breaker filter tests: the
+// static providers addrs called failfast in turn, the client's own breaker
+// off, the step's breaker filter opening after 2 failures.
+func breakerFilterConf(addrs string) string {
+	return fmt.Sprintf(`kistype: conn
+cname: pricing
+type: remote
+addrs: %s
+params:
+  registry: static
+  cluster: failfast
+  loadbalance: round_robin
+  breaker_failures: 0
+---
+`, addrs) + remotePrice + "  filters:\n    - {name: breaker, params: {failures: 2, cooldown: 1h}}\n---\n" + ordersFlow
 }

@@ -752,16 +752,9 @@ func (s *source) startStream(ctx context.Context) error {
 		s.curText = s.cur.String()
 	}
 	s.skipNext, s.inTx = s.at.n, false
-	s.ranges = nil
-	if rs := s.at.rs; rs != nil && !s.at.snapshot {
-		if !rs.Bound() {
-			var ok bool
-			if rs, ok = rs.Bind(s.keys); !ok {
-				s.log.Warn("mysql_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
-			}
-		}
-		s.ranges = rs
-	}
+	s.ranges = s.at.rs.ForStream(s.at.snapshot, s.keys, func() {
+		s.log.Warn("mysql_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
+	})
 	s.log.Info("mysql_cdc streams changes", "connector", d.cfg.CName, "server_id", d.p.ServerID, "from", s.at.String())
 	s.checkStop(start)
 	return nil

@@ -775,16 +775,9 @@ func (s *source) startStream(ctx context.Context) error {
 	if s.at.n > 0 && !s.at.snapshot {
 		s.skip = s.at
 	}
-	s.ranges = nil
-	if rs := s.at.rs; rs != nil && !s.at.snapshot {
-		if !rs.Bound() {
-			var ok bool
-			if rs, ok = rs.Bind(s.keys); !ok {
-				s.log.Warn("postgres_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
-			}
-		}
-		s.ranges = rs
-	}
+	s.ranges = s.at.rs.ForStream(s.at.snapshot, s.keys, func() {
+		s.log.Warn("postgres_cdc: a key of its position no longer reads as its table's key: every change of that table since the stream's start is delivered", "connector", d.cfg.CName)
+	})
 	args := []string{"proto_version '1'", "publication_names " + quoteLiteral(d.p.Publication)}
 	if err := pglogrepl.StartReplication(ctx, s.repl, d.p.Slot, s.at.lsn, pglogrepl.StartReplicationOptions{Mode: pglogrepl.LogicalReplication, PluginArgs: args}); err != nil {
 		var pe *pgconn.PgError

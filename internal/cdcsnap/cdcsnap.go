@@ -314,6 +314,26 @@ func (r *Ranges) Bind(keys map[string][]Col) (*Ranges, bool) {
 	return build(r.codec, r.tables, spans, r.open, cols), ok
 }
 
+// ForStream returns the ranges a change stream resumed from a position
+// holding r goes on with: nil when there are none or the position is
+// still in its snapshot (no stream yet), else r bound to the tables'
+// keys, calling lost when a span's key no longer reads as its table's
+// (every change of that table since the stream's start is then
+// delivered).
+func (r *Ranges) ForStream(inSnapshot bool, keys map[string][]Col, lost func()) *Ranges {
+	if r == nil || inSnapshot {
+		return nil
+	}
+	if r.Bound() {
+		return r
+	}
+	rs, ok := r.Bind(keys)
+	if !ok {
+		lost()
+	}
+	return rs
+}
+
 // compareEnds compares two ends (table, key; a nil key is before the
 // table's first row).
 func (r *Ranges) compareEnds(at int, ak Key, bt int, bk Key) int {
