@@ -171,12 +171,14 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	}
 	close(impl.draining) // call streams end once their call in flight has
 	limit := time.After(o.Drain)
-	// While calls are in flight the server still answers, refusing new
-	// calls as the drain's, so that callers racing the deregistration go
-	// to another provider knowing why; GracefulStop closes the listener
-	// at once, and a call that dials it then is refused as by a provider
-	// that is down.
-	for impl.inflight.Load() > 0 {
+	// While calls are in flight, and for drainGrace after the
+	// deregistration at least, the server still answers, refusing new
+	// calls as the drain's, so that callers racing the deregistration
+	// (their registry watch not yet told) go to another provider knowing
+	// why; GracefulStop closes the listener at once, and a call that
+	// dials it then is refused as by a provider that is down.
+	graceEnd := time.Now().Add(min(drainGrace, o.Drain/2))
+	for impl.inflight.Load() > 0 || time.Now().Before(graceEnd) {
 		select {
 		case <-limit:
 			return cut(srv, impl, o.Drain)
@@ -192,6 +194,12 @@ func Serve(ctx context.Context, eng Invoker, o ServeOptions) error {
 	}
 	return cut(srv, impl, o.Drain)
 }
+
+// drainGrace is how long (at most half the drain limit) a draining
+// provider keeps its listener open after deregistering, refusing new
+// calls as the drain's: the time its callers' registry watches take to
+// see it gone.
+const drainGrace = time.Second
 
 // cut stops srv at once, after the drain limit passed with calls still in
 // flight.
