@@ -551,7 +551,7 @@ func TestProviderAddedGetsTraffic(t *testing.T) {
 		ready := make(chan Provider, 1)
 		done := make(chan error, 1)
 		go func() {
-			done <- Serve(sctx, e, ServeOptions{Service: service, Registry: url, Bucket: bucket, Version: version, TTL: time.Second,
+			done <- Serve(sctx, e, ServeOptions{Service: service, Registry: url, Bucket: bucket, Version: version, TTL: 3 * time.Second, // refreshed every second: a loaded machine may delay one by more than a 1s TTL
 				Funcs: []string{"F"}, Ready: func(p Provider) { ready <- p }})
 		}()
 		t.Cleanup(func() { cancel(); <-done })
